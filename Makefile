@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install  ## start the gateway on the embedded SQLite default
+	$(BIN)/code-hero serve
+
+lint: install  ## ruff and mypy
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: install  ## lint, then the whole suite against the real PostgreSQL
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/checkpoints.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

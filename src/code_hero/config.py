@@ -1,0 +1,229 @@
+"""Checkpointer configuration: the seed's `CheckpointerConfig`, its types and factories.
+
+The factory functions and `config_for_environment` are the edge where the
+environment is read (DEV_USE_SQLITE, SQLITE_PATH, DATABASE_URL, POSTGRES_URL);
+everything below them receives a frozen `CheckpointerConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from code_hero.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_PRODUCTION_SQLITE_PATH",
+    "DEFAULT_SQLITE_PATH",
+    "CheckpointerConfig",
+    "CheckpointerType",
+    "config_for_environment",
+    "config_from_url",
+    "create_memory_checkpointer",
+    "create_postgres_checkpointer",
+    "create_sqlite_checkpointer",
+    "get_development_checkpointer_config",
+    "get_production_checkpointer_config",
+    "get_testing_checkpointer_config",
+]
+
+DEFAULT_SQLITE_PATH = "dev_checkpoints.sqlite"
+DEFAULT_PRODUCTION_SQLITE_PATH = "checkpoints.sqlite"
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class CheckpointerType(str, Enum):
+    """Which storage backend a manager uses (the ASYNC_ variants only state intent)."""
+
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    ASYNC_SQLITE = "async_sqlite"
+    POSTGRES = "postgres"
+    ASYNC_POSTGRES = "async_postgres"
+
+    @property
+    def kind(self) -> str:
+        """The database behind this type: "memory", "sqlite" or "postgres"."""
+        return self.value.removeprefix("async_")
+
+
+@dataclass(frozen=True)
+class CheckpointerConfig:
+    """Settings of one `EnhancedCheckpointerManager` (the seed's fields first)."""
+
+    checkpointer_type: CheckpointerType | str = CheckpointerType.MEMORY
+    connection_string: str | None = None
+    database_path: str | None = None
+    enable_async: bool = True
+    auto_setup: bool = True
+    thread_safe: bool = True
+    # Beyond the seed.
+    pool_min_size: int = 2
+    pool_max_size: int = 16
+    pool_timeout: float = 5.0
+    saver_instances: int = 16
+    health_check_interval: float = 5.0
+    enable_fallback: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        raw = self.checkpointer_type
+        try:
+            kind = raw if isinstance(raw, CheckpointerType) else CheckpointerType(str(raw).lower())
+        except ValueError:
+            names = ", ".join(t.value for t in CheckpointerType)
+            raise ConfigurationError(
+                f"unknown checkpointer type {raw!r}; use one of: {names}"
+            ) from None
+        object.__setattr__(self, "checkpointer_type", kind)
+        if kind.kind == "postgres" and not self.connection_string:
+            raise ConfigurationError(
+                "a PostgreSQL checkpointer needs connection_string "
+                "(e.g. postgresql://user@localhost:5432/db)"
+            )
+        if kind.kind == "sqlite" and not self.database_path:
+            raise ConfigurationError("a SQLite checkpointer needs database_path")
+        if self.pool_max_size < 1 or self.pool_min_size < 0 or self.saver_instances < 1:
+            raise ConfigurationError("pool sizes and saver_instances must be positive")
+        if self.health_check_interval <= 0 or self.pool_timeout <= 0:
+            raise ConfigurationError("health_check_interval and pool_timeout must be positive")
+
+    @property
+    def type(self) -> CheckpointerType:
+        """The checkpointer type as the enum (construction accepts strings too)."""
+        assert isinstance(self.checkpointer_type, CheckpointerType)
+        return self.checkpointer_type
+
+    @property
+    def kind(self) -> str:
+        """The database behind this config: "memory", "sqlite" or "postgres"."""
+        return self.type.kind
+
+    def with_options(self, **changes: Any) -> CheckpointerConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """Where this config stores data, with any password hidden."""
+        if self.kind == "postgres":
+            return redact_url(self.connection_string or "")
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.database_path}"
+        return "memory://"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+def create_memory_checkpointer(**kwargs: Any) -> CheckpointerConfig:
+    """A config for the in-memory saver (tests, quick experiments)."""
+    return CheckpointerConfig(checkpointer_type=CheckpointerType.MEMORY, **kwargs)
+
+
+def create_sqlite_checkpointer(
+    database_path: str, async_mode: bool = True, thread_safe: bool = True, **kwargs: Any
+) -> CheckpointerConfig:
+    """A config for a SQLite file (`async_mode` picks the async saver type)."""
+    kind = CheckpointerType.ASYNC_SQLITE if async_mode else CheckpointerType.SQLITE
+    return CheckpointerConfig(
+        checkpointer_type=kind,
+        database_path=str(database_path),
+        enable_async=async_mode,
+        thread_safe=thread_safe,
+        **kwargs,
+    )
+
+
+def create_postgres_checkpointer(
+    connection_string: str, async_mode: bool = True, **kwargs: Any
+) -> CheckpointerConfig:
+    """A config for PostgreSQL over a psycopg connection pool."""
+    kind = CheckpointerType.ASYNC_POSTGRES if async_mode else CheckpointerType.POSTGRES
+    return CheckpointerConfig(
+        checkpointer_type=kind,
+        connection_string=connection_string,
+        enable_async=async_mode,
+        **kwargs,
+    )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def get_development_checkpointer_config(
+    environ: Mapping[str, str] | None = None,
+) -> CheckpointerConfig:
+    """Memory, or SQLite at SQLITE_PATH when DEV_USE_SQLITE=true."""
+    env = os.environ if environ is None else environ
+    if _truthy(env.get("DEV_USE_SQLITE")):
+        return create_sqlite_checkpointer(env.get("SQLITE_PATH") or DEFAULT_SQLITE_PATH)
+    return create_memory_checkpointer()
+
+
+def get_testing_checkpointer_config() -> CheckpointerConfig:
+    """Always memory, for isolation."""
+    return create_memory_checkpointer()
+
+
+def get_production_checkpointer_config(
+    environ: Mapping[str, str] | None = None,
+) -> CheckpointerConfig:
+    """PostgreSQL when DATABASE_URL or POSTGRES_URL is set, else a SQLite file."""
+    env = os.environ if environ is None else environ
+    url = env.get("DATABASE_URL") or env.get("POSTGRES_URL")
+    if url:
+        return config_from_url(url)
+    return create_sqlite_checkpointer(env.get("SQLITE_PATH") or DEFAULT_PRODUCTION_SQLITE_PATH)
+
+
+def config_for_environment(
+    environment: str = "development", environ: Mapping[str, str] | None = None
+) -> CheckpointerConfig:
+    """The seed's environment rules: development, testing or production."""
+    name = (environment or "development").strip().lower()
+    if name == "development":
+        return get_development_checkpointer_config(environ)
+    if name == "testing":
+        return get_testing_checkpointer_config()
+    if name == "production":
+        return get_production_checkpointer_config(environ)
+    raise ConfigurationError(
+        f"unknown environment {environment!r}; use one of: {', '.join(ENVIRONMENTS)}"
+    )
+
+
+def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
+    """A config from a URL: postgresql://..., sqlite:///path, a .sqlite path, or memory://."""
+    text = url.strip()
+    scheme = urlparse(text).scheme.lower()
+    if scheme in {"postgres", "postgresql"} or scheme.startswith("postgresql+"):
+        if "+" in scheme:  # SQLAlchemy-style postgresql+psycopg://
+            text = "postgresql" + text[len(scheme) :]
+        return create_postgres_checkpointer(text, **kwargs)
+    if scheme == "sqlite":
+        path = text[len("sqlite:") :].removeprefix("//")
+        if path.startswith("/") and not text.startswith("sqlite:////"):
+            path = path[1:]  # sqlite:///relative.db -> relative.db
+        if not path:
+            raise ConfigurationError(f"no file path in SQLite URL {url!r}")
+        return create_sqlite_checkpointer(path, **kwargs)
+    if scheme == "memory" or text == ":memory:":
+        return create_memory_checkpointer(**kwargs)
+    if scheme == "" and text:
+        return create_sqlite_checkpointer(str(Path(text)), **kwargs)
+    raise ConfigurationError(
+        f"cannot tell the backend of {redact_url(url)!r}: "
+        "use postgresql://..., sqlite:///path or memory://"
+    )

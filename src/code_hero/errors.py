@@ -1,0 +1,81 @@
+"""The one error hierarchy of Code Hero.
+
+    CodeHeroError                 every error we raise on purpose
+    ├── ConfigurationError        bad settings: unknown backend type, missing path or URL
+    ├── BadInputError             a caller's request is malformed           -> BAD_USER_INPUT
+    ├── NotFoundError             no such thread, run or checkpoint         -> NOT_FOUND
+    ├── ConflictError             the thread is busy, not interrupted, ...  -> CONFLICT
+    ├── AuthError
+    │   ├── UnauthenticatedError  no or invalid credentials                 -> UNAUTHENTICATED
+    │   └── ForbiddenError        valid credentials, action not allowed     -> FORBIDDEN
+    └── BackendUnavailableError   no storage backend can serve the call     -> INTERNAL
+
+The GraphQL layer maps each class to its `extensions.code`; anything else is
+an internal error, masked for clients and logged with detail.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BackendUnavailableError",
+    "BadInputError",
+    "CodeHeroError",
+    "ConfigurationError",
+    "ConflictError",
+    "ForbiddenError",
+    "NotFoundError",
+    "UnauthenticatedError",
+]
+
+
+class CodeHeroError(Exception):
+    """Base class of every error Code Hero raises on purpose."""
+
+    code = "INTERNAL"
+
+
+class ConfigurationError(CodeHeroError, ValueError):
+    """Settings that cannot work: say which setting and what to change."""
+
+    code = "BAD_USER_INPUT"
+
+
+class BadInputError(CodeHeroError, ValueError):
+    """A request that is malformed or contradicts itself."""
+
+    code = "BAD_USER_INPUT"
+
+
+class NotFoundError(CodeHeroError, LookupError):
+    """The thread, run or checkpoint named does not exist (or is not visible)."""
+
+    code = "NOT_FOUND"
+
+
+class ConflictError(CodeHeroError):
+    """The request is valid but clashes with the current state."""
+
+    code = "CONFLICT"
+
+
+class AuthError(CodeHeroError):
+    """Authentication or authorization refused the request."""
+
+
+class UnauthenticatedError(AuthError):
+    """No credentials, or credentials that do not verify."""
+
+    code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(AuthError):
+    """Valid credentials that may not perform this action."""
+
+    code = "FORBIDDEN"
+
+
+class BackendUnavailableError(CodeHeroError):
+    """No storage backend could serve the call."""
+
+    code = "INTERNAL"

@@ -1,0 +1,350 @@
+"""Storage backends: the official LangGraph savers plus our registry, per database.
+
+A `Backend` owns its connections (an async context manager) and offers what
+the manager needs beyond the saver protocol: a health probe, counting and
+enumerating checkpoints, and keeping only the latest checkpoints of a thread.
+
+    MemoryBackend    InMemorySaver + registry in an in-memory SQLite database
+    SqliteBackend    AsyncSqliteSaver + registry on the same aiosqlite connection
+                     and the same lock (no "database is locked" under load)
+    PostgresBackend  SaverPool of AsyncPostgresSaver instances + registry, all on
+                     one psycopg pool (autocommit, prepare_threshold=0, checked
+                     on checkout)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from code_hero.config import CheckpointerConfig, redact_url
+from code_hero.persistence.records import Registry
+from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from code_hero.persistence.savers import SaverPool
+
+__all__ = [
+    "BACKEND_ERRORS",
+    "Backend",
+    "MemoryBackend",
+    "PostgresBackend",
+    "SqliteBackend",
+    "is_backend_error",
+    "open_backend",
+]
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot serve now", as opposed to a bug.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    PoolClosed,
+    sqlite3.OperationalError,
+    sqlite3.DatabaseError,
+    OSError,
+    ConnectionError,
+    TimeoutError,
+)
+SETUP_LOCK_KEY = 0x636F6465_6865726F  # "codehero": serialises concurrent set-ups
+
+
+def is_backend_error(exc: BaseException) -> bool:
+    """True when `exc` says the database is unavailable (not a programming error)."""
+    return isinstance(exc, BACKEND_ERRORS)
+
+
+class Backend:
+    """One database holding checkpoints and the registry."""
+
+    kind = "memory"
+    saver: BaseCheckpointSaver[Any]
+    registry: Registry
+
+    def __init__(self, config: CheckpointerConfig) -> None:
+        self.config = config
+
+    @property
+    def description(self) -> str:
+        """Where the data lives, with any password hidden."""
+        return self.config.describe()
+
+    async def open(self) -> None:
+        """Connect, and run the savers' and registry's migrations when auto_setup."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release every connection."""
+
+    async def probe(self) -> None:
+        """One round trip to the database; raises when it cannot serve."""
+        raise NotImplementedError
+
+    async def count_checkpoints(self, thread_id: str) -> int:
+        """How many checkpoints the thread has, in every namespace."""
+        raise NotImplementedError
+
+    async def checkpoint_thread_ids(self) -> list[str]:
+        """Every thread id that has checkpoints (a scan: for migration and retention)."""
+        raise NotImplementedError
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Backend:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MemoryBackend(Backend):
+    """Checkpoints in process memory; the registry in an in-memory SQLite database."""
+
+    kind = "memory"
+
+    async def open(self) -> None:
+        self.saver = InMemorySaver()
+        self._conn = await aiosqlite.connect(":memory:")
+        self.registry = SqliteRegistry(self._conn, asyncio.Lock())
+        await self.registry.setup()
+
+    async def close(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            await conn.close()
+
+    async def probe(self) -> None:
+        return None
+
+    @property
+    def _memory(self) -> InMemorySaver:
+        assert isinstance(self.saver, InMemorySaver)
+        return self.saver
+
+    async def count_checkpoints(self, thread_id: str) -> int:
+        return sum(len(ns) for ns in self._memory.storage.get(thread_id, {}).values())
+
+    async def checkpoint_thread_ids(self) -> list[str]:
+        return [t for t, spaces in self._memory.storage.items() if any(spaces.values())]
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        mem = self._memory
+        removed = 0
+        for ns, checkpoints in mem.storage.get(thread_id, {}).items():
+            for checkpoint_id in sorted(checkpoints, reverse=True)[keep:]:
+                del checkpoints[checkpoint_id]
+                mem.writes.pop((thread_id, ns, checkpoint_id), None)
+                removed += 1
+        if removed:
+            referenced = set()
+            for ns, checkpoints in mem.storage.get(thread_id, {}).items():
+                for saved in checkpoints.values():
+                    checkpoint = mem.serde.loads_typed(saved[0])
+                    for channel, version in checkpoint["channel_versions"].items():
+                        referenced.add((thread_id, ns, channel, version))
+            for key in [k for k in mem.blobs if k[0] == thread_id and k not in referenced]:
+                del mem.blobs[key]
+        return removed
+
+
+class SqliteBackend(Backend):
+    """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
+
+    kind = "sqlite"
+
+    async def open(self) -> None:
+        path = Path(self.config.database_path or "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = await aiosqlite.connect(str(path))
+        try:
+            # Other processes (the CLI, a second server) may hold the file briefly.
+            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            saver = AsyncSqliteSaver(self._conn)
+            if self.config.auto_setup:
+                await saver.setup()
+            self.saver = saver
+            # The registry takes the saver's lock: every statement on this
+            # connection is serialised, so writes never meet "database is locked".
+            self.registry = SqliteRegistry(self._conn, saver.lock)
+            if self.config.auto_setup:
+                await self.registry.setup()
+        except BaseException:
+            await self._conn.close()
+            raise
+
+    async def close(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            await conn.close()
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        assert isinstance(self.saver, AsyncSqliteSaver)
+        return self.saver.lock
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def probe(self) -> None:
+        await self._fetch("SELECT count(*) FROM sqlite_master")
+
+    async def count_checkpoints(self, thread_id: str) -> int:
+        rows = await self._fetch("SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread_id,))
+        return int(rows[0][0])
+
+    async def checkpoint_thread_ids(self) -> list[str]:
+        return [r[0] for r in await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")]
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        async with self._lock:
+            cur = await self._conn.execute(
+                """DELETE FROM checkpoints WHERE rowid IN (
+                       SELECT rowid FROM (
+                           SELECT rowid, row_number() OVER (
+                               PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
+                           FROM checkpoints WHERE thread_id = ?)
+                       WHERE rn > ?)""",
+                (thread_id, keep),
+            )
+            removed = cur.rowcount
+            await self._conn.execute(
+                """DELETE FROM writes WHERE thread_id = ? AND NOT EXISTS (
+                       SELECT 1 FROM checkpoints c WHERE c.thread_id = writes.thread_id
+                       AND c.checkpoint_ns = writes.checkpoint_ns
+                       AND c.checkpoint_id = writes.checkpoint_id)""",
+                (thread_id,),
+            )
+            await self._conn.commit()
+        return int(removed)
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL: N stock AsyncPostgresSaver instances and the registry on one pool."""
+
+    kind = "postgres"
+
+    async def open(self) -> None:
+        url = self.config.connection_string or ""
+        # One direct connection first: its error names the real reason (refused,
+        # unknown database, authentication), where a pool would only time out.
+        conn = await psycopg.AsyncConnection.connect(
+            url, connect_timeout=max(1, int(self.config.pool_timeout))
+        )
+        await conn.close()
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url,
+            min_size=self.config.pool_min_size,
+            max_size=max(2, self.config.pool_max_size),
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.config.pool_timeout,
+            name="code-hero",
+            open=False,
+        )
+        await pool.open(wait=True, timeout=self.config.pool_timeout)
+        self._pool = pool
+        try:
+            instances = [AsyncPostgresSaver(pool) for _ in range(self.config.saver_instances)]
+            self.registry = PostgresRegistry(pool)
+            if self.config.auto_setup:
+                async with pool.connection() as lock_conn:
+                    await lock_conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                    try:
+                        await instances[0].setup()
+                    finally:
+                        await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+                await self.registry.setup()
+            self.saver = SaverPool(instances)
+        except BaseException:
+            await pool.close()
+            raise
+
+    @property
+    def description(self) -> str:
+        return redact_url(self.config.connection_string or "")
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The shared psycopg pool."""
+        return self._pool
+
+    async def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            await pool.close()
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def probe(self) -> None:
+        await self._fetch("SELECT 1 AS ok")
+
+    async def count_checkpoints(self, thread_id: str) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", (thread_id,)
+        )
+        return int(rows[0]["n"])
+
+    async def checkpoint_thread_ids(self) -> list[str]:
+        rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
+        return [r["thread_id"] for r in rows]
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                """DELETE FROM checkpoints c USING (
+                       SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
+                           PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
+                       FROM checkpoints WHERE thread_id = %s) old
+                   WHERE c.thread_id = %s AND old.rn > %s
+                     AND c.checkpoint_ns = old.checkpoint_ns AND c.checkpoint_id = old.checkpoint_id""",
+                (thread_id, thread_id, keep),
+            )
+            removed = cur.rowcount
+            await cur.execute(
+                """DELETE FROM checkpoint_writes w WHERE w.thread_id = %s AND NOT EXISTS (
+                       SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id
+                       AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id)""",
+                (thread_id,),
+            )
+            await cur.execute(
+                """DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS (
+                       SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id
+                       AND c.checkpoint_ns = b.checkpoint_ns
+                       AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)""",
+                (thread_id,),
+            )
+        return int(removed)
+
+
+def open_backend(config: CheckpointerConfig) -> Backend:
+    """The (unopened) backend for a config: use it as `async with open_backend(c) as b`."""
+    if config.kind == "postgres":
+        return PostgresBackend(config)
+    if config.kind == "sqlite":
+        return SqliteBackend(config)
+    return MemoryBackend(config)

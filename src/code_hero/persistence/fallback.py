@@ -1,0 +1,538 @@
+"""Fallback that loses nothing: primary, fallback, emergency, then no checkpoints.
+
+`FallbackRouter` holds the backend slots in order and sends each call to the
+active one. A write that fails on a backend because the database is gone is
+retried at once on the next slot, so a run in flight goes on; the write is
+also journalled. When the primary answers again, `recover()` replays the
+journal into it in order, then the primary serves again. Reads during an
+outage see both: threads written meanwhile are read from the fallback first.
+
+`ManagedSaver` is the `BaseCheckpointSaver` graphs are compiled with; it only
+forwards to the router. What the fallback holds lives in process memory:
+a process that dies during an outage loses what it wrote meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+
+from code_hero.config import CheckpointerConfig
+from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.backends import Backend, is_backend_error, open_backend
+from code_hero.persistence.metrics import Metrics
+
+__all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
+
+
+@dataclass
+class BackendSlot:
+    """One backend in the fallback order, with what the last probe saw."""
+
+    role: str
+    config: CheckpointerConfig
+    backend: Backend | None = None
+    healthy: bool = False
+    last_error: str | None = None
+    latency_ms: float | None = None
+    checked_at: datetime | None = None
+
+    @property
+    def kind(self) -> str:
+        """memory, sqlite or postgres."""
+        return self.config.kind
+
+    @property
+    def label(self) -> str:
+        """How metrics name this slot, e.g. "primary:postgres"."""
+        return f"{self.role}:{self.kind}"
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Mark unhealthy with the reason."""
+        self.healthy = False
+        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.checked_at = datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Put:
+    config: RunnableConfig
+    checkpoint: Checkpoint
+    metadata: CheckpointMetadata
+    versions: ChannelVersions
+
+    async def replay(self, saver: BaseCheckpointSaver[Any]) -> None:
+        await saver.aput(self.config, self.checkpoint, self.metadata, self.versions)
+
+
+@dataclass(frozen=True)
+class _PutWrites:
+    config: RunnableConfig
+    writes: tuple[tuple[str, Any], ...]
+    task_id: str
+    task_path: str
+
+    async def replay(self, saver: BaseCheckpointSaver[Any]) -> None:
+        await saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
+
+
+_JournalEntry = _Put | _PutWrites
+
+
+def _thread_of(config: RunnableConfig) -> str:
+    return str(config["configurable"]["thread_id"])
+
+
+def full_versions(checkpoint: Checkpoint) -> ChannelVersions:
+    """Versions of every channel with a value: makes a stored copy self-contained."""
+    values = checkpoint["channel_values"]
+    return {k: v for k, v in checkpoint["channel_versions"].items() if k in values}
+
+
+class FallbackRouter:
+    """Routes saver calls to the active backend slot and heals back to the primary."""
+
+    def __init__(self, slots: Sequence[BackendSlot], metrics: Metrics) -> None:
+        self.slots = list(slots)
+        self.metrics = metrics
+        self.active: int | None = None
+        self.journal: list[_JournalEntry] = []
+        self.fallback_threads: set[str] = set()
+        self._pending_touches: dict[str, str | None] = {}
+        self._touched_at: dict[str, float] = {}
+        self._recover_lock = asyncio.Lock()
+
+    # -------------------------------------------------------------- state
+    @property
+    def primary(self) -> BackendSlot:
+        """The configured backend."""
+        return self.slots[0]
+
+    @property
+    def active_slot(self) -> BackendSlot | None:
+        """The slot serving reads and writes now (None: no checkpointing)."""
+        return None if self.active is None else self.slots[self.active]
+
+    @property
+    def pending_sync(self) -> int:
+        """Checkpoints and writes held by a fallback, not yet copied to the primary."""
+        return len(self.journal)
+
+    async def open(self) -> None:
+        """Open every slot; the first that opens becomes active."""
+        for index, slot in enumerate(self.slots):
+            await self._open_slot(slot)
+            if slot.healthy and self.active is None:
+                self.active = index
+        if self.active is None:
+            log.error("no checkpoint backend could be opened: running without checkpoints")
+        elif self.active != 0:
+            self.metrics.fallback_switches += 1
+            log.warning(
+                "primary checkpoint backend %s is unavailable (%s); serving from %s",
+                self.primary.config.describe(),
+                self.primary.last_error,
+                self.slots[self.active].label,
+            )
+
+    async def _open_slot(self, slot: BackendSlot) -> None:
+        backend = open_backend(slot.config)
+        start = time.perf_counter()
+        try:
+            await backend.open()
+        except Exception as exc:
+            slot.record_failure(exc)
+            log.warning("could not open %s backend %s: %s", slot.role, backend.description, exc)
+            await _close_quietly(backend)
+            return
+        slot.backend = backend
+        slot.healthy = True
+        slot.last_error = None
+        slot.latency_ms = (time.perf_counter() - start) * 1000
+        slot.checked_at = datetime.now(UTC)
+
+    async def close(self) -> None:
+        """Close every opened backend."""
+        for slot in self.slots:
+            if slot.backend is not None:
+                await _close_quietly(slot.backend)
+                slot.backend = None
+        self.active = None
+
+    def _fail(self, slot: BackendSlot, exc: BaseException) -> None:
+        was_active = self.active_slot is slot
+        slot.record_failure(exc)
+        if not was_active:
+            return
+        index = self.slots.index(slot)
+        nxt = next(
+            (i for i in range(index + 1, len(self.slots)) if self.slots[i].backend is not None),
+            None,
+        )
+        self.active = nxt
+        self.metrics.fallback_switches += 1
+        target = "no checkpointing" if nxt is None else self.slots[nxt].label
+        log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
+
+    # -------------------------------------------------------------- writes
+    async def write(
+        self,
+        operation: str,
+        thread_id: str,
+        call: Callable[[BackendSlot], Awaitable[R]],
+        entry: Callable[[], _JournalEntry],
+    ) -> R | None:
+        """Run a write on the active slot, failing over on backend errors."""
+        while (slot := self.active_slot) is not None:
+            assert slot.backend is not None
+            try:
+                with self.metrics.timed(slot.label, operation):
+                    result = await call(slot)
+            except Exception as exc:
+                if not is_backend_error(exc):
+                    raise
+                self._fail(slot, exc)
+                continue
+            if slot is not self.primary:
+                self.journal.append(entry())
+                self.fallback_threads.add(thread_id)
+            return result
+        return None
+
+    async def touch(self, thread_id: str, user_id: str | None) -> None:
+        """Record activity on a thread in the registry (throttled per thread)."""
+        now = time.monotonic()
+        if now - self._touched_at.get(thread_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        self._touched_at[thread_id] = now
+        if len(self._touched_at) > 10_000:
+            self._touched_at.clear()
+        slot = self.active_slot
+        if slot is None or slot is not self.primary or slot.backend is None:
+            self._pending_touches.setdefault(thread_id, user_id)
+            return
+        try:
+            with self.metrics.timed(slot.label, "touch_threads"):
+                await slot.backend.registry.touch_threads({thread_id: user_id})
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self._pending_touches.setdefault(thread_id, user_id)
+            self._fail(slot, exc)
+
+    # -------------------------------------------------------------- reads
+    def _read_order(self, thread_id: str) -> list[BackendSlot]:
+        order: list[BackendSlot] = []
+        if thread_id in self.fallback_threads:
+            order += [s for s in self.slots[1:] if s.backend is not None]
+        if self.primary.backend is not None:
+            order.append(self.primary)
+        return order
+
+    async def read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint the config names (or the latest), from whichever slot has it."""
+        thread_id = _thread_of(config)
+        for slot in self._read_order(thread_id):
+            found = await self._read(slot, "get_tuple", lambda s: s.aget_tuple(config), thread_id)
+            if found is not None:
+                return found
+        return None
+
+    async def read_list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> list[CheckpointTuple]:
+        """Checkpoints newest first, merged over the slots that hold the thread."""
+        if config is None:
+            slots = [s for s in self.slots if s.backend is not None]
+            thread_id = None
+        else:
+            thread_id = _thread_of(config)
+            slots = self._read_order(thread_id)
+        merged: dict[tuple[str, str, str], CheckpointTuple] = {}
+        for slot in slots:
+
+            async def listing(saver: BaseCheckpointSaver[Any]) -> list[CheckpointTuple]:
+                return [
+                    t async for t in saver.alist(config, filter=filter, before=before, limit=limit)
+                ]
+
+            for item in await self._read(slot, "list", listing, thread_id) or []:
+                c = item.config["configurable"]
+                key = (c["thread_id"], c.get("checkpoint_ns", ""), c["checkpoint_id"])
+                merged.setdefault(key, item)
+        ordered = sorted(merged.values(), key=lambda t: t.checkpoint["id"], reverse=True)
+        return ordered if limit is None else ordered[:limit]
+
+    async def _read(
+        self,
+        slot: BackendSlot,
+        operation: str,
+        call: Callable[[BaseCheckpointSaver[Any]], Awaitable[R]],
+        thread_id: str | None,
+    ) -> R | None:
+        assert slot.backend is not None
+        try:
+            with self.metrics.timed(slot.label, operation):
+                return await call(slot.backend.saver)
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self._fail(slot, exc)
+            if slot is self.primary and (thread_id is None or thread_id not in self.fallback_threads):
+                raise BackendUnavailableError(
+                    f"the {slot.kind} checkpoint backend is unavailable: {slot.last_error}"
+                ) from exc
+            return None
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints from every slot that may hold them."""
+        self.journal = [e for e in self.journal if _thread_of(e.config) != thread_id]
+        self._pending_touches.pop(thread_id, None)
+        for slot in self.slots:
+            if slot.backend is None:
+                continue
+            if slot is not self.primary and thread_id not in self.fallback_threads:
+                continue
+            await self._read(
+                slot, "delete_thread", lambda s: s.adelete_thread(thread_id), thread_id=None
+            )
+        self.fallback_threads.discard(thread_id)
+
+    # -------------------------------------------------------------- health
+    async def probe(self, slot: BackendSlot) -> bool:
+        """Probe one slot, opening the primary if it never opened; records the result."""
+        if slot.backend is None:
+            if slot is self.primary:
+                await self._open_slot(slot)
+            return slot.healthy
+        start = time.perf_counter()
+        try:
+            with self.metrics.timed(slot.label, "probe"):
+                await slot.backend.probe()
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self._fail(slot, exc)
+            return False
+        slot.latency_ms = (time.perf_counter() - start) * 1000
+        slot.checked_at = datetime.now(UTC)
+        if not slot.healthy:
+            log.info("%s backend answers again (%.1f ms)", slot.label, slot.latency_ms)
+        slot.healthy = True
+        slot.last_error = None
+        return True
+
+    async def check(self) -> None:
+        """Probe every slot; heal back to the primary when it answers again."""
+        for slot in self.slots:
+            await self.probe(slot)
+        if self.active != 0 and self.primary.healthy:
+            await self.recover()
+
+    async def recover(self) -> bool:
+        """Copy what the fallback holds into the primary, then serve from the primary."""
+        async with self._recover_lock:
+            primary = self.primary
+            if primary.backend is None or not primary.healthy:
+                return False
+            saver = primary.backend.saver
+            try:
+                while self.journal:
+                    with self.metrics.timed(primary.label, "sync"):
+                        await self.journal[0].replay(saver)
+                    self.journal.pop(0)
+                    self.metrics.synced_items += 1
+                if self._pending_touches:
+                    touches, self._pending_touches = self._pending_touches, {}
+                    try:
+                        await primary.backend.registry.touch_threads(touches)
+                    except BaseException:
+                        self._pending_touches.update(touches)
+                        raise
+            except Exception as exc:
+                if not is_backend_error(exc):
+                    raise
+                self._fail(primary, exc)
+                log.warning("sync back to the primary stopped: %s", primary.last_error)
+                return False
+            was_active = self.active
+            self.active = 0
+            if was_active != 0:
+                self.metrics.recoveries += 1
+                log.info("primary backend %s serves again", primary.config.describe())
+            synced, self.fallback_threads = self.fallback_threads, set()
+            for slot in self.slots[1:]:
+                if slot.backend is not None:
+                    for thread_id in synced:
+                        await slot.backend.saver.adelete_thread(thread_id)
+            return True
+
+
+async def _close_quietly(backend: Backend) -> None:
+    try:
+        await backend.close()
+    except Exception as exc:  # closing a dead connection must not mask the real error
+        log.debug("closing %s failed: %s", backend.description, exc)
+
+
+class ManagedSaver(BaseCheckpointSaver[str]):
+    """The checkpointer graphs use: forwards every call to the fallback router."""
+
+    def __init__(self, router: FallbackRouter, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.router = router
+        self.loop = loop
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self.router.read_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self.router.read_list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        thread_id = _thread_of(config)
+        router = self.router
+
+        async def call(slot: BackendSlot) -> RunnableConfig:
+            assert slot.backend is not None
+            # A copy outside the primary carries every channel, so it reads back whole.
+            versions = new_versions if slot is router.primary else full_versions(checkpoint)
+            return await slot.backend.saver.aput(config, checkpoint, metadata, versions)
+
+        def entry() -> _Put:
+            return _Put(config, checkpoint, metadata, full_versions(checkpoint))
+
+        result = await router.write("put", thread_id, call, entry)
+        if result is None:  # no backend at all: run on without checkpoints
+            c = config["configurable"]
+            return {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": c.get("checkpoint_ns", ""),
+                    "checkpoint_id": checkpoint["id"],
+                }
+            }
+        if not config["configurable"].get("checkpoint_ns"):
+            user = config["configurable"].get("user_id") or metadata.get("user_id")
+            await router.touch(thread_id, None if user is None else str(user))
+        return result
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        async def call(slot: BackendSlot) -> None:
+            assert slot.backend is not None
+            await slot.backend.saver.aput_writes(config, writes, task_id, task_path)
+
+        def entry() -> _PutWrites:
+            return _PutWrites(config, tuple(writes), task_id, task_path)
+
+        await self.router.write("put_writes", _thread_of(config), call, entry)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.router.delete_thread(str(thread_id))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        # The same version format as every stock saver, so copies move between them.
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(str(current).split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # Sync twins for graphs driven with invoke()/stream() from worker threads:
+    # each runs the async method on the manager's loop (never on that loop itself).
+    def _on_loop(self, coro: Awaitable[R]) -> R:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise BackendUnavailableError(
+                "synchronous checkpointer calls cannot run on the manager's event loop; "
+                "use the async API (ainvoke/astream) or call from another thread"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._on_loop(self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        yield from self._on_loop(
+            self.router.read_list(config, filter=filter, before=before, limit=limit)
+        )
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._on_loop(self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._on_loop(self.aput_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._on_loop(self.adelete_thread(thread_id))
+

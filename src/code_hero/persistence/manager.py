@@ -1,0 +1,398 @@
+"""`EnhancedCheckpointerManager`: one manager over every checkpoint backend.
+
+It opens the configured primary with a memory fallback and an emergency
+memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
+the background and heals back to the primary, and serves the reads the
+gateway needs: threads from the registry, checkpoints and history with keyset
+paging, deletion, retention and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from code_hero import __version__
+from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
+from code_hero.errors import BackendUnavailableError, BadInputError
+from code_hero.persistence.backends import Backend
+from code_hero.persistence.checkpoints import (
+    CheckpointView,
+    decode_checkpoint_cursor,
+    encode_checkpoint_cursor,
+    view_of,
+)
+from code_hero.persistence.fallback import BackendSlot, FallbackRouter, ManagedSaver
+from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.records import (
+    Page,
+    Registry,
+    ThreadFilter,
+    ThreadRecord,
+    ThreadStatus,
+)
+
+__all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
+
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class ThreadDeletion:
+    """What deleting a thread removed."""
+
+    thread_id: str
+    deleted: bool
+    checkpoints_deleted: int
+    runs_deleted: int
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What a retention pass removed."""
+
+    threads_deleted: int
+    checkpoints_deleted: int
+    runs_deleted: int
+
+
+class EnhancedCheckpointerManager:
+    """Checkpointing with fallback, health checks, recovery, listing and metrics."""
+
+    def __init__(
+        self,
+        config: CheckpointerConfig | None = None,
+        *,
+        environment: str = "development",
+        logger_service: Any = None,
+        memory_manager: Any = None,
+    ) -> None:
+        self.config = config if config is not None else config_for_environment(environment)
+        self.environment = environment
+        self.logger: Any = logger_service or logging.getLogger("code_hero.checkpointing")
+        self.memory_manager = memory_manager
+        self.metrics = Metrics()
+        self.started_at = time.monotonic()
+        self._router: FallbackRouter | None = None
+        self._saver: ManagedSaver | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self.health_status: dict[str, Any] = {
+            "primary_healthy": False,
+            "fallback_healthy": False,
+            "active_backend": None,
+            "last_check": None,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+    async def initialize(self) -> bool:
+        """Open the backends (or retry the primary); True when the primary serves."""
+        if self._router is None:
+            slots = [BackendSlot("primary", self.config)]
+            if self.config.enable_fallback:
+                slots.append(BackendSlot("fallback", create_memory_checkpointer()))
+                slots.append(BackendSlot("emergency", create_memory_checkpointer()))
+            self._router = FallbackRouter(slots, self.metrics)
+            await self._router.open()
+            self._saver = ManagedSaver(self._router, asyncio.get_running_loop())
+            self._health_task = asyncio.create_task(self._health_loop(), name="checkpoint-health")
+            if self._router.active == 0:
+                self.logger.info("checkpointing on %s", self.config.describe())
+        else:
+            await self._router.check()
+        self._refresh_status()
+        return self._router.active == 0
+
+    async def cleanup(self) -> None:
+        """Stop the health probe and close every backend."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        if self._router is not None:
+            if self._router.pending_sync:
+                self.logger.warning(
+                    "closing with %d checkpoint writes not yet copied to the primary",
+                    self._router.pending_sync,
+                )
+            await self._router.close()
+            self._router = None
+            self._saver = None
+        self._refresh_status()
+
+    async def __aenter__(self) -> EnhancedCheckpointerManager:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.cleanup()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_check_interval)
+            try:
+                assert self._router is not None
+                await self._router.check()
+            except Exception:
+                self.logger.exception("checkpoint health check failed")
+            self._refresh_status()
+
+    @property
+    def router(self) -> FallbackRouter:
+        """The fallback router (raises before initialize())."""
+        if self._router is None:
+            raise BackendUnavailableError("the checkpointer manager is not initialized")
+        return self._router
+
+    # ------------------------------------------------------------ the seed's API
+    def get_checkpointer(self) -> BaseCheckpointSaver[Any]:
+        """The checkpointer to compile graphs with (falls back transparently)."""
+        if self._saver is None:
+            raise BackendUnavailableError(
+                "call `await manager.initialize()` before get_checkpointer()"
+            )
+        return self._saver
+
+    def create_thread_config(self, thread_id: str, **kwargs: Any) -> RunnableConfig:
+        """A run config for the thread; keyword arguments go into `configurable`."""
+        if not thread_id or not isinstance(thread_id, str):
+            raise BadInputError("thread_id must be a non-empty string")
+        return {"configurable": {"thread_id": thread_id, **kwargs}}
+
+    async def health_check(self) -> dict[str, Any]:
+        """Probe every backend now and report (overall_status, per-backend entries)."""
+        router = self.router
+        await router.check()
+        self._refresh_status()
+        slots = {slot.role: slot for slot in router.slots}
+        report: dict[str, Any] = {
+            "overall_status": self.overall_status,
+            "active_backend": None if router.active_slot is None else router.active_slot.role,
+            "pending_sync": router.pending_sync,
+            "uptime_seconds": time.monotonic() - self.started_at,
+            "version": __version__,
+            "backends": [self._slot_report(s) for s in router.slots],
+        }
+        for role in ("primary", "fallback", "emergency"):
+            if role in slots:
+                report[f"{role}_checkpointer"] = self._slot_report(slots[role])
+        return report
+
+    @property
+    def overall_status(self) -> str:
+        """healthy (primary serves), degraded (a fallback serves) or unhealthy (none)."""
+        router = self._router
+        if router is None or router.active is None:
+            return "unhealthy"
+        return "healthy" if router.active == 0 else "degraded"
+
+    @property
+    def pending_sync(self) -> int:
+        """Writes held by a fallback, not yet copied back to the primary."""
+        return 0 if self._router is None else self._router.pending_sync
+
+    def _slot_report(self, slot: BackendSlot) -> dict[str, Any]:
+        router = self.router
+        return {
+            "role": slot.role,
+            "kind": slot.kind,
+            "type": slot.config.type.value,
+            "healthy": slot.healthy,
+            "active": router.active_slot is slot,
+            "latency_ms": slot.latency_ms,
+            "last_error": slot.last_error,
+            "checked_at": slot.checked_at,
+            "description": slot.config.describe(),
+        }
+
+    def _refresh_status(self) -> None:
+        router = self._router
+        slots = {} if router is None else {s.role: s for s in router.slots}
+        fallback = slots.get("fallback")
+        self.health_status.update(
+            primary_healthy=bool(router and router.active == 0 and router.primary.healthy),
+            fallback_healthy=bool(fallback and fallback.healthy),
+            active_backend=None if router is None or router.active_slot is None
+            else router.active_slot.role,
+            overall_status=self.overall_status,
+            pending_sync=self.pending_sync,
+            last_check=datetime.now(UTC),
+        )
+
+    # ------------------------------------------------------------ registry
+    @property
+    def backend(self) -> Backend:
+        """The backend whose registry is authoritative now."""
+        router = self.router
+        primary = router.primary
+        if primary.backend is not None:
+            if not primary.healthy or router.active != 0:
+                raise BackendUnavailableError(
+                    f"the {primary.kind} backend is unavailable: {primary.last_error}"
+                )
+            return primary.backend
+        # The primary never opened: this process runs on its fallback alone.
+        slot = router.active_slot
+        if slot is None or slot.backend is None:
+            raise BackendUnavailableError("no checkpoint backend is available")
+        return slot.backend
+
+    @property
+    def registry(self) -> Registry:
+        """Threads, runs and events of the authoritative backend."""
+        return self.backend.registry
+
+    async def list_threads(self, **filters: Any) -> list[dict[str, Any]]:
+        """Threads newest first: user_id, status, metadata, updated_after/before, limit, after."""
+        limit = int(filters.pop("limit", 10))
+        after = filters.pop("after", None)
+        page = await self.threads_page(_thread_filter(filters), first=limit, after=after)
+        return [_thread_dict(t) for t in page.items]
+
+    async def threads_page(
+        self, flt: ThreadFilter | None = None, *, first: int = 20, after: str | None = None
+    ) -> Page[ThreadRecord]:
+        """One keyset page of threads, newest updated first."""
+        _check_first(first)
+        return await self.registry.list_threads(flt or ThreadFilter(), first=first, after=after)
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        """One thread of the registry."""
+        return await self.registry.get_thread(thread_id)
+
+    async def delete_thread(self, thread_id: str) -> bool:
+        """Delete a thread everywhere; False when it did not exist."""
+        return (await self.purge_thread(thread_id)).deleted
+
+    async def purge_thread(self, thread_id: str) -> ThreadDeletion:
+        """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread."""
+        backend = self.backend
+        checkpoints = await backend.count_checkpoints(thread_id)
+        await self.router.delete_thread(thread_id)
+        existed, runs = await backend.registry.delete_thread(thread_id)
+        return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
+
+    # ------------------------------------------------------------ checkpoints
+    async def get_checkpoint(
+        self, thread_id: str, checkpoint_id: str | None = None, namespace: str = ""
+    ) -> CheckpointView | None:
+        """The latest checkpoint of a thread's namespace, or the one with that id."""
+        configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": namespace}
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        item = await self.router.read_tuple({"configurable": configurable})
+        return None if item is None else view_of(item)
+
+    async def list_checkpoints(
+        self, thread_id: str, *, namespace: str = "", first: int = 20, after: str | None = None
+    ) -> Page[CheckpointView]:
+        """History newest first; `after` is a cursor from a previous page."""
+        _check_first(first)
+        before = None
+        if after:
+            before_id = decode_checkpoint_cursor(after, namespace)
+            before = {"configurable": {"checkpoint_id": before_id}}
+        items = await self.router.read_list(
+            {"configurable": {"thread_id": thread_id, "checkpoint_ns": namespace}},
+            before=before,  # type: ignore[arg-type]
+            limit=first + 1,
+        )
+        views = [view_of(i) for i in items[:first]]
+        end = encode_checkpoint_cursor(namespace, views[-1].checkpoint_id) if views else None
+        return Page(views, end, len(items) > first)
+
+    # ------------------------------------------------------------ retention
+    async def prune(
+        self, *, older_than: datetime | None = None, keep_latest: int | None = None
+    ) -> PruneReport:
+        """Delete threads not updated since `older_than`; keep the newest N checkpoints."""
+        if older_than is None and keep_latest is None:
+            raise BadInputError("prune needs older_than, keep_latest or both")
+        if keep_latest is not None and keep_latest < 1:
+            raise BadInputError("keep_latest must be at least 1")
+        threads = checkpoints = runs = 0
+        backend = self.backend
+        if older_than is not None:
+            if older_than.tzinfo is None:
+                older_than = older_than.replace(tzinfo=UTC)
+            for thread_id in await backend.registry.thread_ids(updated_before=older_than):
+                gone = await self.purge_thread(thread_id)
+                threads += int(gone.deleted)
+                checkpoints += gone.checkpoints_deleted
+                runs += gone.runs_deleted
+        if keep_latest is not None:
+            ids = set(await backend.registry.thread_ids()) | set(
+                await backend.checkpoint_thread_ids()
+            )
+            for thread_id in sorted(ids):
+                checkpoints += await backend.keep_latest(thread_id, keep_latest)
+        return PruneReport(threads, checkpoints, runs)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Counts, latencies, errors and switches, as plain data."""
+        snap = self.metrics.snapshot()
+        snap["pending_sync"] = self.pending_sync
+        snap["overall_status"] = self.overall_status
+        return snap
+
+
+def _check_first(first: int) -> None:
+    if first < 1 or first > MAX_PAGE:
+        raise BadInputError(f"first must be between 1 and {MAX_PAGE}, got {first}")
+
+
+def _parse_time(value: Any, name: str) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise BadInputError(f"{name} must be an ISO 8601 time, got {value!r}") from None
+
+
+def _thread_filter(filters: Mapping[str, Any]) -> ThreadFilter:
+    known = {"user_id", "status", "metadata", "updated_after", "updated_before"}
+    unknown = set(filters) - known
+    if unknown:
+        raise BadInputError(f"unknown thread filter(s): {', '.join(sorted(unknown))}")
+    status = filters.get("status")
+    try:
+        status = ThreadStatus(str(status).upper()) if status is not None else None
+    except ValueError:
+        raise BadInputError(f"unknown thread status {status!r}") from None
+    metadata = filters.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise BadInputError("metadata filter must be a JSON object")
+    return ThreadFilter(
+        user_id=filters.get("user_id"),
+        status=status,
+        metadata=metadata,
+        updated_after=_parse_time(filters.get("updated_after"), "updated_after"),
+        updated_before=_parse_time(filters.get("updated_before"), "updated_before"),
+    )
+
+
+def _thread_dict(record: ThreadRecord) -> dict[str, Any]:
+    return {
+        "thread_id": record.thread_id,
+        "user_id": record.user_id,
+        "status": record.status.value,
+        "metadata": dict(record.metadata),
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }

@@ -1,0 +1,145 @@
+"""Forward-only migrations of the registry tables, one list per SQL dialect.
+
+A migration's position in its list is its version, recorded in
+`code_hero_migrations(v)` once applied. Entry 0 creates that table. Never edit
+or reorder an entry that has shipped: append a new one (to both lists when the
+change concerns both dialects, a no-op "SELECT 1" to the other when it does
+not, so that a version means the same change on both). Each entry is a single
+statement.
+
+Every table is prefixed `code_hero_` so it cannot collide with the LangGraph
+checkpoint savers' tables (`checkpoints`, `checkpoint_blobs`,
+`checkpoint_writes`, `checkpoint_migrations`, `writes`) in the same database.
+
+PostgreSQL stores JSON as JSONB and times as TIMESTAMPTZ; ids use the "C"
+collation so that keyset order is plain byte order, as on SQLite. SQLite
+stores JSON as TEXT and times as fixed-width ISO-8601 UTC text
+(`2025-01-02T03:04:05.000006+00:00`), which sorts as the times do.
+"""
+
+from __future__ import annotations
+
+__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS"]
+
+POSTGRES_MIGRATIONS: list[str] = [
+    "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
+    """
+    CREATE TABLE code_hero_threads (
+        thread_id TEXT COLLATE "C" PRIMARY KEY,
+        user_id TEXT,
+        status TEXT NOT NULL,
+        metadata JSONB NOT NULL DEFAULT '{}',
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX code_hero_threads_updated_idx
+        ON code_hero_threads (updated_at DESC, thread_id DESC)
+    """,
+    """
+    CREATE INDEX code_hero_threads_user_idx
+        ON code_hero_threads (user_id, updated_at, thread_id)
+    """,
+    """
+    CREATE INDEX code_hero_threads_metadata_idx
+        ON code_hero_threads USING GIN (metadata jsonb_path_ops)
+    """,
+    """
+    CREATE TABLE code_hero_runs (
+        run_id TEXT COLLATE "C" PRIMARY KEY,
+        thread_id TEXT COLLATE "C" NOT NULL,
+        graph TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input JSONB,
+        output JSONB,
+        error TEXT,
+        metadata JSONB NOT NULL DEFAULT '{}',
+        config JSONB NOT NULL DEFAULT '{}',
+        user_id TEXT,
+        multitask TEXT NOT NULL DEFAULT 'REJECT',
+        created_at TIMESTAMPTZ NOT NULL,
+        started_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ,
+        lease_owner TEXT,
+        lease_expires_at TIMESTAMPTZ
+    )
+    """,
+    "CREATE INDEX code_hero_runs_created_idx ON code_hero_runs (created_at, run_id)",
+    """
+    CREATE INDEX code_hero_runs_thread_idx
+        ON code_hero_runs (thread_id, created_at, run_id)
+    """,
+    """
+    CREATE TABLE code_hero_run_events (
+        run_id TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        thread_id TEXT COLLATE "C" NOT NULL,
+        type TEXT NOT NULL,
+        payload JSONB NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )
+    """,
+]
+
+SQLITE_MIGRATIONS: list[str] = [
+    "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
+    """
+    CREATE TABLE code_hero_threads (
+        thread_id TEXT PRIMARY KEY,
+        user_id TEXT,
+        status TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX code_hero_threads_updated_idx
+        ON code_hero_threads (updated_at DESC, thread_id DESC)
+    """,
+    """
+    CREATE INDEX code_hero_threads_user_idx
+        ON code_hero_threads (user_id, updated_at, thread_id)
+    """,
+    # Keeps the versions of both lists aligned: PostgreSQL's v4 is the GIN index
+    # on metadata, and SQLite has no containment operator that an index could back.
+    "SELECT 1",
+    """
+    CREATE TABLE code_hero_runs (
+        run_id TEXT PRIMARY KEY,
+        thread_id TEXT NOT NULL,
+        graph TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT,
+        output TEXT,
+        error TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        config TEXT NOT NULL DEFAULT '{}',
+        user_id TEXT,
+        multitask TEXT NOT NULL DEFAULT 'REJECT',
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        lease_owner TEXT,
+        lease_expires_at TEXT
+    )
+    """,
+    "CREATE INDEX code_hero_runs_created_idx ON code_hero_runs (created_at, run_id)",
+    """
+    CREATE INDEX code_hero_runs_thread_idx
+        ON code_hero_runs (thread_id, created_at, run_id)
+    """,
+    """
+    CREATE TABLE code_hero_run_events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        thread_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )
+    """,
+]

@@ -1,0 +1,203 @@
+"""Records of the registry kept beside the checkpoints: threads, runs, run events.
+
+These are plain frozen dataclasses: the registry returns them, the run
+executor and the GraphQL layer read them. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Generic, NewType, Protocol, TypeVar
+
+__all__ = [
+    "EventRecord",
+    "NewEvent",
+    "Page",
+    "Registry",
+    "RunFilter",
+    "RunId",
+    "RunRecord",
+    "RunStatus",
+    "ThreadFilter",
+    "ThreadId",
+    "ThreadRecord",
+    "ThreadStatus",
+]
+
+ThreadId = NewType("ThreadId", str)
+RunId = NewType("RunId", str)
+T = TypeVar("T")
+
+
+class ThreadStatus(str, Enum):
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    INTERRUPTED = "INTERRUPTED"
+    ERROR = "ERROR"
+
+
+class RunStatus(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    INTERRUPTED = "INTERRUPTED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        """True for the statuses that end a run."""
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class ThreadRecord:
+    thread_id: str
+    user_id: str | None
+    status: ThreadStatus
+    metadata: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    thread_id: str
+    graph: str
+    status: RunStatus
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
+    multitask: str = "REJECT"
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append; the caller numbers it (seq is gap-free per run)."""
+
+    seq: int
+    type: str
+    payload: Mapping[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    run_id: str
+    thread_id: str
+    seq: int
+    type: str
+    payload: Mapping[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ThreadFilter:
+    user_id: str | None = None
+    status: ThreadStatus | None = None
+    metadata: Mapping[str, Any] | None = None  # containment: thread metadata contains this
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    thread_id: str | None = None
+    status: RunStatus | None = None
+    graph: str | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a keyset-paged listing; `end_cursor` is opaque to callers."""
+
+    items: Sequence[T]
+    end_cursor: str | None
+    has_next_page: bool
+
+
+class Registry(Protocol):
+    """Threads, runs and run events, stored in the same database as the checkpoints."""
+
+    async def setup(self) -> None:
+        """Run the registry's forward-only migrations (idempotent)."""
+
+    # threads
+    async def upsert_thread(
+        self,
+        thread_id: str,
+        *,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        status: ThreadStatus | None = None,
+    ) -> ThreadRecord:
+        """Create the thread if missing, else update the given fields; bumps updated_at."""
+
+    async def touch_threads(self, touches: Mapping[str, str | None]) -> None:
+        """Bump updated_at of each thread id, creating missing ones with that user id."""
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
+
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
+        """Several threads in one query (for DataLoaders)."""
+
+    async def list_threads(
+        self, flt: ThreadFilter, *, first: int, after: str | None = None
+    ) -> Page[ThreadRecord]:
+        """Newest updated first, keyset-paged; a page's cost does not grow with the table."""
+
+    async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None: ...
+
+    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
+        """Delete the thread row, its runs and their events: (existed, runs deleted)."""
+
+    async def thread_ids(
+        self, *, updated_before: datetime | None = None
+    ) -> list[str]:
+        """Every thread id (optionally only those not updated since a time)."""
+
+    # runs
+    async def create_run(self, run: RunRecord) -> RunRecord: ...
+
+    async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
+        """Set the given RunRecord fields; returns the new record (None if missing)."""
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]: ...
+
+    async def list_runs(
+        self, flt: RunFilter, *, first: int, after: str | None = None
+    ) -> Page[RunRecord]:
+        """Newest created first, keyset-paged."""
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete the run and its events."""
+
+    async def put_run(self, run: RunRecord) -> None:
+        """Insert or replace a run as given (for migration)."""
+
+    # events
+    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
+        """Store events in one transaction; a seq already stored is an error."""
+
+    async def list_events(
+        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
+        """Events with seq > after_seq, in order."""
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest seq stored for the run (0 when none)."""

@@ -1,0 +1,114 @@
+"""Copy everything from one backend to another: threads, checkpoints, writes, runs, events.
+
+Re-running is idempotent: checkpoints and writes are upserts in every stock
+saver, registry rows are upserts, and events are appended only past the
+target's last sequence number.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.checkpoint.base import CheckpointTuple
+
+from code_hero.config import CheckpointerConfig, config_from_url
+from code_hero.persistence.backends import Backend, open_backend
+from code_hero.persistence.fallback import full_versions
+from code_hero.persistence.records import RunFilter
+
+__all__ = ["MigrationReport", "migrate", "migrate_backends"]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """How much was copied."""
+
+    threads: int
+    checkpoints: int
+    writes: int
+    runs: int
+    events: int
+
+
+def _config(value: CheckpointerConfig | str) -> CheckpointerConfig:
+    return value if isinstance(value, CheckpointerConfig) else config_from_url(value)
+
+
+async def migrate(
+    source: CheckpointerConfig | str,
+    target: CheckpointerConfig | str,
+    *,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """Copy every thread, checkpoint, write, run and event from source to target."""
+    async with open_backend(_config(source)) as src, open_backend(_config(target)) as dst:
+        return await migrate_backends(src, dst, progress=progress)
+
+
+async def migrate_backends(
+    src: Backend, dst: Backend, *, progress: Progress | None = None
+) -> MigrationReport:
+    """Copy between two opened backends (see `migrate`)."""
+    thread_ids = sorted(set(await src.registry.thread_ids()) | set(await src.checkpoint_thread_ids()))
+    counts = defaultdict(int)
+    for index, thread_id in enumerate(thread_ids, start=1):
+        record = await src.registry.get_thread(thread_id)
+        if record is not None:
+            await dst.registry.put_thread(record)
+        tuples = [t async for t in src.saver.alist({"configurable": {"thread_id": thread_id}})]
+        for item in sorted(tuples, key=lambda t: t.checkpoint["id"]):  # parents first
+            counts["writes"] += await _copy_checkpoint(item, dst)
+            counts["checkpoints"] += 1
+        after: str | None = None
+        while True:
+            page = await src.registry.list_runs(RunFilter(thread_id=thread_id), first=100, after=after)
+            for run in page.items:
+                await dst.registry.put_run(run)
+                counts["runs"] += 1
+                counts["events"] += await _copy_events(src, dst, run.run_id)
+            if not page.has_next_page:
+                break
+            after = page.end_cursor
+        counts["threads"] += 1
+        if progress is not None:
+            progress(index, len(thread_ids), thread_id)
+    return MigrationReport(
+        counts["threads"], counts["checkpoints"], counts["writes"], counts["runs"], counts["events"]
+    )
+
+
+async def _copy_checkpoint(item: CheckpointTuple, dst: Backend) -> int:
+    conf = item.config["configurable"]
+    parent: dict[str, Any] = {"thread_id": conf["thread_id"], "checkpoint_ns": conf.get("checkpoint_ns", "")}
+    if item.parent_config:
+        parent["checkpoint_id"] = item.parent_config["configurable"]["checkpoint_id"]
+    saved = await dst.saver.aput(
+        {"configurable": parent}, item.checkpoint, item.metadata, full_versions(item.checkpoint)
+    )
+    by_task: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+    for task_id, channel, value in item.pending_writes or []:
+        by_task[task_id].append((channel, value))
+    for task_id, writes in by_task.items():
+        await dst.saver.aput_writes(saved, writes, task_id)
+    return sum(len(w) for w in by_task.values())
+
+
+async def _copy_events(src: Backend, dst: Backend, run_id: str) -> int:
+    from code_hero.persistence.records import NewEvent
+
+    copied = 0
+    last = await dst.registry.last_seq(run_id)
+    while True:
+        events = await src.registry.list_events(run_id, after_seq=last, limit=500)
+        if not events:
+            return copied
+        await dst.registry.append_events(
+            run_id, [NewEvent(e.seq, e.type, e.payload, e.at) for e in events]
+        )
+        copied += len(events)
+        last = events[-1].seq

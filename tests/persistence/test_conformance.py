@@ -1,0 +1,152 @@
+"""One behaviour suite for the manager, run on memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from langchain_core.messages import HumanMessage
+
+from code_hero.errors import BadInputError
+from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.records import ThreadStatus
+from tests.graphs import build_graph
+
+
+async def run_graph(manager: EnhancedCheckpointerManager, thread_id: str, **kwargs: object) -> dict:
+    graph = build_graph(**kwargs).compile(checkpointer=manager.get_checkpointer())
+    config = manager.create_thread_config(thread_id, user_id="alice")
+    return await graph.ainvoke({"messages": [HumanMessage("hi")], "blob": b"\x00\x01"}, config)
+
+
+async def test_graph_checkpoints_read_back(manager: EnhancedCheckpointerManager) -> None:
+    result = await run_graph(manager, "t1")
+    assert result["steps"] == ["n0", "n1", "n2"]
+
+    latest = await manager.get_checkpoint("t1")
+    assert latest is not None
+    assert latest.values["steps"] == ["n0", "n1", "n2"]
+    assert latest.values["blob"] == {"__type__": "bytes", "base64": "AAE="}
+    assert latest.values["messages"][0]["type"] == "human"
+    assert latest.values["messages"][-1]["content"] == "n2 done"
+    assert latest.next == []
+    assert latest.source == "LOOP"
+    assert latest.step == 3
+
+    first = await manager.get_checkpoint("t1", checkpoint_id=latest.parent_id)
+    assert first is not None and first.next == ["n2"]
+    assert await manager.get_checkpoint("t1", checkpoint_id="no-such-id") is None
+    assert await manager.get_checkpoint("missing-thread") is None
+
+
+async def test_history_pages_newest_first_without_gaps(manager: EnhancedCheckpointerManager) -> None:
+    await run_graph(manager, "hist", nodes=6)
+    seen, after = [], None
+    while True:
+        page = await manager.list_checkpoints("hist", first=3, after=after)
+        seen += page.items
+        if not page.has_next_page:
+            break
+        after = page.end_cursor
+    ids = [c.checkpoint_id for c in seen]
+    assert len(ids) == 8  # input + 6 nodes + start
+    assert ids == sorted(ids, reverse=True)
+    assert [c.step for c in seen] == list(range(6, -2, -1))
+    assert all(c.parent_id == nxt.checkpoint_id for c, nxt in zip(seen, seen[1:], strict=False))
+    assert seen[-1].source == "INPUT"
+
+
+async def test_bad_paging_arguments(manager: EnhancedCheckpointerManager) -> None:
+    with pytest.raises(BadInputError):
+        await manager.list_checkpoints("x", first=101)
+    with pytest.raises(BadInputError):
+        await manager.list_checkpoints("x", after="not-a-cursor!")
+    with pytest.raises(BadInputError):
+        await manager.list_threads(colour="red")
+
+
+async def test_threads_are_registered_listed_and_filtered(manager: EnhancedCheckpointerManager) -> None:
+    for name in ("a", "b", "c"):
+        await run_graph(manager, name)
+    await manager.registry.upsert_thread("b", metadata={"project": {"name": "x"}, "tier": 1})
+    await manager.registry.upsert_thread("other", user_id="bob", status=ThreadStatus.ERROR)
+
+    threads = await manager.list_threads(user_id="alice", limit=10)
+    assert [t["thread_id"] for t in threads] == ["b", "c", "a"]
+    assert all(t["user_id"] == "alice" for t in threads)
+    assert [t["thread_id"] for t in await manager.list_threads(metadata={"project": {"name": "x"}})] == ["b"]
+    assert [t["thread_id"] for t in await manager.list_threads(status="ERROR")] == ["other"]
+    cut = threads[1]["updated_at"]
+    assert [t["thread_id"] for t in await manager.list_threads(updated_after=cut)] == ["other", "b"]
+
+    page1 = await manager.threads_page(first=2)
+    page2 = await manager.threads_page(first=2, after=page1.end_cursor)
+    ids = [t.thread_id for t in [*page1.items, *page2.items]]
+    assert ids == ["other", "b", "c", "a"] and not page2.has_next_page
+
+
+async def test_delete_thread_removes_every_namespace(manager: EnhancedCheckpointerManager) -> None:
+    await run_graph(manager, "doomed", with_subgraph=True)
+    await run_graph(manager, "kept")
+    history = await manager.list_checkpoints("doomed", first=100)
+    sub = await manager.router.read_list({"configurable": {"thread_id": "doomed"}})
+    assert any(t.config["configurable"]["checkpoint_ns"] for t in sub), "subgraph namespaces exist"
+
+    gone = await manager.purge_thread("doomed")
+    assert gone.deleted and gone.checkpoints_deleted == len(sub) > len(history.items)
+    assert await manager.get_checkpoint("doomed") is None
+    assert await manager.router.read_list({"configurable": {"thread_id": "doomed"}}) == []
+    assert await manager.get_thread("doomed") is None
+    assert await manager.get_checkpoint("kept") is not None
+    assert await manager.delete_thread("doomed") is False
+
+
+async def test_retention_keep_latest_and_older_than(manager: EnhancedCheckpointerManager) -> None:
+    await run_graph(manager, "long", nodes=5, with_subgraph=True)
+    await run_graph(manager, "old")
+    before = await manager.get_checkpoint("long")
+    report = await manager.prune(keep_latest=2)
+    assert report.checkpoints_deleted > 0
+    remaining = await manager.router.read_list({"configurable": {"thread_id": "long"}})
+    by_ns: dict[str, int] = {}
+    for t in remaining:
+        ns = t.config["configurable"]["checkpoint_ns"]
+        by_ns[ns] = by_ns.get(ns, 0) + 1
+    assert by_ns and all(n <= 2 for n in by_ns.values())
+    after = await manager.get_checkpoint("long")
+    assert after is not None and before is not None
+    assert after.values == before.values  # blobs the kept checkpoints need survive
+
+    report = await manager.prune(older_than=datetime.now(UTC) + timedelta(seconds=1))
+    assert report.threads_deleted == 2
+    assert await manager.list_threads() == []
+    with pytest.raises(BadInputError):
+        await manager.prune()
+
+
+async def test_concurrent_runs_do_not_fail(manager: EnhancedCheckpointerManager) -> None:
+    results = await asyncio.gather(*(run_graph(manager, f"c{i}", nodes=4) for i in range(16)))
+    assert all(r["steps"] == ["n0", "n1", "n2", "n3"] for r in results)
+    assert len(await manager.list_threads(limit=50)) == 16
+
+
+async def test_health_reports_primary(manager: EnhancedCheckpointerManager) -> None:
+    health = await manager.health_check()
+    assert health["overall_status"] == "healthy"
+    primary = health["primary_checkpointer"]
+    assert primary["healthy"] and primary["active"] and primary["kind"] == manager.config.kind
+    assert primary["latency_ms"] is not None and primary["last_error"] is None
+    assert health["fallback_checkpointer"]["healthy"]
+    assert manager.health_status["primary_healthy"] is True
+    snap = manager.metrics_snapshot()
+    assert any(k.startswith("primary:") for k in snap["operations"])
+
+
+async def test_sync_graph_api_from_a_worker_thread(manager: EnhancedCheckpointerManager) -> None:
+    graph = build_graph().compile(checkpointer=manager.get_checkpointer())
+    config = manager.create_thread_config("sync-thread")
+    result = await asyncio.to_thread(graph.invoke, {"messages": [HumanMessage("hi")]}, config)
+    assert result["steps"] == ["n0", "n1", "n2"]
+    state = await asyncio.to_thread(graph.get_state, config)
+    assert state.values["steps"] == ["n0", "n1", "n2"]

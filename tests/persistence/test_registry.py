@@ -132,7 +132,7 @@ async def test_lives_beside_the_checkpoint_saver(
     pool = make_pool(request.getfixturevalue("pg_database"))
     await pool.open()
     try:
-        await exercise(AsyncPostgresSaver(pool), PostgresRegistry(pool))  # type: ignore[arg-type]
+        await exercise(AsyncPostgresSaver(pool), PostgresRegistry(pool))
     finally:
         await pool.close()
 

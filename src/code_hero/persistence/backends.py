@@ -175,6 +175,11 @@ class SqliteBackend(Backend):
 
     async def open(self) -> None:
         path = Path(self.config.database_path or "")
+        for parent in (path.parent, *path.parent.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise NotADirectoryError(f"{parent} is not a directory")
+                break
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = await aiosqlite.connect(str(path))
         try:

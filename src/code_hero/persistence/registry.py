@@ -501,9 +501,11 @@ class _SqlRegistry(ABC):
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> list[EventRecord]:
         """Events with seq > after_seq, in order."""
-        sql = f"SELECT {EVENT_COLUMNS} FROM code_hero_run_events WHERE run_id = ? AND seq > ?"
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM code_hero_run_events "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq"
+        )
         params: list[Any] = [run_id, after_seq]
-        sql += " ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(_page_size(limit))

@@ -1,0 +1,87 @@
+"""Helpers shared by the benchmarks: a throw-away database, a small graph, timing."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import os
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypedDict
+
+import psycopg
+from langgraph.graph import END, START, StateGraph
+
+ADMIN_URL = os.environ.get("CODE_HERO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = f"ch_bench_{uuid.uuid4().hex[:10]}"
+    base = ADMIN_URL.rpartition("/")[0]
+    async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as conn:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class SmallState(TypedDict, total=False):
+    steps: Annotated[list[str], operator.add]
+    text: str
+
+
+def small_graph(nodes: int = 4) -> StateGraph[Any]:
+    """A chain of `nodes` nodes, each appending its name: the graph the targets name."""
+    builder = StateGraph(SmallState)
+    names = [f"n{i}" for i in range(nodes)]
+    for name in names:
+
+        async def node(state: SmallState, _name: str = name) -> dict[str, Any]:
+            return {"steps": [_name], "text": f"{_name} done"}
+
+        builder.add_node(name, node)
+    builder.add_edge(START, names[0])
+    for a, b in zip(names, names[1:], strict=False):
+        builder.add_edge(a, b)
+    builder.add_edge(names[-1], END)
+    return builder
+
+
+async def throughput(
+    run_once: Callable[[int, int], Awaitable[Any]], *, workers: int, seconds: float
+) -> tuple[float, int]:
+    """Runs per second with `workers` concurrent loops for `seconds`; and failures."""
+    deadline = time.perf_counter() + seconds
+    done = failures = 0
+
+    async def loop(worker: int) -> None:
+        nonlocal done, failures
+        i = 0
+        while time.perf_counter() < deadline:
+            try:
+                await run_once(worker, i)
+                done += 1
+            except Exception:
+                failures += 1
+            i += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(w) for w in range(workers)))
+    return done / (time.perf_counter() - start), failures
+
+
+def median(values: list[float]) -> float:
+    """The median."""
+    return statistics.median(values)
+
+
+def target(name: str, value: float, goal: str, met: bool, unit: str = "") -> str:
+    """One closing line per target, in the form the team reads."""
+    return f"target {name}: {value:.3g}{unit} (goal {goal}) {'met' if met else 'missed'}"

@@ -9,13 +9,14 @@ enumerating checkpoints, and keeping only the latest checkpoints of a thread.
                      and the same lock (no "database is locked" under load)
     PostgresBackend  SaverPool of AsyncPostgresSaver instances + registry, all on
                      one psycopg pool (autocommit, prepare_threshold=0, checked
-                     on checkout)
+                     on checkout without a round trip)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import sqlite3
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +61,25 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 SETUP_LOCK_KEY = 0x636F6465_6865726F  # "codehero": serialises concurrent set-ups
+
+
+async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's checkout check, without a round trip.
+
+    psycopg's `check_connection` sends a query on every checkout: one extra
+    round trip per checkpoint write, about an eighth of the CPU of a graph run
+    here. An idle connection has nothing to read, so a readable socket means
+    the server closed it or sent a termination notice (a restart, an idle
+    timeout); that connection is discarded and the pool opens a fresh one.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("connection closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        # Closed, so the pool sees a lost connection and replaces it (a merely
+        # failed check would put it back in the pool as good).
+        await conn.close()
+        raise psycopg.OperationalError("the server closed or notified an idle connection")
 
 
 def is_backend_error(exc: BaseException) -> bool:
@@ -263,7 +283,7 @@ class PostgresBackend(Backend):
             min_size=self.config.pool_min_size,
             max_size=max(2, self.config.pool_max_size),
             kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-            check=AsyncConnectionPool.check_connection,
+            check=check_on_checkout,
             timeout=self.config.pool_timeout,
             name="code-hero",
             open=False,

@@ -149,6 +149,9 @@ class Registry(Protocol):
     async def touch_threads(self, touches: Mapping[str, str | None]) -> None:
         """Bump updated_at of each thread id, creating missing ones with that user id."""
 
+    async def put_thread(self, thread: ThreadRecord) -> None:
+        """Insert or replace a thread as given, timestamps included (for migration)."""
+
     async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:

@@ -286,6 +286,25 @@ class _SqlRegistry(ABC):
         async with self._session(atomic=True) as s:
             await s.executemany(sql, rows)
 
+    async def put_thread(self, thread: ThreadRecord) -> None:
+        """Insert or replace a thread as given, timestamps included (for migration)."""
+        sql = (
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
+            "status = excluded.status, metadata = excluded.metadata, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at"
+        )
+        params = [
+            thread.thread_id,
+            thread.user_id,
+            ThreadStatus(thread.status).value,
+            self._json(dict(thread.metadata)),
+            self._ts(_utc(thread.created_at)),
+            self._ts(_utc(thread.updated_at)),
+        ]
+        async with self._session() as s:
+            await s.execute(sql, params)
+
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         """One thread, or None."""
         async with self._session() as s:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from typing import Annotated, Any, TypedDict
 
 import psycopg
@@ -48,7 +49,7 @@ def small_graph(nodes: int = 4) -> StateGraph[Any]:
 
         builder.add_node(name, node)
     builder.add_edge(START, names[0])
-    for a, b in zip(names, names[1:], strict=False):
+    for a, b in pairwise(names):
         builder.add_edge(a, b)
     builder.add_edge(names[-1], END)
     return builder

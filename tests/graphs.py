@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
+from itertools import pairwise
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AIMessage, AnyMessage
@@ -62,7 +63,7 @@ def build_graph(*, nodes: int = 3, with_subgraph: bool = False) -> StateGraph[An
         builder.add_node("team", build_subgraph())
         chain.insert(1, "team")
     builder.add_edge(START, chain[0])
-    for a, b in zip(chain, chain[1:], strict=False):
+    for a, b in pairwise(chain):
         builder.add_edge(a, b)
     builder.add_edge(chain[-1], END)
     return builder

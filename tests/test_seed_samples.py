@@ -82,7 +82,7 @@ async def test_sample_runs_as_shown(
     }
     body = textwrap.indent(source, "    ")
     try:
-        exec(f"async def __sample():\n{body}\n    return locals()", namespace)  # noqa: S102
+        exec(f"async def __sample():\n{body}\n    return locals()", namespace)
         results = await namespace["__sample"]()
         if "main" in results and callable(results["main"]):  # "Complete Application Setup"
             await results["main"]()

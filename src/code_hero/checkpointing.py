@@ -1,6 +1,6 @@
 """The seed's public checkpointing module: re-exports, no logic of its own.
 
-    from code_hero.checkpointing import EnhancedCheckpointerManager, CheckpointerConfig
+from code_hero.checkpointing import EnhancedCheckpointerManager, CheckpointerConfig
 """
 
 from __future__ import annotations

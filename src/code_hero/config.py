@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,7 +37,7 @@ DEFAULT_PRODUCTION_SQLITE_PATH = "checkpoints.sqlite"
 ENVIRONMENTS = ("development", "testing", "production")
 
 
-class CheckpointerType(str, Enum):
+class CheckpointerType(StrEnum):
     """Which storage backend a manager uses (the ASYNC_ variants only state intent)."""
 
     MEMORY = "memory"

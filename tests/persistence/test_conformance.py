@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -40,7 +41,9 @@ async def test_graph_checkpoints_read_back(manager: EnhancedCheckpointerManager)
     assert await manager.get_checkpoint("missing-thread") is None
 
 
-async def test_history_pages_newest_first_without_gaps(manager: EnhancedCheckpointerManager) -> None:
+async def test_history_pages_newest_first_without_gaps(
+    manager: EnhancedCheckpointerManager,
+) -> None:
     await run_graph(manager, "hist", nodes=6)
     seen, after = [], None
     while True:
@@ -53,7 +56,7 @@ async def test_history_pages_newest_first_without_gaps(manager: EnhancedCheckpoi
     assert len(ids) == 8  # input + 6 nodes + start
     assert ids == sorted(ids, reverse=True)
     assert [c.step for c in seen] == list(range(6, -2, -1))
-    assert all(c.parent_id == nxt.checkpoint_id for c, nxt in zip(seen, seen[1:], strict=False))
+    assert all(c.parent_id == nxt.checkpoint_id for c, nxt in pairwise(seen))
     assert seen[-1].source == "INPUT"
 
 
@@ -66,7 +69,9 @@ async def test_bad_paging_arguments(manager: EnhancedCheckpointerManager) -> Non
         await manager.list_threads(colour="red")
 
 
-async def test_threads_are_registered_listed_and_filtered(manager: EnhancedCheckpointerManager) -> None:
+async def test_threads_are_registered_listed_and_filtered(
+    manager: EnhancedCheckpointerManager,
+) -> None:
     for name in ("a", "b", "c"):
         await run_graph(manager, name)
     await manager.registry.upsert_thread("b", metadata={"project": {"name": "x"}, "tier": 1})
@@ -75,7 +80,9 @@ async def test_threads_are_registered_listed_and_filtered(manager: EnhancedCheck
     threads = await manager.list_threads(user_id="alice", limit=10)
     assert [t["thread_id"] for t in threads] == ["b", "c", "a"]
     assert all(t["user_id"] == "alice" for t in threads)
-    assert [t["thread_id"] for t in await manager.list_threads(metadata={"project": {"name": "x"}})] == ["b"]
+    assert [
+        t["thread_id"] for t in await manager.list_threads(metadata={"project": {"name": "x"}})
+    ] == ["b"]
     assert [t["thread_id"] for t in await manager.list_threads(status="ERROR")] == ["other"]
     cut = threads[1]["updated_at"]
     assert [t["thread_id"] for t in await manager.list_threads(updated_after=cut)] == ["other", "b"]

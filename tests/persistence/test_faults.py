@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,16 +50,26 @@ def test_unknown_type_fails_at_construction() -> None:
         CheckpointerConfig(checkpointer_type="postgres")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-async def test_unwritable_sqlite_path_falls_back(tmp_path: Path) -> None:  # pragma: no cover
+async def test_unwritable_sqlite_directory_falls_back(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    manager = await _degraded_manager(create_sqlite_checkpointer(str(locked / "x" / "db.sqlite")))
+    # root ignores permission bits, but not the immutable attribute.
+    lock = ["chattr", "+i", str(locked)] if os.geteuid() == 0 else None
+    if lock:
+        subprocess.run(lock, check=True)
+    else:
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        await _assert_runs_on_fallback(manager, "permission")
+        manager = await _degraded_manager(create_sqlite_checkpointer(str(locked / "db.sqlite")))
+        try:
+            await _assert_runs_on_fallback(manager, "unable to open database file")
+        finally:
+            await manager.cleanup()
     finally:
-        await manager.cleanup()
+        if lock:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        else:
+            locked.chmod(stat.S_IRWXU)
 
 
 async def test_sqlite_path_that_is_a_directory_falls_back(tmp_path: Path) -> None:
@@ -95,7 +106,9 @@ async def test_refused_connection_falls_back() -> None:
     manager = await _degraded_manager(create_postgres_checkpointer(url, pool_timeout=2))
     try:
         await _assert_runs_on_fallback(manager, "connection refused")
-        assert "127.0.0.1:1" in (await manager.health_check())["primary_checkpointer"]["description"]
+        assert (
+            "127.0.0.1:1" in (await manager.health_check())["primary_checkpointer"]["description"]
+        )
     finally:
         await manager.cleanup()
 

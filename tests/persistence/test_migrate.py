@@ -27,8 +27,12 @@ async def snapshot(manager: EnhancedCheckpointerManager) -> dict:
         tid = thread["thread_id"]
         tuples = await manager.router.read_list({"configurable": {"thread_id": tid}})
         checkpoints = sorted(
-            (t.config["configurable"]["checkpoint_ns"], t.checkpoint["id"], repr(sorted(t.checkpoint["channel_values"].items())),
-             repr(sorted(t.pending_writes or [])))
+            (
+                t.config["configurable"]["checkpoint_ns"],
+                t.checkpoint["id"],
+                repr(sorted(t.checkpoint["channel_values"].items())),
+                repr(sorted(t.pending_writes or [])),
+            )
             for t in tuples
         )
         runs = (await manager.registry.list_runs(_run_filter(tid), first=100)).items
@@ -49,13 +53,20 @@ async def test_sqlite_to_postgres_copies_everything(sqlite_path: str, pg_databas
     async with EnhancedCheckpointerManager(source) as src:
         for i in range(3):
             graph = build_graph(with_subgraph=True).compile(checkpointer=src.get_checkpointer())
-            await graph.ainvoke({"messages": [HumanMessage(f"hi {i}")]}, src.create_thread_config(f"t{i}", user_id="u"))
+            await graph.ainvoke(
+                {"messages": [HumanMessage(f"hi {i}")]},
+                src.create_thread_config(f"t{i}", user_id="u"),
+            )
         await src.registry.upsert_thread("t1", metadata={"project": "x"})
         run = await src.registry.create_run(
-            RunRecord(run_id="r1", thread_id="t1", graph="g", status=RunStatus.SUCCESS, input={"a": 1})
+            RunRecord(
+                run_id="r1", thread_id="t1", graph="g", status=RunStatus.SUCCESS, input={"a": 1}
+            )
         )
         now = datetime.now(UTC)
-        await src.registry.append_events(run.run_id, [NewEvent(s, "status", {"s": s}, now) for s in (1, 2, 3)])
+        await src.registry.append_events(
+            run.run_id, [NewEvent(s, "status", {"s": s}, now) for s in (1, 2, 3)]
+        )
         before = await snapshot(src)
 
     report = await migrate(source, target)
@@ -79,4 +90,3 @@ async def test_sqlite_to_postgres_copies_everything(sqlite_path: str, pg_databas
             " (SELECT count(*) FROM code_hero_run_events), (SELECT count(*) FROM code_hero_threads)"
         ).fetchone()
     assert counts == (report.checkpoints, 1, 3, 3)
-

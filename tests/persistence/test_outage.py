@@ -33,8 +33,8 @@ def pg_ctl(action: str) -> None:
         raise RuntimeError(f"pg_ctlcluster {action} failed: {done.stderr.strip()}")
 
 
-async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate, limit: float = 30.0, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if await predicate():
             return
@@ -44,7 +44,9 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> N
 
 def count_rows(url: str, thread_id: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread_id,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread_id,)
+        ).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -57,7 +59,9 @@ async def test_run_survives_postgres_outage_and_syncs_back(pg_database: str) -> 
     thread = manager.create_thread_config("outage", user_id="ops")
     try:
         run = asyncio.create_task(
-            graph.ainvoke({"messages": [HumanMessage("go")], "delay": 0.4}, thread, durability="sync")
+            graph.ainvoke(
+                {"messages": [HumanMessage("go")], "delay": 0.4}, thread, durability="sync"
+            )
         )
         await wait_for(lambda: asyncio.to_thread(lambda: count_rows(pg_database, "outage") >= 3))
         await asyncio.to_thread(pg_ctl, "stop")
@@ -71,7 +75,7 @@ async def test_run_survives_postgres_outage_and_syncs_back(pg_database: str) -> 
             assert during.items[0].values["steps"] == result["steps"]  # reads see the fallback
         finally:
             await asyncio.to_thread(pg_ctl, "start")
-        await wait_for(lambda: _synced(manager), timeout=60)
+        await wait_for(lambda: _synced(manager), limit=60)
         assert manager.metrics.recoveries == 1 and manager.metrics.synced_items > 0
 
         # PostgreSQL itself now holds every checkpoint, readable by a stock saver.
@@ -79,7 +83,9 @@ async def test_run_survives_postgres_outage_and_syncs_back(pg_database: str) -> 
         assert len(history.items) == 10
         assert count_rows(pg_database, "outage") == 10
         async with AsyncPostgresSaver.from_conn_string(pg_database) as stock:
-            latest = await stock.aget_tuple({"configurable": {"thread_id": "outage", "checkpoint_ns": ""}})
+            latest = await stock.aget_tuple(
+                {"configurable": {"thread_id": "outage", "checkpoint_ns": ""}}
+            )
         assert latest is not None
         assert latest.checkpoint["channel_values"]["steps"] == result["steps"]
         assert (await manager.get_thread("outage")) is not None

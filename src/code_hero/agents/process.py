@@ -43,7 +43,7 @@ async def process_with_hierarchical_agents(
     configurable: dict[str, Any] = {"thread_id": conversation_id or f"conv_{uuid.uuid4().hex}"}
     if user_id is not None:
         configurable["user_id"] = user_id
-    inputs = {"messages": [HumanMessage(message)]}
+    inputs: Any = {"messages": [HumanMessage(message)]}
     if not enable_memory:
         result = await builder.compile().ainvoke(inputs, {"configurable": configurable})
         return final_answer(result)

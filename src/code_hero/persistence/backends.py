@@ -236,7 +236,9 @@ class SqliteBackend(Backend):
         await self._fetch("SELECT count(*) FROM sqlite_master")
 
     async def count_checkpoints(self, thread_id: str) -> int:
-        rows = await self._fetch("SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread_id,))
+        rows = await self._fetch(
+            "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread_id,)
+        )
         return int(rows[0][0])
 
     async def checkpoint_thread_ids(self) -> list[str]:
@@ -346,14 +348,16 @@ class PostgresBackend(Backend):
                            PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
                        FROM checkpoints WHERE thread_id = %s) old
                    WHERE c.thread_id = %s AND old.rn > %s
-                     AND c.checkpoint_ns = old.checkpoint_ns AND c.checkpoint_id = old.checkpoint_id""",
+                     AND c.checkpoint_ns = old.checkpoint_ns
+                     AND c.checkpoint_id = old.checkpoint_id""",
                 (thread_id, thread_id, keep),
             )
             removed = cur.rowcount
             await cur.execute(
                 """DELETE FROM checkpoint_writes w WHERE w.thread_id = %s AND NOT EXISTS (
                        SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id
-                       AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id)""",
+                       AND c.checkpoint_ns = w.checkpoint_ns
+                       AND c.checkpoint_id = w.checkpoint_id)""",
                 (thread_id,),
             )
             await cur.execute(

@@ -302,7 +302,9 @@ class FallbackRouter:
             if not is_backend_error(exc):
                 raise
             self._fail(slot, exc)
-            if slot is self.primary and (thread_id is None or thread_id not in self.fallback_threads):
+            if slot is self.primary and (
+                thread_id is None or thread_id not in self.fallback_threads
+            ):
                 raise BackendUnavailableError(
                     f"the {slot.kind} checkpoint backend is unavailable: {slot.last_error}"
                 ) from exc
@@ -535,4 +537,3 @@ class ManagedSaver(BaseCheckpointSaver[str]):
 
     def delete_thread(self, thread_id: str) -> None:
         self._on_loop(self.adelete_thread(thread_id))
-

@@ -227,7 +227,8 @@ class EnhancedCheckpointerManager:
         self.health_status.update(
             primary_healthy=bool(router and router.active == 0 and router.primary.healthy),
             fallback_healthy=bool(fallback and fallback.healthy),
-            active_backend=None if router is None or router.active_slot is None
+            active_backend=None
+            if router is None or router.active_slot is None
             else router.active_slot.role,
             overall_status=self.overall_status,
             pending_sync=self.pending_sync,

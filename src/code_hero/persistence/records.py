@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Generic, NewType, Protocol, TypeVar
 
 __all__ = [
@@ -32,14 +32,14 @@ RunId = NewType("RunId", str)
 T = TypeVar("T")
 
 
-class ThreadStatus(str, Enum):
+class ThreadStatus(StrEnum):
     IDLE = "IDLE"
     BUSY = "BUSY"
     INTERRUPTED = "INTERRUPTED"
     ERROR = "ERROR"
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
@@ -167,9 +167,7 @@ class Registry(Protocol):
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted)."""
 
-    async def thread_ids(
-        self, *, updated_before: datetime | None = None
-    ) -> list[str]:
+    async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""
 
     # runs

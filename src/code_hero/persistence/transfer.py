@@ -54,8 +54,10 @@ async def migrate_backends(
     src: Backend, dst: Backend, *, progress: Progress | None = None
 ) -> MigrationReport:
     """Copy between two opened backends (see `migrate`)."""
-    thread_ids = sorted(set(await src.registry.thread_ids()) | set(await src.checkpoint_thread_ids()))
-    counts = defaultdict(int)
+    thread_ids = sorted(
+        set(await src.registry.thread_ids()) | set(await src.checkpoint_thread_ids())
+    )
+    counts: defaultdict[str, int] = defaultdict(int)
     for index, thread_id in enumerate(thread_ids, start=1):
         record = await src.registry.get_thread(thread_id)
         if record is not None:
@@ -66,7 +68,9 @@ async def migrate_backends(
             counts["checkpoints"] += 1
         after: str | None = None
         while True:
-            page = await src.registry.list_runs(RunFilter(thread_id=thread_id), first=100, after=after)
+            page = await src.registry.list_runs(
+                RunFilter(thread_id=thread_id), first=100, after=after
+            )
             for run in page.items:
                 await dst.registry.put_run(run)
                 counts["runs"] += 1
@@ -84,7 +88,10 @@ async def migrate_backends(
 
 async def _copy_checkpoint(item: CheckpointTuple, dst: Backend) -> int:
     conf = item.config["configurable"]
-    parent: dict[str, Any] = {"thread_id": conf["thread_id"], "checkpoint_ns": conf.get("checkpoint_ns", "")}
+    parent: dict[str, Any] = {
+        "thread_id": conf["thread_id"],
+        "checkpoint_ns": conf.get("checkpoint_ns", ""),
+    }
     if item.parent_config:
         parent["checkpoint_id"] = item.parent_config["configurable"]["checkpoint_id"]
     saved = await dst.saver.aput(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,26 +51,31 @@ def test_unknown_type_fails_at_construction() -> None:
         CheckpointerConfig(checkpointer_type="postgres")
 
 
-async def test_unwritable_sqlite_directory_falls_back(tmp_path: Path) -> None:
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody can create files in (root included: the immutable attribute)."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    # root ignores permission bits, but not the immutable attribute.
-    lock = ["chattr", "+i", str(locked)] if os.geteuid() == 0 else None
-    if lock:
-        subprocess.run(lock, check=True)
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["chattr", "+i", str(locked)], check=True)
     else:
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        manager = await _degraded_manager(create_sqlite_checkpointer(str(locked / "db.sqlite")))
-        try:
-            await _assert_runs_on_fallback(manager, "unable to open database file")
-        finally:
-            await manager.cleanup()
+        yield locked
     finally:
-        if lock:
+        if as_root:
             subprocess.run(["chattr", "-i", str(locked)], check=True)
         else:
             locked.chmod(stat.S_IRWXU)
+
+
+async def test_unwritable_sqlite_directory_falls_back(unwritable_dir: Path) -> None:
+    manager = await _degraded_manager(create_sqlite_checkpointer(str(unwritable_dir / "db.sqlite")))
+    try:
+        await _assert_runs_on_fallback(manager, "unable to open database file")
+    finally:
+        await manager.cleanup()
 
 
 async def test_sqlite_path_that_is_a_directory_falls_back(tmp_path: Path) -> None:

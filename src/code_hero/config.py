@@ -213,9 +213,8 @@ def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
             text = "postgresql" + text[len(scheme) :]
         return create_postgres_checkpointer(text, **kwargs)
     if scheme == "sqlite":
-        path = text[len("sqlite:") :].removeprefix("//")
-        if path.startswith("/") and not text.startswith("sqlite:////"):
-            path = path[1:]  # sqlite:///relative.db -> relative.db
+        # sqlite:///relative.db -> relative.db, sqlite:////abs.db -> /abs.db
+        path = text[len("sqlite:") :].removeprefix("//").removeprefix("/")
         if not path:
             raise ConfigurationError(f"no file path in SQLite URL {url!r}")
         return create_sqlite_checkpointer(path, **kwargs)

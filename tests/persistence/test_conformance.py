@@ -157,3 +157,36 @@ async def test_sync_graph_api_from_a_worker_thread(manager: EnhancedCheckpointer
     assert result["steps"] == ["n0", "n1", "n2"]
     state = await asyncio.to_thread(graph.get_state, config)
     assert state.values["steps"] == ["n0", "n1", "n2"]
+
+
+@pytest.mark.postgres
+async def test_postgres_delete_leaves_no_rows(pg_database: str) -> None:
+    import psycopg
+
+    from code_hero.config import create_postgres_checkpointer
+    from code_hero.persistence.records import NewEvent, RunRecord, RunStatus
+
+    async with EnhancedCheckpointerManager(create_postgres_checkpointer(pg_database)) as manager:
+        await run_graph(manager, "doomed", with_subgraph=True)
+        await run_graph(manager, "kept")
+        await manager.registry.create_run(
+            RunRecord(run_id="r", thread_id="doomed", graph="g", status=RunStatus.SUCCESS)
+        )
+        now = datetime.now(UTC)
+        await manager.registry.append_events("r", [NewEvent(1, "status", {}, now)])
+        gone = await manager.purge_thread("doomed")
+        assert gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
+    tables = {
+        "checkpoints": "thread_id",
+        "checkpoint_blobs": "thread_id",
+        "checkpoint_writes": "thread_id",
+        "code_hero_threads": "thread_id",
+        "code_hero_runs": "thread_id",
+        "code_hero_run_events": "thread_id",
+    }
+    with psycopg.connect(pg_database) as conn:
+        for table, column in tables.items():
+            row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = 'doomed'").fetchone()
+            assert row == (0,), table
+        row = conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = 'kept'").fetchone()
+        assert row is not None and row[0] > 0

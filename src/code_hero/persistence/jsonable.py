@@ -23,12 +23,9 @@ __all__ = ["to_jsonable"]
 MAX_DEPTH = 64
 
 
-def to_jsonable(value: Any, _depth: int = 0) -> Any:
+def to_jsonable(value: Any) -> Any:
     """A JSON-compatible copy of `value` (dicts, lists, str, int, float, bool, None)."""
-    try:
-        return _convert(value, _depth)
-    except Exception as exc:  # a broken __repr__ or model_dump must not break a read
-        return {"__type__": _type_name(value), "error": f"unrenderable: {exc!r}"[:200]}
+    return _convert(value, 0)
 
 
 def _type_name(value: Any) -> str:
@@ -39,6 +36,13 @@ def _type_name(value: Any) -> str:
 def _convert(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
+    try:
+        return _convert_object(value, depth)
+    except Exception as exc:  # a broken __repr__ or model_dump must not break a read
+        return {"__type__": _type_name(value), "error": f"unrenderable: {exc!r}"[:200]}
+
+
+def _convert_object(value: Any, depth: int) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if depth >= MAX_DEPTH:
@@ -68,4 +72,8 @@ def _convert(value: Any, depth: int) -> Any:
     as_dict = getattr(value, "_asdict", None)  # namedtuples such as langgraph's Send
     if callable(as_dict):
         return {"__type__": _type_name(value), **_convert(as_dict(), nxt)}
+    slots = getattr(type(value), "__slots__", None)  # e.g. langgraph's Send, Interrupt
+    if isinstance(slots, (tuple, list)) and slots:
+        fields = {name: getattr(value, name, None) for name in slots if not name.startswith("_")}
+        return {"__type__": _type_name(value), **_convert(fields, nxt)}
     return {"__type__": _type_name(value), "repr": repr(value)[:2000]}

@@ -1,0 +1,68 @@
+"""Checkpoint values rendered as plain JSON, whatever they hold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from uuid import UUID
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.types import Send
+
+from code_hero.persistence.jsonable import to_jsonable
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+class Broken:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_messages_bytes_times_and_others() -> None:
+    value = {
+        "messages": [HumanMessage("hi", id="1"), AIMessage("yo", id="2")],
+        "blob": b"\xff\x00",
+        "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "point": Point(1, 2),
+        "tags": {"b", "a"},
+        "n": Decimal("1.5"),
+        "id": UUID(int=1),
+        "nan": float("nan"),
+        "send": Send("node", {"x": 1}),
+        "opaque": Opaque(),
+        3: "int key",
+    }
+    out = to_jsonable(value)
+    json.dumps(out)  # plain JSON, nothing left over
+    assert out["messages"][0]["type"] == "human" and out["messages"][1]["content"] == "yo"
+    assert out["blob"] == {"__type__": "bytes", "base64": "/wA="}
+    assert out["when"] == "2026-01-02T03:04:05+00:00"
+    assert out["point"] == {"__type__": f"{__name__}.Point", "x": 1, "y": 2}
+    assert out["tags"] == ["a", "b"]
+    assert out["n"] == "1.5" and out["id"] == str(UUID(int=1)) and out["nan"] == "nan"
+    assert out["send"]["node"] == "node" and out["send"]["arg"] == {"x": 1}
+    assert out["opaque"] == {"__type__": f"{__name__}.Opaque", "repr": "<opaque>"}
+    assert out["3"] == "int key"
+
+
+def test_never_raises() -> None:
+    out = to_jsonable({"bad": Broken()})
+    assert out["bad"]["__type__"].endswith("Broken") and "unrenderable" in out["bad"]["error"]
+    deep: list[object] = []
+    node = deep
+    for _ in range(200):
+        node.append([])
+        node = node[0]  # type: ignore[assignment]
+    json.dumps(to_jsonable(deep))

@@ -1,0 +1,86 @@
+"""The seed's environment rules and factories."""
+
+from __future__ import annotations
+
+import pytest
+
+from code_hero.config import (
+    CheckpointerConfig,
+    CheckpointerType,
+    config_for_environment,
+    config_from_url,
+    create_postgres_checkpointer,
+    create_sqlite_checkpointer,
+    get_development_checkpointer_config,
+    get_production_checkpointer_config,
+)
+from code_hero.errors import ConfigurationError
+
+
+def test_development_is_memory_unless_dev_use_sqlite() -> None:
+    assert get_development_checkpointer_config({}).type is CheckpointerType.MEMORY
+    config = get_development_checkpointer_config(
+        {"DEV_USE_SQLITE": "true", "SQLITE_PATH": "data/dev.sqlite"}
+    )
+    assert config.kind == "sqlite" and config.database_path == "data/dev.sqlite"
+    assert get_development_checkpointer_config({"DEV_USE_SQLITE": "false"}).kind == "memory"
+
+
+def test_testing_is_always_memory() -> None:
+    env = {"DATABASE_URL": "postgresql://x@h/db", "DEV_USE_SQLITE": "true"}
+    assert config_for_environment("testing", env).kind == "memory"
+
+
+def test_production_prefers_database_url_then_postgres_url_then_sqlite() -> None:
+    both = {"DATABASE_URL": "postgresql://a@h/one", "POSTGRES_URL": "postgresql://b@h/two"}
+    assert get_production_checkpointer_config(both).connection_string == "postgresql://a@h/one"
+    only = {"POSTGRES_URL": "postgresql://b@h/two"}
+    assert get_production_checkpointer_config(only).type is CheckpointerType.ASYNC_POSTGRES
+    fallback = get_production_checkpointer_config({"SQLITE_PATH": "/var/lib/ch.sqlite"})
+    assert fallback.kind == "sqlite" and fallback.database_path == "/var/lib/ch.sqlite"
+    assert get_production_checkpointer_config({}).database_path == "checkpoints.sqlite"
+
+
+def test_unknown_environment_is_a_clear_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown environment 'staging'"):
+        config_for_environment("staging", {})
+
+
+def test_factories_pick_sync_or_async_types() -> None:
+    assert create_sqlite_checkpointer("x.db", async_mode=False).type is CheckpointerType.SQLITE
+    assert create_sqlite_checkpointer("x.db").type is CheckpointerType.ASYNC_SQLITE
+    pg = create_postgres_checkpointer("postgresql://h/db", async_mode=False)
+    assert pg.type is CheckpointerType.POSTGRES and pg.enable_async is False
+
+
+def test_config_accepts_type_names_and_rejects_bad_values() -> None:
+    assert CheckpointerConfig(checkpointer_type="SQLITE", database_path="a").kind == "sqlite"
+    with pytest.raises(ConfigurationError, match="database_path"):
+        CheckpointerConfig(checkpointer_type=CheckpointerType.SQLITE)
+    with pytest.raises(ConfigurationError, match="positive"):
+        CheckpointerConfig(saver_instances=0)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        ("postgresql://u:p@h:5432/db", "postgres", "postgresql://u:p@h:5432/db"),
+        ("postgres://u@h/db", "postgres", "postgres://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgres", "postgresql://u@h/db"),
+        ("sqlite:///rel.db", "sqlite", "rel.db"),
+        ("sqlite:////abs/path.db", "sqlite", "/abs/path.db"),
+        ("data/x.sqlite", "sqlite", "data/x.sqlite"),
+        ("memory://", "memory", None),
+    ],
+)
+def test_config_from_url(url: str, kind: str, where: str | None) -> None:
+    config = config_from_url(url)
+    assert config.kind == kind
+    assert (config.connection_string or config.database_path) == where
+
+
+def test_describe_hides_passwords() -> None:
+    assert "***" in config_from_url("postgresql://u:secret@h/db").describe()
+    assert "secret" not in config_from_url("postgresql://u:secret@h/db").describe()
+    with pytest.raises(ConfigurationError):
+        config_from_url("mysql://u@h/db")

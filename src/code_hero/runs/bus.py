@@ -1,0 +1,98 @@
+"""The event bus: live run events to subscribers, never slowing the run.
+
+Each subscription has a bounded queue. A subscriber that falls behind is
+marked `overflowed` and its further events are dropped; it catches up from
+the stored events (the event log is the source of truth, the bus only a
+wake-up with the data attached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from code_hero.persistence.records import EventRecord
+
+__all__ = ["EventBus", "InProcessBus", "Subscription"]
+
+DEFAULT_QUEUE = 1024
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's queue of live events, for one run or one thread."""
+
+    run_id: str | None
+    thread_id: str | None
+    queue: asyncio.Queue[EventRecord] = field(default_factory=lambda: asyncio.Queue(DEFAULT_QUEUE))
+    overflowed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, event: EventRecord) -> None:
+        """Queue an event without waiting; on a full queue mark the overflow instead."""
+        if self.overflowed:
+            self.wakeup.set()
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+        self.wakeup.set()
+
+
+class EventBus(Protocol):
+    """Where event writers publish and subscribers listen."""
+
+    def subscribe(self, *, run_id: str | None = None, thread_id: str | None = None) -> Subscription:
+        """A new subscription to one run's or one thread's events."""
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to a subscription."""
+
+    def publish(self, event: EventRecord) -> None:
+        """Deliver an event to its run's and thread's subscribers, without waiting."""
+
+
+class InProcessBus:
+    """The bus of one process: subscribers keyed by run and by thread."""
+
+    def __init__(self, queue_size: int = DEFAULT_QUEUE) -> None:
+        self.queue_size = queue_size
+        self._by_run: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_thread: dict[str, set[Subscription]] = defaultdict(set)
+
+    def subscribe(self, *, run_id: str | None = None, thread_id: str | None = None) -> Subscription:
+        if (run_id is None) == (thread_id is None):
+            raise ValueError("subscribe to exactly one of run_id or thread_id")
+        sub = Subscription(run_id, thread_id, asyncio.Queue(self.queue_size))
+        if run_id is not None:
+            self._by_run[run_id].add(sub)
+        else:
+            assert thread_id is not None
+            self._by_thread[thread_id].add(sub)
+        return sub
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        for table, key in (
+            (self._by_run, subscription.run_id),
+            (self._by_thread, subscription.thread_id),
+        ):
+            if key is not None and key in table:
+                table[key].discard(subscription)
+                if not table[key]:
+                    del table[key]
+
+    def publish(self, event: EventRecord) -> None:
+        for sub in tuple(self._by_run.get(event.run_id, ())):
+            sub.offer(event)
+        for sub in tuple(self._by_thread.get(event.thread_id, ())):
+            sub.offer(event)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        return sum(len(s) for s in self._by_run.values()) + sum(
+            len(s) for s in self._by_thread.values()
+        )

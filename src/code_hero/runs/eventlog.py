@@ -1,0 +1,249 @@
+"""The event log: every run's ordered events, stored in batches, published live.
+
+A `RunEventWriter` numbers a run's events from 1 with no gaps, publishes each
+at once on the bus, and stores them in batches (token deltas are many: one
+transaction per batch, not per token). Readers see stored and not-yet-stored
+events alike, so replay has no hole while a batch is in flight.
+
+Subscribing "after seq N" first replays what is recorded, then follows the
+live events, with no gap or duplicate at the seam: the subscription is
+opened before the replay is read, live events at or below the last
+delivered seq are dropped, and a gap (or a full queue) is filled from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from code_hero.persistence.records import EventRecord, NewEvent, Registry
+from code_hero.runs.bus import EventBus, Subscription
+from code_hero.runs.events import EventType, terminal_status
+
+__all__ = ["EventLog", "RunEventWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class RunEventWriter:
+    """Numbers, publishes and stores the events of one run."""
+
+    def __init__(self, owner: EventLog, run_id: str, thread_id: str, next_seq: int) -> None:
+        self.owner = owner
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.next_seq = next_seq
+        self.pending: list[EventRecord] = []
+        self.inflight: list[EventRecord] = []
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
+        """Append one event: numbered, visible to readers and subscribers at once."""
+        event = EventRecord(
+            self.run_id, self.thread_id, self.next_seq, str(type), dict(payload), datetime.now(UTC)
+        )
+        self.next_seq += 1
+        self.pending.append(event)  # readable before it is published
+        self.owner.bus.publish(event)
+        if len(self.pending) >= self.owner.max_batch:
+            self._start_flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.owner.flush_interval, self._start_flush)
+        return event
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # kept in memory; retried on the next flush
+            log.warning("storing events of run %s failed, will retry: %s", self.run_id, exc)
+            if self._timer is None and not self.closed:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self.owner.retry_interval, self._start_flush)
+
+    async def flush(self) -> None:
+        """Store every pending event (one transaction per batch)."""
+        async with self._lock:
+            while self.pending:
+                batch = self.pending[: self.owner.max_batch]
+                self.inflight = batch
+                del self.pending[: len(batch)]
+                try:
+                    await self.owner.registry().append_events(
+                        self.run_id, [NewEvent(e.seq, e.type, e.payload, e.at) for e in batch]
+                    )
+                except BaseException:
+                    self.pending[:0] = batch
+                    raise
+                finally:
+                    self.inflight = []
+
+    def unstored(self) -> list[EventRecord]:
+        """Events emitted but not yet stored, in order."""
+        return [*self.inflight, *self.pending]
+
+    async def close(self) -> None:
+        """Store what is left; the writer takes no more events."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for attempt in range(3):
+            try:
+                await self.flush()
+                break
+            except Exception as exc:
+                log.warning(
+                    "final store of run %s events failed (%d): %s", self.run_id, attempt, exc
+                )
+                await asyncio.sleep(self.owner.retry_interval)
+        if self.pending:
+            log.error("run %s: %d events could not be stored", self.run_id, len(self.pending))
+        self.closed = True
+        self.owner._writers.pop(self.run_id, None)
+
+
+class EventLog:
+    """Writers for running runs, replay for readers, subscriptions for live clients."""
+
+    def __init__(
+        self,
+        registry: Callable[[], Registry],
+        bus: EventBus,
+        *,
+        flush_interval: float = 0.025,
+        max_batch: int = 500,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.bus = bus
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self.retry_interval = retry_interval
+        self._writers: dict[str, RunEventWriter] = {}
+
+    async def writer(self, run_id: str, thread_id: str) -> RunEventWriter:
+        """The writer of a run; numbering goes on after the last stored event."""
+        existing = self._writers.get(run_id)
+        if existing is not None:
+            return existing
+        last = await self.registry().last_seq(run_id)
+        writer = RunEventWriter(self, run_id, thread_id, last + 1)
+        self._writers[run_id] = writer
+        return writer
+
+    async def read(
+        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
+        """Events after `after_seq` in order: stored ones, then ones not stored yet."""
+        writer = self._writers.get(run_id)
+        unstored = (
+            writer.unstored() if writer is not None else []
+        )  # before the read: see module doc
+        stored = await self.registry().list_events(run_id, after_seq=after_seq, limit=limit)
+        last = stored[-1].seq if stored else after_seq
+        merged = stored + [e for e in unstored if e.seq > last]
+        return merged if limit is None else merged[:limit]
+
+    async def follow_run(
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        is_finished: Callable[[], Awaitable[bool]],
+    ) -> AsyncIterator[EventRecord]:
+        """Replay after `after_seq`, then follow live; ends after the run's final event."""
+        sub = self.bus.subscribe(run_id=run_id)
+        last = after_seq
+        try:
+            while True:
+                sub.overflowed = False
+                sub.wakeup.clear()
+                for event in await self.read(run_id, after_seq=last):
+                    yield event
+                    last = event.seq
+                    if terminal_status(event):
+                        return
+                _drain(sub, last)
+                if await is_finished() and not await self.read(run_id, after_seq=last, limit=1):
+                    return
+                while not sub.overflowed:
+                    await sub.wakeup.wait()
+                    sub.wakeup.clear()
+                    while not sub.queue.empty():
+                        event = sub.queue.get_nowait()
+                        if event.seq <= last:
+                            continue
+                        if event.seq > last + 1:  # a gap: fill it from the log
+                            for missing in await self.read(
+                                run_id, after_seq=last, limit=event.seq - last - 1
+                            ):
+                                yield missing
+                                last = missing.seq
+                        yield event
+                        last = event.seq
+                        if terminal_status(event):
+                            return
+        finally:
+            self.bus.unsubscribe(sub)
+
+    async def follow_thread(self, thread_id: str) -> AsyncIterator[EventRecord]:
+        """Every event of every run on the thread from now on; never ends by itself."""
+        sub = self.bus.subscribe(thread_id=thread_id)
+        last: dict[str, int] = {}
+        try:
+            while True:
+                await sub.wakeup.wait()
+                sub.wakeup.clear()
+                if sub.overflowed:
+                    sub.overflowed = False
+                    _drain(sub, None)
+                    for run_id, seq in list(last.items()):
+                        for event in await self.read(run_id, after_seq=seq):
+                            yield event
+                            last[run_id] = event.seq
+                    continue
+                while not sub.queue.empty():
+                    event = sub.queue.get_nowait()
+                    seen = last.get(event.run_id)
+                    if seen is not None and event.seq <= seen:
+                        continue
+                    if seen is not None and event.seq > seen + 1:
+                        for missing in await self.read(
+                            event.run_id, after_seq=seen, limit=event.seq - seen - 1
+                        ):
+                            yield missing
+                    yield event
+                    last[event.run_id] = event.seq
+        finally:
+            self.bus.unsubscribe(sub)
+
+    async def close(self) -> None:
+        """Store what every open writer still holds."""
+        for writer in list(self._writers.values()):
+            with contextlib.suppress(Exception):
+                await writer.close()
+
+
+def _drain(sub: Subscription, last: int | None) -> None:
+    """Drop queued events already delivered by a replay (all of them when last is None)."""
+    kept = []
+    while not sub.queue.empty():
+        event = sub.queue.get_nowait()
+        if last is not None and event.seq > last:
+            kept.append(event)
+    for event in kept:
+        sub.queue.put_nowait(event)
+    if kept:
+        sub.wakeup.set()

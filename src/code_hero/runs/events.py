@@ -1,0 +1,136 @@
+"""Run events: their types and how LangGraph's stream parts become them.
+
+Every event is stored as an `EventRecord` (run, thread, seq, type, payload,
+time). The payload of each type:
+
+    status            {"status": RunStatus, "error": str | None}
+    agent_transition  {"from": str | None, "to": str, "reason": str | None}
+    node_update       {"node": str, "namespace": str, "update": JSON}
+    message_delta     {"node": str, "namespace": str, "message_id": str | None, "delta": str}
+    checkpoint        {"checkpoint_id": str, "namespace": str, "step": int}
+    interrupt         {"node": str, "namespace": str, "value": JSON}
+    tool_call         {"agent": str, "tool": str, "args": JSON, "result": JSON}
+    custom            {"namespace": str, "data": JSON}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+
+from code_hero.persistence.jsonable import to_jsonable
+from code_hero.persistence.records import EventRecord, RunStatus
+
+__all__ = ["EventType", "namespace_of", "terminal_status", "translate"]
+
+STREAM_MODES = ["updates", "messages", "checkpoints", "custom"]
+
+
+class EventType(StrEnum):
+    STATUS = "status"
+    AGENT_TRANSITION = "agent_transition"
+    NODE_UPDATE = "node_update"
+    MESSAGE_DELTA = "message_delta"
+    CHECKPOINT = "checkpoint"
+    INTERRUPT = "interrupt"
+    TOOL_CALL = "tool_call"
+    CUSTOM = "custom"
+
+
+Draft = tuple[EventType, dict[str, Any]]
+
+
+def namespace_of(ns: Sequence[str]) -> str:
+    """LangGraph's checkpoint namespace string for a stream namespace tuple."""
+    return "|".join(ns)
+
+
+def terminal_status(event: EventRecord) -> RunStatus | None:
+    """The final status an event announces, or None when the run goes on."""
+    if event.type != EventType.STATUS:
+        return None
+    status = RunStatus(str(event.payload.get("status")))
+    return status if status.finished else None
+
+
+def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+    return "".join(parts)
+
+
+def translate(ns: Sequence[str], mode: str, data: Any) -> list[Draft]:
+    """The events one `astream(..., subgraphs=True)` part stands for."""
+    namespace = namespace_of(ns)
+    if mode == "updates" and isinstance(data, Mapping):
+        return [
+            (
+                EventType.NODE_UPDATE,
+                {"node": str(node), "namespace": namespace, "update": to_jsonable(update)},
+            )
+            for node, update in data.items()
+            if node != "__interrupt__"
+        ]
+    if mode == "messages" and isinstance(data, tuple) and len(data) == 2:
+        message, meta = data
+        if not isinstance(message, (AIMessage, AIMessageChunk)):
+            return []
+        delta = _text(message)
+        if not delta:
+            return []
+        node = str((meta or {}).get("langgraph_node", ""))
+        return [
+            (
+                EventType.MESSAGE_DELTA,
+                {"node": node, "namespace": namespace, "message_id": message.id, "delta": delta},
+            )
+        ]
+    if mode == "checkpoints" and isinstance(data, Mapping):
+        conf = (data.get("config") or {}).get("configurable", {})
+        step = (data.get("metadata") or {}).get("step", -1)
+        return [
+            (
+                EventType.CHECKPOINT,
+                {
+                    "checkpoint_id": str(conf.get("checkpoint_id", "")),
+                    "namespace": str(conf.get("checkpoint_ns", namespace)),
+                    "step": int(step) if isinstance(step, int) else -1,
+                },
+            )
+        ]
+    if mode == "custom":
+        if isinstance(data, Mapping) and data.get("type") == "agent_transition":
+            return [
+                (
+                    EventType.AGENT_TRANSITION,
+                    {
+                        "from": data.get("from"),
+                        "to": str(data.get("to")),
+                        "reason": data.get("reason"),
+                    },
+                )
+            ]
+        if isinstance(data, Mapping) and data.get("type") == "tool_call":
+            return [
+                (
+                    EventType.TOOL_CALL,
+                    {
+                        "agent": str(data.get("agent", "")),
+                        "tool": str(data.get("tool", "")),
+                        "args": to_jsonable(data.get("args")),
+                        "result": to_jsonable(data.get("result")),
+                    },
+                )
+            ]
+        return [(EventType.CUSTOM, {"namespace": namespace, "data": to_jsonable(data)})]
+    return []

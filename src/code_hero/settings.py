@@ -1,0 +1,176 @@
+"""Server settings: read once from the environment and CLI options, then frozen.
+
+Every variable the server reads is listed in `ENVIRONMENT` (the README's
+configuration table is generated from the same names).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
+from code_hero.errors import ConfigurationError
+from code_hero.gateway import GatewaySettings
+from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
+
+__all__ = ["ENVIRONMENT", "AppSettings", "Limits", "settings_from_env"]
+
+ENVIRONMENT: dict[str, str] = {
+    "DATABASE_URL": "PostgreSQL URL of the checkpoint database (the seed's name)",
+    "POSTGRES_URL": "used when DATABASE_URL is not set",
+    "SQLITE_PATH": "SQLite file when no PostgreSQL URL is set (default checkpoints.sqlite)",
+    "DEV_USE_SQLITE": "development environment: SQLite instead of memory",
+    "CODE_HERO_ENVIRONMENT": "production (default for serve), development or testing",
+    "CODE_HERO_DATABASE_URL": "overrides the above: postgresql://..., sqlite:///path or memory://",
+    "CODE_HERO_GRAPHS": "extra graphs: name=package.module:attr,name=./file.py:attr",
+    "CODE_HERO_LANGGRAPH_JSON": "a langgraph.json whose `graphs` are served",
+    "CODE_HERO_DEFAULT_GRAPH": "graph used when a run names none (default code_hero)",
+    "CODE_HERO_MODEL": "provider:model for the agents (default: the offline model)",
+    "CODE_HERO_HOST": "listen address (default 127.0.0.1)",
+    "CODE_HERO_PORT": "listen port (default 8000)",
+    "CODE_HERO_LOG_LEVEL": "debug, info, warning, error (default info)",
+    "CODE_HERO_MAX_CONCURRENT_RUNS": "runs executing at once in this process (default 8)",
+    "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
+    "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
+    "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql in a browser (default true)",
+    "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
+    "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
+    "CODE_HERO_MAX_TOKENS": "tokens per document (default 5000)",
+    "CODE_HERO_MAX_BODY_BYTES": "request body limit, HTTP 413 above it (default 1048576)",
+    "CODE_HERO_MAX_MESSAGE_LENGTH": "characters in a run's message (default 100000)",
+    "CODE_HERO_MAX_SUBSCRIPTIONS": "subscriptions per WebSocket connection (default 20)",
+    "CODE_HERO_WS_INIT_TIMEOUT": "seconds a socket may wait before connection_init (default 10)",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, each configurable; on by default."""
+
+    max_depth: int = 10
+    max_aliases: int = 30
+    max_tokens: int = 5000
+    max_body_bytes: int = 1024 * 1024
+    max_page: int = 100
+    max_message_length: int = 100_000
+    max_subscriptions: int = 20
+    ws_init_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The whole server's settings."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    limits: Limits = field(default_factory=Limits)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    graphiql: bool = True
+
+    def with_options(self, **changes: Any) -> AppSettings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def checkpointer_from_env(
+    env: Mapping[str, str], *, database_url: str | None = None, sqlite_path: str | None = None
+) -> CheckpointerConfig:
+    """The checkpointer: an explicit URL or path first, then the seed's environment rules."""
+    interval = _float(env, "CODE_HERO_HEALTH_INTERVAL", 5.0)
+    url = database_url or env.get("CODE_HERO_DATABASE_URL")
+    if url:
+        config = config_from_url(url)
+    elif sqlite_path:
+        config = config_from_url(sqlite_path)
+    else:
+        config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
+    return config.with_options(health_check_interval=interval)
+
+
+def settings_from_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    database_url: str | None = None,
+    sqlite_path: str | None = None,
+    graphs: str | None = None,
+    langgraph_json: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str | None = None,
+) -> AppSettings:
+    """Settings from the environment, with CLI options taking precedence."""
+    env = os.environ if environ is None else environ
+    specs = parse_graph_specs(graphs if graphs is not None else env.get("CODE_HERO_GRAPHS"))
+    json_path = langgraph_json or env.get("CODE_HERO_LANGGRAPH_JSON")
+    if json_path:
+        specs = {**read_langgraph_json(json_path), **specs}
+    limits = Limits(
+        max_depth=_int(env, "CODE_HERO_MAX_DEPTH", 10),
+        max_aliases=_int(env, "CODE_HERO_MAX_ALIASES", 30),
+        max_tokens=_int(env, "CODE_HERO_MAX_TOKENS", 5000),
+        max_body_bytes=_int(env, "CODE_HERO_MAX_BODY_BYTES", 1024 * 1024),
+        max_message_length=_int(env, "CODE_HERO_MAX_MESSAGE_LENGTH", 100_000),
+        max_subscriptions=_int(env, "CODE_HERO_MAX_SUBSCRIPTIONS", 20),
+        ws_init_timeout=_float(env, "CODE_HERO_WS_INIT_TIMEOUT", 10.0),
+    )
+    gateway = GatewaySettings(
+        checkpointer=checkpointer_from_env(env, database_url=database_url, sqlite_path=sqlite_path),
+        graphs=specs,
+        default_graph=env.get("CODE_HERO_DEFAULT_GRAPH") or None,
+        model=env.get("CODE_HERO_MODEL") or None,
+        max_concurrent_runs=max(1, _int(env, "CODE_HERO_MAX_CONCURRENT_RUNS", 8)),
+        lease_seconds=_float(env, "CODE_HERO_LEASE_SECONDS", 15.0),
+        max_message_length=limits.max_message_length,
+    )
+    level = (log_level or env.get("CODE_HERO_LOG_LEVEL") or "info").lower()
+    if level not in {"debug", "info", "warning", "error", "critical"}:
+        raise ConfigurationError(f"unknown log level {level!r}")
+    return AppSettings(
+        gateway=gateway,
+        limits=limits,
+        host=host or env.get("CODE_HERO_HOST") or "127.0.0.1",
+        port=port if port is not None else _int(env, "CODE_HERO_PORT", 8000),
+        log_level=level,
+        graphiql=_bool(env, "CODE_HERO_GRAPHIQL", True),
+    )

@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
@@ -101,6 +101,8 @@ class RunExecutor:
         self._done: dict[str, asyncio.Event] = {}
         self._lanes: dict[str, _Lane] = {}
         self._closing = False
+        self._cancel_requested: set[str] = set()
+        self._start_locks: dict[str, asyncio.Lock] = {}
         self._lease_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -143,13 +145,15 @@ class RunExecutor:
         """Validate, record PENDING and schedule; with `wait`, return the final run."""
         if self._closing:
             raise ConflictError("the server is shutting down and takes no new runs")
+        if req.resume is not UNSET:
+            req = await self._continuing(req)
         graph_name = req.graph or self.graphs.default
-        graph = self.graphs.get(graph_name)
+        self.graphs.get(graph_name)
         given = [
-            n
-            for n, v in (("message", req.message), ("input", req.input), ("resume", req.resume))
-            if (v is not UNSET and v is not None) or (n == "resume" and v is not UNSET)
-        ]
+            name
+            for name, value in (("message", req.message), ("input", req.input))
+            if value is not UNSET and value is not None
+        ] + (["resume"] if req.resume is not UNSET else [])
         if len(given) != 1:
             raise BadInputError(
                 "give exactly one of message, input or resume"
@@ -157,25 +161,37 @@ class RunExecutor:
             )
         run_input = self._input_for(req, graph_name)
         thread_id = req.thread_id or str(uuid.uuid4())
+        # One start at a time per thread: the busy check and the enqueue are one step.
+        lock = self._start_locks.setdefault(thread_id, asyncio.Lock())
+        async with lock:
+            record = await self._admit(req, thread_id, graph_name, run_input)
+        if not lock.locked():
+            self._start_locks.pop(thread_id, None)
+        if req.wait:
+            return await self.wait(record.run_id)
+        return record
+
+    async def _admit(
+        self, req: StartRun, thread_id: str, graph_name: str, run_input: Any
+    ) -> RunRecord:
         thread = await self.registry.get_thread(thread_id)
-        if req.resume is not UNSET:
-            if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
-                raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
+        if req.resume is not UNSET and (thread is None or thread.status is not ThreadStatus.INTERRUPTED):
+            raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
             if found is None:
                 raise NotFoundError(
                     f"checkpoint {req.from_checkpoint_id!r} is not in thread {thread_id!r}"
                 )
-        lane = self._lanes.setdefault(thread_id, _Lane())
-        busy = lane.active or (lane.queue[0] if lane.queue else None)
-        if busy is not None:
+        lane = self._lanes.get(thread_id)
+        busy = lane and (lane.active or (lane.queue[0] if lane.queue else None))
+        if busy:
             if req.multitask is MultitaskStrategy.REJECT:
                 raise ConflictError(
                     f"thread {thread_id!r} is busy with run {busy!r}; "
                     "use multitask ENQUEUE or INTERRUPT"
                 )
-            if req.multitask is MultitaskStrategy.INTERRUPT:
+            if req.multitask is MultitaskStrategy.INTERRUPT and lane is not None:
                 for run_id in [*lane.queue, *([lane.active] if lane.active else [])]:
                     await self.cancel(run_id)
         run_id = str(uuid.uuid4())
@@ -199,11 +215,28 @@ class RunExecutor:
         writer = await self.events.writer(run_id, thread_id)
         writer.emit(EventType.STATUS, {"status": RunStatus.PENDING.value, "error": None})
         self._done[run_id] = asyncio.Event()
-        lane.queue.append(run_id)
+        # Fetched again: the awaits above may have let a finished run drop the lane.
+        self._lanes.setdefault(thread_id, _Lane()).queue.append(run_id)
         self._pump(thread_id)
-        if req.wait:
-            return await self.wait(run_id)
         return record
+
+    async def _continuing(self, req: StartRun) -> StartRun:
+        """A resume carries on the interrupted run: its graph and config unless given."""
+        if req.thread_id is None:
+            raise BadInputError("resume needs the threadId of the interrupted thread")
+        page = await self.registry.list_runs(
+            RunFilter(thread_id=req.thread_id, status=RunStatus.INTERRUPTED), first=1
+        )
+        if not page.items:
+            return req
+        last = page.items[0]
+        config = {k: v for k, v in last.config.items() if k != "checkpoint_id"}
+        return replace(
+            req,
+            graph=req.graph or last.graph,
+            config={**config, **req.config},
+            user_id=req.user_id or last.user_id,
+        )
 
     def _input_for(self, req: StartRun, graph_name: str) -> Any:
         keys = self.graphs.input_keys(graph_name)
@@ -272,7 +305,8 @@ class RunExecutor:
             return await self.wait(run_id)
         task = self._tasks.get(run_id)
         if task is not None and not task.done():
-            task.cancel("cancelled by request")
+            self._cancel_requested.add(run_id)
+            task.cancel()
             await asyncio.wait({task}, timeout=5)
             return await self.wait(run_id)
         # Not executing here (its process is gone): record the cancel directly.
@@ -300,7 +334,7 @@ class RunExecutor:
                 writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
                 status, output, error = await self._stream(record, writer, resuming)
         except asyncio.CancelledError:
-            if self._closing and not _cancel_requested():
+            if self._closing and run_id not in self._cancel_requested:
                 # Shutdown: leave the run RUNNING with its lease released, so the
                 # next executor resumes it from its last checkpoint.
                 with contextlib.suppress(Exception):
@@ -380,6 +414,7 @@ class RunExecutor:
 
     def _release(self, run_id: str, thread_id: str) -> None:
         self._tasks.pop(run_id, None)
+        self._cancel_requested.discard(run_id)
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
@@ -438,19 +473,6 @@ class RunExecutor:
                 lane.queue.append(record.run_id)
                 self._pump(record.thread_id)
         return len(orphans)
-
-
-def _cancel_requested() -> bool:
-    task = asyncio.current_task()
-    return (
-        task is not None
-        and task.cancelling() > 0
-        and _cancel_message(task) == "cancelled by request"
-    )
-
-
-def _cancel_message(task: asyncio.Task[Any]) -> str | None:
-    return getattr(task, "_cancel_message", None)
 
 
 def _with_messages(run_input: Any) -> Any:

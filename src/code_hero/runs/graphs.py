@@ -117,8 +117,12 @@ async def _materialise(name: str, target: str, obj: Any) -> Any:
         return obj
     if callable(obj):
         try:
-            params = inspect.signature(obj).parameters
-            result = obj({"configurable": {}}) if params else obj()
+            required = [
+                p
+                for p in inspect.signature(obj).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            ]
+            result = obj({"configurable": {}}) if required else obj()  # LangGraph passes a config
             if inspect.isawaitable(result):
                 result = await result
         except Exception as exc:

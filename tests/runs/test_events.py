@@ -1,0 +1,78 @@
+"""The event stream: gap-free, replayable from any seq during and after a run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from code_hero.gateway import Gateway
+from code_hero.persistence.records import EventRecord
+from code_hero.runs.bus import InProcessBus
+from code_hero.runs.events import terminal_status
+from code_hero.runs.executor import StartRun
+
+
+async def collect(gw: Gateway, run_id: str, after: int, pause: float = 0.0) -> list[EventRecord]:
+    out = []
+    async for event in await gw.follow_run(run_id, after_seq=after):
+        out.append(event)
+        if pause:
+            await asyncio.sleep(pause)
+    return out
+
+
+async def test_subscribing_at_many_points_during_a_run(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application"))
+    subscribers = []
+    for after in range(0, 60, 3):  # each subscribes while events are being produced
+        subscribers.append(asyncio.create_task(collect(gateway, run.run_id, after)))
+        await asyncio.sleep(0.002)
+    results = await asyncio.wait_for(asyncio.gather(*subscribers), 30)
+    stored = await gateway.run_events(run.run_id, first=1000)
+    final = stored[-1].seq
+    assert terminal_status(stored[-1]) is not None
+    for after, got in zip(range(0, 60, 3), results, strict=True):
+        assert [e.seq for e in got] == list(range(after + 1, final + 1)), f"after {after}"
+        assert [e.payload for e in got] == [e.payload for e in stored[after:]]
+
+
+async def test_replay_after_the_run_ended(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    stored = await gateway.run_events(run.run_id, first=1000)
+    for after in (0, 1, len(stored) // 2, len(stored) - 1):
+        got = await asyncio.wait_for(collect(gateway, run.run_id, after), 5)
+        assert [e.seq for e in got] == [e.seq for e in stored[after:]]
+    assert await asyncio.wait_for(collect(gateway, run.run_id, len(stored)), 5) == []
+
+
+async def test_a_slow_subscriber_catches_up_and_slows_nothing(gateway: Gateway) -> None:
+    gateway.bus = InProcessBus(queue_size=4)  # tiny queues: overflow for sure
+    gateway.events.bus = gateway.bus
+    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application"))
+    slow = asyncio.create_task(collect(gateway, run.run_id, 0, pause=0.01))
+    fast = asyncio.create_task(collect(gateway, run.run_id, 0))
+    done = await gateway.executor.wait(run.run_id, timeout=30)
+    assert not slow.done(), "the run finished without waiting for the slow reader"
+    slow_events, fast_events = await asyncio.wait_for(asyncio.gather(slow, fast), 30)
+    stored = await gateway.run_events(run.run_id, first=1000)
+    assert done.status.value == "SUCCESS"
+    assert [e.seq for e in slow_events] == [e.seq for e in stored] == [e.seq for e in fast_events]
+
+
+async def test_events_are_stored_in_batches(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = gateway.manager.registry
+    calls: list[int] = []
+    real = registry.append_events
+
+    async def counting(run_id: str, events: list) -> None:  # type: ignore[type-arg]
+        calls.append(len(events))
+        await real(run_id, events)
+
+    monkeypatch.setattr(registry, "append_events", counting)
+    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application", wait=True))
+    events = await gateway.run_events(run.run_id, first=1000)
+    assert sum(calls) == len(events) > 50
+    assert len(calls) < len(events) / 5, "one transaction per batch, not per token"

@@ -1,0 +1,188 @@
+"""The run executor on memory, SQLite and PostgreSQL: states, cancel, resume, fork, multitask."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.gateway import Gateway
+from code_hero.persistence.records import RunFilter, RunStatus, ThreadStatus
+from code_hero.runs.executor import MultitaskStrategy, StartRun
+
+
+async def events_of(gw: Gateway, run_id: str) -> list:
+    return await gw.run_events(run_id, first=1000)
+
+
+async def wait_status(gw: Gateway, run_id: str, status: RunStatus, limit: float = 10) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        run = await gw.get_run(run_id)
+        if run is not None and run.status is status:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {status}")
+
+
+async def test_builtin_graph_reaches_the_fastapi_expert(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application", user_id="ann", wait=True))
+    assert run.status is RunStatus.SUCCESS and run.error is None
+    events = await events_of(gateway, run.run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = Counter(e.type for e in events)
+    assert kinds["message_delta"] > 5, "the answer streams token by token"
+    assert kinds["checkpoint"] >= 4 and kinds["node_update"] >= 3
+    hops = [(e.payload["from"], e.payload["to"]) for e in events if e.type == "agent_transition"]
+    assert hops == [("SUPERVISOR", "IMPLEMENTATION"), ("IMPLEMENTATION", "FASTAPI_EXPERT")]
+    assert [e.payload["status"] for e in events if e.type == "status"] == ["PENDING", "RUNNING", "SUCCESS"]
+    assert any(e.payload["namespace"].startswith("development:") for e in events if e.type == "node_update")
+    answer = run.output["messages"][-1]
+    assert answer["type"] == "ai" and "FastAPI" in answer["content"]
+    thread = await gateway.get_thread(run.thread_id)
+    assert thread is not None and thread.status is ThreadStatus.IDLE and thread.user_id == "ann"
+
+
+async def test_documentation_request_goes_to_the_documentation_team(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(message="Write documentation for my README", wait=True))
+    events = await events_of(gateway, run.run_id)
+    targets = [e.payload["to"] for e in events if e.type == "agent_transition"]
+    assert targets[0] == "DOCUMENTATION"
+
+
+async def test_error_ends_the_run_and_marks_the_thread(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(graph="slow", input={"fail_at": "s2"}, wait=True))
+    assert run.status is RunStatus.ERROR and "step s2 failed on purpose" in (run.error or "")
+    assert (await gateway.get_thread(run.thread_id)).status is ThreadStatus.ERROR  # type: ignore[union-attr]
+    last = (await events_of(gateway, run.run_id))[-1]
+    assert last.payload == {"status": "ERROR", "error": run.error}
+
+
+async def test_cancel_is_prompt_and_leaves_checkpoints_consistent(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+    await wait_status(gateway, run.run_id, RunStatus.RUNNING)
+    await asyncio.sleep(0.7)
+    started = time.monotonic()
+    cancelled = await gateway.cancel_run(run.run_id)
+    assert time.monotonic() - started < 1.0
+    assert cancelled.status is RunStatus.CANCELLED
+    assert (await gateway.get_thread(run.thread_id)).status is ThreadStatus.IDLE  # type: ignore[union-attr]
+    latest = await gateway.get_checkpoint(run.thread_id)
+    assert latest is not None and 1 <= len(latest.values["steps"]) < 6
+    again = await gateway.start_run(StartRun(graph="slow", thread_id=run.thread_id, input={}, wait=True))
+    assert again.status is RunStatus.SUCCESS
+    assert (await gateway.cancel_run(run.run_id)).status is RunStatus.CANCELLED  # idempotent
+    with pytest.raises(NotFoundError):
+        await gateway.cancel_run("no-such-run")
+
+
+async def test_interrupt_and_resume(gateway: Gateway) -> None:
+    run = await gateway.start_run(
+        StartRun(message="build a fastapi app", config={"require_approval": True}, wait=True)
+    )
+    assert run.status is RunStatus.INTERRUPTED
+    assert (await gateway.get_thread(run.thread_id)).status is ThreadStatus.INTERRUPTED  # type: ignore[union-attr]
+    asked = [e for e in await events_of(gateway, run.run_id) if e.type == "interrupt"]
+    assert asked[0].payload["node"] == "SUPERVISOR" and "question" in asked[0].payload["value"]
+    resumed = await gateway.start_run(
+        StartRun(thread_id=run.thread_id, resume={"approved": True, "feedback": "go"}, wait=True)
+    )
+    assert resumed.status is RunStatus.SUCCESS
+    assert resumed.output["human_feedback"][0]["approved"] is True
+    with pytest.raises(ConflictError, match="not interrupted"):
+        await gateway.start_run(StartRun(thread_id=run.thread_id, resume="yes"))
+
+
+async def test_interrupt_inside_a_user_graph(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(graph="slow", input={"ask_at": "s3"}, wait=True))
+    assert run.status is RunStatus.INTERRUPTED
+    resumed = await gateway.start_run(StartRun(thread_id=run.thread_id, resume="ok", graph="slow", wait=True))
+    assert resumed.status is RunStatus.SUCCESS
+    assert resumed.output["steps"] == [f"s{i}" for i in range(6)] and resumed.output["answers"] == ["ok"]
+
+
+async def test_fork_from_a_past_checkpoint_keeps_the_old_branch(gateway: Gateway) -> None:
+    first = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    history = (await gateway.list_checkpoints(first.thread_id, first=100)).items
+    after_s1 = next(c for c in history if c.values.get("steps") == ["s0", "s1"])
+    fork = await gateway.start_run(
+        StartRun(graph="slow", thread_id=first.thread_id, input={"steps": ["forked"]},
+                 from_checkpoint_id=after_s1.checkpoint_id, wait=True)
+    )
+    assert fork.status is RunStatus.SUCCESS
+    assert fork.output["steps"][:3] == ["s0", "s1", "forked"]
+    everything = (await gateway.list_checkpoints(first.thread_id, first=100)).items
+    children = [c for c in everything if c.parent_id == after_s1.checkpoint_id]
+    assert len(children) == 2, "the past checkpoint has a second child; the old branch stays"
+    with pytest.raises(NotFoundError, match="not in thread"):
+        await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={}, from_checkpoint_id="nope"))
+
+
+async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
+    slow = {"delay": 0.1}
+    first = await gateway.start_run(StartRun(graph="slow", input=slow))
+    with pytest.raises(ConflictError, match="busy"):
+        await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input=slow))
+    queued = [
+        await gateway.start_run(
+            StartRun(graph="slow", thread_id=first.thread_id, input={}, multitask=MultitaskStrategy.ENQUEUE)
+        )
+        for _ in range(2)
+    ]
+    assert all(r.status is RunStatus.PENDING for r in queued)
+    done = [await gateway.executor.wait(r.run_id, timeout=30) for r in [first, *queued]]
+    assert [r.status for r in done] == [RunStatus.SUCCESS] * 3
+    assert done[0].finished_at <= done[1].started_at and done[1].finished_at <= done[2].started_at  # type: ignore[operator]
+
+    running = await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={"delay": 1}))
+    await wait_status(gateway, running.run_id, RunStatus.RUNNING)
+    takeover = await gateway.start_run(
+        StartRun(graph="slow", thread_id=first.thread_id, input={}, multitask=MultitaskStrategy.INTERRUPT, wait=True)
+    )
+    assert (await gateway.get_run(running.run_id)).status is RunStatus.CANCELLED  # type: ignore[union-attr]
+    assert takeover.status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "match"),
+    [
+        (StartRun(graph="nope", message="hi"), NotFoundError, "unknown graph 'nope'"),
+        (StartRun(message="hi", input={"messages": []}), BadInputError, "exactly one"),
+        (StartRun(), BadInputError, "exactly one"),
+        (StartRun(message="   "), BadInputError, "non-empty"),
+        (StartRun(graph="slow", input={"colour": 1}), BadInputError, "does not take colour"),
+        (StartRun(graph="slow", input=[1, 2]), BadInputError, "JSON object"),
+        (StartRun(graph="slow", message="hi"), BadInputError, "takes no messages"),
+        (StartRun(thread_id="fresh", resume="yes"), ConflictError, "not interrupted"),
+        (StartRun(thread_id="fresh", message="hi", from_checkpoint_id="x"), NotFoundError, "not in thread"),
+    ],
+)
+async def test_bad_input_records_nothing(gateway: Gateway, request_: StartRun, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        await gateway.start_run(request_)
+    assert (await gateway.runs_page(RunFilter(), first=10)).items == []
+    assert (await gateway.threads_page(first=10)).items == []
+
+
+async def test_thread_subscription_sees_every_run(gateway: Gateway) -> None:
+    first = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    stream = await gateway.follow_thread(first.thread_id)
+    received: list = []
+
+    async def consume() -> None:
+        async for event in stream:
+            received.append(event)
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    runs = [await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={}, wait=True))
+            for _ in range(2)]
+    await asyncio.sleep(0.1)
+    consumer.cancel()
+    for run in runs:
+        seqs = [e.seq for e in received if e.run_id == run.run_id]
+        stored = [e.seq for e in await events_of(gateway, run.run_id)]
+        assert seqs == stored

@@ -52,7 +52,7 @@ async def test_a_slow_subscriber_catches_up_and_slows_nothing(gateway: Gateway) 
     run = await gateway.start_run(StartRun(message="Help me build a FastAPI application"))
     slow = asyncio.create_task(collect(gateway, run.run_id, 0, pause=0.01))
     fast = asyncio.create_task(collect(gateway, run.run_id, 0))
-    done = await gateway.executor.wait(run.run_id, timeout=30)
+    done = await gateway.executor.wait(run.run_id, limit=30)
     assert not slow.done(), "the run finished without waiting for the slow reader"
     slow_events, fast_events = await asyncio.wait_for(asyncio.gather(slow, fast), 30)
     stored = await gateway.run_events(run.run_id, first=1000)
@@ -72,7 +72,9 @@ async def test_events_are_stored_in_batches(
         await real(run_id, events)
 
     monkeypatch.setattr(registry, "append_events", counting)
-    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application", wait=True))
+    run = await gateway.start_run(
+        StartRun(message="Help me build a FastAPI application", wait=True)
+    )
     events = await gateway.run_events(run.run_id, first=1000)
     assert sum(calls) == len(events) > 50
     assert len(calls) < len(events) / 5, "one transaction per batch, not per token"

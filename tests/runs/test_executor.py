@@ -29,7 +29,9 @@ async def wait_status(gw: Gateway, run_id: str, status: RunStatus, limit: float 
 
 
 async def test_builtin_graph_reaches_the_fastapi_expert(gateway: Gateway) -> None:
-    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application", user_id="ann", wait=True))
+    run = await gateway.start_run(
+        StartRun(message="Help me build a FastAPI application", user_id="ann", wait=True)
+    )
     assert run.status is RunStatus.SUCCESS and run.error is None
     events = await events_of(gateway, run.run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -38,8 +40,14 @@ async def test_builtin_graph_reaches_the_fastapi_expert(gateway: Gateway) -> Non
     assert kinds["checkpoint"] >= 4 and kinds["node_update"] >= 3
     hops = [(e.payload["from"], e.payload["to"]) for e in events if e.type == "agent_transition"]
     assert hops == [("SUPERVISOR", "IMPLEMENTATION"), ("IMPLEMENTATION", "FASTAPI_EXPERT")]
-    assert [e.payload["status"] for e in events if e.type == "status"] == ["PENDING", "RUNNING", "SUCCESS"]
-    assert any(e.payload["namespace"].startswith("development:") for e in events if e.type == "node_update")
+    assert [e.payload["status"] for e in events if e.type == "status"] == [
+        "PENDING",
+        "RUNNING",
+        "SUCCESS",
+    ]
+    assert any(
+        e.payload["namespace"].startswith("development:") for e in events if e.type == "node_update"
+    )
     answer = run.output["messages"][-1]
     assert answer["type"] == "ai" and "FastAPI" in answer["content"]
     thread = await gateway.get_thread(run.thread_id)
@@ -72,7 +80,9 @@ async def test_cancel_is_prompt_and_leaves_checkpoints_consistent(gateway: Gatew
     assert (await gateway.get_thread(run.thread_id)).status is ThreadStatus.IDLE  # type: ignore[union-attr]
     latest = await gateway.get_checkpoint(run.thread_id)
     assert latest is not None and 1 <= len(latest.values["steps"]) < 6
-    again = await gateway.start_run(StartRun(graph="slow", thread_id=run.thread_id, input={}, wait=True))
+    again = await gateway.start_run(
+        StartRun(graph="slow", thread_id=run.thread_id, input={}, wait=True)
+    )
     assert again.status is RunStatus.SUCCESS
     assert (await gateway.cancel_run(run.run_id)).status is RunStatus.CANCELLED  # idempotent
     with pytest.raises(NotFoundError):
@@ -99,9 +109,13 @@ async def test_interrupt_and_resume(gateway: Gateway) -> None:
 async def test_interrupt_inside_a_user_graph(gateway: Gateway) -> None:
     run = await gateway.start_run(StartRun(graph="slow", input={"ask_at": "s3"}, wait=True))
     assert run.status is RunStatus.INTERRUPTED
-    resumed = await gateway.start_run(StartRun(thread_id=run.thread_id, resume="ok", graph="slow", wait=True))
+    resumed = await gateway.start_run(
+        StartRun(thread_id=run.thread_id, resume="ok", graph="slow", wait=True)
+    )
     assert resumed.status is RunStatus.SUCCESS
-    assert resumed.output["steps"] == [f"s{i}" for i in range(6)] and resumed.output["answers"] == ["ok"]
+    assert resumed.output["steps"] == [f"s{i}" for i in range(6)] and resumed.output["answers"] == [
+        "ok"
+    ]
 
 
 async def test_fork_from_a_past_checkpoint_keeps_the_old_branch(gateway: Gateway) -> None:
@@ -109,8 +123,13 @@ async def test_fork_from_a_past_checkpoint_keeps_the_old_branch(gateway: Gateway
     history = (await gateway.list_checkpoints(first.thread_id, first=100)).items
     after_s1 = next(c for c in history if c.values.get("steps") == ["s0", "s1"])
     fork = await gateway.start_run(
-        StartRun(graph="slow", thread_id=first.thread_id, input={"steps": ["forked"]},
-                 from_checkpoint_id=after_s1.checkpoint_id, wait=True)
+        StartRun(
+            graph="slow",
+            thread_id=first.thread_id,
+            input={"steps": ["forked"]},
+            from_checkpoint_id=after_s1.checkpoint_id,
+            wait=True,
+        )
     )
     assert fork.status is RunStatus.SUCCESS
     assert fork.output["steps"][:3] == ["s0", "s1", "forked"]
@@ -118,7 +137,9 @@ async def test_fork_from_a_past_checkpoint_keeps_the_old_branch(gateway: Gateway
     children = [c for c in everything if c.parent_id == after_s1.checkpoint_id]
     assert len(children) == 2, "the past checkpoint has a second child; the old branch stays"
     with pytest.raises(NotFoundError, match="not in thread"):
-        await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={}, from_checkpoint_id="nope"))
+        await gateway.start_run(
+            StartRun(graph="slow", thread_id=first.thread_id, input={}, from_checkpoint_id="nope")
+        )
 
 
 async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
@@ -128,19 +149,32 @@ async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
         await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input=slow))
     queued = [
         await gateway.start_run(
-            StartRun(graph="slow", thread_id=first.thread_id, input={}, multitask=MultitaskStrategy.ENQUEUE)
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
         )
         for _ in range(2)
     ]
     assert all(r.status is RunStatus.PENDING for r in queued)
-    done = [await gateway.executor.wait(r.run_id, timeout=30) for r in [first, *queued]]
+    done = [await gateway.executor.wait(r.run_id, limit=30) for r in [first, *queued]]
     assert [r.status for r in done] == [RunStatus.SUCCESS] * 3
     assert done[0].finished_at <= done[1].started_at and done[1].finished_at <= done[2].started_at  # type: ignore[operator]
 
-    running = await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={"delay": 1}))
+    running = await gateway.start_run(
+        StartRun(graph="slow", thread_id=first.thread_id, input={"delay": 1})
+    )
     await wait_status(gateway, running.run_id, RunStatus.RUNNING)
     takeover = await gateway.start_run(
-        StartRun(graph="slow", thread_id=first.thread_id, input={}, multitask=MultitaskStrategy.INTERRUPT, wait=True)
+        StartRun(
+            graph="slow",
+            thread_id=first.thread_id,
+            input={},
+            multitask=MultitaskStrategy.INTERRUPT,
+            wait=True,
+        )
     )
     assert (await gateway.get_run(running.run_id)).status is RunStatus.CANCELLED  # type: ignore[union-attr]
     assert takeover.status is RunStatus.SUCCESS
@@ -157,10 +191,16 @@ async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
         (StartRun(graph="slow", input=[1, 2]), BadInputError, "JSON object"),
         (StartRun(graph="slow", message="hi"), BadInputError, "takes no messages"),
         (StartRun(thread_id="fresh", resume="yes"), ConflictError, "not interrupted"),
-        (StartRun(thread_id="fresh", message="hi", from_checkpoint_id="x"), NotFoundError, "not in thread"),
+        (
+            StartRun(thread_id="fresh", message="hi", from_checkpoint_id="x"),
+            NotFoundError,
+            "not in thread",
+        ),
     ],
 )
-async def test_bad_input_records_nothing(gateway: Gateway, request_: StartRun, error: type, match: str) -> None:
+async def test_bad_input_records_nothing(
+    gateway: Gateway, request_: StartRun, error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         await gateway.start_run(request_)
     assert (await gateway.runs_page(RunFilter(), first=10)).items == []
@@ -178,8 +218,12 @@ async def test_thread_subscription_sees_every_run(gateway: Gateway) -> None:
 
     consumer = asyncio.create_task(consume())
     await asyncio.sleep(0.05)
-    runs = [await gateway.start_run(StartRun(graph="slow", thread_id=first.thread_id, input={}, wait=True))
-            for _ in range(2)]
+    runs = [
+        await gateway.start_run(
+            StartRun(graph="slow", thread_id=first.thread_id, input={}, wait=True)
+        )
+        for _ in range(2)
+    ]
     await asyncio.sleep(0.1)
     consumer.cancel()
     for run in runs:

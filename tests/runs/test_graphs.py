@@ -15,7 +15,7 @@ from code_hero.runs.graphs import GraphRegistry, parse_graph_specs
 from code_hero.settings import settings_from_env
 
 HERE = Path(__file__).parent
-COMPILED = '''
+COMPILED = """
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import StateGraph, START, END
 from typing_extensions import TypedDict
@@ -35,15 +35,19 @@ not_a_graph = 42
 
 async def make_graph(config):
     return builder
-'''
+"""
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "agent.py").write_text(COMPILED)
     (tmp_path / "langgraph.json").write_text(
-        json.dumps({"dependencies": ["."], "graphs": {"counter": "./agent.py:compiled",
-                                                     "factory": "./agent.py:make_graph"}})
+        json.dumps(
+            {
+                "dependencies": ["."],
+                "graphs": {"counter": "./agent.py:compiled", "factory": "./agent.py:make_graph"},
+            }
+        )
     )
     return tmp_path
 
@@ -58,8 +62,14 @@ async def test_graphs_from_env_and_langgraph_json(project: Path, sqlite_path: st
     assert set(settings.gateway.graphs) == {"slow", "chain", "counter", "factory"}
     async with Gateway(settings.gateway) as gw:
         assert [g.name for g in gw.graphs()] == ["code_hero", "chain", "counter", "factory", "slow"]
-        assert [a.name for a in next(g for g in gw.graphs() if g.name == "counter").agents] == ["inc"]
-        for graph, payload in (("counter", {"n": 1}), ("factory", {"n": 5}), ("chain", {"steps": []})):
+        assert [a.name for a in next(g for g in gw.graphs() if g.name == "counter").agents] == [
+            "inc"
+        ]
+        for graph, payload in (
+            ("counter", {"n": 1}),
+            ("factory", {"n": 5}),
+            ("chain", {"steps": []}),
+        ):
             run = await gw.start_run(StartRun(graph=graph, input=payload, wait=True))
             assert run.status is RunStatus.SUCCESS, run.error
             # The manager's checkpointer, not the one the user compiled with.

@@ -11,7 +11,11 @@ import time
 
 import pytest
 
-from code_hero.config import CheckpointerConfig, create_postgres_checkpointer, create_sqlite_checkpointer
+from code_hero.config import (
+    CheckpointerConfig,
+    create_postgres_checkpointer,
+    create_sqlite_checkpointer,
+)
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunStatus
 from tests.runs.conftest import SLOW_SPEC
@@ -51,10 +55,17 @@ def durable_config(request: pytest.FixtureRequest) -> CheckpointerConfig:
     return create_postgres_checkpointer(request.getfixturevalue("pg_database"))
 
 
-async def test_killed_process_run_is_resumed_exactly_once(durable_config: CheckpointerConfig) -> None:
+async def test_killed_process_run_is_resumed_exactly_once(
+    durable_config: CheckpointerConfig,
+) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, _url(durable_config), SLOW_SPEC,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-c",
+        CHILD,
+        _url(durable_config),
+        SLOW_SPEC,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert child.stdout is not None
     run_id = ""
@@ -72,7 +83,9 @@ async def test_killed_process_run_is_resumed_exactly_once(durable_config: Checkp
         await child.wait()
     assert child.returncode == -signal.SIGKILL
 
-    settings = GatewaySettings(checkpointer=durable_config, graphs={"slow": SLOW_SPEC}, lease_seconds=1)
+    settings = GatewaySettings(
+        checkpointer=durable_config, graphs={"slow": SLOW_SPEC}, lease_seconds=1
+    )
     deadline = time.monotonic() + 20
     async with Gateway(settings) as gw:
         before = await gw.get_run(run_id)
@@ -80,7 +93,7 @@ async def test_killed_process_run_is_resumed_exactly_once(durable_config: Checkp
         while gw.executor.is_active(run_id) is False and time.monotonic() < deadline:
             await gw.executor.recover()  # the dead child's lease lapses after a second
             await asyncio.sleep(0.2)
-        done = await gw.executor.wait(run_id, timeout=30)
+        done = await gw.executor.wait(run_id, limit=30)
         assert done.status is RunStatus.SUCCESS, done.error
         assert done.output["steps"] == [f"s{i}" for i in range(6)], "every step exactly once"
         events = await gw.run_events(run_id, first=1000)

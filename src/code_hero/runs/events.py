@@ -20,13 +20,14 @@ from enum import StrEnum
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langgraph.types import StreamMode
 
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.records import EventRecord, RunStatus
 
 __all__ = ["EventType", "namespace_of", "terminal_status", "translate"]
 
-STREAM_MODES = ["updates", "messages", "checkpoints", "custom"]
+STREAM_MODES: list[StreamMode] = ["updates", "messages", "checkpoints", "custom"]
 
 
 class EventType(StrEnum):

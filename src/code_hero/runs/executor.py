@@ -24,12 +24,19 @@ from types import TracebackType
 from typing import Any
 
 from langchain_core.messages import HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, StateSnapshot
 
 from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
-from code_hero.persistence.records import RunFilter, RunRecord, RunStatus, ThreadStatus
+from code_hero.persistence.records import (
+    Registry,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    ThreadStatus,
+)
 from code_hero.runs.eventlog import EventLog, RunEventWriter
 from code_hero.runs.events import STREAM_MODES, EventType, namespace_of, translate
 from code_hero.runs.graphs import GraphRegistry
@@ -136,7 +143,7 @@ class RunExecutor:
         await self.events.close()
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The registry of the manager's authoritative backend."""
         return self.manager.registry
 
@@ -175,7 +182,9 @@ class RunExecutor:
         self, req: StartRun, thread_id: str, graph_name: str, run_input: Any
     ) -> RunRecord:
         thread = await self.registry.get_thread(thread_id)
-        if req.resume is not UNSET and (thread is None or thread.status is not ThreadStatus.INTERRUPTED):
+        if req.resume is not UNSET and (
+            thread is None or thread.status is not ThreadStatus.INTERRUPTED
+        ):
             raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
@@ -245,7 +254,8 @@ class RunExecutor:
                 raise BadInputError("message must be a non-empty string")
             if len(req.message) > self.max_message_length:
                 raise BadInputError(
-                    f"message is {len(req.message)} characters; the limit is {self.max_message_length}"
+                    f"message is {len(req.message)} characters; "
+                    f"the limit is {self.max_message_length}"
                 )
             if keys is not None and "messages" not in keys:
                 raise BadInputError(f"graph {graph_name!r} takes no messages; send `input` instead")
@@ -275,12 +285,12 @@ class RunExecutor:
         lane.active = run_id
         self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
 
-    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        """The run once it has ended (or as it is when `timeout` passes)."""
+    async def wait(self, run_id: str, limit: float | None = None) -> RunRecord:
+        """The run once it has ended (or as it is when `limit` seconds pass)."""
         done = self._done.get(run_id)
         if done is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+                await asyncio.wait_for(done.wait(), limit)
         record = await self.registry.get_run(run_id)
         if record is None:
             raise NotFoundError(f"no run {run_id!r}")
@@ -358,7 +368,7 @@ class RunExecutor:
             configurable["user_id"] = record.user_id
         if resuming:
             configurable.pop("checkpoint_id", None)
-        config: dict[str, Any] = {
+        config: RunnableConfig = {
             "configurable": configurable,
             "metadata": {"run_id": record.run_id, **dict(record.metadata)},
             "recursion_limit": int(record.config.get("recursion_limit", 50)),
@@ -371,11 +381,15 @@ class RunExecutor:
         else:
             run_input = _with_messages(record.input)
         async for ns, mode, data in graph.astream(
-            run_input, config, stream_mode=STREAM_MODES, subgraphs=True, durability="sync"
+            run_input,
+            config,
+            stream_mode=STREAM_MODES,  # type: ignore[arg-type]
+            subgraphs=True,
+            durability="sync",
         ):
             for type_, payload in translate(ns, mode, data):
                 writer.emit(type_, payload)
-        state_config = {"configurable": {"thread_id": record.thread_id}}
+        state_config: RunnableConfig = {"configurable": {"thread_id": record.thread_id}}
         state = await graph.aget_state(state_config, subgraphs=True)
         interrupts = list(_interrupts(state))
         if interrupts:

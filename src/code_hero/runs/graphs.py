@@ -141,7 +141,7 @@ async def _materialise(name: str, target: str, obj: Any) -> Any:
 class GraphRegistry:
     """Named graphs, each compiled with the manager's checkpointer."""
 
-    def __init__(self, graphs: Mapping[str, Pregel], default: str) -> None:
+    def __init__(self, graphs: Mapping[str, Pregel[Any, Any, Any, Any]], default: str) -> None:
         self._graphs = dict(graphs)
         self.default = default
 
@@ -155,7 +155,7 @@ class GraphRegistry:
         model: str | None = None,
     ) -> GraphRegistry:
         """Build the built-in graph and import every spec; a bad spec fails here."""
-        graphs: dict[str, Pregel] = {
+        graphs: dict[str, Pregel[Any, Any, Any, Any]] = {
             BUILTIN_GRAPH: build_code_hero_graph(make_chat_model(model)).compile(
                 checkpointer=checkpointer, name=BUILTIN_GRAPH
             )
@@ -173,7 +173,7 @@ class GraphRegistry:
             )
         return cls(graphs, chosen)
 
-    def get(self, name: str | None) -> Pregel:
+    def get(self, name: str | None) -> Pregel[Any, Any, Any, Any]:
         """The compiled graph (the default one for None); NotFoundError when unknown."""
         key = name or self.default
         try:

@@ -65,13 +65,13 @@ async def test_events_are_stored_in_batches(
 ) -> None:
     registry = gateway.manager.registry
     calls: list[int] = []
-    real = registry.append_events
+    real = registry.store_events
 
-    async def counting(run_id: str, events: list) -> None:  # type: ignore[type-arg]
+    async def counting(events: list) -> None:  # type: ignore[type-arg]
         calls.append(len(events))
-        await real(run_id, events)
+        await real(events)
 
-    monkeypatch.setattr(registry, "append_events", counting)
+    monkeypatch.setattr(registry, "store_events", counting)
     run = await gateway.start_run(
         StartRun(message="Help me build a FastAPI application", wait=True)
     )

@@ -218,6 +218,10 @@ class FallbackRouter:
             return result
         return None
 
+    def note_touched(self, thread_id: str) -> None:
+        """The registry row was just written by someone else: skip the next touch."""
+        self._touched_at[thread_id] = time.monotonic()
+
     async def touch(self, thread_id: str, user_id: str | None) -> None:
         """Record activity on a thread in the registry (throttled per thread)."""
         now = time.monotonic()

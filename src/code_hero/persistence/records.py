@@ -195,6 +195,9 @@ class Registry(Protocol):
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
         """Store events in one transaction; a seq already stored is an error."""
 
+    async def store_events(self, events: Sequence[EventRecord]) -> None:
+        """Store events of any runs in one transaction (each carries its run and thread)."""
+
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> list[EventRecord]:

@@ -41,7 +41,7 @@ from code_hero.persistence.records import (
     ThreadStatus,
 )
 
-__all__ = ["PostgresRegistry", "SqliteRegistry"]
+__all__ = ["PostgresRegistry", "SqliteRegistry", "run_cursor", "thread_cursor"]
 
 Row = dict[str, Any]
 
@@ -73,6 +73,18 @@ def _utc(value: datetime) -> datetime:
 def _encode_cursor(kind: str, at: datetime, key: str) -> str:
     raw = _dumps([kind, at.isoformat(), key]).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def thread_cursor(record: ThreadRecord) -> str:
+    """The keyset cursor of a thread, as `list_threads` takes it in `after`."""
+    return _encode_cursor("thread", record.updated_at, record.thread_id)
+
+
+def run_cursor(record: RunRecord) -> str:
+    """The keyset cursor of a run, as `list_runs` takes it in `after`."""
+    if record.created_at is None:
+        raise ValueError(f"run {record.run_id!r} has no created_at: it was never stored")
+    return _encode_cursor("run", record.created_at, record.run_id)
 
 
 def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
@@ -358,7 +370,7 @@ class _SqlRegistry(ABC):
         async with self._session() as s:
             rows = await s.fetch(sql, [*params, first + 1])
         items = [self._thread(row) for row in rows[:first]]
-        end = _encode_cursor("thread", items[-1].updated_at, items[-1].thread_id) if items else None
+        end = thread_cursor(items[-1]) if items else None
         return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
 
     async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None:
@@ -467,11 +479,7 @@ class _SqlRegistry(ABC):
             rows = await s.fetch(sql, [*params, first + 1])
         items = [self._run(row) for row in rows[:first]]
         last = items[-1] if items else None
-        end = (
-            _encode_cursor("run", last.created_at, last.run_id)
-            if last and last.created_at
-            else None
-        )
+        end = run_cursor(last) if last and last.created_at else None
         return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
 
     async def delete_run(self, run_id: str) -> bool:
@@ -514,6 +522,19 @@ class _SqlRegistry(ABC):
                     (run_id, e.seq, thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
                     for e in events
                 ]
+                await s.executemany(sql, rows)
+
+    async def store_events(self, events: Sequence[EventRecord]) -> None:
+        """Store events of any runs in one transaction (each carries its run and thread)."""
+        if not events:
+            return
+        sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        rows = [
+            (e.run_id, e.seq, e.thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
+            for e in events
+        ]
+        async with self._unique("an event whose (run, seq) is already stored"):
+            async with self._session(atomic=True) as s:
                 await s.executemany(sql, rows)
 
     async def list_events(

@@ -1,8 +1,9 @@
 """The event log: every run's ordered events, stored in batches, published live.
 
-A `RunEventWriter` numbers a run's events from 1 with no gaps, publishes each
-at once on the bus, and stores them in batches (token deltas are many: one
-transaction per batch, not per token). Readers see stored and not-yet-stored
+A `RunEventWriter` numbers a run's events from 1 with no gaps and publishes
+each at once on the bus; the log stores what every run emitted meanwhile in
+one transaction every `flush_interval` (token deltas are many: one
+transaction per batch of all runs, not per token or per run). Readers see stored and not-yet-stored
 events alike, so replay has no hole while a batch is in flight.
 
 Subscribing "after seq N" first replays what is recorded, then follows the
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from code_hero.persistence.records import EventRecord, NewEvent, Registry
+from code_hero.persistence.records import EventRecord, Registry
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class RunEventWriter:
-    """Numbers, publishes and stores the events of one run."""
+    """Numbers and publishes the events of one run; the log stores them in batches."""
 
     def __init__(self, owner: EventLog, run_id: str, thread_id: str, next_seq: int) -> None:
         self.owner = owner
@@ -39,9 +40,6 @@ class RunEventWriter:
         self.next_seq = next_seq
         self.pending: list[EventRecord] = []
         self.inflight: list[EventRecord] = []
-        self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
         self.closed = False
 
     def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
@@ -52,53 +50,21 @@ class RunEventWriter:
         self.next_seq += 1
         self.pending.append(event)  # readable before it is published
         self.owner.bus.publish(event)
-        if len(self.pending) >= self.owner.max_batch:
-            self._start_flush()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.owner.flush_interval, self._start_flush)
+        self.owner._dirty(self)
         return event
-
-    def _start_flush(self) -> None:
-        self._timer = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush_quietly())
-
-    async def _flush_quietly(self) -> None:
-        try:
-            await self.flush()
-        except Exception as exc:  # kept in memory; retried on the next flush
-            log.warning("storing events of run %s failed, will retry: %s", self.run_id, exc)
-            if self._timer is None and not self.closed:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(self.owner.retry_interval, self._start_flush)
-
-    async def flush(self) -> None:
-        """Store every pending event (one transaction per batch)."""
-        async with self._lock:
-            while self.pending:
-                batch = self.pending[: self.owner.max_batch]
-                self.inflight = batch
-                del self.pending[: len(batch)]
-                try:
-                    await self.owner.registry().append_events(
-                        self.run_id, [NewEvent(e.seq, e.type, e.payload, e.at) for e in batch]
-                    )
-                except BaseException:
-                    self.pending[:0] = batch
-                    raise
-                finally:
-                    self.inflight = []
 
     def unstored(self) -> list[EventRecord]:
         """Events emitted but not yet stored, in order."""
         return [*self.inflight, *self.pending]
 
+    async def flush(self) -> None:
+        """Store every pending event of this run (with whatever else is pending)."""
+        await self.owner.flush()
+        if self.pending or self.inflight:
+            await self.owner.flush()
+
     async def close(self) -> None:
         """Store what is left; the writer takes no more events."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for attempt in range(3):
             try:
                 await self.flush()
@@ -132,16 +98,67 @@ class EventLog:
         self.max_batch = max_batch
         self.retry_interval = retry_interval
         self._writers: dict[str, RunEventWriter] = {}
+        self._waiting: dict[str, RunEventWriter] = {}
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    async def writer(self, run_id: str, thread_id: str) -> RunEventWriter:
+    async def writer(self, run_id: str, thread_id: str, *, new: bool = False) -> RunEventWriter:
         """The writer of a run; numbering goes on after the last stored event."""
         existing = self._writers.get(run_id)
         if existing is not None:
             return existing
-        last = await self.registry().last_seq(run_id)
+        last = 0 if new else await self.registry().last_seq(run_id)
         writer = RunEventWriter(self, run_id, thread_id, last + 1)
         self._writers[run_id] = writer
         return writer
+
+    def _dirty(self, writer: RunEventWriter) -> None:
+        self._waiting[writer.run_id] = writer
+        if sum(len(w.pending) for w in self._waiting.values()) >= self.max_batch:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.flush_interval, self._start_flush
+            )
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # kept in memory; retried on the next flush
+            log.warning("storing run events failed, will retry: %s", exc)
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.retry_interval, self._start_flush
+                )
+
+    async def flush(self) -> None:
+        """Store the pending events of every run: one transaction per batch, not per run."""
+        async with self._lock:
+            while self._waiting:
+                writers, self._waiting = list(self._waiting.values()), {}
+                batch: list[EventRecord] = []
+                for w in writers:
+                    w.inflight, w.pending = w.pending, []
+                    batch += w.inflight
+                try:
+                    await self.registry().store_events(batch)
+                except BaseException:
+                    for w in writers:
+                        w.pending[:0] = w.inflight
+                        if w.pending:
+                            self._waiting[w.run_id] = w
+                    raise
+                finally:
+                    for w in writers:
+                        w.inflight = []
 
     async def read(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -231,6 +248,9 @@ class EventLog:
 
     async def close(self) -> None:
         """Store what every open writer still holds."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for writer in list(self._writers.values()):
             with contextlib.suppress(Exception):
                 await writer.close()

@@ -27,7 +27,7 @@ from code_hero.persistence.records import EventRecord, RunStatus
 
 __all__ = ["EventType", "namespace_of", "terminal_status", "translate"]
 
-STREAM_MODES: list[StreamMode] = ["updates", "messages", "checkpoints", "custom"]
+STREAM_MODES: list[StreamMode] = ["updates", "messages", "checkpoints", "custom", "values"]
 
 
 class EventType(StrEnum):

@@ -110,6 +110,9 @@ class RunExecutor:
         self._closing = False
         self._cancel_requested: set[str] = set()
         self._start_locks: dict[str, asyncio.Lock] = {}
+        self._admitted: dict[str, RunRecord] = {}  # saves re-reading a run just created
+        self._final: dict[str, RunRecord] = {}  # for waiters: the record _finish wrote
+        self._waiters: dict[str, int] = {}
         self._lease_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -205,6 +208,7 @@ class RunExecutor:
                     await self.cancel(run_id)
         run_id = str(uuid.uuid4())
         await self.registry.upsert_thread(thread_id, user_id=req.user_id, status=ThreadStatus.BUSY)
+        self.manager.router.note_touched(thread_id)
         config = dict(req.config)
         if req.from_checkpoint_id:
             config["checkpoint_id"] = req.from_checkpoint_id
@@ -221,9 +225,10 @@ class RunExecutor:
                 multitask=req.multitask.value,
             )
         )
-        writer = await self.events.writer(run_id, thread_id)
+        writer = await self.events.writer(run_id, thread_id, new=True)
         writer.emit(EventType.STATUS, {"status": RunStatus.PENDING.value, "error": None})
         self._done[run_id] = asyncio.Event()
+        self._admitted[run_id] = record
         # Fetched again: the awaits above may have let a finished run drop the lane.
         self._lanes.setdefault(thread_id, _Lane()).queue.append(run_id)
         self._pump(thread_id)
@@ -289,8 +294,19 @@ class RunExecutor:
         """The run once it has ended (or as it is when `limit` seconds pass)."""
         done = self._done.get(run_id)
         if done is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), limit)
+            self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), limit)
+            finally:
+                self._waiters[run_id] -= 1
+                if not self._waiters[run_id]:
+                    del self._waiters[run_id]
+            final = self._final.get(run_id) if done.is_set() else None
+            if final is not None:
+                if run_id not in self._waiters:
+                    self._final.pop(run_id, None)
+                return final
         record = await self.registry.get_run(run_id)
         if record is None:
             raise NotFoundError(f"no run {run_id!r}")
@@ -325,7 +341,7 @@ class RunExecutor:
 
     # ---------------------------------------------------------------- execution
     async def _execute(self, run_id: str, *, resuming: bool = False) -> None:
-        record = await self.registry.get_run(run_id)
+        record = self._admitted.pop(run_id, None) or await self.registry.get_run(run_id)
         assert record is not None
         thread_id = record.thread_id
         writer = await self.events.writer(run_id, thread_id)
@@ -380,6 +396,8 @@ class RunExecutor:
             run_input = Command(resume=record.input["resume"])
         else:
             run_input = _with_messages(record.input)
+        interrupted = False
+        values: Any = None
         async for ns, mode, data in graph.astream(
             run_input,
             config,
@@ -387,8 +405,17 @@ class RunExecutor:
             subgraphs=True,
             durability="sync",
         ):
+            if mode == "values":
+                if not ns:
+                    values = data
+                continue
+            if mode == "updates" and "__interrupt__" in data:
+                interrupted = True
             for type_, payload in translate(ns, mode, data):
                 writer.emit(type_, payload)
+        if not interrupted:
+            return RunStatus.SUCCESS, to_jsonable(values), None
+        # Subgraph states cost a read each: only an interrupt needs them (to name the node).
         state_config: RunnableConfig = {"configurable": {"thread_id": record.thread_id}}
         state = await graph.aget_state(state_config, subgraphs=True)
         interrupts = list(_interrupts(state))
@@ -413,7 +440,7 @@ class RunExecutor:
         writer = writer or await self.events.writer(run_id, thread_id)
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
-        await self.registry.update_run(
+        final = await self.registry.update_run(
             run_id,
             status=status,
             output=output,
@@ -422,12 +449,15 @@ class RunExecutor:
             lease_owner=None,
             lease_expires_at=None,
         )
+        if final is not None and run_id in self._waiters:
+            self._final[run_id] = final
         lane = self._lanes.get(thread_id)
         if lane is None or not lane.queue:  # a queued run keeps the thread BUSY
             await self.registry.set_thread_status(thread_id, THREAD_STATUS_AFTER[status])
 
     def _release(self, run_id: str, thread_id: str) -> None:
         self._tasks.pop(run_id, None)
+        self._admitted.pop(run_id, None)
         self._cancel_requested.discard(run_id)
         done = self._done.pop(run_id, None)
         if done is not None:

@@ -1,0 +1,288 @@
+"""The ASGI application: Starlette routes around the Strawberry schema, and the lifespan.
+
+    /graphql   POST, GET; WebSocket (graphql-transport-ws, graphql-ws); SSE;
+               GraphiQL for a browser when settings.graphiql
+    /healthz   200 with the health JSON while checkpoints are stored, else 503
+    /metrics   Prometheus text: the gateway's metrics and GraphQL operation counts
+
+The lifespan owns the `Gateway` unless the caller passes one in (then the
+caller enters and leaves it). Every limit comes from `settings.limits`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.schema import BaseSchema
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+)
+
+from code_hero.gateway import Gateway
+from code_hero.persistence.jsonable import to_jsonable
+from code_hero.resolvers.context import Context, OperationObserver
+from code_hero.schema import build_schema
+from code_hero.settings import AppSettings, Limits
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+STORING = frozenset({"healthy", "degraded"})
+
+
+class _Runtime:
+    """The gateway while the app runs (set by the lifespan)."""
+
+    gateway: Gateway | None = None
+
+    def require(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("the app is not running: its lifespan has not started")
+        return self.gateway
+
+
+class GraphQLView(GraphQL[Context, None]):
+    """Strawberry's ASGI view with our context."""
+
+    def __init__(
+        self,
+        schema: BaseSchema,
+        runtime: _Runtime,
+        limits: Limits,
+        observe: OperationObserver,
+        **options: Any,
+    ) -> None:
+        super().__init__(schema, **options)
+        self.runtime = runtime
+        self.limits = limits
+        self.observe = observe
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        return Context(
+            gateway=self.runtime.require(),
+            limits=self.limits,
+            request=request,
+            response=response,
+            observe_operation=self.observe,
+        )
+
+
+# ---------------------------------------------------------------- body size
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answer 413 to an HTTP request whose body exceeds `max_bytes`.
+
+    Checks Content-Length up front and counts the bytes as they arrive, so a
+    chunked body without Content-Length is cut off too.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        too_large = PlainTextResponse(
+            f"Request body exceeds {self.max_bytes} bytes", status_code=413
+        )
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:  # too late for a status: drop the connection
+                raise
+            await too_large(scope, receive, send)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class GatewayCollector(Collector):
+    """The gateway's metrics, read at each scrape."""
+
+    def __init__(self, runtime: _Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterable[Metric]:
+        gateway = self.runtime.gateway
+        if gateway is None:
+            return []
+        return list(_gateway_metrics(gateway.metrics()))
+
+
+def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
+    labels = ["backend", "operation"]
+    calls = CounterMetricFamily(
+        "code_hero_checkpoint_operations", "Checkpoint backend calls.", labels=labels
+    )
+    failed = CounterMetricFamily(
+        "code_hero_checkpoint_operation_errors",
+        "Checkpoint backend calls that failed.",
+        labels=labels,
+    )
+    seconds = HistogramMetricFamily(
+        "code_hero_checkpoint_operation_seconds", "Checkpoint backend call latency.", labels=labels
+    )
+    for key, stats in sorted(snap.get("operations", {}).items()):
+        backend, _, operation = str(key).partition(".")
+        calls.add_metric([backend, operation], stats["count"])
+        failed.add_metric([backend, operation], stats["errors"])
+        cumulative, buckets = 0, []
+        for bound, count in stats["buckets"].items():
+            cumulative += count
+            buckets.append((str(bound), float(cumulative)))
+        buckets.append(("+Inf", float(stats["count"])))
+        seconds.add_metric([backend, operation], buckets, sum_value=stats["total_seconds"])
+    yield from (calls, failed, seconds)
+
+    errors = CounterMetricFamily(
+        "code_hero_checkpoint_errors",
+        "Backend errors by exception type.",
+        labels=["backend", "kind"],
+    )
+    for key, count in sorted(snap.get("errors", {}).items()):
+        backend, _, kind = str(key).partition(".")
+        errors.add_metric([backend, kind], count)
+    yield errors
+
+    for name, doc in (
+        ("fallback_switches", "Switches to a fallback backend."),
+        ("recoveries", "Returns to the primary backend."),
+        ("synced_items", "Items copied back from a fallback to the primary."),
+    ):
+        yield CounterMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
+    for name, doc in (
+        ("pending_sync", "Checkpoints on a fallback not yet copied to the primary."),
+        ("subscribers", "Open event subscriptions."),
+        ("active_runs", "Runs executing in this process."),
+    ):
+        yield GaugeMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
+    status = GaugeMetricFamily(
+        "code_hero_checkpointer_status", "1 for the current storage status.", labels=["status"]
+    )
+    for value in ("healthy", "degraded", "unhealthy"):
+        status.add_metric([value], 1.0 if snap.get("overall_status") == value else 0.0)
+    yield status
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None = None) -> Starlette:
+    """The ASGI app; its lifespan enters a Gateway of `settings.gateway` unless one is given."""
+    settings = settings or AppSettings()
+    limits = settings.limits
+    runtime = _Runtime()
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(runtime))
+    operations = Counter(
+        "code_hero_graphql_operations",
+        "GraphQL operations by type and outcome (ok or the error code).",
+        ["operation_type", "status"],
+        registry=registry,
+    )
+
+    def observe(operation_type: str, status: str) -> None:
+        operations.labels(operation_type, status).inc()
+
+    view = GraphQLView(
+        build_schema(limits),
+        runtime,
+        limits,
+        observe,
+        graphql_ide="graphiql" if settings.graphiql else None,
+        subscription_protocols=(
+            GRAPHQL_TRANSPORT_WS_PROTOCOL,
+            GRAPHQL_WS_PROTOCOL,
+            GRAPHQL_SSE_PROTOCOL,
+        ),
+        connection_init_wait_timeout=timedelta(seconds=limits.ws_init_timeout),
+        max_subscriptions_per_connection=limits.max_subscriptions or None,
+    )
+
+    async def healthz(request: Request) -> Response:
+        try:
+            report = await runtime.require().health()
+        except Exception:
+            log.exception("health check failed")
+            return JSONResponse({"overall_status": "unhealthy"}, status_code=503)
+        code = 200 if report.get("overall_status") in STORING else 503
+        return JSONResponse(to_jsonable(report), status_code=code)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if gateway is not None:
+            runtime.gateway = app.state.gateway = gateway
+            yield
+            return
+        async with Gateway(settings.gateway) as owned:
+            runtime.gateway = app.state.gateway = owned
+            try:
+                yield
+            finally:
+                runtime.gateway = None
+
+    return Starlette(
+        routes=[
+            Route("/graphql", view, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", view),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        middleware=[Middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,45 @@
+"""DataLoaders for look-ups that repeat within one GraphQL operation.
+
+A page of runs resolving `thread` is one `get_threads` call, not one per run.
+The loaders cache records, not schema types, and live for one operation only
+(see `Context.for_operation`): a WebSocket connection runs many operations
+and must not serve one operation's stale records to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from strawberry.dataloader import DataLoader
+
+from code_hero.gateway import Gateway
+from code_hero.persistence.checkpoints import CheckpointView
+from code_hero.persistence.records import RunRecord, ThreadRecord
+
+__all__ = ["Loaders"]
+
+
+class Loaders:
+    """The loaders of one operation."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.thread: DataLoader[str, ThreadRecord | None] = DataLoader(self._threads)
+        self.run: DataLoader[str, RunRecord | None] = DataLoader(self._runs)
+        self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
+            self._latest_checkpoints
+        )
+
+    async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
+        found = await self.gateway.get_threads(ids)
+        return [found.get(i) for i in ids]
+
+    async def _runs(self, ids: Sequence[str]) -> list[RunRecord | None]:
+        found = await self.gateway.get_runs(ids)
+        return [found.get(i) for i in ids]
+
+    async def _latest_checkpoints(self, thread_ids: Sequence[str]) -> list[CheckpointView | None]:
+        # No batch read exists for "latest of each thread"; the loader still
+        # makes `values` and `latestCheckpoint` of one thread a single read.
+        return list(await asyncio.gather(*(self.gateway.get_checkpoint(t) for t in thread_ids)))

@@ -1,0 +1,264 @@
+"""Records of the gateway as schema types: plain functions, no I/O.
+
+The schema modules import the resolver modules (their fields call them), so
+the schema is imported here as modules and its names are looked up when a
+function runs, never while the modules load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+
+from code_hero.persistence.checkpoints import CheckpointView, encode_checkpoint_cursor
+from code_hero.persistence.manager import ThreadDeletion
+from code_hero.persistence.records import EventRecord, Page, RunRecord, ThreadRecord
+from code_hero.persistence.registry import run_cursor, thread_cursor
+from code_hero.runs.graphs import GraphInfo
+from code_hero.schema import checkpoints as c
+from code_hero.schema import enums as e
+from code_hero.schema import events as ev
+from code_hero.schema import graphs as g
+from code_hero.schema import health as h
+from code_hero.schema import paging as p
+from code_hero.schema import runs as r
+from code_hero.schema import threads as t
+from code_hero.schema.scalars import JSON
+
+__all__ = [
+    "checkpoint_connection",
+    "checkpoint_of",
+    "event_of",
+    "graph_of",
+    "health_of",
+    "run_connection",
+    "run_deletion_of",
+    "run_of",
+    "thread_connection",
+    "thread_deletion_of",
+    "thread_of",
+]
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def thread_of(record: ThreadRecord) -> t.Thread:
+    """The schema's Thread."""
+    return t.Thread(
+        id=strawberry.ID(record.thread_id),
+        user_id=record.user_id,
+        status=e.ThreadStatus(record.status.value),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        metadata=JSON(dict(record.metadata)),
+    )
+
+
+def thread_deletion_of(gone: ThreadDeletion) -> t.DeleteThreadPayload:
+    """What deleting a thread removed."""
+    return t.DeleteThreadPayload(
+        thread_id=strawberry.ID(gone.thread_id),
+        deleted=gone.deleted,
+        checkpoints_deleted=gone.checkpoints_deleted,
+        runs_deleted=gone.runs_deleted,
+    )
+
+
+def thread_connection(page: Page[ThreadRecord]) -> t.ThreadConnection:
+    """A page of threads with keyset cursors."""
+    return t.ThreadConnection(
+        edges=[t.ThreadEdge(cursor=thread_cursor(x), node=thread_of(x)) for x in page.items],
+        page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+    )
+
+
+def run_of(record: RunRecord) -> r.Run:
+    """The schema's Run."""
+    return r.Run(
+        id=strawberry.ID(record.run_id),
+        thread_id=strawberry.ID(record.thread_id),
+        graph=record.graph,
+        status=e.RunStatus(record.status.value),
+        input=JSON(record.input),
+        output=JSON(record.output),
+        error=record.error,
+        metadata=JSON(dict(record.metadata)),
+        created_at=record.created_at or _EPOCH,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        user_id=record.user_id,
+        multitask=e.MultitaskStrategy(record.multitask),
+    )
+
+
+def run_deletion_of(run_id: str, deleted: bool) -> r.DeleteRunPayload:
+    """What deleting a run removed."""
+    return r.DeleteRunPayload(run_id=strawberry.ID(run_id), deleted=deleted)
+
+
+def run_connection(page: Page[RunRecord]) -> r.RunConnection:
+    """A page of runs with keyset cursors."""
+    return r.RunConnection(
+        edges=[r.RunEdge(cursor=run_cursor(x), node=run_of(x)) for x in page.items],
+        page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+    )
+
+
+def checkpoint_of(view: CheckpointView) -> c.Checkpoint:
+    """The schema's Checkpoint."""
+    return c.Checkpoint(
+        id=strawberry.ID(view.checkpoint_id),
+        thread_id=strawberry.ID(view.thread_id),
+        namespace=view.namespace,
+        parent_id=strawberry.ID(view.parent_id) if view.parent_id else None,
+        created_at=view.created_at,
+        step=view.step,
+        source=e.CheckpointSource(view.source),
+        run_id=strawberry.ID(view.run_id) if view.run_id else None,
+        values=JSON(view.values),
+        next=list(view.next),
+        metadata=JSON(view.metadata),
+        pending_writes=[
+            c.PendingWrite(task_id=w.task_id, channel=w.channel, value=JSON(w.value))
+            for w in view.pending_writes
+        ],
+    )
+
+
+def checkpoint_connection(page: Page[CheckpointView]) -> c.CheckpointConnection:
+    """A page of history with checkpoint cursors."""
+    return c.CheckpointConnection(
+        edges=[
+            c.CheckpointEdge(
+                cursor=encode_checkpoint_cursor(x.namespace, x.checkpoint_id),
+                node=checkpoint_of(x),
+            )
+            for x in page.items
+        ],
+        page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+    )
+
+
+def _status(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.RunStatusChanged(
+        **base, status=e.RunStatus(str(d.get("status"))), error=d.get("error")
+    )
+
+
+def _transition(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.AgentTransition(
+        **base, from_agent=d.get("from"), to_agent=str(d.get("to", "")), reason=d.get("reason")
+    )
+
+
+def _node_update(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.NodeUpdate(
+        **base,
+        node=str(d.get("node", "")),
+        namespace=str(d.get("namespace", "")),
+        update=JSON(d.get("update")),
+    )
+
+
+def _message_delta(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.MessageDelta(
+        **base,
+        node=str(d.get("node", "")),
+        message_id=d.get("message_id"),
+        delta=str(d.get("delta", "")),
+        namespace=str(d.get("namespace", "")),
+    )
+
+
+def _checkpoint(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.CheckpointSaved(
+        **base,
+        checkpoint_id=strawberry.ID(str(d.get("checkpoint_id", ""))),
+        namespace=str(d.get("namespace", "")),
+        step=int(d.get("step", -1)),
+    )
+
+
+def _interrupt(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.Interrupted(
+        **base,
+        node=str(d.get("node", "")),
+        value=JSON(d.get("value")),
+        namespace=str(d.get("namespace", "")),
+    )
+
+
+def _tool_call(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.ToolCall(
+        **base,
+        agent=str(d.get("agent", "")),
+        tool=str(d.get("tool", "")),
+        args=JSON(d.get("args")),
+        result=JSON(d.get("result")),
+    )
+
+
+def _custom(base: dict[str, Any], d: Mapping[str, Any]) -> ev.RunEvent:
+    return ev.CustomEvent(**base, namespace=str(d.get("namespace", "")), data=JSON(d.get("data")))
+
+
+_EVENTS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], ev.RunEvent]] = {
+    "status": _status,
+    "agent_transition": _transition,
+    "node_update": _node_update,
+    "message_delta": _message_delta,
+    "checkpoint": _checkpoint,
+    "interrupt": _interrupt,
+    "tool_call": _tool_call,
+    "custom": _custom,
+}
+
+
+def event_of(record: EventRecord) -> ev.RunEvent:
+    """The schema's event type for a stored event (an unknown type as CustomEvent)."""
+    base: dict[str, Any] = {
+        "seq": record.seq,
+        "run_id": strawberry.ID(record.run_id),
+        "thread_id": strawberry.ID(record.thread_id),
+        "at": record.at,
+    }
+    build = _EVENTS.get(record.type)
+    if build is None:
+        return ev.CustomEvent(
+            **base, namespace="", data=JSON({"type": record.type, **record.payload})
+        )
+    return build(base, record.payload)
+
+
+def health_of(report: Mapping[str, Any]) -> h.Health:
+    """The manager's health report as the schema's Health."""
+    return h.Health(
+        status=e.HealthStatus(str(report["overall_status"]).upper()),
+        backends=[
+            h.BackendHealth(
+                role=str(b["role"]),
+                kind=e.BackendKind(str(b["kind"]).upper()),
+                healthy=bool(b["healthy"]),
+                active=bool(b["active"]),
+                latency_ms=b.get("latency_ms"),
+                last_error=b.get("last_error"),
+                checked_at=b.get("checked_at"),
+            )
+            for b in report.get("backends", [])
+        ],
+        pending_sync=int(report.get("pending_sync", 0)),
+        uptime_seconds=float(report.get("uptime_seconds", 0.0)),
+        version=str(report.get("version", "")),
+    )
+
+
+def graph_of(info: GraphInfo) -> g.Graph:
+    """A loaded graph and its agents."""
+    return g.Graph(
+        name=info.name,
+        default=info.default,
+        agents=[g.Agent(name=a.name, team=a.team, description=a.description) for a in info.agents],
+    )

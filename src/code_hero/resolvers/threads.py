@@ -1,0 +1,110 @@
+"""Threads: look-up, listing, their state, history and runs, deletion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from code_hero.errors import BadInputError
+from code_hero.persistence.records import RunFilter, RunStatus, ThreadFilter, ThreadStatus
+from code_hero.resolvers import mapping
+from code_hero.resolvers.paging import check_first
+
+if TYPE_CHECKING:
+    from strawberry import Info
+
+    from code_hero.resolvers.context import Context
+    from code_hero.schema import checkpoints as c
+    from code_hero.schema import enums as e
+    from code_hero.schema import runs as r
+    from code_hero.schema import threads as t
+    from code_hero.schema.scalars import JSON
+
+__all__ = [
+    "delete_thread",
+    "latest_checkpoint",
+    "thread",
+    "thread_checkpoints",
+    "thread_runs",
+    "thread_values",
+    "threads",
+]
+
+
+async def thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:
+    """One thread, or null."""
+    record = await info.context.loaders.thread.load(thread_id)
+    return None if record is None else mapping.thread_of(record)
+
+
+async def threads(
+    info: Info[Context, Any], first: int | None, after: str | None, flt: t.ThreadFilter | None
+) -> t.ThreadConnection:
+    """A page of threads, most recently updated first."""
+    ctx = info.context
+    page = await ctx.gateway.threads_page(
+        _thread_filter(flt), first=check_first(first, ctx.limits), after=after
+    )
+    for record in page.items:  # later Run.thread look-ups of this operation hit the cache
+        ctx.loaders.thread.prime(record.thread_id, record)
+    return mapping.thread_connection(page)
+
+
+def _thread_filter(flt: t.ThreadFilter | None) -> ThreadFilter | None:
+    if flt is None:
+        return None
+    if flt.metadata is not None and not isinstance(flt.metadata, Mapping):
+        raise BadInputError("filter.metadata must be a JSON object")
+    return ThreadFilter(
+        user_id=flt.user_id,
+        status=None if flt.status is None else ThreadStatus(flt.status.value),
+        metadata=flt.metadata,
+        updated_after=flt.updated_after,
+        updated_before=flt.updated_before,
+    )
+
+
+async def thread_values(info: Info[Context, Any], thread_id: str) -> JSON | None:
+    """The values of the latest root checkpoint, or null."""
+    view = await info.context.loaders.latest_checkpoint.load(thread_id)
+    return None if view is None else mapping.checkpoint_of(view).values
+
+
+async def latest_checkpoint(info: Info[Context, Any], thread_id: str) -> c.Checkpoint | None:
+    """The latest root checkpoint, or null."""
+    view = await info.context.loaders.latest_checkpoint.load(thread_id)
+    return None if view is None else mapping.checkpoint_of(view)
+
+
+async def thread_checkpoints(
+    info: Info[Context, Any],
+    thread_id: str,
+    first: int | None,
+    after: str | None,
+    namespace: str | None,
+) -> c.CheckpointConnection:
+    """A page of a namespace's history, newest first."""
+    ctx = info.context
+    page = await ctx.gateway.list_checkpoints(
+        thread_id, namespace=namespace or "", first=check_first(first, ctx.limits), after=after
+    )
+    return mapping.checkpoint_connection(page)
+
+
+async def thread_runs(
+    info: Info[Context, Any],
+    thread_id: str,
+    first: int | None,
+    after: str | None,
+    status: e.RunStatus | None,
+) -> r.RunConnection:
+    """A page of the thread's runs, newest first."""
+    ctx = info.context
+    flt = RunFilter(thread_id=thread_id, status=None if status is None else RunStatus(status.value))
+    page = await ctx.gateway.runs_page(flt, first=check_first(first, ctx.limits), after=after)
+    return mapping.run_connection(page)
+
+
+async def delete_thread(info: Info[Context, Any], thread_id: str) -> t.DeleteThreadPayload:
+    """Cancel the thread's runs and delete it everywhere."""
+    return mapping.thread_deletion_of(await info.context.gateway.delete_thread(thread_id))

@@ -1,0 +1,67 @@
+"""The schema, built for a set of limits."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions.base_extension import SchemaExtension
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from code_hero.schema.errors import INTERNAL, error_code, root_cause
+from code_hero.schema.events import EVENT_TYPES
+from code_hero.schema.extensions import ErrorCodes, OperationContext, OperationCounter
+from code_hero.schema.roots import Mutation, Query, Subscription
+from code_hero.schema.scalars import SCALARS
+from code_hero.settings import Limits
+
+__all__ = ["GatewaySchema", "build_schema"]
+
+log = logging.getLogger("code_hero.graphql")
+
+
+class GatewaySchema(strawberry.Schema):
+    """Strawberry's schema, logging internal errors (with traceback) and only those."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        for error in errors:
+            if error_code(error) == INTERNAL:
+                cause = root_cause(error) or error
+                log.error(
+                    "internal error at %s: %s",
+                    ".".join(str(p) for p in error.path or ()) or "(request)",
+                    error.message,
+                    exc_info=(type(cause), cause, cause.__traceback__),
+                )
+            else:
+                log.debug("request error: %s", error.message)
+
+
+def build_schema(limits: Limits | None = None) -> strawberry.Schema:
+    """The gateway's schema with these limits; a limit of 0 turns that check off."""
+    limits = limits or Limits()
+    extensions: list[Any] = [OperationContext, OperationCounter, ErrorCodes]
+    if limits.max_depth > 0:
+        depth = limits.max_depth
+        extensions.append(lambda: QueryDepthLimiter(max_depth=depth))
+    if limits.max_aliases > 0:
+        aliases = limits.max_aliases
+        extensions.append(lambda: MaxAliasesLimiter(max_alias_count=aliases))
+    if limits.max_tokens > 0:
+        tokens = limits.max_tokens
+        extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
+    factories: list[type[SchemaExtension] | Any] = extensions
+    return GatewaySchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        types=EVENT_TYPES,
+        extensions=factories,
+        config=StrawberryConfig(scalar_map=SCALARS),
+    )

@@ -1,0 +1,88 @@
+"""Schema extensions of every operation: fresh loaders, error codes, operation counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from code_hero.resolvers.context import Context
+from code_hero.schema.errors import client_error, error_code
+
+__all__ = ["ErrorCodes", "OperationContext", "OperationCounter"]
+
+
+class OperationContext(SchemaExtension):
+    """Give each operation its own copy of the context, with fresh DataLoaders.
+
+    `get_context` runs once per WebSocket connection; the loaders must not
+    outlive one operation.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        ctx = self.execution_context.context
+        if isinstance(ctx, Context):
+            self.execution_context.context = ctx.for_operation()
+        yield
+
+
+def _errors(result: Any) -> list[GraphQLError]:
+    return list(getattr(result, "errors", None) or [])
+
+
+def _map(result: Any) -> None:
+    if _errors(result):
+        result.errors = [client_error(x) for x in result.errors]
+
+
+class ErrorCodes(SchemaExtension):
+    """Put `extensions.code` on every error and mask internal ones (see schema.errors)."""
+
+    def __init__(self) -> None:
+        self._streamed = False
+
+    def on_operation(self) -> Iterator[None]:
+        self._streamed = False
+        yield
+        if not self._streamed:  # streamed results were mapped one by one
+            _map(self.execution_context.result)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._streamed = True
+        _map(result)
+        yield
+
+
+class OperationCounter(SchemaExtension):
+    """Report each operation's type and outcome ("ok" or the first error's code)."""
+
+    def __init__(self) -> None:
+        self._status: str | None = None
+
+    def on_operation(self) -> Iterator[None]:
+        self._status = None
+        try:
+            yield
+        finally:
+            ctx = self.execution_context.context
+            if isinstance(ctx, Context) and ctx.observe_operation is not None:
+                if self._status is None:
+                    errors = _errors(self.execution_context.result)
+                    self._status = error_code(errors[0]) if errors else "ok"
+                ctx.observe_operation(self._operation_type(), self._status)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        errors = _errors(result)
+        if errors and self._status in (None, "ok"):
+            self._status = error_code(errors[0])
+        elif self._status is None:
+            self._status = "ok"
+        yield
+
+    def _operation_type(self) -> str:
+        try:
+            return str(self.execution_context.operation_type.value)
+        except Exception:  # no document: it did not parse
+            return "unknown"

@@ -1,0 +1,117 @@
+"""Runs: one execution of a graph on a thread, and what starts, lists and deletes them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import strawberry
+
+from code_hero.resolvers import runs as resolve
+from code_hero.resolvers.context import Context
+from code_hero.schema import fields
+from code_hero.schema.enums import MultitaskStrategy, RunStatus
+from code_hero.schema.events import RunEvent
+from code_hero.schema.paging import PageInfo
+from code_hero.schema.scalars import JSON
+
+if TYPE_CHECKING:
+    from code_hero.schema.threads import Thread
+
+__all__ = [
+    "DeleteRunPayload",
+    "Run",
+    "RunConnection",
+    "RunEdge",
+    "RunFilter",
+    "StartRunInput",
+]
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(description="One execution of a graph on a thread.")
+class Run:
+    id: strawberry.ID
+    thread_id: strawberry.ID
+    graph: str = strawberry.field(description="Name of the graph that runs.")
+    status: RunStatus
+    input: JSON | None
+    output: JSON | None = strawberry.field(description="Final state values, when SUCCESS.")
+    error: str | None = strawberry.field(description="What went wrong, when ERROR.")
+    metadata: JSON
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    user_id: str | None = None
+    multitask: MultitaskStrategy = MultitaskStrategy.REJECT
+
+    @fields.field("The thread the run belongs to (null once it is deleted).")
+    async def thread(
+        self, info: Info
+    ) -> Annotated[Thread, strawberry.lazy("code_hero.schema.threads")] | None:
+        return await resolve.run_thread(info, self.thread_id)
+
+    @fields.field("The recorded event history, in order, after `afterSeq`.")
+    async def events(
+        self, info: Info, after_seq: int | None = 0, first: int | None = 100
+    ) -> list[RunEvent]:
+        return await resolve.run_events(info, self.id, after_seq, first)
+
+
+@strawberry.type
+class RunEdge:
+    cursor: str
+    node: Run
+
+
+@strawberry.type(description="A page of runs, newest first.")
+class RunConnection:
+    edges: list[RunEdge]
+    page_info: PageInfo
+
+
+@strawberry.input(description="Which runs to list; every given field must match.")
+class RunFilter:
+    thread_id: strawberry.ID | None = None
+    status: RunStatus | None = None
+    graph: str | None = None
+    user_id: str | None = None
+
+
+@strawberry.input(description="What to run: give exactly one of message, input and resume.")
+class StartRunInput:
+    thread_id: strawberry.ID | None = strawberry.field(
+        default=None, description="An existing thread; null creates one."
+    )
+    message: str | None = strawberry.field(
+        default=None, description="A user message for the graph (the common case)."
+    )
+    input: JSON | None = strawberry.field(
+        default=strawberry.UNSET, description="Or the raw graph input, a JSON object."
+    )
+    resume: JSON | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="The answer to an interrupt (human feedback) on an INTERRUPTED thread.",
+    )
+    from_checkpoint_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Run from this past checkpoint of the thread (a fork)."
+    )
+    graph: str | None = strawberry.field(
+        default=None, description="Default: the server's default graph."
+    )
+    user_id: str | None = None
+    metadata: JSON | None = None
+    config: JSON | None = strawberry.field(
+        default=None, description="Extra `configurable` values for the graph (a JSON object)."
+    )
+    multitask: MultitaskStrategy | None = MultitaskStrategy.REJECT
+    wait: bool | None = strawberry.field(
+        default=False, description="True: answer only when the run has ended."
+    )
+
+
+@strawberry.type(description="What deleting a run removed.")
+class DeleteRunPayload:
+    run_id: strawberry.ID
+    deleted: bool = strawberry.field(description="False when no such run existed.")

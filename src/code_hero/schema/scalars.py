@@ -1,0 +1,54 @@
+"""The contract's scalars: `DateTime` (ISO 8601, UTC) and `JSON` (any JSON value)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types.scalar import ScalarDefinition
+
+from code_hero.errors import BadInputError
+
+__all__ = ["JSON", "SCALARS", "parse_datetime", "serialize_datetime"]
+
+
+def serialize_datetime(value: datetime) -> str:
+    """ISO 8601 in UTC (a naive time is taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def parse_datetime(value: Any) -> datetime:
+    """An ISO 8601 string with a timezone, as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise BadInputError(f"DateTime must be an ISO 8601 string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInputError(
+            f"DateTime {value!r} is not ISO 8601 (e.g. 2025-01-31T12:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        raise BadInputError(f"DateTime {value!r} has no timezone: add Z or an offset")
+    return parsed.astimezone(UTC)
+
+
+DATETIME: ScalarDefinition = strawberry.scalar(
+    name="DateTime",
+    description="A point in time: ISO 8601 with a timezone, served in UTC.",
+    serialize=serialize_datetime,
+    parse_value=parse_datetime,
+)
+
+JSON_SCALAR: ScalarDefinition = strawberry.scalar(
+    name="JSON",
+    description="Any JSON value: object, array, string, number, boolean or null.",
+    serialize=lambda value: value,
+    parse_value=lambda value: value,
+)
+
+# For StrawberryConfig(scalar_map=...): Python type -> GraphQL scalar.
+SCALARS: dict[object, ScalarDefinition] = {datetime: DATETIME, JSON: JSON_SCALAR}

@@ -1,0 +1,94 @@
+"""The app around the schema: health, metrics, GraphiQL, GET queries, the lifespan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from code_hero.config import create_sqlite_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
+from tests.graphql.clients import codes, data, gql
+from tests.graphql.conftest import Server, Starter
+
+
+async def test_healthz(server: Server) -> None:
+    response = await server.http.get("/healthz")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    report = response.json()
+    assert report["overall_status"] == "healthy"
+    primary = next(b for b in report["backends"] if b["role"] == "primary")
+    assert primary["healthy"] and primary["active"] and primary["checked_at"]
+
+
+class UnhealthyGateway(Gateway):
+    """No backend stores checkpoints (as after every backend failed)."""
+
+    async def health(self) -> dict[str, Any]:
+        report = await super().health()
+        return {**report, "overall_status": "unhealthy"}
+
+
+async def test_healthz_unhealthy_is_503(start: Starter, tmp_path: Any) -> None:
+    settings = GatewaySettings(checkpointer=create_sqlite_checkpointer(str(tmp_path / "u.sqlite")))
+    async with UnhealthyGateway(settings) as gateway, start(gateway=gateway) as server:
+        response = await server.http.get("/healthz")
+        assert response.status_code == 503
+        assert response.json()["overall_status"] == "unhealthy"
+        body = data(await gql(server.http, "{ health { status } }"))
+        assert body["health"]["status"] == "UNHEALTHY"
+
+
+async def test_metrics(start: Starter) -> None:
+    async with start() as server:
+        await gql(server.http, "{ graphs { name } }")
+        await gql(server.http, 'mutation { startRun(input: {message: "hi", wait: true}) { id } }')
+        await gql(server.http, 'mutation { cancelRun(id: "nope") { id } }')
+        await gql(server.http, "{ nope }")
+        response = await server.http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for line in (
+        'code_hero_graphql_operations_total{operation_type="query",status="ok"} 1.0',
+        'code_hero_graphql_operations_total{operation_type="mutation",status="ok"} 1.0',
+        'code_hero_graphql_operations_total{operation_type="mutation",status="NOT_FOUND"} 1.0',
+        'code_hero_graphql_operations_total{operation_type="query",status="BAD_USER_INPUT"} 1.0',
+        'code_hero_checkpointer_status{status="healthy"} 1.0',
+        "code_hero_subscribers 0.0",
+        "code_hero_active_runs 0.0",
+        "code_hero_pending_sync 0.0",
+    ):
+        assert line in text, line
+    for name in (
+        "code_hero_checkpoint_operations_total{",
+        "code_hero_checkpoint_operation_errors_total{",
+        "code_hero_checkpoint_operation_seconds_bucket{",
+        "code_hero_fallback_switches_total",
+        "code_hero_recoveries_total",
+    ):
+        assert name in text, name
+    assert "python_gc" not in text  # a registry of its own, not the global one
+
+
+async def test_graphiql_and_get_queries(start: Starter) -> None:
+    async with start() as server:
+        page = await server.http.get("/graphql", headers={"accept": "text/html"})
+        assert page.status_code == 200 and "graphiql" in page.text.lower()
+        got = await server.http.get("/graphql", params={"query": "{ graphs { name } }"})
+        assert got.status_code == 200 and got.json()["data"]["graphs"][0]["name"] == "code_hero"
+        mutation = await server.http.get(
+            "/graphql", params={"query": 'mutation { cancelRun(id: "x") { id } }'}
+        )
+        assert mutation.status_code in (400, 405)  # mutations only over POST
+        assert (await server.http.put("/graphql")).status_code == 405
+    async with start(graphiql=False) as server:
+        page = await server.http.get("/graphql", headers={"accept": "text/html"})
+        assert page.status_code == 404
+
+
+async def test_a_passed_gateway_is_left_open(start: Starter, tmp_path: Any) -> None:
+    settings = GatewaySettings(checkpointer=create_sqlite_checkpointer(str(tmp_path / "p.sqlite")))
+    async with Gateway(settings) as gateway:
+        async with start(gateway=gateway) as server:
+            assert codes(await gql(server.http, "{ graphs { name } }")) == []
+        assert (await gateway.health())["overall_status"] == "healthy"  # still usable

@@ -1,0 +1,138 @@
+"""Each request limit, on by default and configurable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from code_hero.settings import Limits
+from tests.graphql.clients import LegacyWS, TransportWS, codes, data, gql
+from tests.graphql.conftest import Starter
+
+DEEP = "{ runs { edges { node { thread { runs { edges { node { thread { id } } } } } } } } }"
+
+
+async def test_query_depth(start: Starter) -> None:
+    async with start(Limits(max_depth=5)) as server:
+        body = await gql(server.http, DEEP)
+        assert codes(body) == ["BAD_USER_INPUT"] and "depth" in body["errors"][0]["message"]
+        assert data(await gql(server.http, "{ runs { edges { node { thread { id } } } } }"))
+    async with start() as server:  # the default (10) lets a reasonable query through
+        assert data(await gql(server.http, DEEP))
+
+
+async def test_aliases(start: Starter) -> None:
+    async with start(Limits(max_aliases=2)) as server:
+        body = await gql(
+            server.http, "{ a: graphs { name } b: graphs { name } c: graphs { name } }"
+        )
+        assert codes(body) == ["BAD_USER_INPUT"] and "aliases" in body["errors"][0]["message"]
+        assert data(await gql(server.http, "{ a: graphs { name } b: graphs { name } }"))
+
+
+async def test_tokens(start: Starter) -> None:
+    long_query = "{ " + " ".join(f"f{i}: graphs {{ name }}" for i in range(10)) + " }"
+    async with start(Limits(max_tokens=30, max_aliases=0)) as server:
+        body = await gql(server.http, long_query)
+        assert codes(body) == ["BAD_USER_INPUT"] and "tokens" in body["errors"][0]["message"]
+        assert data(await gql(server.http, "{ graphs { name } }"))
+
+
+async def test_request_body_size(start: Starter) -> None:
+    padding = "x" * 2000
+    query = f"{{ graphs {{ name }} }} # {padding}"
+    async with start(Limits(max_body_bytes=1000)) as server:
+        declared = await server.http.post("/graphql", json={"query": query})
+        assert declared.status_code == 413
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+            body = ('{"query": "' + query + '"}').encode()
+            for i in range(0, len(body), 300):
+                yield body[i : i + 300]
+
+        streamed = await server.http.post(
+            "/graphql", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert "content-length" not in streamed.request.headers
+
+        small = await server.http.post("/graphql", json={"query": "{ graphs { name } }"})
+        assert small.status_code == 200
+
+
+async def test_page_size(start: Starter) -> None:
+    async with start() as server:
+        for query in (
+            "{ threads(first: 101) { edges { cursor } } }",
+            "{ runs(first: 101) { edges { cursor } } }",
+        ):
+            body = await gql(server.http, query)
+            assert codes(body) == ["BAD_USER_INPUT"] and "100" in body["errors"][0]["message"]
+        run = data(
+            await gql(
+                server.http,
+                'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }',
+            )
+        )["startRun"]
+        history = await gql(
+            server.http,
+            "query($t: ID!) { thread(id: $t) { checkpoints(first: 101) { edges { cursor } } } }",
+            {"t": run["threadId"]},
+        )
+        assert codes(history) == ["BAD_USER_INPUT"]
+        assert data(await gql(server.http, "{ threads(first: 100) { edges { cursor } } }"))
+    async with start(Limits(max_page=5)) as server:  # a lower configured limit
+        body = await gql(server.http, "{ threads(first: 6) { edges { cursor } } }")
+        assert codes(body) == ["BAD_USER_INPUT"] and "5" in body["errors"][0]["message"]
+
+
+async def test_message_length(start: Starter) -> None:
+    # The gateway enforces the length its settings carry (settings_from_env
+    # sets it from CODE_HERO_MAX_MESSAGE_LENGTH, like Limits.max_message_length).
+    async with start(gateway_fields={"max_message_length": 10}) as server:
+        query = "mutation($m: String!) { startRun(input: {message: $m}) { id } }"
+        too_long = await gql(server.http, query, {"m": "x" * 11})
+        assert codes(too_long) == ["BAD_USER_INPUT"]
+        assert "limit is 10" in too_long["errors"][0]["message"]
+        assert data(await gql(server.http, query, {"m": "x" * 10}))
+
+
+async def test_subscriptions_per_connection(start: Starter) -> None:
+    async with start(Limits(max_subscriptions=2)) as server:
+        run = data(
+            await gql(
+                server.http,
+                'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }',
+            )
+        )["startRun"]
+        query = "subscription($t: ID!) { threadEvents(threadId: $t) { seq } }"
+        variables = {"t": run["threadId"]}
+        async with TransportWS.connect(server.ws_url) as ws:
+            await ws.subscribe("1", query, variables)
+            await ws.subscribe("2", query, variables)
+            await ws.subscribe("3", query, variables)
+            refused = await ws.next_message()
+            assert refused["id"] == "3" and refused["type"] == "error"
+            assert "limit" in refused["payload"][0]["message"].lower()
+            await ws.complete("1")  # a slot frees up once one completes
+            await asyncio.sleep(0.05)
+            await ws.subscribe("4", query, variables)
+            await ws.subscribe("5", query, variables)
+            refused = await ws.next_message()
+            assert refused["id"] == "5" and refused["type"] == "error"
+        async with LegacyWS.connect(server.ws_url) as legacy:
+            for op in ("1", "2", "3"):
+                await legacy.start(op, query, variables)
+            _, error = await legacy.collect("3")
+            assert error["type"] == "error" and "limit" in error["payload"]["message"].lower()
+
+
+async def test_connection_init_timeout(start: Starter) -> None:
+    async with start(Limits(ws_init_timeout=0.2)) as server:
+        async with TransportWS.connect(server.ws_url, init=False) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.receive(seconds=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408

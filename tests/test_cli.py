@@ -1,0 +1,381 @@
+"""The `code-hero` command, run as a real process against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = shutil.which("code-hero", path=str(Path(sys.executable).parent))
+COMMAND = [BIN] if BIN else [sys.executable, "-m", "code_hero.cli"]
+CODING = "Write a python function to add numbers"
+SLOW_GRAPH = Path(__file__).parent / "runs" / "slow_graph.py"
+
+
+def _env() -> dict[str, str]:
+    """The environment without any storage or graph settings of the caller's."""
+    drop = ("DATABASE_URL", "POSTGRES_URL", "SQLITE_PATH", "DEV_USE_SQLITE", "CODE_HERO_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `code-hero ARGS`; no run of it may ever print a traceback."""
+    done = subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=60, env=_env(), cwd=cwd
+    )
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    return done
+
+
+def thread_ids(*storage: str) -> list[str]:
+    done = cli("threads", "list", "--json", *storage)
+    assert done.returncode == 0, done.stderr
+    return [t["thread_id"] for t in json.loads(done.stdout)["threads"]]
+
+
+def started_thread(output: str) -> str:
+    """The thread id from the `[run] RUN on thread THREAD (graph G)` line."""
+    first = next(line for line in output.splitlines() if line.startswith("[run] "))
+    return first.split(" on thread ")[1].split()[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> list[str]:
+    """Storage options naming a fresh SQLite file."""
+    return ["--sqlite-path", str(tmp_path / "store.sqlite")]
+
+
+# ------------------------------------------------------------------ run
+def test_run_streams_transitions_and_the_answer_then_success(db: list[str]) -> None:
+    done = cli("run", CODING, *db)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "[transition] SUPERVISOR -> IMPLEMENTATION: " in done.stdout
+    assert "[transition] IMPLEMENTATION -> CODE_GENERATOR: " in done.stdout
+    assert "def add_numbers(" in done.stdout  # the answer, streamed as deltas
+    assert lines[-1] == "[status] SUCCESS"
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(p))
+        for p in (
+            "[transition] SUPERVISOR",
+            "[transition] IMPLEMENTATION",
+            "CODE_GENERATOR:",
+            "[status]",
+        )
+    ]
+    assert order == sorted(order)
+    assert thread_ids(*db) == [started_thread(done.stdout)]
+
+
+def test_an_interrupted_run_says_how_to_resume_and_resume_finishes_it(db: list[str]) -> None:
+    asked = cli("run", "hello", "--approve", "--user", "ada", *db)
+    assert asked.returncode == 3, asked.stderr
+    thread = started_thread(asked.stdout)
+    assert "[interrupt] Hand this request to the research team's lead RESEARCH" in asked.stdout
+    assert "[status] INTERRUPTED" in asked.stdout
+    assert f"code-hero run --thread {thread} --sqlite-path {db[1]} --resume yes" in asked.stdout
+
+    resumed = cli("run", "--thread", thread, "--resume", "yes", *db)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[transition] SUPERVISOR -> RESEARCH" in resumed.stdout
+    assert resumed.stdout.splitlines()[-1] == "[status] SUCCESS"
+
+    again = cli("run", "--thread", thread, "--resume", "yes", *db)
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ") and "not interrupted" in again.stderr
+
+
+def test_a_failing_run_exits_1(db: list[str], tmp_path: Path) -> None:
+    graph = tmp_path / "broken.py"
+    graph.write_text(
+        "from langgraph.graph import START, MessagesState, StateGraph\n"
+        "def boom(state):\n"
+        "    raise RuntimeError('broken on purpose')\n"
+        "graph = StateGraph(MessagesState)\n"
+        "graph.add_node('boom', boom)\n"
+        "graph.add_edge(START, 'boom')\n"
+    )
+    done = cli("run", "hi", "--graphs", f"broken={graph}:graph", "--graph", "broken", *db)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1] == "[status] ERROR: RuntimeError: broken on purpose"
+
+
+def test_run_on_a_terminal_shows_a_live_display(db: list[str]) -> None:
+    leader, follower = pty.openpty()
+    env = {**_env(), "TERM": "xterm-256color", "COLUMNS": "100"}
+    proc = subprocess.Popen(
+        [*COMMAND, "run", CODING, *db],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=30) == 0
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # rendered by rich, not plain lines
+    assert "[transition]" not in text
+    assert "SUPERVISOR -> IMPLEMENTATION" in text and "SUCCESS" in text
+
+
+# ------------------------------------------------------------------ threads, health, prune
+def test_threads_list_and_delete(db: list[str]) -> None:
+    first = started_thread(cli("run", CODING, *db).stdout)
+    second = started_thread(cli("run", "hello", "--approve", "--user", "ada", *db).stdout)
+
+    listing = cli("threads", "list", *db)
+    assert listing.returncode == 0
+    rows = listing.stdout.splitlines()
+    assert rows[0].split() == ["THREAD", "STATUS", "UPDATED", "USER"]
+    assert rows[1].split()[:2] == [second, "INTERRUPTED"] and rows[1].split()[-1] == "ada"
+    assert rows[2].split()[:2] == [first, "IDLE"]
+    assert thread_ids("--user", "ada", *db) == [second]
+    assert thread_ids("--status", "idle", *db) == [first]
+    page = json.loads(cli("threads", "list", "--json", "--first", "1", *db).stdout)
+    assert page["has_next_page"] and [t["thread_id"] for t in page["threads"]] == [second]
+    assert thread_ids("--after", page["end_cursor"], *db) == [first]
+
+    gone = cli("threads", "delete", first, *db)
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.startswith(f"deleted thread {first}: ") and " 1 runs" in gone.stdout
+    assert int(gone.stdout.split(": ")[1].split()[0]) > 0  # checkpoints
+    assert thread_ids(*db) == [second]
+    again = cli("threads", "delete", first, *db)
+    assert (again.returncode, again.stderr) == (1, f"error: no thread '{first}'\n")
+
+
+def test_health_exit_codes(db: list[str]) -> None:
+    assert cli("run", CODING, *db).returncode == 0
+    healthy = cli("health", *db)
+    assert healthy.returncode == 0 and healthy.stdout.startswith("status: healthy")
+    report = json.loads(cli("health", "--json", *db).stdout)
+    assert report["overall_status"] == "healthy" and report["active_backend"] == "primary"
+
+    down = cli("health", "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    assert down.returncode == 1
+    assert down.stdout.startswith("status: degraded") and "Connection refused" in down.stdout
+
+
+def test_prune(db: list[str]) -> None:
+    thread = started_thread(cli("run", CODING, *db).stdout)
+    kept = cli("prune", "--keep-latest", "1", *db)
+    assert kept.returncode == 0, kept.stderr
+    trimmed = re.fullmatch(r"pruned 0 threads, (\d+) checkpoints, 0 runs\n", kept.stdout)
+    assert trimmed and int(trimmed.group(1)) > 0
+    assert thread_ids(*db) == [thread]
+    assert (
+        cli("prune", "--older-than", "1d", *db).stdout
+        == "pruned 0 threads, 0 checkpoints, 0 runs\n"
+    )
+    old = cli("prune", "--older-than", "0s", *db)
+    assert old.stdout.startswith("pruned 1 threads, ") and old.stdout.endswith(" 1 runs\n")
+    assert thread_ids(*db) == []
+
+
+# ------------------------------------------------------------------ PostgreSQL
+@pytest.mark.postgres
+def test_run_and_threads_on_postgres(pg_database: str) -> None:
+    done = cli("run", CODING, "--database-url", pg_database)
+    assert done.returncode == 0, done.stderr
+    assert "[transition] SUPERVISOR -> IMPLEMENTATION" in done.stdout
+    assert thread_ids("--database-url", pg_database) == [started_thread(done.stdout)]
+
+
+@pytest.mark.postgres
+def test_migrate_sqlite_to_postgres(db: list[str], pg_database: str) -> None:
+    threads = [started_thread(cli("run", m, *db).stdout) for m in (CODING, "hello")]
+    copied = cli("migrate", "--from", f"sqlite:///{db[1]}", "--to", pg_database)
+    assert copied.returncode == 0, copied.stderr
+    lines = copied.stdout.splitlines()
+    assert lines[1:3] == [f"[1/2] {min(threads)}", f"[2/2] {max(threads)}"]
+    assert re.fullmatch(
+        r"copied 2 threads, \d+ checkpoints, \d+ writes, 2 runs, \d+ events", lines[-1]
+    )
+    assert sorted(thread_ids("--database-url", pg_database)) == sorted(threads)
+    pg = cli("threads", "delete", threads[0], "--database-url", pg_database)
+    assert pg.returncode == 0 and " 1 runs" in pg.stdout
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["run"],
+        ["run", "hi", "--resume", "yes", "--thread", "t"],
+        ["run", "--resume", "yes"],
+        ["threads", "list", "--first", "500"],
+        ["threads", "list", "--status", "sleeping"],
+        ["prune"],
+        ["prune", "--older-than", "3 fortnights"],
+        ["prune", "--older-than", "1d", "--before", "2024-01-01"],
+        ["migrate", "--from", "a.sqlite"],
+        ["serve", "--port", "http"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_arguments_print_usage_and_exit_2(args: list[str]) -> None:
+    done = cli(*args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: code-hero")
+    assert "error: " in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "hi", "--graph", "nope"], "error: unknown graph 'nope'; known graphs: code_hero"),
+        (
+            ["run", "hi", "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
+            "error: cannot open postgresql://nobody@127.0.0.1:1/none: ",
+        ),
+        (["threads", "list", "--database-url", "mysql://x/y"], "error: cannot tell the backend"),
+        (["threads", "list", "--sqlite-path", "missing.sqlite"], "error: no SQLite database at"),
+        (
+            ["migrate", "--from", "postgresql://nobody@127.0.0.1:1/none", "--to", "memory://"],
+            "error: ",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path: Path) -> None:
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(message)
+    assert done.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------ serve
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+Serve = Callable[..., tuple[subprocess.Popen[str], str]]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """A factory of `code-hero serve` processes; each is killed if a test leaves it running."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [*COMMAND, "serve", "--port", str(port), "--log-level", "warning", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            cwd=tmp_path,
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}: {proc.stderr.read()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail("serve did not answer /healthz within 30 s")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def graphql(url: str, query: str) -> dict[str, object]:
+    response = httpx.post(f"{url}/graphql", json={"query": query}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "errors" not in body, body
+    data: dict[str, object] = body["data"]
+    return data
+
+
+def test_serve_answers_finishes_runs_on_sigterm_and_keeps_its_data(
+    serve: Serve, db: list[str]
+) -> None:
+    graphs = ["--graphs", f"slow={SLOW_GRAPH}:graph"]
+    proc, url = serve(*db, *graphs)
+    assert graphql(url, "{ health { status } }") == {"health": {"status": "HEALTHY"}}
+    started = graphql(
+        url, 'mutation { startRun(input: {graph: "slow", input: {delay: 0.2}}) { id threadId } }'
+    )["startRun"]
+    run, thread = started["id"], started["threadId"]  # type: ignore[index]
+
+    proc.send_signal(signal.SIGTERM)  # mid-run: the run gets its grace period to finish
+    assert proc.wait(timeout=15) == 0
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+    proc, url = serve(*db, *graphs)
+    listed = graphql(url, "{ threads { edges { node { id } } } }")
+    assert listed == {"threads": {"edges": [{"node": {"id": thread}}]}}
+    assert graphql(url, f'{{ run(id: "{run}") {{ status }} }}') == {"run": {"status": "SUCCESS"}}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(
+    serve: Serve, tmp_path: Path
+) -> None:
+    proc, url = serve()
+    assert graphql(url, "{ health { status } }") == {"health": {"status": "HEALTHY"}}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert (tmp_path / "checkpoints.sqlite").exists()
+
+
+def test_the_parsers_copies_of_statuses_and_page_size_are_current() -> None:
+    from code_hero import cli
+    from code_hero.persistence.manager import MAX_PAGE
+    from code_hero.persistence.records import ThreadStatus
+
+    assert cli.THREAD_STATUSES == tuple(s.value for s in ThreadStatus)
+    assert cli.MAX_PAGE == MAX_PAGE
+
+
+def test_serve_exits_1_when_the_app_cannot_start(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*COMMAND, "serve", "--port", str(_free_port()), "--graphs", "bad=no_such_module:graph"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert "no_such_module" in done.stderr
+    assert done.stderr.splitlines()[-1] == "error: the server did not start (see the log above)"

@@ -239,7 +239,8 @@ class RunExecutor:
         )
         if record is None:
             raise ConflictError(
-                f"thread {thread_id!r} is busy with run {busy!r}; use multitask ENQUEUE or INTERRUPT"
+                f"thread {thread_id!r} is busy with run {busy!r}; "
+                "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
         self._started.add(run_id)
@@ -375,7 +376,8 @@ class RunExecutor:
             now=now,
             until=now + self.lease,
             limit=free,
-            graphs=self.graphs.names(),  # a run of a graph this process lacks waits for one that has it
+            # A run of a graph this process lacks waits for a process that has it.
+            graphs=self.graphs.names(),
             run_ids=None if self.claim_others else sorted(self._started),
         ):
             self._started.discard(record.run_id)

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
+
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
-from code_hero.errors import BadInputError, NotFoundError
+from code_hero.errors import BackendUnavailableError, BadInputError, NotFoundError
+from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
 from code_hero.persistence.records import (
@@ -28,6 +31,7 @@ from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.executor import RunExecutor, StartRun
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
+from code_hero.runs.pgbus import PostgresBus
 
 __all__ = ["Gateway", "GatewaySettings"]
 
@@ -45,6 +49,7 @@ class GatewaySettings:
     event_flush_interval: float = 0.025
     max_message_length: int = 100_000
     shutdown_grace: float = 10.0
+    claim_others: bool = True  # False: execute only runs this process started (the CLI)
 
 
 class Gateway:
@@ -62,9 +67,29 @@ class Gateway:
         self._graphs: GraphRegistry | None = None
         self._executor: RunExecutor | None = None
 
+    def _make_bus(self) -> InProcessBus:
+        """PostgreSQL LISTEN/NOTIFY across replicas; in-process wake-ups otherwise."""
+        config = self.settings.checkpointer
+        if config.kind != "postgres" or not config.connection_string:
+            return InProcessBus()
+
+        def pool() -> AsyncConnectionPool[Any]:
+            backend = self.manager.router.primary.backend
+            if not isinstance(backend, PostgresBackend):
+                raise BackendUnavailableError("PostgreSQL is unavailable")
+            return backend.pool
+
+        return PostgresBus(
+            config.connection_string,
+            pool,
+            lambda: self.manager.registry,
+            lambda run_id: self.events.is_writing(run_id),
+        )
+
     async def __aenter__(self) -> Gateway:
         await self.manager.initialize()
         try:
+            await self.bus.start()
             self._graphs = await GraphRegistry.load(
                 self.manager.get_checkpointer(),
                 specs=self.settings.graphs,
@@ -78,9 +103,11 @@ class Gateway:
                 max_concurrent=self.settings.max_concurrent_runs,
                 lease_seconds=self.settings.lease_seconds,
                 max_message_length=self.settings.max_message_length,
+                claim_others=self.settings.claim_others,
             )
             await self._executor.__aenter__()
         except BaseException:
+            await self.bus.close()
             await self.manager.cleanup()
             raise
         return self
@@ -95,6 +122,7 @@ class Gateway:
             if self._executor is not None:
                 await self._executor.shutdown(self.settings.shutdown_grace)
         finally:
+            await self.bus.close()
             await self.manager.cleanup()
 
     @property
@@ -120,7 +148,7 @@ class Gateway:
         """The manager's metrics plus run and subscriber gauges."""
         snap = self.manager.metrics_snapshot()
         snap["subscribers"] = self.bus.subscriber_count
-        snap["active_runs"] = sum(1 for _ in self.executor._tasks)
+        snap["active_runs"] = sum(1 for r in self.executor._tasks if self.executor.is_active(r))
         return snap
 
     # ------------------------------------------------------------ threads

@@ -76,5 +76,5 @@ async def test_events_are_stored_in_batches(
         StartRun(message="Help me build a FastAPI application", wait=True)
     )
     events = await gateway.run_events(run.run_id, first=1000)
-    assert sum(calls) == len(events) > 50
+    assert sum(calls) == len(events) - 1 > 50  # the PENDING event is stored with the run
     assert len(calls) < len(events) / 5, "one transaction per batch, not per token"

@@ -81,6 +81,12 @@ POSTGRES_MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, seq)
     )
     """,
+    # v10, v11: runs are claimed from the table by any replica (issue 5).
+    "ALTER TABLE code_hero_runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
+    """
+    CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
+        WHERE status IN ('PENDING', 'RUNNING')
+    """,
 ]
 
 SQLITE_MIGRATIONS: list[str] = [
@@ -141,5 +147,10 @@ SQLITE_MIGRATIONS: list[str] = [
         at TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )
+    """,
+    "ALTER TABLE code_hero_runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    """
+    CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
+        WHERE status IN ('PENDING', 'RUNNING')
     """,
 ]

@@ -81,6 +81,7 @@ class RunRecord:
     finished_at: datetime | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,48 @@ class Registry(Protocol):
 
     async def put_run(self, run: RunRecord) -> None:
         """Insert or replace a run as given (for migration)."""
+
+    # claiming (runs are taken from the table by whichever replica has a free slot)
+    async def admit_run(
+        self, run: RunRecord, *, reject_if_busy: bool, events: Sequence[EventRecord] = ()
+    ) -> tuple[RunRecord | None, str | None]:
+        """Record a PENDING run and mark its thread BUSY, in one transaction.
+
+        Returns (the run, None), or (None, the busy run's id) when the thread
+        has an unfinished run and `reject_if_busy` (then nothing is written).
+        """
+
+    async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
+        """The thread's PENDING and RUNNING runs, oldest first."""
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> list[RunRecord]:
+        """Lease up to `limit` claimable runs: unfinished, unleased (or lapsed), not
+        cancelled, and the oldest unfinished run of their thread."""
+
+    async def renew_leases(
+        self, owner: str, run_ids: Sequence[str], until: datetime
+    ) -> list[RunRecord]:
+        """Extend the leases `owner` still holds; returns those runs (with their cancel flag)."""
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str]) -> None:
+        """Give up leases so another executor may claim the runs at once."""
+
+    async def request_cancel(self, run_id: str) -> RunRecord | None:
+        """Flag the run for cancellation; returns it."""
+
+    async def claim_cancelled(
+        self, owner: str, *, now: datetime, until: datetime
+    ) -> list[RunRecord]:
+        """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
     # events
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:

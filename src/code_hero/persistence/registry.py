@@ -122,11 +122,20 @@ class _Session(Protocol):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
 
+class _Busy(Exception):
+    """Internal: the thread has an unfinished run (rolls an admit back)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 class _SqlRegistry(ABC):
     """Every registry query, once; subclasses supply the dialect seam."""
 
     migrations: ClassVar[Sequence[str]]
     migration_lock: ClassVar[str | None] = None
+    skip_locked: ClassVar[str] = ""  # PostgreSQL: claimers skip rows another one locked
 
     # --- the dialect seam ---------------------------------------------------
 
@@ -204,6 +213,7 @@ class _SqlRegistry(ABC):
             finished_at=self._from_ts_or_none(row["finished_at"]),
             lease_owner=row["lease_owner"],
             lease_expires_at=self._from_ts_or_none(row["lease_expires_at"]),
+            cancel_requested=bool(row["cancel_requested"]),
         )
 
     def _event(self, row: Row) -> EventRecord:
@@ -503,6 +513,164 @@ class _SqlRegistry(ABC):
         async with self._session() as s:
             await s.execute(sql, params)
 
+    # --- claiming -----------------------------------------------------------
+
+    async def admit_run(
+        self, run: RunRecord, *, reject_if_busy: bool, events: Sequence[EventRecord] = ()
+    ) -> tuple[RunRecord | None, str | None]:
+        """Record a PENDING run and mark its thread BUSY, in one transaction."""
+        now = self._ts(_now())
+        params = self._run_params(run)
+        if run.created_at is None:
+            params[RUN_FIELDS.index("created_at")] = now
+        placeholders = ", ".join("?" for _ in RUN_FIELDS)
+        try:
+            async with self._session(atomic=True) as s:
+                # The upsert locks the thread row: concurrent starts on one thread queue here.
+                await s.execute(
+                    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                    "status = excluded.status, "
+                    "user_id = COALESCE(excluded.user_id, code_hero_threads.user_id)",
+                    [run.thread_id, run.user_id, ThreadStatus.BUSY.value, self._json({}), now, now],
+                )
+                busy = await s.fetch(
+                    "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
+                    "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
+                    [run.thread_id],
+                )
+                busy_id = busy[0]["run_id"] if busy else None
+                if busy_id is not None and reject_if_busy:
+                    raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
+                async with self._unique(f"a run with id {run.run_id!r}"):
+                    rows = await s.fetch(
+                        f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+                        f"RETURNING {RUN_COLUMNS}",
+                        params,
+                    )
+                    if events:  # stored with the run: whoever claims it numbers on from here
+                        await s.executemany(
+                            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            [
+                                (
+                                    e.run_id,
+                                    e.seq,
+                                    e.thread_id,
+                                    e.type,
+                                    self._json(e.payload),
+                                    self._ts(_utc(e.at)),
+                                )
+                                for e in events
+                            ],
+                        )
+        except _Busy as busy_run:
+            return None, busy_run.run_id
+        return self._run(rows[0]), busy_id
+
+    async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
+        """The thread's PENDING and RUNNING runs, oldest first."""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id",
+                [thread_id],
+            )
+        return [self._run(r) for r in rows]
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> list[RunRecord]:
+        """Lease up to `limit` claimable runs, oldest first, one per thread at most
+        (only of the given graphs, only the given runs, when those are given)."""
+        if limit < 1 or (run_ids is not None and not run_ids):
+            return []
+        extra, extra_params = "", []
+        if graphs is not None:
+            cond, vals = self._in("r.graph", list(graphs))
+            extra += f" AND {cond}"
+            extra_params += vals
+        if run_ids is not None:
+            cond, vals = self._in("r.run_id", list(run_ids))
+            extra += f" AND {cond}"
+            extra_params += vals
+        sql = (
+            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
+            f"WHERE run_id IN ("
+            f"  SELECT r.run_id FROM code_hero_runs r"
+            f"  WHERE r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
+            f"  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
+            f"  AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
+            f"    WHERE o.thread_id = r.thread_id AND o.status IN ('PENDING', 'RUNNING')"
+            f"    AND (o.created_at < r.created_at"
+            f"         OR (o.created_at = r.created_at AND o.run_id < r.run_id)))"
+            f"  ORDER BY r.created_at, r.run_id LIMIT ?{self.skip_locked}"
+            f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+            f"RETURNING {RUN_COLUMNS}"
+        )
+        ts_now, ts_until = self._ts(_utc(now)), self._ts(_utc(until))
+        async with self._session(atomic=True) as s:
+            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+        runs = [self._run(r) for r in rows]
+        return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
+
+    async def renew_leases(
+        self, owner: str, run_ids: Sequence[str], until: datetime
+    ) -> list[RunRecord]:
+        """Extend the leases `owner` still holds; returns those runs."""
+        if not run_ids:
+            return []
+        where, ids = self._in("run_id", list(run_ids))
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET lease_expires_at = ? WHERE lease_owner = ? "
+                f"AND status IN ('PENDING', 'RUNNING') AND {where} RETURNING {RUN_COLUMNS}",
+                [self._ts(_utc(until)), owner, *ids],
+            )
+        return [self._run(r) for r in rows]
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str]) -> None:
+        """Give up leases so another executor may claim the runs at once."""
+        if not run_ids:
+            return
+        where, ids = self._in("run_id", list(run_ids))
+        async with self._session() as s:
+            await s.execute(
+                f"UPDATE code_hero_runs SET lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE lease_owner = ? AND {where}",
+                [owner, *ids],
+            )
+
+    async def request_cancel(self, run_id: str) -> RunRecord | None:
+        """Flag the run for cancellation; returns it."""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET cancel_requested = ? WHERE run_id = ? "
+                f"RETURNING {RUN_COLUMNS}",
+                [True, run_id],
+            )
+        return self._run(rows[0]) if rows else None
+
+    async def claim_cancelled(
+        self, owner: str, *, now: datetime, until: datetime
+    ) -> list[RunRecord]:
+        """Lease the unfinished runs flagged for cancellation that no live executor holds."""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
+                "WHERE cancel_requested AND status IN ('PENDING', 'RUNNING') "
+                f"AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
+                [owner, self._ts(_utc(until)), self._ts(_utc(now))],
+            )
+        return [self._run(r) for r in rows]
+
     # --- events -------------------------------------------------------------
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
@@ -742,6 +910,7 @@ class PostgresRegistry(_SqlRegistry):
 
     migrations: ClassVar[Sequence[str]] = POSTGRES_MIGRATIONS
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
+    skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool

@@ -9,15 +9,19 @@ wake-up with the data attached).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from code_hero.persistence.records import EventRecord
 
-__all__ = ["EventBus", "InProcessBus", "Subscription"]
+__all__ = ["ControlHandler", "EventBus", "InProcessBus", "Subscription"]
 
+log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 1024
+ControlHandler = Callable[[str], None]
 
 
 @dataclass(eq=False)
@@ -41,6 +45,11 @@ class Subscription:
             self.overflowed = True
         self.wakeup.set()
 
+    def poke(self) -> None:
+        """Make the subscriber catch up from the stored events."""
+        self.overflowed = True
+        self.wakeup.set()
+
 
 class EventBus(Protocol):
     """Where event writers publish and subscribers listen."""
@@ -54,6 +63,15 @@ class EventBus(Protocol):
     def publish(self, event: EventRecord) -> None:
         """Deliver an event to its run's and thread's subscribers, without waiting."""
 
+    async def stored(self, events: Sequence[EventRecord]) -> None:
+        """Events were committed: tell other processes (a no-op within one process)."""
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Call `handler` with every control message ("runs", "cancel RUN_ID")."""
+
+    async def send_control(self, message: str) -> None:
+        """Send a control message to every executor sharing the database (this one too)."""
+
 
 class InProcessBus:
     """The bus of one process: subscribers keyed by run and by thread."""
@@ -62,6 +80,7 @@ class InProcessBus:
         self.queue_size = queue_size
         self._by_run: dict[str, set[Subscription]] = defaultdict(set)
         self._by_thread: dict[str, set[Subscription]] = defaultdict(set)
+        self._control_handlers: list[ControlHandler] = []
 
     def subscribe(self, *, run_id: str | None = None, thread_id: str | None = None) -> Subscription:
         if (run_id is None) == (thread_id is None):
@@ -89,6 +108,39 @@ class InProcessBus:
             sub.offer(event)
         for sub in tuple(self._by_thread.get(event.thread_id, ())):
             sub.offer(event)
+
+    async def stored(self, events: Sequence[EventRecord]) -> None:
+        return None
+
+    def on_control(self, handler: ControlHandler) -> None:
+        self._control_handlers.append(handler)
+
+    async def send_control(self, message: str) -> None:
+        self._dispatch_control(message)
+
+    def _dispatch_control(self, message: str) -> None:
+        for handler in list(self._control_handlers):
+            try:
+                handler(message)
+            except Exception:  # one bad handler must not stop the others
+                log.exception("control handler failed on %r", message)
+
+    def has_subscribers(self, run_id: str, thread_id: str) -> bool:
+        """True when some local subscription wants this run's events."""
+        return run_id in self._by_run or thread_id in self._by_thread
+
+    def poke_all(self) -> None:
+        """Make every subscriber catch up from the stored events."""
+        for table in (self._by_run, self._by_thread):
+            for subs in table.values():
+                for sub in subs:
+                    sub.poke()
+
+    async def start(self) -> None:
+        """Begin delivering (nothing to connect within one process)."""
+
+    async def close(self) -> None:
+        """Stop delivering."""
 
     @property
     def subscriber_count(self) -> int:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from code_hero.errors import ConflictError
 from code_hero.persistence.records import EventRecord, Registry
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
@@ -47,6 +48,8 @@ class RunEventWriter:
         event = EventRecord(
             self.run_id, self.thread_id, self.next_seq, str(type), dict(payload), datetime.now(UTC)
         )
+        if self.closed:  # fenced: the run belongs to another executor now
+            return event
         self.next_seq += 1
         self.pending.append(event)  # readable before it is published
         self.owner.bus.publish(event)
@@ -113,6 +116,10 @@ class EventLog:
         self._writers[run_id] = writer
         return writer
 
+    def is_writing(self, run_id: str) -> bool:
+        """True while this process writes the run's events."""
+        return run_id in self._writers
+
     def _dirty(self, writer: RunEventWriter) -> None:
         self._waiting[writer.run_id] = writer
         if sum(len(w.pending) for w in self._waiting.values()) >= self.max_batch:
@@ -150,6 +157,10 @@ class EventLog:
                     batch += w.inflight
                 try:
                     await self.registry().store_events(batch)
+                except ConflictError:
+                    # Another executor wrote these seqs: it holds the run now (this one
+                    # lost its lease). Keep the rest, fence the writers that collided.
+                    await self._store_apart(writers)
                 except BaseException:
                     for w in writers:
                         w.pending[:0] = w.inflight
@@ -159,6 +170,18 @@ class EventLog:
                 finally:
                     for w in writers:
                         w.inflight = []
+                try:
+                    await self.bus.stored(batch)
+                except Exception as exc:  # subscribers elsewhere catch up from the log
+                    log.warning("event notification failed: %s", exc)
+
+    async def _store_apart(self, writers: list[RunEventWriter]) -> None:
+        for w in writers:
+            try:
+                await self.registry().store_events(w.inflight)
+            except ConflictError:
+                log.error("run %s: events collide with another executor's; dropped", w.run_id)
+                w.closed = True
 
     async def read(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None

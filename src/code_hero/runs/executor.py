@@ -1,12 +1,20 @@
-"""The run executor: background runs, one at a time per thread, cancellable, resumable.
+"""The run executor: runs claimed from the registry, one at a time per thread.
 
-A run is recorded PENDING, waits for a slot (a per-process limit) and for its
-thread (one run at a time per thread), becomes RUNNING and ends SUCCESS,
-ERROR, INTERRUPTED or CANCELLED. Every step is checkpointed before the next
-begins (`durability="sync"`), and the executor holds a lease on each run it
-executes, renewed while it runs: runs found RUNNING or PENDING whose lease
-lapsed (their process died) are resumed from their last checkpoint when an
-executor starts, so no completed step runs twice and none is skipped.
+A run is recorded PENDING (with its first event) by whichever process was
+asked; every executor sharing the database claims runs from the runs table
+when it has a free slot (PostgreSQL: `FOR UPDATE SKIP LOCKED`), oldest
+first, and only the oldest unfinished run of a thread, so runs of one thread
+execute one at a time in the order they were asked for, across replicas.
+
+The claimer holds a lease on each run and renews it while the run executes.
+Every step is checkpointed before the next begins (`durability="sync"`), so
+when a lease lapses (its process died or froze) another executor claims the
+run and resumes it from its last checkpoint: no completed step runs twice,
+none is skipped, and its events go on numbering after the last stored one.
+
+Wake-ups travel on the bus: a new run or a freed thread ("runs") makes every
+executor try to claim; "cancel RUN_ID" reaches the executor that runs it. The
+lease renewal and a slow poll carry the same news when a message is lost.
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -31,12 +38,14 @@ from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
+    EventRecord,
     Registry,
     RunFilter,
     RunRecord,
     RunStatus,
     ThreadStatus,
 )
+from code_hero.runs.bus import EventBus
 from code_hero.runs.eventlog import EventLog, RunEventWriter
 from code_hero.runs.events import STREAM_MODES, EventType, namespace_of, translate
 from code_hero.runs.graphs import GraphRegistry
@@ -76,16 +85,8 @@ class StartRun:
     wait: bool = False
 
 
-@dataclass
-class _Lane:
-    """The runs of one thread in this process: the active one and the queue."""
-
-    active: str | None = None
-    queue: deque[str] = field(default_factory=deque)
-
-
 class RunExecutor:
-    """Executes runs in the background for one process."""
+    """Claims and executes runs in the background for one process."""
 
     def __init__(
         self,
@@ -96,29 +97,38 @@ class RunExecutor:
         max_concurrent: int = 8,
         lease_seconds: float = 15.0,
         max_message_length: int = 100_000,
+        poll_interval: float | None = None,
+        claim_others: bool = True,
     ) -> None:
         self.manager = manager
         self.graphs = graphs
         self.events = events
+        self.bus: EventBus = events.bus
         self.owner = f"executor-{uuid.uuid4().hex[:12]}"
         self.lease = timedelta(seconds=lease_seconds)
+        self.max_concurrent = max_concurrent
         self.max_message_length = max_message_length
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self.poll_interval = poll_interval or max(lease_seconds / 3, 0.05)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
-        self._lanes: dict[str, _Lane] = {}
-        self._closing = False
-        self._cancel_requested: set[str] = set()
-        self._start_locks: dict[str, asyncio.Lock] = {}
-        self._admitted: dict[str, RunRecord] = {}  # saves re-reading a run just created
-        self._final: dict[str, RunRecord] = {}  # for waiters: the record _finish wrote
+        self._final: dict[str, RunRecord] = {}
         self._waiters: dict[str, int] = {}
-        self._lease_task: asyncio.Task[None] | None = None
+        self._cancel_requested: set[str] = set()
+        self._lost: set[str] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._loops: list[asyncio.Task[None]] = []
+        # False (the CLI's one-shot runs): execute only the runs this executor started.
+        self.claim_others = claim_others
+        self._started: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> RunExecutor:
-        self._lease_task = asyncio.create_task(self._renew_leases(), name="run-leases")
-        await self.recover()
+        self.bus.on_control(self._on_control)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="run-claims"),
+            asyncio.create_task(self._renew_leases(), name="run-leases"),
+        ]
         return self
 
     async def __aexit__(
@@ -130,19 +140,22 @@ class RunExecutor:
         await self.shutdown()
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop taking runs; give running ones `grace` seconds, then leave them resumable."""
+        """Drain: claim nothing more, give running runs `grace` seconds to end, then
+        stop the rest and release their leases so another executor resumes them."""
         self._closing = True
-        pending = [t for t in self._tasks.values() if not t.done()]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
+        self._wake.set()
+        running = [t for t in self._tasks.values() if not t.done()]
+        if running:
+            _, still = await asyncio.wait(running, timeout=grace)
             for task in still:
                 task.cancel()  # released, not CANCELLED: see _execute
             if still:
                 await asyncio.wait(still, timeout=5)
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+                await loop
         await self.events.close()
 
     @property
@@ -150,9 +163,22 @@ class RunExecutor:
         """The registry of the manager's authoritative backend."""
         return self.manager.registry
 
+    def is_active(self, run_id: str) -> bool:
+        """True while this process executes the run."""
+        task = self._tasks.get(run_id)
+        return task is not None and not task.done()
+
+    def _on_control(self, message: str) -> None:
+        kind, _, run_id = message.partition(" ")
+        if kind == "runs":
+            self._wake.set()
+        elif kind == "cancel" and self.is_active(run_id):
+            self._cancel_requested.add(run_id)
+            self._tasks[run_id].cancel()
+
     # ---------------------------------------------------------------- start
     async def start(self, req: StartRun) -> RunRecord:
-        """Validate, record PENDING and schedule; with `wait`, return the final run."""
+        """Validate, record PENDING and wake the claimers; with `wait`, the final run."""
         if self._closing:
             raise ConflictError("the server is shutting down and takes no new runs")
         if req.resume is not UNSET:
@@ -171,19 +197,6 @@ class RunExecutor:
             )
         run_input = self._input_for(req, graph_name)
         thread_id = req.thread_id or str(uuid.uuid4())
-        # One start at a time per thread: the busy check and the enqueue are one step.
-        lock = self._start_locks.setdefault(thread_id, asyncio.Lock())
-        async with lock:
-            record = await self._admit(req, thread_id, graph_name, run_input)
-        if not lock.locked():
-            self._start_locks.pop(thread_id, None)
-        if req.wait:
-            return await self.wait(record.run_id)
-        return record
-
-    async def _admit(
-        self, req: StartRun, thread_id: str, graph_name: str, run_input: Any
-    ) -> RunRecord:
         thread = await self.registry.get_thread(thread_id)
         if req.resume is not UNSET and (
             thread is None or thread.status is not ThreadStatus.INTERRUPTED
@@ -195,24 +208,20 @@ class RunExecutor:
                 raise NotFoundError(
                     f"checkpoint {req.from_checkpoint_id!r} is not in thread {thread_id!r}"
                 )
-        lane = self._lanes.get(thread_id)
-        busy = lane and (lane.active or (lane.queue[0] if lane.queue else None))
-        if busy:
-            if req.multitask is MultitaskStrategy.REJECT:
-                raise ConflictError(
-                    f"thread {thread_id!r} is busy with run {busy!r}; "
-                    "use multitask ENQUEUE or INTERRUPT"
-                )
-            if req.multitask is MultitaskStrategy.INTERRUPT and lane is not None:
-                for run_id in [*lane.queue, *([lane.active] if lane.active else [])]:
-                    await self.cancel(run_id)
-        run_id = str(uuid.uuid4())
-        await self.registry.upsert_thread(thread_id, user_id=req.user_id, status=ThreadStatus.BUSY)
-        self.manager.router.note_touched(thread_id)
         config = dict(req.config)
         if req.from_checkpoint_id:
             config["checkpoint_id"] = req.from_checkpoint_id
-        record = await self.registry.create_run(
+        run_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        first = EventRecord(
+            run_id,
+            thread_id,
+            1,
+            EventType.STATUS.value,
+            {"status": RunStatus.PENDING.value, "error": None},
+            now,
+        )
+        record, busy = await self.registry.admit_run(
             RunRecord(
                 run_id=run_id,
                 thread_id=thread_id,
@@ -223,15 +232,28 @@ class RunExecutor:
                 config=config,
                 user_id=req.user_id,
                 multitask=req.multitask.value,
-            )
+                created_at=now,
+            ),
+            reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
+            events=[first],
         )
-        writer = await self.events.writer(run_id, thread_id, new=True)
-        writer.emit(EventType.STATUS, {"status": RunStatus.PENDING.value, "error": None})
-        self._done[run_id] = asyncio.Event()
-        self._admitted[run_id] = record
-        # Fetched again: the awaits above may have let a finished run drop the lane.
-        self._lanes.setdefault(thread_id, _Lane()).queue.append(run_id)
-        self._pump(thread_id)
+        if record is None:
+            raise ConflictError(
+                f"thread {thread_id!r} is busy with run {busy!r}; "
+                "use multitask ENQUEUE or INTERRUPT"
+            )
+        self.manager.router.note_touched(thread_id)
+        self._started.add(run_id)
+        self.bus.publish(first)
+        await self.bus.stored([first])
+        if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
+            for older in await self.registry.unfinished_runs(thread_id):
+                if older.run_id != run_id:
+                    await self.cancel(older.run_id)
+        self._wake.set()
+        await self.bus.send_control("runs")
+        if req.wait:
+            return await self.wait(run_id)
         return record
 
     async def _continuing(self, req: StartRun) -> StartRun:
@@ -277,103 +299,138 @@ class RunExecutor:
             return dict(req.input)
         return None
 
-    # ---------------------------------------------------------------- scheduling
-    def _pump(self, thread_id: str) -> None:
-        """Start the next queued run of a thread when the thread is free."""
-        lane = self._lanes.get(thread_id)
-        if lane is None or lane.active is not None:
-            return
-        if not lane.queue:
-            self._lanes.pop(thread_id, None)
-            return
-        run_id = lane.queue.popleft()
-        lane.active = run_id
-        self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
-
+    # ---------------------------------------------------------------- waiting and cancel
     async def wait(self, run_id: str, limit: float | None = None) -> RunRecord:
-        """The run once it has ended (or as it is when `limit` seconds pass)."""
-        done = self._done.get(run_id)
-        if done is not None:
-            self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), limit)
-            finally:
-                self._waiters[run_id] -= 1
-                if not self._waiters[run_id]:
-                    del self._waiters[run_id]
-            final = self._final.get(run_id) if done.is_set() else None
-            if final is not None:
-                if run_id not in self._waiters:
-                    self._final.pop(run_id, None)
-                return final
-        record = await self.registry.get_run(run_id)
-        if record is None:
-            raise NotFoundError(f"no run {run_id!r}")
-        return record
-
-    def is_active(self, run_id: str) -> bool:
-        """True while this process has the run queued or executing."""
-        return run_id in self._done and not self._done[run_id].is_set()
+        """The run once it has ended, wherever it runs (or as it is after `limit` s)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
+        try:
+            pause = 0.01
+            while True:
+                done = self._done.get(run_id)
+                if done is not None:
+                    left = None if deadline is None else max(deadline - loop.time(), 0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), left)
+                    final = self._final.get(run_id)
+                    if final is not None:
+                        return final
+                record = await self.registry.get_run(run_id)
+                if record is None:
+                    raise NotFoundError(f"no run {run_id!r}")
+                if record.status.finished or (deadline is not None and loop.time() >= deadline):
+                    return record
+                if run_id not in self._done:  # executing elsewhere (or not claimed yet)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.25)
+        finally:
+            self._waiters[run_id] -= 1
+            if not self._waiters[run_id]:
+                del self._waiters[run_id]
+                self._final.pop(run_id, None)
 
     async def cancel(self, run_id: str) -> RunRecord:
-        """Stop a run promptly and record CANCELLED (a finished run is returned as is)."""
+        """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
+        is returned as it is)."""
         record = await self.registry.get_run(run_id)
         if record is None:
             raise NotFoundError(f"no run {run_id!r}")
         if record.status.finished:
             return record
-        lane = self._lanes.get(record.thread_id)
-        if lane is not None and run_id in lane.queue:
-            lane.queue.remove(run_id)
-            await self._finish(run_id, record.thread_id, RunStatus.CANCELLED, None, None)
-            self._pump(record.thread_id)
-            return await self.wait(run_id)
-        task = self._tasks.get(run_id)
-        if task is not None and not task.done():
+        if self.is_active(run_id):
             self._cancel_requested.add(run_id)
-            task.cancel()
-            await asyncio.wait({task}, timeout=5)
-            return await self.wait(run_id)
-        # Not executing here (its process is gone): record the cancel directly.
-        await self._finish(run_id, record.thread_id, RunStatus.CANCELLED, None, None)
-        return await self.wait(run_id)
+            self._tasks[run_id].cancel()
+            return await self.wait(run_id, limit=5)
+        await self.registry.request_cancel(run_id)
+        await self.bus.send_control(f"cancel {run_id}")
+        self._wake.set()  # an unclaimed run is finished by the claim loop
+        return await self.wait(run_id, limit=5 + self.lease.total_seconds())
+
+    # ---------------------------------------------------------------- claiming
+    async def _claim_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                await self._claim_once()
+            except Exception as exc:
+                log.warning("claiming runs failed: %s", exc)
+                await asyncio.sleep(self.poll_interval)
+
+    async def _claim_once(self) -> None:
+        now = datetime.now(UTC)
+        if self.claim_others:  # cancels asked for runs no executor holds end here
+            for record in await self.registry.claim_cancelled(
+                self.owner, now=now, until=now + self.lease
+            ):
+                await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
+        free = self.max_concurrent - sum(1 for t in self._tasks.values() if not t.done())
+        if free <= 0:
+            return
+        for record in await self.registry.claim_runs(
+            self.owner,
+            now=now,
+            until=now + self.lease,
+            limit=free,
+            # A run of a graph this process lacks waits for a process that has it.
+            graphs=self.graphs.names(),
+            run_ids=None if self.claim_others else sorted(self._started),
+        ):
+            self._started.discard(record.run_id)
+            resuming = record.status is RunStatus.RUNNING
+            if resuming:
+                log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
+            self._done[record.run_id] = asyncio.Event()
+            self._tasks[record.run_id] = asyncio.create_task(
+                self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
+            )
+
+    async def recover(self) -> int:
+        """Claim what can be claimed now (runs whose lease lapsed included)."""
+        before = len(self._tasks)
+        await self._claim_once()
+        return len(self._tasks) - before
 
     # ---------------------------------------------------------------- execution
-    async def _execute(self, run_id: str, *, resuming: bool = False) -> None:
-        record = self._admitted.pop(run_id, None) or await self.registry.get_run(run_id)
-        assert record is not None
-        thread_id = record.thread_id
-        writer = await self.events.writer(run_id, thread_id)
+    async def _execute(self, record: RunRecord, *, resuming: bool = False) -> None:
+        run_id, thread_id = record.run_id, record.thread_id
         status, output, error = RunStatus.ERROR, None, None
+        writer: RunEventWriter | None = None
         try:
-            async with self._slots:
-                if self._closing:
-                    raise asyncio.CancelledError("shutting down")
-                await self.registry.update_run(
-                    run_id,
-                    status=RunStatus.RUNNING,
-                    started_at=record.started_at or datetime.now(UTC),
-                    lease_owner=self.owner,
-                    lease_expires_at=datetime.now(UTC) + self.lease,
-                )
-                writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
-                status, output, error = await self._stream(record, writer, resuming)
+            writer = await self.events.writer(run_id, thread_id)
+            running = await self.registry.update_run(
+                run_id,
+                status=RunStatus.RUNNING,
+                started_at=record.started_at or datetime.now(UTC),
+            )
+            writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
+            status, output, error = await self._stream(running or record, writer, resuming)
         except asyncio.CancelledError:
-            if self._closing and run_id not in self._cancel_requested:
-                # Shutdown: leave the run RUNNING with its lease released, so the
-                # next executor resumes it from its last checkpoint.
-                with contextlib.suppress(Exception):
-                    await self.registry.update_run(run_id, lease_owner=None, lease_expires_at=None)
-                await writer.close()
-                self._release(run_id, thread_id)
+            if run_id in self._lost or (self._closing and run_id not in self._cancel_requested):
+                # Draining, or another executor holds the run now: leave it RUNNING and
+                # resumable from its last checkpoint, lease released.
+                if writer is not None:
+                    await writer.close()
+                if run_id not in self._lost:
+                    with contextlib.suppress(Exception):
+                        await self.registry.release_runs(self.owner, [run_id])
+                        await self.bus.send_control("runs")
+                self._release(run_id)
                 return
             status = RunStatus.CANCELLED
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
-        await self._finish(run_id, thread_id, status, output, error, writer)
-        self._release(run_id, thread_id)
+        try:
+            await self._finish(run_id, thread_id, status, output, error, writer)
+        finally:
+            self._release(run_id)
+        self._wake.set()  # the thread's next run is claimable now
+        await self.bus.send_control("runs")
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool
@@ -451,72 +508,45 @@ class RunExecutor:
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
-        lane = self._lanes.get(thread_id)
-        if lane is None or not lane.queue:  # a queued run keeps the thread BUSY
+        if not await self.registry.unfinished_runs(thread_id):  # a queued run keeps it BUSY
             await self.registry.set_thread_status(thread_id, THREAD_STATUS_AFTER[status])
 
-    def _release(self, run_id: str, thread_id: str) -> None:
+    def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
-        self._admitted.pop(run_id, None)
         self._cancel_requested.discard(run_id)
+        self._lost.discard(run_id)
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
-        lane = self._lanes.get(thread_id)
-        if lane is not None and lane.active == run_id:
-            lane.active = None
-        if not self._closing:
-            self._pump(thread_id)
 
     # ---------------------------------------------------------------- leases
     async def _renew_leases(self) -> None:
         interval = max(self.lease.total_seconds() / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            expires = datetime.now(UTC) + self.lease
-            for run_id in list(self._tasks):
-                try:
-                    await self.registry.update_run(run_id, lease_expires_at=expires)
-                except Exception as exc:
-                    log.warning("renewing the lease of run %s failed: %s", run_id, exc)
-
-    async def recover(self) -> int:
-        """Resume runs left RUNNING or PENDING by a process that is gone; returns how many."""
-        now = datetime.now(UTC)
-        orphans: list[RunRecord] = []
-        for status in (RunStatus.RUNNING, RunStatus.PENDING):
-            after = None
-            while True:
-                page = await self.registry.list_runs(
-                    RunFilter(status=status), first=100, after=after
-                )
-                orphans += [
-                    r
-                    for r in page.items
-                    if r.run_id not in self._done
-                    and (r.lease_expires_at is None or r.lease_expires_at < now)
-                ]
-                if not page.has_next_page:
-                    break
-                after = page.end_cursor
-        for record in sorted(orphans, key=lambda r: (r.created_at or now, r.run_id)):
-            claimed = await self.registry.update_run(
-                record.run_id, lease_owner=self.owner, lease_expires_at=now + self.lease
-            )
-            if claimed is None:
+            mine = [r for r, t in self._tasks.items() if not t.done()]
+            if not mine:
                 continue
-            log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
-            self._done[record.run_id] = asyncio.Event()
-            lane = self._lanes.setdefault(record.thread_id, _Lane())
-            if record.status is RunStatus.RUNNING and lane.active is None:
-                lane.active = record.run_id
-                self._tasks[record.run_id] = asyncio.create_task(
-                    self._execute(record.run_id, resuming=True), name=f"run-{record.run_id}"
+            try:
+                held = await self.registry.renew_leases(
+                    self.owner, mine, datetime.now(UTC) + self.lease
                 )
-            else:
-                lane.queue.append(record.run_id)
-                self._pump(record.thread_id)
-        return len(orphans)
+            except Exception as exc:
+                log.warning("renewing run leases failed: %s", exc)
+                continue
+            held_ids = {r.run_id for r in held}
+            for run_id in mine:
+                task = self._tasks.get(run_id)
+                if task is None or task.done():
+                    continue
+                if run_id not in held_ids:
+                    log.warning("lost the lease of run %s: another executor has it", run_id)
+                    self._lost.add(run_id)
+                    task.cancel()
+            for record in held:
+                if record.cancel_requested and record.run_id in self._tasks:
+                    self._cancel_requested.add(record.run_id)
+                    self._tasks[record.run_id].cancel()
 
 
 def _with_messages(run_input: Any) -> Any:

@@ -35,10 +35,13 @@ import psycopg
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scratch_database, target  # noqa: E402
+from _common import scratch_database, target
 
 ROOT = Path(__file__).resolve().parent.parent
-GRAPHS = f"small={ROOT / 'bench' / '_common.py'}:small_graph,slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
+GRAPHS = (
+    f"small={ROOT / 'bench' / '_common.py'}:small_graph,"
+    f"slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
+)
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 SUBSCRIBE = "subscription($id: ID!) { runEvents(runId: $id) { seq __typename } }"
 
@@ -52,13 +55,30 @@ def free_port() -> int:
 class Replica:
     def __init__(self, url: str, logdir: Path) -> None:
         self.port = free_port()
-        env = {**os.environ, "CODE_HERO_GRAPHS": GRAPHS, "CODE_HERO_MAX_CONCURRENT_RUNS": "32",
-               "CODE_HERO_MAX_SUBSCRIPTIONS": "10"}
-        self.log = open(logdir / f"replica-{self.port}.log", "wb")  # noqa: SIM115
+        env = {
+            **os.environ,
+            "CODE_HERO_GRAPHS": GRAPHS,
+            "CODE_HERO_MAX_CONCURRENT_RUNS": "32",
+            "CODE_HERO_MAX_SUBSCRIPTIONS": "10",
+        }
+        self.log = open(logdir / f"replica-{self.port}.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "code_hero.cli", "serve", "--database-url", url,
-             "--port", str(self.port), "--log-level", "warning"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "code_hero.cli",
+                "serve",
+                "--database-url",
+                url,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/graphql"
@@ -90,15 +110,23 @@ class Replica:
 
 
 async def start_run(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": START, "variables": {"input": fields}})).json()
+    body = (
+        await client.post("/graphql", json={"query": START, "variables": {"input": fields}})
+    ).json()
     if "errors" in body:
         raise RuntimeError(body["errors"])
     return body["data"]["startRun"]
 
 
-async def throughput(replicas: list[Replica], seconds: float, in_flight: int = 64) -> tuple[float, int]:
-    clients = [httpx.AsyncClient(base_url=r.http, timeout=60, limits=httpx.Limits(max_connections=in_flight))
-               for r in replicas]
+async def throughput(
+    replicas: list[Replica], seconds: float, in_flight: int = 64
+) -> tuple[float, int]:
+    clients = [
+        httpx.AsyncClient(
+            base_url=r.http, timeout=60, limits=httpx.Limits(max_connections=in_flight)
+        )
+        for r in replicas
+    ]
     done = failures = 0
     deadline = time.perf_counter() + seconds
 
@@ -132,22 +160,34 @@ class Subscriber:
         self.done = asyncio.Event()
 
     async def run(self, url: str, run_id: str) -> None:
-        async with connect(url, subprotocols=["graphql-transport-ws"], max_queue=None) as ws:  # type: ignore[list-item]
+        protocols: Any = ["graphql-transport-ws"]
+        async with connect(url, subprotocols=protocols, max_queue=None) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
             json.loads(await ws.recv())
-            await ws.send(json.dumps({"id": "1", "type": "subscribe",
-                                      "payload": {"query": SUBSCRIBE, "variables": {"id": run_id}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": "1",
+                        "type": "subscribe",
+                        "payload": {"query": SUBSCRIBE, "variables": {"id": run_id}},
+                    }
+                )
+            )
             self.subscribed.set()
             async for raw in ws:
                 message = json.loads(raw)
                 if message.get("type") == "next":
-                    self.arrivals[message["payload"]["data"]["runEvents"]["seq"]] = time.perf_counter()
+                    self.arrivals[message["payload"]["data"]["runEvents"]["seq"]] = (
+                        time.perf_counter()
+                    )
                 elif message.get("type") in ("complete", "error"):
                     break
         self.done.set()
 
 
-async def listen_commits(url: str, run_id: str, commits: dict[int, float], stop: asyncio.Event) -> None:
+async def listen_commits(
+    url: str, run_id: str, commits: dict[int, float], stop: asyncio.Event
+) -> None:
     """When each seq of the run was committed: its batch's NOTIFY arriving here."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("LISTEN code_hero_events")
@@ -184,7 +224,10 @@ async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bo
         rss_before = [r.rss_kb() for r in replicas]
         run = await start_run(client, graph="slow", input={"delay": 1.5})  # idle at first
         subs = [Subscriber() for _ in range(count)]
-        tasks = [asyncio.create_task(s.run(replicas[i % len(replicas)].ws, run["id"])) for i, s in enumerate(subs)]
+        tasks = [
+            asyncio.create_task(s.run(replicas[i % len(replicas)].ws, run["id"]))
+            for i, s in enumerate(subs)
+        ]
         await asyncio.wait_for(asyncio.gather(*(s.subscribed.wait() for s in subs)), 120)
         await asyncio.sleep(0.5)
         rss_after = [r.rss_kb() for r in replicas]
@@ -193,7 +236,8 @@ async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bo
     all_seqs = set().union(*(s.arrivals for s in subs))
     complete = all(set(s.arrivals) == all_seqs for s in subs)
     spreads = sorted(
-        (max(s.arrivals[q] for s in subs) - min(s.arrivals[q] for s in subs)) * 1000 for q in all_seqs
+        (max(s.arrivals[q] for s in subs) - min(s.arrivals[q] for s in subs)) * 1000
+        for q in all_seqs
     )
     p99 = spreads[max(int(len(spreads) * 0.99) - 1, 0)]
     return p99, per_sub_kb, complete
@@ -213,19 +257,33 @@ async def main() -> None:
             b = Replica(url, Path(tmp))
             await b.ready()
             two, fail2 = await throughput([a, b], args.seconds)
-            print(f"runs/s, 64 in flight: one replica {one:.1f} (failures {fail1}), "
-                  f"two replicas {two:.1f} (failures {fail2}), ratio {two / one:.2f}")
+            print(
+                f"runs/s, 64 in flight: one replica {one:.1f} (failures {fail1}), "
+                f"two replicas {two:.1f} (failures {fail2}), ratio {two / one:.2f}"
+            )
             b.stop()  # the delay: the run executes on A, the subscriber listens on B
             b = Replica(url, Path(tmp))
             await b.ready()
             median, p99 = await cross_replica_delay(a, b, url)
-            print(f"stored -> subscriber on the other replica: median {median:.2f} ms, p99 {p99:.2f} ms")
-            lines.append(target("cross_replica_event_delay_median", median, "< 10 ms", median < 10, " ms"))
+            print(
+                "stored -> subscriber on the other replica: "
+                f"median {median:.2f} ms, p99 {p99:.2f} ms"
+            )
+            lines.append(
+                target("cross_replica_event_delay_median", median, "< 10 ms", median < 10, " ms")
+            )
             spread, per_sub, complete = await fan_out([a, b], args.subscribers)
-            print(f"{args.subscribers} subscribers over two replicas: every event to every subscriber: "
-                  f"{complete}; p99 spread {spread:.1f} ms; {per_sub:.1f} KB per idle subscriber")
-            lines.append(target("fan_out_p99_spread", spread, "< 100 ms", spread < 100 and complete, " ms"))
-            lines.append(target("memory_per_idle_subscriber", per_sub, "< 50 KB", per_sub < 50, " KB"))
+            print(
+                f"{args.subscribers} subscribers over two replicas: "
+                "every event to every subscriber: "
+                f"{complete}; p99 spread {spread:.1f} ms; {per_sub:.1f} KB per idle subscriber"
+            )
+            lines.append(
+                target("fan_out_p99_spread", spread, "< 100 ms", spread < 100 and complete, " ms")
+            )
+            lines.append(
+                target("memory_per_idle_subscriber", per_sub, "< 50 KB", per_sub < 50, " KB")
+            )
             a.stop()
             b.stop()
     print()

@@ -35,7 +35,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_CONCURRENT_RUNS": "runs executing at once in this process (default 8)",
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
-    "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to finish on SIGTERM before they are handed on (10)",
+    "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql in a browser (default true)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",

@@ -70,18 +70,33 @@ class Cluster:
             "CODE_HERO_HEALTH_INTERVAL": "1",
             **env,
         }
-        log = open(self.tmp / f"{name}-{port}.log", "wb")  # noqa: SIM115
+        log = open(self.tmp / f"{name}-{port}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "code_hero.cli", "serve", "--database-url", self.url,
-             "--port", str(port), "--log-level", "warning"],
-            env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "code_hero.cli",
+                "serve",
+                "--database-url",
+                self.url,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         replica = Replica(name, self.url, port, process)
         self.replicas.append(replica)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise AssertionError(f"{name} exited: {(self.tmp / f'{name}-{port}.log').read_text()}")
+                raise AssertionError(
+                    f"{name} exited: {(self.tmp / f'{name}-{port}.log').read_text()}"
+                )
             try:
                 if httpx.get(f"{replica.http}/healthz", timeout=1).status_code == 200:
                     return replica

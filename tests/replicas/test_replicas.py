@@ -4,6 +4,7 @@ everywhere, cancels that travel, no run lost to a dying or draining replica."""
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.postgres
 
 START = """mutation($input: StartRunInput!) { startRun(input: $input) { id threadId status } }"""
 EVENTS = """query($id: ID!) { run(id: $id) { status error output
-  events(first: 1000) { seq __typename ... on NodeUpdate { node } ... on RunStatusChanged { status } } } }"""
+  events(first: 1000) { seq __typename
+    ... on NodeUpdate { node } ... on RunStatusChanged { status } } } }"""
 SUBSCRIBE = """subscription($id: ID!) { runEvents(runId: $id) { seq __typename
   ... on RunStatusChanged { status } } }"""
 
@@ -34,12 +36,14 @@ async def run_with_events(replica: Replica, run_id: str) -> dict[str, Any]:
 
 async def finished(replica: Replica, run_id: str, limit: float = 60) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
-        return await until_finished(client, run_id, timeout=limit)
+        return await until_finished(client, run_id, seconds=limit)
 
 
 def owner_of(url: str, run_id: str) -> str | None:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT lease_owner FROM code_hero_runs WHERE run_id = %s", (run_id,)).fetchone()
+        row = conn.execute(
+            "SELECT lease_owner FROM code_hero_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
         return None if row is None else row[0]
 
 
@@ -62,7 +66,7 @@ async def test_run_on_a_subscribed_through_b(cluster: Cluster) -> None:
     b = cluster.start("b")
     async with TransportWS.connect(b.ws) as ws:
         await ws.subscribe("1", SUBSCRIBE, {"id": run["id"]})
-        payloads, end = await ws.collect("1", timeout=60)
+        payloads, end = await ws.collect("1", seconds=60)
     assert end is not None and end["type"] == "complete", end
     received = [p["data"]["runEvents"] for p in payloads]
     stored = (await run_with_events(a, run["id"]))["events"]
@@ -77,7 +81,11 @@ async def test_cancel_through_b_of_a_run_on_a(cluster: Cluster) -> None:
     await wait_steps(a, run["id"], 1)
     b = cluster.start("b")
     async with httpx.AsyncClient(base_url=b.http, timeout=30) as client:
-        body = data(await gql(client, "mutation($id: ID!) { cancelRun(id: $id) { status } }", {"id": run["id"]}))
+        body = data(
+            await gql(
+                client, "mutation($id: ID!) { cancelRun(id: $id) { status } }", {"id": run["id"]}
+            )
+        )
     assert body["cancelRun"]["status"] == "CANCELLED"
     after = await run_with_events(a, run["id"])
     assert after["status"] == "CANCELLED"
@@ -117,16 +125,21 @@ async def test_enqueued_runs_spread_over_replicas_run_in_order(cluster: Cluster)
     runs = [first]
     for i in range(19):
         runs.append(
-            await start_run(replicas[(i + 1) % 3], threadId=first["threadId"], input={"delay": 0.05},
-                            multitask="ENQUEUE")
+            await start_run(
+                replicas[(i + 1) % 3],
+                threadId=first["threadId"],
+                input={"delay": 0.05},
+                multitask="ENQUEUE",
+            )
         )
     for run in runs:
         assert (await finished(replicas[0], run["id"]))["status"] == "SUCCESS"
     with psycopg.connect(cluster.url) as conn:
         rows = conn.execute(
-            "SELECT run_id, started_at, finished_at FROM code_hero_runs WHERE thread_id = %s ORDER BY created_at",
+            "SELECT run_id, started_at, finished_at FROM code_hero_runs"
+            " WHERE thread_id = %s ORDER BY created_at",
             (first["threadId"],),
         ).fetchall()
     assert [r[0] for r in rows] == [r["id"] for r in runs]
-    for (_, _, finished_at), (_, started_at, _) in zip(rows, rows[1:], strict=False):
+    for (_, _, finished_at), (_, started_at, _) in pairwise(rows):
         assert finished_at <= started_at, "one at a time, in the order asked"

@@ -230,3 +230,27 @@ async def test_thread_subscription_sees_every_run(gateway: Gateway) -> None:
         seqs = [e.seq for e in received if e.run_id == run.run_id]
         stored = [e.seq for e in await events_of(gateway, run.run_id)]
         assert seqs == stored
+
+
+async def test_a_thread_created_by_a_run_carries_its_metadata(gateway: Gateway) -> None:
+    from code_hero.persistence.records import ThreadFilter
+
+    run = await gateway.start_run(
+        StartRun(graph="slow", input={}, metadata={"project": "shop"}, user_id="ann", wait=True)
+    )
+    thread = await gateway.get_thread(run.thread_id)
+    assert thread is not None and thread.metadata == {"graph": "slow", "project": "shop"}
+    found = await gateway.threads_page(ThreadFilter(user_id="ann", metadata={"project": "shop"}))
+    assert [t.thread_id for t in found.items] == [run.thread_id]
+    again = await gateway.start_run(
+        StartRun(
+            graph="slow",
+            thread_id=run.thread_id,
+            input={},
+            metadata={"project": "other"},
+            wait=True,
+        )
+    )
+    assert again.metadata == {"project": "other"}
+    kept = await gateway.get_thread(run.thread_id)
+    assert kept is not None and kept.metadata["project"] == "shop", "later runs leave it alone"

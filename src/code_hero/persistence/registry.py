@@ -532,7 +532,15 @@ class _SqlRegistry(ABC):
                     "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
                     "status = excluded.status, "
                     "user_id = COALESCE(excluded.user_id, code_hero_threads.user_id)",
-                    [run.thread_id, run.user_id, ThreadStatus.BUSY.value, self._json({}), now, now],
+                    [
+                        run.thread_id,
+                        run.user_id,
+                        ThreadStatus.BUSY.value,
+                        # A thread a run creates starts with that run's metadata.
+                        self._json({"graph": run.graph, **dict(run.metadata)}),
+                        now,
+                        now,
+                    ],
                 )
                 busy = await s.fetch(
                     "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "

@@ -76,6 +76,15 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> tuple[float
     return h, d, h - d
 
 
+async def wait_finished(client: httpx.AsyncClient, run_id: str) -> None:
+    query = "query($id: ID!) { run(id: $id) { status } }"
+    for _ in range(3000):
+        data = await gql(client, query, {"id": run_id})
+        if data["run"]["status"] not in ("PENDING", "RUNNING"):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def first_event_latency(replica: Replica, samples: int) -> float:
     latencies = []
     async with httpx.AsyncClient(base_url=replica.http, timeout=60) as client:

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+)
 from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
-from code_hero.schema.extensions import ErrorCodes, OperationContext, OperationCounter
+from code_hero.schema.extensions import (
+    ErrorCodes,
+    OperationContext,
+    OperationCounter,
+    ValidDocuments,
+)
 from code_hero.schema.roots import Mutation, Query, Subscription
 from code_hero.schema.scalars import SCALARS
 from code_hero.settings import Limits
@@ -56,6 +67,10 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     if limits.max_tokens > 0:
         tokens = limits.max_tokens
         extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
+    # After the limiters (they set the parse options and rules the caches key on):
+    # clients repeat their documents, so each is parsed and validated once.
+    valid: OrderedDict[str, bool] = OrderedDict()
+    extensions += [lambda: ParserCache(maxsize=512), lambda: ValidDocuments(valid)]
     factories: list[type[SchemaExtension] | Any] = extensions
     return GatewaySchema(
         query=Query,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from strawberry.extensions import SchemaExtension
 from code_hero.resolvers.context import Context
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["ErrorCodes", "OperationContext", "OperationCounter"]
+__all__ = ["ErrorCodes", "OperationContext", "OperationCounter", "ValidDocuments"]
 
 
 class OperationContext(SchemaExtension):
@@ -86,3 +87,34 @@ class OperationCounter(SchemaExtension):
             return str(self.execution_context.operation_type.value)
         except Exception:  # no document: it did not parse
             return "unknown"
+
+
+class ValidDocuments(SchemaExtension):
+    """Skip validating a document text this schema has already found valid.
+
+    Clients send the same few documents again and again; validation (with the
+    depth, alias and token rules) was a seventh of the server's time on a
+    history page. The limits are fixed per schema, so a text valid once stays
+    valid. Only valid texts are kept, in a bounded LRU shared by the schema's
+    requests. (Strawberry's ValidationCache keys on the rule classes, which
+    the limiters make anew per request, so it never hits.)
+    """
+
+    def __init__(self, cache: OrderedDict[str, bool], maxsize: int = 512) -> None:
+        super().__init__()
+        self.cache = cache
+        self.maxsize = maxsize
+
+    def on_validate(self) -> Iterator[None]:
+        ctx = self.execution_context
+        key = ctx.query
+        if key is not None and key in self.cache:
+            self.cache.move_to_end(key)
+            ctx.pre_execution_errors = []
+            yield
+            return
+        yield
+        if key is not None and ctx.pre_execution_errors == []:
+            self.cache[key] = True
+            if len(self.cache) > self.maxsize:
+                self.cache.popitem(last=False)

@@ -29,10 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_database, target
 from scale import Replica
 
-from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
+from code_hero.checkpointing import (
+    EnhancedCheckpointerManager,
+    create_postgres_checkpointer,
+)
 
 PAGE = """query($t: ID!) { thread(id: $t) { checkpoints(first: 20) {
-  edges { cursor node { id step source next values metadata } } pageInfo { hasNextPage endCursor } } } }"""
+  edges { cursor node { id step source next values metadata } }
+  pageInfo { hasNextPage endCursor } } } }"""
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id threadId } }"
 FOLLOW = "subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename } }"
 
@@ -77,6 +81,7 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> tuple[float
 
 
 async def wait_finished(client: httpx.AsyncClient, run_id: str) -> None:
+    """Poll until the run has ended (its events drained before the next sample)."""
     query = "query($id: ID!) { run(id: $id) { status } }"
     for _ in range(3000):
         data = await gql(client, query, {"id": run_id})
@@ -119,16 +124,7 @@ async def first_event_latency(replica: Replica, samples: int) -> float:
                 message = json.loads(await ws.recv())
                 latencies.append((time.perf_counter() - start) * 1000)
                 assert message["type"] == "next"
-                # drain this run's events before the next sample
-                async with httpx.AsyncClient(base_url=replica.http, timeout=60) as poll:
-                    while (
-                        await gql(
-                            poll,
-                            "query($id: ID!) { run(id: $id) { status } }",
-                            {"id": run["startRun"]["id"]},
-                        )
-                    )["run"]["status"] in ("PENDING", "RUNNING"):
-                        await asyncio.sleep(0.01)
+                await wait_finished(client, run["startRun"]["id"])
                 while True:
                     try:
                         await asyncio.wait_for(ws.recv(), 0.2)

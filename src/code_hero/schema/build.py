@@ -11,7 +11,6 @@ from graphql import GraphQLError
 from strawberry.extensions import (
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
 )
 from strawberry.extensions.base_extension import SchemaExtension
@@ -67,10 +66,11 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     if limits.max_tokens > 0:
         tokens = limits.max_tokens
         extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
-    # After the limiters (they set the parse options and rules the caches key on):
-    # clients repeat their documents, so each is parsed and validated once.
+    # Clients repeat their documents: each valid text is validated once. (Strawberry's
+    # ParserCache raises parse errors from inside an extension hook, where they lose
+    # their error code; parsing is a third of what validation cost, so it stays.)
     valid: OrderedDict[str, bool] = OrderedDict()
-    extensions += [lambda: ParserCache(maxsize=512), lambda: ValidDocuments(valid)]
+    extensions.append(lambda: ValidDocuments(valid))
     factories: list[type[SchemaExtension] | Any] = extensions
     return GatewaySchema(
         query=Query,

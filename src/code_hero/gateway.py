@@ -58,7 +58,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
         self.manager = EnhancedCheckpointerManager(self.settings.checkpointer)
-        self.bus = InProcessBus()
+        self.bus = self._make_bus()
         self.events = EventLog(
             lambda: self.manager.registry,
             self.bus,

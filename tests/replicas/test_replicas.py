@@ -62,8 +62,8 @@ def assert_contiguous(events: list[dict[str, Any]]) -> None:
 
 async def test_run_on_a_subscribed_through_b(cluster: Cluster) -> None:
     a = cluster.start("a")
-    run = await start_run(a, input={"delay": 0.1})
-    b = cluster.start("b")
+    b = cluster.start("b", CODE_HERO_MAX_CONCURRENT_RUNS="0")  # B serves, A executes
+    run = await start_run(a, input={"delay": 0.3})
     async with TransportWS.connect(b.ws) as ws:
         await ws.subscribe("1", SUBSCRIBE, {"id": run["id"]})
         payloads, end = await ws.collect("1", seconds=60)
@@ -73,6 +73,8 @@ async def test_run_on_a_subscribed_through_b(cluster: Cluster) -> None:
     assert [e["seq"] for e in received] == [e["seq"] for e in stored]
     assert_contiguous(received)
     assert received[-1]["status"] == "SUCCESS"
+    live = [e for e in received if e["seq"] > 2]
+    assert len(live) > 10, "the subscriber followed the run live, not only by replay"
 
 
 async def test_cancel_through_b_of_a_run_on_a(cluster: Cluster) -> None:

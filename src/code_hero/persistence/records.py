@@ -202,6 +202,12 @@ class Registry(Protocol):
         has an unfinished run and `reject_if_busy` (then nothing is written).
         """
 
+    async def finish_run(
+        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+    ) -> tuple[RunRecord | None, bool]:
+        """End a run and, unless its thread has other unfinished runs, set the thread's
+        status: one transaction. Returns (the run, whether other runs are waiting)."""
+
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""
 

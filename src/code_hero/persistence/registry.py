@@ -576,6 +576,36 @@ class _SqlRegistry(ABC):
             return None, busy_run.run_id
         return self._run(rows[0]), busy_id
 
+    async def finish_run(
+        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+    ) -> tuple[RunRecord | None, bool]:
+        """End a run and, unless its thread has other unfinished runs, set the thread's
+        status: one transaction. Returns (the run, whether other runs are waiting)."""
+        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+        if unknown:
+            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        params = [self._run_param(name, value) for name, value in fields.items()]
+        async with self._session(atomic=True) as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
+                [*params, run_id],
+            )
+            if not rows:
+                return None, False
+            run = self._run(rows[0])
+            waiting = await s.fetch(
+                "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING') LIMIT 1",
+                [run.thread_id],
+            )
+            if not waiting:
+                await s.execute(
+                    "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
+                    [ThreadStatus(thread_status).value, self._ts(_now()), run.thread_id],
+                )
+        return run, bool(waiting)
+
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""
         async with self._session() as s:

@@ -63,8 +63,9 @@ class EventBus(Protocol):
     def publish(self, event: EventRecord) -> None:
         """Deliver an event to its run's and thread's subscribers, without waiting."""
 
-    async def stored(self, events: Sequence[EventRecord]) -> None:
-        """Events were committed: tell other processes (a no-op within one process)."""
+    async def stored(self, events: Sequence[EventRecord], control: str | None = None) -> None:
+        """Events were committed: tell other processes (a no-op within one process),
+        with a control message in the same round trip when given."""
 
     def on_control(self, handler: ControlHandler) -> None:
         """Call `handler` with every control message ("runs", "cancel RUN_ID")."""
@@ -109,8 +110,9 @@ class InProcessBus:
         for sub in tuple(self._by_thread.get(event.thread_id, ())):
             sub.offer(event)
 
-    async def stored(self, events: Sequence[EventRecord]) -> None:
-        return None
+    async def stored(self, events: Sequence[EventRecord], control: str | None = None) -> None:
+        if control is not None:
+            self._dispatch_control(control)
 
     def on_control(self, handler: ControlHandler) -> None:
         self._control_handlers.append(handler)

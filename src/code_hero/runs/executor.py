@@ -245,13 +245,12 @@ class RunExecutor:
         self.manager.router.note_touched(thread_id)
         self._started.add(run_id)
         self.bus.publish(first)
-        await self.bus.stored([first])
+        self._wake.set()
+        await self.bus.stored([first], control="runs")  # one round trip: both notifications
         if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
             for older in await self.registry.unfinished_runs(thread_id):
                 if older.run_id != run_id:
                     await self.cancel(older.run_id)
-        self._wake.set()
-        await self.bus.send_control("runs")
         if req.wait:
             return await self.wait(run_id)
         return record
@@ -425,12 +424,14 @@ class RunExecutor:
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        waiting = False
         try:
-            await self._finish(run_id, thread_id, status, output, error, writer)
+            waiting = await self._finish(run_id, thread_id, status, output, error, writer)
         finally:
             self._release(run_id)
-        self._wake.set()  # the thread's next run is claimable now
-        await self.bus.send_control("runs")
+        self._wake.set()  # a slot is free
+        if waiting:  # the thread's next run is claimable now, wherever it may run
+            await self.bus.send_control("runs")
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool
@@ -493,12 +494,14 @@ class RunExecutor:
         output: Any,
         error: str | None,
         writer: RunEventWriter | None = None,
-    ) -> None:
+    ) -> bool:
+        """Record the end; True when the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
-        final = await self.registry.update_run(
+        final, waiting = await self.registry.finish_run(  # a queued run keeps the thread BUSY
             run_id,
+            THREAD_STATUS_AFTER[status],
             status=status,
             output=output,
             error=error,
@@ -508,8 +511,7 @@ class RunExecutor:
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
-        if not await self.registry.unfinished_runs(thread_id):  # a queued run keeps it BUSY
-            await self.registry.set_thread_status(thread_id, THREAD_STATUS_AFTER[status])
+        return waiting
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)

@@ -63,29 +63,32 @@ class PostgresBus(InProcessBus):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
 
-    async def stored(self, events: Sequence[EventRecord]) -> None:
+    async def stored(self, events: Sequence[EventRecord], control: str | None = None) -> None:
         batches: dict[str, list[EventRecord]] = {}
         for event in events:
             batches.setdefault(event.run_id, []).append(event)
-        payloads = [
-            f"{run_id} {batch[0].thread_id} {batch[0].seq} {batch[-1].seq}"
+        notes = [
+            (EVENTS_CHANNEL, f"{run_id} {batch[0].thread_id} {batch[0].seq} {batch[-1].seq}")
             for run_id, batch in batches.items()
         ]
-        await self._notify(EVENTS_CHANNEL, payloads)
+        if control is not None:
+            notes.append((CONTROL_CHANNEL, control))
+        await self._notify(notes)
 
     async def send_control(self, message: str) -> None:
         try:
-            await self._notify(CONTROL_CHANNEL, [message])
+            await self._notify([(CONTROL_CHANNEL, message)])
         except Exception as exc:  # the lease/poll paths still deliver, later
             log.warning("control message %r not sent: %s", message, exc)
             self._dispatch_control(message)
 
-    async def _notify(self, channel: str, payloads: Sequence[str]) -> None:
-        if not payloads:
+    async def _notify(self, notes: Sequence[tuple[str, str]]) -> None:
+        """Every (channel, payload) in one statement: one round trip."""
+        if not notes:
             return
-        sql = "SELECT " + ", ".join("pg_notify(%s, %s)" for _ in payloads)
+        sql = "SELECT " + ", ".join("pg_notify(%s, %s)" for _ in notes)
         params: list[str] = []
-        for payload in payloads:
+        for channel, payload in notes:
             params += [channel, payload]
         async with self.pool().connection() as conn:
             await conn.execute(sql, params)

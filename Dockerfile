@@ -1,8 +1,11 @@
 # Code Hero Gateway.
 #   docker build -t code-hero .
-#   docker run -p 8000:8000 -v code-hero-data:/data code-hero
+#   docker run -p 8000:8000 -v code-hero-data:/data \
+#     -e CODE_HERO_API_KEYS="$(openssl rand -hex 24)=you:admin" code-hero
 # With no DATABASE_URL it keeps its checkpoints in /data/checkpoints.sqlite
 # (mount a volume there); with DATABASE_URL=postgresql://... it uses PostgreSQL.
+# It listens on 0.0.0.0, so it needs API keys or JWT settings (README,
+# Security); CODE_HERO_ALLOW_ANONYMOUS=true serves it open (never on a network).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -285,14 +285,14 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     """A factory of `code-hero serve` processes; each is killed if a test leaves it running."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    def start(*args: str, **env: str) -> tuple[subprocess.Popen[str], str]:
         port = _free_port()
         proc = subprocess.Popen(
             [*COMMAND, "serve", "--port", str(port), "--log-level", "warning", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env={**_env(), **env},
             cwd=tmp_path,
         )
         procs.append(proc)
@@ -379,3 +379,36 @@ def test_serve_exits_1_when_the_app_cannot_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no_such_module" in done.stderr
     assert done.stderr.splitlines()[-1] == "error: the server did not start (see the log above)"
+
+
+def test_an_open_gateway_listens_on_loopback_only(serve: Serve, tmp_path: Path) -> None:
+    store = ["--sqlite-path", str(tmp_path / "open.sqlite")]
+    port = str(_free_port())
+    refused = cli("serve", "--host", "0.0.0.0", "--port", port, *store)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: refusing to serve 0.0.0.0 without authentication")
+    assert "--allow-anonymous" in refused.stderr and refused.stderr.count("\n") == 1
+
+    proc, url = serve("--host", "0.0.0.0", "--allow-anonymous", *store)
+    assert graphql(url, "{ graphs { name } }")  # open: no credentials needed
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "NO AUTHENTICATION on 0.0.0.0" in log
+
+    keys = tmp_path / "keys"
+    keys.write_text("# one per line\nann-0123456789abcdef=ann\n")
+    proc, url = serve("--host", "0.0.0.0", *store, CODE_HERO_API_KEYS_FILE=str(keys))
+    query = {"query": "{ threads { edges { node { id } } } }"}
+    assert httpx.post(f"{url}/graphql", json=query, timeout=30).status_code == 401
+    allowed = httpx.post(
+        f"{url}/graphql",
+        json=query,
+        headers={"authorization": "Bearer ann-0123456789abcdef"},
+        timeout=30,
+    )
+    assert allowed.status_code == 200 and allowed.json() == {"data": {"threads": {"edges": []}}}
+    page = httpx.get(f"{url}/graphql", headers={"accept": "text/html"}, timeout=30)
+    assert page.status_code == 401 and "graphiql" not in page.text.lower()  # no IDE with auth on
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "ann-0123456789abcdef" not in log

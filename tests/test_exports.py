@@ -14,6 +14,7 @@ MODULES = [
     "code_hero.persistence",
     "code_hero.persistence.records",
     "code_hero.agents",
+    "code_hero.auth",
 ]
 
 

@@ -7,16 +7,27 @@
 
 The lifespan owns the `Gateway` unless the caller passes one in (then the
 caller enters and leaves it). Every limit comes from `settings.limits`.
+
+Authentication happens here, at the edge, and nowhere else: an HTTP request
+to /graphql without valid `Authorization: Bearer` credentials is answered
+401 with a GraphQL error (UNAUTHENTICATED) before Strawberry sees it; a
+WebSocket authenticates with the header on the upgrade or `authorization` in
+its `connection_init` payload and is closed with 4403 otherwise, before any
+operation runs. The resulting `Caller` goes into the context, and every
+resolver hands it to the gateway, which enforces what it may see and do.
+/healthz and /metrics need no credentials (see the README's Security).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,19 +38,26 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
 )
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.types.unset import UNSET, UnsetType
 
+from code_hero.auth import ANONYMOUS, Authenticator, Caller
+from code_hero.errors import UnauthenticatedError
 from code_hero.gateway import Gateway
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.resolvers.context import Context, OperationObserver
@@ -51,6 +69,7 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 STORING = frozenset({"healthy", "degraded"})
+ACK: UnsetType = UNSET  # connection_ack without a payload
 
 
 class _Runtime:
@@ -64,8 +83,31 @@ class _Runtime:
         return self.gateway
 
 
+class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy `graphql-ws` protocol, closing an unauthenticated socket with 4403.
+
+    Strawberry closes a rejected legacy socket with 1011; the same rule as
+    `graphql-transport-ws` (4403) is clearer to clients. Authentication itself
+    is the view's `on_ws_connect`, which the parent calls again (a no-op then).
+    """
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if payload is None or isinstance(payload, dict):
+            self.context.connection_params = payload
+            try:
+                await self.view.on_ws_connect(self.context)
+            except ConnectionRejectionError as exc:
+                await self.send_message({"type": "connection_error", "payload": exc.payload})
+                await self.websocket.close(code=4403, reason="Forbidden")
+                return
+        await super().handle_connection_init(message)
+
+
 class GraphQLView(GraphQL[Context, None]):
-    """Strawberry's ASGI view with our context."""
+    """Strawberry's ASGI view with our context and authentication."""
+
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(
         self,
@@ -73,24 +115,97 @@ class GraphQLView(GraphQL[Context, None]):
         runtime: _Runtime,
         limits: Limits,
         observe: OperationObserver,
+        authenticator: Authenticator | None = None,
         **options: Any,
     ) -> None:
         super().__init__(schema, **options)
         self.runtime = runtime
         self.limits = limits
         self.observe = observe
+        self.authenticator = authenticator or Authenticator()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        if self.authenticator.enabled and not self._is_ide_page(request):
+            try:
+                caller = await self.authenticator.caller(request.headers.get("authorization"))
+            except UnauthenticatedError as exc:
+                response = _error_response(
+                    401, str(exc), exc.code, **{"www-authenticate": 'Bearer realm="code-hero"'}
+                )
+                await response(scope, receive, send)
+                return
+            request.state.caller = caller
+        try:
+            response = await self.run(request)
+        except HTTPException as exc:  # a body that is not a GraphQL request: JSON all the same
+            response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
+        await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """A body, a socket message or a GET parameter: a JSON object, else malformed.
+
+        Anything else (a list, a number, JSON nested past the recursion limit)
+        is answered as unparsable (HTTP 400, WebSocket 4400), never a crash.
+        """
+        try:
+            value = json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError("nested too deeply", "", 0) from None
+        except UnicodeDecodeError:
+            raise json.JSONDecodeError("not UTF-8", "", 0) from None
+        if not isinstance(value, dict):
+            raise json.JSONDecodeError("not a JSON object", "", 0)
+        return value
+
+    def _is_ide_page(self, request: Request) -> bool:
+        """GraphiQL's page itself (static HTML) needs no credentials; its queries do."""
+        return (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "query" not in request.query_params
+            and "text/html" in request.headers.get("accept", "")
+        )
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        identity: Caller | None = ANONYMOUS
+        if self.authenticator.enabled:
+            identity = getattr(request.state, "caller", None)  # None: a socket not yet verified
         return Context(
             gateway=self.runtime.require(),
             limits=self.limits,
             request=request,
             response=response,
             observe_operation=self.observe,
+            identity=identity,
         )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate a socket at `connection_init`: the upgrade's header, else the payload."""
+        if not self.authenticator.enabled or context.identity is not None:
+            return ACK
+        header = context.request.headers.get("authorization")
+        params = context.connection_params or {}
+        given = header if header is not None else params.get("authorization")
+        if given is None:
+            given = params.get("Authorization")
+        try:
+            context.identity = await self.authenticator.caller(given, bare=header is None)
+        except UnauthenticatedError as exc:
+            raise ConnectionRejectionError({"message": str(exc), "code": exc.code}) from None
+        return ACK
 
 
 # ---------------------------------------------------------------- body size
+
+
+def _error_response(status: int, message: str, code: str, **headers: str) -> Response:
+    """A GraphQL-shaped error body with an HTTP status (requests that never execute)."""
+    body = {"errors": [{"message": message, "extensions": {"code": code}}]}
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 class _BodyTooLarge(Exception):
@@ -112,8 +227,8 @@ class BodySizeLimit:
         if scope["type"] != "http" or self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
-        too_large = PlainTextResponse(
-            f"Request body exceeds {self.max_bytes} bytes", status_code=413
+        too_large = _error_response(
+            413, f"Request body exceeds {self.max_bytes} bytes", "BAD_USER_INPUT"
         )
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -219,6 +334,23 @@ def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
 # ---------------------------------------------------------------- the app
 
 
+def _middleware(settings: AppSettings) -> list[Middleware]:
+    """Body size limit; CORS for the allowed origins (none: browsers block cross-origin)."""
+    middleware = [Middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)]
+    if settings.cors_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "accept"],
+                max_age=600,
+            ),
+        )
+    return middleware
+
+
 def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None = None) -> Starlette:
     """The ASGI app; its lifespan enters a Gateway of `settings.gateway` unless one is given."""
     settings = settings or AppSettings()
@@ -241,6 +373,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         runtime,
         limits,
         observe,
+        Authenticator(settings.auth),
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=(
             GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -249,6 +382,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         ),
         connection_init_wait_timeout=timedelta(seconds=limits.ws_init_timeout),
         max_subscriptions_per_connection=limits.max_subscriptions or None,
+        allowed_origins=settings.cors_origins,
     )
 
     async def healthz(request: Request) -> Response:
@@ -283,6 +417,6 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)],
+        middleware=_middleware(settings),
         lifespan=lifespan,
     )

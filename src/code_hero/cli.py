@@ -10,6 +10,9 @@
 
 Every command that opens storage takes --database-url and --sqlite-path and
 otherwise follows the environment (see `code_hero.settings.ENVIRONMENT`).
+`serve` without API keys or JWT settings is open, and then listens on a
+loopback address only, unless --allow-anonymous. The other commands act on
+the store directly, as its operator: they need no credentials.
 Exit codes: 0 done, 1 an error (one `error:` line on stderr), 2 bad
 arguments, 3 a run that waits for an answer (INTERRUPTED).
 """
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import ipaddress
 import json
 import logging
 import re
@@ -108,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=_int_between(0, 65535), help="listen port (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
-    serve.add_argument("--allow-anonymous", action="store_true", help="(reserved; no effect yet)")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="with no API keys or JWT configured, listen on a non-loopback address anyway",
+    )
     serve.set_defaults(handler=_serve)
 
     schema = commands.add_parser("schema", parents=[common], help="print the served SDL")
@@ -252,10 +260,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     from code_hero.app import create_app
 
-    settings = _settings(args, host=args.host, port=args.port, log_level=args.log_level)
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        allow_anonymous=args.allow_anonymous,
+    )
+    open_to_network = not settings.auth.enabled and not _is_loopback(settings.host)
+    if open_to_network and not settings.auth.allow_anonymous:
+        raise ConfigurationError(
+            f"refusing to serve {settings.host} without authentication: set CODE_HERO_API_KEYS "
+            "(or CODE_HERO_API_KEYS_FILE, CODE_HERO_JWT_SECRET, CODE_HERO_JWT_JWKS), "
+            "listen on 127.0.0.1, or pass --allow-anonymous"
+        )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
     )
+    if open_to_network:
+        log = logging.getLogger("code_hero.security")
+        log.warning("!" * 72)
+        log.warning(
+            "NO AUTHENTICATION on %s:%s (--allow-anonymous): anyone who can reach it can read, "
+            "run and delete every thread",
+            settings.host,
+            settings.port,
+        )
+        log.warning("!" * 72)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings),
@@ -279,6 +310,16 @@ def _serve(args: argparse.Namespace) -> int:
     if not server.started:
         raise CodeHeroError("the server did not start (see the log above)")
     return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> NoReturn:

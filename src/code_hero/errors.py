@@ -8,10 +8,12 @@
     ├── AuthError
     │   ├── UnauthenticatedError  no or invalid credentials                 -> UNAUTHENTICATED
     │   └── ForbiddenError        valid credentials, action not allowed     -> FORBIDDEN
+    ├── RateLimitedError          too many mutations; retry after N seconds -> RATE_LIMITED
     └── BackendUnavailableError   no storage backend can serve the call     -> INTERNAL
 
-The GraphQL layer maps each class to its `extensions.code`; anything else is
-an internal error, masked for clients and logged with detail.
+The GraphQL layer maps each class to its `extensions.code` (plus the class's
+`extensions`, e.g. `retryAfter`); anything else is an internal error, masked
+for clients and logged with detail.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "ConflictError",
     "ForbiddenError",
     "NotFoundError",
+    "RateLimitedError",
     "UnauthenticatedError",
 ]
 
@@ -33,6 +36,11 @@ class CodeHeroError(Exception):
     """Base class of every error Code Hero raises on purpose."""
 
     code = "INTERNAL"
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        """Fields a client sees in `extensions` beside the code."""
+        return {}
 
 
 class ConfigurationError(CodeHeroError, ValueError):
@@ -73,6 +81,20 @@ class ForbiddenError(AuthError):
     """Valid credentials that may not perform this action."""
 
     code = "FORBIDDEN"
+
+
+class RateLimitedError(CodeHeroError):
+    """The caller has used up its mutations for now; `retry_after` says when to try again."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"retryAfter": self.retry_after}
 
 
 class BackendUnavailableError(CodeHeroError):

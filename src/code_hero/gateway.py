@@ -3,19 +3,33 @@
 `Gateway` owns, as one async context manager, the checkpointer manager, the
 graph registry, the event log and bus, and the run executor. Every read and
 write of the GraphQL layer goes through it, and through it to the manager.
+
+It is also the one place where access is enforced. Every method that touches
+threads, runs, checkpoints or events takes the `caller` (default: the open
+mode's ANONYMOUS, which sees everything) and
+- shows a user only the threads it owns, with their runs, checkpoints and
+  events; another user's thread looks exactly like a missing one (null, an
+  empty page, NOT_FOUND, `deleted: false`), never FORBIDDEN;
+- lists threads and runs filtered by owner in SQL, so pages stay pages;
+- refuses a `userId` that names another user (FORBIDDEN) and records the
+  caller's own user id on the runs and threads it creates;
+- lets administrators see and act on everything;
+- asks the access policy (hook, rate limit; see `code_hero.auth.policy`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from code_hero.auth import ANONYMOUS, AccessPolicy, AccessSettings, Action, Caller
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
-from code_hero.errors import BackendUnavailableError, BadInputError, NotFoundError
+from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
@@ -29,7 +43,7 @@ from code_hero.persistence.records import (
 )
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
-from code_hero.runs.executor import RunExecutor, StartRun
+from code_hero.runs.executor import UNSET, RunExecutor, StartRun
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
 from code_hero.runs.pgbus import PostgresBus
 
@@ -50,6 +64,7 @@ class GatewaySettings:
     max_message_length: int = 100_000
     shutdown_grace: float = 10.0
     claim_others: bool = True  # False: execute only runs this process started (the CLI)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
 
 class Gateway:
@@ -57,6 +72,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
+        self.policy = AccessPolicy(self.settings.access)
         self.manager = EnhancedCheckpointerManager(self.settings.checkpointer)
         self.bus = self._make_bus()
         self.events = EventLog(
@@ -151,23 +167,101 @@ class Gateway:
         snap["active_runs"] = sum(1 for r in self.executor._tasks if self.executor.is_active(r))
         return snap
 
-    # ------------------------------------------------------------ threads
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        """One thread, or None."""
-        return await self.manager.get_thread(thread_id)
+    # ------------------------------------------------------------ access
+    async def _owns(self, thread_id: str, caller: Caller) -> bool:
+        """True when the caller may see the thread (administrators: always)."""
+        if caller.is_admin:
+            return True
+        thread = await self.manager.get_thread(thread_id)
+        return thread is not None and caller.sees(thread.user_id)
 
-    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
-        """Several threads in one query."""
-        return await self.manager.registry.get_threads(thread_ids)
+    async def _may(self, caller: Caller, action: Action, thread_id: str, **more: Any) -> bool:
+        """Ownership, then the access policy's hook."""
+        return await self._owns(thread_id, caller) and await self.policy.allows(
+            caller, action, thread_id=thread_id, **more
+        )
+
+    def _user_for(self, caller: Caller, named: str | None) -> str | None:
+        """The user id a request acts as: the caller's own; administrators may name anyone."""
+        if caller.is_admin:
+            return named or caller.user_id
+        if named is not None and named != caller.user_id:
+            raise ForbiddenError("userId may only name the caller's own user")
+        return caller.user_id
+
+    async def _visible_runs(
+        self, runs: Mapping[str, RunRecord], caller: Caller
+    ) -> dict[str, RunRecord]:
+        if not caller.is_admin:
+            threads = await self.manager.registry.get_threads(
+                list({r.thread_id for r in runs.values()})
+            )
+            runs = {
+                k: r
+                for k, r in runs.items()
+                if r.thread_id in threads and caller.sees(threads[r.thread_id].user_id)
+            }
+        if self.policy.hook is None:
+            return dict(runs)
+        return {
+            k: r
+            for k, r in runs.items()
+            if await self.policy.allows(
+                caller, Action.RUN_READ, thread_id=r.thread_id, run_id=r.run_id
+            )
+        }
+
+    async def _owned_run(self, run_id: str, caller: Caller) -> RunRecord | None:
+        """The run, if it exists on a thread the caller may see."""
+        run = await self.manager.registry.get_run(run_id)
+        if run is None or not await self._owns(run.thread_id, caller):
+            return None
+        return run
+
+    # ------------------------------------------------------------ threads
+    async def get_thread(
+        self, thread_id: str, *, caller: Caller = ANONYMOUS
+    ) -> ThreadRecord | None:
+        """One thread, or None (also when the caller may not see it)."""
+        found = await self.get_threads([thread_id], caller=caller)
+        return found.get(thread_id)
+
+    async def get_threads(
+        self, thread_ids: Sequence[str], *, caller: Caller = ANONYMOUS
+    ) -> dict[str, ThreadRecord]:
+        """Several threads in one query: those the caller may see."""
+        found = await self.manager.registry.get_threads(thread_ids)
+        return {
+            k: t
+            for k, t in found.items()
+            if caller.sees(t.user_id)
+            and await self.policy.allows(caller, Action.THREAD_READ, thread_id=k)
+        }
 
     async def threads_page(
-        self, flt: ThreadFilter | None = None, *, first: int = 20, after: str | None = None
+        self,
+        flt: ThreadFilter | None = None,
+        *,
+        first: int = 20,
+        after: str | None = None,
+        caller: Caller = ANONYMOUS,
     ) -> Page[ThreadRecord]:
-        """Threads newest updated first."""
+        """Threads newest updated first (a user's own only: the owner is part of the query)."""
+        flt = flt or ThreadFilter()
+        if not caller.is_admin:
+            flt = replace(flt, user_id=self._user_for(caller, flt.user_id))
+        if self.policy.hook is not None and not await self.policy.allows(
+            caller, Action.THREAD_SEARCH, value=asdict(flt)
+        ):
+            return Page([], None, False)
         return await self.manager.threads_page(flt, first=first, after=after)
 
-    async def delete_thread(self, thread_id: str) -> ThreadDeletion:
+    async def delete_thread(self, thread_id: str, *, caller: Caller = ANONYMOUS) -> ThreadDeletion:
         """Cancel the thread's runs, then delete it everywhere."""
+        self.policy.spend(caller, Action.THREAD_DELETE)
+        if not await self._owns(thread_id, caller):
+            return ThreadDeletion(thread_id, False, 0, 0)
+        await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
         runs = await self.manager.registry.list_runs(RunFilter(thread_id=thread_id), first=MAX_PAGE)
         for run in runs.items:
             if not run.status.finished:
@@ -176,77 +270,186 @@ class Gateway:
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(
-        self, thread_id: str, checkpoint_id: str | None = None, namespace: str = ""
+        self,
+        thread_id: str,
+        checkpoint_id: str | None = None,
+        namespace: str = "",
+        *,
+        caller: Caller = ANONYMOUS,
     ) -> CheckpointView | None:
         """The latest checkpoint of a namespace, or one by id."""
+        more = {"value": {"checkpoint_id": checkpoint_id, "namespace": namespace}}
+        if not await self._may(caller, Action.CHECKPOINT_READ, thread_id, **more):
+            return None
         return await self.manager.get_checkpoint(thread_id, checkpoint_id, namespace)
 
+    async def latest_checkpoints(
+        self, thread_ids: Sequence[str], *, caller: Caller = ANONYMOUS
+    ) -> dict[str, CheckpointView]:
+        """The latest root checkpoint of each thread that has one (ownership in one query)."""
+        ids = list(dict.fromkeys(thread_ids))
+        if not caller.is_admin:
+            threads = await self.manager.registry.get_threads(ids)
+            ids = [t for t in ids if t in threads and caller.sees(threads[t].user_id)]
+        if self.policy.hook is not None:
+            ids = [
+                t
+                for t in ids
+                if await self.policy.allows(caller, Action.CHECKPOINT_READ, thread_id=t)
+            ]
+        views = await asyncio.gather(*(self.manager.get_checkpoint(t) for t in ids))
+        return {t: v for t, v in zip(ids, views, strict=True) if v is not None}
+
     async def list_checkpoints(
-        self, thread_id: str, *, namespace: str = "", first: int = 20, after: str | None = None
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        first: int = 20,
+        after: str | None = None,
+        caller: Caller = ANONYMOUS,
     ) -> Page[CheckpointView]:
         """History newest first."""
+        _check_first(first)
+        if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
+            return Page([], None, False)
         return await self.manager.list_checkpoints(
             thread_id, namespace=namespace, first=first, after=after
         )
 
     # ------------------------------------------------------------ runs
-    async def start_run(self, request: StartRun) -> RunRecord:
-        """Start (or queue) a run; with `request.wait`, its final record."""
+    async def start_run(self, request: StartRun, *, caller: Caller = ANONYMOUS) -> RunRecord:
+        """Start (or queue) a run; with `request.wait`, its final record.
+
+        A user may start runs only on a new thread or on one it owns (another
+        user's thread is NOT_FOUND); the run and a new thread get its user id.
+        """
+        self.policy.spend(caller, Action.RUN_CREATE)
+        user_id = self._user_for(caller, request.user_id)
+        if not caller.anonymous:
+            request = replace(request, user_id=user_id)
+        if not caller.is_admin:
+            request = replace(request, owner=caller.user_id)
+            if request.thread_id is not None and not await self._may_start_on(
+                request.thread_id, caller
+            ):
+                raise NotFoundError(f"no thread {request.thread_id!r}")
+        await self.policy.require(
+            caller,
+            Action.RUN_CREATE,
+            thread_id=request.thread_id,
+            value={
+                "graph": request.graph or self.graph_registry.default,
+                "user_id": request.user_id,
+                "resume": request.resume is not UNSET,
+            },
+        )
         return await self.executor.start(request)
 
-    async def cancel_run(self, run_id: str) -> RunRecord:
+    async def _may_start_on(self, thread_id: str, caller: Caller) -> bool:
+        thread = await self.manager.get_thread(thread_id)
+        if thread is not None:
+            return caller.sees(thread.user_id)
+        # A thread with history but no owner on record (written outside the
+        # gateway) is nobody's to take over.
+        return await self.manager.get_checkpoint(thread_id) is None
+
+    async def cancel_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord:
         """Cancel a run (a finished one is returned unchanged)."""
+        self.policy.spend(caller, Action.RUN_CANCEL)
+        run = await self._owned_run(run_id, caller)
+        if run is None:
+            raise NotFoundError(f"no run {run_id!r}")
+        await self.policy.require(caller, Action.RUN_CANCEL, thread_id=run.thread_id, run_id=run_id)
         return await self.executor.cancel(run_id)
 
-    async def delete_run(self, run_id: str) -> bool:
+    async def delete_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> bool:
         """Cancel the run if it is going, then delete it and its events."""
-        run = await self.manager.registry.get_run(run_id)
+        self.policy.spend(caller, Action.RUN_DELETE)
+        run = await self._owned_run(run_id, caller)
         if run is None:
             return False
+        await self.policy.require(caller, Action.RUN_DELETE, thread_id=run.thread_id, run_id=run_id)
         if not run.status.finished:
             await self.executor.cancel(run_id)
         return bool(await self.manager.registry.delete_run(run_id))
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        """One run, or None."""
-        return await self.manager.registry.get_run(run_id)
+    async def get_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord | None:
+        """One run, or None (also when the caller may not see its thread)."""
+        run = await self._owned_run(run_id, caller)
+        if run is None or not await self.policy.allows(
+            caller, Action.RUN_READ, thread_id=run.thread_id, run_id=run_id
+        ):
+            return None
+        return run
 
-    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
-        """Several runs in one query."""
-        return await self.manager.registry.get_runs(run_ids)
+    async def get_runs(
+        self, run_ids: Sequence[str], *, caller: Caller = ANONYMOUS
+    ) -> dict[str, RunRecord]:
+        """Several runs in one query (and their threads' owners in one more, for users)."""
+        return await self._visible_runs(await self.manager.registry.get_runs(run_ids), caller)
 
     async def runs_page(
-        self, flt: RunFilter | None = None, *, first: int = 20, after: str | None = None
+        self,
+        flt: RunFilter | None = None,
+        *,
+        first: int = 20,
+        after: str | None = None,
+        caller: Caller = ANONYMOUS,
     ) -> Page[RunRecord]:
-        """Runs newest first."""
+        """Runs newest first (a user's: those on its threads, the owner part of the query)."""
         _check_first(first)
-        return await self.manager.registry.list_runs(flt or RunFilter(), first=first, after=after)
+        flt = flt or RunFilter()
+        if not caller.is_admin:
+            self._user_for(caller, flt.user_id)  # FORBIDDEN when it names someone else
+            flt = replace(flt, owner=caller.user_id)
+        if self.policy.hook is not None and not await self.policy.allows(
+            caller, Action.RUN_SEARCH, thread_id=flt.thread_id, value=asdict(flt)
+        ):
+            return Page([], None, False)
+        return await self.manager.registry.list_runs(flt, first=first, after=after)
 
     async def run_events(
-        self, run_id: str, *, after_seq: int = 0, first: int = 100
+        self, run_id: str, *, after_seq: int = 0, first: int = 100, caller: Caller = ANONYMOUS
     ) -> list[EventRecord]:
         """The recorded events of a run after a sequence number."""
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
         _check_first(first, limit=1000)
+        if (not caller.is_admin or self.policy.hook is not None) and await self.get_run(
+            run_id, caller=caller
+        ) is None:
+            return []
         return await self.events.read(run_id, after_seq=after_seq, limit=first)
 
-    async def follow_run(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[EventRecord]:
+    async def follow_run(
+        self, run_id: str, *, after_seq: int = 0, caller: Caller = ANONYMOUS
+    ) -> AsyncIterator[EventRecord]:
         """Replay after `after_seq`, then live events until the run ends."""
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
-        if await self.get_run(run_id) is None:
+        run = await self._owned_run(run_id, caller)
+        if run is None or not await self.policy.allows(
+            caller, Action.RUN_SUBSCRIBE, thread_id=run.thread_id, run_id=run_id
+        ):
             raise NotFoundError(f"no run {run_id!r}")
 
         async def finished() -> bool:
-            run = await self.get_run(run_id)
+            run = await self.manager.registry.get_run(run_id)
             return run is None or run.status.finished
 
         return self.events.follow_run(run_id, after_seq=after_seq, is_finished=finished)
 
-    async def follow_thread(self, thread_id: str) -> AsyncIterator[EventRecord]:
+    async def follow_thread(
+        self, thread_id: str, *, caller: Caller = ANONYMOUS
+    ) -> AsyncIterator[EventRecord]:
         """Every event of every run on the thread from now on."""
-        if await self.get_thread(thread_id) is None:
+        thread = await self.manager.get_thread(thread_id)
+        if (
+            thread is None
+            or not caller.sees(thread.user_id)
+            or not await self.policy.allows(caller, Action.THREAD_SUBSCRIBE, thread_id=thread_id)
+        ):
             raise NotFoundError(f"no thread {thread_id!r}")
         return self.events.follow_thread(thread_id)
 

@@ -11,12 +11,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from code_hero.auth import (
+    AccessSettings,
+    AuthSettings,
+    Caller,
+    JwtSettings,
+    load_hook,
+    parse_api_keys,
+    parse_rate_limit,
+    read_api_keys_file,
+)
 from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
 from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
 
-__all__ = ["ENVIRONMENT", "AppSettings", "Limits", "settings_from_env"]
+__all__ = ["ENVIRONMENT", "AppSettings", "Limits", "auth_from_env", "settings_from_env"]
 
 ENVIRONMENT: dict[str, str] = {
     "DATABASE_URL": "PostgreSQL URL of the checkpoint database (the seed's name)",
@@ -36,7 +46,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
-    "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql in a browser (default true)",
+    "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
     "CODE_HERO_MAX_TOKENS": "tokens per document (default 5000)",
@@ -44,7 +54,22 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_MESSAGE_LENGTH": "characters in a run's message (default 100000)",
     "CODE_HERO_MAX_SUBSCRIPTIONS": "subscriptions per WebSocket connection (default 20)",
     "CODE_HERO_WS_INIT_TIMEOUT": "seconds a socket may wait before connection_init (default 10)",
+    "CODE_HERO_API_KEYS": "API keys: KEY=USER or KEY=USER:admin, comma separated",
+    "CODE_HERO_API_KEYS_FILE": "a file of such entries, one a line (keeps keys out of `ps`)",
+    "CODE_HERO_JWT_SECRET": "HS256 secret of bearer JWTs (at least 32 bytes)",
+    "CODE_HERO_JWT_JWKS": "RS256/ES256 public keys of bearer JWTs: a JWKS file path or URL",
+    "CODE_HERO_JWT_ISSUER": "required `iss` of JWTs (checked when set)",
+    "CODE_HERO_JWT_AUDIENCE": "required `aud` of JWTs (checked when set)",
+    "CODE_HERO_JWT_ADMIN_CLAIM": "claim that makes a JWT's user an admin: role=admin or is_admin",
+    "CODE_HERO_AUTH_HOOK": "module:function asked per action; may deny (see Security)",
+    "CODE_HERO_RATE_LIMIT": "mutations per user: 60/minute (default with auth), off",
+    "CODE_HERO_ALLOW_ANONYMOUS": "open mode on a non-loopback address, like --allow-anonymous",
+    "CODE_HERO_CORS_ORIGINS": "origins allowed for CORS and WebSockets, comma separated",
+    "CODE_HERO_INTROSPECTION": "answer introspection queries (default true)",
+    "CODE_HERO_FIELD_SUGGESTIONS": "'Did you mean ...' hints in errors (default true)",
 }
+
+DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none unless set
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,8 @@ class Limits:
     max_message_length: int = 100_000
     max_subscriptions: int = 20
     ws_init_timeout: float = 10.0
+    introspection: bool = True
+    field_suggestions: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,10 +94,12 @@ class AppSettings:
 
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     limits: Limits = field(default_factory=Limits)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
     graphiql: bool = True
+    cors_origins: tuple[str, ...] = ()  # also the WebSocket origins allowed
 
     def with_options(self, **changes: Any) -> AppSettings:
         """A copy with some fields changed."""
@@ -114,6 +143,49 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
 
 
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    return (env.get(name) or "").strip() or None
+
+
+def auth_from_env(env: Mapping[str, str]) -> AuthSettings:
+    """API keys (variable and file) and JWT settings."""
+    keys: dict[str, Caller] = {}
+    if env.get("CODE_HERO_API_KEYS"):
+        keys.update(parse_api_keys(env["CODE_HERO_API_KEYS"]))
+    path = _text(env, "CODE_HERO_API_KEYS_FILE")
+    if path:
+        for key, caller in read_api_keys_file(path).items():
+            if key in keys:
+                raise ConfigurationError(
+                    "a key is given both in CODE_HERO_API_KEYS and CODE_HERO_API_KEYS_FILE"
+                )
+            keys[key] = caller
+    jwt = JwtSettings(
+        secret=env.get("CODE_HERO_JWT_SECRET") or None,
+        jwks=_text(env, "CODE_HERO_JWT_JWKS"),
+        issuer=_text(env, "CODE_HERO_JWT_ISSUER"),
+        audience=_text(env, "CODE_HERO_JWT_AUDIENCE"),
+        admin_claim=_text(env, "CODE_HERO_JWT_ADMIN_CLAIM"),
+    )
+    return AuthSettings(
+        api_keys=keys,
+        jwt=jwt,
+        allow_anonymous=_bool(env, "CODE_HERO_ALLOW_ANONYMOUS", False),
+    )
+
+
+def _hook(env: Mapping[str, str]) -> str | None:
+    spec = _text(env, "CODE_HERO_AUTH_HOOK")
+    if spec:
+        load_hook(spec)  # a hook that does not load stops the server before it listens
+    return spec
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in (env.get("CODE_HERO_CORS_ORIGINS") or "").split(","))
+    return tuple(o.rstrip("/") for o in origins if o)
+
+
 def checkpointer_from_env(
     env: Mapping[str, str], *, database_url: str | None = None, sqlite_path: str | None = None
 ) -> CheckpointerConfig:
@@ -139,9 +211,16 @@ def settings_from_env(
     host: str | None = None,
     port: int | None = None,
     log_level: str | None = None,
+    allow_anonymous: bool = False,
 ) -> AppSettings:
     """Settings from the environment, with CLI options taking precedence."""
     env = os.environ if environ is None else environ
+    auth = auth_from_env(env)
+    if allow_anonymous:
+        auth = replace(auth, allow_anonymous=True)
+    rate = env.get("CODE_HERO_RATE_LIMIT")
+    if rate is None:
+        rate = DEFAULT_RATE_LIMIT if auth.enabled else None
     specs = parse_graph_specs(graphs if graphs is not None else env.get("CODE_HERO_GRAPHS"))
     json_path = langgraph_json or env.get("CODE_HERO_LANGGRAPH_JSON")
     if json_path:
@@ -154,6 +233,8 @@ def settings_from_env(
         max_message_length=_int(env, "CODE_HERO_MAX_MESSAGE_LENGTH", 100_000),
         max_subscriptions=_int(env, "CODE_HERO_MAX_SUBSCRIPTIONS", 20),
         ws_init_timeout=_float(env, "CODE_HERO_WS_INIT_TIMEOUT", 10.0),
+        introspection=_bool(env, "CODE_HERO_INTROSPECTION", True),
+        field_suggestions=_bool(env, "CODE_HERO_FIELD_SUGGESTIONS", True),
     )
     gateway = GatewaySettings(
         checkpointer=checkpointer_from_env(env, database_url=database_url, sqlite_path=sqlite_path),
@@ -164,6 +245,7 @@ def settings_from_env(
         lease_seconds=_float(env, "CODE_HERO_LEASE_SECONDS", 15.0),
         shutdown_grace=_float(env, "CODE_HERO_SHUTDOWN_GRACE", 10.0),
         max_message_length=limits.max_message_length,
+        access=AccessSettings(hook=_hook(env), rate_limit=parse_rate_limit(rate)),
     )
     level = (log_level or env.get("CODE_HERO_LOG_LEVEL") or "info").lower()
     if level not in {"debug", "info", "warning", "error", "critical"}:
@@ -174,5 +256,7 @@ def settings_from_env(
         host=host or env.get("CODE_HERO_HOST") or "127.0.0.1",
         port=port if port is not None else _int(env, "CODE_HERO_PORT", 8000),
         log_level=level,
-        graphiql=_bool(env, "CODE_HERO_GRAPHIQL", True),
+        graphiql=_bool(env, "CODE_HERO_GRAPHIQL", not auth.enabled),
+        auth=auth,
+        cors_origins=_origins(env),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -95,11 +95,25 @@ class TransportWS(_Socket):
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, url: str, *, init: bool = True) -> AsyncIterator[TransportWS]:
-        async with connect(url, subprotocols=[Subprotocol(cls.protocol)]) as ws:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        init: bool = True,
+        payload: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        origin: str | None = None,
+    ) -> AsyncIterator[TransportWS]:
+        """Open a socket (with upgrade headers), then `connection_init` with `payload`."""
+        async with connect(
+            url,
+            subprotocols=[Subprotocol(cls.protocol)],
+            additional_headers=headers,
+            origin=origin,  # type: ignore[arg-type]  (websockets wants its Origin NewType)
+        ) as ws:
             client = cls(ws)
             if init:
-                await client.init()
+                await client.init(payload)
             yield client
 
     async def init(self, payload: dict[str, Any] | None = None) -> None:
@@ -153,12 +167,23 @@ class LegacyWS(_Socket):
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, url: str) -> AsyncIterator[LegacyWS]:
-        async with connect(url, subprotocols=[Subprotocol(cls.protocol)]) as ws:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        init: bool = True,
+        payload: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[LegacyWS]:
+        """Open a socket (with upgrade headers), then `connection_init` with `payload`."""
+        async with connect(
+            url, subprotocols=[Subprotocol(cls.protocol)], additional_headers=headers
+        ) as ws:
             client = cls(ws)
-            await client.send({"type": "connection_init", "payload": {}})
-            ack = await client.receive()
-            assert ack["type"] == "connection_ack", ack
+            if init:
+                await client.send({"type": "connection_init", "payload": payload or {}})
+                ack = await client.receive()
+                assert ack["type"] == "connection_ack", ack
             yield client
 
     async def start(self, op_id: str, query: str, variables: dict[str, Any] | None = None) -> None:

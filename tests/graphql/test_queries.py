@@ -203,9 +203,9 @@ async def test_runs_page_and_one_thread_query_per_page(
     calls: list[list[str]] = []
     get_threads = server.gateway.get_threads
 
-    async def counting(ids: Any) -> Any:
+    async def counting(ids: Any, **kwargs: Any) -> Any:
         calls.append(list(ids))
-        return await get_threads(ids)
+        return await get_threads(ids, **kwargs)
 
     monkeypatch.setattr(server.gateway, "get_threads", counting)
     query = """query($after: String) {

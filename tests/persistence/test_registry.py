@@ -515,3 +515,29 @@ async def test_naive_datetimes_are_refused(registry: Registry) -> None:
         await registry.create_run(run("r1", created_at=datetime(2025, 1, 1)))
     with pytest.raises(BadInputError):
         await registry.list_threads(ThreadFilter(updated_after=datetime(2025, 1, 1)), first=1)
+
+
+async def test_admit_run_keeps_the_owner_and_guards_it(registry: Registry) -> None:
+    first, _ = await registry.admit_run(run("r1", "t", user_id="ann"), reject_if_busy=False)
+    assert first is not None
+    # A later run by someone else (an administrator) never changes the owner.
+    await registry.admit_run(run("r2", "t", user_id="root"), reject_if_busy=False)
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.user_id == "ann"
+    # With `owner`, another user's thread is not found, and nothing is written.
+    with pytest.raises(NotFoundError):
+        await registry.admit_run(run("r3", "t", user_id="bob"), reject_if_busy=False, owner="bob")
+    assert await registry.get_run("r3") is None
+    admitted, _ = await registry.admit_run(
+        run("r4", "t", user_id="ann"), reject_if_busy=False, owner="ann"
+    )
+    assert admitted is not None
+    new, _ = await registry.admit_run(
+        run("r5", "new", user_id="bob"), reject_if_busy=False, owner="bob"
+    )
+    assert new is not None and (await registry.get_thread("new")).user_id == "bob"  # type: ignore[union-attr]
+    # Runs filtered by their thread's owner: bob's thread only.
+    page = await registry.list_runs(RunFilter(owner="bob"), first=10)
+    assert [r.run_id for r in page.items] == ["r5"]
+    page = await registry.list_runs(RunFilter(owner="ann"), first=10)
+    assert {r.run_id for r in page.items} == {"r1", "r2", "r4"}

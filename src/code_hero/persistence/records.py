@@ -118,7 +118,8 @@ class RunFilter:
     thread_id: str | None = None
     status: RunStatus | None = None
     graph: str | None = None
-    user_id: str | None = None
+    user_id: str | None = None  # the user who started the run
+    owner: str | None = None  # the user who owns the run's thread
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,20 @@ class Registry(Protocol):
 
     # claiming (runs are taken from the table by whichever replica has a free slot)
     async def admit_run(
-        self, run: RunRecord, *, reject_if_busy: bool, events: Sequence[EventRecord] = ()
+        self,
+        run: RunRecord,
+        *,
+        reject_if_busy: bool,
+        events: Sequence[EventRecord] = (),
+        owner: str | None = None,
     ) -> tuple[RunRecord | None, str | None]:
         """Record a PENDING run and mark its thread BUSY, in one transaction.
 
+        A new thread is owned by `run.user_id`; an existing owner never changes.
         Returns (the run, None), or (None, the busy run's id) when the thread
         has an unfinished run and `reject_if_busy` (then nothing is written).
+        With `owner`, a thread someone else owns raises NotFoundError (nothing
+        written): the check and the write are one transaction.
         """
 
     async def finish_run(

@@ -477,6 +477,11 @@ class _SqlRegistry(ABC):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if flt.owner is not None:
+            clauses.append(
+                "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"
+            )
+            params.append(flt.owner)
         if after is not None:
             at, key = _decode_cursor("run", after)
             clauses.append("(created_at, run_id) < (?, ?)")
@@ -516,7 +521,12 @@ class _SqlRegistry(ABC):
     # --- claiming -----------------------------------------------------------
 
     async def admit_run(
-        self, run: RunRecord, *, reject_if_busy: bool, events: Sequence[EventRecord] = ()
+        self,
+        run: RunRecord,
+        *,
+        reject_if_busy: bool,
+        events: Sequence[EventRecord] = (),
+        owner: str | None = None,
     ) -> tuple[RunRecord | None, str | None]:
         """Record a PENDING run and mark its thread BUSY, in one transaction."""
         now = self._ts(_now())
@@ -531,7 +541,8 @@ class _SqlRegistry(ABC):
                     f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
                     "status = excluded.status, "
-                    "user_id = COALESCE(excluded.user_id, code_hero_threads.user_id)",
+                    # The user who created the thread owns it; a run never changes that.
+                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
                     [
                         run.thread_id,
                         run.user_id,
@@ -542,6 +553,13 @@ class _SqlRegistry(ABC):
                         now,
                     ],
                 )
+                if owner is not None:
+                    owned = await s.fetch(
+                        "SELECT user_id FROM code_hero_threads WHERE thread_id = ?",
+                        [run.thread_id],
+                    )
+                    if owned[0]["user_id"] != owner:
+                        raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
                 busy = await s.fetch(
                     "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
                     "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",

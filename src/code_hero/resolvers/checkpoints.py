@@ -19,6 +19,8 @@ async def checkpoint(
     info: Info[Context, Any], thread_id: str, checkpoint_id: str | None, namespace: str | None
 ) -> c.Checkpoint | None:
     """The checkpoint with that id, the latest one when id is null, or null."""
-    gateway = info.context.gateway
-    view = await gateway.get_checkpoint(thread_id, checkpoint_id or None, namespace or "")
+    ctx = info.context
+    view = await ctx.gateway.get_checkpoint(
+        thread_id, checkpoint_id or None, namespace or "", caller=ctx.caller
+    )
     return None if view is None else mapping.checkpoint_of(view)

@@ -1,4 +1,4 @@
-"""The context every resolver receives: the gateway, the limits, the loaders."""
+"""The context every resolver receives: the gateway, the caller, the limits, the loaders."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from code_hero.auth import ANONYMOUS, Caller
+from code_hero.errors import UnauthenticatedError
 from code_hero.gateway import Gateway
 from code_hero.resolvers.loaders import Loaders
 from code_hero.settings import Limits
@@ -18,7 +20,11 @@ OperationObserver = Callable[[str, str], None]
 
 @dataclass
 class Context:
-    """Built once per HTTP request or WebSocket connection, copied per operation."""
+    """Built once per HTTP request or WebSocket connection, copied per operation.
+
+    `identity` is who authenticated: ANONYMOUS in open mode, None on a socket
+    whose `connection_init` has not been verified yet (no operation runs then).
+    """
 
     gateway: Gateway
     limits: Limits = field(default_factory=Limits)
@@ -26,15 +32,23 @@ class Context:
     response: Any = None
     connection_params: dict[str, Any] | None = None
     observe_operation: OperationObserver | None = None
+    identity: Caller | None = ANONYMOUS
     _loaders: Loaders | None = None
+
+    @property
+    def caller(self) -> Caller:
+        """The caller every gateway call is made for."""
+        if self.identity is None:
+            raise UnauthenticatedError("authentication required")
+        return self.identity
 
     @property
     def loaders(self) -> Loaders:
         """This operation's DataLoaders."""
         if self._loaders is None:
-            self._loaders = Loaders(self.gateway)
+            self._loaders = Loaders(self.gateway, self.caller)
         return self._loaders
 
     def for_operation(self) -> Context:
         """A copy with fresh loaders, for one operation."""
-        return replace(self, _loaders=Loaders(self.gateway))
+        return replace(self, _loaders=None)

@@ -8,11 +8,11 @@ and must not serve one operation's stale records to the next.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from strawberry.dataloader import DataLoader
 
+from code_hero.auth import Caller
 from code_hero.gateway import Gateway
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.records import RunRecord, ThreadRecord
@@ -21,10 +21,11 @@ __all__ = ["Loaders"]
 
 
 class Loaders:
-    """The loaders of one operation."""
+    """The loaders of one operation, for its caller."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, caller: Caller) -> None:
         self.gateway = gateway
+        self.caller = caller
         self.thread: DataLoader[str, ThreadRecord | None] = DataLoader(self._threads)
         self.run: DataLoader[str, RunRecord | None] = DataLoader(self._runs)
         self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
@@ -32,14 +33,15 @@ class Loaders:
         )
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
-        found = await self.gateway.get_threads(ids)
+        found = await self.gateway.get_threads(ids, caller=self.caller)
         return [found.get(i) for i in ids]
 
     async def _runs(self, ids: Sequence[str]) -> list[RunRecord | None]:
-        found = await self.gateway.get_runs(ids)
+        found = await self.gateway.get_runs(ids, caller=self.caller)
         return [found.get(i) for i in ids]
 
     async def _latest_checkpoints(self, thread_ids: Sequence[str]) -> list[CheckpointView | None]:
         # No batch read exists for "latest of each thread"; the loader still
         # makes `values` and `latestCheckpoint` of one thread a single read.
-        return list(await asyncio.gather(*(self.gateway.get_checkpoint(t) for t in thread_ids)))
+        found = await self.gateway.latest_checkpoints(thread_ids, caller=self.caller)
+        return [found.get(t) for t in thread_ids]

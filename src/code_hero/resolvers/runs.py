@@ -51,7 +51,9 @@ async def runs(
             graph=flt.graph,
             user_id=flt.user_id,
         )
-    page = await ctx.gateway.runs_page(query, first=check_first(first, ctx.limits), after=after)
+    page = await ctx.gateway.runs_page(
+        query, first=check_first(first, ctx.limits), after=after, caller=ctx.caller
+    )
     return mapping.run_connection(page)
 
 
@@ -65,8 +67,9 @@ async def run_events(
     info: Info[Context, Any], run_id: str, after_seq: int | None, first: int | None
 ) -> list[ev.RunEvent]:
     """The recorded events after `after_seq`, in order."""
-    records = await info.context.gateway.run_events(
-        run_id, after_seq=after_seq or 0, first=100 if first is None else first
+    ctx = info.context
+    records = await ctx.gateway.run_events(
+        run_id, after_seq=after_seq or 0, first=100 if first is None else first, caller=ctx.caller
     )
     return [mapping.event_of(x) for x in records]
 
@@ -100,16 +103,19 @@ def start_request(data: r.StartRunInput) -> StartRun:
 
 async def start_run(info: Info[Context, Any], data: r.StartRunInput) -> r.Run:
     """Start (or queue) a run; with `wait`, answer once it has ended."""
-    record = await info.context.gateway.start_run(start_request(data))
+    ctx = info.context
+    record = await ctx.gateway.start_run(start_request(data), caller=ctx.caller)
     return mapping.run_of(record)
 
 
 async def cancel_run(info: Info[Context, Any], run_id: str) -> r.Run:
     """Cancel a run; a finished run is returned as it is."""
-    return mapping.run_of(await info.context.gateway.cancel_run(run_id))
+    ctx = info.context
+    return mapping.run_of(await ctx.gateway.cancel_run(run_id, caller=ctx.caller))
 
 
 async def delete_run(info: Info[Context, Any], run_id: str) -> r.DeleteRunPayload:
     """Cancel the run if it is going, then delete it and its events."""
-    deleted = await info.context.gateway.delete_run(run_id)
+    ctx = info.context
+    deleted = await ctx.gateway.delete_run(run_id, caller=ctx.caller)
     return mapping.run_deletion_of(run_id, deleted)

@@ -30,13 +30,15 @@ async def run_events(
 
     An unknown run raises NOT_FOUND here, before the stream starts.
     """
-    stream = await info.context.gateway.follow_run(run_id, after_seq=after_seq or 0)
+    ctx = info.context
+    stream = await ctx.gateway.follow_run(run_id, after_seq=after_seq or 0, caller=ctx.caller)
     return _events(stream)
 
 
 async def thread_events(info: Info[Context, Any], thread_id: str) -> AsyncIterator[ev.RunEvent]:
     """Every event of every run on the thread from now on."""
-    stream = await info.context.gateway.follow_thread(thread_id)
+    ctx = info.context
+    stream = await ctx.gateway.follow_thread(thread_id, caller=ctx.caller)
     return _events(stream)
 
 

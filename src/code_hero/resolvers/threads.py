@@ -43,7 +43,7 @@ async def threads(
     """A page of threads, most recently updated first."""
     ctx = info.context
     page = await ctx.gateway.threads_page(
-        _thread_filter(flt), first=check_first(first, ctx.limits), after=after
+        _thread_filter(flt), first=check_first(first, ctx.limits), after=after, caller=ctx.caller
     )
     for record in page.items:  # later Run.thread look-ups of this operation hit the cache
         ctx.loaders.thread.prime(record.thread_id, record)
@@ -86,7 +86,11 @@ async def thread_checkpoints(
     """A page of a namespace's history, newest first."""
     ctx = info.context
     page = await ctx.gateway.list_checkpoints(
-        thread_id, namespace=namespace or "", first=check_first(first, ctx.limits), after=after
+        thread_id,
+        namespace=namespace or "",
+        first=check_first(first, ctx.limits),
+        after=after,
+        caller=ctx.caller,
     )
     return mapping.checkpoint_connection(page)
 
@@ -101,10 +105,13 @@ async def thread_runs(
     """A page of the thread's runs, newest first."""
     ctx = info.context
     flt = RunFilter(thread_id=thread_id, status=None if status is None else RunStatus(status.value))
-    page = await ctx.gateway.runs_page(flt, first=check_first(first, ctx.limits), after=after)
+    page = await ctx.gateway.runs_page(
+        flt, first=check_first(first, ctx.limits), after=after, caller=ctx.caller
+    )
     return mapping.run_connection(page)
 
 
 async def delete_thread(info: Info[Context, Any], thread_id: str) -> t.DeleteThreadPayload:
     """Cancel the thread's runs and delete it everywhere."""
-    return mapping.thread_deletion_of(await info.context.gateway.delete_thread(thread_id))
+    ctx = info.context
+    return mapping.thread_deletion_of(await ctx.gateway.delete_thread(thread_id, caller=ctx.caller))

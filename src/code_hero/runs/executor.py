@@ -83,6 +83,7 @@ class StartRun:
     config: Mapping[str, Any] = field(default_factory=dict)
     multitask: MultitaskStrategy = MultitaskStrategy.REJECT
     wait: bool = False
+    owner: str | None = None  # admit only on a new thread or one this user owns
 
 
 class RunExecutor:
@@ -116,6 +117,10 @@ class RunExecutor:
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
         self._wake = asyncio.Event()
+        # Held while claiming and while a cancel decides where the run is: a run
+        # claimed here between cancel's look and its flag would otherwise miss
+        # the cancel until the next lease renewal.
+        self._claiming = asyncio.Lock()
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         # False (the CLI's one-shot runs): execute only the runs this executor started.
@@ -236,6 +241,7 @@ class RunExecutor:
             ),
             reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
             events=[first],
+            owner=req.owner,
         )
         if record is None:
             raise ConflictError(
@@ -337,11 +343,15 @@ class RunExecutor:
             raise NotFoundError(f"no run {run_id!r}")
         if record.status.finished:
             return record
-        if self.is_active(run_id):
-            self._cancel_requested.add(run_id)
-            self._tasks[run_id].cancel()
+        async with self._claiming:
+            active = self.is_active(run_id)
+            if active:
+                self._cancel_requested.add(run_id)
+                self._tasks[run_id].cancel()
+            else:
+                await self.registry.request_cancel(run_id)
+        if active:
             return await self.wait(run_id, limit=5)
-        await self.registry.request_cancel(run_id)
         await self.bus.send_control(f"cancel {run_id}")
         self._wake.set()  # an unclaimed run is finished by the claim loop
         return await self.wait(run_id, limit=5 + self.lease.total_seconds())
@@ -361,6 +371,10 @@ class RunExecutor:
                 await asyncio.sleep(self.poll_interval)
 
     async def _claim_once(self) -> None:
+        async with self._claiming:
+            await self._claim_locked()
+
+    async def _claim_locked(self) -> None:
         now = datetime.now(UTC)
         if self.claim_others:  # cancels asked for runs no executor holds end here
             for record in await self.registry.claim_cancelled(

@@ -9,6 +9,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     QueryDepthLimiter,
@@ -56,7 +57,14 @@ class GatewaySchema(strawberry.Schema):
 def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     """The gateway's schema with these limits; a limit of 0 turns that check off."""
     limits = limits or Limits()
-    extensions: list[Any] = [OperationContext, OperationCounter, ErrorCodes]
+    suggestions = limits.field_suggestions
+    extensions: list[Any] = [
+        OperationContext,
+        OperationCounter,
+        lambda: ErrorCodes(suggestions=suggestions),
+    ]
+    if not limits.introspection:
+        extensions.append(DisableIntrospection)
     if limits.max_depth > 0:
         depth = limits.max_depth
         extensions.append(lambda: QueryDepthLimiter(max_depth=depth))
@@ -78,5 +86,7 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=EVENT_TYPES,
         extensions=factories,
-        config=StrawberryConfig(scalar_map=SCALARS),
+        config=StrawberryConfig(
+            scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions
+        ),
     )

@@ -1,21 +1,53 @@
 """How errors reach clients: the one mapping from exceptions to `extensions.code`.
 
-CodeHeroError (errors.py)            -> its `.code`, its message
+CodeHeroError (errors.py)            -> its `.code`, its message, its `.extensions`
 parse, validation and limit errors   -> BAD_USER_INPUT, their message
 anything else                        -> INTERNAL, "Internal server error";
                                         the detail goes to the log only
+
+With field suggestions turned off, "Did you mean ...?" is cut from every
+message (graphql-core suggests field, argument, type and enum value names).
 """
 
 from __future__ import annotations
 
+import re
+
 from graphql import GraphQLError
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from code_hero.errors import CodeHeroError
 
-__all__ = ["INTERNAL", "INTERNAL_MESSAGE", "client_error", "error_code", "root_cause"]
+__all__ = [
+    "CODES",
+    "INTERNAL",
+    "INTERNAL_MESSAGE",
+    "client_error",
+    "error_code",
+    "root_cause",
+    "without_suggestions",
+]
 
 INTERNAL = "INTERNAL"
 INTERNAL_MESSAGE = "Internal server error"
+# Every `extensions.code` a client can see.
+CODES = frozenset(
+    {
+        "BAD_USER_INPUT",
+        "NOT_FOUND",
+        "CONFLICT",
+        "UNAUTHENTICATED",
+        "FORBIDDEN",
+        "RATE_LIMITED",
+        INTERNAL,
+    }
+)
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def without_suggestions(message: str) -> str:
+    """The message with graphql-core's "Did you mean ...?" hints cut out."""
+    return _SUGGESTION.sub("", message)
 
 
 def root_cause(error: GraphQLError) -> BaseException | None:
@@ -34,19 +66,25 @@ def error_code(error: GraphQLError) -> str:
     cause = root_cause(error)
     if isinstance(cause, CodeHeroError):
         return cause.code
+    if isinstance(cause, InvalidOperationTypeError):  # e.g. a query over legacy graphql-ws
+        return "BAD_USER_INPUT"
     if error.path is None and (cause is None or isinstance(cause, GraphQLError)):
         # Raised before execution: the document or its variables are at fault.
         return "BAD_USER_INPUT"
     return INTERNAL
 
 
-def client_error(error: GraphQLError) -> GraphQLError:
+def client_error(error: GraphQLError, *, suggestions: bool = True) -> GraphQLError:
     """The error as a client may see it: with its code, masked when internal."""
     code = error_code(error)
+    extensions: dict[str, object]
     if code == INTERNAL:
         message, extensions = INTERNAL_MESSAGE, {"code": code}
     else:
-        message, extensions = error.message, {**(error.extensions or {}), "code": code}
+        cause = root_cause(error)
+        extra = cause.extensions if isinstance(cause, CodeHeroError) else {}
+        message = error.message if suggestions else without_suggestions(error.message)
+        extensions = {**extra, **(error.extensions or {}), "code": code}
     return GraphQLError(
         message,
         nodes=error.nodes,

@@ -33,26 +33,30 @@ def _errors(result: Any) -> list[GraphQLError]:
     return list(getattr(result, "errors", None) or [])
 
 
-def _map(result: Any) -> None:
+def _map(result: Any, suggestions: bool) -> None:
     if _errors(result):
-        result.errors = [client_error(x) for x in result.errors]
+        result.errors = [client_error(x, suggestions=suggestions) for x in result.errors]
 
 
 class ErrorCodes(SchemaExtension):
-    """Put `extensions.code` on every error and mask internal ones (see schema.errors)."""
+    """Put `extensions.code` on every error and mask internal ones (see schema.errors).
 
-    def __init__(self) -> None:
+    Without `suggestions`, "Did you mean ...?" hints are cut from the messages.
+    """
+
+    def __init__(self, *, suggestions: bool = True) -> None:
         self._streamed = False
+        self.suggestions = suggestions
 
     def on_operation(self) -> Iterator[None]:
         self._streamed = False
         yield
         if not self._streamed:  # streamed results were mapped one by one
-            _map(self.execution_context.result)
+            _map(self.execution_context.result, self.suggestions)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         self._streamed = True
-        _map(result)
+        _map(result, self.suggestions)
         yield
 
 

@@ -1,0 +1,67 @@
+"""Settings from the environment: the security variables, and the README's table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from code_hero.auth import RateLimit
+from code_hero.errors import ConfigurationError
+from code_hero.settings import ENVIRONMENT, settings_from_env
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KEY = "k-0123456789abcdef0123"
+
+
+def test_the_readme_table_is_environment() -> None:
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| (.+) \|$", README.read_text(), re.MULTILINE))
+    assert rows == ENVIRONMENT
+
+
+def test_open_mode_defaults() -> None:
+    settings = settings_from_env({})
+    assert not settings.auth.enabled and settings.graphiql
+    assert settings.gateway.access.rate_limit is None
+    assert settings.limits.introspection and settings.limits.field_suggestions
+    assert settings.cors_origins == ()
+
+
+def test_with_authentication(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}x=bob\n")
+    settings = settings_from_env(
+        {
+            "CODE_HERO_API_KEYS": f"{KEY}=ann:admin",
+            "CODE_HERO_API_KEYS_FILE": str(keys),
+            "CODE_HERO_CORS_ORIGINS": "https://app.example/, https://admin.example",
+            "CODE_HERO_INTROSPECTION": "false",
+            "CODE_HERO_FIELD_SUGGESTIONS": "false",
+        }
+    )
+    auth = settings.auth
+    assert auth.enabled and set(auth.api_keys) == {KEY, KEY + "x"}
+    assert auth.api_keys[KEY].is_admin and auth.api_keys[KEY + "x"].user_id == "bob"
+    assert not settings.graphiql  # off by default once authentication is on
+    assert settings.gateway.access.rate_limit == RateLimit(60, 60.0)
+    assert settings.cors_origins == ("https://app.example", "https://admin.example")
+    assert not settings.limits.introspection and not settings.limits.field_suggestions
+    assert KEY not in repr(settings)
+    chosen = settings_from_env(
+        {"CODE_HERO_JWT_SECRET": "s" * 32, "CODE_HERO_RATE_LIMIT": "off", "CODE_HERO_GRAPHIQL": "1"}
+    )
+    assert chosen.auth.enabled and chosen.graphiql and chosen.gateway.access.rate_limit is None
+
+
+def test_bad_security_settings_stop_the_start() -> None:
+    for env, says in (
+        ({"CODE_HERO_API_KEYS": "short=ann"}, "at least 16"),
+        ({"CODE_HERO_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read"),
+        ({"CODE_HERO_RATE_LIMIT": "fast"}, "60/minute"),
+        ({"CODE_HERO_AUTH_HOOK": "no_such_module_here:hook"}, "cannot import"),
+        ({"CODE_HERO_AUTH_HOOK": "json"}, "module:function"),
+        ({"CODE_HERO_AUTH_HOOK": "json:nothing_here"}, "is not a function"),
+    ):
+        with pytest.raises(ConfigurationError, match=says):
+            settings_from_env(env)

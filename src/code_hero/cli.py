@@ -294,6 +294,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=settings.log_level,
             lifespan="on",
+            # The sans-I/O implementation holds less memory per idle socket than
+            # uvicorn's default (172 -> 108 KB measured alone; see the issue 5 note).
+            ws="websockets-sansio",
         )
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: a

@@ -164,7 +164,7 @@ class Gateway:
         """The manager's metrics plus run and subscriber gauges."""
         snap = self.manager.metrics_snapshot()
         snap["subscribers"] = self.bus.subscriber_count
-        snap["active_runs"] = sum(1 for r in self.executor._tasks if self.executor.is_active(r))
+        snap["active_runs"] = self.executor.active_runs
         return snap
 
     # ------------------------------------------------------------ access

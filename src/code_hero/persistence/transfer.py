@@ -106,16 +106,12 @@ async def _copy_checkpoint(item: CheckpointTuple, dst: Backend) -> int:
 
 
 async def _copy_events(src: Backend, dst: Backend, run_id: str) -> int:
-    from code_hero.persistence.records import NewEvent
-
     copied = 0
     last = await dst.registry.last_seq(run_id)
     while True:
         events = await src.registry.list_events(run_id, after_seq=last, limit=500)
         if not events:
             return copied
-        await dst.registry.append_events(
-            run_id, [NewEvent(e.seq, e.type, e.payload, e.at) for e in events]
-        )
+        await dst.registry.store_events(events)
         copied += len(events)
         last = events[-1].seq

@@ -50,7 +50,7 @@ def thread_of(record: ThreadRecord) -> t.Thread:
     return t.Thread(
         id=strawberry.ID(record.thread_id),
         user_id=record.user_id,
-        status=e.ThreadStatus(record.status.value),
+        status=record.status,
         created_at=record.created_at,
         updated_at=record.updated_at,
         metadata=JSON(dict(record.metadata)),
@@ -81,7 +81,7 @@ def run_of(record: RunRecord) -> r.Run:
         id=strawberry.ID(record.run_id),
         thread_id=strawberry.ID(record.thread_id),
         graph=record.graph,
-        status=e.RunStatus(record.status.value),
+        status=record.status,
         input=JSON(record.input),
         output=JSON(record.output),
         error=record.error,

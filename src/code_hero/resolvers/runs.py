@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import RunFilter, RunStatus
+from code_hero.persistence.records import RunFilter
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
 from code_hero.runs.executor import UNSET, MultitaskStrategy, StartRun
@@ -47,7 +47,7 @@ async def runs(
     if flt is not None:
         query = RunFilter(
             thread_id=flt.thread_id,
-            status=None if flt.status is None else RunStatus(flt.status.value),
+            status=flt.status,
             graph=flt.graph,
             user_id=flt.user_id,
         )
@@ -94,9 +94,7 @@ def start_request(data: r.StartRunInput) -> StartRun:
         user_id=data.user_id,
         metadata=_object(data.metadata, "metadata"),
         config=_object(data.config, "config"),
-        multitask=MultitaskStrategy(data.multitask.value)
-        if data.multitask is not None
-        else MultitaskStrategy.REJECT,
+        multitask=data.multitask or MultitaskStrategy.REJECT,
         wait=bool(data.wait),
     )
 

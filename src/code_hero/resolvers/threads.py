@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import RunFilter, RunStatus, ThreadFilter, ThreadStatus
+from code_hero.persistence.records import RunFilter, ThreadFilter
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
 
@@ -57,7 +57,7 @@ def _thread_filter(flt: t.ThreadFilter | None) -> ThreadFilter | None:
         raise BadInputError("filter.metadata must be a JSON object")
     return ThreadFilter(
         user_id=flt.user_id,
-        status=None if flt.status is None else ThreadStatus(flt.status.value),
+        status=flt.status,
         metadata=flt.metadata,
         updated_after=flt.updated_after,
         updated_before=flt.updated_before,
@@ -104,7 +104,7 @@ async def thread_runs(
 ) -> r.RunConnection:
     """A page of the thread's runs, newest first."""
     ctx = info.context
-    flt = RunFilter(thread_id=thread_id, status=None if status is None else RunStatus(status.value))
+    flt = RunFilter(thread_id=thread_id, status=status)
     page = await ctx.gateway.runs_page(
         flt, first=check_first(first, ctx.limits), after=after, caller=ctx.caller
     )

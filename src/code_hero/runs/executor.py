@@ -168,6 +168,11 @@ class RunExecutor:
         """The registry of the manager's authoritative backend."""
         return self.manager.registry
 
+    @property
+    def active_runs(self) -> int:
+        """How many runs this process is executing now."""
+        return sum(1 for task in self._tasks.values() if not task.done())
+
     def is_active(self, run_id: str) -> bool:
         """True while this process executes the run."""
         task = self._tasks.get(run_id)
@@ -381,7 +386,7 @@ class RunExecutor:
                 self.owner, now=now, until=now + self.lease
             ):
                 await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
-        free = self.max_concurrent - sum(1 for t in self._tasks.values() if not t.done())
+        free = self.max_concurrent - self.active_runs
         if free <= 0:
             return
         for record in await self.registry.claim_runs(

@@ -1,10 +1,14 @@
-"""The contract's enums. Their values equal the records' enum values."""
+"""The contract's enums. Statuses and the multitask strategy are the records' and the
+executor's own enums, served as they are: one definition, no mapping between copies."""
 
 from __future__ import annotations
 
 from enum import Enum
 
 import strawberry
+
+from code_hero.persistence.records import RunStatus, ThreadStatus
+from code_hero.runs.executor import MultitaskStrategy
 
 __all__ = [
     "BackendKind",
@@ -30,12 +34,7 @@ class BackendKind(Enum):
     POSTGRES = "POSTGRES"
 
 
-@strawberry.enum(description="What a thread is doing.")
-class ThreadStatus(Enum):
-    IDLE = "IDLE"
-    BUSY = "BUSY"
-    INTERRUPTED = "INTERRUPTED"
-    ERROR = "ERROR"
+strawberry.enum(ThreadStatus, description="What a thread is doing.")
 
 
 @strawberry.enum(description="What wrote a checkpoint.")
@@ -46,21 +45,9 @@ class CheckpointSource(Enum):
     FORK = "FORK"
 
 
-@strawberry.enum(description="Where a run is in its life.")
-class RunStatus(Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCESS = "SUCCESS"
-    ERROR = "ERROR"
-    INTERRUPTED = "INTERRUPTED"
-    CANCELLED = "CANCELLED"
-
-
-@strawberry.enum(
+strawberry.enum(RunStatus, description="Where a run is in its life.")
+strawberry.enum(
+    MultitaskStrategy,
     description="What to do when the thread already has a run in flight: REJECT it "
-    "(CONFLICT), ENQUEUE it after the current ones, or INTERRUPT (cancel) them and run it."
+    "(CONFLICT), ENQUEUE it after the current ones, or INTERRUPT (cancel) them and run it.",
 )
-class MultitaskStrategy(Enum):
-    REJECT = "REJECT"
-    ENQUEUE = "ENQUEUE"
-    INTERRUPT = "INTERRUPT"

@@ -69,6 +69,8 @@ class CheckpointerConfig:
     saver_instances: int = 16
     health_check_interval: float = 5.0
     enable_fallback: bool = True
+    # Writes a fallback holds for the primary during an outage, at most (then UNAVAILABLE).
+    max_pending_sync: int = 100_000
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +92,8 @@ class CheckpointerConfig:
             raise ConfigurationError("a SQLite checkpointer needs database_path")
         if self.pool_max_size < 1 or self.pool_min_size < 0 or self.saver_instances < 1:
             raise ConfigurationError("pool sizes and saver_instances must be positive")
+        if self.max_pending_sync < 1:
+            raise ConfigurationError("max_pending_sync must be at least 1")
         if self.health_check_interval <= 0 or self.pool_timeout <= 0:
             raise ConfigurationError("health_check_interval and pool_timeout must be positive")
 

@@ -9,7 +9,7 @@
     │   ├── UnauthenticatedError  no or invalid credentials                 -> UNAUTHENTICATED
     │   └── ForbiddenError        valid credentials, action not allowed     -> FORBIDDEN
     ├── RateLimitedError          too many mutations; retry after N seconds -> RATE_LIMITED
-    └── BackendUnavailableError   no storage backend can serve the call     -> INTERNAL
+    └── BackendUnavailableError   the database is unreachable; retry later  -> UNAVAILABLE
 
 The GraphQL layer maps each class to its `extensions.code` (plus the class's
 `extensions`, e.g. `retryAfter`); anything else is an internal error, masked
@@ -98,6 +98,18 @@ class RateLimitedError(CodeHeroError):
 
 
 class BackendUnavailableError(CodeHeroError):
-    """No storage backend could serve the call."""
+    """The database that holds what the call needs cannot be reached now.
 
-    code = "INTERNAL"
+    An expected condition, not a bug: clients see UNAVAILABLE with
+    `extensions.retryAfter`, the seconds until the next health probe.
+    """
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"retryAfter": self.retry_after}

@@ -100,6 +100,7 @@ class Gateway:
             pool,
             lambda: self.manager.registry,
             lambda run_id: self.events.is_writing(run_id),
+            available=lambda: self.manager.router.serving,
         )
 
     async def __aenter__(self) -> Gateway:

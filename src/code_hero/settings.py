@@ -45,6 +45,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_CONCURRENT_RUNS": "runs executing at once in this process (8; 0: serve only)",
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
+    "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
@@ -198,7 +199,8 @@ def checkpointer_from_env(
         config = config_from_url(sqlite_path)
     else:
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
-    return config.with_options(health_check_interval=interval)
+    journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)
+    return config.with_options(health_check_interval=interval, max_pending_sync=journal)
 
 
 def settings_from_env(

@@ -15,6 +15,7 @@ enumerating checkpoints, and keeping only the latest checkpoints of a thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import select
 import sqlite3
@@ -125,6 +126,14 @@ class Backend:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
 
+    async def forget(self, keep: set[str]) -> None:
+        """Drop every thread but those in `keep` (a fallback whose copies are synced)."""
+        raise NotImplementedError(f"a {self.kind} backend is never a fallback")
+
+    async def forget_thread(self, thread_id: str) -> None:
+        """Drop one thread's checkpoints and registry rows from a fallback."""
+        raise NotImplementedError(f"a {self.kind} backend is never a fallback")
+
     async def __aenter__(self) -> Backend:
         await self.open()
         return self
@@ -146,7 +155,8 @@ class MemoryBackend(Backend):
     async def open(self) -> None:
         self.saver = InMemorySaver()
         self._conn = await aiosqlite.connect(":memory:")
-        self.registry = SqliteRegistry(self._conn, asyncio.Lock())
+        self._lock = asyncio.Lock()
+        self.registry = SqliteRegistry(self._conn, self._lock)
         await self.registry.setup()
 
     async def close(self) -> None:
@@ -164,6 +174,37 @@ class MemoryBackend(Backend):
 
     async def count_checkpoints(self, thread_id: str) -> int:
         return sum(len(ns) for ns in self._memory.storage.get(thread_id, {}).values())
+
+    async def forget(self, keep: set[str]) -> None:
+        if not keep:  # the usual case: start afresh instead of scanning per thread
+            self.saver = InMemorySaver()
+            await self._clear_registry(None)
+            return
+        for thread_id in set(self._memory.storage) - keep:
+            self._memory.delete_thread(thread_id)
+        await self._clear_registry(sorted(keep))
+
+    async def forget_thread(self, thread_id: str) -> None:
+        self._memory.delete_thread(thread_id)
+        await self.registry.delete_thread(thread_id)
+        async with self._lock:
+            async with self._conn.execute(
+                "DELETE FROM code_hero_run_events WHERE thread_id = ?", (thread_id,)
+            ):
+                pass
+            await self._conn.commit()
+
+    async def _clear_registry(self, keep: list[str] | None) -> None:
+        where: str = ""
+        params: tuple[str, ...] = ()
+        if keep is not None:
+            where = " WHERE thread_id NOT IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(keep),)
+        async with self._lock:
+            for table in ("code_hero_run_events", "code_hero_runs", "code_hero_threads"):
+                async with self._conn.execute(f"DELETE FROM {table}{where}", params):
+                    pass
+            await self._conn.commit()
 
     async def checkpoint_thread_ids(self) -> list[str]:
         return [t for t, spaces in self._memory.storage.items() if any(spaces.values())]

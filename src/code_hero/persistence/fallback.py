@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -35,6 +36,14 @@ from langgraph.checkpoint.base import (
 from code_hero.config import CheckpointerConfig
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import Backend, is_backend_error, open_backend
+from code_hero.persistence.journal import (
+    DeleteThread,
+    Entry,
+    Journal,
+    PutCheckpoint,
+    PutWrites,
+    WriteGate,
+)
 from code_hero.persistence.metrics import Metrics
 
 __all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver"]
@@ -42,6 +51,9 @@ __all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver"]
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
+# The recovery holds writers only for the last few entries.
+SMALL_REMAINDER = 64
+_KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
 
 
 @dataclass
@@ -73,31 +85,6 @@ class BackendSlot:
         self.checked_at = datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class _Put:
-    config: RunnableConfig
-    checkpoint: Checkpoint
-    metadata: CheckpointMetadata
-    versions: ChannelVersions
-
-    async def replay(self, saver: BaseCheckpointSaver[Any]) -> None:
-        await saver.aput(self.config, self.checkpoint, self.metadata, self.versions)
-
-
-@dataclass(frozen=True)
-class _PutWrites:
-    config: RunnableConfig
-    writes: tuple[tuple[str, Any], ...]
-    task_id: str
-    task_path: str
-
-    async def replay(self, saver: BaseCheckpointSaver[Any]) -> None:
-        await saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
-
-
-_JournalEntry = _Put | _PutWrites
-
-
 def _thread_of(config: RunnableConfig) -> str:
     return str(config["configurable"]["thread_id"])
 
@@ -109,14 +96,35 @@ def full_versions(checkpoint: Checkpoint) -> ChannelVersions:
 
 
 class FallbackRouter:
-    """Routes saver calls to the active backend slot and heals back to the primary."""
+    """Routes saver calls to the active backend slot and heals back to the primary.
 
-    def __init__(self, slots: Sequence[BackendSlot], metrics: Metrics) -> None:
+    While the primary cannot be reached (`serving` is False) a thread is one of:
+    - local: born during the outage; the fallback holds all of it, reads never
+      ask the primary;
+    - in `fallback_threads`: a run in flight went on writing to the fallback;
+      its newest checkpoints are there, its history in the primary;
+    - anything else: only the primary has it; reading it is UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[BackendSlot],
+        metrics: Metrics,
+        *,
+        journal_limit: int = 100_000,
+        probe_interval: float = 5.0,
+    ) -> None:
         self.slots = list(slots)
+        self.probe_interval = probe_interval
         self.metrics = metrics
         self.active: int | None = None
-        self.journal: list[_JournalEntry] = []
+        self.journal = Journal(journal_limit)
+        self.gate = WriteGate()
         self.fallback_threads: set[str] = set()
+        self.local_threads: set[str] = set()
+        self.copied_seqs: dict[str, int] = {}  # run id -> last event seq in the primary
+        self.degraded_since: datetime | None = None
+        self.on_recovered: list[Callable[[], None]] = []
         self._pending_touches: dict[str, str | None] = {}
         self._touched_at: dict[str, float] = {}
         self._recover_lock = asyncio.Lock()
@@ -133,9 +141,37 @@ class FallbackRouter:
         return None if self.active is None else self.slots[self.active]
 
     @property
+    def serving(self) -> bool:
+        """True while the primary serves reads and writes."""
+        return self.active == 0 and self.primary.backend is not None
+
+    @property
     def pending_sync(self) -> int:
-        """Checkpoints and writes held by a fallback, not yet copied to the primary."""
+        """Writes held by a fallback, not yet copied to the primary."""
         return len(self.journal)
+
+    @property
+    def quarantined(self) -> int:
+        """Writes the primary refused when they were copied; kept and retried."""
+        return len(self.journal.quarantine)
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a client should wait before asking again: the next probe."""
+        return max(1, math.ceil(self.probe_interval))
+
+    def unavailable(self, what: str = "this request") -> BackendUnavailableError:
+        """The error for a call that needs the unreachable primary."""
+        return BackendUnavailableError(
+            f"the {_KIND_NAMES.get(self.primary.kind, self.primary.kind)} database is "
+            f"unreachable and {what} needs data only it holds; "
+            f"retry in {self.retry_after} s",
+            self.retry_after,
+        )
+
+    def is_local(self, thread_id: str) -> bool:
+        """True when the fallback holds all of the thread (it was born during the outage)."""
+        return thread_id in self.local_threads
 
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
@@ -147,6 +183,7 @@ class FallbackRouter:
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
             self.metrics.fallback_switches += 1
+            self.degraded_since = datetime.now(UTC)
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
                 self.primary.config.describe(),
@@ -178,6 +215,10 @@ class FallbackRouter:
                 slot.backend = None
         self.active = None
 
+    def fail_primary(self, exc: BaseException) -> None:
+        """The primary could not be reached: serve from the next slot."""
+        self._fail(self.primary, exc)
+
     def _fail(self, slot: BackendSlot, exc: BaseException) -> None:
         was_active = self.active_slot is slot
         slot.record_failure(exc)
@@ -190,7 +231,10 @@ class FallbackRouter:
         )
         self.active = nxt
         self.metrics.fallback_switches += 1
+        if slot is self.primary:
+            self.degraded_since = datetime.now(UTC)
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
+        # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
 
     # -------------------------------------------------------------- writes
@@ -199,24 +243,28 @@ class FallbackRouter:
         operation: str,
         thread_id: str,
         call: Callable[[BackendSlot], Awaitable[R]],
-        entry: Callable[[], _JournalEntry],
+        entry: Callable[[], Entry],
     ) -> R | None:
-        """Run a write on the active slot, failing over on backend errors."""
-        while (slot := self.active_slot) is not None:
-            assert slot.backend is not None
-            try:
-                with self.metrics.timed(slot.label, operation):
-                    result = await call(slot)
-            except Exception as exc:
-                if not is_backend_error(exc):
-                    raise
-                self._fail(slot, exc)
-                continue
-            if slot is not self.primary:
-                self.journal.append(entry())
-                self.fallback_threads.add(thread_id)
-            return result
-        return None
+        """Run a write on the active slot, failing over when the database is unreachable."""
+        async with self.gate.write():
+            while (slot := self.active_slot) is not None:
+                assert slot.backend is not None
+                if slot is not self.primary:
+                    self.journal.ensure_room(self.retry_after)
+                try:
+                    with self.metrics.timed(slot.label, operation):
+                        result = await call(slot)
+                except Exception as exc:
+                    if not is_backend_error(exc):
+                        raise
+                    self._fail(slot, exc)
+                    continue
+                if slot is not self.primary:
+                    self.journal.append(entry())
+                    if thread_id not in self.local_threads:
+                        self.fallback_threads.add(thread_id)
+                return result
+            return None
 
     def note_touched(self, thread_id: str) -> None:
         """The registry row was just written by someone else: skip the next touch."""
@@ -230,6 +278,8 @@ class FallbackRouter:
         self._touched_at[thread_id] = now
         if len(self._touched_at) > 10_000:
             self._touched_at.clear()
+        if thread_id in self.local_threads:  # its registry rows are copied whole
+            return
         slot = self.active_slot
         if slot is None or slot is not self.primary or slot.backend is None:
             self._pending_touches.setdefault(thread_id, user_id)
@@ -245,18 +295,23 @@ class FallbackRouter:
 
     # -------------------------------------------------------------- reads
     def _read_order(self, thread_id: str) -> list[BackendSlot]:
-        order: list[BackendSlot] = []
-        if thread_id in self.fallback_threads:
-            order += [s for s in self.slots[1:] if s.backend is not None]
+        fallbacks = [s for s in self.slots[1:] if s.backend is not None]
+        if thread_id in self.local_threads:
+            return fallbacks
+        order = fallbacks if thread_id in self.fallback_threads else []
         if self.primary.backend is not None:
             order.append(self.primary)
+        elif not order:
+            # The primary never opened in this process (the seed's automatic
+            # fallback at start-up): graphs run on the fallback alone.
+            order = fallbacks
         return order
 
     async def read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint the config names (or the latest), from whichever slot has it."""
         thread_id = _thread_of(config)
         for slot in self._read_order(thread_id):
-            found = await self._read(slot, "get_tuple", lambda s: s.aget_tuple(config), thread_id)
+            found = await self._read(slot, "get_tuple", lambda s: s.aget_tuple(config))
             if found is not None:
                 return found
         return None
@@ -271,11 +326,10 @@ class FallbackRouter:
     ) -> list[CheckpointTuple]:
         """Checkpoints newest first, merged over the slots that hold the thread."""
         if config is None:
-            slots = [s for s in self.slots if s.backend is not None]
-            thread_id = None
+            # Every thread: the primary is needed (`_read` refuses it while it is down).
+            slots = [*(s for s in self.slots[1:] if s.backend is not None), self.primary]
         else:
-            thread_id = _thread_of(config)
-            slots = self._read_order(thread_id)
+            slots = self._read_order(_thread_of(config))
         merged: dict[tuple[str, str, str], CheckpointTuple] = {}
         for slot in slots:
 
@@ -284,7 +338,7 @@ class FallbackRouter:
                     t async for t in saver.alist(config, filter=filter, before=before, limit=limit)
                 ]
 
-            for item in await self._read(slot, "list", listing, thread_id) or []:
+            for item in await self._read(slot, "list", listing):
                 c = item.config["configurable"]
                 key = (c["thread_id"], c.get("checkpoint_ns", ""), c["checkpoint_id"])
                 merged.setdefault(key, item)
@@ -296,8 +350,10 @@ class FallbackRouter:
         slot: BackendSlot,
         operation: str,
         call: Callable[[BaseCheckpointSaver[Any]], Awaitable[R]],
-        thread_id: str | None,
-    ) -> R | None:
+    ) -> R:
+        if slot is self.primary and not self.serving:
+            # Known to be down: answer at once; the probe finds out when it is back.
+            raise self.unavailable("reading this thread")
         assert slot.backend is not None
         try:
             with self.metrics.timed(slot.label, operation):
@@ -306,27 +362,54 @@ class FallbackRouter:
             if not is_backend_error(exc):
                 raise
             self._fail(slot, exc)
-            if slot is self.primary and (
-                thread_id is None or thread_id not in self.fallback_threads
-            ):
-                raise BackendUnavailableError(
-                    f"the {slot.kind} checkpoint backend is unavailable: {slot.last_error}"
-                ) from exc
-            return None
+            raise self.unavailable("reading this thread") from exc
+
+    async def count_checkpoints(self, thread_id: str) -> int:
+        """How many checkpoints the thread has where it lives now."""
+        if thread_id in self.local_threads:
+            return sum(
+                [await s.backend.count_checkpoints(thread_id) for s in self.slots[1:] if s.backend]
+            )
+        if not self.serving or self.primary.backend is None:
+            raise self.unavailable("deleting this thread")
+        try:
+            return await self.primary.backend.count_checkpoints(thread_id)
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self.fail_primary(exc)
+            raise self.unavailable("deleting this thread") from exc
 
     async def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread's checkpoints from every slot that may hold them."""
-        self.journal = [e for e in self.journal if _thread_of(e.config) != thread_id]
-        self._pending_touches.pop(thread_id, None)
-        for slot in self.slots:
-            if slot.backend is None:
-                continue
-            if slot is not self.primary and thread_id not in self.fallback_threads:
-                continue
-            await self._read(
-                slot, "delete_thread", lambda s: s.adelete_thread(thread_id), thread_id=None
-            )
-        self.fallback_threads.discard(thread_id)
+        """Delete the thread's checkpoints from every slot that may hold them.
+
+        During an outage only a thread born in it can be deleted; its deletion
+        is journalled, so whatever of it already reached the primary goes too.
+        """
+        async with self.gate.write(), self.journal.step_lock:
+            if not self.serving and thread_id not in self.local_threads:
+                raise self.unavailable("deleting this thread")
+            self.journal.drop_thread_locked(thread_id)
+            self._pending_touches.pop(thread_id, None)
+            for slot in self.slots[1:]:
+                if slot.backend is not None and (
+                    thread_id in self.fallback_threads or thread_id in self.local_threads
+                ):
+                    await slot.backend.saver.adelete_thread(thread_id)
+            self.fallback_threads.discard(thread_id)
+            if not self.serving:
+                self.journal.append(DeleteThread(thread_id))
+                return
+            primary = self.primary
+            assert primary.backend is not None
+            try:
+                with self.metrics.timed(primary.label, "delete_thread"):
+                    await primary.backend.saver.adelete_thread(thread_id)
+            except Exception as exc:
+                if not is_backend_error(exc):
+                    raise
+                self.fail_primary(exc)
+                raise self.unavailable("deleting this thread") from exc
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:
@@ -358,44 +441,113 @@ class FallbackRouter:
             await self.probe(slot)
         if self.active != 0 and self.primary.healthy:
             await self.recover()
+        elif self.serving and self.journal.quarantine:
+            await self._retry_quarantined()
+
+    def _sync_source(self) -> Backend | None:
+        return next((s.backend for s in self.slots[1:] if s.backend is not None), None)
+
+    def _unreachable(self, exc: BaseException) -> bool:
+        return is_backend_error(exc)
+
+    def _synced_one(self) -> None:
+        self.metrics.synced_items += 1
 
     async def recover(self) -> bool:
-        """Copy what the fallback holds into the primary, then serve from the primary."""
+        """Copy what the fallback holds into the primary, then serve from the primary.
+
+        First while writes go on (they join the journal's tail), until little is
+        left; then with new writes held and none in flight, the rest, and the
+        switch: no write can land in the fallback after the last drain.
+        """
         async with self._recover_lock:
             primary = self.primary
+            source = self._sync_source()
             if primary.backend is None or not primary.healthy:
                 return False
-            saver = primary.backend.saver
+            if self.active == 0:
+                return True
             try:
-                while self.journal:
-                    with self.metrics.timed(primary.label, "sync"):
-                        await self.journal[0].replay(saver)
-                    self.journal.pop(0)
-                    self.metrics.synced_items += 1
-                if self._pending_touches:
-                    touches, self._pending_touches = self._pending_touches, {}
-                    try:
-                        await primary.backend.registry.touch_threads(touches)
-                    except BaseException:
-                        self._pending_touches.update(touches)
-                        raise
+                if source is not None:
+                    await self.journal.drain(
+                        primary=primary.backend,
+                        fallback=source,
+                        until=SMALL_REMAINDER,
+                        is_unreachable=self._unreachable,
+                        on_synced=self._synced_one,
+                    )
+                async with self.gate.closed():
+                    if source is not None:
+                        await self.journal.drain(
+                            primary=primary.backend,
+                            fallback=source,
+                            is_unreachable=self._unreachable,
+                            on_synced=self._synced_one,
+                        )
+                    if self._pending_touches:
+                        touches, self._pending_touches = self._pending_touches, {}
+                        try:
+                            await primary.backend.registry.touch_threads(touches)
+                        except BaseException:
+                            self._pending_touches.update(touches)
+                            raise
+                    await self._switch_to_primary()
             except Exception as exc:
                 if not is_backend_error(exc):
                     raise
                 self._fail(primary, exc)
-                log.warning("sync back to the primary stopped: %s", primary.last_error)
+                log.info("sync back to the primary stopped: %s", primary.last_error)
                 return False
-            was_active = self.active
-            self.active = 0
-            if was_active != 0:
-                self.metrics.recoveries += 1
-                log.info("primary backend %s serves again", primary.config.describe())
-            synced, self.fallback_threads = self.fallback_threads, set()
-            for slot in self.slots[1:]:
-                if slot.backend is not None:
-                    for thread_id in synced:
-                        await slot.backend.saver.adelete_thread(thread_id)
             return True
+
+    async def _switch_to_primary(self) -> None:
+        """Serve from the primary; forget the fallback's copies (quarantined ones stay)."""
+        kept = self.journal.quarantined_threads()
+        since = self.degraded_since
+        was_active = self.active
+        self.active = 0
+        self.degraded_since = None
+        self.fallback_threads &= kept
+        self.local_threads &= kept
+        self.copied_seqs.clear()
+        for hook in self.on_recovered:
+            hook()
+        for slot in self.slots[1:]:
+            if slot.backend is not None:
+                await slot.backend.forget(keep=kept)
+        if was_active != 0:
+            self.metrics.recoveries += 1
+            lasted = "" if since is None else f" after {datetime.now(UTC) - since}"
+            # The one line an outage logs when it ends.
+            log.warning(
+                "primary backend %s serves again%s; every write made meanwhile is in it%s",
+                self.primary.config.describe(),
+                lasted,
+                f" but {len(self.journal.quarantine)} quarantined" if kept else "",
+            )
+
+    async def _retry_quarantined(self) -> None:
+        primary, source = self.primary.backend, self._sync_source()
+        if primary is None or source is None:
+            return
+        try:
+            done = await self.journal.retry_quarantined(
+                primary=primary, fallback=source, is_unreachable=self._unreachable
+            )
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self.fail_primary(exc)
+            return
+        if done:
+            self.metrics.synced_items += len(done)
+            kept = self.journal.threads()
+            for thread_id in {e.thread_id for e in done} - kept:
+                self.fallback_threads.discard(thread_id)
+                self.local_threads.discard(thread_id)
+                for slot in self.slots[1:]:
+                    if slot.backend is not None:
+                        await slot.backend.forget_thread(thread_id)
 
 
 async def _close_quietly(backend: Backend) -> None:
@@ -443,8 +595,8 @@ class ManagedSaver(BaseCheckpointSaver[str]):
             versions = new_versions if slot is router.primary else full_versions(checkpoint)
             return await slot.backend.saver.aput(config, checkpoint, metadata, versions)
 
-        def entry() -> _Put:
-            return _Put(config, checkpoint, metadata, full_versions(checkpoint))
+        def entry() -> PutCheckpoint:
+            return PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint))
 
         result = await router.write("put", thread_id, call, entry)
         if result is None:  # no backend at all: run on without checkpoints
@@ -472,8 +624,8 @@ class ManagedSaver(BaseCheckpointSaver[str]):
             assert slot.backend is not None
             await slot.backend.saver.aput_writes(config, writes, task_id, task_path)
 
-        def entry() -> _PutWrites:
-            return _PutWrites(config, tuple(writes), task_id, task_path)
+        def entry() -> PutWrites:
+            return PutWrites(config, tuple(writes), task_id, task_path)
 
         await self.router.write("put_writes", _thread_of(config), call, entry)
 

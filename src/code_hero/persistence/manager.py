@@ -33,6 +33,7 @@ from code_hero.persistence.checkpoints import (
     view_of,
 )
 from code_hero.persistence.fallback import BackendSlot, FallbackRouter, ManagedSaver
+from code_hero.persistence.fallback_registry import FallbackRegistry
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.records import (
     Page,
@@ -84,6 +85,7 @@ class EnhancedCheckpointerManager:
         self.metrics = Metrics()
         self.started_at = time.monotonic()
         self._router: FallbackRouter | None = None
+        self._registry: FallbackRegistry | None = None
         self._saver: ManagedSaver | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.health_status: dict[str, Any] = {
@@ -101,7 +103,13 @@ class EnhancedCheckpointerManager:
             if self.config.enable_fallback:
                 slots.append(BackendSlot("fallback", create_memory_checkpointer()))
                 slots.append(BackendSlot("emergency", create_memory_checkpointer()))
-            self._router = FallbackRouter(slots, self.metrics)
+            self._router = FallbackRouter(
+                slots,
+                self.metrics,
+                journal_limit=self.config.max_pending_sync,
+                probe_interval=self.config.health_check_interval,
+            )
+            self._registry = FallbackRegistry(self._router)
             await self._router.open()
             self._saver = ManagedSaver(self._router, asyncio.get_running_loop())
             self._health_task = asyncio.create_task(self._health_loop(), name="checkpoint-health")
@@ -127,6 +135,7 @@ class EnhancedCheckpointerManager:
                 )
             await self._router.close()
             self._router = None
+            self._registry = None
             self._saver = None
         self._refresh_status()
 
@@ -237,26 +246,18 @@ class EnhancedCheckpointerManager:
 
     # ------------------------------------------------------------ registry
     @property
-    def backend(self) -> Backend:
-        """The backend whose registry is authoritative now."""
-        router = self.router
-        primary = router.primary
-        if primary.backend is not None:
-            if not primary.healthy or router.active != 0:
-                raise BackendUnavailableError(
-                    f"the {primary.kind} backend is unavailable: {primary.last_error}"
-                )
-            return primary.backend
-        # The primary never opened: this process runs on its fallback alone.
-        slot = router.active_slot
-        if slot is None or slot.backend is None:
-            raise BackendUnavailableError("no checkpoint backend is available")
-        return slot.backend
-
-    @property
     def registry(self) -> Registry:
-        """Threads, runs and events of the authoritative backend."""
-        return self.backend.registry
+        """Threads, runs and events: the primary's, or what a fallback holds during an outage."""
+        if self._registry is None:
+            raise BackendUnavailableError("the checkpointer manager is not initialized")
+        return self._registry
+
+    def _serving_backend(self, what: str) -> Backend:
+        """The primary backend, for work that needs all of its data."""
+        router = self.router
+        if not router.serving or router.primary.backend is None:
+            raise router.unavailable(what)
+        return router.primary.backend
 
     async def list_threads(self, **filters: Any) -> list[dict[str, Any]]:
         """Threads newest first: user_id, status, metadata, updated_after/before, limit, after."""
@@ -282,10 +283,9 @@ class EnhancedCheckpointerManager:
 
     async def purge_thread(self, thread_id: str) -> ThreadDeletion:
         """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread."""
-        backend = self.backend
-        checkpoints = await backend.count_checkpoints(thread_id)
+        checkpoints = await self.router.count_checkpoints(thread_id)
         await self.router.delete_thread(thread_id)
-        existed, runs = await backend.registry.delete_thread(thread_id)
+        existed, runs = await self.registry.delete_thread(thread_id)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 
     # ------------------------------------------------------------ checkpoints
@@ -327,7 +327,7 @@ class EnhancedCheckpointerManager:
         if keep_latest is not None and keep_latest < 1:
             raise BadInputError("keep_latest must be at least 1")
         threads = checkpoints = runs = 0
-        backend = self.backend
+        backend = self._serving_backend("pruning")
         if older_than is not None:
             if older_than.tzinfo is None:
                 older_than = older_than.replace(tzinfo=UTC)

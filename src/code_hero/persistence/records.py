@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Generic, NewType, Protocol, TypeVar
 
 __all__ = [
+    "THREAD_STATUS_AFTER",
     "EventRecord",
     "NewEvent",
     "Page",
@@ -51,6 +52,15 @@ class RunStatus(StrEnum):
     def finished(self) -> bool:
         """True for the statuses that end a run."""
         return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+# What a thread's status becomes when its last unfinished run ends this way.
+THREAD_STATUS_AFTER = {
+    RunStatus.SUCCESS: ThreadStatus.IDLE,
+    RunStatus.CANCELLED: ThreadStatus.IDLE,
+    RunStatus.ERROR: ThreadStatus.ERROR,
+    RunStatus.INTERRUPTED: ThreadStatus.INTERRUPTED,
+}
 
 
 @dataclass(frozen=True)
@@ -201,8 +211,12 @@ class Registry(Protocol):
         reject_if_busy: bool,
         events: Sequence[EventRecord] = (),
         owner: str | None = None,
+        new_thread: bool = False,
     ) -> tuple[RunRecord | None, str | None]:
         """Record a PENDING run and mark its thread BUSY, in one transaction.
+
+        `new_thread` says the caller made the thread id up just now: no database
+        holds it (during an outage such a run may start on the fallback).
 
         A new thread is owned by `run.user_id`; an existing owner never changes.
         Returns (the run, None), or (None, the busy run's id) when the thread
@@ -255,6 +269,9 @@ class Registry(Protocol):
 
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         """Store events of any runs in one transaction (each carries its run and thread)."""
+
+    async def put_events(self, events: Sequence[EventRecord]) -> None:
+        """Store events, skipping any whose (run, seq) is stored already (for copies)."""
 
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None

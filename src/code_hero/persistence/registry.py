@@ -527,6 +527,7 @@ class _SqlRegistry(ABC):
         reject_if_busy: bool,
         events: Sequence[EventRecord] = (),
         owner: str | None = None,
+        new_thread: bool = False,
     ) -> tuple[RunRecord | None, str | None]:
         """Record a PENDING run and mark its thread BUSY, in one transaction."""
         now = self._ts(_now())
@@ -760,6 +761,21 @@ class _SqlRegistry(ABC):
         async with self._unique("an event whose (run, seq) is already stored"):
             async with self._session(atomic=True) as s:
                 await s.executemany(sql, rows)
+
+    async def put_events(self, events: Sequence[EventRecord]) -> None:
+        """Store events, skipping any whose (run, seq) is stored already (for copies)."""
+        if not events:
+            return
+        sql = (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, seq) DO NOTHING"
+        )
+        rows = [
+            (e.run_id, e.seq, e.thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
+            for e in events
+        ]
+        async with self._session(atomic=True) as s:
+            await s.executemany(sql, rows)
 
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None

@@ -38,6 +38,7 @@ from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
+    THREAD_STATUS_AFTER,
     EventRecord,
     Registry,
     RunFilter,
@@ -54,12 +55,6 @@ __all__ = ["UNSET", "MultitaskStrategy", "RunExecutor", "StartRun"]
 
 log = logging.getLogger(__name__)
 UNSET: Any = object()
-THREAD_STATUS_AFTER = {
-    RunStatus.SUCCESS: ThreadStatus.IDLE,
-    RunStatus.CANCELLED: ThreadStatus.IDLE,
-    RunStatus.ERROR: ThreadStatus.ERROR,
-    RunStatus.INTERRUPTED: ThreadStatus.INTERRUPTED,
-}
 
 
 class MultitaskStrategy(StrEnum):
@@ -206,12 +201,12 @@ class RunExecutor:
                 + (f" (got {', '.join(given)})" if given else "")
             )
         run_input = self._input_for(req, graph_name)
+        new_thread = req.thread_id is None
         thread_id = req.thread_id or str(uuid.uuid4())
-        thread = await self.registry.get_thread(thread_id)
-        if req.resume is not UNSET and (
-            thread is None or thread.status is not ThreadStatus.INTERRUPTED
-        ):
-            raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
+        if req.resume is not UNSET:
+            thread = None if new_thread else await self.registry.get_thread(thread_id)
+            if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
+                raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
             if found is None:
@@ -247,6 +242,7 @@ class RunExecutor:
             reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
             events=[first],
             owner=req.owner,
+            new_thread=new_thread,
         )
         if record is None:
             raise ConflictError(

@@ -41,8 +41,12 @@ class PostgresBus(InProcessBus):
         registry: Callable[[], Registry],
         is_local: Callable[[str], bool],
         queue_size: int = 1024,
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(queue_size)
+        # False during a database outage: wake-ups stay in this process (no other
+        # replica could read the rows anyway) instead of waiting on a dead pool.
+        self.available = available
         self.dsn = dsn
         self.pool = pool
         self.registry = registry
@@ -73,9 +77,16 @@ class PostgresBus(InProcessBus):
         ]
         if control is not None:
             notes.append((CONTROL_CHANNEL, control))
+        if not self.available():
+            if control is not None:
+                self._dispatch_control(control)
+            return
         await self._notify(notes)
 
     async def send_control(self, message: str) -> None:
+        if not self.available():
+            self._dispatch_control(message)
+            return
         try:
             await self._notify([(CONTROL_CHANNEL, message)])
         except Exception as exc:  # the lease/poll paths still deliver, later
@@ -114,7 +125,10 @@ class PostgresBus(InProcessBus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("event listener lost its connection (%s); reconnecting", exc)
+                # Once per loss, not once per attempt: an outage logs its own lines.
+                (log.warning if delay == 0.2 else log.debug)(
+                    "event listener lost its connection (%s); reconnecting", exc
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

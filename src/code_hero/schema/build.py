@@ -21,6 +21,7 @@ from strawberry.types import ExecutionContext
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.extensions import (
+    Degraded,
     ErrorCodes,
     OperationContext,
     OperationCounter,
@@ -61,6 +62,7 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     extensions: list[Any] = [
         OperationContext,
         OperationCounter,
+        Degraded,
         lambda: ErrorCodes(suggestions=suggestions),
     ]
     if not limits.introspection:

@@ -39,6 +39,7 @@ CODES = frozenset(
         "UNAUTHENTICATED",
         "FORBIDDEN",
         "RATE_LIMITED",
+        "UNAVAILABLE",
         INTERNAL,
     }
 )

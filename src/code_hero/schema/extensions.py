@@ -12,7 +12,7 @@ from strawberry.extensions import SchemaExtension
 from code_hero.resolvers.context import Context
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["ErrorCodes", "OperationContext", "OperationCounter", "ValidDocuments"]
+__all__ = ["Degraded", "ErrorCodes", "OperationContext", "OperationCounter", "ValidDocuments"]
 
 
 class OperationContext(SchemaExtension):
@@ -122,3 +122,21 @@ class ValidDocuments(SchemaExtension):
             self.cache[key] = True
             if len(self.cache) > self.maxsize:
                 self.cache.popitem(last=False)
+
+
+class Degraded(SchemaExtension):
+    """Mark every response made during a database outage: `extensions.degraded: true`.
+
+    Listings then hold only what the fallback has (threads and runs born during
+    the outage), so a client can tell a short page from a complete one.
+    """
+
+    def get_results(self) -> dict[str, Any]:
+        ctx = self.execution_context.context
+        if not isinstance(ctx, Context):
+            return {}
+        router = ctx.gateway.manager.router
+        if router.serving:
+            return {}
+        since = router.degraded_since
+        return {"degraded": True, "degradedSince": since.isoformat() if since else None}

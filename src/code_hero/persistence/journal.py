@@ -1,0 +1,410 @@
+"""The outage journal: what a fallback accepted, in order, until the primary has it.
+
+While the primary cannot be reached, every write the fallback takes leaves an
+entry here: a checkpoint, a task's pending writes, a copy of the registry rows
+of a thread born during the outage, a change to a run that was in flight, or a
+deletion. `FallbackRouter.recover` replays the entries into the primary from
+the head, one at a time, and removes an entry only after it was replayed.
+
+Three rules make that lose nothing:
+- only the recovery pops, and only the head, under the step lock that a
+  deletion takes too, so the head it replayed is the head it removes;
+- writers pass the `WriteGate`; the recovery's last round closes it, waits
+  until no write is in flight, drains what is left and switches to the
+  primary before anyone can write again, so no entry can land after the
+  last drain;
+- an entry the primary refuses for a reason other than being unreachable (a
+  value PostgreSQL cannot store) is moved to the quarantine: kept, counted,
+  retried later, and it does not hold up the entries behind it.
+
+The journal has a limit: when it is full a new write fails (UNAVAILABLE)
+instead of the process growing until the kernel kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+
+from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.records import THREAD_STATUS_AFTER, RunFilter, RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from code_hero.persistence.backends import Backend
+
+__all__ = [
+    "ChangeRun",
+    "CopyEvents",
+    "CopyThread",
+    "DeleteRun",
+    "DeleteThread",
+    "Entry",
+    "FinishRun",
+    "Journal",
+    "JournalFullError",
+    "PutCheckpoint",
+    "PutWrites",
+    "Quarantined",
+    "WriteGate",
+]
+
+
+class JournalFullError(BackendUnavailableError):
+    """The outage journal holds its limit: the fallback takes no more writes."""
+
+
+class Entry(Protocol):
+    """One write the primary does not have yet."""
+
+    @property
+    def thread_id(self) -> str:
+        """The thread the entry belongs to (deleting the thread drops the entry)."""
+
+    @property
+    def key(self) -> Hashable | None:
+        """Entries with the same key copy the same current state: one pending is enough."""
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        """Write the entry into the primary, reading current state from the fallback
+        where it copies state (idempotent: it may run twice)."""
+
+
+@dataclass
+class Quarantined:
+    """An entry the primary refused; kept and retried."""
+
+    entry: Entry
+    failures: int
+    last_error: str
+    since: float = field(default_factory=time.monotonic)
+
+
+class Journal:
+    """Entries in the order the fallback accepted them, plus the quarantine."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: deque[Entry] = deque()
+        self.quarantine: deque[Quarantined] = deque()
+        self._keyed: dict[Hashable, Entry] = {}
+        # Serialises replaying the head with removing entries of a deleted thread.
+        self.step_lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def full(self) -> bool:
+        """True when a new entry would pass the limit."""
+        return len(self.entries) + len(self.quarantine) >= self.limit
+
+    def ensure_room(self, retry_after: int) -> None:
+        """Raise JournalFullError when the journal is full (call before the write)."""
+        if self.full:
+            raise JournalFullError(
+                f"the database is unreachable and the outage journal is full ({self.limit} "
+                "writes wait for it): no more writes are accepted until it is back",
+                retry_after,
+            )
+
+    def append(self, entry: Entry) -> None:
+        """Add an entry at the tail; a keyed entry already waiting makes it redundant.
+
+        Never refuses: the write it records has happened (`ensure_room` came first).
+        """
+        key = entry.key
+        if key is not None and key in self._keyed:
+            return
+        self.entries.append(entry)
+        if key is not None:
+            self._keyed[key] = entry
+
+    async def drain(
+        self,
+        *,
+        primary: Backend,
+        fallback: Backend,
+        until: int = 0,
+        is_unreachable: Callable[[BaseException], bool],
+        on_synced: Callable[[], None],
+    ) -> None:
+        """Replay from the head until at most `until` entries remain.
+
+        An unreachable primary stops the drain (raised); any other refusal
+        quarantines the entry and the drain goes on.
+        """
+        while len(self.entries) > until:
+            async with self.step_lock:
+                if not self.entries:
+                    return
+                entry = self.entries[0]
+                self._started(entry)
+                try:
+                    await entry.replay(primary, fallback)
+                except Exception as exc:
+                    if is_unreachable(exc):
+                        self._restart(entry)
+                        raise
+                    self.entries.popleft()
+                    self.quarantine.append(Quarantined(entry, 1, _describe(exc)))
+                    continue
+                self.entries.popleft()
+                on_synced()
+
+    async def retry_quarantined(
+        self,
+        *,
+        primary: Backend,
+        fallback: Backend,
+        is_unreachable: Callable[[BaseException], bool],
+    ) -> list[Entry]:
+        """Replay each quarantined entry once; returns those that went through."""
+        done: list[Entry] = []
+        for _ in range(len(self.quarantine)):
+            async with self.step_lock:
+                if not self.quarantine:
+                    break
+                item = self.quarantine.popleft()
+                try:
+                    await item.entry.replay(primary, fallback)
+                except Exception as exc:
+                    self.quarantine.append(item)
+                    if is_unreachable(exc):
+                        raise
+                    item.failures += 1
+                    item.last_error = _describe(exc)
+                    continue
+                done.append(item.entry)
+        return done
+
+    async def drop_thread(self, thread_id: str) -> int:
+        """Forget every entry of a deleted thread (never the one being replayed)."""
+        async with self.step_lock:
+            return self.drop_thread_locked(thread_id)
+
+    def drop_thread_locked(self, thread_id: str) -> int:
+        """`drop_thread` for a caller that holds the step lock."""
+        before = len(self.entries) + len(self.quarantine)
+        self.entries = deque(e for e in self.entries if e.thread_id != thread_id)
+        self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
+        self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
+        return before - len(self.entries) - len(self.quarantine)
+
+    def quarantined_threads(self) -> set[str]:
+        """Threads with an entry in the quarantine (their fallback copies stay)."""
+        return {q.entry.thread_id for q in self.quarantine}
+
+    def threads(self) -> set[str]:
+        """Threads with an entry waiting or quarantined."""
+        return {e.thread_id for e in self.entries} | self.quarantined_threads()
+
+    def _started(self, entry: Entry) -> None:
+        # From now on a change to the same state needs a new entry: this one has
+        # begun reading the state and may miss it.
+        key = entry.key
+        if key is not None and self._keyed.get(key) is entry:
+            del self._keyed[key]
+
+    def _restart(self, entry: Entry) -> None:
+        key = entry.key
+        if key is not None:
+            self._keyed.setdefault(key, entry)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()[:300]
+
+
+class WriteGate:
+    """Writers pass while it is open; `closed()` holds new writers and waits out the rest."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._inflight = 0
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        """Hold the gate open for one write."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def closed(self) -> AsyncIterator[None]:
+        """No write in flight and none starting, for the body's duration."""
+        self._open.clear()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._open.set()
+
+
+# ---------------------------------------------------------------- the entries
+
+_COPY_PAGE = 500
+
+
+@dataclass(frozen=True)
+class PutCheckpoint:
+    """A checkpoint with every channel's value (so the copy reads back whole)."""
+
+    config: RunnableConfig
+    checkpoint: Checkpoint
+    metadata: CheckpointMetadata
+    versions: ChannelVersions
+    key = None
+
+    @property
+    def thread_id(self) -> str:
+        return str(self.config["configurable"]["thread_id"])
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.aput(self.config, self.checkpoint, self.metadata, self.versions)
+
+
+@dataclass(frozen=True)
+class PutWrites:
+    """A task's pending writes."""
+
+    config: RunnableConfig
+    writes: tuple[tuple[str, Any], ...]
+    task_id: str
+    task_path: str
+    key = None
+
+    @property
+    def thread_id(self) -> str:
+        return str(self.config["configurable"]["thread_id"])
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
+
+
+@dataclass(frozen=True)
+class CopyThread:
+    """The registry rows of a thread born during the outage, as the fallback has them now:
+    the thread, its runs and the events not copied yet."""
+
+    thread_id: str
+    copied: dict[str, int]  # run id -> highest seq already in the primary (shared)
+
+    @property
+    def key(self) -> Hashable:
+        return ("thread", self.thread_id)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        thread = await fallback.registry.get_thread(self.thread_id)
+        if thread is None:  # deleted meanwhile: its deletion is journalled after this
+            return
+        await primary.registry.put_thread(thread)
+        runs: list[RunRecord] = []
+        after: str | None = None
+        while True:
+            page = await fallback.registry.list_runs(
+                RunFilter(thread_id=self.thread_id), first=_COPY_PAGE, after=after
+            )
+            runs += page.items
+            if not page.has_next_page:
+                break
+            after = page.end_cursor
+        for run in reversed(runs):  # oldest first
+            await primary.registry.put_run(run)
+            await _copy_events(primary, fallback, run.run_id, self.copied)
+
+
+@dataclass(frozen=True)
+class CopyEvents:
+    """Events a run in flight at the outage's start emitted meanwhile."""
+
+    run_id: str
+    thread_id: str
+    copied: dict[str, int]
+
+    @property
+    def key(self) -> Hashable:
+        return ("events", self.run_id)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await _copy_events(primary, fallback, self.run_id, self.copied)
+
+
+async def _copy_events(
+    primary: Backend, fallback: Backend, run_id: str, copied: dict[str, int]
+) -> None:
+    while True:
+        after = copied.get(run_id, 0)
+        events = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
+        if not events:
+            return
+        await primary.registry.put_events(events)
+        copied[run_id] = events[-1].seq
+
+
+@dataclass(frozen=True)
+class ChangeRun:
+    """Fields of a run in flight at the outage's start (its row is in the primary)."""
+
+    run_id: str
+    thread_id: str
+    fields: Mapping[str, Any]
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.update_run(self.run_id, **self.fields)
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    """The end of a run in flight at the outage's start, with its thread's status."""
+
+    run_id: str
+    thread_id: str
+    fields: Mapping[str, Any]
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        status = RunStatus(self.fields["status"])
+        await primary.registry.finish_run(self.run_id, THREAD_STATUS_AFTER[status], **self.fields)
+
+
+@dataclass(frozen=True)
+class DeleteRun:
+    """A run of a thread born during the outage, deleted meanwhile."""
+
+    run_id: str
+    thread_id: str
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.delete_run(self.run_id)
+
+
+@dataclass(frozen=True)
+class DeleteThread:
+    """A thread deleted during the outage: whatever of it reached the primary goes."""
+
+    thread_id: str
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.adelete_thread(self.thread_id)
+        await primary.registry.delete_thread(self.thread_id)

@@ -256,7 +256,6 @@ class FallbackRegistry:
             return record
 
         async def degraded() -> RunRecord | None:
-            self._room()
             record = await self._local("updating this run").update_run(run_id, **fields)
             if record is not None:
                 self._copy_thread(record.thread_id)
@@ -364,7 +363,6 @@ class FallbackRegistry:
             return await registry.finish_run(run_id, thread_status, **fields)
 
         async def degraded() -> tuple[RunRecord | None, bool]:
-            self._room()
             record, waiting = await self._local("finishing this run").finish_run(
                 run_id, thread_status, **fields
             )
@@ -411,7 +409,6 @@ class FallbackRegistry:
             return claimed
 
         async def degraded() -> list[RunRecord]:
-            self._room()
             claimed = await claim(self._local("claiming runs"))
             for thread_id in {r.thread_id for r in claimed}:
                 self._copy_thread(thread_id)
@@ -434,7 +431,6 @@ class FallbackRegistry:
             return held
 
         async def degraded() -> list[RunRecord]:
-            self._room()
             held = await self._local("renewing leases").renew_leases(owner, run_ids, until)
             for thread_id in {r.thread_id for r in held}:
                 self._copy_thread(thread_id)
@@ -459,7 +455,6 @@ class FallbackRegistry:
             await registry.release_runs(owner, run_ids)
 
         async def degraded() -> None:
-            self._room()
             await self._local("releasing runs").release_runs(owner, run_ids)
             released = {"lease_owner": None, "lease_expires_at": None}
             for run_id in run_ids:
@@ -476,7 +471,6 @@ class FallbackRegistry:
         """Flag the run for cancellation; returns it."""
 
         async def degraded() -> RunRecord | None:
-            self._room()
             record = await self._local("cancelling this run").request_cancel(run_id)
             if record is not None:
                 self._copy_thread(record.thread_id)
@@ -495,7 +489,6 @@ class FallbackRegistry:
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
         async def degraded() -> list[RunRecord]:
-            self._room()
             claimed = await self._local("claiming runs").claim_cancelled(
                 owner, now=now, until=until
             )
@@ -518,7 +511,6 @@ class FallbackRegistry:
         """Store events of any runs in one transaction."""
 
         async def degraded() -> None:
-            self._room()
             await self._local("storing events").store_events(events)
             for event in {e.run_id: e for e in events}.values():
                 if self.router.is_local(event.thread_id):

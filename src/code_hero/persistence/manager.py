@@ -217,14 +217,22 @@ class EnhancedCheckpointerManager:
 
     def _slot_report(self, slot: BackendSlot) -> dict[str, Any]:
         router = self.router
+        healthy, last_error = slot.healthy, slot.last_error
+        if slot is not router.primary and router.journal.full:
+            # It answers, but takes no more writes: say why new runs are refused.
+            healthy = False
+            last_error = (
+                f"the outage journal is full ({router.journal.limit} writes wait for the "
+                "primary): new writes answer UNAVAILABLE until it is back"
+            )
         return {
             "role": slot.role,
             "kind": slot.kind,
             "type": slot.config.type.value,
-            "healthy": slot.healthy,
+            "healthy": healthy,
             "active": router.active_slot is slot,
             "latency_ms": slot.latency_ms,
-            "last_error": slot.last_error,
+            "last_error": last_error,
             "checked_at": slot.checked_at,
             "description": slot.config.describe(),
         }

@@ -34,7 +34,7 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, StateSnapshot
 
-from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.errors import BadInputError, CodeHeroError, ConflictError, NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
@@ -436,6 +436,9 @@ class RunExecutor:
                 self._release(run_id)
                 return
             status = RunStatus.CANCELLED
+        except CodeHeroError as exc:  # expected (a database outage, bad input): no traceback
+            log.warning("run %s failed: %s", run_id, exc)
+            status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,217 @@
+"""Degraded mode: the gateway keeps starting runs while PostgreSQL is unreachable.
+
+The database sits behind a proxy that the test cuts (connections reset, new
+ones refused) and restores, so the real server keeps serving every other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.errors import BackendUnavailableError
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.records import EventRecord, RunStatus, ThreadFilter, ThreadStatus
+from code_hero.runs.executor import StartRun
+from tests.pgproxy import PgProxy, pg_proxy
+
+pytestmark = pytest.mark.postgres
+
+SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
+SLOW_STEPS = [f"s{i}" for i in range(6)]
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, PgProxy]]:
+    async with pg_proxy(pg_database) as proxy:
+        config = create_postgres_checkpointer(
+            proxy.url, pool_timeout=1, health_check_interval=0.2
+        )
+        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+        async with Gateway(settings) as gw:
+            yield gw, proxy
+
+
+async def collect(stream: AsyncIterator[EventRecord]) -> list[EventRecord]:
+    return [event async for event in stream]
+
+
+def rows(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
+    proxied: tuple[Gateway, PgProxy], pg_database: str
+) -> None:
+    gw, proxy = proxied
+    before = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+    assert before.status is RunStatus.SUCCESS
+    # In flight when the outage starts: it finishes on the fallback, its subscriber sees all.
+    inflight = await gw.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    await until(lambda: _status_is(gw, inflight.run_id, RunStatus.RUNNING))
+    follower = asyncio.create_task(collect(await gw.follow_run(inflight.run_id)))
+    await asyncio.sleep(0.4)
+
+    await proxy.cut()
+    await until(lambda: _degraded(gw))
+    health = await gw.health()
+    assert health["overall_status"] == "degraded"
+
+    # A new thread works end to end on the fallback, subscribers included.
+    during = await gw.start_run(StartRun(graph="slow", input={"delay": 0.05}))
+    live = asyncio.create_task(collect(await gw.follow_run(during.run_id)))
+    seen = await asyncio.wait_for(live, 30)
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].payload["status"] == "SUCCESS"
+    await until(lambda: _status_is(gw, during.run_id, RunStatus.SUCCESS))
+    history = await gw.list_checkpoints(during.thread_id, first=100)
+    assert history.items[0].values["steps"] == SLOW_STEPS
+    listed = await gw.threads_page(ThreadFilter(), first=20)
+    assert [t.thread_id for t in listed.items] == [during.thread_id]  # the fallback's only
+
+    # What only PostgreSQL holds answers UNAVAILABLE with a hint, at once.
+    for call in (
+        gw.get_thread(before.thread_id),
+        gw.start_run(StartRun(thread_id=before.thread_id, graph="slow", input={})),
+        gw.list_checkpoints(before.thread_id),
+        gw.get_run(before.run_id),
+    ):
+        with pytest.raises(BackendUnavailableError, match="unreachable") as caught:
+            await asyncio.wait_for(call, 2)
+        assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+
+    old_events = await asyncio.wait_for(follower, 30)
+    assert [e.seq for e in old_events] == list(range(1, len(old_events) + 1))
+    assert old_events[-1].payload["status"] == "SUCCESS"
+    seen_during = await gw.run_events(during.run_id, first=1000)
+    assert gw.manager.pending_sync > 0
+
+    await proxy.restore()
+    await until(lambda: _synced(gw))
+    assert gw.manager.router.degraded_since is None
+
+    # PostgreSQL itself now holds all of it, exactly as served during the outage.
+    thread = rows(
+        pg_database,
+        "SELECT status, metadata->>'graph' FROM code_hero_threads WHERE thread_id = %s",
+        during.thread_id,
+    )
+    assert thread == [(ThreadStatus.IDLE.value, "slow")]
+    run = rows(
+        pg_database,
+        "SELECT status, output->'steps', finished_at IS NOT NULL FROM code_hero_runs "
+        "WHERE run_id = %s",
+        during.run_id,
+    )
+    assert run == [("SUCCESS", SLOW_STEPS, True)]
+    stored = rows(
+        pg_database,
+        "SELECT seq, type FROM code_hero_run_events WHERE run_id = %s ORDER BY seq",
+        during.run_id,
+    )
+    assert stored == [(e.seq, e.type) for e in seen_during]
+    flight = rows(
+        pg_database,
+        "SELECT r.status, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+        "USING (thread_id) WHERE run_id = %s",
+        inflight.run_id,
+    )
+    assert flight == [("SUCCESS", "IDLE")]
+    flight_events = rows(
+        pg_database,
+        "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq",
+        inflight.run_id,
+    )
+    assert [r[0] for r in flight_events] == [e.seq for e in old_events]
+    async with AsyncPostgresSaver.from_conn_string(pg_database) as stock:
+        latest = await stock.aget_tuple(
+            {"configurable": {"thread_id": during.thread_id, "checkpoint_ns": ""}}
+        )
+        assert latest is not None
+        assert latest.checkpoint["channel_values"]["steps"] == SLOW_STEPS
+        count = len([c async for c in stock.alist({"configurable": {"thread_id": during.thread_id}})])
+    assert count == len(history.items)
+    # And the gateway reads it from PostgreSQL, as if there had been no outage.
+    listed = await gw.threads_page(ThreadFilter(), first=20)
+    expected = {before.thread_id, inflight.thread_id, during.thread_id}
+    assert {t.thread_id for t in listed.items} == expected
+    assert [e.seq for e in await gw.run_events(during.run_id, first=1000)] == [
+        e.seq for e in seen_during
+    ]
+
+
+async def test_deleting_a_thread_born_in_the_outage_is_final(
+    proxied: tuple[Gateway, PgProxy], pg_database: str
+) -> None:
+    gw, proxy = proxied
+    await proxy.cut()
+    await until(lambda: _degraded(gw))
+    kept = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+    doomed = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+    gone = await gw.delete_thread(doomed.thread_id)
+    assert gone.deleted and gone.checkpoints_deleted > 0
+    assert await gw.get_thread(doomed.thread_id) is None
+    await proxy.restore()
+    await until(lambda: _synced(gw))
+    threads = rows(pg_database, "SELECT thread_id FROM code_hero_threads")
+    assert threads == [(kept.thread_id,)]
+    assert rows(
+        pg_database, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", doomed.thread_id
+    ) == [(0,)]
+    assert rows(
+        pg_database, "SELECT count(*) FROM code_hero_run_events WHERE thread_id = %s",
+        doomed.thread_id,
+    ) == [(0,)]
+
+
+async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
+    async with pg_proxy(pg_database) as proxy:
+        config = create_postgres_checkpointer(
+            proxy.url, pool_timeout=1, health_check_interval=0.2, max_pending_sync=12
+        )
+        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+        async with Gateway(settings) as gw:
+            await proxy.cut()
+            await until(lambda: _degraded(gw))
+            first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+            assert first.status is RunStatus.ERROR  # the journal filled up mid-run
+            assert "journal is full" in (first.error or "")
+            with pytest.raises(BackendUnavailableError, match="journal is full"):
+                await gw.start_run(StartRun(graph="slow", input={}))
+            health = await gw.health()
+            fallback = health["fallback_checkpointer"]
+            assert "journal is full" in (fallback["last_error"] or "")
+            await proxy.restore()
+            await until(lambda: _synced(gw))
+            again = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+            assert again.status is RunStatus.SUCCESS
+
+
+async def _status_is(gw: Gateway, run_id: str, status: RunStatus) -> bool:
+    run = await gw.get_run(run_id)
+    return run is not None and run.status is status
+
+
+async def _degraded(gw: Gateway) -> bool:
+    return gw.manager.overall_status == "degraded"
+
+
+async def _synced(gw: Gateway) -> bool:
+    return gw.manager.overall_status == "healthy" and gw.manager.pending_sync == 0

@@ -40,9 +40,7 @@ async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0) -
 @pytest.fixture
 async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, PgProxy]]:
     async with pg_proxy(pg_database) as proxy:
-        config = create_postgres_checkpointer(
-            proxy.url, pool_timeout=1, health_check_interval=0.2
-        )
+        config = create_postgres_checkpointer(proxy.url, pool_timeout=1, health_check_interval=0.2)
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
         async with Gateway(settings) as gw:
             yield gw, proxy
@@ -146,7 +144,9 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
         )
         assert latest is not None
         assert latest.checkpoint["channel_values"]["steps"] == SLOW_STEPS
-        count = len([c async for c in stock.alist({"configurable": {"thread_id": during.thread_id}})])
+        count = len(
+            [c async for c in stock.alist({"configurable": {"thread_id": during.thread_id}})]
+        )
     assert count == len(history.items)
     # And the gateway reads it from PostgreSQL, as if there had been no outage.
     listed = await gw.threads_page(ThreadFilter(), first=20)
@@ -176,7 +176,8 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
         pg_database, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", doomed.thread_id
     ) == [(0,)]
     assert rows(
-        pg_database, "SELECT count(*) FROM code_hero_run_events WHERE thread_id = %s",
+        pg_database,
+        "SELECT count(*) FROM code_hero_run_events WHERE thread_id = %s",
         doomed.thread_id,
     ) == [(0,)]
 

@@ -42,6 +42,7 @@ from code_hero.persistence.journal import (
     Journal,
     PutCheckpoint,
     PutWrites,
+    TouchThread,
     WriteGate,
 )
 from code_hero.persistence.metrics import Metrics
@@ -125,7 +126,6 @@ class FallbackRouter:
         self.copied_seqs: dict[str, int] = {}  # run id -> last event seq in the primary
         self.degraded_since: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
-        self._pending_touches: dict[str, str | None] = {}
         self._touched_at: dict[str, float] = {}
         self._recover_lock = asyncio.Lock()
 
@@ -281,17 +281,16 @@ class FallbackRouter:
         if thread_id in self.local_threads:  # its registry rows are copied whole
             return
         slot = self.active_slot
-        if slot is None or slot is not self.primary or slot.backend is None:
-            self._pending_touches.setdefault(thread_id, user_id)
-            return
-        try:
-            with self.metrics.timed(slot.label, "touch_threads"):
-                await slot.backend.registry.touch_threads({thread_id: user_id})
-        except Exception as exc:
-            if not is_backend_error(exc):
-                raise
-            self._pending_touches.setdefault(thread_id, user_id)
-            self._fail(slot, exc)
+        if slot is not None and slot is self.primary and slot.backend is not None:
+            try:
+                with self.metrics.timed(slot.label, "touch_threads"):
+                    await slot.backend.registry.touch_threads({thread_id: user_id})
+                return
+            except Exception as exc:
+                if not is_backend_error(exc):
+                    raise
+                self._fail(slot, exc)
+        self.journal.append(TouchThread(thread_id, user_id))
 
     # -------------------------------------------------------------- reads
     def _read_order(self, thread_id: str) -> list[BackendSlot]:
@@ -390,7 +389,6 @@ class FallbackRouter:
             if not self.serving and thread_id not in self.local_threads:
                 raise self.unavailable("deleting this thread")
             self.journal.drop_thread_locked(thread_id)
-            self._pending_touches.pop(thread_id, None)
             for slot in self.slots[1:]:
                 if slot.backend is not None and (
                     thread_id in self.fallback_threads or thread_id in self.local_threads
@@ -484,13 +482,6 @@ class FallbackRouter:
                             is_unreachable=self._unreachable,
                             on_synced=self._synced_one,
                         )
-                    if self._pending_touches:
-                        touches, self._pending_touches = self._pending_touches, {}
-                        try:
-                            await primary.backend.registry.touch_threads(touches)
-                        except BaseException:
-                            self._pending_touches.update(touches)
-                            raise
                     await self._switch_to_primary()
             except Exception as exc:
                 if not is_backend_error(exc):

@@ -53,6 +53,7 @@ __all__ = [
     "PutCheckpoint",
     "PutWrites",
     "Quarantined",
+    "TouchThread",
     "WriteGate",
 ]
 
@@ -396,6 +397,21 @@ class DeleteRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.registry.delete_run(self.run_id)
+
+
+@dataclass(frozen=True)
+class TouchThread:
+    """Activity on a thread that is not local (its row, if any, is in the primary)."""
+
+    thread_id: str
+    user_id: str | None
+
+    @property
+    def key(self) -> Hashable:
+        return ("touch", self.thread_id)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.touch_threads({self.thread_id: self.user_id})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,102 @@
+"""A database outage as GraphQL clients meet it: runs start, the rest is UNAVAILABLE."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from code_hero.app import create_app
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import GatewaySettings
+from code_hero.settings import AppSettings
+from tests.graphql.clients import gql
+from tests.graphql.conftest import SLOW_GRAPH, Server, running
+from tests.pgproxy import PgProxy, pg_proxy
+
+pytestmark = pytest.mark.postgres
+
+START = """mutation($input: StartRunInput!) { startRun(input: $input) { id threadId status } }"""
+THREADS = "{ threads(first: 5) { edges { node { id status } } } }"
+HEALTH = "{ health { status pendingSync quarantined degradedSince } }"
+
+
+@pytest.fixture
+async def outage_server(pg_database: str, tmp_path: Path) -> AsyncIterator[tuple[Server, PgProxy]]:
+    async with pg_proxy(pg_database) as proxy:
+        config = create_postgres_checkpointer(proxy.url, pool_timeout=1, health_check_interval=0.2)
+        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_GRAPH})
+        async with running(create_app(AppSettings(gateway=settings))) as server:
+            yield server, proxy
+
+
+async def wait_for_status(server: Server, status: str, limit: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        body = await gql(server.http, HEALTH)
+        health: dict[str, object] = body["data"]["health"]
+        if health["status"] == status and (status != "HEALTHY" or health["pendingSync"] == 0):
+            return health
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health never became {status}")
+
+
+async def test_clients_see_unavailable_not_internal_and_runs_keep_starting(
+    outage_server: tuple[Server, PgProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, proxy = outage_server
+    old = await gql(server.http, START, {"input": {"graph": "slow", "input": {}, "wait": True}})
+    old_thread = old["data"]["startRun"]["threadId"]
+    healthy = await gql(server.http, HEALTH)
+    assert healthy["data"]["health"]["degradedSince"] is None
+    assert "extensions" not in healthy or not healthy["extensions"].get("degraded")
+
+    caplog.set_level(logging.WARNING)
+    await proxy.cut()
+    health = await wait_for_status(server, "DEGRADED")
+    assert health["degradedSince"] is not None and health["quarantined"] == 0
+
+    started = await gql(server.http, START, {"input": {"graph": "slow", "input": {}}})
+    assert "errors" not in started, started
+    assert started["extensions"]["degraded"] is True
+    new_thread = started["data"]["startRun"]["threadId"]
+
+    listing = await gql(server.http, THREADS)
+    assert [e["node"]["id"] for e in listing["data"]["threads"]["edges"]] == [new_thread]
+    assert listing["extensions"]["degraded"] is True
+
+    for query, variables in (
+        ("query($id: ID!) { thread(id: $id) { id } }", {"id": old_thread}),
+        (START, {"input": {"graph": "slow", "input": {}, "threadId": old_thread}}),
+    ):
+        body = await gql(server.http, query, variables)
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "UNAVAILABLE", error
+        assert error["extensions"]["retryAfter"] >= 1
+        assert "unreachable" in error["message"]
+
+    healthz = await server.http.get("/healthz")
+    assert healthz.status_code == 200 and healthz.json()["overall_status"] == "degraded"
+
+    await proxy.restore()
+    health = await wait_for_status(server, "HEALTHY")
+    assert health["degradedSince"] is None
+    listing = await gql(server.http, THREADS)
+    assert {e["node"]["id"] for e in listing["data"]["threads"]["edges"]} == {
+        old_thread,
+        new_thread,
+    }
+    assert "degraded" not in listing.get("extensions", {})
+
+    # One line when the outage began, one when it ended; no traceback, no INTERNAL.
+    ours = [r for r in caplog.records if r.name.startswith("code_hero")]
+    assert not [r for r in ours if r.exc_info], [r.getMessage() for r in ours if r.exc_info]
+    assert not [r for r in ours if r.levelno >= logging.ERROR]
+    persistence = [r.getMessage() for r in ours if r.name == "code_hero.persistence.fallback"]
+    assert len(persistence) == 2, persistence
+    assert "switching to fallback" in persistence[0]
+    assert "serves again" in persistence[1]

@@ -158,8 +158,10 @@ class Gateway:
 
     # ------------------------------------------------------------ health
     async def health(self) -> dict[str, Any]:
-        """The manager's health report."""
-        return await self.manager.health_check()
+        """The manager's health report as the background probe last saw it (no database I/O)."""
+        # Never probe on the request path: a liveness check must answer while a
+        # database hangs, or the process is restarted and its fallback lost.
+        return self.manager.health_report()
 
     def metrics(self) -> dict[str, Any]:
         """The manager's metrics plus run and subscriber gauges."""

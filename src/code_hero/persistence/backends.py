@@ -317,23 +317,31 @@ class PostgresBackend(Backend):
         url = self.config.connection_string or ""
         # One direct connection first: its error names the real reason (refused,
         # unknown database, authentication), where a pool would only time out.
-        conn = await psycopg.AsyncConnection.connect(
-            url, connect_timeout=max(1, int(self.config.pool_timeout))
-        )
+        connect_timeout = max(1, int(self.config.pool_timeout))
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=connect_timeout)
         await conn.close()
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url,
             min_size=self.config.pool_min_size,
             max_size=max(2, self.config.pool_max_size),
-            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "row_factory": dict_row,
+                # psycopg's default is 130 s: a pool refilling against a server
+                # that accepts and never answers would hold a worker that long.
+                "connect_timeout": connect_timeout,
+            },
             check=check_on_checkout,
             timeout=self.config.pool_timeout,
             name="code-hero",
             open=False,
         )
-        await pool.open(wait=True, timeout=self.config.pool_timeout)
+        # Set before opening, so close() releases the pool from any point of a
+        # failed or abandoned open.
         self._pool = pool
         try:
+            await pool.open(wait=True, timeout=self.config.pool_timeout)
             instances = [AsyncPostgresSaver(pool) for _ in range(self.config.saver_instances)]
             self.registry = PostgresRegistry(pool)
             if self.config.auto_setup:

@@ -10,6 +10,9 @@ outage see both: threads written meanwhile are read from the fallback first.
 `ManagedSaver` is the `BaseCheckpointSaver` graphs are compiled with; it only
 forwards to the router. What the fallback holds lives in process memory:
 a process that dies during an outage loses what it wrote meanwhile.
+
+Probes and opens are bounded (`probe_timeout`, `open_timeout`): a server that
+accepts connections and never answers makes a probe fail, not hang.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -47,7 +50,7 @@ from code_hero.persistence.journal import (
 )
 from code_hero.persistence.metrics import Metrics
 
-__all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver"]
+__all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver", "open_timeout", "probe_timeout"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -55,6 +58,17 @@ TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
 # The recovery holds writers only for the last few entries.
 SMALL_REMAINDER = 64
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
+
+
+def probe_timeout(config: CheckpointerConfig) -> float:
+    """How long one probe of a backend may take before it counts as failed."""
+    return config.pool_timeout
+
+
+def open_timeout(config: CheckpointerConfig) -> float:
+    """How long opening a backend may take: a connection, the pool's, then set-up."""
+    # Three waits, each about pool_timeout on a server that does not answer.
+    return 3 * config.pool_timeout
 
 
 @dataclass
@@ -68,6 +82,8 @@ class BackendSlot:
     last_error: str | None = None
     latency_ms: float | None = None
     checked_at: datetime | None = None
+    # Held while the backend opens: concurrent probes share one open, one pool.
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -128,6 +144,7 @@ class FallbackRouter:
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: dict[str, float] = {}
         self._recover_lock = asyncio.Lock()
+        self._stragglers: set[asyncio.Task[Any]] = set()
 
     # -------------------------------------------------------------- state
     @property
@@ -192,14 +209,28 @@ class FallbackRouter:
             )
 
     async def _open_slot(self, slot: BackendSlot) -> None:
+        """Open the slot's backend unless it is open; concurrent callers share one attempt."""
+        if slot.opening.locked():
+            # An open is under way (the health loop's, a caller's probe, a retried
+            # initialize()): take its outcome rather than open a second pool.
+            async with slot.opening:
+                return
+        async with slot.opening:
+            if slot.backend is None:
+                await self._open_now(slot)
+
+    async def _open_now(self, slot: BackendSlot) -> None:
         backend = open_backend(slot.config)
         start = time.perf_counter()
         try:
-            await backend.open()
+            await self._bounded(
+                _open_or_close(backend),
+                open_timeout(slot.config),
+                f"opening the {slot.kind} backend",
+            )
         except Exception as exc:
             slot.record_failure(exc)
             log.warning("could not open %s backend %s: %s", slot.role, backend.description, exc)
-            await _close_quietly(backend)
             return
         slot.backend = backend
         slot.healthy = True
@@ -207,8 +238,43 @@ class FallbackRouter:
         slot.latency_ms = (time.perf_counter() - start) * 1000
         slot.checked_at = datetime.now(UTC)
 
+    async def _bounded(self, call: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
+        """Await `call` for at most `seconds`; past that, give up on it with TimeoutError.
+
+        The call runs as a task that is cancelled but not awaited when the time
+        is up: psycopg answers a cancellation by sending the server a cancel
+        request and waiting for the reply, up to 10 s more from a server that
+        stopped answering. The task ends in the background; close() ends it.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            raise TimeoutError(f"{what} timed out after {seconds:g} s")
+        return task.result()
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._stragglers.add(task)
+        task.add_done_callback(self._straggler_done)
+
+    def _straggler_done(self, task: asyncio.Task[Any]) -> None:
+        self._stragglers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a backend call given up on ended with %r", task.exception())
+
     async def close(self) -> None:
         """Close every opened backend."""
+        # A second cancellation stops psycopg waiting for a server that may
+        # never answer: it drops the connection instead.
+        stragglers = list(self._stragglers)
+        for task in stragglers:
+            task.cancel()
+        await asyncio.gather(*stragglers, return_exceptions=True)
         for slot in self.slots:
             if slot.backend is not None:
                 await _close_quietly(slot.backend)
@@ -417,9 +483,10 @@ class FallbackRouter:
                 await self._open_slot(slot)
             return slot.healthy
         start = time.perf_counter()
+        seconds = probe_timeout(slot.config)
         try:
             with self.metrics.timed(slot.label, "probe"):
-                await slot.backend.probe()
+                await self._bounded(slot.backend.probe(), seconds, f"{slot.kind} probe")
         except Exception as exc:
             if not is_backend_error(exc):
                 raise
@@ -539,6 +606,15 @@ class FallbackRouter:
                 for slot in self.slots[1:]:
                     if slot.backend is not None:
                         await slot.backend.forget_thread(thread_id)
+
+
+async def _open_or_close(backend: Backend) -> None:
+    """Open `backend`; close it again when the open fails or is cancelled."""
+    try:
+        await backend.open()
+    except BaseException:
+        await _close_quietly(backend)
+        raise
 
 
 async def _close_quietly(backend: Backend) -> None:

@@ -5,6 +5,10 @@ memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
 the background and heals back to the primary, and serves the reads the
 gateway needs: threads from the registry, checkpoints and history with keyset
 paging, deletion, retention and metrics.
+
+`health_report()` tells what the background probe last saw without touching a
+database, so a liveness check answers at once while a database hangs;
+`health_check()` probes now (each probe bounded) and then reports.
 """
 
 from __future__ import annotations
@@ -185,14 +189,23 @@ class EnhancedCheckpointerManager:
 
     async def health_check(self) -> dict[str, Any]:
         """Probe every backend now and report (overall_status, per-backend entries)."""
-        router = self.router
-        await router.check()
+        # Each probe and each open of the primary is bounded (pool_timeout and
+        # three times that): a hung server fails the probe, it does not hang it.
+        await self.router.check()
         self._refresh_status()
+        return self.health_report()
+
+    def health_report(self) -> dict[str, Any]:
+        """What the last probes saw, as health_check() reports it; no database I/O."""
+        router = self.router
         slots = {slot.role: slot for slot in router.slots}
         report: dict[str, Any] = {
             "overall_status": self.overall_status,
             "active_backend": None if router.active_slot is None else router.active_slot.role,
             "pending_sync": router.pending_sync,
+            # Not every router version tracks these yet: read them when present.
+            "degraded_since": getattr(router, "degraded_since", None),
+            "quarantined": getattr(router, "quarantined", 0),
             "uptime_seconds": time.monotonic() - self.started_at,
             "version": __version__,
             "backends": [self._slot_report(s) for s in router.slots],

@@ -252,6 +252,8 @@ def health_of(report: Mapping[str, Any]) -> h.Health:
         pending_sync=int(report.get("pending_sync", 0)),
         uptime_seconds=float(report.get("uptime_seconds", 0.0)),
         version=str(report.get("version", "")),
+        degraded_since=report.get("degraded_since"),
+        quarantined=int(report.get("quarantined", 0)),
     )
 
 

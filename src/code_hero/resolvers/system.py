@@ -17,7 +17,7 @@ __all__ = ["graphs", "health"]
 
 
 async def health(info: Info[Context, Any]) -> h.Health:
-    """The checkpoint backends, probed now."""
+    """The checkpoint backends as the background probe last saw them."""
     return mapping.health_of(await info.context.gateway.health())
 
 

@@ -34,3 +34,9 @@ class Health:
     )
     uptime_seconds: float
     version: str
+    degraded_since: datetime | None = strawberry.field(
+        description="When the primary stopped serving; null while HEALTHY."
+    )
+    quarantined: int = strawberry.field(
+        description="Fallback writes that failed to sync back repeatedly, kept and retried."
+    )

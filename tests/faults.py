@@ -1,0 +1,168 @@
+"""Network faults on 127.0.0.1 for tests: a server that never answers, a proxy that goes silent.
+
+    HungServer      accepts TCP connections and never writes a byte: a database
+                    that is up at the TCP level and answers nothing
+    BlackHoleProxy  forwards bytes both ways to a real server; after
+                    `black_hole()` it keeps accepting and keeps every connection
+                    open but forwards nothing; after `refuse()` it closes every
+                    connection at once (a server that is down); `forward()` heals
+
+Both are async context managers bound to a random port; `with_port` points a
+database URL at them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from types import TracebackType
+from urllib.parse import urlparse
+
+__all__ = ["BlackHoleProxy", "HungServer", "with_port"]
+
+CHUNK = 65536
+
+
+def with_port(url: str, port: int) -> str:
+    """The URL with its host and port replaced by 127.0.0.1:port (user and path kept)."""
+    parsed = urlparse(url)
+    user = f"{parsed.username}@" if parsed.username else ""
+    return parsed._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read and drop everything until the peer closes."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(CHUNK):
+            pass
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+class _Listener:
+    """A TCP listener on 127.0.0.1 (random port) that tracks its connections."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        # Each connection's streams: closing them ends its handler (the reads see
+        # the end of stream), where cancelling the handler would log an error.
+        self._conns: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns[task] = [writer]
+        try:
+            await self._handle(reader, writer)
+        finally:
+            for w in self._conns.pop(task, [writer]):
+                _close(w)
+
+    def _hang_up(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            for writer in self._conns.get(task, []):
+                _close(writer)
+
+    async def start(self) -> None:
+        """Listen on a random port of 127.0.0.1."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._conns)
+        self._hang_up(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> _Listener:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class HungServer(_Listener):
+    """Accepts connections, keeps them open, never writes a byte."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _discard(reader)
+
+    async def __aenter__(self) -> HungServer:
+        await self.start()
+        return self
+
+
+class BlackHoleProxy(_Listener):
+    """Forwards to host:port; `black_hole()` silences it, `refuse()` takes it down."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.target = (host, port)
+        self.mode = "forward"
+        # Connections that lost bytes to the black hole: their protocol state is
+        # gone, so `forward()` closes them instead of resuming them.
+        self._silenced: set[asyncio.Task[None]] = set()
+
+    def black_hole(self) -> None:
+        """Stop forwarding: existing and new connections stay open and hear nothing."""
+        self.mode = "black_hole"
+        self._silenced |= set(self._conns)
+
+    def refuse(self) -> None:
+        """Act as a server that is down: close every connection, new ones at once."""
+        self.mode = "refuse"
+        self._hang_up(list(self._conns))
+
+    def forward(self) -> None:
+        """Forward again: connections held by the black hole are closed, new ones pass."""
+        self.mode = "forward"
+        self._hang_up(self._silenced)
+        self._silenced.clear()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(CHUNK):
+                if self.mode != "forward":
+                    continue
+                writer.write(data)
+                await writer.drain()
+        # One side closed: close the other, so the peer sees it too.
+        _close(writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.mode == "refuse":
+            return
+        if self.mode == "black_hole":
+            self._silenced.add(task)
+            await _discard(reader)
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._conns[task].append(up_writer)
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def __aenter__(self) -> BlackHoleProxy:
+        await self.start()
+        return self

@@ -318,7 +318,8 @@ def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
     ):
         yield CounterMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
     for name, doc in (
-        ("pending_sync", "Checkpoints on a fallback not yet copied to the primary."),
+        ("pending_sync", "Writes on a fallback not yet copied to the primary."),
+        ("quarantined", "Fallback writes the primary refused; kept and retried."),
         ("subscribers", "Open event subscriptions."),
         ("active_runs", "Runs executing in this process."),
     ):

@@ -159,6 +159,7 @@ async def test_sync_back_loses_nothing_under_load(pg_database: str) -> None:
             health = await gw.health()
             assert (health["pending_sync"], health["quarantined"]) == (0, 2)
             assert health["overall_status"] == "healthy"
+            assert gw.metrics()["quarantined"] == 2  # /metrics: code_hero_quarantined
     finally:
         ensure_pg_running()
     assert pg_reachable()

@@ -203,9 +203,8 @@ class EnhancedCheckpointerManager:
             "overall_status": self.overall_status,
             "active_backend": None if router.active_slot is None else router.active_slot.role,
             "pending_sync": router.pending_sync,
-            # Not every router version tracks these yet: read them when present.
-            "degraded_since": getattr(router, "degraded_since", None),
-            "quarantined": getattr(router, "quarantined", 0),
+            "degraded_since": router.degraded_since,
+            "quarantined": router.quarantined,
             "uptime_seconds": time.monotonic() - self.started_at,
             "version": __version__,
             "backends": [self._slot_report(s) for s in router.slots],
@@ -369,6 +368,7 @@ class EnhancedCheckpointerManager:
         """Counts, latencies, errors and switches, as plain data."""
         snap = self.metrics.snapshot()
         snap["pending_sync"] = self.pending_sync
+        snap["quarantined"] = 0 if self._router is None else self._router.quarantined
         snap["overall_status"] = self.overall_status
         return snap
 

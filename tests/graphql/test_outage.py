@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,11 +15,13 @@ from code_hero.app import create_app
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import GatewaySettings
 from code_hero.settings import AppSettings
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import gql
 from tests.graphql.conftest import SLOW_GRAPH, Server, running
-from tests.pgproxy import PgProxy, pg_proxy
 
 pytestmark = pytest.mark.postgres
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 START = """mutation($input: StartRunInput!) { startRun(input: $input) { id threadId status } }"""
 THREADS = "{ threads(first: 5) { edges { node { id status } } } }"
@@ -26,9 +29,13 @@ HEALTH = "{ health { status pendingSync quarantined degradedSince } }"
 
 
 @pytest.fixture
-async def outage_server(pg_database: str, tmp_path: Path) -> AsyncIterator[tuple[Server, PgProxy]]:
-    async with pg_proxy(pg_database) as proxy:
-        config = create_postgres_checkpointer(proxy.url, pool_timeout=1, health_check_interval=0.2)
+async def outage_server(
+    pg_database: str, tmp_path: Path
+) -> AsyncIterator[tuple[Server, BlackHoleProxy]]:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_GRAPH})
         async with running(create_app(AppSettings(gateway=settings))) as server:
             yield server, proxy
@@ -46,7 +53,7 @@ async def wait_for_status(server: Server, status: str, limit: float = 30) -> dic
 
 
 async def test_clients_see_unavailable_not_internal_and_runs_keep_starting(
-    outage_server: tuple[Server, PgProxy], caplog: pytest.LogCaptureFixture
+    outage_server: tuple[Server, BlackHoleProxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     server, proxy = outage_server
     old = await gql(server.http, START, {"input": {"graph": "slow", "input": {}, "wait": True}})
@@ -56,7 +63,7 @@ async def test_clients_see_unavailable_not_internal_and_runs_keep_starting(
     assert "extensions" not in healthy or not healthy["extensions"].get("degraded")
 
     caplog.set_level(logging.WARNING)
-    await proxy.cut()
+    proxy.refuse()
     health = await wait_for_status(server, "DEGRADED")
     assert health["degradedSince"] is not None and health["quarantined"] == 0
 
@@ -82,7 +89,7 @@ async def test_clients_see_unavailable_not_internal_and_runs_keep_starting(
     healthz = await server.http.get("/healthz")
     assert healthz.status_code == 200 and healthz.json()["overall_status"] == "degraded"
 
-    await proxy.restore()
+    proxy.forward()
     health = await wait_for_status(server, "HEALTHY")
     assert health["degradedSince"] is None
     listing = await gql(server.http, THREADS)

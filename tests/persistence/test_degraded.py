@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -20,9 +21,11 @@ from code_hero.errors import BackendUnavailableError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import EventRecord, RunStatus, ThreadFilter, ThreadStatus
 from code_hero.runs.executor import StartRun
-from tests.pgproxy import PgProxy, pg_proxy
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 
 pytestmark = pytest.mark.postgres
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
@@ -38,9 +41,11 @@ async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0) -
 
 
 @pytest.fixture
-async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, PgProxy]]:
-    async with pg_proxy(pg_database) as proxy:
-        config = create_postgres_checkpointer(proxy.url, pool_timeout=1, health_check_interval=0.2)
+async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
         async with Gateway(settings) as gw:
             yield gw, proxy
@@ -56,7 +61,7 @@ def rows(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
 
 
 async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
-    proxied: tuple[Gateway, PgProxy], pg_database: str
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
     gw, proxy = proxied
     before = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
@@ -67,7 +72,7 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     follower = asyncio.create_task(collect(await gw.follow_run(inflight.run_id)))
     await asyncio.sleep(0.4)
 
-    await proxy.cut()
+    proxy.refuse()
     await until(lambda: _degraded(gw))
     health = await gw.health()
     assert health["overall_status"] == "degraded"
@@ -101,7 +106,7 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     seen_during = await gw.run_events(during.run_id, first=1000)
     assert gw.manager.pending_sync > 0
 
-    await proxy.restore()
+    proxy.forward()
     await until(lambda: _synced(gw))
     assert gw.manager.router.degraded_since is None
 
@@ -158,17 +163,17 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
 
 
 async def test_deleting_a_thread_born_in_the_outage_is_final(
-    proxied: tuple[Gateway, PgProxy], pg_database: str
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
     gw, proxy = proxied
-    await proxy.cut()
+    proxy.refuse()
     await until(lambda: _degraded(gw))
     kept = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
     doomed = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
     gone = await gw.delete_thread(doomed.thread_id)
     assert gone.deleted and gone.checkpoints_deleted > 0
     assert await gw.get_thread(doomed.thread_id) is None
-    await proxy.restore()
+    proxy.forward()
     await until(lambda: _synced(gw))
     threads = rows(pg_database, "SELECT thread_id FROM code_hero_threads")
     assert threads == [(kept.thread_id,)]
@@ -183,13 +188,16 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
-    async with pg_proxy(pg_database) as proxy:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
         config = create_postgres_checkpointer(
-            proxy.url, pool_timeout=1, health_check_interval=0.2, max_pending_sync=12
+            with_port(pg_database, proxy.port),
+            pool_timeout=1,
+            health_check_interval=0.2,
+            max_pending_sync=12,
         )
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
         async with Gateway(settings) as gw:
-            await proxy.cut()
+            proxy.refuse()
             await until(lambda: _degraded(gw))
             first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
             assert first.status is RunStatus.ERROR  # the journal filled up mid-run
@@ -199,7 +207,7 @@ async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database
             health = await gw.health()
             fallback = health["fallback_checkpointer"]
             assert "journal is full" in (fallback["last_error"] or "")
-            await proxy.restore()
+            proxy.forward()
             await until(lambda: _synced(gw))
             again = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
             assert again.status is RunStatus.SUCCESS

@@ -277,6 +277,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
     )
+    # The pool warns at every failed reconnect (several a second during an outage);
+    # the fallback router logs one line when an outage starts and one when it ends.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     if open_to_network:
         log = logging.getLogger("code_hero.security")
         log.warning("!" * 72)

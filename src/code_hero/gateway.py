@@ -41,7 +41,7 @@ from code_hero.persistence.records import (
     ThreadFilter,
     ThreadRecord,
 )
-from code_hero.runs.bus import InProcessBus
+from code_hero.runs.bus import POKE, InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.executor import UNSET, RunExecutor, StartRun
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
@@ -82,6 +82,7 @@ class Gateway:
         )
         self._graphs: GraphRegistry | None = None
         self._executor: RunExecutor | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def _make_bus(self) -> InProcessBus:
         """PostgreSQL LISTEN/NOTIFY across replicas; in-process wake-ups otherwise."""
@@ -105,6 +106,7 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         await self.manager.initialize()
+        self.manager.router.on_recovered.append(self._on_recovered)
         try:
             await self.bus.start()
             self._graphs = await GraphRegistry.load(
@@ -141,6 +143,12 @@ class Gateway:
         finally:
             await self.bus.close()
             await self.manager.cleanup()
+
+    def _on_recovered(self) -> None:
+        """An outage's events are in the database now: subscribers everywhere re-read."""
+        task = asyncio.get_running_loop().create_task(self.bus.send_control(POKE))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def executor(self) -> RunExecutor:

@@ -512,11 +512,22 @@ class FallbackRouter:
     def _sync_source(self) -> Backend | None:
         return next((s.backend for s in self.slots[1:] if s.backend is not None), None)
 
-    def _unreachable(self, exc: BaseException) -> bool:
-        return is_backend_error(exc)
+    async def _drain(self, primary: Backend, source: Backend | None, *, until: int) -> None:
+        if source is None:
+            return
 
-    def _synced_one(self) -> None:
-        self.metrics.synced_items += 1
+        def synced() -> None:
+            self.metrics.synced_items += 1
+
+        await self.journal.drain(
+            primary=primary,
+            fallback=source,
+            until=until,
+            is_unreachable=is_backend_error,
+            on_synced=synced,
+            # Bounded: a primary that hangs mid-sync must not hold the gate shut.
+            step_timeout=max(2 * self.primary.config.pool_timeout, 1.0),
+        )
 
     async def recover(self) -> bool:
         """Copy what the fallback holds into the primary, then serve from the primary.
@@ -533,22 +544,9 @@ class FallbackRouter:
             if self.active == 0:
                 return True
             try:
-                if source is not None:
-                    await self.journal.drain(
-                        primary=primary.backend,
-                        fallback=source,
-                        until=SMALL_REMAINDER,
-                        is_unreachable=self._unreachable,
-                        on_synced=self._synced_one,
-                    )
+                await self._drain(primary.backend, source, until=SMALL_REMAINDER)
                 async with self.gate.closed():
-                    if source is not None:
-                        await self.journal.drain(
-                            primary=primary.backend,
-                            fallback=source,
-                            is_unreachable=self._unreachable,
-                            on_synced=self._synced_one,
-                        )
+                    await self._drain(primary.backend, source, until=0)
                     await self._switch_to_primary()
             except Exception as exc:
                 if not is_backend_error(exc):
@@ -590,7 +588,7 @@ class FallbackRouter:
             return
         try:
             done = await self.journal.retry_quarantined(
-                primary=primary, fallback=source, is_unreachable=self._unreachable
+                primary=primary, fallback=source, is_unreachable=is_backend_error
             )
         except Exception as exc:
             if not is_backend_error(exc):

@@ -136,6 +136,7 @@ class Journal:
         until: int = 0,
         is_unreachable: Callable[[BaseException], bool],
         on_synced: Callable[[], None],
+        step_timeout: float = 30.0,
     ) -> None:
         """Replay from the head until at most `until` entries remain.
 
@@ -149,7 +150,7 @@ class Journal:
                 entry = self.entries[0]
                 self._started(entry)
                 try:
-                    await entry.replay(primary, fallback)
+                    await asyncio.wait_for(entry.replay(primary, fallback), step_timeout)
                 except Exception as exc:
                     if is_unreachable(exc):
                         self._restart(entry)

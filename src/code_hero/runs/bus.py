@@ -17,11 +17,14 @@ from typing import Protocol
 
 from code_hero.persistence.records import EventRecord
 
-__all__ = ["ControlHandler", "EventBus", "InProcessBus", "Subscription"]
+__all__ = ["POKE", "ControlHandler", "EventBus", "InProcessBus", "Subscription"]
 
 log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 1024
 ControlHandler = Callable[[str], None]
+# Control message: every subscriber re-reads the stored events (sent after an
+# outage's writes were copied into the database, which notified no one).
+POKE = "poke"
 
 
 @dataclass(eq=False)
@@ -121,6 +124,8 @@ class InProcessBus:
         self._dispatch_control(message)
 
     def _dispatch_control(self, message: str) -> None:
+        if message == POKE:  # stored events arrived without their notifications
+            self.poke_all()
         for handler in list(self._control_handlers):
             try:
                 handler(message)

@@ -377,7 +377,16 @@ class PostgresBackend(Backend):
             return list(await cur.fetchall())
 
     async def probe(self) -> None:
-        await self._fetch("SELECT 1 AS ok")
+        # A connection of its own, not one from the pool: a stopped server refuses
+        # it at once, where the pool would wait pool_timeout for a replacement of
+        # the connections the shutdown closed. One connection per probe interval.
+        conn = await psycopg.AsyncConnection.connect(
+            self.config.connection_string or "",
+            connect_timeout=max(1, int(self.config.pool_timeout)),
+            autocommit=True,
+        )
+        async with conn:
+            await conn.execute("SELECT 1")
 
     async def count_checkpoints(self, thread_id: str) -> int:
         rows = await self._fetch(

@@ -125,8 +125,8 @@ class PostgresBus(InProcessBus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Once per loss, not once per attempt: an outage logs its own lines.
-                (log.warning if delay == 0.2 else log.debug)(
+                # Info, once per loss: a database outage logs its own warning lines.
+                (log.info if delay == 0.2 else log.debug)(
                     "event listener lost its connection (%s); reconnecting", exc
                 )
                 await asyncio.sleep(delay)

@@ -207,14 +207,21 @@ async def recovery_time(url: str, checkpoints: int) -> list[str]:
         await go_down(gw, proxy)
         await runs_until(gw, checkpoints)
         entries, puts = gw.manager.pending_sync, journalled_checkpoints(gw)
+        router = gw.manager.router
         proxy.forward()
         start = time.perf_counter()
+        await until(lambda: router.primary.healthy, step=0.001)
+        answered = time.perf_counter() - start
         await until(lambda: synced(gw), step=0.001)
         seconds = time.perf_counter() - start
     print(
         f"recovery: {puts} checkpoints ({entries} entries) journalled; forward() -> healthy "
         f"with nothing pending in {seconds:.2f}s (includes up to one {PROBE_INTERVAL}s probe "
         "interval)"
+    )
+    print(
+        f"  of which {answered:.2f}s until a probe got through the pool, "
+        f"{seconds - answered:.2f}s replaying"
     )
     return [target("recovery_time", seconds, "< 2 s", seconds < 2, " s")]
 

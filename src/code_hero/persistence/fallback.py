@@ -65,6 +65,14 @@ def probe_timeout(config: CheckpointerConfig) -> float:
     return config.pool_timeout
 
 
+def sync_concurrency(config: CheckpointerConfig) -> int:
+    """How many threads the recovery replays into the primary at once."""
+    # One lane per saver instance and pooled connection: until the switch the
+    # recovery is nearly alone on the primary's pool, and each replay holds a
+    # connection for one round trip, so no lane waits anywhere near pool_timeout.
+    return max(1, min(config.saver_instances, config.pool_max_size))
+
+
 def open_timeout(config: CheckpointerConfig) -> float:
     """How long opening a backend may take: a connection, the pool's, then set-up."""
     # Three waits, each about pool_timeout on a server that does not answer.
@@ -532,12 +540,14 @@ class FallbackRouter:
                 return False
             if self.active == 0:
                 return True
+            concurrency = sync_concurrency(primary.config)
             try:
                 if source is not None:
                     await self.journal.drain(
                         primary=primary.backend,
                         fallback=source,
                         until=SMALL_REMAINDER,
+                        concurrency=concurrency,
                         is_unreachable=self._unreachable,
                         on_synced=self._synced_one,
                     )
@@ -546,6 +556,7 @@ class FallbackRouter:
                         await self.journal.drain(
                             primary=primary.backend,
                             fallback=source,
+                            concurrency=concurrency,
                             is_unreachable=self._unreachable,
                             on_synced=self._synced_one,
                         )

@@ -20,9 +20,9 @@ ADMIN_URL = os.environ.get("CODE_HERO_BENCH_PG", "postgresql://postgres@127.0.0.
 
 
 @asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    name = f"ch_bench_{uuid.uuid4().hex[:10]}"
+async def scratch_database(prefix: str = "ch_bench") -> AsyncIterator[str]:
+    """A fresh PostgreSQL database named `prefix`_<random>, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     base = ADMIN_URL.rpartition("/")[0]
     async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as conn:
         await conn.execute(f'CREATE DATABASE "{name}"')

@@ -126,6 +126,9 @@ class Backend:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
 
+    async def reconnect(self) -> None:
+        """Connect afresh after an outage (before the sync-back writes)."""
+
     async def forget(self, keep: set[str]) -> None:
         """Drop every thread but those in `keep` (a fallback whose copies are synced)."""
         raise NotImplementedError(f"a {self.kind} backend is never a fallback")
@@ -317,26 +320,9 @@ class PostgresBackend(Backend):
         url = self.config.connection_string or ""
         # One direct connection first: its error names the real reason (refused,
         # unknown database, authentication), where a pool would only time out.
-        connect_timeout = max(1, int(self.config.pool_timeout))
-        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=connect_timeout)
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=self._connect_timeout)
         await conn.close()
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url,
-            min_size=self.config.pool_min_size,
-            max_size=max(2, self.config.pool_max_size),
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0,
-                "row_factory": dict_row,
-                # psycopg's default is 130 s: a pool refilling against a server
-                # that accepts and never answers would hold a worker that long.
-                "connect_timeout": connect_timeout,
-            },
-            check=check_on_checkout,
-            timeout=self.config.pool_timeout,
-            name="code-hero",
-            open=False,
-        )
+        pool = self._new_pool()
         # Set before opening, so close() releases the pool from any point of a
         # failed or abandoned open.
         self._pool = pool
@@ -356,6 +342,43 @@ class PostgresBackend(Backend):
         except BaseException:
             await pool.close()
             raise
+
+    @property
+    def _connect_timeout(self) -> int:
+        return max(1, int(self.config.pool_timeout))
+
+    def _new_pool(self) -> AsyncConnectionPool[Any]:
+        connect_timeout = self._connect_timeout
+        return AsyncConnectionPool(
+            self.config.connection_string or "",
+            min_size=self.config.pool_min_size,
+            max_size=max(2, self.config.pool_max_size),
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "row_factory": dict_row,
+                # psycopg's default is 130 s: a pool refilling against a server
+                # that accepts and never answers would hold a worker that long.
+                "connect_timeout": connect_timeout,
+            },
+            check=check_on_checkout,
+            timeout=self.config.pool_timeout,
+            name="code-hero",
+            open=False,
+        )
+
+    async def reconnect(self) -> None:
+        # After an outage the pool retries its lost connections with a backoff that
+        # doubles (1, 2, 4, 8 s ...) and nothing resets: a fresh pool connects now.
+        pool = self._new_pool()
+        await pool.open(wait=True, timeout=self.config.pool_timeout)
+        old, self._pool = self._pool, pool
+        assert isinstance(self.saver, SaverPool) and isinstance(self.registry, PostgresRegistry)
+        for instance in self.saver.instances:
+            assert isinstance(instance, AsyncPostgresSaver)
+            instance.conn = pool
+        self.registry.pool = pool
+        await old.close(timeout=1.0)
 
     @property
     def description(self) -> str:

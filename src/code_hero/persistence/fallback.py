@@ -65,6 +65,14 @@ def probe_timeout(config: CheckpointerConfig) -> float:
     return config.pool_timeout
 
 
+def sync_concurrency(config: CheckpointerConfig) -> int:
+    """How many threads the recovery replays into the primary at once."""
+    # One lane per saver instance and pooled connection: until the switch the
+    # recovery is nearly alone on the primary's pool, and each replay holds a
+    # connection for one round trip, so no lane waits anywhere near pool_timeout.
+    return max(1, min(config.saver_instances, config.pool_max_size))
+
+
 def open_timeout(config: CheckpointerConfig) -> float:
     """How long opening a backend may take: a connection, the pool's, then set-up."""
     # Three waits, each about pool_timeout on a server that does not answer.
@@ -523,6 +531,7 @@ class FallbackRouter:
             primary=primary,
             fallback=source,
             until=until,
+            concurrency=sync_concurrency(self.primary.config),
             is_unreachable=is_backend_error,
             on_synced=synced,
             # Bounded: a primary that hangs mid-sync must not hold the gate shut.
@@ -544,6 +553,7 @@ class FallbackRouter:
             if self.active == 0:
                 return True
             try:
+                await primary.backend.reconnect()
                 await self._drain(primary.backend, source, until=SMALL_REMAINDER)
                 async with self.gate.closed():
                     await self._drain(primary.backend, source, until=0)

@@ -4,11 +4,15 @@ While the primary cannot be reached, every write the fallback takes leaves an
 entry here: a checkpoint, a task's pending writes, a copy of the registry rows
 of a thread born during the outage, a change to a run that was in flight, or a
 deletion. `FallbackRouter.recover` replays the entries into the primary from
-the head, one at a time, and removes an entry only after it was replayed.
+the head and removes an entry only after it was replayed. It takes a batch
+from the head at a time: entries of one thread one after the other in their
+order, different threads side by side (nothing crosses threads), so the
+sync back is not one round trip after another.
 
 Three rules make that lose nothing:
-- only the recovery pops, and only the head, under the step lock that a
-  deletion takes too, so the head it replayed is the head it removes;
+- only the recovery pops, and only a prefix of the head it replayed, under
+  the step lock that a deletion takes too, so the entries it replayed are
+  the ones it removes;
 - writers pass the `WriteGate`; the recovery's last round closes it, waits
   until no write is in flight, drains what is left and switches to the
   primary before anyone can write again, so no entry can land after the
@@ -29,6 +33,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
@@ -88,6 +93,10 @@ class Quarantined:
     since: float = field(default_factory=time.monotonic)
 
 
+# Entries taken from the head per batch, per thread replaying at once.
+_BATCH_PER_LANE = 4
+
+
 class Journal:
     """Entries in the order the fallback accepted them, plus the quarantine."""
 
@@ -134,32 +143,85 @@ class Journal:
         primary: Backend,
         fallback: Backend,
         until: int = 0,
+        concurrency: int = 1,
         is_unreachable: Callable[[BaseException], bool],
         on_synced: Callable[[], None],
         step_timeout: float = 30.0,
     ) -> None:
         """Replay from the head until at most `until` entries remain.
 
-        An unreachable primary stops the drain (raised); any other refusal
-        quarantines the entry and the drain goes on.
+        Up to `concurrency` threads replay at once, each thread's entries in
+        order. An unreachable primary stops the drain (raised) once the batch
+        in hand has settled; any other refusal quarantines the entry and the
+        drain goes on.
         """
         while len(self.entries) > until:
             async with self.step_lock:
-                if not self.entries:
+                size = min(len(self.entries) - until, max(1, concurrency) * _BATCH_PER_LANE)
+                batch = list(islice(self.entries, max(1, size)))
+                if not batch:
                     return
-                entry = self.entries[0]
-                self._started(entry)
-                try:
-                    await asyncio.wait_for(entry.replay(primary, fallback), step_timeout)
-                except Exception as exc:
-                    if is_unreachable(exc):
-                        self._restart(entry)
-                        raise
-                    self.entries.popleft()
-                    self.quarantine.append(Quarantined(entry, 1, _describe(exc)))
-                    continue
+                outcomes = await self._replay(
+                    batch, primary, fallback, concurrency, is_unreachable, step_timeout
+                )
+                unreachable = self._settle(batch, outcomes, on_synced)
+            if unreachable is not None:
+                raise unreachable
+
+    async def _replay(
+        self,
+        batch: list[Entry],
+        primary: Backend,
+        fallback: Backend,
+        concurrency: int,
+        is_unreachable: Callable[[BaseException], bool],
+        step_timeout: float,
+    ) -> list[_Outcome]:
+        """Replay a batch from the head: one lane per thread, its entries in order."""
+        outcomes = [_Outcome() for _ in batch]
+        lanes: dict[str, list[int]] = {}
+        for index, entry in enumerate(batch):
+            lanes.setdefault(entry.thread_id, []).append(index)
+            self._started(entry)
+        free = asyncio.Semaphore(max(1, concurrency))
+
+        async def lane(indexes: list[int]) -> None:
+            async with free:
+                for index in indexes:
+                    outcome = outcomes[index]
+                    try:
+                        replay = batch[index].replay(primary, fallback)
+                        await asyncio.wait_for(replay, step_timeout)
+                    except Exception as exc:
+                        outcome.error = exc
+                        if is_unreachable(exc):
+                            outcome.unreachable = True
+                            return  # the rest of this thread waits for the next recovery
+                        continue
+                    outcome.done = True
+
+        await asyncio.gather(*(lane(indexes) for indexes in lanes.values()))
+        return outcomes
+
+    def _settle(
+        self, batch: list[Entry], outcomes: list[_Outcome], on_synced: Callable[[], None]
+    ) -> BaseException | None:
+        """Pop the batch's settled prefix; the rest stays (replaying twice is harmless).
+
+        Returns the first error that said the primary is unreachable, if any.
+        """
+        prefix = True
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if prefix and outcome.done:
                 self.entries.popleft()
                 on_synced()
+            elif prefix and outcome.error is not None and not outcome.unreachable:
+                self.entries.popleft()
+                self.quarantine.append(Quarantined(entry, 1, _describe(outcome.error)))
+            else:
+                prefix = False
+                self._restart(entry)
+        return next((o.error for o in outcomes if o.unreachable), None)
 
     async def retry_quarantined(
         self,
@@ -219,6 +281,15 @@ class Journal:
         key = entry.key
         if key is not None:
             self._keyed.setdefault(key, entry)
+
+
+@dataclass
+class _Outcome:
+    """What replaying one entry of a batch came to (neither done nor error: not tried)."""
+
+    done: bool = False
+    error: Exception | None = None
+    unreachable: bool = False
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,250 @@
+"""Degraded mode: runs through a PostgreSQL outage, and the sync back afterwards.
+
+    python bench/outage.py [--runs 320] [--rounds 3]
+
+PostgreSQL sits behind the test suite's `BlackHoleProxy`: `refuse()` takes it
+down for this process only, `forward()` brings it back; the server itself
+keeps running.
+
+1. Runs per second of a small 4-node graph with 16 runs in flight
+   (`startRun` with wait, each on a new thread) while PostgreSQL serves and
+   while the in-memory fallback serves, in alternating rounds in one process:
+   the median of degraded / healthy.
+2. The sync-back rate: with at least 2,000 checkpoints journalled during an
+   outage, the time from the start of `FallbackRouter.recover()` to nothing
+   pending; the target counts checkpoints (PutCheckpoint entries) per second.
+3. The recovery time: with 1,000 checkpoints journalled, from PostgreSQL
+   answering again (`forward()`) to the gateway healthy with nothing pending,
+   as the health loop finds it (probe every 0.2 s: includes up to one interval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.faults
+
+from _common import ADMIN_URL, median, scratch_database, target
+from tests.faults import BlackHoleProxy, with_port
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.journal import PutCheckpoint
+from code_hero.persistence.records import RunStatus
+from code_hero.runs.executor import StartRun
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 16
+PROBE_INTERVAL = 0.2
+GRAPH = f"{ROOT / 'bench' / '_common.py'}:small_graph"
+PG_PORT = urlsplit(ADMIN_URL).port or 5432
+
+
+@asynccontextmanager
+async def proxied_gateway(
+    url: str, probe_interval: float
+) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    """A gateway whose PostgreSQL goes through a proxy the bench cuts and restores."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(url, proxy.port),
+            pool_max_size=WORKERS,
+            pool_timeout=1,
+            health_check_interval=probe_interval,
+        )
+        settings = GatewaySettings(
+            checkpointer=config, graphs={"small": GRAPH}, max_concurrent_runs=WORKERS
+        )
+        async with Gateway(settings) as gw:
+            yield gw, proxy
+
+
+async def until(condition: Callable[[], bool], limit: float = 60.0, step: float = 0.005) -> None:
+    """Poll `condition()` until true."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+def degraded(gw: Gateway) -> bool:
+    return gw.manager.overall_status == "degraded"
+
+
+def synced(gw: Gateway) -> bool:
+    return gw.manager.overall_status == "healthy" and gw.manager.pending_sync == 0
+
+
+def journal_kinds(gw: Gateway) -> Counter[str]:
+    return Counter(type(e).__name__ for e in gw.manager.router.journal.entries)
+
+
+def journalled_checkpoints(gw: Gateway) -> int:
+    return sum(isinstance(e, PutCheckpoint) for e in gw.manager.router.journal.entries)
+
+
+async def one_run(gw: Gateway) -> None:
+    run = await gw.start_run(StartRun(graph="small", input={"steps": []}, wait=True))
+    if run.status is not RunStatus.SUCCESS:
+        raise RuntimeError(run.error)
+
+
+async def fixed_runs(gw: Gateway, total: int) -> tuple[float, int]:
+    """`total` runs on new threads, WORKERS at a time: runs per second and failures."""
+    left = total
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal left, failures
+        while left > 0:
+            left -= 1
+            try:
+                await one_run(gw)
+            except Exception:
+                failures += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    return total / (time.perf_counter() - start), failures
+
+
+async def runs_until(gw: Gateway, checkpoints: int) -> int:
+    """Runs on new threads, WORKERS at a time, until the journal holds `checkpoints`."""
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while journalled_checkpoints(gw) < checkpoints:
+            await one_run(gw)
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    return done
+
+
+async def go_down(gw: Gateway, proxy: BlackHoleProxy) -> None:
+    proxy.refuse()
+    # A probe now rather than at the next interval (each probe is bounded by pool_timeout).
+    await gw.manager.health_check()
+    await until(lambda: degraded(gw))
+
+
+async def degraded_vs_healthy(url: str, runs: int, rounds: int) -> list[str]:
+    healthy, down, failures, waits = [], [], 0, []
+    async with proxied_gateway(url, PROBE_INTERVAL) as (gw, proxy):
+        await fixed_runs(gw, WORKERS * 2)  # warm-up: graph compiled, pool filled
+        for _ in range(rounds):
+            rps, fail = await fixed_runs(gw, runs)
+            healthy.append(rps)
+            failures += fail
+            await go_down(gw, proxy)
+            rps, fail = await fixed_runs(gw, runs)
+            down.append(rps)
+            failures += fail
+            pending = gw.manager.pending_sync
+            proxy.forward()
+            start = time.perf_counter()
+            await until(lambda: synced(gw))
+            waits.append((pending, time.perf_counter() - start))
+    ratios = [d / h for d, h in zip(down, healthy, strict=True)]
+    ratio = median(ratios)
+    print(f"{WORKERS} runs in flight, 4-node graph, {runs} runs per round, {rounds} rounds A/B")
+    print(f"  healthy (PostgreSQL):  {median(healthy):8.1f} runs/s  {[round(x) for x in healthy]}")
+    print(f"  degraded (in memory):  {median(down):8.1f} runs/s  {[round(x) for x in down]}")
+    print(f"  degraded / healthy per round {[round(r, 2) for r in ratios]}, failures {failures}")
+    for pending, seconds in waits:
+        print(f"  after a round: {pending} journal entries synced back in {seconds:.2f}s")
+    return [target("degraded_runs_ratio", ratio, ">= 0.8", ratio >= 0.8)]
+
+
+async def sync_back_rate(url: str, checkpoints: int) -> list[str]:
+    # The health loop stays out of the way (long interval): the bench probes and
+    # recovers itself, so the clock starts exactly when the recovery does.
+    async with proxied_gateway(url, 3600) as (gw, proxy):
+        await fixed_runs(gw, WORKERS)
+        await go_down(gw, proxy)
+        runs = await runs_until(gw, checkpoints)
+        kinds = journal_kinds(gw)
+        entries, puts = sum(kinds.values()), kinds["PutCheckpoint"]
+        router = gw.manager.router
+        proxy.forward()
+        start = time.perf_counter()
+        for _ in range(6000):  # the pool reconnects at its own pace
+            if await router.probe(router.primary):
+                break
+            await asyncio.sleep(0.01)
+        probed = time.perf_counter()
+        assert await router.recover()
+        seconds = time.perf_counter() - probed
+        assert router.pending_sync == 0 and router.quarantined == 0
+        assert synced(gw)
+    mix = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    print(f"sync back: {runs} runs on new threads during the outage journalled {entries} entries")
+    print(f"  ({mix})")
+    print(
+        f"  first good probe after {probed - start:.2f}s, then recover() {seconds:.2f}s: "
+        f"{entries / seconds:,.0f} entries/s, {puts / seconds:,.0f} checkpoints/s "
+        "(the target counts checkpoints)"
+    )
+    rate = puts / seconds
+    return [target("sync_back_rate", rate, ">= 2000", rate >= 2000, " checkpoints/s")]
+
+
+async def recovery_time(url: str, checkpoints: int) -> list[str]:
+    async with proxied_gateway(url, PROBE_INTERVAL) as (gw, proxy):
+        await fixed_runs(gw, WORKERS)
+        await go_down(gw, proxy)
+        await runs_until(gw, checkpoints)
+        entries, puts = gw.manager.pending_sync, journalled_checkpoints(gw)
+        router = gw.manager.router
+        proxy.forward()
+        start = time.perf_counter()
+        await until(lambda: router.primary.healthy, step=0.001)
+        answered = time.perf_counter() - start
+        await until(lambda: synced(gw), step=0.001)
+        seconds = time.perf_counter() - start
+    print(
+        f"recovery: {puts} checkpoints ({entries} entries) journalled; forward() -> healthy "
+        f"with nothing pending in {seconds:.2f}s (includes up to one {PROBE_INTERVAL}s probe "
+        "interval)"
+    )
+    print(
+        f"  of which {answered:.2f}s until a probe got through the pool, "
+        f"{seconds - answered:.2f}s replaying"
+    )
+    return [target("recovery_time", seconds, "< 2 s", seconds < 2, " s")]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=320, help="runs per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    # Each outage would log the pool's reconnection attempts and the switches.
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    lines: list[str] = []
+    async with scratch_database("bench_outage") as url:
+        lines += await degraded_vs_healthy(url, args.runs, args.rounds)
+    async with scratch_database("bench_outage") as url:
+        lines += await sync_back_rate(url, 2_000)
+    async with scratch_database("bench_outage") as url:
+        lines += await recovery_time(url, 1_000)
+    print()
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -164,6 +164,10 @@ class Gateway:
             raise RuntimeError("use `async with Gateway(...)` before calling it")
         return self._graphs
 
+    def spend_reads(self, caller: Caller, cost: int) -> None:
+        """Spend a read's query cost from the caller's read rate limit (RATE_LIMITED when out)."""
+        self.policy.spend_reads(caller, cost)
+
     # ------------------------------------------------------------ health
     async def health(self) -> dict[str, Any]:
         """The manager's health report as the background probe last saw it (no database I/O)."""

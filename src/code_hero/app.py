@@ -15,7 +15,8 @@ WebSocket authenticates with the header on the upgrade or `authorization` in
 its `connection_init` payload and is closed with 4403 otherwise, before any
 operation runs. The resulting `Caller` goes into the context, and every
 resolver hands it to the gateway, which enforces what it may see and do.
-/healthz and /metrics need no credentials (see the README's Security).
+/healthz and /metrics need no credentials (see the README's Security); /healthz
+shows each backend's last error as a category, never the driver's text.
 """
 
 from __future__ import annotations
@@ -388,7 +389,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
 
     async def healthz(request: Request) -> Response:
         try:
-            report = await runtime.require().health()
+            report = await runtime.require().health_for(None)  # no caller: categories
         except Exception:
             log.exception("health check failed")
             return JSONResponse({"overall_status": "unhealthy"}, status_code=503)

@@ -8,7 +8,8 @@
     ├── AuthError
     │   ├── UnauthenticatedError  no or invalid credentials                 -> UNAUTHENTICATED
     │   └── ForbiddenError        valid credentials, action not allowed     -> FORBIDDEN
-    ├── RateLimitedError          too many mutations; retry after N seconds -> RATE_LIMITED
+    ├── RateLimitedError          too many calls; retry after N seconds     -> RATE_LIMITED
+    ├── QueryTooComplexError      a document costs more than the maximum    -> QUERY_TOO_COMPLEX
     └── BackendUnavailableError   the database is unreachable; retry later  -> UNAVAILABLE
 
 The GraphQL layer maps each class to its `extensions.code` (plus the class's
@@ -27,6 +28,7 @@ __all__ = [
     "ConflictError",
     "ForbiddenError",
     "NotFoundError",
+    "QueryTooComplexError",
     "RateLimitedError",
     "UnauthenticatedError",
 ]
@@ -84,7 +86,7 @@ class ForbiddenError(AuthError):
 
 
 class RateLimitedError(CodeHeroError):
-    """The caller has used up its mutations for now; `retry_after` says when to try again."""
+    """The caller has used up its rate limit for now; `retry_after` says when to try again."""
 
     code = "RATE_LIMITED"
 
@@ -95,6 +97,24 @@ class RateLimitedError(CodeHeroError):
     @property
     def extensions(self) -> dict[str, object]:
         return {"retryAfter": self.retry_after}
+
+
+class QueryTooComplexError(CodeHeroError):
+    """A document whose cost is above the server's maximum: ask for smaller pages."""
+
+    code = "QUERY_TOO_COMPLEX"
+
+    def __init__(self, cost: int, max_cost: int) -> None:
+        super().__init__(
+            f"the query costs {cost}, more than the maximum of {max_cost}: "
+            "ask for smaller pages (`first`) or fewer nested lists"
+        )
+        self.cost = cost
+        self.max_cost = max_cost
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"cost": self.cost, "maxCost": self.max_cost}
 
 
 class BackendUnavailableError(CodeHeroError):

@@ -32,6 +32,7 @@ from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
+from code_hero.persistence.diagnosis import public_health
 from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
 from code_hero.persistence.records import (
     EventRecord,
@@ -164,12 +165,28 @@ class Gateway:
             raise RuntimeError("use `async with Gateway(...)` before calling it")
         return self._graphs
 
+    def spend_reads(self, caller: Caller, cost: int) -> None:
+        """Spend a read's query cost from the caller's read rate limit (RATE_LIMITED when out)."""
+        self.policy.spend_reads(caller, cost)
+
     # ------------------------------------------------------------ health
     async def health(self) -> dict[str, Any]:
         """The manager's health report as the background probe last saw it (no database I/O)."""
         # Never probe on the request path: a liveness check must answer while a
         # database hangs, or the process is restarted and its fallback lost.
         return self.manager.health_report()
+
+    async def health_for(self, caller: Caller | None) -> dict[str, Any]:
+        """`health()` as this caller may see it: driver text for authenticated admins only.
+
+        Everyone else, the open mode's anonymous caller and `/healthz` (None)
+        included, sees each `last_error` as a category and no backend URL:
+        the text names hosts, ports, databases and roles.
+        """
+        report = await self.health()
+        if caller is not None and caller.is_admin and not caller.anonymous:
+            return report
+        return public_health(report)
 
     def metrics(self) -> dict[str, Any]:
         """The manager's metrics plus run and subscriber gauges."""

@@ -51,6 +51,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
     "CODE_HERO_MAX_TOKENS": "tokens per document (default 5000)",
+    "CODE_HERO_MAX_COST": "query cost limit: objects a document may ask for (default 25000)",
     "CODE_HERO_MAX_BODY_BYTES": "request body limit, HTTP 413 above it (default 1048576)",
     "CODE_HERO_MAX_MESSAGE_LENGTH": "characters in a run's message (default 100000)",
     "CODE_HERO_MAX_SUBSCRIPTIONS": "subscriptions per WebSocket connection (default 20)",
@@ -64,6 +65,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_JWT_ADMIN_CLAIM": "claim that makes a JWT's user an admin: role=admin or is_admin",
     "CODE_HERO_AUTH_HOOK": "module:function asked per action; may deny (see Security)",
     "CODE_HERO_RATE_LIMIT": "mutations per user: 60/minute (default with auth), off",
+    "CODE_HERO_READ_RATE_LIMIT": "query cost points per user: 300000/minute (default with auth)",
     "CODE_HERO_ALLOW_ANONYMOUS": "open mode on a non-loopback address, like --allow-anonymous",
     "CODE_HERO_CORS_ORIGINS": "origins allowed for CORS and WebSockets, comma separated",
     "CODE_HERO_INTROSPECTION": "answer introspection queries (default true)",
@@ -71,6 +73,12 @@ ENVIRONMENT: dict[str, str] = {
 }
 
 DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none unless set
+# Query cost points (see code_hero.schema.cost), with authentication on: a dashboard
+# polling a few pages of 20 rows (about 250 points each) every second spends under a
+# tenth of it; a client asking for full pages of everything at the cost limit
+# (25,000) gets a dozen a minute.
+DEFAULT_READ_RATE_LIMIT = "300000/minute"
+DEFAULT_MAX_COST = 25_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Limits:
     max_depth: int = 10
     max_aliases: int = 30
     max_tokens: int = 5000
+    max_cost: int = DEFAULT_MAX_COST
     max_body_bytes: int = 1024 * 1024
     max_page: int = 100
     max_message_length: int = 100_000
@@ -223,6 +232,9 @@ def settings_from_env(
     rate = env.get("CODE_HERO_RATE_LIMIT")
     if rate is None:
         rate = DEFAULT_RATE_LIMIT if auth.enabled else None
+    reads = env.get("CODE_HERO_READ_RATE_LIMIT")
+    if reads is None:
+        reads = DEFAULT_READ_RATE_LIMIT if auth.enabled else None
     specs = parse_graph_specs(graphs if graphs is not None else env.get("CODE_HERO_GRAPHS"))
     json_path = langgraph_json or env.get("CODE_HERO_LANGGRAPH_JSON")
     if json_path:
@@ -231,6 +243,7 @@ def settings_from_env(
         max_depth=_int(env, "CODE_HERO_MAX_DEPTH", 10),
         max_aliases=_int(env, "CODE_HERO_MAX_ALIASES", 30),
         max_tokens=_int(env, "CODE_HERO_MAX_TOKENS", 5000),
+        max_cost=_int(env, "CODE_HERO_MAX_COST", DEFAULT_MAX_COST),
         max_body_bytes=_int(env, "CODE_HERO_MAX_BODY_BYTES", 1024 * 1024),
         max_message_length=_int(env, "CODE_HERO_MAX_MESSAGE_LENGTH", 100_000),
         max_subscriptions=_int(env, "CODE_HERO_MAX_SUBSCRIPTIONS", 20),
@@ -247,7 +260,11 @@ def settings_from_env(
         lease_seconds=_float(env, "CODE_HERO_LEASE_SECONDS", 15.0),
         shutdown_grace=_float(env, "CODE_HERO_SHUTDOWN_GRACE", 10.0),
         max_message_length=limits.max_message_length,
-        access=AccessSettings(hook=_hook(env), rate_limit=parse_rate_limit(rate)),
+        access=AccessSettings(
+            hook=_hook(env),
+            rate_limit=parse_rate_limit(rate),
+            read_rate_limit=parse_rate_limit(reads, "CODE_HERO_READ_RATE_LIMIT"),
+        ),
     )
     level = (log_level or env.get("CODE_HERO_LOG_LEVEL") or "info").lower()
     if level not in {"debug", "info", "warning", "error", "critical"}:

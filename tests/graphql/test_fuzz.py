@@ -246,5 +246,6 @@ def test_hostile_requests_get_graphql_errors(url: str) -> None:
 
         alive = http.post("/graphql", json={"query": "{ health { status } }"}, headers=AUTH)
         assert alive.status_code == 200 and alive.json() == {
-            "data": {"health": {"status": "HEALTHY"}}
+            "data": {"health": {"status": "HEALTHY"}},
+            "extensions": {"cost": 1},
         }

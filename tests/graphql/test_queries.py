@@ -269,8 +269,9 @@ async def test_loaders_do_not_outlive_an_operation(server: Server) -> None:
     async with TransportWS.connect(server.ws_url) as ws:
         await ws.subscribe("1", query, {"t": run["threadId"]})
         payloads, end = await ws.collect("1")
-        assert payloads == [{"data": {"thread": {"status": "IDLE"}}}] and end
+        assert payloads == [{"data": {"thread": {"status": "IDLE"}}, "extensions": {"cost": 1}}]
+        assert end
         await start_run(server, threadId=run["threadId"], config={"require_approval": True})
         await ws.subscribe("2", query, {"t": run["threadId"]})
         payloads, _ = await ws.collect("2")
-        assert payloads == [{"data": {"thread": {"status": "INTERRUPTED"}}}]
+        assert [p["data"] for p in payloads] == [{"thread": {"status": "INTERRUPTED"}}]

@@ -16,7 +16,10 @@ for a subscription), a mutation answers FORBIDDEN. The hook may raise a
 any other exception denies as an internal error (logged, masked).
 
 Mutations (run.create, run.cancel, run.delete, thread.delete) count against
-the caller's rate limit before anything else happens.
+the caller's mutation rate limit before anything else happens; reads (queries
+and subscriptions) spend their query cost (`code_hero.schema.cost`) from a
+second bucket of cost points before they run. The two are apart so a busy
+dashboard never uses up the mutations of the same user, nor the reverse.
 """
 
 from __future__ import annotations
@@ -97,10 +100,11 @@ def load_hook(spec: str) -> Hook:
 
 @dataclass(frozen=True)
 class AccessSettings:
-    """The hook's spec and the rate limit on mutations (None: no limit)."""
+    """The hook's spec, the rate limit on mutations and the one on read cost (None: none)."""
 
     hook: str | None = None
     rate_limit: RateLimit | None = None
+    read_rate_limit: RateLimit | None = None
 
 
 class AccessPolicy:
@@ -110,6 +114,8 @@ class AccessPolicy:
         settings = settings or AccessSettings()
         self.hook = hook or (load_hook(settings.hook) if settings.hook else None)
         self.buckets = TokenBuckets(settings.rate_limit) if settings.rate_limit else None
+        reads = settings.read_rate_limit
+        self.read_buckets = TokenBuckets(reads) if reads else None
 
     def spend(self, caller: Caller, action: Action) -> None:
         """Count a mutation against the caller's limit; RateLimitedError when it is used up."""
@@ -119,6 +125,18 @@ class AccessPolicy:
         if wait:
             raise RateLimitedError(
                 f"rate limit of {self.buckets.limit} reached; retry in {wait} s", wait
+            )
+
+    def spend_reads(self, caller: Caller, cost: int) -> None:
+        """Spend a read's cost points; RateLimitedError when the caller has too few left."""
+        if self.read_buckets is None or cost <= 0:
+            return
+        wait = self.read_buckets.retry_after(caller.rate_key, cost)
+        if wait:
+            raise RateLimitedError(
+                f"read rate limit of {self.read_buckets.limit} cost points reached "
+                f"(this query costs {cost}); retry in {wait} s",
+                wait,
             )
 
     async def allows(

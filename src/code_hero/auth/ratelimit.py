@@ -1,8 +1,9 @@
 """Per-user rate limits: a token bucket per caller, in this process's memory.
 
 `RateLimit(60, 60.0)` ("60/minute") lets a user make 60 rate-limited calls
-at once and then one more every second. Buckets live in one process: with N
-replicas behind a load balancer a user gets up to N times the limit.
+at once and then one more every second. A call may spend more than one token
+(a read spends its query cost). Buckets live in one process: with N replicas
+behind a load balancer a user gets up to N times the limit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RateLimit:
         return f"{self.count} per {self.seconds:g} s"
 
 
-def parse_rate_limit(text: str | None) -> RateLimit | None:
+def parse_rate_limit(text: str | None, name: str = "CODE_HERO_RATE_LIMIT") -> RateLimit | None:
     """ "60/minute", "10/second", "1000/hour", "5/10s"; None for "", "0" or "off"."""
     raw = (text or "").strip().lower()
     if raw in {"", "0", "off", "none", "false"}:
@@ -41,7 +42,7 @@ def parse_rate_limit(text: str | None) -> RateLimit | None:
     match = _SPEC.match(raw)
     if not match:
         raise ConfigurationError(
-            f"CODE_HERO_RATE_LIMIT must look like 60/minute, 10/second or 5/10s, got {text!r}"
+            f"{name} must look like 60/minute, 10/second or 5/10s, got {text!r}"
         )
     count, multiple, unit = int(match.group(1)), match.group(2), match.group(3).lower()
     seconds = PERIODS[_SHORT.get(unit, unit)] * (int(multiple) if multiple else 1)
@@ -66,22 +67,27 @@ class TokenBuckets:
         self._rate = limit.count / limit.seconds  # tokens per second
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    def take(self, key: str) -> float:
-        """0.0 when a token was spent, else the seconds until one is available."""
+    def take(self, key: str, amount: float = 1.0) -> float:
+        """0.0 when `amount` tokens were spent, else the seconds until they are available.
+
+        More than the bucket holds needs a full bucket (and empties it).
+        """
+        full = float(self.limit.count)
+        amount = min(amount, full)
         now = self.clock()
-        tokens, at = self._buckets.get(key, (float(self.limit.count), now))
-        tokens = min(float(self.limit.count), tokens + (now - at) * self._rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        tokens, at = self._buckets.get(key, (full, now))
+        tokens = min(full, tokens + (now - at) * self._rate)
+        if tokens >= amount:
+            self._buckets[key] = (tokens - amount, now)
             if len(self._buckets) > self.max_keys:
                 self._forget_full(now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self._rate
+        return (amount - tokens) / self._rate
 
-    def retry_after(self, key: str) -> int:
+    def retry_after(self, key: str, amount: float = 1.0) -> int:
         """`take` as whole seconds for a Retry-After hint (0: allowed)."""
-        wait = self.take(key)
+        wait = self.take(key, amount)
         return 0 if wait <= 0 else max(1, math.ceil(wait))
 
     def _forget_full(self, now: float) -> None:

@@ -17,8 +17,9 @@ __all__ = ["graphs", "health"]
 
 
 async def health(info: Info[Context, Any]) -> h.Health:
-    """The checkpoint backends as the background probe last saw them."""
-    return mapping.health_of(await info.context.gateway.health())
+    """The checkpoint backends as the background probe last saw them (as the caller may)."""
+    ctx = info.context
+    return mapping.health_of(await ctx.gateway.health_for(ctx.caller))
 
 
 def graphs(info: Info[Context, Any]) -> list[g.Graph]:

@@ -18,6 +18,7 @@ from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.extensions import (
@@ -76,6 +77,9 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     if limits.max_tokens > 0:
         tokens = limits.max_tokens
         extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
+    # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
+    max_cost = limits.max_cost
+    extensions.append(lambda: CostLimit(max_cost=max_cost))
     # Clients repeat their documents: each valid text is validated once. (Strawberry's
     # ParserCache raises parse errors from inside an extension hook, where they lose
     # their error code; parsing is a third of what validation cost, so it stays.)

@@ -39,6 +39,7 @@ CODES = frozenset(
         "UNAUTHENTICATED",
         "FORBIDDEN",
         "RATE_LIMITED",
+        "QUERY_TOO_COMPLEX",
         "UNAVAILABLE",
         INTERNAL,
     }

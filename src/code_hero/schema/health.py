@@ -18,7 +18,10 @@ class BackendHealth:
     healthy: bool
     active: bool = strawberry.field(description="This backend serves reads and writes now.")
     latency_ms: float | None = strawberry.field(description="Round trip of the last probe.")
-    last_error: str | None
+    last_error: str | None = strawberry.field(
+        description="Why the last probe failed: the driver's text for administrators, "
+        'a category ("connection refused", "timeout", ...) for everyone else.'
+    )
     checked_at: datetime | None
 
 

@@ -1,0 +1,228 @@
+"""What a document may cost, priced before it runs, as GitHub's and Shopify's APIs do.
+
+The cost of an operation is the most objects its answer can hold, every page
+full:
+
+- a field whose value is an object (or a list of objects) costs 1 for each
+  object; a scalar or enum costs nothing, except `Thread.values`, which loads
+  a checkpoint (1);
+- a field with a `first` argument is paged: a list it returns (`events`)
+  holds `first` items; a connection it returns (`threads`, `runs`,
+  `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
+  literal, the variable's value or default, else the field's default (20 or
+  100, from the schema); nested pages multiply;
+- other lists (`backends`, `pendingWrites`, `graphs`) count one item;
+- the root field of a subscription counts as a page of 100 events;
+- introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
+- inline fragments and fragment spreads are priced where they are spread,
+  each condition as if it applied (an upper bound); `@skip`/`@include` are
+  ignored (an upper bound too).
+
+`CostLimit` is the schema extension: it prices each operation before it runs,
+refuses it with QUERY_TOO_COMPLEX above the maximum, spends the cost of a
+read from the caller's rate limit, and reports `extensions.cost`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLList,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    get_nullable_type,
+    is_composite_type,
+    value_from_ast_untyped,
+)
+from graphql.utilities import get_operation_ast
+from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType as Kind
+
+from code_hero.errors import CodeHeroError, QueryTooComplexError
+from code_hero.resolvers.context import Context
+
+__all__ = ["SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
+
+PAGE_ARGUMENT = "first"
+SUBSCRIPTION_PAGE = 100  # a subscription is priced like one page of its events
+INTROSPECTION = frozenset({"__schema", "__type"})
+# Scalars that cost a load of their own.
+SCALAR_COSTS: Mapping[tuple[str, str], int] = {("Thread", "values"): 1}
+
+_Fields = GraphQLObjectType | GraphQLInterfaceType
+
+
+class _Pricer:
+    """One walk over one operation; `variables` as the client sent them."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.variables = variables
+        self.defaults = defaults
+
+    def selections(
+        self,
+        selection_set: SelectionSetNode,
+        parent: Any,
+        times: int,
+        page: int | None,
+        spread: frozenset[str] = frozenset(),
+    ) -> int:
+        """The cost of a selection set resolved `times` times; `page` sizes its lists."""
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                total += self.field(selection, parent, times, page)
+            elif isinstance(selection, InlineFragmentNode):
+                inner = self._type(selection.type_condition, parent)
+                total += self.selections(selection.selection_set, inner, times, page, spread)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in spread:  # validation reports both
+                    continue
+                inner = self._type(fragment.type_condition, parent)
+                total += self.selections(
+                    fragment.selection_set, inner, times, page, spread | {name}
+                )
+        return total
+
+    def field(self, node: FieldNode, parent: Any, times: int, page: int | None) -> int:
+        name = node.name.value
+        if name in INTROSPECTION:
+            return times
+        if not isinstance(parent, _Fields) or name not in parent.fields:
+            return 0  # __typename, or a field validation refuses
+        definition = parent.fields[name]
+        paged = PAGE_ARGUMENT in definition.args
+        size = self.page_size(node, definition.args[PAGE_ARGUMENT]) if paged else None
+        is_list = isinstance(get_nullable_type(definition.type), GraphQLList)
+        if is_list:
+            listed = size if size is not None else page
+            times *= 1 if listed is None else listed
+        named = get_named_type(definition.type)
+        weight = 1 if is_composite_type(named) else SCALAR_COSTS.get((parent.name, name), 0)
+        if node.selection_set is None:
+            return times * weight
+        # A paged field that is not a list is a connection: its `edges` hold the page.
+        inner_page = None if is_list else size
+        return times * weight + self.selections(node.selection_set, named, times, inner_page)
+
+    def page_size(self, node: FieldNode, argument: Any) -> int:
+        """`first` as the client gave it, else the schema's default for it."""
+        default = argument.default_value if isinstance(argument.default_value, int) else 1
+        value: Any = None
+        for given in node.arguments or ():
+            if given.name.value != PAGE_ARGUMENT:
+                continue
+            if isinstance(given.value, VariableNode):
+                var = given.value.name.value
+                value = self.variables[var] if var in self.variables else self.defaults.get(var)
+            elif isinstance(given.value, IntValueNode):
+                value = int(given.value.value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return default  # null, absent or not a number (execution refuses the latter)
+        return max(0, value)
+
+    def _type(self, condition: Any, parent: Any) -> Any:
+        if condition is None:
+            return parent
+        return self.schema.get_type(condition.name.value)
+
+
+def operation_cost(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None = None,
+    variables: Mapping[str, Any] | None = None,
+) -> int:
+    """The cost of the document's operation (see the module docstring); 0 when there is none."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return 0
+    root = _root(schema, operation)
+    if root is None:
+        return 0
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    defaults = {
+        d.variable.name.value: value_from_ast_untyped(d.default_value)
+        for d in operation.variable_definitions or ()
+        if d.default_value is not None
+    }
+    pricer = _Pricer(schema, fragments, variables or {}, defaults)
+    times = SUBSCRIPTION_PAGE if operation.operation is OperationType.SUBSCRIPTION else 1
+    return pricer.selections(operation.selection_set, root, times, None)
+
+
+def _root(schema: GraphQLSchema, operation: OperationDefinitionNode) -> GraphQLObjectType | None:
+    if operation.operation is OperationType.QUERY:
+        return schema.query_type
+    if operation.operation is OperationType.MUTATION:
+        return schema.mutation_type
+    return schema.subscription_type
+
+
+class CostLimit(SchemaExtension):
+    """Price each operation before it runs: refuse it above `max_cost`, spend it, report it.
+
+    `max_cost` 0 prices and reports without a maximum. Reads (queries and
+    subscriptions) spend their cost from the caller's read rate limit;
+    mutations count against the mutation limit where they run, as before.
+    """
+
+    def __init__(self, *, max_cost: int = 0) -> None:
+        self.max_cost = max_cost
+        self.cost: int | None = None
+
+    def on_execute(self) -> Iterator[None]:
+        ctx = self.execution_context
+        self.cost = None
+        document = ctx.graphql_document
+        if document is not None:
+            self.cost = operation_cost(
+                ctx.schema._schema, document, ctx.operation_name, ctx.variables
+            )
+            try:
+                self._admit(self.cost)
+            except CodeHeroError as exc:
+                if ctx.operation_type is Kind.SUBSCRIPTION:
+                    raise  # Strawberry answers it as the stream's one result
+                refused = GraphQLError(str(exc), original_error=exc)
+                ctx.result = ExecutionResult(data=None, errors=[refused])  # skips execution
+        yield
+
+    def _admit(self, cost: int) -> None:
+        if self.max_cost and cost > self.max_cost:
+            raise QueryTooComplexError(cost, self.max_cost)
+        context = self.execution_context.context
+        kind = self.execution_context.operation_type
+        if isinstance(context, Context) and kind is not Kind.MUTATION:
+            context.gateway.spend_reads(context.caller, cost)
+
+    def get_results(self) -> dict[str, Any]:
+        return {} if self.cost is None else {"cost": self.cost}

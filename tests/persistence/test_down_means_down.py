@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -516,4 +518,49 @@ async def test_idle_connections_the_server_closed_are_replaced(pg_database: str)
         assert await manager.get_checkpoint("idle") is not None
         assert await manager.registry.get_thread("idle") is not None
         assert _stored(config, "idle") == 2
+        await _assert_primary_serves(manager)
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Occupies every descriptor below 1100, so new sockets get numbers select() rejects."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.fail(f"RLIMIT_NOFILE hard limit {hard} is below {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    opened: list[int] = []
+    try:
+        while not opened or opened[-1] < 1100:
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("high_descriptors")
+async def test_pool_works_with_descriptors_above_1024(pg_database: str) -> None:
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    async with _manager(config) as manager:
+        pool = cast(PostgresBackend, manager.backend).pool
+        async with pool.connection() as one, pool.connection() as two:
+            assert min(one.fileno(), two.fileno()) >= 1024
+
+        # The server hangs up on idle connections: still noticed at checkout.
+        assert await _terminate_idle_sessions(pg_database) >= 1
+        write = _writer(manager)
+        await write("high-after")
+        assert _stored(config, "high-after") == 1
+        assert manager.router.active == 0
+
+        for i in range(5):
+            await asyncio.gather(*(write(f"high-{i}-{j}") for j in range(4)))
+        await manager.registry.upsert_thread("high-0-0", metadata={"fd": "high"})
+        page = await manager.threads_page(first=50)
+        assert len(page.items) == 21
+        assert await manager.get_checkpoint("high-4-3") is not None
         await _assert_primary_serves(manager)

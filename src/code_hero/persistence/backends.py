@@ -143,8 +143,13 @@ async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
     """
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("connection closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    # poll, not select: select() rejects descriptors from 1024 up, which a
+    # replica holding a thousand client sockets hands its new connections.
+    # POLLHUP, POLLERR and POLLNVAL are always reported: a hung-up socket
+    # counts like a readable one.
+    idle = select.poll()
+    idle.register(conn.fileno(), select.POLLIN)
+    if idle.poll(0):
         # Closed, so the pool sees a lost connection and replaces it (a merely
         # failed check would put it back in the pool as good).
         await conn.close()

@@ -117,6 +117,8 @@ SQLITE_DOWN_CODES = frozenset(
 def is_backend_error(exc: BaseException) -> bool:
     """True when `exc` says the database cannot be reached, not that one call failed."""
     # The pool's errors subclass psycopg.OperationalError: test them first.
+    # PoolTimeout is also what a saturated pool raises after pool_timeout; it
+    # counts because a server that cannot be reached shows up as exactly that.
     if isinstance(exc, PoolTimeout | PoolClosed):
         return True
     if isinstance(exc, psycopg.Error):

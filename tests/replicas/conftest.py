@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = f"slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
@@ -60,10 +67,16 @@ class Cluster:
         self.tmp = tmp
         self.replicas: list[Replica] = []
 
-    def start(self, name: str, **env: str) -> Replica:
+    def start(self, name: str, *, url: str | None = None, **env: str) -> Replica:
+        """A replica on the cluster's database (or at `url`), once it answers /healthz."""
+        url = url or self.url
         port = free_port()
         environ = {
             **os.environ,
+            # The replicas run this tree's code, not whatever the venv has installed.
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
             "CODE_HERO_GRAPHS": SLOW,
             "CODE_HERO_LEASE_SECONDS": "2",
             "CODE_HERO_SHUTDOWN_GRACE": "0.5",
@@ -78,7 +91,7 @@ class Cluster:
                 "code_hero.cli",
                 "serve",
                 "--database-url",
-                self.url,
+                url,
                 "--port",
                 str(port),
                 "--log-level",
@@ -89,7 +102,7 @@ class Cluster:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        replica = Replica(name, self.url, port, process)
+        replica = Replica(name, url, port, process)
         self.replicas.append(replica)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -115,6 +128,79 @@ class Cluster:
 @pytest.fixture
 def cluster(pg_database: str, tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(pg_database, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+class ThreadedProxy:
+    """A `BlackHoleProxy` on an event loop of its own, in a thread.
+
+    The replicas reach the database through it while the test blocks (starting
+    a replica waits synchronously), so it must not share the test's loop.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._proxy = BlackHoleProxy(host, port)
+
+    @property
+    def port(self) -> int:
+        return self._proxy.port
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        done.result(10)
+
+    def refuse(self) -> None:
+        """The database is down for every replica: connections closed, new ones refused."""
+        self._call(self._proxy.refuse)
+
+    def forward(self) -> None:
+        """The database is back."""
+        self._call(self._proxy.forward)
+
+    def __enter__(self) -> ThreadedProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._proxy.start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[ThreadedProxy]:
+    """A proxy in front of the real PostgreSQL that the test can take down and bring back."""
+    with ThreadedProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def second_pg_proxy() -> Iterator[ThreadedProxy]:
+    """Another such proxy: replicas behind different ones lose the database apart."""
+    with ThreadedProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_cluster(pg_proxy: ThreadedProxy, pg_database: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Replicas whose database URL goes through `pg_proxy` (stopped before it closes)."""
+    c = Cluster(with_port(pg_database, pg_proxy.port), tmp_path)
     try:
         yield c
     finally:

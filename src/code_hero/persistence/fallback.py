@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -149,6 +149,11 @@ class FallbackRouter:
         self.local_threads: set[str] = set()
         self.copied_seqs: dict[str, int] = {}  # run id -> last event seq in the primary
         self.degraded_since: datetime | None = None
+        # The last outage this process saw: the primary's last answer before it, and
+        # when the primary served again (see `lease_clock`).
+        self.last_outage: tuple[datetime, datetime] | None = None
+        self._answered_at: datetime | None = None
+        self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: dict[str, float] = {}
         self._recover_lock = asyncio.Lock()
@@ -193,6 +198,22 @@ class FallbackRouter:
             f"retry in {self.retry_after} s",
             self.retry_after,
         )
+
+    def lease_clock(self, now: datetime, lease: timedelta) -> datetime:
+        """The time to judge leases lapsed by: for one lease after an outage, its start.
+
+        A lease that lapsed while the primary was unreachable may be held by
+        another replica that ran on through the outage on its own fallback and
+        has not copied its runs back yet: taking the run over would run it twice.
+        Such leases count as lapsed only once that replica has had time to come
+        back and sync: the outage's length again (psycopg's pool retries with a
+        doubling delay, so a replica may see the database back up to that late)
+        and a lease. Those that lapsed before the outage count at once.
+        """
+        if self.last_outage is None:
+            return now
+        began, ended = self.last_outage
+        return min(now, began) if now < ended + (ended - began) + lease else now
 
     def is_local(self, thread_id: str) -> bool:
         """True when the fallback holds all of the thread (it was born during the outage)."""
@@ -245,6 +266,8 @@ class FallbackRouter:
         slot.last_error = None
         slot.latency_ms = (time.perf_counter() - start) * 1000
         slot.checked_at = datetime.now(UTC)
+        if slot is self.primary:
+            self._answered_at = slot.checked_at
 
     async def _bounded(self, call: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
         """Await `call` for at most `seconds`; past that, give up on it with TimeoutError.
@@ -307,6 +330,7 @@ class FallbackRouter:
         self.metrics.fallback_switches += 1
         if slot is self.primary:
             self.degraded_since = datetime.now(UTC)
+            self._outage_began = self._answered_at or self.degraded_since
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
@@ -502,6 +526,8 @@ class FallbackRouter:
             return False
         slot.latency_ms = (time.perf_counter() - start) * 1000
         slot.checked_at = datetime.now(UTC)
+        if slot is self.primary:
+            self._answered_at = slot.checked_at
         if not slot.healthy:
             log.info("%s backend answers again (%.1f ms)", slot.label, slot.latency_ms)
         slot.healthy = True
@@ -582,6 +608,8 @@ class FallbackRouter:
             if slot.backend is not None:
                 await slot.backend.forget(keep=kept)
         if was_active != 0:
+            now = datetime.now(UTC)
+            self.last_outage = (self._outage_began or since or now, now)
             self.metrics.recoveries += 1
             lasted = "" if since is None else f" after {datetime.now(UTC) - since}"
             # The one line an outage logs when it ends.

@@ -399,22 +399,26 @@ class FallbackRegistry:
         graphs: Sequence[str] | None = None,
         run_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
-        """Lease claimable runs (during an outage: those of local threads)."""
+        """Lease claimable runs (during an outage: those of local threads; for a lease's
+        time after it, not those whose lease lapsed in it: see `FallbackRouter.lease_clock`)."""
 
-        async def claim(registry: Registry) -> list[RunRecord]:
+        async def claim(registry: Registry, lapsed_by: datetime) -> list[RunRecord]:
             claimed = await registry.claim_runs(
-                owner, now=now, until=until, limit=limit, graphs=graphs, run_ids=run_ids
+                owner, now=lapsed_by, until=until, limit=limit, graphs=graphs, run_ids=run_ids
             )
             self._seen(claimed, claimed=True)
             return claimed
 
+        async def on_primary(registry: Registry) -> list[RunRecord]:
+            return await claim(registry, self.router.lease_clock(now, until - now))
+
         async def degraded() -> list[RunRecord]:
-            claimed = await claim(self._local("claiming runs"))
+            claimed = await claim(self._local("claiming runs"), now)
             for thread_id in {r.thread_id for r in claimed}:
                 self._copy_thread(thread_id)
             return claimed
 
-        return await self._write(claim, degraded)
+        return await self._write(on_primary, degraded)
 
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
@@ -496,7 +500,10 @@ class FallbackRegistry:
                 self._copy_thread(thread_id)
             return claimed
 
-        return await self._write(lambda r: r.claim_cancelled(owner, now=now, until=until), degraded)
+        lapsed_by = self.router.lease_clock(now, until - now)
+        return await self._write(
+            lambda r: r.claim_cancelled(owner, now=lapsed_by, until=until), degraded
+        )
 
     # ---------------------------------------------------------------- events
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:

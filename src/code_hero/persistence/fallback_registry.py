@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from code_hero.persistence.backends import is_backend_error
@@ -402,18 +402,28 @@ class FallbackRegistry:
         """Lease claimable runs (during an outage: those of local threads; for a lease's
         time after it, not those whose lease lapsed in it: see `FallbackRouter.lease_clock`)."""
 
+        lease = until - now
+
         async def claim(registry: Registry, lapsed_by: datetime) -> list[RunRecord]:
+            # The lease counts from now: a failed attempt on the primary may have
+            # taken pool_timeout, and a lease already over would be claimed twice.
+            start = datetime.now(UTC)
             claimed = await registry.claim_runs(
-                owner, now=lapsed_by, until=until, limit=limit, graphs=graphs, run_ids=run_ids
+                owner,
+                now=min(lapsed_by, start),
+                until=start + lease,
+                limit=limit,
+                graphs=graphs,
+                run_ids=run_ids,
             )
             self._seen(claimed, claimed=True)
             return claimed
 
         async def on_primary(registry: Registry) -> list[RunRecord]:
-            return await claim(registry, self.router.lease_clock(now, until - now))
+            return await claim(registry, self.router.lease_clock(now, lease))
 
         async def degraded() -> list[RunRecord]:
-            claimed = await claim(self._local("claiming runs"), now)
+            claimed = await claim(self._local("claiming runs"), datetime.now(UTC))
             for thread_id in {r.thread_id for r in claimed}:
                 self._copy_thread(thread_id)
             return claimed

@@ -395,6 +395,8 @@ class RunExecutor:
             run_ids=None if self.claim_others else sorted(self._started),
         ):
             self._started.discard(record.run_id)
+            if self.is_active(record.run_id):  # its lease was renewed, not lost: one task
+                continue
             resuming = record.status is RunStatus.RUNNING
             if resuming:
                 log.info("resuming run %s of thread %s", record.run_id, record.thread_id)

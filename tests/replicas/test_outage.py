@@ -32,7 +32,7 @@ START = """mutation($input: StartRunInput!) { startRun(input: $input) { id threa
 HEALTH = "{ health { status pendingSync quarantined degradedSince } }"
 RUN = """query($id: ID!) { run(id: $id) { id threadId graph status input output error
   createdAt startedAt finishedAt
-  events(first: 1000) { seq __typename at ... on RunStatusChanged { status } ... on NodeUpdate { node } } } }"""
+  events(first: 1000) { seq __typename at ... on RunStatusChanged { status } } } }"""
 THREADS = "{ threads(first: 100) { edges { node { id status } } } }"
 CHECKPOINTS = """query($id: ID!) { thread(id: $id) {
   checkpoints(first: 100) { edges { node { id step } } } } }"""

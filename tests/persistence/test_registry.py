@@ -55,6 +55,7 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         return
     path = ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "reg.sqlite")
     async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")  # as the backends open it
         reg = SqliteRegistry(conn, asyncio.Lock())
         await reg.setup()
         yield reg
@@ -350,15 +351,18 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
     assert await registry.list_events("r1") == [] and await registry.last_seq("r2") == 0
     assert len(await registry.list_events("r3")) == 3
     assert await registry.delete_thread("t1") == (False, 0)
-    # Runs of a thread without a thread row still go.
-    await registry.create_run(run("r4", "ghost"))
-    assert await registry.delete_thread("ghost") == (False, 1)
+    # A run belongs to a thread: none is stored for a thread that is gone.
+    with pytest.raises(NotFoundError):
+        await registry.create_run(run("r4", "t1"))
+    with pytest.raises(NotFoundError):
+        await registry.put_run(run("r4", "t1"))
 
 
 # --- runs ---------------------------------------------------------------------
 
 
 async def test_create_get_update_run(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     before = datetime.now(UTC)
     created = await registry.create_run(
         run("r1", input={"messages": ["hi"]}, metadata={"m": 1}, config={"c": {"d": 2}})
@@ -396,6 +400,8 @@ async def test_create_get_update_run(registry: Registry) -> None:
 
 
 async def test_list_runs_paging_and_filters(registry: Registry) -> None:
+    await registry.upsert_thread("t0")
+    await registry.upsert_thread("t1")
     for i in range(25):
         await registry.create_run(
             run(
@@ -432,6 +438,7 @@ async def test_list_runs_paging_and_filters(registry: Registry) -> None:
 
 
 async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     record = run(
         "r1",
         status=RunStatus.INTERRUPTED,
@@ -460,6 +467,7 @@ async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
 
 
 async def test_delete_run_deletes_its_events(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     await registry.create_run(run("r1"))
     await registry.create_run(run("r2"))
     await registry.append_events("r1", events(1, 2))
@@ -474,6 +482,7 @@ async def test_delete_run_deletes_its_events(registry: Registry) -> None:
 
 
 async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> None:
+    await registry.upsert_thread("t9")
     await registry.create_run(run("r1", thread_id="t9"))
     assert await registry.last_seq("r1") == 0
     await registry.append_events("r1", events(3, 1, 2))
@@ -493,6 +502,7 @@ async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> N
 
 
 async def test_duplicate_seq_raises_and_stores_nothing_of_the_batch(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     await registry.create_run(run("r1"))
     await registry.append_events("r1", events(1, 2))
     with pytest.raises(ConflictError):

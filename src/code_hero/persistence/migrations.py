@@ -24,7 +24,7 @@ __all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "Migration"]
 
 Migration = str | tuple[str, ...]
 
-# v12 (issue 10, deletes are final): runs belong to a thread and events to a run,
+# v11 (issue 10, deletes are final): runs belong to a thread and events to a run,
 # enforced by foreign keys that cascade a thread's deletion. Rows that an earlier
 # version left without their parent (a run finishing after its thread's deletion)
 # are removed first.
@@ -93,7 +93,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, seq)
     )
     """,
-    # v10, v11: runs are claimed from the table by any replica (issue 5).
+    # v9, v10: runs are claimed from the table by any replica (issue 5).
     "ALTER TABLE code_hero_runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
     """
     CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
@@ -181,7 +181,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
         # SQLite adds a foreign key only by rebuilding the table (the columns are
         # those of v5 and v9; the indexes of v6, v7 and v10 go with the old table).
         """
-        CREATE TABLE code_hero_runs_v12 (
+        CREATE TABLE code_hero_runs_v11 (
             run_id TEXT PRIMARY KEY,
             thread_id TEXT NOT NULL
                 REFERENCES code_hero_threads (thread_id) ON DELETE CASCADE,
@@ -203,7 +203,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
         """
-        INSERT INTO code_hero_runs_v12 (run_id, thread_id, graph, status, input, output,
+        INSERT INTO code_hero_runs_v11 (run_id, thread_id, graph, status, input, output,
             error, metadata, config, user_id, multitask, created_at, started_at, finished_at,
             lease_owner, lease_expires_at, cancel_requested)
         SELECT run_id, thread_id, graph, status, input, output, error, metadata, config,
@@ -212,7 +212,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
         FROM code_hero_runs
         """,
         "DROP TABLE code_hero_runs",
-        "ALTER TABLE code_hero_runs_v12 RENAME TO code_hero_runs",
+        "ALTER TABLE code_hero_runs_v11 RENAME TO code_hero_runs",
         "CREATE INDEX code_hero_runs_created_idx ON code_hero_runs (created_at, run_id)",
         """
         CREATE INDEX code_hero_runs_thread_idx
@@ -223,7 +223,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
             WHERE status IN ('PENDING', 'RUNNING')
         """,
         """
-        CREATE TABLE code_hero_run_events_v12 (
+        CREATE TABLE code_hero_run_events_v11 (
             run_id TEXT NOT NULL REFERENCES code_hero_runs (run_id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             thread_id TEXT NOT NULL,
@@ -234,10 +234,10 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
         """
-        INSERT INTO code_hero_run_events_v12 (run_id, seq, thread_id, type, payload, at)
+        INSERT INTO code_hero_run_events_v11 (run_id, seq, thread_id, type, payload, at)
         SELECT run_id, seq, thread_id, type, payload, at FROM code_hero_run_events
         """,
         "DROP TABLE code_hero_run_events",
-        "ALTER TABLE code_hero_run_events_v12 RENAME TO code_hero_run_events",
+        "ALTER TABLE code_hero_run_events_v11 RENAME TO code_hero_run_events",
     ),
 ]

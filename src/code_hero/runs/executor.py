@@ -458,6 +458,8 @@ class RunExecutor:
                     with contextlib.suppress(Exception):
                         await self.registry.release_runs(self.owner, [run_id])
                         await self.bus.send_control("runs")
+                else:  # its row may be gone with its thread rather than taken over
+                    await self._purge_if_deleted(run_id, thread_id)
                 self._release(run_id)
                 return
             status = RunStatus.CANCELLED

@@ -290,10 +290,9 @@ class Gateway:
         if not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
-        runs = await self.manager.registry.list_runs(RunFilter(thread_id=thread_id), first=MAX_PAGE)
-        for run in runs.items:
-            if not run.status.finished:
-                await self.executor.cancel(run.run_id)
+        # Every unfinished run stops first (a run ending after the purge writes nothing
+        # back: the registry's foreign keys and the executor see to its leftovers).
+        await self.executor.stop_thread(thread_id)
         return await self.manager.purge_thread(thread_id)
 
     # ------------------------------------------------------------ checkpoints

@@ -20,7 +20,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from code_hero.persistence.records import (
+    EventRecord,
     NewEvent,
     Registry,
     RunFilter,
@@ -55,6 +57,7 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         return
     path = ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "reg.sqlite")
     async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")  # as the backends open it
         reg = SqliteRegistry(conn, asyncio.Lock())
         await reg.setup()
         yield reg
@@ -350,15 +353,18 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
     assert await registry.list_events("r1") == [] and await registry.last_seq("r2") == 0
     assert len(await registry.list_events("r3")) == 3
     assert await registry.delete_thread("t1") == (False, 0)
-    # Runs of a thread without a thread row still go.
-    await registry.create_run(run("r4", "ghost"))
-    assert await registry.delete_thread("ghost") == (False, 1)
+    # A run belongs to a thread: none is stored for a thread that is gone.
+    with pytest.raises(NotFoundError):
+        await registry.create_run(run("r4", "t1"))
+    with pytest.raises(NotFoundError):
+        await registry.put_run(run("r4", "t1"))
 
 
 # --- runs ---------------------------------------------------------------------
 
 
 async def test_create_get_update_run(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     before = datetime.now(UTC)
     created = await registry.create_run(
         run("r1", input={"messages": ["hi"]}, metadata={"m": 1}, config={"c": {"d": 2}})
@@ -396,6 +402,8 @@ async def test_create_get_update_run(registry: Registry) -> None:
 
 
 async def test_list_runs_paging_and_filters(registry: Registry) -> None:
+    await registry.upsert_thread("t0")
+    await registry.upsert_thread("t1")
     for i in range(25):
         await registry.create_run(
             run(
@@ -432,6 +440,7 @@ async def test_list_runs_paging_and_filters(registry: Registry) -> None:
 
 
 async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     record = run(
         "r1",
         status=RunStatus.INTERRUPTED,
@@ -460,6 +469,7 @@ async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
 
 
 async def test_delete_run_deletes_its_events(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     await registry.create_run(run("r1"))
     await registry.create_run(run("r2"))
     await registry.append_events("r1", events(1, 2))
@@ -474,6 +484,7 @@ async def test_delete_run_deletes_its_events(registry: Registry) -> None:
 
 
 async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> None:
+    await registry.upsert_thread("t9")
     await registry.create_run(run("r1", thread_id="t9"))
     assert await registry.last_seq("r1") == 0
     await registry.append_events("r1", events(3, 1, 2))
@@ -493,6 +504,7 @@ async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> N
 
 
 async def test_duplicate_seq_raises_and_stores_nothing_of_the_batch(registry: Registry) -> None:
+    await registry.upsert_thread("t1")
     await registry.create_run(run("r1"))
     await registry.append_events("r1", events(1, 2))
     with pytest.raises(ConflictError):
@@ -541,3 +553,159 @@ async def test_admit_run_keeps_the_owner_and_guards_it(registry: Registry) -> No
     assert [r.run_id for r in page.items] == ["r5"]
     page = await registry.list_runs(RunFilter(owner="ann"), first=10)
     assert {r.run_id for r in page.items} == {"r1", "r2", "r4"}
+
+
+# --- deletes are final ----------------------------------------------------------
+
+
+def event_records(run_id: str, thread_id: str, *seqs: int) -> list[EventRecord]:
+    return [EventRecord(run_id, thread_id, s, "token", {"n": s}, at(s)) for s in seqs]
+
+
+async def test_a_run_ending_after_its_threads_deletion_writes_nothing(registry: Registry) -> None:
+    admitted, _ = await registry.admit_run(run("r1", "t"), reject_if_busy=True)
+    assert admitted is not None
+    await registry.upsert_thread("other")
+    await registry.admit_run(run("r2", "other"), reject_if_busy=True)
+
+    assert await registry.delete_thread("t") == (True, 1)
+
+    # What the run still does as it ends: its events, its end, its checkpoint's touch.
+    await registry.store_events([*event_records("r1", "t", 2, 3), *event_records("r2", "other", 2)])
+    await registry.put_events(event_records("r1", "t", 4))
+    with pytest.raises(NotFoundError):
+        await registry.append_events("r1", events(5))
+    assert await registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
+        None,
+        False,
+    )
+    assert await registry.update_run("r1", status=RunStatus.RUNNING) is None
+    await registry.touch_threads({"t": "ann"}, create=False)
+
+    assert await registry.get_thread("t") is None
+    assert await registry.get_run("r1") is None
+    assert await registry.list_events("r1") == []
+    # The other run's event of the same batch was stored.
+    assert [e.seq for e in await registry.list_events("r2")] == [2]
+    # A plain touch (a graph.ainvoke on the manager's saver) creates the row afresh.
+    await registry.touch_threads({"t": "ann"})
+    created = await registry.get_thread("t")
+    assert created is not None and created.user_id == "ann"
+
+
+async def test_the_thread_row_cascades_to_runs_and_events(registry: Registry) -> None:
+    await registry.admit_run(
+        run("r1", "t"), reject_if_busy=True, events=event_records("r1", "t", 1)
+    )
+    with pytest.raises(NotFoundError):
+        await registry.put_run(run("r9", "missing"))
+    assert await registry.get_run("r9") is None
+    assert await registry.delete_thread("t") == (True, 1)
+    assert await registry.list_events("r1") == []
+
+
+async def test_finish_run_waits_for_an_admission_holding_the_thread(pg_database: str) -> None:
+    """A run finishing while an ENQUEUE is admitted on its thread: whichever holds the
+    thread row first, the queued run is seen (the thread stays BUSY, `waiting` is True)
+    or admitted after the end (then claimable at once); never BUSY overwritten by IDLE."""
+    pool = make_pool(pg_database)
+    await pool.open()
+    try:
+        registry = PostgresRegistry(pool)
+        await registry.setup()
+        await registry.admit_run(run("r1", "t", created_at=at(1)), reject_if_busy=True)
+        await registry.update_run("r1", status=RunStatus.RUNNING)
+        async with pool.connection() as holder, pool.connection() as probe:
+            await holder.set_autocommit(False)
+            await holder.execute("SELECT 1 FROM code_hero_threads WHERE thread_id = 't' FOR UPDATE")
+
+            async def until_waiting_on_locks(n: int) -> None:
+                for _ in range(3000):  # a bound, not a timing: each look is a round trip
+                    cur = await probe.execute(
+                        "SELECT count(*) AS n FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                    row = await cur.fetchone()
+                    if row is not None and int(row["n"]) >= n:
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"{n} sessions never waited on the thread row")
+
+            # The ENQUEUE queues on the thread row first, then the run's end.
+            admit = asyncio.create_task(
+                registry.admit_run(run("r2", "t", created_at=at(2)), reject_if_busy=False)
+            )
+            await until_waiting_on_locks(1)
+            finish = asyncio.create_task(
+                registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+            )
+            await until_waiting_on_locks(2)
+            await holder.rollback()
+            admitted, busy = await admit
+            finished, waiting = await finish
+        assert admitted is not None and busy == "r1"
+        assert finished is not None and finished.status is RunStatus.SUCCESS
+        assert waiting  # the executor sends the wake-up for r2
+        thread = await registry.get_thread("t")
+        assert thread is not None and thread.status is ThreadStatus.BUSY
+    finally:
+        await pool.close()
+
+
+class _SqliteRegistryV10(SqliteRegistry):
+    """The registry as the previous release had it (migrations up to v10)."""
+
+    migrations = SQLITE_MIGRATIONS[:11]
+
+
+class _PgRegistryV10(PostgresRegistry):
+    migrations = POSTGRES_MIGRATIONS[:11]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_migration_to_foreign_keys_removes_orphans(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A database of the previous schema version with rows left without their thread
+    or run: the migration removes those, keeps the rest, and the keys hold after."""
+
+    async def fill(old: Registry) -> None:
+        await old.setup()
+        await old.upsert_thread("kept")
+        await old.create_run(run("r-kept", "kept"))
+        await old.append_events("r-kept", events(1, 2))
+        await old.create_run(run("r-orphan", "deleted-thread"))  # no thread row
+        await old.append_events("r-orphan", events(1))
+        await old.store_events(event_records("r-gone", "kept", 1))  # no run row
+
+    async def check(new: Registry) -> None:
+        await new.setup()
+        assert await new.get_run("r-kept") is not None
+        assert [e.seq for e in await new.list_events("r-kept")] == [1, 2]
+        assert await new.get_run("r-orphan") is None
+        assert await new.list_events("r-orphan") == [] and await new.list_events("r-gone") == []
+        # After the migration, the keys hold: the run index still serves paging.
+        page = await new.list_runs(RunFilter(thread_id="kept"), first=10)
+        assert [r.run_id for r in page.items] == ["r-kept"]
+        with pytest.raises(NotFoundError):
+            await new.create_run(run("r-new", "deleted-thread"))
+        await new.store_events(event_records("r-gone", "kept", 2))
+        assert await new.list_events("r-gone") == []
+        assert await new.delete_thread("kept") == (True, 1)
+        assert await new.list_events("r-kept") == []
+
+    if kind == "postgres":
+        pool = make_pool(request.getfixturevalue("pg_database"))
+        await pool.open()
+        try:
+            await fill(_PgRegistryV10(pool))
+            await check(PostgresRegistry(pool))
+        finally:
+            await pool.close()
+        return
+    path = str(tmp_path / "old.sqlite")
+    async with aiosqlite.connect(path) as conn:
+        await fill(_SqliteRegistryV10(conn, asyncio.Lock()))
+    async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await check(SqliteRegistry(conn, asyncio.Lock()))

@@ -165,6 +165,10 @@ class Backend:
     kind = "memory"
     saver: BaseCheckpointSaver[Any]
     registry: Registry
+    # The registry's foreign keys hold (SQLite checks them per connection). A fallback
+    # turns this off before it opens: it stores events of runs whose rows stay in the
+    # primary.
+    enforce_references = True
 
     def __init__(self, config: CheckpointerConfig) -> None:
         self.config = config
@@ -229,6 +233,7 @@ class MemoryBackend(Backend):
     async def open(self) -> None:
         self.saver = InMemorySaver()
         self._conn = await aiosqlite.connect(":memory:")
+        await _foreign_keys(self._conn, self.enforce_references)
         self._lock = asyncio.Lock()
         self.registry = SqliteRegistry(self._conn, self._lock)
         await self.registry.setup()
@@ -303,6 +308,12 @@ class MemoryBackend(Backend):
         return removed
 
 
+async def _foreign_keys(conn: aiosqlite.Connection, on: bool) -> None:
+    """Turn SQLite's foreign-key checks on (off by default, per connection; the stock
+    saver's tables declare none, so only the registry's tables are concerned)."""
+    await conn.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+
+
 class SqliteBackend(Backend):
     """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
 
@@ -320,6 +331,7 @@ class SqliteBackend(Backend):
         try:
             # Other processes (the CLI, a second server) may hold the file briefly.
             await self._conn.execute("PRAGMA busy_timeout = 5000")
+            await _foreign_keys(self._conn, self.enforce_references)
             saver = AsyncSqliteSaver(self._conn)
             if self.config.auto_setup:
                 await saver.setup()

@@ -250,6 +250,7 @@ class FallbackRouter:
 
     async def _open_now(self, slot: BackendSlot) -> None:
         backend = open_backend(slot.config)
+        backend.enforce_references = slot is self.primary
         start = time.perf_counter()
         try:
             await self._bounded(
@@ -368,8 +369,9 @@ class FallbackRouter:
         """The registry row was just written by someone else: skip the next touch."""
         self._touched_at[thread_id] = time.monotonic()
 
-    async def touch(self, thread_id: str, user_id: str | None) -> None:
-        """Record activity on a thread in the registry (throttled per thread)."""
+    async def touch(self, thread_id: str, user_id: str | None, *, create: bool = True) -> None:
+        """Record activity on a thread in the registry (throttled per thread); a missing
+        row is created only with `create` (not for a run's checkpoint: see ManagedSaver)."""
         now = time.monotonic()
         if now - self._touched_at.get(thread_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
@@ -382,13 +384,13 @@ class FallbackRouter:
         if slot is not None and slot is self.primary and slot.backend is not None:
             try:
                 with self.metrics.timed(slot.label, "touch_threads"):
-                    await slot.backend.registry.touch_threads({thread_id: user_id})
+                    await slot.backend.registry.touch_threads({thread_id: user_id}, create=create)
                 return
             except Exception as exc:
                 if not is_backend_error(exc):
                     raise
                 self._fail(slot, exc)
-        self.journal.append(TouchThread(thread_id, user_id))
+        self.journal.append(TouchThread(thread_id, user_id, create))
 
     # -------------------------------------------------------------- reads
     def _read_order(self, thread_id: str) -> list[BackendSlot]:
@@ -713,7 +715,12 @@ class ManagedSaver(BaseCheckpointSaver[str]):
             }
         if not config["configurable"].get("checkpoint_ns"):
             user = config["configurable"].get("user_id") or metadata.get("user_id")
-            await router.touch(thread_id, None if user is None else str(user))
+            # A run of the registry (its config names it) was admitted with its thread
+            # row: its checkpoint only bumps that row, so a run that ends after its
+            # thread's deletion cannot bring the thread back. A plain graph.ainvoke
+            # on the manager's saver creates the row.
+            create = "run_id" not in config["configurable"]
+            await router.touch(thread_id, None if user is None else str(user), create=create)
         return result
 
     async def aput_writes(

@@ -184,13 +184,15 @@ class FallbackRegistry:
             degraded,
         )
 
-    async def touch_threads(self, touches: Mapping[str, str | None]) -> None:
+    async def touch_threads(
+        self, touches: Mapping[str, str | None], *, create: bool = True
+    ) -> None:
         """Bump updated_at of each thread (primary only; the router keeps touches meanwhile)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("touching threads")
 
-        await self._write(lambda r: r.touch_threads(touches), degraded)
+        await self._write(lambda r: r.touch_threads(touches, create=create), degraded)
 
     async def put_thread(self, thread: ThreadRecord) -> None:
         """Insert or replace a thread as given (primary only)."""

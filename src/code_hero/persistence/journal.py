@@ -19,7 +19,9 @@ Three rules make that lose nothing:
   last drain;
 - an entry the primary refuses for a reason other than being unreachable (a
   value PostgreSQL cannot store) is moved to the quarantine: kept, counted,
-  retried later, and it does not hold up the entries behind it.
+  retried later, and it does not hold up the entries behind it. An entry whose
+  thread or run the primary no longer has (deleted meanwhile) is done, not
+  refused: a run, its events and a run's changes follow their thread out.
 
 The journal has a limit: when it is full a new write fails (UNAVAILABLE)
 instead of the process growing until the kernel kills it.
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 
-from code_hero.errors import BackendUnavailableError
+from code_hero.errors import BackendUnavailableError, NotFoundError
 from code_hero.persistence.records import THREAD_STATUS_AFTER, RunFilter, RunRecord, RunStatus
 
 if TYPE_CHECKING:
@@ -399,8 +401,11 @@ class CopyThread:
             if not page.has_next_page:
                 break
             after = page.end_cursor
-        for run in reversed(runs):  # oldest first
-            await primary.registry.put_run(run)
+        for run in reversed(runs):  # oldest first; the thread's row came first
+            try:
+                await primary.registry.put_run(run)
+            except NotFoundError:  # the thread was deleted in the primary meanwhile: done
+                return
             await _copy_events(primary, fallback, run.run_id, self.copied)
 
 
@@ -428,7 +433,7 @@ async def _copy_events(
         events = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
         if not events:
             return
-        await primary.registry.put_events(events)
+        await primary.registry.put_events(events)  # a run deleted meanwhile takes none
         copied[run_id] = events[-1].seq
 
 
@@ -477,13 +482,14 @@ class TouchThread:
 
     thread_id: str
     user_id: str | None
+    create: bool = True
 
     @property
     def key(self) -> Hashable:
-        return ("touch", self.thread_id)
+        return ("touch", self.thread_id, self.create)
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        await primary.registry.touch_threads({self.thread_id: self.user_id})
+        await primary.registry.touch_threads({self.thread_id: self.user_id}, create=self.create)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A migration's position in its list is its version, recorded in
 `code_hero_migrations(v)` once applied. Entry 0 creates that table. Never edit
 or reorder an entry that has shipped: append a new one (to both lists when the
 change concerns both dialects, a no-op "SELECT 1" to the other when it does
-not, so that a version means the same change on both). Each entry is a single
-statement.
+not, so that a version means the same change on both). An entry is one
+statement, or a tuple of statements applied in order in the same transaction
+(SQLite cannot add a constraint to a table: it rebuilds the table).
 
 Every table is prefixed `code_hero_` so it cannot collide with the LangGraph
 checkpoint savers' tables (`checkpoints`, `checkpoint_blobs`,
@@ -19,9 +20,20 @@ stores JSON as TEXT and times as fixed-width ISO-8601 UTC text
 
 from __future__ import annotations
 
-__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS"]
+__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "Migration"]
 
-POSTGRES_MIGRATIONS: list[str] = [
+Migration = str | tuple[str, ...]
+
+# v11 (issue 10, deletes are final): runs belong to a thread and events to a run,
+# enforced by foreign keys that cascade a thread's deletion. Rows that an earlier
+# version left without their parent (a run finishing after its thread's deletion)
+# are removed first.
+_DELETE_ORPHANS = (
+    "DELETE FROM code_hero_runs WHERE thread_id NOT IN (SELECT thread_id FROM code_hero_threads)",
+    "DELETE FROM code_hero_run_events WHERE run_id NOT IN (SELECT run_id FROM code_hero_runs)",
+)
+
+POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
     CREATE TABLE code_hero_threads (
@@ -81,15 +93,26 @@ POSTGRES_MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, seq)
     )
     """,
-    # v10, v11: runs are claimed from the table by any replica (issue 5).
+    # v9, v10: runs are claimed from the table by any replica (issue 5).
     "ALTER TABLE code_hero_runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
     """
     CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
         WHERE status IN ('PENDING', 'RUNNING')
     """,
+    (
+        *_DELETE_ORPHANS,
+        """
+        ALTER TABLE code_hero_runs ADD CONSTRAINT code_hero_runs_thread_fk
+            FOREIGN KEY (thread_id) REFERENCES code_hero_threads (thread_id) ON DELETE CASCADE
+        """,
+        """
+        ALTER TABLE code_hero_run_events ADD CONSTRAINT code_hero_run_events_run_fk
+            FOREIGN KEY (run_id) REFERENCES code_hero_runs (run_id) ON DELETE CASCADE
+        """,
+    ),
 ]
 
-SQLITE_MIGRATIONS: list[str] = [
+SQLITE_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
     CREATE TABLE code_hero_threads (
@@ -153,4 +176,68 @@ SQLITE_MIGRATIONS: list[str] = [
     CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
         WHERE status IN ('PENDING', 'RUNNING')
     """,
+    (
+        *_DELETE_ORPHANS,
+        # SQLite adds a foreign key only by rebuilding the table (the columns are
+        # those of v5 and v9; the indexes of v6, v7 and v10 go with the old table).
+        """
+        CREATE TABLE code_hero_runs_v11 (
+            run_id TEXT PRIMARY KEY,
+            thread_id TEXT NOT NULL
+                REFERENCES code_hero_threads (thread_id) ON DELETE CASCADE,
+            graph TEXT NOT NULL,
+            status TEXT NOT NULL,
+            input TEXT,
+            output TEXT,
+            error TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            config TEXT NOT NULL DEFAULT '{}',
+            user_id TEXT,
+            multitask TEXT NOT NULL DEFAULT 'REJECT',
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            lease_owner TEXT,
+            lease_expires_at TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        INSERT INTO code_hero_runs_v11 (run_id, thread_id, graph, status, input, output,
+            error, metadata, config, user_id, multitask, created_at, started_at, finished_at,
+            lease_owner, lease_expires_at, cancel_requested)
+        SELECT run_id, thread_id, graph, status, input, output, error, metadata, config,
+            user_id, multitask, created_at, started_at, finished_at, lease_owner,
+            lease_expires_at, cancel_requested
+        FROM code_hero_runs
+        """,
+        "DROP TABLE code_hero_runs",
+        "ALTER TABLE code_hero_runs_v11 RENAME TO code_hero_runs",
+        "CREATE INDEX code_hero_runs_created_idx ON code_hero_runs (created_at, run_id)",
+        """
+        CREATE INDEX code_hero_runs_thread_idx
+            ON code_hero_runs (thread_id, created_at, run_id)
+        """,
+        """
+        CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)
+            WHERE status IN ('PENDING', 'RUNNING')
+        """,
+        """
+        CREATE TABLE code_hero_run_events_v11 (
+            run_id TEXT NOT NULL REFERENCES code_hero_runs (run_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            thread_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )
+        """,
+        """
+        INSERT INTO code_hero_run_events_v11 (run_id, seq, thread_id, type, payload, at)
+        SELECT run_id, seq, thread_id, type, payload, at FROM code_hero_run_events
+        """,
+        "DROP TABLE code_hero_run_events",
+        "ALTER TABLE code_hero_run_events_v11 RENAME TO code_hero_run_events",
+    ),
 ]

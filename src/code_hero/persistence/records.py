@@ -158,8 +158,11 @@ class Registry(Protocol):
     ) -> ThreadRecord:
         """Create the thread if missing, else update the given fields; bumps updated_at."""
 
-    async def touch_threads(self, touches: Mapping[str, str | None]) -> None:
-        """Bump updated_at of each thread id, creating missing ones with that user id."""
+    async def touch_threads(
+        self, touches: Mapping[str, str | None], *, create: bool = True
+    ) -> None:
+        """Bump updated_at of each thread id, creating missing ones with that user id
+        (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
     async def put_thread(self, thread: ThreadRecord) -> None:
         """Insert or replace a thread as given, timestamps included (for migration)."""

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import BadInputError, ConflictError, NotFoundError
-from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, Migration
 from code_hero.persistence.records import (
     EventRecord,
     NewEvent,
@@ -54,6 +54,8 @@ RUN_NULLABLE_JSON = frozenset({"input", "output"})
 RUN_TIMES = frozenset({"created_at", "started_at", "finished_at", "lease_expires_at"})
 # pg_advisory_xact_lock key serialising concurrent setup() calls: b"codehero".
 MIGRATION_LOCK_KEY = 0x636F_6465_6865_726F
+# How often a batch of events is stored again without the runs deleted meanwhile.
+_GONE_RETRIES = 5
 
 
 def _dumps(value: Any) -> str:
@@ -133,9 +135,13 @@ class _Busy(Exception):
 class _SqlRegistry(ABC):
     """Every registry query, once; subclasses supply the dialect seam."""
 
-    migrations: ClassVar[Sequence[str]]
+    migrations: ClassVar[Sequence[Migration]]
     migration_lock: ClassVar[str | None] = None
     skip_locked: ClassVar[str] = ""  # PostgreSQL: claimers skip rows another one locked
+    # PostgreSQL: row locks. Every transaction that locks a thread and its runs locks the
+    # thread first, then the runs in run_id order (SQLite: one writer at a time anyway).
+    for_update: ClassVar[str] = ""
+    key_share: ClassVar[str] = ""
 
     # --- the dialect seam ---------------------------------------------------
 
@@ -171,6 +177,10 @@ class _SqlRegistry(ABC):
     def _is_duplicate(self, exc: BaseException) -> bool:
         """True when `exc` is a primary-key or unique violation."""
 
+    @abstractmethod
+    def _is_orphan(self, exc: BaseException) -> bool:
+        """True when `exc` is a foreign-key violation (the row's thread or run is gone)."""
+
     # --- shared helpers -----------------------------------------------------
 
     @asynccontextmanager
@@ -180,6 +190,15 @@ class _SqlRegistry(ABC):
         except Exception as exc:
             if self._is_duplicate(exc):
                 raise ConflictError(f"{what} already exists") from exc
+            raise
+
+    @asynccontextmanager
+    async def _parent(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if self._is_orphan(exc):
+                raise NotFoundError(f"{what} is gone: it was deleted") from exc
             raise
 
     def _from_ts_or_none(self, value: Any) -> datetime | None:
@@ -248,11 +267,15 @@ class _SqlRegistry(ABC):
         async with self._session(atomic=True) as s:
             if self.migration_lock is not None:
                 await s.execute(self.migration_lock, [MIGRATION_LOCK_KEY])
-            await s.execute(self.migrations[0])
+            first = self.migrations[0]
+            assert isinstance(first, str)  # creates code_hero_migrations: one statement
+            await s.execute(first)
             rows = await s.fetch("SELECT MAX(v) AS v FROM code_hero_migrations")
             current = -1 if rows[0]["v"] is None else int(rows[0]["v"])
             for version in range(current + 1, len(self.migrations)):
-                await s.execute(self.migrations[version])
+                migration = self.migrations[version]
+                for statement in (migration,) if isinstance(migration, str) else migration:
+                    await s.execute(statement)
                 await s.execute("INSERT INTO code_hero_migrations (v) VALUES (?)", [version])
 
     # --- threads ------------------------------------------------------------
@@ -291,20 +314,31 @@ class _SqlRegistry(ABC):
             rows = await s.fetch(sql, params)
         return self._thread(rows[0])
 
-    async def touch_threads(self, touches: Mapping[str, str | None]) -> None:
-        """Bump updated_at of each thread id, creating missing ones with that user id."""
+    async def touch_threads(
+        self, touches: Mapping[str, str | None], *, create: bool = True
+    ) -> None:
+        """Bump updated_at of each thread id, creating missing ones with that user id
+        (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
         if not touches:
             return
         now = self._ts(_now())
+        rows: list[tuple[Any, ...]]
         # An existing owner is kept: a touch fills in a missing user id, never changes one.
-        sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
-            "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)"
-        )
-        empty, idle = self._json({}), ThreadStatus.IDLE.value
-        # Sorted, so that two concurrent batches lock their rows in the same order.
-        rows = [(tid, touches[tid], idle, empty, now, now) for tid in sorted(touches)]
+        if create:
+            sql = (
+                f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)"
+            )
+            empty, idle = self._json({}), ThreadStatus.IDLE.value
+            # Sorted, so that two concurrent batches lock their rows in the same order.
+            rows = [(tid, touches[tid], idle, empty, now, now) for tid in sorted(touches)]
+        else:
+            sql = (
+                "UPDATE code_hero_threads SET updated_at = ?, user_id = COALESCE(user_id, ?) "
+                "WHERE thread_id = ?"
+            )
+            rows = [(now, touches[tid], tid) for tid in sorted(touches)]
         async with self._session(atomic=True) as s:
             await s.executemany(sql, rows)
 
@@ -394,6 +428,18 @@ class _SqlRegistry(ABC):
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted)."""
         async with self._session(atomic=True) as s:
+            # The lock order of every writer: the thread, then its runs by id. The
+            # foreign keys would cascade; the explicit deletes also serve a fallback,
+            # which keeps events of runs whose rows are in the primary.
+            await s.fetch(
+                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                [thread_id],
+            )
+            await s.fetch(
+                "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
+                f"ORDER BY run_id{self.for_update}",
+                [thread_id],
+            )
             await s.execute(
                 "DELETE FROM code_hero_run_events WHERE run_id IN "
                 "(SELECT run_id FROM code_hero_runs WHERE thread_id = ?)",
@@ -426,7 +472,11 @@ class _SqlRegistry(ABC):
             f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
             f"RETURNING {RUN_COLUMNS}"
         )
-        async with self._unique(f"run {run.run_id!r}"), self._session() as s:
+        async with (
+            self._unique(f"run {run.run_id!r}"),
+            self._parent(f"thread {run.thread_id!r}"),
+            self._session() as s,
+        ):
             rows = await s.fetch(sql, params)
         return self._run(rows[0])
 
@@ -515,7 +565,7 @@ class _SqlRegistry(ABC):
             f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
             f"ON CONFLICT (run_id) DO UPDATE SET {updates}"
         )
-        async with self._session() as s:
+        async with self._parent(f"thread {run.thread_id!r}"), self._session() as s:
             await s.execute(sql, params)
 
     # --- claiming -----------------------------------------------------------
@@ -606,6 +656,18 @@ class _SqlRegistry(ABC):
         sets = ", ".join(f"{name} = ?" for name in fields)
         params = [self._run_param(name, value) for name, value in fields.items()]
         async with self._session(atomic=True) as s:
+            # The thread first, as admit_run locks it: a run admitted meanwhile is
+            # either committed before the look for waiting runs below, or admitted
+            # after this commit (and then claimable at once).
+            found = await s.fetch("SELECT thread_id FROM code_hero_runs WHERE run_id = ?", [run_id])
+            if not found:
+                return None, False
+            locked = await s.fetch(
+                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                [found[0]["thread_id"]],
+            )
+            if not locked:  # the thread is being deleted, its runs with it
+                return None, False
             rows = await s.fetch(
                 f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
                 [*params, run_id],
@@ -722,9 +784,13 @@ class _SqlRegistry(ABC):
         async with self._session() as s:
             rows = await s.fetch(
                 f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
-                "WHERE cancel_requested AND status IN ('PENDING', 'RUNNING') "
-                f"AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
-                [owner, self._ts(_utc(until)), self._ts(_utc(now))],
+                "WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
+                "  WHERE r.cancel_requested AND r.status IN ('PENDING', 'RUNNING') "
+                "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?)"
+                # Rows a deletion (or another claimer) holds are skipped, not waited for.
+                f"  ORDER BY r.run_id{self.skip_locked}"
+                f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
+                [owner, self._ts(_utc(until)), self._ts(_utc(now)), self._ts(_utc(now))],
             )
         return [self._run(r) for r in rows]
 
@@ -738,7 +804,8 @@ class _SqlRegistry(ABC):
         async with self._unique(f"an event of run {run_id!r} with one of these seqs"):
             async with self._session(atomic=True) as s:
                 found = await s.fetch(
-                    "SELECT thread_id FROM code_hero_runs WHERE run_id = ?", [run_id]
+                    f"SELECT thread_id FROM code_hero_runs WHERE run_id = ?{self.key_share}",
+                    [run_id],
                 )
                 if not found:
                     raise NotFoundError(f"no run {run_id!r}: create the run before its events")
@@ -750,32 +817,43 @@ class _SqlRegistry(ABC):
                 await s.executemany(sql, rows)
 
     async def store_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events of any runs in one transaction (each carries its run and thread)."""
-        if not events:
-            return
+        """Store events of any runs in one transaction (each carries its run and thread);
+        events of runs deleted meanwhile are dropped."""
         sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-        rows = [
-            (e.run_id, e.seq, e.thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
-            for e in events
-        ]
         async with self._unique("an event whose (run, seq) is already stored"):
-            async with self._session(atomic=True) as s:
-                await s.executemany(sql, rows)
+            await self._insert_events(sql, events)
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events, skipping any whose (run, seq) is stored already (for copies)."""
-        if not events:
-            return
+        """Store events, skipping any whose (run, seq) is stored already (for copies) and
+        any of runs deleted meanwhile."""
         sql = (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, seq) DO NOTHING"
         )
-        rows = [
-            (e.run_id, e.seq, e.thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
-            for e in events
-        ]
-        async with self._session(atomic=True) as s:
-            await s.executemany(sql, rows)
+        await self._insert_events(sql, events)
+
+    async def _insert_events(self, sql: str, events: Sequence[EventRecord]) -> None:
+        """Insert in one transaction; on a foreign-key violation, again without the events
+        of runs that are gone (a run that ends after its thread's deletion leaves none)."""
+        for _ in range(_GONE_RETRIES):
+            if not events:
+                return
+            # In run order: the foreign-key checks lock the runs in the order a deletion
+            # locks them.
+            rows = [
+                (e.run_id, e.seq, e.thread_id, e.type, self._json(e.payload), self._ts(_utc(e.at)))
+                for e in sorted(events, key=lambda e: (e.run_id, e.seq))
+            ]
+            try:
+                async with self._session(atomic=True) as s:
+                    await s.executemany(sql, rows)
+                return
+            except Exception as exc:
+                if not self._is_orphan(exc):
+                    raise
+            present = await self.get_runs([e.run_id for e in events])
+            events = [e for e in events if e.run_id in present]
+        raise NotFoundError("runs of these events keep being deleted: the events are dropped")
 
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -869,10 +947,13 @@ class SqliteRegistry(_SqlRegistry):
     """The registry in the SQLite database of the checkpoints, on the saver's connection.
 
     Every statement runs under `lock`, the one the `AsyncSqliteSaver` holds on the
-    same connection, and each write commits before the lock is released.
+    same connection, and each write commits before the lock is released. The
+    foreign keys hold only on a connection with `PRAGMA foreign_keys = ON`, which
+    the backends turn on (a fallback's stays off: it keeps the events of runs whose
+    rows are in the primary).
     """
 
-    migrations: ClassVar[Sequence[str]] = SQLITE_MIGRATIONS
+    migrations: ClassVar[Sequence[Migration]] = SQLITE_MIGRATIONS
 
     def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self.conn = conn
@@ -948,6 +1029,10 @@ class SqliteRegistry(_SqlRegistry):
             2067,  # SQLITE_CONSTRAINT_UNIQUE
         )
 
+    def _is_orphan(self, exc: BaseException) -> bool:
+        # SQLITE_CONSTRAINT_FOREIGNKEY; only raised on a connection with foreign_keys on.
+        return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode == 787
+
 
 # --- PostgreSQL ---------------------------------------------------------------
 
@@ -980,9 +1065,11 @@ class _PgSession:
 class PostgresRegistry(_SqlRegistry):
     """The registry in the PostgreSQL database of the checkpoints, on an autocommit pool."""
 
-    migrations: ClassVar[Sequence[str]] = POSTGRES_MIGRATIONS
+    migrations: ClassVar[Sequence[Migration]] = POSTGRES_MIGRATIONS
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
+    for_update: ClassVar[str] = " FOR UPDATE"
+    key_share: ClassVar[str] = " FOR KEY SHARE"
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
@@ -1018,3 +1105,6 @@ class PostgresRegistry(_SqlRegistry):
 
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
+
+    def _is_orphan(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.ForeignKeyViolation)

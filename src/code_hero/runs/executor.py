@@ -357,6 +357,31 @@ class RunExecutor:
         self._wake.set()  # an unclaimed run is finished by the claim loop
         return await self.wait(run_id, limit=5 + self.lease.total_seconds())
 
+    async def stop_thread(self, thread_id: str) -> None:
+        """Cancel every unfinished run of the thread, wherever it runs, and wait until
+        none executes (a deletion follows: nothing may write after it)."""
+        executing: list[str] = []
+        remote: list[str] = []
+        async with self._claiming:  # no run of the thread is claimed here meanwhile
+            for record in await self.registry.unfinished_runs(thread_id):
+                if self.is_active(record.run_id):
+                    self._cancel_requested.add(record.run_id)
+                    self._tasks[record.run_id].cancel()
+                    executing.append(record.run_id)
+                    continue
+                # Flagged, a run is never claimed again; one claimed already (leased)
+                # is stopped by its executor, on the message or at its lease renewal.
+                flagged = await self.registry.request_cancel(record.run_id)
+                if flagged is not None and not flagged.status.finished and flagged.lease_owner:
+                    remote.append(record.run_id)
+        for run_id in remote:
+            await self.bus.send_control(f"cancel {run_id}")
+        self._wake.set()  # the flagged runs nobody holds are finished by a claim loop
+        await asyncio.gather(
+            *(self.wait(run_id, limit=5) for run_id in executing),
+            *(self.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
+        )
+
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
         while True:
@@ -435,6 +460,8 @@ class RunExecutor:
                     with contextlib.suppress(Exception):
                         await self.registry.release_runs(self.owner, [run_id])
                         await self.bus.send_control("runs")
+                else:  # its row may be gone with its thread rather than taken over
+                    await self._purge_if_deleted(run_id, thread_id)
                 self._release(run_id)
                 return
             status = RunStatus.CANCELLED
@@ -446,7 +473,9 @@ class RunExecutor:
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         waiting = False
         try:
-            waiting = await self._finish(run_id, thread_id, status, output, error, writer)
+            final, waiting = await self._finish(run_id, thread_id, status, output, error, writer)
+            if final is None:  # its row is gone: the thread was deleted meanwhile
+                await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
         self._wake.set()  # a slot is free
@@ -514,8 +543,9 @@ class RunExecutor:
         output: Any,
         error: str | None,
         writer: RunEventWriter | None = None,
-    ) -> bool:
-        """Record the end; True when the thread has runs waiting for it."""
+    ) -> tuple[RunRecord | None, bool]:
+        """Record the end: the final run (None when it is gone), and whether the thread
+        has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
@@ -531,7 +561,18 @@ class RunExecutor:
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
-        return waiting
+        return final, waiting
+
+    async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:
+        """A run that outlived its thread's deletion (its end was not awaited) may have
+        written checkpoints after the purge: they go too. Its rows are gone already."""
+        try:
+            if await self.registry.get_thread(thread_id) is not None:
+                return  # the id was taken again: the checkpoints are the new thread's
+            log.info("run %s ended after its thread %s was deleted", run_id, thread_id)
+            await self.manager.router.delete_thread(thread_id)
+        except Exception as exc:
+            log.warning("purging the checkpoints of deleted thread %s failed: %s", thread_id, exc)
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)

@@ -1,0 +1,157 @@
+"""Deletes are final, on memory, SQLite and PostgreSQL: no run outlives its thread's
+deletion, and nothing a run writes afterwards brings the thread back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
+
+from code_hero.config import CheckpointerConfig
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.records import RunFilter, RunStatus
+from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.runs.conftest import SLOW_SPEC
+
+
+async def wait_status(gw: Gateway, run_id: str, status: RunStatus, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        run = await gw.get_run(run_id)
+        if run is not None and run.status is status:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {status}")
+
+
+async def first_checkpoint(gw: Gateway, thread_id: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while await gw.get_checkpoint(thread_id) is None:
+        assert time.monotonic() < deadline, f"thread {thread_id} never wrote a checkpoint"
+        await asyncio.sleep(0.02)
+
+
+async def assert_gone(gw: Gateway, thread_id: str, run_ids: list[str]) -> None:
+    """No thread row, no run, no event, no checkpoint of the thread remains."""
+    registry = gw.manager.registry
+    assert await gw.get_thread(thread_id) is None
+    assert (await registry.list_runs(RunFilter(thread_id=thread_id), first=1000)).items == []
+    assert await registry.get_runs(run_ids) == {}
+    for run_id in run_ids:
+        assert await registry.list_events(run_id) == []
+    assert await gw.manager.router.count_checkpoints(thread_id) == 0
+    assert await gw.get_checkpoint(thread_id) is None
+
+
+async def test_a_run_cut_short_by_the_delete_writes_nothing_back(gateway: Gateway) -> None:
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    await wait_status(gateway, run.run_id, RunStatus.RUNNING)
+    await first_checkpoint(gateway, run.thread_id)  # mid-run: it has written
+
+    gone = await gateway.delete_thread(run.thread_id)
+
+    assert gone.deleted and gone.runs_deleted == 1
+    assert not gateway.executor.is_active(run.run_id)  # ended before the purge
+    await gateway.events.flush()  # whatever its end emitted has been stored (or dropped)
+    await assert_gone(gateway, run.thread_id, [run.run_id])
+
+
+async def test_a_run_ending_after_the_purge_writes_nothing_back(gateway: Gateway) -> None:
+    """`manager.purge_thread` (what `code-hero threads delete` calls) does not stop the
+    run: it goes on writing checkpoints and events, and ends after the purge."""
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    await first_checkpoint(gateway, run.thread_id)
+
+    await gateway.manager.purge_thread(run.thread_id)
+    assert gateway.executor.is_active(run.run_id)  # still writing
+    deadline = time.monotonic() + 60
+    while gateway.executor.is_active(run.run_id):  # to its last step and its end
+        assert time.monotonic() < deadline, "the run never ended"
+        await asyncio.sleep(0.05)
+
+    await gateway.events.flush()
+    await assert_gone(gateway, run.thread_id, [run.run_id])
+
+
+async def test_every_queued_run_goes_with_its_thread(gateway: Gateway) -> None:
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 2}))
+    queued = [
+        await gateway.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
+        )
+        for _ in range(149)
+    ]
+    await wait_status(gateway, first.run_id, RunStatus.RUNNING)
+    unfinished = await gateway.manager.registry.unfinished_runs(first.thread_id)
+    assert len(unfinished) == 150  # the oldest one is past the newest 100
+
+    await gateway.delete_thread(first.thread_id)
+
+    # The running one was stopped, not left to finish after the purge.
+    assert not gateway.executor.is_active(first.run_id)
+    assert await gateway.executor.recover() == 0  # nothing of the thread is claimable
+    await gateway.events.flush()
+    await assert_gone(gateway, first.thread_id, [first.run_id, *(r.run_id for r in queued)])
+
+
+class _State(TypedDict, total=False):
+    n: int
+
+
+def _counter() -> Any:
+    builder = StateGraph(_State)
+    builder.add_node("step", lambda state: {"n": state.get("n", 0) + 1})
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    return builder
+
+
+async def test_a_runs_late_checkpoint_creates_no_thread_but_a_plain_one_does(
+    gateway: Gateway,
+) -> None:
+    """A registry run's checkpoint only bumps its thread's row (so a run that ends after
+    the delete cannot bring the thread back); the seed's plain ainvoke creates the row."""
+    graph = _counter().compile(checkpointer=gateway.manager.get_checkpointer())
+    late = {"configurable": {"thread_id": "deleted-meanwhile", "run_id": "r-late"}}
+    await graph.ainvoke({"n": 0}, late)
+    assert await gateway.get_thread("deleted-meanwhile") is None
+
+    plain = {"configurable": {"thread_id": "seed-thread"}}
+    await graph.ainvoke({"n": 0}, plain)
+    threads = await gateway.manager.list_threads(limit=10)
+    assert [t["thread_id"] for t in threads] == ["seed-thread"]
+
+
+async def test_queued_runs_start_as_the_previous_one_ends(
+    backend_config: CheckpointerConfig,
+) -> None:
+    """ENQUEUE admissions racing the end of the run before them: each queued run is woken
+    by that end, never by the claimers' poll (here 200 s, beyond the bounded wait)."""
+    settings = GatewaySettings(
+        checkpointer=backend_config, graphs={"slow": SLOW_SPEC}, lease_seconds=600
+    )
+    async with Gateway(settings) as gw:
+        first = await gw.start_run(StartRun(graph="slow", input={"delay": 0.01}))
+        runs = [first]
+        for _ in range(8):  # each admitted while the one before is finishing or done
+            runs.append(
+                await gw.start_run(
+                    StartRun(
+                        graph="slow",
+                        thread_id=first.thread_id,
+                        input={"delay": 0.01},
+                        multitask=MultitaskStrategy.ENQUEUE,
+                    )
+                )
+            )
+            await asyncio.sleep(0.03)
+        ended = [await gw.executor.wait(r.run_id, limit=60) for r in runs]
+        assert [r.status for r in ended] == [RunStatus.SUCCESS] * len(runs)

@@ -235,6 +235,7 @@ async def _raw(manager: EnhancedCheckpointerManager, *statements: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 async def test_duplicate_run_fails_the_call_only(kind: str, request: pytest.FixtureRequest) -> None:
     async with _manager(_config(kind, request)) as manager:
+        await manager.registry.upsert_thread("t")
         run = RunRecord(run_id="r1", thread_id="t", graph="g", status=RunStatus.PENDING)
         await manager.registry.create_run(run)
         with pytest.raises(ConflictError, match="already exists") as conflict:
@@ -439,7 +440,7 @@ async def test_postgres_deadlock_is_not_down(pg_database: str) -> None:
     async with _manager(config) as manager:
         await manager.registry.upsert_thread("a")
         await manager.registry.upsert_thread("b")
-        pool = cast(PostgresBackend, manager.backend).pool
+        pool = cast(PostgresBackend, manager.router.primary.backend).pool
         step = asyncio.Barrier(2)
 
         async def cross(first: str, second: str) -> None:
@@ -475,7 +476,7 @@ async def test_postgres_terminated_session_switches_and_heals(pg_database: str) 
             assert "OperationalError" in (manager.router.primary.last_error or "") or (
                 "AdminShutdown" in (manager.router.primary.last_error or "")
             )
-            assert manager.router.pending_sync == 1
+            assert manager.router.pending_sync == 2  # the checkpoint and its thread's touch
             assert await manager.get_checkpoint("terminated") is not None
             assert _stored(config, "terminated") == 0
 
@@ -546,7 +547,7 @@ def high_descriptors() -> Iterator[None]:
 async def test_pool_works_with_descriptors_above_1024(pg_database: str) -> None:
     config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
     async with _manager(config) as manager:
-        pool = cast(PostgresBackend, manager.backend).pool
+        pool = cast(PostgresBackend, manager.router.primary.backend).pool
         async with pool.connection() as one, pool.connection() as two:
             assert min(one.fileno(), two.fileno()) >= 1024
 

@@ -15,6 +15,12 @@ mode's ANONYMOUS, which sees everything) and
   caller's own user id on the runs and threads it creates;
 - lets administrators see and act on everything;
 - asks the access policy (hook, rate limit; see `code_hero.auth.policy`).
+
+It is also where the ids a caller names are checked (`code_hero.ids`), before
+any I/O: every method that takes one thread, run or checkpoint id refuses a
+malformed one with BAD_USER_INPUT naming the argument as the schema does.
+The batch look-ups (`get_threads`, `get_runs`, `latest_checkpoints`) serve
+the DataLoaders with ids read from stored records and are not checked.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.auth import ANONYMOUS, AccessPolicy, AccessSettings, Action, Caller
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
+from code_hero.ids import check_checkpoint_id, check_run_id, check_thread_id
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
@@ -64,6 +71,7 @@ class GatewaySettings:
     max_message_length: int = 100_000
     shutdown_grace: float = 10.0
     claim_others: bool = True  # False: execute only runs this process started (the CLI)
+    max_recursion_limit: int = 100  # the most graph steps a run's config may ask for
     access: AccessSettings = field(default_factory=AccessSettings)
 
 
@@ -123,6 +131,7 @@ class Gateway:
                 lease_seconds=self.settings.lease_seconds,
                 max_message_length=self.settings.max_message_length,
                 claim_others=self.settings.claim_others,
+                max_recursion_limit=self.settings.max_recursion_limit,
             )
             await self._executor.__aenter__()
         except BaseException:
@@ -234,6 +243,7 @@ class Gateway:
         self, thread_id: str, *, caller: Caller = ANONYMOUS
     ) -> ThreadRecord | None:
         """One thread, or None (also when the caller may not see it)."""
+        thread_id = check_thread_id(thread_id, "id")
         found = await self.get_threads([thread_id], caller=caller)
         return found.get(thread_id)
 
@@ -270,6 +280,7 @@ class Gateway:
     async def delete_thread(self, thread_id: str, *, caller: Caller = ANONYMOUS) -> ThreadDeletion:
         """Cancel the thread's runs, then delete it everywhere."""
         self.policy.spend(caller, Action.THREAD_DELETE)
+        thread_id = check_thread_id(thread_id, "id")
         if not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
@@ -289,6 +300,9 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> CheckpointView | None:
         """The latest checkpoint of a namespace, or one by id."""
+        thread_id = check_thread_id(thread_id)
+        if checkpoint_id is not None:
+            checkpoint_id = check_checkpoint_id(checkpoint_id, "id")
         more = {"value": {"checkpoint_id": checkpoint_id, "namespace": namespace}}
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id, **more):
             return None
@@ -321,6 +335,7 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> Page[CheckpointView]:
         """History newest first."""
+        thread_id = check_thread_id(thread_id)
         _check_first(first)
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
             return Page([], None, False)
@@ -336,6 +351,11 @@ class Gateway:
         user's thread is NOT_FOUND); the run and a new thread get its user id.
         """
         self.policy.spend(caller, Action.RUN_CREATE)
+        if request.thread_id is not None:
+            request = replace(request, thread_id=check_thread_id(request.thread_id))
+        if request.from_checkpoint_id is not None:
+            checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
+            request = replace(request, from_checkpoint_id=checkpoint_id)
         user_id = self._user_for(caller, request.user_id)
         if not caller.anonymous:
             request = replace(request, user_id=user_id)
@@ -368,6 +388,7 @@ class Gateway:
     async def cancel_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord:
         """Cancel a run (a finished one is returned unchanged)."""
         self.policy.spend(caller, Action.RUN_CANCEL)
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None:
             raise NotFoundError(f"no run {run_id!r}")
@@ -377,6 +398,7 @@ class Gateway:
     async def delete_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> bool:
         """Cancel the run if it is going, then delete it and its events."""
         self.policy.spend(caller, Action.RUN_DELETE)
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None:
             return False
@@ -387,6 +409,7 @@ class Gateway:
 
     async def get_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord | None:
         """One run, or None (also when the caller may not see its thread)."""
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None or not await self.policy.allows(
             caller, Action.RUN_READ, thread_id=run.thread_id, run_id=run_id
@@ -411,6 +434,8 @@ class Gateway:
         """Runs newest first (a user's: those on its threads, the owner part of the query)."""
         _check_first(first)
         flt = flt or RunFilter()
+        if flt.thread_id is not None:
+            flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
         if not caller.is_admin:
             self._user_for(caller, flt.user_id)  # FORBIDDEN when it names someone else
             flt = replace(flt, owner=caller.user_id)
@@ -424,6 +449,7 @@ class Gateway:
         self, run_id: str, *, after_seq: int = 0, first: int = 100, caller: Caller = ANONYMOUS
     ) -> list[EventRecord]:
         """The recorded events of a run after a sequence number."""
+        run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
         _check_first(first, limit=1000)
@@ -437,6 +463,7 @@ class Gateway:
         self, run_id: str, *, after_seq: int = 0, caller: Caller = ANONYMOUS
     ) -> AsyncIterator[EventRecord]:
         """Replay after `after_seq`, then live events until the run ends."""
+        run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
         run = await self._owned_run(run_id, caller)
@@ -455,6 +482,7 @@ class Gateway:
         self, thread_id: str, *, caller: Caller = ANONYMOUS
     ) -> AsyncIterator[EventRecord]:
         """Every event of every run on the thread from now on."""
+        thread_id = check_thread_id(thread_id)
         thread = await self.manager.get_thread(thread_id)
         if (
             thread is None

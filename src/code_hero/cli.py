@@ -45,7 +45,7 @@ from code_hero.errors import (
     CodeHeroError,
     ConfigurationError,
 )
-from code_hero.ids import check_thread_id
+from code_hero.inputs import check_thread_id
 
 if TYPE_CHECKING:  # the heavy modules load only once a command needs them
     from code_hero.config import CheckpointerConfig

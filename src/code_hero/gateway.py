@@ -16,9 +16,10 @@ mode's ANONYMOUS, which sees everything) and
 - lets administrators see and act on everything;
 - asks the access policy (hook, rate limit; see `code_hero.auth.policy`).
 
-It is also where the ids a caller names are checked (`code_hero.ids`), before
+It is also where what a caller sends is checked (`code_hero.inputs`), before
 any I/O: every method that takes one thread, run or checkpoint id refuses a
-malformed one with BAD_USER_INPUT naming the argument as the schema does.
+malformed one with BAD_USER_INPUT naming the argument as the schema does, and
+text with a NUL is refused wherever it would reach the database.
 The batch look-ups (`get_threads`, `get_runs`, `latest_checkpoints`) serve
 the DataLoaders with ids read from stored records and are not checked.
 """
@@ -36,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.auth import ANONYMOUS, AccessPolicy, AccessSettings, Action, Caller
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
-from code_hero.ids import check_checkpoint_id, check_run_id, check_thread_id
+from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
@@ -269,6 +270,8 @@ class Gateway:
     ) -> Page[ThreadRecord]:
         """Threads newest updated first (a user's own only: the owner is part of the query)."""
         flt = flt or ThreadFilter()
+        check_text(flt.user_id, "filter.userId")
+        check_text(flt.metadata, "filter.metadata")
         if not caller.is_admin:
             flt = replace(flt, user_id=self._user_for(caller, flt.user_id))
         if self.policy.hook is not None and not await self.policy.allows(
@@ -301,6 +304,7 @@ class Gateway:
     ) -> CheckpointView | None:
         """The latest checkpoint of a namespace, or one by id."""
         thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
         if checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(checkpoint_id, "id")
         more = {"value": {"checkpoint_id": checkpoint_id, "namespace": namespace}}
@@ -336,6 +340,7 @@ class Gateway:
     ) -> Page[CheckpointView]:
         """History newest first."""
         thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
         _check_first(first)
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
             return Page([], None, False)
@@ -356,6 +361,7 @@ class Gateway:
         if request.from_checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
             request = replace(request, from_checkpoint_id=checkpoint_id)
+        _check_request_text(request)
         user_id = self._user_for(caller, request.user_id)
         if not caller.anonymous:
             request = replace(request, user_id=user_id)
@@ -436,6 +442,8 @@ class Gateway:
         flt = flt or RunFilter()
         if flt.thread_id is not None:
             flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
+        check_text(flt.user_id, "filter.userId")
+        check_text(flt.graph, "filter.graph")
         if not caller.is_admin:
             self._user_for(caller, flt.user_id)  # FORBIDDEN when it names someone else
             flt = replace(flt, owner=caller.user_id)
@@ -500,3 +508,18 @@ class Gateway:
 def _check_first(first: int, limit: int = MAX_PAGE) -> None:
     if first < 1 or first > limit:
         raise BadInputError(f"first must be between 1 and {limit}, got {first}")
+
+
+def _check_request_text(request: StartRun) -> None:
+    """No NUL in anything of a run request that is stored."""
+    for name, value in (
+        ("message", request.message),
+        ("input", request.input),
+        ("resume", request.resume),
+        ("graph", request.graph),
+        ("userId", request.user_id),
+        ("metadata", request.metadata),
+        ("config", request.config),
+    ):
+        if value is not UNSET:
+            check_text(value, name)

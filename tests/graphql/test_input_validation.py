@@ -8,6 +8,7 @@ configurable keys only, and a recursion_limit up to the server's maximum.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import uuid
@@ -145,6 +146,63 @@ async def test_ids_within_the_rule_work(server: Server) -> None:
         server.http, "mutation($r: ID!) { cancelRun(id: $r) { id } }", {"r": MISSING_RUN}
     )
     assert codes(cancel) == ["NOT_FOUND"]
+
+
+# ------------------------------------------------------------------ text
+TEXT_CASES: list[tuple[str, str, Any]] = [
+    # (the argument the error names, operation, variables with {BAD} where the text goes)
+    ("message", START, {"input": {"message": "{BAD}"}}),
+    ("message", START, {"input": {"message": "{BAD}", "wait": True}}),
+    ("input", START, {"input": {"graph": "slow", "input": {"steps": ["{BAD}"]}}}),
+    ("metadata", START, {"input": {"message": "hi", "metadata": {"k": "{BAD}"}}}),
+    ("metadata", START, {"input": {"message": "hi", "metadata": {"{BAD}": 1}}}),
+    ("config", START, {"input": {"message": "hi", "config": {"k": ["{BAD}"]}}}),
+    ("userId", START, {"input": {"message": "hi", "userId": "{BAD}"}}),
+    ("namespace", 'query($v: String) { checkpoint(threadId: "t", namespace: $v) { id } }', {}),
+    (
+        "filter.userId",
+        "query($v: String) { threads(filter: {userId: $v}) { edges { cursor } } }",
+        {},
+    ),
+    (
+        "filter.metadata",
+        "query($v: JSON) { threads(filter: {metadata: $v}) { edges { cursor } } }",
+        {"v": {"k": "{BAD}"}},
+    ),
+    ("filter.userId", "query($v: String) { runs(filter: {userId: $v}) { edges { cursor } } }", {}),
+    ("filter.graph", "query($v: String) { runs(filter: {graph: $v}) { edges { cursor } } }", {}),
+]
+
+
+def with_text(variables: Any, bad: str) -> Any:
+    if variables == {}:
+        return {"v": bad}
+    if isinstance(variables, dict):
+        return {with_text(k, bad): with_text(v, bad) for k, v in variables.items()}
+    if isinstance(variables, list):
+        return [with_text(v, bad) for v in variables]
+    return bad if variables == "{BAD}" else variables
+
+
+async def test_text_a_database_cannot_store_is_bad_user_input(server: Server) -> None:
+    """A NUL (PostgreSQL refuses it) or a lone surrogate (no UTF-8 at all) used to answer
+    INTERNAL, on SQLite as well for surrogates; refused before anything is written."""
+    # Sent as ASCII JSON: "\u0000" and "\ud800" escapes, as a hostile client would.
+    for bad in ("a\x00b", "a\ud800b"):
+        for argument, query, variables in TEXT_CASES:
+            body = json.dumps({"query": query, "variables": with_text(variables, bad)})
+            response = await server.http.post(
+                "/graphql", content=body, headers={"content-type": "application/json"}
+            )
+            answer = response.json()
+            assert codes(answer) == ["BAD_USER_INPUT"], (argument, query, answer)
+            message = answer["errors"][0]["message"]
+            assert message == (
+                f"{argument} may not contain NUL (U+0000) or lone surrogate characters"
+            ), answer
+    assert stored_rows(server.gateway.settings.checkpointer) == dict.fromkeys(
+        ["checkpoints", "code_hero_threads", "code_hero_runs", "code_hero_run_events"], 0
+    )
 
 
 # ------------------------------------------------------------------ config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -222,6 +223,31 @@ def test_migrate_sqlite_to_postgres(db: list[str], pg_database: str) -> None:
     assert pg.returncode == 0 and " 1 runs" in pg.stdout
 
 
+@pytest.mark.postgres
+async def test_run_executes_only_its_own_run(pg_database: str) -> None:
+    """A server's PENDING run on the same database is not the CLI's to claim."""
+    from code_hero.config import create_postgres_checkpointer
+    from code_hero.gateway import Gateway, GatewaySettings
+    from code_hero.persistence.records import RunStatus
+    from code_hero.runs.executor import StartRun
+
+    # A serve-only server (no slots): its run waits for a replica with room.
+    settings = GatewaySettings(
+        checkpointer=create_postgres_checkpointer(pg_database), max_concurrent_runs=0
+    )
+    async with Gateway(settings) as server:
+        queued = await server.start_run(StartRun(message="hello"))
+        done = await asyncio.to_thread(cli, "run", CODING, "--database-url", pg_database)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "[status] SUCCESS"
+        own = done.stdout.splitlines()[0].split()[1]
+        assert own != queued.run_id
+        after = await server.get_run(queued.run_id)
+        assert after is not None
+        assert after.status is RunStatus.PENDING and after.lease_owner is None, after
+        assert after.started_at is None
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "args",
@@ -237,6 +263,10 @@ def test_migrate_sqlite_to_postgres(db: list[str], pg_database: str) -> None:
         ["prune", "--older-than", "1d", "--before", "2024-01-01"],
         ["migrate", "--from", "a.sqlite"],
         ["serve", "--port", "http"],
+        ["run", "hi", "--thread", "a b"],
+        ["run", "--thread", "x" * 129, "--resume", "yes"],
+        ["threads", "delete", "a/b"],
+        ["threads", "delete", ""],
         ["frobnicate"],
     ],
 )
@@ -245,6 +275,24 @@ def test_bad_arguments_print_usage_and_exit_2(args: list[str]) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("usage: code-hero")
     assert "error: " in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "argument"),
+    [
+        (["run", "hi", "--thread", "has space"], "--thread"),
+        (["threads", "delete", "x" * 10_000], "ID"),
+    ],
+)
+def test_a_malformed_thread_id_is_a_bad_argument(
+    args: list[str], argument: str, db: list[str]
+) -> None:
+    done = cli(*args, *db)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(
+        f"error: argument {argument}: a thread id must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+    )
+    assert not Path(db[1]).exists()  # refused before the store was opened
 
 
 @pytest.mark.parametrize(

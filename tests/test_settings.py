@@ -65,3 +65,12 @@ def test_bad_security_settings_stop_the_start() -> None:
     ):
         with pytest.raises(ConfigurationError, match=says):
             settings_from_env(env)
+
+
+def test_max_recursion_limit() -> None:
+    assert settings_from_env({}).gateway.max_recursion_limit == 100
+    env = {"CODE_HERO_MAX_RECURSION_LIMIT": "7"}
+    assert settings_from_env(env).gateway.max_recursion_limit == 7
+    for raw in ("0", "-1", "many"):
+        with pytest.raises(ConfigurationError, match="CODE_HERO_MAX_RECURSION_LIMIT"):
+            settings_from_env({"CODE_HERO_MAX_RECURSION_LIMIT": raw})

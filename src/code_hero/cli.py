@@ -32,14 +32,20 @@ import signal
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from code_hero.config import config_from_url
-from code_hero.errors import BackendUnavailableError, CodeHeroError, ConfigurationError
+from code_hero.errors import (
+    BackendUnavailableError,
+    BadInputError,
+    CodeHeroError,
+    ConfigurationError,
+)
+from code_hero.inputs import check_thread_id
 
 if TYPE_CHECKING:  # the heavy modules load only once a command needs them
     from code_hero.config import CheckpointerConfig
@@ -88,6 +94,13 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _thread_id(text: str) -> str:
+    try:
+        return check_thread_id(text, "a thread id")
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -126,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", parents=[storage, graphs], help="run a graph here and stream what it does"
     )
     run.add_argument("message", nargs="?", help="the user message")
-    run.add_argument("--thread", help="continue this thread (default: a new one)")
+    run.add_argument("--thread", type=_thread_id, help="continue this thread (default: a new one)")
     run.add_argument("--graph", help="the graph to run (default: the default graph)")
     run.add_argument("--user", help="the user id recorded on the thread and run")
     run.add_argument(
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = thread_commands.add_parser(
         "delete", parents=[storage], help="delete a thread: checkpoints, runs, events"
     )
-    delete.add_argument("thread_id", metavar="ID")
+    delete.add_argument("thread_id", metavar="ID", type=_thread_id)
     delete.set_defaults(handler=_threads_delete)
 
     health = commands.add_parser(
@@ -477,7 +490,8 @@ async def _run(args: argparse.Namespace) -> int:
         config={"require_approval": True} if args.approve else {},
     )
     view: RunView = RichView() if sys.stdout.isatty() else PlainView()
-    async with Gateway(settings.gateway) as gateway:
+    # Only its own run: against a shared database the servers' runs are theirs to execute.
+    async with Gateway(replace(settings.gateway, claim_others=False)) as gateway:
         _require_primary(gateway.manager)
         run = await gateway.start_run(request)
         view.started(run)

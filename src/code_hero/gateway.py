@@ -15,6 +15,13 @@ mode's ANONYMOUS, which sees everything) and
   caller's own user id on the runs and threads it creates;
 - lets administrators see and act on everything;
 - asks the access policy (hook, rate limit; see `code_hero.auth.policy`).
+
+It is also where what a caller sends is checked (`code_hero.inputs`), before
+any I/O: every method that takes one thread, run or checkpoint id refuses a
+malformed one with BAD_USER_INPUT naming the argument as the schema does, and
+text with a NUL is refused wherever it would reach the database.
+The batch look-ups (`get_threads`, `get_runs`, `latest_checkpoints`) serve
+the DataLoaders with ids read from stored records and are not checked.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.auth import ANONYMOUS, AccessPolicy, AccessSettings, Action, Caller
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
+from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.diagnosis import public_health
@@ -65,6 +73,7 @@ class GatewaySettings:
     max_message_length: int = 100_000
     shutdown_grace: float = 10.0
     claim_others: bool = True  # False: execute only runs this process started (the CLI)
+    max_recursion_limit: int = 100  # the most graph steps a run's config may ask for
     access: AccessSettings = field(default_factory=AccessSettings)
 
 
@@ -124,6 +133,7 @@ class Gateway:
                 lease_seconds=self.settings.lease_seconds,
                 max_message_length=self.settings.max_message_length,
                 claim_others=self.settings.claim_others,
+                max_recursion_limit=self.settings.max_recursion_limit,
             )
             await self._executor.__aenter__()
         except BaseException:
@@ -251,6 +261,7 @@ class Gateway:
         self, thread_id: str, *, caller: Caller = ANONYMOUS
     ) -> ThreadRecord | None:
         """One thread, or None (also when the caller may not see it)."""
+        thread_id = check_thread_id(thread_id, "id")
         found = await self.get_threads([thread_id], caller=caller)
         return found.get(thread_id)
 
@@ -276,6 +287,8 @@ class Gateway:
     ) -> Page[ThreadRecord]:
         """Threads newest updated first (a user's own only: the owner is part of the query)."""
         flt = flt or ThreadFilter()
+        check_text(flt.user_id, "filter.userId")
+        check_text(flt.metadata, "filter.metadata")
         if not caller.is_admin:
             flt = replace(flt, user_id=self._user_for(caller, flt.user_id))
         if self.policy.hook is not None and not await self.policy.allows(
@@ -287,6 +300,7 @@ class Gateway:
     async def delete_thread(self, thread_id: str, *, caller: Caller = ANONYMOUS) -> ThreadDeletion:
         """Cancel the thread's runs, then delete it everywhere."""
         self.policy.spend(caller, Action.THREAD_DELETE)
+        thread_id = check_thread_id(thread_id, "id")
         if not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
@@ -305,6 +319,10 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> CheckpointView | None:
         """The latest checkpoint of a namespace, or one by id."""
+        thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
+        if checkpoint_id is not None:
+            checkpoint_id = check_checkpoint_id(checkpoint_id, "id")
         more = {"value": {"checkpoint_id": checkpoint_id, "namespace": namespace}}
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id, **more):
             return None
@@ -337,6 +355,8 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> Page[CheckpointView]:
         """History newest first."""
+        thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
         _check_first(first)
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
             return Page([], None, False)
@@ -352,6 +372,12 @@ class Gateway:
         user's thread is NOT_FOUND); the run and a new thread get its user id.
         """
         self.policy.spend(caller, Action.RUN_CREATE)
+        if request.thread_id is not None:
+            request = replace(request, thread_id=check_thread_id(request.thread_id))
+        if request.from_checkpoint_id is not None:
+            checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
+            request = replace(request, from_checkpoint_id=checkpoint_id)
+        _check_request_text(request)
         user_id = self._user_for(caller, request.user_id)
         if not caller.anonymous:
             request = replace(request, user_id=user_id)
@@ -384,6 +410,7 @@ class Gateway:
     async def cancel_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord:
         """Cancel a run (a finished one is returned unchanged)."""
         self.policy.spend(caller, Action.RUN_CANCEL)
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None:
             raise NotFoundError(f"no run {run_id!r}")
@@ -393,6 +420,7 @@ class Gateway:
     async def delete_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> bool:
         """Cancel the run if it is going, then delete it and its events."""
         self.policy.spend(caller, Action.RUN_DELETE)
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None:
             return False
@@ -403,6 +431,7 @@ class Gateway:
 
     async def get_run(self, run_id: str, *, caller: Caller = ANONYMOUS) -> RunRecord | None:
         """One run, or None (also when the caller may not see its thread)."""
+        run_id = check_run_id(run_id, "id")
         run = await self._owned_run(run_id, caller)
         if run is None or not await self.policy.allows(
             caller, Action.RUN_READ, thread_id=run.thread_id, run_id=run_id
@@ -427,6 +456,10 @@ class Gateway:
         """Runs newest first (a user's: those on its threads, the owner part of the query)."""
         _check_first(first)
         flt = flt or RunFilter()
+        if flt.thread_id is not None:
+            flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
+        check_text(flt.user_id, "filter.userId")
+        check_text(flt.graph, "filter.graph")
         if not caller.is_admin:
             self._user_for(caller, flt.user_id)  # FORBIDDEN when it names someone else
             flt = replace(flt, owner=caller.user_id)
@@ -440,6 +473,7 @@ class Gateway:
         self, run_id: str, *, after_seq: int = 0, first: int = 100, caller: Caller = ANONYMOUS
     ) -> list[EventRecord]:
         """The recorded events of a run after a sequence number."""
+        run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
         _check_first(first, limit=1000)
@@ -453,6 +487,7 @@ class Gateway:
         self, run_id: str, *, after_seq: int = 0, caller: Caller = ANONYMOUS
     ) -> AsyncIterator[EventRecord]:
         """Replay after `after_seq`, then live events until the run ends."""
+        run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
         run = await self._owned_run(run_id, caller)
@@ -471,6 +506,7 @@ class Gateway:
         self, thread_id: str, *, caller: Caller = ANONYMOUS
     ) -> AsyncIterator[EventRecord]:
         """Every event of every run on the thread from now on."""
+        thread_id = check_thread_id(thread_id)
         thread = await self.manager.get_thread(thread_id)
         if (
             thread is None
@@ -488,3 +524,18 @@ class Gateway:
 def _check_first(first: int, limit: int = MAX_PAGE) -> None:
     if first < 1 or first > limit:
         raise BadInputError(f"first must be between 1 and {limit}, got {first}")
+
+
+def _check_request_text(request: StartRun) -> None:
+    """No NUL in anything of a run request that is stored."""
+    for name, value in (
+        ("message", request.message),
+        ("input", request.input),
+        ("resume", request.resume),
+        ("graph", request.graph),
+        ("userId", request.user_id),
+        ("metadata", request.metadata),
+        ("config", request.config),
+    ):
+        if value is not UNSET:
+            check_text(value, name)

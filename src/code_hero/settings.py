@@ -54,6 +54,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_COST": "query cost limit: objects a document may ask for (default 25000)",
     "CODE_HERO_MAX_BODY_BYTES": "request body limit, HTTP 413 above it (default 1048576)",
     "CODE_HERO_MAX_MESSAGE_LENGTH": "characters in a run's message (default 100000)",
+    "CODE_HERO_MAX_RECURSION_LIMIT": "highest recursion_limit a run's config may set (default 100)",
     "CODE_HERO_MAX_SUBSCRIPTIONS": "subscriptions per WebSocket connection (default 20)",
     "CODE_HERO_WS_INIT_TIMEOUT": "seconds a socket may wait before connection_init (default 10)",
     "CODE_HERO_API_KEYS": "API keys: KEY=USER or KEY=USER:admin, comma separated",
@@ -126,6 +127,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 0:
         raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -260,6 +268,7 @@ def settings_from_env(
         lease_seconds=_float(env, "CODE_HERO_LEASE_SECONDS", 15.0),
         shutdown_grace=_float(env, "CODE_HERO_SHUTDOWN_GRACE", 10.0),
         max_message_length=limits.max_message_length,
+        max_recursion_limit=_positive_int(env, "CODE_HERO_MAX_RECURSION_LIMIT", 100),
         access=AccessSettings(
             hook=_hook(env),
             rate_limit=parse_rate_limit(rate),

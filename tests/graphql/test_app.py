@@ -42,7 +42,8 @@ async def test_metrics(start: Starter) -> None:
     async with start() as server:
         await gql(server.http, "{ graphs { name } }")
         await gql(server.http, 'mutation { startRun(input: {message: "hi", wait: true}) { id } }')
-        await gql(server.http, 'mutation { cancelRun(id: "nope") { id } }')
+        missing = "00000000-0000-4000-8000-000000000000"  # a well-formed run id no run has
+        await gql(server.http, f'mutation {{ cancelRun(id: "{missing}") {{ id }} }}')
         await gql(server.http, "{ nope }")
         response = await server.http.get("/metrics")
     assert response.status_code == 200

@@ -28,6 +28,7 @@ from tests.graphql.clients import LegacyWS, TransportWS, codes, data, gql, sse
 from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for, running
 
 ALICE_KEY = "alice-0123456789abcdef"
+MISSING_RUN = "00000000-0000-4000-8000-000000000000"  # a well-formed run id no run has
 BOB_KEY = "bob-0123456789abcdef"
 ROOT_KEY = "root-0123456789abcdef"
 KEYS = f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{ROOT_KEY}=root:admin"
@@ -164,7 +165,7 @@ async def walk_as_stranger(
 
     Without `run` (legacy graphql-ws carries subscriptions only), the subscriptions.
     """
-    missing = {"t": "missing-thread", "r": "missing-run", "c": "missing-checkpoint"}
+    missing = {"t": "missing-thread", "r": MISSING_RUN, "c": "missing-checkpoint"}
     for query, is_subscription in LOOKS_MISSING:
         ask = subscribe if is_subscription else run
         if ask is None:
@@ -393,14 +394,15 @@ async def test_rate_limit_on_mutations(
         secured(checkpointer_for(backend, request, tmp_path), idp, access=access) as server,
         client(server, ALICE_KEY) as alice,
     ):
-        delete = 'mutation { deleteRun(id: "nope") { deleted } }'
+        delete = f'mutation {{ deleteRun(id: "{MISSING_RUN}") {{ deleted }} }}'
         for _ in range(3):
             assert data(await gql(alice, delete))["deleteRun"]["deleted"] is False
         limited = await gql(alice, delete)
         assert limited["data"] is None and codes(limited) == ["RATE_LIMITED"]
         error = limited["errors"][0]
         assert error["extensions"]["retryAfter"] == 20 and "retry in 20 s" in error["message"]
-        assert codes(await gql(alice, 'mutation { cancelRun(id: "x") { id } }')) == ["RATE_LIMITED"]
+        cancel = f'mutation {{ cancelRun(id: "{MISSING_RUN}") {{ id }} }}'
+        assert codes(await gql(alice, cancel)) == ["RATE_LIMITED"]
         assert data(await gql(alice, "{ threads { edges { node { id } } } }"))  # reads are free
         # Another user has a bucket of its own, over a WebSocket as well.
         async with TransportWS.connect(server.ws_url, payload={"authorization": BOB_KEY}) as ws:

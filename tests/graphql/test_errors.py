@@ -66,7 +66,7 @@ async def test_bad_user_input(server: Server) -> None:
 
 async def test_not_found(server: Server) -> None:
     for query in (
-        'mutation { cancelRun(id: "no-such-run") { id } }',
+        'mutation { cancelRun(id: "00000000-0000-4000-8000-000000000000") { id } }',
         'mutation { startRun(input: {message: "hi", graph: "no-such-graph"}) { id } }',
         'mutation { startRun(input: {message: "hi", fromCheckpointId: "nope"}) { id } }',
     ):

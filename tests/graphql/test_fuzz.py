@@ -5,6 +5,8 @@ and the contract's operations with arbitrary variables are sent to a real
 server (with authentication on, and a valid key on most requests). Every
 answer must be a GraphQL result or error as JSON with a code of ours, never
 a 500, an internal error or a traceback; the server answers afterwards.
+It runs on SQLite and on PostgreSQL (where a NUL in any text, for one, is
+refused by the database itself).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 
 from code_hero.app import create_app
 from code_hero.auth import AuthSettings, parse_api_keys
-from code_hero.config import create_sqlite_checkpointer
+from code_hero.config import create_postgres_checkpointer, create_sqlite_checkpointer
 from code_hero.gateway import GatewaySettings
 from code_hero.schema.errors import CODES, INTERNAL
 from code_hero.settings import AppSettings
@@ -40,14 +42,21 @@ EXAMPLES = settings(
 )
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A real server in a thread of its own (hypothesis drives a synchronous client)."""
+    if request.param == "sqlite":
+        checkpointer = create_sqlite_checkpointer(str(tmp_path / "f.db"))
+    else:
+        checkpointer = create_postgres_checkpointer(
+            request.getfixturevalue("pg_database"), pool_min_size=1, pool_max_size=4
+        )
     app = create_app(
         AppSettings(
-            gateway=GatewaySettings(
-                checkpointer=create_sqlite_checkpointer(str(tmp_path / "f.db"))
-            ),
+            # Runs are admitted (stored PENDING, where hostile text meets the database)
+            # but none executes: the test stays fast, and a graph drawing on `random`
+            # in the server's thread would disturb hypothesis in this one.
+            gateway=GatewaySettings(checkpointer=checkpointer, max_concurrent_runs=0),
             auth=AuthSettings(api_keys=parse_api_keys(f"{KEY}=fuzzer")),
         )
     )
@@ -87,15 +96,18 @@ KEYWORDS = [
     "@stream",
 ]
 
+# Text no database stores (a NUL, a lone surrogate), ids past every rule.
+hostile_text = st.sampled_from(
+    ["a\x00b", "\x00", "a\ud800b", "\udfff", "a b", "", "\u00e9" * 200]
+) | st.just(10_000).map(lambda n: "x" * n)  # (a strategy's repr must stay short)
+texts = st.text(max_size=40) | hostile_text
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
-    ),
+    | texts,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=5),
     max_leaves=20,
 )
 literals = st.one_of(
@@ -116,6 +128,7 @@ documents = st.one_of(
 )
 deep_json = nested.map(lambda n: json.loads("[" * n + "]" * n) if n < 900 else None)
 
+START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 TEMPLATES = [
     "query($id: ID!) { thread(id: $id) { id status values runs { edges { node { id } } } } }",
     "query($first: Int, $after: String, $filter: ThreadFilter) { threads(first: $first, "
@@ -129,32 +142,39 @@ TEMPLATES = [
     "filter: $filter) { edges { node { id events(afterSeq: 0) { seq } } } } }",
     "query($id: ID!, $after: Int, $first: Int) { run(id: $id) { id events(afterSeq: $after, "
     "first: $first) { seq } } }",
-    "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }",
+    START,
     "mutation($id: ID!) { cancelRun(id: $id) { id } }",
     "mutation($id: ID!) { deleteRun(id: $id) { deleted } }",
     "mutation($id: ID!) { deleteThread(id: $id) { deleted } }",
 ]
 VARIABLE_NAMES = ["id", "first", "after", "filter", "t", "ns", "input", "x"]
 cursors = st.sampled_from(["", "AA", "AAAA", "=", "dGhyZWFk", "AHRocmVhZHx4", "!!", "\u00e9" * 9])
-start_inputs = st.fixed_dictionaries(
-    {},
-    optional={
-        "threadId": st.text(max_size=12),
-        "message": st.text(max_size=30),
-        "input": json_values,
-        "resume": json_values,
-        "fromCheckpointId": st.text(max_size=12),
-        "graph": st.sampled_from(["code_hero", "nope", ""]),
-        "userId": st.sampled_from(["fuzzer", "someone-else"]),
-        "metadata": json_values,
-        "config": json_values,
-        "multitask": st.sampled_from(["REJECT", "ENQUEUE", "INTERRUPT", "NOPE"]),
-    },
+START_OPTIONAL = {
+    "threadId": texts,
+    "fromCheckpointId": texts,
+    "graph": st.sampled_from(["code_hero", "nope", ""]),
+    "userId": st.sampled_from(["fuzzer", "someone-else"]) | hostile_text,
+    "metadata": json_values,
+    "config": json_values,
+    "multitask": st.sampled_from(["REJECT", "ENQUEUE", "INTERRUPT", "NOPE"]),
+}
+start_inputs = st.one_of(
+    # Mostly one of message or input, so that hostile text gets as far as the storage.
+    st.fixed_dictionaries({"message": texts}, optional=START_OPTIONAL),
+    st.fixed_dictionaries({"input": json_values}, optional=START_OPTIONAL),
+    st.fixed_dictionaries(
+        {},
+        optional={"message": texts, "input": json_values, "resume": json_values, **START_OPTIONAL},
+    ),
 )
+RUN_FILTER = {"threadId": texts, "userId": texts, "graph": texts}
+THREAD_FILTER = {"userId": texts, "metadata": json_values}
 variables = st.one_of(
     json_values,
     st.fixed_dictionaries({"filter": st.fixed_dictionaries({"metadata": deep_json})}),
     st.dictionaries(st.sampled_from(VARIABLE_NAMES), json_values | cursors, max_size=4),
+    st.fixed_dictionaries({"filter": st.fixed_dictionaries({}, optional=RUN_FILTER)}),
+    st.fixed_dictionaries({"filter": st.fixed_dictionaries({}, optional=THREAD_FILTER)}),
     st.fixed_dictionaries({"input": start_inputs}),
 )
 operations = st.fixed_dictionaries(
@@ -194,6 +214,15 @@ credentials = st.one_of(
 
 
 # ------------------------------------------------------------------ the check
+def post(http: httpx.Client, body: Any, headers: dict[str, str]) -> httpx.Response:
+    """POST a JSON body as ASCII (httpx's own encoder cannot send a lone surrogate)."""
+    return http.post(
+        "/graphql",
+        content=json.dumps(body),
+        headers={"content-type": "application/json", **headers},
+    )
+
+
 def well_formed(response: httpx.Response) -> None:
     assert response.status_code < 500, response.text
     assert "Traceback" not in response.text and 'File "' not in response.text
@@ -226,11 +255,7 @@ def test_hostile_requests_get_graphql_errors(url: str) -> None:
         @given(document=documents, variables=json_values)
         def documents_with_a_key(document: str, variables: Any) -> None:
             left()
-            well_formed(
-                http.post(
-                    "/graphql", json={"query": document, "variables": variables}, headers=AUTH
-                )
-            )
+            well_formed(post(http, {"query": document, "variables": variables}, AUTH))
             if len(document) < 4000:  # httpx refuses longer URLs itself
                 well_formed(http.get("/graphql", params={"query": document}, headers=AUTH))
 
@@ -238,11 +263,18 @@ def test_hostile_requests_get_graphql_errors(url: str) -> None:
         @given(operation=operations)
         def operations_with_hostile_variables(operation: dict[str, Any]) -> None:
             left()
-            well_formed(http.post("/graphql", json=operation, headers=AUTH))
+            well_formed(post(http, operation, AUTH))
+
+        @settings(EXAMPLES, max_examples=150)
+        @given(run_input=start_inputs)
+        def runs_with_hostile_input(run_input: dict[str, Any]) -> None:
+            left()
+            well_formed(post(http, {"query": START, "variables": {"input": run_input}}, AUTH))
 
         raw()
         documents_with_a_key()
         operations_with_hostile_variables()
+        runs_with_hostile_input()
 
         alive = http.post("/graphql", json={"query": "{ health { status } }"}, headers=AUTH)
         assert alive.status_code == 200 and alive.json() == {

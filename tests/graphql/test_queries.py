@@ -76,7 +76,7 @@ async def test_thread_run_and_checkpoint(server: Server) -> None:
           }
           latest: checkpoint(threadId: $thread) { id step }
           missingThread: thread(id: "no-such-thread") { id }
-          missingRun: run(id: "no-such-run") { id }
+          missingRun: run(id: "00000000-0000-4000-8000-000000000000") { id }
           missingCheckpoint: checkpoint(threadId: "no-such-thread") { id }
         }""",
         {"thread": run["threadId"], "run": run["id"]},

@@ -155,7 +155,7 @@ async def test_legacy_graphql_ws(server: Server) -> None:
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert events[-1]["status"] == "SUCCESS"
 
-        await ws.start("2", EVENTS, {"run": "no-such-run"})
+        await ws.start("2", EVENTS, {"run": "00000000-0000-4000-8000-000000000000"})
         _, error = await ws.collect("2")
         assert error["type"] == "error"
         assert error["payload"]["extensions"]["code"] == "NOT_FOUND"
@@ -170,13 +170,13 @@ async def test_server_sent_events(server: Server) -> None:
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["status"] == "SUCCESS"
 
-    missing = await sse(server.http, EVENTS, {"run": "no-such-run"})
+    missing = await sse(server.http, EVENTS, {"run": "00000000-0000-4000-8000-000000000000"})
     assert missing[0][0] == "next" and codes(missing[0][1]) == ["NOT_FOUND"]
 
 
 async def test_unknown_run_or_thread_is_not_found(server: Server) -> None:
     async with TransportWS.connect(server.ws_url) as ws:
-        await ws.subscribe("run", EVENTS, {"run": "no-such-run"})
+        await ws.subscribe("run", EVENTS, {"run": "00000000-0000-4000-8000-000000000000"})
         payloads, end = await ws.collect("run")
         assert payloads == [] and end is not None and end["type"] == "error"
         assert [e["extensions"]["code"] for e in end["payload"]] == ["NOT_FOUND"]

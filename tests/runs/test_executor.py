@@ -86,7 +86,7 @@ async def test_cancel_is_prompt_and_leaves_checkpoints_consistent(gateway: Gatew
     assert again.status is RunStatus.SUCCESS
     assert (await gateway.cancel_run(run.run_id)).status is RunStatus.CANCELLED  # idempotent
     with pytest.raises(NotFoundError):
-        await gateway.cancel_run("no-such-run")
+        await gateway.cancel_run("00000000-0000-4000-8000-000000000000")
 
 
 async def test_interrupt_and_resume(gateway: Gateway) -> None:

@@ -1,6 +1,7 @@
 """DataLoaders for look-ups that repeat within one GraphQL operation.
 
-A page of runs resolving `thread` is one `get_threads` call, not one per run.
+A page of runs resolving `thread` is one `get_threads` call, not one per run;
+`thread(id:)` asks the gateway (which checks the id) and primes the cache.
 The loaders cache records, not schema types, and live for one operation only
 (see `Context.for_operation`): a WebSocket connection runs many operations
 and must not serve one operation's stale records to the next.
@@ -15,7 +16,7 @@ from strawberry.dataloader import DataLoader
 from code_hero.auth import Caller
 from code_hero.gateway import Gateway
 from code_hero.persistence.checkpoints import CheckpointView
-from code_hero.persistence.records import RunRecord, ThreadRecord
+from code_hero.persistence.records import ThreadRecord
 
 __all__ = ["Loaders"]
 
@@ -27,17 +28,12 @@ class Loaders:
         self.gateway = gateway
         self.caller = caller
         self.thread: DataLoader[str, ThreadRecord | None] = DataLoader(self._threads)
-        self.run: DataLoader[str, RunRecord | None] = DataLoader(self._runs)
         self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
             self._latest_checkpoints
         )
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
         found = await self.gateway.get_threads(ids, caller=self.caller)
-        return [found.get(i) for i in ids]
-
-    async def _runs(self, ids: Sequence[str]) -> list[RunRecord | None]:
-        found = await self.gateway.get_runs(ids, caller=self.caller)
         return [found.get(i) for i in ids]
 
     async def _latest_checkpoints(self, thread_ids: Sequence[str]) -> list[CheckpointView | None]:

@@ -33,8 +33,9 @@ __all__ = [
 
 
 async def run(info: Info[Context, Any], run_id: str) -> r.Run | None:
-    """One run, or null."""
-    record = await info.context.loaders.run.load(run_id)
+    """One run, or null (the gateway checks the id)."""
+    ctx = info.context
+    record = await ctx.gateway.get_run(run_id, caller=ctx.caller)
     return None if record is None else mapping.run_of(record)
 
 

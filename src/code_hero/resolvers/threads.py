@@ -32,8 +32,11 @@ __all__ = [
 
 
 async def thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:
-    """One thread, or null."""
-    record = await info.context.loaders.thread.load(thread_id)
+    """One thread, or null (the gateway checks the id)."""
+    ctx = info.context
+    record = await ctx.gateway.get_thread(thread_id, caller=ctx.caller)
+    if record is not None:  # later Run.thread look-ups of this operation hit the cache
+        ctx.loaders.thread.prime(record.thread_id, record)
     return None if record is None else mapping.thread_of(record)
 
 

@@ -51,10 +51,24 @@ from code_hero.runs.eventlog import EventLog, RunEventWriter
 from code_hero.runs.events import STREAM_MODES, EventType, namespace_of, translate
 from code_hero.runs.graphs import GraphRegistry
 
-__all__ = ["UNSET", "MultitaskStrategy", "RunExecutor", "StartRun"]
+__all__ = [
+    "DEFAULT_RECURSION_LIMIT",
+    "RESERVED_CONFIG_KEYS",
+    "UNSET",
+    "MultitaskStrategy",
+    "RunExecutor",
+    "StartRun",
+]
 
 log = logging.getLogger(__name__)
 UNSET: Any = object()
+DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limit
+# `configurable` keys the executor and the checkpointer set; a caller's config may
+# not (nor any key starting "__", LangGraph's `__pregel_*` internals among them).
+# `fromCheckpointId` is how a caller forks; `user_id` comes from the caller's identity.
+RESERVED_CONFIG_KEYS = frozenset(
+    {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "user_id"}
+)
 
 
 class MultitaskStrategy(StrEnum):
@@ -95,6 +109,7 @@ class RunExecutor:
         max_message_length: int = 100_000,
         poll_interval: float | None = None,
         claim_others: bool = True,
+        max_recursion_limit: int = 100,
     ) -> None:
         self.manager = manager
         self.graphs = graphs
@@ -104,6 +119,7 @@ class RunExecutor:
         self.lease = timedelta(seconds=lease_seconds)
         self.max_concurrent = max_concurrent
         self.max_message_length = max_message_length
+        self.max_recursion_limit = max_recursion_limit
         self.poll_interval = poll_interval or max(lease_seconds / 3, 0.05)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -186,6 +202,7 @@ class RunExecutor:
         """Validate, record PENDING and wake the claimers; with `wait`, the final run."""
         if self._closing:
             raise ConflictError("the server is shutting down and takes no new runs")
+        self._check_config(req.config)
         if req.resume is not UNSET:
             req = await self._continuing(req)
         graph_name = req.graph or self.graphs.default
@@ -279,6 +296,26 @@ class RunExecutor:
             config={**config, **req.config},
             user_id=req.user_id or last.user_id,
         )
+
+    def _check_config(self, config: Mapping[str, Any]) -> None:
+        """The graph's own configurable keys only, and a recursion_limit within the maximum."""
+        reserved = sorted(k for k in config if k in RESERVED_CONFIG_KEYS or k.startswith("__"))
+        if reserved:
+            raise BadInputError(
+                f"config may not set {', '.join(reserved)}: the gateway sets those "
+                "(use fromCheckpointId to run from a past checkpoint)"
+            )
+        if "recursion_limit" in config:
+            limit = config["recursion_limit"]
+            if (
+                not isinstance(limit, int)
+                or isinstance(limit, bool)
+                or not 1 <= limit <= self.max_recursion_limit
+            ):
+                raise BadInputError(
+                    "config.recursion_limit must be a whole number between 1 and "
+                    f"{self.max_recursion_limit}, got {limit!r}"
+                )
 
     def _input_for(self, req: StartRun, graph_name: str) -> Any:
         keys = self.graphs.input_keys(graph_name)
@@ -494,7 +531,11 @@ class RunExecutor:
         config: RunnableConfig = {
             "configurable": configurable,
             "metadata": {"run_id": record.run_id, **dict(record.metadata)},
-            "recursion_limit": int(record.config.get("recursion_limit", 50)),
+            "recursion_limit": int(
+                record.config.get(
+                    "recursion_limit", min(DEFAULT_RECURSION_LIMIT, self.max_recursion_limit)
+                )
+            ),
         }
         run_input: Any
         if resuming:

@@ -133,8 +133,9 @@ class PostgresBus(InProcessBus):
                 delay = min(delay * 2, 5.0)
 
     def _on_events(self, payload: str) -> None:
-        try:
-            run_id, thread_id, first, last = payload.split(" ")
+        try:  # "RUN THREAD FIRST LAST": the thread id between the two ends, spaces and all
+            run_id, rest = payload.split(" ", 1)
+            thread_id, first, last = rest.rsplit(" ", 2)
             first_seq, last_seq = int(first), int(last)
         except ValueError:
             log.warning("ignoring a malformed event notification %r", payload)

@@ -1,0 +1,94 @@
+"""What a caller may send: the rules for ids and text, checked before any I/O.
+
+    thread id       1-128 characters of A-Z a-z 0-9 . _ : -
+    checkpoint id   the same rule (LangGraph's are UUIDs)
+    run id          a UUID, 8-4-4-4-12 hex digits (the gateway makes every one)
+    text            no NUL (U+0000) and no lone surrogate (U+D800-DFFF), in
+                    strings and in JSON keys and values
+
+Thread ids are the one id callers may choose. The alphabet holds what ids are
+made of in practice (UUIDs, ULIDs, `tenant:ticket-42`, Slack's `1699.0001`)
+and nothing that needs quoting anywhere they travel: no spaces (NOTIFY
+payloads are space separated), no NUL (PostgreSQL text cannot hold one), no
+`/`, `%` or quotes (URLs, logs, shells). 128 characters leave room for
+prefixed ids while keeping every index entry and notification small; a
+10,000-character id once got half written on PostgreSQL.
+
+PostgreSQL's text and jsonb cannot hold a NUL, and neither database can store
+a lone surrogate (JSON's "\ud800" escape makes one; it is no UTF-8): such text
+is refused on every backend alike instead of failing half way.
+
+Anything else is a BadInputError (BAD_USER_INPUT) that names the argument.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from code_hero.errors import BadInputError
+
+__all__ = [
+    "MAX_THREAD_ID_LENGTH",
+    "THREAD_ID_RULE",
+    "check_checkpoint_id",
+    "check_run_id",
+    "check_text",
+    "check_thread_id",
+]
+
+MAX_THREAD_ID_LENGTH = 128
+THREAD_ID_RULE = f"1-{MAX_THREAD_ID_LENGTH} characters of A-Z a-z 0-9 . _ : -"
+_THREAD_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_THREAD_ID_LENGTH}}}")
+_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_EXAMPLE = "0b6f3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
+
+
+def check_thread_id(value: object, name: str = "threadId") -> str:
+    """`value` if it is a valid thread id; BadInputError naming `name` otherwise."""
+    if isinstance(value, str) and _THREAD_ID.fullmatch(value):
+        return value
+    raise BadInputError(f"{name} must be {THREAD_ID_RULE}")
+
+
+def check_checkpoint_id(value: object, name: str = "checkpointId") -> str:
+    """`value` if it is a valid checkpoint id (the thread id rule)."""
+    if isinstance(value, str) and _THREAD_ID.fullmatch(value):
+        return value
+    raise BadInputError(f"{name} must be {THREAD_ID_RULE}")
+
+
+def check_run_id(value: object, name: str = "runId") -> str:
+    """`value` in lower case if it is a UUID; BadInputError naming `name` otherwise."""
+    if isinstance(value, str) and _RUN_ID.fullmatch(value):
+        return value.lower()
+    raise BadInputError(f"{name} must be a run id: a UUID such as {_EXAMPLE}")
+
+
+def check_text(value: object, name: str) -> None:
+    """BadInputError naming `name` if a string in `value` (a JSON value) cannot be stored."""
+    stack = [value]
+    while stack:  # not recursive: a JSON value may nest a thousand levels deep
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _storable(item):
+                raise BadInputError(
+                    f"{name} may not contain NUL (U+0000) or lone surrogate characters"
+                )
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

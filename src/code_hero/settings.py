@@ -47,7 +47,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
-    "CODE_HERO_EVENT_RECHECK_SECONDS": "a subscriber hearing nothing re-reads the log after (2)",
+    "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",

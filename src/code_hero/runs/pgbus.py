@@ -11,7 +11,8 @@ on a second channel.
 
 Each run has at most one relay task at a time, which reads on until it has
 published the highest seq notified meanwhile: a run's batches go out in
-order, and runs do not wait for each other. What the bus remembers of a run
+order, and runs do not wait for each other (at most `max_relay_reads` read
+at once: the reads share the pool with the runs). What the bus remembers of a run
 is dropped when its final event was relayed or when no subscriber wants it
 any more. The listener connection has TCP keepalives (a half-open connection
 fails within about `keepalives_idle + keepalives_interval * keepalives_count`
@@ -73,6 +74,7 @@ class PostgresBus(InProcessBus):
         is_local: Callable[[str], bool],
         queue_size: int = 1024,
         available: Callable[[], bool] = lambda: True,
+        max_relay_reads: int = 4,
     ) -> None:
         super().__init__(queue_size)
         # False during a database outage: wake-ups stay in this process (no other
@@ -84,6 +86,7 @@ class PostgresBus(InProcessBus):
         self.is_local = is_local  # the run executes in this process: its events are here already
         self._relays: dict[str, _Relay] = {}
         self._relay_tasks: set[asyncio.Task[None]] = set()  # kept: a task is only weakly held
+        self._relay_reads = asyncio.Semaphore(max_relay_reads)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -221,7 +224,8 @@ class PostgresBus(InProcessBus):
                 and self.has_subscribers(run_id, relay.thread_id)
             ):
                 try:
-                    events = await self.registry().list_events(run_id, after_seq=relay.relayed)
+                    async with self._relay_reads:
+                        events = await self.registry().list_events(run_id, after_seq=relay.relayed)
                 except Exception as exc:  # subscribers catch up from the log
                     log.warning("relaying events of run %s failed: %s", run_id, exc)
                     return

@@ -26,6 +26,9 @@ def test_open_mode_defaults() -> None:
     assert settings.gateway.access.rate_limit is None
     assert settings.limits.introspection and settings.limits.field_suggestions
     assert settings.cors_origins == ()
+    assert settings.gateway.event_recheck_interval == 2.0
+    chosen = settings_from_env({"CODE_HERO_EVENT_RECHECK_SECONDS": "0.5"})
+    assert chosen.gateway.event_recheck_interval == 0.5
 
 
 def test_with_authentication(tmp_path: Path) -> None:

@@ -325,6 +325,14 @@ def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
         ("active_runs", "Runs executing in this process."),
     ):
         yield GaugeMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
+    internal = GaugeMetricFamily(
+        "code_hero_internal_entries",
+        "Entries in each per-run map of this process (0 when idle).",
+        labels=["map"],
+    )
+    for name, size in sorted(snap.get("internal_entries", {}).items()):
+        internal.add_metric([name], size)
+    yield internal
     status = GaugeMetricFamily(
         "code_hero_checkpointer_status", "1 for the current storage status.", labels=["status"]
     )

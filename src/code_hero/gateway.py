@@ -70,6 +70,7 @@ class GatewaySettings:
     max_concurrent_runs: int = 8
     lease_seconds: float = 15.0
     event_flush_interval: float = 0.025
+    event_recheck_interval: float = 2.0  # a subscriber's look at the log when nothing came
     max_message_length: int = 100_000
     shutdown_grace: float = 10.0
     claim_others: bool = True  # False: execute only runs this process started (the CLI)
@@ -89,6 +90,7 @@ class Gateway:
             lambda: self.manager.registry,
             self.bus,
             flush_interval=self.settings.event_flush_interval,
+            recheck_interval=self.settings.event_recheck_interval,
         )
         self._graphs: GraphRegistry | None = None
         self._executor: RunExecutor | None = None
@@ -203,7 +205,17 @@ class Gateway:
         snap = self.manager.metrics_snapshot()
         snap["subscribers"] = self.bus.subscriber_count
         snap["active_runs"] = self.executor.active_runs
+        snap["internal_entries"] = self.internal_sizes()
         return snap
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in every per-run and per-thread map of this process, by map name."""
+        return {
+            **self.executor.internal_sizes(),
+            **self.events.internal_sizes(),
+            **self.bus.internal_sizes(),
+            **self.manager.internal_sizes(),
+        }
 
     # ------------------------------------------------------------ access
     async def _owns(self, thread_id: str, caller: Caller) -> bool:

@@ -47,6 +47,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
+    "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
@@ -267,6 +268,7 @@ def settings_from_env(
         max_concurrent_runs=_int(env, "CODE_HERO_MAX_CONCURRENT_RUNS", 8),
         lease_seconds=_float(env, "CODE_HERO_LEASE_SECONDS", 15.0),
         shutdown_grace=_float(env, "CODE_HERO_SHUTDOWN_GRACE", 10.0),
+        event_recheck_interval=_float(env, "CODE_HERO_EVENT_RECHECK_SECONDS", 2.0),
         max_message_length=limits.max_message_length,
         max_recursion_limit=_positive_int(env, "CODE_HERO_MAX_RECURSION_LIMIT", 100),
         access=AccessSettings(

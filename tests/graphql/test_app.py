@@ -58,6 +58,8 @@ async def test_metrics(start: Starter) -> None:
         "code_hero_subscribers 0.0",
         "code_hero_active_runs 0.0",
         "code_hero_pending_sync 0.0",
+        'code_hero_internal_entries{map="executor.started"} 0.0',
+        'code_hero_internal_entries{map="bus.runs"} 0.0',
     ):
         assert line in text, line
     for name in (

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -155,7 +156,7 @@ class FallbackRouter:
         self._answered_at: datetime | None = None
         self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
-        self._touched_at: dict[str, float] = {}
+        self._touched_at: OrderedDict[str, float] = OrderedDict()
         self._recover_lock = asyncio.Lock()
         self._stragglers: set[asyncio.Task[Any]] = set()
 
@@ -367,7 +368,26 @@ class FallbackRouter:
 
     def note_touched(self, thread_id: str) -> None:
         """The registry row was just written by someone else: skip the next touch."""
-        self._touched_at[thread_id] = time.monotonic()
+        self._touched(thread_id, time.monotonic())
+
+    def _touched(self, thread_id: str, now: float) -> None:
+        # Oldest first (re-inserted on each touch): the expired ones are dropped
+        # from the front, so the map holds only the last TOUCH_INTERVAL's threads.
+        self._touched_at[thread_id] = now
+        self._touched_at.move_to_end(thread_id)
+        self._expire_touches(now)
+
+    def _expire_touches(self, now: float) -> None:
+        while self._touched_at:
+            thread_id, at = next(iter(self._touched_at.items()))
+            if now - at < TOUCH_INTERVAL:
+                return
+            del self._touched_at[thread_id]
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in the touch throttle (threads touched in the last TOUCH_INTERVAL)."""
+        self._expire_touches(time.monotonic())
+        return {"router.touched_at": len(self._touched_at)}
 
     async def touch(self, thread_id: str, user_id: str | None, *, create: bool = True) -> None:
         """Record activity on a thread in the registry (throttled per thread); a missing
@@ -375,9 +395,7 @@ class FallbackRouter:
         now = time.monotonic()
         if now - self._touched_at.get(thread_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
-        self._touched_at[thread_id] = now
-        if len(self._touched_at) > 10_000:
-            self._touched_at.clear()
+        self._touched(thread_id, now)
         if thread_id in self.local_threads:  # its registry rows are copied whole
             return
         slot = self.active_slot

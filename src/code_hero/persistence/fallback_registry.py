@@ -65,6 +65,10 @@ class FallbackRegistry:
         self._adopted: dict[str, RunRecord] = {}
         router.on_recovered.append(self._adopted.clear)
 
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in the per-run maps (executing: runs held here; adopted: until recovery)."""
+        return {"registry.executing": len(self._executing), "registry.adopted": len(self._adopted)}
+
     # ---------------------------------------------------------------- routing
     def _primary(self) -> Registry | None:
         backend = self.router.primary.backend
@@ -361,7 +365,6 @@ class FallbackRegistry:
         """End a run and set its thread's status, in one transaction."""
 
         async def on_primary(registry: Registry) -> tuple[RunRecord | None, bool]:
-            self._executing.pop(run_id, None)
             return await registry.finish_run(run_id, thread_status, **fields)
 
         async def degraded() -> tuple[RunRecord | None, bool]:
@@ -374,12 +377,16 @@ class FallbackRegistry:
             adopted = self._adopt(run_id, **fields)
             if adopted is None:
                 raise self.router.unavailable("finishing this run")
-            self._executing.pop(run_id, None)
             self._journal(FinishRun(run_id, adopted.thread_id, dict(fields)))
             # Runs queued on the thread are in the primary: claimed once it is back.
             return adopted, False
 
-        return await self._write(on_primary, degraded)
+        try:
+            return await self._write(on_primary, degraded)
+        finally:
+            # Ended, or its end could not be recorded anywhere: this process holds the
+            # run no longer either way (its lease lapses and another executor resumes it).
+            self._executing.pop(run_id, None)
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""

@@ -364,6 +364,12 @@ class EnhancedCheckpointerManager:
                 checkpoints += await backend.keep_latest(thread_id, keep_latest)
         return PruneReport(threads, checkpoints, runs)
 
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in the router's and the registry's per-thread and per-run maps."""
+        if self._router is None or self._registry is None:
+            return {}
+        return {**self._router.internal_sizes(), **self._registry.internal_sizes()}
+
     def metrics_snapshot(self) -> dict[str, Any]:
         """Counts, latencies, errors and switches, as plain data."""
         snap = self.metrics.snapshot()

@@ -149,6 +149,10 @@ class InProcessBus:
     async def close(self) -> None:
         """Stop delivering."""
 
+    def internal_sizes(self) -> dict[str, int]:
+        """Keys of each subscriber table (back to 0 once every subscriber has left)."""
+        return {"bus.runs": len(self._by_run), "bus.threads": len(self._by_thread)}
+
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are open."""

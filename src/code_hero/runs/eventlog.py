@@ -10,6 +10,10 @@ Subscribing "after seq N" first replays what is recorded, then follows the
 live events, with no gap or duplicate at the seam: the subscription is
 opened before the replay is read, live events at or below the last
 delivered seq are dropped, and a gap (or a full queue) is filled from the log.
+A run executing in another process reaches its subscribers by notifications;
+one lost (a dropped LISTEN connection, a run finished by a replica that then
+died) costs no more than `recheck_interval`: a subscriber that heard nothing
+for that long re-reads the log after its last seq and the run's status.
 """
 
 from __future__ import annotations
@@ -94,12 +98,14 @@ class EventLog:
         flush_interval: float = 0.025,
         max_batch: int = 500,
         retry_interval: float = 0.5,
+        recheck_interval: float = 2.0,
     ) -> None:
         self.registry = registry
         self.bus = bus
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.retry_interval = retry_interval
+        self.recheck_interval = recheck_interval
         self._writers: dict[str, RunEventWriter] = {}
         self._waiting: dict[str, RunEventWriter] = {}
         self._lock = asyncio.Lock()
@@ -119,6 +125,10 @@ class EventLog:
     def is_writing(self, run_id: str) -> bool:
         """True while this process writes the run's events."""
         return run_id in self._writers
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in each per-run structure (back to 0 once every writer has closed)."""
+        return {"eventlog.writers": len(self._writers), "eventlog.waiting": len(self._waiting)}
 
     def _dirty(self, writer: RunEventWriter) -> None:
         self._waiting[writer.run_id] = writer
@@ -219,7 +229,8 @@ class EventLog:
                 if await is_finished() and not await self.read(run_id, after_seq=last, limit=1):
                     return
                 while not sub.overflowed:
-                    await sub.wakeup.wait()
+                    if not await self._woken(sub, run_id):
+                        break  # nothing heard for a while: re-read the log and the status
                     sub.wakeup.clear()
                     while not sub.queue.empty():
                         event = sub.queue.get_nowait()
@@ -237,6 +248,19 @@ class EventLog:
                             return
         finally:
             self.bus.unsubscribe(sub)
+
+    async def _woken(self, sub: Subscription, run_id: str) -> bool:
+        """Wait for the bus; False after `recheck_interval` of silence about a run that
+        another process executes (its notifications may be lost)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.recheck_interval):  # no task per wait
+                    await sub.wakeup.wait()
+                return True
+            except TimeoutError:
+                if not self.is_writing(run_id):
+                    return False
+                # Written here: every event reaches the bus directly, none can be lost.
 
     async def follow_thread(self, thread_id: str) -> AsyncIterator[EventRecord]:
         """Every event of every run on the thread from now on; never ends by itself."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -134,7 +135,8 @@ class RunExecutor:
         self._claiming = asyncio.Lock()
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
-        # False (the CLI's one-shot runs): execute only the runs this executor started.
+        # False (the CLI's one-shot runs): execute only the runs this executor started,
+        # kept in `_started` until they are claimed here or have ended elsewhere.
         self.claim_others = claim_others
         self._started: set[str] = set()
 
@@ -178,6 +180,18 @@ class RunExecutor:
     def registry(self) -> Registry:
         """The registry of the manager's authoritative backend."""
         return self.manager.registry
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in each per-run structure (all back to 0 once the runs have ended)."""
+        return {
+            "executor.started": len(self._started),
+            "executor.tasks": len(self._tasks),
+            "executor.done": len(self._done),
+            "executor.final": len(self._final),
+            "executor.waiters": len(self._waiters),
+            "executor.cancel_requested": len(self._cancel_requested),
+            "executor.lost": len(self._lost),
+        }
 
     @property
     def active_runs(self) -> int:
@@ -267,7 +281,8 @@ class RunExecutor:
                 "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
-        self._started.add(run_id)
+        if not self.claim_others:
+            self._started.add(run_id)
         self.bus.publish(first)
         self._wake.set()
         await self.bus.stored([first], control="runs")  # one round trip: both notifications
@@ -445,17 +460,18 @@ class RunExecutor:
             ):
                 await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
         free = self.max_concurrent - self.active_runs
-        if free <= 0:
-            return
-        for record in await self.registry.claim_runs(
-            self.owner,
-            now=now,
-            until=now + self.lease,
-            limit=free,
-            # A run of a graph this process lacks waits for a process that has it.
-            graphs=self.graphs.names(),
-            run_ids=None if self.claim_others else sorted(self._started),
-        ):
+        claimed: list[RunRecord] = []
+        if free > 0 and (self.claim_others or self._started):
+            claimed = await self.registry.claim_runs(
+                self.owner,
+                now=now,
+                until=now + self.lease,
+                limit=free,
+                # A run of a graph this process lacks waits for a process that has it.
+                graphs=self.graphs.names(),
+                run_ids=None if self.claim_others else sorted(self._started),
+            )
+        for record in claimed:
             self._started.discard(record.run_id)
             if self.is_active(record.run_id):  # its lease was renewed, not lost: one task
                 continue
@@ -463,9 +479,26 @@ class RunExecutor:
             if resuming:
                 log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
             self._done[record.run_id] = asyncio.Event()
-            self._tasks[record.run_id] = asyncio.create_task(
+            task = asyncio.create_task(
                 self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
             )
+            self._tasks[record.run_id] = task
+            task.add_done_callback(functools.partial(self._forget, record.run_id))
+        if self._started:  # the rest are queued, held elsewhere, or ended elsewhere
+            await self._forget_ended_elsewhere()
+
+    async def _forget_ended_elsewhere(self) -> None:
+        """Drop the runs started here that ended unclaimed (cancelled, or run elsewhere)."""
+        waiting = sorted(self._started)
+        try:
+            found = await self.registry.get_runs(waiting)
+        except Exception as exc:  # asked again on the next claim
+            log.debug("looking up runs started here failed: %s", exc)
+            return
+        for run_id in waiting:
+            record = found.get(run_id)
+            if record is None or record.status.finished:
+                self._started.discard(run_id)
 
     async def recover(self) -> int:
         """Claim what can be claimed now (runs whose lease lapsed included)."""
@@ -615,8 +648,14 @@ class RunExecutor:
         except Exception as exc:
             log.warning("purging the checkpoints of deleted thread %s failed: %s", thread_id, exc)
 
+    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never enters _execute's handlers.
+        if self._tasks.get(run_id) is task:
+            self._release(run_id)
+
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
+        self._started.discard(run_id)
         self._cancel_requested.discard(run_id)
         self._lost.discard(run_id)
         done = self._done.pop(run_id, None)

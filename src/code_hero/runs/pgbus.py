@@ -8,6 +8,16 @@ to its in-process subscribers. The rows stay the source of truth: a lost
 notification costs latency (the subscriber's gap check reads the log),
 never an event. Control messages (a run to claim, a run to cancel) travel
 on a second channel.
+
+Each run has at most one relay task at a time, which reads on until it has
+published the highest seq notified meanwhile: a run's batches go out in
+order, and runs do not wait for each other (at most `max_relay_reads` read
+at once: the reads share the pool with the runs). What the bus remembers of a run
+is dropped when its final event was relayed or when no subscriber wants it
+any more. The listener connection has TCP keepalives (a half-open connection
+fails within about `keepalives_idle + keepalives_interval * keepalives_count`
+seconds) and is named `code-hero-listener` in `pg_stat_activity`; after a
+reconnect every subscriber re-reads the log.
 """
 
 from __future__ import annotations
@@ -16,19 +26,41 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord, Registry
-from code_hero.runs.bus import InProcessBus
+from code_hero.runs.bus import InProcessBus, Subscription
+from code_hero.runs.events import terminal_status
 
-__all__ = ["CONTROL_CHANNEL", "EVENTS_CHANNEL", "PostgresBus"]
+__all__ = ["CONTROL_CHANNEL", "EVENTS_CHANNEL", "LISTENER_NAME", "PostgresBus"]
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "code_hero_events"
 CONTROL_CHANNEL = "code_hero_control"
+LISTENER_NAME = "code-hero-listener"  # application_name of the LISTEN connection
+# libpq TCP keepalives of the LISTEN connection: silent for 10 s, probed every
+# 5 s, given up after 3 unanswered probes (about 25 s for a half-open link).
+LISTENER_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+@dataclass(eq=False)
+class _Relay:
+    """What this process relays of one run executing elsewhere."""
+
+    thread_id: str
+    relayed: int  # the last seq published here
+    wanted: int  # the highest seq a notification named
+    task: asyncio.Task[None] | None = None
+    ended: bool = False  # the final event was published
 
 
 class PostgresBus(InProcessBus):
@@ -42,6 +74,7 @@ class PostgresBus(InProcessBus):
         is_local: Callable[[str], bool],
         queue_size: int = 1024,
         available: Callable[[], bool] = lambda: True,
+        max_relay_reads: int = 4,
     ) -> None:
         super().__init__(queue_size)
         # False during a database outage: wake-ups stay in this process (no other
@@ -51,10 +84,11 @@ class PostgresBus(InProcessBus):
         self.pool = pool
         self.registry = registry
         self.is_local = is_local  # the run executes in this process: its events are here already
-        self._relayed: dict[str, int] = {}
+        self._relays: dict[str, _Relay] = {}
+        self._relay_tasks: set[asyncio.Task[None]] = set()  # kept: a task is only weakly held
+        self._relay_reads = asyncio.Semaphore(max_relay_reads)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._relay_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="pg-bus-listener")
@@ -62,10 +96,29 @@ class PostgresBus(InProcessBus):
             await asyncio.wait_for(self._ready.wait(), 5)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
+        tasks = [*self._relay_tasks, *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+                await task
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        super().unsubscribe(subscription)
+        if subscription.run_id is not None:
+            self._forget(subscription.run_id)
+        else:
+            for run_id in [
+                r for r, x in self._relays.items() if x.thread_id == subscription.thread_id
+            ]:
+                self._forget(run_id)
+
+    def internal_sizes(self) -> dict[str, int]:
+        return {
+            **super().internal_sizes(),
+            "pgbus.relays": len(self._relays),
+            "pgbus.relay_tasks": len(self._relay_tasks),
+        }
 
     async def stored(self, events: Sequence[EventRecord], control: str | None = None) -> None:
         batches: dict[str, list[EventRecord]] = {}
@@ -108,7 +161,12 @@ class PostgresBus(InProcessBus):
         delay = 0.2
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn,
+                    autocommit=True,
+                    application_name=LISTENER_NAME,
+                    **LISTENER_KEEPALIVES,
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
@@ -142,25 +200,52 @@ class PostgresBus(InProcessBus):
             return
         if self.is_local(run_id) or not self.has_subscribers(run_id, thread_id):
             return
-        asyncio.get_running_loop().create_task(self._relay(run_id, first_seq, last_seq))
+        self._relay_later(run_id, thread_id, first_seq, last_seq)
 
-    async def _relay(self, run_id: str, first: int, last: int) -> None:
-        async with self._relay_lock:
-            after = self._relayed.get(run_id, first - 1)
-            if after >= last:
-                return
-            try:
-                events = await self.registry().list_events(run_id, after_seq=after)
-            except Exception as exc:
-                log.warning("relaying events of run %s failed: %s", run_id, exc)
-                return
-            for event in events:
-                self.publish(event)
-                self._relayed[run_id] = event.seq
-            if (
-                events
-                and events[-1].type == "status"
-                and str(events[-1].payload.get("status"))
-                in ("SUCCESS", "ERROR", "INTERRUPTED", "CANCELLED")
+    def _relay_later(self, run_id: str, thread_id: str, first: int, last: int) -> None:
+        """Relay a notified batch: by the run's relay task, started unless it runs."""
+        relay = self._relays.get(run_id)
+        if relay is None:
+            relay = self._relays[run_id] = _Relay(thread_id, relayed=first - 1, wanted=last)
+        relay.wanted = max(relay.wanted, last)
+        if relay.task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._relay(run_id, relay), name=f"pg-bus-relay-{run_id}"
+            )
+            relay.task = task
+            self._relay_tasks.add(task)
+            task.add_done_callback(self._relay_tasks.discard)
+
+    async def _relay(self, run_id: str, relay: _Relay) -> None:
+        """Publish the run's stored events up to the highest seq notified, in order."""
+        try:
+            while (
+                relay.relayed < relay.wanted
+                and not relay.ended
+                and self.has_subscribers(run_id, relay.thread_id)
             ):
-                self._relayed.pop(run_id, None)
+                try:
+                    async with self._relay_reads:
+                        events = await self.registry().list_events(run_id, after_seq=relay.relayed)
+                except Exception as exc:  # subscribers catch up from the log
+                    log.warning("relaying events of run %s failed: %s", run_id, exc)
+                    return
+                if not events:
+                    return
+                for event in events:
+                    self.publish(event)
+                    relay.relayed = event.seq
+                    relay.ended = relay.ended or terminal_status(event) is not None
+        finally:
+            relay.task = None
+            self._forget(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        """Drop what is kept of a run that ended or that no subscriber wants any more."""
+        relay = self._relays.get(run_id)
+        if (
+            relay is not None
+            and relay.task is None
+            and (relay.ended or not self.has_subscribers(run_id, relay.thread_id))
+        ):
+            del self._relays[run_id]

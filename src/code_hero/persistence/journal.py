@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
@@ -185,20 +185,45 @@ class Journal:
             self._started(entry)
         free = asyncio.Semaphore(max(1, concurrency))
 
+        async def one(index: int) -> bool:
+            """Replay one entry; False when the primary is unreachable."""
+            outcome = outcomes[index]
+            try:
+                await asyncio.wait_for(batch[index].replay(primary, fallback), step_timeout)
+            except Exception as exc:
+                outcome.error = exc
+                outcome.unreachable = is_unreachable(exc)
+                return not outcome.unreachable
+            outcome.done = True
+            return True
+
+        async def together(indexes: list[int]) -> bool | None:
+            """Replay a run of checkpoint entries as one batch; None: refused."""
+            items = cast("list[PutCheckpoint | PutWrites]", [batch[i] for i in indexes])
+            try:
+                await asyncio.wait_for(primary.put_batch(items), step_timeout)
+            except Exception as exc:
+                if is_unreachable(exc) and not isinstance(exc, TimeoutError):
+                    outcomes[indexes[0]].error = exc
+                    outcomes[indexes[0]].unreachable = True
+                    return False
+                # Refused (or too slow as a whole): entry by entry finds the
+                # one the primary will not take, and the others still go in.
+                return None
+            for i in indexes:
+                outcomes[i].done = True
+            return True
+
         async def lane(indexes: list[int]) -> None:
             async with free:
-                for index in indexes:
-                    outcome = outcomes[index]
-                    try:
-                        replay = batch[index].replay(primary, fallback)
-                        await asyncio.wait_for(replay, step_timeout)
-                    except Exception as exc:
-                        outcome.error = exc
-                        if is_unreachable(exc):
-                            outcome.unreachable = True
-                            return  # the rest of this thread waits for the next recovery
-                        continue
-                    outcome.done = True
+                for run in _runs(batch, indexes, batches=primary.batches):
+                    went = await together(run) if len(run) > 1 else None
+                    if went is None:
+                        for index in run:
+                            if not await one(index):
+                                return  # the rest of this thread waits for the next recovery
+                    elif not went:
+                        return
 
         await asyncio.gather(*(lane(indexes) for indexes in lanes.values()))
         return outcomes
@@ -281,6 +306,20 @@ class Journal:
         key = entry.key
         if key is not None:
             self._keyed.setdefault(key, entry)
+
+
+def _runs(batch: list[Entry], indexes: list[int], *, batches: bool) -> list[list[int]]:
+    """A lane's entries cut into runs: consecutive checkpoint entries together
+    when the primary takes batches, everything else on its own."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if batches and isinstance(batch[index], PutCheckpoint | PutWrites) and runs:
+            last = runs[-1]
+            if isinstance(batch[last[-1]], PutCheckpoint | PutWrites):
+                last.append(index)
+                continue
+        runs.append([index])
+    return runs
 
 
 @dataclass

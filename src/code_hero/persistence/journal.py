@@ -472,6 +472,10 @@ async def _copy_events(
             return
         await primary.registry.put_events(events)
         copied[run_id] = events[-1].seq
+        if len(events) < _COPY_PAGE:
+            # That was all: an event emitted from now on has a new entry behind
+            # this one (the recovery took this entry's key when it started).
+            return
 
 
 @dataclass(frozen=True)

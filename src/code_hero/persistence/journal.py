@@ -7,7 +7,10 @@ deletion. `FallbackRouter.recover` replays the entries into the primary from
 the head and removes an entry only after it was replayed. It takes a batch
 from the head at a time: entries of one thread one after the other in their
 order, different threads side by side (nothing crosses threads), so the
-sync back is not one round trip after another.
+sync back is not one round trip after another. Into PostgreSQL a thread's
+consecutive checkpoints and writes in one step go as one transaction
+(`bulk.py`); a batch the primary refuses is replayed entry by entry, so only
+the entry it cannot take is quarantined.
 
 Three rules make that lose nothing:
 - only the recovery pops, and only a prefix of the head it replayed, under

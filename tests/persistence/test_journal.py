@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from code_hero.persistence.journal import Journal
+from code_hero.persistence.journal import Journal, PutCheckpoint
 
 
 class Down(Exception):
@@ -30,9 +30,15 @@ class Fake:
         self.log.append((self.thread_id, self.n))
 
 
+class NoBatches:
+    """A primary that takes one call at a time (the fakes are not checkpoints anyway)."""
+
+    batches = False
+
+
 async def drain(journal: Journal, synced: list[int]) -> None:
     await journal.drain(
-        primary=None,  # type: ignore[arg-type]
+        primary=NoBatches(),  # type: ignore[arg-type]
         fallback=None,  # type: ignore[arg-type]
         concurrency=4,
         is_unreachable=lambda exc: isinstance(exc, Down),
@@ -67,3 +73,74 @@ async def test_an_unreachable_primary_pops_only_the_replayed_prefix() -> None:
     assert [e.n for e in journal.entries] == [3, 4, 5, 6, 7]  # type: ignore[attr-defined]
     assert len(synced) == 3 and not journal.quarantine
     assert (("t1", 5) not in log) and (("t1", 7) not in log)  # t1 stopped at 3
+
+
+class BatchingPrimary:
+    """A primary that takes batches: records each batch, or fails as told."""
+
+    batches = True
+
+    def __init__(self, fail: Exception | None = None, poison: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.fail = fail
+        self.poison = poison
+        self.saver = self
+
+    async def put_batch(self, items: list[PutCheckpoint]) -> None:
+        ns = [int(i.checkpoint["id"]) for i in items]
+        if self.fail is not None:
+            raise self.fail
+        if self.poison in ns:
+            raise ValueError("refused")
+        self.calls.append(ns)
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, versions: Any) -> None:
+        if int(checkpoint["id"]) == self.poison:
+            raise ValueError("refused")
+        self.calls.append([int(checkpoint["id"])])
+
+
+def put(thread: str, n: int) -> PutCheckpoint:
+    config: Any = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    return PutCheckpoint(config, {"id": str(n)}, {}, {})  # type: ignore[typeddict-item]
+
+
+async def drain_into(journal: Journal, primary: BatchingPrimary, synced: list[int]) -> None:
+    await journal.drain(
+        primary=primary,  # type: ignore[arg-type]
+        fallback=None,  # type: ignore[arg-type]
+        concurrency=4,
+        is_unreachable=lambda exc: isinstance(exc, Down),
+        on_synced=lambda: synced.append(1),
+    )
+
+
+async def test_a_threads_checkpoints_go_in_as_batches_in_order() -> None:
+    journal = Journal(1000)
+    for n in range(12):
+        journal.append(put(f"t{n % 3}", n))
+    primary, synced = BatchingPrimary(), []
+    await drain_into(journal, primary, synced)
+    assert len(journal) == 0 and len(synced) == 12
+    assert sorted(primary.calls) == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+
+
+async def test_a_refused_batch_goes_entry_by_entry_and_only_the_poison_is_quarantined() -> None:
+    journal = Journal(1000)
+    for n in range(8):
+        journal.append(put(f"t{n % 2}", n))
+    primary, synced = BatchingPrimary(poison=4), []
+    await drain_into(journal, primary, synced)
+    assert len(journal) == 0 and len(synced) == 7
+    assert [q.entry for q in journal.quarantine] == [put("t0", 4)]
+    assert sorted(primary.calls) == [[0], [1, 3, 5, 7], [2], [6]]
+
+
+async def test_an_unreachable_primary_during_a_batch_pops_nothing_of_it() -> None:
+    journal = Journal(1000)
+    for n in range(6):
+        journal.append(put("t0", n))
+    primary, synced = BatchingPrimary(fail=Down("gone")), []
+    with pytest.raises(Down):
+        await drain_into(journal, primary, synced)
+    assert len(journal) == 6 and not synced and not journal.quarantine and not primary.calls

@@ -19,9 +19,10 @@ import json
 import logging
 import select
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import psycopg
@@ -33,9 +34,13 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from code_hero.config import CheckpointerConfig, redact_url
+from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.savers import SaverPool
+
+if TYPE_CHECKING:
+    from code_hero.persistence.journal import PutCheckpoint, PutWrites
 
 __all__ = [
     "Backend",
@@ -169,6 +174,9 @@ class Backend:
     # turns this off before it opens: it stores events of runs whose rows stay in the
     # primary.
     enforce_references = True
+    # True when `put_batch` works: the recovery then replays a thread's
+    # checkpoints and writes a batch at a time instead of one call each.
+    batches = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
         self.config = config
@@ -203,6 +211,10 @@ class Backend:
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""
+
+    async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:
+        """Write one thread's checkpoints and writes, in order, all or none."""
+        raise NotImplementedError(f"a {self.kind} backend writes one call at a time")
 
     async def forget(self, keep: set[str]) -> None:
         """Drop every thread but those in `keep` (a fallback whose copies are synced)."""
@@ -398,6 +410,7 @@ class PostgresBackend(Backend):
     """PostgreSQL: N stock AsyncPostgresSaver instances and the registry on one pool."""
 
     kind = "postgres"
+    batches = True
 
     async def open(self) -> None:
         url = self.config.connection_string or ""
@@ -462,6 +475,12 @@ class PostgresBackend(Backend):
             instance.conn = pool
         self.registry.pool = pool
         await old.close(timeout=1.0)
+
+    async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:
+        assert isinstance(self.saver, SaverPool)
+        saver = self.saver.instances[0]
+        assert isinstance(saver, AsyncPostgresSaver)
+        await bulk_put(self._pool, saver, items)
 
     @property
     def description(self) -> str:

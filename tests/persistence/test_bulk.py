@@ -1,0 +1,206 @@
+"""Batched replay into PostgreSQL: the rows `aput`/`aput_writes` would write, and a
+poison entry in a batch is quarantined alone."""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Annotated, Any, TypedDict
+
+import psycopg
+import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
+from langgraph.graph import END, START, StateGraph
+
+from code_hero.config import create_memory_checkpointer, create_postgres_checkpointer
+from code_hero.persistence.backends import Backend, MemoryBackend, PostgresBackend
+from code_hero.persistence.bulk import statements
+from code_hero.persistence.fallback import full_versions
+from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
+from tests.conftest import PG_ADMIN_URL, _pg_url
+
+pytestmark = pytest.mark.postgres
+
+TABLES = {
+    "checkpoints": "thread_id, checkpoint_ns, checkpoint_id",
+    "checkpoint_blobs": "thread_id, checkpoint_ns, channel, version",
+    "checkpoint_writes": "thread_id, checkpoint_ns, checkpoint_id, task_id, idx",
+}
+
+
+class State(TypedDict, total=False):
+    steps: Annotated[list[str], operator.add]
+    notes: list[str]  # written once: later checkpoints keep its version
+    text: str
+
+
+class Recorder(InMemorySaver):
+    """Journals what a graph writes, as the fallback router does during an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[PutCheckpoint | PutWrites] = []
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        self.entries.append(PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint)))
+        return await super().aput(config, checkpoint, metadata, full_versions(checkpoint))
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self.entries.append(PutWrites(config, tuple(writes), task_id, task_path))
+        await super().aput_writes(config, writes, task_id, task_path)
+
+
+def graph(saver: Recorder) -> Any:
+    builder = StateGraph(State)
+
+    async def first(state: State) -> dict[str, Any]:
+        return {"steps": ["first"], "notes": ["kept"], "text": "first"}
+
+    async def later(state: State) -> dict[str, Any]:
+        return {"steps": ["later"], "text": "later"}
+
+    builder.add_node("first", first)
+    builder.add_node("second", later)
+    builder.add_node("third", later)
+    builder.add_edge(START, "first")
+    builder.add_edge("first", "second")
+    builder.add_edge("second", "third")
+    builder.add_edge("third", END)
+    return builder.compile(checkpointer=saver)
+
+
+async def journalled(thread_id: str) -> list[PutCheckpoint | PutWrites]:
+    recorder = Recorder()
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    await graph(recorder).ainvoke({"steps": []}, config)
+    return recorder.entries
+
+
+@pytest.fixture
+def second_pg_database() -> Iterator[str]:
+    name = f"ch_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _pg_url(name)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def opened(url: str) -> PostgresBackend:
+    backend = PostgresBackend(create_postgres_checkpointer(url))
+    await backend.open()
+    return backend
+
+
+@pytest.fixture
+async def fallback() -> AsyncIterator[Backend]:
+    async with MemoryBackend(create_memory_checkpointer()) as backend:
+        yield backend
+
+
+def table(url: str, name: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(f"SELECT * FROM {name} ORDER BY {TABLES[name]}").fetchall())
+
+
+async def test_a_batch_writes_the_rows_the_stock_calls_write(
+    pg_database: str, second_pg_database: str
+) -> None:
+    entries = await journalled("t1") + await journalled("t2")
+    assert {type(e) for e in entries} == {PutCheckpoint, PutWrites}
+    one_by_one, batched = await opened(pg_database), await opened(second_pg_database)
+    try:
+        for entry in entries:
+            await entry.replay(one_by_one, one_by_one)
+        for thread in ("t1", "t2"):
+            await batched.put_batch([e for e in entries if e.thread_id == thread])
+        for name in TABLES:
+            expected = table(pg_database, name)
+            assert expected and table(second_pg_database, name) == expected, name
+        for thread in ("t1", "t2"):
+            config: RunnableConfig = {"configurable": {"thread_id": thread}}
+            assert await batched.saver.aget_tuple(config) == await one_by_one.saver.aget_tuple(
+                config
+            )
+            want = [t async for t in one_by_one.saver.alist(config)]
+            assert [t async for t in batched.saver.alist(config)] == want and len(want) == 5
+    finally:
+        await one_by_one.close()
+        await batched.close()
+
+
+async def test_a_batch_dumps_a_channel_version_once_but_each_entry_stays_whole() -> None:
+    entries = await journalled("t1")
+    saver = BasePostgresSaver()  # the SQL and the serde, no connection
+
+    def blobs(items: Sequence[PutCheckpoint | PutWrites]) -> list[tuple[str, str]]:
+        return [
+            (row[2], row[3])
+            for sql, rows in statements(saver, items)
+            if sql == saver.UPSERT_CHECKPOINT_BLOBS_SQL
+            for row in rows
+        ]
+
+    together = blobs(entries)
+    assert len(together) == len(set(together))  # "notes" went once
+    alone = [b for e in entries for b in blobs([e])]
+    assert len(alone) > len(together) and set(alone) == set(together)
+
+
+async def test_a_poison_entry_in_a_batch_is_quarantined_and_the_rest_go_in(
+    pg_database: str, fallback: Backend
+) -> None:
+    entries = await journalled("t1")
+    checkpoints = [i for i, e in enumerate(entries) if isinstance(e, PutCheckpoint)]
+    bad = entries[checkpoints[2]]
+    assert isinstance(bad, PutCheckpoint)
+    # jsonb cannot hold \u0000: PostgreSQL refuses the checkpoint (not unreachable).
+    poison = PutCheckpoint(
+        bad.config,
+        {**bad.checkpoint, "channel_values": {**bad.checkpoint["channel_values"], "text": "a\0"}},
+        bad.metadata,
+        bad.versions,
+    )
+    entries[checkpoints[2]] = poison
+    journal = Journal(1000)
+    for entry in entries:
+        journal.append(entry)
+    primary = await opened(pg_database)
+    synced: list[int] = []
+    try:
+        await journal.drain(
+            primary=primary,
+            fallback=fallback,
+            concurrency=4,
+            is_unreachable=lambda exc: isinstance(exc, psycopg.OperationalError),
+            on_synced=lambda: synced.append(1),
+        )
+        assert len(journal) == 0 and len(synced) == len(entries) - 1
+        assert [q.entry for q in journal.quarantine] == [poison]
+        ids = [r[2] for r in table(pg_database, "checkpoints")]
+        want = sorted(e.checkpoint["id"] for e in entries if isinstance(e, PutCheckpoint))
+        assert ids == [i for i in want if i != poison.checkpoint["id"]]
+        writes = {r[2] for r in table(pg_database, "checkpoint_writes")}
+        assert writes == {
+            e.config["configurable"]["checkpoint_id"] for e in entries if isinstance(e, PutWrites)
+        }
+    finally:
+        await primary.close()

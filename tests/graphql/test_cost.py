@@ -217,7 +217,7 @@ async def test_reads_spend_their_cost_from_a_bucket_of_their_own(tmp_path: Path)
         assert codes(refused) == ["QUERY_TOO_COMPLEX"]  # refused before it spends
         assert cost(await gql(alice, "{ health { status } }")) == 1
         # Mutations have their own bucket: reads used up, startRun still counts as before.
-        delete = 'mutation { deleteRun(id: "nope") { deleted } }'
+        delete = 'mutation { deleteRun(id: "00000000-0000-4000-8000-000000000000") { deleted } }'
         for _ in range(2):
             assert data(await gql(alice, delete))["deleteRun"]["deleted"] is False
         assert codes(await gql(alice, delete)) == ["RATE_LIMITED"]

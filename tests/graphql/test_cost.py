@@ -228,7 +228,10 @@ async def test_reads_spend_their_cost_from_a_bucket_of_their_own(tmp_path: Path)
             # A subscription spends a page of events (100) when it starts: 194 points
             # left are enough for one.
             for op_id, code in (("1", "NOT_FOUND"), ("2", "RATE_LIMITED")):
-                await ws.subscribe(op_id, 'subscription { runEvents(runId: "x") { seq } }')
+                await ws.subscribe(
+                    op_id,
+                    'subscription { runEvents(runId: "00000000-0000-4000-8000-000000000000") { seq } }',
+                )
                 payloads, end = await ws.collect(op_id)
                 assert end is not None
                 errors = end["payload"] if end["type"] == "error" else payloads[0]["errors"]

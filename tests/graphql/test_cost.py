@@ -65,6 +65,9 @@ DASHBOARD = [
     ),
 ]
 
+MISSING_RUN = "00000000-0000-4000-8000-000000000000"
+MISSING_RUN_EVENTS = f'subscription {{ runEvents(runId: "{MISSING_RUN}") {{ seq }} }}'
+
 
 def readme_operations() -> list[str]:
     """Every GraphQL document of the README's tour: its blocks, the curl and the JS one."""
@@ -217,7 +220,7 @@ async def test_reads_spend_their_cost_from_a_bucket_of_their_own(tmp_path: Path)
         assert codes(refused) == ["QUERY_TOO_COMPLEX"]  # refused before it spends
         assert cost(await gql(alice, "{ health { status } }")) == 1
         # Mutations have their own bucket: reads used up, startRun still counts as before.
-        delete = 'mutation { deleteRun(id: "00000000-0000-4000-8000-000000000000") { deleted } }'
+        delete = f'mutation {{ deleteRun(id: "{MISSING_RUN}") {{ deleted }} }}'
         for _ in range(2):
             assert data(await gql(alice, delete))["deleteRun"]["deleted"] is False
         assert codes(await gql(alice, delete)) == ["RATE_LIMITED"]
@@ -228,10 +231,7 @@ async def test_reads_spend_their_cost_from_a_bucket_of_their_own(tmp_path: Path)
             # A subscription spends a page of events (100) when it starts: 194 points
             # left are enough for one.
             for op_id, code in (("1", "NOT_FOUND"), ("2", "RATE_LIMITED")):
-                await ws.subscribe(
-                    op_id,
-                    'subscription { runEvents(runId: "00000000-0000-4000-8000-000000000000") { seq } }',
-                )
+                await ws.subscribe(op_id, MISSING_RUN_EVENTS)
                 payloads, end = await ws.collect(op_id)
                 assert end is not None
                 errors = end["payload"] if end["type"] == "error" else payloads[0]["errors"]

@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import operator
 import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from itertools import pairwise
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import httpx
 import psycopg
 from langgraph.graph import END, START, StateGraph
 
+ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("CODE_HERO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -31,6 +38,61 @@ async def scratch_database(prefix: str = "ch_bench") -> AsyncIterator[str]:
     finally:
         async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as conn:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Replica:
+    """One `code-hero serve` process of this tree's sources, on `url`."""
+
+    def __init__(self, url: str, logdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.log = open(logdir / f"replica-{self.port}.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "code_hero.cli", "serve", "--database-url", url),
+                *("--port", str(self.port), "--log-level", "warning"),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/graphql"
+
+    async def ready(self) -> None:
+        """Wait until /healthz answers 200."""
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                try:
+                    if (await client.get(f"{self.http}/healthz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"replica on port {self.port} did not start")
+
+    def rss_kib(self) -> int:
+        """The process's resident memory."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 20 s."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
 
 
 class SmallState(TypedDict, total=False):

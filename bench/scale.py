@@ -19,11 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,78 +31,19 @@ import psycopg
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scratch_database, target
+from _common import ROOT, Replica, scratch_database, target
 
-ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = (
     f"small={ROOT / 'bench' / '_common.py'}:small_graph,"
     f"slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
 )
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 SUBSCRIBE = "subscription($id: ID!) { runEvents(runId: $id) { seq __typename } }"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Replica:
-    def __init__(self, url: str, logdir: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "CODE_HERO_GRAPHS": GRAPHS,
-            "CODE_HERO_MAX_CONCURRENT_RUNS": "32",
-            "CODE_HERO_MAX_SUBSCRIPTIONS": "10",
-        }
-        self.log = open(logdir / f"replica-{self.port}.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "code_hero.cli",
-                "serve",
-                "--database-url",
-                url,
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/graphql"
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{self.http}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("replica did not start")
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+REPLICA_ENV = {
+    "CODE_HERO_GRAPHS": GRAPHS,
+    "CODE_HERO_MAX_CONCURRENT_RUNS": "32",
+    "CODE_HERO_MAX_SUBSCRIPTIONS": "10",
+}
 
 
 async def start_run(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
@@ -221,7 +158,7 @@ async def cross_replica_delay(a: Replica, b: Replica, url: str) -> tuple[float, 
 
 async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bool]:
     async with httpx.AsyncClient(base_url=replicas[0].http, timeout=60) as client:
-        rss_before = [r.rss_kb() for r in replicas]
+        rss_before = [r.rss_kib() for r in replicas]
         run = await start_run(client, graph="slow", input={"delay": 1.5})  # idle at first
         subs = [Subscriber() for _ in range(count)]
         tasks = [
@@ -230,7 +167,7 @@ async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bo
         ]
         await asyncio.wait_for(asyncio.gather(*(s.subscribed.wait() for s in subs)), 120)
         await asyncio.sleep(0.5)
-        rss_after = [r.rss_kb() for r in replicas]
+        rss_after = [r.rss_kib() for r in replicas]
         per_sub_kb = (sum(rss_after) - sum(rss_before)) / count
         await asyncio.wait_for(asyncio.gather(*tasks), 180)
     all_seqs = set().union(*(s.arrivals for s in subs))
@@ -251,10 +188,10 @@ async def main() -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with scratch_database() as url:
-            a = Replica(url, Path(tmp))
+            a = Replica(url, Path(tmp), **REPLICA_ENV)
             await a.ready()
             one, fail1 = await throughput([a], args.seconds)
-            b = Replica(url, Path(tmp))
+            b = Replica(url, Path(tmp), **REPLICA_ENV)
             await b.ready()
             two, fail2 = await throughput([a, b], args.seconds)
             print(
@@ -262,7 +199,7 @@ async def main() -> None:
                 f"two replicas {two:.1f} (failures {fail2}), ratio {two / one:.2f}"
             )
             b.stop()  # the delay: the run executes on A, the subscriber listens on B
-            b = Replica(url, Path(tmp))
+            b = Replica(url, Path(tmp), **REPLICA_ENV)
             await b.ready()
             median, p99 = await cross_replica_delay(a, b, url)
             print(

@@ -19,12 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +31,8 @@ import httpx
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scratch_database, target
+from _common import ROOT, Replica, scratch_database, target
 
-ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = f"small={ROOT / 'bench' / '_common.py'}:small_graph"
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 CANCEL = "mutation($id: ID!) { cancelRun(id: $id) { status } }"
@@ -46,66 +41,13 @@ SUBSCRIBE = "subscription($id: ID!) { runEvents(runId: $id) { seq } }"
 GAUGE = re.compile(r'^code_hero_internal_entries\{map="([^"]+)"\} (\S+)$', re.MULTILINE)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Replica:
-    """One `code-hero serve` process of this tree's sources."""
-
-    def __init__(self, url: str, logdir: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT / "src"),
-            "CODE_HERO_GRAPHS": GRAPHS,
-            "CODE_HERO_MAX_CONCURRENT_RUNS": "16",
-        }
-        self.log = open(logdir / f"replica-{self.port}.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "code_hero.cli", "serve", "--database-url", url),
-                *("--port", str(self.port), "--log-level", "warning"),
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/graphql"
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{self.http}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"replica on port {self.port} did not start")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+class SoakReplica(Replica):
+    """A replica whose internal maps can be read from /metrics."""
 
     async def internal_entries(self) -> dict[str, float]:
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"{self.http}/metrics")).text
         return {name: float(value) for name, value in GAUGE.findall(text)}
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +96,7 @@ async def until_ended(client: httpx.AsyncClient, run_id: str) -> str:
 
 
 class Soak:
-    def __init__(self, replicas: list[Replica], in_flight: int) -> None:
+    def __init__(self, replicas: list[SoakReplica], in_flight: int) -> None:
         self.replicas = replicas
         self.in_flight = in_flight
         self.clients = [httpx.AsyncClient(base_url=r.http, timeout=120) for r in replicas]
@@ -202,7 +144,12 @@ class Soak:
 async def soak(runs: int, warmup: int, in_flight: int) -> list[str]:
     logdir = tempfile.mkdtemp(prefix="code-hero-soak-")
     async with scratch_database() as url:
-        replicas = [Replica(url, Path(logdir)) for _ in range(2)]
+        replicas = [
+            SoakReplica(
+                url, Path(logdir), CODE_HERO_GRAPHS=GRAPHS, CODE_HERO_MAX_CONCURRENT_RUNS="16"
+            )
+            for _ in range(2)
+        ]
         soak = Soak(replicas, in_flight)
         try:
             for replica in replicas:
@@ -210,7 +157,7 @@ async def soak(runs: int, warmup: int, in_flight: int) -> list[str]:
             started = time.perf_counter()
             await soak.until(warmup)
             await asyncio.sleep(2)  # the last runs' relays and sockets settle
-            warm = [r.rss_mib() for r in replicas]
+            warm = [r.rss_kib() / 1024 for r in replicas]
             warm_at = time.perf_counter()
             print(
                 f"warm-up: {warmup} runs in {warm_at - started:.0f}s; "
@@ -219,7 +166,7 @@ async def soak(runs: int, warmup: int, in_flight: int) -> list[str]:
             await soak.until(runs)
             elapsed = time.perf_counter() - warm_at
             await asyncio.sleep(5)  # past the touch throttle and the slowest re-check
-            end = [r.rss_mib() for r in replicas]
+            end = [r.rss_kib() / 1024 for r in replicas]
             maps = [await r.internal_entries() for r in replicas]
         finally:
             await soak.close()

@@ -39,7 +39,7 @@ from langgraph.checkpoint.base import (
 
 from code_hero.config import CheckpointerConfig
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.backends import Backend, is_backend_error, open_backend
+from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.journal import (
     DeleteThread,
     Entry,
@@ -50,6 +50,7 @@ from code_hero.persistence.journal import (
     WriteGate,
 )
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.unreachable import is_backend_error
 
 __all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver", "open_timeout", "probe_timeout"]
 

@@ -26,7 +26,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from code_hero.persistence.backends import is_backend_error
 from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.journal import (
     ChangeRun,
@@ -47,6 +46,7 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.persistence.unreachable import is_backend_error
 
 __all__ = ["FallbackRegistry"]
 

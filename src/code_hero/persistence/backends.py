@@ -39,7 +39,7 @@ from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import check_on_checkout
 
 if TYPE_CHECKING:
-    from code_hero.persistence.journal import PutCheckpoint, PutWrites
+    from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
 __all__ = [
     "Backend",

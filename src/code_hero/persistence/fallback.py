@@ -40,15 +40,8 @@ from langgraph.checkpoint.base import (
 from code_hero.config import CheckpointerConfig
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import Backend, open_backend
-from code_hero.persistence.journal import (
-    DeleteThread,
-    Entry,
-    Journal,
-    PutCheckpoint,
-    PutWrites,
-    TouchThread,
-    WriteGate,
-)
+from code_hero.persistence.entries import DeleteThread, Entry, PutCheckpoint, PutWrites, TouchThread
+from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.unreachable import is_backend_error
 

@@ -26,8 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from code_hero.persistence.fallback import FallbackRouter
-from code_hero.persistence.journal import (
+from code_hero.persistence.entries import (
     ChangeRun,
     CopyEvents,
     CopyThread,
@@ -35,6 +34,7 @@ from code_hero.persistence.journal import (
     Entry,
     FinishRun,
 )
+from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.records import (
     EventRecord,
     NewEvent,

@@ -36,8 +36,9 @@ from code_hero.persistence.checkpoints import (
     encode_checkpoint_cursor,
     view_of,
 )
-from code_hero.persistence.fallback import BackendSlot, FallbackRouter, ManagedSaver
+from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.fallback_registry import FallbackRegistry
+from code_hero.persistence.managed import ManagedSaver
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.records import (
     Page,
@@ -46,6 +47,7 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.persistence.slots import BackendSlot
 
 __all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
 

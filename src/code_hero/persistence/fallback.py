@@ -167,7 +167,7 @@ class FallbackRouter:
         if self.active is None:
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
-            self.metrics.fallback_switches += 1
+            self.metrics.switched()
             self.degraded_since = datetime.now(UTC)
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
@@ -201,7 +201,7 @@ class FallbackRouter:
             None,
         )
         self.active = nxt
-        self.metrics.fallback_switches += 1
+        self.metrics.switched()
         if slot is self.primary:
             self.degraded_since = datetime.now(UTC)
             self._outage_began = self.primary.answered_at or self.degraded_since
@@ -452,7 +452,7 @@ class FallbackRouter:
         if was_active != 0:
             now = datetime.now(UTC)
             self.last_outage = (self._outage_began or since or now, now)
-            self.metrics.recoveries += 1
+            self.metrics.recovered()
             lasted = "" if since is None else f" after {datetime.now(UTC) - since}"
             # The one line an outage logs when it ends.
             log.warning(

@@ -48,7 +48,7 @@ async def _drain(
     config = router.primary.config
 
     def synced() -> None:
-        router.metrics.synced_items += 1
+        router.metrics.synced()
 
     await router.journal.drain(
         primary=primary,
@@ -104,7 +104,7 @@ async def retry_quarantined(router: FallbackRouter) -> None:
         router.fail_primary(exc)
         return
     if done:
-        router.metrics.synced_items += len(done)
+        router.metrics.synced(len(done))
         kept = router.journal.threads()
         for thread_id in {e.thread_id for e in done} - kept:
             router.fallback_threads.discard(thread_id)

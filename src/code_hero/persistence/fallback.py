@@ -96,6 +96,7 @@ class FallbackRouter:
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
         self._recover_lock = asyncio.Lock()
+        # Opens and probes given up on at their deadline end in the background here.
         self.calls = BoundedCalls()
 
     # -------------------------------------------------------------- state

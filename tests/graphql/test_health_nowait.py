@@ -20,7 +20,7 @@ import pytest
 from code_hero.app import create_app
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import GatewaySettings
-from code_hero.persistence.fallback import open_timeout
+from code_hero.persistence.slots import open_timeout
 from code_hero.settings import AppSettings
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import HungServer, with_port

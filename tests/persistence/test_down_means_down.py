@@ -32,9 +32,10 @@ from code_hero.checkpointing import (
     create_sqlite_checkpointer,
 )
 from code_hero.errors import ConflictError
-from code_hero.persistence.backends import PostgresBackend, is_backend_error
+from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.unreachable import is_backend_error
 
 # --- the classification, error by error ---------------------------------------
 

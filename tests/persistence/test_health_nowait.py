@@ -20,7 +20,7 @@ import pytest
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
 from code_hero.persistence.backends import PostgresBackend
-from code_hero.persistence.fallback import open_timeout, probe_timeout
+from code_hero.persistence.slots import open_timeout, probe_timeout
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, HungServer, with_port
 from tests.graphql.clients import eventually

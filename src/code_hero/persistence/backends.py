@@ -9,7 +9,7 @@ enumerating checkpoints, and keeping only the latest checkpoints of a thread.
                      and the same lock (no "database is locked" under load)
     PostgresBackend  SaverPool of AsyncPostgresSaver instances + registry, all on
                      one psycopg pool (autocommit, prepare_threshold=0, checked
-                     on checkout without a round trip)
+                     on checkout without a round trip: `unreachable.py`)
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import select
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -31,137 +29,29 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import CheckpointerConfig, redact_url
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.savers import SaverPool
+from code_hero.persistence.unreachable import check_on_checkout
 
 if TYPE_CHECKING:
-    from code_hero.persistence.journal import PutCheckpoint, PutWrites
+    from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
 __all__ = [
     "Backend",
     "MemoryBackend",
     "PostgresBackend",
     "SqliteBackend",
-    "is_backend_error",
     "open_backend",
 ]
 
 log = logging.getLogger(__name__)
 
 SETUP_LOCK_KEY = 0x636F6465_6865726F  # "codehero": serialises concurrent set-ups
-
-# Which errors mean "the database cannot be reached". Only these move the whole
-# process to the fallback (and make registry calls UNAVAILABLE until it heals);
-# any other error fails the one call and the primary keeps serving.
-#
-# PostgreSQL, by SQLSTATE. A psycopg OperationalError without one comes from
-# libpq itself: refused, reset or lost connection, connect timeout, a closed
-# connection. With one, the server answered, so only these count:
-PG_DOWN_CLASSES = frozenset({"08"})  # connection_exception: the session failed
-PG_DOWN_STATES = frozenset(
-    {
-        "57P01",  # admin_shutdown: what every session gets when the server stops
-        "57P02",  # crash_shutdown: another backend crashed, the server restarts
-        "57P03",  # cannot_connect_now: the server is starting up or shutting down
-        "57P04",  # database_dropped: nothing here can be served until it is recreated
-        # too_many_connections: the server refuses new sessions, so a pool that
-        # lost its connections cannot get any back; it is raised at connect only.
-        "53300",
-    }
-)
-# Not down although the server ended or hurt only this session or statement:
-# 57P05 idle_session_timeout (one idle connection; the checkout check normally
-# discards it first), 25P03 idle_in_transaction_session_timeout, 57014
-# query_canceled, 55P03 lock_not_available, 40P01 deadlock_detected, 40001
-# serialization_failure, 53100 disk_full and 53200 out_of_memory (a statement's
-# temporary files or memory: a server that cannot write its WAL stops, and
-# that arrives as a lost connection), class 58 (the server reports one file's
-# I/O failure and keeps serving), and every integrity, syntax and data error.
-#
-# psycopg's other no-SQLSTATE OperationalErrors are not outages: PipelineAborted
-# follows an earlier statement's error in the same pipeline, and the pool's
-# TooManyRequests is load shedding. InterfaceError means misuse in psycopg 3
-# (a closed cursor, no loader for a type): a closed or broken connection
-# raises OperationalError("the connection is closed") instead.
-PG_NOT_DOWN = (psycopg.errors.PipelineAborted, TooManyRequests)
-
-# SQLite, by primary result code (extended codes carry it in the low byte).
-# There is no server: the file is the database, so failing to open, read,
-# write or grow it is the database being unreachable for every statement.
-SQLITE_DOWN_CODES = frozenset(
-    {
-        sqlite3.SQLITE_CANTOPEN,  # "unable to open database file" (also a journal file)
-        sqlite3.SQLITE_IOERR,  # "disk I/O error", every SQLITE_IOERR_* variant
-        # A full disk (or max_page_count) fails every write, not one statement,
-        # and clears without a code change: the fallback keeps runs going and
-        # its journal replays once there is room (recovery stops while it
-        # still fails, so this does not flap).
-        sqlite3.SQLITE_FULL,
-        # A read-only file system or file (a remount after I/O errors, changed
-        # permissions): as for FULL, every write fails until someone acts.
-        sqlite3.SQLITE_READONLY,
-    }
-)
-# Not down: SQLITE_BUSY and SQLITE_LOCKED. busy_timeout has already waited 5 s
-# for a lock held by another process (the CLI, a second server, a backup), or
-# a transaction lost an upgrade race (BUSY_SNAPSHOT): the file is reachable,
-# and the next statement will most likely get the lock. It is PostgreSQL's
-# lock_not_available, which is not down either; switching would also buy
-# nothing, since the recovery replay would queue behind the same lock.
-# SQLITE_CORRUPT and SQLITE_NOTADB are not down: waiting does not heal them,
-# corruption may be limited to a few pages (one thread's rows), and replaying a
-# journal into a damaged file is the wrong repair; the call fails loudly and a
-# person restores the file. SQLITE_ERROR (syntax, missing table), CONSTRAINT
-# (IntegrityError), INTERRUPT, NOMEM, TOOBIG, MISMATCH: one statement's fault.
-
-
-def is_backend_error(exc: BaseException) -> bool:
-    """True when `exc` says the database cannot be reached, not that one call failed."""
-    # The pool's errors subclass psycopg.OperationalError: test them first.
-    # PoolTimeout is also what a saturated pool raises after pool_timeout; it
-    # counts because a server that cannot be reached shows up as exactly that.
-    if isinstance(exc, PoolTimeout | PoolClosed):
-        return True
-    if isinstance(exc, psycopg.Error):
-        if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PG_NOT_DOWN):
-            return False
-        state = exc.sqlstate
-        return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF in SQLITE_DOWN_CODES
-    # OSError covers ConnectionError and TimeoutError (asyncio's too): a socket
-    # or file that cannot be reached, e.g. a SQLite directory that is a file.
-    return isinstance(exc, OSError)
-
-
-async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The pool's checkout check, without a round trip.
-
-    psycopg's `check_connection` sends a query on every checkout: one extra
-    round trip per checkpoint write, about an eighth of the CPU of a graph run
-    here. An idle connection has nothing to read, so a readable socket means
-    the server closed it or sent a termination notice (a restart, an idle
-    timeout); that connection is discarded and the pool opens a fresh one.
-    """
-    if conn.closed or conn.broken:
-        raise psycopg.OperationalError("connection closed")
-    # poll, not select: select() rejects descriptors from 1024 up, which a
-    # replica holding a thousand client sockets hands its new connections.
-    # POLLHUP, POLLERR and POLLNVAL are always reported: a hung-up socket
-    # counts like a readable one.
-    idle = select.poll()
-    idle.register(conn.fileno(), select.POLLIN)
-    if idle.poll(0):
-        # Closed, so the pool sees a lost connection and replaces it (a merely
-        # failed check would put it back in the pool as good).
-        await conn.close()
-        raise psycopg.OperationalError("the server closed or notified an idle connection")
 
 
 class Backend:

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from code_hero.persistence.journal import PutCheckpoint, PutWrites
+from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
 __all__ = ["put_batch", "statements"]
 

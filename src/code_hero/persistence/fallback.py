@@ -4,15 +4,13 @@
 active one. A write that fails on a backend because the database is gone is
 retried at once on the next slot, so a run in flight goes on; the write is
 also journalled. When the primary answers again, `recover()` replays the
-journal into it in order, then the primary serves again. Reads during an
-outage see both: threads written meanwhile are read from the fallback first.
+journal into it (`recovery.py`), then the primary serves again. Reads during
+an outage see both: threads written meanwhile are read from the fallback first.
 
-`ManagedSaver` is the `BaseCheckpointSaver` graphs are compiled with; it only
-forwards to the router. What the fallback holds lives in process memory:
-a process that dies during an outage loses what it wrote meanwhile.
-
-Probes and opens are bounded (`probe_timeout`, `open_timeout`): a server that
-accepts connections and never answers makes a probe fail, not hang.
+Graphs reach the router through `ManagedSaver` (`managed.py`). What the
+fallback holds lives in process memory: a process that dies during an outage
+loses what it wrote meanwhile. Opening and probing a slot is bounded
+(`slots.py`).
 """
 
 from __future__ import annotations
@@ -20,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -33,85 +29,28 @@ from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
-    CheckpointMetadata,
     CheckpointTuple,
 )
 
-from code_hero.config import CheckpointerConfig
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.backends import Backend, is_backend_error, open_backend
-from code_hero.persistence.journal import (
-    DeleteThread,
-    Entry,
-    Journal,
-    PutCheckpoint,
-    PutWrites,
-    TouchThread,
-    WriteGate,
-)
+from code_hero.persistence.entries import DeleteThread, Entry, TouchThread
+from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.recovery import retry_quarantined, sync_back
+from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
+from code_hero.persistence.unreachable import is_backend_error
 
-__all__ = ["BackendSlot", "FallbackRouter", "ManagedSaver", "open_timeout", "probe_timeout"]
+__all__ = ["FallbackRouter", "full_versions", "thread_of"]
 
+# The outage's two lines (one when it begins, one when it ends) come from here.
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
-# The recovery holds writers only for the last few entries.
-SMALL_REMAINDER = 64
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
 
 
-def probe_timeout(config: CheckpointerConfig) -> float:
-    """How long one probe of a backend may take before it counts as failed."""
-    return config.pool_timeout
-
-
-def sync_concurrency(config: CheckpointerConfig) -> int:
-    """How many threads the recovery replays into the primary at once."""
-    # One lane per saver instance and pooled connection: until the switch the
-    # recovery is nearly alone on the primary's pool, and each replay holds a
-    # connection for one round trip, so no lane waits anywhere near pool_timeout.
-    return max(1, min(config.saver_instances, config.pool_max_size))
-
-
-def open_timeout(config: CheckpointerConfig) -> float:
-    """How long opening a backend may take: a connection, the pool's, then set-up."""
-    # Three waits, each about pool_timeout on a server that does not answer.
-    return 3 * config.pool_timeout
-
-
-@dataclass
-class BackendSlot:
-    """One backend in the fallback order, with what the last probe saw."""
-
-    role: str
-    config: CheckpointerConfig
-    backend: Backend | None = None
-    healthy: bool = False
-    last_error: str | None = None
-    latency_ms: float | None = None
-    checked_at: datetime | None = None
-    # Held while the backend opens: concurrent probes share one open, one pool.
-    opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
-
-    @property
-    def kind(self) -> str:
-        """memory, sqlite or postgres."""
-        return self.config.kind
-
-    @property
-    def label(self) -> str:
-        """How metrics name this slot, e.g. "primary:postgres"."""
-        return f"{self.role}:{self.kind}"
-
-    def record_failure(self, exc: BaseException) -> None:
-        """Mark unhealthy with the reason."""
-        self.healthy = False
-        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
-        self.checked_at = datetime.now(UTC)
-
-
-def _thread_of(config: RunnableConfig) -> str:
+def thread_of(config: RunnableConfig) -> str:
+    """The thread id a run config names."""
     return str(config["configurable"]["thread_id"])
 
 
@@ -153,12 +92,12 @@ class FallbackRouter:
         # The last outage this process saw: the primary's last answer before it, and
         # when the primary served again (see `lease_clock`).
         self.last_outage: tuple[datetime, datetime] | None = None
-        self._answered_at: datetime | None = None
         self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
         self._recover_lock = asyncio.Lock()
-        self._stragglers: set[asyncio.Task[Any]] = set()
+        # Opens and probes given up on at their deadline end in the background here.
+        self.calls = BoundedCalls()
 
     # -------------------------------------------------------------- state
     @property
@@ -223,13 +162,13 @@ class FallbackRouter:
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
         for index, slot in enumerate(self.slots):
-            await self._open_slot(slot)
+            await slot.open(self.calls, enforce_references=slot is self.primary)
             if slot.healthy and self.active is None:
                 self.active = index
         if self.active is None:
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
-            self.metrics.fallback_switches += 1
+            self.metrics.switched()
             self.degraded_since = datetime.now(UTC)
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
@@ -238,87 +177,21 @@ class FallbackRouter:
                 self.slots[self.active].label,
             )
 
-    async def _open_slot(self, slot: BackendSlot) -> None:
-        """Open the slot's backend unless it is open; concurrent callers share one attempt."""
-        if slot.opening.locked():
-            # An open is under way (the health loop's, a caller's probe, a retried
-            # initialize()): take its outcome rather than open a second pool.
-            async with slot.opening:
-                return
-        async with slot.opening:
-            if slot.backend is None:
-                await self._open_now(slot)
-
-    async def _open_now(self, slot: BackendSlot) -> None:
-        backend = open_backend(slot.config)
-        backend.enforce_references = slot is self.primary
-        start = time.perf_counter()
-        try:
-            await self._bounded(
-                _open_or_close(backend),
-                open_timeout(slot.config),
-                f"opening the {slot.kind} backend",
-            )
-        except Exception as exc:
-            slot.record_failure(exc)
-            log.warning("could not open %s backend %s: %s", slot.role, backend.description, exc)
-            return
-        slot.backend = backend
-        slot.healthy = True
-        slot.last_error = None
-        slot.latency_ms = (time.perf_counter() - start) * 1000
-        slot.checked_at = datetime.now(UTC)
-        if slot is self.primary:
-            self._answered_at = slot.checked_at
-
-    async def _bounded(self, call: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
-        """Await `call` for at most `seconds`; past that, give up on it with TimeoutError.
-
-        The call runs as a task that is cancelled but not awaited when the time
-        is up: psycopg answers a cancellation by sending the server a cancel
-        request and waiting for the reply, up to 10 s more from a server that
-        stopped answering. The task ends in the background; close() ends it.
-        """
-        task = asyncio.ensure_future(call)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=seconds)
-        except BaseException:
-            self._abandon(task)
-            raise
-        if not done:
-            self._abandon(task)
-            raise TimeoutError(f"{what} timed out after {seconds:g} s")
-        return task.result()
-
-    def _abandon(self, task: asyncio.Task[Any]) -> None:
-        task.cancel()
-        self._stragglers.add(task)
-        task.add_done_callback(self._straggler_done)
-
-    def _straggler_done(self, task: asyncio.Task[Any]) -> None:
-        self._stragglers.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a backend call given up on ended with %r", task.exception())
-
     async def close(self) -> None:
         """Close every opened backend."""
-        # A second cancellation stops psycopg waiting for a server that may
-        # never answer: it drops the connection instead.
-        stragglers = list(self._stragglers)
-        for task in stragglers:
-            task.cancel()
-        await asyncio.gather(*stragglers, return_exceptions=True)
+        await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:
-                await _close_quietly(slot.backend)
+                await close_quietly(slot.backend)
                 slot.backend = None
         self.active = None
 
     def fail_primary(self, exc: BaseException) -> None:
         """The primary could not be reached: serve from the next slot."""
-        self._fail(self.primary, exc)
+        self.fail(self.primary, exc)
 
-    def _fail(self, slot: BackendSlot, exc: BaseException) -> None:
+    def fail(self, slot: BackendSlot, exc: BaseException) -> None:
+        """The slot could not be reached: mark it, and serve from the next slot if it was active."""
         was_active = self.active_slot is slot
         slot.record_failure(exc)
         if not was_active:
@@ -329,10 +202,10 @@ class FallbackRouter:
             None,
         )
         self.active = nxt
-        self.metrics.fallback_switches += 1
+        self.metrics.switched()
         if slot is self.primary:
             self.degraded_since = datetime.now(UTC)
-            self._outage_began = self._answered_at or self.degraded_since
+            self._outage_began = self.primary.answered_at or self.degraded_since
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
@@ -357,7 +230,7 @@ class FallbackRouter:
                 except Exception as exc:
                     if not is_backend_error(exc):
                         raise
-                    self._fail(slot, exc)
+                    self.fail(slot, exc)
                     continue
                 if slot is not self.primary:
                     self.journal.append(entry())
@@ -407,7 +280,7 @@ class FallbackRouter:
             except Exception as exc:
                 if not is_backend_error(exc):
                     raise
-                self._fail(slot, exc)
+                self.fail(slot, exc)
         self.journal.append(TouchThread(thread_id, user_id, create))
 
     # -------------------------------------------------------------- reads
@@ -426,7 +299,7 @@ class FallbackRouter:
 
     async def read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint the config names (or the latest), from whichever slot has it."""
-        thread_id = _thread_of(config)
+        thread_id = thread_of(config)
         for slot in self._read_order(thread_id):
             found = await self._read(slot, "get_tuple", lambda s: s.aget_tuple(config))
             if found is not None:
@@ -446,7 +319,7 @@ class FallbackRouter:
             # Every thread: the primary is needed (`_read` refuses it while it is down).
             slots = [*(s for s in self.slots[1:] if s.backend is not None), self.primary]
         else:
-            slots = self._read_order(_thread_of(config))
+            slots = self._read_order(thread_of(config))
         merged: dict[tuple[str, str, str], CheckpointTuple] = {}
         for slot in slots:
 
@@ -478,7 +351,7 @@ class FallbackRouter:
         except Exception as exc:
             if not is_backend_error(exc):
                 raise
-            self._fail(slot, exc)
+            self.fail(slot, exc)
             raise self.unavailable("reading this thread") from exc
 
     async def count_checkpoints(self, thread_id: str) -> int:
@@ -532,26 +405,15 @@ class FallbackRouter:
         """Probe one slot, opening the primary if it never opened; records the result."""
         if slot.backend is None:
             if slot is self.primary:
-                await self._open_slot(slot)
+                await slot.open(self.calls, enforce_references=True)
             return slot.healthy
-        start = time.perf_counter()
-        seconds = probe_timeout(slot.config)
         try:
-            with self.metrics.timed(slot.label, "probe"):
-                await self._bounded(slot.backend.probe(), seconds, f"{slot.kind} probe")
+            await slot.probe(self.calls, self.metrics)
         except Exception as exc:
             if not is_backend_error(exc):
                 raise
-            self._fail(slot, exc)
+            self.fail(slot, exc)
             return False
-        slot.latency_ms = (time.perf_counter() - start) * 1000
-        slot.checked_at = datetime.now(UTC)
-        if slot is self.primary:
-            self._answered_at = slot.checked_at
-        if not slot.healthy:
-            log.info("%s backend answers again (%.1f ms)", slot.label, slot.latency_ms)
-        slot.healthy = True
-        slot.last_error = None
         return True
 
     async def check(self) -> None:
@@ -561,28 +423,7 @@ class FallbackRouter:
         if self.active != 0 and self.primary.healthy:
             await self.recover()
         elif self.serving and self.journal.quarantine:
-            await self._retry_quarantined()
-
-    def _sync_source(self) -> Backend | None:
-        return next((s.backend for s in self.slots[1:] if s.backend is not None), None)
-
-    async def _drain(self, primary: Backend, source: Backend | None, *, until: int) -> None:
-        if source is None:
-            return
-
-        def synced() -> None:
-            self.metrics.synced_items += 1
-
-        await self.journal.drain(
-            primary=primary,
-            fallback=source,
-            until=until,
-            concurrency=sync_concurrency(self.primary.config),
-            is_unreachable=is_backend_error,
-            on_synced=synced,
-            # Bounded: a primary that hangs mid-sync must not hold the gate shut.
-            step_timeout=max(2 * self.primary.config.pool_timeout, 1.0),
-        )
+            await retry_quarantined(self)
 
     async def recover(self) -> bool:
         """Copy what the fallback holds into the primary, then serve from the primary.
@@ -592,27 +433,9 @@ class FallbackRouter:
         switch: no write can land in the fallback after the last drain.
         """
         async with self._recover_lock:
-            primary = self.primary
-            source = self._sync_source()
-            if primary.backend is None or not primary.healthy:
-                return False
-            if self.active == 0:
-                return True
-            try:
-                await primary.backend.reconnect()
-                await self._drain(primary.backend, source, until=SMALL_REMAINDER)
-                async with self.gate.closed():
-                    await self._drain(primary.backend, source, until=0)
-                    await self._switch_to_primary()
-            except Exception as exc:
-                if not is_backend_error(exc):
-                    raise
-                self._fail(primary, exc)
-                log.info("sync back to the primary stopped: %s", primary.last_error)
-                return False
-            return True
+            return await sync_back(self)
 
-    async def _switch_to_primary(self) -> None:
+    async def switch_to_primary(self) -> None:
         """Serve from the primary; forget the fallback's copies (quarantined ones stay)."""
         kept = self.journal.quarantined_threads()
         since = self.degraded_since
@@ -630,7 +453,7 @@ class FallbackRouter:
         if was_active != 0:
             now = datetime.now(UTC)
             self.last_outage = (self._outage_began or since or now, now)
-            self.metrics.recoveries += 1
+            self.metrics.recovered()
             lasted = "" if since is None else f" after {datetime.now(UTC) - since}"
             # The one line an outage logs when it ends.
             log.warning(
@@ -639,185 +462,3 @@ class FallbackRouter:
                 lasted,
                 f" but {len(self.journal.quarantine)} quarantined" if kept else "",
             )
-
-    async def _retry_quarantined(self) -> None:
-        primary, source = self.primary.backend, self._sync_source()
-        if primary is None or source is None:
-            return
-        try:
-            done = await self.journal.retry_quarantined(
-                primary=primary, fallback=source, is_unreachable=is_backend_error
-            )
-        except Exception as exc:
-            if not is_backend_error(exc):
-                raise
-            self.fail_primary(exc)
-            return
-        if done:
-            self.metrics.synced_items += len(done)
-            kept = self.journal.threads()
-            for thread_id in {e.thread_id for e in done} - kept:
-                self.fallback_threads.discard(thread_id)
-                self.local_threads.discard(thread_id)
-                for slot in self.slots[1:]:
-                    if slot.backend is not None:
-                        await slot.backend.forget_thread(thread_id)
-
-
-async def _open_or_close(backend: Backend) -> None:
-    """Open `backend`; close it again when the open fails or is cancelled."""
-    try:
-        await backend.open()
-    except BaseException:
-        await _close_quietly(backend)
-        raise
-
-
-async def _close_quietly(backend: Backend) -> None:
-    try:
-        await backend.close()
-    except Exception as exc:  # closing a dead connection must not mask the real error
-        log.debug("closing %s failed: %s", backend.description, exc)
-
-
-class ManagedSaver(BaseCheckpointSaver[str]):
-    """The checkpointer graphs use: forwards every call to the fallback router."""
-
-    def __init__(self, router: FallbackRouter, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self.router = router
-        self.loop = loop
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self.router.read_tuple(config)
-
-    async def alist(
-        self,
-        config: RunnableConfig | None,
-        *,
-        filter: dict[str, Any] | None = None,
-        before: RunnableConfig | None = None,
-        limit: int | None = None,
-    ) -> AsyncIterator[CheckpointTuple]:
-        for item in await self.router.read_list(config, filter=filter, before=before, limit=limit):
-            yield item
-
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        thread_id = _thread_of(config)
-        router = self.router
-
-        async def call(slot: BackendSlot) -> RunnableConfig:
-            assert slot.backend is not None
-            # A copy outside the primary carries every channel, so it reads back whole.
-            versions = new_versions if slot is router.primary else full_versions(checkpoint)
-            return await slot.backend.saver.aput(config, checkpoint, metadata, versions)
-
-        def entry() -> PutCheckpoint:
-            return PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint))
-
-        result = await router.write("put", thread_id, call, entry)
-        if result is None:  # no backend at all: run on without checkpoints
-            c = config["configurable"]
-            return {
-                "configurable": {
-                    "thread_id": thread_id,
-                    "checkpoint_ns": c.get("checkpoint_ns", ""),
-                    "checkpoint_id": checkpoint["id"],
-                }
-            }
-        if not config["configurable"].get("checkpoint_ns"):
-            user = config["configurable"].get("user_id") or metadata.get("user_id")
-            # A run of the registry (its config names it) was admitted with its thread
-            # row: its checkpoint only bumps that row, so a run that ends after its
-            # thread's deletion cannot bring the thread back. A plain graph.ainvoke
-            # on the manager's saver creates the row.
-            create = "run_id" not in config["configurable"]
-            await router.touch(thread_id, None if user is None else str(user), create=create)
-        return result
-
-    async def aput_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        async def call(slot: BackendSlot) -> None:
-            assert slot.backend is not None
-            await slot.backend.saver.aput_writes(config, writes, task_id, task_path)
-
-        def entry() -> PutWrites:
-            return PutWrites(config, tuple(writes), task_id, task_path)
-
-        await self.router.write("put_writes", _thread_of(config), call, entry)
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        await self.router.delete_thread(str(thread_id))
-
-    def get_next_version(self, current: str | None, channel: None) -> str:
-        # The same version format as every stock saver, so copies move between them.
-        if current is None:
-            current_v = 0
-        elif isinstance(current, int):
-            current_v = current
-        else:
-            current_v = int(str(current).split(".")[0])
-        return f"{current_v + 1:032}.{random.random():016}"
-
-    # Sync twins for graphs driven with invoke()/stream() from worker threads:
-    # each runs the async method on the manager's loop (never on that loop itself).
-    def _on_loop(self, coro: Awaitable[R]) -> R:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise BackendUnavailableError(
-                "synchronous checkpointer calls cannot run on the manager's event loop; "
-                "use the async API (ainvoke/astream) or call from another thread"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
-
-    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._on_loop(self.aget_tuple(config))
-
-    def list(
-        self,
-        config: RunnableConfig | None,
-        *,
-        filter: dict[str, Any] | None = None,
-        before: RunnableConfig | None = None,
-        limit: int | None = None,
-    ) -> Iterator[CheckpointTuple]:
-        yield from self._on_loop(
-            self.router.read_list(config, filter=filter, before=before, limit=limit)
-        )
-
-    def put(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return self._on_loop(self.aput(config, checkpoint, metadata, new_versions))
-
-    def put_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        self._on_loop(self.aput_writes(config, writes, task_id, task_path))
-
-    def delete_thread(self, thread_id: str) -> None:
-        self._on_loop(self.adelete_thread(thread_id))

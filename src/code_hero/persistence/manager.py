@@ -6,9 +6,10 @@ the background and heals back to the primary, and serves the reads the
 gateway needs: threads from the registry, checkpoints and history with keyset
 paging, deletion, retention and metrics.
 
-`health_report()` tells what the background probe last saw without touching a
-database, so a liveness check answers at once while a database hangs;
-`health_check()` probes now (each probe bounded) and then reports.
+`health()` tells what the background probe last saw without touching a
+database (a `HealthReport`; `health_report()` is its dict), so a liveness
+check answers at once while a database hangs; `health_check()` and
+`probe_health()` probe now (each probe bounded) and then report.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from code_hero.persistence.checkpoints import (
     encode_checkpoint_cursor,
     view_of,
 )
-from code_hero.persistence.fallback import BackendSlot, FallbackRouter, ManagedSaver
+from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.fallback_registry import FallbackRegistry
+from code_hero.persistence.health import HealthReport, report_of, status_of
+from code_hero.persistence.managed import ManagedSaver
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.records import (
     Page,
@@ -46,6 +49,7 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.persistence.slots import BackendSlot
 
 __all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
 
@@ -187,82 +191,42 @@ class EnhancedCheckpointerManager:
             raise BadInputError("thread_id must be a non-empty string")
         return {"configurable": {"thread_id": thread_id, **kwargs}}
 
-    async def health_check(self) -> dict[str, Any]:
-        """Probe every backend now and report (overall_status, per-backend entries)."""
+    def health(self) -> HealthReport:
+        """What the last probes saw, as one model; no database I/O (raises before initialize())."""
+        return self._report(self.router)
+
+    def _report(self, router: FallbackRouter | None) -> HealthReport:
+        uptime = time.monotonic() - self.started_at
+        return report_of(router, uptime_seconds=uptime, version=__version__)
+
+    async def probe_health(self) -> HealthReport:
+        """Probe every backend now (heal back to the primary when it answers), then report."""
         # Each probe and each open of the primary is bounded (pool_timeout and
         # three times that): a hung server fails the probe, it does not hang it.
         await self.router.check()
         self._refresh_status()
-        return self.health_report()
+        return self.health()
+
+    async def health_check(self) -> dict[str, Any]:
+        """Probe every backend now and report (overall_status, per-backend entries)."""
+        return (await self.probe_health()).to_dict()
 
     def health_report(self) -> dict[str, Any]:
         """What the last probes saw, as health_check() reports it; no database I/O."""
-        router = self.router
-        slots = {slot.role: slot for slot in router.slots}
-        report: dict[str, Any] = {
-            "overall_status": self.overall_status,
-            "active_backend": None if router.active_slot is None else router.active_slot.role,
-            "pending_sync": router.pending_sync,
-            "degraded_since": router.degraded_since,
-            "quarantined": router.quarantined,
-            "uptime_seconds": time.monotonic() - self.started_at,
-            "version": __version__,
-            "backends": [self._slot_report(s) for s in router.slots],
-        }
-        for role in ("primary", "fallback", "emergency"):
-            if role in slots:
-                report[f"{role}_checkpointer"] = self._slot_report(slots[role])
-        return report
+        return self.health().to_dict()
 
     @property
     def overall_status(self) -> str:
         """healthy (primary serves), degraded (a fallback serves) or unhealthy (none)."""
-        router = self._router
-        if router is None or router.active is None:
-            return "unhealthy"
-        return "healthy" if router.active == 0 else "degraded"
+        return status_of(self._router)
 
     @property
     def pending_sync(self) -> int:
         """Writes held by a fallback, not yet copied back to the primary."""
         return 0 if self._router is None else self._router.pending_sync
 
-    def _slot_report(self, slot: BackendSlot) -> dict[str, Any]:
-        router = self.router
-        healthy, last_error = slot.healthy, slot.last_error
-        if slot is not router.primary and router.journal.full:
-            # It answers, but takes no more writes: say why new runs are refused.
-            healthy = False
-            last_error = (
-                f"the outage journal is full ({router.journal.limit} writes wait for the "
-                "primary): new writes answer UNAVAILABLE until it is back"
-            )
-        return {
-            "role": slot.role,
-            "kind": slot.kind,
-            "type": slot.config.type.value,
-            "healthy": healthy,
-            "active": router.active_slot is slot,
-            "latency_ms": slot.latency_ms,
-            "last_error": last_error,
-            "checked_at": slot.checked_at,
-            "description": slot.config.describe(),
-        }
-
     def _refresh_status(self) -> None:
-        router = self._router
-        slots = {} if router is None else {s.role: s for s in router.slots}
-        fallback = slots.get("fallback")
-        self.health_status.update(
-            primary_healthy=bool(router and router.active == 0 and router.primary.healthy),
-            fallback_healthy=bool(fallback and fallback.healthy),
-            active_backend=None
-            if router is None or router.active_slot is None
-            else router.active_slot.role,
-            overall_status=self.overall_status,
-            pending_sync=self.pending_sync,
-            last_check=datetime.now(UTC),
-        )
+        self.health_status.update(self._report(self._router).status_dict(datetime.now(UTC)))
 
     # ------------------------------------------------------------ registry
     @property

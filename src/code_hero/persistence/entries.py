@@ -1,0 +1,234 @@
+"""The entries of the outage journal: one write the primary does not have yet, each.
+
+Each entry knows its thread and how to replay itself into the primary
+(idempotent: a recovery may replay it twice). Checkpoint entries carry the
+write itself; registry entries copy the state the fallback holds when they
+replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
+
+    PutCheckpoint   a checkpoint with every channel's value
+    PutWrites       a task's pending writes
+    CopyThread      the registry rows of a thread born during the outage
+    CopyEvents      events of a run in flight when the outage began
+    ChangeRun       fields of such a run (its row is in the primary)
+    FinishRun       the end of such a run, with its thread's status
+    DeleteRun       a run of a thread born during the outage, deleted
+    TouchThread     activity on a thread that is not local
+    DeleteThread    a thread deleted during the outage
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+
+from code_hero.errors import NotFoundError
+from code_hero.persistence.records import THREAD_STATUS_AFTER, RunFilter, RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from code_hero.persistence.backends import Backend
+
+__all__ = [
+    "ChangeRun",
+    "CopyEvents",
+    "CopyThread",
+    "DeleteRun",
+    "DeleteThread",
+    "Entry",
+    "FinishRun",
+    "PutCheckpoint",
+    "PutWrites",
+    "TouchThread",
+]
+
+
+class Entry(Protocol):
+    """One write the primary does not have yet."""
+
+    @property
+    def thread_id(self) -> str:
+        """The thread the entry belongs to (deleting the thread drops the entry)."""
+
+    @property
+    def key(self) -> Hashable | None:
+        """Entries with the same key copy the same current state: one pending is enough."""
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        """Write the entry into the primary, reading current state from the fallback
+        where it copies state (idempotent: it may run twice)."""
+
+
+_COPY_PAGE = 500
+
+
+@dataclass(frozen=True)
+class PutCheckpoint:
+    """A checkpoint with every channel's value (so the copy reads back whole)."""
+
+    config: RunnableConfig
+    checkpoint: Checkpoint
+    metadata: CheckpointMetadata
+    versions: ChannelVersions
+    key = None
+
+    @property
+    def thread_id(self) -> str:
+        return str(self.config["configurable"]["thread_id"])
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.aput(self.config, self.checkpoint, self.metadata, self.versions)
+
+
+@dataclass(frozen=True)
+class PutWrites:
+    """A task's pending writes."""
+
+    config: RunnableConfig
+    writes: tuple[tuple[str, Any], ...]
+    task_id: str
+    task_path: str
+    key = None
+
+    @property
+    def thread_id(self) -> str:
+        return str(self.config["configurable"]["thread_id"])
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
+
+
+@dataclass(frozen=True)
+class CopyThread:
+    """The registry rows of a thread born during the outage, as the fallback has them now:
+    the thread, its runs and the events not copied yet."""
+
+    thread_id: str
+    copied: dict[str, int]  # run id -> highest seq already in the primary (shared)
+
+    @property
+    def key(self) -> Hashable:
+        return ("thread", self.thread_id)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        thread = await fallback.registry.get_thread(self.thread_id)
+        if thread is None:  # deleted meanwhile: its deletion is journalled after this
+            return
+        await primary.registry.put_thread(thread)
+        runs: list[RunRecord] = []
+        after: str | None = None
+        while True:
+            page = await fallback.registry.list_runs(
+                RunFilter(thread_id=self.thread_id), first=_COPY_PAGE, after=after
+            )
+            runs += page.items
+            if not page.has_next_page:
+                break
+            after = page.end_cursor
+        for run in reversed(runs):  # oldest first; the thread's row came first
+            try:
+                await primary.registry.put_run(run)
+            except NotFoundError:  # the thread was deleted in the primary meanwhile: done
+                return
+            await _copy_events(primary, fallback, run.run_id, self.copied)
+
+
+@dataclass(frozen=True)
+class CopyEvents:
+    """Events a run in flight at the outage's start emitted meanwhile."""
+
+    run_id: str
+    thread_id: str
+    copied: dict[str, int]
+
+    @property
+    def key(self) -> Hashable:
+        return ("events", self.run_id)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await _copy_events(primary, fallback, self.run_id, self.copied)
+
+
+async def _copy_events(
+    primary: Backend, fallback: Backend, run_id: str, copied: dict[str, int]
+) -> None:
+    while True:
+        after = copied.get(run_id, 0)
+        events = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
+        if not events:
+            return
+        await primary.registry.put_events(events)  # a run deleted meanwhile takes none
+        copied[run_id] = events[-1].seq
+        if len(events) < _COPY_PAGE:
+            # That was all: an event emitted from now on has a new entry behind
+            # this one (the recovery took this entry's key when it started).
+            return
+
+
+@dataclass(frozen=True)
+class ChangeRun:
+    """Fields of a run in flight at the outage's start (its row is in the primary)."""
+
+    run_id: str
+    thread_id: str
+    fields: Mapping[str, Any]
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.update_run(self.run_id, **self.fields)
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    """The end of a run in flight at the outage's start, with its thread's status."""
+
+    run_id: str
+    thread_id: str
+    fields: Mapping[str, Any]
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        status = RunStatus(self.fields["status"])
+        await primary.registry.finish_run(self.run_id, THREAD_STATUS_AFTER[status], **self.fields)
+
+
+@dataclass(frozen=True)
+class DeleteRun:
+    """A run of a thread born during the outage, deleted meanwhile."""
+
+    run_id: str
+    thread_id: str
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.delete_run(self.run_id)
+
+
+@dataclass(frozen=True)
+class TouchThread:
+    """Activity on a thread that is not local (its row, if any, is in the primary)."""
+
+    thread_id: str
+    user_id: str | None
+    create: bool = True
+
+    @property
+    def key(self) -> Hashable:
+        return ("touch", self.thread_id, self.create)
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.touch_threads({self.thread_id: self.user_id}, create=self.create)
+
+
+@dataclass(frozen=True)
+class DeleteThread:
+    """A thread deleted during the outage: whatever of it reached the primary goes."""
+
+    thread_id: str
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.saver.adelete_thread(self.thread_id)
+        await primary.registry.delete_thread(self.thread_id)

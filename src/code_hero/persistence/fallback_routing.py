@@ -1,0 +1,101 @@
+"""The registry's calls routed to the primary or, during an outage, to the fallback.
+
+`RoutedRegistry` is the base of `FallbackRegistry`: it tries the primary's
+registry while it serves, fails the router over when the primary cannot be
+reached, and otherwise answers from the active fallback or refuses with
+UNAVAILABLE. It also keeps, in memory, the runs this process executes as it
+last saw them, so a run in flight when an outage begins goes on (`_adopt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from code_hero.persistence.entries import CopyThread, Entry
+from code_hero.persistence.fallback import FallbackRouter
+from code_hero.persistence.records import Registry, RunRecord
+from code_hero.persistence.unreachable import is_backend_error
+
+__all__ = ["RoutedRegistry"]
+
+T = TypeVar("T")
+
+
+class RoutedRegistry:
+    """Routing of registry calls through an outage, and the runs in flight held here."""
+
+    def __init__(self, router: FallbackRouter) -> None:
+        self.router = router
+        # Runs this process executes, as last seen: what a run in flight at the start
+        # of an outage goes on from. Bounded by the runs executing here.
+        self._executing: dict[str, RunRecord] = {}
+        # Those of them changed during the outage (the primary has an older row).
+        self._adopted: dict[str, RunRecord] = {}
+        router.on_recovered.append(self._adopted.clear)
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in the per-run maps (executing: runs held here; adopted: until recovery)."""
+        return {"registry.executing": len(self._executing), "registry.adopted": len(self._adopted)}
+
+    def _primary(self) -> Registry | None:
+        backend = self.router.primary.backend
+        return backend.registry if self.router.serving and backend is not None else None
+
+    def _local(self, what: str) -> Registry:
+        slot = self.router.active_slot
+        if slot is None or slot.backend is None or slot is self.router.primary:
+            raise self.router.unavailable(what)
+        return slot.backend.registry
+
+    async def _route(
+        self,
+        on_primary: Callable[[Registry], Awaitable[T]],
+        degraded: Callable[[], Awaitable[T]],
+    ) -> T:
+        registry = self._primary()
+        if registry is not None:
+            try:
+                return await on_primary(registry)
+            except Exception as exc:
+                if not is_backend_error(exc):
+                    raise
+                self.router.fail_primary(exc)
+        return await degraded()
+
+    async def _write(
+        self,
+        on_primary: Callable[[Registry], Awaitable[T]],
+        degraded: Callable[[], Awaitable[T]],
+    ) -> T:
+        async with self.router.gate.write():
+            return await self._route(on_primary, degraded)
+
+    def _journal(self, entry: Entry) -> None:
+        self.router.journal.append(entry)
+
+    def _copy_thread(self, thread_id: str) -> None:
+        self._journal(CopyThread(thread_id, self.router.copied_seqs))
+
+    def _room(self) -> None:
+        self.router.journal.ensure_room(self.router.retry_after)
+
+    def _known(self, run_id: str) -> RunRecord | None:
+        return self._adopted.get(run_id) or self._executing.get(run_id)
+
+    def _adopt(self, run_id: str, **fields: Any) -> RunRecord | None:
+        """Apply a change to a run in flight since before the outage (in memory)."""
+        known = self._known(run_id)
+        if known is None:
+            return None
+        changed = replace(known, **fields)
+        self._adopted[run_id] = changed
+        if run_id in self._executing:
+            self._executing[run_id] = changed
+        return changed
+
+    def _seen(self, records: Sequence[RunRecord], *, claimed: bool = False) -> None:
+        for record in records:
+            if claimed or record.run_id in self._executing:
+                self._executing[record.run_id] = record

@@ -1,0 +1,174 @@
+"""`ManagedSaver`: the checkpointer graphs are compiled with.
+
+It holds no state of its own: every call goes to the `FallbackRouter`, which
+picks the backend. The sync methods are the one wrapper of the async ones,
+for graphs driven with invoke()/stream() from worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+
+from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.entries import PutCheckpoint, PutWrites
+from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of
+from code_hero.persistence.slots import BackendSlot
+
+__all__ = ["ManagedSaver"]
+
+R = TypeVar("R")
+
+
+class ManagedSaver(BaseCheckpointSaver[str]):
+    """The checkpointer graphs use: forwards every call to the fallback router."""
+
+    def __init__(self, router: FallbackRouter, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.router = router
+        self.loop = loop
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self.router.read_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self.router.read_list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        thread_id = thread_of(config)
+        router = self.router
+
+        async def call(slot: BackendSlot) -> RunnableConfig:
+            assert slot.backend is not None
+            # A copy outside the primary carries every channel, so it reads back whole.
+            versions = new_versions if slot is router.primary else full_versions(checkpoint)
+            return await slot.backend.saver.aput(config, checkpoint, metadata, versions)
+
+        def entry() -> PutCheckpoint:
+            return PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint))
+
+        result = await router.write("put", thread_id, call, entry)
+        if result is None:  # no backend at all: run on without checkpoints
+            c = config["configurable"]
+            return {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": c.get("checkpoint_ns", ""),
+                    "checkpoint_id": checkpoint["id"],
+                }
+            }
+        if not config["configurable"].get("checkpoint_ns"):
+            user = config["configurable"].get("user_id") or metadata.get("user_id")
+            # A run of the registry (its config names it) was admitted with its thread
+            # row: its checkpoint only bumps that row, so a run that ends after its
+            # thread's deletion cannot bring the thread back. A plain graph.ainvoke
+            # on the manager's saver creates the row.
+            create = "run_id" not in config["configurable"]
+            await router.touch(thread_id, None if user is None else str(user), create=create)
+        return result
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        async def call(slot: BackendSlot) -> None:
+            assert slot.backend is not None
+            await slot.backend.saver.aput_writes(config, writes, task_id, task_path)
+
+        def entry() -> PutWrites:
+            return PutWrites(config, tuple(writes), task_id, task_path)
+
+        await self.router.write("put_writes", thread_of(config), call, entry)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.router.delete_thread(str(thread_id))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        # The same version format as every stock saver, so copies move between them.
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(str(current).split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # Sync twins for graphs driven with invoke()/stream() from worker threads:
+    # each runs the async method on the manager's loop (never on that loop itself).
+    def _on_loop(self, coro: Awaitable[R]) -> R:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise BackendUnavailableError(
+                "synchronous checkpointer calls cannot run on the manager's event loop; "
+                "use the async API (ainvoke/astream) or call from another thread"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._on_loop(self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        yield from self._on_loop(
+            self.router.read_list(config, filter=filter, before=before, limit=limit)
+        )
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._on_loop(self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._on_loop(self.aput_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._on_loop(self.adelete_thread(thread_id))

@@ -1,0 +1,114 @@
+"""Sync back: what a fallback accepted during an outage, copied into the primary.
+
+`sync_back` drains the outage journal into the primary while writes go on,
+until little is left; then, with the write gate closed and no write in
+flight, drains the rest and has the router serve from the primary again: no
+write can land in the fallback after the last drain. `retry_quarantined`
+replays, once the primary serves, the entries it refused before. The router
+calls both (`FallbackRouter.recover`, `FallbackRouter.check`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from code_hero.config import CheckpointerConfig
+from code_hero.persistence.backends import Backend
+from code_hero.persistence.unreachable import is_backend_error
+
+if TYPE_CHECKING:
+    from code_hero.persistence.fallback import FallbackRouter
+
+__all__ = ["SMALL_REMAINDER", "retry_quarantined", "sync_back", "sync_concurrency"]
+
+log = logging.getLogger(__name__)
+
+# The recovery holds writers only for the last few entries.
+SMALL_REMAINDER = 64
+
+
+def sync_concurrency(config: CheckpointerConfig) -> int:
+    """How many threads the recovery replays into the primary at once."""
+    # One lane per saver instance and pooled connection: until the switch the
+    # recovery is nearly alone on the primary's pool, and each replay holds a
+    # connection for one round trip, so no lane waits anywhere near pool_timeout.
+    return max(1, min(config.saver_instances, config.pool_max_size))
+
+
+def _sync_source(router: FallbackRouter) -> Backend | None:
+    return next((s.backend for s in router.slots[1:] if s.backend is not None), None)
+
+
+async def _drain(
+    router: FallbackRouter, primary: Backend, source: Backend | None, *, until: int
+) -> None:
+    if source is None:
+        return
+    config = router.primary.config
+
+    def synced() -> None:
+        router.metrics.synced()
+
+    await router.journal.drain(
+        primary=primary,
+        fallback=source,
+        until=until,
+        concurrency=sync_concurrency(config),
+        is_unreachable=is_backend_error,
+        on_synced=synced,
+        # Bounded: a primary that hangs mid-sync must not hold the gate shut.
+        step_timeout=max(2 * config.pool_timeout, 1.0),
+    )
+
+
+async def sync_back(router: FallbackRouter) -> bool:
+    """Copy what the fallback holds into the primary, then serve from the primary.
+
+    True when the primary serves; False when it is not healthy or failed
+    during the sync (the journal keeps what was not copied yet).
+    """
+    primary = router.primary
+    source = _sync_source(router)
+    if primary.backend is None or not primary.healthy:
+        return False
+    if router.active == 0:
+        return True
+    try:
+        await primary.backend.reconnect()
+        await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
+        async with router.gate.closed():
+            await _drain(router, primary.backend, source, until=0)
+            await router.switch_to_primary()
+    except Exception as exc:
+        if not is_backend_error(exc):
+            raise
+        router.fail(primary, exc)
+        log.info("sync back to the primary stopped: %s", primary.last_error)
+        return False
+    return True
+
+
+async def retry_quarantined(router: FallbackRouter) -> None:
+    """Replay each quarantined entry once; forget the fallback's copies of settled threads."""
+    primary, source = router.primary.backend, _sync_source(router)
+    if primary is None or source is None:
+        return
+    try:
+        done = await router.journal.retry_quarantined(
+            primary=primary, fallback=source, is_unreachable=is_backend_error
+        )
+    except Exception as exc:
+        if not is_backend_error(exc):
+            raise
+        router.fail_primary(exc)
+        return
+    if done:
+        router.metrics.synced(len(done))
+        kept = router.journal.threads()
+        for thread_id in {e.thread_id for e in done} - kept:
+            router.fallback_threads.discard(thread_id)
+            router.local_threads.discard(thread_id)
+            for slot in router.slots[1:]:
+                if slot.backend is not None:
+                    await slot.backend.forget_thread(thread_id)

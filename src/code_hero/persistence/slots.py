@@ -1,0 +1,181 @@
+"""A backend in the fallback order: its slot, opened and probed within a time bound.
+
+A `BackendSlot` remembers what the last open or probe saw. Both are bounded
+(`open_timeout`, `probe_timeout`): a server that accepts connections and never
+answers makes them fail, not hang. `BoundedCalls` gives up on a call at its
+deadline and lets it end in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from code_hero.config import CheckpointerConfig
+from code_hero.persistence.backends import Backend, open_backend
+from code_hero.persistence.metrics import Metrics
+
+__all__ = ["BackendSlot", "BoundedCalls", "close_quietly", "open_timeout", "probe_timeout"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+def probe_timeout(config: CheckpointerConfig) -> float:
+    """How long one probe of a backend may take before it counts as failed."""
+    return config.pool_timeout
+
+
+def open_timeout(config: CheckpointerConfig) -> float:
+    """How long opening a backend may take: a connection, the pool's, then set-up."""
+    # Three waits, each about pool_timeout on a server that does not answer.
+    return 3 * config.pool_timeout
+
+
+class BoundedCalls:
+    """Backend calls awaited for a bounded time; those given up on end in the background."""
+
+    def __init__(self) -> None:
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    async def run(self, call: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
+        """Await `call` for at most `seconds`; past that, give up on it with TimeoutError.
+
+        The call runs as a task that is cancelled but not awaited when the time
+        is up: psycopg answers a cancellation by sending the server a cancel
+        request and waiting for the reply, up to 10 s more from a server that
+        stopped answering. The task ends in the background; close() ends it.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            raise TimeoutError(f"{what} timed out after {seconds:g} s")
+        return task.result()
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a backend call given up on ended with %r", task.exception())
+
+    async def close(self) -> None:
+        """End every call given up on."""
+        # A second cancellation stops psycopg waiting for a server that may
+        # never answer: it drops the connection instead.
+        abandoned = list(self._abandoned)
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+
+
+@dataclass
+class BackendSlot:
+    """One backend in the fallback order, with what the last probe saw."""
+
+    role: str
+    config: CheckpointerConfig
+    backend: Backend | None = None
+    healthy: bool = False
+    last_error: str | None = None
+    latency_ms: float | None = None
+    checked_at: datetime | None = None
+    # The last time it answered (an open or a probe that succeeded).
+    answered_at: datetime | None = None
+    # Held while the backend opens: concurrent probes share one open, one pool.
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        """memory, sqlite or postgres."""
+        return self.config.kind
+
+    @property
+    def label(self) -> str:
+        """How metrics name this slot, e.g. "primary:postgres"."""
+        return f"{self.role}:{self.kind}"
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Mark unhealthy with the reason."""
+        self.healthy = False
+        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.checked_at = datetime.now(UTC)
+
+    def _record_answer(self, started: float) -> None:
+        self.latency_ms = (time.perf_counter() - started) * 1000
+        self.checked_at = self.answered_at = datetime.now(UTC)
+        self.healthy = True
+        self.last_error = None
+
+    async def open(self, calls: BoundedCalls, *, enforce_references: bool) -> None:
+        """Open the backend unless it is open; concurrent callers share one attempt.
+
+        A failure is recorded on the slot (and logged), not raised.
+        """
+        if self.opening.locked():
+            # An open is under way (the health loop's, a caller's probe, a retried
+            # initialize()): take its outcome rather than open a second pool.
+            async with self.opening:
+                return
+        async with self.opening:
+            if self.backend is None:
+                await self._open_now(calls, enforce_references)
+
+    async def _open_now(self, calls: BoundedCalls, enforce_references: bool) -> None:
+        backend = open_backend(self.config)
+        backend.enforce_references = enforce_references
+        started = time.perf_counter()
+        try:
+            await calls.run(
+                _open_or_close(backend),
+                open_timeout(self.config),
+                f"opening the {self.kind} backend",
+            )
+        except Exception as exc:
+            self.record_failure(exc)
+            log.warning("could not open %s backend %s: %s", self.role, backend.description, exc)
+            return
+        self.backend = backend
+        self._record_answer(started)
+
+    async def probe(self, calls: BoundedCalls, metrics: Metrics) -> None:
+        """One bounded round trip to the open backend; raises what the backend raised."""
+        assert self.backend is not None
+        started = time.perf_counter()
+        seconds = probe_timeout(self.config)
+        with metrics.timed(self.label, "probe"):
+            await calls.run(self.backend.probe(), seconds, f"{self.kind} probe")
+        was_healthy = self.healthy
+        self._record_answer(started)
+        if not was_healthy:
+            log.info("%s backend answers again (%.1f ms)", self.label, self.latency_ms)
+
+
+async def _open_or_close(backend: Backend) -> None:
+    """Open `backend`; close it again when the open fails or is cancelled."""
+    try:
+        await backend.open()
+    except BaseException:
+        await close_quietly(backend)
+        raise
+
+
+async def close_quietly(backend: Backend) -> None:
+    """Close `backend`; a failure is logged, not raised."""
+    try:
+        await backend.close()
+    except Exception as exc:  # closing a dead connection must not mask the real error
+        log.debug("closing %s failed: %s", backend.description, exc)

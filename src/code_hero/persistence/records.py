@@ -142,7 +142,13 @@ class Page(Generic[T]):
 
 
 class Registry(Protocol):
-    """Threads, runs and run events, stored in the same database as the checkpoints."""
+    """Threads, runs and run events, stored in the same database as the checkpoints.
+
+    The one definition of the registry's interface and its documentation. Two
+    families implement it: `SqlRegistry` (`persistence/registry/`, on SQLite and
+    PostgreSQL) and `FallbackRegistry` (`persistence/fallback_registry.py`, which
+    routes each call to the primary's or, through an outage, the fallback's).
+    """
 
     async def setup(self) -> None:
         """Run the registry's forward-only migrations (idempotent)."""
@@ -167,7 +173,8 @@ class Registry(Protocol):
     async def put_thread(self, thread: ThreadRecord) -> None:
         """Insert or replace a thread as given, timestamps included (for migration)."""
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        """One thread, or None."""
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         """Several threads in one query (for DataLoaders)."""
@@ -191,9 +198,11 @@ class Registry(Protocol):
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given RunRecord fields; returns the new record (None if missing)."""
 
-    async def get_run(self, run_id: str) -> RunRecord | None: ...
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """One run, or None."""
 
-    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]: ...
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """Several runs in one query (for DataLoaders)."""
 
     async def list_runs(
         self, flt: RunFilter, *, first: int, after: str | None = None
@@ -247,8 +256,9 @@ class Registry(Protocol):
         graphs: Sequence[str] | None = None,
         run_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
-        """Lease up to `limit` claimable runs: unfinished, unleased (or lapsed), not
-        cancelled, and the oldest unfinished run of their thread."""
+        """Lease up to `limit` claimable runs, oldest first: unfinished, unleased (or
+        lapsed), not cancelled, and the oldest unfinished run of their thread (only of
+        the given graphs, only the given runs, when those are given)."""
 
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
@@ -271,10 +281,12 @@ class Registry(Protocol):
         """Store events in one transaction; a seq already stored is an error."""
 
     async def store_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events of any runs in one transaction (each carries its run and thread)."""
+        """Store events of any runs in one transaction (each carries its run and thread);
+        a (run, seq) already stored conflicts, events of runs deleted meanwhile are dropped."""
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events, skipping any whose (run, seq) is stored already (for copies)."""
+        """Store events, skipping any whose (run, seq) is stored already (for copies) and
+        any of runs deleted meanwhile."""
 
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None

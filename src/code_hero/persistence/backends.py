@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRe
 
 from code_hero.config import CheckpointerConfig, redact_url
 from code_hero.persistence.bulk import put_batch as bulk_put
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.savers import SaverPool
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SETUP_LOCK_KEY = 0x636F6465_6865726F  # "codehero": serialises concurrent set-ups
 
 # Which errors mean "the database cannot be reached". Only these move the whole
 # process to the fallback (and make registry calls UNAVAILABLE until it heals);

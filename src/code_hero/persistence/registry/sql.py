@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from code_hero.errors import BadInputError, NotFoundError
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.records import (
     EventRecord,
     NewEvent,
@@ -38,8 +39,6 @@ from code_hero.persistence.registry.dialect import (
 
 __all__ = ["SqlRegistry"]
 
-# pg_advisory_xact_lock key serialising concurrent setup() calls: b"codehero".
-MIGRATION_LOCK_KEY = 0x636F_6465_6865_726F
 # How often a batch of events is stored again without the runs deleted meanwhile.
 _GONE_RETRIES = 5
 
@@ -62,7 +61,7 @@ class SqlRegistry(RunClaims, Registry):
     async def setup(self) -> None:
         async with self._session(atomic=True) as s:
             if self.migration_lock is not None:
-                await s.execute(self.migration_lock, [MIGRATION_LOCK_KEY])
+                await s.execute(self.migration_lock, [SETUP_LOCK_KEY])
             first = self.migrations[0]
             assert isinstance(first, str)  # creates code_hero_migrations: one statement
             await s.execute(first)

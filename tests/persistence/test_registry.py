@@ -23,7 +23,6 @@ from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from code_hero.persistence.records import (
     EventRecord,
-    NewEvent,
     Registry,
     RunFilter,
     RunRecord,
@@ -72,8 +71,27 @@ def run(run_id: str, thread_id: str = "t1", **kw: Any) -> RunRecord:
     return RunRecord(run_id=run_id, thread_id=thread_id, **fields)
 
 
-def events(*seqs: int, type: str = "token") -> list[NewEvent]:
-    return [NewEvent(seq=s, type=type, payload={"n": s, "text": f"tok{s}"}, at=at(s)) for s in seqs]
+def events(run_id: str, thread_id: str, *seqs: int, type: str = "token") -> list[EventRecord]:
+    return [
+        EventRecord(run_id, thread_id, s, type, {"n": s, "text": f"tok{s}"}, at(s)) for s in seqs
+    ]
+
+
+def thread(thread_id: str, when: datetime | None = None, **kw: Any) -> ThreadRecord:
+    """A thread record updated (and created) `when`, by default now."""
+    when = when or datetime.now(UTC)
+    fields: dict[str, Any] = {"user_id": None, "status": ThreadStatus.IDLE, "metadata": {}, **kw}
+    return ThreadRecord(thread_id=thread_id, created_at=when, updated_at=when, **fields)
+
+
+async def put(
+    registry: Registry, thread_id: str, when: datetime | None = None, **kw: Any
+) -> ThreadRecord:
+    """A thread stored as given (as a copy stores it), as read back."""
+    await registry.put_thread(thread(thread_id, when, **kw))
+    stored = await registry.get_thread(thread_id)
+    assert stored is not None
+    return stored
 
 
 def newest_first(records: list[ThreadRecord]) -> list[str]:
@@ -85,7 +103,7 @@ def newest_first(records: list[ThreadRecord]) -> list[str]:
 
 
 async def test_setup_is_idempotent_and_keeps_data(registry: Registry) -> None:
-    await registry.upsert_thread("t1", metadata={"a": 1})
+    await put(registry, "t1", metadata={"a": 1})
     await registry.setup()
     await registry.setup()
     thread = await registry.get_thread("t1")
@@ -98,7 +116,7 @@ async def test_concurrent_setup_on_postgres(pg_database: str) -> None:
     try:
         await asyncio.gather(*(PostgresRegistry(pool).setup() for _ in range(3)))
         reg = PostgresRegistry(pool)
-        await reg.upsert_thread("t1")
+        await reg.touch_threads({"t1": None})
         assert await reg.thread_ids() == ["t1"]
     finally:
         await pool.close()
@@ -109,7 +127,7 @@ async def test_concurrent_setup_on_two_sqlite_connections(tmp_path: Path) -> Non
     async with aiosqlite.connect(path) as one, aiosqlite.connect(path) as two:
         regs = [SqliteRegistry(one, asyncio.Lock()), SqliteRegistry(two, asyncio.Lock())]
         await asyncio.gather(*(r.setup() for r in regs))
-        await regs[0].upsert_thread("t1")
+        await regs[0].touch_threads({"t1": None})
         assert await regs[1].thread_ids() == ["t1"]
 
 
@@ -124,7 +142,7 @@ async def test_lives_beside_the_checkpoint_saver(
         await asyncio.gather(
             saver.aput(config, empty_checkpoint(), {}, {}),
             *(reg.touch_threads({f"t{i}": "u"}) for i in range(20)),
-            *(reg.upsert_thread(f"t{i}", metadata={"i": i}) for i in range(20)),
+            *(reg.put_thread(thread(f"t{i}", metadata={"i": i})) for i in range(20)),
         )
         assert await saver.aget_tuple(config) is not None
         assert len(await reg.thread_ids()) == 20
@@ -143,37 +161,74 @@ async def test_lives_beside_the_checkpoint_saver(
 # --- threads ------------------------------------------------------------------
 
 
-async def test_upsert_thread_creates_then_changes_only_given_fields(registry: Registry) -> None:
-    created = await registry.upsert_thread("t1", user_id="u1", metadata={"k": "v"})
-    assert created.status is ThreadStatus.IDLE
-    assert created.created_at == created.updated_at
-    assert created.created_at.tzinfo is not None and created.created_at.utcoffset() == timedelta(0)
+async def test_put_thread_stores_a_thread_as_given(registry: Registry) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    record = thread("t1", at(1), user_id="u1", metadata={"k": "v"}, status=ThreadStatus.BUSY)
+    await registry.put_thread(replace(record, created_at=record.created_at.astimezone(plus2)))
+    stored = await registry.get_thread("t1")
+    assert stored == record and stored.created_at.utcoffset() == timedelta(0)
 
-    busy = await registry.upsert_thread("t1", status=ThreadStatus.BUSY)
-    assert (busy.user_id, busy.metadata, busy.status) == ("u1", {"k": "v"}, ThreadStatus.BUSY)
-    assert busy.created_at == created.created_at
-    assert busy.updated_at > created.updated_at
-
-    replaced = await registry.upsert_thread("t1", metadata={"other": [1, 2]}, user_id="u2")
-    assert (replaced.user_id, replaced.metadata) == ("u2", {"other": [1, 2]})
-    assert replaced.status is ThreadStatus.BUSY
+    # Again: the stored thread is replaced, timestamps included; a copy is idempotent.
+    replaced = replace(
+        record, user_id="u2", metadata={"other": [1, 2]}, status=ThreadStatus.IDLE, updated_at=at(2)
+    )
+    await registry.put_thread(replaced)
+    await registry.put_thread(replaced)
     assert await registry.get_thread("t1") == replaced
     assert await registry.get_thread("missing") is None
 
 
-async def test_set_thread_status_bumps_updated_at(registry: Registry) -> None:
-    before = await registry.upsert_thread("t1")
-    await registry.set_thread_status("t1", ThreadStatus.INTERRUPTED)
+async def test_a_run_creates_its_thread_and_later_runs_keep_it(registry: Registry) -> None:
+    before = datetime.now(UTC)
+    await registry.admit_run(
+        run("r1", "t1", user_id="u1", metadata={"k": "v"}), reject_if_busy=False
+    )
+    created = await registry.get_thread("t1")
+    assert created is not None
+    assert (created.user_id, created.status) == ("u1", ThreadStatus.BUSY)
+    # A thread a run creates starts with that run's metadata.
+    assert created.metadata == {"graph": "g", "k": "v"}
+    assert created.created_at == created.updated_at >= before - timedelta(seconds=1)
+    assert created.created_at.utcoffset() == timedelta(0)
+
+    await registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    await registry.admit_run(run("r2", "t1", user_id="u2", metadata={"x": 1}), reject_if_busy=False)
+    again = await registry.get_thread("t1")
+    assert again is not None
+    assert (again.user_id, again.metadata) == ("u1", {"graph": "g", "k": "v"})
+    assert again.status is ThreadStatus.BUSY
+    assert again.created_at == created.created_at and again.updated_at > created.updated_at
+
+
+async def test_finish_run_sets_the_thread_status_and_bumps_updated_at(registry: Registry) -> None:
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    before = await registry.get_thread("t1")
+    assert before is not None
+    finished, waiting = await registry.finish_run(
+        "r1", ThreadStatus.INTERRUPTED, status=RunStatus.INTERRUPTED
+    )
+    assert finished is not None and finished.status is RunStatus.INTERRUPTED and not waiting
     after = await registry.get_thread("t1")
     assert after is not None and after.status is ThreadStatus.INTERRUPTED
     assert after.updated_at > before.updated_at
-    await registry.set_thread_status("missing", ThreadStatus.BUSY)
+
+    # A thread with another unfinished run stays BUSY: the run's end says so.
+    await registry.admit_run(run("r2", "t2"), reject_if_busy=False)
+    await registry.admit_run(run("r3", "t2"), reject_if_busy=False)
+    _, waiting = await registry.finish_run("r2", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    busy = await registry.get_thread("t2")
+    assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
+
+    assert await registry.finish_run("missing", ThreadStatus.BUSY, status=RunStatus.SUCCESS) == (
+        None,
+        False,
+    )
     assert await registry.get_thread("missing") is None
 
 
 async def test_touch_threads_creates_missing_and_keeps_owner(registry: Registry) -> None:
-    old = await registry.upsert_thread("owned", user_id="alice", metadata={"keep": True})
-    await registry.upsert_thread("orphan")
+    old = await put(registry, "owned", at(1), user_id="alice", metadata={"keep": True})
+    await put(registry, "orphan", at(2))
     await registry.touch_threads({"owned": None, "orphan": "bob", "new": "carol", "anon": None})
 
     got = await registry.get_threads(["owned", "orphan", "new", "anon"])
@@ -193,8 +248,8 @@ async def test_touch_threads_creates_missing_and_keeps_owner(registry: Registry)
 
 
 async def test_get_threads_and_thread_ids(registry: Registry) -> None:
-    a = await registry.upsert_thread("a")
-    await registry.upsert_thread("b")
+    a = await put(registry, "a", at(1))
+    await put(registry, "b", at(2))
     assert await registry.get_threads([]) == {}
     got = await registry.get_threads(["a", "b", "a", "nope"])
     assert sorted(got) == ["a", "b"] and got["a"] == a
@@ -206,7 +261,7 @@ async def test_get_threads_and_thread_ids(registry: Registry) -> None:
 
 
 async def test_paging_250_threads_yields_each_once_in_order(registry: Registry) -> None:
-    records = [await registry.upsert_thread(f"s{i:03}") for i in range(150)]
+    records = [await put(registry, f"s{i:03}", at(i)) for i in range(150)]
     # 100 threads touched in one batch share updated_at: thread_id breaks the tie.
     await registry.touch_threads({f"b{i:03}": None for i in range(100)})
     records += (await registry.get_threads([f"b{i:03}" for i in range(100)])).values()
@@ -221,7 +276,7 @@ async def test_paging_250_threads_yields_each_once_in_order(registry: Registry) 
         pages += 1
         if pages == 3:
             # An already-listed thread moves to the front: later pages do not repeat it.
-            await registry.upsert_thread(seen[5], metadata={"bumped": True})
+            await registry.touch_threads({seen[5]: None})
         if not page.has_next_page:
             break
         assert len(page.items) == 20
@@ -234,9 +289,9 @@ async def test_paging_250_threads_yields_each_once_in_order(registry: Registry) 
 
 
 async def test_list_threads_filters(registry: Registry) -> None:
-    t1 = await registry.upsert_thread("t1", user_id="u1")
-    t2 = await registry.upsert_thread("t2", user_id="u2", status=ThreadStatus.BUSY)
-    t3 = await registry.upsert_thread("t3", user_id="u1", status=ThreadStatus.BUSY)
+    t1 = await put(registry, "t1", at(1), user_id="u1")
+    t2 = await put(registry, "t2", at(2), user_id="u2", status=ThreadStatus.BUSY)
+    t3 = await put(registry, "t3", at(3), user_id="u1", status=ThreadStatus.BUSY)
     assert t1.updated_at < t2.updated_at < t3.updated_at
 
     async def ids(**kw: Any) -> list[str]:
@@ -263,7 +318,8 @@ async def test_list_threads_filters(registry: Registry) -> None:
 
 
 async def test_metadata_containment(registry: Registry) -> None:
-    await registry.upsert_thread(
+    await put(
+        registry,
         "full",
         metadata={
             "env": "prod",
@@ -278,11 +334,12 @@ async def test_metadata_containment(registry: Registry) -> None:
             "back\\slash": 1,
         },
     )
-    await registry.upsert_thread(
+    await put(
+        registry,
         "other",
         metadata={"env": "dev", "n": "3", "flag": 1, "nested": {"team": "core"}, "tags": "a"},
     )
-    await registry.upsert_thread("empty")
+    await put(registry, "empty")
 
     async def ids(metadata: dict[str, Any]) -> list[str]:
         page = await registry.list_threads(ThreadFilter(metadata=metadata), first=10)
@@ -315,8 +372,7 @@ async def test_metadata_containment(registry: Registry) -> None:
 
 
 async def test_malformed_cursor_is_bad_input(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
-    await registry.create_run(run("r1"))
+    await registry.admit_run(run("r1"), reject_if_busy=False)
     run_cursor = (await registry.list_runs(RunFilter(), first=1)).end_cursor
     assert run_cursor is not None
 
@@ -341,11 +397,10 @@ async def test_malformed_cursor_is_bad_input(registry: Registry) -> None:
 
 
 async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
-    await registry.upsert_thread("t2")
     for run_id, thread_id in [("r1", "t1"), ("r2", "t1"), ("r3", "t2")]:
-        await registry.create_run(run(run_id, thread_id))
-        await registry.append_events(run_id, events(1, 2, 3))
+        await registry.admit_run(
+            run(run_id, thread_id), reject_if_busy=False, events=events(run_id, thread_id, 1, 2, 3)
+        )
 
     assert await registry.delete_thread("t1") == (True, 2)
     assert await registry.get_thread("t1") is None
@@ -355,25 +410,24 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
     assert await registry.delete_thread("t1") == (False, 0)
     # A run belongs to a thread: none is stored for a thread that is gone.
     with pytest.raises(NotFoundError):
-        await registry.create_run(run("r4", "t1"))
-    with pytest.raises(NotFoundError):
         await registry.put_run(run("r4", "t1"))
 
 
 # --- runs ---------------------------------------------------------------------
 
 
-async def test_create_get_update_run(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
+async def test_admit_get_update_run(registry: Registry) -> None:
     before = datetime.now(UTC)
-    created = await registry.create_run(
-        run("r1", input={"messages": ["hi"]}, metadata={"m": 1}, config={"c": {"d": 2}})
+    created, busy = await registry.admit_run(
+        run("r1", input={"messages": ["hi"]}, metadata={"m": 1}, config={"c": {"d": 2}}),
+        reject_if_busy=False,
     )
+    assert created is not None and busy is None
     assert created.created_at is not None and created.created_at >= before - timedelta(seconds=1)
     assert created.input == {"messages": ["hi"]} and created.output is None
     assert await registry.get_run("r1") == created
     with pytest.raises(ConflictError):
-        await registry.create_run(run("r1"))
+        await registry.admit_run(run("r1"), reject_if_busy=False)
 
     started = datetime(2025, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     updated = await registry.update_run(
@@ -402,10 +456,8 @@ async def test_create_get_update_run(registry: Registry) -> None:
 
 
 async def test_list_runs_paging_and_filters(registry: Registry) -> None:
-    await registry.upsert_thread("t0")
-    await registry.upsert_thread("t1")
     for i in range(25):
-        await registry.create_run(
+        await registry.admit_run(
             run(
                 f"r{i:02}",
                 thread_id=f"t{i % 2}",
@@ -413,7 +465,8 @@ async def test_list_runs_paging_and_filters(registry: Registry) -> None:
                 user_id="u1" if i < 10 else "u2",
                 status=RunStatus.SUCCESS if i % 5 == 0 else RunStatus.PENDING,
                 created_at=at(i // 2),  # pairs share created_at: run_id breaks the tie
-            )
+            ),
+            reject_if_busy=False,
         )
     newest_first = [f"r{i:02}" for i in reversed(range(25))]
 
@@ -440,7 +493,7 @@ async def test_list_runs_paging_and_filters(registry: Registry) -> None:
 
 
 async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
+    await registry.touch_threads({"t1": None})
     record = run(
         "r1",
         status=RunStatus.INTERRUPTED,
@@ -469,11 +522,8 @@ async def test_put_run_is_idempotent_upsert(registry: Registry) -> None:
 
 
 async def test_delete_run_deletes_its_events(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
-    await registry.create_run(run("r1"))
-    await registry.create_run(run("r2"))
-    await registry.append_events("r1", events(1, 2))
-    await registry.append_events("r2", events(1))
+    await registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2))
+    await registry.admit_run(run("r2"), reject_if_busy=False, events=events("r2", "t1", 1))
     assert await registry.delete_run("r1") is True
     assert await registry.get_run("r1") is None and await registry.list_events("r1") == []
     assert await registry.last_seq("r2") == 1
@@ -484,12 +534,11 @@ async def test_delete_run_deletes_its_events(registry: Registry) -> None:
 
 
 async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> None:
-    await registry.upsert_thread("t9")
-    await registry.create_run(run("r1", thread_id="t9"))
+    await registry.admit_run(run("r1", thread_id="t9"), reject_if_busy=False)
     assert await registry.last_seq("r1") == 0
-    await registry.append_events("r1", events(3, 1, 2))
-    await registry.append_events("r1", events(4, 5, type="values"))
-    await registry.append_events("r1", [])
+    await registry.store_events(events("r1", "t9", 3, 1, 2))
+    await registry.store_events(events("r1", "t9", 4, 5, type="values"))
+    await registry.store_events([])
 
     stored = await registry.list_events("r1")
     assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
@@ -504,27 +553,31 @@ async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> N
 
 
 async def test_duplicate_seq_raises_and_stores_nothing_of_the_batch(registry: Registry) -> None:
-    await registry.upsert_thread("t1")
-    await registry.create_run(run("r1"))
-    await registry.append_events("r1", events(1, 2))
+    await registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2))
     with pytest.raises(ConflictError):
-        await registry.append_events("r1", events(3, 4, 2))
+        await registry.store_events(events("r1", "t1", 3, 4, 2))
     with pytest.raises(ConflictError):
-        await registry.append_events("r1", events(5, 5))
+        await registry.store_events(events("r1", "t1", 5, 5))
     assert [e.seq for e in await registry.list_events("r1")] == [1, 2]
     # The registry is still usable after the failed transaction.
-    await registry.append_events("r1", events(3))
+    await registry.store_events(events("r1", "t1", 3))
     assert await registry.last_seq("r1") == 3
+    # A copy skips what is stored already.
+    await registry.put_events(events("r1", "t1", 3, 4))
+    assert [e.seq for e in await registry.list_events("r1")] == [1, 2, 3, 4]
 
 
-async def test_append_events_to_a_missing_run(registry: Registry) -> None:
-    with pytest.raises(NotFoundError):
-        await registry.append_events("nope", events(1))
+async def test_events_of_a_missing_run_are_dropped(registry: Registry) -> None:
+    await registry.store_events(events("nope", "t1", 1))
+    await registry.put_events(events("nope", "t1", 2))
+    assert await registry.list_events("nope") == [] and await registry.last_seq("nope") == 0
 
 
 async def test_naive_datetimes_are_refused(registry: Registry) -> None:
     with pytest.raises(BadInputError):
-        await registry.create_run(run("r1", created_at=datetime(2025, 1, 1)))
+        await registry.admit_run(run("r1", created_at=datetime(2025, 1, 1)), reject_if_busy=False)
+    with pytest.raises(BadInputError):
+        await registry.put_thread(thread("t1", datetime(2025, 1, 1)))
     with pytest.raises(BadInputError):
         await registry.list_threads(ThreadFilter(updated_after=datetime(2025, 1, 1)), first=1)
 
@@ -558,23 +611,16 @@ async def test_admit_run_keeps_the_owner_and_guards_it(registry: Registry) -> No
 # --- deletes are final ----------------------------------------------------------
 
 
-def event_records(run_id: str, thread_id: str, *seqs: int) -> list[EventRecord]:
-    return [EventRecord(run_id, thread_id, s, "token", {"n": s}, at(s)) for s in seqs]
-
-
 async def test_a_run_ending_after_its_threads_deletion_writes_nothing(registry: Registry) -> None:
     admitted, _ = await registry.admit_run(run("r1", "t"), reject_if_busy=True)
     assert admitted is not None
-    await registry.upsert_thread("other")
     await registry.admit_run(run("r2", "other"), reject_if_busy=True)
 
     assert await registry.delete_thread("t") == (True, 1)
 
     # What the run still does as it ends: its events, its end, its checkpoint's touch.
-    await registry.store_events([*event_records("r1", "t", 2, 3), *event_records("r2", "other", 2)])
-    await registry.put_events(event_records("r1", "t", 4))
-    with pytest.raises(NotFoundError):
-        await registry.append_events("r1", events(5))
+    await registry.store_events([*events("r1", "t", 2, 3), *events("r2", "other", 2)])
+    await registry.put_events(events("r1", "t", 4))
     assert await registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
         None,
         False,
@@ -594,9 +640,7 @@ async def test_a_run_ending_after_its_threads_deletion_writes_nothing(registry: 
 
 
 async def test_the_thread_row_cascades_to_runs_and_events(registry: Registry) -> None:
-    await registry.admit_run(
-        run("r1", "t"), reject_if_busy=True, events=event_records("r1", "t", 1)
-    )
+    await registry.admit_run(run("r1", "t"), reject_if_busy=True, events=events("r1", "t", 1))
     with pytest.raises(NotFoundError):
         await registry.put_run(run("r9", "missing"))
     assert await registry.get_run("r9") is None
@@ -671,12 +715,12 @@ async def test_migration_to_foreign_keys_removes_orphans(
 
     async def fill(old: Registry) -> None:
         await old.setup()
-        await old.upsert_thread("kept")
-        await old.create_run(run("r-kept", "kept"))
-        await old.append_events("r-kept", events(1, 2))
-        await old.create_run(run("r-orphan", "deleted-thread"))  # no thread row
-        await old.append_events("r-orphan", events(1))
-        await old.store_events(event_records("r-gone", "kept", 1))  # no run row
+        await old.admit_run(
+            run("r-kept", "kept"), reject_if_busy=True, events=events("r-kept", "kept", 1, 2)
+        )
+        await old.put_run(run("r-orphan", "deleted-thread"))  # no thread row
+        await old.store_events(events("r-orphan", "deleted-thread", 1))
+        await old.store_events(events("r-gone", "kept", 1))  # no run row
 
     async def check(new: Registry) -> None:
         await new.setup()
@@ -688,8 +732,8 @@ async def test_migration_to_foreign_keys_removes_orphans(
         page = await new.list_runs(RunFilter(thread_id="kept"), first=10)
         assert [r.run_id for r in page.items] == ["r-kept"]
         with pytest.raises(NotFoundError):
-            await new.create_run(run("r-new", "deleted-thread"))
-        await new.store_events(event_records("r-gone", "kept", 2))
+            await new.put_run(run("r-new", "deleted-thread"))
+        await new.store_events(events("r-gone", "kept", 2))
         assert await new.list_events("r-gone") == []
         assert await new.delete_thread("kept") == (True, 1)
         assert await new.list_events("r-kept") == []

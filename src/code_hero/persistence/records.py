@@ -15,7 +15,6 @@ from typing import Any, Generic, NewType, Protocol, TypeVar
 __all__ = [
     "THREAD_STATUS_AFTER",
     "EventRecord",
-    "NewEvent",
     "Page",
     "Registry",
     "RunFilter",
@@ -95,16 +94,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class NewEvent:
-    """An event to append; the caller numbers it (seq is gap-free per run)."""
-
-    seq: int
-    type: str
-    payload: Mapping[str, Any]
-    at: datetime
-
-
-@dataclass(frozen=True)
 class EventRecord:
     run_id: str
     thread_id: str
@@ -154,16 +143,6 @@ class Registry(Protocol):
         """Run the registry's forward-only migrations (idempotent)."""
 
     # threads
-    async def upsert_thread(
-        self,
-        thread_id: str,
-        *,
-        user_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        status: ThreadStatus | None = None,
-    ) -> ThreadRecord:
-        """Create the thread if missing, else update the given fields; bumps updated_at."""
-
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True
     ) -> None:
@@ -184,8 +163,6 @@ class Registry(Protocol):
     ) -> Page[ThreadRecord]:
         """Newest updated first, keyset-paged; a page's cost does not grow with the table."""
 
-    async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None: ...
-
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted)."""
 
@@ -193,8 +170,6 @@ class Registry(Protocol):
         """Every thread id (optionally only those not updated since a time)."""
 
     # runs
-    async def create_run(self, run: RunRecord) -> RunRecord: ...
-
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given RunRecord fields; returns the new record (None if missing)."""
 
@@ -277,9 +252,6 @@ class Registry(Protocol):
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
     # events
-    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
-        """Store events in one transaction; a seq already stored is an error."""
-
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         """Store events of any runs in one transaction (each carries its run and thread);
         a (run, seq) already stored conflicts, events of runs deleted meanwhile are dropped."""

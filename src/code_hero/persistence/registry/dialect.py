@@ -87,7 +87,6 @@ class Dialect(ABC):
     # PostgreSQL: row locks. Every transaction that locks a thread and its runs locks the
     # thread first, then the runs in run_id order (SQLite: one writer at a time anyway).
     for_update: ClassVar[str] = ""
-    key_share: ClassVar[str] = ""
 
     # --- what a dialect supplies --------------------------------------------
 

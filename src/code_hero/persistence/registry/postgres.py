@@ -52,7 +52,6 @@ class PostgresRegistry(SqlRegistry):
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
-    key_share: ClassVar[str] = " FOR KEY SHARE"
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool

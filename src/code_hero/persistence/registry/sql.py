@@ -16,7 +16,6 @@ from code_hero.errors import BadInputError, NotFoundError
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.records import (
     EventRecord,
-    NewEvent,
     Page,
     Registry,
     RunFilter,
@@ -74,39 +73,6 @@ class SqlRegistry(RunClaims, Registry):
                 await s.execute("INSERT INTO code_hero_migrations (v) VALUES (?)", [version])
 
     # --- threads ------------------------------------------------------------
-
-    async def upsert_thread(
-        self,
-        thread_id: str,
-        *,
-        user_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        status: ThreadStatus | None = None,
-    ) -> ThreadRecord:
-        now = self._ts(utc_now())
-        updates = ["updated_at = excluded.updated_at"]
-        if user_id is not None:
-            updates.append("user_id = excluded.user_id")
-        if metadata is not None:
-            updates.append("metadata = excluded.metadata")
-        if status is not None:
-            updates.append("status = excluded.status")
-        sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-            f"ON CONFLICT (thread_id) DO UPDATE SET {', '.join(updates)} "
-            f"RETURNING {THREAD_COLUMNS}"
-        )
-        params = [
-            thread_id,
-            user_id,
-            ThreadStatus(status or ThreadStatus.IDLE).value,
-            self._json(dict(metadata or {})),
-            now,
-            now,
-        ]
-        async with self._session() as s:
-            rows = await s.fetch(sql, params)
-        return self._thread(rows[0])
 
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True
@@ -205,13 +171,6 @@ class SqlRegistry(RunClaims, Registry):
         end = thread_cursor(items[-1]) if items else None
         return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
 
-    async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None:
-        async with self._session() as s:
-            await s.execute(
-                "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
-                [ThreadStatus(status).value, self._ts(utc_now()), thread_id],
-            )
-
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         async with self._session(atomic=True) as s:
             # The lock order of every writer: the thread, then its runs by id. The
@@ -246,23 +205,6 @@ class SqlRegistry(RunClaims, Registry):
         return [row["thread_id"] for row in rows]
 
     # --- runs ---------------------------------------------------------------
-
-    async def create_run(self, run: RunRecord) -> RunRecord:
-        params = self._run_params(run)
-        if run.created_at is None:
-            params[RUN_FIELDS.index("created_at")] = self._ts(utc_now())
-        placeholders = ", ".join("?" for _ in RUN_FIELDS)
-        sql = (
-            f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-            f"RETURNING {RUN_COLUMNS}"
-        )
-        async with (
-            self._unique(f"run {run.run_id!r}"),
-            self._parent(f"thread {run.thread_id!r}"),
-            self._session() as s,
-        ):
-            rows = await s.fetch(sql, params)
-        return self._run(rows[0])
 
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
@@ -347,25 +289,6 @@ class SqlRegistry(RunClaims, Registry):
             await s.execute(sql, params)
 
     # --- events -------------------------------------------------------------
-
-    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
-        if not events:
-            return
-        sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-        async with self._unique(f"an event of run {run_id!r} with one of these seqs"):
-            async with self._session(atomic=True) as s:
-                found = await s.fetch(
-                    f"SELECT thread_id FROM code_hero_runs WHERE run_id = ?{self.key_share}",
-                    [run_id],
-                )
-                if not found:
-                    raise NotFoundError(f"no run {run_id!r}: create the run before its events")
-                thread_id = found[0]["thread_id"]
-                rows = [
-                    (run_id, e.seq, thread_id, e.type, self._json(e.payload), self._ts(utc(e.at)))
-                    for e in events
-                ]
-                await s.executemany(sql, rows)
 
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"

@@ -73,11 +73,11 @@ async def event_log_throughput(total: int = 50_000) -> list[str]:
         settings = GatewaySettings(checkpointer=create_postgres_checkpointer(url))
         async with Gateway(settings) as gw:
             registry = gw.manager.registry
-            await registry.upsert_thread("bench")
-            await registry.create_run(
+            await registry.admit_run(
                 RunRecord(
                     run_id="bench-run", thread_id="bench", graph="g", status=RunStatus.RUNNING
-                )
+                ),
+                reject_if_busy=True,
             )
             writer = await gw.events.writer("bench-run", "bench")
             payload: dict[str, Any] = {

@@ -13,6 +13,7 @@ MODULES = [
     "code_hero.errors",
     "code_hero.persistence",
     "code_hero.persistence.records",
+    "code_hero.persistence.registry",
     "code_hero.agents",
     "code_hero.auth",
 ]

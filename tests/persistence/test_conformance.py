@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -11,7 +12,7 @@ from langchain_core.messages import HumanMessage
 
 from code_hero.errors import BadInputError
 from code_hero.persistence.manager import EnhancedCheckpointerManager
-from code_hero.persistence.records import ThreadStatus
+from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from tests.graphs import build_graph
 
 
@@ -74,8 +75,19 @@ async def test_threads_are_registered_listed_and_filtered(
 ) -> None:
     for name in ("a", "b", "c"):
         await run_graph(manager, name)
-    await manager.registry.upsert_thread("b", metadata={"project": {"name": "x"}, "tier": 1})
-    await manager.registry.upsert_thread("other", user_id="bob", status=ThreadStatus.ERROR)
+    b = await manager.registry.get_thread("b")
+    assert b is not None
+    await manager.registry.put_thread(
+        replace(b, metadata={"project": {"name": "x"}, "tier": 1}, updated_at=datetime.now(UTC))
+    )
+    # A thread whose run failed: bob's, in ERROR.
+    await manager.registry.admit_run(
+        RunRecord(
+            run_id="r", thread_id="other", graph="g", status=RunStatus.PENDING, user_id="bob"
+        ),
+        reject_if_busy=True,
+    )
+    await manager.registry.finish_run("r", ThreadStatus.ERROR, status=RunStatus.ERROR)
 
     threads = await manager.list_threads(user_id="alice", limit=10)
     assert [t["thread_id"] for t in threads] == ["b", "c", "a"]
@@ -164,16 +176,17 @@ async def test_postgres_delete_leaves_no_rows(pg_database: str) -> None:
     import psycopg
 
     from code_hero.config import create_postgres_checkpointer
-    from code_hero.persistence.records import NewEvent, RunRecord, RunStatus
+    from code_hero.persistence.records import EventRecord
 
     async with EnhancedCheckpointerManager(create_postgres_checkpointer(pg_database)) as manager:
         await run_graph(manager, "doomed", with_subgraph=True)
         await run_graph(manager, "kept")
-        await manager.registry.create_run(
-            RunRecord(run_id="r", thread_id="doomed", graph="g", status=RunStatus.SUCCESS)
-        )
         now = datetime.now(UTC)
-        await manager.registry.append_events("r", [NewEvent(1, "status", {}, now)])
+        await manager.registry.admit_run(
+            RunRecord(run_id="r", thread_id="doomed", graph="g", status=RunStatus.SUCCESS),
+            reject_if_busy=False,
+            events=[EventRecord("r", "doomed", 1, "status", {}, now)],
+        )
         gone = await manager.purge_thread("doomed")
         assert gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
     tables = {

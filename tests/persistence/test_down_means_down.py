@@ -236,11 +236,10 @@ async def _raw(manager: EnhancedCheckpointerManager, *statements: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 async def test_duplicate_run_fails_the_call_only(kind: str, request: pytest.FixtureRequest) -> None:
     async with _manager(_config(kind, request)) as manager:
-        await manager.registry.upsert_thread("t")
         run = RunRecord(run_id="r1", thread_id="t", graph="g", status=RunStatus.PENDING)
-        await manager.registry.create_run(run)
+        await manager.registry.admit_run(run, reject_if_busy=False)
         with pytest.raises(ConflictError, match="already exists") as conflict:
-            await manager.registry.create_run(run)
+            await manager.registry.admit_run(run, reject_if_busy=False)
         assert not is_backend_error(conflict.value.__cause__ or conflict.value)
         await _assert_primary_serves(manager)
 
@@ -439,8 +438,7 @@ async def test_postgres_cancelled_query_is_not_down(pg_database: str) -> None:
 async def test_postgres_deadlock_is_not_down(pg_database: str) -> None:
     config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
     async with _manager(config) as manager:
-        await manager.registry.upsert_thread("a")
-        await manager.registry.upsert_thread("b")
+        await manager.registry.touch_threads({"a": None, "b": None})
         pool = cast(PostgresBackend, manager.router.primary.backend).pool
         step = asyncio.Barrier(2)
 
@@ -561,7 +559,7 @@ async def test_pool_works_with_descriptors_above_1024(pg_database: str) -> None:
 
         for i in range(5):
             await asyncio.gather(*(write(f"high-{i}-{j}") for j in range(4)))
-        await manager.registry.upsert_thread("high-0-0", metadata={"fd": "high"})
+        await manager.registry.touch_threads({"high-0-0": None})
         page = await manager.threads_page(first=50)
         assert len(page.items) == 21
         assert await manager.get_checkpoint("high-4-3") is not None

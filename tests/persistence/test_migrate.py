@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -14,7 +15,7 @@ from code_hero.checkpointing import (
     create_sqlite_checkpointer,
     migrate,
 )
-from code_hero.persistence.records import NewEvent, RunRecord, RunStatus
+from code_hero.persistence.records import EventRecord, RunRecord, RunStatus, ThreadStatus
 from tests.graphs import build_graph
 
 pytestmark = pytest.mark.postgres
@@ -57,16 +58,18 @@ async def test_sqlite_to_postgres_copies_everything(sqlite_path: str, pg_databas
                 {"messages": [HumanMessage(f"hi {i}")]},
                 src.create_thread_config(f"t{i}", user_id="u"),
             )
-        await src.registry.upsert_thread("t1", metadata={"project": "x"})
-        run = await src.registry.create_run(
-            RunRecord(
-                run_id="r1", thread_id="t1", graph="g", status=RunStatus.SUCCESS, input={"a": 1}
-            )
-        )
+        t1 = await src.registry.get_thread("t1")
+        assert t1 is not None
+        await src.registry.put_thread(replace(t1, metadata={"project": "x"}))
         now = datetime.now(UTC)
-        await src.registry.append_events(
-            run.run_id, [NewEvent(s, "status", {"s": s}, now) for s in (1, 2, 3)]
+        await src.registry.admit_run(
+            RunRecord(
+                run_id="r1", thread_id="t1", graph="g", status=RunStatus.PENDING, input={"a": 1}
+            ),
+            reject_if_busy=True,
+            events=[EventRecord("r1", "t1", s, "status", {"s": s}, now) for s in (1, 2, 3)],
         )
+        await src.registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
         before = await snapshot(src)
 
     report = await migrate(source, target)

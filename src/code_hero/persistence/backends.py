@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import CheckpointerConfig, redact_url
 from code_hero.persistence.bulk import put_batch as bulk_put
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.savers import SaverPool
@@ -50,8 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SETUP_LOCK_KEY = 0x636F6465_6865726F  # "codehero": serialises concurrent set-ups
 
 
 class Backend:

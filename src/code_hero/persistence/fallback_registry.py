@@ -31,20 +31,18 @@ from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun
 from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.records import (
     EventRecord,
-    NewEvent,
     Page,
     Registry,
     RunFilter,
     RunRecord,
     ThreadFilter,
     ThreadRecord,
-    ThreadStatus,
 )
 
 __all__ = ["FallbackRegistry"]
 
 
-class FallbackRegistry(FallbackClaims):
+class FallbackRegistry(FallbackClaims, Registry):
     """Threads, runs and events: the primary's while it serves, else what the fallback can tell."""
 
     # ---------------------------------------------------------------- setup
@@ -86,24 +84,6 @@ class FallbackRegistry(FallbackClaims):
 
         return await self._route(lambda r: r.list_threads(flt, first=first, after=after), degraded)
 
-    async def upsert_thread(
-        self,
-        thread_id: str,
-        *,
-        user_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        status: ThreadStatus | None = None,
-    ) -> ThreadRecord:
-        """Create the thread if missing, else update the given fields (primary only)."""
-
-        async def degraded() -> ThreadRecord:
-            raise self.router.unavailable("writing this thread")
-
-        return await self._write(
-            lambda r: r.upsert_thread(thread_id, user_id=user_id, metadata=metadata, status=status),
-            degraded,
-        )
-
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True
     ) -> None:
@@ -121,14 +101,6 @@ class FallbackRegistry(FallbackClaims):
             raise self.router.unavailable("copying threads")
 
         await self._write(lambda r: r.put_thread(thread), degraded)
-
-    async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None:
-        """Set a thread's status (primary only)."""
-
-        async def degraded() -> None:
-            raise self.router.unavailable("writing this thread")
-
-        await self._write(lambda r: r.set_thread_status(thread_id, status), degraded)
 
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted).
@@ -152,14 +124,6 @@ class FallbackRegistry(FallbackClaims):
         return await self._route(lambda r: r.thread_ids(updated_before=updated_before), degraded)
 
     # ---------------------------------------------------------------- runs
-    async def create_run(self, run: RunRecord) -> RunRecord:
-        """Insert a new run (primary only)."""
-
-        async def degraded() -> RunRecord:
-            raise self.router.unavailable("creating a run")
-
-        return await self._write(lambda r: r.create_run(run), degraded)
-
     async def put_run(self, run: RunRecord) -> None:
         """Insert or replace a run as given (primary only)."""
 
@@ -245,14 +209,6 @@ class FallbackRegistry(FallbackClaims):
         return await self._write(lambda r: r.delete_run(run_id), degraded)
 
     # ---------------------------------------------------------------- events
-    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
-        """Store events of one run (primary only)."""
-
-        async def degraded() -> None:
-            raise self.router.unavailable("storing events")
-
-        await self._write(lambda r: r.append_events(run_id, events), degraded)
-
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         """Store events of any runs in one transaction."""
 

@@ -20,9 +20,13 @@ stores JSON as TEXT and times as fixed-width ISO-8601 UTC text
 
 from __future__ import annotations
 
-__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "Migration"]
+__all__ = ["POSTGRES_MIGRATIONS", "SETUP_LOCK_KEY", "SQLITE_MIGRATIONS", "Migration"]
 
 Migration = str | tuple[str, ...]
+
+# The PostgreSQL advisory-lock key (b"codehero") that serialises concurrent set-ups
+# of one database: the savers' migrations (backends) and the registry's (setup()).
+SETUP_LOCK_KEY = 0x636F_6465_6865_726F
 
 # v11 (issue 10, deletes are final): runs belong to a thread and events to a run,
 # enforced by foreign keys that cascade a thread's deletion. Rows that an earlier

@@ -15,7 +15,6 @@ from typing import Any, Generic, NewType, Protocol, TypeVar
 __all__ = [
     "THREAD_STATUS_AFTER",
     "EventRecord",
-    "NewEvent",
     "Page",
     "Registry",
     "RunFilter",
@@ -95,16 +94,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class NewEvent:
-    """An event to append; the caller numbers it (seq is gap-free per run)."""
-
-    seq: int
-    type: str
-    payload: Mapping[str, Any]
-    at: datetime
-
-
-@dataclass(frozen=True)
 class EventRecord:
     run_id: str
     thread_id: str
@@ -142,22 +131,18 @@ class Page(Generic[T]):
 
 
 class Registry(Protocol):
-    """Threads, runs and run events, stored in the same database as the checkpoints."""
+    """Threads, runs and run events, stored in the same database as the checkpoints.
+
+    The one definition of the registry's interface and its documentation. Two
+    families implement it: `SqlRegistry` (`persistence/registry/`, on SQLite and
+    PostgreSQL) and `FallbackRegistry` (`persistence/fallback_registry.py`, which
+    routes each call to the primary's or, through an outage, the fallback's).
+    """
 
     async def setup(self) -> None:
         """Run the registry's forward-only migrations (idempotent)."""
 
     # threads
-    async def upsert_thread(
-        self,
-        thread_id: str,
-        *,
-        user_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        status: ThreadStatus | None = None,
-    ) -> ThreadRecord:
-        """Create the thread if missing, else update the given fields; bumps updated_at."""
-
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True
     ) -> None:
@@ -167,7 +152,8 @@ class Registry(Protocol):
     async def put_thread(self, thread: ThreadRecord) -> None:
         """Insert or replace a thread as given, timestamps included (for migration)."""
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        """One thread, or None."""
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         """Several threads in one query (for DataLoaders)."""
@@ -177,8 +163,6 @@ class Registry(Protocol):
     ) -> Page[ThreadRecord]:
         """Newest updated first, keyset-paged; a page's cost does not grow with the table."""
 
-    async def set_thread_status(self, thread_id: str, status: ThreadStatus) -> None: ...
-
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted)."""
 
@@ -186,14 +170,14 @@ class Registry(Protocol):
         """Every thread id (optionally only those not updated since a time)."""
 
     # runs
-    async def create_run(self, run: RunRecord) -> RunRecord: ...
-
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given RunRecord fields; returns the new record (None if missing)."""
 
-    async def get_run(self, run_id: str) -> RunRecord | None: ...
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """One run, or None."""
 
-    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]: ...
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """Several runs in one query (for DataLoaders)."""
 
     async def list_runs(
         self, flt: RunFilter, *, first: int, after: str | None = None
@@ -247,8 +231,9 @@ class Registry(Protocol):
         graphs: Sequence[str] | None = None,
         run_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
-        """Lease up to `limit` claimable runs: unfinished, unleased (or lapsed), not
-        cancelled, and the oldest unfinished run of their thread."""
+        """Lease up to `limit` claimable runs, oldest first: unfinished, unleased (or
+        lapsed), not cancelled, and the oldest unfinished run of their thread (only of
+        the given graphs, only the given runs, when those are given)."""
 
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
@@ -267,14 +252,13 @@ class Registry(Protocol):
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
     # events
-    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> None:
-        """Store events in one transaction; a seq already stored is an error."""
-
     async def store_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events of any runs in one transaction (each carries its run and thread)."""
+        """Store events of any runs in one transaction (each carries its run and thread);
+        a (run, seq) already stored conflicts, events of runs deleted meanwhile are dropped."""
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events, skipping any whose (run, seq) is stored already (for copies)."""
+        """Store events, skipping any whose (run, seq) is stored already (for copies) and
+        any of runs deleted meanwhile."""
 
     async def list_events(
         self, run_id: str, *, after_seq: int = 0, limit: int | None = None

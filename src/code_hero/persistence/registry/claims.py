@@ -1,0 +1,245 @@
+"""Run claiming: admission, leases, cancellation and the end of a run.
+
+Runs are taken from the table by whichever executor has a free slot. A run is
+admitted PENDING with its thread marked BUSY, leased by an executor (only the
+oldest unfinished run of a thread is claimable), kept by renewing its lease,
+and ended with its thread's status, each step one transaction. On PostgreSQL
+every transaction that locks a thread and its runs locks the thread first,
+then the runs in run_id order; claimers skip rows another one holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from code_hero.errors import NotFoundError
+from code_hero.persistence.records import EventRecord, RunRecord, ThreadStatus
+from code_hero.persistence.registry.dialect import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    RUN_FIELDS,
+    THREAD_COLUMNS,
+    Dialect,
+    utc,
+    utc_now,
+)
+
+__all__ = ["RunClaims"]
+
+
+class _Busy(Exception):
+    """Internal: the thread has an unfinished run (rolls an admit back)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+class RunClaims(Dialect):
+    """The claiming half of the registry's interface (`Registry`), on the dialect seam."""
+
+    async def admit_run(
+        self,
+        run: RunRecord,
+        *,
+        reject_if_busy: bool,
+        events: Sequence[EventRecord] = (),
+        owner: str | None = None,
+        new_thread: bool = False,
+    ) -> tuple[RunRecord | None, str | None]:
+        ts_now = self._ts(utc_now())
+        params = self._run_params(run)
+        if run.created_at is None:
+            params[RUN_FIELDS.index("created_at")] = ts_now
+        placeholders = ", ".join("?" for _ in RUN_FIELDS)
+        try:
+            async with self._session(atomic=True) as s:
+                # The upsert locks the thread row: concurrent starts on one thread queue here.
+                await s.execute(
+                    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                    "status = excluded.status, "
+                    # The user who created the thread owns it; a run never changes that.
+                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
+                    [
+                        run.thread_id,
+                        run.user_id,
+                        ThreadStatus.BUSY.value,
+                        # A thread a run creates starts with that run's metadata.
+                        self._json({"graph": run.graph, **dict(run.metadata)}),
+                        ts_now,
+                        ts_now,
+                    ],
+                )
+                if owner is not None:
+                    owned = await s.fetch(
+                        "SELECT user_id FROM code_hero_threads WHERE thread_id = ?",
+                        [run.thread_id],
+                    )
+                    if owned[0]["user_id"] != owner:
+                        raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
+                busy = await s.fetch(
+                    "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
+                    "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
+                    [run.thread_id],
+                )
+                busy_id = busy[0]["run_id"] if busy else None
+                if busy_id is not None and reject_if_busy:
+                    raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
+                async with self._unique(f"a run with id {run.run_id!r}"):
+                    rows = await s.fetch(
+                        f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+                        f"RETURNING {RUN_COLUMNS}",
+                        params,
+                    )
+                    if events:  # stored with the run: whoever claims it numbers on from here
+                        await s.executemany(
+                            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            [self._event_params(e) for e in events],
+                        )
+        except _Busy as busy_run:
+            return None, busy_run.run_id
+        return self._run(rows[0]), busy_id
+
+    async def finish_run(
+        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+    ) -> tuple[RunRecord | None, bool]:
+        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+        if unknown:
+            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        params = [self._run_param(name, value) for name, value in fields.items()]
+        async with self._session(atomic=True) as s:
+            # The thread first, as admit_run locks it: a run admitted meanwhile is
+            # either committed before the look for waiting runs below, or admitted
+            # after this commit (and then claimable at once).
+            found = await s.fetch("SELECT thread_id FROM code_hero_runs WHERE run_id = ?", [run_id])
+            if not found:
+                return None, False
+            locked = await s.fetch(
+                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                [found[0]["thread_id"]],
+            )
+            if not locked:  # the thread is being deleted, its runs with it
+                return None, False
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
+                [*params, run_id],
+            )
+            if not rows:
+                return None, False
+            run = self._run(rows[0])
+            waiting = await s.fetch(
+                "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING') LIMIT 1",
+                [run.thread_id],
+            )
+            if not waiting:
+                await s.execute(
+                    "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
+                    [ThreadStatus(thread_status).value, self._ts(utc_now()), run.thread_id],
+                )
+        return run, bool(waiting)
+
+    async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id",
+                [thread_id],
+            )
+        return [self._run(r) for r in rows]
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> list[RunRecord]:
+        if limit < 1 or (run_ids is not None and not run_ids):
+            return []
+        extra, extra_params = "", []
+        if graphs is not None:
+            cond, vals = self._in("r.graph", list(graphs))
+            extra += f" AND {cond}"
+            extra_params += vals
+        if run_ids is not None:
+            cond, vals = self._in("r.run_id", list(run_ids))
+            extra += f" AND {cond}"
+            extra_params += vals
+        sql = (
+            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
+            f"WHERE run_id IN ("
+            f"  SELECT r.run_id FROM code_hero_runs r"
+            f"  WHERE r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
+            f"  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
+            f"  AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
+            f"    WHERE o.thread_id = r.thread_id AND o.status IN ('PENDING', 'RUNNING')"
+            f"    AND (o.created_at < r.created_at"
+            f"         OR (o.created_at = r.created_at AND o.run_id < r.run_id)))"
+            f"  ORDER BY r.created_at, r.run_id LIMIT ?{self.skip_locked}"
+            f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+            f"RETURNING {RUN_COLUMNS}"
+        )
+        ts_now, ts_until = self._ts(utc(now)), self._ts(utc(until))
+        async with self._session(atomic=True) as s:
+            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+        runs = [self._run(r) for r in rows]
+        return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
+
+    async def renew_leases(
+        self, owner: str, run_ids: Sequence[str], until: datetime
+    ) -> list[RunRecord]:
+        if not run_ids:
+            return []
+        where, ids = self._in("run_id", list(run_ids))
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET lease_expires_at = ? WHERE lease_owner = ? "
+                f"AND status IN ('PENDING', 'RUNNING') AND {where} RETURNING {RUN_COLUMNS}",
+                [self._ts(utc(until)), owner, *ids],
+            )
+        return [self._run(r) for r in rows]
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        where, ids = self._in("run_id", list(run_ids))
+        async with self._session() as s:
+            await s.execute(
+                f"UPDATE code_hero_runs SET lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE lease_owner = ? AND {where}",
+                [owner, *ids],
+            )
+
+    async def request_cancel(self, run_id: str) -> RunRecord | None:
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET cancel_requested = ? WHERE run_id = ? "
+                f"RETURNING {RUN_COLUMNS}",
+                [True, run_id],
+            )
+        return self._run(rows[0]) if rows else None
+
+    async def claim_cancelled(
+        self, owner: str, *, now: datetime, until: datetime
+    ) -> list[RunRecord]:
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
+                "WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
+                "  WHERE r.cancel_requested AND r.status IN ('PENDING', 'RUNNING') "
+                "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?)"
+                # Rows a deletion (or another claimer) holds are skipped, not waited for.
+                f"  ORDER BY r.run_id{self.skip_locked}"
+                f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
+                [owner, self._ts(utc(until)), self._ts(utc(now)), self._ts(utc(now))],
+            )
+        return [self._run(r) for r in rows]

@@ -1,0 +1,217 @@
+"""The dialect seam of the registry: what SQLite and PostgreSQL spell differently.
+
+Every registry query is written once, with `?` placeholders, against `Dialect`.
+A dialect fills in how a session (connection, lock, transaction) is had, how
+JSON and times travel, how metadata containment and "id in list" are spelled,
+and which error means a duplicate key or a missing parent. Rows become records
+here, once, for both.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.persistence.migrations import Migration
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadRecord,
+    ThreadStatus,
+)
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "RUN_COLUMNS",
+    "RUN_FIELDS",
+    "THREAD_COLUMNS",
+    "Dialect",
+    "Row",
+    "Session",
+    "dumps",
+    "utc",
+    "utc_now",
+]
+
+Row = dict[str, Any]
+
+THREAD_COLUMNS = "thread_id, user_id, status, metadata, created_at, updated_at"
+RUN_FIELDS = tuple(f.name for f in dataclass_fields(RunRecord))
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
+EVENT_COLUMNS = "run_id, seq, thread_id, type, payload, at"
+RUN_JSON = frozenset({"input", "output", "metadata", "config"})
+RUN_NULLABLE_JSON = frozenset({"input", "output"})
+RUN_TIMES = frozenset({"created_at", "started_at", "finished_at", "lease_expires_at"})
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def utc_now() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """An aware datetime in UTC; a naive one is the caller's mistake (BadInputError)."""
+    if value.tzinfo is None:
+        raise BadInputError(f"naive datetime {value!r}: pass a timezone-aware (UTC) one")
+    return value.astimezone(UTC)
+
+
+class Session(Protocol):
+    """One connection (and, when asked for, one transaction) of a registry call."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Dialect(ABC):
+    """The seam every registry query is written against; a subclass per database."""
+
+    migrations: ClassVar[Sequence[Migration]]
+    migration_lock: ClassVar[str | None] = None
+    skip_locked: ClassVar[str] = ""  # PostgreSQL: claimers skip rows another one locked
+    # PostgreSQL: row locks. Every transaction that locks a thread and its runs locks the
+    # thread first, then the runs in run_id order (SQLite: one writer at a time anyway).
+    for_update: ClassVar[str] = ""
+
+    # --- what a dialect supplies --------------------------------------------
+
+    @abstractmethod
+    def _session(self, *, atomic: bool = False) -> AbstractAsyncContextManager[Session]:
+        """A session; `atomic` wraps it in one transaction (writes commit at the end)."""
+
+    @abstractmethod
+    def _json(self, value: Any) -> Any:
+        """A JSON-compatible value as a query parameter."""
+
+    @abstractmethod
+    def _from_json(self, value: Any) -> Any:
+        """A JSON column's value as read back."""
+
+    @abstractmethod
+    def _ts(self, value: datetime) -> Any:
+        """An aware datetime as a query parameter."""
+
+    @abstractmethod
+    def _from_ts(self, value: Any) -> datetime:
+        """A time column's value as an aware UTC datetime."""
+
+    @abstractmethod
+    def _contains(self, column: str, subset: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """A condition: the JSON object in `column` contains `subset`."""
+
+    @abstractmethod
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition: `column` is one of `values` (any number, one parameter)."""
+
+    @abstractmethod
+    def _is_duplicate(self, exc: BaseException) -> bool:
+        """True when `exc` is a primary-key or unique violation."""
+
+    @abstractmethod
+    def _is_orphan(self, exc: BaseException) -> bool:
+        """True when `exc` is a foreign-key violation (the row's thread or run is gone)."""
+
+    # --- built on the seam, for both ----------------------------------------
+
+    @asynccontextmanager
+    async def _unique(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if self._is_duplicate(exc):
+                raise ConflictError(f"{what} already exists") from exc
+            raise
+
+    @asynccontextmanager
+    async def _parent(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if self._is_orphan(exc):
+                raise NotFoundError(f"{what} is gone: it was deleted") from exc
+            raise
+
+    def _from_ts_or_none(self, value: Any) -> datetime | None:
+        return None if value is None else self._from_ts(value)
+
+    def _thread(self, row: Row) -> ThreadRecord:
+        return ThreadRecord(
+            thread_id=row["thread_id"],
+            user_id=row["user_id"],
+            status=ThreadStatus(row["status"]),
+            metadata=self._from_json(row["metadata"]),
+            created_at=self._from_ts(row["created_at"]),
+            updated_at=self._from_ts(row["updated_at"]),
+        )
+
+    def _run(self, row: Row) -> RunRecord:
+        return RunRecord(
+            run_id=row["run_id"],
+            thread_id=row["thread_id"],
+            graph=row["graph"],
+            status=RunStatus(row["status"]),
+            input=self._from_json(row["input"]),
+            output=self._from_json(row["output"]),
+            error=row["error"],
+            metadata=self._from_json(row["metadata"]),
+            config=self._from_json(row["config"]),
+            user_id=row["user_id"],
+            multitask=row["multitask"],
+            created_at=self._from_ts(row["created_at"]),
+            started_at=self._from_ts_or_none(row["started_at"]),
+            finished_at=self._from_ts_or_none(row["finished_at"]),
+            lease_owner=row["lease_owner"],
+            lease_expires_at=self._from_ts_or_none(row["lease_expires_at"]),
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    def _event(self, row: Row) -> EventRecord:
+        return EventRecord(
+            run_id=row["run_id"],
+            thread_id=row["thread_id"],
+            seq=row["seq"],
+            type=row["type"],
+            payload=self._from_json(row["payload"]),
+            at=self._from_ts(row["at"]),
+        )
+
+    def _event_params(self, event: EventRecord) -> tuple[Any, ...]:
+        """An event as the parameters of its row, in EVENT_COLUMNS order."""
+        return (
+            event.run_id,
+            event.seq,
+            event.thread_id,
+            event.type,
+            self._json(event.payload),
+            self._ts(utc(event.at)),
+        )
+
+    def _run_param(self, name: str, value: Any) -> Any:
+        """A RunRecord field's value as the parameter of its column."""
+        if name in RUN_JSON:
+            if value is None:
+                return None if name in RUN_NULLABLE_JSON else self._json({})
+            return self._json(value)
+        if name in RUN_TIMES:
+            return None if value is None else self._ts(utc(value))
+        if name == "status":
+            return RunStatus(value).value
+        return value
+
+    def _run_params(self, run: RunRecord) -> list[Any]:
+        return [self._run_param(name, getattr(run, name)) for name in RUN_FIELDS]

@@ -1,0 +1,345 @@
+"""The registry's queries of threads, runs and events, written once for both dialects.
+
+`SqlRegistry` implements the `Registry` interface (documented there, in
+`persistence/records.py`) on the dialect seam (`dialect.py`): the queries here
+and in `claims.py` use `?` placeholders, and `SqliteRegistry` and
+`PostgresRegistry` fill in the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from code_hero.errors import BadInputError, NotFoundError
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.records import (
+    EventRecord,
+    Page,
+    Registry,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    ThreadFilter,
+    ThreadRecord,
+    ThreadStatus,
+)
+from code_hero.persistence.registry.claims import RunClaims
+from code_hero.persistence.registry.cursors import decode_cursor, run_cursor, thread_cursor
+from code_hero.persistence.registry.dialect import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    RUN_FIELDS,
+    THREAD_COLUMNS,
+    utc,
+    utc_now,
+)
+
+__all__ = ["SqlRegistry"]
+
+# How often a batch of events is stored again without the runs deleted meanwhile.
+_GONE_RETRIES = 5
+
+
+def _page_size(first: int) -> int:
+    if first < 0:
+        raise BadInputError(f"first must not be negative, got {first}")
+    return first
+
+
+def _where(clauses: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+class SqlRegistry(RunClaims, Registry):
+    """Threads, runs and events in SQL; a subclass supplies the dialect."""
+
+    # --- setup --------------------------------------------------------------
+
+    async def setup(self) -> None:
+        async with self._session(atomic=True) as s:
+            if self.migration_lock is not None:
+                await s.execute(self.migration_lock, [SETUP_LOCK_KEY])
+            first = self.migrations[0]
+            assert isinstance(first, str)  # creates code_hero_migrations: one statement
+            await s.execute(first)
+            rows = await s.fetch("SELECT MAX(v) AS v FROM code_hero_migrations")
+            current = -1 if rows[0]["v"] is None else int(rows[0]["v"])
+            for version in range(current + 1, len(self.migrations)):
+                migration = self.migrations[version]
+                for statement in (migration,) if isinstance(migration, str) else migration:
+                    await s.execute(statement)
+                await s.execute("INSERT INTO code_hero_migrations (v) VALUES (?)", [version])
+
+    # --- threads ------------------------------------------------------------
+
+    async def touch_threads(
+        self, touches: Mapping[str, str | None], *, create: bool = True
+    ) -> None:
+        if not touches:
+            return
+        now = self._ts(utc_now())
+        rows: list[tuple[Any, ...]]
+        # An existing owner is kept: a touch fills in a missing user id, never changes one.
+        if create:
+            sql = (
+                f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)"
+            )
+            empty, idle = self._json({}), ThreadStatus.IDLE.value
+            # Sorted, so that two concurrent batches lock their rows in the same order.
+            rows = [(tid, touches[tid], idle, empty, now, now) for tid in sorted(touches)]
+        else:
+            sql = (
+                "UPDATE code_hero_threads SET updated_at = ?, user_id = COALESCE(user_id, ?) "
+                "WHERE thread_id = ?"
+            )
+            rows = [(now, touches[tid], tid) for tid in sorted(touches)]
+        async with self._session(atomic=True) as s:
+            await s.executemany(sql, rows)
+
+    async def put_thread(self, thread: ThreadRecord) -> None:
+        sql = (
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
+            "status = excluded.status, metadata = excluded.metadata, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at"
+        )
+        params = [
+            thread.thread_id,
+            thread.user_id,
+            ThreadStatus(thread.status).value,
+            self._json(dict(thread.metadata)),
+            self._ts(utc(thread.created_at)),
+            self._ts(utc(thread.updated_at)),
+        ]
+        async with self._session() as s:
+            await s.execute(sql, params)
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {THREAD_COLUMNS} FROM code_hero_threads WHERE thread_id = ?", [thread_id]
+            )
+        return self._thread(rows[0]) if rows else None
+
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
+        if not thread_ids:
+            return {}
+        cond, params = self._in("thread_id", list(dict.fromkeys(thread_ids)))
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {THREAD_COLUMNS} FROM code_hero_threads WHERE {cond}", params
+            )
+        return {row["thread_id"]: self._thread(row) for row in rows}
+
+    async def list_threads(
+        self, flt: ThreadFilter, *, first: int, after: str | None = None
+    ) -> Page[ThreadRecord]:
+        first = _page_size(first)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if flt.user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(flt.user_id)
+        if flt.status is not None:
+            clauses.append("status = ?")
+            params.append(ThreadStatus(flt.status).value)
+        if flt.updated_after is not None:
+            clauses.append("updated_at > ?")
+            params.append(self._ts(utc(flt.updated_after)))
+        if flt.updated_before is not None:
+            clauses.append("updated_at < ?")
+            params.append(self._ts(utc(flt.updated_before)))
+        if flt.metadata:
+            cond, extra = self._contains("metadata", flt.metadata)
+            clauses.append(cond)
+            params.extend(extra)
+        if after is not None:
+            at, key = decode_cursor("thread", after)
+            clauses.append("(updated_at, thread_id) < (?, ?)")
+            params.extend([self._ts(at), key])
+        sql = (
+            f"SELECT {THREAD_COLUMNS} FROM code_hero_threads {_where(clauses)} "
+            "ORDER BY updated_at DESC, thread_id DESC LIMIT ?"
+        )
+        async with self._session() as s:
+            rows = await s.fetch(sql, [*params, first + 1])
+        items = [self._thread(row) for row in rows[:first]]
+        end = thread_cursor(items[-1]) if items else None
+        return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
+
+    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
+        async with self._session(atomic=True) as s:
+            # The lock order of every writer: the thread, then its runs by id. The
+            # foreign keys would cascade; the explicit deletes also serve a fallback,
+            # which keeps events of runs whose rows are in the primary.
+            await s.fetch(
+                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                [thread_id],
+            )
+            await s.fetch(
+                "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
+                f"ORDER BY run_id{self.for_update}",
+                [thread_id],
+            )
+            await s.execute(
+                "DELETE FROM code_hero_run_events WHERE run_id IN "
+                "(SELECT run_id FROM code_hero_runs WHERE thread_id = ?)",
+                [thread_id],
+            )
+            runs = await s.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", [thread_id])
+            threads = await s.execute(
+                "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
+            )
+        return threads > 0, runs
+
+    async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
+        sql, params = "SELECT thread_id FROM code_hero_threads", []
+        if updated_before is not None:
+            sql, params = f"{sql} WHERE updated_at < ?", [self._ts(utc(updated_before))]
+        async with self._session() as s:
+            rows = await s.fetch(sql, params)
+        return [row["thread_id"] for row in rows]
+
+    # --- runs ---------------------------------------------------------------
+
+    async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
+        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+        if unknown:
+            raise TypeError(f"update_run() got fields RunRecord cannot update: {unknown}")
+        if not fields:
+            return await self.get_run(run_id)
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        params = [self._run_param(name, value) for name, value in fields.items()]
+        sql = f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}"
+        async with self._session() as s:
+            rows = await s.fetch(sql, [*params, run_id])
+        return self._run(rows[0]) if rows else None
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE run_id = ?", [run_id]
+            )
+        return self._run(rows[0]) if rows else None
+
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        if not run_ids:
+            return {}
+        cond, params = self._in("run_id", list(dict.fromkeys(run_ids)))
+        async with self._session() as s:
+            rows = await s.fetch(f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE {cond}", params)
+        return {row["run_id"]: self._run(row) for row in rows}
+
+    async def list_runs(
+        self, flt: RunFilter, *, first: int, after: str | None = None
+    ) -> Page[RunRecord]:
+        first = _page_size(first)
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("thread_id", flt.thread_id),
+            ("status", None if flt.status is None else RunStatus(flt.status).value),
+            ("graph", flt.graph),
+            ("user_id", flt.user_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if flt.owner is not None:
+            clauses.append(
+                "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"
+            )
+            params.append(flt.owner)
+        if after is not None:
+            at, key = decode_cursor("run", after)
+            clauses.append("(created_at, run_id) < (?, ?)")
+            params.extend([self._ts(at), key])
+        sql = (
+            f"SELECT {RUN_COLUMNS} FROM code_hero_runs {_where(clauses)} "
+            "ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        )
+        async with self._session() as s:
+            rows = await s.fetch(sql, [*params, first + 1])
+        items = [self._run(row) for row in rows[:first]]
+        last = items[-1] if items else None
+        end = run_cursor(last) if last and last.created_at else None
+        return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
+
+    async def delete_run(self, run_id: str) -> bool:
+        async with self._session(atomic=True) as s:
+            await s.execute("DELETE FROM code_hero_run_events WHERE run_id = ?", [run_id])
+            deleted = await s.execute("DELETE FROM code_hero_runs WHERE run_id = ?", [run_id])
+        return deleted > 0
+
+    async def put_run(self, run: RunRecord) -> None:
+        params = self._run_params(run)
+        if run.created_at is None:
+            params[RUN_FIELDS.index("created_at")] = self._ts(utc_now())
+        placeholders = ", ".join("?" for _ in RUN_FIELDS)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in RUN_FIELDS[1:])
+        sql = (
+            f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+            f"ON CONFLICT (run_id) DO UPDATE SET {updates}"
+        )
+        async with self._parent(f"thread {run.thread_id!r}"), self._session() as s:
+            await s.execute(sql, params)
+
+    # --- events -------------------------------------------------------------
+
+    async def store_events(self, events: Sequence[EventRecord]) -> None:
+        sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        async with self._unique("an event whose (run, seq) is already stored"):
+            await self._insert_events(sql, events)
+
+    async def put_events(self, events: Sequence[EventRecord]) -> None:
+        sql = (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, seq) DO NOTHING"
+        )
+        await self._insert_events(sql, events)
+
+    async def _insert_events(self, sql: str, events: Sequence[EventRecord]) -> None:
+        """Insert in one transaction; on a foreign-key violation, again without the events
+        of runs that are gone (a run that ends after its thread's deletion leaves none)."""
+        for _ in range(_GONE_RETRIES):
+            if not events:
+                return
+            # In run order: the foreign-key checks lock the runs in the order a deletion
+            # locks them.
+            rows = [self._event_params(e) for e in sorted(events, key=lambda e: (e.run_id, e.seq))]
+            try:
+                async with self._session(atomic=True) as s:
+                    await s.executemany(sql, rows)
+                return
+            except Exception as exc:
+                if not self._is_orphan(exc):
+                    raise
+            present = await self.get_runs([e.run_id for e in events])
+            events = [e for e in events if e.run_id in present]
+        raise NotFoundError("runs of these events keep being deleted: the events are dropped")
+
+    async def list_events(
+        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM code_hero_run_events "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq"
+        )
+        params: list[Any] = [run_id, after_seq]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(_page_size(limit))
+        async with self._session() as s:
+            rows = await s.fetch(sql, params)
+        return [self._event(row) for row in rows]
+
+    async def last_seq(self, run_id: str) -> int:
+        async with self._session() as s:
+            rows = await s.fetch(
+                "SELECT MAX(seq) AS seq FROM code_hero_run_events WHERE run_id = ?", [run_id]
+            )
+        return int(rows[0]["seq"] or 0)

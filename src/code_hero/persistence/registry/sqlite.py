@@ -1,0 +1,176 @@
+"""The registry on SQLite: its session, and metadata containment compiled to JSON1.
+
+SQLite has no `@>`: `_contains` walks the subset's leaves and compares each
+with `json_extract`/`json_type` (or, for keys a JSON path cannot quote, with
+`json_each`), so a filter on thread metadata means on SQLite what it means on
+PostgreSQL, but for the arrays noted in `SqliteRegistry._contains`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import aiosqlite
+
+from code_hero.persistence.migrations import SQLITE_MIGRATIONS, Migration
+from code_hero.persistence.registry.dialect import Row, Session, dumps
+from code_hero.persistence.registry.sql import SqlRegistry
+
+__all__ = ["SqliteRegistry"]
+
+
+def _unquotable(key: str) -> bool:
+    """True for a key that a quoted JSON path label cannot spell (SQLite has no escapes)."""
+    return '"' in key or "\\" in key or "\x00" in key
+
+
+def _sqlite_path(keys: Sequence[str]) -> str:
+    return "$" + "".join(f'."{key}"' for key in keys)
+
+
+def _sqlite_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sqlite_leaf(value_sql: str, type_sql: str, leaf: Any) -> tuple[str, list[Any]]:
+    """A condition on one leaf, given SQL for its value and for its JSON type."""
+    if leaf is None:
+        return f"{type_sql} = 'null'", []
+    if isinstance(leaf, bool):
+        return f"{type_sql} = ?", ["true" if leaf else "false"]
+    if isinstance(leaf, Mapping):  # an empty object: any object is there
+        return f"{type_sql} = 'object'", []
+    # The type test keeps true from matching 1, and "[1]" from matching [1].
+    if isinstance(leaf, str):
+        kinds = "'text'"
+    elif isinstance(leaf, list):
+        kinds = "'array'"
+    else:
+        kinds = "'integer', 'real'"
+    return f"{type_sql} IN ({kinds}) AND {value_sql} = json_extract(?, '$')", [dumps(leaf)]
+
+
+def _leaves(
+    subset: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in subset.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaves(value, (*prefix, str(key)))
+        else:
+            yield (*prefix, str(key)), value
+
+
+class _SqliteSession:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self._conn.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+            names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self._conn.execute(sql, params) as cur:
+            return cur.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self._conn.executemany(sql, rows):
+            pass
+
+
+class SqliteRegistry(SqlRegistry):
+    """The registry in the SQLite database of the checkpoints, on the saver's connection.
+
+    Every statement runs under `lock`, the one the `AsyncSqliteSaver` holds on the
+    same connection, and each write commits before the lock is released. The
+    foreign keys hold only on a connection with `PRAGMA foreign_keys = ON`, which
+    the backends turn on (a fallback's stays off: it keeps the events of runs whose
+    rows are in the primary).
+    """
+
+    migrations: ClassVar[Sequence[Migration]] = SQLITE_MIGRATIONS
+
+    def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
+        self.conn = conn
+        self.lock = lock
+
+    @asynccontextmanager
+    async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
+        async with self.lock:
+            if atomic and not self.conn.in_transaction:
+                # IMMEDIATE takes the write lock now: another process cannot slip in
+                # between our first read and first write.
+                await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteSession(self.conn)
+            except BaseException:
+                if self.conn.in_transaction:
+                    await self.conn.rollback()
+                raise
+            if self.conn.in_transaction:
+                await self.conn.commit()
+
+    def _json(self, value: Any) -> Any:
+        return dumps(value)
+
+    def _from_json(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+    def _ts(self, value: datetime) -> Any:
+        # Fixed width (always microseconds, always +00:00), so text order is time order.
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def _from_ts(self, value: Any) -> datetime:
+        return datetime.fromisoformat(value)
+
+    def _contains(self, column: str, subset: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        # Unlike PostgreSQL's @>, a leaf array matches only an equal array (same
+        # elements, same order), not any array that contains its elements; and
+        # numbers compare by value (1 matches 1.0), as in JSONB.
+        clauses: list[str] = []
+        params: list[Any] = []
+        for path, leaf in _leaves(subset):
+            if not any(_unquotable(key) for key in path):
+                json_path = _sqlite_literal(_sqlite_path(path))
+                cond, extra = _sqlite_leaf(
+                    f"json_extract({column}, {json_path})",
+                    f"json_type({column}, {json_path})",
+                    leaf,
+                )
+                clauses.append(cond)
+                params.extend(extra)
+                continue
+            # SQLite's JSON paths cannot quote a '"' inside a key, so walk such
+            # paths with json_each, which compares keys as plain text.
+            parent, parent_params = column, []
+            for key in path[:-1]:
+                parent = (
+                    f"(SELECT value FROM json_each({parent}) WHERE key = ? AND type = 'object')"
+                )
+                parent_params.append(key)
+            cond, extra = _sqlite_leaf("e.value", "e.type", leaf)
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM json_each({parent}) AS e WHERE e.key = ? AND {cond})"
+            )
+            params.extend([*parent_params, path[-1], *extra])
+        return " AND ".join(f"({c})" for c in clauses), params
+
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} IN (SELECT value FROM json_each(?))", [dumps(list(values))]
+
+    def _is_duplicate(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode in (
+            1555,  # SQLITE_CONSTRAINT_PRIMARYKEY
+            2067,  # SQLITE_CONSTRAINT_UNIQUE
+        )
+
+    def _is_orphan(self, exc: BaseException) -> bool:
+        # SQLITE_CONSTRAINT_FOREIGNKEY; only raised on a connection with foreign_keys on.
+        return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode == 787

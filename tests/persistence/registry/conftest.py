@@ -1,0 +1,35 @@
+"""The `registry` fixture: a registry, set up, on each kind of database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from code_hero.persistence.records import Registry
+from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from tests.persistence.registry.support import KINDS, make_pool
+
+
+@pytest.fixture(params=KINDS)
+async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
+    """A registry, set up, on a fresh database of each kind."""
+    if request.param == "postgres":
+        pool = make_pool(request.getfixturevalue("pg_database"))
+        await pool.open()
+        try:
+            reg: Registry = PostgresRegistry(pool)
+            await reg.setup()
+            yield reg
+        finally:
+            await pool.close()
+        return
+    path = ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "reg.sqlite")
+    async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")  # as the backends open it
+        reg = SqliteRegistry(conn, asyncio.Lock())
+        await reg.setup()
+        yield reg

@@ -1,0 +1,49 @@
+"""Run events in the registry: stored in order, never twice, never for a missing run."""
+
+from __future__ import annotations
+
+import pytest
+
+from code_hero.errors import ConflictError
+from code_hero.persistence.records import Registry
+from tests.persistence.registry.support import at, events, run
+
+
+async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> None:
+    await registry.admit_run(run("r1", thread_id="t9"), reject_if_busy=False)
+    assert await registry.last_seq("r1") == 0
+    await registry.store_events(events("r1", "t9", 3, 1, 2))
+    await registry.store_events(events("r1", "t9", 4, 5, type="values"))
+    await registry.store_events([])
+
+    stored = await registry.list_events("r1")
+    assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
+    first = stored[0]
+    assert (first.run_id, first.thread_id, first.type) == ("r1", "t9", "token")
+    assert first.payload == {"n": 1, "text": "tok1"} and first.at == at(1)
+    assert [e.type for e in stored[3:]] == ["values", "values"]
+    assert [e.seq for e in await registry.list_events("r1", after_seq=2)] == [3, 4, 5]
+    assert [e.seq for e in await registry.list_events("r1", after_seq=1, limit=2)] == [2, 3]
+    assert await registry.list_events("r1", after_seq=5) == []
+    assert await registry.last_seq("r1") == 5
+
+
+async def test_duplicate_seq_raises_and_stores_nothing_of_the_batch(registry: Registry) -> None:
+    await registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2))
+    with pytest.raises(ConflictError):
+        await registry.store_events(events("r1", "t1", 3, 4, 2))
+    with pytest.raises(ConflictError):
+        await registry.store_events(events("r1", "t1", 5, 5))
+    assert [e.seq for e in await registry.list_events("r1")] == [1, 2]
+    # The registry is still usable after the failed transaction.
+    await registry.store_events(events("r1", "t1", 3))
+    assert await registry.last_seq("r1") == 3
+    # A copy skips what is stored already.
+    await registry.put_events(events("r1", "t1", 3, 4))
+    assert [e.seq for e in await registry.list_events("r1")] == [1, 2, 3, 4]
+
+
+async def test_events_of_a_missing_run_are_dropped(registry: Registry) -> None:
+    await registry.store_events(events("nope", "t1", 1))
+    await registry.put_events(events("nope", "t1", 2))
+    assert await registry.list_events("nope") == [] and await registry.last_seq("nope") == 0

@@ -1,0 +1,239 @@
+"""Threads in the registry: stored, touched, listed, filtered, paged, deleted."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from code_hero.errors import BadInputError, NotFoundError
+from code_hero.persistence.records import (
+    Registry,
+    RunFilter,
+    ThreadFilter,
+    ThreadRecord,
+    ThreadStatus,
+)
+from tests.persistence.registry.support import at, events, put, run, thread
+
+
+def newest_first(records: list[ThreadRecord]) -> list[str]:
+    ordered = sorted(records, key=lambda r: (r.updated_at, r.thread_id), reverse=True)
+    return [r.thread_id for r in ordered]
+
+
+async def test_put_thread_stores_a_thread_as_given(registry: Registry) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    record = thread("t1", at(1), user_id="u1", metadata={"k": "v"}, status=ThreadStatus.BUSY)
+    await registry.put_thread(replace(record, created_at=record.created_at.astimezone(plus2)))
+    stored = await registry.get_thread("t1")
+    assert stored == record and stored.created_at.utcoffset() == timedelta(0)
+
+    # Again: the stored thread is replaced, timestamps included; a copy is idempotent.
+    replaced = replace(
+        record, user_id="u2", metadata={"other": [1, 2]}, status=ThreadStatus.IDLE, updated_at=at(2)
+    )
+    await registry.put_thread(replaced)
+    await registry.put_thread(replaced)
+    assert await registry.get_thread("t1") == replaced
+    assert await registry.get_thread("missing") is None
+
+
+async def test_touch_threads_creates_missing_and_keeps_owner(registry: Registry) -> None:
+    old = await put(registry, "owned", at(1), user_id="alice", metadata={"keep": True})
+    await put(registry, "orphan", at(2))
+    await registry.touch_threads({"owned": None, "orphan": "bob", "new": "carol", "anon": None})
+
+    got = await registry.get_threads(["owned", "orphan", "new", "anon"])
+    assert got["owned"].user_id == "alice"
+    assert got["owned"].metadata == {"keep": True}
+    assert got["owned"].updated_at > old.updated_at
+    assert got["orphan"].user_id == "bob"
+    assert got["new"].user_id == "carol" and got["new"].status is ThreadStatus.IDLE
+    assert got["new"].metadata == {}
+    assert got["anon"].user_id is None
+    # One batch, one time: every touched thread has the same updated_at.
+    assert len({r.updated_at for r in got.values()}) == 1
+
+    await registry.touch_threads({"owned": "mallory"})
+    owned = await registry.get_thread("owned")
+    assert owned is not None and owned.user_id == "alice"
+
+
+async def test_get_threads_and_thread_ids(registry: Registry) -> None:
+    a = await put(registry, "a", at(1))
+    await put(registry, "b", at(2))
+    assert await registry.get_threads([]) == {}
+    got = await registry.get_threads(["a", "b", "a", "nope"])
+    assert sorted(got) == ["a", "b"] and got["a"] == a
+    assert sorted(await registry.thread_ids()) == ["a", "b"]
+    assert await registry.thread_ids(updated_before=a.updated_at) == []
+    assert await registry.thread_ids(updated_before=a.updated_at + timedelta(microseconds=1)) == [
+        "a"
+    ]
+
+
+async def test_paging_250_threads_yields_each_once_in_order(registry: Registry) -> None:
+    records = [await put(registry, f"s{i:03}", at(i)) for i in range(150)]
+    # 100 threads touched in one batch share updated_at: thread_id breaks the tie.
+    await registry.touch_threads({f"b{i:03}": None for i in range(100)})
+    records += (await registry.get_threads([f"b{i:03}" for i in range(100)])).values()
+    expected = newest_first(records)
+
+    seen: list[str] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        page = await registry.list_threads(ThreadFilter(), first=20, after=after)
+        seen += [t.thread_id for t in page.items]
+        pages += 1
+        if pages == 3:
+            # An already-listed thread moves to the front: later pages do not repeat it.
+            await registry.touch_threads({seen[5]: None})
+        if not page.has_next_page:
+            break
+        assert len(page.items) == 20
+        after = page.end_cursor
+    assert pages == 13 and len(page.items) == 10
+    assert seen == expected
+
+    first = await registry.list_threads(ThreadFilter(), first=1)
+    assert [t.thread_id for t in first.items] == [expected[5]]
+
+
+async def test_list_threads_filters(registry: Registry) -> None:
+    t1 = await put(registry, "t1", at(1), user_id="u1")
+    t2 = await put(registry, "t2", at(2), user_id="u2", status=ThreadStatus.BUSY)
+    t3 = await put(registry, "t3", at(3), user_id="u1", status=ThreadStatus.BUSY)
+    assert t1.updated_at < t2.updated_at < t3.updated_at
+
+    async def ids(**kw: Any) -> list[str]:
+        page = await registry.list_threads(ThreadFilter(**kw), first=10)
+        return [t.thread_id for t in page.items]
+
+    assert await ids() == ["t3", "t2", "t1"]
+    assert await ids(user_id="u1") == ["t3", "t1"]
+    assert await ids(user_id="nobody") == []
+    assert await ids(status=ThreadStatus.BUSY) == ["t3", "t2"]
+    assert await ids(user_id="u1", status=ThreadStatus.BUSY) == ["t3"]
+    assert await ids(updated_after=t1.updated_at) == ["t3", "t2"]  # strictly after
+    assert await ids(updated_before=t3.updated_at) == ["t2", "t1"]  # strictly before
+    assert await ids(updated_after=t1.updated_at, updated_before=t3.updated_at) == ["t2"]
+    # Any aware datetime works, whatever its zone.
+    plus2 = timezone(timedelta(hours=2))
+    assert await ids(updated_after=t2.updated_at.astimezone(plus2)) == ["t3"]
+
+    # Filters and cursors combine: page 2 of user u1's threads.
+    page = await registry.list_threads(ThreadFilter(user_id="u1"), first=1)
+    assert page.has_next_page
+    rest = await registry.list_threads(ThreadFilter(user_id="u1"), first=1, after=page.end_cursor)
+    assert [t.thread_id for t in rest.items] == ["t1"] and not rest.has_next_page
+
+
+async def test_metadata_containment(registry: Registry) -> None:
+    await put(
+        registry,
+        "full",
+        metadata={
+            "env": "prod",
+            "n": 3,
+            "flag": True,
+            "none": None,
+            "tags": ["a", "b"],
+            "nested": {"team": {"name": "core", "size": 5}, "x": "y"},
+            "dotted.key": "d",
+            "it's": "q",
+            'say "hi"': {'in"ner': "quoted"},
+            "back\\slash": 1,
+        },
+    )
+    await put(
+        registry,
+        "other",
+        metadata={"env": "dev", "n": "3", "flag": 1, "nested": {"team": "core"}, "tags": "a"},
+    )
+    await put(registry, "empty")
+
+    async def ids(metadata: dict[str, Any]) -> list[str]:
+        page = await registry.list_threads(ThreadFilter(metadata=metadata), first=10)
+        return sorted(t.thread_id for t in page.items)
+
+    assert await ids({}) == ["empty", "full", "other"]
+    assert await ids({"env": "prod"}) == ["full"]
+    assert await ids({"env": "prod", "n": 3}) == ["full"]
+    assert await ids({"env": "prod", "n": 4}) == []
+    assert await ids({"n": 3}) == ["full"]  # the string "3" is not the number 3
+    assert await ids({"n": 3.0}) == ["full"]
+    assert await ids({"flag": True}) == ["full"]  # true is not 1
+    assert await ids({"flag": 1}) == ["other"]
+    assert await ids({"none": None}) == ["full"]  # a null value is not a missing key
+    assert await ids({"missing": None}) == []
+    assert await ids({"tags": ["a", "b"]}) == ["full"]
+    assert await ids({"tags": "a"}) == ["other"]
+    assert await ids({"nested": {"team": {"name": "core"}}}) == ["full"]
+    assert await ids({"nested": {"team": {"name": "core", "size": 5}, "x": "y"}}) == ["full"]
+    assert await ids({"nested": {"team": {"name": "other"}}}) == []
+    assert await ids({"nested": {"team": "core"}}) == ["other"]
+    assert await ids({"nested": {"team": {}}}) == ["full"]
+    assert await ids({"nested": {}}) == ["full", "other"]
+    assert await ids({"dotted.key": "d"}) == ["full"]
+    assert await ids({"dotted": {"key": "d"}}) == []
+    assert await ids({"it's": "q"}) == ["full"]
+    assert await ids({'say "hi"': {'in"ner': "quoted"}}) == ["full"]
+    assert await ids({'say "hi"': {'in"ner': "other"}}) == []
+    assert await ids({"back\\slash": 1}) == ["full"]
+
+
+async def test_malformed_cursor_is_bad_input(registry: Registry) -> None:
+    await registry.admit_run(run("r1"), reject_if_busy=False)
+    run_cursor = (await registry.list_runs(RunFilter(), first=1)).end_cursor
+    assert run_cursor is not None
+
+    def b64(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+    for bad in [
+        "garbage!",
+        "",
+        "e30=",  # {}
+        b64(["thread", "not a time", "t1"]),
+        b64(["thread", "2025-01-01T00:00:00", "t1"]),  # naive
+        b64(["thread", "2025-01-01T00:00:00+00:00", 7]),
+        run_cursor,  # a cursor of another listing
+    ]:
+        with pytest.raises(BadInputError):
+            await registry.list_threads(ThreadFilter(), first=5, after=bad)
+    with pytest.raises(BadInputError):
+        await registry.list_runs(RunFilter(), first=5, after="garbage!")
+    with pytest.raises(BadInputError):
+        await registry.list_threads(ThreadFilter(), first=-1)
+
+
+async def test_naive_datetimes_are_refused(registry: Registry) -> None:
+    with pytest.raises(BadInputError):
+        await registry.admit_run(run("r1", created_at=datetime(2025, 1, 1)), reject_if_busy=False)
+    with pytest.raises(BadInputError):
+        await registry.put_thread(thread("t1", datetime(2025, 1, 1)))
+    with pytest.raises(BadInputError):
+        await registry.list_threads(ThreadFilter(updated_after=datetime(2025, 1, 1)), first=1)
+
+
+async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None:
+    for run_id, thread_id in [("r1", "t1"), ("r2", "t1"), ("r3", "t2")]:
+        await registry.admit_run(
+            run(run_id, thread_id), reject_if_busy=False, events=events(run_id, thread_id, 1, 2, 3)
+        )
+
+    assert await registry.delete_thread("t1") == (True, 2)
+    assert await registry.get_thread("t1") is None
+    assert await registry.get_runs(["r1", "r2", "r3"]) == {"r3": await registry.get_run("r3")}
+    assert await registry.list_events("r1") == [] and await registry.last_seq("r2") == 0
+    assert len(await registry.list_events("r3")) == 3
+    assert await registry.delete_thread("t1") == (False, 0)
+    # A run belongs to a thread: none is stored for a thread that is gone.
+    with pytest.raises(NotFoundError):
+        await registry.put_run(run("r4", "t1"))

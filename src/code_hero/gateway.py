@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -39,7 +40,12 @@ from code_hero.errors import BadInputError, ForbiddenError, NotFoundError
 from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.diagnosis import public_health
-from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
+from code_hero.persistence.manager import (
+    MAX_PAGE,
+    EnhancedCheckpointerManager,
+    PruneReport,
+    ThreadDeletion,
+)
 from code_hero.persistence.records import (
     EventRecord,
     Page,
@@ -236,6 +242,41 @@ class Gateway:
         # back: the registry's foreign keys and the executor see to its leftovers).
         await self.executor.stop_thread(thread_id)
         return await self.manager.purge_thread(thread_id)
+
+    async def prune(
+        self,
+        *,
+        older_than: datetime | None = None,
+        keep_latest: int | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> PruneReport:
+        """Delete the threads not updated since `older_than` as `delete_thread` does (their
+        runs stopped first); keep only the newest `keep_latest` checkpoints of each thread.
+
+        Administrators only. A thread the access hook refuses to delete is kept.
+        """
+        self.policy.spend(caller, Action.THREAD_DELETE)
+        if not caller.is_admin:
+            raise ForbiddenError("only administrators prune")
+        if older_than is None and keep_latest is None:
+            raise BadInputError("prune needs older_than, keep_latest or both")
+        if keep_latest is not None and keep_latest < 1:
+            raise BadInputError("keep_latest must be at least 1")
+        threads = checkpoints = runs = 0
+        if older_than is not None:
+            if older_than.tzinfo is None:
+                older_than = older_than.replace(tzinfo=UTC)
+            for thread_id in await self.manager.registry.thread_ids(updated_before=older_than):
+                if not await self.policy.allows(caller, Action.THREAD_DELETE, thread_id=thread_id):
+                    continue
+                await self.executor.stop_thread(thread_id)
+                gone = await self.manager.purge_thread(thread_id)
+                threads += int(gone.deleted)
+                checkpoints += gone.checkpoints_deleted
+                runs += gone.runs_deleted
+        if keep_latest is not None:
+            checkpoints += (await self.manager.prune(keep_latest=keep_latest)).checkpoints_deleted
+        return PruneReport(threads, checkpoints, runs)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(

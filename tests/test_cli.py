@@ -20,6 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from code_hero.config import (
+    CheckpointerConfig,
+    create_postgres_checkpointer,
+    create_sqlite_checkpointer,
+)
+
 BIN = shutil.which("code-hero", path=str(Path(sys.executable).parent))
 COMMAND = [BIN] if BIN else [sys.executable, "-m", "code_hero.cli"]
 CODING = "Write a python function to add numbers"
@@ -197,6 +203,70 @@ def test_prune(db: list[str]) -> None:
     old = cli("prune", "--older-than", "0s", *db)
     assert old.stdout.startswith("pruned 1 threads, ") and old.stdout.endswith(" 1 runs\n")
     assert thread_ids(*db) == []
+
+
+# ------------------------------------------------------------------ deletes stop runs
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[CheckpointerConfig, list[str]]:
+    """A store that a server in the test and the CLI share: its config, the CLI's options."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "shared.sqlite")
+        return create_sqlite_checkpointer(path), ["--sqlite-path", path]
+    url = request.getfixturevalue("pg_database")
+    return create_postgres_checkpointer(url), ["--database-url", url]
+
+
+async def cut_short(shared: tuple[CheckpointerConfig, list[str]], *command: str) -> str:
+    """Run `code-hero COMMAND` while a server executes a slow run; it must end CANCELLED.
+
+    `{thread}` in the command stands for the run's thread. Returns the CLI's stdout.
+    """
+    from code_hero.gateway import Gateway, GatewaySettings
+    from code_hero.persistence.records import EventRecord, RunStatus
+    from code_hero.runs.events import terminal_status
+    from code_hero.runs.executor import StartRun
+    from tests.runs.conftest import SLOW_SPEC
+
+    config, storage = shared
+    # A short lease: on SQLite the cancel reaches the server at its next renewal.
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC}, lease_seconds=3)
+    async with Gateway(settings) as server:
+        run = await server.start_run(StartRun(graph="slow", input={"delay": 5.0}))
+        running = asyncio.Event()
+
+        async def follow() -> list[EventRecord]:
+            seen = []
+            async for event in await server.follow_run(run.run_id):
+                seen.append(event)
+                if event.payload.get("status") == RunStatus.RUNNING.value:
+                    running.set()
+            return seen
+
+        events = asyncio.create_task(follow())
+        await running.wait()
+        args = [a.format(thread=run.thread_id) for a in command]
+        done = await asyncio.to_thread(cli, *args, *storage)
+        assert done.returncode == 0, done.stderr
+        assert not server.executor.is_active(run.run_id)  # stopped before the purge
+        seen = await events
+        assert terminal_status(seen[-1]) is RunStatus.CANCELLED, seen[-1]
+        assert await server.get_thread(run.thread_id) is None
+    return done.stdout
+
+
+async def test_threads_delete_cancels_the_threads_run_first(
+    shared: tuple[CheckpointerConfig, list[str]],
+) -> None:
+    """As deleteThread does: the run executing elsewhere ends CANCELLED, then all goes."""
+    out = await cut_short(shared, "threads", "delete", "{thread}")
+    assert out.startswith("deleted thread ") and out.endswith(" 1 runs\n")
+
+
+async def test_prune_cancels_the_runs_of_the_threads_it_deletes(
+    shared: tuple[CheckpointerConfig, list[str]],
+) -> None:
+    out = await cut_short(shared, "prune", "--older-than", "0s")
+    assert out.startswith("pruned 1 threads, ") and out.endswith(" 1 runs\n")
 
 
 # ------------------------------------------------------------------ PostgreSQL

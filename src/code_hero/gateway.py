@@ -1,8 +1,9 @@
 """The gateway's one facade: what resolvers and the CLI call.
 
-`Gateway` owns, as one async context manager, the checkpointer manager, the
-graph registry, the event log and bus, and the run executor. Every read and
-write of the GraphQL layer goes through it, and through it to the manager.
+`Gateway` is an async context manager over the process's `Services` (the
+checkpointer manager, the graph registry, the event log and bus, the run
+executor; built in `code_hero.compose`). Every read and write of the GraphQL
+layer and of the CLI goes through it, and through it to the manager.
 
 It is also the one place where access is enforced. Every method that touches
 threads, runs, checkpoints or events takes the `caller` (default: the open
@@ -28,20 +29,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
-from code_hero.auth import ANONYMOUS, AccessPolicy, AccessSettings, Action, Caller
-from code_hero.config import CheckpointerConfig, create_memory_checkpointer
-from code_hero.errors import BackendUnavailableError, BadInputError, ForbiddenError, NotFoundError
+from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
+from code_hero.compose import GatewaySettings, Services
+from code_hero.errors import BadInputError, ForbiddenError, NotFoundError
 from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
-from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.diagnosis import public_health
-from code_hero.persistence.manager import MAX_PAGE, EnhancedCheckpointerManager, ThreadDeletion
+from code_hero.persistence.manager import (
+    MAX_PAGE,
+    EnhancedCheckpointerManager,
+    PruneReport,
+    ThreadDeletion,
+)
 from code_hero.persistence.records import (
     EventRecord,
     Page,
@@ -50,32 +54,13 @@ from code_hero.persistence.records import (
     ThreadFilter,
     ThreadRecord,
 )
-from code_hero.runs.bus import POKE, InProcessBus
+from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
-from code_hero.runs.executor import UNSET, RunExecutor, StartRun
+from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
-from code_hero.runs.pgbus import PostgresBus
+from code_hero.runs.requests import UNSET, StartRun, check_request_text
 
 __all__ = ["Gateway", "GatewaySettings"]
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    """Everything the gateway needs, read once at the edge (CLI, app factory)."""
-
-    checkpointer: CheckpointerConfig = field(default_factory=create_memory_checkpointer)
-    graphs: Mapping[str, str] = field(default_factory=dict)
-    default_graph: str | None = None
-    model: str | None = None
-    max_concurrent_runs: int = 8
-    lease_seconds: float = 15.0
-    event_flush_interval: float = 0.025
-    event_recheck_interval: float = 2.0  # a subscriber's look at the log when nothing came
-    max_message_length: int = 100_000
-    shutdown_grace: float = 10.0
-    claim_others: bool = True  # False: execute only runs this process started (the CLI)
-    max_recursion_limit: int = 100  # the most graph steps a run's config may ask for
-    access: AccessSettings = field(default_factory=AccessSettings)
 
 
 class Gateway:
@@ -84,64 +69,10 @@ class Gateway:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
         self.policy = AccessPolicy(self.settings.access)
-        self.manager = EnhancedCheckpointerManager(self.settings.checkpointer)
-        self.bus = self._make_bus()
-        self.events = EventLog(
-            lambda: self.manager.registry,
-            self.bus,
-            flush_interval=self.settings.event_flush_interval,
-            recheck_interval=self.settings.event_recheck_interval,
-        )
-        self._graphs: GraphRegistry | None = None
-        self._executor: RunExecutor | None = None
-        self._background: set[asyncio.Task[None]] = set()
-
-    def _make_bus(self) -> InProcessBus:
-        """PostgreSQL LISTEN/NOTIFY across replicas; in-process wake-ups otherwise."""
-        config = self.settings.checkpointer
-        if config.kind != "postgres" or not config.connection_string:
-            return InProcessBus()
-
-        def pool() -> AsyncConnectionPool[Any]:
-            backend = self.manager.router.primary.backend
-            if not isinstance(backend, PostgresBackend):
-                raise BackendUnavailableError("PostgreSQL is unavailable")
-            return backend.pool
-
-        return PostgresBus(
-            config.connection_string,
-            pool,
-            lambda: self.manager.registry,
-            lambda run_id: self.events.is_writing(run_id),
-            available=lambda: self.manager.router.serving,
-        )
+        self.services = Services(self.settings)
 
     async def __aenter__(self) -> Gateway:
-        await self.manager.initialize()
-        self.manager.router.on_recovered.append(self._on_recovered)
-        try:
-            await self.bus.start()
-            self._graphs = await GraphRegistry.load(
-                self.manager.get_checkpointer(),
-                specs=self.settings.graphs,
-                default=self.settings.default_graph,
-                model=self.settings.model,
-            )
-            self._executor = RunExecutor(
-                self.manager,
-                self._graphs,
-                self.events,
-                max_concurrent=self.settings.max_concurrent_runs,
-                lease_seconds=self.settings.lease_seconds,
-                max_message_length=self.settings.max_message_length,
-                claim_others=self.settings.claim_others,
-                max_recursion_limit=self.settings.max_recursion_limit,
-            )
-            await self._executor.__aenter__()
-        except BaseException:
-            await self.bus.close()
-            await self.manager.cleanup()
-            raise
+        await self.services.__aenter__()
         return self
 
     async def __aexit__(
@@ -150,32 +81,32 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            if self._executor is not None:
-                await self._executor.shutdown(self.settings.shutdown_grace)
-        finally:
-            await self.bus.close()
-            await self.manager.cleanup()
+        await self.services.__aexit__(exc_type, exc, tb)
 
-    def _on_recovered(self) -> None:
-        """An outage's events are in the database now: subscribers everywhere re-read."""
-        task = asyncio.get_running_loop().create_task(self.bus.send_control(POKE))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    @property
+    def manager(self) -> EnhancedCheckpointerManager:
+        """The checkpointer manager."""
+        return self.services.manager
+
+    @property
+    def bus(self) -> InProcessBus:
+        """The event bus."""
+        return self.services.bus
+
+    @property
+    def events(self) -> EventLog:
+        """The run event log."""
+        return self.services.events
 
     @property
     def executor(self) -> RunExecutor:
         """The run executor (after entering the context)."""
-        if self._executor is None:
-            raise RuntimeError("use `async with Gateway(...)` before calling it")
-        return self._executor
+        return self.services.executor
 
     @property
     def graph_registry(self) -> GraphRegistry:
-        """The loaded graphs."""
-        if self._graphs is None:
-            raise RuntimeError("use `async with Gateway(...)` before calling it")
-        return self._graphs
+        """The loaded graphs (after entering the context)."""
+        return self.services.graphs
 
     def spend_reads(self, caller: Caller, cost: int) -> None:
         """Spend a read's query cost from the caller's read rate limit (RATE_LIMITED when out)."""
@@ -202,20 +133,11 @@ class Gateway:
 
     def metrics(self) -> dict[str, Any]:
         """The manager's metrics plus run and subscriber gauges."""
-        snap = self.manager.metrics_snapshot()
-        snap["subscribers"] = self.bus.subscriber_count
-        snap["active_runs"] = self.executor.active_runs
-        snap["internal_entries"] = self.internal_sizes()
-        return snap
+        return self.services.metrics()
 
     def internal_sizes(self) -> dict[str, int]:
         """Entries in every per-run and per-thread map of this process, by map name."""
-        return {
-            **self.executor.internal_sizes(),
-            **self.events.internal_sizes(),
-            **self.bus.internal_sizes(),
-            **self.manager.internal_sizes(),
-        }
+        return self.services.internal_sizes()
 
     # ------------------------------------------------------------ access
     async def _owns(self, thread_id: str, caller: Caller) -> bool:
@@ -321,6 +243,41 @@ class Gateway:
         await self.executor.stop_thread(thread_id)
         return await self.manager.purge_thread(thread_id)
 
+    async def prune(
+        self,
+        *,
+        older_than: datetime | None = None,
+        keep_latest: int | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> PruneReport:
+        """Delete the threads not updated since `older_than` as `delete_thread` does (their
+        runs stopped first); keep only the newest `keep_latest` checkpoints of each thread.
+
+        Administrators only. A thread the access hook refuses to delete is kept.
+        """
+        self.policy.spend(caller, Action.THREAD_DELETE)
+        if not caller.is_admin:
+            raise ForbiddenError("only administrators prune")
+        if older_than is None and keep_latest is None:
+            raise BadInputError("prune needs older_than, keep_latest or both")
+        if keep_latest is not None and keep_latest < 1:
+            raise BadInputError("keep_latest must be at least 1")
+        threads = checkpoints = runs = 0
+        if older_than is not None:
+            if older_than.tzinfo is None:
+                older_than = older_than.replace(tzinfo=UTC)
+            for thread_id in await self.manager.registry.thread_ids(updated_before=older_than):
+                if not await self.policy.allows(caller, Action.THREAD_DELETE, thread_id=thread_id):
+                    continue
+                await self.executor.stop_thread(thread_id)
+                gone = await self.manager.purge_thread(thread_id)
+                threads += int(gone.deleted)
+                checkpoints += gone.checkpoints_deleted
+                runs += gone.runs_deleted
+        if keep_latest is not None:
+            checkpoints += (await self.manager.prune(keep_latest=keep_latest)).checkpoints_deleted
+        return PruneReport(threads, checkpoints, runs)
+
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(
         self,
@@ -389,7 +346,7 @@ class Gateway:
         if request.from_checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
             request = replace(request, from_checkpoint_id=checkpoint_id)
-        _check_request_text(request)
+        check_request_text(request)
         user_id = self._user_for(caller, request.user_id)
         if not caller.anonymous:
             request = replace(request, user_id=user_id)
@@ -536,18 +493,3 @@ class Gateway:
 def _check_first(first: int, limit: int = MAX_PAGE) -> None:
     if first < 1 or first > limit:
         raise BadInputError(f"first must be between 1 and {limit}, got {first}")
-
-
-def _check_request_text(request: StartRun) -> None:
-    """No NUL in anything of a run request that is stored."""
-    for name, value in (
-        ("message", request.message),
-        ("input", request.input),
-        ("resume", request.resume),
-        ("graph", request.graph),
-        ("userId", request.user_id),
-        ("metadata", request.metadata),
-        ("config", request.config),
-    ):
-        if value is not UNSET:
-            check_text(value, name)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
+from code_hero.auth import Caller
 from code_hero.config import CheckpointerConfig
+from code_hero.errors import ForbiddenError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunFilter, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
@@ -100,6 +104,27 @@ async def test_every_queued_run_goes_with_its_thread(gateway: Gateway) -> None:
     assert await gateway.executor.recover() == 0  # nothing of the thread is claimable
     await gateway.events.flush()
     await assert_gone(gateway, first.thread_id, [first.run_id, *(r.run_id for r in queued)])
+
+
+async def test_prune_stops_the_runs_of_the_threads_it_deletes(gateway: Gateway) -> None:
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 2}))
+    queued = await gateway.start_run(
+        StartRun(
+            graph="slow", thread_id=first.thread_id, multitask=MultitaskStrategy.ENQUEUE, input={}
+        )
+    )
+    await wait_status(gateway, first.run_id, RunStatus.RUNNING)
+    with pytest.raises(ForbiddenError):  # administrators only: nothing goes
+        await gateway.prune(older_than=datetime.now(UTC), caller=Caller(user_id="ada"))
+    assert await gateway.get_thread(first.thread_id) is not None
+
+    report = await gateway.prune(older_than=datetime.now(UTC))
+
+    assert (report.threads_deleted, report.runs_deleted) == (1, 2)
+    assert not gateway.executor.is_active(first.run_id)  # stopped, not left to run on
+    assert await gateway.executor.recover() == 0
+    await gateway.events.flush()
+    await assert_gone(gateway, first.thread_id, [first.run_id, queued.run_id])
 
 
 class _State(TypedDict, total=False):

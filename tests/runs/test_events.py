@@ -47,8 +47,8 @@ async def test_replay_after_the_run_ended(gateway: Gateway) -> None:
 
 
 async def test_a_slow_subscriber_catches_up_and_slows_nothing(gateway: Gateway) -> None:
-    gateway.bus = InProcessBus(queue_size=4)  # tiny queues: overflow for sure
-    gateway.events.bus = gateway.bus
+    # Tiny queues: overflow for sure.
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
     run = await gateway.start_run(StartRun(message="Help me build a FastAPI application"))
     slow = asyncio.create_task(collect(gateway, run.run_id, 0, pause=0.01))
     fast = asyncio.create_task(collect(gateway, run.run_id, 0))

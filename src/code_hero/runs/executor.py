@@ -2,11 +2,9 @@
 
 A run is recorded PENDING (with its first event) by whichever process was
 asked; every executor sharing the database claims runs from the runs table
-when it has a free slot (PostgreSQL: `FOR UPDATE SKIP LOCKED`), oldest
-first, and only the oldest unfinished run of a thread, so runs of one thread
+(`code_hero.runs.claims`: claims, leases, cancels), so runs of one thread
 execute one at a time in the order they were asked for, across replicas.
 
-The claimer holds a lease on each run and renews it while the run executes.
 Every step is checkpointed before the next begins (`durability="sync"`), so
 when a lease lapses (its process died or froze) another executor claims the
 run and resumes it from its last checkpoint: no completed step runs twice,
@@ -15,6 +13,7 @@ none is skipped, and its events go on numbering after the last stored one.
 Wake-ups travel on the bus: a new run or a freed thread ("runs") makes every
 executor try to claim; "cancel RUN_ID" reaches the executor that runs it. The
 lease renewal and a slow poll carry the same news when a message is lost.
+What a caller may ask (`StartRun`) and how it is checked is `code_hero.runs.requests`.
 """
 
 from __future__ import annotations
@@ -25,9 +24,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -35,22 +32,33 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, StateSnapshot
 
-from code_hero.errors import BadInputError, CodeHeroError, ConflictError, NotFoundError
+from code_hero.errors import CodeHeroError, ConflictError, NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
     Registry,
-    RunFilter,
     RunRecord,
     RunStatus,
     ThreadStatus,
 )
 from code_hero.runs.bus import EventBus
+from code_hero.runs.claims import Claims
 from code_hero.runs.eventlog import EventLog, RunEventWriter
 from code_hero.runs.events import STREAM_MODES, EventType, namespace_of, translate
 from code_hero.runs.graphs import GraphRegistry
+from code_hero.runs.requests import (
+    DEFAULT_RECURSION_LIMIT,
+    RESERVED_CONFIG_KEYS,
+    UNSET,
+    MultitaskStrategy,
+    StartRun,
+    check_config,
+    check_one_input,
+    continuing,
+    input_for,
+)
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -62,38 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-UNSET: Any = object()
-DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limit
-# `configurable` keys the executor and the checkpointer set; a caller's config may
-# not (nor any key starting "__", LangGraph's `__pregel_*` internals among them).
-# `fromCheckpointId` is how a caller forks; `user_id` comes from the caller's identity.
-RESERVED_CONFIG_KEYS = frozenset(
-    {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "user_id"}
-)
-
-
-class MultitaskStrategy(StrEnum):
-    REJECT = "REJECT"
-    ENQUEUE = "ENQUEUE"
-    INTERRUPT = "INTERRUPT"
-
-
-@dataclass(frozen=True)
-class StartRun:
-    """What a caller asks for: exactly one of message, input or resume."""
-
-    thread_id: str | None = None
-    message: str | None = None
-    input: Any = UNSET
-    resume: Any = UNSET
-    from_checkpoint_id: str | None = None
-    graph: str | None = None
-    user_id: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    multitask: MultitaskStrategy = MultitaskStrategy.REJECT
-    wait: bool = False
-    owner: str | None = None  # admit only on a new thread or one this user owns
 
 
 class RunExecutor:
@@ -116,37 +92,29 @@ class RunExecutor:
         self.graphs = graphs
         self.events = events
         self.bus: EventBus = events.bus
-        self.owner = f"executor-{uuid.uuid4().hex[:12]}"
-        self.lease = timedelta(seconds=lease_seconds)
-        self.max_concurrent = max_concurrent
         self.max_message_length = max_message_length
         self.max_recursion_limit = max_recursion_limit
-        self.poll_interval = poll_interval or max(lease_seconds / 3, 0.05)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._final: dict[str, RunRecord] = {}
         self._waiters: dict[str, int] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
-        self._wake = asyncio.Event()
-        # Held while claiming and while a cancel decides where the run is: a run
-        # claimed here between cancel's look and its flag would otherwise miss
-        # the cancel until the next lease renewal.
-        self._claiming = asyncio.Lock()
-        self._closing = False
-        self._loops: list[asyncio.Task[None]] = []
-        # False (the CLI's one-shot runs): execute only the runs this executor started,
-        # kept in `_started` until they are claimed here or have ended elsewhere.
-        self.claim_others = claim_others
-        self._started: set[str] = set()
+        self.claims = Claims(
+            self,
+            lambda: self.manager.registry,
+            self.bus,
+            graphs.names,
+            max_concurrent=max_concurrent,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            claim_others=claim_others,
+        )
+        self.owner = self.claims.owner  # the name its leases are held under
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> RunExecutor:
-        self.bus.on_control(self._on_control)
-        self._loops = [
-            asyncio.create_task(self._claim_loop(), name="run-claims"),
-            asyncio.create_task(self._renew_leases(), name="run-leases"),
-        ]
+        self.claims.open()
         return self
 
     async def __aexit__(
@@ -160,8 +128,7 @@ class RunExecutor:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain: claim nothing more, give running runs `grace` seconds to end, then
         stop the rest and release their leases so another executor resumes them."""
-        self._closing = True
-        self._wake.set()
+        self.claims.stop_claiming()
         running = [t for t in self._tasks.values() if not t.done()]
         if running:
             _, still = await asyncio.wait(running, timeout=grace)
@@ -169,11 +136,7 @@ class RunExecutor:
                 task.cancel()  # released, not CANCELLED: see _execute
             if still:
                 await asyncio.wait(still, timeout=5)
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        await self.claims.close()
         await self.events.close()
 
     @property
@@ -184,7 +147,7 @@ class RunExecutor:
     def internal_sizes(self) -> dict[str, int]:
         """Entries in each per-run structure (all back to 0 once the runs have ended)."""
         return {
-            "executor.started": len(self._started),
+            "executor.started": len(self.claims.started),
             "executor.tasks": len(self._tasks),
             "executor.done": len(self._done),
             "executor.final": len(self._final),
@@ -203,35 +166,45 @@ class RunExecutor:
         task = self._tasks.get(run_id)
         return task is not None and not task.done()
 
-    def _on_control(self, message: str) -> None:
-        kind, _, run_id = message.partition(" ")
-        if kind == "runs":
-            self._wake.set()
-        elif kind == "cancel" and self.is_active(run_id):
-            self._cancel_requested.add(run_id)
-            self._tasks[run_id].cancel()
+    def running(self) -> list[str]:
+        """The runs this process is executing now."""
+        return [run_id for run_id, task in self._tasks.items() if not task.done()]
+
+    def launch(self, record: RunRecord, *, resuming: bool) -> None:
+        """Execute a run claimed here, in a task of its own."""
+        self._done[record.run_id] = asyncio.Event()
+        task = asyncio.create_task(
+            self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
+        )
+        self._tasks[record.run_id] = task
+        task.add_done_callback(functools.partial(self._forget, record.run_id))
+
+    def stop(self, run_id: str, *, lost: bool = False) -> None:
+        """Stop the run executing here: cancelled, or (`lost`) left to the executor that
+        holds its lease now."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            (self._lost if lost else self._cancel_requested).add(run_id)
+            task.cancel()
+
+    async def finish_cancelled(self, record: RunRecord) -> None:
+        """Record CANCELLED for a run that was cancelled before anyone executed it."""
+        await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
 
     # ---------------------------------------------------------------- start
     async def start(self, req: StartRun) -> RunRecord:
         """Validate, record PENDING and wake the claimers; with `wait`, the final run."""
-        if self._closing:
+        if self.claims.closing:
             raise ConflictError("the server is shutting down and takes no new runs")
-        self._check_config(req.config)
+        check_config(req.config, self.max_recursion_limit)
         if req.resume is not UNSET:
-            req = await self._continuing(req)
+            req = await continuing(self.registry, req)
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
-        given = [
-            name
-            for name, value in (("message", req.message), ("input", req.input))
-            if value is not UNSET and value is not None
-        ] + (["resume"] if req.resume is not UNSET else [])
-        if len(given) != 1:
-            raise BadInputError(
-                "give exactly one of message, input or resume"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        run_input = self._input_for(req, graph_name)
+        check_one_input(req)
+        run_input = input_for(
+            req, graph_name, self.graphs.input_keys(graph_name), self.max_message_length
+        )
         new_thread = req.thread_id is None
         thread_id = req.thread_id or str(uuid.uuid4())
         if req.resume is not UNSET:
@@ -281,10 +254,10 @@ class RunExecutor:
                 "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
-        if not self.claim_others:
-            self._started.add(run_id)
+        if not self.claims.claim_others:
+            self.claims.started.add(run_id)
         self.bus.publish(first)
-        self._wake.set()
+        self.claims.wake()
         await self.bus.stored([first], control="runs")  # one round trip: both notifications
         if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
             for older in await self.registry.unfinished_runs(thread_id):
@@ -293,69 +266,6 @@ class RunExecutor:
         if req.wait:
             return await self.wait(run_id)
         return record
-
-    async def _continuing(self, req: StartRun) -> StartRun:
-        """A resume carries on the interrupted run: its graph and config unless given."""
-        if req.thread_id is None:
-            raise BadInputError("resume needs the threadId of the interrupted thread")
-        page = await self.registry.list_runs(
-            RunFilter(thread_id=req.thread_id, status=RunStatus.INTERRUPTED), first=1
-        )
-        if not page.items:
-            return req
-        last = page.items[0]
-        config = {k: v for k, v in last.config.items() if k != "checkpoint_id"}
-        return replace(
-            req,
-            graph=req.graph or last.graph,
-            config={**config, **req.config},
-            user_id=req.user_id or last.user_id,
-        )
-
-    def _check_config(self, config: Mapping[str, Any]) -> None:
-        """The graph's own configurable keys only, and a recursion_limit within the maximum."""
-        reserved = sorted(k for k in config if k in RESERVED_CONFIG_KEYS or k.startswith("__"))
-        if reserved:
-            raise BadInputError(
-                f"config may not set {', '.join(reserved)}: the gateway sets those "
-                "(use fromCheckpointId to run from a past checkpoint)"
-            )
-        if "recursion_limit" in config:
-            limit = config["recursion_limit"]
-            if (
-                not isinstance(limit, int)
-                or isinstance(limit, bool)
-                or not 1 <= limit <= self.max_recursion_limit
-            ):
-                raise BadInputError(
-                    "config.recursion_limit must be a whole number between 1 and "
-                    f"{self.max_recursion_limit}, got {limit!r}"
-                )
-
-    def _input_for(self, req: StartRun, graph_name: str) -> Any:
-        keys = self.graphs.input_keys(graph_name)
-        if req.message is not None:
-            if not isinstance(req.message, str) or not req.message.strip():
-                raise BadInputError("message must be a non-empty string")
-            if len(req.message) > self.max_message_length:
-                raise BadInputError(
-                    f"message is {len(req.message)} characters; "
-                    f"the limit is {self.max_message_length}"
-                )
-            if keys is not None and "messages" not in keys:
-                raise BadInputError(f"graph {graph_name!r} takes no messages; send `input` instead")
-            return {"messages": [{"role": "user", "content": req.message}]}
-        if req.input is not UNSET and req.input is not None:
-            if not isinstance(req.input, Mapping):
-                raise BadInputError("input must be a JSON object of the graph's state keys")
-            unknown = set(req.input) - keys if keys is not None else set()
-            if unknown:
-                raise BadInputError(
-                    f"graph {graph_name!r} does not take {', '.join(sorted(unknown))}; "
-                    f"its input keys are {', '.join(sorted(keys or ()))}"
-                )
-            return dict(req.input)
-        return None
 
     # ---------------------------------------------------------------- waiting and cancel
     async def wait(self, run_id: str, limit: float | None = None) -> RunRecord:
@@ -391,119 +301,17 @@ class RunExecutor:
     async def cancel(self, run_id: str) -> RunRecord:
         """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
         is returned as it is)."""
-        record = await self.registry.get_run(run_id)
-        if record is None:
-            raise NotFoundError(f"no run {run_id!r}")
-        if record.status.finished:
-            return record
-        async with self._claiming:
-            active = self.is_active(run_id)
-            if active:
-                self._cancel_requested.add(run_id)
-                self._tasks[run_id].cancel()
-            else:
-                await self.registry.request_cancel(run_id)
-        if active:
-            return await self.wait(run_id, limit=5)
-        await self.bus.send_control(f"cancel {run_id}")
-        self._wake.set()  # an unclaimed run is finished by the claim loop
-        return await self.wait(run_id, limit=5 + self.lease.total_seconds())
+        return await self.claims.cancel(run_id)
 
     async def stop_thread(self, thread_id: str) -> None:
         """Cancel every unfinished run of the thread, wherever it runs, and wait until
         none executes (a deletion follows: nothing may write after it)."""
-        executing: list[str] = []
-        remote: list[str] = []
-        async with self._claiming:  # no run of the thread is claimed here meanwhile
-            for record in await self.registry.unfinished_runs(thread_id):
-                if self.is_active(record.run_id):
-                    self._cancel_requested.add(record.run_id)
-                    self._tasks[record.run_id].cancel()
-                    executing.append(record.run_id)
-                    continue
-                # Flagged, a run is never claimed again; one claimed already (leased)
-                # is stopped by its executor, on the message or at its lease renewal.
-                flagged = await self.registry.request_cancel(record.run_id)
-                if flagged is not None and not flagged.status.finished and flagged.lease_owner:
-                    remote.append(record.run_id)
-        for run_id in remote:
-            await self.bus.send_control(f"cancel {run_id}")
-        self._wake.set()  # the flagged runs nobody holds are finished by a claim loop
-        await asyncio.gather(
-            *(self.wait(run_id, limit=5) for run_id in executing),
-            *(self.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
-        )
-
-    # ---------------------------------------------------------------- claiming
-    async def _claim_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
-            if self._closing:
-                return
-            try:
-                await self._claim_once()
-            except Exception as exc:
-                log.warning("claiming runs failed: %s", exc)
-                await asyncio.sleep(self.poll_interval)
-
-    async def _claim_once(self) -> None:
-        async with self._claiming:
-            await self._claim_locked()
-
-    async def _claim_locked(self) -> None:
-        now = datetime.now(UTC)
-        if self.claim_others:  # cancels asked for runs no executor holds end here
-            for record in await self.registry.claim_cancelled(
-                self.owner, now=now, until=now + self.lease
-            ):
-                await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
-        free = self.max_concurrent - self.active_runs
-        claimed: list[RunRecord] = []
-        if free > 0 and (self.claim_others or self._started):
-            claimed = await self.registry.claim_runs(
-                self.owner,
-                now=now,
-                until=now + self.lease,
-                limit=free,
-                # A run of a graph this process lacks waits for a process that has it.
-                graphs=self.graphs.names(),
-                run_ids=None if self.claim_others else sorted(self._started),
-            )
-        for record in claimed:
-            self._started.discard(record.run_id)
-            if self.is_active(record.run_id):  # its lease was renewed, not lost: one task
-                continue
-            resuming = record.status is RunStatus.RUNNING
-            if resuming:
-                log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
-            self._done[record.run_id] = asyncio.Event()
-            task = asyncio.create_task(
-                self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
-            )
-            self._tasks[record.run_id] = task
-            task.add_done_callback(functools.partial(self._forget, record.run_id))
-        if self._started:  # the rest are queued, held elsewhere, or ended elsewhere
-            await self._forget_ended_elsewhere()
-
-    async def _forget_ended_elsewhere(self) -> None:
-        """Drop the runs started here that ended unclaimed (cancelled, or run elsewhere)."""
-        waiting = sorted(self._started)
-        try:
-            found = await self.registry.get_runs(waiting)
-        except Exception as exc:  # asked again on the next claim
-            log.debug("looking up runs started here failed: %s", exc)
-            return
-        for run_id in waiting:
-            record = found.get(run_id)
-            if record is None or record.status.finished:
-                self._started.discard(run_id)
+        await self.claims.stop_thread(thread_id)
 
     async def recover(self) -> int:
         """Claim what can be claimed now (runs whose lease lapsed included)."""
         before = len(self._tasks)
-        await self._claim_once()
+        await self.claims.claim_once()
         return len(self._tasks) - before
 
     # ---------------------------------------------------------------- execution
@@ -521,7 +329,8 @@ class RunExecutor:
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(running or record, writer, resuming)
         except asyncio.CancelledError:
-            if run_id in self._lost or (self._closing and run_id not in self._cancel_requested):
+            closing = self.claims.closing
+            if run_id in self._lost or (closing and run_id not in self._cancel_requested):
                 # Draining, or another executor holds the run now: leave it RUNNING and
                 # resumable from its last checkpoint, lease released.
                 if writer is not None:
@@ -548,7 +357,7 @@ class RunExecutor:
                 await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
-        self._wake.set()  # a slot is free
+        self.claims.wake()  # a slot is free
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
 
@@ -655,41 +464,12 @@ class RunExecutor:
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
-        self._started.discard(run_id)
+        self.claims.started.discard(run_id)
         self._cancel_requested.discard(run_id)
         self._lost.discard(run_id)
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
-
-    # ---------------------------------------------------------------- leases
-    async def _renew_leases(self) -> None:
-        interval = max(self.lease.total_seconds() / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            mine = [r for r, t in self._tasks.items() if not t.done()]
-            if not mine:
-                continue
-            try:
-                held = await self.registry.renew_leases(
-                    self.owner, mine, datetime.now(UTC) + self.lease
-                )
-            except Exception as exc:
-                log.warning("renewing run leases failed: %s", exc)
-                continue
-            held_ids = {r.run_id for r in held}
-            for run_id in mine:
-                task = self._tasks.get(run_id)
-                if task is None or task.done():
-                    continue
-                if run_id not in held_ids:
-                    log.warning("lost the lease of run %s: another executor has it", run_id)
-                    self._lost.add(run_id)
-                    task.cancel()
-            for record in held:
-                if record.cancel_requested and record.run_id in self._tasks:
-                    self._cancel_requested.add(record.run_id)
-                    self._tasks[record.run_id].cancel()
 
 
 def _with_messages(run_input: Any) -> Any:

@@ -1,0 +1,188 @@
+"""Composition: the one place that builds a process's parts and wires them together.
+
+    GatewaySettings   what the parts need, read once at the edge (CLI, app factory)
+    Services          the checkpointer manager, the event bus, the event log, the
+                      graphs and the run executor: opened in that order as one
+                      async context manager, closed in reverse
+    event_bus         the bus the configured database can carry
+
+The app's lifespan, the CLI and the tests get them through `Gateway(settings)`,
+which enters its `Services` and, over them, enforces who sees and does what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from code_hero.auth import AccessSettings
+from code_hero.config import CheckpointerConfig, create_memory_checkpointer
+from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.backends import PostgresBackend
+from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.runs.bus import POKE, InProcessBus
+from code_hero.runs.eventlog import EventLog
+from code_hero.runs.executor import RunExecutor
+from code_hero.runs.graphs import GraphRegistry
+from code_hero.runs.pgbus import PostgresBus
+
+__all__ = ["GatewaySettings", "Services", "event_bus"]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway needs, read once at the edge (CLI, app factory)."""
+
+    checkpointer: CheckpointerConfig = field(default_factory=create_memory_checkpointer)
+    graphs: Mapping[str, str] = field(default_factory=dict)
+    default_graph: str | None = None
+    model: str | None = None
+    max_concurrent_runs: int = 8
+    lease_seconds: float = 15.0
+    event_flush_interval: float = 0.025
+    event_recheck_interval: float = 2.0  # a subscriber's look at the log when nothing came
+    max_message_length: int = 100_000
+    shutdown_grace: float = 10.0
+    claim_others: bool = True  # False: execute only runs this process started (the CLI)
+    max_recursion_limit: int = 100  # the most graph steps a run's config may ask for
+    access: AccessSettings = field(default_factory=AccessSettings)
+    # True: refuse to open unless the configured store serves (the CLI's one-shot
+    # commands work on it or not at all; a server starts on its fallback instead).
+    require_primary: bool = False
+
+
+def event_bus(
+    manager: EnhancedCheckpointerManager, is_local: Callable[[str], bool]
+) -> InProcessBus:
+    """PostgreSQL LISTEN/NOTIFY across replicas when the store is PostgreSQL; else in-process.
+
+    `is_local(run_id)` tells the bus that this process writes the run's events
+    itself, so a notification about them needs no relay.
+    """
+    config = manager.config
+    if config.kind != "postgres" or not config.connection_string:
+        return InProcessBus()
+    return PostgresBus(
+        config.connection_string,
+        lambda: _notification_pool(manager),
+        lambda: manager.registry,
+        is_local,
+        available=lambda: manager.router.serving,
+    )
+
+
+def _notification_pool(manager: EnhancedCheckpointerManager) -> AsyncConnectionPool[Any]:
+    """The primary's pool, which carries the NOTIFYs (unavailable while it is down)."""
+    # The one place outside persistence/ that knows where the pool lives; it
+    # belongs on the manager, as "the pool that carries notifications".
+    backend = manager.router.primary.backend
+    if not isinstance(backend, PostgresBackend):
+        raise BackendUnavailableError("PostgreSQL is unavailable")
+    return backend.pool
+
+
+class Services:
+    """The manager, bus, event log, graphs and run executor of one process."""
+
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
+        self.settings = settings or GatewaySettings()
+        self.manager = EnhancedCheckpointerManager(self.settings.checkpointer)
+        self.bus = event_bus(self.manager, lambda run_id: self.events.is_writing(run_id))
+        self.events = EventLog(
+            lambda: self.manager.registry,
+            self.bus,
+            flush_interval=self.settings.event_flush_interval,
+            recheck_interval=self.settings.event_recheck_interval,
+        )
+        self._graphs: GraphRegistry | None = None
+        self._executor: RunExecutor | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Services:
+        serving = await self.manager.initialize()
+        try:
+            if self.settings.require_primary and not serving:
+                primary = self.manager.router.primary
+                raise BackendUnavailableError(
+                    f"cannot open {primary.config.describe()}: "
+                    f"{primary.last_error or 'unavailable'}"
+                )
+            self.manager.router.on_recovered.append(self._on_recovered)
+            await self.bus.start()
+            self._graphs = await GraphRegistry.load(
+                self.manager.get_checkpointer(),
+                specs=self.settings.graphs,
+                default=self.settings.default_graph,
+                model=self.settings.model,
+            )
+            self._executor = RunExecutor(
+                self.manager,
+                self._graphs,
+                self.events,
+                max_concurrent=self.settings.max_concurrent_runs,
+                lease_seconds=self.settings.lease_seconds,
+                max_message_length=self.settings.max_message_length,
+                claim_others=self.settings.claim_others,
+                max_recursion_limit=self.settings.max_recursion_limit,
+            )
+            await self._executor.__aenter__()
+        except BaseException:
+            await self.bus.close()
+            await self.manager.cleanup()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._executor is not None:
+                await self._executor.shutdown(self.settings.shutdown_grace)
+        finally:
+            await self.bus.close()
+            await self.manager.cleanup()
+
+    def _on_recovered(self) -> None:
+        """An outage's events are in the database now: subscribers everywhere re-read."""
+        task = asyncio.get_running_loop().create_task(self.bus.send_control(POKE))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def executor(self) -> RunExecutor:
+        """The run executor (after entering the context)."""
+        if self._executor is None:
+            raise RuntimeError("use `async with Gateway(...)` before calling it")
+        return self._executor
+
+    @property
+    def graphs(self) -> GraphRegistry:
+        """The loaded graphs (after entering the context)."""
+        if self._graphs is None:
+            raise RuntimeError("use `async with Gateway(...)` before calling it")
+        return self._graphs
+
+    def metrics(self) -> dict[str, Any]:
+        """The manager's metrics plus run and subscriber gauges."""
+        snap = self.manager.metrics_snapshot()
+        snap["subscribers"] = self.bus.subscriber_count
+        snap["active_runs"] = self.executor.active_runs
+        snap["internal_entries"] = self.internal_sizes()
+        return snap
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Entries in every per-run and per-thread map of this process, by map name."""
+        return {
+            **self.executor.internal_sizes(),
+            **self.events.internal_sizes(),
+            **self.bus.internal_sizes(),
+            **self.manager.internal_sizes(),
+        }

@@ -1,0 +1,248 @@
+"""Where runs execute: claims from the registry, leases kept alive, cancels that find their run.
+
+Every executor sharing the database claims runs from the runs table when it
+has a free slot (PostgreSQL: `FOR UPDATE SKIP LOCKED`), oldest first, and
+only the oldest unfinished run of a thread, so runs of one thread execute one
+at a time in the order they were asked for, across replicas.
+
+The claimer holds a lease on each run and renews it while the run executes;
+when a lease lapses (its process died or froze) another executor claims the
+run and resumes it. A cancel reaches the executor that runs the run: at once
+here, by a "cancel RUN_ID" message elsewhere, and at the next lease renewal
+when the message is lost. A run nobody holds is flagged and finished by
+whichever claimer comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from code_hero.errors import NotFoundError
+from code_hero.persistence.records import Registry, RunRecord, RunStatus
+from code_hero.runs.bus import EventBus
+
+__all__ = ["Claims", "Executing"]
+
+log = logging.getLogger(__name__)
+
+
+class Executing(Protocol):
+    """What the claims ask of the executor that runs what they claim."""
+
+    @property
+    def active_runs(self) -> int: ...
+    def is_active(self, run_id: str) -> bool: ...
+    def running(self) -> list[str]: ...
+    def launch(self, record: RunRecord, *, resuming: bool) -> None: ...
+    def stop(self, run_id: str, *, lost: bool = False) -> None: ...
+    async def finish_cancelled(self, record: RunRecord) -> None: ...
+    async def wait(self, run_id: str, limit: float | None = None) -> RunRecord: ...
+
+
+class Claims:
+    """The claim loop, the lease renewal and cancels, for one executor."""
+
+    def __init__(
+        self,
+        runs: Executing,
+        registry: Callable[[], Registry],
+        bus: EventBus,
+        graph_names: Callable[[], list[str]],
+        *,
+        max_concurrent: int = 8,
+        lease_seconds: float = 15.0,
+        poll_interval: float | None = None,
+        claim_others: bool = True,
+    ) -> None:
+        self.runs = runs
+        self._registry = registry
+        self.bus = bus
+        self.graph_names = graph_names
+        self.owner = f"executor-{uuid.uuid4().hex[:12]}"
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_concurrent = max_concurrent
+        self.poll_interval = poll_interval or max(lease_seconds / 3, 0.05)
+        # False (the CLI's one-shot runs): claim only the runs this executor started,
+        # kept in `started` until they are claimed here or have ended elsewhere.
+        self.claim_others = claim_others
+        self.started: set[str] = set()
+        self.closing = False
+        self._wake = asyncio.Event()
+        # Held while claiming and while a cancel decides where the run is: a run
+        # claimed here between cancel's look and its flag would otherwise miss
+        # the cancel until the next lease renewal.
+        self._claiming = asyncio.Lock()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry()
+
+    def open(self) -> None:
+        """Listen for wake-ups and cancels; start claiming and renewing."""
+        self.bus.on_control(self._on_control)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="run-claims"),
+            asyncio.create_task(self._renew_leases(), name="run-leases"),
+        ]
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more (the leases of running runs are still renewed)."""
+        self.closing = True
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the claim loop and the lease renewal."""
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+    def wake(self) -> None:
+        """Try to claim now (a run was started, a slot or a thread was freed)."""
+        self._wake.set()
+
+    def _on_control(self, message: str) -> None:
+        kind, _, run_id = message.partition(" ")
+        if kind == "runs":
+            self._wake.set()
+        elif kind == "cancel" and self.runs.is_active(run_id):
+            self.runs.stop(run_id)
+
+    # ---------------------------------------------------------------- cancel
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
+        is returned as it is)."""
+        record = await self.registry.get_run(run_id)
+        if record is None:
+            raise NotFoundError(f"no run {run_id!r}")
+        if record.status.finished:
+            return record
+        async with self._claiming:
+            active = self.runs.is_active(run_id)
+            if active:
+                self.runs.stop(run_id)
+            else:
+                await self.registry.request_cancel(run_id)
+        if active:
+            return await self.runs.wait(run_id, limit=5)
+        await self.bus.send_control(f"cancel {run_id}")
+        self._wake.set()  # an unclaimed run is finished by the claim loop
+        return await self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
+
+    async def stop_thread(self, thread_id: str) -> None:
+        """Cancel every unfinished run of the thread, wherever it runs, and wait until
+        none executes (a deletion follows: nothing may write after it)."""
+        executing: list[str] = []
+        remote: list[str] = []
+        async with self._claiming:  # no run of the thread is claimed here meanwhile
+            for record in await self.registry.unfinished_runs(thread_id):
+                if self.runs.is_active(record.run_id):
+                    self.runs.stop(record.run_id)
+                    executing.append(record.run_id)
+                    continue
+                # Flagged, a run is never claimed again; one claimed already (leased)
+                # is stopped by its executor, on the message or at its lease renewal.
+                flagged = await self.registry.request_cancel(record.run_id)
+                if flagged is not None and not flagged.status.finished and flagged.lease_owner:
+                    remote.append(record.run_id)
+        for run_id in remote:
+            await self.bus.send_control(f"cancel {run_id}")
+        self._wake.set()  # the flagged runs nobody holds are finished by a claim loop
+        await asyncio.gather(
+            *(self.runs.wait(run_id, limit=5) for run_id in executing),
+            *(self.runs.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
+        )
+
+    # ---------------------------------------------------------------- claiming
+    async def _claim_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            if self.closing:
+                return
+            try:
+                await self.claim_once()
+            except Exception as exc:
+                log.warning("claiming runs failed: %s", exc)
+                await asyncio.sleep(self.poll_interval)
+
+    async def claim_once(self) -> None:
+        """Claim what can be claimed now (runs whose lease lapsed included)."""
+        async with self._claiming:
+            await self._claim_locked()
+
+    async def _claim_locked(self) -> None:
+        now = datetime.now(UTC)
+        if self.claim_others:  # cancels asked for runs no executor holds end here
+            for record in await self.registry.claim_cancelled(
+                self.owner, now=now, until=now + self.lease
+            ):
+                await self.runs.finish_cancelled(record)
+        free = self.max_concurrent - self.runs.active_runs
+        claimed: list[RunRecord] = []
+        if free > 0 and (self.claim_others or self.started):
+            claimed = await self.registry.claim_runs(
+                self.owner,
+                now=now,
+                until=now + self.lease,
+                limit=free,
+                # A run of a graph this process lacks waits for a process that has it.
+                graphs=self.graph_names(),
+                run_ids=None if self.claim_others else sorted(self.started),
+            )
+        for record in claimed:
+            self.started.discard(record.run_id)
+            if self.runs.is_active(record.run_id):  # its lease was renewed, not lost: one task
+                continue
+            resuming = record.status is RunStatus.RUNNING
+            if resuming:
+                log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
+            self.runs.launch(record, resuming=resuming)
+        if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
+            await self._forget_ended_elsewhere()
+
+    async def _forget_ended_elsewhere(self) -> None:
+        """Drop the runs started here that ended unclaimed (cancelled, or run elsewhere)."""
+        waiting = sorted(self.started)
+        try:
+            found = await self.registry.get_runs(waiting)
+        except Exception as exc:  # asked again on the next claim
+            log.debug("looking up runs started here failed: %s", exc)
+            return
+        for run_id in waiting:
+            record = found.get(run_id)
+            if record is None or record.status.finished:
+                self.started.discard(run_id)
+
+    # ---------------------------------------------------------------- leases
+    async def _renew_leases(self) -> None:
+        interval = max(self.lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            mine = self.runs.running()
+            if not mine:
+                continue
+            try:
+                held = await self.registry.renew_leases(
+                    self.owner, mine, datetime.now(UTC) + self.lease
+                )
+            except Exception as exc:
+                log.warning("renewing run leases failed: %s", exc)
+                continue
+            held_ids = {r.run_id for r in held}
+            for run_id in mine:
+                if run_id not in held_ids and self.runs.is_active(run_id):
+                    log.warning("lost the lease of run %s: another executor has it", run_id)
+                    self.runs.stop(run_id, lost=True)
+            for record in held:
+                if record.cancel_requested:
+                    self.runs.stop(record.run_id)

@@ -1,0 +1,165 @@
+"""What a caller asks a run to do (`StartRun`), and how the request is checked and shaped.
+
+A request carries exactly one of a message, an input or a resume answer.
+`check_config` keeps a caller's config to the graph's own keys and a bounded
+recursion limit; `continuing` lets a resume carry on the interrupted run's
+graph and config; `input_for` turns a message or an input into the graph's
+input, checked against the keys the graph takes. All of it runs before
+anything is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from code_hero.errors import BadInputError
+from code_hero.inputs import check_text
+from code_hero.persistence.records import Registry, RunFilter, RunStatus
+
+__all__ = [
+    "DEFAULT_RECURSION_LIMIT",
+    "RESERVED_CONFIG_KEYS",
+    "UNSET",
+    "MultitaskStrategy",
+    "StartRun",
+    "check_config",
+    "check_one_input",
+    "check_request_text",
+    "continuing",
+    "input_for",
+]
+
+UNSET: Any = object()
+DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limit
+# `configurable` keys the executor and the checkpointer set; a caller's config may
+# not (nor any key starting "__", LangGraph's `__pregel_*` internals among them).
+# `fromCheckpointId` is how a caller forks; `user_id` comes from the caller's identity.
+RESERVED_CONFIG_KEYS = frozenset(
+    {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "user_id"}
+)
+
+
+class MultitaskStrategy(StrEnum):
+    REJECT = "REJECT"
+    ENQUEUE = "ENQUEUE"
+    INTERRUPT = "INTERRUPT"
+
+
+@dataclass(frozen=True)
+class StartRun:
+    """What a caller asks for: exactly one of message, input or resume."""
+
+    thread_id: str | None = None
+    message: str | None = None
+    input: Any = UNSET
+    resume: Any = UNSET
+    from_checkpoint_id: str | None = None
+    graph: str | None = None
+    user_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    multitask: MultitaskStrategy = MultitaskStrategy.REJECT
+    wait: bool = False
+    owner: str | None = None  # admit only on a new thread or one this user owns
+
+
+def check_request_text(request: StartRun) -> None:
+    """No NUL in anything of a run request that is stored."""
+    for name, value in (
+        ("message", request.message),
+        ("input", request.input),
+        ("resume", request.resume),
+        ("graph", request.graph),
+        ("userId", request.user_id),
+        ("metadata", request.metadata),
+        ("config", request.config),
+    ):
+        if value is not UNSET:
+            check_text(value, name)
+
+
+def check_config(config: Mapping[str, Any], max_recursion_limit: int) -> None:
+    """The graph's own configurable keys only, and a recursion_limit within the maximum."""
+    reserved = sorted(k for k in config if k in RESERVED_CONFIG_KEYS or k.startswith("__"))
+    if reserved:
+        raise BadInputError(
+            f"config may not set {', '.join(reserved)}: the gateway sets those "
+            "(use fromCheckpointId to run from a past checkpoint)"
+        )
+    if "recursion_limit" in config:
+        limit = config["recursion_limit"]
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 1 <= limit <= max_recursion_limit
+        ):
+            raise BadInputError(
+                "config.recursion_limit must be a whole number between 1 and "
+                f"{max_recursion_limit}, got {limit!r}"
+            )
+
+
+def check_one_input(req: StartRun) -> None:
+    """Exactly one of message, input or resume."""
+    given = [
+        name
+        for name, value in (("message", req.message), ("input", req.input))
+        if value is not UNSET and value is not None
+    ] + (["resume"] if req.resume is not UNSET else [])
+    if len(given) != 1:
+        raise BadInputError(
+            "give exactly one of message, input or resume"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+
+
+async def continuing(registry: Registry, req: StartRun) -> StartRun:
+    """A resume carries on the interrupted run: its graph and config unless given."""
+    if req.thread_id is None:
+        raise BadInputError("resume needs the threadId of the interrupted thread")
+    page = await registry.list_runs(
+        RunFilter(thread_id=req.thread_id, status=RunStatus.INTERRUPTED), first=1
+    )
+    if not page.items:
+        return req
+    last = page.items[0]
+    config = {k: v for k, v in last.config.items() if k != "checkpoint_id"}
+    return replace(
+        req,
+        graph=req.graph or last.graph,
+        config={**config, **req.config},
+        user_id=req.user_id or last.user_id,
+    )
+
+
+def input_for(
+    req: StartRun, graph_name: str, keys: set[str] | None, max_message_length: int
+) -> Any:
+    """The graph's input for a message or an input (None for a resume).
+
+    `keys` are the state keys the graph takes (None: any).
+    """
+    if req.message is not None:
+        if not isinstance(req.message, str) or not req.message.strip():
+            raise BadInputError("message must be a non-empty string")
+        if len(req.message) > max_message_length:
+            raise BadInputError(
+                f"message is {len(req.message)} characters; the limit is {max_message_length}"
+            )
+        if keys is not None and "messages" not in keys:
+            raise BadInputError(f"graph {graph_name!r} takes no messages; send `input` instead")
+        return {"messages": [{"role": "user", "content": req.message}]}
+    if req.input is not UNSET and req.input is not None:
+        if not isinstance(req.input, Mapping):
+            raise BadInputError("input must be a JSON object of the graph's state keys")
+        unknown = set(req.input) - keys if keys is not None else set()
+        if unknown:
+            raise BadInputError(
+                f"graph {graph_name!r} does not take {', '.join(sorted(unknown))}; "
+                f"its input keys are {', '.join(sorted(keys or ()))}"
+            )
+        return dict(req.input)
+    return None

@@ -18,12 +18,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from code_hero.auth import AccessSettings
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.runs.bus import POKE, InProcessBus
 from code_hero.runs.eventlog import EventLog
@@ -64,26 +61,15 @@ def event_bus(
     `is_local(run_id)` tells the bus that this process writes the run's events
     itself, so a notification about them needs no relay.
     """
-    config = manager.config
-    if config.kind != "postgres" or not config.connection_string:
+    if not manager.notifies:
         return InProcessBus()
     return PostgresBus(
-        config.connection_string,
-        lambda: _notification_pool(manager),
+        manager.config.connection_string or "",
+        manager.notification_pool,
         lambda: manager.registry,
         is_local,
         available=lambda: manager.router.serving,
     )
-
-
-def _notification_pool(manager: EnhancedCheckpointerManager) -> AsyncConnectionPool[Any]:
-    """The primary's pool, which carries the NOTIFYs (unavailable while it is down)."""
-    # The one place outside persistence/ that knows where the pool lives; it
-    # belongs on the manager, as "the pool that carries notifications".
-    backend = manager.router.primary.backend
-    if not isinstance(backend, PostgresBackend):
-        raise BackendUnavailableError("PostgreSQL is unavailable")
-    return backend.pool
 
 
 class Services:

@@ -26,11 +26,12 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from psycopg_pool import AsyncConnectionPool
 
 from code_hero import __version__
 from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError
-from code_hero.persistence.backends import Backend
+from code_hero.persistence.backends import Backend, PostgresBackend
 from code_hero.persistence.checkpoints import (
     CheckpointView,
     decode_checkpoint_cursor,
@@ -219,6 +220,18 @@ class EnhancedCheckpointerManager:
     def overall_status(self) -> str:
         """healthy (primary serves), degraded (a fallback serves) or unhealthy (none)."""
         return status_of(self._router)
+
+    @property
+    def notifies(self) -> bool:
+        """True when the store can carry notifications between replicas (PostgreSQL)."""
+        return self.config.kind == "postgres" and bool(self.config.connection_string)
+
+    def notification_pool(self) -> AsyncConnectionPool[Any]:
+        """The pool that carries NOTIFY (a PostgreSQL primary); unavailable while it is down."""
+        backend = self.router.primary.backend
+        if not isinstance(backend, PostgresBackend) or not self.router.serving:
+            raise self.router.unavailable("notifying other replicas")
+        return backend.pool
 
     @property
     def pending_sync(self) -> int:

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +40,7 @@ from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
+    MultitaskStrategy,
     Registry,
     RunFilter,
     RunRecord,
@@ -70,12 +70,6 @@ DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limi
 RESERVED_CONFIG_KEYS = frozenset(
     {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "user_id"}
 )
-
-
-class MultitaskStrategy(StrEnum):
-    REJECT = "REJECT"
-    ENQUEUE = "ENQUEUE"
-    INTERRUPT = "INTERRUPT"
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from code_hero.settings import Limits
-from tests.graphql.clients import LegacyWS, TransportWS, codes, data, gql
+from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
 from tests.graphql.conftest import Starter
 
 DEEP = "{ runs { edges { node { thread { runs { edges { node { thread { id } } } } } } } } }"
@@ -131,8 +130,10 @@ async def test_subscriptions_per_connection(start: Starter) -> None:
             refused = await ws.next_message()
             assert refused["id"] == "3" and refused["type"] == "error"
             assert "limit" in refused["payload"][0]["message"].lower()
+            await eventually(lambda: server.gateway.bus.subscriber_count == 2)
             await ws.complete("1")  # a slot frees up once one completes
-            await asyncio.sleep(0.05)
+            # The server drops the operation, then its stream leaves the bus.
+            await eventually(lambda: server.gateway.bus.subscriber_count == 1)
             await ws.subscribe("4", query, variables)
             await ws.subscribe("5", query, variables)
             refused = await ws.next_message()

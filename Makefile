@@ -16,10 +16,11 @@ install: $(BIN)/.installed
 run: install  ## start the gateway on the embedded SQLite default
 	$(BIN)/code-hero serve
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff, mypy and the layer contracts of pyproject.toml
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	PYTHONPATH=src $(BIN)/lint-imports
 
 test: install  ## lint, then the whole suite against the real PostgreSQL
 	$(MAKE) --no-print-directory lint
@@ -29,4 +30,4 @@ bench: install
 	$(BIN)/python bench/checkpoints.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

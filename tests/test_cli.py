@@ -144,7 +144,8 @@ def test_run_on_a_terminal_shows_a_live_display(db: list[str]) -> None:
             break
         screen += chunk
     os.close(leader)
-    assert proc.wait(timeout=30) == 0
+    _, errors = proc.communicate(timeout=30)  # closes the stderr pipe too
+    assert proc.returncode == 0, errors
     text = screen.decode(errors="replace")
     assert "\x1b[" in text  # rendered by rich, not plain lines
     assert "[transition]" not in text
@@ -431,7 +432,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes its pipes
 
 
 def graphql(url: str, query: str) -> dict[str, object]:

@@ -1,6 +1,12 @@
-"""The seed's public checkpointing module: re-exports, no logic of its own.
+"""The seed's public checkpointing module (docs/enhanced-checkpointing.md).
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, CheckpointerConfig
+
+Mostly re-exports of `config` and `persistence`. It also holds the parts of
+the seed's API that nothing else in the package calls: the `*_AVAILABLE`
+flags (which optional backends are installed), `initialize_enhanced_checkpointing`
+(a manager for an environment, initialized) and `integrate_with_memory_manager`
+(hand the manager to the caller's memory manager).
 """
 
 from __future__ import annotations

@@ -24,9 +24,19 @@ from code_hero.auth import (
 from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
+from code_hero.limits import DEFAULT_MAX_COST, Limits
 from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
 
-__all__ = ["ENVIRONMENT", "AppSettings", "Limits", "auth_from_env", "settings_from_env"]
+# Limits and DEFAULT_MAX_COST live in code_hero.limits (the schema needs them without
+# the gateway this module imports); they are re-exported here for the edge's callers.
+__all__ = [
+    "DEFAULT_MAX_COST",
+    "ENVIRONMENT",
+    "AppSettings",
+    "Limits",
+    "auth_from_env",
+    "settings_from_env",
+]
 
 ENVIRONMENT: dict[str, str] = {
     "DATABASE_URL": "PostgreSQL URL of the checkpoint database (the seed's name)",
@@ -80,24 +90,6 @@ DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none u
 # tenth of it; a client asking for full pages of everything at the cost limit
 # (25,000) gets a dozen a minute.
 DEFAULT_READ_RATE_LIMIT = "300000/minute"
-DEFAULT_MAX_COST = 25_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits, each configurable; on by default."""
-
-    max_depth: int = 10
-    max_aliases: int = 30
-    max_tokens: int = 5000
-    max_cost: int = DEFAULT_MAX_COST
-    max_body_bytes: int = 1024 * 1024
-    max_page: int = 100
-    max_message_length: int = 100_000
-    max_subscriptions: int = 20
-    ws_init_timeout: float = 10.0
-    introspection: bool = True
-    field_suggestions: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 from uuid import UUID
 
 from langchain_core.messages import AIMessage, HumanMessage
@@ -18,6 +19,11 @@ from code_hero.persistence.jsonable import to_jsonable
 class Point:
     x: int
     y: int
+
+
+class Pair(NamedTuple):
+    left: int
+    right: str
 
 
 class Opaque:
@@ -37,6 +43,7 @@ def test_messages_bytes_times_and_others() -> None:
         "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         "point": Point(1, 2),
         "tags": {"b", "a"},
+        "pair": Pair(1, "r"),
         "n": Decimal("1.5"),
         "id": UUID(int=1),
         "nan": float("nan"),
@@ -51,6 +58,7 @@ def test_messages_bytes_times_and_others() -> None:
     assert out["when"] == "2026-01-02T03:04:05+00:00"
     assert out["point"] == {"__type__": f"{__name__}.Point", "x": 1, "y": 2}
     assert out["tags"] == ["a", "b"]
+    assert out["pair"] == [1, "r"]  # a tuple first: named fields are not kept
     assert out["n"] == "1.5" and out["id"] == str(UUID(int=1)) and out["nan"] == "nan"
     assert out["send"]["node"] == "node" and out["send"]["arg"] == {"x": 1}
     assert out["opaque"] == {"__type__": f"{__name__}.Opaque", "repr": "<opaque>"}

@@ -102,6 +102,7 @@ class Cluster:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+        log.close()  # the child has its own copy of the file
         replica = Replica(name, url, port, process)
         self.replicas.append(replica)
         deadline = time.monotonic() + 30

@@ -12,6 +12,7 @@ from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.gateway import Gateway
 from code_hero.persistence.records import RunFilter, RunStatus, ThreadStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.graphql.clients import eventually
 
 
 async def events_of(gw: Gateway, run_id: str) -> list:
@@ -26,6 +27,16 @@ async def wait_status(gw: Gateway, run_id: str, status: RunStatus, limit: float 
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"run {run_id} never reached {status}")
+
+
+async def wait_steps(gw: Gateway, thread_id: str, steps: int, limit: float = 10) -> None:
+    """Until the thread's latest checkpoint records at least `steps` steps."""
+    async with asyncio.timeout(limit):
+        while True:
+            latest = await gw.get_checkpoint(thread_id)
+            if latest is not None and len(latest.values.get("steps", [])) >= steps:
+                return
+            await asyncio.sleep(0.02)
 
 
 async def test_builtin_graph_reaches_the_fastapi_expert(gateway: Gateway) -> None:
@@ -72,7 +83,7 @@ async def test_error_ends_the_run_and_marks_the_thread(gateway: Gateway) -> None
 async def test_cancel_is_prompt_and_leaves_checkpoints_consistent(gateway: Gateway) -> None:
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
     await wait_status(gateway, run.run_id, RunStatus.RUNNING)
-    await asyncio.sleep(0.7)
+    await wait_steps(gateway, run.thread_id, 1)  # cancelled mid-run, not before its first step
     started = time.monotonic()
     cancelled = await gateway.cancel_run(run.run_id)
     assert time.monotonic() - started < 1.0
@@ -217,19 +228,19 @@ async def test_thread_subscription_sees_every_run(gateway: Gateway) -> None:
             received.append(event)
 
     consumer = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: gateway.bus.subscriber_count == 1)  # following before the runs
     runs = [
         await gateway.start_run(
             StartRun(graph="slow", thread_id=first.thread_id, input={}, wait=True)
         )
         for _ in range(2)
     ]
-    await asyncio.sleep(0.1)
+    stored = {run.run_id: [e.seq for e in await events_of(gateway, run.run_id)] for run in runs}
+    ends = {(run_id, seqs[-1]) for run_id, seqs in stored.items()}
+    await eventually(lambda: ends <= {(e.run_id, e.seq) for e in received})  # both runs' last
     consumer.cancel()
-    for run in runs:
-        seqs = [e.seq for e in received if e.run_id == run.run_id]
-        stored = [e.seq for e in await events_of(gateway, run.run_id)]
-        assert seqs == stored
+    for run_id, seqs in stored.items():
+        assert [e.seq for e in received if e.run_id == run_id] == seqs
 
 
 async def test_a_thread_created_by_a_run_carries_its_metadata(gateway: Gateway) -> None:

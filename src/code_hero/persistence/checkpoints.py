@@ -7,12 +7,13 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from langgraph.checkpoint.base import CheckpointTuple
+from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
 from code_hero.persistence.jsonable import to_jsonable
+
+if TYPE_CHECKING:  # an annotation only: the schema imports this module, and LangGraph is slow
+    from langgraph.checkpoint.base import CheckpointTuple
 
 __all__ = [
     "CheckpointView",

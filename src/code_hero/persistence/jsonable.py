@@ -1,8 +1,9 @@
 """Render checkpoint values as plain JSON, never raising.
 
 LangChain messages become their dict form, bytes base64, datetimes ISO
-strings, pydantic models and dataclasses their fields; anything else is
-tagged with its type so a client can still see what was there.
+strings, tuples (named or not) and sets lists, pydantic models, dataclasses
+and slotted objects (langgraph's Send, Interrupt) their fields; anything else
+is tagged with its type so a client can still see what was there.
 """
 
 from __future__ import annotations
@@ -69,9 +70,6 @@ def _convert_object(value: Any, depth: int) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return {"__type__": _type_name(value), **_convert(fields, nxt)}
-    as_dict = getattr(value, "_asdict", None)  # namedtuples such as langgraph's Send
-    if callable(as_dict):
-        return {"__type__": _type_name(value), **_convert(as_dict(), nxt)}
     slots = getattr(type(value), "__slots__", None)  # e.g. langgraph's Send, Interrupt
     if isinstance(slots, (tuple, list)) and slots:
         fields = {name: getattr(value, name, None) for name in slots if not name.startswith("_")}

@@ -15,6 +15,7 @@ from typing import Any, Generic, NewType, Protocol, TypeVar
 __all__ = [
     "THREAD_STATUS_AFTER",
     "EventRecord",
+    "MultitaskStrategy",
     "Page",
     "Registry",
     "RunFilter",
@@ -51,6 +52,14 @@ class RunStatus(StrEnum):
     def finished(self) -> bool:
         """True for the statuses that end a run."""
         return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+class MultitaskStrategy(StrEnum):
+    """What a new run does when its thread already has one in flight (`RunRecord.multitask`)."""
+
+    REJECT = "REJECT"
+    ENQUEUE = "ENQUEUE"
+    INTERRUPT = "INTERRUPT"
 
 
 # What a thread's status becomes when its last unfinished run ends this way.

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from code_hero.auth import ANONYMOUS, Caller
 from code_hero.errors import UnauthenticatedError
-from code_hero.gateway import Gateway
+from code_hero.limits import Limits
 from code_hero.resolvers.loaders import Loaders
-from code_hero.settings import Limits
+
+if TYPE_CHECKING:  # the gateway is passed in; importing it would load every layer below
+    from code_hero.gateway import Gateway
 
 __all__ = ["Context", "OperationObserver"]
 

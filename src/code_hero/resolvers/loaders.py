@@ -10,13 +10,16 @@ and must not serve one operation's stale records to the next.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from strawberry.dataloader import DataLoader
 
 from code_hero.auth import Caller
-from code_hero.gateway import Gateway
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.records import ThreadRecord
+
+if TYPE_CHECKING:
+    from code_hero.gateway import Gateway
 
 __all__ = ["Loaders"]
 

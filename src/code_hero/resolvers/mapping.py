@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 
 from code_hero.persistence.checkpoints import CheckpointView, encode_checkpoint_cursor
-from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.records import EventRecord, Page, RunRecord, ThreadRecord
 from code_hero.persistence.registry import run_cursor, thread_cursor
-from code_hero.runs.graphs import GraphInfo
 from code_hero.schema import checkpoints as c
 from code_hero.schema import enums as e
 from code_hero.schema import events as ev
@@ -27,6 +25,10 @@ from code_hero.schema import paging as p
 from code_hero.schema import runs as r
 from code_hero.schema import threads as t
 from code_hero.schema.scalars import JSON
+
+if TYPE_CHECKING:  # annotations only: the graph registry loads LangGraph
+    from code_hero.persistence.manager import ThreadDeletion
+    from code_hero.runs.graphs import GraphInfo
 
 __all__ = [
     "checkpoint_connection",

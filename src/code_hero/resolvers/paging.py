@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from code_hero.errors import BadInputError
-from code_hero.settings import Limits
+from code_hero.limits import Limits
 
 __all__ = ["check_first"]
 
@@ -11,7 +11,9 @@ __all__ = ["check_first"]
 def check_first(first: int | None, limits: Limits, default: int = 20) -> int:
     """`first`, or the default for null; BadInputError above the configured page limit.
 
-    The gateway checks 1..100 as well; this adds a lower limit when one is set.
+    The gateway and the manager check 1..100 as well (their own constants, not
+    yet `limits.max_page`), so a configured limit can lower the ceiling but not
+    raise it.
     """
     if first is None:
         return default

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import RunFilter
+from code_hero.persistence.records import MultitaskStrategy, RunFilter
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
-from code_hero.runs.executor import UNSET, MultitaskStrategy, StartRun
+from code_hero.runs.executor import UNSET, StartRun
 
 if TYPE_CHECKING:
     from strawberry import Info

@@ -38,6 +38,7 @@ from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
+    MultitaskStrategy,
     Registry,
     RunRecord,
     RunStatus,
@@ -52,7 +53,6 @@ from code_hero.runs.requests import (
     DEFAULT_RECURSION_LIMIT,
     RESERVED_CONFIG_KEYS,
     UNSET,
-    MultitaskStrategy,
     StartRun,
     check_config,
     check_one_input,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 from code_hero.errors import BadInputError
 from code_hero.inputs import check_text
-from code_hero.persistence.records import Registry, RunFilter, RunStatus
+from code_hero.persistence.records import MultitaskStrategy, Registry, RunFilter, RunStatus
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -40,12 +39,6 @@ DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limi
 RESERVED_CONFIG_KEYS = frozenset(
     {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "user_id"}
 )
-
-
-class MultitaskStrategy(StrEnum):
-    REJECT = "REJECT"
-    ENQUEUE = "ENQUEUE"
-    INTERRUPT = "INTERRUPT"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from code_hero.limits import Limits
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
@@ -30,7 +31,6 @@ from code_hero.schema.extensions import (
 )
 from code_hero.schema.roots import Mutation, Query, Subscription
 from code_hero.schema.scalars import SCALARS
-from code_hero.settings import Limits
 
 __all__ = ["GatewaySchema", "build_schema"]
 

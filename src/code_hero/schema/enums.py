@@ -1,5 +1,5 @@
-"""The contract's enums. Statuses and the multitask strategy are the records' and the
-executor's own enums, served as they are: one definition, no mapping between copies."""
+"""The contract's enums. Statuses and the multitask strategy are the records' own
+enums, served as they are: one definition, no mapping between copies."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from enum import Enum
 
 import strawberry
 
-from code_hero.persistence.records import RunStatus, ThreadStatus
-from code_hero.runs.executor import MultitaskStrategy
+from code_hero.persistence.records import MultitaskStrategy, RunStatus, ThreadStatus
 
 __all__ = [
     "BackendKind",

@@ -477,13 +477,11 @@ def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(
     assert (tmp_path / "checkpoints.sqlite").exists()
 
 
-def test_the_parsers_copies_of_statuses_and_page_size_are_current() -> None:
+def test_the_parsers_copy_of_statuses_is_current() -> None:
     from code_hero import cli
-    from code_hero.persistence.manager import MAX_PAGE
     from code_hero.persistence.records import ThreadStatus
 
     assert cli.THREAD_STATUSES == tuple(s.value for s in ThreadStatus)
-    assert cli.MAX_PAGE == MAX_PAGE
 
 
 def test_serve_exits_1_when_the_app_cannot_start(tmp_path: Path) -> None:

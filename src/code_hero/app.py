@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -413,7 +414,9 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
             runtime.gateway = app.state.gateway = gateway
             yield
             return
-        async with Gateway(settings.gateway) as owned:
+        # The page limit is the configured one on every layer (resolvers, gateway).
+        own = replace(settings.gateway, max_page=limits.max_page)
+        async with Gateway(own) as owned:
             runtime.gateway = app.state.gateway = owned
             try:
                 yield

@@ -21,6 +21,7 @@ from typing import Any
 from code_hero.auth import AccessSettings
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError
+from code_hero.limits import Limits
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.runs.bus import POKE, InProcessBus
 from code_hero.runs.eventlog import EventLog
@@ -44,6 +45,7 @@ class GatewaySettings:
     event_flush_interval: float = 0.025
     event_recheck_interval: float = 2.0  # a subscriber's look at the log when nothing came
     max_message_length: int = 100_000
+    max_page: int = Limits.max_page  # `first` of a listing, at most
     shutdown_grace: float = 10.0
     claim_others: bool = True  # False: execute only runs this process started (the CLI)
     max_recursion_limit: int = 100  # the most graph steps a run's config may ask for

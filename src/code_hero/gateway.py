@@ -41,7 +41,6 @@ from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, chec
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.diagnosis import public_health
 from code_hero.persistence.manager import (
-    MAX_PAGE,
     EnhancedCheckpointerManager,
     PruneReport,
     ThreadDeletion,
@@ -220,6 +219,7 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> Page[ThreadRecord]:
         """Threads newest updated first (a user's own only: the owner is part of the query)."""
+        _check_first(first, self.settings.max_page)
         flt = flt or ThreadFilter()
         check_text(flt.user_id, "filter.userId")
         check_text(flt.metadata, "filter.metadata")
@@ -326,7 +326,7 @@ class Gateway:
         """History newest first."""
         thread_id = check_thread_id(thread_id)
         check_text(namespace, "namespace")
-        _check_first(first)
+        _check_first(first, self.settings.max_page)
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
             return Page([], None, False)
         return await self.manager.list_checkpoints(
@@ -423,7 +423,7 @@ class Gateway:
         caller: Caller = ANONYMOUS,
     ) -> Page[RunRecord]:
         """Runs newest first (a user's: those on its threads, the owner part of the query)."""
-        _check_first(first)
+        _check_first(first, self.settings.max_page)
         flt = flt or RunFilter()
         if flt.thread_id is not None:
             flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
@@ -490,6 +490,6 @@ class Gateway:
         return self.graph_registry.info()
 
 
-def _check_first(first: int, limit: int = MAX_PAGE) -> None:
+def _check_first(first: int, limit: int) -> None:
     if first < 1 or first > limit:
         raise BadInputError(f"first must be between 1 and {limit}, got {first}")

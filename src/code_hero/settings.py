@@ -262,6 +262,7 @@ def settings_from_env(
         shutdown_grace=_float(env, "CODE_HERO_SHUTDOWN_GRACE", 10.0),
         event_recheck_interval=_float(env, "CODE_HERO_EVENT_RECHECK_SECONDS", 2.0),
         max_message_length=limits.max_message_length,
+        max_page=limits.max_page,
         max_recursion_limit=_positive_int(env, "CODE_HERO_MAX_RECURSION_LIMIT", 100),
         access=AccessSettings(
             hook=_hook(env),

@@ -88,11 +88,6 @@ async def test_page_size(start: Starter) -> None:
         assert codes(body) == ["BAD_USER_INPUT"] and "5" in body["errors"][0]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway and the manager still check their own MAX_PAGE (100), "
-    "not the configured Limits.max_page: a higher limit is refused below the resolvers",
-)
 async def test_a_higher_page_limit(start: Starter) -> None:
     async with start(Limits(max_page=150)) as server:
         for query in (

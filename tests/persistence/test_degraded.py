@@ -70,7 +70,7 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     inflight = await gw.start_run(StartRun(graph="slow", input={"delay": 0.3}))
     await until(lambda: _status_is(gw, inflight.run_id, RunStatus.RUNNING))
     follower = asyncio.create_task(collect(await gw.follow_run(inflight.run_id)))
-    await asyncio.sleep(0.4)
+    await until(lambda: _has_checkpoints(gw, inflight.thread_id))  # a step is in PostgreSQL
 
     proxy.refuse()
     await until(lambda: _degraded(gw))
@@ -216,6 +216,11 @@ async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database
 async def _status_is(gw: Gateway, run_id: str, status: RunStatus) -> bool:
     run = await gw.get_run(run_id)
     return run is not None and run.status is status
+
+
+async def _has_checkpoints(gw: Gateway, thread_id: str) -> bool:
+    latest = await gw.get_checkpoint(thread_id)
+    return latest is not None and bool(latest.values.get("steps"))
 
 
 async def _degraded(gw: Gateway) -> bool:

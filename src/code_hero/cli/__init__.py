@@ -35,11 +35,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from code_hero.cli.arguments import MAX_PAGE, THREAD_STATUSES, build_parser, check
+from code_hero.cli.arguments import THREAD_STATUSES, build_parser, check
 from code_hero.cli.exits import EXIT_ERROR
 from code_hero.errors import CodeHeroError
 
-__all__ = ["MAX_PAGE", "THREAD_STATUSES", "build_parser", "main"]
+__all__ = ["THREAD_STATUSES", "build_parser", "main"]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,13 +15,13 @@ from code_hero.cli import commands
 from code_hero.cli.serve import serve as serve_gateway
 from code_hero.errors import BadInputError
 from code_hero.inputs import check_thread_id
+from code_hero.limits import Limits
 
-__all__ = ["MAX_PAGE", "THREAD_STATUSES", "build_parser", "check"]
+__all__ = ["THREAD_STATUSES", "build_parser", "check"]
 
-# Copies of ThreadStatus and the manager's MAX_PAGE, so that --help and bad
+# A copy of ThreadStatus (the page limit is Limits.max_page), so that --help and bad
 # arguments answer without importing LangGraph (tests/test_cli.py checks them).
 THREAD_STATUSES = ("IDLE", "BUSY", "INTERRUPTED", "ERROR")
-MAX_PAGE = 100
 DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = thread_commands.add_parser("list", parents=[storage], help="threads, newest first")
     listing.add_argument("--user", help="only this user's threads")
     listing.add_argument("--status", type=str.upper, choices=THREAD_STATUSES)
-    listing.add_argument("--first", type=_int_between(1, MAX_PAGE), default=20)
+    listing.add_argument("--first", type=_int_between(1, Limits.max_page), default=20)
     listing.add_argument("--after", metavar="CURSOR", help="the cursor a previous page printed")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=commands.threads_list)

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero import __version__
 from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError
+from code_hero.limits import Limits
 from code_hero.persistence.backends import Backend, PostgresBackend
 from code_hero.persistence.checkpoints import (
     CheckpointView,
@@ -53,8 +54,6 @@ from code_hero.persistence.records import (
 from code_hero.persistence.slots import BackendSlot
 
 __all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
-
-MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -260,6 +259,8 @@ class EnhancedCheckpointerManager:
         """Threads newest first: user_id, status, metadata, updated_after/before, limit, after."""
         limit = int(filters.pop("limit", 10))
         after = filters.pop("after", None)
+        if limit > Limits.max_page:  # the seed's API: the default page ceiling
+            raise BadInputError(f"limit must be at most {Limits.max_page}, got {limit}")
         page = await self.threads_page(_thread_filter(filters), first=limit, after=after)
         return [_thread_dict(t) for t in page.items]
 
@@ -357,8 +358,9 @@ class EnhancedCheckpointerManager:
 
 
 def _check_first(first: int) -> None:
-    if first < 1 or first > MAX_PAGE:
-        raise BadInputError(f"first must be between 1 and {MAX_PAGE}, got {first}")
+    # The ceiling is the caller's (the gateway's configured Limits.max_page).
+    if first < 1:
+        raise BadInputError(f"first must be at least 1, got {first}")
 
 
 def _parse_time(value: Any, name: str) -> datetime | None:

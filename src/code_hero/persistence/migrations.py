@@ -28,7 +28,7 @@ Migration = str | tuple[str, ...]
 # of one database: the savers' migrations (backends) and the registry's (setup()).
 SETUP_LOCK_KEY = 0x636F_6465_6865_726F
 
-# v11 (issue 10, deletes are final): runs belong to a thread and events to a run,
+# v11 (deletes are final): runs belong to a thread and events to a run,
 # enforced by foreign keys that cascade a thread's deletion. Rows that an earlier
 # version left without their parent (a run finishing after its thread's deletion)
 # are removed first.
@@ -97,7 +97,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, seq)
     )
     """,
-    # v9, v10: runs are claimed from the table by any replica (issue 5).
+    # v9, v10: runs are claimed from the table by any replica (several replicas on one database).
     "ALTER TABLE code_hero_runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
     """
     CREATE INDEX code_hero_runs_unfinished_idx ON code_hero_runs (created_at, run_id)

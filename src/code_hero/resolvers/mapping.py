@@ -15,7 +15,7 @@ import strawberry
 
 from code_hero.persistence.checkpoints import CheckpointView, encode_checkpoint_cursor
 from code_hero.persistence.records import EventRecord, Page, RunRecord, ThreadRecord
-from code_hero.persistence.registry import run_cursor, thread_cursor
+from code_hero.persistence.registry.cursors import run_cursor, thread_cursor
 from code_hero.schema import checkpoints as c
 from code_hero.schema import enums as e
 from code_hero.schema import events as ev

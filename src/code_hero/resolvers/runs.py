@@ -11,7 +11,7 @@ from code_hero.errors import BadInputError
 from code_hero.persistence.records import MultitaskStrategy, RunFilter
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
-from code_hero.runs.executor import UNSET, StartRun
+from code_hero.runs.requests import UNSET, StartRun
 
 if TYPE_CHECKING:
     from strawberry import Info

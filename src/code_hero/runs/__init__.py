@@ -1,10 +1,26 @@
 """Runs: graphs, the background executor, the ordered event log and its bus."""
 
-from code_hero.runs.bus import EventBus, InProcessBus, Subscription
-from code_hero.runs.eventlog import EventLog, RunEventWriter
-from code_hero.runs.events import EventType, terminal_status
-from code_hero.runs.executor import MultitaskStrategy, RunExecutor, StartRun
-from code_hero.runs.graphs import GraphInfo, GraphRegistry
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): importing a light submodule, such as the records,
+# must not load every driver and LangGraph through this package.
+_HOMES = {
+    "EventBus": "code_hero.runs.bus",
+    "InProcessBus": "code_hero.runs.bus",
+    "Subscription": "code_hero.runs.bus",
+    "EventLog": "code_hero.runs.eventlog",
+    "RunEventWriter": "code_hero.runs.eventlog",
+    "EventType": "code_hero.runs.events",
+    "terminal_status": "code_hero.runs.events",
+    "MultitaskStrategy": "code_hero.runs.requests",
+    "StartRun": "code_hero.runs.requests",
+    "RunExecutor": "code_hero.runs.executor",
+    "GraphInfo": "code_hero.runs.graphs",
+    "GraphRegistry": "code_hero.runs.graphs",
+}
 
 __all__ = [
     "EventBus",
@@ -20,3 +36,9 @@ __all__ = [
     "Subscription",
     "terminal_status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

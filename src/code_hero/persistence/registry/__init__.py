@@ -12,8 +12,24 @@ Its interface is `Registry` (`persistence/records.py`). The modules, by concept:
 - `postgres.py`: `PostgresRegistry`, on the pool the savers share.
 """
 
-from code_hero.persistence.registry.cursors import run_cursor, thread_cursor
-from code_hero.persistence.registry.postgres import PostgresRegistry
-from code_hero.persistence.registry.sqlite import SqliteRegistry
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): importing a light submodule, such as the records,
+# must not load every driver and LangGraph through this package.
+_HOMES = {
+    "run_cursor": "code_hero.persistence.registry.cursors",
+    "thread_cursor": "code_hero.persistence.registry.cursors",
+    "PostgresRegistry": "code_hero.persistence.registry.postgres",
+    "SqliteRegistry": "code_hero.persistence.registry.sqlite",
+}
 
 __all__ = ["PostgresRegistry", "SqliteRegistry", "run_cursor", "thread_cursor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

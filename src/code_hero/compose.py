@@ -80,6 +80,7 @@ class Services:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
         self.manager = EnhancedCheckpointerManager(self.settings.checkpointer)
+        self.manager.max_page = self.settings.max_page
         self.bus = event_bus(self.manager, lambda run_id: self.events.is_writing(run_id))
         self.events = EventLog(
             lambda: self.manager.registry,

@@ -91,6 +91,8 @@ class EnhancedCheckpointerManager:
         self.logger: Any = logger_service or logging.getLogger("code_hero.checkpointing")
         self.memory_manager = memory_manager
         self.metrics = Metrics()
+        # `first` of a page, at most: the configured Limits.max_page (the gateway sets it).
+        self.max_page = Limits.max_page
         self.started_at = time.monotonic()
         self._router: FallbackRouter | None = None
         self._registry: FallbackRegistry | None = None
@@ -259,8 +261,6 @@ class EnhancedCheckpointerManager:
         """Threads newest first: user_id, status, metadata, updated_after/before, limit, after."""
         limit = int(filters.pop("limit", 10))
         after = filters.pop("after", None)
-        if limit > Limits.max_page:  # the seed's API: the default page ceiling
-            raise BadInputError(f"limit must be at most {Limits.max_page}, got {limit}")
         page = await self.threads_page(_thread_filter(filters), first=limit, after=after)
         return [_thread_dict(t) for t in page.items]
 
@@ -268,7 +268,7 @@ class EnhancedCheckpointerManager:
         self, flt: ThreadFilter | None = None, *, first: int = 20, after: str | None = None
     ) -> Page[ThreadRecord]:
         """One keyset page of threads, newest updated first."""
-        _check_first(first)
+        _check_first(first, self.max_page)
         return await self.registry.list_threads(flt or ThreadFilter(), first=first, after=after)
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
@@ -301,7 +301,7 @@ class EnhancedCheckpointerManager:
         self, thread_id: str, *, namespace: str = "", first: int = 20, after: str | None = None
     ) -> Page[CheckpointView]:
         """History newest first; `after` is a cursor from a previous page."""
-        _check_first(first)
+        _check_first(first, self.max_page)
         before = None
         if after:
             before_id = decode_checkpoint_cursor(after, namespace)
@@ -357,10 +357,9 @@ class EnhancedCheckpointerManager:
         return snap
 
 
-def _check_first(first: int) -> None:
-    # The ceiling is the caller's (the gateway's configured Limits.max_page).
-    if first < 1:
-        raise BadInputError(f"first must be at least 1, got {first}")
+def _check_first(first: int, limit: int) -> None:
+    if first < 1 or first > limit:
+        raise BadInputError(f"first must be between 1 and {limit}, got {first}")
 
 
 def _parse_time(value: Any, name: str) -> datetime | None:

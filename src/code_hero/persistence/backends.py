@@ -317,12 +317,12 @@ class PostgresBackend(Backend):
             self.registry = PostgresRegistry(pool)
             if self.config.auto_setup:
                 async with pool.connection() as lock_conn:
-                    await lock_conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                    await _take_setup_lock(lock_conn)
                     try:
                         await instances[0].setup()
+                        await self.registry.setup()
                     finally:
                         await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
-                await self.registry.setup()
             self.saver = SaverPool(instances)
         except BaseException:
             await pool.close()
@@ -440,6 +440,18 @@ class PostgresBackend(Backend):
                 (thread_id,),
             )
         return int(removed)
+
+
+async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Take the set-up lock by polling, with no transaction open while waiting."""
+    delay = 0.02
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (SETUP_LOCK_KEY,))
+        row = await cur.fetchone()
+        if row is not None and row["taken"]:
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def open_backend(config: CheckpointerConfig) -> Backend:

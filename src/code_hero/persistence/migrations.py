@@ -20,13 +20,25 @@ stores JSON as TEXT and times as fixed-width ISO-8601 UTC text
 
 from __future__ import annotations
 
-__all__ = ["POSTGRES_MIGRATIONS", "SETUP_LOCK_KEY", "SQLITE_MIGRATIONS", "Migration"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "POSTGRES_MIGRATIONS",
+    "SETUP_LOCK_KEY",
+    "SQLITE_MIGRATIONS",
+    "Migration",
+]
 
 Migration = str | tuple[str, ...]
 
-# The PostgreSQL advisory-lock key (b"codehero") that serialises concurrent set-ups
-# of one database: the savers' migrations (backends) and the registry's (setup()).
+# PostgreSQL advisory-lock keys. SETUP_LOCK_KEY (b"codehero") serialises whole
+# set-ups of one database (the savers' migrations, then the registry's) across
+# replicas, held as a session lock taken by polling: a replica waiting for it holds
+# no open transaction, which the savers' CREATE INDEX CONCURRENTLY would wait for
+# (two replicas starting together deadlocked that way). MIGRATION_LOCK_KEY
+# (b"codehrmg") is the registry's own transaction lock, for a setup() called alone;
+# a different key, so it never waits on its own process's session lock.
 SETUP_LOCK_KEY = 0x636F_6465_6865_726F
+MIGRATION_LOCK_KEY = 0x636F_6465_6872_6D67
 
 # v11 (deletes are final): runs belong to a thread and events to a run,
 # enforced by foreign keys that cascade a thread's deletion. Rows that an earlier

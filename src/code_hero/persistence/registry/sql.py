@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from code_hero.errors import BadInputError, NotFoundError
-from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.migrations import MIGRATION_LOCK_KEY
 from code_hero.persistence.records import (
     EventRecord,
     Page,
@@ -60,7 +60,7 @@ class SqlRegistry(RunClaims, Registry):
     async def setup(self) -> None:
         async with self._session(atomic=True) as s:
             if self.migration_lock is not None:
-                await s.execute(self.migration_lock, [SETUP_LOCK_KEY])
+                await s.execute(self.migration_lock, [MIGRATION_LOCK_KEY])
             first = self.migrations[0]
             assert isinstance(first, str)  # creates code_hero_migrations: one statement
             await s.execute(first)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -104,18 +104,17 @@ class SqliteRegistry(SqlRegistry):
     @asynccontextmanager
     async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
         async with self.lock:
-            if atomic and not self.conn.in_transaction:
-                # IMMEDIATE takes the write lock now: another process cannot slip in
-                # between our first read and first write.
-                await self.conn.execute("BEGIN IMMEDIATE")
             try:
+                if atomic and not self.conn.in_transaction:
+                    # IMMEDIATE takes the write lock now: another process cannot slip
+                    # in between our first read and first write.
+                    await self.conn.execute("BEGIN IMMEDIATE")
                 yield _SqliteSession(self.conn)
             except BaseException:
-                if self.conn.in_transaction:
-                    await self.conn.rollback()
+                await _to_the_end(self.conn.rollback())
                 raise
             if self.conn.in_transaction:
-                await self.conn.commit()
+                await _to_the_end(self.conn.commit())
 
     def _json(self, value: Any) -> Any:
         return dumps(value)
@@ -174,3 +173,25 @@ class SqliteRegistry(SqlRegistry):
     def _is_orphan(self, exc: BaseException) -> bool:
         # SQLITE_CONSTRAINT_FOREIGNKEY; only raised on a connection with foreign_keys on.
         return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode == 787
+
+
+async def _to_the_end(step: Awaitable[None]) -> None:
+    """Await a rollback or commit to its end, even through a cancellation.
+
+    aiosqlite runs statements in order on its own thread, and a cancelled
+    coroutine does not stop the statement it sent: if the lock were released
+    before the rollback ran, the next session would find a transaction that an
+    abandoned statement opened ("cannot start a transaction within a
+    transaction"). Awaiting the rollback means every statement sent before it
+    has run and none is left open; a cancellation is raised once it has.
+    """
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError

@@ -100,6 +100,7 @@ class RunExecutor:
         self._waiters: dict[str, int] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
+        self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -177,7 +178,7 @@ class RunExecutor:
             self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
         )
         self._tasks[record.run_id] = task
-        task.add_done_callback(functools.partial(self._forget, record.run_id))
+        task.add_done_callback(functools.partial(self._forget, record))
 
     def stop(self, run_id: str, *, lost: bool = False) -> None:
         """Stop the run executing here: cancelled, or (`lost`) left to the executor that
@@ -457,10 +458,17 @@ class RunExecutor:
         except Exception as exc:
             log.warning("purging the checkpoints of deleted thread %s failed: %s", thread_id, exc)
 
-    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, record: RunRecord, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never enters _execute's handlers.
-        if self._tasks.get(run_id) is task:
-            self._release(run_id)
+        run_id = record.run_id
+        if self._tasks.get(run_id) is not task:
+            return
+        cancelled = run_id in self._cancel_requested
+        self._release(run_id)
+        if cancelled:  # record the end _execute would have: the cancel must not be lost
+            ending = asyncio.get_running_loop().create_task(self.finish_cancelled(record))
+            self._endings.add(ending)
+            ending.add_done_callback(self._endings.discard)
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)

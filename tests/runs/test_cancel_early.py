@@ -1,0 +1,40 @@
+"""A run cancelled between its claim and its first step still ends CANCELLED."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+from code_hero.config import CheckpointerConfig
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.records import RunStatus
+from code_hero.runs.executor import StartRun
+from tests.runs.conftest import SLOW_SPEC
+
+
+async def test_a_cancel_before_the_first_step_is_recorded(
+    backend_config: CheckpointerConfig,
+) -> None:
+    # Nothing claims on its own (no slots): the test claims and launches the run, then
+    # stops it before its task has run a single step.
+    settings = GatewaySettings(
+        checkpointer=backend_config, graphs={"slow": SLOW_SPEC}, max_concurrent_runs=0
+    )
+    async with Gateway(settings) as gw:
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+        executor = gw.executor
+        now = datetime.now(UTC)
+        (claimed,) = await gw.manager.registry.claim_runs(
+            executor.owner, now=now, until=now + timedelta(seconds=30), limit=1
+        )
+        executor.launch(claimed, resuming=False)
+        executor.stop(claimed.run_id)  # the task has not started yet
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            record = await gw.get_run(run.run_id)
+            if record is not None and record.status.finished:
+                break
+            await asyncio.sleep(0.02)
+        assert record is not None and record.status is RunStatus.CANCELLED
+        assert executor.internal_sizes() == dict.fromkeys(executor.internal_sizes(), 0)

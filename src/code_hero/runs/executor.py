@@ -353,7 +353,16 @@ class RunExecutor:
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         waiting = False
         try:
-            final, waiting = await self._finish(run_id, thread_id, status, output, error, writer)
+            # The end is decided: a cancel arriving now (a second one: from the lease
+            # renewal, another replica's message) must not cut the recording short,
+            # or the run would stay RUNNING with its events half stored.
+            ending = asyncio.ensure_future(
+                self._finish(run_id, thread_id, status, output, error, writer)
+            )
+            while not ending.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(ending)
+            final, waiting = ending.result()
             if final is None:  # its row is gone: the thread was deleted meanwhile
                 await self._purge_if_deleted(run_id, thread_id)
         finally:

@@ -7,14 +7,18 @@ gateway's registry, then read back over GraphQL on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from code_hero.app import create_app
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import GatewaySettings
 from code_hero.persistence.records import (
     Registry,
     RunRecord,
@@ -22,9 +26,12 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.settings import AppSettings
 from tests.auth.issuer import Issuer
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import codes, data, gql
-from tests.graphql.conftest import Server, checkpointer_for
+from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for, running
 from tests.graphql.test_auth import (
     ALICE_KEY,
     BOB_KEY,
@@ -34,6 +41,7 @@ from tests.graphql.test_auth import (
     client,
     secured,
 )
+from tests.graphql.test_outage import wait_for_status
 
 THREADS = """query($first: Int, $after: String, $filter: ThreadFilter, $order: ThreadSort) {
   threads(first: $first, after: $after, filter: $filter, orderBy: $order) {
@@ -53,6 +61,9 @@ CHECKPOINTS = """query($id: ID!, $ns: String) {
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
     return Issuer(tmp_path_factory.mktemp("idp"))
+
+
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 
 def at(seconds: int) -> datetime:
@@ -287,3 +298,47 @@ async def test_a_cursor_of_another_order_is_bad_user_input(server: Server) -> No
     # A thread cursor is no run cursor, whatever the order.
     thread_cursor = await cursor(THREADS, "threads", None)
     assert codes(await gql(server.http, RUNS % "", {"after": thread_cursor})) == ["BAD_USER_INPUT"]
+
+
+# ------------------------------------------------------------------ during an outage
+
+
+@pytest.fixture
+async def outage_server(
+    pg_database: str, tmp_path: Path
+) -> AsyncIterator[tuple[Server, BlackHoleProxy]]:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
+        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_GRAPH})
+        async with running(create_app(AppSettings(gateway=settings))) as server:
+            yield server, proxy
+
+
+@pytest.mark.postgres
+async def test_counts_during_an_outage_are_the_fallbacks_as_listings_are(
+    outage_server: tuple[Server, BlackHoleProxy],
+) -> None:
+    server, proxy = outage_server
+    old = data(await gql(server.http, START, {"input": FAST}))["startRun"]["threadId"]
+    proxy.refuse()
+    await wait_for_status(server, "DEGRADED")
+    new = data(await gql(server.http, START, {"input": FAST}))["startRun"]["threadId"]
+
+    assert await count(server.http, THREADS, "threads") == 1
+    assert await count(server.http, RUNS, "runs") == 1
+    assert await count(server.http, RUNS, "runs", filter={"threadId": new}) == 1
+    body = data(await gql(server.http, CHECKPOINTS % "totalCount", {"id": new, "ns": ""}))
+    history = body["thread"]["checkpoints"]
+    assert history["totalCount"] == len(history["edges"]) > 1
+    for query, variables in (
+        (RUNS % "totalCount", {"filter": {"threadId": old}}),
+        ("query($id: ID!) { thread(id: $id) { id } }", {"id": old}),
+    ):
+        assert codes(await gql(server.http, query, variables)) == ["UNAVAILABLE"]
+
+    proxy.forward()
+    await wait_for_status(server, "HEALTHY")
+    assert await count(server.http, THREADS, "threads") == 2
+    assert await count(server.http, RUNS, "runs") == 2

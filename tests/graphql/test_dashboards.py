@@ -342,3 +342,15 @@ async def test_counts_during_an_outage_are_the_fallbacks_as_listings_are(
     await wait_for_status(server, "HEALTHY")
     assert await count(server.http, THREADS, "threads") == 2
     assert await count(server.http, RUNS, "runs") == 2
+
+
+async def test_a_total_count_costs_one_query_where_it_is_asked(server: Server) -> None:
+    plain = (
+        "{ threads(first: 5) { edges { node { runs(first: 2) { pageInfo { hasNextPage } } } } } }"
+    )
+    counted = (
+        "{ threads(first: 5) { totalCount edges { node { runs(first: 2) "
+        "{ totalCount pageInfo { hasNextPage } } } } } }"
+    )
+    without = (await gql(server.http, plain))["extensions"]["cost"]
+    assert (await gql(server.http, counted))["extensions"]["cost"] == without + 1 + 5

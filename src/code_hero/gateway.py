@@ -49,8 +49,10 @@ from code_hero.persistence.records import (
     EventRecord,
     Page,
     RunFilter,
+    RunOrder,
     RunRecord,
     ThreadFilter,
+    ThreadOrder,
     ThreadRecord,
 )
 from code_hero.runs.bus import InProcessBus
@@ -210,16 +212,8 @@ class Gateway:
             and await self.policy.allows(caller, Action.THREAD_READ, thread_id=k)
         }
 
-    async def threads_page(
-        self,
-        flt: ThreadFilter | None = None,
-        *,
-        first: int = 20,
-        after: str | None = None,
-        caller: Caller = ANONYMOUS,
-    ) -> Page[ThreadRecord]:
-        """Threads newest updated first (a user's own only: the owner is part of the query)."""
-        _check_first(first, self.settings.max_page)
+    async def _thread_query(self, flt: ThreadFilter | None, caller: Caller) -> ThreadFilter | None:
+        """The filter as the caller may ask it (a user's own threads only); None: denied."""
         flt = flt or ThreadFilter()
         check_text(flt.user_id, "filter.userId")
         check_text(flt.metadata, "filter.metadata")
@@ -228,8 +222,33 @@ class Gateway:
         if self.policy.hook is not None and not await self.policy.allows(
             caller, Action.THREAD_SEARCH, value=asdict(flt)
         ):
+            return None
+        return flt
+
+    async def threads_page(
+        self,
+        flt: ThreadFilter | None = None,
+        *,
+        first: int = 20,
+        after: str | None = None,
+        order: ThreadOrder | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> Page[ThreadRecord]:
+        """Threads newest updated first, or in `order` (a user's own only: the owner is
+        part of the query)."""
+        _check_first(first, self.settings.max_page)
+        query = await self._thread_query(flt, caller)
+        if query is None:
             return Page([], None, False)
-        return await self.manager.threads_page(flt, first=first, after=after)
+        return await self.manager.threads_page(query, first=first, after=after, order=order)
+
+    async def threads_count(
+        self, flt: ThreadFilter | None = None, *, caller: Caller = ANONYMOUS
+    ) -> int:
+        """How many threads `threads_page` would page through: one count in SQL, the owner
+        part of it."""
+        query = await self._thread_query(flt, caller)
+        return 0 if query is None else await self.manager.registry.count_threads(query)
 
     async def delete_thread(self, thread_id: str, *, caller: Caller = ANONYMOUS) -> ThreadDeletion:
         """Cancel the thread's runs, then delete it everywhere."""
@@ -333,6 +352,17 @@ class Gateway:
             thread_id, namespace=namespace, first=first, after=after
         )
 
+    async def checkpoints_count(
+        self, thread_id: str, *, namespace: str = "", caller: Caller = ANONYMOUS
+    ) -> int:
+        """How many checkpoints `list_checkpoints` would page through (0 when the caller
+        may not see the thread)."""
+        thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
+        if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
+            return 0
+        return await self.manager.count_checkpoints(thread_id, namespace=namespace)
+
     # ------------------------------------------------------------ runs
     async def start_run(self, request: StartRun, *, caller: Caller = ANONYMOUS) -> RunRecord:
         """Start (or queue) a run; with `request.wait`, its final record.
@@ -414,16 +444,8 @@ class Gateway:
         """Several runs in one query (and their threads' owners in one more, for users)."""
         return await self._visible_runs(await self.manager.registry.get_runs(run_ids), caller)
 
-    async def runs_page(
-        self,
-        flt: RunFilter | None = None,
-        *,
-        first: int = 20,
-        after: str | None = None,
-        caller: Caller = ANONYMOUS,
-    ) -> Page[RunRecord]:
-        """Runs newest first (a user's: those on its threads, the owner part of the query)."""
-        _check_first(first, self.settings.max_page)
+    async def _run_query(self, flt: RunFilter | None, caller: Caller) -> RunFilter | None:
+        """The filter as the caller may ask it (runs on its own threads only); None: denied."""
         flt = flt or RunFilter()
         if flt.thread_id is not None:
             flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
@@ -435,8 +457,33 @@ class Gateway:
         if self.policy.hook is not None and not await self.policy.allows(
             caller, Action.RUN_SEARCH, thread_id=flt.thread_id, value=asdict(flt)
         ):
+            return None
+        return flt
+
+    async def runs_page(
+        self,
+        flt: RunFilter | None = None,
+        *,
+        first: int = 20,
+        after: str | None = None,
+        order: RunOrder | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> Page[RunRecord]:
+        """Runs newest first, or in `order` (a user's: those on its threads, the owner part
+        of the query)."""
+        _check_first(first, self.settings.max_page)
+        query = await self._run_query(flt, caller)
+        if query is None:
             return Page([], None, False)
-        return await self.manager.registry.list_runs(flt, first=first, after=after)
+        return await self.manager.registry.list_runs(
+            query, first=first, after=after, order=order or RunOrder()
+        )
+
+    async def runs_count(self, flt: RunFilter | None = None, *, caller: Caller = ANONYMOUS) -> int:
+        """How many runs `runs_page` would page through: one count in SQL, the owner part
+        of it."""
+        query = await self._run_query(flt, caller)
+        return 0 if query is None else await self.manager.registry.count_runs(query)
 
     async def run_events(
         self, run_id: str, *, after_seq: int = 0, first: int = 100, caller: Caller = ANONYMOUS

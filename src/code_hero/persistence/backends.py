@@ -86,8 +86,8 @@ class Backend:
         """One round trip to the database; raises when it cannot serve."""
         raise NotImplementedError
 
-    async def count_checkpoints(self, thread_id: str) -> int:
-        """How many checkpoints the thread has, in every namespace."""
+    async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
+        """How many checkpoints the thread has, in one namespace or (None) in every one."""
         raise NotImplementedError
 
     async def checkpoint_thread_ids(self) -> list[str]:
@@ -152,8 +152,11 @@ class MemoryBackend(Backend):
         assert isinstance(self.saver, InMemorySaver)
         return self.saver
 
-    async def count_checkpoints(self, thread_id: str) -> int:
-        return sum(len(ns) for ns in self._memory.storage.get(thread_id, {}).values())
+    async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
+        spaces = self._memory.storage.get(thread_id, {})
+        if namespace is not None:
+            return len(spaces.get(namespace, {}))
+        return sum(len(ns) for ns in spaces.values())
 
     async def forget(self, keep: set[str]) -> None:
         if not keep:  # the usual case: start afresh instead of scanning per thread
@@ -263,10 +266,11 @@ class SqliteBackend(Backend):
     async def probe(self) -> None:
         await self._fetch("SELECT count(*) FROM sqlite_master")
 
-    async def count_checkpoints(self, thread_id: str) -> int:
-        rows = await self._fetch(
-            "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread_id,)
-        )
+    async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
+        sql, params = "SELECT count(*) FROM checkpoints WHERE thread_id = ?", [thread_id]
+        if namespace is not None:
+            sql, params = f"{sql} AND checkpoint_ns = ?", [thread_id, namespace]
+        rows = await self._fetch(sql, tuple(params))
         return int(rows[0][0])
 
     async def checkpoint_thread_ids(self) -> list[str]:
@@ -402,10 +406,11 @@ class PostgresBackend(Backend):
         async with conn:
             await conn.execute("SELECT 1")
 
-    async def count_checkpoints(self, thread_id: str) -> int:
-        rows = await self._fetch(
-            "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", (thread_id,)
-        )
+    async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
+        sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]
+        if namespace is not None:
+            sql, params = f"{sql} AND checkpoint_ns = %s", [thread_id, namespace]
+        rows = await self._fetch(sql, tuple(params))
         return int(rows[0]["n"])
 
     async def checkpoint_thread_ids(self) -> list[str]:

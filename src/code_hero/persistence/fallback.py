@@ -354,21 +354,27 @@ class FallbackRouter:
             self.fail(slot, exc)
             raise self.unavailable("reading this thread") from exc
 
-    async def count_checkpoints(self, thread_id: str) -> int:
-        """How many checkpoints the thread has where it lives now."""
+    async def count_checkpoints(
+        self, thread_id: str, namespace: str | None = None, *, what: str = "deleting this thread"
+    ) -> int:
+        """How many checkpoints the thread has where it lives now (in one namespace, or all)."""
         if thread_id in self.local_threads:
             return sum(
-                [await s.backend.count_checkpoints(thread_id) for s in self.slots[1:] if s.backend]
+                [
+                    await s.backend.count_checkpoints(thread_id, namespace)
+                    for s in self.slots[1:]
+                    if s.backend
+                ]
             )
         if not self.serving or self.primary.backend is None:
-            raise self.unavailable("deleting this thread")
+            raise self.unavailable(what)
         try:
-            return await self.primary.backend.count_checkpoints(thread_id)
+            return await self.primary.backend.count_checkpoints(thread_id, namespace)
         except Exception as exc:
             if not is_backend_error(exc):
                 raise
             self.fail_primary(exc)
-            raise self.unavailable("deleting this thread") from exc
+            raise self.unavailable(what) from exc
 
     async def delete_thread(self, thread_id: str) -> None:
         """Delete the thread's checkpoints from every slot that may hold them.

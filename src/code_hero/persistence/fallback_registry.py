@@ -34,8 +34,10 @@ from code_hero.persistence.records import (
     Page,
     Registry,
     RunFilter,
+    RunOrder,
     RunRecord,
     ThreadFilter,
+    ThreadOrder,
     ThreadRecord,
 )
 
@@ -75,14 +77,31 @@ class FallbackRegistry(FallbackClaims, Registry):
         return await self._route(lambda r: r.get_threads(thread_ids), degraded)
 
     async def list_threads(
-        self, flt: ThreadFilter, *, first: int, after: str | None = None
+        self,
+        flt: ThreadFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: ThreadOrder | None = None,
     ) -> Page[ThreadRecord]:
-        """Newest updated first; during an outage, the threads born in it."""
+        """In `order`; during an outage, the threads born in it."""
 
         async def degraded() -> Page[ThreadRecord]:
-            return await self._local("listing threads").list_threads(flt, first=first, after=after)
+            return await self._local("listing threads").list_threads(
+                flt, first=first, after=after, order=order
+            )
 
-        return await self._route(lambda r: r.list_threads(flt, first=first, after=after), degraded)
+        return await self._route(
+            lambda r: r.list_threads(flt, first=first, after=after, order=order), degraded
+        )
+
+    async def count_threads(self, flt: ThreadFilter) -> int:
+        """How many match; during an outage, of the threads born in it (as listings show)."""
+
+        async def degraded() -> int:
+            return await self._local("counting threads").count_threads(flt)
+
+        return await self._route(lambda r: r.count_threads(flt), degraded)
 
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True
@@ -183,16 +202,35 @@ class FallbackRegistry(FallbackClaims, Registry):
         return await self._route(lambda r: r.get_runs(run_ids), degraded)
 
     async def list_runs(
-        self, flt: RunFilter, *, first: int, after: str | None = None
+        self,
+        flt: RunFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: RunOrder | None = None,
     ) -> Page[RunRecord]:
-        """Newest created first; during an outage, the runs of threads born in it."""
+        """In `order`; during an outage, the runs of threads born in it."""
 
         async def degraded() -> Page[RunRecord]:
             if flt.thread_id is not None and not self.router.is_local(flt.thread_id):
                 raise self.router.unavailable("listing this thread's runs")
-            return await self._local("listing runs").list_runs(flt, first=first, after=after)
+            return await self._local("listing runs").list_runs(
+                flt, first=first, after=after, order=order
+            )
 
-        return await self._route(lambda r: r.list_runs(flt, first=first, after=after), degraded)
+        return await self._route(
+            lambda r: r.list_runs(flt, first=first, after=after, order=order), degraded
+        )
+
+    async def count_runs(self, flt: RunFilter) -> int:
+        """How many match; during an outage, of the runs of threads born in it (as listings)."""
+
+        async def degraded() -> int:
+            if flt.thread_id is not None and not self.router.is_local(flt.thread_id):
+                raise self.router.unavailable("counting this thread's runs")
+            return await self._local("counting runs").count_runs(flt)
+
+        return await self._route(lambda r: r.count_runs(flt), degraded)
 
     async def delete_run(self, run_id: str) -> bool:
         """Delete the run and its events."""

@@ -48,6 +48,7 @@ from code_hero.persistence.records import (
     Page,
     Registry,
     ThreadFilter,
+    ThreadOrder,
     ThreadRecord,
     ThreadStatus,
 )
@@ -265,11 +266,18 @@ class EnhancedCheckpointerManager:
         return [_thread_dict(t) for t in page.items]
 
     async def threads_page(
-        self, flt: ThreadFilter | None = None, *, first: int = 20, after: str | None = None
+        self,
+        flt: ThreadFilter | None = None,
+        *,
+        first: int = 20,
+        after: str | None = None,
+        order: ThreadOrder | None = None,
     ) -> Page[ThreadRecord]:
-        """One keyset page of threads, newest updated first."""
+        """One keyset page of threads, newest updated first unless `order` says otherwise."""
         _check_first(first, self.max_page)
-        return await self.registry.list_threads(flt or ThreadFilter(), first=first, after=after)
+        return await self.registry.list_threads(
+            flt or ThreadFilter(), first=first, after=after, order=order or ThreadOrder()
+        )
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         """One thread of the registry."""
@@ -314,6 +322,13 @@ class EnhancedCheckpointerManager:
         views = [view_of(i) for i in items[:first]]
         end = encode_checkpoint_cursor(namespace, views[-1].checkpoint_id) if views else None
         return Page(views, end, len(items) > first)
+
+    async def count_checkpoints(self, thread_id: str, *, namespace: str = "") -> int:
+        """How many checkpoints a thread's namespace has (UNAVAILABLE when its history is
+        out of reach, as a listing of it would be)."""
+        return await self.router.count_checkpoints(
+            thread_id, namespace, what="counting this thread's checkpoints"
+        )
 
     # ------------------------------------------------------------ retention
     async def prune(

@@ -49,6 +49,16 @@ _DELETE_ORPHANS = (
     "DELETE FROM code_hero_run_events WHERE run_id NOT IN (SELECT run_id FROM code_hero_runs)",
 )
 
+# v12 (both): threads listed by creation time (orderBy CREATED_AT, either direction: a
+# B-tree is read backwards as well), with and without the owner's filter.
+_THREADS_BY_CREATION = (
+    "CREATE INDEX code_hero_threads_created_idx ON code_hero_threads (created_at, thread_id)",
+    """
+    CREATE INDEX code_hero_threads_user_created_idx
+        ON code_hero_threads (user_id, created_at, thread_id)
+    """,
+)
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -126,6 +136,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             FOREIGN KEY (run_id) REFERENCES code_hero_runs (run_id) ON DELETE CASCADE
         """,
     ),
+    _THREADS_BY_CREATION,
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -256,4 +267,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
         "DROP TABLE code_hero_run_events",
         "ALTER TABLE code_hero_run_events_v11 RENAME TO code_hero_run_events",
     ),
+    _THREADS_BY_CREATION,
 ]

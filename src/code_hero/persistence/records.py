@@ -20,11 +20,15 @@ __all__ = [
     "Registry",
     "RunFilter",
     "RunId",
+    "RunOrder",
     "RunRecord",
     "RunStatus",
+    "SortDirection",
     "ThreadFilter",
     "ThreadId",
+    "ThreadOrder",
     "ThreadRecord",
+    "ThreadSortField",
     "ThreadStatus",
 ]
 
@@ -130,6 +134,35 @@ class RunFilter:
     owner: str | None = None  # the user who owns the run's thread
 
 
+class SortDirection(StrEnum):
+    """Which way a listing runs: oldest first (ASC) or newest first (DESC)."""
+
+    ASC = "ASC"
+    DESC = "DESC"
+
+
+class ThreadSortField(StrEnum):
+    """The time a listing of threads is ordered by (ties broken by thread id)."""
+
+    UPDATED_AT = "UPDATED_AT"
+    CREATED_AT = "CREATED_AT"
+
+
+@dataclass(frozen=True)
+class ThreadOrder:
+    """The order of a listing of threads; a cursor is valid only for the order it came from."""
+
+    field: ThreadSortField = ThreadSortField.UPDATED_AT
+    direction: SortDirection = SortDirection.DESC
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """The order of a listing of runs: by creation time (ties broken by run id)."""
+
+    direction: SortDirection = SortDirection.DESC
+
+
 @dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a keyset-paged listing; `end_cursor` is opaque to callers."""
@@ -168,9 +201,18 @@ class Registry(Protocol):
         """Several threads in one query (for DataLoaders)."""
 
     async def list_threads(
-        self, flt: ThreadFilter, *, first: int, after: str | None = None
+        self,
+        flt: ThreadFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: ThreadOrder | None = None,
     ) -> Page[ThreadRecord]:
-        """Newest updated first, keyset-paged; a page's cost does not grow with the table."""
+        """In `order` (default: newest updated first), keyset-paged; a page's cost does
+        not grow with the table. A cursor of another order is BadInputError."""
+
+    async def count_threads(self, flt: ThreadFilter) -> int:
+        """How many threads match the filter, counted in the database."""
 
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted)."""
@@ -189,9 +231,18 @@ class Registry(Protocol):
         """Several runs in one query (for DataLoaders)."""
 
     async def list_runs(
-        self, flt: RunFilter, *, first: int, after: str | None = None
+        self,
+        flt: RunFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: RunOrder | None = None,
     ) -> Page[RunRecord]:
-        """Newest created first, keyset-paged."""
+        """In `order` (default: newest created first), keyset-paged. A cursor of another
+        order is BadInputError."""
+
+    async def count_runs(self, flt: RunFilter) -> int:
+        """How many runs match the filter (owner included), counted in the database."""
 
     async def delete_run(self, run_id: str) -> bool:
         """Delete the run and its events."""

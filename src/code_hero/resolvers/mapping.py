@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from code_hero.persistence.checkpoints import CheckpointView, encode_checkpoint_cursor
-from code_hero.persistence.records import EventRecord, Page, RunRecord, ThreadRecord
+from code_hero.persistence.records import (
+    EventRecord,
+    Page,
+    RunOrder,
+    RunRecord,
+    ThreadOrder,
+    ThreadRecord,
+)
 from code_hero.persistence.registry.cursors import run_cursor, thread_cursor
 from code_hero.schema import checkpoints as c
 from code_hero.schema import enums as e
@@ -69,11 +76,14 @@ def thread_deletion_of(gone: ThreadDeletion) -> t.DeleteThreadPayload:
     )
 
 
-def thread_connection(page: Page[ThreadRecord]) -> t.ThreadConnection:
-    """A page of threads with keyset cursors."""
+def thread_connection(
+    page: Page[ThreadRecord], order: ThreadOrder, count: p.Counter
+) -> t.ThreadConnection:
+    """A page of threads with keyset cursors of its order; `count` answers totalCount."""
     return t.ThreadConnection(
-        edges=[t.ThreadEdge(cursor=thread_cursor(x), node=thread_of(x)) for x in page.items],
+        edges=[t.ThreadEdge(cursor=thread_cursor(x, order), node=thread_of(x)) for x in page.items],
         page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        count=count,
     )
 
 
@@ -101,11 +111,12 @@ def run_deletion_of(run_id: str, deleted: bool) -> r.DeleteRunPayload:
     return r.DeleteRunPayload(run_id=strawberry.ID(run_id), deleted=deleted)
 
 
-def run_connection(page: Page[RunRecord]) -> r.RunConnection:
-    """A page of runs with keyset cursors."""
+def run_connection(page: Page[RunRecord], order: RunOrder, count: p.Counter) -> r.RunConnection:
+    """A page of runs with keyset cursors of its order; `count` answers totalCount."""
     return r.RunConnection(
-        edges=[r.RunEdge(cursor=run_cursor(x), node=run_of(x)) for x in page.items],
+        edges=[r.RunEdge(cursor=run_cursor(x, order), node=run_of(x)) for x in page.items],
         page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        count=count,
     )
 
 
@@ -130,8 +141,8 @@ def checkpoint_of(view: CheckpointView) -> c.Checkpoint:
     )
 
 
-def checkpoint_connection(page: Page[CheckpointView]) -> c.CheckpointConnection:
-    """A page of history with checkpoint cursors."""
+def checkpoint_connection(page: Page[CheckpointView], count: p.Counter) -> c.CheckpointConnection:
+    """A page of history with checkpoint cursors; `count` answers totalCount."""
     return c.CheckpointConnection(
         edges=[
             c.CheckpointEdge(
@@ -141,6 +152,7 @@ def checkpoint_connection(page: Page[CheckpointView]) -> c.CheckpointConnection:
             for x in page.items
         ],
         page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        count=count,
     )
 
 

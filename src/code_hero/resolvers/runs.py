@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import MultitaskStrategy, RunFilter
+from code_hero.persistence.records import MultitaskStrategy, RunFilter, RunOrder, SortDirection
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
 from code_hero.runs.requests import UNSET, StartRun
@@ -40,9 +40,13 @@ async def run(info: Info[Context, Any], run_id: str) -> r.Run | None:
 
 
 async def runs(
-    info: Info[Context, Any], first: int | None, after: str | None, flt: r.RunFilter | None
+    info: Info[Context, Any],
+    first: int | None,
+    after: str | None,
+    flt: r.RunFilter | None,
+    order_by: r.RunSort | None = None,
 ) -> r.RunConnection:
-    """A page of runs, newest first."""
+    """A page of runs, newest first unless `order_by` says otherwise."""
     ctx = info.context
     query = RunFilter()
     if flt is not None:
@@ -52,10 +56,15 @@ async def runs(
             graph=flt.graph,
             user_id=flt.user_id,
         )
+    order = RunOrder() if order_by is None else RunOrder(SortDirection(order_by.direction))
     page = await ctx.gateway.runs_page(
-        query, first=check_first(first, ctx.limits), after=after, caller=ctx.caller
+        query, first=check_first(first, ctx.limits), after=after, order=order, caller=ctx.caller
     )
-    return mapping.run_connection(page)
+
+    async def count() -> int:
+        return await ctx.gateway.runs_count(query, caller=ctx.caller)
+
+    return mapping.run_connection(page, order, count)
 
 
 async def run_thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:

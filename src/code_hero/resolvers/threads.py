@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import RunFilter, ThreadFilter
+from code_hero.persistence.records import (
+    RunFilter,
+    RunOrder,
+    SortDirection,
+    ThreadFilter,
+    ThreadOrder,
+    ThreadSortField,
+)
 from code_hero.resolvers import mapping
 from code_hero.resolvers.paging import check_first
 
@@ -41,16 +48,28 @@ async def thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:
 
 
 async def threads(
-    info: Info[Context, Any], first: int | None, after: str | None, flt: t.ThreadFilter | None
+    info: Info[Context, Any],
+    first: int | None,
+    after: str | None,
+    flt: t.ThreadFilter | None,
+    order_by: t.ThreadSort | None = None,
 ) -> t.ThreadConnection:
-    """A page of threads, most recently updated first."""
+    """A page of threads, most recently updated first unless `order_by` says otherwise."""
     ctx = info.context
+    query = _thread_filter(flt)
+    order = ThreadOrder()
+    if order_by is not None:
+        order = ThreadOrder(ThreadSortField(order_by.field), SortDirection(order_by.direction))
     page = await ctx.gateway.threads_page(
-        _thread_filter(flt), first=check_first(first, ctx.limits), after=after, caller=ctx.caller
+        query, first=check_first(first, ctx.limits), after=after, order=order, caller=ctx.caller
     )
     for record in page.items:  # later Run.thread look-ups of this operation hit the cache
         ctx.loaders.thread.prime(record.thread_id, record)
-    return mapping.thread_connection(page)
+
+    async def count() -> int:
+        return await ctx.gateway.threads_count(query, caller=ctx.caller)
+
+    return mapping.thread_connection(page, order, count)
 
 
 def _thread_filter(flt: t.ThreadFilter | None) -> ThreadFilter | None:
@@ -95,7 +114,13 @@ async def thread_checkpoints(
         after=after,
         caller=ctx.caller,
     )
-    return mapping.checkpoint_connection(page)
+
+    async def count() -> int:
+        return await ctx.gateway.checkpoints_count(
+            thread_id, namespace=namespace or "", caller=ctx.caller
+        )
+
+    return mapping.checkpoint_connection(page, count)
 
 
 async def thread_runs(
@@ -111,7 +136,11 @@ async def thread_runs(
     page = await ctx.gateway.runs_page(
         flt, first=check_first(first, ctx.limits), after=after, caller=ctx.caller
     )
-    return mapping.run_connection(page)
+
+    async def count() -> int:
+        return await ctx.gateway.runs_count(flt, caller=ctx.caller)
+
+    return mapping.run_connection(page, RunOrder(), count)
 
 
 async def delete_thread(info: Info[Context, Any], thread_id: str) -> t.DeleteThreadPayload:

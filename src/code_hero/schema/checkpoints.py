@@ -6,8 +6,9 @@ from datetime import datetime
 
 import strawberry
 
+from code_hero.schema import fields
 from code_hero.schema.enums import CheckpointSource
-from code_hero.schema.paging import PageInfo
+from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
 
 __all__ = ["Checkpoint", "CheckpointConnection", "CheckpointEdge", "PendingWrite"]
@@ -52,3 +53,8 @@ class CheckpointEdge:
 class CheckpointConnection:
     edges: list[CheckpointEdge]
     page_info: PageInfo
+    count: strawberry.Private[Counter]
+
+    @fields.field("How many checkpoints the namespace has in all (counted only when asked for).")
+    async def total_count(self) -> int:
+        return await self.count()

@@ -5,7 +5,7 @@ full:
 
 - a field whose value is an object (or a list of objects) costs 1 for each
   object; a scalar or enum costs nothing, except `Thread.values`, which loads
-  a checkpoint (1);
+  a checkpoint (1), and a connection's `totalCount`, one count query (1);
 - a field with a `first` argument is paged: a list it returns (`events`)
   holds `first` items; a connection it returns (`threads`, `runs`,
   `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
@@ -63,7 +63,12 @@ PAGE_ARGUMENT = "first"
 SUBSCRIPTION_PAGE = 100  # a subscription is priced like one page of its events
 INTROSPECTION = frozenset({"__schema", "__type"})
 # Scalars that cost a load of their own.
-SCALAR_COSTS: Mapping[tuple[str, str], int] = {("Thread", "values"): 1}
+SCALAR_COSTS: Mapping[tuple[str, str], int] = {
+    ("Thread", "values"): 1,
+    ("ThreadConnection", "totalCount"): 1,
+    ("RunConnection", "totalCount"): 1,
+    ("CheckpointConnection", "totalCount"): 1,
+}
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
 

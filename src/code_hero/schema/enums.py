@@ -7,14 +7,23 @@ from enum import Enum
 
 import strawberry
 
-from code_hero.persistence.records import MultitaskStrategy, RunStatus, ThreadStatus
+from code_hero.persistence.records import (
+    MultitaskStrategy,
+    RunStatus,
+    SortDirection,
+    ThreadSortField,
+    ThreadStatus,
+)
 
 __all__ = [
     "BackendKind",
     "CheckpointSource",
     "HealthStatus",
     "MultitaskStrategy",
+    "RunSortField",
     "RunStatus",
+    "SortDirection",
+    "ThreadSortField",
     "ThreadStatus",
 ]
 
@@ -45,6 +54,15 @@ class CheckpointSource(Enum):
 
 
 strawberry.enum(RunStatus, description="Where a run is in its life.")
+strawberry.enum(SortDirection, description="ASC: oldest first; DESC: newest first.")
+strawberry.enum(ThreadSortField, description="The time threads are listed by.")
+
+
+@strawberry.enum(description="The time runs are listed by.")
+class RunSortField(Enum):
+    CREATED_AT = "CREATED_AT"
+
+
 strawberry.enum(
     MultitaskStrategy,
     description="What to do when the thread already has a run in flight: REJECT it "

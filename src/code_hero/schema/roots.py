@@ -22,9 +22,16 @@ from code_hero.schema.runs import (
     Run,
     RunConnection,
     RunFilter,
+    RunSort,
     StartRunInput,
 )
-from code_hero.schema.threads import DeleteThreadPayload, Thread, ThreadConnection, ThreadFilter
+from code_hero.schema.threads import (
+    DeleteThreadPayload,
+    Thread,
+    ThreadConnection,
+    ThreadFilter,
+    ThreadSort,
+)
 
 __all__ = ["Mutation", "Query", "Subscription"]
 
@@ -48,8 +55,9 @@ class Query:
         first: int | None = 20,
         after: str | None = None,
         filter: ThreadFilter | None = None,
+        order_by: ThreadSort | None = None,
     ) -> ThreadConnection:
-        return await thread_resolvers.threads(info, first, after, filter)
+        return await thread_resolvers.threads(info, first, after, filter, order_by)
 
     @fields.field("A checkpoint by id, or the namespace's latest when id is null.")
     async def checkpoint(
@@ -72,8 +80,9 @@ class Query:
         first: int | None = 20,
         after: str | None = None,
         filter: RunFilter | None = None,
+        order_by: RunSort | None = None,
     ) -> RunConnection:
-        return await run_resolvers.runs(info, first, after, filter)
+        return await run_resolvers.runs(info, first, after, filter, order_by)
 
     @fields.field("The graphs runs can name, the default first.")
     def graphs(self, info: Info) -> list[Graph]:

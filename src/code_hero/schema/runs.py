@@ -10,9 +10,9 @@ import strawberry
 from code_hero.resolvers import runs as resolve
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
-from code_hero.schema.enums import MultitaskStrategy, RunStatus
+from code_hero.schema.enums import MultitaskStrategy, RunSortField, RunStatus, SortDirection
 from code_hero.schema.events import RunEvent
-from code_hero.schema.paging import PageInfo
+from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ __all__ = [
     "RunConnection",
     "RunEdge",
     "RunFilter",
+    "RunSort",
     "StartRunInput",
 ]
 
@@ -69,6 +70,11 @@ class RunEdge:
 class RunConnection:
     edges: list[RunEdge]
     page_info: PageInfo
+    count: strawberry.Private[Counter]
+
+    @fields.field("How many runs match in all (counted only when asked for).")
+    async def total_count(self) -> int:
+        return await self.count()
 
 
 @strawberry.input(description="Which runs to list; every given field must match.")
@@ -77,6 +83,12 @@ class RunFilter:
     status: RunStatus | None = None
     graph: str | None = None
     user_id: str | None = None
+
+
+@strawberry.input(description="The order of a listing of runs (default: CREATED_AT DESC).")
+class RunSort:
+    field: RunSortField = RunSortField.CREATED_AT
+    direction: SortDirection = SortDirection.DESC
 
 
 @strawberry.input(description="What to run: give exactly one of message, input and resume.")

@@ -11,14 +11,21 @@ from code_hero.resolvers import threads as resolve
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint, CheckpointConnection
-from code_hero.schema.enums import RunStatus, ThreadStatus
-from code_hero.schema.paging import PageInfo
+from code_hero.schema.enums import RunStatus, SortDirection, ThreadSortField, ThreadStatus
+from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:
     from code_hero.schema.runs import RunConnection
 
-__all__ = ["DeleteThreadPayload", "Thread", "ThreadConnection", "ThreadEdge", "ThreadFilter"]
+__all__ = [
+    "DeleteThreadPayload",
+    "Thread",
+    "ThreadConnection",
+    "ThreadEdge",
+    "ThreadFilter",
+    "ThreadSort",
+]
 
 Info = strawberry.Info[Context, None]
 
@@ -71,6 +78,11 @@ class ThreadEdge:
 class ThreadConnection:
     edges: list[ThreadEdge]
     page_info: PageInfo
+    count: strawberry.Private[Counter]
+
+    @fields.field("How many threads match in all (counted only when asked for).")
+    async def total_count(self) -> int:
+        return await self.count()
 
 
 @strawberry.input(description="Which threads to list; every given field must match.")
@@ -83,6 +95,12 @@ class ThreadFilter:
     )
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+
+
+@strawberry.input(description="The order of a listing of threads (default: UPDATED_AT DESC).")
+class ThreadSort:
+    field: ThreadSortField = ThreadSortField.UPDATED_AT
+    direction: SortDirection = SortDirection.DESC
 
 
 @strawberry.type(description="What deleting a thread removed.")

@@ -1,8 +1,11 @@
 """Keyset cursors of the registry's listings: opaque to callers, checked on the way back.
 
-A cursor is base64 of `[kind, time, key]`: the sort key of the last item of a
-page (`updated_at, thread_id` of a thread, `created_at, run_id` of a run), so
-the next page starts strictly after it whatever was written meanwhile.
+A cursor is base64 of `[kind, time, key, order]`: the sort key of the last item
+of a page (`updated_at` or `created_at` and `thread_id` of a thread,
+`created_at, run_id` of a run) and the order it was made for (`UPDATED_AT:DESC`),
+so the next page starts strictly after it whatever was written meanwhile, and a
+cursor passed with another order is refused rather than silently misread.
+Cursors of before orders existed (three items) stand for the default order.
 """
 
 from __future__ import annotations
@@ -13,32 +16,56 @@ import json
 from datetime import datetime
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import RunRecord, ThreadRecord
+from code_hero.persistence.records import (
+    RunOrder,
+    RunRecord,
+    ThreadOrder,
+    ThreadRecord,
+    ThreadSortField,
+)
 
-__all__ = ["decode_cursor", "run_cursor", "thread_cursor"]
+__all__ = ["decode_cursor", "order_tag", "run_cursor", "thread_cursor"]
 
 
-def _encode_cursor(kind: str, at: datetime, key: str) -> str:
-    raw = json.dumps([kind, at.isoformat(), key], separators=(",", ":")).encode()
+def order_tag(order: ThreadOrder | RunOrder) -> str:
+    """The order as a cursor records it: `FIELD:DIRECTION`."""
+    field = order.field if isinstance(order, ThreadOrder) else "CREATED_AT"
+    return f"{field}:{order.direction}"
+
+
+_DEFAULT_TAGS = {
+    "thread": order_tag(ThreadOrder()),
+    "run": order_tag(RunOrder()),
+}
+
+
+def _encode_cursor(kind: str, at: datetime, key: str, order: str) -> str:
+    raw = json.dumps([kind, at.isoformat(), key, order], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 
-def thread_cursor(record: ThreadRecord) -> str:
-    """The keyset cursor of a thread, as `list_threads` takes it in `after`."""
-    return _encode_cursor("thread", record.updated_at, record.thread_id)
+def thread_cursor(record: ThreadRecord, order: ThreadOrder | None = None) -> str:
+    """The keyset cursor of a thread, as `list_threads` takes it in `after` with `order`."""
+    order = order or ThreadOrder()
+    at = record.created_at if order.field is ThreadSortField.CREATED_AT else record.updated_at
+    return _encode_cursor("thread", at, record.thread_id, order_tag(order))
 
 
-def run_cursor(record: RunRecord) -> str:
-    """The keyset cursor of a run, as `list_runs` takes it in `after`."""
+def run_cursor(record: RunRecord, order: RunOrder | None = None) -> str:
+    """The keyset cursor of a run, as `list_runs` takes it in `after` with `order`."""
     if record.created_at is None:
         raise ValueError(f"run {record.run_id!r} has no created_at: it was never stored")
-    return _encode_cursor("run", record.created_at, record.run_id)
+    return _encode_cursor("run", record.created_at, record.run_id, order_tag(order or RunOrder()))
 
 
-def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
-    """The (time, key) a cursor of `kind` points after; BadInputError if it is not one."""
+def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tuple[datetime, str]:
+    """The (time, key) a cursor of `kind` points after; BadInputError if it is not one, or
+    if it was made for another order than `order`."""
     try:
-        tag, at, key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        item = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if not isinstance(item, list) or len(item) not in (3, 4):
+            raise ValueError(cursor)
+        tag, at, key, made_for = (*item, _DEFAULT_TAGS.get(kind))[:4]
         if tag != kind or not isinstance(at, str) or not isinstance(key, str):
             raise ValueError(cursor)
         when = datetime.fromisoformat(at)
@@ -48,4 +75,10 @@ def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
         raise BadInputError(
             f"malformed cursor {cursor!r}: pass the endCursor of a previous page of {kind}s"
         ) from exc
+    wanted = order_tag(order)
+    if made_for != wanted:
+        raise BadInputError(
+            f"this cursor belongs to a listing of {kind}s ordered {made_for}, not {wanted}: "
+            "pass the same orderBy as the page it came from"
+        )
     return when, key

@@ -19,10 +19,14 @@ from code_hero.persistence.records import (
     Page,
     Registry,
     RunFilter,
+    RunOrder,
     RunRecord,
     RunStatus,
+    SortDirection,
     ThreadFilter,
+    ThreadOrder,
     ThreadRecord,
+    ThreadSortField,
     ThreadStatus,
 )
 from code_hero.persistence.registry.claims import RunClaims
@@ -40,6 +44,10 @@ __all__ = ["SqlRegistry"]
 
 # How often a batch of events is stored again without the runs deleted meanwhile.
 _GONE_RETRIES = 5
+
+# The column of each thread order, and the keyset comparison that continues each direction.
+_THREAD_SORT = {ThreadSortField.UPDATED_AT: "updated_at", ThreadSortField.CREATED_AT: "created_at"}
+_AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 
 def _page_size(first: int) -> int:
@@ -135,10 +143,8 @@ class SqlRegistry(RunClaims, Registry):
             )
         return {row["thread_id"]: self._thread(row) for row in rows}
 
-    async def list_threads(
-        self, flt: ThreadFilter, *, first: int, after: str | None = None
-    ) -> Page[ThreadRecord]:
-        first = _page_size(first)
+    def _thread_where(self, flt: ThreadFilter) -> tuple[list[str], list[Any]]:
+        """The filter's conditions: shared by a listing and its count."""
         clauses: list[str] = []
         params: list[Any] = []
         if flt.user_id is not None:
@@ -157,19 +163,41 @@ class SqlRegistry(RunClaims, Registry):
             cond, extra = self._contains("metadata", flt.metadata)
             clauses.append(cond)
             params.extend(extra)
+        return clauses, params
+
+    async def list_threads(
+        self,
+        flt: ThreadFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: ThreadOrder | None = None,
+    ) -> Page[ThreadRecord]:
+        first = _page_size(first)
+        order = order or ThreadOrder()
+        clauses, params = self._thread_where(flt)
+        column = _THREAD_SORT[order.field]
         if after is not None:
-            at, key = decode_cursor("thread", after)
-            clauses.append("(updated_at, thread_id) < (?, ?)")
+            at, key = decode_cursor("thread", after, order)
+            clauses.append(f"({column}, thread_id) {_AFTER[order.direction]} (?, ?)")
             params.extend([self._ts(at), key])
         sql = (
             f"SELECT {THREAD_COLUMNS} FROM code_hero_threads {_where(clauses)} "
-            "ORDER BY updated_at DESC, thread_id DESC LIMIT ?"
+            f"ORDER BY {column} {order.direction}, thread_id {order.direction} LIMIT ?"
         )
         async with self._session() as s:
             rows = await s.fetch(sql, [*params, first + 1])
         items = [self._thread(row) for row in rows[:first]]
-        end = thread_cursor(items[-1]) if items else None
+        end = thread_cursor(items[-1], order) if items else None
         return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
+
+    async def count_threads(self, flt: ThreadFilter) -> int:
+        clauses, params = self._thread_where(flt)
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT count(*) AS n FROM code_hero_threads {_where(clauses)}", params
+            )
+        return int(rows[0]["n"])
 
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         async with self._session(atomic=True) as s:
@@ -234,10 +262,8 @@ class SqlRegistry(RunClaims, Registry):
             rows = await s.fetch(f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE {cond}", params)
         return {row["run_id"]: self._run(row) for row in rows}
 
-    async def list_runs(
-        self, flt: RunFilter, *, first: int, after: str | None = None
-    ) -> Page[RunRecord]:
-        first = _page_size(first)
+    def _run_where(self, flt: RunFilter) -> tuple[list[str], list[Any]]:
+        """The filter's conditions (the owner's among them): shared by a listing and its count."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (
@@ -254,20 +280,41 @@ class SqlRegistry(RunClaims, Registry):
                 "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"
             )
             params.append(flt.owner)
+        return clauses, params
+
+    async def list_runs(
+        self,
+        flt: RunFilter,
+        *,
+        first: int,
+        after: str | None = None,
+        order: RunOrder | None = None,
+    ) -> Page[RunRecord]:
+        first = _page_size(first)
+        order = order or RunOrder()
+        clauses, params = self._run_where(flt)
         if after is not None:
-            at, key = decode_cursor("run", after)
-            clauses.append("(created_at, run_id) < (?, ?)")
+            at, key = decode_cursor("run", after, order)
+            clauses.append(f"(created_at, run_id) {_AFTER[order.direction]} (?, ?)")
             params.extend([self._ts(at), key])
         sql = (
             f"SELECT {RUN_COLUMNS} FROM code_hero_runs {_where(clauses)} "
-            "ORDER BY created_at DESC, run_id DESC LIMIT ?"
+            f"ORDER BY created_at {order.direction}, run_id {order.direction} LIMIT ?"
         )
         async with self._session() as s:
             rows = await s.fetch(sql, [*params, first + 1])
         items = [self._run(row) for row in rows[:first]]
         last = items[-1] if items else None
-        end = run_cursor(last) if last and last.created_at else None
+        end = run_cursor(last, order) if last and last.created_at else None
         return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
+
+    async def count_runs(self, flt: RunFilter) -> int:
+        clauses, params = self._run_where(flt)
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT count(*) AS n FROM code_hero_runs {_where(clauses)}", params
+            )
+        return int(rows[0]["n"])
 
     async def delete_run(self, run_id: str) -> bool:
         async with self._session(atomic=True) as s:

@@ -19,7 +19,7 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
@@ -107,16 +107,24 @@ class CopyThread:
 
     thread_id: str
     copied: dict[str, int]  # run id -> highest seq already in the primary (shared)
+    # A late copy (a quarantined one retried while the primary serves) adds what
+    # the primary lacks and never replaces a row it has: those may be newer.
+    only_missing: bool = False
 
     @property
     def key(self) -> Hashable:
         return ("thread", self.thread_id)
 
+    def late(self) -> CopyThread:
+        """This copy, made after the primary serves again."""
+        return replace(self, only_missing=True)
+
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         thread = await fallback.registry.get_thread(self.thread_id)
         if thread is None:  # deleted meanwhile: its deletion is journalled after this
             return
-        await primary.registry.put_thread(thread)
+        if not (self.only_missing and await primary.registry.get_thread(self.thread_id)):
+            await primary.registry.put_thread(thread)
         runs: list[RunRecord] = []
         after: str | None = None
         while True:
@@ -127,11 +135,15 @@ class CopyThread:
             if not page.has_next_page:
                 break
             after = page.end_cursor
+        present = (
+            await primary.registry.get_runs([r.run_id for r in runs]) if self.only_missing else {}
+        )
         for run in reversed(runs):  # oldest first; the thread's row came first
-            try:
-                await primary.registry.put_run(run)
-            except NotFoundError:  # the thread was deleted in the primary meanwhile: done
-                return
+            if run.run_id not in present:
+                try:
+                    await primary.registry.put_run(run)
+                except NotFoundError:  # the thread was deleted in the primary meanwhile
+                    return
             await _copy_events(primary, fallback, run.run_id, self.copied)
 
 

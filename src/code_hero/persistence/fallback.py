@@ -281,11 +281,15 @@ class FallbackRouter:
                 if not is_backend_error(exc):
                     raise
                 self.fail(slot, exc)
-        self.journal.append(TouchThread(thread_id, user_id, create))
+        if self.active_slot is not None:  # no backend at all: nothing to sync back
+            self.journal.append(TouchThread(thread_id, user_id, create))
 
     # -------------------------------------------------------------- reads
     def _read_order(self, thread_id: str) -> list[BackendSlot]:
         fallbacks = [s for s in self.slots[1:] if s.backend is not None]
+        if self.serving and (thread_id in self.local_threads or thread_id in self.fallback_threads):
+            # Kept after a recovery (a quarantined entry): what is newer is in the primary.
+            return [self.primary, *fallbacks]
         if thread_id in self.local_threads:
             return fallbacks
         order = fallbacks if thread_id in self.fallback_threads else []

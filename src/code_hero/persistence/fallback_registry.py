@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun
+from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.records import (
     EventRecord,
@@ -124,13 +124,16 @@ class FallbackRegistry(FallbackClaims, Registry):
     async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted).
 
-        During an outage only a thread born in it; the router journals the deletion.
+        During an outage only a thread born in it; its deletion is journalled after
+        anything a run still ending queued meanwhile, so the primary ends without it.
         """
 
         async def degraded() -> tuple[bool, int]:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
-            return await self._local("deleting this thread").delete_thread(thread_id)
+            deleted = await self._local("deleting this thread").delete_thread(thread_id)
+            self._journal(DeleteThread(thread_id))
+            return deleted
 
         return await self._write(lambda r: r.delete_thread(thread_id), degraded)
 

@@ -237,16 +237,25 @@ class Journal:
         primary: Backend,
         fallback: Backend,
         is_unreachable: Callable[[BaseException], bool],
+        step_timeout: float = 30.0,
     ) -> list[Entry]:
-        """Replay each quarantined entry once; returns those that went through."""
+        """Replay each quarantined entry once; returns those that went through.
+
+        The primary serves meanwhile: an entry that copies state is replayed as
+        a late copy (`late()`), which adds what is missing and never replaces a
+        newer row.
+        """
         done: list[Entry] = []
         for _ in range(len(self.quarantine)):
             async with self.step_lock:
                 if not self.quarantine:
                     break
                 item = self.quarantine.popleft()
+                late = getattr(item.entry, "late", None)
+                entry: Entry = late() if callable(late) else item.entry
                 try:
-                    await item.entry.replay(primary, fallback)
+                    # Bounded like the drain: a hung primary must not hold the step lock.
+                    await asyncio.wait_for(entry.replay(primary, fallback), step_timeout)
                 except Exception as exc:
                     self.quarantine.append(item)
                     if is_unreachable(exc):

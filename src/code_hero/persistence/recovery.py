@@ -96,7 +96,10 @@ async def retry_quarantined(router: FallbackRouter) -> None:
         return
     try:
         done = await router.journal.retry_quarantined(
-            primary=primary, fallback=source, is_unreachable=is_backend_error
+            primary=primary,
+            fallback=source,
+            is_unreachable=is_backend_error,
+            step_timeout=max(2 * router.primary.config.pool_timeout, 1.0),
         )
     except Exception as exc:
         if not is_backend_error(exc):
@@ -105,10 +108,14 @@ async def retry_quarantined(router: FallbackRouter) -> None:
         return
     if done:
         router.metrics.synced(len(done))
-        kept = router.journal.threads()
-        for thread_id in {e.thread_id for e in done} - kept:
-            router.fallback_threads.discard(thread_id)
-            router.local_threads.discard(thread_id)
-            for slot in router.slots[1:]:
-                if slot.backend is not None:
-                    await slot.backend.forget_thread(thread_id)
+        # Under the gate and the step lock: no write can reach the fallback for a
+        # thread between the check that it is settled and forgetting its copies.
+        async with router.gate.write(), router.journal.step_lock:
+            for thread_id in {e.thread_id for e in done}:
+                if not router.serving or thread_id in router.journal.threads():
+                    continue
+                router.fallback_threads.discard(thread_id)
+                router.local_threads.discard(thread_id)
+                for slot in router.slots[1:]:
+                    if slot.backend is not None:
+                        await slot.backend.forget_thread(thread_id)

@@ -3,8 +3,8 @@
 The manager builds a `HealthReport` (a `BackendReport` per slot) from what
 the background probe last saw; whatever shows health renders it:
 `to_dict()` is the seed's `health_check()` report, `status_dict()` the
-seed's `health_status`, `public()` what anyone but an administrator may see
-(each error as a category, no backend URL).
+seed's `health_status` (what anyone but an administrator may see of it is
+`diagnosis.public_health`).
 
     healthy     the primary serves reads and writes
     degraded    a fallback serves them
@@ -13,11 +13,9 @@ seed's `health_status`, `public()` what anyone but an administrator may see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
-
-from code_hero.persistence.diagnosis import error_category
 
 if TYPE_CHECKING:
     from code_hero.persistence.fallback import FallbackRouter
@@ -51,14 +49,10 @@ class BackendReport:
     latency_ms: float | None
     last_error: str | None
     checked_at: datetime | None
-    description: str | None  # where the data lives; None in the public view
-
-    def public(self) -> BackendReport:
-        """The view for anyone: the error as its category, no description."""
-        return replace(self, last_error=error_category(self.last_error), description=None)
+    description: str | None  # where the data lives
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed's per-backend entry (no "description" in the public view)."""
+        """The seed's per-backend entry."""
         entry: dict[str, Any] = {
             "role": self.role,
             "kind": self.kind,
@@ -90,10 +84,6 @@ class HealthReport:
     def backend(self, role: str) -> BackendReport | None:
         """The backend in that role, if there is one."""
         return next((b for b in self.backends if b.role == role), None)
-
-    def public(self) -> HealthReport:
-        """The view for anyone: errors as categories, no backend URLs."""
-        return replace(self, backends=tuple(b.public() for b in self.backends))
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's `health_check()` report."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import operator
 import os
 import signal
 import socket
@@ -14,13 +13,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import httpx
 import psycopg
-from langgraph.graph import END, START, StateGraph
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("CODE_HERO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -93,28 +90,6 @@ class Replica:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
-
-
-class SmallState(TypedDict, total=False):
-    steps: Annotated[list[str], operator.add]
-    text: str
-
-
-def small_graph(nodes: int = 4) -> StateGraph[Any]:
-    """A chain of `nodes` nodes, each appending its name: the graph the targets name."""
-    builder = StateGraph(SmallState)
-    names = [f"n{i}" for i in range(nodes)]
-    for name in names:
-
-        async def node(state: SmallState, _name: str = name) -> dict[str, Any]:
-            return {"steps": [_name], "text": f"{_name} done"}
-
-        builder.add_node(name, node)
-    builder.add_edge(START, names[0])
-    for a, b in pairwise(names):
-        builder.add_edge(a, b)
-    builder.add_edge(names[-1], END)
-    return builder
 
 
 async def throughput(

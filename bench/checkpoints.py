@@ -23,7 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, scratch_database, small_graph, target, throughput
+from _common import median, scratch_database, target, throughput
+from chain import small_graph
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from code_hero.checkpointing import (

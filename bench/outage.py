@@ -46,7 +46,7 @@ from code_hero.runs.executor import StartRun
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 16
 PROBE_INTERVAL = 0.2
-GRAPH = f"{ROOT / 'bench' / '_common.py'}:small_graph"
+GRAPH = f"{ROOT / 'bench' / 'chain.py'}:small_graph"
 PG_PORT = urlsplit(ADMIN_URL).port or 5432
 
 

@@ -30,7 +30,7 @@ from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 
 WORKERS = 16
-GRAPH_FILE = Path(__file__).resolve().with_name("_common.py")
+GRAPH_FILE = Path(__file__).resolve().with_name("chain.py")
 
 
 async def executor_vs_direct(seconds: float, rounds: int) -> list[str]:

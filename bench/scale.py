@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, Replica, scratch_database, target
 
 GRAPHS = (
-    f"small={ROOT / 'bench' / '_common.py'}:small_graph,"
+    f"small={ROOT / 'bench' / 'chain.py'}:small_graph,"
     f"slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
 )
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"

@@ -33,7 +33,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, Replica, scratch_database, target
 
-GRAPHS = f"small={ROOT / 'bench' / '_common.py'}:small_graph"
+GRAPHS = f"small={ROOT / 'bench' / 'chain.py'}:small_graph"
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 CANCEL = "mutation($id: ID!) { cancelRun(id: $id) { status } }"
 STATUS = "query($id: ID!) { run(id: $id) { status } }"

@@ -3,15 +3,19 @@ SQLite and PostgreSQL, on real runs of the offline `code_hero` graph."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
 
 from code_hero.agents.graph import build_code_hero_graph
+from code_hero.auth import Caller
 from code_hero.persistence.changes import AS_NODE_KEY
+from tests.auth.issuer import Issuer
 from tests.graphql.clients import data, gql
-from tests.graphql.conftest import Server
+from tests.graphql.conftest import Server, checkpointer_for
+from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, START, client, secured
 from tests.graphql.test_queries import start_run
 
 NODE = """id parentId step source namespace updatedBy values
@@ -239,3 +243,31 @@ async def test_cost_counts_the_parent_reads(server: Server) -> None:
     )
     # updatedBy: 1 read each; changes: its object and 1 read each.
     assert diffed["extensions"]["cost"] - plain["extensions"]["cost"] == 20 * 3
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
+    return Issuer(tmp_path_factory.mktemp("idp"))
+
+
+async def test_another_users_history_stays_hidden(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, idp: Issuer
+) -> None:
+    async with secured(checkpointer_for(backend, request, tmp_path), idp) as server:
+        async with client(server, ALICE_KEY) as alice, client(server, BOB_KEY) as bob:
+            run_input = {"message": "Help me build a FastAPI app", "wait": True}
+            run = data(await gql(alice, START, {"input": run_input}))["startRun"]
+            thread_id = run["threadId"]
+            mine = data(await gql(alice, HISTORY % NODE, {"t": thread_id, "first": 2}))
+            edges = mine["thread"]["checkpoints"]["edges"]
+            assert [e["node"]["updatedBy"] for e in edges] == [["development"], ["SUPERVISOR"]]
+            oldest = edges[-1]["node"]["id"]
+            theirs = await gql(bob, ONE % NODE, {"t": thread_id, "id": oldest})
+            assert data(theirs) == {"checkpoint": None}
+            page = await gql(bob, HISTORY % NODE, {"t": thread_id, "first": 2})
+            assert data(page) == {"thread": None}
+            # The batch read under `changes` checks the caller as the page does.
+            gateway = server.gateway
+            assert await gateway.get_checkpoints(thread_id, [oldest], caller=Caller("bob")) == {}
+            found = await gateway.get_checkpoints(thread_id, [oldest], caller=Caller("alice"))
+            assert list(found) == [oldest]

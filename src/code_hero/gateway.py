@@ -333,6 +333,22 @@ class Gateway:
         views = await asyncio.gather(*(self.manager.get_checkpoint(t) for t in ids))
         return {t: v for t, v in zip(ids, views, strict=True) if v is not None}
 
+    async def get_checkpoints(
+        self,
+        thread_id: str,
+        checkpoint_ids: Sequence[str],
+        namespace: str = "",
+        *,
+        caller: Caller = ANONYMOUS,
+    ) -> dict[str, CheckpointView]:
+        """Checkpoints of one thread's namespace by id (one access check for all)."""
+        thread_id = check_thread_id(thread_id)
+        check_text(namespace, "namespace")
+        ids = [check_checkpoint_id(i, "id") for i in checkpoint_ids]
+        if not ids or not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
+            return {}
+        return await self.manager.get_checkpoints(thread_id, ids, namespace)
+
     async def list_checkpoints(
         self,
         thread_id: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,8 @@ class PendingWriteView:
 
 @dataclass(frozen=True)
 class CheckpointView:
-    """One checkpoint: ids, lineage, step, source, JSON values and pending writes."""
+    """One checkpoint: ids, lineage, step, source, JSON values and pending writes;
+    `versions_seen` as LangGraph stored it (which node saw which channel version)."""
 
     checkpoint_id: str
     thread_id: str
@@ -52,6 +53,7 @@ class CheckpointView:
     next: list[str]
     metadata: dict[str, Any]
     pending_writes: list[PendingWriteView]
+    versions_seen: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _parse_ts(value: Any) -> datetime:
@@ -123,6 +125,7 @@ def view_of(item: CheckpointTuple) -> CheckpointView:
         next=next_nodes(checkpoint),
         metadata=to_jsonable(metadata),
         pending_writes=writes,
+        versions_seen=checkpoint.get("versions_seen") or {},
     )
 
 

@@ -2,6 +2,8 @@
 
 A page of runs resolving `thread` is one `get_threads` call, not one per run;
 `thread(id:)` asks the gateway (which checks the id) and primes the cache.
+`checkpoint` loads checkpoints by (thread, namespace, id): the parents a page
+of history lacks for `changes`, one gateway call per thread and namespace.
 The loaders cache records, not schema types, and live for one operation only
 (see `Context.for_operation`): a WebSocket connection runs many operations
 and must not serve one operation's stale records to the next.
@@ -10,6 +12,7 @@ and must not serve one operation's stale records to the next.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 from strawberry.dataloader import DataLoader
@@ -21,7 +24,10 @@ from code_hero.persistence.records import ThreadRecord
 if TYPE_CHECKING:
     from code_hero.gateway import Gateway
 
-__all__ = ["Loaders"]
+__all__ = ["CheckpointKey", "Loaders"]
+
+CheckpointKey = tuple[str, str, str]
+"""(thread id, namespace, checkpoint id)."""
 
 
 class Loaders:
@@ -34,6 +40,9 @@ class Loaders:
         self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
             self._latest_checkpoints
         )
+        self.checkpoint: DataLoader[CheckpointKey, CheckpointView | None] = DataLoader(
+            self._checkpoints
+        )
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
         found = await self.gateway.get_threads(ids, caller=self.caller)
@@ -44,3 +53,12 @@ class Loaders:
         # makes `values` and `latestCheckpoint` of one thread a single read.
         found = await self.gateway.latest_checkpoints(thread_ids, caller=self.caller)
         return [found.get(t) for t in thread_ids]
+
+    async def _checkpoints(self, keys: Sequence[CheckpointKey]) -> list[CheckpointView | None]:
+        found: dict[CheckpointKey, CheckpointView] = {}
+        for (thread_id, namespace), group in groupby(sorted(keys), key=lambda k: k[:2]):
+            views = await self.gateway.get_checkpoints(
+                thread_id, [k[2] for k in group], namespace, caller=self.caller
+            )
+            found.update({(thread_id, namespace, i): v for i, v in views.items()})
+        return [found.get(k) for k in keys]

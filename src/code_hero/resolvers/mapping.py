@@ -120,8 +120,10 @@ def run_connection(page: Page[RunRecord], order: RunOrder, count: p.Counter) -> 
     )
 
 
-def checkpoint_of(view: CheckpointView) -> c.Checkpoint:
-    """The schema's Checkpoint."""
+def checkpoint_of(
+    view: CheckpointView, page: Mapping[str, CheckpointView] | None = None
+) -> c.Checkpoint:
+    """The schema's Checkpoint; `page`: the checkpoints served alongside it, by id."""
     return c.Checkpoint(
         id=strawberry.ID(view.checkpoint_id),
         thread_id=strawberry.ID(view.thread_id),
@@ -131,23 +133,25 @@ def checkpoint_of(view: CheckpointView) -> c.Checkpoint:
         step=view.step,
         source=e.CheckpointSource(view.source),
         run_id=strawberry.ID(view.run_id) if view.run_id else None,
-        values=JSON(view.values),
         next=list(view.next),
         metadata=JSON(view.metadata),
         pending_writes=[
             c.PendingWrite(task_id=w.task_id, channel=w.channel, value=JSON(w.value))
             for w in view.pending_writes
         ],
+        view=view,
+        page={} if page is None else page,
     )
 
 
 def checkpoint_connection(page: Page[CheckpointView], count: p.Counter) -> c.CheckpointConnection:
     """A page of history with checkpoint cursors; `count` answers totalCount."""
+    by_id = {x.checkpoint_id: x for x in page.items}
     return c.CheckpointConnection(
         edges=[
             c.CheckpointEdge(
                 cursor=encode_checkpoint_cursor(x.namespace, x.checkpoint_id),
-                node=checkpoint_of(x),
+                node=checkpoint_of(x, by_id),
             )
             for x in page.items
         ],

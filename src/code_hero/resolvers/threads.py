@@ -86,10 +86,12 @@ def _thread_filter(flt: t.ThreadFilter | None) -> ThreadFilter | None:
     )
 
 
-async def thread_values(info: Info[Context, Any], thread_id: str) -> JSON | None:
-    """The values of the latest root checkpoint, or null."""
+async def thread_values(
+    info: Info[Context, Any], thread_id: str, keys: list[str] | None = None
+) -> JSON | None:
+    """The values of the latest root checkpoint (only the channels in `keys`), or null."""
     view = await info.context.loaders.latest_checkpoint.load(thread_id)
-    return None if view is None else mapping.checkpoint_of(view).values
+    return None if view is None else mapping.checkpoint_of(view).values(keys)
 
 
 async def latest_checkpoint(info: Info[Context, Any], thread_id: str) -> c.Checkpoint | None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import strawberry
 
+from code_hero.persistence.changes import select_channels
+from code_hero.persistence.checkpoints import CheckpointView
+from code_hero.resolvers import changes as resolve
+from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.enums import CheckpointSource
 from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
 
-__all__ = ["Checkpoint", "CheckpointConnection", "CheckpointEdge", "PendingWrite"]
+__all__ = ["ChannelChange", "Checkpoint", "CheckpointConnection", "CheckpointEdge", "PendingWrite"]
+
+Info = strawberry.Info[Context, None]
 
 
 @strawberry.type(description="A write a task made that the next step has not applied yet.")
@@ -19,6 +26,20 @@ class PendingWrite:
     task_id: str
     channel: str
     value: JSON | None
+
+
+@strawberry.type(description="One channel that differs from the parent checkpoint.")
+class ChannelChange:
+    channel: str
+    before: JSON | None = strawberry.field(
+        description="The parent's value; null when `appended` or the channel is new."
+    )
+    after: JSON | None = strawberry.field(
+        description="The new value; when `appended`, only the items added to the list."
+    )
+    appended: bool = strawberry.field(
+        description="True when a list only grew (e.g. messages): `after` holds just the new items."
+    )
 
 
 @strawberry.type(description="One saved state of a thread (or of a subgraph in it).")
@@ -35,12 +56,31 @@ class Checkpoint:
     step: int
     source: CheckpointSource
     run_id: strawberry.ID | None
-    values: JSON = strawberry.field(
-        description="Channel values as JSON (messages in their dict form)."
-    )
     next: list[str] = strawberry.field(description="Nodes that run next from here.")
     metadata: JSON
     pending_writes: list[PendingWrite]
+    view: strawberry.Private[CheckpointView]
+    page: strawberry.Private[Mapping[str, CheckpointView]]  # served alongside: parents to reuse
+
+    @fields.field("Channel values as JSON (messages in their dict form); `keys`: only these.")
+    def values(self, keys: list[str] | None = None) -> JSON:
+        return JSON(select_channels(self.view.values, keys))
+
+    @fields.field("The nodes whose writes made this checkpoint ([] for an input checkpoint).")
+    async def updated_by(self, info: Info) -> list[str]:
+        return await resolve.updated_by(info, self.view, self.page)
+
+    @fields.field(
+        "What changed since the parent checkpoint (every channel when there is none to read)."
+    )
+    async def changes(self, info: Info) -> list[ChannelChange]:
+        found = await resolve.channel_changes(info, self.view, self.page)
+        return [
+            ChannelChange(
+                channel=x.channel, before=JSON(x.before), after=JSON(x.after), appended=x.appended
+            )
+            for x in found
+        ]
 
 
 @strawberry.type

@@ -5,7 +5,11 @@ full:
 
 - a field whose value is an object (or a list of objects) costs 1 for each
   object; a scalar or enum costs nothing, except `Thread.values`, which loads
-  a checkpoint (1), and a connection's `totalCount`, one count query (1);
+  a checkpoint (1), a connection's `totalCount`, one count query (1), and
+  `Checkpoint.updatedBy`, which may read the parent checkpoint (1);
+  `Checkpoint.changes` reads the parent and compares it: 1 more than its
+  one counted object (a page's parents are read at most once, so this is an
+  upper bound);
 - a field with a `first` argument is paged: a list it returns (`events`)
   holds `first` items; a connection it returns (`threads`, `runs`,
   `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
@@ -68,7 +72,10 @@ SCALAR_COSTS: Mapping[tuple[str, str], int] = {
     ("ThreadConnection", "totalCount"): 1,
     ("RunConnection", "totalCount"): 1,
     ("CheckpointConnection", "totalCount"): 1,
+    ("Checkpoint", "updatedBy"): 1,
 }
+# Object fields that read more than their objects: `changes` reads the parent checkpoint.
+OBJECT_LOADS: Mapping[tuple[str, str], int] = {("Checkpoint", "changes"): 1}
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
 
@@ -129,7 +136,10 @@ class _Pricer:
             listed = size if size is not None else page
             times *= 1 if listed is None else listed
         named = get_named_type(definition.type)
-        weight = 1 if is_composite_type(named) else SCALAR_COSTS.get((parent.name, name), 0)
+        key = (parent.name, name)
+        weight = (
+            1 + OBJECT_LOADS.get(key, 0) if is_composite_type(named) else SCALAR_COSTS.get(key, 0)
+        )
         if node.selection_set is None:
             return times * weight
         # A paged field that is not a list is a connection: its `edges` hold the page.

@@ -39,9 +39,12 @@ class Thread:
     updated_at: datetime
     metadata: JSON
 
-    @fields.field("State of the latest root checkpoint, as JSON; null when there is none.")
-    async def values(self, info: Info) -> JSON | None:
-        return await resolve.thread_values(info, self.id)
+    @fields.field(
+        "State of the latest root checkpoint, as JSON; null when there is none."
+        " `keys`: only these channels (a name the state lacks is left out)."
+    )
+    async def values(self, info: Info, keys: list[str] | None = None) -> JSON | None:
+        return await resolve.thread_values(info, self.id, keys)
 
     @fields.field("The latest root checkpoint; null when there is none.")
     async def latest_checkpoint(self, info: Info) -> Checkpoint | None:

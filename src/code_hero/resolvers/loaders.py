@@ -20,6 +20,7 @@ from code_hero.persistence.records import ThreadRecord
 
 if TYPE_CHECKING:
     from code_hero.gateway import Gateway
+    from code_hero.runs.interrupts import PendingInterrupt
 
 __all__ = ["Loaders"]
 
@@ -34,6 +35,7 @@ class Loaders:
         self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
             self._latest_checkpoints
         )
+        self.interrupts: DataLoader[str, list[PendingInterrupt]] = DataLoader(self._interrupts)
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
         found = await self.gateway.get_threads(ids, caller=self.caller)
@@ -44,3 +46,9 @@ class Loaders:
         # makes `values` and `latestCheckpoint` of one thread a single read.
         found = await self.gateway.latest_checkpoints(thread_ids, caller=self.caller)
         return [found.get(t) for t in thread_ids]
+
+    async def _interrupts(self, thread_ids: Sequence[str]) -> list[list[PendingInterrupt]]:
+        # A page of INTERRUPTED threads: one registry query for their runs, then one
+        # state read per thread on graphs compiled at start-up.
+        found = await self.gateway.pending_interrupts(thread_ids, caller=self.caller)
+        return [found.get(t, []) for t in thread_ids]

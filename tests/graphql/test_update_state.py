@@ -13,11 +13,16 @@ from typing import Any
 
 import pytest
 
+from code_hero.app import create_app
+from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import GatewaySettings
+from code_hero.settings import AppSettings
 from tests.auth.issuer import Issuer
+from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import codes, data, gql, until_finished
-from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for
+from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for, running
 from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, ROOT_KEY, client, secured
+from tests.graphql.test_outage import PG_PORT, wait_for_status
 
 EDIT_GRAPH = f"{Path(__file__).with_name('edit_graph.py')}:graph"
 CHECKPOINT = "id parentId source step next values threadId namespace"
@@ -210,3 +215,34 @@ async def test_another_users_thread_looks_missing(
         assert admin["updateState"]["values"]["steps"][-2:] == ["alice", "root"]
         body = await gql(bob, "query($id: ID!) { thread(id: $id) { id } }", {"id": thread_id})
         assert data(body)["thread"] is None
+
+
+@pytest.mark.postgres
+async def test_an_outage_refuses_threads_of_the_primary_and_keeps_edits_of_its_own(
+    pg_database: str,
+) -> None:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
+        settings = GatewaySettings(checkpointer=config, graphs={"edits": EDIT_GRAPH})
+        async with running(create_app(AppSettings(gateway=settings))) as server:
+            http = server.http
+            old = await start(http, graph="edits", input={"notes": ["old"]}, wait=True)
+            proxy.refuse()
+            await wait_for_status(server, "DEGRADED")
+
+            body = await edit(http, threadId=old["threadId"], values={"notes": ["x"]})
+            assert codes(body) == ["UNAVAILABLE"]
+            assert body["errors"][0]["extensions"]["retryAfter"] >= 1
+
+            born = await start(http, graph="edits", input={"notes": ["new"]}, wait=True)
+            made = await edit(http, threadId=born["threadId"], values={"notes": ["edited"]})
+            assert data(made)["updateState"]["values"]["notes"][-1] == "edited"
+            assert made["extensions"]["degraded"] is True
+
+            proxy.forward()
+            await wait_for_status(server, "HEALTHY")
+            synced = await thread(http, born["threadId"])
+            assert synced["latestCheckpoint"]["id"] == data(made)["updateState"]["id"]
+            assert synced["status"] == "IDLE"

@@ -8,6 +8,7 @@ refused with their codes, and another user's thread looks missing.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ def gateway_settings(
 ) -> GatewaySettings:
     return GatewaySettings(
         checkpointer=checkpointer_for(backend, request, tmp_path),
-        graphs={"slow": SLOW_GRAPH, "edits": EDIT_GRAPH},
+        # "support": the name the README's examples give the same graph.
+        graphs={"slow": SLOW_GRAPH, "edits": EDIT_GRAPH, "support": EDIT_GRAPH},
     )
 
 
@@ -246,3 +248,25 @@ async def test_an_outage_refuses_threads_of_the_primary_and_keeps_edits_of_its_o
             synced = await thread(http, born["threadId"])
             assert synced["latestCheckpoint"]["id"] == data(made)["updateState"]["id"]
             assert synced["status"] == "IDLE"
+
+
+async def test_the_readme_examples(server: Server) -> None:
+    """The documents of the README's "Editing state" section, run as written."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("## Editing state", 1)[1].split("\n## ", 1)[0]
+    edit_doc, fork_doc, rerun_doc, inbox_doc = re.findall(r"```graphql\n(.*?)```", section, re.S)
+    http = server.http
+    run = await start(http, graph="support", input={"ask": True}, wait=True)
+    t = run["threadId"]
+    assert run["status"] == "INTERRUPTED"
+    listed = data(await gql(http, inbox_doc))["threads"]["edges"]
+    assert [e["node"]["interrupts"][0]["runId"] for e in listed] == [run["id"]]
+    made = data(await gql(http, edit_doc, {"t": t}))["updateState"]
+    assert made["source"] == "UPDATE" and made["values"]["messages"][-1]["content"]
+    history = [e["node"] for e in (await thread(http, t))["checkpoints"]["edges"]]
+    past = next(c for c in history if c["next"] == ["approval"])
+    fork = data(await gql(http, fork_doc, {"t": t, "past": past["id"]}))["updateState"]
+    assert fork["parentId"] == past["id"] and fork["next"] == ["approval"]
+    rerun = data(await gql(http, rerun_doc, {"t": t, "fork": fork["id"]}))["startRun"]
+    assert rerun["status"] == "INTERRUPTED"  # the same question, asked again from the fork
+    assert rerun["output"] is None

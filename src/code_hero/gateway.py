@@ -56,10 +56,12 @@ from code_hero.persistence.records import (
     ThreadRecord,
 )
 from code_hero.runs.bus import InProcessBus
+from code_hero.runs.edits import update_state
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
-from code_hero.runs.requests import UNSET, StartRun, check_request_text
+from code_hero.runs.interrupts import PendingInterrupt, pending_interrupts
+from code_hero.runs.requests import UNSET, StartRun, UpdateState, check_request_text
 
 __all__ = ["Gateway", "GatewaySettings"]
 
@@ -378,6 +380,47 @@ class Gateway:
         if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
             return 0
         return await self.manager.count_checkpoints(thread_id, namespace=namespace)
+
+    # ------------------------------------------------------------ state edits
+    async def update_state(
+        self, request: UpdateState, *, caller: Caller = ANONYMOUS
+    ) -> CheckpointView:
+        """A human edit of a thread's state, saved as a checkpoint (`code_hero.runs.edits`);
+        another user's thread is NOT_FOUND, as startRun on it is."""
+        self.policy.spend(caller, Action.CHECKPOINT_WRITE)
+        thread_id = check_thread_id(request.thread_id)
+        checkpoint_id = request.checkpoint_id
+        if checkpoint_id is not None:
+            checkpoint_id = check_checkpoint_id(checkpoint_id)
+        for name, value in (
+            ("values", request.values),
+            ("asNode", request.as_node),
+            ("namespace", request.namespace),
+        ):
+            check_text(value, name)
+        request = replace(request, thread_id=thread_id, checkpoint_id=checkpoint_id)
+        if not await self._owns(thread_id, caller):
+            raise NotFoundError(f"no thread {thread_id!r}")
+        await self.policy.require(
+            caller,
+            Action.CHECKPOINT_WRITE,
+            thread_id=thread_id,
+            value={
+                "as_node": request.as_node,
+                "checkpoint_id": checkpoint_id,
+                "namespace": request.namespace,
+            },
+        )
+        return await update_state(self.manager, self.graph_registry, request)
+
+    async def pending_interrupts(
+        self, thread_ids: Sequence[str], *, caller: Caller = ANONYMOUS
+    ) -> dict[str, list[PendingInterrupt]]:
+        """What each INTERRUPTED thread the caller may see waits for (for the DataLoader)."""
+        threads = await self.get_threads(list(dict.fromkeys(thread_ids)), caller=caller)
+        return await pending_interrupts(
+            self.manager.registry, self.graph_registry, list(threads.values())
+        )
 
     # ------------------------------------------------------------ runs
     async def start_run(self, request: StartRun, *, caller: Caller = ANONYMOUS) -> RunRecord:

@@ -54,6 +54,7 @@ class Action(StrEnum):
     THREAD_SUBSCRIBE = "thread.subscribe"
     THREAD_DELETE = "thread.delete"
     CHECKPOINT_READ = "checkpoint.read"
+    CHECKPOINT_WRITE = "checkpoint.write"  # updateState: a human edit of the state
     RUN_CREATE = "run.create"
     RUN_READ = "run.read"
     RUN_SEARCH = "run.search"
@@ -63,7 +64,13 @@ class Action(StrEnum):
 
 
 MUTATIONS = frozenset(
-    {Action.RUN_CREATE, Action.RUN_CANCEL, Action.RUN_DELETE, Action.THREAD_DELETE}
+    {
+        Action.RUN_CREATE,
+        Action.RUN_CANCEL,
+        Action.RUN_DELETE,
+        Action.THREAD_DELETE,
+        Action.CHECKPOINT_WRITE,
+    }
 )
 
 

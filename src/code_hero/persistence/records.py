@@ -311,6 +311,16 @@ class Registry(Protocol):
     ) -> list[RunRecord]:
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
+    # human edits (`code_hero.runs.edits`)
+    async def settle_edit(self, thread_id: str, status: ThreadStatus) -> str | None:
+        """Record an edit of the thread's state: updated_at, and `status` unless a run is
+        in flight (returns its id then; its end sets the status). One transaction."""
+
+    async def latest_runs(
+        self, thread_ids: Sequence[str], status: RunStatus
+    ) -> dict[str, RunRecord]:
+        """The newest run with `status` of each thread that has one, in one query."""
+
     # events
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         """Store events of any runs in one transaction (each carries its run and thread);

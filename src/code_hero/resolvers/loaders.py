@@ -23,6 +23,7 @@ from code_hero.persistence.records import ThreadRecord
 
 if TYPE_CHECKING:
     from code_hero.gateway import Gateway
+    from code_hero.runs.interrupts import PendingInterrupt
 
 __all__ = ["CheckpointKey", "Loaders"]
 
@@ -43,6 +44,7 @@ class Loaders:
         self.checkpoint: DataLoader[CheckpointKey, CheckpointView | None] = DataLoader(
             self._checkpoints
         )
+        self.interrupts: DataLoader[str, list[PendingInterrupt]] = DataLoader(self._interrupts)
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
         found = await self.gateway.get_threads(ids, caller=self.caller)
@@ -62,3 +64,9 @@ class Loaders:
             )
             found.update({(thread_id, namespace, i): v for i, v in views.items()})
         return [found.get(k) for k in keys]
+
+    async def _interrupts(self, thread_ids: Sequence[str]) -> list[list[PendingInterrupt]]:
+        # A page of INTERRUPTED threads: one registry query for their runs, then one
+        # state read per thread on graphs compiled at start-up.
+        found = await self.gateway.pending_interrupts(thread_ids, caller=self.caller)
+        return [found.get(t, []) for t in thread_ids]

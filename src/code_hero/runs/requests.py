@@ -24,6 +24,7 @@ __all__ = [
     "UNSET",
     "MultitaskStrategy",
     "StartRun",
+    "UpdateState",
     "check_config",
     "check_one_input",
     "check_request_text",
@@ -156,3 +157,15 @@ def input_for(
             )
         return dict(req.input)
     return None
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """A human edit (`code_hero.runs.edits`): `values` applied as `as_node`'s update, to the
+    latest checkpoint of `namespace` or (a fork) to `checkpoint_id`."""
+
+    thread_id: str
+    values: Any
+    as_node: str | None = None
+    checkpoint_id: str | None = None
+    namespace: str = ""

@@ -16,6 +16,7 @@ full:
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
 - other lists (`backends`, `pendingWrites`, `graphs`) count one item;
+  `Thread.interrupts` (a small list) counts one item plus its state read (1);
 - the root field of a subscription counts as a page of 100 events;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
 - inline fragments and fragment spreads are priced where they are spread,
@@ -77,6 +78,11 @@ SCALAR_COSTS: Mapping[tuple[str, str], int] = {
 # Object fields that read more than their objects: `changes` reads the parent checkpoint.
 OBJECT_LOADS: Mapping[tuple[str, str], int] = {("Checkpoint", "changes"): 1}
 
+# Lists that cost a load of their own, once per parent object, beside their items.
+LIST_LOADS: Mapping[tuple[str, str], int] = {
+    ("Thread", "interrupts"): 1,
+}
+
 _Fields = GraphQLObjectType | GraphQLInterfaceType
 
 
@@ -132,6 +138,7 @@ class _Pricer:
         paged = PAGE_ARGUMENT in definition.args
         size = self.page_size(node, definition.args[PAGE_ARGUMENT]) if paged else None
         is_list = isinstance(get_nullable_type(definition.type), GraphQLList)
+        loads = times * LIST_LOADS.get((parent.name, name), 0)
         if is_list:
             listed = size if size is not None else page
             times *= 1 if listed is None else listed
@@ -141,10 +148,11 @@ class _Pricer:
             1 + OBJECT_LOADS.get(key, 0) if is_composite_type(named) else SCALAR_COSTS.get(key, 0)
         )
         if node.selection_set is None:
-            return times * weight
+            return loads + times * weight
         # A paged field that is not a list is a connection: its `edges` hold the page.
         inner_page = None if is_list else size
-        return times * weight + self.selections(node.selection_set, named, times, inner_page)
+        inner = self.selections(node.selection_set, named, times, inner_page)
+        return loads + times * weight + inner
 
     def page_size(self, node: FieldNode, argument: Any) -> int:
         """`first` as the client gave it, else the schema's default for it."""

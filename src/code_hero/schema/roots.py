@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import strawberry
 
 from code_hero.resolvers import checkpoints as checkpoint_resolvers
+from code_hero.resolvers import edits as edit_resolvers
 from code_hero.resolvers import runs as run_resolvers
 from code_hero.resolvers import subscriptions as subscription_resolvers
 from code_hero.resolvers import system as system_resolvers
@@ -14,6 +15,7 @@ from code_hero.resolvers import threads as thread_resolvers
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint
+from code_hero.schema.edits import UpdateStateInput
 from code_hero.schema.events import RunEvent
 from code_hero.schema.graphs import Graph
 from code_hero.schema.health import Health
@@ -108,6 +110,13 @@ class Mutation:
     @fields.mutation("Cancel the thread's runs, then delete it everywhere.")
     async def delete_thread(self, info: Info, id: strawberry.ID) -> DeleteThreadPayload:
         return await thread_resolvers.delete_thread(info, id)
+
+    @fields.mutation(
+        "A human edit, saved as a checkpoint (source UPDATE): applied as a node's update "
+        "(reducers apply), to the latest checkpoint or, a fork, to a past one."
+    )
+    async def update_state(self, info: Info, input: UpdateStateInput) -> Checkpoint:
+        return await edit_resolvers.update_state(info, input)
 
 
 @strawberry.type

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
+from code_hero.resolvers import edits as resolve_edits
 from code_hero.resolvers import threads as resolve
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint, CheckpointConnection
+from code_hero.schema.edits import PendingInterrupt
 from code_hero.schema.enums import RunStatus, SortDirection, ThreadSortField, ThreadStatus
 from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
@@ -69,6 +71,10 @@ class Thread:
         status: RunStatus | None = None,
     ) -> Annotated[RunConnection, strawberry.lazy("code_hero.schema.runs")]:
         return await resolve.thread_runs(info, self.id, first, after, status)
+
+    @fields.field("What the thread waits for while INTERRUPTED (an inbox); [] otherwise.")
+    async def interrupts(self, info: Info) -> list[PendingInterrupt]:
+        return await resolve_edits.thread_interrupts(info, self.id, self.status)
 
 
 @strawberry.type

@@ -39,6 +39,7 @@ from code_hero.persistence.registry.dialect import (
     utc,
     utc_now,
 )
+from code_hero.persistence.registry.edits import ThreadEdits
 
 __all__ = ["SqlRegistry"]
 
@@ -60,7 +61,7 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, Registry):
+class SqlRegistry(RunClaims, ThreadEdits, Registry):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""The registry's edit calls (`settle_edit`, `latest_runs`) as the fallback router serves them.
+
+While the primary serves they go to its registry. During an outage only a
+thread born in it (the fallback holds all of it) can be answered truthfully; its
+settled row is journalled as a copy of the thread, like every change to it.
+Anything else is UNAVAILABLE, as other reads and writes of such threads are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from code_hero.persistence.fallback_routing import RoutedRegistry
+from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
+
+__all__ = ["FallbackEdits"]
+
+
+class FallbackEdits(RoutedRegistry):
+    """`settle_edit` and `latest_runs` through an outage."""
+
+    async def settle_edit(self, thread_id: str, status: ThreadStatus) -> str | None:
+        """Record an edit on the thread (during an outage: a thread born in it only)."""
+
+        async def degraded() -> str | None:
+            if not self.router.is_local(thread_id):
+                raise self.router.unavailable("editing this thread")
+            busy = await self._local("editing this thread").settle_edit(thread_id, status)
+            self._copy_thread(thread_id)
+            return busy
+
+        return await self._write(lambda r: r.settle_edit(thread_id, status), degraded)
+
+    async def latest_runs(
+        self, thread_ids: Sequence[str], status: RunStatus
+    ) -> dict[str, RunRecord]:
+        """The newest run with `status` of each thread (during an outage: threads born in it)."""
+
+        async def degraded() -> dict[str, RunRecord]:
+            if not all(self.router.is_local(t) for t in thread_ids):
+                raise self.router.unavailable("reading these threads' runs")
+            return await self._local("reading runs").latest_runs(thread_ids, status)
+
+        return await self._route(lambda r: r.latest_runs(thread_ids, status), degraded)

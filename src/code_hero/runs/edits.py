@@ -1,0 +1,129 @@
+"""Human edits of a thread's state (`updateState`): a checkpoint written as a node's update.
+
+The edit goes through LangGraph's own `aupdate_state` on the graph the thread
+last ran (else the one named in its metadata, else the default), compiled with
+the manager's checkpointer: reducers apply (a list of messages is appended to,
+not replaced), `as_node` names the node the update counts as, and the
+checkpoint is recorded with LangGraph's metadata source "update" (a fork from a
+past checkpoint too: LangGraph records "update" for it as well, with that
+checkpoint as its parent). A run started afterwards begins from the edit.
+
+A thread with a run in flight is refused (CONFLICT) before anything is
+written, as `startRun` refuses one with multitask REJECT; afterwards the
+registry records the edit on the thread (`Registry.settle_edit`). Its status
+follows LangGraph's state: LangGraph drops a pending interrupt when the state
+is edited (the interrupt was a pending write of the checkpoint the edit
+supersedes), so an edited thread is IDLE unless its new state still has
+pending interrupts; a new run (not a `resume`) carries on from the edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import InvalidUpdateError
+from langgraph.pregel import Pregel
+
+from code_hero.errors import BadInputError, CodeHeroError, ConflictError, NotFoundError
+from code_hero.persistence.changes import AS_NODE_KEY
+from code_hero.persistence.checkpoints import CheckpointView
+from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.records import Registry, RunFilter, ThreadRecord, ThreadStatus
+from code_hero.runs.graphs import GraphRegistry
+from code_hero.runs.interrupts import pending_of
+from code_hero.runs.requests import UpdateState
+
+__all__ = ["UpdateState", "update_state"]
+
+# Channels LangGraph keeps for itself: never a key of a caller's update.
+_INTERNAL = ("__", "branch:")
+
+
+async def update_state(
+    manager: EnhancedCheckpointerManager, graphs: GraphRegistry, req: UpdateState
+) -> CheckpointView:
+    """Write the edit as a checkpoint; the new checkpoint."""
+    if not isinstance(req.values, Mapping):
+        raise BadInputError("values must be a JSON object of the graph's state keys")
+    registry = manager.registry
+    thread = await registry.get_thread(req.thread_id)
+    if thread is None and await manager.get_checkpoint(req.thread_id) is None:
+        raise NotFoundError(f"no thread {req.thread_id!r}")
+    busy = await registry.unfinished_runs(req.thread_id)
+    if busy:
+        raise ConflictError(
+            f"thread {req.thread_id!r} is busy with run {busy[0].run_id!r}; "
+            "edit its state once the run has ended"
+        )
+    if req.checkpoint_id is not None or req.namespace:
+        found = await manager.get_checkpoint(req.thread_id, req.checkpoint_id, req.namespace)
+        if found is None:
+            where = f"checkpoint {req.checkpoint_id!r}" if req.checkpoint_id else "a checkpoint"
+            raise NotFoundError(
+                f"{where} of namespace {req.namespace!r} is not in thread {req.thread_id!r}"
+            )
+    graph = graphs.get(await _graph_of(registry, graphs, req.thread_id, thread))
+    target = _graph_at(graph, req.namespace)
+    _check_update(target, req)
+    configurable: dict[str, Any] = {"thread_id": req.thread_id, "checkpoint_ns": req.namespace}
+    if req.checkpoint_id is not None:
+        configurable["checkpoint_id"] = req.checkpoint_id
+    config: RunnableConfig = {"configurable": configurable}
+    if req.as_node is not None:  # LangGraph records as_node nowhere: `updatedBy` reads this
+        config["metadata"] = {AS_NODE_KEY: req.as_node}
+    try:
+        written = await graph.aupdate_state(config, dict(req.values), as_node=req.as_node)
+    except CodeHeroError:
+        raise
+    except (InvalidUpdateError, ValueError, TypeError, NotImplementedError) as exc:
+        # LangGraph or a reducer refused the caller's values (add_messages raises
+        # NotImplementedError for what it cannot read as a message); nothing was written.
+        raise BadInputError(f"the update was refused: {type(exc).__name__}: {exc}") from None
+    checkpoint_id = str(written["configurable"]["checkpoint_id"])
+    state = await graph.aget_state({"configurable": {"thread_id": req.thread_id}}, subgraphs=True)
+    status = ThreadStatus.INTERRUPTED if pending_of(state) else ThreadStatus.IDLE
+    await registry.settle_edit(req.thread_id, status)
+    view = await manager.get_checkpoint(req.thread_id, checkpoint_id, req.namespace)
+    if view is None:  # the thread was deleted meanwhile
+        raise NotFoundError(f"no thread {req.thread_id!r}")
+    return view
+
+
+async def _graph_of(
+    registry: Registry, graphs: GraphRegistry, thread_id: str, thread: ThreadRecord | None
+) -> str | None:
+    """The graph the thread last ran, else the one its metadata names (None: the default)."""
+    runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
+    named = runs.items[0].graph if runs.items else None
+    if named is None and thread is not None:
+        named = thread.metadata.get("graph")
+    return named if isinstance(named, str) and named in graphs.names() else None
+
+
+def _graph_at(graph: Pregel[Any, Any, Any, Any], namespace: str) -> Pregel[Any, Any, Any, Any]:
+    """The (sub)graph whose state the namespace holds (task ids stripped, as LangGraph does)."""
+    if not namespace:
+        return graph
+    path = "|".join(part.split(":", 1)[0] for part in namespace.split("|"))
+    for name, sub in graph.get_subgraphs(namespace=path, recurse=True):
+        if name == path and isinstance(sub, Pregel):
+            return sub
+    raise NotFoundError(f"no subgraph at namespace {namespace!r}")
+
+
+def _check_update(graph: Pregel[Any, Any, Any, Any], req: UpdateState) -> None:
+    """Keys LangGraph would silently drop, and a node it does not have, are refused."""
+    if req.as_node is not None and req.as_node not in graph.nodes:
+        known = ", ".join(sorted(n for n in graph.nodes if not n.startswith("__")))
+        raise BadInputError(
+            f"asNode {req.as_node!r} is not a node of the graph; its nodes: {known}"
+        )
+    channels = {c for c in graph.channels if not c.startswith(_INTERNAL)}
+    unknown = sorted(set(req.values) - channels)
+    if unknown:
+        raise BadInputError(
+            f"values may not set {', '.join(unknown)}: the graph's state keys are "
+            f"{', '.join(sorted(channels))}"
+        )

@@ -1,0 +1,84 @@
+"""What interrupted threads wait for: their pending interrupts, read from LangGraph's state.
+
+LangGraph keeps an interrupt as a pending write of the checkpoint it stopped
+at; `aget_state(..., subgraphs=True)` shows it on the task that raised it, in
+the subgraph that task belongs to. Each is listed with LangGraph's interrupt
+id, the node that asked, the subgraph's namespace ("" for the root graph), the
+value it asked with, and the run that stopped there (the thread's newest
+INTERRUPTED run in the registry, whose graph reads the state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StateSnapshot
+
+from code_hero.errors import NotFoundError
+from code_hero.persistence.jsonable import to_jsonable
+from code_hero.persistence.records import Registry, RunStatus, ThreadRecord, ThreadStatus
+from code_hero.runs.events import namespace_of
+from code_hero.runs.graphs import GraphRegistry
+
+__all__ = ["PendingInterrupt", "pending_interrupts", "pending_of"]
+
+
+@dataclass(frozen=True)
+class PendingInterrupt:
+    """One question an interrupted thread waits to have answered."""
+
+    interrupt_id: str
+    node: str
+    namespace: str
+    value: Any
+    run_id: str | None
+
+
+def pending_of(state: StateSnapshot, namespace: str = "") -> list[tuple[str, str, str, Any]]:
+    """(id, node, namespace, value) of every pending interrupt, from the deepest subgraph."""
+    found: list[tuple[str, str, str, Any]] = []
+    for task in state.tasks:
+        sub = task.state
+        if isinstance(sub, StateSnapshot):
+            ns = namespace_of([p for p in (namespace, f"{task.name}:{task.id}") if p])
+            deeper = pending_of(sub, ns)
+            if deeper:  # the parent's task repeats its subgraph's interrupt: keep the asker
+                found += deeper
+                continue
+        found += [(i.id, task.name, namespace, i.value) for i in task.interrupts]
+    return found
+
+
+async def pending_interrupts(
+    registry: Registry, graphs: GraphRegistry, threads: Sequence[ThreadRecord]
+) -> dict[str, list[PendingInterrupt]]:
+    """The pending interrupts of each INTERRUPTED thread (the others are left out).
+
+    One registry query for the page's runs; then one state read per thread, on graphs
+    compiled once at start-up, concurrently.
+    """
+    waiting = [t.thread_id for t in threads if t.status is ThreadStatus.INTERRUPTED]
+    if not waiting:
+        return {}
+    runs = await registry.latest_runs(waiting, RunStatus.INTERRUPTED)
+
+    async def one(thread_id: str) -> list[PendingInterrupt]:
+        run = runs.get(thread_id)
+        try:
+            graph = graphs.get(run.graph if run is not None else None)
+        except NotFoundError:  # a graph no longer loaded: the default reads its state
+            graph = graphs.get(None)
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        state = await graph.aget_state(config, subgraphs=True)
+        run_id = None if run is None else run.run_id
+        return [
+            PendingInterrupt(str(iid), node, ns, to_jsonable(value), run_id)
+            for iid, node, ns, value in pending_of(state)
+        ]
+
+    found = await asyncio.gather(*(one(t) for t in waiting))
+    return dict(zip(waiting, found, strict=True))

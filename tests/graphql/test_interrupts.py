@@ -1,0 +1,131 @@
+"""`Thread.interrupts`: an inbox of what INTERRUPTED threads wait for, over GraphQL on
+SQLite and PostgreSQL; a resume from it clears the entry; users see their own only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from code_hero.gateway import GatewaySettings
+from tests.auth.issuer import Issuer
+from tests.graphql.clients import codes, data, gql
+from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for
+from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, ROOT_KEY, client, secured
+from tests.graphql.test_update_state import EDIT_GRAPH, START, edit, start
+
+INBOX = """query($first: Int) {
+  threads(first: $first, filter: {status: INTERRUPTED}) {
+    edges { node { id status interrupts { id node namespace value runId } } }
+  }
+}"""
+ONE = "query($id: ID!) { thread(id: $id) { status interrupts { id node namespace runId } } }"
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
+    return Issuer(tmp_path_factory.mktemp("idp"))
+
+
+@pytest.fixture
+def gateway_settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> GatewaySettings:
+    return GatewaySettings(
+        checkpointer=checkpointer_for(backend, request, tmp_path),
+        graphs={"slow": SLOW_GRAPH, "edits": EDIT_GRAPH},
+    )
+
+
+async def inbox(http: Any) -> dict[str, list[dict[str, Any]]]:
+    """{thread id: its interrupts} of the INTERRUPTED threads the caller sees."""
+    body = await gql(http, INBOX, {"first": 20})
+    edges = data(body)["threads"]["edges"]
+    without = await gql(http, INBOX.replace("interrupts { id node namespace value runId }", ""))
+    # Each thread's list is priced as its state read plus one item.
+    assert body["extensions"]["cost"] - without["extensions"]["cost"] == 20 * 2
+    return {e["node"]["id"]: e["node"]["interrupts"] for e in edges}
+
+
+async def test_the_inbox_across_threads_and_a_resume_from_it(server: Server) -> None:
+    http = server.http
+    asked = [
+        await start(http, graph="edits", input={"ask": True, "title": f"t{i}"}, wait=True)
+        for i in range(3)
+    ]
+    quiet = await start(http, graph="edits", input={"ask": False}, wait=True)
+    assert {r["status"] for r in asked} == {"INTERRUPTED"} and quiet["status"] == "SUCCESS"
+
+    listed = await inbox(http)
+    assert set(listed) == {r["threadId"] for r in asked}
+    for run in asked:
+        (pending,) = listed[run["threadId"]]
+        # Asked inside the `approval` subgraph: its node and its namespace.
+        assert pending["node"] == "ask" and pending["namespace"].startswith("approval:")
+        assert pending["runId"] == run["id"] and pending["id"]
+        assert pending["value"]["question"] == "publish?"
+    titles = {listed[r["threadId"]][0]["value"]["title"] for r in asked}
+    assert titles == {"t0", "t1", "t2"}
+    one = data(await gql(http, ONE, {"id": quiet["threadId"]}))["thread"]
+    assert one == {"status": "IDLE", "interrupts": []}
+
+    # Answer the first from the inbox.
+    answered = asked[0]["threadId"]
+    resumed = await start(http, threadId=answered, resume="yes", wait=True)
+    assert resumed["status"] == "SUCCESS"
+    assert resumed["output"]["notes"] == ["draft", "published:yes"]
+    after = await inbox(http)
+    assert set(after) == {asked[1]["threadId"], asked[2]["threadId"]}
+    assert data(await gql(http, ONE, {"id": answered}))["thread"]["interrupts"] == []
+
+
+async def test_an_edit_of_an_interrupted_thread(server: Server) -> None:
+    """LangGraph drops the pending interrupt with the edit: the thread is IDLE, out of the
+    inbox, and a new run starts from the edited state."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "draft"}, wait=True)
+    thread_id = asked["threadId"]
+    assert thread_id in await inbox(http)
+    made = data(await edit(http, threadId=thread_id, values={"title": "fixed", "ask": False}))
+    assert made["updateState"]["values"]["title"] == "fixed"
+    assert data(await gql(http, ONE, {"id": thread_id}))["thread"] == {
+        "status": "IDLE",
+        "interrupts": [],
+    }
+    assert thread_id not in await inbox(http)
+    again = await start(http, threadId=thread_id, graph="edits", input={"notes": []}, wait=True)
+    assert again["status"] == "SUCCESS" and again["output"]["title"] == "fixed"
+    assert again["output"]["notes"][-1] == "published:none"
+
+
+async def test_users_see_their_own_inbox(
+    backend: str, idp: Issuer, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with (
+        secured(checkpointer_for(backend, request, tmp_path), idp) as server,
+        client(server, ALICE_KEY) as alice,
+        client(server, BOB_KEY) as bob,
+        client(server, ROOT_KEY) as root,
+    ):
+        # The built-in graph asks for approval in its root graph.
+        asked = await start(
+            alice, message="build a fastapi app", config={"require_approval": True}, wait=True
+        )
+        assert asked["status"] == "INTERRUPTED"
+        mine = await inbox(alice)
+        (pending,) = mine[asked["threadId"]]
+        assert pending["node"] == "SUPERVISOR" and pending["namespace"] == ""
+        assert pending["runId"] == asked["id"]
+        assert await inbox(bob) == {}
+        assert (await inbox(root))[asked["threadId"]] == [pending]
+        refused = await gql(
+            bob, START, {"input": {"threadId": asked["threadId"], "resume": {"approved": True}}}
+        )
+        assert codes(refused) == ["NOT_FOUND"]
+        resumed = await start(
+            alice, threadId=asked["threadId"], resume={"approved": True}, wait=True
+        )
+        assert resumed["status"] == "SUCCESS"
+        assert await inbox(alice) == {} and await inbox(root) == {}

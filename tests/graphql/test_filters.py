@@ -17,12 +17,16 @@ import pytest
 
 from code_hero.persistence.records import Registry, RunRecord, RunStatus, ThreadStatus
 from tests.auth.issuer import Issuer
+from tests.faults import BlackHoleProxy
+from tests.graphql import test_dashboards
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, checkpointer_for
-from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, ROOT_KEY, client, secured
+from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, FAST, ROOT_KEY, START, client, secured
 from tests.graphql.test_dashboards import RUNS, THREADS, at, put_thread, walk
+from tests.graphql.test_outage import wait_for_status
 
 MISSING_THREAD = "no-such-thread"
+outage_server = test_dashboards.outage_server  # the fixture: a server behind a fault proxy
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +314,32 @@ async def test_bad_filters_are_bad_user_input_naming_the_argument(server: Server
     # 1,000 ids are within the bound (and the same id twice counts once).
     many = {"ids": [f"t{i}" for i in range(1000)] + ["t0"]}
     assert await matching(http, THREADS, "threads", many) == []
+
+
+# ------------------------------------------------------------------ during an outage
+
+
+@pytest.mark.postgres
+async def test_filters_during_an_outage_list_the_fallbacks_threads(
+    outage_server: tuple[Server, BlackHoleProxy],
+) -> None:
+    server, proxy = outage_server
+    http = server.http
+    old = data(await gql(http, START, {"input": FAST}))["startRun"]["threadId"]
+    proxy.refuse()
+    await wait_for_status(server, "DEGRADED")
+    new = data(await gql(http, START, {"input": FAST}))["startRun"]["threadId"]
+
+    # The fallback's SQLite answers the new fields, nested ones too.
+    nested = {"statuses": ["IDLE"], "anyOf": [{"ids": [old]}, {"ids": [new]}]}
+    assert await matching(http, THREADS, "threads", nested) == [new]
+    assert await matching(http, THREADS, "threads", {"not": {"ids": [new]}}) == []
+    assert await matching(http, THREADS, "threads", {"ids": [new]}) == [new]
+    assert len(await matching(http, RUNS, "runs", {"statuses": ["SUCCESS"]})) == 1
+    # Naming a thread the fallback does not hold needs the primary, as a run filter does.
+    for flt in ({"ids": [old]}, {"ids": [new, old]}):
+        assert (await error(http, THREADS, flt))[0] == ["UNAVAILABLE"]
+
+    proxy.forward()
+    await wait_for_status(server, "HEALTHY")
+    assert await matching(http, THREADS, "threads", {"ids": [new, old]}) == [new, old]

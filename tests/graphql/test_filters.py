@@ -176,6 +176,12 @@ async def test_any_of_is_or_and_not_is_negation_at_any_depth(server: Server) -> 
     for _ in range(10):
         flt = {"not": flt}
     assert await threads(flt) == t("b", "f")
+    # An input object holds no answer: a filter, however nested, costs nothing.
+    costs = [
+        (await gql(http, THREADS % "totalCount", {"filter": f}))["extensions"]["cost"]
+        for f in (None, flt, deep)
+    ]
+    assert costs[0] == costs[1] == costs[2]
 
 
 async def test_run_filter_fields(server: Server) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.compose import GatewaySettings, Services
 from code_hero.errors import BadInputError, ForbiddenError, NotFoundError
+from code_hero.filters import check_run_filter, check_thread_filter
 from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.diagnosis import public_health
@@ -216,9 +217,7 @@ class Gateway:
 
     async def _thread_query(self, flt: ThreadFilter | None, caller: Caller) -> ThreadFilter | None:
         """The filter as the caller may ask it (a user's own threads only); None: denied."""
-        flt = flt or ThreadFilter()
-        check_text(flt.user_id, "filter.userId")
-        check_text(flt.metadata, "filter.metadata")
+        flt = check_thread_filter(flt or ThreadFilter())
         if not caller.is_admin:
             flt = replace(flt, user_id=self._user_for(caller, flt.user_id))
         if self.policy.hook is not None and not await self.policy.allows(
@@ -508,8 +507,7 @@ class Gateway:
         flt = flt or RunFilter()
         if flt.thread_id is not None:
             flt = replace(flt, thread_id=check_thread_id(flt.thread_id))
-        check_text(flt.user_id, "filter.userId")
-        check_text(flt.graph, "filter.graph")
+        flt = check_run_filter(flt)
         if not caller.is_admin:
             self._user_for(caller, flt.user_id)  # FORBIDDEN when it names someone else
             flt = replace(flt, owner=caller.user_id)

@@ -88,6 +88,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, Registry):
         """In `order`; during an outage, the threads born in it."""
 
         async def degraded() -> Page[ThreadRecord]:
+            self._only_local(flt, "listing these threads")
             return await self._local("listing threads").list_threads(
                 flt, first=first, after=after, order=order
             )
@@ -100,9 +101,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, Registry):
         """How many match; during an outage, of the threads born in it (as listings show)."""
 
         async def degraded() -> int:
+            self._only_local(flt, "counting these threads")
             return await self._local("counting threads").count_threads(flt)
 
         return await self._route(lambda r: r.count_threads(flt), degraded)
+
+    def _only_local(self, flt: ThreadFilter, what: str) -> None:
+        """A filter naming threads the fallback does not hold (`ids`, AND-ed) needs the
+        primary; ids inside anyOf/not only narrow a listing of the fallback's threads."""
+        if flt.ids is not None and not all(self.router.is_local(t) for t in flt.ids):
+            raise self.router.unavailable(what)
 
     async def touch_threads(
         self, touches: Mapping[str, str | None], *, create: bool = True

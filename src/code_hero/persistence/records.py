@@ -118,11 +118,24 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class ThreadFilter:
+    """Which threads match: every given field (AND); `any_of` is an OR, `not_` a negation.
+
+    An empty `ids`, `statuses` or `any_of` matches nothing (one of none); an empty
+    `metadata_has_keys` matches everything (every one of none).
+    """
+
     user_id: str | None = None
     status: ThreadStatus | None = None
     metadata: Mapping[str, Any] | None = None  # containment: thread metadata contains this
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+    ids: Sequence[str] | None = None
+    statuses: Sequence[ThreadStatus] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    metadata_has_keys: Sequence[str] | None = None  # top-level keys, every one present
+    any_of: Sequence[ThreadFilter] | None = None
+    not_: ThreadFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,8 @@ class RunFilter:
     graph: str | None = None
     user_id: str | None = None  # the user who started the run
     owner: str | None = None  # the user who owns the run's thread
+    statuses: Sequence[RunStatus] | None = None  # one of these (none: matches nothing)
+    metadata: Mapping[str, Any] | None = None  # containment: run metadata contains this
 
 
 class SortDirection(StrEnum):

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.records import MultitaskStrategy, RunFilter, RunOrder, SortDirection
-from code_hero.resolvers import mapping
+from code_hero.persistence.records import MultitaskStrategy, RunOrder, SortDirection
+from code_hero.resolvers import filters, mapping
 from code_hero.resolvers.paging import check_first
 from code_hero.runs.requests import UNSET, StartRun
 
@@ -48,14 +48,7 @@ async def runs(
 ) -> r.RunConnection:
     """A page of runs, newest first unless `order_by` says otherwise."""
     ctx = info.context
-    query = RunFilter()
-    if flt is not None:
-        query = RunFilter(
-            thread_id=flt.thread_id,
-            status=flt.status,
-            graph=flt.graph,
-            user_id=flt.user_id,
-        )
+    query = filters.run_filter(flt)
     order = RunOrder() if order_by is None else RunOrder(SortDirection(order_by.direction))
     page = await ctx.gateway.runs_page(
         query, first=check_first(first, ctx.limits), after=after, order=order, caller=ctx.caller

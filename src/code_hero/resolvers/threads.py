@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from code_hero.errors import BadInputError
 from code_hero.persistence.records import (
     RunFilter,
     RunOrder,
     SortDirection,
-    ThreadFilter,
     ThreadOrder,
     ThreadSortField,
 )
-from code_hero.resolvers import mapping
+from code_hero.resolvers import filters, mapping
 from code_hero.resolvers.paging import check_first
 
 if TYPE_CHECKING:
@@ -56,7 +53,7 @@ async def threads(
 ) -> t.ThreadConnection:
     """A page of threads, most recently updated first unless `order_by` says otherwise."""
     ctx = info.context
-    query = _thread_filter(flt)
+    query = filters.thread_filter(flt, ctx.limits)
     order = ThreadOrder()
     if order_by is not None:
         order = ThreadOrder(ThreadSortField(order_by.field), SortDirection(order_by.direction))
@@ -70,20 +67,6 @@ async def threads(
         return await ctx.gateway.threads_count(query, caller=ctx.caller)
 
     return mapping.thread_connection(page, order, count)
-
-
-def _thread_filter(flt: t.ThreadFilter | None) -> ThreadFilter | None:
-    if flt is None:
-        return None
-    if flt.metadata is not None and not isinstance(flt.metadata, Mapping):
-        raise BadInputError("filter.metadata must be a JSON object")
-    return ThreadFilter(
-        user_id=flt.user_id,
-        status=flt.status,
-        metadata=flt.metadata,
-        updated_after=flt.updated_after,
-        updated_before=flt.updated_before,
-    )
 
 
 async def thread_values(

@@ -83,6 +83,13 @@ class RunFilter:
     status: RunStatus | None = None
     graph: str | None = None
     user_id: str | None = None
+    statuses: list[RunStatus] | None = strawberry.field(
+        default=None, description="One of these statuses."
+    )
+    metadata: JSON | None = strawberry.field(
+        default=None,
+        description="A JSON object; a run matches when its metadata contains it.",
+    )
 
 
 @strawberry.input(description="The order of a listing of runs (default: CREATED_AT DESC).")

@@ -104,6 +104,24 @@ class ThreadFilter:
     )
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+    ids: list[strawberry.ID] | None = strawberry.field(
+        default=None, description="One of these threads (at most 1,000)."
+    )
+    statuses: list[ThreadStatus] | None = strawberry.field(
+        default=None, description="One of these statuses."
+    )
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    metadata_has_keys: list[str] | None = strawberry.field(
+        default=None, description="Metadata has every one of these top-level keys."
+    )
+    any_of: list[ThreadFilter] | None = strawberry.field(
+        default=None,
+        description="At least one of these filters matches (OR); an empty list matches nothing.",
+    )
+    not_: ThreadFilter | None = strawberry.field(
+        default=None, name="not", description="This filter does not match."
+    )
 
 
 @strawberry.input(description="The order of a listing of threads (default: UPDATED_AT DESC).")

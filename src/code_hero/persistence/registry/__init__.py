@@ -6,6 +6,7 @@ Its interface is `Registry` (`persistence/records.py`). The modules, by concept:
   JSON and times travel, containment, "id in list", which error is which), and
   rows as records;
 - `sql.py`: `SqlRegistry`, the queries of threads, runs and events, written once;
+- `filters.py`: a thread filter (its `anyOf` and `not` too) compiled to SQL conditions;
 - `claims.py`: run admission, leases, cancellation and a run's end;
 - `cursors.py`: the keyset cursors of the listings;
 - `sqlite.py`: `SqliteRegistry`, and metadata containment compiled to SQLite JSON1;

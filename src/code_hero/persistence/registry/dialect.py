@@ -2,7 +2,8 @@
 
 Every registry query is written once, with `?` placeholders, against `Dialect`.
 A dialect fills in how a session (connection, lock, transaction) is had, how
-JSON and times travel, how metadata containment and "id in list" are spelled,
+JSON and times travel, how metadata containment, key presence and "id in list"
+are spelled,
 and which error means a duplicate key or a missing parent. Rows become records
 here, once, for both.
 """
@@ -117,6 +118,10 @@ class Dialect(ABC):
     @abstractmethod
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         """A condition: `column` is one of `values` (any number, one parameter)."""
+
+    @abstractmethod
+    def _has_keys(self, column: str, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition: the JSON object in `column` has every one of these top-level keys."""
 
     @abstractmethod
     def _is_duplicate(self, exc: BaseException) -> bool:

@@ -22,8 +22,9 @@ __all__ = ["PostgresRegistry"]
 
 @lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
-    """Our `?` placeholders as psycopg's `%s` (no query here uses a literal ? or %)."""
-    return sql.replace("?", "%s")
+    """Our `?` placeholders as psycopg's `%s`; `??` is a literal `?` (the JSONB key
+    operators `?&`, `?|`). No query here uses a literal %."""
+    return "?".join(part.replace("?", "%s") for part in sql.split("??"))
 
 
 class _PgSession:
@@ -84,6 +85,11 @@ class PostgresRegistry(SqlRegistry):
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
+
+    def _has_keys(self, column: str, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        # Not backed by the GIN index: it is jsonb_path_ops (containment only), which
+        # cannot answer key presence; the other conditions and the order's index narrow.
+        return f"{column} ??& ?::text[]", [list(keys)]
 
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)

@@ -40,6 +40,7 @@ from code_hero.persistence.registry.dialect import (
     utc_now,
 )
 from code_hero.persistence.registry.edits import ThreadEdits
+from code_hero.persistence.registry.filters import thread_where
 
 __all__ = ["SqlRegistry"]
 
@@ -146,25 +147,7 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
 
     def _thread_where(self, flt: ThreadFilter) -> tuple[list[str], list[Any]]:
         """The filter's conditions: shared by a listing and its count."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if flt.user_id is not None:
-            clauses.append("user_id = ?")
-            params.append(flt.user_id)
-        if flt.status is not None:
-            clauses.append("status = ?")
-            params.append(ThreadStatus(flt.status).value)
-        if flt.updated_after is not None:
-            clauses.append("updated_at > ?")
-            params.append(self._ts(utc(flt.updated_after)))
-        if flt.updated_before is not None:
-            clauses.append("updated_at < ?")
-            params.append(self._ts(utc(flt.updated_before)))
-        if flt.metadata:
-            cond, extra = self._contains("metadata", flt.metadata)
-            clauses.append(cond)
-            params.extend(extra)
-        return clauses, params
+        return thread_where(self, flt)
 
     async def list_threads(
         self,
@@ -276,6 +259,14 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if flt.statuses is not None:
+            cond, extra = self._in("status", [RunStatus(s).value for s in flt.statuses])
+            clauses.append(cond)
+            params.extend(extra)
+        if flt.metadata:
+            cond, extra = self._contains("metadata", flt.metadata)
+            clauses.append(f"({cond})")
+            params.extend(extra)
         if flt.owner is not None:
             clauses.append(
                 "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"

@@ -164,6 +164,14 @@ class SqliteRegistry(SqlRegistry):
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} IN (SELECT value FROM json_each(?))", [dumps(list(values))]
 
+    def _has_keys(self, column: str, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        # json_each walks the object's top-level keys as plain text: any key works.
+        wanted = list(dict.fromkeys(keys))
+        return (
+            f"(SELECT count(*) FROM json_each({column}) "
+            "WHERE key IN (SELECT value FROM json_each(?))) = ?"
+        ), [dumps(wanted), len(wanted)]
+
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode in (
             1555,  # SQLITE_CONSTRAINT_PRIMARYKEY

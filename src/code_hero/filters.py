@@ -1,0 +1,103 @@
+"""What a filter of threads or runs may hold: checked before any I/O, as `inputs.py` checks ids.
+
+    ids              thread ids (the thread id rule), at most 1,000
+    statuses         at most 1,000 (listed more than once: counted once)
+    metadataHasKeys  at most 1,000 keys
+    metadata         a JSON object
+    anyOf, not       at most 100 sub-filters in a filter, all levels together
+    text             storable anywhere (no NUL, no lone surrogate)
+
+An empty `ids`, `statuses` or `anyOf` matches nothing (one of none, the
+logical value of an empty OR); an empty `metadataHasKeys` matches every
+thread. How deep `anyOf` and `not` may nest is the query depth limit's
+business, checked where the GraphQL input is read (`resolvers/filters.py`).
+The bounds keep one filter's SQL small: a list travels as one parameter, and
+the sub-filters bound the conditions (SQLite refuses an expression more than
+1,000 deep).
+
+Anything else is a BadInputError (BAD_USER_INPUT) that names the argument,
+with its path (`filter.anyOf[1].ids`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from code_hero.errors import BadInputError
+from code_hero.inputs import check_text, check_thread_id
+from code_hero.persistence.records import RunFilter, ThreadFilter
+
+__all__ = ["MAX_FILTER_VALUES", "MAX_SUBFILTERS", "check_run_filter", "check_thread_filter"]
+
+MAX_FILTER_VALUES = 1000
+MAX_SUBFILTERS = 100
+
+
+def check_thread_filter(flt: ThreadFilter, name: str = "filter") -> ThreadFilter:
+    """`flt` with its ids checked (and lists deduplicated); BadInputError naming the field."""
+    budget = [MAX_SUBFILTERS]
+    return _thread(flt, name, budget)
+
+
+def check_run_filter(flt: RunFilter, name: str = "filter") -> RunFilter:
+    """`flt` if it is within the rules; BadInputError naming the field."""
+    check_text(flt.user_id, f"{name}.userId")
+    check_text(flt.graph, f"{name}.graph")
+    statuses = _values(flt.statuses, f"{name}.statuses")
+    metadata = _object(flt.metadata, f"{name}.metadata")
+    return replace(flt, statuses=statuses, metadata=metadata)
+
+
+def _thread(flt: ThreadFilter, name: str, budget: list[int]) -> ThreadFilter:
+    check_text(flt.user_id, f"{name}.userId")
+    ids = _values(flt.ids, f"{name}.ids")
+    if ids is not None:
+        ids = tuple(check_thread_id(i, f"{name}.ids") for i in ids)
+    keys = _values(flt.metadata_has_keys, f"{name}.metadataHasKeys")
+    check_text(keys, f"{name}.metadataHasKeys")
+    any_of = None
+    if flt.any_of is not None:
+        any_of = tuple(
+            _thread(sub, f"{name}.anyOf[{i}]", _spend(budget, name))
+            for i, sub in enumerate(flt.any_of)
+        )
+    not_ = None if flt.not_ is None else _thread(flt.not_, f"{name}.not", _spend(budget, name))
+    return replace(
+        flt,
+        metadata=_object(flt.metadata, f"{name}.metadata"),
+        ids=ids,
+        statuses=_values(flt.statuses, f"{name}.statuses"),
+        metadata_has_keys=keys,
+        any_of=any_of,
+        not_=not_,
+    )
+
+
+def _spend(budget: list[int], name: str) -> list[int]:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadInputError(
+            f"{name} holds more than {MAX_SUBFILTERS} sub-filters (anyOf items and not, "
+            "at every level together)"
+        )
+    return budget
+
+
+def _values(values: Sequence[Any] | None, name: str) -> tuple[Any, ...] | None:
+    if values is None:
+        return None
+    unique = tuple(dict.fromkeys(values))
+    if len(unique) > MAX_FILTER_VALUES:
+        raise BadInputError(f"{name} may hold at most {MAX_FILTER_VALUES} values")
+    return unique
+
+
+def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise BadInputError(f"{name} must be a JSON object")
+    check_text(value, name)
+    return value

@@ -60,10 +60,19 @@ class Action(StrEnum):
     RUN_SUBSCRIBE = "run.subscribe"
     RUN_CANCEL = "run.cancel"
     RUN_DELETE = "run.delete"
+    WEBHOOK_CREATE = "webhook.create"
+    WEBHOOK_DELETE = "webhook.delete"
 
 
 MUTATIONS = frozenset(
-    {Action.RUN_CREATE, Action.RUN_CANCEL, Action.RUN_DELETE, Action.THREAD_DELETE}
+    {
+        Action.RUN_CREATE,
+        Action.RUN_CANCEL,
+        Action.RUN_DELETE,
+        Action.THREAD_DELETE,
+        Action.WEBHOOK_CREATE,
+        Action.WEBHOOK_DELETE,
+    }
 )
 
 

@@ -11,7 +11,8 @@ full:
   `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
-- other lists (`backends`, `pendingWrites`, `graphs`) count one item;
+- `webhooks` counts 100 items (a user's most); other lists (`backends`,
+  `pendingWrites`, `graphs`) count one item;
 - the root field of a subscription counts as a page of 100 events;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
 - inline fragments and fragment spreads are priced where they are spread,
@@ -68,6 +69,11 @@ SCALAR_COSTS: Mapping[tuple[str, str], int] = {
     ("ThreadConnection", "totalCount"): 1,
     ("RunConnection", "totalCount"): 1,
     ("CheckpointConnection", "totalCount"): 1,
+    ("WebhookDeliveryConnection", "totalCount"): 1,
+}
+# Unpaged lists with a known bound, priced at it rather than at one item.
+LIST_SIZES: Mapping[tuple[str, str], int] = {
+    ("Query", "webhooks"): 100,  # code_hero.webhook_access.MAX_WEBHOOKS_PER_USER
 }
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
@@ -127,6 +133,7 @@ class _Pricer:
         is_list = isinstance(get_nullable_type(definition.type), GraphQLList)
         if is_list:
             listed = size if size is not None else page
+            listed = LIST_SIZES.get((parent.name, name), listed)
             times *= 1 if listed is None else listed
         named = get_named_type(definition.type)
         weight = 1 if is_composite_type(named) else SCALAR_COSTS.get((parent.name, name), 0)

@@ -343,6 +343,12 @@ async def test_deliveries_page_with_keyset_cursors(
         assert len(set(ids)) == 3
         bad = await gql(alice, query, {"after": "nonsense"})
         assert codes(bad) == ["BAD_USER_INPUT"]
+        # Priced as the cost limit prices lists: a user's most webhooks, and a full page.
+        priced = await gql(
+            alice,
+            "{ webhooks { id } webhookDeliveries(first: 50) { totalCount edges { node { id } } } }",
+        )
+        assert priced["extensions"]["cost"] == 100 + (1 + 1 + 50 + 50)
 
 
 @pytest.mark.postgres

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sqlite3
 import sys
 import tempfile
@@ -45,7 +46,8 @@ PG_THREADS = """
 INSERT INTO code_hero_threads (thread_id, user_id, status, metadata, created_at, updated_at)
 SELECT 'dash-' || lpad(g::text, 7, '0'), 'user-' || (g % 10),
        (ARRAY['IDLE', 'IDLE', 'ERROR', 'INTERRUPTED'])[g % 4 + 1],
-       jsonb_build_object('team', 'team-' || (g % 7), 'env', CASE WHEN g % 3 = 0 THEN 'prod' ELSE 'dev' END)
+       jsonb_build_object('team', 'team-' || (g % 7),
+                          'env', CASE WHEN g % 3 = 0 THEN 'prod' ELSE 'dev' END)
          || CASE WHEN g % 5 = 0 THEN '{"flagged": true}'::jsonb ELSE '{}'::jsonb END,
        %(now)s - make_interval(secs => g * 26), %(now)s - make_interval(secs => g * 13)
 FROM generate_series(1, %(n)s) AS g
@@ -106,8 +108,10 @@ def seed_sqlite(path: Path) -> None:
             f"dash-{g:07d}",
             f"user-{g % 10}",
             statuses[g % 4],
-            '{"team": "team-%d", "env": "%s"%s}'
-            % (g % 7, "prod" if g % 3 == 0 else "dev", ', "flagged": true' if g % 5 == 0 else ""),
+            json.dumps(
+                {"team": f"team-{g % 7}", "env": "prod" if g % 3 == 0 else "dev"}
+                | ({"flagged": True} if g % 5 == 0 else {})
+            ),
             ts(g * 26),
             ts(g * 13),
         )

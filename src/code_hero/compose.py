@@ -23,11 +23,13 @@ from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError
 from code_hero.limits import Limits
 from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.registry.outbox import WebhookOutbox
 from code_hero.runs.bus import POKE, InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphRegistry
 from code_hero.runs.pgbus import PostgresBus
+from code_hero.runs.webhooks import WebhookDispatcher, WebhookSettings
 
 __all__ = ["GatewaySettings", "Services", "event_bus"]
 
@@ -53,6 +55,7 @@ class GatewaySettings:
     # True: refuse to open unless the configured store serves (the CLI's one-shot
     # commands work on it or not at all; a server starts on its fallback instead).
     require_primary: bool = False
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 def event_bus(
@@ -90,6 +93,7 @@ class Services:
         )
         self._graphs: GraphRegistry | None = None
         self._executor: RunExecutor | None = None
+        self.webhooks = WebhookDispatcher(self.webhook_store, self.settings.webhooks)
         self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Services:
@@ -120,6 +124,7 @@ class Services:
                 max_recursion_limit=self.settings.max_recursion_limit,
             )
             await self._executor.__aenter__()
+            await self.webhooks.__aenter__()
         except BaseException:
             await self.bus.close()
             await self.manager.cleanup()
@@ -136,8 +141,17 @@ class Services:
             if self._executor is not None:
                 await self._executor.shutdown(self.settings.shutdown_grace)
         finally:
+            await self.webhooks.close()  # attempts cut short are leased: tried again later
             await self.bus.close()
             await self.manager.cleanup()
+
+    def webhook_store(self) -> WebhookOutbox | None:
+        """The outbox lives in the primary database only; None while it is down."""
+        registry = self.manager.router.primary.backend
+        if not self.manager.router.serving or registry is None:
+            return None
+        store = registry.registry
+        return store if isinstance(store, WebhookOutbox) else None
 
     def _on_recovered(self) -> None:
         """An outage's events are in the database now: subscribers everywhere re-read."""

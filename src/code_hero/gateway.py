@@ -63,11 +63,12 @@ from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
 from code_hero.runs.interrupts import PendingInterrupt, pending_interrupts
 from code_hero.runs.requests import UNSET, StartRun, UpdateState, check_request_text
+from code_hero.webhook_access import WebhookAccess
 
 __all__ = ["Gateway", "GatewaySettings"]
 
 
-class Gateway:
+class Gateway(WebhookAccess):
     """Threads, checkpoints, runs, events and health, for one process."""
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
@@ -435,6 +436,8 @@ class Gateway:
             checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
             request = replace(request, from_checkpoint_id=checkpoint_id)
         check_request_text(request)
+        if request.webhook is not None:
+            request = replace(request, webhook=self.check_run_webhook(request.webhook))
         user_id = self._user_for(caller, request.user_id)
         if not caller.anonymous:
             request = replace(request, user_id=user_id)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from standardwebhooks import Webhook
+
 from code_hero.auth import (
     AccessSettings,
     AuthSettings,
@@ -25,7 +27,9 @@ from code_hero.config import CheckpointerConfig, config_for_environment, config_
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
 from code_hero.limits import DEFAULT_MAX_COST, Limits
+from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
+from code_hero.runs.webhooks import WebhookSettings, parse_schedule
 
 # Limits and DEFAULT_MAX_COST live in code_hero.limits (the schema needs them without
 # the gateway this module imports); they are re-exported here for the edge's callers.
@@ -36,6 +40,7 @@ __all__ = [
     "Limits",
     "auth_from_env",
     "settings_from_env",
+    "webhooks_from_env",
 ]
 
 ENVIRONMENT: dict[str, str] = {
@@ -82,6 +87,14 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_CORS_ORIGINS": "origins allowed for CORS and WebSockets, comma separated",
     "CODE_HERO_INTROSPECTION": "answer introspection queries (default true)",
     "CODE_HERO_FIELD_SUGGESTIONS": "'Did you mean ...' hints in errors (default true)",
+    "CODE_HERO_WEBHOOK_RETRY_SCHEDULE": (
+        "webhook tries: seconds after the first (0,5,30,120,600,1800,3600)"
+    ),
+    "CODE_HERO_WEBHOOK_ALLOW": (
+        "private webhook destinations allowed: IPs and CIDRs, comma separated"
+    ),
+    "CODE_HERO_WEBHOOK_TIMEOUT": "seconds a webhook receiver has to answer a try (default 10)",
+    "CODE_HERO_WEBHOOK_SECRET": "whsec_... secret signing deliveries to a run's own webhook URL",
 }
 
 DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none unless set
@@ -197,6 +210,24 @@ def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in origins if o)
 
 
+def webhooks_from_env(env: Mapping[str, str]) -> WebhookSettings:
+    """Retry schedule, allowed private destinations, timeout and the run webhooks' secret."""
+    secret = _text(env, "CODE_HERO_WEBHOOK_SECRET")
+    if secret is not None:
+        try:
+            Webhook(secret)
+        except Exception:
+            raise ConfigurationError(
+                "CODE_HERO_WEBHOOK_SECRET must be whsec_ followed by base64"
+            ) from None
+    return WebhookSettings(
+        schedule=parse_schedule(env.get("CODE_HERO_WEBHOOK_RETRY_SCHEDULE")),
+        allow=parse_allow_list(env.get("CODE_HERO_WEBHOOK_ALLOW")),
+        timeout=_float(env, "CODE_HERO_WEBHOOK_TIMEOUT", 10.0),
+        secret=secret,
+    )
+
+
 def checkpointer_from_env(
     env: Mapping[str, str], *, database_url: str | None = None, sqlite_path: str | None = None
 ) -> CheckpointerConfig:
@@ -269,6 +300,7 @@ def settings_from_env(
             rate_limit=parse_rate_limit(rate),
             read_rate_limit=parse_rate_limit(reads, "CODE_HERO_READ_RATE_LIMIT"),
         ),
+        webhooks=webhooks_from_env(env),
     )
     level = (log_level or env.get("CODE_HERO_LOG_LEVEL") or "info").lower()
     if level not in {"debug", "info", "warning", "error", "critical"}:

@@ -61,6 +61,8 @@ class Action(StrEnum):
     RUN_SUBSCRIBE = "run.subscribe"
     RUN_CANCEL = "run.cancel"
     RUN_DELETE = "run.delete"
+    WEBHOOK_CREATE = "webhook.create"
+    WEBHOOK_DELETE = "webhook.delete"
 
 
 MUTATIONS = frozenset(
@@ -70,6 +72,8 @@ MUTATIONS = frozenset(
         Action.RUN_DELETE,
         Action.THREAD_DELETE,
         Action.CHECKPOINT_WRITE,
+        Action.WEBHOOK_CREATE,
+        Action.WEBHOOK_DELETE,
     }
 )
 

@@ -59,6 +59,67 @@ _THREADS_BY_CREATION = (
     """,
 )
 
+
+# (webhooks, both) registered webhooks and the outbox of their deliveries. A webhook's
+# events are a comma-framed list matched with LIKE, its run filter's fields columns:
+# both compared in the INSERT ... SELECT that writes the outbox rows with a run's end
+# (see persistence/registry/outbox.py). A delivery outlives its run and thread (no
+# foreign key to them), not its webhook. Payloads are TEXT on both: the exact body
+# that is signed and sent on every attempt.
+def _webhook_tables(ts: str, key: str, boolean: str) -> tuple[str, ...]:
+    return (
+        f"""
+        CREATE TABLE code_hero_webhooks (
+            webhook_id TEXT{key} PRIMARY KEY,
+            user_id TEXT,
+            all_users {boolean} NOT NULL,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            filter_thread_id TEXT,
+            filter_status TEXT,
+            filter_graph TEXT,
+            filter_user_id TEXT,
+            created_at {ts} NOT NULL
+        )
+        """,
+        "CREATE INDEX code_hero_webhooks_user_idx ON code_hero_webhooks (user_id, created_at)",
+        f"""
+        CREATE TABLE code_hero_webhook_deliveries (
+            delivery_id TEXT{key} PRIMARY KEY,
+            webhook_id TEXT REFERENCES code_hero_webhooks (webhook_id) ON DELETE CASCADE,
+            user_id TEXT,
+            run_id TEXT,
+            thread_id TEXT,
+            event TEXT NOT NULL,
+            url TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_status_code INTEGER,
+            last_error TEXT,
+            created_at {ts} NOT NULL,
+            delivered_at {ts},
+            next_attempt_at {ts},
+            lease_owner TEXT,
+            lease_expires_at {ts}
+        )
+        """,
+        """
+        CREATE INDEX code_hero_webhook_deliveries_due_idx
+            ON code_hero_webhook_deliveries (next_attempt_at) WHERE status = 'PENDING'
+        """,
+        """
+        CREATE INDEX code_hero_webhook_deliveries_created_idx
+            ON code_hero_webhook_deliveries (created_at, delivery_id)
+        """,
+        """
+        CREATE INDEX code_hero_webhook_deliveries_webhook_idx
+            ON code_hero_webhook_deliveries (webhook_id)
+        """,
+    )
+
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -137,6 +198,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         """,
     ),
     _THREADS_BY_CREATION,
+    _webhook_tables("TIMESTAMPTZ", ' COLLATE "C"', "BOOLEAN"),  # webhooks
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -268,4 +330,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
         "ALTER TABLE code_hero_run_events_v11 RENAME TO code_hero_run_events",
     ),
     _THREADS_BY_CREATION,
+    _webhook_tables("TEXT", "", "INTEGER"),  # webhooks
 ]

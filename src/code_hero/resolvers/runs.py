@@ -99,6 +99,7 @@ def start_request(data: r.StartRunInput) -> StartRun:
         config=_object(data.config, "config"),
         multitask=data.multitask or MultitaskStrategy.REJECT,
         wait=bool(data.wait),
+        webhook=data.webhook,
     )
 
 

@@ -44,6 +44,7 @@ from code_hero.persistence.records import (
     RunStatus,
     ThreadStatus,
 )
+from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY
 from code_hero.runs.bus import EventBus
 from code_hero.runs.claims import Claims
 from code_hero.runs.eventlog import EventLog, RunEventWriter
@@ -219,6 +220,9 @@ class RunExecutor:
                     f"checkpoint {req.from_checkpoint_id!r} is not in thread {thread_id!r}"
                 )
         config = dict(req.config)
+        config.pop(RUN_WEBHOOK_KEY, None)  # a resume carries on a config, not its webhook
+        if req.webhook:
+            config[RUN_WEBHOOK_KEY] = req.webhook
         if req.from_checkpoint_id:
             config["checkpoint_id"] = req.from_checkpoint_id
         run_id = str(uuid.uuid4())
@@ -376,6 +380,7 @@ class RunExecutor:
     ) -> tuple[RunStatus, Any, str | None]:
         graph = self.graphs.get(record.graph)
         configurable = {**record.config, "thread_id": record.thread_id, "run_id": record.run_id}
+        configurable.pop(RUN_WEBHOOK_KEY, None)  # the gateway's, not the graph's
         if record.user_id:
             configurable["user_id"] = record.user_id
         if resuming:

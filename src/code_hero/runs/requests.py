@@ -58,6 +58,7 @@ class StartRun:
     multitask: MultitaskStrategy = MultitaskStrategy.REJECT
     wait: bool = False
     owner: str | None = None  # admit only on a new thread or one this user owns
+    webhook: str | None = None  # a URL told when the run ends (checked by the gateway)
 
 
 def check_request_text(request: StartRun) -> None:
@@ -70,6 +71,7 @@ def check_request_text(request: StartRun) -> None:
         ("userId", request.user_id),
         ("metadata", request.metadata),
         ("config", request.config),
+        ("webhook", request.webhook),
     ):
         if value is not UNSET:
             check_text(value, name)

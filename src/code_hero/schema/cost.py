@@ -15,7 +15,8 @@ full:
   `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
-- other lists (`backends`, `pendingWrites`, `graphs`) count one item;
+- `webhooks` counts 100 items (a user's most); other lists (`backends`,
+  `pendingWrites`, `graphs`) count one item;
   `Thread.interrupts` (a small list) counts one item plus its state read (1);
 - the root field of a subscription counts as a page of 100 events;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
@@ -74,6 +75,7 @@ SCALAR_COSTS: Mapping[tuple[str, str], int] = {
     ("RunConnection", "totalCount"): 1,
     ("CheckpointConnection", "totalCount"): 1,
     ("Checkpoint", "updatedBy"): 1,
+    ("WebhookDeliveryConnection", "totalCount"): 1,
 }
 # Object fields that read more than their objects: `changes` reads the parent checkpoint.
 OBJECT_LOADS: Mapping[tuple[str, str], int] = {("Checkpoint", "changes"): 1}
@@ -81,6 +83,10 @@ OBJECT_LOADS: Mapping[tuple[str, str], int] = {("Checkpoint", "changes"): 1}
 # Lists that cost a load of their own, once per parent object, beside their items.
 LIST_LOADS: Mapping[tuple[str, str], int] = {
     ("Thread", "interrupts"): 1,
+}
+# Unpaged lists with a known bound, priced at it rather than at one item.
+LIST_SIZES: Mapping[tuple[str, str], int] = {
+    ("Query", "webhooks"): 100,  # code_hero.webhook_access.MAX_WEBHOOKS_PER_USER
 }
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
@@ -141,6 +147,7 @@ class _Pricer:
         loads = times * LIST_LOADS.get((parent.name, name), 0)
         if is_list:
             listed = size if size is not None else page
+            listed = LIST_SIZES.get((parent.name, name), listed)
             times *= 1 if listed is None else listed
         named = get_named_type(definition.type)
         key = (parent.name, name)

@@ -12,6 +12,7 @@ from code_hero.resolvers import runs as run_resolvers
 from code_hero.resolvers import subscriptions as subscription_resolvers
 from code_hero.resolvers import system as system_resolvers
 from code_hero.resolvers import threads as thread_resolvers
+from code_hero.resolvers import webhooks as webhook_resolvers
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint
@@ -33,6 +34,13 @@ from code_hero.schema.threads import (
     ThreadConnection,
     ThreadFilter,
     ThreadSort,
+)
+from code_hero.schema.webhooks import (
+    CreateWebhookInput,
+    CreateWebhookPayload,
+    DeliveryStatus,
+    Webhook,
+    WebhookDeliveryConnection,
 )
 
 __all__ = ["Mutation", "Query", "Subscription"]
@@ -90,6 +98,24 @@ class Query:
     def graphs(self, info: Info) -> list[Graph]:
         return system_resolvers.graphs(info)
 
+    @fields.field("The caller's webhooks (an administrator: everyone's), oldest first.")
+    async def webhooks(self, info: Info) -> list[Webhook]:
+        return await webhook_resolvers.webhooks(info)
+
+    @fields.field("The caller's webhook deliveries, newest first. `first` is at most 100.")
+    async def webhook_deliveries(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = None,
+        webhook_id: strawberry.ID | None = None,
+        run_id: strawberry.ID | None = None,
+        status: DeliveryStatus | None = None,
+    ) -> WebhookDeliveryConnection:
+        return await webhook_resolvers.webhook_deliveries(
+            info, first, after, webhook_id, run_id, status
+        )
+
 
 @strawberry.type
 class Mutation:
@@ -117,6 +143,14 @@ class Mutation:
     )
     async def update_state(self, info: Info, input: UpdateStateInput) -> Checkpoint:
         return await edit_resolvers.update_state(info, input)
+
+    @fields.mutation("Register a webhook; the answer holds its signing secret, shown only here.")
+    async def create_webhook(self, info: Info, input: CreateWebhookInput) -> CreateWebhookPayload:
+        return await webhook_resolvers.create_webhook(info, input)
+
+    @fields.mutation("Delete one of the caller's webhooks and its deliveries.")
+    async def delete_webhook(self, info: Info, id: strawberry.ID) -> bool:
+        return await webhook_resolvers.delete_webhook(info, id)
 
 
 @strawberry.type

@@ -128,6 +128,9 @@ class StartRunInput:
     wait: bool | None = strawberry.field(
         default=False, description="True: answer only when the run has ended."
     )
+    webhook: str | None = strawberry.field(
+        default=None, description="A URL told (POST, signed) when this run ends."
+    )
 
 
 @strawberry.type(description="What deleting a run removed.")

@@ -21,10 +21,10 @@ from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
-    Dialect,
     utc,
     utc_now,
 )
+from code_hero.persistence.registry.outbox import WebhookOutbox
 
 __all__ = ["RunClaims"]
 
@@ -37,7 +37,7 @@ class _Busy(Exception):
         self.run_id = run_id
 
 
-class RunClaims(Dialect):
+class RunClaims(WebhookOutbox):
     """The claiming half of the registry's interface (`Registry`), on the dialect seam."""
 
     async def admit_run(
@@ -132,6 +132,8 @@ class RunClaims(Dialect):
             if not rows:
                 return None, False
             run = self._run(rows[0])
+            # The outbox: webhook deliveries commit with the run's end, or not at all.
+            queued = await self._enqueue_run_end(s, run)
             waiting = await s.fetch(
                 "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "
                 "AND status IN ('PENDING', 'RUNNING') LIMIT 1",
@@ -142,6 +144,8 @@ class RunClaims(Dialect):
                     "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
                     [ThreadStatus(thread_status).value, self._ts(utc_now()), run.thread_id],
                 )
+        if queued:
+            self._outbox_committed()
         return run, bool(waiting)
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:

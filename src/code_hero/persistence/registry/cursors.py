@@ -24,7 +24,7 @@ from code_hero.persistence.records import (
     ThreadSortField,
 )
 
-__all__ = ["decode_cursor", "order_tag", "run_cursor", "thread_cursor"]
+__all__ = ["decode_cursor", "delivery_cursor", "order_tag", "run_cursor", "thread_cursor"]
 
 
 def order_tag(order: ThreadOrder | RunOrder) -> str:
@@ -56,6 +56,11 @@ def run_cursor(record: RunRecord, order: RunOrder | None = None) -> str:
     if record.created_at is None:
         raise ValueError(f"run {record.run_id!r} has no created_at: it was never stored")
     return _encode_cursor("run", record.created_at, record.run_id, order_tag(order or RunOrder()))
+
+
+def delivery_cursor(created_at: datetime, delivery_id: str) -> str:
+    """The keyset cursor of a webhook delivery (listed newest first, as runs are)."""
+    return _encode_cursor("delivery", created_at, delivery_id, order_tag(RunOrder()))
 
 
 def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tuple[datetime, str]:

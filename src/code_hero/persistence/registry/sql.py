@@ -197,6 +197,8 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
                 f"ORDER BY run_id{self.for_update}",
                 [thread_id],
             )
+            # The outbox: THREAD_DELETED deliveries commit with the deletion.
+            queued = await self._enqueue_thread_deleted(s, thread_id)
             await s.execute(
                 "DELETE FROM code_hero_run_events WHERE run_id IN "
                 "(SELECT run_id FROM code_hero_runs WHERE thread_id = ?)",
@@ -206,6 +208,8 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
             threads = await s.execute(
                 "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
             )
+        if queued:
+            self._outbox_committed()
         return threads > 0, runs
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:

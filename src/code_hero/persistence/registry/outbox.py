@@ -1,0 +1,354 @@
+"""Webhooks and the durable outbox of their deliveries, on the dialect seam.
+
+The outbox rows are computed in SQL, in the transaction that records what they
+tell of: `_enqueue_run_end` (called by `finish_run`) inserts one PENDING
+delivery per webhook that wants the event, whose owner owns the run's thread
+(or that an administrator made), and whose run filter matches: the filter's
+fields (threadId, status, graph, userId) are columns compared in the same
+`INSERT ... SELECT`, so no webhook is read into Python on a run's end. The
+run's own URL (`RUN_WEBHOOK_KEY` in its config) adds one more. A thread's
+deletion does the same for THREAD_DELETED (`_enqueue_thread_deleted`, filter
+on threadId only). Committed rows wake this process's delivery worker.
+
+Deliveries are claimed as runs are: a lease, rows another claimer locked
+skipped (PostgreSQL `FOR UPDATE SKIP LOCKED`), so one replica attempts each;
+a claim whose replica died lapses with its lease and is attempted again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from code_hero.errors import BadInputError
+from code_hero.persistence.records import Page, RunOrder, RunRecord, RunStatus
+from code_hero.persistence.registry.cursors import decode_cursor, delivery_cursor
+from code_hero.persistence.registry.dialect import Dialect, Row, Session, dumps, utc, utc_now
+from code_hero.persistence.webhooks import (
+    RUN_EVENT_OF,
+    RUN_WEBHOOK_KEY,
+    DeliveryFilter,
+    DeliveryRecord,
+    DeliveryStatus,
+    WebhookEvent,
+    WebhookRecord,
+    event_list,
+    events_of,
+)
+
+__all__ = ["WebhookOutbox"]
+
+_WEBHOOK_COLUMNS = (
+    "webhook_id, user_id, all_users, url, events, secret, filter_thread_id, "
+    "filter_status, filter_graph, filter_user_id, created_at"
+)
+_INSERTED = (
+    "delivery_id, webhook_id, user_id, run_id, thread_id, event, url, payload, status, "
+    "attempts, created_at, next_attempt_at"
+)
+_DELIVERY_COLUMNS = (
+    "d.delivery_id, d.webhook_id, d.user_id, d.run_id, d.thread_id, d.event, d.url, d.payload, "
+    "d.status, d.attempts, d.created_at, d.last_status_code, d.last_error, d.delivered_at, "
+    "d.next_attempt_at"
+)
+_OWNER = "(SELECT t.user_id FROM code_hero_threads t WHERE t.thread_id = ?)"
+
+
+class WebhookOutbox(Dialect):
+    """The `WebhookStore` half of the registry (see `persistence/webhooks.py`)."""
+
+    def on_enqueue(self, wake: Callable[[], None]) -> None:
+        # Kept on the instance without an __init__ of its own: the dialects have theirs.
+        self.__dict__.setdefault("_outbox_wakers", set()).add(wake)
+
+    def _outbox_committed(self) -> None:
+        """Deliveries were committed: the workers listening in this process start now."""
+        for wake in tuple(self.__dict__.get("_outbox_wakers", ())):
+            wake()
+
+    # --- the enqueue hooks, inside the caller's transaction -----------------
+
+    async def _enqueue_run_end(self, s: Session, run: RunRecord) -> int:
+        """Outbox rows for a run that just ended; how many."""
+        event = RUN_EVENT_OF.get(RunStatus(run.status))
+        if event is None:
+            return 0
+        payload = dumps(
+            {
+                "event": event.value,
+                "runId": run.run_id,
+                "threadId": run.thread_id,
+                "graph": run.graph,
+                "status": RunStatus(run.status).value,
+                "error": run.error,
+                "userId": run.user_id,
+                "createdAt": _iso(run.created_at),
+                "startedAt": _iso(run.started_at),
+                "finishedAt": _iso(run.finished_at),
+            }
+        )
+        now = self._ts(utc_now())
+        queued = await s.execute(
+            f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
+            "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, 'PENDING', 0, "
+            "?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
+            f"AND (w.all_users OR w.user_id = {_OWNER}) "
+            "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
+            "AND (w.filter_status IS NULL OR w.filter_status = ?) "
+            "AND (w.filter_graph IS NULL OR w.filter_graph = ?) "
+            "AND (w.filter_user_id IS NULL OR w.filter_user_id = ?)",
+            [
+                _message_prefix(),
+                run.run_id,
+                run.thread_id,
+                event.value,
+                payload,
+                now,
+                now,
+                f"%,{event.value},%",
+                run.thread_id,
+                run.thread_id,
+                RunStatus(run.status).value,
+                run.graph,
+                run.user_id,
+            ],
+        )
+        url = run.config.get(RUN_WEBHOOK_KEY)
+        if isinstance(url, str) and url:
+            queued += await s.execute(
+                f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
+                f"SELECT ?, NULL, {_OWNER}, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ?",
+                [
+                    f"{_message_prefix()}run",
+                    run.thread_id,
+                    run.run_id,
+                    run.thread_id,
+                    event.value,
+                    url,
+                    payload,
+                    now,
+                    now,
+                ],
+            )
+        return queued
+
+    async def _enqueue_thread_deleted(self, s: Session, thread_id: str) -> int:
+        """Outbox rows for a thread about to be deleted (its row still there); how many."""
+        at = utc_now()
+        event = WebhookEvent.THREAD_DELETED.value
+        payload = dumps({"event": event, "threadId": thread_id, "deletedAt": at.isoformat()})
+        return await s.execute(
+            f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
+            "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, NULL, t.thread_id, ?, w.url, ?, "
+            "'PENDING', 0, ?, ? FROM code_hero_webhooks w JOIN code_hero_threads t "
+            "ON t.thread_id = ? AND (w.all_users OR w.user_id = t.user_id) "
+            "WHERE w.events LIKE ? AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)",
+            [
+                _message_prefix(),
+                event,
+                payload,
+                self._ts(at),
+                self._ts(at),
+                thread_id,
+                f"%,{event},%",
+                thread_id,
+            ],
+        )
+
+    # --- webhooks -----------------------------------------------------------
+
+    async def create_webhook(self, webhook: WebhookRecord, secret: str) -> None:
+        async with self._unique(f"a webhook with id {webhook.webhook_id!r}"), self._session() as s:
+            await s.execute(
+                f"INSERT INTO code_hero_webhooks ({_WEBHOOK_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    webhook.webhook_id,
+                    webhook.user_id,
+                    webhook.all_users,
+                    webhook.url,
+                    event_list(webhook.events),
+                    secret,
+                    webhook.thread_id,
+                    None if webhook.status is None else RunStatus(webhook.status).value,
+                    webhook.graph,
+                    webhook.run_user_id,
+                    self._ts(utc(webhook.created_at)),
+                ],
+            )
+
+    async def delete_webhook(self, webhook_id: str, *, user_id: str | None) -> bool:
+        sql, params = "DELETE FROM code_hero_webhooks WHERE webhook_id = ?", [webhook_id]
+        if user_id is not None:
+            sql, params = f"{sql} AND user_id = ?", [webhook_id, user_id]
+        async with self._session() as s:
+            return await s.execute(sql, params) > 0
+
+    async def list_webhooks(self, *, user_id: str | None) -> list[WebhookRecord]:
+        sql, params = f"SELECT {_WEBHOOK_COLUMNS} FROM code_hero_webhooks", []
+        if user_id is not None:
+            sql, params = f"{sql} WHERE user_id = ?", [user_id]
+        async with self._session() as s:
+            rows = await s.fetch(f"{sql} ORDER BY created_at, webhook_id", params)
+        return [self._webhook(row) for row in rows]
+
+    async def count_webhooks(self, *, user_id: str | None) -> int:
+        sql, params = "SELECT count(*) AS n FROM code_hero_webhooks", []
+        if user_id is not None:
+            sql, params = f"{sql} WHERE user_id = ?", [user_id]
+        async with self._session() as s:
+            rows = await s.fetch(sql, params)
+        return int(rows[0]["n"])
+
+    # --- deliveries ---------------------------------------------------------
+
+    def _delivery_where(self, flt: DeliveryFilter) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("d.user_id", flt.user_id),
+            ("d.webhook_id", flt.webhook_id),
+            ("d.run_id", flt.run_id),
+            ("d.status", None if flt.status is None else DeliveryStatus(flt.status).value),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        return clauses, params
+
+    async def list_deliveries(
+        self, flt: DeliveryFilter, *, first: int, after: str | None = None
+    ) -> Page[DeliveryRecord]:
+        if first < 0:
+            raise BadInputError(f"first must not be negative, got {first}")
+        clauses, params = self._delivery_where(flt)
+        if after is not None:
+            at, key = decode_cursor("delivery", after, RunOrder())
+            clauses.append("(d.created_at, d.delivery_id) < (?, ?)")
+            params.extend([self._ts(at), key])
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM code_hero_webhook_deliveries d {where} "
+                "ORDER BY d.created_at DESC, d.delivery_id DESC LIMIT ?",
+                [*params, first + 1],
+            )
+        items = [self._delivery(row) for row in rows[:first]]
+        end = delivery_cursor(items[-1].created_at, items[-1].delivery_id) if items else None
+        return Page(items=items, end_cursor=end, has_next_page=len(rows) > first)
+
+    async def count_deliveries(self, flt: DeliveryFilter) -> int:
+        clauses, params = self._delivery_where(flt)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT count(*) AS n FROM code_hero_webhook_deliveries d {where}", params
+            )
+        return int(rows[0]["n"])
+
+    async def claim_deliveries(
+        self, owner: str, *, now: datetime, until: datetime, limit: int
+    ) -> list[DeliveryRecord]:
+        if limit < 1:
+            return []
+        ts_now = self._ts(utc(now))
+        async with self._session(atomic=True) as s:
+            claimed = await s.fetch(
+                "UPDATE code_hero_webhook_deliveries SET lease_owner = ?, lease_expires_at = ? "
+                "WHERE delivery_id IN (SELECT r.delivery_id FROM code_hero_webhook_deliveries r "
+                "  WHERE r.status = 'PENDING' AND r.next_attempt_at <= ? "
+                "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?) "
+                # The dialect's SKIP LOCKED names the alias `r` (it was written for runs).
+                f"  ORDER BY r.next_attempt_at, r.delivery_id LIMIT ?{self.skip_locked}"
+                ") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING delivery_id",
+                [owner, self._ts(utc(until)), ts_now, ts_now, limit, ts_now],
+            )
+            if not claimed:
+                return []
+            cond, ids = self._in("d.delivery_id", [row["delivery_id"] for row in claimed])
+            rows = await s.fetch(
+                f"SELECT {_DELIVERY_COLUMNS}, w.secret FROM code_hero_webhook_deliveries d "
+                "LEFT JOIN code_hero_webhooks w ON w.webhook_id = d.webhook_id "
+                f"WHERE {cond} ORDER BY d.next_attempt_at, d.delivery_id",
+                ids,
+            )
+        return [self._delivery(row) for row in rows]
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        status_code: int | None,
+        error: str | None,
+        next_attempt_at: datetime | None,
+        at: datetime,
+    ) -> bool:
+        delivered = status is DeliveryStatus.DELIVERED
+        async with self._session() as s:
+            return (
+                await s.execute(
+                    "UPDATE code_hero_webhook_deliveries SET status = ?, "
+                    "attempts = attempts + 1, last_status_code = ?, last_error = ?, "
+                    "delivered_at = ?, next_attempt_at = ?, lease_owner = NULL, "
+                    "lease_expires_at = NULL WHERE delivery_id = ? AND lease_owner = ?",
+                    [
+                        DeliveryStatus(status).value,
+                        status_code,
+                        error,
+                        self._ts(utc(at)) if delivered else None,
+                        None if next_attempt_at is None else self._ts(utc(next_attempt_at)),
+                        delivery_id,
+                        owner,
+                    ],
+                )
+                > 0
+            )
+
+    # --- rows as records ----------------------------------------------------
+
+    def _webhook(self, row: Row) -> WebhookRecord:
+        return WebhookRecord(
+            webhook_id=row["webhook_id"],
+            user_id=row["user_id"],
+            url=row["url"],
+            events=events_of(row["events"]),
+            created_at=self._from_ts(row["created_at"]),
+            all_users=bool(row["all_users"]),
+            thread_id=row["filter_thread_id"],
+            status=None if row["filter_status"] is None else RunStatus(row["filter_status"]),
+            graph=row["filter_graph"],
+            run_user_id=row["filter_user_id"],
+        )
+
+    def _delivery(self, row: Row) -> DeliveryRecord:
+        return DeliveryRecord(
+            delivery_id=row["delivery_id"],
+            webhook_id=row["webhook_id"],
+            user_id=row["user_id"],
+            run_id=row["run_id"],
+            thread_id=row["thread_id"],
+            event=WebhookEvent(row["event"]),
+            url=row["url"],
+            payload=row["payload"],
+            status=DeliveryStatus(row["status"]),
+            attempts=int(row["attempts"]),
+            created_at=self._from_ts(row["created_at"]),
+            last_status_code=row["last_status_code"],
+            last_error=row["last_error"],
+            delivered_at=self._from_ts_or_none(row["delivered_at"]),
+            next_attempt_at=self._from_ts_or_none(row["next_attempt_at"]),
+            secret=row.get("secret"),
+        )
+
+
+def _message_prefix() -> str:
+    """A fresh prefix of the delivery ids one transaction writes (`msg_<hex>_<webhook>`)."""
+    return f"msg_{uuid.uuid4().hex}_"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

@@ -1,0 +1,268 @@
+"""The webhook delivery worker: claims due outbox rows, POSTs them signed, records each try.
+
+`WebhookDispatcher` is an async context manager owned by the process's
+services, beside the run executor. It claims due PENDING deliveries from the
+primary registry's outbox with a lease (one replica attempts each; a dead
+replica's claim lapses and another attempts it), POSTs the JSON body signed
+as Standard Webhooks specify (`webhook-id`, `webhook-timestamp`,
+`webhook-signature`, with the `standardwebhooks` package), and records the
+attempt: a 2xx answer is DELIVERED; a timeout, a refused connection, a
+refused destination, a redirect (never followed) or any other status is
+tried again at the next offset of the retry schedule, then FAILED.
+
+It wakes as soon as a transaction of this process commits deliveries
+(`WebhookStore.on_enqueue`), at each scheduled retry it set, and otherwise
+polls every `poll_interval` s for rows of other replicas and lapsed leases
+(other replicas' deliveries are theirs to attempt first: their own wake-up
+is immediate, so a NOTIFY would add nothing but a round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+
+import httpx
+from standardwebhooks import Webhook
+
+from code_hero.errors import ConfigurationError
+from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
+from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
+
+__all__ = [
+    "DEFAULT_RETRY_SCHEDULE",
+    "WebhookDispatcher",
+    "WebhookSettings",
+    "parse_schedule",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+_ERROR_CHARS = 500  # of an error message kept with an attempt
+
+
+def parse_schedule(raw: str | None) -> tuple[float, ...]:
+    """`0,5,30` as seconds after the first try, ascending, one attempt at each."""
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_SCHEDULE
+    try:
+        offsets = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigurationError(
+            f"CODE_HERO_WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, got {raw!r}"
+        ) from None
+    if any(x < 0 for x in offsets) or list(offsets) != sorted(offsets):
+        raise ConfigurationError(
+            f"CODE_HERO_WEBHOOK_RETRY_SCHEDULE must be ascending and not negative, got {raw!r}"
+        )
+    return offsets
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """How webhooks are delivered, read once at the edge."""
+
+    schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    allow: tuple[Network, ...] = ()  # destinations allowed although private or loopback
+    timeout: float = 10.0  # seconds per attempt: connect, send and answer
+    secret: str | None = None  # signs deliveries to a run's own URL (whsec_...)
+    poll_interval: float = 1.0
+    concurrency: int = 16  # attempts in flight in this process
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim holds: well past an attempt's timeout."""
+        return timedelta(seconds=2 * self.timeout + 5)
+
+
+class WebhookDispatcher:
+    """Delivers the outbox of the registry `store_of()` returns (None while it is down)."""
+
+    def __init__(
+        self,
+        store_of: Callable[[], WebhookStore | None],
+        settings: WebhookSettings | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings or WebhookSettings()
+        self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
+        self._store_of = store_of
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def __aenter__(self) -> WebhookDispatcher:
+        # No keep-alive: each attempt connects to the address it checked, and a pooled
+        # connection (keyed by address) must never carry another host's request.
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=self.settings.timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop claiming; attempts in flight are cancelled (their leases lapse: retried)."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        tasks = [t for t in (self._loop_task, *self._attempts) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def wake(self) -> None:
+        """Look for due deliveries now."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts under way in this process."""
+        return len(self._attempts)
+
+    # ---------------------------------------------------------------- the loop
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            full = False
+            try:
+                full = await self._claim()
+            except Exception as exc:  # the database is down: the poll tries again
+                log.warning("claiming webhook deliveries failed: %s", exc)
+            if not full:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    async def _claim(self) -> bool:
+        """Start attempts of what is due; True when more may be waiting."""
+        store = self._store_of()
+        if store is None:
+            return False
+        store.on_enqueue(self.wake)  # once per store (a set): the backend may be reopened
+        room = self.settings.concurrency - len(self._attempts)
+        if room < 1:
+            return False
+        now = datetime.now(UTC)
+        claimed = await store.claim_deliveries(
+            self.owner, now=now, until=now + self.settings.lease, limit=room
+        )
+        for delivery in claimed:
+            task = asyncio.get_running_loop().create_task(self._attempt(store, delivery))
+            self._attempts.add(task)
+            task.add_done_callback(self._attempt_done)
+        return len(claimed) == room
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._attempts.discard(task)
+        self.wake()  # a slot is free
+
+    def _wake_at(self, when: datetime) -> None:
+        delay = max((when - datetime.now(UTC)).total_seconds(), 0.0)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            self.wake()
+
+        timer = loop.call_later(delay, fire)
+        self._timers.add(timer)
+
+    # ---------------------------------------------------------------- one attempt
+    async def _attempt(self, store: WebhookStore, delivery: DeliveryRecord) -> None:
+        code, error = await self._post(delivery)
+        at = datetime.now(UTC)
+        attempt = delivery.attempts + 1  # the index of the next offset, too
+        next_at: datetime | None = None
+        if code is not None and 200 <= code < 300:
+            status = DeliveryStatus.DELIVERED
+        elif attempt < len(self.settings.schedule):
+            status = DeliveryStatus.PENDING
+            offset = timedelta(seconds=self.settings.schedule[attempt])
+            next_at = max(delivery.created_at + offset, at)
+        else:
+            status = DeliveryStatus.FAILED
+        try:
+            held = await store.record_attempt(
+                delivery.delivery_id,
+                self.owner,
+                status=status,
+                status_code=code,
+                error=None if error is None else error[:_ERROR_CHARS],
+                next_attempt_at=next_at,
+                at=at,
+            )
+        except Exception as exc:  # the lease lapses and another try is made
+            log.warning("recording webhook delivery %s failed: %s", delivery.delivery_id, exc)
+            return
+        if not held:
+            log.warning("webhook delivery %s was claimed again meanwhile", delivery.delivery_id)
+        if next_at is not None:
+            self._wake_at(next_at)
+
+    async def _post(self, delivery: DeliveryRecord) -> tuple[int | None, str | None]:
+        """POST once: (status code, error), either None."""
+        assert self._client is not None
+        try:
+            target = await resolve(delivery.url, self.settings.allow)
+        except RefusedDestinationError as exc:
+            return None, f"refused destination: {exc}"
+        headers = {"content-type": "application/json", **self._signature(delivery)}
+        host = target.host if ":" not in target.host else f"[{target.host}]"
+        default = 443 if target.scheme == "https" else 80
+        headers["host"] = host if target.port == default else f"{host}:{target.port}"
+        url = httpx.URL(delivery.url).copy_with(host=str(target.address), port=target.port)
+        # Connect to the checked address; TLS names and verifies the URL's host (SNI).
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            answer = await self._client.post(
+                url, content=delivery.payload.encode(), headers=headers, extensions=extensions
+            )
+        except httpx.TimeoutException:
+            return None, f"timed out after {self.settings.timeout:g} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        code = answer.status_code
+        if 300 <= code < 400:
+            return code, f"redirect to {answer.headers.get('location')!r} not followed"
+        if not 200 <= code < 300:
+            return code, f"HTTP {code}"
+        return code, None
+
+    def _signature(self, delivery: DeliveryRecord) -> dict[str, str]:
+        """The Standard Webhooks headers; unsigned when there is no secret to sign with."""
+        now = datetime.now(UTC)
+        headers = {
+            "webhook-id": delivery.delivery_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+        }
+        secret = delivery.secret or (None if delivery.webhook_id else self.settings.secret)
+        if secret:
+            headers["webhook-signature"] = Webhook(secret).sign(
+                delivery.delivery_id, now, delivery.payload
+            )
+        return headers

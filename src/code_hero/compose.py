@@ -53,6 +53,10 @@ class GatewaySettings:
     # True: refuse to open unless the configured store serves (the CLI's one-shot
     # commands work on it or not at all; a server starts on its fallback instead).
     require_primary: bool = False
+    # Retention: the ttl a thread gets when none is given (None: threads never expire),
+    # and the seconds between sweeps of expired threads (None: this process never sweeps).
+    thread_ttl: int | None = None
+    sweep_interval: float | None = 60.0
 
 
 def event_bus(

@@ -53,6 +53,8 @@ class Action(StrEnum):
     THREAD_SEARCH = "thread.search"
     THREAD_SUBSCRIBE = "thread.subscribe"
     THREAD_DELETE = "thread.delete"
+    THREAD_CREATE = "thread.create"  # createThread, and copyThread's new thread
+    THREAD_UPDATE = "thread.update"
     CHECKPOINT_READ = "checkpoint.read"
     RUN_CREATE = "run.create"
     RUN_READ = "run.read"
@@ -63,7 +65,14 @@ class Action(StrEnum):
 
 
 MUTATIONS = frozenset(
-    {Action.RUN_CREATE, Action.RUN_CANCEL, Action.RUN_DELETE, Action.THREAD_DELETE}
+    {
+        Action.RUN_CREATE,
+        Action.RUN_CANCEL,
+        Action.RUN_DELETE,
+        Action.THREAD_DELETE,
+        Action.THREAD_CREATE,
+        Action.THREAD_UPDATE,
+    }
 )
 
 

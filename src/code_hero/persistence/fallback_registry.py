@@ -29,6 +29,7 @@ from typing import Any
 
 from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
+from code_hero.persistence.fallback_lifecycle import FallbackLifecycle
 from code_hero.persistence.records import (
     EventRecord,
     Page,
@@ -44,7 +45,7 @@ from code_hero.persistence.records import (
 __all__ = ["FallbackRegistry"]
 
 
-class FallbackRegistry(FallbackClaims, Registry):
+class FallbackRegistry(FallbackClaims, FallbackLifecycle, Registry):
     """Threads, runs and events: the primary's while it serves, else what the fallback can tell."""
 
     # ---------------------------------------------------------------- setup

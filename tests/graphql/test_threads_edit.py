@@ -45,9 +45,7 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
 
 
 async def create(server: Server, **fields: Any) -> dict[str, Any]:
-    thread: dict[str, Any] = data(await gql(server.http, CREATE, {"input": fields}))[
-        "createThread"
-    ]
+    thread: dict[str, Any] = data(await gql(server.http, CREATE, {"input": fields}))["createThread"]
     return thread
 
 
@@ -85,9 +83,7 @@ async def test_create_with_own_id_a_uuid_conflict_and_do_nothing(server: Server)
         ({"ttlSeconds": 10**9}, "ttlSeconds"),
     ],
 )
-async def test_create_refuses_bad_input(
-    server: Server, fields: dict[str, Any], named: str
-) -> None:
+async def test_create_refuses_bad_input(server: Server, fields: dict[str, Any], named: str) -> None:
     body = await gql(server.http, CREATE, {"input": fields})
     assert codes(body) == ["BAD_USER_INPUT"] and named in body["errors"][0]["message"]
 
@@ -135,9 +131,9 @@ async def test_copy_has_the_same_history_no_runs_and_continues(server: Server) -
     source = data(await gql(server.http, HISTORY, {"id": asked["threadId"]}))["thread"]
     copied = data(await gql(server.http, HISTORY, {"id": copy["id"]}))["thread"]
     assert copied["checkpoints"] == source["checkpoints"] and copied["values"] == source["values"]
-    assert any(
-        e["node"]["pendingWrites"] for e in copied["checkpoints"]["edges"]
-    ), "the interrupt's pending write is copied"
+    assert any(e["node"]["pendingWrites"] for e in copied["checkpoints"]["edges"]), (
+        "the interrupt's pending write is copied"
+    )
 
     # The copy resumes from its own state; the original still waits.
     resume = {"threadId": copy["id"], "resume": {"approved": True}, "wait": True}

@@ -56,6 +56,10 @@ class GatewaySettings:
     # commands work on it or not at all; a server starts on its fallback instead).
     require_primary: bool = False
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    # Retention: the ttl a thread gets when none is given (None: threads never expire),
+    # and the seconds between sweeps of expired threads (None: this process never sweeps).
+    thread_ttl: int | None = None
+    sweep_interval: float | None = 60.0
 
 
 def event_bus(

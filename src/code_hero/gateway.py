@@ -63,13 +63,15 @@ from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
 from code_hero.runs.interrupts import PendingInterrupt, pending_interrupts
 from code_hero.runs.requests import UNSET, StartRun, UpdateState, check_request_text
+from code_hero.thread_admin import ThreadAdmin
 from code_hero.webhook_access import WebhookAccess
 
 __all__ = ["Gateway", "GatewaySettings"]
 
 
-class Gateway(WebhookAccess):
-    """Threads, checkpoints, runs, events and health, for one process."""
+class Gateway(ThreadAdmin, WebhookAccess):
+    """Threads, checkpoints, runs, events and health, for one process (thread editing and
+    retention in `ThreadAdmin`, webhooks in `WebhookAccess`)."""
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
@@ -78,6 +80,7 @@ class Gateway(WebhookAccess):
 
     async def __aenter__(self) -> Gateway:
         await self.services.__aenter__()
+        self._start_sweeper()
         return self
 
     async def __aexit__(
@@ -86,6 +89,7 @@ class Gateway(WebhookAccess):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._stop_sweeper()
         await self.services.__aexit__(exc_type, exc, tb)
 
     @property
@@ -146,9 +150,9 @@ class Gateway(WebhookAccess):
 
     # ------------------------------------------------------------ access
     async def _owns(self, thread_id: str, caller: Caller) -> bool:
-        """True when the caller may see the thread (administrators: always)."""
+        """True when the caller may see the thread (administrators: unless it expired)."""
         if caller.is_admin:
-            return True
+            return not await self._expired([thread_id])
         thread = await self.manager.get_thread(thread_id)
         return thread is not None and caller.sees(thread.user_id)
 
@@ -169,7 +173,10 @@ class Gateway(WebhookAccess):
     async def _visible_runs(
         self, runs: Mapping[str, RunRecord], caller: Caller
     ) -> dict[str, RunRecord]:
-        if not caller.is_admin:
+        if caller.is_admin:
+            expired = await self._expired(list({r.thread_id for r in runs.values()}))
+            runs = {k: r for k, r in runs.items() if r.thread_id not in expired}
+        else:
             threads = await self.manager.registry.get_threads(
                 list({r.thread_id for r in runs.values()})
             )
@@ -259,10 +266,7 @@ class Gateway(WebhookAccess):
         if not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
-        # Every unfinished run stops first (a run ending after the purge writes nothing
-        # back: the registry's foreign keys and the executor see to its leftovers).
-        await self.executor.stop_thread(thread_id)
-        return await self.manager.purge_thread(thread_id)
+        return await self._purge(thread_id)
 
     async def prune(
         self,
@@ -290,8 +294,7 @@ class Gateway(WebhookAccess):
             for thread_id in await self.manager.registry.thread_ids(updated_before=older_than):
                 if not await self.policy.allows(caller, Action.THREAD_DELETE, thread_id=thread_id):
                     continue
-                await self.executor.stop_thread(thread_id)
-                gone = await self.manager.purge_thread(thread_id)
+                gone = await self._purge(thread_id)
                 threads += int(gone.deleted)
                 checkpoints += gone.checkpoints_deleted
                 runs += gone.runs_deleted
@@ -326,6 +329,9 @@ class Gateway(WebhookAccess):
         if not caller.is_admin:
             threads = await self.manager.registry.get_threads(ids)
             ids = [t for t in ids if t in threads and caller.sees(threads[t].user_id)]
+        else:
+            expired = await self._expired(ids)
+            ids = [t for t in ids if t not in expired]
         if self.policy.hook is not None:
             ids = [
                 t
@@ -431,7 +437,9 @@ class Gateway(WebhookAccess):
         """
         self.policy.spend(caller, Action.RUN_CREATE)
         if request.thread_id is not None:
-            request = replace(request, thread_id=check_thread_id(request.thread_id))
+            thread_id = check_thread_id(request.thread_id)
+            request = replace(request, thread_id=thread_id)
+            await self._reap_if_expired(thread_id)  # an expired thread starts afresh
         if request.from_checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
             request = replace(request, from_checkpoint_id=checkpoint_id)
@@ -457,7 +465,10 @@ class Gateway(WebhookAccess):
                 "resume": request.resume is not UNSET,
             },
         )
-        return await self.executor.start(request)
+        run = await self.executor.start(request)
+        if self.settings.thread_ttl is not None:
+            await self.manager.registry.default_ttl(run.thread_id, self.settings.thread_ttl)
+        return run
 
     async def _may_start_on(self, thread_id: str, caller: Caller) -> bool:
         thread = await self.manager.get_thread(thread_id)

@@ -5,6 +5,10 @@
     run id          a UUID, 8-4-4-4-12 hex digits (the gateway makes every one)
     text            no NUL (U+0000) and no lone surrogate (U+D800-DFFF), in
                     strings and in JSON keys and values
+    metadata        a JSON object, its text as above
+    ttl (seconds)   a whole number from 1 to 10 years (a typo of a few more
+                    digits would otherwise overflow the database's time range)
+    a count         a whole number within the bounds the argument documents
 
 Thread ids are the one id callers may choose. The alphabet holds what ids are
 made of in practice (UUIDs, ULIDs, `tenant:ticket-42`, Slack's `1699.0001`)
@@ -25,16 +29,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from code_hero.errors import BadInputError
 
 __all__ = [
     "MAX_THREAD_ID_LENGTH",
+    "MAX_TTL_SECONDS",
     "THREAD_ID_RULE",
     "check_checkpoint_id",
+    "check_count",
+    "check_metadata",
     "check_run_id",
     "check_text",
     "check_thread_id",
+    "check_ttl_seconds",
 ]
 
 MAX_THREAD_ID_LENGTH = 128
@@ -42,6 +51,7 @@ THREAD_ID_RULE = f"1-{MAX_THREAD_ID_LENGTH} characters of A-Z a-z 0-9 . _ : -"
 _THREAD_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_THREAD_ID_LENGTH}}}")
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _EXAMPLE = "0b6f3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
+MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
 
 
 def check_thread_id(value: object, name: str = "threadId") -> str:
@@ -80,6 +90,28 @@ def check_text(value: object, name: str) -> None:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+
+
+def check_metadata(value: object, name: str = "metadata") -> dict[str, Any]:
+    """`value` as a dict if it is a JSON object of storable text; BadInputError otherwise."""
+    if not isinstance(value, Mapping):
+        raise BadInputError(f"{name} must be a JSON object")
+    check_text(value, name)
+    return dict(value)
+
+
+def check_ttl_seconds(value: object, name: str = "ttlSeconds") -> int:
+    """`value` if it is a whole number of seconds from 1 to MAX_TTL_SECONDS."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TTL_SECONDS:
+        return value
+    raise BadInputError(f"{name} must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}")
+
+
+def check_count(value: object, name: str, low: int, high: int) -> int:
+    """`value` if it is a whole number from `low` to `high`; BadInputError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    raise BadInputError(f"{name} must be between {low} and {high}, got {value!r}")
 
 
 def _storable(text: str) -> bool:

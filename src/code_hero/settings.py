@@ -26,6 +26,7 @@ from code_hero.auth import (
 from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
+from code_hero.inputs import MAX_TTL_SECONDS
 from code_hero.limits import DEFAULT_MAX_COST, Limits
 from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
@@ -62,6 +63,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
+    "CODE_HERO_THREAD_TTL": "seconds after its last update a thread is deleted (unset: never)",
     "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
@@ -133,6 +135,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 0:
         raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def _thread_ttl(env: Mapping[str, str]) -> int | None:
+    if not env.get("CODE_HERO_THREAD_TTL"):
+        return None
+    value = _positive_int(env, "CODE_HERO_THREAD_TTL", 1)
+    if value > MAX_TTL_SECONDS:
+        raise ConfigurationError(f"CODE_HERO_THREAD_TTL must be at most {MAX_TTL_SECONDS}")
     return value
 
 
@@ -295,6 +306,7 @@ def settings_from_env(
         max_message_length=limits.max_message_length,
         max_page=limits.max_page,
         max_recursion_limit=_positive_int(env, "CODE_HERO_MAX_RECURSION_LIMIT", 100),
+        thread_ttl=_thread_ttl(env),
         access=AccessSettings(
             hook=_hook(env),
             rate_limit=parse_rate_limit(rate),

@@ -53,6 +53,8 @@ class Action(StrEnum):
     THREAD_SEARCH = "thread.search"
     THREAD_SUBSCRIBE = "thread.subscribe"
     THREAD_DELETE = "thread.delete"
+    THREAD_CREATE = "thread.create"  # createThread, and copyThread's new thread
+    THREAD_UPDATE = "thread.update"
     CHECKPOINT_READ = "checkpoint.read"
     CHECKPOINT_WRITE = "checkpoint.write"  # updateState: a human edit of the state
     RUN_CREATE = "run.create"
@@ -74,6 +76,8 @@ MUTATIONS = frozenset(
         Action.CHECKPOINT_WRITE,
         Action.WEBHOOK_CREATE,
         Action.WEBHOOK_DELETE,
+        Action.THREAD_CREATE,
+        Action.THREAD_UPDATE,
     }
 )
 

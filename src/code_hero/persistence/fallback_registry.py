@@ -30,6 +30,7 @@ from typing import Any
 from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.fallback_edits import FallbackEdits
+from code_hero.persistence.fallback_lifecycle import FallbackLifecycle
 from code_hero.persistence.records import (
     EventRecord,
     Page,
@@ -45,7 +46,7 @@ from code_hero.persistence.records import (
 __all__ = ["FallbackRegistry"]
 
 
-class FallbackRegistry(FallbackClaims, FallbackEdits, Registry):
+class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registry):
     """Threads, runs and events: the primary's while it serves, else what the fallback can tell."""
 
     # ---------------------------------------------------------------- setup

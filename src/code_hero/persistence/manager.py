@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero import __version__
 from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
-from code_hero.errors import BackendUnavailableError, BadInputError
+from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
 from code_hero.limits import Limits
 from code_hero.persistence.backends import Backend, PostgresBackend
 from code_hero.persistence.checkpoints import (
@@ -53,6 +53,7 @@ from code_hero.persistence.records import (
     ThreadStatus,
 )
 from code_hero.persistence.slots import BackendSlot
+from code_hero.persistence.transfer import copy_thread_checkpoints
 
 __all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
 
@@ -293,6 +294,26 @@ class EnhancedCheckpointerManager:
         await self.router.delete_thread(thread_id)
         existed, runs = await self.registry.delete_thread(thread_id)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
+
+    async def copy_thread(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
+        """A new thread (`target`) with every checkpoint, pending write and namespace of
+        `source_id`; no runs. UNAVAILABLE during an outage (it needs the whole history)."""
+        backend = self._serving_backend("copying a thread")
+        created = await self.registry.create_thread(target)
+        if created is None:  # a fresh UUID: only a bug makes it collide
+            raise ConflictError(f"thread {target.thread_id!r} already exists")
+        try:
+            await copy_thread_checkpoints(backend.saver, source_id, target.thread_id)
+        except BaseException:
+            # No half copy is left behind: the caller sees the error and tries again.
+            await asyncio.shield(self.purge_thread(target.thread_id))
+            raise
+        return created
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        """Delete all but the newest `keep` checkpoints of each of the thread's namespaces
+        (their writes and unreferenced blobs too); UNAVAILABLE during an outage."""
+        return await self._serving_backend("pruning checkpoints").keep_latest(thread_id, keep)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(

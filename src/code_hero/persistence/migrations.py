@@ -120,6 +120,59 @@ def _webhook_tables(ts: str, key: str, boolean: str) -> tuple[str, ...]:
     )
 
 
+# Thread retention (issue 13): a thread may carry `ttl_seconds`; `expires_at` is
+# `updated_at + ttl_seconds` (null: never), indexed for the sweep. A trigger keeps it
+# with `updated_at` in every statement that moves either (touches, run admission and
+# end, put_thread, updateThread), so no write path has to remember it.
+_THREAD_EXPIRY_PG = (
+    "ALTER TABLE code_hero_threads ADD COLUMN ttl_seconds INTEGER",
+    "ALTER TABLE code_hero_threads ADD COLUMN expires_at TIMESTAMPTZ",
+    """
+    CREATE INDEX code_hero_threads_expires_idx ON code_hero_threads (expires_at)
+        WHERE expires_at IS NOT NULL
+    """,
+    """
+    CREATE OR REPLACE FUNCTION code_hero_thread_expiry() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.expires_at := CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
+            ELSE NEW.updated_at + make_interval(secs => NEW.ttl_seconds) END;
+        RETURN NEW;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER code_hero_threads_expiry
+        BEFORE INSERT OR UPDATE OF updated_at, ttl_seconds ON code_hero_threads
+        FOR EACH ROW EXECUTE FUNCTION code_hero_thread_expiry()
+    """,
+)
+# SQLite's times are fixed-width text: whole seconds are added by datetime() and the
+# fraction and offset (characters 20 on) kept, so the result sorts like the others.
+_SQLITE_EXPIRY = """
+    UPDATE code_hero_threads SET expires_at = CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
+        ELSE replace(datetime(NEW.updated_at, '+' || NEW.ttl_seconds || ' seconds'), ' ', 'T')
+            || substr(NEW.updated_at, 20) END
+    WHERE thread_id = NEW.thread_id;
+"""
+_THREAD_EXPIRY_SQLITE = (
+    "ALTER TABLE code_hero_threads ADD COLUMN ttl_seconds INTEGER",
+    "ALTER TABLE code_hero_threads ADD COLUMN expires_at TEXT",
+    """
+    CREATE INDEX code_hero_threads_expires_idx ON code_hero_threads (expires_at)
+        WHERE expires_at IS NOT NULL
+    """,
+    f"""
+    CREATE TRIGGER code_hero_threads_expiry_insert AFTER INSERT ON code_hero_threads
+    BEGIN {_SQLITE_EXPIRY} END
+    """,
+    f"""
+    CREATE TRIGGER code_hero_threads_expiry_update
+        AFTER UPDATE OF updated_at, ttl_seconds ON code_hero_threads
+    BEGIN {_SQLITE_EXPIRY} END
+    """,
+)
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -199,6 +252,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     ),
     _THREADS_BY_CREATION,
     _webhook_tables("TIMESTAMPTZ", ' COLLATE "C"', "BOOLEAN"),  # webhooks
+    _THREAD_EXPIRY_PG,  # thread retention: ttl_seconds, expires_at (issue 13)
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -331,4 +385,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     ),
     _THREADS_BY_CREATION,
     _webhook_tables("TEXT", "", "INTEGER"),  # webhooks
+    _THREAD_EXPIRY_SQLITE,  # thread retention: ttl_seconds, expires_at (issue 13)
 ]

@@ -7,6 +7,7 @@ executor and the GraphQL layer read them. Timestamps are timezone-aware UTC.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -83,6 +84,10 @@ class ThreadRecord:
     metadata: Mapping[str, Any]
     created_at: datetime
     updated_at: datetime
+    # Retention: the thread is deleted `ttl_seconds` after its last update, at
+    # `expires_at` (the database derives it from updated_at); None: never.
+    ttl_seconds: int | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,39 @@ class Registry(Protocol):
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""
+
+    # thread editing and retention (an expired thread is absent from every read above)
+    async def create_thread(self, thread: ThreadRecord) -> ThreadRecord | None:
+        """Insert a new thread (its ttl_seconds too); None when the id is taken."""
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        set_ttl: bool = False,
+    ) -> ThreadRecord | None:
+        """Merge `metadata` (a None value removes its key), set the ttl when `set_ttl`,
+        bump updated_at: one transaction. None when there is no such live thread."""
+
+    async def default_ttl(self, thread_id: str, ttl_seconds: int) -> None:
+        """Give the thread this ttl unless it has one."""
+
+    async def expired_thread_ids(
+        self, now: datetime, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """Threads whose expires_at has passed, soonest expired first (only `among`)."""
+
+    async def matching_thread_ids(
+        self, flt: ThreadFilter, *, limit: int, updated_before: datetime | None = None
+    ) -> list[str]:
+        """Up to `limit` live threads matching the filter (and not updated since a time),
+        oldest updated first."""
+
+    def sweeping(self) -> AbstractAsyncContextManager[bool]:
+        """Hold the right to sweep expired threads (True), or learn that another replica
+        holds it now (False)."""
 
     # runs
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from langgraph.checkpoint.base import CheckpointTuple
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 
 from code_hero.config import CheckpointerConfig, config_from_url
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.records import RunFilter
 
-__all__ = ["MigrationReport", "migrate", "migrate_backends"]
+__all__ = ["MigrationReport", "copy_thread_checkpoints", "migrate", "migrate_backends"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -64,7 +64,7 @@ async def migrate_backends(
             await dst.registry.put_thread(record)
         tuples = [t async for t in src.saver.alist({"configurable": {"thread_id": thread_id}})]
         for item in sorted(tuples, key=lambda t: t.checkpoint["id"]):  # parents first
-            counts["writes"] += await _copy_checkpoint(item, dst)
+            counts["writes"] += await _copy_checkpoint(item, dst.saver)
             counts["checkpoints"] += 1
         after: str | None = None
         while True:
@@ -86,22 +86,39 @@ async def migrate_backends(
     )
 
 
-async def _copy_checkpoint(item: CheckpointTuple, dst: Backend) -> int:
+async def copy_thread_checkpoints(
+    saver: BaseCheckpointSaver[Any], source_id: str, target_id: str
+) -> int:
+    """Copy every checkpoint of a thread (every namespace, pending writes included) to
+    another thread id on the same saver; returns how many checkpoints."""
+    # Materialised first: a SQL saver holds its lock while alist() yields.
+    tuples = [t async for t in saver.alist({"configurable": {"thread_id": source_id}})]
+    for item in sorted(tuples, key=lambda t: t.checkpoint["id"]):  # parents first
+        await _copy_checkpoint(item, saver, thread_id=target_id)
+    return len(tuples)
+
+
+async def _copy_checkpoint(
+    item: CheckpointTuple, saver: BaseCheckpointSaver[Any], *, thread_id: str | None = None
+) -> int:
     conf = item.config["configurable"]
     parent: dict[str, Any] = {
-        "thread_id": conf["thread_id"],
+        "thread_id": thread_id or conf["thread_id"],
         "checkpoint_ns": conf.get("checkpoint_ns", ""),
     }
     if item.parent_config:
         parent["checkpoint_id"] = item.parent_config["configurable"]["checkpoint_id"]
-    saved = await dst.saver.aput(
-        {"configurable": parent}, item.checkpoint, item.metadata, full_versions(item.checkpoint)
+    metadata = item.metadata
+    if thread_id is not None and metadata.get("thread_id") == conf["thread_id"]:
+        metadata = {**metadata, "thread_id": thread_id}  # type: ignore[typeddict-item]
+    saved = await saver.aput(
+        {"configurable": parent}, item.checkpoint, metadata, full_versions(item.checkpoint)
     )
     by_task: dict[str, list[tuple[str, Any]]] = defaultdict(list)
     for task_id, channel, value in item.pending_writes or []:
         by_task[task_id].append((channel, value))
     for task_id, writes in by_task.items():
-        await dst.saver.aput_writes(saved, writes, task_id)
+        await saver.aput_writes(saved, writes, task_id)
     return sum(len(w) for w in by_task.values())
 
 

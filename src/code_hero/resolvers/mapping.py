@@ -63,6 +63,7 @@ def thread_of(record: ThreadRecord) -> t.Thread:
         created_at=record.created_at,
         updated_at=record.updated_at,
         metadata=JSON(dict(record.metadata)),
+        expires_at=record.expires_at,
     )
 
 

@@ -11,6 +11,7 @@ from code_hero.resolvers import edits as edit_resolvers
 from code_hero.resolvers import runs as run_resolvers
 from code_hero.resolvers import subscriptions as subscription_resolvers
 from code_hero.resolvers import system as system_resolvers
+from code_hero.resolvers import thread_admin as thread_admin_resolvers
 from code_hero.resolvers import threads as thread_resolvers
 from code_hero.resolvers import webhooks as webhook_resolvers
 from code_hero.resolvers.context import Context
@@ -27,6 +28,13 @@ from code_hero.schema.runs import (
     RunFilter,
     RunSort,
     StartRunInput,
+)
+from code_hero.schema.thread_admin import (
+    CreateThreadInput,
+    DeleteThreadsPayload,
+    PruneThreadsInput,
+    PruneThreadsPayload,
+    UpdateThreadInput,
 )
 from code_hero.schema.threads import (
     DeleteThreadPayload,
@@ -151,6 +159,28 @@ class Mutation:
     @fields.mutation("Delete one of the caller's webhooks and its deliveries.")
     async def delete_webhook(self, info: Info, id: strawberry.ID) -> bool:
         return await webhook_resolvers.delete_webhook(info, id)
+
+    @fields.mutation("A new thread: its own id or a new UUID, metadata, owner and ttl.")
+    async def create_thread(self, info: Info, input: CreateThreadInput) -> Thread:
+        return await thread_admin_resolvers.create_thread(info, input)
+
+    @fields.mutation("Merge metadata into a thread (a key set to null is removed); set its ttl.")
+    async def update_thread(self, info: Info, input: UpdateThreadInput) -> Thread:
+        return await thread_admin_resolvers.update_thread(info, input)
+
+    @fields.mutation("A new thread with the same checkpoints and metadata, no runs.")
+    async def copy_thread(self, info: Info, id: strawberry.ID) -> Thread:
+        return await thread_admin_resolvers.copy_thread(info, id)
+
+    @fields.mutation("Cancel the runs of up to `limit` matching threads and delete them.")
+    async def delete_threads(
+        self, info: Info, filter: ThreadFilter, limit: int | None = 100
+    ) -> DeleteThreadsPayload:
+        return await thread_admin_resolvers.delete_threads(info, filter, limit)
+
+    @fields.mutation("Delete threads not updated since olderThan; keep the latest N checkpoints.")
+    async def prune_threads(self, info: Info, input: PruneThreadsInput) -> PruneThreadsPayload:
+        return await thread_admin_resolvers.prune_threads(info, input)
 
 
 @strawberry.type

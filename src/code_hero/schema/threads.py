@@ -40,6 +40,10 @@ class Thread:
     created_at: datetime
     updated_at: datetime
     metadata: JSON
+    expires_at: datetime | None = strawberry.field(
+        default=None,
+        description="When retention deletes the thread (ttl after its last update); null: never.",
+    )
 
     @fields.field(
         "State of the latest root checkpoint, as JSON; null when there is none."

@@ -162,6 +162,8 @@ class Dialect(ABC):
             metadata=self._from_json(row["metadata"]),
             created_at=self._from_ts(row["created_at"]),
             updated_at=self._from_ts(row["updated_at"]),
+            ttl_seconds=row.get("ttl_seconds"),
+            expires_at=self._from_ts_or_none(row.get("expires_at")),
         )
 
     def _run(self, row: Row) -> RunRecord:

@@ -53,6 +53,8 @@ class PostgresRegistry(SqlRegistry):
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
+    sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
+    sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool

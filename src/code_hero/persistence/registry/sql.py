@@ -41,6 +41,7 @@ from code_hero.persistence.registry.dialect import (
 )
 from code_hero.persistence.registry.edits import ThreadEdits
 from code_hero.persistence.registry.filters import thread_where
+from code_hero.persistence.registry.lifecycle import THREAD_READ_COLUMNS, ThreadLifecycle
 
 __all__ = ["SqlRegistry"]
 
@@ -62,7 +63,7 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, ThreadEdits, Registry):
+class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, Registry):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------
@@ -112,10 +113,12 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
 
     async def put_thread(self, thread: ThreadRecord) -> None:
         sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
             "status = excluded.status, metadata = excluded.metadata, "
-            "created_at = excluded.created_at, updated_at = excluded.updated_at"
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "ttl_seconds = excluded.ttl_seconds"
         )
         params = [
             thread.thread_id,
@@ -124,14 +127,18 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
             self._json(dict(thread.metadata)),
             self._ts(utc(thread.created_at)),
             self._ts(utc(thread.updated_at)),
+            thread.ttl_seconds,
         ]
         async with self._session() as s:
             await s.execute(sql, params)
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        live, now = self._live()
         async with self._session() as s:
             rows = await s.fetch(
-                f"SELECT {THREAD_COLUMNS} FROM code_hero_threads WHERE thread_id = ?", [thread_id]
+                f"SELECT {THREAD_READ_COLUMNS} FROM code_hero_threads "
+                f"WHERE thread_id = ? AND {live}",
+                [thread_id, *now],
             )
         return self._thread(rows[0]) if rows else None
 
@@ -139,9 +146,11 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
         if not thread_ids:
             return {}
         cond, params = self._in("thread_id", list(dict.fromkeys(thread_ids)))
+        live, now = self._live()
         async with self._session() as s:
             rows = await s.fetch(
-                f"SELECT {THREAD_COLUMNS} FROM code_hero_threads WHERE {cond}", params
+                f"SELECT {THREAD_READ_COLUMNS} FROM code_hero_threads WHERE {cond} AND {live}",
+                [*params, *now],
             )
         return {row["thread_id"]: self._thread(row) for row in rows}
 
@@ -160,13 +169,14 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
         first = _page_size(first)
         order = order or ThreadOrder()
         clauses, params = self._thread_where(flt)
+        self._only_live(clauses, params)
         column = _THREAD_SORT[order.field]
         if after is not None:
             at, key = decode_cursor("thread", after, order)
             clauses.append(f"({column}, thread_id) {_AFTER[order.direction]} (?, ?)")
             params.extend([self._ts(at), key])
         sql = (
-            f"SELECT {THREAD_COLUMNS} FROM code_hero_threads {_where(clauses)} "
+            f"SELECT {THREAD_READ_COLUMNS} FROM code_hero_threads {_where(clauses)} "
             f"ORDER BY {column} {order.direction}, thread_id {order.direction} LIMIT ?"
         )
         async with self._session() as s:
@@ -177,6 +187,7 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
 
     async def count_threads(self, flt: ThreadFilter) -> int:
         clauses, params = self._thread_where(flt)
+        self._only_live(clauses, params)
         async with self._session() as s:
             rows = await s.fetch(
                 f"SELECT count(*) AS n FROM code_hero_threads {_where(clauses)}", params
@@ -289,6 +300,7 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
         first = _page_size(first)
         order = order or RunOrder()
         clauses, params = self._run_where(flt)
+        self._only_live_runs(clauses, params)
         if after is not None:
             at, key = decode_cursor("run", after, order)
             clauses.append(f"(created_at, run_id) {_AFTER[order.direction]} (?, ?)")
@@ -306,6 +318,7 @@ class SqlRegistry(RunClaims, ThreadEdits, Registry):
 
     async def count_runs(self, flt: RunFilter) -> int:
         clauses, params = self._run_where(flt)
+        self._only_live_runs(clauses, params)
         async with self._session() as s:
             rows = await s.fetch(
                 f"SELECT count(*) AS n FROM code_hero_runs {_where(clauses)}", params

@@ -70,7 +70,11 @@ MISSING_RUN_EVENTS = f'subscription {{ runEvents(runId: "{MISSING_RUN}") {{ seq 
 
 
 def readme_operations() -> list[str]:
-    """Every GraphQL document of the README's tour: its blocks, the curl and the JS one."""
+    """Every GraphQL document of the README's tour: its blocks, the curl and the JS one.
+
+    A block fenced `graphql session` is a transcript (several operations, each with
+    its answer as a comment), not one document: it is left out.
+    """
     text = README.read_text()
     found = re.findall(r"```graphql\n(.*?)```", text, re.S)
     found += [json.loads(body)["query"] for body in re.findall(r"-d '(\{.*?\})'", text)]

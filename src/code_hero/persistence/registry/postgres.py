@@ -53,6 +53,14 @@ class PostgresRegistry(SqlRegistry):
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
 
+    duration_ms_sql: ClassVar[str] = (
+        "(EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000)::float8"
+    )
+    bucket_key_sql: ClassVar[str] = (
+        "substr(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'), 1, {length})"
+    )
+    has_percentile_cont: ClassVar[bool] = True
+
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
 

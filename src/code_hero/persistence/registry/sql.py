@@ -39,6 +39,7 @@ from code_hero.persistence.registry.dialect import (
     utc,
     utc_now,
 )
+from code_hero.persistence.registry.stats import RunStatsQueries
 
 __all__ = ["SqlRegistry"]
 
@@ -60,7 +61,7 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, Registry):
+class SqlRegistry(RunClaims, RunStatsQueries, Registry):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------
@@ -280,6 +281,12 @@ class SqlRegistry(RunClaims, Registry):
                 "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"
             )
             params.append(flt.owner)
+        if flt.created_after is not None:
+            clauses.append("created_at > ?")
+            params.append(self._ts(utc(flt.created_after)))
+        if flt.created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(self._ts(utc(flt.created_before)))
         return clauses, params
 
     async def list_runs(

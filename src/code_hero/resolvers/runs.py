@@ -26,6 +26,7 @@ __all__ = [
     "delete_run",
     "run",
     "run_events",
+    "run_query",
     "run_thread",
     "runs",
     "start_run",
@@ -48,14 +49,7 @@ async def runs(
 ) -> r.RunConnection:
     """A page of runs, newest first unless `order_by` says otherwise."""
     ctx = info.context
-    query = RunFilter()
-    if flt is not None:
-        query = RunFilter(
-            thread_id=flt.thread_id,
-            status=flt.status,
-            graph=flt.graph,
-            user_id=flt.user_id,
-        )
+    query = run_query(flt)
     order = RunOrder() if order_by is None else RunOrder(SortDirection(order_by.direction))
     page = await ctx.gateway.runs_page(
         query, first=check_first(first, ctx.limits), after=after, order=order, caller=ctx.caller
@@ -65,6 +59,20 @@ async def runs(
         return await ctx.gateway.runs_count(query, caller=ctx.caller)
 
     return mapping.run_connection(page, order, count)
+
+
+def run_query(flt: r.RunFilter | None) -> RunFilter:
+    """The registry's filter for the schema's (shared by `runs` and `runStats`)."""
+    if flt is None:
+        return RunFilter()
+    return RunFilter(
+        thread_id=flt.thread_id,
+        status=flt.status,
+        graph=flt.graph,
+        user_id=flt.user_id,
+        created_after=flt.created_after,
+        created_before=flt.created_before,
+    )
 
 
 async def run_thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:

@@ -11,7 +11,9 @@ full:
   `checkpoints`) holds `first` edges, so its `edges` list does; `first` is the
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
-- other lists (`backends`, `pendingWrites`, `graphs`) count one item;
+- other lists (`backends`, `pendingWrites`, `graphs`) count one item, except
+  those whose length has a known bound (`LIST_SIZES`): a run's `steps`, a
+  stats `series` (up to 1,000 buckets) and `byStatus` (every status);
 - the root field of a subscription counts as a page of 100 events;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
 - inline fragments and fragment spreads are priced where they are spread,
@@ -55,9 +57,11 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType as Kind
 
 from code_hero.errors import CodeHeroError, QueryTooComplexError
+from code_hero.persistence.records import RunStatus
+from code_hero.persistence.stats import MAX_BUCKETS
 from code_hero.resolvers.context import Context
 
-__all__ = ["SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
+__all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
 
 PAGE_ARGUMENT = "first"
 SUBSCRIPTION_PAGE = 100  # a subscription is priced like one page of its events
@@ -68,6 +72,16 @@ SCALAR_COSTS: Mapping[tuple[str, str], int] = {
     ("ThreadConnection", "totalCount"): 1,
     ("RunConnection", "totalCount"): 1,
     ("CheckpointConnection", "totalCount"): 1,
+}
+
+# Lists without `first` whose length is known or bounded: priced at that length.
+LIST_SIZES: Mapping[tuple[str, str], int] = {
+    ("RunStats", "series"): MAX_BUCKETS,
+    ("RunStats", "byStatus"): len(RunStatus),
+    ("StatsBucket", "byStatus"): len(RunStatus),
+    # A run's node executions: about one per superstep, and at most 100 supersteps by
+    # default (CODE_HERO_MAX_RECURSION_LIMIT); parallel branches make it an estimate.
+    ("Run", "steps"): 100,
 }
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
@@ -126,7 +140,7 @@ class _Pricer:
         size = self.page_size(node, definition.args[PAGE_ARGUMENT]) if paged else None
         is_list = isinstance(get_nullable_type(definition.type), GraphQLList)
         if is_list:
-            listed = size if size is not None else page
+            listed = size if size is not None else LIST_SIZES.get((parent.name, name), page)
             times *= 1 if listed is None else listed
         named = get_named_type(definition.type)
         weight = 1 if is_composite_type(named) else SCALAR_COSTS.get((parent.name, name), 0)

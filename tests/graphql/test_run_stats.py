@@ -247,3 +247,14 @@ async def test_no_matching_runs_and_too_many_buckets(server: Server) -> None:
     since = {"createdAfter": (BASE - timedelta(days=62)).isoformat()}
     assert codes(await gql(http, STATS, {"filter": since, "bucket": "HOUR"})) == ["BAD_USER_INPUT"]
     assert len((await stats(http, filter=since, bucket="DAY"))["series"]) == 63
+
+
+async def test_the_cost_prices_a_full_series_and_a_runs_steps(server: Server) -> None:
+    series = (
+        "{ runStats(bucket: HOUR) { series { start byStatus { count } usage { totalTokens } } } }"
+    )
+    # runStats 1, and 1,000 buckets of 1 + 6 statuses + 1 usage.
+    assert (await gql(server.http, series))["extensions"]["cost"] == 1 + 1000 * 8
+    steps = "{ runs(first: 10) { edges { node { steps { node } usage { totalTokens } } } } }"
+    # The connection 1, 10 edges and nodes, 100 steps and a usage per run.
+    assert (await gql(server.http, steps))["extensions"]["cost"] == 1 + 10 * (1 + 1 + 100 + 1)

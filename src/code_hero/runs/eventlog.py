@@ -197,19 +197,24 @@ class EventLog:
 
     async def _store_fields(self, writers: list[RunEventWriter]) -> None:
         """The run fields of the batch's writers (a run's timeline and usage), after its
-        events; a failure keeps them for the next flush unless newer ones came."""
-        for w in writers:
-            fields, w.fields = w.fields, {}
-            if not fields or w.closed:
-                continue
-            try:
-                await self.registry().update_run(w.run_id, **fields)
-            except BaseException:
+        events, one update per run, concurrently (a round trip per batch, not per run,
+        on a pool); a failed one is kept for the next flush unless newer fields came."""
+        taken = [(w, w.fields) for w in writers if w.fields and not w.closed]
+        for w, _ in taken:
+            w.fields = {}
+        registry = self.registry()
+        results = await asyncio.gather(
+            *(registry.update_run(w.run_id, **fields) for w, fields in taken),
+            return_exceptions=True,
+        )
+        failed = None
+        for (w, fields), result in zip(taken, results, strict=True):
+            if isinstance(result, BaseException):
                 w.fields = {**fields, **w.fields}
-                for kept in writers:
-                    if kept.fields and not kept.closed:
-                        self._waiting[kept.run_id] = kept
-                raise
+                self._waiting[w.run_id] = w
+                failed = failed or result
+        if failed is not None:
+            raise failed
 
     async def _store_apart(self, writers: list[RunEventWriter]) -> None:
         for w in writers:

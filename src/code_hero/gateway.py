@@ -56,6 +56,7 @@ from code_hero.persistence.records import (
     ThreadOrder,
     ThreadRecord,
 )
+from code_hero.persistence.stats import RunStats, TimeBucket
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.edits import update_state
 from code_hero.runs.eventlog import EventLog
@@ -555,6 +556,18 @@ class Gateway(ThreadAdmin, WebhookAccess):
         of it."""
         query = await self._run_query(flt, caller)
         return 0 if query is None else await self.manager.registry.count_runs(query)
+
+    async def run_stats(
+        self,
+        flt: RunFilter | None = None,
+        *,
+        bucket: TimeBucket | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> RunStats:
+        """Statistics of the runs `runs_page` would page through (the owner part of the
+        query), computed in SQL; with `bucket`, a series over the created range."""
+        query = await self._run_query(flt, caller)
+        return RunStats() if query is None else await self.manager.registry.run_stats(query, bucket)
 
     async def run_events(
         self, run_id: str, *, after_seq: int = 0, first: int = 100, caller: Caller = ANONYMOUS

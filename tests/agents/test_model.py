@@ -7,6 +7,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from code_hero.agents import OfflineChatModel, make_chat_model
 from code_hero.agents.catalog import system_prompt
+from code_hero.agents.replies import tokenize
 from code_hero.agents.tools import check_python, extract_code
 from code_hero.errors import ConfigurationError
 
@@ -70,3 +71,23 @@ def test_make_chat_model_names_the_package_to_install() -> None:
         pytest.skip("langchain is installed, so the error path cannot be reached")
     with pytest.raises(ConfigurationError, match="langchain"):
         make_chat_model("openai:gpt-4o-mini")
+
+
+async def test_usage_is_reported_and_the_chunks_add_up_to_the_whole() -> None:
+    model = OfflineChatModel()
+    messages = _ask("CODE_GENERATOR", "Write a function that parses dates")
+    whole = await model.ainvoke(messages)
+    assert whole.usage_metadata is not None
+    read = sum(len(tokenize(m.text)) for m in messages)
+    said = len(tokenize(str(whole.content)))
+    assert whole.usage_metadata == {
+        "input_tokens": read,
+        "output_tokens": said,
+        "total_tokens": read + said,
+    }
+    chunks = [chunk async for chunk in model.astream(messages)]
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert merged.usage_metadata == whole.usage_metadata
+    assert model.invoke(messages).usage_metadata == whole.usage_metadata

@@ -137,6 +137,16 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
         inflight.run_id,
     )
     assert flight == [("SUCCESS", "IDLE")]
+    # Each run's timeline reached PostgreSQL too: born in the outage (copied whole), and
+    # in flight across it (its changes and its end replayed).
+    for run_id in (during.run_id, inflight.run_id):
+        steps = rows(
+            pg_database,
+            "SELECT s->>'node', s->>'finished_at' IS NOT NULL, s->>'error' FROM code_hero_runs, "
+            "jsonb_array_elements(steps) AS s WHERE run_id = %s",
+            run_id,
+        )
+        assert [node for node, done, error in steps if done and error is None] == SLOW_STEPS
     flight_events = rows(
         pg_database,
         "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import open_backend
-from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
     RunStatus,
+    StepRecord,
     ThreadRecord,
     ThreadStatus,
 )
@@ -48,3 +49,43 @@ async def test_a_late_copy_adds_what_is_missing_and_replaces_nothing(tmp_path: P
         await CopyThread("t", {}).replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and run.status is RunStatus.PENDING
+
+
+async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=123456)
+    later = now + timedelta(milliseconds=250)
+    steps = (
+        StepRecord("lead", "", now, later),
+        StepRecord("expert", "team:1", later, None, "cancelled"),
+    )
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    born = RunRecord(
+        RUN,
+        "t",
+        "g",
+        RunStatus.RUNNING,
+        created_at=now,
+        input_tokens=5,
+        output_tokens=7,
+        steps=steps[:1],
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
+    ):
+        # A run born in the outage is copied whole (CopyThread: put_run).
+        await fallback.registry.put_thread(thread)
+        await fallback.registry.put_run(born)
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert await primary.registry.get_run(RUN) == born
+
+        # A run in flight at the outage's start: its changes and its end (update_run,
+        # finish_run) carry the timeline and usage fields.
+        await ChangeRun(RUN, "t", {"steps": steps, "input_tokens": 11}).replay(primary, fallback)
+        changed = await primary.registry.get_run(RUN)
+        assert changed is not None and changed.steps == steps and changed.input_tokens == 11
+        ended = {"status": "CANCELLED", "finished_at": later, "output_tokens": 9, "steps": steps}
+        await FinishRun(RUN, "t", ended).replay(primary, fallback)
+        final = await primary.registry.get_run(RUN)
+        assert final is not None and final.status is RunStatus.CANCELLED
+        assert (final.input_tokens, final.output_tokens, final.steps) == (11, 9, steps)

@@ -3,6 +3,12 @@
 `OfflineChatModel` needs no network and no key and always says the same thing
 to the same messages; it streams its reply word by word, so LangGraph's
 `stream_mode="messages"` shows real token deltas.
+
+It reports honest usage for what it reads and says, in its own tokens (the
+word-sized pieces of `tokenize`): input tokens are the pieces of every message
+it was given, output tokens the pieces it answers with. Streamed, the first
+chunk carries the input count and every chunk one output token, so the chunks
+add up to exactly what the whole message reports.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from code_hero.agents.replies import compose_reply, tokenize
@@ -54,8 +61,17 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        message = AIMessage(content=self.reply_to(messages))
+        pieces = tokenize(self.reply_to(messages))
+        message = AIMessage(
+            content="".join(pieces), usage_metadata=_usage(_read(messages), len(pieces))
+        )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
+        read = _read(messages)
+        for i, piece in enumerate(tokenize(self.reply_to(messages))):
+            usage = _usage(read if i == 0 else 0, 1)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece, usage_metadata=usage))
 
     def _stream(
         self,
@@ -64,8 +80,7 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for piece in tokenize(self.reply_to(messages)):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        yield from self._chunks(messages)
 
     async def _astream(
         self,
@@ -74,10 +89,23 @@ class OfflineChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for piece in tokenize(self.reply_to(messages)):
+        for chunk in self._chunks(messages):
             # Always yield to the loop, so a long reply never starves other tasks.
             await asyncio.sleep(self.token_delay)
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            yield chunk
+
+
+def _read(messages: Sequence[BaseMessage]) -> int:
+    """The input tokens of a call: the pieces of every message's text."""
+    return sum(len(tokenize(m.text)) for m in messages)
+
+
+def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+    )
 
 
 def make_chat_model(spec: str | None = None) -> BaseChatModel:

@@ -42,6 +42,7 @@ from code_hero.persistence.records import (
     ThreadOrder,
     ThreadRecord,
 )
+from code_hero.persistence.stats import RunStats, TimeBucket
 
 __all__ = ["FallbackRegistry"]
 
@@ -244,6 +245,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             return await self._local("counting runs").count_runs(flt)
 
         return await self._route(lambda r: r.count_runs(flt), degraded)
+
+    async def run_stats(self, flt: RunFilter, bucket: TimeBucket | None = None) -> RunStats:
+        """The statistics; during an outage, of the runs of threads born in it (as listings)."""
+
+        async def degraded() -> RunStats:
+            if flt.thread_id is not None and not self.router.is_local(flt.thread_id):
+                raise self.router.unavailable("the statistics of this thread's runs")
+            return await self._local("run statistics").run_stats(flt, bucket)
+
+        return await self._route(lambda r: r.run_stats(flt, bucket), degraded)
 
     async def delete_run(self, run_id: str) -> bool:
         """Delete the run and its events."""

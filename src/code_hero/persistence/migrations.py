@@ -173,6 +173,20 @@ _THREAD_EXPIRY_SQLITE = (
     """,
 )
 
+# Run timelines and usage (issue 12): the tokens a run's chat models reported, summed
+# by runStats in SQL, and its steps (node executions, a JSON list written with the
+# run's row as it goes: a run's detail loads them with the run, in the same query).
+_RUN_USAGE_AND_STEPS_PG = (
+    "ALTER TABLE code_hero_runs ADD COLUMN input_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE code_hero_runs ADD COLUMN output_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE code_hero_runs ADD COLUMN steps JSONB NOT NULL DEFAULT '[]'",
+)
+_RUN_USAGE_AND_STEPS_SQLITE = (
+    "ALTER TABLE code_hero_runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE code_hero_runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE code_hero_runs ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'",
+)
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -253,6 +267,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _THREADS_BY_CREATION,
     _webhook_tables("TIMESTAMPTZ", ' COLLATE "C"', "BOOLEAN"),  # webhooks
     _THREAD_EXPIRY_PG,  # thread retention: ttl_seconds, expires_at (issue 13)
+    _RUN_USAGE_AND_STEPS_PG,  # run usage and steps (issue 12)
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -386,4 +401,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _THREADS_BY_CREATION,
     _webhook_tables("TEXT", "", "INTEGER"),  # webhooks
     _THREAD_EXPIRY_SQLITE,  # thread retention: ttl_seconds, expires_at (issue 13)
+    _RUN_USAGE_AND_STEPS_SQLITE,  # run usage and steps (issue 12)
 ]

@@ -11,7 +11,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, NewType, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NewType, Protocol, TypeVar
+
+if TYPE_CHECKING:  # the stats records import RunStatus from here
+    from code_hero.persistence.stats import RunStats, TimeBucket
 
 __all__ = [
     "THREAD_STATUS_AFTER",
@@ -25,6 +28,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "SortDirection",
+    "StepRecord",
     "ThreadFilter",
     "ThreadId",
     "ThreadOrder",
@@ -91,6 +95,20 @@ class ThreadRecord:
 
 
 @dataclass(frozen=True)
+class StepRecord:
+    """One node execution of a run (a bar of its timeline); namespace "" is the root graph.
+
+    `finished_at` is None while the node runs, and stays None when the executor running
+    it was lost (the run resumed elsewhere runs the node again, as a new step)."""
+
+    node: str
+    namespace: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     thread_id: str
@@ -109,6 +127,11 @@ class RunRecord:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False
+    # Recorded as the run goes (runs.timeline): tokens its chat models reported, and
+    # every node execution in start order.
+    input_tokens: int = 0
+    output_tokens: int = 0
+    steps: Sequence[StepRecord] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +175,8 @@ class RunFilter:
     owner: str | None = None  # the user who owns the run's thread
     statuses: Sequence[RunStatus] | None = None  # one of these (none: matches nothing)
     metadata: Mapping[str, Any] | None = None  # containment: run metadata contains this
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 class SortDirection(StrEnum):
@@ -299,6 +324,10 @@ class Registry(Protocol):
 
     async def delete_run(self, run_id: str) -> bool:
         """Delete the run and its events."""
+
+    async def run_stats(self, flt: RunFilter, bucket: TimeBucket | None = None) -> RunStats:
+        """Counts, durations and token usage of the matching runs (owner included) and,
+        with `bucket`, their series over the filter's created range: computed in SQL."""
 
     async def put_run(self, run: RunRecord) -> None:
         """Insert or replace a run as given (for migration)."""

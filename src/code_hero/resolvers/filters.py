@@ -38,6 +38,8 @@ def run_filter(flt: r.RunFilter | None) -> RunFilter:
         user_id=flt.user_id,
         statuses=None if flt.statuses is None else tuple(RunStatus(s) for s in flt.statuses),
         metadata=_object(flt.metadata, "filter.metadata"),
+        created_after=flt.created_after,
+        created_before=flt.created_before,
     )
 
 

@@ -8,7 +8,7 @@ function runs, never while the modules load.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import strawberry
@@ -31,6 +31,7 @@ from code_hero.schema import health as h
 from code_hero.schema import paging as p
 from code_hero.schema import runs as r
 from code_hero.schema import threads as t
+from code_hero.schema import timeline as tl
 from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:  # annotations only: the graph registry loads LangGraph
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # annotations only: the graph registry loads LangGraph
 __all__ = [
     "checkpoint_connection",
     "checkpoint_of",
+    "duration_ms",
     "event_of",
     "graph_of",
     "health_of",
@@ -49,6 +51,7 @@ __all__ = [
     "thread_connection",
     "thread_deletion_of",
     "thread_of",
+    "usage_of",
 ]
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -104,6 +107,35 @@ def run_of(record: RunRecord) -> r.Run:
         finished_at=record.finished_at,
         user_id=record.user_id,
         multitask=e.MultitaskStrategy(record.multitask),
+        duration_ms=duration_ms(record.started_at, record.finished_at),
+        usage=usage_of(record.input_tokens, record.output_tokens),
+        steps=[
+            tl.RunStep(
+                node=x.node,
+                namespace=x.namespace,
+                started_at=x.started_at,
+                finished_at=x.finished_at,
+                duration_ms=duration_ms(x.started_at, x.finished_at),
+                error=x.error,
+            )
+            for x in record.steps
+        ],
+    )
+
+
+def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
+    """end - start in milliseconds (exact to the microsecond, as the stats compute it)."""
+    if start is None or end is None:
+        return None
+    return ((end - start) // timedelta(microseconds=1)) / 1000
+
+
+def usage_of(input_tokens: int, output_tokens: int) -> tl.TokenUsage:
+    """The schema's TokenUsage."""
+    return tl.TokenUsage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
     )
 
 

@@ -45,6 +45,7 @@ class RunEventWriter:
         self.next_seq = next_seq
         self.pending: list[EventRecord] = []
         self.inflight: list[EventRecord] = []
+        self.fields: dict[str, Any] = {}  # run fields to store with the next batch
         self.closed = False
 
     def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
@@ -60,6 +61,13 @@ class RunEventWriter:
         self.owner._dirty(self)
         return event
 
+    def update_run(self, **fields: Any) -> None:
+        """Store these run fields with the next batch (the latest value of each wins)."""
+        if self.closed:
+            return
+        self.fields.update(fields)
+        self.owner._dirty(self)
+
     def unstored(self) -> list[EventRecord]:
         """Events emitted but not yet stored, in order."""
         return [*self.inflight, *self.pending]
@@ -67,7 +75,7 @@ class RunEventWriter:
     async def flush(self) -> None:
         """Store every pending event of this run (with whatever else is pending)."""
         await self.owner.flush()
-        if self.pending or self.inflight:
+        if self.pending or self.inflight or self.fields:
             await self.owner.flush()
 
     async def close(self) -> None:
@@ -174,16 +182,39 @@ class EventLog:
                 except BaseException:
                     for w in writers:
                         w.pending[:0] = w.inflight
-                        if w.pending:
+                        if w.pending or w.fields:
                             self._waiting[w.run_id] = w
                     raise
                 finally:
                     for w in writers:
                         w.inflight = []
                 try:
-                    await self.bus.stored(batch)
+                    if batch:
+                        await self.bus.stored(batch)
                 except Exception as exc:  # subscribers elsewhere catch up from the log
                     log.warning("event notification failed: %s", exc)
+                await self._store_fields(writers)
+
+    async def _store_fields(self, writers: list[RunEventWriter]) -> None:
+        """The run fields of the batch's writers (a run's timeline and usage), after its
+        events, one update per run, concurrently (a round trip per batch, not per run,
+        on a pool); a failed one is kept for the next flush unless newer fields came."""
+        taken = [(w, w.fields) for w in writers if w.fields and not w.closed]
+        for w, _ in taken:
+            w.fields = {}
+        registry = self.registry()
+        results = await asyncio.gather(
+            *(registry.update_run(w.run_id, **fields) for w, fields in taken),
+            return_exceptions=True,
+        )
+        failed = None
+        for (w, fields), result in zip(taken, results, strict=True):
+            if isinstance(result, BaseException):
+                w.fields = {**fields, **w.fields}
+                self._waiting[w.run_id] = w
+                failed = failed or result
+        if failed is not None:
+            raise failed
 
     async def _store_apart(self, writers: list[RunEventWriter]) -> None:
         for w in writers:

@@ -27,7 +27,15 @@ from code_hero.persistence.records import EventRecord, RunStatus
 
 __all__ = ["EventType", "namespace_of", "terminal_status", "translate"]
 
-STREAM_MODES: list[StreamMode] = ["updates", "messages", "checkpoints", "custom", "values"]
+# "tasks": each node execution's start and result, for the run's timeline (runs/timeline.py).
+STREAM_MODES: list[StreamMode] = [
+    "updates",
+    "messages",
+    "checkpoints",
+    "custom",
+    "values",
+    "tasks",
+]
 
 
 class EventType(StrEnum):

@@ -60,6 +60,7 @@ from code_hero.runs.requests import (
     continuing,
     input_for,
 )
+from code_hero.runs.timeline import Timeline
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -324,6 +325,7 @@ class RunExecutor:
         run_id, thread_id = record.run_id, record.thread_id
         status, output, error = RunStatus.ERROR, None, None
         writer: RunEventWriter | None = None
+        timeline = Timeline(record)
         try:
             writer = await self.events.writer(run_id, thread_id)
             running = await self.registry.update_run(
@@ -332,7 +334,9 @@ class RunExecutor:
                 started_at=record.started_at or datetime.now(UTC),
             )
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
-            status, output, error = await self._stream(running or record, writer, resuming)
+            status, output, error = await self._stream(
+                running or record, writer, resuming, timeline
+            )
         except asyncio.CancelledError:
             closing = self.claims.closing
             if run_id in self._lost or (closing and run_id not in self._cancel_requested):
@@ -360,8 +364,9 @@ class RunExecutor:
             # The end is decided: a cancel arriving now (a second one: from the lease
             # renewal, another replica's message) must not cut the recording short,
             # or the run would stay RUNNING with its events half stored.
+            timeline.end(status, error)
             ending = asyncio.ensure_future(
-                self._finish(run_id, thread_id, status, output, error, writer)
+                self._finish(run_id, thread_id, status, output, error, writer, timeline.fields())
             )
             while not ending.done():
                 with contextlib.suppress(asyncio.CancelledError):
@@ -376,7 +381,7 @@ class RunExecutor:
             await self.bus.send_control("runs")
 
     async def _stream(
-        self, record: RunRecord, writer: RunEventWriter, resuming: bool
+        self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline
     ) -> tuple[RunStatus, Any, str | None]:
         graph = self.graphs.get(record.graph)
         configurable = {**record.config, "thread_id": record.thread_id, "run_id": record.run_id}
@@ -414,6 +419,10 @@ class RunExecutor:
                 if not ns:
                     values = data
                 continue
+            if timeline.observe(ns, mode, data):  # stored with the next batch of events
+                writer.update_run(**timeline.fields())
+            if mode == "tasks":
+                continue
             if mode == "updates" and "__interrupt__" in data:
                 interrupted = True
             for type_, payload in translate(ns, mode, data):
@@ -441,9 +450,10 @@ class RunExecutor:
         output: Any,
         error: str | None,
         writer: RunEventWriter | None = None,
+        recorded: Mapping[str, Any] | None = None,
     ) -> tuple[RunRecord | None, bool]:
-        """Record the end: the final run (None when it is gone), and whether the thread
-        has runs waiting for it."""
+        """Record the end (with the `recorded` timeline and usage fields): the final run
+        (None when it is gone), and whether the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
@@ -456,6 +466,7 @@ class RunExecutor:
             finished_at=datetime.now(UTC),
             lease_owner=None,
             lease_expires_at=None,
+            **(recorded or {}),
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final

@@ -16,7 +16,9 @@ full:
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
 - `webhooks` counts 100 items (a user's most); other lists (`backends`,
-  `pendingWrites`, `graphs`) count one item;
+  `pendingWrites`, `graphs`) count one item, except those whose length has a
+  known bound (`LIST_SIZES`): a run's `steps`, a stats `series` (up to 1,000
+  buckets) and `byStatus` (every status);
   `Thread.interrupts` (a small list) counts one item plus its state read (1);
 - the root field of a subscription counts as a page of 100 events;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
@@ -61,9 +63,11 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType as Kind
 
 from code_hero.errors import CodeHeroError, QueryTooComplexError
+from code_hero.persistence.records import RunStatus
+from code_hero.persistence.stats import MAX_BUCKETS
 from code_hero.resolvers.context import Context
 
-__all__ = ["SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
+__all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
 
 PAGE_ARGUMENT = "first"
 SUBSCRIPTION_PAGE = 100  # a subscription is priced like one page of its events
@@ -84,9 +88,15 @@ OBJECT_LOADS: Mapping[tuple[str, str], int] = {("Checkpoint", "changes"): 1}
 LIST_LOADS: Mapping[tuple[str, str], int] = {
     ("Thread", "interrupts"): 1,
 }
-# Unpaged lists with a known bound, priced at it rather than at one item.
+# Lists without `first` whose length is known or bounded: priced at that length.
 LIST_SIZES: Mapping[tuple[str, str], int] = {
     ("Query", "webhooks"): 100,  # code_hero.webhook_access.MAX_WEBHOOKS_PER_USER
+    ("RunStats", "series"): MAX_BUCKETS,
+    ("RunStats", "byStatus"): len(RunStatus),
+    ("StatsBucket", "byStatus"): len(RunStatus),
+    # A run's node executions: about one per superstep, and at most 100 supersteps by
+    # default (CODE_HERO_MAX_RECURSION_LIMIT); parallel branches make it an estimate.
+    ("Run", "steps"): 100,
 }
 
 _Fields = GraphQLObjectType | GraphQLInterfaceType
@@ -146,8 +156,7 @@ class _Pricer:
         is_list = isinstance(get_nullable_type(definition.type), GraphQLList)
         loads = times * LIST_LOADS.get((parent.name, name), 0)
         if is_list:
-            listed = size if size is not None else page
-            listed = LIST_SIZES.get((parent.name, name), listed)
+            listed = size if size is not None else LIST_SIZES.get((parent.name, name), page)
             times *= 1 if listed is None else listed
         named = get_named_type(definition.type)
         key = (parent.name, name)

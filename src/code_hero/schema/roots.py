@@ -9,6 +9,7 @@ import strawberry
 from code_hero.resolvers import checkpoints as checkpoint_resolvers
 from code_hero.resolvers import edits as edit_resolvers
 from code_hero.resolvers import runs as run_resolvers
+from code_hero.resolvers import stats as stats_resolvers
 from code_hero.resolvers import subscriptions as subscription_resolvers
 from code_hero.resolvers import system as system_resolvers
 from code_hero.resolvers import thread_admin as thread_admin_resolvers
@@ -29,6 +30,7 @@ from code_hero.schema.runs import (
     RunSort,
     StartRunInput,
 )
+from code_hero.schema.stats import RunStats, TimeBucket
 from code_hero.schema.thread_admin import (
     CreateThreadInput,
     DeleteThreadsPayload,
@@ -101,6 +103,15 @@ class Query:
         order_by: RunSort | None = None,
     ) -> RunConnection:
         return await run_resolvers.runs(info, first, after, filter, order_by)
+
+    @fields.field(
+        "Statistics of the runs the filter matches (a user's: on its own threads), with a "
+        "time series when `bucket` is given."
+    )
+    async def run_stats(
+        self, info: Info, filter: RunFilter | None = None, bucket: TimeBucket | None = None
+    ) -> RunStats:
+        return await stats_resolvers.run_stats(info, filter, bucket)
 
     @fields.field("The graphs runs can name, the default first.")
     def graphs(self, info: Info) -> list[Graph]:

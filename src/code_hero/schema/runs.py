@@ -14,6 +14,7 @@ from code_hero.schema.enums import MultitaskStrategy, RunSortField, RunStatus, S
 from code_hero.schema.events import RunEvent
 from code_hero.schema.paging import Counter, PageInfo
 from code_hero.schema.scalars import JSON
+from code_hero.schema.timeline import RunStep, TokenUsage
 
 if TYPE_CHECKING:
     from code_hero.schema.threads import Thread
@@ -46,6 +47,17 @@ class Run:
     finished_at: datetime | None
     user_id: str | None = None
     multitask: MultitaskStrategy = MultitaskStrategy.REJECT
+    duration_ms: float | None = strawberry.field(
+        default=None, description="finishedAt - startedAt; null while unfinished."
+    )
+    usage: TokenUsage = strawberry.field(
+        default_factory=lambda: TokenUsage(input_tokens=0, output_tokens=0, total_tokens=0),
+        description="Tokens the run's chat models reported (zeros when none did).",
+    )
+    steps: list[RunStep] = strawberry.field(
+        default_factory=list,
+        description="Every node execution, in start order (a timeline).",
+    )
 
     @fields.field("The thread the run belongs to (null once it is deleted).")
     async def thread(
@@ -90,6 +102,8 @@ class RunFilter:
         default=None,
         description="A JSON object; a run matches when its metadata contains it.",
     )
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 @strawberry.input(description="The order of a listing of runs (default: CREATED_AT DESC).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,27 @@ class _PgRegistryV10(PostgresRegistry):
     migrations = POSTGRES_MIGRATIONS[:11]
 
 
+async def _v10_thread(old: SqliteRegistry | PostgresRegistry, thread_id: str) -> None:
+    """A thread row in v10's columns (today's ThreadRecord has columns v10 lacks)."""
+    now = old._ts(datetime.now(UTC))
+    async with old._session() as s:
+        await s.execute(
+            "INSERT INTO code_hero_threads (thread_id, status, created_at, updated_at) "
+            "VALUES (?, 'IDLE', ?, ?)",
+            [thread_id, now, now],
+        )
+
+
+async def _v10_run(old: SqliteRegistry | PostgresRegistry, run_id: str, thread_id: str) -> None:
+    """A run row in v10's columns (today's RunRecord has columns v10 lacks)."""
+    async with old._session() as s:
+        await s.execute(
+            "INSERT INTO code_hero_runs (run_id, thread_id, graph, status, created_at) "
+            "VALUES (?, ?, 'g', 'PENDING', ?)",
+            [run_id, thread_id, old._ts(datetime.now(UTC))],
+        )
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_migration_to_foreign_keys_removes_orphans(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -92,12 +114,12 @@ async def test_migration_to_foreign_keys_removes_orphans(
     """A database of the previous schema version with rows left without their thread
     or run: the migration removes those, keeps the rest, and the keys hold after."""
 
-    async def fill(old: Registry) -> None:
+    async def fill(old: SqliteRegistry | PostgresRegistry) -> None:
         await old.setup()
-        await old.admit_run(
-            run("r-kept", "kept"), reject_if_busy=True, events=events("r-kept", "kept", 1, 2)
-        )
-        await old.put_run(run("r-orphan", "deleted-thread"))  # no thread row
+        await _v10_thread(old, "kept")
+        await _v10_run(old, "r-kept", "kept")
+        await old.store_events(events("r-kept", "kept", 1, 2))
+        await _v10_run(old, "r-orphan", "deleted-thread")  # no thread row
         await old.store_events(events("r-orphan", "deleted-thread", 1))
         await old.store_events(events("r-gone", "kept", 1))  # no run row
 

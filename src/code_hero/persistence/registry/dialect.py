@@ -24,6 +24,7 @@ from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
     RunStatus,
+    StepRecord,
     ThreadRecord,
     ThreadStatus,
 )
@@ -185,6 +186,9 @@ class Dialect(ABC):
             lease_owner=row["lease_owner"],
             lease_expires_at=self._from_ts_or_none(row["lease_expires_at"]),
             cancel_requested=bool(row["cancel_requested"]),
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            steps=tuple(_step_of(x) for x in self._from_json(row["steps"]) or ()),
         )
 
     def _event(self, row: Row) -> EventRecord:
@@ -218,7 +222,31 @@ class Dialect(ABC):
             return None if value is None else self._ts(utc(value))
         if name == "status":
             return RunStatus(value).value
+        if name == "steps":
+            return self._json([_step_json(x) for x in value or ()])
         return value
 
     def _run_params(self, run: RunRecord) -> list[Any]:
         return [self._run_param(name, getattr(run, name)) for name in RUN_FIELDS]
+
+
+def _step_json(step: StepRecord) -> dict[str, Any]:
+    """A step as the JSON object its run's `steps` column holds (times as ISO text)."""
+    return {
+        "node": step.node,
+        "namespace": step.namespace,
+        "started_at": utc(step.started_at).isoformat(),
+        "finished_at": None if step.finished_at is None else utc(step.finished_at).isoformat(),
+        "error": step.error,
+    }
+
+
+def _step_of(data: Mapping[str, Any]) -> StepRecord:
+    finished = data.get("finished_at")
+    return StepRecord(
+        node=str(data["node"]),
+        namespace=str(data.get("namespace", "")),
+        started_at=datetime.fromisoformat(data["started_at"]),
+        finished_at=None if finished is None else datetime.fromisoformat(finished),
+        error=data.get("error"),
+    )

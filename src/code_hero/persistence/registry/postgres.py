@@ -56,6 +56,14 @@ class PostgresRegistry(SqlRegistry):
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"
 
+    duration_ms_sql: ClassVar[str] = (
+        "(EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000)::float8"
+    )
+    bucket_key_sql: ClassVar[str] = (
+        "substr(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'), 1, {length})"
+    )
+    has_percentile_cont: ClassVar[bool] = True
+
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
 

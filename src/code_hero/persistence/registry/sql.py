@@ -42,6 +42,7 @@ from code_hero.persistence.registry.dialect import (
 from code_hero.persistence.registry.edits import ThreadEdits
 from code_hero.persistence.registry.filters import thread_where
 from code_hero.persistence.registry.lifecycle import THREAD_READ_COLUMNS, ThreadLifecycle
+from code_hero.persistence.registry.stats import RunStatsQueries
 
 __all__ = ["SqlRegistry"]
 
@@ -63,7 +64,7 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, Registry):
+class SqlRegistry(RunClaims, RunStatsQueries, ThreadEdits, ThreadLifecycle, Registry):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------
@@ -287,6 +288,12 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, Registry):
                 "thread_id IN (SELECT thread_id FROM code_hero_threads WHERE user_id = ?)"
             )
             params.append(flt.owner)
+        if flt.created_after is not None:
+            clauses.append("created_at > ?")
+            params.append(self._ts(utc(flt.created_after)))
+        if flt.created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(self._ts(utc(flt.created_before)))
         return clauses, params
 
     async def list_runs(

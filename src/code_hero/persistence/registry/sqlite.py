@@ -97,6 +97,16 @@ class SqliteRegistry(SqlRegistry):
 
     migrations: ClassVar[Sequence[Migration]] = SQLITE_MIGRATIONS
 
+    # Times are fixed-width ISO text: whole seconds from strftime, microseconds from
+    # characters 21-26, so a duration is exact to the microsecond (julianday is not).
+    duration_ms_sql: ClassVar[str] = (
+        "(((CAST(strftime('%s', finished_at) AS INTEGER)"
+        " - CAST(strftime('%s', started_at) AS INTEGER)) * 1000000"
+        " + CAST(substr(finished_at, 21, 6) AS INTEGER)"
+        " - CAST(substr(started_at, 21, 6) AS INTEGER)) / 1000.0)"
+    )
+    bucket_key_sql: ClassVar[str] = "substr(created_at, 1, {length})"
+
     def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self.conn = conn
         self.lock = lock

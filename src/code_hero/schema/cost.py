@@ -12,7 +12,9 @@ full:
   literal, the variable's value or default, else the field's default (20 or
   100, from the schema); nested pages multiply;
 - other lists (`backends`, `pendingWrites`, `graphs`) count one item;
-- the root field of a subscription counts as a page of 100 events;
+- the root field of a subscription (`runEvents`, `threadEvents`, `runStream`)
+  counts as a page of 100 events; `runStream` also starts a run, which counts
+  against the mutation limit in the gateway as `startRun` does;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
 - inline fragments and fragment spreads are priced where they are spread,
   each condition as if it applied (an upper bound); `@skip`/`@include` are

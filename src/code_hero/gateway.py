@@ -28,7 +28,7 @@ the DataLoaders with ids read from stored records and are not checked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -60,6 +60,7 @@ from code_hero.persistence.stats import RunStats, TimeBucket
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.edits import update_state
 from code_hero.runs.eventlog import EventLog
+from code_hero.runs.events import EventType, event_types
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
 from code_hero.runs.interrupts import PendingInterrupt, pending_interrupts
@@ -584,23 +585,62 @@ class Gateway(ThreadAdmin, WebhookAccess):
         return await self.events.read(run_id, after_seq=after_seq, limit=first)
 
     async def follow_run(
-        self, run_id: str, *, after_seq: int = 0, caller: Caller = ANONYMOUS
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        types: Iterable[str] | None = None,
+        caller: Caller = ANONYMOUS,
     ) -> AsyncIterator[EventRecord]:
-        """Replay after `after_seq`, then live events until the run ends."""
+        """Replay after `after_seq`, then live events until the run ends (of `types` only,
+        when given)."""
         run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
+        wanted = event_types(types)
         run = await self._owned_run(run_id, caller)
         if run is None or not await self.policy.allows(
             caller, Action.RUN_SUBSCRIBE, thread_id=run.thread_id, run_id=run_id
         ):
             raise NotFoundError(f"no run {run_id!r}")
+        return self._follow(run_id, after_seq, wanted)
 
+    async def stream_run(
+        self,
+        request: StartRun,
+        *,
+        types: Iterable[str] | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> AsyncIterator[EventRecord]:
+        """Start a run as `start_run` does (`wait` ignored) and follow it from its first
+        event (seq 1) until it ends.
+
+        Everything that can refuse it does so before the run starts: the filter,
+        the mutation rate limit, the input, ownership, the hook (run.create, then
+        run.subscribe on the thread). The first event is stored with the run itself,
+        so following from seq 0 misses nothing however soon the run goes on.
+        """
+        wanted = event_types(types)
+        if self.policy.hook is not None:  # the run has no id yet: asked about its thread
+            thread_id = request.thread_id
+            await self.policy.require(
+                caller,
+                Action.RUN_SUBSCRIBE,
+                thread_id=None if thread_id is None else check_thread_id(thread_id),
+            )
+        run = await self.start_run(replace(request, wait=False), caller=caller)
+        return self._follow(run.run_id, 0, wanted)
+
+    def _follow(
+        self, run_id: str, after_seq: int, types: frozenset[EventType] | None
+    ) -> AsyncIterator[EventRecord]:
         async def finished() -> bool:
             run = await self.manager.registry.get_run(run_id)
             return run is None or run.status.finished
 
-        return self.events.follow_run(run_id, after_seq=after_seq, is_finished=finished)
+        return self.events.follow_run(
+            run_id, after_seq=after_seq, is_finished=finished, types=types
+        )
 
     async def follow_thread(
         self, thread_id: str, *, caller: Caller = ANONYMOUS

@@ -78,3 +78,30 @@ async def test_events_are_stored_in_batches(
     events = await gateway.run_events(run.run_id, first=1000)
     assert sum(calls) == len(events) - 1 > 50  # the PENDING event is stored with the run
     assert len(calls) < len(events) / 5, "one transaction per batch, not per token"
+
+
+@pytest.mark.parametrize("types", [["message_delta"], ["status", "agent_transition"]])
+async def test_filtered_followers_see_their_types_once(gateway: Gateway, types: list[str]) -> None:
+    """Filtered followers from many points, some overflowing tiny queues: each gets the
+    stored events of its types after its seq, once, in order, and ends with the run."""
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
+
+    async def follow(run_id: str, after: int, pause: float) -> list[EventRecord]:
+        out = []
+        async for event in await gateway.follow_run(run_id, after_seq=after, types=types):
+            out.append(event)
+            await asyncio.sleep(pause)
+        return out
+
+    run = await gateway.start_run(StartRun(message="Help me build a FastAPI application"))
+    followers = []
+    for after in range(0, 40, 4):
+        pause = 0.01 if after % 8 else 0.0  # half of them too slow for their queue
+        followers.append((after, asyncio.create_task(follow(run.run_id, after, pause))))
+        await asyncio.sleep(0.002)
+    got = await asyncio.wait_for(asyncio.gather(*(task for _, task in followers)), 30)
+    stored = await gateway.run_events(run.run_id, first=1000)
+    assert terminal_status(stored[-1]) is not None
+    for (after, _), events in zip(followers, got, strict=True):
+        wanted = [e.seq for e in stored if e.seq > after and e.type in types]
+        assert wanted and [e.seq for e in events] == wanted, f"after {after}"

@@ -23,7 +23,7 @@ finishing runs in `fallback_claims.py`; threads, runs and events here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -295,7 +295,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         await self._write(lambda r: r.put_events(events), degraded)
 
     async def list_events(
-        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        types: Collection[str] | None = None,
     ) -> list[EventRecord]:
         """Events with seq > after_seq, in order (during an outage: when the fallback has
         every one of them)."""
@@ -307,10 +312,11 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 first = await local.list_events(run_id, limit=1)
                 if not first or first[0].seq > after_seq + 1:
                     raise self.router.unavailable("reading this run's events")
-            return await local.list_events(run_id, after_seq=after_seq, limit=limit)
+            return await local.list_events(run_id, after_seq=after_seq, limit=limit, types=types)
 
         return await self._route(
-            lambda r: r.list_events(run_id, after_seq=after_seq, limit=limit), degraded
+            lambda r: r.list_events(run_id, after_seq=after_seq, limit=limit, types=types),
+            degraded,
         )
 
     async def last_seq(self, run_id: str) -> int:

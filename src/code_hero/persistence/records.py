@@ -6,7 +6,7 @@ executor and the GraphQL layer read them. Timestamps are timezone-aware UTC.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -413,9 +413,14 @@ class Registry(Protocol):
         any of runs deleted meanwhile."""
 
     async def list_events(
-        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        types: Collection[str] | None = None,
     ) -> list[EventRecord]:
-        """Events with seq > after_seq, in order."""
+        """Events with seq > after_seq, in order (of the given types only, when given)."""
 
     async def last_seq(self, run_id: str) -> int:
         """The highest seq stored for the run (0 when none)."""

@@ -8,31 +8,60 @@ lets the cancellation go on. The run itself is untouched.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from code_hero.errors import BadInputError
 from code_hero.persistence.records import EventRecord
-from code_hero.resolvers import mapping
+from code_hero.resolvers import mapping, runs
 
 if TYPE_CHECKING:
     from strawberry import Info
 
     from code_hero.resolvers.context import Context
+    from code_hero.schema import enums as en
     from code_hero.schema import events as ev
+    from code_hero.schema import runs as r
 
-__all__ = ["run_events", "thread_events"]
+__all__ = ["run_events", "run_stream", "thread_events"]
 
 
 async def run_events(
-    info: Info[Context, Any], run_id: str, after_seq: int | None
+    info: Info[Context, Any],
+    run_id: str,
+    after_seq: int | None,
+    types: Sequence[en.RunEventType] | None = None,
 ) -> AsyncIterator[ev.RunEvent]:
     """Replay after `after_seq`, then live; ends after the run's final status.
 
     An unknown run raises NOT_FOUND here, before the stream starts.
     """
     ctx = info.context
-    stream = await ctx.gateway.follow_run(run_id, after_seq=after_seq or 0, caller=ctx.caller)
+    stream = await ctx.gateway.follow_run(
+        run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
+    )
     return _events(stream)
+
+
+async def run_stream(
+    info: Info[Context, Any], data: r.StartRunInput, types: Sequence[en.RunEventType] | None
+) -> AsyncIterator[ev.RunEvent]:
+    """Start a run as startRun does and follow it from seq 1; ends like runEvents.
+
+    It starts a run, so it is refused over GET as a mutation is (a GET must not
+    change anything: links, prefetchers and caches send them); every refusal
+    comes here, before the stream starts and before the run does.
+    """
+    ctx = info.context
+    if getattr(ctx.request, "method", None) == "GET":
+        raise BadInputError("runStream starts a run: send it with POST or over a WebSocket")
+    request = runs.start_request(data)
+    stream = await ctx.gateway.stream_run(request, types=_types(types), caller=ctx.caller)
+    return _events(stream)
+
+
+def _types(types: Sequence[en.RunEventType] | None) -> list[str] | None:
+    return None if types is None else [t.value for t in types]
 
 
 async def thread_events(info: Info[Context, Any], thread_id: str) -> AsyncIterator[ev.RunEvent]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -225,16 +225,26 @@ class EventLog:
                 w.closed = True
 
     async def read(
-        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        types: Collection[str] | None = None,
     ) -> list[EventRecord]:
-        """Events after `after_seq` in order: stored ones, then ones not stored yet."""
+        """Events after `after_seq` in order: stored ones, then ones not stored yet (of
+        `types` only, when given: filtered in SQL)."""
         writer = self._writers.get(run_id)
         unstored = (
             writer.unstored() if writer is not None else []
         )  # before the read: see module doc
-        stored = await self.registry().list_events(run_id, after_seq=after_seq, limit=limit)
+        stored = await self.registry().list_events(
+            run_id, after_seq=after_seq, limit=limit, types=types
+        )
         last = stored[-1].seq if stored else after_seq
-        merged = stored + [e for e in unstored if e.seq > last]
+        merged = stored + [
+            e for e in unstored if e.seq > last and (types is None or e.type in types)
+        ]
         return merged if limit is None else merged[:limit]
 
     async def follow_run(
@@ -243,21 +253,34 @@ class EventLog:
         *,
         after_seq: int = 0,
         is_finished: Callable[[], Awaitable[bool]],
+        types: Collection[str] | None = None,
     ) -> AsyncIterator[EventRecord]:
-        """Replay after `after_seq`, then follow live; ends after the run's final event."""
+        """Replay after `after_seq`, then follow live; ends after the run's final event.
+
+        With `types`, only events of those types are delivered (seqs unchanged);
+        the final status event still ends the stream, delivered only if listed.
+        `last` counts every seq accounted for, delivered or not, so a filtered
+        replay leaves a gap before the first live event that is read (filtered)
+        once from the log.
+        """
+        # Status events are always read: the final one ends the stream.
+        reads = None if types is None else frozenset(types) | {EventType.STATUS}
         sub = self.bus.subscribe(run_id=run_id)
         last = after_seq
         try:
             while True:
                 sub.overflowed = False
                 sub.wakeup.clear()
-                for event in await self.read(run_id, after_seq=last):
-                    yield event
+                for event in await self.read(run_id, after_seq=last, types=reads):
                     last = event.seq
+                    if types is None or event.type in types:
+                        yield event
                     if terminal_status(event):
                         return
                 _drain(sub, last)
-                if await is_finished() and not await self.read(run_id, after_seq=last, limit=1):
+                if await is_finished() and not await self.read(
+                    run_id, after_seq=last, limit=1, types=reads
+                ):
                     return
                 while not sub.overflowed:
                     if not await self._woken(sub, run_id):
@@ -269,12 +292,18 @@ class EventLog:
                             continue
                         if event.seq > last + 1:  # a gap: fill it from the log
                             for missing in await self.read(
-                                run_id, after_seq=last, limit=event.seq - last - 1
+                                run_id, after_seq=last, limit=event.seq - last - 1, types=reads
                             ):
-                                yield missing
+                                if missing.seq >= event.seq:
+                                    break  # a filtered read may run past the gap
                                 last = missing.seq
-                        yield event
+                                if types is None or missing.type in types:
+                                    yield missing
+                                if terminal_status(missing):
+                                    return
                         last = event.seq
+                        if types is None or event.type in types:
+                            yield event
                         if terminal_status(event):
                             return
         finally:

@@ -15,17 +15,18 @@ time). The payload of each type:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langgraph.types import StreamMode
 
+from code_hero.errors import BadInputError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.records import EventRecord, RunStatus
 
-__all__ = ["EventType", "namespace_of", "terminal_status", "translate"]
+__all__ = ["EventType", "event_types", "namespace_of", "terminal_status", "translate"]
 
 # "tasks": each node execution's start and result, for the run's timeline (runs/timeline.py).
 STREAM_MODES: list[StreamMode] = [
@@ -50,6 +51,24 @@ class EventType(StrEnum):
 
 
 Draft = tuple[EventType, dict[str, Any]]
+
+
+def event_types(values: Iterable[str] | None) -> frozenset[EventType] | None:
+    """The event types a subscriber asked for (None: all); BadInputError for an empty list.
+
+    An empty list is refused rather than read as "nothing but the end": a client
+    that wants only the end lists RUN_STATUS_CHANGED, and an empty filter is more
+    often a bug (every toggle of a view off) than a wish.
+    """
+    if values is None:
+        return None
+    try:
+        wanted = frozenset(EventType(v) for v in values)
+    except ValueError as exc:
+        raise BadInputError(f"types: {exc}") from None
+    if not wanted:
+        raise BadInputError("types must name at least one event type; leave it out for all")
+    return wanted
 
 
 def namespace_of(ns: Sequence[str]) -> str:

@@ -20,7 +20,9 @@ full:
   known bound (`LIST_SIZES`): a run's `steps`, a stats `series` (up to 1,000
   buckets) and `byStatus` (every status);
   `Thread.interrupts` (a small list) counts one item plus its state read (1);
-- the root field of a subscription counts as a page of 100 events;
+- the root field of a subscription (`runEvents`, `threadEvents`, `runStream`)
+  counts as a page of 100 events; `runStream` also starts a run, which counts
+  against the mutation limit in the gateway as `startRun` does;
 - introspection (`__schema`, `__type`) costs 1 and `__typename` nothing;
 - inline fragments and fragment spreads are priced where they are spread,
   each condition as if it applied (an upper bound); `@skip`/`@include` are

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointSource",
     "HealthStatus",
     "MultitaskStrategy",
+    "RunEventType",
     "RunSortField",
     "RunStatus",
     "SortDirection",
@@ -68,3 +69,17 @@ strawberry.enum(
     description="What to do when the thread already has a run in flight: REJECT it "
     "(CONFLICT), ENQUEUE it after the current ones, or INTERRUPT (cancel) them and run it.",
 )
+
+
+@strawberry.enum(description="The event types, to subscribe to some only.")
+class RunEventType(Enum):
+    # Values are the stored type names (`code_hero.runs.events.EventType`), which the
+    # schema cannot import (it loads no LangGraph).
+    RUN_STATUS_CHANGED = "status"
+    AGENT_TRANSITION = "agent_transition"
+    NODE_UPDATE = "node_update"
+    MESSAGE_DELTA = "message_delta"
+    CHECKPOINT_SAVED = "checkpoint"
+    INTERRUPTED = "interrupt"
+    TOOL_CALL = "tool_call"
+    CUSTOM_EVENT = "custom"

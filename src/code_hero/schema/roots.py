@@ -19,6 +19,7 @@ from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.edits import UpdateStateInput
+from code_hero.schema.enums import RunEventType
 from code_hero.schema.events import RunEvent
 from code_hero.schema.graphs import Graph
 from code_hero.schema.health import Health
@@ -199,13 +200,29 @@ class Subscription:
     @fields.subscription(
         "Replays the recorded events after afterSeq, then follows the run live; "
         "completes after the event that ends the run (SUCCESS, ERROR, INTERRUPTED or "
-        "CANCELLED). Works on any replica that shares the database."
+        "CANCELLED). Works on any replica that shares the database. With `types`, only "
+        "events of these types (seq keeps its run-wide numbers; the run's end still "
+        "completes the stream)."
     )
     async def run_events(
-        self, info: Info, run_id: strawberry.ID, after_seq: int | None = 0
+        self,
+        info: Info,
+        run_id: strawberry.ID,
+        after_seq: int | None = 0,
+        types: list[RunEventType] | None = None,
     ) -> AsyncIterator[RunEvent]:
-        return await subscription_resolvers.run_events(info, run_id, after_seq)
+        return await subscription_resolvers.run_events(info, run_id, after_seq, types)
 
     @fields.subscription("Every event of every run on the thread from now on; never completes.")
     async def thread_events(self, info: Info, thread_id: strawberry.ID) -> AsyncIterator[RunEvent]:
         return await subscription_resolvers.thread_events(info, thread_id)
+
+    @fields.subscription(
+        "Starts a run (as startRun; `wait` is ignored) and follows it in the same "
+        "operation, from its first event; ends like runEvents. A client that loses the "
+        "connection continues with runEvents(runId, afterSeq)."
+    )
+    async def run_stream(
+        self, info: Info, input: StartRunInput, types: list[RunEventType] | None = None
+    ) -> AsyncIterator[RunEvent]:
+        return await subscription_resolvers.run_stream(info, input, types)

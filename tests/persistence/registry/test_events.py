@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from code_hero.errors import ConflictError
-from code_hero.persistence.records import Registry
+from code_hero.persistence.records import EventRecord, Registry
 from tests.persistence.registry.support import at, events, run
 
 
@@ -26,6 +26,23 @@ async def test_events_in_order_with_after_seq_and_limit(registry: Registry) -> N
     assert [e.seq for e in await registry.list_events("r1", after_seq=1, limit=2)] == [2, 3]
     assert await registry.list_events("r1", after_seq=5) == []
     assert await registry.last_seq("r1") == 5
+
+
+async def test_events_of_some_types_only(registry: Registry) -> None:
+    await registry.admit_run(run("r1", thread_id="t9"), reject_if_busy=False)
+    await registry.store_events(events("r1", "t9", 1, 2, 3))
+    await registry.store_events(events("r1", "t9", 4, 5, type="values"))
+    await registry.store_events(events("r1", "t9", 6))
+
+    def seqs(found: list[EventRecord]) -> list[int]:
+        return [e.seq for e in found]
+
+    assert seqs(await registry.list_events("r1", types=["values"])) == [4, 5]
+    assert seqs(await registry.list_events("r1", types={"token", "values"})) == [1, 2, 3, 4, 5, 6]
+    assert seqs(await registry.list_events("r1", after_seq=2, types=["token"])) == [3, 6]
+    assert seqs(await registry.list_events("r1", after_seq=2, limit=1, types=["values"])) == [4]
+    assert await registry.list_events("r1", types=[]) == []
+    assert await registry.list_events("r1", types=["other"]) == []
 
 
 async def test_duplicate_seq_raises_and_stores_nothing_of_the_batch(registry: Registry) -> None:

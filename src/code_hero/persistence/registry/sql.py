@@ -8,7 +8,7 @@ and in `claims.py` use `?` placeholders, and `SqliteRegistry` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -386,13 +386,20 @@ class SqlRegistry(RunClaims, RunStatsQueries, ThreadEdits, ThreadLifecycle, Regi
         raise NotFoundError("runs of these events keep being deleted: the events are dropped")
 
     async def list_events(
-        self, run_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        types: Collection[str] | None = None,
     ) -> list[EventRecord]:
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM code_hero_run_events "
-            "WHERE run_id = ? AND seq > ? ORDER BY seq"
-        )
+        sql = f"SELECT {EVENT_COLUMNS} FROM code_hero_run_events WHERE run_id = ? AND seq > ?"
         params: list[Any] = [run_id, after_seq]
+        if types is not None:  # a filtered replay skips what it would drop, in SQL
+            wanted = sorted(types)
+            sql += f" AND type IN ({', '.join('?' * len(wanted))})" if wanted else " AND 1 = 0"
+            params += wanted
+        sql += " ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(_page_size(limit))

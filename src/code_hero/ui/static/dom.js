@@ -37,9 +37,10 @@ export function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "—";
 }
 
-/** The first characters of an id, with the whole id as a tooltip. */
-export function shortId(id) {
-  return h("code.id", { title: id }, String(id).slice(0, 8));
+/** Eight characters of an id (the last ones for time-ordered ids), the whole id as a tooltip. */
+export function shortId(id, tail = false) {
+  const text = String(id);
+  return h("code.id", { title: text }, tail ? text.slice(-8) : text.slice(0, 8));
 }
 
 /** A status as a coloured badge. */

@@ -120,7 +120,7 @@ function checkpointItem(thread, cp, ctx) {
       h("span.step", {}, `step ${cp.step}`),
       h("span.source", {}, cp.source),
       h("span", {}, when(cp.createdAt)),
-      shortId(cp.id),
+      shortId(cp.id, true), // checkpoint ids are time-ordered: their heads look alike
       cp.next.length ? h("span.next", {}, `→ ${cp.next.join(", ")}`) : null,
     ),
     body,

@@ -148,8 +148,12 @@ export async function render(root, _params, query, ctx) {
     h(
       "p.summary",
       {},
-      h("span", { "data-testid": "total" }, `${threads.totalCount} threads`),
-      " match. ",
+      h(
+        "span",
+        { "data-testid": "total", "data-count": threads.totalCount },
+        `${threads.totalCount} ${threads.totalCount === 1 ? "thread matches" : "threads match"}.`,
+      ),
+      " ",
       h("a", { href: `/ui/threads?${inbox}` }, `Waiting for a human: ${waiting.totalCount}`),
     ),
     filterForm(query, ctx),

@@ -61,7 +61,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
-    "CODE_HERO_UI": "serve the dashboard at /ui, like --no-ui when false (default: see The dashboard)",
+    "CODE_HERO_UI": "the dashboard at /ui; false: like --no-ui (default: see The dashboard)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
     "CODE_HERO_MAX_TOKENS": "tokens per document (default 5000)",

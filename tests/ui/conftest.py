@@ -30,7 +30,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 DOCS = ROOT / "docs"
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,7 +62,7 @@ def start_server(workdir: Path, *args: str, **env: str) -> Server:
     """Start `code-hero serve` with the slow graph as `slowhero`; wait until /healthz answers."""
     port = _free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / f"serve-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    log = open(workdir / f"serve-{port}.log", "wb")  # the child keeps its own copy
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "code_hero.cli", "serve", "--port", str(port)),

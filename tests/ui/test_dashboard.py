@@ -130,7 +130,7 @@ def test_delete_a_thread_after_confirming(page: Any, server: Server, shot: Shot)
 
 def test_resume_an_interrupt_from_the_inbox(page: Any, server: Server, shot: Shot) -> None:
     started = server.gql(
-        "mutation { startRun(input: {message: \"Add a FastAPI route\", wait: true,"
+        'mutation { startRun(input: {message: "Add a FastAPI route", wait: true,'
         " config: {require_approval: true}}) { threadId status } }"
     )["startRun"]
     assert started["status"] == "INTERRUPTED"

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with no API keys or JWT configured, listen on a non-loopback address anyway",
     )
     serve.add_argument(
-        "--no-ui", action="store_true", help="do not serve the dashboard at /ui (CODE_HERO_UI=false)"
+        "--no-ui",
+        action="store_true",
+        help="do not serve the dashboard at /ui (CODE_HERO_UI=false)",
     )
     serve.set_defaults(handler=serve_gateway)
 

@@ -13,6 +13,6 @@ from typing import Any
 from code_hero.agents import OfflineChatModel
 from code_hero.agents.graph import build_code_hero_graph
 
-TOKEN_DELAY = float(os.environ.get("UI_TEST_TOKEN_DELAY", "0.05"))
+TOKEN_DELAY = float(os.environ.get("UI_TEST_TOKEN_DELAY", "0.03"))
 
 graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=TOKEN_DELAY))

@@ -21,7 +21,7 @@ export function showError(err) {
   const code = err && err.code ? err.code : "";
   banner.replaceChildren(
     h("strong", {}, "Error: "),
-    h("span.message", {}, (err && err.message) || String(err)),
+    h("span.error-text", {}, (err && err.message) || String(err)),
     code ? h("code.code", {}, code) : null,
     h("button.dismiss", { type: "button", "aria-label": "Dismiss the error", onclick: clearError }, "×"),
   );

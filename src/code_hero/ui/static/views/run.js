@@ -70,6 +70,9 @@ export async function render(root, [id], _query, ctx) {
   const transitions = h("ol.transitions", { "aria-label": "Agent transitions" });
   const messages = h("div.messages", { "data-testid": "messages" });
   const tools = h("ul.tools", { "aria-label": "Tool calls" });
+  const noTools = h("p.empty", {}, "No tool call yet.");
+  const started = h("dd", {}, when(run.startedAt));
+  const finished = h("dd", {}, when(run.finishedAt));
   const interrupts = h("div.interrupts");
   const events = h("ol.events", { "data-testid": "events", "aria-label": "Events" });
   const bubbles = new Map();
@@ -82,6 +85,17 @@ export async function render(root, [id], _query, ctx) {
   function setStatus(value) {
     status.replaceChildren(badge(value));
     cancelForm.hidden = ENDED.has(value);
+  }
+
+  async function refreshTimes() {
+    try {
+      const { run: now } = await gql(QUERY, { id });
+      if (!now) return;
+      started.textContent = when(now.startedAt);
+      finished.textContent = when(now.finishedAt);
+    } catch (err) {
+      ctx.showError(err);
+    }
   }
   setStatus(run.status);
 
@@ -123,6 +137,7 @@ export async function render(root, [id], _query, ctx) {
     switch (e.__typename) {
       case "RunStatusChanged":
         setStatus(e.status);
+        if (e.status !== "PENDING") refreshTimes();
         if (e.error) ctx.showError({ message: e.error, code: "RUN_ERROR" });
         break;
       case "AgentTransition":
@@ -132,6 +147,7 @@ export async function render(root, [id], _query, ctx) {
         bubble(e).append(e.delta);
         break;
       case "ToolCall":
+        noTools.remove();
         tools.append(h("li", {}, h("strong", {}, e.tool), ` by ${e.agent}`, jsonTree({ args: e.args, result: e.result }, 1)));
         break;
       case "Interrupted":
@@ -213,9 +229,9 @@ export async function render(root, [id], _query, ctx) {
           h("dt", {}, "Created"),
           h("dd", {}, when(run.createdAt)),
           h("dt", {}, "Started"),
-          h("dd", {}, when(run.startedAt)),
+          started,
           h("dt", {}, "Finished"),
-          h("dd", {}, when(run.finishedAt)),
+          finished,
         ),
         h("h3", {}, "Input"),
         jsonTree(run.input, 2),
@@ -225,7 +241,7 @@ export async function render(root, [id], _query, ctx) {
       h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), transitions),
     ),
     h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), messages),
-    h("section.card", { "aria-labelledby": "tools" }, h("h2", { id: "tools" }, "Tool calls"), tools),
+    h("section.card", { "aria-labelledby": "tools" }, h("h2", { id: "tools" }, "Tool calls"), noTools, tools),
     h("section.card", {}, h("details.log", {}, h("summary", {}, "Event log"), events)),
   );
   follow();

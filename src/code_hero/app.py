@@ -437,7 +437,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         Route("/metrics", metrics, methods=["GET"]),
     ]
     if settings.ui:
-        routes += ui_routes()
+        routes += ui_routes(graphiql=settings.graphiql)
     if settings.ui or settings.graphiql:
         routes += vendor_routes()
     return Starlette(

@@ -45,6 +45,7 @@ def test_a_wrong_key_shows_an_error_and_a_right_one_only_that_users_threads(
     assert banner.locator(".code").inner_text() == "UNAUTHENTICATED"
     shot(page, "signin-error")
 
+    assert page.get_by_role("link", name="GraphiQL").is_hidden()  # off with auth by default
     page.get_by_label("API key or JWT").fill(ALICE_KEY)
     page.get_by_role("button", name="Sign in").click()
     page.locator(f"[data-thread='{mine}']").wait_for()

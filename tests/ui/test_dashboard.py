@@ -84,7 +84,7 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     assert shown_seqs(page) == all_seqs(server, run_id) == list(range(1, len(shown_seqs(page)) + 1))
     assert page.locator(".transitions li").count() == 2
     assert page.locator(".tools li", has_text="check_python").count() == 1
-    assert page.locator("dd", has_text="—").count() == 1  # the user; finished is filled in
+    page.locator("[data-fact=Finished]").filter(has_not_text="—").wait_for()  # filled in
     shot(page, "run")
 
     thread_id = server.gql(f'{{ run(id: "{run_id}") {{ threadId }} }}')["run"]["threadId"]
@@ -105,6 +105,32 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     page.reload()
     page.get_by_role("heading", name="Checkpoints").wait_for()
     shot(page, "thread-narrow")
+
+
+def test_a_graphql_error_shows_as_a_banner_with_its_code(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/threads?metadata=%5B1%5D")  # metadata=[1]: not an object
+    banner = page.get_by_role("alert")
+    banner.wait_for()
+    assert banner.locator(".code").inner_text() == "BAD_USER_INPUT"
+    assert page.get_by_role("heading", name="Could not load this view").is_visible()
+
+
+def test_every_control_has_a_label_and_is_reachable_by_keyboard(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/threads")
+    page.get_by_test_id("total").wait_for()
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter(c => !(c.labels && c.labels.length) && !c.getAttribute('aria-label')
+                         && !c.textContent.trim())
+            .map(c => c.outerHTML)"""
+    )
+    assert unlabelled == []
+    page.keyboard.press("Tab")  # from the top: the first link, then on through the page
+    focused = set()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.add(page.evaluate("() => document.activeElement.getAttribute('name')"))
+    assert {"status", "user", "metadata", "sort", "first"} <= focused
 
 
 def test_cancel_a_slow_run(page: Any, server: Server) -> None:
@@ -156,6 +182,8 @@ def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
     page: Any, context: Any, server: Server
 ) -> None:
     run_id = start_from_threads_page(page, server, "Build a Django model with a migration")
+    page.locator(".message .text").first.wait_for()
+    page.reload()  # a reload mid-run shows the run from its first event again
     page.locator(".message .text").first.wait_for()
     context.set_offline(True)
     page.get_by_test_id("live").filter(has_text="ffline").wait_for()

@@ -42,6 +42,7 @@ async def test_ui_serves_its_page_for_every_deep_link_and_its_modules(env: dict[
             assert response.status_code == 200, path
             assert response.headers["content-type"].startswith("text/html")
             assert '<main id="view"' in response.text
+        assert 'data-graphiql="true"' in response.text  # GraphiQL on: the page links it
         script = await http.get("/ui/static/views/run.js")
         assert script.status_code == 200
         assert "javascript" in script.headers["content-type"]
@@ -102,6 +103,9 @@ async def test_graphiql_loads_its_assets_from_the_package_with_their_pinned_hash
 async def test_vendor_is_served_for_graphiql_alone_and_not_when_both_are_off(
     env: dict[str, str],
 ) -> None:
+    only_ui = settings_from_env({**env, "CODE_HERO_GRAPHIQL": "false"})
+    async with client(only_ui) as http:
+        assert 'data-graphiql="false"' in (await http.get("/ui")).text  # no link to it
     only_graphiql = settings_from_env({**env, "CODE_HERO_UI": "false"})
     async with client(only_graphiql) as http:
         assert (await http.get("/vendor/react@18.2.0/LICENSE")).status_code == 200

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from strawberry.http.ides import get_graphql_ide_html
@@ -43,17 +43,22 @@ def offline_graphiql_html() -> str:
     return html
 
 
-async def _index(request: Request) -> Response:
-    # No caching of the page itself: it names the modules, which may change on upgrade.
-    return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+def ui_routes(*, graphiql: bool) -> list[BaseRoute]:
+    """The dashboard: its page for /ui and every path below it, and its static files.
 
+    `graphiql` tells the page whether /graphql serves GraphiQL (it links it only then).
+    """
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = page.replace('data-graphiql="false"', f'data-graphiql="{str(graphiql).lower()}"')
 
-def ui_routes() -> list[BaseRoute]:
-    """The dashboard: its page for /ui and every path below it, and its static files."""
+    async def index(request: Request) -> Response:
+        # No caching of the page itself: it names the modules, which may change on upgrade.
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
+
     return [
         Mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static"),
-        Route("/ui", _index, methods=["GET", "HEAD"]),
-        Route("/ui/{path:path}", _index, methods=["GET", "HEAD"]),
+        Route("/ui", index, methods=["GET", "HEAD"]),
+        Route("/ui/{path:path}", index, methods=["GET", "HEAD"]),
     ]
 
 

@@ -125,4 +125,6 @@ document.addEventListener("click", (event) => {
   navigate(url.pathname + url.search);
 });
 window.addEventListener("popstate", render);
+// The server says whether /graphql serves GraphiQL (off by default with authentication).
+document.querySelector("[data-graphiql-link]").hidden = document.body.dataset.graphiql !== "true";
 render();

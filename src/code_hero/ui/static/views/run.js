@@ -71,8 +71,8 @@ export async function render(root, [id], _query, ctx) {
   const messages = h("div.messages", { "data-testid": "messages" });
   const tools = h("ul.tools", { "aria-label": "Tool calls" });
   const noTools = h("p.empty", {}, "No tool call yet.");
-  const started = h("dd", {}, when(run.startedAt));
-  const finished = h("dd", {}, when(run.finishedAt));
+  const started = h("dd", { "data-fact": "Started" }, when(run.startedAt));
+  const finished = h("dd", { "data-fact": "Finished" }, when(run.finishedAt));
   const interrupts = h("div.interrupts");
   const events = h("ol.events", { "data-testid": "events", "aria-label": "Events" });
   const bubbles = new Map();

@@ -18,6 +18,16 @@ EVENTS = """query Events($id: ID!, $after: Int!) {
 }"""
 
 
+NOTE_FIRST_TOKEN = """() => new MutationObserver((_, observer) => {
+    const text = document.querySelector('.message .text');
+    if (text && text.textContent.length > 0) {
+        window.statusAtFirstToken =
+            document.querySelector('[data-testid=run-status]').textContent;
+        observer.disconnect();
+    }
+}).observe(document.body, {subtree: true, childList: true, characterData: true})"""
+
+
 def all_seqs(server: Server, run_id: str) -> list[int]:
     """Every recorded event's seq, paged through the API."""
     seqs: list[int] = []
@@ -39,6 +49,9 @@ def shown_seqs(page: Any) -> list[int]:
 def start_from_threads_page(page: Any, server: Server, message: str) -> str:
     """Start a `slowhero` run with the Threads page's form; the run's id (from the URL)."""
     page.goto(f"{server.url}/ui/threads")
+    # Note the run's status when the first token shows, at that very change of the page
+    # (the page stays loaded: the form's navigation to the run is in-page).
+    page.evaluate(NOTE_FIRST_TOKEN)
     form = page.locator("form.start")
     form.get_by_label("Message").fill(message)
     form.get_by_label("Graph").select_option("slowhero")
@@ -74,10 +87,9 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     review = "Review this code for bugs:\n```python\ndef add(a, b):\n    return a + b\n```"
     run_id = start_from_threads_page(page, server, review)
 
-    # Tokens appear while the run is still going.
-    page.locator(".message .text").first.wait_for()
-    page.wait_for_function("document.querySelector('.message .text').textContent.length > 0")
-    assert page.get_by_test_id("run-status").inner_text() == "RUNNING"
+    # Tokens appear while the run is still going (the status noted at the first token).
+    page.wait_for_function("() => window.statusAtFirstToken")
+    assert page.evaluate("() => window.statusAtFirstToken") == "RUNNING"
     shot(page, "run-live")
     page.get_by_text("The run has ended").wait_for(timeout=60_000)
     assert page.get_by_test_id("run-status").inner_text() == "SUCCESS"

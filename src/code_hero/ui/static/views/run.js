@@ -87,18 +87,6 @@ export async function render(root, [id], _query, ctx) {
     cancelForm.hidden = ENDED.has(value);
   }
 
-  async function refreshTimes() {
-    try {
-      const { run: now } = await gql(QUERY, { id });
-      if (!now) return;
-      started.textContent = when(now.startedAt);
-      finished.textContent = when(now.finishedAt);
-    } catch (err) {
-      ctx.showError(err);
-    }
-  }
-  setStatus(run.status);
-
   function bubble(e) {
     const key = e.messageId || `${e.node}-${e.seq}`;
     let text = bubbles.get(key);
@@ -137,7 +125,9 @@ export async function render(root, [id], _query, ctx) {
     switch (e.__typename) {
       case "RunStatusChanged":
         setStatus(e.status);
-        if (e.status !== "PENDING") refreshTimes();
+        // The status events carry the times the run record shows (no query needed).
+        if (e.status === "RUNNING" && !run.startedAt) started.textContent = when(e.at);
+        if (ENDED.has(e.status)) finished.textContent = when(e.at);
         if (e.error) ctx.showError({ message: e.error, code: "RUN_ERROR" });
         break;
       case "AgentTransition":

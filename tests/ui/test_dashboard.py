@@ -5,6 +5,7 @@ No timed assertions: every wait is for something to appear. First paint is logge
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -193,6 +194,17 @@ def test_resume_an_interrupt_from_the_inbox(page: Any, server: Server, shot: Sho
 def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
     page: Any, context: Any, server: Server
 ) -> None:
+    subscribed: list[int] = []  # afterSeq of every runEvents subscription the page sends
+
+    def frames(socket: Any) -> None:
+        def sent(payload: str | bytes) -> None:
+            message = json.loads(payload)
+            if message.get("type") == "subscribe":
+                subscribed.append(message["payload"]["variables"]["afterSeq"])
+
+        socket.on("framesent", sent)
+
+    page.on("websocket", frames)
     run_id = start_from_threads_page(page, server, "Build a Django model with a migration")
     page.locator(".message .text").first.wait_for()
     page.reload()  # a reload mid-run shows the run from its first event again
@@ -212,3 +224,5 @@ def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
     assert shown == list(range(1, len(shown) + 1))
     assert shown == all_seqs(server, run_id)
     assert page.get_by_test_id("run-status").inner_text() == "SUCCESS"
+    # From the start twice (the page, then its reload), then after the last event shown.
+    assert subscribed == [0, 0, seen]

@@ -1,8 +1,10 @@
 // Overview: the storage's health (each backend, pendingSync, degraded state) and recent runs.
 //
-// TO ADD with issue 12 (runStats, not served yet): runStats(since: now-24h,
-// bucket: HOUR) { buckets { start status count } p50Ms p95Ms tokens } as an
-// inline SVG bar chart by hour and status, the p50/p95 durations and tokens.
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   runStats(filter: { createdAfter: <now - 24 h> }, bucket: HOUR) {
+//     runs byStatus { status count } durationMs { p50 p95 } usage { totalTokens }
+//     series { start runs byStatus { status count } usage { totalTokens } } }
+// as an inline SVG bar chart by hour and status, beside p50/p95 and the tokens.
 
 import { gql } from "../client.js";
 import { badge, h, loading, shortId, when } from "../dom.js";

@@ -3,11 +3,12 @@
 // (network down, server restart) is resumed with afterSeq = the last seq seen,
 // and an event at or below it is never shown twice.
 //
-// TO ADD with issue 12 (not served yet): Run.steps { node startedAt finishedAt
-// durationMs } as a Gantt-like bar chart (inline SVG); Run.usage { inputTokens
-// outputTokens totalTokens } beside the status.
-// TO ADD with issue 13 (not served yet): runStream (start-and-follow in one
-// subscription) for the start forms, instead of startRun then runEvents.
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   Run.steps { node namespace startedAt finishedAt durationMs error } as a
+//   Gantt-like bar chart (inline SVG); Run.usage { inputTokens outputTokens
+//   totalTokens } and Run.durationMs beside the status.
+// TO ADD with issue 13: runStream(input: StartRunInput!, types) (start and follow
+//   in one operation) for the start forms, instead of startRun then runEvents.
 
 import { gql, resetSocket, subscribe } from "../client.js";
 import { badge, busy, field, h, jsonOrText, jsonTree, loading, shortId, when } from "../dom.js";

@@ -1,11 +1,13 @@
 // Thread: metadata, status, runs, the checkpoint timeline and a checkpoint's values;
 // start a run, resume an interrupt, fork from a checkpoint, delete.
 //
-// TO ADD with issue 12 (not served yet): Checkpoint.updatedBy in each timeline
-// row; Checkpoint.changes { channel before after } per step as a diff.
-// TO ADD with issue 13 (not served yet): Thread.interrupts { id value node }
-// for the resume form (instead of the latest checkpoint's __interrupt__ writes);
-// copyThread(id) -> a "Copy" action; updateState(threadId, values, asNode) -> "Edit state".
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   Checkpoint.updatedBy in each timeline row; Checkpoint.changes { channel before
+//   after appended } per step as a diff (appended: only the new list items).
+// TO ADD with issue 13: Thread.interrupts { id node namespace value runId } for the
+//   resume form (instead of the latest checkpoint's __interrupt__ pending writes);
+//   copyThread(id) -> a "Copy" action; updateState(input: { threadId values asNode
+//   checkpointId namespace }) -> an "Edit state" form.
 
 import { gql } from "../client.js";
 import { badge, busy, field, h, jsonOrText, jsonTree, loading, shortId, when } from "../dom.js";

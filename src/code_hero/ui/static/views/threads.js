@@ -1,10 +1,12 @@
 // Threads: filter (status, user, metadata), sort, totalCount, cursor paging; start a run.
 // Every filter lives in the URL (/ui/threads?status=IDLE&user=...), so a view can be shared.
 //
-// TO ADD with issue 12 (ThreadFilter not served yet): filter { anyOf, statuses,
-// graph, ... } for several statuses at once.
-// TO ADD with issue 13: Thread.interrupts { id value node } in the inbox rows
-// (the question a thread waits on); deleteThreads for a bulk delete of selected rows.
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   ThreadFilter { statuses ids createdAfter createdBefore metadataHasKeys anyOf not }
+//   (a multi-select of statuses; the inbox as statuses: [INTERRUPTED]).
+// TO ADD with issue 13: Thread.interrupts { id node namespace value runId } in the
+//   inbox rows (the question each thread waits on); deleteThreads(filter: { ids },
+//   limit) for a bulk delete of selected rows.
 
 import { gql } from "../client.js";
 import { badge, busy, field, h, loading, shortId, when } from "../dom.js";

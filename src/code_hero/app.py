@@ -4,6 +4,8 @@
                GraphiQL for a browser when settings.graphiql
     /healthz   200 with the health JSON while checkpoints are stored, else 503
     /metrics   Prometheus text: the gateway's metrics and GraphQL operation counts
+    /ui        the dashboard, a client of /graphql (unless settings.ui is off)
+    /vendor    GraphiQL's and the dashboard's third-party files (see code_hero.ui)
 
 The lifespan owns the `Gateway` unless the caller passes one in (then the
 caller enters and leaves it). Every limit comes from `settings.limits`.
@@ -42,8 +44,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -65,6 +67,7 @@ from code_hero.persistence.jsonable import to_jsonable
 from code_hero.resolvers.context import Context, OperationObserver
 from code_hero.schema import build_schema
 from code_hero.settings import AppSettings, Limits
+from code_hero.ui import offline_graphiql_html, ui_routes, vendor_routes
 
 __all__ = ["create_app"]
 
@@ -162,6 +165,10 @@ class GraphQLView(GraphQL[Context, None]):
         if not isinstance(value, dict):
             raise json.JSONDecodeError("not a JSON object", "", 0)
         return value
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """GraphiQL with its assets served from the package: it works offline."""
+        return HTMLResponse(offline_graphiql_html())
 
     def _is_ide_page(self, request: Request) -> bool:
         """GraphiQL's page itself (static HTML) needs no credentials; its queries do."""
@@ -423,13 +430,18 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
             finally:
                 runtime.gateway = None
 
+    routes: list[BaseRoute] = [
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if settings.ui:
+        routes += ui_routes(graphiql=settings.graphiql)
+    if settings.ui or settings.graphiql:
+        routes += vendor_routes()
     return Starlette(
-        routes=[
-            Route("/graphql", view, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", view),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
+        routes=routes,
         middleware=_middleware(settings),
         lifespan=lifespan,
     )

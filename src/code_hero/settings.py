@@ -6,6 +6,7 @@ configuration table is generated from the same names).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,7 @@ __all__ = [
     "AppSettings",
     "Limits",
     "auth_from_env",
+    "is_loopback",
     "settings_from_env",
     "webhooks_from_env",
 ]
@@ -66,6 +68,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_THREAD_TTL": "seconds after its last update a thread is deleted (unset: never)",
     "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
+    "CODE_HERO_UI": "the dashboard at /ui; false: like --no-ui (default: see The dashboard)",
     "CODE_HERO_MAX_DEPTH": "query depth limit (default 10)",
     "CODE_HERO_MAX_ALIASES": "aliases per document (default 30)",
     "CODE_HERO_MAX_TOKENS": "tokens per document (default 5000)",
@@ -118,6 +121,7 @@ class AppSettings:
     port: int = 8000
     log_level: str = "info"
     graphiql: bool = True
+    ui: bool = True  # the dashboard at /ui
     cors_origins: tuple[str, ...] = ()  # also the WebSocket origins allowed
 
     def with_options(self, **changes: Any) -> AppSettings:
@@ -180,6 +184,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
     return (env.get(name) or "").strip() or None
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def auth_from_env(env: Mapping[str, str]) -> AuthSettings:
@@ -266,6 +280,7 @@ def settings_from_env(
     port: int | None = None,
     log_level: str | None = None,
     allow_anonymous: bool = False,
+    ui: bool | None = None,
 ) -> AppSettings:
     """Settings from the environment, with CLI options taking precedence."""
     env = os.environ if environ is None else environ
@@ -317,13 +332,19 @@ def settings_from_env(
     level = (log_level or env.get("CODE_HERO_LOG_LEVEL") or "info").lower()
     if level not in {"debug", "info", "warning", "error", "critical"}:
         raise ConfigurationError(f"unknown log level {level!r}")
+    host = host or env.get("CODE_HERO_HOST") or "127.0.0.1"
+    if ui is None:
+        # On by default, except in open mode on an address others reach: there
+        # the page would hand every visitor a delete button (turn it on explicitly).
+        ui = _bool(env, "CODE_HERO_UI", auth.enabled or is_loopback(host))
     return AppSettings(
         gateway=gateway,
         limits=limits,
-        host=host or env.get("CODE_HERO_HOST") or "127.0.0.1",
+        host=host,
         port=port if port is not None else _int(env, "CODE_HERO_PORT", 8000),
         log_level=level,
         graphiql=_bool(env, "CODE_HERO_GRAPHIQL", not auth.enabled),
+        ui=ui,
         auth=auth,
         cors_origins=_origins(env),
     )

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with no API keys or JWT configured, listen on a non-loopback address anyway",
     )
+    serve.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="do not serve the dashboard at /ui (CODE_HERO_UI=false)",
+    )
     serve.set_defaults(handler=serve_gateway)
 
     schema = subcommands.add_parser("schema", parents=[common], help="print the served SDL")

@@ -9,7 +9,6 @@ leaves unfinished runs resumable.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 from types import FrameType
@@ -19,7 +18,7 @@ from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["serve"]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -27,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from code_hero.app import create_app
+    from code_hero.settings import is_loopback
 
     settings = settings_of(
         args,
@@ -34,6 +34,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         allow_anonymous=args.allow_anonymous,
+        ui=False if args.no_ui else None,
     )
     open_to_network = not settings.auth.enabled and not is_loopback(settings.host)
     if open_to_network and not settings.auth.allow_anonymous:
@@ -84,16 +85,6 @@ def serve(args: argparse.Namespace) -> int:
     if not server.started:
         raise CodeHeroError("the server did not start (see the log above)")
     return EXIT_OK
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> NoReturn:

@@ -1,0 +1,130 @@
+// The page's shell: routing by path (every view has a shareable URL under /ui),
+// the error banner, and the sign-in form when the gateway asks for credentials.
+
+import { credentials, setCredentials } from "./client.js";
+import { field, h } from "./dom.js";
+
+// One module per view, loaded when first shown.
+const ROUTES = [
+  [/^\/ui\/?$/, () => import("./views/overview.js")],
+  [/^\/ui\/threads\/?$/, () => import("./views/threads.js")],
+  [/^\/ui\/threads\/([^/]+)\/?$/, () => import("./views/thread.js")],
+  [/^\/ui\/runs\/([^/]+)\/?$/, () => import("./views/run.js")],
+];
+
+const view = document.getElementById("view");
+const banner = document.getElementById("banner");
+let cleanup = null;
+
+/** Show an error (a GraphQLError: its message and extensions.code) in the banner. */
+export function showError(err) {
+  const code = err && err.code ? err.code : "";
+  banner.replaceChildren(
+    h("strong", {}, "Error: "),
+    h("span.error-text", {}, (err && err.message) || String(err)),
+    code ? h("code.code", {}, code) : null,
+    h("button.dismiss", { type: "button", "aria-label": "Dismiss the error", onclick: clearError }, "×"),
+  );
+  banner.hidden = false;
+}
+
+/** Hide the banner. */
+export function clearError() {
+  banner.hidden = true;
+  banner.replaceChildren();
+}
+
+/** Go to a path under /ui (pushes history). */
+export function navigate(path) {
+  history.pushState(null, "", path);
+  render();
+}
+
+const ctx = { navigate, showError, clearError };
+
+function signIn(reason) {
+  const input = h("input", { type: "password", name: "credentials", autocomplete: "off", required: true });
+  const form = h(
+    "form.card.signin",
+    {
+      onsubmit: (event) => {
+        event.preventDefault();
+        setCredentials(input.value.trim());
+        clearError();
+        render();
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("p", {}, reason || "This gateway needs credentials. They are kept in this tab's session storage only."),
+    field("API key or JWT", input),
+    h("button", { type: "submit" }, "Sign in"),
+  );
+  view.replaceChildren(form);
+  input.focus();
+}
+
+function header() {
+  const who = document.getElementById("who");
+  who.replaceChildren(
+    credentials()
+      ? h(
+          "button.link",
+          {
+            type: "button",
+            onclick: () => {
+              setCredentials("");
+              render();
+            },
+          },
+          "Sign out",
+        )
+      : "",
+  );
+  const section = location.pathname.startsWith("/ui/threads") || location.pathname.startsWith("/ui/runs") ? "threads" : "overview";
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+/** Show the view of the current URL. */
+export async function render() {
+  if (cleanup) cleanup();
+  cleanup = null;
+  clearError();
+  header();
+  const path = location.pathname;
+  const route = ROUTES.find(([pattern]) => pattern.test(path));
+  if (!route) {
+    view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, "No view at ", h("code", {}, path), ". ", h("a", { href: "/ui" }, "Overview")));
+    return;
+  }
+  const params = path.match(route[0]).slice(1).map(decodeURIComponent);
+  const query = new URLSearchParams(location.search);
+  try {
+    const module = await route[1]();
+    cleanup = (await module.render(view, params, query, ctx)) || null;
+  } catch (err) {
+    if (err && err.code === "UNAUTHENTICATED") {
+      showError(err);
+      signIn(credentials() ? "These credentials were refused: try another API key or JWT." : null);
+      return;
+    }
+    showError(err);
+    view.replaceChildren(h("h1", {}, "Could not load this view"), h("p", {}, "See the error above; ", h("a", { href: location.pathname + location.search }, "try again"), "."));
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[href]");
+  if (!link || link.hasAttribute("data-external") || link.target) return;
+  if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  const url = new URL(link.href);
+  if (url.origin !== location.origin || !url.pathname.startsWith("/ui")) return;
+  event.preventDefault();
+  navigate(url.pathname + url.search);
+});
+window.addEventListener("popstate", render);
+// The server says whether /graphql serves GraphiQL (off by default with authentication).
+document.querySelector("[data-graphiql-link]").hidden = document.body.dataset.graphiql !== "true";
+render();

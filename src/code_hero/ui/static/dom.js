@@ -1,0 +1,84 @@
+// Small DOM helpers shared by the views: element building, a JSON tree, formats.
+
+/** h("tag.class", {attr: value, onclick: fn}, ...children): an element. */
+export function h(spec, attrs = {}, ...children) {
+  const [tag, ...classes] = spec.split(".");
+  const el = document.createElement(tag || "div");
+  if (classes.length) el.className = classes.join(" ");
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "text") el.textContent = value;
+    else if (value === true) el.setAttribute(name, "");
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** A collapsible tree of a JSON value: objects and arrays as <details>, open to `open` levels. */
+export function jsonTree(value, open = 1, label = null) {
+  const key = label === null ? null : h("span.key", {}, `${label}: `);
+  if (value === null || typeof value !== "object") {
+    return h("div.leaf", {}, key, h(`span.json-${value === null ? "null" : typeof value}`, {}, JSON.stringify(value)));
+  }
+  const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const summary = Array.isArray(value) ? `[${entries.length}]` : `{${entries.length}}`;
+  const node = h("details.tree", { open: open > 0 }, h("summary", {}, key, h("span.count", {}, summary)));
+  for (const [k, v] of entries) node.append(jsonTree(v, open - 1, k));
+  return h("div.json", {}, node);
+}
+
+/** A local date and time, or "—". */
+export function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "—";
+}
+
+/** Eight characters of an id (the last ones for time-ordered ids), the whole id as a tooltip. */
+export function shortId(id, tail = false) {
+  const text = String(id);
+  return h("code.id", { title: text }, tail ? text.slice(-8) : text.slice(0, 8));
+}
+
+/** A status as a coloured badge. */
+export function badge(status) {
+  return h(`span.badge.s-${String(status).toLowerCase()}`, {}, status);
+}
+
+/** A "Loading…" line for a slow call. */
+export function loading(what = "Loading…") {
+  return h("p.loading", { role: "status", "aria-busy": "true" }, what);
+}
+
+/** A labelled form control: <label>text <control></label>. */
+export function field(text, control) {
+  return h("label.field", {}, h("span", {}, text), control);
+}
+
+/** Disable a form's controls while `work` runs; its errors go to `onError`. */
+export async function busy(form, work, onError) {
+  const controls = [...form.querySelectorAll("button, input, select, textarea")];
+  controls.forEach((c) => (c.disabled = true));
+  form.setAttribute("aria-busy", "true");
+  try {
+    return await work();
+  } catch (err) {
+    onError(err);
+    return undefined;
+  } finally {
+    controls.forEach((c) => (c.disabled = false));
+    form.removeAttribute("aria-busy");
+  }
+}
+
+/** Text as JSON when it parses, else the text itself (for resume answers). */
+export function jsonOrText(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}

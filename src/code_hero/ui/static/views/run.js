@@ -1,0 +1,247 @@
+// Run: follows runEvents live: status, agent transitions, messages token by
+// token, tool calls, the event log; cancel; resume an interrupt. A lost socket
+// (network down, server restart) is resumed with afterSeq = the last seq seen,
+// and an event at or below it is never shown twice.
+//
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   Run.steps { node namespace startedAt finishedAt durationMs error } as a
+//   Gantt-like bar chart (inline SVG); Run.usage { inputTokens outputTokens
+//   totalTokens } and Run.durationMs beside the status.
+// TO ADD with issue 13: runStream(input: StartRunInput!, types) (start and follow
+//   in one operation) for the start forms, instead of startRun then runEvents.
+
+import { gql, resetSocket, subscribe } from "../client.js";
+import { badge, busy, field, h, jsonOrText, jsonTree, loading, shortId, when } from "../dom.js";
+
+const QUERY = `query Run($id: ID!) {
+  run(id: $id) { id threadId graph status input error userId metadata createdAt startedAt finishedAt }
+}`;
+const EVENTS = `subscription Events($runId: ID!, $afterSeq: Int!) {
+  runEvents(runId: $runId, afterSeq: $afterSeq) {
+    __typename seq at
+    ... on RunStatusChanged { status error }
+    ... on AgentTransition { fromAgent toAgent reason }
+    ... on MessageDelta { node messageId delta }
+    ... on ToolCall { agent tool args result }
+    ... on Interrupted { node value }
+    ... on NodeUpdate { node }
+    ... on CheckpointSaved { checkpointId step }
+    ... on CustomEvent { data }
+  }
+}`;
+const CANCEL = `mutation Cancel($id: ID!) { cancelRun(id: $id) { id status } }`;
+const START = `mutation Start($input: StartRunInput!) { startRun(input: $input) { id } }`;
+const ENDED = new Set(["SUCCESS", "ERROR", "INTERRUPTED", "CANCELLED"]);
+
+function describe(e) {
+  switch (e.__typename) {
+    case "RunStatusChanged":
+      return `status ${e.status}${e.error ? `: ${e.error}` : ""}`;
+    case "AgentTransition":
+      return `${e.fromAgent || "start"} → ${e.toAgent}`;
+    case "MessageDelta":
+      return `${e.node}: ${JSON.stringify(e.delta)}`;
+    case "ToolCall":
+      return `${e.agent} called ${e.tool}`;
+    case "Interrupted":
+      return `interrupted at ${e.node}`;
+    case "NodeUpdate":
+      return `${e.node} updated the state`;
+    case "CheckpointSaved":
+      return `checkpoint at step ${e.step}`;
+    default:
+      return e.__typename;
+  }
+}
+
+/** Render one run into `root`, live; returns the cleanup that stops following it. */
+export async function render(root, [id], _query, ctx) {
+  document.title = `Run ${id.slice(0, 8)} · Code Hero`;
+  root.replaceChildren(h("h1", {}, "Run ", shortId(id)), loading());
+  const { run } = await gql(QUERY, { id });
+  if (!run) {
+    root.replaceChildren(h("h1", {}, "No such run"), h("p", {}, h("a", { href: "/ui/threads" }, "All threads")));
+    return null;
+  }
+
+  const status = h("span", { "data-testid": "run-status" }, badge(run.status));
+  const live = h("p.live", { role: "status", "data-testid": "live" }, "Connecting…");
+  const cancel = h("button.danger", { type: "button" }, "Cancel run");
+  const cancelForm = h("div.action", {}, cancel);
+  const transitions = h("ol.transitions", { "aria-label": "Agent transitions" });
+  const messages = h("div.messages", { "data-testid": "messages" });
+  const tools = h("ul.tools", { "aria-label": "Tool calls" });
+  const noTools = h("p.empty", {}, "No tool call yet.");
+  const started = h("dd", { "data-fact": "Started" }, when(run.startedAt));
+  const finished = h("dd", { "data-fact": "Finished" }, when(run.finishedAt));
+  const interrupts = h("div.interrupts");
+  const events = h("ol.events", { "data-testid": "events", "aria-label": "Events" });
+  const bubbles = new Map();
+
+  cancel.addEventListener("click", async () => {
+    const done = await busy(cancelForm, () => gql(CANCEL, { id }), ctx.showError);
+    if (done) setStatus(done.cancelRun.status);
+  });
+
+  function setStatus(value) {
+    status.replaceChildren(badge(value));
+    cancelForm.hidden = ENDED.has(value);
+  }
+
+  function bubble(e) {
+    const key = e.messageId || `${e.node}-${e.seq}`;
+    let text = bubbles.get(key);
+    if (!text) {
+      text = h("div.text", { "data-message": key });
+      bubbles.set(key, text);
+      messages.append(h("article.message", {}, h("header", {}, e.node), text));
+    }
+    return text;
+  }
+
+  function resumeForm(e) {
+    const answer = h("textarea", { name: "answer", rows: 2, required: true });
+    const form = h(
+      "form.action.resume",
+      {
+        onsubmit: async (event) => {
+          event.preventDefault();
+          const data = await busy(form, () => gql(START, { input: { threadId: run.threadId, resume: jsonOrText(answer.value) } }), ctx.showError);
+          if (data) ctx.navigate(`/ui/runs/${data.startRun.id}`);
+        },
+      },
+      h("h3", {}, `Waiting at ${e.node}`),
+      jsonTree(e.value, 3),
+      field("Answer (JSON or text)", answer),
+      h("button", { type: "submit" }, "Resume"),
+    );
+    return form;
+  }
+
+  let lastSeq = 0;
+  function apply(e) {
+    if (e.seq <= lastSeq) return; // already shown (a replay after a resume)
+    lastSeq = e.seq;
+    events.append(h("li", { "data-seq": e.seq }, h("span.seq", {}, e.seq), ` ${describe(e)}`));
+    switch (e.__typename) {
+      case "RunStatusChanged":
+        setStatus(e.status);
+        // The status events carry the times the run record shows (no query needed).
+        if (e.status === "RUNNING" && !run.startedAt) started.textContent = when(e.at);
+        if (ENDED.has(e.status)) finished.textContent = when(e.at);
+        if (e.error) ctx.showError({ message: e.error, code: "RUN_ERROR" });
+        break;
+      case "AgentTransition":
+        transitions.append(h("li", {}, h("strong", {}, e.fromAgent || "start"), " → ", h("strong", {}, e.toAgent), e.reason ? h("span.reason", {}, ` ${e.reason}`) : null));
+        break;
+      case "MessageDelta":
+        bubble(e).append(e.delta);
+        break;
+      case "ToolCall":
+        noTools.remove();
+        tools.append(h("li", {}, h("strong", {}, e.tool), ` by ${e.agent}`, jsonTree({ args: e.args, result: e.result }, 1)));
+        break;
+      case "Interrupted":
+        interrupts.replaceChildren(resumeForm(e));
+        break;
+    }
+  }
+
+  // Following the run: one subscription at a time (`generation`), resumed after lastSeq.
+  let generation = 0;
+  let stop = null;
+  let retry = null;
+  let failures = 0;
+  let ended = false;
+
+  function follow() {
+    clearTimeout(retry);
+    const mine = ++generation;
+    live.textContent = lastSeq ? `Resuming after event ${lastSeq}…` : "Following live…";
+    stop = subscribe(EVENTS, { runId: id, afterSeq: lastSeq }, {
+      next: (data) => {
+        if (mine !== generation) return;
+        failures = 0;
+        live.textContent = "Following live…";
+        apply(data.runEvents);
+      },
+      error: (err) => {
+        if (mine !== generation) return;
+        if (err.code !== "NETWORK") {
+          live.textContent = "Stopped.";
+          ctx.showError(err);
+          return;
+        }
+        const wait = Math.min(5000, 500 * 2 ** failures++);
+        live.textContent = `Connection lost; resuming after event ${lastSeq} in ${wait / 1000} s…`;
+        retry = setTimeout(follow, wait);
+      },
+      complete: () => {
+        if (mine !== generation) return;
+        ended = true;
+        live.textContent = `The run has ended (${lastSeq} events).`;
+      },
+    });
+  }
+
+  function offline() {
+    if (ended) return;
+    generation++; // ignore whatever the old socket still says
+    if (stop) stop();
+    resetSocket();
+    clearTimeout(retry);
+    live.textContent = `Offline; will resume after event ${lastSeq}.`;
+  }
+  function online() {
+    if (!ended) follow();
+  }
+  window.addEventListener("offline", offline);
+  window.addEventListener("online", online);
+
+  root.replaceChildren(
+    h("h1", {}, "Run ", h("code.id", {}, run.id), " ", status),
+    live,
+    h(
+      "div.grid",
+      {},
+      h(
+        "section.card",
+        { "aria-labelledby": "about" },
+        h("h2", { id: "about" }, "About"),
+        h(
+          "dl.facts",
+          {},
+          h("dt", {}, "Thread"),
+          h("dd", {}, h("a", { href: `/ui/threads/${run.threadId}` }, shortId(run.threadId))),
+          h("dt", {}, "Graph"),
+          h("dd", {}, run.graph),
+          h("dt", {}, "User"),
+          h("dd", {}, run.userId || "—"),
+          h("dt", {}, "Created"),
+          h("dd", {}, when(run.createdAt)),
+          h("dt", {}, "Started"),
+          started,
+          h("dt", {}, "Finished"),
+          finished,
+        ),
+        h("h3", {}, "Input"),
+        jsonTree(run.input, 2),
+        cancelForm,
+        interrupts,
+      ),
+      h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), transitions),
+    ),
+    h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), messages),
+    h("section.card", { "aria-labelledby": "tools" }, h("h2", { id: "tools" }, "Tool calls"), noTools, tools),
+    h("section.card", {}, h("details.log", {}, h("summary", {}, "Event log"), events)),
+  );
+  follow();
+
+  return () => {
+    generation++;
+    clearTimeout(retry);
+    window.removeEventListener("offline", offline);
+    window.removeEventListener("online", online);
+    if (stop) stop();
+  };
+}

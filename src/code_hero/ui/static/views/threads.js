@@ -1,0 +1,171 @@
+// Threads: filter (status, user, metadata), sort, totalCount, cursor paging; start a run.
+// Every filter lives in the URL (/ui/threads?status=IDLE&user=...), so a view can be shared.
+//
+// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
+//   ThreadFilter { statuses ids createdAfter createdBefore metadataHasKeys anyOf not }
+//   (a multi-select of statuses; the inbox as statuses: [INTERRUPTED]).
+// TO ADD with issue 13: Thread.interrupts { id node namespace value runId } in the
+//   inbox rows (the question each thread waits on); deleteThreads(filter: { ids },
+//   limit) for a bulk delete of selected rows.
+
+import { gql } from "../client.js";
+import { badge, busy, field, h, loading, shortId, when } from "../dom.js";
+
+const QUERY = `query Threads($first: Int!, $after: String, $filter: ThreadFilter, $orderBy: ThreadSort) {
+  threads(first: $first, after: $after, filter: $filter, orderBy: $orderBy) {
+    totalCount
+    pageInfo { hasNextPage endCursor }
+    edges { node { id status userId createdAt updatedAt metadata } }
+  }
+  waiting: threads(first: 1, filter: { status: INTERRUPTED }) { totalCount }
+  graphs { name default }
+}`;
+
+const START = `mutation Start($input: StartRunInput!) { startRun(input: $input) { id threadId status } }`;
+
+const STATUSES = ["", "IDLE", "BUSY", "INTERRUPTED", "ERROR"];
+const SORTS = {
+  UPDATED_AT_DESC: "Updated, newest first",
+  UPDATED_AT_ASC: "Updated, oldest first",
+  CREATED_AT_DESC: "Created, newest first",
+  CREATED_AT_ASC: "Created, oldest first",
+};
+const SIZES = ["10", "20", "50", "100"];
+
+function select(name, options, value) {
+  return h(
+    "select",
+    { name },
+    Object.entries(options).map(([v, text]) => h("option", { value: v, selected: v === value }, text)),
+  );
+}
+
+function variables(query) {
+  const filter = {};
+  if (query.get("status")) filter.status = query.get("status");
+  if (query.get("user")) filter.userId = query.get("user");
+  if (query.get("metadata")) {
+    try {
+      filter.metadata = JSON.parse(query.get("metadata"));
+    } catch {
+      const err = new Error("the metadata filter must be a JSON object, e.g. {\"project\": \"x\"}");
+      err.code = "BAD_USER_INPUT";
+      throw err;
+    }
+  }
+  const [fieldName, direction] = (query.get("sort") || "UPDATED_AT_DESC").split(/_(?=ASC$|DESC$)/);
+  return {
+    first: Number(query.get("first") || 20),
+    after: query.get("after") || null,
+    filter: Object.keys(filter).length ? filter : null,
+    orderBy: { field: fieldName, direction },
+  };
+}
+
+function filterForm(query, ctx) {
+  const form = h(
+    "form.card.filters",
+    {
+      role: "search",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const params = new URLSearchParams();
+        for (const [k, v] of new FormData(form)) if (v) params.set(k, String(v));
+        params.delete("after");
+        ctx.navigate(`/ui/threads${params.size ? `?${params}` : ""}`);
+      },
+    },
+    field("Status", select("status", Object.fromEntries(STATUSES.map((s) => [s, s || "any"])), query.get("status") || "")),
+    field("User", h("input", { name: "user", value: query.get("user") || "", placeholder: "user id" })),
+    field("Metadata contains", h("input", { name: "metadata", value: query.get("metadata") || "", placeholder: '{"project": "x"}' })),
+    field("Sort", select("sort", SORTS, query.get("sort") || "UPDATED_AT_DESC")),
+    field("Per page", select("first", Object.fromEntries(SIZES.map((s) => [s, s])), query.get("first") || "20")),
+    h("button", { type: "submit" }, "Apply"),
+  );
+  return form;
+}
+
+function startForm(graphs, ctx) {
+  const message = h("textarea", { name: "message", rows: 2, required: true, placeholder: "What should the agents do?" });
+  const graph = h("select", { name: "graph" }, graphs.map((g) => h("option", { value: g.name, selected: g.default }, g.name)));
+  const form = h(
+    "form.card.start",
+    {
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const run = await busy(
+          form,
+          () => gql(START, { input: { message: message.value, graph: graph.value } }),
+          ctx.showError,
+        );
+        if (run) ctx.navigate(`/ui/runs/${run.startRun.id}`);
+      },
+    },
+    h("h2", {}, "Start a run on a new thread"),
+    field("Message", message),
+    field("Graph", graph),
+    h("button", { type: "submit" }, "Start run"),
+  );
+  return form;
+}
+
+function table(threads) {
+  if (!threads.edges.length) return h("p.empty", {}, "No thread matches.");
+  return h(
+    "table.threads",
+    { "aria-label": "Threads" },
+    h("thead", {}, h("tr", {}, ["Thread", "Status", "User", "Updated", "Created", "Metadata"].map((t) => h("th", { scope: "col" }, t)))),
+    h(
+      "tbody",
+      {},
+      threads.edges.map(({ node: t }) =>
+        h(
+          "tr",
+          { "data-thread": t.id },
+          h("td", {}, h("a", { href: `/ui/threads/${t.id}` }, shortId(t.id))),
+          h("td", {}, badge(t.status)),
+          h("td", {}, t.userId || "—"),
+          h("td", {}, when(t.updatedAt)),
+          h("td", {}, when(t.createdAt)),
+          h("td.meta", {}, Object.keys(t.metadata).length ? JSON.stringify(t.metadata) : "—"),
+        ),
+      ),
+    ),
+  );
+}
+
+/** Render the thread list into `root`. */
+export async function render(root, _params, query, ctx) {
+  document.title = "Threads · Code Hero";
+  root.replaceChildren(h("h1", {}, "Threads"), filterForm(query, ctx), loading());
+  const data = await gql(QUERY, variables(query));
+  const { threads, waiting } = data;
+  const next = new URLSearchParams(query);
+  next.set("after", threads.pageInfo.endCursor || "");
+  const first = new URLSearchParams(query);
+  first.delete("after");
+  const inbox = new URLSearchParams({ status: "INTERRUPTED" });
+  root.replaceChildren(
+    h("h1", {}, "Threads"),
+    h(
+      "p.summary",
+      {},
+      h(
+        "span",
+        { "data-testid": "total", "data-count": threads.totalCount },
+        `${threads.totalCount} ${threads.totalCount === 1 ? "thread matches" : "threads match"}.`,
+      ),
+      " ",
+      h("a", { href: `/ui/threads?${inbox}` }, `Waiting for a human: ${waiting.totalCount}`),
+    ),
+    filterForm(query, ctx),
+    table(threads),
+    h(
+      "nav.pager",
+      { "aria-label": "Pages" },
+      query.get("after") ? h("a", { href: `/ui/threads?${first}` }, "First page") : null,
+      threads.pageInfo.hasNextPage ? h("a", { href: `/ui/threads?${next}`, rel: "next" }, "Next page") : null,
+    ),
+    startForm(data.graphs, ctx),
+  );
+}

@@ -1,0 +1,18 @@
+"""The built-in `code_hero` graph with a slow offline model: for watching a run in a browser.
+
+Each streamed token waits TOKEN_DELAY seconds, so a page sees message deltas
+arrive while the run is still RUNNING, and has time to cancel it or to lose
+its socket mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from code_hero.agents import OfflineChatModel
+from code_hero.agents.graph import build_code_hero_graph
+
+TOKEN_DELAY = float(os.environ.get("UI_TEST_TOKEN_DELAY", "0.03"))
+
+graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=TOKEN_DELAY))

@@ -8,6 +8,7 @@ import { field, h } from "./dom.js";
 const ROUTES = [
   [/^\/ui\/?$/, () => import("./views/overview.js")],
   [/^\/ui\/threads\/?$/, () => import("./views/threads.js")],
+  [/^\/ui\/inbox\/?$/, () => import("./views/inbox.js")],
   [/^\/ui\/threads\/([^/]+)\/?$/, () => import("./views/thread.js")],
   [/^\/ui\/runs\/([^/]+)\/?$/, () => import("./views/run.js")],
 ];
@@ -80,7 +81,8 @@ function header() {
         )
       : "",
   );
-  const section = location.pathname.startsWith("/ui/threads") || location.pathname.startsWith("/ui/runs") ? "threads" : "overview";
+  const path = location.pathname;
+  const section = path.startsWith("/ui/inbox") ? "inbox" : path.startsWith("/ui/threads") || path.startsWith("/ui/runs") ? "threads" : "overview";
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");

@@ -19,6 +19,36 @@ export function h(spec, attrs = {}, ...children) {
   return el;
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** s("tag.class", {attr: value}, ...children): an SVG element (attributes as given, no handlers). */
+export function s(spec, attrs = {}, ...children) {
+  const [tag, ...classes] = spec.split(".");
+  const el = document.createElementNS(SVG_NS, tag);
+  if (classes.length) el.setAttribute("class", classes.join(" "));
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null && value !== false) el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** A duration in milliseconds for people: "850 ms", "3.2 s", "4 min 5 s", or "—". */
+export function ms(value) {
+  if (value === null || value === undefined) return "—";
+  if (value < 1000) return `${Math.round(value)} ms`;
+  if (value < 60000) return `${(value / 1000).toFixed(1)} s`;
+  return `${Math.floor(value / 60000)} min ${Math.round((value % 60000) / 1000)} s`;
+}
+
+/** A count with thousands separators. */
+export function count(value) {
+  return Number(value || 0).toLocaleString();
+}
+
 /** A collapsible tree of a JSON value: objects and arrays as <details>, open to `open` levels. */
 export function jsonTree(value, open = 1, label = null) {
   const key = label === null ? null : h("span.key", {}, `${label}: `);

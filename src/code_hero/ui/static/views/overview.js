@@ -1,18 +1,24 @@
-// Overview: the storage's health (each backend, pendingSync, degraded state) and recent runs.
-//
-// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
-//   runStats(filter: { createdAfter: <now - 24 h> }, bucket: HOUR) {
-//     runs byStatus { status count } durationMs { p50 p95 } usage { totalTokens }
-//     series { start runs byStatus { status count } usage { totalTokens } } }
-// as an inline SVG bar chart by hour and status, beside p50/p95 and the tokens.
+// Overview: the storage's health (each backend, pendingSync, degraded state), the
+// last 24 hours of runs (runStats by hour and status as an inline SVG chart,
+// p50/p95 durations, tokens) and the latest runs.
 
+import { stackedBars, legend } from "../charts.js";
 import { gql } from "../client.js";
-import { badge, h, loading, shortId, when } from "../dom.js";
+import { badge, count, h, loading, ms, shortId, when } from "../dom.js";
 
-const QUERY = `query Overview {
+const HOUR = 3600 * 1000;
+
+const QUERY = `query Overview($since: DateTime!) {
   health {
     status version uptimeSeconds pendingSync quarantined degradedSince
     backends { role kind healthy active latencyMs lastError checkedAt }
+  }
+  runStats(filter: { createdAfter: $since }, bucket: HOUR) {
+    runs
+    byStatus { status count }
+    durationMs { count p50 p95 }
+    usage { inputTokens outputTokens totalTokens }
+    series { start runs byStatus { status count } }
   }
   runs(first: 10) {
     totalCount
@@ -100,10 +106,52 @@ function runsCard(runs) {
   );
 }
 
+/** One bucket per hour from `since`'s hour to now's, the series' counts in those it has. */
+function hours(series, since, now) {
+  const byStart = new Map(series.map((b) => [Date.parse(b.start), b]));
+  const out = [];
+  for (let t = Math.floor(since / HOUR) * HOUR; t <= now; t += HOUR) {
+    const b = byStart.get(t);
+    out.push({ start: new Date(t), runs: b ? b.runs : 0, byStatus: b ? b.byStatus : [] });
+  }
+  return out;
+}
+
+function statsCard(stats, since, now) {
+  const buckets = hours(stats.series, since, now);
+  const busiest = buckets.reduce((a, b) => (b.runs > a.runs ? b : a), buckets[0]);
+  const summary = stats.runs
+    ? `${stats.runs} runs in the last 24 hours; the busiest hour began at ${busiest.start.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })} with ${busiest.runs}.`
+    : "No run in the last 24 hours.";
+  const d = stats.durationMs;
+  const present = stats.byStatus.filter((c) => c.count);
+  const facts = [
+    ["Runs", count(stats.runs)],
+    ["By status", present.length ? h("span.counts", {}, present.map((c) => h("span", {}, badge(c.status), ` ${c.count}`))) : "—"],
+    ["Duration p50", d ? ms(d.p50) : "—"],
+    ["Duration p95", d ? ms(d.p95) : "—"],
+    ["Tokens", `${count(stats.usage.totalTokens)} (${count(stats.usage.inputTokens)} in, ${count(stats.usage.outputTokens)} out)`],
+  ];
+  return h(
+    "section.card.stats",
+    { "aria-labelledby": "stats-title" },
+    h("h2", { id: "stats-title" }, "Runs, last 24 hours"),
+    h("div.chart-box", { "data-testid": "runs-chart", "data-since": new Date(since).toISOString() }, stackedBars(buckets, { title: "Runs per hour by status, last 24 hours", summary })),
+    legend(),
+    h("dl.facts", {}, facts.map(([k, v]) => [h("dt", {}, k), h("dd", { "data-fact": k }, v)])),
+  );
+}
+
 /** Render the overview into `root`. */
 export async function render(root) {
   document.title = "Overview · Code Hero";
   root.replaceChildren(h("h1", {}, "Overview"), loading());
-  const data = await gql(QUERY);
-  root.replaceChildren(h("h1", {}, "Overview"), h("div.grid", {}, healthCard(data.health), runsCard(data.runs)));
+  const now = Date.now();
+  const since = now - 24 * HOUR;
+  const data = await gql(QUERY, { since: new Date(since).toISOString() });
+  root.replaceChildren(
+    h("h1", {}, "Overview"),
+    statsCard(data.runStats, since, now),
+    h("div.grid", {}, healthCard(data.health), runsCard(data.runs)),
+  );
 }

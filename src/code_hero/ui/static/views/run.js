@@ -1,17 +1,14 @@
 // Run: follows runEvents live: status, agent transitions, messages token by
-// token, tool calls, the event log; cancel; resume an interrupt. A lost socket
-// (network down, server restart) is resumed with afterSeq = the last seq seen,
-// and an event at or below it is never shown twice.
-//
-// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
-//   Run.steps { node namespace startedAt finishedAt durationMs error } as a
-//   Gantt-like bar chart (inline SVG); Run.usage { inputTokens outputTokens
-//   totalTokens } and Run.durationMs beside the status.
-// TO ADD with issue 13: runStream(input: StartRunInput!, types) (start and follow
-//   in one operation) for the start forms, instead of startRun then runEvents.
+// token, tool calls, the event log; the steps as a Gantt-like chart with the token
+// usage and the duration (Run.steps/usage/durationMs, read again when a node's
+// update or a status event arrives, and at the end); cancel; resume an interrupt.
+// A lost socket (network down, server restart) is resumed with afterSeq = the last
+// seq seen, and an event at or below it is never shown twice. The start forms use
+// startRun and come here rather than runStream (see thread.js for why).
 
 import { gql, resetSocket, subscribe } from "../client.js";
-import { badge, busy, field, h, jsonOrText, jsonTree, loading, shortId, when } from "../dom.js";
+import { gantt } from "../charts.js";
+import { badge, busy, count, field, h, jsonOrText, jsonTree, loading, ms, shortId, when } from "../dom.js";
 
 const QUERY = `query Run($id: ID!) {
   run(id: $id) { id threadId graph status input error userId metadata createdAt startedAt finishedAt }
@@ -27,6 +24,13 @@ const EVENTS = `subscription Events($runId: ID!, $afterSeq: Int!) {
     ... on NodeUpdate { node }
     ... on CheckpointSaved { checkpointId step }
     ... on CustomEvent { data }
+  }
+}`;
+const TIMELINE = `query Timeline($id: ID!) {
+  run(id: $id) {
+    status durationMs
+    usage { inputTokens outputTokens totalTokens }
+    steps { node namespace startedAt finishedAt durationMs error }
   }
 }`;
 const CANCEL = `mutation Cancel($id: ID!) { cancelRun(id: $id) { id status } }`;
@@ -77,6 +81,51 @@ export async function render(root, [id], _query, ctx) {
   const interrupts = h("div.interrupts");
   const events = h("ol.events", { "data-testid": "events", "aria-label": "Events" });
   const bubbles = new Map();
+  const duration = h("dd", { "data-fact": "Duration" }, "—");
+  const tokens = h("dd", { "data-fact": "Tokens" }, "—");
+  const steps = h("div.chart-box", { "data-testid": "steps" }, h("p.empty", {}, "No step yet."));
+
+  // Run.steps, usage and durationMs: read again after a node's update or a status
+  // change, at most one read in flight and one queued (a burst of events makes one read).
+  let reading = null;
+  let again = false;
+  let stale = false;
+  function showTimeline(r) {
+    duration.textContent = ms(r.durationMs);
+    tokens.textContent = `${count(r.usage.totalTokens)} (${count(r.usage.inputTokens)} in, ${count(r.usage.outputTokens)} out)`;
+    steps.dataset.count = r.steps.length;
+    steps.replaceChildren(r.steps.length ? gantt(r.steps, { title: `The ${r.steps.length} steps of run ${id}` }) : h("p.empty", {}, "No step yet."));
+  }
+  function refresh() {
+    if (reading) {
+      again = true;
+      return reading;
+    }
+    if (!navigator.onLine) {
+      stale = true; // read when the network is back
+      return Promise.resolve();
+    }
+    reading = gql(TIMELINE, { id })
+      .then((data) => data.run && showTimeline(data.run))
+      .catch((err) => {
+        // A lost network is the live line's news, not an error: read again when back.
+        if (err.code === "NETWORK") stale = true;
+        else ctx.showError(err);
+      })
+      .finally(() => {
+        reading = null;
+        if (again) {
+          again = false;
+          refresh();
+        }
+      });
+    return reading;
+  }
+  // A read that starts after the run ended (one in flight may have started before).
+  async function finalRead() {
+    while (reading) await reading;
+    await refresh();
+  }
 
   cancel.addEventListener("click", async () => {
     const done = await busy(cancelForm, () => gql(CANCEL, { id }), ctx.showError);
@@ -123,6 +172,7 @@ export async function render(root, [id], _query, ctx) {
     if (e.seq <= lastSeq) return; // already shown (a replay after a resume)
     lastSeq = e.seq;
     events.append(h("li", { "data-seq": e.seq }, h("span.seq", {}, e.seq), ` ${describe(e)}`));
+    if (e.__typename === "NodeUpdate" || e.__typename === "RunStatusChanged") refresh();
     switch (e.__typename) {
       case "RunStatusChanged":
         setStatus(e.status);
@@ -163,6 +213,10 @@ export async function render(root, [id], _query, ctx) {
         if (mine !== generation) return;
         failures = 0;
         live.textContent = "Following live…";
+        if (stale) {
+          stale = false;
+          refresh();
+        }
         apply(data.runEvents);
       },
       error: (err) => {
@@ -179,7 +233,10 @@ export async function render(root, [id], _query, ctx) {
       complete: () => {
         if (mine !== generation) return;
         ended = true;
-        live.textContent = `The run has ended (${lastSeq} events).`;
+        // The last read of the steps first: "ended" then means every number is final.
+        finalRead().then(() => {
+          if (mine === generation) live.textContent = `The run has ended (${lastSeq} events).`;
+        });
       },
     });
   }
@@ -223,6 +280,10 @@ export async function render(root, [id], _query, ctx) {
           started,
           h("dt", {}, "Finished"),
           finished,
+          h("dt", {}, "Duration"),
+          duration,
+          h("dt", {}, "Tokens"),
+          tokens,
         ),
         h("h3", {}, "Input"),
         jsonTree(run.input, 2),
@@ -231,11 +292,13 @@ export async function render(root, [id], _query, ctx) {
       ),
       h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), transitions),
     ),
+    h("section.card", { "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps"), steps),
     h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), messages),
     h("section.card", { "aria-labelledby": "tools" }, h("h2", { id: "tools" }, "Tool calls"), noTools, tools),
     h("section.card", {}, h("details.log", {}, h("summary", {}, "Event log"), events)),
   );
   follow();
+  refresh();
 
   return () => {
     generation++;

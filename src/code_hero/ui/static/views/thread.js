@@ -1,32 +1,33 @@
-// Thread: metadata, status, runs, the checkpoint timeline and a checkpoint's values;
-// start a run, resume an interrupt, fork from a checkpoint, delete.
+// Thread: metadata, status, expiry, runs, the checkpoint timeline (step, source, the
+// nodes that wrote it, and when opened its changes as a diff and its values as a tree);
+// start a run, answer an interrupt, fork from a checkpoint, edit state, copy, delete.
 //
-// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
-//   Checkpoint.updatedBy in each timeline row; Checkpoint.changes { channel before
-//   after appended } per step as a diff (appended: only the new list items).
-// TO ADD with issue 13: Thread.interrupts { id node namespace value runId } for the
-//   resume form (instead of the latest checkpoint's __interrupt__ pending writes);
-//   copyThread(id) -> a "Copy" action; updateState(input: { threadId values asNode
-//   checkpointId namespace }) -> an "Edit state" form.
+// Starting a run uses startRun, then shows the run's own view (which follows
+// runEvents): the run gets a shareable URL at once, and reloading it or losing the
+// socket resumes with afterSeq there. runStream would tie the run's only stream to
+// this page's socket and need that same resume path anyway.
 
 import { gql } from "../client.js";
-import { badge, busy, field, h, jsonOrText, jsonTree, loading, shortId, when } from "../dom.js";
+import { badge, busy, field, h, jsonTree, loading, shortId, when } from "../dom.js";
+import { INTERRUPT_FIELDS, interruptForms } from "../resume.js";
 
 const QUERY = `query Thread($id: ID!, $after: String) {
   thread(id: $id) {
-    id status userId createdAt updatedAt metadata
-    latestCheckpoint { id next pendingWrites { taskId channel value } }
+    id status userId createdAt updatedAt expiresAt metadata
+    interrupts { ${INTERRUPT_FIELDS} }
     runs(first: 20) { totalCount edges { node { id status graph createdAt finishedAt error } } }
     checkpoints(first: 20, after: $after) {
       totalCount
       pageInfo { hasNextPage endCursor }
-      edges { node { id step source createdAt runId next } }
+      edges { node { id step source createdAt runId next updatedBy } }
     }
   }
 }`;
 const VALUES = `query Values($threadId: ID!, $id: ID!) {
-  checkpoint(threadId: $threadId, id: $id) { id values metadata }
+  checkpoint(threadId: $threadId, id: $id) { id values metadata changes { channel before after appended } }
 }`;
+const UPDATE = `mutation Edit($input: UpdateStateInput!) { updateState(input: $input) { id step source } }`;
+const COPY = `mutation Copy($id: ID!) { copyThread(id: $id) { id } }`;
 const START = `mutation Start($input: StartRunInput!) { startRun(input: $input) { id } }`;
 const DELETE = `mutation Delete($id: ID!) { deleteThread(id: $id) { deleted checkpointsDeleted runsDeleted } }`;
 
@@ -54,24 +55,68 @@ function messageForm(title, button, input, ctx, extra = null) {
   return form;
 }
 
-function resumeForm(thread, ctx) {
-  const writes = (thread.latestCheckpoint && thread.latestCheckpoint.pendingWrites) || [];
-  const asked = writes.filter((w) => w.channel === "__interrupt__").map((w) => w.value);
-  const answer = h("textarea", { name: "answer", rows: 3, required: true, placeholder: 'yes, or {"approved": false, "feedback": "..."}' });
+function editForm(thread, ctx, rerender) {
+  const values = h("textarea.code", { name: "values", rows: 4, required: true, spellcheck: "false", placeholder: '{"messages": [{"role": "user", "content": "..."}]}' });
+  const asNode = h("input", { name: "asNode", placeholder: "LangGraph's choice" });
   const form = h(
-    "form.action.resume",
+    "form.action.edit",
     {
-      onsubmit: (event) => {
+      onsubmit: async (event) => {
         event.preventDefault();
-        startRun({ threadId: thread.id, resume: jsonOrText(answer.value) }, form, ctx);
+        let parsed;
+        try {
+          parsed = JSON.parse(values.value);
+        } catch (err) {
+          ctx.showError({ message: `the values are not JSON: ${err.message}`, code: "BAD_USER_INPUT" });
+          return;
+        }
+        const input = { threadId: thread.id, values: parsed, asNode: asNode.value.trim() || null };
+        const done = await busy(form, () => gql(UPDATE, { input }), ctx.showError);
+        if (done) rerender();
       },
     },
-    h("h3", {}, "The graph waits for an answer"),
-    asked.length ? h("div.asked", {}, asked.map((v) => jsonTree(v, 3))) : null,
-    field("Answer (JSON or text)", answer),
-    h("button", { type: "submit" }, "Resume"),
+    h("h3", {}, "Edit state"),
+    h("p.hint", {}, "Applied as the node's update would be (reducers apply): a list channel such as messages is appended to."),
+    field("Values (JSON object)", values),
+    field("As node (optional)", asNode),
+    h("button", { type: "submit" }, "Save as a new checkpoint"),
   );
   return form;
+}
+
+function copyAction(thread, ctx) {
+  const box = h("div.action");
+  const button = h("button", { type: "button" }, "Copy thread");
+  button.addEventListener("click", async () => {
+    const done = await busy(box, () => gql(COPY, { id: thread.id }), ctx.showError);
+    if (done) ctx.navigate(`/ui/threads/${done.copyThread.id}`);
+  });
+  box.append(button);
+  return box;
+}
+
+/** A channel's change: before/after trees, or for a list that only grew, its new items marked added. */
+function change(c) {
+  if (c.appended) {
+    const items = Array.isArray(c.after) ? c.after : [c.after];
+    return h(
+      "div.change",
+      { "data-channel": c.channel },
+      h("h5", {}, c.channel, h("span.source", {}, ` +${items.length} appended`)),
+      items.map((v) => h("div.added", { "aria-label": "added" }, h("span.mark", { "aria-hidden": "true" }, "+"), jsonTree(v, 1))),
+    );
+  }
+  return h(
+    "div.change",
+    { "data-channel": c.channel },
+    h("h5", {}, c.channel),
+    h(
+      "div.diff",
+      {},
+      h("div.removed", { "aria-label": "before" }, h("span.mark", { "aria-hidden": "true" }, "−"), c.before === null || c.before === undefined ? h("span.empty", {}, "(unset)") : jsonTree(c.before, 1)),
+      h("div.added", { "aria-label": "after" }, h("span.mark", { "aria-hidden": "true" }, "+"), jsonTree(c.after, 1)),
+    ),
+  );
 }
 
 function deleteAction(thread, ctx) {
@@ -103,7 +148,10 @@ function checkpointItem(thread, cp, ctx) {
         try {
           const data = await gql(VALUES, { threadId: thread.id, id: cp.id });
           body.dataset.loaded = "1";
+          const changes = data.checkpoint.changes;
           body.replaceChildren(
+            h("h4", {}, "Changes"),
+            changes.length ? h("div.changes", {}, changes.map(change)) : h("p.empty", {}, "Nothing changed."),
             h("h4", {}, "Values"),
             jsonTree(data.checkpoint.values, 1),
             h("h4", {}, "Metadata"),
@@ -121,6 +169,7 @@ function checkpointItem(thread, cp, ctx) {
       {},
       h("span.step", {}, `step ${cp.step}`),
       h("span.source", {}, cp.source),
+      cp.updatedBy.length ? h("span.by", {}, `by ${cp.updatedBy.join(", ")}`) : null,
       h("span", {}, when(cp.createdAt)),
       shortId(cp.id, true), // checkpoint ids are time-ordered: their heads look alike
       cp.next.length ? h("span.next", {}, `→ ${cp.next.join(", ")}`) : null,
@@ -132,6 +181,7 @@ function checkpointItem(thread, cp, ctx) {
 
 /** Render one thread into `root`. */
 export async function render(root, [id], query, ctx) {
+  const rerender = () => render(root, [id], query, ctx).catch(ctx.showError);
   document.title = `Thread ${id.slice(0, 8)} · Code Hero`;
   root.replaceChildren(h("h1", {}, "Thread ", shortId(id)), loading());
   const { thread } = await gql(QUERY, { id, after: query.get("after") || null });
@@ -159,6 +209,7 @@ export async function render(root, [id], query, ctx) {
           h("dd", {}, when(thread.createdAt)),
           h("dt", {}, "Updated"),
           h("dd", {}, when(thread.updatedAt)),
+          thread.expiresAt ? [h("dt", {}, "Expires"), h("dd", { "data-fact": "Expires" }, when(thread.expiresAt))] : null,
         ),
         h("h3", {}, "Metadata"),
         jsonTree(thread.metadata, 2),
@@ -167,9 +218,10 @@ export async function render(root, [id], query, ctx) {
         "section.card.actions",
         { "aria-labelledby": "act" },
         h("h2", { id: "act" }, "Actions"),
-        thread.status === "INTERRUPTED" ? resumeForm(thread, ctx) : null,
+        interruptForms(thread.id, thread.interrupts, ctx),
         messageForm("Start a run", "Start run", { threadId: thread.id }, ctx),
-        deleteAction(thread, ctx),
+        editForm(thread, ctx, rerender),
+        h("div.row", {}, copyAction(thread, ctx), deleteAction(thread, ctx)),
       ),
     ),
     h(

@@ -1,12 +1,7 @@
-// Threads: filter (status, user, metadata), sort, totalCount, cursor paging; start a run.
-// Every filter lives in the URL (/ui/threads?status=IDLE&user=...), so a view can be shared.
-//
-// TO ADD with issue 12 (not served yet; names from schema-next.graphql):
-//   ThreadFilter { statuses ids createdAfter createdBefore metadataHasKeys anyOf not }
-//   (a multi-select of statuses; the inbox as statuses: [INTERRUPTED]).
-// TO ADD with issue 13: Thread.interrupts { id node namespace value runId } in the
-//   inbox rows (the question each thread waits on); deleteThreads(filter: { ids },
-//   limit) for a bulk delete of selected rows.
+// Threads: filter (statuses, user, metadata, metadata keys), sort, totalCount, cursor
+// paging; delete the selected rows (deleteThreads by ids, after a confirmation); start a run.
+// Every filter lives in the URL (/ui/threads?status=IDLE&status=ERROR&user=...), so a
+// view can be shared. The threads waiting for a human have their own view, /ui/inbox.
 
 import { gql } from "../client.js";
 import { badge, busy, field, h, loading, shortId, when } from "../dom.js";
@@ -17,13 +12,17 @@ const QUERY = `query Threads($first: Int!, $after: String, $filter: ThreadFilter
     pageInfo { hasNextPage endCursor }
     edges { node { id status userId createdAt updatedAt metadata } }
   }
-  waiting: threads(first: 1, filter: { status: INTERRUPTED }) { totalCount }
+  waiting: threads(first: 1, filter: { statuses: [INTERRUPTED] }) { totalCount }
   graphs { name default }
 }`;
 
 const START = `mutation Start($input: StartRunInput!) { startRun(input: $input) { id threadId status } }`;
 
-const STATUSES = ["", "IDLE", "BUSY", "INTERRUPTED", "ERROR"];
+const DELETE = `mutation DeleteThreads($ids: [ID!]!, $limit: Int!) {
+  deleteThreads(filter: { ids: $ids }, limit: $limit) { deleted threadIds hasMore }
+}`;
+
+const STATUSES = ["IDLE", "BUSY", "INTERRUPTED", "ERROR"];
 const SORTS = {
   UPDATED_AT_DESC: "Updated, newest first",
   UPDATED_AT_ASC: "Updated, oldest first",
@@ -42,8 +41,11 @@ function select(name, options, value) {
 
 function variables(query) {
   const filter = {};
-  if (query.get("status")) filter.status = query.get("status");
+  const statuses = query.getAll("status").filter(Boolean);
+  if (statuses.length) filter.statuses = statuses;
   if (query.get("user")) filter.userId = query.get("user");
+  const keys = (query.get("keys") || "").split(",").map((k) => k.trim()).filter(Boolean);
+  if (keys.length) filter.metadataHasKeys = keys;
   if (query.get("metadata")) {
     try {
       filter.metadata = JSON.parse(query.get("metadata"));
@@ -70,14 +72,22 @@ function filterForm(query, ctx) {
       onsubmit: (event) => {
         event.preventDefault();
         const params = new URLSearchParams();
-        for (const [k, v] of new FormData(form)) if (v) params.set(k, String(v));
+        for (const [k, v] of new FormData(form)) if (v) params.append(k, String(v));
         params.delete("after");
         ctx.navigate(`/ui/threads${params.size ? `?${params}` : ""}`);
       },
     },
-    field("Status", select("status", Object.fromEntries(STATUSES.map((s) => [s, s || "any"])), query.get("status") || "")),
+    field(
+      "Statuses (none: any)",
+      h(
+        "select",
+        { name: "status", multiple: true, size: STATUSES.length },
+        STATUSES.map((st) => h("option", { value: st, selected: query.getAll("status").includes(st) }, st)),
+      ),
+    ),
     field("User", h("input", { name: "user", value: query.get("user") || "", placeholder: "user id" })),
     field("Metadata contains", h("input", { name: "metadata", value: query.get("metadata") || "", placeholder: '{"project": "x"}' })),
+    field("Has metadata keys", h("input", { name: "keys", value: query.get("keys") || "", placeholder: "project, owner" })),
     field("Sort", select("sort", SORTS, query.get("sort") || "UPDATED_AT_DESC")),
     field("Per page", select("first", Object.fromEntries(SIZES.map((s) => [s, s])), query.get("first") || "20")),
     h("button", { type: "submit" }, "Apply"),
@@ -109,12 +119,35 @@ function startForm(graphs, ctx) {
   return form;
 }
 
+function bulkDelete(table, ctx) {
+  const box = h("div.action.bulk");
+  const chosen = () => [...table.querySelectorAll("input[name=select]:checked")].map((c) => c.value);
+  const idle = () => {
+    const n = chosen().length;
+    box.replaceChildren(h("button.danger", { type: "button", disabled: n === 0, onclick: ask }, `Delete selected (${n})…`));
+  };
+  const ask = () =>
+    box.replaceChildren(
+      h("p", { role: "status" }, `Delete ${chosen().length} threads, their checkpoints and their runs everywhere?`),
+      h("button.danger", { type: "button", onclick: remove }, "Yes, delete them"),
+      h("button", { type: "button", onclick: idle }, "Keep them"),
+    );
+  async function remove() {
+    const ids = chosen();
+    const done = await busy(box, () => gql(DELETE, { ids, limit: ids.length }), ctx.showError);
+    if (done) ctx.navigate(location.pathname + location.search);
+  }
+  table.addEventListener("change", idle);
+  idle();
+  return box;
+}
+
 function table(threads) {
   if (!threads.edges.length) return h("p.empty", {}, "No thread matches.");
   return h(
     "table.threads",
     { "aria-label": "Threads" },
-    h("thead", {}, h("tr", {}, ["Thread", "Status", "User", "Updated", "Created", "Metadata"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Thread", "Status", "User", "Updated", "Created", "Metadata", "Select"].map((t) => h("th", { scope: "col" }, t)))),
     h(
       "tbody",
       {},
@@ -128,6 +161,7 @@ function table(threads) {
           h("td", {}, when(t.updatedAt)),
           h("td", {}, when(t.createdAt)),
           h("td.meta", {}, Object.keys(t.metadata).length ? JSON.stringify(t.metadata) : "—"),
+          h("td", {}, h("input", { type: "checkbox", name: "select", value: t.id, "aria-label": `Select thread ${t.id}` })),
         ),
       ),
     ),
@@ -144,7 +178,7 @@ export async function render(root, _params, query, ctx) {
   next.set("after", threads.pageInfo.endCursor || "");
   const first = new URLSearchParams(query);
   first.delete("after");
-  const inbox = new URLSearchParams({ status: "INTERRUPTED" });
+  const rows = table(threads);
   root.replaceChildren(
     h("h1", {}, "Threads"),
     h(
@@ -156,10 +190,11 @@ export async function render(root, _params, query, ctx) {
         `${threads.totalCount} ${threads.totalCount === 1 ? "thread matches" : "threads match"}.`,
       ),
       " ",
-      h("a", { href: `/ui/threads?${inbox}` }, `Waiting for a human: ${waiting.totalCount}`),
+      h("a", { href: "/ui/inbox" }, `Waiting for a human: ${waiting.totalCount}`),
     ),
     filterForm(query, ctx),
-    table(threads),
+    rows,
+    threads.edges.length ? bulkDelete(rows, ctx) : null,
     h(
       "nav.pager",
       { "aria-label": "Pages" },

@@ -8,12 +8,14 @@ either, except the console lines it declares it expects.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,11 +34,14 @@ DOCS = ROOT / "docs"
 DOC_SHOTS = frozenset(
     {
         "overview",
+        "overview-chart",
         "threads",
         "run-live",
+        "run-steps",
         "thread",
+        "thread-diff",
         "thread-narrow",
-        "resume",
+        "inbox",
         "signin-error",
         "graphiql",
     }
@@ -122,6 +127,46 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(started)
 
 
+@dataclass
+class CuttableProxy:
+    """tests/faults.py's BlackHoleProxy in front of a server, on its own event loop thread:
+    `cut()` closes every connection under the page (the peer hangs up, as a server
+    that drops its sockets does), `heal()` lets new ones through."""
+
+    port: int
+    proxy: Any
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.refuse)
+
+    def heal(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.forward)
+
+
+@pytest.fixture
+def proxy(server: Server) -> Iterator[CuttableProxy]:
+    """A cuttable TCP proxy to the shared server."""
+    from tests.faults import BlackHoleProxy
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = int(urlparse(server.url).port or 0)
+    forward = BlackHoleProxy("127.0.0.1", port)
+    asyncio.run_coroutine_threadsafe(forward.start(), loop).result(10)
+    yield CuttableProxy(forward.port, forward, loop, thread)
+    asyncio.run_coroutine_threadsafe(forward.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's chromium (apt-get install chromium); Playwright cannot download browsers here."""
@@ -180,7 +225,7 @@ def page(context: Any, watch: Watch) -> Any:
     return new
 
 
-Shot = Callable[[Any, str], None]
+Shot = Callable[..., None]
 
 
 @pytest.fixture
@@ -188,9 +233,13 @@ def shot(tmp_path: Path) -> Shot:
     """Screenshot a page to the test's directory as NAME.png; with UI_SCREENSHOTS_TO_DOCS=1
     also to docs/ui-NAME.png for those the README shows (how its pictures are made)."""
 
-    def take(page: Any, name: str) -> None:
+    def take(page: Any, name: str, part: Any = None) -> None:
+        """The whole page, or only the element `part` (a locator) when given."""
         path = tmp_path / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        if part is None:
+            page.screenshot(path=str(path), full_page=True)
+        else:
+            part.screenshot(path=str(path))
         if os.environ.get("UI_SCREENSHOTS_TO_DOCS") == "1" and name in DOC_SHOTS:
             shutil.copyfile(path, DOCS / f"ui-{name}.png")
 

@@ -10,9 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import Server, Shot
+from tests.ui.conftest import Server, Shot, Watch
 
 pytestmark = pytest.mark.browser
+
+STEPS = """query Steps($id: ID!) {
+  run(id: $id) { usage { totalTokens } steps { node durationMs } }
+}"""
 
 EVENTS = """query Events($id: ID!, $after: Int!) {
   run(id: $id) { status events(afterSeq: $after, first: 100) { seq } }
@@ -98,7 +102,23 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     assert page.locator(".transitions li").count() == 2
     assert page.locator(".tools li", has_text="check_python").count() == 1
     page.locator("[data-fact=Finished]").filter(has_not_text="—").wait_for()  # filled in
+    # The steps chart: one bar per Run.steps entry (read once more at the end), the usage.
+    timeline = server.gql(STEPS, id=run_id)["run"]
+    assert len(timeline["steps"]) >= 2
+    chart = page.get_by_test_id("steps")
+    assert chart.locator("g.step").count() == len(timeline["steps"])
+    assert chart.locator("g.step").evaluate_all("gs => gs.map(g => g.dataset.node)") == [
+        s["node"] for s in timeline["steps"]
+    ]
+    assert chart.locator("rect.bar.done").count() == len(timeline["steps"])
+    title = chart.locator("svg title").first.text_content() or ""
+    assert title.startswith(f"The {len(timeline['steps'])} steps")
+    tokens = f"{timeline['usage']['totalTokens']:,}"
+    assert timeline["usage"]["totalTokens"] > 0
+    assert page.locator("[data-fact=Tokens]").inner_text().startswith(tokens)
+    assert page.locator("[data-fact=Duration]").inner_text() != "—"
     shot(page, "run")
+    shot(page, "run-steps", page.locator("section", has=chart))
 
     thread_id = server.gql(f'{{ run(id: "{run_id}") {{ threadId }} }}')["run"]["threadId"]
     page.get_by_role("link", name="Threads").click()
@@ -140,10 +160,10 @@ def test_every_control_has_a_label_and_is_reachable_by_keyboard(page: Any, serve
     assert unlabelled == []
     page.keyboard.press("Tab")  # from the top: the first link, then on through the page
     focused = set()
-    for _ in range(12):
+    for _ in range(16):
         page.keyboard.press("Tab")
         focused.add(page.evaluate("() => document.activeElement.getAttribute('name')"))
-    assert {"status", "user", "metadata", "sort", "first"} <= focused
+    assert {"status", "user", "metadata", "keys", "sort", "first"} <= focused
 
 
 def test_cancel_a_slow_run(page: Any, server: Server) -> None:
@@ -178,21 +198,29 @@ def test_resume_an_interrupt_from_the_inbox(page: Any, server: Server, shot: Sho
         " config: {require_approval: true}}) { threadId status } }"
     )["startRun"]
     assert started["status"] == "INTERRUPTED"
+    thread_id = started["threadId"]
+    asked = server.gql(f'{{ thread(id: "{thread_id}") {{ interrupts {{ id node }} }} }}')
+    [interrupt] = asked["thread"]["interrupts"]
     page.goto(f"{server.url}/ui/threads")
     page.get_by_role("link", name="Waiting for a human").click()
-    page.locator(f"[data-thread='{started['threadId']}'] a").click()
-    form = page.locator("form.resume")
+    page.wait_for_url("**/ui/inbox")
+    item = page.locator(f".inbox-item[data-thread='{thread_id}']")
+    form = item.locator(f"form.resume[data-interrupt='{interrupt['id']}']")
     form.get_by_text("approval_request").wait_for()
-    shot(page, "resume")
+    assert form.get_by_role("heading").inner_text().startswith(f"Waiting at {interrupt['node']}")
+    shot(page, "inbox")
     form.get_by_label("Answer (JSON or text)").fill("yes")
     form.get_by_role("button", name="Resume").click()
     page.wait_for_url("**/ui/runs/*")
     page.get_by_text("The run has ended").wait_for(timeout=60_000)
     assert page.get_by_test_id("run-status").inner_text() == "SUCCESS"
+    page.get_by_role("link", name="Inbox").click()
+    page.get_by_test_id("total").wait_for()
+    assert page.locator(f".inbox-item[data-thread='{thread_id}']").count() == 0
 
 
 def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
-    page: Any, context: Any, server: Server
+    page: Any, context: Any, server: Server, watch: Watch
 ) -> None:
     subscribed: list[int] = []  # afterSeq of every runEvents subscription the page sends
 
@@ -205,6 +233,8 @@ def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
         socket.on("framesent", sent)
 
     page.on("websocket", frames)
+    # Chromium logs the one read of the run's steps the network may kill in flight.
+    watch.expected.append("net::ERR_INTERNET_DISCONNECTED")
     run_id = start_from_threads_page(page, server, "Build a Django model with a migration")
     page.locator(".message .text").first.wait_for()
     page.reload()  # a reload mid-run shows the run from its first event again

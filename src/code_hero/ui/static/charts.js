@@ -1,6 +1,6 @@
 // The dashboard's two inline SVG charts, drawn from API data with no library:
 // runs per time bucket stacked by status (overview), and a run's steps as a
-// Gantt-like bar chart (run view). Each has a <title> and a <desc> for screen
+// Gantt-like bar chart (run view, one g.task per step). Each has a <title> and a <desc> for screen
 // readers, and data-* attributes that say what each bar stands for.
 
 import { h, ms, s } from "./dom.js";
@@ -30,7 +30,7 @@ export function legend(statuses = RUN_STATUSES) {
 export function stackedBars(buckets, { title, summary }) {
   const W = 760;
   const H = 220;
-  const pad = { left: 34, right: 8, top: 10, bottom: 28 };
+  const pad = { left: 34, right: 24, top: 10, bottom: 28 };
   const plotW = W - pad.left - pad.right;
   const plotH = H - pad.top - pad.bottom;
   const max = Math.max(1, ...buckets.map((b) => b.runs));
@@ -91,7 +91,7 @@ export function stackedBars(buckets, { title, summary }) {
 export function gantt(steps, { title, now = Date.now() }) {
   const W = 760;
   const row = 24;
-  const label = 170;
+  const label = 230;
   const right = 70;
   const H = 24 + steps.length * row;
   const start = Math.min(...steps.map((st) => Date.parse(st.startedAt)));
@@ -107,10 +107,10 @@ export function gantt(steps, { title, now = Date.now() }) {
     const state = st.error ? "error" : st.finishedAt ? "done" : "running";
     const width = Math.max(2, x(t1) - x(t0));
     return s(
-      "g.step",
+      "g.task",
       { "data-step": i, "data-node": st.node, "data-state": state },
       s("title", {}, `${name}: ${st.finishedAt ? ms(st.durationMs) : "running"}${st.error ? ` (error: ${st.error})` : ""}`),
-      s("text.name", { x: label - 8, y: top + 15, "text-anchor": "end" }, name.length > 24 ? `${name.slice(0, 23)}…` : name),
+      s("text.name", { x: label - 8, y: top + 15, "text-anchor": "end" }, name.length > 34 ? `${name.slice(0, 33)}…` : name),
       s(`rect.bar.${state}`, { x: x(t0), y: top + 3, width, height: row - 8, rx: 3 }),
       s("text.dur", { x: x(t0) + width + 4, y: top + 15 }, st.finishedAt ? ms(st.durationMs) : "…"),
     );

@@ -154,4 +154,7 @@ export async function render(root) {
     statsCard(data.runStats, since, now),
     h("div.grid", {}, healthCard(data.health), runsCard(data.runs)),
   );
+  // On a narrow window the chart scrolls sideways: show its newest hours first.
+  const box = root.querySelector("[data-testid=runs-chart]");
+  box.scrollLeft = box.scrollWidth;
 }

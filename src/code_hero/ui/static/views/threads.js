@@ -171,7 +171,9 @@ function table(threads) {
 /** Render the thread list into `root`. */
 export async function render(root, _params, query, ctx) {
   document.title = "Threads · Code Hero";
-  root.replaceChildren(h("h1", {}, "Threads"), filterForm(query, ctx), loading());
+  // One form for both paints: what someone selects while the list loads stays.
+  const filters = filterForm(query, ctx);
+  root.replaceChildren(h("h1", {}, "Threads"), filters, loading());
   const data = await gql(QUERY, variables(query));
   const { threads, waiting } = data;
   const next = new URLSearchParams(query);
@@ -192,7 +194,7 @@ export async function render(root, _params, query, ctx) {
       " ",
       h("a", { href: "/ui/inbox" }, `Waiting for a human: ${waiting.totalCount}`),
     ),
-    filterForm(query, ctx),
+    filters,
     rows,
     threads.edges.length ? bulkDelete(rows, ctx) : null,
     h(

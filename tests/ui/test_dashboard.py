@@ -85,7 +85,7 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     assert page.locator("[data-backend=primary]").count() == 1
     assert page.locator("[data-fact='Pending sync']").inner_text() == "0"
     assert page.locator("[data-fact='Status']").inner_text() == "HEALTHY"
-    shot(page, "overview")
+    shot(page, "overview-first")  # docs/ui-overview.png is test_views' (more runs in its chart)
 
     page.get_by_role("link", name="Threads").click()
     before = int(page.get_by_test_id("total").get_attribute("data-count"))
@@ -106,8 +106,8 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     timeline = server.gql(STEPS, id=run_id)["run"]
     assert len(timeline["steps"]) >= 2
     chart = page.get_by_test_id("steps")
-    assert chart.locator("g.step").count() == len(timeline["steps"])
-    assert chart.locator("g.step").evaluate_all("gs => gs.map(g => g.dataset.node)") == [
+    assert chart.locator("g.task").count() == len(timeline["steps"])
+    assert chart.locator("g.task").evaluate_all("gs => gs.map(g => g.dataset.node)") == [
         s["node"] for s in timeline["steps"]
     ]
     assert chart.locator("rect.bar.done").count() == len(timeline["steps"])

@@ -78,6 +78,10 @@ def test_the_overview_chart_draws_runstats_by_hour_and_status(
     assert page.get_by_role("list", name="Legend").locator("li").count() == 6
     shot(page, "overview")
     shot(page, "overview-chart", page.locator("section.stats"))
+    page.set_viewport_size({"width": 390, "height": 800})  # a narrow window
+    page.reload()
+    chart.locator("svg").wait_for()
+    shot(page, "overview-narrow")
 
 
 def _iso(text: str) -> str:
@@ -152,6 +156,7 @@ def test_filter_by_statuses_and_delete_the_selected_threads(page: Any, server: S
     idle = run_to_end(server)["threadId"]
     waiting = run_to_end(server, "Add a FastAPI route", config={"require_approval": True})
     page.goto(f"{server.url}/ui/threads")
+    page.get_by_test_id("total").wait_for()
     page.get_by_label("Statuses (none: any)").select_option(["INTERRUPTED", "ERROR"])
     page.get_by_role("button", name="Apply").click()
     page.wait_for_function("() => location.search.startsWith('?status=INTERRUPTED&status=ERROR&')")

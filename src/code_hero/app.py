@@ -123,6 +123,7 @@ class GraphQLView(GraphQL[Context, None]):
         limits: Limits,
         observe: OperationObserver,
         authenticator: Authenticator | None = None,
+        fanout: Fanout | None = None,
         **options: Any,
     ) -> None:
         super().__init__(schema, **options)
@@ -130,7 +131,7 @@ class GraphQLView(GraphQL[Context, None]):
         self.limits = limits
         self.observe = observe
         self.authenticator = authenticator or Authenticator()
-        self.fanout = Fanout()  # shared runEvents streams of this app's sockets
+        self.fanout = fanout or Fanout()  # shared runEvents streams of this app's sockets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -284,14 +285,21 @@ class BodySizeLimit:
 class GatewayCollector(Collector):
     """The gateway's metrics, read at each scrape."""
 
-    def __init__(self, runtime: _Runtime) -> None:
+    def __init__(self, runtime: _Runtime, fanout: Fanout | None = None) -> None:
         self.runtime = runtime
+        self.fanout = fanout
 
     def collect(self) -> Iterable[Metric]:
         gateway = self.runtime.gateway
         if gateway is None:
             return []
-        return list(_gateway_metrics(gateway.metrics()))
+        snap = gateway.metrics()
+        if self.fanout is not None:  # the shared streams live in the app, not the gateway
+            snap["internal_entries"] = {
+                **snap.get("internal_entries", {}),
+                **self.fanout.internal_sizes(),
+            }
+        return list(_gateway_metrics(snap))
 
 
 def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
@@ -384,7 +392,8 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
     limits = settings.limits
     runtime = _Runtime()
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(runtime))
+    fanout = Fanout()
+    registry.register(GatewayCollector(runtime, fanout))
     operations = Counter(
         "code_hero_graphql_operations",
         "GraphQL operations by type and outcome (ok or the error code).",
@@ -401,6 +410,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         limits,
         observe,
         Authenticator(settings.auth),
+        fanout,
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=(
             GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -449,8 +459,6 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         routes += ui_routes(graphiql=settings.graphiql)
     if settings.ui or settings.graphiql:
         routes += vendor_routes()
-    return Starlette(
-        routes=routes,
-        middleware=_middleware(settings),
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=routes, middleware=_middleware(settings), lifespan=lifespan)
+    app.state.fanout = fanout
+    return app

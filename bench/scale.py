@@ -39,6 +39,7 @@ GRAPHS = (
 )
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 SUBSCRIBE = "subscription($id: ID!) { runEvents(runId: $id) { seq __typename } }"
+VERBOSE = False
 REPLICA_ENV = {
     "CODE_HERO_GRAPHS": GRAPHS,
     "CODE_HERO_MAX_CONCURRENT_RUNS": "32",
@@ -184,6 +185,9 @@ async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bo
         (max(times) - min(times)) * 1000
         for times in ([s.arrivals[q] for s in subs if q in s.arrivals] for q in all_seqs)
     )
+    if VERBOSE:
+        by_seq = {q: max(t) - min(t) for q in all_seqs if (t := [s.arrivals[q] for s in subs if q in s.arrivals])}
+        print("spread by seq (ms):", {q: round(v * 1000) for q, v in sorted(by_seq.items())})
     p99 = spreads[max(int(len(spreads) * 0.99) - 1, 0)]
     return p99, per_sub_kb, complete
 

@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -158,6 +158,7 @@ class Fanout:
 
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
+        self.checks: dict[Hashable, asyncio.Future[None]] = {}  # gates' checks under way
         self._producers: dict[tuple[Any, ...], Producer] = {}
 
     def internal_sizes(self) -> dict[str, int]:

@@ -56,7 +56,7 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if not shareable(operation.query, operation.operation_name):
             await super().run_operation(operation)
             return
-        mode = Mode(gate=True)
+        mode = Mode(gate=True, checks=cast(Any, self.view).fanout.checks)
         MODE.set(mode)  # this operation's task only
         try:
             result_source = await self.schema.stream(
@@ -114,7 +114,7 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         if not shareable(query, operation_name):
             await super().handle_async_results(operation_id, query, operation_name, variables)
             return
-        mode = Mode(gate=True)
+        mode = Mode(gate=True, checks=cast(Any, self.view).fanout.checks)
         MODE.set(mode)  # this operation's task only
         try:
             result_source = await self.schema.subscribe(

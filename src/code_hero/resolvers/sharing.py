@@ -11,8 +11,10 @@ in its own task, so the mode of one never leaks into another.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import ArgumentNode, GraphQLResolveInfo, Node, VariableNode, visit
@@ -20,7 +22,7 @@ from graphql.language import Visitor
 
 from code_hero.auth import Caller
 
-__all__ = ["MODE", "Gate", "Mode", "after_variable", "producing"]
+__all__ = ["MODE", "Gate", "Mode", "after_variable", "checked", "producing"]
 
 
 @dataclass(eq=False)
@@ -41,6 +43,8 @@ class Mode:
     after_seq: int = 0  # a producer follows the run after this seq
     found: Gate | None = None  # set by the resolver of a gate
     seq: int = 0  # a producer: the seq of the event being executed
+    # Gates' checks under way, shared by the gates of one app (see `checked`).
+    checks: dict[Hashable, asyncio.Future[None]] = field(default_factory=dict)
 
 
 MODE: ContextVar[Mode | None] = ContextVar("code_hero_share_mode", default=None)
@@ -80,3 +84,28 @@ def after_variable(info: GraphQLResolveInfo[Any]) -> str | None:
     for node in nodes:
         visit(node, uses)
     return name if uses.count == 2 else None  # its definition and the argument
+
+
+async def checked(
+    checks: dict[Hashable, asyncio.Future[None]],
+    key: Hashable,
+    check: Callable[[], Awaitable[None]],
+) -> None:
+    """Run `check`, or wait for the same check (same run, start, types and caller) under way.
+
+    A crowd subscribing at once to one run asks the database once instead of
+    once each: a thousand lookups at once starved the pool into timeouts.
+    Each gate still waits for the answer and fails with it.
+    """
+    pending = checks.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(check())
+        checks[key] = pending
+
+        def done(future: asyncio.Future[None]) -> None:
+            checks.pop(key, None)
+            if not future.cancelled():
+                future.exception()  # retrieved: every waiter raises it
+
+        pending.add_done_callback(done)
+    await asyncio.shield(pending)

@@ -42,17 +42,24 @@ async def run_events(
     mode = sharing.MODE.get()
     if mode is not None and not mode.gate:
         after_seq = mode.after_seq
-    stream = await ctx.gateway.follow_run(
-        run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
-    )
-    if mode is None:
-        return _events(stream)
-    if mode.gate:
-        await _close(stream)
+    if mode is not None and mode.gate:
+
+        async def check() -> None:
+            await _close(
+                await ctx.gateway.follow_run(
+                    run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
+                )
+            )
+
+        key = (run_id, after_seq, tuple(types or ()), ctx.caller)
+        await sharing.checked(mode.checks, key, check)
         mode.found = sharing.Gate(
             run_id, after_seq or 0, sharing.after_variable(info._raw_info), ctx.caller
         )
         return _nothing()
+    stream = await ctx.gateway.follow_run(
+        run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
+    )
     return _events(stream, mode)
 
 

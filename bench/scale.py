@@ -186,7 +186,8 @@ async def fan_out(replicas: list[Replica], count: int) -> tuple[float, float, bo
         for times in ([s.arrivals[q] for s in subs if q in s.arrivals] for q in all_seqs)
     )
     if VERBOSE:
-        by_seq = {q: max(t) - min(t) for q in all_seqs if (t := [s.arrivals[q] for s in subs if q in s.arrivals])}
+        got = {q: [s.arrivals[q] for s in subs if q in s.arrivals] for q in all_seqs}
+        by_seq = {q: max(t) - min(t) for q, t in got.items()}
         print("spread by seq (ms):", {q: round(v * 1000) for q, v in sorted(by_seq.items())})
     p99 = spreads[max(int(len(spreads) * 0.99) - 1, 0)]
     return p99, per_sub_kb, complete

@@ -56,17 +56,18 @@ from strawberry.subscriptions import (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
 )
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
 
 from code_hero.auth import ANONYMOUS, Authenticator, Caller
 from code_hero.errors import UnauthenticatedError
+from code_hero.fanout import Encoded, Fanout
 from code_hero.gateway import Gateway
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.resolvers.context import Context, OperationObserver
 from code_hero.schema import build_schema
 from code_hero.settings import AppSettings, Limits
+from code_hero.sockets import SharedLegacyWSHandler, SharedTransportWSHandler
 from code_hero.ui import offline_graphiql_html, ui_routes, vendor_routes
 
 __all__ = ["create_app"]
@@ -88,7 +89,7 @@ class _Runtime:
         return self.gateway
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+class LegacyWSHandler(SharedLegacyWSHandler):
     """The legacy `graphql-ws` protocol, closing an unauthenticated socket with 4403.
 
     Strawberry closes a rejected legacy socket with 1011; the same rule as
@@ -113,6 +114,7 @@ class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context and authentication."""
 
     graphql_ws_handler_class = LegacyWSHandler
+    graphql_transport_ws_handler_class = SharedTransportWSHandler
 
     def __init__(
         self,
@@ -121,6 +123,7 @@ class GraphQLView(GraphQL[Context, None]):
         limits: Limits,
         observe: OperationObserver,
         authenticator: Authenticator | None = None,
+        fanout: Fanout | None = None,
         **options: Any,
     ) -> None:
         super().__init__(schema, **options)
@@ -128,6 +131,7 @@ class GraphQLView(GraphQL[Context, None]):
         self.limits = limits
         self.observe = observe
         self.authenticator = authenticator or Authenticator()
+        self.fanout = fanout or Fanout()  # shared runEvents streams of this app's sockets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,6 +153,12 @@ class GraphQLView(GraphQL[Context, None]):
         except HTTPException as exc:  # a body that is not a GraphQL request: JSON all the same
             response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
         await response(scope, receive, send)
+
+    def encode_json(self, data: object) -> str | bytes:
+        """JSON text; a message encoded already (a shared stream's) is sent as it is."""
+        if isinstance(data, Encoded):
+            return data.text
+        return super().encode_json(data)
 
     def decode_json(self, data: str | bytes) -> object:
         """A body, a socket message or a GET parameter: a JSON object, else malformed.
@@ -275,14 +285,21 @@ class BodySizeLimit:
 class GatewayCollector(Collector):
     """The gateway's metrics, read at each scrape."""
 
-    def __init__(self, runtime: _Runtime) -> None:
+    def __init__(self, runtime: _Runtime, fanout: Fanout | None = None) -> None:
         self.runtime = runtime
+        self.fanout = fanout
 
     def collect(self) -> Iterable[Metric]:
         gateway = self.runtime.gateway
         if gateway is None:
             return []
-        return list(_gateway_metrics(gateway.metrics()))
+        snap = gateway.metrics()
+        if self.fanout is not None:  # the shared streams live in the app, not the gateway
+            snap["internal_entries"] = {
+                **snap.get("internal_entries", {}),
+                **self.fanout.internal_sizes(),
+            }
+        return list(_gateway_metrics(snap))
 
 
 def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
@@ -375,7 +392,8 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
     limits = settings.limits
     runtime = _Runtime()
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(runtime))
+    fanout = Fanout()
+    registry.register(GatewayCollector(runtime, fanout))
     operations = Counter(
         "code_hero_graphql_operations",
         "GraphQL operations by type and outcome (ok or the error code).",
@@ -392,6 +410,7 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         limits,
         observe,
         Authenticator(settings.auth),
+        fanout,
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=(
             GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -440,8 +459,6 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         routes += ui_routes(graphiql=settings.graphiql)
     if settings.ui or settings.graphiql:
         routes += vendor_routes()
-    return Starlette(
-        routes=routes,
-        middleware=_middleware(settings),
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=routes, middleware=_middleware(settings), lifespan=lifespan)
+    app.state.fanout = fanout
+    return app

@@ -69,6 +69,9 @@ def serve(args: argparse.Namespace) -> int:
             # The sans-I/O implementation holds less memory per idle socket than
             # uvicorn's default (172 -> 108 KB per idle socket, measured with the server alone).
             ws="websockets-sansio",
+            # No permessage-deflate: its zlib state costs each idle socket tens of KB,
+            # and a shared stream would compress the same payload once per socket.
+            ws_per_message_deflate=False,
         )
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: a

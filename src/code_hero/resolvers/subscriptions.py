@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
 from code_hero.persistence.records import EventRecord
-from code_hero.resolvers import mapping, runs
+from code_hero.resolvers import mapping, runs, sharing
 
 if TYPE_CHECKING:
     from strawberry import Info
@@ -34,13 +34,33 @@ async def run_events(
 ) -> AsyncIterator[ev.RunEvent]:
     """Replay after `after_seq`, then live; ends after the run's final status.
 
-    An unknown run raises NOT_FOUND here, before the stream starts.
+    An unknown run raises NOT_FOUND here, before the stream starts. A shared
+    stream's gate checks the same and only records what to follow; its
+    producer follows from where the producer starts (see resolvers.sharing).
     """
     ctx = info.context
+    mode = sharing.MODE.get()
+    if mode is not None and not mode.gate:
+        after_seq = mode.after_seq
+    if mode is not None and mode.gate:
+
+        async def check() -> None:
+            await _close(
+                await ctx.gateway.follow_run(
+                    run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
+                )
+            )
+
+        key = (run_id, after_seq, tuple(types or ()), ctx.caller)
+        await sharing.checked(mode.checks, key, check)
+        mode.found = sharing.Gate(
+            run_id, after_seq or 0, sharing.after_variable(info._raw_info), ctx.caller
+        )
+        return _nothing()
     stream = await ctx.gateway.follow_run(
         run_id, after_seq=after_seq or 0, types=_types(types), caller=ctx.caller
     )
-    return _events(stream)
+    return _events(stream, mode)
 
 
 async def run_stream(
@@ -71,11 +91,24 @@ async def thread_events(info: Info[Context, Any], thread_id: str) -> AsyncIterat
     return _events(stream)
 
 
-async def _events(stream: AsyncIterator[EventRecord]) -> AsyncGenerator[ev.RunEvent, None]:
+async def _events(
+    stream: AsyncIterator[EventRecord], mode: sharing.Mode | None = None
+) -> AsyncGenerator[ev.RunEvent, None]:
     try:
         async for record in stream:
+            if mode is not None:  # the producer tags what it encodes with the seq
+                mode.seq = record.seq
             yield mapping.event_of(record)
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close(stream)
+
+
+async def _close(stream: AsyncIterator[EventRecord]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _nothing() -> AsyncGenerator[ev.RunEvent, None]:
+    return
+    yield  # an async generator that ends at once

@@ -68,6 +68,7 @@ from code_hero.errors import CodeHeroError, QueryTooComplexError
 from code_hero.persistence.records import RunStatus
 from code_hero.persistence.stats import MAX_BUCKETS
 from code_hero.resolvers.context import Context
+from code_hero.resolvers.sharing import producing
 
 __all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
 
@@ -262,7 +263,8 @@ class CostLimit(SchemaExtension):
             raise QueryTooComplexError(cost, self.max_cost)
         context = self.execution_context.context
         kind = self.execution_context.operation_type
-        if isinstance(context, Context) and kind is not Kind.MUTATION:
+        # A shared stream's producer is paid for by each subscriber's gate.
+        if isinstance(context, Context) and kind is not Kind.MUTATION and not producing():
             context.gateway.spend_reads(context.caller, cost)
 
     def get_results(self) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""The WebSocket protocols with shared `runEvents` streams (see code_hero.fanout).
+
+Both handlers run a shareable operation as a gate first: Strawberry's own
+path, so every check, error and message of a subscriber is what it was; the
+gate's resolver only records the run to follow. Then the subscriber joins
+the shared stream and sends each payload with its own id spliced in. Every
+other operation takes Strawberry's path unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, cast
+
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+    _OperationStreamClosed,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import CompleteMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    CompleteMessage as LegacyComplete,
+)
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ErrorMessage,
+    OperationMessage,
+)
+from strawberry.types.execution import PreExecutionError
+
+from code_hero.fanout import Encoded, Fanout, Request, shareable
+from code_hero.resolvers.context import Context
+from code_hero.resolvers.sharing import MODE, Mode
+
+if TYPE_CHECKING:
+    from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
+
+__all__ = ["SharedLegacyWSHandler", "SharedTransportWSHandler"]
+
+
+def _request(
+    handler: Any, query: str, variables: dict[str, Any] | None, operation_name: str | None
+) -> Request:
+    return Request(
+        handler.schema, query, variables, operation_name, handler.context, handler.view.encode_json
+    )
+
+
+class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """`graphql-transport-ws`, with shared `runEvents` streams."""
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        """Strawberry's operation task, joining a shared stream after the gate."""
+        if not shareable(operation.query, operation.operation_name):
+            await super().run_operation(operation)
+            return
+        mode = Mode(gate=True, checks=cast(Any, self.view).fanout.checks)
+        MODE.set(mode)  # this operation's task only
+        try:
+            result_source = await self.schema.stream(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation.operation_name,
+            )
+            async with aclosing(result_source):
+                await self._send_result_stream(operation, result_source)
+            if mode.found is not None and not operation.completed:
+                await self._send_shared(operation, mode)
+            await operation.send_operation_message(
+                CompleteMessage(id=operation.id, type="complete")
+            )
+        except _OperationStreamClosed:
+            return
+        except Exception as error:  # as Strawberry's own task does
+            await self.handle_task_exception(error)
+            try:
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            except Exception:  # the socket is gone: nothing to tell
+                pass
+            self.operations.pop(operation.id, None)
+            raise
+
+    async def _send_shared(self, operation: Operation[Context, None], mode: Mode) -> None:
+        assert mode.found is not None
+        fanout: Fanout = cast(Any, self.view).fanout
+        request = _request(self, operation.query, operation.variables, operation.operation_name)
+        head = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
+        async for entry in fanout.follow(request, mode.found):
+            if entry.errors is not None:
+                await operation.send_operation_message(
+                    {"id": operation.id, "type": "error", "payload": entry.errors}
+                )
+                return
+            assert entry.payload is not None
+            message = Encoded("next", head + entry.payload + "}")
+            await operation.send_operation_message(cast("Message", message))
+
+
+class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy `graphql-ws` protocol, with shared `runEvents` streams."""
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        """Strawberry's operation task, joining a shared stream after the gate."""
+        if not shareable(query, operation_name):
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+            return
+        mode = Mode(gate=True, checks=cast(Any, self.view).fanout.checks)
+        MODE.set(mode)  # this operation's task only
+        try:
+            result_source = await self.schema.subscribe(
+                query=query,
+                variable_values=variables,
+                operation_name=operation_name,
+                context_value=self.context,
+                root_value=self.root_value,
+            )
+            self.subscriptions[operation_id] = result_source
+            first = True
+            async for result in result_source:
+                if first and isinstance(result, PreExecutionError):
+                    assert result.errors
+                    await self.send_message(
+                        ErrorMessage(
+                            type="error", id=operation_id, payload=result.errors[0].formatted
+                        )
+                    )
+                    return
+                await self.send_data_message(result, operation_id)
+                first = False
+            if mode.found is not None:
+                fanout: Fanout = cast(Any, self.view).fanout
+                request = _request(self, query, variables, operation_name)
+                head = '{"type":"data","id":' + json.dumps(operation_id) + ',"payload":'
+                async for entry in fanout.follow(request, mode.found):
+                    if entry.errors is not None:
+                        await self.send_message(
+                            ErrorMessage(type="error", id=operation_id, payload=entry.errors[0])
+                        )
+                        return
+                    assert entry.payload is not None
+                    message = Encoded("data", head + entry.payload + "}")
+                    await self.send_message(cast(OperationMessage, message))
+            await self.send_message(LegacyComplete(type="complete", id=operation_id))
+        except asyncio.CancelledError:  # a stop: Strawberry answers it with complete
+            await self.send_message(LegacyComplete(type="complete", id=operation_id))
+            raise
+        finally:
+            self.subscriptions.pop(operation_id, None)
+            self.tasks.pop(operation_id, None)

@@ -44,11 +44,11 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 PG_THREADS = """
 INSERT INTO code_hero_threads (thread_id, user_id, status, metadata, created_at, updated_at)
-SELECT 'dash-' || lpad(g::text, 7, '0'), 'user-' || (g % 10),
-       (ARRAY['IDLE', 'IDLE', 'ERROR', 'INTERRUPTED'])[g % 4 + 1],
-       jsonb_build_object('team', 'team-' || (g % 7),
-                          'env', CASE WHEN g % 3 = 0 THEN 'prod' ELSE 'dev' END)
-         || CASE WHEN g % 5 = 0 THEN '{"flagged": true}'::jsonb ELSE '{}'::jsonb END,
+SELECT 'dash-' || lpad(g::text, 7, '0'), 'user-' || (g %% 10),
+       (ARRAY['IDLE', 'IDLE', 'ERROR', 'INTERRUPTED'])[g %% 4 + 1],
+       jsonb_build_object('team', 'team-' || (g %% 7),
+                          'env', CASE WHEN g %% 3 = 0 THEN 'prod' ELSE 'dev' END)
+         || CASE WHEN g %% 5 = 0 THEN '{"flagged": true}'::jsonb ELSE '{}'::jsonb END,
        %(now)s - make_interval(secs => g * 26), %(now)s - make_interval(secs => g * 13)
 FROM generate_series(1, %(n)s) AS g
 """
@@ -56,13 +56,13 @@ PG_RUNS = """
 INSERT INTO code_hero_runs (run_id, thread_id, graph, status, metadata, config, user_id,
                             created_at, started_at, finished_at, input_tokens, output_tokens)
 SELECT 'run-' || lpad(g::text, 7, '0'), 'dash-' || lpad(g::text, 7, '0'),
-       CASE WHEN g % 3 = 0 THEN 'other' ELSE 'default' END,
-       (ARRAY['SUCCESS', 'SUCCESS', 'SUCCESS', 'ERROR', 'INTERRUPTED', 'CANCELLED'])[g % 6 + 1],
-       '{}', '{}', 'user-' || (g % 10),
+       CASE WHEN g %% 3 = 0 THEN 'other' ELSE 'default' END,
+       (ARRAY['SUCCESS', 'SUCCESS', 'SUCCESS', 'ERROR', 'INTERRUPTED', 'CANCELLED'])[g %% 6 + 1],
+       '{}', '{}', 'user-' || (g %% 10),
        %(now)s - make_interval(secs => g * 6),
        %(now)s - make_interval(secs => g * 6) + interval '5 ms',
-       %(now)s - make_interval(secs => g * 6) + make_interval(secs => 0.05 + (g % 97) / 10.0),
-       g % 500, g % 300
+       %(now)s - make_interval(secs => g * 6) + make_interval(secs => 0.05 + (g %% 97) / 10.0),
+       g %% 500, g %% 300
 FROM generate_series(1, %(n)s) AS g
 """
 
@@ -79,7 +79,7 @@ def iso(at: datetime) -> str:
 
 COUNT_SHAPES: dict[str, dict[str, Any]] = {
     "statuses": {"statuses": ["ERROR", "INTERRUPTED"]},
-    "user+statuses": {"userId": "user-3", "statuses": ["ERROR"]},
+    "user+statuses": {"userId": "user-2", "statuses": ["ERROR"]},
     "metadata": {"metadata": {"team": "team-2"}},
     "created range": {
         "createdAfter": iso(NOW - timedelta(days=10)),

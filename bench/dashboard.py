@@ -37,7 +37,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Replica, median, scratch_database, target
-from changes import changes_targets
+from changes import changes_targets, gql
 
 N = 100_000
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -153,14 +153,6 @@ async def seed_postgres(url: str) -> None:
         await conn.execute(PG_THREADS, {"now": NOW, "n": N})
         await conn.execute(PG_RUNS, {"now": NOW, "n": N})
         await conn.execute("ANALYZE")
-
-
-async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    data: dict[str, Any] = body["data"]
-    return data
 
 
 async def timed(

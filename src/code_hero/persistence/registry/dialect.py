@@ -229,6 +229,18 @@ class Dialect(ABC):
     def _run_params(self, run: RunRecord) -> list[Any]:
         return [self._run_param(name, getattr(run, name)) for name in RUN_FIELDS]
 
+    def _thread_params(self, thread: ThreadRecord) -> list[Any]:
+        """A thread's row: THREAD_COLUMNS, then ttl_seconds."""
+        return [
+            thread.thread_id,
+            thread.user_id,
+            ThreadStatus(thread.status).value,
+            self._json(dict(thread.metadata)),
+            self._ts(utc(thread.created_at)),
+            self._ts(utc(thread.updated_at)),
+            thread.ttl_seconds,
+        ]
+
 
 def _step_json(step: StepRecord) -> dict[str, Any]:
     """A step as the JSON object its run's `steps` column holds (times as ISO text)."""

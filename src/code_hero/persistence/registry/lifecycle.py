@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
-from code_hero.persistence.records import ThreadFilter, ThreadRecord, ThreadStatus
+from code_hero.persistence.records import ThreadFilter, ThreadRecord
 from code_hero.persistence.registry.dialect import THREAD_COLUMNS, Dialect, utc, utc_now
 
 __all__ = ["SWEEP_LOCK_KEY", "THREAD_READ_COLUMNS", "ThreadLifecycle"]
@@ -59,15 +59,7 @@ class ThreadLifecycle(Dialect):
             f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO NOTHING"
         )
-        params = [
-            thread.thread_id,
-            thread.user_id,
-            ThreadStatus(thread.status).value,
-            self._json(dict(thread.metadata)),
-            self._ts(utc(thread.created_at)),
-            self._ts(utc(thread.updated_at)),
-            thread.ttl_seconds,
-        ]
+        params = self._thread_params(thread)
         async with self._session(atomic=True) as s:
             if not await s.execute(sql, params):
                 return None

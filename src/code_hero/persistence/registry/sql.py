@@ -121,15 +121,7 @@ class SqlRegistry(RunClaims, RunStatsQueries, ThreadEdits, ThreadLifecycle, Regi
             "created_at = excluded.created_at, updated_at = excluded.updated_at, "
             "ttl_seconds = excluded.ttl_seconds"
         )
-        params = [
-            thread.thread_id,
-            thread.user_id,
-            ThreadStatus(thread.status).value,
-            self._json(dict(thread.metadata)),
-            self._ts(utc(thread.created_at)),
-            self._ts(utc(thread.updated_at)),
-            thread.ttl_seconds,
-        ]
+        params = self._thread_params(thread)
         async with self._session() as s:
             await s.execute(sql, params)
 

@@ -110,3 +110,21 @@ export function subscribe(query, variables, { next, error, complete }) {
     },
   );
 }
+
+/**
+ * Run a query over the socket the page's subscriptions already hold; resolves to
+ * `data`. A read here dies with the socket quietly when the network goes, where a
+ * fetch in flight would be logged by the browser as a failed request.
+ */
+export function socketQuery(query, variables = {}) {
+  return new Promise((resolve, reject) => {
+    let data = null;
+    subscribe(query, variables, {
+      next: (result) => {
+        data = result;
+      },
+      error: reject,
+      complete: () => resolve(data),
+    });
+  });
+}

@@ -6,7 +6,7 @@
 // seq seen, and an event at or below it is never shown twice. The start forms use
 // startRun and come here rather than runStream (see thread.js for why).
 
-import { gql, resetSocket, subscribe } from "../client.js";
+import { gql, resetSocket, socketQuery, subscribe } from "../client.js";
 import { gantt } from "../charts.js";
 import { badge, busy, count, field, h, jsonOrText, jsonTree, loading, ms, shortId, when } from "../dom.js";
 
@@ -86,7 +86,8 @@ export async function render(root, [id], _query, ctx) {
   const steps = h("div.chart-box", { "data-testid": "steps" }, h("p.empty", {}, "No step yet."));
 
   // Run.steps, usage and durationMs: read again after a node's update or a status
-  // change, at most one read in flight and one queued (a burst of events makes one read).
+  // change, at most one read in flight and one queued (a burst of events makes one read);
+  // over the run's socket, so a read the network cuts is not a failed request in the log.
   let reading = null;
   let again = false;
   let stale = false;
@@ -105,7 +106,7 @@ export async function render(root, [id], _query, ctx) {
       stale = true; // read when the network is back
       return Promise.resolve();
     }
-    reading = gql(TIMELINE, { id })
+    reading = socketQuery(TIMELINE, { id })
       .then((data) => data.run && showTimeline(data.run))
       .catch((err) => {
         // A lost network is the live line's news, not an error: read again when back.

@@ -31,6 +31,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
@@ -149,6 +150,18 @@ class GraphQLView(GraphQL[Context, None]):
         except HTTPException as exc:  # a body that is not a GraphQL request: JSON all the same
             response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
         await response(scope, receive, send)
+
+    def encode_json(self, data: object) -> str:
+        """Every response and socket message, with orjson (a tenth of json.dumps' time).
+
+        Text, not bytes: Strawberry sends bytes over a WebSocket as binary frames,
+        which graphql-ws clients do not read. What orjson refuses (an integer past
+        64 bits, a key that is not a string) goes through json.dumps as before.
+        """
+        try:
+            return orjson.dumps(data).decode()
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            return json.dumps(data, separators=(",", ":"))
 
     def decode_json(self, data: str | bytes) -> object:
         """A body, a socket message or a GET parameter: a JSON object, else malformed.

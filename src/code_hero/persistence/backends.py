@@ -218,6 +218,21 @@ async def _foreign_keys(conn: aiosqlite.Connection, on: bool) -> None:
     await conn.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
 
 
+async def _synchronous_normal(conn: aiosqlite.Connection) -> None:
+    """Under WAL, sync the log at checkpoints rather than at every commit.
+
+    A commit then costs no fsync (a deletion is two commits: it took 58 ms,
+    mostly fsync, on a loaded machine). Still safe when the process crashes;
+    a power loss or OS crash may lose the last commits, never corrupt the file
+    (README, Performance). Only under WAL: in rollback-journal mode NORMAL
+    could corrupt the file on power loss, so another journal mode keeps FULL.
+    """
+    async with conn.execute("PRAGMA journal_mode") as cur:
+        row = await cur.fetchone()
+    if row is not None and str(row[0]).lower() == "wal":
+        await conn.execute("PRAGMA synchronous = NORMAL")
+
+
 class SqliteBackend(Backend):
     """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
 
@@ -239,6 +254,7 @@ class SqliteBackend(Backend):
             saver = AsyncSqliteSaver(self._conn)
             if self.config.auto_setup:
                 await saver.setup()
+            await _synchronous_normal(self._conn)
             self.saver = saver
             # The registry takes the saver's lock: every statement on this
             # connection is serialised, so writes never meet "database is locked".

@@ -94,6 +94,13 @@ class Backend:
         """Every thread id that has checkpoints (a scan: for migration and retention)."""
         raise NotImplementedError
 
+    async def delete_checkpoints(self, thread_id: str) -> int:
+        """Delete the thread's checkpoints, writes and blobs as the saver's adelete_thread
+        does; returns how many checkpoints went."""
+        count = await self.count_checkpoints(thread_id)
+        await self.saver.adelete_thread(thread_id)
+        return count
+
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
@@ -292,6 +299,17 @@ class SqliteBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")]
 
+    async def delete_checkpoints(self, thread_id: str) -> int:
+        # The stock adelete_thread's two deletes, counted by the first (no count query).
+        async with self._lock:
+            cur = await self._conn.execute(
+                "DELETE FROM checkpoints WHERE thread_id = ?", (str(thread_id),)
+            )
+            removed = cur.rowcount
+            await self._conn.execute("DELETE FROM writes WHERE thread_id = ?", (str(thread_id),))
+            await self._conn.commit()
+        return int(removed)
+
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._lock:
             cur = await self._conn.execute(
@@ -432,6 +450,19 @@ class PostgresBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
         return [r["thread_id"] for r in rows]
+
+    async def delete_checkpoints(self, thread_id: str) -> int:
+        # The stock adelete_thread's three deletes as one statement: one round trip and
+        # one commit (the stock saver commits each delete on an autocommit connection),
+        # counted by the statement itself rather than a count query before it.
+        rows = await self._fetch(
+            """WITH gone AS (DELETE FROM checkpoints WHERE thread_id = %s RETURNING 1),
+                    blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id = %s),
+                    writes AS (DELETE FROM checkpoint_writes WHERE thread_id = %s)
+               SELECT count(*) AS n FROM gone""",
+            (str(thread_id),) * 3,
+        )
+        return int(rows[0]["n"])
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

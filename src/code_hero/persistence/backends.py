@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.config import CheckpointerConfig, redact_url
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.savers import SaverPool
@@ -351,7 +352,7 @@ class PostgresBackend(Backend):
         self._pool = pool
         try:
             await pool.open(wait=True, timeout=self.config.pool_timeout)
-            instances = [AsyncPostgresSaver(pool) for _ in range(self.config.saver_instances)]
+            instances = [LoopReadingPostgresSaver(pool) for _ in range(self.config.saver_instances)]
             self.registry = PostgresRegistry(pool)
             if self.config.auto_setup:
                 async with pool.connection() as lock_conn:

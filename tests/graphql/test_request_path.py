@@ -43,7 +43,7 @@ async def test_a_failed_document_fails_every_time(start: Starter) -> None:
     async with start(Limits(max_tokens=30, max_aliases=0)) as server:
         for _ in range(3):
             body = await gql(server.http, "{ graphs { name ")
-            assert codes(body) == ["GRAPHQL_PARSE_FAILED"] or codes(body) == ["BAD_USER_INPUT"]
+            assert codes(body) == ["BAD_USER_INPUT"]
             assert "Syntax Error" in body["errors"][0]["message"]
             body = await gql(server.http, long_query)
             assert codes(body) == ["BAD_USER_INPUT"] and "tokens" in body["errors"][0]["message"]
@@ -72,7 +72,7 @@ def test_parsed_documents_are_bounded() -> None:
     request("{ b }")
     request("{ a }")  # a is now the most recent
     request("{ c }")  # evicts b
-    assert list(cache) == ["a", "c"] or list(cache) == ["{ a }", "{ c }"]
+    assert list(cache) == ["{ a }", "{ c }"]
     assert request("{ a }") is first
 
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_database, target
-from scale import Replica
+from scale import GRAPHS, Replica
 
 from code_hero.checkpointing import (
     EnhancedCheckpointerManager,
@@ -74,6 +74,8 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> tuple[float
                 assert len(data["thread"]["checkpoints"]["edges"]) == 20
                 start = time.perf_counter()
                 page = await manager.list_checkpoints(thread, first=20)
+                for view in page.items:  # rendered when asked for, as the GraphQL page does
+                    assert isinstance(view.values, dict)
                 direct.append((time.perf_counter() - start) * 1000)
                 assert len(page.items) == 20
     h, d = statistics.median(via_http), statistics.median(direct)
@@ -139,7 +141,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         async with scratch_database() as url:
-            replica = Replica(url, Path(tmp))
+            replica = Replica(url, Path(tmp), CODE_HERO_GRAPHS=GRAPHS)  # "small" too
             try:
                 await replica.ready()
                 h, d, added = await page_overhead(replica, url, args.samples)
@@ -152,7 +154,7 @@ async def main() -> None:
             finally:
                 replica.stop()
     print()
-    print(target("graphql_page_overhead", added, "< 2 ms", added < 2, " ms"))
+    print(target("graphql_page_overhead", added, "< 1 ms", added < 1, " ms"))
     print(target("start_run_to_first_event", first, "< 20 ms", first < 20, " ms"))
 
 

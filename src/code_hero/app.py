@@ -31,6 +31,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
@@ -154,11 +155,20 @@ class GraphQLView(GraphQL[Context, None]):
             response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
         await response(scope, receive, send)
 
-    def encode_json(self, data: object) -> str | bytes:
-        """JSON text; a message encoded already (a shared stream's) is sent as it is."""
+    def encode_json(self, data: object) -> str:
+        """Every response and socket message, with orjson (a tenth of json.dumps' time);
+        a message encoded already (a shared stream's) is sent as it is.
+
+        Text, not bytes: Strawberry sends bytes over a WebSocket as binary frames,
+        which graphql-ws clients do not read. What orjson refuses (an integer past
+        64 bits, a key that is not a string) goes through json.dumps as before.
+        """
         if isinstance(data, Encoded):
             return data.text
-        return super().encode_json(data)
+        try:
+            return orjson.dumps(data).decode()
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            return json.dumps(data, separators=(",", ":"))
 
     def decode_json(self, data: str | bytes) -> object:
         """A body, a socket message or a GET parameter: a JSON object, else malformed.

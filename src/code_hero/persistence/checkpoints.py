@@ -7,6 +7,7 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
@@ -49,11 +50,21 @@ class CheckpointView:
     step: int
     source: str
     run_id: str | None
-    values: dict[str, Any]
+    channel_values: Mapping[str, Any]  # as the saver loaded them; `values` renders them
     next: list[str]
     metadata: dict[str, Any]
     pending_writes: list[PendingWriteView]
     versions_seen: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @cached_property
+    def values(self) -> dict[str, Any]:
+        """The user's channels as JSON, rendered when first asked for: a page whose
+        values nobody selected skips rendering them (a third of its time)."""
+        return {
+            k: to_jsonable(v)
+            for k, v in self.channel_values.items()
+            if not k.startswith(_INTERNAL_PREFIXES)
+        }
 
 
 def _parse_ts(value: Any) -> datetime:
@@ -102,11 +113,6 @@ def view_of(item: CheckpointTuple) -> CheckpointView:
     checkpoint = item.checkpoint
     metadata = dict(item.metadata or {})
     parent = (item.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-    values = {
-        k: to_jsonable(v)
-        for k, v in checkpoint.get("channel_values", {}).items()
-        if not k.startswith(_INTERNAL_PREFIXES)
-    }
     writes = [
         PendingWriteView(str(task_id), str(channel), to_jsonable(value))
         for task_id, channel, value in (item.pending_writes or [])
@@ -121,7 +127,7 @@ def view_of(item: CheckpointTuple) -> CheckpointView:
         step=int(step) if isinstance(step, int) else -1,
         source=_SOURCES.get(str(metadata.get("source", "")), "LOOP"),
         run_id=str(metadata["run_id"]) if metadata.get("run_id") else None,
-        values=values,
+        channel_values=checkpoint.get("channel_values", {}),
         next=next_nodes(checkpoint),
         metadata=to_jsonable(metadata),
         pending_writes=writes,

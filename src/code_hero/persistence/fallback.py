@@ -380,8 +380,9 @@ class FallbackRouter:
             self.fail_primary(exc)
             raise self.unavailable(what) from exc
 
-    async def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread's checkpoints from every slot that may hold them.
+    async def delete_thread(self, thread_id: str) -> int | None:
+        """Delete the thread's checkpoints from every slot that may hold them; how many
+        the primary held (None when it was not reached: the deletion is journalled).
 
         During an outage only a thread born in it can be deleted; its deletion
         is journalled, so whatever of it already reached the primary goes too.
@@ -398,12 +399,12 @@ class FallbackRouter:
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
-                return
+                return None
             primary = self.primary
             assert primary.backend is not None
             try:
                 with self.metrics.timed(primary.label, "delete_thread"):
-                    await primary.backend.saver.adelete_thread(thread_id)
+                    return await primary.backend.delete_checkpoints(thread_id)
             except Exception as exc:
                 if not is_backend_error(exc):
                     raise

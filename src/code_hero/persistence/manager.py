@@ -290,8 +290,13 @@ class EnhancedCheckpointerManager:
 
     async def purge_thread(self, thread_id: str) -> ThreadDeletion:
         """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread."""
-        checkpoints = await self.router.count_checkpoints(thread_id)
-        await self.router.delete_thread(thread_id)
+        router = self.router
+        if router.serving and thread_id not in router.local_threads:
+            # The primary counts what it deletes: no count query before (issue 15).
+            checkpoints = await router.delete_thread(thread_id) or 0
+        else:  # born in an outage, or none: counted where it lives now, as before
+            checkpoints = await router.count_checkpoints(thread_id)
+            await router.delete_thread(thread_id)
         existed, runs = await self.registry.delete_thread(thread_id)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 

@@ -142,6 +142,7 @@ class Claims:
         none executes (a deletion follows: nothing may write after it)."""
         executing: list[str] = []
         remote: list[str] = []
+        flagged_any = False
         async with self._claiming:  # no run of the thread is claimed here meanwhile
             for record in await self.registry.unfinished_runs(thread_id):
                 if self.runs.is_active(record.run_id):
@@ -151,11 +152,13 @@ class Claims:
                 # Flagged, a run is never claimed again; one claimed already (leased)
                 # is stopped by its executor, on the message or at its lease renewal.
                 flagged = await self.registry.request_cancel(record.run_id)
+                flagged_any = True
                 if flagged is not None and not flagged.status.finished and flagged.lease_owner:
                     remote.append(record.run_id)
         for run_id in remote:
             await self.bus.send_control(f"cancel {run_id}")
-        self._wake.set()  # the flagged runs nobody holds are finished by a claim loop
+        if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
+            self._wake.set()  # (not woken for nothing: a claim pass is two UPDATEs)
         await asyncio.gather(
             *(self.runs.wait(run_id, limit=5) for run_id in executing),
             *(self.runs.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),

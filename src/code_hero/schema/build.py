@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -27,6 +27,7 @@ from code_hero.schema.extensions import (
     ErrorCodes,
     OperationContext,
     OperationCounter,
+    ParsedDocuments,
     ValidDocuments,
 )
 from code_hero.schema.roots import Mutation, Query, Subscription
@@ -80,11 +81,12 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
     max_cost = limits.max_cost
     extensions.append(lambda: CostLimit(max_cost=max_cost))
-    # Clients repeat their documents: each valid text is validated once. (Strawberry's
-    # ParserCache raises parse errors from inside an extension hook, where they lose
-    # their error code; parsing is a third of what validation cost, so it stays.)
+    # Clients repeat their documents: each valid text is validated once ...
     valid: OrderedDict[str, bool] = OrderedDict()
     extensions.append(lambda: ValidDocuments(valid))
+    # ... and each text that parsed is parsed once (its AST shared; see ParsedDocuments).
+    parsed: OrderedDict[str, DocumentNode] = OrderedDict()
+    extensions.append(lambda: ParsedDocuments(parsed))
     factories: list[type[SchemaExtension] | Any] = extensions
     return GatewaySchema(
         query=Query,

@@ -6,13 +6,20 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from code_hero.resolvers.context import Context
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["Degraded", "ErrorCodes", "OperationContext", "OperationCounter", "ValidDocuments"]
+__all__ = [
+    "Degraded",
+    "ErrorCodes",
+    "OperationContext",
+    "OperationCounter",
+    "ParsedDocuments",
+    "ValidDocuments",
+]
 
 
 class OperationContext(SchemaExtension):
@@ -120,6 +127,42 @@ class ValidDocuments(SchemaExtension):
         yield
         if key is not None and ctx.pre_execution_errors == []:
             self.cache[key] = True
+            if len(self.cache) > self.maxsize:
+                self.cache.popitem(last=False)
+
+
+class ParsedDocuments(SchemaExtension):
+    """Parse each document text once: later requests with that text reuse its AST.
+
+    Parsing was a fifth of a thread-list request's time (py-spy, bench/peer.py).
+    graphql-core never mutates a DocumentNode, so requests share it. Only texts
+    that parsed (with the schema's fixed token limit) are kept, in a bounded
+    LRU keyed by the exact text; a text that fails is parsed, and fails, each
+    time, inside Strawberry's own error handling. (Strawberry's ParserCache
+    raises parse errors from inside an extension hook, where they lose their
+    error code.)
+    """
+
+    def __init__(self, cache: OrderedDict[str, DocumentNode], maxsize: int = 512) -> None:
+        super().__init__()
+        self.cache = cache
+        self.maxsize = maxsize
+
+    def on_parse(self) -> Iterator[None]:
+        ctx = self.execution_context
+        key = ctx.query
+        if key is None or ctx.graphql_document is not None:
+            yield
+            return
+        document = self.cache.get(key)
+        if document is not None:
+            self.cache.move_to_end(key)
+            ctx.graphql_document = document  # Strawberry skips parsing a set document
+            yield
+            return
+        yield
+        if ctx.graphql_document is not None:
+            self.cache[key] = ctx.graphql_document
             if len(self.cache) > self.maxsize:
                 self.cache.popitem(last=False)
 

@@ -1,0 +1,101 @@
+"""The request path's shortcuts answer exactly what the long way did.
+
+Parsed documents are reused per text (never a failed one), responses are
+encoded with orjson (falling back to json for what it refuses), and a
+checkpoint's values are rendered only when selected.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Any
+
+from graphql import DocumentNode, parse
+
+from code_hero.schema.extensions import ParsedDocuments
+from code_hero.settings import Limits
+from tests.graphql.clients import codes, data, gql
+from tests.graphql.conftest import Server, Starter
+from tests.graphql.test_queries import start_run
+
+CREATE = """mutation($input: CreateThreadInput!) {
+  createThread(input: $input) { id metadata } }"""
+THREAD = "query($id: ID!) { thread(id: $id) { id metadata } }"
+PAGE = """query($id: ID!) { thread(id: $id) { checkpoints(first: 5) { edges { node {
+  id parentId step source next %s } } } } }"""
+
+
+async def test_one_document_many_variables(server: Server) -> None:
+    """A cached document serves each request its own variables (and nothing else)."""
+    ids = []
+    for i in range(3):
+        body = await gql(server.http, CREATE, {"input": {"metadata": {"n": i}}})
+        ids.append(data(body)["createThread"]["id"])
+    for i, thread_id in enumerate(ids * 2):
+        got = data(await gql(server.http, THREAD, {"id": thread_id}))["thread"]
+        assert got == {"id": thread_id, "metadata": {"n": i % 3}}
+
+
+async def test_a_failed_document_fails_every_time(start: Starter) -> None:
+    """Texts that did not parse are not cached: each request gets the same error."""
+    long_query = "{ " + " ".join(f"f{i}: graphs {{ name }}" for i in range(10)) + " }"
+    async with start(Limits(max_tokens=30, max_aliases=0)) as server:
+        for _ in range(3):
+            body = await gql(server.http, "{ graphs { name ")
+            assert codes(body) == ["BAD_USER_INPUT"]
+            assert "Syntax Error" in body["errors"][0]["message"]
+            body = await gql(server.http, long_query)
+            assert codes(body) == ["BAD_USER_INPUT"] and "tokens" in body["errors"][0]["message"]
+            assert data(await gql(server.http, "{ graphs { name } }"))
+
+
+def test_parsed_documents_are_bounded() -> None:
+    """The LRU keeps at most `maxsize` texts, the most recently used ones."""
+    cache: OrderedDict[str, DocumentNode] = OrderedDict()
+
+    def request(text: str) -> DocumentNode:
+        ctx = SimpleNamespace(query=text, graphql_document=None)
+        extension = ParsedDocuments(cache, maxsize=2)
+        extension.execution_context = ctx  # type: ignore[assignment]
+        hook = extension.on_parse()
+        next(hook)
+        if ctx.graphql_document is None:  # what Strawberry does when no one set it
+            ctx.graphql_document = parse(text)
+        for _ in hook:
+            pass
+        document: DocumentNode = ctx.graphql_document
+        return document
+
+    first = request("{ a }")
+    assert request("{ a }") is first  # reused, not parsed again
+    request("{ b }")
+    request("{ a }")  # a is now the most recent
+    request("{ c }")  # evicts b
+    assert list(cache) == ["{ a }", "{ c }"]
+    assert request("{ a }") is first
+
+
+async def test_text_the_encoders_differ_on(server: Server) -> None:
+    """Non-ASCII text and integers past 64 bits come back as they went in."""
+    metadata: dict[str, Any] = {"text": "héllo ✓ \u2028 😀", "big": 2**70, "neg": -(2**65)}
+    body = await gql(server.http, CREATE, {"input": {"metadata": metadata}})
+    assert data(body)["createThread"]["metadata"] == metadata
+    thread_id = data(body)["createThread"]["id"]
+    assert data(await gql(server.http, THREAD, {"id": thread_id}))["thread"]["metadata"] == (
+        metadata
+    )
+
+
+async def test_a_page_without_values(server: Server) -> None:
+    """Leaving values out changes nothing else on the page; selecting them renders them."""
+    run = await start_run(server)
+    plain = data(await gql(server.http, PAGE % "", {"id": run["threadId"]}))
+    full = data(await gql(server.http, PAGE % "values", {"id": run["threadId"]}))
+    plain_nodes = [e["node"] for e in plain["thread"]["checkpoints"]["edges"]]
+    full_nodes = [e["node"] for e in full["thread"]["checkpoints"]["edges"]]
+    assert len(plain_nodes) >= 3
+    assert [{k: v for k, v in n.items() if k != "values"} for n in full_nodes] == plain_nodes
+    assert any(n["next"] for n in plain_nodes)
+    assert any(n["values"] for n in full_nodes)
+    assert all(not k.startswith("__") for n in full_nodes for k in n["values"])

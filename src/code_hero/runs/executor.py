@@ -100,6 +100,9 @@ class RunExecutor:
         self._done: dict[str, asyncio.Event] = {}
         self._final: dict[str, RunRecord] = {}
         self._waiters: dict[str, int] = {}
+        # Set (and dropped) when a waited-for run is launched or ends here: a waiter
+        # wakes at once instead of at its next look at the registry.
+        self._news: dict[str, asyncio.Event] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
         self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
@@ -155,6 +158,7 @@ class RunExecutor:
             "executor.done": len(self._done),
             "executor.final": len(self._final),
             "executor.waiters": len(self._waiters),
+            "executor.news": len(self._news),
             "executor.cancel_requested": len(self._cancel_requested),
             "executor.lost": len(self._lost),
         }
@@ -181,6 +185,12 @@ class RunExecutor:
         )
         self._tasks[record.run_id] = task
         task.add_done_callback(functools.partial(self._forget, record))
+        self._tell_waiters(record.run_id)
+
+    def _tell_waiters(self, run_id: str) -> None:
+        news = self._news.pop(run_id, None)
+        if news is not None:
+            news.set()
 
     def stop(self, run_id: str, *, lost: bool = False) -> None:
         """Stop the run executing here: cancelled, or (`lost`) left to the executor that
@@ -296,13 +306,16 @@ class RunExecutor:
                 if record.status.finished or (deadline is not None and loop.time() >= deadline):
                     return record
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
-                    await asyncio.sleep(pause)
+                    news = self._news.setdefault(run_id, asyncio.Event())
+                    with contextlib.suppress(TimeoutError):  # launched or ended here
+                        await asyncio.wait_for(news.wait(), pause)
                     pause = min(pause * 2, 0.25)
         finally:
             self._waiters[run_id] -= 1
             if not self._waiters[run_id]:
                 del self._waiters[run_id]
                 self._final.pop(run_id, None)
+                self._news.pop(run_id, None)
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
@@ -470,6 +483,7 @@ class RunExecutor:
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
+        self._tell_waiters(run_id)  # one that ended unclaimed (cancelled) has no task
         return final, waiting
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:

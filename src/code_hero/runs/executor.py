@@ -280,17 +280,24 @@ class RunExecutor:
                 if older.run_id != run_id:
                     await self.cancel(older.run_id)
         if req.wait:
-            return await self.wait(run_id)
+            return await self.wait(run_id, fresh=True)
         return record
 
     # ---------------------------------------------------------------- waiting and cancel
-    async def wait(self, run_id: str, limit: float | None = None) -> RunRecord:
-        """The run once it has ended, wherever it runs (or as it is after `limit` s)."""
+    async def wait(
+        self, run_id: str, limit: float | None = None, *, fresh: bool = False
+    ) -> RunRecord:
+        """The run once it has ended, wherever it runs (or as it is after `limit` s);
+        `fresh`: just admitted here, so no use asking the registry before a first pause."""
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
         try:
             pause = 0.01
+            if fresh and run_id not in self._done:  # mostly claimed here within the pause
+                news = self._news.setdefault(run_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), pause)
             while True:
                 done = self._done.get(run_id)
                 if done is not None:
@@ -389,7 +396,7 @@ class RunExecutor:
                 await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
-        self.claims.wake()  # a slot is free
+        self.claims.slot_freed()
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
 
@@ -468,6 +475,8 @@ class RunExecutor:
         """Record the end (with the `recorded` timeline and usage fields): the final run
         (None when it is gone), and whether the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
+        if recorded is not None:  # finish_run stores the latest fields: no update before it
+            writer.fields = {}
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
         final, waiting = await self.registry.finish_run(  # a queued run keeps the thread BUSY

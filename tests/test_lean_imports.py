@@ -25,3 +25,16 @@ def test_jwt_and_cryptography_load_only_for_tokens() -> None:
         "JwtVerifier(JwtSettings(secret='s' * 32))"
     )
     assert loaded_after(verifier, "jwt") == {"jwt": True}
+
+
+def test_psycopg_loads_only_for_postgresql() -> None:
+    # psycopg, its pool and the PostgreSQL saver (~9 MiB resident): SQLite and memory
+    # servers never load them.
+    drivers = ("psycopg", "psycopg_pool", "langgraph.checkpoint.postgres.aio")
+    assert not any(loaded_after(SERVER, *drivers).values())
+    backend = (
+        "from code_hero.config import create_postgres_checkpointer; "
+        "from code_hero.persistence.backends import open_backend; "
+        "open_backend(create_postgres_checkpointer('postgresql://nowhere/db'))"
+    )
+    assert all(loaded_after(backend, *drivers).values())

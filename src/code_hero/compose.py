@@ -28,7 +28,6 @@ from code_hero.runs.bus import POKE, InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphRegistry
-from code_hero.runs.pgbus import PostgresBus
 from code_hero.runs.webhooks import WebhookDispatcher, WebhookSettings
 
 __all__ = ["GatewaySettings", "Services", "event_bus"]
@@ -72,6 +71,8 @@ def event_bus(
     """
     if not manager.notifies:
         return InProcessBus()
+    from code_hero.runs.pgbus import PostgresBus  # psycopg: only where PostgreSQL is used
+
     return PostgresBus(
         manager.config.connection_string or "",
         manager.notification_pool,

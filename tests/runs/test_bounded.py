@@ -26,6 +26,7 @@ EXPECTED_MAPS = {
     "executor.done",
     "executor.final",
     "executor.waiters",
+    "executor.news",
     "executor.cancel_requested",
     "executor.lost",
     "eventlog.writers",

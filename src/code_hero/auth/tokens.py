@@ -18,12 +18,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jwt
+from typing import TYPE_CHECKING, Any
 
 from code_hero.auth.caller import Caller
 from code_hero.errors import ConfigurationError, UnauthenticatedError
+
+if TYPE_CHECKING:
+    # Imported where used: PyJWT loads `cryptography` (~8 MiB resident), which only a
+    # server that verifies JWTs needs.
+    import jwt
 
 __all__ = ["MIN_SECRET_BYTES", "JwtSettings", "JwtVerifier", "looks_like_jwt"]
 
@@ -59,6 +62,8 @@ class JwtVerifier:
     """Verifies tokens with the configured keys; read the JWKS file at construction."""
 
     def __init__(self, settings: JwtSettings) -> None:
+        import jwt
+
         self.settings = settings
         if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigurationError(
@@ -75,6 +80,8 @@ class JwtVerifier:
 
     async def caller(self, token: str) -> Caller:
         """The caller the token names; UnauthenticatedError when it does not verify."""
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -111,6 +118,8 @@ class JwtVerifier:
         return Caller(user_id=subject, is_admin=self._is_admin(claims))
 
     async def _public_key(self, token: str, header: Mapping[str, Any]) -> Any:
+        import jwt
+
         if self._client is not None:
             client = self._client
             try:  # urllib underneath: never on the event loop
@@ -162,6 +171,8 @@ def _admin_rule(spec: str | None) -> tuple[str | None, str | None]:
 
 
 def _read_jwks(path: str) -> jwt.PyJWKSet:
+    import jwt
+
     try:
         text = Path(path).read_text(encoding="utf-8")
         return jwt.PyJWKSet.from_dict(json.loads(text))

@@ -22,17 +22,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from psycopg_pool import AsyncConnectionPool
 
 from code_hero import __version__
 from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
 from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
 from code_hero.limits import Limits
-from code_hero.persistence.backends import Backend, PostgresBackend
+from code_hero.persistence.backends import Backend
 from code_hero.persistence.checkpoints import (
     CheckpointView,
     decode_checkpoint_cursor,
@@ -54,6 +53,11 @@ from code_hero.persistence.records import (
 )
 from code_hero.persistence.slots import BackendSlot
 from code_hero.persistence.transfer import copy_thread_checkpoints
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from code_hero.persistence.pg_backend import PostgresBackend
 
 __all__ = ["EnhancedCheckpointerManager", "PruneReport", "ThreadDeletion"]
 
@@ -232,9 +236,9 @@ class EnhancedCheckpointerManager:
     def notification_pool(self) -> AsyncConnectionPool[Any]:
         """The pool that carries NOTIFY (a PostgreSQL primary); unavailable while it is down."""
         backend = self.router.primary.backend
-        if not isinstance(backend, PostgresBackend) or not self.router.serving:
+        if backend is None or backend.kind != "postgres" or not self.router.serving:
             raise self.router.unavailable("notifying other replicas")
-        return backend.pool
+        return cast("PostgresBackend", backend).pool
 
     @property
     def pending_sync(self) -> int:

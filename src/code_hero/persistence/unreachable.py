@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import select
 import sqlite3
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = [
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
-    "PG_NOT_DOWN",
     "SQLITE_DOWN_CODES",
     "check_on_checkout",
     "is_backend_error",
@@ -56,8 +56,8 @@ PG_DOWN_STATES = frozenset(
 # follows an earlier statement's error in the same pipeline, and the pool's
 # TooManyRequests is load shedding. InterfaceError means misuse in psycopg 3
 # (a closed cursor, no loader for a type): a closed or broken connection
-# raises OperationalError("the connection is closed") instead.
-PG_NOT_DOWN = (psycopg.errors.PipelineAborted, TooManyRequests)
+# raises OperationalError("the connection is closed") instead. (psycopg is imported
+# only where PostgreSQL is used, ~9 MiB resident: see `_postgres_down`.)
 
 # SQLite, by primary result code (extended codes carry it in the low byte).
 # There is no server: the file is the database, so failing to open, read,
@@ -91,22 +91,35 @@ SQLITE_DOWN_CODES = frozenset(
 
 def is_backend_error(exc: BaseException) -> bool:
     """True when `exc` says the database cannot be reached, not that one call failed."""
-    # The pool's errors subclass psycopg.OperationalError: test them first.
-    # PoolTimeout is also what a saturated pool raises after pool_timeout; it
-    # counts because a server that cannot be reached shows up as exactly that.
-    if isinstance(exc, PoolTimeout | PoolClosed):
-        return True
-    if isinstance(exc, psycopg.Error):
-        if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PG_NOT_DOWN):
-            return False
-        state = exc.sqlstate
-        return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
+    if "psycopg_pool" in sys.modules or "psycopg" in sys.modules:  # else it is no psycopg error
+        verdict = _postgres_down(exc)
+        if verdict is not None:
+            return verdict
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in SQLITE_DOWN_CODES
     # OSError covers ConnectionError and TimeoutError (asyncio's too): a socket
     # or file that cannot be reached, e.g. a SQLite directory that is a file.
     return isinstance(exc, OSError)
+
+
+def _postgres_down(exc: BaseException) -> bool | None:
+    """The verdict on a psycopg or pool error; None for any other error."""
+    import psycopg
+    from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+
+    # The pool's errors subclass psycopg.OperationalError: test them first.
+    # PoolTimeout is also what a saturated pool raises after pool_timeout; it
+    # counts because a server that cannot be reached shows up as exactly that.
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return None
+    not_down = (psycopg.errors.PipelineAborted, TooManyRequests)
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, not_down):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
 
 
 async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -118,6 +131,8 @@ async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
     the server closed it or sent a termination notice (a restart, an idle
     timeout); that connection is discarded and the pool opens a fresh one.
     """
+    import psycopg
+
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("connection closed")
     # poll, not select: select() rejects descriptors from 1024 up, which a

@@ -74,6 +74,12 @@ class Claims:
         self.started: set[str] = set()
         self.closing = False
         self._wake = asyncio.Event()
+        # A claim pass looks for cancelled unclaimed runs only when one may be there (a
+        # cancel asked here or heard of, a poll tick, a failed pass): a new run's wake
+        # costs one query, not two. Full: the last pass used every free slot, so a slot
+        # freed is worth a pass at once.
+        self._cancels_due = True
+        self._full = False
         # Held while claiming and while a cancel decides where the run is: a run
         # claimed here between cancel's look and its flag would otherwise miss
         # the cancel until the next lease renewal.
@@ -109,11 +115,22 @@ class Claims:
         """Try to claim now (a run was started, a slot or a thread was freed)."""
         self._wake.set()
 
+    def slot_freed(self) -> None:
+        """A run ended here: claim now if the last pass left runs for want of a slot."""
+        if self._full:
+            self._wake.set()
+
+    def _wake_for_cancels(self) -> None:
+        self._cancels_due = True
+        self._wake.set()
+
     def _on_control(self, message: str) -> None:
         kind, _, run_id = message.partition(" ")
         if kind == "runs":
             self._wake.set()
-        elif kind == "cancel" and self.runs.is_active(run_id):
+            return
+        self._cancels_due = True  # a cancel (or a poke after an outage) may have flagged one
+        if kind == "cancel" and self.runs.is_active(run_id):
             self.runs.stop(run_id)
 
     # ---------------------------------------------------------------- cancel
@@ -134,7 +151,7 @@ class Claims:
         if active:
             return await self.runs.wait(run_id, limit=5)
         await self.bus.send_control(f"cancel {run_id}")
-        self._wake.set()  # an unclaimed run is finished by the claim loop
+        self._wake_for_cancels()  # an unclaimed run is finished by the claim loop
         return await self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
 
     async def stop_thread(self, thread_id: str) -> None:
@@ -158,7 +175,7 @@ class Claims:
         for run_id in remote:
             await self.bus.send_control(f"cancel {run_id}")
         if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
-            self._wake.set()  # (not woken for nothing: a claim pass is two UPDATEs)
+            self._wake_for_cancels()  # (not woken for nothing: a claim pass is two UPDATEs)
         await asyncio.gather(
             *(self.runs.wait(run_id, limit=5) for run_id in executing),
             *(self.runs.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
@@ -167,25 +184,30 @@ class Claims:
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                self._cancels_due = True
             self._wake.clear()
             if self.closing:
                 return
+            cancels, self._cancels_due = self._cancels_due, False
             try:
-                await self.claim_once()
+                await self.claim_once(cancels=cancels)
             except Exception as exc:
+                self._cancels_due = self._cancels_due or cancels
                 log.warning("claiming runs failed: %s", exc)
                 await asyncio.sleep(self.poll_interval)
 
-    async def claim_once(self) -> None:
-        """Claim what can be claimed now (runs whose lease lapsed included)."""
+    async def claim_once(self, *, cancels: bool = True) -> None:
+        """Claim what can be claimed now (runs whose lease lapsed included); `cancels`:
+        and finish the cancelled runs nobody holds."""
         async with self._claiming:
-            await self._claim_locked()
+            await self._claim_locked(cancels)
 
-    async def _claim_locked(self) -> None:
+    async def _claim_locked(self, cancels: bool) -> None:
         now = datetime.now(UTC)
-        if self.claim_others:  # cancels asked for runs no executor holds end here
+        if self.claim_others and cancels:  # cancels asked for runs no executor holds end here
             for record in await self.registry.claim_cancelled(
                 self.owner, now=now, until=now + self.lease
             ):
@@ -202,6 +224,7 @@ class Claims:
                 graphs=self.graph_names(),
                 run_ids=None if self.claim_others else sorted(self.started),
             )
+        self._full = free <= 0 or len(claimed) >= free
         for record in claimed:
             self.started.discard(record.run_id)
             if self.runs.is_active(record.run_id):  # its lease was renewed, not lost: one task

@@ -100,6 +100,9 @@ class RunExecutor:
         self._done: dict[str, asyncio.Event] = {}
         self._final: dict[str, RunRecord] = {}
         self._waiters: dict[str, int] = {}
+        # Set (and dropped) when a waited-for run is launched or ends here: a waiter
+        # wakes at once instead of at its next look at the registry.
+        self._news: dict[str, asyncio.Event] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
         self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
@@ -155,6 +158,7 @@ class RunExecutor:
             "executor.done": len(self._done),
             "executor.final": len(self._final),
             "executor.waiters": len(self._waiters),
+            "executor.news": len(self._news),
             "executor.cancel_requested": len(self._cancel_requested),
             "executor.lost": len(self._lost),
         }
@@ -181,6 +185,12 @@ class RunExecutor:
         )
         self._tasks[record.run_id] = task
         task.add_done_callback(functools.partial(self._forget, record))
+        self._tell_waiters(record.run_id)
+
+    def _tell_waiters(self, run_id: str) -> None:
+        news = self._news.pop(run_id, None)
+        if news is not None:
+            news.set()
 
     def stop(self, run_id: str, *, lost: bool = False) -> None:
         """Stop the run executing here: cancelled, or (`lost`) left to the executor that
@@ -270,17 +280,24 @@ class RunExecutor:
                 if older.run_id != run_id:
                     await self.cancel(older.run_id)
         if req.wait:
-            return await self.wait(run_id)
+            return await self.wait(run_id, fresh=True)
         return record
 
     # ---------------------------------------------------------------- waiting and cancel
-    async def wait(self, run_id: str, limit: float | None = None) -> RunRecord:
-        """The run once it has ended, wherever it runs (or as it is after `limit` s)."""
+    async def wait(
+        self, run_id: str, limit: float | None = None, *, fresh: bool = False
+    ) -> RunRecord:
+        """The run once it has ended, wherever it runs (or as it is after `limit` s);
+        `fresh`: just admitted here, so no use asking the registry before a first pause."""
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
         try:
             pause = 0.01
+            if fresh and run_id not in self._done:  # mostly claimed here within the pause
+                news = self._news.setdefault(run_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), pause)
             while True:
                 done = self._done.get(run_id)
                 if done is not None:
@@ -296,13 +313,16 @@ class RunExecutor:
                 if record.status.finished or (deadline is not None and loop.time() >= deadline):
                     return record
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
-                    await asyncio.sleep(pause)
+                    news = self._news.setdefault(run_id, asyncio.Event())
+                    with contextlib.suppress(TimeoutError):  # launched or ended here
+                        await asyncio.wait_for(news.wait(), pause)
                     pause = min(pause * 2, 0.25)
         finally:
             self._waiters[run_id] -= 1
             if not self._waiters[run_id]:
                 del self._waiters[run_id]
                 self._final.pop(run_id, None)
+                self._news.pop(run_id, None)
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
@@ -376,7 +396,7 @@ class RunExecutor:
                 await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
-        self.claims.wake()  # a slot is free
+        self.claims.slot_freed()
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
 
@@ -455,6 +475,8 @@ class RunExecutor:
         """Record the end (with the `recorded` timeline and usage fields): the final run
         (None when it is gone), and whether the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
+        if recorded is not None:  # finish_run stores the latest fields: no update before it
+            writer.fields = {}
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
         final, waiting = await self.registry.finish_run(  # a queued run keeps the thread BUSY
@@ -470,6 +492,7 @@ class RunExecutor:
         )
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
+        self._tell_waiters(run_id)  # one that ended unclaimed (cancelled) has no task
         return final, waiting
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:

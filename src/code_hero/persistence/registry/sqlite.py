@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -66,14 +66,31 @@ def _leaves(
             yield (*prefix, str(key)), value
 
 
+# Statements whose result columns are known, at most this many (filters make SQL of
+# their own, so the texts are not a fixed set).
+MAX_KNOWN_COLUMNS = 512
+
+
 class _SqliteSession:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, columns: dict[str, list[str]]) -> None:
         self._conn = conn
+        self._columns = columns
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
-            rows = await cur.fetchall()
-            names = [d[0] for d in cur.description or ()]
+        # Every call is a round trip to aiosqlite's thread, and the connection's lock is
+        # held through each: a statement's columns follow from its text (the registry
+        # names its columns, never `*`), so once known, one `execute_fetchall` trip
+        # replaces execute + fetchall + close.
+        names = self._columns.get(sql)
+        if names is not None:
+            rows: Iterable[Sequence[Any]] = await self._conn.execute_fetchall(sql, params)
+        else:
+            async with self._conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+                names = [d[0] for d in cur.description or ()]
+            if len(self._columns) >= MAX_KNOWN_COLUMNS:
+                self._columns.clear()
+            self._columns[sql] = names
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -110,6 +127,7 @@ class SqliteRegistry(SqlRegistry):
     def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self.conn = conn
         self.lock = lock
+        self._columns: dict[str, list[str]] = {}  # result columns by statement text
 
     @asynccontextmanager
     async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
@@ -119,7 +137,7 @@ class SqliteRegistry(SqlRegistry):
                     # IMMEDIATE takes the write lock now: another process cannot slip
                     # in between our first read and first write.
                     await self.conn.execute("BEGIN IMMEDIATE")
-                yield _SqliteSession(self.conn)
+                yield _SqliteSession(self.conn, self._columns)
             except BaseException:
                 await _to_the_end(self.conn.rollback())
                 raise

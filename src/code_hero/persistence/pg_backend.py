@@ -1,0 +1,205 @@
+"""The PostgreSQL backend: N stock AsyncPostgresSaver instances and our registry on one
+psycopg pool (autocommit, prepare_threshold=0, checked on checkout without a round
+trip: `unreachable.py`).
+
+Apart from `backends.py` so that psycopg and the PostgreSQL saver (~9 MiB resident)
+load only in a process that uses PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from code_hero.config import redact_url
+from code_hero.persistence.backends import Backend
+from code_hero.persistence.bulk import put_batch as bulk_put
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
+from code_hero.persistence.registry import PostgresRegistry
+from code_hero.persistence.savers import SaverPool
+from code_hero.persistence.unreachable import check_on_checkout
+
+if TYPE_CHECKING:
+    from code_hero.persistence.entries import PutCheckpoint, PutWrites
+
+__all__ = ["PostgresBackend"]
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL: N stock AsyncPostgresSaver instances and the registry on one pool."""
+
+    kind = "postgres"
+    batches = True
+
+    async def open(self) -> None:
+        url = self.config.connection_string or ""
+        # One direct connection first: its error names the real reason (refused,
+        # unknown database, authentication), where a pool would only time out.
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=self._connect_timeout)
+        await conn.close()
+        pool = self._new_pool()
+        # Set before opening, so close() releases the pool from any point of a
+        # failed or abandoned open.
+        self._pool = pool
+        try:
+            await pool.open(wait=True, timeout=self.config.pool_timeout)
+            instances = [LoopReadingPostgresSaver(pool) for _ in range(self.config.saver_instances)]
+            self.registry = PostgresRegistry(pool)
+            if self.config.auto_setup:
+                async with pool.connection() as lock_conn:
+                    await _take_setup_lock(lock_conn)
+                    try:
+                        await instances[0].setup()
+                        await self.registry.setup()
+                    finally:
+                        await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+            self.saver = SaverPool(instances)
+        except BaseException:
+            await pool.close()
+            raise
+
+    @property
+    def _connect_timeout(self) -> int:
+        return max(1, int(self.config.pool_timeout))
+
+    def _new_pool(self) -> AsyncConnectionPool[Any]:
+        connect_timeout = self._connect_timeout
+        return AsyncConnectionPool(
+            self.config.connection_string or "",
+            min_size=self.config.pool_min_size,
+            max_size=max(2, self.config.pool_max_size),
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "row_factory": dict_row,
+                # psycopg's default is 130 s: a pool refilling against a server
+                # that accepts and never answers would hold a worker that long.
+                "connect_timeout": connect_timeout,
+            },
+            check=check_on_checkout,
+            timeout=self.config.pool_timeout,
+            name="code-hero",
+            open=False,
+        )
+
+    async def reconnect(self) -> None:
+        # After an outage the pool retries its lost connections with a backoff that
+        # doubles (1, 2, 4, 8 s ...) and nothing resets: a fresh pool connects now.
+        pool = self._new_pool()
+        await pool.open(wait=True, timeout=self.config.pool_timeout)
+        old, self._pool = self._pool, pool
+        assert isinstance(self.saver, SaverPool) and isinstance(self.registry, PostgresRegistry)
+        for instance in self.saver.instances:
+            assert isinstance(instance, AsyncPostgresSaver)
+            instance.conn = pool
+        self.registry.pool = pool
+        await old.close(timeout=1.0)
+
+    async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:
+        assert isinstance(self.saver, SaverPool)
+        saver = self.saver.instances[0]
+        assert isinstance(saver, AsyncPostgresSaver)
+        await bulk_put(self._pool, saver, items)
+
+    @property
+    def description(self) -> str:
+        return redact_url(self.config.connection_string or "")
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The shared psycopg pool."""
+        return self._pool
+
+    async def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            await pool.close()
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def probe(self) -> None:
+        # A connection of its own, not one from the pool: a stopped server refuses
+        # it at once, where the pool would wait pool_timeout for a replacement of
+        # the connections the shutdown closed. One connection per probe interval.
+        conn = await psycopg.AsyncConnection.connect(
+            self.config.connection_string or "",
+            connect_timeout=max(1, int(self.config.pool_timeout)),
+            autocommit=True,
+        )
+        async with conn:
+            await conn.execute("SELECT 1")
+
+    async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
+        sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]
+        if namespace is not None:
+            sql, params = f"{sql} AND checkpoint_ns = %s", [thread_id, namespace]
+        rows = await self._fetch(sql, tuple(params))
+        return int(rows[0]["n"])
+
+    async def checkpoint_thread_ids(self) -> list[str]:
+        rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
+        return [r["thread_id"] for r in rows]
+
+    async def delete_checkpoints(self, thread_id: str) -> int:
+        # The stock adelete_thread's three deletes as one statement: one round trip and
+        # one commit (the stock saver commits each delete on an autocommit connection),
+        # counted by the statement itself rather than a count query before it.
+        rows = await self._fetch(
+            """WITH gone AS (DELETE FROM checkpoints WHERE thread_id = %s RETURNING 1),
+                    blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id = %s),
+                    writes AS (DELETE FROM checkpoint_writes WHERE thread_id = %s)
+               SELECT count(*) AS n FROM gone""",
+            (str(thread_id),) * 3,
+        )
+        return int(rows[0]["n"])
+
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                """DELETE FROM checkpoints c USING (
+                       SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
+                           PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
+                       FROM checkpoints WHERE thread_id = %s) old
+                   WHERE c.thread_id = %s AND old.rn > %s
+                     AND c.checkpoint_ns = old.checkpoint_ns
+                     AND c.checkpoint_id = old.checkpoint_id""",
+                (thread_id, thread_id, keep),
+            )
+            removed = cur.rowcount
+            await cur.execute(
+                """DELETE FROM checkpoint_writes w WHERE w.thread_id = %s AND NOT EXISTS (
+                       SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id
+                       AND c.checkpoint_ns = w.checkpoint_ns
+                       AND c.checkpoint_id = w.checkpoint_id)""",
+                (thread_id,),
+            )
+            await cur.execute(
+                """DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS (
+                       SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id
+                       AND c.checkpoint_ns = b.checkpoint_ns
+                       AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)""",
+                (thread_id,),
+            )
+        return int(removed)
+
+
+async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Take the set-up lock by polling, with no transaction open while waiting."""
+    delay = 0.02
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (SETUP_LOCK_KEY,))
+        row = await cur.fetchone()
+        if row is not None and row["taken"]:
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)

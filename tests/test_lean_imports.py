@@ -1,0 +1,40 @@
+"""What a server that does not need a heavy library keeps out of its memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+SERVER = "import code_hero.app, code_hero.cli.serve, code_hero.compose, code_hero.gateway"
+
+
+def loaded_after(statement: str, *modules: str) -> dict[str, bool]:
+    probe = f"{statement}; import sys; print(' '.join(str(m in sys.modules) for m in {modules!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
+    ).stdout.split()
+    return dict(zip(modules, (word == "True" for word in out), strict=True))
+
+
+def test_jwt_and_cryptography_load_only_for_tokens() -> None:
+    # PyJWT brings `cryptography` (~8 MiB resident): only a server verifying JWTs needs it.
+    assert loaded_after(SERVER, "jwt", "cryptography") == {"jwt": False, "cryptography": False}
+    verifier = (
+        "from code_hero.auth import JwtSettings, JwtVerifier; "
+        "JwtVerifier(JwtSettings(secret='s' * 32))"
+    )
+    assert loaded_after(verifier, "jwt") == {"jwt": True}
+
+
+def test_psycopg_loads_only_for_postgresql() -> None:
+    # psycopg, its pool and the PostgreSQL saver (~9 MiB resident): SQLite and memory
+    # servers never load them.
+    drivers = ("psycopg", "psycopg_pool", "langgraph.checkpoint.postgres.aio")
+    assert not any(loaded_after(SERVER, *drivers).values())
+    backend = (
+        "from code_hero.config import create_postgres_checkpointer; "
+        "from code_hero.persistence.backends import open_backend; "
+        "open_backend(create_postgres_checkpointer('postgresql://nowhere/db'))"
+    )
+    assert all(loaded_after(backend, *drivers).values())

@@ -27,7 +27,6 @@ the DataLoaders with ids read from stored records and are not checked.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -35,11 +34,11 @@ from types import TracebackType
 from typing import Any
 
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
+from code_hero.checkpoint_access import CheckpointAccess, check_first
 from code_hero.compose import GatewaySettings, Services
 from code_hero.errors import BadInputError, ForbiddenError, NotFoundError
 from code_hero.filters import check_run_filter, check_thread_filter
-from code_hero.inputs import check_checkpoint_id, check_run_id, check_text, check_thread_id
-from code_hero.persistence.checkpoints import CheckpointView
+from code_hero.inputs import check_checkpoint_id, check_run_id, check_thread_id
 from code_hero.persistence.diagnosis import public_health
 from code_hero.persistence.manager import (
     EnhancedCheckpointerManager,
@@ -58,22 +57,21 @@ from code_hero.persistence.records import (
 )
 from code_hero.persistence.stats import RunStats, TimeBucket
 from code_hero.runs.bus import InProcessBus
-from code_hero.runs.edits import update_state
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.events import EventType, event_types
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
-from code_hero.runs.interrupts import PendingInterrupt, pending_interrupts
-from code_hero.runs.requests import UNSET, StartRun, UpdateState, check_request_text
+from code_hero.runs.requests import UNSET, StartRun, check_request_text
 from code_hero.thread_admin import ThreadAdmin
 from code_hero.webhook_access import WebhookAccess
 
 __all__ = ["Gateway", "GatewaySettings"]
 
 
-class Gateway(ThreadAdmin, WebhookAccess):
+class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
     """Threads, checkpoints, runs, events and health, for one process (thread editing and
-    retention in `ThreadAdmin`, webhooks in `WebhookAccess`)."""
+    retention in `ThreadAdmin`, checkpoints and state edits in `CheckpointAccess`,
+    webhooks in `WebhookAccess`)."""
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
@@ -247,7 +245,7 @@ class Gateway(ThreadAdmin, WebhookAccess):
     ) -> Page[ThreadRecord]:
         """Threads newest updated first, or in `order` (a user's own only: the owner is
         part of the query)."""
-        _check_first(first, self.settings.max_page)
+        check_first(first, self.settings.max_page)
         query = await self._thread_query(flt, caller)
         if query is None:
             return Page([], None, False)
@@ -303,141 +301,6 @@ class Gateway(ThreadAdmin, WebhookAccess):
         if keep_latest is not None:
             checkpoints += (await self.manager.prune(keep_latest=keep_latest)).checkpoints_deleted
         return PruneReport(threads, checkpoints, runs)
-
-    # ------------------------------------------------------------ checkpoints
-    async def get_checkpoint(
-        self,
-        thread_id: str,
-        checkpoint_id: str | None = None,
-        namespace: str = "",
-        *,
-        caller: Caller = ANONYMOUS,
-    ) -> CheckpointView | None:
-        """The latest checkpoint of a namespace, or one by id."""
-        thread_id = check_thread_id(thread_id)
-        check_text(namespace, "namespace")
-        if checkpoint_id is not None:
-            checkpoint_id = check_checkpoint_id(checkpoint_id, "id")
-        more = {"value": {"checkpoint_id": checkpoint_id, "namespace": namespace}}
-        if not await self._may(caller, Action.CHECKPOINT_READ, thread_id, **more):
-            return None
-        return await self.manager.get_checkpoint(thread_id, checkpoint_id, namespace)
-
-    async def latest_checkpoints(
-        self, thread_ids: Sequence[str], *, caller: Caller = ANONYMOUS
-    ) -> dict[str, CheckpointView]:
-        """The latest root checkpoint of each thread that has one (ownership in one query)."""
-        ids = list(dict.fromkeys(thread_ids))
-        if not caller.is_admin:
-            threads = await self.manager.registry.get_threads(ids)
-            ids = [t for t in ids if t in threads and caller.sees(threads[t].user_id)]
-        else:
-            expired = await self._expired(ids)
-            ids = [t for t in ids if t not in expired]
-        if self.policy.hook is not None:
-            ids = [
-                t
-                for t in ids
-                if await self.policy.allows(caller, Action.CHECKPOINT_READ, thread_id=t)
-            ]
-        views = await asyncio.gather(*(self.manager.get_checkpoint(t) for t in ids))
-        return {t: v for t, v in zip(ids, views, strict=True) if v is not None}
-
-    async def get_checkpoints(
-        self,
-        thread_id: str,
-        checkpoint_ids: Sequence[str],
-        namespace: str = "",
-        *,
-        caller: Caller = ANONYMOUS,
-    ) -> dict[str, CheckpointView]:
-        """Checkpoints of one thread's namespace by id (one access check for all)."""
-        thread_id = check_thread_id(thread_id)
-        check_text(namespace, "namespace")
-        ids = [check_checkpoint_id(i, "id") for i in checkpoint_ids]
-        if not ids or not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
-            return {}
-        return await self.manager.get_checkpoints(thread_id, ids, namespace)
-
-    async def list_checkpoints(
-        self,
-        thread_id: str,
-        *,
-        namespace: str = "",
-        first: int = 20,
-        after: str | None = None,
-        caller: Caller = ANONYMOUS,
-    ) -> Page[CheckpointView]:
-        """History newest first."""
-        thread_id = check_thread_id(thread_id)
-        check_text(namespace, "namespace")
-        _check_first(first, self.settings.max_page)
-        # The check and the read run together (a round trip less on PostgreSQL); the
-        # page, or the read's error, reaches only a caller the check lets through.
-        may, page = await asyncio.gather(
-            self._may(caller, Action.CHECKPOINT_READ, thread_id),
-            self.manager.list_checkpoints(thread_id, namespace=namespace, first=first, after=after),
-            return_exceptions=True,
-        )
-        if isinstance(may, BaseException):
-            raise may
-        if not may:
-            return Page([], None, False)
-        if isinstance(page, BaseException):
-            raise page
-        return page
-
-    async def checkpoints_count(
-        self, thread_id: str, *, namespace: str = "", caller: Caller = ANONYMOUS
-    ) -> int:
-        """How many checkpoints `list_checkpoints` would page through (0 when the caller
-        may not see the thread)."""
-        thread_id = check_thread_id(thread_id)
-        check_text(namespace, "namespace")
-        if not await self._may(caller, Action.CHECKPOINT_READ, thread_id):
-            return 0
-        return await self.manager.count_checkpoints(thread_id, namespace=namespace)
-
-    # ------------------------------------------------------------ state edits
-    async def update_state(
-        self, request: UpdateState, *, caller: Caller = ANONYMOUS
-    ) -> CheckpointView:
-        """A human edit of a thread's state, saved as a checkpoint (`code_hero.runs.edits`);
-        another user's thread is NOT_FOUND, as startRun on it is."""
-        self.policy.spend(caller, Action.CHECKPOINT_WRITE)
-        thread_id = check_thread_id(request.thread_id)
-        checkpoint_id = request.checkpoint_id
-        if checkpoint_id is not None:
-            checkpoint_id = check_checkpoint_id(checkpoint_id)
-        for name, value in (
-            ("values", request.values),
-            ("asNode", request.as_node),
-            ("namespace", request.namespace),
-        ):
-            check_text(value, name)
-        request = replace(request, thread_id=thread_id, checkpoint_id=checkpoint_id)
-        if not await self._owns(thread_id, caller):
-            raise NotFoundError(f"no thread {thread_id!r}")
-        await self.policy.require(
-            caller,
-            Action.CHECKPOINT_WRITE,
-            thread_id=thread_id,
-            value={
-                "as_node": request.as_node,
-                "checkpoint_id": checkpoint_id,
-                "namespace": request.namespace,
-            },
-        )
-        return await update_state(self.manager, self.graph_registry, request)
-
-    async def pending_interrupts(
-        self, thread_ids: Sequence[str], *, caller: Caller = ANONYMOUS
-    ) -> dict[str, list[PendingInterrupt]]:
-        """What each INTERRUPTED thread the caller may see waits for (for the DataLoader)."""
-        threads = await self.get_threads(list(dict.fromkeys(thread_ids)), caller=caller)
-        return await pending_interrupts(
-            self.manager.registry, self.graph_registry, list(threads.values())
-        )
 
     # ------------------------------------------------------------ runs
     async def start_run(self, request: StartRun, *, caller: Caller = ANONYMOUS) -> RunRecord:
@@ -553,7 +416,7 @@ class Gateway(ThreadAdmin, WebhookAccess):
     ) -> Page[RunRecord]:
         """Runs newest first, or in `order` (a user's: those on its threads, the owner part
         of the query)."""
-        _check_first(first, self.settings.max_page)
+        check_first(first, self.settings.max_page)
         query = await self._run_query(flt, caller)
         if query is None:
             return Page([], None, False)
@@ -586,7 +449,7 @@ class Gateway(ThreadAdmin, WebhookAccess):
         run_id = check_run_id(run_id)
         if after_seq < 0:
             raise BadInputError("afterSeq must be 0 or more")
-        _check_first(first, limit=1000)
+        check_first(first, limit=1000)
         if (not caller.is_admin or self.policy.hook is not None) and await self.get_run(
             run_id, caller=caller
         ) is None:
@@ -668,8 +531,3 @@ class Gateway(ThreadAdmin, WebhookAccess):
     def graphs(self) -> list[GraphInfo]:
         """The loaded graphs with their agents."""
         return self.graph_registry.info()
-
-
-def _check_first(first: int, limit: int) -> None:
-    if first < 1 or first > limit:
-        raise BadInputError(f"first must be between 1 and {limit}, got {first}")

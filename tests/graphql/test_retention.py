@@ -147,6 +147,8 @@ async def test_an_expired_thread_is_hidden_before_the_sweep_deletes_it(server: S
     assert data(await gql(server.http, checkpoint, {"t": doomed}))["checkpoint"] is None
     runs = data(await gql(server.http, "{ runs(first: 100) { totalCount edges { node { id } } } }"))
     assert runs["runs"]["totalCount"] == 0
+    stats = data(await gql(server.http, "{ runStats { runs } }"))["runStats"]
+    assert stats["runs"] == 0  # statistics count what the listing shows
     run = "query($id: ID!) { run(id: $id) { id } }"
     assert data(await gql(server.http, run, {"id": ran["id"]}))["run"] is None
     manager = server.gateway.manager

@@ -405,3 +405,36 @@ async def test_a_replica_that_claimed_and_died_leaves_the_delivery_to_another(
         )
         assert recorded is False
         assert json.loads(claimed.payload)["event"] == "RUN_SUCCEEDED"
+
+
+async def test_an_attempt_is_bounded_as_a_whole(checkpointer: CheckpointerConfig) -> None:
+    """A receiver that trickles its answer's head a byte at a time: each read comes in
+    time, the attempt does not, and it ends at the timeout, recorded."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nx-slow: " + b"z" * 200:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    slow = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = slow.sockets[0].getsockname()[1]
+    settings = replace(fast_schedule((0,)), timeout=0.5)
+    try:
+        async with (
+            webhook_server(checkpointer, settings) as server,
+            as_user(server, ALICE_KEY) as alice,
+        ):
+            url = f"http://127.0.0.1:{port}/slow"
+            data(await gql(alice, CREATE, {"input": {"url": url, "events": ["RUN_SUCCEEDED"]}}))
+            data(await gql(alice, START, {"input": FAST}))
+            (delivery,) = await settled(alice)
+            assert delivery["status"] == "FAILED" and delivery["attempts"] == 1
+            assert delivery["lastError"] == "timed out after 0.5 s"
+    finally:
+        slow.close()

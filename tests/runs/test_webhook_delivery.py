@@ -34,6 +34,9 @@ from code_hero.settings import webhooks_from_env
         "fe80::1",
         "fd00:ec2::254",  # AWS metadata over IPv6
         "::ffff:127.0.0.1",  # IPv4-mapped loopback
+        "2002:7f00:1::",  # 6to4 around 127.0.0.1
+        "2002:a00:1::",  # 6to4 around 10.0.0.1
+        "fec0::1",  # site-local
         "::",
     ],
 )
@@ -64,9 +67,13 @@ def test_urls_are_checked_before_they_are_stored() -> None:
         "http:///nohost",
         "http://u:p@example.com/",
         "http://10.0.0.1/",
+        "http://a..b/hook",  # an empty label: no resolver takes it
+        "http://" + "a" * 64 + ".com/",  # a label over 63 characters
+        "http://example.com/\x01",
     ):
         with pytest.raises(BadInputError):
             check_url(bad)
+    assert check_url("https://bücher.de/") == "https://bücher.de/"  # IDNA on the wire
     assert check_url("http://10.1.0.7/", parse_allow_list("10.1.0.0/16"))
 
 

@@ -75,8 +75,15 @@ def refused(address: Address, allow: Iterable[Network] = ()) -> bool:
     """True when webhooks may not reach `address` (see the module docstring)."""
     if any(address in net for net in allow):
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refused(address.ipv4_mapped, allow)
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, 6to4, Teredo) is judged as itself.
+        for inner in (address.ipv4_mapped, address.sixtofour, address.teredo and address.teredo[1]):
+            if inner is not None and refused(inner, allow):
+                return True
+        if address.ipv4_mapped is not None:
+            return False
+        if address.is_site_local:
+            return True
     return (
         address in METADATA_ADDRESSES
         or not address.is_global
@@ -111,6 +118,12 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
+        try:  # a name DNS can carry: labels of 1-63 characters, IDNA for the rest
+            host.encode("idna")
+        except UnicodeError:
+            raise BadInputError(f"url {url!r} has no valid host name") from None
+        if any(ord(c) < 33 or ord(c) == 127 for c in url):
+            raise BadInputError("url may not hold spaces or control characters")
         return url
     if refused(literal, allow):
         raise BadInputError(

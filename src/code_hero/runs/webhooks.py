@@ -225,27 +225,43 @@ class WebhookDispatcher:
             self._wake_at(next_at)
 
     async def _post(self, delivery: DeliveryRecord) -> tuple[int | None, str | None]:
-        """POST once: (status code, error), either None."""
-        assert self._client is not None
+        """POST once: (status code, error), either None. The whole attempt (resolving,
+        connecting, sending, the answer's head) has `timeout` seconds; the body of the
+        answer is never read. Whatever fails is the attempt's error, never the task's."""
+        timeout = self.settings.timeout
         try:
-            target = await resolve(delivery.url, self.settings.allow)
-        except RefusedDestinationError as exc:
-            return None, f"refused destination: {exc}"
-        headers = {"content-type": "application/json", **self._signature(delivery)}
-        host = target.host if ":" not in target.host else f"[{target.host}]"
+            async with asyncio.timeout(timeout):
+                return await self._send(delivery)
+        except TimeoutError:
+            return None, f"timed out after {timeout:g} s"
+        except RefusedDestinationError:
+            # Not the address it resolved to: lastError is shown to the webhook's owner,
+            # who must not learn what an internal name resolves to.
+            return None, "refused destination: not a public address (see CODE_HERO_WEBHOOK_ALLOW)"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # a URL the checks let through and the client refuses
+            return None, f"{type(exc).__name__}: {exc}"
+
+    async def _send(self, delivery: DeliveryRecord) -> tuple[int | None, str | None]:
+        assert self._client is not None
+        signature = self._signature(delivery)
+        if "webhook-signature" not in signature:
+            return None, "no signing secret (CODE_HERO_WEBHOOK_SECRET): not sent unsigned"
+        target = await resolve(delivery.url, self.settings.allow)
+        headers = {"content-type": "application/json", **signature}
+        name = target.host if target.host.isascii() else target.host.encode("idna").decode("ascii")
+        host = name if ":" not in name else f"[{name}]"
         default = 443 if target.scheme == "https" else 80
         headers["host"] = host if target.port == default else f"{host}:{target.port}"
         url = httpx.URL(delivery.url).copy_with(host=str(target.address), port=target.port)
         # Connect to the checked address; TLS names and verifies the URL's host (SNI).
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        try:
-            answer = await self._client.post(
-                url, content=delivery.payload.encode(), headers=headers, extensions=extensions
-            )
-        except httpx.TimeoutException:
-            return None, f"timed out after {self.settings.timeout:g} s"
-        except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        extensions = {"sni_hostname": name} if target.scheme == "https" else {}
+        request = self._client.build_request(
+            "POST", url, content=delivery.payload.encode(), headers=headers, extensions=extensions
+        )
+        answer = await self._client.send(request, stream=True)  # the body is never read
+        await answer.aclose()
         code = answer.status_code
         if 300 <= code < 400:
             return code, f"redirect to {answer.headers.get('location')!r} not followed"

@@ -64,7 +64,7 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, RunStatsQueries, ThreadEdits, ThreadLifecycle, Registry):
+class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Registry):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------

@@ -81,8 +81,12 @@ class RunStatsQueries(Dialect):
     def _run_where(self, flt: RunFilter) -> tuple[list[str], list[Any]]:
         raise NotImplementedError  # SqlRegistry's: the listing's conditions
 
+    def _only_live_runs(self, clauses: list[str], params: list[Any]) -> None:
+        raise NotImplementedError  # ThreadLifecycle's: runs of threads not expired
+
     async def run_stats(self, flt: RunFilter, bucket: TimeBucket | None = None) -> RunStats:
         clauses, params = self._run_where(flt)
+        self._only_live_runs(clauses, params)  # as the runs listing and its count do
         if bucket is not None and flt.created_after and flt.created_before:
             # Refused before any query when both bounds say it is too long.
             bucket_starts(flt.created_after, flt.created_before, bucket, last_exclusive=True)

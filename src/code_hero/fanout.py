@@ -29,6 +29,7 @@ from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationT
 from strawberry.schema import BaseSchema
 from strawberry.types.execution import PreExecutionError
 
+from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
 from code_hero.resolvers.sharing import MODE, Gate, Mode
 
@@ -68,9 +69,14 @@ class Request:
     encode: Callable[[object], str | bytes]
 
 
-@lru_cache(maxsize=256)
 def shareable(query: str, operation_name: str | None) -> bool:
     """True for a subscription whose only root field is `runEvents` (no directive)."""
+    # Cached for texts of a normal size only: a cache of huge texts is a memory sink.
+    return len(query) <= MAX_CACHED_TEXT and _shareable(query, operation_name)
+
+
+@lru_cache(maxsize=256)
+def _shareable(query: str, operation_name: str | None) -> bool:
     try:
         document = parse(query)
     except GraphQLError:
@@ -146,7 +152,13 @@ class Producer:
                 self.changed.clear()
         except Exception:
             log.exception("shared run event stream failed")
-            self.entries.append(Entry(self.floor, False, errors=[{"message": "internal error"}]))
+            self.entries.append(
+                Entry(
+                    self.floor,
+                    False,
+                    errors=[{"message": "internal error", "extensions": {"code": "INTERNAL"}}],
+                )
+            )
         finally:
             self.done = True
             self.fanout._forget(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_COST", "Limits"]
+__all__ = ["DEFAULT_MAX_COST", "MAX_CACHED_TEXT", "Limits"]
 
 DEFAULT_MAX_COST = 25_000  # query cost points (see code_hero.schema.cost)
 
@@ -34,3 +34,10 @@ class Limits:
     ws_init_timeout: float = 10.0
     introspection: bool = True
     field_suggestions: bool = True
+
+
+# The caches keyed by a document's text (parsed and validated documents, shareable
+# subscriptions) keep texts up to this long (a dashboard's documents are a few KB):
+# bigger ones are parsed and validated each time, so that no client can make them
+# hold hundreds of texts of a megabyte each.
+MAX_CACHED_TEXT = 16_384

@@ -13,6 +13,7 @@ from typing import Any
 
 from graphql import DocumentNode, parse
 
+from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.schema.extensions import ParsedDocuments
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
@@ -74,6 +75,16 @@ def test_parsed_documents_are_bounded() -> None:
     request("{ c }")  # evicts b
     assert list(cache) == ["{ a }", "{ c }"]
     assert request("{ a }") is first
+    huge = '{ thread(id: "' + "x" * MAX_CACHED_TEXT + '") { id } }'
+    request(huge)  # parsed, used, not kept: 512 such texts would be a memory sink
+    assert huge not in cache and list(cache) == ["{ c }", "{ a }"]
+
+
+async def test_a_datetime_out_of_range_is_bad_input(server: Server) -> None:
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-10:00"):
+        query = "query($at: DateTime) { threads(filter: {createdAfter: $at}) { totalCount } }"
+        body = await gql(server.http, query, {"at": at})
+        assert codes(body) == ["BAD_USER_INPUT"], body
 
 
 async def test_text_the_encoders_differ_on(server: Server) -> None:

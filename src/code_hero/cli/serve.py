@@ -72,6 +72,8 @@ def serve(args: argparse.Namespace) -> int:
             # No permessage-deflate: its zlib state costs each idle socket tens of KB,
             # and a shared stream would compress the same payload once per socket.
             ws_per_message_deflate=False,
+            # A socket message is held whole before it is parsed: no bigger than a body.
+            ws_max_size=settings.limits.max_body_bytes,
         )
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: a

@@ -51,7 +51,7 @@ async def run_events(
                 )
             )
 
-        key = (run_id, after_seq, tuple(types or ()), ctx.caller)
+        key = (run_id, after_seq, None if types is None else tuple(types), ctx.caller)
         await sharing.checked(mode.checks, key, check)
         mode.found = sharing.Gate(
             run_id, after_seq or 0, sharing.after_variable(info._raw_info), ctx.caller

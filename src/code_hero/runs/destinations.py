@@ -114,6 +114,8 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
     (BadInputError); host names are checked when a delivery resolves them."""
     if len(url) > 2048:
         raise BadInputError("url is longer than 2048 characters")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise BadInputError("url may not hold spaces or control characters")
     _, host, _ = _split(url)
     try:
         literal = ipaddress.ip_address(host)
@@ -122,8 +124,6 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
             host.encode("idna")
         except UnicodeError:
             raise BadInputError(f"url {url!r} has no valid host name") from None
-        if any(ord(c) < 33 or ord(c) == 127 for c in url):
-            raise BadInputError("url may not hold spaces or control characters")
         return url
     if refused(literal, allow):
         raise BadInputError(

@@ -9,6 +9,7 @@ from typing import Any
 from graphql import DocumentNode, GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
 from code_hero.schema.errors import client_error, error_code
 
@@ -125,7 +126,7 @@ class ValidDocuments(SchemaExtension):
             yield
             return
         yield
-        if key is not None and ctx.pre_execution_errors == []:
+        if key is not None and len(key) <= MAX_CACHED_TEXT and ctx.pre_execution_errors == []:
             self.cache[key] = True
             if len(self.cache) > self.maxsize:
                 self.cache.popitem(last=False)
@@ -161,7 +162,7 @@ class ParsedDocuments(SchemaExtension):
             yield
             return
         yield
-        if ctx.graphql_document is not None:
+        if ctx.graphql_document is not None and len(key) <= MAX_CACHED_TEXT:
             self.cache[key] = ctx.graphql_document
             if len(self.cache) > self.maxsize:
                 self.cache.popitem(last=False)

@@ -33,7 +33,10 @@ def parse_datetime(value: Any) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         raise BadInputError(f"DateTime {value!r} has no timezone: add Z or an offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise BadInputError(f"DateTime {value!r} is out of range in UTC") from None
 
 
 DATETIME: ScalarDefinition = strawberry.scalar(

@@ -32,6 +32,8 @@ UNPKG = "https://unpkg.com/"
 def offline_graphiql_html() -> str:
     """Strawberry's GraphiQL page with every asset loaded from /vendor/ instead of unpkg."""
     html = get_graphql_ide_html(graphql_ide="graphiql").replace(UNPKG, VENDOR_URL)
+    # Typed headers (an Authorization among them) stay in the tab, not in localStorage.
+    html = html.replace("shouldPersistHeaders: true", "shouldPersistHeaders: false")
     missing = [
         part.split('"', 1)[0]
         for part in html.split(f'"{VENDOR_URL}')[1:]

@@ -101,9 +101,9 @@ export async function render() {
     view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, "No view at ", h("code", {}, path), ". ", h("a", { href: "/ui" }, "Overview")));
     return;
   }
-  const params = path.match(route[0]).slice(1).map(decodeURIComponent);
   const query = new URLSearchParams(location.search);
   try {
+    const params = path.match(route[0]).slice(1).map(decodeURIComponent); // may throw on a bad escape
     const module = await route[1]();
     cleanup = (await module.render(view, params, query, ctx)) || null;
   } catch (err) {

@@ -9,6 +9,7 @@ either, except the console lines it declares it expects.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -244,3 +245,21 @@ def shot(tmp_path: Path) -> Shot:
             shutil.copyfile(path, DOCS / f"ui-{name}.png")
 
     return take
+
+
+def subscriptions_after(page: Any) -> list[int]:
+    """The `afterSeq` of every runEvents subscription the page sends, as it sends them
+    (a steps read over the same socket has no afterSeq and is left out)."""
+    seen: list[int] = []
+
+    def frames(socket: Any) -> None:
+        def sent(payload: str | bytes) -> None:
+            message = json.loads(payload)
+            variables = message.get("payload", {}).get("variables", {})
+            if message.get("type") == "subscribe" and "afterSeq" in variables:
+                seen.append(variables["afterSeq"])
+
+        socket.on("framesent", sent)
+
+    page.on("websocket", frames)
+    return seen

@@ -5,12 +5,11 @@ No timed assertions: every wait is for something to appear. First paint is logge
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from tests.ui.conftest import Server, Shot, Watch
+from tests.ui.conftest import Server, Shot, Watch, subscriptions_after
 
 pytestmark = pytest.mark.browser
 
@@ -222,18 +221,7 @@ def test_resume_an_interrupt_from_the_inbox(page: Any, server: Server, shot: Sho
 def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
     page: Any, context: Any, server: Server, watch: Watch
 ) -> None:
-    subscribed: list[int] = []  # afterSeq of every runEvents subscription the page sends
-
-    def frames(socket: Any) -> None:
-        def sent(payload: str | bytes) -> None:
-            message = json.loads(payload)
-            variables = message.get("payload", {}).get("variables", {})
-            if message.get("type") == "subscribe" and "afterSeq" in variables:
-                subscribed.append(variables["afterSeq"])  # runEvents, not a steps read
-
-        socket.on("framesent", sent)
-
-    page.on("websocket", frames)
+    subscribed = subscriptions_after(page)  # afterSeq of each runEvents the page sends
     run_id = start_from_threads_page(page, server, "Build a Django model with a migration")
     page.locator(".message .text").first.wait_for()
     page.reload()  # a reload mid-run shows the run from its first event again

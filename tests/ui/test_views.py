@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import CuttableProxy, Server, Shot, Watch
+from tests.ui.conftest import CuttableProxy, Server, Shot, Watch, subscriptions_after
 from tests.ui.test_dashboard import all_seqs, shown_seqs, start_from_threads_page
 
 pytestmark = pytest.mark.browser
@@ -182,18 +182,7 @@ def test_a_socket_cut_under_a_live_run_resumes_after_the_last_event(
 ) -> None:
     """The connection is closed from the far end (the proxy hangs up, as a server that
     drops its sockets does), not by the page going offline."""
-    subscribed: list[int] = []
-
-    def frames(socket: Any) -> None:
-        def sent(payload: str | bytes) -> None:
-            message = json.loads(payload)
-            variables = message.get("payload", {}).get("variables", {})
-            if message.get("type") == "subscribe" and "afterSeq" in variables:
-                subscribed.append(variables["afterSeq"])  # runEvents, not a steps read
-
-        socket.on("framesent", sent)
-
-    page.on("websocket", frames)
+    subscribed = subscriptions_after(page)  # afterSeq of each runEvents the page sends
     via = Server(proxy.url, server.process)
     run_id = start_from_threads_page(page, via, "Build a Django model with a migration")
     page.locator(".message .text").first.wait_for()

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -28,6 +29,8 @@ from code_hero.gateway import GatewaySettings
 from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.webhooks import WebhookSettings
 from code_hero.settings import AppSettings
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import SLOW_GRAPH, Server, checkpointer_for, running
 from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, KEYS, ROOT_KEY
@@ -46,6 +49,7 @@ DELIVERIES = """query($webhookId: ID, $runId: ID, $status: DeliveryStatus, $afte
   }
 }"""
 FAST = {"graph": "slow", "message": "hi", "config": {"delay": 0}, "wait": True}
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 RUN_SECRET = "whsec_" + "c2VjcmV0LW9mLXJ1bi13ZWJob29rcw=="  # base64 of 24 bytes
 
 
@@ -96,6 +100,16 @@ async def settled(
             if len([n for n in nodes if n["status"] != "PENDING"]) >= count:
                 return nodes
             await asyncio.sleep(0.02)
+
+
+async def health_becomes(http: httpx.AsyncClient, status: str) -> None:
+    """Wait (bounded) for the health status; HEALTHY also waits for the sync-back."""
+    async with asyncio.timeout(30):
+        while True:
+            health = data(await gql(http, "{ health { status pendingSync } }"))["health"]
+            if health["status"] == status and (status != "HEALTHY" or not health["pendingSync"]):
+                return
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -438,3 +452,36 @@ async def test_an_attempt_is_bounded_as_a_whole(checkpointer: CheckpointerConfig
             assert delivery["lastError"] == "timed out after 0.5 s"
     finally:
         slow.close()
+
+
+@pytest.mark.postgres
+async def test_a_run_born_and_ended_in_an_outage_is_delivered_once_after_it(
+    pg_database: str, hooks: Receiver
+) -> None:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
+        async with webhook_server(config) as server, as_user(server, ALICE_KEY) as alice:
+            made = data(
+                await gql(
+                    alice,
+                    CREATE,
+                    {"input": {"url": f"{hooks.url}/outage", "events": ["RUN_SUCCEEDED"]}},
+                )
+            )["createWebhook"]
+            proxy.refuse()
+            await health_becomes(alice, "DEGRADED")
+            # A new thread, started and ended on the fallback: its run is local to it.
+            run = data(await gql(alice, START, {"input": FAST}))["startRun"]
+            assert run["status"] == "SUCCESS"
+            proxy.forward()
+            await health_becomes(alice, "HEALTHY")
+
+            (got,) = await hooks.wait_for("/outage")
+            payload = Webhook(made["secret"]).verify(got.body, got.headers)
+            assert payload["runId"] == run["id"] and payload["event"] == "RUN_SUCCEEDED"
+            (delivery,) = await settled(alice, webhookId=made["webhook"]["id"])
+            assert delivery["status"] == "DELIVERED" and delivery["attempts"] == 1
+            assert delivery["id"] == got.headers["webhook-id"]
+            assert len(hooks.on("/outage")) == 1

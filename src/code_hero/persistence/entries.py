@@ -140,8 +140,8 @@ class CopyThread:
         )
         for run in reversed(runs):  # oldest first; the thread's row came first
             if run.run_id not in present:
-                try:
-                    await primary.registry.put_run(run)
+                try:  # a run that ended during the outage tells its webhooks now
+                    await primary.registry.put_run(run, announce=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return
             await _copy_events(primary, fallback, run.run_id, self.copied)

@@ -157,13 +157,13 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         return await self._route(lambda r: r.thread_ids(updated_before=updated_before), degraded)
 
     # ---------------------------------------------------------------- runs
-    async def put_run(self, run: RunRecord) -> None:
+    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
         """Insert or replace a run as given (primary only)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("copying runs")
 
-        await self._write(lambda r: r.put_run(run), degraded)
+        await self._write(lambda r: r.put_run(run, announce=announce), degraded)
 
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given fields; returns the new record (None if missing)."""

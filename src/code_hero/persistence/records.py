@@ -329,8 +329,9 @@ class Registry(Protocol):
         """Counts, durations and token usage of the matching runs (owner included) and,
         with `bucket`, their series over the filter's created range: computed in SQL."""
 
-    async def put_run(self, run: RunRecord) -> None:
-        """Insert or replace a run as given (for migration)."""
+    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+        """Insert or replace a run as given (for migration). With `announce`, a finished
+        run the registry did not have finished queues its webhook deliveries with it."""
 
     # claiming (runs are taken from the table by whichever replica has a free slot)
     async def admit_run(

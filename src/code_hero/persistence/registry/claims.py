@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from code_hero.errors import NotFoundError
-from code_hero.persistence.records import EventRecord, RunRecord, ThreadStatus
+from code_hero.persistence.records import EventRecord, RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
@@ -125,6 +125,8 @@ class RunClaims(WebhookOutbox):
             )
             if not locked:  # the thread is being deleted, its runs with it
                 return None, False
+            # Read under the thread's lock, which every finish of this run takes first.
+            before = await s.fetch("SELECT status FROM code_hero_runs WHERE run_id = ?", [run_id])
             rows = await s.fetch(
                 f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
                 [*params, run_id],
@@ -132,8 +134,10 @@ class RunClaims(WebhookOutbox):
             if not rows:
                 return None, False
             run = self._run(rows[0])
-            # The outbox: webhook deliveries commit with the run's end, or not at all.
-            queued = await self._enqueue_run_end(s, run)
+            # The outbox: webhook deliveries commit with the run's end, or not at all; a
+            # run that had ended already (this finish replayed) told its webhooks then.
+            ended = bool(before) and RunStatus(before[0]["status"]).finished
+            queued = 0 if ended else await self._enqueue_run_end(s, run)
             waiting = await s.fetch(
                 "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "
                 "AND status IN ('PENDING', 'RUNNING') LIMIT 1",

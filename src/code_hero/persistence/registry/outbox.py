@@ -10,6 +10,11 @@ run's own URL (`RUN_WEBHOOK_KEY` in its config) adds one more. A thread's
 deletion does the same for THREAD_DELETED (`_enqueue_thread_deleted`, filter
 on threadId only). Committed rows wake this process's delivery worker.
 
+A run-end delivery's id is derived from (run, event, webhook) and inserted
+with ON CONFLICT DO NOTHING: a run's end written twice (a FinishRun replayed
+after its acknowledgement was lost, a thread born in an outage copied again)
+queues each message once, and the receiver sees one `webhook-id`.
+
 Deliveries are claimed as runs are: a lease, rows another claimer locked
 skipped (PostgreSQL `FOR UPDATE SKIP LOCKED`), so one replica attempts each;
 a claim whose replica died lapses with its lease and is attempted again.
@@ -90,6 +95,7 @@ class WebhookOutbox(Dialect):
             }
         )
         now = self._ts(utc_now())
+        prefix = _run_end_prefix(run.run_id, event)
         queued = await s.execute(
             f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
             "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, 'PENDING', 0, "
@@ -98,9 +104,10 @@ class WebhookOutbox(Dialect):
             "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
             "AND (w.filter_status IS NULL OR w.filter_status = ?) "
             "AND (w.filter_graph IS NULL OR w.filter_graph = ?) "
-            "AND (w.filter_user_id IS NULL OR w.filter_user_id = ?)",
+            "AND (w.filter_user_id IS NULL OR w.filter_user_id = ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
             [
-                _message_prefix(),
+                prefix,
                 run.run_id,
                 run.thread_id,
                 event.value,
@@ -119,9 +126,11 @@ class WebhookOutbox(Dialect):
         if isinstance(url, str) and url:
             queued += await s.execute(
                 f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
-                f"SELECT ?, NULL, {_OWNER}, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ?",
+                # WHERE: SQLite needs one before ON CONFLICT after an INSERT ... SELECT.
+                f"SELECT ?, NULL, {_OWNER}, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ? WHERE 1 = 1 "
+                "ON CONFLICT (delivery_id) DO NOTHING",
                 [
-                    f"{_message_prefix()}run",
+                    f"{prefix}run",
                     run.thread_id,
                     run.run_id,
                     run.thread_id,
@@ -348,6 +357,16 @@ class WebhookOutbox(Dialect):
 def _message_prefix() -> str:
     """A fresh prefix of the delivery ids one transaction writes (`msg_<hex>_<webhook>`)."""
     return f"msg_{uuid.uuid4().hex}_"
+
+
+# The namespace of run-end delivery ids (uuid5): any fixed UUID, never to change,
+# or a run's end replayed across an upgrade would be queued a second time.
+_RUN_END = uuid.UUID("5b0f6f3e-8d0a-4a53-9f3c-6f4f2b7f1c20")
+
+
+def _run_end_prefix(run_id: str, event: WebhookEvent) -> str:
+    """The prefix of a run end's delivery ids: the same for the same run and event."""
+    return f"msg_{uuid.uuid5(_RUN_END, f'{run_id}/{event.value}').hex}_"
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -330,7 +330,7 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             deleted = await s.execute("DELETE FROM code_hero_runs WHERE run_id = ?", [run_id])
         return deleted > 0
 
-    async def put_run(self, run: RunRecord) -> None:
+    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
         params = self._run_params(run)
         if run.created_at is None:
             params[RUN_FIELDS.index("created_at")] = self._ts(utc_now())
@@ -340,8 +340,21 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
             f"ON CONFLICT (run_id) DO UPDATE SET {updates}"
         )
-        async with self._parent(f"thread {run.thread_id!r}"), self._session() as s:
+        queued = 0
+        async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
+            ends = announce and RunStatus(run.status).finished
+            before = (
+                await s.fetch("SELECT status FROM code_hero_runs WHERE run_id = ?", [run.run_id])
+                if ends
+                else []
+            )
             await s.execute(sql, params)
+            if ends and not (before and RunStatus(before[0]["status"]).finished):
+                # It ends here (a run of a thread born in an outage, copied back): its
+                # webhook deliveries commit with it, as finish_run's do.
+                queued = await self._enqueue_run_end(s, run)
+        if queued:
+            self._outbox_committed()
 
     # --- events -------------------------------------------------------------
 

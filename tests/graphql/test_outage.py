@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from code_hero.app import create_app
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import GatewaySettings
+from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.settings import AppSettings
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
@@ -107,3 +110,30 @@ async def test_clients_see_unavailable_not_internal_and_runs_keep_starting(
     assert len(persistence) == 2, persistence
     assert "switching to fallback" in persistence[0]
     assert "serves again" in persistence[1]
+
+
+async def test_a_saturated_pool_is_busy_not_an_outage(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = create_postgres_checkpointer(
+        pg_database, pool_min_size=1, pool_max_size=1, pool_timeout=1, saver_instances=1
+    )
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_GRAPH})
+    async with running(create_app(AppSettings(gateway=settings))) as server:
+        pool = cast(PostgresBackend, server.gateway.manager.router.primary.backend).pool
+        caplog.set_level(logging.WARNING)
+        async with contextlib.AsyncExitStack() as held:  # every connection, held by others
+            for _ in range(pool.max_size):
+                await held.enter_async_context(pool.connection())
+            body = await gql(server.http, THREADS)
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "UNAVAILABLE", error
+        assert error["extensions"]["retryAfter"] >= 1
+        assert "busy" in error["message"]
+
+        health = (await gql(server.http, HEALTH))["data"]["health"]
+        assert health["status"] == "HEALTHY" and health["degradedSince"] is None
+        assert "errors" not in await gql(server.http, THREADS)  # served by the primary
+        ours = [r for r in caplog.records if r.name.startswith("code_hero")]
+        assert not [r for r in ours if "switching to" in r.getMessage()]
+        assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]

@@ -38,7 +38,7 @@ from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
-from code_hero.persistence.unreachable import is_backend_error
+from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
 __all__ = ["FallbackRouter", "full_versions", "thread_of"]
 
@@ -46,6 +46,7 @@ __all__ = ["FallbackRouter", "full_versions", "thread_of"]
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
+BUSY_RETRY_AFTER = 1  # seconds: a pool frees a connection as soon as a call ends
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
 
 
@@ -96,6 +97,7 @@ class FallbackRouter:
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
         self._recover_lock = asyncio.Lock()
+        self._confirming: dict[str, asyncio.Future[bool]] = {}  # role -> its probe in flight
         # Opens and probes given up on at their deadline end in the background here.
         self.calls = BoundedCalls()
 
@@ -186,6 +188,53 @@ class FallbackRouter:
                 slot.backend = None
         self.active = None
 
+    def busy(self, what: str = "this request") -> BackendUnavailableError:
+        """The error for a call that waited for a connection while the database answers."""
+        kind = _KIND_NAMES.get(self.primary.kind, self.primary.kind)
+        return BackendUnavailableError(
+            f"the server is busy: every {kind} connection is in use, so {what} could not "
+            f"get one in time; retry in {BUSY_RETRY_AFTER} s",
+            BUSY_RETRY_AFTER,
+        )
+
+    async def is_down(self, slot: BackendSlot, exc: BaseException, what: str = "") -> bool:
+        """Whether `exc` means the slot's database cannot be reached (then fail it over).
+
+        A pool timeout alone does not say so: a saturated pool raises it too. The
+        slot's probe, on a connection of its own, decides: when the database
+        answers, the call fails as busy (UNAVAILABLE) and nothing fails over.
+        """
+        if not is_backend_error(exc):
+            return False
+        if not is_pool_timeout(exc) or slot.backend is None:
+            return True
+        if await self._answers(slot):
+            raise self.busy(what or "this request") from exc
+        return True
+
+    async def _answers(self, slot: BackendSlot) -> bool:
+        """Whether the slot answers its probe now. One probe serves every call that
+        asks meanwhile: a saturated pool times many out at once, and a connection
+        each would add to the load."""
+        task = self._confirming.get(slot.role)
+        if task is None:
+            task = asyncio.ensure_future(self._probe_answers(slot))
+            self._confirming[slot.role] = task
+
+            def done(ended: asyncio.Future[bool], role: str = slot.role) -> None:
+                if self._confirming.get(role) is ended:
+                    del self._confirming[role]
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _probe_answers(self, slot: BackendSlot) -> bool:
+        try:
+            await slot.probe(self.calls, self.metrics)
+        except Exception:
+            return False
+        return True
+
     def fail_primary(self, exc: BaseException) -> None:
         """The primary could not be reached: serve from the next slot."""
         self.fail(self.primary, exc)
@@ -228,7 +277,7 @@ class FallbackRouter:
                     with self.metrics.timed(slot.label, operation):
                         result = await call(slot)
                 except Exception as exc:
-                    if not is_backend_error(exc):
+                    if not await self.is_down(slot, exc):
                         raise
                     self.fail(slot, exc)
                     continue
@@ -278,7 +327,7 @@ class FallbackRouter:
                     await slot.backend.registry.touch_threads({thread_id: user_id}, create=create)
                 return
             except Exception as exc:
-                if not is_backend_error(exc):
+                if not await self.is_down(slot, exc):
                     raise
                 self.fail(slot, exc)
         if self.active_slot is not None:  # no backend at all: nothing to sync back
@@ -353,7 +402,7 @@ class FallbackRouter:
             with self.metrics.timed(slot.label, operation):
                 return await call(slot.backend.saver)
         except Exception as exc:
-            if not is_backend_error(exc):
+            if not await self.is_down(slot, exc, "reading this thread"):
                 raise
             self.fail(slot, exc)
             raise self.unavailable("reading this thread") from exc
@@ -375,7 +424,7 @@ class FallbackRouter:
         try:
             return await self.primary.backend.count_checkpoints(thread_id, namespace)
         except Exception as exc:
-            if not is_backend_error(exc):
+            if not await self.is_down(self.primary, exc, what):
                 raise
             self.fail_primary(exc)
             raise self.unavailable(what) from exc
@@ -406,7 +455,7 @@ class FallbackRouter:
                 with self.metrics.timed(primary.label, "delete_thread"):
                     return await primary.backend.delete_checkpoints(thread_id)
             except Exception as exc:
-                if not is_backend_error(exc):
+                if not await self.is_down(primary, exc, "deleting this thread"):
                     raise
                 self.fail_primary(exc)
                 raise self.unavailable("deleting this thread") from exc

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from code_hero.persistence.entries import CopyThread, Entry
 from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.records import Registry, RunRecord
-from code_hero.persistence.unreachable import is_backend_error
 
 __all__ = ["RoutedRegistry"]
 
@@ -59,7 +58,7 @@ class RoutedRegistry:
             try:
                 return await on_primary(registry)
             except Exception as exc:
-                if not is_backend_error(exc):
+                if not await self.router.is_down(self.router.primary, exc):
                     raise
                 self.router.fail_primary(exc)
         return await degraded()

@@ -2,8 +2,10 @@
 
 `is_backend_error` is the one test the fallback router applies: only an error
 it accepts moves the process to the fallback; any other error fails the one
-call and the primary keeps serving. `check_on_checkout` is the PostgreSQL
-pool's check that discards a connection the server hung up on.
+call and the primary keeps serving. One error it accepts only on trust:
+`is_pool_timeout` (a saturated pool raises it as well), which the router
+confirms with the backend's own probe before it moves. `check_on_checkout` is
+the PostgreSQL pool's check that discards a connection the server hung up on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "SQLITE_DOWN_CODES",
     "check_on_checkout",
     "is_backend_error",
+    "is_pool_timeout",
 ]
 
 # Which errors mean "the database cannot be reached". Only these move the whole
@@ -109,8 +112,9 @@ def _postgres_down(exc: BaseException) -> bool | None:
     from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
     # The pool's errors subclass psycopg.OperationalError: test them first.
-    # PoolTimeout is also what a saturated pool raises after pool_timeout; it
-    # counts because a server that cannot be reached shows up as exactly that.
+    # PoolTimeout counts because a server that cannot be reached shows up as
+    # exactly that; a saturated pool raises it too, so it is confirmed first
+    # (`is_pool_timeout`).
     if isinstance(exc, PoolTimeout | PoolClosed):
         return True
     if not isinstance(exc, psycopg.Error):
@@ -120,6 +124,16 @@ def _postgres_down(exc: BaseException) -> bool | None:
         return False
     state = exc.sqlstate
     return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
+
+
+def is_pool_timeout(exc: BaseException) -> bool:
+    """True when `exc` is a pool's wait for a connection that ran out: the database
+    may be down, or only busy (every connection in use); only a probe can tell."""
+    if "psycopg_pool" not in sys.modules:
+        return False
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, PoolTimeout)
 
 
 async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -32,7 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -50,14 +50,18 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http import GraphQLRequestData
 from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from code_hero.auth import ANONYMOUS, Authenticator, Caller
@@ -111,6 +115,13 @@ class LegacyWSHandler(SharedLegacyWSHandler):
         await super().handle_connection_init(message)
 
 
+# What a subscription sent as a plain HTTP request is told (HTTP 400).
+SUBSCRIPTION_TRANSPORTS = (
+    "subscriptions need a streaming transport: a WebSocket (graphql-transport-ws or "
+    "graphql-ws) or Server-Sent Events (an HTTP request with Accept: text/event-stream)"
+)
+
+
 class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context and authentication."""
 
@@ -154,6 +165,40 @@ class GraphQLView(GraphQL[Context, None]):
         except HTTPException as exc:  # a body that is not a GraphQL request: JSON all the same
             response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
         await response(scope, receive, send)
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """Strawberry's, with subscriptions refused: they reach here only over plain
+        HTTP, which cannot stream them (SSE and WebSockets go elsewhere)."""
+        method = request_adapter.method
+        allowed = OperationType.from_http(method) - {OperationType.SUBSCRIPTION}
+        if not self.allow_queries_via_get and method == "GET":
+            allowed -= {OperationType.QUERY}
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as exc:
+            raise HTTPException(400, exc.as_http_error_reason()) from exc
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(400, SUBSCRIPTION_TRANSPORTS) from exc
+            raise HTTPException(400, exc.as_http_error_reason(method)) from exc
+        except MissingQueryError as exc:
+            raise HTTPException(400, "No GraphQL query found in the request") from exc
 
     def encode_json(self, data: object) -> str:
         """Every response and socket message, with orjson (a tenth of json.dumps' time);

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,28 @@ async def test_stream_is_refused_over_get(server: Server) -> None:
     assert response.status_code == 200 and '"code":"BAD_USER_INPUT"' in text, text
     assert "POST" in text  # it says what to do instead
     assert await run_count(server) == before
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_subscription_over_plain_http_says_which_transports_stream(
+    server: Server, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await run_count(server)
+    for query, variables in ((STREAM, {"input": MESSAGE}), (EVENTS, {"run": "r"})):
+        if method == "POST":
+            response = await server.http.post(
+                "/graphql", json={"query": query, "variables": variables}
+            )
+        else:
+            params = {"query": query, "variables": json.dumps(variables)}
+            response = await server.http.get("/graphql", params=params)
+        assert response.status_code == 400, response.text
+        (error,) = response.json()["errors"]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT"
+        assert "graphql-transport-ws" in error["message"]
+        assert "text/event-stream" in error["message"]
+    assert await run_count(server) == before
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 async def test_stream_is_priced_and_refused_before_it_starts(start: Starter) -> None:

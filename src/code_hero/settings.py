@@ -31,7 +31,7 @@ from code_hero.inputs import MAX_TTL_SECONDS
 from code_hero.limits import DEFAULT_MAX_COST, Limits
 from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.graphs import parse_graph_specs, read_langgraph_json
-from code_hero.runs.webhooks import WebhookSettings, parse_schedule
+from code_hero.runs.webhooks import DEFAULT_RETENTION, WebhookSettings, parse_schedule
 
 # Limits and DEFAULT_MAX_COST live in code_hero.limits (the schema needs them without
 # the gateway this module imports); they are re-exported here for the edge's callers.
@@ -100,6 +100,9 @@ ENVIRONMENT: dict[str, str] = {
     ),
     "CODE_HERO_WEBHOOK_TIMEOUT": "seconds a webhook receiver has to answer a try (default 10)",
     "CODE_HERO_WEBHOOK_SECRET": "whsec_... secret signing deliveries to a run's own webhook URL",
+    "CODE_HERO_WEBHOOK_RETENTION": (
+        "seconds a delivered or failed webhook delivery is kept (default 604800, 7 days)"
+    ),
 }
 
 DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none unless set
@@ -250,6 +253,7 @@ def webhooks_from_env(env: Mapping[str, str]) -> WebhookSettings:
         allow=parse_allow_list(env.get("CODE_HERO_WEBHOOK_ALLOW")),
         timeout=_float(env, "CODE_HERO_WEBHOOK_TIMEOUT", 10.0),
         secret=secret,
+        retention=_float(env, "CODE_HERO_WEBHOOK_RETENTION", DEFAULT_RETENTION),
     )
 
 

@@ -27,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from code_hero.auth import AccessPolicy, Action, Caller
 from code_hero.compose import GatewaySettings, Services
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_BULK = 1000  # threads one deleteThreads call deletes, at most
 MAX_KEEP_LATEST = 1_000_000
 _BATCH = 100  # threads read per query while pruning or sweeping
+_DELIVERY_BATCH = 1000  # finished webhook deliveries deleted per statement by the sweep
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ class ThreadAdmin:
             await self._purge(thread_id)
 
     async def sweep_expired(self, *, batches: int = 10) -> list[str]:
-        """Delete expired threads (up to `batches` of 100) if no other replica is sweeping;
-        returns the ids this call deleted."""
+        """Delete expired threads (up to `batches` of 100), then finished webhook
+        deliveries past their retention, if no other replica is sweeping; returns the
+        ids of the threads this call deleted."""
         registry = self.services.manager.registry
         deleted: list[str] = []
         async with registry.sweeping() as mine:
@@ -107,7 +109,26 @@ class ThreadAdmin:
                         deleted.append(thread_id)
                 if len(ids) < _BATCH:
                     break
+            forgotten = await self._forget_deliveries(batches)
+            if forgotten:
+                log.info("deleted %d webhook deliveries past their retention", forgotten)
         return deleted
+
+    async def _forget_deliveries(self, batches: int) -> int:
+        """Delete DELIVERED and FAILED deliveries older than the retention (up to
+        `batches` of 1,000): they outlive their threads, runs and run webhooks."""
+        store = self.services.webhook_store()
+        if store is None:
+            return 0
+        retention = timedelta(seconds=self.services.settings.webhooks.retention)
+        before = datetime.now(UTC) - retention
+        total = 0
+        for _ in range(batches):
+            gone = await store.delete_finished_deliveries(before, limit=_DELIVERY_BATCH)
+            total += gone
+            if gone < _DELIVERY_BATCH:
+                break
+        return total
 
     def _start_sweeper(self) -> None:
         interval = self.settings.sweep_interval

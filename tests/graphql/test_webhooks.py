@@ -485,3 +485,33 @@ async def test_a_run_born_and_ended_in_an_outage_is_delivered_once_after_it(
             assert delivery["status"] == "DELIVERED" and delivery["attempts"] == 1
             assert delivery["id"] == got.headers["webhook-id"]
             assert len(hooks.on("/outage")) == 1
+
+
+async def test_finished_deliveries_are_swept_after_their_retention(
+    checkpointer: CheckpointerConfig, hooks: Receiver
+) -> None:
+    hooks.answers["/later"] = [500]
+    settings = fast_schedule((0, 3600), retention=0.05)
+    async with webhook_server(checkpointer, settings) as server, as_user(server, ROOT_KEY) as root:
+        for path, events in (("/done", ["RUN_SUCCEEDED", "THREAD_DELETED"]), ("/later", None)):
+            variables = {
+                "input": {"url": f"{hooks.url}{path}", "events": events or ["RUN_SUCCEEDED"]}
+            }
+            data(await gql(root, CREATE, variables))
+        run = data(await gql(root, START, {"input": {**FAST, "webhook": f"{hooks.url}/run"}}))
+        deleted = await gql(
+            root,
+            "mutation($id: ID!) { deleteThread(id: $id) { deleted } }",
+            {"id": run["startRun"]["threadId"]},
+        )
+        assert data(deleted)["deleteThread"]["deleted"] is True
+        await hooks.wait_for("/done", 2)  # the run's end and the thread's deletion
+        await hooks.wait_for("/run")
+        await hooks.wait_for("/later")  # answered 500: PENDING, tried again in an hour
+        nodes = await settled(root, count=3)
+        assert len(nodes) == 4  # they outlived the thread
+
+        await asyncio.sleep(0.1)  # past the retention
+        assert await server.gateway.sweep_expired() == []
+        (kept,) = data(await gql(root, DELIVERIES, {}))["webhookDeliveries"]["edges"]
+        assert kept["node"]["status"] == "PENDING" and kept["node"]["url"].endswith("/later")

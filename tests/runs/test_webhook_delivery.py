@@ -101,9 +101,14 @@ def test_webhook_settings_from_the_environment() -> None:
             "CODE_HERO_WEBHOOK_ALLOW": "127.0.0.1",
             "CODE_HERO_WEBHOOK_TIMEOUT": "2.5",
             "CODE_HERO_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+            "CODE_HERO_WEBHOOK_RETENTION": "3600",
         }
     )
     assert settings.schedule == (0, 1) and settings.timeout == 2.5
+    assert settings.retention == 3600
+    assert webhooks_from_env({}).retention == 7 * 24 * 3600
+    with pytest.raises(ConfigurationError):
+        webhooks_from_env({"CODE_HERO_WEBHOOK_RETENTION": "a week"})
     assert settings.allow == (ipaddress.ip_network("127.0.0.1/32"),)
     with pytest.raises(ConfigurationError):
         webhooks_from_env({"CODE_HERO_WEBHOOK_SECRET": "whsec_"})

@@ -133,6 +133,10 @@ class WebhookStore(Protocol):
     ) -> list[DeliveryRecord]:
         """Lease up to `limit` due PENDING deliveries nobody holds (SKIP LOCKED)."""
 
+    async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` DELIVERED or FAILED deliveries created before `before`;
+        how many (they outlive their threads and runs, so the sweep bounds them)."""
+
     async def record_attempt(
         self,
         delivery_id: str,

@@ -36,6 +36,7 @@ from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, Webho
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "DEFAULT_RETRY_SCHEDULE",
     "WebhookDispatcher",
     "WebhookSettings",
@@ -65,6 +66,9 @@ def parse_schedule(raw: str | None) -> tuple[float, ...]:
     return offsets
 
 
+DEFAULT_RETENTION = 7 * 24 * 3600.0  # seconds: a week of delivery history
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     """How webhooks are delivered, read once at the edge."""
@@ -75,6 +79,7 @@ class WebhookSettings:
     secret: str | None = None  # signs deliveries to a run's own URL (whsec_...)
     poll_interval: float = 1.0
     concurrency: int = 16  # attempts in flight in this process
+    retention: float = DEFAULT_RETENTION  # seconds a DELIVERED or FAILED delivery is kept
 
     @property
     def lease(self) -> timedelta:

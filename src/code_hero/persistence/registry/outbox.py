@@ -285,6 +285,17 @@ class WebhookOutbox(Dialect):
             )
         return [self._delivery(row) for row in rows]
 
+    async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
+        if limit < 1:
+            return 0
+        async with self._session() as s:
+            return await s.execute(
+                "DELETE FROM code_hero_webhook_deliveries WHERE delivery_id IN ("
+                "SELECT delivery_id FROM code_hero_webhook_deliveries "
+                "WHERE created_at < ? AND status IN ('DELIVERED', 'FAILED') LIMIT ?)",
+                [self._ts(utc(before)), limit],
+            )
+
     async def record_attempt(
         self,
         delivery_id: str,

@@ -116,7 +116,9 @@ class RunClaims(WebhookOutbox):
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
             # after this commit (and then claimable at once).
-            found = await s.fetch("SELECT thread_id FROM code_hero_runs WHERE run_id = ?", [run_id])
+            found = await s.fetch(
+                "SELECT thread_id, status FROM code_hero_runs WHERE run_id = ?", [run_id]
+            )
             if not found:
                 return None, False
             locked = await s.fetch(
@@ -125,8 +127,6 @@ class RunClaims(WebhookOutbox):
             )
             if not locked:  # the thread is being deleted, its runs with it
                 return None, False
-            # Read under the thread's lock, which every finish of this run takes first.
-            before = await s.fetch("SELECT status FROM code_hero_runs WHERE run_id = ?", [run_id])
             rows = await s.fetch(
                 f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
                 [*params, run_id],
@@ -136,7 +136,9 @@ class RunClaims(WebhookOutbox):
             run = self._run(rows[0])
             # The outbox: webhook deliveries commit with the run's end, or not at all; a
             # run that had ended already (this finish replayed) told its webhooks then.
-            ended = bool(before) and RunStatus(before[0]["status"]).finished
+            # (Two finishes racing both see it unfinished: the delivery ids, derived
+            # from run and event, keep one message of each.)
+            ended = RunStatus(found[0]["status"]).finished
             queued = 0 if ended else await self._enqueue_run_end(s, run)
             waiting = await s.fetch(
                 "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "

@@ -239,10 +239,11 @@ class CommitListener:
         return heard
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far, user plus system."""
+def cpu_seconds(pid: int, system: bool = False) -> float:
+    """A process's CPU time so far, user plus system (or system only)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if system else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -296,6 +297,7 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
         per_sub_kb = (sum(rss_after) - sum(rss_before)) / count
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         server_cpu = [cpu_seconds(r.process.pid) for r in replicas]
+        server_sys = [cpu_seconds(r.process.pid, system=True) for r in replicas]
         frames_before = sum(len(s.frames) for s in subs)
         profilers = [  # py-spy on each replica while the live events flow
             subprocess.Popen(  # noqa: ASYNC220 (a bench: started once, not awaited)
@@ -312,6 +314,8 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
         await asyncio.wait_for(asyncio.gather(*(s.done for s in subs)), 180)
         pairs = zip(replicas, server_cpu, strict=True)
         server_cpu = [cpu_seconds(r.process.pid) - c for r, c in pairs]
+        pairs = zip(replicas, server_sys, strict=True)
+        server_sys = [cpu_seconds(r.process.pid, system=True) - c for r, c in pairs]
         frames_live = sum(len(s.frames) for s in subs) - frames_before
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
@@ -349,6 +353,7 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
         # everything else they did meanwhile included: a figure the machine's load
         # does not change much, unlike the spread
         "server_us_per_frame": sum(server_cpu) / max(frames_live, 1) * 1e6,
+        "server_system_share": sum(server_sys) / max(sum(server_cpu), 1e-9),
         "first_latency_ms": statistics.median(first_latency) * 1000 if live else float("nan"),
     }
 
@@ -405,7 +410,8 @@ async def main() -> None:
                 f"load generator: {f['client_us_per_frame']:.1f} us per frame in its receive "
                 f"path ({f['client_ms_per_event']:.1f} ms per event for all subscribers, "
                 f"serial), {f['client_cpu_share']:.0%} of a core while the events flowed; "
-                f"replicas: {f['server_us_per_frame']:.1f} us of CPU per frame sent"
+                f"replicas: {f['server_us_per_frame']:.1f} us of CPU per frame sent "
+                f"({f['server_system_share']:.0%} in the kernel)"
             )
             spread, per_sub = f["live_p99"], f["per_sub_kb"]
             lines.append(

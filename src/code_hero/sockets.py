@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -46,6 +49,27 @@ def _request(
     return Request(
         handler.schema, query, variables, operation_name, handler.context, handler.view.encode_json
     )
+
+
+def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]] | None:
+    """Send an encoded message on Starlette's socket directly, else None (another adapter).
+
+    The same frame as Strawberry's path (send_operation_message, send_message,
+    send_json, encode_json, send_text): four coroutine layers fewer per
+    subscriber and event, on the hottest path of a fan-out.
+    """
+    socket = getattr(websocket, "ws", None)
+    if not isinstance(socket, WebSocket):
+        return None
+    send_text = socket.send_text
+
+    async def send(text: str) -> None:
+        try:
+            await send_text(text)
+        except WebSocketDisconnect as exc:  # as Strawberry's adapter: the socket is gone
+            raise WebSocketDisconnected from exc
+
+    return send
 
 
 class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -89,6 +113,7 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         fanout: Fanout = cast(Any, self.view).fanout
         request = _request(self, operation.query, operation.variables, operation.operation_name)
         head = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
+        send = _text_sender(self.websocket)
         async for entry in fanout.follow(request, mode.found):
             if entry.errors is not None:
                 await operation.send_operation_message(
@@ -96,8 +121,13 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
                 return
             assert entry.payload is not None
-            message = Encoded("next", head + entry.payload + "}")
-            await operation.send_operation_message(cast("Message", message))
+            if operation.completed:  # as send_operation_message: nothing after the end
+                continue
+            text = head + entry.payload + "}"
+            if send is None:
+                await operation.send_operation_message(cast("Message", Encoded("next", text)))
+            else:
+                await send(text)
 
 
 class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):

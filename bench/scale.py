@@ -42,6 +42,7 @@ import httpx
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -148,7 +149,8 @@ class Subscriber(asyncio.Protocol):
                     if not self.first:
                         self.first = now
                     if b'"type":"complete"' in event.data or b'"type":"error"' in event.data:
-                        self.ws.send_close()
+                        if self.ws.state is State.OPEN:
+                            self.ws.send_close()
                         self._finish()
                 elif json.loads(event.data).get("type") == "connection_ack":
                     self.acked = True

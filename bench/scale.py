@@ -42,7 +42,6 @@ import httpx
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
-from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -55,6 +54,7 @@ GRAPHS = (
 )
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
 SUBSCRIBE = "subscription($id: ID!) { runEvents(runId: $id) { seq at __typename } }"
+ENDS = (b'"type":"complete"', b'"type":"error"')  # a subscription's last message
 FLUSH_MS = 25  # the event log's batch window (EventLog.flush_interval)
 VERBOSE = False
 REPLICA_ENV = {
@@ -109,9 +109,9 @@ async def throughput(
 class Subscriber(asyncio.Protocol):
     """One WebSocket subscriber: when each of its frames arrived, parsed afterwards.
 
-    A light receive path (sans-I/O websockets on a bare asyncio protocol): the
-    moment data is readable it is timestamped and kept as bytes; nothing is
-    parsed until the run has ended, so the load generator's own work (a single
+    A light receive path (sans-I/O websockets on a bare asyncio protocol): once
+    subscribed, the moment data is readable it is timestamped and kept as
+    bytes; no frame is parsed until the run has ended, so the load generator's own work (a single
     process reading every socket on the same cores) adds as little as it can
     to what is measured. `busy` is the CPU time spent in its receive callbacks.
     """
@@ -121,7 +121,9 @@ class Subscriber(asyncio.Protocol):
             parse_uri(url), subprotocols=[Subprotocol("graphql-transport-ws")], max_size=None
         )
         self.run_id = run_id
-        self.frames: list[tuple[float, float, bytes]] = []  # (perf_counter, time, text)
+        self.chunks: list[tuple[float, float, bytes]] = []  # (perf_counter, time, bytes)
+        self.tail = b""
+        self.frames = 0  # text frames, once parsed
         self.arrivals: dict[int, float] = {}  # seq -> perf_counter
         self.created: dict[int, float] = {}  # seq -> the event's `at` (epoch seconds)
         self.received: dict[int, float] = {}  # seq -> time.time() of its arrival
@@ -139,20 +141,22 @@ class Subscriber(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now, wall, cpu = time.perf_counter(), time.time(), time.thread_time()
+        if self.acked:  # subscribed: keep the bytes with their time, parse them later
+            self.chunks.append((now, wall, data))
+            if not self.first:
+                self.first = now
+            probe = self.tail + data[:24]  # an end split over two reads
+            if any(end in data or end in probe for end in ENDS):
+                self._finish()
+            self.tail = data[-24:]
+            self.busy += time.thread_time() - cpu
+            return
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Response):
                 self.ws.send_text(b'{"type":"connection_init","payload":{}}')
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                if self.acked:
-                    self.frames.append((now, wall, bytes(event.data)))
-                    if not self.first:
-                        self.first = now
-                    if b'"type":"complete"' in event.data or b'"type":"error"' in event.data:
-                        if self.ws.state is State.OPEN:
-                            self.ws.send_close()
-                        self._finish()
-                elif json.loads(event.data).get("type") == "connection_ack":
+                if json.loads(event.data).get("type") == "connection_ack":
                     self.acked = True
                     variables = {"id": self.run_id}
                     payload = {"query": SUBSCRIBE, "variables": variables}
@@ -173,25 +177,31 @@ class Subscriber(asyncio.Protocol):
                 self.transport.write(chunk)
 
     def _finish(self) -> None:
-        if self.transport is not None:
-            self._flush()
+        if self.transport is not None:  # no close frame: the bytes kept are parsed later
             self.transport.close()
         if not self.done.done():
             self.done.set_result(None)
 
     def parse(self) -> None:
-        """Read the kept frames: each event's arrival, creation time and any error."""
-        for now, wall, text in self.frames:
-            message = json.loads(text)
-            if message.get("type") == "next" and message["payload"].get("errors"):
-                self.errors.append(message["payload"]["errors"])
-            elif message.get("type") == "next":
-                event = message["payload"]["data"]["runEvents"]
-                self.arrivals[event["seq"]] = now
-                self.received[event["seq"]] = wall
-                self.created[event["seq"]] = datetime.fromisoformat(event["at"]).timestamp()
-            elif message.get("type") == "error":
-                self.errors.append(message.get("payload"))
+        """Read the kept bytes: each event's arrival, creation time and any error."""
+        for now, wall, data in self.chunks:
+            self.ws.receive_data(data)
+            for event in self.ws.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    self.frames += 1
+                    self._read(now, wall, json.loads(event.data))
+        self.chunks.clear()
+
+    def _read(self, now: float, wall: float, message: dict[str, Any]) -> None:
+        if message.get("type") == "next" and message["payload"].get("errors"):
+            self.errors.append(message["payload"]["errors"])
+        elif message.get("type") == "next":
+            event = message["payload"]["data"]["runEvents"]
+            self.arrivals[event["seq"]] = now
+            self.received[event["seq"]] = wall
+            self.created[event["seq"]] = datetime.fromisoformat(event["at"]).timestamp()
+        elif message.get("type") == "error":
+            self.errors.append(message.get("payload"))
 
 
 async def subscribe(url: str, run_id: str) -> Subscriber:
@@ -300,7 +310,7 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         server_cpu = [cpu_seconds(r.process.pid) for r in replicas]
         server_sys = [cpu_seconds(r.process.pid, system=True) for r in replicas]
-        frames_before = sum(len(s.frames) for s in subs)
+        busy_before = sum(s.busy for s in subs)
         profilers = [  # py-spy on each replica while the live events flow
             subprocess.Popen(  # noqa: ASYNC220 (a bench: started once, not awaited)
                 [
@@ -314,11 +324,12 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
             if py_spy
         ]
         await asyncio.wait_for(asyncio.gather(*(s.done for s in subs)), 180)
+        cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
         pairs = zip(replicas, server_cpu, strict=True)
         server_cpu = [cpu_seconds(r.process.pid) - c for r, c in pairs]
         pairs = zip(replicas, server_sys, strict=True)
         server_sys = [cpu_seconds(r.process.pid, system=True) - c for r, c in pairs]
-        frames_live = sum(len(s.frames) for s in subs) - frames_before
+        busy = sum(s.busy for s in subs) - busy_before
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
             profiler.wait()
@@ -339,7 +350,8 @@ async def fan_out(replicas: list[Replica], count: int, py_spy: str | None = None
     ]
     if VERBOSE:
         print("spread by seq (ms):", {q: round(v) for q, v in sorted(spread.items())})
-    per_frame = sum(s.busy for s in subs) / max(sum(len(s.frames) for s in subs), 1)
+    frames_live = sum(1 for s in subs for t in s.arrivals.values() if t >= wall_before)
+    per_frame = busy / max(frames_live, 1)
     return {
         "complete": complete,
         "live": live,

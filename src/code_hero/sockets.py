@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -34,9 +37,6 @@ from code_hero.fanout import Encoded, Fanout, Request, shareable
 from code_hero.resolvers.context import Context
 from code_hero.resolvers.sharing import MODE, Mode
 
-if TYPE_CHECKING:
-    from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
-
 __all__ = ["SharedLegacyWSHandler", "SharedTransportWSHandler"]
 
 
@@ -46,6 +46,24 @@ def _request(
     return Request(
         handler.schema, query, variables, operation_name, handler.context, handler.view.encode_json
     )
+
+
+def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
+    """Send an encoded message on the operation's Starlette socket directly.
+
+    The same frame as Strawberry's path (send_operation_message, send_message,
+    send_json, encode_json, send_text): four coroutine layers fewer per
+    subscriber and event, on the hottest path of a fan-out.
+    """
+    send_text = cast(WebSocket, cast(Any, websocket).ws).send_text
+
+    async def send(text: str) -> None:
+        try:
+            await send_text(text)
+        except WebSocketDisconnect as exc:  # as Strawberry's adapter: the socket is gone
+            raise WebSocketDisconnected from exc
+
+    return send
 
 
 class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -89,15 +107,15 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         fanout: Fanout = cast(Any, self.view).fanout
         request = _request(self, operation.query, operation.variables, operation.operation_name)
         head = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
+        send = _text_sender(self.websocket)
         async for entry in fanout.follow(request, mode.found):
             if entry.errors is not None:
                 await operation.send_operation_message(
                     {"id": operation.id, "type": "error", "payload": entry.errors}
                 )
                 return
-            assert entry.payload is not None
-            message = Encoded("next", head + entry.payload + "}")
-            await operation.send_operation_message(cast("Message", message))
+            assert entry.payload is not None  # before any complete or error: sent as is
+            await send(head + entry.payload + "}")
 
 
 class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):

@@ -4,7 +4,8 @@
 
 1. Graph runs per second with 16 concurrent threads on PostgreSQL: through
    the manager (group commit over a SaverPool of stock savers), through the
-   manager with group_commit=False (a commit per write), and through one stock
+   manager with group_commit=False (a commit per checkpoint write; thread
+   touches still coalesced), and through one stock
    AsyncPostgresSaver on the same connection pool, in alternating rounds.
 2. The same load on SQLite through the manager: runs per second and failures
    ("database is locked" must never happen).
@@ -80,7 +81,7 @@ async def postgres_throughput(seconds: float, rounds: int) -> list[str]:
     print(f"postgres, {WORKERS} concurrent threads, 4-node graph, {rounds} rounds of {seconds}s")
     print(f"  manager, group commit ({per_tx:.1f} writes a transaction)")
     print(f"  {'':30s}{m:8.1f} runs/s  {rps['manager']}")
-    print(f"  manager, a commit per write (SaverPool of {WORKERS})")
+    print(f"  manager, group_commit=False: a commit per write (SaverPool of {WORKERS})")
     print(f"  {'':30s}{n:8.1f} runs/s  {rps['no_group']}")
     print("  one stock AsyncPostgresSaver, same pool")
     print(f"  {'':30s}{s:8.1f} runs/s  {rps['stock']}")

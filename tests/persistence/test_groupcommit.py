@@ -212,3 +212,14 @@ async def test_cancelled_callers_lose_nobody_elses_writes(
     assert with_blobs and {row[0] for row in table(pg_database, "checkpoint_blobs")} == with_blobs
     # The saver still works after the cancellations.
     assert await call(grouped, first["t5"]) is not None
+
+
+async def test_empty_writes_alongside_others_change_nothing(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    by_thread = await threads_entries(2)
+    writes = [next(e for e in es if isinstance(e, PutWrites)) for es in by_thread.values()]
+    empty = PutWrites(writes[0].config, (), "empty-task", "")
+    await asyncio.gather(*(call(grouped, e) for e in (writes[0], empty, writes[1])))
+    rows = table(pg_database, "checkpoint_writes")
+    assert {r[0] for r in rows} == {"t0", "t1"} and all(r[3] != "empty-task" for r in rows)

@@ -54,6 +54,8 @@ async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Sta
         conn.cursor(binary=True, row_factory=dict_row) as cur,
     ):
         for sql, rows in planned:
+            if not rows:  # aput_writes with no writes
+                continue
             if len(rows) == 1:
                 await cur.execute(sql, rows[0])
             else:

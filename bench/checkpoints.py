@@ -3,7 +3,9 @@
     python bench/checkpoints.py [--seconds 4] [--rounds 3]
 
 1. Graph runs per second with 16 concurrent threads on PostgreSQL: through
-   the manager (a SaverPool of stock savers) and through one stock
+   the manager (group commit over a SaverPool of stock savers), through the
+   manager with group_commit=False (a commit per checkpoint write; thread
+   touches still coalesced), and through one stock
    AsyncPostgresSaver on the same connection pool, in alternating rounds.
 2. The same load on SQLite through the manager: runs per second and failures
    ("database is locked" must never happen).
@@ -18,6 +20,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from code_hero.checkpointing import (
     create_sqlite_checkpointer,
 )
 from code_hero.persistence.backends import PostgresBackend, SqliteBackend
+from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.records import ThreadFilter
 
 WORKERS = 16
@@ -51,24 +55,42 @@ async def graph_throughput(saver: Any, label: str, seconds: float) -> tuple[floa
 async def postgres_throughput(seconds: float, rounds: int) -> list[str]:
     async with scratch_database() as url:
         config = create_postgres_checkpointer(url, pool_max_size=WORKERS, saver_instances=WORKERS)
-        async with EnhancedCheckpointerManager(config) as manager:
+        plain = replace(config, group_commit=False)
+        async with (
+            EnhancedCheckpointerManager(config) as manager,
+            EnhancedCheckpointerManager(plain) as without,
+        ):
             backend = manager.router.primary.backend
             assert isinstance(backend, PostgresBackend)
+            assert isinstance(backend.saver, GroupCommitSaverPool)
             stock = AsyncPostgresSaver(backend.pool)
-            managed_rps, stock_rps, failures = [], [], 0
+            savers = {
+                "manager": manager.get_checkpointer(),
+                "no_group": without.get_checkpointer(),
+                "stock": stock,
+            }
+            rps: dict[str, list[float]] = {name: [] for name in savers}
+            failures = 0
             for r in range(rounds):
-                rps, fail = await graph_throughput(manager.get_checkpointer(), f"m{r}", seconds)
-                managed_rps.append(rps)
-                failures += fail
-                rps, fail = await graph_throughput(stock, f"s{r}", seconds)
-                stock_rps.append(rps)
-                failures += fail
-    m, s = median(managed_rps), median(stock_rps)
+                for name, saver in savers.items():
+                    got, fail = await graph_throughput(saver, f"{name}{r}", seconds)
+                    rps[name].append(round(got, 1))
+                    failures += fail
+            per_tx = backend.saver.committed / max(1, backend.saver.transactions)
+    m, n, s = (median(rps[name]) for name in savers)
     print(f"postgres, {WORKERS} concurrent threads, 4-node graph, {rounds} rounds of {seconds}s")
-    print(f"  manager (SaverPool of {WORKERS} stock savers): {m:8.1f} runs/s  {managed_rps}")
-    print(f"  one stock AsyncPostgresSaver, same pool:   {s:8.1f} runs/s  {stock_rps}")
-    print(f"  ratio {m / s:.2f}x, failures {failures}")
-    return [target("postgres_manager_vs_stock", m / s, ">= 3x", m / s >= 3, "x")]
+    print(f"  manager, group commit ({per_tx:.1f} writes a transaction)")
+    print(f"  {'':30s}{m:8.1f} runs/s  {rps['manager']}")
+    print(f"  manager, group_commit=False: a commit per write (SaverPool of {WORKERS})")
+    print(f"  {'':30s}{n:8.1f} runs/s  {rps['no_group']}")
+    print("  one stock AsyncPostgresSaver, same pool")
+    print(f"  {'':30s}{s:8.1f} runs/s  {rps['stock']}")
+    print(f"  ratio {m / s:.2f}x (without group commit {n / s:.2f}x), failures {failures}")
+    return [
+        # issue 15's goal; the older ">= 3x" line stays, read on the same run.
+        target("postgres_manager_vs_stock_16", m / s, ">= 2x", m / s >= 2, "x"),
+        target("postgres_manager_vs_stock", m / s, ">= 3x", m / s >= 3, "x"),
+    ]
 
 
 async def sqlite_throughput(seconds: float) -> list[str]:

@@ -67,6 +67,9 @@ class CheckpointerConfig:
     pool_max_size: int = 16
     pool_timeout: float = 5.0
     saver_instances: int = 16
+    # PostgreSQL: concurrent threads' checkpoint writes share one transaction
+    # (persistence/groupcommit.py); off, each write commits on its own.
+    group_commit: bool = True
     health_check_interval: float = 5.0
     enable_fallback: bool = True
     # Writes a fallback holds for the primary during an outage, at most (then UNAVAILABLE).

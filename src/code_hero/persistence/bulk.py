@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
-__all__ = ["put_batch", "statements"]
+__all__ = ["Statement", "put_batch", "statements", "write_statements"]
 
 Statement = tuple[str, list[tuple[Any, ...]]]
 
@@ -42,6 +42,11 @@ async def put_batch(
     # Serialising can take a while for large states: off the event loop, as the
     # stock saver does, but once for the batch.
     planned = await asyncio.to_thread(statements, saver, items)
+    await write_statements(pool, planned)
+
+
+async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Statement]) -> None:
+    """Run `planned` in order in one pipelined transaction on one pooled connection."""
     async with (
         pool.connection() as conn,
         conn.pipeline(),
@@ -49,6 +54,8 @@ async def put_batch(
         conn.cursor(binary=True, row_factory=dict_row) as cur,
     ):
         for sql, rows in planned:
+            if not rows:  # aput_writes with no writes
+                continue
             if len(rows) == 1:
                 await cur.execute(sql, rows[0])
             else:

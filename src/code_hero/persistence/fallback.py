@@ -33,9 +33,11 @@ from langgraph.checkpoint.base import (
 )
 
 from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.coalesce import Coalescer
 from code_hero.persistence.entries import DeleteThread, Entry, TouchThread
 from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.records import Registry
 from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
@@ -96,6 +98,10 @@ class FallbackRouter:
         self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
+        # Keyed by the registry's identity: touches of one registry and kind go together.
+        self._touches: Coalescer[tuple[int, bool], tuple[Registry, str, str | None]] = Coalescer(
+            _touch_threads, shared=is_backend_error
+        )
         self._recover_lock = asyncio.Lock()
         self._confirming: dict[str, asyncio.Future[bool]] = {}  # role -> its probe in flight
         # Opens and probes given up on at their deadline end in the background here.
@@ -324,7 +330,11 @@ class FallbackRouter:
         if slot is not None and slot is self.primary and slot.backend is not None:
             try:
                 with self.metrics.timed(slot.label, "touch_threads"):
-                    await slot.backend.registry.touch_threads({thread_id: user_id}, create=create)
+                    # Concurrent threads' touches share one call (and one commit).
+                    registry = slot.backend.registry
+                    await self._touches.submit(
+                        (id(registry), create), (registry, thread_id, user_id)
+                    )
                 return
             except Exception as exc:
                 if not await self.is_down(slot, exc):
@@ -522,3 +532,10 @@ class FallbackRouter:
                 lasted,
                 f" but {len(self.journal.quarantine)} quarantined" if kept else "",
             )
+
+
+async def _touch_threads(
+    key: tuple[int, bool], touches: list[tuple[Registry, str, str | None]]
+) -> None:
+    registry = touches[0][0]
+    await registry.touch_threads({t: user for _, t, user in touches}, create=key[1])

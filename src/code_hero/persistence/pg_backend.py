@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.config import redact_url
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
+from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.registry import PostgresRegistry
@@ -60,7 +61,8 @@ class PostgresBackend(Backend):
                         await self.registry.setup()
                     finally:
                         await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
-            self.saver = SaverPool(instances)
+            pooled = GroupCommitSaverPool if self.config.group_commit else SaverPool
+            self.saver = pooled(instances)
         except BaseException:
             await pool.close()
             raise

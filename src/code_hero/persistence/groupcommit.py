@@ -1,0 +1,229 @@
+"""Group commit: the checkpoint writes of many threads in one PostgreSQL transaction.
+
+With 16 threads running at once, the manager's event loop spent about half its
+time in psycopg doing one pool checkout, one pipeline and one commit (one WAL
+flush) per `aput` and per `aput_writes` (py-spy, bench/checkpoints.py). Here the
+writes that arrive while a transaction is in flight wait for the next one, which
+carries them all: one checkout, one hop to a worker thread to serialise, one
+pipelined transaction. Each caller returns once that transaction has committed.
+
+- The statements and their rows are the stock `AsyncPostgresSaver`'s own (`bulk.py`).
+- One transaction is in flight at a time and the queue is first in, first out,
+  so a thread's checkpoint N+1 is never committed before its checkpoint N.
+- A value that cannot be serialised fails its own caller only. A transaction
+  that PostgreSQL refuses (say a string with a NUL in a jsonb) is retried one
+  write per transaction, so only the bad write's caller gets the error. A
+  database that cannot be reached fails every caller of the batch at once: the
+  fallback router takes each of them to the fallback.
+- The transaction runs in a task of its own: a caller cancelled while it is in
+  flight stops waiting, and the others' writes commit (or fail) whole. A caller
+  cancelled before its write was taken leaves nothing behind.
+- Reads, deletes and the rest stay the `SaverPool`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+)
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg_pool import AsyncConnectionPool
+
+from code_hero.persistence.bulk import Statement, statements, write_statements
+from code_hero.persistence.entries import PutCheckpoint, PutWrites
+from code_hero.persistence.savers import SaverPool
+from code_hero.persistence.unreachable import is_backend_error
+
+__all__ = ["MAX_BATCH", "GroupCommitSaverPool"]
+
+# Writes per transaction at most: bounds the transaction, not the queue.
+MAX_BATCH = 256
+
+Item = PutCheckpoint | PutWrites
+# A write that serialised, or the error that serialising it raised.
+Planned = list[Statement] | Exception
+
+
+class GroupCommitSaverPool(SaverPool):
+    """A `SaverPool` of stock `AsyncPostgresSaver`s whose writes commit in groups."""
+
+    def __init__(self, instances: Sequence[BaseCheckpointSaver[str]]) -> None:
+        super().__init__(instances)
+        if not all(isinstance(i, AsyncPostgresSaver) for i in self.instances):
+            raise TypeError("GroupCommitSaverPool needs AsyncPostgresSaver instances")
+        self._queue: deque[tuple[Item, asyncio.Future[None]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        # Transactions committed and the writes they carried (bench and tests).
+        self.transactions = 0
+        self.committed = 0
+
+    @property
+    def _stock(self) -> AsyncPostgresSaver:
+        saver = self.instances[0]
+        assert isinstance(saver, AsyncPostgresSaver)
+        return saver
+
+    @property
+    def _pool(self) -> AsyncConnectionPool[Any]:
+        # Read at each commit: PostgresBackend.reconnect() swaps the savers' pool.
+        pool = self._stock.conn
+        assert isinstance(pool, AsyncConnectionPool)
+        return pool
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        await self._submit(PutCheckpoint(config, checkpoint, metadata, new_versions))
+        c = config["configurable"]
+        return {
+            "configurable": {
+                "thread_id": c["thread_id"],
+                "checkpoint_ns": c["checkpoint_ns"],
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self._submit(PutWrites(config, tuple(writes), task_id, task_path))
+
+    def _submit(self, item: Item) -> asyncio.Future[None]:
+        """Queue `item`; the future is done once its transaction has committed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.append((item, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return done
+
+    async def _flush(self) -> None:
+        """Commit what is queued, one transaction at a time, until the queue is empty."""
+        try:
+            while self._queue:
+                batch: list[tuple[Item, asyncio.Future[None]]] = []
+                while self._queue and len(batch) < MAX_BATCH:
+                    item, done = self._queue.popleft()
+                    if not done.done():  # else its caller was cancelled: drop it
+                        batch.append((item, done))
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._flusher = None
+            # Only when this task itself is cancelled (the loop closing): its
+            # callers must not wait for a transaction that will never come.
+            while self._queue:
+                self._queue.popleft()[1].cancel()
+
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[None]]]) -> None:
+        try:
+            planned = await asyncio.to_thread(_plan, self._stock, [item for item, _ in batch])
+            ready: list[tuple[list[Statement], asyncio.Future[None]]] = []
+            for plan, (_, done) in zip(planned, batch, strict=True):
+                if isinstance(plan, Exception):
+                    _settle(done, plan)
+                else:
+                    ready.append((plan, done))
+            if not ready:
+                return
+            try:
+                await write_statements(self._pool, _merged(self._stock, [p for p, _ in ready]))
+            except Exception as exc:
+                if len(ready) == 1 or is_backend_error(exc):
+                    for _, done in ready:
+                        _settle(done, exc)
+                    return
+                await self._one_by_one(ready)
+                return
+            self.transactions += 1
+            self.committed += len(ready)
+            for _, done in ready:
+                _settle(done, None)
+        except asyncio.CancelledError as exc:
+            for _, done in batch:  # the loop is closing: no caller is left waiting
+                _settle(done, exc)
+            raise
+        except Exception as exc:  # a worker thread refused (shutting down): fail the batch
+            for _, done in batch:
+                _settle(done, exc)
+
+    async def _one_by_one(self, ready: list[tuple[list[Statement], asyncio.Future[None]]]) -> None:
+        """Each write in a transaction of its own: only a bad one fails, its caller only."""
+        for plan, done in ready:
+            try:
+                await write_statements(self._pool, plan)
+            except Exception as exc:
+                _settle(done, exc)
+                continue
+            self.transactions += 1
+            self.committed += 1
+            _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if done.done():  # its caller was cancelled meanwhile
+        return
+    if outcome is None:
+        done.set_result(None)
+    elif isinstance(outcome, asyncio.CancelledError):
+        done.cancel()
+    else:
+        done.set_exception(outcome)
+
+
+def _plan(saver: AsyncPostgresSaver, items: list[Item]) -> list[Planned]:
+    """Each write's statements, or the error serialising it raised (in a worker thread)."""
+    planned: list[Planned] = []
+    for item in items:
+        try:
+            planned.append(statements(saver, [item]))
+        except Exception as exc:
+            planned.append(exc)
+    return planned
+
+
+def _merged(saver: AsyncPostgresSaver, plans: list[list[Statement]]) -> list[Statement]:
+    """The writes' statements as few statements: every row of one SQL together.
+
+    Blob rows are inserted ON CONFLICT DO NOTHING with values fixed by their
+    version, and checkpoint rows keep their relative order, so grouping them
+    changes no row. Pending writes keep their order exactly (an upsert and an
+    insert may meet on one key): only neighbours with the same SQL are merged.
+    There are no foreign keys, and it is all one transaction.
+    """
+    blobs: list[tuple[Any, ...]] = []
+    checkpoints: list[tuple[Any, ...]] = []
+    writes: list[Statement] = []
+    for plan in plans:
+        for sql, rows in plan:
+            if sql == saver.UPSERT_CHECKPOINT_BLOBS_SQL:
+                blobs += rows
+            elif sql == saver.UPSERT_CHECKPOINTS_SQL:
+                checkpoints += rows
+            elif writes and writes[-1][0] == sql:
+                writes[-1][1].extend(rows)
+            else:
+                writes.append((sql, list(rows)))
+    merged: list[Statement] = []
+    if blobs:
+        merged.append((saver.UPSERT_CHECKPOINT_BLOBS_SQL, blobs))
+    if checkpoints:
+        merged.append((saver.UPSERT_CHECKPOINTS_SQL, checkpoints))
+    return merged + writes

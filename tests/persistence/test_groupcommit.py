@@ -1,0 +1,225 @@
+"""Group commit on PostgreSQL: concurrent threads' writes share transactions and land
+as the stock saver writes them, in each thread's order; a bad write fails only its
+caller; a cancelled caller loses nobody else's data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from langchain_core.runnables import RunnableConfig
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.persistence import groupcommit
+from code_hero.persistence.backends import PostgresBackend
+from code_hero.persistence.groupcommit import GroupCommitSaverPool
+from code_hero.persistence.journal import PutCheckpoint, PutWrites
+from code_hero.persistence.savers import SaverPool
+from tests.persistence.test_bulk import TABLES, journalled, second_pg_database, table
+
+pytestmark = pytest.mark.postgres
+
+__all__ = ["second_pg_database"]  # a fixture, used by name
+
+THREADS = 12
+
+# Records the order in which checkpoint rows reach the table.
+ORDER_LOG = """
+CREATE TABLE put_order (seq bigserial PRIMARY KEY, thread_id text, checkpoint_id text);
+CREATE FUNCTION log_put() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO put_order (thread_id, checkpoint_id) VALUES (NEW.thread_id, NEW.checkpoint_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER log_put AFTER INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION log_put();
+"""
+
+
+async def opened(url: str, *, group_commit: bool = True) -> PostgresBackend:
+    backend = PostgresBackend(create_postgres_checkpointer(url, group_commit=group_commit))
+    await backend.open()
+    return backend
+
+
+@pytest.fixture
+async def grouped(pg_database: str) -> AsyncIterator[GroupCommitSaverPool]:
+    backend = await opened(pg_database)
+    assert isinstance(backend.saver, GroupCommitSaverPool)
+    try:
+        yield backend.saver
+    finally:
+        await backend.close()
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """At most 5 writes a transaction: a few threads' writes span several."""
+    monkeypatch.setattr(groupcommit, "MAX_BATCH", 5)
+    yield
+
+
+def call(saver: SaverPool, entry: PutCheckpoint | PutWrites) -> Awaitable[Any]:
+    if isinstance(entry, PutCheckpoint):
+        return saver.aput(entry.config, entry.checkpoint, entry.metadata, entry.versions)
+    return saver.aput_writes(entry.config, entry.writes, entry.task_id, entry.task_path)
+
+
+async def in_order(saver: SaverPool, entries: list[PutCheckpoint | PutWrites]) -> None:
+    for entry in entries:
+        await call(saver, entry)
+
+
+def is_blob(value: Any) -> bool:
+    """The stock saver stores a channel value in checkpoint_blobs (not inline)."""
+    return not (value is None or isinstance(value, str | int | float | bool))
+
+
+def with_text(entry: PutCheckpoint, text: str) -> PutCheckpoint:
+    values = {**entry.checkpoint["channel_values"], "text": text}
+    return PutCheckpoint(
+        entry.config, {**entry.checkpoint, "channel_values": values}, entry.metadata, entry.versions
+    )
+
+
+async def threads_entries(count: int) -> dict[str, list[PutCheckpoint | PutWrites]]:
+    return {f"t{i}": await journalled(f"t{i}") for i in range(count)}
+
+
+async def test_concurrent_threads_land_the_rows_the_stock_saver_writes(
+    pg_database: str, second_pg_database: str
+) -> None:
+    by_thread = await threads_entries(THREADS)
+    stock, grouped = (
+        await opened(pg_database, group_commit=False),
+        await opened(second_pg_database),
+    )
+    assert type(stock.saver) is SaverPool and isinstance(grouped.saver, GroupCommitSaverPool)
+    try:
+        for entries in by_thread.values():
+            await in_order(stock.saver, entries)
+        await asyncio.gather(*(in_order(grouped.saver, e) for e in by_thread.values()))
+        writes = sum(len(e) for e in by_thread.values())
+        assert grouped.saver.committed == writes
+        # Threads shared transactions: fewer commits than writes.
+        assert grouped.saver.transactions < writes
+        for name in TABLES:
+            expected = table(pg_database, name)
+            assert expected and table(second_pg_database, name) == expected, name
+        for thread in by_thread:
+            config: RunnableConfig = {"configurable": {"thread_id": thread}}
+            assert await grouped.saver.aget_tuple(config) == await stock.saver.aget_tuple(config)
+    finally:
+        await stock.close()
+        await grouped.close()
+
+
+async def test_aput_answers_the_config_of_the_stored_checkpoint(
+    grouped: GroupCommitSaverPool,
+) -> None:
+    entry = next(e for e in await journalled("t1") if isinstance(e, PutCheckpoint))
+    got = await call(grouped, entry)
+    assert got == {
+        "configurable": {
+            "thread_id": "t1",
+            "checkpoint_ns": "",
+            "checkpoint_id": entry.checkpoint["id"],
+        }
+    }
+
+
+async def test_each_threads_checkpoints_commit_in_the_order_they_were_put(
+    pg_database: str, grouped: GroupCommitSaverPool, small_batches: None
+) -> None:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(ORDER_LOG)
+    by_thread = await threads_entries(THREADS)
+    put = {t: [e for e in es if isinstance(e, PutCheckpoint)] for t, es in by_thread.items()}
+    # Every write is queued before the first commits: no caller waits for its
+    # checkpoint N before putting N+1, so only the queue keeps the order.
+    calls = [call(grouped, e) for round_ in zip(*put.values(), strict=True) for e in round_]
+    await asyncio.gather(*calls)
+    assert grouped.transactions >= len(calls) / 5
+    with psycopg.connect(pg_database) as conn:
+        logged = conn.execute("SELECT thread_id, checkpoint_id FROM put_order ORDER BY seq")
+        rows = logged.fetchall()
+    for thread, entries in put.items():
+        assert [c for t, c in rows if t == thread] == [e.checkpoint["id"] for e in entries]
+
+
+async def test_a_bad_write_in_a_batch_fails_only_its_caller(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    by_thread = await threads_entries(THREADS)
+    first = {t: next(e for e in es if isinstance(e, PutCheckpoint)) for t, es in by_thread.items()}
+    # jsonb cannot hold \u0000: PostgreSQL refuses that checkpoint (the database is fine).
+    first["t3"] = with_text(first["t3"], "a\0")
+    outcomes = await asyncio.gather(
+        *(call(grouped, e) for e in first.values()), return_exceptions=True
+    )
+    failed = {t for t, o in zip(first, outcomes, strict=True) if isinstance(o, BaseException)}
+    assert failed == {"t3"}
+    assert isinstance(outcomes[3], psycopg.DataError)
+    stored = {row[0] for row in table(pg_database, "checkpoints")}
+    assert stored == set(first) - {"t3"}
+
+
+async def test_a_write_that_cannot_be_serialised_fails_only_its_caller(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    by_thread = await threads_entries(4)
+    writes = {t: next(e for e in es if isinstance(e, PutWrites)) for t, es in by_thread.items()}
+    bad = writes["t2"]
+    writes["t2"] = PutWrites(bad.config, (("steps", object()),), bad.task_id, bad.task_path)
+    outcomes = await asyncio.gather(
+        *(call(grouped, e) for e in writes.values()), return_exceptions=True
+    )
+    assert [isinstance(o, Exception) for o in outcomes] == [False, False, True, False]
+    assert {row[0] for row in table(pg_database, "checkpoint_writes")} == {"t0", "t1", "t3"}
+
+
+async def test_cancelled_callers_lose_nobody_elses_writes(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    by_thread = await threads_entries(8)
+    first = {t: next(e for e in es if isinstance(e, PutCheckpoint)) for t, es in by_thread.items()}
+    in_flight = {
+        t: asyncio.ensure_future(call(grouped, first[t])) for t in ("t0", "t1", "t2", "t3")
+    }
+    # Let the first transaction start: its writes are taken from the queue.
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not grouped._queue and grouped._flusher is not None:
+            break
+    assert not grouped._queue and grouped._flusher is not None
+    queued = {t: asyncio.ensure_future(call(grouped, first[t])) for t in ("t4", "t5", "t6", "t7")}
+    await asyncio.sleep(0)
+    in_flight["t1"].cancel()
+    queued["t5"].cancel()
+    outcomes = await asyncio.gather(*in_flight.values(), *queued.values(), return_exceptions=True)
+    cancelled = [isinstance(o, asyncio.CancelledError) for o in outcomes]
+    assert cancelled == [False, True, False, False, False, True, False, False]
+    assert not any(isinstance(o, Exception) for o in outcomes)
+    checkpoints = {row[0] for row in table(pg_database, "checkpoints")}
+    # t1's transaction was already in flight: it commits whole with the others.
+    # t5 was still queued: nothing of it is written.
+    assert checkpoints == set(first) - {"t5"}
+    with_blobs = {
+        t for t in checkpoints if any(map(is_blob, first[t].checkpoint["channel_values"].values()))
+    }
+    assert with_blobs and {row[0] for row in table(pg_database, "checkpoint_blobs")} == with_blobs
+    # The saver still works after the cancellations.
+    assert await call(grouped, first["t5"]) is not None
+
+
+async def test_empty_writes_alongside_others_change_nothing(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    by_thread = await threads_entries(2)
+    writes = [next(e for e in es if isinstance(e, PutWrites)) for es in by_thread.values()]
+    empty = PutWrites(writes[0].config, (), "empty-task", "")
+    await asyncio.gather(*(call(grouped, e) for e in (writes[0], empty, writes[1])))
+    rows = table(pg_database, "checkpoint_writes")
+    assert {r[0] for r in rows} == {"t0", "t1"} and all(r[3] != "empty-task" for r in rows)

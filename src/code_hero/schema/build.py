@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 import strawberry
-from graphql import DocumentNode, GraphQLError
+from graphql import DocumentNode, GraphQLError, GraphQLObjectType
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -19,6 +19,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.limits import Limits
+from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
@@ -88,7 +89,7 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     parsed: OrderedDict[str, DocumentNode] = OrderedDict()
     extensions.append(lambda: ParsedDocuments(parsed))
     factories: list[type[SchemaExtension] | Any] = extensions
-    return GatewaySchema(
+    schema = GatewaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -98,3 +99,25 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
             scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions
         ),
     )
+    _resolve_plainly(schema)
+    return schema
+
+
+def _checkpoint_values(source: Checkpoint, info: Any, keys: list[str] | None = None) -> Any:
+    return source.values(keys)
+
+
+def _resolve_plainly(schema: strawberry.Schema) -> None:
+    """Hand graphql-core a plain resolver for `Checkpoint.values(keys:)`, resolved once per
+    checkpoint of a page.
+
+    Strawberry wraps every field that has arguments in a resolver that converts
+    them, builds an Info and chains field extensions on each call: a tenth of a
+    history page's execution (py-spy, bench/gateway.py). This field has no
+    extension, needs no Info, and its one argument (a list of strings) arrives
+    from graphql-core as it is meant to be used, so the wrapper does nothing
+    for it but cost time.
+    """
+    checkpoint = schema._schema.type_map["Checkpoint"]
+    assert isinstance(checkpoint, GraphQLObjectType)
+    checkpoint.fields["values"].resolve = _checkpoint_values

@@ -121,15 +121,16 @@ class CheckpointAccess:
         first: int = 20,
         after: str | None = None,
         caller: Caller = ANONYMOUS,
+        thread: ThreadRecord | None = None,
     ) -> Page[CheckpointView]:
-        """History newest first."""
+        """History newest first; `thread`: its record, as just read for this caller."""
         thread_id = check_thread_id(thread_id)
         check_text(namespace, "namespace")
         check_first(first, self.settings.max_page)
         # The check and the read run together (a round trip less on PostgreSQL); the
         # page, or the read's error, reaches only a caller the check lets through.
         may, page = await asyncio.gather(
-            self._may(caller, Action.CHECKPOINT_READ, thread_id),
+            self._may_read(caller, thread_id, thread),
             self.manager.list_checkpoints(thread_id, namespace=namespace, first=first, after=after),
             return_exceptions=True,
         )
@@ -140,6 +141,14 @@ class CheckpointAccess:
         if isinstance(page, BaseException):
             raise page
         return page
+
+    async def _may_read(self, caller: Caller, thread_id: str, thread: ThreadRecord | None) -> bool:
+        """CHECKPOINT_READ; ownership needs no second look-up when the thread's record,
+        read live from the registry for this caller (as `thread { checkpoints }` has
+        it), says the caller sees it: that record is what `_owns` would read again."""
+        if thread is None or thread.thread_id != thread_id or not caller.sees(thread.user_id):
+            return await self._may(caller, Action.CHECKPOINT_READ, thread_id)
+        return await self.policy.allows(caller, Action.CHECKPOINT_READ, thread_id=thread_id)
 
     async def checkpoints_count(
         self, thread_id: str, *, namespace: str = "", caller: Caller = ANONYMOUS

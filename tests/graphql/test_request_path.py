@@ -11,6 +11,7 @@ from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from graphql import DocumentNode, parse
 
 from code_hero.limits import MAX_CACHED_TEXT
@@ -110,3 +111,27 @@ async def test_a_page_without_values(server: Server) -> None:
     assert any(n["next"] for n in plain_nodes)
     assert any(n["values"] for n in full_nodes)
     assert all(not k.startswith("__") for n in full_nodes for k in n["values"])
+
+
+async def test_a_page_under_its_thread_reads_the_thread_once(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`thread { checkpoints }` checks ownership with the record `thread` just read:
+    the registry is asked once (not again for the page), and the page is the gateway's."""
+    run = await start_run(server)
+    registry = server.gateway.manager.registry
+    asked: list[str] = []
+    for name in ("get_threads", "expired_thread_ids"):
+        real = getattr(registry, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            asked.append(_name)
+            return await _real(*args, **kw)
+
+        monkeypatch.setattr(registry, name, counted)
+    body = data(await gql(server.http, PAGE % "values", {"id": run["threadId"]}))
+    assert asked == ["get_threads"]
+    direct = await server.gateway.list_checkpoints(run["threadId"], first=5)
+    nodes = [e["node"] for e in body["thread"]["checkpoints"]["edges"]]
+    assert [n["id"] for n in nodes] == [v.checkpoint_id for v in direct.items]
+    assert [n["values"] for n in nodes] == [v.values for v in direct.items]

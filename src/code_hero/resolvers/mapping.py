@@ -67,6 +67,7 @@ def thread_of(record: ThreadRecord) -> t.Thread:
         updated_at=record.updated_at,
         metadata=JSON(dict(record.metadata)),
         expires_at=record.expires_at,
+        record=record,
     )
 
 

@@ -9,6 +9,7 @@ from code_hero.persistence.records import (
     RunOrder,
     SortDirection,
     ThreadOrder,
+    ThreadRecord,
     ThreadSortField,
 )
 from code_hero.resolvers import filters, mapping
@@ -89,8 +90,9 @@ async def thread_checkpoints(
     first: int | None,
     after: str | None,
     namespace: str | None,
+    record: ThreadRecord | None = None,
 ) -> c.CheckpointConnection:
-    """A page of a namespace's history, newest first."""
+    """A page of a namespace's history, newest first; `record`: the thread's, if read."""
     ctx = info.context
     page = await ctx.gateway.list_checkpoints(
         thread_id,
@@ -98,6 +100,7 @@ async def thread_checkpoints(
         first=check_first(first, ctx.limits),
         after=after,
         caller=ctx.caller,
+        thread=record,
     )
 
     async def count() -> int:

@@ -1,6 +1,7 @@
 """The request path's shortcuts answer exactly what the long way did.
 
-Parsed documents are reused per text (never a failed one), responses are
+Parsed documents are reused per text (never a failed one) and validated until found
+valid, `thread { checkpoints }` reads the thread once, responses are
 encoded with orjson (falling back to json for what it refuses), and a
 checkpoint's values are rendered only when selected.
 """
@@ -15,7 +16,7 @@ import pytest
 from graphql import DocumentNode, parse
 
 from code_hero.limits import MAX_CACHED_TEXT
-from code_hero.schema.extensions import ParsedDocuments
+from code_hero.schema.extensions import Document, Documents
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, Starter
@@ -54,11 +55,11 @@ async def test_a_failed_document_fails_every_time(start: Starter) -> None:
 
 def test_parsed_documents_are_bounded() -> None:
     """The LRU keeps at most `maxsize` texts, the most recently used ones."""
-    cache: OrderedDict[str, DocumentNode] = OrderedDict()
+    cache: OrderedDict[str, Document] = OrderedDict()
 
     def request(text: str) -> DocumentNode:
         ctx = SimpleNamespace(query=text, graphql_document=None)
-        extension = ParsedDocuments(cache, maxsize=2)
+        extension = Documents(cache, maxsize=2)
         extension.execution_context = ctx  # type: ignore[assignment]
         hook = extension.on_parse()
         next(hook)
@@ -79,6 +80,34 @@ def test_parsed_documents_are_bounded() -> None:
     huge = '{ thread(id: "' + "x" * MAX_CACHED_TEXT + '") { id } }'
     request(huge)  # parsed, used, not kept: 512 such texts would be a memory sink
     assert huge not in cache and list(cache) == ["{ c }", "{ a }"]
+
+
+def test_documents_are_validated_until_found_valid() -> None:
+    """A cached text found valid skips validation from then on; one found invalid
+    is validated (and refused) every time."""
+    cache: OrderedDict[str, Document] = OrderedDict()
+    validations: list[str] = []
+
+    def request(text: str, errors: list[str]) -> list[str] | None:
+        ctx = SimpleNamespace(query=text, graphql_document=None, pre_execution_errors=None)
+        extension = Documents(cache)
+        extension.execution_context = ctx  # type: ignore[assignment]
+        for _ in extension.on_parse():
+            if ctx.graphql_document is None:
+                ctx.graphql_document = parse(text)
+        for _ in extension.on_validate():
+            if ctx.pre_execution_errors is None:  # what Strawberry's validation does
+                validations.append(text)
+                ctx.pre_execution_errors = errors
+        result: list[str] | None = ctx.pre_execution_errors
+        return result
+
+    assert request("{ a }", []) == [] and validations == ["{ a }"]
+    assert request("{ a }", ["never asked"]) == [] and validations == ["{ a }"]
+    assert request("{ b }", ["too deep"]) == ["too deep"]
+    assert request("{ b }", ["too deep"]) == ["too deep"]
+    assert validations == ["{ a }", "{ b }", "{ b }"]
+    assert cache["{ a }"].valid and not cache["{ b }"].valid
 
 
 async def test_a_datetime_out_of_range_is_bad_input(server: Server) -> None:

@@ -301,12 +301,9 @@ class BodySizeLimit:
         if scope["type"] != "http" or self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
-        too_large = _error_response(
-            413, f"Request body exceeds {self.max_bytes} bytes", "BAD_USER_INPUT"
-        )
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         received = 0
         started = False
@@ -331,7 +328,12 @@ class BodySizeLimit:
         except _BodyTooLarge:
             if started:  # too late for a status: drop the connection
                 raise
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
+
+    def _too_large(self) -> Response:
+        return _error_response(
+            413, f"Request body exceeds {self.max_bytes} bytes", "BAD_USER_INPUT"
+        )
 
 
 # ---------------------------------------------------------------- metrics

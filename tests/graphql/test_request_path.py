@@ -1,6 +1,7 @@
 """The request path's shortcuts answer exactly what the long way did.
 
-Parsed documents are reused per text (never a failed one), responses are
+Parsed documents are reused per text (never a failed one) and validated until found
+valid, `thread { checkpoints }` reads the thread once, responses are
 encoded with orjson (falling back to json for what it refuses), and a
 checkpoint's values are rendered only when selected.
 """
@@ -11,10 +12,11 @@ from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from graphql import DocumentNode, parse
 
 from code_hero.limits import MAX_CACHED_TEXT
-from code_hero.schema.extensions import ParsedDocuments
+from code_hero.schema.extensions import Document, Documents
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, Starter
@@ -53,11 +55,11 @@ async def test_a_failed_document_fails_every_time(start: Starter) -> None:
 
 def test_parsed_documents_are_bounded() -> None:
     """The LRU keeps at most `maxsize` texts, the most recently used ones."""
-    cache: OrderedDict[str, DocumentNode] = OrderedDict()
+    cache: OrderedDict[str, Document] = OrderedDict()
 
     def request(text: str) -> DocumentNode:
         ctx = SimpleNamespace(query=text, graphql_document=None)
-        extension = ParsedDocuments(cache, maxsize=2)
+        extension = Documents(cache, maxsize=2)
         extension.execution_context = ctx  # type: ignore[assignment]
         hook = extension.on_parse()
         next(hook)
@@ -78,6 +80,34 @@ def test_parsed_documents_are_bounded() -> None:
     huge = '{ thread(id: "' + "x" * MAX_CACHED_TEXT + '") { id } }'
     request(huge)  # parsed, used, not kept: 512 such texts would be a memory sink
     assert huge not in cache and list(cache) == ["{ c }", "{ a }"]
+
+
+def test_documents_are_validated_until_found_valid() -> None:
+    """A cached text found valid skips validation from then on; one found invalid
+    is validated (and refused) every time."""
+    cache: OrderedDict[str, Document] = OrderedDict()
+    validations: list[str] = []
+
+    def request(text: str, errors: list[str]) -> list[str] | None:
+        ctx = SimpleNamespace(query=text, graphql_document=None, pre_execution_errors=None)
+        extension = Documents(cache)
+        extension.execution_context = ctx  # type: ignore[assignment]
+        for _ in extension.on_parse():
+            if ctx.graphql_document is None:
+                ctx.graphql_document = parse(text)
+        for _ in extension.on_validate():
+            if ctx.pre_execution_errors is None:  # what Strawberry's validation does
+                validations.append(text)
+                ctx.pre_execution_errors = errors
+        result: list[str] | None = ctx.pre_execution_errors
+        return result
+
+    assert request("{ a }", []) == [] and validations == ["{ a }"]
+    assert request("{ a }", ["never asked"]) == [] and validations == ["{ a }"]
+    assert request("{ b }", ["too deep"]) == ["too deep"]
+    assert request("{ b }", ["too deep"]) == ["too deep"]
+    assert validations == ["{ a }", "{ b }", "{ b }"]
+    assert cache["{ a }"].valid and not cache["{ b }"].valid
 
 
 async def test_a_datetime_out_of_range_is_bad_input(server: Server) -> None:
@@ -110,3 +140,83 @@ async def test_a_page_without_values(server: Server) -> None:
     assert any(n["next"] for n in plain_nodes)
     assert any(n["values"] for n in full_nodes)
     assert all(not k.startswith("__") for n in full_nodes for k in n["values"])
+
+
+async def test_a_page_under_its_thread_reads_the_thread_once(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`thread { checkpoints }` checks ownership with the record `thread` just read:
+    the registry is asked once (not again for the page), and the page is the gateway's."""
+    run = await start_run(server)
+    registry = server.gateway.manager.registry
+    asked: list[str] = []
+    for name in ("get_threads", "expired_thread_ids"):
+        real = getattr(registry, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            asked.append(_name)
+            return await _real(*args, **kw)
+
+        monkeypatch.setattr(registry, name, counted)
+    body = data(await gql(server.http, PAGE % "values", {"id": run["threadId"]}))
+    assert asked == ["get_threads"]
+    direct = await server.gateway.list_checkpoints(run["threadId"], first=5)
+    nodes = [e["node"] for e in body["thread"]["checkpoints"]["edges"]]
+    assert [n["id"] for n in nodes] == [v.checkpoint_id for v in direct.items]
+    assert [n["values"] for n in nodes] == [v.values for v in direct.items]
+
+
+HISTORY = """query($id: ID!, $first: Int, $after: String) { thread(id: $id) { id
+  checkpoints(first: $first, after: $after) { edges { cursor node { id } } } } }"""
+
+
+async def test_a_thread_and_its_page_are_read_together(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`thread { checkpoints }` reads the page with the thread (no second read after it),
+    for any arguments; another shape reads them one after the other; both answer alike."""
+    run = await start_run(server)
+    thread_id = run["threadId"]
+    gateway = server.gateway
+    later: list[str] = []
+    real = gateway.list_checkpoints
+
+    async def after_the_thread(*args: Any, **kw: Any) -> Any:
+        later.append(args[0])
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(gateway, "list_checkpoints", after_the_thread)
+    expected = [v.checkpoint_id for v in (await real(thread_id, first=100)).items]
+    pages = []
+    for variables in ({}, {"first": 2}, {"first": None}):
+        body = data(await gql(server.http, HISTORY, {"id": thread_id, **variables}))
+        pages.append([e["node"]["id"] for e in body["thread"]["checkpoints"]["edges"]])
+        cursor = body["thread"]["checkpoints"]["edges"][-1]["cursor"]
+    assert pages == [expected[:20], expected[:2], expected[:20]]
+    body = data(await gql(server.http, HISTORY, {"id": thread_id, "first": 2, "after": cursor}))
+    assert [e["node"]["id"] for e in body["thread"]["checkpoints"]["edges"]] == (
+        expected[len(pages[0]) : len(pages[0]) + 2]
+    )
+    assert later == []
+    assert data(await gql(server.http, HISTORY, {"id": "no-such-thread"})) == {"thread": None}
+    # Two pages, or a fragment: read after the thread, as before.
+    two = """query($id: ID!) { thread(id: $id) { a: checkpoints(first: 1) { edges { node { id } } }
+      b: checkpoints(first: 2) { edges { node { id } } } } }"""
+    body = data(await gql(server.http, two, {"id": thread_id}))
+    assert [e["node"]["id"] for e in body["thread"]["b"]["edges"]] == expected[:2]
+    spread = """query($id: ID!) { thread(id: $id) { ... on Thread {
+      checkpoints(first: 1) { edges { node { id } } } } } }"""
+    body = data(await gql(server.http, spread, {"id": thread_id}))
+    assert [e["node"]["id"] for e in body["thread"]["checkpoints"]["edges"]] == expected[:1]
+    assert later == [thread_id] * 3
+
+
+async def test_a_refused_page_is_refused_where_it_was(server: Server) -> None:
+    """A page the gateway refuses is an error at `checkpoints`, as when it was read
+    after the thread (a non-null field: its null reaches `thread`)."""
+    run = await start_run(server)
+    for variables in ({"first": 1000}, {"first": 0}, {"after": "not a cursor"}):
+        body = await gql(server.http, HISTORY, {"id": run["threadId"], **variables})
+        assert codes(body) == ["BAD_USER_INPUT"], (variables, body)
+        assert body["errors"][0]["path"] == ["thread", "checkpoints"], body
+        assert body["data"] == {"thread": None}

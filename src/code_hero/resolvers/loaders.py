@@ -12,6 +12,7 @@ and must not serve one operation's stale records to the next.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -37,14 +38,23 @@ class Loaders:
     def __init__(self, gateway: Gateway, caller: Caller) -> None:
         self.gateway = gateway
         self.caller = caller
-        self.thread: DataLoader[str, ThreadRecord | None] = DataLoader(self._threads)
-        self.latest_checkpoint: DataLoader[str, CheckpointView | None] = DataLoader(
-            self._latest_checkpoints
-        )
-        self.checkpoint: DataLoader[CheckpointKey, CheckpointView | None] = DataLoader(
-            self._checkpoints
-        )
-        self.interrupts: DataLoader[str, list[PendingInterrupt]] = DataLoader(self._interrupts)
+
+    # Each loader is made when first used: most operations use one or none.
+    @cached_property
+    def thread(self) -> DataLoader[str, ThreadRecord | None]:
+        return DataLoader(self._threads)
+
+    @cached_property
+    def latest_checkpoint(self) -> DataLoader[str, CheckpointView | None]:
+        return DataLoader(self._latest_checkpoints)
+
+    @cached_property
+    def checkpoint(self) -> DataLoader[CheckpointKey, CheckpointView | None]:
+        return DataLoader(self._checkpoints)
+
+    @cached_property
+    def interrupts(self) -> DataLoader[str, list[PendingInterrupt]]:
+        return DataLoader(self._interrupts)
 
     async def _threads(self, ids: Sequence[str]) -> list[ThreadRecord | None]:
         found = await self.gateway.get_threads(ids, caller=self.caller)

@@ -36,6 +36,7 @@ from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:  # annotations only: the graph registry loads LangGraph
     from code_hero.persistence.manager import ThreadDeletion
+    from code_hero.resolvers.threads import History
     from code_hero.runs.graphs import GraphInfo
 
 __all__ = [
@@ -57,8 +58,8 @@ __all__ = [
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
-def thread_of(record: ThreadRecord) -> t.Thread:
-    """The schema's Thread."""
+def thread_of(record: ThreadRecord, history: History | None = None) -> t.Thread:
+    """The schema's Thread; `history`: a page of it read alongside (see resolvers.threads)."""
     return t.Thread(
         id=strawberry.ID(record.thread_id),
         user_id=record.user_id,
@@ -67,6 +68,8 @@ def thread_of(record: ThreadRecord) -> t.Thread:
         updated_at=record.updated_at,
         metadata=JSON(dict(record.metadata)),
         expires_at=record.expires_at,
+        record=record,
+        history=history,
     )
 
 

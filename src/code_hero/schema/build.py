@@ -7,8 +7,9 @@ from collections import OrderedDict
 from typing import Any
 
 import strawberry
-from graphql import DocumentNode, GraphQLError
+from graphql import ASTValidationRule, GraphQLError, GraphQLObjectType
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -19,16 +20,17 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.limits import Limits
+from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.extensions import (
     Degraded,
+    Document,
+    Documents,
     ErrorCodes,
     OperationContext,
     OperationCounter,
-    ParsedDocuments,
-    ValidDocuments,
 )
 from code_hero.schema.roots import Mutation, Query, Subscription
 from code_hero.schema.scalars import SCALARS
@@ -67,28 +69,28 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         Degraded,
         lambda: ErrorCodes(suggestions=suggestions),
     ]
+    # The validation rules are made once: the limiters would make their rule classes
+    # anew for every request, validated or not (see Documents).
+    rules: list[type[ASTValidationRule]] = []
     if not limits.introspection:
-        extensions.append(DisableIntrospection)
+        rules += DisableIntrospection().validation_rules
     if limits.max_depth > 0:
-        depth = limits.max_depth
-        extensions.append(lambda: QueryDepthLimiter(max_depth=depth))
+        rules += QueryDepthLimiter(max_depth=limits.max_depth).validation_rules
     if limits.max_aliases > 0:
-        aliases = limits.max_aliases
-        extensions.append(lambda: MaxAliasesLimiter(max_alias_count=aliases))
+        rules += MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules
+    if rules:
+        extensions.append(lambda: AddValidationRules(rules))
     if limits.max_tokens > 0:
         tokens = limits.max_tokens
         extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
     # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
     max_cost = limits.max_cost
     extensions.append(lambda: CostLimit(max_cost=max_cost))
-    # Clients repeat their documents: each valid text is validated once ...
-    valid: OrderedDict[str, bool] = OrderedDict()
-    extensions.append(lambda: ValidDocuments(valid))
-    # ... and each text that parsed is parsed once (its AST shared; see ParsedDocuments).
-    parsed: OrderedDict[str, DocumentNode] = OrderedDict()
-    extensions.append(lambda: ParsedDocuments(parsed))
+    # Clients repeat their documents: each text is parsed once, and validated until valid.
+    documents: OrderedDict[str, Document] = OrderedDict()
+    extensions.append(lambda: Documents(documents))
     factories: list[type[SchemaExtension] | Any] = extensions
-    return GatewaySchema(
+    schema = GatewaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -98,3 +100,25 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
             scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions
         ),
     )
+    _resolve_plainly(schema)
+    return schema
+
+
+def _checkpoint_values(source: Checkpoint, info: Any, keys: list[str] | None = None) -> Any:
+    return source.values(keys)
+
+
+def _resolve_plainly(schema: strawberry.Schema) -> None:
+    """Hand graphql-core a plain resolver for `Checkpoint.values(keys:)`, resolved once per
+    checkpoint of a page.
+
+    Strawberry wraps every field that has arguments in a resolver that converts
+    them, builds an Info and chains field extensions on each call: a tenth of a
+    history page's execution (py-spy, bench/gateway.py). This field has no
+    extension, needs no Info, and its one argument (a list of strings) arrives
+    from graphql-core as it is meant to be used, so the wrapper does nothing
+    for it but cost time.
+    """
+    checkpoint = schema._schema.type_map["Checkpoint"]
+    assert isinstance(checkpoint, GraphQLObjectType)
+    checkpoint.fields["values"].resolve = _checkpoint_values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import DocumentNode, GraphQLError
@@ -15,11 +16,11 @@ from code_hero.schema.errors import client_error, error_code
 
 __all__ = [
     "Degraded",
+    "Document",
+    "Documents",
     "ErrorCodes",
     "OperationContext",
     "OperationCounter",
-    "ParsedDocuments",
-    "ValidDocuments",
 ]
 
 
@@ -101,53 +102,37 @@ class OperationCounter(SchemaExtension):
             return "unknown"
 
 
-class ValidDocuments(SchemaExtension):
-    """Skip validating a document text this schema has already found valid.
+@dataclass
+class Document:
+    """A text that parsed: its AST (shared: graphql-core never mutates one) and
+    whether this schema found it valid."""
 
-    Clients send the same few documents again and again; validation (with the
-    depth, alias and token rules) was a seventh of the server's time on a
-    history page. The limits are fixed per schema, so a text valid once stays
-    valid. Only valid texts are kept, in a bounded LRU shared by the schema's
-    requests. (Strawberry's ValidationCache keys on the rule classes, which
-    the limiters make anew per request, so it never hits.)
+    ast: DocumentNode
+    valid: bool = False
+
+
+class Documents(SchemaExtension):
+    """Parse each document text once, and validate it once it has been found valid.
+
+    Clients send the same few documents again and again: parsing was a fifth of
+    a thread-list request's time, validation (with the depth, alias and token
+    rules) a seventh of a history page's (py-spy, bench/peer.py and
+    bench/gateway.py). The limits are fixed per schema, so a text that parsed
+    (with the fixed token limit) parses the same way again, and a text valid
+    once stays valid. Texts that parsed are kept, in a bounded LRU keyed by
+    the exact text and shared by the schema's requests; one found invalid is
+    validated, and refused, each time, and one that fails to parse is parsed,
+    and fails, each time, inside Strawberry's own error handling.
+    (Strawberry's ParserCache raises parse errors from inside an extension
+    hook, where they lose their error code; its ValidationCache keys on rule
+    classes.)
     """
 
-    def __init__(self, cache: OrderedDict[str, bool], maxsize: int = 512) -> None:
+    def __init__(self, cache: OrderedDict[str, Document], maxsize: int = 512) -> None:
         super().__init__()
         self.cache = cache
         self.maxsize = maxsize
-
-    def on_validate(self) -> Iterator[None]:
-        ctx = self.execution_context
-        key = ctx.query
-        if key is not None and key in self.cache:
-            self.cache.move_to_end(key)
-            ctx.pre_execution_errors = []
-            yield
-            return
-        yield
-        if key is not None and len(key) <= MAX_CACHED_TEXT and ctx.pre_execution_errors == []:
-            self.cache[key] = True
-            if len(self.cache) > self.maxsize:
-                self.cache.popitem(last=False)
-
-
-class ParsedDocuments(SchemaExtension):
-    """Parse each document text once: later requests with that text reuse its AST.
-
-    Parsing was a fifth of a thread-list request's time (py-spy, bench/peer.py).
-    graphql-core never mutates a DocumentNode, so requests share it. Only texts
-    that parsed (with the schema's fixed token limit) are kept, in a bounded
-    LRU keyed by the exact text; a text that fails is parsed, and fails, each
-    time, inside Strawberry's own error handling. (Strawberry's ParserCache
-    raises parse errors from inside an extension hook, where they lose their
-    error code.)
-    """
-
-    def __init__(self, cache: OrderedDict[str, DocumentNode], maxsize: int = 512) -> None:
-        super().__init__()
-        self.cache = cache
-        self.maxsize = maxsize
+        self.document: Document | None = None
 
     def on_parse(self) -> Iterator[None]:
         ctx = self.execution_context
@@ -155,17 +140,31 @@ class ParsedDocuments(SchemaExtension):
         if key is None or ctx.graphql_document is not None:
             yield
             return
-        document = self.cache.get(key)
-        if document is not None:
+        self.document = self.cache.get(key)
+        if self.document is not None:
             self.cache.move_to_end(key)
-            ctx.graphql_document = document  # Strawberry skips parsing a set document
+            ctx.graphql_document = self.document.ast  # Strawberry skips parsing a set document
             yield
             return
         yield
         if ctx.graphql_document is not None and len(key) <= MAX_CACHED_TEXT:
-            self.cache[key] = ctx.graphql_document
+            self.document = self.cache[key] = Document(ctx.graphql_document)
             if len(self.cache) > self.maxsize:
                 self.cache.popitem(last=False)
+
+    def on_validate(self) -> Iterator[None]:
+        ctx = self.execution_context
+        document = self.document
+        if document is None or document.ast is not ctx.graphql_document:
+            yield  # not a cached text
+            return
+        if document.valid:
+            ctx.pre_execution_errors = []  # Strawberry skips validating then
+            yield
+            return
+        yield
+        if ctx.pre_execution_errors == []:
+            document.valid = True
 
 
 class Degraded(SchemaExtension):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
+from code_hero.persistence.records import ThreadRecord
 from code_hero.resolvers import edits as resolve_edits
 from code_hero.resolvers import threads as resolve
 from code_hero.resolvers.context import Context
@@ -44,6 +45,10 @@ class Thread:
         default=None,
         description="When retention deletes the thread (ttl after its last update); null: never.",
     )
+    # The registry's record, as read for this operation's caller (None: not kept).
+    record: strawberry.Private[ThreadRecord | None] = None
+    # A page of its history read with it (`thread { checkpoints }`), with its arguments.
+    history: strawberry.Private[resolve.History | None] = None
 
     @fields.field(
         "State of the latest root checkpoint, as JSON; null when there is none."
@@ -64,7 +69,9 @@ class Thread:
         after: str | None = None,
         namespace: str | None = "",
     ) -> CheckpointConnection:
-        return await resolve.thread_checkpoints(info, self.id, first, after, namespace)
+        return await resolve.thread_checkpoints(
+            info, self.id, first, after, namespace, self.record, self.history
+        )
 
     @fields.field("The thread's runs, newest first.")
     async def runs(

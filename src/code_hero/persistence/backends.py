@@ -31,6 +31,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.records import Registry
 from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
 if TYPE_CHECKING:
     from code_hero.persistence.entries import PutCheckpoint, PutWrites
@@ -247,7 +248,7 @@ class SqliteBackend(Backend):
             # Other processes (the CLI, a second server) may hold the file briefly.
             await self._conn.execute("PRAGMA busy_timeout = 5000")
             await _foreign_keys(self._conn, self.enforce_references)
-            saver = AsyncSqliteSaver(self._conn)
+            saver = OneTripSqliteSaver(self._conn)
             if self.config.auto_setup:
                 await saver.setup()
             await _fewer_fsyncs(self._conn)

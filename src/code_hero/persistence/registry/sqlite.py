@@ -93,13 +93,14 @@ class _SqliteSession:
             self._columns[sql] = names
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    # A statement that returns no rows has run to its end once `execute` returns: its
+    # cursor is left to the garbage collector rather than closed in a trip of its own.
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self._conn.execute(sql, params) as cur:
-            return cur.rowcount
+        cur = await self._conn.execute(sql, params)
+        return cur.rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        async with self._conn.executemany(sql, rows):
-            pass
+        await self._conn.executemany(sql, rows)
 
 
 class SqliteRegistry(SqlRegistry):

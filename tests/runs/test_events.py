@@ -65,19 +65,23 @@ async def test_events_are_stored_in_batches(
 ) -> None:
     registry = gateway.manager.registry
     calls: list[int] = []
-    real = registry.store_events
+    fields: list[str] = []
+    real = registry.store_batch
 
-    async def counting(events: list) -> None:  # type: ignore[type-arg]
+    async def counting(events: list, runs: dict) -> None:  # type: ignore[type-arg]
         calls.append(len(events))
-        await real(events)
+        fields.extend(runs)
+        await real(events, runs)
 
-    monkeypatch.setattr(registry, "store_events", counting)
+    monkeypatch.setattr(registry, "store_batch", counting)
     run = await gateway.start_run(
         StartRun(message="Help me build a FastAPI application", wait=True)
     )
     events = await gateway.run_events(run.run_id, first=1000)
     assert sum(calls) == len(events) - 1 > 50  # the PENDING event is stored with the run
     assert len(calls) < len(events) / 5, "one transaction per batch, not per token"
+    # The run's timeline goes with its events, not in transactions of its own.
+    assert set(fields) == {run.run_id}
 
 
 @pytest.mark.parametrize("types", [["message_delta"], ["status", "agent_transition"]])

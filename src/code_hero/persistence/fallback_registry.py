@@ -23,10 +23,13 @@ finishing runs in `fallback_claims.py`; threads, runs and events here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from code_hero.errors import CodeHeroError
 from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.fallback_edits import FallbackEdits
@@ -45,6 +48,8 @@ from code_hero.persistence.records import (
 from code_hero.persistence.stats import RunStats, TimeBucket
 
 __all__ = ["FallbackRegistry"]
+
+log = logging.getLogger(__name__)
 
 
 class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registry):
@@ -174,18 +179,21 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 self._seen([record])
             return record
 
-        async def degraded() -> RunRecord | None:
-            record = await self._local("updating this run").update_run(run_id, **fields)
-            if record is not None:
-                self._copy_thread(record.thread_id)
-                return record
-            adopted = self._adopt(run_id, **fields)
-            if adopted is None:
-                raise self.router.unavailable("updating this run")
-            self._journal(ChangeRun(run_id, adopted.thread_id, fields))
-            return adopted
+        return await self._write(on_primary, lambda: self._update_run_locally(run_id, fields))
 
-        return await self._write(on_primary, degraded)
+    async def _update_run_locally(
+        self, run_id: str, fields: Mapping[str, Any]
+    ) -> RunRecord | None:
+        """An update during an outage: on the fallback, or a run in flight adopted."""
+        record = await self._local("updating this run").update_run(run_id, **fields)
+        if record is not None:
+            self._copy_thread(record.thread_id)
+            return record
+        adopted = self._adopt(run_id, **fields)
+        if adopted is None:
+            raise self.router.unavailable("updating this run")
+        self._journal(ChangeRun(run_id, adopted.thread_id, dict(fields)))
+        return adopted
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or None."""
@@ -273,18 +281,41 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
     # ---------------------------------------------------------------- events
     async def store_events(self, events: Sequence[EventRecord]) -> None:
         """Store events of any runs in one transaction."""
+        await self._write(
+            lambda r: r.store_events(events), lambda: self._store_events_locally(events)
+        )
+
+    async def _store_events_locally(self, events: Sequence[EventRecord]) -> None:
+        if not events:
+            return
+        await self._local("storing events").store_events(events)
+        for event in {e.run_id: e for e in events}.values():
+            if self.router.is_local(event.thread_id):
+                self._copy_thread(event.thread_id)
+            else:
+                self._journal(CopyEvents(event.run_id, event.thread_id, self.router.copied_seqs))
+
+    async def store_batch(
+        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Events and run fields in one transaction (during an outage: one after the other)."""
+
+        async def on_primary(registry: Registry) -> None:
+            await registry.store_batch(events, runs)
+            for run_id, fields in runs.items():  # as update_run's record would show them
+                known = self._executing.get(run_id)
+                if known is not None:
+                    self._executing[run_id] = replace(known, **fields)
 
         async def degraded() -> None:
-            await self._local("storing events").store_events(events)
-            for event in {e.run_id: e for e in events}.values():
-                if self.router.is_local(event.thread_id):
-                    self._copy_thread(event.thread_id)
-                else:
-                    self._journal(
-                        CopyEvents(event.run_id, event.thread_id, self.router.copied_seqs)
-                    )
+            await self._store_events_locally(events)
+            for run_id, fields in runs.items():
+                try:  # the events are stored: a run's fields come again with its next step
+                    await self._update_run_locally(run_id, fields)
+                except CodeHeroError as exc:
+                    log.warning("run %s: its timeline was not stored: %s", run_id, exc)
 
-        await self._write(lambda r: r.store_events(events), degraded)
+        await self._write(on_primary, degraded)
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
         """Store events, skipping those stored already (primary only)."""

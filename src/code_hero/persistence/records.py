@@ -409,6 +409,13 @@ class Registry(Protocol):
         """Store events of any runs in one transaction (each carries its run and thread);
         a (run, seq) already stored conflicts, events of runs deleted meanwhile are dropped."""
 
+    async def store_batch(
+        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """`store_events(events)` and, in the same transaction, `update_run(run_id,
+        **fields)` for each of `runs` (the event log's batch: a run's timeline and
+        usage go with its events, no commit of their own); runs gone are skipped."""
+
     async def put_events(self, events: Sequence[EventRecord]) -> None:
         """Store events, skipping any whose (run, seq) is stored already (for copies) and
         any of runs deleted meanwhile."""

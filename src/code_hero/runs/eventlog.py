@@ -165,23 +165,30 @@ class EventLog:
                 )
 
     async def flush(self) -> None:
-        """Store the pending events of every run: one transaction per batch, not per run."""
+        """Store the pending events of every run, and the run fields set meanwhile (a
+        run's timeline and usage): one transaction per batch, not per run."""
         async with self._lock:
             while self._waiting:
                 writers, self._waiting = list(self._waiting.values()), {}
                 batch: list[EventRecord] = []
+                fields: dict[str, dict[str, Any]] = {}
                 for w in writers:
                     w.inflight, w.pending = w.pending, []
                     batch += w.inflight
+                    if w.fields and not w.closed:
+                        fields[w.run_id], w.fields = w.fields, {}
                 try:
-                    await self.registry().store_events(batch)
-                except ConflictError:
-                    # Another executor wrote these seqs: it holds the run now (this one
-                    # lost its lease). Keep the rest, fence the writers that collided.
-                    await self._store_apart(writers)
+                    try:
+                        await self.registry().store_batch(batch, fields)
+                    except ConflictError:
+                        # Another executor wrote these seqs: it holds the run now (this
+                        # one lost its lease). Keep the rest, fence the writers that collided.
+                        await self._store_apart(writers, fields)
                 except BaseException:
                     for w in writers:
                         w.pending[:0] = w.inflight
+                        if w.run_id in fields:  # newer fields win
+                            w.fields = {**fields[w.run_id], **w.fields}
                         if w.pending or w.fields:
                             self._waiting[w.run_id] = w
                     raise
@@ -193,36 +200,19 @@ class EventLog:
                         await self.bus.stored(batch)
                 except Exception as exc:  # subscribers elsewhere catch up from the log
                     log.warning("event notification failed: %s", exc)
-                await self._store_fields(writers)
 
-    async def _store_fields(self, writers: list[RunEventWriter]) -> None:
-        """The run fields of the batch's writers (a run's timeline and usage), after its
-        events, one update per run, concurrently (a round trip per batch, not per run,
-        on a pool); a failed one is kept for the next flush unless newer fields came."""
-        taken = [(w, w.fields) for w in writers if w.fields and not w.closed]
-        for w, _ in taken:
-            w.fields = {}
-        registry = self.registry()
-        results = await asyncio.gather(
-            *(registry.update_run(w.run_id, **fields) for w, fields in taken),
-            return_exceptions=True,
-        )
-        failed = None
-        for (w, fields), result in zip(taken, results, strict=True):
-            if isinstance(result, BaseException):
-                w.fields = {**fields, **w.fields}
-                self._waiting[w.run_id] = w
-                failed = failed or result
-        if failed is not None:
-            raise failed
-
-    async def _store_apart(self, writers: list[RunEventWriter]) -> None:
+    async def _store_apart(
+        self, writers: list[RunEventWriter], fields: dict[str, dict[str, Any]]
+    ) -> None:
         for w in writers:
             try:
-                await self.registry().store_events(w.inflight)
+                await self.registry().store_batch(
+                    w.inflight, {w.run_id: fields[w.run_id]} if w.run_id in fields else {}
+                )
             except ConflictError:
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
                 w.closed = True
+                fields.pop(w.run_id, None)
 
     async def read(
         self,

@@ -359,9 +359,14 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     # --- events -------------------------------------------------------------
 
     async def store_events(self, events: Sequence[EventRecord]) -> None:
+        await self.store_batch(events, {})
+
+    async def store_batch(
+        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
         async with self._unique("an event whose (run, seq) is already stored"):
-            await self._insert_events(sql, events)
+            await self._insert_events(sql, events, runs)
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
         sql = (
@@ -370,18 +375,38 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         )
         await self._insert_events(sql, events)
 
-    async def _insert_events(self, sql: str, events: Sequence[EventRecord]) -> None:
-        """Insert in one transaction; on a foreign-key violation, again without the events
-        of runs that are gone (a run that ends after its thread's deletion leaves none)."""
+    async def _insert_events(
+        self,
+        sql: str,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Insert in one transaction (with the `runs` field updates); on a foreign-key
+        violation, again without the events of runs that are gone (a run that ends
+        after its thread's deletion leaves none)."""
+        updates = self._run_updates(runs or {})
         for _ in range(_GONE_RETRIES):
-            if not events:
+            if not events and not updates:
                 return
             # In run order: the foreign-key checks lock the runs in the order a deletion
-            # locks them.
+            # locks them; the updates follow, in the same order.
             rows = [self._event_params(e) for e in sorted(events, key=lambda e: (e.run_id, e.seq))]
             try:
                 async with self._session(atomic=True) as s:
-                    await s.executemany(sql, rows)
+                    if updates and self.for_update:
+                        # The runs in run order before the inserts' key locks: an update
+                        # after them would strengthen a lock out of order.
+                        ids = sorted({*(e.run_id for e in events), *(runs or {})})
+                        cond, ids_param = self._in("run_id", ids)
+                        await s.fetch(
+                            f"SELECT run_id FROM code_hero_runs WHERE {cond} "
+                            f"ORDER BY run_id{self.for_update}",
+                            ids_param,
+                        )
+                    if rows:
+                        await s.executemany(sql, rows)
+                    for update, params in updates:
+                        await s.executemany(update, params)
                 return
             except Exception as exc:
                 if not self._is_orphan(exc):
@@ -389,6 +414,29 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             present = await self.get_runs([e.run_id for e in events])
             events = [e for e in events if e.run_id in present]
         raise NotFoundError("runs of these events keep being deleted: the events are dropped")
+
+    def _run_updates(
+        self, runs: Mapping[str, Mapping[str, Any]]
+    ) -> list[tuple[str, list[list[Any]]]]:
+        """UPDATE statements setting each run's fields: one per set of field names (the
+        event log sends the same set for every run), with the rows in run order."""
+        grouped: dict[tuple[str, ...], list[list[Any]]] = {}
+        for run_id in sorted(runs):
+            fields = runs[run_id]
+            unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+            if unknown:
+                raise TypeError(f"store_batch() got fields RunRecord cannot update: {unknown}")
+            if fields:
+                params = [self._run_param(name, value) for name, value in fields.items()]
+                grouped.setdefault(tuple(fields), []).append([*params, run_id])
+        return [
+            (
+                f"UPDATE code_hero_runs SET {', '.join(f'{n} = ?' for n in names)} "
+                "WHERE run_id = ?",
+                rows,
+            )
+            for names, rows in grouped.items()
+        ]
 
     async def list_events(
         self,

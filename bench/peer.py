@@ -1,7 +1,7 @@
 """The gateway against LangGraph's own server, side by side in one run.
 
     pip install -e '.[peer]'      # langgraph-cli[inmem]: bench only, never at runtime
-    python bench/peer.py [--seconds 4] [--repeats 200]
+    python bench/peer.py [--seconds 4] [--repeats 200] [--rows runs_concurrent] [--servers sqlite]
 
 Starts `langgraph dev` (in-memory, offline) and `code-hero serve` (its SQLite
 default, and a second one on a scratch PostgreSQL database) on the same 4-node
@@ -20,6 +20,10 @@ with the same httpx client and prints one row per operation a client makes:
 - the server's memory (resident, the whole process tree) after all that.
 
 Then one target line per row the performance issue sets a goal for.
+
+`--rows` and `--servers` measure a part (the peer always: the ratios are what
+count). The "16 clients" row prints the client's own CPU share: one Python
+process drives every server, and near a whole core it would be the limit.
 """
 
 from __future__ import annotations
@@ -280,9 +284,9 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> float:
 
 
 async def measure(
-    client: Any, rss: Callable[[], int], seconds: float, repeats: int
+    client: Any, rss: Callable[[], int], seconds: float, repeats: int, rows: set[str]
 ) -> dict[str, float]:
-    """Every row of the table for one server."""
+    """The `rows` of the table for one server."""
     row: dict[str, float] = {}
     made = 0
 
@@ -291,28 +295,43 @@ async def measure(
         await client.run_wait()
         made += 1
 
-    row["runs_sequential"], fail1 = await throughput(sequential, workers=1, seconds=seconds)
-    row["runs_concurrent"], fail2 = await throughput(sequential, workers=CLIENTS, seconds=seconds)
-    if fail1 or fail2:
-        print(f"  ({fail1 + fail2} failed runs)")
+    if "runs_sequential" in rows:
+        row["runs_sequential"], fail = await throughput(sequential, workers=1, seconds=seconds)
+        if fail:
+            print(f"  ({fail} failed runs)")
+    if "runs_concurrent" in rows:
+        # The client's own CPU over the row: near one core, it would be the client
+        # (one process) that the row measures, not the server.
+        cpu = time.process_time()
+        row["runs_concurrent"], fail = await throughput(
+            sequential, workers=CLIENTS, seconds=seconds
+        )
+        print(f"  client CPU during {CLIENTS} clients: {(time.process_time() - cpu) / seconds:.0%}")
+        if fail:
+            print(f"  ({fail} failed runs)")
 
-    row["first_update_ms"] = median([await client.first_update() * 1000 for _ in range(60)])
+    if "first_update_ms" in rows:
+        row["first_update_ms"] = median([await client.first_update() * 1000 for _ in range(60)])
 
-    history_thread = await client.run_wait()
-    for _ in range(30):  # 4 nodes: 5 checkpoints a run
-        await client.run_wait(history_thread)
-    row["history_ms"] = await timed(lambda: client.history(history_thread), repeats)
+    if "history_ms" in rows:
+        history_thread = await client.run_wait()
+        for _ in range(30):  # 4 nodes: 5 checkpoints a run
+            await client.run_wait(history_thread)
+        row["history_ms"] = await timed(lambda: client.history(history_thread), repeats)
 
-    while made < 1_000:  # a page of 10 out of 1,000 threads and more
-        await asyncio.gather(*(client.run_wait() for _ in range(CLIENTS)))
-        made += CLIENTS
-    row["threads_ms"] = await timed(client.threads, repeats)
+    if "threads_ms" in rows:
+        while made < 1_000:  # a page of 10 out of 1,000 threads and more
+            await asyncio.gather(*(client.run_wait() for _ in range(CLIENTS)))
+            made += CLIENTS
+        row["threads_ms"] = await timed(client.threads, repeats)
 
-    doomed = [await client.run_wait() for _ in range(min(repeats, 100) + 5)]
-    it = iter(doomed)
-    row["delete_ms"] = await timed(lambda: client.delete(next(it)), min(repeats, 100))
+    if "delete_ms" in rows:
+        doomed = [await client.run_wait() for _ in range(min(repeats, 100) + 5)]
+        it = iter(doomed)
+        row["delete_ms"] = await timed(lambda: client.delete(next(it)), min(repeats, 100))
 
-    row["rss_mib"] = rss() / 1024
+    if "rss_mib" in rows:
+        row["rss_mib"] = rss() / 1024
     return row
 
 
@@ -351,7 +370,7 @@ def better(key: str, gateway: float, peer: float) -> str:
 
 
 async def serve_gateway(
-    label: str, replica: Replica, seconds: float, repeats: int
+    label: str, replica: Replica, seconds: float, repeats: int, rows: set[str]
 ) -> dict[str, float]:
     await replica.ready()
     async with httpx.AsyncClient(base_url=replica.http, timeout=60) as http:
@@ -365,7 +384,7 @@ async def serve_gateway(
         await client.open_socket()
         try:
             print(f"measuring {label} ...", flush=True)
-            return await measure(client, replica.rss_kib, seconds, repeats)
+            return await measure(client, replica.rss_kib, seconds, repeats, rows)
         finally:
             await client.close()
 
@@ -374,7 +393,25 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument(
+        "--rows",
+        default=",".join(key for key, _, _ in ROWS),
+        help="comma-separated rows to measure (default: all): "
+        + ", ".join(key for key, _, _ in ROWS),
+    )
+    parser.add_argument(
+        "--servers",
+        default="peer,sqlite,postgres",
+        help="comma-separated servers to measure, the peer always among them "
+        "(default: peer,sqlite,postgres)",
+    )
     args = parser.parse_args()
+    rows = set(args.rows.split(","))
+    servers = set(args.servers.split(",")) | {"peer"}
+    if unknown := rows - {key for key, _, _ in ROWS}:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    if unknown := servers - {"peer", "sqlite", "postgres"}:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -389,39 +426,46 @@ async def main() -> None:
             async with httpx.AsyncClient(base_url=peer.http, timeout=60) as http:
                 print("measuring langgraph dev ...", flush=True)
                 results["peer"] = await measure(
-                    PeerClient(http), peer.rss_kib, args.seconds, args.repeats
+                    PeerClient(http), peer.rss_kib, args.seconds, args.repeats, rows
                 )
         finally:
             peer.stop()
 
-        sqlite = Replica(f"sqlite:///{folder / 'gateway.sqlite'}", folder, **serve_args)
-        try:
-            results["sqlite"] = await serve_gateway(
-                "gateway (SQLite)", sqlite, args.seconds, args.repeats
-            )
-        finally:
-            sqlite.stop()
-
-        async with scratch_database("ch_peer") as url:
-            pg = Replica(url, folder, **serve_args)
+        if "sqlite" in servers:
+            sqlite = Replica(f"sqlite:///{folder / 'gateway.sqlite'}", folder, **serve_args)
             try:
-                results["postgres"] = await serve_gateway(
-                    "gateway (PostgreSQL)", pg, args.seconds, args.repeats
+                results["sqlite"] = await serve_gateway(
+                    "gateway (SQLite)", sqlite, args.seconds, args.repeats, rows
                 )
             finally:
-                pg.stop()
+                sqlite.stop()
 
-    peer_row, sq, pg_row = results["peer"], results["sqlite"], results["postgres"]
+        if "postgres" in servers:
+            async with scratch_database("ch_peer") as url:
+                pg = Replica(url, folder, **serve_args)
+                try:
+                    results["postgres"] = await serve_gateway(
+                        "gateway (PostgreSQL)", pg, args.seconds, args.repeats, rows
+                    )
+                finally:
+                    pg.stop()
+
+    peer_row = results["peer"]
+    columns = [(c, results[c]) for c in ("sqlite", "postgres") if c in results]
+    names = {"sqlite": "gateway (SQLite)", "postgres": "gateway (PostgreSQL)"}
+    first = columns[0] if columns else None
     print()
     print(
-        "| operation | gateway (SQLite) | gateway (PostgreSQL) | langgraph dev | SQLite vs peer |"
+        f"| operation | {' | '.join(names[c] for c, _ in columns)} | langgraph dev "
+        f"| {f'{names[first[0]]} vs peer |' if first else ''}"
     )
-    print("|---|---|---|---|---|")
+    print(f"|---|{'---|' * len(columns)}---|{'---|' if first else ''}")
     for key, title, _ in ROWS:
-        print(
-            f"| {title} | {sq[key]:.3g} | {pg_row[key]:.3g} | {peer_row[key]:.3g} "
-            f"| {better(key, sq[key], peer_row[key])} |"
-        )
+        if key not in rows:
+            continue
+        cells = "".join(f" {got[key]:.3g} |" for _, got in columns)
+        vs = f" {better(key, first[1][key], peer_row[key])} |" if first else ""
+        print(f"| {title} |{cells} {peer_row[key]:.3g} |{vs}")
     print()
     lines = [
         target(
@@ -431,8 +475,9 @@ async def main() -> None:
             advantage(key, got[key], peer_row[key]) >= goal,
             "x",
         )
-        for column, got in (("sqlite", sq), ("postgres", pg_row))
+        for column, got in columns
         for name, key, goal in TARGETS
+        if key in rows
     ]
     for line in lines:
         print(line)

@@ -181,9 +181,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         return await self._write(on_primary, lambda: self._update_run_locally(run_id, fields))
 
-    async def _update_run_locally(
-        self, run_id: str, fields: Mapping[str, Any]
-    ) -> RunRecord | None:
+    async def _update_run_locally(self, run_id: str, fields: Mapping[str, Any]) -> RunRecord | None:
         """An update during an outage: on the fallback, or a run in flight adopted."""
         record = await self._local("updating this run").update_run(run_id, **fields)
         if record is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 from langchain_core.runnables import RunnableConfig
@@ -18,6 +18,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 __all__ = ["OneTripSqliteSaver"]
+
+T = TypeVar("T")
 
 
 class OneTripSqliteSaver(AsyncSqliteSaver):
@@ -49,11 +51,15 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
             self._twin = twin
         return self._twin
 
+    async def _one_trip(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` on aiosqlite's thread, under the lock the registry shares."""
+        async with self.lock:
+            result: T = await self.conn._execute(call, *args)  # type: ignore[no-untyped-call]
+        return result
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         twin = await self._sync_twin()
-        async with self.lock:
-            found: CheckpointTuple | None = await self.conn._execute(twin.get_tuple, config)
-        return found
+        return await self._one_trip(twin.get_tuple, config)
 
     async def aput(
         self,
@@ -63,11 +69,7 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         twin = await self._sync_twin()
-        async with self.lock:  # the registry's statements share the connection
-            saved: RunnableConfig = await self.conn._execute(
-                twin.put, config, checkpoint, metadata, new_versions
-            )
-        return saved
+        return await self._one_trip(twin.put, config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self,
@@ -77,5 +79,4 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
         task_path: str = "",
     ) -> None:
         twin = await self._sync_twin()
-        async with self.lock:
-            await self.conn._execute(twin.put_writes, config, writes, task_id, task_path)
+        await self._one_trip(twin.put_writes, config, writes, task_id, task_path)

@@ -64,3 +64,24 @@ async def test_events_of_a_missing_run_are_dropped(registry: Registry) -> None:
     await registry.store_events(events("nope", "t1", 1))
     await registry.put_events(events("nope", "t1", 2))
     assert await registry.list_events("nope") == [] and await registry.last_seq("nope") == 0
+
+
+async def test_a_batch_stores_events_and_run_fields_together(registry: Registry) -> None:
+    await registry.admit_run(run("r1", thread_id="t1"), reject_if_busy=False)
+    await registry.admit_run(run("r2", thread_id="t2"), reject_if_busy=False)
+    fields = {"input_tokens": 7, "output_tokens": 3}
+    # r2's fields ride along without events of its own; a run that is gone is skipped.
+    await registry.store_batch(
+        events("r1", "t1", 1, 2), {"r1": fields, "r2": {"input_tokens": 1}, "gone": fields}
+    )
+    assert [e.seq for e in await registry.list_events("r1")] == [1, 2]
+    r1, r2 = await registry.get_run("r1"), await registry.get_run("r2")
+    assert r1 is not None and (r1.input_tokens, r1.output_tokens) == (7, 3)
+    assert r2 is not None and r2.input_tokens == 1
+    # One transaction: a conflicting event leaves the fields as they were.
+    with pytest.raises(ConflictError):
+        await registry.store_batch(events("r1", "t1", 2), {"r1": {"input_tokens": 99}})
+    r1 = await registry.get_run("r1")
+    assert r1 is not None and r1.input_tokens == 7
+    with pytest.raises(TypeError):
+        await registry.store_batch([], {"r1": {"no_such_field": 1}})

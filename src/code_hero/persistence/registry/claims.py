@@ -116,16 +116,14 @@ class RunClaims(WebhookOutbox):
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
             # after this commit (and then claimable at once).
-            found = await s.fetch(
-                "SELECT thread_id, status FROM code_hero_runs WHERE run_id = ?", [run_id]
-            )
-            if not found:
-                return None, False
+            # Only the thread's row is locked here (OF t): the run's is updated below.
             locked = await s.fetch(
-                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
-                [found[0]["thread_id"]],
+                "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
+                "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
+                f"{self.for_update and f'{self.for_update} OF t'}",
+                [run_id],
             )
-            if not locked:  # the thread is being deleted, its runs with it
+            if not locked:  # no such run, or its thread is being deleted, its runs with it
                 return None, False
             rows = await s.fetch(
                 f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
@@ -138,18 +136,21 @@ class RunClaims(WebhookOutbox):
             # run that had ended already (this finish replayed) told its webhooks then.
             # (Two finishes racing both see it unfinished: the delivery ids, derived
             # from run and event, keep one message of each.)
-            ended = RunStatus(found[0]["status"]).finished
+            ended = RunStatus(locked[0]["status"]).finished
             queued = 0 if ended else await self._enqueue_run_end(s, run)
-            waiting = await s.fetch(
-                "SELECT 1 AS one FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING') LIMIT 1",
-                [run.thread_id],
+            # The thread takes the run's end status unless a run waits (the row is locked:
+            # nothing updated means one waits).
+            waiting = not await s.execute(
+                "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING'))",
+                [
+                    ThreadStatus(thread_status).value,
+                    self._ts(utc_now()),
+                    run.thread_id,
+                    run.thread_id,
+                ],
             )
-            if not waiting:
-                await s.execute(
-                    "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
-                    [ThreadStatus(thread_status).value, self._ts(utc_now()), run.thread_id],
-                )
         if queued:
             self._outbox_committed()
         return run, bool(waiting)

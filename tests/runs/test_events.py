@@ -114,3 +114,44 @@ async def test_filtered_followers_see_their_types_once(gateway: Gateway, types: 
     for (after, _), events in zip(followers, got, strict=True):
         wanted = [e.seq for e in stored if e.seq > after and e.type in types]
         assert wanted and [e.seq for e in events] == wanted, f"after {after}"
+
+
+async def test_a_failure_after_a_split_batch_does_not_store_events_twice(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that collides is stored writer by writer; when a later writer then fails,
+    the writers already stored are not queued again (the next flush would collide with
+    their own events and fence their runs: found in review)."""
+    from code_hero.errors import ConflictError
+    from code_hero.runs.events import EventType
+
+    a = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    b = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    log = gateway.events
+    registry = gateway.manager.registry
+    real = registry.store_batch
+    calls: list[set[str]] = []
+
+    async def faulty(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+        calls.append({e.run_id for e in events})
+        if len(calls) == 1:
+            raise ConflictError("injected: the whole batch collides")
+        if b.run_id in calls[-1]:
+            raise RuntimeError("injected: b fails")
+        await real(events, runs)
+
+    wa = await log.writer(a.run_id, a.thread_id)
+    wb = await log.writer(b.run_id, b.thread_id)
+    sent = wa.emit(EventType.CUSTOM, {"n": 1})
+    wb.emit(EventType.CUSTOM, {"n": 2})
+    monkeypatch.setattr(registry, "store_batch", faulty)
+    with pytest.raises(RuntimeError, match="b fails"):
+        await log.flush()
+    monkeypatch.setattr(registry, "store_batch", real)
+    await log.flush()
+    assert not wa.closed and not wb.closed
+    assert wa.unstored() == [] and wb.unstored() == []
+    stored_a = await gateway.run_events(a.run_id, first=1000)
+    assert [e.payload for e in stored_a if e.seq == sent.seq] == [{"n": 1}]
+    stored_b = await gateway.run_events(b.run_id, first=1000)
+    assert stored_b[-1].payload == {"n": 2}

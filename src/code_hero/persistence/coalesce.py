@@ -83,8 +83,23 @@ class Coalescer(Generic[K, T]):
                 for _, done in batch:
                     _settle(done, exc)
                 return
-            for item, done in batch:
-                await self._call(key, [(item, done)])
+            for i, (item, done) in enumerate(batch):
+                try:
+                    await self._run(key, [item])
+                except asyncio.CancelledError:
+                    for _, rest in batch[i:]:
+                        _settle(rest, None, cancelled=True)
+                    raise
+                except Exception as one:
+                    if self._shared(one):  # the database went away meanwhile: stop there
+                        for _, rest in batch[i:]:
+                            _settle(rest, one)
+                        return
+                    _settle(done, one)
+                    continue
+                finally:
+                    self.calls += 1
+                _settle(done, None)
             return
         finally:
             self.calls += 1

@@ -337,7 +337,18 @@ class FallbackRouter:
                     )
                 return
             except Exception as exc:
-                if not await self.is_down(slot, exc):
+                try:
+                    down = await self.is_down(slot, exc)
+                except BackendUnavailableError:
+                    # Busy: the write this touch follows is stored. A touch that only
+                    # moves `updated_at` is dropped (the next one after the throttle
+                    # retries); one that would create the thread's row must not be.
+                    self._touched_at.pop(thread_id, None)
+                    if create:
+                        raise
+                    log.info("thread %s: its updated_at not moved (pool busy)", thread_id)
+                    return
+                if not down:
                     raise
                 self.fail(slot, exc)
         if self.active_slot is not None:  # no backend at all: nothing to sync back

@@ -29,7 +29,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from code_hero.errors import CodeHeroError
 from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.fallback_edits import FallbackEdits
@@ -310,7 +309,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             for run_id, fields in runs.items():
                 try:  # the events are stored: a run's fields come again with its next step
                     await self._update_run_locally(run_id, fields)
-                except CodeHeroError as exc:
+                except Exception as exc:  # any: the stored events must not be queued again
                     log.warning("run %s: its timeline was not stored: %s", run_id, exc)
 
         await self._write(on_primary, degraded)

@@ -166,10 +166,14 @@ class GroupCommitSaverPool(SaverPool):
 
     async def _one_by_one(self, ready: list[tuple[list[Statement], asyncio.Future[None]]]) -> None:
         """Each write in a transaction of its own: only a bad one fails, its caller only."""
-        for plan, done in ready:
+        for i, (plan, done) in enumerate(ready):
             try:
                 await write_statements(self._pool, plan)
             except Exception as exc:
+                if is_backend_error(exc):  # the database went away meanwhile: stop there
+                    for _, rest in ready[i:]:
+                        _settle(rest, exc)
+                    return
                 _settle(done, exc)
                 continue
             self.transactions += 1

@@ -212,7 +212,10 @@ class EventLog:
             except ConflictError:
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
                 w.closed = True
-                fields.pop(w.run_id, None)
+            # Stored or dropped: a later writer's failure must not queue them again (the
+            # next flush would collide with them and fence the run).
+            w.inflight = []
+            fields.pop(w.run_id, None)
 
     async def read(
         self,

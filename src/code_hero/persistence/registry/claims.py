@@ -205,29 +205,40 @@ class RunClaims(WebhookOutbox):
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 
+    def _in_run_order(self, where: str) -> str:
+        """`where` (a condition on run_id), locking its runs in run_id order on PostgreSQL:
+        the order an event batch and a deletion lock them in, so none waits in a cycle."""
+        if not self.for_update:
+            return where
+        return (
+            f"run_id IN (SELECT run_id FROM code_hero_runs WHERE {where} "
+            f"ORDER BY run_id{self.for_update})"
+        )
+
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
     ) -> list[RunRecord]:
         if not run_ids:
             return []
-        where, ids = self._in("run_id", list(run_ids))
+        where, ids = self._in("run_id", sorted(run_ids))
         async with self._session() as s:
             rows = await s.fetch(
-                f"UPDATE code_hero_runs SET lease_expires_at = ? WHERE lease_owner = ? "
-                f"AND status IN ('PENDING', 'RUNNING') AND {where} RETURNING {RUN_COLUMNS}",
-                [self._ts(utc(until)), owner, *ids],
+                f"UPDATE code_hero_runs SET lease_expires_at = ? "
+                f"WHERE {self._in_run_order(where)} AND lease_owner = ? "
+                f"AND status IN ('PENDING', 'RUNNING') RETURNING {RUN_COLUMNS}",
+                [self._ts(utc(until)), *ids, owner],
             )
         return [self._run(r) for r in rows]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> None:
         if not run_ids:
             return
-        where, ids = self._in("run_id", list(run_ids))
+        where, ids = self._in("run_id", sorted(run_ids))
         async with self._session() as s:
             await s.execute(
                 f"UPDATE code_hero_runs SET lease_owner = NULL, lease_expires_at = NULL "
-                f"WHERE lease_owner = ? AND {where}",
-                [owner, *ids],
+                f"WHERE {self._in_run_order(where)} AND lease_owner = ?",
+                [*ids, owner],
             )
 
     async def request_cancel(self, run_id: str) -> RunRecord | None:

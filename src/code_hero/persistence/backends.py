@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from code_hero.config import CheckpointerConfig
-from code_hero.persistence.records import Registry
+from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
 from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
@@ -99,6 +100,13 @@ class Backend:
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
+
+    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge | None:
+        """Delete the thread's checkpoints and registry rows in one step unless it has
+        unfinished runs or had expired at `live_at`; None: this backend has no such
+        step (the caller stops the runs, then deletes checkpoints and rows apart)."""
+        return None
+
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""

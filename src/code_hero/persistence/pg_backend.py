@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -22,6 +23,7 @@ from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.savers import SaverPool
@@ -164,6 +166,10 @@ class PostgresBackend(Backend):
             (str(thread_id),) * 3,
         )
         return int(rows[0]["n"])
+
+    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
+        # One statement for the checkpoints and the registry rows (issue 15).
+        return await self.registry.purge_idle_thread(thread_id, live_at)
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

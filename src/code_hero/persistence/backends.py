@@ -101,12 +101,13 @@ class Backend:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
 
-    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge | None:
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None
+    ) -> ThreadPurge | None:
         """Delete the thread's checkpoints and registry rows in one step unless it has
         unfinished runs or had expired at `live_at`; None: this backend has no such
         step (the caller stops the runs, then deletes checkpoints and rows apart)."""
         return None
-
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""

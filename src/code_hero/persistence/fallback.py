@@ -470,7 +470,9 @@ class FallbackRouter:
                 self.fail_primary(exc)
                 raise self.unavailable("deleting this thread") from exc
 
-    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge | None:
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None
+    ) -> ThreadPurge | None:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
         recovery, for a thread a fallback holds, or on a primary without that step."""

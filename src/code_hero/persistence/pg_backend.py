@@ -23,8 +23,8 @@ from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
-from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
+from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import check_on_checkout
@@ -169,6 +169,7 @@ class PostgresBackend(Backend):
 
     async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
         # One statement for the checkpoints and the registry rows (issue 15).
+        assert isinstance(self.registry, PostgresRegistry)
         return await self.registry.purge_idle_thread(thread_id, live_at)
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:

@@ -170,7 +170,8 @@ class PostgresBackend(Backend):
     async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
         # One statement for the checkpoints and the registry rows (issue 15).
         assert isinstance(self.registry, PostgresRegistry)
-        return await self.registry.purge_idle_thread(thread_id, live_at)
+        purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at)
+        return purged
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

@@ -62,6 +62,9 @@ class Backend:
     # True when `put_batch` works: the recovery then replays a thread's
     # checkpoints and writes a batch at a time instead of one call each.
     batches = False
+    # True when `purge_idle_thread` works: deleting a thread with no run in flight is
+    # then one step (PostgreSQL: one statement), else a deletion takes the two.
+    purges_in_one_step = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
         self.config = config
@@ -101,13 +104,10 @@ class Backend:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
 
-    async def purge_idle_thread(
-        self, thread_id: str, live_at: datetime | None
-    ) -> ThreadPurge | None:
+    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
         """Delete the thread's checkpoints and registry rows in one step unless it has
-        unfinished runs or had expired at `live_at`; None: this backend has no such
-        step (the caller stops the runs, then deletes checkpoints and rows apart)."""
-        return None
+        unfinished runs or had expired at `live_at` (then nothing is deleted)."""
+        raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""

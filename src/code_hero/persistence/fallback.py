@@ -476,11 +476,13 @@ class FallbackRouter:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
         recovery, for a thread a fallback holds, or on a primary without that step."""
+        backend = self.primary.backend
+        if not self.serving or backend is None or not backend.purges_in_one_step:
+            return None
         async with self.gate.write(), self.journal.step_lock:
-            backend = self.primary.backend
             if (
                 not self.serving
-                or backend is None
+                or backend is not self.primary.backend
                 or thread_id in self.local_threads
                 or thread_id in self.fallback_threads
                 or self.journal.entries

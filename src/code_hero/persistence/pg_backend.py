@@ -40,6 +40,7 @@ class PostgresBackend(Backend):
 
     kind = "postgres"
     batches = True
+    purges_in_one_step = True
 
     async def open(self) -> None:
         url = self.config.connection_string or ""

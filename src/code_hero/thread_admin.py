@@ -9,7 +9,9 @@ on any; the access hook is asked per thread.
 
 Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's runs are stopped wherever they execute, then the
-manager deletes its checkpoints, runs, events and row (`purge_thread`).
+manager deletes its checkpoints, runs, events and row (`purge_thread`). A
+thread with no run in flight goes in one step where the store has one
+(PostgreSQL: one statement, `purge_idle_thread`).
 
 An expired thread (its `expires_at` passed) is never read again: the registry
 leaves it out of every read and listing, `_expired` answers for the reads

@@ -9,7 +9,9 @@ on any; the access hook is asked per thread.
 
 Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's runs are stopped wherever they execute, then the
-manager deletes its checkpoints, runs, events and row (`purge_thread`).
+manager deletes its checkpoints, runs, events and row (`purge_thread`). A
+thread with no run in flight goes in one step where the store has one
+(PostgreSQL: one statement, `purge_idle_thread`).
 
 An expired thread (its `expires_at` passed) is never read again: the registry
 leaves it out of every read and listing, `_expired` answers for the reads
@@ -81,12 +83,21 @@ class ThreadAdmin:
         now = datetime.now(UTC)
         return set(await registry.expired_thread_ids(now, limit=len(thread_ids), among=thread_ids))
 
-    async def _purge(self, thread_id: str) -> ThreadDeletion:
-        """The one way a thread is deleted: stop its runs, then delete it everywhere."""
+    async def _purge(self, thread_id: str, *, live_at: datetime | None = None) -> ThreadDeletion:
+        """The one way a thread is deleted: stop its runs, then delete it everywhere;
+        with `live_at`, not when it had expired then (it is nobody's to delete)."""
+        manager = self.services.manager
+        # A thread with no run in flight goes in one round trip where the store allows
+        # (PostgreSQL: issue 15); its expiry is checked in that same statement.
+        gone = await manager.purge_idle_thread(thread_id, live_at=live_at)
+        if gone is not None:
+            return gone
+        if live_at is not None and await self._expired([thread_id]):
+            return ThreadDeletion(thread_id, False, 0, 0)
         # Every unfinished run stops first (a run ending after the purge writes nothing
         # back: the registry's foreign keys and the executor see to its leftovers).
         await self.services.executor.stop_thread(thread_id)
-        return await self.services.manager.purge_thread(thread_id)
+        return await manager.purge_thread(thread_id)
 
     async def _reap_if_expired(self, thread_id: str) -> None:
         """Delete the thread now if it has expired: a new use of its id starts afresh."""

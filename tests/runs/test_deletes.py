@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -180,3 +181,60 @@ async def test_queued_runs_start_as_the_previous_one_ends(
             await asyncio.sleep(0.03)
         ended = [await gw.executor.wait(r.run_id, limit=60) for r in runs]
         assert [r.status for r in ended] == [RunStatus.SUCCESS] * len(runs)
+
+
+async def test_an_idle_thread_goes_in_one_step_where_the_store_has_one(
+    gateway: Gateway, backend_config: CheckpointerConfig
+) -> None:
+    """PostgreSQL deletes a thread with no run in flight in one statement (issue 15);
+    a thread with one is left for the two-step path, which stops the run first."""
+    done = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    await wait_status(gateway, done.run_id, RunStatus.SUCCESS)
+    busy = await gateway.start_run(StartRun(graph="slow", input={"delay": 2}))
+    await wait_status(gateway, busy.run_id, RunStatus.RUNNING)
+    await first_checkpoint(gateway, busy.thread_id)
+    manager = gateway.manager
+    stored = await manager.router.count_checkpoints(done.thread_id)
+
+    # A run in flight: nothing deleted, whatever the store.
+    assert await manager.purge_idle_thread(busy.thread_id) is None
+    assert await gateway.get_thread(busy.thread_id) is not None
+    assert gateway.executor.is_active(busy.run_id)
+
+    gone = await manager.purge_idle_thread(done.thread_id)
+    if str(backend_config.checkpointer_type).endswith("postgres"):
+        assert gone is not None and gone.deleted
+        assert (gone.checkpoints_deleted, gone.runs_deleted) == (stored, 1)
+        await assert_gone(gateway, done.thread_id, [done.run_id])
+        # Gone already: a second deletion finds nothing.
+        again = await manager.purge_idle_thread(done.thread_id)
+        assert again is not None and not again.deleted
+    else:
+        assert gone is None  # no one-step deletion: the caller takes the two steps
+        assert await gateway.get_thread(done.thread_id) is not None
+
+    deleted = await gateway.delete_thread(busy.thread_id)
+    assert deleted.deleted and deleted.runs_deleted == 1
+    assert not gateway.executor.is_active(busy.run_id)
+    await gateway.events.flush()
+    await assert_gone(gateway, busy.thread_id, [busy.run_id])
+
+
+async def test_an_expired_thread_is_not_an_administrators_to_delete(gateway: Gateway) -> None:
+    """deleteThread finds no expired thread (the sweep's to delete), on every store,
+    though the expiry check is part of PostgreSQL's one-step deletion."""
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    await wait_status(gateway, run.run_id, RunStatus.SUCCESS)
+    registry = gateway.manager.registry
+    await registry.update_thread(run.thread_id, metadata=None, ttl_seconds=60, set_ttl=True)
+    record = await registry.get_thread(run.thread_id)
+    assert record is not None
+    then = datetime.now(UTC) - timedelta(minutes=2)
+    await registry.put_thread(replace(record, created_at=then, updated_at=then))
+
+    gone = await gateway.delete_thread(run.thread_id)
+
+    assert not gone.deleted
+    assert await gateway.manager.router.count_checkpoints(run.thread_id) > 0  # still stored
+    assert await gateway.sweep_expired() == [run.thread_id]
+    await assert_gone(gateway, run.thread_id, [run.run_id])

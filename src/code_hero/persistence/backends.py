@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from code_hero.config import CheckpointerConfig
-from code_hero.persistence.records import Registry
+from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
 from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
@@ -61,6 +62,9 @@ class Backend:
     # True when `put_batch` works: the recovery then replays a thread's
     # checkpoints and writes a batch at a time instead of one call each.
     batches = False
+    # True when `purge_idle_thread` works: deleting a thread with no run in flight is
+    # then one step (PostgreSQL: one statement), else a deletion takes the two.
+    purges_in_one_step = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
         self.config = config
@@ -99,6 +103,11 @@ class Backend:
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
+
+    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
+        """Delete the thread's checkpoints and registry rows in one step unless it has
+        unfinished runs or had expired at `live_at` (then nothing is deleted)."""
+        raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""

@@ -37,7 +37,7 @@ from code_hero.persistence.coalesce import Coalescer
 from code_hero.persistence.entries import DeleteThread, Entry, TouchThread
 from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
-from code_hero.persistence.records import Registry
+from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
@@ -477,6 +477,34 @@ class FallbackRouter:
                     return await primary.backend.delete_checkpoints(thread_id)
             except Exception as exc:
                 if not await self.is_down(primary, exc, "deleting this thread"):
+                    raise
+                self.fail_primary(exc)
+                raise self.unavailable("deleting this thread") from exc
+
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None
+    ) -> ThreadPurge | None:
+        """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
+        when the thread needs `delete_thread` and the registry's: during an outage or a
+        recovery, for a thread a fallback holds, or on a primary without that step."""
+        backend = self.primary.backend
+        if not self.serving or backend is None or not backend.purges_in_one_step:
+            return None
+        async with self.gate.write(), self.journal.step_lock:
+            if (
+                not self.serving
+                or backend is not self.primary.backend
+                or thread_id in self.local_threads
+                or thread_id in self.fallback_threads
+                or self.journal.entries
+                or self.journal.quarantine
+            ):
+                return None
+            try:
+                with self.metrics.timed(self.primary.label, "delete_thread"):
+                    return await backend.purge_idle_thread(thread_id, live_at)
+            except Exception as exc:
+                if not await self.is_down(self.primary, exc, "deleting this thread"):
                     raise
                 self.fail_primary(exc)
                 raise self.unavailable("deleting this thread") from exc

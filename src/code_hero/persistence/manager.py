@@ -304,6 +304,20 @@ class EnhancedCheckpointerManager:
         existed, runs = await self.registry.delete_thread(thread_id)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 
+    async def purge_idle_thread(
+        self, thread_id: str, *, live_at: datetime | None = None
+    ) -> ThreadDeletion | None:
+        """`purge_thread` in one round trip where the store has it, for a thread with no
+        unfinished runs; not deleted when it had expired at `live_at`. None: the thread
+        has unfinished runs, or the store deletes in steps (stop its runs, then
+        `purge_thread`)."""
+        gone = await self.router.purge_idle_thread(thread_id, live_at)
+        if gone is None or (gone.busy and not gone.expired):
+            return None
+        return ThreadDeletion(
+            thread_id, gone.existed or gone.checkpoints > 0, gone.checkpoints, gone.runs
+        )
+
     async def copy_thread(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
         """A new thread (`target`) with every checkpoint, pending write and namespace of
         `source_id`; no runs. UNAVAILABLE during an outage (it needs the whole history)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -23,6 +24,7 @@ from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
+from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import check_on_checkout
@@ -38,6 +40,7 @@ class PostgresBackend(Backend):
 
     kind = "postgres"
     batches = True
+    purges_in_one_step = True
 
     async def open(self) -> None:
         url = self.config.connection_string or ""
@@ -164,6 +167,12 @@ class PostgresBackend(Backend):
             (str(thread_id),) * 3,
         )
         return int(rows[0]["n"])
+
+    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
+        # One statement for the checkpoints and the registry rows (issue 15).
+        assert isinstance(self.registry, PostgresRegistry)
+        purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at)
+        return purged
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

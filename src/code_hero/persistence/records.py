@@ -32,6 +32,7 @@ __all__ = [
     "ThreadFilter",
     "ThreadId",
     "ThreadOrder",
+    "ThreadPurge",
     "ThreadRecord",
     "ThreadSortField",
     "ThreadStatus",
@@ -92,6 +93,21 @@ class ThreadRecord:
     # `expires_at` (the database derives it from updated_at); None: never.
     ttl_seconds: int | None = None
     expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ThreadPurge:
+    """What a one-step deletion of a thread did (`Backend.purge_idle_thread`).
+
+    A busy thread (unfinished runs) or an expired one is left as it was: its runs
+    are stopped first, or it is not the caller's to delete.
+    """
+
+    busy: bool
+    expired: bool
+    existed: bool  # its registry row was deleted
+    checkpoints: int
+    runs: int
 
 
 @dataclass(frozen=True)

@@ -145,26 +145,33 @@ class WebhookOutbox(Dialect):
 
     async def _enqueue_thread_deleted(self, s: Session, thread_id: str) -> int:
         """Outbox rows for a thread about to be deleted (its row still there); how many."""
+        sql, params = self._thread_deleted_insert(thread_id)
+        return await s.execute(sql, params)
+
+    def _thread_deleted_insert(self, thread_id: str) -> tuple[str, list[Any]]:
+        """The `INSERT ... SELECT` of a thread's THREAD_DELETED deliveries, and its
+        parameters (PostgreSQL runs it inside its one-statement deletion)."""
         at = utc_now()
         event = WebhookEvent.THREAD_DELETED.value
         payload = dumps({"event": event, "threadId": thread_id, "deletedAt": at.isoformat()})
-        return await s.execute(
+        sql = (
             f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
             "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, NULL, t.thread_id, ?, w.url, ?, "
             "'PENDING', 0, ?, ? FROM code_hero_webhooks w JOIN code_hero_threads t "
             "ON t.thread_id = ? AND (w.all_users OR w.user_id = t.user_id) "
-            "WHERE w.events LIKE ? AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)",
-            [
-                _message_prefix(),
-                event,
-                payload,
-                self._ts(at),
-                self._ts(at),
-                thread_id,
-                f"%,{event},%",
-                thread_id,
-            ],
+            "WHERE w.events LIKE ? AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)"
         )
+        params = [
+            _message_prefix(),
+            event,
+            payload,
+            self._ts(at),
+            self._ts(at),
+            thread_id,
+            f"%,{event},%",
+            thread_id,
+        ]
+        return sql, params
 
     # --- webhooks -----------------------------------------------------------
 

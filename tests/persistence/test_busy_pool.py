@@ -32,3 +32,20 @@ async def test_a_busy_pool_drops_a_touch_that_only_moves_updated_at(pg_database:
         assert router.active_slot is router.primary  # nothing failed over
         await router.touch("busy-2", None, create=True)  # not throttled: it retries
         assert await manager.registry.get_thread("busy-2") is not None
+
+
+async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database: str) -> None:
+    """A pool short of connections that times out could not open them (a restarted
+    server, psycopg-pool's backoff): that is the database's doing, so the router
+    fails over as for any unreachable database instead of answering busy (seen in
+    the outage test under load: runs failed "busy" while the server came back)."""
+    config = create_postgres_checkpointer(
+        pg_database, pool_min_size=1, pool_max_size=3, pool_timeout=0.5, saver_instances=1
+    )
+    async with EnhancedCheckpointerManager(config) as manager:
+        backend = cast(PostgresBackend, manager.router.primary.backend)
+        assert not backend.pool_saturated()
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(backend.pool.max_size):
+                await held.enter_async_context(backend.pool.connection())
+            assert backend.pool_saturated()

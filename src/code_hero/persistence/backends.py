@@ -69,6 +69,11 @@ class Backend:
     def __init__(self, config: CheckpointerConfig) -> None:
         self.config = config
 
+    def pool_saturated(self) -> bool:
+        """True when the backend's pool has every connection it may open: a wait for
+        one that times out may then mean "busy" rather than "unreachable"."""
+        return False
+
     @property
     def description(self) -> str:
         """Where the data lives, with any password hidden."""

@@ -206,13 +206,17 @@ class FallbackRouter:
     async def is_down(self, slot: BackendSlot, exc: BaseException, what: str = "") -> bool:
         """Whether `exc` means the slot's database cannot be reached (then fail it over).
 
-        A pool timeout alone does not say so: a saturated pool raises it too. The
-        slot's probe, on a connection of its own, decides: when the database
-        answers, the call fails as busy (UNAVAILABLE) and nothing fails over.
+        A pool timeout alone does not say so when the pool has every connection it
+        may open (a saturated pool raises it too): the slot's probe, on a connection
+        of its own, decides; when the database answers, the call fails as busy
+        (UNAVAILABLE) and nothing fails over. A pool short of connections that
+        times out could not open them: down, as any other unreachable database.
         """
         if not is_backend_error(exc):
             return False
         if not is_pool_timeout(exc) or slot.backend is None:
+            return True
+        if not slot.backend.pool_saturated():  # its connections are being replaced
             return True
         if await self._answers(slot):
             raise self.busy(what or "this request") from exc

@@ -42,6 +42,13 @@ class PostgresBackend(Backend):
     batches = True
     purges_in_one_step = True
 
+    def pool_saturated(self) -> bool:
+        # Every connection it may have is open (handed out, or back by now: a burst
+        # may have ended since the wait timed out). A pool short of connections
+        # could not open them: after a restart, psycopg-pool's growing backoff makes
+        # waits time out though nobody holds one, and that is the database's doing.
+        return int(self._pool.get_stats().get("pool_size", 0)) >= self._pool.max_size
+
     async def open(self) -> None:
         url = self.config.connection_string or ""
         # One direct connection first: its error names the real reason (refused,

@@ -123,6 +123,10 @@ async def seed(manager: EnhancedCheckpointerManager, start: int, end: int) -> No
     if isinstance(backend, PostgresBackend):
         async with backend.pool.connection() as conn:
             await conn.execute(PG_SEED, (start, end))
+            # What autovacuum does within a minute of a bulk load: without fresh
+            # statistics the planner reads one user's page by sorting all its rows
+            # (4-5 ms at 100k, whichever run of autovacuum the bench happens to meet).
+            await conn.execute("ANALYZE code_hero_threads")
         return
     assert isinstance(backend, SqliteBackend)
     async with backend.saver.lock:  # type: ignore[attr-defined]

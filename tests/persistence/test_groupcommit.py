@@ -188,8 +188,10 @@ async def test_cancelled_callers_lose_nobody_elses_writes(
     in_flight = {
         t: asyncio.ensure_future(call(grouped, first[t])) for t in ("t0", "t1", "t2", "t3")
     }
-    # Let the first transaction start: its writes are taken from the queue.
-    for _ in range(100):
+    # t0 commits alone (nothing was queued), t1-t3 queue behind it; let their group's
+    # transaction start: its writes are taken from the queue (polled without sleeping,
+    # so the short window it is in flight is not missed).
+    for _ in range(200_000):
         await asyncio.sleep(0)
         if not grouped._queue and grouped._flusher is not None:
             break
@@ -223,3 +225,24 @@ async def test_empty_writes_alongside_others_change_nothing(
     await asyncio.gather(*(call(grouped, e) for e in (writes[0], empty, writes[1])))
     rows = table(pg_database, "checkpoint_writes")
     assert {r[0] for r in rows} == {"t0", "t1"} and all(r[3] != "empty-task" for r in rows)
+
+
+async def test_a_lone_write_commits_in_its_callers_task(
+    pg_database: str, grouped: GroupCommitSaverPool
+) -> None:
+    """With nothing else queued or in flight a write needs no flusher: it commits in
+    its caller's task, and a write arriving meanwhile queues behind it."""
+    by_thread = await threads_entries(2)
+    first = {t: next(e for e in es if isinstance(e, PutCheckpoint)) for t, es in by_thread.items()}
+    await call(grouped, first["t0"])
+    assert (grouped.transactions, grouped.committed) == (1, 1)
+    assert grouped._flusher is None and not grouped._queue
+    assert {row[0] for row in table(pg_database, "checkpoints")} == {"t0"}
+    lone = asyncio.ensure_future(call(grouped, first["t0"]))
+    await asyncio.sleep(0)  # the lone write is in flight
+    behind = asyncio.ensure_future(call(grouped, first["t1"]))
+    await asyncio.sleep(0)
+    assert grouped._alone and len(grouped._queue) == 1
+    await asyncio.gather(lone, behind)
+    assert grouped.committed == 3
+    assert {row[0] for row in table(pg_database, "checkpoints")} == {"t0", "t1"}

@@ -47,6 +47,10 @@ __all__ = ["MAX_BATCH", "GroupCommitSaverPool"]
 
 # Writes per transaction at most: bounds the transaction, not the queue.
 MAX_BATCH = 256
+# A batch this small is serialised on the event loop, as the stock saver does: a
+# hop to a worker thread per write cost a lone thread's runs about a third of
+# their rate (sequential runs on PostgreSQL, 37 vs 53 runs/s).
+INLINE_PLAN = 2
 
 Item = PutCheckpoint | PutWrites
 # A write that serialised, or the error that serialising it raised.
@@ -62,6 +66,7 @@ class GroupCommitSaverPool(SaverPool):
             raise TypeError("GroupCommitSaverPool needs AsyncPostgresSaver instances")
         self._queue: deque[tuple[Item, asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._alone = False  # a write commits in its caller's task (nothing else queued)
         # Transactions committed and the writes they carried (bench and tests).
         self.transactions = 0
         self.committed = 0
@@ -86,7 +91,7 @@ class GroupCommitSaverPool(SaverPool):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        await self._submit(PutCheckpoint(config, checkpoint, metadata, new_versions))
+        await self._write(PutCheckpoint(config, checkpoint, metadata, new_versions))
         c = config["configurable"]
         return {
             "configurable": {
@@ -103,14 +108,34 @@ class GroupCommitSaverPool(SaverPool):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self._submit(PutWrites(config, tuple(writes), task_id, task_path))
+        await self._write(PutWrites(config, tuple(writes), task_id, task_path))
+
+    async def _write(self, item: Item) -> None:
+        """Commit `item`: in this task, alone, when no other write is queued or in
+        flight (a lone thread's write pays no hop to the flusher and back, which cost
+        sequential runs a sixth of their rate); else in the next group."""
+        if self._flusher is not None or self._queue or self._alone:
+            await self._submit(item)
+            return
+        self._alone = True
+        try:
+            (plan,) = _plan(self._stock, [item])
+            if isinstance(plan, Exception):
+                raise plan
+            await write_statements(self._pool, plan)
+            self.transactions += 1
+            self.committed += 1
+        finally:
+            self._alone = False
+            if self._queue and self._flusher is None:  # they queued behind this one
+                self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def _submit(self, item: Item) -> asyncio.Future[None]:
         """Queue `item`; the future is done once its transaction has committed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.append((item, done))
-        if self._flusher is None:
+        if self._flusher is None and not self._alone:
             self._flusher = loop.create_task(self._flush())
         return done
 
@@ -134,7 +159,12 @@ class GroupCommitSaverPool(SaverPool):
 
     async def _commit(self, batch: list[tuple[Item, asyncio.Future[None]]]) -> None:
         try:
-            planned = await asyncio.to_thread(_plan, self._stock, [item for item, _ in batch])
+            items = [item for item, _ in batch]
+            planned = (
+                _plan(self._stock, items)
+                if len(items) <= INLINE_PLAN
+                else await asyncio.to_thread(_plan, self._stock, items)
+            )
             ready: list[tuple[list[Statement], asyncio.Future[None]]] = []
             for plan, (_, done) in zip(planned, batch, strict=True):
                 if isinstance(plan, Exception):

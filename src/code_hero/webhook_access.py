@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.compose import Services
-from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
+from code_hero.errors import BadInputError, ConflictError
 from code_hero.inputs import check_run_id, check_text, check_thread_id
 from code_hero.persistence.records import Page, RunFilter
 from code_hero.persistence.webhooks import (
@@ -60,11 +61,22 @@ class WebhookAccess:
     services: Services
     policy: AccessPolicy
 
-    def _webhook_store(self) -> WebhookStore:
+    @asynccontextmanager
+    async def _webhooks(self) -> AsyncIterator[WebhookStore]:
+        """The webhook store, which lives in the primary database only. Its failures are
+        judged as the router judges any: unreachable -> failover and UNAVAILABLE with
+        retryAfter, a saturated pool -> UNAVAILABLE "busy", anything else as it is."""
+        router = self.services.manager.router
         store = self.services.webhook_store()
         if store is None:
-            raise BackendUnavailableError("the database that holds webhooks is unreachable")
-        return store
+            raise router.unavailable("webhooks")
+        try:
+            yield store
+        except Exception as exc:
+            if not await router.is_down(router.primary, exc, "this webhook request"):
+                raise
+            router.fail_primary(exc)
+            raise router.unavailable("webhooks") from exc
 
     def check_webhook_url(self, url: str, name: str = "url") -> str:
         """An http(s) URL with no refused literal address (BAD_USER_INPUT otherwise)."""
@@ -102,14 +114,14 @@ class WebhookAccess:
         check_text(flt.graph, "filter.graph")
         check_text(flt.user_id, "filter.userId")
         await self.policy.require(caller, Action.WEBHOOK_CREATE, value={"url": url})
-        store = self._webhook_store()
-        if (
-            not caller.is_admin
-            and await store.count_webhooks(user_id=caller.user_id) >= MAX_WEBHOOKS_PER_USER
-        ):
-            raise ConflictError(
-                f"a user may have at most {MAX_WEBHOOKS_PER_USER} webhooks: delete one first"
-            )
+        async with self._webhooks() as store:
+            if (
+                not caller.is_admin
+                and await store.count_webhooks(user_id=caller.user_id) >= MAX_WEBHOOKS_PER_USER
+            ):
+                raise ConflictError(
+                    f"a user may have at most {MAX_WEBHOOKS_PER_USER} webhooks: delete one first"
+                )
         webhook = WebhookRecord(
             webhook_id=str(uuid.uuid4()),
             user_id=caller.user_id,
@@ -123,7 +135,8 @@ class WebhookAccess:
             run_user_id=flt.user_id,
         )
         secret = new_secret()
-        await store.create_webhook(webhook, secret)
+        async with self._webhooks() as store:
+            await store.create_webhook(webhook, secret)
         return NewWebhook(webhook, secret)
 
     async def delete_webhook(self, webhook_id: str, *, caller: Caller = ANONYMOUS) -> bool:
@@ -132,12 +145,14 @@ class WebhookAccess:
         webhook_id = check_run_id(webhook_id, "id")
         await self.policy.require(caller, Action.WEBHOOK_DELETE, value={"id": webhook_id})
         owner = None if caller.is_admin else caller.user_id
-        return await self._webhook_store().delete_webhook(webhook_id, user_id=owner)
+        async with self._webhooks() as store:
+            return await store.delete_webhook(webhook_id, user_id=owner)
 
     async def list_webhooks(self, *, caller: Caller = ANONYMOUS) -> list[WebhookRecord]:
         """The caller's webhooks (an administrator: everyone's), oldest first."""
         owner = None if caller.is_admin else caller.user_id
-        return await self._webhook_store().list_webhooks(user_id=owner)
+        async with self._webhooks() as store:
+            return await store.list_webhooks(user_id=owner)
 
     def _delivery_filter(
         self,
@@ -165,7 +180,8 @@ class WebhookAccess:
     ) -> Page[DeliveryRecord]:
         """A page of the caller's deliveries, newest first."""
         flt = self._delivery_filter(caller, webhook_id, run_id, status)
-        return await self._webhook_store().list_deliveries(flt, first=first, after=after)
+        async with self._webhooks() as store:
+            return await store.list_deliveries(flt, first=first, after=after)
 
     async def webhook_deliveries_count(
         self,
@@ -177,4 +193,5 @@ class WebhookAccess:
     ) -> int:
         """How many of the caller's deliveries match."""
         flt = self._delivery_filter(caller, webhook_id, run_id, status)
-        return await self._webhook_store().count_deliveries(flt)
+        async with self._webhooks() as store:
+            return await store.count_deliveries(flt)

@@ -126,10 +126,13 @@ async def test_a_saturated_pool_is_busy_not_an_outage(
             for _ in range(pool.max_size):
                 await held.enter_async_context(pool.connection())
             body = await gql(server.http, THREADS)
-        (error,) = body["errors"]
-        assert error["extensions"]["code"] == "UNAVAILABLE", error
-        assert error["extensions"]["retryAfter"] >= 1
-        assert "busy" in error["message"]
+            # The webhook store (the primary's own tables, past the router) is judged alike.
+            hooks = await gql(server.http, "{ webhooks { id } }")
+        for answer in (body, hooks):
+            (error,) = answer["errors"]
+            assert error["extensions"]["code"] == "UNAVAILABLE", error
+            assert error["extensions"]["retryAfter"] >= 1
+            assert "busy" in error["message"]
 
         health = (await gql(server.http, HEALTH))["data"]["health"]
         assert health["status"] == "HEALTHY" and health["degradedSince"] is None
@@ -137,3 +140,27 @@ async def test_a_saturated_pool_is_busy_not_an_outage(
         ours = [r for r in caplog.records if r.name.startswith("code_hero")]
         assert not [r for r in ours if "switching to" in r.getMessage()]
         assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_webhooks_in_an_outage_are_unavailable_not_internal(
+    outage_server: tuple[Server, BlackHoleProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The webhook store lives in the primary's own tables, past the router's fallback:
+    whether its call meets the outage first or the router already knows, the answer is
+    UNAVAILABLE with retryAfter."""
+    server, proxy = outage_server
+    assert "errors" not in await gql(server.http, "{ webhooks { id } }")
+    caplog.set_level(logging.WARNING)
+    proxy.refuse()
+    first = await gql(server.http, "{ webhooks { id } }")  # the probe may not know yet
+    await wait_for_status(server, "DEGRADED")
+    known = await gql(server.http, "{ webhooks { id } }")
+    for body in (first, known):
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "UNAVAILABLE", error
+        assert error["extensions"]["retryAfter"] >= 1
+    proxy.forward()
+    await wait_for_status(server, "HEALTHY")
+    assert "errors" not in await gql(server.http, "{ webhooks { id } }")
+    ours = [r for r in caplog.records if r.name.startswith("code_hero")]
+    assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]

@@ -142,38 +142,6 @@ class CheckpointAccess:
             raise page
         return page
 
-    async def thread_with_history(
-        self,
-        thread_id: str,
-        *,
-        namespace: str = "",
-        first: int = 20,
-        after: str | None = None,
-        caller: Caller = ANONYMOUS,
-    ) -> tuple[ThreadRecord | None, Page[CheckpointView] | Exception]:
-        """A thread and a page of its history, read together: a round trip less than
-        reading one after the other. The page's error is returned, for the caller to
-        raise where the page is used; the page is empty when the caller may not read it."""
-        thread_id = check_thread_id(thread_id, "id")
-        try:
-            check_text(namespace, "namespace")
-            check_first(first, self.settings.max_page)
-        except BadInputError as exc:
-            return (await self.get_threads([thread_id], caller=caller)).get(thread_id), exc
-        found, page = await asyncio.gather(
-            self.get_threads([thread_id], caller=caller),
-            self.manager.list_checkpoints(thread_id, namespace=namespace, first=first, after=after),
-            return_exceptions=True,
-        )
-        if isinstance(found, BaseException):
-            raise found
-        record = found.get(thread_id)
-        if record is None or not await self._may_read(caller, thread_id, record):
-            return record, Page([], None, False)
-        if isinstance(page, BaseException) and not isinstance(page, Exception):
-            raise page  # a cancellation, not the page's error
-        return record, page
-
     async def _may_read(self, caller: Caller, thread_id: str, thread: ThreadRecord | None) -> bool:
         """CHECKPOINT_READ; ownership needs no second look-up when the thread's record,
         read live from the registry for this caller (as `thread { checkpoints }` has

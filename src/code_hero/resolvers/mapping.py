@@ -36,7 +36,6 @@ from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:  # annotations only: the graph registry loads LangGraph
     from code_hero.persistence.manager import ThreadDeletion
-    from code_hero.resolvers.threads import History
     from code_hero.runs.graphs import GraphInfo
 
 __all__ = [
@@ -58,8 +57,8 @@ __all__ = [
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
-def thread_of(record: ThreadRecord, history: History | None = None) -> t.Thread:
-    """The schema's Thread; `history`: a page of it read alongside (see resolvers.threads)."""
+def thread_of(record: ThreadRecord) -> t.Thread:
+    """The schema's Thread."""
     return t.Thread(
         id=strawberry.ID(record.thread_id),
         user_id=record.user_id,
@@ -69,7 +68,6 @@ def thread_of(record: ThreadRecord, history: History | None = None) -> t.Thread:
         metadata=JSON(dict(record.metadata)),
         expires_at=record.expires_at,
         record=record,
-        history=history,
     )
 
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from strawberry.types.nodes import SelectedField
-
-from code_hero.errors import CodeHeroError
-from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.records import (
-    Page,
     RunFilter,
     RunOrder,
     SortDirection,
@@ -42,60 +37,12 @@ __all__ = [
 
 
 async def thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:
-    """One thread, or null (the gateway checks the id).
-
-    When the operation asks for one page of its history (`thread { checkpoints }`,
-    as a history view does), the page is read together with the thread.
-    """
+    """One thread, or null (the gateway checks the id)."""
     ctx = info.context
-    wanted = _history_wanted(info)
-    history: History | None = None
-    if wanted is None:
-        record = await ctx.gateway.get_thread(thread_id, caller=ctx.caller)
-    else:
-        first, after, namespace = wanted
-        record, page = await ctx.gateway.thread_with_history(
-            thread_id, namespace=namespace, first=first, after=after, caller=ctx.caller
-        )
-        history = (wanted, page)
-    if record is None:
-        return None
-    ctx.loaders.thread.prime(record.thread_id, record)  # for later Run.thread look-ups
-    return mapping.thread_of(record, history)
-
-
-PageArguments = tuple[int, str | None, str]
-"""`checkpoints`' (first, after, namespace), checked, with their defaults."""
-
-History = tuple[PageArguments, Page[CheckpointView] | Exception]
-"""A page read with its thread, and the arguments it was read for."""
-
-HISTORY_ARGUMENTS = frozenset({"first", "after", "namespace"})
-
-
-def _history_wanted(info: Info[Context, Any]) -> PageArguments | None:
-    """The arguments of the one `checkpoints` page selected under this `thread`; None
-    unless it is selected exactly once, plainly (no fragment, no directive), with
-    arguments the resolver accepts (a refused one is refused where it was before)."""
-    fields = info.selected_fields
-    if len(fields) != 1 or not isinstance(fields[0], SelectedField):
-        return None
-    selections = fields[0].selections
-    if not all(isinstance(x, SelectedField) for x in selections):
-        return None
-    pages = [x for x in selections if isinstance(x, SelectedField) and x.name == "checkpoints"]
-    if len(pages) != 1 or pages[0].directives or not set(pages[0].arguments) <= HISTORY_ARGUMENTS:
-        return None
-    args = pages[0].arguments
-    first, after, namespace = args.get("first", 20), args.get("after"), args.get("namespace", "")
-    if not (first is None or (isinstance(first, int) and not isinstance(first, bool))):
-        return None
-    if not all(x is None or isinstance(x, str) for x in (after, namespace)):
-        return None
-    try:
-        return check_first(first, info.context.limits), after, namespace or ""
-    except CodeHeroError:
-        return None
+    record = await ctx.gateway.get_thread(thread_id, caller=ctx.caller)
+    if record is not None:  # later Run.thread look-ups of this operation hit the cache
+        ctx.loaders.thread.prime(record.thread_id, record)
+    return None if record is None else mapping.thread_of(record)
 
 
 async def threads(
@@ -144,25 +91,17 @@ async def thread_checkpoints(
     after: str | None,
     namespace: str | None,
     record: ThreadRecord | None = None,
-    history: History | None = None,
 ) -> c.CheckpointConnection:
-    """A page of a namespace's history, newest first; `record`: the thread's, if read;
-    `history`: a page read with the thread, used when it was read for these arguments."""
+    """A page of a namespace's history, newest first; `record`: the thread's, if read."""
     ctx = info.context
-    wanted = (check_first(first, ctx.limits), after, namespace or "")
-    if history is not None and history[0] == wanted:
-        page = history[1]
-        if isinstance(page, Exception):
-            raise page
-    else:
-        page = await ctx.gateway.list_checkpoints(
-            thread_id,
-            namespace=wanted[2],
-            first=wanted[0],
-            after=after,
-            caller=ctx.caller,
-            thread=record,
-        )
+    page = await ctx.gateway.list_checkpoints(
+        thread_id,
+        namespace=namespace or "",
+        first=check_first(first, ctx.limits),
+        after=after,
+        caller=ctx.caller,
+        thread=record,
+    )
 
     async def count() -> int:
         return await ctx.gateway.checkpoints_count(

@@ -47,8 +47,6 @@ class Thread:
     )
     # The registry's record, as read for this operation's caller (None: not kept).
     record: strawberry.Private[ThreadRecord | None] = None
-    # A page of its history read with it (`thread { checkpoints }`), with its arguments.
-    history: strawberry.Private[resolve.History | None] = None
 
     @fields.field(
         "State of the latest root checkpoint, as JSON; null when there is none."
@@ -69,9 +67,7 @@ class Thread:
         after: str | None = None,
         namespace: str | None = "",
     ) -> CheckpointConnection:
-        return await resolve.thread_checkpoints(
-            info, self.id, first, after, namespace, self.record, self.history
-        )
+        return await resolve.thread_checkpoints(info, self.id, first, after, namespace, self.record)
 
     @fields.field("The thread's runs, newest first.")
     async def runs(

@@ -10,6 +10,7 @@ import contextlib
 from typing import cast
 
 import pytest
+from psycopg_pool import PoolTimeout
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError
@@ -43,8 +44,12 @@ async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database
         pg_database, pool_min_size=1, pool_max_size=3, pool_timeout=0.5, saver_instances=1
     )
     async with EnhancedCheckpointerManager(config) as manager:
-        backend = cast(PostgresBackend, manager.router.primary.backend)
+        router = manager.router
+        backend = cast(PostgresBackend, router.primary.backend)
         assert not backend.pool_saturated()
+        # Short of connections: down at once, without asking the probe.
+        assert await router.is_down(router.primary, PoolTimeout("no connection in time"))
+        assert not router._confirming
         async with contextlib.AsyncExitStack() as held:
             for _ in range(backend.pool.max_size):
                 await held.enter_async_context(backend.pool.connection())

@@ -43,8 +43,8 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
 
     async def _sync_twin(self) -> SqliteSaver:
         """The sync saver on the same sqlite3 connection, once the tables exist."""
-        await self.setup()
         if self._twin is None:
+            await self.setup()  # takes the shared lock: once, not on every call
             twin = SqliteSaver(self.conn._conn, serde=self.serde)
             twin.is_setup = True  # set up above (and its script would commit)
             twin._has_task_path = self._has_task_path  # what that set-up found

@@ -20,7 +20,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -221,6 +222,22 @@ class FallbackRouter:
         if await self._answers(slot):
             raise self.busy(what or "this request") from exc
         return True
+
+    def on_primary(self, what: str) -> AbstractAsyncContextManager[None]:
+        """Around a call that needs the primary alone: when it fails because the primary
+        is down, fail it over and raise UNAVAILABLE; "busy" when its pool is only
+        saturated (`is_down`); any other error as it is."""
+        return self._failing_over(self.primary, what)
+
+    @asynccontextmanager
+    async def _failing_over(self, slot: BackendSlot, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if not await self.is_down(slot, exc, what):
+                raise
+            self.fail(slot, exc)
+            raise self.unavailable(what) from exc
 
     async def _answers(self, slot: BackendSlot) -> bool:
         """Whether the slot answers its probe now. One probe serves every call that
@@ -423,14 +440,9 @@ class FallbackRouter:
             # Known to be down: answer at once; the probe finds out when it is back.
             raise self.unavailable("reading this thread")
         assert slot.backend is not None
-        try:
+        async with self._failing_over(slot, "reading this thread"):
             with self.metrics.timed(slot.label, operation):
                 return await call(slot.backend.saver)
-        except Exception as exc:
-            if not await self.is_down(slot, exc, "reading this thread"):
-                raise
-            self.fail(slot, exc)
-            raise self.unavailable("reading this thread") from exc
 
     async def count_checkpoints(
         self, thread_id: str, namespace: str | None = None, *, what: str = "deleting this thread"
@@ -446,13 +458,8 @@ class FallbackRouter:
             )
         if not self.serving or self.primary.backend is None:
             raise self.unavailable(what)
-        try:
+        async with self.on_primary(what):
             return await self.primary.backend.count_checkpoints(thread_id, namespace)
-        except Exception as exc:
-            if not await self.is_down(self.primary, exc, what):
-                raise
-            self.fail_primary(exc)
-            raise self.unavailable(what) from exc
 
     async def delete_thread(self, thread_id: str) -> int | None:
         """Delete the thread's checkpoints from every slot that may hold them; how many
@@ -476,14 +483,9 @@ class FallbackRouter:
                 return None
             primary = self.primary
             assert primary.backend is not None
-            try:
+            async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(primary.label, "delete_thread"):
                     return await primary.backend.delete_checkpoints(thread_id)
-            except Exception as exc:
-                if not await self.is_down(primary, exc, "deleting this thread"):
-                    raise
-                self.fail_primary(exc)
-                raise self.unavailable("deleting this thread") from exc
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None
@@ -504,14 +506,9 @@ class FallbackRouter:
                 or self.journal.quarantine
             ):
                 return None
-            try:
+            async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(self.primary.label, "delete_thread"):
                     return await backend.purge_idle_thread(thread_id, live_at)
-            except Exception as exc:
-                if not await self.is_down(self.primary, exc, "deleting this thread"):
-                    raise
-                self.fail_primary(exc)
-                raise self.unavailable("deleting this thread") from exc
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:

@@ -99,8 +99,8 @@ class FallbackRouter:
         self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
-        # Keyed by the registry's identity: touches of one registry and kind go together.
-        self._touches: Coalescer[tuple[int, bool], tuple[Registry, str, str | None]] = Coalescer(
+        # Touches of one registry and kind (create or not) go together.
+        self._touches: Coalescer[tuple[Registry, bool], tuple[str, str | None]] = Coalescer(
             _touch_threads, shared=is_backend_error
         )
         self._recover_lock = asyncio.Lock()
@@ -352,9 +352,8 @@ class FallbackRouter:
             try:
                 with self.metrics.timed(slot.label, "touch_threads"):
                     # Concurrent threads' touches share one call (and one commit).
-                    registry = slot.backend.registry
                     await self._touches.submit(
-                        (id(registry), create), (registry, thread_id, user_id)
+                        (slot.backend.registry, create), (thread_id, user_id)
                     )
                 return
             except Exception as exc:
@@ -574,8 +573,6 @@ class FallbackRouter:
             )
 
 
-async def _touch_threads(
-    key: tuple[int, bool], touches: list[tuple[Registry, str, str | None]]
-) -> None:
-    registry = touches[0][0]
-    await registry.touch_threads({t: user for _, t, user in touches}, create=key[1])
+async def _touch_threads(key: tuple[Registry, bool], touches: list[tuple[str, str | None]]) -> None:
+    registry, create = key
+    await registry.touch_threads(dict(touches), create=create)

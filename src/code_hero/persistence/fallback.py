@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -48,6 +48,7 @@ __all__ = ["FallbackRouter", "full_versions", "thread_of"]
 # The outage's two lines (one when it begins, one when it ends) come from here.
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+Outage = Literal["down", "busy"]  # what a failed call says of its database (`outage`)
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
 BUSY_RETRY_AFTER = 1  # seconds: a pool frees a connection as soon as a call ends
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
@@ -204,29 +205,42 @@ class FallbackRouter:
             BUSY_RETRY_AFTER,
         )
 
-    async def is_down(self, slot: BackendSlot, exc: BaseException, what: str = "") -> bool:
-        """Whether `exc` means the slot's database cannot be reached (then fail it over).
+    async def outage(self, slot: BackendSlot, exc: BaseException) -> Outage | None:
+        """What `exc` says of the slot's database: "down" (it cannot be reached), "busy"
+        (it answers, but its pool is saturated), or None (no outage: the call's own error).
 
-        A pool timeout alone does not say so when the pool has every connection it
+        A pool timeout alone does not say down when the pool has every connection it
         may open (a saturated pool raises it too): the slot's probe, on a connection
-        of its own, decides; when the database answers, the call fails as busy
-        (UNAVAILABLE) and nothing fails over. A pool short of connections that
-        times out could not open them: down, as any other unreachable database.
+        of its own, decides. A pool short of connections that times out could not
+        open them (they are being replaced): down, as any other unreachable database.
         """
         if not is_backend_error(exc):
-            return False
-        if not is_pool_timeout(exc) or slot.backend is None:
-            return True
-        if not slot.backend.pool_saturated():  # its connections are being replaced
-            return True
-        if await self._answers(slot):
-            raise self.busy(what or "this request") from exc
-        return True
+            return None
+        if (
+            is_pool_timeout(exc)
+            and slot.backend is not None
+            and slot.backend.pool_saturated()
+            and await self._answers(slot)
+        ):
+            return "busy"
+        return "down"
+
+    async def fail_if_down(
+        self, slot: BackendSlot, exc: BaseException, what: str = "this request"
+    ) -> bool:
+        """Whether `exc` means the slot's database is down: then the slot is failed over.
+        A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over."""
+        verdict = await self.outage(slot, exc)
+        if verdict == "busy":
+            raise self.busy(what) from exc
+        if verdict == "down":
+            self.fail(slot, exc)
+        return verdict == "down"
 
     def on_primary(self, what: str) -> AbstractAsyncContextManager[None]:
         """Around a call that needs the primary alone: when it fails because the primary
         is down, fail it over and raise UNAVAILABLE; "busy" when its pool is only
-        saturated (`is_down`); any other error as it is."""
+        saturated (`outage`); any other error as it is."""
         return self._failing_over(self.primary, what)
 
     @asynccontextmanager
@@ -234,9 +248,8 @@ class FallbackRouter:
         try:
             yield
         except Exception as exc:
-            if not await self.is_down(slot, exc, what):
+            if not await self.fail_if_down(slot, exc, what):
                 raise
-            self.fail(slot, exc)
             raise self.unavailable(what) from exc
 
     async def _answers(self, slot: BackendSlot) -> bool:
@@ -304,9 +317,8 @@ class FallbackRouter:
                     with self.metrics.timed(slot.label, operation):
                         result = await call(slot)
                 except Exception as exc:
-                    if not await self.is_down(slot, exc):
+                    if not await self.fail_if_down(slot, exc):
                         raise
-                    self.fail(slot, exc)
                     continue
                 if slot is not self.primary:
                     self.journal.append(entry())
@@ -357,19 +369,18 @@ class FallbackRouter:
                     )
                 return
             except Exception as exc:
-                try:
-                    down = await self.is_down(slot, exc)
-                except BackendUnavailableError:
-                    # Busy: the write this touch follows is stored. A touch that only
-                    # moves `updated_at` is dropped (the next one after the throttle
+                verdict = await self.outage(slot, exc)
+                if verdict is None:
+                    raise
+                if verdict == "busy":
+                    # The write this touch follows is stored. A touch that only moves
+                    # `updated_at` is dropped (the next one after the throttle
                     # retries); one that would create the thread's row must not be.
                     self._touched_at.pop(thread_id, None)
                     if create:
-                        raise
+                        raise self.busy() from exc
                     log.info("thread %s: its updated_at not moved (pool busy)", thread_id)
                     return
-                if not down:
-                    raise
                 self.fail(slot, exc)
         if self.active_slot is not None:  # no backend at all: nothing to sync back
             self.journal.append(TouchThread(thread_id, user_id, create))

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: a throw-away database, a small graph, timing."""
+"""Helpers shared by the benchmarks: a throw-away database, a replica, GraphQL, timing."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ class Replica:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
+    """The data of a GraphQL request over HTTP; RuntimeError when it has errors."""
+    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
+    if "errors" in body:
+        raise RuntimeError(body["errors"])
+    data: dict[str, Any] = body["data"]
+    return data
 
 
 async def throughput(

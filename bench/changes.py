@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Replica, median, scratch_database, target
+from _common import Replica, gql, median, scratch_database, target
 
 __all__ = ["changes_page", "changes_targets"]
 
@@ -40,28 +40,18 @@ START = "mutation($input: StartRunInput!) { startRun(input: $input) { id threadI
 MESSAGES = ("Help me build a FastAPI app", "Now a Next.js page for it", "And document the API")
 
 
-async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    data: dict[str, Any] = body["data"]
-    return data
-
-
 async def long_thread(client: httpx.AsyncClient, runs: int) -> tuple[str, str]:
     """A thread of `runs` runs of the built-in graph; its id and a cursor two pages in."""
     thread = None
     for i in range(runs):
         run = await gql(
-            client,
-            START,
-            {"input": {"threadId": thread, "message": MESSAGES[i % 3], "wait": True}},
+            client, START, input={"threadId": thread, "message": MESSAGES[i % 3], "wait": True}
         )
         assert run["startRun"]["status"] == "SUCCESS", run
         thread = run["startRun"]["threadId"]
     assert thread is not None
-    page = await gql(client, PLAIN, {"t": thread, "after": None})
-    page = await gql(client, PLAIN, {"t": thread, "after": cursor(page)})
+    page = await gql(client, PLAIN, t=thread, after=None)
+    page = await gql(client, PLAIN, t=thread, after=cursor(page))
     return thread, cursor(page)
 
 
@@ -91,7 +81,7 @@ async def changes_page(kind: str, samples: int, runs: int) -> dict[str, float]:
                 async with httpx.AsyncClient(base_url=replica.http, timeout=60) as client:
                     thread, deep = await long_thread(client, runs)
                     total = "query($t: ID!) { thread(id: $t) { checkpoints { totalCount } } }"
-                    count = await gql(client, total, {"t": thread})
+                    count = await gql(client, total, t=thread)
                     checkpoints = count["thread"]["checkpoints"]["totalCount"]
                     assert checkpoints >= 100, checkpoints
                     queries = (("plain", PLAIN), ("changes", CHANGES), ("values", VALUES))
@@ -99,7 +89,7 @@ async def changes_page(kind: str, samples: int, runs: int) -> dict[str, float]:
                         after = None if i % 2 == 0 else deep
                         for name, query in queries:
                             start = time.perf_counter()
-                            got = await gql(client, query, {"t": thread, "after": after})
+                            got = await gql(client, query, t=thread, after=after)
                             times[name].append((time.perf_counter() - start) * 1000)
                             assert len(got["thread"]["checkpoints"]["edges"]) == 20
             finally:

@@ -36,8 +36,8 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Replica, median, scratch_database, target
-from changes import changes_targets, gql
+from _common import Replica, gql, median, scratch_database, target
+from changes import changes_targets
 
 N = 100_000
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -159,12 +159,12 @@ async def timed(
     client: httpx.AsyncClient, query: str, variables: dict[str, Any], samples: int
 ) -> tuple[float, dict[str, Any]]:
     """Median ms of the query, after two warm-up calls; and its last answer."""
-    got = await gql(client, query, variables)
-    await gql(client, query, variables)
+    got = await gql(client, query, **variables)
+    await gql(client, query, **variables)
     times = []
     for _ in range(samples):
         start = time.perf_counter()
-        got = await gql(client, query, variables)
+        got = await gql(client, query, **variables)
         times.append((time.perf_counter() - start) * 1000)
     return median(times), got
 

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _common import median, scratch_database
+from _common import gql, median, scratch_database
 
 from code_hero.app import create_app
 from code_hero.config import create_postgres_checkpointer, create_sqlite_checkpointer
@@ -65,14 +65,6 @@ async def app_client(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClie
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
-
-
-async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    data: dict[str, Any] = body["data"]
-    return data
 
 
 async def measure(

@@ -33,7 +33,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scratch_database, target
+from _common import gql, scratch_database, target
 from scale import GRAPHS, Replica
 
 from code_hero.checkpointing import (
@@ -46,13 +46,6 @@ PAGE = """query($t: ID!) { thread(id: $t) { checkpoints(first: 20) {
   pageInfo { hasNextPage endCursor } } } }"""
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id threadId } }"
 FOLLOW = "subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename } }"
-
-
-async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    return body["data"]
 
 
 FLOOR = "{ __typename }"
@@ -100,21 +93,14 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> PageTimes:
             run = await gql(
                 client,
                 START,
-                {
-                    "input": {
-                        "graph": "small",
-                        "threadId": thread,
-                        "input": {"steps": []},
-                        "wait": True,
-                    }
-                },
+                input={"graph": "small", "threadId": thread, "input": {"steps": []}, "wait": True},
             )
             thread = run["startRun"]["threadId"]
         via_http, direct, floor = [], [], []
         async with EnhancedCheckpointerManager(create_postgres_checkpointer(url)) as manager:
             for _ in range(samples):
                 start = time.perf_counter()
-                data = await gql(client, PAGE, {"t": thread})
+                data = await gql(client, PAGE, t=thread)
                 via_http.append((time.perf_counter() - start) * 1000)
                 assert len(data["thread"]["checkpoints"]["edges"]) == 20
                 start = time.perf_counter()
@@ -124,11 +110,11 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> PageTimes:
                 direct.append((time.perf_counter() - start) * 1000)
                 assert len(page.items) == 20
                 start = time.perf_counter()
-                await gql(client, FLOOR, {})
+                await gql(client, FLOOR)
                 floor.append((time.perf_counter() - start) * 1000)
         pid = replica.process.pid
-        page_cpu = await server_cpu(pid, samples, lambda: gql(client, PAGE, {"t": thread}))
-        floor_cpu = await server_cpu(pid, samples, lambda: gql(client, FLOOR, {}))
+        page_cpu = await server_cpu(pid, samples, lambda: gql(client, PAGE, t=thread))
+        floor_cpu = await server_cpu(pid, samples, lambda: gql(client, FLOOR))
     return PageTimes(
         statistics.median(via_http),
         statistics.median(direct),
@@ -142,7 +128,7 @@ async def wait_finished(client: httpx.AsyncClient, run_id: str) -> None:
     """Poll until the run has ended (its events drained before the next sample)."""
     query = "query($id: ID!) { run(id: $id) { status } }"
     for _ in range(3000):
-        data = await gql(client, query, {"id": run_id})
+        data = await gql(client, query, id=run_id)
         if data["run"]["status"] not in ("PENDING", "RUNNING"):
             return
         await asyncio.sleep(0.01)
@@ -151,7 +137,7 @@ async def wait_finished(client: httpx.AsyncClient, run_id: str) -> None:
 async def first_event_latency(replica: Replica, samples: int) -> float:
     latencies = []
     async with httpx.AsyncClient(base_url=replica.http, timeout=60) as client:
-        first = await gql(client, START, {"input": {"message": "hello", "wait": True}})
+        first = await gql(client, START, input={"message": "hello", "wait": True})
         thread = first["startRun"]["threadId"]
         protocols: Any = ["graphql-transport-ws"]
         async with connect(replica.ws, subprotocols=protocols) as ws:
@@ -172,12 +158,7 @@ async def first_event_latency(replica: Replica, samples: int) -> float:
                 run = await gql(
                     client,
                     START,
-                    {
-                        "input": {
-                            "threadId": thread,
-                            "message": "Help me build a FastAPI application",
-                        }
-                    },
+                    input={"threadId": thread, "message": "Help me build a FastAPI application"},
                 )
                 message = json.loads(await ws.recv())
                 latencies.append((time.perf_counter() - start) * 1000)

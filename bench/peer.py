@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _common import Replica, free_port, median, scratch_database, target, throughput
+from _common import Replica, free_port, gql, median, scratch_database, target, throughput
 from websockets.asyncio.client import ClientConnection, connect
 
 HERE = Path(__file__).resolve().parent
@@ -190,18 +190,9 @@ class GatewayClient:
         self.ws: ClientConnection | None = None
         self.ids = 0
 
-    async def gql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = (
-            await self.http.post("/graphql", json={"query": query, "variables": variables})
-        ).json()
-        if "errors" in body:
-            raise RuntimeError(body["errors"])
-        data: dict[str, Any] = body["data"]
-        return data
-
     async def run_wait(self, thread_id: str | None = None) -> str:
         fields = {"graph": GRAPH, "input": INPUT, "wait": True, "threadId": thread_id}
-        run = (await self.gql(START, input=fields))["startRun"]
+        run = (await gql(self.http, START, input=fields))["startRun"]
         if run["status"] != "SUCCESS":
             raise RuntimeError(run)
         return str(run["threadId"])
@@ -247,21 +238,21 @@ class GatewayClient:
             op = await self._subscribe(RUN_STREAM, {"input": fields})
             seen = await self._until(op, lambda d: d["runStream"]["__typename"] == "NodeUpdate")
         else:
-            run = (await self.gql(START, input={"graph": GRAPH, "input": INPUT}))["startRun"]
+            run = (await gql(self.http, START, input={"graph": GRAPH, "input": INPUT}))["startRun"]
             op = await self._subscribe(RUN_EVENTS, {"id": run["id"]})
             seen = await self._until(op, lambda d: d["runEvents"]["__typename"] == "NodeUpdate")
         assert seen is not None, "no NodeUpdate"
         return seen - start
 
     async def history(self, thread_id: str) -> None:
-        data = await self.gql(HISTORY, id=thread_id)
+        data = await gql(self.http, HISTORY, id=thread_id)
         assert len(data["thread"]["checkpoints"]["edges"]) == 20
 
     async def threads(self) -> None:
-        assert len((await self.gql(THREADS))["threads"]["edges"]) == 10
+        assert len((await gql(self.http, THREADS))["threads"]["edges"]) == 10
 
     async def delete(self, thread_id: str) -> None:
-        assert (await self.gql(DELETE, id=thread_id))["deleteThread"]["deleted"]
+        assert (await gql(self.http, DELETE, id=thread_id))["deleteThread"]["deleted"]
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -377,12 +368,8 @@ async def serve_gateway(
 ) -> dict[str, float]:
     await replica.ready()
     async with httpx.AsyncClient(base_url=replica.http, timeout=60) as http:
-        schema = (
-            await http.post(
-                "/graphql", json={"query": '{ __type(name: "Subscription") { fields { name } } }'}
-            )
-        ).json()
-        fields = {f["name"] for f in schema["data"]["__type"]["fields"]}
+        schema = await gql(http, '{ __type(name: "Subscription") { fields { name } } }')
+        fields = {f["name"] for f in schema["__type"]["fields"]}
         client = GatewayClient(http, replica.ws, "runStream" in fields)
         await client.open_socket()
         try:

@@ -46,7 +46,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Replica, scratch_database, target
+from _common import ROOT, Replica, gql, scratch_database, target
 
 GRAPHS = (
     f"small={ROOT / 'bench' / 'chain.py'}:small_graph,"
@@ -65,12 +65,8 @@ REPLICA_ENV = {
 
 
 async def start_run(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    body = (
-        await client.post("/graphql", json={"query": START, "variables": {"input": fields}})
-    ).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    return body["data"]["startRun"]
+    run: dict[str, Any] = (await gql(client, START, input=fields))["startRun"]
+    return run
 
 
 async def throughput(

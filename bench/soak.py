@@ -31,7 +31,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Replica, scratch_database, target
+from _common import ROOT, Replica, gql, scratch_database, target
 
 GRAPHS = f"small={ROOT / 'bench' / 'chain.py'}:small_graph"
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id status } }"
@@ -48,14 +48,6 @@ class SoakReplica(Replica):
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"{self.http}/metrics")).text
         return {name: float(value) for name, value in GAUGE.findall(text)}
-
-
-async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    body = (await client.post("/graphql", json={"query": query, "variables": variables})).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    result: dict[str, Any] = body["data"]
-    return result
 
 
 async def follow(url: str, run_id: str, leave_after: int | None) -> int:
@@ -89,7 +81,7 @@ async def follow(url: str, run_id: str, leave_after: int | None) -> int:
 
 async def until_ended(client: httpx.AsyncClient, run_id: str) -> str:
     while True:
-        status = str((await gql(client, STATUS, {"id": run_id}))["run"]["status"])
+        status = str((await gql(client, STATUS, id=run_id))["run"]["status"])
         if status not in ("PENDING", "RUNNING"):
             return status
         await asyncio.sleep(0.05)
@@ -108,11 +100,11 @@ class Soak:
     async def one(self, n: int) -> None:
         here, there = n % 2, 1 - n % 2
         client = self.clients[here]
-        run = (await gql(client, START, {"input": {"graph": "small", "input": {"steps": []}}}))[
+        run = (await gql(client, START, input={"graph": "small", "input": {"steps": []}}))[
             "startRun"
         ]
         if n % 20 == 0:
-            status = (await gql(client, CANCEL, {"id": run["id"]}))["cancelRun"]["status"]
+            status = (await gql(client, CANCEL, id=run["id"]))["cancelRun"]["status"]
         else:
             leave = 2 if n % 10 == 5 else None
             await asyncio.wait_for(follow(self.replicas[there].ws, run["id"], leave), 120)

@@ -63,20 +63,14 @@ class WebhookAccess:
 
     @asynccontextmanager
     async def _webhooks(self) -> AsyncIterator[WebhookStore]:
-        """The webhook store, which lives in the primary database only. Its failures are
-        judged as the router judges any: unreachable -> failover and UNAVAILABLE with
-        retryAfter, a saturated pool -> UNAVAILABLE "busy", anything else as it is."""
+        """The webhook store, which lives in the primary database only: its failures are
+        judged as those of any call on the primary (`FallbackRouter.on_primary`)."""
         router = self.services.manager.router
         store = self.services.webhook_store()
         if store is None:
-            raise router.unavailable("webhooks")
-        try:
+            raise router.unavailable("this webhook request")
+        async with router.on_primary("this webhook request"):
             yield store
-        except Exception as exc:
-            if not await router.is_down(router.primary, exc, "this webhook request"):
-                raise
-            router.fail_primary(exc)
-            raise router.unavailable("webhooks") from exc
 
     def check_webhook_url(self, url: str, name: str = "url") -> str:
         """An http(s) URL with no refused literal address (BAD_USER_INPUT otherwise)."""

@@ -48,7 +48,7 @@ async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database
         backend = cast(PostgresBackend, router.primary.backend)
         assert not backend.pool_saturated()
         # Short of connections: down at once, without asking the probe.
-        assert await router.is_down(router.primary, PoolTimeout("no connection in time"))
+        assert await router.outage(router.primary, PoolTimeout("no connection in time")) == "down"
         assert not router._confirming
         async with contextlib.AsyncExitStack() as held:
             for _ in range(backend.pool.max_size):

@@ -21,6 +21,7 @@ __all__ = ["Coalescer"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
+_MAX_ITEMS = 256  # in one call: a bound on one statement's size
 
 
 class Coalescer(Generic[K, T]):
@@ -31,11 +32,9 @@ class Coalescer(Generic[K, T]):
         run: Callable[[K, list[T]], Awaitable[None]],
         *,
         shared: Callable[[BaseException], bool],
-        max_items: int = 256,
     ) -> None:
         self._run = run
         self._shared = shared
-        self._max_items = max_items
         self._queue: deque[tuple[K, T, asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.calls = 0  # calls made (tests)
@@ -59,7 +58,7 @@ class Coalescer(Generic[K, T]):
                     entry = self._queue.popleft()
                     if entry[2].done():  # its caller was cancelled: drop it
                         continue
-                    if entry[0] == key and len(batch) < self._max_items:
+                    if entry[0] == key and len(batch) < _MAX_ITEMS:
                         batch.append((entry[1], entry[2]))
                     else:
                         rest.append(entry)

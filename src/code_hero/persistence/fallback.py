@@ -20,9 +20,10 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -47,6 +48,7 @@ __all__ = ["FallbackRouter", "full_versions", "thread_of"]
 # The outage's two lines (one when it begins, one when it ends) come from here.
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+Outage = Literal["down", "busy"]  # what a failed call says of its database (`outage`)
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
 BUSY_RETRY_AFTER = 1  # seconds: a pool frees a connection as soon as a call ends
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
@@ -98,8 +100,8 @@ class FallbackRouter:
         self._outage_began: datetime | None = None
         self.on_recovered: list[Callable[[], None]] = []
         self._touched_at: OrderedDict[str, float] = OrderedDict()
-        # Keyed by the registry's identity: touches of one registry and kind go together.
-        self._touches: Coalescer[tuple[int, bool], tuple[Registry, str, str | None]] = Coalescer(
+        # Touches of one registry and kind (create or not) go together.
+        self._touches: Coalescer[tuple[Registry, bool], tuple[str, str | None]] = Coalescer(
             _touch_threads, shared=is_backend_error
         )
         self._recover_lock = asyncio.Lock()
@@ -203,24 +205,52 @@ class FallbackRouter:
             BUSY_RETRY_AFTER,
         )
 
-    async def is_down(self, slot: BackendSlot, exc: BaseException, what: str = "") -> bool:
-        """Whether `exc` means the slot's database cannot be reached (then fail it over).
+    async def outage(self, slot: BackendSlot, exc: BaseException) -> Outage | None:
+        """What `exc` says of the slot's database: "down" (it cannot be reached), "busy"
+        (it answers, but its pool is saturated), or None (no outage: the call's own error).
 
-        A pool timeout alone does not say so when the pool has every connection it
+        A pool timeout alone does not say down when the pool has every connection it
         may open (a saturated pool raises it too): the slot's probe, on a connection
-        of its own, decides; when the database answers, the call fails as busy
-        (UNAVAILABLE) and nothing fails over. A pool short of connections that
-        times out could not open them: down, as any other unreachable database.
+        of its own, decides. A pool short of connections that times out could not
+        open them (they are being replaced): down, as any other unreachable database.
         """
         if not is_backend_error(exc):
-            return False
-        if not is_pool_timeout(exc) or slot.backend is None:
-            return True
-        if not slot.backend.pool_saturated():  # its connections are being replaced
-            return True
-        if await self._answers(slot):
-            raise self.busy(what or "this request") from exc
-        return True
+            return None
+        if (
+            is_pool_timeout(exc)
+            and slot.backend is not None
+            and slot.backend.pool_saturated()
+            and await self._answers(slot)
+        ):
+            return "busy"
+        return "down"
+
+    async def fail_if_down(
+        self, slot: BackendSlot, exc: BaseException, what: str = "this request"
+    ) -> bool:
+        """Whether `exc` means the slot's database is down: then the slot is failed over.
+        A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over."""
+        verdict = await self.outage(slot, exc)
+        if verdict == "busy":
+            raise self.busy(what) from exc
+        if verdict == "down":
+            self.fail(slot, exc)
+        return verdict == "down"
+
+    def on_primary(self, what: str) -> AbstractAsyncContextManager[None]:
+        """Around a call that needs the primary alone: when it fails because the primary
+        is down, fail it over and raise UNAVAILABLE; "busy" when its pool is only
+        saturated (`outage`); any other error as it is."""
+        return self._failing_over(self.primary, what)
+
+    @asynccontextmanager
+    async def _failing_over(self, slot: BackendSlot, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if not await self.fail_if_down(slot, exc, what):
+                raise
+            raise self.unavailable(what) from exc
 
     async def _answers(self, slot: BackendSlot) -> bool:
         """Whether the slot answers its probe now. One probe serves every call that
@@ -287,9 +317,8 @@ class FallbackRouter:
                     with self.metrics.timed(slot.label, operation):
                         result = await call(slot)
                 except Exception as exc:
-                    if not await self.is_down(slot, exc):
+                    if not await self.fail_if_down(slot, exc):
                         raise
-                    self.fail(slot, exc)
                     continue
                 if slot is not self.primary:
                     self.journal.append(entry())
@@ -335,25 +364,23 @@ class FallbackRouter:
             try:
                 with self.metrics.timed(slot.label, "touch_threads"):
                     # Concurrent threads' touches share one call (and one commit).
-                    registry = slot.backend.registry
                     await self._touches.submit(
-                        (id(registry), create), (registry, thread_id, user_id)
+                        (slot.backend.registry, create), (thread_id, user_id)
                     )
                 return
             except Exception as exc:
-                try:
-                    down = await self.is_down(slot, exc)
-                except BackendUnavailableError:
-                    # Busy: the write this touch follows is stored. A touch that only
-                    # moves `updated_at` is dropped (the next one after the throttle
+                verdict = await self.outage(slot, exc)
+                if verdict is None:
+                    raise
+                if verdict == "busy":
+                    # The write this touch follows is stored. A touch that only moves
+                    # `updated_at` is dropped (the next one after the throttle
                     # retries); one that would create the thread's row must not be.
                     self._touched_at.pop(thread_id, None)
                     if create:
-                        raise
+                        raise self.busy() from exc
                     log.info("thread %s: its updated_at not moved (pool busy)", thread_id)
                     return
-                if not down:
-                    raise
                 self.fail(slot, exc)
         if self.active_slot is not None:  # no backend at all: nothing to sync back
             self.journal.append(TouchThread(thread_id, user_id, create))
@@ -423,14 +450,9 @@ class FallbackRouter:
             # Known to be down: answer at once; the probe finds out when it is back.
             raise self.unavailable("reading this thread")
         assert slot.backend is not None
-        try:
+        async with self._failing_over(slot, "reading this thread"):
             with self.metrics.timed(slot.label, operation):
                 return await call(slot.backend.saver)
-        except Exception as exc:
-            if not await self.is_down(slot, exc, "reading this thread"):
-                raise
-            self.fail(slot, exc)
-            raise self.unavailable("reading this thread") from exc
 
     async def count_checkpoints(
         self, thread_id: str, namespace: str | None = None, *, what: str = "deleting this thread"
@@ -446,13 +468,8 @@ class FallbackRouter:
             )
         if not self.serving or self.primary.backend is None:
             raise self.unavailable(what)
-        try:
+        async with self.on_primary(what):
             return await self.primary.backend.count_checkpoints(thread_id, namespace)
-        except Exception as exc:
-            if not await self.is_down(self.primary, exc, what):
-                raise
-            self.fail_primary(exc)
-            raise self.unavailable(what) from exc
 
     async def delete_thread(self, thread_id: str) -> int | None:
         """Delete the thread's checkpoints from every slot that may hold them; how many
@@ -476,14 +493,9 @@ class FallbackRouter:
                 return None
             primary = self.primary
             assert primary.backend is not None
-            try:
+            async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(primary.label, "delete_thread"):
                     return await primary.backend.delete_checkpoints(thread_id)
-            except Exception as exc:
-                if not await self.is_down(primary, exc, "deleting this thread"):
-                    raise
-                self.fail_primary(exc)
-                raise self.unavailable("deleting this thread") from exc
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None
@@ -504,14 +516,9 @@ class FallbackRouter:
                 or self.journal.quarantine
             ):
                 return None
-            try:
+            async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(self.primary.label, "delete_thread"):
                     return await backend.purge_idle_thread(thread_id, live_at)
-            except Exception as exc:
-                if not await self.is_down(self.primary, exc, "deleting this thread"):
-                    raise
-                self.fail_primary(exc)
-                raise self.unavailable("deleting this thread") from exc
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:
@@ -577,8 +584,6 @@ class FallbackRouter:
             )
 
 
-async def _touch_threads(
-    key: tuple[int, bool], touches: list[tuple[Registry, str, str | None]]
-) -> None:
-    registry = touches[0][0]
-    await registry.touch_threads({t: user for _, t, user in touches}, create=key[1])
+async def _touch_threads(key: tuple[Registry, bool], touches: list[tuple[str, str | None]]) -> None:
+    registry, create = key
+    await registry.touch_threads(dict(touches), create=create)

@@ -58,9 +58,8 @@ class RoutedRegistry:
             try:
                 return await on_primary(registry)
             except Exception as exc:
-                if not await self.router.is_down(self.router.primary, exc):
+                if not await self.router.fail_if_down(self.router.primary, exc):
                     raise
-                self.router.fail_primary(exc)
         return await degraded()
 
     async def _write(

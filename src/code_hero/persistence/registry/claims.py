@@ -107,11 +107,7 @@ class RunClaims(WebhookOutbox):
     async def finish_run(
         self, run_id: str, thread_status: ThreadStatus, **fields: Any
     ) -> tuple[RunRecord | None, bool]:
-        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
-        if unknown:
-            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        params = [self._run_param(name, value) for name, value in fields.items()]
+        update, params = self._run_update("finish_run", fields)
         async with self._session(atomic=True) as s:
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
@@ -125,10 +121,7 @@ class RunClaims(WebhookOutbox):
             )
             if not locked:  # no such run, or its thread is being deleted, its runs with it
                 return None, False
-            rows = await s.fetch(
-                f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}",
-                [*params, run_id],
-            )
+            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id])
             if not rows:
                 return None, False
             run = self._run(rows[0])

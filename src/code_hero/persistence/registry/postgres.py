@@ -127,7 +127,9 @@ class PostgresRegistry(SqlRegistry):
         Every sub-statement sees the rows as they were before the statement, so the
         outbox insert still finds the thread's owner. The lock order of every writer
         is kept: the SELECT reads its sub-queries left to right, so the thread is
-        locked, then its runs by id, before anything is deleted.
+        locked, then its runs by id, before anything is deleted. The events' delete,
+        which nothing reads, runs after the SELECT (as PostgreSQL runs every unread
+        data-modifying CTE), when the runs are locked.
         """
         outbox, queued = self._thread_deleted_insert(thread_id)
         sql = (
@@ -137,15 +139,14 @@ class PostgresRegistry(SqlRegistry):
             "r AS (SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
             "AND EXISTS (SELECT 1 FROM t) ORDER BY run_id FOR UPDATE), "
             f"q AS ({outbox} AND EXISTS (SELECT 1 FROM t) RETURNING 1), "
-            "e AS (DELETE FROM code_hero_run_events WHERE run_id IN (SELECT run_id FROM r) "
-            "RETURNING 1), "
+            "e AS (DELETE FROM code_hero_run_events WHERE run_id IN (SELECT run_id FROM r)), "
             "dr AS (DELETE FROM code_hero_runs WHERE run_id IN (SELECT run_id FROM r) "
             "RETURNING 1), "
             "dt AS (DELETE FROM code_hero_threads WHERE thread_id IN (SELECT thread_id FROM t) "
             "RETURNING 1) "
             "SELECT (SELECT count(*) FROM t) AS locked, (SELECT count(*) FROM r) AS locked_runs, "
-            "(SELECT count(*) FROM q) AS queued, (SELECT count(*) FROM e) AS events, "
-            "(SELECT count(*) FROM dr) AS runs, (SELECT count(*) FROM dt) AS threads"
+            "(SELECT count(*) FROM q) AS queued, (SELECT count(*) FROM dr) AS runs, "
+            "(SELECT count(*) FROM dt) AS threads"
         )
         return sql, [thread_id, thread_id, *queued]
 

@@ -227,16 +227,11 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     # --- runs ---------------------------------------------------------------
 
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
-        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
-        if unknown:
-            raise TypeError(f"update_run() got fields RunRecord cannot update: {unknown}")
+        update, params = self._run_update("update_run", fields)
         if not fields:
             return await self.get_run(run_id)
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        params = [self._run_param(name, value) for name, value in fields.items()]
-        sql = f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}"
         async with self._session() as s:
-            rows = await s.fetch(sql, [*params, run_id])
+            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id])
         return self._run(rows[0]) if rows else None
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -420,23 +415,12 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     ) -> list[tuple[str, list[list[Any]]]]:
         """UPDATE statements setting each run's fields: one per set of field names (the
         event log sends the same set for every run), with the rows in run order."""
-        grouped: dict[tuple[str, ...], list[list[Any]]] = {}
+        grouped: dict[str, list[list[Any]]] = {}
         for run_id in sorted(runs):
-            fields = runs[run_id]
-            unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
-            if unknown:
-                raise TypeError(f"store_batch() got fields RunRecord cannot update: {unknown}")
-            if fields:
-                params = [self._run_param(name, value) for name, value in fields.items()]
-                grouped.setdefault(tuple(fields), []).append([*params, run_id])
-        return [
-            (
-                f"UPDATE code_hero_runs SET {', '.join(f'{n} = ?' for n in names)} "
-                "WHERE run_id = ?",
-                rows,
-            )
-            for names, rows in grouped.items()
-        ]
+            update, params = self._run_update("store_batch", runs[run_id])
+            if params:  # no fields: nothing to set
+                grouped.setdefault(update, []).append([*params, run_id])
+        return list(grouped.items())
 
     async def list_events(
         self,

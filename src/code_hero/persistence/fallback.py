@@ -486,7 +486,7 @@ class FallbackRouter:
                 raise self.unavailable("deleting this thread") from exc
 
     async def purge_idle_thread(
-        self, thread_id: str, live_at: datetime | None
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
     ) -> ThreadPurge | None:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
@@ -506,7 +506,7 @@ class FallbackRouter:
                 return None
             try:
                 with self.metrics.timed(self.primary.label, "delete_thread"):
-                    return await backend.purge_idle_thread(thread_id, live_at)
+                    return await backend.purge_idle_thread(thread_id, live_at, owner)
             except Exception as exc:
                 if not await self.is_down(self.primary, exc, "deleting this thread"):
                     raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -126,12 +127,20 @@ class PostgresRegistry(SqlRegistry):
                     # and in a statement of its own: the deletion's snapshot is taken with
                     # the lock held, so it sees every run admitted before it (a statement
                     # that decided "idle" on an older snapshot deleted a run admitted while
-                    # it waited for the lock). Pipelined: still one round trip.
-                    async with conn.pipeline(), conn.transaction():
-                        await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
-                        cur = conn.cursor(row_factory=dict_row)
-                        await cur.execute(_pg_sql(statement), [*ids, *params])
-                    row = await cur.fetchone()
+                    # it waited for the lock). BEGIN and COMMIT are plain statements of the
+                    # pipeline (conn.transaction() would wait for each): one round trip.
+                    try:
+                        async with conn.pipeline():
+                            await conn.execute("BEGIN")
+                            await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
+                            cur = conn.cursor(row_factory=dict_row)
+                            await cur.execute(_pg_sql(statement), [*ids, *params])
+                            await conn.execute("COMMIT")
+                        row = await cur.fetchone()
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await conn.rollback()  # an aborted transaction, if it is one
+                        raise
                 break
             except psycopg.errors.DeadlockDetected:
                 # Rolled back whole, nothing deleted: a writer out of our lock order (none

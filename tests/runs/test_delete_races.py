@@ -11,8 +11,11 @@ import pytest
 
 from code_hero.auth import Caller
 from code_hero.config import create_postgres_checkpointer
+from code_hero.errors import ConflictError
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.records import RunStatus
+from code_hero.persistence.registry import postgres as pg_registry
 from code_hero.persistence.registry.dialect import RUN_FIELDS
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC
@@ -68,26 +71,47 @@ async def test_a_run_admitted_while_the_deletion_waits_is_not_deleted_unseen(
     assert await pg_gateway.get_thread(thread_id) is not None
 
 
-async def test_a_deadlocked_deletion_is_tried_again(pg_gateway: Gateway, pg_database: str) -> None:
-    """PostgreSQL aborts the deletion as a deadlock's victim (a writer outside the gateway
-    holds a checkpoint and then wants the thread): it is tried again, never INTERNAL."""
-    thread_id, run_id = await _idle_thread(pg_gateway)
+async def _deadlocked_deletion(gw: Gateway, pg_database: str, thread_id: str) -> ThreadDeletion:
+    """gw.delete_thread while a writer outside the gateway holds the thread's checkpoints
+    and then wants the thread: PostgreSQL aborts the deletion (it detects the cycle first)."""
     async with await psycopg.AsyncConnection.connect(pg_database) as other:
         await other.execute("SET LOCAL deadlock_timeout = '30s'")  # the deletion detects it
         await other.execute(
             "SELECT 1 FROM checkpoints WHERE thread_id = %s FOR UPDATE", [thread_id]
         )
-        deletion = asyncio.create_task(pg_gateway.delete_thread(thread_id))
+        deletion = asyncio.create_task(gw.delete_thread(thread_id))
         await asyncio.sleep(0.3)  # it holds the thread and waits for the checkpoints
         # Waits for the thread until PostgreSQL aborts the deletion (deadlock_timeout, 1 s).
         await other.execute(
             "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE", [thread_id]
         )
         await other.commit()
-    gone = await deletion
+    return await deletion
+
+
+async def test_a_deadlocked_deletion_is_tried_again(pg_gateway: Gateway, pg_database: str) -> None:
+    """The deletion PostgreSQL aborted as a deadlock's victim is tried again: never
+    INTERNAL."""
+    thread_id, run_id = await _idle_thread(pg_gateway)
+
+    gone = await _deadlocked_deletion(pg_gateway, pg_database, thread_id)
 
     assert gone.deleted and gone.runs_deleted == 1
     await assert_gone(pg_gateway, thread_id, [run_id])
+
+
+async def test_a_deletion_that_keeps_deadlocking_is_a_conflict_to_retry(
+    pg_gateway: Gateway, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_registry, "_DEADLOCK_RETRIES", 0)  # the last try deadlocks
+    thread_id, _ = await _idle_thread(pg_gateway)
+
+    with pytest.raises(ConflictError) as refused:
+        await _deadlocked_deletion(pg_gateway, pg_database, thread_id)
+
+    assert refused.value.code == "CONFLICT"
+    assert refused.value.extensions == {"retryAfter": 1}
+    assert await pg_gateway.get_thread(thread_id) is not None  # nothing deleted
 
 
 async def test_an_owner_deletes_an_idle_thread_in_one_step(pg_gateway: Gateway) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -87,8 +87,12 @@ class PostgresRegistry(SqlRegistry):
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one
         # statement: one round trip instead of eight with BEGIN and COMMIT (issue 15).
         sql, params = self._deletion(thread_id, "true")
-        async with self._session() as s:
-            row = (await s.fetch(f"WITH {sql}", params))[0]
+
+        async def attempt() -> Row:
+            async with self._session() as s:
+                return (await s.fetch(f"WITH {sql}", params))[0]
+
+        row = await self._retrying_deadlocks(thread_id, attempt)
         if row["queued"]:
             self._outbox_committed()
         return row["threads"] > 0, int(row["runs"])
@@ -121,37 +125,31 @@ class PostgresRegistry(SqlRegistry):
         )
         ids = [thread_id, thread_id, live_at, owner, thread_id, owner]
         ids += [thread_id, thread_id, thread_id]
-        for attempt in range(_DEADLOCK_RETRIES + 1):
-            try:
-                async with self.pool.connection() as conn:
-                    # The thread's row is locked first, as admit_run and finish_run lock it,
-                    # and in a statement of its own: the deletion's snapshot is taken with
-                    # the lock held, so it sees every run admitted before it (a statement
-                    # that decided "idle" on an older snapshot deleted a run admitted while
-                    # it waited for the lock). BEGIN and COMMIT are plain statements of the
-                    # pipeline (conn.transaction() would wait for each): one round trip.
-                    try:
-                        async with conn.pipeline():
-                            await conn.execute("BEGIN")
-                            await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
-                            cur = conn.cursor(row_factory=dict_row)
-                            await cur.execute(_pg_sql(statement), [*ids, *params])
-                            await conn.execute("COMMIT")
-                        row = await cur.fetchone()
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            await conn.rollback()  # an aborted transaction, if it is one
-                        raise
-                break
-            except psycopg.errors.DeadlockDetected:
-                # Rolled back whole, nothing deleted: a writer out of our lock order (none
-                # of ours) met it. Not a bug of the caller's, and not INTERNAL.
-                if attempt == _DEADLOCK_RETRIES:
-                    raise ConflictError(
-                        f"thread {thread_id!r} is being changed concurrently; try again",
-                        retry_after=1,
-                    ) from None
-        assert row is not None
+
+        async def attempt() -> Row:
+            async with self.pool.connection() as conn:
+                # The thread's row is locked first, as admit_run and finish_run lock it,
+                # and in a statement of its own: the deletion's snapshot is taken with the
+                # lock held, so it sees every run admitted before it (a statement that
+                # decided "idle" on an older snapshot deleted a run admitted while it
+                # waited for the lock). BEGIN and COMMIT are plain statements of the
+                # pipeline (conn.transaction() would wait for each): one round trip.
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
+                        cur = conn.cursor(row_factory=dict_row)
+                        await cur.execute(_pg_sql(statement), [*ids, *params])
+                        await conn.execute("COMMIT")
+                    found: Row | None = await cur.fetchone()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await conn.rollback()  # an aborted transaction, if it is one
+                    raise
+            assert found is not None
+            return found
+
+        row = await self._retrying_deadlocks(thread_id, attempt)
         if row["queued"]:
             self._outbox_committed()
         return ThreadPurge(
@@ -162,6 +160,27 @@ class PostgresRegistry(SqlRegistry):
             runs=int(row["runs"]),
             foreign=bool(row["foreign_"]),
         )
+
+    async def _retrying_deadlocks(
+        self, thread_id: str, attempt: Callable[[], Awaitable[Row]]
+    ) -> Row:
+        """A deletion's transaction, tried again when PostgreSQL chose it as a deadlock's
+        victim (rolled back whole, nothing deleted): CONFLICT with retryAfter when it
+        keeps being chosen, never INTERNAL."""
+        for _ in range(_DEADLOCK_RETRIES):
+            try:
+                return await attempt()
+            except psycopg.errors.DeadlockDetected:
+                # A writer out of the lock order (thread, then its runs, then the
+                # checkpoints; none of ours) met it.
+                continue
+        try:
+            return await attempt()
+        except psycopg.errors.DeadlockDetected:
+            raise ConflictError(
+                f"thread {thread_id!r} is being changed concurrently; try again",
+                retry_after=1,
+            ) from None
 
     def _deletion(self, thread_id: str, go: str) -> tuple[str, list[Any]]:
         """The common-table expressions that delete the thread's row, runs and events and

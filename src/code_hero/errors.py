@@ -64,9 +64,18 @@ class NotFoundError(CodeHeroError, LookupError):
 
 
 class ConflictError(CodeHeroError):
-    """The request is valid but clashes with the current state."""
+    """The request is valid but clashes with the current state; with `retry_after`, a
+    passing clash (a concurrent change) that trying again resolves."""
 
     code = "CONFLICT"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {} if self.retry_after is None else {"retryAfter": self.retry_after}
 
 
 class AuthError(CodeHeroError):

@@ -263,10 +263,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         """Cancel the thread's runs, then delete it everywhere."""
         self.policy.spend(caller, Action.THREAD_DELETE)
         thread_id = check_thread_id(thread_id, "id")
-        if caller.is_admin and self.policy.hook is None:
-            # Nothing to ask between the ownership check and the deletion: an
-            # administrator's check (has it expired?) is part of the deletion's statement.
-            return await self._purge(thread_id, live_at=datetime.now(UTC))
+        if self.policy.hook is None:
+            # Nothing to ask between the ownership check and the deletion: the checks
+            # (has it expired? is it the user's?) are part of the one-step deletion.
+            owner = None if caller.is_admin else caller.user_id
+            return await self._purge(thread_id, live_at=datetime.now(UTC), owner=owner)
         if not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)

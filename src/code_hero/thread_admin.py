@@ -11,7 +11,8 @@ Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's runs are stopped wherever they execute, then the
 manager deletes its checkpoints, runs, events and row (`purge_thread`). A
 thread with no run in flight goes in one step where the store has one
-(PostgreSQL: one statement, `purge_idle_thread`).
+(PostgreSQL: one round trip, `purge_idle_thread`, the thread's row locked first
+as a run's admission locks it; the owner and the expiry are checked in it).
 
 An expired thread (its `expires_at` passed) is never read again: the registry
 leaves it out of every read and listing, `_expired` answers for the reads
@@ -83,17 +84,26 @@ class ThreadAdmin:
         now = datetime.now(UTC)
         return set(await registry.expired_thread_ids(now, limit=len(thread_ids), among=thread_ids))
 
-    async def _purge(self, thread_id: str, *, live_at: datetime | None = None) -> ThreadDeletion:
+    async def _purge(
+        self, thread_id: str, *, live_at: datetime | None = None, owner: str | None = None
+    ) -> ThreadDeletion:
         """The one way a thread is deleted: stop its runs, then delete it everywhere;
-        with `live_at`, not when it had expired then (it is nobody's to delete)."""
+        with `live_at`, not when it had expired then (it is nobody's to delete); with
+        `owner`, not unless it is that user's (another's looks missing)."""
         manager = self.services.manager
         # A thread with no run in flight goes in one round trip where the store allows
-        # (PostgreSQL: issue 15); its expiry is checked in that same statement.
-        gone = await manager.purge_idle_thread(thread_id, live_at=live_at)
-        if gone is not None:
+        # (PostgreSQL: issue 15); its expiry and owner are checked in that same step,
+        # and a busy answer has checked them already.
+        gone = await manager.purge_idle_thread(thread_id, live_at=live_at, owner=owner)
+        if gone is not None and not gone.busy:
             return gone
-        if live_at is not None and await self._expired([thread_id]):
-            return ThreadDeletion(thread_id, False, 0, 0)
+        if gone is None:  # the store deletes in steps: the checks come first
+            if owner is not None:
+                thread = await manager.get_thread(thread_id)  # none once expired
+                if thread is None or thread.user_id != owner:
+                    return ThreadDeletion(thread_id, False, 0, 0)
+            elif live_at is not None and await self._expired([thread_id]):
+                return ThreadDeletion(thread_id, False, 0, 0)
         # Every unfinished run stops first (a run ending after the purge writes nothing
         # back: the registry's foreign keys and the executor see to its leftovers).
         await self.services.executor.stop_thread(thread_id)

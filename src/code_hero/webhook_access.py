@@ -108,14 +108,6 @@ class WebhookAccess:
         check_text(flt.graph, "filter.graph")
         check_text(flt.user_id, "filter.userId")
         await self.policy.require(caller, Action.WEBHOOK_CREATE, value={"url": url})
-        async with self._webhooks() as store:
-            if (
-                not caller.is_admin
-                and await store.count_webhooks(user_id=caller.user_id) >= MAX_WEBHOOKS_PER_USER
-            ):
-                raise ConflictError(
-                    f"a user may have at most {MAX_WEBHOOKS_PER_USER} webhooks: delete one first"
-                )
         webhook = WebhookRecord(
             webhook_id=str(uuid.uuid4()),
             user_id=caller.user_id,
@@ -129,8 +121,13 @@ class WebhookAccess:
             run_user_id=flt.user_id,
         )
         secret = new_secret()
+        limit = None if caller.is_admin else MAX_WEBHOOKS_PER_USER
         async with self._webhooks() as store:
-            await store.create_webhook(webhook, secret)
+            created = await store.create_webhook(webhook, secret, limit=limit)
+        if not created:
+            raise ConflictError(
+                f"a user may have at most {MAX_WEBHOOKS_PER_USER} webhooks: delete one first"
+            )
         return NewWebhook(webhook, secret)
 
     async def delete_webhook(self, webhook_id: str, *, caller: Caller = ANONYMOUS) -> bool:

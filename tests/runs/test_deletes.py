@@ -196,8 +196,9 @@ async def test_an_idle_thread_goes_in_one_step_where_the_store_has_one(
     manager = gateway.manager
     stored = await manager.router.count_checkpoints(done.thread_id)
 
-    # A run in flight: nothing deleted, whatever the store.
-    assert await manager.purge_idle_thread(busy.thread_id) is None
+    # A run in flight: nothing deleted, whatever the store (busy, or no one step).
+    left = await manager.purge_idle_thread(busy.thread_id)
+    assert left is None or (left.busy and not left.deleted)
     assert await gateway.get_thread(busy.thread_id) is not None
     assert gateway.executor.is_active(busy.run_id)
 

@@ -109,9 +109,12 @@ class Backend:
         """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
         raise NotImplementedError
 
-    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
+    ) -> ThreadPurge:
         """Delete the thread's checkpoints and registry rows in one step unless it has
-        unfinished runs or had expired at `live_at` (then nothing is deleted)."""
+        unfinished runs, had expired at `live_at` or (with `owner`) is not that user's
+        (then nothing is deleted)."""
         raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
     async def reconnect(self) -> None:

@@ -43,7 +43,7 @@ from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
-__all__ = ["FallbackRouter", "full_versions", "thread_of"]
+__all__ = ["FallbackRouter", "PoolBusyError", "full_versions", "thread_of"]
 
 # The outage's two lines (one when it begins, one when it ends) come from here.
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ R = TypeVar("R")
 Outage = Literal["down", "busy"]  # what a failed call says of its database (`outage`)
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
 BUSY_RETRY_AFTER = 1  # seconds: a pool frees a connection as soon as a call ends
+_BUSY_PAUSES = (0.05, 1.0)  # a patient write's first and longest pause between tries
 _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
+
+
+class PoolBusyError(BackendUnavailableError):
+    """Every connection of the pool is in use while the database answers: busy, not down."""
 
 
 def thread_of(config: RunnableConfig) -> str:
@@ -196,10 +201,10 @@ class FallbackRouter:
                 slot.backend = None
         self.active = None
 
-    def busy(self, what: str = "this request") -> BackendUnavailableError:
+    def busy(self, what: str = "this request") -> PoolBusyError:
         """The error for a call that waited for a connection while the database answers."""
         kind = _KIND_NAMES.get(self.primary.kind, self.primary.kind)
-        return BackendUnavailableError(
+        return PoolBusyError(
             f"the server is busy: every {kind} connection is in use, so {what} could not "
             f"get one in time; retry in {BUSY_RETRY_AFTER} s",
             BUSY_RETRY_AFTER,
@@ -306,8 +311,32 @@ class FallbackRouter:
         thread_id: str,
         call: Callable[[BackendSlot], Awaitable[R]],
         entry: Callable[[], Entry],
+        *,
+        patience: float = 0.0,
     ) -> R | None:
-        """Run a write on the active slot, failing over when the database is unreachable."""
+        """Run a write on the active slot, failing over when the database is unreachable;
+        when the pool is busy, try again for up to `patience` seconds before failing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        pause, longest = _BUSY_PAUSES
+        while True:
+            try:
+                return await self._write(operation, thread_id, call, entry)
+            except PoolBusyError:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+            # Outside the write gate: a recovery waiting for writes in flight is not held.
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, longest)
+
+    async def _write(
+        self,
+        operation: str,
+        thread_id: str,
+        call: Callable[[BackendSlot], Awaitable[R]],
+        entry: Callable[[], Entry],
+    ) -> R | None:
         async with self.gate.write():
             while (slot := self.active_slot) is not None:
                 assert slot.backend is not None
@@ -498,7 +527,7 @@ class FallbackRouter:
                     return await primary.backend.delete_checkpoints(thread_id)
 
     async def purge_idle_thread(
-        self, thread_id: str, live_at: datetime | None
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
     ) -> ThreadPurge | None:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
@@ -518,7 +547,7 @@ class FallbackRouter:
                 return None
             async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(self.primary.label, "delete_thread"):
-                    return await backend.purge_idle_thread(thread_id, live_at)
+                    return await backend.purge_idle_thread(thread_id, live_at, owner)
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:

@@ -30,6 +30,16 @@ __all__ = ["ManagedSaver"]
 
 R = TypeVar("R")
 
+# Seconds a run's own checkpoint write waits, trying again, for a busy pool before the
+# run fails: a moment's load spike must not end a run half-way. A client's write (a
+# state edit, the seed's own graphs) answers busy at once: its client retries.
+RUN_WRITE_PATIENCE = 5.0
+
+
+def _patience(config: RunnableConfig) -> float:
+    # A run of the registry names itself in its config (the executor puts it there).
+    return RUN_WRITE_PATIENCE if "run_id" in config.get("configurable", {}) else 0.0
+
 
 class ManagedSaver(BaseCheckpointSaver[str]):
     """The checkpointer graphs use: forwards every call to the fallback router."""
@@ -72,7 +82,7 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         def entry() -> PutCheckpoint:
             return PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint))
 
-        result = await router.write("put", thread_id, call, entry)
+        result = await router.write("put", thread_id, call, entry, patience=_patience(config))
         if result is None:  # no backend at all: run on without checkpoints
             c = config["configurable"]
             return {
@@ -106,7 +116,9 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         def entry() -> PutWrites:
             return PutWrites(config, tuple(writes), task_id, task_path)
 
-        await self.router.write("put_writes", thread_of(config), call, entry)
+        await self.router.write(
+            "put_writes", thread_of(config), call, entry, patience=_patience(config)
+        )
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self.router.delete_thread(str(thread_id))

@@ -70,6 +70,8 @@ class ThreadDeletion:
     deleted: bool
     checkpoints_deleted: int
     runs_deleted: int
+    # Not deleted: it has runs in flight (a one-step deletion leaves it for the two steps).
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -305,15 +307,19 @@ class EnhancedCheckpointerManager:
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 
     async def purge_idle_thread(
-        self, thread_id: str, *, live_at: datetime | None = None
+        self, thread_id: str, *, live_at: datetime | None = None, owner: str | None = None
     ) -> ThreadDeletion | None:
         """`purge_thread` in one round trip where the store has it, for a thread with no
-        unfinished runs; not deleted when it had expired at `live_at`. None: the thread
-        has unfinished runs, or the store deletes in steps (stop its runs, then
-        `purge_thread`)."""
-        gone = await self.router.purge_idle_thread(thread_id, live_at)
-        if gone is None or (gone.busy and not gone.expired):
+        unfinished runs; not deleted when it had expired at `live_at` or (with `owner`)
+        is not that user's. `busy`: it has unfinished runs (stop them, then
+        `purge_thread`); None: the store deletes in steps, nothing was checked."""
+        gone = await self.router.purge_idle_thread(thread_id, live_at, owner)
+        if gone is None:
             return None
+        if gone.foreign or gone.expired:
+            return ThreadDeletion(thread_id, False, 0, 0)
+        if gone.busy:
+            return ThreadDeletion(thread_id, False, 0, 0, busy=True)
         return ThreadDeletion(
             thread_id, gone.existed or gone.checkpoints > 0, gone.checkpoints, gone.runs
         )

@@ -175,10 +175,12 @@ class PostgresBackend(Backend):
         )
         return int(rows[0]["n"])
 
-    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
-        # One statement for the checkpoints and the registry rows (issue 15).
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
+    ) -> ThreadPurge:
+        # One round trip for the checkpoints and the registry rows (issue 15).
         assert isinstance(self.registry, PostgresRegistry)
-        purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at)
+        purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:

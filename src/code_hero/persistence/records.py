@@ -99,8 +99,8 @@ class ThreadRecord:
 class ThreadPurge:
     """What a one-step deletion of a thread did (`Backend.purge_idle_thread`).
 
-    A busy thread (unfinished runs) or an expired one is left as it was: its runs
-    are stopped first, or it is not the caller's to delete.
+    A busy thread (unfinished runs), an expired one or another user's is left as it
+    was: its runs are stopped first, or it is not the caller's to delete.
     """
 
     busy: bool
@@ -108,6 +108,7 @@ class ThreadPurge:
     existed: bool  # its registry row was deleted
     checkpoints: int
     runs: int
+    foreign: bool = False  # not the named owner's (or no row): left as it was
 
 
 @dataclass(frozen=True)

@@ -108,17 +108,17 @@ class WebhookStore(Protocol):
     def on_enqueue(self, wake: Callable[[], None]) -> None:
         """Call `wake` after a transaction of this process committed deliveries."""
 
-    async def create_webhook(self, webhook: WebhookRecord, secret: str) -> None:
-        """Store a webhook with its signing secret."""
+    async def create_webhook(
+        self, webhook: WebhookRecord, secret: str, *, limit: int | None = None
+    ) -> bool:
+        """Store a webhook with its signing secret; with `limit`, only while its owner has
+        fewer webhooks than that (counted and inserted in one step): False, nothing stored."""
 
     async def delete_webhook(self, webhook_id: str, *, user_id: str | None) -> bool:
         """Delete a webhook (of `user_id`; None: anyone's) and its deliveries."""
 
     async def list_webhooks(self, *, user_id: str | None) -> list[WebhookRecord]:
         """The webhooks of `user_id` (None: everyone's), oldest first."""
-
-    async def count_webhooks(self, *, user_id: str | None) -> int:
-        """How many webhooks `user_id` has."""
 
     async def list_deliveries(
         self, flt: DeliveryFilter, *, first: int, after: str | None = None

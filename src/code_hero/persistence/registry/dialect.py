@@ -89,6 +89,8 @@ class Dialect(ABC):
     # PostgreSQL: row locks. Every transaction that locks a thread and its runs locks the
     # thread first, then the runs in run_id order (SQLite: one writer at a time anyway).
     for_update: ClassVar[str] = ""
+    # PostgreSQL: a transaction lock per (class, user), taken before a capped insert.
+    webhook_cap_lock: ClassVar[str | None] = None
 
     # --- what a dialect supplies --------------------------------------------
 

@@ -45,6 +45,7 @@ from code_hero.persistence.webhooks import (
 
 __all__ = ["WebhookOutbox"]
 
+WEBHOOK_CAP_LOCK = 0x7765_6268  # the advisory lock class of a user's webhook creations
 _WEBHOOK_COLUMNS = (
     "webhook_id, user_id, all_users, url, events, secret, filter_thread_id, "
     "filter_status, filter_graph, filter_user_id, created_at"
@@ -175,25 +176,41 @@ class WebhookOutbox(Dialect):
 
     # --- webhooks -----------------------------------------------------------
 
-    async def create_webhook(self, webhook: WebhookRecord, secret: str) -> None:
-        async with self._unique(f"a webhook with id {webhook.webhook_id!r}"), self._session() as s:
-            await s.execute(
-                f"INSERT INTO code_hero_webhooks ({_WEBHOOK_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    webhook.webhook_id,
-                    webhook.user_id,
-                    webhook.all_users,
-                    webhook.url,
-                    event_list(webhook.events),
-                    secret,
-                    webhook.thread_id,
-                    None if webhook.status is None else RunStatus(webhook.status).value,
-                    webhook.graph,
-                    webhook.run_user_id,
-                    self._ts(utc(webhook.created_at)),
-                ],
-            )
+    async def create_webhook(
+        self, webhook: WebhookRecord, secret: str, *, limit: int | None = None
+    ) -> bool:
+        values = [
+            webhook.webhook_id,
+            webhook.user_id,
+            webhook.all_users,
+            webhook.url,
+            event_list(webhook.events),
+            secret,
+            webhook.thread_id,
+            None if webhook.status is None else RunStatus(webhook.status).value,
+            webhook.graph,
+            webhook.run_user_id,
+            self._ts(utc(webhook.created_at)),
+        ]
+        placeholders = ", ".join("?" for _ in values)
+        insert = f"INSERT INTO code_hero_webhooks ({_WEBHOOK_COLUMNS}) "
+        async with self._unique(f"a webhook with id {webhook.webhook_id!r}"):
+            if limit is None:
+                async with self._session() as s:
+                    await s.execute(f"{insert}VALUES ({placeholders})", values)
+                return True
+            async with self._session(atomic=True) as s:
+                if self.webhook_cap_lock is not None:
+                    # One creation per user at a time: the count below is taken after the
+                    # lock, so two creations cannot both see room for one (SQLite: one
+                    # writer at a time anyway, and the count is in the insert).
+                    await s.execute(self.webhook_cap_lock, [WEBHOOK_CAP_LOCK, webhook.user_id])
+                added = await s.execute(
+                    f"{insert}SELECT {placeholders} WHERE (SELECT count(*) FROM "
+                    "code_hero_webhooks WHERE user_id = ?) < ?",
+                    [*values, webhook.user_id, limit],
+                )
+        return added > 0
 
     async def delete_webhook(self, webhook_id: str, *, user_id: str | None) -> bool:
         sql, params = "DELETE FROM code_hero_webhooks WHERE webhook_id = ?", [webhook_id]
@@ -209,14 +226,6 @@ class WebhookOutbox(Dialect):
         async with self._session() as s:
             rows = await s.fetch(f"{sql} ORDER BY created_at, webhook_id", params)
         return [self._webhook(row) for row in rows]
-
-    async def count_webhooks(self, *, user_id: str | None) -> int:
-        sql, params = "SELECT count(*) AS n FROM code_hero_webhooks", []
-        if user_id is not None:
-            sql, params = f"{sql} WHERE user_id = ?", [user_id]
-        async with self._session() as s:
-            rows = await s.fetch(sql, params)
-        return int(rows[0]["n"])
 
     # --- deliveries ---------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -13,12 +14,16 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from code_hero.errors import ConflictError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry.dialect import Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["PostgresRegistry"]
+
+_LOCK_THREAD = "SELECT 1 FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
+_DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
 
 
 @lru_cache(maxsize=512)
@@ -54,6 +59,7 @@ class PostgresRegistry(SqlRegistry):
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
+    webhook_cap_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::int, hashtext(?))"
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"
 
@@ -81,34 +87,69 @@ class PostgresRegistry(SqlRegistry):
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one
         # statement: one round trip instead of eight with BEGIN and COMMIT (issue 15).
         sql, params = self._deletion(thread_id, "true")
-        async with self._session() as s:
-            row = (await s.fetch(f"WITH {sql}", params))[0]
+
+        async def attempt() -> Row:
+            async with self._session() as s:
+                return (await s.fetch(f"WITH {sql}", params))[0]
+
+        row = await self._retrying_deadlocks(thread_id, attempt)
         if row["queued"]:
             self._outbox_committed()
         return row["threads"] > 0, int(row["runs"])
 
-    async def purge_idle_thread(self, thread_id: str, live_at: datetime | None) -> ThreadPurge:
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
+    ) -> ThreadPurge:
         """Delete the thread's registry rows and its checkpoints (the savers' tables are in
-        this database) in one statement, unless it has unfinished runs or had expired at
-        `live_at`: then nothing is deleted."""
+        this database) in one transaction, unless it has unfinished runs, had expired at
+        `live_at` or (with `owner`) is not that user's: then nothing is deleted."""
         sql, params = self._deletion(thread_id, "(SELECT ok FROM go)")
         statement = (
-            "WITH go AS (SELECT busy, expired, NOT busy AND NOT expired AS ok FROM (SELECT "
+            "WITH go AS (SELECT busy, expired, foreign_, "
+            "NOT busy AND NOT expired AND NOT foreign_ AS ok FROM (SELECT "
             "EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
             "AND status IN ('PENDING', 'RUNNING')) AS busy, "
             "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-            "AND expires_at <= ?::timestamptz) AS expired) AS now), "
+            "AND expires_at <= ?::timestamptz) AS expired, "
+            # Another user's thread, or none, is not the owner's to delete.
+            "(?::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
+            "WHERE thread_id = ? AND user_id = ?::text)) AS foreign_) AS now), "
             # The stock adelete_thread's three deletes (see PostgresBackend.delete_checkpoints).
             "c AS (DELETE FROM checkpoints WHERE thread_id = ? AND (SELECT ok FROM go) "
             "RETURNING 1), "
             "cb AS (DELETE FROM checkpoint_blobs WHERE thread_id = ? AND (SELECT ok FROM go)), "
             "cw AS (DELETE FROM checkpoint_writes WHERE thread_id = ? AND (SELECT ok FROM go)), "
             f"{sql}, (SELECT count(*) FROM c) AS checkpoints, "
-            "(SELECT busy FROM go) AS busy, (SELECT expired FROM go) AS expired"
+            "(SELECT busy FROM go) AS busy, (SELECT expired FROM go) AS expired, "
+            "(SELECT foreign_ FROM go) AS foreign_"
         )
-        ids = [thread_id, thread_id, live_at, thread_id, thread_id, thread_id]
-        async with self._session() as s:
-            row = (await s.fetch(statement, [*ids, *params]))[0]
+        ids = [thread_id, thread_id, live_at, owner, thread_id, owner]
+        ids += [thread_id, thread_id, thread_id]
+
+        async def attempt() -> Row:
+            async with self.pool.connection() as conn:
+                # The thread's row is locked first, as admit_run and finish_run lock it,
+                # and in a statement of its own: the deletion's snapshot is taken with the
+                # lock held, so it sees every run admitted before it (a statement that
+                # decided "idle" on an older snapshot deleted a run admitted while it
+                # waited for the lock). BEGIN and COMMIT are plain statements of the
+                # pipeline (conn.transaction() would wait for each): one round trip.
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
+                        cur = conn.cursor(row_factory=dict_row)
+                        await cur.execute(_pg_sql(statement), [*ids, *params])
+                        await conn.execute("COMMIT")
+                    found: Row | None = await cur.fetchone()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await conn.rollback()  # an aborted transaction, if it is one
+                    raise
+            assert found is not None
+            return found
+
+        row = await self._retrying_deadlocks(thread_id, attempt)
         if row["queued"]:
             self._outbox_committed()
         return ThreadPurge(
@@ -117,7 +158,29 @@ class PostgresRegistry(SqlRegistry):
             existed=row["threads"] > 0,
             checkpoints=int(row["checkpoints"]),
             runs=int(row["runs"]),
+            foreign=bool(row["foreign_"]),
         )
+
+    async def _retrying_deadlocks(
+        self, thread_id: str, attempt: Callable[[], Awaitable[Row]]
+    ) -> Row:
+        """A deletion's transaction, tried again when PostgreSQL chose it as a deadlock's
+        victim (rolled back whole, nothing deleted): CONFLICT with retryAfter when it
+        keeps being chosen, never INTERNAL."""
+        for _ in range(_DEADLOCK_RETRIES):
+            try:
+                return await attempt()
+            except psycopg.errors.DeadlockDetected:
+                # A writer out of the lock order (thread, then its runs, then the
+                # checkpoints; none of ours) met it.
+                continue
+        try:
+            return await attempt()
+        except psycopg.errors.DeadlockDetected:
+            raise ConflictError(
+                f"thread {thread_id!r} is being changed concurrently; try again",
+                retry_after=1,
+            ) from None
 
     def _deletion(self, thread_id: str, go: str) -> tuple[str, list[Any]]:
         """The common-table expressions that delete the thread's row, runs and events and

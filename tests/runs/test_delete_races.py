@@ -1,0 +1,149 @@
+"""deleteThread on PostgreSQL against what runs meanwhile: the one-step deletion decides
+"idle" with the thread's row locked, owners take it too, and a deadlock is no INTERNAL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from code_hero.auth import Caller
+from code_hero.config import create_postgres_checkpointer
+from code_hero.errors import ConflictError
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.manager import ThreadDeletion
+from code_hero.persistence.records import RunStatus
+from code_hero.persistence.registry import postgres as pg_registry
+from code_hero.persistence.registry.dialect import RUN_FIELDS
+from code_hero.runs.executor import StartRun
+from tests.runs.conftest import SLOW_SPEC
+from tests.runs.test_deletes import assert_gone
+
+ADA, BOB = Caller(user_id="ada"), Caller(user_id="bob")
+
+
+@pytest.fixture
+async def pg_gateway(pg_database: str) -> AsyncIterator[Gateway]:
+    settings = GatewaySettings(
+        checkpointer=create_postgres_checkpointer(pg_database), graphs={"slow": SLOW_SPEC}
+    )
+    async with Gateway(settings) as gw:
+        yield gw
+
+
+async def _idle_thread(gw: Gateway, caller: Caller | None = None) -> tuple[str, str]:
+    """A thread with one finished run and its checkpoints: (thread id, run id)."""
+    kw = {} if caller is None else {"caller": caller}
+    run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True), **kw)
+    assert run.status is RunStatus.SUCCESS
+    return run.thread_id, run.run_id
+
+
+async def test_a_run_admitted_while_the_deletion_waits_is_not_deleted_unseen(
+    pg_gateway: Gateway, pg_database: str
+) -> None:
+    """A run admitted (the thread's row locked, the run inserted) just as the deletion
+    starts: the deletion waits for that row, then sees the run and leaves the thread to
+    the two steps (stop the run, then delete). It used to decide "idle" on the snapshot
+    it took before waiting and delete the new run with the thread, unstopped."""
+    thread_id, done_id = await _idle_thread(pg_gateway)
+    others = ", ".join(f for f in RUN_FIELDS if f not in ("run_id", "status"))
+    async with await psycopg.AsyncConnection.connect(pg_database) as admit:
+        # What admit_run does, held open: the thread's row first, then the new run.
+        await admit.execute(
+            "UPDATE code_hero_threads SET status = 'BUSY' WHERE thread_id = %s", [thread_id]
+        )
+        await admit.execute(
+            f"INSERT INTO code_hero_runs (run_id, status, {others}) "
+            f"SELECT 'r-admitted', 'PENDING', {others} FROM code_hero_runs WHERE run_id = %s",
+            [done_id],
+        )
+        deletion = asyncio.create_task(pg_gateway.manager.purge_idle_thread(thread_id))
+        await asyncio.sleep(0.5)  # the deletion has begun and waits for the thread's row
+        assert not deletion.done()
+        await admit.commit()
+    gone = await deletion
+
+    assert gone is not None and gone.busy and not gone.deleted
+    assert await pg_gateway.manager.registry.get_run("r-admitted") is not None
+    assert await pg_gateway.get_thread(thread_id) is not None
+
+
+async def _deadlocked_deletion(gw: Gateway, pg_database: str, thread_id: str) -> ThreadDeletion:
+    """gw.delete_thread while a writer outside the gateway holds the thread's checkpoints
+    and then wants the thread: PostgreSQL aborts the deletion (it detects the cycle first)."""
+    async with await psycopg.AsyncConnection.connect(pg_database) as other:
+        await other.execute("SET LOCAL deadlock_timeout = '30s'")  # the deletion detects it
+        await other.execute(
+            "SELECT 1 FROM checkpoints WHERE thread_id = %s FOR UPDATE", [thread_id]
+        )
+        deletion = asyncio.create_task(gw.delete_thread(thread_id))
+        await asyncio.sleep(0.3)  # it holds the thread and waits for the checkpoints
+        # Waits for the thread until PostgreSQL aborts the deletion (deadlock_timeout, 1 s).
+        await other.execute(
+            "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE", [thread_id]
+        )
+        await other.commit()
+    return await deletion
+
+
+async def test_a_deadlocked_deletion_is_tried_again(pg_gateway: Gateway, pg_database: str) -> None:
+    """The deletion PostgreSQL aborted as a deadlock's victim is tried again: never
+    INTERNAL."""
+    thread_id, run_id = await _idle_thread(pg_gateway)
+
+    gone = await _deadlocked_deletion(pg_gateway, pg_database, thread_id)
+
+    assert gone.deleted and gone.runs_deleted == 1
+    await assert_gone(pg_gateway, thread_id, [run_id])
+
+
+async def test_a_deletion_that_keeps_deadlocking_is_a_conflict_to_retry(
+    pg_gateway: Gateway, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_registry, "_DEADLOCK_RETRIES", 0)  # the last try deadlocks
+    thread_id, _ = await _idle_thread(pg_gateway)
+
+    with pytest.raises(ConflictError) as refused:
+        await _deadlocked_deletion(pg_gateway, pg_database, thread_id)
+
+    assert refused.value.code == "CONFLICT"
+    assert refused.value.extensions == {"retryAfter": 1}
+    assert await pg_gateway.get_thread(thread_id) is not None  # nothing deleted
+
+
+async def test_an_owner_deletes_an_idle_thread_in_one_step(pg_gateway: Gateway) -> None:
+    """No access hook: a user's deleteThread is the one-step deletion alone, the owner
+    checked in it (no read of the thread before); another user's thread is refused as
+    before (deleted: false, nothing removed)."""
+    thread_id, run_id = await _idle_thread(pg_gateway, ADA)
+    manager = pg_gateway.manager
+    stored = await manager.router.count_checkpoints(thread_id)
+    calls: list[str] = []  # what a deletion does beside the one step
+    two_steps, read = manager.purge_thread, manager.get_thread
+
+    async def purge_thread(tid: str) -> object:
+        calls.append("purge_thread")
+        return await two_steps(tid)
+
+    async def get_thread(tid: str) -> object:
+        calls.append("get_thread")
+        return await read(tid)
+
+    manager.purge_thread = purge_thread  # type: ignore[method-assign]
+    manager.get_thread = get_thread  # type: ignore[method-assign]
+
+    refused = await pg_gateway.delete_thread(thread_id, caller=BOB)
+    assert not refused.deleted and (refused.checkpoints_deleted, refused.runs_deleted) == (0, 0)
+    assert not (await pg_gateway.delete_thread("no-such-thread", caller=BOB)).deleted
+    assert calls == []
+    assert await pg_gateway.get_thread(thread_id, caller=ADA) is not None
+    assert await manager.router.count_checkpoints(thread_id) == stored
+
+    gone = await pg_gateway.delete_thread(thread_id, caller=ADA)
+
+    assert gone.deleted and (gone.checkpoints_deleted, gone.runs_deleted) == (stored, 1)
+    assert calls == []  # one step: no ownership read before it, no two-step deletion
+    await assert_gone(pg_gateway, thread_id, [run_id])

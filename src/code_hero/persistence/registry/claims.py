@@ -57,22 +57,7 @@ class RunClaims(WebhookOutbox):
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
-                await s.execute(
-                    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
-                    "status = excluded.status, "
-                    # The user who created the thread owns it; a run never changes that.
-                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
-                    [
-                        run.thread_id,
-                        run.user_id,
-                        ThreadStatus.BUSY.value,
-                        # A thread a run creates starts with that run's metadata.
-                        self._json({"graph": run.graph, **dict(run.metadata)}),
-                        ts_now,
-                        ts_now,
-                    ],
-                )
+                await s.execute(*self._busy_thread_upsert(run, ts_now))
                 if owner is not None:
                     owned = await s.fetch(
                         "SELECT user_id FROM code_hero_threads WHERE thread_id = ?",
@@ -103,6 +88,26 @@ class RunClaims(WebhookOutbox):
         except _Busy as busy_run:
             return None, busy_run.run_id
         return self._run(rows[0]), busy_id
+
+    def _busy_thread_upsert(self, run: RunRecord, ts_now: Any) -> tuple[str, list[Any]]:
+        """The statement (and its parameters) that admits a run into its thread: the
+        thread created or marked BUSY, its row locked until the admission commits."""
+        return (
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            "status = excluded.status, "
+            # The user who created the thread owns it; a run never changes that.
+            "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
+            [
+                run.thread_id,
+                run.user_id,
+                ThreadStatus.BUSY.value,
+                # A thread a run creates starts with that run's metadata.
+                self._json({"graph": run.graph, **dict(run.metadata)}),
+                ts_now,
+                ts_now,
+            ],
+        )
 
     async def finish_run(
         self, run_id: str, thread_status: ThreadStatus, **fields: Any

@@ -36,6 +36,7 @@ from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
+    Session,
     utc,
     utc_now,
 )
@@ -364,22 +365,29 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     async def store_batch(
         self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
     ) -> None:
-        sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
         async with self._unique("an event whose (run, seq) is already stored"):
-            await self._insert_events(sql, events, runs)
+            await self._insert_events(events, runs, skip_stored=False)
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        sql = (
-            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (run_id, seq) DO NOTHING"
+        await self._insert_events(events, skip_stored=True)
+
+    async def _insert_event_rows(
+        self, s: Session, rows: Sequence[Sequence[Any]], *, skip_stored: bool
+    ) -> None:
+        """Insert event rows (EVENT_COLUMNS order, in that order); `skip_stored`: a
+        (run, seq) stored already is left as it is instead of failing."""
+        await s.executemany(
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+            + (" ON CONFLICT (run_id, seq) DO NOTHING" if skip_stored else ""),
+            rows,
         )
-        await self._insert_events(sql, events)
 
     async def _insert_events(
         self,
-        sql: str,
         events: Sequence[EventRecord],
         runs: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        skip_stored: bool,
     ) -> None:
         """Insert in one transaction (with the `runs` field updates); on a foreign-key
         violation, again without the events of runs that are gone (a run that ends
@@ -404,7 +412,7 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
                             ids_param,
                         )
                     if rows:
-                        await s.executemany(sql, rows)
+                        await self._insert_event_rows(s, rows, skip_stored=skip_stored)
                     for update, params in updates:
                         await s.executemany(update, params)
                 return

@@ -347,11 +347,14 @@ class RunExecutor:
         writer: RunEventWriter | None = None
         timeline = Timeline(record)
         try:
-            writer = await self.events.writer(run_id, thread_id)
-            running = await self.registry.update_run(
-                run_id,
-                status=RunStatus.RUNNING,
-                started_at=record.started_at or datetime.now(UTC),
+            # Two independent round trips, side by side: the run's next seq, its start.
+            writer, running = await asyncio.gather(
+                self.events.writer(run_id, thread_id),
+                self.registry.update_run(
+                    run_id,
+                    status=RunStatus.RUNNING,
+                    started_at=record.started_at or datetime.now(UTC),
+                ),
             )
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(
@@ -362,6 +365,8 @@ class RunExecutor:
             if run_id in self._lost or (closing and run_id not in self._cancel_requested):
                 # Draining, or another executor holds the run now: leave it RUNNING and
                 # resumable from its last checkpoint, lease released.
+                if writer is None and self.events.is_writing(run_id):  # cut off mid-gather
+                    writer = await self.events.writer(run_id, thread_id)  # no query: open
                 if writer is not None:
                     await writer.close()
                 if run_id not in self._lost:

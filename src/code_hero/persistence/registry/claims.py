@@ -112,22 +112,12 @@ class RunClaims(WebhookOutbox):
     async def finish_run(
         self, run_id: str, thread_status: ThreadStatus, **fields: Any
     ) -> tuple[RunRecord | None, bool]:
-        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
-        if unknown:
-            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        params = [self._run_param(name, value) for name, value in fields.items()]
+        sets, params = self._finish_sets(fields)
         async with self._session(atomic=True) as s:
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
             # after this commit (and then claimable at once).
-            # Only the thread's row is locked here (OF t): the run's is updated below.
-            locked = await s.fetch(
-                "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
-                "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
-                f"{self.for_update and f'{self.for_update} OF t'}",
-                [run_id],
-            )
+            locked = await s.fetch(self._finish_lock(), [run_id])
             if not locked:  # no such run, or its thread is being deleted, its runs with it
                 return None, False
             rows = await s.fetch(
@@ -143,22 +133,37 @@ class RunClaims(WebhookOutbox):
             # from run and event, keep one message of each.)
             ended = RunStatus(locked[0]["status"]).finished
             queued = 0 if ended else await self._enqueue_run_end(s, run)
-            # The thread takes the run's end status unless a run waits (the row is locked:
-            # nothing updated means one waits).
-            waiting = not await s.execute(
-                "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
-                "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING'))",
-                [
-                    ThreadStatus(thread_status).value,
-                    self._ts(utc_now()),
-                    run.thread_id,
-                    run.thread_id,
-                ],
-            )
+            waiting = not await s.execute(*self._thread_after(run, thread_status))
         if queued:
             self._outbox_committed()
         return run, bool(waiting)
+
+    def _finish_sets(self, fields: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SET list of a run's end, and its parameters."""
+        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+        if unknown:
+            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        return sets, [self._run_param(name, value) for name, value in fields.items()]
+
+    def _finish_lock(self) -> str:
+        """The query locking a run's thread (a parameter: run_id), with the run's status."""
+        # Only the thread's row is locked here (OF t): the run's is updated after it.
+        return (
+            "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
+            "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
+            f"{self.for_update and f'{self.for_update} OF t'}"
+        )
+
+    def _thread_after(self, run: RunRecord, thread_status: ThreadStatus) -> tuple[str, list[Any]]:
+        """The update giving the thread the ended run's status unless a run waits (its
+        row locked: nothing updated means one waits), and its parameters."""
+        return (
+            "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
+            "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
+            "AND status IN ('PENDING', 'RUNNING'))",
+            [ThreadStatus(thread_status).value, self._ts(utc_now()), run.thread_id, run.thread_id],
+        )
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         async with self._session() as s:

@@ -348,7 +348,7 @@ class RunExecutor:
         timeline = Timeline(record)
         try:
             # Two independent round trips, side by side: the run's next seq, its start.
-            writer, running = await asyncio.gather(
+            opened, running = await asyncio.gather(
                 self.events.writer(run_id, thread_id),
                 self.registry.update_run(
                     run_id,
@@ -356,9 +356,10 @@ class RunExecutor:
                     started_at=record.started_at or datetime.now(UTC),
                 ),
             )
+            writer = opened
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(
-                running or record, writer, resuming, timeline
+                running or record, opened, resuming, timeline
             )
         except asyncio.CancelledError:
             closing = self.claims.closing

@@ -289,6 +289,11 @@ class PostgresRegistry(SqlRegistry):
             self._outbox_committed()
         return run, not thread.rowcount
 
+    @asynccontextmanager
+    async def _writes_session(self) -> AsyncIterator[Session]:
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            yield _Pipelined(conn)
+
     async def _insert_event_rows(
         self, s: Session, rows: Sequence[Sequence[Any]], *, skip_stored: bool
     ) -> None:

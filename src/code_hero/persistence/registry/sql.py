@@ -9,6 +9,7 @@ and in `claims.py` use `?` placeholders, and `SqliteRegistry` and
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -371,6 +372,11 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     async def put_events(self, events: Sequence[EventRecord]) -> None:
         await self._insert_events(events, skip_stored=True)
 
+    def _writes_session(self) -> AbstractAsyncContextManager[Session]:
+        """A transaction of statements whose results are not read (`execute` returns no
+        row count there: PostgreSQL sends them all at its end, in one round trip)."""
+        return self._session(atomic=True)
+
     async def _insert_event_rows(
         self, s: Session, rows: Sequence[Sequence[Any]], *, skip_stored: bool
     ) -> None:
@@ -400,13 +406,13 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             # locks them; the updates follow, in the same order.
             rows = [self._event_params(e) for e in sorted(events, key=lambda e: (e.run_id, e.seq))]
             try:
-                async with self._session(atomic=True) as s:
+                async with self._writes_session() as s:
                     if updates and self.for_update:
                         # The runs in run order before the inserts' key locks: an update
                         # after them would strengthen a lock out of order.
                         ids = sorted({*(e.run_id for e in events), *(runs or {})})
                         cond, ids_param = self._in("run_id", ids)
-                        await s.fetch(
+                        await s.execute(
                             f"SELECT run_id FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
                             ids_param,

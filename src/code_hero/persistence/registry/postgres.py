@@ -18,9 +18,7 @@ from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
-    RunStatus,
     ThreadPurge,
-    ThreadStatus,
 )
 from code_hero.persistence.registry.dialect import (
     EVENT_COLUMNS,
@@ -68,30 +66,6 @@ class _PgSession:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self._conn.cursor() as cur:
             await cur.executemany(_pg_sql(sql), rows)
-
-
-class _Pipelined(_PgSession):
-    """A session in pipeline mode: statements go out with the next sync; the rows they
-    changed are counted after it (`rows`), not returned by `execute`."""
-
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        super().__init__(conn)
-        self._sent: list[psycopg.AsyncCursor[Any]] = []
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = self._conn.cursor()
-        await cur.execute(_pg_sql(sql), params)
-        self._sent.append(cur)
-        return 0
-
-    def rows(self) -> int:
-        """The rows the statements changed (once the pipeline has synced)."""
-        return sum(max(cur.rowcount, 0) for cur in self._sent)
-
-
-def _pg(statement: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
-    """A (query, parameters) pair with psycopg's placeholders."""
-    return _pg_sql(statement[0]), statement[1]
 
 
 class PostgresRegistry(SqlRegistry):
@@ -205,13 +179,13 @@ class PostgresRegistry(SqlRegistry):
         owner: str | None = None,
         new_thread: bool = False,
     ) -> tuple[RunRecord | None, str | None]:
-        # SqlRegistry's transaction in two round trips instead of six (issue 15): BEGIN,
-        # the thread's upsert (which locks it) and one statement that checks the owner
-        # and the thread's unfinished runs and inserts the run and its events go out
-        # together; then COMMIT, or ROLLBACK when the owner differs or a busy thread
-        # refuses. The check is a statement of its own after the upsert: a statement
-        # sees the rows committed when it began, and it must see the runs an admission
-        # that held the lock committed meanwhile.
+        # SqlRegistry's transaction in four statements instead of six or seven (issue
+        # 15): BEGIN, the thread's upsert (which locks it), one statement that checks
+        # the owner and the thread's unfinished runs and inserts the run and its events,
+        # COMMIT (ROLLBACK when the owner differs or a busy thread refuses). The check
+        # is a statement of its own after the upsert: a statement sees the rows
+        # committed when it began, and it must see the runs that an admission holding
+        # the lock committed meanwhile.
         ts_now = utc_now()
         params = self._run_params(run)
         if run.created_at is None:
@@ -240,71 +214,19 @@ class PostgresRegistry(SqlRegistry):
         async with (
             self._unique(f"a run with id {run.run_id!r}"),
             self.pool.connection() as conn,
-            conn.pipeline(),
+            conn.transaction(),
         ):
-            async with conn.transaction():
-                await conn.execute(_pg_sql(upsert), upsert_params)
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(_pg_sql(admit), [*admit_params, *event_arrays])
-                row = await cur.fetchone()
-                if row is None or not row["owned"]:
-                    raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
-                if row["run_id"] is None:  # a busy thread refuses: the upsert rolls back
-                    raise psycopg.Rollback
+            await conn.execute(_pg_sql(upsert), upsert_params)
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(_pg_sql(admit), [*admit_params, *event_arrays])
+            row = await cur.fetchone()
+            if row is None or not row["owned"]:
+                raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
+            if row["run_id"] is None:  # a busy thread refuses: the upsert rolls back
+                raise psycopg.Rollback
         if row["run_id"] is None:
             return None, row["busy_id"]
         return self._run(row), row["busy_id"]
-
-    async def finish_run(
-        self, run_id: str, thread_status: ThreadStatus, **fields: Any
-    ) -> tuple[RunRecord | None, bool]:
-        # SqlRegistry's transaction in two round trips instead of six (issue 15): BEGIN,
-        # the thread's lock and the run's update go out together; then the outbox rows,
-        # the thread's status and COMMIT (ROLLBACK when the run or its thread is gone).
-        sets, params = self._finish_sets(fields)
-        async with self.pool.connection() as conn, conn.pipeline():
-            async with conn.transaction():
-                lock = conn.cursor(row_factory=dict_row)
-                await lock.execute(_pg_sql(self._finish_lock()), [run_id])
-                update = conn.cursor(row_factory=dict_row)
-                await update.execute(
-                    _pg_sql(
-                        f"UPDATE code_hero_runs SET {sets} WHERE run_id = ? RETURNING {RUN_COLUMNS}"
-                    ),
-                    [*params, run_id],
-                )
-                locked = await lock.fetchall()  # sends both, reads both
-                rows = await update.fetchall()
-                if not locked or not rows:  # gone, or its thread is being deleted
-                    raise psycopg.Rollback
-                run = self._run(rows[0])
-                outbox = _Pipelined(conn)
-                if not RunStatus(locked[0]["status"]).finished:  # see SqlRegistry's
-                    await self._enqueue_run_end(outbox, run)
-                thread = conn.cursor()
-                await thread.execute(*_pg(self._thread_after(run, thread_status)))
-        if not locked or not rows:
-            return None, False
-        if outbox.rows():
-            self._outbox_committed()
-        return run, not thread.rowcount
-
-    @asynccontextmanager
-    async def _writes_session(self) -> AsyncIterator[Session]:
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            yield _Pipelined(conn)
-
-    async def _insert_event_rows(
-        self, s: Session, rows: Sequence[Sequence[Any]], *, skip_stored: bool
-    ) -> None:
-        # One statement over arrays, not one per row: a run's dozen events cost one
-        # statement in a batch instead of a dozen pipelined ones (issue 15).
-        await s.execute(
-            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-            f"SELECT * FROM unnest({_EVENT_ARRAYS})"
-            + (" ON CONFLICT (run_id, seq) DO NOTHING" if skip_stored else ""),
-            _columns(rows),
-        )
 
     def _json(self, value: Any) -> Any:
         return Jsonb(value)

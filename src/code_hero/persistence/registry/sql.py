@@ -9,7 +9,6 @@ and in `claims.py` use `?` placeholders, and `SqliteRegistry` and
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +36,6 @@ from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
-    Session,
     utc,
     utc_now,
 )
@@ -366,34 +364,22 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     async def store_batch(
         self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
     ) -> None:
+        sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
         async with self._unique("an event whose (run, seq) is already stored"):
-            await self._insert_events(events, runs, skip_stored=False)
+            await self._insert_events(sql, events, runs)
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        await self._insert_events(events, skip_stored=True)
-
-    def _writes_session(self) -> AbstractAsyncContextManager[Session]:
-        """A transaction of statements whose results are not read (`execute` returns no
-        row count there: PostgreSQL sends them all at its end, in one round trip)."""
-        return self._session(atomic=True)
-
-    async def _insert_event_rows(
-        self, s: Session, rows: Sequence[Sequence[Any]], *, skip_stored: bool
-    ) -> None:
-        """Insert event rows (EVENT_COLUMNS order, in that order); `skip_stored`: a
-        (run, seq) stored already is left as it is instead of failing."""
-        await s.executemany(
-            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-            + (" ON CONFLICT (run_id, seq) DO NOTHING" if skip_stored else ""),
-            rows,
+        sql = (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, seq) DO NOTHING"
         )
+        await self._insert_events(sql, events)
 
     async def _insert_events(
         self,
+        sql: str,
         events: Sequence[EventRecord],
         runs: Mapping[str, Mapping[str, Any]] | None = None,
-        *,
-        skip_stored: bool,
     ) -> None:
         """Insert in one transaction (with the `runs` field updates); on a foreign-key
         violation, again without the events of runs that are gone (a run that ends
@@ -406,19 +392,19 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             # locks them; the updates follow, in the same order.
             rows = [self._event_params(e) for e in sorted(events, key=lambda e: (e.run_id, e.seq))]
             try:
-                async with self._writes_session() as s:
+                async with self._session(atomic=True) as s:
                     if updates and self.for_update:
                         # The runs in run order before the inserts' key locks: an update
                         # after them would strengthen a lock out of order.
                         ids = sorted({*(e.run_id for e in events), *(runs or {})})
                         cond, ids_param = self._in("run_id", ids)
-                        await s.execute(
+                        await s.fetch(
                             f"SELECT run_id FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
                             ids_param,
                         )
                     if rows:
-                        await self._insert_event_rows(s, rows, skip_stored=skip_stored)
+                        await s.executemany(sql, rows)
                     for update, params in updates:
                         await s.executemany(update, params)
                 return

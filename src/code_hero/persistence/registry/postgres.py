@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -18,7 +19,9 @@ from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
+    RunStatus,
     ThreadPurge,
+    ThreadStatus,
 )
 from code_hero.persistence.registry.dialect import (
     EVENT_COLUMNS,
@@ -39,6 +42,12 @@ def _pg_sql(sql: str) -> str:
     operators `?&`, `?|`). No query here uses a literal %."""
     return "?".join(part.replace("?", "%s") for part in sql.split("??"))
 
+
+# The thread's lock of finish_run, reading the run as it is.
+_FINISH_LOCK = (
+    f"SELECT {', '.join(f'r.{name}' for name in RUN_FIELDS)} FROM code_hero_runs r "
+    "JOIN code_hero_threads t ON t.thread_id = r.thread_id WHERE r.run_id = ? FOR UPDATE OF t"
+)
 
 # The parameters of an insert of event rows over arrays, one array per column.
 _EVENT_ARRAYS = "?::text[], ?::bigint[], ?::text[], ?::text[], ?::jsonb[], ?::timestamptz[]"
@@ -227,6 +236,62 @@ class PostgresRegistry(SqlRegistry):
         if row["run_id"] is None:
             return None, row["busy_id"]
         return self._run(row), row["busy_id"]
+
+    async def finish_run(
+        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+    ) -> tuple[RunRecord | None, bool]:
+        # SqlRegistry's transaction in four statements instead of six or seven (issue
+        # 15): BEGIN, the thread's lock (which reads the run as it was), one statement
+        # that updates the run, inserts its webhook deliveries and sets the thread's
+        # status, COMMIT. The deliveries' payload is the run as read with `fields` set.
+        if "status" not in fields:  # the thread's status below needs the run's
+            return await super().finish_run(run_id, thread_status, **fields)
+        sets, params = self._finish_sets(fields)
+        ends = RunStatus(fields["status"]).finished
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(_pg_sql(_FINISH_LOCK), [run_id])
+            locked = await cur.fetchall()
+            if not locked:  # no such run, or its thread is being deleted, its runs with it
+                return None, False
+            before = self._run(locked[0])
+            # A run that had ended already (this finish replayed) told its webhooks then.
+            inserts = (
+                [] if before.status.finished else self._run_end_inserts(replace(before, **fields))
+            )
+            ctes = "".join(f", d{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(inserts))
+            queued = " + ".join(f"(SELECT count(*) FROM d{i})" for i in range(len(inserts)))
+            await cur.execute(
+                _pg_sql(
+                    f"WITH r AS (UPDATE code_hero_runs SET {sets} WHERE run_id = ? "
+                    f"RETURNING {RUN_COLUMNS}){ctes}, "
+                    # The thread takes the run's end status unless a run waits (its row
+                    # is locked); this statement sees the run as it was: left out.
+                    "t AS (UPDATE code_hero_threads SET status = ?, updated_at = ? "
+                    "WHERE thread_id = ? AND ?::boolean AND NOT EXISTS (SELECT 1 FROM "
+                    "code_hero_runs WHERE thread_id = ? AND status IN ('PENDING', 'RUNNING') "
+                    "AND run_id <> ?) RETURNING 1) "
+                    f"SELECT r.*, {queued or '0'} AS queued_rows, "
+                    "EXISTS (SELECT 1 FROM t) AS thread_set FROM r"
+                ),
+                [
+                    *params,
+                    run_id,
+                    *(value for _, statement in inserts for value in statement),
+                    ThreadStatus(thread_status).value,
+                    utc_now(),
+                    before.thread_id,
+                    ends,
+                    before.thread_id,
+                    run_id,
+                ],
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return None, False
+        if rows[0]["queued_rows"]:
+            self._outbox_committed()
+        return self._run(rows[0]), not rows[0]["thread_set"]
 
     def _json(self, value: Any) -> Any:
         return Jsonb(value)

@@ -347,27 +347,21 @@ class RunExecutor:
         writer: RunEventWriter | None = None
         timeline = Timeline(record)
         try:
-            # Two independent round trips, side by side: the run's next seq, its start.
-            opened, running = await asyncio.gather(
-                self.events.writer(run_id, thread_id),
-                self.registry.update_run(
-                    run_id,
-                    status=RunStatus.RUNNING,
-                    started_at=record.started_at or datetime.now(UTC),
-                ),
+            writer = await self.events.writer(run_id, thread_id)
+            running = await self.registry.update_run(
+                run_id,
+                status=RunStatus.RUNNING,
+                started_at=record.started_at or datetime.now(UTC),
             )
-            writer = opened
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(
-                running or record, opened, resuming, timeline
+                running or record, writer, resuming, timeline
             )
         except asyncio.CancelledError:
             closing = self.claims.closing
             if run_id in self._lost or (closing and run_id not in self._cancel_requested):
                 # Draining, or another executor holds the run now: leave it RUNNING and
                 # resumable from its last checkpoint, lease released.
-                if writer is None and self.events.is_writing(run_id):  # cut off mid-gather
-                    writer = await self.events.writer(run_id, thread_id)  # no query: open
                 if writer is not None:
                     await writer.close()
                 if run_id not in self._lost:

@@ -57,7 +57,22 @@ class RunClaims(WebhookOutbox):
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
-                await s.execute(*self._busy_thread_upsert(run, ts_now))
+                await s.execute(
+                    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                    "status = excluded.status, "
+                    # The user who created the thread owns it; a run never changes that.
+                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
+                    [
+                        run.thread_id,
+                        run.user_id,
+                        ThreadStatus.BUSY.value,
+                        # A thread a run creates starts with that run's metadata.
+                        self._json({"graph": run.graph, **dict(run.metadata)}),
+                        ts_now,
+                        ts_now,
+                    ],
+                )
                 if owner is not None:
                     owned = await s.fetch(
                         "SELECT user_id FROM code_hero_threads WHERE thread_id = ?",
@@ -89,35 +104,25 @@ class RunClaims(WebhookOutbox):
             return None, busy_run.run_id
         return self._run(rows[0]), busy_id
 
-    def _busy_thread_upsert(self, run: RunRecord, ts_now: Any) -> tuple[str, list[Any]]:
-        """The statement (and its parameters) that admits a run into its thread: the
-        thread created or marked BUSY, its row locked until the admission commits."""
-        return (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
-            "status = excluded.status, "
-            # The user who created the thread owns it; a run never changes that.
-            "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
-            [
-                run.thread_id,
-                run.user_id,
-                ThreadStatus.BUSY.value,
-                # A thread a run creates starts with that run's metadata.
-                self._json({"graph": run.graph, **dict(run.metadata)}),
-                ts_now,
-                ts_now,
-            ],
-        )
-
     async def finish_run(
         self, run_id: str, thread_status: ThreadStatus, **fields: Any
     ) -> tuple[RunRecord | None, bool]:
-        sets, params = self._finish_sets(fields)
+        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
+        if unknown:
+            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        params = [self._run_param(name, value) for name, value in fields.items()]
         async with self._session(atomic=True) as s:
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
             # after this commit (and then claimable at once).
-            locked = await s.fetch(self._finish_lock(), [run_id])
+            # Only the thread's row is locked here (OF t): the run's is updated below.
+            locked = await s.fetch(
+                "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
+                "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
+                f"{self.for_update and f'{self.for_update} OF t'}",
+                [run_id],
+            )
             if not locked:  # no such run, or its thread is being deleted, its runs with it
                 return None, False
             rows = await s.fetch(
@@ -133,37 +138,22 @@ class RunClaims(WebhookOutbox):
             # from run and event, keep one message of each.)
             ended = RunStatus(locked[0]["status"]).finished
             queued = 0 if ended else await self._enqueue_run_end(s, run)
-            waiting = not await s.execute(*self._thread_after(run, thread_status))
+            # The thread takes the run's end status unless a run waits (the row is locked:
+            # nothing updated means one waits).
+            waiting = not await s.execute(
+                "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING'))",
+                [
+                    ThreadStatus(thread_status).value,
+                    self._ts(utc_now()),
+                    run.thread_id,
+                    run.thread_id,
+                ],
+            )
         if queued:
             self._outbox_committed()
         return run, bool(waiting)
-
-    def _finish_sets(self, fields: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The SET list of a run's end, and its parameters."""
-        unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
-        if unknown:
-            raise TypeError(f"finish_run() got fields RunRecord cannot update: {unknown}")
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        return sets, [self._run_param(name, value) for name, value in fields.items()]
-
-    def _finish_lock(self) -> str:
-        """The query locking a run's thread (a parameter: run_id), with the run's status."""
-        # Only the thread's row is locked here (OF t): the run's is updated after it.
-        return (
-            "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
-            "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
-            f"{self.for_update and f'{self.for_update} OF t'}"
-        )
-
-    def _thread_after(self, run: RunRecord, thread_status: ThreadStatus) -> tuple[str, list[Any]]:
-        """The update giving the thread the ended run's status unless a run waits (its
-        row locked: nothing updated means one waits), and its parameters."""
-        return (
-            "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
-            "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
-            "AND status IN ('PENDING', 'RUNNING'))",
-            [ThreadStatus(thread_status).value, self._ts(utc_now()), run.thread_id, run.thread_id],
-        )
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         async with self._session() as s:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -14,23 +13,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from code_hero.errors import NotFoundError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
-from code_hero.persistence.records import (
-    EventRecord,
-    RunRecord,
-    RunStatus,
-    ThreadPurge,
-    ThreadStatus,
-)
-from code_hero.persistence.registry.dialect import (
-    EVENT_COLUMNS,
-    RUN_COLUMNS,
-    RUN_FIELDS,
-    Row,
-    Session,
-    utc_now,
-)
+from code_hero.persistence.records import ThreadPurge
+from code_hero.persistence.registry.dialect import Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["PostgresRegistry"]
@@ -41,21 +26,6 @@ def _pg_sql(sql: str) -> str:
     """Our `?` placeholders as psycopg's `%s`; `??` is a literal `?` (the JSONB key
     operators `?&`, `?|`). No query here uses a literal %."""
     return "?".join(part.replace("?", "%s") for part in sql.split("??"))
-
-
-# The thread's lock of finish_run, reading the run as it is.
-_FINISH_LOCK = (
-    f"SELECT {', '.join(f'r.{name}' for name in RUN_FIELDS)} FROM code_hero_runs r "
-    "JOIN code_hero_threads t ON t.thread_id = r.thread_id WHERE r.run_id = ? FOR UPDATE OF t"
-)
-
-# The parameters of an insert of event rows over arrays, one array per column.
-_EVENT_ARRAYS = "?::text[], ?::bigint[], ?::text[], ?::text[], ?::jsonb[], ?::timestamptz[]"
-
-
-def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as one list per column (the arrays of an insert over `unnest`)."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class _PgSession:
@@ -178,120 +148,6 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT count(*) FROM dr) AS runs, (SELECT count(*) FROM dt) AS threads"
         )
         return sql, [thread_id, thread_id, *queued]
-
-    async def admit_run(
-        self,
-        run: RunRecord,
-        *,
-        reject_if_busy: bool,
-        events: Sequence[EventRecord] = (),
-        owner: str | None = None,
-        new_thread: bool = False,
-    ) -> tuple[RunRecord | None, str | None]:
-        # SqlRegistry's transaction in four statements instead of six or seven (issue
-        # 15): BEGIN, the thread's upsert (which locks it), one statement that checks
-        # the owner and the thread's unfinished runs and inserts the run and its events,
-        # COMMIT (ROLLBACK when the owner differs or a busy thread refuses). The check
-        # is a statement of its own after the upsert: a statement sees the rows
-        # committed when it began, and it must see the runs that an admission holding
-        # the lock committed meanwhile.
-        ts_now = utc_now()
-        params = self._run_params(run)
-        if run.created_at is None:
-            params[RUN_FIELDS.index("created_at")] = ts_now
-        events_cte, event_arrays = "", []
-        if events:
-            events_cte = (
-                f", e AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                f"SELECT * FROM unnest({_EVENT_ARRAYS}) WHERE EXISTS (SELECT 1 FROM ins))"
-            )
-            event_arrays = _columns([self._event_params(e) for e in events])
-        admit = (
-            "WITH owned AS (SELECT COALESCE(?::text IS NULL OR user_id = ?::text, false) AS ok "
-            "FROM code_hero_threads WHERE thread_id = ?), "
-            "busy AS (SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
-            "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1), "
-            f"ins AS (INSERT INTO code_hero_runs ({RUN_COLUMNS}) "
-            f"SELECT {', '.join('?' for _ in RUN_FIELDS)} WHERE (SELECT ok FROM owned) "
-            "AND NOT (?::boolean AND EXISTS (SELECT 1 FROM busy)) "
-            f"RETURNING {RUN_COLUMNS}){events_cte} "
-            "SELECT (SELECT ok FROM owned) AS owned, (SELECT run_id FROM busy) AS busy_id, "
-            "ins.* FROM (SELECT 1) AS one LEFT JOIN ins ON true"
-        )
-        admit_params = [owner, owner, run.thread_id, run.thread_id, *params, reject_if_busy]
-        upsert, upsert_params = self._busy_thread_upsert(run, ts_now)
-        async with (
-            self._unique(f"a run with id {run.run_id!r}"),
-            self.pool.connection() as conn,
-            conn.transaction(),
-        ):
-            await conn.execute(_pg_sql(upsert), upsert_params)
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(_pg_sql(admit), [*admit_params, *event_arrays])
-            row = await cur.fetchone()
-            if row is None or not row["owned"]:
-                raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
-            if row["run_id"] is None:  # a busy thread refuses: the upsert rolls back
-                raise psycopg.Rollback
-        if row["run_id"] is None:
-            return None, row["busy_id"]
-        return self._run(row), row["busy_id"]
-
-    async def finish_run(
-        self, run_id: str, thread_status: ThreadStatus, **fields: Any
-    ) -> tuple[RunRecord | None, bool]:
-        # SqlRegistry's transaction in four statements instead of six or seven (issue
-        # 15): BEGIN, the thread's lock (which reads the run as it was), one statement
-        # that updates the run, inserts its webhook deliveries and sets the thread's
-        # status, COMMIT. The deliveries' payload is the run as read with `fields` set.
-        if "status" not in fields:  # the thread's status below needs the run's
-            return await super().finish_run(run_id, thread_status, **fields)
-        sets, params = self._finish_sets(fields)
-        ends = RunStatus(fields["status"]).finished
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(_pg_sql(_FINISH_LOCK), [run_id])
-            locked = await cur.fetchall()
-            if not locked:  # no such run, or its thread is being deleted, its runs with it
-                return None, False
-            before = self._run(locked[0])
-            # A run that had ended already (this finish replayed) told its webhooks then.
-            inserts = (
-                [] if before.status.finished else self._run_end_inserts(replace(before, **fields))
-            )
-            ctes = "".join(f", d{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(inserts))
-            queued = " + ".join(f"(SELECT count(*) FROM d{i})" for i in range(len(inserts)))
-            await cur.execute(
-                _pg_sql(
-                    f"WITH r AS (UPDATE code_hero_runs SET {sets} WHERE run_id = ? "
-                    f"RETURNING {RUN_COLUMNS}){ctes}, "
-                    # The thread takes the run's end status unless a run waits (its row
-                    # is locked); this statement sees the run as it was: left out.
-                    "t AS (UPDATE code_hero_threads SET status = ?, updated_at = ? "
-                    "WHERE thread_id = ? AND ?::boolean AND NOT EXISTS (SELECT 1 FROM "
-                    "code_hero_runs WHERE thread_id = ? AND status IN ('PENDING', 'RUNNING') "
-                    "AND run_id <> ?) RETURNING 1) "
-                    f"SELECT r.*, {queued or '0'} AS queued_rows, "
-                    "EXISTS (SELECT 1 FROM t) AS thread_set FROM r"
-                ),
-                [
-                    *params,
-                    run_id,
-                    *(value for _, statement in inserts for value in statement),
-                    ThreadStatus(thread_status).value,
-                    utc_now(),
-                    before.thread_id,
-                    ends,
-                    before.thread_id,
-                    run_id,
-                ],
-            )
-            rows = await cur.fetchall()
-            if not rows:
-                return None, False
-        if rows[0]["queued_rows"]:
-            self._outbox_committed()
-        return self._run(rows[0]), not rows[0]["thread_set"]
 
     def _json(self, value: Any) -> Any:
         return Jsonb(value)

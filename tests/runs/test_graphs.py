@@ -115,3 +115,22 @@ async def test_unknown_default_graph() -> None:
     async with Gateway(GatewaySettings()) as gw:
         assert [g.name for g in gw.graphs()] == ["code_hero"]
         assert len(gw.graphs()[0].agents) == 19
+
+
+async def test_input_keys_rendered_once_per_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rendering the built-in graph's input schema takes pydantic ~15 ms: not per run.
+    registry = await GraphRegistry.load(None)
+    graph = registry.get(None)
+    rendered = 0
+    render = graph.get_input_jsonschema
+
+    def counting(*args: object, **kwargs: object) -> dict[str, object]:
+        nonlocal rendered
+        rendered += 1
+        return render(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(graph, "get_input_jsonschema", counting)
+    for name in (None, "code_hero", None):
+        keys = registry.input_keys(name)
+        assert keys is not None and "messages" in keys
+    assert rendered == 1

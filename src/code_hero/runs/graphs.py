@@ -144,6 +144,9 @@ class GraphRegistry:
     def __init__(self, graphs: Mapping[str, Pregel[Any, Any, Any, Any]], default: str) -> None:
         self._graphs = dict(graphs)
         self.default = default
+        # Rendering an input schema takes pydantic ~15 ms for the built-in graph: once
+        # per graph, not once per run started (the graphs never change once loaded).
+        self._input_keys: dict[str, frozenset[str] | None] = {}
 
     @classmethod
     async def load(
@@ -196,11 +199,18 @@ class GraphRegistry:
         nodes: Sequence[str] = [n for n in self._graphs[name].nodes if not n.startswith("__")]
         return [AgentInfo(n, None, f"node {n} of graph {name}") for n in nodes]
 
-    def input_keys(self, name: str | None) -> set[str] | None:
+    def input_keys(self, name: str | None) -> frozenset[str] | None:
         """The keys the graph's input accepts (None when it takes any value)."""
-        graph = self.get(name)
-        try:
-            props = graph.get_input_jsonschema().get("properties")
-        except Exception:  # a schema pydantic cannot render: fall back to the channels
-            return {c for c in graph.channels if not c.startswith(("__", "branch:"))}
-        return set(props) if isinstance(props, dict) else None
+        key = name or self.default
+        if key not in self._input_keys:
+            self._input_keys[key] = _input_keys(self.get(key))
+        return self._input_keys[key]
+
+
+def _input_keys(graph: Pregel[Any, Any, Any, Any]) -> frozenset[str] | None:
+    """The keys of the graph's input schema (None: any value); its channels if none renders."""
+    try:
+        props = graph.get_input_jsonschema().get("properties")
+    except Exception:  # a schema pydantic cannot render: fall back to the channels
+        return frozenset(c for c in graph.channels if not c.startswith(("__", "branch:")))
+    return frozenset(props) if isinstance(props, dict) else None

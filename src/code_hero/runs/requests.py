@@ -132,7 +132,7 @@ async def continuing(registry: Registry, req: StartRun) -> StartRun:
 
 
 def input_for(
-    req: StartRun, graph_name: str, keys: set[str] | None, max_message_length: int
+    req: StartRun, graph_name: str, keys: frozenset[str] | None, max_message_length: int
 ) -> Any:
     """The graph's input for a message or an input (None for a resume).
 

@@ -170,3 +170,43 @@ async def test_finish_run_waits_for_an_admission_holding_the_thread(pg_database:
         assert thread is not None and thread.status is ThreadStatus.BUSY
     finally:
         await pool.close()
+
+
+async def test_two_rejecting_admissions_queued_on_one_thread_admit_one(pg_database: str) -> None:
+    """Two REJECT starts wait on the thread row together: the second sees the run the
+    first committed while it waited (its look at the thread's runs follows the lock)."""
+    pool = make_pool(pg_database)
+    await pool.open()
+    try:
+        registry = PostgresRegistry(pool)
+        await registry.setup()
+        await registry.admit_run(run("r0", "t", created_at=at(0)), reject_if_busy=True)
+        await registry.finish_run("r0", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+        async with pool.connection() as holder, pool.connection() as probe:
+            await holder.set_autocommit(False)
+            await holder.execute("SELECT 1 FROM code_hero_threads WHERE thread_id = 't' FOR UPDATE")
+            admits = [
+                asyncio.create_task(
+                    registry.admit_run(run(f"r{i}", "t", created_at=at(i)), reject_if_busy=True)
+                )
+                for i in (1, 2)
+            ]
+            for _ in range(3000):  # a bound, not a timing: each look is a round trip
+                cur = await probe.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                row = await cur.fetchone()
+                if row is not None and int(row["n"]) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the admissions never waited on the thread row")
+            await holder.rollback()
+            results = [await admit for admit in admits]
+        admitted = [record.run_id for record, _ in results if record is not None]
+        refused = [busy for record, busy in results if record is None]
+        assert len(admitted) == 1 and refused == admitted
+        assert [r.run_id for r in await registry.unfinished_runs("t")] == admitted
+    finally:
+        await pool.close()

@@ -38,6 +38,7 @@ class Executing(Protocol):
     @property
     def active_runs(self) -> int: ...
     def is_active(self, run_id: str) -> bool: ...
+    def is_ending(self, run_id: str) -> bool: ...
     def running(self) -> list[str]: ...
     def launch(self, record: RunRecord, *, resuming: bool) -> None: ...
     def stop(self, run_id: str, *, lost: bool = False) -> None: ...
@@ -266,7 +267,13 @@ class Claims:
                 continue
             held_ids = {r.run_id for r in held}
             for run_id in mine:
-                if run_id not in held_ids and self.runs.is_active(run_id):
+                # A run whose end was committed meanwhile is not held (its row says it
+                # ended) but not lost either: its task is recording that end.
+                if (
+                    run_id not in held_ids
+                    and self.runs.is_active(run_id)
+                    and not self.runs.is_ending(run_id)
+                ):
                     log.warning("lost the lease of run %s: another executor has it", run_id)
                     self.runs.stop(run_id, lost=True)
             for record in held:

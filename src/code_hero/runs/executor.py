@@ -105,6 +105,7 @@ class RunExecutor:
         self._news: dict[str, asyncio.Event] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
+        self._ending: set[str] = set()  # recording their end: their leases are not lost
         self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
         self.claims = Claims(
             self,
@@ -172,6 +173,10 @@ class RunExecutor:
         """True while this process executes the run."""
         task = self._tasks.get(run_id)
         return task is not None and not task.done()
+
+    def is_ending(self, run_id: str) -> bool:
+        """True while the run's end is being recorded here (its row may say so already)."""
+        return run_id in self._ending
 
     def running(self) -> list[str]:
         """The runs this process is executing now."""
@@ -385,6 +390,7 @@ class RunExecutor:
             # renewal, another replica's message) must not cut the recording short,
             # or the run would stay RUNNING with its events half stored.
             timeline.end(status, error)
+            self._ending.add(run_id)
             ending = asyncio.ensure_future(
                 self._finish(run_id, thread_id, status, output, error, writer, timeline.fields())
             )
@@ -523,6 +529,7 @@ class RunExecutor:
         self.claims.started.discard(run_id)
         self._cancel_requested.discard(run_id)
         self._lost.discard(run_id)
+        self._ending.discard(run_id)
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()

@@ -22,7 +22,7 @@ from strawberry.types import ExecutionContext
 from code_hero.limits import Limits
 from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
-from code_hero.schema.errors import INTERNAL, error_code, root_cause
+from code_hero.schema.errors import INTERNAL, error_code, raw_cause, root_cause
 from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.extensions import (
     Degraded,
@@ -55,6 +55,10 @@ class GatewaySchema(strawberry.Schema):
                     error.message,
                     exc_info=(type(cause), cause, cause.__traceback__),
                 )
+            elif root_cause(error) is not raw_cause(error):
+                # A lost race for a database lock: the client retries; the log keeps
+                # the database's own account (which transactions, which locks).
+                log.warning("request error: %s", error.message)
             else:
                 log.debug("request error: %s", error.message)
 

@@ -1,6 +1,8 @@
 """How errors reach clients: the one mapping from exceptions to `extensions.code`.
 
 CodeHeroError (errors.py)            -> its `.code`, its message, its `.extensions`
+a lost race for a database lock      -> CONFLICT (deadlock, serialization failure) or
+  (persistence.contention)          UNAVAILABLE (lock wait ran out), retryAfter
 parse, validation and limit errors   -> BAD_USER_INPUT, their message
 anything else                        -> INTERNAL, "Internal server error";
                                         the detail goes to the log only
@@ -17,6 +19,7 @@ from graphql import GraphQLError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from code_hero.errors import CodeHeroError
+from code_hero.persistence.contention import contention
 
 __all__ = [
     "CODES",
@@ -24,6 +27,7 @@ __all__ = [
     "INTERNAL_MESSAGE",
     "client_error",
     "error_code",
+    "raw_cause",
     "root_cause",
     "without_suggestions",
 ]
@@ -53,7 +57,14 @@ def without_suggestions(message: str) -> str:
 
 
 def root_cause(error: GraphQLError) -> BaseException | None:
-    """The exception under the GraphQL wrappers, or None for a pure GraphQL error."""
+    """The exception under the GraphQL wrappers, or None for a pure GraphQL error; a
+    database's lost race for a lock as the error its client sees (`contention`)."""
+    cause = raw_cause(error)
+    return contention(cause) or cause
+
+
+def raw_cause(error: GraphQLError) -> BaseException | None:
+    """The exception under the GraphQL wrappers, as it was raised."""
     cause = error.original_error
     while isinstance(cause, GraphQLError) and cause.original_error is not None:
         cause = cause.original_error
@@ -86,6 +97,8 @@ def client_error(error: GraphQLError, *, suggestions: bool = True) -> GraphQLErr
         cause = root_cause(error)
         extra = cause.extensions if isinstance(cause, CodeHeroError) else {}
         message = error.message if suggestions else without_suggestions(error.message)
+        if cause is not raw_cause(error):  # a database's text, translated
+            message = str(cause)
         extensions = {**extra, **(error.extensions or {}), "code": code}
     return GraphQLError(
         message,

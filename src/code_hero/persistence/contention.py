@@ -1,0 +1,46 @@
+"""Lost races for a database lock: what a client is told about them.
+
+A deadlock's victim, a serialization failure, a lock wait that ran out: not a
+bug (INTERNAL) and not an outage (`unreachable`): the same call tried again
+succeeds. This module reads the errors' codes without importing a driver, so
+the schema's one error mapping may use it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from code_hero.errors import BackendUnavailableError, CodeHeroError, ConflictError
+
+__all__ = ["CONTENTION_RETRY_AFTER", "contention"]
+
+# A call that lost a race for a lock: neither a bug nor an outage, and the same
+# call tried again succeeds. A deadlock's victim and a serialization failure are
+# rolled back whole (CONFLICT); a lock wait that ran out (PostgreSQL's lock_timeout,
+# SQLite's busy_timeout behind another process's write) found the database busy.
+PG_CLASHES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+PG_LOCK_TIMEOUTS = frozenset({"55P03"})  # lock_not_available
+SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+CONTENTION_RETRY_AFTER = 1  # seconds: the clash passes when the other transaction ends
+
+
+def contention(exc: BaseException | None) -> CodeHeroError | None:
+    """The error a client sees for a call that lost a race for a database lock; None
+    when `exc` is no such error. The database's own text (process ids, lock names)
+    stays in the log."""
+    state: Any = getattr(exc, "sqlstate", None)  # psycopg's errors carry their SQLSTATE
+    if state in PG_CLASHES:
+        return ConflictError(
+            "a concurrent change to the same data won the database's lock; "
+            f"nothing was changed, retry in {CONTENTION_RETRY_AFTER} s",
+            retry_after=CONTENTION_RETRY_AFTER,
+        )
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    if state in PG_LOCK_TIMEOUTS or (code is not None and code & 0xFF in SQLITE_LOCK_CODES):
+        return BackendUnavailableError(
+            "the database is busy: a lock this request needs is held by another "
+            f"transaction; retry in {CONTENTION_RETRY_AFTER} s",
+            CONTENTION_RETRY_AFTER,
+        )
+    return None

@@ -24,6 +24,7 @@ from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
+from code_hero.schema.execution import LeafExecutor, install_leaf_fields
 from code_hero.schema.extensions import (
     Degraded,
     Document,
@@ -96,11 +97,13 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=EVENT_TYPES,
         extensions=factories,
+        execution_context_class=LeafExecutor,
         config=StrawberryConfig(
             scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions
         ),
     )
     _resolve_plainly(schema)
+    install_leaf_fields(schema._schema)
     return schema
 
 

@@ -1,0 +1,187 @@
+"""The executor of every operation: graphql-core's, with plain leaf fields read directly.
+
+Most fields of a page are plain: an attribute of the object (Strawberry's
+default resolver, no arguments, no extension, no permission class) whose type
+is a scalar or an enum, or a list of them. graphql-core still gives each one
+the whole field machinery: a resolve info, the resolver call through
+Strawberry's wrapper, an awaitable check, and completion through the
+non-null, list and leaf branches; for a page of 20 checkpoints that is some
+170 fields and most of what execution costs beyond the database
+(py-spy, bench/gateway.py).
+
+`install_leaf_fields` marks those fields once, when the schema is built, by
+giving each a `LeafField` resolver (which, called the usual way, reads the
+attribute as Strawberry's did). `LeafExecutor` then completes a marked field
+by reading the attribute and serializing it with the type's own
+`coerce_output_value`, and nothing else. Whenever that is not the plain case
+(a null for a non-null type, a value that is awaitable or an exception, a
+list that is not a list, a coercion that fails or gives null, a `@stream`ed
+list) or the operation has resolver middleware (an extension with a
+`resolve` hook), the field goes through graphql-core's `execute_field` from
+the start, so its value and errors (message, path, locations, null bubbling)
+are graphql-core's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from graphql import (
+    GraphQLEnumType,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    Undefined,
+    is_object_type,
+)
+from graphql.execution.collect_fields import FieldDetailsList
+from graphql.pyutils import Path
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.field import StrawberryField
+
+__all__ = ["LeafExecutor", "LeafField", "install_leaf_fields"]
+
+# A value the fast path does not complete: graphql-core's path does, from the start.
+_SLOW: Final = object()
+# The name Strawberry gives the resolver of a basic field: no resolver of its own,
+# no field extension (permission classes are one), no exception handler.
+_BASIC_RESOLVER = "_get_basic_result"
+
+
+class LeafField:
+    """The resolver of a plain leaf field, and how to complete its value directly."""
+
+    __slots__ = ("coerce", "in_list", "items_non_null", "name", "non_null", "original")
+    # Strawberry's tracing extensions skip default resolvers; this is one.
+    _is_default = True
+
+    def __init__(
+        self,
+        original: Callable[..., Any],
+        name: str,
+        coerce: Callable[[Any], Any],
+        *,
+        non_null: bool,
+        in_list: bool,
+        items_non_null: bool,
+    ) -> None:
+        self.original = original
+        self.name = name
+        self.coerce = coerce
+        self.non_null = non_null
+        self.in_list = in_list
+        self.items_non_null = items_non_null
+
+    def __call__(self, source: Any, info: Any, **kwargs: Any) -> Any:
+        return self.original(source, info, **kwargs)
+
+    def complete(self, source: Any, is_awaitable: Callable[[Any], bool]) -> Any:
+        """The completed value of this field of `source`, or _SLOW when it is not plain."""
+        try:
+            value = getattr(source, self.name)
+            if value is None:
+                return _SLOW if self.non_null else None
+            if not self.in_list:
+                return self._leaf(value, is_awaitable)
+            if type(value) is not list and type(value) is not tuple:
+                return _SLOW
+            completed: list[Any] = []
+            for item in value:
+                if item is None:
+                    if self.items_non_null:
+                        return _SLOW
+                    completed.append(None)
+                    continue
+                leaf = self._leaf(item, is_awaitable)
+                if leaf is _SLOW:
+                    return _SLOW
+                completed.append(leaf)
+            return completed
+        except Exception:  # the slow path raises it again, located
+            return _SLOW
+
+    def _leaf(self, value: Any, is_awaitable: Callable[[Any], bool]) -> Any:
+        if isinstance(value, Exception) or is_awaitable(value):
+            return _SLOW
+        coerced = self.coerce(value)
+        if coerced is None or coerced is Undefined:
+            return _SLOW
+        return coerced
+
+
+def _leaf_field(field: GraphQLField) -> LeafField | None:
+    """The fast resolver for `field`, or None when it is not a plain leaf field."""
+    resolve = field.resolve
+    definition = field.extensions.get("strawberry-definition")
+    if (
+        resolve is None
+        or field.args
+        or not isinstance(definition, StrawberryField)
+        or not definition.is_basic_field
+        or definition.default_resolver is not getattr
+        or getattr(resolve, "__name__", None) != _BASIC_RESOLVER
+    ):
+        return None
+    type_ = field.type
+    non_null = isinstance(type_, GraphQLNonNull)
+    named = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+    in_list = isinstance(named, GraphQLList)
+    items_non_null = False
+    if isinstance(named, GraphQLList):
+        items_non_null = isinstance(named.of_type, GraphQLNonNull)
+        named = named.of_type.of_type if items_non_null else named.of_type
+    if not isinstance(named, GraphQLScalarType | GraphQLEnumType):
+        return None
+    return LeafField(
+        resolve,
+        definition.python_name,
+        named.coerce_output_value,
+        non_null=non_null,
+        in_list=in_list,
+        items_non_null=items_non_null,
+    )
+
+
+def install_leaf_fields(schema: GraphQLSchema) -> list[str]:
+    """Give every plain leaf field of `schema` a `LeafField` resolver; their names."""
+    installed = []
+    for type_ in schema.type_map.values():
+        if not is_object_type(type_) or type_.name.startswith("__"):
+            continue
+        for name, field in type_.fields.items():
+            leaf = _leaf_field(field)
+            if leaf is not None:
+                field.resolve = leaf
+                installed.append(f"{type_.name}.{name}")
+    return installed
+
+
+class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, completing `LeafField`s directly (see the module docstring)."""
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        position_context: Any,
+    ) -> Awaitable[Any] | Any:
+        node = field_details_list[0].node
+        field = parent_type.fields.get(node.name.value)
+        resolve = field.resolve if field is not None else None
+        if type(resolve) is LeafField and not (
+            self.middleware_manager is not None and self.middleware_manager.middlewares
+        ):
+            # A @stream on a list is graphql-core's to honour.
+            if not (resolve.in_list and any(d.node.directives for d in field_details_list)):
+                value = resolve.complete(source, self.is_awaitable)
+                if value is not _SLOW:
+                    return value
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )

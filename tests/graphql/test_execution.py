@@ -1,0 +1,228 @@
+"""Plain leaf fields completed directly (schema.execution): the same answers, errors included.
+
+Each document runs on two schemas of the same types: Strawberry's own executor,
+and `LeafExecutor` with the plain leaf fields marked; data and errors (message,
+path, locations) must be identical.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, NewType
+
+import pytest
+import strawberry
+from graphql import GraphQLResolveInfo
+from graphql.pyutils import Path
+from strawberry.extensions import SchemaExtension
+from strawberry.permission import BasePermission
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionResult
+
+from code_hero.schema import build_schema
+from code_hero.schema.execution import LeafExecutor, LeafField, install_leaf_fields
+from code_hero.schema.scalars import JSON, SCALARS
+
+
+@strawberry.enum
+class Color(Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+# A custom scalar that serializes an empty string to nothing (an error where it is served).
+Blank = NewType("Blank", str)
+SCALAR_MAP = {
+    **SCALARS,
+    Blank: strawberry.scalar(
+        name="Blank", serialize=lambda value: value or None, parse_value=lambda value: value
+    ),
+}
+
+
+class Deny(BasePermission):
+    message = "Not for you"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return False
+
+
+@strawberry.type
+class Item:
+    name: str
+    maybe: str | None
+    color: Color
+    at: datetime
+    data: JSON
+    count: int
+    tags: list[str]
+    holes: list[str | None]
+    blank: Blank | None
+    secret: str = strawberry.field(permission_classes=[Deny])
+
+    @strawberry.field
+    def computed(self) -> str:
+        return self.name + "!"
+
+
+def item(**changes: Any) -> Item:
+    values: dict[str, Any] = {
+        "name": "a",
+        "maybe": None,
+        "color": Color.GREEN,
+        "at": datetime(2026, 1, 2, 3, 4, 5),  # naive: served as UTC by the scalar
+        "data": JSON({"k": [1, 2]}),
+        "count": 3,
+        "tags": ["x", "y"],
+        "holes": ["x", None],
+        "blank": "b",
+        "secret": "s",
+    }
+    return Item(**{**values, **changes})
+
+
+ITEMS: dict[str, list[Item]] = {
+    "good": [item(), item(name="b", color=Color.RED, maybe="m", tags=[])],
+    "null_name": [item(), item(name=None)],
+    "null_tag": [item(tags=["x", None])],
+    "bad_count": [item(count="three")],
+    "bad_color": [item(color="purple")],
+    "tags_not_list": [item(tags=None), item(holes=None)],
+    "blank": [item(blank="")],
+}
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def items(self, case: str = "good") -> list[Item]:
+        return ITEMS[case]
+
+    @strawberry.field
+    def maybe_items(self, case: str = "good") -> list[Item] | None:
+        return ITEMS[case]
+
+
+class Shout(SchemaExtension):
+    """An extension with a `resolve` hook: every field goes through it."""
+
+    def resolve(self, _next: Any, root: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+        value = _next(root, info, **kwargs)
+        return value.upper() if isinstance(value, str) else value
+
+
+def schemas(**options: Any) -> tuple[strawberry.Schema, strawberry.Schema]:
+    config = StrawberryConfig(scalar_map=SCALAR_MAP)
+    plain = strawberry.Schema(query=Query, config=config, **options)
+    fast = strawberry.Schema(
+        query=Query, config=config, execution_context_class=LeafExecutor, **options
+    )
+    install_leaf_fields(fast._schema)
+    return plain, fast
+
+
+def answer(result: ExecutionResult) -> tuple[Any, list[dict[str, Any]]]:
+    return result.data, [e.formatted for e in result.errors or []]
+
+
+DOCUMENTS = [
+    "{ items { name maybe color at data count tags holes blank } }",
+    "{ items { n: name again: name, c: color } }",  # aliases, a field twice
+    "{ items { ...F name } } fragment F on Item { name tags }",
+    "{ items { ... on Item { color } __typename } }",
+    "{ items { name @skip(if: true) color @include(if: false) tags @include(if: true) } }",
+    '{ items(case: "null_name") { color name } }',  # non-null leaf: bubbles to data null
+    '{ maybeItems(case: "null_name") { name } }',  # ...to the nullable list
+    '{ maybeItems(case: "null_tag") { tags holes } }',  # a null in [String!]!
+    '{ maybeItems(case: "bad_count") { count } }',  # Int cannot represent it
+    '{ maybeItems(case: "bad_color") { color } }',  # not a value of the enum
+    '{ maybeItems(case: "tags_not_list") { tags holes } }',
+    '{ items { blank } maybeItems(case: "blank") { blank } }',  # serialized to null
+    "{ maybeItems { secret name } }",  # a permission class: refused, not read
+    "{ items { computed name } }",  # a resolver of its own
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+async def test_same_answer_as_strawberry(document: str) -> None:
+    plain, fast = schemas()
+    expected = answer(await plain.execute(document))
+    assert answer(await fast.execute(document)) == expected
+
+
+async def test_errors_of_a_leaf_keep_their_message_path_and_locations() -> None:
+    plain, fast = schemas()
+    result = await fast.execute('{ maybeItems(case: "null_name") { color name } }')
+    assert result.data == {"maybeItems": None}
+    [error] = answer(result)[1]
+    assert error["message"] == "Cannot return null for non-nullable field Item.name."
+    assert error["path"] == ["maybeItems", 1, "name"]
+    assert error["locations"] == [{"line": 1, "column": 41}]
+    assert answer(await plain.execute('{ maybeItems(case: "null_name") { color name } }')) == (
+        answer(result)
+    )
+
+
+async def test_variables_in_skip_and_include() -> None:
+    plain, fast = schemas()
+    document = "query($s: Boolean!) { items { name @skip(if: $s) tags @include(if: $s) } }"
+    for skip in (True, False):
+        expected = answer(await plain.execute(document, variable_values={"s": skip}))
+        assert answer(await fast.execute(document, variable_values={"s": skip})) == expected
+
+
+async def test_resolver_middleware_sees_every_field() -> None:
+    plain, fast = schemas(extensions=[Shout])
+    document = "{ items { name tags computed } }"
+    result = answer(await fast.execute(document))
+    assert result == answer(await plain.execute(document))
+    assert result[0]["items"][0] == {"name": "A", "tags": ["x", "y"], "computed": "A!"}
+
+
+class Counting(LeafExecutor):
+    infos: list[str] = []
+
+    def build_resolve_info(self, field_def: Any, field_nodes: Any, parent_type: Any, path: Path):  # type: ignore[no-untyped-def]
+        Counting.infos.append(f"{parent_type.name}.{field_nodes[0].name.value}")
+        return super().build_resolve_info(field_def, field_nodes, parent_type, path)
+
+
+async def test_plain_leaves_skip_the_field_machinery() -> None:
+    schema = strawberry.Schema(
+        query=Query,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        execution_context_class=Counting,
+    )
+    install_leaf_fields(schema._schema)
+    Counting.infos = []
+    result = await schema.execute("{ items { name color tags computed } }")
+    assert result.errors is None
+    # Only the fields with resolvers of their own got a resolve info.
+    assert Counting.infos == ["Query.items", "Item.computed", "Item.computed"]
+
+
+def test_the_gateway_schema_marks_plain_leaves_only() -> None:
+    schema = build_schema()
+    assert schema.execution_context_class is LeafExecutor
+    types = schema._schema.type_map
+
+    def marked(type_name: str, field: str) -> bool:
+        return isinstance(types[type_name].fields[field].resolve, LeafField)  # type: ignore[union-attr]
+
+    for name in ("id", "step", "source", "next", "metadata", "createdAt", "parentId"):
+        assert marked("Checkpoint", name), name
+    for name in ("id", "status", "createdAt", "updatedAt", "metadata"):
+        assert marked("Thread", name), name
+    assert marked("CheckpointEdge", "cursor")
+    assert marked("PageInfo", "hasNextPage")
+    # Objects, and fields with resolvers of their own, keep graphql-core's path.
+    for type_name, field in [
+        ("Checkpoint", "values"),
+        ("Checkpoint", "updatedBy"),
+        ("Checkpoint", "pendingWrites"),
+        ("Thread", "values"),
+        ("CheckpointEdge", "node"),
+        ("Query", "thread"),
+    ]:
+        assert not marked(type_name, field), (type_name, field)

@@ -20,9 +20,15 @@ from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionResult
 
+from code_hero.persistence.registry.cursors import thread_cursor
+from code_hero.resolvers import mapping
 from code_hero.schema import build_schema
 from code_hero.schema.execution import LeafExecutor, LeafField, install_leaf_fields
 from code_hero.schema.scalars import JSON, SCALARS
+from tests.graphql.clients import data, gql
+from tests.graphql.conftest import Server
+
+START = "mutation($input: StartRunInput!) { startRun(input: $input) { id } }"
 
 
 @strawberry.enum
@@ -62,8 +68,22 @@ class Item:
     secret: str = strawberry.field(permission_classes=[Deny])
 
     @strawberry.field
-    def computed(self) -> str:
+    def computed(self) -> str:  # a plain method: read directly too
         return self.name + "!"
+
+    @strawberry.field
+    def failing(self) -> str:
+        if self.count == 3:
+            raise ValueError("no count of three")
+        return self.name
+
+    @strawberry.field
+    def described(self, info: strawberry.Info) -> str:  # needs an Info: not plain
+        return f"{info.field_name} of {self.name}"
+
+    @strawberry.field
+    async def later(self) -> str:  # awaited: not plain
+        return self.name
 
 
 def item(**changes: Any) -> Item:
@@ -118,7 +138,7 @@ def schemas(**options: Any) -> tuple[strawberry.Schema, strawberry.Schema]:
     fast = strawberry.Schema(
         query=Query, config=config, execution_context_class=LeafExecutor, **options
     )
-    install_leaf_fields(fast._schema)
+    install_leaf_fields(fast)
     return plain, fast
 
 
@@ -140,7 +160,9 @@ DOCUMENTS = [
     '{ maybeItems(case: "tags_not_list") { tags holes } }',
     '{ items { blank } maybeItems(case: "blank") { blank } }',  # serialized to null
     "{ maybeItems { secret name } }",  # a permission class: refused, not read
-    "{ items { computed name } }",  # a resolver of its own
+    "{ items { computed name described later } }",  # resolvers of their own
+    "{ maybeItems { name failing } }",  # a method that raises
+    '{ maybeItems(case: "bad_count") { failing } }',
 ]
 
 
@@ -194,12 +216,12 @@ async def test_plain_leaves_skip_the_field_machinery() -> None:
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         execution_context_class=Counting,
     )
-    install_leaf_fields(schema._schema)
+    install_leaf_fields(schema)
     Counting.infos = []
-    result = await schema.execute("{ items { name color tags computed } }")
+    result = await schema.execute("{ items { name color tags computed described later } }")
     assert result.errors is None
-    # Only the fields with resolvers of their own got a resolve info.
-    assert Counting.infos == ["Query.items", "Item.computed", "Item.computed"]
+    # Only the fields with an argument (Query.items), an Info or an async resolver got one.
+    assert Counting.infos == ["Query.items"] + ["Item.described", "Item.later"] * 2
 
 
 def test_the_gateway_schema_marks_plain_leaves_only() -> None:
@@ -226,3 +248,27 @@ def test_the_gateway_schema_marks_plain_leaves_only() -> None:
         ("Query", "thread"),
     ]:
         assert not marked(type_name, field), (type_name, field)
+
+
+async def test_edges_make_their_cursors_only_when_asked(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def counted(record: Any, order: Any = None) -> str:
+        cursor = thread_cursor(record, order)
+        made.append(cursor)
+        return cursor
+
+    monkeypatch.setattr(mapping, "thread_cursor", counted)
+    for _ in range(3):
+        await gql(server.http, START, {"input": {"message": "hi", "wait": True}})
+    page = "{ threads(first: 2) { edges { node { id } } pageInfo { endCursor } } }"
+    assert len(data(await gql(server.http, page))["threads"]["edges"]) == 2
+    assert made == []  # endCursor comes with the page; no edge's cursor was made
+    listed = data(await gql(server.http, "{ threads(first: 2) { edges { cursor } } }"))
+    cursors = [edge["cursor"] for edge in listed["threads"]["edges"]]
+    assert cursors == made and len(made) == 2
+    after = "query($a: String) { threads(first: 5, after: $a) { edges { node { id } } } }"
+    rest = data(await gql(server.http, after, {"a": cursors[0]}))["threads"]["edges"]
+    assert len(rest) == 2  # the cursor works as `after`

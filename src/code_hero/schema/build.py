@@ -103,7 +103,7 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         ),
     )
     _resolve_plainly(schema)
-    install_leaf_fields(schema._schema)
+    install_leaf_fields(schema)
     return schema
 
 

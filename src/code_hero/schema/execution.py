@@ -1,8 +1,9 @@
 """The executor of every operation: graphql-core's, with plain leaf fields read directly.
 
 Most fields of a page are plain: an attribute of the object (Strawberry's
-default resolver, no arguments, no extension, no permission class) whose type
-is a scalar or an enum, or a list of them. graphql-core still gives each one
+default resolver, no arguments, no extension, no permission class), or a
+method that takes only `self`, whose type is a scalar or an enum, or a list of
+them. graphql-core still gives each one
 the whole field machinery: a resolve info, the resolver call through
 Strawberry's wrapper, an awaitable check, and completion through the
 non-null, list and leaf branches; for a page of 20 checkpoints that is some
@@ -19,14 +20,17 @@ list that is not a list, a coercion that fails or gives null, a `@stream`ed
 list) or the operation has resolver middleware (an extension with a
 `resolve` hook), the field goes through graphql-core's `execute_field` from
 the start, so its value and errors (message, path, locations, null bubbling)
-are graphql-core's own.
+are graphql-core's own. (A method is then called again: plain methods must be
+pure, as the edges' `cursor`s are.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from operator import attrgetter
 from typing import Any, Final
 
+import strawberry
 from graphql import (
     GraphQLEnumType,
     GraphQLField,
@@ -34,7 +38,6 @@ from graphql import (
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLScalarType,
-    GraphQLSchema,
     Undefined,
     is_object_type,
 )
@@ -50,31 +53,45 @@ _SLOW: Final = object()
 # The name Strawberry gives the resolver of a basic field: no resolver of its own,
 # no field extension (permission classes are one), no exception handler.
 _BASIC_RESOLVER = "_get_basic_result"
+# ...and of a field with a synchronous resolver of its own.
+_METHOD_RESOLVER = "_resolver"
 
 
 class LeafField:
-    """The resolver of a plain leaf field, and how to complete its value directly."""
+    """The resolver of a plain leaf field, and how to complete its value directly.
 
-    __slots__ = ("coerce", "in_list", "items_non_null", "name", "non_null", "original")
-    # Strawberry's tracing extensions skip default resolvers; this is one.
-    _is_default = True
+    `read` gives the field's value of a source: its attribute, or its method
+    called with the source alone.
+    """
+
+    __slots__ = (
+        "_is_default",
+        "coerce",
+        "in_list",
+        "items_non_null",
+        "non_null",
+        "original",
+        "read",
+    )
 
     def __init__(
         self,
         original: Callable[..., Any],
-        name: str,
+        read: Callable[[Any], Any],
         coerce: Callable[[Any], Any],
         *,
         non_null: bool,
         in_list: bool,
         items_non_null: bool,
+        attribute: bool,
     ) -> None:
         self.original = original
-        self.name = name
+        self.read = read
         self.coerce = coerce
         self.non_null = non_null
         self.in_list = in_list
         self.items_non_null = items_non_null
+        self._is_default = attribute  # Strawberry's tracing skips default resolvers
 
     def __call__(self, source: Any, info: Any, **kwargs: Any) -> Any:
         return self.original(source, info, **kwargs)
@@ -82,7 +99,7 @@ class LeafField:
     def complete(self, source: Any, is_awaitable: Callable[[Any], bool]) -> Any:
         """The completed value of this field of `source`, or _SLOW when it is not plain."""
         try:
-            value = getattr(source, self.name)
+            value = self.read(source)
             if value is None:
                 return _SLOW if self.non_null else None
             if not self.in_list:
@@ -113,18 +130,43 @@ class LeafField:
         return coerced
 
 
-def _leaf_field(field: GraphQLField) -> LeafField | None:
-    """The fast resolver for `field`, or None when it is not a plain leaf field."""
+def _reader(field: GraphQLField, handlers: bool) -> Callable[[Any], Any] | None:
+    """How to read `field` of a source when it is plain, else None.
+
+    Plain: Strawberry's default resolver (an attribute), or a synchronous method
+    that takes only `self` (no Info, no arguments), with no field extension
+    (permission classes are one) and no exception handler that could apply.
+    """
     resolve = field.resolve
     definition = field.extensions.get("strawberry-definition")
+    if resolve is None or field.args or not isinstance(definition, StrawberryField):
+        return None
+    if definition.extensions:
+        return None
+    resolver = definition.base_resolver
+    if resolver is None:
+        if definition.default_resolver is not getattr:
+            return None
+        if getattr(resolve, "__name__", None) != _BASIC_RESOLVER:
+            return None
+        return attrgetter(definition.python_name)
     if (
-        resolve is None
-        or field.args
-        or not isinstance(definition, StrawberryField)
-        or not definition.is_basic_field
-        or definition.default_resolver is not getattr
-        or getattr(resolve, "__name__", None) != _BASIC_RESOLVER
+        handlers
+        or resolver.is_async
+        or isinstance(resolver.wrapped_func, staticmethod | classmethod)
+        or resolver.self_parameter is None
+        or len(resolver.signature.parameters) != 1
+        or getattr(resolve, "__name__", None) != _METHOD_RESOLVER
     ):
+        return None
+    method: Callable[[Any], Any] = resolver.wrapped_func
+    return method
+
+
+def _leaf_field(field: GraphQLField, handlers: bool) -> LeafField | None:
+    """The fast resolver for `field`, or None when it is not a plain leaf field."""
+    read = _reader(field, handlers)
+    if read is None or field.resolve is None:
         return None
     type_ = field.type
     non_null = isinstance(type_, GraphQLNonNull)
@@ -137,23 +179,25 @@ def _leaf_field(field: GraphQLField) -> LeafField | None:
     if not isinstance(named, GraphQLScalarType | GraphQLEnumType):
         return None
     return LeafField(
-        resolve,
-        definition.python_name,
+        field.resolve,
+        read,
         named.coerce_output_value,
         non_null=non_null,
         in_list=in_list,
         items_non_null=items_non_null,
+        attribute=isinstance(read, attrgetter),
     )
 
 
-def install_leaf_fields(schema: GraphQLSchema) -> list[str]:
+def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
     """Give every plain leaf field of `schema` a `LeafField` resolver; their names."""
     installed = []
-    for type_ in schema.type_map.values():
+    handlers = bool(schema.exception_handlers)
+    for type_ in schema._schema.type_map.values():
         if not is_object_type(type_) or type_.name.startswith("__"):
             continue
         for name, field in type_.fields.items():
-            leaf = _leaf_field(field)
+            leaf = _leaf_field(field, handlers)
             if leaf is not None:
                 field.resolve = leaf
                 installed.append(f"{type_.name}.{name}")

@@ -9,10 +9,8 @@ from typing import Any
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, GraphQLObjectType
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     QueryDepthLimiter,
 )
 from strawberry.extensions.base_extension import SchemaExtension
@@ -71,7 +69,8 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         lambda: ErrorCodes(suggestions=suggestions),
     ]
     # The validation rules are made once: the limiters would make their rule classes
-    # anew for every request, validated or not (see Documents).
+    # anew for every request, validated or not; Documents applies them (and the token
+    # limit) where it parses and validates.
     rules: list[type[ASTValidationRule]] = []
     if not limits.introspection:
         rules += DisableIntrospection().validation_rules
@@ -79,17 +78,13 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         rules += QueryDepthLimiter(max_depth=limits.max_depth).validation_rules
     if limits.max_aliases > 0:
         rules += MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules
-    if rules:
-        extensions.append(lambda: AddValidationRules(rules))
-    if limits.max_tokens > 0:
-        tokens = limits.max_tokens
-        extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
     # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
     max_cost = limits.max_cost
     extensions.append(lambda: CostLimit(max_cost=max_cost))
     # Clients repeat their documents: each text is parsed once, and validated until valid.
     documents: OrderedDict[str, Document] = OrderedDict()
-    extensions.append(lambda: Documents(documents))
+    tokens = max(limits.max_tokens, 0)
+    extensions.append(lambda: Documents(documents, rules=rules, max_tokens=tokens))
     factories: list[type[SchemaExtension] | Any] = extensions
     schema = GatewaySchema(
         query=Query,

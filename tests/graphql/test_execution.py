@@ -23,7 +23,12 @@ from strawberry.types import ExecutionResult
 from code_hero.persistence.registry.cursors import thread_cursor
 from code_hero.resolvers import mapping
 from code_hero.schema import build_schema
-from code_hero.schema.execution import LeafExecutor, LeafField, install_leaf_fields
+from code_hero.schema.execution import (
+    LeafExecutor,
+    LeafField,
+    install_leaf_fields,
+    plain_leaf,
+)
 from code_hero.schema.scalars import JSON, SCALARS
 from tests.graphql.clients import data, gql
 from tests.graphql.conftest import Server
@@ -70,6 +75,10 @@ class Item:
     @strawberry.field
     def computed(self) -> str:  # a plain method: read directly too
         return self.name + "!"
+
+    @strawberry.field
+    def label(self, shout: bool = False) -> str:  # read directly where no argument is given
+        return self.name.upper() if shout else self.name
 
     @strawberry.field
     def failing(self) -> str:
@@ -139,7 +148,13 @@ def schemas(**options: Any) -> tuple[strawberry.Schema, strawberry.Schema]:
         query=Query, config=config, execution_context_class=LeafExecutor, **options
     )
     install_leaf_fields(fast)
+    _plain_label(fast)
     return plain, fast
+
+
+def _plain_label(schema: strawberry.Schema) -> None:
+    label = schema._schema.type_map["Item"].fields["label"]  # type: ignore[union-attr]
+    label.resolve = plain_leaf(label, lambda source: source.label())
 
 
 def answer(result: ExecutionResult) -> tuple[Any, list[dict[str, Any]]]:
@@ -162,6 +177,8 @@ DOCUMENTS = [
     "{ maybeItems { secret name } }",  # a permission class: refused, not read
     "{ items { computed name described later } }",  # resolvers of their own
     "{ maybeItems { name failing } }",  # a method that raises
+    "{ items { label shout: label(shout: true) quiet: label(shout: false) } }",
+    'query($s: Boolean) { items(case: "null_name") { label(shout: $s) } }',
     '{ maybeItems(case: "bad_count") { failing } }',
 ]
 
@@ -217,11 +234,15 @@ async def test_plain_leaves_skip_the_field_machinery() -> None:
         execution_context_class=Counting,
     )
     install_leaf_fields(schema)
+    _plain_label(schema)
     Counting.infos = []
-    result = await schema.execute("{ items { name color tags computed described later } }")
+    document = "{ items { name color tags computed described later label l: label(shout: true) } }"
+    result = await schema.execute(document)
     assert result.errors is None
-    # Only the fields with an argument (Query.items), an Info or an async resolver got one.
-    assert Counting.infos == ["Query.items"] + ["Item.described", "Item.later"] * 2
+    # Only the fields with an argument given (Query.items, label(shout:)), an Info or an
+    # async resolver got one.
+    per_item = ["Item.described", "Item.later", "Item.label"]
+    assert Counting.infos == ["Query.items", *per_item, *per_item]
 
 
 def test_the_gateway_schema_marks_plain_leaves_only() -> None:
@@ -239,8 +260,8 @@ def test_the_gateway_schema_marks_plain_leaves_only() -> None:
     assert marked("CheckpointEdge", "cursor")
     assert marked("PageInfo", "hasNextPage")
     # Objects, and fields with resolvers of their own, keep graphql-core's path.
+    assert marked("Checkpoint", "values")  # where `keys` is not given
     for type_name, field in [
-        ("Checkpoint", "values"),
         ("Checkpoint", "updatedBy"),
         ("Checkpoint", "pendingWrites"),
         ("Thread", "values"),

@@ -22,7 +22,7 @@ from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, root_cause
 from code_hero.schema.events import EVENT_TYPES
-from code_hero.schema.execution import LeafExecutor, install_leaf_fields
+from code_hero.schema.execution import LeafExecutor, install_leaf_fields, plain_leaf
 from code_hero.schema.extensions import (
     Degraded,
     Document,
@@ -106,6 +106,10 @@ def _checkpoint_values(source: Checkpoint, info: Any, keys: list[str] | None = N
     return source.values(keys)
 
 
+def _all_values(source: Checkpoint) -> Any:
+    return source.values(None)
+
+
 def _resolve_plainly(schema: strawberry.Schema) -> None:
     """Hand graphql-core a plain resolver for `Checkpoint.values(keys:)`, resolved once per
     checkpoint of a page.
@@ -119,4 +123,7 @@ def _resolve_plainly(schema: strawberry.Schema) -> None:
     """
     checkpoint = schema._schema.type_map["Checkpoint"]
     assert isinstance(checkpoint, GraphQLObjectType)
-    checkpoint.fields["values"].resolve = _checkpoint_values
+    values = checkpoint.fields["values"]
+    values.resolve = _checkpoint_values
+    # Without `keys`, LeafExecutor completes it directly (see schema.execution).
+    values.resolve = plain_leaf(values, _all_values) or values.resolve

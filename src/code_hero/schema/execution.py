@@ -46,7 +46,7 @@ from graphql.pyutils import Path
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.field import StrawberryField
 
-__all__ = ["LeafExecutor", "LeafField", "install_leaf_fields"]
+__all__ = ["LeafExecutor", "LeafField", "install_leaf_fields", "plain_leaf"]
 
 # A value the fast path does not complete: graphql-core's path does, from the start.
 _SLOW: Final = object()
@@ -61,11 +61,13 @@ class LeafField:
     """The resolver of a plain leaf field, and how to complete its value directly.
 
     `read` gives the field's value of a source: its attribute, or its method
-    called with the source alone.
+    called with the source alone. A `bare` field is completed directly only where
+    the document gives it no argument and no directive (a list's @stream).
     """
 
     __slots__ = (
         "_is_default",
+        "bare",
         "coerce",
         "in_list",
         "items_non_null",
@@ -84,6 +86,7 @@ class LeafField:
         in_list: bool,
         items_non_null: bool,
         attribute: bool,
+        bare: bool = False,
     ) -> None:
         self.original = original
         self.read = read
@@ -91,6 +94,7 @@ class LeafField:
         self.non_null = non_null
         self.in_list = in_list
         self.items_non_null = items_non_null
+        self.bare = in_list or bare
         self._is_default = attribute  # Strawberry's tracing skips default resolvers
 
     def __call__(self, source: Any, info: Any, **kwargs: Any) -> Any:
@@ -163,10 +167,17 @@ def _reader(field: GraphQLField, handlers: bool) -> Callable[[Any], Any] | None:
     return method
 
 
-def _leaf_field(field: GraphQLField, handlers: bool) -> LeafField | None:
-    """The fast resolver for `field`, or None when it is not a plain leaf field."""
-    read = _reader(field, handlers)
-    if read is None or field.resolve is None:
+def plain_leaf(field: GraphQLField, read: Callable[[Any], Any]) -> LeafField | None:
+    """A `LeafField` for a leaf `field` whose value is `read(source)` wherever the
+    document gives it no argument (its resolver's own arguments default to that);
+    None when its type is not a leaf or a list of leaves."""
+    return _leaf_field(field, read, bare=True)
+
+
+def _leaf_field(
+    field: GraphQLField, read: Callable[[Any], Any], *, bare: bool = False
+) -> LeafField | None:
+    if field.resolve is None:
         return None
     type_ = field.type
     non_null = isinstance(type_, GraphQLNonNull)
@@ -186,6 +197,7 @@ def _leaf_field(field: GraphQLField, handlers: bool) -> LeafField | None:
         in_list=in_list,
         items_non_null=items_non_null,
         attribute=isinstance(read, attrgetter),
+        bare=bare,
     )
 
 
@@ -197,7 +209,8 @@ def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
         if not is_object_type(type_) or type_.name.startswith("__"):
             continue
         for name, field in type_.fields.items():
-            leaf = _leaf_field(field, handlers)
+            read = _reader(field, handlers)
+            leaf = None if read is None else _leaf_field(field, read)
             if leaf is not None:
                 field.resolve = leaf
                 installed.append(f"{type_.name}.{name}")
@@ -221,8 +234,11 @@ class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
         if type(resolve) is LeafField and not (
             self.middleware_manager is not None and self.middleware_manager.middlewares
         ):
-            # A @stream on a list is graphql-core's to honour.
-            if not (resolve.in_list and any(d.node.directives for d in field_details_list)):
+            # Arguments, and a @stream on a list, are graphql-core's to honour.
+            if not (
+                resolve.bare
+                and any(d.node.arguments or d.node.directives for d in field_details_list)
+            ):
                 value = resolve.complete(source, self.is_awaitable)
                 if value is not _SLOW:
                     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import strawberry
@@ -86,7 +87,10 @@ def thread_connection(
 ) -> t.ThreadConnection:
     """A page of threads with keyset cursors of its order; `count` answers totalCount."""
     return t.ThreadConnection(
-        edges=[t.ThreadEdge(cursor=thread_cursor(x, order), node=thread_of(x)) for x in page.items],
+        edges=[
+            t.ThreadEdge(make_cursor=partial(thread_cursor, x, order), node=thread_of(x))
+            for x in page.items
+        ],
         page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         count=count,
     )
@@ -148,7 +152,9 @@ def run_deletion_of(run_id: str, deleted: bool) -> r.DeleteRunPayload:
 def run_connection(page: Page[RunRecord], order: RunOrder, count: p.Counter) -> r.RunConnection:
     """A page of runs with keyset cursors of its order; `count` answers totalCount."""
     return r.RunConnection(
-        edges=[r.RunEdge(cursor=run_cursor(x, order), node=run_of(x)) for x in page.items],
+        edges=[
+            r.RunEdge(make_cursor=partial(run_cursor, x, order), node=run_of(x)) for x in page.items
+        ],
         page_info=p.PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         count=count,
     )
@@ -184,7 +190,7 @@ def checkpoint_connection(page: Page[CheckpointView], count: p.Counter) -> c.Che
     return c.CheckpointConnection(
         edges=[
             c.CheckpointEdge(
-                cursor=encode_checkpoint_cursor(x.namespace, x.checkpoint_id),
+                make_cursor=partial(encode_checkpoint_cursor, x.namespace, x.checkpoint_id),
                 node=checkpoint_of(x, by_id),
             )
             for x in page.items

@@ -9,10 +9,8 @@ from typing import Any
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, GraphQLObjectType
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     QueryDepthLimiter,
 )
 from strawberry.extensions.base_extension import SchemaExtension
@@ -24,6 +22,7 @@ from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, raw_cause, root_cause
 from code_hero.schema.events import EVENT_TYPES
+from code_hero.schema.execution import LeafExecutor, install_leaf_fields, plain_leaf
 from code_hero.schema.extensions import (
     Degraded,
     Document,
@@ -74,7 +73,8 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         lambda: ErrorCodes(suggestions=suggestions),
     ]
     # The validation rules are made once: the limiters would make their rule classes
-    # anew for every request, validated or not (see Documents).
+    # anew for every request, validated or not; Documents applies them (and the token
+    # limit) where it parses and validates.
     rules: list[type[ASTValidationRule]] = []
     if not limits.introspection:
         rules += DisableIntrospection().validation_rules
@@ -82,17 +82,13 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         rules += QueryDepthLimiter(max_depth=limits.max_depth).validation_rules
     if limits.max_aliases > 0:
         rules += MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules
-    if rules:
-        extensions.append(lambda: AddValidationRules(rules))
-    if limits.max_tokens > 0:
-        tokens = limits.max_tokens
-        extensions.append(lambda: MaxTokensLimiter(max_token_count=tokens))
     # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
     max_cost = limits.max_cost
     extensions.append(lambda: CostLimit(max_cost=max_cost))
     # Clients repeat their documents: each text is parsed once, and validated until valid.
     documents: OrderedDict[str, Document] = OrderedDict()
-    extensions.append(lambda: Documents(documents))
+    tokens = max(limits.max_tokens, 0)
+    extensions.append(lambda: Documents(documents, rules=rules, max_tokens=tokens))
     factories: list[type[SchemaExtension] | Any] = extensions
     schema = GatewaySchema(
         query=Query,
@@ -100,16 +96,22 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=EVENT_TYPES,
         extensions=factories,
+        execution_context_class=LeafExecutor,
         config=StrawberryConfig(
             scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions
         ),
     )
     _resolve_plainly(schema)
+    install_leaf_fields(schema)
     return schema
 
 
 def _checkpoint_values(source: Checkpoint, info: Any, keys: list[str] | None = None) -> Any:
     return source.values(keys)
+
+
+def _all_values(source: Checkpoint) -> Any:
+    return source.values(None)
 
 
 def _resolve_plainly(schema: strawberry.Schema) -> None:
@@ -125,4 +127,7 @@ def _resolve_plainly(schema: strawberry.Schema) -> None:
     """
     checkpoint = schema._schema.type_map["Checkpoint"]
     assert isinstance(checkpoint, GraphQLObjectType)
-    checkpoint.fields["values"].resolve = _checkpoint_values
+    values = checkpoint.fields["values"]
+    values.resolve = _checkpoint_values
+    # Without `keys`, LeafExecutor completes it directly (see schema.execution).
+    values.resolve = plain_leaf(values, _all_values) or values.resolve

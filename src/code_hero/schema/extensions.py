@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import DocumentNode, GraphQLError
+from graphql import ASTValidationRule, DocumentNode, GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from code_hero.limits import MAX_CACHED_TEXT
@@ -126,16 +126,32 @@ class Documents(SchemaExtension):
     (Strawberry's ParserCache raises parse errors from inside an extension
     hook, where they lose their error code; its ValidationCache keys on rule
     classes.)
+
+    The limits come with the extension: `max_tokens` for parsing (0: none) and
+    the extra validation `rules`, set where Strawberry parses and validates.
+    (Strawberry's MaxTokensLimiter and AddValidationRules would do the same as
+    two more extensions, whose hooks cost every request its share.)
     """
 
-    def __init__(self, cache: OrderedDict[str, Document], maxsize: int = 512) -> None:
+    def __init__(
+        self,
+        cache: OrderedDict[str, Document],
+        maxsize: int = 512,
+        *,
+        rules: Sequence[type[ASTValidationRule]] = (),
+        max_tokens: int = 0,
+    ) -> None:
         super().__init__()
         self.cache = cache
         self.maxsize = maxsize
+        self.rules = tuple(rules)
+        self.max_tokens = max_tokens
         self.document: Document | None = None
 
     def on_parse(self) -> Iterator[None]:
         ctx = self.execution_context
+        if self.max_tokens:
+            ctx.parse_options["max_tokens"] = self.max_tokens
         key = ctx.query
         if key is None or ctx.graphql_document is not None:
             yield
@@ -154,6 +170,8 @@ class Documents(SchemaExtension):
 
     def on_validate(self) -> Iterator[None]:
         ctx = self.execution_context
+        if self.rules:
+            ctx.validation_rules = (*ctx.validation_rules, *self.rules)
         document = self.document
         if document is None or document.ast is not ctx.graphql_document:
             yield  # not a cached text

@@ -1,0 +1,295 @@
+"""Plain leaf fields completed directly (schema.execution): the same answers, errors included.
+
+Each document runs on two schemas of the same types: Strawberry's own executor,
+and `LeafExecutor` with the plain leaf fields marked; data and errors (message,
+path, locations) must be identical.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, NewType
+
+import pytest
+import strawberry
+from graphql import GraphQLResolveInfo
+from graphql.pyutils import Path
+from strawberry.extensions import SchemaExtension
+from strawberry.permission import BasePermission
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionResult
+
+from code_hero.persistence.registry.cursors import thread_cursor
+from code_hero.resolvers import mapping
+from code_hero.schema import build_schema
+from code_hero.schema.execution import (
+    LeafExecutor,
+    LeafField,
+    install_leaf_fields,
+    plain_leaf,
+)
+from code_hero.schema.scalars import JSON, SCALARS
+from tests.graphql.clients import data, gql
+from tests.graphql.conftest import Server
+
+START = "mutation($input: StartRunInput!) { startRun(input: $input) { id } }"
+
+
+@strawberry.enum
+class Color(Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+# A custom scalar that serializes an empty string to nothing (an error where it is served).
+Blank = NewType("Blank", str)
+SCALAR_MAP = {
+    **SCALARS,
+    Blank: strawberry.scalar(
+        name="Blank", serialize=lambda value: value or None, parse_value=lambda value: value
+    ),
+}
+
+
+class Deny(BasePermission):
+    message = "Not for you"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return False
+
+
+@strawberry.type
+class Item:
+    name: str
+    maybe: str | None
+    color: Color
+    at: datetime
+    data: JSON
+    count: int
+    tags: list[str]
+    holes: list[str | None]
+    blank: Blank | None
+    secret: str = strawberry.field(permission_classes=[Deny])
+
+    @strawberry.field
+    def computed(self) -> str:  # a plain method: read directly too
+        return self.name + "!"
+
+    @strawberry.field
+    def label(self, shout: bool = False) -> str:  # read directly where no argument is given
+        return self.name.upper() if shout else self.name
+
+    @strawberry.field
+    def failing(self) -> str:
+        if self.count == 3:
+            raise ValueError("no count of three")
+        return self.name
+
+    @strawberry.field
+    def described(self, info: strawberry.Info) -> str:  # needs an Info: not plain
+        return f"{info.field_name} of {self.name}"
+
+    @strawberry.field
+    async def later(self) -> str:  # awaited: not plain
+        return self.name
+
+
+def item(**changes: Any) -> Item:
+    values: dict[str, Any] = {
+        "name": "a",
+        "maybe": None,
+        "color": Color.GREEN,
+        "at": datetime(2026, 1, 2, 3, 4, 5),  # naive: served as UTC by the scalar
+        "data": JSON({"k": [1, 2]}),
+        "count": 3,
+        "tags": ["x", "y"],
+        "holes": ["x", None],
+        "blank": "b",
+        "secret": "s",
+    }
+    return Item(**{**values, **changes})
+
+
+ITEMS: dict[str, list[Item]] = {
+    "good": [item(), item(name="b", color=Color.RED, maybe="m", tags=[])],
+    "null_name": [item(), item(name=None)],
+    "null_tag": [item(tags=["x", None])],
+    "bad_count": [item(count="three")],
+    "bad_color": [item(color="purple")],
+    "tags_not_list": [item(tags=None), item(holes=None)],
+    "blank": [item(blank="")],
+}
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def items(self, case: str = "good") -> list[Item]:
+        return ITEMS[case]
+
+    @strawberry.field
+    def maybe_items(self, case: str = "good") -> list[Item] | None:
+        return ITEMS[case]
+
+
+class Shout(SchemaExtension):
+    """An extension with a `resolve` hook: every field goes through it."""
+
+    def resolve(self, _next: Any, root: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+        value = _next(root, info, **kwargs)
+        return value.upper() if isinstance(value, str) else value
+
+
+def schemas(**options: Any) -> tuple[strawberry.Schema, strawberry.Schema]:
+    config = StrawberryConfig(scalar_map=SCALAR_MAP)
+    plain = strawberry.Schema(query=Query, config=config, **options)
+    fast = strawberry.Schema(
+        query=Query, config=config, execution_context_class=LeafExecutor, **options
+    )
+    install_leaf_fields(fast)
+    _plain_label(fast)
+    return plain, fast
+
+
+def _plain_label(schema: strawberry.Schema) -> None:
+    label = schema._schema.type_map["Item"].fields["label"]  # type: ignore[union-attr]
+    label.resolve = plain_leaf(label, lambda source: source.label())
+
+
+def answer(result: ExecutionResult) -> tuple[Any, list[dict[str, Any]]]:
+    return result.data, [e.formatted for e in result.errors or []]
+
+
+DOCUMENTS = [
+    "{ items { name maybe color at data count tags holes blank } }",
+    "{ items { n: name again: name, c: color } }",  # aliases, a field twice
+    "{ items { ...F name } } fragment F on Item { name tags }",
+    "{ items { ... on Item { color } __typename } }",
+    "{ items { name @skip(if: true) color @include(if: false) tags @include(if: true) } }",
+    '{ items(case: "null_name") { color name } }',  # non-null leaf: bubbles to data null
+    '{ maybeItems(case: "null_name") { name } }',  # ...to the nullable list
+    '{ maybeItems(case: "null_tag") { tags holes } }',  # a null in [String!]!
+    '{ maybeItems(case: "bad_count") { count } }',  # Int cannot represent it
+    '{ maybeItems(case: "bad_color") { color } }',  # not a value of the enum
+    '{ maybeItems(case: "tags_not_list") { tags holes } }',
+    '{ items { blank } maybeItems(case: "blank") { blank } }',  # serialized to null
+    "{ maybeItems { secret name } }",  # a permission class: refused, not read
+    "{ items { computed name described later } }",  # resolvers of their own
+    "{ maybeItems { name failing } }",  # a method that raises
+    "{ items { label shout: label(shout: true) quiet: label(shout: false) } }",
+    'query($s: Boolean) { items(case: "null_name") { label(shout: $s) } }',
+    '{ maybeItems(case: "bad_count") { failing } }',
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+async def test_same_answer_as_strawberry(document: str) -> None:
+    plain, fast = schemas()
+    expected = answer(await plain.execute(document))
+    assert answer(await fast.execute(document)) == expected
+
+
+async def test_errors_of_a_leaf_keep_their_message_path_and_locations() -> None:
+    plain, fast = schemas()
+    result = await fast.execute('{ maybeItems(case: "null_name") { color name } }')
+    assert result.data == {"maybeItems": None}
+    [error] = answer(result)[1]
+    assert error["message"] == "Cannot return null for non-nullable field Item.name."
+    assert error["path"] == ["maybeItems", 1, "name"]
+    assert error["locations"] == [{"line": 1, "column": 41}]
+    assert answer(await plain.execute('{ maybeItems(case: "null_name") { color name } }')) == (
+        answer(result)
+    )
+
+
+async def test_variables_in_skip_and_include() -> None:
+    plain, fast = schemas()
+    document = "query($s: Boolean!) { items { name @skip(if: $s) tags @include(if: $s) } }"
+    for skip in (True, False):
+        expected = answer(await plain.execute(document, variable_values={"s": skip}))
+        assert answer(await fast.execute(document, variable_values={"s": skip})) == expected
+
+
+async def test_resolver_middleware_sees_every_field() -> None:
+    plain, fast = schemas(extensions=[Shout])
+    document = "{ items { name tags computed } }"
+    result = answer(await fast.execute(document))
+    assert result == answer(await plain.execute(document))
+    assert result[0]["items"][0] == {"name": "A", "tags": ["x", "y"], "computed": "A!"}
+
+
+class Counting(LeafExecutor):
+    infos: list[str] = []
+
+    def build_resolve_info(self, field_def: Any, field_nodes: Any, parent_type: Any, path: Path):  # type: ignore[no-untyped-def]
+        Counting.infos.append(f"{parent_type.name}.{field_nodes[0].name.value}")
+        return super().build_resolve_info(field_def, field_nodes, parent_type, path)
+
+
+async def test_plain_leaves_skip_the_field_machinery() -> None:
+    schema = strawberry.Schema(
+        query=Query,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        execution_context_class=Counting,
+    )
+    install_leaf_fields(schema)
+    _plain_label(schema)
+    Counting.infos = []
+    document = "{ items { name color tags computed described later label l: label(shout: true) } }"
+    result = await schema.execute(document)
+    assert result.errors is None
+    # Only the fields with an argument given (Query.items, label(shout:)), an Info or an
+    # async resolver got one.
+    per_item = ["Item.described", "Item.later", "Item.label"]
+    assert Counting.infos == ["Query.items", *per_item, *per_item]
+
+
+def test_the_gateway_schema_marks_plain_leaves_only() -> None:
+    schema = build_schema()
+    assert schema.execution_context_class is LeafExecutor
+    types = schema._schema.type_map
+
+    def marked(type_name: str, field: str) -> bool:
+        return isinstance(types[type_name].fields[field].resolve, LeafField)  # type: ignore[union-attr]
+
+    for name in ("id", "step", "source", "next", "metadata", "createdAt", "parentId"):
+        assert marked("Checkpoint", name), name
+    for name in ("id", "status", "createdAt", "updatedAt", "metadata"):
+        assert marked("Thread", name), name
+    assert marked("CheckpointEdge", "cursor")
+    assert marked("PageInfo", "hasNextPage")
+    # Objects, and fields with resolvers of their own, keep graphql-core's path.
+    assert marked("Checkpoint", "values")  # where `keys` is not given
+    for type_name, field in [
+        ("Checkpoint", "updatedBy"),
+        ("Checkpoint", "pendingWrites"),
+        ("Thread", "values"),
+        ("CheckpointEdge", "node"),
+        ("Query", "thread"),
+    ]:
+        assert not marked(type_name, field), (type_name, field)
+
+
+async def test_edges_make_their_cursors_only_when_asked(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def counted(record: Any, order: Any = None) -> str:
+        cursor = thread_cursor(record, order)
+        made.append(cursor)
+        return cursor
+
+    monkeypatch.setattr(mapping, "thread_cursor", counted)
+    for _ in range(3):
+        await gql(server.http, START, {"input": {"message": "hi", "wait": True}})
+    page = "{ threads(first: 2) { edges { node { id } } pageInfo { endCursor } } }"
+    assert len(data(await gql(server.http, page))["threads"]["edges"]) == 2
+    assert made == []  # endCursor comes with the page; no edge's cursor was made
+    listed = data(await gql(server.http, "{ threads(first: 2) { edges { cursor } } }"))
+    cursors = [edge["cursor"] for edge in listed["threads"]["edges"]]
+    assert cursors == made and len(made) == 2
+    after = "query($a: String) { threads(first: 5, after: $a) { edges { node { id } } } }"
+    rest = data(await gql(server.http, after, {"a": cursors[0]}))["threads"]["edges"]
+    assert len(rest) == 2  # the cursor works as `after`

@@ -61,3 +61,28 @@ async def test_a_clients_write_answers_busy_without_waiting(pg_database: str) ->
             await asyncio.sleep(2.0)
         with pytest.raises(PoolBusyError):
             await write
+
+
+async def test_patience_counts_from_the_first_busy_answer(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy answer comes after the pool's timeout: the patience (here shorter than that
+    timeout, as the default 5 s equals the default timeout) starts then, not before."""
+    monkeypatch.setattr("code_hero.persistence.managed.RUN_WRITE_PATIENCE", 0.4)
+    config = create_postgres_checkpointer(
+        pg_database, pool_min_size=2, pool_max_size=2, pool_timeout=0.5, saver_instances=1
+    )
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+    async with Gateway(settings) as gw:
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.05}))
+        await wait_status(gw, run.run_id, RunStatus.RUNNING)
+        await first_checkpoint(gw, run.thread_id)
+        pool = cast(PostgresBackend, gw.manager.router.primary.backend).pool
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(pool.max_size):
+                await held.enter_async_context(pool.connection())
+            await asyncio.sleep(0.8)  # a write's second try, 0.55 s after its first, gets one
+
+        ended = await gw.executor.wait(run.run_id, limit=60)
+
+        assert ended.status is RunStatus.SUCCESS, ended.error

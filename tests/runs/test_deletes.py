@@ -201,6 +201,11 @@ async def test_an_idle_thread_goes_in_one_step_where_the_store_has_one(
     assert left is None or (left.busy and not left.deleted)
     assert await gateway.get_thread(busy.thread_id) is not None
     assert gateway.executor.is_active(busy.run_id)
+    if str(backend_config.checkpointer_type).endswith("postgres"):
+        # Busy means "deletable once its runs stop": never for another user's thread.
+        other = await manager.router.purge_idle_thread(busy.thread_id, None, "someone-else")
+        assert other is not None and other.foreign and not other.busy
+        assert gateway.executor.is_active(busy.run_id)
 
     gone = await manager.purge_idle_thread(done.thread_id)
     if str(backend_config.checkpointer_type).endswith("postgres"):

@@ -33,7 +33,7 @@ def contention(exc: BaseException | None) -> CodeHeroError | None:
     if state in PG_CLASHES:
         return ConflictError(
             "a concurrent change to the same data won the database's lock; "
-            f"nothing was changed, retry in {CONTENTION_RETRY_AFTER} s",
+            f"retry in {CONTENTION_RETRY_AFTER} s",
             retry_after=CONTENTION_RETRY_AFTER,
         )
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None

@@ -315,14 +315,17 @@ class FallbackRouter:
         patience: float = 0.0,
     ) -> R | None:
         """Run a write on the active slot, failing over when the database is unreachable;
-        when the pool is busy, try again for up to `patience` seconds before failing."""
+        when the pool is busy, try again for up to `patience` seconds after that first
+        answer (which has already waited the pool's timeout) before failing."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + patience
+        deadline: float | None = None
         pause, longest = _BUSY_PAUSES
         while True:
             try:
                 return await self._write(operation, thread_id, call, entry)
             except PoolBusyError:
+                if deadline is None:
+                    deadline = loop.time() + patience
                 left = deadline - loop.time()
                 if left <= 0:
                     raise

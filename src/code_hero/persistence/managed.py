@@ -30,9 +30,10 @@ __all__ = ["ManagedSaver"]
 
 R = TypeVar("R")
 
-# Seconds a run's own checkpoint write waits, trying again, for a busy pool before the
-# run fails: a moment's load spike must not end a run half-way. A client's write (a
-# state edit, the seed's own graphs) answers busy at once: its client retries.
+# Seconds a run's own checkpoint write goes on trying after a busy pool's first answer
+# (which came after the pool's timeout) before the run fails: a moment's load spike
+# must not end a run half-way. A client's write (a state edit, the seed's own graphs)
+# answers busy at once: its client retries.
 RUN_WRITE_PATIENCE = 5.0
 
 

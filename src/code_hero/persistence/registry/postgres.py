@@ -120,7 +120,9 @@ class PostgresRegistry(SqlRegistry):
             "cb AS (DELETE FROM checkpoint_blobs WHERE thread_id = ? AND (SELECT ok FROM go)), "
             "cw AS (DELETE FROM checkpoint_writes WHERE thread_id = ? AND (SELECT ok FROM go)), "
             f"{sql}, (SELECT count(*) FROM c) AS checkpoints, "
-            "(SELECT busy FROM go) AS busy, (SELECT expired FROM go) AS expired, "
+            # busy: deletable once its runs stop (so never when expired or foreign).
+            "(SELECT busy AND NOT expired AND NOT foreign_ FROM go) AS busy, "
+            "(SELECT expired FROM go) AS expired, "
             "(SELECT foreign_ FROM go) AS foreign_"
         )
         ids = [thread_id, thread_id, live_at, owner, thread_id, owner]

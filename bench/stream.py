@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, Replica, median, scratch_database, target
 
-GRAPHS = f"small={ROOT / 'bench' / '_common.py'}:small_graph"
+GRAPHS = f"small={ROOT / 'bench' / 'chain.py'}:small_graph"
 INPUT = {"graph": "small", "input": {"steps": []}}
 STREAM = "subscription($input: StartRunInput!) { runStream(input: $input) { seq runId } }"
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id } }"

@@ -124,7 +124,9 @@ async def test_multitask_enqueue_and_interrupt(server: Server) -> None:
     assert (await until_finished(server.http, first["id"]))["status"] == "SUCCESS"
     assert (await until_finished(server.http, queued["id"]))["status"] == "SUCCESS"
 
-    busy = await start(server, threadId=first["threadId"], **slow)
+    # Slow enough to be running still when the takeover arrives on a loaded machine
+    # (3 x 0.05 s ended first once: SUCCESS, not CANCELLED); it is cancelled at once.
+    busy = await start(server, threadId=first["threadId"], **{**slow, "config": {"delay": 1.0}})
     takeover = await start(server, threadId=first["threadId"], multitask="INTERRUPT", **slow)
     assert (await run_of(server, busy["id"]))["status"] == "CANCELLED"
     assert (await until_finished(server.http, takeover["id"]))["status"] == "SUCCESS"

@@ -22,13 +22,32 @@ from tests.runs.conftest import SLOW_SPEC
 from tests.runs.test_deletes import first_checkpoint, wait_status
 
 
-async def test_a_run_outlasts_a_moment_of_saturated_pool(pg_database: str) -> None:
+@pytest.mark.parametrize(
+    ("patience", "delay", "hold"),
+    [
+        (None, 0.1, 2.0),  # several steps' writes time out while the pool is held
+        # The patience counts from the first busy answer, which comes after the pool's
+        # timeout (the default 5 s patience equals the default timeout): here shorter
+        # than that timeout, and a write's second try, 0.55 s after its first, gets one.
+        (0.4, 0.05, 0.8),
+    ],
+    ids=["default-patience", "patience-after-first-busy"],
+)
+async def test_a_run_outlasts_a_moment_of_saturated_pool(
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    patience: float | None,
+    delay: float,
+    hold: float,
+) -> None:
+    if patience is not None:
+        monkeypatch.setattr("code_hero.persistence.managed.RUN_WRITE_PATIENCE", patience)
     config = create_postgres_checkpointer(
         pg_database, pool_min_size=2, pool_max_size=2, pool_timeout=0.5, saver_instances=1
     )
     settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
     async with Gateway(settings) as gw:
-        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.1}))
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": delay}))
         await wait_status(gw, run.run_id, RunStatus.RUNNING)
         await first_checkpoint(gw, run.thread_id)
         router = gw.manager.router
@@ -36,7 +55,7 @@ async def test_a_run_outlasts_a_moment_of_saturated_pool(pg_database: str) -> No
         async with contextlib.AsyncExitStack() as held:  # every connection, held by others
             for _ in range(pool.max_size):
                 await held.enter_async_context(pool.connection())
-            await asyncio.sleep(2.0)  # several steps' writes time out meanwhile
+            await asyncio.sleep(hold)
 
         ended = await gw.executor.wait(run.run_id, limit=60)
 
@@ -61,28 +80,3 @@ async def test_a_clients_write_answers_busy_without_waiting(pg_database: str) ->
             await asyncio.sleep(2.0)
         with pytest.raises(PoolBusyError):
             await write
-
-
-async def test_patience_counts_from_the_first_busy_answer(
-    pg_database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A busy answer comes after the pool's timeout: the patience (here shorter than that
-    timeout, as the default 5 s equals the default timeout) starts then, not before."""
-    monkeypatch.setattr("code_hero.persistence.managed.RUN_WRITE_PATIENCE", 0.4)
-    config = create_postgres_checkpointer(
-        pg_database, pool_min_size=2, pool_max_size=2, pool_timeout=0.5, saver_instances=1
-    )
-    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-    async with Gateway(settings) as gw:
-        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.05}))
-        await wait_status(gw, run.run_id, RunStatus.RUNNING)
-        await first_checkpoint(gw, run.thread_id)
-        pool = cast(PostgresBackend, gw.manager.router.primary.backend).pool
-        async with contextlib.AsyncExitStack() as held:
-            for _ in range(pool.max_size):
-                await held.enter_async_context(pool.connection())
-            await asyncio.sleep(0.8)  # a write's second try, 0.55 s after its first, gets one
-
-        ended = await gw.executor.wait(run.run_id, limit=60)
-
-        assert ended.status is RunStatus.SUCCESS, ended.error

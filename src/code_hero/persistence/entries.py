@@ -78,6 +78,17 @@ class PutCheckpoint:
     def thread_id(self) -> str:
         return str(self.config["configurable"]["thread_id"])
 
+    @property
+    def stored(self) -> RunnableConfig:
+        """The config a saver's `aput` returns for this checkpoint."""
+        return {
+            "configurable": {
+                "thread_id": self.thread_id,
+                "checkpoint_ns": self.config["configurable"].get("checkpoint_ns", ""),
+                "checkpoint_id": self.checkpoint["id"],
+            }
+        }
+
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.saver.aput(self.config, self.checkpoint, self.metadata, self.versions)
 

@@ -91,15 +91,9 @@ class GroupCommitSaverPool(SaverPool):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        await self._write(PutCheckpoint(config, checkpoint, metadata, new_versions))
-        c = config["configurable"]
-        return {
-            "configurable": {
-                "thread_id": c["thread_id"],
-                "checkpoint_ns": c["checkpoint_ns"],
-                "checkpoint_id": checkpoint["id"],
-            }
-        }
+        entry = PutCheckpoint(config, checkpoint, metadata, new_versions)
+        await self._write(entry)
+        return entry.stored
 
     async def aput_writes(
         self,

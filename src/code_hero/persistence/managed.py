@@ -85,14 +85,7 @@ class ManagedSaver(BaseCheckpointSaver[str]):
 
         result = await router.write("put", thread_id, call, entry, patience=_patience(config))
         if result is None:  # no backend at all: run on without checkpoints
-            c = config["configurable"]
-            return {
-                "configurable": {
-                    "thread_id": thread_id,
-                    "checkpoint_ns": c.get("checkpoint_ns", ""),
-                    "checkpoint_id": checkpoint["id"],
-                }
-            }
+            return entry().stored
         if not config["configurable"].get("checkpoint_ns"):
             user = config["configurable"].get("user_id") or metadata.get("user_id")
             # A run of the registry (its config names it) was admitted with its thread

@@ -13,7 +13,7 @@ from code_hero.resolvers import changes as resolve
 from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.enums import CheckpointSource
-from code_hero.schema.paging import Counter, Cursor, PageInfo
+from code_hero.schema.paging import Counter, LazyCursorEdge, PageInfo
 from code_hero.schema.scalars import JSON
 
 __all__ = ["ChannelChange", "Checkpoint", "CheckpointConnection", "CheckpointEdge", "PendingWrite"]
@@ -84,13 +84,7 @@ class Checkpoint:
 
 
 @strawberry.type
-class CheckpointEdge:
-    make_cursor: strawberry.Private[Cursor]
-
-    @strawberry.field
-    def cursor(self) -> str:
-        return self.make_cursor()
-
+class CheckpointEdge(LazyCursorEdge):
     node: Checkpoint
 
 

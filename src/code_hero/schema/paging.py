@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import strawberry
 
-__all__ = ["Counter", "Cursor", "PageInfo"]
+__all__ = ["Counter", "Cursor", "LazyCursorEdge", "PageInfo"]
 
 # What a connection calls for `totalCount`: one count query, made only when selected.
 Counter = Callable[[], Awaitable[int]]
@@ -22,3 +22,14 @@ class PageInfo:
     end_cursor: str | None = strawberry.field(
         description="Pass as `after` to get the next page; null on an empty page."
     )
+
+
+@strawberry.type
+class LazyCursorEdge:
+    """The base of an edge whose `cursor` is encoded only when selected (`Cursor`)."""
+
+    make_cursor: strawberry.Private[Cursor]
+
+    @strawberry.field
+    def cursor(self) -> str:
+        return self.make_cursor()

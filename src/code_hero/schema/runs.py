@@ -12,7 +12,7 @@ from code_hero.resolvers.context import Context
 from code_hero.schema import fields
 from code_hero.schema.enums import MultitaskStrategy, RunSortField, RunStatus, SortDirection
 from code_hero.schema.events import RunEvent
-from code_hero.schema.paging import Counter, Cursor, PageInfo
+from code_hero.schema.paging import Counter, LazyCursorEdge, PageInfo
 from code_hero.schema.scalars import JSON
 from code_hero.schema.timeline import RunStep, TokenUsage
 
@@ -73,13 +73,7 @@ class Run:
 
 
 @strawberry.type
-class RunEdge:
-    make_cursor: strawberry.Private[Cursor]
-
-    @strawberry.field
-    def cursor(self) -> str:
-        return self.make_cursor()
-
+class RunEdge(LazyCursorEdge):
     node: Run
 
 

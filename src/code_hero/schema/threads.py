@@ -15,7 +15,7 @@ from code_hero.schema import fields
 from code_hero.schema.checkpoints import Checkpoint, CheckpointConnection
 from code_hero.schema.edits import PendingInterrupt
 from code_hero.schema.enums import RunStatus, SortDirection, ThreadSortField, ThreadStatus
-from code_hero.schema.paging import Counter, Cursor, PageInfo
+from code_hero.schema.paging import Counter, LazyCursorEdge, PageInfo
 from code_hero.schema.scalars import JSON
 
 if TYPE_CHECKING:
@@ -85,13 +85,7 @@ class Thread:
 
 
 @strawberry.type
-class ThreadEdge:
-    make_cursor: strawberry.Private[Cursor]
-
-    @strawberry.field
-    def cursor(self) -> str:
-        return self.make_cursor()
-
+class ThreadEdge(LazyCursorEdge):
     node: Thread
 
 

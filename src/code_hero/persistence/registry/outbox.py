@@ -193,23 +193,20 @@ class WebhookOutbox(Dialect):
             self._ts(utc(webhook.created_at)),
         ]
         placeholders = ", ".join("?" for _ in values)
-        insert = f"INSERT INTO code_hero_webhooks ({_WEBHOOK_COLUMNS}) "
-        async with self._unique(f"a webhook with id {webhook.webhook_id!r}"):
-            if limit is None:
-                async with self._session() as s:
-                    await s.execute(f"{insert}VALUES ({placeholders})", values)
-                return True
-            async with self._session(atomic=True) as s:
-                if self.webhook_cap_lock is not None:
-                    # One creation per user at a time: the count below is taken after the
-                    # lock, so two creations cannot both see room for one (SQLite: one
-                    # writer at a time anyway, and the count is in the insert).
-                    await s.execute(self.webhook_cap_lock, [WEBHOOK_CAP_LOCK, webhook.user_id])
-                added = await s.execute(
-                    f"{insert}SELECT {placeholders} WHERE (SELECT count(*) FROM "
-                    "code_hero_webhooks WHERE user_id = ?) < ?",
-                    [*values, webhook.user_id, limit],
-                )
+        insert = f"INSERT INTO code_hero_webhooks ({_WEBHOOK_COLUMNS}) SELECT {placeholders}"
+        if limit is not None:  # counted in the insert itself
+            insert += " WHERE (SELECT count(*) FROM code_hero_webhooks WHERE user_id = ?) < ?"
+            values += [webhook.user_id, limit]
+        async with (
+            self._unique(f"a webhook with id {webhook.webhook_id!r}"),
+            self._session(atomic=True) as s,
+        ):
+            if limit is not None and self.webhook_cap_lock is not None:
+                # One creation per user at a time: the count is taken after the lock,
+                # so two creations cannot both see room for one (SQLite: one writer
+                # at a time anyway).
+                await s.execute(self.webhook_cap_lock, [WEBHOOK_CAP_LOCK, webhook.user_id])
+            added = await s.execute(insert, values)
         return added > 0
 
     async def delete_webhook(self, webhook_id: str, *, user_id: str | None) -> bool:

@@ -1,14 +1,18 @@
-"""The registry's edit calls (`settle_edit`, `latest_runs`) as the fallback router serves them.
+"""The registry's edit calls (`claim_edit`, `release_edit`, `settle_edit`, `latest_runs`) as
+the fallback router serves them.
 
 While the primary serves they go to its registry. During an outage only a
 thread born in it (the fallback holds all of it) can be answered truthfully; its
-settled row is journalled as a copy of the thread, like every change to it.
-Anything else is UNAVAILABLE, as other reads and writes of such threads are.
+settled row is journalled as a copy of the thread, like every change to it (the
+claim is not: it lives as long as the edit). Anything else is UNAVAILABLE, as
+other reads and writes of such threads are; but releasing a claim the primary
+holds is left to its lapse then, so an edit that ended is not reported failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
@@ -17,7 +21,26 @@ __all__ = ["FallbackEdits"]
 
 
 class FallbackEdits(RoutedRegistry):
-    """`settle_edit` and `latest_runs` through an outage."""
+    """`claim_edit`, `release_edit`, `settle_edit` and `latest_runs` through an outage."""
+
+    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+        """Claim the thread for an edit (during an outage: a thread born in it only)."""
+
+        async def degraded() -> str | None:
+            if not self.router.is_local(thread_id):
+                raise self.router.unavailable("editing this thread")
+            return await self._local("editing this thread").claim_edit(thread_id, until)
+
+        return await self._write(lambda r: r.claim_edit(thread_id, until), degraded)
+
+    async def release_edit(self, thread_id: str, until: datetime) -> None:
+        """End the edit's claim (during an outage, one in the primary lapses by itself)."""
+
+        async def degraded() -> None:
+            if self.router.is_local(thread_id):
+                await self._local("editing this thread").release_edit(thread_id, until)
+
+        await self._write(lambda r: r.release_edit(thread_id, until), degraded)
 
     async def settle_edit(self, thread_id: str, status: ThreadStatus) -> str | None:
         """Record an edit on the thread (during an outage: a thread born in it only)."""

@@ -187,6 +187,13 @@ _RUN_USAGE_AND_STEPS_SQLITE = (
     "ALTER TABLE code_hero_runs ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'",
 )
 
+# A human edit's claim on its thread (runs/edits.py): until this time no run is admitted
+# and no other edit claims the thread; NULL or past: free. Taken by `claim_edit` only
+# while the thread has no unfinished run, released when the edit ends, and lapsing by
+# itself when the process that took it died.
+_EDIT_CLAIM_PG = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TIMESTAMPTZ"
+_EDIT_CLAIM_SQLITE = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TEXT"
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -268,6 +275,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _webhook_tables("TIMESTAMPTZ", ' COLLATE "C"', "BOOLEAN"),  # webhooks
     _THREAD_EXPIRY_PG,  # thread retention: ttl_seconds, expires_at (issue 13)
     _RUN_USAGE_AND_STEPS_PG,  # run usage and steps (issue 12)
+    _EDIT_CLAIM_PG,  # an edit and a run's admission exclude each other
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -402,4 +410,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _webhook_tables("TEXT", "", "INTEGER"),  # webhooks
     _THREAD_EXPIRY_SQLITE,  # thread retention: ttl_seconds, expires_at (issue 13)
     _RUN_USAGE_AND_STEPS_SQLITE,  # run usage and steps (issue 12)
+    _EDIT_CLAIM_SQLITE,  # an edit and a run's admission exclude each other
 ]

@@ -368,6 +368,8 @@ class Registry(Protocol):
         A new thread is owned by `run.user_id`; an existing owner never changes.
         Returns (the run, None), or (None, the busy run's id) when the thread
         has an unfinished run and `reject_if_busy` (then nothing is written).
+        While an edit's claim holds the thread (`claim_edit`), every run on it is
+        refused with ConflictError (retry_after), nothing written.
         With `owner`, a thread someone else owns raises NotFoundError (nothing
         written): the check and the write are one transaction.
         """
@@ -412,6 +414,16 @@ class Registry(Protocol):
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
     # human edits (`code_hero.runs.edits`)
+    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+        """Claim the thread for an edit until `until`, in one transaction that locks its row
+        (made when only the savers held the thread): None when claimed; the id of its
+        unfinished run when it has one (nothing claimed). While the claim holds,
+        `admit_run` refuses every run on the thread with ConflictError (retry_after);
+        another edit's unexpired claim is that ConflictError here."""
+
+    async def release_edit(self, thread_id: str, until: datetime) -> None:
+        """End the claim `claim_edit(thread_id, until)` took, if it still holds it."""
+
     async def settle_edit(self, thread_id: str, status: ThreadStatus) -> str | None:
         """Record an edit of the thread's state: updated_at, and `status` unless a run is
         in flight (returns its id then; its end sets the status). One transaction."""

@@ -8,9 +8,15 @@ checkpoint is recorded with LangGraph's metadata source "update" (a fork from a
 past checkpoint too: LangGraph records "update" for it as well, with that
 checkpoint as its parent). A run started afterwards begins from the edit.
 
-A thread with a run in flight is refused (CONFLICT) before anything is
-written, as `startRun` refuses one with multitask REJECT; afterwards the
-registry records the edit on the thread (`Registry.settle_edit`). Its status
+The edit first claims the thread in the registry (`Registry.claim_edit`, one
+transaction): a thread with a run in flight is refused (CONFLICT) before
+anything is written, as `startRun` refuses one with multitask REJECT, and one
+another edit holds is refused with `retryAfter`. While the claim holds,
+`startRun` on the thread is refused with `retryAfter` whatever its multitask
+strategy, so no run starts from the checkpoint the edit supersedes nor writes
+beside it. The claim ends with the edit, written or refused, and lapses after
+`EDIT_CLAIM` when the process died mid-edit. After the write the registry
+records the edit on the thread (`Registry.settle_edit`). Its status
 follows LangGraph's state: LangGraph drops a pending interrupt when the state
 is edited (the interrupt was a pending write of the checkpoint the edit
 supersedes), so an edited thread is IDLE unless its new state still has
@@ -20,6 +26,7 @@ pending interrupts; a new run (not a `resume`) carries on from the edit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -35,7 +42,11 @@ from code_hero.runs.graphs import GraphRegistry
 from code_hero.runs.interrupts import pending_of
 from code_hero.runs.requests import UpdateState
 
-__all__ = ["UpdateState", "update_state"]
+__all__ = ["EDIT_CLAIM", "UpdateState", "update_state"]
+
+# How long an edit's claim on its thread holds unless released: an edit takes
+# milliseconds, so this only bounds how long a process that died mid-edit blocks runs.
+EDIT_CLAIM = timedelta(seconds=10)
 
 # Channels LangGraph keeps for itself: never a key of a caller's update.
 _INTERNAL = ("__", "branch:")
@@ -51,12 +62,32 @@ async def update_state(
     thread = await registry.get_thread(req.thread_id)
     if thread is None and await manager.get_checkpoint(req.thread_id) is None:
         raise NotFoundError(f"no thread {req.thread_id!r}")
-    busy = await registry.unfinished_runs(req.thread_id)
-    if busy:
+    until = datetime.now(UTC) + EDIT_CLAIM
+    busy = await registry.claim_edit(req.thread_id, until)
+    if busy is not None:
         raise ConflictError(
-            f"thread {req.thread_id!r} is busy with run {busy[0].run_id!r}; "
+            f"thread {req.thread_id!r} is busy with run {busy!r}; "
             "edit its state once the run has ended"
         )
+    try:
+        checkpoint_id = await _write(manager, graphs, req, thread)
+    finally:
+        await registry.release_edit(req.thread_id, until)
+    view = await manager.get_checkpoint(req.thread_id, checkpoint_id, req.namespace)
+    if view is None:  # the thread was deleted meanwhile
+        raise NotFoundError(f"no thread {req.thread_id!r}")
+    return view
+
+
+async def _write(
+    manager: EnhancedCheckpointerManager,
+    graphs: GraphRegistry,
+    req: UpdateState,
+    thread: ThreadRecord | None,
+) -> str:
+    """Check the edit against the thread's graph, write it and settle the thread (its claim
+    held); the new checkpoint's id."""
+    registry = manager.registry
     if req.checkpoint_id is not None or req.namespace:
         found = await manager.get_checkpoint(req.thread_id, req.checkpoint_id, req.namespace)
         if found is None:
@@ -85,10 +116,7 @@ async def update_state(
     state = await graph.aget_state({"configurable": {"thread_id": req.thread_id}}, subgraphs=True)
     status = ThreadStatus.INTERRUPTED if pending_of(state) else ThreadStatus.IDLE
     await registry.settle_edit(req.thread_id, status)
-    view = await manager.get_checkpoint(req.thread_id, checkpoint_id, req.namespace)
-    if view is None:  # the thread was deleted meanwhile
-        raise NotFoundError(f"no thread {req.thread_id!r}")
-    return view
+    return checkpoint_id
 
 
 async def _graph_of(

@@ -24,6 +24,7 @@ from code_hero.persistence.registry.dialect import (
     utc,
     utc_now,
 )
+from code_hero.persistence.registry.edits import being_edited
 from code_hero.persistence.registry.outbox import WebhookOutbox
 
 __all__ = ["RunClaims"]
@@ -49,7 +50,8 @@ class RunClaims(WebhookOutbox):
         owner: str | None = None,
         new_thread: bool = False,
     ) -> tuple[RunRecord | None, str | None]:
-        ts_now = self._ts(utc_now())
+        now = utc_now()
+        ts_now = self._ts(now)
         params = self._run_params(run)
         if run.created_at is None:
             params[RUN_FIELDS.index("created_at")] = ts_now
@@ -57,12 +59,13 @@ class RunClaims(WebhookOutbox):
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
-                await s.execute(
+                locked = await s.fetch(
                     f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
                     "status = excluded.status, "
                     # The user who created the thread owns it; a run never changes that.
-                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)",
+                    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id) "
+                    "RETURNING edit_until",
                     [
                         run.thread_id,
                         run.user_id,
@@ -80,6 +83,11 @@ class RunClaims(WebhookOutbox):
                     )
                     if owned[0]["user_id"] != owner:
                         raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
+                held = locked[0]["edit_until"]
+                if held is not None and self._from_ts(held) > now:
+                    # An edit holds the thread (whatever the multitask strategy): a run
+                    # admitted now could start from the checkpoint the edit supersedes.
+                    raise being_edited(run.thread_id)  # rolls back
                 busy = await s.fetch(
                     "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
                     "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",

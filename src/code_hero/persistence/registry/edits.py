@@ -1,26 +1,87 @@
-"""What human edits of a thread's state need of the registry: settling the thread after an
-edit, and the run each interrupted thread stopped in.
+"""What human edits of a thread's state need of the registry: the edit's claim on the
+thread, settling the thread after an edit, and the run each interrupted thread stopped in.
 
-An edit writes a checkpoint through the savers, not here; before it the gateway
-refuses a thread with a run in flight (`unfinished_runs`), and after it
-`settle_edit` records it on the thread as a run's end would: updated_at and the
-status, in one transaction that locks the thread row first (as `admit_run` and
-`finish_run` do), unless a run was admitted meanwhile: that run's end sets the
-status then.
+An edit writes a checkpoint through the savers, not here. Before it the gateway
+claims the thread (`claim_edit`): one transaction that locks the thread row
+first (as `admit_run` and `finish_run` do) and sets `edit_until` only when the
+thread has no run in flight and no other edit's claim; `admit_run` refuses a run
+while the claim holds, so the run cannot start from the checkpoint the edit
+supersedes. After the write `settle_edit` records the edit on the thread as a
+run's end would (updated_at and the status, the row locked first, unless a run
+was admitted meanwhile, after a claim that lapsed: that run's end sets the status
+then), and `release_edit` ends the claim, which lapses by itself when the process
+that took it died.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
+from code_hero.errors import ConflictError
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
-from code_hero.persistence.registry.dialect import RUN_COLUMNS, Dialect, utc_now
+from code_hero.persistence.registry.dialect import (
+    RUN_COLUMNS,
+    THREAD_COLUMNS,
+    Dialect,
+    utc,
+    utc_now,
+)
 
-__all__ = ["ThreadEdits"]
+__all__ = ["ThreadEdits", "being_edited"]
+
+# Seconds a caller refused for an edit in progress waits: an edit holds its thread for
+# milliseconds (its claim lapses later only when its process died).
+EDIT_RETRY_AFTER = 1
+
+
+def being_edited(thread_id: str) -> ConflictError:
+    """The refusal of a run or an edit while another edit holds the thread."""
+    return ConflictError(
+        f"thread {thread_id!r} is being edited (updateState); try again in a moment",
+        retry_after=EDIT_RETRY_AFTER,
+    )
 
 
 class ThreadEdits(Dialect):
     """The edit half of the registry's interface (`Registry`), on the dialect seam."""
+
+    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+        now = utc_now()
+        async with self._session(atomic=True) as s:
+            # The thread's row first (made for a thread only the savers held, as a run's
+            # admission would make it), in a statement of its own: on PostgreSQL the
+            # look for runs below then sees every run admitted before the lock was had.
+            locked = await s.fetch(
+                f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, NULL, ?, ?, ?, ?) "
+                "ON CONFLICT (thread_id) DO UPDATE SET edit_until = code_hero_threads.edit_until "
+                "RETURNING edit_until",
+                [thread_id, ThreadStatus.IDLE.value, self._json({}), self._ts(now), self._ts(now)],
+            )
+            held = locked[0]["edit_until"]
+            if held is not None and self._from_ts(held) > now:
+                raise being_edited(thread_id)
+            busy = await s.fetch(
+                "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
+                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
+                [thread_id],
+            )
+            if busy:
+                return str(busy[0]["run_id"])
+            await s.execute(
+                "UPDATE code_hero_threads SET edit_until = ? WHERE thread_id = ?",
+                [self._ts(utc(until)), thread_id],
+            )
+        return None
+
+    async def release_edit(self, thread_id: str, until: datetime) -> None:
+        async with self._session() as s:
+            # Only this claim: one that lapsed may have been taken by another edit since.
+            await s.execute(
+                "UPDATE code_hero_threads SET edit_until = NULL "
+                "WHERE thread_id = ? AND edit_until = ?",
+                [thread_id, self._ts(utc(until))],
+            )
 
     async def settle_edit(self, thread_id: str, status: ThreadStatus) -> str | None:
         async with self._session(atomic=True) as s:

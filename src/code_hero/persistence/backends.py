@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -105,8 +105,9 @@ class Backend:
         await self.saver.adelete_thread(thread_id)
         return count
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
-        """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+        """Delete all but the newest `keep` checkpoints per namespace, and but the root
+        namespace's checkpoints in `spare`; returns how many went."""
         raise NotImplementedError
 
     async def purge_idle_thread(
@@ -211,11 +212,13 @@ class MemoryBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         return [t for t, spaces in self._memory.storage.items() if any(spaces.values())]
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         mem = self._memory
         removed = 0
         for ns, checkpoints in mem.storage.get(thread_id, {}).items():
             for checkpoint_id in sorted(checkpoints, reverse=True)[keep:]:
+                if not ns and checkpoint_id in spare:
+                    continue
                 del checkpoints[checkpoint_id]
                 mem.writes.pop((thread_id, ns, checkpoint_id), None)
                 removed += 1
@@ -317,16 +320,17 @@ class SqliteBackend(Backend):
             await self._conn.commit()
         return int(removed)
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         async with self._lock:
             cur = await self._conn.execute(
                 """DELETE FROM checkpoints WHERE rowid IN (
                        SELECT rowid FROM (
-                           SELECT rowid, row_number() OVER (
+                           SELECT rowid, checkpoint_ns, checkpoint_id, row_number() OVER (
                                PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
                            FROM checkpoints WHERE thread_id = ?)
-                       WHERE rn > ?)""",
-                (thread_id, keep),
+                       WHERE rn > ? AND NOT (checkpoint_ns = '' AND checkpoint_id IN (
+                           SELECT value FROM json_each(?))))""",
+                (thread_id, keep, json.dumps(list(spare))),
             )
             removed = cur.rowcount
             await self._conn.execute(

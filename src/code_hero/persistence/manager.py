@@ -341,8 +341,17 @@ class EnhancedCheckpointerManager:
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints of each of the thread's namespaces
-        (their writes and unreferenced blobs too); UNAVAILABLE during an outage."""
-        return await self._serving_backend("pruning checkpoints").keep_latest(thread_id, keep)
+        (their writes and unreferenced blobs too), sparing the checkpoints its unfinished
+        runs were asked to start from (forks); UNAVAILABLE during an outage."""
+        backend = self._serving_backend("pruning checkpoints")
+        # A fork admitted after this read finds its checkpoint gone when it starts and
+        # ends in a NOT_FOUND error (the executor checks): it never runs from nothing.
+        forks = [
+            str(run.config["checkpoint_id"])
+            for run in await self.registry.unfinished_runs(thread_id)
+            if run.config.get("checkpoint_id")
+        ]
+        return await backend.keep_latest(thread_id, keep, forks)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(
@@ -414,7 +423,7 @@ class EnhancedCheckpointerManager:
                 await backend.checkpoint_thread_ids()
             )
             for thread_id in sorted(ids):
-                checkpoints += await backend.keep_latest(thread_id, keep_latest)
+                checkpoints += await self.keep_latest(thread_id, keep_latest)
         return PruneReport(threads, checkpoints, runs)
 
     def internal_sizes(self) -> dict[str, int]:

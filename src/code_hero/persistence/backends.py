@@ -98,6 +98,10 @@ class Backend:
         """Every thread id that has checkpoints (a scan: for migration and retention)."""
         raise NotImplementedError
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        """The namespaces the thread has checkpoints in (no saver lists them)."""
+        raise NotImplementedError
+
     async def delete_checkpoints(self, thread_id: str) -> int:
         """Delete the thread's checkpoints, writes and blobs as the saver's adelete_thread
         does; returns how many checkpoints went."""
@@ -212,6 +216,9 @@ class MemoryBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         return [t for t, spaces in self._memory.storage.items() if any(spaces.values())]
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        return [ns for ns, saved in self._memory.storage.get(thread_id, {}).items() if saved]
+
     async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         mem = self._memory
         removed = 0
@@ -308,6 +315,10 @@ class SqliteBackend(Backend):
 
     async def checkpoint_thread_ids(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")]
+
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        sql = "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?"
+        return [r[0] for r in await self._fetch(sql, (thread_id,))]
 
     async def delete_checkpoints(self, thread_id: str) -> int:
         # The stock adelete_thread's two deletes, counted by the first (no count query).

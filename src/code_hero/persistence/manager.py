@@ -326,13 +326,15 @@ class EnhancedCheckpointerManager:
 
     async def copy_thread(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
         """A new thread (`target`) with every checkpoint, pending write and namespace of
-        `source_id`; no runs. UNAVAILABLE during an outage (it needs the whole history)."""
+        `source_id`, copied a page at a time; no runs. UNAVAILABLE during an outage (it
+        needs the whole history)."""
         backend = self._serving_backend("copying a thread")
         created = await self.registry.create_thread(target)
         if created is None:  # a fresh UUID: only a bug makes it collide
             raise ConflictError(f"thread {target.thread_id!r} already exists")
         try:
-            await copy_thread_checkpoints(backend.saver, source_id, target.thread_id)
+            namespaces = await backend.checkpoint_namespaces(source_id)
+            await copy_thread_checkpoints(backend.saver, source_id, target.thread_id, namespaces)
         except BaseException:
             # No half copy is left behind: the caller sees the error and tries again.
             await asyncio.shield(self.purge_thread(target.thread_id))

@@ -162,6 +162,10 @@ class PostgresBackend(Backend):
         rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
         return [r["thread_id"] for r in rows]
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        sql = "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = %s"
+        return [r["checkpoint_ns"] for r in await self._fetch(sql, (thread_id,))]
+
     async def delete_checkpoints(self, thread_id: str) -> int:
         # The stock adelete_thread's three deletes as one statement: one round trip and
         # one commit (the stock saver commits each delete on an autocommit connection),

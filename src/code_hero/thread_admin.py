@@ -315,8 +315,8 @@ class ThreadAdmin:
         caller: Caller,
     ) -> PruneReport:
         """Delete the matching threads last updated before `older_than`, and/or keep only
-        the newest `keep_latest` checkpoints of each namespace of the others (a user's own
-        threads only)."""
+        the newest `keep_latest` checkpoints of each namespace of the others, and those
+        their unfinished runs are to start from (a user's own threads only)."""
         self.policy.spend(caller, Action.THREAD_DELETE)
         if older_than is None and keep_latest is None:
             raise BadInputError("pruneThreads needs olderThan, keepLatest or both")

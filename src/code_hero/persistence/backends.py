@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +98,10 @@ class Backend:
         """Every thread id that has checkpoints (a scan: for migration and retention)."""
         raise NotImplementedError
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        """The namespaces the thread has checkpoints in (no saver lists them)."""
+        raise NotImplementedError
+
     async def delete_checkpoints(self, thread_id: str) -> int:
         """Delete the thread's checkpoints, writes and blobs as the saver's adelete_thread
         does; returns how many checkpoints went."""
@@ -105,8 +109,9 @@ class Backend:
         await self.saver.adelete_thread(thread_id)
         return count
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
-        """Delete all but the newest `keep` checkpoints per namespace; returns how many went."""
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+        """Delete all but the newest `keep` checkpoints per namespace, and but the root
+        namespace's checkpoints in `spare`; returns how many went."""
         raise NotImplementedError
 
     async def purge_idle_thread(
@@ -211,11 +216,16 @@ class MemoryBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         return [t for t, spaces in self._memory.storage.items() if any(spaces.values())]
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        return [ns for ns, saved in self._memory.storage.get(thread_id, {}).items() if saved]
+
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         mem = self._memory
         removed = 0
         for ns, checkpoints in mem.storage.get(thread_id, {}).items():
             for checkpoint_id in sorted(checkpoints, reverse=True)[keep:]:
+                if not ns and checkpoint_id in spare:
+                    continue
                 del checkpoints[checkpoint_id]
                 mem.writes.pop((thread_id, ns, checkpoint_id), None)
                 removed += 1
@@ -306,6 +316,10 @@ class SqliteBackend(Backend):
     async def checkpoint_thread_ids(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")]
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        sql = "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?"
+        return [r[0] for r in await self._fetch(sql, (thread_id,))]
+
     async def delete_checkpoints(self, thread_id: str) -> int:
         # The stock adelete_thread's two deletes, counted by the first (no count query).
         async with self._lock:
@@ -317,16 +331,17 @@ class SqliteBackend(Backend):
             await self._conn.commit()
         return int(removed)
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         async with self._lock:
             cur = await self._conn.execute(
                 """DELETE FROM checkpoints WHERE rowid IN (
                        SELECT rowid FROM (
-                           SELECT rowid, row_number() OVER (
+                           SELECT rowid, checkpoint_ns, checkpoint_id, row_number() OVER (
                                PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
                            FROM checkpoints WHERE thread_id = ?)
-                       WHERE rn > ?)""",
-                (thread_id, keep),
+                       WHERE rn > ? AND NOT (checkpoint_ns = '' AND checkpoint_id IN (
+                           SELECT value FROM json_each(?))))""",
+                (thread_id, keep, json.dumps(list(spare))),
             )
             removed = cur.rowcount
             await self._conn.execute(

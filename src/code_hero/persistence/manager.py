@@ -326,13 +326,15 @@ class EnhancedCheckpointerManager:
 
     async def copy_thread(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
         """A new thread (`target`) with every checkpoint, pending write and namespace of
-        `source_id`; no runs. UNAVAILABLE during an outage (it needs the whole history)."""
+        `source_id`, copied a page at a time; no runs. UNAVAILABLE during an outage (it
+        needs the whole history)."""
         backend = self._serving_backend("copying a thread")
         created = await self.registry.create_thread(target)
         if created is None:  # a fresh UUID: only a bug makes it collide
             raise ConflictError(f"thread {target.thread_id!r} already exists")
         try:
-            await copy_thread_checkpoints(backend.saver, source_id, target.thread_id)
+            namespaces = await backend.checkpoint_namespaces(source_id)
+            await copy_thread_checkpoints(backend.saver, source_id, target.thread_id, namespaces)
         except BaseException:
             # No half copy is left behind: the caller sees the error and tries again.
             await asyncio.shield(self.purge_thread(target.thread_id))
@@ -341,8 +343,17 @@ class EnhancedCheckpointerManager:
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints of each of the thread's namespaces
-        (their writes and unreferenced blobs too); UNAVAILABLE during an outage."""
-        return await self._serving_backend("pruning checkpoints").keep_latest(thread_id, keep)
+        (their writes and unreferenced blobs too), sparing the checkpoints its unfinished
+        runs were asked to start from (forks); UNAVAILABLE during an outage."""
+        backend = self._serving_backend("pruning checkpoints")
+        # A fork admitted after this read finds its checkpoint gone when it starts and
+        # ends in a NOT_FOUND error (the executor checks): it never runs from nothing.
+        forks = [
+            str(run.config["checkpoint_id"])
+            for run in await self.registry.unfinished_runs(thread_id)
+            if run.config.get("checkpoint_id")
+        ]
+        return await backend.keep_latest(thread_id, keep, forks)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(
@@ -414,7 +425,7 @@ class EnhancedCheckpointerManager:
                 await backend.checkpoint_thread_ids()
             )
             for thread_id in sorted(ids):
-                checkpoints += await backend.keep_latest(thread_id, keep_latest)
+                checkpoints += await self.keep_latest(thread_id, keep_latest)
         return PruneReport(threads, checkpoints, runs)
 
     def internal_sizes(self) -> dict[str, int]:

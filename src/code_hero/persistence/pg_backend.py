@@ -9,7 +9,7 @@ load only in a process that uses PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +162,10 @@ class PostgresBackend(Backend):
         rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
         return [r["thread_id"] for r in rows]
 
+    async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
+        sql = "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = %s"
+        return [r["checkpoint_ns"] for r in await self._fetch(sql, (thread_id,))]
+
     async def delete_checkpoints(self, thread_id: str) -> int:
         # The stock adelete_thread's three deletes as one statement: one round trip and
         # one commit (the stock saver commits each delete on an autocommit connection),
@@ -183,7 +187,7 @@ class PostgresBackend(Backend):
         purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
 
-    async def keep_latest(self, thread_id: str, keep: int) -> int:
+    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 """DELETE FROM checkpoints c USING (
@@ -192,8 +196,9 @@ class PostgresBackend(Backend):
                        FROM checkpoints WHERE thread_id = %s) old
                    WHERE c.thread_id = %s AND old.rn > %s
                      AND c.checkpoint_ns = old.checkpoint_ns
-                     AND c.checkpoint_id = old.checkpoint_id""",
-                (thread_id, thread_id, keep),
+                     AND c.checkpoint_id = old.checkpoint_id
+                     AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id = ANY(%s::text[]))""",
+                (thread_id, thread_id, keep, list(spare)),
             )
             removed = cur.rowcount
             await cur.execute(

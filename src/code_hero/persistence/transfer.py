@@ -8,10 +8,11 @@ target's last sequence number.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 
 from code_hero.config import CheckpointerConfig, config_from_url
@@ -22,6 +23,8 @@ from code_hero.persistence.records import RunFilter
 __all__ = ["MigrationReport", "copy_thread_checkpoints", "migrate", "migrate_backends"]
 
 Progress = Callable[[int, int, str], None]
+
+PAGE = 50  # checkpoints read (and held) at a time while copying a thread's history
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,10 @@ async def migrate_backends(
         record = await src.registry.get_thread(thread_id)
         if record is not None:
             await dst.registry.put_thread(record)
-        tuples = [t async for t in src.saver.alist({"configurable": {"thread_id": thread_id}})]
-        for item in sorted(tuples, key=lambda t: t.checkpoint["id"]):  # parents first
-            counts["writes"] += await _copy_checkpoint(item, dst.saver)
-            counts["checkpoints"] += 1
+        namespaces = await src.checkpoint_namespaces(thread_id)
+        checkpoints, writes = await _copy_history(src.saver, dst.saver, thread_id, namespaces)
+        counts["checkpoints"] += checkpoints
+        counts["writes"] += writes
         after: str | None = None
         while True:
             page = await src.registry.list_runs(
@@ -87,15 +90,52 @@ async def migrate_backends(
 
 
 async def copy_thread_checkpoints(
-    saver: BaseCheckpointSaver[Any], source_id: str, target_id: str
+    saver: BaseCheckpointSaver[Any],
+    source_id: str,
+    target_id: str,
+    namespaces: Iterable[str],
+    *,
+    page: int = PAGE,
 ) -> int:
-    """Copy every checkpoint of a thread (every namespace, pending writes included) to
-    another thread id on the same saver; returns how many checkpoints."""
-    # Materialised first: a SQL saver holds its lock while alist() yields.
-    tuples = [t async for t in saver.alist({"configurable": {"thread_id": source_id}})]
-    for item in sorted(tuples, key=lambda t: t.checkpoint["id"]):  # parents first
-        await _copy_checkpoint(item, saver, thread_id=target_id)
-    return len(tuples)
+    """Copy every checkpoint of a thread in `namespaces` (pending writes included) to
+    another thread id on the same saver, `page` at a time; returns how many checkpoints."""
+    checkpoints, _ = await _copy_history(
+        saver, saver, source_id, namespaces, page=page, target_id=target_id
+    )
+    return checkpoints
+
+
+async def _copy_history(
+    src: BaseCheckpointSaver[Any],
+    dst: BaseCheckpointSaver[Any],
+    thread_id: str,
+    namespaces: Iterable[str],
+    *,
+    page: int = PAGE,
+    target_id: str | None = None,
+) -> tuple[int, int]:
+    """Copy a thread's checkpoints and writes (to `target_id`, or the same id), each
+    namespace newest first, holding `page` checkpoints at most; how many of each."""
+    checkpoints = writes = 0
+    for namespace in namespaces:
+        # One namespace per listing: the memory saver's `limit` counts across the
+        # namespaces it walks one after another, so a `before` cursor spanning them
+        # would skip the newer checkpoints of the next one.
+        config: RunnableConfig = {
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": namespace}
+        }
+        before: RunnableConfig | None = None
+        while True:
+            # Materialised first: a SQL saver holds its lock while alist() yields.
+            items = [t async for t in src.alist(config, before=before, limit=page)]
+            for item in items:
+                writes += await _copy_checkpoint(item, dst, thread_id=target_id)
+            checkpoints += len(items)
+            if len(items) < page:
+                break
+            before = items[-1].config
+            del items  # the next page replaces this one rather than joining it
+    return checkpoints, writes
 
 
 async def _copy_checkpoint(

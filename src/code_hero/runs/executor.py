@@ -416,6 +416,15 @@ class RunExecutor:
             configurable["user_id"] = record.user_id
         if resuming:
             configurable.pop("checkpoint_id", None)
+        elif "checkpoint_id" in configurable:
+            # A fork whose checkpoint went after it was asked for (pruned): LangGraph
+            # would run it from an empty state instead.
+            start = str(configurable["checkpoint_id"])
+            if await self.manager.get_checkpoint(record.thread_id, start) is None:
+                raise NotFoundError(
+                    f"checkpoint {start!r} is no longer in thread {record.thread_id!r} "
+                    "(pruned after the run was asked for)"
+                )
         config: RunnableConfig = {
             "configurable": configurable,
             "metadata": {"run_id": record.run_id, **dict(record.metadata)},

@@ -145,6 +145,25 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
     assert run.status is RunStatus.SUCCESS
 
 
+async def test_an_edit_saved_is_reported_saved_when_its_claim_cannot_be_released(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release that fails (a saturated pool, an outage) leaves the claim to lapse: the
+    edit was saved, and an error would have the client apply it twice."""
+    registry = gw.manager.registry
+    thread_id = await _idle_thread(gw)
+
+    async def unreachable(thread_id: str, until: datetime) -> None:
+        raise BackendUnavailableError("the pool is busy")
+
+    monkeypatch.setattr(registry, "release_edit", unreachable)
+    view = await gw.update_state(UpdateState(thread_id, {"steps": ["edited"]}))
+    assert view.values["steps"][-1] == "edited"
+    assert "could not end the edit claim" in caplog.text
+    with pytest.raises(ConflictError):  # the claim holds until it lapses
+        await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+
+
 @pytest.mark.postgres
 async def test_the_fallback_keeps_an_edit_and_a_run_apart_during_an_outage(
     pg_database: str,

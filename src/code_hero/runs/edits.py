@@ -25,6 +25,8 @@ pending interrupts; a new run (not a `resume`) carries on from the edit.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +45,8 @@ from code_hero.runs.interrupts import pending_of
 from code_hero.runs.requests import UpdateState
 
 __all__ = ["EDIT_CLAIM", "UpdateState", "update_state"]
+
+log = logging.getLogger(__name__)
 
 # How long an edit's claim on its thread holds unless released: an edit takes
 # milliseconds, so this only bounds how long a process that died mid-edit blocks runs.
@@ -63,16 +67,16 @@ async def update_state(
     if thread is None and await manager.get_checkpoint(req.thread_id) is None:
         raise NotFoundError(f"no thread {req.thread_id!r}")
     until = datetime.now(UTC) + EDIT_CLAIM
-    busy = await registry.claim_edit(req.thread_id, until)
-    if busy is not None:
-        raise ConflictError(
-            f"thread {req.thread_id!r} is busy with run {busy!r}; "
-            "edit its state once the run has ended"
-        )
-    try:
+    try:  # the claim inside: a cancellation that lands as it commits still releases it
+        busy = await registry.claim_edit(req.thread_id, until)
+        if busy is not None:
+            raise ConflictError(
+                f"thread {req.thread_id!r} is busy with run {busy!r}; "
+                "edit its state once the run has ended"
+            )
         checkpoint_id = await _write(manager, graphs, req, thread)
     finally:
-        await registry.release_edit(req.thread_id, until)
+        await _release(registry, req.thread_id, until)
     view = await manager.get_checkpoint(req.thread_id, checkpoint_id, req.namespace)
     if view is None:  # the thread was deleted meanwhile
         raise NotFoundError(f"no thread {req.thread_id!r}")
@@ -115,8 +119,31 @@ async def _write(
     checkpoint_id = str(written["configurable"]["checkpoint_id"])
     state = await graph.aget_state({"configurable": {"thread_id": req.thread_id}}, subgraphs=True)
     status = ThreadStatus.INTERRUPTED if pending_of(state) else ThreadStatus.IDLE
-    await registry.settle_edit(req.thread_id, status)
+    if (admitted := await registry.settle_edit(req.thread_id, status)) is not None:
+        # Only after the claim lapsed (an edit slower than EDIT_CLAIM): the edit is saved,
+        # and saying otherwise would have a retry apply it twice; the run may not have read it.
+        log.warning(
+            "the edit of thread %s outlasted its claim: run %s was admitted before it was "
+            "saved and may have started from the checkpoint it supersedes",
+            req.thread_id,
+            admitted,
+        )
     return checkpoint_id
+
+
+async def _release(registry: Registry, thread_id: str, until: datetime) -> None:
+    """End the edit's claim (only its own: it matches `until`). A release that fails leaves
+    the claim to lapse; the edit's own answer stands (a saved edit reported failed would be
+    applied twice by a retry)."""
+    try:
+        await asyncio.shield(registry.release_edit(thread_id, until))
+    except Exception:
+        log.warning(
+            "could not end the edit claim on thread %s; runs there wait until it lapses at %s",
+            thread_id,
+            until.isoformat(),
+            exc_info=True,
+        )
 
 
 async def _graph_of(

@@ -9,8 +9,8 @@ load only in a process that uses PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -187,8 +187,14 @@ class PostgresBackend(Backend):
         purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
 
-    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # The thread's row first, as admit_run and claim_edit lock it, in a statement
+            # of its own: the DELETE's snapshot is taken with the lock held, so it sees
+            # every fork and edit claim committed before, and none comes until the commit.
+            await cur.execute(
+                "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
+            )
             await cur.execute(
                 """DELETE FROM checkpoints c USING (
                        SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
@@ -197,8 +203,13 @@ class PostgresBackend(Backend):
                    WHERE c.thread_id = %s AND old.rn > %s
                      AND c.checkpoint_ns = old.checkpoint_ns
                      AND c.checkpoint_id = old.checkpoint_id
-                     AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id = ANY(%s::text[]))""",
-                (thread_id, thread_id, keep, list(spare)),
+                     AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id IN (
+                         SELECT r.config ->> 'checkpoint_id' FROM code_hero_runs r
+                         WHERE r.thread_id = %s AND r.status IN ('PENDING', 'RUNNING')
+                           AND r.config ->> 'checkpoint_id' IS NOT NULL))
+                     AND NOT EXISTS (SELECT 1 FROM code_hero_threads t
+                         WHERE t.thread_id = %s AND t.edit_until > %s)""",
+                (thread_id, thread_id, keep, thread_id, thread_id, datetime.now(UTC)),
             )
             removed = cur.rowcount
             await cur.execute(

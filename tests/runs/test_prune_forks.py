@@ -9,6 +9,7 @@ runs from nothing), and a running one is unharmed; an edit in progress
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -186,12 +187,12 @@ async def test_keep_latest_leaves_a_thread_an_edit_holds(
 
 
 async def until_waiting_for_a_lock(
-    backend: Any, query: str, other_than: int, unless: asyncio.Task[Any] | None = None
+    backend: Any, query: str, other_than: int, unless: Callable[[], bool] = lambda: False
 ) -> None:
     """Until a session of the test's database (not `other_than`) waits for a lock running a
-    statement that starts with `query` (or `unless` has ended)."""
+    statement that starts with `query` (or `unless()` holds)."""
     async with asyncio.timeout(10), backend._pool.connection() as conn:
-        while unless is None or not unless.done():
+        while not unless():
             cur = await conn.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND pid <> %s AND starts_with(query, %s)",
@@ -221,7 +222,10 @@ async def test_a_fork_admitted_while_keep_latest_waits_for_the_thread_keeps_its_
         await until_waiting_for_a_lock(backend, "INSERT INTO code_hero_threads", pid)
         pruning = asyncio.create_task(prune(gateway))
         await until_waiting_for_a_lock(
-            backend, "SELECT 1 FROM code_hero_threads WHERE thread_id = $1 FOR UPDATE", pid, pruning
+            backend,
+            "SELECT 1 FROM code_hero_threads WHERE thread_id = $1 FOR UPDATE",
+            pid,
+            pruning.done,
         )
         await holder.execute("ROLLBACK")  # the admission goes on, the prune after it
     asked = await asking
@@ -230,3 +234,56 @@ async def test_a_fork_admitted_while_keep_latest_waits_for_the_thread_keeps_its_
     assert done.status is RunStatus.SUCCESS, done.error
     assert done.output["steps"] == FORKED
     assert await gateway.get_checkpoint(thread_id, after_s1) is not None
+
+
+@pytest.mark.parametrize("backend_config", ["postgres"], indirect=True)
+async def test_a_fork_of_a_thread_only_the_savers_hold_never_runs_from_nothing(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL, a thread with checkpoints and no registry row (the CLI's prune goes
+    # through those too): there is no row to lock, and the fork's admission makes one.
+    # The prune's delete waits (here for a session holding the checkpoint's row) while
+    # the fork is asked for; the fork must wait for the prune and end NOT_FOUND, not be
+    # admitted, pass its start check and run from nothing once the delete commits.
+    thread_id, after_s1 = await finished_thread(gateway)
+    manager = gateway.manager
+    backend = manager._serving_backend("a test")
+    async with backend._pool.connection() as conn:
+        await conn.execute("DELETE FROM code_hero_threads WHERE thread_id = %s", (thread_id,))
+    get_checkpoint = manager.get_checkpoint
+    checked = asyncio.Event()
+    looks = 0
+    pruning: asyncio.Task[Any] | None = None
+
+    async def start_checked(thread: str, checkpoint_id: str | None = None, *a: Any) -> Any:
+        nonlocal looks
+        found = await get_checkpoint(thread, checkpoint_id, *a)
+        if checkpoint_id == after_s1:
+            looks += 1
+            if looks == 2 and pruning is not None:  # the executor's check at the start
+                checked.set()
+                await asyncio.wait([pruning])  # LangGraph reads after the delete
+        return found
+
+    monkeypatch.setattr(manager, "get_checkpoint", start_checked)
+    async with backend._pool.connection() as holder:
+        pid = holder.info.backend_pid
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT 1 FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+            "AND checkpoint_id = %s FOR UPDATE",
+            (thread_id, after_s1),
+        )
+        pruning = asyncio.create_task(manager.prune(keep_latest=1))
+        await until_waiting_for_a_lock(backend, "DELETE FROM checkpoints c USING", pid)
+        asking = asyncio.create_task(gateway.start_run(fork(thread_id, after_s1)))
+        await until_waiting_for_a_lock(
+            backend, "INSERT INTO code_hero_threads", pid, checked.is_set
+        )
+        await holder.execute("ROLLBACK")  # the prune goes on, the admission after it
+    assert (await pruning).checkpoints_deleted > 0
+    asked = await asking
+    done = await gateway.executor.wait(asked.run_id, limit=30)
+    monkeypatch.undo()
+    assert done.status is RunStatus.ERROR, done.output  # not ["forked", *STEPS]
+    assert done.error is not None and done.error.startswith("NotFoundError: ")

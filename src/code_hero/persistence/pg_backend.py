@@ -192,9 +192,15 @@ class PostgresBackend(Backend):
             # The thread's row first, as admit_run and claim_edit lock it, in a statement
             # of its own: the DELETE's snapshot is taken with the lock held, so it sees
             # every fork and edit claim committed before, and none comes until the commit.
-            await cur.execute(
-                "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
-            )
+            # A thread only the savers hold gets a row until the commit: the admission or
+            # edit that would make one waits for it the same way.
+            await cur.execute(_LOCK_THREAD, (thread_id,))
+            made = False
+            if not cur.rowcount:
+                await cur.execute(_HOLD_NEW_THREAD, (thread_id,))
+                made = cur.rowcount == 1
+                if not made:  # an admission made it meanwhile
+                    await cur.execute(_LOCK_THREAD, (thread_id,))
             await cur.execute(
                 """DELETE FROM checkpoints c USING (
                        SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
@@ -226,7 +232,18 @@ class PostgresBackend(Backend):
                        AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)""",
                 (thread_id,),
             )
+            if made:
+                await cur.execute(
+                    "DELETE FROM code_hero_threads WHERE thread_id = %s", (thread_id,)
+                )
         return int(removed)
+
+
+_LOCK_THREAD = "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE"
+_HOLD_NEW_THREAD = (
+    "INSERT INTO code_hero_threads (thread_id, status, created_at, updated_at) "
+    "VALUES (%s, 'IDLE', now(), now()) ON CONFLICT (thread_id) DO NOTHING"
+)
 
 
 async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:

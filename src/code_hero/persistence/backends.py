@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -109,9 +109,14 @@ class Backend:
         await self.saver.adelete_thread(thread_id)
         return count
 
-    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
-        """Delete all but the newest `keep` checkpoints per namespace, and but the root
-        namespace's checkpoints in `spare`; returns how many went."""
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        """Delete all but the newest `keep` checkpoints per namespace, sparing the root
+        namespace's checkpoints the thread's unfinished runs start from (forks), and none
+        while an edit claims the thread; returns how many went.
+
+        The runs and the claim are read in the deletion's own transaction, serialised
+        with `admit_run` and `claim_edit`: a fork or an edit admitted before it is seen,
+        one admitted after it finds its checkpoint gone (the executor and the edit check)."""
         raise NotImplementedError
 
     async def purge_idle_thread(
@@ -219,7 +224,18 @@ class MemoryBackend(Backend):
     async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
         return [ns for ns, saved in self._memory.storage.get(thread_id, {}).items() if saved]
 
-    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        # The registry's lock is held from the read to the last delete, which never
+        # yields: no run or edit is admitted in between.
+        async with self._lock:
+            async with self._conn.execute(_FORKS, (thread_id,)) as cur:
+                spare = {str(r[0]) for r in await cur.fetchall()}
+            async with self._conn.execute(_EDITING, (thread_id, _sqlite_now())) as cur:
+                if await cur.fetchone() is not None:
+                    return 0
+            return self._keep_latest(thread_id, keep, spare)
+
+    def _keep_latest(self, thread_id: str, keep: int, spare: set[str]) -> int:
         mem = self._memory
         removed = 0
         for ns, checkpoints in mem.storage.get(thread_id, {}).items():
@@ -239,6 +255,22 @@ class MemoryBackend(Backend):
             for key in [k for k in mem.blobs if k[0] == thread_id and k not in referenced]:
                 del mem.blobs[key]
         return removed
+
+
+# The checkpoints a thread's unfinished runs start from, and its edit claim if live, in
+# the registry's SQLite tables (the run's config holds `checkpoint_id`; a claim's end is
+# fixed-width ISO text, so text order is time order).
+_FORKS = (
+    "SELECT json_extract(config, '$.checkpoint_id') FROM code_hero_runs WHERE thread_id = ? "
+    "AND status IN ('PENDING', 'RUNNING') "
+    "AND json_extract(config, '$.checkpoint_id') IS NOT NULL"
+)
+_EDITING = "SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND edit_until > ?"
+
+
+def _sqlite_now() -> str:
+    """Now as the SQLite registry writes a time (`SqliteRegistry._ts`)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 async def _foreign_keys(conn: aiosqlite.Connection, on: bool) -> None:
@@ -331,17 +363,21 @@ class SqliteBackend(Backend):
             await self._conn.commit()
         return int(removed)
 
-    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
+        # The registry's tables are in this file, on this connection: the forks and the
+        # edit claim are read by the DELETE itself (one statement, under the lock every
+        # statement here takes; another process's admission waits for the file's write
+        # lock until the commit).
         async with self._lock:
             cur = await self._conn.execute(
-                """DELETE FROM checkpoints WHERE rowid IN (
+                f"""DELETE FROM checkpoints WHERE rowid IN (
                        SELECT rowid FROM (
                            SELECT rowid, checkpoint_ns, checkpoint_id, row_number() OVER (
                                PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS rn
                            FROM checkpoints WHERE thread_id = ?)
-                       WHERE rn > ? AND NOT (checkpoint_ns = '' AND checkpoint_id IN (
-                           SELECT value FROM json_each(?))))""",
-                (thread_id, keep, json.dumps(list(spare))),
+                       WHERE rn > ? AND NOT (checkpoint_ns = '' AND checkpoint_id IN ({_FORKS})))
+                   AND NOT EXISTS ({_EDITING})""",
+                (thread_id, keep, thread_id, thread_id, _sqlite_now()),
             )
             removed = cur.rowcount
             await self._conn.execute(

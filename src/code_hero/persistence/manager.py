@@ -344,16 +344,9 @@ class EnhancedCheckpointerManager:
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints of each of the thread's namespaces
         (their writes and unreferenced blobs too), sparing the checkpoints its unfinished
-        runs were asked to start from (forks); UNAVAILABLE during an outage."""
-        backend = self._serving_backend("pruning checkpoints")
-        # A fork admitted after this read finds its checkpoint gone when it starts and
-        # ends in a NOT_FOUND error (the executor checks): it never runs from nothing.
-        forks = [
-            str(run.config["checkpoint_id"])
-            for run in await self.registry.unfinished_runs(thread_id)
-            if run.config.get("checkpoint_id")
-        ]
-        return await backend.keep_latest(thread_id, keep, forks)
+        runs were asked to start from (forks), and nothing of a thread an edit holds
+        (`Backend.keep_latest`); UNAVAILABLE during an outage."""
+        return await self._serving_backend("pruning checkpoints").keep_latest(thread_id, keep)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(

@@ -9,8 +9,8 @@ load only in a process that uses PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -187,8 +187,20 @@ class PostgresBackend(Backend):
         purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
 
-    async def keep_latest(self, thread_id: str, keep: int, spare: Collection[str] = ()) -> int:
+    async def keep_latest(self, thread_id: str, keep: int) -> int:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # The thread's row first, as admit_run and claim_edit lock it, in a statement
+            # of its own: the DELETE's snapshot is taken with the lock held, so it sees
+            # every fork and edit claim committed before, and none comes until the commit.
+            # A thread only the savers hold gets a row until the commit: the admission or
+            # edit that would make one waits for it the same way.
+            await cur.execute(_LOCK_THREAD, (thread_id,))
+            made = False
+            if not cur.rowcount:
+                await cur.execute(_HOLD_NEW_THREAD, (thread_id,))
+                made = cur.rowcount == 1
+                if not made:  # an admission made it meanwhile
+                    await cur.execute(_LOCK_THREAD, (thread_id,))
             await cur.execute(
                 """DELETE FROM checkpoints c USING (
                        SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
@@ -197,8 +209,13 @@ class PostgresBackend(Backend):
                    WHERE c.thread_id = %s AND old.rn > %s
                      AND c.checkpoint_ns = old.checkpoint_ns
                      AND c.checkpoint_id = old.checkpoint_id
-                     AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id = ANY(%s::text[]))""",
-                (thread_id, thread_id, keep, list(spare)),
+                     AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id IN (
+                         SELECT r.config ->> 'checkpoint_id' FROM code_hero_runs r
+                         WHERE r.thread_id = %s AND r.status IN ('PENDING', 'RUNNING')
+                           AND r.config ->> 'checkpoint_id' IS NOT NULL))
+                     AND NOT EXISTS (SELECT 1 FROM code_hero_threads t
+                         WHERE t.thread_id = %s AND t.edit_until > %s)""",
+                (thread_id, thread_id, keep, thread_id, thread_id, datetime.now(UTC)),
             )
             removed = cur.rowcount
             await cur.execute(
@@ -215,7 +232,18 @@ class PostgresBackend(Backend):
                        AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)""",
                 (thread_id,),
             )
+            if made:
+                await cur.execute(
+                    "DELETE FROM code_hero_threads WHERE thread_id = %s", (thread_id,)
+                )
         return int(removed)
+
+
+_LOCK_THREAD = "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE"
+_HOLD_NEW_THREAD = (
+    "INSERT INTO code_hero_threads (thread_id, status, created_at, updated_at) "
+    "VALUES (%s, 'IDLE', now(), now()) ON CONFLICT (thread_id) DO NOTHING"
+)
 
 
 async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:

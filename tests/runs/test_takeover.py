@@ -19,7 +19,7 @@ async def died_before_its_first_checkpoint(gw: Gateway, request: StartRun) -> Ru
     """Start a run that an executor claims, marks RUNNING and dies with, before any
     checkpoint: the state a killed process leaves, its lease lapsed already."""
     claims = gw.executor.claims
-    claims.max_concurrent = 0  # this executor claims nothing meanwhile
+    slots, claims.max_concurrent = claims.max_concurrent, 0  # it claims nothing meanwhile
     await gw.executor.recover()  # (a claim pass under way has ended)
     run = await gw.start_run(request)
     registry = gw.manager.registry
@@ -29,7 +29,7 @@ async def died_before_its_first_checkpoint(gw: Gateway, request: StartRun) -> Ru
     )
     assert claimed.run_id == run.run_id
     await registry.update_run(run.run_id, status=RunStatus.RUNNING, started_at=now)
-    claims.max_concurrent = 8
+    claims.max_concurrent = slots
     return run
 
 

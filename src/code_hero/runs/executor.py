@@ -8,7 +8,9 @@ execute one at a time in the order they were asked for, across replicas.
 Every step is checkpointed before the next begins (`durability="sync"`), so
 when a lease lapses (its process died or froze) another executor claims the
 run and resumes it from its last checkpoint: no completed step runs twice,
-none is skipped, and its events go on numbering after the last stored one.
+none is skipped, and its events go on numbering after the last stored one. A run
+that died before its first checkpoint (the checkpoints' metadata names their
+run) starts afresh, with its input, fork point or resume answer.
 
 Wake-ups travel on the bus: a new run or a freed thread ("runs") makes every
 executor try to claim; "cancel RUN_ID" reaches the executor that runs it. The
@@ -414,6 +416,10 @@ class RunExecutor:
         configurable.pop(RUN_WEBHOOK_KEY, None)  # the gateway's, not the graph's
         if record.user_id:
             configurable["user_id"] = record.user_id
+        if resuming and not await self._checkpointed(record):
+            # Its executor died before the first checkpoint: the input (and the fork
+            # point) never reached the saver, so the run starts afresh.
+            resuming = False
         if resuming:
             configurable.pop("checkpoint_id", None)
         elif "checkpoint_id" in configurable:
@@ -427,7 +433,8 @@ class RunExecutor:
                 )
         config: RunnableConfig = {
             "configurable": configurable,
-            "metadata": {"run_id": record.run_id, **dict(record.metadata)},
+            # The run id in every checkpoint's metadata tells a takeover what it wrote.
+            "metadata": {**dict(record.metadata), "run_id": record.run_id},
             "recursion_limit": int(
                 record.config.get(
                     "recursion_limit", min(DEFAULT_RECURSION_LIMIT, self.max_recursion_limit)
@@ -476,6 +483,12 @@ class RunExecutor:
                 )
             return RunStatus.INTERRUPTED, None, None
         return RunStatus.SUCCESS, to_jsonable(state.values), None
+
+    async def _checkpointed(self, record: RunRecord) -> bool:
+        """True when the run wrote a checkpoint: runs of a thread take turns, so its
+        latest is the run's own then."""
+        latest = await self.manager.get_checkpoint(record.thread_id)
+        return latest is not None and latest.run_id == record.run_id
 
     async def _finish(
         self,

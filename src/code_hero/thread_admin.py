@@ -11,8 +11,9 @@ Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's runs are stopped wherever they execute, then the
 manager deletes its checkpoints, runs, events and row (`purge_thread`). A
 thread with no run in flight goes in one step where the store has one
-(PostgreSQL: one round trip, `purge_idle_thread`, the thread's row locked first
-as a run's admission locks it; the owner and the expiry are checked in it).
+(`purge_idle_thread`; PostgreSQL: one round trip, the thread's row locked first
+as a run's admission locks it; SQLite: one transaction in one call on its
+thread; the owner and the expiry are checked in it).
 
 An expired thread (its `expires_at` passed) is never read again: the registry
 leaves it out of every read and listing, `_expired` answers for the reads
@@ -91,8 +92,8 @@ class ThreadAdmin:
         with `live_at`, not when it had expired then (it is nobody's to delete); with
         `owner`, not unless it is that user's (another's looks missing)."""
         manager = self.services.manager
-        # A thread with no run in flight goes in one round trip where the store allows
-        # (PostgreSQL: issue 15); its expiry and owner are checked in that same step,
+        # A thread with no run in flight goes in one step where the store allows
+        # (PostgreSQL, SQLite: issue 15); its expiry and owner are checked in that step,
         # and a busy answer has checked them already.
         gone = await manager.purge_idle_thread(thread_id, live_at=live_at, owner=owner)
         if gone is not None and not gone.busy:

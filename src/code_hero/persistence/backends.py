@@ -63,7 +63,8 @@ class Backend:
     # checkpoints and writes a batch at a time instead of one call each.
     batches = False
     # True when `purge_idle_thread` works: deleting a thread with no run in flight is
-    # then one step (PostgreSQL: one statement), else a deletion takes the two.
+    # then one step (PostgreSQL: one statement; SQLite: one call on its thread), else a
+    # deletion takes the two.
     purges_in_one_step = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
@@ -293,6 +294,7 @@ class SqliteBackend(Backend):
     """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
 
     kind = "sqlite"
+    purges_in_one_step = True
 
     async def open(self) -> None:
         path = Path(self.config.database_path or "")
@@ -362,6 +364,14 @@ class SqliteBackend(Backend):
             await self._conn.execute("DELETE FROM writes WHERE thread_id = ?", (str(thread_id),))
             await self._conn.commit()
         return int(removed)
+
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
+    ) -> ThreadPurge:
+        # One transaction for the checkpoints and the registry rows (issue 15).
+        assert isinstance(self.registry, SqliteRegistry)
+        purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
+        return purged
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         # The registry's tables are in this file, on this connection: the forks and the

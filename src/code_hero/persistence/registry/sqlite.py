@@ -14,15 +14,18 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
 from code_hero.persistence.migrations import SQLITE_MIGRATIONS, Migration
+from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry.dialect import Row, Session, dumps
 from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["SqliteRegistry"]
+
+T = TypeVar("T")
 
 
 def _unquotable(key: str) -> bool:
@@ -145,6 +148,28 @@ class SqliteRegistry(SqlRegistry):
             if self.conn.in_transaction:
                 await _to_the_end(self.conn.commit())
 
+    async def purge_idle_thread(
+        self, thread_id: str, live_at: datetime | None, owner: str | None = None
+    ) -> ThreadPurge:
+        """Delete the thread's registry rows and its checkpoints (the saver's tables are in
+        this file) in one transaction, unless it has unfinished runs, had expired at
+        `live_at` or (with `owner`) is not that user's: then nothing is deleted."""
+        outbox = self._thread_deleted_insert(thread_id)
+        live = None if live_at is None else self._ts(live_at)
+        async with self.lock:
+            # The whole transaction in one call on aiosqlite's thread: the two steps
+            # made thirteen trips there (each handed on by the event loop) and two
+            # commits (issue 15). A cancellation waits for its end, as a session does.
+            connection = self.conn._conn
+            step = self.conn._execute(  # type: ignore[no-untyped-call]
+                _purge_idle, connection, thread_id, live, owner, outbox
+            )
+            done: tuple[ThreadPurge, int] = await _to_the_end(step)
+        purged, queued = done
+        if queued:
+            self._outbox_committed()
+        return purged
+
     def _json(self, value: Any) -> Any:
         return dumps(value)
 
@@ -212,8 +237,70 @@ class SqliteRegistry(SqlRegistry):
         return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode == 787
 
 
-async def _to_the_end(step: Awaitable[None]) -> None:
-    """Await a rollback or commit to its end, even through a cancellation.
+# Whether the thread may go now: its runs are all finished, it had not expired, it is
+# the named owner's (with no owner named, anyone's).
+_IDLE_CHECKS = (
+    "SELECT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
+    "AND status IN ('PENDING', 'RUNNING')), "
+    "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND expires_at <= ?), "
+    "? IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
+    "WHERE thread_id = ? AND user_id = ?)"
+)
+
+
+def _purge_idle(
+    conn: sqlite3.Connection,
+    thread_id: str,
+    live: str | None,
+    owner: str | None,
+    outbox: tuple[str, list[Any]],
+) -> tuple[ThreadPurge, int]:
+    """`SqliteRegistry.purge_idle_thread`'s transaction, on aiosqlite's thread; what it
+    did and how many THREAD_DELETED deliveries it queued."""
+    if not conn.in_transaction:
+        # IMMEDIATE takes the write lock before the checks: no other process admits a
+        # run between them and the deletes.
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        busy, expired, foreign = conn.execute(
+            _IDLE_CHECKS, (thread_id, thread_id, live, owner, thread_id, owner)
+        ).fetchone()
+        checkpoints = runs = threads = queued = 0
+        if not (busy or expired or foreign):
+            # The stock adelete_thread's two deletes, then SqlRegistry.delete_thread's
+            # (the outbox insert first: it reads the thread's owner).
+            key = (thread_id,)
+            checkpoints = conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", key).rowcount
+            conn.execute("DELETE FROM writes WHERE thread_id = ?", key)
+            queued = conn.execute(*outbox).rowcount
+            conn.execute(
+                "DELETE FROM code_hero_run_events WHERE run_id IN "
+                "(SELECT run_id FROM code_hero_runs WHERE thread_id = ?)",
+                key,
+            )
+            runs = conn.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", key).rowcount
+            threads = conn.execute(
+                "DELETE FROM code_hero_threads WHERE thread_id = ?", key
+            ).rowcount
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    purged = ThreadPurge(
+        # busy: deletable once its runs stop (so never when expired or another's).
+        busy=bool(busy) and not expired and not foreign,
+        expired=bool(expired),
+        existed=threads > 0,
+        checkpoints=checkpoints,
+        runs=runs,
+        foreign=bool(foreign),
+    )
+    return purged, queued
+
+
+async def _to_the_end(step: Awaitable[T]) -> T:
+    """Await a rollback, a commit or a whole transaction sent in one call to its end
+    (its result), even through a cancellation.
 
     aiosqlite runs statements in order on its own thread, and a cancelled
     coroutine does not stop the statement it sent: if the lock were released
@@ -229,6 +316,7 @@ async def _to_the_end(step: Awaitable[None]) -> None:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True
-    task.result()
+    result = task.result()
     if cancelled:
         raise asyncio.CancelledError
+    return result

@@ -26,12 +26,13 @@ from code_hero.persistence.records import RunStatus, ThreadFilter, ThreadRecord
 from code_hero.runs.executor import StartRun
 from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
+from tests.persistence.test_degraded import until
 from tests.runs.conftest import SLOW_SPEC
 
 PAIRS = 40
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
         checkpointer=make_config(request.param, request), graphs={"slow": SLOW_SPEC}
@@ -160,6 +161,37 @@ async def test_a_deletion_waits_for_an_edit_between_its_claim_and_its_write(
     monkeypatch.undo()
     assert (await gw.delete_thread(thread_id)).deleted  # the edit over, the deletion goes
     assert await _left(gw, thread_id) == (False, False)
+
+
+async def test_a_deletion_that_stopped_runs_first_waits_for_an_edit_claimed_meanwhile(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread with a run in flight is deleted in steps everywhere (PostgreSQL's busy
+    path): an edit that claims it once the run has stopped keeps the deletion out."""
+    registry = gw.manager.registry
+    thread_id = await _idle_thread(gw)
+    going = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={"delay": 5}))
+
+    async def running() -> bool:  # executing here: its stop is waited for
+        run = await gw.get_run(going.run_id)
+        return run is not None and run.status is RunStatus.RUNNING
+
+    await until(running)
+    stop = gw.services.executor.stop_thread
+    held = datetime.now(UTC) + timedelta(minutes=1)
+
+    async def then_edited(thread_id: str) -> None:
+        await stop(thread_id)
+        assert await registry.claim_edit(thread_id, held, seen=True) is None
+
+    monkeypatch.setattr(gw.services.executor, "stop_thread", then_edited)
+    with pytest.raises(ConflictError) as refused:
+        await gw.delete_thread(thread_id)
+    assert refused.value.retry_after == 1
+    assert await _left(gw, thread_id) == (True, True)
+    stopped = await gw.get_run(going.run_id)
+    assert stopped is not None and stopped.status is RunStatus.CANCELLED
+    await registry.release_edit(thread_id, held)
 
 
 async def test_the_bulk_deletions_skip_a_thread_an_edit_holds(gw: Gateway) -> None:

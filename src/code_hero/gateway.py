@@ -55,6 +55,7 @@ from code_hero.persistence.records import (
     ThreadOrder,
     ThreadRecord,
 )
+from code_hero.persistence.registry.edits import being_edited
 from code_hero.persistence.stats import RunStats, TimeBucket
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
@@ -260,18 +261,23 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         return 0 if query is None else await self.manager.registry.count_threads(query)
 
     async def delete_thread(self, thread_id: str, *, caller: Caller = ANONYMOUS) -> ThreadDeletion:
-        """Cancel the thread's runs, then delete it everywhere."""
+        """Cancel the thread's runs, then delete it everywhere; CONFLICT (retryAfter) while
+        an edit holds it."""
         self.policy.spend(caller, Action.THREAD_DELETE)
         thread_id = check_thread_id(thread_id, "id")
         if self.policy.hook is None:
             # Nothing to ask between the ownership check and the deletion: the checks
             # (has it expired? is it the user's?) are part of the one-step deletion.
             owner = None if caller.is_admin else caller.user_id
-            return await self._purge(thread_id, live_at=datetime.now(UTC), owner=owner)
-        if not await self._owns(thread_id, caller):
+            gone = await self._purge(thread_id, live_at=datetime.now(UTC), owner=owner)
+        elif not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
-        await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
-        return await self._purge(thread_id)
+        else:
+            await self.policy.require(caller, Action.THREAD_DELETE, thread_id=thread_id)
+            gone = await self._purge(thread_id)
+        if gone.edited:
+            raise being_edited(thread_id)
+        return gone
 
     async def prune(
         self,

@@ -14,6 +14,8 @@ thread with no run in flight goes in one step where the store has one
 (`purge_idle_thread`; PostgreSQL: one round trip, the thread's row locked first
 as a run's admission locks it; SQLite: one transaction in one call on its
 thread; the owner and the expiry are checked in it).
+A thread an edit holds (updateState, for milliseconds) is not deleted: deleteThread
+answers CONFLICT with retryAfter, the bulk deletions and the sweep skip it.
 
 An expired thread (its `expires_at` passed) is never read again: the registry
 leaves it out of every read and listing, `_expired` answers for the reads
@@ -331,7 +333,8 @@ class ThreadAdmin:
         manager = self.services.manager
         threads = checkpoints = runs = 0
         if older_than is not None:
-            kept: set[str] = set()  # refused by the access hook: they still match
+            # Refused by the access hook, or held by an edit: they still match.
+            kept: set[str] = set()
             while True:
                 ask = _BATCH + len(kept)
                 ids = await manager.registry.matching_thread_ids(
@@ -345,6 +348,8 @@ class ThreadAdmin:
                         kept.add(thread_id)
                         continue
                     gone = await self._purge(thread_id)
+                    if gone.edited:
+                        kept.add(thread_id)
                     threads += int(gone.deleted)
                     checkpoints += gone.checkpoints_deleted
                     runs += gone.runs_deleted

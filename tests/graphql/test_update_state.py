@@ -9,6 +9,7 @@ refused with their codes, and another user's thread looks missing.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ EDIT_GRAPH = f"{Path(__file__).with_name('edit_graph.py')}:graph"
 CHECKPOINT = "id parentId source step next values threadId namespace updatedBy"
 UPDATE = f"mutation($input: UpdateStateInput!) {{ updateState(input: $input) {{ {CHECKPOINT} }} }}"
 START = "mutation($input: StartRunInput!) { startRun(input: $input) { id threadId status output } }"
+DELETE = "mutation($id: ID!) { deleteThread(id: $id) { deleted } }"
 THREAD = f"""query($id: ID!) {{ thread(id: $id) {{ status updatedAt
   latestCheckpoint {{ {CHECKPOINT} }}
   checkpoints(first: 100) {{ edges {{ node {{ {CHECKPOINT} }} }} }} }} }}"""
@@ -194,6 +196,27 @@ async def test_a_thread_with_a_run_in_flight_is_busy(server: Server) -> None:
     assert (await until_finished(http, going["id"]))["status"] == "CANCELLED"
     made = data(await edit(http, threadId=going["threadId"], values={"steps": ["by hand"]}))
     assert made["updateState"]["values"]["steps"][-1] == "by hand"
+
+
+async def test_a_thread_being_edited_is_not_deleted_and_a_deleted_one_is_not_edited(
+    server: Server,
+) -> None:
+    """deleteThread while an edit holds the thread: CONFLICT with retryAfter, nothing
+    deleted; an edit of a thread whose deletion has started: NOT_FOUND."""
+    http = server.http
+    thread_id = (await start(http, graph="edits", input={"notes": ["x"]}, wait=True))["threadId"]
+    registry = server.gateway.manager.registry
+    held = datetime.now(UTC) + timedelta(minutes=1)
+    assert await registry.claim_edit(thread_id, held, seen=True) is None
+    body = await gql(http, DELETE, {"id": thread_id})
+    assert codes(body) == ["CONFLICT"] and body["errors"][0]["extensions"]["retryAfter"] == 1
+    assert (await thread(http, thread_id))["latestCheckpoint"] is not None
+    await registry.release_edit(thread_id, held)
+
+    assert await registry.start_deletion(thread_id)  # a deletion under way
+    assert codes(await edit(http, threadId=thread_id, values={"notes": ["y"]})) == ["NOT_FOUND"]
+    assert data(await gql(http, DELETE, {"id": thread_id}))["deleteThread"]["deleted"] is False
+    assert (await server.gateway.manager.purge_thread(thread_id)).deleted
 
 
 async def test_another_users_thread_looks_missing(

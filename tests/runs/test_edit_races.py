@@ -119,7 +119,10 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
     registry = gw.manager.registry
     thread_id = await _idle_thread(gw)
     # A claim held: runs are refused, whatever their multitask strategy.
-    assert await registry.claim_edit(thread_id, datetime.now(UTC) + timedelta(minutes=1)) is None
+    assert (
+        await registry.claim_edit(thread_id, datetime.now(UTC) + timedelta(minutes=1), seen=True)
+        is None
+    )
     for multitask in MultitaskStrategy:
         with pytest.raises(ConflictError) as refused:
             await gw.start_run(
@@ -131,7 +134,10 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
 
     # A claim whose process died (never released) lapses: it blocks nothing after.
     other = await _idle_thread(gw)
-    assert await registry.claim_edit(other, datetime.now(UTC) - timedelta(seconds=1)) is None
+    assert (
+        await registry.claim_edit(other, datetime.now(UTC) - timedelta(seconds=1), seen=True)
+        is None
+    )
     run = await gw.start_run(StartRun(thread_id=other, graph="slow", input={"delay": 0}, wait=True))
     assert run.status is RunStatus.SUCCESS
 
@@ -180,10 +186,10 @@ async def test_the_fallback_keeps_an_edit_and_a_run_apart_during_an_outage(
             registry = gw.manager.registry
             held = datetime.now(UTC) + timedelta(minutes=1)
             with pytest.raises(BackendUnavailableError):  # the primary's thread: not here
-                await registry.claim_edit(old, held)
+                await registry.claim_edit(old, held, seen=True)
 
             born = await _idle_thread(gw)  # the fallback holds all of it
-            assert await registry.claim_edit(born, held) is None
+            assert await registry.claim_edit(born, held, seen=True) is None
             with pytest.raises(ConflictError) as refused:
                 await gw.start_run(StartRun(thread_id=born, graph="slow", input={}))
             assert refused.value.retry_after == 1

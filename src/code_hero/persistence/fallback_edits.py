@@ -1,5 +1,6 @@
-"""The registry's edit calls (`claim_edit`, `release_edit`, `settle_edit`, `latest_runs`) as
-the fallback router serves them.
+"""The registry's edit calls (`claim_edit`, `release_edit`, `settle_edit`, `latest_runs`,
+and `start_deletion`, which keeps edits out of a thread being deleted) as the fallback
+router serves them.
 
 While the primary serves they go to its registry. During an outage only a
 thread born in it (the fallback holds all of it) can be answered truthfully; its
@@ -21,17 +22,29 @@ __all__ = ["FallbackEdits"]
 
 
 class FallbackEdits(RoutedRegistry):
-    """`claim_edit`, `release_edit`, `settle_edit` and `latest_runs` through an outage."""
+    """`claim_edit`, `release_edit`, `settle_edit`, `latest_runs` and `start_deletion`
+    through an outage."""
 
-    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+    async def claim_edit(self, thread_id: str, until: datetime, *, seen: bool) -> str | None:
         """Claim the thread for an edit (during an outage: a thread born in it only)."""
 
         async def degraded() -> str | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("editing this thread")
-            return await self._local("editing this thread").claim_edit(thread_id, until)
+            local = self._local("editing this thread")
+            return await local.claim_edit(thread_id, until, seen=seen)
 
-        return await self._write(lambda r: r.claim_edit(thread_id, until), degraded)
+        return await self._write(lambda r: r.claim_edit(thread_id, until, seen=seen), degraded)
+
+    async def start_deletion(self, thread_id: str) -> bool:
+        """Expire the thread before it is deleted (during an outage: a thread born in it)."""
+
+        async def degraded() -> bool:
+            if not self.router.is_local(thread_id):
+                raise self.router.unavailable("deleting this thread")
+            return await self._local("deleting this thread").start_deletion(thread_id)
+
+        return await self._write(lambda r: r.start_deletion(thread_id), degraded)
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         """End the edit's claim (during an outage, one in the primary lapses by itself)."""

@@ -72,6 +72,8 @@ class ThreadDeletion:
     runs_deleted: int
     # Not deleted: it has runs in flight (a one-step deletion leaves it for the two steps).
     busy: bool = False
+    # Not deleted: an edit holds it (`Registry.claim_edit`) for milliseconds.
+    edited: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,10 @@ class EnhancedCheckpointerManager:
         return (await self.purge_thread(thread_id)).deleted
 
     async def purge_thread(self, thread_id: str) -> ThreadDeletion:
-        """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread."""
+        """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread;
+        nothing while an edit holds it (`edited`)."""
+        if not await self.registry.start_deletion(thread_id):
+            return ThreadDeletion(thread_id, False, 0, 0, edited=True)
         router = self.router
         if router.serving and thread_id not in router.local_threads:
             # The primary counts what it deletes: no count query before (issue 15).
@@ -312,14 +317,15 @@ class EnhancedCheckpointerManager:
         """`purge_thread` in one round trip where the store has it, for a thread with no
         unfinished runs; not deleted when it had expired at `live_at` or (with `owner`)
         is not that user's. `busy`: it has unfinished runs (stop them, then
-        `purge_thread`); None: the store deletes in steps, nothing was checked."""
+        `purge_thread`); `edited`: an edit holds it (nothing deleted); None: the store
+        deletes in steps, nothing was checked."""
         gone = await self.router.purge_idle_thread(thread_id, live_at, owner)
         if gone is None:
             return None
         if gone.foreign or gone.expired:
             return ThreadDeletion(thread_id, False, 0, 0)
-        if gone.busy:
-            return ThreadDeletion(thread_id, False, 0, 0, busy=True)
+        if gone.busy or gone.edited:
+            return ThreadDeletion(thread_id, False, 0, 0, busy=gone.busy, edited=gone.edited)
         return ThreadDeletion(
             thread_id, gone.existed or gone.checkpoints > 0, gone.checkpoints, gone.runs
         )

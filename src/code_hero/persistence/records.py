@@ -99,8 +99,9 @@ class ThreadRecord:
 class ThreadPurge:
     """What a one-step deletion of a thread did (`Backend.purge_idle_thread`).
 
-    A busy thread (unfinished runs), an expired one or another user's is left as it
-    was: its runs are stopped first, or it is not the caller's to delete.
+    A busy thread (unfinished runs), one an edit holds, an expired one or another
+    user's is left as it was: its runs are stopped first, the edit ends first, or it is
+    not the caller's to delete.
     """
 
     busy: bool
@@ -109,6 +110,7 @@ class ThreadPurge:
     checkpoints: int
     runs: int
     foreign: bool = False  # not the named owner's (or no row): left as it was
+    edited: bool = False  # an edit's claim holds it (`Registry.claim_edit`): left as it was
 
 
 @dataclass(frozen=True)
@@ -414,12 +416,19 @@ class Registry(Protocol):
         """Lease the unfinished runs flagged for cancellation that no live executor holds."""
 
     # human edits (`code_hero.runs.edits`)
-    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+    async def claim_edit(self, thread_id: str, until: datetime, *, seen: bool) -> str | None:
         """Claim the thread for an edit until `until`, in one transaction that locks its row
-        (made when only the savers held the thread): None when claimed; the id of its
-        unfinished run when it has one (nothing claimed). While the claim holds,
-        `admit_run` refuses every run on the thread with ConflictError (retry_after);
-        another edit's unexpired claim is that ConflictError here."""
+        (made when only the savers held the thread: `seen` False): None when claimed; the
+        id of its unfinished run when it has one (nothing claimed). While the claim holds,
+        `admit_run` refuses every run on the thread with ConflictError (retry_after) and
+        `start_deletion` refuses to start; another edit's unexpired claim is that
+        ConflictError here. A row the edit saw (`seen`) that is gone or expired since (a
+        deletion started) is NotFoundError, nothing made."""
+
+    async def start_deletion(self, thread_id: str) -> bool:
+        """Expire the thread's row before its checkpoints are deleted, so no edit claims it
+        meanwhile; False (nothing changed) while an edit's claim holds it. One transaction
+        that locks the row."""
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         """End the claim `claim_edit(thread_id, until)` took, if it still holds it."""

@@ -11,7 +11,10 @@ checkpoint as its parent). A run started afterwards begins from the edit.
 The edit first claims the thread in the registry (`Registry.claim_edit`, one
 transaction): a thread with a run in flight is refused (CONFLICT) before
 anything is written, as `startRun` refuses one with multitask REJECT, and one
-another edit holds is refused with `retryAfter`. While the claim holds,
+another edit holds is refused with `retryAfter`. A thread whose deletion started
+since the edit found it is NOT_FOUND (the claim never remakes its row), and a
+deletion refuses to start while the claim holds (CONFLICT with `retryAfter`;
+a bulk deletion skips the thread), so no edit writes onto a deleted thread. While the claim holds,
 `startRun` on the thread is refused with `retryAfter` whatever its multitask
 strategy, so no run starts from the checkpoint the edit supersedes nor writes
 beside it. The claim ends with the edit, written or refused, and lapses after
@@ -64,11 +67,16 @@ async def update_state(
         raise BadInputError("values must be a JSON object of the graph's state keys")
     registry = manager.registry
     thread = await registry.get_thread(req.thread_id)
-    if thread is None and await manager.get_checkpoint(req.thread_id) is None:
+    # An expired row (a deletion under way, `start_deletion`, or the sweep's) hides a
+    # thread whose checkpoints are still there: not one only the savers hold, to claim anew.
+    if thread is None and (
+        await registry.expired_thread_ids(datetime.now(UTC), limit=1, among=[req.thread_id])
+        or await manager.get_checkpoint(req.thread_id) is None
+    ):
         raise NotFoundError(f"no thread {req.thread_id!r}")
     until = datetime.now(UTC) + EDIT_CLAIM
     try:  # the claim inside: a cancellation that lands as it commits still releases it
-        busy = await registry.claim_edit(req.thread_id, until)
+        busy = await registry.claim_edit(req.thread_id, until, seen=thread is not None)
         if busy is not None:
             raise ConflictError(
                 f"thread {req.thread_id!r} is busy with run {busy!r}; "

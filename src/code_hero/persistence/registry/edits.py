@@ -11,6 +11,12 @@ run's end would (updated_at and the status, the row locked first, unless a run
 was admitted meanwhile, after a claim that lapsed: that run's end sets the status
 then), and `release_edit` ends the claim, which lapses by itself when the process
 that took it died.
+
+A deletion in steps (SQLite, memory, a busy thread on PostgreSQL) starts with
+`start_deletion`: under the row's lock it refuses while the claim holds, else
+expires the row (ttl 0), so an edit that saw the row and claims afterwards finds
+it expired or gone (NotFoundError) and never makes it anew. PostgreSQL's one-step
+deletion reads the claim under the same lock.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from code_hero.errors import ConflictError
+from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
@@ -46,18 +52,37 @@ def being_edited(thread_id: str) -> ConflictError:
 class ThreadEdits(Dialect):
     """The edit half of the registry's interface (`Registry`), on the dialect seam."""
 
-    async def claim_edit(self, thread_id: str, until: datetime) -> str | None:
+    async def claim_edit(self, thread_id: str, until: datetime, *, seen: bool) -> str | None:
         now = utc_now()
         async with self._session(atomic=True) as s:
             # The thread's row first (made for a thread only the savers held, as a run's
-            # admission would make it), in a statement of its own: on PostgreSQL the
+            # admission would make it; never remade for one the edit saw, which a
+            # deletion took meanwhile), in a statement of its own: on PostgreSQL the
             # look for runs below then sees every run admitted before the lock was had.
-            locked = await s.fetch(
-                f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, NULL, ?, ?, ?, ?) "
-                "ON CONFLICT (thread_id) DO UPDATE SET edit_until = code_hero_threads.edit_until "
-                "RETURNING edit_until",
-                [thread_id, ThreadStatus.IDLE.value, self._json({}), self._ts(now), self._ts(now)],
-            )
+            if seen:
+                locked = await s.fetch(
+                    "SELECT edit_until, expires_at FROM code_hero_threads "
+                    f"WHERE thread_id = ?{self.for_update}",
+                    [thread_id],
+                )
+            else:
+                locked = await s.fetch(
+                    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) "
+                    "VALUES (?, NULL, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE "
+                    "SET edit_until = code_hero_threads.edit_until "
+                    "RETURNING edit_until, expires_at",
+                    [
+                        thread_id,
+                        ThreadStatus.IDLE.value,
+                        self._json({}),
+                        self._ts(now),
+                        self._ts(now),
+                    ],
+                )
+            # An expired row is a deletion under way (`start_deletion`) or the sweep's.
+            ends = locked[0]["expires_at"] if locked else None
+            if not locked or (ends is not None and self._from_ts(ends) <= now):
+                raise NotFoundError(f"no thread {thread_id!r}")
             held = locked[0]["edit_until"]
             if held is not None and self._from_ts(held) > now:
                 raise being_edited(thread_id)
@@ -73,6 +98,23 @@ class ThreadEdits(Dialect):
                 [self._ts(utc(until)), thread_id],
             )
         return None
+
+    async def start_deletion(self, thread_id: str) -> bool:
+        async with self._session(atomic=True) as s:
+            locked = await s.fetch(
+                f"SELECT edit_until FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                [thread_id],
+            )
+            held = locked[0]["edit_until"] if locked else None
+            if held is not None and self._from_ts(held) > utc_now():
+                return False
+            # A ttl of 0 keeps it expired (expires_at = updated_at) whatever updates it
+            # until its row goes: a run stopped meanwhile, a failed deletion (the sweep
+            # ends that one). Reads leave it out, and a claim finds it gone.
+            await s.execute(
+                "UPDATE code_hero_threads SET ttl_seconds = 0 WHERE thread_id = ?", [thread_id]
+            )
+        return True
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         async with self._session() as s:

@@ -101,14 +101,18 @@ class PostgresRegistry(SqlRegistry):
         self, thread_id: str, live_at: datetime | None, owner: str | None = None
     ) -> ThreadPurge:
         """Delete the thread's registry rows and its checkpoints (the savers' tables are in
-        this database) in one transaction, unless it has unfinished runs, had expired at
-        `live_at` or (with `owner`) is not that user's: then nothing is deleted."""
+        this database) in one transaction, unless it has unfinished runs, an edit's claim,
+        had expired at `live_at` or (with `owner`) is not that user's: then nothing is
+        deleted."""
         sql, params = self._deletion(thread_id, "(SELECT ok FROM go)")
         statement = (
-            "WITH go AS (SELECT busy, expired, foreign_, "
-            "NOT busy AND NOT expired AND NOT foreign_ AS ok FROM (SELECT "
+            "WITH go AS (SELECT busy, edited, expired, foreign_, "
+            "NOT busy AND NOT edited AND NOT expired AND NOT foreign_ AS ok FROM (SELECT "
             "EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
             "AND status IN ('PENDING', 'RUNNING')) AS busy, "
+            # An edit between its claim and its write would write onto the deleted thread.
+            "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
+            "AND edit_until > ?::timestamptz) AS edited, "
             "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
             "AND expires_at <= ?::timestamptz) AS expired, "
             # Another user's thread, or none, is not the owner's to delete.
@@ -122,10 +126,11 @@ class PostgresRegistry(SqlRegistry):
             f"{sql}, (SELECT count(*) FROM c) AS checkpoints, "
             # busy: deletable once its runs stop (so never when expired or foreign).
             "(SELECT busy AND NOT expired AND NOT foreign_ FROM go) AS busy, "
+            "(SELECT edited AND NOT expired AND NOT foreign_ FROM go) AS edited, "
             "(SELECT expired FROM go) AS expired, "
             "(SELECT foreign_ FROM go) AS foreign_"
         )
-        ids = [thread_id, thread_id, live_at, owner, thread_id, owner]
+        ids = [thread_id, thread_id, datetime.now(UTC), thread_id, live_at, owner, thread_id, owner]
         ids += [thread_id, thread_id, thread_id]
 
         async def attempt() -> Row:
@@ -157,6 +162,7 @@ class PostgresRegistry(SqlRegistry):
         return ThreadPurge(
             busy=bool(row["busy"]),
             expired=bool(row["expired"]),
+            edited=bool(row["edited"]),
             existed=row["threads"] > 0,
             checkpoints=int(row["checkpoints"]),
             runs=int(row["runs"]),

@@ -20,7 +20,7 @@ import aiosqlite
 
 from code_hero.persistence.migrations import SQLITE_MIGRATIONS, Migration
 from code_hero.persistence.records import ThreadPurge
-from code_hero.persistence.registry.dialect import Row, Session, dumps
+from code_hero.persistence.registry.dialect import Row, Session, dumps, utc_now
 from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["SqliteRegistry"]
@@ -152,8 +152,8 @@ class SqliteRegistry(SqlRegistry):
         self, thread_id: str, live_at: datetime | None, owner: str | None = None
     ) -> ThreadPurge:
         """Delete the thread's registry rows and its checkpoints (the saver's tables are in
-        this file) in one transaction, unless it has unfinished runs, had expired at
-        `live_at` or (with `owner`) is not that user's: then nothing is deleted."""
+        this file) in one transaction, unless it has unfinished runs, an edit's claim, had
+        expired at `live_at` or (with `owner`) is not that user's: then nothing is deleted."""
         outbox = self._thread_deleted_insert(thread_id)
         live = None if live_at is None else self._ts(live_at)
         async with self.lock:
@@ -162,7 +162,7 @@ class SqliteRegistry(SqlRegistry):
             # commits (issue 15). A cancellation waits for its end, as a session does.
             connection = self.conn._conn
             step = self.conn._execute(  # type: ignore[no-untyped-call]
-                _purge_idle, connection, thread_id, live, owner, outbox
+                _purge_idle, connection, thread_id, live, self._ts(utc_now()), owner, outbox
             )
             done: tuple[ThreadPurge, int] = await _to_the_end(step)
         purged, queued = done
@@ -242,6 +242,8 @@ class SqliteRegistry(SqlRegistry):
 _IDLE_CHECKS = (
     "SELECT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
     "AND status IN ('PENDING', 'RUNNING')), "
+    # An edit between its claim and its write would write onto the deleted thread.
+    "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND edit_until > ?), "
     "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND expires_at <= ?), "
     "? IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
     "WHERE thread_id = ? AND user_id = ?)"
@@ -252,6 +254,7 @@ def _purge_idle(
     conn: sqlite3.Connection,
     thread_id: str,
     live: str | None,
+    now: str,
     owner: str | None,
     outbox: tuple[str, list[Any]],
 ) -> tuple[ThreadPurge, int]:
@@ -262,11 +265,11 @@ def _purge_idle(
         # run between them and the deletes.
         conn.execute("BEGIN IMMEDIATE")
     try:
-        busy, expired, foreign = conn.execute(
-            _IDLE_CHECKS, (thread_id, thread_id, live, owner, thread_id, owner)
+        busy, edited, expired, foreign = conn.execute(
+            _IDLE_CHECKS, (thread_id, thread_id, now, thread_id, live, owner, thread_id, owner)
         ).fetchone()
         checkpoints = runs = threads = queued = 0
-        if not (busy or expired or foreign):
+        if not (busy or edited or expired or foreign):
             # The stock adelete_thread's two deletes, then SqlRegistry.delete_thread's
             # (the outbox insert first: it reads the thread's owner).
             key = (thread_id,)
@@ -289,6 +292,7 @@ def _purge_idle(
     purged = ThreadPurge(
         # busy: deletable once its runs stop (so never when expired or another's).
         busy=bool(busy) and not expired and not foreign,
+        edited=bool(edited) and not expired and not foreign,
         expired=bool(expired),
         existed=threads > 0,
         checkpoints=checkpoints,

@@ -302,12 +302,15 @@ class ThreadAdmin:
             return BulkDeletion([], False)
         ids = await self.services.manager.registry.matching_thread_ids(query, limit=limit + 1)
         deleted: list[str] = []
+        edited = False  # a thread an edit holds still matches: the next call deletes it
         for thread_id in ids[:limit]:
             if not await self.policy.allows(caller, Action.THREAD_DELETE, thread_id=thread_id):
                 continue
-            if (await self._purge(thread_id)).deleted:
+            gone = await self._purge(thread_id)
+            if gone.deleted:
                 deleted.append(thread_id)
-        return BulkDeletion(deleted, len(ids) > limit)
+            edited = edited or gone.edited
+        return BulkDeletion(deleted, len(ids) > limit or edited)
 
     async def prune_threads(
         self,

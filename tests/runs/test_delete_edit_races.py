@@ -209,6 +209,7 @@ async def test_the_bulk_deletions_skip_a_thread_an_edit_holds(gw: Gateway) -> No
     bulk, bulk_held = await batch()
     gone = await gw.delete_threads(ThreadFilter(ids=bulk), caller=ANONYMOUS)
     assert sorted(gone.thread_ids) == sorted(t for t in bulk if t != bulk_held)
+    assert gone.has_more  # the held thread still matches: a client looping on it calls again
 
     pruned, pruned_held = await batch()
     report = await gw.prune_threads(
@@ -226,6 +227,22 @@ async def test_the_bulk_deletions_skip_a_thread_an_edit_holds(gw: Gateway) -> No
         assert await _left(gw, thread_id) == (kept, kept)
     await registry.release_edit(bulk_held, held)
     assert (await gw.delete_thread(bulk_held)).deleted  # the edit over, the deletion goes
+
+
+async def test_a_retry_ends_a_deletion_that_failed_after_it_started(
+    gw: Gateway, request: pytest.FixtureRequest
+) -> None:
+    """A deletion in steps marks the thread first (`start_deletion`: hidden, no edit can
+    claim it); when it fails after that (an outage, a lost lock race, a cancellation), the
+    client's retry deletes the thread and says so, not `deleted: false` for a thread that
+    is still stored."""
+    if request.node.callspec.params["gw"] == "memory":
+        pytest.skip("the memory store deletes in steps: the sweep ends such a deletion")
+    thread_id = await _idle_thread(gw)
+    assert await gw.manager.registry.start_deletion(thread_id)  # ... and then it failed
+    gone = await gw.delete_thread(thread_id)
+    assert gone.deleted and gone.checkpoints_deleted > 0
+    assert await _left(gw, thread_id) == (False, False)
 
 
 async def test_two_deletions_of_one_thread_are_not_told_it_is_being_edited(gw: Gateway) -> None:

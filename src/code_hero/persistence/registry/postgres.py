@@ -114,7 +114,10 @@ class PostgresRegistry(SqlRegistry):
             "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
             "AND edit_until > ?::timestamptz) AS edited, "
             "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-            "AND expires_at <= ?::timestamptz) AS expired, "
+            "AND expires_at <= ?::timestamptz "
+            # A ttl of 0 is a deletion under way (`start_deletion`) that failed: a retry
+            # ends it.
+            "AND ttl_seconds IS DISTINCT FROM 0) AS expired, "
             # Another user's thread, or none, is not the owner's to delete.
             "(?::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
             "WHERE thread_id = ? AND user_id = ?::text)) AS foreign_) AS now), "

@@ -244,7 +244,9 @@ _IDLE_CHECKS = (
     "AND status IN ('PENDING', 'RUNNING')), "
     # An edit between its claim and its write would write onto the deleted thread.
     "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND edit_until > ?), "
-    "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND expires_at <= ?), "
+    # A ttl of 0 is a deletion under way (`start_deletion`) that failed: a retry ends it.
+    "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND expires_at <= ? "
+    "AND ttl_seconds IS NOT 0), "
     "? IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
     "WHERE thread_id = ? AND user_id = ?)"
 )

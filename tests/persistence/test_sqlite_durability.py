@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
+import pytest
 
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.persistence.backends import SqliteBackend
@@ -38,5 +40,29 @@ async def test_without_wal_every_commit_is_synced(tmp_path: Path) -> None:
     try:
         assert await pragma(backend, "journal_mode") == "delete"
         assert await pragma(backend, "synchronous") == str(FULL)
+    finally:
+        await backend.close()
+
+
+async def test_a_write_another_process_holds_off_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """The backend's own deletes (keepLatest, a thread's checkpoints) found the file locked
+    by another process (the CLI, a second server): before, the implicit transaction the
+    DELETE opened stayed open, and the next statement on the connection (a run's
+    checkpoint, a deletion) ran inside it."""
+    path = str(tmp_path / "cp.sqlite")
+    backend = SqliteBackend(create_sqlite_checkpointer(path))
+    await backend.open()
+    try:
+        await backend._conn.execute("PRAGMA busy_timeout = 50")
+        async with aiosqlite.connect(path) as other:
+            await other.execute("BEGIN IMMEDIATE")  # another process writes
+            for delete in (backend.keep_latest("t", 1), backend.delete_checkpoints("t")):
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    await delete
+                assert not backend._conn.in_transaction
+            await other.rollback()
+        assert await backend.keep_latest("t", 1) == 0  # and the file is usable after
     finally:
         await backend.close()

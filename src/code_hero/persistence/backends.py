@@ -356,13 +356,13 @@ class SqliteBackend(Backend):
 
     async def delete_checkpoints(self, thread_id: str) -> int:
         # The stock adelete_thread's two deletes, counted by the first (no count query).
-        async with self._lock:
+        assert isinstance(self.registry, SqliteRegistry)
+        async with self.registry.transaction():
             cur = await self._conn.execute(
                 "DELETE FROM checkpoints WHERE thread_id = ?", (str(thread_id),)
             )
             removed = cur.rowcount
             await self._conn.execute("DELETE FROM writes WHERE thread_id = ?", (str(thread_id),))
-            await self._conn.commit()
         return int(removed)
 
     async def purge_idle_thread(
@@ -378,7 +378,8 @@ class SqliteBackend(Backend):
         # edit claim are read by the DELETE itself (one statement, under the lock every
         # statement here takes; another process's admission waits for the file's write
         # lock until the commit).
-        async with self._lock:
+        assert isinstance(self.registry, SqliteRegistry)
+        async with self.registry.transaction():
             cur = await self._conn.execute(
                 f"""DELETE FROM checkpoints WHERE rowid IN (
                        SELECT rowid FROM (
@@ -397,7 +398,6 @@ class SqliteBackend(Backend):
                        AND c.checkpoint_id = writes.checkpoint_id)""",
                 (thread_id,),
             )
-            await self._conn.commit()
         return int(removed)
 
 

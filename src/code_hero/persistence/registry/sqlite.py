@@ -12,7 +12,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -147,6 +147,12 @@ class SqliteRegistry(SqlRegistry):
                 raise
             if self.conn.in_transaction:
                 await _to_the_end(self.conn.commit())
+
+    def transaction(self) -> AbstractAsyncContextManager[Session]:
+        """One write transaction on the shared connection, under its lock, taken at once
+        and rolled back on any error or cancellation: for the backend's own statements on
+        the saver's tables (a transaction left open would carry the next caller's)."""
+        return self._session(atomic=True)
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None, owner: str | None = None

@@ -22,9 +22,8 @@ checked against what the clients were told:
 The seed fixes the clients' choices and the proxy's schedule; the timing of the
 event loop is not fixed, so a seed explores around a schedule, not one path
 (`CHAOS_SEEDS="1 2 ... 40"` explores more). What it found and was fixed is
-pinned by deterministic tests (below, and in tests/runs/test_edit_races.py);
-two open defects it meets now and then make a run xfail (`known_defect`),
-anything else fails it.
+pinned by deterministic tests below; two open defects it meets now and then
+make a run xfail (`known_defect`), anything else fails it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ poison entry in a batch is quarantined alone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import operator
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -15,10 +17,11 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.graph import END, START, StateGraph
+from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import create_memory_checkpointer, create_postgres_checkpointer
 from code_hero.persistence.backends import Backend, MemoryBackend, PostgresBackend
-from code_hero.persistence.bulk import statements
+from code_hero.persistence.bulk import Statement, statements, write_statements
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from tests.conftest import PG_ADMIN_URL, _pg_url
@@ -204,3 +207,28 @@ async def test_a_poison_entry_in_a_batch_is_quarantined_and_the_rest_go_in(
         }
     finally:
         await primary.close()
+
+
+@pytest.mark.postgres
+async def test_a_write_cancelled_mid_pipeline_leaves_no_broken_connection_in_the_pool(
+    pg_database: str,
+) -> None:
+    """Found by tests/persistence/test_chaos.py (startRun and updateState INTERNAL with an
+    IndexError, a prune counting -1): a run cancelled while its checkpoints were written
+    gave its connection back in pipeline mode, and the next borrower's statement read
+    nothing. Cancelled at every step of its course, a write leaves the pool sound."""
+    planned: list[Statement] = [("SELECT %s::int, pg_sleep(0.0002)", [(n,) for n in range(5)])] * 20
+    async with AsyncConnectionPool(pg_database, min_size=1, max_size=1, open=False) as pool:
+        broken = []
+        for steps in range(40):
+            write = asyncio.ensure_future(write_statements(pool, planned))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+            async with pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+                if cur.description is None:
+                    broken.append(steps)
+    assert broken == []

@@ -47,19 +47,27 @@ async def put_batch(
 
 async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Statement]) -> None:
     """Run `planned` in order in one pipelined transaction on one pooled connection."""
-    async with (
-        pool.connection() as conn,
-        conn.pipeline(),
-        conn.transaction(),
-        conn.cursor(binary=True, row_factory=dict_row) as cur,
-    ):
-        for sql, rows in planned:
-            if not rows:  # aput_writes with no writes
-                continue
-            if len(rows) == 1:
-                await cur.execute(sql, rows[0])
-            else:
-                await cur.executemany(sql, rows)
+    async with pool.connection() as conn:
+        try:
+            async with (
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor(binary=True, row_factory=dict_row) as cur,
+            ):
+                for sql, rows in planned:
+                    if not rows:  # aput_writes with no writes
+                        continue
+                    if len(rows) == 1:
+                        await cur.execute(sql, rows[0])
+                    else:
+                        await cur.executemany(sql, rows)
+        except asyncio.CancelledError:
+            # Cancelled mid-pipeline, psycopg can leave the connection in pipeline mode
+            # with results unread: back in the pool, the next borrower's statements would
+            # read no rows (an INSERT ... RETURNING with none, a rowcount of -1). Closed,
+            # the pool replaces it.
+            await conn.close()
+            raise
 
 
 def statements(

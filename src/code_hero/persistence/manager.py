@@ -352,7 +352,9 @@ class EnhancedCheckpointerManager:
         (their writes and unreferenced blobs too), sparing the checkpoints its unfinished
         runs were asked to start from (forks), and nothing of a thread an edit holds
         (`Backend.keep_latest`); UNAVAILABLE during an outage."""
-        return await self._serving_backend("pruning checkpoints").keep_latest(thread_id, keep)
+        backend = self._serving_backend("pruning checkpoints")
+        async with self.router.on_primary("pruning checkpoints"):
+            return await backend.keep_latest(thread_id, keep)
 
     # ------------------------------------------------------------ checkpoints
     async def get_checkpoint(
@@ -414,15 +416,18 @@ class EnhancedCheckpointerManager:
         if older_than is not None:
             if older_than.tzinfo is None:
                 older_than = older_than.replace(tzinfo=UTC)
-            for thread_id in await backend.registry.thread_ids(updated_before=older_than):
+            async with self.router.on_primary("pruning"):
+                old = await backend.registry.thread_ids(updated_before=older_than)
+            for thread_id in old:
                 gone = await self.purge_thread(thread_id)
                 threads += int(gone.deleted)
                 checkpoints += gone.checkpoints_deleted
                 runs += gone.runs_deleted
         if keep_latest is not None:
-            ids = set(await backend.registry.thread_ids()) | set(
-                await backend.checkpoint_thread_ids()
-            )
+            async with self.router.on_primary("pruning"):
+                ids = set(await backend.registry.thread_ids()) | set(
+                    await backend.checkpoint_thread_ids()
+                )
             for thread_id in sorted(ids):
                 checkpoints += await self.keep_latest(thread_id, keep_latest)
         return PruneReport(threads, checkpoints, runs)

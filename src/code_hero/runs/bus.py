@@ -68,7 +68,8 @@ class EventBus(Protocol):
 
     async def stored(self, events: Sequence[EventRecord], control: str | None = None) -> None:
         """Events were committed: tell other processes (a no-op within one process),
-        with a control message in the same round trip when given."""
+        with a control message in the same round trip when given. Never raises: what
+        cannot be sent is logged, and the other processes catch up from the log."""
 
     def on_control(self, handler: ControlHandler) -> None:
         """Call `handler` with every control message ("runs", "cancel RUN_ID")."""

@@ -195,11 +195,8 @@ class EventLog:
                 finally:
                     for w in writers:
                         w.inflight = []
-                try:
-                    if batch:
-                        await self.bus.stored(batch)
-                except Exception as exc:  # subscribers elsewhere catch up from the log
-                    log.warning("event notification failed: %s", exc)
+                if batch:
+                    await self.bus.stored(batch)
 
     async def _store_apart(
         self, writers: list[RunEventWriter], fields: dict[str, dict[str, Any]]

@@ -134,7 +134,12 @@ class PostgresBus(InProcessBus):
             if control is not None:
                 self._dispatch_control(control)
             return
-        await self._notify(notes)
+        try:
+            await self._notify(notes)
+        except Exception as exc:  # committed already: other replicas catch up from the log
+            log.warning("event notification failed: %s", exc)
+            if control is not None:
+                self._dispatch_control(control)
 
     async def send_control(self, message: str) -> None:
         if not self.available():

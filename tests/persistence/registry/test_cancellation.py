@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 
+import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg_pool import AsyncConnectionPool
+
 from code_hero.persistence.records import Registry, ThreadRecord, ThreadStatus
+from code_hero.persistence.registry import PostgresRegistry
+from tests.persistence.registry.support import PG_KWARGS
 
 
 async def test_a_cancelled_call_leaves_no_transaction_behind(registry: Registry) -> None:
@@ -24,3 +31,35 @@ async def test_a_cancelled_call_leaves_no_transaction_behind(registry: Registry)
         results = await asyncio.gather(cancelled, following, return_exceptions=True)
         assert not isinstance(results[1], BaseException), results[1]
         assert await registry.get_thread(thread.thread_id) is not None
+
+
+@pytest.mark.postgres
+async def test_a_deletion_cancelled_mid_pipeline_leaves_its_connection_sound(
+    pg_database: str,
+) -> None:
+    """PostgreSQL's one-step deletion is one pipeline (BEGIN, lock, statement, COMMIT):
+    cancelled at any step of it (a client gone, a shutdown), its connection must not go
+    back to the pool in pipeline mode with results unread, where the next borrower's
+    statements read no rows (seen for checkpoint writes by tests/persistence/test_chaos.py;
+    the deletion's rollback path already leaves it sound: a guard)."""
+    pool = AsyncConnectionPool(pg_database, kwargs=PG_KWARGS, min_size=1, max_size=1, open=False)
+    await pool.open()
+    try:
+        await AsyncPostgresSaver(pool).setup()  # the deletion's checkpoint tables
+        registry = PostgresRegistry(pool)
+        await registry.setup()
+        broken = []
+        for steps in range(60):
+            deletion = asyncio.ensure_future(registry.purge_idle_thread(f"t{steps}", None))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            deletion.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deletion
+            async with pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+                if cur.description is None:
+                    broken.append(steps)
+        assert broken == []
+    finally:
+        await pool.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
-from tests.graphql.clients import codes, data, gql
+from tests.graphql.clients import codes, data, gql, sse
 from tests.graphql.conftest import Server, Starter
 
 
@@ -71,6 +71,23 @@ async def test_metrics(start: Starter) -> None:
     ):
         assert name in text, name
     assert "python_gc" not in text  # a registry of its own, not the global one
+
+
+async def test_metrics_count_subscriptions_by_outcome(start: Starter) -> None:
+    """A stream is counted once, when it ends: "ok", or the code of its first error."""
+    events = "subscription($run: ID!) { runEvents(runId: $run) { seq } }"
+    async with start() as server:
+        body = await gql(
+            server.http, 'mutation { startRun(input: {message: "hi", wait: true}) { id } }'
+        )
+        run = data(body)["startRun"]["id"]
+        assert (await sse(server.http, events, {"run": run}))[-1] == ("complete", None)
+        missing = await sse(server.http, events, {"run": "00000000-0000-4000-8000-000000000000"})
+        assert codes(missing[0][1]) == ["NOT_FOUND"]
+        text = (await server.http.get("/metrics")).text
+    counter = 'code_hero_graphql_operations_total{operation_type="subscription",status='
+    for status in ("ok", "NOT_FOUND"):
+        assert f'{counter}"{status}"}} 1.0' in text, status
 
 
 async def test_graphiql_and_get_queries(start: Starter) -> None:

@@ -1,4 +1,5 @@
-"""Plain leaf fields completed directly (schema.execution): the same answers, errors included.
+"""Plain leaf and object fields completed directly (schema.execution): the same answers,
+errors included.
 
 Each document runs on two schemas of the same types: Strawberry's own executor,
 and `LeafExecutor` with the plain leaf fields marked; data and errors (message,
@@ -26,6 +27,7 @@ from code_hero.schema import build_schema
 from code_hero.schema.execution import (
     LeafExecutor,
     LeafField,
+    ObjectField,
     install_leaf_fields,
     plain_leaf,
 )
@@ -60,6 +62,17 @@ class Deny(BasePermission):
 
 
 @strawberry.type
+class Part:
+    name: str
+
+    @strawberry.field
+    async def later(self) -> str:  # awaited below a directly read object
+        if self.name == "late":
+            raise ValueError("too late")
+        return self.name
+
+
+@strawberry.type
 class Item:
     name: str
     maybe: str | None
@@ -70,6 +83,9 @@ class Item:
     tags: list[str]
     holes: list[str | None]
     blank: Blank | None
+    parts: list[Part]
+    owner: Part | None
+    boss: Part
     secret: str = strawberry.field(permission_classes=[Deny])
 
     @strawberry.field
@@ -106,6 +122,9 @@ def item(**changes: Any) -> Item:
         "tags": ["x", "y"],
         "holes": ["x", None],
         "blank": "b",
+        "parts": [Part(name="p"), Part(name="q")],
+        "owner": None,
+        "boss": Part(name="b"),
         "secret": "s",
     }
     return Item(**{**values, **changes})
@@ -119,6 +138,13 @@ ITEMS: dict[str, list[Item]] = {
     "bad_color": [item(color="purple")],
     "tags_not_list": [item(tags=None), item(holes=None)],
     "blank": [item(blank="")],
+    "null_part": [item(), item(parts=[Part(name="p"), Part(name=None)])],  # type: ignore[arg-type]
+    "late_part": [item(), item(parts=[Part(name="p"), Part(name="late")])],
+    "null_parts": [item(), item(parts=None)],
+    "null_in_parts": [item(), item(parts=[Part(name="p"), None])],
+    "str_parts": [item(), item(parts="p")],
+    "bad_owner": [item(owner=Part(name="late")), item(owner=Part(name=None))],  # type: ignore[arg-type]
+    "no_boss": [item(), item(boss=None)],
 }
 
 
@@ -180,6 +206,17 @@ DOCUMENTS = [
     "{ items { label shout: label(shout: true) quiet: label(shout: false) } }",
     'query($s: Boolean) { items(case: "null_name") { label(shout: $s) } }',
     '{ maybeItems(case: "bad_count") { failing } }',
+    "{ items { owner { name } boss { name later } parts { name later } } }",  # objects
+    "{ items { parts { ... on Part { name } n: name __typename } owner { __typename } } }",
+    '{ maybeItems(case: "null_part") { name parts { name } } }',  # bubbles up the list
+    '{ maybeItems(case: "late_part") { parts { name later } } }',  # ...when awaited
+    '{ maybeItems(case: "late_part") { boss { later } parts { later } } }',
+    '{ maybeItems(case: "null_parts") { parts { name } } }',
+    '{ maybeItems(case: "null_in_parts") { parts { name } } }',
+    '{ maybeItems(case: "str_parts") { parts { name } } }',
+    '{ maybeItems(case: "bad_owner") { owner { name later } } }',  # a nullable object
+    '{ maybeItems(case: "no_boss") { boss { name } } }',  # null for a non-null object
+    "{ items { parts @include(if: true) { name } boss @skip(if: false) { name } } }",
 ]
 
 
@@ -243,6 +280,9 @@ async def test_plain_leaves_skip_the_field_machinery() -> None:
     # async resolver got one.
     per_item = ["Item.described", "Item.later", "Item.label"]
     assert Counting.infos == ["Query.items", *per_item, *per_item]
+    Counting.infos = []
+    result = await schema.execute("{ items { owner { name } boss { name } parts { name } } }")
+    assert result.errors is None and Counting.infos == ["Query.items"]
 
 
 def test_the_gateway_schema_marks_plain_leaves_only() -> None:
@@ -259,7 +299,14 @@ def test_the_gateway_schema_marks_plain_leaves_only() -> None:
         assert marked("Thread", name), name
     assert marked("CheckpointEdge", "cursor")
     assert marked("PageInfo", "hasNextPage")
-    # Objects, and fields with resolvers of their own, keep graphql-core's path.
+    for type_name, field in [
+        ("ThreadEdge", "node"),
+        ("ThreadConnection", "edges"),
+        ("ThreadConnection", "pageInfo"),
+        ("CheckpointEdge", "node"),
+    ]:
+        assert isinstance(types[type_name].fields[field].resolve, ObjectField), field  # type: ignore[union-attr]
+    # Fields with resolvers of their own keep graphql-core's path.
     assert marked("Checkpoint", "values")  # where `keys` is not given
     for type_name, field in [
         ("Checkpoint", "updatedBy"),

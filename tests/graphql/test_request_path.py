@@ -8,7 +8,6 @@ checkpoint's values are rendered only when selected.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from graphql import DocumentNode, parse
 
 from code_hero.limits import MAX_CACHED_TEXT
-from code_hero.schema.extensions import Document, Documents
+from code_hero.schema.extensions import Documents
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, Starter
@@ -55,13 +54,12 @@ async def test_a_failed_document_fails_every_time(start: Starter) -> None:
 
 def test_parsed_documents_are_bounded() -> None:
     """The LRU keeps at most `maxsize` texts, the most recently used ones."""
-    cache: OrderedDict[str, Document] = OrderedDict()
+    documents = Documents(maxsize=2)
+    cache = documents.cache
 
     def request(text: str) -> DocumentNode:
         ctx = SimpleNamespace(query=text, graphql_document=None)
-        extension = Documents(cache, maxsize=2)
-        extension.execution_context = ctx  # type: ignore[assignment]
-        hook = extension.on_parse()
+        hook = documents.parse(ctx)  # type: ignore[arg-type]
         next(hook)
         if ctx.graphql_document is None:  # what Strawberry does when no one set it
             ctx.graphql_document = parse(text)
@@ -85,17 +83,16 @@ def test_parsed_documents_are_bounded() -> None:
 def test_documents_are_validated_until_found_valid() -> None:
     """A cached text found valid skips validation from then on; one found invalid
     is validated (and refused) every time."""
-    cache: OrderedDict[str, Document] = OrderedDict()
+    documents = Documents()
+    cache = documents.cache
     validations: list[str] = []
 
     def request(text: str, errors: list[str]) -> list[str] | None:
         ctx = SimpleNamespace(query=text, graphql_document=None, pre_execution_errors=None)
-        extension = Documents(cache)
-        extension.execution_context = ctx  # type: ignore[assignment]
-        for _ in extension.on_parse():
+        for _ in documents.parse(ctx):  # type: ignore[arg-type]
             if ctx.graphql_document is None:
                 ctx.graphql_document = parse(text)
-        for _ in extension.on_validate():
+        for _ in documents.validate(ctx, cache[text]):  # type: ignore[arg-type]
             if ctx.pre_execution_errors is None:  # what Strawberry's validation does
                 validations.append(text)
                 ctx.pre_execution_errors = errors

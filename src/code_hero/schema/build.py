@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import strawberry
@@ -13,24 +12,15 @@ from strawberry.extensions import (
     MaxAliasesLimiter,
     QueryDepthLimiter,
 )
-from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.limits import Limits
 from code_hero.schema.checkpoints import Checkpoint
-from code_hero.schema.cost import CostLimit
 from code_hero.schema.errors import INTERNAL, error_code, raw_cause, root_cause
 from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.execution import LeafExecutor, install_leaf_fields, plain_leaf
-from code_hero.schema.extensions import (
-    Degraded,
-    Document,
-    Documents,
-    ErrorCodes,
-    OperationContext,
-    OperationCounter,
-)
+from code_hero.schema.extensions import Documents, OperationHooks
 from code_hero.schema.roots import Mutation, Query, Subscription
 from code_hero.schema.scalars import SCALARS
 
@@ -65,13 +55,6 @@ class GatewaySchema(strawberry.Schema):
 def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     """The gateway's schema with these limits; a limit of 0 turns that check off."""
     limits = limits or Limits()
-    suggestions = limits.field_suggestions
-    extensions: list[Any] = [
-        OperationContext,
-        OperationCounter,
-        Degraded,
-        lambda: ErrorCodes(suggestions=suggestions),
-    ]
     # The validation rules are made once: the limiters would make their rule classes
     # anew for every request, validated or not; Documents applies them (and the token
     # limit) where it parses and validates.
@@ -82,20 +65,21 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
         rules += QueryDepthLimiter(max_depth=limits.max_depth).validation_rules
     if limits.max_aliases > 0:
         rules += MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules
+    # Clients repeat their documents: each text is parsed once, and validated until valid.
+    documents = Documents(rules=rules, max_tokens=max(limits.max_tokens, 0))
+    suggestions = limits.field_suggestions
     # Priced on every operation (extensions.cost, the read rate limit); 0: no maximum.
     max_cost = limits.max_cost
-    extensions.append(lambda: CostLimit(max_cost=max_cost))
-    # Clients repeat their documents: each text is parsed once, and validated until valid.
-    documents: OrderedDict[str, Document] = OrderedDict()
-    tokens = max(limits.max_tokens, 0)
-    extensions.append(lambda: Documents(documents, rules=rules, max_tokens=tokens))
-    factories: list[type[SchemaExtension] | Any] = extensions
+
+    def hooks() -> OperationHooks:
+        return OperationHooks(documents, suggestions=suggestions, max_cost=max_cost)
+
     schema = GatewaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=EVENT_TYPES,
-        extensions=factories,
+        extensions=[hooks],
         execution_context_class=LeafExecutor,
         config=StrawberryConfig(
             scalar_map=SCALARS, disable_field_suggestions=not limits.field_suggestions

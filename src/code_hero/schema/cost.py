@@ -28,14 +28,14 @@ full:
   each condition as if it applied (an upper bound); `@skip`/`@include` are
   ignored (an upper bound too).
 
-`CostLimit` is the schema extension: it prices each operation before it runs,
-refuses it with QUERY_TOO_COMPLEX above the maximum, spends the cost of a
-read from the caller's rate limit, and reports `extensions.cost`.
+The schema's extension (schema.extensions) prices each operation before it
+runs and reports `extensions.cost`; `admit` refuses one with QUERY_TOO_COMPLEX
+above the maximum and spends the cost of a read from the caller's rate limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from graphql import (
@@ -61,7 +61,7 @@ from graphql import (
     value_from_ast_untyped,
 )
 from graphql.utilities import get_operation_ast
-from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType as Kind
 
 from code_hero.errors import CodeHeroError, QueryTooComplexError
@@ -70,7 +70,7 @@ from code_hero.persistence.stats import MAX_BUCKETS
 from code_hero.resolvers.context import Context
 from code_hero.resolvers.sharing import producing
 
-__all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "CostLimit", "operation_cost"]
+__all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "admit", "operation_cost"]
 
 PAGE_ARGUMENT = "first"
 SUBSCRIPTION_PAGE = 100  # a subscription is priced like one page of its events
@@ -229,43 +229,26 @@ def _root(schema: GraphQLSchema, operation: OperationDefinitionNode) -> GraphQLO
     return schema.subscription_type
 
 
-class CostLimit(SchemaExtension):
-    """Price each operation before it runs: refuse it above `max_cost`, spend it, report it.
+def admit(ctx: ExecutionContext, cost: int, max_cost: int) -> None:
+    """Refuse the operation about to run if it costs more than `max_cost` (0: no
+    maximum), else spend its cost.
 
-    `max_cost` 0 prices and reports without a maximum. Reads (queries and
-    subscriptions) spend their cost from the caller's read rate limit;
-    mutations count against the mutation limit where they run, as before.
+    Reads (queries and subscriptions) spend it from the caller's read rate limit;
+    mutations count against the mutation limit where they run. A refused query
+    or mutation gets its one error as `ctx.result`, so Strawberry skips executing
+    it; a refused subscription raises, and Strawberry answers it as the stream's
+    one result.
     """
-
-    def __init__(self, *, max_cost: int = 0) -> None:
-        self.max_cost = max_cost
-        self.cost: int | None = None
-
-    def on_execute(self) -> Iterator[None]:
-        ctx = self.execution_context
-        self.cost = None
-        document = ctx.graphql_document
-        if document is not None:
-            self.cost = operation_cost(
-                ctx.schema._schema, document, ctx.operation_name, ctx.variables
-            )
-            try:
-                self._admit(self.cost)
-            except CodeHeroError as exc:
-                if ctx.operation_type is Kind.SUBSCRIPTION:
-                    raise  # Strawberry answers it as the stream's one result
-                refused = GraphQLError(str(exc), original_error=exc)
-                ctx.result = ExecutionResult(data=None, errors=[refused])  # skips execution
-        yield
-
-    def _admit(self, cost: int) -> None:
-        if self.max_cost and cost > self.max_cost:
-            raise QueryTooComplexError(cost, self.max_cost)
-        context = self.execution_context.context
-        kind = self.execution_context.operation_type
+    try:
+        if max_cost and cost > max_cost:
+            raise QueryTooComplexError(cost, max_cost)
+        context = ctx.context
+        kind = ctx.operation_type
         # A shared stream's producer is paid for by each subscriber's gate.
         if isinstance(context, Context) and kind is not Kind.MUTATION and not producing():
             context.gateway.spend_reads(context.caller, cost)
-
-    def get_results(self) -> dict[str, Any]:
-        return {} if self.cost is None else {"cost": self.cost}
+    except CodeHeroError as exc:
+        if ctx.operation_type is Kind.SUBSCRIPTION:
+            raise
+        refused = GraphQLError(str(exc), original_error=exc)
+        ctx.result = ExecutionResult(data=None, errors=[refused])  # skips execution

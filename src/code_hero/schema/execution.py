@@ -22,11 +22,21 @@ list) or the operation has resolver middleware (an extension with a
 the start, so its value and errors (message, path, locations, null bubbling)
 are graphql-core's own. (A method is then called again: plain methods must be
 pure, as the edges' `cursor`s are.)
+
+A plain field whose type is an object, or a list of objects (an edge's
+`node`, a connection's `edges` and `pageInfo`), is marked an `ObjectField`:
+`LeafExecutor` reads it directly too and goes straight to executing the
+object's sub-fields, with graphql-core's own error handling at the field
+(and, in a list, at each item). Unlike a leaf's, that work cannot be undone,
+so the value is checked whole first: a null for a non-null type, a value
+that is awaitable or an exception, a list that is not a list or holds any
+such item, an object type with an `is_type_of` check, an argument or a
+directive, resolver middleware: graphql-core's path, from the start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
@@ -37,16 +47,17 @@ from graphql import (
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLOutputType,
     GraphQLScalarType,
     Undefined,
     is_object_type,
 )
 from graphql.execution.collect_fields import FieldDetailsList
-from graphql.pyutils import Path
+from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.field import StrawberryField
 
-__all__ = ["LeafExecutor", "LeafField", "install_leaf_fields", "plain_leaf"]
+__all__ = ["LeafExecutor", "LeafField", "ObjectField", "install_leaf_fields", "plain_leaf"]
 
 # A value the fast path does not complete: graphql-core's path does, from the start.
 _SLOW: Final = object()
@@ -134,6 +145,49 @@ class LeafField:
         return coerced
 
 
+class ObjectField:
+    """The resolver of a plain field whose type is an object or a list of objects
+    (see the module docstring); `read` gives its value of a source."""
+
+    __slots__ = ("_is_default", "in_list", "item_type", "object_type", "original", "read")
+
+    def __init__(
+        self,
+        original: Callable[..., Any],
+        read: Callable[[Any], Any],
+        object_type: GraphQLObjectType,
+        item_type: GraphQLOutputType | None,
+        *,
+        attribute: bool,
+    ) -> None:
+        self.original = original
+        self.read = read
+        self.object_type = object_type
+        self.item_type = item_type  # None: not a list
+        self.in_list = item_type is not None
+        self._is_default = attribute  # Strawberry's tracing skips default resolvers
+
+    def __call__(self, source: Any, info: Any, **kwargs: Any) -> Any:
+        return self.original(source, info, **kwargs)
+
+    def value(self, source: Any, non_null: bool, is_awaitable: Callable[[Any], bool]) -> Any:
+        """The field's value of `source` (a list as a list), or _SLOW when it is not plain."""
+        try:
+            value = self.read(source)
+        except Exception:  # the slow path raises it again, located
+            return _SLOW
+        if value is None:
+            return _SLOW if non_null else None
+        if not self.in_list:
+            return _SLOW if isinstance(value, Exception) or is_awaitable(value) else value
+        if type(value) is not list and type(value) is not tuple:
+            return _SLOW
+        for item in value:
+            if item is None or isinstance(item, Exception) or is_awaitable(item):
+                return _SLOW
+        return value
+
+
 def _reader(field: GraphQLField, handlers: bool) -> Callable[[Any], Any] | None:
     """How to read `field` of a source when it is plain, else None.
 
@@ -201,8 +255,25 @@ def _leaf_field(
     )
 
 
+def _object_field(field: GraphQLField, read: Callable[[Any], Any]) -> ObjectField | None:
+    if field.resolve is None:
+        return None
+    type_ = field.type
+    named = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+    item_type = None
+    if isinstance(named, GraphQLList):
+        item_type = named.of_type
+        named = item_type.of_type if isinstance(item_type, GraphQLNonNull) else item_type
+    if not isinstance(named, GraphQLObjectType) or named.is_type_of is not None:
+        return None
+    return ObjectField(
+        field.resolve, read, named, item_type, attribute=isinstance(read, attrgetter)
+    )
+
+
 def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
-    """Give every plain leaf field of `schema` a `LeafField` resolver; their names."""
+    """Give every plain leaf field of `schema` a `LeafField` resolver, and every plain
+    object field an `ObjectField` one; their names."""
     installed = []
     handlers = bool(schema.exception_handlers)
     for type_ in schema._schema.type_map.values():
@@ -210,7 +281,9 @@ def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
             continue
         for name, field in type_.fields.items():
             read = _reader(field, handlers)
-            leaf = None if read is None else _leaf_field(field, read)
+            if read is None:
+                continue
+            leaf = _leaf_field(field, read) or _object_field(field, read)
             if leaf is not None:
                 field.resolve = leaf
                 installed.append(f"{type_.name}.{name}")
@@ -218,7 +291,8 @@ def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
 
 
 class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, completing `LeafField`s directly (see the module docstring)."""
+    """Strawberry's executor, completing `LeafField`s and `ObjectField`s directly (see
+    the module docstring)."""
 
     def execute_field(
         self,
@@ -242,6 +316,120 @@ class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
                 value = resolve.complete(source, self.is_awaitable)
                 if value is not _SLOW:
                     return value
+        elif (
+            type(resolve) is ObjectField
+            and not (self.middleware_manager is not None and self.middleware_manager.middlewares)
+            and not any(d.node.arguments or d.node.directives for d in field_details_list)
+        ):
+            return_type = field.type  # type: ignore[union-attr]
+            non_null = isinstance(return_type, GraphQLNonNull)
+            value = resolve.value(source, non_null, self.is_awaitable)
+            if value is None:
+                return None
+            if value is not _SLOW:
+                if resolve.item_type is None:
+                    return self._object(
+                        return_type,
+                        resolve.object_type,
+                        field_details_list,
+                        path,
+                        value,
+                        position_context,
+                    )
+                return self._objects(
+                    resolve, return_type, field_details_list, path, value, position_context
+                )
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
+
+    def _object(
+        self,
+        return_type: GraphQLOutputType,
+        object_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        value: Any,
+        position_context: Any,
+    ) -> Any:
+        """`value` completed as `object_type`, errors handled as `return_type`'s at `path`
+        (as graphql-core's execute_field, and its complete_list_item_value, do)."""
+        try:
+            completed = self.collect_and_execute_subfields(
+                object_type, field_details_list, path, value, position_context
+            )
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+        if self.is_awaitable(completed):
+            return self._await_object(completed, return_type, field_details_list, path)
+        return completed
+
+    async def _await_object(
+        self,
+        completed: Awaitable[Any],
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> Any:
+        try:
+            return await completed
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+
+    def _objects(
+        self,
+        resolve: ObjectField,
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        items: Sequence[Any],
+        position_context: Any,
+    ) -> Any:
+        """`items` completed as a list of `resolve.object_type` (as graphql-core's
+        complete_iterable_value does), errors handled as `return_type`'s at `path`."""
+        assert resolve.item_type is not None
+        completed: list[Any] = []
+        awaitable: list[int] = []
+        try:
+            for index, item in enumerate(items):
+                value = self._object(
+                    resolve.item_type,
+                    resolve.object_type,
+                    field_details_list,
+                    path.add_key(index, None),
+                    item,
+                    position_context,
+                )
+                if self.is_awaitable(value):
+                    awaitable.append(index)
+                completed.append(value)
+        except Exception as raw_error:
+            if awaitable:  # settled, as they may fail too
+                self.settle_in_background([completed[i] for i in awaitable])
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+        if not awaitable:
+            return completed
+        return self._await_objects(completed, awaitable, return_type, field_details_list, path)
+
+    async def _await_objects(
+        self,
+        completed: list[Any],
+        awaitable: list[int],
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> Any:
+        try:
+            if len(awaitable) == 1:
+                completed[awaitable[0]] = await completed[awaitable[0]]
+            else:
+                values = await gather_with_cancel(*(completed[i] for i in awaitable))
+                for index, value in zip(awaitable, values, strict=True):
+                    completed[index] = value
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+        return completed

@@ -1,41 +1,116 @@
-"""Schema extensions of every operation: fresh loaders, error codes, operation counts."""
+"""The schema's one extension: everything the gateway does around each operation."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import ASTValidationRule, DocumentNode, GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
+from code_hero.schema.cost import admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = [
-    "Degraded",
-    "Document",
-    "Documents",
-    "ErrorCodes",
-    "OperationContext",
-    "OperationCounter",
-]
+__all__ = ["Document", "Documents", "OperationHooks"]
 
 
-class OperationContext(SchemaExtension):
-    """Give each operation its own copy of the context, with fresh DataLoaders.
+class OperationHooks(SchemaExtension):
+    """Around each operation: its own context, its document (parsed and validated once),
+    its price, error codes, its count, and the degraded mark.
 
-    `get_context` runs once per WebSocket connection; the loaders must not
-    outlive one operation.
+    One extension rather than one per concern: Strawberry makes each extension,
+    and wraps each of its hooks, anew for every request, which for six of them
+    was a seventh of a thread-list page's time (py-spy, bench/peer.py).
+
+    - Context: each operation gets its own copy, with fresh DataLoaders
+      (`get_context` runs once per WebSocket connection; the loaders must not
+      outlive one operation).
+    - Documents: see `Documents`.
+    - Cost: priced before it runs (see schema.cost), reported as
+      `extensions.cost`; `max_cost` 0: no maximum.
+    - Error codes: `extensions.code` on every error, internal ones masked (see
+      schema.errors); without `suggestions`, "Did you mean ...?" hints are cut.
+    - Count: the operation's type and outcome ("ok" or the first error's code)
+      go to the context's `observe_operation`.
+    - Degraded: every response made during a database outage says
+      `extensions.degraded: true`, so a client can tell a short page (only what
+      the fallback has) from a complete one.
     """
 
+    def __init__(self, documents: Documents, *, suggestions: bool = True, max_cost: int = 0):
+        super().__init__()
+        self.documents = documents
+        self.suggestions = suggestions
+        self.max_cost = max_cost
+        self.document: Document | None = None
+        self.cost: int | None = None
+        self._streamed = False
+        self._status: str | None = None
+
     def on_operation(self) -> Iterator[None]:
-        ctx = self.execution_context.context
-        if isinstance(ctx, Context):
-            self.execution_context.context = ctx.for_operation()
+        ctx = self.execution_context
+        if isinstance(ctx.context, Context):
+            ctx.context = ctx.context.for_operation()
+        self._streamed = False
+        self._status = None
+        try:
+            yield
+            if not self._streamed:  # streamed results were mapped one by one
+                _map(ctx.result, self.suggestions)
+        finally:
+            self._count()
+
+    def on_parse(self) -> Iterator[None]:
+        self.document = yield from self.documents.parse(self.execution_context)
+
+    def on_validate(self) -> Iterator[None]:
+        yield from self.documents.validate(self.execution_context, self.document)
+
+    def on_execute(self) -> Iterator[None]:
+        ctx = self.execution_context
+        self.cost = None
+        document = ctx.graphql_document
+        if document is not None:
+            self.cost = operation_cost(
+                ctx.schema._schema, document, ctx.operation_name, ctx.variables
+            )
+            admit(ctx, self.cost, self.max_cost)
         yield
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        errors = _errors(result)  # counted as they came, then mapped
+        if errors and self._status in (None, "ok"):
+            self._status = error_code(errors[0])
+        elif self._status is None:
+            self._status = "ok"
+        self._streamed = True
+        _map(result, self.suggestions)
+        yield
+
+    def get_results(self) -> dict[str, Any]:
+        results = _degraded(self.execution_context.context)
+        if self.cost is not None:
+            results["cost"] = self.cost
+        return results
+
+    def _count(self) -> None:
+        ctx = self.execution_context.context
+        if isinstance(ctx, Context) and ctx.observe_operation is not None:
+            if self._status is None:
+                errors = _errors(self.execution_context.result)
+                self._status = error_code(errors[0]) if errors else "ok"
+            ctx.observe_operation(self._operation_type(), self._status)
+
+    def _operation_type(self) -> str:
+        try:
+            return str(self.execution_context.operation_type.value)
+        except Exception:  # no document: it did not parse
+            return "unknown"
 
 
 def _errors(result: Any) -> list[GraphQLError]:
@@ -47,59 +122,14 @@ def _map(result: Any, suggestions: bool) -> None:
         result.errors = [client_error(x, suggestions=suggestions) for x in result.errors]
 
 
-class ErrorCodes(SchemaExtension):
-    """Put `extensions.code` on every error and mask internal ones (see schema.errors).
-
-    Without `suggestions`, "Did you mean ...?" hints are cut from the messages.
-    """
-
-    def __init__(self, *, suggestions: bool = True) -> None:
-        self._streamed = False
-        self.suggestions = suggestions
-
-    def on_operation(self) -> Iterator[None]:
-        self._streamed = False
-        yield
-        if not self._streamed:  # streamed results were mapped one by one
-            _map(self.execution_context.result, self.suggestions)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        self._streamed = True
-        _map(result, self.suggestions)
-        yield
-
-
-class OperationCounter(SchemaExtension):
-    """Report each operation's type and outcome ("ok" or the first error's code)."""
-
-    def __init__(self) -> None:
-        self._status: str | None = None
-
-    def on_operation(self) -> Iterator[None]:
-        self._status = None
-        try:
-            yield
-        finally:
-            ctx = self.execution_context.context
-            if isinstance(ctx, Context) and ctx.observe_operation is not None:
-                if self._status is None:
-                    errors = _errors(self.execution_context.result)
-                    self._status = error_code(errors[0]) if errors else "ok"
-                ctx.observe_operation(self._operation_type(), self._status)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        errors = _errors(result)
-        if errors and self._status in (None, "ok"):
-            self._status = error_code(errors[0])
-        elif self._status is None:
-            self._status = "ok"
-        yield
-
-    def _operation_type(self) -> str:
-        try:
-            return str(self.execution_context.operation_type.value)
-        except Exception:  # no document: it did not parse
-            return "unknown"
+def _degraded(ctx: Any) -> dict[str, Any]:
+    if not isinstance(ctx, Context):
+        return {}
+    router = ctx.gateway.manager.router
+    if router.serving:
+        return {}
+    since = router.degraded_since
+    return {"degraded": True, "degradedSince": since.isoformat() if since else None}
 
 
 @dataclass
@@ -111,7 +141,7 @@ class Document:
     valid: bool = False
 
 
-class Documents(SchemaExtension):
+class Documents:
     """Parse each document text once, and validate it once it has been found valid.
 
     Clients send the same few documents again and again: parsing was a fifth of
@@ -127,52 +157,51 @@ class Documents(SchemaExtension):
     hook, where they lose their error code; its ValidationCache keys on rule
     classes.)
 
-    The limits come with the extension: `max_tokens` for parsing (0: none) and
-    the extra validation `rules`, set where Strawberry parses and validates.
+    The limits come with the cache: `max_tokens` for parsing (0: none) and the
+    extra validation `rules`, set where Strawberry parses and validates.
     (Strawberry's MaxTokensLimiter and AddValidationRules would do the same as
-    two more extensions, whose hooks cost every request its share.)
+    two more extensions, whose hooks cost every request its share.) One per
+    schema; `parse` and `validate` run inside the hooks of the same names.
     """
 
     def __init__(
         self,
-        cache: OrderedDict[str, Document],
         maxsize: int = 512,
         *,
         rules: Sequence[type[ASTValidationRule]] = (),
         max_tokens: int = 0,
     ) -> None:
-        super().__init__()
-        self.cache = cache
+        self.cache: OrderedDict[str, Document] = OrderedDict()
         self.maxsize = maxsize
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
-        self.document: Document | None = None
 
-    def on_parse(self) -> Iterator[None]:
-        ctx = self.execution_context
+    def parse(self, ctx: ExecutionContext) -> Generator[None, None, Document | None]:
+        """Around Strawberry's parsing: the document of this text, if it is kept."""
         if self.max_tokens:
             ctx.parse_options["max_tokens"] = self.max_tokens
         key = ctx.query
         if key is None or ctx.graphql_document is not None:
             yield
-            return
-        self.document = self.cache.get(key)
-        if self.document is not None:
+            return None
+        document = self.cache.get(key)
+        if document is not None:
             self.cache.move_to_end(key)
-            ctx.graphql_document = self.document.ast  # Strawberry skips parsing a set document
+            ctx.graphql_document = document.ast  # Strawberry skips parsing a set document
             yield
-            return
+            return document
         yield
-        if ctx.graphql_document is not None and len(key) <= MAX_CACHED_TEXT:
-            self.document = self.cache[key] = Document(ctx.graphql_document)
-            if len(self.cache) > self.maxsize:
-                self.cache.popitem(last=False)
+        if ctx.graphql_document is None or len(key) > MAX_CACHED_TEXT:
+            return None
+        document = self.cache[key] = Document(ctx.graphql_document)
+        if len(self.cache) > self.maxsize:
+            self.cache.popitem(last=False)
+        return document
 
-    def on_validate(self) -> Iterator[None]:
-        ctx = self.execution_context
+    def validate(self, ctx: ExecutionContext, document: Document | None) -> Iterator[None]:
+        """Around Strawberry's validation of `document` (what `parse` gave)."""
         if self.rules:
             ctx.validation_rules = (*ctx.validation_rules, *self.rules)
-        document = self.document
         if document is None or document.ast is not ctx.graphql_document:
             yield  # not a cached text
             return
@@ -183,21 +212,3 @@ class Documents(SchemaExtension):
         yield
         if ctx.pre_execution_errors == []:
             document.valid = True
-
-
-class Degraded(SchemaExtension):
-    """Mark every response made during a database outage: `extensions.degraded: true`.
-
-    Listings then hold only what the fallback has (threads and runs born during
-    the outage), so a client can tell a short page from a complete one.
-    """
-
-    def get_results(self) -> dict[str, Any]:
-        ctx = self.execution_context.context
-        if not isinstance(ctx, Context):
-            return {}
-        router = ctx.gateway.manager.router
-        if router.serving:
-            return {}
-        since = router.degraded_since
-        return {"degraded": True, "degradedSince": since.isoformat() if since else None}

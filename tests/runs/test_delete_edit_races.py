@@ -27,7 +27,7 @@ from code_hero.runs.executor import StartRun
 from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
 from tests.persistence.test_degraded import until
-from tests.runs.conftest import SLOW_SPEC
+from tests.runs.conftest import SLOW_SPEC, idle_thread
 
 PAIRS = 40
 
@@ -39,12 +39,6 @@ async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
     )
     async with Gateway(settings) as gateway:
         yield gateway
-
-
-async def _idle_thread(gw: Gateway, **fields: Any) -> str:
-    run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True, **fields))
-    assert run.status is RunStatus.SUCCESS
-    return run.thread_id
 
 
 async def _edit(gw: Gateway, thread_id: str) -> CheckpointView | NotFoundError:
@@ -74,7 +68,7 @@ async def test_a_thread_reported_deleted_keeps_nothing_whatever_an_edit_did(gw: 
     too), or the deletion was refused while the edit held the thread (the edit is kept)."""
     half_alive = []
     for pair in range(PAIRS):
-        thread_id = await _idle_thread(gw)
+        thread_id = await idle_thread(gw)
         edit, gone = await asyncio.gather(
             _edit(gw, thread_id), _delete(gw, thread_id, 0.001 * (pair % 8))
         )
@@ -95,7 +89,7 @@ async def test_an_edit_does_not_remake_the_thread_deleted_after_it_found_it(
     gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     claim = registry.claim_edit
 
     async def deleted_first(*args: Any, **kwargs: Any) -> str | None:
@@ -115,7 +109,7 @@ async def test_an_edit_takes_a_thread_whose_deletion_started_for_no_thread(
     checkpoints are still there: the edit must not take the thread for one only the
     savers hold and make its row anew once the deletion has ended."""
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     get, claim = registry.get_thread, registry.claim_edit
 
     async def deletion_started_first(thread_id: str) -> ThreadRecord | None:
@@ -141,7 +135,7 @@ async def test_a_deletion_waits_for_an_edit_between_its_claim_and_its_write(
     gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     claim = registry.claim_edit
     refused: list[BaseException] = []
 
@@ -169,7 +163,7 @@ async def test_a_deletion_that_stopped_runs_first_waits_for_an_edit_claimed_mean
     """A thread with a run in flight is deleted in steps everywhere (PostgreSQL's busy
     path): an edit that claims it once the run has stopped keeps the deletion out."""
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     going = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={"delay": 5}))
 
     async def running() -> bool:  # executing here: its stop is waited for
@@ -202,7 +196,7 @@ async def test_the_bulk_deletions_skip_a_thread_an_edit_holds(gw: Gateway) -> No
 
     async def batch() -> tuple[list[str], str]:
         """Three threads, the middle one held by an edit's claim."""
-        threads = [await _idle_thread(gw) for _ in range(3)]
+        threads = [await idle_thread(gw) for _ in range(3)]
         assert await registry.claim_edit(threads[1], held, seen=True) is None
         return threads, threads[1]
 
@@ -238,7 +232,7 @@ async def test_a_retry_ends_a_deletion_that_failed_after_it_started(
     is still stored."""
     if request.node.callspec.params["gw"] == "memory":
         pytest.skip("the memory store deletes in steps: the sweep ends such a deletion")
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     assert await gw.manager.registry.start_deletion(thread_id)  # ... and then it failed
     gone = await gw.delete_thread(thread_id)
     assert gone.deleted and gone.checkpoints_deleted > 0
@@ -247,7 +241,7 @@ async def test_a_retry_ends_a_deletion_that_failed_after_it_started(
 
 async def test_two_deletions_of_one_thread_are_not_told_it_is_being_edited(gw: Gateway) -> None:
     """A deletion under way is no edit: a second deletion meanwhile is not refused."""
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     first, second = await asyncio.gather(gw.delete_thread(thread_id), gw.delete_thread(thread_id))
     assert first.deleted or second.deleted
     assert await _left(gw, thread_id) == (False, False)

@@ -24,7 +24,7 @@ from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
 from tests.faults import BlackHoleProxy, with_port
 from tests.persistence.test_degraded import PG_PORT, until
-from tests.runs.conftest import SLOW_SPEC
+from tests.runs.conftest import SLOW_SPEC, idle_thread
 
 PAIRS = 48
 
@@ -36,12 +36,6 @@ async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
     )
     async with Gateway(settings) as gateway:
         yield gateway
-
-
-async def _idle_thread(gw: Gateway) -> str:
-    run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    assert run.status is RunStatus.SUCCESS
-    return run.thread_id
 
 
 async def _edit(gw: Gateway, thread_id: str) -> CheckpointView | ConflictError:
@@ -94,7 +88,7 @@ async def test_an_edit_and_a_run_on_one_thread_never_both_succeed_apart(gw: Gate
     """Many (updateState, startRun) pairs on fresh threads, each run started a little later
     than the last: in each pair one is refused (CONFLICT), or the run starts from the
     edit; and the thread's status is the run's end."""
-    threads = await asyncio.gather(*(_idle_thread(gw) for _ in range(PAIRS)))
+    threads = await asyncio.gather(*(idle_thread(gw) for _ in range(PAIRS)))
     pairs = await asyncio.gather(
         *(asyncio.gather(_edit(gw, t), _run(gw, t, _after(i))) for i, t in enumerate(threads))
     )
@@ -117,7 +111,7 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
     gw: Gateway,
 ) -> None:
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
     # A claim held: runs are refused, whatever their multitask strategy.
     assert (
         await registry.claim_edit(thread_id, datetime.now(UTC) + timedelta(minutes=1), seen=True)
@@ -133,7 +127,7 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
         await gw.update_state(UpdateState(thread_id, {"steps": ["edited"]}))
 
     # A claim whose process died (never released) lapses: it blocks nothing after.
-    other = await _idle_thread(gw)
+    other = await idle_thread(gw)
     assert (
         await registry.claim_edit(other, datetime.now(UTC) - timedelta(seconds=1), seen=True)
         is None
@@ -142,7 +136,7 @@ async def test_a_lapsed_claim_blocks_no_run_and_a_refused_edit_releases_its_clai
     assert run.status is RunStatus.SUCCESS
 
     # An edit refused for its values releases its claim at once.
-    third = await _idle_thread(gw)
+    third = await idle_thread(gw)
     with pytest.raises(BadInputError):
         await gw.update_state(UpdateState(third, {"no_such_key": 1}))
     with pytest.raises(BadInputError):
@@ -157,7 +151,7 @@ async def test_an_edit_saved_is_reported_saved_when_its_claim_cannot_be_released
     """A release that fails (a saturated pool, an outage) leaves the claim to lapse: the
     edit was saved, and an error would have the client apply it twice."""
     registry = gw.manager.registry
-    thread_id = await _idle_thread(gw)
+    thread_id = await idle_thread(gw)
 
     async def unreachable(thread_id: str, until: datetime) -> None:
         raise BackendUnavailableError("the pool is busy")
@@ -180,7 +174,7 @@ async def test_the_fallback_keeps_an_edit_and_a_run_apart_during_an_outage(
         )
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
         async with Gateway(settings) as gw:
-            old = await _idle_thread(gw)
+            old = await idle_thread(gw)
             proxy.refuse()
             await until(lambda: _degraded(gw))
             registry = gw.manager.registry
@@ -188,7 +182,7 @@ async def test_the_fallback_keeps_an_edit_and_a_run_apart_during_an_outage(
             with pytest.raises(BackendUnavailableError):  # the primary's thread: not here
                 await registry.claim_edit(old, held, seen=True)
 
-            born = await _idle_thread(gw)  # the fallback holds all of it
+            born = await idle_thread(gw)  # the fallback holds all of it
             assert await registry.claim_edit(born, held, seen=True) is None
             with pytest.raises(ConflictError) as refused:
                 await gw.start_run(StartRun(thread_id=born, graph="slow", input={}))

@@ -8,18 +8,20 @@
                     connection at once (a server that is down); `forward()` heals
 
 Both are async context managers bound to a random port; `with_port` points a
-database URL at them.
+database URL at them. `cancelled_at_every_step` cancels a call at each await of its
+course and says after which steps it left a pooled connection broken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["BlackHoleProxy", "HungServer", "with_port"]
+__all__ = ["BlackHoleProxy", "HungServer", "cancelled_at_every_step", "with_port"]
 
 CHUNK = 65536
 
@@ -29,6 +31,27 @@ def with_port(url: str, port: int) -> str:
     parsed = urlparse(url)
     user = f"{parsed.username}@" if parsed.username else ""
     return parsed._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
+
+
+async def cancelled_at_every_step(
+    pool: Any, call: Callable[[int], Awaitable[object]], steps: int
+) -> list[int]:
+    """Start `call(n)` and cancel it after n event-loop steps, for n in range(steps); the
+    steps after which the (one-connection) pool lent a connection whose statements read
+    no rows (left in pipeline mode with results unread)."""
+    broken = []
+    for n in range(steps):
+        task = asyncio.ensure_future(call(n))
+        for _ in range(n):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            if cur.description is None:
+                broken.append(n)
+    return broken
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:

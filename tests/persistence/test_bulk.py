@@ -3,8 +3,6 @@ poison entry in a batch is quarantined alone."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import operator
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,6 +23,7 @@ from code_hero.persistence.bulk import Statement, statements, write_statements
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.faults import cancelled_at_every_step
 
 pytestmark = pytest.mark.postgres
 
@@ -219,16 +218,5 @@ async def test_a_write_cancelled_mid_pipeline_leaves_no_broken_connection_in_the
     nothing. Cancelled at every step of its course, a write leaves the pool sound."""
     planned: list[Statement] = [("SELECT %s::int, pg_sleep(0.0002)", [(n,) for n in range(5)])] * 20
     async with AsyncConnectionPool(pg_database, min_size=1, max_size=1, open=False) as pool:
-        broken = []
-        for steps in range(40):
-            write = asyncio.ensure_future(write_statements(pool, planned))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            write.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await write
-            async with pool.connection() as conn, conn.cursor() as cur:
-                await cur.execute("SELECT 1")
-                if cur.description is None:
-                    broken.append(steps)
+        broken = await cancelled_at_every_step(pool, lambda _: write_statements(pool, planned), 40)
     assert broken == []

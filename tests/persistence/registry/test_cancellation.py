@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import Registry, ThreadRecord, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
+from tests.faults import cancelled_at_every_step
 from tests.persistence.registry.support import PG_KWARGS
 
 
@@ -48,18 +48,11 @@ async def test_a_deletion_cancelled_mid_pipeline_leaves_its_connection_sound(
         await AsyncPostgresSaver(pool).setup()  # the deletion's checkpoint tables
         registry = PostgresRegistry(pool)
         await registry.setup()
-        broken = []
-        for steps in range(60):
-            deletion = asyncio.ensure_future(registry.purge_idle_thread(f"t{steps}", None))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            deletion.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await deletion
-            async with pool.connection() as conn, conn.cursor() as cur:
-                await cur.execute("SELECT 1")
-                if cur.description is None:
-                    broken.append(steps)
+
+        async def deletion(n: int) -> object:
+            return await registry.purge_idle_thread(f"t{n}", None)
+
+        broken = await cancelled_at_every_step(pool, deletion, 60)
         assert broken == []
     finally:
         await pool.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from code_hero.persistence.journal import Journal, PutCheckpoint
+from code_hero.persistence.journal import Journal, PutCheckpoint, Quarantined
 
 
 class Down(Exception):
@@ -144,3 +144,46 @@ async def test_an_unreachable_primary_during_a_batch_pops_nothing_of_it() -> Non
     with pytest.raises(Down):
         await drain_into(journal, primary, synced)
     assert len(journal) == 6 and not synced and not journal.quarantine and not primary.calls
+
+
+@dataclass(frozen=True)
+class Gated:
+    """An entry whose replay waits until the test lets it go, then fails or not."""
+
+    thread_id: str
+    started: asyncio.Event
+    go: asyncio.Event
+    fail: bool
+    key = None
+
+    async def replay(self, primary: Any, fallback: Any) -> None:
+        self.started.set()
+        await self.go.wait()
+        if self.fail:
+            raise ValueError("refused again")
+
+
+@pytest.mark.parametrize("fail", [True, False])
+async def test_an_entry_being_retried_still_counts_as_quarantined(fail: bool) -> None:
+    """Health and /metrics read the quarantine while a retry waits on the primary; the
+    entry in flight was missing from both (a health call answered 1 of 2)."""
+    journal = Journal(1000)
+    started, go = asyncio.Event(), asyncio.Event()
+    journal.quarantine.append(Quarantined(Gated("poison", started, go, fail), 1, "refused"))  # type: ignore[arg-type]
+    journal.quarantine.append(Quarantined(Fake("other", 0, [], ValueError), 1, "refused"))  # type: ignore[arg-type]
+    retry = asyncio.create_task(
+        journal.retry_quarantined(
+            primary=None,  # type: ignore[arg-type]
+            fallback=None,  # type: ignore[arg-type]
+            is_unreachable=lambda exc: isinstance(exc, Down),
+        )
+    )
+    await started.wait()
+    assert len(journal.quarantine) == 2
+    assert journal.threads() == {"poison", "other"}  # its fallback copies are kept
+    go.set()
+    done = await retry
+    assert len(done) == (0 if fail else 1)
+    assert [q.entry.thread_id for q in journal.quarantine] == (
+        ["poison", "other"] if fail else ["other"]
+    )

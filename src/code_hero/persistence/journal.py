@@ -250,19 +250,22 @@ class Journal:
             async with self.step_lock:
                 if not self.quarantine:
                     break
-                item = self.quarantine.popleft()
+                # The entry stays in the quarantine while it is replayed: counted in
+                # health and /metrics, and its thread's fallback copies kept.
+                item = self.quarantine[0]
                 late = getattr(item.entry, "late", None)
                 entry: Entry = late() if callable(late) else item.entry
                 try:
                     # Bounded like the drain: a hung primary must not hold the step lock.
                     await asyncio.wait_for(entry.replay(primary, fallback), step_timeout)
                 except Exception as exc:
-                    self.quarantine.append(item)
+                    self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):
                         raise
                     item.failures += 1
                     item.last_error = _describe(exc)
                     continue
+                self.quarantine.popleft()
                 done.append(item.entry)
         return done
 

@@ -68,8 +68,14 @@ async def app_client(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClie
 
 
 async def measure(
-    settings: GatewaySettings, samples: int, counter: Statements | None, profile: str | None
+    settings: GatewaySettings,
+    samples: int,
+    counter: Statements | None,
+    profile: str | None,
+    url: str | None = None,
 ) -> float:
+    """Fill, then delete in a second app: with `url` (PostgreSQL), the deletions' own
+    sequential scans are read off pg_stat_user_tables (flushed as the pool closes)."""
     async with app_client(settings) as client:
         ids = []
         for _ in range(samples + 5):
@@ -77,6 +83,8 @@ async def measure(
                 client, START, input={"graph": "small", "input": {"steps": []}, "wait": True}
             )
             ids.append(run["startRun"]["threadId"])
+    before = _seq_scans(url) if url else {}
+    async with app_client(settings) as client:
         for thread_id in ids[:5]:  # warm-up
             await gql(client, DELETE, id=thread_id)
         if counter is not None:
@@ -102,7 +110,24 @@ async def measure(
             assert data["deleteThread"]["deleted"]
         if prof and profile:
             prof.dump_stats(profile)
-        return median(times)
+    if url:
+        after = _seq_scans(url)
+        scanned = {t: n - before.get(t, 0) for t, n in after.items() if n > before.get(t, 0)}
+        print(f"  rows read by sequential scans over {len(ids) + 6} deletions: {scanned or 0}")
+    return median(times)
+
+
+def _seq_scans(url: str) -> dict[str, int]:
+    """Rows each of our tables gave to sequential scans so far (stats of closed sessions)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = conn.execute(
+            "SELECT relname, seq_tup_read FROM pg_stat_user_tables WHERE relname LIKE %s",
+            ("code_hero%",),
+        ).fetchall()
+    return {name: int(n) for name, n in rows}
 
 
 async def main() -> None:
@@ -128,6 +153,7 @@ async def main() -> None:
                 args.samples,
                 counter,
                 args.profile,
+                url,
             )
             print(f"deleteThread in-process, PostgreSQL: {ms:.2f} ms (median of {args.samples})")
 

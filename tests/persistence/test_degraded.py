@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -197,6 +198,48 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
     ) == [(0,)]
 
 
+async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leaves_nothing(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos audit: a startRun admitted between the deletion's steps (after
+    # its runs were stopped) wrote checkpoints once the thread was gone; they were
+    # journalled after its DeleteThread and copied back, with no thread row. As on the
+    # healthy path, the deletion wins: the run's leftovers go with the thread.
+    gw, proxy = proxied
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    executor, router = gw.services.executor, gw.manager.router
+    stop_thread, write = executor.stop_thread, router.write
+    late: list[str] = []
+    deleted = asyncio.Event()
+
+    async def stop_then_admit(thread: str) -> None:
+        await stop_thread(thread)
+        run = await gw.start_run(StartRun(thread_id=thread, graph="slow", input={}))
+        late.append(run.run_id)
+        await until(lambda: _status_is(gw, run.run_id, RunStatus.RUNNING))
+
+    async def after_the_deletion(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if thread == thread_id and late:  # the late run's checkpoints
+            await deleted.wait()
+        return await write(operation, thread, *args, **kw)
+
+    monkeypatch.setattr(executor, "stop_thread", stop_then_admit)
+    monkeypatch.setattr(router, "write", after_the_deletion)
+    gone = await gw.delete_thread(thread_id)
+    assert gone.deleted and late
+    deleted.set()
+    await until(lambda: _executing_none(gw))
+    assert await gw.get_thread(thread_id) is None
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
+
+
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
         config = create_postgres_checkpointer(
@@ -235,6 +278,10 @@ async def _has_checkpoints(gw: Gateway, thread_id: str) -> bool:
 
 async def _degraded(gw: Gateway) -> bool:
     return gw.manager.overall_status == "degraded"
+
+
+async def _executing_none(gw: Gateway) -> bool:
+    return not gw.services.executor.active_runs
 
 
 async def _synced(gw: Gateway) -> bool:

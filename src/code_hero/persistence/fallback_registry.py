@@ -66,15 +66,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         await registry.setup()
 
     # ---------------------------------------------------------------- threads
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        """One thread, or None."""
+    async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
+        """One thread, or None (with `expired`, an expired one too)."""
 
         async def degraded() -> ThreadRecord | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("reading this thread")
-            return await self._local("reading this thread").get_thread(thread_id)
+            local = self._local("reading this thread")
+            return await local.get_thread(thread_id, expired=expired)
 
-        return await self._route(lambda r: r.get_thread(thread_id), degraded)
+        return await self._route(lambda r: r.get_thread(thread_id, expired=expired), degraded)
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         """Several threads in one query."""
@@ -232,6 +233,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         first: int,
         after: str | None = None,
         order: RunOrder | None = None,
+        expired: bool = False,
     ) -> Page[RunRecord]:
         """In `order`; during an outage, the runs of threads born in it."""
 
@@ -239,11 +241,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             if flt.thread_id is not None and not self.router.is_local(flt.thread_id):
                 raise self.router.unavailable("listing this thread's runs")
             return await self._local("listing runs").list_runs(
-                flt, first=first, after=after, order=order
+                flt, first=first, after=after, order=order, expired=expired
             )
 
         return await self._route(
-            lambda r: r.list_runs(flt, first=first, after=after, order=order), degraded
+            lambda r: r.list_runs(flt, first=first, after=after, order=order, expired=expired),
+            degraded,
         )
 
     async def count_runs(self, flt: RunFilter) -> int:

@@ -22,8 +22,8 @@ checked against what the clients were told:
 The seed fixes the clients' choices and the proxy's schedule; the timing of the
 event loop is not fixed, so a seed explores around a schedule, not one path
 (`CHAOS_SEEDS="1 2 ... 40"` explores more). What it found and was fixed is
-pinned by deterministic tests below; an open defect it meets now and then makes
-a run xfail (`known_defect`), anything else fails it.
+pinned by deterministic tests below (and in test_degraded.py); any problem fails
+a run.
 """
 
 from __future__ import annotations
@@ -299,21 +299,7 @@ async def test_what_the_gateway_acknowledged_through_random_outages_is_in_postgr
     found = f"seed {seed}, schedule {schedule}\n" + "\n".join(
         f"{p}\n{story.get(t, '')}" for t, p in problems
     )
-    known = [(t, p) for t, p in problems if known_defect(world, p, t)]
-    assert [x for x in problems if x not in known] == [], found
-    if known:  # open defects that show up at random (the report names them): not new ones
-        pytest.xfail(f"known open defects only: {found}")
-
-
-def known_defect(world: World, problem: str, thread_id: str | None) -> bool:
-    """Whether a problem is the open defect the audit found and could not fix yet: the
-    checkpoints of a thread deleted during an outage back in PostgreSQL after the
-    copy-back, with no thread row (a run admitted while the deletion went in steps)."""
-    if problem.startswith(("deleted thread is back in", "checkpoints of a thread")):
-        return any(
-            op.kind == "delete" and op.thread == thread_id and op.degraded for op in world.ops
-        )
-    return False
+    assert problems == [], found
 
 
 async def check(http: httpx.AsyncClient, world: World, url: str) -> list[tuple[str | None, str]]:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -197,6 +198,97 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
     ) == [(0,)]
 
 
+async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leaves_nothing(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos audit: a startRun admitted between the deletion's steps (after
+    # its runs were stopped) wrote checkpoints once the thread was gone; they were
+    # journalled after its DeleteThread and copied back, with no thread row. As on the
+    # healthy path, the deletion wins: the run's leftovers go with the thread.
+    gw, proxy = proxied
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    executor, router = gw.services.executor, gw.manager.router
+    stop_thread, write = executor.stop_thread, router.write
+    late: list[str] = []
+    deleted = asyncio.Event()
+
+    async def stop_then_admit(thread: str) -> None:
+        await stop_thread(thread)
+        run = await gw.start_run(StartRun(thread_id=thread, graph="slow", input={}))
+        late.append(run.run_id)
+        await until(lambda: _status_is(gw, run.run_id, RunStatus.RUNNING))
+
+    async def after_the_deletion(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if thread == thread_id and late:  # the late run's checkpoints
+            await deleted.wait()
+        return await write(operation, thread, *args, **kw)
+
+    monkeypatch.setattr(executor, "stop_thread", stop_then_admit)
+    monkeypatch.setattr(router, "write", after_the_deletion)
+    gone = await gw.delete_thread(thread_id)
+    assert gone.deleted and late
+    deleted.set()
+    await until(lambda: _executing_none(gw))
+    assert await gw.get_thread(thread_id) is None
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
+
+
+async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_rowless(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deletion in steps marks the thread first (start_deletion: ttl 0); of a thread
+    # born in the outage, the fallback's row. The copy-back took the marked row for a
+    # deleted one and left it (and its runs) out, its checkpoints in: when the deletion
+    # then failed on the primary, PostgreSQL held checkpoints of a thread with no row.
+    # As a deletion that fails on the primary does, it leaves the thread marked, and a
+    # retry ends it.
+    gw, proxy = proxied
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    registry = gw.manager.registry
+    start_deletion = registry.start_deletion
+    marked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def mark_then_wait(thread: str) -> bool:
+        started = await start_deletion(thread)
+        marked.set()
+        await go_on.wait()
+        return started
+
+    monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await marked.wait()
+    proxy.forward()
+    await until(lambda: _synced(gw))  # the copy-back, the thread marked meanwhile
+    proxy.refuse()
+    go_on.set()
+    with pytest.raises(BackendUnavailableError):
+        await deletion
+    proxy.forward()
+    await until(lambda: _synced(gw))
+
+    def count(table: str) -> object:
+        sql = f"SELECT count(*) FROM {table} WHERE thread_id = %s"
+        return rows(pg_database, sql, thread_id)[0][0]
+
+    assert rows(
+        pg_database, "SELECT ttl_seconds FROM code_hero_threads WHERE thread_id = %s", thread_id
+    ) == [(0,)]
+    assert count("code_hero_runs") == 1 and count("checkpoints") > 0
+    assert await gw.get_thread(thread_id) is None  # marked: read as gone
+    gone = await gw.delete_thread(thread_id)  # the client's retry ends it
+    assert gone.deleted
+    assert [count(t) for t in ("code_hero_threads", "checkpoints", "code_hero_runs")] == [0, 0, 0]
+
+
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
         config = create_postgres_checkpointer(
@@ -235,6 +327,10 @@ async def _has_checkpoints(gw: Gateway, thread_id: str) -> bool:
 
 async def _degraded(gw: Gateway) -> bool:
     return gw.manager.overall_status == "degraded"
+
+
+async def _executing_none(gw: Gateway) -> bool:
+    return not gw.services.executor.active_runs
 
 
 async def _synced(gw: Gateway) -> bool:

@@ -131,16 +131,21 @@ class CopyThread:
         return replace(self, only_missing=True)
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        thread = await fallback.registry.get_thread(self.thread_id)
+        # Expired rows too: a deletion under way marks the row (`start_deletion`) and
+        # may still fail; the primary gets the thread as marked, as a deletion that
+        # failed there leaves it (checkpoints copied without their row otherwise).
+        thread = await fallback.registry.get_thread(self.thread_id, expired=True)
         if thread is None:  # deleted meanwhile: its deletion is journalled after this
             return
-        if not (self.only_missing and await primary.registry.get_thread(self.thread_id)):
+        if not (
+            self.only_missing and await primary.registry.get_thread(self.thread_id, expired=True)
+        ):
             await primary.registry.put_thread(thread)
         runs: list[RunRecord] = []
         after: str | None = None
         while True:
             page = await fallback.registry.list_runs(
-                RunFilter(thread_id=self.thread_id), first=_COPY_PAGE, after=after
+                RunFilter(thread_id=self.thread_id), first=_COPY_PAGE, after=after, expired=True
             )
             runs += page.items
             if not page.has_next_page:

@@ -68,6 +68,8 @@ class FallbackClaims(RoutedRegistry):
             if record is not None:
                 self._copy_thread(record.thread_id)
                 return record, waiting
+            if self._gone(run_id):  # its thread was deleted meanwhile
+                return None, False
             adopted = self._adopt(run_id, **fields)
             if adopted is None:
                 raise self.router.unavailable("finishing this run")
@@ -192,6 +194,8 @@ class FallbackClaims(RoutedRegistry):
             if record is not None:
                 self._copy_thread(record.thread_id)
                 return record
+            if self._gone(run_id):
+                return None
             adopted = self._adopt(run_id, cancel_requested=True)
             if adopted is None:
                 raise self.router.unavailable("cancelling this run")

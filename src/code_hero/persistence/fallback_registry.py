@@ -12,6 +12,9 @@ fallback can answer truthfully, and refuses the rest with UNAVAILABLE:
   in the primary, so the last copy this process saw is kept in memory,
   updated there, and each change journalled (`ChangeRun`, `FinishRun`); its
   new events go to the fallback and are copied back (`CopyEvents`);
+- a run of a thread born in the outage that the fallback no longer holds was
+  deleted (its thread with it): missing, as the primary would answer, so its
+  executor purges what it wrote after the deletion instead of journalling it;
 - anything else (another thread, a listing filtered on one) needs the
   primary: UNAVAILABLE with `retryAfter`.
 
@@ -63,15 +66,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         await registry.setup()
 
     # ---------------------------------------------------------------- threads
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        """One thread, or None."""
+    async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
+        """One thread, or None (with `expired`, an expired one too)."""
 
         async def degraded() -> ThreadRecord | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("reading this thread")
-            return await self._local("reading this thread").get_thread(thread_id)
+            local = self._local("reading this thread")
+            return await local.get_thread(thread_id, expired=expired)
 
-        return await self._route(lambda r: r.get_thread(thread_id), degraded)
+        return await self._route(lambda r: r.get_thread(thread_id, expired=expired), degraded)
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         """Several threads in one query."""
@@ -186,6 +190,8 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         if record is not None:
             self._copy_thread(record.thread_id)
             return record
+        if self._gone(run_id):
+            return None
         adopted = self._adopt(run_id, **fields)
         if adopted is None:
             raise self.router.unavailable("updating this run")
@@ -197,10 +203,10 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         async def degraded() -> RunRecord | None:
             record = await self._local("reading this run").get_run(run_id)
-            if record is None:
+            if record is None and not self._gone(run_id):
                 record = self._known(run_id)
-            if record is None:
-                raise self.router.unavailable("reading this run")
+                if record is None:
+                    raise self.router.unavailable("reading this run")
             return record
 
         return await self._route(lambda r: r.get_run(run_id), degraded)
@@ -211,7 +217,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         async def degraded() -> dict[str, RunRecord]:
             found = await self._local("reading runs").get_runs(run_ids)
             for run_id in run_ids:
-                if run_id not in found:
+                if run_id not in found and not self._gone(run_id):
                     known = self._known(run_id)
                     if known is None:
                         raise self.router.unavailable("reading these runs")
@@ -227,6 +233,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         first: int,
         after: str | None = None,
         order: RunOrder | None = None,
+        expired: bool = False,
     ) -> Page[RunRecord]:
         """In `order`; during an outage, the runs of threads born in it."""
 
@@ -234,11 +241,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             if flt.thread_id is not None and not self.router.is_local(flt.thread_id):
                 raise self.router.unavailable("listing this thread's runs")
             return await self._local("listing runs").list_runs(
-                flt, first=first, after=after, order=order
+                flt, first=first, after=after, order=order, expired=expired
             )
 
         return await self._route(
-            lambda r: r.list_runs(flt, first=first, after=after, order=order), degraded
+            lambda r: r.list_runs(flt, first=first, after=after, order=order, expired=expired),
+            degraded,
         )
 
     async def count_runs(self, flt: RunFilter) -> int:
@@ -335,7 +343,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         async def degraded() -> list[EventRecord]:
             local = self._local("reading events")
-            if await local.get_run(run_id) is None:
+            if await local.get_run(run_id) is None and not self._gone(run_id):
                 # A run from before the outage: the fallback has its newest events only.
                 first = await local.list_events(run_id, limit=1)
                 if not first or first[0].seq > after_seq + 1:
@@ -352,7 +360,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         async def degraded() -> int:
             local = self._local("reading events")
-            if await local.get_run(run_id) is None:
+            if await local.get_run(run_id) is None and not self._gone(run_id):
                 raise self.router.unavailable("reading this run's events")
             return await local.last_seq(run_id)
 

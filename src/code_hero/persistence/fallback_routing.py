@@ -80,7 +80,18 @@ class RoutedRegistry:
         self.router.journal.ensure_room(self.router.retry_after)
 
     def _known(self, run_id: str) -> RunRecord | None:
-        return self._adopted.get(run_id) or self._executing.get(run_id)
+        """A run in flight since before the outage, as this process holds it."""
+        known = self._adopted.get(run_id) or self._executing.get(run_id)
+        return None if known is None or self.router.is_local(known.thread_id) else known
+
+    def _gone(self, run_id: str) -> bool:
+        """Whether a run the fallback lacks is gone: one of a thread born in the outage
+        (the fallback holds all of that thread) executing here, deleted with its thread
+        or alone. The primary has no copy of it to go on from: it is missing, as the
+        primary would answer, and its executor purges what it writes after
+        (`RunExecutor._purge_if_deleted`)."""
+        known = self._executing.get(run_id)
+        return known is not None and self.router.is_local(known.thread_id)
 
     def _adopt(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Apply a change to a run in flight since before the outage (in memory)."""

@@ -258,8 +258,9 @@ class Registry(Protocol):
     async def put_thread(self, thread: ThreadRecord) -> None:
         """Insert or replace a thread as given, timestamps included (for migration)."""
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        """One thread, or None."""
+    async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
+        """One thread, or None; with `expired`, an expired one too (a copy of the thread
+        carries the mark of a deletion under way: `start_deletion`)."""
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         """Several threads in one query (for DataLoaders)."""
@@ -334,9 +335,10 @@ class Registry(Protocol):
         first: int,
         after: str | None = None,
         order: RunOrder | None = None,
+        expired: bool = False,
     ) -> Page[RunRecord]:
         """In `order` (default: newest created first), keyset-paged. A cursor of another
-        order is BadInputError."""
+        order is BadInputError. With `expired`, the runs of expired threads too."""
 
     async def count_runs(self, flt: RunFilter) -> int:
         """How many runs match the filter (owner included), counted in the database."""

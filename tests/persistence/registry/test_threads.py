@@ -237,3 +237,16 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
     # A run belongs to a thread: none is stored for a thread that is gone.
     with pytest.raises(NotFoundError):
         await registry.put_run(run("r4", "t1"))
+
+
+async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:
+    # start_deletion marks the row (ttl 0): every read leaves it out, but a copy of the
+    # thread (the outage's copy-back) reads it and its runs as they are.
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    assert await registry.start_deletion("t1")
+    assert await registry.get_thread("t1") is None
+    assert (await registry.list_runs(RunFilter(thread_id="t1"), first=10)).items == []
+    marked = await registry.get_thread("t1", expired=True)
+    assert marked is not None and marked.ttl_seconds == 0
+    listed = await registry.list_runs(RunFilter(thread_id="t1"), first=10, expired=True)
+    assert [r.run_id for r in listed.items] == ["r1"]

@@ -125,8 +125,8 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         async with self._session() as s:
             await s.execute(sql, params)
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        live, now = self._live()
+    async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
+        live, now = ("TRUE", []) if expired else self._live()
         async with self._session() as s:
             rows = await s.fetch(
                 f"SELECT {THREAD_READ_COLUMNS} FROM code_hero_threads "
@@ -290,11 +290,13 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         first: int,
         after: str | None = None,
         order: RunOrder | None = None,
+        expired: bool = False,
     ) -> Page[RunRecord]:
         first = _page_size(first)
         order = order or RunOrder()
         clauses, params = self._run_where(flt)
-        self._only_live_runs(clauses, params)
+        if not expired:
+            self._only_live_runs(clauses, params)
         if after is not None:
             at, key = decode_cursor("run", after, order)
             clauses.append(f"(created_at, run_id) {_AFTER[order.direction]} (?, ?)")

@@ -20,7 +20,13 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.records import EventRecord, RunStatus, ThreadFilter, ThreadStatus
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadFilter,
+    ThreadStatus,
+)
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
@@ -335,3 +341,79 @@ async def _executing_none(gw: Gateway) -> bool:
 
 async def _synced(gw: Gateway) -> bool:
     return gw.manager.overall_status == "healthy" and gw.manager.pending_sync == 0
+
+
+@pytest.fixture
+async def long_leased(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    """As `proxied`, with leases far longer than any test: a run left leased stays so."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
+        settings = GatewaySettings(
+            checkpointer=config, graphs={"slow": SLOW_SPEC}, lease_seconds=600
+        )
+        async with Gateway(settings) as gw:
+            yield gw, proxy
+
+
+@pytest.mark.parametrize("cut", ["claimed", "reading its thread"])
+async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, cut: str
+) -> None:
+    # Found by the chaos audit (seed 13): a run admitted and leased in PostgreSQL just
+    # before it became unreachable could not start on the fallback (its thread and rows
+    # are in PostgreSQL only), stayed PENDING and leased until the lease lapsed after
+    # the recovery, and startRun(wait: true) had no answer meanwhile. Released (the
+    # release journalled), it answers UNAVAILABLE and runs as soon as PostgreSQL is back.
+    gw, proxy = long_leased
+    executor, router = gw.executor, gw.manager.router
+    launched: list[str] = []
+    if cut == "claimed":
+        launch = executor.launch
+
+        def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
+            launched.append(record.run_id)
+            proxy.refuse()  # leased in PostgreSQL; the primary goes before the run starts
+            del executor.launch  # type: ignore[method-assign]
+            launch(record, resuming=resuming)
+
+        executor.launch = cut_then_launch  # type: ignore[method-assign]
+    else:
+        read_tuple = router.read_tuple
+
+        async def cut_then_read(config: Any) -> Any:
+            launched.append(config["configurable"]["run_id"])
+            proxy.refuse()  # it is RUNNING in PostgreSQL; the graph reads its thread
+            del router.read_tuple  # type: ignore[method-assign]
+            return await read_tuple(config)
+
+        router.read_tuple = cut_then_read  # type: ignore[method-assign]
+
+    with pytest.raises(BackendUnavailableError, match="unreachable") as caught:
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    (run_id,) = launched
+    assert not executor.is_active(run_id)
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
+    assert final.status is RunStatus.SUCCESS, final
+    assert final.output["steps"] == SLOW_STEPS
+    statuses = rows(
+        pg_database,
+        "SELECT seq, payload->>'status' FROM code_hero_run_events "
+        "WHERE run_id = %s AND type = 'status' ORDER BY seq",
+        run_id,
+    )
+    # What it stored on the fallback before it was released (RUNNING, when the cut came
+    # as it read its thread) was copied back, and numbering went on after it.
+    assert statuses[:2] == [(1, "PENDING"), (2, "RUNNING")] and statuses[-1][1] == "SUCCESS"
+    seqs = rows(
+        pg_database, "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq", run_id
+    )
+    assert [s for (s,) in seqs] == list(range(1, len(seqs) + 1))
+    assert rows(
+        pg_database, "SELECT status FROM code_hero_threads WHERE thread_id = %s", final.thread_id
+    ) == [(ThreadStatus.IDLE.value,)]

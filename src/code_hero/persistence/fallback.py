@@ -43,7 +43,13 @@ from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
-__all__ = ["FallbackRouter", "PoolBusyError", "full_versions", "thread_of"]
+__all__ = [
+    "FallbackRouter",
+    "PoolBusyError",
+    "PrimaryUnreachableError",
+    "full_versions",
+    "thread_of",
+]
 
 # The outage's two lines (one when it begins, one when it ends) come from here.
 log = logging.getLogger(__name__)
@@ -57,6 +63,10 @@ _KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memor
 
 class PoolBusyError(BackendUnavailableError):
     """Every connection of the pool is in use while the database answers: busy, not down."""
+
+
+class PrimaryUnreachableError(BackendUnavailableError):
+    """The call needs data only the primary holds, and the primary cannot be reached."""
 
 
 def thread_of(config: RunnableConfig) -> str:
@@ -145,9 +155,9 @@ class FallbackRouter:
         """Seconds a client should wait before asking again: the next probe."""
         return max(1, math.ceil(self.probe_interval))
 
-    def unavailable(self, what: str = "this request") -> BackendUnavailableError:
+    def unavailable(self, what: str = "this request") -> PrimaryUnreachableError:
         """The error for a call that needs the unreachable primary."""
-        return BackendUnavailableError(
+        return PrimaryUnreachableError(
             f"the {_KIND_NAMES.get(self.primary.kind, self.primary.kind)} database is "
             f"unreachable and {what} needs data only it holds; "
             f"retry in {self.retry_after} s",

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from code_hero.errors import NotFoundError
 from code_hero.persistence.records import Registry, RunRecord, RunStatus
-from code_hero.runs.bus import EventBus
+from code_hero.runs.bus import POKE, EventBus
 
 __all__ = ["Claims", "Executing"]
 
@@ -130,6 +130,8 @@ class Claims:
         if kind == "runs":
             self._wake.set()
             return
+        if kind == POKE:  # an outage's writes are in: runs that waited for them claimable
+            self._wake.set()
         self._cancels_due = True  # a cancel (or a poke after an outage) may have flagged one
         if kind == "cancel" and self.runs.is_active(run_id):
             self.runs.stop(run_id)

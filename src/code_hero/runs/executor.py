@@ -16,6 +16,11 @@ Wake-ups travel on the bus: a new run or a freed thread ("runs") makes every
 executor try to claim; "cancel RUN_ID" reaches the executor that runs it. The
 lease renewal and a slow poll carry the same news when a message is lost.
 What a caller may ask (`StartRun`) and how it is checked is `code_hero.runs.requests`.
+
+A run claimed just before the primary became unreachable, whose rows or thread
+it needs before it can go on, is released rather than failed: it starts (or
+resumes) once the primary is back, and a caller waiting for it meanwhile is
+told UNAVAILABLE with `retryAfter`, not left waiting for the outage's end.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, StateSnapshot
 
-from code_hero.errors import CodeHeroError, ConflictError, NotFoundError
+from code_hero.errors import (
+    BackendUnavailableError,
+    CodeHeroError,
+    ConflictError,
+    NotFoundError,
+)
+from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
@@ -319,6 +330,8 @@ class RunExecutor:
                     raise NotFoundError(f"no run {run_id!r}")
                 if record.status.finished or (deadline is not None and loop.time() >= deadline):
                     return record
+                if deadline is None and run_id not in self._done and self._held_up(record):
+                    raise self._held_up_error(run_id)
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
                     news = self._news.setdefault(run_id, asyncio.Event())
                     with contextlib.suppress(TimeoutError):  # launched or ended here
@@ -330,6 +343,21 @@ class RunExecutor:
                 del self._waiters[run_id]
                 self._final.pop(run_id, None)
                 self._news.pop(run_id, None)
+
+    def _held_up(self, record: RunRecord) -> bool:
+        """Whether the unfinished run, not executing here, waits for the unreachable
+        primary: its rows are there, so nothing here can take it up before it is back."""
+        router = self.manager.router
+        return not router.serving and not router.is_local(record.thread_id)
+
+    def _held_up_error(self, run_id: str) -> BackendUnavailableError:
+        router = self.manager.router
+        return BackendUnavailableError(
+            f"run {run_id} is recorded but cannot go on while the database is unreachable: "
+            f"it goes on once the database is back; ask for it then (retry in "
+            f"{router.retry_after} s)",
+            router.retry_after,
+        )
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Stop a run promptly, wherever it runs, and record CANCELLED (a finished run
@@ -381,6 +409,11 @@ class RunExecutor:
                 return
             status = RunStatus.CANCELLED
         except CodeHeroError as exc:  # expected (a database outage, bad input): no traceback
+            if isinstance(exc, PrimaryUnreachableError) and not self.manager.router.is_local(
+                thread_id
+            ):
+                await self._release_for_outage(run_id, writer, exc)
+                return
             log.warning("run %s failed: %s", run_id, exc)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         except Exception as exc:
@@ -407,6 +440,22 @@ class RunExecutor:
         self.claims.slot_freed()
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
+
+    async def _release_for_outage(
+        self, run_id: str, writer: RunEventWriter | None, exc: PrimaryUnreachableError
+    ) -> None:
+        """The run needs its rows or thread from the primary, which an outage took after
+        it was claimed: released, not failed (the release is journalled, as the changes
+        of a run in flight are), it starts or resumes from its last checkpoint as soon
+        as the primary is back, not once its lease has lapsed."""
+        log.info("run %s waits for the primary: %s", run_id, exc)
+        if writer is not None:
+            await writer.close()
+        with contextlib.suppress(Exception):
+            await self.registry.release_runs(self.owner, [run_id])
+        self._release(run_id)
+        if not self.claims.claim_others:  # claimed here again, once it can be
+            self.claims.started.add(run_id)
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline

@@ -30,6 +30,7 @@ __all__ = [
     "NotFoundError",
     "QueryTooComplexError",
     "RateLimitedError",
+    "RunHeldUpError",
     "UnauthenticatedError",
 ]
 
@@ -142,3 +143,17 @@ class BackendUnavailableError(CodeHeroError):
     @property
     def extensions(self) -> dict[str, object]:
         return {"retryAfter": self.retry_after}
+
+
+class RunHeldUpError(BackendUnavailableError):
+    """A run was admitted and recorded, but cannot go on until the database is back:
+    `extensions.runId` names it, so a client follows that run instead of starting
+    another by retrying."""
+
+    def __init__(self, message: str, retry_after: int, run_id: str) -> None:
+        super().__init__(message, retry_after)
+        self.run_id = run_id
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"retryAfter": self.retry_after, "runId": self.run_id}

@@ -394,6 +394,8 @@ async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
     (run_id,) = launched
+    # The run is recorded: the client is told which, to follow it rather than start another.
+    assert caught.value.extensions == {"retryAfter": caught.value.retry_after, "runId": run_id}
     assert not executor.is_active(run_id)
 
     proxy.forward()

@@ -40,10 +40,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, StateSnapshot
 
 from code_hero.errors import (
-    BackendUnavailableError,
     CodeHeroError,
     ConflictError,
     NotFoundError,
+    RunHeldUpError,
 )
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.jsonable import to_jsonable
@@ -350,13 +350,14 @@ class RunExecutor:
         router = self.manager.router
         return not router.serving and not router.is_local(record.thread_id)
 
-    def _held_up_error(self, run_id: str) -> BackendUnavailableError:
+    def _held_up_error(self, run_id: str) -> RunHeldUpError:
         router = self.manager.router
-        return BackendUnavailableError(
+        return RunHeldUpError(
             f"run {run_id} is recorded but cannot go on while the database is unreachable: "
-            f"it goes on once the database is back; ask for it then (retry in "
-            f"{router.retry_after} s)",
+            f"it goes on once the database is back; ask for that run then (retry in "
+            f"{router.retry_after} s) rather than starting another",
             router.retry_after,
+            run_id,
         )
 
     async def cancel(self, run_id: str) -> RunRecord:

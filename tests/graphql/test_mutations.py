@@ -103,7 +103,8 @@ async def test_run_from_a_past_checkpoint(server: Server) -> None:
 
 
 async def test_cancel_run(server: Server) -> None:
-    run = await start(server, graph="slow", message="take your time", config={"delay": 1.0})
+    # Only its cancel ends it (3 x 1 s ended first once on a loaded machine: SUCCESS).
+    run = await start(server, graph="slow", message="take your time", config={"delay": 30.0})
     body = await gql(
         server.http, f"mutation($id: ID!) {{ cancelRun(id: $id) {{ {RUN} }} }}", {"id": run["id"]}
     )
@@ -124,9 +125,9 @@ async def test_multitask_enqueue_and_interrupt(server: Server) -> None:
     assert (await until_finished(server.http, first["id"]))["status"] == "SUCCESS"
     assert (await until_finished(server.http, queued["id"]))["status"] == "SUCCESS"
 
-    # Slow enough to be running still when the takeover arrives on a loaded machine
-    # (3 x 0.05 s ended first once: SUCCESS, not CANCELLED); it is cancelled at once.
-    busy = await start(server, threadId=first["threadId"], **{**slow, "config": {"delay": 1.0}})
+    # Only the takeover ends it (3 x 0.05 s ended first once on a loaded machine:
+    # SUCCESS, not CANCELLED); it is cancelled at once.
+    busy = await start(server, threadId=first["threadId"], **{**slow, "config": {"delay": 30.0}})
     takeover = await start(server, threadId=first["threadId"], multitask="INTERRUPT", **slow)
     assert (await run_of(server, busy["id"]))["status"] == "CANCELLED"
     assert (await until_finished(server.http, takeover["id"]))["status"] == "SUCCESS"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from code_hero.config import CheckpointerConfig
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.records import RunStatus
+from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC
 
@@ -38,3 +41,30 @@ async def test_a_cancel_before_the_first_step_is_recorded(
             await asyncio.sleep(0.02)
         assert record is not None and record.status is RunStatus.CANCELLED
         assert executor.internal_sizes() == dict.fromkeys(executor.internal_sizes(), 0)
+
+
+async def test_a_cancel_an_await_dropped_is_not_lost(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On Python 3.11 asyncio.wait_for returns a result that arrived with the cancel and
+    # drops the cancel: psycopg_pool's getconn waits with it, so a run waiting for a
+    # connection went on as if never stopped (its cancelRun answered RUNNING, or SUCCESS
+    # once a short run had ended). The run's RUNNING update drops it here.
+    registry = gateway.manager.registry
+    update_run, reached, cancelled = registry.update_run, asyncio.Event(), asyncio.Event()
+
+    async def dropping_the_cancel(run_id: str, **fields: Any) -> RunRecord | None:
+        if fields.get("status") is RunStatus.RUNNING:
+            reached.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+        return await update_run(run_id, **fields)
+
+    monkeypatch.setattr(registry, "update_run", dropping_the_cancel)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 30}))  # unending
+    await reached.wait()
+    final = await gateway.cancel_run(run.run_id)
+    assert cancelled.is_set()
+    assert final.status is RunStatus.CANCELLED

@@ -81,10 +81,12 @@ class Claims:
         # freed is worth a pass at once.
         self._cancels_due = True
         self._full = False
-        # Held while claiming and while a cancel decides where the run is: a run
-        # claimed here between cancel's look and its flag would otherwise miss
-        # the cancel until the next lease renewal.
+        # Held while claiming and while a thread's runs are stopped. A cancel takes
+        # no lock (a pass makes database round trips: a run may end meanwhile); its
+        # run is in `_stopping` until it returns, and a pass stops a run it claims
+        # that is there.
         self._claiming = asyncio.Lock()
+        self._stopping: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -145,17 +147,20 @@ class Claims:
             raise NotFoundError(f"no run {run_id!r}")
         if record.status.finished:
             return record
-        async with self._claiming:
-            active = self.runs.is_active(run_id)
-            if active:
-                self.runs.stop(run_id)
-            else:
+        self._stopping.add(run_id)  # a pass that claims it meanwhile stops it
+        try:
+            if not self.runs.is_active(run_id):
+                # Flagged, a run is never claimed again; one claimed elsewhere is
+                # stopped by the message or at its lease renewal.
                 await self.registry.request_cancel(run_id)
-        if active:
-            return await self.runs.wait(run_id, limit=5)
-        await self.bus.send_control(f"cancel {run_id}")
-        self._wake_for_cancels()  # an unclaimed run is finished by the claim loop
-        return await self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
+            if self.runs.is_active(run_id):
+                self.runs.stop(run_id)
+                return await self.runs.wait(run_id, limit=5)
+            await self.bus.send_control(f"cancel {run_id}")
+            self._wake_for_cancels()  # an unclaimed run is finished by the claim loop
+            return await self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
+        finally:
+            self._stopping.discard(run_id)
 
     async def stop_thread(self, thread_id: str) -> None:
         """Cancel every unfinished run of the thread, wherever it runs, and wait until
@@ -236,6 +241,8 @@ class Claims:
             if resuming:
                 log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
             self.runs.launch(record, resuming=resuming)
+            if record.run_id in self._stopping:  # its cancel was asked as it was claimed
+                self.runs.stop(record.run_id)
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
 

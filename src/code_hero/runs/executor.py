@@ -30,10 +30,10 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -389,6 +389,7 @@ class RunExecutor:
                 status=RunStatus.RUNNING,
                 started_at=record.started_at or datetime.now(UTC),
             )
+            self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(
                 running or record, writer, resuming, timeline
@@ -500,25 +501,32 @@ class RunExecutor:
             run_input = _with_messages(record.input)
         interrupted = False
         values: Any = None
-        async for ns, mode, data in graph.astream(
-            run_input,
-            config,
-            stream_mode=STREAM_MODES,  # type: ignore[arg-type]
-            subgraphs=True,
-            durability="sync",
-        ):
-            if mode == "values":
-                if not ns:
-                    values = data
-                continue
-            if timeline.observe(ns, mode, data):  # stored with the next batch of events
-                writer.update_run(**timeline.fields())
-            if mode == "tasks":
-                continue
-            if mode == "updates" and "__interrupt__" in data:
-                interrupted = True
-            for type_, payload in translate(ns, mode, data):
-                writer.emit(type_, payload)
+        stream = cast(  # an async generator: closed at once when _go_on raises in its body
+            AsyncGenerator[Any, None],
+            graph.astream(
+                run_input,
+                config,
+                stream_mode=STREAM_MODES,  # type: ignore[arg-type]
+                subgraphs=True,
+                durability="sync",
+            ),
+        )
+        async with contextlib.aclosing(stream):
+            async for ns, mode, data in stream:
+                self._go_on(record.run_id)
+                if mode == "values":
+                    if not ns:
+                        values = data
+                    continue
+                if timeline.observe(ns, mode, data):  # stored with the next batch of events
+                    writer.update_run(**timeline.fields())
+                if mode == "tasks":
+                    continue
+                if mode == "updates" and "__interrupt__" in data:
+                    interrupted = True
+                for type_, payload in translate(ns, mode, data):
+                    writer.emit(type_, payload)
+        self._go_on(record.run_id)
         if not interrupted:
             return RunStatus.SUCCESS, to_jsonable(values), None
         # Subgraph states cost a read each: only an interrupt needs them (to name the node).
@@ -533,6 +541,13 @@ class RunExecutor:
                 )
             return RunStatus.INTERRUPTED, None, None
         return RunStatus.SUCCESS, to_jsonable(state.values), None
+
+    def _go_on(self, run_id: str) -> None:
+        """Raise CancelledError if the run was stopped and an await returned anyway: on
+        Python 3.11 asyncio.wait_for (psycopg_pool's getconn waits with it) returns a
+        result that arrived with the cancel and drops the cancel."""
+        if run_id in self._cancel_requested or run_id in self._lost:
+            raise asyncio.CancelledError
 
     async def _checkpointed(self, record: RunRecord) -> bool:
         """True when the run wrote a checkpoint: runs of a thread take turns, so its

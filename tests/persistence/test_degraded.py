@@ -18,8 +18,9 @@ import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from code_hero.config import create_postgres_checkpointer
-from code_hero.errors import BackendUnavailableError
+from code_hero.errors import BackendUnavailableError, RunHeldUpError
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.entries import ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -397,6 +398,10 @@ async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
     # The run is recorded: the client is told which, to follow it rather than start another.
     assert caught.value.extensions == {"retryAfter": caught.value.retry_after, "runId": run_id}
     assert not executor.is_active(run_id)
+    # Journalled as a release of this executor's own lease, which leaves alone a lease
+    # another replica may take meanwhile (test_entries).
+    released = [(e.run_id, e.owner) for e in router.journal.entries if isinstance(e, ReleaseRun)]
+    assert released == [(run_id, executor.owner)]
 
     proxy.forward()
     await until(lambda: _synced(gw))
@@ -419,3 +424,59 @@ async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
     assert rows(
         pg_database, "SELECT status FROM code_hero_threads WHERE thread_id = %s", final.thread_id
     ) == [(ThreadStatus.IDLE.value,)]
+
+
+async def test_a_cancel_that_arrives_as_the_outage_error_is_not_turned_into_a_restart(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # On Python 3.11 asyncio.wait_for (psycopg_pool's getconn) can hand back the inner
+    # error in place of a pending cancel: the run meets "the primary is unreachable"
+    # with its cancel already asked. Released for the outage as if nothing was asked,
+    # it started again after the recovery and ran to SUCCESS; now its cancel is kept
+    # and it ends CANCELLED once PostgreSQL is back.
+    gw, proxy = long_leased
+    executor, router = gw.executor, gw.manager.router
+    read_tuple = router.read_tuple
+    launched: list[str] = []
+
+    async def cancelled_then_cut(config: Any) -> Any:
+        run_id = config["configurable"]["run_id"]
+        launched.append(run_id)
+        executor._cancel_requested.add(run_id)  # what cancel() records before it stops
+        proxy.refuse()
+        del router.read_tuple  # type: ignore[method-assign]
+        return await read_tuple(config)  # raises the outage's error, not CancelledError
+
+    router.read_tuple = cancelled_then_cut  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailableError):
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    (run_id,) = launched
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    final = await executor.wait(run_id, limit=60)
+    assert final.status is RunStatus.CANCELLED, final
+    assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run_id) == [
+        (RunStatus.CANCELLED.value,)
+    ]
+
+
+async def test_a_waiter_for_a_run_not_claimed_yet_is_told_which_run_the_outage_holds(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # startRun(wait: true) for a run admitted in PostgreSQL but not claimed here yet:
+    # the outage came while it waited and its reading of the run answered UNAVAILABLE
+    # without saying which run was recorded, so a client retrying started a second.
+    gw, proxy = long_leased
+    gw.executor.claims.max_concurrent = 0  # admitted, never claimed here
+    started = asyncio.create_task(gw.start_run(StartRun(graph="slow", input={}, wait=True)))
+    await asyncio.sleep(0.3)  # admitted and polled: the waiter reads the run now and then
+    assert not started.done()
+    proxy.refuse()
+    with pytest.raises(RunHeldUpError) as caught:
+        await asyncio.wait_for(started, 30)
+    run_id = caught.value.extensions["runId"]
+    assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    found = await gw.get_runs([str(run_id)])
+    assert found[str(run_id)].status is RunStatus.PENDING  # recorded, as the error said

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import open_backend
-from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun
+from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -89,3 +89,32 @@ async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path:
         final = await primary.registry.get_run(RUN)
         assert final is not None and final.status is RunStatus.CANCELLED
         assert (final.input_tokens, final.output_tokens, final.steps) == (11, 9, steps)
+
+
+async def test_a_release_journalled_in_an_outage_keeps_another_replicas_lease(
+    tmp_path: Path,
+) -> None:
+    """A run released for an outage (its executor could not reach the primary) may be
+    taken over meanwhile by a replica that could: the replayed release clears only the
+    releasing replica's own lease. As a plain change of fields it cleared the other's,
+    and a third executor could claim the run while it still ran there."""
+    now = datetime.now(UTC)
+    until = now + timedelta(minutes=5)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
+    ):
+        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
+        await primary.registry.put_run(
+            RunRecord(
+                RUN, "t", "g", RunStatus.RUNNING, created_at=now,
+                lease_owner="replica-b", lease_expires_at=until,
+            )
+        )  # fmt: skip
+        await ReleaseRun(RUN, "t", "replica-a").replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_owner, run.lease_expires_at) == ("replica-b", until)
+
+        await ReleaseRun(RUN, "t", "replica-b").replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_owner, run.lease_expires_at) == (None, None)

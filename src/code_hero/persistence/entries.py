@@ -41,6 +41,7 @@ __all__ = [
     "FinishRun",
     "PutCheckpoint",
     "PutWrites",
+    "ReleaseRun",
     "TouchThread",
 ]
 
@@ -206,6 +207,20 @@ class ChangeRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.registry.update_run(self.run_id, **self.fields)
+
+
+@dataclass(frozen=True)
+class ReleaseRun:
+    """A lease given up during the outage: released only if `owner` still holds it (in
+    the meantime another replica may have taken the run over, whose lease stays)."""
+
+    run_id: str
+    thread_id: str
+    owner: str
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.release_runs(self.owner, [self.run_id])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from code_hero.persistence.entries import ChangeRun, FinishRun
+from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
 
@@ -175,12 +175,11 @@ class FallbackClaims(RoutedRegistry):
 
         async def degraded() -> None:
             await self._local("releasing runs").release_runs(owner, run_ids)
-            released = {"lease_owner": None, "lease_expires_at": None}
             for run_id in run_ids:
-                adopted = self._adopt(run_id, **released)
+                adopted = self._adopt(run_id, lease_owner=None, lease_expires_at=None)
                 self._executing.pop(run_id, None)
                 if adopted is not None:
-                    self._journal(ChangeRun(run_id, adopted.thread_id, released))
+                    self._journal(ReleaseRun(run_id, adopted.thread_id, owner))
                 elif (record := await self._local("releasing runs").get_run(run_id)) is not None:
                     self._copy_thread(record.thread_id)
 

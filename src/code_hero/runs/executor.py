@@ -325,7 +325,12 @@ class RunExecutor:
                     final = self._final.get(run_id)
                     if final is not None:
                         return final
-                record = await self.registry.get_run(run_id)
+                try:
+                    record = await self.registry.get_run(run_id)
+                except PrimaryUnreachableError:
+                    if deadline is None:  # startRun(wait): the run is recorded; name it
+                        raise self._held_up_error(run_id) from None
+                    raise
                 if record is None:
                     raise NotFoundError(f"no run {run_id!r}")
                 if record.status.finished or (deadline is not None and loop.time() >= deadline):
@@ -451,12 +456,20 @@ class RunExecutor:
         of a run in flight are), it starts or resumes from its last checkpoint as soon
         as the primary is back, not once its lease has lapsed."""
         log.info("run %s waits for the primary: %s", run_id, exc)
+        lost, cancelled = run_id in self._lost, run_id in self._cancel_requested
         if writer is not None:
             await writer.close()
-        with contextlib.suppress(Exception):
-            await self.registry.release_runs(self.owner, [run_id])
+        if not lost:  # else another executor holds it now: its lease is not ours to free
+            with contextlib.suppress(Exception):
+                if cancelled:
+                    # A stop that an await turned into this error (3.11's wait_for): the
+                    # flag goes in first, so the run is ended CANCELLED once the primary
+                    # is back (claim_cancelled), never started again.
+                    await self.registry.request_cancel(run_id)
+                await self.registry.release_runs(self.owner, [run_id])
         self._release(run_id)
-        if not self.claims.claim_others:  # claimed here again, once it can be
+        self.claims.slot_freed()
+        if not (lost or self.claims.claim_others):  # claimed (or its cancel recorded) here
             self.claims.started.add(run_id)
 
     async def _stream(

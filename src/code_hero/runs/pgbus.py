@@ -33,7 +33,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord, Registry
-from code_hero.runs.bus import InProcessBus, Subscription
+from code_hero.runs.bus import POKE, InProcessBus, Subscription
 from code_hero.runs.events import terminal_status
 
 __all__ = ["CONTROL_CHANNEL", "EVENTS_CHANNEL", "LISTENER_NAME", "PostgresBus"]
@@ -176,8 +176,9 @@ class PostgresBus(InProcessBus):
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
                     if self._ready.is_set():  # a reconnect: whatever was missed is in the log
-                        self.poke_all()
-                        self._dispatch_control("runs")
+                        # Subscribers re-read; claimers claim, and finish runs whose
+                        # cancel (or an outage's copied-back cancel) they may have missed.
+                        self._dispatch_control(POKE)
                     self._ready.set()
                     delay = 0.2
                     async for note in conn.notifies():

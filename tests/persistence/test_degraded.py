@@ -480,3 +480,44 @@ async def test_a_waiter_for_a_run_not_claimed_yet_is_told_which_run_the_outage_h
     await until(lambda: _synced(gw))
     found = await gw.get_runs([str(run_id)])
     assert found[str(run_id)].status is RunStatus.PENDING  # recorded, as the error said
+
+
+@pytest.mark.parametrize("when", ["before its first step", "as it reads its events"])
+async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, when: str
+) -> None:
+    # Claimed just before the outage and cancelled as it started: recording CANCELLED
+    # needs the primary (the run's event numbering is there), and the error escaped the
+    # run's task ("Task exception was never retrieved"): the run stayed PENDING, leased
+    # for 600 s, its cancel lost. Now the cancel is journalled with the lease's release.
+    gw, proxy = long_leased
+    executor = gw.executor
+    launch = executor.launch
+    launched: list[str] = []
+
+    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
+        launched.append(record.run_id)
+        proxy.refuse()
+        del executor.launch  # type: ignore[method-assign]
+        launch(record, resuming=resuming)
+        if when == "before its first step":
+            executor.stop(record.run_id)
+
+    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    if when == "as it reads its events":
+        writer = executor.events.writer
+
+        async def cancelled_in_writer(run_id: str, thread_id: str) -> Any:
+            executor.events.writer = writer  # type: ignore[method-assign]
+            executor.stop(run_id)
+            await asyncio.sleep(0)  # the cancel lands here, before any event is written
+            return await writer(run_id, thread_id)
+
+        executor.events.writer = cancelled_in_writer  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailableError):
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    (run_id,) = launched
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
+    assert final.status is RunStatus.CANCELLED, final

@@ -220,7 +220,13 @@ class RunExecutor:
 
     async def finish_cancelled(self, record: RunRecord) -> None:
         """Record CANCELLED for a run that was cancelled before anyone executed it."""
-        await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
+        try:
+            await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
+        except PrimaryUnreachableError as exc:
+            if self.manager.router.is_local(record.thread_id):
+                raise
+            log.info("the end of run %s waits for the primary: %s", record.run_id, exc)
+            await self._hold_for_outage(record.run_id, cancelled=True)
 
     # ---------------------------------------------------------------- start
     async def start(self, req: StartRun) -> RunRecord:
@@ -436,10 +442,20 @@ class RunExecutor:
             ending = asyncio.ensure_future(
                 self._finish(run_id, thread_id, status, output, error, writer, timeline.fields())
             )
-            while not ending.done():
-                with contextlib.suppress(asyncio.CancelledError):
+            while not ending.done():  # its own error is read from its result below
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.shield(ending)
-            final, waiting = ending.result()
+            try:
+                final, waiting = ending.result()
+            except PrimaryUnreachableError as exc:
+                if self.manager.router.is_local(thread_id):
+                    raise
+                # Its end needs the primary (a run stopped before it had an event
+                # writer: its events' numbering is there): kept for the primary.
+                log.info("the end of run %s waits for the primary: %s", run_id, exc)
+                await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
+                self.claims.slot_freed()
+                return
             if final is None:  # its row is gone: the thread was deleted meanwhile
                 await self._purge_if_deleted(run_id, thread_id)
         finally:
@@ -460,17 +476,21 @@ class RunExecutor:
         if writer is not None:
             await writer.close()
         if not lost:  # else another executor holds it now: its lease is not ours to free
-            with contextlib.suppress(Exception):
-                if cancelled:
-                    # A stop that an await turned into this error (3.11's wait_for): the
-                    # flag goes in first, so the run is ended CANCELLED once the primary
-                    # is back (claim_cancelled), never started again.
-                    await self.registry.request_cancel(run_id)
-                await self.registry.release_runs(self.owner, [run_id])
+            # A stop that an await turned into this error (3.11's wait_for) is kept.
+            await self._hold_for_outage(run_id, cancelled=cancelled)
         self._release(run_id)
         self.claims.slot_freed()
         if not (lost or self.claims.claim_others):  # claimed (or its cancel recorded) here
             self.claims.started.add(run_id)
+
+    async def _hold_for_outage(self, run_id: str, *, cancelled: bool) -> None:
+        """Give the run's lease up during an outage (journalled: `ReleaseRun`); with
+        `cancelled`, its cancel flag first, so once the primary is back the run is ended
+        CANCELLED (claim_cancelled), never started again."""
+        with contextlib.suppress(Exception):
+            if cancelled:
+                await self.registry.request_cancel(run_id)
+            await self.registry.release_runs(self.owner, [run_id])
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline

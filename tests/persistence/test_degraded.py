@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from code_hero.config import create_postgres_checkpointer
@@ -521,3 +522,52 @@ async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it
     await until(lambda: _synced(gw))
     final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
     assert final.status is RunStatus.CANCELLED, final
+
+
+async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread born in an outage with an entry PostgreSQL refuses (a checkpoint in a
+    # namespace with a NUL) stays local after the recovery. A run started on it once
+    # PostgreSQL serves again is PostgreSQL's alone: executing when a second outage
+    # starts, it was taken for one deleted with its thread (the fallback lacks it), its
+    # end never journalled; it stayed RUNNING and leased in PostgreSQL, to run again
+    # once the lease lapsed.
+    gw, proxy = long_leased
+    router = gw.manager.router
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    # Memory takes a NUL in a namespace; PostgreSQL's text columns never will.
+    poison = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "poison\x00"}}
+    await gw.manager.get_checkpointer().aput(poison, empty_checkpoint(), {}, {})
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert router.quarantined and router.is_local(thread_id)  # kept across the recovery
+
+    write = router.write
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if thread == thread_id:  # the run's checkpoints wait for the second outage
+            reached.set()
+            await go_on.wait()
+        return await write(operation, thread, *args, **kw)
+
+    monkeypatch.setattr(router, "write", held)
+    run = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+    await asyncio.wait_for(reached.wait(), 30)
+    assert gw.executor.is_active(run.run_id)
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    go_on.set()
+    await until(lambda: _executing_none(gw))
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    stored = rows(
+        pg_database,
+        "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
+        run.run_id,
+    )
+    assert stored == [(RunStatus.SUCCESS.value, None)]

@@ -36,6 +36,7 @@ EXPECTED_MAPS = {
     "router.touched_at",
     "registry.executing",
     "registry.adopted",
+    "registry.held",
 }
 
 

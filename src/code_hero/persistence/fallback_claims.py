@@ -82,7 +82,7 @@ class FallbackClaims(RoutedRegistry):
         finally:
             # Ended, or its end could not be recorded anywhere: this process holds the
             # run no longer either way (its lease lapses and another executor resumes it).
-            self._executing.pop(run_id, None)
+            self._drop(run_id)
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""
@@ -129,6 +129,7 @@ class FallbackClaims(RoutedRegistry):
 
         async def degraded() -> list[RunRecord]:
             claimed = await claim(self._local("claiming runs"), datetime.now(UTC))
+            self._held.update(r.run_id for r in claimed)
             for thread_id in {r.thread_id for r in claimed}:
                 self._copy_thread(thread_id)
             return claimed
@@ -145,7 +146,7 @@ class FallbackClaims(RoutedRegistry):
             kept = {r.run_id for r in held}
             for run_id in run_ids:
                 if run_id not in kept:
-                    self._executing.pop(run_id, None)
+                    self._drop(run_id)
             self._seen(held)
             return held
 
@@ -170,14 +171,14 @@ class FallbackClaims(RoutedRegistry):
 
         async def on_primary(registry: Registry) -> None:
             for run_id in run_ids:
-                self._executing.pop(run_id, None)
+                self._drop(run_id)
             await registry.release_runs(owner, run_ids)
 
         async def degraded() -> None:
             await self._local("releasing runs").release_runs(owner, run_ids)
             for run_id in run_ids:
                 adopted = self._adopt(run_id, lease_owner=None, lease_expires_at=None)
-                self._executing.pop(run_id, None)
+                self._drop(run_id)
                 if adopted is not None:
                     self._journal(ReleaseRun(run_id, adopted.thread_id, owner))
                 elif (record := await self._local("releasing runs").get_run(run_id)) is not None:

@@ -32,11 +32,19 @@ class RoutedRegistry:
         self._executing: dict[str, RunRecord] = {}
         # Those of them changed during the outage (the primary has an older row).
         self._adopted: dict[str, RunRecord] = {}
+        # Those of them claimed through a fallback: rows it held (their thread born in
+        # an outage), not PostgreSQL's alone, as a run admitted on a thread kept local
+        # after a recovery (a quarantined entry) is.
+        self._held: set[str] = set()
         router.on_recovered.append(self._adopted.clear)
 
     def internal_sizes(self) -> dict[str, int]:
-        """Entries in the per-run maps (executing: runs held here; adopted: until recovery)."""
-        return {"registry.executing": len(self._executing), "registry.adopted": len(self._adopted)}
+        """Entries in the per-run maps (executing, held: runs run here; adopted: until recovery)."""
+        return {
+            "registry.executing": len(self._executing),
+            "registry.adopted": len(self._adopted),
+            "registry.held": len(self._held),
+        }
 
     def _primary(self) -> Registry | None:
         backend = self.router.primary.backend
@@ -82,16 +90,21 @@ class RoutedRegistry:
     def _known(self, run_id: str) -> RunRecord | None:
         """A run in flight since before the outage, as this process holds it."""
         known = self._adopted.get(run_id) or self._executing.get(run_id)
-        return None if known is None or self.router.is_local(known.thread_id) else known
+        return None if known is None or self._gone(run_id) else known
 
     def _gone(self, run_id: str) -> bool:
-        """Whether a run the fallback lacks is gone: one of a thread born in the outage
-        (the fallback holds all of that thread) executing here, deleted with its thread
-        or alone. The primary has no copy of it to go on from: it is missing, as the
-        primary would answer, and its executor purges what it writes after
-        (`RunExecutor._purge_if_deleted`)."""
+        """Whether a run the fallback lacks is gone: one executing here that was claimed
+        from the fallback, of a thread it still holds all of (born in the outage),
+        deleted with its thread or alone. The primary has no copy of it to go on from:
+        it is missing, as the primary would answer, and its executor purges what it
+        writes after (`RunExecutor._purge_if_deleted`)."""
         known = self._executing.get(run_id)
-        return known is not None and self.router.is_local(known.thread_id)
+        return known is not None and run_id in self._held and self.router.is_local(known.thread_id)
+
+    def _drop(self, run_id: str) -> None:
+        """This process executes the run no longer."""
+        self._executing.pop(run_id, None)
+        self._held.discard(run_id)
 
     def _adopt(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Apply a change to a run in flight since before the outage (in memory)."""

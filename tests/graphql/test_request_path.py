@@ -3,22 +3,26 @@
 Parsed documents are reused per text (never a failed one) and validated until found
 valid, an exact `application/json` Content-Type is taken without parsing it,
 `thread { checkpoints }` reads the thread once, responses are encoded with orjson
-(falling back to json for what it refuses), and a checkpoint's values are rendered
-only when selected.
+(falling back to json for what it refuses), and so are DateTime values, and a
+checkpoint's values are rendered only when selected.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from graphql import DocumentNode, parse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from strawberry.http import async_base_view
 
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.schema.extensions import Documents
+from code_hero.schema.scalars import serialize_datetime
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, Starter
@@ -255,3 +259,21 @@ async def test_only_an_exact_json_content_type_skips_strawberrys_parse(
             assert message in answer["errors"][0]["message"]
         got = await server.http.get("/graphql", params={"query": "{ __typename }"})
         assert got.status_code == 200 and data(got.json()) == {"__typename": "Query"}
+
+
+offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23))
+zones = st.one_of(st.none(), st.just(UTC), offsets.map(timezone))
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(value=st.datetimes(timezones=zones))
+def test_datetimes_are_written_as_isoformat_writes_them(value: datetime) -> None:
+    """`DateTime` is written by orjson: the text `isoformat()` gives, in UTC."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        expected = aware.astimezone(UTC).isoformat()
+    except OverflowError:  # before year 1 or after 9999 in UTC: the same error
+        with pytest.raises(OverflowError):
+            serialize_datetime(value)
+        return
+    assert serialize_datetime(value) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import pty
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
+from code_hero.cli import main
 from code_hero.config import (
     CheckpointerConfig,
     create_postgres_checkpointer,
@@ -529,3 +532,27 @@ def test_an_open_gateway_listens_on_loopback_only(serve: Serve, tmp_path: Path) 
     proc.send_signal(signal.SIGTERM)
     _, log = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "ann-0123456789abcdef" not in log
+
+
+def test_serve_freezes_the_heap_it_starts_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Modules and schema are frozen before uvicorn runs: the collector's full passes
+    skip what lives as long as the process."""
+    frozen: list[int] = []
+
+    def run(server: uvicorn.Server) -> None:  # instead of serving
+        frozen.append(gc.get_freeze_count())
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    for name in set(os.environ) - set(_env()):
+        monkeypatch.delenv(name)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        database = f"sqlite:///{tmp_path / 'frozen.sqlite'}"
+        assert main(["serve", "--port", "0", "--database-url", database]) == 0
+    finally:
+        gc.unfreeze()
+        signal.signal(signal.SIGTERM, previous)
+    assert frozen and frozen[0] > 10_000

@@ -18,6 +18,8 @@ from graphql import get_introspection_query
 
 from code_hero.app import create_app
 from code_hero.auth import AccessSettings, RateLimit
+from code_hero.schema import cost as pricing
+from code_hero.schema import extensions
 from code_hero.settings import DEFAULT_MAX_COST, Limits, settings_from_env
 from tests.graphql.clients import TransportWS, codes, data, gql, until_finished
 from tests.graphql.conftest import Server, Starter, running
@@ -281,3 +283,50 @@ def test_settings(value: str) -> None:
     assert settings.gateway.access.read_rate_limit is None
     assert settings_from_env({"CODE_HERO_MAX_COST": "0"}).limits.max_cost == 0
     assert settings_from_env({}).gateway.access.read_rate_limit is None  # open mode: none
+
+
+async def test_a_cached_document_is_priced_per_operation_and_page_size(
+    start: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request is priced with its own operation and `first` (the limit still refuses
+    the big page of a document it admitted a small page of), each distinct one once."""
+    priced: list[tuple[str | None, Any]] = []
+    operation_cost = pricing.operation_cost
+
+    def counting(schema: Any, document: Any, name: Any = None, variables: Any = None) -> int:
+        priced.append((name, dict(variables or {}).get("n", "absent")))
+        return operation_cost(schema, document, name, variables)
+
+    monkeypatch.setattr(pricing, "operation_cost", counting)
+    monkeypatch.setattr(extensions, "operation_cost", counting)
+    paged = "query($n: Int = 3) { threads(first: $n) { edges { node { id } } } }"
+    named = (
+        "query Small { threads(first: 2) { edges { node { id } } } } "
+        "query Big { threads(first: 50) { edges { node { id } } } }"
+    )
+
+    async def named_cost(server: Server, name: str) -> dict[str, Any]:
+        response = await server.http.post("/graphql", json={"query": named, "operationName": name})
+        body: dict[str, Any] = response.json()
+        return body
+
+    async with start(Limits(max_cost=60)) as server:
+        for _ in range(2):
+            assert cost(await gql(server.http, paged, {"n": 5})) == 11
+            assert codes(await gql(server.http, paged, {"n": 40})) == ["QUERY_TOO_COMPLEX"]
+            assert cost(await gql(server.http, paged)) == 7  # the variable's default: 3
+            assert cost(await gql(server.http, paged, {"n": None})) == 41  # the schema's 20
+            assert cost(await gql(server.http, paged, {"n": 1})) == 3
+            refused = await gql(server.http, paged, {"n": True})  # not 1: execution refuses it
+            assert cost(refused) == 41 and codes(refused) == ["BAD_USER_INPUT"]
+            assert cost(await named_cost(server, "Small")) == 5
+            assert codes(await named_cost(server, "Big")) == ["QUERY_TOO_COMPLEX"]
+    assert priced == [
+        (None, 5),
+        (None, 40),
+        (None, "absent"),
+        (None, None),
+        (None, 1),  # True prices as null does: the schema's default
+        ("Small", "absent"),
+        ("Big", "absent"),
+    ]

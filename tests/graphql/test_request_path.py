@@ -1,21 +1,28 @@
 """The request path's shortcuts answer exactly what the long way did.
 
 Parsed documents are reused per text (never a failed one) and validated until found
-valid, `thread { checkpoints }` reads the thread once, responses are
-encoded with orjson (falling back to json for what it refuses), and a
+valid, an exact `application/json` Content-Type is taken without parsing it,
+`thread { checkpoints }` reads the thread once, responses are encoded with orjson
+(falling back to json for what it refuses), and so are DateTime values, and a
 checkpoint's values are rendered only when selected.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from graphql import DocumentNode, parse
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strawberry.http import async_base_view
 
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.schema.extensions import Documents
+from code_hero.schema.scalars import serialize_datetime
 from code_hero.settings import Limits
 from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, Starter
@@ -206,3 +213,67 @@ async def test_a_refused_page_is_refused_at_checkpoints(server: Server) -> None:
         assert codes(body) == ["BAD_USER_INPUT"], (variables, body)
         assert body["errors"][0]["path"] == ["thread", "checkpoints"], body
         assert body["data"] == {"thread": None}
+
+
+async def test_only_an_exact_json_content_type_skips_strawberrys_parse(
+    start: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`application/json` is read as it is; any other header, and any body that is not
+    a query's, gets Strawberry's own parse and answers."""
+    parsed: list[str] = []
+    parse = async_base_view.parse_content_type
+
+    def counting(header: str) -> tuple[str, dict[str, str]]:
+        parsed.append(header)
+        return parse(header)
+
+    monkeypatch.setattr(async_base_view, "parse_content_type", counting)
+    typename = json.dumps({"query": "{ __typename }"})
+
+    async with start() as server:
+
+        async def post(body: str, content_type: str) -> tuple[int, Any]:
+            headers = {"content-type": content_type}
+            response = await server.http.post("/graphql", content=body, headers=headers)
+            return response.status_code, response.json()
+
+        assert await post(typename, "application/json") == (
+            200,
+            {"data": {"__typename": "Query"}, "extensions": {"cost": 0}},
+        )
+        assert parsed == []
+        for header in ("application/json; charset=utf-8", "application/json;charset=UTF-8"):
+            status, body = await post(typename, header)
+            assert status == 200 and data(body) == {"__typename": "Query"}
+        assert parsed == ["application/json; charset=utf-8", "application/json;charset=UTF-8"]
+        refused = {
+            (typename, "text/plain"): "Unsupported content type",
+            ("[1]", "application/json"): "Unable to parse request body as JSON",
+            ('{"query": 1}', "application/json"): "`query` must be a string or null",
+            ('{"query": "{ a }", "variables": []}', "application/json"): "`variables` must",
+            ('{"query": "{ a }", "extensions": 1}', "application/json"): "`extensions` must",
+        }
+        for (body, header), message in refused.items():
+            status, answer = await post(body, header)
+            assert status == 400 and codes(answer) == ["BAD_USER_INPUT"], answer
+            assert message in answer["errors"][0]["message"]
+        got = await server.http.get("/graphql", params={"query": "{ __typename }"})
+        assert got.status_code == 200 and data(got.json()) == {"__typename": "Query"}
+
+
+offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23))
+zones = st.one_of(st.none(), st.just(UTC), offsets.map(timezone))
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(value=st.datetimes(timezones=zones))
+def test_datetimes_are_written_as_isoformat_writes_them(value: datetime) -> None:
+    """`DateTime` is written by orjson: the text `isoformat()` gives, in UTC."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        expected = aware.astimezone(UTC).isoformat()
+    except OverflowError:  # before year 1 or after 9999 in UTC: the same error
+        with pytest.raises(OverflowError):
+            serialize_datetime(value)
+        return
+    assert serialize_datetime(value) == expected

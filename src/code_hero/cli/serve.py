@@ -9,6 +9,7 @@ leaves unfinished runs resumable.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 from types import FrameType
@@ -59,9 +60,15 @@ def serve(args: argparse.Namespace) -> int:
             settings.port,
         )
         log.warning("!" * 72)
+    app = create_app(settings)
+    # The modules and the schema (nearly all of the heap) live as long as the process:
+    # frozen, the collector's full passes skip them (1.8 % of a thread-list page's
+    # instructions; callgrind).
+    gc.collect()
+    gc.freeze()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

@@ -13,7 +13,7 @@ from strawberry.types import ExecutionContext
 
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
-from code_hero.schema.cost import admit, operation_cost
+from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
 __all__ = ["Document", "Documents", "OperationHooks"]
@@ -74,11 +74,8 @@ class OperationHooks(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         ctx = self.execution_context
         self.cost = None
-        document = ctx.graphql_document
-        if document is not None:
-            self.cost = operation_cost(
-                ctx.schema._schema, document, ctx.operation_name, ctx.variables
-            )
+        if ctx.graphql_document is not None:
+            self.cost = self.documents.price(ctx, self.document)
             admit(ctx, self.cost, self.max_cost)
         yield
 
@@ -134,15 +131,17 @@ def _degraded(ctx: Any) -> dict[str, Any]:
 
 @dataclass
 class Document:
-    """A text that parsed: its AST (shared: graphql-core never mutates one) and
-    whether this schema found it valid."""
+    """A text that parsed: its AST (shared: graphql-core never mutates one),
+    whether this schema found it valid, and its costs."""
 
     ast: DocumentNode
     valid: bool = False
+    prices: Prices | None = None  # made at its first execution
 
 
 class Documents:
-    """Parse each document text once, and validate it once it has been found valid.
+    """Parse each document text once, validate it once it has been found valid, and
+    price it once per operation and page size (see schema.cost's `Prices`).
 
     Clients send the same few documents again and again: parsing was a fifth of
     a thread-list request's time, validation (with the depth, alias and token
@@ -212,3 +211,14 @@ class Documents:
         yield
         if ctx.pre_execution_errors == []:
             document.valid = True
+
+    def price(self, ctx: ExecutionContext, document: Document | None) -> int:
+        """The cost of the operation about to run; `document` is what `parse` gave."""
+        schema = ctx.schema._schema
+        ast = ctx.graphql_document
+        assert ast is not None
+        if document is None or document.ast is not ast:  # not a cached text
+            return operation_cost(schema, ast, ctx.operation_name, ctx.variables)
+        if document.prices is None:
+            document.prices = Prices(schema, ast)
+        return document.prices.cost(ctx.operation_name, ctx.variables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
@@ -15,10 +16,13 @@ __all__ = ["JSON", "SCALARS", "parse_datetime", "serialize_datetime"]
 
 
 def serialize_datetime(value: datetime) -> str:
-    """ISO 8601 in UTC (a naive time is taken as UTC)."""
+    """ISO 8601 in UTC (a naive time is taken as UTC), as `isoformat()` writes it."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat()
+    # orjson writes the same text (+00:00; microseconds unless 0) in less than half the
+    # instructions: isoformat() formats each field with C's printf (14,600 a call,
+    # two a thread: 5 % of a thread-list page; callgrind).
+    return orjson.dumps(value.astimezone(UTC))[1:-1].decode()
 
 
 def parse_datetime(value: Any) -> datetime:

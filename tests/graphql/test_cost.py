@@ -155,6 +155,9 @@ async def test_variables_fragments_aliases_and_introspection(start: Starter) -> 
         assert cost(await gql(server.http, paged, {"n": 5})) == 11
         assert codes(await gql(server.http, paged, {"n": 40})) == ["QUERY_TOO_COMPLEX"]
         assert cost(await gql(server.http, paged, {"n": None})) == 41  # the schema's 20
+        # Execution takes 40.0 as 40 (graphql-core's Int): priced so, not as the default.
+        assert codes(await gql(server.http, paged, {"n": 40.0})) == ["QUERY_TOO_COMPLEX"]
+        assert cost(await gql(server.http, paged, {"n": 5.0})) == 11
         assert codes(await gql(server.http, defaulted)) == ["QUERY_TOO_COMPLEX"]
         assert cost(await gql(server.http, defaulted, {"n": 2})) == 5
         refused = await gql(server.http, by_default)  # 20 threads with 20 runs each

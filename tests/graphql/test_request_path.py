@@ -277,3 +277,14 @@ def test_datetimes_are_written_as_isoformat_writes_them(value: datetime) -> None
             serialize_datetime(value)
         return
     assert serialize_datetime(value) == expected
+
+
+def test_a_datetime_subclass_is_written_as_isoformat_writes_it() -> None:
+    """orjson refuses datetime subclasses (pendulum, freezegun, pandas' Timestamp);
+    isoformat() took them, so they still take that way."""
+
+    class Stamp(datetime):
+        pass
+
+    value = Stamp(2026, 11, 28, 12, 30, 5, 7, tzinfo=UTC)
+    assert serialize_datetime(value) == "2026-11-28T12:30:05.000007+00:00"

@@ -432,7 +432,7 @@ class RunExecutor:
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
-        waiting = False
+        waiting = held = False
         try:
             # The end is decided: a cancel arriving now (a second one: from the lease
             # renewal, another replica's message) must not cut the recording short,
@@ -454,13 +454,15 @@ class RunExecutor:
                 # writer: its events' numbering is there): kept for the primary.
                 log.info("the end of run %s waits for the primary: %s", run_id, exc)
                 await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
-                self.claims.slot_freed()
-                return
-            if final is None:  # its row is gone: the thread was deleted meanwhile
-                await self._purge_if_deleted(run_id, thread_id)
+                held = True
+            else:
+                if final is None:  # its row is gone: the thread was deleted meanwhile
+                    await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
         self.claims.slot_freed()
+        if held and not self.claims.claim_others:  # claimed (or its cancel recorded) here
+            self.claims.started.add(run_id)
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
 
@@ -487,10 +489,19 @@ class RunExecutor:
         """Give the run's lease up during an outage (journalled: `ReleaseRun`); with
         `cancelled`, its cancel flag first, so once the primary is back the run is ended
         CANCELLED (claim_cancelled), never started again."""
-        with contextlib.suppress(Exception):
-            if cancelled:
-                await self.registry.request_cancel(run_id)
-            await self.registry.release_runs(self.owner, [run_id])
+
+        async def hold() -> None:
+            with contextlib.suppress(Exception):
+                if cancelled:
+                    await self.registry.request_cancel(run_id)
+                await self.registry.release_runs(self.owner, [run_id])
+
+        # Not cut short by a stop (a lease renewal that reads the cancel flag just set):
+        # the release must be journalled, or the run waits for its lease to lapse.
+        holding = asyncio.ensure_future(hold())
+        while not holding.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(holding)
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline

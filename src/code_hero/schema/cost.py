@@ -187,9 +187,10 @@ class _Pricer:
                 value = self.variables[var] if var in self.variables else self.defaults.get(var)
             elif isinstance(given.value, IntValueNode):
                 value = int(given.value.value)
-        if not isinstance(value, int) or isinstance(value, bool):
+        size = _whole(value)
+        if size is None:
             return default  # null, absent or not a number (execution refuses the latter)
-        return max(0, value)
+        return max(0, size)
 
     def _type(self, condition: Any, parent: Any) -> Any:
         if condition is None:
@@ -279,8 +280,19 @@ def _page_value(variables: Mapping[str, Any], name: str) -> Hashable:
     """What `_Pricer.page_size` makes of the variable: an integer, the default, absent."""
     if name not in variables:
         return _ABSENT
-    value = variables[name]
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return _whole(variables[name])
+
+
+def _whole(value: Any) -> int | None:
+    """A page size as execution reads it: an integer, or a float with no fraction
+    (graphql-core's Int takes 100.0 as 100); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _root(schema: GraphQLSchema, operation: OperationDefinitionNode) -> GraphQLObjectType | None:

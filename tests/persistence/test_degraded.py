@@ -206,6 +206,13 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
     ) == [(0,)]
 
 
+async def _born_in_an_outage(gw: Gateway, proxy: BlackHoleProxy) -> str:
+    """Cut PostgreSQL off; a thread with one finished run, born on the fallback."""
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    return (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+
+
 async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leaves_nothing(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,9 +221,7 @@ async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leave
     # journalled after its DeleteThread and copied back, with no thread row. As on the
     # healthy path, the deletion wins: the run's leftovers go with the thread.
     gw, proxy = proxied
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
-    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    thread_id = await _born_in_an_outage(gw, proxy)
     executor, router = gw.services.executor, gw.manager.router
     stop_thread, write = executor.stop_thread, router.write
     late: list[str] = []
@@ -258,9 +263,7 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     # As a deletion that fails on the primary does, it leaves the thread marked, and a
     # retry ends it.
     gw, proxy = proxied
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
-    thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
+    thread_id = await _born_in_an_outage(gw, proxy)
     registry = gw.manager.registry
     start_deletion = registry.start_deletion
     marked, go_on = asyncio.Event(), asyncio.Event()

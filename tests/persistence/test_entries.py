@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import open_backend
 from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun, ReleaseRun
@@ -16,6 +18,7 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from tests.conftest import make_config
 
 RUN = "6f9d3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
 
@@ -118,3 +121,76 @@ async def test_a_release_journalled_in_an_outage_keeps_another_replicas_lease(
         await ReleaseRun(RUN, "t", "replica-b").replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and (run.lease_owner, run.lease_expires_at) == (None, None)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def primary_config(request: pytest.FixtureRequest) -> object:
+    return make_config(request.param, request)
+
+
+async def test_a_change_and_end_journalled_in_an_outage_leave_another_replicas_run(
+    primary_config: object,
+) -> None:
+    """A run in flight when its replica lost the primary may be taken over (its lease
+    lapsed there) and ended by a replica that could reach it. The replayed change and
+    end leave that alone: as plain updates they made the run RUNNING again (claimed a
+    third time) and replaced the other replica's end with the journalled one."""
+    now = datetime.now(UTC)
+    lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    later = until + timedelta(minutes=5)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,  # type: ignore[arg-type]
+    ):
+        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
+        await primary.registry.put_run(
+            RunRecord(
+                RUN, "t", "g", RunStatus.RUNNING, created_at=now,
+                lease_owner="replica-a", lease_expires_at=lapsed,
+            )
+        )  # fmt: skip
+        renewed = ChangeRun(RUN, "t", {"lease_expires_at": later}, "replica-a")
+        running = ChangeRun(RUN, "t", {"status": "RUNNING", "started_at": now}, "replica-a")
+        ended = FinishRun(RUN, "t", {"status": "ERROR", "error": "a", "finished_at": now})
+
+        # Replica B takes the lapsed run over: A's changes leave B's lease.
+        await primary.registry.claim_runs("replica-b", now=now, until=until, limit=1)
+        await renewed.replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_owner, run.lease_expires_at) == ("replica-b", until)
+
+        # B ends it: neither A's changes nor A's end replace that end.
+        await primary.registry.finish_run(
+            RUN, ThreadStatus.IDLE, status=RunStatus.SUCCESS, output={"by": "b"},
+            finished_at=now, lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
+        for entries in ((running, renewed), (ended,)):
+            for entry in entries:
+                await entry.replay(primary, fallback)
+            run = await primary.registry.get_run(RUN)
+            assert run is not None and run.status is RunStatus.SUCCESS
+            assert (run.output, run.error) == ({"by": "b"}, None)
+            assert (run.lease_owner, run.lease_expires_at) == (None, None)
+            thread = await primary.registry.get_thread("t")
+            assert thread is not None and thread.status is ThreadStatus.IDLE
+            claimed = await primary.registry.claim_runs("c", now=now, until=until, limit=1)
+            assert claimed == []
+
+
+async def test_a_change_journalled_in_an_outage_applies_to_its_own_run(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    until = now + timedelta(minutes=5)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
+    ):
+        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
+        await primary.registry.put_run(
+            RunRecord(RUN, "t", "g", RunStatus.RUNNING, created_at=now, lease_owner="replica-a")
+        )
+        await ChangeRun(RUN, "t", {"lease_expires_at": until}, "replica-a").replay(
+            primary, fallback
+        )
+        await ChangeRun(RUN, "t", {"cancel_requested": True}).replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_expires_at, run.cancel_requested) == (until, True)

@@ -9,8 +9,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
     PutWrites       a task's pending writes
     CopyThread      the registry rows of a thread born during the outage
     CopyEvents      events of a run in flight when the outage began
-    ChangeRun       fields of such a run (its row is in the primary)
-    FinishRun       the end of such a run, with its thread's status
+    ChangeRun       fields of such a run, unless another replica took it over or ended it
+    FinishRun       the end of such a run, with its thread's status (unless it ended already)
     DeleteRun       a run of a thread born during the outage, deleted
     TouchThread     activity on a thread that is not local
     DeleteThread    a thread deleted during the outage
@@ -198,15 +198,18 @@ async def _copy_events(
 
 @dataclass(frozen=True)
 class ChangeRun:
-    """Fields of a run in flight at the outage's start (its row is in the primary)."""
+    """Fields of a run in flight at the outage's start (its row is in the primary), set
+    only while it is unfinished there and leased by `owner` (the lease it was changed
+    under) or by no one: meanwhile another replica may have taken it over, or ended it."""
 
     run_id: str
     thread_id: str
     fields: Mapping[str, Any]
+    owner: str | None = None  # None: whoever holds the run
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        await primary.registry.update_run(self.run_id, **self.fields)
+        await primary.registry.update_held_run(self.run_id, self.owner, **self.fields)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ class ReleaseRun:
 
 @dataclass(frozen=True)
 class FinishRun:
-    """The end of a run in flight at the outage's start, with its thread's status."""
+    """The end of a run in flight at the outage's start, with its thread's status: only
+    if the run has not ended in the primary meanwhile (another replica may have ended it)."""
 
     run_id: str
     thread_id: str
@@ -234,7 +238,9 @@ class FinishRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         status = RunStatus(self.fields["status"])
-        await primary.registry.finish_run(self.run_id, THREAD_STATUS_AFTER[status], **self.fields)
+        await primary.registry.finish_run(
+            self.run_id, THREAD_STATUS_AFTER[status], if_unfinished=True, **self.fields
+        )
 
 
 @dataclass(frozen=True)

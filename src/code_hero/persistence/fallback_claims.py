@@ -54,16 +54,23 @@ class FallbackClaims(RoutedRegistry):
         return await self._write(on_primary, degraded)
 
     async def finish_run(
-        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+        self,
+        run_id: str,
+        thread_status: ThreadStatus,
+        *,
+        if_unfinished: bool = False,
+        **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and set its thread's status, in one transaction."""
 
         async def on_primary(registry: Registry) -> tuple[RunRecord | None, bool]:
-            return await registry.finish_run(run_id, thread_status, **fields)
+            return await registry.finish_run(
+                run_id, thread_status, if_unfinished=if_unfinished, **fields
+            )
 
         async def degraded() -> tuple[RunRecord | None, bool]:
             record, waiting = await self._local("finishing this run").finish_run(
-                run_id, thread_status, **fields
+                run_id, thread_status, if_unfinished=if_unfinished, **fields
             )
             if record is not None:
                 self._copy_thread(record.thread_id)
@@ -161,7 +168,9 @@ class FallbackClaims(RoutedRegistry):
                 adopted = self._adopt(run_id, lease_expires_at=until)
                 if adopted is not None and adopted.lease_owner == owner:
                     held.append(adopted)
-                    self._journal(ChangeRun(run_id, adopted.thread_id, {"lease_expires_at": until}))
+                    self._journal(
+                        ChangeRun(run_id, adopted.thread_id, {"lease_expires_at": until}, owner)
+                    )
             return held
 
         return await self._write(on_primary, degraded)

@@ -195,8 +195,24 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         adopted = self._adopt(run_id, **fields)
         if adopted is None:
             raise self.router.unavailable("updating this run")
-        self._journal(ChangeRun(run_id, adopted.thread_id, dict(fields)))
+        self._journal(ChangeRun(run_id, adopted.thread_id, dict(fields), adopted.lease_owner))
         return adopted
+
+    async def update_held_run(
+        self, run_id: str, owner: str | None, **fields: Any
+    ) -> RunRecord | None:
+        """Set the fields of an unfinished run `owner` holds or no one does (primary only)."""
+
+        async def on_primary(registry: Registry) -> RunRecord | None:
+            record = await registry.update_held_run(run_id, owner, **fields)
+            if record is not None:
+                self._seen([record])
+            return record
+
+        async def degraded() -> RunRecord | None:
+            raise self.router.unavailable("updating this run")
+
+        return await self._write(on_primary, degraded)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or None."""

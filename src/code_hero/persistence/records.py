@@ -322,6 +322,12 @@ class Registry(Protocol):
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given RunRecord fields; returns the new record (None if missing)."""
 
+    async def update_held_run(
+        self, run_id: str, owner: str | None, **fields: Any
+    ) -> RunRecord | None:
+        """Set the fields of a run still unfinished and leased by `owner` or by no one
+        (with `owner` None, by anyone); returns the new record (None if not changed)."""
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or None."""
 
@@ -379,10 +385,16 @@ class Registry(Protocol):
         """
 
     async def finish_run(
-        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+        self,
+        run_id: str,
+        thread_status: ThreadStatus,
+        *,
+        if_unfinished: bool = False,
+        **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and, unless its thread has other unfinished runs, set the thread's
-        status: one transaction. Returns (the run, whether other runs are waiting)."""
+        status: one transaction. Returns (the run, whether other runs are waiting).
+        With `if_unfinished`, a run that has ended already is left as it is: (None, False)."""
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""

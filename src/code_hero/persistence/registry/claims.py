@@ -113,9 +113,16 @@ class RunClaims(WebhookOutbox):
         return self._run(rows[0]), busy_id
 
     async def finish_run(
-        self, run_id: str, thread_status: ThreadStatus, **fields: Any
+        self,
+        run_id: str,
+        thread_status: ThreadStatus,
+        *,
+        if_unfinished: bool = False,
+        **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         update, params = self._run_update("finish_run", fields)
+        if if_unfinished:  # checked on the run's row itself: a finish racing this one waits
+            update += " AND status IN ('PENDING', 'RUNNING')"
         async with self._session(atomic=True) as s:
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted

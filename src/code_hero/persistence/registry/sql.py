@@ -234,6 +234,22 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id])
         return self._run(rows[0]) if rows else None
 
+    async def update_held_run(
+        self, run_id: str, owner: str | None, **fields: Any
+    ) -> RunRecord | None:
+        update, params = self._run_update("update_held_run", fields)
+        if not fields:
+            return None
+        held, held_params = "", []
+        if owner is not None:
+            held, held_params = " AND (lease_owner = ? OR lease_owner IS NULL)", [owner]
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"{update} AND status IN ('PENDING', 'RUNNING'){held} RETURNING {RUN_COLUMNS}",
+                [*params, run_id, *held_params],
+            )
+        return self._run(rows[0]) if rows else None
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         async with self._session() as s:
             rows = await s.fetch(

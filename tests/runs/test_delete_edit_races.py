@@ -22,7 +22,8 @@ from code_hero.errors import CodeHeroError, ConflictError, NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import ThreadDeletion
-from code_hero.persistence.records import RunStatus, ThreadFilter, ThreadRecord
+from code_hero.persistence.records import RunStatus, ThreadFilter, ThreadRecord, ThreadStatus
+from code_hero.persistence.registry import edits as edit_registry
 from code_hero.runs.executor import StartRun
 from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
@@ -112,9 +113,10 @@ async def test_an_edit_takes_a_thread_whose_deletion_started_for_no_thread(
     thread_id = await idle_thread(gw)
     get, claim = registry.get_thread, registry.claim_edit
 
-    async def deletion_started_first(thread_id: str) -> ThreadRecord | None:
-        assert await registry.start_deletion(thread_id)
-        return await get(thread_id)
+    async def deletion_started_first(thread_id: str, **kwargs: Any) -> ThreadRecord | None:
+        if not kwargs:  # the edit's first look
+            assert await registry.start_deletion(thread_id)
+        return await get(thread_id, **kwargs)
 
     async def deletion_ended_first(*args: Any, **kwargs: Any) -> str | None:
         await gw.manager.purge_thread(thread_id)
@@ -244,4 +246,77 @@ async def test_two_deletions_of_one_thread_are_not_told_it_is_being_edited(gw: G
     thread_id = await idle_thread(gw)
     first, second = await asyncio.gather(gw.delete_thread(thread_id), gw.delete_thread(thread_id))
     assert first.deleted or second.deleted
+    assert await _left(gw, thread_id) == (False, False)
+
+
+async def test_an_edit_whose_claim_waited_for_a_deletion_to_start_is_not_found(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim read its clock, then waited for the thread's row while a write moved its
+    updated_at past that reading and a deletion started (ttl 0: expires_at = updated_at).
+    Judged by the clock read before the wait the row looked live: the claim held, the
+    deletion went on, the thread's runs were hidden and the edit fell back to the default
+    graph, answering BAD_USER_INPUT about the caller's values (seen once in the chaos
+    audit, seed 8). It is NOT_FOUND: the thread is being deleted."""
+    registry = gw.manager.registry
+    made = await gw.create_thread(caller=ANONYMOUS)  # its metadata names no graph: its runs do
+    thread_id = await idle_thread(gw, thread_id=made.thread_id)
+    claim, clock = registry.claim_edit, edit_registry.utc_now
+
+    async def waited_for_the_row(*args: Any, **kwargs: Any) -> str | None:
+        read = [clock()]  # the claim's first reading, taken before the row's lock is had
+
+        def reading() -> datetime:
+            return read.pop() if read else clock()
+
+        await registry.settle_edit(thread_id, ThreadStatus.IDLE)  # a write, then ...
+        assert await registry.start_deletion(thread_id)  # ... the deletion's start
+        monkeypatch.setattr(edit_registry, "utc_now", reading)
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "claim_edit", waited_for_the_row)
+    with pytest.raises(CodeHeroError) as refused:
+        await gw.update_state(UpdateState(thread_id, {"steps": ["edited"]}))
+    monkeypatch.undo()
+    assert isinstance(refused.value, NotFoundError), refused.value
+    await gw.manager.purge_thread(thread_id)  # the deletion ends
+    assert await _left(gw, thread_id) == (False, False)
+
+
+async def test_an_edit_that_found_no_row_does_not_judge_a_deletion_by_an_old_clock(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edit found no live row (a deletion had started), then asked whether the thread
+    had expired with a clock read before a write (a run admitted or ending) moved its
+    updated_at (= expires_at at ttl 0) past that reading: not expired, so it took the
+    thread for one only the savers hold, whose row its claim made anew once the deletion
+    had ended, and edited with the default graph (BAD_USER_INPUT). It is NOT_FOUND."""
+    registry = gw.manager.registry
+    thread_id = await idle_thread(gw)
+    get, expired, claim = registry.get_thread, registry.expired_thread_ids, registry.claim_edit
+    started = []
+
+    async def deletion_started_first(thread_id: str, **kwargs: Any) -> ThreadRecord | None:
+        if not started:
+            started.append(await registry.start_deletion(thread_id))
+        return await get(thread_id, **kwargs)
+
+    async def touched_meanwhile(now: datetime, **kwargs: Any) -> list[str]:
+        await registry.settle_edit(thread_id, ThreadStatus.IDLE)  # after `now` was read
+        return await expired(now, **kwargs)
+
+    async def deletion_ended_first(*args: Any, **kwargs: Any) -> str | None:
+        await gw.manager.purge_thread(thread_id)
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "get_thread", deletion_started_first)
+    monkeypatch.setattr(registry, "expired_thread_ids", touched_meanwhile)
+    monkeypatch.setattr(registry, "claim_edit", deletion_ended_first)
+    with pytest.raises(CodeHeroError) as refused:
+        await gw.update_state(UpdateState(thread_id, {"steps": ["edited"]}))
+    monkeypatch.undo()
+    assert started == [True]
+    assert isinstance(refused.value, NotFoundError), refused.value
+    assert await registry.get_thread(thread_id, expired=True) is None  # not made anew
+    await gw.manager.purge_thread(thread_id)  # the deletion ends (when the edit did not)
     assert await _left(gw, thread_id) == (False, False)

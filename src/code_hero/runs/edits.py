@@ -67,13 +67,14 @@ async def update_state(
         raise BadInputError("values must be a JSON object of the graph's state keys")
     registry = manager.registry
     thread = await registry.get_thread(req.thread_id)
-    # An expired row (a deletion under way, `start_deletion`, or the sweep's) hides a
-    # thread whose checkpoints are still there: not one only the savers hold, to claim anew.
-    if thread is None and (
-        await registry.expired_thread_ids(datetime.now(UTC), limit=1, among=[req.thread_id])
-        or await manager.get_checkpoint(req.thread_id) is None
-    ):
-        raise NotFoundError(f"no thread {req.thread_id!r}")
+    if thread is None:
+        # An expired row (a deletion under way, `start_deletion`, or the sweep's) hides a
+        # thread whose checkpoints are still there: not one only the savers hold, to claim
+        # anew. The claim judges that row under its lock: a clock read here, before a
+        # write moved its expires_at (updated_at, at ttl 0) past it, took it for none.
+        thread = await registry.get_thread(req.thread_id, expired=True)
+        if thread is None and await manager.get_checkpoint(req.thread_id) is None:
+            raise NotFoundError(f"no thread {req.thread_id!r}")
     until = datetime.now(UTC) + EDIT_CLAIM
     try:  # the claim inside: a cancellation that lands as it commits still releases it
         busy = await registry.claim_edit(req.thread_id, until, seen=thread is not None)

@@ -15,7 +15,9 @@ that took it died.
 A deletion in steps (SQLite, memory, a busy thread on PostgreSQL) starts with
 `start_deletion`: under the row's lock it refuses while the claim holds, else
 expires the row (ttl 0), so an edit that saw the row and claims afterwards finds
-it expired or gone (NotFoundError) and never makes it anew. PostgreSQL's one-step
+it expired or gone (NotFoundError) and never makes it anew. The claim judges the row
+with the lock had (ttl 0, or the clock read then): a reading taken before it waited
+let through a deletion that had started meanwhile. PostgreSQL's one-step
 deletion reads the claim under the same lock.
 """
 
@@ -61,7 +63,7 @@ class ThreadEdits(Dialect):
             # look for runs below then sees every run admitted before the lock was had.
             if seen:
                 locked = await s.fetch(
-                    "SELECT edit_until, expires_at FROM code_hero_threads "
+                    "SELECT edit_until, expires_at, ttl_seconds FROM code_hero_threads "
                     f"WHERE thread_id = ?{self.for_update}",
                     [thread_id],
                 )
@@ -70,7 +72,7 @@ class ThreadEdits(Dialect):
                     f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) "
                     "VALUES (?, NULL, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE "
                     "SET edit_until = code_hero_threads.edit_until "
-                    "RETURNING edit_until, expires_at",
+                    "RETURNING edit_until, expires_at, ttl_seconds",
                     [
                         thread_id,
                         ThreadStatus.IDLE.value,
@@ -79,9 +81,17 @@ class ThreadEdits(Dialect):
                         self._ts(now),
                     ],
                 )
-            # An expired row is a deletion under way (`start_deletion`) or the sweep's.
+            # An expired row is a deletion under way (`start_deletion`: ttl 0) or the
+            # sweep's. The clock is read with the lock had: a reading from before the
+            # wait missed a deletion that started meanwhile after a write moved
+            # updated_at (= expires_at) past it, and the edit went on under it.
+            now = utc_now()
             ends = locked[0]["expires_at"] if locked else None
-            if not locked or (ends is not None and self._from_ts(ends) <= now):
+            if (
+                not locked
+                or locked[0]["ttl_seconds"] == 0
+                or (ends is not None and self._from_ts(ends) <= now)
+            ):
                 raise NotFoundError(f"no thread {thread_id!r}")
             held = locked[0]["edit_until"]
             if held is not None and self._from_ts(held) > now:

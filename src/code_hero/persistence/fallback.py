@@ -609,9 +609,8 @@ class FallbackRouter:
         self.copied_seqs.clear()
         for hook in self.on_recovered:
             hook()
-        for slot in self.slots[1:]:
-            if slot.backend is not None:
-                await slot.backend.forget(keep=kept)
+        # Logged and counted before the first await: `health` answers HEALTHY from here
+        # on, and a caller that saw that found the line missing (a test's flake).
         if was_active != 0:
             now = datetime.now(UTC)
             self.last_outage = (self._outage_began or since or now, now)
@@ -624,6 +623,9 @@ class FallbackRouter:
                 lasted,
                 f" but {len(self.journal.quarantine)} quarantined" if kept else "",
             )
+        for slot in self.slots[1:]:
+            if slot.backend is not None:
+                await slot.backend.forget(keep=kept)
 
 
 async def _touch_threads(key: tuple[Registry, bool], touches: list[tuple[str, str | None]]) -> None:

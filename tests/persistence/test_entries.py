@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
-from code_hero.persistence.backends import open_backend
+from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
@@ -94,6 +97,27 @@ async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path:
         assert (final.input_tokens, final.output_tokens, final.steps) == (11, 9, steps)
 
 
+@asynccontextmanager
+async def one_running_run(
+    config: Any, owner: str, expires_at: datetime | None = None
+) -> AsyncIterator[tuple[Backend, Backend]]:
+    """A memory fallback, and a primary holding thread "t" with run RUN running, leased
+    by `owner`."""
+    now = datetime.now(UTC)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(config) as primary,
+    ):
+        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
+        await primary.registry.put_run(
+            RunRecord(
+                RUN, "t", "g", RunStatus.RUNNING, created_at=now,
+                lease_owner=owner, lease_expires_at=expires_at,
+            )
+        )  # fmt: skip
+        yield fallback, primary
+
+
 async def test_a_release_journalled_in_an_outage_keeps_another_replicas_lease(
     tmp_path: Path,
 ) -> None:
@@ -101,19 +125,9 @@ async def test_a_release_journalled_in_an_outage_keeps_another_replicas_lease(
     taken over meanwhile by a replica that could: the replayed release clears only the
     releasing replica's own lease. As a plain change of fields it cleared the other's,
     and a third executor could claim the run while it still ran there."""
-    now = datetime.now(UTC)
-    until = now + timedelta(minutes=5)
-    async with (
-        open_backend(create_memory_checkpointer()) as fallback,
-        open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
-    ):
-        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
-        await primary.registry.put_run(
-            RunRecord(
-                RUN, "t", "g", RunStatus.RUNNING, created_at=now,
-                lease_owner="replica-b", lease_expires_at=until,
-            )
-        )  # fmt: skip
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    sqlite = create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))
+    async with one_running_run(sqlite, "replica-b", until) as (fallback, primary):
         await ReleaseRun(RUN, "t", "replica-a").replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and (run.lease_owner, run.lease_expires_at) == ("replica-b", until)
@@ -138,17 +152,7 @@ async def test_a_change_and_end_journalled_in_an_outage_leave_another_replicas_r
     now = datetime.now(UTC)
     lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
     later = until + timedelta(minutes=5)
-    async with (
-        open_backend(create_memory_checkpointer()) as fallback,
-        open_backend(primary_config) as primary,  # type: ignore[arg-type]
-    ):
-        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
-        await primary.registry.put_run(
-            RunRecord(
-                RUN, "t", "g", RunStatus.RUNNING, created_at=now,
-                lease_owner="replica-a", lease_expires_at=lapsed,
-            )
-        )  # fmt: skip
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
         renewed = ChangeRun(RUN, "t", {"lease_expires_at": later}, "replica-a")
         running = ChangeRun(RUN, "t", {"status": "RUNNING", "started_at": now}, "replica-a")
         ended = FinishRun(RUN, "t", {"status": "ERROR", "error": "a", "finished_at": now})
@@ -178,16 +182,9 @@ async def test_a_change_and_end_journalled_in_an_outage_leave_another_replicas_r
 
 
 async def test_a_change_journalled_in_an_outage_applies_to_its_own_run(tmp_path: Path) -> None:
-    now = datetime.now(UTC)
-    until = now + timedelta(minutes=5)
-    async with (
-        open_backend(create_memory_checkpointer()) as fallback,
-        open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
-    ):
-        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
-        await primary.registry.put_run(
-            RunRecord(RUN, "t", "g", RunStatus.RUNNING, created_at=now, lease_owner="replica-a")
-        )
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    sqlite = create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))
+    async with one_running_run(sqlite, "replica-a") as (fallback, primary):
         await ChangeRun(RUN, "t", {"lease_expires_at": until}, "replica-a").replay(
             primary, fallback
         )

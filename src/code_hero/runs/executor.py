@@ -30,10 +30,10 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -85,6 +85,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunExecutor:
@@ -439,14 +440,12 @@ class RunExecutor:
             # or the run would stay RUNNING with its events half stored.
             timeline.end(status, error)
             self._ending.add(run_id)
-            ending = asyncio.ensure_future(
-                self._finish(run_id, thread_id, status, output, error, writer, timeline.fields())
-            )
-            while not ending.done():  # its own error is read from its result below
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.shield(ending)
             try:
-                final, waiting = ending.result()
+                final, waiting = await _to_the_end(
+                    self._finish(
+                        run_id, thread_id, status, output, error, writer, timeline.fields()
+                    )
+                )
             except PrimaryUnreachableError as exc:
                 if self.manager.router.is_local(thread_id):
                     raise
@@ -498,10 +497,7 @@ class RunExecutor:
 
         # Not cut short by a stop (a lease renewal that reads the cancel flag just set):
         # the release must be journalled, or the run waits for its lease to lapse.
-        holding = asyncio.ensure_future(hold())
-        while not holding.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(holding)
+        await _to_the_end(hold())
 
     async def _stream(
         self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline
@@ -664,6 +660,15 @@ class RunExecutor:
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
+
+
+async def _to_the_end(step: Awaitable[T]) -> T:
+    """Await `step` to its end whatever cancels land meanwhile: its result, or its error."""
+    task = asyncio.ensure_future(step)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(task)
+    return task.result()
 
 
 def _with_messages(run_input: Any) -> Any:

@@ -237,9 +237,9 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any
     ) -> RunRecord | None:
-        update, params = self._run_update("update_held_run", fields)
         if not fields:
             return None
+        update, params = self._run_update("update_held_run", fields)
         held, held_params = "", []
         if owner is not None:
             held, held_params = " AND (lease_owner = ? OR lease_owner IS NULL)", [owner]

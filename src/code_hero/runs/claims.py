@@ -108,11 +108,18 @@ class Claims:
 
     async def close(self) -> None:
         """Stop the claim loop and the lease renewal."""
-        for loop in self._loops:
+        # Forgotten first: a loop ends at its next turn even if an await drops the
+        # cancel (Python 3.11's wait_for, in psycopg_pool's getconn).
+        loops, self._loops = self._loops, []
+        for loop in loops:
             loop.cancel()
-        for loop in self._loops:
+        for loop in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+
+    def _looping(self) -> bool:
+        """Whether the calling loop is still one of this executor's (`close` forgets them)."""
+        return asyncio.current_task() in self._loops
 
     def wake(self) -> None:
         """Try to claim now (a run was started, a slot or a thread was freed)."""
@@ -191,13 +198,14 @@ class Claims:
 
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
-        while True:
+        while self._looping():
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):  # not wait_for: see `close`
+                    await self._wake.wait()
             except TimeoutError:
                 self._cancels_due = True
             self._wake.clear()
-            if self.closing:
+            if self.closing or not self._looping():
                 return
             cancels, self._cancels_due = self._cancels_due, False
             try:
@@ -262,7 +270,7 @@ class Claims:
     # ---------------------------------------------------------------- leases
     async def _renew_leases(self) -> None:
         interval = max(self.lease.total_seconds() / 3, 0.05)
-        while True:
+        while self._looping():
             await asyncio.sleep(interval)
             mine = self.runs.running()
             if not mine:

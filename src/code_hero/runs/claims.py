@@ -81,12 +81,13 @@ class Claims:
         # freed is worth a pass at once.
         self._cancels_due = True
         self._full = False
-        # Held while claiming and while a thread's runs are stopped. A cancel takes
-        # no lock (a pass makes database round trips: a run may end meanwhile); its
-        # run is in `_stopping` until it returns, and a pass stops a run it claims
-        # that is there.
+        # Held while claiming. A cancel, or a thread's runs stopped, takes no lock (a
+        # pass makes database round trips: a run may end meanwhile); its run (thread)
+        # is in `_stopping` (`_stopping_threads`) until it returns, and a pass stops a
+        # run it claims that is there.
         self._claiming = asyncio.Lock()
         self._stopping: set[str] = set()
+        self._stopping_threads: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -175,26 +176,35 @@ class Claims:
         executing: list[str] = []
         remote: list[str] = []
         flagged_any = False
-        async with self._claiming:  # no run of the thread is claimed here meanwhile
+        # No lock, as for a cancel: a pass that claims a run of the thread meanwhile
+        # (leased before its flag) stops it before its first step.
+        self._stopping_threads.add(thread_id)
+        try:
             for record in await self.registry.unfinished_runs(thread_id):
-                if self.runs.is_active(record.run_id):
-                    self.runs.stop(record.run_id)
-                    executing.append(record.run_id)
-                    continue
-                # Flagged, a run is never claimed again; one claimed already (leased)
-                # is stopped by its executor, on the message or at its lease renewal.
-                flagged = await self.registry.request_cancel(record.run_id)
-                flagged_any = True
-                if flagged is not None and not flagged.status.finished and flagged.lease_owner:
-                    remote.append(record.run_id)
-        for run_id in remote:
-            await self.bus.send_control(f"cancel {run_id}")
-        if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
-            self._wake_for_cancels()  # (not woken for nothing: a claim pass is two UPDATEs)
-        await asyncio.gather(
-            *(self.runs.wait(run_id, limit=5) for run_id in executing),
-            *(self.runs.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
-        )
+                if not self.runs.is_active(record.run_id):
+                    # Flagged, a run is never claimed again; one claimed already (leased)
+                    # is stopped by its executor, on the message or at its lease renewal.
+                    flagged = await self.registry.request_cancel(record.run_id)
+                    flagged_any = True
+                    if not self.runs.is_active(record.run_id):  # else claimed here meanwhile
+                        if flagged and not flagged.status.finished and flagged.lease_owner:
+                            remote.append(record.run_id)
+                        continue
+                self.runs.stop(record.run_id)
+                executing.append(record.run_id)
+            for run_id in remote:
+                await self.bus.send_control(f"cancel {run_id}")
+            if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
+                self._wake_for_cancels()  # (not woken for nothing: a pass is two UPDATEs)
+            await asyncio.gather(
+                *(self.runs.wait(run_id, limit=5) for run_id in executing),
+                *(
+                    self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
+                    for run_id in remote
+                ),
+            )
+        finally:
+            self._stopping_threads.discard(thread_id)
 
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
@@ -249,8 +259,8 @@ class Claims:
             if resuming:
                 log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
             self.runs.launch(record, resuming=resuming)
-            if record.run_id in self._stopping:  # its cancel was asked as it was claimed
-                self.runs.stop(record.run_id)
+            if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
+                self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
 

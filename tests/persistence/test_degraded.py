@@ -21,7 +21,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError, RunHeldUpError
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.entries import ReleaseRun
+from code_hero.persistence.entries import FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -574,3 +574,40 @@ async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
         run.run_id,
     )
     assert stored == [(RunStatus.SUCCESS.value, None)]
+
+
+async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # A run whose end met the outage is ended from the copy this executor holds, and
+    # the end is journalled under the lease it ran under. It was journalled under the
+    # lease its end clears (none), so once PostgreSQL was back it ended the run another
+    # replica had taken over meanwhile, and was executing.
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    finish_run = registry.finish_run
+
+    async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
+        proxy.refuse()
+        del registry.finish_run  # type: ignore[method-assign]
+        return await finish_run(run_id, *args, **kw)
+
+    registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+    final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert final.status is RunStatus.SUCCESS
+    ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
+    assert [(e.run_id, e.owner) for e in ended] == [(final.run_id, executor.owner)]
+    # Meanwhile, replica B takes the run over in PostgreSQL (A's lease counted as lapsed).
+    rows(
+        pg_database,
+        "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1",
+        final.run_id,
+    )
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database,
+        "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
+        final.run_id,
+    ) == [(RunStatus.RUNNING.value, "replica-b")]

@@ -181,6 +181,102 @@ async def test_a_change_and_end_journalled_in_an_outage_leave_another_replicas_r
             assert claimed == []
 
 
+async def test_a_change_journalled_in_an_outage_leaves_a_run_another_replica_released(
+    primary_config: object,
+) -> None:
+    """Replica B took the run over while A could not reach the primary, and released it
+    (B drained): no one leases it and it is claimable. A's replayed renewal set a lease
+    expiry with no owner on it, which held every claim off until it passed, and A's
+    other changes applied to a run A no longer executed."""
+    now = datetime.now(UTC)
+    lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    later = until + timedelta(minutes=5)
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
+        await primary.registry.claim_runs("replica-b", now=now, until=until, limit=1)
+        await primary.registry.release_runs("replica-b", [RUN])
+
+        await ChangeRun(RUN, "t", {"lease_expires_at": later}, "replica-a").replay(
+            primary, fallback
+        )
+        await ChangeRun(RUN, "t", {"input_tokens": 11}, "replica-a").replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_owner, run.lease_expires_at) == (None, None)
+        assert run.input_tokens == 0
+        claimed = await primary.registry.claim_runs("replica-c", now=now, until=until, limit=1)
+        assert [r.run_id for r in claimed] == [RUN]
+
+
+@pytest.mark.parametrize("then", ["running", "released"])
+async def test_an_end_journalled_in_an_outage_is_left_to_the_replica_that_took_over(
+    primary_config: object, then: str
+) -> None:
+    """A ran the run to its end while it could not reach the primary; B took it over
+    meanwhile (A's lease lapsed there). The run B executes records B's end: A's replayed
+    end replaced it while B still ran it (B's end then overwrote A's: two ends, and the
+    thread IDLE while B ran). Released by B, the run is left claimable: whoever claims
+    it resumes it from its last checkpoint and records its end, once."""
+    now = datetime.now(UTC)
+    lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    ended = {"status": "ERROR", "error": "a", "finished_at": now, "lease_owner": None}
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
+        await primary.registry.claim_runs("replica-b", now=now, until=until, limit=1)
+        if then == "released":
+            await primary.registry.release_runs("replica-b", [RUN])
+
+        await FinishRun(RUN, "t", ended, "replica-a").replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and run.status is RunStatus.RUNNING and run.error is None
+        thread = await primary.registry.get_thread("t")
+        assert thread is not None and thread.status is ThreadStatus.BUSY
+        assert run.lease_owner == ("replica-b" if then == "running" else None)
+        owner = "replica-b"
+        if then == "released":
+            owner = "replica-c"
+            claimed = await primary.registry.claim_runs(owner, now=now, until=until, limit=1)
+            assert [r.run_id for r in claimed] == [RUN]
+
+        final, _ = await primary.registry.finish_run(
+            RUN, ThreadStatus.IDLE, if_unfinished=True, if_leased_by=owner,
+            status=RunStatus.SUCCESS, finished_at=now, lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
+        assert final is not None and (final.status, final.error) == (RunStatus.SUCCESS, None)
+
+
+async def test_an_outage_run_whose_lease_lapsed_untaken_gets_its_changes_and_one_end(
+    primary_config: object,
+) -> None:
+    """No replica took the run over (its lease lapsed, still A's): A executed it all
+    along, so every change A journalled applies, and its end, once."""
+    now = datetime.now(UTC)
+    lapsed, later = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    ended = {"status": "SUCCESS", "output": {"by": "a"}, "finished_at": now}
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
+        renewed = ChangeRun(RUN, "t", {"lease_expires_at": later}, "replica-a")
+        tokens = ChangeRun(RUN, "t", {"input_tokens": 11}, "replica-a")
+        for entry in (renewed, tokens):
+            await entry.replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None and (run.lease_expires_at, run.input_tokens) == (later, 11)
+
+        end = FinishRun(RUN, "t", {**ended, "lease_owner": None, "lease_expires_at": None},
+                        "replica-a")  # fmt: skip
+        await end.replay(primary, fallback)
+        final = await primary.registry.get_run(RUN)
+        assert final is not None and (final.status, final.output) == (
+            RunStatus.SUCCESS,
+            {"by": "a"},
+        )
+        assert (final.input_tokens, final.lease_owner) == (11, None)
+        thread = await primary.registry.get_thread("t")
+        assert thread is not None and thread.status is ThreadStatus.IDLE
+        # Replayed again (a recovery cut short after it), it finds the run ended.
+        assert await primary.registry.finish_run(
+            RUN, ThreadStatus.IDLE, if_unfinished=True, if_leased_by="replica-a", **ended
+        ) == (None, False)
+        await end.replay(primary, fallback)
+        assert await primary.registry.get_run(RUN) == final
+
+
 async def test_a_change_journalled_in_an_outage_applies_to_its_own_run(tmp_path: Path) -> None:
     until = datetime.now(UTC) + timedelta(minutes=5)
     sqlite = create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))

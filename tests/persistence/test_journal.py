@@ -187,3 +187,34 @@ async def test_an_entry_being_retried_still_counts_as_quarantined(fail: bool) ->
     assert [q.entry.thread_id for q in journal.quarantine] == (
         ["poison", "other"] if fail else ["other"]
     )
+
+
+@pytest.mark.parametrize("step", ["drain", "retry"])
+async def test_a_recovery_stopped_as_an_entry_goes_in_stops_there(step: str) -> None:
+    """On Python 3.11 asyncio.wait_for returns a result that arrives with a cancel and
+    drops the cancel: a quarantine retry stopped then (shutdown cancels the health loop)
+    went on and returned, and the loop ran on, and its shutdown with it, for good; a
+    drain's lane replayed the rest of its batch first."""
+    journal = Journal(1000)
+    started, go = asyncio.Event(), asyncio.Event()
+    log: list[tuple[str, int]] = []
+    first, second = Gated("t", started, go, False), Fake("t", 1, log)
+    if step == "drain":
+        for entry in (first, second):
+            journal.append(entry)  # type: ignore[arg-type]
+        replay = drain(journal, [])
+    else:
+        for entry in (first, second):
+            journal.quarantine.append(Quarantined(entry, 1, "refused"))  # type: ignore[arg-type]
+        replay = journal.retry_quarantined(
+            primary=None,  # type: ignore[arg-type]
+            fallback=None,  # type: ignore[arg-type]
+            is_unreachable=lambda exc: isinstance(exc, Down),
+        )
+    task = asyncio.ensure_future(replay)
+    await started.wait()
+    go.set()  # the entry goes in as the stop comes
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == []  # nothing after it

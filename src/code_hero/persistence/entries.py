@@ -9,8 +9,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
     PutWrites       a task's pending writes
     CopyThread      the registry rows of a thread born during the outage
     CopyEvents      events of a run in flight when the outage began
-    ChangeRun       fields of such a run, unless another replica took it over or ended it
-    FinishRun       the end of such a run, with its thread's status (unless it ended already)
+    ChangeRun       fields of such a run, while the lease it was changed under holds it
+    FinishRun       the end of such a run, with its thread's status, on the same terms
     DeleteRun       a run of a thread born during the outage, deleted
     TouchThread     activity on a thread that is not local
     DeleteThread    a thread deleted during the outage
@@ -199,13 +199,15 @@ async def _copy_events(
 @dataclass(frozen=True)
 class ChangeRun:
     """Fields of a run in flight at the outage's start (its row is in the primary), set
-    only while it is unfinished there and leased by `owner` (the lease it was changed
-    under) or by no one: meanwhile another replica may have taken it over, or ended it."""
+    only while it is unfinished there and leased by `owner`, the executor it was changed
+    under (its lease may have lapsed: no one took the run over). Meanwhile another
+    replica may have taken it over, ended it, or released it: a released run is
+    claimable, and a renewal replayed on it would hold its claims off."""
 
     run_id: str
     thread_id: str
     fields: Mapping[str, Any]
-    owner: str | None = None  # None: whoever holds the run
+    owner: str | None = None  # None: whoever holds the run, if anyone (a cancel request)
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
@@ -229,17 +231,25 @@ class ReleaseRun:
 @dataclass(frozen=True)
 class FinishRun:
     """The end of a run in flight at the outage's start, with its thread's status: only
-    if the run has not ended in the primary meanwhile (another replica may have ended it)."""
+    while the run is unfinished in the primary and leased by `owner`, the executor that
+    ended it (recorded once: a replay twice finds it ended). A replica that took the run
+    over meanwhile executes it and records its end; one that released it leaves it
+    claimable, and the executor that claims it next records the end."""
 
     run_id: str
     thread_id: str
     fields: Mapping[str, Any]
+    owner: str | None = None  # None: whoever holds the run, if anyone
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         status = RunStatus(self.fields["status"])
         await primary.registry.finish_run(
-            self.run_id, THREAD_STATUS_AFTER[status], if_unfinished=True, **self.fields
+            self.run_id,
+            THREAD_STATUS_AFTER[status],
+            if_unfinished=True,
+            if_leased_by=self.owner,
+            **self.fields,
         )
 
 

@@ -59,33 +59,38 @@ class FallbackClaims(RoutedRegistry):
         thread_status: ThreadStatus,
         *,
         if_unfinished: bool = False,
+        if_leased_by: str | None = None,
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and set its thread's status, in one transaction."""
 
-        async def on_primary(registry: Registry) -> tuple[RunRecord | None, bool]:
+        async def finish(registry: Registry) -> tuple[RunRecord | None, bool]:
             return await registry.finish_run(
-                run_id, thread_status, if_unfinished=if_unfinished, **fields
+                run_id,
+                thread_status,
+                if_unfinished=if_unfinished,
+                if_leased_by=if_leased_by,
+                **fields,
             )
 
         async def degraded() -> tuple[RunRecord | None, bool]:
-            record, waiting = await self._local("finishing this run").finish_run(
-                run_id, thread_status, if_unfinished=if_unfinished, **fields
-            )
+            record, waiting = await finish(self._local("finishing this run"))
             if record is not None:
                 self._copy_thread(record.thread_id)
                 return record, waiting
             if self._gone(run_id):  # its thread was deleted meanwhile
                 return None, False
-            adopted = self._adopt(run_id, **fields)
-            if adopted is None:
+            known = self._known(run_id)
+            if known is None:
                 raise self.router.unavailable("finishing this run")
-            self._journal(FinishRun(run_id, adopted.thread_id, dict(fields)))
+            adopted = self._adopt(run_id, **fields)
+            # The lease it ran under, not the one its end clears (`lease_owner=None`).
+            self._journal(FinishRun(run_id, known.thread_id, dict(fields), known.lease_owner))
             # Runs queued on the thread are in the primary: claimed once it is back.
             return adopted, False
 
         try:
-            return await self._write(on_primary, degraded)
+            return await self._write(finish, degraded)
         finally:
             # Ended, or its end could not be recorded anywhere: this process holds the
             # run no longer either way (its lease lapses and another executor resumes it).

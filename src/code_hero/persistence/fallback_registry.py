@@ -192,16 +192,17 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             return record
         if self._gone(run_id):
             return None
-        adopted = self._adopt(run_id, **fields)
-        if adopted is None:
+        known = self._known(run_id)
+        if known is None:
             raise self.router.unavailable("updating this run")
-        self._journal(ChangeRun(run_id, adopted.thread_id, dict(fields), adopted.lease_owner))
-        return adopted
+        # Under the lease it was changed under (the fields could name another).
+        self._journal(ChangeRun(run_id, known.thread_id, dict(fields), known.lease_owner))
+        return self._adopt(run_id, **fields)
 
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any
     ) -> RunRecord | None:
-        """Set the fields of an unfinished run `owner` holds or no one does (primary only)."""
+        """Set the fields of an unfinished run `owner` holds (primary only)."""
 
         async def on_primary(registry: Registry) -> RunRecord | None:
             record = await registry.update_held_run(run_id, owner, **fields)

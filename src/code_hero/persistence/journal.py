@@ -137,6 +137,10 @@ class Journal:
         order. An unreachable primary stops the drain (raised) once the batch
         in hand has settled; any other refusal quarantines the entry and the
         drain goes on.
+
+        Each step is bounded with `asyncio.timeout`, not `wait_for`: on Python 3.11
+        wait_for returns a result that arrives with a cancel and drops the cancel, so a
+        recovery stopped (shutdown) as an entry went in replayed on.
         """
         while len(self.entries) > until:
             async with self.step_lock:
@@ -172,7 +176,8 @@ class Journal:
             """Replay one entry; False when the primary is unreachable."""
             outcome = outcomes[index]
             try:
-                await asyncio.wait_for(batch[index].replay(primary, fallback), step_timeout)
+                async with asyncio.timeout(step_timeout):  # not wait_for: see `drain`
+                    await batch[index].replay(primary, fallback)
             except Exception as exc:
                 outcome.error = exc
                 outcome.unreachable = is_unreachable(exc)
@@ -184,7 +189,8 @@ class Journal:
             """Replay a run of checkpoint entries as one batch; None: refused."""
             items = cast("list[PutCheckpoint | PutWrites]", [batch[i] for i in indexes])
             try:
-                await asyncio.wait_for(primary.put_batch(items), step_timeout)
+                async with asyncio.timeout(step_timeout):
+                    await primary.put_batch(items)
             except Exception as exc:
                 if is_unreachable(exc) and not isinstance(exc, TimeoutError):
                     outcomes[indexes[0]].error = exc
@@ -257,7 +263,8 @@ class Journal:
                 entry: Entry = late() if callable(late) else item.entry
                 try:
                     # Bounded like the drain: a hung primary must not hold the step lock.
-                    await asyncio.wait_for(entry.replay(primary, fallback), step_timeout)
+                    async with asyncio.timeout(step_timeout):
+                        await entry.replay(primary, fallback)
                 except Exception as exc:
                     self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):

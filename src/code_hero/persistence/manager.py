@@ -142,11 +142,13 @@ class EnhancedCheckpointerManager:
 
     async def cleanup(self) -> None:
         """Stop the health probe and close every backend."""
-        if self._health_task is not None:
-            self._health_task.cancel()
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            # Forgotten first: the loop ends at its next turn even if an await drops the
+            # cancel (Python 3.11's wait_for, in psycopg_pool's getconn).
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
-            self._health_task = None
+                await task
         if self._router is not None:
             if self._router.pending_sync:
                 self.logger.warning(
@@ -172,7 +174,7 @@ class EnhancedCheckpointerManager:
         await self.cleanup()
 
     async def _health_loop(self) -> None:
-        while True:
+        while self._health_task is asyncio.current_task():
             await asyncio.sleep(self.config.health_check_interval)
             try:
                 assert self._router is not None

@@ -325,8 +325,8 @@ class Registry(Protocol):
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any
     ) -> RunRecord | None:
-        """Set the fields of a run still unfinished and leased by `owner` or by no one
-        (with `owner` None, by anyone); returns the new record (None if not changed)."""
+        """Set the fields of a run still unfinished and leased by `owner` (with `owner`
+        None, by anyone or no one); returns the new record (None if not changed)."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or None."""
@@ -390,11 +390,13 @@ class Registry(Protocol):
         thread_status: ThreadStatus,
         *,
         if_unfinished: bool = False,
+        if_leased_by: str | None = None,
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and, unless its thread has other unfinished runs, set the thread's
         status: one transaction. Returns (the run, whether other runs are waiting).
-        With `if_unfinished`, a run that has ended already is left as it is: (None, False)."""
+        With `if_unfinished`, a run that has ended already is left as it is, and with
+        `if_leased_by`, one that executor does not lease: (None, False)."""
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""

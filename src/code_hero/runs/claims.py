@@ -81,12 +81,13 @@ class Claims:
         # freed is worth a pass at once.
         self._cancels_due = True
         self._full = False
-        # Held while claiming and while a thread's runs are stopped. A cancel takes
-        # no lock (a pass makes database round trips: a run may end meanwhile); its
-        # run is in `_stopping` until it returns, and a pass stops a run it claims
-        # that is there.
+        # Held while claiming. A cancel, or a thread's runs stopped, takes no lock (a
+        # pass makes database round trips: a run may end meanwhile); its run (thread)
+        # is in `_stopping` (`_stopping_threads`) until it returns, and a pass stops a
+        # run it claims that is there.
         self._claiming = asyncio.Lock()
         self._stopping: set[str] = set()
+        self._stopping_threads: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -108,11 +109,18 @@ class Claims:
 
     async def close(self) -> None:
         """Stop the claim loop and the lease renewal."""
-        for loop in self._loops:
+        # Forgotten first: a loop ends at its next turn even if an await drops the
+        # cancel (Python 3.11's wait_for, in psycopg_pool's getconn).
+        loops, self._loops = self._loops, []
+        for loop in loops:
             loop.cancel()
-        for loop in self._loops:
+        for loop in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+
+    def _looping(self) -> bool:
+        """Whether the calling loop is still one of this executor's (`close` forgets them)."""
+        return asyncio.current_task() in self._loops
 
     def wake(self) -> None:
         """Try to claim now (a run was started, a slot or a thread was freed)."""
@@ -168,36 +176,46 @@ class Claims:
         executing: list[str] = []
         remote: list[str] = []
         flagged_any = False
-        async with self._claiming:  # no run of the thread is claimed here meanwhile
+        # No lock, as for a cancel: a pass that claims a run of the thread meanwhile
+        # (leased before its flag) stops it before its first step.
+        self._stopping_threads.add(thread_id)
+        try:
             for record in await self.registry.unfinished_runs(thread_id):
-                if self.runs.is_active(record.run_id):
-                    self.runs.stop(record.run_id)
-                    executing.append(record.run_id)
-                    continue
-                # Flagged, a run is never claimed again; one claimed already (leased)
-                # is stopped by its executor, on the message or at its lease renewal.
-                flagged = await self.registry.request_cancel(record.run_id)
-                flagged_any = True
-                if flagged is not None and not flagged.status.finished and flagged.lease_owner:
-                    remote.append(record.run_id)
-        for run_id in remote:
-            await self.bus.send_control(f"cancel {run_id}")
-        if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
-            self._wake_for_cancels()  # (not woken for nothing: a claim pass is two UPDATEs)
-        await asyncio.gather(
-            *(self.runs.wait(run_id, limit=5) for run_id in executing),
-            *(self.runs.wait(run_id, limit=5 + self.lease.total_seconds()) for run_id in remote),
-        )
+                if not self.runs.is_active(record.run_id):
+                    # Flagged, a run is never claimed again; one claimed already (leased)
+                    # is stopped by its executor, on the message or at its lease renewal.
+                    flagged = await self.registry.request_cancel(record.run_id)
+                    flagged_any = True
+                    if not self.runs.is_active(record.run_id):  # else claimed here meanwhile
+                        if flagged and not flagged.status.finished and flagged.lease_owner:
+                            remote.append(record.run_id)
+                        continue
+                self.runs.stop(record.run_id)
+                executing.append(record.run_id)
+            for run_id in remote:
+                await self.bus.send_control(f"cancel {run_id}")
+            if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
+                self._wake_for_cancels()  # (not woken for nothing: a pass is two UPDATEs)
+            await asyncio.gather(
+                *(self.runs.wait(run_id, limit=5) for run_id in executing),
+                *(
+                    self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
+                    for run_id in remote
+                ),
+            )
+        finally:
+            self._stopping_threads.discard(thread_id)
 
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
-        while True:
+        while self._looping():
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):  # not wait_for: see `close`
+                    await self._wake.wait()
             except TimeoutError:
                 self._cancels_due = True
             self._wake.clear()
-            if self.closing:
+            if self.closing or not self._looping():
                 return
             cancels, self._cancels_due = self._cancels_due, False
             try:
@@ -241,8 +259,8 @@ class Claims:
             if resuming:
                 log.info("resuming run %s of thread %s", record.run_id, record.thread_id)
             self.runs.launch(record, resuming=resuming)
-            if record.run_id in self._stopping:  # its cancel was asked as it was claimed
-                self.runs.stop(record.run_id)
+            if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
+                self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
 
@@ -262,7 +280,7 @@ class Claims:
     # ---------------------------------------------------------------- leases
     async def _renew_leases(self) -> None:
         interval = max(self.lease.total_seconds() / 3, 0.05)
-        while True:
+        while self._looping():
             await asyncio.sleep(interval)
             mine = self.runs.running()
             if not mine:

@@ -319,16 +319,20 @@ class RunExecutor:
         self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
         try:
             pause = 0.01
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # comes with the news, and a waiter stopped then waited on for the run's end.
             if fresh and run_id not in self._done:  # mostly claimed here within the pause
                 news = self._news.setdefault(run_id, asyncio.Event())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(news.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await news.wait()
             while True:
                 done = self._done.get(run_id)
                 if done is not None:
                     left = None if deadline is None else max(deadline - loop.time(), 0)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(done.wait(), left)
+                        async with asyncio.timeout(left):
+                            await done.wait()
                     final = self._final.get(run_id)
                     if final is not None:
                         return final
@@ -347,7 +351,8 @@ class RunExecutor:
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
                     news = self._news.setdefault(run_id, asyncio.Event())
                     with contextlib.suppress(TimeoutError):  # launched or ended here
-                        await asyncio.wait_for(news.wait(), pause)
+                        async with asyncio.timeout(pause):
+                            await news.wait()
                     pause = min(pause * 2, 0.25)
         finally:
             self._waiters[run_id] -= 1

@@ -93,7 +93,10 @@ class PostgresBus(InProcessBus):
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="pg-bus-listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), 5)
+            # Not wait_for: on Python 3.11 it drops a cancel (a start-up stopped) that
+            # comes as the listener is ready, and start-up went on.
+            async with asyncio.timeout(5):
+                await self._ready.wait()
 
     async def close(self) -> None:
         tasks = [*self._relay_tasks, *([self._listener] if self._listener else [])]

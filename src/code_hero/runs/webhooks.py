@@ -132,10 +132,12 @@ class WebhookDispatcher:
             timer.cancel()
         self._timers.clear()
         tasks = [t for t in (self._loop_task, *self._attempts) if t is not None]
+        # Forgotten first: the loop ends at its next turn even if an await drops the
+        # cancel (Python 3.11's wait_for, in psycopg_pool's getconn).
+        self._loop_task = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop_task = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -151,7 +153,7 @@ class WebhookDispatcher:
 
     # ---------------------------------------------------------------- the loop
     async def _run(self) -> None:
-        while True:
+        while self._loop_task is asyncio.current_task():
             self._wake.clear()
             full = False
             try:
@@ -160,7 +162,8 @@ class WebhookDispatcher:
                 log.warning("claiming webhook deliveries failed: %s", exc)
             if not full:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                    async with asyncio.timeout(self.settings.poll_interval):  # no task per wait
+                        await self._wake.wait()
 
     async def _claim(self) -> bool:
         """Start attempts of what is due; True when more may be waiting."""

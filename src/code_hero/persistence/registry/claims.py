@@ -118,11 +118,16 @@ class RunClaims(WebhookOutbox):
         thread_status: ThreadStatus,
         *,
         if_unfinished: bool = False,
+        if_leased_by: str | None = None,
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         update, params = self._run_update("finish_run", fields)
-        if if_unfinished:  # checked on the run's row itself: a finish racing this one waits
+        held: list[Any] = []
+        # Checked on the run's row itself: a finish or a claim racing this one waits.
+        if if_unfinished:
             update += " AND status IN ('PENDING', 'RUNNING')"
+        if if_leased_by is not None:
+            update, held = f"{update} AND lease_owner = ?", [if_leased_by]
         async with self._session(atomic=True) as s:
             # The thread first, as admit_run locks it: a run admitted meanwhile is
             # either committed before the look for waiting runs below, or admitted
@@ -136,7 +141,7 @@ class RunClaims(WebhookOutbox):
             )
             if not locked:  # no such run, or its thread is being deleted, its runs with it
                 return None, False
-            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id])
+            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id, *held])
             if not rows:
                 return None, False
             run = self._run(rows[0])

@@ -242,7 +242,9 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         update, params = self._run_update("update_held_run", fields)
         held, held_params = "", []
         if owner is not None:
-            held, held_params = " AND (lease_owner = ? OR lease_owner IS NULL)", [owner]
+            # Strictly `owner`'s: a run released meanwhile (by a replica that took it
+            # over) is claimable, and a replayed renewal would hold its claims off.
+            held, held_params = " AND lease_owner = ?", [owner]
         async with self._session() as s:
             rows = await s.fetch(
                 f"{update} AND status IN ('PENDING', 'RUNNING'){held} RETURNING {RUN_COLUMNS}",

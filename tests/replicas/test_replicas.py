@@ -79,7 +79,9 @@ async def test_run_on_a_subscribed_through_b(cluster: Cluster) -> None:
 
 async def test_cancel_through_b_of_a_run_on_a(cluster: Cluster) -> None:
     a = cluster.start("a")
-    run = await start_run(a, input={"delay": 1.0})
+    # 6 steps of 3 s: only the cancel ends it soon (B's start-up under a loaded machine
+    # took longer than a 6 s run, which then ended SUCCESS before it was asked).
+    run = await start_run(a, input={"delay": 3.0})
     await wait_steps(a, run["id"], 1)
     b = cluster.start("b")
     async with httpx.AsyncClient(base_url=b.http, timeout=30) as client:

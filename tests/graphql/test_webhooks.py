@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -26,6 +27,7 @@ from code_hero.app import create_app
 from code_hero.auth import AuthSettings, parse_api_keys
 from code_hero.config import CheckpointerConfig, create_postgres_checkpointer
 from code_hero.gateway import GatewaySettings
+from code_hero.runs import webhooks as dispatcher_module
 from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.webhooks import WebhookSettings
 from code_hero.settings import AppSettings
@@ -311,6 +313,31 @@ async def test_a_runs_own_webhook(checkpointer: CheckpointerConfig, hooks: Recei
         data(await gql(alice, START, {"input": {**FAST, "threadId": run["threadId"]}}))
         total = data(await gql(alice, DELIVERIES, {}))["webhookDeliveries"]["totalCount"]
         assert total == 1
+
+
+async def test_the_http_client_is_made_for_the_first_delivery(
+    checkpointer: CheckpointerConfig, hooks: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its TLS context (the CA bundle, ~2 MiB resident) costs only a server that delivers."""
+    made: list[dict[str, Any]] = []
+
+    class Counted(httpx.AsyncClient):
+        def __init__(self, **options: Any) -> None:
+            made.append(options)
+            super().__init__(**options)
+
+    seen_by_dispatcher = types.ModuleType("httpx")
+    seen_by_dispatcher.__dict__.update(vars(httpx))
+    setattr(seen_by_dispatcher, "AsyncClient", Counted)  # noqa: B010 (a module, for mypy)
+    monkeypatch.setattr(dispatcher_module, "httpx", seen_by_dispatcher)
+    async with webhook_server(checkpointer) as server, as_user(server, ALICE_KEY) as alice:
+        data(await gql(alice, START, {"input": FAST}))  # nothing to deliver
+        assert made == []
+        run = data(await gql(alice, START, {"input": {**FAST, "webhook": f"{hooks.url}/run"}}))
+        await hooks.wait_for("/run")
+        (delivery,) = await settled(alice, runId=run["startRun"]["id"])
+        assert delivery["status"] == "DELIVERED"
+        assert len(made) == 1 and made[0]["trust_env"] is False
 
 
 async def test_a_runs_own_webhook_needs_the_servers_secret(

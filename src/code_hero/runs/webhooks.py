@@ -107,14 +107,6 @@ class WebhookDispatcher:
         self._timers: set[asyncio.TimerHandle] = set()
 
     async def __aenter__(self) -> WebhookDispatcher:
-        # No keep-alive: each attempt connects to the address it checked, and a pooled
-        # connection (keyed by address) must never carry another host's request.
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=self.settings.timeout,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -251,8 +243,21 @@ class WebhookDispatcher:
         except Exception as exc:  # a URL the checks let through and the client refuses
             return None, f"{type(exc).__name__}: {exc}"
 
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made at the first attempt: its TLS context (the CA bundle,
+        ~2 MiB resident) is not paid for by a process that never delivers a webhook."""
+        if self._client is None:
+            # No keep-alive: each attempt connects to the address it checked, and a pooled
+            # connection (keyed by address) must never carry another host's request.
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                timeout=self.settings.timeout,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        return self._client
+
     async def _send(self, delivery: DeliveryRecord) -> tuple[int | None, str | None]:
-        assert self._client is not None
         signature = self._signature(delivery)
         if "webhook-signature" not in signature:
             return None, "no signing secret (CODE_HERO_WEBHOOK_SECRET): not sent unsigned"
@@ -265,10 +270,11 @@ class WebhookDispatcher:
         url = httpx.URL(delivery.url).copy_with(host=str(target.address), port=target.port)
         # Connect to the checked address; TLS names and verifies the URL's host (SNI).
         extensions = {"sni_hostname": name} if target.scheme == "https" else {}
-        request = self._client.build_request(
+        client = self._http()
+        request = client.build_request(
             "POST", url, content=delivery.payload.encode(), headers=headers, extensions=extensions
         )
-        answer = await self._client.send(request, stream=True)  # the body is never read
+        answer = await client.send(request, stream=True)  # the body is never read
         await answer.aclose()
         code = answer.status_code
         if 300 <= code < 400:

@@ -151,3 +151,98 @@ async def test_a_bus_start_stopped_as_its_listener_is_ready_is_stopped() -> None
             await starting
     finally:
         await bus.close()
+
+
+class Idle(Holding):
+    """An executor with nothing running, which notes what it is asked to launch."""
+
+    active_runs = 0
+
+    def __init__(self) -> None:
+        self.launched: list[str] = []
+
+    def is_active(self, run_id: str) -> bool:
+        return False
+
+    def running(self) -> list[str]:
+        return []
+
+    def launch(self, record: RunRecord, *, resuming: bool) -> None:
+        self.launched.append(record.run_id)
+
+
+async def test_a_claim_pass_that_returns_after_shutdown_began_launches_nothing() -> None:
+    """A pass waiting for the database as shutdown began launched what it claimed: a run
+    missing from the drain's snapshot, whose lease nobody renewed after it."""
+    go, parked = asyncio.Event(), asyncio.Event()
+    released: list[str] = []
+
+    class Claiming:
+        async def claim_runs(self, owner: str, **kwargs: Any) -> list[RunRecord]:
+            parked.set()
+            await go.wait()
+            return [RunRecord("r", "t", "slow", RunStatus.PENDING)]
+
+        async def release_runs(self, owner: str, run_ids: list[str]) -> None:
+            released.extend(run_ids)
+
+    runs = Idle()
+    claims = Claims(runs, lambda: Claiming(), InProcessBus(), lambda: [])  # type: ignore[arg-type,return-value]
+    passing = asyncio.ensure_future(claims.claim_once(cancels=False))
+    await parked.wait()
+    claims.stop_claiming()  # shutdown begins while the pass waits
+    go.set()
+    await passing
+    assert runs.launched == [] and released == ["r"]
+
+
+async def test_a_thread_stopped_twice_at_once_stays_stopping_until_both_end() -> None:
+    """Two overlapping stops of one thread (the sweep and a user's deletion): the first
+    to return unmarked it while the second still waited, and a run of it claimed then
+    started."""
+    gates = [asyncio.Event(), asyncio.Event()]
+    asked: list[asyncio.Event] = []
+    both_asked = asyncio.Event()
+
+    class Unfinished:
+        async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
+            gate = gates[len(asked)]
+            asked.append(gate)
+            if len(asked) == 2:
+                both_asked.set()
+            await gate.wait()
+            return []
+
+    claims = Claims(Idle(), lambda: Unfinished(), InProcessBus(), lambda: [])  # type: ignore[arg-type,return-value]
+    first = asyncio.ensure_future(claims.stop_thread("t"))
+    second = asyncio.ensure_future(claims.stop_thread("t"))
+    await both_asked.wait()
+    gates[0].set()
+    await first
+    assert "t" in claims._stopping_threads  # the second stop still waits
+    gates[1].set()
+    await second
+    assert "t" not in claims._stopping_threads
+
+
+async def test_a_webhook_claim_returning_after_close_starts_no_attempt() -> None:
+    """Closed while claiming (its cancel dropped), the loop started attempts of what it
+    had claimed: tasks outliving `close`, posting with a closed client."""
+    stage, attempted = Stage(), asyncio.Event()
+
+    class Store:
+        def on_enqueue(self, wake: Any) -> None: ...
+
+        async def claim_deliveries(self, owner: str, **kwargs: Any) -> list[str]:
+            await stage.enter()
+            return ["delivery"]
+
+    async def attempt(store: Any, delivery: Any) -> None:
+        attempted.set()
+
+    dispatcher = WebhookDispatcher(lambda: Store())  # type: ignore[arg-type,return-value]
+    dispatcher._attempt = attempt  # type: ignore[method-assign]
+    async with dispatcher:
+        await stage.stop_as_it_returns(dispatcher.close())
+        await asyncio.sleep(0)  # an attempt task, had one started, runs now
+        assert not attempted.is_set() and dispatcher.in_flight == 0

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -86,8 +87,10 @@ class Claims:
         # is in `_stopping` (`_stopping_threads`) until it returns, and a pass stops a
         # run it claims that is there.
         self._claiming = asyncio.Lock()
-        self._stopping: set[str] = set()
-        self._stopping_threads: set[str] = set()
+        # Counted: two stops of one thread (the sweep and a user's deletion) overlap,
+        # and the first to return must not unmark it for the second.
+        self._stopping: Counter[str] = Counter()
+        self._stopping_threads: Counter[str] = Counter()
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -155,7 +158,7 @@ class Claims:
             raise NotFoundError(f"no run {run_id!r}")
         if record.status.finished:
             return record
-        self._stopping.add(run_id)  # a pass that claims it meanwhile stops it
+        self._stopping[run_id] += 1  # a pass that claims it meanwhile stops it
         try:
             if not self.runs.is_active(run_id):
                 # Flagged, a run is never claimed again; one claimed elsewhere is
@@ -168,7 +171,7 @@ class Claims:
             self._wake_for_cancels()  # an unclaimed run is finished by the claim loop
             return await self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
         finally:
-            self._stopping.discard(run_id)
+            _unmark(self._stopping, run_id)
 
     async def stop_thread(self, thread_id: str) -> None:
         """Cancel every unfinished run of the thread, wherever it runs, and wait until
@@ -178,7 +181,7 @@ class Claims:
         flagged_any = False
         # No lock, as for a cancel: a pass that claims a run of the thread meanwhile
         # (leased before its flag) stops it before its first step.
-        self._stopping_threads.add(thread_id)
+        self._stopping_threads[thread_id] += 1
         try:
             for record in await self.registry.unfinished_runs(thread_id):
                 if not self.runs.is_active(record.run_id):
@@ -204,7 +207,7 @@ class Claims:
                 ),
             )
         finally:
-            self._stopping_threads.discard(thread_id)
+            _unmark(self._stopping_threads, thread_id)
 
     # ---------------------------------------------------------------- claiming
     async def _claim_loop(self) -> None:
@@ -250,6 +253,11 @@ class Claims:
                 graphs=self.graph_names(),
                 run_ids=None if self.claim_others else sorted(self.started),
             )
+        if claimed and self.closing:
+            # Shutdown began while the pass waited for the database: a run launched now
+            # is not in its drain (nor renewed after it); another executor takes it.
+            await self._release([r.run_id for r in claimed])
+            return
         self._full = free <= 0 or len(claimed) >= free
         for record in claimed:
             self.started.discard(record.run_id)
@@ -263,6 +271,13 @@ class Claims:
                 self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
+
+    async def _release(self, run_ids: list[str]) -> None:
+        """Give the leases of runs claimed but not launched back (at once claimable)."""
+        try:
+            await self.registry.release_runs(self.owner, run_ids)
+        except Exception as exc:  # their leases lapse instead
+            log.warning("releasing runs claimed at shutdown failed: %s", exc)
 
     async def _forget_ended_elsewhere(self) -> None:
         """Drop the runs started here that ended unclaimed (cancelled, or run elsewhere)."""
@@ -306,3 +321,10 @@ class Claims:
             for record in held:
                 if record.cancel_requested:
                     self.runs.stop(record.run_id)
+
+
+def _unmark(marks: Counter[str], key: str) -> None:
+    """One stop of `key` ended: forget it when it was the last."""
+    marks[key] -= 1
+    if marks[key] <= 0:
+        del marks[key]

@@ -170,6 +170,10 @@ class WebhookDispatcher:
         claimed = await store.claim_deliveries(
             self.owner, now=now, until=now + self.settings.lease, limit=room
         )
+        if self._loop_task is not asyncio.current_task():
+            # Closed while claiming (its cancel dropped): an attempt started now would
+            # outlive `close` and its client. The leases lapse: delivered later.
+            return False
         for delivery in claimed:
             task = asyncio.get_running_loop().create_task(self._attempt(store, delivery))
             self._attempts.add(task)

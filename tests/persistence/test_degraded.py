@@ -21,7 +21,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError, RunHeldUpError
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.entries import FinishRun, ReleaseRun
+from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -604,6 +604,119 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
         "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1",
         final.run_id,
     )
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database,
+        "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
+        final.run_id,
+    ) == [(RunStatus.RUNNING.value, "replica-b")]
+
+
+@pytest.mark.parametrize("then", ["kept", "taken over", "released"])
+async def test_a_run_cancelled_here_in_an_outage_stays_cancelled_wherever_it_went(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, then: str
+) -> None:
+    # A cancel of a run executing here stops it at once, with no flag on its row: in an
+    # outage its end alone was journalled, under this executor's lease. Taken over
+    # meanwhile by replica B (A's lease lapsed there), the run had that end dropped at
+    # replay and B ran it on to SUCCESS; released by B, it was claimed and resumed.
+    # The cancel flag is journalled after the end: B stops it at its next renewal, a
+    # released run is ended CANCELLED (claim_cancelled), and one still A's ends once.
+    gw, proxy = long_leased
+    executor, router = gw.executor, gw.manager.router
+    run = await gw.start_run(StartRun(graph="slow", input={"delay": 5}))
+    await until(lambda: _status_is(gw, run.run_id, RunStatus.RUNNING))
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+    cancelled = await asyncio.wait_for(gw.cancel_run(run.run_id), 30)
+    assert cancelled.status is RunStatus.CANCELLED
+    journalled = [
+        (type(e).__name__, getattr(e, "owner", None), dict(getattr(e, "fields", {})))
+        for e in router.journal.entries
+        if isinstance(e, (ChangeRun, FinishRun)) and e.run_id == run.run_id
+    ]
+    assert journalled[-2:] == [
+        ("FinishRun", executor.owner, journalled[-2][2]),
+        ("ChangeRun", None, {"cancel_requested": True}),
+    ]
+    assert journalled[-2][2]["status"] == RunStatus.CANCELLED
+    if then == "taken over":  # replica B (not started: its renewal is the flag's reader)
+        sql = "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1"
+    elif then == "released":  # by B: claimable, as after a drain
+        sql = (
+            "UPDATE code_hero_runs SET lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE run_id = %s RETURNING 1"
+        )
+    if then != "kept":
+        rows(pg_database, sql, run.run_id)
+    proxy.forward()
+    await until(lambda: _synced(gw))
+
+    def stored() -> list[tuple[object, ...]]:
+        return rows(
+            pg_database,
+            "SELECT status, lease_owner, cancel_requested FROM code_hero_runs WHERE run_id = %s",
+            run.run_id,
+        )
+
+    if then == "taken over":
+        assert stored() == [(RunStatus.RUNNING.value, "replica-b", True)]
+        return
+
+    async def ended() -> bool:
+        return stored()[0][0] not in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+
+    await until(ended)
+    assert stored()[0][:2] == (RunStatus.CANCELLED.value, None)
+    ends = rows(
+        pg_database,
+        "SELECT payload->>'status' FROM code_hero_run_events WHERE run_id = %s "
+        "AND type = 'status' AND payload->>'status' NOT IN ('PENDING', 'RUNNING')",
+        run.run_id,
+    )
+    assert ends == [(RunStatus.CANCELLED.value,)] * (1 if then == "kept" else len(ends))
+
+
+@pytest.mark.parametrize("seen", ["replica-b", None])
+async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_claimed(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, seen: str | None
+) -> None:
+    # Replica B took the run over in PostgreSQL just after A claimed it, and A's next
+    # write (RUNNING) read B's row back before any renewal told A: A's copy named B (or,
+    # released by B, no one). A's end in the outage was journalled under that owner, so
+    # it passed the lease check at replay and ended B's live run (or, with no owner,
+    # applied with no lease check). It is journalled under the lease A claimed.
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    update_run, finish_run = registry.update_run, registry.finish_run
+
+    async def taken_over_then_update(run_id: str, **fields: Any) -> Any:
+        del registry.update_run  # type: ignore[method-assign]
+        rows(
+            pg_database,
+            "UPDATE code_hero_runs SET lease_owner = %s WHERE run_id = %s RETURNING 1",
+            seen,
+            run_id,
+        )
+        record = await update_run(run_id, **fields)
+        assert record is not None and record.lease_owner == seen
+        return record
+
+    async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
+        proxy.refuse()
+        del registry.finish_run  # type: ignore[method-assign]
+        return await finish_run(run_id, *args, **kw)
+
+    registry.update_run = taken_over_then_update  # type: ignore[method-assign]
+    registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+    final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert final.status is RunStatus.SUCCESS
+    ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
+    assert [(e.run_id, e.owner) for e in ended] == [(final.run_id, executor.owner)]
+    if seen is None:
+        return  # claimable once PostgreSQL is back: the next claimer records its end
     proxy.forward()
     await until(lambda: _synced(gw))
     assert rows(

@@ -277,6 +277,54 @@ async def test_an_outage_run_whose_lease_lapsed_untaken_gets_its_changes_and_one
         assert await primary.registry.get_run(RUN) == final
 
 
+@pytest.mark.parametrize("then", ["kept", "taken over", "released"])
+async def test_a_cancel_journalled_after_its_end_reaches_the_run_wherever_it_went(
+    primary_config: object, then: str
+) -> None:
+    """A cancelled A's run in an outage (no flag on its row: A stopped it at once), and
+    journalled its end then the cancel flag with no owner. Still A's (its lease lapsed,
+    untaken), the run ends CANCELLED once and the flag changes nothing after; taken over
+    by B, the end is left and the flag reaches B's renewal; released, claim_cancelled
+    takes it. Replayed twice (a recovery cut short), nothing changes."""
+    now = datetime.now(UTC)
+    lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    ended = {"status": "CANCELLED", "finished_at": now, "input_tokens": 11,
+             "lease_owner": None, "lease_expires_at": None}  # fmt: skip
+    entries = (FinishRun(RUN, "t", ended, "replica-a"),
+               ChangeRun(RUN, "t", {"cancel_requested": True}))  # fmt: skip
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
+        if then != "kept":
+            await primary.registry.claim_runs("replica-b", now=now, until=until, limit=1)
+        if then == "released":
+            await primary.registry.release_runs("replica-b", [RUN])
+        for _ in range(2):
+            for entry in entries:
+                await entry.replay(primary, fallback)
+            run = await primary.registry.get_run(RUN)
+            thread = await primary.registry.get_thread("t")
+            assert run is not None and thread is not None
+            if then == "kept":
+                assert (run.status, run.input_tokens, run.lease_owner) == (
+                    RunStatus.CANCELLED, 11, None,
+                )  # fmt: skip
+                assert thread.status is ThreadStatus.IDLE
+                continue
+            assert (run.status, run.cancel_requested, run.input_tokens) == (
+                RunStatus.RUNNING, True, 0,
+            )  # fmt: skip
+            assert run.lease_owner == ("replica-b" if then == "taken over" else None)
+            assert thread.status is ThreadStatus.BUSY
+        if then == "taken over":
+            held = await primary.registry.renew_leases("replica-b", [RUN], until)
+            assert [(r.run_id, r.cancel_requested) for r in held] == [(RUN, True)]
+        elif then == "released":
+            claimed = await primary.registry.claim_cancelled("replica-c", now=now, until=until)
+            assert [r.run_id for r in claimed] == [RUN]
+        else:
+            assert await primary.registry.claim_cancelled("c", now=now, until=until) == []
+            assert await primary.registry.claim_runs("c", now=now, until=until, limit=1) == []
+
+
 async def test_a_change_journalled_in_an_outage_applies_to_its_own_run(tmp_path: Path) -> None:
     until = datetime.now(UTC) + timedelta(minutes=5)
     sqlite = create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))

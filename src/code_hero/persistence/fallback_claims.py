@@ -15,7 +15,13 @@ from typing import Any
 
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.fallback_routing import RoutedRegistry
-from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
+from code_hero.persistence.records import (
+    EventRecord,
+    Registry,
+    RunRecord,
+    RunStatus,
+    ThreadStatus,
+)
 
 __all__ = ["FallbackClaims"]
 
@@ -83,9 +89,18 @@ class FallbackClaims(RoutedRegistry):
             known = self._known(run_id)
             if known is None:
                 raise self.router.unavailable("finishing this run")
-            adopted = self._adopt(run_id, **fields)
             # The lease it ran under, not the one its end clears (`lease_owner=None`).
-            self._journal(FinishRun(run_id, known.thread_id, dict(fields), known.lease_owner))
+            owner = self._owner(run_id, "finishing this run")
+            adopted = self._adopt(run_id, **fields)
+            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner))
+            if fields.get("status") == RunStatus.CANCELLED:
+                # A cancel asked here, of a run executing here, is not flagged on its
+                # row (Claims.cancel stops it at once): the flag goes after its end, so
+                # a replica that took the run over meanwhile (the end then applies not)
+                # stops it at its next renewal, or one that released it lets
+                # claim_cancelled end it. After, not before: flagged with a lapsed
+                # lease, the run could be claimed cancelled between the two.
+                self._journal(ChangeRun(run_id, known.thread_id, {"cancel_requested": True}))
             # Runs queued on the thread are in the primary: claimed once it is back.
             return adopted, False
 
@@ -133,7 +148,7 @@ class FallbackClaims(RoutedRegistry):
                 graphs=graphs,
                 run_ids=run_ids,
             )
-            self._seen(claimed, claimed=True)
+            self._seen(claimed, claimed_by=owner)
             return claimed
 
         async def on_primary(registry: Registry) -> list[RunRecord]:

@@ -195,8 +195,9 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         known = self._known(run_id)
         if known is None:
             raise self.router.unavailable("updating this run")
-        # Under the lease it was changed under (the fields could name another).
-        self._journal(ChangeRun(run_id, known.thread_id, dict(fields), known.lease_owner))
+        # Under the lease it was claimed under (the fields could name another).
+        owner = self._owner(run_id, "updating this run")
+        self._journal(ChangeRun(run_id, known.thread_id, dict(fields), owner))
         return self._adopt(run_id, **fields)
 
     async def update_held_run(

@@ -30,6 +30,11 @@ class RoutedRegistry:
         # Runs this process executes, as last seen: what a run in flight at the start
         # of an outage goes on from. Bounded by the runs executing here.
         self._executing: dict[str, RunRecord] = {}
+        # The executor that claimed each of them: what its changes and end during an
+        # outage are journalled under. Not the row last seen: it may name a replica
+        # that took the run over since (or no one), and a replayed end would then
+        # apply to that replica's run, or with no lease check at all.
+        self._claimed_by: dict[str, str] = {}
         # Those of them changed during the outage (the primary has an older row).
         self._adopted: dict[str, RunRecord] = {}
         # Those of them claimed through a fallback: rows it held (their thread born in
@@ -42,6 +47,7 @@ class RoutedRegistry:
         """Entries in the per-run maps (executing, held: runs run here; adopted: until recovery)."""
         return {
             "registry.executing": len(self._executing),
+            "registry.claimed_by": len(self._claimed_by),
             "registry.adopted": len(self._adopted),
             "registry.held": len(self._held),
         }
@@ -104,6 +110,7 @@ class RoutedRegistry:
     def _drop(self, run_id: str) -> None:
         """This process executes the run no longer."""
         self._executing.pop(run_id, None)
+        self._claimed_by.pop(run_id, None)
         self._held.discard(run_id)
 
     def _adopt(self, run_id: str, **fields: Any) -> RunRecord | None:
@@ -117,7 +124,18 @@ class RoutedRegistry:
             self._executing[run_id] = changed
         return changed
 
-    def _seen(self, records: Sequence[RunRecord], *, claimed: bool = False) -> None:
+    def _owner(self, run_id: str, what: str) -> str:
+        """The executor that claimed a run in flight: the lease its journalled changes
+        and end apply under (none known: refused, never journalled with no lease check)."""
+        owner = self._claimed_by.get(run_id)
+        if owner is None:
+            raise self.router.unavailable(what)
+        return owner
+
+    def _seen(self, records: Sequence[RunRecord], *, claimed_by: str | None = None) -> None:
+        """Runs as the primary answered: those claimed (by `claimed_by`) or executing here."""
         for record in records:
-            if claimed or record.run_id in self._executing:
+            if claimed_by is not None:
+                self._claimed_by[record.run_id] = claimed_by
+            if claimed_by is not None or record.run_id in self._executing:
                 self._executing[record.run_id] = record

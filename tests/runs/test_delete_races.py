@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -147,3 +148,44 @@ async def test_an_owner_deletes_an_idle_thread_in_one_step(pg_gateway: Gateway) 
     assert gone.deleted and (gone.checkpoints_deleted, gone.runs_deleted) == (stored, 1)
     assert calls == []  # one step: no ownership read before it, no two-step deletion
     await assert_gone(pg_gateway, thread_id, [run_id])
+
+
+async def test_the_thread_stays_locked_from_its_lock_to_the_deletes(
+    pg_gateway: Gateway, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-step deletion locks the thread's row in a statement of its own, then decides
+    and deletes in the next: one transaction, or a run admitted between the two would be
+    deleted unseen. Just before the second statement is sent, another session finds the
+    row still locked."""
+    thread_id, run_id = await _idle_thread(pg_gateway)
+    held: list[bool] = []
+    send = psycopg.AsyncCursor.execute
+
+    async def execute(cur: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        if str(query).startswith("WITH facts"):  # the deletion's second statement
+            held.append(await _locked_elsewhere(pg_database, thread_id))
+        return await send(cur, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
+    gone = await pg_gateway.manager.purge_idle_thread(thread_id)
+    monkeypatch.undo()
+
+    assert gone is not None and gone.deleted and gone.runs_deleted == 1
+    assert held == [True]
+    await assert_gone(pg_gateway, thread_id, [run_id])
+
+
+async def _locked_elsewhere(pg_database: str, thread_id: str) -> bool:
+    """Whether the thread's row is (or within a few seconds becomes) locked by another
+    session: the statement that locks it may still be on its way to the server."""
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as probe:
+        for _ in range(100):
+            try:
+                await probe.execute(
+                    "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE NOWAIT",
+                    [thread_id],
+                )
+            except psycopg.errors.LockNotAvailable:
+                return True
+            await asyncio.sleep(0.05)
+    return False

@@ -37,7 +37,7 @@ async def test_a_cancelled_call_leaves_no_transaction_behind(registry: Registry)
 async def test_a_deletion_cancelled_mid_pipeline_leaves_its_connection_sound(
     pg_database: str,
 ) -> None:
-    """PostgreSQL's one-step deletion is one pipeline (BEGIN, lock, statement, COMMIT):
+    """PostgreSQL's one-step deletion is one pipeline (the lock, then the statement):
     cancelled at any step of it (a client gone, a shutdown), its connection must not go
     back to the pool in pipeline mode with results unread, where the next borrower's
     statements read no rows (seen for checkpoint writes by tests/persistence/test_chaos.py;

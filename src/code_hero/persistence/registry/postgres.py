@@ -112,15 +112,15 @@ class PostgresRegistry(SqlRegistry):
                 # and in a statement of its own: the deletion's snapshot is taken with the
                 # lock held, so it sees every run admitted before it (a statement that
                 # decided "idle" on an older snapshot deleted a run admitted while it
-                # waited for the lock). BEGIN and COMMIT are plain statements of the
-                # pipeline (conn.transaction() would wait for each): one round trip.
+                # waited for the lock). One round trip: on this autocommit connection the
+                # pipeline's statements up to its Sync are one implicit transaction (the
+                # lock is held until the statement's deletes commit), each statement with
+                # a snapshot of its own; no BEGIN and COMMIT to send and run (issue 15).
                 try:
                     async with conn.pipeline():
-                        await conn.execute("BEGIN")
                         await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
                         cur = conn.cursor(row_factory=dict_row)
                         await cur.execute(_pg_sql(statement), params)
-                        await conn.execute("COMMIT")
                     found: Row | None = await cur.fetchone()
                 except BaseException:
                     with contextlib.suppress(Exception):
@@ -148,21 +148,22 @@ class PostgresRegistry(SqlRegistry):
         """`purge_idle_thread`'s one statement and its parameters."""
         sql, deletion = self._deletion(thread_id, "(SELECT ok FROM go)")
         statement = (
-            "WITH go AS (SELECT busy, edited, expired, foreign_, "
-            "NOT busy AND NOT edited AND NOT expired AND NOT foreign_ AS ok FROM (SELECT "
+            # The thread's row is read once (a missing row: every column NULL), and the
+            # facts are materialised: inlined, each would be evaluated once per use.
+            "WITH facts AS MATERIALIZED (SELECT "
             "EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
             "AND status IN ('PENDING', 'RUNNING')) AS busy, "
             # An edit between its claim and its write would write onto the deleted thread.
-            "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-            "AND edit_until > ?::timestamptz) AS edited, "
-            "EXISTS (SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-            "AND expires_at <= ?::timestamptz "
+            "coalesce(th.edit_until > ?::timestamptz, false) AS edited, "
             # A ttl of 0 is a deletion under way (`start_deletion`) that failed: a retry
             # ends it.
-            "AND ttl_seconds IS DISTINCT FROM 0) AS expired, "
+            "coalesce(th.expires_at <= ?::timestamptz "
+            "AND th.ttl_seconds IS DISTINCT FROM 0, false) AS expired, "
             # Another user's thread, or none, is not the owner's to delete.
-            "(?::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM code_hero_threads "
-            "WHERE thread_id = ? AND user_id = ?::text)) AS foreign_) AS now), "
+            "(?::text IS NOT NULL AND th.user_id IS DISTINCT FROM ?::text) AS foreign_ "
+            "FROM (SELECT) AS one LEFT JOIN code_hero_threads th ON th.thread_id = ?), "
+            "go AS (SELECT busy, edited, expired, foreign_, "
+            "NOT (busy OR edited OR expired OR foreign_) AS ok FROM facts), "
             # The stock adelete_thread's three deletes (see PostgresBackend.delete_checkpoints).
             "c AS (DELETE FROM checkpoints WHERE thread_id = ? AND (SELECT ok FROM go) "
             "RETURNING 1), "
@@ -175,7 +176,7 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT expired FROM go) AS expired, "
             "(SELECT foreign_ FROM go) AS foreign_"
         )
-        ids = [thread_id, thread_id, datetime.now(UTC), thread_id, live_at, owner, thread_id, owner]
+        ids = [thread_id, datetime.now(UTC), live_at, owner, owner, thread_id]
         ids += [thread_id, thread_id, thread_id]
         return statement, [*ids, *deletion]
 

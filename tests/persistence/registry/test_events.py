@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 
 from code_hero.errors import ConflictError
 from code_hero.persistence.records import EventRecord, Registry
+from code_hero.persistence.registry import PostgresRegistry
 from tests.persistence.registry.support import at, events, run
 
 
@@ -85,3 +89,25 @@ async def test_a_batch_stores_events_and_run_fields_together(registry: Registry)
     assert r1 is not None and r1.input_tokens == 7
     with pytest.raises(TypeError):
         await registry.store_batch([], {"r1": {"no_such_field": 1}})
+
+
+async def test_a_batch_of_events_is_one_insert_on_postgres(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(registry, PostgresRegistry):
+        pytest.skip("psycopg's executemany is PostgreSQL's")
+    await registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1))
+    statements: list[str] = []
+    real = psycopg.AsyncCursor.execute
+
+    async def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return await real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    monkeypatch.setattr(psycopg.AsyncCursor, "executemany", None)  # not used for a batch
+    await registry.store_events(events("r1", "t1", *range(2, 40)))
+    await registry.put_events(events("r1", "t1", *range(30, 45)))  # ON CONFLICT DO NOTHING
+    inserts = [s for s in statements if s.startswith("INSERT INTO code_hero_run_events")]
+    assert len(inserts) == 2
+    assert [e.seq for e in await registry.list_events("r1")] == list(range(1, 45))

@@ -48,8 +48,53 @@ class _PgSession:
             return cur.rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        # psycopg's executemany runs a pipeline and a prepared statement per row: about
+        # twice the Python CPU of one statement for a batch of a run's events (issue 15).
+        # One row is one statement; an INSERT of one VALUES row is one INSERT of them all.
+        if not rows:
+            return
         async with self._conn.cursor() as cur:
-            await cur.executemany(_pg_sql(sql), rows)
+            if len(rows) == 1:
+                await cur.execute(_pg_sql(sql), rows[0])
+                return
+            values = _values_row(sql)
+            if values is None:
+                await cur.executemany(_pg_sql(sql), rows)
+                return
+            head, row, tail = values
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                statement = f"{head}{', '.join([row] * len(chunk))}{tail}"
+                params = [value for r in chunk for value in r]
+                # Not prepared: a statement per batch size would churn the connection's
+                # prepared statements.
+                await cur.execute(_pg_sql(statement), params, prepare=False)
+
+
+_ROWS_PER_INSERT = 500  # far below PostgreSQL's 65,535 parameters at a row's width
+
+
+@lru_cache(maxsize=64)
+def _values_row(sql: str) -> tuple[str, str, str] | None:
+    """An `INSERT ... VALUES (row)` statement as (head, row, tail), None for any other:
+    rows repeated between head and tail insert a batch in one statement, as executemany
+    would row by row (not with ON CONFLICT DO UPDATE: a batch may touch a row twice)."""
+    head, sep, rest = sql.partition(" VALUES (")
+    if (
+        not sep
+        or not head.lstrip().upper().startswith("INSERT ")
+        or " VALUES " in rest
+        or "'" in rest  # a literal could hold a parenthesis
+        or "DO UPDATE" in rest.upper()
+        or "RETURNING" in rest.upper()
+    ):
+        return None
+    depth = 1
+    for i, char in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return f"{head} VALUES ", f"({rest[:i]})", rest[i + 1 :]
+    return None
 
 
 class PostgresRegistry(SqlRegistry):

@@ -158,11 +158,16 @@ class Idle(Holding):
 
     active_runs = 0
 
-    def __init__(self) -> None:
+    def __init__(self, *active: str) -> None:
         self.launched: list[str] = []
+        self.cancelled: list[str] = []
+        self.active = set(active)
 
     def is_active(self, run_id: str) -> bool:
-        return False
+        return run_id in self.active
+
+    async def finish_cancelled(self, record: RunRecord) -> None:
+        self.cancelled.append(record.run_id)
 
     def running(self) -> list[str]:
         return []
@@ -173,7 +178,9 @@ class Idle(Holding):
 
 async def test_a_claim_pass_that_returns_after_shutdown_began_launches_nothing() -> None:
     """A pass waiting for the database as shutdown began launched what it claimed: a run
-    missing from the drain's snapshot, whose lease nobody renewed after it."""
+    missing from the drain's snapshot, whose lease nobody renewed after it. What it
+    claimed is released, except a run still executing here (the claim renewed its
+    lease: the drain's) and one whose cancel is under way (ended here, CANCELLED)."""
     go, parked = asyncio.Event(), asyncio.Event()
     released: list[str] = []
 
@@ -181,19 +188,24 @@ async def test_a_claim_pass_that_returns_after_shutdown_began_launches_nothing()
         async def claim_runs(self, owner: str, **kwargs: Any) -> list[RunRecord]:
             parked.set()
             await go.wait()
-            return [RunRecord("r", "t", "slow", RunStatus.PENDING)]
+            return [
+                RunRecord("r", "t", "slow", RunStatus.PENDING),
+                RunRecord("here", "t", "slow", RunStatus.RUNNING),
+                RunRecord("cancelling", "t", "slow", RunStatus.PENDING),
+            ]
 
         async def release_runs(self, owner: str, run_ids: list[str]) -> None:
             released.extend(run_ids)
 
-    runs = Idle()
+    runs = Idle("here")
     claims = Claims(runs, lambda: Claiming(), InProcessBus(), lambda: [])  # type: ignore[arg-type,return-value]
     passing = asyncio.ensure_future(claims.claim_once(cancels=False))
     await parked.wait()
     claims.stop_claiming()  # shutdown begins while the pass waits
+    claims._stopping["cancelling"] += 1  # (as `cancel` marks it)
     go.set()
     await passing
-    assert runs.launched == [] and released == ["r"]
+    assert runs.launched == [] and released == ["r"] and runs.cancelled == ["cancelling"]
 
 
 async def test_a_thread_stopped_twice_at_once_stays_stopping_until_both_end() -> None:

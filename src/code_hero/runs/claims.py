@@ -243,7 +243,7 @@ class Claims:
                 await self.runs.finish_cancelled(record)
         free = self.max_concurrent - self.runs.active_runs
         claimed: list[RunRecord] = []
-        if free > 0 and (self.claim_others or self.started):
+        if free > 0 and (self.claim_others or self.started) and not self.closing:
             claimed = await self.registry.claim_runs(
                 self.owner,
                 now=now,
@@ -256,7 +256,7 @@ class Claims:
         if claimed and self.closing:
             # Shutdown began while the pass waited for the database: a run launched now
             # is not in its drain (nor renewed after it); another executor takes it.
-            await self._release([r.run_id for r in claimed])
+            await self._hand_back(claimed)
             return
         self._full = free <= 0 or len(claimed) >= free
         for record in claimed:
@@ -272,10 +272,23 @@ class Claims:
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
 
-    async def _release(self, run_ids: list[str]) -> None:
-        """Give the leases of runs claimed but not launched back (at once claimable)."""
+    async def _hand_back(self, claimed: list[RunRecord]) -> None:
+        """Runs claimed as shutdown began: a cancelled one ends here, CANCELLED (its
+        cancel waits for that); the others' leases are given back, at once claimable.
+        A run still executing here (its lease renewed by the claim) is the drain's."""
+        release: list[str] = []
+        for record in claimed:
+            self.started.discard(record.run_id)
+            if self.runs.is_active(record.run_id):
+                continue
+            if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
+                await self.runs.finish_cancelled(record)
+            else:
+                release.append(record.run_id)
+        if not release:
+            return
         try:
-            await self.registry.release_runs(self.owner, run_ids)
+            await self.registry.release_runs(self.owner, release)
         except Exception as exc:  # their leases lapse instead
             log.warning("releasing runs claimed at shutdown failed: %s", exc)
 

@@ -67,8 +67,8 @@ class _PgSession:
                 statement = f"{head}{', '.join([row] * len(chunk))}{tail}"
                 params = [value for r in chunk for value in r]
                 # Not prepared: a statement per batch size would churn the connection's
-                # prepared statements.
-                await cur.execute(_pg_sql(statement), params, prepare=False)
+                # prepared statements (nor through `_pg_sql`'s cache: its parts are).
+                await cur.execute(statement, params, prepare=False)
 
 
 _ROWS_PER_INSERT = 500  # far below PostgreSQL's 65,535 parameters at a row's width
@@ -92,8 +92,8 @@ def _values_row(sql: str) -> tuple[str, str, str] | None:
     depth = 1
     for i, char in enumerate(rest):
         depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return f"{head} VALUES ", f"({rest[:i]})", rest[i + 1 :]
+        if depth == 0:  # psycopg's placeholders already (no `?` spans a part's edge)
+            return _pg_sql(f"{head} VALUES "), _pg_sql(f"({rest[:i]})"), _pg_sql(rest[i + 1 :])
     return None
 
 

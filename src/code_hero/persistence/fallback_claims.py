@@ -83,6 +83,8 @@ class FallbackClaims(RoutedRegistry):
             known = self._known(run_id)
             if known is None:
                 raise self.router.unavailable("finishing this run")
+            if if_leased_by is not None and known.lease_owner != if_leased_by:
+                return None, False  # released or taken over, as far as this process knows
             adopted = self._adopt(run_id, **fields)
             # The lease it ran under, not the one its end clears (`lease_owner=None`).
             self._journal(FinishRun(run_id, known.thread_id, dict(fields), known.lease_owner))

@@ -93,6 +93,39 @@ async def test_an_end_after_a_takeover_is_not_recorded(gateway: Gateway, lapsed:
     assert gateway.executor.internal_sizes() == dict.fromkeys(gateway.executor.internal_sizes(), 0)
 
 
+async def test_a_cancel_asked_of_a_run_taken_over_reaches_its_holder(gateway: Gateway) -> None:
+    # Cancelled here as it was taken over: the flag is left for the executor that
+    # holds it now (no end recorded here), which stops it at its next lease renewal.
+    executor = gateway.executor
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    stalled = asyncio.Event()
+
+    async def stall_then_cancel(record: RunRecord, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        now = datetime.now(UTC)
+        await gateway.manager.registry.update_run(
+            record.run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
+        )
+        executor.claims._expires[record.run_id] = now - timedelta(seconds=1)
+        stalled.set()
+        return await stream(record, *args)
+
+    executor._stream = stall_then_cancel  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+    await stalled.wait()
+    cancelled = await executor.cancel(run.run_id)
+    await asyncio.wait(tasks)
+    assert cancelled.status is RunStatus.RUNNING, "not ended here"
+    row = await gateway.manager.registry.get_run(run.run_id)
+    assert row is not None
+    assert (row.status, row.lease_owner, row.cancel_requested) == (
+        RunStatus.RUNNING,
+        OTHER,
+        True,
+    )
+
+
 async def test_an_end_under_a_lease_still_held_is_recorded(gateway: Gateway) -> None:
     # A lease lapsed by this process's clock that no one took over is renewed and kept.
     executor = gateway.executor

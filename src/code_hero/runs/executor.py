@@ -647,6 +647,7 @@ class RunExecutor:
         )
         if final is None and leased:  # lost between the look above and the end
             log.warning("run %s was taken over as it ended here: its end is dropped", run_id)
+            await self._pass_cancel_on(run_id)
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
         self._tell_waiters(run_id)  # one that ended unclaimed (cancelled) has no task
@@ -662,8 +663,20 @@ class RunExecutor:
         # could come before the new holder's own and fence that writer instead).
         writer.closed, writer.pending, writer.fields = True, [], {}
         await writer.close()
+        await self._pass_cancel_on(run_id)
         self._tell_waiters(run_id)
         return None, False
+
+    async def _pass_cancel_on(self, run_id: str) -> None:
+        """A cancel asked here of a run taken over meanwhile is flagged for its holder
+        (a stop here flags nothing: the run was executing here)."""
+        if run_id not in self._cancel_requested:
+            return
+        try:
+            await self.registry.request_cancel(run_id)
+            await self.bus.send_control(f"cancel {run_id}")
+        except Exception as exc:
+            log.warning("passing the cancel of run %s on failed: %s", run_id, exc)
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:
         """A run that outlived its thread's deletion (its end was not awaited) may have

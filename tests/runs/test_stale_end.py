@@ -75,7 +75,7 @@ async def test_an_end_after_a_takeover_is_not_recorded(gateway: Gateway, lapsed:
     if lapsed:  # known before its last event: none is written or published
         events = await gateway.events.read(run.run_id)
         statuses = [e.payload["status"] for e in events if e.type == EventType.STATUS.value]
-        assert statuses[-1] == RunStatus.RUNNING.value
+        assert set(statuses) <= {RunStatus.PENDING.value, RunStatus.RUNNING.value}
     # The replica that took the run over ends it: the waiter here reports that end.
     ended, _ = await registry.finish_run(
         run.run_id,

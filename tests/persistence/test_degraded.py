@@ -724,3 +724,41 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
         final.run_id,
     ) == [(RunStatus.RUNNING.value, "replica-b")]
+
+
+async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # The end of a run in flight at the outage's start, recorded under a lease
+    # (`if_leased_by`) this process does not know the run to be held under: refused,
+    # nothing journalled. It was ended from the copy held here (and the end journalled).
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    stream = executor._stream
+    refused: list[Any] = []
+    journalled: list[Any] = []
+
+    async def stream_then_cut(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        proxy.refuse()
+        refused.append(
+            await registry.finish_run(
+                record.run_id,
+                ThreadStatus.IDLE,
+                if_leased_by="replica-b",
+                status=RunStatus.SUCCESS,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        journalled.extend(e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun))
+        proxy.forward()
+        await until(lambda: _synced(gw))
+        return ended
+
+    executor._stream = stream_then_cut  # type: ignore[method-assign]
+    final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert refused == [(None, False)]
+    assert journalled == []
+    assert final.status is RunStatus.SUCCESS

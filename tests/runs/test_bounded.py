@@ -29,6 +29,7 @@ EXPECTED_MAPS = {
     "executor.news",
     "executor.cancel_requested",
     "executor.lost",
+    "executor.leases",
     "eventlog.writers",
     "eventlog.waiting",
     "bus.runs",

@@ -89,6 +89,8 @@ class FallbackClaims(RoutedRegistry):
             known = self._known(run_id)
             if known is None:
                 raise self.router.unavailable("finishing this run")
+            if if_leased_by is not None and known.lease_owner != if_leased_by:
+                return None, False  # released or taken over, as far as this process knows
             # The lease it ran under, not the one its end clears (`lease_owner=None`).
             owner = self._owner(run_id, "finishing this run")
             adopted = self._adopt(run_id, **fields)

@@ -92,6 +92,9 @@ class Claims:
         self._stopping: Counter[str] = Counter()
         self._stopping_threads: Counter[str] = Counter()
         self._loops: list[asyncio.Task[None]] = []
+        # When the lease of each run executing here lapses, as its claim or last
+        # renewal set it: an end recorded well within it needs no look at the row.
+        self._expires: dict[str, datetime] = {}
 
     @property
     def registry(self) -> Registry:
@@ -261,6 +264,7 @@ class Claims:
         self._full = free <= 0 or len(claimed) >= free
         for record in claimed:
             self.started.discard(record.run_id)
+            self._expires[record.run_id] = now + self.lease
             if self.runs.is_active(record.run_id):  # its lease was renewed, not lost: one task
                 continue
             resuming = record.status is RunStatus.RUNNING
@@ -306,6 +310,29 @@ class Claims:
                 self.started.discard(run_id)
 
     # ---------------------------------------------------------------- leases
+    async def still_held(self, run_id: str) -> bool:
+        """Whether this executor holds the run's lease still (renewed now unless half of
+        it is left): a process that stalled past it may find the run taken over."""
+        now = datetime.now(UTC)
+        expires = self._expires.get(run_id)
+        if expires is not None and expires - now > self.lease / 2:
+            return True
+        until = now + self.lease
+        held = await self.registry.renew_leases(self.owner, [run_id], until)
+        if held and run_id in self._expires:
+            self._expires[run_id] = until
+        return bool(held)
+
+    @property
+    def leases_known(self) -> int:
+        """How many runs' lease expiries are kept (those executing here)."""
+        return len(self._expires)
+
+    def forget(self, run_id: str) -> None:
+        """The run executes here no longer."""
+        self.started.discard(run_id)
+        self._expires.pop(run_id, None)
+
     async def _renew_leases(self) -> None:
         interval = max(self.lease.total_seconds() / 3, 0.05)
         while self._looping():
@@ -313,14 +340,15 @@ class Claims:
             mine = self.runs.running()
             if not mine:
                 continue
+            until = datetime.now(UTC) + self.lease
             try:
-                held = await self.registry.renew_leases(
-                    self.owner, mine, datetime.now(UTC) + self.lease
-                )
+                held = await self.registry.renew_leases(self.owner, mine, until)
             except Exception as exc:
                 log.warning("renewing run leases failed: %s", exc)
                 continue
             held_ids = {r.run_id for r in held}
+            for run_id in held_ids & self._expires.keys():  # (not one that ended meanwhile)
+                self._expires[run_id] = until
             for run_id in mine:
                 # A run whose end was committed meanwhile is not held (its row says it
                 # ended) but not lost either: its task is recording that end.

@@ -176,6 +176,7 @@ class RunExecutor:
             "executor.news": len(self._news),
             "executor.cancel_requested": len(self._cancel_requested),
             "executor.lost": len(self._lost),
+            "executor.leases": self.claims.leases_known,
         }
 
     @property
@@ -448,7 +449,14 @@ class RunExecutor:
             try:
                 final, waiting = await _to_the_end(
                     self._finish(
-                        run_id, thread_id, status, output, error, writer, timeline.fields()
+                        run_id,
+                        thread_id,
+                        status,
+                        output,
+                        error,
+                        writer,
+                        timeline.fields(),
+                        leased=True,
                     )
                 )
             except PrimaryUnreachableError as exc:
@@ -460,7 +468,7 @@ class RunExecutor:
                 await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
                 held = True
             else:
-                if final is None:  # its row is gone: the thread was deleted meanwhile
+                if final is None:  # taken over, or its row is gone with its thread
                     await self._purge_if_deleted(run_id, thread_id)
         finally:
             self._release(run_id)
@@ -609,12 +617,20 @@ class RunExecutor:
         error: str | None,
         writer: RunEventWriter | None = None,
         recorded: Mapping[str, Any] | None = None,
+        *,
+        leased: bool = False,
     ) -> tuple[RunRecord | None, bool]:
         """Record the end (with the `recorded` timeline and usage fields): the final run
-        (None when it is gone), and whether the thread has runs waiting for it."""
+        (None when it is gone, or, `leased` (claimed here), when this executor holds
+        its lease no longer), and whether the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
         if recorded is not None:  # finish_run stores the latest fields: no update before it
             writer.fields = {}
+        # A process that stalled past the lease may find the run taken over: its end,
+        # last event included, is the new holder's (or the next claimer's) to record.
+        # Not looked at in an outage: the lease-aware journal decides then.
+        if leased and self.manager.router.serving and not await self.claims.still_held(run_id):
+            return await self._taken_over(run_id, writer)
         writer.emit(EventType.STATUS, {"status": status.value, "error": error})
         await writer.close()
         final, waiting = await self.registry.finish_run(  # a queued run keeps the thread BUSY
@@ -626,12 +642,41 @@ class RunExecutor:
             finished_at=datetime.now(UTC),
             lease_owner=None,
             lease_expires_at=None,
+            if_leased_by=self.owner if leased else None,
             **(recorded or {}),
         )
+        if final is None and leased:  # lost between the look above and the end
+            log.warning("run %s was taken over as it ended here: its end is dropped", run_id)
+            await self._pass_cancel_on(run_id)
         if final is not None and run_id in self._waiters:
             self._final[run_id] = final
         self._tell_waiters(run_id)  # one that ended unclaimed (cancelled) has no task
         return final, waiting
+
+    async def _taken_over(
+        self, run_id: str, writer: RunEventWriter
+    ) -> tuple[RunRecord | None, bool]:
+        """Leave the run to the executor that holds it now: no end, no last event; the
+        waiters here follow the run as recorded, wherever it goes on."""
+        log.warning("lost the lease of run %s before its end: another executor has it", run_id)
+        # Fenced: what it has not stored is dropped with its end (stored now, its seqs
+        # could come before the new holder's own and fence that writer instead).
+        writer.closed, writer.pending, writer.fields = True, [], {}
+        await writer.close()
+        await self._pass_cancel_on(run_id)
+        self._tell_waiters(run_id)
+        return None, False
+
+    async def _pass_cancel_on(self, run_id: str) -> None:
+        """A cancel asked here of a run taken over meanwhile is flagged for its holder
+        (a stop here flags nothing: the run was executing here)."""
+        if run_id not in self._cancel_requested:
+            return
+        try:
+            await self.registry.request_cancel(run_id)
+            await self.bus.send_control(f"cancel {run_id}")
+        except Exception as exc:
+            log.warning("passing the cancel of run %s on failed: %s", run_id, exc)
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:
         """A run that outlived its thread's deletion (its end was not awaited) may have
@@ -658,7 +703,7 @@ class RunExecutor:
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
-        self.claims.started.discard(run_id)
+        self.claims.forget(run_id)
         self._cancel_requested.discard(run_id)
         self._lost.discard(run_id)
         self._ending.discard(run_id)

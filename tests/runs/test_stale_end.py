@@ -1,0 +1,142 @@
+"""A run taken over while its executor stalled past the lease: that executor's end,
+when it wakes, is not recorded, and its waiters follow the run as the new holder ends it.
+
+The stall is played without sleeping: the run's last step returns, then (before its
+end is recorded) the row is leased to another executor, as a replica that claimed the
+lapsed run leaves it, and with `lapsed` this executor's own clock is past its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from code_hero.config import CheckpointerConfig
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.records import THREAD_STATUS_AFTER, RunRecord, RunStatus
+from code_hero.runs.events import EventType
+from code_hero.runs.executor import StartRun
+from tests.runs.conftest import SLOW_SPEC
+
+OTHER = "executor-other"
+
+
+@pytest.fixture
+async def gateway(backend_config: CheckpointerConfig) -> AsyncIterator[Gateway]:
+    # A long lease: no renewal comes during the test to notice the takeover first.
+    settings = GatewaySettings(
+        checkpointer=backend_config, graphs={"slow": SLOW_SPEC}, lease_seconds=120
+    )
+    async with Gateway(settings) as gw:
+        yield gw
+
+
+async def stalled_and_taken_over(gw: Gateway, *, lapsed: bool) -> tuple[RunRecord, Any]:
+    """Run the slow graph to its last step; take it over before its end is recorded.
+    Returns the run and its task (ended once this executor is done with it)."""
+    executor = gw.executor
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    stalled = asyncio.Event()
+
+    async def stream_then_stall(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        now = datetime.now(UTC)
+        await gw.manager.registry.update_run(
+            record.run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
+        )
+        if lapsed:  # as this process's clock reads when it wakes up
+            executor.claims._expires[record.run_id] = now - timedelta(seconds=1)
+        stalled.set()
+        return ended
+
+    executor._stream = stream_then_stall  # type: ignore[method-assign]
+    run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    waiter = asyncio.create_task(executor.wait(run.run_id))
+    await stalled.wait()
+    await asyncio.wait(tasks)  # this executor is done with the run
+    assert not waiter.done(), "the waiter follows the run: it has not ended"
+    return run, waiter
+
+
+@pytest.mark.parametrize("lapsed", [True, False], ids=["lapsed", "lost-as-it-ended"])
+async def test_an_end_after_a_takeover_is_not_recorded(gateway: Gateway, lapsed: bool) -> None:
+    run, waiter = await stalled_and_taken_over(gateway, lapsed=lapsed)
+    registry = gateway.manager.registry
+    row = await registry.get_run(run.run_id)
+    assert row is not None
+    assert row.status is RunStatus.RUNNING, "the stalled executor's end is not recorded"
+    assert row.lease_owner == OTHER
+    if lapsed:  # known before its last event: none is written or published
+        events = await gateway.events.read(run.run_id)
+        statuses = [e.payload["status"] for e in events if e.type == EventType.STATUS.value]
+        assert set(statuses) <= {RunStatus.PENDING.value, RunStatus.RUNNING.value}
+    # The replica that took the run over ends it: the waiter here reports that end.
+    ended, _ = await registry.finish_run(
+        run.run_id,
+        THREAD_STATUS_AFTER[RunStatus.ERROR],
+        if_leased_by=OTHER,
+        status=RunStatus.ERROR,
+        error="ended by the replica that took it over",
+        finished_at=datetime.now(UTC),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    assert ended is not None
+    final = await asyncio.wait_for(waiter, 10)
+    assert (final.status, final.error) == (RunStatus.ERROR, ended.error)
+    assert gateway.executor.internal_sizes() == dict.fromkeys(gateway.executor.internal_sizes(), 0)
+
+
+async def test_a_cancel_asked_of_a_run_taken_over_reaches_its_holder(gateway: Gateway) -> None:
+    # Cancelled here as it was taken over: the flag is left for the executor that
+    # holds it now (no end recorded here), which stops it at its next lease renewal.
+    executor = gateway.executor
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    stalled = asyncio.Event()
+
+    async def stall_then_cancel(record: RunRecord, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        now = datetime.now(UTC)
+        await gateway.manager.registry.update_run(
+            record.run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
+        )
+        executor.claims._expires[record.run_id] = now - timedelta(seconds=1)
+        stalled.set()
+        return await stream(record, *args)
+
+    executor._stream = stall_then_cancel  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+    await stalled.wait()
+    cancelled = await executor.cancel(run.run_id)
+    await asyncio.wait(tasks)
+    assert cancelled.status is RunStatus.RUNNING, "not ended here"
+    row = await gateway.manager.registry.get_run(run.run_id)
+    assert row is not None
+    assert (row.status, row.lease_owner, row.cancel_requested) == (
+        RunStatus.RUNNING,
+        OTHER,
+        True,
+    )
+
+
+async def test_an_end_under_a_lease_still_held_is_recorded(gateway: Gateway) -> None:
+    # A lease lapsed by this process's clock that no one took over is renewed and kept.
+    executor = gateway.executor
+    stream = executor._stream
+
+    async def stream_then_stall(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        executor.claims._expires[record.run_id] = datetime.now(UTC) - timedelta(seconds=1)
+        return ended
+
+    executor._stream = stream_then_stall  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}, wait=True))
+    assert run.status is RunStatus.SUCCESS
+    assert run.lease_owner is None

@@ -686,7 +686,9 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
     # write (RUNNING) read B's row back before any renewal told A: A's copy named B (or,
     # released by B, no one). A's end in the outage was journalled under that owner, so
     # it passed the lease check at replay and ended B's live run (or, with no owner,
-    # applied with no lease check). It is journalled under the lease A claimed.
+    # applied with no lease check). Now A's end, made under the lease A claimed, is
+    # refused: the run is not A's as far as A knows, nothing is journalled, and the
+    # waiter is told the run is recorded but held up (it follows the run).
     gw, proxy = long_leased
     executor = gw.executor
     registry = executor.registry
@@ -711,18 +713,19 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
 
     registry.update_run = taken_over_then_update  # type: ignore[method-assign]
     registry.finish_run = cut_then_finish  # type: ignore[method-assign]
-    final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
-    assert final.status is RunStatus.SUCCESS
+    with pytest.raises(RunHeldUpError) as held:
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    run_id = held.value.run_id
     ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
-    assert [(e.run_id, e.owner) for e in ended] == [(final.run_id, executor.owner)]
-    if seen is None:
-        return  # claimable once PostgreSQL is back: the next claimer records its end
+    assert ended == []
     proxy.forward()
     await until(lambda: _synced(gw))
+    if seen is None:
+        return  # claimable now PostgreSQL is back: the next claimer records its end
     assert rows(
         pg_database,
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
-        final.run_id,
+        run_id,
     ) == [(RunStatus.RUNNING.value, "replica-b")]
 
 

@@ -74,6 +74,7 @@ HISTORY = """query($id: ID!) {
 HEALTH = "{ health { status pendingSync quarantined } }"
 
 EXPECTED_CODES = {"UNAVAILABLE", "CONFLICT", "NOT_FOUND"}
+FINISHED = {"SUCCESS", "ERROR", "INTERRUPTED", "CANCELLED"}
 CLIENTS = 4
 LEASE = 3.0
 # A hang, not a slow answer: cancelRun waits up to 5 s + the lease for a run that
@@ -274,6 +275,32 @@ def bad_errors(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
     return bad
 
 
+def resurrected_in_reads(world: World) -> list[tuple[str | None, str]]:
+    """Threads a read showed after their deletion was acknowledged, with no write on them
+    since the deletion began (a run started earlier counts as one: it never ends here)."""
+    problems: list[tuple[str | None, str]] = []
+    deletions = [o for o in world.ops if o.acked and o.kind == "delete" and o.thread]
+    writes = [o for o in world.ops if o.kind not in {"read", "delete"} and o.thread]
+    for read in (o for o in world.ops if o.acked and o.kind == "read"):
+        assert read.data is not None
+        if read.thread is not None:
+            shown = {read.thread} if read.data.get("thread") else set()
+        else:
+            shown = {e["node"]["id"] for e in read.data["threads"]["edges"]}
+        for d in deletions:
+            if d.thread not in shown or d.end >= read.start:
+                continue
+            if any(
+                w.thread == d.thread
+                and (w.kind == "run_async" or w.end > d.start)
+                and w.start < read.end
+                for w in writes
+            ):
+                continue
+            problems.append((d.thread, f"deleted at {d.end}, shown by a read at {read.start}"))
+    return problems
+
+
 def overlaps(op: Op, other: Op) -> bool:
     """Whether two ops on a thread may have run at once (an async run never ends, here)."""
     end = op.end if op.kind != "run_async" else 1 << 62
@@ -368,6 +395,36 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
     ):
         problems.append((thread_id, f"run {run_id} has {count} events up to seq {top}"))
 
+    # A run's stream ends with its end, and tells no other: a subscriber stops at the
+    # first end it reads (one that read SUCCESS must not find the run CANCELLED).
+    for run_id, thread_id, status, last_type, last_status, told in rows(
+        url,
+        "SELECT r.run_id, r.thread_id, r.status, e.type, e.payload->>'status', "
+        "ARRAY(SELECT DISTINCT payload->>'status' FROM code_hero_run_events "
+        "      WHERE run_id = r.run_id AND type = 'status' "
+        "      AND payload->>'status' NOT IN ('PENDING', 'RUNNING')) "
+        "FROM code_hero_runs r LEFT JOIN code_hero_run_events e ON e.run_id = r.run_id "
+        "AND e.seq = (SELECT max(seq) FROM code_hero_run_events WHERE run_id = r.run_id) "
+        "WHERE r.status NOT IN ('PENDING', 'RUNNING')",
+    ):
+        if (last_type, last_status) != ("status", status) or told != [status]:
+            problems.append(
+                (
+                    thread_id,
+                    f"run {run_id} is {status}; its events end {last_type} "
+                    f"{last_status} and told {told}",
+                )
+            )
+    # A thread waits on unfinished runs only: BUSY without one refuses or queues for nothing.
+    for (thread_id,) in rows(
+        url,
+        "SELECT thread_id FROM code_hero_threads t WHERE status = 'BUSY' AND NOT EXISTS "
+        "(SELECT 1 FROM code_hero_runs r WHERE r.thread_id = t.thread_id "
+        "AND r.status IN ('PENDING', 'RUNNING'))",
+    ):
+        problems.append((thread_id, "thread BUSY with no unfinished run"))
+    problems += resurrected_in_reads(world)
+
     runs = {
         run_id: (status, output)
         for run_id, status, output in rows(url, "SELECT run_id, status, output FROM code_hero_runs")
@@ -417,7 +474,11 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             answered = op.data["startRun"] if op.kind != "cancel" else op.data["cancelRun"]
             run_id = answered["id"]
             if op.kind == "cancel":
-                if answered["status"] == "CANCELLED" and runs.get(run_id, ("",))[0] != "CANCELLED":
+                # An end a client was told is the end (a run ended before the cancel too).
+                told = answered["status"]
+                if told in FINISHED and run_id in runs and runs[run_id][0] != told:
+                    problems.append((op.thread, f"run {run_id} answered {told}, is {runs[run_id]}"))
+                elif told == "CANCELLED" and run_id not in runs:
                     problems.append((op.thread, f"cancelled run {run_id} is {runs.get(run_id)}"))
                 continue
             if run_id not in runs:
@@ -429,6 +490,8 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             status, output = runs[run_id]
             if op.kind == "run_wait" and status != answered["status"]:
                 problems.append((op.thread, f"run {run_id} answered {answered} but is {status}"))
+            elif op.kind == "run_wait" and status == "SUCCESS" and output != answered["output"]:
+                problems.append((op.thread, f"run {run_id} answered {answered}, stored {output}"))
             if status == "SUCCESS" and not pruned_after(op):
                 mine = [
                     c

@@ -570,6 +570,28 @@ class FallbackRouter:
                 with self.metrics.timed(self.primary.label, "delete_thread"):
                     return await backend.purge_idle_thread(thread_id, live_at, owner)
 
+    async def purge_orphan(self, thread_id: str) -> bool | None:
+        """Delete the checkpoints of a thread the registry has no row of, in one step
+        with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
+        none, False when it has one (a thread made anew under the id: nothing deleted);
+        None when the step cannot answer (as `purge_idle_thread`)."""
+        backend = self.primary.backend
+        if not self.serving or backend is None or not backend.purges_in_one_step:
+            return None
+        async with self.gate.write(), self.journal.step_lock:
+            if (
+                not self.serving
+                or backend is not self.primary.backend
+                or thread_id in self.local_threads
+                or thread_id in self.fallback_threads
+                or self.journal.entries
+                or self.journal.quarantine
+            ):
+                return None
+            async with self.on_primary("deleting this thread"):
+                with self.metrics.timed(self.primary.label, "delete_thread"):
+                    return await backend.delete_orphan_checkpoints(thread_id) is not None
+
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:
         """Probe one slot, opening the primary if it never opened; records the result."""

@@ -16,7 +16,12 @@ checked against what the clients were told:
 - every acknowledged deleteThread's thread is gone from PostgreSQL, with its
   checkpoints, runs and events (the copy-back resurrects nothing);
 - no checkpoints, runs or events of a thread that has no row;
-- no run is left PENDING or RUNNING; each run's events are 1..n;
+- no run is left PENDING or RUNNING, none ended ERROR (the graph never fails by
+  itself); each run's events are 1..n, ending with the one end its row has;
+- no thread is left BUSY without an unfinished run; an end a client was told (a
+  waited run, cancelRun) is the stored one, a waited run's output too;
+- no read after an acknowledged deletion shows the thread, unless a write on it
+  may have made it anew;
 - nothing is pending or quarantined.
 
 The seed fixes the clients' choices and the proxy's schedule; the timing of the
@@ -415,6 +420,11 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
                     f"{last_status} and told {told}",
                 )
             )
+    # The slow graph never fails by itself: a run ended ERROR is the outage's doing.
+    for run_id, thread_id, error in rows(
+        url, "SELECT run_id, thread_id, error FROM code_hero_runs WHERE status = 'ERROR'"
+    ):
+        problems.append((thread_id, f"run {run_id} ended ERROR: {error}"))
     # A thread waits on unfinished runs only: BUSY without one refuses or queues for nothing.
     for (thread_id,) in rows(
         url,

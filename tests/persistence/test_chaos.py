@@ -100,6 +100,8 @@ class Op:
     data: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     degraded: bool = False
+    began: datetime = field(default_factory=lambda: datetime.now(UTC))  # for the story
+    ended: datetime | None = None
 
     @property
     def acked(self) -> bool:
@@ -120,8 +122,9 @@ class World:
     def story(self, thread_id: str) -> str:
         """The ops on a thread, for a failure's message."""
         return "\n".join(
-            f"  {o.start}-{o.end} c{o.client} {o.kind} degraded={o.degraded} "
-            f"{o.data if o.acked else [e.get('extensions', {}).get('code') for e in o.errors]}"
+            f"  {o.start}-{o.end} ({o.began:%H:%M:%S.%f}-{o.ended or o.began:%H:%M:%S.%f}) "
+            f"c{o.client} {o.kind} degraded={o.degraded} "
+            f"{o.data if o.acked else [e.get('extensions', {}) for e in o.errors]}"
             for o in self.ops
             if o.thread == thread_id
         )
@@ -153,7 +156,7 @@ async def call(
         op.end = next(world.clock)
         op.errors = [{"message": "no answer", "extensions": {"code": "NO_ANSWER"}}]
         return op
-    op.end = next(world.clock)
+    op.end, op.ended = next(world.clock), datetime.now(UTC)
     assert response.status_code == 200, (kind, response.text)
     body = response.json()
     op.data = body.get("data")
@@ -280,6 +283,11 @@ def bad_errors(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
     return bad
 
 
+def held_up(error: dict[str, Any]) -> bool:
+    """An UNAVAILABLE naming a run: the run was recorded and goes on after the outage."""
+    return bool((error.get("extensions") or {}).get("runId"))
+
+
 def resurrected_in_reads(world: World) -> list[tuple[str | None, str]]:
     """Threads a read showed after their deletion was acknowledged, with no write on them
     since the deletion began (a run started earlier counts as one: it never ends here)."""
@@ -366,12 +374,15 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
         problems.append((None, f"left in the journal: {health}"))
 
     deleted = {op.thread: op for op in acked if op.kind == "delete" and op.thread}
-    # A thread that an acknowledged write reached during or after its deletion may live again.
+    # A thread that an acknowledged write reached during or after its deletion may live
+    # again; so may one a run held up by an outage reached: its UNAVAILABLE names the
+    # run (runId), recorded (a startRun naming a deleted thread makes it anew).
+    written = [o for o in world.ops if o.acked or any(held_up(e) for e in o.errors)]
     deleted = {
         t: d
         for t, d in deleted.items()
         if not any(
-            o.thread == t and o.end > d.start and o.kind not in {"read", "delete"} for o in acked
+            o.thread == t and o.end > d.start and o.kind not in {"read", "delete"} for o in written
         )
     }
     for thread_id in deleted:
@@ -379,6 +390,13 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             found = rows(url, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
             if found != [(0,)]:
                 problems.append((thread_id, f"deleted thread is back in {table}: {found}"))
+        if any(t == thread_id for t, _ in problems):
+            back = rows(
+                url,
+                "SELECT run_id, status, created_at FROM code_hero_runs WHERE thread_id = %s",
+                thread_id,
+            )
+            problems.append((None, f"its runs: {back}"))
 
     for table in ("checkpoints", "code_hero_runs", "code_hero_run_events"):
         for (thread_id,) in rows(

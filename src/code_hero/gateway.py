@@ -358,7 +358,9 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         try:
             run = await self.executor.start(request)
         except ThreadBeingDeletedError:
-            if request.thread_id is None:
+            if request.thread_id is None or not self.manager.router.serving:
+                # During an outage the deletion is one of a thread born in it, under way
+                # here: CONFLICT, retry (ending it from here raced it: chaos seed 69).
                 raise
             # A deletion marked the thread and has not ended (cut short by an outage the
             # reap above could not see through, or under way): ended first, as the reap

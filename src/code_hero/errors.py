@@ -5,6 +5,7 @@
     ├── BadInputError             a caller's request is malformed           -> BAD_USER_INPUT
     ├── NotFoundError             no such thread, run or checkpoint         -> NOT_FOUND
     ├── ConflictError             the thread is busy, not interrupted, ...  -> CONFLICT
+    │   └── ThreadBeingDeletedError   a run's thread is marked by a deletion
     ├── AuthError
     │   ├── UnauthenticatedError  no or invalid credentials                 -> UNAUTHENTICATED
     │   └── ForbiddenError        valid credentials, action not allowed     -> FORBIDDEN
@@ -31,6 +32,7 @@ __all__ = [
     "QueryTooComplexError",
     "RateLimitedError",
     "RunHeldUpError",
+    "ThreadBeingDeletedError",
     "UnauthenticatedError",
 ]
 
@@ -143,6 +145,12 @@ class BackendUnavailableError(CodeHeroError):
     @property
     def extensions(self) -> dict[str, object]:
         return {"retryAfter": self.retry_after}
+
+
+class ThreadBeingDeletedError(ConflictError):
+    """A run refused on a thread whose row a deletion has marked and not removed yet (or
+    was cut short): admitted, it would go with the thread; ending the deletion first
+    starts it on a fresh thread."""
 
 
 class RunHeldUpError(BackendUnavailableError):

@@ -36,7 +36,12 @@ from typing import Any
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.checkpoint_access import CheckpointAccess, check_first
 from code_hero.compose import GatewaySettings, Services
-from code_hero.errors import BadInputError, ForbiddenError, NotFoundError
+from code_hero.errors import (
+    BadInputError,
+    ForbiddenError,
+    NotFoundError,
+    ThreadBeingDeletedError,
+)
 from code_hero.filters import check_run_filter, check_thread_filter
 from code_hero.inputs import check_checkpoint_id, check_run_id, check_thread_id
 from code_hero.persistence.diagnosis import public_health
@@ -350,7 +355,18 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
                 "resume": request.resume is not UNSET,
             },
         )
-        run = await self.executor.start(request)
+        try:
+            run = await self.executor.start(request)
+        except ThreadBeingDeletedError:
+            if request.thread_id is None or not self.manager.router.serving:
+                # During an outage the deletion is one of a thread born in it, under way
+                # here: CONFLICT, retry (ending it from here raced it: chaos seed 69).
+                raise
+            # A deletion marked the thread and has not ended (cut short by an outage the
+            # reap above could not see through, or under way): ended first, as the reap
+            # does, the run starts on a fresh thread.
+            await self._purge(request.thread_id)
+            run = await self.executor.start(request)
         if self.settings.thread_ttl is not None:
             await self.manager.registry.default_ttl(run.thread_id, self.settings.thread_ttl)
         return run

@@ -16,7 +16,12 @@ checked against what the clients were told:
 - every acknowledged deleteThread's thread is gone from PostgreSQL, with its
   checkpoints, runs and events (the copy-back resurrects nothing);
 - no checkpoints, runs or events of a thread that has no row;
-- no run is left PENDING or RUNNING; each run's events are 1..n;
+- no run is left PENDING or RUNNING, none ended ERROR (the graph never fails by
+  itself); each run's events are 1..n, ending with the one end its row has;
+- no thread is left BUSY without an unfinished run; an end a client was told (a
+  waited run, cancelRun) is the stored one, a waited run's output too;
+- no read after an acknowledged deletion shows the thread, unless a write on it
+  may have made it anew;
 - nothing is pending or quarantined.
 
 The seed fixes the clients' choices and the proxy's schedule; the timing of the
@@ -74,6 +79,7 @@ HISTORY = """query($id: ID!) {
 HEALTH = "{ health { status pendingSync quarantined } }"
 
 EXPECTED_CODES = {"UNAVAILABLE", "CONFLICT", "NOT_FOUND"}
+FINISHED = {"SUCCESS", "ERROR", "INTERRUPTED", "CANCELLED"}
 CLIENTS = 4
 LEASE = 3.0
 # A hang, not a slow answer: cancelRun waits up to 5 s + the lease for a run that
@@ -94,6 +100,8 @@ class Op:
     data: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     degraded: bool = False
+    began: datetime = field(default_factory=lambda: datetime.now(UTC))  # for the story
+    ended: datetime | None = None
 
     @property
     def acked(self) -> bool:
@@ -114,8 +122,9 @@ class World:
     def story(self, thread_id: str) -> str:
         """The ops on a thread, for a failure's message."""
         return "\n".join(
-            f"  {o.start}-{o.end} c{o.client} {o.kind} degraded={o.degraded} "
-            f"{o.data if o.acked else [e.get('extensions', {}).get('code') for e in o.errors]}"
+            f"  {o.start}-{o.end} ({o.began:%H:%M:%S.%f}-{o.ended or o.began:%H:%M:%S.%f}) "
+            f"c{o.client} {o.kind} degraded={o.degraded} "
+            f"{o.data if o.acked else [e.get('extensions', {}) for e in o.errors]}"
             for o in self.ops
             if o.thread == thread_id
         )
@@ -147,7 +156,7 @@ async def call(
         op.end = next(world.clock)
         op.errors = [{"message": "no answer", "extensions": {"code": "NO_ANSWER"}}]
         return op
-    op.end = next(world.clock)
+    op.end, op.ended = next(world.clock), datetime.now(UTC)
     assert response.status_code == 200, (kind, response.text)
     body = response.json()
     op.data = body.get("data")
@@ -274,6 +283,37 @@ def bad_errors(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
     return bad
 
 
+def held_up(error: dict[str, Any]) -> bool:
+    """An UNAVAILABLE naming a run: the run was recorded and goes on after the outage."""
+    return bool((error.get("extensions") or {}).get("runId"))
+
+
+def resurrected_in_reads(world: World) -> list[tuple[str | None, str]]:
+    """Threads a read showed after their deletion was acknowledged, with no write on them
+    since the deletion began (a run started earlier counts as one: it never ends here)."""
+    problems: list[tuple[str | None, str]] = []
+    deletions = [o for o in world.ops if o.acked and o.kind == "delete" and o.thread]
+    writes = [o for o in world.ops if o.kind not in {"read", "delete"} and o.thread]
+    for read in (o for o in world.ops if o.acked and o.kind == "read"):
+        assert read.data is not None
+        if read.thread is not None:
+            shown = {read.thread} if read.data.get("thread") else set()
+        else:
+            shown = {e["node"]["id"] for e in read.data["threads"]["edges"]}
+        for d in deletions:
+            if d.thread not in shown or d.end >= read.start:
+                continue
+            if any(
+                w.thread == d.thread
+                and (w.kind == "run_async" or w.end > d.start)
+                and w.start < read.end
+                for w in writes
+            ):
+                continue
+            problems.append((d.thread, f"deleted at {d.end}, shown by a read at {read.start}"))
+    return problems
+
+
 def overlaps(op: Op, other: Op) -> bool:
     """Whether two ops on a thread may have run at once (an async run never ends, here)."""
     end = op.end if op.kind != "run_async" else 1 << 62
@@ -334,12 +374,15 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
         problems.append((None, f"left in the journal: {health}"))
 
     deleted = {op.thread: op for op in acked if op.kind == "delete" and op.thread}
-    # A thread that an acknowledged write reached during or after its deletion may live again.
+    # A thread that an acknowledged write reached during or after its deletion may live
+    # again; so may one a run held up by an outage reached: its UNAVAILABLE names the
+    # run (runId), recorded (a startRun naming a deleted thread makes it anew).
+    written = [o for o in world.ops if o.acked or any(held_up(e) for e in o.errors)]
     deleted = {
         t: d
         for t, d in deleted.items()
         if not any(
-            o.thread == t and o.end > d.start and o.kind not in {"read", "delete"} for o in acked
+            o.thread == t and o.end > d.start and o.kind not in {"read", "delete"} for o in written
         )
     }
     for thread_id in deleted:
@@ -347,6 +390,13 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             found = rows(url, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
             if found != [(0,)]:
                 problems.append((thread_id, f"deleted thread is back in {table}: {found}"))
+        if any(t == thread_id for t, _ in problems):
+            back = rows(
+                url,
+                "SELECT run_id, status, created_at FROM code_hero_runs WHERE thread_id = %s",
+                thread_id,
+            )
+            problems.append((None, f"its runs: {back}"))
 
     for table in ("checkpoints", "code_hero_runs", "code_hero_run_events"):
         for (thread_id,) in rows(
@@ -367,6 +417,41 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
         "GROUP BY run_id HAVING count(*) <> max(seq) OR min(seq) <> 1",
     ):
         problems.append((thread_id, f"run {run_id} has {count} events up to seq {top}"))
+
+    # A run's stream ends with its end, and tells no other: a subscriber stops at the
+    # first end it reads (one that read SUCCESS must not find the run CANCELLED).
+    for run_id, thread_id, status, last_type, last_status, told in rows(
+        url,
+        "SELECT r.run_id, r.thread_id, r.status, e.type, e.payload->>'status', "
+        "ARRAY(SELECT DISTINCT payload->>'status' FROM code_hero_run_events "
+        "      WHERE run_id = r.run_id AND type = 'status' "
+        "      AND payload->>'status' NOT IN ('PENDING', 'RUNNING')) "
+        "FROM code_hero_runs r LEFT JOIN code_hero_run_events e ON e.run_id = r.run_id "
+        "AND e.seq = (SELECT max(seq) FROM code_hero_run_events WHERE run_id = r.run_id) "
+        "WHERE r.status NOT IN ('PENDING', 'RUNNING')",
+    ):
+        if (last_type, last_status) != ("status", status) or told != [status]:
+            problems.append(
+                (
+                    thread_id,
+                    f"run {run_id} is {status}; its events end {last_type} "
+                    f"{last_status} and told {told}",
+                )
+            )
+    # The slow graph never fails by itself: a run ended ERROR is the outage's doing.
+    for run_id, thread_id, error in rows(
+        url, "SELECT run_id, thread_id, error FROM code_hero_runs WHERE status = 'ERROR'"
+    ):
+        problems.append((thread_id, f"run {run_id} ended ERROR: {error}"))
+    # A thread waits on unfinished runs only: BUSY without one refuses or queues for nothing.
+    for (thread_id,) in rows(
+        url,
+        "SELECT thread_id FROM code_hero_threads t WHERE status = 'BUSY' AND NOT EXISTS "
+        "(SELECT 1 FROM code_hero_runs r WHERE r.thread_id = t.thread_id "
+        "AND r.status IN ('PENDING', 'RUNNING'))",
+    ):
+        problems.append((thread_id, "thread BUSY with no unfinished run"))
+    problems += resurrected_in_reads(world)
 
     runs = {
         run_id: (status, output)
@@ -417,7 +502,11 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             answered = op.data["startRun"] if op.kind != "cancel" else op.data["cancelRun"]
             run_id = answered["id"]
             if op.kind == "cancel":
-                if answered["status"] == "CANCELLED" and runs.get(run_id, ("",))[0] != "CANCELLED":
+                # An end a client was told is the end (a run ended before the cancel too).
+                told = answered["status"]
+                if told in FINISHED and run_id in runs and runs[run_id][0] != told:
+                    problems.append((op.thread, f"run {run_id} answered {told}, is {runs[run_id]}"))
+                elif told == "CANCELLED" and run_id not in runs:
                     problems.append((op.thread, f"cancelled run {run_id} is {runs.get(run_id)}"))
                 continue
             if run_id not in runs:
@@ -429,6 +518,8 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             status, output = runs[run_id]
             if op.kind == "run_wait" and status != answered["status"]:
                 problems.append((op.thread, f"run {run_id} answered {answered} but is {status}"))
+            elif op.kind == "run_wait" and status == "SUCCESS" and output != answered["output"]:
+                problems.append((op.thread, f"run {run_id} answered {answered}, stored {output}"))
             if status == "SUCCESS" and not pruned_after(op):
                 mine = [
                     c

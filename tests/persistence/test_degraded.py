@@ -18,6 +18,7 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
+from code_hero.auth import ANONYMOUS
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError, RunHeldUpError
 from code_hero.gateway import Gateway, GatewaySettings
@@ -527,16 +528,9 @@ async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it
     assert final.status is RunStatus.CANCELLED, final
 
 
-async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
-    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A thread born in an outage with an entry PostgreSQL refuses (a checkpoint in a
-    # namespace with a NUL) stays local after the recovery. A run started on it once
-    # PostgreSQL serves again is PostgreSQL's alone: executing when a second outage
-    # starts, it was taken for one deleted with its thread (the fallback lacks it), its
-    # end never journalled; it stayed RUNNING and leased in PostgreSQL, to run again
-    # once the lease lapsed.
-    gw, proxy = long_leased
+async def _a_thread_kept_across_a_recovery(gw: Gateway, proxy: BlackHoleProxy) -> str:
+    """A thread born in an outage with an entry PostgreSQL refuses (a checkpoint in a
+    namespace with a NUL): it stays local after the recovery."""
     router = gw.manager.router
     proxy.refuse()
     await until(lambda: _degraded(gw))
@@ -547,7 +541,15 @@ async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
     proxy.forward()
     await until(lambda: _synced(gw))
     assert router.quarantined and router.is_local(thread_id)  # kept across the recovery
+    return thread_id
 
+
+async def _a_run_cut_by_a_second_outage(
+    gw: Gateway, proxy: BlackHoleProxy, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> RunRecord:
+    """A run started on the thread while PostgreSQL serves, its checkpoints held until
+    a second outage begins; it ends in that outage, and PostgreSQL comes back."""
+    router = gw.manager.router
     write = router.write
     reached, go_on = asyncio.Event(), asyncio.Event()
 
@@ -565,9 +567,21 @@ async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
     await until(lambda: _degraded(gw))
     go_on.set()
     await until(lambda: _executing_none(gw))
-
     proxy.forward()
     await until(lambda: _synced(gw))
+    return run
+
+
+async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run started on a thread kept local after a recovery, once PostgreSQL serves
+    # again, is PostgreSQL's alone: executing when a second outage starts, it was taken
+    # for one deleted with its thread (the fallback lacks it), its end never journalled;
+    # it stayed RUNNING and leased in PostgreSQL, to run again once the lease lapsed.
+    gw, proxy = long_leased
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    run = await _a_run_cut_by_a_second_outage(gw, proxy, thread_id, monkeypatch)
     stored = rows(
         pg_database,
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
@@ -765,3 +779,31 @@ async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
     assert refused == [(None, False)]
     assert journalled == []
     assert final.status is RunStatus.SUCCESS
+
+
+async def test_a_kept_thread_used_from_postgres_is_postgres_in_the_next_outage(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kept thread stayed local into a second outage although PostgreSQL had taken its
+    # writes meanwhile: the events of a run started on it between the outages were
+    # journalled as a copy of the thread, which copies the fallback's runs only (the
+    # run's last events, its end among them, never reached PostgreSQL), and that copy
+    # put the fallback's stale row over PostgreSQL's newer one (metadata set between).
+    gw, proxy = long_leased
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    await gw.update_thread(thread_id, metadata={"set": "between the outages"}, caller=ANONYMOUS)
+    run = await _a_run_cut_by_a_second_outage(gw, proxy, thread_id, monkeypatch)
+    events = rows(
+        pg_database,
+        "SELECT seq, type, payload->>'status' FROM code_hero_run_events WHERE run_id = %s "
+        "ORDER BY seq",
+        run.run_id,
+    )
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][1:] == ("status", RunStatus.SUCCESS.value), events
+    kept = rows(
+        pg_database,
+        "SELECT metadata->>'set' FROM code_hero_threads WHERE thread_id = %s",
+        thread_id,
+    )
+    assert kept == [("between the outages",)]

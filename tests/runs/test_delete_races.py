@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -12,10 +12,10 @@ import pytest
 
 from code_hero.auth import Caller
 from code_hero.config import create_postgres_checkpointer
-from code_hero.errors import ConflictError
+from code_hero.errors import ConflictError, NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.manager import ThreadDeletion
-from code_hero.persistence.records import RunStatus
+from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.persistence.registry import postgres as pg_registry
 from code_hero.persistence.registry.dialect import RUN_FIELDS
 from code_hero.runs.executor import StartRun
@@ -189,3 +189,79 @@ async def _locked_elsewhere(pg_database: str, thread_id: str) -> bool:
                 return True
             await asyncio.sleep(0.05)
     return False
+
+
+async def _a_run_outliving_its_thread(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, ended: Callable[[RunRecord], Awaitable[None]]
+) -> RunRecord:
+    """A run whose thread's rows another replica deleted under it (it could not stop
+    the run), which goes on writing checkpoints; `ended` runs once its end found its
+    row gone, before the purge of what it wrote after. Returns once the run is over."""
+    registry, router = gw.manager.registry, gw.manager.router
+    write, finish = router.write, registry.finish_run
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if not go_on.is_set():  # the run's first checkpoint waits for the deletion
+            reached.set()
+            await go_on.wait()
+        return await write(operation, thread, *args, **kw)
+
+    async def finish_run(run_id: str, *args: Any, **kw: Any) -> Any:
+        done = await finish(run_id, *args, **kw)
+        if run_id == run.run_id:
+            assert done == (None, False)  # its row is gone: the purge comes next
+            await ended(run)
+        return done
+
+    monkeypatch.setattr(router, "write", held)
+    monkeypatch.setattr(registry, "finish_run", finish_run)
+    run = await gw.start_run(StartRun(graph="slow", input={}))
+    await asyncio.wait_for(reached.wait(), 30)
+    await registry.delete_thread(run.thread_id)  # the rows go; the run goes on writing
+    go_on.set()
+    with pytest.raises(NotFoundError):  # once it has ended here, the purge done
+        await gw.executor.wait(run.run_id, limit=30)
+    monkeypatch.undo()
+    return run
+
+
+@pytest.mark.parametrize("backend_config", ["memory", "sqlite", "postgres"], indirect=True)
+async def test_what_a_run_writes_after_its_thread_was_deleted_goes_too(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def nothing(run: RunRecord) -> None:
+        assert await gateway.get_checkpoint(run.thread_id) is not None  # written after
+
+    run = await _a_run_outliving_its_thread(gateway, monkeypatch, nothing)
+
+    assert await gateway.get_checkpoint(run.thread_id) is None
+    assert await gateway.manager.router.count_checkpoints(run.thread_id) == 0
+
+
+@pytest.mark.parametrize("backend_config", ["sqlite", "postgres"], indirect=True)
+async def test_a_run_outliving_its_thread_leaves_a_thread_made_anew_under_its_id_alone(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge of what such a run wrote after read the thread's row, then deleted: a
+    thread made anew under the id in between (a startRun naming it) lost the
+    checkpoints its first run wrote. Now the deletion itself looks for the row
+    (in-memory registries keep the two steps)."""
+    made: list[RunRecord] = []
+
+    async def made_anew(run: RunRecord) -> None:
+        # The id is taken again: a new thread, and its first run's checkpoints ...
+        start = StartRun(thread_id=run.thread_id, graph="slow", input={}, wait=True)
+        made.append(await gateway.start_run(start))
+
+        async def stale(thread_id: str, **kw: Any) -> Any:
+            return None  # ... which the purge's read, made just before, did not see
+
+        monkeypatch.setattr(gateway.manager.registry, "get_thread", stale)
+
+    run = await _a_run_outliving_its_thread(gateway, monkeypatch, made_anew)
+
+    (new,) = made
+    assert new.status is RunStatus.SUCCESS
+    latest = await gateway.get_checkpoint(run.thread_id)
+    assert latest is not None and latest.run_id == new.run_id

@@ -246,3 +246,35 @@ async def test_an_expired_thread_is_not_an_administrators_to_delete(gateway: Gat
     assert await gateway.manager.router.count_checkpoints(run.thread_id) > 0  # still stored
     assert await gateway.sweep_expired() == [run.thread_id]
     await assert_gone(gateway, run.thread_id, [run.run_id])
+
+
+async def test_a_run_started_on_a_thread_whose_deletion_was_cut_short_is_not_deleted_later(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion cut short by an outage leaves the thread's row marked (a ttl of 0),
+    hidden; a startRun naming it reaps it first, so its run starts on a fresh thread.
+    When the reap looked during the outage (no thread is known expired then) and the
+    admission came once the primary served, the run was admitted onto the marked row,
+    which stayed marked: the next reap or sweep stopped the acknowledged run and
+    deleted it with the thread (chaos seed 143). Now the admission finds the mark and
+    the deletion is ended first."""
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    registry = gateway.manager.registry
+    assert await registry.start_deletion(run.thread_id)  # then the outage cut it short
+    looked = registry.expired_thread_ids
+
+    async def during_the_outage(*args: Any, **kw: Any) -> list[str]:
+        return []
+
+    monkeypatch.setattr(registry, "expired_thread_ids", during_the_outage)
+    again = StartRun(thread_id=run.thread_id, graph="slow", input={"delay": 0}, wait=True)
+    started = await gateway.start_run(again)
+    monkeypatch.setattr(registry, "expired_thread_ids", looked)
+    assert started.status is RunStatus.SUCCESS
+
+    await gateway.sweep_expired()
+
+    assert await gateway.get_run(started.run_id) is not None
+    thread = await gateway.get_thread(run.thread_id)
+    assert thread is not None and thread.status.value == "IDLE"
+    assert await gateway.get_run(run.run_id) is None  # the deletion was ended first

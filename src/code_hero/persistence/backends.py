@@ -62,9 +62,9 @@ class Backend:
     # True when `put_batch` works: the recovery then replays a thread's
     # checkpoints and writes a batch at a time instead of one call each.
     batches = False
-    # True when `purge_idle_thread` works: deleting a thread with no run in flight is
-    # then one step (PostgreSQL: one statement; SQLite: one call on its thread), else a
-    # deletion takes the two.
+    # True when `purge_idle_thread` and `delete_orphan_checkpoints` work: deleting a
+    # thread with no run in flight is then one step (PostgreSQL: one statement; SQLite:
+    # one call on its thread), else a deletion takes the two.
     purges_in_one_step = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
@@ -126,6 +126,13 @@ class Backend:
         """Delete the thread's checkpoints and registry rows in one step unless it has
         unfinished runs, had expired at `live_at` or (with `owner`) is not that user's
         (then nothing is deleted)."""
+        raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
+
+    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+        """Delete the thread's checkpoints, writes and blobs unless the registry has a row
+        for it (one whose deletion is under way does not count), in one step: a thread
+        made anew under the id keeps its own. How many checkpoints went, or None when the
+        row is there (nothing deleted)."""
         raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
     async def reconnect(self) -> None:
@@ -372,6 +379,25 @@ class SqliteBackend(Backend):
         assert isinstance(self.registry, SqliteRegistry)
         purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
+
+    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+        # The registry's rows are in this file: looked for in the deletion's transaction,
+        # which holds the file's write lock (an admission waits for it, or came before).
+        assert isinstance(self.registry, SqliteRegistry)
+        async with self.registry.transaction():
+            cur = await self._conn.execute(
+                "SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
+                "AND ttl_seconds IS NOT 0",  # 0: a deletion under way (`start_deletion`)
+                (thread_id,),
+            )
+            if await cur.fetchone() is not None:
+                return None
+            cur = await self._conn.execute(
+                "DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,)
+            )
+            removed = cur.rowcount
+            await self._conn.execute("DELETE FROM writes WHERE thread_id = ?", (thread_id,))
+        return int(removed)
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         # The registry's tables are in this file, on this connection: the forks and the

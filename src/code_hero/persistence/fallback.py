@@ -89,6 +89,9 @@ class FallbackRouter:
     - in `fallback_threads`: a run in flight went on writing to the fallback;
       its newest checkpoints are there, its history in the primary;
     - anything else: only the primary has it; reading it is UNAVAILABLE.
+    A thread with a quarantined entry keeps its set across the recovery (reads merge
+    the fallback's copies) until the next outage begins: the primary took its writes
+    meanwhile, so in that outage it is the primary's.
     """
 
     def __init__(
@@ -310,6 +313,11 @@ class FallbackRouter:
         if slot is self.primary:
             self.degraded_since = datetime.now(UTC)
             self._outage_began = self.primary.answered_at or self.degraded_since
+            # Threads kept after the last recovery (a quarantined entry) are the
+            # primary's in this outage: it took their writes while it served, so the
+            # fallback no longer holds all of one, nor its newest checkpoints.
+            self.local_threads.clear()
+            self.fallback_threads.clear()
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
@@ -561,6 +569,28 @@ class FallbackRouter:
             async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(self.primary.label, "delete_thread"):
                     return await backend.purge_idle_thread(thread_id, live_at, owner)
+
+    async def purge_orphan(self, thread_id: str) -> bool | None:
+        """Delete the checkpoints of a thread the registry has no row of, in one step
+        with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
+        none, False when it has one (a thread made anew under the id: nothing deleted);
+        None when the step cannot answer (as `purge_idle_thread`)."""
+        backend = self.primary.backend
+        if not self.serving or backend is None or not backend.purges_in_one_step:
+            return None
+        async with self.gate.write(), self.journal.step_lock:
+            if (
+                not self.serving
+                or backend is not self.primary.backend
+                or thread_id in self.local_threads
+                or thread_id in self.fallback_threads
+                or self.journal.entries
+                or self.journal.quarantine
+            ):
+                return None
+            async with self.on_primary("deleting this thread"):
+                with self.metrics.timed(self.primary.label, "delete_thread"):
+                    return await backend.delete_orphan_checkpoints(thread_id) is not None
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:

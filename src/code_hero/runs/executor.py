@@ -680,12 +680,19 @@ class RunExecutor:
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:
         """A run that outlived its thread's deletion (its end was not awaited) may have
-        written checkpoints after the purge: they go too. Its rows are gone already."""
+        written checkpoints after the purge: they go too. Its rows are gone already.
+        A thread made anew under the id keeps the checkpoints (they are its own now):
+        the primary looks for its row in the deletion's own step."""
+        router = self.manager.router
         try:
-            if await self.registry.get_thread(thread_id) is not None:
-                return  # the id was taken again: the checkpoints are the new thread's
+            purged = await router.purge_orphan(thread_id)
+            if purged is None:  # in two steps (an outage, a fallback's copies of it)
+                if await self.registry.get_thread(thread_id) is not None:
+                    return  # the id was taken again
+                await router.delete_thread(thread_id)
+            elif not purged:
+                return  # the id was taken again
             log.info("run %s ended after its thread %s was deleted", run_id, thread_id)
-            await self.manager.router.delete_thread(thread_id)
         except Exception as exc:
             log.warning("purging the checkpoints of deleted thread %s failed: %s", thread_id, exc)
 

@@ -24,7 +24,7 @@ from code_hero.persistence.registry.dialect import (
     utc,
     utc_now,
 )
-from code_hero.persistence.registry.edits import being_edited
+from code_hero.persistence.registry.edits import being_deleted, being_edited
 from code_hero.persistence.registry.outbox import WebhookOutbox
 
 __all__ = ["RunClaims"]
@@ -65,7 +65,7 @@ class RunClaims(WebhookOutbox):
                     "status = excluded.status, "
                     # The user who created the thread owns it; a run never changes that.
                     "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id) "
-                    "RETURNING edit_until",
+                    "RETURNING edit_until, ttl_seconds",
                     [
                         run.thread_id,
                         run.user_id,
@@ -83,6 +83,10 @@ class RunClaims(WebhookOutbox):
                     )
                     if owned[0]["user_id"] != owner:
                         raise NotFoundError(f"no thread {run.thread_id!r}")  # rolls back
+                if locked[0]["ttl_seconds"] == 0:
+                    # A deletion marked the row (`start_deletion`) and has not removed it
+                    # yet, or was cut short: the run would go with the thread.
+                    raise being_deleted(run.thread_id)  # rolls back
                 held = locked[0]["edit_until"]
                 if held is not None and self._from_ts(held) > now:
                     # An edit holds the thread (whatever the multitask strategy): a run

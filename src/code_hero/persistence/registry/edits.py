@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from code_hero.errors import ConflictError, NotFoundError
+from code_hero.errors import ConflictError, NotFoundError, ThreadBeingDeletedError
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
@@ -36,11 +36,19 @@ from code_hero.persistence.registry.dialect import (
     utc_now,
 )
 
-__all__ = ["ThreadEdits", "being_edited"]
+__all__ = ["ThreadEdits", "being_deleted", "being_edited"]
 
 # Seconds a caller refused for an edit in progress waits: an edit holds its thread for
 # milliseconds (its claim lapses later only when its process died).
 EDIT_RETRY_AFTER = 1
+
+
+def being_deleted(thread_id: str) -> ThreadBeingDeletedError:
+    """The refusal of a run on a thread whose row a deletion has marked."""
+    return ThreadBeingDeletedError(
+        f"thread {thread_id!r} is being deleted; try again in a moment",
+        retry_after=EDIT_RETRY_AFTER,
+    )
 
 
 def being_edited(thread_id: str) -> ConflictError:

@@ -358,13 +358,19 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         try:
             run = await self.executor.start(request)
         except ThreadBeingDeletedError:
-            if request.thread_id is None or not self.manager.router.serving:
+            if (
+                request.thread_id is None
                 # During an outage the deletion is one of a thread born in it, under way
                 # here: CONFLICT, retry (ending it from here raced it: chaos seed 69).
+                or not self.manager.router.serving
+                # Looked at again now, as the reap above does (no longer marked: its
+                # deletion ended, and the thread may be another's now): CONFLICT, retry.
+                or not await self._expired([request.thread_id])
+            ):
                 raise
             # A deletion marked the thread and has not ended (cut short by an outage the
-            # reap above could not see through, or under way): ended first, as the reap
-            # does, the run starts on a fresh thread.
+            # reap above could not see through): ended first, as the reap does, the run
+            # starts on a fresh thread.
             await self._purge(request.thread_id)
             run = await self.executor.start(request)
         if self.settings.thread_ttl is not None:

@@ -15,9 +15,9 @@ from typing_extensions import TypedDict
 
 from code_hero.auth import Caller
 from code_hero.config import CheckpointerConfig
-from code_hero.errors import ForbiddenError
+from code_hero.errors import ConflictError, ForbiddenError, ThreadBeingDeletedError
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.records import RunFilter, RunStatus
+from code_hero.persistence.records import RunFilter, RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.runs.conftest import SLOW_SPEC
 
@@ -264,6 +264,7 @@ async def test_a_run_started_on_a_thread_whose_deletion_was_cut_short_is_not_del
     looked = registry.expired_thread_ids
 
     async def during_the_outage(*args: Any, **kw: Any) -> list[str]:
+        monkeypatch.setattr(registry, "expired_thread_ids", looked)  # back after this look
         return []
 
     monkeypatch.setattr(registry, "expired_thread_ids", during_the_outage)
@@ -278,3 +279,30 @@ async def test_a_run_started_on_a_thread_whose_deletion_was_cut_short_is_not_del
     thread = await gateway.get_thread(run.thread_id)
     assert thread is not None and thread.status.value == "IDLE"
     assert await gateway.get_run(run.run_id) is None  # the deletion was ended first
+
+
+async def test_a_run_refused_on_a_marked_thread_does_not_delete_the_thread_made_anew(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A startRun refused on a thread a deletion had marked ended that deletion itself,
+    unconditionally: when the deletion ended first and another client made the thread
+    anew meanwhile, it deleted that thread and its acknowledged run. It looks again
+    now: no longer marked, it answers CONFLICT (retry) and deletes nothing."""
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    thread_id = first.thread_id
+    start = gateway.executor.start
+    made_anew: list[RunRecord] = []
+
+    async def refused_as_the_thread_is_made_anew(request: StartRun) -> RunRecord:
+        monkeypatch.setattr(gateway.executor, "start", start)
+        assert (await gateway.delete_thread(thread_id)).deleted  # the deletion ends
+        again = StartRun(thread_id=thread_id, graph="slow", input={"delay": 0}, wait=True)
+        made_anew.append(await gateway.start_run(again))  # another client's new thread
+        raise ThreadBeingDeletedError(f"thread {thread_id!r} is being deleted", retry_after=1)
+
+    monkeypatch.setattr(gateway.executor, "start", refused_as_the_thread_is_made_anew)
+    with pytest.raises(ConflictError):
+        await gateway.start_run(StartRun(thread_id=thread_id, graph="slow", input={"delay": 0}))
+    (other,) = made_anew
+    assert await gateway.get_run(other.run_id) is not None
+    assert await gateway.get_thread(thread_id) is not None

@@ -743,8 +743,9 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
     ) == [(RunStatus.RUNNING.value, "replica-b")]
 
 
+@pytest.mark.parametrize("status", [RunStatus.SUCCESS, RunStatus.CANCELLED])
 async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
-    long_leased: tuple[Gateway, BlackHoleProxy],
+    long_leased: tuple[Gateway, BlackHoleProxy], status: RunStatus
 ) -> None:
     # The end of a run in flight at the outage's start, recorded under a lease
     # (`if_leased_by`) this process does not know the run to be held under: refused,
@@ -764,12 +765,14 @@ async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
                 record.run_id,
                 ThreadStatus.IDLE,
                 if_leased_by="replica-b",
-                status=RunStatus.SUCCESS,
+                status=status,
                 lease_owner=None,
                 lease_expires_at=None,
             )
         )
-        journalled.extend(e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun))
+        journalled.extend(
+            e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun | ChangeRun)
+        )
         proxy.forward()
         await until(lambda: _synced(gw))
         return ended
@@ -777,7 +780,12 @@ async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
     executor._stream = stream_then_cut  # type: ignore[method-assign]
     final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     assert refused == [(None, False)]
-    assert journalled == []
+    # A cancel asked here goes on to whoever holds the run (the end itself is not ours).
+    flagged = [(e.run_id, e.fields) for e in journalled if isinstance(e, ChangeRun)]
+    assert not [e for e in journalled if isinstance(e, FinishRun)]
+    assert flagged == (
+        [(final.run_id, {"cancel_requested": True})] if status is RunStatus.CANCELLED else []
+    )
     assert final.status is RunStatus.SUCCESS
 
 

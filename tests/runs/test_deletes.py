@@ -306,3 +306,27 @@ async def test_a_run_refused_on_a_marked_thread_does_not_delete_the_thread_made_
     (other,) = made_anew
     assert await gateway.get_run(other.run_id) is not None
     assert await gateway.get_thread(thread_id) is not None
+
+
+async def test_leftovers_of_an_expired_thread_are_kept_when_purged_in_steps(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's end that finds its thread's row hidden purges what it wrote after a
+    deletion; in two steps (an outage, the memory store) it looked for the row as reads
+    do, which hide an expired row, and deleted the checkpoints of a thread that still
+    has one (whose runs may go on elsewhere; the sweep's to delete, whole)."""
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    registry = gateway.manager.registry
+    await registry.update_thread(run.thread_id, metadata=None, ttl_seconds=60, set_ttl=True)
+    record = await registry.get_thread(run.thread_id)
+    assert record is not None
+    then = datetime.now(UTC) - timedelta(minutes=2)
+    await registry.put_thread(replace(record, created_at=then, updated_at=then))
+
+    async def in_two_steps(thread_id: str) -> None:
+        return None
+
+    monkeypatch.setattr(gateway.manager.router, "purge_orphan", in_two_steps)
+    await gateway.executor._purge_if_deleted(run.run_id, run.thread_id)
+
+    assert await gateway.manager.router.count_checkpoints(run.thread_id) > 0

@@ -258,3 +258,16 @@ async def test_a_webhook_claim_returning_after_close_starts_no_attempt() -> None
         await stage.stop_as_it_returns(dispatcher.close())
         await asyncio.sleep(0)  # an attempt task, had one started, runs now
         assert not attempted.is_set() and dispatcher.in_flight == 0
+
+
+async def test_a_lease_that_cannot_be_looked_at_leaves_the_end_to_its_own_check() -> None:
+    """The look at a run's lease before its end failed with any error but an outage's (a
+    busy pool): the error escaped the run's task, which left the run RUNNING, run
+    again after its lease lapsed. The end's conditional write decides instead."""
+
+    class Busy:
+        async def renew_leases(self, owner: str, run_ids: Any, until: Any) -> list[RunRecord]:
+            raise TimeoutError("the pool is busy")
+
+    claims = Claims(Idle(), lambda: Busy(), InProcessBus(), lambda: [])  # type: ignore[arg-type,return-value]
+    assert await claims.still_held("r")

@@ -90,7 +90,11 @@ class FallbackClaims(RoutedRegistry):
             if known is None:
                 raise self.router.unavailable("finishing this run")
             if if_leased_by is not None and known.lease_owner != if_leased_by:
-                return None, False  # released or taken over, as far as this process knows
+                # Released or taken over, as far as this process knows: its end is not
+                # ours to record; a cancel asked here goes on to whoever holds it.
+                if fields.get("status") == RunStatus.CANCELLED:
+                    self._journal(ChangeRun(run_id, known.thread_id, {"cancel_requested": True}))
+                return None, False
             # The lease it ran under, not the one its end clears (`lease_owner=None`).
             owner = self._owner(run_id, "finishing this run")
             adopted = self._adopt(run_id, **fields)

@@ -687,7 +687,8 @@ class RunExecutor:
         try:
             purged = await router.purge_orphan(thread_id)
             if purged is None:  # in two steps (an outage, a fallback's copies of it)
-                if await self.registry.get_thread(thread_id) is not None:
+                # An expired row is a thread still (a run of it may go on elsewhere).
+                if await self.registry.get_thread(thread_id, expired=True) is not None:
                     return  # the id was taken again
                 await router.delete_thread(thread_id)
             elif not purged:

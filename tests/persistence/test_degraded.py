@@ -254,6 +254,45 @@ async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leave
         assert found == [(0,)], table
 
 
+async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_behind(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos audit (seed 92): a run admitted while its thread was deleted
+    # outlived the deletion's last step (its rows gone) and ended in an outage. Its end
+    # was journalled (FinishRun) and answered, so its executor never saw the row gone
+    # nor purged what it wrote after the deletion; after the recovery PostgreSQL held
+    # those checkpoints with no thread row. The replayed end finds the run gone: what
+    # it wrote goes, as on the healthy path (`RunExecutor._purge_if_deleted`).
+    gw, proxy = proxied
+    registry, router = gw.manager.registry, gw.manager.router
+    write = router.write
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if not go_on.is_set():  # the run's first checkpoint waits for the deletion
+            reached.set()
+            await go_on.wait()
+        return await write(operation, thread, *args, **kw)
+
+    monkeypatch.setattr(router, "write", held)
+    run = await gw.start_run(StartRun(graph="slow", input={}))
+    await asyncio.wait_for(reached.wait(), 30)
+    await registry.delete_thread(run.thread_id)  # the deletion's last step: rows gone
+    proxy.refuse()  # the run's end falls into an outage
+    await until(lambda: _degraded(gw))
+    go_on.set()
+    await until(lambda: _executing_none(gw))
+    assert gw.manager.pending_sync > 0  # what it wrote in the outage, journalled
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
+        found = rows(
+            pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", run.thread_id
+        )
+        assert found == [(0,)], table
+
+
 async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_rowless(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

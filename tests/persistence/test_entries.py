@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import Backend, open_backend
@@ -335,3 +336,31 @@ async def test_a_change_journalled_in_an_outage_applies_to_its_own_run(tmp_path:
         await ChangeRun(RUN, "t", {"cancel_requested": True}).replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and (run.lease_expires_at, run.cancel_requested) == (until, True)
+
+
+@pytest.mark.parametrize("entry", ["finish", "release"])
+async def test_the_end_of_a_run_gone_with_its_thread_purges_what_it_wrote(
+    primary_config: object, entry: str
+) -> None:
+    """A run outlived its thread's deletion (its rows went under it) and ended or was
+    released in an outage: its executor learnt that from the fallback, so it never
+    purged the checkpoints it wrote after the deletion. The replayed entry finds the run
+    gone: they go, unless the thread has a row again (made anew under the id)."""
+    now = datetime.now(UTC)
+    ended = {"status": "SUCCESS", "finished_at": now, "lease_owner": None}
+    replayed = {
+        "finish": FinishRun(RUN, "t", ended, "replica-a"),
+        "release": ReleaseRun(RUN, "t", "replica-a"),
+    }[entry]
+    config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    async with one_running_run(primary_config, "replica-a") as (fallback, primary):
+        await primary.registry.delete_thread("t")
+        await primary.saver.aput(config, empty_checkpoint(), {}, {})  # written after
+        await replayed.replay(primary, fallback)
+        assert await primary.count_checkpoints("t") == 0
+
+        # A thread made anew under the id keeps its checkpoints.
+        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.IDLE, {}, now, now))
+        await primary.saver.aput(config, empty_checkpoint(), {}, {})
+        await replayed.replay(primary, fallback)
+        assert await primary.count_checkpoints("t") == 1

@@ -11,6 +11,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
     CopyEvents      events of a run in flight when the outage began
     ChangeRun       fields of such a run, while the lease it was changed under holds it
     FinishRun       the end of such a run, with its thread's status, on the same terms
+                    (ReleaseRun and FinishRun of a run gone with its thread purge
+                    what it wrote, unless the thread has a row again)
     DeleteRun       a run of a thread born during the outage, deleted
     TouchThread     activity on a thread that is not local
     DeleteThread    a thread deleted during the outage
@@ -226,6 +228,7 @@ class ReleaseRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.registry.release_runs(self.owner, [self.run_id])
+        await _purge_if_gone(primary, self.run_id, self.thread_id)
 
 
 @dataclass(frozen=True)
@@ -244,13 +247,28 @@ class FinishRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         status = RunStatus(self.fields["status"])
-        await primary.registry.finish_run(
+        ended, _ = await primary.registry.finish_run(
             self.run_id,
             THREAD_STATUS_AFTER[status],
             if_unfinished=True,
             if_leased_by=self.owner,
             **self.fields,
         )
+        if ended is None:  # taken over, ended already, or gone with its thread
+            await _purge_if_gone(primary, self.run_id, self.thread_id)
+
+
+async def _purge_if_gone(primary: Backend, run_id: str, thread_id: str) -> None:
+    """A run the primary no longer has outlived its thread's deletion, and its executor
+    learnt its end only from the fallback, so it never purged what the run wrote after
+    (`RunExecutor._purge_if_deleted`): those checkpoints go now, the ones replayed just
+    before this entry included, unless the thread has a row (made anew under the id)."""
+    if await primary.registry.get_run(run_id) is not None:
+        return
+    if primary.purges_in_one_step:
+        await primary.delete_orphan_checkpoints(thread_id)
+    elif await primary.registry.get_thread(thread_id, expired=True) is None:
+        await primary.saver.adelete_thread(thread_id)
 
 
 @dataclass(frozen=True)

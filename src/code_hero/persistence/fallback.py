@@ -34,6 +34,7 @@ from langgraph.checkpoint.base import (
 )
 
 from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.backends import Backend
 from code_hero.persistence.coalesce import Coalescer
 from code_hero.persistence.entries import DeleteThread, Entry, TouchThread
 from code_hero.persistence.journal import Journal, WriteGate
@@ -553,28 +554,27 @@ class FallbackRouter:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
         recovery, for a thread a fallback holds, or on a primary without that step."""
-        backend = self.primary.backend
-        if not self.serving or backend is None or not backend.purges_in_one_step:
-            return None
-        async with self.gate.write(), self.journal.step_lock:
-            if (
-                not self.serving
-                or backend is not self.primary.backend
-                or thread_id in self.local_threads
-                or thread_id in self.fallback_threads
-                or self.journal.entries
-                or self.journal.quarantine
-            ):
-                return None
-            async with self.on_primary("deleting this thread"):
-                with self.metrics.timed(self.primary.label, "delete_thread"):
-                    return await backend.purge_idle_thread(thread_id, live_at, owner)
+        done = await self._in_one_step(
+            thread_id, lambda backend: backend.purge_idle_thread(thread_id, live_at, owner)
+        )
+        return None if done is None else done[0]
 
     async def purge_orphan(self, thread_id: str) -> bool | None:
         """Delete the checkpoints of a thread the registry has no row of, in one step
         with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
         none, False when it has one (a thread made anew under the id: nothing deleted);
         None when the step cannot answer (as `purge_idle_thread`)."""
+        done = await self._in_one_step(
+            thread_id, lambda backend: backend.delete_orphan_checkpoints(thread_id)
+        )
+        return None if done is None else done[0] is not None
+
+    async def _in_one_step(
+        self, thread_id: str, step: Callable[[Backend], Awaitable[R]]
+    ) -> tuple[R] | None:
+        """(`step`'s answer,) on the primary, when it deletes the thread in one step and
+        nothing else holds the thread: not in an outage or a recovery, not for a thread
+        a fallback holds, not with journal entries waiting; None otherwise."""
         backend = self.primary.backend
         if not self.serving or backend is None or not backend.purges_in_one_step:
             return None
@@ -590,7 +590,7 @@ class FallbackRouter:
                 return None
             async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(self.primary.label, "delete_thread"):
-                    return await backend.delete_orphan_checkpoints(thread_id) is not None
+                    return (await step(backend),)
 
     # -------------------------------------------------------------- health
     async def probe(self, slot: BackendSlot) -> bool:

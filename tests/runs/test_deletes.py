@@ -228,17 +228,22 @@ async def test_an_idle_thread_goes_in_one_step_where_the_store_has_one(
     await assert_gone(gateway, busy.thread_id, [busy.run_id])
 
 
+async def expire(gateway: Gateway, thread_id: str) -> None:
+    """Give the thread a ttl of 60 s and make its row two minutes old: expired."""
+    registry = gateway.manager.registry
+    await registry.update_thread(thread_id, metadata=None, ttl_seconds=60, set_ttl=True)
+    record = await registry.get_thread(thread_id)
+    assert record is not None
+    then = datetime.now(UTC) - timedelta(minutes=2)
+    await registry.put_thread(replace(record, created_at=then, updated_at=then))
+
+
 async def test_an_expired_thread_is_not_an_administrators_to_delete(gateway: Gateway) -> None:
     """deleteThread finds no expired thread (the sweep's to delete), on every store,
     though the expiry check is part of PostgreSQL's one-step deletion."""
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
     await wait_status(gateway, run.run_id, RunStatus.SUCCESS)
-    registry = gateway.manager.registry
-    await registry.update_thread(run.thread_id, metadata=None, ttl_seconds=60, set_ttl=True)
-    record = await registry.get_thread(run.thread_id)
-    assert record is not None
-    then = datetime.now(UTC) - timedelta(minutes=2)
-    await registry.put_thread(replace(record, created_at=then, updated_at=then))
+    await expire(gateway, run.thread_id)
 
     gone = await gateway.delete_thread(run.thread_id)
 
@@ -316,12 +321,7 @@ async def test_leftovers_of_an_expired_thread_are_kept_when_purged_in_steps(
     do, which hide an expired row, and deleted the checkpoints of a thread that still
     has one (whose runs may go on elsewhere; the sweep's to delete, whole)."""
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    registry = gateway.manager.registry
-    await registry.update_thread(run.thread_id, metadata=None, ttl_seconds=60, set_ttl=True)
-    record = await registry.get_thread(run.thread_id)
-    assert record is not None
-    then = datetime.now(UTC) - timedelta(minutes=2)
-    await registry.put_thread(replace(record, created_at=then, updated_at=then))
+    await expire(gateway, run.thread_id)
 
     async def in_two_steps(thread_id: str) -> None:
         return None

@@ -279,8 +279,13 @@ class Registry(Protocol):
     async def count_threads(self, flt: ThreadFilter) -> int:
         """How many threads match the filter, counted in the database."""
 
-    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
-        """Delete the thread row, its runs and their events: (existed, runs deleted)."""
+    async def delete_thread(
+        self, thread_id: str, *, marked: bool = False
+    ) -> tuple[bool, int]:
+        """Delete the thread row, its runs and their events: (existed, runs deleted). With
+        `marked`, the last step of a deletion in steps: nothing unless the row still
+        carries a deletion's mark (`start_deletion`), checked in the same transaction; a
+        thread made anew under the id meanwhile is left alone."""
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""

@@ -308,7 +308,7 @@ class EnhancedCheckpointerManager:
     async def start_deletion(self, thread_id: str) -> bool:
         """Mark the thread's row for deletion (`Registry.start_deletion`): from now on no
         run is admitted on it (`ThreadBeingDeletedError`); False while an edit holds it."""
-        return bool(await self.registry.start_deletion(thread_id))
+        return await self.registry.start_deletion(thread_id)
 
     async def end_deletion(self, thread_id: str) -> ThreadDeletion:
         """The last step of a deletion that `start_deletion` began: delete the thread

@@ -193,8 +193,7 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             # foreign keys would cascade; the explicit deletes also serve a fallback,
             # which keeps events of runs whose rows are in the primary.
             locked = await s.fetch(
-                "SELECT ttl_seconds FROM code_hero_threads "
-                f"WHERE thread_id = ?{self.for_update}",
+                f"SELECT ttl_seconds FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
                 [thread_id],
             )
             if marked and locked and locked[0]["ttl_seconds"] != 0:

@@ -314,7 +314,8 @@ class EnhancedCheckpointerManager:
         """The last step of a deletion that `start_deletion` began: delete the thread
         everywhere, unless a thread made anew under the id holds it now (its row not
         marked: another deletion ended this one meanwhile, a client created it again);
-        each step checks that in its own transaction, and leaves such a thread alone."""
+        each step checks that in its own transaction, and leaves such a thread alone. (A
+        row marked again since is another deletion's, under way: it may go now.)"""
         router = self.router
         if router.serving and thread_id not in router.local_threads:
             # The primary counts what it deletes: no count query before (issue 15).

@@ -368,9 +368,10 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
                 or not await self._expired([request.thread_id])
             ):
                 raise
-            # A deletion marked the thread and has not ended (cut short by an outage the
-            # reap above could not see through): ended first, as the reap does, the run
-            # starts on a fresh thread.
+            # A deletion marked the thread and has not ended (under way since after the
+            # reap above looked, or cut short by an outage the reap could not see
+            # through): ended first, as the reap does, the run starts on a fresh thread,
+            # which that deletion's last step leaves alone (`end_deletion`).
             await self._purge(request.thread_id)
             run = await self.executor.start(request)
         if self.settings.thread_ttl is not None:

@@ -8,8 +8,12 @@ prunes only its own (another user's thread looks missing); administrators act
 on any; the access hook is asked per thread.
 
 Every deletion, one thread or many, by a caller or by the sweep, goes through
-`_purge`: the thread's runs are stopped wherever they execute, then the
-manager deletes its checkpoints, runs, events and row (`purge_thread`). A
+`_purge`: the thread's row is marked (`start_deletion`: no run is admitted on it
+from then on), its runs are stopped wherever they execute, then the manager
+deletes its checkpoints, runs, events and row (`end_deletion`), unless a thread
+made anew under the id holds it by then (the mark is the deletion's own: a run
+acknowledged before it goes with the thread, one after it is refused, or
+starts on a thread made anew, which the deletion leaves alone). A
 thread with no run in flight goes in one step where the store has one
 (`purge_idle_thread`; PostgreSQL: one round trip, the thread's row locked first
 as a run's admission locks it; SQLite: one transaction in one call on its
@@ -107,10 +111,18 @@ class ThreadAdmin:
                     return ThreadDeletion(thread_id, False, 0, 0)
             elif live_at is not None and await self._expired([thread_id]):
                 return ThreadDeletion(thread_id, False, 0, 0)
-        # Every unfinished run stops first (a run ending after the purge writes nothing
-        # back: the registry's foreign keys and the executor see to its leftovers).
+        # The mark comes first: from it on no run is admitted on the thread (startRun
+        # answers CONFLICT with retryAfter, or ends the deletion and starts afresh), so
+        # the stop below reaches every run the deletion takes, and a run acknowledged
+        # after the mark is never deleted by it.
+        if not await manager.start_deletion(thread_id):
+            return ThreadDeletion(thread_id, False, 0, 0, edited=True)
+        # Every unfinished run stops (a run ending after the purge writes nothing back:
+        # the registry's foreign keys and the executor see to its leftovers).
         await self.services.executor.stop_thread(thread_id)
-        return await manager.purge_thread(thread_id)
+        # Only the row this deletion marked: a reap may have ended the deletion meanwhile
+        # and a client made the thread anew, with runs of its own.
+        return await manager.end_deletion(thread_id)
 
     async def _reap_if_expired(self, thread_id: str) -> None:
         """Delete the thread now if it has expired: a new use of its id starts afresh."""

@@ -20,7 +20,12 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from code_hero.auth import ANONYMOUS
 from code_hero.config import create_postgres_checkpointer
-from code_hero.errors import BackendUnavailableError, RunHeldUpError
+from code_hero.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    RunHeldUpError,
+    ThreadBeingDeletedError,
+)
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
@@ -214,37 +219,32 @@ async def _born_in_an_outage(gw: Gateway, proxy: BlackHoleProxy) -> str:
     return (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
 
 
-async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leaves_nothing(
+async def test_a_run_started_while_a_thread_born_in_the_outage_is_deleted_is_refused(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found by the chaos audit: a startRun admitted between the deletion's steps (after
     # its runs were stopped) wrote checkpoints once the thread was gone; they were
-    # journalled after its DeleteThread and copied back, with no thread row. As on the
-    # healthy path, the deletion wins: the run's leftovers go with the thread.
+    # journalled after its DeleteThread and copied back, with no thread row. Then such
+    # a run was deleted with the thread once acknowledged. The deletion now marks the
+    # row before it stops the runs: the startRun is refused (CONFLICT, retryAfter; no
+    # reap during an outage), and nothing of the thread is left.
     gw, proxy = proxied
     thread_id = await _born_in_an_outage(gw, proxy)
-    executor, router = gw.services.executor, gw.manager.router
-    stop_thread, write = executor.stop_thread, router.write
-    late: list[str] = []
-    deleted = asyncio.Event()
+    executor = gw.services.executor
+    stop_thread = executor.stop_thread
+    refused: list[ConflictError] = []
 
     async def stop_then_admit(thread: str) -> None:
         await stop_thread(thread)
-        run = await gw.start_run(StartRun(thread_id=thread, graph="slow", input={}))
-        late.append(run.run_id)
-        await until(lambda: _status_is(gw, run.run_id, RunStatus.RUNNING))
-
-    async def after_the_deletion(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
-        if thread == thread_id and late:  # the late run's checkpoints
-            await deleted.wait()
-        return await write(operation, thread, *args, **kw)
+        with pytest.raises(ConflictError) as refusal:
+            await gw.start_run(StartRun(thread_id=thread, graph="slow", input={}))
+        refused.append(refusal.value)
 
     monkeypatch.setattr(executor, "stop_thread", stop_then_admit)
-    monkeypatch.setattr(router, "write", after_the_deletion)
     gone = await gw.delete_thread(thread_id)
-    assert gone.deleted and late
-    deleted.set()
-    await until(lambda: _executing_none(gw))
+    assert gone.deleted
+    (refusal,) = refused
+    assert isinstance(refusal, ThreadBeingDeletedError) and refusal.retry_after == 1
     assert await gw.get_thread(thread_id) is None
 
     proxy.forward()
@@ -252,6 +252,49 @@ async def test_a_run_admitted_while_a_thread_born_in_the_outage_is_deleted_leave
     for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
         found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
         assert found == [(0,)], table
+
+
+async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_anew_alone(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deletion of a thread born in the outage is held before its last step; another
+    # deletion ends it meanwhile, and a client starts a run on the id anew. The last
+    # step deleted by id alone (the fallback's checkpoints and rows, and a DeleteThread
+    # journalled after the new thread's writes): the acknowledged run and its thread
+    # went, here and on PostgreSQL after the recovery. It leaves them alone now.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    router = gw.manager.router
+    delete_thread = router.delete_thread
+    reached, go = asyncio.Event(), asyncio.Event()
+    held = True
+
+    async def held_once(thread: str, **kw: Any) -> int | None:
+        nonlocal held
+        if held:
+            held = False
+            reached.set()
+            await go.wait()
+        return await delete_thread(thread, **kw)
+
+    monkeypatch.setattr(router, "delete_thread", held_once)
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await reached.wait()  # marked, its runs stopped: the last step is next
+    assert (await gw.manager.purge_thread(thread_id)).deleted  # another deletion ends it
+    anew = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+    assert anew.status is RunStatus.SUCCESS
+    go.set()
+    assert not (await deletion).deleted
+
+    assert await gw.get_run(anew.run_id) is not None
+    assert await gw.get_checkpoint(thread_id) is not None
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    runs = rows(pg_database, "SELECT run_id FROM code_hero_runs WHERE thread_id = %s", thread_id)
+    assert runs == [(anew.run_id,)]
+    assert rows(
+        pg_database, "SELECT count(*) > 0 FROM checkpoints WHERE thread_id = %s", thread_id
+    ) == [(True,)]
 
 
 async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_behind(

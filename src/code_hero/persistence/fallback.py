@@ -522,30 +522,43 @@ class FallbackRouter:
         async with self.on_primary(what):
             return await self.primary.backend.count_checkpoints(thread_id, namespace)
 
-    async def delete_thread(self, thread_id: str) -> int | None:
+    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> int | None:
         """Delete the thread's checkpoints from every slot that may hold them; how many
         the primary held (None when it was not reached: the deletion is journalled).
 
         During an outage only a thread born in it can be deleted; its deletion
         is journalled, so whatever of it already reached the primary goes too.
+        With `marked`, the last step of a deletion in steps: nothing is deleted where
+        a live row holds the id (a thread made anew since the deletion marked its row:
+        `Backend.delete_orphan_checkpoints`), nor journalled; None means that then, and
+        a journalled deletion answers 0.
         """
         async with self.gate.write(), self.journal.step_lock:
             if not self.serving and thread_id not in self.local_threads:
                 raise self.unavailable("deleting this thread")
+            local = thread_id in self.fallback_threads or thread_id in self.local_threads
+            if marked and local and not self.serving:
+                # Born in the outage: its row, and the one made anew, are the fallback's.
+                for slot in self.slots[1:]:
+                    if slot.backend is not None and (
+                        await slot.backend.delete_orphan_checkpoints(thread_id) is None
+                    ):
+                        return None
+                local = False
             self.journal.drop_thread_locked(thread_id)
             for slot in self.slots[1:]:
-                if slot.backend is not None and (
-                    thread_id in self.fallback_threads or thread_id in self.local_threads
-                ):
+                if slot.backend is not None and local:
                     await slot.backend.saver.adelete_thread(thread_id)
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
-                return None
+                return 0 if marked else None
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(primary.label, "delete_thread"):
+                    if marked:
+                        return await primary.backend.delete_orphan_checkpoints(thread_id)
                     return await primary.backend.delete_checkpoints(thread_id)
 
     async def purge_idle_thread(

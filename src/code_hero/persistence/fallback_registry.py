@@ -140,21 +140,25 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         await self._write(lambda r: r.put_thread(thread), degraded)
 
-    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
-        """Delete the thread row, its runs and their events: (existed, runs deleted).
+    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+        """Delete the thread row, its runs and their events: (existed, runs deleted); with
+        `marked`, only the row a deletion marked (`Registry.delete_thread`).
 
         During an outage only a thread born in it; its deletion is journalled after
-        anything a run still ending queued meanwhile, so the primary ends without it.
+        anything a run still ending queued meanwhile, so the primary ends without it. A
+        thread made anew under the id (the fallback's row unmarked) keeps its entries.
         """
 
         async def degraded() -> tuple[bool, int]:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
-            deleted = await self._local("deleting this thread").delete_thread(thread_id)
-            self._journal(DeleteThread(thread_id))
+            local = self._local("deleting this thread")
+            deleted = await local.delete_thread(thread_id, marked=marked)
+            if not marked or deleted[0] or await local.get_thread(thread_id, expired=True) is None:
+                self._journal(DeleteThread(thread_id))
             return deleted
 
-        return await self._write(lambda r: r.delete_thread(thread_id), degraded)
+        return await self._write(lambda r: r.delete_thread(thread_id, marked=marked), degraded)
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (primary only)."""

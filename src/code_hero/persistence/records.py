@@ -279,8 +279,11 @@ class Registry(Protocol):
     async def count_threads(self, flt: ThreadFilter) -> int:
         """How many threads match the filter, counted in the database."""
 
-    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
-        """Delete the thread row, its runs and their events: (existed, runs deleted)."""
+    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+        """Delete the thread row, its runs and their events: (existed, runs deleted). With
+        `marked`, the last step of a deletion in steps: nothing unless the row still
+        carries a deletion's mark (`start_deletion`), checked in the same transaction; a
+        thread made anew under the id meanwhile is left alone."""
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""
@@ -442,9 +445,10 @@ class Registry(Protocol):
         deletion started) is NotFoundError, nothing made."""
 
     async def start_deletion(self, thread_id: str) -> bool:
-        """Expire the thread's row before its checkpoints are deleted, so no edit claims it
-        meanwhile; False (nothing changed) while an edit's claim holds it. One transaction
-        that locks the row."""
+        """Expire the thread's row (ttl 0, the deletion's mark) before its runs are stopped
+        and its checkpoints deleted, so no run is admitted (`admit_run`) and no edit claims
+        it meanwhile; False (nothing changed) while an edit's claim holds it. One
+        transaction that locks the row."""
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         """End the claim `claim_edit(thread_id, until)` took, if it still holds it."""

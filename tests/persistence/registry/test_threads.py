@@ -239,6 +239,20 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
         await registry.put_run(run("r4", "t1"))
 
 
+async def test_the_last_step_of_a_deletion_takes_only_a_marked_row(registry: Registry) -> None:
+    # delete_thread(marked=True) ends a deletion in steps: the row it marked goes with its
+    # runs; a row made anew under the id since (not marked) stays, with its runs.
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    assert await registry.start_deletion("t1")
+    assert await registry.delete_thread("t1", marked=True) == (True, 1)
+    await registry.admit_run(run("r2", "t1"), reject_if_busy=False)  # made anew
+
+    assert await registry.delete_thread("t1", marked=True) == (False, 0)
+    assert await registry.get_thread("t1") is not None
+    assert await registry.get_run("r2") is not None
+    assert await registry.delete_thread("t1") == (True, 1)  # unconditional: it goes
+
+
 async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:
     # start_deletion marks the row (ttl 0): every read leaves it out, but a copy of the
     # thread (the outage's copy-back) reads it and its runs as they are.

@@ -128,10 +128,12 @@ class PostgresRegistry(SqlRegistry):
             else:
                 yield _PgSession(conn)
 
-    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one
         # statement: one round trip instead of eight with BEGIN and COMMIT (issue 15).
-        sql, params = self._deletion(thread_id, "true")
+        # With `marked`, the row is taken only while it carries the deletion's mark (ttl
+        # 0: `start_deletion`), judged on the row as locked.
+        sql, params = self._deletion(thread_id, "ttl_seconds = 0" if marked else "true")
 
         async def attempt() -> Row:
             async with self._session() as s:

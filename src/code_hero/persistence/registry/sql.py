@@ -187,15 +187,17 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             )
         return int(rows[0]["n"])
 
-    async def delete_thread(self, thread_id: str) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
         async with self._session(atomic=True) as s:
             # The lock order of every writer: the thread, then its runs by id. The
             # foreign keys would cascade; the explicit deletes also serve a fallback,
             # which keeps events of runs whose rows are in the primary.
-            await s.fetch(
-                f"SELECT thread_id FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+            locked = await s.fetch(
+                f"SELECT ttl_seconds FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
                 [thread_id],
             )
+            if marked and locked and locked[0]["ttl_seconds"] != 0:
+                return False, 0  # made anew since the deletion marked it: not its own
             await s.fetch(
                 "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
                 f"ORDER BY run_id{self.for_update}",

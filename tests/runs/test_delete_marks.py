@@ -1,0 +1,148 @@
+"""A deletion in steps against a startRun on the same thread id, on memory, SQLite and
+PostgreSQL: the mark is the deletion's own (a run acknowledged after it is never deleted
+by it), and its last step leaves a thread made anew under the id alone.
+
+The steps (`ThreadAdmin._purge`): mark the row (`start_deletion`), stop the runs, then
+`end_deletion`. Each test holds one deletion at a step with an event and lets another
+client start a run on the thread id meanwhile; its startRun reaps the marked thread
+(it looks expired), so the run starts on a thread made anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from code_hero.gateway import Gateway
+from code_hero.persistence.manager import ThreadDeletion
+from code_hero.persistence.records import RunRecord, RunStatus
+from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.runs.test_deletes import first_checkpoint, wait_status
+
+
+def _held_once(
+    call: Callable[..., Awaitable[Any]], reached: asyncio.Event, go: asyncio.Event, *, after: bool
+) -> Callable[..., Awaitable[Any]]:
+    """`call`, whose first use stops at `reached` until `go` (before or after the call
+    itself); later uses (the reap's own deletion) pass straight through."""
+    first = True
+
+    async def held(*args: Any, **kw: Any) -> Any:
+        nonlocal first
+        if not first:
+            return await call(*args, **kw)
+        first = False
+        if not after:
+            reached.set()
+            await go.wait()
+        done = await call(*args, **kw)
+        if after:
+            reached.set()
+            await go.wait()
+        return done
+
+    return held
+
+
+async def _busy_thread(gw: Gateway) -> RunRecord:
+    """A thread with a run in flight that has written: every store deletes it in steps."""
+    run = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
+    await wait_status(gw, run.run_id, RunStatus.RUNNING)
+    await first_checkpoint(gw, run.thread_id)
+    return run
+
+
+async def _start_anew(gw: Gateway, thread_id: str) -> RunRecord:
+    """Another client's startRun on the id, to its end (its checkpoints written)."""
+    again = StartRun(thread_id=thread_id, graph="slow", input={"delay": 0}, wait=True)
+    run = await gw.start_run(again)
+    assert run.status is RunStatus.SUCCESS
+    return run
+
+
+async def _assert_kept(gw: Gateway, old: RunRecord, new: RunRecord) -> None:
+    """The thread made anew and its acknowledged run are whole; the old run is gone."""
+    assert new.run_id != old.run_id
+    assert await gw.get_run(new.run_id) is not None
+    thread = await gw.get_thread(new.thread_id)
+    assert thread is not None and thread.status.value == "IDLE"
+    assert await gw.get_checkpoint(new.thread_id) is not None
+    assert await gw.get_run(old.run_id) is None
+
+
+async def test_the_last_step_leaves_a_thread_made_anew_alone(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletion A has marked the thread and stopped its runs; before its last step a
+    startRun reaps the thread (ending the deletion itself) and starts on it anew. A's
+    last step used to delete by id alone: the new thread, its acknowledged run and its
+    checkpoints went. It deletes only a row still marked, and no live row's checkpoints."""
+    old = await _busy_thread(gateway)
+    router = gateway.manager.router
+    reached, go = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(
+        router, "delete_thread", _held_once(router.delete_thread, reached, go, after=False)
+    )
+    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
+    await reached.wait()  # A's last step is next
+    assert not gateway.executor.is_active(old.run_id)  # stopped
+
+    new = await _start_anew(gateway, old.thread_id)
+    go.set()
+    gone: ThreadDeletion = await deletion
+
+    assert not gone.deleted  # the reap deleted the old thread; this one is not its own
+    await _assert_kept(gateway, old, new)
+
+
+async def test_a_run_started_while_the_runs_stop_is_not_deleted(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletion A has stopped the thread's runs; a startRun on the thread then was
+    admitted onto it (the row was marked only after the stop) and acknowledged, and A
+    deleted it with the thread. The mark now comes before the stop: the admission
+    finds it, so the run starts on a thread made anew, which A leaves alone."""
+    old = await _busy_thread(gateway)
+    executor = gateway.executor
+    reached, go = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(
+        executor, "stop_thread", _held_once(executor.stop_thread, reached, go, after=True)
+    )
+    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
+    await reached.wait()  # A has stopped the runs: its last step is next
+
+    new = await _start_anew(gateway, old.thread_id)
+    go.set()
+    await deletion
+
+    await _assert_kept(gateway, old, new)
+
+
+async def test_a_run_admitted_before_the_stop_goes_with_the_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the mark decides, the other way: a run admitted before the deletion marked the
+    thread is the deletion's, stopped and deleted with it; none after the mark is."""
+    old = await _busy_thread(gateway)
+    registry = gateway.manager.registry
+    reached, go = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(
+        registry, "start_deletion", _held_once(registry.start_deletion, reached, go, after=False)
+    )
+    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
+    await reached.wait()  # the mark is next
+    queued = await gateway.start_run(
+        StartRun(
+            thread_id=old.thread_id, graph="slow", input={}, multitask=MultitaskStrategy.ENQUEUE
+        )
+    )
+    go.set()
+    gone = await deletion
+
+    assert gone.deleted and gone.runs_deleted == 2
+    assert await gateway.get_run(queued.run_id) is None
+    assert not gateway.executor.is_active(queued.run_id)
+    assert await gateway.get_thread(old.thread_id) is None

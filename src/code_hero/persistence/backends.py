@@ -62,9 +62,9 @@ class Backend:
     # True when `put_batch` works: the recovery then replays a thread's
     # checkpoints and writes a batch at a time instead of one call each.
     batches = False
-    # True when `purge_idle_thread` and `delete_orphan_checkpoints` work: deleting a
-    # thread with no run in flight is then one step (PostgreSQL: one statement; SQLite:
-    # one call on its thread), else a deletion takes the two.
+    # True when `purge_idle_thread` works: deleting a thread with no run in flight is
+    # then one step (PostgreSQL: one statement; SQLite: one call on its thread), else a
+    # deletion takes the two.
     purges_in_one_step = False
 
     def __init__(self, config: CheckpointerConfig) -> None:
@@ -133,7 +133,7 @@ class Backend:
         for it (one whose deletion is under way does not count), in one step: a thread
         made anew under the id keeps its own. How many checkpoints went, or None when the
         row is there (nothing deleted)."""
-        raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
+        raise NotImplementedError
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""
@@ -194,6 +194,21 @@ class MemoryBackend(Backend):
         if namespace is not None:
             return len(spaces.get(namespace, {}))
         return sum(len(ns) for ns in spaces.values())
+
+    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+        # The registry's lock is held from the look for the row to the deletion, which
+        # never yields: an admission that would make the row waits for it, or came before.
+        async with self._lock:
+            async with self._conn.execute(
+                "SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
+                "AND ttl_seconds IS NOT 0",  # 0: a deletion under way (`start_deletion`)
+                (thread_id,),
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    return None
+            removed = sum(len(ns) for ns in self._memory.storage.get(thread_id, {}).values())
+            self._memory.delete_thread(thread_id)
+            return removed
 
     async def forget(self, keep: set[str]) -> None:
         if not keep:  # the usual case: start afresh instead of scanning per thread

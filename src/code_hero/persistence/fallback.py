@@ -554,6 +554,9 @@ class FallbackRouter:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
         recovery, for a thread a fallback holds, or on a primary without that step."""
+        backend = self.primary.backend
+        if backend is None or not backend.purges_in_one_step:
+            return None
         done = await self._in_one_step(
             thread_id, lambda backend: backend.purge_idle_thread(thread_id, live_at, owner)
         )
@@ -563,7 +566,8 @@ class FallbackRouter:
         """Delete the checkpoints of a thread the registry has no row of, in one step
         with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
         none, False when it has one (a thread made anew under the id: nothing deleted);
-        None when the step cannot answer (as `purge_idle_thread`)."""
+        None when the primary cannot answer alone: during an outage or a recovery, for a
+        thread a fallback holds, while journal entries wait."""
         done = await self._in_one_step(
             thread_id, lambda backend: backend.delete_orphan_checkpoints(thread_id)
         )
@@ -572,11 +576,11 @@ class FallbackRouter:
     async def _in_one_step(
         self, thread_id: str, step: Callable[[Backend], Awaitable[R]]
     ) -> tuple[R] | None:
-        """(`step`'s answer,) on the primary, when it deletes the thread in one step and
-        nothing else holds the thread: not in an outage or a recovery, not for a thread
-        a fallback holds, not with journal entries waiting; None otherwise."""
+        """(`step`'s answer,) on the primary, when nothing else holds the thread: not in
+        an outage or a recovery, not for a thread a fallback holds, not with journal
+        entries waiting; None otherwise."""
         backend = self.primary.backend
-        if not self.serving or backend is None or not backend.purges_in_one_step:
+        if not self.serving or backend is None:
             return None
         async with self.gate.write(), self.journal.step_lock:
             if (

@@ -22,6 +22,7 @@ from code_hero.auth import ANONYMOUS
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError, RunHeldUpError
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
@@ -854,3 +855,37 @@ async def test_a_kept_thread_used_from_postgres_is_postgres_in_the_next_outage(
         thread_id,
     )
     assert kept == [("between the outages",)]
+
+
+async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # A thread kept across a recovery keeps its fallback rows until its quarantined
+    # entries settle (the retry then forgets its copies). Deleted first, its entries went
+    # with it, so nothing forgot its copies: its checkpoints went from the fallback, but
+    # its thread, run and event rows stayed there for good, and the router held it
+    # local still (a thread made anew under the id had its touches skipped).
+    gw, proxy = proxied
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    router = gw.manager.router
+    fallback = router.slots[1].backend
+    assert isinstance(fallback, MemoryBackend)
+
+    async def fallback_rows() -> list[object]:
+        found = []
+        for table in ("code_hero_threads", "code_hero_runs", "code_hero_run_events"):
+            sql = f"SELECT count(*) FROM {table} WHERE thread_id = ?"
+            async with fallback._conn.execute(sql, (thread_id,)) as cur:
+                found.append((await cur.fetchall())[0][0])
+        return found
+
+    assert all(await fallback_rows())  # kept: its rows stay while its entry is quarantined
+
+    assert (await gw.delete_thread(thread_id)).deleted
+
+    assert await fallback_rows() == [0, 0, 0]
+    assert await fallback.count_checkpoints(thread_id) == 0
+    assert not router.is_local(thread_id) and not router.quarantined
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table

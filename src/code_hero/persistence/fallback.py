@@ -528,20 +528,27 @@ class FallbackRouter:
 
         During an outage only a thread born in it can be deleted; its deletion
         is journalled, so whatever of it already reached the primary goes too.
+        A thread kept across a recovery (a quarantined entry) is forgotten by the
+        fallbacks, registry rows and all: its entries go with it here, so no retry will
+        settle it and forget it later.
         """
         async with self.gate.write(), self.journal.step_lock:
             if not self.serving and thread_id not in self.local_threads:
                 raise self.unavailable("deleting this thread")
             self.journal.drop_thread_locked(thread_id)
+            held = thread_id in self.fallback_threads or thread_id in self.local_threads
             for slot in self.slots[1:]:
-                if slot.backend is not None and (
-                    thread_id in self.fallback_threads or thread_id in self.local_threads
-                ):
+                if slot.backend is None or not held:
+                    continue
+                if self.serving:  # kept: the registry's deletion goes to the primary alone
+                    await slot.backend.forget_thread(thread_id)
+                else:  # born in the outage: the fallback's registry deletes its rows
                     await slot.backend.saver.adelete_thread(thread_id)
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
                 return None
+            self.local_threads.discard(thread_id)
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):

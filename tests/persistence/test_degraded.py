@@ -857,16 +857,23 @@ async def test_a_kept_thread_used_from_postgres_is_postgres_in_the_next_outage(
     assert kept == [("between the outages",)]
 
 
+@pytest.mark.parametrize("outages", [1, 2])
 async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
-    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, outages: int
 ) -> None:
     # A thread kept across a recovery keeps its fallback rows until its quarantined
     # entries settle (the retry then forgets its copies). Deleted first, its entries went
     # with it, so nothing forgot its copies: its checkpoints went from the fallback, but
     # its thread, run and event rows stayed there for good, and the router held it
-    # local still (a thread made anew under the id had its touches skipped).
+    # local still (a thread made anew under the id had its touches skipped). After a
+    # second outage it is local no longer, its rows kept all the same.
     gw, proxy = proxied
     thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    if outages == 2:
+        proxy.refuse()
+        await until(lambda: _degraded(gw))
+        proxy.forward()
+        await until(lambda: _synced(gw))
     router = gw.manager.router
     fallback = router.slots[1].backend
     assert isinstance(fallback, MemoryBackend)

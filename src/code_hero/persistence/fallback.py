@@ -535,8 +535,10 @@ class FallbackRouter:
         async with self.gate.write(), self.journal.step_lock:
             if not self.serving and thread_id not in self.local_threads:
                 raise self.unavailable("deleting this thread")
+            # Kept after a recovery: quarantined (local no longer after another outage).
+            kept = thread_id in self.journal.quarantined_threads()
             self.journal.drop_thread_locked(thread_id)
-            held = thread_id in self.fallback_threads or thread_id in self.local_threads
+            held = kept or thread_id in self.fallback_threads or thread_id in self.local_threads
             for slot in self.slots[1:]:
                 if slot.backend is None or not held:
                     continue

@@ -686,11 +686,10 @@ class RunExecutor:
         (they are its own now): the primary looks for its row in the deletion's own step."""
         router = self.manager.router
         try:
-            try:
+            # In an outage the fallback dropped its copy with the end: the steps decide.
+            with contextlib.suppress(PrimaryUnreachableError):
                 if await self.registry.get_run(run_id) is not None:
                     return
-            except PrimaryUnreachableError:
-                pass  # an outage, the fallback's copy dropped with the end: the steps decide
             purged = await router.purge_orphan(thread_id)
             if purged is None:  # in two steps (an outage, a fallback's copies of it)
                 # An expired row is a thread still (a run of it may go on elsewhere).

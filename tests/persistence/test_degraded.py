@@ -7,8 +7,7 @@ ones refused) and restores, so the real server keeps serving every other test.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,22 +32,13 @@ from code_hero.persistence.records import (
 )
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.faults import BlackHoleProxy, until, with_port
 
 pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

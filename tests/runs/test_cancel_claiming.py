@@ -20,7 +20,7 @@ import pytest
 from code_hero.gateway import Gateway
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import StartRun
-from tests.persistence.test_degraded import until
+from tests.faults import until
 
 SLOW = {"delay": 0.2}  # six steps: ended long before a cancel that waited for it
 

@@ -9,21 +9,33 @@
 
 Both are async context managers bound to a random port; `with_port` points a
 database URL at them. `cancelled_at_every_step` cancels a call at each await of its
-course and says after which steps it left a pooled connection broken.
+course and says after which steps it left a pooled connection broken. `until` polls
+for what an outage or a recovery brings about.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["BlackHoleProxy", "HungServer", "cancelled_at_every_step", "with_port"]
+__all__ = ["BlackHoleProxy", "HungServer", "cancelled_at_every_step", "until", "with_port"]
 
 CHUNK = 65536
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 60.0) -> None:
+    """Poll `predicate` until it holds; fail after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 def with_port(url: str, port: int) -> str:

@@ -38,8 +38,7 @@ import contextlib
 import itertools
 import os
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +59,7 @@ from code_hero.runs.executor import StartRun
 from code_hero.schema.errors import CODES
 from code_hero.settings import AppSettings
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.faults import BlackHoleProxy, until, with_port
 from tests.graphql.conftest import SLOW_GRAPH, Server, running
 
 pytestmark = pytest.mark.postgres
@@ -128,15 +127,6 @@ class World:
             for o in self.ops
             if o.thread == thread_id
         )
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def call(

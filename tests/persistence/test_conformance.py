@@ -144,6 +144,30 @@ async def test_retention_keep_latest_and_older_than(manager: EnhancedCheckpointe
         await manager.prune()
 
 
+async def test_orphan_checkpoints_go_only_when_the_thread_has_no_row(
+    manager: EnhancedCheckpointerManager,
+) -> None:
+    # Every store has the step (memory included, in one lock's hold): a run that outlived
+    # its thread's deletion purges what it wrote after with it, no fallback in two steps.
+    backend = manager.router.primary.backend
+    assert backend is not None
+    for name in ("kept", "orphan", "deleting"):
+        await run_graph(manager, name, with_subgraph=True)
+    written = await backend.count_checkpoints("orphan")
+    assert written > 0
+    await manager.registry.delete_thread("orphan")
+    assert await manager.registry.start_deletion("deleting")  # its row marked: no row
+
+    assert await backend.delete_orphan_checkpoints("kept") is None
+    assert await backend.delete_orphan_checkpoints("orphan") == written
+    assert await backend.delete_orphan_checkpoints("deleting") > 0
+
+    assert await manager.get_checkpoint("kept") is not None
+    for name in ("orphan", "deleting"):
+        assert await backend.count_checkpoints(name) == 0
+        assert await manager.get_checkpoint(name) is None
+
+
 async def test_concurrent_runs_do_not_fail(manager: EnhancedCheckpointerManager) -> None:
     results = await asyncio.gather(*(run_graph(manager, f"c{i}", nodes=4) for i in range(16)))
     assert all(r["steps"] == ["n0", "n1", "n2", "n3"] for r in results)

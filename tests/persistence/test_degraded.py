@@ -7,8 +7,7 @@ ones refused) and restores, so the real server keeps serving every other test.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from code_hero.errors import (
     ThreadBeingDeletedError,
 )
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.records import (
     EventRecord,
@@ -37,22 +37,13 @@ from code_hero.persistence.records import (
 )
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.faults import BlackHoleProxy, until, with_port
 
 pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -897,3 +888,44 @@ async def test_a_kept_thread_used_from_postgres_is_postgres_in_the_next_outage(
         thread_id,
     )
     assert kept == [("between the outages",)]
+
+
+@pytest.mark.parametrize("outages", [1, 2])
+async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, outages: int
+) -> None:
+    # A thread kept across a recovery keeps its fallback rows until its quarantined
+    # entries settle (the retry then forgets its copies). Deleted first, its entries went
+    # with it, so nothing forgot its copies: its checkpoints went from the fallback, but
+    # its thread, run and event rows stayed there for good, and the router held it
+    # local still (a thread made anew under the id had its touches skipped). After a
+    # second outage it is local no longer, its rows kept all the same.
+    gw, proxy = proxied
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    if outages == 2:
+        proxy.refuse()
+        await until(lambda: _degraded(gw))
+        proxy.forward()
+        await until(lambda: _synced(gw))
+    router = gw.manager.router
+    fallback = router.slots[1].backend
+    assert isinstance(fallback, MemoryBackend)
+
+    async def fallback_rows() -> list[object]:
+        found = []
+        for table in ("code_hero_threads", "code_hero_runs", "code_hero_run_events"):
+            sql = f"SELECT count(*) FROM {table} WHERE thread_id = ?"
+            async with fallback._conn.execute(sql, (thread_id,)) as cur:
+                found.append((await cur.fetchall())[0][0])
+        return found
+
+    assert all(await fallback_rows())  # kept: its rows stay while its entry is quarantined
+
+    assert (await gw.delete_thread(thread_id)).deleted
+
+    assert await fallback_rows() == [0, 0, 0]
+    assert await fallback.count_checkpoints(thread_id) == 0
+    assert not router.is_local(thread_id) and not router.quarantined
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table

@@ -27,7 +27,7 @@ from code_hero.persistence.registry import edits as edit_registry
 from code_hero.runs.executor import StartRun
 from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
-from tests.persistence.test_degraded import until
+from tests.faults import until
 from tests.runs.conftest import SLOW_SPEC, idle_thread
 
 PAIRS = 40

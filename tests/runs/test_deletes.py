@@ -317,11 +317,13 @@ async def test_leftovers_of_an_expired_thread_are_kept_when_purged_in_steps(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's end that finds its thread's row hidden purges what it wrote after a
-    deletion; in two steps (an outage, the memory store) it looked for the row as reads
-    do, which hide an expired row, and deleted the checkpoints of a thread that still
-    has one (whose runs may go on elsewhere; the sweep's to delete, whole)."""
+    deletion; in two steps (an outage) it looked for the row as reads do, which hide
+    an expired row, and deleted the checkpoints of a thread that still has one (whose
+    runs may go on elsewhere; the sweep's to delete, whole)."""
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
     await expire(gateway, run.thread_id)
+    # Gone, as with its thread: a run still there was taken over, its thread left alone.
+    await gateway.manager.registry.delete_run(run.run_id)
 
     async def in_two_steps(thread_id: str) -> None:
         return None

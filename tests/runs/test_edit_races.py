@@ -22,8 +22,8 @@ from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from code_hero.runs.requests import UpdateState
 from tests.conftest import make_config
-from tests.faults import BlackHoleProxy, with_port
-from tests.persistence.test_degraded import PG_PORT, until
+from tests.faults import BlackHoleProxy, until, with_port
+from tests.persistence.test_degraded import PG_PORT
 from tests.runs.conftest import SLOW_SPEC, idle_thread
 
 PAIRS = 48

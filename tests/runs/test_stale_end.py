@@ -93,6 +93,28 @@ async def test_an_end_after_a_takeover_is_not_recorded(gateway: Gateway, lapsed:
     assert gateway.executor.internal_sizes() == dict.fromkeys(gateway.executor.internal_sizes(), 0)
 
 
+@pytest.mark.parametrize("lapsed", [True, False], ids=["lapsed", "lost-as-it-ended"])
+async def test_an_end_refused_after_a_takeover_purges_nothing(
+    gateway: Gateway, lapsed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refused end went on to purge the thread's leftovers as if the run had gone with
+    # its thread: a purge decided for a run that is not this executor's (its thread's
+    # row kept the checkpoints, a round trip spent to learn that).
+    router = gateway.manager.router
+    purge_orphan = router.purge_orphan
+    purged: list[str] = []
+
+    async def purge(thread_id: str) -> bool | None:
+        purged.append(thread_id)
+        return await purge_orphan(thread_id)
+
+    monkeypatch.setattr(router, "purge_orphan", purge)
+    run, waiter = await stalled_and_taken_over(gateway, lapsed=lapsed)
+    waiter.cancel()
+    assert purged == []
+    assert await router.count_checkpoints(run.thread_id) > 0
+
+
 async def test_a_cancel_asked_of_a_run_taken_over_reaches_its_holder(gateway: Gateway) -> None:
     # Cancelled here as it was taken over: the flag is left for the executor that
     # holds it now (no end recorded here), which stops it at its next lease renewal.

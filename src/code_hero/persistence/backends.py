@@ -133,7 +133,7 @@ class Backend:
         for it (one whose deletion is under way does not count), in one step: a thread
         made anew under the id keeps its own. How many checkpoints went, or None when the
         row is there (nothing deleted)."""
-        raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
+        raise NotImplementedError
 
     async def reconnect(self) -> None:
         """Connect afresh after an outage (before the sync-back writes)."""

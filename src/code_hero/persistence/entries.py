@@ -263,12 +263,8 @@ async def _purge_if_gone(primary: Backend, run_id: str, thread_id: str) -> None:
     learnt its end only from the fallback, so it never purged what the run wrote after
     (`RunExecutor._purge_if_deleted`): those checkpoints go now, the ones replayed just
     before this entry included, unless the thread has a row (made anew under the id)."""
-    if await primary.registry.get_run(run_id) is not None:
-        return
-    if primary.purges_in_one_step:
+    if await primary.registry.get_run(run_id) is None:
         await primary.delete_orphan_checkpoints(thread_id)
-    elif await primary.registry.get_thread(thread_id, expired=True) is None:
-        await primary.saver.adelete_thread(thread_id)
 
 
 @dataclass(frozen=True)

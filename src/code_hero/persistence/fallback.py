@@ -532,27 +532,37 @@ class FallbackRouter:
         a live row holds the id (a thread made anew since the deletion marked its row:
         `Backend.delete_orphan_checkpoints`), nor journalled; None means that then, and
         a journalled deletion answers 0.
+        A thread kept across a recovery (a quarantined entry) is forgotten by the
+        fallbacks, registry rows and all: its entries go with it here, so no retry will
+        settle it and forget it later.
         """
         async with self.gate.write(), self.journal.step_lock:
             if not self.serving and thread_id not in self.local_threads:
                 raise self.unavailable("deleting this thread")
-            local = thread_id in self.fallback_threads or thread_id in self.local_threads
-            if marked and local and not self.serving:
+            # Kept after a recovery: quarantined (local no longer after another outage).
+            kept = thread_id in self.journal.quarantined_threads()
+            held = kept or thread_id in self.fallback_threads or thread_id in self.local_threads
+            if marked and held and not self.serving:
                 # Born in the outage: its row, and the one made anew, are the fallback's.
                 for slot in self.slots[1:]:
                     if slot.backend is not None and (
                         await slot.backend.delete_orphan_checkpoints(thread_id) is None
                     ):
                         return None
-                local = False
+                held = False
             self.journal.drop_thread_locked(thread_id)
             for slot in self.slots[1:]:
-                if slot.backend is not None and local:
+                if slot.backend is None or not held:
+                    continue
+                if self.serving:  # kept: the registry's deletion goes to the primary alone
+                    await slot.backend.forget_thread(thread_id)
+                else:  # born in the outage: the fallback's registry deletes its rows
                     await slot.backend.saver.adelete_thread(thread_id)
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
                 return 0 if marked else None
+            self.local_threads.discard(thread_id)
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):
@@ -567,6 +577,9 @@ class FallbackRouter:
         """The primary's one-step deletion of a thread (`Backend.purge_idle_thread`); None
         when the thread needs `delete_thread` and the registry's: during an outage or a
         recovery, for a thread a fallback holds, or on a primary without that step."""
+        backend = self.primary.backend
+        if backend is None or not backend.purges_in_one_step:
+            return None
         done = await self._in_one_step(
             thread_id, lambda backend: backend.purge_idle_thread(thread_id, live_at, owner)
         )
@@ -576,7 +589,8 @@ class FallbackRouter:
         """Delete the checkpoints of a thread the registry has no row of, in one step
         with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
         none, False when it has one (a thread made anew under the id: nothing deleted);
-        None when the step cannot answer (as `purge_idle_thread`)."""
+        None when the primary cannot answer alone: during an outage or a recovery, for a
+        thread a fallback holds, while journal entries wait."""
         done = await self._in_one_step(
             thread_id, lambda backend: backend.delete_orphan_checkpoints(thread_id)
         )
@@ -585,11 +599,11 @@ class FallbackRouter:
     async def _in_one_step(
         self, thread_id: str, step: Callable[[Backend], Awaitable[R]]
     ) -> tuple[R] | None:
-        """(`step`'s answer,) on the primary, when it deletes the thread in one step and
-        nothing else holds the thread: not in an outage or a recovery, not for a thread
-        a fallback holds, not with journal entries waiting; None otherwise."""
+        """(`step`'s answer,) on the primary, when nothing else holds the thread: not in
+        an outage or a recovery, not for a thread a fallback holds, not with journal
+        entries waiting; None otherwise."""
         backend = self.primary.backend
-        if not self.serving or backend is None or not backend.purges_in_one_step:
+        if not self.serving or backend is None:
             return None
         async with self.gate.write(), self.journal.step_lock:
             if (

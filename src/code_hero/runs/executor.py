@@ -680,11 +680,16 @@ class RunExecutor:
 
     async def _purge_if_deleted(self, run_id: str, thread_id: str) -> None:
         """A run that outlived its thread's deletion (its end was not awaited) may have
-        written checkpoints after the purge: they go too. Its rows are gone already.
-        A thread made anew under the id keeps the checkpoints (they are its own now):
-        the primary looks for its row in the deletion's own step."""
+        written checkpoints after the purge: they go too. Its rows are gone already: a
+        run still recorded was taken over (its end refused here), its thread is there
+        and not ours to decide on. A thread made anew under the id keeps the checkpoints
+        (they are its own now): the primary looks for its row in the deletion's own step."""
         router = self.manager.router
         try:
+            # In an outage the fallback dropped its copy with the end: the steps decide.
+            with contextlib.suppress(PrimaryUnreachableError):
+                if await self.registry.get_run(run_id) is not None:
+                    return
             purged = await router.purge_orphan(thread_id)
             if purged is None:  # in two steps (an outage, a fallback's copies of it)
                 # An expired row is a thread still (a run of it may go on elsewhere).

@@ -221,6 +221,8 @@ class PostgresBackend(Backend):
                 made = cur.rowcount == 1
                 if not made:  # an admission made it meanwhile
                     await cur.execute(_LOCK_THREAD, (thread_id,))
+            # The forks of unfinished runs are read from the thread's runs, materialised:
+            # not off the unfinished-runs index and all its dead entries (`thread_runs`).
             await cur.execute(
                 """DELETE FROM checkpoints c USING (
                        SELECT checkpoint_ns, checkpoint_id, row_number() OVER (
@@ -230,9 +232,12 @@ class PostgresBackend(Backend):
                      AND c.checkpoint_ns = old.checkpoint_ns
                      AND c.checkpoint_id = old.checkpoint_id
                      AND NOT (c.checkpoint_ns = '' AND c.checkpoint_id IN (
-                         SELECT r.config ->> 'checkpoint_id' FROM code_hero_runs r
-                         WHERE r.thread_id = %s AND r.status IN ('PENDING', 'RUNNING')
-                           AND r.config ->> 'checkpoint_id' IS NOT NULL))
+                         WITH thread_runs AS MATERIALIZED (
+                             SELECT status, config ->> 'checkpoint_id' AS checkpoint_id
+                             FROM code_hero_runs WHERE thread_id = %s)
+                         SELECT checkpoint_id FROM thread_runs
+                         WHERE status IN ('PENDING', 'RUNNING')
+                           AND checkpoint_id IS NOT NULL))
                      AND NOT EXISTS (SELECT 1 FROM code_hero_threads t
                          WHERE t.thread_id = %s AND t.edit_until > %s)""",
                 (thread_id, thread_id, keep, thread_id, thread_id, datetime.now(UTC)),

@@ -18,9 +18,11 @@ from code_hero.errors import NotFoundError
 from code_hero.persistence.records import EventRecord, RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     EVENT_COLUMNS,
+    OLDEST_UNFINISHED_RUN,
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
+    thread_runs,
     utc,
     utc_now,
 )
@@ -92,11 +94,7 @@ class RunClaims(WebhookOutbox):
                     # An edit holds the thread (whatever the multitask strategy): a run
                     # admitted now could start from the checkpoint the edit supersedes.
                     raise being_edited(run.thread_id)  # rolls back
-                busy = await s.fetch(
-                    "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
-                    "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
-                    [run.thread_id],
-                )
+                busy = await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
@@ -159,8 +157,8 @@ class RunClaims(WebhookOutbox):
             # nothing updated means one waits).
             waiting = not await s.execute(
                 "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
-                "AND NOT EXISTS (SELECT 1 FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING'))",
+                f"AND NOT EXISTS ({thread_runs('status')}SELECT 1 FROM thread_runs "
+                "WHERE status IN ('PENDING', 'RUNNING'))",
                 [
                     ThreadStatus(thread_status).value,
                     self._ts(utc_now()),
@@ -175,8 +173,8 @@ class RunClaims(WebhookOutbox):
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         async with self._session() as s:
             rows = await s.fetch(
-                f"SELECT {RUN_COLUMNS} FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id",
+                f"{thread_runs(RUN_COLUMNS)}SELECT {RUN_COLUMNS} FROM thread_runs "
+                "WHERE status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id",
                 [thread_id],
             )
         return [self._run(r) for r in rows]

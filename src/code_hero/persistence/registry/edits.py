@@ -29,6 +29,7 @@ from datetime import datetime
 from code_hero.errors import ConflictError, NotFoundError, ThreadBeingDeletedError
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
+    OLDEST_UNFINISHED_RUN,
     RUN_COLUMNS,
     THREAD_COLUMNS,
     Dialect,
@@ -104,11 +105,7 @@ class ThreadEdits(Dialect):
             held = locked[0]["edit_until"]
             if held is not None and self._from_ts(held) > now:
                 raise being_edited(thread_id)
-            busy = await s.fetch(
-                "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
-                [thread_id],
-            )
+            busy = await s.fetch(OLDEST_UNFINISHED_RUN, [thread_id])
             if busy:
                 return str(busy[0]["run_id"])
             await s.execute(
@@ -151,11 +148,7 @@ class ThreadEdits(Dialect):
             )
             if not locked:
                 return None
-            busy = await s.fetch(
-                "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
-                "AND status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1",
-                [thread_id],
-            )
+            busy = await s.fetch(OLDEST_UNFINISHED_RUN, [thread_id])
             if busy:  # the run admitted meanwhile keeps the thread BUSY
                 await s.execute(
                     "UPDATE code_hero_threads SET updated_at = ? WHERE thread_id = ?",

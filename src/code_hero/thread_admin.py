@@ -115,14 +115,16 @@ class ThreadAdmin:
         # answers CONFLICT with retryAfter, or ends the deletion and starts afresh), so
         # the stop below reaches every run the deletion takes, and a run acknowledged
         # after the mark is never deleted by it.
-        if not await manager.start_deletion(thread_id):
+        token = await manager.start_deletion(thread_id)
+        if token is None:
             return ThreadDeletion(thread_id, False, 0, 0, edited=True)
         # Every unfinished run stops (a run ending after the purge writes nothing back:
         # the registry's foreign keys and the executor see to its leftovers).
         await self.services.executor.stop_thread(thread_id)
-        # Only the row this deletion marked: a reap may have ended the deletion meanwhile
-        # and a client made the thread anew, with runs of its own.
-        return await manager.end_deletion(thread_id)
+        # Only the row this deletion marked (its token): a reap may have ended the
+        # deletion meanwhile and a client made the thread anew, with runs of its own,
+        # which another deletion may have marked since and stops before it ends it.
+        return await manager.end_deletion(thread_id, token)
 
     async def _reap_if_expired(self, thread_id: str) -> None:
         """Delete the thread now if it has expired: a new use of its id starts afresh."""

@@ -351,7 +351,7 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     start_deletion = registry.start_deletion
     marked, go_on = asyncio.Event(), asyncio.Event()
 
-    async def mark_then_wait(thread: str) -> bool:
+    async def mark_then_wait(thread: str) -> str | None:
         started = await start_deletion(thread)
         marked.set()
         await go_on.wait()
@@ -381,6 +381,38 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     gone = await gw.delete_thread(thread_id)  # the client's retry ends it
     assert gone.deleted
     assert [count(t) for t in ("code_hero_threads", "checkpoints", "code_hero_runs")] == [0, 0, 0]
+
+
+async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deletion of a thread born in the outage marked the fallback's row; the
+    # copy-back takes the row to PostgreSQL as marked, with the mark's token, so the
+    # deletion's last step, on PostgreSQL by then, finds the row its own and ends it.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    registry = gw.manager.registry
+    start_deletion = registry.start_deletion
+    marked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def mark_then_wait(thread: str) -> str | None:
+        started = await start_deletion(thread)
+        marked.set()
+        await go_on.wait()
+        return started
+
+    monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await marked.wait()
+    proxy.forward()
+    await until(lambda: _synced(gw))  # the copy-back, the thread marked meanwhile
+    go_on.set()
+
+    gone = await deletion
+    assert gone.deleted and gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:

@@ -298,7 +298,7 @@ async def test_an_edit_that_found_no_row_does_not_judge_a_deletion_by_an_old_clo
 
     async def deletion_started_first(thread_id: str, **kwargs: Any) -> ThreadRecord | None:
         if not started:
-            started.append(await registry.start_deletion(thread_id))
+            started.append(await registry.start_deletion(thread_id) is not None)
         return await get(thread_id, **kwargs)
 
     async def touched_meanwhile(now: datetime, **kwargs: Any) -> list[str]:

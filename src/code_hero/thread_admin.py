@@ -11,9 +11,10 @@ Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's row is marked (`start_deletion`: no run is admitted on it
 from then on), its runs are stopped wherever they execute, then the manager
 deletes its checkpoints, runs, events and row (`end_deletion`), unless a thread
-made anew under the id holds it by then (the mark is the deletion's own: a run
-acknowledged before it goes with the thread, one after it is refused, or
-starts on a thread made anew, which the deletion leaves alone). A
+made anew under the id holds it by then (the mark is the deletion's own, a token:
+a run acknowledged before it goes with the thread, one after it is refused, or
+starts on a thread made anew, which the deletion leaves alone, even once another
+deletion has marked it). A
 thread with no run in flight goes in one step where the store has one
 (`purge_idle_thread`; PostgreSQL: one round trip, the thread's row locked first
 as a run's admission locks it; SQLite: one transaction in one call on its

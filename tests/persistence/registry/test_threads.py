@@ -273,6 +273,23 @@ async def test_the_last_step_of_a_deletion_leaves_another_deletions_mark(
     assert await registry.delete_thread("t1", marked=second) == (True, 1)
 
 
+async def test_a_mark_copied_back_keeps_its_token(registry: Registry) -> None:
+    # The copy-back (put_thread) takes a marked row with its token, so the deletion that
+    # marked it ends it where the row is now; a row marked with no token (before the
+    # token's migration) is any deletion's to mark with its own.
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    token = await registry.start_deletion("t1")
+    marked = await registry.get_thread("t1", expired=True)
+    assert marked is not None and marked.deletion_token == token
+    await registry.put_thread(replace(marked, deletion_token=None))
+    again = await registry.start_deletion("t1")
+    assert again is not None and again != token
+    await registry.put_thread(marked)  # as copied back: the first deletion's again
+
+    assert await registry.delete_thread("t1", marked=again) == (False, 0)
+    assert await registry.delete_thread("t1", marked=token) == (True, 1)
+
+
 async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:
     # start_deletion marks the row (ttl 0): every read leaves it out, but a copy of the
     # thread (the outage's copy-back) reads it and its runs as they are.

@@ -11,9 +11,10 @@ Every deletion, one thread or many, by a caller or by the sweep, goes through
 `_purge`: the thread's row is marked (`start_deletion`: no run is admitted on it
 from then on), its runs are stopped wherever they execute, then the manager
 deletes its checkpoints, runs, events and row (`end_deletion`), unless a thread
-made anew under the id holds it by then (the mark is the deletion's own: a run
-acknowledged before it goes with the thread, one after it is refused, or
-starts on a thread made anew, which the deletion leaves alone). A
+made anew under the id holds it by then (the mark is the deletion's own, a token:
+a run acknowledged before it goes with the thread, one after it is refused, or
+starts on a thread made anew, which the deletion leaves alone, even once another
+deletion has marked it). A
 thread with no run in flight goes in one step where the store has one
 (`purge_idle_thread`; PostgreSQL: one round trip, the thread's row locked first
 as a run's admission locks it; SQLite: one transaction in one call on its
@@ -104,25 +105,40 @@ class ThreadAdmin:
         gone = await manager.purge_idle_thread(thread_id, live_at=live_at, owner=owner)
         if gone is not None and not gone.busy:
             return gone
-        if gone is None:  # the store deletes in steps: the checks come first
-            if owner is not None:
-                thread = await manager.get_thread(thread_id)  # none once expired
-                if thread is None or thread.user_id != owner:
-                    return ThreadDeletion(thread_id, False, 0, 0)
-            elif live_at is not None and await self._expired([thread_id]):
-                return ThreadDeletion(thread_id, False, 0, 0)
+        if gone is None and not await self._deletable(thread_id, live_at, owner):
+            return ThreadDeletion(thread_id, False, 0, 0)  # the store deletes in steps
         # The mark comes first: from it on no run is admitted on the thread (startRun
         # answers CONFLICT with retryAfter, or ends the deletion and starts afresh), so
         # the stop below reaches every run the deletion takes, and a run acknowledged
         # after the mark is never deleted by it.
-        if not await manager.start_deletion(thread_id):
+        token = await manager.start_deletion(thread_id)
+        if token is None:
             return ThreadDeletion(thread_id, False, 0, 0, edited=True)
         # Every unfinished run stops (a run ending after the purge writes nothing back:
         # the registry's foreign keys and the executor see to its leftovers).
         await self.services.executor.stop_thread(thread_id)
-        # Only the row this deletion marked: a reap may have ended the deletion meanwhile
-        # and a client made the thread anew, with runs of its own.
-        return await manager.end_deletion(thread_id)
+        # Only the row this deletion marked (its token): a reap may have ended the
+        # deletion meanwhile and a client made the thread anew, with runs of its own,
+        # which another deletion may have marked since and stops before it ends it.
+        return await manager.end_deletion(thread_id, token)
+
+    async def _deletable(self, thread_id: str, live_at: datetime | None, owner: str | None) -> bool:
+        """`purge_idle_thread`'s checks, for a store that deletes in steps: the thread had
+        not expired at `live_at` and (with `owner`) is that user's. A row a deletion
+        marked (ttl 0) has not expired: that deletion was cut short, and this one ends
+        it, as the one-step deletion does (the row is read marked: reads hide it)."""
+        if owner is None and live_at is None:
+            return True
+        thread = await self.services.manager.registry.get_thread(thread_id, expired=True)
+        if owner is not None and (thread is None or thread.user_id != owner):
+            return False
+        return not (
+            live_at is not None
+            and thread is not None
+            and thread.ttl_seconds != 0
+            and thread.expires_at is not None
+            and thread.expires_at <= live_at
+        )
 
     async def _reap_if_expired(self, thread_id: str) -> None:
         """Delete the thread now if it has expired: a new use of its id starts afresh."""

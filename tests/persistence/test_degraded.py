@@ -28,6 +28,7 @@ from code_hero.errors import (
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
+from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -288,6 +289,54 @@ async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_ane
     ) == [(True,)]
 
 
+async def test_a_deletion_in_an_outage_leaves_a_thread_another_deletion_marked_to_it(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Of a thread born in the outage: deletion A is held before its last step; another
+    # deletion ends the thread, a client starts a run on the id anew, and deletion D
+    # marks that thread and is held before its stop. A's last step took the marked row
+    # (the new thread's checkpoints, row and run, and journalled their deletion), so D's
+    # stop found no run: the acknowledged run went on writing. A leaves D's mark now.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    manager, executor = gw.manager, gw.services.executor
+    end_deletion, stop_thread = manager.end_deletion, executor.stop_thread
+    a_reached, a_go, d_reached, d_go = (asyncio.Event() for _ in range(4))
+
+    async def a_held(thread: str, token: str) -> ThreadDeletion:
+        a_reached.set()
+        await a_go.wait()
+        return await end_deletion(thread, token)
+
+    async def d_held(thread: str) -> None:
+        d_reached.set()
+        await d_go.wait()
+        await stop_thread(thread)
+
+    monkeypatch.setattr(manager, "end_deletion", a_held)
+    first = asyncio.create_task(gw.delete_thread(thread_id))
+    await a_reached.wait()  # A has marked the thread and stopped its runs
+    monkeypatch.setattr(manager, "end_deletion", end_deletion)
+    assert (await manager.purge_thread(thread_id)).deleted  # another deletion ends it
+    anew = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={"delay": 30}))
+    await until(lambda: _status_is(gw, anew.run_id, RunStatus.RUNNING))
+    monkeypatch.setattr(executor, "stop_thread", d_held)
+    second = asyncio.create_task(gw.delete_thread(thread_id))
+    await d_reached.wait()  # D has marked the new thread: its stop is next
+    a_go.set()
+    assert not (await first).deleted
+    d_go.set()
+
+    gone = await second
+    assert gone.deleted and gone.runs_deleted == 1
+    assert not executor.is_active(anew.run_id)  # stopped: it writes nothing more
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
+
+
 async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_behind(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,7 +391,7 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     start_deletion = registry.start_deletion
     marked, go_on = asyncio.Event(), asyncio.Event()
 
-    async def mark_then_wait(thread: str) -> bool:
+    async def mark_then_wait(thread: str) -> str | None:
         started = await start_deletion(thread)
         marked.set()
         await go_on.wait()
@@ -372,6 +421,38 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     gone = await gw.delete_thread(thread_id)  # the client's retry ends it
     assert gone.deleted
     assert [count(t) for t in ("code_hero_threads", "checkpoints", "code_hero_runs")] == [0, 0, 0]
+
+
+async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deletion of a thread born in the outage marked the fallback's row; the
+    # copy-back takes the row to PostgreSQL as marked, with the mark's token, so the
+    # deletion's last step, on PostgreSQL by then, finds the row its own and ends it.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    registry = gw.manager.registry
+    start_deletion = registry.start_deletion
+    marked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def mark_then_wait(thread: str) -> str | None:
+        started = await start_deletion(thread)
+        marked.set()
+        await go_on.wait()
+        return started
+
+    monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await marked.wait()
+    proxy.forward()
+    await until(lambda: _synced(gw))  # the copy-back, the thread marked meanwhile
+    go_on.set()
+
+    gone = await deletion
+    assert gone.deleted and gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
+    for table in ("code_hero_threads", "checkpoints", "code_hero_runs"):
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:

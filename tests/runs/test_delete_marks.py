@@ -146,3 +146,41 @@ async def test_a_run_admitted_before_the_stop_goes_with_the_thread(
     assert await gateway.get_run(queued.run_id) is None
     assert not gateway.executor.is_active(queued.run_id)
     assert await gateway.get_thread(old.thread_id) is None
+
+
+async def test_a_deletion_leaves_a_thread_another_deletion_marked_to_it(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletion A has marked the thread and stopped its runs; before its last step a
+    startRun reaps the thread and a run starts on it anew, and deletion D marks that
+    thread. A's last step took any marked row: the new thread's checkpoints, row and
+    run went before D's stop looked for runs, so the run was never stopped and went on
+    writing under the id. The mark carries its deletion's token: A leaves D's thread."""
+    old = await _busy_thread(gateway)
+    manager, executor = gateway.manager, gateway.executor
+    a_reached, a_go = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(
+        manager, "end_deletion", _held_once(manager.end_deletion, a_reached, a_go, after=False)
+    )
+    first = asyncio.create_task(gateway.delete_thread(old.thread_id))
+    await a_reached.wait()  # A has marked the thread and stopped its runs
+    anew = await gateway.start_run(
+        StartRun(thread_id=old.thread_id, graph="slow", input={"delay": 30})
+    )  # the reap ended A's thread; this run starts on one made anew
+    await wait_status(gateway, anew.run_id, RunStatus.RUNNING)
+
+    d_reached, d_go = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(
+        executor, "stop_thread", _held_once(executor.stop_thread, d_reached, d_go, after=False)
+    )
+    second = asyncio.create_task(gateway.delete_thread(old.thread_id))
+    await d_reached.wait()  # D has marked the new thread: its stop is next
+    a_go.set()
+    assert not (await first).deleted  # the reap ended A's thread; D's is not A's
+    d_go.set()
+    gone: ThreadDeletion = await second
+
+    assert gone.deleted and gone.runs_deleted == 1
+    assert not executor.is_active(anew.run_id)  # stopped: it writes nothing more
+    assert await gateway.get_run(anew.run_id) is None
+    assert await gateway.get_checkpoint(old.thread_id) is None

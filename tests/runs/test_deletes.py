@@ -253,6 +253,34 @@ async def test_an_expired_thread_is_not_an_administrators_to_delete(gateway: Gat
     await assert_gone(gateway, run.thread_id, [run.run_id])
 
 
+async def test_the_owners_delete_thread_ends_a_deletion_cut_short(gateway: Gateway) -> None:
+    """A deletion cut short (an outage, a crash) leaves the thread's row marked, hidden
+    from reads; the owner's deleteThread again ends it. On the memory store (a deletion
+    in steps) the owner check read the thread as reads do, found none, and deleted
+    nothing."""
+    ada = Caller(user_id="ada")
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True), caller=ada)
+    assert await gateway.manager.registry.start_deletion(run.thread_id)  # then cut short
+
+    gone = await gateway.delete_thread(run.thread_id, caller=ada)
+
+    assert gone.deleted and gone.runs_deleted == 1
+    await assert_gone(gateway, run.thread_id, [run.run_id])
+
+
+async def test_a_deletion_cut_short_is_not_another_users_to_end(gateway: Gateway) -> None:
+    """The marked row is read for its owner: another user's deleteThread deletes nothing."""
+    run = await gateway.start_run(
+        StartRun(graph="slow", input={"delay": 0}, wait=True), caller=Caller(user_id="ada")
+    )
+    assert await gateway.manager.registry.start_deletion(run.thread_id)
+
+    gone = await gateway.delete_thread(run.thread_id, caller=Caller(user_id="bob"))
+
+    assert not gone.deleted
+    assert await gateway.manager.registry.get_run(run.run_id) is not None
+
+
 async def test_a_run_started_on_a_thread_whose_deletion_was_cut_short_is_not_deleted_later(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

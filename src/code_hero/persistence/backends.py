@@ -128,11 +128,14 @@ class Backend:
         (then nothing is deleted)."""
         raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
-    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+    async def delete_orphan_checkpoints(
+        self, thread_id: str, token: str | None = None
+    ) -> int | None:
         """Delete the thread's checkpoints, writes and blobs unless the registry has a row
-        for it (one whose deletion is under way does not count), in one step: a thread
-        made anew under the id keeps its own. How many checkpoints went, or None when the
-        row is there (nothing deleted)."""
+        for it (one the deletion `token` names has marked does not count, nor without a
+        token one any deletion has marked), in one step: a thread made anew under the id
+        keeps its own. How many checkpoints went, or None when the row is there (nothing
+        deleted)."""
         raise NotImplementedError
 
     async def reconnect(self) -> None:
@@ -195,15 +198,13 @@ class MemoryBackend(Backend):
             return len(spaces.get(namespace, {}))
         return sum(len(ns) for ns in spaces.values())
 
-    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+    async def delete_orphan_checkpoints(
+        self, thread_id: str, token: str | None = None
+    ) -> int | None:
         # The registry's lock is held from the look to the delete, which never yields:
         # no run is admitted in between (a thread made anew keeps its checkpoints).
         async with self._lock:
-            async with self._conn.execute(
-                "SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-                "AND ttl_seconds IS NOT 0",  # 0: a deletion under way (`start_deletion`)
-                (thread_id,),
-            ) as cur:
+            async with self._conn.execute(_LIVE_ROW, (thread_id, token)) as cur:
                 if await cur.fetchone() is not None:
                     return None
             removed = sum(len(ns) for ns in self._memory.storage.get(thread_id, {}).values())
@@ -289,6 +290,13 @@ _FORKS = (
     "AND json_extract(config, '$.checkpoint_id') IS NOT NULL"
 )
 _EDITING = "SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND edit_until > ?"
+# A row that holds the thread's checkpoints (`delete_orphan_checkpoints`): not one a
+# deletion under way has marked (ttl 0: `start_deletion`) with the token given, or with
+# any token when none is given (`deletion_token IS NOT deletion_token` never holds).
+_LIVE_ROW = (
+    "SELECT 1 FROM code_hero_threads WHERE thread_id = ? AND (ttl_seconds IS NOT 0 "
+    "OR deletion_token IS NOT coalesce(?, deletion_token))"
+)
 
 
 def _sqlite_now() -> str:
@@ -395,16 +403,14 @@ class SqliteBackend(Backend):
         purged: ThreadPurge = await self.registry.purge_idle_thread(thread_id, live_at, owner)
         return purged
 
-    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+    async def delete_orphan_checkpoints(
+        self, thread_id: str, token: str | None = None
+    ) -> int | None:
         # The registry's rows are in this file: looked for in the deletion's transaction,
         # which holds the file's write lock (an admission waits for it, or came before).
         assert isinstance(self.registry, SqliteRegistry)
         async with self.registry.transaction():
-            cur = await self._conn.execute(
-                "SELECT 1 FROM code_hero_threads WHERE thread_id = ? "
-                "AND ttl_seconds IS NOT 0",  # 0: a deletion under way (`start_deletion`)
-                (thread_id,),
-            )
+            cur = await self._conn.execute(_LIVE_ROW, (thread_id, token))
             if await cur.fetchone() is not None:
                 return None
             cur = await self._conn.execute(

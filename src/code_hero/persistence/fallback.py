@@ -522,14 +522,15 @@ class FallbackRouter:
         async with self.on_primary(what):
             return await self.primary.backend.count_checkpoints(thread_id, namespace)
 
-    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> int | None:
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> int | None:
         """Delete the thread's checkpoints from every slot that may hold them; how many
         the primary held (None when it was not reached: the deletion is journalled).
 
         During an outage only a thread born in it can be deleted; its deletion
         is journalled, so whatever of it already reached the primary goes too.
-        With `marked`, the last step of a deletion in steps: nothing is deleted where
-        a live row holds the id (a thread made anew since the deletion marked its row:
+        With `marked` (its token), the last step of a deletion in steps: nothing is
+        deleted where a row not marked by that deletion holds the id (a thread made
+        anew since the deletion marked its row, maybe marked by another deletion since:
         `Backend.delete_orphan_checkpoints`), nor journalled; None means that then, and
         a journalled deletion answers 0.
         A thread kept across a recovery (a quarantined entry) is forgotten by the
@@ -542,11 +543,11 @@ class FallbackRouter:
             # Kept after a recovery: quarantined (local no longer after another outage).
             kept = thread_id in self.journal.quarantined_threads()
             held = kept or thread_id in self.fallback_threads or thread_id in self.local_threads
-            if marked and held and not self.serving:
+            if marked is not None and held and not self.serving:
                 # Born in the outage: its row, and the one made anew, are the fallback's.
                 for slot in self.slots[1:]:
                     if slot.backend is not None and (
-                        await slot.backend.delete_orphan_checkpoints(thread_id) is None
+                        await slot.backend.delete_orphan_checkpoints(thread_id, marked) is None
                     ):
                         return None
                 held = False
@@ -561,14 +562,14 @@ class FallbackRouter:
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
-                return 0 if marked else None
+                return None if marked is None else 0
             self.local_threads.discard(thread_id)
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):
                 with self.metrics.timed(primary.label, "delete_thread"):
-                    if marked:
-                        return await primary.backend.delete_orphan_checkpoints(thread_id)
+                    if marked is not None:
+                        return await primary.backend.delete_orphan_checkpoints(thread_id, marked)
                     return await primary.backend.delete_checkpoints(thread_id)
 
     async def purge_idle_thread(

@@ -36,10 +36,10 @@ class FallbackEdits(RoutedRegistry):
 
         return await self._write(lambda r: r.claim_edit(thread_id, until, seen=seen), degraded)
 
-    async def start_deletion(self, thread_id: str) -> bool:
-        """Expire the thread before it is deleted (during an outage: a thread born in it)."""
+    async def start_deletion(self, thread_id: str) -> str | None:
+        """Mark the thread before it is deleted (during an outage: a thread born in it)."""
 
-        async def degraded() -> bool:
+        async def degraded() -> str | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
             return await self._local("deleting this thread").start_deletion(thread_id)

@@ -140,13 +140,14 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         await self._write(lambda r: r.put_thread(thread), degraded)
 
-    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted); with
-        `marked`, only the row a deletion marked (`Registry.delete_thread`).
+        `marked`, only the row that deletion marked (`Registry.delete_thread`).
 
         During an outage only a thread born in it; its deletion is journalled after
         anything a run still ending queued meanwhile, so the primary ends without it. A
-        thread made anew under the id (the fallback's row unmarked) keeps its entries.
+        thread made anew under the id (the fallback's row not that deletion's) keeps its
+        entries.
         """
 
         async def degraded() -> tuple[bool, int]:
@@ -154,7 +155,11 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 raise self.router.unavailable("deleting this thread")
             local = self._local("deleting this thread")
             deleted = await local.delete_thread(thread_id, marked=marked)
-            if not marked or deleted[0] or await local.get_thread(thread_id, expired=True) is None:
+            if (
+                marked is None
+                or deleted[0]
+                or await local.get_thread(thread_id, expired=True) is None
+            ):
                 self._journal(DeleteThread(thread_id))
             return deleted
 

@@ -301,30 +301,33 @@ class EnhancedCheckpointerManager:
     async def purge_thread(self, thread_id: str) -> ThreadDeletion:
         """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread;
         nothing while an edit holds it (`edited`)."""
-        if not await self.start_deletion(thread_id):
+        token = await self.start_deletion(thread_id)
+        if token is None:
             return ThreadDeletion(thread_id, False, 0, 0, edited=True)
-        return await self.end_deletion(thread_id)
+        return await self.end_deletion(thread_id, token)
 
-    async def start_deletion(self, thread_id: str) -> bool:
+    async def start_deletion(self, thread_id: str) -> str | None:
         """Mark the thread's row for deletion (`Registry.start_deletion`): from now on no
-        run is admitted on it (`ThreadBeingDeletedError`); False while an edit holds it."""
+        run is admitted on it (`ThreadBeingDeletedError`); the mark's token, for
+        `end_deletion`, or None while an edit holds it."""
         return await self.registry.start_deletion(thread_id)
 
-    async def end_deletion(self, thread_id: str) -> ThreadDeletion:
-        """The last step of a deletion that `start_deletion` began: delete the thread
-        everywhere, unless a thread made anew under the id holds it now (its row not
-        marked: another deletion ended this one meanwhile, a client created it again);
-        each step checks that in its own transaction, and leaves such a thread alone. (A
-        row marked again since is another deletion's, under way: it may go now.)"""
+    async def end_deletion(self, thread_id: str, token: str) -> ThreadDeletion:
+        """The last step of a deletion that `start_deletion` began (`token`: its mark):
+        delete the thread everywhere, unless a thread made anew under the id holds it now
+        (its row not marked with `token`: another deletion ended this one meanwhile, a
+        client created it again, and maybe another deletion marked that one, which stops
+        its runs before it ends it); each step checks that in its own transaction, and
+        leaves such a thread alone."""
         router = self.router
         if router.serving and thread_id not in router.local_threads:
             # The primary counts what it deletes: no count query before (issue 15).
-            checkpoints = await router.delete_thread(thread_id, marked=True) or 0
+            checkpoints = await router.delete_thread(thread_id, marked=token) or 0
         else:  # born in an outage, or none: counted where it lives now, as before
             checkpoints = await router.count_checkpoints(thread_id)
-            if await router.delete_thread(thread_id, marked=True) is None:
+            if await router.delete_thread(thread_id, marked=token) is None:
                 checkpoints = 0  # not this deletion's to count: none went
-        existed, runs = await self.registry.delete_thread(thread_id, marked=True)
+        existed, runs = await self.registry.delete_thread(thread_id, marked=token)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 
     async def purge_idle_thread(

@@ -194,6 +194,11 @@ _RUN_USAGE_AND_STEPS_SQLITE = (
 _EDIT_CLAIM_PG = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TIMESTAMPTZ"
 _EDIT_CLAIM_SQLITE = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TEXT"
 
+# (both) the token of the deletion that marked a thread's row (`start_deletion`): its
+# last step takes the row only while it carries that token, never a row another
+# deletion marked after a client made the thread anew.
+_DELETION_TOKEN = "ALTER TABLE code_hero_threads ADD COLUMN deletion_token TEXT"
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -276,6 +281,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _THREAD_EXPIRY_PG,  # thread retention: ttl_seconds, expires_at (issue 13)
     _RUN_USAGE_AND_STEPS_PG,  # run usage and steps (issue 12)
     _EDIT_CLAIM_PG,  # an edit and a run's admission exclude each other
+    _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -411,4 +417,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _THREAD_EXPIRY_SQLITE,  # thread retention: ttl_seconds, expires_at (issue 13)
     _RUN_USAGE_AND_STEPS_SQLITE,  # run usage and steps (issue 12)
     _EDIT_CLAIM_SQLITE,  # an edit and a run's admission exclude each other
+    _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
 ]

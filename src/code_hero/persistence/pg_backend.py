@@ -179,15 +179,19 @@ class PostgresBackend(Backend):
         )
         return int(rows[0]["n"])
 
-    async def delete_orphan_checkpoints(self, thread_id: str) -> int | None:
+    async def delete_orphan_checkpoints(
+        self, thread_id: str, token: str | None = None
+    ) -> int | None:
         # One statement, one snapshot: a row committed before it keeps every checkpoint,
         # and one committed after it came before any checkpoint of the new thread (a run
         # writes after its admission, an edit after its claim), which it does not see. A
-        # row with a ttl of 0 is a deletion under way (`start_deletion`): no row.
+        # row with a ttl of 0 is a deletion under way (`start_deletion`): no row, if that
+        # deletion is the one `token` names (without a token, any).
         rows = await self._fetch(
             """WITH go AS (SELECT NOT EXISTS (
                         SELECT 1 FROM code_hero_threads WHERE thread_id = %s
-                        AND ttl_seconds IS DISTINCT FROM 0) AS ok),
+                        AND (ttl_seconds IS DISTINCT FROM 0 OR deletion_token
+                             IS DISTINCT FROM coalesce(%s::text, deletion_token))) AS ok),
                     gone AS (DELETE FROM checkpoints WHERE thread_id = %s
                              AND (SELECT ok FROM go) RETURNING 1),
                     blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id = %s
@@ -195,7 +199,7 @@ class PostgresBackend(Backend):
                     writes AS (DELETE FROM checkpoint_writes WHERE thread_id = %s
                                AND (SELECT ok FROM go))
                SELECT (SELECT ok FROM go) AS ok, (SELECT count(*) FROM gone) AS n""",
-            (str(thread_id),) * 4,
+            (str(thread_id), token, *(str(thread_id),) * 3),
         )
         return int(rows[0]["n"]) if rows[0]["ok"] else None
 

@@ -93,6 +93,9 @@ class ThreadRecord:
     # `expires_at` (the database derives it from updated_at); None: never.
     ttl_seconds: int | None = None
     expires_at: datetime | None = None
+    # The token of the deletion that marked the row (`Registry.start_deletion`, ttl 0):
+    # its last step takes the row only while it carries that token. None on a live row.
+    deletion_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,11 +282,12 @@ class Registry(Protocol):
     async def count_threads(self, flt: ThreadFilter) -> int:
         """How many threads match the filter, counted in the database."""
 
-    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted). With
-        `marked`, the last step of a deletion in steps: nothing unless the row still
-        carries a deletion's mark (`start_deletion`), checked in the same transaction; a
-        thread made anew under the id meanwhile is left alone."""
+        `marked` (the token `start_deletion` returned), the last step of a deletion in
+        steps: nothing unless the row still carries that deletion's mark, checked in the
+        same transaction; a thread made anew under the id meanwhile is left alone, and so
+        is the mark another deletion put on it since (that deletion stops its runs)."""
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""
@@ -444,11 +448,13 @@ class Registry(Protocol):
         ConflictError here. A row the edit saw (`seen`) that is gone or expired since (a
         deletion started) is NotFoundError, nothing made."""
 
-    async def start_deletion(self, thread_id: str) -> bool:
+    async def start_deletion(self, thread_id: str) -> str | None:
         """Expire the thread's row (ttl 0, the deletion's mark) before its runs are stopped
         and its checkpoints deleted, so no run is admitted (`admit_run`) and no edit claims
-        it meanwhile; False (nothing changed) while an edit's claim holds it. One
-        transaction that locks the row."""
+        it meanwhile; the mark's token, for the deletion's last step (`delete_thread`), or
+        None (nothing changed) while an edit's claim holds it. A row marked already keeps
+        its token: this deletion joins that one (the runs a mark covers are those admitted
+        before it, which either stops). One transaction that locks the row."""
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         """End the claim `claim_edit(thread_id, until)` took, if it still holds it."""

@@ -240,17 +240,54 @@ async def test_delete_thread_deletes_runs_and_events(registry: Registry) -> None
 
 
 async def test_the_last_step_of_a_deletion_takes_only_a_marked_row(registry: Registry) -> None:
-    # delete_thread(marked=True) ends a deletion in steps: the row it marked goes with its
+    # delete_thread(marked=token) ends a deletion in steps: the row it marked goes with its
     # runs; a row made anew under the id since (not marked) stays, with its runs.
     await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
-    assert await registry.start_deletion("t1")
-    assert await registry.delete_thread("t1", marked=True) == (True, 1)
+    token = await registry.start_deletion("t1")
+    assert token is not None
+    assert await registry.delete_thread("t1", marked=token) == (True, 1)
     await registry.admit_run(run("r2", "t1"), reject_if_busy=False)  # made anew
 
-    assert await registry.delete_thread("t1", marked=True) == (False, 0)
+    assert await registry.delete_thread("t1", marked=token) == (False, 0)
     assert await registry.get_thread("t1") is not None
     assert await registry.get_run("r2") is not None
     assert await registry.delete_thread("t1") == (True, 1)  # unconditional: it goes
+
+
+async def test_the_last_step_of_a_deletion_leaves_another_deletions_mark(
+    registry: Registry,
+) -> None:
+    # A row made anew after deletion A marked the id, and marked by deletion D since, is
+    # D's: A's last step leaves it (D stops its runs before it ends it). A deletion that
+    # marks a row marked already joins that deletion (the same token).
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    first = await registry.start_deletion("t1")
+    assert first is not None and await registry.start_deletion("t1") == first
+    assert await registry.delete_thread("t1", marked=first) == (True, 1)
+    await registry.admit_run(run("r2", "t1"), reject_if_busy=False)  # made anew
+    second = await registry.start_deletion("t1")
+    assert second is not None and second != first
+
+    assert await registry.delete_thread("t1", marked=first) == (False, 0)
+    assert await registry.get_run("r2") is not None
+    assert await registry.delete_thread("t1", marked=second) == (True, 1)
+
+
+async def test_a_mark_copied_back_keeps_its_token(registry: Registry) -> None:
+    # The copy-back (put_thread) takes a marked row with its token, so the deletion that
+    # marked it ends it where the row is now; a row marked with no token (before the
+    # token's migration) is any deletion's to mark with its own.
+    await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    token = await registry.start_deletion("t1")
+    marked = await registry.get_thread("t1", expired=True)
+    assert marked is not None and marked.deletion_token == token
+    await registry.put_thread(replace(marked, deletion_token=None))
+    again = await registry.start_deletion("t1")
+    assert again is not None and again != token
+    await registry.put_thread(marked)  # as copied back: the first deletion's again
+
+    assert await registry.delete_thread("t1", marked=again) == (False, 0)
+    assert await registry.delete_thread("t1", marked=token) == (True, 1)
 
 
 async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:

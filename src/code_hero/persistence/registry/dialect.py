@@ -195,6 +195,7 @@ class Dialect(ABC):
             updated_at=self._from_ts(row["updated_at"]),
             ttl_seconds=row.get("ttl_seconds"),
             expires_at=self._from_ts_or_none(row.get("expires_at")),
+            deletion_token=row.get("deletion_token"),
         )
 
     def _run(self, row: Row) -> RunRecord:
@@ -270,7 +271,7 @@ class Dialect(ABC):
         return [self._run_param(name, getattr(run, name)) for name in RUN_FIELDS]
 
     def _thread_params(self, thread: ThreadRecord) -> list[Any]:
-        """A thread's row: THREAD_COLUMNS, then ttl_seconds."""
+        """A thread's row: THREAD_COLUMNS, then ttl_seconds and deletion_token."""
         return [
             thread.thread_id,
             thread.user_id,
@@ -279,6 +280,7 @@ class Dialect(ABC):
             self._ts(utc(thread.created_at)),
             self._ts(utc(thread.updated_at)),
             thread.ttl_seconds,
+            thread.deletion_token,
         ]
 
 

@@ -14,15 +14,16 @@ that took it died.
 
 A deletion in steps (SQLite, memory, a busy thread on PostgreSQL) starts with
 `start_deletion`: under the row's lock it refuses while the claim holds, else
-expires the row (ttl 0), so an edit that saw the row and claims afterwards finds
-it expired or gone (NotFoundError) and never makes it anew. The claim judges the row
-with the lock had (ttl 0, or the clock read then): a reading taken before it waited
-let through a deletion that had started meanwhile. PostgreSQL's one-step
-deletion reads the claim under the same lock.
+expires the row (ttl 0, with the deletion's token), so an edit that saw the row and
+claims afterwards finds it expired or gone (NotFoundError) and never makes it anew.
+The claim judges the row with the lock had (ttl 0, or the clock read then): a
+reading taken before it waited let through a deletion that had started meanwhile.
+PostgreSQL's one-step deletion reads the claim under the same lock.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -114,22 +115,33 @@ class ThreadEdits(Dialect):
             )
         return None
 
-    async def start_deletion(self, thread_id: str) -> bool:
+    async def start_deletion(self, thread_id: str) -> str | None:
         async with self._session(atomic=True) as s:
             locked = await s.fetch(
-                f"SELECT edit_until FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                "SELECT edit_until, ttl_seconds, deletion_token FROM code_hero_threads "
+                f"WHERE thread_id = ?{self.for_update}",
                 [thread_id],
             )
-            held = locked[0]["edit_until"] if locked else None
+            if not locked:  # only the savers hold it: its last step takes what has no row
+                return uuid.uuid4().hex
+            row = locked[0]
+            held = row["edit_until"]
             if held is not None and self._from_ts(held) > utc_now():
-                return False
+                return None
+            if row["ttl_seconds"] == 0 and row["deletion_token"] is not None:
+                return str(row["deletion_token"])  # marked already: this one joins it
             # A ttl of 0 keeps it expired (expires_at = updated_at) whatever updates it
             # until its row goes: a run stopped meanwhile, a failed deletion (the sweep
-            # ends that one). Reads leave it out, and a claim finds it gone.
+            # ends that one). Reads leave it out, and a claim finds it gone. The token is
+            # this mark's alone: a row made anew under the id and marked again gets
+            # another, which this deletion's last step leaves alone.
+            token = uuid.uuid4().hex
             await s.execute(
-                "UPDATE code_hero_threads SET ttl_seconds = 0 WHERE thread_id = ?", [thread_id]
+                "UPDATE code_hero_threads SET ttl_seconds = 0, deletion_token = ? "
+                "WHERE thread_id = ?",
+                [token, thread_id],
             )
-        return True
+        return token
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         async with self._session() as s:

@@ -18,8 +18,8 @@ from code_hero.persistence.registry.dialect import THREAD_COLUMNS, Dialect, utc,
 
 __all__ = ["SWEEP_LOCK_KEY", "THREAD_READ_COLUMNS", "ThreadLifecycle"]
 
-# A thread row as read: the inserted columns plus the retention ones.
-THREAD_READ_COLUMNS = f"{THREAD_COLUMNS}, ttl_seconds, expires_at"
+# A thread row as read: the inserted columns plus the retention ones and a deletion's mark.
+THREAD_READ_COLUMNS = f"{THREAD_COLUMNS}, ttl_seconds, expires_at, deletion_token"
 
 # PostgreSQL advisory-lock key (b"codhswep") held by the replica sweeping expired
 # threads, for the length of one pass: the others skip theirs.
@@ -56,8 +56,8 @@ class ThreadLifecycle(Dialect):
 
     async def create_thread(self, thread: ThreadRecord) -> ThreadRecord | None:
         sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO NOTHING"
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO NOTHING"
         )
         params = self._thread_params(thread)
         async with self._session(atomic=True) as s:

@@ -128,12 +128,17 @@ class PostgresRegistry(SqlRegistry):
             else:
                 yield _PgSession(conn)
 
-    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one
         # statement: one round trip instead of eight with BEGIN and COMMIT (issue 15).
-        # With `marked`, the row is taken only while it carries the deletion's mark (ttl
-        # 0: `start_deletion`), judged on the row as locked.
-        sql, params = self._deletion(thread_id, "ttl_seconds = 0" if marked else "true")
+        # With `marked`, the row is taken only while it carries that deletion's mark (ttl
+        # 0 and its token: `start_deletion`), judged on the row as locked.
+        if marked is None:
+            sql, params = self._deletion(thread_id, "true")
+        else:
+            sql, params = self._deletion(
+                thread_id, "ttl_seconds = 0 AND deletion_token = ?", [marked]
+            )
 
         async def attempt() -> Row:
             async with self._session() as s:
@@ -256,10 +261,13 @@ class PostgresRegistry(SqlRegistry):
                 retry_after=1,
             ) from None
 
-    def _deletion(self, thread_id: str, go: str) -> tuple[str, list[Any]]:
+    def _deletion(
+        self, thread_id: str, go: str, go_params: Sequence[Any] = ()
+    ) -> tuple[str, list[Any]]:
         """The common-table expressions that delete the thread's row, runs and events and
-        queue its THREAD_DELETED deliveries when `go` holds, then the start of the SELECT
-        that counts what they did; and their parameters.
+        queue its THREAD_DELETED deliveries when `go` (a condition on the thread's row,
+        with `go_params`) holds, then the start of the SELECT that counts what they did;
+        and their parameters.
 
         Every sub-statement sees the rows as they were before the statement, so the
         outbox insert still finds the thread's owner. The lock order of every writer
@@ -288,7 +296,7 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT count(*) FROM q) AS queued, (SELECT count(*) FROM dr) AS runs, "
             "(SELECT count(*) FROM dt) AS threads"
         )
-        return sql, [thread_id, thread_id, *queued]
+        return sql, [thread_id, *go_params, thread_id, *queued]
 
     def _json(self, value: Any) -> Any:
         return Jsonb(value)

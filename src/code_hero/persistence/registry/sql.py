@@ -114,12 +114,12 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
 
     async def put_thread(self, thread: ThreadRecord) -> None:
         sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
             "status = excluded.status, metadata = excluded.metadata, "
             "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-            "ttl_seconds = excluded.ttl_seconds"
+            "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token"
         )
         params = self._thread_params(thread)
         async with self._session() as s:
@@ -187,17 +187,24 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
             )
         return int(rows[0]["n"])
 
-    async def delete_thread(self, thread_id: str, *, marked: bool = False) -> tuple[bool, int]:
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         async with self._session(atomic=True) as s:
             # The lock order of every writer: the thread, then its runs by id. The
             # foreign keys would cascade; the explicit deletes also serve a fallback,
             # which keeps events of runs whose rows are in the primary.
             locked = await s.fetch(
-                f"SELECT ttl_seconds FROM code_hero_threads WHERE thread_id = ?{self.for_update}",
+                "SELECT ttl_seconds, deletion_token FROM code_hero_threads "
+                f"WHERE thread_id = ?{self.for_update}",
                 [thread_id],
             )
-            if marked and locked and locked[0]["ttl_seconds"] != 0:
-                return False, 0  # made anew since the deletion marked it: not its own
+            if (
+                marked is not None
+                and locked
+                and (locked[0]["ttl_seconds"] != 0 or locked[0]["deletion_token"] != marked)
+            ):
+                # Made anew since the deletion marked it (and maybe marked by another
+                # deletion since, which stops its runs first): not this deletion's.
+                return False, 0
             await s.fetch(
                 "SELECT run_id FROM code_hero_runs WHERE thread_id = ? "
                 f"ORDER BY run_id{self.for_update}",

@@ -11,7 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -75,9 +83,16 @@ MAX_KNOWN_COLUMNS = 512
 
 
 class _SqliteSession:
-    def __init__(self, conn: aiosqlite.Connection, columns: dict[str, list[str]]) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, columns: dict[str, list[str]], *, begin: bool = False
+    ) -> None:
         self._conn = conn
         self._columns = columns
+        # An atomic session's BEGIN IMMEDIATE, sent with its first statement: one
+        # trip to aiosqlite's thread fewer (a run's admission, end and event batches
+        # each open one). It takes the write lock at the same point as a trip of its
+        # own would, before any statement of the session has run.
+        self._begin = begin
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         # Every call is a round trip to aiosqlite's thread, and the connection's lock is
@@ -85,25 +100,70 @@ class _SqliteSession:
         # names its columns, never `*`), so once known, one `execute_fetchall` trip
         # replaces execute + fetchall + close.
         names = self._columns.get(sql)
-        if names is not None:
-            rows: Iterable[Sequence[Any]] = await self._conn.execute_fetchall(sql, params)
+        rows: Iterable[Sequence[Any]]
+        if self._begin:
+            self._begin = False
+            rows, found = await self._on_thread(_fetch, self._conn._conn, sql, params)
+        elif names is not None:
+            rows, found = await self._conn.execute_fetchall(sql, params), names
         else:
             async with self._conn.execute(sql, params) as cur:
                 rows = await cur.fetchall()
-                names = [d[0] for d in cur.description or ()]
+                found = [d[0] for d in cur.description or ()]
+        if names is None:
             if len(self._columns) >= MAX_KNOWN_COLUMNS:
                 self._columns.clear()
-            self._columns[sql] = names
+            self._columns[sql] = names = found
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     # A statement that returns no rows has run to its end once `execute` returns: its
     # cursor is left to the garbage collector rather than closed in a trip of its own.
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._begin:
+            self._begin = False
+            rowcount: int = await self._on_thread(_execute, self._conn._conn, sql, params)
+            return rowcount
         cur = await self._conn.execute(sql, params)
         return cur.rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self._begin:
+            self._begin = False
+            await self._on_thread(_executemany, self._conn._conn, sql, rows)
+            return
         await self._conn.executemany(sql, rows)
+
+    async def _on_thread(self, call: Callable[..., T], *args: Any) -> T:
+        """BEGIN IMMEDIATE (unless a transaction is open) and `call(*args)`, in one
+        trip on aiosqlite's thread (the queue all its own methods use)."""
+        result: T = await self._conn._execute(_begun, call, *args)  # type: ignore[no-untyped-call]
+        return result
+
+
+def _begun(call: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    # IMMEDIATE takes the write lock now: another process cannot slip in between our
+    # first read and first write.
+    if not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    return call(conn, *args)
+
+
+def _fetch(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any]
+) -> tuple[list[Any], list[str]]:
+    cur = conn.execute(sql, params)
+    try:
+        return cur.fetchall(), [d[0] for d in cur.description or ()]
+    finally:
+        cur.close()
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows)
 
 
 class SqliteRegistry(SqlRegistry):
@@ -137,11 +197,7 @@ class SqliteRegistry(SqlRegistry):
     async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
         async with self.lock:
             try:
-                if atomic and not self.conn.in_transaction:
-                    # IMMEDIATE takes the write lock now: another process cannot slip
-                    # in between our first read and first write.
-                    await self.conn.execute("BEGIN IMMEDIATE")
-                yield _SqliteSession(self.conn, self._columns)
+                yield _SqliteSession(self.conn, self._columns, begin=atomic)
             except BaseException:
                 await _to_the_end(self.conn.rollback())
                 raise

@@ -215,22 +215,25 @@ class EventLog:
         Stored before a conditional end, the events of a stale executor would reach
         the log of a run taken over: an end its row does not record, seqs that
         collide with the new holder's (fencing it)."""
-        async with self._lock:  # a batch in flight is stored first: no gap before the end
+        # A batch in flight is stored first (no gap before the end); the lock is not held
+        # through the end: the other runs' batches need not wait for it.
+        async with self._lock:
             self._waiting.pop(writer.run_id, None)
-            self._writers.pop(writer.run_id, None)
             fenced = writer.closed  # its seqs collided: another executor writes the run
-            last = EventRecord(
-                writer.run_id,
-                writer.thread_id,
-                writer.next_seq,
-                EventType.STATUS.value,
-                dict(payload),
-                datetime.now(UTC),
-            )
-            events = [] if fenced else [*writer.pending, last]
+            # Closed: it takes no more events; the rest stay readable until the end.
+            writer.closed, writer.inflight, writer.pending = True, writer.pending, []
             # The end's own fields are the latest: they win over those not stored yet.
-            fields = {**writer.fields, **fields}
-            writer.closed, writer.pending, writer.fields = True, [], {}
+            fields, writer.fields = {**writer.fields, **fields}, {}
+        last = EventRecord(
+            writer.run_id,
+            writer.thread_id,
+            writer.next_seq,
+            EventType.STATUS.value,
+            dict(payload),
+            datetime.now(UTC),
+        )
+        events = [] if fenced else [*writer.inflight, last]
+        try:
             final, waiting = await self.registry().finish_run(
                 writer.run_id,
                 thread_status,
@@ -238,6 +241,9 @@ class EventLog:
                 events=events,
                 **fields,
             )
+        finally:
+            writer.inflight = []
+            self._writers.pop(writer.run_id, None)
         if final is not None and events:
             self.bus.publish(last)
             await self.bus.stored(events)

@@ -766,6 +766,9 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
     assert final.status is RunStatus.SUCCESS
     ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
     assert [(e.run_id, e.owner) for e in ended] == [(final.run_id, executor.owner)]
+    # Its last events, its end's among them, are journalled with the end: not copied
+    # to PostgreSQL unless the end applies there.
+    assert ended[0].events[-1].payload["status"] == RunStatus.SUCCESS.value
     # Meanwhile, replica B takes the run over in PostgreSQL (A's lease counted as lapsed).
     rows(
         pg_database,
@@ -779,6 +782,13 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
         final.run_id,
     ) == [(RunStatus.RUNNING.value, "replica-b")]
+    ends = rows(
+        pg_database,
+        "SELECT seq FROM code_hero_run_events WHERE run_id = %s AND type = 'status' "
+        "AND payload->>'status' NOT IN ('PENDING', 'RUNNING')",
+        final.run_id,
+    )
+    assert ends == [], "B's log has no end of A's"
 
 
 @pytest.mark.parametrize("then", ["kept", "taken over", "released"])

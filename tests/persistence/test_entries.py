@@ -224,9 +224,12 @@ async def test_an_end_journalled_in_an_outage_is_left_to_the_replica_that_took_o
         if then == "released":
             await primary.registry.release_runs("replica-b", [RUN])
 
-        await FinishRun(RUN, "t", ended, "replica-a").replay(primary, fallback)
+        last = (EventRecord(RUN, "t", 1, "status", {"status": "ERROR", "error": "a"}, now),)
+        await FinishRun(RUN, "t", ended, "replica-a", last).replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and run.status is RunStatus.RUNNING and run.error is None
+        # A's last events go with its end: the log has none of them (B numbers on from 1).
+        assert await primary.registry.list_events(RUN) == []
         thread = await primary.registry.get_thread("t")
         assert thread is not None and thread.status is ThreadStatus.BUSY
         assert run.lease_owner == ("replica-b" if then == "running" else None)
@@ -259,9 +262,11 @@ async def test_an_outage_run_whose_lease_lapsed_untaken_gets_its_changes_and_one
         run = await primary.registry.get_run(RUN)
         assert run is not None and (run.lease_expires_at, run.input_tokens) == (later, 11)
 
+        last = tuple(EventRecord(RUN, "t", seq, "status", {"n": seq}, now) for seq in (1, 2))
         end = FinishRun(RUN, "t", {**ended, "lease_owner": None, "lease_expires_at": None},
-                        "replica-a")  # fmt: skip
+                        "replica-a", last)  # fmt: skip
         await end.replay(primary, fallback)
+        assert await primary.registry.list_events(RUN) == list(last)
         final = await primary.registry.get_run(RUN)
         assert final is not None and (final.status, final.output) == (
             RunStatus.SUCCESS,
@@ -276,6 +281,7 @@ async def test_an_outage_run_whose_lease_lapsed_untaken_gets_its_changes_and_one
         ) == (None, False)
         await end.replay(primary, fallback)
         assert await primary.registry.get_run(RUN) == final
+        assert await primary.registry.list_events(RUN) == list(last)
 
 
 @pytest.mark.parametrize("then", ["kept", "taken over", "released"])

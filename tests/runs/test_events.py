@@ -67,11 +67,19 @@ async def test_events_are_stored_in_batches(
     registry = gateway.manager.registry
     calls: list[int] = []
     updates: list[str] = []
-    real, real_update = registry.store_batch, registry.update_run
+    real, real_update, real_finish = (
+        registry.store_batch,
+        registry.update_run,
+        registry.finish_run,
+    )
 
     async def counting(events: list, runs: dict) -> None:  # type: ignore[type-arg]
         calls.append(len(events))
         await real(events, runs)
+
+    async def finishing(run_id: str, *args: Any, events: Any = (), **fields: Any) -> Any:
+        calls.append(len(events))  # the last batch goes with the end
+        return await real_finish(run_id, *args, events=events, **fields)
 
     async def update_run(run_id: str, **fields: Any) -> Any:
         updates.extend(fields)
@@ -79,6 +87,7 @@ async def test_events_are_stored_in_batches(
 
     monkeypatch.setattr(registry, "store_batch", counting)
     monkeypatch.setattr(registry, "update_run", update_run)
+    monkeypatch.setattr(registry, "finish_run", finishing)
     run = await gateway.start_run(
         StartRun(message="Help me build a FastAPI application", wait=True)
     )

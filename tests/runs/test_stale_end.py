@@ -17,7 +17,12 @@ import pytest
 
 from code_hero.config import CheckpointerConfig
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.records import THREAD_STATUS_AFTER, RunRecord, RunStatus
+from code_hero.persistence.records import (
+    THREAD_STATUS_AFTER,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+)
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC
@@ -113,6 +118,64 @@ async def test_an_end_refused_after_a_takeover_purges_nothing(
     waiter.cancel()
     assert purged == []
     assert await router.count_checkpoints(run.thread_id) > 0
+
+
+async def test_an_end_refused_after_the_lease_check_stores_and_publishes_none_of_it(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run is taken over between this executor's look at its lease (held) and its
+    # end (a stall, or clocks that differ by over half the lease). Its last events were
+    # stored before the end's conditional write: the log got an end its row does not
+    # record, and the new holder, numbering on from what it read when it took the run
+    # over, collided with those seqs (its writer fenced). Now they go with the end.
+    executor, registry, bus = gateway.executor, gateway.manager.registry, gateway.events.bus
+    still_held = executor.claims.still_held
+    tasks: list[asyncio.Task[None]] = []
+    looked = asyncio.Event()
+    taken_at: list[int] = []  # the last seq stored when the new holder took the run
+    heard: list[EventRecord] = []  # published here, or notified to other processes
+    publish, stored = bus.publish, bus.stored
+
+    async def held_then_taken_over(run_id: str) -> bool:
+        held = await still_held(run_id)
+        tasks.append(executor._tasks[run_id])
+        looked.set()
+        await gateway.events.flush()  # its steps are stored: what is left is its end
+        taken_at.append(await registry.last_seq(run_id))
+        await registry.update_run(
+            run_id, lease_owner=OTHER, lease_expires_at=datetime.now(UTC) + timedelta(hours=1)
+        )
+        monkeypatch.setattr(bus, "publish", lambda e: (heard.append(e), publish(e))[1])
+
+        async def notify(events: Any, control: str | None = None) -> None:
+            heard.extend(events)
+            await stored(events, control)
+
+        monkeypatch.setattr(bus, "stored", notify)
+        return held
+
+    monkeypatch.setattr(executor.claims, "still_held", held_then_taken_over)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    await looked.wait()
+    await asyncio.wait(tasks)  # this executor is done with the run
+    assert executor.internal_sizes() == dict.fromkeys(executor.internal_sizes(), 0)
+    row = await registry.get_run(run.run_id)
+    assert row is not None
+    assert (row.status, row.lease_owner) == (RunStatus.RUNNING, OTHER)
+    last = taken_at[0]
+    assert [e for e in heard if e.run_id == run.run_id] == [], "nothing of the end is heard"
+    assert await registry.last_seq(run.run_id) == last, "nothing of the end is stored"
+    # The new holder numbers on from where it took the run over: nothing collides.
+    theirs = [
+        EventRecord(run.run_id, run.thread_id, last + i, EventType.STATUS.value, payload, at)
+        for i, payload, at in (
+            (1, {"status": RunStatus.RUNNING.value, "error": None}, datetime.now(UTC)),
+            (2, {"status": RunStatus.SUCCESS.value, "error": None}, datetime.now(UTC)),
+        )
+    ]
+    await registry.store_events(theirs)
+    after = await registry.list_events(run.run_id, after_seq=last)
+    assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]
 
 
 async def test_a_cancel_asked_of_a_run_taken_over_reaches_its_holder(gateway: Gateway) -> None:

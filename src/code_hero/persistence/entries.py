@@ -10,7 +10,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
     CopyThread      the registry rows of a thread born during the outage
     CopyEvents      events of a run in flight when the outage began
     ChangeRun       fields of such a run, while the lease it was changed under holds it
-    FinishRun       the end of such a run, with its thread's status, on the same terms
+    FinishRun       the end of such a run, with its thread's status and last events, on
+                    the same terms
                     (ReleaseRun and FinishRun of a run gone with its thread purge
                     what it wrote, unless the thread has a row again)
     DeleteRun       a run of a thread born during the outage, deleted
@@ -28,7 +29,13 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 
 from code_hero.errors import NotFoundError
-from code_hero.persistence.records import THREAD_STATUS_AFTER, RunFilter, RunRecord, RunStatus
+from code_hero.persistence.records import (
+    THREAD_STATUS_AFTER,
+    EventRecord,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from code_hero.persistence.backends import Backend
@@ -237,12 +244,14 @@ class FinishRun:
     while the run is unfinished in the primary and leased by `owner`, the executor that
     ended it (recorded once: a replay twice finds it ended). A replica that took the run
     over meanwhile executes it and records its end; one that released it leaves it
-    claimable, and the executor that claims it next records the end."""
+    claimable, and the executor that claims it next records the end. Its last events
+    (the end event among them) are stored with it, or dropped with it."""
 
     run_id: str
     thread_id: str
     fields: Mapping[str, Any]
     owner: str | None = None  # None: whoever holds the run, if anyone
+    events: tuple[EventRecord, ...] = ()
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
@@ -252,6 +261,7 @@ class FinishRun:
             THREAD_STATUS_AFTER[status],
             if_unfinished=True,
             if_leased_by=self.owner,
+            events=self.events,
             **self.fields,
         )
         if ended is None:  # taken over, ended already, or gone with its thread

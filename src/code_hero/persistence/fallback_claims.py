@@ -66,9 +66,11 @@ class FallbackClaims(RoutedRegistry):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
-        """End a run and set its thread's status, in one transaction."""
+        """End a run and set its thread's status, with its last events, in one
+        transaction (during an outage, of a run from before it: journalled as one)."""
 
         async def finish(registry: Registry) -> tuple[RunRecord | None, bool]:
             return await registry.finish_run(
@@ -76,6 +78,7 @@ class FallbackClaims(RoutedRegistry):
                 thread_status,
                 if_unfinished=if_unfinished,
                 if_leased_by=if_leased_by,
+                events=events,
                 **fields,
             )
 
@@ -98,7 +101,9 @@ class FallbackClaims(RoutedRegistry):
             # The lease it ran under, not the one its end clears (`lease_owner=None`).
             owner = self._owner(run_id, "finishing this run")
             adopted = self._adopt(run_id, **fields)
-            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner))
+            # Its last events go with the end, not to the fallback: there a copy
+            # (`CopyEvents`) would take them to the primary whether the end applies or not.
+            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner, tuple(events)))
             if fields.get("status") == RunStatus.CANCELLED:
                 # A cancel asked here, of a run executing here, is not flagged on its
                 # row (Claims.cancel stops it at once): the flag goes after its end, so

@@ -398,12 +398,17 @@ class Registry(Protocol):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and, unless its thread has other unfinished runs, set the thread's
         status: one transaction. Returns (the run, whether other runs are waiting).
         With `if_unfinished`, a run that has ended already is left as it is, and with
-        `if_leased_by`, one that executor does not lease: (None, False)."""
+        `if_leased_by`, one that executor does not lease: (None, False).
+        `events` (the run's last, its end event among them) are stored in the same
+        transaction, or not at all when the end is refused: a stale executor's end
+        never reaches the log of a run another executor holds now. A (run, seq) stored
+        already is skipped (an end replayed)."""
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""

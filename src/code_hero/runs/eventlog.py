@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from code_hero.errors import ConflictError
-from code_hero.persistence.records import EventRecord, Registry
+from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
 
@@ -197,6 +197,57 @@ class EventLog:
                         w.inflight = []
                 if batch:
                     await self.bus.stored(batch)
+
+    async def finish(
+        self,
+        writer: RunEventWriter,
+        payload: Mapping[str, Any],
+        thread_status: ThreadStatus,
+        *,
+        if_leased_by: str | None,
+        **fields: Any,
+    ) -> tuple[RunRecord | None, bool]:
+        """Record the run's end (`Registry.finish_run`) with its final STATUS event
+        (`payload`) and the events not stored yet, in its one transaction: all of them
+        or, when the end is refused (another executor holds the run now), none. The
+        final event is published only once stored; the writer takes no more events.
+
+        Stored before a conditional end, the events of a stale executor would reach
+        the log of a run taken over: an end its row does not record, seqs that
+        collide with the new holder's (fencing it)."""
+        # A batch in flight is stored first (no gap before the end); the lock is not held
+        # through the end: the other runs' batches need not wait for it.
+        async with self._lock:
+            self._waiting.pop(writer.run_id, None)
+            fenced = writer.closed  # its seqs collided: another executor writes the run
+            # Closed: it takes no more events; the rest stay readable until the end.
+            writer.closed, writer.inflight, writer.pending = True, writer.pending, []
+            # The end's own fields are the latest: they win over those not stored yet.
+            fields, writer.fields = {**writer.fields, **fields}, {}
+        last = EventRecord(
+            writer.run_id,
+            writer.thread_id,
+            writer.next_seq,
+            EventType.STATUS.value,
+            dict(payload),
+            datetime.now(UTC),
+        )
+        events = [] if fenced else [*writer.inflight, last]
+        try:
+            final, waiting = await self.registry().finish_run(
+                writer.run_id,
+                thread_status,
+                if_leased_by=if_leased_by,
+                events=events,
+                **fields,
+            )
+        finally:
+            writer.inflight = []
+            self._writers.pop(writer.run_id, None)
+        if final is not None and events:
+            self.bus.publish(last)
+            await self.bus.stored(events)
+        return final, waiting
 
     async def _store_apart(
         self, writers: list[RunEventWriter], fields: dict[str, dict[str, Any]]

@@ -624,17 +624,15 @@ class RunExecutor:
         (None when it is gone, or, `leased` (claimed here), when this executor holds
         its lease no longer), and whether the thread has runs waiting for it."""
         writer = writer or await self.events.writer(run_id, thread_id)
-        if recorded is not None:  # finish_run stores the latest fields: no update before it
-            writer.fields = {}
         # A process that stalled past the lease may find the run taken over: its end,
         # last event included, is the new holder's (or the next claimer's) to record.
         # Not looked at in an outage: the lease-aware journal decides then.
         if leased and self.manager.router.serving and not await self.claims.still_held(run_id):
             return await self._taken_over(run_id, writer)
-        writer.emit(EventType.STATUS, {"status": status.value, "error": error})
-        await writer.close()
-        final, waiting = await self.registry.finish_run(  # a queued run keeps the thread BUSY
-            run_id,
+        # Taken over after that look, the end is refused and its events go with it.
+        final, waiting = await self.events.finish(  # a queued run keeps the thread BUSY
+            writer,
+            {"status": status.value, "error": error},
             THREAD_STATUS_AFTER[status],
             status=status,
             output=output,

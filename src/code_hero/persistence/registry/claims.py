@@ -121,6 +121,7 @@ class RunClaims(WebhookOutbox):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         update, params = self._run_update("finish_run", fields)
@@ -147,6 +148,12 @@ class RunClaims(WebhookOutbox):
             if not rows:
                 return None, False
             run = self._run(rows[0])
+            if events:  # after the update: only an end that applies stores them
+                await s.executemany(
+                    f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
+                    [self._event_params(e) for e in sorted(events, key=lambda e: e.seq)],
+                )
             # The outbox: webhook deliveries commit with the run's end, or not at all; a
             # run that had ended already (this finish replayed) told its webhooks then.
             # (Two finishes racing both see it unfinished: the delivery ids, derived

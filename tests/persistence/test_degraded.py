@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -905,6 +906,83 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
         run_id,
     ) == [(RunStatus.RUNNING.value, "replica-b")]
+
+
+@pytest.mark.parametrize(
+    ("noticed", "cancelled"),
+    [(True, False), (False, False), (True, True)],
+    ids=["outage-noticed", "noticed-by-its-end", "cancelled-here"],
+)
+async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, noticed: bool, cancelled: bool
+) -> None:
+    # A's lease lapsed (A stalled) and replica B took the run over in PostgreSQL before
+    # the outage; A, unaware, ended the run in the outage from the copy it held, which
+    # named A still: startRun(wait: true) was told SUCCESS, and once PostgreSQL was
+    # back the replay refused that end (B's lease), so it was never recorded. Now the
+    # run is held for the outage: nothing of its end is journalled, the waiter is told
+    # the run is held up, and B's run is untouched after the recovery (but for a cancel
+    # asked here, passed on to B).
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    stream = executor._stream
+
+    async def stream_then_stall(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        # The stall: A's last renewal set a lease that lapsed an hour ago, as A knows it.
+        # B claims the lapsed run (no claim pass of A's meanwhile: A is asleep); then
+        # the outage begins, before A wakes. The UPDATE in a thread: the run's event
+        # writer may hold its row (a flush) and needs the loop to go on.
+        lapsed = datetime.now(UTC) - timedelta(hours=1)
+        async with executor.claims._claiming:
+            assert await registry.renew_leases(executor.owner, [record.run_id], lapsed)
+            executor.claims._expires[record.run_id] = lapsed
+            await asyncio.to_thread(
+                rows,
+                pg_database,
+                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
+                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
+                record.run_id,
+            )
+        proxy.refuse()
+        if noticed:
+            await until(lambda: _degraded(gw))
+        if cancelled:  # as it ended: what cancel() records before it stops the run
+            executor._cancel_requested.add(record.run_id)
+            return RunStatus.CANCELLED, None, None
+        return ended
+
+    executor._stream = stream_then_stall  # type: ignore[method-assign]
+    with pytest.raises(RunHeldUpError) as held:
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    run_id = held.value.run_id
+    assert held.value.extensions["runId"] == run_id
+    entries = [
+        e
+        for e in gw.manager.router.journal.entries
+        if isinstance(e, FinishRun | ChangeRun) and e.run_id == run_id
+    ]
+    assert not [e for e in entries if isinstance(e, FinishRun)]
+    # (Its timeline may be journalled under A's lease: refused at replay, as B holds it.)
+    passed_on = [dict(e.fields) for e in entries if e.owner is None]
+    assert passed_on == ([{"cancel_requested": True}] if cancelled else [])
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database,
+        "SELECT status, lease_owner, cancel_requested FROM code_hero_runs WHERE run_id = %s",
+        run_id,
+    ) == [(RunStatus.RUNNING.value, "replica-b", cancelled)]
+    ends = rows(  # no end of A's in B's run's events either
+        pg_database,
+        "SELECT payload->>'status' FROM code_hero_run_events WHERE run_id = %s "
+        "AND type = 'status' AND payload->>'status' NOT IN ('PENDING', 'RUNNING')",
+        run_id,
+    )
+    assert ends == []
+    for sizes in (executor.internal_sizes(), registry.internal_sizes()):  # none kept
+        assert sizes == dict.fromkeys(sizes, 0)
 
 
 @pytest.mark.parametrize("status", [RunStatus.SUCCESS, RunStatus.CANCELLED])

@@ -168,6 +168,12 @@ class FallbackRouter:
             self.retry_after,
         )
 
+    @property
+    def outage_began(self) -> datetime | None:
+        """When the outage under way began, as `lease_clock` counts it (the primary's
+        last answer before it); None while the primary serves."""
+        return None if self.serving else self._outage_began
+
     def lease_clock(self, now: datetime, lease: timedelta) -> datetime:
         """The time to judge leases lapsed by: for one lease after an outage, its start.
 

@@ -3,8 +3,10 @@
 During an outage a run is admitted only on a new thread or one born in the
 outage (its rows live in the fallback, and each change journals a copy of the
 thread); a run in flight since before the outage goes on from the copy this
-process holds, each change journalled for the primary. Leases that lapsed
-during an outage count as lapsed only later (`FallbackRouter.lease_clock`).
+process holds, each change journalled for the primary, unless its lease
+lapsed before the outage began (`RoutedRegistry._lapsed_before_outage`): then
+it is held for the outage. Leases that lapsed during an outage count as lapsed
+only later (`FallbackRouter.lease_clock`).
 """
 
 from __future__ import annotations
@@ -92,9 +94,12 @@ class FallbackClaims(RoutedRegistry):
             known = self._known(run_id)
             if known is None:
                 raise self.router.unavailable("finishing this run")
-            if if_leased_by is not None and known.lease_owner != if_leased_by:
-                # Released or taken over, as far as this process knows: its end is not
-                # ours to record; a cancel asked here goes on to whoever holds it.
+            if if_leased_by is not None and (
+                known.lease_owner != if_leased_by or self._lapsed_before_outage(known)
+            ):
+                # Released or taken over, as far as this process knows, or maybe taken
+                # over before the outage: its end is not ours to record; a cancel asked
+                # here goes on to whoever holds it.
                 if fields.get("status") == RunStatus.CANCELLED:
                     self._journal(ChangeRun(run_id, known.thread_id, {"cancel_requested": True}))
                 return None, False
@@ -177,7 +182,8 @@ class FallbackClaims(RoutedRegistry):
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
     ) -> list[RunRecord]:
-        """Extend the leases `owner` holds; runs in flight since before an outage keep theirs."""
+        """Extend the leases `owner` holds; runs in flight since before an outage keep theirs
+        (not those whose lease lapsed before it began: `_lapsed_before_outage`)."""
 
         async def on_primary(registry: Registry) -> list[RunRecord]:
             held = await registry.renew_leases(owner, run_ids, until)
@@ -196,8 +202,14 @@ class FallbackClaims(RoutedRegistry):
             for run_id in run_ids:
                 if run_id in kept:
                     continue
+                known = self._known(run_id)
+                if known is not None and (
+                    known.lease_owner != owner or self._lapsed_before_outage(known)
+                ):
+                    self._lose(run_id, known)  # as the primary answers a lease not held
+                    continue
                 adopted = self._adopt(run_id, lease_expires_at=until)
-                if adopted is not None and adopted.lease_owner == owner:
+                if adopted is not None:
                     held.append(adopted)
                     self._journal(
                         ChangeRun(run_id, adopted.thread_id, {"lease_expires_at": until}, owner)

@@ -98,6 +98,21 @@ class RoutedRegistry:
         known = self._adopted.get(run_id) or self._executing.get(run_id)
         return None if known is None or self._gone(run_id) else known
 
+    def _lapsed_before_outage(self, known: RunRecord) -> bool:
+        """Whether the lease of a run in flight, as this process last saw it, lapsed
+        before the outage began (this process stalled past it). Another replica may
+        have taken the run over while the primary still served, and the copy here
+        cannot tell: it names this process still. So the run is not this process's to
+        renew or end in the outage (an end journalled here would be told its waiters,
+        then refused at replay under the other's lease): it is held for the outage, and
+        whoever holds it once the primary is back goes on with it (the replica that
+        took it, or the next claimer: `lease_clock` counts such a lease lapsed at once).
+        A lease that lapsed in the outage stays this process's: `lease_clock` keeps
+        replicas that saw the outage from taking it until this one has had time to sync."""
+        began = self.router.outage_began
+        expires = known.lease_expires_at
+        return began is not None and expires is not None and expires <= began
+
     def _gone(self, run_id: str) -> bool:
         """Whether a run the fallback lacks is gone: one executing here that was claimed
         from the fallback, of a thread it still holds all of (born in the outage),
@@ -112,6 +127,13 @@ class RoutedRegistry:
         self._executing.pop(run_id, None)
         self._claimed_by.pop(run_id, None)
         self._held.discard(run_id)
+
+    def _lose(self, run_id: str, known: RunRecord) -> None:
+        """Its lease is not this process's (an outage's renewal found it so): the run is
+        executed here no longer, and its copy is kept until the recovery, for reads of
+        the run and a cancel asked here (journalled for whoever holds it)."""
+        self._adopted[run_id] = known
+        self._drop(run_id)
 
     def _adopt(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Apply a change to a run in flight since before the outage (in memory)."""

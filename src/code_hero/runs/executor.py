@@ -626,8 +626,9 @@ class RunExecutor:
         writer = writer or await self.events.writer(run_id, thread_id)
         # A process that stalled past the lease may find the run taken over: its end,
         # last event included, is the new holder's (or the next claimer's) to record.
-        # Not looked at in an outage: the lease-aware journal decides then.
-        if leased and self.manager.router.serving and not await self.claims.still_held(run_id):
+        # In an outage too, where a lease that lapsed before it began is not renewed (it
+        # may have been taken over then): the run is held for the outage.
+        if leased and not await self.claims.still_held(run_id):
             return await self._taken_over(run_id, writer)
         # Taken over after that look, the end is refused and its events go with it.
         final, waiting = await self.events.finish(  # a queued run keeps the thread BUSY

@@ -1,4 +1,5 @@
-"""The SQLite registry's atomic session: BEGIN IMMEDIATE rides with its first statement."""
+"""The SQLite registry's atomic session: BEGIN IMMEDIATE rides with its first statement;
+`transaction()`, whose callers use the connection itself, sends it at once."""
 
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ async def test_begin_travels_with_the_first_statement(
     registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sql = "SELECT count(*) AS n FROM code_hero_threads"
-    async with registry.transaction() as s:
+    async with registry._session(atomic=True) as s:
         await s.fetch(sql)  # its columns known from now on
     trips = count_trips(registry, monkeypatch)
-    async with registry.transaction() as s:
+    async with registry._session(atomic=True) as s:
         assert await s.fetch(sql) == [{"n": 0}]
         assert registry.conn.in_transaction
         await s.execute("DELETE FROM code_hero_threads WHERE thread_id = ?", ["none"])
@@ -58,10 +59,10 @@ async def test_each_kind_of_first_statement_begins(
         "VALUES (?, 'IDLE', '{}', '2026-01-01', '2026-01-01')"
     )
     trips = count_trips(registry, monkeypatch)
-    async with registry.transaction() as s:
+    async with registry._session(atomic=True) as s:
         assert await s.execute(insert, ["a"]) == 1
         assert registry.conn.in_transaction
-    async with registry.transaction() as s:
+    async with registry._session(atomic=True) as s:
         await s.executemany(insert, [["b"], ["c"]])
         assert registry.conn.in_transaction
     assert len(trips) == 4  # each: begin + statement, commit
@@ -74,7 +75,7 @@ async def test_the_first_read_takes_the_write_lock(
 ) -> None:
     other = sqlite3.connect(tmp_path / "reg.sqlite", timeout=0, isolation_level=None)
     try:
-        async with registry.transaction() as s:
+        async with registry._session(atomic=True) as s:
             await s.fetch("SELECT count(*) AS n FROM code_hero_threads")
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")  # another process would wait for us
@@ -86,8 +87,25 @@ async def test_the_first_read_takes_the_write_lock(
 
 async def test_a_failed_first_statement_leaves_no_transaction(registry: SqliteRegistry) -> None:
     with pytest.raises(sqlite3.OperationalError):
-        async with registry.transaction() as s:
+        async with registry._session(atomic=True) as s:
             await s.fetch("SELECT nothing FROM no_such_table")
     assert not registry.conn.in_transaction
-    async with registry.transaction() as s:  # the next session begins as usual
+    async with registry._session(atomic=True) as s:  # the next session begins as usual
         assert await s.fetch("SELECT 1 AS one") == [{"one": 1}]
+
+
+async def test_a_transaction_holds_the_write_lock_before_any_statement(
+    registry: SqliteRegistry, tmp_path: Path
+) -> None:
+    # The backend runs its statements on the connection itself (not the session's): a
+    # BEGIN kept for the session's first statement was never sent, and the look before a
+    # delete (`delete_orphan_checkpoints`) ran outside any transaction.
+    other = sqlite3.connect(tmp_path / "reg.sqlite", timeout=0, isolation_level=None)
+    try:
+        async with registry.transaction():
+            assert registry.conn.in_transaction
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # another process would wait for us
+        assert not registry.conn.in_transaction
+    finally:
+        other.close()

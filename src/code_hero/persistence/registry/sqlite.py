@@ -20,7 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -204,11 +204,19 @@ class SqliteRegistry(SqlRegistry):
             if self.conn.in_transaction:
                 await _to_the_end(self.conn.commit())
 
-    def transaction(self) -> AbstractAsyncContextManager[Session]:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
         """One write transaction on the shared connection, under its lock, taken at once
         and rolled back on any error or cancellation: for the backend's own statements on
-        the saver's tables (a transaction left open would carry the next caller's)."""
-        return self._session(atomic=True)
+        the saver's tables (a transaction left open would carry the next caller's).
+
+        BEGIN IMMEDIATE goes out here, not with the session's first statement: the
+        backend's callers run theirs on the connection itself, and one that looks
+        before it deletes (`delete_orphan_checkpoints`) must hold the write lock from
+        its look on, or another process could commit a thread made anew in between."""
+        async with self._session() as session:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            yield session
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None, owner: str | None = None

@@ -18,8 +18,6 @@ from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
-import orjson
-
 from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.persistence.migrations import Migration
 from code_hero.persistence.records import (
@@ -83,28 +81,15 @@ OLDEST_UNFINISHED_RUN = (
 )
 
 
-# Dataclasses and datetimes, which json.dumps refuses, orjson would write: passed
-# through to json.dumps, which refuses them as before.
-_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+# One encoder for every call: json.dumps with separators builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text.
-
-    orjson, a tenth of json.dumps' time: every stored event payload and run field
-    passes here (31 encodings a 4-node run, 2 % of its instructions; callgrind).
-    Its text differs in spelling only: non-ASCII characters as UTF-8 rather than
-    `\\u` escapes, the same JSON to every reader (json.loads, SQLite's JSON
-    functions, PostgreSQL's jsonb). What it refuses (an integer past 64 bits, a
-    key that is not a string) goes through json.dumps as before. Values reach
-    here through `to_jsonable` or a request's JSON: a NaN (which only json.loads'
-    leniency lets in, and which PostgreSQL and SQLite's JSON functions reject)
-    is written as null.
-    """
-    try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(value, separators=(",", ":"))
+    """Compact JSON text, as json.dumps writes it (non-ASCII as `\\u` escapes): SQLite
+    compares an array in a metadata filter as stored text, so every row and every
+    filter value keep one spelling (orjson's UTF-8 missed rows stored before it)."""
+    return _ENCODER.encode(value)
 
 
 def utc_now() -> datetime:

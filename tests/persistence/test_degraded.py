@@ -802,9 +802,9 @@ async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
     # event of the run), or read what the fallback had, found the run ended and its
     # stream closed without the last events and the end, until the recovery.
     gw, proxy = long_leased
-    registry = gw.executor.registry
+    executor, registry = gw.executor, gw.executor.registry
+    gw.events.flush_interval = 3600  # no batch unless flushed here: the rest is the end's
     if cut == "at its end":
-        gw.events.flush_interval = 3600  # no batch: every event after the first is the end's
         finish_run = registry.finish_run
 
         async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
@@ -814,15 +814,22 @@ async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
 
         registry.finish_run = cut_then_finish  # type: ignore[method-assign]
     else:
-        store_batch = registry.store_batch
+        stream, flushes = executor._stream, []
 
-        async def cut_then_store(*args: Any) -> Any:
-            proxy.refuse()  # this batch goes to the fallback; the rest is the end's
-            gw.events.flush_interval = 3600
-            del registry.store_batch  # type: ignore[method-assign]
-            return await store_batch(*args)
+        async def cut_in_steps(record: RunRecord, writer: Any, *args: Any) -> Any:
+            emit = writer.emit
 
-        registry.store_batch = cut_then_store  # type: ignore[method-assign]
+            def cut_then_emit(*a: Any) -> Any:
+                event = emit(*a)
+                if not flushes:  # its events so far go to the fallback; the rest: the end's
+                    proxy.refuse()
+                    flushes.append(asyncio.create_task(gw.events.flush()))
+                return event
+
+            writer.emit = cut_then_emit
+            return await stream(record, writer, *args)
+
+        executor._stream = cut_in_steps  # type: ignore[method-assign]
     final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     assert final.status is RunStatus.SUCCESS
     ((end,),) = [[e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]]
@@ -834,6 +841,8 @@ async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
     last = end.events[-1].seq
     assert [e.seq for e in followed] == list(range(2, last + 1))
     assert followed[-len(end.events) :] == list(end.events)
+    if cut == "in its steps":  # the fallback had the others
+        assert len(followed) > len(end.events)
     assert (followed[-1].type, followed[-1].payload["status"]) == ("status", "SUCCESS")
 
     proxy.forward()

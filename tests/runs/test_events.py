@@ -178,18 +178,19 @@ async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
     gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
     finish_run = registry.finish_run
     failed: list[asyncio.Task[None]] = []
+    reached = asyncio.Event()
 
     async def fail_once(run_id: str, *args: Any, **kw: Any) -> Any:
         monkeypatch.setattr(registry, "finish_run", finish_run)
         failed.append(executor._tasks[run_id])
+        reached.set()
         raise PoolBusyError("every connection of the pool is in use")
 
     monkeypatch.setattr(registry, "finish_run", fail_once)
     run = await gateway.start_run(StartRun(graph="slow", input={}))
     follower = asyncio.create_task(collect(gateway, run.run_id, 0))
     async with asyncio.timeout(30):
-        while not failed:
-            await asyncio.sleep(0.01)
+        await reached.wait()
         await asyncio.wait(failed)
     assert isinstance(failed[0].exception(), PoolBusyError)
     before = await registry.list_events(run.run_id)

@@ -792,6 +792,69 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
     assert ends == [], "B's log has no end of A's"
 
 
+@pytest.mark.parametrize("cut", ["at its end", "in its steps"])
+async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, cut: str
+) -> None:
+    # A run from before the outage, ended in it: its last events were journalled with
+    # its end alone, and once its writer was gone the fallback had none of them. A
+    # follower that had read what PostgreSQL stored was refused (the fallback had no
+    # event of the run), or read what the fallback had, found the run ended and its
+    # stream closed without the last events and the end, until the recovery.
+    gw, proxy = long_leased
+    executor, registry = gw.executor, gw.executor.registry
+    gw.events.flush_interval = 3600  # no batch unless flushed here: the rest is the end's
+    if cut == "at its end":
+        finish_run = registry.finish_run
+
+        async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
+            proxy.refuse()
+            del registry.finish_run  # type: ignore[method-assign]
+            return await finish_run(run_id, *args, **kw)
+
+        registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+    else:
+        stream, flushes = executor._stream, []
+
+        async def cut_in_steps(record: RunRecord, writer: Any, *args: Any) -> Any:
+            emit = writer.emit
+
+            def cut_then_emit(*a: Any) -> Any:
+                event = emit(*a)
+                if not flushes:  # its events so far go to the fallback; the rest: the end's
+                    proxy.refuse()
+                    flushes.append(asyncio.create_task(gw.events.flush()))
+                return event
+
+            writer.emit = cut_then_emit
+            return await stream(record, writer, *args)
+
+        executor._stream = cut_in_steps  # type: ignore[method-assign]
+    final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert final.status is RunStatus.SUCCESS
+    ((end,),) = [[e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]]
+    seen = [s for (s,) in rows(
+        pg_database, "SELECT seq FROM code_hero_run_events WHERE run_id = %s", final.run_id
+    )]  # fmt: skip
+    assert seen == [1]  # PENDING, stored with the run
+    followed = await asyncio.wait_for(collect(await gw.follow_run(final.run_id, after_seq=1)), 30)
+    last = end.events[-1].seq
+    assert [e.seq for e in followed] == list(range(2, last + 1))
+    assert followed[-len(end.events) :] == list(end.events)
+    if cut == "in its steps":  # the fallback had the others
+        assert len(followed) > len(end.events)
+    assert (followed[-1].type, followed[-1].payload["status"]) == ("status", "SUCCESS")
+
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert registry.internal_sizes()["registry.ended"] == 0
+    assert rows(
+        pg_database,
+        "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq",
+        final.run_id,
+    ) == [(seq,) for seq in range(1, last + 1)]
+
+
 @pytest.mark.parametrize("then", ["kept", "taken over", "released"])
 async def test_a_run_cancelled_here_in_an_outage_stays_cancelled_wherever_it_went(
     long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, then: str

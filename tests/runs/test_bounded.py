@@ -37,6 +37,7 @@ EXPECTED_MAPS = {
     "router.touched_at",
     "registry.executing",
     "registry.adopted",
+    "registry.ended",
     "registry.held",
 }
 

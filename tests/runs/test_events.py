@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from code_hero.gateway import Gateway
+from code_hero.persistence.fallback import PoolBusyError
 from code_hero.persistence.records import EventRecord
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.events import terminal_status
@@ -164,3 +165,44 @@ async def test_a_failure_after_a_split_batch_does_not_store_events_twice(
     assert [e.payload for e in stored_a if e.seq == sent.seq] == [{"n": 1}]
     stored_b = await gateway.run_events(b.run_id, first=1000)
     assert stored_b[-1].payload == {"n": 2}
+
+
+async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An end that failed (a busy pool, a deadlock, SQLite locked) took with it the
+    # events its transaction was to store: published here, never stored. The run's
+    # next claimer numbered on from the last one stored and reused their seqs for its
+    # own events, which a follower here, past those seqs, skipped (the end among them).
+    executor, registry = gateway.executor, gateway.manager.registry
+    gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
+    finish_run = registry.finish_run
+    failed: list[asyncio.Task[None]] = []
+    reached = asyncio.Event()
+
+    async def fail_once(run_id: str, *args: Any, **kw: Any) -> Any:
+        monkeypatch.setattr(registry, "finish_run", finish_run)
+        failed.append(executor._tasks[run_id])
+        reached.set()
+        raise PoolBusyError("every connection of the pool is in use")
+
+    monkeypatch.setattr(registry, "finish_run", fail_once)
+    run = await gateway.start_run(StartRun(graph="slow", input={}))
+    follower = asyncio.create_task(collect(gateway, run.run_id, 0))
+    async with asyncio.timeout(30):
+        await reached.wait()
+        await asyncio.wait(failed)
+    assert isinstance(failed[0].exception(), PoolBusyError)
+    before = await registry.list_events(run.run_id)
+    assert [e.seq for e in before] == list(range(1, len(before) + 1))
+    assert len(before) > 2 and not any(terminal_status(e) for e in before)
+    # Unfinished, leased by no one now (as once its lease lapses): claimed and resumed.
+    await registry.release_runs(executor.owner, [run.run_id])
+    executor.claims.wake()
+    final = await executor.wait(run.run_id, limit=30)
+    assert final.status.value == "SUCCESS"
+    stored = await registry.list_events(run.run_id)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert stored[: len(before)] == before, "no seq is reused"
+    assert [e for e in stored if terminal_status(e)] == stored[-1:]
+    assert await asyncio.wait_for(follower, 30) == stored

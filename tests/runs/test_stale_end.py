@@ -178,6 +178,38 @@ async def test_an_end_refused_after_the_lease_check_stores_and_publishes_none_of
     assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]
 
 
+async def test_an_end_that_fails_after_a_takeover_stores_none_of_its_events(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An end that fails leaves the run's last events to be stored as a running run's
+    # are (tests/runs/test_events.py): not when the run was taken over meanwhile, where
+    # they could collide with the new holder's and fence its writer.
+    executor, registry = gateway.executor, gateway.manager.registry
+    gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
+    finish_run = registry.finish_run
+    failed: list[asyncio.Task[None]] = []
+    reached = asyncio.Event()
+
+    async def taken_over_then_fail(run_id: str, *args: Any, **kw: Any) -> Any:
+        monkeypatch.setattr(registry, "finish_run", finish_run)
+        failed.append(executor._tasks[run_id])
+        now = datetime.now(UTC)
+        await registry.update_run(
+            run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
+        )
+        executor.claims._expires[run_id] = now - timedelta(seconds=1)  # a stall
+        reached.set()
+        raise RuntimeError("deadlock detected")
+
+    monkeypatch.setattr(registry, "finish_run", taken_over_then_fail)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    await asyncio.wait_for(reached.wait(), 30)
+    await asyncio.wait(failed)
+    assert isinstance(failed[0].exception(), RuntimeError)
+    assert await registry.last_seq(run.run_id) == 1, "only its first event, stored with it"
+    assert not gateway.events.is_writing(run.run_id)
+
+
 async def test_a_cancel_asked_of_a_run_taken_over_reaches_its_holder(gateway: Gateway) -> None:
     # Cancelled here as it was taken over: the flag is left for the executor that
     # holds it now (no end recorded here), which stops it at its next lease renewal.

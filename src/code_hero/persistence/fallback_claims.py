@@ -108,7 +108,11 @@ class FallbackClaims(RoutedRegistry):
             adopted = self._adopt(run_id, **fields)
             # Its last events go with the end, not to the fallback: there a copy
             # (`CopyEvents`) would take them to the primary whether the end applies or not.
-            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner, tuple(events)))
+            # Its readers find them in memory meanwhile (`list_events`): its writer is gone.
+            last = tuple(events)
+            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner, last))
+            if last:
+                self._ended[run_id] = last
             if fields.get("status") == RunStatus.CANCELLED:
                 # A cancel asked here, of a run executing here, is not flagged on its
                 # row (Claims.cancel stops it at once): the flag goes after its end, so

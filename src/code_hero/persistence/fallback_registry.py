@@ -366,16 +366,26 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         types: Collection[str] | None = None,
     ) -> list[EventRecord]:
         """Events with seq > after_seq, in order (during an outage: when the fallback has
-        every one of them)."""
+        every one of them, or this process ended the run and holds its last ones)."""
 
         async def degraded() -> list[EventRecord]:
             local = self._local("reading events")
-            if await local.get_run(run_id) is None and not self._gone(run_id):
-                # A run from before the outage: the fallback has its newest events only.
-                first = await local.list_events(run_id, limit=1)
-                if not first or first[0].seq > after_seq + 1:
-                    raise self.router.unavailable("reading this run's events")
-            return await local.list_events(run_id, after_seq=after_seq, limit=limit, types=types)
+            if await local.get_run(run_id) is not None or self._gone(run_id):
+                return await local.list_events(
+                    run_id, after_seq=after_seq, limit=limit, types=types
+                )
+            # A run from before the outage: the fallback has its newest events only, and
+            # the last ones, of an end here, are journalled with it (held in `_ended`).
+            ended = self._ended.get(run_id, ())
+            first = await local.list_events(run_id, limit=1) or list(ended[:1])
+            if not first or first[0].seq > after_seq + 1:
+                raise self.router.unavailable("reading this run's events")
+            stored = await local.list_events(run_id, after_seq=after_seq, limit=limit, types=types)
+            last = stored[-1].seq if stored else after_seq
+            merged = stored + [
+                e for e in ended if e.seq > last and (types is None or e.type in types)
+            ]
+            return merged if limit is None else merged[:limit]
 
         return await self._route(
             lambda r: r.list_events(run_id, after_seq=after_seq, limit=limit, types=types),

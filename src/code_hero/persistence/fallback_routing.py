@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from code_hero.persistence.entries import CopyThread, Entry
 from code_hero.persistence.fallback import FallbackRouter
-from code_hero.persistence.records import Registry, RunRecord
+from code_hero.persistence.records import EventRecord, Registry, RunRecord
 
 __all__ = ["RoutedRegistry"]
 
@@ -41,15 +41,22 @@ class RoutedRegistry:
         # an outage), not PostgreSQL's alone, as a run admitted on a thread kept local
         # after a recovery (a quarantined entry) is.
         self._held: set[str] = set()
+        # The last events of those of them ended here during the outage (journalled
+        # with the end, `FinishRun`, not stored in the fallback: see `finish_run`):
+        # what its readers need until the recovery replays the end.
+        self._ended: dict[str, tuple[EventRecord, ...]] = {}
         router.on_recovered.append(self._adopted.clear)
+        router.on_recovered.append(self._ended.clear)
 
     def internal_sizes(self) -> dict[str, int]:
-        """Entries in the per-run maps (executing, held: runs run here; adopted: until recovery)."""
+        """Entries in the per-run maps (executing, held: runs run here; adopted, ended:
+        until recovery)."""
         return {
             "registry.executing": len(self._executing),
             "registry.claimed_by": len(self._claimed_by),
             "registry.adopted": len(self._adopted),
             "registry.held": len(self._held),
+            "registry.ended": len(self._ended),
         }
 
     def _primary(self) -> Registry | None:

@@ -80,6 +80,8 @@ class RunEventWriter:
 
     async def close(self) -> None:
         """Store what is left; the writer takes no more events."""
+        if self.pending:  # given back by an end that failed (`EventLog.finish`): not queued
+            self.owner._waiting[self.run_id] = self
         for attempt in range(3):
             try:
                 await self.flush()
@@ -214,7 +216,15 @@ class EventLog:
 
         Stored before a conditional end, the events of a stale executor would reach
         the log of a run taken over: an end its row does not record, seqs that
-        collide with the new holder's (fencing it)."""
+        collide with the new holder's (fencing it).
+
+        An end that fails (a busy pool, a deadlock, the database gone) records nothing:
+        the run stays unfinished, and its next claimer numbers its own events after the
+        last one stored. The events not stored go back to the writer, readable still,
+        and not queued: the caller stores them (`RunEventWriter.close`) while the run
+        is its own, or drops them; lost, their seqs would be reused by other events,
+        which followers here, past those seqs, would skip. The final event is not
+        kept: the end it tells of was not recorded."""
         # A batch in flight is stored first (no gap before the end); the lock is not held
         # through the end: the other runs' batches need not wait for it.
         async with self._lock:
@@ -241,9 +251,12 @@ class EventLog:
                 events=events,
                 **fields,
             )
+        except BaseException:
+            writer.pending[:0] = events[:-1]
+            raise
         finally:
             writer.inflight = []
-            self._writers.pop(writer.run_id, None)
+        self._writers.pop(writer.run_id, None)
         if final is not None and events:
             self.bus.publish(last)
             await self.bus.stored(events)

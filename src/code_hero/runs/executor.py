@@ -631,19 +631,23 @@ class RunExecutor:
         if leased and not await self.claims.still_held(run_id):
             return await self._taken_over(run_id, writer)
         # Taken over after that look, the end is refused and its events go with it.
-        final, waiting = await self.events.finish(  # a queued run keeps the thread BUSY
-            writer,
-            {"status": status.value, "error": error},
-            THREAD_STATUS_AFTER[status],
-            status=status,
-            output=output,
-            error=error,
-            finished_at=datetime.now(UTC),
-            lease_owner=None,
-            lease_expires_at=None,
-            if_leased_by=self.owner if leased else None,
-            **(recorded or {}),
-        )
+        try:
+            final, waiting = await self.events.finish(  # a queued run keeps the thread BUSY
+                writer,
+                {"status": status.value, "error": error},
+                THREAD_STATUS_AFTER[status],
+                status=status,
+                output=output,
+                error=error,
+                finished_at=datetime.now(UTC),
+                lease_owner=None,
+                lease_expires_at=None,
+                if_leased_by=self.owner if leased else None,
+                **(recorded or {}),
+            )
+        except BaseException:
+            await self._not_ended(run_id, writer, leased=leased)
+            raise
         if final is None and leased:  # lost between the look above and the end
             log.warning("run %s was taken over as it ended here: its end is dropped", run_id)
             await self._pass_cancel_on(run_id)
@@ -651,6 +655,20 @@ class RunExecutor:
             self._final[run_id] = final
         self._tell_waiters(run_id)  # one that ended unclaimed (cancelled) has no task
         return final, waiting
+
+    async def _not_ended(self, run_id: str, writer: RunEventWriter, *, leased: bool) -> None:
+        """After an end that failed: the run is unfinished still, and whoever claims it
+        next (here or elsewhere, once its lease lapses or, in an outage, once it is
+        released) resumes it and numbers its events after the last one stored. So the
+        events published here and not stored are stored now, as a running run's are
+        (the writer's retries), or that claimer would reuse their seqs. Not if the run
+        is another executor's now: stored, they could collide with its holder's seqs
+        and fence it (`_taken_over`); they are dropped with the end then. A retry of
+        the end is the next claimer's: this one may have failed for good (the database
+        gone, a process stalled)."""
+        if leased and not await self.claims.still_held(run_id):
+            writer.pending = []
+        await writer.close()
 
     async def _taken_over(
         self, run_id: str, writer: RunEventWriter

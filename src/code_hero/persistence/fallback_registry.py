@@ -326,8 +326,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 self._copy_thread(event.thread_id)
             else:
                 # Under the lease they were stored under: taken over meanwhile, the run
-                # is numbered on by its new holder from what the primary has.
+                # is numbered on by its new holder from what the primary has. A run not
+                # executed here any more (its renewal found it lost as a flush went on)
+                # has no lease here: what it stores now is not copied.
                 owner = self._claimed_by.get(event.run_id)
+                if owner is None and self._known(event.run_id) is not None:
+                    continue
                 self._journal(
                     CopyEvents(event.run_id, event.thread_id, self.router.copied_seqs, owner)
                 )

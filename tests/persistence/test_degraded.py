@@ -28,7 +28,7 @@ from code_hero.errors import (
 )
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import MemoryBackend
-from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
+from code_hero.persistence.entries import ChangeRun, CopyEvents, FinishRun, ReleaseRun
 from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.records import (
     EventRecord,
@@ -37,6 +37,7 @@ from code_hero.persistence.records import (
     ThreadFilter,
     ThreadStatus,
 )
+from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, until, with_port
@@ -1044,6 +1045,84 @@ async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
         run_id,
     )
     assert ends == []
+    for sizes in (executor.internal_sizes(), registry.internal_sizes()):  # none kept
+        assert sizes == dict.fromkeys(sizes, 0)
+
+
+@pytest.mark.parametrize("renewed", [False, True], ids=["then-renewed", "as-it-was-renewed"])
+async def test_events_stored_in_an_outage_of_a_run_taken_over_before_it_are_not_copied(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, renewed: bool
+) -> None:
+    # A's lease lapsed (A stalled) and replica B took the run over in PostgreSQL before
+    # the outage; A, unaware, stored events of the run in the fallback until its lease
+    # renewal found the run lost. Once PostgreSQL was back they were copied into B's
+    # run, numbered where B numbers on (B's writer fenced, or its end's events skipped
+    # as stored already), or after B's end. Now the copy applies only under A's lease;
+    # with `renewed`, the events are stored (a flush under way) after the renewal found
+    # the run lost, with no lease of A's to copy them under: they are not copied.
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    stalled = asyncio.Event()
+    taken_at: list[int] = []  # the last seq in PostgreSQL when B took the run over
+
+    async def taken_over_then_outage(record: RunRecord, writer: Any, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        stalled.set()
+        await writer.flush()
+        lapsed = datetime.now(UTC) - timedelta(hours=1)
+        async with executor.claims._claiming:  # (as in the test above)
+            assert await registry.renew_leases(executor.owner, [record.run_id], lapsed)
+            executor.claims._expires[record.run_id] = lapsed
+            await asyncio.to_thread(
+                rows,
+                pg_database,
+                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
+                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
+                record.run_id,
+            )
+        taken_at.append(await registry.last_seq(record.run_id))
+        proxy.refuse()
+        await until(lambda: _degraded(gw))
+        writer.emit(EventType.CUSTOM, {"by": "a"})
+        if not renewed:
+            await writer.flush()  # to the fallback, journalled to be copied back
+        # Its renewal in the outage finds it lost (its lease lapsed before the outage).
+        until_then = datetime.now(UTC) + timedelta(minutes=10)
+        assert await registry.renew_leases(executor.owner, [record.run_id], until_then) == []
+        if renewed:
+            await writer.flush()
+        executor.stop(record.run_id, lost=True)  # as Claims does then
+        return await stream(record, writer, *args)
+
+    executor._stream = taken_over_then_outage  # type: ignore[method-assign]
+    run = await gw.start_run(StartRun(graph="slow", input={}))
+    await stalled.wait()
+    await asyncio.wait(tasks)  # A is done with the run
+    copies = [
+        e
+        for e in gw.manager.router.journal.entries
+        if isinstance(e, CopyEvents) and e.run_id == run.run_id
+    ]
+    assert [e.owner for e in copies] == ([] if renewed else [executor.owner])
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database,
+        "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
+        run.run_id,
+    ) == [(RunStatus.RUNNING.value, "replica-b")]
+    assert (
+        rows(
+            pg_database,
+            "SELECT seq, type FROM code_hero_run_events WHERE run_id = %s AND seq > %s",
+            run.run_id,
+            taken_at[0],
+        )
+        == []
+    ), "B numbers on from what PostgreSQL had when it took the run over"
     for sizes in (executor.internal_sizes(), registry.internal_sizes()):  # none kept
         assert sizes == dict.fromkeys(sizes, 0)
 

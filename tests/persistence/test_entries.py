@@ -13,7 +13,13 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import Backend, open_backend
-from code_hero.persistence.entries import ChangeRun, CopyThread, FinishRun, ReleaseRun
+from code_hero.persistence.entries import (
+    ChangeRun,
+    CopyEvents,
+    CopyThread,
+    FinishRun,
+    ReleaseRun,
+)
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -105,10 +111,9 @@ async def one_running_run(
     """A memory fallback, and a primary holding thread "t" with run RUN running, leased
     by `owner`."""
     now = datetime.now(UTC)
-    async with (
-        open_backend(create_memory_checkpointer()) as fallback,
-        open_backend(config) as primary,
-    ):
+    local = open_backend(create_memory_checkpointer())
+    local.enforce_references = False  # as a fallback: events of runs the primary has
+    async with local as fallback, open_backend(config) as primary:
         await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
         await primary.registry.put_run(
             RunRecord(
@@ -282,6 +287,35 @@ async def test_an_outage_run_whose_lease_lapsed_untaken_gets_its_changes_and_one
         await end.replay(primary, fallback)
         assert await primary.registry.get_run(RUN) == final
         assert await primary.registry.list_events(RUN) == list(last)
+
+
+@pytest.mark.parametrize("then", ["kept", "taken over", "released"])
+async def test_events_journalled_in_an_outage_are_copied_while_their_lease_holds(
+    primary_config: object, then: str
+) -> None:
+    """A stored events of its run in the fallback, numbered on from what the primary
+    had; B took the run over meanwhile (A's lease lapsed there) and numbers its own on
+    from there too. A's copied events took B's seqs (B's writer fenced, or its end's
+    events skipped as stored) or followed B's end. Copied now only while A holds the
+    run: released by B, the next claimer numbers on from what the primary has."""
+    now = datetime.now(UTC)
+    lapsed, until = now - timedelta(minutes=1), now + timedelta(minutes=5)
+    async with one_running_run(primary_config, "replica-a", lapsed) as (fallback, primary):
+        mine = [EventRecord(RUN, "t", seq, "custom", {"by": "a"}, now) for seq in (1, 2)]
+        await fallback.registry.store_events(mine)
+        if then != "kept":
+            await primary.registry.claim_runs("replica-b", now=now, until=until, limit=1)
+        if then == "released":
+            await primary.registry.release_runs("replica-b", [RUN])
+
+        await CopyEvents(RUN, "t", {}, "replica-a").replay(primary, fallback)
+        if then == "kept":  # A executed it all along: its events are the run's
+            assert await primary.registry.list_events(RUN) == mine
+            return
+        assert await primary.registry.list_events(RUN) == []
+        theirs = [EventRecord(RUN, "t", 1, "status", {"status": "RUNNING"}, now)]
+        await primary.registry.store_events(theirs)  # B's, or the next claimer's
+        assert await primary.registry.list_events(RUN) == theirs
 
 
 @pytest.mark.parametrize("then", ["kept", "taken over", "released"])

@@ -257,3 +257,58 @@ async def test_an_end_under_a_lease_still_held_is_recorded(gateway: Gateway) -> 
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}, wait=True))
     assert run.status is RunStatus.SUCCESS
     assert run.lease_owner is None
+
+
+async def test_a_run_lost_at_a_renewal_stores_none_of_its_pending_events(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease renewal finds the run held by another executor (taken over as this one
+    # stalled) and stops it as lost: the events it had emitted and not stored yet were
+    # stored as its writer closed, numbered after what the new holder read when it took
+    # the run over: the holder's own collided with them (its writer fenced, or its end's
+    # events skipped as stored already) or came after them. Now they are dropped.
+    executor, registry, events = gateway.executor, gateway.manager.registry, gateway.events
+    monkeypatch.setattr(events, "flush_interval", 3600.0)  # stored only as it closes
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    taken_at: list[int] = []  # the last seq stored when the new holder took the run
+    stale: list[EventRecord] = []
+    stalled = asyncio.Event()
+
+    async def taken_over_then_lost(record: RunRecord, writer: Any, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        stalled.set()
+        await events.flush()
+        taken_at.append(await registry.last_seq(record.run_id))
+        await registry.update_run(
+            record.run_id,
+            lease_owner=OTHER,
+            lease_expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )
+        stale.append(writer.emit(EventType.CUSTOM, {"stale": True}))  # pending here
+        executor.stop(record.run_id, lost=True)  # as the renewal that found it not held
+        return await stream(record, writer, *args)
+
+    executor._stream = taken_over_then_lost  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    await stalled.wait()
+    await asyncio.wait(tasks)  # this executor is done with the run
+    assert executor.internal_sizes() == dict.fromkeys(executor.internal_sizes(), 0)
+    assert events.internal_sizes() == dict.fromkeys(events.internal_sizes(), 0)
+    last = taken_at[0]
+    assert stale[0].seq == last + 1, "it was numbered where the new holder numbers on"
+    assert await registry.last_seq(run.run_id) == last, "nothing pending here is stored"
+    row = await registry.get_run(run.run_id)
+    assert row is not None
+    assert (row.status, row.lease_owner) == (RunStatus.RUNNING, OTHER)
+    # The new holder numbers on from where it took the run over: nothing collides.
+    theirs = [
+        EventRecord(run.run_id, run.thread_id, last + i, EventType.STATUS.value, payload, at)
+        for i, payload, at in (
+            (1, {"status": RunStatus.RUNNING.value, "error": None}, datetime.now(UTC)),
+            (2, {"status": RunStatus.SUCCESS.value, "error": None}, datetime.now(UTC)),
+        )
+    ]
+    await registry.store_events(theirs)
+    after = await registry.list_events(run.run_id, after_seq=last)
+    assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]

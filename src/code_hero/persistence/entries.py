@@ -8,7 +8,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
     PutCheckpoint   a checkpoint with every channel's value
     PutWrites       a task's pending writes
     CopyThread      the registry rows of a thread born during the outage
-    CopyEvents      events of a run in flight when the outage began
+    CopyEvents      events of a run in flight when the outage began, while the lease
+                    they were stored under holds it
     ChangeRun       fields of such a run, while the lease it was changed under holds it
     FinishRun       the end of such a run, with its thread's status and last events, on
                     the same terms
@@ -175,29 +176,40 @@ class CopyThread:
 
 @dataclass(frozen=True)
 class CopyEvents:
-    """Events a run in flight at the outage's start emitted meanwhile."""
+    """Events a run in flight at the outage's start emitted meanwhile: only while the
+    run is unfinished in the primary and leased by `owner`, the executor that stored
+    them (its lease may have lapsed: no one took the run over; its own end and release
+    come after this entry). A replica that took the run over meanwhile numbers its
+    events on from what the primary had: these would collide with them or follow its
+    end; one that released it leaves the next claimer to number on from there."""
 
     run_id: str
     thread_id: str
     copied: dict[str, int]
+    owner: str | None = None  # None: not known to be stored under a lease: copied as is
 
     @property
     def key(self) -> Hashable:
         return ("events", self.run_id)
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        await _copy_events(primary, fallback, self.run_id, self.copied)
+        await _copy_events(primary, fallback, self.run_id, self.copied, self.owner)
 
 
 async def _copy_events(
-    primary: Backend, fallback: Backend, run_id: str, copied: dict[str, int]
+    primary: Backend,
+    fallback: Backend,
+    run_id: str,
+    copied: dict[str, int],
+    owner: str | None = None,
 ) -> None:
     while True:
         after = copied.get(run_id, 0)
         events = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
         if not events:
             return
-        await primary.registry.put_events(events)  # a run deleted meanwhile takes none
+        # A run deleted meanwhile takes none, nor one `owner` holds no longer.
+        await primary.registry.put_events(events, if_leased_by=owner)
         copied[run_id] = events[-1].seq
         if len(events) < _COPY_PAGE:
             # That was all: an event emitted from now on has a new entry behind

@@ -325,7 +325,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             if self.router.is_local(event.thread_id):
                 self._copy_thread(event.thread_id)
             else:
-                self._journal(CopyEvents(event.run_id, event.thread_id, self.router.copied_seqs))
+                # Under the lease they were stored under: taken over meanwhile, the run
+                # is numbered on by its new holder from what the primary has. A run not
+                # executed here any more (its renewal found it lost as a flush went on)
+                # has no lease here: what it stores now is not copied.
+                owner = self._claimed_by.get(event.run_id)
+                if owner is None and self._known(event.run_id) is not None:
+                    continue
+                self._journal(
+                    CopyEvents(event.run_id, event.thread_id, self.router.copied_seqs, owner)
+                )
 
     async def store_batch(
         self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
@@ -349,13 +358,16 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         await self._write(on_primary, degraded)
 
-    async def put_events(self, events: Sequence[EventRecord]) -> None:
-        """Store events, skipping those stored already (primary only)."""
+    async def put_events(
+        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+    ) -> None:
+        """Store events, skipping those stored already, and with `if_leased_by` those of
+        runs that executor does not hold (primary only)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("copying events")
 
-        await self._write(lambda r: r.put_events(events), degraded)
+        await self._write(lambda r: r.put_events(events, if_leased_by=if_leased_by), degraded)
 
     async def list_events(
         self,

@@ -485,9 +485,12 @@ class Registry(Protocol):
         **fields)` for each of `runs` (the event log's batch: a run's timeline and
         usage go with its events, no commit of their own); runs gone are skipped."""
 
-    async def put_events(self, events: Sequence[EventRecord]) -> None:
+    async def put_events(
+        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+    ) -> None:
         """Store events, skipping any whose (run, seq) is stored already (for copies) and
-        any of runs deleted meanwhile."""
+        any of runs deleted meanwhile; with `if_leased_by`, any of runs that executor
+        does not hold (unfinished, under its lease, lapsed or not) as they are stored."""
 
     async def list_events(
         self,

@@ -418,7 +418,7 @@ class RunExecutor:
                 # Draining, or another executor holds the run now: leave it RUNNING and
                 # resumable from its last checkpoint, lease released.
                 if writer is not None:
-                    await writer.close()
+                    await self._close_writer(run_id, writer)
                 if run_id not in self._lost:
                     with contextlib.suppress(Exception):
                         await self.registry.release_runs(self.owner, [run_id])
@@ -488,7 +488,7 @@ class RunExecutor:
         log.info("run %s waits for the primary: %s", run_id, exc)
         lost, cancelled = run_id in self._lost, run_id in self._cancel_requested
         if writer is not None:
-            await writer.close()
+            await self._close_writer(run_id, writer)
         if not lost:  # else another executor holds it now: its lease is not ours to free
             # A stop that an await turned into this error (3.11's wait_for) is kept.
             await self._hold_for_outage(run_id, cancelled=cancelled)
@@ -676,13 +676,18 @@ class RunExecutor:
         """Leave the run to the executor that holds it now: no end, no last event; the
         waiters here follow the run as recorded, wherever it goes on."""
         log.warning("lost the lease of run %s before its end: another executor has it", run_id)
-        # Fenced: what it has not stored is dropped with its end (stored now, its seqs
-        # could come before the new holder's own and fence that writer instead).
-        writer.closed, writer.pending, writer.fields = True, [], {}
-        await writer.close()
+        await _fenced(writer)
         await self._pass_cancel_on(run_id)
         self._tell_waiters(run_id)
         return None, False
+
+    async def _close_writer(self, run_id: str, writer: RunEventWriter) -> None:
+        """Store what the run's writer holds, or, the run lost to another executor
+        (its lease renewal found it not held), drop it with the writer fenced."""
+        if run_id in self._lost:
+            await _fenced(writer)
+        else:
+            await writer.close()
 
     async def _pass_cancel_on(self, run_id: str) -> None:
         """A cancel asked here of a run taken over meanwhile is flagged for its holder
@@ -740,6 +745,15 @@ class RunExecutor:
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
+
+
+async def _fenced(writer: RunEventWriter) -> None:
+    """Close the writer of a run another executor holds now, dropping what it has not
+    stored: stored now, its seqs could come before the new holder's own (fencing that
+    writer instead, or its end's events skipped as stored already), or after its end;
+    in an outage they are journalled and copied at recovery past the holder's."""
+    writer.closed, writer.pending, writer.fields = True, [], {}
+    await writer.close()
 
 
 async def _to_the_end(step: Awaitable[T]) -> T:

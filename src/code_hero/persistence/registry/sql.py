@@ -392,12 +392,37 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         async with self._unique("an event whose (run, seq) is already stored"):
             await self._insert_events(sql, events, runs)
 
-    async def put_events(self, events: Sequence[EventRecord]) -> None:
+    async def put_events(
+        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+    ) -> None:
         sql = (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, seq) DO NOTHING"
         )
-        await self._insert_events(sql, events)
+        if if_leased_by is None:
+            await self._insert_events(sql, events)
+            return
+        ids = sorted({e.run_id for e in events})
+        if not ids:
+            return
+        cond, params = self._in("run_id", ids)
+        async with self._session(atomic=True) as s:
+            # Checked on the runs' rows, locked: a claim racing the copy passes them over
+            # until it commits (then numbers on after these events), or came first (they
+            # are left out).
+            held = await s.fetch(
+                f"SELECT run_id FROM code_hero_runs WHERE {cond} AND lease_owner = ? "
+                f"AND status IN ('PENDING', 'RUNNING') ORDER BY run_id{self.for_update}",
+                [*params, if_leased_by],
+            )
+            mine = {row["run_id"] for row in held}
+            rows = [
+                self._event_params(e)
+                for e in sorted(events, key=lambda e: (e.run_id, e.seq))
+                if e.run_id in mine
+            ]
+            if rows:
+                await s.executemany(sql, rows)
 
     async def _insert_events(
         self,

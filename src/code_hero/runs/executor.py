@@ -667,8 +667,9 @@ class RunExecutor:
         the end is the next claimer's: this one may have failed for good (the database
         gone, a process stalled)."""
         if leased and not await self.claims.still_held(run_id):
-            writer.pending = []
-        await writer.close()
+            await _fenced(writer)
+        else:
+            await writer.close()
 
     async def _taken_over(
         self, run_id: str, writer: RunEventWriter

@@ -206,3 +206,30 @@ async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
     assert stored[: len(before)] == before, "no seq is reused"
     assert [e for e in stored if terminal_status(e)] == stored[-1:]
     assert await asyncio.wait_for(follower, 30) == stored
+
+
+async def test_events_a_close_gave_up_on_are_not_stored_later(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A close that failed every try left its writer queued: the next flush (of any run)
+    # stored the events later, when another executor may hold the run and number past
+    # its last stored event (found in review).
+    from code_hero.runs.events import EventType
+
+    run = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    log, registry = gateway.events, gateway.manager.registry
+    stored = await registry.last_seq(run.run_id)
+    writer = await log.writer(run.run_id, run.thread_id)
+    writer.emit(EventType.CUSTOM, {"n": 1})
+    real = registry.store_batch
+
+    async def down(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+        raise PoolBusyError("injected: the database is busy")
+
+    monkeypatch.setattr(registry, "store_batch", down)
+    monkeypatch.setattr(log, "retry_interval", 0)
+    await writer.close()
+    monkeypatch.setattr(registry, "store_batch", real)
+    await log.flush()
+    assert await registry.last_seq(run.run_id) == stored
+    assert log.internal_sizes() == dict.fromkeys(log.internal_sizes(), 0)

@@ -93,6 +93,11 @@ class RunEventWriter:
                 await asyncio.sleep(self.owner.retry_interval)
         if self.pending:
             log.error("run %s: %d events could not be stored", self.run_id, len(self.pending))
+            # Given up: no later flush stores them (the failed tries queued the writer
+            # again), when another executor may hold the run and number past its last
+            # stored event: they would collide with its events, or follow its end.
+            self.pending = []
+        self.owner._waiting.pop(self.run_id, None)
         self.closed = True
         self.owner._writers.pop(self.run_id, None)
 

@@ -33,3 +33,12 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         reg = SqliteRegistry(conn, asyncio.Lock())
         await reg.setup()
         yield reg
+
+
+@pytest.fixture
+async def sqlite_registry(tmp_path: Path) -> AsyncIterator[SqliteRegistry]:
+    """A SQLite registry, set up, in `tmp_path / "reg.sqlite"` (for SQLite's own ways)."""
+    async with aiosqlite.connect(tmp_path / "reg.sqlite") as conn:
+        reg = SqliteRegistry(conn, asyncio.Lock())
+        await reg.setup()
+        yield reg

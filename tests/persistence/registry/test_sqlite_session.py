@@ -1,81 +1,70 @@
-"""The SQLite registry's atomic session: BEGIN IMMEDIATE rides with its first statement;
+"""The SQLite sqlite_registry's atomic session: BEGIN IMMEDIATE rides with its first statement;
 `transaction()`, whose callers use the connection itself, sends it at once."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from code_hero.persistence.registry import SqliteRegistry
 
 
-@pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[SqliteRegistry]:
-    async with aiosqlite.connect(tmp_path / "reg.sqlite") as conn:
-        reg = SqliteRegistry(conn, asyncio.Lock())
-        await reg.setup()
-        yield reg
-
-
-def count_trips(registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def count_trips(sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every call sent to aiosqlite's thread from now on."""
     trips: list[Any] = []
-    real = registry.conn._execute
+    real = sqlite_registry.conn._execute
 
     async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
         trips.append(fn)
         return await real(fn, *args, **kwargs)
 
-    monkeypatch.setattr(registry.conn, "_execute", counted)
+    monkeypatch.setattr(sqlite_registry.conn, "_execute", counted)
     return trips
 
 
 async def test_begin_travels_with_the_first_statement(
-    registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sql = "SELECT count(*) AS n FROM code_hero_threads"
-    async with registry._session(atomic=True) as s:
+    async with sqlite_registry._session(atomic=True) as s:
         await s.fetch(sql)  # its columns known from now on
-    trips = count_trips(registry, monkeypatch)
-    async with registry._session(atomic=True) as s:
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
         assert await s.fetch(sql) == [{"n": 0}]
-        assert registry.conn.in_transaction
+        assert sqlite_registry.conn.in_transaction
         await s.execute("DELETE FROM code_hero_threads WHERE thread_id = ?", ["none"])
     assert len(trips) == 3  # begin + select, delete, commit
-    assert not registry.conn.in_transaction
+    assert not sqlite_registry.conn.in_transaction
 
 
 async def test_each_kind_of_first_statement_begins(
-    registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     insert = (
         "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
         "VALUES (?, 'IDLE', '{}', '2026-01-01', '2026-01-01')"
     )
-    trips = count_trips(registry, monkeypatch)
-    async with registry._session(atomic=True) as s:
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
         assert await s.execute(insert, ["a"]) == 1
-        assert registry.conn.in_transaction
-    async with registry._session(atomic=True) as s:
+        assert sqlite_registry.conn.in_transaction
+    async with sqlite_registry._session(atomic=True) as s:
         await s.executemany(insert, [["b"], ["c"]])
-        assert registry.conn.in_transaction
+        assert sqlite_registry.conn.in_transaction
     assert len(trips) == 4  # each: begin + statement, commit
-    rows = await registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
+    rows = await sqlite_registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
     assert sorted(r[0] for r in rows) == ["a", "b", "c"]
 
 
 async def test_the_first_read_takes_the_write_lock(
-    registry: SqliteRegistry, tmp_path: Path
+    sqlite_registry: SqliteRegistry, tmp_path: Path
 ) -> None:
     other = sqlite3.connect(tmp_path / "reg.sqlite", timeout=0, isolation_level=None)
     try:
-        async with registry._session(atomic=True) as s:
+        async with sqlite_registry._session(atomic=True) as s:
             await s.fetch("SELECT count(*) AS n FROM code_hero_threads")
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")  # another process would wait for us
@@ -85,27 +74,29 @@ async def test_the_first_read_takes_the_write_lock(
         other.close()
 
 
-async def test_a_failed_first_statement_leaves_no_transaction(registry: SqliteRegistry) -> None:
+async def test_a_failed_first_statement_leaves_no_transaction(
+    sqlite_registry: SqliteRegistry,
+) -> None:
     with pytest.raises(sqlite3.OperationalError):
-        async with registry._session(atomic=True) as s:
+        async with sqlite_registry._session(atomic=True) as s:
             await s.fetch("SELECT nothing FROM no_such_table")
-    assert not registry.conn.in_transaction
-    async with registry._session(atomic=True) as s:  # the next session begins as usual
+    assert not sqlite_registry.conn.in_transaction
+    async with sqlite_registry._session(atomic=True) as s:  # the next session begins as usual
         assert await s.fetch("SELECT 1 AS one") == [{"one": 1}]
 
 
 async def test_a_transaction_holds_the_write_lock_before_any_statement(
-    registry: SqliteRegistry, tmp_path: Path
+    sqlite_registry: SqliteRegistry, tmp_path: Path
 ) -> None:
     # The backend runs its statements on the connection itself (not the session's): a
     # BEGIN kept for the session's first statement was never sent, and the look before a
     # delete (`delete_orphan_checkpoints`) ran outside any transaction.
     other = sqlite3.connect(tmp_path / "reg.sqlite", timeout=0, isolation_level=None)
     try:
-        async with registry.transaction():
-            assert registry.conn.in_transaction
+        async with sqlite_registry.transaction():
+            assert sqlite_registry.conn.in_transaction
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")  # another process would wait for us
-        assert not registry.conn.in_transaction
+        assert not sqlite_registry.conn.in_transaction
     finally:
         other.close()

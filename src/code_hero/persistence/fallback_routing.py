@@ -43,7 +43,10 @@ class RoutedRegistry:
         self._held: set[str] = set()
         # The last events of those of them ended here during the outage (journalled
         # with the end, `FinishRun`, not stored in the fallback: see `finish_run`):
-        # what its readers need until the recovery replays the end.
+        # what its readers need until the recovery replays the end. Not kept for an end
+        # the primary refused (quarantined): it serves the reads then, and has the run
+        # unfinished, which its next claimer resumes numbering its events after the
+        # primary's last, these seqs among them (followers past them would skip those).
         self._ended: dict[str, tuple[EventRecord, ...]] = {}
         # The executor that held each of them whose end failed here, until the events it
         # stores after (its writer's, `RunExecutor._not_ended`) are: those journalled in

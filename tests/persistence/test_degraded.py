@@ -1240,3 +1240,63 @@ async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
     for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
         found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
         assert found == [(0,)], table
+
+
+@pytest.mark.parametrize("failed", ["before the outage", "in it"])
+async def test_the_events_of_an_end_that_failed_are_copied_under_its_lease(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, failed: str
+) -> None:
+    # An end that failed (a deadlock, say) dropped the run's claim here, and the events
+    # its writer stored after it (so the run's next claimer numbers past them) went to
+    # the fallback in an outage with no lease to copy them under: copied into the run
+    # whoever held it by then, or, the run changed in the outage (adopted), not copied
+    # at all, their seqs reused by its next claimer. They go under the lease it held.
+    gw, proxy = long_leased
+    executor, registry = gw.executor, gw.executor.registry
+    gw.events.flush_interval = 3600  # no batch unless flushed: the rest is the end's
+    router = gw.manager.router
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    started = asyncio.Event()
+    failing = (router.primary if failed == "before the outage" else router.slots[1]).backend
+    assert failing is not None
+    finish_run = failing.registry.finish_run
+
+    async def fail(*args: Any, **kw: Any) -> Any:
+        if failed == "before the outage":
+            proxy.refuse()  # the events it gives back are stored in the outage
+        raise RuntimeError("deadlock detected")
+
+    async def stream_then_cut(record: RunRecord, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        started.set()
+        ended = await stream(record, *args)
+        if failed == "in it":
+            proxy.refuse()
+            await until(lambda: _degraded(gw))
+            until_then = datetime.now(UTC) + timedelta(minutes=10)  # adopted: renewed here
+            assert await registry.renew_leases(executor.owner, [record.run_id], until_then)
+        failing.registry.finish_run = fail  # type: ignore[method-assign]
+        return ended
+
+    executor._stream = stream_then_cut  # type: ignore[method-assign]
+    run = await gw.start_run(StartRun(graph="slow", input={}))
+    await started.wait()
+    with pytest.raises(RuntimeError, match="deadlock"):
+        await tasks[0]
+    failing.registry.finish_run = finish_run  # type: ignore[method-assign]
+    copies = [
+        e for e in router.journal.entries if isinstance(e, CopyEvents) and e.run_id == run.run_id
+    ]
+    assert [e.owner for e in copies] == [executor.owner]
+    # Meanwhile, replica B takes the run over in PostgreSQL: the events are not its.
+    rows(
+        pg_database,
+        "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1",
+        run.run_id,
+    )
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    stored = rows(pg_database, "SELECT seq FROM code_hero_run_events WHERE run_id = %s", run.run_id)
+    assert stored == [(1,)], "B numbers on from what PostgreSQL had when it took the run"
+    assert registry.internal_sizes()["registry.unended"] == 0

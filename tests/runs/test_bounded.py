@@ -39,6 +39,7 @@ EXPECTED_MAPS = {
     "registry.adopted",
     "registry.ended",
     "registry.held",
+    "registry.unended",
 }
 
 

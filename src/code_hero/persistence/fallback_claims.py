@@ -124,12 +124,21 @@ class FallbackClaims(RoutedRegistry):
             # Runs queued on the thread are in the primary: claimed once it is back.
             return adopted, False
 
+        # Ended, or its end could not be recorded anywhere: this process holds the run
+        # no longer either way (its lease lapses and another executor resumes it).
+        owner = self._claimed_by.get(run_id)
         try:
-            return await self._write(finish, degraded)
-        finally:
-            # Ended, or its end could not be recorded anywhere: this process holds the
-            # run no longer either way (its lease lapses and another executor resumes it).
+            ended = await self._write(finish, degraded)
+        except BaseException:
             self._drop(run_id)
+            if owner is not None and len(events) > 1:
+                # Its writer stores the events before its last one now, under the lease
+                # it held (`_store_events_locally`): journalled with none, they would be
+                # copied whoever holds the run then, or not at all (an adopted run's).
+                self._unended[run_id] = owner
+            raise
+        self._drop(run_id)
+        return ended
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's PENDING and RUNNING runs, oldest first."""

@@ -316,6 +316,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         await self._write(
             lambda r: r.store_events(events), lambda: self._store_events_locally(events)
         )
+        self._stored(events)
+
+    def _stored(self, events: Sequence[EventRecord]) -> None:
+        """The events of a run whose end failed here are stored: its lease is needed no more."""
+        for event in events:
+            self._unended.pop(event.run_id, None)
 
     async def _store_events_locally(self, events: Sequence[EventRecord]) -> None:
         if not events:
@@ -329,7 +335,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 # is numbered on by its new holder from what the primary has. A run not
                 # executed here any more (its renewal found it lost as a flush went on)
                 # has no lease here: what it stores now is not copied.
-                owner = self._claimed_by.get(event.run_id)
+                owner = self._claimed_by.get(event.run_id) or self._unended.get(event.run_id)
                 if owner is None and self._known(event.run_id) is not None:
                     continue
                 self._journal(
@@ -357,6 +363,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                     log.warning("run %s: its timeline was not stored: %s", run_id, exc)
 
         await self._write(on_primary, degraded)
+        self._stored(events)
 
     async def put_events(
         self, events: Sequence[EventRecord], *, if_leased_by: str | None = None

@@ -43,8 +43,15 @@ class RoutedRegistry:
         self._held: set[str] = set()
         # The last events of those of them ended here during the outage (journalled
         # with the end, `FinishRun`, not stored in the fallback: see `finish_run`):
-        # what its readers need until the recovery replays the end.
+        # what its readers need until the recovery replays the end. Not kept for an end
+        # the primary refused (quarantined): it serves the reads then, and has the run
+        # unfinished, which its next claimer resumes numbering its events after the
+        # primary's last, these seqs among them (followers past them would skip those).
         self._ended: dict[str, tuple[EventRecord, ...]] = {}
+        # The executor that held each of them whose end failed here, until the events it
+        # stores after (its writer's, `RunExecutor._not_ended`) are: those journalled in
+        # an outage are copied only while it holds the run still (`CopyEvents.owner`).
+        self._unended: dict[str, str] = {}
         router.on_recovered.append(self._adopted.clear)
         router.on_recovered.append(self._ended.clear)
 
@@ -57,6 +64,7 @@ class RoutedRegistry:
             "registry.adopted": len(self._adopted),
             "registry.held": len(self._held),
             "registry.ended": len(self._ended),
+            "registry.unended": len(self._unended),
         }
 
     def _primary(self) -> Registry | None:
@@ -133,6 +141,7 @@ class RoutedRegistry:
         """This process executes the run no longer."""
         self._executing.pop(run_id, None)
         self._claimed_by.pop(run_id, None)
+        self._unended.pop(run_id, None)
         self._held.discard(run_id)
 
     def _lose(self, run_id: str, known: RunRecord) -> None:
@@ -156,7 +165,7 @@ class RoutedRegistry:
     def _owner(self, run_id: str, what: str) -> str:
         """The executor that claimed a run in flight: the lease its journalled changes
         and end apply under (none known: refused, never journalled with no lease check)."""
-        owner = self._claimed_by.get(run_id)
+        owner = self._claimed_by.get(run_id) or self._unended.get(run_id)
         if owner is None:
             raise self.router.unavailable(what)
         return owner
@@ -166,5 +175,6 @@ class RoutedRegistry:
         for record in records:
             if claimed_by is not None:
                 self._claimed_by[record.run_id] = claimed_by
+                self._unended.pop(record.run_id, None)
             if claimed_by is not None or record.run_id in self._executing:
                 self._executing[record.run_id] = record

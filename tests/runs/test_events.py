@@ -208,36 +208,6 @@ async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
     assert await asyncio.wait_for(follower, 30) == stored
 
 
-async def test_an_end_that_fails_stores_the_timeline_it_carried(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The run fields its writer held (timeline, usage) went into the failed end's
-    # fields and were lost with it: the run's row missed them until its next claimer
-    # set them anew. Its own fields (the status, the lease cleared) are not stored.
-    executor, registry = gateway.executor, gateway.manager.registry
-    gateway.events.flush_interval = 3600  # no batch: the fields wait for the end
-    ends: list[tuple[asyncio.Task[None], dict[str, Any]]] = []
-    reached = asyncio.Event()
-
-    async def fail(run_id: str, *args: Any, **kw: Any) -> Any:
-        ends.append((executor._tasks[run_id], kw))
-        reached.set()
-        raise PoolBusyError("every connection of the pool is in use")
-
-    monkeypatch.setattr(registry, "finish_run", fail)
-    run = await gateway.start_run(StartRun(graph="slow", input={}))
-    async with asyncio.timeout(30):
-        await reached.wait()
-        await asyncio.wait([ends[0][0]])
-    ((task, end),) = ends
-    assert isinstance(task.exception(), PoolBusyError)
-    stored = await registry.get_run(run.run_id)
-    assert stored is not None
-    assert stored.status.value == "RUNNING" and stored.lease_owner == executor.owner
-    assert stored.finished_at is None
-    assert [s.node for s in stored.steps] == [s.node for s in end["steps"]] != []
-
-
 async def test_events_a_close_gave_up_on_are_not_stored_later(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

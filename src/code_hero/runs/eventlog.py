@@ -80,7 +80,7 @@ class RunEventWriter:
 
     async def close(self) -> None:
         """Store what is left; the writer takes no more events."""
-        if self.pending or self.fields:  # given back by an end that failed: not queued
+        if self.pending:  # given back by an end that failed (`EventLog.finish`): not queued
             self.owner._waiting[self.run_id] = self
         for attempt in range(3):
             try:
@@ -182,7 +182,7 @@ class EventLog:
                 for w in writers:
                     w.inflight, w.pending = w.pending, []
                     batch += w.inflight
-                    if w.fields:  # a closed writer's: given back by an end that failed
+                    if w.fields and not w.closed:
                         fields[w.run_id], w.fields = w.fields, {}
                 try:
                     try:
@@ -226,11 +226,10 @@ class EventLog:
         An end that fails (a busy pool, a deadlock, the database gone) records nothing:
         the run stays unfinished, and its next claimer numbers its own events after the
         last one stored. The events not stored go back to the writer, readable still,
-        and not queued, with the run fields it held (timeline, usage; never the end's
-        own, such as its status): the caller stores them (`RunEventWriter.close`)
-        while the run is its own, or drops them; lost, their seqs would be reused by
-        other events, which followers here, past those seqs, would skip. The final
-        event is not kept: the end it tells of was not recorded."""
+        and not queued: the caller stores them (`RunEventWriter.close`) while the run
+        is its own, or drops them; lost, their seqs would be reused by other events,
+        which followers here, past those seqs, would skip. The final event is not
+        kept: the end it tells of was not recorded."""
         # A batch in flight is stored first (no gap before the end); the lock is not held
         # through the end: the other runs' batches need not wait for it.
         async with self._lock:
@@ -239,7 +238,7 @@ class EventLog:
             # Closed: it takes no more events; the rest stay readable until the end.
             writer.closed, writer.inflight, writer.pending = True, writer.pending, []
             # The end's own fields are the latest: they win over those not stored yet.
-            fields, unstored, writer.fields = {**writer.fields, **fields}, writer.fields, {}
+            fields, writer.fields = {**writer.fields, **fields}, {}
         last = EventRecord(
             writer.run_id,
             writer.thread_id,
@@ -259,8 +258,6 @@ class EventLog:
             )
         except BaseException:
             writer.pending[:0] = events[:-1]
-            if not fenced:  # the run's timeline and usage so far, not the end's fields
-                writer.fields = unstored
             raise
         finally:
             writer.inflight = []
@@ -280,9 +277,7 @@ class EventLog:
                 )
             except ConflictError:
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
-                # Fenced: its fields set meanwhile are dropped too (a closed writer's
-                # are stored: `flush`).
-                w.closed, w.fields = True, {}
+                w.closed = True
             # Stored or dropped: a later writer's failure must not queue them again (the
             # next flush would collide with them and fence the run).
             w.inflight = []

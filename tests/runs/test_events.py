@@ -233,3 +233,32 @@ async def test_events_a_close_gave_up_on_are_not_stored_later(
     await log.flush()
     assert await registry.last_seq(run.run_id) == stored
     assert log.internal_sizes() == dict.fromkeys(log.internal_sizes(), 0)
+
+
+async def test_a_flush_failing_after_its_writers_close_gave_up_does_not_queue_it_again(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flush already storing a writer's events when that writer's close gave up queued
+    # it again on failure: a later flush stored the events after all, when another
+    # executor may hold the run (found in review).
+    from code_hero.runs.events import EventType
+
+    run = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
+    log, registry = gateway.events, gateway.manager.registry
+    stored = await registry.last_seq(run.run_id)
+    writer = await log.writer(run.run_id, run.thread_id)
+    writer.emit(EventType.CUSTOM, {"n": 1})
+    real = registry.store_batch
+
+    async def gave_up_meanwhile(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+        writer.closed = True  # what close() does once its tries are over
+        log._writers.pop(writer.run_id, None)
+        raise PoolBusyError("injected: the database is busy")
+
+    monkeypatch.setattr(registry, "store_batch", gave_up_meanwhile)
+    with pytest.raises(PoolBusyError):
+        await log.flush()
+    monkeypatch.setattr(registry, "store_batch", real)
+    await log.flush()
+    assert await registry.last_seq(run.run_id) == stored
+    assert log.internal_sizes() == dict.fromkeys(log.internal_sizes(), 0)

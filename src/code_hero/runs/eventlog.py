@@ -90,7 +90,8 @@ class RunEventWriter:
                 log.warning(
                     "final store of run %s events failed (%d): %s", self.run_id, attempt, exc
                 )
-                await asyncio.sleep(self.owner.retry_interval)
+                if attempt < 2:
+                    await asyncio.sleep(self.owner.retry_interval)
         if self.pending:
             log.error("run %s: %d events could not be stored", self.run_id, len(self.pending))
             # Given up: no later flush stores them (the failed tries queued the writer
@@ -196,7 +197,10 @@ class EventLog:
                         w.pending[:0] = w.inflight
                         if w.run_id in fields:  # newer fields win
                             w.fields = {**fields[w.run_id], **w.fields}
-                        if w.pending or w.fields:
+                        # Not a writer whose close gave up meanwhile (closed, no longer
+                        # the run's): queued again, a later flush would store its events
+                        # when another executor may hold the run.
+                        if (w.pending or w.fields) and self._writers.get(w.run_id) is w:
                             self._waiting[w.run_id] = w
                     raise
                 finally:

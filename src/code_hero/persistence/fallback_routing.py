@@ -54,6 +54,9 @@ class RoutedRegistry:
         self._unended: dict[str, str] = {}
         router.on_recovered.append(self._adopted.clear)
         router.on_recovered.append(self._ended.clear)
+        # Journalled entries name their owner already; after it the events go to the
+        # primary (an end that failed and whose events were never stored leaves one).
+        router.on_recovered.append(self._unended.clear)
 
     def internal_sizes(self) -> dict[str, int]:
         """Entries in the per-run maps (executing, held: runs run here; adopted, ended:

@@ -80,7 +80,7 @@ class RunEventWriter:
 
     async def close(self) -> None:
         """Store what is left; the writer takes no more events."""
-        if self.pending or self.fields:  # given back by an end that failed: not queued
+        if self.pending:  # given back by an end that failed (`EventLog.finish`): not queued
             self.owner._waiting[self.run_id] = self
         for attempt in range(3):
             try:
@@ -90,7 +90,8 @@ class RunEventWriter:
                 log.warning(
                     "final store of run %s events failed (%d): %s", self.run_id, attempt, exc
                 )
-                await asyncio.sleep(self.owner.retry_interval)
+                if attempt < 2:
+                    await asyncio.sleep(self.owner.retry_interval)
         if self.pending:
             log.error("run %s: %d events could not be stored", self.run_id, len(self.pending))
             # Given up: no later flush stores them (the failed tries queued the writer
@@ -182,7 +183,7 @@ class EventLog:
                 for w in writers:
                     w.inflight, w.pending = w.pending, []
                     batch += w.inflight
-                    if w.fields:  # a closed writer's: given back by an end that failed
+                    if w.fields and not w.closed:
                         fields[w.run_id], w.fields = w.fields, {}
                 try:
                     try:
@@ -196,7 +197,10 @@ class EventLog:
                         w.pending[:0] = w.inflight
                         if w.run_id in fields:  # newer fields win
                             w.fields = {**fields[w.run_id], **w.fields}
-                        if w.pending or w.fields:
+                        # Not a writer whose close gave up meanwhile (closed, no longer
+                        # the run's): queued again, a later flush would store its events
+                        # when another executor may hold the run.
+                        if (w.pending or w.fields) and self._writers.get(w.run_id) is w:
                             self._waiting[w.run_id] = w
                     raise
                 finally:
@@ -226,11 +230,10 @@ class EventLog:
         An end that fails (a busy pool, a deadlock, the database gone) records nothing:
         the run stays unfinished, and its next claimer numbers its own events after the
         last one stored. The events not stored go back to the writer, readable still,
-        and not queued, with the run fields it held (timeline, usage; never the end's
-        own, such as its status): the caller stores them (`RunEventWriter.close`)
-        while the run is its own, or drops them; lost, their seqs would be reused by
-        other events, which followers here, past those seqs, would skip. The final
-        event is not kept: the end it tells of was not recorded."""
+        and not queued: the caller stores them (`RunEventWriter.close`) while the run
+        is its own, or drops them; lost, their seqs would be reused by other events,
+        which followers here, past those seqs, would skip. The final event is not
+        kept: the end it tells of was not recorded."""
         # A batch in flight is stored first (no gap before the end); the lock is not held
         # through the end: the other runs' batches need not wait for it.
         async with self._lock:
@@ -239,7 +242,7 @@ class EventLog:
             # Closed: it takes no more events; the rest stay readable until the end.
             writer.closed, writer.inflight, writer.pending = True, writer.pending, []
             # The end's own fields are the latest: they win over those not stored yet.
-            fields, unstored, writer.fields = {**writer.fields, **fields}, writer.fields, {}
+            fields, writer.fields = {**writer.fields, **fields}, {}
         last = EventRecord(
             writer.run_id,
             writer.thread_id,
@@ -259,8 +262,6 @@ class EventLog:
             )
         except BaseException:
             writer.pending[:0] = events[:-1]
-            if not fenced:  # the run's timeline and usage so far, not the end's fields
-                writer.fields = unstored
             raise
         finally:
             writer.inflight = []
@@ -280,9 +281,7 @@ class EventLog:
                 )
             except ConflictError:
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
-                # Fenced: its fields set meanwhile are dropped too (a closed writer's
-                # are stored: `flush`).
-                w.closed, w.fields = True, {}
+                w.closed = True
             # Stored or dropped: a later writer's failure must not queue them again (the
             # next flush would collide with them and fence the run).
             w.inflight = []

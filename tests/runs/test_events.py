@@ -208,12 +208,14 @@ async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
     assert await asyncio.wait_for(follower, 30) == stored
 
 
+@pytest.mark.parametrize("where", ["in-its-close", "in-a-flush-under-way"])
 async def test_events_a_close_gave_up_on_are_not_stored_later(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    # A close that failed every try left its writer queued: the next flush (of any run)
-    # stored the events later, when another executor may hold the run and number past
-    # its last stored event (found in review).
+    # A close that failed every try left its writer queued, and a flush already storing
+    # its events when it gave up queued it again on failure: a later flush (of any run)
+    # stored them after all, when another executor may hold the run and number past its
+    # last stored event (found in review).
     from code_hero.runs.events import EventType
 
     run = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
@@ -224,40 +226,18 @@ async def test_events_a_close_gave_up_on_are_not_stored_later(
     real = registry.store_batch
 
     async def down(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+        if where == "in-a-flush-under-way":
+            writer.closed = True  # what close() does once its tries are over
+            log._writers.pop(writer.run_id, None)
         raise PoolBusyError("injected: the database is busy")
 
     monkeypatch.setattr(registry, "store_batch", down)
     monkeypatch.setattr(log, "retry_interval", 0)
-    await writer.close()
-    monkeypatch.setattr(registry, "store_batch", real)
-    await log.flush()
-    assert await registry.last_seq(run.run_id) == stored
-    assert log.internal_sizes() == dict.fromkeys(log.internal_sizes(), 0)
-
-
-async def test_a_flush_failing_after_its_writers_close_gave_up_does_not_queue_it_again(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A flush already storing a writer's events when that writer's close gave up queued
-    # it again on failure: a later flush stored the events after all, when another
-    # executor may hold the run (found in review).
-    from code_hero.runs.events import EventType
-
-    run = await gateway.start_run(StartRun(graph="slow", input={}, wait=True))
-    log, registry = gateway.events, gateway.manager.registry
-    stored = await registry.last_seq(run.run_id)
-    writer = await log.writer(run.run_id, run.thread_id)
-    writer.emit(EventType.CUSTOM, {"n": 1})
-    real = registry.store_batch
-
-    async def gave_up_meanwhile(events: list, runs: dict) -> None:  # type: ignore[type-arg]
-        writer.closed = True  # what close() does once its tries are over
-        log._writers.pop(writer.run_id, None)
-        raise PoolBusyError("injected: the database is busy")
-
-    monkeypatch.setattr(registry, "store_batch", gave_up_meanwhile)
-    with pytest.raises(PoolBusyError):
-        await log.flush()
+    if where == "in-its-close":
+        await writer.close()
+    else:
+        with pytest.raises(PoolBusyError):
+            await log.flush()
     monkeypatch.setattr(registry, "store_batch", real)
     await log.flush()
     assert await registry.last_seq(run.run_id) == stored

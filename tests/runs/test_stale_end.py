@@ -178,12 +178,15 @@ async def test_an_end_refused_after_the_lease_check_stores_and_publishes_none_of
     assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]
 
 
+@pytest.mark.parametrize("noticed", ["stalled", "lost-at-a-renewal"])
 async def test_an_end_that_fails_after_a_takeover_stores_none_of_its_events(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, noticed: str
 ) -> None:
     # An end that fails leaves the run's last events to be stored as a running run's
     # are (tests/runs/test_events.py): not when the run was taken over meanwhile, where
-    # they could collide with the new holder's and fence its writer.
+    # they could collide with the new holder's and fence its writer. Taken over as this
+    # process stalled (its lease's expiry passed), or found lost by a renewal while the
+    # end was under way (the lease as known here still good).
     executor, registry = gateway.executor, gateway.manager.registry
     gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
     finish_run = registry.finish_run
@@ -197,7 +200,10 @@ async def test_an_end_that_fails_after_a_takeover_stores_none_of_its_events(
         await registry.update_run(
             run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
         )
-        executor.claims._expires[run_id] = now - timedelta(seconds=1)  # a stall
+        if noticed == "stalled":
+            executor.claims._expires[run_id] = now - timedelta(seconds=1)
+        else:
+            executor._lost.add(run_id)  # what the renewal loop marks
         reached.set()
         raise RuntimeError("deadlock detected")
 

@@ -165,17 +165,7 @@ async def test_an_end_refused_after_the_lease_check_stores_and_publishes_none_of
     last = taken_at[0]
     assert [e for e in heard if e.run_id == run.run_id] == [], "nothing of the end is heard"
     assert await registry.last_seq(run.run_id) == last, "nothing of the end is stored"
-    # The new holder numbers on from where it took the run over: nothing collides.
-    theirs = [
-        EventRecord(run.run_id, run.thread_id, last + i, EventType.STATUS.value, payload, at)
-        for i, payload, at in (
-            (1, {"status": RunStatus.RUNNING.value, "error": None}, datetime.now(UTC)),
-            (2, {"status": RunStatus.SUCCESS.value, "error": None}, datetime.now(UTC)),
-        )
-    ]
-    await registry.store_events(theirs)
-    after = await registry.list_events(run.run_id, after_seq=last)
-    assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]
+    await the_holder_numbers_on(registry, run, last)
 
 
 @pytest.mark.parametrize("noticed", ["stalled", "lost-at-a-renewal"])
@@ -307,7 +297,11 @@ async def test_a_run_lost_at_a_renewal_stores_none_of_its_pending_events(
     row = await registry.get_run(run.run_id)
     assert row is not None
     assert (row.status, row.lease_owner) == (RunStatus.RUNNING, OTHER)
-    # The new holder numbers on from where it took the run over: nothing collides.
+    await the_holder_numbers_on(registry, run, last)
+
+
+async def the_holder_numbers_on(registry: Any, run: Any, last: int) -> None:
+    """The new holder numbers on from where it took the run over: nothing collides."""
     theirs = [
         EventRecord(run.run_id, run.thread_id, last + i, EventType.STATUS.value, payload, at)
         for i, payload, at in (

@@ -666,10 +666,10 @@ class RunExecutor:
         and fence it (`_taken_over`); they are dropped with the end then. A retry of
         the end is the next claimer's: this one may have failed for good (the database
         gone, a process stalled)."""
-        if leased and (run_id in self._lost or not await self.claims.still_held(run_id)):
+        if leased and run_id not in self._lost and not await self.claims.still_held(run_id):
             await _fenced(writer)
         else:
-            await writer.close()
+            await self._close_writer(run_id, writer)  # fenced too when lost at a renewal
 
     async def _taken_over(
         self, run_id: str, writer: RunEventWriter

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,8 +50,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Backend:
-    """One database holding checkpoints and the registry."""
+class Backend(ABC):
+    """One database holding checkpoints and the registry.
+
+    Every backend supplies the abstract methods (one lacking any cannot be built); the
+    ones that raise NotImplementedError are optional, and a flag (`batches`,
+    `purges_in_one_step`) or the backend's role (a fallback) says when they work."""
 
     kind = "memory"
     saver: BaseCheckpointSaver[Any]
@@ -80,28 +85,28 @@ class Backend:
         """Where the data lives, with any password hidden."""
         return self.config.describe()
 
+    @abstractmethod
     async def open(self) -> None:
         """Connect, and run the savers' and registry's migrations when auto_setup."""
-        raise NotImplementedError
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional: nothing to release by default)
         """Release every connection."""
 
+    @abstractmethod
     async def probe(self) -> None:
         """One round trip to the database; raises when it cannot serve."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         """How many checkpoints the thread has, in one namespace or (None) in every one."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def checkpoint_thread_ids(self) -> list[str]:
         """Every thread id that has checkpoints (a scan: for migration and retention)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def checkpoint_namespaces(self, thread_id: str) -> list[str]:
         """The namespaces the thread has checkpoints in (no saver lists them)."""
-        raise NotImplementedError
 
     async def delete_checkpoints(self, thread_id: str) -> int:
         """Delete the thread's checkpoints, writes and blobs as the saver's adelete_thread
@@ -110,6 +115,7 @@ class Backend:
         await self.saver.adelete_thread(thread_id)
         return count
 
+    @abstractmethod
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints per namespace, sparing the root
         namespace's checkpoints the thread's unfinished runs start from (forks), and none
@@ -118,7 +124,6 @@ class Backend:
         The runs and the claim are read in the deletion's own transaction, serialised
         with `admit_run` and `claim_edit`: a fork or an edit admitted before it is seen,
         one admitted after it finds its checkpoint gone (the executor and the edit check)."""
-        raise NotImplementedError
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None, owner: str | None = None
@@ -128,6 +133,7 @@ class Backend:
         (then nothing is deleted)."""
         raise NotImplementedError(f"a {self.kind} backend deletes a thread in two steps")
 
+    @abstractmethod
     async def delete_orphan_checkpoints(
         self, thread_id: str, token: str | None = None
     ) -> int | None:
@@ -136,9 +142,8 @@ class Backend:
         token one any deletion has marked), in one step: a thread made anew under the id
         keeps its own. How many checkpoints went, or None when the row is there (nothing
         deleted)."""
-        raise NotImplementedError
 
-    async def reconnect(self) -> None:
+    async def reconnect(self) -> None:  # noqa: B027 (optional: nothing to redo by default)
         """Connect afresh after an outage (before the sync-back writes)."""
 
     async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:

@@ -597,7 +597,8 @@ class FallbackRouter:
         with looking for the row (`Backend.delete_orphan_checkpoints`): True when it had
         none, False when it has one (a thread made anew under the id: nothing deleted);
         None when the primary cannot answer alone: during an outage or a recovery, for a
-        thread a fallback holds, while journal entries wait."""
+        thread a fallback holds, while journal entries wait (then
+        `EnhancedCheckpointerManager.purge_orphan` takes the steps)."""
         done = await self._in_one_step(
             thread_id, lambda backend: backend.delete_orphan_checkpoints(thread_id)
         )

@@ -330,6 +330,20 @@ class EnhancedCheckpointerManager:
         existed, runs = await self.registry.delete_thread(thread_id, marked=token)
         return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
 
+    async def purge_orphan(self, thread_id: str) -> bool:
+        """Delete the checkpoints of a thread the registry has no row of, an expired one
+        included (a run of it may go on elsewhere); False when it has one (a thread made
+        anew under the id: nothing deleted)."""
+        router = self.router
+        purged = await router.purge_orphan(thread_id)
+        if purged is not None:
+            return purged
+        # In two steps (an outage, a fallback's copies of it): the row, then the rest.
+        if await self.registry.get_thread(thread_id, expired=True) is not None:
+            return False
+        await router.delete_thread(thread_id)
+        return True
+
     async def purge_idle_thread(
         self, thread_id: str, *, live_at: datetime | None = None, owner: str | None = None
     ) -> ThreadDeletion | None:

@@ -707,19 +707,12 @@ class RunExecutor:
         run still recorded was taken over (its end refused here), its thread is there
         and not ours to decide on. A thread made anew under the id keeps the checkpoints
         (they are its own now): the primary looks for its row in the deletion's own step."""
-        router = self.manager.router
         try:
-            # In an outage the fallback dropped its copy with the end: the steps decide.
+            # In an outage the fallback dropped its copy with the end: the purge decides.
             with contextlib.suppress(PrimaryUnreachableError):
                 if await self.registry.get_run(run_id) is not None:
                     return
-            purged = await router.purge_orphan(thread_id)
-            if purged is None:  # in two steps (an outage, a fallback's copies of it)
-                # An expired row is a thread still (a run of it may go on elsewhere).
-                if await self.registry.get_thread(thread_id, expired=True) is not None:
-                    return  # the id was taken again
-                await router.delete_thread(thread_id)
-            elif not purged:
+            if not await self.manager.purge_orphan(thread_id):
                 return  # the id was taken again
             log.info("run %s ended after its thread %s was deleted", run_id, thread_id)
         except Exception as exc:

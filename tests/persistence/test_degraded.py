@@ -1300,3 +1300,46 @@ async def test_the_events_of_an_end_that_failed_are_copied_under_its_lease(
     stored = rows(pg_database, "SELECT seq FROM code_hero_run_events WHERE run_id = %s", run.run_id)
     assert stored == [(1,)], "B numbers on from what PostgreSQL had when it took the run"
     assert registry.internal_sizes()["registry.unended"] == 0
+
+
+async def test_a_failed_end_whose_events_were_never_stored_is_forgotten_at_recovery(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # An end that failed keeps the lease the run held here until its writer stores the
+    # events it gives back (copied under that lease). When they are never stored (the
+    # fallback failed them too: a double failure) the lease stayed kept for good, in
+    # every outage after. At recovery it goes: journalled entries name their owner.
+    gw, proxy = long_leased
+    executor, registry = gw.executor, gw.executor.registry
+    gw.events.flush_interval = 3600  # no batch unless flushed: the rest is the end's
+    gw.events.retry_interval = 0
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    started = asyncio.Event()
+    fallback = gw.manager.router.slots[1].backend
+    assert fallback is not None
+
+    async def fail(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("deadlock detected")
+
+    async def stream_then_cut(record: RunRecord, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        started.set()
+        ended = await stream(record, *args)
+        proxy.refuse()
+        await until(lambda: _degraded(gw))
+        until_then = datetime.now(UTC) + timedelta(minutes=10)  # adopted: renewed here
+        assert await registry.renew_leases(executor.owner, [record.run_id], until_then)
+        fallback.registry.finish_run = fail  # type: ignore[method-assign]
+        fallback.registry.store_events = fail  # type: ignore[method-assign]
+        return ended
+
+    executor._stream = stream_then_cut  # type: ignore[method-assign]
+    await gw.start_run(StartRun(graph="slow", input={}))
+    await started.wait()
+    with pytest.raises(RuntimeError, match="deadlock"):
+        await tasks[0]
+    assert registry.internal_sizes()["registry.unended"] == 1  # its events never stored
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert registry.internal_sizes()["registry.unended"] == 0

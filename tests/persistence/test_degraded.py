@@ -7,6 +7,7 @@ ones refused) and restores, so the real server keeps serving every other test.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1047,6 +1048,58 @@ async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
     assert ends == []
     for sizes in (executor.internal_sizes(), registry.internal_sizes()):  # none kept
         assert sizes == dict.fromkeys(sizes, 0)
+
+
+async def test_a_run_whose_lease_lapsed_in_a_stall_after_the_last_probe_is_held_in_it(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # A stalled (SIGSTOP, a long GC) past its run's lease after the primary's last answer
+    # to it; replica B took the run over meanwhile, then the outage began, before A woke.
+    # The lapse was judged by that last answer, so it counted as one in the outage: A
+    # ended the run from its copy, its waiter was told SUCCESS, and the replay refused
+    # that end (B's lease). Judged by when A detected the outage (after the stall), the
+    # run is held, as one whose lease lapsed long before.
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    router = gw.manager.router
+    stream = executor._stream
+
+    async def stream_then_stall(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        async with executor.claims._claiming:  # no renewal of A's but this one
+            lapses = datetime.now(UTC) + timedelta(seconds=0.5)
+            assert await registry.renew_leases(executor.owner, [record.run_id], lapses)
+            executor.claims._expires[record.run_id] = lapses
+            answered = router.primary.answered_at
+            assert answered is not None and answered < lapses
+            # The stall: blocking the loop is the point (no probe, no renewal meanwhile).
+            time.sleep(1)  # noqa: ASYNC251
+            proxy.refuse()  # the outage begins before A wakes
+            # B took the lapsed run over in PostgreSQL before it (A cannot tell when).
+            await asyncio.to_thread(
+                rows,
+                pg_database,
+                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
+                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
+                record.run_id,
+            )
+        return ended
+
+    executor._stream = stream_then_stall  # type: ignore[method-assign]
+    with pytest.raises(RunHeldUpError) as held:
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    run_id = held.value.run_id
+    assert not [
+        e for e in router.journal.entries if isinstance(e, FinishRun) and e.run_id == run_id
+    ]
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database,
+        "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
+        run_id,
+    ) == [(RunStatus.RUNNING.value, "replica-b")]
 
 
 @pytest.mark.parametrize("renewed", [False, True], ids=["then-renewed", "as-it-was-renewed"])

@@ -169,10 +169,14 @@ class FallbackRouter:
         )
 
     @property
-    def outage_began(self) -> datetime | None:
-        """When the outage under way began, as `lease_clock` counts it (the primary's
-        last answer before it); None while the primary serves."""
-        return None if self.serving else self._outage_began
+    def outage_detected(self) -> datetime | None:
+        """When this process found the primary unreachable in the outage under way (its
+        first failed call); None while the primary serves. Not when the outage began, as
+        `lease_clock` counts it (the primary's last answer before it): a stall of this
+        process (SIGSTOP, a long GC) between that answer and the failed call lies
+        before this moment, so a lease that lapsed in it is judged lapsed before the
+        outage (`RoutedRegistry._lapsed_before_outage`)."""
+        return None if self.serving else self.degraded_since
 
     def lease_clock(self, now: datetime, lease: timedelta) -> datetime:
         """The time to judge leases lapsed by: for one lease after an outage, its start.

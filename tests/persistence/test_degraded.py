@@ -1102,6 +1102,38 @@ async def test_a_run_whose_lease_lapsed_in_a_stall_after_the_last_probe_is_held_
     ) == [(RunStatus.RUNNING.value, "replica-b")]
 
 
+async def test_a_lease_that_lapses_after_the_outage_was_detected_stays_this_processes(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # The other side of the test above: in an ordinary outage a renewal (or a probe)
+    # fails before the lease lapses, and a lapse after that is one in the outage, where
+    # no replica can take the run over: the run ends here, and that end is recorded.
+    gw, proxy = long_leased
+    executor = gw.executor
+    registry = executor.registry
+    stream = executor._stream
+
+    async def stream_then_cut(record: RunRecord, *args: Any) -> Any:
+        ended = await stream(record, *args)
+        proxy.refuse()
+        await until(lambda: _degraded(gw))
+        async with executor.claims._claiming:  # renewed in the outage, then lapsed
+            lapses = datetime.now(UTC) + timedelta(seconds=0.2)
+            assert await registry.renew_leases(executor.owner, [record.run_id], lapses)
+            executor.claims._expires[record.run_id] = lapses
+            await asyncio.sleep(0.4)
+        return ended
+
+    executor._stream = stream_then_cut  # type: ignore[method-assign]
+    run = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    assert run.status is RunStatus.SUCCESS
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id) == [
+        (RunStatus.SUCCESS.value,)
+    ]
+
+
 @pytest.mark.parametrize("renewed", [False, True], ids=["then-renewed", "as-it-was-renewed"])
 async def test_events_stored_in_an_outage_of_a_run_taken_over_before_it_are_not_copied(
     long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, renewed: bool

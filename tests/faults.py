@@ -10,7 +10,8 @@
 Both are async context managers bound to a random port; `with_port` points a
 database URL at them. `cancelled_at_every_step` cancels a call at each await of its
 course and says after which steps it left a pooled connection broken. `until` polls
-for what an outage or a recovery brings about.
+for what an outage or a recovery brings about. `held_writes` holds a router's
+checkpoint writes until the test lets them go (a run held mid-way).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["BlackHoleProxy", "HungServer", "cancelled_at_every_step", "until", "with_port"]
+__all__ = [
+    "BlackHoleProxy",
+    "HungServer",
+    "cancelled_at_every_step",
+    "held_writes",
+    "until",
+    "with_port",
+]
 
 CHUNK = 65536
 
@@ -36,6 +44,24 @@ async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 60.0) -
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def held_writes(
+    monkeypatch: Any, router: Any, holds: Callable[[str], bool] = lambda thread: True
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the router's checkpoint writes to the threads `holds` names: the first sets
+    `reached`, and each waits until `go_on` is set. Returns (reached, go_on)."""
+    write = router.write
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
+        if holds(thread) and not go_on.is_set():
+            reached.set()
+            await go_on.wait()
+        return await write(operation, thread, *args, **kw)
+
+    monkeypatch.setattr(router, "write", held)
+    return reached, go_on
 
 
 def with_port(url: str, port: int) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,24 +42,67 @@ from code_hero.persistence.records import (
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, until, with_port
+from tests.faults import BlackHoleProxy, held_writes, until, with_port
 
 pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
+# Every table that holds rows of a thread.
+EVERY_TABLE = ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events")
+
+
+@asynccontextmanager
+async def _behind_a_proxy(
+    pg_database: str, *, lease_seconds: float | None = None, **config: Any
+) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    """A gateway on PostgreSQL through a proxy the test cuts and restores (`config`: of
+    the checkpointer)."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        checkpointer = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2, **config
+        )
+        leases = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC}, **leases)
+        async with Gateway(settings) as gw:
+            yield gw, proxy
 
 
 @pytest.fixture
 async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
-        )
-        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            yield gw, proxy
+    async with _behind_a_proxy(pg_database) as behind:
+        yield behind
+
+
+@pytest.fixture
+async def long_leased(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    """As `proxied`, with leases far longer than any test: a run left leased stays so."""
+    async with _behind_a_proxy(pg_database, lease_seconds=600) as behind:
+        yield behind
+
+
+async def _outage_begins(gw: Gateway, proxy: BlackHoleProxy) -> None:
+    """Cut PostgreSQL off, until the gateway serves from its fallback."""
+    proxy.refuse()
+    await until(lambda: _degraded(gw))
+
+
+async def _outage_ends(gw: Gateway, proxy: BlackHoleProxy) -> None:
+    """Let PostgreSQL through again, until what the fallback held is synced back."""
+    proxy.forward()
+    await until(lambda: _synced(gw))
+
+
+def _assert_none_left(
+    pg_database: str,
+    thread_id: str,
+    tables: Sequence[str] = ("code_hero_threads", "checkpoints", "code_hero_runs"),
+) -> None:
+    """PostgreSQL holds no row of the thread in any of `tables`."""
+    for table in tables:
+        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+        assert found == [(0,)], table
 
 
 async def collect(stream: AsyncIterator[EventRecord]) -> list[EventRecord]:
@@ -82,8 +126,7 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     follower = asyncio.create_task(collect(await gw.follow_run(inflight.run_id)))
     await until(lambda: _has_checkpoints(gw, inflight.thread_id))  # a step is in PostgreSQL
 
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     health = await gw.health()
     assert health["overall_status"] == "degraded"
 
@@ -116,8 +159,7 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     seen_during = await gw.run_events(during.run_id, first=1000)
     assert gw.manager.pending_sync > 0
 
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert gw.manager.router.degraded_since is None
 
     # PostgreSQL itself now holds all of it, exactly as served during the outage.
@@ -186,15 +228,13 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
     gw, proxy = proxied
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     kept = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
     doomed = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
     gone = await gw.delete_thread(doomed.thread_id)
     assert gone.deleted and gone.checkpoints_deleted > 0
     assert await gw.get_thread(doomed.thread_id) is None
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     threads = rows(pg_database, "SELECT thread_id FROM code_hero_threads")
     assert threads == [(kept.thread_id,)]
     assert rows(
@@ -209,8 +249,7 @@ async def test_deleting_a_thread_born_in_the_outage_is_final(
 
 async def _born_in_an_outage(gw: Gateway, proxy: BlackHoleProxy) -> str:
     """Cut PostgreSQL off; a thread with one finished run, born on the fallback."""
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     return (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
 
 
@@ -242,11 +281,8 @@ async def test_a_run_started_while_a_thread_born_in_the_outage_is_deleted_is_ref
     assert isinstance(refusal, ThreadBeingDeletedError) and refusal.retry_after == 1
     assert await gw.get_thread(thread_id) is None
 
-    proxy.forward()
-    await until(lambda: _synced(gw))
-    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
-        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
-        assert found == [(0,)], table
+    await _outage_ends(gw, proxy)
+    _assert_none_left(pg_database, thread_id, EVERY_TABLE)
 
 
 async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_anew_alone(
@@ -283,8 +319,7 @@ async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_ane
 
     assert await gw.get_run(anew.run_id) is not None
     assert await gw.get_checkpoint(thread_id) is not None
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     runs = rows(pg_database, "SELECT run_id FROM code_hero_runs WHERE thread_id = %s", thread_id)
     assert runs == [(anew.run_id,)]
     assert rows(
@@ -333,11 +368,8 @@ async def test_a_deletion_in_an_outage_leaves_a_thread_another_deletion_marked_t
     gone = await second
     assert gone.deleted and gone.runs_deleted == 1
     assert not executor.is_active(anew.run_id)  # stopped: it writes nothing more
-    proxy.forward()
-    await until(lambda: _synced(gw))
-    for table in ("code_hero_threads", "checkpoints", "code_hero_runs"):
-        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
-        assert found == [(0,)], table
+    await _outage_ends(gw, proxy)
+    _assert_none_left(pg_database, thread_id)
 
 
 async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_behind(
@@ -350,45 +382,27 @@ async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_b
     # those checkpoints with no thread row. The replayed end finds the run gone: what
     # it wrote goes, as on the healthy path (`RunExecutor._purge_if_deleted`).
     gw, proxy = proxied
-    registry, router = gw.manager.registry, gw.manager.router
-    write = router.write
-    reached, go_on = asyncio.Event(), asyncio.Event()
-
-    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
-        if not go_on.is_set():  # the run's first checkpoint waits for the deletion
-            reached.set()
-            await go_on.wait()
-        return await write(operation, thread, *args, **kw)
-
-    monkeypatch.setattr(router, "write", held)
+    registry = gw.manager.registry
+    # The run's first checkpoint waits for the deletion.
+    reached, go_on = held_writes(monkeypatch, gw.manager.router)
     run = await gw.start_run(StartRun(graph="slow", input={}))
     await asyncio.wait_for(reached.wait(), 30)
     await registry.delete_thread(run.thread_id)  # the deletion's last step: rows gone
-    proxy.refuse()  # the run's end falls into an outage
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)  # the run's end falls into an outage
     go_on.set()
     await until(lambda: _executing_none(gw))
     assert gw.manager.pending_sync > 0  # what it wrote in the outage, journalled
 
-    proxy.forward()
-    await until(lambda: _synced(gw))
-    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
-        found = rows(
-            pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", run.thread_id
-        )
-        assert found == [(0,)], table
+    await _outage_ends(gw, proxy)
+    _assert_none_left(pg_database, run.thread_id, EVERY_TABLE)
 
 
-async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_rowless(
-    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A deletion in steps marks the thread first (start_deletion: ttl 0); of a thread
-    # born in the outage, the fallback's row. The copy-back took the marked row for a
-    # deleted one and left it (and its runs) out, its checkpoints in: when the deletion
-    # then failed on the primary, PostgreSQL held checkpoints of a thread with no row.
-    # As a deletion that fails on the primary does, it leaves the thread marked, and a
-    # retry ends it.
-    gw, proxy = proxied
+async def _marked_across_the_copy_back(
+    gw: Gateway, proxy: BlackHoleProxy, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, asyncio.Task[ThreadDeletion], asyncio.Event]:
+    """A thread born in an outage, and a deletion of it held once it has marked the row
+    until the event is set, while PostgreSQL comes back and the copy-back takes the row
+    (marked). Returns the thread id, the deletion's task and the event."""
     thread_id = await _born_in_an_outage(gw, proxy)
     registry = gw.manager.registry
     start_deletion = registry.start_deletion
@@ -403,14 +417,26 @@ async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_
     monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
     deletion = asyncio.create_task(gw.delete_thread(thread_id))
     await marked.wait()
-    proxy.forward()
-    await until(lambda: _synced(gw))  # the copy-back, the thread marked meanwhile
+    await _outage_ends(gw, proxy)  # the copy-back, the thread marked meanwhile
+    return thread_id, deletion, go_on
+
+
+async def test_a_deletion_the_copy_back_cuts_short_leaves_the_thread_marked_not_rowless(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deletion in steps marks the thread first (start_deletion: ttl 0); of a thread
+    # born in the outage, the fallback's row. The copy-back took the marked row for a
+    # deleted one and left it (and its runs) out, its checkpoints in: when the deletion
+    # then failed on the primary, PostgreSQL held checkpoints of a thread with no row.
+    # As a deletion that fails on the primary does, it leaves the thread marked, and a
+    # retry ends it.
+    gw, proxy = proxied
+    thread_id, deletion, go_on = await _marked_across_the_copy_back(gw, proxy, monkeypatch)
     proxy.refuse()
     go_on.set()
     with pytest.raises(BackendUnavailableError):
         await deletion
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
 
     def count(table: str) -> object:
         sql = f"SELECT count(*) FROM {table} WHERE thread_id = %s"
@@ -433,55 +459,28 @@ async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
     # copy-back takes the row to PostgreSQL as marked, with the mark's token, so the
     # deletion's last step, on PostgreSQL by then, finds the row its own and ends it.
     gw, proxy = proxied
-    thread_id = await _born_in_an_outage(gw, proxy)
-    registry = gw.manager.registry
-    start_deletion = registry.start_deletion
-    marked, go_on = asyncio.Event(), asyncio.Event()
-
-    async def mark_then_wait(thread: str) -> str | None:
-        started = await start_deletion(thread)
-        marked.set()
-        await go_on.wait()
-        return started
-
-    monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
-    deletion = asyncio.create_task(gw.delete_thread(thread_id))
-    await marked.wait()
-    proxy.forward()
-    await until(lambda: _synced(gw))  # the copy-back, the thread marked meanwhile
+    thread_id, deletion, go_on = await _marked_across_the_copy_back(gw, proxy, monkeypatch)
     go_on.set()
 
     gone = await deletion
     assert gone.deleted and gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
-    for table in ("code_hero_threads", "checkpoints", "code_hero_runs"):
-        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
-        assert found == [(0,)], table
+    _assert_none_left(pg_database, thread_id)
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port),
-            pool_timeout=1,
-            health_check_interval=0.2,
-            max_pending_sync=12,
-        )
-        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            proxy.refuse()
-            await until(lambda: _degraded(gw))
-            first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
-            assert first.status is RunStatus.ERROR  # the journal filled up mid-run
-            assert "journal is full" in (first.error or "")
-            with pytest.raises(BackendUnavailableError, match="journal is full"):
-                await gw.start_run(StartRun(graph="slow", input={}))
-            health = await gw.health()
-            fallback = health["fallback_checkpointer"]
-            assert "journal is full" in (fallback["last_error"] or "")
-            proxy.forward()
-            await until(lambda: _synced(gw))
-            again = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
-            assert again.status is RunStatus.SUCCESS
+    async with _behind_a_proxy(pg_database, max_pending_sync=12) as (gw, proxy):
+        await _outage_begins(gw, proxy)
+        first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        assert first.status is RunStatus.ERROR  # the journal filled up mid-run
+        assert "journal is full" in (first.error or "")
+        with pytest.raises(BackendUnavailableError, match="journal is full"):
+            await gw.start_run(StartRun(graph="slow", input={}))
+        health = await gw.health()
+        fallback = health["fallback_checkpointer"]
+        assert "journal is full" in (fallback["last_error"] or "")
+        await _outage_ends(gw, proxy)
+        again = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        assert again.status is RunStatus.SUCCESS
 
 
 async def _status_is(gw: Gateway, run_id: str, status: RunStatus) -> bool:
@@ -504,20 +503,6 @@ async def _executing_none(gw: Gateway) -> bool:
 
 async def _synced(gw: Gateway) -> bool:
     return gw.manager.overall_status == "healthy" and gw.manager.pending_sync == 0
-
-
-@pytest.fixture
-async def long_leased(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
-    """As `proxied`, with leases far longer than any test: a run left leased stays so."""
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
-        )
-        settings = GatewaySettings(
-            checkpointer=config, graphs={"slow": SLOW_SPEC}, lease_seconds=600
-        )
-        async with Gateway(settings) as gw:
-            yield gw, proxy
 
 
 @pytest.mark.parametrize("cut", ["claimed", "reading its thread"])
@@ -565,8 +550,7 @@ async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
     released = [(e.run_id, e.owner) for e in router.journal.entries if isinstance(e, ReleaseRun)]
     assert released == [(run_id, executor.owner)]
 
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
     assert final.status is RunStatus.SUCCESS, final
     assert final.output["steps"] == SLOW_STEPS
@@ -613,8 +597,7 @@ async def test_a_cancel_that_arrives_as_the_outage_error_is_not_turned_into_a_re
     with pytest.raises(BackendUnavailableError):
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     (run_id,) = launched
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     final = await executor.wait(run_id, limit=60)
     assert final.status is RunStatus.CANCELLED, final
     assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run_id) == [
@@ -638,8 +621,7 @@ async def test_a_waiter_for_a_run_not_claimed_yet_is_told_which_run_the_outage_h
         await asyncio.wait_for(started, 30)
     run_id = caught.value.extensions["runId"]
     assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     found = await gw.get_runs([str(run_id)])
     assert found[str(run_id)].status is RunStatus.PENDING  # recorded, as the error said
 
@@ -679,8 +661,7 @@ async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it
     with pytest.raises(BackendUnavailableError):
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     (run_id,) = launched
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
     assert final.status is RunStatus.CANCELLED, final
 
@@ -689,14 +670,12 @@ async def _a_thread_kept_across_a_recovery(gw: Gateway, proxy: BlackHoleProxy) -
     """A thread born in an outage with an entry PostgreSQL refuses (a checkpoint in a
     namespace with a NUL): it stays local after the recovery."""
     router = gw.manager.router
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     thread_id = (await gw.start_run(StartRun(graph="slow", input={}, wait=True))).thread_id
     # Memory takes a NUL in a namespace; PostgreSQL's text columns never will.
     poison = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "poison\x00"}}
     await gw.manager.get_checkpointer().aput(poison, empty_checkpoint(), {}, {})
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert router.quarantined and router.is_local(thread_id)  # kept across the recovery
     return thread_id
 
@@ -706,26 +685,15 @@ async def _a_run_cut_by_a_second_outage(
 ) -> RunRecord:
     """A run started on the thread while PostgreSQL serves, its checkpoints held until
     a second outage begins; it ends in that outage, and PostgreSQL comes back."""
-    router = gw.manager.router
-    write = router.write
-    reached, go_on = asyncio.Event(), asyncio.Event()
-
-    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
-        if thread == thread_id:  # the run's checkpoints wait for the second outage
-            reached.set()
-            await go_on.wait()
-        return await write(operation, thread, *args, **kw)
-
-    monkeypatch.setattr(router, "write", held)
+    # The run's checkpoints wait for the second outage.
+    reached, go_on = held_writes(monkeypatch, gw.manager.router, lambda thread: thread == thread_id)
     run = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
     await asyncio.wait_for(reached.wait(), 30)
     assert gw.executor.is_active(run.run_id)
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     go_on.set()
     await until(lambda: _executing_none(gw))
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     return run
 
 
@@ -747,6 +715,33 @@ async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
     assert stored == [(RunStatus.SUCCESS.value, None)]
 
 
+def _cut_at_its_end(registry: Any, proxy: BlackHoleProxy) -> None:
+    """The next run end this process records cuts PostgreSQL off first: it meets the outage."""
+    finish_run = registry.finish_run
+
+    async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
+        proxy.refuse()
+        del registry.finish_run
+        return await finish_run(run_id, *args, **kw)
+
+    registry.finish_run = cut_then_finish
+
+
+def _taken_over_by_b(pg_database: str, run_id: str, *, for_an_hour: bool = False) -> None:
+    """Replica B takes the run over in PostgreSQL (`for_an_hour`: with a lease of its own)."""
+    lease = ", lease_expires_at = now() + interval '1 hour'" if for_an_hour else ""
+    sql = (
+        f"UPDATE code_hero_runs SET lease_owner = 'replica-b'{lease} WHERE run_id = %s RETURNING 1"
+    )
+    rows(pg_database, sql, run_id)
+
+
+async def _lapsing_at(executor: Any, run_id: str, lapses: datetime) -> None:
+    """This executor's last renewal sets the run's lease to lapse at `lapses`, as it knows it."""
+    assert await executor.registry.renew_leases(executor.owner, [run_id], lapses)
+    executor.claims._expires[run_id] = lapses
+
+
 async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
     long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
@@ -757,14 +752,7 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
     gw, proxy = long_leased
     executor = gw.executor
     registry = executor.registry
-    finish_run = registry.finish_run
-
-    async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
-        proxy.refuse()
-        del registry.finish_run  # type: ignore[method-assign]
-        return await finish_run(run_id, *args, **kw)
-
-    registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+    _cut_at_its_end(registry, proxy)
     final = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     assert final.status is RunStatus.SUCCESS
     ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
@@ -773,13 +761,8 @@ async def test_an_end_journalled_in_an_outage_leaves_a_run_taken_over_meanwhile(
     # to PostgreSQL unless the end applies there.
     assert ended[0].events[-1].payload["status"] == RunStatus.SUCCESS.value
     # Meanwhile, replica B takes the run over in PostgreSQL (A's lease counted as lapsed).
-    rows(
-        pg_database,
-        "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1",
-        final.run_id,
-    )
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    _taken_over_by_b(pg_database, final.run_id)
+    await _outage_ends(gw, proxy)
     assert rows(
         pg_database,
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
@@ -807,14 +790,7 @@ async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
     executor, registry = gw.executor, gw.executor.registry
     gw.events.flush_interval = 3600  # no batch unless flushed here: the rest is the end's
     if cut == "at its end":
-        finish_run = registry.finish_run
-
-        async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
-            proxy.refuse()
-            del registry.finish_run  # type: ignore[method-assign]
-            return await finish_run(run_id, *args, **kw)
-
-        registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+        _cut_at_its_end(registry, proxy)
     else:
         stream, flushes = executor._stream, []
 
@@ -847,8 +823,7 @@ async def test_a_run_ended_in_an_outage_is_followed_to_its_end_in_it(
         assert len(followed) > len(end.events)
     assert (followed[-1].type, followed[-1].payload["status"]) == ("status", "SUCCESS")
 
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert registry.internal_sizes()["registry.ended"] == 0
     assert rows(
         pg_database,
@@ -871,8 +846,7 @@ async def test_a_run_cancelled_here_in_an_outage_stays_cancelled_wherever_it_wen
     executor, router = gw.executor, gw.manager.router
     run = await gw.start_run(StartRun(graph="slow", input={"delay": 5}))
     await until(lambda: _status_is(gw, run.run_id, RunStatus.RUNNING))
-    proxy.refuse()
-    await until(lambda: _degraded(gw))
+    await _outage_begins(gw, proxy)
     cancelled = await asyncio.wait_for(gw.cancel_run(run.run_id), 30)
     assert cancelled.status is RunStatus.CANCELLED
     journalled = [
@@ -894,8 +868,7 @@ async def test_a_run_cancelled_here_in_an_outage_stays_cancelled_wherever_it_wen
         )
     if then != "kept":
         rows(pg_database, sql, run.run_id)
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
 
     def stored() -> list[tuple[object, ...]]:
         return rows(
@@ -936,7 +909,7 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
     gw, proxy = long_leased
     executor = gw.executor
     registry = executor.registry
-    update_run, finish_run = registry.update_run, registry.finish_run
+    update_run = registry.update_run
 
     async def taken_over_then_update(run_id: str, **fields: Any) -> Any:
         del registry.update_run  # type: ignore[method-assign]
@@ -950,20 +923,14 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
         assert record is not None and record.lease_owner == seen
         return record
 
-    async def cut_then_finish(run_id: str, *args: Any, **kw: Any) -> Any:
-        proxy.refuse()
-        del registry.finish_run  # type: ignore[method-assign]
-        return await finish_run(run_id, *args, **kw)
-
     registry.update_run = taken_over_then_update  # type: ignore[method-assign]
-    registry.finish_run = cut_then_finish  # type: ignore[method-assign]
+    _cut_at_its_end(registry, proxy)
     with pytest.raises(RunHeldUpError) as held:
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     run_id = held.value.run_id
     ended = [e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun)]
     assert ended == []
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     if seen is None:
         return  # claimable now PostgreSQL is back: the next claimer records its end
     assert rows(
@@ -1001,15 +968,8 @@ async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
         # writer may hold its row (a flush) and needs the loop to go on.
         lapsed = datetime.now(UTC) - timedelta(hours=1)
         async with executor.claims._claiming:
-            assert await registry.renew_leases(executor.owner, [record.run_id], lapsed)
-            executor.claims._expires[record.run_id] = lapsed
-            await asyncio.to_thread(
-                rows,
-                pg_database,
-                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
-                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
-                record.run_id,
-            )
+            await _lapsing_at(executor, record.run_id, lapsed)
+            await asyncio.to_thread(_taken_over_by_b, pg_database, record.run_id, for_an_hour=True)
         proxy.refuse()
         if noticed:
             await until(lambda: _degraded(gw))
@@ -1032,8 +992,7 @@ async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
     # (Its timeline may be journalled under A's lease: refused at replay, as B holds it.)
     passed_on = [dict(e.fields) for e in entries if e.owner is None]
     assert passed_on == ([{"cancel_requested": True}] if cancelled else [])
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert rows(
         pg_database,
         "SELECT status, lease_owner, cancel_requested FROM code_hero_runs WHERE run_id = %s",
@@ -1061,7 +1020,6 @@ async def test_a_run_whose_lease_lapsed_in_a_stall_after_the_last_probe_is_held_
     # run is held, as one whose lease lapsed long before.
     gw, proxy = long_leased
     executor = gw.executor
-    registry = executor.registry
     router = gw.manager.router
     stream = executor._stream
 
@@ -1069,21 +1027,14 @@ async def test_a_run_whose_lease_lapsed_in_a_stall_after_the_last_probe_is_held_
         ended = await stream(record, *args)
         async with executor.claims._claiming:  # no renewal of A's but this one
             lapses = datetime.now(UTC) + timedelta(seconds=0.5)
-            assert await registry.renew_leases(executor.owner, [record.run_id], lapses)
-            executor.claims._expires[record.run_id] = lapses
+            await _lapsing_at(executor, record.run_id, lapses)
             answered = router.primary.answered_at
             assert answered is not None and answered < lapses
             # The stall: blocking the loop is the point (no probe, no renewal meanwhile).
             time.sleep(1)  # noqa: ASYNC251
             proxy.refuse()  # the outage begins before A wakes
             # B took the lapsed run over in PostgreSQL before it (A cannot tell when).
-            await asyncio.to_thread(
-                rows,
-                pg_database,
-                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
-                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
-                record.run_id,
-            )
+            await asyncio.to_thread(_taken_over_by_b, pg_database, record.run_id, for_an_hour=True)
         return ended
 
     executor._stream = stream_then_stall  # type: ignore[method-assign]
@@ -1093,8 +1044,7 @@ async def test_a_run_whose_lease_lapsed_in_a_stall_after_the_last_probe_is_held_
     assert not [
         e for e in router.journal.entries if isinstance(e, FinishRun) and e.run_id == run_id
     ]
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert rows(
         pg_database,
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
@@ -1110,25 +1060,21 @@ async def test_a_lease_that_lapses_after_the_outage_was_detected_stays_this_proc
     # no replica can take the run over: the run ends here, and that end is recorded.
     gw, proxy = long_leased
     executor = gw.executor
-    registry = executor.registry
     stream = executor._stream
 
     async def stream_then_cut(record: RunRecord, *args: Any) -> Any:
         ended = await stream(record, *args)
-        proxy.refuse()
-        await until(lambda: _degraded(gw))
+        await _outage_begins(gw, proxy)
         async with executor.claims._claiming:  # renewed in the outage, then lapsed
             lapses = datetime.now(UTC) + timedelta(seconds=0.2)
-            assert await registry.renew_leases(executor.owner, [record.run_id], lapses)
-            executor.claims._expires[record.run_id] = lapses
+            await _lapsing_at(executor, record.run_id, lapses)
             await asyncio.sleep(0.4)
         return ended
 
     executor._stream = stream_then_cut  # type: ignore[method-assign]
     run = await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     assert run.status is RunStatus.SUCCESS
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id) == [
         (RunStatus.SUCCESS.value,)
     ]
@@ -1159,18 +1105,10 @@ async def test_events_stored_in_an_outage_of_a_run_taken_over_before_it_are_not_
         await writer.flush()
         lapsed = datetime.now(UTC) - timedelta(hours=1)
         async with executor.claims._claiming:  # (as in the test above)
-            assert await registry.renew_leases(executor.owner, [record.run_id], lapsed)
-            executor.claims._expires[record.run_id] = lapsed
-            await asyncio.to_thread(
-                rows,
-                pg_database,
-                "UPDATE code_hero_runs SET lease_owner = 'replica-b', "
-                "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s RETURNING 1",
-                record.run_id,
-            )
+            await _lapsing_at(executor, record.run_id, lapsed)
+            await asyncio.to_thread(_taken_over_by_b, pg_database, record.run_id, for_an_hour=True)
         taken_at.append(await registry.last_seq(record.run_id))
-        proxy.refuse()
-        await until(lambda: _degraded(gw))
+        await _outage_begins(gw, proxy)
         writer.emit(EventType.CUSTOM, {"by": "a"})
         if not renewed:
             await writer.flush()  # to the fallback, journalled to be copied back
@@ -1192,8 +1130,7 @@ async def test_events_stored_in_an_outage_of_a_run_taken_over_before_it_are_not_
         if isinstance(e, CopyEvents) and e.run_id == run.run_id
     ]
     assert [e.owner for e in copies] == ([] if renewed else [executor.owner])
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert rows(
         pg_database,
         "SELECT status, lease_owner FROM code_hero_runs WHERE run_id = %s",
@@ -1242,8 +1179,7 @@ async def test_an_end_in_an_outage_under_a_lease_not_held_is_refused(
         journalled.extend(
             e for e in gw.manager.router.journal.entries if isinstance(e, FinishRun | ChangeRun)
         )
-        proxy.forward()
-        await until(lambda: _synced(gw))
+        await _outage_ends(gw, proxy)
         return ended
 
     executor._stream = stream_then_cut  # type: ignore[method-assign]
@@ -1299,10 +1235,8 @@ async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
     gw, proxy = proxied
     thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
     if outages == 2:
-        proxy.refuse()
-        await until(lambda: _degraded(gw))
-        proxy.forward()
-        await until(lambda: _synced(gw))
+        await _outage_begins(gw, proxy)
+        await _outage_ends(gw, proxy)
     router = gw.manager.router
     fallback = router.slots[1].backend
     assert isinstance(fallback, MemoryBackend)
@@ -1322,9 +1256,7 @@ async def test_a_kept_thread_deleted_leaves_nothing_in_the_fallback(
     assert await fallback_rows() == [0, 0, 0]
     assert await fallback.count_checkpoints(thread_id) == 0
     assert not router.is_local(thread_id) and not router.quarantined
-    for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
-        found = rows(pg_database, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
-        assert found == [(0,)], table
+    _assert_none_left(pg_database, thread_id, EVERY_TABLE)
 
 
 @pytest.mark.parametrize("failed", ["before the outage", "in it"])
@@ -1357,8 +1289,7 @@ async def test_the_events_of_an_end_that_failed_are_copied_under_its_lease(
         started.set()
         ended = await stream(record, *args)
         if failed == "in it":
-            proxy.refuse()
-            await until(lambda: _degraded(gw))
+            await _outage_begins(gw, proxy)
             until_then = datetime.now(UTC) + timedelta(minutes=10)  # adopted: renewed here
             assert await registry.renew_leases(executor.owner, [record.run_id], until_then)
         failing.registry.finish_run = fail  # type: ignore[method-assign]
@@ -1375,13 +1306,8 @@ async def test_the_events_of_an_end_that_failed_are_copied_under_its_lease(
     ]
     assert [e.owner for e in copies] == [executor.owner]
     # Meanwhile, replica B takes the run over in PostgreSQL: the events are not its.
-    rows(
-        pg_database,
-        "UPDATE code_hero_runs SET lease_owner = 'replica-b' WHERE run_id = %s RETURNING 1",
-        run.run_id,
-    )
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    _taken_over_by_b(pg_database, run.run_id)
+    await _outage_ends(gw, proxy)
     stored = rows(pg_database, "SELECT seq FROM code_hero_run_events WHERE run_id = %s", run.run_id)
     assert stored == [(1,)], "B numbers on from what PostgreSQL had when it took the run"
     assert registry.internal_sizes()["registry.unended"] == 0
@@ -1411,8 +1337,7 @@ async def test_a_failed_end_whose_events_were_never_stored_is_forgotten_at_recov
         tasks.append(asyncio.current_task())  # type: ignore[arg-type]
         started.set()
         ended = await stream(record, *args)
-        proxy.refuse()
-        await until(lambda: _degraded(gw))
+        await _outage_begins(gw, proxy)
         until_then = datetime.now(UTC) + timedelta(minutes=10)  # adopted: renewed here
         assert await registry.renew_leases(executor.owner, [record.run_id], until_then)
         fallback.registry.finish_run = fail  # type: ignore[method-assign]
@@ -1425,6 +1350,5 @@ async def test_a_failed_end_whose_events_were_never_stored_is_forgotten_at_recov
     with pytest.raises(RuntimeError, match="deadlock"):
         await tasks[0]
     assert registry.internal_sizes()["registry.unended"] == 1  # its events never stored
-    proxy.forward()
-    await until(lambda: _synced(gw))
+    await _outage_ends(gw, proxy)
     assert registry.internal_sizes()["registry.unended"] == 0

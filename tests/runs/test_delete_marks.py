@@ -23,11 +23,20 @@ from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.runs.test_deletes import first_checkpoint, wait_status
 
 
-def _held_once(
-    call: Callable[..., Awaitable[Any]], reached: asyncio.Event, go: asyncio.Event, *, after: bool
-) -> Callable[..., Awaitable[Any]]:
-    """`call`, whose first use stops at `reached` until `go` (before or after the call
-    itself); later uses (the reap's own deletion) pass straight through."""
+async def _deletion_held_at(
+    gw: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+    thread_id: str,
+    owner: object,
+    step: str,
+    *,
+    after: bool,
+) -> tuple[asyncio.Task[ThreadDeletion], asyncio.Event]:
+    """A deletion of the thread whose first call of `owner.step` stops (before or after
+    the call itself) until the event returned with its task is set; later calls (the
+    reap's own deletion) pass straight through. Returns once the deletion stopped."""
+    call: Callable[..., Awaitable[Any]] = getattr(owner, step)
+    reached, go = asyncio.Event(), asyncio.Event()
     first = True
 
     async def held(*args: Any, **kw: Any) -> Any:
@@ -44,7 +53,10 @@ def _held_once(
             await go.wait()
         return done
 
-    return held
+    monkeypatch.setattr(owner, step, held)
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await reached.wait()
+    return deletion, go
 
 
 async def _busy_thread(gw: Gateway) -> RunRecord:
@@ -82,12 +94,9 @@ async def test_the_last_step_leaves_a_thread_made_anew_alone(
     checkpoints went. It deletes only a row still marked, and no live row's checkpoints."""
     old = await _busy_thread(gateway)
     router = gateway.manager.router
-    reached, go = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(
-        router, "delete_thread", _held_once(router.delete_thread, reached, go, after=False)
+    deletion, go = await _deletion_held_at(  # A's last step is next
+        gateway, monkeypatch, old.thread_id, router, "delete_thread", after=False
     )
-    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
-    await reached.wait()  # A's last step is next
     assert not gateway.executor.is_active(old.run_id)  # stopped
 
     new = await _start_anew(gateway, old.thread_id)
@@ -106,13 +115,9 @@ async def test_a_run_started_while_the_runs_stop_is_not_deleted(
     deleted it with the thread. The mark now comes before the stop: the admission
     finds it, so the run starts on a thread made anew, which A leaves alone."""
     old = await _busy_thread(gateway)
-    executor = gateway.executor
-    reached, go = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(
-        executor, "stop_thread", _held_once(executor.stop_thread, reached, go, after=True)
+    deletion, go = await _deletion_held_at(  # A has stopped the runs: its last step is next
+        gateway, monkeypatch, old.thread_id, gateway.executor, "stop_thread", after=True
     )
-    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
-    await reached.wait()  # A has stopped the runs: its last step is next
 
     new = await _start_anew(gateway, old.thread_id)
     go.set()
@@ -127,13 +132,9 @@ async def test_a_run_admitted_before_the_stop_goes_with_the_thread(
     """What the mark decides, the other way: a run admitted before the deletion marked the
     thread is the deletion's, stopped and deleted with it; none after the mark is."""
     old = await _busy_thread(gateway)
-    registry = gateway.manager.registry
-    reached, go = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(
-        registry, "start_deletion", _held_once(registry.start_deletion, reached, go, after=False)
+    deletion, go = await _deletion_held_at(  # the mark is next
+        gateway, monkeypatch, old.thread_id, gateway.manager.registry, "start_deletion", after=False
     )
-    deletion = asyncio.create_task(gateway.delete_thread(old.thread_id))
-    await reached.wait()  # the mark is next
     queued = await gateway.start_run(
         StartRun(
             thread_id=old.thread_id, graph="slow", input={}, multitask=MultitaskStrategy.ENQUEUE
@@ -158,23 +159,17 @@ async def test_a_deletion_leaves_a_thread_another_deletion_marked_to_it(
     writing under the id. The mark carries its deletion's token: A leaves D's thread."""
     old = await _busy_thread(gateway)
     manager, executor = gateway.manager, gateway.executor
-    a_reached, a_go = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(
-        manager, "end_deletion", _held_once(manager.end_deletion, a_reached, a_go, after=False)
+    first, a_go = await _deletion_held_at(  # A has marked the thread and stopped its runs
+        gateway, monkeypatch, old.thread_id, manager, "end_deletion", after=False
     )
-    first = asyncio.create_task(gateway.delete_thread(old.thread_id))
-    await a_reached.wait()  # A has marked the thread and stopped its runs
     anew = await gateway.start_run(
         StartRun(thread_id=old.thread_id, graph="slow", input={"delay": 30})
     )  # the reap ended A's thread; this run starts on one made anew
     await wait_status(gateway, anew.run_id, RunStatus.RUNNING)
 
-    d_reached, d_go = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(
-        executor, "stop_thread", _held_once(executor.stop_thread, d_reached, d_go, after=False)
+    second, d_go = await _deletion_held_at(  # D has marked the new thread: its stop is next
+        gateway, monkeypatch, old.thread_id, executor, "stop_thread", after=False
     )
-    second = asyncio.create_task(gateway.delete_thread(old.thread_id))
-    await d_reached.wait()  # D has marked the new thread: its stop is next
     a_go.set()
     assert not (await first).deleted  # the reap ended A's thread; D's is not A's
     d_go.set()

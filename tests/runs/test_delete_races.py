@@ -19,6 +19,7 @@ from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.persistence.registry import postgres as pg_registry
 from code_hero.persistence.registry.dialect import RUN_FIELDS
 from code_hero.runs.executor import StartRun
+from tests.faults import held_writes
 from tests.runs.conftest import SLOW_SPEC
 from tests.runs.test_deletes import assert_gone
 
@@ -197,15 +198,10 @@ async def _a_run_outliving_its_thread(
     """A run whose thread's rows another replica deleted under it (it could not stop
     the run), which goes on writing checkpoints; `ended` runs once its end found its
     row gone, before the purge of what it wrote after. Returns once the run is over."""
-    registry, router = gw.manager.registry, gw.manager.router
-    write, finish = router.write, registry.finish_run
-    reached, go_on = asyncio.Event(), asyncio.Event()
-
-    async def held(operation: str, thread: str, *args: Any, **kw: Any) -> Any:
-        if not go_on.is_set():  # the run's first checkpoint waits for the deletion
-            reached.set()
-            await go_on.wait()
-        return await write(operation, thread, *args, **kw)
+    registry = gw.manager.registry
+    finish = registry.finish_run
+    # The run's first checkpoint waits for the deletion.
+    reached, go_on = held_writes(monkeypatch, gw.manager.router)
 
     async def finish_run(run_id: str, *args: Any, **kw: Any) -> Any:
         done = await finish(run_id, *args, **kw)
@@ -214,7 +210,6 @@ async def _a_run_outliving_its_thread(
             await ended(run)
         return done
 
-    monkeypatch.setattr(router, "write", held)
     monkeypatch.setattr(registry, "finish_run", finish_run)
     run = await gw.start_run(StartRun(graph="slow", input={}))
     await asyncio.wait_for(reached.wait(), 30)

@@ -13,6 +13,7 @@ from code_hero.persistence.records import EventRecord
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.events import terminal_status
 from code_hero.runs.executor import StartRun
+from tests.runs.conftest import the_next_end_fails
 
 
 async def collect(gw: Gateway, run_id: str, after: int, pause: float = 0.0) -> list[EventRecord]:
@@ -175,24 +176,11 @@ async def test_an_end_that_fails_stores_its_events_for_the_run_resumed(
     # next claimer numbered on from the last one stored and reused their seqs for its
     # own events, which a follower here, past those seqs, skipped (the end among them).
     executor, registry = gateway.executor, gateway.manager.registry
-    gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
-    finish_run = registry.finish_run
-    failed: list[asyncio.Task[None]] = []
-    reached = asyncio.Event()
-
-    async def fail_once(run_id: str, *args: Any, **kw: Any) -> Any:
-        monkeypatch.setattr(registry, "finish_run", finish_run)
-        failed.append(executor._tasks[run_id])
-        reached.set()
-        raise PoolBusyError("every connection of the pool is in use")
-
-    monkeypatch.setattr(registry, "finish_run", fail_once)
+    busy = PoolBusyError("every connection of the pool is in use")
+    failed = the_next_end_fails(gateway, monkeypatch, busy)
     run = await gateway.start_run(StartRun(graph="slow", input={}))
     follower = asyncio.create_task(collect(gateway, run.run_id, 0))
-    async with asyncio.timeout(30):
-        await reached.wait()
-        await asyncio.wait(failed)
-    assert isinstance(failed[0].exception(), PoolBusyError)
+    assert isinstance((await failed()).exception(), PoolBusyError)
     before = await registry.list_events(run.run_id)
     assert [e.seq for e in before] == list(range(1, len(before) + 1))
     assert len(before) > 2 and not any(terminal_status(e) for e in before)

@@ -25,7 +25,7 @@ from code_hero.persistence.records import (
 )
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
-from tests.runs.conftest import SLOW_SPEC
+from tests.runs.conftest import SLOW_SPEC, the_next_end_fails
 
 OTHER = "executor-other"
 
@@ -178,14 +178,8 @@ async def test_an_end_that_fails_after_a_takeover_stores_none_of_its_events(
     # process stalled (its lease's expiry passed), or found lost by a renewal while the
     # end was under way (the lease as known here still good).
     executor, registry = gateway.executor, gateway.manager.registry
-    gateway.events.flush_interval = 3600  # no batch: the events after the first wait for the end
-    finish_run = registry.finish_run
-    failed: list[asyncio.Task[None]] = []
-    reached = asyncio.Event()
 
-    async def taken_over_then_fail(run_id: str, *args: Any, **kw: Any) -> Any:
-        monkeypatch.setattr(registry, "finish_run", finish_run)
-        failed.append(executor._tasks[run_id])
+    async def taken_over(run_id: str) -> None:
         now = datetime.now(UTC)
         await registry.update_run(
             run_id, lease_owner=OTHER, lease_expires_at=now + timedelta(hours=1)
@@ -194,14 +188,12 @@ async def test_an_end_that_fails_after_a_takeover_stores_none_of_its_events(
             executor.claims._expires[run_id] = now - timedelta(seconds=1)
         else:
             executor._lost.add(run_id)  # what the renewal loop marks
-        reached.set()
-        raise RuntimeError("deadlock detected")
 
-    monkeypatch.setattr(registry, "finish_run", taken_over_then_fail)
+    failed = the_next_end_fails(
+        gateway, monkeypatch, RuntimeError("deadlock detected"), before=taken_over
+    )
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
-    await asyncio.wait_for(reached.wait(), 30)
-    await asyncio.wait(failed)
-    assert isinstance(failed[0].exception(), RuntimeError)
+    assert isinstance((await failed()).exception(), RuntimeError)
     assert await registry.last_seq(run.run_id) == 1, "only its first event, stored with it"
     assert not gateway.events.is_writing(run.run_id)
 

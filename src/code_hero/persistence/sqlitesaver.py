@@ -33,6 +33,13 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
     there, and every trip waits for the event loop to hand it on (py-spy under
     bench/peer.py). The one trip goes through aiosqlite's `_execute`, the queue
     all its own methods use, on the sqlite3 connection it opened (`_conn`).
+
+    The trip stays a trip: running every call inline on the event loop (no
+    hand-off) was measured on 2026-11-29 and lost. It cut the server's CPU per
+    run by ~11% but moved aiosqlite's thread's work onto the loop's thread,
+    whose CPU per run rose ~24%; that thread is the limit, so 16 clients ran
+    ~15% fewer runs/s (median of 13 pairs; sqlite3 releases the GIL while
+    SQLite runs, so on the thread that part overlaps the loop's work).
     """
 
     def __init__(

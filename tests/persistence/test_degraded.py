@@ -7,6 +7,7 @@ ones refused) and restores, so the real server keeps serving every other test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -1078,6 +1079,38 @@ async def test_a_lease_that_lapses_after_the_outage_was_detected_stays_this_proc
     assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id) == [
         (RunStatus.SUCCESS.value,)
     ]
+
+
+async def test_a_lease_that_lapsed_before_a_slow_detection_is_held_only_in_a_stall(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # A black hole: calls hang until their timeout, so this process finds the primary
+    # unreachable seconds after its last answer, and a lease whose renewals hang can
+    # lapse in between, the loop running: a lapse in the outage, the run this process's.
+    # Judged by when the outage was detected, it was held, its waiter told UNAVAILABLE
+    # (review). Held it is only when the lapse fell in a stall of this process.
+    gw, proxy = long_leased
+    registry = gw.executor.registry
+    router = gw.manager.router
+    run = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+    record = await registry.get_run(run.run_id)
+    assert record is not None
+    answered = router.primary.answered_at
+    assert answered is not None
+    await _outage_begins(gw, proxy)
+    lapsed = answered + timedelta(seconds=1)
+    known = dataclasses.replace(record, lease_expires_at=lapsed)
+    router.degraded_since = lapsed + timedelta(seconds=4)  # a probe's timeout later
+    assert not registry._lapsed_before_outage(known)
+    router.stalls.stalls.append((lapsed - timedelta(seconds=2), lapsed + timedelta(seconds=1)))
+    assert registry._lapsed_before_outage(known)
+    # Not a stall that began once the outage was found (it is the outage's to judge).
+    router.stalls.stalls.clear()
+    router.stalls.stalls.append((lapsed + timedelta(seconds=5), lapsed + timedelta(seconds=6)))
+    assert not registry._lapsed_before_outage(
+        dataclasses.replace(known, lease_expires_at=lapsed + timedelta(seconds=5.5))
+    )
+    await _outage_ends(gw, proxy)
 
 
 @pytest.mark.parametrize("renewed", [False, True], ids=["then-renewed", "as-it-was-renewed"])

@@ -42,6 +42,7 @@ from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.recovery import retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
+from code_hero.persistence.stalls import StallWatch
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
 __all__ = [
@@ -127,6 +128,7 @@ class FallbackRouter:
         self._confirming: dict[str, asyncio.Future[bool]] = {}  # role -> its probe in flight
         # Opens and probes given up on at their deadline end in the background here.
         self.calls = BoundedCalls()
+        self.stalls = StallWatch()
 
     # -------------------------------------------------------------- state
     @property
@@ -169,14 +171,17 @@ class FallbackRouter:
         )
 
     @property
-    def outage_detected(self) -> datetime | None:
-        """When this process found the primary unreachable in the outage under way (its
-        first failed call); None while the primary serves. Not when the outage began, as
-        `lease_clock` counts it (the primary's last answer before it): a stall of this
-        process (SIGSTOP, a long GC) between that answer and the failed call lies
-        before this moment, so a lease that lapsed in it is judged lapsed before the
-        outage (`RoutedRegistry._lapsed_before_outage`)."""
-        return None if self.serving else self.degraded_since
+    def outage_began(self) -> datetime | None:
+        """When the outage under way began, as `lease_clock` counts it (the primary's
+        last answer before it); None while the primary serves."""
+        return None if self.serving else self._outage_began
+
+    def stalled_at(self, moment: datetime) -> bool:
+        """Whether this process was stalled (its loop did not run: SIGSTOP, a long
+        collection) at `moment`, in a stall that began before it found the primary
+        unreachable in the outage under way (`StallWatch`)."""
+        detected = None if self.serving else self.degraded_since
+        return detected is not None and self.stalls.covers(moment, began_before=detected)
 
     def lease_clock(self, now: datetime, lease: timedelta) -> datetime:
         """The time to judge leases lapsed by: for one lease after an outage, its start.
@@ -200,6 +205,7 @@ class FallbackRouter:
 
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
+        self.stalls.start()
         for index, slot in enumerate(self.slots):
             await slot.open(self.calls, enforce_references=slot is self.primary)
             if slot.healthy and self.active is None:
@@ -218,6 +224,7 @@ class FallbackRouter:
 
     async def close(self) -> None:
         """Close every opened backend."""
+        await self.stalls.stop()
         await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:

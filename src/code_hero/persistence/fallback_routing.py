@@ -118,26 +118,26 @@ class RoutedRegistry:
 
     def _lapsed_before_outage(self, known: RunRecord) -> bool:
         """Whether the lease of a run in flight, as this process last saw it, may have
-        lapsed before the outage began (this process stalled past it). Another replica
-        may have taken the run over while the primary still served, and the copy here
+        lapsed before the outage (this process stalled past it). Another replica may
+        have taken the run over while the primary still served, and the copy here
         cannot tell: it names this process still. So the run is not this process's to
         renew or end in the outage (an end journalled here would be told its waiters,
         then refused at replay under the other's lease): it is held for the outage, and
         whoever holds it once the primary is back goes on with it (the replica that
-        took it, or the next claimer: `lease_clock` counts such a lease lapsed at once).
+        took it, or the next claimer, by `lease_clock`).
 
-        Judged by when this process detected the outage, not by the primary's last
-        answer: a stall between the two (SIGSTOP, a long GC) answered nothing and
-        renewed nothing, and a lease that lapsed in it may be another's. A process that
-        did not stall renews each lease every third of it, so in an ordinary outage a
-        renewal (or a probe) fails first, two thirds of a lease before it lapses, less
-        the failed call's timeout: a lease that lapses after that stays this process's,
-        and `lease_clock` keeps replicas that saw the outage from taking it until this
-        one has had time to sync. (A call slower to fail than that holds the run: the
-        safe side.)"""
-        detected = self.router.outage_detected
+        Lapsed before the outage: before the primary's last answer, or in a stall of
+        this process (its loop did not run: SIGSTOP, a long collection) that began
+        before it found the primary unreachable; no answer came in the stall, so the
+        primary's last answer may lie before it. A lease that lapsed while the loop ran
+        and the primary did not answer lapsed because the outage failed its renewals:
+        it stays this process's, and `lease_clock` keeps replicas that saw the outage
+        from taking it until this one has had time to sync."""
+        began = self.router.outage_began
         expires = known.lease_expires_at
-        return detected is not None and expires is not None and expires <= detected
+        if began is None or expires is None:
+            return False
+        return expires <= began or self.router.stalled_at(expires)
 
     def _gone(self, run_id: str) -> bool:
         """Whether a run the fallback lacks is gone: one executing here that was claimed

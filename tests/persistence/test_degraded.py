@@ -30,6 +30,7 @@ from code_hero.errors import (
     ThreadBeingDeletedError,
 )
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence import recovery
 from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.entries import ChangeRun, CopyEvents, FinishRun, ReleaseRun
 from code_hero.persistence.manager import ThreadDeletion
@@ -466,6 +467,57 @@ async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
     gone = await deletion
     assert gone.deleted and gone.runs_deleted == 1 and gone.checkpoints_deleted > 0
     _assert_none_left(pg_database, thread_id)
+
+
+async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos audit (seed 56): the copy-back's first drain, while writes go
+    # on, took a thread born in the outage to PostgreSQL; a deletion then marked the
+    # fallback's row (the router on the fallback still), and nothing journalled the
+    # mark. The switch came before its last step, which ran on PostgreSQL and found the
+    # row not its own (a thread made anew, as it reads an unmarked row): it deleted
+    # nothing and answered deleted false, and the thread stayed. The mark is journalled
+    # as a copy of the thread, as every change to one born in the outage is.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    router, registry = gw.manager.router, gw.manager.registry
+    monkeypatch.setattr(recovery, "SMALL_REMAINDER", 0)  # the first drain takes it all
+    closed = router.gate.closed
+    drained, switch = asyncio.Event(), asyncio.Event()
+
+    @asynccontextmanager
+    async def held_before_the_last_drain() -> AsyncIterator[None]:
+        drained.set()
+        await switch.wait()
+        async with closed():
+            yield
+
+    monkeypatch.setattr(router.gate, "closed", held_before_the_last_drain)
+    start_deletion = registry.start_deletion
+    marked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def mark_then_wait(thread: str) -> str | None:
+        started = await start_deletion(thread)
+        marked.set()
+        await go_on.wait()
+        return started
+
+    monkeypatch.setattr(registry, "start_deletion", mark_then_wait)
+    proxy.forward()
+    await asyncio.wait_for(drained.wait(), 30)  # its copy is in PostgreSQL, unmarked
+    assert rows(
+        pg_database, "SELECT count(*) FROM code_hero_threads WHERE thread_id = %s", thread_id
+    ) == [(1,)]
+    deletion = asyncio.create_task(gw.delete_thread(thread_id))
+    await asyncio.wait_for(marked.wait(), 30)  # on the fallback: the switch is not made
+    switch.set()
+    await until(lambda: _synced(gw))
+    go_on.set()
+
+    gone = await deletion  # its last step on PostgreSQL
+    assert gone.deleted and gone.runs_deleted == 1
+    _assert_none_left(pg_database, thread_id, EVERY_TABLE)
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:

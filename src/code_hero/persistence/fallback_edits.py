@@ -42,7 +42,14 @@ class FallbackEdits(RoutedRegistry):
         async def degraded() -> str | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
-            return await self._local("deleting this thread").start_deletion(thread_id)
+            token = await self._local("deleting this thread").start_deletion(thread_id)
+            if token is not None:
+                # The mark goes to the primary too: the copy-back may have taken the
+                # thread already (its first drain runs while writes go on), and a last
+                # step that runs there after the switch ends only a row it marked. (No
+                # room asked: a deletion is let through a full journal, as its end is.)
+                self._copy_thread(thread_id)
+            return token
 
         return await self._write(lambda r: r.start_deletion(thread_id), degraded)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Generator
-from functools import cache
 from types import TracebackType
 from typing import Any
 
@@ -36,10 +35,18 @@ Hook = Callable[[], Generator[None, None, None]]
 STAGES = ("on_operation", "on_parse", "on_validate", "on_execute")
 
 
-@cache
-def _generator_hooks(cls: type[SchemaExtension]) -> dict[str, bool] | None:
+_KINDS: dict[type, dict[str, bool] | None] = {}  # per extension class, as it cannot change
+
+
+def _generator_hooks(cls: type) -> dict[str, bool] | None:
     """Which of the stages' hooks `cls` defines (True) or leaves alone (False);
     None when one it defines is not a generator function."""
+    if cls not in _KINDS:
+        _KINDS[cls] = _kinds(cls)
+    return _KINDS[cls]
+
+
+def _kinds(cls: type) -> dict[str, bool] | None:
     kinds = {}
     for name in STAGES:
         hook = getattr(cls, name)

@@ -512,8 +512,16 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         registry=registry,
     )
 
+    # Each pair's child, looked up once: `labels` takes a lock and checks its values on
+    # every call (2 % of a `{ __typename }`'s app time). As many as the counter's own
+    # children: operation types times the error codes and "ok".
+    children: dict[tuple[str, str], Counter] = {}
+
     def observe(operation_type: str, status: str) -> None:
-        operations.labels(operation_type, status).inc()
+        child = children.get((operation_type, status))
+        if child is None:
+            child = children[operation_type, status] = operations.labels(operation_type, status)
+        child.inc()
 
     view = GraphQLView(
         build_schema(limits),

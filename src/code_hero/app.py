@@ -145,6 +145,9 @@ class GraphQLView(GraphQL[Context, None]):
         self.observe = observe
         self.authenticator = authenticator or Authenticator()
         self.fanout = fanout or Fanout()  # shared runEvents streams of this app's sockets
+        # What an Accept header may ask to stream by (SSE): Strawberry makes these anew at
+        # each request's look-up; `accepts` reads only the header.
+        self.header_transports = tuple(self._stream_transport_map.values())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -211,6 +214,8 @@ class GraphQLView(GraphQL[Context, None]):
         header clients send is exactly `application/json`, which needs no parsing. Anything else
         (other headers, GET, a body whose fields are not a query's) goes through
         Strawberry's own parse and its errors; Starlette keeps the body read here.
+        The Accept header is matched against `header_transports`, made once (Strawberry
+        makes its transports anew for each look-up: 3 % of a `{ __typename }`'s app time).
         """
         if request.method == "POST" and request.content_type == JSON:
             body = self.parse_json(await request.get_body())  # a JSON object, else 400
@@ -221,7 +226,8 @@ class GraphQLView(GraphQL[Context, None]):
                 and isinstance(variables, dict | None)
                 and isinstance(extensions, dict | None)
             ):
-                transport = self._get_stream_transport_from_headers(request.headers)
+                accept = request.headers.get("accept", "")
+                transport = next((t for t in self.header_transports if t.accepts(accept)), None)
                 return GraphQLRequestData(
                     query=query,
                     variables=variables,
@@ -317,11 +323,22 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _framing(scope: Scope) -> tuple[bytes | None, bool]:
+    """The request's Content-Length (None: not given) and whether it is chunked."""
+    length, chunked = None, False
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            length = bytes(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
+
+
 class BodySizeLimit:
     """Answer 413 to an HTTP request whose body exceeds `max_bytes`.
 
-    Checks Content-Length up front and counts the bytes as they arrive, so a
-    chunked body without Content-Length is cut off too.
+    Checks Content-Length up front, and counts the bytes of a body without one
+    (chunked) as they arrive, so it is cut off too.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -332,10 +349,16 @@ class BodySizeLimit:
         if scope["type"] != "http" or self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large()(scope, receive, send)
-            return
+        declared, chunked = _framing(scope)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+            if not chunked:
+                # The server reads exactly the declared length (HTTP/1.1 framing; uvicorn's
+                # parsers stop there): nothing to count, no wrappers around every message.
+                await self.app(scope, receive, send)
+                return
         received = 0
         started = False
 
@@ -489,8 +512,16 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         registry=registry,
     )
 
+    # Each pair's child, looked up once: `labels` takes a lock and checks its values on
+    # every call (2 % of a `{ __typename }`'s app time). As many as the counter's own
+    # children: operation types times the error codes and "ok".
+    children: dict[tuple[str, str], Counter] = {}
+
     def observe(operation_type: str, status: str) -> None:
-        operations.labels(operation_type, status).inc()
+        child = children.get((operation_type, status))
+        if child is None:
+            child = children[operation_type, status] = operations.labels(operation_type, status)
+        child.inc()
 
     view = GraphQLView(
         build_schema(limits),

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed
 
+from code_hero.app import BodySizeLimit
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
 from tests.graphql.conftest import Starter
@@ -60,6 +62,36 @@ async def test_request_body_size(start: Starter) -> None:
 
         small = await server.http.post("/graphql", json={"query": "{ graphs { name } }"})
         assert small.status_code == 200
+
+
+async def test_a_chunked_body_is_counted_whatever_length_it_declares() -> None:
+    """Transfer-Encoding wins over Content-Length (RFC 9112): the bytes are counted."""
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            seen.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    parts = [b"x" * 600, b"x" * 600, b""]
+
+    async def receive() -> Message:
+        body = parts.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "method": "POST", "path": "/graphql", "headers": headers}
+    await BodySizeLimit(app, max_bytes=1000)(scope, receive, send)
+    assert sent[0]["status"] == 413 and len(seen) == 1
 
 
 async def test_page_size(start: Starter) -> None:

@@ -11,7 +11,9 @@ from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
     QueryDepthLimiter,
+    SchemaExtension,
 )
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -22,6 +24,7 @@ from code_hero.schema.events import EVENT_TYPES
 from code_hero.schema.execution import LeafExecutor, install_leaf_fields, plain_leaf
 from code_hero.schema.extensions import Documents, OperationHooks
 from code_hero.schema.roots import Mutation, Query, Subscription
+from code_hero.schema.runner import HookRunner
 from code_hero.schema.scalars import SCALARS
 
 __all__ = ["GatewaySchema", "build_schema"]
@@ -30,7 +33,13 @@ log = logging.getLogger("code_hero.graphql")
 
 
 class GatewaySchema(strawberry.Schema):
-    """Strawberry's schema, logging internal errors (with traceback) and only those."""
+    """Strawberry's schema, logging internal errors (with traceback) and only those, and
+    running its extension's hooks through `HookRunner` (see schema.runner)."""
+
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        return HookRunner(execution_context=execution_context, extensions=extensions)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -14,10 +14,14 @@ from code_hero.errors import BadInputError, NotFoundError
 from code_hero.persistence.records import (
     Registry,
     RunFilter,
+    SortDirection,
     ThreadFilter,
+    ThreadOrder,
     ThreadRecord,
+    ThreadSortField,
     ThreadStatus,
 )
+from code_hero.persistence.registry.cursors import thread_cursor
 from tests.persistence.registry.support import at, events, put, run, thread
 
 
@@ -301,3 +305,17 @@ async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Re
     assert marked is not None and marked.ttl_seconds == 0
     listed = await registry.list_runs(RunFilter(thread_id="t1"), first=10, expired=True)
     assert [r.run_id for r in listed.items] == ["r1"]
+
+
+def test_a_cursor_is_the_compact_json_of_its_items() -> None:
+    """Cursors handed out before keep meaning the same: the bytes are json.dumps' own."""
+    updated = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    record = replace(thread("t-1.a:b_c", updated), created_at=updated - timedelta(days=1))
+    by_creation = ThreadOrder(ThreadSortField.CREATED_AT, SortDirection.ASC)
+
+    def expected(at: datetime, tag: str) -> str:
+        raw = json.dumps(["thread", at.isoformat(), "t-1.a:b_c", tag], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode("ascii")
+
+    assert thread_cursor(record) == expected(updated, "UPDATED_AT:DESC")
+    assert thread_cursor(record, by_creation) == expected(record.created_at, "CREATED_AT:ASC")

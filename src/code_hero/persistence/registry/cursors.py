@@ -15,6 +15,8 @@ import binascii
 import json
 from datetime import datetime
 
+import orjson
+
 from code_hero.errors import BadInputError
 from code_hero.persistence.records import (
     RunOrder,
@@ -40,7 +42,9 @@ _DEFAULT_TAGS = {
 
 
 def _encode_cursor(kind: str, at: datetime, key: str, order: str) -> str:
-    raw = json.dumps([kind, at.isoformat(), key, order], separators=(",", ":")).encode()
+    # orjson: a fifth of json.dumps' time, made for every edge of a page. Its bytes are
+    # json.dumps' (compact) for the ASCII ids every key is (see check_thread_id).
+    raw = orjson.dumps([kind, at.isoformat(), key, order])
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 

@@ -38,3 +38,17 @@ def test_psycopg_loads_only_for_postgresql() -> None:
         "open_backend(create_postgres_checkpointer('postgresql://nowhere/db'))"
     )
     assert all(loaded_after(backend, *drivers).values())
+
+
+def test_prometheus_client_loads_only_when_scraped() -> None:
+    # prometheus-client (~1 MiB resident) renders /metrics only: the counters are
+    # plain, so a server nobody scrapes never loads it.
+    app = "from code_hero.app import create_app; create_app()"
+    assert loaded_after(app, "prometheus_client") == {"prometheus_client": False}
+    scraped = (
+        "import asyncio, httpx; from code_hero.app import create_app; "
+        "t = httpx.ASGITransport(app=create_app()); "
+        "c = httpx.AsyncClient(transport=t, base_url='http://gateway'); "
+        "assert asyncio.run(c.get('/metrics')).status_code == 200"
+    )
+    assert loaded_after(scraped, "prometheus_client") == {"prometheus_client": True}

@@ -52,3 +52,17 @@ def test_prometheus_client_loads_only_when_scraped() -> None:
         "assert asyncio.run(c.get('/metrics')).status_code == 200"
     )
     assert loaded_after(scraped, "prometheus_client") == {"prometheus_client": True}
+
+
+def test_the_default_schema_is_built_only_when_asked_for() -> None:
+    # The app builds a schema for its limits; the default one (for `code-hero schema`
+    # and the contract test) would be a second copy (~0.5 MiB) nobody reads.
+    probe = (
+        "import code_hero.schema as s; from code_hero.app import create_app; create_app(); "
+        "print('schema' in vars(s)); from code_hero.schema import schema; "
+        "print(type(schema).__name__, 'schema' in vars(s))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
+    ).stdout.split()
+    assert out == ["False", "GatewaySchema", "True"]

@@ -38,3 +38,31 @@ def test_psycopg_loads_only_for_postgresql() -> None:
         "open_backend(create_postgres_checkpointer('postgresql://nowhere/db'))"
     )
     assert all(loaded_after(backend, *drivers).values())
+
+
+def test_prometheus_client_loads_only_when_scraped() -> None:
+    # prometheus-client (~1 MiB resident) renders /metrics only: the counters are
+    # plain, so a server nobody scrapes never loads it.
+    app = "from code_hero.app import create_app; create_app()"
+    assert loaded_after(app, "prometheus_client") == {"prometheus_client": False}
+    scraped = (
+        "import asyncio, httpx; from code_hero.app import create_app; "
+        "t = httpx.ASGITransport(app=create_app()); "
+        "c = httpx.AsyncClient(transport=t, base_url='http://gateway'); "
+        "assert asyncio.run(c.get('/metrics')).status_code == 200"
+    )
+    assert loaded_after(scraped, "prometheus_client") == {"prometheus_client": True}
+
+
+def test_the_default_schema_is_built_only_when_asked_for() -> None:
+    # The app builds a schema for its limits; the default one (for `code-hero schema`
+    # and the contract test) would be a second copy (~0.5 MiB) nobody reads.
+    probe = (
+        "import code_hero.schema as s; from code_hero.app import create_app; create_app(); "
+        "print('schema' in vars(s)); from code_hero.schema import schema; "
+        "print(type(schema).__name__, 'schema' in vars(s))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
+    ).stdout.split()
+    assert out == ["False", "GatewaySchema", "True"]

@@ -25,22 +25,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -74,6 +68,9 @@ from code_hero.schema import build_schema
 from code_hero.settings import AppSettings, Limits
 from code_hero.sockets import SharedLegacyWSHandler, SharedTransportWSHandler
 from code_hero.ui import offline_graphiql_html, ui_routes, vendor_routes
+
+if TYPE_CHECKING:
+    from code_hero.exposition import Exposition
 
 __all__ = ["create_app"]
 
@@ -390,93 +387,6 @@ class BodySizeLimit:
         )
 
 
-# ---------------------------------------------------------------- metrics
-
-
-class GatewayCollector(Collector):
-    """The gateway's metrics, read at each scrape."""
-
-    def __init__(self, runtime: _Runtime, fanout: Fanout | None = None) -> None:
-        self.runtime = runtime
-        self.fanout = fanout
-
-    def collect(self) -> Iterable[Metric]:
-        gateway = self.runtime.gateway
-        if gateway is None:
-            return []
-        snap = gateway.metrics()
-        if self.fanout is not None:  # the shared streams live in the app, not the gateway
-            snap["internal_entries"] = {
-                **snap.get("internal_entries", {}),
-                **self.fanout.internal_sizes(),
-            }
-        return list(_gateway_metrics(snap))
-
-
-def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
-    labels = ["backend", "operation"]
-    calls = CounterMetricFamily(
-        "code_hero_checkpoint_operations", "Checkpoint backend calls.", labels=labels
-    )
-    failed = CounterMetricFamily(
-        "code_hero_checkpoint_operation_errors",
-        "Checkpoint backend calls that failed.",
-        labels=labels,
-    )
-    seconds = HistogramMetricFamily(
-        "code_hero_checkpoint_operation_seconds", "Checkpoint backend call latency.", labels=labels
-    )
-    for key, stats in sorted(snap.get("operations", {}).items()):
-        backend, _, operation = str(key).partition(".")
-        calls.add_metric([backend, operation], stats["count"])
-        failed.add_metric([backend, operation], stats["errors"])
-        cumulative, buckets = 0, []
-        for bound, count in stats["buckets"].items():
-            cumulative += count
-            buckets.append((str(bound), float(cumulative)))
-        buckets.append(("+Inf", float(stats["count"])))
-        seconds.add_metric([backend, operation], buckets, sum_value=stats["total_seconds"])
-    yield from (calls, failed, seconds)
-
-    errors = CounterMetricFamily(
-        "code_hero_checkpoint_errors",
-        "Backend errors by exception type.",
-        labels=["backend", "kind"],
-    )
-    for key, count in sorted(snap.get("errors", {}).items()):
-        backend, _, kind = str(key).partition(".")
-        errors.add_metric([backend, kind], count)
-    yield errors
-
-    for name, doc in (
-        ("fallback_switches", "Switches to a fallback backend."),
-        ("recoveries", "Returns to the primary backend."),
-        ("synced_items", "Items copied back from a fallback to the primary."),
-    ):
-        yield CounterMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
-    for name, doc in (
-        ("pending_sync", "Writes on a fallback not yet copied to the primary."),
-        ("quarantined", "Fallback writes the primary refused; kept and retried."),
-        ("subscribers", "Open event subscriptions."),
-        ("active_runs", "Runs executing in this process."),
-    ):
-        yield GaugeMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
-    internal = GaugeMetricFamily(
-        "code_hero_internal_entries",
-        "Entries in each per-run map of this process (0 when idle).",
-        labels=["map"],
-    )
-    for name, size in sorted(snap.get("internal_entries", {}).items()):
-        internal.add_metric([name], size)
-    yield internal
-    status = GaugeMetricFamily(
-        "code_hero_checkpointer_status", "1 for the current storage status.", labels=["status"]
-    )
-    for value in ("healthy", "degraded", "unhealthy"):
-        status.add_metric([value], 1.0 if snap.get("overall_status") == value else 0.0)
-    yield status
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -502,26 +412,16 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
     settings = settings or AppSettings()
     limits = settings.limits
     runtime = _Runtime()
-    registry = CollectorRegistry()
     fanout = Fanout()
-    registry.register(GatewayCollector(runtime, fanout))
-    operations = Counter(
-        "code_hero_graphql_operations",
-        "GraphQL operations by type and outcome (ok or the error code).",
-        ["operation_type", "status"],
-        registry=registry,
-    )
-
-    # Each pair's child, looked up once: `labels` takes a lock and checks its values on
-    # every call (2 % of a `{ __typename }`'s app time). As many as the counter's own
-    # children: operation types times the error codes and "ok".
-    children: dict[tuple[str, str], Counter] = {}
+    # GraphQL operations by (type, outcome), and when each pair was first seen.
+    operations: Counter[tuple[str, str]] = Counter()
+    first_seen: dict[tuple[str, str], float] = {}
 
     def observe(operation_type: str, status: str) -> None:
-        child = children.get((operation_type, status))
-        if child is None:
-            child = children[operation_type, status] = operations.labels(operation_type, status)
-        child.inc()
+        key = (operation_type, status)
+        if key not in first_seen:
+            first_seen[key] = time.time()
+        operations[key] += 1
 
     view = GraphQLView(
         build_schema(limits),
@@ -550,8 +450,17 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         code = 200 if report.get("overall_status") in STORING else 503
         return JSONResponse(to_jsonable(report), status_code=code)
 
+    exposition: Exposition | None = None
+
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        nonlocal exposition
+        if exposition is None:
+            # prometheus-client (about 1 MiB resident) loads at the first scrape.
+            from code_hero.exposition import Exposition
+
+            exposition = Exposition(lambda: runtime.gateway, fanout, operations, first_seen)
+        body, media_type = exposition.render()
+        return Response(body, media_type=media_type)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

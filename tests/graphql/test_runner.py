@@ -77,13 +77,22 @@ def outcome(
     return log, "ok"
 
 
-@contextlib.contextmanager
-def nested(hooks: list[Callable[[], Iterator[None]]]) -> Iterator[None]:
-    """The oracle: each hook as a contextmanager, nested in order."""
-    with contextlib.ExitStack() as stack:
-        for each in hooks:
-            stack.enter_context(contextlib.contextmanager(each)())
-        yield
+class nested:
+    """The oracle: each hook as a contextmanager, nested in order on an ExitStack, whose
+    exit result is dropped as Strawberry's `ExtensionContextManagerBase.__exit__` drops
+    it: a hook that swallows an exception does not stop it (the stage's body did not
+    run to its end, and Strawberry's code after the stage relies on it)."""
+
+    def __init__(self, hooks: list[Callable[[], Iterator[None]]]) -> None:
+        self.hooks = hooks
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> None:
+        for each in self.hooks:
+            self.stack.enter_context(contextlib.contextmanager(each)())
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.__exit__(*exc)
 
 
 CASES = [

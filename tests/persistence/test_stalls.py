@@ -1,4 +1,5 @@
-"""The stall watch: gaps in the event loop's own clock, as leases are judged by."""
+"""What an outage is judged by: stalls of this process (gaps in the loop's own clock)
+and the primary's last answer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+from langgraph.checkpoint.base import empty_checkpoint
+
+from code_hero.checkpointing import EnhancedCheckpointerManager
+from code_hero.config import create_sqlite_checkpointer
 from code_hero.persistence.stalls import StallWatch
 
 
@@ -38,3 +43,26 @@ async def test_a_stopped_watch_judges_by_what_it_recorded() -> None:
     await watch.stop()
     time.sleep(0.5)  # noqa: ASYNC251 - not watched: no stall of a process that stopped watching
     assert not watch.covers(datetime.now(UTC) - timedelta(seconds=0.2), datetime.now(UTC))
+
+
+async def test_the_primary_answers_at_every_call_not_only_at_its_probe(sqlite_path: str) -> None:
+    # An outage counts from the primary's last answer (`FallbackRouter.outage_began`);
+    # from the last probe alone, up to a health interval old, a lease that lapsed after
+    # a later answer (a run whose renewals the pool refused as busy, taken over) was
+    # judged one that lapsed in the outage: renewed or ended here (review).
+    config = create_sqlite_checkpointer(sqlite_path, health_check_interval=3600)
+    async with EnhancedCheckpointerManager(config) as manager:
+        slot = manager.router.primary
+        probed = slot.answered_at
+        assert probed is not None
+        await manager.registry.get_thread("t")  # a registry read
+        read = slot.answered_at
+        assert read is not None and read > probed
+        await manager.get_checkpointer().aput(  # a checkpoint write
+            {"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
+            empty_checkpoint(),
+            {"source": "input", "step": -1, "parents": {}},
+            {},
+        )
+        written = slot.answered_at
+        assert written is not None and written > read

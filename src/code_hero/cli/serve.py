@@ -9,7 +9,6 @@ leaves unfinished runs resumable.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import logging
 import os
@@ -125,8 +124,10 @@ def _cap_malloc_arenas() -> None:
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     try:
+        import ctypes
+
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS has no mallopt)
+    except (ImportError, OSError, AttributeError, TypeError):  # no ctypes, not glibc
         return
     mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 

@@ -205,7 +205,6 @@ class FallbackRouter:
 
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
-        self.stalls.start()
         for index, slot in enumerate(self.slots):
             await slot.open(self.calls, enforce_references=slot is self.primary)
             if slot.healthy and self.active is None:
@@ -221,16 +220,17 @@ class FallbackRouter:
                 self.primary.last_error,
                 self.slots[self.active].label,
             )
+        self.stalls.start()
 
     async def close(self) -> None:
         """Close every opened backend."""
-        await self.stalls.stop()
         await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:
                 await close_quietly(slot.backend)
                 slot.backend = None
         self.active = None
+        await self.stalls.stop()
 
     def busy(self, what: str = "this request") -> PoolBusyError:
         """The error for a call that waited for a connection while the database answers."""
@@ -287,6 +287,7 @@ class FallbackRouter:
             if not await self.fail_if_down(slot, exc, what):
                 raise
             raise self.unavailable(what) from exc
+        slot.answered()
 
     async def _answers(self, slot: BackendSlot) -> bool:
         """Whether the slot answers its probe now. One probe serves every call that
@@ -388,7 +389,9 @@ class FallbackRouter:
                     if not await self.fail_if_down(slot, exc):
                         raise
                     continue
-                if slot is not self.primary:
+                if slot is self.primary:
+                    slot.answered()
+                else:
                     self.journal.append(entry())
                     if thread_id not in self.local_threads:
                         self.fallback_threads.add(thread_id)

@@ -88,10 +88,13 @@ class RoutedRegistry:
         registry = self._primary()
         if registry is not None:
             try:
-                return await on_primary(registry)
+                result = await on_primary(registry)
             except Exception as exc:
                 if not await self.router.fail_if_down(self.router.primary, exc):
                     raise
+            else:
+                self.router.primary.answered()
+                return result
         return await degraded()
 
     async def _write(

@@ -114,6 +114,12 @@ class BackendSlot:
         self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
         self.checked_at = datetime.now(UTC)
 
+    def answered(self) -> None:
+        """A call on this slot's database succeeded: it answered now (the moment an
+        outage is counted from: `FallbackRouter.outage_began`), not only at the last
+        probe, up to a health interval older."""
+        self.answered_at = datetime.now(UTC)
+
     def _record_answer(self, started: float) -> None:
         self.latency_ms = (time.perf_counter() - started) * 1000
         self.checked_at = self.answered_at = datetime.now(UTC)

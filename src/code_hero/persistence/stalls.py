@@ -29,11 +29,12 @@ class StallWatch:
         self.tolerance = tolerance
         self.stalls: deque[tuple[datetime, datetime]] = deque(maxlen=keep)
         self._last = time.monotonic()
+        self._last_wall = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._last = time.monotonic()
+            self._last, self._last_wall = time.monotonic(), datetime.now(UTC)
             self._task = asyncio.create_task(self._watch(), name="stall-watch")
 
     async def stop(self) -> None:
@@ -48,16 +49,18 @@ class StallWatch:
             await asyncio.sleep(self.tick)
             if (gap := self._gap()) is not None:
                 self.stalls.append(gap)
-            self._last = time.monotonic()
+            self._last, self._last_wall = time.monotonic(), datetime.now(UTC)
 
     def _gap(self) -> tuple[datetime, datetime] | None:
         """The gap since the last tick, if it is a stall (the loop ran late by more
-        than `tolerance`): also the one under way, before the watch has ticked again."""
-        since = time.monotonic() - self._last
+        than `tolerance`): also the one under way, before the watch has ticked again.
+        Seen on both clocks: the monotonic one stops while the machine is suspended
+        (and a paused VM may resume with it so), the wall clock does not."""
+        now = datetime.now(UTC)
+        since = max(time.monotonic() - self._last, (now - self._last_wall).total_seconds())
         if since - self.tick <= self.tolerance:
             return None
-        now = datetime.now(UTC)
-        return now - timedelta(seconds=since), now
+        return min(self._last_wall, now - timedelta(seconds=since)), now
 
     def covers(self, moment: datetime, began_before: datetime) -> bool:
         """Whether `moment` fell in a stall that began before `began_before`."""

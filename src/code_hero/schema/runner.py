@@ -90,8 +90,8 @@ class Stage:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        """True when a hook swallowed `exc`; a hook's own exception replaces it."""
+    ) -> None:
+        """Never swallows `exc` (see below); a hook's own exception replaces it."""
         pending = exc
         while self._running:
             generator = self._running.pop()
@@ -108,11 +108,11 @@ class Stage:
                 continue
             generator.close()
             pending = RuntimeError("a hook yielded twice")
-        if pending is None:
-            return exc is not None
-        if pending is exc:
-            return False
-        raise pending
+        # A hook that swallowed `exc` does not stop it, as in Strawberry's own runner
+        # (its `__exit__` drops the exit stack's answer): the code after the stage
+        # relies on the stage's body having run (a result, a validated document).
+        if pending is not None and pending is not exc:
+            raise pending
 
     async def __aenter__(self) -> None:
         self.__enter__()
@@ -122,8 +122,8 @@ class Stage:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 class HookRunner(SchemaExtensionsRunner):

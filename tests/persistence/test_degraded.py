@@ -1437,3 +1437,55 @@ async def test_a_failed_end_whose_events_were_never_stored_is_forgotten_at_recov
     assert registry.internal_sizes()["registry.unended"] == 1  # its events never stored
     await _outage_ends(gw, proxy)
     assert registry.internal_sizes()["registry.unended"] == 0
+
+
+async def test_a_flush_in_flight_when_postgres_goes_silent_ends_and_so_does_its_run(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # A black hole (a partition, a frozen host: connections stay open, nothing answers).
+    # A flush of the run's events was in flight on a pooled connection when it began;
+    # the probe found the outage and the router failed over, but that statement had no
+    # bound and waited forever, and the run's end (which waits for the flush) with it:
+    # startRun(wait: true) never answered. Failing over now breaks the connections the
+    # pool has lent out, so the flush fails as unreachable and takes the outage path.
+    gw, proxy = long_leased
+    executor = gw.executor
+    gw.events.flush_interval = 3600  # no batch unless flushed here
+    stream, flushes = executor._stream, []
+
+    async def silenced_after_its_steps(record: RunRecord, writer: Any, *args: Any) -> Any:
+        result = await stream(record, writer, *args)
+        proxy.black_hole()
+        flushes.append(asyncio.create_task(gw.events.flush()))
+        await until(lambda: _degraded(gw))
+        return result
+
+    executor._stream = silenced_after_its_steps  # type: ignore[method-assign]
+    try:
+        final = await asyncio.wait_for(
+            gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30
+        )
+        await asyncio.wait_for(asyncio.gather(*flushes), 30)
+    finally:
+        proxy.forward()
+    # Its end was journalled on the fallback, and reaches PostgreSQL once it is back.
+    assert final.status is RunStatus.SUCCESS, final
+    await until(lambda: _synced(gw))
+    assert rows(
+        pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", final.run_id
+    ) == [(RunStatus.SUCCESS.value,)]
+
+
+async def test_a_read_in_flight_when_postgres_goes_silent_answers_unavailable(
+    proxied: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    gw, proxy = proxied
+    run = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+    proxy.black_hole()
+    try:
+        read = asyncio.create_task(gw.get_run(run.run_id))
+        with pytest.raises(BackendUnavailableError, match="unreachable") as caught:
+            await asyncio.wait_for(read, 30)
+        assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    finally:
+        proxy.forward()

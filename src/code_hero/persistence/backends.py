@@ -146,6 +146,10 @@ class Backend(ABC):
     async def reconnect(self) -> None:  # noqa: B027 (optional: nothing to redo by default)
         """Connect afresh after an outage (before the sync-back writes)."""
 
+    def abandon_calls(self) -> None:  # noqa: B027 (optional: nothing in flight to end)
+        """End the calls in flight on the database now: it was found unreachable, and a
+        server that stopped answering would leave them waiting forever."""
+
     async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:
         """Write one thread's checkpoints and writes, in order, all or none."""
         raise NotImplementedError(f"a {self.kind} backend writes one call at a time")

@@ -320,6 +320,11 @@ class FallbackRouter:
         """The slot could not be reached: mark it, and serve from the next slot if it was active."""
         was_active = self.active_slot is slot
         slot.record_failure(exc)
+        if slot.backend is not None:
+            # Statements in flight have no bound of their own: on a server that stopped
+            # answering with its connections open (a partition, a frozen host) they would
+            # wait forever. Ended, they fail as unreachable and take the outage's path.
+            slot.backend.abandon_calls()
         if not was_active:
             return
         index = self.slots.index(slot)

@@ -9,6 +9,9 @@ load only in a process that uses PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,7 +35,48 @@ from code_hero.persistence.unreachable import check_on_checkout
 if TYPE_CHECKING:
     from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
-__all__ = ["PostgresBackend"]
+__all__ = ["LendingPool", "PostgresBackend"]
+
+
+class LendingPool(AsyncConnectionPool[Any]):
+    """A psycopg pool that knows which connections it has lent out, to end their calls."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lent: set[psycopg.AsyncConnection[Any]] = set()
+
+    async def getconn(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> psycopg.AsyncConnection[Any]:
+        conn: psycopg.AsyncConnection[Any] = await super().getconn(timeout)
+        self.lent.add(conn)
+        return conn
+
+    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.lent.discard(conn)
+        await super().putconn(conn)
+
+    def abandon_lent(self) -> None:
+        """Shut the socket of every connection lent out: a call waiting on one raises
+        OperationalError ("server closed the connection") at once, and the pool discards
+        the broken connection when it comes back.
+
+        A statement has no bound of its own (a legitimately long one must not be cut),
+        and libpq's keepalives and tcp_user_timeout notice only a peer whose kernel stops
+        acknowledging: a partition behind a proxy or load balancer that keeps the
+        connection open is noticed by the router's probe alone, which calls this.
+        """
+        for conn in list(self.lent):
+            _shut(conn)
+
+
+def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Shut the connection's socket both ways, without closing its descriptor (the loop
+    still watches it; a closed one could be reused by another socket meanwhile)."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class PostgresBackend(Backend):
@@ -81,9 +125,9 @@ class PostgresBackend(Backend):
     def _connect_timeout(self) -> int:
         return max(1, int(self.config.pool_timeout))
 
-    def _new_pool(self) -> AsyncConnectionPool[Any]:
+    def _new_pool(self) -> LendingPool:
         connect_timeout = self._connect_timeout
-        return AsyncConnectionPool(
+        return LendingPool(
             self.config.connection_string or "",
             min_size=self.config.pool_min_size,
             max_size=max(2, self.config.pool_max_size),
@@ -120,12 +164,15 @@ class PostgresBackend(Backend):
         assert isinstance(saver, AsyncPostgresSaver)
         await bulk_put(self._pool, saver, items)
 
+    def abandon_calls(self) -> None:
+        self._pool.abandon_lent()
+
     @property
     def description(self) -> str:
         return redact_url(self.config.connection_string or "")
 
     @property
-    def pool(self) -> AsyncConnectionPool[Any]:
+    def pool(self) -> LendingPool:
         """The shared psycopg pool."""
         return self._pool
 

@@ -34,6 +34,7 @@ from code_hero.persistence import recovery
 from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.entries import ChangeRun, CopyEvents, FinishRun, ReleaseRun
 from code_hero.persistence.manager import ThreadDeletion
+from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -1489,3 +1490,29 @@ async def test_a_read_in_flight_when_postgres_goes_silent_answers_unavailable(
         assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
     finally:
         proxy.forward()
+
+
+async def test_one_calls_failure_leaves_the_calls_beside_it_running(
+    proxied: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # One call's error judged "down" (its connection ended by the server: 57P01, a reset
+    # by a NAT) fails the primary over, but says nothing of the calls in flight beside
+    # it, on connections of their own: they run to their end. Shutting every lent
+    # socket at any failover cut them all, a self-made outage (review); only a probe
+    # that finds the database unreachable ends them.
+    gw, _ = proxied
+    router = gw.manager.router
+    backend = router.primary.backend
+    assert isinstance(backend, PostgresBackend)
+
+    async def in_flight() -> Any:
+        async with backend.pool.connection() as conn:
+            cur = await conn.execute("SELECT pg_sleep(0.5), 1 AS one")
+            return await cur.fetchone()
+
+    task = asyncio.create_task(in_flight())
+    await asyncio.sleep(0.1)
+    ended = psycopg.OperationalError("terminating connection due to administrator command")
+    router.fail(router.primary, ended)
+    assert (await asyncio.wait_for(task, 30))["one"] == 1
+    await until(lambda: _synced(gw))  # the probe answers: served again

@@ -252,13 +252,10 @@ class FallbackRouter:
         """
         if not is_backend_error(exc):
             return None
-        if (
-            is_pool_timeout(exc)
-            and slot.backend is not None
-            and slot.backend.pool_saturated()
-            and await self._answers(slot)
-        ):
-            return "busy"
+        if is_pool_timeout(exc) and slot.backend is not None and slot.backend.pool_saturated():
+            if await self._answers(slot):
+                return "busy"
+            self._abandon_calls(slot)
         return "down"
 
     async def fail_if_down(
@@ -320,11 +317,6 @@ class FallbackRouter:
         """The slot could not be reached: mark it, and serve from the next slot if it was active."""
         was_active = self.active_slot is slot
         slot.record_failure(exc)
-        if slot.backend is not None:
-            # Statements in flight have no bound of their own: on a server that stopped
-            # answering with its connections open (a partition, a frozen host) they would
-            # wait forever. Ended, they fail as unreachable and take the outage's path.
-            slot.backend.abandon_calls()
         if not was_active:
             return
         index = self.slots.index(slot)
@@ -658,9 +650,21 @@ class FallbackRouter:
         except Exception as exc:
             if not is_backend_error(exc):
                 raise
+            self._abandon_calls(slot)
             self.fail(slot, exc)
             return False
         return True
+
+    @staticmethod
+    def _abandon_calls(slot: BackendSlot) -> None:
+        """A probe, on a connection of its own, found the slot's database unreachable:
+        end the calls in flight there. Statements have no bound of their own: on a
+        server that stopped answering with its connections open (a partition, a frozen
+        host) they would wait forever; ended, they fail as unreachable and take the
+        outage's path. Only on a probe's word: one call's error (a connection the
+        server ended, a pool timeout) says nothing of the calls beside it."""
+        if slot.backend is not None:
+            slot.backend.abandon_calls()
 
     async def check(self) -> None:
         """Probe every slot; heal back to the primary when it answers again."""

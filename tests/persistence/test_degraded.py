@@ -1447,8 +1447,9 @@ async def test_a_flush_in_flight_when_postgres_goes_silent_ends_and_so_does_its_
     # A flush of the run's events was in flight on a pooled connection when it began;
     # the probe found the outage and the router failed over, but that statement had no
     # bound and waited forever, and the run's end (which waits for the flush) with it:
-    # startRun(wait: true) never answered. Failing over now breaks the connections the
-    # pool has lent out, so the flush fails as unreachable and takes the outage path.
+    # startRun(wait: true) never answered. A probe that finds the database unreachable
+    # now breaks the connections the pool has lent out, so the flush fails as
+    # unreachable and takes the outage path.
     gw, proxy = long_leased
     executor = gw.executor
     gw.events.flush_interval = 3600  # no batch unless flushed here

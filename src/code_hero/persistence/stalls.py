@@ -60,7 +60,7 @@ class StallWatch:
         since = max(time.monotonic() - self._last, (now - self._last_wall).total_seconds())
         if since - self.tick <= self.tolerance:
             return None
-        return min(self._last_wall, now - timedelta(seconds=since)), now
+        return now - timedelta(seconds=since), now  # the longer of the two gaps
 
     def covers(self, moment: datetime, began_before: datetime) -> bool:
         """Whether `moment` fell in a stall that began before `began_before`."""

@@ -1,12 +1,19 @@
-"""The Prometheus text of /metrics: GraphQL operation counts and the gateway's metrics.
+"""The Prometheus text of /metrics: the gateway's metrics and GraphQL operation counts.
 
-    code_hero_graphql_operations_total{operation_type,status}   operations by outcome
-                                                                 (ok or the error code)
+In this order (the one prometheus-client's registry gave before the counters
+were plain):
+
     code_hero_checkpoint_*, code_hero_fallback_switches_total, ... see
                                                                  persistence/metrics.py
-    code_hero_subscribers, code_hero_active_runs, code_hero_pending_sync,
-    code_hero_quarantined, code_hero_internal_entries{map},
+    code_hero_pending_sync, code_hero_quarantined, code_hero_subscribers,
+    code_hero_active_runs, code_hero_internal_entries{map},
     code_hero_checkpointer_status{status}                        gauges
+    code_hero_graphql_operations_total{operation_type,status}   operations by outcome
+                                                                 (ok or the error code)
+
+The operations' `_created` series (when each pair was first seen) are written
+as prometheus-client writes its own Counter's: not at all with
+PROMETHEUS_DISABLE_CREATED_SERIES or after `disable_created_metrics()`.
 
 The app imports this module at the first scrape, not at start-up: a server
 nobody scrapes never loads prometheus-client (about 1 MiB resident). Every
@@ -19,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -57,14 +64,7 @@ class Exposition(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Every metric family, as it stands now."""
-        operations = CounterMetricFamily(
-            "code_hero_graphql_operations",
-            "GraphQL operations by type and outcome (ok or the error code).",
-            labels=["operation_type", "status"],
-        )
-        for key, count in list(self._operations.items()):
-            operations.add_metric(list(key), count, created=self._first_seen.get(key))
-        families: list[Metric] = [operations]
+        families: list[Metric] = []
         gateway = self._gateway_of()
         if gateway is not None:
             snap = gateway.metrics()
@@ -74,7 +74,28 @@ class Exposition(Collector):
                 **self._fanout.internal_sizes(),
             }
             families += _gateway_metrics(snap)
+        # The operations come last: the order of the registry before the counters
+        # were plain (the gateway's collector, then prometheus-client's Counter).
+        operations = CounterMetricFamily(
+            "code_hero_graphql_operations",
+            "GraphQL operations by type and outcome (ok or the error code).",
+            labels=["operation_type", "status"],
+        )
+        created = _created_series()
+        for key, count in list(self._operations.items()):
+            first_seen = self._first_seen.get(key) if created else None
+            operations.add_metric(list(key), count, created=first_seen)
+        families.append(operations)
         return families
+
+
+def _created_series() -> bool:
+    """Whether prometheus-client writes a counter's `_created` series now."""
+    # Asked of a Counter of its own, so the answer is prometheus-client's:
+    # PROMETHEUS_DISABLE_CREATED_SERIES at its import, or disable_created_metrics()
+    # and enable_created_metrics() since.
+    probe = Counter("code_hero_probe", "", registry=None)
+    return any(s.name.endswith("_created") for family in probe.collect() for s in family.samples)
 
 
 def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:

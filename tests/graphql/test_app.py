@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
+
+import pytest
 
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
@@ -71,6 +76,72 @@ async def test_metrics(start: Starter) -> None:
     ):
         assert name in text, name
     assert "python_gc" not in text  # a registry of its own, not the global one
+
+
+async def test_metrics_families_in_their_order(start: Starter) -> None:
+    """The order prometheus-client's registry gave before the counters were plain."""
+    async with start() as server:
+        await gql(server.http, "{ graphs { name } }")
+        text = (await server.http.get("/metrics")).text
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert families == [
+        "code_hero_checkpoint_operations_total",
+        "code_hero_checkpoint_operation_errors_total",
+        "code_hero_checkpoint_operation_seconds",
+        "code_hero_checkpoint_errors_total",
+        "code_hero_fallback_switches_total",
+        "code_hero_recoveries_total",
+        "code_hero_synced_items_total",
+        "code_hero_pending_sync",
+        "code_hero_quarantined",
+        "code_hero_subscribers",
+        "code_hero_active_runs",
+        "code_hero_internal_entries",
+        "code_hero_checkpointer_status",
+        "code_hero_graphql_operations_total",
+        "code_hero_graphql_operations_created",
+    ]
+
+
+# One query, then a scrape, in a process of its own: prometheus-client reads
+# PROMETHEUS_DISABLE_CREATED_SERIES when it is imported.
+SCRAPE = """
+import asyncio, httpx
+from code_hero.app import create_app
+
+async def scrape() -> None:
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            assert (await http.post("/graphql", json={"query": "{ __typename }"})).is_success
+            print((await http.get("/metrics")).text)
+
+asyncio.run(scrape())
+"""
+
+
+@pytest.mark.parametrize(
+    ("disable", "before", "created"),
+    [
+        (None, "", True),
+        ("True", "", False),
+        ("1", "", False),
+        (None, "import prometheus_client; prometheus_client.disable_created_metrics()", False),
+    ],
+)
+def test_metrics_created_series_as_prometheus_client_writes_them(
+    disable: str | None, before: str, created: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_DISABLE_CREATED_SERIES"}
+    if disable is not None:
+        env["PROMETHEUS_DISABLE_CREATED_SERIES"] = disable
+    text = subprocess.run(
+        [sys.executable, "-c", before + SCRAPE], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert 'code_hero_graphql_operations_total{operation_type="query",status="ok"} 1.0' in text
+    assert ('code_hero_graphql_operations_created{operation_type="query"' in text) is created
+    assert ("_created" in text) is created
 
 
 async def test_metrics_count_subscriptions_by_outcome(start: Starter) -> None:

@@ -112,14 +112,20 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         async with self._session(atomic=True) as s:
             await s.executemany(sql, rows)
 
-    async def put_thread(self, thread: ThreadRecord) -> None:
-        sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
+        update = (
+            "ttl_seconds = 0, deletion_token = excluded.deletion_token "
+            "WHERE excluded.deletion_token IS NOT NULL "
+            "AND code_hero_threads.deletion_token IS NULL"
+            if late
+            else "user_id = excluded.user_id, "
             "status = excluded.status, metadata = excluded.metadata, "
             "created_at = excluded.created_at, updated_at = excluded.updated_at, "
             "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token"
+        )
+        sql = (
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET {update}"
         )
         params = self._thread_params(thread)
         async with self._session() as s:

@@ -2,12 +2,14 @@
 
 The touch that follows a stored checkpoint (`create=False`, it only moves
 `updated_at`) must not fail the write it follows; one that would create the
-thread's row answers busy. Nothing fails over either way."""
+thread's row answers busy. Nothing fails over either way, nor when the retry of
+quarantined entries meets the saturated pool."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import cast
+from urllib.parse import urlsplit
 
 import pytest
 from psycopg_pool import PoolTimeout
@@ -15,6 +17,11 @@ from psycopg_pool import PoolTimeout
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import PostgresBackend
+from code_hero.persistence.entries import TouchThread
+from code_hero.persistence.journal import Quarantined
+from code_hero.persistence.recovery import retry_quarantined
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 
 
 async def test_a_busy_pool_drops_a_touch_that_only_moves_updated_at(pg_database: str) -> None:
@@ -54,3 +61,40 @@ async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database
             for _ in range(backend.pool.max_size):
                 await held.enter_async_context(backend.pool.connection())
             assert backend.pool_saturated()
+
+
+@pytest.mark.parametrize("database", ["answers", "silent"])
+async def test_a_quarantine_retry_on_a_saturated_pool_fails_over_only_if_the_probe_fails(
+    pg_database: str, database: str
+) -> None:
+    """The retry of quarantined entries failed the primary over on any error that looked
+    unreachable, a pool timeout on a saturated pool among them: a busy pool made an
+    outage. As the router does for every other call, a probe on a connection of its own
+    decides now: busy, nothing fails over and the entry waits for the next retry; a
+    database that does not answer the probe (a black hole) fails over still."""
+    async with BlackHoleProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port),
+            pool_min_size=1,
+            pool_max_size=1,
+            pool_timeout=0.5,
+            saver_instances=1,
+            health_check_interval=3600,  # no probe but the retry's own
+        )
+        async with EnhancedCheckpointerManager(config) as manager:
+            router = manager.router
+            router.journal.quarantine.append(Quarantined(TouchThread("q-1", None), 1, "refused"))
+            pool = cast(PostgresBackend, router.primary.backend).pool
+            async with contextlib.AsyncExitStack() as held:  # every connection, held by others
+                for _ in range(pool.max_size):
+                    await held.enter_async_context(pool.connection())
+                if database == "silent":
+                    proxy.black_hole()
+                await retry_quarantined(router)
+                assert router.serving is (database == "answers")
+            assert router.quarantined == 1  # kept for the next retry
+            proxy.forward()
+            if database == "answers":
+                await retry_quarantined(router)
+                assert not router.quarantined
+                assert await manager.registry.get_thread("q-1") is not None

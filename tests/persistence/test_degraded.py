@@ -40,6 +40,7 @@ from code_hero.persistence.records import (
     RunRecord,
     RunStatus,
     ThreadFilter,
+    ThreadRecord,
     ThreadStatus,
 )
 from code_hero.runs.events import EventType
@@ -470,17 +471,13 @@ async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
     _assert_none_left(pg_database, thread_id)
 
 
-async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_postgresql(
-    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found by the chaos audit (seed 56): the copy-back's first drain, while writes go
-    # on, took a thread born in the outage to PostgreSQL; a deletion then marked the
-    # fallback's row (the router on the fallback still), and nothing journalled the
-    # mark. The switch came before its last step, which ran on PostgreSQL and found the
-    # row not its own (a thread made anew, as it reads an unmarked row): it deleted
-    # nothing and answered deleted false, and the thread stayed. The mark is journalled
-    # as a copy of the thread, as every change to one born in the outage is.
-    gw, proxy = proxied
+async def _marked_between_the_drains(
+    gw: Gateway, proxy: BlackHoleProxy, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, asyncio.Event, asyncio.Task[ThreadDeletion], asyncio.Event]:
+    """A thread born in an outage, taken to PostgreSQL unmarked by the copy-back's first
+    drain, which is held before the last until `switch` is set; then a deletion of it,
+    held once it has marked the fallback's row (the router on the fallback still) until
+    `go_on` is set. Returns the thread id, `switch`, the deletion's task and `go_on`."""
     thread_id = await _born_in_an_outage(gw, proxy)
     router, registry = gw.manager.router, gw.manager.registry
     monkeypatch.setattr(recovery, "SMALL_REMAINDER", 0)  # the first drain takes it all
@@ -512,6 +509,23 @@ async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_pos
     ) == [(1,)]
     deletion = asyncio.create_task(gw.delete_thread(thread_id))
     await asyncio.wait_for(marked.wait(), 30)  # on the fallback: the switch is not made
+    return thread_id, switch, deletion, go_on
+
+
+async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos audit (seed 56): the copy-back's first drain, while writes go
+    # on, took a thread born in the outage to PostgreSQL; a deletion then marked the
+    # fallback's row (the router on the fallback still), and nothing journalled the
+    # mark. The switch came before its last step, which ran on PostgreSQL and found the
+    # row not its own (a thread made anew, as it reads an unmarked row): it deleted
+    # nothing and answered deleted false, and the thread stayed. The mark is journalled
+    # as a copy of the thread, as every change to one born in the outage is.
+    gw, proxy = proxied
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
     switch.set()
     await until(lambda: _synced(gw))
     go_on.set()
@@ -519,6 +533,56 @@ async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_pos
     gone = await deletion  # its last step on PostgreSQL
     assert gone.deleted and gone.runs_deleted == 1
     _assert_none_left(pg_database, thread_id, EVERY_TABLE)
+
+
+@pytest.mark.parametrize("first", ["the retry", "the last step"])
+async def test_a_deletion_whose_marked_copy_was_quarantined_ends_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy],
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:
+    # Seed 56's case with a second fault: PostgreSQL refused the copy that carries the
+    # mark once (a lock timeout), so it was quarantined. Retried as a late copy, which
+    # replaces no row the primary has, it left the first drain's unmarked row as it was,
+    # and the deletion's last step answered deleted false and left the thread. A late
+    # copy takes the mark now; a last step that comes before the retry drops the
+    # quarantined copy with the thread's entries, so it carries the mark over first.
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    assert router.primary.backend is not None
+    registry = router.primary.backend.registry
+    put_thread, refused = registry.put_thread, asyncio.Event()
+
+    async def refused_once(thread: ThreadRecord, **kw: Any) -> None:
+        if thread.deletion_token is not None and not refused.is_set():
+            refused.set()
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        await put_thread(thread, **kw)
+
+    monkeypatch.setattr(registry, "put_thread", refused_once)
+    if first == "the last step":
+
+        async def no_retry(router: Any) -> None:
+            pass
+
+        monkeypatch.setattr("code_hero.persistence.fallback.retry_quarantined", no_retry)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert refused.is_set()
+    if first == "the retry":
+        await until(lambda: _settled(gw))
+    else:
+        assert router.quarantined and router.is_local(thread_id)  # kept across the switch
+    go_on.set()
+
+    gone = await deletion  # its last step on PostgreSQL
+    assert gone.deleted and gone.runs_deleted == 1
+    _assert_none_left(pg_database, thread_id, EVERY_TABLE)
+    assert not router.quarantined and not router.is_local(thread_id)
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
@@ -557,6 +621,10 @@ async def _executing_none(gw: Gateway) -> bool:
 
 async def _synced(gw: Gateway) -> bool:
     return gw.manager.overall_status == "healthy" and gw.manager.pending_sync == 0
+
+
+async def _settled(gw: Gateway) -> bool:
+    return not gw.manager.router.quarantined
 
 
 @pytest.mark.parametrize("cut", ["claimed", "reading its thread"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,38 @@ async def test_a_late_copy_adds_what_is_missing_and_replaces_nothing(tmp_path: P
         await CopyThread("t", {}).replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and run.status is RunStatus.PENDING
+
+
+async def test_a_late_copy_of_a_marked_thread_takes_the_mark_alone(primary_config: Any) -> None:
+    """A deletion in an outage marks the fallback's row; the copy of the mark may be the
+    one the primary refused (quarantined), the first drain having copied the row
+    unmarked. Retried late, it replaced nothing: the deletion's last step found the
+    row unmarked and left the thread (chaos seed 56's symptom). It takes the mark now,
+    the mark alone, and never over a mark of another deletion."""
+    now = datetime.now(UTC)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {"from": "outage"}, now, now)
+        await fallback.registry.put_thread(thread)
+        # The first drain's copy, moved on since on the primary.
+        moved = replace(thread, status=ThreadStatus.BUSY, metadata={"from": "primary"})
+        await primary.registry.put_thread(moved)
+        before = await primary.registry.get_thread("t")
+        token = await fallback.registry.start_deletion("t")
+
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        assert await primary.registry.get_thread("t") is None  # marked: read as gone
+        marked = await primary.registry.get_thread("t", expired=True)
+        assert marked is not None and (marked.ttl_seconds, marked.deletion_token) == (0, token)
+        unmarked = replace(marked, ttl_seconds=None, expires_at=None, deletion_token=None)
+        assert unmarked == before  # nothing else replaced
+
+        await primary.registry.put_thread(replace(marked, deletion_token="another"))
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        again = await primary.registry.get_thread("t", expired=True)
+        assert again is not None and again.deletion_token == "another"
 
 
 async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:

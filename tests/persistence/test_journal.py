@@ -182,7 +182,8 @@ async def test_an_entry_being_retried_still_counts_as_quarantined(fail: bool) ->
     assert len(journal.quarantine) == 2
     assert journal.threads() == {"poison", "other"}  # its fallback copies are kept
     go.set()
-    done = await retry
+    done, stopped = await retry
+    assert stopped is None  # refused, not unreachable
     assert len(done) == (0 if fail else 1)
     assert [q.entry.thread_id for q in journal.quarantine] == (
         ["poison", "other"] if fail else ["other"]
@@ -218,3 +219,20 @@ async def test_a_recovery_stopped_as_an_entry_goes_in_stops_there(step: str) -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log == []  # nothing after it
+
+
+async def test_a_retry_an_unreachable_primary_stops_hands_back_what_went_before() -> None:
+    """The error that stops a retry goes to the caller with the entries replayed before
+    it: the caller judges the error (a pool timeout may be a busy pool only) and forgets
+    those entries' fallback copies either way. Raised, the entries were lost with it."""
+    journal, log = Journal(1000), []
+    for entry in (Fake("a", 0, log), Fake("b", 1, log, Down), Fake("c", 2, log)):
+        journal.quarantine.append(Quarantined(entry, 1, "refused"))  # type: ignore[arg-type]
+    done, stopped = await journal.retry_quarantined(
+        primary=None,  # type: ignore[arg-type]
+        fallback=None,  # type: ignore[arg-type]
+        is_unreachable=lambda exc: isinstance(exc, Down),
+    )
+    assert [e.thread_id for e in done] == ["a"] and isinstance(stopped, Down)
+    assert log == [("a", 0)]  # nothing after the error
+    assert [q.entry.thread_id for q in journal.quarantine] == ["c", "b"]

@@ -130,7 +130,9 @@ class CopyThread:
     thread_id: str
     copied: dict[str, int]  # run id -> highest seq already in the primary (shared)
     # A late copy (a quarantined one retried while the primary serves) adds what
-    # the primary lacks and never replaces a row it has: those may be newer.
+    # the primary lacks and never replaces a row it has: those may be newer. Of the
+    # thread's row it takes only a deletion's mark (`put_thread(late=True)`): the
+    # on-time copy of the mark may be the one refused, the row the first drain's.
     only_missing: bool = False
 
     @property
@@ -148,10 +150,7 @@ class CopyThread:
         thread = await fallback.registry.get_thread(self.thread_id, expired=True)
         if thread is None:  # deleted meanwhile: its deletion is journalled after this
             return
-        if not (
-            self.only_missing and await primary.registry.get_thread(self.thread_id, expired=True)
-        ):
-            await primary.registry.put_thread(thread)
+        await primary.registry.put_thread(thread, late=self.only_missing)
         runs: list[RunRecord] = []
         after: str | None = None
         while True:

@@ -552,7 +552,8 @@ class FallbackRouter:
         a journalled deletion answers 0.
         A thread kept across a recovery (a quarantined entry) is forgotten by the
         fallbacks, registry rows and all: its entries go with it here, so no retry will
-        settle it and forget it later.
+        settle it and forget it later (a deletion's mark among them is carried to the
+        primary first: `_carry_mark`).
         """
         async with self.gate.write(), self.journal.step_lock:
             if not self.serving and thread_id not in self.local_threads:
@@ -568,6 +569,8 @@ class FallbackRouter:
                     ):
                         return None
                 held = False
+            if marked is not None and kept and self.serving:
+                await self._carry_mark(thread_id, marked)
             self.journal.drop_thread_locked(thread_id)
             for slot in self.slots[1:]:
                 if slot.backend is None or not held:
@@ -588,6 +591,25 @@ class FallbackRouter:
                     if marked is not None:
                         return await primary.backend.delete_orphan_checkpoints(thread_id, marked)
                     return await primary.backend.delete_checkpoints(thread_id)
+
+    async def _carry_mark(self, thread_id: str, marked: str) -> None:
+        """Put a deletion's mark, made in an outage on the fallback's row of a thread kept
+        since (`marked`: its token), on the primary's row, if no deletion marked that.
+
+        Its copy may be the entry the primary refused (quarantined), the primary's row
+        the copy-back's first drain's, unmarked; the deletion's last step drops the entry
+        with the others, and would find the row not its own and leave the thread (chaos
+        seed 56's symptom). A retry of the entry would carry it the same way."""
+        primary = self.primary.backend
+        assert primary is not None
+        for slot in self.slots[1:]:
+            if slot.backend is None:
+                continue
+            copy = await slot.backend.registry.get_thread(thread_id, expired=True)
+            if copy is not None and copy.deletion_token == marked:
+                async with self.on_primary("deleting this thread"):
+                    await primary.registry.put_thread(copy, late=True)
+                return
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None, owner: str | None = None

@@ -244,8 +244,10 @@ class Journal:
         fallback: Backend,
         is_unreachable: Callable[[BaseException], bool],
         step_timeout: float = 30.0,
-    ) -> list[Entry]:
-        """Replay each quarantined entry once; returns those that went through.
+    ) -> tuple[list[Entry], BaseException | None]:
+        """Replay each quarantined entry once; returns those that went through, and the
+        error that stopped the retry when one said the primary is unreachable (the
+        caller judges it: a pool timeout may be a saturated pool only).
 
         The primary serves meanwhile: an entry that copies state is replayed as
         a late copy (`late()`), which adds what is missing and never replaces a
@@ -268,13 +270,13 @@ class Journal:
                 except Exception as exc:
                     self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):
-                        raise
+                        return done, exc
                     item.failures += 1
                     item.last_error = _describe(exc)
                     continue
                 self.quarantine.popleft()
                 done.append(item.entry)
-        return done
+        return done, None
 
     async def drop_thread(self, thread_id: str) -> int:
         """Forget every entry of a deleted thread (never the one being replayed)."""

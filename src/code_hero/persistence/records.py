@@ -258,8 +258,11 @@ class Registry(Protocol):
         """Bump updated_at of each thread id, creating missing ones with that user id
         (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
-    async def put_thread(self, thread: ThreadRecord) -> None:
-        """Insert or replace a thread as given, timestamps included (for migration)."""
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
+        """Insert or replace a thread as given, timestamps included (for migration). With
+        `late` (an outage's copy, made after the primary served again), a row it has keeps
+        its fields (they may be newer) and takes only the copy's deletion mark, if no
+        deletion marked it: that deletion's last step ends only a row it marked."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -94,18 +94,16 @@ async def retry_quarantined(router: FallbackRouter) -> None:
     primary, source = router.primary.backend, _sync_source(router)
     if primary is None or source is None:
         return
-    try:
-        done = await router.journal.retry_quarantined(
-            primary=primary,
-            fallback=source,
-            is_unreachable=is_backend_error,
-            step_timeout=max(2 * router.primary.config.pool_timeout, 1.0),
-        )
-    except Exception as exc:
-        if not is_backend_error(exc):
-            raise
-        router.fail_primary(exc)
-        return
+    done, stopped = await router.journal.retry_quarantined(
+        primary=primary,
+        fallback=source,
+        is_unreachable=is_backend_error,
+        step_timeout=max(2 * router.primary.config.pool_timeout, 1.0),
+    )
+    # A pool timeout may be a saturated pool only: the router's probe confirms it first
+    # (`outage`), and a busy pool fails nothing over; the entry waits for the next retry.
+    if stopped is not None and await router.outage(router.primary, stopped) == "down":
+        router.fail_primary(stopped)
     if done:
         router.metrics.synced(len(done))
         # Under the gate and the step lock: no write can reach the fallback for a

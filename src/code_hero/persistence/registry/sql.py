@@ -54,6 +54,19 @@ _THREAD_SORT = {ThreadSortField.UPDATED_AT: "updated_at", ThreadSortField.CREATE
 _AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 
+# What `put_thread` sets on a row the table has already: the copy's every field, or of
+# a late copy (`Registry.put_thread`) its deletion's mark alone, on a row not marked.
+_THREAD_COPY = (
+    "user_id = excluded.user_id, status = excluded.status, metadata = excluded.metadata, "
+    "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+    "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token"
+)
+_LATE_THREAD_COPY = (
+    "ttl_seconds = 0, deletion_token = excluded.deletion_token "
+    "WHERE excluded.deletion_token IS NOT NULL AND code_hero_threads.deletion_token IS NULL"
+)
+
+
 def _page_size(first: int) -> int:
     if first < 0:
         raise BadInputError(f"first must not be negative, got {first}")
@@ -112,14 +125,11 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         async with self._session(atomic=True) as s:
             await s.executemany(sql, rows)
 
-    async def put_thread(self, thread: ThreadRecord) -> None:
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
         sql = (
             f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET user_id = excluded.user_id, "
-            "status = excluded.status, metadata = excluded.metadata, "
-            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-            "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token"
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
+            + (_LATE_THREAD_COPY if late else _THREAD_COPY)
         )
         params = self._thread_params(thread)
         async with self._session() as s:

@@ -22,9 +22,15 @@ lint: install  ## ruff, mypy and the layer contracts of pyproject.toml
 	$(BIN)/mypy
 	PYTHONPATH=src $(BIN)/lint-imports
 
+# The suite runs on two workers (pytest-xdist), but for the tests that stop PostgreSQL
+# itself (marked outage): they run after, alone. Bytecode is compiled first because a
+# test that starts `code-hero` as a process would otherwise compile the package from
+# source each time where PYTHONDONTWRITEBYTECODE is set.
 test: install  ## lint, then the whole suite against the real PostgreSQL
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest
+	$(BIN)/python -m compileall -q src
+	$(BIN)/pytest -m "not outage" -n 2
+	$(BIN)/pytest -m outage
 
 bench: install
 	$(BIN)/python bench/checkpoints.py

@@ -36,8 +36,10 @@ async def outage_server(
     pg_database: str, tmp_path: Path
 ) -> AsyncIterator[tuple[Server, BlackHoleProxy]]:
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        # The outages here are refusals, seen at once: the probe's bound (pool_timeout)
+        # only has to outlast a loaded machine, where 1 s failed over before the outage.
         config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+            with_port(pg_database, proxy.port), pool_timeout=3, health_check_interval=0.2
         )
         settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_GRAPH})
         async with running(create_app(AppSettings(gateway=settings))) as server:

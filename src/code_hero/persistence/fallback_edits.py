@@ -4,10 +4,12 @@ router serves them.
 
 While the primary serves they go to its registry. During an outage only a
 thread born in it (the fallback holds all of it) can be answered truthfully; its
-settled row is journalled as a copy of the thread, like every change to it (the
-claim is not: it lives as long as the edit). Anything else is UNAVAILABLE, as
-other reads and writes of such threads are; but releasing a claim the primary
-holds is left to its lapse then, so an edit that ended is not reported failed.
+claim, settled row and release are each journalled as a copy of the thread, like
+every change to it: the switch back may fall inside the edit, and the primary
+must hold the claim until the edit's release, which reaches it then. Anything else
+is UNAVAILABLE, as other reads and writes of such threads are; but releasing a
+claim the primary holds is left to its lapse then, so an edit that ended is not
+reported failed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ class FallbackEdits(RoutedRegistry):
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("editing this thread")
             local = self._local("editing this thread")
-            return await local.claim_edit(thread_id, until, seen=seen)
+            self._room()
+            busy = await local.claim_edit(thread_id, until, seen=seen)
+            if busy is None:
+                self._copy_thread(thread_id)
+            return busy
 
         return await self._write(lambda r: r.claim_edit(thread_id, until, seen=seen), degraded)
 
@@ -59,6 +65,9 @@ class FallbackEdits(RoutedRegistry):
         async def degraded() -> None:
             if self.router.is_local(thread_id):
                 await self._local("editing this thread").release_edit(thread_id, until)
+                # A copy taken meanwhile holds the claim; no room asked, as a claim
+                # holds runs off until it lapses.
+                self._copy_thread(thread_id)
 
         await self._write(lambda r: r.release_edit(thread_id, until), degraded)
 

@@ -96,6 +96,9 @@ class ThreadRecord:
     # The token of the deletion that marked the row (`Registry.start_deletion`, ttl 0):
     # its last step takes the row only while it carries that token. None on a live row.
     deletion_token: str | None = None
+    # Until when an edit's claim holds the thread (`Registry.claim_edit`); None or past:
+    # no edit holds it.
+    edit_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -259,10 +262,12 @@ class Registry(Protocol):
         (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
-        """Insert or replace a thread as given, timestamps included (for migration). With
-        `late` (an outage's copy, made after the primary served again), a row it has keeps
-        its fields (they may be newer) and takes only the copy's deletion mark, if no
-        deletion marked it: that deletion's last step ends only a row it marked."""
+        """Insert or replace a thread as given, timestamps and an edit's claim included (for
+        migration and the outage journal's copies). With `late` (an outage's copy, made
+        after the primary served again), a row it has keeps its fields (they may be newer)
+        and takes only the copy's deletion mark, if no deletion marked it: that deletion's
+        last step ends only a row it marked; a row it adds has no claim (the edit's release
+        went to the primary)."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -323,7 +323,8 @@ async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_ane
     anew = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
     assert anew.status is RunStatus.SUCCESS
     go.set()
-    assert not (await deletion).deleted
+    ended = await deletion  # the other deletion ended its thread: the new one is not its own
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
 
     assert await gw.get_run(anew.run_id) is not None
     assert await gw.get_checkpoint(thread_id) is not None
@@ -370,7 +371,8 @@ async def test_a_deletion_in_an_outage_leaves_a_thread_another_deletion_marked_t
     second = asyncio.create_task(gw.delete_thread(thread_id))
     await d_reached.wait()  # D has marked the new thread: its stop is next
     a_go.set()
-    assert not (await first).deleted
+    ended = await first  # another deletion ended A's thread; D's is not A's
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
     d_go.set()
 
     gone = await second

@@ -104,7 +104,9 @@ async def test_the_last_step_leaves_a_thread_made_anew_alone(
     go.set()
     gone: ThreadDeletion = await deletion
 
-    assert not gone.deleted  # the reap deleted the old thread; this one is not its own
+    # The reap (a deletion that joined A's mark) deleted the thread A was asked to; the
+    # one made anew since is another, left alone.
+    assert gone.deleted and (gone.checkpoints_deleted, gone.runs_deleted) == (0, 0)
     await _assert_kept(gateway, old, new)
 
 
@@ -172,7 +174,8 @@ async def test_a_deletion_leaves_a_thread_another_deletion_marked_to_it(
         gateway, monkeypatch, old.thread_id, executor, "stop_thread", after=False
     )
     a_go.set()
-    assert not (await first).deleted  # the reap ended A's thread; D's is not A's
+    ended = await first  # the reap ended A's thread; D's is not A's
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
     d_go.set()
     gone: ThreadDeletion = await second
 

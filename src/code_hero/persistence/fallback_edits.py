@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from code_hero.persistence.fallback_routing import RoutedRegistry
-from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
+from code_hero.persistence.records import DeletionMark, RunRecord, RunStatus, ThreadStatus
 
 __all__ = ["FallbackEdits"]
 
@@ -42,20 +42,20 @@ class FallbackEdits(RoutedRegistry):
 
         return await self._write(lambda r: r.claim_edit(thread_id, until, seen=seen), degraded)
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         """Mark the thread before it is deleted (during an outage: a thread born in it)."""
 
-        async def degraded() -> str | None:
+        async def degraded() -> DeletionMark | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
-            token = await self._local("deleting this thread").start_deletion(thread_id)
-            if token is not None:
+            mark = await self._local("deleting this thread").start_deletion(thread_id)
+            if mark is not None:
                 # The mark goes to the primary too: the copy-back may have taken the
                 # thread already (its first drain runs while writes go on), and a last
                 # step that runs there after the switch ends only a row it marked. (No
                 # room asked: a deletion is let through a full journal, as its end is.)
                 self._copy_thread(thread_id)
-            return token
+            return mark
 
         return await self._write(lambda r: r.start_deletion(thread_id), degraded)
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the stats records import RunStatus from here
 
 __all__ = [
     "THREAD_STATUS_AFTER",
+    "DeletionMark",
     "EventRecord",
     "MultitaskStrategy",
     "Page",
@@ -99,6 +100,17 @@ class ThreadRecord:
     # Until when an edit's claim holds the thread (`Registry.claim_edit`); None or past:
     # no edit holds it.
     edit_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeletionMark:
+    """A deletion's start (`Registry.start_deletion`): the token its last step takes the
+    thread's row by, and whether there was a row to mark (marked now, by this deletion
+    or by one it joined). A thread with no row (only the savers hold it, or nothing)
+    gets a token no row carries: its last step takes only what has no row."""
+
+    token: str
+    marked: bool
 
 
 @dataclass(frozen=True)
@@ -461,11 +473,11 @@ class Registry(Protocol):
         ConflictError here. A row the edit saw (`seen`) that is gone or expired since (a
         deletion started) is NotFoundError, nothing made."""
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         """Expire the thread's row (ttl 0, the deletion's mark) before its runs are stopped
         and its checkpoints deleted, so no run is admitted (`admit_run`) and no edit claims
-        it meanwhile; the mark's token, for the deletion's last step (`delete_thread`), or
-        None (nothing changed) while an edit's claim holds it. A row marked already keeps
+        it meanwhile; the mark (its token, for the deletion's last step: `delete_thread`),
+        or None (nothing changed) while an edit's claim holds it. A row marked already keeps
         its token: this deletion joins that one (the runs a mark covers are those admitted
         before it, which either stops). One transaction that locks the row."""
 

@@ -318,12 +318,13 @@ class EnhancedCheckpointerManager:
     async def end_deletion(self, thread_id: str, mark: DeletionMark) -> ThreadDeletion:
         """The last step of a deletion that `start_deletion` began (`mark`):
         delete the thread everywhere, unless a thread made anew under the id holds it now
-        (its row not marked with `token`: another deletion ended this one meanwhile, a
+        (its row not marked with its token: another deletion ended this one meanwhile, a
         client created it again, and maybe another deletion marked that one, which stops
         its runs before it ends it); each step checks that in its own transaction, and
-        leaves such a thread alone. The thread was deleted if it had a row to mark: a
-        deletion that joined the mark (or one that marked it, when this one joined) may
-        have ended it first, and the row made anew since is another thread."""
+        leaves such a thread alone. The thread was deleted if it had a row to mark:
+        another deletion may have ended it first (one that joined the mark, the one this
+        one joined, a one-step deletion of the marked row), and a row made anew since is
+        another thread."""
         router, token = self.router, mark.token
         if router.serving and thread_id not in router.local_threads:
             # The primary counts what it deletes: no count query before (issue 15).

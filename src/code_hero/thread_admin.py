@@ -111,8 +111,8 @@ class ThreadAdmin:
         # answers CONFLICT with retryAfter, or ends the deletion and starts afresh), so
         # the stop below reaches every run the deletion takes, and a run acknowledged
         # after the mark is never deleted by it.
-        token = await manager.start_deletion(thread_id)
-        if token is None:
+        mark = await manager.start_deletion(thread_id)
+        if mark is None:
             return ThreadDeletion(thread_id, False, 0, 0, edited=True)
         # Every unfinished run stops (a run ending after the purge writes nothing back:
         # the registry's foreign keys and the executor see to its leftovers).
@@ -120,7 +120,7 @@ class ThreadAdmin:
         # Only the row this deletion marked (its token): a reap may have ended the
         # deletion meanwhile and a client made the thread anew, with runs of its own,
         # which another deletion may have marked since and stops before it ends it.
-        return await manager.end_deletion(thread_id, token)
+        return await manager.end_deletion(thread_id, mark)
 
     async def _deletable(self, thread_id: str, live_at: datetime | None, owner: str | None) -> bool:
         """`purge_idle_thread`'s checks, for a store that deletes in steps: the thread had

@@ -25,6 +25,7 @@ from code_hero.auth import ANONYMOUS
 from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import (
     BackendUnavailableError,
+    BadInputError,
     ConflictError,
     RunHeldUpError,
     ThreadBeingDeletedError,
@@ -32,6 +33,7 @@ from code_hero.errors import (
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence import recovery
 from code_hero.persistence.backends import MemoryBackend
+from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.entries import ChangeRun, CopyEvents, FinishRun, ReleaseRun
 from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.pg_backend import PostgresBackend
@@ -43,6 +45,8 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.runs import edits
+from code_hero.runs.edits import UpdateState
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
@@ -319,7 +323,8 @@ async def test_the_last_step_of_a_deletion_in_an_outage_leaves_a_thread_made_ane
     anew = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
     assert anew.status is RunStatus.SUCCESS
     go.set()
-    assert not (await deletion).deleted
+    ended = await deletion  # the other deletion ended its thread: the new one is not its own
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
 
     assert await gw.get_run(anew.run_id) is not None
     assert await gw.get_checkpoint(thread_id) is not None
@@ -366,7 +371,8 @@ async def test_a_deletion_in_an_outage_leaves_a_thread_another_deletion_marked_t
     second = asyncio.create_task(gw.delete_thread(thread_id))
     await d_reached.wait()  # D has marked the new thread: its stop is next
     a_go.set()
-    assert not (await first).deleted
+    ended = await first  # another deletion ended A's thread; D's is not A's
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
     d_go.set()
 
     gone = await second
@@ -471,17 +477,15 @@ async def test_a_deletion_the_copy_back_overtakes_ends_on_postgresql(
     _assert_none_left(pg_database, thread_id)
 
 
-async def _marked_between_the_drains(
-    gw: Gateway, proxy: BlackHoleProxy, pg_database: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, asyncio.Event, asyncio.Task[ThreadDeletion], asyncio.Event]:
-    """A thread born in an outage, taken to PostgreSQL unmarked by the copy-back's first
-    drain, which is held before the last until `switch` is set; then a deletion of it,
-    held once it has marked the fallback's row (the router on the fallback still) until
-    `go_on` is set. Returns the thread id, `switch`, the deletion's task and `go_on`."""
-    thread_id = await _born_in_an_outage(gw, proxy)
-    router, registry = gw.manager.router, gw.manager.registry
+def _copy_back_held_before_the_last_drain(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Have the copy-back's first drain (writes go on) take the whole journal, then wait
+    before the last drain and the switch. Returns (drained, switch): set when it waits,
+    and to let it go on."""
     monkeypatch.setattr(recovery, "SMALL_REMAINDER", 0)  # the first drain takes it all
-    closed = router.gate.closed
+    gate = gw.manager.router.gate
+    closed = gate.closed
     drained, switch = asyncio.Event(), asyncio.Event()
 
     @asynccontextmanager
@@ -491,7 +495,20 @@ async def _marked_between_the_drains(
         async with closed():
             yield
 
-    monkeypatch.setattr(router.gate, "closed", held_before_the_last_drain)
+    monkeypatch.setattr(gate, "closed", held_before_the_last_drain)
+    return drained, switch
+
+
+async def _marked_between_the_drains(
+    gw: Gateway, proxy: BlackHoleProxy, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, asyncio.Event, asyncio.Task[ThreadDeletion], asyncio.Event]:
+    """A thread born in an outage, taken to PostgreSQL unmarked by the copy-back's first
+    drain, which is held before the last until `switch` is set; then a deletion of it,
+    held once it has marked the fallback's row (the router on the fallback still) until
+    `go_on` is set. Returns the thread id, `switch`, the deletion's task and `go_on`."""
+    thread_id = await _born_in_an_outage(gw, proxy)
+    registry = gw.manager.registry
+    drained, switch = _copy_back_held_before_the_last_drain(gw, monkeypatch)
     start_deletion = registry.start_deletion
     marked, go_on = asyncio.Event(), asyncio.Event()
 
@@ -583,6 +600,89 @@ async def test_a_deletion_whose_marked_copy_was_quarantined_ends_on_postgresql(
     assert gone.deleted and gone.runs_deleted == 1
     _assert_none_left(pg_database, thread_id, EVERY_TABLE)
     assert not router.quarantined and not router.is_local(thread_id)
+
+
+def _an_edit_held_once_it_claimed(
+    gw: Gateway, thread_id: str, values: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Task[CheckpointView], asyncio.Event, asyncio.Event]:
+    """An edit of the thread (updateState with `values`) held once it has claimed the
+    thread, before it writes. Returns its task, and events: set when it is held, and to
+    let it go on."""
+    write = edits._write
+    claimed, go_on = asyncio.Event(), asyncio.Event()
+
+    async def claimed_then_wait(*args: Any) -> str:
+        claimed.set()
+        await go_on.wait()
+        return await write(*args)
+
+    monkeypatch.setattr(edits, "_write", claimed_then_wait)
+    edit = asyncio.create_task(gw.update_state(UpdateState(thread_id, values)))
+    return edit, claimed, go_on
+
+
+def _edit_claim_live(pg_database: str, thread_id: str) -> bool:
+    """Whether an edit's claim holds the thread in PostgreSQL."""
+    sql = "SELECT coalesce(edit_until > now(), false) FROM code_hero_threads WHERE thread_id = %s"
+    return rows(pg_database, sql, thread_id) == [(True,)]
+
+
+async def test_an_edit_the_switch_back_falls_inside_holds_its_thread_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An edit of a thread born in the outage claims it on the fallback; the copy-back
+    # and the switch come before the edit writes. The claim stayed on the fallback, so
+    # PostgreSQL let a run and a deletion through while the edit went on (the run would
+    # start from the checkpoint the edit supersedes). The claim is journalled as a copy
+    # of the thread, as every change to one born in the outage is, and the edit's
+    # release, on PostgreSQL by then, ends it there.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    edit, claimed, go_on = _an_edit_held_once_it_claimed(
+        gw, thread_id, {"steps": ["by hand"]}, monkeypatch
+    )
+    await asyncio.wait_for(claimed.wait(), 30)
+    await _outage_ends(gw, proxy)  # the switch, inside the edit
+
+    with pytest.raises(ConflictError, match="being edited") as run_refused:
+        await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+    with pytest.raises(ConflictError, match="being edited") as deletion_refused:
+        await gw.delete_thread(thread_id)
+    assert run_refused.value.retry_after == deletion_refused.value.retry_after == 1
+    go_on.set()
+    assert (await edit).values["steps"][-1] == "by hand"
+    assert not _edit_claim_live(pg_database, thread_id)  # released, not left to lapse
+    after = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+    assert after.status is RunStatus.SUCCESS
+
+
+async def test_an_edit_released_after_the_copy_back_took_its_claim_frees_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy-back's first drain (writes go on) takes the thread with the claim of an
+    # edit in flight; the edit is then refused (a key the graph does not have: nothing
+    # written, nothing settled) and releases the fallback's claim before the switch.
+    # The release is journalled too: PostgreSQL would hold the claim until it lapsed,
+    # refusing runs on a thread no edit holds.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    edit, claimed, go_on = _an_edit_held_once_it_claimed(
+        gw, thread_id, {"no such key": 1}, monkeypatch
+    )
+    await asyncio.wait_for(claimed.wait(), 30)
+    drained, switch = _copy_back_held_before_the_last_drain(gw, monkeypatch)
+    proxy.forward()
+    await asyncio.wait_for(drained.wait(), 30)
+    assert _edit_claim_live(pg_database, thread_id)  # the claim went with the thread
+    go_on.set()
+    with pytest.raises(BadInputError):
+        await edit
+    switch.set()
+    await until(lambda: _synced(gw))
+
+    assert not _edit_claim_live(pg_database, thread_id)
+    after = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+    assert after.status is RunStatus.SUCCESS
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:

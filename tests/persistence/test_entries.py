@@ -13,6 +13,7 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
+from code_hero.errors import ConflictError
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import (
     ChangeRun,
@@ -82,7 +83,9 @@ async def test_a_late_copy_of_a_marked_thread_takes_the_mark_alone(primary_confi
         moved = replace(thread, status=ThreadStatus.BUSY, metadata={"from": "primary"})
         await primary.registry.put_thread(moved)
         before = await primary.registry.get_thread("t")
-        token = await fallback.registry.start_deletion("t")
+        mark = await fallback.registry.start_deletion("t")
+        assert mark is not None
+        token = mark.token
 
         await CopyThread("t", {}).late().replay(primary, fallback)
         assert await primary.registry.get_thread("t") is None  # marked: read as gone
@@ -95,6 +98,40 @@ async def test_a_late_copy_of_a_marked_thread_takes_the_mark_alone(primary_confi
         await CopyThread("t", {}).late().replay(primary, fallback)
         again = await primary.registry.get_thread("t", expired=True)
         assert again is not None and again.deletion_token == "another"
+
+
+async def test_a_copy_of_a_thread_carries_an_edits_claim_and_a_late_copy_does_not(
+    primary_config: Any,
+) -> None:
+    """An edit of a thread born in an outage claims the fallback's row; the switch back
+    may fall inside the edit, and its release then reaches the primary: the copy takes
+    the claim, so runs there wait for the edit. A late copy (after the switch) adds a
+    missing row unclaimed: the edit's release went to the primary, not to this row."""
+    now = datetime.now(UTC)
+    until = now + timedelta(minutes=1)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+        await fallback.registry.put_thread(thread)
+        assert await fallback.registry.claim_edit("t", until, seen=True) is None
+
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        late = await primary.registry.get_thread("t")
+        assert late is not None and late.edit_until is None
+        await primary.registry.delete_thread("t")
+
+        await CopyThread("t", {}).replay(primary, fallback)
+        with pytest.raises(ConflictError, match="being edited"):
+            await primary.registry.admit_run(
+                RunRecord(RUN, "t", "g", RunStatus.PENDING, created_at=now), reject_if_busy=True
+            )
+        await primary.registry.release_edit("t", until)  # the edit's, after the switch
+        admitted, _ = await primary.registry.admit_run(
+            RunRecord(RUN, "t", "g", RunStatus.PENDING, created_at=now), reject_if_busy=True
+        )
+        assert admitted is not None
 
 
 async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:

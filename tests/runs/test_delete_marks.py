@@ -11,6 +11,7 @@ client start a run on the thread id meanwhile; its startRun reaps the marked thr
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -103,7 +104,9 @@ async def test_the_last_step_leaves_a_thread_made_anew_alone(
     go.set()
     gone: ThreadDeletion = await deletion
 
-    assert not gone.deleted  # the reap deleted the old thread; this one is not its own
+    # The reap (a deletion that joined A's mark) deleted the thread A was asked to; the
+    # one made anew since is another, left alone.
+    assert gone.deleted and (gone.checkpoints_deleted, gone.runs_deleted) == (0, 0)
     await _assert_kept(gateway, old, new)
 
 
@@ -171,7 +174,8 @@ async def test_a_deletion_leaves_a_thread_another_deletion_marked_to_it(
         gateway, monkeypatch, old.thread_id, executor, "stop_thread", after=False
     )
     a_go.set()
-    assert not (await first).deleted  # the reap ended A's thread; D's is not A's
+    ended = await first  # the reap ended A's thread; D's is not A's
+    assert ended.deleted and (ended.checkpoints_deleted, ended.runs_deleted) == (0, 0)
     d_go.set()
     gone: ThreadDeletion = await second
 
@@ -179,3 +183,36 @@ async def test_a_deletion_leaves_a_thread_another_deletion_marked_to_it(
     assert not executor.is_active(anew.run_id)  # stopped: it writes nothing more
     assert await gateway.get_run(anew.run_id) is None
     assert await gateway.get_checkpoint(old.thread_id) is None
+
+
+@pytest.mark.parametrize("ends_it", ["the one that joined", "the one that marked"])
+async def test_two_deletions_of_one_mark_both_answer_deleted(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, ends_it: str
+) -> None:
+    """Deletion A marks a busy thread and deletion B joins its mark (the same token); one
+    of them ends it, and the other's last step finds nothing left. That one answered
+    `deleted: false`, which the contract keeps for a thread that never existed, though the
+    thread it was asked to delete existed (it had a row to mark) and is gone. Both answer
+    true; the counts stay each one's own (a retry is told nothing was deleted twice)."""
+    old = await _busy_thread(gateway)
+    registry = gateway.manager.registry
+    marker, a_go = await _deletion_held_at(  # A has marked the thread: its stop is next
+        gateway, monkeypatch, old.thread_id, registry, "start_deletion", after=True
+    )
+    joiner, b_go = await _deletion_held_at(  # B has joined A's mark (the thread busy still)
+        gateway, monkeypatch, old.thread_id, registry, "start_deletion", after=True
+    )
+    first, last = (b_go, a_go) if ends_it == "the one that joined" else (a_go, b_go)
+    ender, other = (joiner, marker) if ends_it == "the one that joined" else (marker, joiner)
+    first.set()
+    ended = await ender
+    last.set()
+    after: ThreadDeletion = await other
+
+    assert ended.deleted and ended.runs_deleted == 1 and ended.checkpoints_deleted > 0
+    assert after.deleted and (after.checkpoints_deleted, after.runs_deleted) == (0, 0)
+    assert await gateway.get_thread(old.thread_id) is None
+    assert await gateway.get_run(old.run_id) is None
+    assert await gateway.get_checkpoint(old.thread_id) is None
+    # A thread that never existed is not deleted, on every store (memory's in steps).
+    assert not (await gateway.delete_thread(str(uuid.uuid4()))).deleted

@@ -4,10 +4,12 @@ router serves them.
 
 While the primary serves they go to its registry. During an outage only a
 thread born in it (the fallback holds all of it) can be answered truthfully; its
-settled row is journalled as a copy of the thread, like every change to it (the
-claim is not: it lives as long as the edit). Anything else is UNAVAILABLE, as
-other reads and writes of such threads are; but releasing a claim the primary
-holds is left to its lapse then, so an edit that ended is not reported failed.
+claim, settled row and release are each journalled as a copy of the thread, like
+every change to it: the switch back may fall inside the edit, and the primary
+must hold the claim until the edit's release, which reaches it then. Anything else
+is UNAVAILABLE, as other reads and writes of such threads are; but releasing a
+claim the primary holds is left to its lapse then, so an edit that ended is not
+reported failed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from code_hero.persistence.fallback_routing import RoutedRegistry
-from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
+from code_hero.persistence.records import DeletionMark, RunRecord, RunStatus, ThreadStatus
 
 __all__ = ["FallbackEdits"]
 
@@ -32,24 +34,28 @@ class FallbackEdits(RoutedRegistry):
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("editing this thread")
             local = self._local("editing this thread")
-            return await local.claim_edit(thread_id, until, seen=seen)
+            self._room()
+            busy = await local.claim_edit(thread_id, until, seen=seen)
+            if busy is None:
+                self._copy_thread(thread_id)
+            return busy
 
         return await self._write(lambda r: r.claim_edit(thread_id, until, seen=seen), degraded)
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         """Mark the thread before it is deleted (during an outage: a thread born in it)."""
 
-        async def degraded() -> str | None:
+        async def degraded() -> DeletionMark | None:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("deleting this thread")
-            token = await self._local("deleting this thread").start_deletion(thread_id)
-            if token is not None:
+            mark = await self._local("deleting this thread").start_deletion(thread_id)
+            if mark is not None:
                 # The mark goes to the primary too: the copy-back may have taken the
                 # thread already (its first drain runs while writes go on), and a last
                 # step that runs there after the switch ends only a row it marked. (No
                 # room asked: a deletion is let through a full journal, as its end is.)
                 self._copy_thread(thread_id)
-            return token
+            return mark
 
         return await self._write(lambda r: r.start_deletion(thread_id), degraded)
 
@@ -59,6 +65,9 @@ class FallbackEdits(RoutedRegistry):
         async def degraded() -> None:
             if self.router.is_local(thread_id):
                 await self._local("editing this thread").release_edit(thread_id, until)
+                # A copy taken meanwhile holds the claim; no room asked, as a claim
+                # holds runs off until it lapses.
+                self._copy_thread(thread_id)
 
         await self._write(lambda r: r.release_edit(thread_id, until), degraded)
 

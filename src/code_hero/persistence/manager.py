@@ -44,6 +44,7 @@ from code_hero.persistence.health import HealthReport, report_of, status_of
 from code_hero.persistence.managed import ManagedSaver
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.records import (
+    DeletionMark,
     Page,
     Registry,
     ThreadFilter,
@@ -67,6 +68,8 @@ class ThreadDeletion:
     """What deleting a thread removed."""
 
     thread_id: str
+    # The thread existed and is gone, by this call or by a deletion of the mark it made or
+    # joined that ended first (the counts are this call's alone).
     deleted: bool
     checkpoints_deleted: int
     runs_deleted: int
@@ -301,25 +304,28 @@ class EnhancedCheckpointerManager:
     async def purge_thread(self, thread_id: str) -> ThreadDeletion:
         """Delete checkpoints (every namespace), writes, blobs, runs and events of a thread;
         nothing while an edit holds it (`edited`)."""
-        token = await self.start_deletion(thread_id)
-        if token is None:
+        mark = await self.start_deletion(thread_id)
+        if mark is None:
             return ThreadDeletion(thread_id, False, 0, 0, edited=True)
-        return await self.end_deletion(thread_id, token)
+        return await self.end_deletion(thread_id, mark)
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         """Mark the thread's row for deletion (`Registry.start_deletion`): from now on no
-        run is admitted on it (`ThreadBeingDeletedError`); the mark's token, for
-        `end_deletion`, or None while an edit holds it."""
+        run is admitted on it (`ThreadBeingDeletedError`); the mark, for `end_deletion`,
+        or None while an edit holds it."""
         return await self.registry.start_deletion(thread_id)
 
-    async def end_deletion(self, thread_id: str, token: str) -> ThreadDeletion:
-        """The last step of a deletion that `start_deletion` began (`token`: its mark):
+    async def end_deletion(self, thread_id: str, mark: DeletionMark) -> ThreadDeletion:
+        """The last step of a deletion that `start_deletion` began (`mark`):
         delete the thread everywhere, unless a thread made anew under the id holds it now
-        (its row not marked with `token`: another deletion ended this one meanwhile, a
+        (its row not marked with its token: another deletion ended this one meanwhile, a
         client created it again, and maybe another deletion marked that one, which stops
         its runs before it ends it); each step checks that in its own transaction, and
-        leaves such a thread alone."""
-        router = self.router
+        leaves such a thread alone. The thread was deleted if it had a row to mark:
+        another deletion may have ended it first (one that joined the mark, the one this
+        one joined, a one-step deletion of the marked row), and a row made anew since is
+        another thread."""
+        router, token = self.router, mark.token
         if router.serving and thread_id not in router.local_threads:
             # The primary counts what it deletes: no count query before (issue 15).
             checkpoints = await router.delete_thread(thread_id, marked=token) or 0
@@ -328,7 +334,8 @@ class EnhancedCheckpointerManager:
             if await router.delete_thread(thread_id, marked=token) is None:
                 checkpoints = 0  # not this deletion's to count: none went
         existed, runs = await self.registry.delete_thread(thread_id, marked=token)
-        return ThreadDeletion(thread_id, existed or checkpoints > 0, checkpoints, runs)
+        deleted = mark.marked or existed or checkpoints > 0
+        return ThreadDeletion(thread_id, deleted, checkpoints, runs)
 
     async def purge_orphan(self, thread_id: str) -> bool:
         """Delete the checkpoints of a thread the registry has no row of, an expired one

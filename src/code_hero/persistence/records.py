@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the stats records import RunStatus from here
 
 __all__ = [
     "THREAD_STATUS_AFTER",
+    "DeletionMark",
     "EventRecord",
     "MultitaskStrategy",
     "Page",
@@ -96,6 +97,20 @@ class ThreadRecord:
     # The token of the deletion that marked the row (`Registry.start_deletion`, ttl 0):
     # its last step takes the row only while it carries that token. None on a live row.
     deletion_token: str | None = None
+    # Until when an edit's claim holds the thread (`Registry.claim_edit`); None or past:
+    # no edit holds it.
+    edit_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeletionMark:
+    """A deletion's start (`Registry.start_deletion`): the token its last step takes the
+    thread's row by, and whether there was a row to mark (marked now, by this deletion
+    or by one it joined). A thread with no row (only the savers hold it, or nothing)
+    gets a token no row carries: its last step takes only what has no row."""
+
+    token: str
+    marked: bool
 
 
 @dataclass(frozen=True)
@@ -259,10 +274,12 @@ class Registry(Protocol):
         (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
-        """Insert or replace a thread as given, timestamps included (for migration). With
-        `late` (an outage's copy, made after the primary served again), a row it has keeps
-        its fields (they may be newer) and takes only the copy's deletion mark, if no
-        deletion marked it: that deletion's last step ends only a row it marked."""
+        """Insert or replace a thread as given, timestamps and an edit's claim included (for
+        migration and the outage journal's copies). With `late` (an outage's copy, made
+        after the primary served again), a row it has keeps its fields (they may be newer)
+        and takes only the copy's deletion mark, if no deletion marked it: that deletion's
+        last step ends only a row it marked; a row it adds has no claim (the edit's release
+        went to the primary)."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread
@@ -456,11 +473,11 @@ class Registry(Protocol):
         ConflictError here. A row the edit saw (`seen`) that is gone or expired since (a
         deletion started) is NotFoundError, nothing made."""
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         """Expire the thread's row (ttl 0, the deletion's mark) before its runs are stopped
         and its checkpoints deleted, so no run is admitted (`admit_run`) and no edit claims
-        it meanwhile; the mark's token, for the deletion's last step (`delete_thread`), or
-        None (nothing changed) while an edit's claim holds it. A row marked already keeps
+        it meanwhile; the mark (its token, for the deletion's last step: `delete_thread`),
+        or None (nothing changed) while an edit's claim holds it. A row marked already keeps
         its token: this deletion joins that one (the runs a mark covers are those admitted
         before it, which either stops). One transaction that locks the row."""
 

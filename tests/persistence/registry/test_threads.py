@@ -247,8 +247,11 @@ async def test_the_last_step_of_a_deletion_takes_only_a_marked_row(registry: Reg
     # delete_thread(marked=token) ends a deletion in steps: the row it marked goes with its
     # runs; a row made anew under the id since (not marked) stays, with its runs.
     await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
-    token = await registry.start_deletion("t1")
-    assert token is not None
+    mark = await registry.start_deletion("t1")
+    assert mark is not None and mark.marked
+    nothing = await registry.start_deletion("t2")  # no row: none to mark
+    assert nothing is not None and not nothing.marked
+    token = mark.token
     assert await registry.delete_thread("t1", marked=token) == (True, 1)
     await registry.admit_run(run("r2", "t1"), reject_if_busy=False)  # made anew
 
@@ -267,14 +270,14 @@ async def test_the_last_step_of_a_deletion_leaves_another_deletions_mark(
     await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
     first = await registry.start_deletion("t1")
     assert first is not None and await registry.start_deletion("t1") == first
-    assert await registry.delete_thread("t1", marked=first) == (True, 1)
+    assert await registry.delete_thread("t1", marked=first.token) == (True, 1)
     await registry.admit_run(run("r2", "t1"), reject_if_busy=False)  # made anew
     second = await registry.start_deletion("t1")
-    assert second is not None and second != first
+    assert second is not None and second.token != first.token
 
-    assert await registry.delete_thread("t1", marked=first) == (False, 0)
+    assert await registry.delete_thread("t1", marked=first.token) == (False, 0)
     assert await registry.get_run("r2") is not None
-    assert await registry.delete_thread("t1", marked=second) == (True, 1)
+    assert await registry.delete_thread("t1", marked=second.token) == (True, 1)
 
 
 async def test_a_mark_copied_back_keeps_its_token(registry: Registry) -> None:
@@ -282,16 +285,16 @@ async def test_a_mark_copied_back_keeps_its_token(registry: Registry) -> None:
     # marked it ends it where the row is now; a row marked with no token (before the
     # token's migration) is any deletion's to mark with its own.
     await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
-    token = await registry.start_deletion("t1")
+    mark = await registry.start_deletion("t1")
     marked = await registry.get_thread("t1", expired=True)
-    assert marked is not None and marked.deletion_token == token
+    assert mark is not None and marked is not None and marked.deletion_token == mark.token
     await registry.put_thread(replace(marked, deletion_token=None))
     again = await registry.start_deletion("t1")
-    assert again is not None and again != token
+    assert again is not None and again.token != mark.token
     await registry.put_thread(marked)  # as copied back: the first deletion's again
 
-    assert await registry.delete_thread("t1", marked=again) == (False, 0)
-    assert await registry.delete_thread("t1", marked=token) == (True, 1)
+    assert await registry.delete_thread("t1", marked=again.token) == (False, 0)
+    assert await registry.delete_thread("t1", marked=mark.token) == (True, 1)
 
 
 async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:

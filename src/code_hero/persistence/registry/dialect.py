@@ -202,6 +202,7 @@ class Dialect(ABC):
             ttl_seconds=row.get("ttl_seconds"),
             expires_at=self._from_ts_or_none(row.get("expires_at")),
             deletion_token=row.get("deletion_token"),
+            edit_until=self._from_ts_or_none(row.get("edit_until")),
         )
 
     def _run(self, row: Row) -> RunRecord:

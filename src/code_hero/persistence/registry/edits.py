@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from code_hero.errors import ConflictError, NotFoundError, ThreadBeingDeletedError
-from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
+from code_hero.persistence.records import DeletionMark, RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     OLDEST_UNFINISHED_RUN,
     RUN_COLUMNS,
@@ -115,7 +115,7 @@ class ThreadEdits(Dialect):
             )
         return None
 
-    async def start_deletion(self, thread_id: str) -> str | None:
+    async def start_deletion(self, thread_id: str) -> DeletionMark | None:
         async with self._session(atomic=True) as s:
             locked = await s.fetch(
                 "SELECT edit_until, ttl_seconds, deletion_token FROM code_hero_threads "
@@ -123,13 +123,14 @@ class ThreadEdits(Dialect):
                 [thread_id],
             )
             if not locked:  # only the savers hold it: its last step takes what has no row
-                return uuid.uuid4().hex
+                return DeletionMark(uuid.uuid4().hex, marked=False)
             row = locked[0]
             held = row["edit_until"]
             if held is not None and self._from_ts(held) > utc_now():
                 return None
             if row["ttl_seconds"] == 0 and row["deletion_token"] is not None:
-                return str(row["deletion_token"])  # marked already: this one joins it
+                # Marked already: this one joins it.
+                return DeletionMark(str(row["deletion_token"]), marked=True)
             # A ttl of 0 keeps it expired (expires_at = updated_at) whatever updates it
             # until its row goes: a run stopped meanwhile, a failed deletion (the sweep
             # ends that one). Reads leave it out, and a claim finds it gone. The token is
@@ -141,7 +142,7 @@ class ThreadEdits(Dialect):
                 "WHERE thread_id = ?",
                 [token, thread_id],
             )
-        return token
+        return DeletionMark(token, marked=True)
 
     async def release_edit(self, thread_id: str, until: datetime) -> None:
         async with self._session() as s:

@@ -19,7 +19,7 @@ from code_hero.persistence.registry.dialect import THREAD_COLUMNS, Dialect, utc,
 __all__ = ["SWEEP_LOCK_KEY", "THREAD_READ_COLUMNS", "ThreadLifecycle"]
 
 # A thread row as read: the inserted columns plus the retention ones and a deletion's mark.
-THREAD_READ_COLUMNS = f"{THREAD_COLUMNS}, ttl_seconds, expires_at, deletion_token"
+THREAD_READ_COLUMNS = f"{THREAD_COLUMNS}, ttl_seconds, expires_at, deletion_token, edit_until"
 
 # PostgreSQL advisory-lock key (b"codhswep") held by the replica sweeping expired
 # threads, for the length of one pass: the others skip theirs.

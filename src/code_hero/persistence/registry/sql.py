@@ -54,12 +54,14 @@ _THREAD_SORT = {ThreadSortField.UPDATED_AT: "updated_at", ThreadSortField.CREATE
 _AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 
-# What `put_thread` sets on a row the table has already: the copy's every field, or of
-# a late copy (`Registry.put_thread`) its deletion's mark alone, on a row not marked.
+# What `put_thread` sets on a row the table has already: the copy's every field (an
+# edit's claim included), or of a late copy (`Registry.put_thread`) its deletion's mark
+# alone, on a row not marked.
 _THREAD_COPY = (
     "user_id = excluded.user_id, status = excluded.status, metadata = excluded.metadata, "
     "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-    "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token"
+    "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token, "
+    "edit_until = excluded.edit_until"
 )
 _LATE_THREAD_COPY = (
     "ttl_seconds = 0, deletion_token = excluded.deletion_token "
@@ -127,11 +129,15 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
         sql = (
-            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
+            f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token, "
+            "edit_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
             + (_LATE_THREAD_COPY if late else _THREAD_COPY)
         )
-        params = self._thread_params(thread)
+        # The edit's claim too: a copy of a thread an edit holds (an outage's) holds it. Not
+        # a late one's: after the switch the edit's release went to the primary.
+        held = None if late else thread.edit_until
+        claim = None if held is None else self._ts(utc(held))
+        params = [*self._thread_params(thread), claim]
         async with self._session() as s:
             await s.execute(sql, params)
 

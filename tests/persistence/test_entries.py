@@ -134,6 +134,57 @@ async def test_a_copy_of_a_thread_carries_an_edits_claim_and_a_late_copy_does_no
         assert admitted is not None
 
 
+async def test_a_late_mark_never_lands_on_a_thread_made_anew(primary_config: Any) -> None:
+    """A deletion in an outage marked the fallback's row and its copy was quarantined;
+    meanwhile another replica deleted the thread on the primary and a client made it
+    anew under the id (a new row, unmarked). The late copy's mark landed on it: the
+    new thread read as gone, and the deletion's last step deleted it. A row created at
+    another time than the copy's is another thread: it takes no mark, from the retry nor
+    from the deletion's last step (`FallbackRouter._carry_mark`: `put_thread(late=True)`)."""
+    old, new = datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await fallback.registry.put_thread(ThreadRecord("t", "u", ThreadStatus.IDLE, {}, old, old))
+        mark = await fallback.registry.start_deletion("t")
+        assert mark is not None
+        token = mark.token
+        made_anew = ThreadRecord("t", "u2", ThreadStatus.IDLE, {"new": True}, new, new)
+        await primary.registry.put_thread(made_anew)
+
+        await CopyThread("t", {}).late().replay(primary, fallback)  # the retry
+        assert await primary.registry.get_thread("t") == made_anew
+        marked = await fallback.registry.get_thread("t", expired=True)
+        assert marked is not None
+        await primary.registry.put_thread(marked, late=True)  # the last step's carry
+        assert await primary.registry.get_thread("t") == made_anew
+        assert await primary.registry.delete_thread("t", marked=token) == (False, 0)
+        assert await primary.registry.get_thread("t") == made_anew
+
+
+async def test_a_late_copy_adds_nothing_of_the_old_thread_to_one_made_anew(
+    primary_config: Any,
+) -> None:
+    """As above, the retried copy of a thread another replica deleted and a client made
+    anew: it added the old thread's runs and events to the new one."""
+    old, new = datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await fallback.registry.put_thread(ThreadRecord("t", "u", ThreadStatus.IDLE, {}, old, old))
+        await fallback.registry.put_run(RunRecord(RUN, "t", "g", RunStatus.SUCCESS, created_at=old))
+        await fallback.registry.store_events([EventRecord(RUN, "t", 1, "status", {}, old)])
+        await primary.registry.put_thread(
+            ThreadRecord("t", "u2", ThreadStatus.IDLE, {"new": True}, new, new)
+        )
+
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        assert await primary.registry.get_run(RUN) is None
+        assert await primary.registry.list_events(RUN) == []
+
+
 async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:
     now = datetime.now(UTC).replace(microsecond=123456)
     later = now + timedelta(milliseconds=250)

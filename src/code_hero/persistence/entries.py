@@ -132,7 +132,8 @@ class CopyThread:
     # A late copy (a quarantined one retried while the primary serves) adds what
     # the primary lacks and never replaces a row it has: those may be newer. Of the
     # thread's row it takes only a deletion's mark (`put_thread(late=True)`): the
-    # on-time copy of the mark may be the one refused, the row the first drain's.
+    # on-time copy of the mark may be the one refused, the row the first drain's. Of
+    # a thread made anew under the id (created at another time) it copies nothing.
     only_missing: bool = False
 
     @property
@@ -150,6 +151,12 @@ class CopyThread:
         thread = await fallback.registry.get_thread(self.thread_id, expired=True)
         if thread is None:  # deleted meanwhile: its deletion is journalled after this
             return
+        if self.only_missing:
+            there = await primary.registry.get_thread(self.thread_id, expired=True)
+            if there is not None and there.created_at != thread.created_at:
+                # A thread made anew under the id (another replica deleted this one on
+                # the primary since): nothing of the old one is its, runs nor events.
+                return
         await primary.registry.put_thread(thread, late=self.only_missing)
         runs: list[RunRecord] = []
         after: str | None = None

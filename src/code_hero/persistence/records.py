@@ -277,9 +277,10 @@ class Registry(Protocol):
         """Insert or replace a thread as given, timestamps and an edit's claim included (for
         migration and the outage journal's copies). With `late` (an outage's copy, made
         after the primary served again), a row it has keeps its fields (they may be newer)
-        and takes only the copy's deletion mark, if no deletion marked it: that deletion's
-        last step ends only a row it marked; a row it adds has no claim (the edit's release
-        went to the primary)."""
+        and takes only the copy's deletion mark, if no deletion marked it and it was
+        created when the copy's was (else it is a thread made anew under the id): that
+        deletion's last step ends only a row it marked; a row it adds has no claim (the
+        edit's release went to the primary)."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

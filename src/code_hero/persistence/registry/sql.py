@@ -56,7 +56,9 @@ _AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 # What `put_thread` sets on a row the table has already: the copy's every field (an
 # edit's claim included), or of a late copy (`Registry.put_thread`) its deletion's mark
-# alone, on a row not marked.
+# alone, on a row no deletion marked, of the same thread (created when the copy's was:
+# a thread made anew under the id, after another replica deleted the copy's, is not
+# this deletion's to hide and end).
 _THREAD_COPY = (
     "user_id = excluded.user_id, status = excluded.status, metadata = excluded.metadata, "
     "created_at = excluded.created_at, updated_at = excluded.updated_at, "
@@ -65,7 +67,8 @@ _THREAD_COPY = (
 )
 _LATE_THREAD_COPY = (
     "ttl_seconds = 0, deletion_token = excluded.deletion_token "
-    "WHERE excluded.deletion_token IS NOT NULL AND code_hero_threads.deletion_token IS NULL"
+    "WHERE excluded.deletion_token IS NOT NULL AND code_hero_threads.deletion_token IS NULL "
+    "AND code_hero_threads.created_at = excluded.created_at"
 )
 
 

@@ -94,6 +94,8 @@ async def test_a_late_copy_of_a_marked_thread_takes_the_mark_alone(primary_confi
         unmarked = replace(marked, ttl_seconds=None, expires_at=None, deletion_token=None)
         assert unmarked == before  # nothing else replaced
 
+        # A copy keeps a mark the row has: the row is put anew, marked by another.
+        await primary.registry.delete_thread("t")
         await primary.registry.put_thread(replace(marked, deletion_token="another"))
         await CopyThread("t", {}).late().replay(primary, fallback)
         again = await primary.registry.get_thread("t", expired=True)
@@ -183,6 +185,31 @@ async def test_a_late_copy_adds_nothing_of_the_old_thread_to_one_made_anew(
         await CopyThread("t", {}).late().replay(primary, fallback)
         assert await primary.registry.get_run(RUN) is None
         assert await primary.registry.list_events(RUN) == []
+
+
+async def test_an_on_time_copy_keeps_a_mark_another_replica_made(primary_config: Any) -> None:
+    """Replica A's copy-back took a thread born in its outage to the primary (its first
+    drain), and replica B, on the primary, marked it for deletion. A's next copy of the
+    thread, on time, wrote its own unmarked row over B's: B's last step found a row not
+    its own and left the thread. The copy keeps a mark the row has (ttl 0 with it)."""
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await fallback.registry.put_thread(ThreadRecord("t", "u", ThreadStatus.IDLE, {}, old, old))
+        await CopyThread("t", {}).replay(primary, fallback)  # the first drain
+        mark = await primary.registry.start_deletion("t")  # replica B
+        assert mark is not None
+        theirs = mark.token
+        await fallback.registry.update_thread("t", metadata={"later": True})
+        await CopyThread("t", {}).replay(primary, fallback)  # a later copy, on time
+
+        there = await primary.registry.get_thread("t", expired=True)
+        assert there is not None and (there.ttl_seconds, there.deletion_token) == (0, theirs)
+        assert there.metadata == {"later": True}  # the rest is the copy's
+        assert await primary.registry.get_thread("t") is None  # marked: read as gone
+        assert await primary.registry.delete_thread("t", marked=theirs) == (True, 0)
 
 
 async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:

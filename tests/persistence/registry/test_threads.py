@@ -283,18 +283,27 @@ async def test_the_last_step_of_a_deletion_leaves_another_deletions_mark(
 async def test_a_mark_copied_back_keeps_its_token(registry: Registry) -> None:
     # The copy-back (put_thread) takes a marked row with its token, so the deletion that
     # marked it ends it where the row is now; a row marked with no token (before the
-    # token's migration) is any deletion's to mark with its own.
+    # token's migration) is any deletion's to mark with its own; and a copy onto a row
+    # another deletion marked keeps that mark (that deletion ends only a row it marked).
     await registry.admit_run(run("r1", "t1"), reject_if_busy=False)
     mark = await registry.start_deletion("t1")
     marked = await registry.get_thread("t1", expired=True)
     assert mark is not None and marked is not None and marked.deletion_token == mark.token
-    await registry.put_thread(replace(marked, deletion_token=None))
+    token = mark.token
+    assert await registry.delete_thread("t1", marked=token) == (True, 1)
+    await registry.put_thread(replace(marked, deletion_token=None))  # marked, no token
     again = await registry.start_deletion("t1")
-    assert again is not None and again.token != mark.token
-    await registry.put_thread(marked)  # as copied back: the first deletion's again
+    assert again is not None and again.token != token
+    await registry.put_thread(marked)  # copied back: the other deletion's mark stays
 
-    assert await registry.delete_thread("t1", marked=again.token) == (False, 0)
-    assert await registry.delete_thread("t1", marked=mark.token) == (True, 1)
+    assert await registry.delete_thread("t1", marked=token) == (False, 0)
+    assert await registry.delete_thread("t1", marked=again.token) == (True, 0)
+    unmarked = replace(marked, ttl_seconds=None, expires_at=None, deletion_token=None)
+    for before in (None, unmarked):  # no row, a row no deletion marked
+        if before is not None:
+            await registry.put_thread(before)
+        await registry.put_thread(marked)
+        assert await registry.delete_thread("t1", marked=token) == (True, 0)
 
 
 async def test_a_thread_marked_for_deletion_is_read_for_a_copy_only(registry: Registry) -> None:

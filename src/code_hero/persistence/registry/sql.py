@@ -55,14 +55,18 @@ _AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 
 # What `put_thread` sets on a row the table has already: the copy's every field (an
-# edit's claim included), or of a late copy (`Registry.put_thread`) its deletion's mark
-# alone, on a row no deletion marked, of the same thread (created when the copy's was:
-# a thread made anew under the id, after another replica deleted the copy's, is not
-# this deletion's to hide and end).
+# edit's claim included) but a deletion's mark the row has (another replica's deletion,
+# made on the primary while this one was in an outage: its last step ends only a row it
+# marked, so the copy keeps the row marked, ttl 0); or of a late copy
+# (`Registry.put_thread`) its deletion's mark alone, on a row no deletion marked, of the
+# same thread (created when the copy's was: a thread made anew under the id, after
+# another replica deleted the copy's, is not this deletion's to hide and end).
 _THREAD_COPY = (
     "user_id = excluded.user_id, status = excluded.status, metadata = excluded.metadata, "
     "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-    "ttl_seconds = excluded.ttl_seconds, deletion_token = excluded.deletion_token, "
+    "ttl_seconds = CASE WHEN code_hero_threads.deletion_token IS NULL "
+    "THEN excluded.ttl_seconds ELSE code_hero_threads.ttl_seconds END, "
+    "deletion_token = COALESCE(code_hero_threads.deletion_token, excluded.deletion_token), "
     "edit_until = excluded.edit_until"
 )
 _LATE_THREAD_COPY = (

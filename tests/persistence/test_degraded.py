@@ -552,6 +552,33 @@ async def test_a_deletion_marked_after_the_copy_back_took_its_thread_ends_on_pos
     _assert_none_left(pg_database, thread_id, EVERY_TABLE)
 
 
+def _marks_refused(gw: Gateway, monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """PostgreSQL refuses the first `times` copies of a thread's row that carry a
+    deletion's mark (a lock timeout); returns the ids of the threads refused so far."""
+    router = gw.manager.router
+    assert router.primary.backend is not None
+    registry = router.primary.backend.registry
+    put_thread, refused = registry.put_thread, []
+
+    async def refused_at_first(thread: ThreadRecord, **kw: Any) -> None:
+        if thread.deletion_token is not None and len(refused) < times:
+            refused.append(thread.thread_id)
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        await put_thread(thread, **kw)
+
+    monkeypatch.setattr(registry, "put_thread", refused_at_first)
+    return refused
+
+
+def _no_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No retry of quarantined entries: they wait (the health check's retry skipped)."""
+
+    async def no_retry(router: Any) -> None:
+        pass
+
+    monkeypatch.setattr("code_hero.persistence.fallback.retry_quarantined", no_retry)
+
+
 @pytest.mark.parametrize("first", ["the retry", "the last step"])
 async def test_a_deletion_whose_marked_copy_was_quarantined_ends_on_postgresql(
     proxied: tuple[Gateway, BlackHoleProxy],
@@ -565,31 +592,18 @@ async def test_a_deletion_whose_marked_copy_was_quarantined_ends_on_postgresql(
     # and the deletion's last step answered deleted false and left the thread. A late
     # copy takes the mark now; a last step that comes before the retry drops the
     # quarantined copy with the thread's entries, so it carries the mark over first.
+    # (The switch back carries it too, unless refused again: see the test below.)
     gw, proxy = proxied
     router = gw.manager.router
     thread_id, switch, deletion, go_on = await _marked_between_the_drains(
         gw, proxy, pg_database, monkeypatch
     )
-    assert router.primary.backend is not None
-    registry = router.primary.backend.registry
-    put_thread, refused = registry.put_thread, asyncio.Event()
-
-    async def refused_once(thread: ThreadRecord, **kw: Any) -> None:
-        if thread.deletion_token is not None and not refused.is_set():
-            refused.set()
-            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
-        await put_thread(thread, **kw)
-
-    monkeypatch.setattr(registry, "put_thread", refused_once)
+    refused = _marks_refused(gw, monkeypatch, times=2)  # the drain's copy, the switch's
     if first == "the last step":
-
-        async def no_retry(router: Any) -> None:
-            pass
-
-        monkeypatch.setattr("code_hero.persistence.fallback.retry_quarantined", no_retry)
+        _no_retry(monkeypatch)
     switch.set()
     await until(lambda: _synced(gw))
-    assert refused.is_set()
+    assert refused == [thread_id, thread_id]
     if first == "the retry":
         await until(lambda: _settled(gw))
     else:
@@ -683,6 +697,90 @@ async def test_an_edit_released_after_the_copy_back_took_its_claim_frees_postgre
     assert not _edit_claim_live(pg_database, thread_id)
     after = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
     assert after.status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize("mark", ["carried", "refused again"])
+async def test_no_run_is_admitted_on_a_thread_whose_mark_waits_in_the_quarantine(
+    proxied: tuple[Gateway, BlackHoleProxy],
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    mark: str,
+) -> None:
+    # Review: the copy of a deletion's mark, refused, waited in the quarantine, and the
+    # row PostgreSQL had was the first drain's, unmarked. From the switch back to the
+    # retry or the deletion's last step, the thread read as live there and a run was
+    # admitted on it; the last step then carried the mark and deleted the thread, that
+    # run with it: acknowledged after the mark, deleted by it (and never stopped, had
+    # the switch come after the deletion stopped the thread's runs). The switch back
+    # carries the marks of kept threads to PostgreSQL before it serves; one PostgreSQL
+    # refuses again refuses runs from the fallback's row until it is carried.
+    gw, proxy = proxied
+    router, registry = gw.manager.router, gw.manager.registry
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    refused = _marks_refused(gw, monkeypatch, times=1 if mark == "carried" else 2)
+    _no_retry(monkeypatch)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert router.quarantined and router.is_local(thread_id)
+    monkeypatch.delattr(registry, "start_deletion")  # another deletion is not held
+    if mark == "carried":
+        assert await gw.get_thread(thread_id) is None  # marked: read as gone
+        # The run's own reap ends the marked thread (it joins the deletion's mark): it
+        # starts on a thread made anew, which the held deletion's last step leaves.
+        run = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+    else:
+        assert len(refused) == 2
+        with pytest.raises(ThreadBeingDeletedError):
+            await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+    go_on.set()
+
+    gone = await deletion  # its last step on PostgreSQL
+    await until(lambda: _executing_none(gw))
+    if mark == "carried":
+        assert rows(
+            pg_database, "SELECT thread_id FROM code_hero_runs WHERE run_id = %s", run.run_id
+        ) == [(thread_id,)]
+    else:
+        assert gone.deleted and gone.runs_deleted == 1
+        _assert_none_left(pg_database, thread_id, EVERY_TABLE)
+        again = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+        assert again.status is RunStatus.SUCCESS  # refused no more: a thread made anew
+    assert not router.quarantined and not router.is_local(thread_id)
+
+
+async def test_a_deletions_last_step_leaves_a_thread_another_replica_made_anew(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: the mark refused at the drain and at the switch back waits on the
+    # fallback's row; meanwhile another replica deletes the thread on PostgreSQL and a
+    # client makes it anew under the id. The deletion's last step carried its mark onto
+    # the new row (`_carry_mark`) and deleted the new thread. The mark goes only onto a
+    # row created when the fallback's was.
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    _marks_refused(gw, monkeypatch, times=2)  # the drain's copy, the switch's
+    _no_retry(monkeypatch)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert router.primary.backend is not None
+    primary = router.primary.backend
+    other = await primary.registry.start_deletion(thread_id)  # another replica's
+    assert other is not None
+    await primary.delete_checkpoints(thread_id)
+    assert (await primary.registry.delete_thread(thread_id, marked=other.token))[0]
+    now = datetime.now(UTC)
+    made_anew = ThreadRecord(thread_id, "u2", ThreadStatus.IDLE, {"new": True}, now, now)
+    await primary.registry.put_thread(made_anew)
+    go_on.set()
+
+    gone = await deletion  # its last step on PostgreSQL: the old thread went before it
+    assert (gone.checkpoints_deleted, gone.runs_deleted) == (0, 0)
+    assert await gw.get_thread(thread_id) == made_anew
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:

@@ -39,8 +39,8 @@ from code_hero.persistence.coalesce import Coalescer
 from code_hero.persistence.entries import DeleteThread, Entry, TouchThread
 from code_hero.persistence.journal import Journal, WriteGate
 from code_hero.persistence.metrics import Metrics
-from code_hero.persistence.records import Registry, ThreadPurge
-from code_hero.persistence.recovery import retry_quarantined, sync_back
+from code_hero.persistence.records import Registry, ThreadPurge, ThreadRecord
+from code_hero.persistence.recovery import retry_quarantined, step_timeout, sync_back
 from code_hero.persistence.slots import BackendSlot, BoundedCalls, close_quietly
 from code_hero.persistence.stalls import StallWatch
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
@@ -93,7 +93,9 @@ class FallbackRouter:
     - anything else: only the primary has it; reading it is UNAVAILABLE.
     A thread with a quarantined entry keeps its set across the recovery (reads merge
     the fallback's copies) until the next outage begins: the primary took its writes
-    meanwhile, so in that outage it is the primary's.
+    meanwhile, so in that outage it is the primary's. A deletion's mark on one of them
+    goes to the primary before it serves (`switch_to_primary`); one the primary refuses
+    then refuses runs on the thread from the fallback's row (`mark_waits`).
     """
 
     def __init__(
@@ -112,6 +114,9 @@ class FallbackRouter:
         self.gate = WriteGate()
         self.fallback_threads: set[str] = set()
         self.local_threads: set[str] = set()
+        # Kept threads a deletion marked in the outage whose mark the primary refused at
+        # the switch back: its row there reads unmarked (`mark_waits`).
+        self.uncarried_marks: set[str] = set()
         self.copied_seqs: dict[str, int] = {}  # run id -> last event seq in the primary
         self.degraded_since: datetime | None = None
         # The last outage this process saw: the primary's last answer before it, and
@@ -202,6 +207,13 @@ class FallbackRouter:
     def is_local(self, thread_id: str) -> bool:
         """True when the fallback holds all of the thread (it was born during the outage)."""
         return thread_id in self.local_threads
+
+    def mark_waits(self, thread_id: str) -> bool:
+        """Whether a deletion marked the thread in the outage and the primary, serving
+        again, has refused the mark so far: its row there reads unmarked, and a run
+        admitted on it would go with the thread at the deletion's last step (which
+        carries the mark: `_carry_mark`), unstopped. Runs on it are refused meanwhile."""
+        return self.serving and thread_id in self.uncarried_marks and self.is_local(thread_id)
 
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
@@ -334,6 +346,7 @@ class FallbackRouter:
             # fallback no longer holds all of one, nor its newest checkpoints.
             self.local_threads.clear()
             self.fallback_threads.clear()
+            self.uncarried_marks.clear()
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
@@ -584,6 +597,7 @@ class FallbackRouter:
                 self.journal.append(DeleteThread(thread_id))
                 return None if marked is None else 0
             self.local_threads.discard(thread_id)
+            self.uncarried_marks.discard(thread_id)
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):
@@ -599,17 +613,57 @@ class FallbackRouter:
         Its copy may be the entry the primary refused (quarantined), the primary's row
         the copy-back's first drain's, unmarked; the deletion's last step drops the entry
         with the others, and would find the row not its own and leave the thread (chaos
-        seed 56's symptom). A retry of the entry would carry it the same way."""
+        seed 56's symptom). A retry of the entry would carry it the same way, and the
+        switch back did unless the primary refused it (`_carry_marks`)."""
         primary = self.primary.backend
         assert primary is not None
+        copy = await self._marked_copy(thread_id, marked)
+        if copy is not None:
+            async with self.on_primary("deleting this thread"):
+                await primary.registry.put_thread(copy, late=True)
+
+    async def _carry_marks(self, kept: set[str]) -> set[str]:
+        """Carry the marks of deletions made in the outage on threads kept across the
+        recovery (a quarantined entry: the copy of the mark may be it) to the primary's
+        rows, as `_carry_mark` does; returns the threads whose mark the primary refused.
+
+        Before the primary serves: its row of such a thread may be the first drain's,
+        unmarked, and would read as live there and admit runs, which the deletion's last
+        step would then delete with the thread, unstopped. An unreachable primary stops
+        the switch (raised: the recovery fails over, and the next one carries it)."""
+        primary = self.primary.backend
+        assert primary is not None
+        refused: set[str] = set()
+        for thread_id in sorted(kept):
+            copy = await self._marked_copy(thread_id)
+            if copy is None:
+                continue
+            try:
+                async with asyncio.timeout(step_timeout(self.primary.config)):
+                    await primary.registry.put_thread(copy, late=True)
+            except Exception as exc:
+                if is_backend_error(exc):
+                    raise
+                log.warning(
+                    "thread %s: the primary refused its deletion's mark (%s); runs on it "
+                    "are refused until the mark is carried or the deletion ends",
+                    thread_id,
+                    exc,
+                )
+                refused.add(thread_id)
+        return refused
+
+    async def _marked_copy(self, thread_id: str, token: str | None = None) -> ThreadRecord | None:
+        """The fallback's row of the thread, if a deletion marked it (with `token`: that
+        deletion); None otherwise."""
         for slot in self.slots[1:]:
             if slot.backend is None:
                 continue
             copy = await slot.backend.registry.get_thread(thread_id, expired=True)
-            if copy is not None and copy.deletion_token == marked:
-                async with self.on_primary("deleting this thread"):
-                    await primary.registry.put_thread(copy, late=True)
-                return
+            if copy is not None and copy.deletion_token is not None:
+                if token is None or copy.deletion_token == token:
+                    return copy
+        return None
 
     async def purge_idle_thread(
         self, thread_id: str, live_at: datetime | None, owner: str | None = None
@@ -708,14 +762,18 @@ class FallbackRouter:
             return await sync_back(self)
 
     async def switch_to_primary(self) -> None:
-        """Serve from the primary; forget the fallback's copies (quarantined ones stay)."""
+        """Serve from the primary; forget the fallback's copies (quarantined ones stay).
+        Called with the write gate closed and nothing in flight (`sync_back`)."""
         kept = self.journal.quarantined_threads()
+        # First, while no call reaches the primary: a kept thread's mark, if any.
+        uncarried = await self._carry_marks(kept & self.local_threads)
         since = self.degraded_since
         was_active = self.active
         self.active = 0
         self.degraded_since = None
         self.fallback_threads &= kept
         self.local_threads &= kept
+        self.uncarried_marks = uncarried
         self.copied_seqs.clear()
         for hook in self.on_recovered:
             hook()

@@ -24,6 +24,7 @@ from code_hero.persistence.records import (
     RunStatus,
     ThreadStatus,
 )
+from code_hero.persistence.registry.edits import being_deleted
 
 __all__ = ["FallbackClaims"]
 
@@ -43,6 +44,10 @@ class FallbackClaims(RoutedRegistry):
         """Record a PENDING run; during an outage only on a new or local thread."""
 
         async def on_primary(registry: Registry) -> tuple[RunRecord | None, str | None]:
+            if self.router.mark_waits(run.thread_id):
+                # Its deletion's mark is on the fallback's row only, for now: refused as
+                # the marked row would refuse it (the deletion's last step ends it).
+                raise being_deleted(run.thread_id)
             return await registry.admit_run(
                 run, reject_if_busy=reject_if_busy, events=events, owner=owner
             )

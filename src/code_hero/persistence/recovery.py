@@ -20,7 +20,7 @@ from code_hero.persistence.unreachable import is_backend_error
 if TYPE_CHECKING:
     from code_hero.persistence.fallback import FallbackRouter
 
-__all__ = ["SMALL_REMAINDER", "retry_quarantined", "sync_back", "sync_concurrency"]
+__all__ = ["SMALL_REMAINDER", "retry_quarantined", "step_timeout", "sync_back", "sync_concurrency"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ def sync_concurrency(config: CheckpointerConfig) -> int:
     # recovery is nearly alone on the primary's pool, and each replay holds a
     # connection for one round trip, so no lane waits anywhere near pool_timeout.
     return max(1, min(config.saver_instances, config.pool_max_size))
+
+
+def step_timeout(config: CheckpointerConfig) -> float:
+    """The bound of one step of the recovery on the primary: a primary that hangs
+    mid-sync must not hold the write gate shut, nor the journal's step lock."""
+    return max(2 * config.pool_timeout, 1.0)
 
 
 def _sync_source(router: FallbackRouter) -> Backend | None:
@@ -57,8 +63,7 @@ async def _drain(
         concurrency=sync_concurrency(config),
         is_unreachable=is_backend_error,
         on_synced=synced,
-        # Bounded: a primary that hangs mid-sync must not hold the gate shut.
-        step_timeout=max(2 * config.pool_timeout, 1.0),
+        step_timeout=step_timeout(config),
     )
 
 
@@ -98,7 +103,7 @@ async def retry_quarantined(router: FallbackRouter) -> None:
         primary=primary,
         fallback=source,
         is_unreachable=is_backend_error,
-        step_timeout=max(2 * router.primary.config.pool_timeout, 1.0),
+        step_timeout=step_timeout(router.primary.config),
     )
     # A pool timeout may be a saturated pool only: the router's probe confirms it first
     # (`outage`), and a busy pool fails nothing over; the entry waits for the next retry.
@@ -114,6 +119,7 @@ async def retry_quarantined(router: FallbackRouter) -> None:
                     continue
                 router.fallback_threads.discard(thread_id)
                 router.local_threads.discard(thread_id)
+                router.uncarried_marks.discard(thread_id)
                 for slot in router.slots[1:]:
                     if slot.backend is not None:
                         await slot.backend.forget_thread(thread_id)

@@ -223,8 +223,10 @@ async def test_a_recovery_stopped_as_an_entry_goes_in_stops_there(step: str) -> 
 
 async def test_a_retry_an_unreachable_primary_stops_hands_back_what_went_before() -> None:
     """The error that stops a retry goes to the caller with the entries replayed before
-    it: the caller judges the error (a pool timeout may be a busy pool only) and forgets
-    those entries' fallback copies either way. Raised, the entries were lost with it."""
+    it: the caller judges the error (a pool timeout may be a busy pool only) and, if the
+    primary still serves, forgets those entries' fallback copies; failed over, it leaves
+    them to the next switch back. Raised, the list was lost with it: a busy primary
+    serving on, their threads stayed kept, read through the fallback's copies."""
     journal, log = Journal(1000), []
     for entry in (Fake("a", 0, log), Fake("b", 1, log, Down), Fake("c", 2, log)):
         journal.quarantine.append(Quarantined(entry, 1, "refused"))  # type: ignore[arg-type]

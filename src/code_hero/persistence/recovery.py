@@ -108,6 +108,10 @@ async def retry_quarantined(router: FallbackRouter) -> None:
     # A pool timeout may be a saturated pool only: the router's probe confirms it first
     # (`outage`), and a busy pool fails nothing over; the entry waits for the next retry.
     if stopped is not None and await router.outage(router.primary, stopped) == "down":
+        # The router serves from the fallback now: the loop below skips the threads of
+        # the entries that went through. Their fallback copies stay (not lost, and read
+        # as the primary's in this outage: `FallbackRouter.fail`) until the next switch
+        # back forgets them with the rest (`switch_to_primary`).
         router.fail_primary(stopped)
     if done:
         router.metrics.synced(len(done))

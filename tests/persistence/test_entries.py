@@ -20,6 +20,7 @@ from code_hero.persistence.entries import (
     CopyEvents,
     CopyThread,
     FinishRun,
+    ReleaseEdit,
     ReleaseRun,
 )
 from code_hero.persistence.records import (
@@ -210,6 +211,47 @@ async def test_an_on_time_copy_keeps_a_mark_another_replica_made(primary_config:
         assert there.metadata == {"later": True}  # the rest is the copy's
         assert await primary.registry.get_thread("t") is None  # marked: read as gone
         assert await primary.registry.delete_thread("t", marked=theirs) == (True, 0)
+
+
+async def test_an_on_time_copy_leaves_another_replicas_edit_claim(primary_config: Any) -> None:
+    """Replica A's first drain copied a thread born in its outage; replica B, on the
+    primary already, claims it for an edit; A's last drain replays a fresh copy of it
+    (unclaimed on A's side). The copy wrote A's empty claim over B's, and runs were
+    admitted while B's edit still wrote. A copy adds or extends a claim, never clears
+    one; A's own edit, claimed and released in the outage, ends by its own entry
+    (`ReleaseEdit`), which leaves a claim that is not its own."""
+    now = datetime.now(UTC)
+    theirs, ours = now + timedelta(minutes=1), now + timedelta(minutes=2)
+    run = RunRecord(RUN, "t", "g", RunStatus.PENDING, created_at=now)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await fallback.registry.put_thread(ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now))
+        await CopyThread("t", {}).replay(primary, fallback)  # A's first drain
+        assert await primary.registry.claim_edit("t", theirs, seen=True) is None  # B's edit
+        await CopyThread("t", {}).replay(primary, fallback)  # A's last drain
+        with pytest.raises(ConflictError, match="being edited"):  # B's edit goes on
+            await primary.registry.admit_run(run, reject_if_busy=True)
+        await primary.registry.release_edit("t", theirs)
+
+        # A's edit in the outage: its claim copied over, then its release; a copy taken
+        # after the release leaves the claim, and the release's own entry ends it.
+        assert await fallback.registry.claim_edit("t", ours, seen=True) is None
+        await CopyThread("t", {}).replay(primary, fallback)
+        await fallback.registry.release_edit("t", ours)
+        await CopyThread("t", {}).replay(primary, fallback)
+        with pytest.raises(ConflictError, match="being edited"):
+            await primary.registry.admit_run(run, reject_if_busy=True)
+        await ReleaseEdit("t", ours).replay(primary, fallback)
+        # Replayed again, after B claimed anew: B's claim is not A's, and stays.
+        assert await primary.registry.claim_edit("t", theirs, seen=True) is None
+        await ReleaseEdit("t", ours).replay(primary, fallback)
+        with pytest.raises(ConflictError, match="being edited"):
+            await primary.registry.admit_run(run, reject_if_busy=True)
+        await primary.registry.release_edit("t", theirs)
+        admitted, _ = await primary.registry.admit_run(run, reject_if_busy=True)
+        assert admitted is not None
 
 
 async def test_a_runs_timeline_and_usage_survive_every_sync_back_entry(tmp_path: Path) -> None:

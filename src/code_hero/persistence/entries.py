@@ -16,6 +16,8 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
                     (ReleaseRun and FinishRun of a run gone with its thread purge
                     what it wrote, unless the thread has a row again)
     DeleteRun       a run of a thread born during the outage, deleted
+    ReleaseEdit     the end of an edit's claim on a thread born during the outage (a
+                    copy never clears a claim: the primary's may be another replica's)
     TouchThread     activity on a thread that is not local
     DeleteThread    a thread deleted during the outage
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
@@ -51,6 +54,7 @@ __all__ = [
     "FinishRun",
     "PutCheckpoint",
     "PutWrites",
+    "ReleaseEdit",
     "ReleaseRun",
     "TouchThread",
 ]
@@ -305,6 +309,20 @@ class DeleteRun:
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.registry.delete_run(self.run_id)
+
+
+@dataclass(frozen=True)
+class ReleaseEdit:
+    """An edit's claim ended during the outage: ended in the primary only while it is
+    this claim (`until`): a copy of the thread carried it there, and a copy adds or
+    extends a claim but never clears one, which may be another replica's edit."""
+
+    thread_id: str
+    until: datetime
+    key = None
+
+    async def replay(self, primary: Backend, fallback: Backend) -> None:
+        await primary.registry.release_edit(self.thread_id, self.until)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ router serves them.
 
 While the primary serves they go to its registry. During an outage only a
 thread born in it (the fallback holds all of it) can be answered truthfully; its
-claim, settled row and release are each journalled as a copy of the thread, like
-every change to it: the switch back may fall inside the edit, and the primary
-must hold the claim until the edit's release, which reaches it then. Anything else
+claim and settled row are each journalled as a copy of the thread, like every
+change to it, and its release as an entry of its own (a copy adds or extends a
+claim, never clears one: the primary's may be another replica's edit): the
+switch back may fall inside the edit, and the primary must hold the claim until
+the edit's release, which reaches it then. Anything else
 is UNAVAILABLE, as other reads and writes of such threads are; but releasing a
 claim the primary holds is left to its lapse then, so an edit that ended is not
 reported failed.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from code_hero.persistence.entries import ReleaseEdit
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import DeletionMark, RunRecord, RunStatus, ThreadStatus
 
@@ -65,9 +68,10 @@ class FallbackEdits(RoutedRegistry):
         async def degraded() -> None:
             if self.router.is_local(thread_id):
                 await self._local("editing this thread").release_edit(thread_id, until)
-                # A copy taken meanwhile holds the claim; no room asked, as a claim
-                # holds runs off until it lapses.
-                self._copy_thread(thread_id)
+                # A copy taken meanwhile holds the claim, and a copy never clears one (the
+                # primary's may be another replica's edit): the release has an entry of its
+                # own. No room asked, as a claim holds runs off until it lapses.
+                self._journal(ReleaseEdit(thread_id, until))
 
         await self._write(lambda r: r.release_edit(thread_id, until), degraded)
 

@@ -274,9 +274,10 @@ class Registry(Protocol):
         (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
-        """Insert or replace a thread as given, timestamps and an edit's claim included (for
-        migration and the outage journal's copies), but a deletion's mark the row has
-        (another deletion's: it ends only a row it marked). With `late` (an outage's copy,
+        """Insert or replace a thread as given, timestamps included (for migration and the
+        outage journal's copies), but a deletion's mark the row has (another deletion's: it
+        ends only a row it marked) and an edit's claim it has, which a copy extends but
+        never clears (another replica's edit may hold it). With `late` (an outage's copy,
         made after the primary served again), a row it has keeps its fields (they may be
         newer) and takes only the copy's deletion mark, if no deletion marked it and it was
         created when the copy's was (else it is a thread made anew under the id): that

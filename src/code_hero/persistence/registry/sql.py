@@ -54,10 +54,22 @@ _THREAD_SORT = {ThreadSortField.UPDATED_AT: "updated_at", ThreadSortField.CREATE
 _AFTER = {SortDirection.DESC: "<", SortDirection.ASC: ">"}
 
 
+# What a copy (`put_thread`) sets of an edit's claim on a row the table has: its own
+# where the row has none or an earlier one, else the row's. A copy adds or extends a
+# claim and never clears one: the row's may be another replica's edit, in flight (an
+# outage's release is an entry of its own, `ReleaseEdit`). SQLite's timestamps are
+# fixed-width text, so their order is time order.
+_CLAIM_ADDED_OR_EXTENDED = (
+    "CASE WHEN code_hero_threads.edit_until IS NULL "
+    "OR excluded.edit_until > code_hero_threads.edit_until "
+    "THEN excluded.edit_until ELSE code_hero_threads.edit_until END"
+)
+
+
 # What `put_thread` sets on a row the table has already: the copy's every field (an
-# edit's claim included) but a deletion's mark the row has (another replica's deletion,
-# made on the primary while this one was in an outage: its last step ends only a row it
-# marked, so the copy keeps the row marked, ttl 0); or of a late copy
+# edit's claim added or extended, above) but a deletion's mark the row has (another
+# replica's deletion, made on the primary while this one was in an outage: its last step
+# ends only a row it marked, so the copy keeps the row marked, ttl 0); or of a late copy
 # (`Registry.put_thread`) its deletion's mark alone, on a row no deletion marked, of the
 # same thread (created when the copy's was: a thread made anew under the id, after
 # another replica deleted the copy's, is not this deletion's to hide and end).
@@ -67,7 +79,7 @@ _THREAD_COPY = (
     "ttl_seconds = CASE WHEN code_hero_threads.deletion_token IS NULL "
     "THEN excluded.ttl_seconds ELSE code_hero_threads.ttl_seconds END, "
     "deletion_token = COALESCE(code_hero_threads.deletion_token, excluded.deletion_token), "
-    "edit_until = excluded.edit_until"
+    "edit_until = " + _CLAIM_ADDED_OR_EXTENDED
 )
 _LATE_THREAD_COPY = (
     "ttl_seconds = 0, deletion_token = excluded.deletion_token "

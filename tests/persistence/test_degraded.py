@@ -783,6 +783,34 @@ async def test_a_deletions_last_step_leaves_a_thread_another_replica_made_anew(
     assert await gw.get_thread(thread_id) == made_anew
 
 
+async def test_an_edit_claimed_between_the_drains_holds_its_thread_on_postgresql(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy-back's first drain (writes go on) took a thread born in the outage, and
+    # an edit then claims it on the fallback (the switch is not made); the switch comes
+    # inside the edit. The thread's copy is in PostgreSQL already, and nothing else
+    # journals one: the claim journals its own, or PostgreSQL admits runs while the edit
+    # writes.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    drained, switch = _copy_back_held_before_the_last_drain(gw, monkeypatch)
+    proxy.forward()
+    await asyncio.wait_for(drained.wait(), 30)  # the first drain took the thread
+    edit, claimed, go_on = _an_edit_held_once_it_claimed(
+        gw, thread_id, {"steps": ["by hand"]}, monkeypatch
+    )
+    await asyncio.wait_for(claimed.wait(), 30)
+    switch.set()
+    await until(lambda: _synced(gw))
+
+    assert _edit_claim_live(pg_database, thread_id)
+    with pytest.raises(ConflictError, match="being edited"):
+        await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}))
+    go_on.set()
+    assert (await edit).values["steps"][-1] == "by hand"
+    assert not _edit_claim_live(pg_database, thread_id)  # released on PostgreSQL
+
+
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
     async with _behind_a_proxy(pg_database, max_pending_sync=12) as (gw, proxy):
         await _outage_begins(gw, proxy)

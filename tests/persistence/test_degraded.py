@@ -38,6 +38,7 @@ from code_hero.persistence.entries import ChangeRun, CopyEvents, FinishRun, Rele
 from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.records import (
+    DeletionMark,
     EventRecord,
     RunRecord,
     RunStatus,
@@ -380,6 +381,49 @@ async def test_a_deletion_in_an_outage_leaves_a_thread_another_deletion_marked_t
     assert not executor.is_active(anew.run_id)  # stopped: it writes nothing more
     await _outage_ends(gw, proxy)
     _assert_none_left(pg_database, thread_id)
+
+
+async def test_two_deletions_of_one_mark_in_an_outage_count_its_checkpoints_once(
+    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deletions of a thread born in the outage, one joining the other's mark, both
+    # reach their last step. Each counted the thread's checkpoints before either deleted
+    # them, and both answered them deleted. The router counts what it deletes, under the
+    # lock a deletion's last step takes: the second finds none.
+    gw, proxy = proxied
+    thread_id = await _born_in_an_outage(gw, proxy)
+    manager, router = gw.manager, gw.manager.router
+    before = await router.count_checkpoints(thread_id)
+    assert before > 0
+    start_deletion, count_checkpoints = manager.start_deletion, router.count_checkpoints
+    marks: list[DeletionMark] = []
+    counted: list[int] = []
+    both_marked, both_counted = asyncio.Event(), asyncio.Event()
+
+    async def marked_then_wait(thread: str) -> DeletionMark | None:
+        mark = await start_deletion(thread)
+        assert mark is not None
+        marks.append(mark)
+        if len(marks) == 2:
+            both_marked.set()
+        await both_marked.wait()
+        return mark
+
+    async def counted_then_wait(thread: str, *args: Any, **kw: Any) -> int:
+        # A count, if a last step makes one, waits for the other's: both count first.
+        n = await count_checkpoints(thread, *args, **kw)
+        counted.append(n)
+        if len(counted) == 2:
+            both_counted.set()
+        await both_counted.wait()
+        return n
+
+    monkeypatch.setattr(manager, "start_deletion", marked_then_wait)
+    monkeypatch.setattr(router, "count_checkpoints", counted_then_wait)
+    a, b = await asyncio.gather(gw.delete_thread(thread_id), gw.delete_thread(thread_id))
+    assert marks[0].token == marks[1].token  # one joined the other's mark
+    assert a.deleted and b.deleted
+    assert a.checkpoints_deleted + b.checkpoints_deleted == before
 
 
 async def test_a_run_outliving_its_thread_into_an_outage_leaves_no_checkpoints_behind(

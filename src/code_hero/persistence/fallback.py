@@ -562,7 +562,7 @@ class FallbackRouter:
         deleted where a row not marked by that deletion holds the id (a thread made
         anew since the deletion marked its row, maybe marked by another deletion since:
         `Backend.delete_orphan_checkpoints`), nor journalled; None means that then, and
-        a journalled deletion answers 0.
+        a journalled deletion answers how many the fallbacks held.
         A thread kept across a recovery (a quarantined entry) is forgotten by the
         fallbacks, registry rows and all: its entries go with it here, so no retry will
         settle it and forget it later (a deletion's mark among them is carried to the
@@ -574,13 +574,18 @@ class FallbackRouter:
             # Kept after a recovery: quarantined (local no longer after another outage).
             kept = thread_id in self.journal.quarantined_threads()
             held = kept or thread_id in self.fallback_threads or thread_id in self.local_threads
+            removed = 0
             if marked is not None and held and not self.serving:
                 # Born in the outage: its row, and the one made anew, are the fallback's.
+                # Counted as they go, under the step lock: a deletion that joined this
+                # one's mark finds none left (counted before, both counted them).
                 for slot in self.slots[1:]:
-                    if slot.backend is not None and (
-                        await slot.backend.delete_orphan_checkpoints(thread_id, marked) is None
-                    ):
+                    if slot.backend is None:
+                        continue
+                    went = await slot.backend.delete_orphan_checkpoints(thread_id, marked)
+                    if went is None:
                         return None
+                    removed += went
                 held = False
             if marked is not None and kept and self.serving:
                 await self._carry_mark(thread_id, marked)
@@ -595,7 +600,7 @@ class FallbackRouter:
             self.fallback_threads.discard(thread_id)
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
-                return None if marked is None else 0
+                return None if marked is None else removed
             self.local_threads.discard(thread_id)
             self.uncarried_marks.discard(thread_id)
             primary = self.primary

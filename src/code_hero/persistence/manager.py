@@ -326,10 +326,12 @@ class EnhancedCheckpointerManager:
         one joined, a one-step deletion of the marked row), and a row made anew since is
         another thread."""
         router, token = self.router, mark.token
-        if router.serving and thread_id not in router.local_threads:
-            # The primary counts what it deletes: no count query before (issue 15).
+        if not (router.serving and thread_id in router.local_threads):
+            # The router counts what it deletes: the primary in its delete (no count query
+            # before: issue 15), a thread born in an outage under the lock a last step
+            # takes, so two deletions of one mark count it once.
             checkpoints = await router.delete_thread(thread_id, marked=token) or 0
-        else:  # born in an outage, or none: counted where it lives now, as before
+        else:  # kept across a recovery: counted where it lives now, as before
             checkpoints = await router.count_checkpoints(thread_id)
             if await router.delete_thread(thread_id, marked=token) is None:
                 checkpoints = 0  # not this deletion's to count: none went

@@ -40,6 +40,7 @@ from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.records import (
     DeletionMark,
     EventRecord,
+    RunFilter,
     RunRecord,
     RunStatus,
     ThreadFilter,
@@ -1855,3 +1856,40 @@ async def test_one_calls_failure_leaves_the_calls_beside_it_running(
     router.fail(router.primary, ended)
     assert (await asyncio.wait_for(task, 30))["one"] == 1
     await until(lambda: _synced(gw))  # the probe answers: served again
+
+
+async def test_a_retried_copy_keeps_the_outages_run_on_a_row_a_run_made_since(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread born in the outage; the drain's copy of its row is refused once (a lock
+    timeout) and quarantined; after the switch a client starts a run on it, whose
+    admission makes PostgreSQL's row (created_at now). The retry's late copy took that
+    for a thread made anew, copied nothing and settled: the fallback's copies were
+    forgotten and the outage's run was gone."""
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id = await _born_in_an_outage(gw, proxy)
+    page = await gw.manager.registry.list_runs(RunFilter(thread_id=thread_id), first=10)
+    (old,) = [r.run_id for r in page.items]
+    assert router.primary.backend is not None
+    registry = router.primary.backend.registry
+    put_thread, refused = registry.put_thread, []
+
+    async def refused_once(thread: ThreadRecord, **kw: Any) -> None:
+        if not refused:
+            refused.append(thread.thread_id)
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        await put_thread(thread, **kw)
+
+    monkeypatch.setattr(registry, "put_thread", refused_once)
+    _no_retry(monkeypatch)
+    proxy.forward()
+    await until(lambda: _synced(gw))
+    assert refused == [thread_id] and router.quarantined and router.is_local(thread_id)
+    assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(0,)]
+    again = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+    assert again.status is RunStatus.SUCCESS
+    monkeypatch.undo()
+    await recovery.retry_quarantined(router)
+    assert not router.quarantined
+    assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(1,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -166,12 +167,16 @@ async def test_a_late_mark_never_lands_on_a_thread_made_anew(primary_config: Any
         assert await primary.registry.get_thread("t") == made_anew
 
 
-async def test_a_late_copy_adds_nothing_of_the_old_thread_to_one_made_anew(
+async def test_a_late_copy_keeps_the_outages_runs_on_a_row_made_since(
     primary_config: Any,
 ) -> None:
-    """As above, the retried copy of a thread another replica deleted and a client made
-    anew: it added the old thread's runs and events to the new one."""
-    old, new = datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC)
+    """The retried copy of a thread born in the outage whose row the primary lacked: a
+    run admitted there after the switch made the row (created_at now). The copy took
+    that for a thread made anew, copied nothing and settled, and the fallback's copies
+    were forgotten: the outage's run and its events were lost. A row's created_at
+    cannot tell that row from one another replica made anew after a deletion, so the
+    runs the primary lacks are copied (the mark alone keeps to its own row)."""
+    old = datetime.now(UTC) - timedelta(minutes=5)
     async with (
         open_backend(create_memory_checkpointer()) as fallback,
         open_backend(primary_config) as primary,
@@ -179,13 +184,15 @@ async def test_a_late_copy_adds_nothing_of_the_old_thread_to_one_made_anew(
         await fallback.registry.put_thread(ThreadRecord("t", "u", ThreadStatus.IDLE, {}, old, old))
         await fallback.registry.put_run(RunRecord(RUN, "t", "g", RunStatus.SUCCESS, created_at=old))
         await fallback.registry.store_events([EventRecord(RUN, "t", 1, "status", {}, old)])
-        await primary.registry.put_thread(
-            ThreadRecord("t", "u2", ThreadStatus.IDLE, {"new": True}, new, new)
+        admitted, _ = await primary.registry.admit_run(
+            RunRecord(str(uuid.uuid4()), "t", "g", RunStatus.PENDING, user_id="u"),
+            reject_if_busy=False,
         )
+        assert admitted is not None
 
         await CopyThread("t", {}).late().replay(primary, fallback)
-        assert await primary.registry.get_run(RUN) is None
-        assert await primary.registry.list_events(RUN) == []
+        assert await primary.registry.get_run(RUN) is not None
+        assert len(await primary.registry.list_events(RUN)) == 1
 
 
 async def test_an_on_time_copy_keeps_a_mark_another_replica_made(primary_config: Any) -> None:

@@ -155,12 +155,11 @@ class CopyThread:
         thread = await fallback.registry.get_thread(self.thread_id, expired=True)
         if thread is None:  # deleted meanwhile: its deletion is journalled after this
             return
-        if self.only_missing:
-            there = await primary.registry.get_thread(self.thread_id, expired=True)
-            if there is not None and there.created_at != thread.created_at:
-                # A thread made anew under the id (another replica deleted this one on
-                # the primary since): nothing of the old one is its, runs nor events.
-                return
+        # A late copy onto a row the primary made since (another created_at) takes no
+        # mark there (`put_thread`), but still adds the runs the primary lacks: that row
+        # may be a run's admission after the switch (this thread, whose outage runs
+        # would be lost with the fallback's copies), or a thread another replica made
+        # anew after deleting this one (old runs join it: the lesser harm, README).
         await primary.registry.put_thread(thread, late=self.only_missing)
         runs: list[RunRecord] = []
         after: str | None = None

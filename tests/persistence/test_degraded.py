@@ -1893,3 +1893,40 @@ async def test_a_retried_copy_keeps_the_outages_run_on_a_row_a_run_made_since(
     await recovery.retry_quarantined(router)
     assert not router.quarantined
     assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(1,)]
+
+
+async def test_a_late_copy_of_a_marked_thread_gives_no_run_to_a_thread_made_anew(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion here marked a thread born in the outage; its marked copy is refused at
+    the drain and at the switch. Another replica deletes the thread on PostgreSQL and a
+    client makes it anew. The retried copy took no mark there, but added the deleted
+    thread's run to the new one, and the deletion's last step rightly left that row."""
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    runs_of = "SELECT run_id FROM code_hero_runs WHERE thread_id = %s"
+    ((old,),) = rows(pg_database, runs_of, thread_id)
+    _marks_refused(gw, monkeypatch, times=2)  # the drain's copy, the switch's
+    _no_retry(monkeypatch)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert router.primary.backend is not None
+    primary = router.primary.backend
+    other = await primary.registry.start_deletion(thread_id)  # another replica's
+    assert other is not None
+    await primary.delete_checkpoints(thread_id)
+    assert (await primary.registry.delete_thread(thread_id, marked=other.token))[0]
+    assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(0,)]
+    now = datetime.now(UTC)
+    made_anew = ThreadRecord(thread_id, "u2", ThreadStatus.IDLE, {"new": True}, now, now)
+    await primary.registry.put_thread(made_anew)
+    await recovery.retry_quarantined(router)  # the late copy of the marked (deleted) thread
+    go_on.set()
+    gone = await deletion
+    assert gone.deleted and gone.runs_deleted == 0  # it marked the old thread; not this one
+    assert await gw.get_thread(thread_id) == made_anew
+    # the old thread was deleted (by both deletions): none of its runs is the new thread's
+    assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(0,)]

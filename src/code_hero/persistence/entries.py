@@ -160,6 +160,12 @@ class CopyThread:
         # may be a run's admission after the switch (this thread, whose outage runs
         # would be lost with the fallback's copies), or a thread another replica made
         # anew after deleting this one (old runs join it: the lesser harm, README).
+        # A thread a deletion marked here is going anyway: nothing of it joins a row
+        # made since (its deletion's last step leaves that row alone).
+        if self.only_missing and thread.deletion_token is not None:
+            there = await primary.registry.get_thread(self.thread_id, expired=True)
+            if there is not None and there.created_at != thread.created_at:
+                return
         await primary.registry.put_thread(thread, late=self.only_missing)
         runs: list[RunRecord] = []
         after: str | None = None

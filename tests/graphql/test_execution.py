@@ -285,6 +285,51 @@ async def test_plain_leaves_skip_the_field_machinery() -> None:
     assert result.errors is None and Counting.infos == ["Query.items"]
 
 
+class FieldCalls(LeafExecutor):
+    calls: list[str] = []
+
+    def execute_field(
+        self,
+        parent_type: Any,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:  # type: ignore[override]
+        FieldCalls.calls.append(f"{parent_type.name}.{field_details_list[0].node.name.value}")
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )
+
+
+async def test_plain_fields_are_completed_in_their_objects_loop() -> None:
+    schema = strawberry.Schema(
+        query=Query,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        execution_context_class=FieldCalls,
+    )
+    install_leaf_fields(schema)
+    _plain_label(schema)
+    FieldCalls.calls = []
+    document = (
+        "{ items { name color tags computed label described later __typename"
+        " owner { name } boss { name } parts { name } } }"
+    )
+    result = await schema.execute(document)
+    assert result.errors is None
+    # Only the fields that are not plain (a resolver with an argument, one with an Info,
+    # an async one, a meta field) were handed to execute_field; the leaves and the
+    # objects of each item, and theirs, were completed in the loop over its selection.
+    per_item = ["Item.described", "Item.later", "Item.__typename"]
+    assert FieldCalls.calls == ["Query.items", *per_item, *per_item]
+    # A plain field whose value is not plain goes through graphql-core, with its error.
+    FieldCalls.calls = []
+    result = await schema.execute('{ maybeItems(case: "null_name") { color name } }')
+    assert result.data == {"maybeItems": None}
+    assert FieldCalls.calls == ["Query.maybeItems"]
+    assert [e.path for e in result.errors or []] == [["maybeItems", 1, "name"]]
+
+
 def test_the_gateway_schema_marks_plain_leaves_only() -> None:
     schema = build_schema()
     assert schema.execution_context_class is LeafExecutor

@@ -32,6 +32,12 @@ so the value is checked whole first: a null for a non-null type, a value
 that is awaitable or an exception, a list that is not a list or holds any
 such item, an object type with an `is_type_of` check, an argument or a
 directive, resolver middleware: graphql-core's path, from the start.
+
+`LeafExecutor.execute_fields` decides that once per selection and operation
+(its plan), not once per field of every object of a page: the plain fields of
+an object are completed in the loop over its selection, with no
+`execute_field` call and, for a leaf, no `Path` (8 % of the instructions of
+executing a page of 10 threads; callgrind).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from graphql import (
     Undefined,
     is_object_type,
 )
-from graphql.execution.collect_fields import FieldDetailsList
+from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.field import StrawberryField
@@ -271,6 +277,23 @@ def _object_field(field: GraphQLField, read: Callable[[Any], Any]) -> ObjectFiel
     )
 
 
+def _plain_in(
+    parent_type: GraphQLObjectType, details: FieldDetailsList
+) -> tuple[LeafField | ObjectField | None, Any]:
+    """The field's `LeafField` or `ObjectField` where this selection of it is completed
+    directly (as `LeafExecutor.execute_field` decides), else None; and the field's type."""
+    field = parent_type.fields.get(details[0].node.name.value)
+    if field is None:
+        return None, None
+    resolve = field.resolve
+    given = any(d.node.arguments or d.node.directives for d in details)
+    if type(resolve) is LeafField and not (resolve.bare and given):
+        return resolve, field.type
+    if type(resolve) is ObjectField and not given:
+        return resolve, field.type
+    return None, field.type
+
+
 def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
     """Give every plain leaf field of `schema` a `LeafField` resolver, and every plain
     object field an `ObjectField` one; their names."""
@@ -290,9 +313,116 @@ def install_leaf_fields(schema: strawberry.Schema) -> list[str]:
     return installed
 
 
+# How an object's selection is executed, in its order: (response name, the field's
+# LeafField or ObjectField where this selection of it is plain, else None, the field's
+# details, its type).
+_Plan = list[tuple[str, "LeafField | ObjectField | None", FieldDetailsList, Any]]
+
+
 class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's executor, completing `LeafField`s and `ObjectField`s directly (see
     the module docstring)."""
+
+    # The plan of each selection executed so far (by its id, with the selection kept
+    # alive beside it so that the id is not reused): made once per operation, not per
+    # object of a page.
+    _plans: dict[int, tuple[GroupedFieldSet, GraphQLObjectType, _Plan | None]] | None = None
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        grouped_field_set: GroupedFieldSet,
+        position_context: Any,
+    ) -> Awaitable[dict[str, Any]] | dict[str, Any]:
+        """graphql-core's, with the selection's plain fields completed in this loop: no
+        `execute_field` call and none of its look-ups for each of them (a page of 10
+        threads has 50 leaves and 20 objects), and no `Path` for a leaf. Any other field
+        goes through `execute_field`, and a plain one whose value is not plain through
+        graphql-core's, as before."""
+        plan = self._plan(parent_type, grouped_field_set)
+        if plan is None:
+            return super().execute_fields(
+                parent_type, source_value, path, grouped_field_set, position_context
+            )
+        results: dict[str, Any] = {}
+        is_awaitable = self.is_awaitable
+        awaitable_fields: list[str] = []
+        try:
+            for response_name, plain, field_details_list, return_type in plan:
+                field_path = None
+                if type(plain) is LeafField:
+                    result = plain.complete(source_value, is_awaitable)
+                elif type(plain) is ObjectField:
+                    field_path = Path(path, response_name, parent_type.name)
+                    result = self._object_field(
+                        plain,
+                        return_type,
+                        field_details_list,
+                        field_path,
+                        source_value,
+                        position_context,
+                    )
+                else:
+                    result = _SLOW
+                if result is _SLOW:
+                    # graphql-core's own, from the start (LeafExecutor.execute_field would
+                    # only read a plain field again).
+                    execute = self.execute_field if plain is None else super().execute_field
+                    result = execute(
+                        parent_type,
+                        source_value,
+                        field_details_list,
+                        field_path or Path(path, response_name, parent_type.name),
+                        position_context,
+                    )
+                    if result is Undefined:
+                        continue
+                results[response_name] = result
+                if is_awaitable(result):
+                    awaitable_fields.append(response_name)
+        except Exception:
+            if awaitable_fields:  # settled, as they may fail too
+                self.settle_in_background([results[name] for name in awaitable_fields])
+            raise
+        if not awaitable_fields:
+            return results
+        return self._await_fields(results, awaitable_fields)
+
+    async def _await_fields(
+        self, results: dict[str, Any], awaitable_fields: list[str]
+    ) -> dict[str, Any]:
+        """`results` with the awaitable fields' values awaited (graphql-core's way)."""
+        if len(awaitable_fields) == 1:
+            name = awaitable_fields[0]
+            results[name] = await results[name]
+        else:
+            values = await gather_with_cancel(*(results[name] for name in awaitable_fields))
+            results.update(zip(awaitable_fields, values, strict=True))
+        return results
+
+    def _plan(
+        self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet
+    ) -> _Plan | None:
+        """The selection's plan (None: no field of it is plain, or the operation has
+        resolver middleware: graphql-core's loop)."""
+        plans = self._plans
+        if plans is None:
+            plans = self._plans = {}
+        entry = plans.get(id(grouped_field_set))
+        if entry is not None and entry[0] is grouped_field_set and entry[1] is parent_type:
+            return entry[2]
+        plan: _Plan | None = None
+        if not (self.middleware_manager is not None and self.middleware_manager.middlewares):
+            plan = []
+            for name, details in grouped_field_set.items():
+                plain, type_ = _plain_in(parent_type, details)
+                plan.append((name, plain, details, type_))
+            if all(plain is None for _, plain, _, _ in plan):
+                plan = None
+        plans[id(grouped_field_set)] = (grouped_field_set, parent_type, plan)
+        return plan
 
     def execute_field(
         self,
@@ -321,26 +451,40 @@ class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
             and not (self.middleware_manager is not None and self.middleware_manager.middlewares)
             and not any(d.node.arguments or d.node.directives for d in field_details_list)
         ):
-            return_type = field.type  # type: ignore[union-attr]
-            non_null = isinstance(return_type, GraphQLNonNull)
-            value = resolve.value(source, non_null, self.is_awaitable)
-            if value is None:
-                return None
+            value = self._object_field(
+                resolve,
+                field.type,  # type: ignore[union-attr]
+                field_details_list,
+                path,
+                source,
+                position_context,
+            )
             if value is not _SLOW:
-                if resolve.item_type is None:
-                    return self._object(
-                        return_type,
-                        resolve.object_type,
-                        field_details_list,
-                        path,
-                        value,
-                        position_context,
-                    )
-                return self._objects(
-                    resolve, return_type, field_details_list, path, value, position_context
-                )
+                return value
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
+        )
+
+    def _object_field(
+        self,
+        resolve: ObjectField,
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        source: Any,
+        position_context: Any,
+    ) -> Any:
+        """A plain object field of `source` completed directly, or _SLOW when its value is
+        not plain (nothing is executed then)."""
+        value = resolve.value(source, isinstance(return_type, GraphQLNonNull), self.is_awaitable)
+        if value is None or value is _SLOW:
+            return value
+        if resolve.item_type is None:
+            return self._object(
+                return_type, resolve.object_type, field_details_list, path, value, position_context
+            )
+        return self._objects(
+            resolve, return_type, field_details_list, path, value, position_context
         )
 
     def _object(

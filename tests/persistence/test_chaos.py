@@ -453,8 +453,21 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
     deletes = [op for op in world.ops if op.kind == "delete"]
 
     def erased(op: Op) -> bool:
-        """Whether a deletion of op's thread may have removed what op wrote."""
-        return any(d.thread == op.thread and d.end > op.start for d in deletes)
+        """Whether a deletion of op's thread may have removed what op wrote: one that
+        ended after op began, or one cut short (it answered an error and left the row
+        marked) that a run started on the thread later ended, as a startRun naming a
+        marked thread does before it starts afresh (seed 458: a run cancelled between
+        the two went with the thread)."""
+        if any(d.thread == op.thread and d.end > op.start for d in deletes):
+            return True
+        cut_short = [d.start for d in deletes if d.thread == op.thread and not d.acked]
+        return bool(cut_short) and any(
+            e.thread == op.thread
+            and e.kind in {"run_wait", "run_async"}
+            and e.end > op.start
+            and e.end > min(cut_short)
+            for e in world.ops
+        )
 
     def pruned_after(op: Op) -> bool:
         """Whether a prune of op's thread may have removed what op wrote (or its run did)."""

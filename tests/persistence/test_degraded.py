@@ -1930,3 +1930,37 @@ async def test_a_late_copy_of_a_marked_thread_gives_no_run_to_a_thread_made_anew
     assert await gw.get_thread(thread_id) == made_anew
     # the old thread was deleted (by both deletions): none of its runs is the new thread's
     assert rows(pg_database, "SELECT count(*) FROM code_hero_runs WHERE run_id = %s", old) == [(0,)]
+
+
+async def test_a_thread_made_anew_elsewhere_is_not_refused_runs_for_a_mark_it_never_had(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark refused at the drain and at the switch (`uncarried_marks`); another
+    replica deletes the thread on PostgreSQL and a client makes it anew. This replica
+    refused runs on the new thread (CONFLICT) for the old thread's mark."""
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    _marks_refused(gw, monkeypatch, times=2)
+    _no_retry(monkeypatch)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert router.primary.backend is not None
+    primary = router.primary.backend
+    other = await primary.registry.start_deletion(thread_id)  # another replica's
+    assert other is not None
+    await primary.delete_checkpoints(thread_id)
+    assert (await primary.registry.delete_thread(thread_id, marked=other.token))[0]
+    now = datetime.now(UTC)
+    await primary.registry.put_thread(
+        ThreadRecord(thread_id, None, ThreadStatus.IDLE, {"new": True}, now, now)
+    )
+    monkeypatch.delattr(gw.manager.registry, "start_deletion")
+    try:
+        run = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+        assert run.status is RunStatus.SUCCESS
+    finally:
+        go_on.set()
+        await deletion

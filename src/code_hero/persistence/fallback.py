@@ -215,6 +215,19 @@ class FallbackRouter:
         carries the mark: `_carry_mark`), unstopped. Runs on it are refused meanwhile."""
         return self.serving and thread_id in self.uncarried_marks and self.is_local(thread_id)
 
+    async def mark_still_waits(self, thread_id: str, primary: Registry) -> bool:
+        """`mark_waits`, unless the primary's row is another thread's by now (another
+        replica deleted this one there and a client made it anew under the id): the
+        mark is not that thread's, nor are its runs this deletion's to refuse."""
+        if not self.mark_waits(thread_id):
+            return False
+        copy = await self._marked_copy(thread_id)
+        there = await primary.get_thread(thread_id, expired=True)
+        if copy is not None and there is not None and there.created_at != copy.created_at:
+            self.uncarried_marks.discard(thread_id)
+            return False
+        return True
+
     async def open(self) -> None:
         """Open every slot; the first that opens becomes active."""
         for index, slot in enumerate(self.slots):

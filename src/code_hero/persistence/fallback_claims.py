@@ -44,7 +44,7 @@ class FallbackClaims(RoutedRegistry):
         """Record a PENDING run; during an outage only on a new or local thread."""
 
         async def on_primary(registry: Registry) -> tuple[RunRecord | None, str | None]:
-            if self.router.mark_waits(run.thread_id):
+            if await self.router.mark_still_waits(run.thread_id, registry):
                 # Its deletion's mark is on the fallback's row only, for now: refused as
                 # the marked row would refuse it (the deletion's last step ends it).
                 raise being_deleted(run.thread_id)

@@ -3,7 +3,7 @@
 The touch that follows a stored checkpoint (`create=False`, it only moves
 `updated_at`) must not fail the write it follows; one that would create the
 thread's row answers busy. Nothing fails over either way, nor when the retry of
-quarantined entries meets the saturated pool."""
+quarantined entries or the recovery's drain meets the saturated pool."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.entries import TouchThread
 from code_hero.persistence.journal import Quarantined
+from code_hero.persistence.fallback import Outage
 from code_hero.persistence.recovery import retry_quarantined
+from code_hero.persistence.slots import BackendSlot
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
 
@@ -98,3 +100,57 @@ async def test_a_quarantine_retry_on_a_saturated_pool_fails_over_only_if_the_pro
                 await retry_quarantined(router)
                 assert not router.quarantined
                 assert await manager.registry.get_thread("q-1") is not None
+
+
+@pytest.mark.parametrize("database", ["answers", "silent"])
+async def test_a_recovery_on_a_saturated_pool_gives_up_only_if_the_probe_fails(
+    pg_database: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery's drain took a pool timeout for an unreachable primary: a saturated
+    pool stopped the copy-back and marked the primary failed, the fallback serving on
+    until the next probe. The drain asks the router's probe now, as the quarantine's
+    retry does: busy, it drains again once the pool frees and the primary serves, with
+    no failover; a database that does not answer the probe (a black hole) stops it."""
+    async with BlackHoleProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port),
+            pool_min_size=1,
+            pool_max_size=1,
+            pool_timeout=0.5,
+            saver_instances=1,
+            health_check_interval=3600,  # no probe but the test's and the drain's own
+        )
+        async with EnhancedCheckpointerManager(config) as manager:
+            router = manager.router
+            backend = cast(PostgresBackend, router.primary.backend)
+            router.fail_primary(ConnectionRefusedError("refused"))  # an outage
+            await router.touch("o-1", None, create=True)  # to the fallback, journalled
+            assert router.active > 0 and len(router.journal.entries) == 1
+            switches = router.metrics.fallback_switches
+            held = contextlib.AsyncExitStack()
+            reconnect, outage, verdicts = backend.reconnect, router.outage, []
+
+            async def reconnect_then_saturate() -> None:
+                await reconnect()  # a fresh pool: every connection of it, held by others
+                for _ in range(backend.pool.max_size):
+                    await held.enter_async_context(backend.pool.connection())
+                if database == "silent":
+                    proxy.black_hole()
+
+            async def judged(slot: BackendSlot, exc: BaseException) -> Outage | None:
+                verdicts.append(verdict := await outage(slot, exc))
+                proxy.forward()
+                await held.aclose()  # the pool frees
+                return verdict
+
+            monkeypatch.setattr(backend, "reconnect", reconnect_then_saturate)
+            monkeypatch.setattr(router, "outage", judged)
+            assert await router.probe(router.primary)
+            recovered = await router.recover()
+            assert verdicts == ["busy" if database == "answers" else "down"]
+            assert recovered is router.serving is (database == "answers")
+            assert router.primary.healthy is (database == "answers")
+            assert len(router.journal.entries) == (0 if database == "answers" else 1)
+            assert router.metrics.fallback_switches == switches  # no failover more
+            if database == "answers":
+                assert await backend.registry.get_thread("o-1") is not None

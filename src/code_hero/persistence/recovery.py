@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # The recovery holds writers only for the last few entries.
 SMALL_REMAINDER = 64
+# How often a recovery drains a saturated pool (busy, not down) before the next check.
+_BUSY_TRIES = 3
 
 
 def sync_concurrency(config: CheckpointerConfig) -> int:
@@ -79,19 +81,29 @@ async def sync_back(router: FallbackRouter) -> bool:
         return False
     if router.active == 0:
         return True
-    try:
-        await primary.backend.reconnect()
-        await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
-        async with router.gate.closed():
-            await _drain(router, primary.backend, source, until=0)
-            await router.switch_to_primary()
-    except Exception as exc:
-        if not is_backend_error(exc):
-            raise
-        router.fail(primary, exc)
-        log.info("sync back to the primary stopped: %s", primary.last_error)
-        return False
-    return True
+    for attempt in range(_BUSY_TRIES):
+        try:
+            if attempt == 0:
+                await primary.backend.reconnect()
+            await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
+            async with router.gate.closed():
+                await _drain(router, primary.backend, source, until=0)
+                await router.switch_to_primary()
+            return True
+        except Exception as exc:
+            # A pool timeout may be a saturated pool only: the router's probe confirms
+            # it first (`outage`), as for `retry_quarantined`. Busy, the drain starts
+            # again (the gate open meanwhile; the pool's own wait for a connection is
+            # the pause); still busy after the last try, the next check recovers.
+            verdict = await router.outage(primary, exc)
+            if verdict is None:
+                raise
+            if verdict == "down":
+                router.fail(primary, exc)
+                log.info("sync back to the primary stopped: %s", primary.last_error)
+                return False
+            log.info("sync back to the primary waits: its pool is saturated (%s)", exc)
+    return False
 
 
 async def retry_quarantined(router: FallbackRouter) -> None:

@@ -18,8 +18,8 @@ from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.entries import TouchThread
-from code_hero.persistence.journal import Quarantined
 from code_hero.persistence.fallback import Outage
+from code_hero.persistence.journal import Quarantined
 from code_hero.persistence.recovery import retry_quarantined
 from code_hero.persistence.slots import BackendSlot
 from tests.conftest import PG_ADMIN_URL

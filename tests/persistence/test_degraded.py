@@ -1108,6 +1108,61 @@ async def test_a_run_started_on_a_kept_thread_between_outages_ends_in_postgres(
     assert stored == [(RunStatus.SUCCESS.value, None)]
 
 
+def _checkpoints_in_pg(pg_database: str, thread_id: str) -> int:
+    ((n,),) = rows(pg_database, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", thread_id)
+    return int(n)
+
+
+async def test_deleting_a_kept_thread_counts_the_checkpoints_postgresql_had(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # A thread kept across a recovery writes its new checkpoints to PostgreSQL alone,
+    # its outage's stay on the fallback too. Its deletion counted the fallback's only
+    # (the primary's own count, from its delete, went unused): the runs since were
+    # deleted uncounted. The router counts the primary's and the fallback's own.
+    gw, proxy = proxied
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    for _ in range(3):  # runs after the switch: their checkpoints are PostgreSQL's alone
+        run = await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+        assert run.status is RunStatus.SUCCESS
+    in_pg = _checkpoints_in_pg(pg_database, thread_id)
+    gone = await gw.delete_thread(thread_id)
+    _assert_none_left(pg_database, thread_id, ("checkpoints",))
+    # The poisoned one never reached PostgreSQL; the outage's run's did (copied back).
+    assert gone.checkpoints_deleted == in_pg + 1
+
+
+async def test_two_deletions_of_one_mark_on_a_kept_thread_count_its_checkpoints_once(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deletions of a thread kept across a recovery, one joining the other's mark:
+    # each counted the fallback's checkpoints before either deleted them, and both
+    # answered them deleted. The router counts them under the step lock: once.
+    gw, proxy = proxied
+    thread_id = await _a_thread_kept_across_a_recovery(gw, proxy)
+    manager = gw.manager
+    in_pg = _checkpoints_in_pg(pg_database, thread_id)
+    start_deletion = manager.start_deletion
+    marks: list[DeletionMark] = []
+    both_marked = asyncio.Event()
+
+    async def marked_then_wait(thread: str) -> DeletionMark | None:
+        mark = await start_deletion(thread)
+        assert mark is not None
+        marks.append(mark)
+        if len(marks) == 2:
+            both_marked.set()
+        await both_marked.wait()
+        return mark
+
+    monkeypatch.setattr(manager, "start_deletion", marked_then_wait)
+    a, b = await asyncio.gather(gw.delete_thread(thread_id), gw.delete_thread(thread_id))
+    assert marks[0].token == marks[1].token  # one joined the other's mark
+    assert a.deleted and b.deleted
+    # The poisoned one never reached PostgreSQL: one more than it had.
+    assert a.checkpoints_deleted + b.checkpoints_deleted == in_pg + 1
+
+
 def _cut_at_its_end(registry: Any, proxy: BlackHoleProxy) -> None:
     """The next run end this process records cuts PostgreSQL off first: it meets the outage."""
     finish_run = registry.finish_run

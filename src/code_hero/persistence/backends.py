@@ -101,6 +101,10 @@ class Backend(ABC):
         """How many checkpoints the thread has, in one namespace or (None) in every one."""
 
     @abstractmethod
+    async def checkpoint_keys(self, thread_id: str) -> set[tuple[str, str]]:
+        """The thread's checkpoints, as (namespace, checkpoint id) pairs."""
+
+    @abstractmethod
     async def checkpoint_thread_ids(self) -> list[str]:
         """Every thread id that has checkpoints (a scan: for migration and retention)."""
 
@@ -206,6 +210,10 @@ class MemoryBackend(Backend):
         if namespace is not None:
             return len(spaces.get(namespace, {}))
         return sum(len(ns) for ns in spaces.values())
+
+    async def checkpoint_keys(self, thread_id: str) -> set[tuple[str, str]]:
+        spaces = self._memory.storage.get(thread_id, {})
+        return {(ns, checkpoint_id) for ns, saved in spaces.items() for checkpoint_id in saved}
 
     async def delete_orphan_checkpoints(
         self, thread_id: str, token: str | None = None
@@ -385,6 +393,10 @@ class SqliteBackend(Backend):
             sql, params = f"{sql} AND checkpoint_ns = ?", [thread_id, namespace]
         rows = await self._fetch(sql, tuple(params))
         return int(rows[0][0])
+
+    async def checkpoint_keys(self, thread_id: str) -> set[tuple[str, str]]:
+        sql = "SELECT checkpoint_ns, checkpoint_id FROM checkpoints WHERE thread_id = ?"
+        return {(r[0], r[1]) for r in await self._fetch(sql, (thread_id,))}
 
     async def checkpoint_thread_ids(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")]

@@ -567,7 +567,8 @@ class FallbackRouter:
 
     async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> int | None:
         """Delete the thread's checkpoints from every slot that may hold them; how many
-        the primary held (None when it was not reached: the deletion is journalled).
+        the primary held, plus those of a thread kept across a recovery that only the
+        fallbacks held (None when it was not reached: the deletion is journalled).
 
         During an outage only a thread born in it can be deleted; its deletion
         is journalled, so whatever of it already reached the primary goes too.
@@ -603,10 +604,12 @@ class FallbackRouter:
             if marked is not None and kept and self.serving:
                 await self._carry_mark(thread_id, marked)
             self.journal.drop_thread_locked(thread_id)
+            fallback_only: set[tuple[str, str]] = set()  # kept: what the primary lacks
             for slot in self.slots[1:]:
                 if slot.backend is None or not held:
                     continue
                 if self.serving:  # kept: the registry's deletion goes to the primary alone
+                    fallback_only |= await slot.backend.checkpoint_keys(thread_id)
                     await slot.backend.forget_thread(thread_id)
                 else:  # born in the outage: the fallback's registry deletes its rows
                     await slot.backend.saver.adelete_thread(thread_id)
@@ -619,10 +622,15 @@ class FallbackRouter:
             primary = self.primary
             assert primary.backend is not None
             async with self.on_primary("deleting this thread"):
+                if fallback_only:  # counted under the step lock, with the primary's own
+                    fallback_only -= await primary.backend.checkpoint_keys(thread_id)
                 with self.metrics.timed(primary.label, "delete_thread"):
-                    if marked is not None:
-                        return await primary.backend.delete_orphan_checkpoints(thread_id, marked)
-                    return await primary.backend.delete_checkpoints(thread_id)
+                    gone: int | None
+                    if marked is None:
+                        gone = await primary.backend.delete_checkpoints(thread_id)
+                    else:
+                        gone = await primary.backend.delete_orphan_checkpoints(thread_id, marked)
+                return None if gone is None else gone + len(fallback_only)
 
     async def _carry_mark(self, thread_id: str, marked: str) -> None:
         """Put a deletion's mark, made in an outage on the fallback's row of a thread kept

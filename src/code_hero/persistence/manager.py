@@ -326,15 +326,11 @@ class EnhancedCheckpointerManager:
         one joined, a one-step deletion of the marked row), and a row made anew since is
         another thread."""
         router, token = self.router, mark.token
-        if not (router.serving and thread_id in router.local_threads):
-            # The router counts what it deletes: the primary in its delete (no count query
-            # before: issue 15), a thread born in an outage under the lock a last step
-            # takes, so two deletions of one mark count it once.
-            checkpoints = await router.delete_thread(thread_id, marked=token) or 0
-        else:  # kept across a recovery: counted where it lives now, as before
-            checkpoints = await router.count_checkpoints(thread_id)
-            if await router.delete_thread(thread_id, marked=token) is None:
-                checkpoints = 0  # not this deletion's to count: none went
+        # The router counts what it deletes: the primary in its delete (no count query
+        # before: issue 15), a thread born in an outage or kept across a recovery under
+        # the lock a last step takes, so two deletions of one mark count it once (None:
+        # not this deletion's to count, none went).
+        checkpoints = await router.delete_thread(thread_id, marked=token) or 0
         existed, runs = await self.registry.delete_thread(thread_id, marked=token)
         deleted = mark.marked or existed or checkpoints > 0
         return ThreadDeletion(thread_id, deleted, checkpoints, runs)

@@ -205,6 +205,11 @@ class PostgresBackend(Backend):
         rows = await self._fetch(sql, tuple(params))
         return int(rows[0]["n"])
 
+    async def checkpoint_keys(self, thread_id: str) -> set[tuple[str, str]]:
+        sql = "SELECT checkpoint_ns, checkpoint_id FROM checkpoints WHERE thread_id = %s"
+        rows = await self._fetch(sql, (thread_id,))
+        return {(r["checkpoint_ns"], r["checkpoint_id"]) for r in rows}
+
     async def checkpoint_thread_ids(self) -> list[str]:
         rows = await self._fetch("SELECT DISTINCT thread_id FROM checkpoints")
         return [r["thread_id"] for r in rows]

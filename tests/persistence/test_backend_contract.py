@@ -11,6 +11,7 @@ REQUIRED = (
     "open",
     "probe",
     "count_checkpoints",
+    "checkpoint_keys",
     "checkpoint_thread_ids",
     "checkpoint_namespaces",
     "keep_latest",

@@ -227,3 +227,19 @@ async def test_postgres_delete_leaves_no_rows(pg_database: str) -> None:
             assert row == (0,), table
         row = conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = 'kept'").fetchone()
         assert row is not None and row[0] > 0
+
+
+async def test_checkpoint_keys_name_every_checkpoint_of_the_thread(
+    manager: EnhancedCheckpointerManager,
+) -> None:
+    # What a kept thread's deletion counts with (the fallback's keys against the
+    # primary's): each checkpoint once, subgraph namespaces included, no other thread's.
+    backend = manager.router.primary.backend
+    assert backend is not None
+    for name in ("mine", "other"):
+        await run_graph(manager, name, with_subgraph=True)
+    keys = await backend.checkpoint_keys("mine")
+    assert len(keys) == await backend.count_checkpoints("mine") > 0
+    assert len({ns for ns, _ in keys}) > 1  # the root's and the subgraph's
+    assert keys.isdisjoint(await backend.checkpoint_keys("other"))
+    assert await backend.checkpoint_keys("nobody") == set()

@@ -460,14 +460,22 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
         the two went with the thread)."""
         if any(d.thread == op.thread and d.end > op.start for d in deletes):
             return True
-        cut_short = [d.start for d in deletes if d.thread == op.thread and not d.acked]
-        return bool(cut_short) and any(
-            e.thread == op.thread
-            and e.kind in {"run_wait", "run_async"}
-            and e.end > op.start
-            and e.end > min(cut_short)
-            for e in world.ops
-        )
+        for cut in (d for d in deletes if d.thread == op.thread and not d.acked):
+            # The first run started on the thread after it: the one that may end its mark.
+            ender = min(
+                (
+                    e
+                    for e in world.ops
+                    if e.thread == op.thread
+                    and e.kind in {"run_wait", "run_async"}
+                    and e.start > cut.start
+                ),
+                key=lambda e: e.start,
+                default=None,
+            )
+            if ender is not None and op is not ender and op.start < ender.end:
+                return True
+        return False
 
     def pruned_after(op: Op) -> bool:
         """Whether a prune of op's thread may have removed what op wrote (or its run did)."""

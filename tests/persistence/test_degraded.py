@@ -2019,3 +2019,37 @@ async def test_a_thread_made_anew_elsewhere_is_not_refused_runs_for_a_mark_it_ne
     finally:
         go_on.set()
         await deletion
+
+
+async def test_a_fallback_error_reading_a_waiting_mark_refuses_the_run_and_fails_nothing_over(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mark_still_waits` reads the fallback's row inside admit_run's call on the primary:
+    an error of the fallback's there was judged the primary's, which failed over (review).
+    The run is refused, as the mark refuses it, and the primary keeps serving."""
+    gw, proxy = proxied
+    router = gw.manager.router
+    thread_id, switch, deletion, go_on = await _marked_between_the_drains(
+        gw, proxy, pg_database, monkeypatch
+    )
+    _marks_refused(gw, monkeypatch, times=2)
+    _no_retry(monkeypatch)
+    switch.set()
+    await until(lambda: _synced(gw))
+    assert router.active == 0 and router.mark_waits(thread_id)
+    fallback = router.slots[1].backend
+    assert fallback is not None
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the fallback's disk")
+
+    monkeypatch.setattr(fallback.registry, "get_thread", broken)
+    try:
+        with pytest.raises(ThreadBeingDeletedError):
+            await gw.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+        assert router.active == 0, "the primary was failed over for the fallback's error"
+        assert router.primary.healthy
+    finally:
+        monkeypatch.undo()
+        go_on.set()
+        await deletion

@@ -221,7 +221,11 @@ class FallbackRouter:
         mark is not that thread's, nor are its runs this deletion's to refuse."""
         if not self.mark_waits(thread_id):
             return False
-        copy = await self._marked_copy(thread_id)
+        try:
+            copy = await self._marked_copy(thread_id)
+        except Exception:  # the fallback's error, not the primary's: refused as it was
+            log.warning("thread %s: reading its deletion's mark failed", thread_id, exc_info=True)
+            return True
         there = await primary.get_thread(thread_id, expired=True)
         if copy is not None and there is not None and there.created_at != copy.created_at:
             self.uncarried_marks.discard(thread_id)

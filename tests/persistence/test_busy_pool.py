@@ -15,6 +15,7 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
+from code_hero.config import CheckpointerConfig
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.entries import TouchThread
@@ -24,6 +25,24 @@ from code_hero.persistence.recovery import retry_quarantined
 from code_hero.persistence.slots import BackendSlot
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
+
+
+def _proxied() -> BlackHoleProxy:
+    """A fault proxy in front of the local PostgreSQL server."""
+    return BlackHoleProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432)
+
+
+def _one_connection(pg_database: str, proxy: BlackHoleProxy) -> CheckpointerConfig:
+    """The database through `proxy`, on a pool of one connection that times out in half a
+    second, and no health probe of its own (an hour apart)."""
+    return create_postgres_checkpointer(
+        with_port(pg_database, proxy.port),
+        pool_min_size=1,
+        pool_max_size=1,
+        pool_timeout=0.5,
+        saver_instances=1,
+        health_check_interval=3600,
+    )
 
 
 async def test_a_busy_pool_drops_a_touch_that_only_moves_updated_at(pg_database: str) -> None:
@@ -74,16 +93,9 @@ async def test_a_quarantine_retry_on_a_saturated_pool_fails_over_only_if_the_pro
     outage. As the router does for every other call, a probe on a connection of its own
     decides now: busy, nothing fails over and the entry waits for the next retry; a
     database that does not answer the probe (a black hole) fails over still."""
-    async with BlackHoleProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port),
-            pool_min_size=1,
-            pool_max_size=1,
-            pool_timeout=0.5,
-            saver_instances=1,
-            health_check_interval=3600,  # no probe but the retry's own
-        )
-        async with EnhancedCheckpointerManager(config) as manager:
+    async with _proxied() as proxy:
+        # No probe but the retry's own.
+        async with EnhancedCheckpointerManager(_one_connection(pg_database, proxy)) as manager:
             router = manager.router
             router.journal.quarantine.append(Quarantined(TouchThread("q-1", None), 1, "refused"))
             pool = cast(PostgresBackend, router.primary.backend).pool
@@ -111,16 +123,9 @@ async def test_a_recovery_on_a_saturated_pool_gives_up_only_if_the_probe_fails(
     until the next probe. The drain asks the router's probe now, as the quarantine's
     retry does: busy, it drains again once the pool frees and the primary serves, with
     no failover; a database that does not answer the probe (a black hole) stops it."""
-    async with BlackHoleProxy("127.0.0.1", urlsplit(PG_ADMIN_URL).port or 5432) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port),
-            pool_min_size=1,
-            pool_max_size=1,
-            pool_timeout=0.5,
-            saver_instances=1,
-            health_check_interval=3600,  # no probe but the test's and the drain's own
-        )
-        async with EnhancedCheckpointerManager(config) as manager:
+    async with _proxied() as proxy:
+        # No probe but the test's and the drain's own.
+        async with EnhancedCheckpointerManager(_one_connection(pg_database, proxy)) as manager:
             router = manager.router
             backend = cast(PostgresBackend, router.primary.backend)
             router.fail_primary(ConnectionRefusedError("refused"))  # an outage

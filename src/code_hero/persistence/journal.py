@@ -25,6 +25,8 @@ Three rules make that lose nothing:
   retried later, and it does not hold up the entries behind it. An entry whose
   thread or run the primary no longer has (deleted meanwhile) is done, not
   refused: a run, its events and a run's changes follow their thread out.
+  Every entry of a thread another replica deleted meanwhile (its tombstone
+  on the primary, `tombstones.py`) is dropped unreplayed: the deletion wins.
 
 The journal has a limit: when it is full a new write fails (UNAVAILABLE)
 instead of the process growing until the kernel kills it.

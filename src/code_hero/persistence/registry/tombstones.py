@@ -54,16 +54,6 @@ class ThreadTombstones(Dialect):
             )
         return found
 
-    async def is_deleted(self, thread_id: str, created_at: datetime) -> bool:
-        """Whether a finished deletion left a tombstone of this incarnation of the id."""
-        async with self._session() as s:
-            rows = await s.fetch(
-                "SELECT 1 AS one FROM code_hero_deleted_threads "
-                "WHERE thread_id = ? AND created_at = ?",
-                [thread_id, self._ts(utc(created_at))],
-            )
-        return bool(rows)
-
     async def forget_deleted_threads(self, before: datetime, *, limit: int) -> int:
         # Oldest first, `limit` at a time: one short statement, however many are due.
         async with self._session() as s:

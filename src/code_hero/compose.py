@@ -30,7 +30,9 @@ from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphRegistry
 from code_hero.runs.webhooks import WebhookDispatcher, WebhookSettings
 
-__all__ = ["GatewaySettings", "Services", "event_bus"]
+__all__ = ["DEFAULT_TOMBSTONE_RETENTION", "GatewaySettings", "Services", "event_bus"]
+
+DEFAULT_TOMBSTONE_RETENTION = 30 * 24 * 3600.0  # seconds: a month, far beyond any outage
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class GatewaySettings:
     # and the seconds between sweeps of expired threads (None: this process never sweeps).
     thread_ttl: int | None = None
     sweep_interval: float | None = 60.0
+    # Seconds the sweep keeps a finished deletion's tombstone: an outage's copy-back
+    # older than that (a replica cut off longer) could bring the thread back.
+    tombstone_retention: float = DEFAULT_TOMBSTONE_RETENTION
 
 
 def event_bus(

@@ -24,6 +24,7 @@ from code_hero.auth import (
     parse_rate_limit,
     read_api_keys_file,
 )
+from code_hero.compose import DEFAULT_TOMBSTONE_RETENTION
 from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
@@ -66,6 +67,10 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_THREAD_TTL": "seconds after its last update a thread is deleted (unset: never)",
+    "CODE_HERO_TOMBSTONE_RETENTION": (
+        "seconds a finished deletion's record outlives it, against copy-backs "
+        "(default 2592000, 30 days)"
+    ),
     "CODE_HERO_EVENT_RECHECK_SECONDS": "silent seconds before a subscriber re-reads the log (2)",
     "CODE_HERO_GRAPHIQL": "serve GraphiQL at /graphql (default: true in open mode, else false)",
     "CODE_HERO_UI": "the dashboard at /ui; false: like --no-ui (default: see The dashboard)",
@@ -326,6 +331,9 @@ def settings_from_env(
         max_page=limits.max_page,
         max_recursion_limit=_positive_int(env, "CODE_HERO_MAX_RECURSION_LIMIT", 100),
         thread_ttl=_thread_ttl(env),
+        tombstone_retention=_float(
+            env, "CODE_HERO_TOMBSTONE_RETENTION", DEFAULT_TOMBSTONE_RETENTION
+        ),
         access=AccessSettings(
             hook=_hook(env),
             rate_limit=parse_rate_limit(rate),

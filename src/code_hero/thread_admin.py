@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_BULK = 1000  # threads one deleteThreads call deletes, at most
 MAX_KEEP_LATEST = 1_000_000
 _BATCH = 100  # threads read per query while pruning or sweeping
-_DELIVERY_BATCH = 1000  # finished webhook deliveries deleted per statement by the sweep
+_DELIVERY_BATCH = 1000  # deliveries (and tombstones) deleted per statement by the sweep
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,8 @@ class ThreadAdmin:
 
     async def sweep_expired(self, *, batches: int = 10) -> list[str]:
         """Delete expired threads (up to `batches` of 100), then finished webhook
-        deliveries past their retention, if no other replica is sweeping; returns the
-        ids of the threads this call deleted."""
+        deliveries and deletions' tombstones past their retention, if no other replica
+        is sweeping; returns the ids of the threads this call deleted."""
         registry = self.services.manager.registry
         deleted: list[str] = []
         async with registry.sweeping() as mine:
@@ -164,7 +164,24 @@ class ThreadAdmin:
             forgotten = await self._forget_deliveries(batches)
             if forgotten:
                 log.info("deleted %d webhook deliveries past their retention", forgotten)
+            forgotten = await self._forget_tombstones(batches)
+            if forgotten:
+                log.info("forgot %d finished deletions past their retention", forgotten)
         return deleted
+
+    async def _forget_tombstones(self, batches: int) -> int:
+        """Delete the tombstones of deletions older than their retention (up to `batches`
+        of 1,000): a copy-back that late would come from an outage longer than that."""
+        registry = self.services.manager.registry
+        retention = timedelta(seconds=self.services.settings.tombstone_retention)
+        before = datetime.now(UTC) - retention
+        total = 0
+        for _ in range(batches):
+            gone = await registry.forget_deleted_threads(before, limit=_DELIVERY_BATCH)
+            total += gone
+            if gone < _DELIVERY_BATCH:
+                break
+        return total
 
     async def _forget_deliveries(self, batches: int) -> int:
         """Delete DELIVERED and FAILED deliveries older than the retention (up to

@@ -254,7 +254,10 @@ class MemoryBackend(Backend):
             where = " WHERE thread_id NOT IN (SELECT value FROM json_each(?))"
             params = (json.dumps(keep),)
         async with self._lock:
-            for table in ("code_hero_run_events", "code_hero_runs", "code_hero_threads"):
+            # A fallback's own tombstones (deletions in the outage) tell nothing later:
+            # the journal took those deletions to the primary, which keeps its own.
+            tables = ("code_hero_run_events", "code_hero_runs", "code_hero_threads")
+            for table in (*tables, "code_hero_deleted_threads"):
                 async with self._conn.execute(f"DELETE FROM {table}{where}", params):
                     pass
             await self._conn.commit()

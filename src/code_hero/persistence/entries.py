@@ -24,6 +24,7 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -77,6 +78,8 @@ class Entry(Protocol):
 
 
 _COPY_PAGE = 500
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,16 +160,25 @@ class CopyThread:
             return
         # A late copy onto a row the primary made since (another created_at) takes no
         # mark there (`put_thread`), but still adds the runs the primary lacks: that row
-        # may be a run's admission after the switch (this thread, whose outage runs
-        # would be lost with the fallback's copies), or a thread another replica made
-        # anew after deleting this one (old runs join it: the lesser harm, README).
+        # is a run's admission after the switch (this thread, whose outage runs would be
+        # lost with the fallback's copies). A thread another replica deleted, and maybe
+        # made anew, left a tombstone of this copy's created_at: `put_thread` refuses
+        # the copy, and nothing of it joins the new row.
         # A thread a deletion marked here is going anyway: nothing of it joins a row
         # made since (its deletion's last step leaves that row alone).
         if self.only_missing and thread.deletion_token is not None:
             there = await primary.registry.get_thread(self.thread_id, expired=True)
             if there is not None and there.created_at != thread.created_at:
                 return
-        await primary.registry.put_thread(thread, late=self.only_missing)
+        if not await primary.registry.put_thread(thread, late=self.only_missing):
+            # A finished deletion's tombstone names this thread (a row made anew under
+            # the id has another created_at): the deletion wins, nothing of it is copied.
+            log.warning(
+                "thread %s was deleted on the primary after this replica copied it: its "
+                "copy-back (row, runs, events) is dropped",
+                self.thread_id,
+            )
+            return
         runs: list[RunRecord] = []
         after: str | None = None
         while True:

@@ -85,6 +85,24 @@ class FallbackLifecycle(RoutedRegistry):
             degraded,
         )
 
+    async def deleted_threads(
+        self, thread_ids: Sequence[str]
+    ) -> dict[str, list[tuple[datetime, datetime]]]:
+        """The primary's tombstones of these ids (primary only)."""
+
+        async def degraded() -> dict[str, list[tuple[datetime, datetime]]]:
+            raise self.router.unavailable("reading deletions")
+
+        return await self._route(lambda r: r.deleted_threads(thread_ids), degraded)
+
+    async def forget_deleted_threads(self, before: datetime, *, limit: int) -> int:
+        """Forget the primary's tombstones past their retention (none during an outage)."""
+
+        async def degraded() -> int:
+            return 0
+
+        return await self._write(lambda r: r.forget_deleted_threads(before, limit=limit), degraded)
+
     @asynccontextmanager
     async def sweeping(self) -> AsyncIterator[bool]:
         """The primary's sweep lock; False during an outage."""

@@ -132,13 +132,13 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         await self._write(lambda r: r.touch_threads(touches, create=create), degraded)
 
-    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
         """Insert or replace a thread as given (primary only; `late`: `Registry.put_thread`)."""
 
-        async def degraded() -> None:
+        async def degraded() -> bool:
             raise self.router.unavailable("copying threads")
 
-        await self._write(lambda r: r.put_thread(thread, late=late), degraded)
+        return await self._write(lambda r: r.put_thread(thread, late=late), degraded)
 
     async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted); with

@@ -25,6 +25,8 @@ Three rules make that lose nothing:
   retried later, and it does not hold up the entries behind it. An entry whose
   thread or run the primary no longer has (deleted meanwhile) is done, not
   refused: a run, its events and a run's changes follow their thread out.
+  Every entry of a thread another replica deleted meanwhile (its tombstone
+  on the primary, `tombstones.py`) is dropped unreplayed: the deletion wins.
 
 The journal has a limit: when it is full a new write fails (UNAVAILABLE)
 instead of the process growing until the kernel kills it.
@@ -33,16 +35,19 @@ instead of the process growing until the kernel kills it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.entries import Entry, PutCheckpoint, PutWrites
+from code_hero.persistence.tombstones import Judge, log_dropped
 
 if TYPE_CHECKING:
     from code_hero.persistence.backends import Backend
@@ -57,6 +62,9 @@ __all__ = [
     "Quarantined",
     "WriteGate",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class JournalFullError(BackendUnavailableError):
@@ -130,6 +138,7 @@ class Journal:
         is_unreachable: Callable[[BaseException], bool],
         on_synced: Callable[[], None],
         step_timeout: float = 30.0,
+        judge: Judge | None = None,
     ) -> None:
         """Replay from the head until at most `until` entries remain.
 
@@ -141,6 +150,9 @@ class Journal:
         Each step is bounded with `asyncio.timeout`, not `wait_for`: on Python 3.11
         wait_for returns a result that arrives with a cancel and drops the cancel, so a
         recovery stopped (shutdown) as an entry went in replayed on.
+
+        `judge` names the threads of a batch the primary deleted meanwhile
+        (`tombstones.deleted_copies`): their entries are dropped unreplayed.
         """
         while len(self.entries) > until:
             async with self.step_lock:
@@ -148,8 +160,9 @@ class Journal:
                 batch = list(islice(self.entries, max(1, size)))
                 if not batch:
                     return
+                gone = await _judged(batch, judge, is_unreachable, step_timeout)
                 outcomes = await self._replay(
-                    batch, primary, fallback, concurrency, is_unreachable, step_timeout
+                    batch, primary, fallback, concurrency, is_unreachable, step_timeout, gone
                 )
                 unreachable = self._settle(batch, outcomes, on_synced)
             if unreachable is not None:
@@ -163,13 +176,20 @@ class Journal:
         concurrency: int,
         is_unreachable: Callable[[BaseException], bool],
         step_timeout: float,
+        gone: Mapping[str, datetime],
     ) -> list[_Outcome]:
-        """Replay a batch from the head: one lane per thread, its entries in order."""
+        """Replay a batch from the head: one lane per thread, its entries in order; the
+        entries of `gone` threads (deleted in the primary) are done, unreplayed."""
         outcomes = [_Outcome() for _ in batch]
         lanes: dict[str, list[int]] = {}
         for index, entry in enumerate(batch):
-            lanes.setdefault(entry.thread_id, []).append(index)
             self._started(entry)
+            if entry.thread_id in gone:
+                outcomes[index].done = True
+                continue
+            lanes.setdefault(entry.thread_id, []).append(index)
+        for thread_id, deleted_at in gone.items():
+            log_dropped(thread_id, deleted_at, (e for e in batch if e.thread_id == thread_id))
         free = asyncio.Semaphore(max(1, concurrency))
 
         async def one(index: int) -> bool:
@@ -244,6 +264,7 @@ class Journal:
         fallback: Backend,
         is_unreachable: Callable[[BaseException], bool],
         step_timeout: float = 30.0,
+        judge: Judge | None = None,
     ) -> tuple[list[Entry], BaseException | None]:
         """Replay each quarantined entry once; returns those that went through, and the
         error that stopped the retry when one said the primary is unreachable (the
@@ -251,7 +272,8 @@ class Journal:
 
         The primary serves meanwhile: an entry that copies state is replayed as
         a late copy (`late()`), which adds what is missing and never replaces a
-        newer row.
+        newer row. An entry of a thread `judge` finds deleted in the primary is done,
+        unreplayed.
         """
         done: list[Entry] = []
         for _ in range(len(self.quarantine)):
@@ -266,7 +288,11 @@ class Journal:
                 try:
                     # Bounded like the drain: a hung primary must not hold the step lock.
                     async with asyncio.timeout(step_timeout):
-                        await entry.replay(primary, fallback)
+                        gone = {} if judge is None else await judge({entry.thread_id})
+                        if entry.thread_id in gone:
+                            log_dropped(entry.thread_id, gone[entry.thread_id], [item.entry])
+                        else:
+                            await entry.replay(primary, fallback)
                 except Exception as exc:
                     self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):
@@ -310,6 +336,27 @@ class Journal:
         key = entry.key
         if key is not None:
             self._keyed.setdefault(key, entry)
+
+
+async def _judged(
+    batch: list[Entry],
+    judge: Judge | None,
+    is_unreachable: Callable[[BaseException], bool],
+    step_timeout: float,
+) -> Mapping[str, datetime]:
+    """The threads of the batch the primary deleted meanwhile (`judge`'s answer). An
+    unreachable primary stops the drain (raised, nothing replayed); any other error
+    drops nothing (logged): a thread row's copy still checks on its own (`put_thread`)."""
+    if judge is None:
+        return {}
+    try:
+        async with asyncio.timeout(step_timeout):
+            return await judge({e.thread_id for e in batch})
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise
+        log.warning("reading the primary's deletions failed; the batch is replayed", exc_info=True)
+        return {}
 
 
 def _runs(batch: list[Entry], indexes: list[int], *, batches: bool) -> list[list[int]]:

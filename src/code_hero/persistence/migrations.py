@@ -199,6 +199,25 @@ _EDIT_CLAIM_SQLITE = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TEXT"
 # deletion marked after a client made the thread anew.
 _DELETION_TOKEN = "ALTER TABLE code_hero_threads ADD COLUMN deletion_token TEXT"
 
+
+def _deleted_threads(time: str, collate: str) -> tuple[str, ...]:
+    """(both) A record of each finished deletion (`tombstones.py`): the thread's id and
+    when it was created (one incarnation of the id) and deleted. Written by every
+    deletion's last step with the row's delete; an outage's copy-back gives nothing to a
+    thread incarnation it names. Pruned by deleted_at (the sweep's retention)."""
+    return (
+        f"""
+        CREATE TABLE code_hero_deleted_threads (
+            thread_id TEXT{collate} NOT NULL,
+            created_at {time} NOT NULL,
+            deleted_at {time} NOT NULL,
+            PRIMARY KEY (thread_id, created_at)
+        )
+        """,
+        "CREATE INDEX code_hero_deleted_threads_at_idx ON code_hero_deleted_threads (deleted_at)",
+    )
+
+
 POSTGRES_MIGRATIONS: list[Migration] = [
     "CREATE TABLE IF NOT EXISTS code_hero_migrations (v INTEGER PRIMARY KEY)",
     """
@@ -282,6 +301,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _RUN_USAGE_AND_STEPS_PG,  # run usage and steps (issue 12)
     _EDIT_CLAIM_PG,  # an edit and a run's admission exclude each other
     _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
+    _deleted_threads("TIMESTAMPTZ", ' COLLATE "C"'),  # tombstones of finished deletions
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -418,4 +438,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _RUN_USAGE_AND_STEPS_SQLITE,  # run usage and steps (issue 12)
     _EDIT_CLAIM_SQLITE,  # an edit and a run's admission exclude each other
     _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
+    _deleted_threads("TEXT", ""),  # tombstones of finished deletions
 ]

@@ -273,7 +273,7 @@ class Registry(Protocol):
         """Bump updated_at of each thread id, creating missing ones with that user id
         (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
 
-    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
         """Insert or replace a thread as given, timestamps included (for migration and the
         outage journal's copies), but a deletion's mark the row has (another deletion's: it
         ends only a row it marked) and an edit's claim it has, which a copy extends but
@@ -282,7 +282,9 @@ class Registry(Protocol):
         newer) and takes only the copy's deletion mark, if no deletion marked it and it was
         created when the copy's was (else it is a thread made anew under the id): that
         deletion's last step ends only a row it marked; a row it adds has no claim (the
-        edit's release went to the primary)."""
+        edit's release went to the primary). False, and nothing written, when a finished
+        deletion left a tombstone of the copy's thread (its id and created_at): the
+        deletion wins."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread
@@ -314,6 +316,17 @@ class Registry(Protocol):
 
     async def thread_ids(self, *, updated_before: datetime | None = None) -> list[str]:
         """Every thread id (optionally only those not updated since a time)."""
+
+    # tombstones: deletions that finished (`registry/tombstones.py`)
+    async def deleted_threads(
+        self, thread_ids: Sequence[str]
+    ) -> dict[str, list[tuple[datetime, datetime]]]:
+        """The tombstones of these ids: id -> [(created_at, deleted_at)], oldest deletion
+        first; an id never deleted (or whose tombstones were forgotten) is absent."""
+
+    async def forget_deleted_threads(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` tombstones of deletions before `before`, oldest first;
+        returns how many."""
 
     # thread editing and retention (an expired thread is absent from every read above)
     async def create_thread(self, thread: ThreadRecord) -> ThreadRecord | None:

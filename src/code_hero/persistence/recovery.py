@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.backends import Backend
+from code_hero.persistence.tombstones import judge_for
 from code_hero.persistence.unreachable import is_backend_error
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ async def _drain(
         is_unreachable=is_backend_error,
         on_synced=synced,
         step_timeout=step_timeout(config),
+        judge=judge_for(primary, source, router.outage_began),
     )
 
 
@@ -111,11 +113,15 @@ async def retry_quarantined(router: FallbackRouter) -> None:
     primary, source = router.primary.backend, _sync_source(router)
     if primary is None or source is None:
         return
+    last = router.last_outage
     done, stopped = await router.journal.retry_quarantined(
         primary=primary,
         fallback=source,
         is_unreachable=is_backend_error,
         step_timeout=step_timeout(router.primary.config),
+        # The primary serves: judged by the last outage's start (an entry kept from an
+        # earlier outage, of a thread with no row here, misses a deletion made between).
+        judge=judge_for(primary, source, None if last is None else last[0]),
     )
     # A pool timeout may be a saturated pool only: the router's probe confirms it first
     # (`outage`), and a busy pool fails nothing over; the entry waits for the next retry.

@@ -63,8 +63,10 @@ async def migrate_backends(
     counts: defaultdict[str, int] = defaultdict(int)
     for index, thread_id in enumerate(thread_ids, start=1):
         record = await src.registry.get_thread(thread_id)
-        if record is not None:
-            await dst.registry.put_thread(record)
+        if record is not None and not await dst.registry.put_thread(record):
+            # Copied by an earlier run and deleted in the target since (its tombstone):
+            # the deletion wins there, as at an outage's copy-back.
+            continue
         namespaces = await src.checkpoint_namespaces(thread_id)
         checkpoints, writes = await _copy_history(src.saver, dst.saver, thread_id, namespaces)
         counts["checkpoints"] += checkpoints

@@ -291,12 +291,17 @@ class PostgresRegistry(SqlRegistry):
             "dr AS (DELETE FROM code_hero_runs WHERE run_id IN (SELECT run_id FROM r) "
             "RETURNING 1), "
             "dt AS (DELETE FROM code_hero_threads WHERE thread_id IN (SELECT thread_id FROM t) "
-            "RETURNING 1) "
+            "RETURNING thread_id, created_at), "
+            # The tombstone of the row deleted, in the same statement (no round trip of
+            # its own): a copy-back never brings the thread back.
+            "tomb AS (INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at) "
+            "SELECT thread_id, created_at, ?::timestamptz FROM dt "
+            "ON CONFLICT (thread_id, created_at) DO UPDATE SET deleted_at = excluded.deleted_at) "
             "SELECT (SELECT count(*) FROM t) AS locked, (SELECT count(*) FROM r) AS locked_runs, "
             "(SELECT count(*) FROM q) AS queued, (SELECT count(*) FROM dr) AS runs, "
             "(SELECT count(*) FROM dt) AS threads"
         )
-        return sql, [thread_id, *go_params, thread_id, *queued]
+        return sql, [thread_id, *go_params, thread_id, *queued, datetime.now(UTC)]
 
     def _json(self, value: Any) -> Any:
         return Jsonb(value)

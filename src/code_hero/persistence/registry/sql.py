@@ -43,6 +43,7 @@ from code_hero.persistence.registry.edits import ThreadEdits
 from code_hero.persistence.registry.filters import thread_where
 from code_hero.persistence.registry.lifecycle import THREAD_READ_COLUMNS, ThreadLifecycle
 from code_hero.persistence.registry.stats import RunStatsQueries
+from code_hero.persistence.registry.tombstones import TOMBSTONE_FROM_ROW, ThreadTombstones
 
 __all__ = ["SqlRegistry"]
 
@@ -88,6 +89,10 @@ _LATE_THREAD_COPY = (
 )
 
 
+class _Tombstoned(Exception):
+    """A copy's thread was deleted (its tombstone): its write is rolled back."""
+
+
 def _page_size(first: int) -> int:
     if first < 0:
         raise BadInputError(f"first must not be negative, got {first}")
@@ -98,7 +103,9 @@ def _where(clauses: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Registry):
+class SqlRegistry(
+    RunClaims, ThreadEdits, ThreadLifecycle, ThreadTombstones, RunStatsQueries, Registry
+):
     """Threads, runs and events in SQL; a subclass supplies the dialect."""
 
     # --- setup --------------------------------------------------------------
@@ -146,7 +153,7 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         async with self._session(atomic=True) as s:
             await s.executemany(sql, rows)
 
-    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> None:
+    async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
         sql = (
             f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token, "
             "edit_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
@@ -157,8 +164,23 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
         held = None if late else thread.edit_until
         claim = None if held is None else self._ts(utc(held))
         params = [*self._thread_params(thread), claim]
-        async with self._session() as s:
-            await s.execute(sql, params)
+        try:
+            async with self._session(atomic=True) as s:
+                await s.execute(sql, params)
+                # After the write, in a statement of its own: on PostgreSQL a deletion that
+                # held the row when the write came was waited for, and its tombstone is
+                # seen now (read committed); one that comes later waits for this commit
+                # and deletes the row. Tombstoned: rolled back, nothing written.
+                tombstoned = await s.fetch(
+                    "SELECT 1 AS one FROM code_hero_deleted_threads "
+                    "WHERE thread_id = ? AND created_at = ?",
+                    [thread.thread_id, self._ts(utc(thread.created_at))],
+                )
+                if tombstoned:
+                    raise _Tombstoned
+        except _Tombstoned:
+            return False
+        return True
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         live, now = ("TRUE", []) if expired else self._live()
@@ -253,6 +275,8 @@ class SqlRegistry(RunClaims, ThreadEdits, ThreadLifecycle, RunStatsQueries, Regi
                 [thread_id],
             )
             runs = await s.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", [thread_id])
+            # The tombstone, with the row's delete: a copy-back never brings it back.
+            await s.execute(TOMBSTONE_FROM_ROW, [self._ts(utc_now()), thread_id])
             threads = await s.execute(
                 "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
             )

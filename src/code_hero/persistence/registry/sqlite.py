@@ -30,6 +30,7 @@ from code_hero.persistence.migrations import SQLITE_MIGRATIONS, Migration
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry.dialect import Row, Session, dumps, utc_now
 from code_hero.persistence.registry.sql import SqlRegistry
+from code_hero.persistence.registry.tombstones import TOMBSTONE_FROM_ROW
 
 __all__ = ["SqliteRegistry"]
 
@@ -354,6 +355,8 @@ def _purge_idle(
                 key,
             )
             runs = conn.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", key).rowcount
+            # The tombstone, with the row's delete: a copy-back never brings it back.
+            conn.execute(TOMBSTONE_FROM_ROW, (now, thread_id))
             threads = conn.execute(
                 "DELETE FROM code_hero_threads WHERE thread_id = ?", key
             ).rowcount

@@ -55,7 +55,7 @@ class _DeferredPackage(ModuleType):
 
 def _run_init(module: ModuleType, name: str) -> None:
     with _lock:
-        if type(module) is not _DeferredPackage:
+        if not _is_deferred(module):  # another thread ran it meanwhile
             return
         if module.__name__ in _running:  # read by its own `__init__`, as it runs
             raise AttributeError(
@@ -71,6 +71,10 @@ def _run_init(module: ModuleType, name: str) -> None:
             module.__class__ = ModuleType
         finally:
             _running.discard(module.__name__)
+
+
+def _is_deferred(module: ModuleType) -> bool:
+    return type(module) is _DeferredPackage
 
 
 class _DeferringLoader(Loader):

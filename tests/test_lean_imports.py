@@ -11,8 +11,10 @@ SERVER = "import code_hero.app, code_hero.cli.serve, code_hero.compose, code_her
 
 def loaded_after(statement: str, *modules: str) -> dict[str, bool]:
     probe = f"{statement}; import sys; print(' '.join(str(m in sys.modules) for m in {modules!r}))"
+    # No credentials of the caller's: `serve` must refuse an open address (see below).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODE_HERO_")}
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     ).stdout.split()
     return dict(zip(modules, (word == "True" for word in out), strict=True))
 
@@ -66,3 +68,24 @@ def test_the_default_schema_is_built_only_when_asked_for() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
     ).stdout.split()
     assert out == ["False", "GatewaySchema", "True"]
+
+
+def test_serve_defers_the_langgraph_sdk_client_and_langsmith_types() -> None:
+    # LangGraph imports a leaf of each package; their inits load the SDK's HTTP client
+    # (httpx, rich, pygments) and 164 generated pydantic models, which serve no request
+    # (~12 MiB resident; cli/deferred.py). `serve` refuses 0.0.0.0 without authentication
+    # only after it has imported the app, which is what this looks at.
+    refused = "from code_hero.cli import main; main(['serve', '--host', '0.0.0.0'])"
+    heavy = ("langgraph_sdk.client", "langsmith.types.run", "httpx", "rich", "pygments")
+    loaded = loaded_after(refused, "langgraph.graph", "code_hero.app", *heavy)
+    assert loaded == {"langgraph.graph": True, "code_hero.app": True} | dict.fromkeys(heavy, False)
+    # Deferred, not gone: the first use runs the package's init.
+    used = f"{refused}; from langgraph_sdk import get_client; import langsmith.types as t; t.Run"
+    assert all(loaded_after(used, "langgraph_sdk.client", "langsmith.types.run").values())
+
+
+def test_httpx_loads_only_for_a_webhook_delivery() -> None:
+    # The webhook worker's client; with the SDK's deferred, nothing else of a server's
+    # imports it (nor httpx's command line: rich, pygments).
+    deferred = f"from code_hero.cli.deferred import defer_package_inits as d; d(); {SERVER}"
+    assert loaded_after(deferred, "httpx") == {"httpx": False}

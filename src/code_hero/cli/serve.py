@@ -16,6 +16,7 @@ import signal
 from types import FrameType
 from typing import NoReturn
 
+from code_hero.cli.deferred import defer_package_inits
 from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
@@ -32,6 +33,9 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the GraphQL gateway until SIGTERM or Ctrl-C."""
+    # Before anything imports LangGraph: the libraries' package inits a server does
+    # not need run when first used instead (cli/deferred.py).
+    defer_package_inits()
     import uvicorn
 
     from code_hero.app import create_app

@@ -27,13 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import httpx
 from standardwebhooks import Webhook
 
 from code_hero.errors import ConfigurationError
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -232,6 +235,11 @@ class WebhookDispatcher:
         """POST once: (status code, error), either None. The whole attempt (resolving,
         connecting, sending, the answer's head) has `timeout` seconds; the body of the
         answer is never read. Whatever fails is the attempt's error, never the task's."""
+        # httpx is imported by the first attempt, not with the module: a server that
+        # never delivers a webhook does not load it (with its command line: rich,
+        # pygments; 4 MiB resident).
+        import httpx
+
         timeout = self.settings.timeout
         try:
             async with asyncio.timeout(timeout):
@@ -251,6 +259,8 @@ class WebhookDispatcher:
         """The HTTP client, made at the first attempt: its TLS context (the CA bundle,
         ~2 MiB resident) is not paid for by a process that never delivers a webhook."""
         if self._client is None:
+            import httpx
+
             # No keep-alive: each attempt connects to the address it checked, and a pooled
             # connection (keyed by address) must never carry another host's request.
             self._client = httpx.AsyncClient(
@@ -262,6 +272,8 @@ class WebhookDispatcher:
         return self._client
 
     async def _send(self, delivery: DeliveryRecord) -> tuple[int | None, str | None]:
+        import httpx
+
         signature = self._signature(delivery)
         if "webhook-signature" not in signature:
             return None, "no signing secret (CODE_HERO_WEBHOOK_SECRET): not sent unsigned"

@@ -1,0 +1,128 @@
+"""Two library packages whose `__init__` a server runs on first use instead of at import.
+
+LangGraph imports a leaf module of each, and importing a leaf runs its
+package's `__init__`, which loads far more than the leaf:
+
+- `langgraph_sdk`: `langgraph.runtime` needs only `langgraph_sdk.auth.types`;
+  the package's `__init__` loads the SDK's whole HTTP client, with httpx (and
+  httpx's command line: rich, pygments).
+- `langsmith.types`: langsmith's run trees need one `Literal` alias,
+  `langsmith.types.run_select_field`; the package's `__init__` loads its 164
+  generated pydantic models.
+
+Deferred, a server on SQLite holds about 12 MiB less (README, "Where a run's
+time and the server's memory go"). For these two packages only, the finder
+below makes the package module as the import system would (`__path__`,
+`__spec__`, `__file__`), so its submodules import as usual, but runs its
+`__init__` the first time a name the module lacks is read: `from langgraph_sdk
+import get_client`, `langsmith.types.Run`, `dir(langsmith.types)`. Every use
+works; only the moment its `__init__` runs moves. `serve` installs it before
+it imports the app; other commands do not (they exit after a few seconds).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from importlib.abc import Loader, MetaPathFinder
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
+
+__all__ = ["DEFERRED_PACKAGES", "defer_package_inits"]
+
+DEFERRED_PACKAGES = ("langgraph_sdk", "langsmith.types")
+
+# One lock for every deferred package: an `__init__` that imports another deferred
+# package runs it on the same thread (the lock is reentrant); a thread that reads a
+# name meanwhile waits for the `__init__` instead of seeing a half-filled module.
+_lock = threading.RLock()
+_running: set[str] = set()
+
+
+class _DeferredPackage(ModuleType):
+    """A package whose `__init__` has not run: it runs at the first missing name."""
+
+    def __getattr__(self, name: str) -> Any:
+        _run_init(self, name)
+        return getattr(self, name)
+
+    def __dir__(self) -> list[str]:
+        _run_init(self, "__dir__")
+        return dir(self)
+
+
+def _run_init(module: ModuleType, name: str) -> None:
+    with _lock:
+        if not _is_deferred(module):  # another thread ran it meanwhile
+            return
+        if module.__name__ in _running:  # read by its own `__init__`, as it runs
+            raise AttributeError(
+                f"partially initialized module {module.__name__!r} has no attribute {name!r}"
+            )
+        _running.add(module.__name__)
+        try:
+            loader = module.__spec__.loader if module.__spec__ else None
+            assert loader is not None
+            loader.exec_module(module)
+            # Done: an ordinary module again. On an error it stays deferred, and the
+            # next read tries again, as a failed import is tried again.
+            module.__class__ = ModuleType
+        finally:
+            _running.discard(module.__name__)
+
+
+def _is_deferred(module: ModuleType) -> bool:
+    return type(module) is _DeferredPackage
+
+
+class _DeferringLoader(Loader):
+    """Makes the module with the package's own loader; runs nothing."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The package's own loader again, for its `__init__` later and for anyone who
+        # asks (importlib.resources, inspect, reloading).
+        assert module.__spec__ is not None
+        module.__spec__.loader = module.__loader__ = self.loader
+        module.__class__ = _DeferredPackage
+
+
+class _DeferringFinder(MetaPathFinder):
+    """Finds the deferred packages with the finders after it, then defers their `__init__`."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec: ModuleSpec | None = find(fullname, path, target)
+            if spec is None:
+                continue
+            # Only a package with a loader that runs code; anything else as found.
+            if spec.submodule_search_locations is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _DeferringLoader(spec.loader)  # type: ignore[arg-type]
+            return spec
+        return None
+
+
+def defer_package_inits(names: Sequence[str] = DEFERRED_PACKAGES) -> None:
+    """Defer the `__init__` of `names` not yet imported, in this process from now on."""
+    finder = next((f for f in sys.meta_path if isinstance(f, _DeferringFinder)), None)
+    if finder is None:
+        finder = _DeferringFinder()
+        sys.meta_path.insert(0, finder)
+    finder.names.update(name for name in names if name not in sys.modules)

@@ -1,0 +1,132 @@
+"""A package whose `__init__` is deferred works as if it had run at import (cli/deferred.py).
+
+Each case runs in a fresh interpreter: the finder, once installed, stays for the
+life of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+INIT = """\
+import pathlib
+RUNS = pathlib.Path(__file__).with_name("runs")
+RUNS.write_text(RUNS.read_text() + "x" if RUNS.exists() else "x")
+from . import other  # a name the module lacks, read as the init runs
+from .leaf import VALUE
+GREETING = "hello " + VALUE
+"""
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """`heavy`: an `__init__` that counts its runs in heavy/runs and imports its modules."""
+    root = tmp_path / "heavy"
+    root.mkdir()
+    (root / "__init__.py").write_text(INIT)
+    (root / "leaf.py").write_text("VALUE = 'leaf'\n")
+    (root / "other.py").write_text("")
+    return tmp_path
+
+
+def run(code: str, path: Path) -> list[str]:
+    """The lines `code` prints, with `heavy` deferred and on the path."""
+    prologue = "from code_hero.cli.deferred import defer_package_inits as d; d(['heavy'])\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), *sys.path])}
+    out = subprocess.run(
+        [sys.executable, "-c", prologue + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_a_leaf_imports_without_running_the_init(package: Path) -> None:
+    runs = package / "heavy" / "runs"
+    out = run(
+        f"""
+        import pathlib
+        from heavy.leaf import VALUE
+        import heavy
+        print(VALUE, pathlib.Path({str(runs)!r}).exists(), type(heavy).__name__)
+        """,
+        package,
+    )
+    assert out == ["leaf", "False", "_DeferredPackage"]
+
+
+def test_the_first_missing_name_runs_the_init_once(package: Path) -> None:
+    out = run(
+        """
+        import heavy.leaf, heavy
+        from heavy import GREETING
+        print(GREETING.replace(" ", "_"), heavy.GREETING.replace(" ", "_"))
+        print(type(heavy).__name__, type(heavy.__loader__).__name__)
+        print(heavy.RUNS.read_text())
+        try:
+            heavy.missing
+        except AttributeError as exc:
+            print("AttributeError", "missing" in str(exc))
+        """,
+        package,
+    )
+    assert out == [
+        *("hello_leaf", "hello_leaf"),
+        *("module", "SourceFileLoader"),
+        "x",  # once, though its own `from . import other` read a name it lacked
+        *("AttributeError", "True"),
+    ]
+
+
+def test_dir_runs_the_init(package: Path) -> None:
+    assert run("import heavy.leaf, heavy\nprint('GREETING' in dir(heavy))", package) == ["True"]
+
+
+def test_an_init_that_fails_raises_at_first_use_and_is_tried_again(package: Path) -> None:
+    init = package / "heavy" / "__init__.py"
+    init.write_text(
+        "import pathlib\n"
+        "if not pathlib.Path(__file__).with_name('ok').exists():\n"
+        "    raise RuntimeError('broken init')\n" + INIT
+    )
+    out = run(
+        f"""
+        import pathlib, heavy.leaf, heavy
+        try:
+            heavy.GREETING
+        except RuntimeError as exc:
+            print(exc.args[0].replace(" ", "_"))
+        pathlib.Path({str(package / "heavy" / "ok")!r}).touch()
+        print(heavy.GREETING.replace(" ", "_"))
+        """,
+        package,
+    )
+    assert out == ["broken_init", "hello_leaf"]
+
+
+def test_threads_reading_at_once_wait_for_one_init(package: Path) -> None:
+    init = package / "heavy" / "__init__.py"
+    # The first reader holds the init open until every reader has started.
+    init.write_text("import time\ntime.sleep(0.3)\n" + INIT)
+    out = run(
+        """
+        import threading, heavy.leaf, heavy
+        seen = []
+        readers = [threading.Thread(target=lambda: seen.append(heavy.GREETING)) for _ in range(8)]
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join()
+        print(len(seen), set(seen) == {"hello leaf"}, heavy.RUNS.read_text())
+        """,
+        package,
+    )
+    assert out == ["8", "True", "x"]

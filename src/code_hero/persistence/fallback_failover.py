@@ -1,0 +1,154 @@
+"""Failing over: what a failed call says of its database, and the switch it makes.
+
+`RouterFailover` judges a backend's error (`outage`): "down" fails the slot
+over to the next one (`fail`, the outage's first log line), "busy" (a saturated
+pool whose database still answers its probe) raises UNAVAILABLE with nothing
+failed over, anything else is the call's own. `on_primary` wraps a call that
+needs the primary alone; `probe` is the health check's look at one slot. Part
+of `FallbackRouter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Literal
+
+from code_hero.persistence.fallback_state import RouterState, log
+from code_hero.persistence.slots import BackendSlot
+from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
+
+__all__ = ["Outage", "RouterFailover"]
+
+Outage = Literal["down", "busy"]  # what a failed call says of its database (`outage`)
+
+
+class RouterFailover(RouterState):
+    """Judging a backend's errors and failing a slot over (part of `FallbackRouter`)."""
+
+    async def outage(self, slot: BackendSlot, exc: BaseException) -> Outage | None:
+        """What `exc` says of the slot's database: "down" (it cannot be reached), "busy"
+        (it answers, but its pool is saturated), or None (no outage: the call's own error).
+
+        A pool timeout alone does not say down when the pool has every connection it
+        may open (a saturated pool raises it too): the slot's probe, on a connection
+        of its own, decides. A pool short of connections that times out could not
+        open them (they are being replaced): down, as any other unreachable database.
+        """
+        if not is_backend_error(exc):
+            return None
+        if is_pool_timeout(exc) and slot.backend is not None and slot.backend.pool_saturated():
+            if await self._answers(slot):
+                return "busy"
+            self._abandon_calls(slot)
+        return "down"
+
+    async def fail_if_down(
+        self, slot: BackendSlot, exc: BaseException, what: str = "this request"
+    ) -> bool:
+        """Whether `exc` means the slot's database is down: then the slot is failed over.
+        A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over."""
+        verdict = await self.outage(slot, exc)
+        if verdict == "busy":
+            raise self.busy(what) from exc
+        if verdict == "down":
+            self.fail(slot, exc)
+        return verdict == "down"
+
+    def on_primary(self, what: str) -> AbstractAsyncContextManager[None]:
+        """Around a call that needs the primary alone: when it fails because the primary
+        is down, fail it over and raise UNAVAILABLE; "busy" when its pool is only
+        saturated (`outage`); any other error as it is."""
+        return self._failing_over(self.primary, what)
+
+    @asynccontextmanager
+    async def _failing_over(self, slot: BackendSlot, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if not await self.fail_if_down(slot, exc, what):
+                raise
+            raise self.unavailable(what) from exc
+        slot.answered()
+
+    async def _answers(self, slot: BackendSlot) -> bool:
+        """Whether the slot answers its probe now. One probe serves every call that
+        asks meanwhile: a saturated pool times many out at once, and a connection
+        each would add to the load."""
+        task = self._confirming.get(slot.role)
+        if task is None:
+            task = asyncio.ensure_future(self._probe_answers(slot))
+            self._confirming[slot.role] = task
+
+            def done(ended: asyncio.Future[bool], role: str = slot.role) -> None:
+                if self._confirming.get(role) is ended:
+                    del self._confirming[role]
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _probe_answers(self, slot: BackendSlot) -> bool:
+        try:
+            await slot.probe(self.calls, self.metrics)
+        except Exception:
+            return False
+        return True
+
+    def fail_primary(self, exc: BaseException) -> None:
+        """The primary could not be reached: serve from the next slot."""
+        self.fail(self.primary, exc)
+
+    def fail(self, slot: BackendSlot, exc: BaseException) -> None:
+        """The slot could not be reached: mark it, and serve from the next slot if it was active."""
+        was_active = self.active_slot is slot
+        slot.record_failure(exc)
+        if not was_active:
+            return
+        index = self.slots.index(slot)
+        nxt = next(
+            (i for i in range(index + 1, len(self.slots)) if self.slots[i].backend is not None),
+            None,
+        )
+        self.active = nxt
+        self.metrics.switched()
+        if slot is self.primary:
+            self.degraded_since = datetime.now(UTC)
+            self._outage_began = self.primary.answered_at or self.degraded_since
+            # Threads kept after the last recovery (a quarantined entry) are the
+            # primary's in this outage: it took their writes while it served, so the
+            # fallback no longer holds all of one, nor its newest checkpoints.
+            self.local_threads.clear()
+            self.fallback_threads.clear()
+            self.uncarried_marks.clear()
+        target = "no checkpointing" if nxt is None else self.slots[nxt].label
+        # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
+        log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)
+
+    async def probe(self, slot: BackendSlot) -> bool:
+        """Probe one slot, opening the primary if it never opened; records the result."""
+        if slot.backend is None:
+            if slot is self.primary:
+                await slot.open(self.calls, enforce_references=True)
+            return slot.healthy
+        try:
+            await slot.probe(self.calls, self.metrics)
+        except Exception as exc:
+            if not is_backend_error(exc):
+                raise
+            self._abandon_calls(slot)
+            self.fail(slot, exc)
+            return False
+        return True
+
+    @staticmethod
+    def _abandon_calls(slot: BackendSlot) -> None:
+        """A probe, on a connection of its own, found the slot's database unreachable:
+        end the calls in flight there. Statements have no bound of their own: on a
+        server that stopped answering with its connections open (a partition, a frozen
+        host) they would wait forever; ended, they fail as unreachable and take the
+        outage's path. Only on a probe's word: one call's error (a connection the
+        server ended, a pool timeout) says nothing of the calls beside it."""
+        if slot.backend is not None:
+            slot.backend.abandon_calls()

@@ -1,0 +1,173 @@
+"""The fallback router's state: its slots, which one serves, what an outage leaves.
+
+`RouterState` is the base of `FallbackRouter`: the backend slots in order and the
+active one, the outage journal and its write gate, the threads a fallback holds
+during an outage, the times an outage is judged by (`outage_began`,
+`lease_clock`), and the errors for a call that needs the unreachable primary
+(`unavailable`) or finds its pool busy (`busy`). Failing over is in
+`fallback_failover.py`, deleting threads in `fallback_deletes.py`; writes, reads
+and the switch back in `fallback.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from code_hero.errors import BackendUnavailableError
+from code_hero.persistence.coalesce import Coalescer
+from code_hero.persistence.journal import Journal, WriteGate
+from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.records import Registry
+from code_hero.persistence.slots import BackendSlot, BoundedCalls
+from code_hero.persistence.stalls import StallWatch
+from code_hero.persistence.unreachable import is_backend_error
+
+__all__ = ["PoolBusyError", "PrimaryUnreachableError", "RouterState"]
+
+# The router's lines, wherever its code lives, come from one logger (`fallback`'s),
+# the outage's two among them: one when it begins (`RouterFailover.fail`), one when
+# it ends (`FallbackRouter.switch_to_primary`).
+log = logging.getLogger("code_hero.persistence.fallback")
+BUSY_RETRY_AFTER = 1  # seconds: a pool frees a connection as soon as a call ends
+_KIND_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "memory": "in-memory"}
+
+
+class PoolBusyError(BackendUnavailableError):
+    """Every connection of the pool is in use while the database answers: busy, not down."""
+
+
+class PrimaryUnreachableError(BackendUnavailableError):
+    """The call needs data only the primary holds, and the primary cannot be reached."""
+
+
+class RouterState:
+    """The slots, which one serves, the threads an outage leaves to a fallback, and the
+    errors that refuse a call (part of `FallbackRouter`, which tells the threads apart)."""
+
+    def __init__(
+        self,
+        slots: Sequence[BackendSlot],
+        metrics: Metrics,
+        *,
+        journal_limit: int = 100_000,
+        probe_interval: float = 5.0,
+    ) -> None:
+        self.slots = list(slots)
+        self.probe_interval = probe_interval
+        self.metrics = metrics
+        self.active: int | None = None
+        self.journal = Journal(journal_limit)
+        self.gate = WriteGate()
+        self.fallback_threads: set[str] = set()
+        self.local_threads: set[str] = set()
+        # Kept threads a deletion marked in the outage whose mark the primary refused at
+        # the switch back: its row there reads unmarked (`mark_waits`).
+        self.uncarried_marks: set[str] = set()
+        self.copied_seqs: dict[str, int] = {}  # run id -> last event seq in the primary
+        self.degraded_since: datetime | None = None
+        # The last outage this process saw: the primary's last answer before it, and
+        # when the primary served again (see `lease_clock`).
+        self.last_outage: tuple[datetime, datetime] | None = None
+        self._outage_began: datetime | None = None
+        self.on_recovered: list[Callable[[], None]] = []
+        self._touched_at: OrderedDict[str, float] = OrderedDict()
+        # Touches of one registry and kind (create or not) go together.
+        self._touches: Coalescer[tuple[Registry, bool], tuple[str, str | None]] = Coalescer(
+            _touch_threads, shared=is_backend_error
+        )
+        self._recover_lock = asyncio.Lock()
+        self._confirming: dict[str, asyncio.Future[bool]] = {}  # role -> its probe in flight
+        # Opens and probes given up on at their deadline end in the background here.
+        self.calls = BoundedCalls()
+        self.stalls = StallWatch()
+
+    @property
+    def primary(self) -> BackendSlot:
+        """The configured backend."""
+        return self.slots[0]
+
+    @property
+    def active_slot(self) -> BackendSlot | None:
+        """The slot serving reads and writes now (None: no checkpointing)."""
+        return None if self.active is None else self.slots[self.active]
+
+    @property
+    def serving(self) -> bool:
+        """True while the primary serves reads and writes."""
+        return self.active == 0 and self.primary.backend is not None
+
+    @property
+    def pending_sync(self) -> int:
+        """Writes held by a fallback, not yet copied to the primary."""
+        return len(self.journal)
+
+    @property
+    def quarantined(self) -> int:
+        """Writes the primary refused when they were copied; kept and retried."""
+        return len(self.journal.quarantine)
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a client should wait before asking again: the next probe."""
+        return max(1, math.ceil(self.probe_interval))
+
+    def unavailable(self, what: str = "this request") -> PrimaryUnreachableError:
+        """The error for a call that needs the unreachable primary."""
+        return PrimaryUnreachableError(
+            f"the {_KIND_NAMES.get(self.primary.kind, self.primary.kind)} database is "
+            f"unreachable and {what} needs data only it holds; "
+            f"retry in {self.retry_after} s",
+            self.retry_after,
+        )
+
+    @property
+    def outage_began(self) -> datetime | None:
+        """When the outage under way began, as `lease_clock` counts it (the primary's
+        last answer before it); None while the primary serves."""
+        return None if self.serving else self._outage_began
+
+    def stalled_at(self, moment: datetime) -> bool:
+        """Whether this process was stalled (its loop did not run: SIGSTOP, a long
+        collection) at `moment`, in a stall that began before it found the primary
+        unreachable in the outage under way (`StallWatch`)."""
+        detected = None if self.serving else self.degraded_since
+        return detected is not None and self.stalls.covers(moment, began_before=detected)
+
+    def lease_clock(self, now: datetime, lease: timedelta) -> datetime:
+        """The time to judge leases lapsed by: for one lease after an outage, its start.
+
+        A lease that lapsed while the primary was unreachable may be held by
+        another replica that ran on through the outage on its own fallback and
+        has not copied its runs back yet: taking the run over would run it twice.
+        Such leases count as lapsed only once that replica has had time to come
+        back and sync: the outage's length again (psycopg's pool retries with a
+        doubling delay, so a replica may see the database back up to that late)
+        and a lease. Those that lapsed before the outage count at once.
+        """
+        if self.last_outage is None:
+            return now
+        began, ended = self.last_outage
+        return min(now, began) if now < ended + (ended - began) + lease else now
+
+    def is_local(self, thread_id: str) -> bool:
+        """True when the fallback holds all of the thread (it was born during the outage)."""
+        return thread_id in self.local_threads
+
+    def busy(self, what: str = "this request") -> PoolBusyError:
+        """The error for a call that waited for a connection while the database answers."""
+        kind = _KIND_NAMES.get(self.primary.kind, self.primary.kind)
+        return PoolBusyError(
+            f"the server is busy: every {kind} connection is in use, so {what} could not "
+            f"get one in time; retry in {BUSY_RETRY_AFTER} s",
+            BUSY_RETRY_AFTER,
+        )
+
+
+async def _touch_threads(key: tuple[Registry, bool], touches: list[tuple[str, str | None]]) -> None:
+    registry, create = key
+    await registry.touch_threads(dict(touches), create=create)

@@ -269,10 +269,10 @@ class GraphQLView(GraphQL[Context, None]):
         """
         value: object = _UNREAD
         if isinstance(data, str):
-            long_digits = _LONG_DIGITS.search(data)
+            long_digits = _LONG_DIGITS.search(data) is not None
         else:
-            long_digits = _LONG_DIGIT_BYTES.search(data)
-        if long_digits is None:
+            long_digits = _LONG_DIGIT_BYTES.search(data) is not None
+        if not long_digits:
             try:
                 value = orjson.loads(data)
             except orjson.JSONDecodeError:

@@ -10,6 +10,12 @@
    any request costs, before a field is resolved), what the page adds beyond
    that floor, and the server process's CPU time per page and per floor
    request (less sensitive than wall time to a machine shared with others).
+   Also as information: the same page executed by the schema in this process
+   (`schema.execute`, no HTTP, a gateway of its own on the same database)
+   against that gateway's manager reading the page, alternating samples: what
+   GraphQL execution adds without any request floor. The resolvers' own reads
+   are part of it: `thread(id:)` reads the thread record (its owner) before
+   the page, one read more than the manager's.
 2. The time from sending `startRun` to the first event received by a
    WebSocket subscriber (`threadEvents` on the run's thread, built-in graph).
 """

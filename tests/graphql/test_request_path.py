@@ -132,6 +132,30 @@ async def test_text_the_encoders_differ_on(server: Server) -> None:
     )
 
 
+async def test_bodies_orjson_reads_otherwise_are_read_as_json_loads_reads_them(
+    server: Server,
+) -> None:
+    """A request body is read with orjson where it reads JSON as json.loads does; where
+    it would not (integers past 64 bits: floats to orjson; a UTF-8 byte order mark,
+    NaN: refused by orjson), the answer is json.loads's, as before."""
+
+    async def post(body: bytes) -> Any:
+        headers = {"content-type": "application/json"}
+        return (await server.http.post("/graphql", content=body, headers=headers)).json()
+
+    query = "query($n: Int) { threads(first: $n) { totalCount } }"
+    for n in (2**64, -(2**63) - 1):  # past 64 bits: the exact integer in the message
+        body = await post(json.dumps({"query": query, "variables": {"n": n}}).encode())
+        assert codes(body) == ["BAD_USER_INPUT"] and str(n) in body["errors"][0]["message"]
+    typename = json.dumps({"query": "{ __typename }"}).encode()
+    assert data(await post(b"\xef\xbb\xbf" + typename)) == {"__typename": "Query"}
+    big = {"query": CREATE, "variables": {"input": {"metadata": {"n": 2**70, "f": 1.5}}}}
+    body = await post(json.dumps(big).encode())
+    assert data(body)["createThread"]["metadata"] == {"n": 2**70, "f": 1.5}
+    body = await post(json.dumps({"query": query, "variables": {"n": float("nan")}}).encode())
+    assert codes(body) == ["BAD_USER_INPUT"] and "nan" in body["errors"][0]["message"]
+
+
 async def test_a_page_without_values(server: Server) -> None:
     """Leaving values out changes nothing else on the page; selecting them renders them."""
     run = await start_run(server)

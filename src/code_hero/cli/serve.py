@@ -91,6 +91,9 @@ def serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            # uvicorn formats an access line for every response (client address, path)
+            # and hands it to its logger, which drops it below INFO: only where it shows.
+            access_log=settings.log_level.lower() in ("info", "debug", "trace"),
             lifespan="on",
             # The sans-I/O implementation holds less memory per idle socket than
             # uvicorn's default (172 -> 108 KB per idle socket, measured with the server alone).

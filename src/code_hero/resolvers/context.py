@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from code_hero.auth import ANONYMOUS, Caller
@@ -53,4 +53,9 @@ class Context:
 
     def for_operation(self) -> Context:
         """A copy with fresh loaders, for one operation."""
-        return replace(self, _loaders=None)
+        # A shallow copy of the fields, as dataclasses.replace makes it (Context has no
+        # __post_init__), without replace's look-up of every field: a fifth of its time.
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._loaders = None
+        return copy

@@ -41,7 +41,7 @@ async def thread(info: Info[Context, Any], thread_id: str) -> t.Thread | None:
     ctx = info.context
     record = await ctx.gateway.get_thread(thread_id, caller=ctx.caller)
     if record is not None:  # later Run.thread look-ups of this operation hit the cache
-        ctx.loaders.thread.prime(record.thread_id, record)
+        ctx.loaders.prime_threads([record])
     return None if record is None else mapping.thread_of(record)
 
 
@@ -61,8 +61,8 @@ async def threads(
     page = await ctx.gateway.threads_page(
         query, first=check_first(first, ctx.limits), after=after, order=order, caller=ctx.caller
     )
-    for record in page.items:  # later Run.thread look-ups of this operation hit the cache
-        ctx.loaders.thread.prime(record.thread_id, record)
+    # Later Run.thread look-ups of this operation hit the cache.
+    ctx.loaders.prime_threads(page.items)
 
     async def count() -> int:
         return await ctx.gateway.threads_count(query, caller=ctx.caller)

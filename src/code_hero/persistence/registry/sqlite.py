@@ -9,7 +9,6 @@ PostgreSQL, but for the arrays noted in `SqliteRegistry._contains`.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import (
     AsyncIterator,
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
+from code_hero.persistence.jsontext import loads
 from code_hero.persistence.migrations import SQLITE_MIGRATIONS, Migration
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry.dialect import Row, Session, dumps, utc_now
@@ -245,7 +245,7 @@ class SqliteRegistry(SqlRegistry):
         return dumps(value)
 
     def _from_json(self, value: Any) -> Any:
-        return None if value is None else json.loads(value)
+        return None if value is None else loads(value)
 
     def _ts(self, value: datetime) -> Any:
         # Fixed width (always microseconds, always +00:00), so text order is time order.

@@ -1,0 +1,86 @@
+"""`jsontext.loads` answers what `json.loads` answers, value or error, for any text."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from code_hero.persistence.jsontext import loads
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of equal types all the way down (1 is not 1.0; NaN is NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def answer(text: str | bytes) -> tuple[str, Any]:
+    try:
+        return "value", json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc)
+
+
+def answer_of_loads(text: str | bytes) -> tuple[str, Any]:
+    try:
+        return "value", loads(text)
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(values, st.booleans())
+def test_any_value_reads_back_as_json_loads_reads_it(value: Any, ensure_ascii: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ensure_ascii)
+    for given_text in (text, text.encode("utf-8", "surrogatepass")):
+        expected, got = answer(given_text), answer_of_loads(given_text)
+        assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": 18446744073709551616}',  # past 64 bits: orjson would give a float
+        '{"n": -9223372036854775809}',
+        '{"n": 9223372036854775807, "m": -9223372036854775808}',
+        '{"s": "1234567890123456789012"}',  # digits in a string: read by json.loads, alike
+        '{"x": NaN, "y": Infinity, "z": -Infinity}',
+        '{"x": 1e400}',
+        '{"s": "\\ud800"}',
+        '\ufeff{"a": 1}',
+        b'\xef\xbb\xbf{"a": 1}',
+        '{"a": 1, "a": 2}',
+        "[1, 2,]",
+        '{"a": "\x01"}',
+        b'{"a": "\xff"}',
+        "[" * 5000 + "]" * 5000,
+        b"[" * 5000 + b"]" * 5000,
+        "",
+        "  [1.5, -0.0, 0, 1E2]  ",
+    ],
+)
+def test_texts_orjson_reads_otherwise_get_json_loads_answer(text: str | bytes) -> None:
+    expected, got = answer(text), answer_of_loads(text)
+    assert expected[0] == got[0] and same(expected[1], got[1]), got

@@ -1,5 +1,6 @@
-"""The SQLite sqlite_registry's atomic session: BEGIN IMMEDIATE rides with its first statement;
-`transaction()`, whose callers use the connection itself, sends it at once."""
+"""The SQLite sqlite_registry's atomic session: BEGIN IMMEDIATE rides with its first statement,
+an `executemany` with the session's next trip; `transaction()`, whose callers use the
+connection itself, sends BEGIN at once and holds nothing back."""
 
 from __future__ import annotations
 
@@ -52,9 +53,8 @@ async def test_each_kind_of_first_statement_begins(
         assert await s.execute(insert, ["a"]) == 1
         assert sqlite_registry.conn.in_transaction
     async with sqlite_registry._session(atomic=True) as s:
-        await s.executemany(insert, [["b"], ["c"]])
-        assert sqlite_registry.conn.in_transaction
-    assert len(trips) == 4  # each: begin + statement, commit
+        await s.executemany(insert, [["b"], ["c"]])  # waits for the commit
+    assert len(trips) == 3  # begin + statement, commit; begin + statements + commit
     rows = await sqlite_registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
     assert sorted(r[0] for r in rows) == ["a", "b", "c"]
 
@@ -100,3 +100,58 @@ async def test_a_transaction_holds_the_write_lock_before_any_statement(
         assert not sqlite_registry.conn.in_transaction
     finally:
         other.close()
+
+
+INSERT_THREAD = (
+    "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
+    "VALUES (?, 'IDLE', '{}', '2026-01-01', '2026-01-01')"
+)
+
+
+async def thread_ids(sqlite_registry: SqliteRegistry) -> list[str]:
+    rows = await sqlite_registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
+    return sorted(r[0] for r in rows)
+
+
+async def test_executemany_goes_with_the_next_trip_in_order(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = "SELECT count(*) AS n FROM code_hero_threads"
+    async with sqlite_registry._session() as s:
+        await s.fetch(count)  # its columns known from now on
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
+        await s.executemany(INSERT_THREAD, [["a"], ["b"]])
+        assert not trips  # nothing sent yet
+        assert await s.fetch(count) == [{"n": 2}]  # sent first, in the same trip
+        await s.executemany(INSERT_THREAD, [["c"]])
+        assert await s.execute("DELETE FROM code_hero_threads WHERE thread_id = ?", ["a"]) == 1
+        await s.executemany(INSERT_THREAD, [["d"]])
+    assert len(trips) == 3  # begin + inserts + select, insert + delete, insert + commit
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["b", "c", "d"]
+
+
+async def test_a_refused_executemany_rolls_the_whole_session_back(
+    sqlite_registry: SqliteRegistry,
+) -> None:
+    async with sqlite_registry._session() as s:
+        await s.executemany(INSERT_THREAD, [["kept"]])
+    with pytest.raises(sqlite3.IntegrityError):
+        async with sqlite_registry._session(atomic=True) as s:
+            assert await s.execute(INSERT_THREAD, ["new"]) == 1
+            await s.executemany(INSERT_THREAD, [["other"], ["kept"]])  # a duplicate key
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["kept"]
+    async with sqlite_registry._session(atomic=True) as s:  # the next session as usual
+        await s.executemany(INSERT_THREAD, [["next"]])
+    assert await thread_ids(sqlite_registry) == ["kept", "next"]
+
+
+async def test_a_transaction_sends_executemany_at_once(sqlite_registry: SqliteRegistry) -> None:
+    async with sqlite_registry.transaction() as s:
+        await s.executemany(INSERT_THREAD, [["a"]])
+        # Its callers read with the connection itself: what they wrote is there.
+        rows = await sqlite_registry.conn.execute_fetchall("SELECT count(*) FROM code_hero_threads")
+        assert list(rows) == [(1,)]
+    assert await thread_ids(sqlite_registry) == ["a"]

@@ -155,3 +155,34 @@ async def test_a_transaction_sends_executemany_at_once(sqlite_registry: SqliteRe
         rows = await sqlite_registry.conn.execute_fetchall("SELECT count(*) FROM code_hero_threads")
         assert list(rows) == [(1,)]
     assert await thread_ids(sqlite_registry) == ["a"]
+
+
+async def test_the_last_statement_commits_in_its_own_trip(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
+        await s.executemany(INSERT_THREAD, [["a"]])
+        assert await s.execute(INSERT_THREAD, ["b"], last=True) == 1
+        assert not sqlite_registry.conn.in_transaction  # committed already
+    async with sqlite_registry._session() as s:
+        rows = await s.fetch(
+            "UPDATE code_hero_threads SET status = 'BUSY' WHERE thread_id = ? RETURNING thread_id",
+            ["a"],
+            last=True,
+        )
+        assert rows == [{"thread_id": "a"}]
+        assert not sqlite_registry.conn.in_transaction
+    assert len(trips) == 2  # begin + insert + insert + commit; update + commit
+    assert await thread_ids(sqlite_registry) == ["a", "b"]
+
+
+async def test_a_refused_last_statement_commits_nothing(sqlite_registry: SqliteRegistry) -> None:
+    async with sqlite_registry._session() as s:
+        await s.executemany(INSERT_THREAD, [["kept"]])
+    with pytest.raises(sqlite3.IntegrityError):
+        async with sqlite_registry._session(atomic=True) as s:
+            await s.execute(INSERT_THREAD, ["new"])
+            await s.execute(INSERT_THREAD, ["kept"], last=True)  # a duplicate key
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["kept"]

@@ -172,6 +172,7 @@ class RunClaims(WebhookOutbox):
                     run.thread_id,
                     run.thread_id,
                 ],
+                last=True,
             )
         if queued:
             self._outbox_committed()
@@ -223,7 +224,9 @@ class RunClaims(WebhookOutbox):
         )
         ts_now, ts_until = self._ts(utc(now)), self._ts(utc(until))
         async with self._session(atomic=True) as s:
-            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+            rows = await s.fetch(
+                sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now], last=True
+            )
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 

@@ -108,15 +108,15 @@ class _SqliteSession:
         self._defer = defer
         self._deferred: list[tuple[str, Sequence[Sequence[Any]]]] = []
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         # Every call is a round trip to aiosqlite's thread, and the connection's lock is
         # held through each: a statement's columns follow from its text (the registry
         # names its columns, never `*`), so once known, one `execute_fetchall` trip
         # replaces execute + fetchall + close.
         names = self._columns.get(sql)
         rows: Iterable[Sequence[Any]]
-        if self._begin or self._deferred:
-            rows, found = await self._on_thread(_fetch, sql, params)
+        if self._begin or self._deferred or last:
+            rows, found = await self._on_thread(_fetch, sql, params, last=last)
         elif names is not None:
             rows, found = await self._conn.execute_fetchall(sql, params), names
         else:
@@ -131,9 +131,9 @@ class _SqliteSession:
 
     # A statement that returns no rows has run to its end once `execute` returns: its
     # cursor is left to the garbage collector rather than closed in a trip of its own.
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self._begin or self._deferred:
-            rowcount: int = await self._on_thread(_execute, sql, params)
+    async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
+        if self._begin or self._deferred or last:
+            rowcount: int = await self._on_thread(_execute, sql, params, last=last)
             return rowcount
         cur = await self._conn.execute(sql, params)
         return cur.rowcount
@@ -149,18 +149,18 @@ class _SqliteSession:
     async def commit(self) -> None:
         """Commit the session's transaction, with the statements still waiting."""
         if self._begin or self._deferred:
-            await _to_the_end(self._on_thread(_commit))
+            await _to_the_end(self._on_thread(_nothing, last=True))
         elif self._conn.in_transaction:
             await _to_the_end(self._conn.commit())
 
-    async def _on_thread(self, call: Callable[..., T], *args: Any) -> T:
-        """BEGIN IMMEDIATE (an atomic session's first trip), the statements waiting and
-        `call(connection, *args)`, in one trip on aiosqlite's thread (the queue all
-        its own methods use)."""
+    async def _on_thread(self, call: Callable[..., T], *args: Any, last: bool = False) -> T:
+        """BEGIN IMMEDIATE (an atomic session's first trip), the statements waiting,
+        `call(connection, *args)` and (`last`) the commit, in one trip on aiosqlite's
+        thread (the queue all its own methods use)."""
         begin, self._begin = self._begin, False
         deferred, self._deferred = self._deferred, []
         result: T = await self._conn._execute(  # type: ignore[no-untyped-call]
-            _trip, self._conn._conn, begin, deferred, call, *args
+            _trip, self._conn._conn, begin, deferred, last, call, *args
         )
         return result
 
@@ -169,6 +169,7 @@ def _trip(
     conn: sqlite3.Connection,
     begin: bool,
     deferred: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+    commit: bool,
     call: Callable[..., T],
     *args: Any,
 ) -> T:
@@ -178,12 +179,14 @@ def _trip(
         conn.execute("BEGIN IMMEDIATE")
     for sql, rows in deferred:
         conn.executemany(sql, rows)
-    return call(conn, *args)
-
-
-def _commit(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
+    result = call(conn, *args)
+    if commit and conn.in_transaction:  # a failed statement above leaves it to the rollback
         conn.commit()
+    return result
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _fetch(

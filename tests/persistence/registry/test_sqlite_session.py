@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from code_hero.config import create_sqlite_checkpointer
+from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.registry import SqliteRegistry
+from tests.persistence.registry.support import events, run
 
 
 def count_trips(sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -186,3 +189,44 @@ async def test_a_refused_last_statement_commits_nothing(sqlite_registry: SqliteR
             await s.execute(INSERT_THREAD, ["kept"], last=True)  # a duplicate key
     assert not sqlite_registry.conn.in_transaction
     assert await thread_ids(sqlite_registry) == ["kept"]
+
+
+async def test_a_new_threads_admission_skips_the_look_for_its_runs(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await sqlite_registry.admit_run(run("warm", "old"), reject_if_busy=False)  # columns known
+    await sqlite_registry.admit_run(run("queued", "old"), reject_if_busy=False)
+    trips = count_trips(sqlite_registry, monkeypatch)
+    admitted, busy = await sqlite_registry.admit_run(
+        run("first", "made-up"),
+        reject_if_busy=True,
+        events=events("first", "made-up", 1),
+        new_thread=True,
+    )
+    assert admitted is not None and busy is None
+    assert len(trips) == 3  # begin + thread, run, events + commit
+    trips.clear()
+    admitted, busy = await sqlite_registry.admit_run(run("later", "old"), reject_if_busy=False)
+    assert admitted is not None and busy == "warm"  # a thread of the caller's: looked at
+    assert len(trips) == 4  # begin + thread, its runs, run, commit
+
+
+async def test_the_manager_passes_a_new_thread_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the fallback router (what the executor calls), as on the registry itself."""
+    async with EnhancedCheckpointerManager(
+        create_sqlite_checkpointer(str(tmp_path / "m.sqlite"))
+    ) as manager:
+        backend = manager.router.primary.backend
+        assert backend is not None and isinstance(backend.registry, SqliteRegistry)
+        await manager.registry.admit_run(run("warm", "old"), reject_if_busy=False)
+        trips = count_trips(backend.registry, monkeypatch)
+        admitted, busy = await manager.registry.admit_run(
+            run("first", "made-up"),
+            reject_if_busy=True,
+            events=events("first", "made-up", 1),
+            new_thread=True,
+        )
+        assert admitted is not None and busy is None
+        assert len(trips) == 3  # begin + thread, run, events + commit

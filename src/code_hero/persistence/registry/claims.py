@@ -94,7 +94,8 @@ class RunClaims(WebhookOutbox):
                     # An edit holds the thread (whatever the multitask strategy): a run
                     # admitted now could start from the checkpoint the edit supersedes.
                     raise being_edited(run.thread_id)  # rolls back
-                busy = await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
+                # A thread id the caller made up just now has no runs: no look for them.
+                busy = [] if new_thread else await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded

@@ -49,7 +49,11 @@ class FallbackClaims(RoutedRegistry):
                 # the marked row would refuse it (the deletion's last step ends it).
                 raise being_deleted(run.thread_id)
             return await registry.admit_run(
-                run, reject_if_busy=reject_if_busy, events=events, owner=owner
+                run,
+                reject_if_busy=reject_if_busy,
+                events=events,
+                owner=owner,
+                new_thread=new_thread,
             )
 
         async def degraded() -> tuple[RunRecord | None, str | None]:
@@ -57,7 +61,11 @@ class FallbackClaims(RoutedRegistry):
                 raise self.router.unavailable("starting a run on this thread")
             self._room()
             admitted = await self._local("starting a run").admit_run(
-                run, reject_if_busy=reject_if_busy, events=events, owner=owner
+                run,
+                reject_if_busy=reject_if_busy,
+                events=events,
+                owner=owner,
+                new_thread=new_thread,
             )
             self.router.local_threads.add(run.thread_id)
             if admitted[0] is not None:

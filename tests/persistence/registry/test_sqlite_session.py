@@ -1,5 +1,6 @@
-"""The SQLite sqlite_registry's atomic session: BEGIN IMMEDIATE rides with its first statement;
-`transaction()`, whose callers use the connection itself, sends it at once."""
+"""The SQLite sqlite_registry's atomic session: BEGIN IMMEDIATE rides with its first statement,
+an `executemany` with the session's next trip; `transaction()`, whose callers use the
+connection itself, sends BEGIN at once and holds nothing back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from code_hero.config import create_sqlite_checkpointer
+from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.registry import SqliteRegistry
+from tests.persistence.registry.support import events, run
 
 
 def count_trips(sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -52,9 +56,8 @@ async def test_each_kind_of_first_statement_begins(
         assert await s.execute(insert, ["a"]) == 1
         assert sqlite_registry.conn.in_transaction
     async with sqlite_registry._session(atomic=True) as s:
-        await s.executemany(insert, [["b"], ["c"]])
-        assert sqlite_registry.conn.in_transaction
-    assert len(trips) == 4  # each: begin + statement, commit
+        await s.executemany(insert, [["b"], ["c"]])  # waits for the commit
+    assert len(trips) == 3  # begin + statement, commit; begin + statements + commit
     rows = await sqlite_registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
     assert sorted(r[0] for r in rows) == ["a", "b", "c"]
 
@@ -100,3 +103,130 @@ async def test_a_transaction_holds_the_write_lock_before_any_statement(
         assert not sqlite_registry.conn.in_transaction
     finally:
         other.close()
+
+
+INSERT_THREAD = (
+    "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
+    "VALUES (?, 'IDLE', '{}', '2026-01-01', '2026-01-01')"
+)
+
+
+async def thread_ids(sqlite_registry: SqliteRegistry) -> list[str]:
+    rows = await sqlite_registry.conn.execute_fetchall("SELECT thread_id FROM code_hero_threads")
+    return sorted(r[0] for r in rows)
+
+
+async def test_executemany_goes_with_the_next_trip_in_order(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = "SELECT count(*) AS n FROM code_hero_threads"
+    async with sqlite_registry._session() as s:
+        await s.fetch(count)  # its columns known from now on
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
+        await s.executemany(INSERT_THREAD, [["a"], ["b"]])
+        assert not trips  # nothing sent yet
+        assert await s.fetch(count) == [{"n": 2}]  # sent first, in the same trip
+        await s.executemany(INSERT_THREAD, [["c"]])
+        assert await s.execute("DELETE FROM code_hero_threads WHERE thread_id = ?", ["a"]) == 1
+        await s.executemany(INSERT_THREAD, [["d"]])
+    assert len(trips) == 3  # begin + inserts + select, insert + delete, insert + commit
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["b", "c", "d"]
+
+
+async def test_a_refused_executemany_rolls_the_whole_session_back(
+    sqlite_registry: SqliteRegistry,
+) -> None:
+    async with sqlite_registry._session() as s:
+        await s.executemany(INSERT_THREAD, [["kept"]])
+    with pytest.raises(sqlite3.IntegrityError):
+        async with sqlite_registry._session(atomic=True) as s:
+            assert await s.execute(INSERT_THREAD, ["new"]) == 1
+            await s.executemany(INSERT_THREAD, [["other"], ["kept"]])  # a duplicate key
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["kept"]
+    async with sqlite_registry._session(atomic=True) as s:  # the next session as usual
+        await s.executemany(INSERT_THREAD, [["next"]])
+    assert await thread_ids(sqlite_registry) == ["kept", "next"]
+
+
+async def test_a_transaction_sends_executemany_at_once(sqlite_registry: SqliteRegistry) -> None:
+    async with sqlite_registry.transaction() as s:
+        await s.executemany(INSERT_THREAD, [["a"]])
+        # Its callers read with the connection itself: what they wrote is there.
+        rows = await sqlite_registry.conn.execute_fetchall("SELECT count(*) FROM code_hero_threads")
+        assert list(rows) == [(1,)]
+    assert await thread_ids(sqlite_registry) == ["a"]
+
+
+async def test_the_last_statement_commits_in_its_own_trip(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
+        await s.executemany(INSERT_THREAD, [["a"]])
+        assert await s.execute(INSERT_THREAD, ["b"], last=True) == 1
+        assert not sqlite_registry.conn.in_transaction  # committed already
+    async with sqlite_registry._session() as s:
+        rows = await s.fetch(
+            "UPDATE code_hero_threads SET status = 'BUSY' WHERE thread_id = ? RETURNING thread_id",
+            ["a"],
+            last=True,
+        )
+        assert rows == [{"thread_id": "a"}]
+        assert not sqlite_registry.conn.in_transaction
+    assert len(trips) == 2  # begin + insert + insert + commit; update + commit
+    assert await thread_ids(sqlite_registry) == ["a", "b"]
+
+
+async def test_a_refused_last_statement_commits_nothing(sqlite_registry: SqliteRegistry) -> None:
+    async with sqlite_registry._session() as s:
+        await s.executemany(INSERT_THREAD, [["kept"]])
+    with pytest.raises(sqlite3.IntegrityError):
+        async with sqlite_registry._session(atomic=True) as s:
+            await s.execute(INSERT_THREAD, ["new"])
+            await s.execute(INSERT_THREAD, ["kept"], last=True)  # a duplicate key
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["kept"]
+
+
+async def test_a_new_threads_admission_skips_the_look_for_its_runs(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await sqlite_registry.admit_run(run("warm", "old"), reject_if_busy=False)  # columns known
+    await sqlite_registry.admit_run(run("queued", "old"), reject_if_busy=False)
+    trips = count_trips(sqlite_registry, monkeypatch)
+    admitted, busy = await sqlite_registry.admit_run(
+        run("first", "made-up"),
+        reject_if_busy=True,
+        events=events("first", "made-up", 1),
+        new_thread=True,
+    )
+    assert admitted is not None and busy is None
+    assert len(trips) == 3  # begin + thread, run, events + commit
+    trips.clear()
+    admitted, busy = await sqlite_registry.admit_run(run("later", "old"), reject_if_busy=False)
+    assert admitted is not None and busy == "warm"  # a thread of the caller's: looked at
+    assert len(trips) == 4  # begin + thread, its runs, run, commit
+
+
+async def test_the_manager_passes_a_new_thread_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the fallback router (what the executor calls), as on the registry itself."""
+    async with EnhancedCheckpointerManager(
+        create_sqlite_checkpointer(str(tmp_path / "m.sqlite"))
+    ) as manager:
+        backend = manager.router.primary.backend
+        assert backend is not None and isinstance(backend.registry, SqliteRegistry)
+        await manager.registry.admit_run(run("warm", "old"), reject_if_busy=False)
+        trips = count_trips(backend.registry, monkeypatch)
+        admitted, busy = await manager.registry.admit_run(
+            run("first", "made-up"),
+            reject_if_busy=True,
+            events=events("first", "made-up", 1),
+            new_thread=True,
+        )
+        assert admitted is not None and busy is None
+        assert len(trips) == 3  # begin + thread, run, events + commit

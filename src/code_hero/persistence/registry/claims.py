@@ -94,7 +94,8 @@ class RunClaims(WebhookOutbox):
                     # An edit holds the thread (whatever the multitask strategy): a run
                     # admitted now could start from the checkpoint the edit supersedes.
                     raise being_edited(run.thread_id)  # rolls back
-                busy = await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
+                # A thread id the caller made up just now has no runs: no look for them.
+                busy = [] if new_thread else await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
@@ -172,6 +173,7 @@ class RunClaims(WebhookOutbox):
                     run.thread_id,
                     run.thread_id,
                 ],
+                last=True,
             )
         if queued:
             self._outbox_committed()
@@ -223,7 +225,9 @@ class RunClaims(WebhookOutbox):
         )
         ts_now, ts_until = self._ts(utc(now)), self._ts(utc(until))
         async with self._session(atomic=True) as s:
-            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+            rows = await s.fetch(
+                sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now], last=True
+            )
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 

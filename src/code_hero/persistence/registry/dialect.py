@@ -105,11 +105,17 @@ def utc(value: datetime) -> datetime:
 
 
 class Session(Protocol):
-    """One connection (and, when asked for, one transaction) of a registry call."""
+    """One connection (and, when asked for, one transaction) of a registry call.
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+    `last`: no statement of the session follows this one, so a database whose
+    every statement is a round trip (SQLite, through aiosqlite's thread) commits
+    in the same trip; the session's end commits as usual on the others."""
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+    async def fetch(
+        self, sql: str, params: Sequence[Any] = (), *, last: bool = False
+    ) -> list[Row]: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int: ...
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 

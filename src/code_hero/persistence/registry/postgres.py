@@ -37,12 +37,12 @@ class _PgSession:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         async with self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(_pg_sql(sql), params)
             return await cur.fetchall() if cur.description else []
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
         async with self._conn.cursor() as cur:
             await cur.execute(_pg_sql(sql), params)
             return cur.rowcount

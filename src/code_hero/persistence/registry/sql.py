@@ -299,7 +299,7 @@ class SqlRegistry(
         if not fields:
             return await self.get_run(run_id)
         async with self._session() as s:
-            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id])
+            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id], last=True)
         return self._run(rows[0]) if rows else None
 
     async def update_held_run(

@@ -85,7 +85,12 @@ MAX_KNOWN_COLUMNS = 512
 
 class _SqliteSession:
     def __init__(
-        self, conn: aiosqlite.Connection, columns: dict[str, list[str]], *, begin: bool = False
+        self,
+        conn: aiosqlite.Connection,
+        columns: dict[str, list[str]],
+        *,
+        begin: bool = False,
+        defer: bool = True,
     ) -> None:
         self._conn = conn
         self._columns = columns
@@ -94,17 +99,24 @@ class _SqliteSession:
         # each open one). It takes the write lock at the same point as a trip of its
         # own would, before any statement of the session has run.
         self._begin = begin
+        # `executemany` answers nothing, so it waits for the session's next trip (a
+        # statement, or the commit) and goes with it, in order: a run's admission
+        # and end each store events that way, and an event batch is one trip, its
+        # BEGIN, inserts and commit together. Its error, if any, comes from that
+        # trip, in the same transaction, which is rolled back whole. Not in
+        # `transaction()`, whose callers use the connection itself.
+        self._defer = defer
+        self._deferred: list[tuple[str, Sequence[Sequence[Any]]]] = []
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         # Every call is a round trip to aiosqlite's thread, and the connection's lock is
         # held through each: a statement's columns follow from its text (the registry
         # names its columns, never `*`), so once known, one `execute_fetchall` trip
         # replaces execute + fetchall + close.
         names = self._columns.get(sql)
         rows: Iterable[Sequence[Any]]
-        if self._begin:
-            self._begin = False
-            rows, found = await self._on_thread(_fetch, self._conn._conn, sql, params)
+        if self._begin or self._deferred or last:
+            rows, found = await self._on_thread(_fetch, sql, params, last=last)
         elif names is not None:
             rows, found = await self._conn.execute_fetchall(sql, params), names
         else:
@@ -119,34 +131,62 @@ class _SqliteSession:
 
     # A statement that returns no rows has run to its end once `execute` returns: its
     # cursor is left to the garbage collector rather than closed in a trip of its own.
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self._begin:
-            self._begin = False
-            rowcount: int = await self._on_thread(_execute, self._conn._conn, sql, params)
+    async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
+        if self._begin or self._deferred or last:
+            rowcount: int = await self._on_thread(_execute, sql, params, last=last)
             return rowcount
         cur = await self._conn.execute(sql, params)
         return cur.rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self._begin:
-            self._begin = False
-            await self._on_thread(_executemany, self._conn._conn, sql, rows)
-            return
-        await self._conn.executemany(sql, rows)
+        if self._defer:
+            self._deferred.append((sql, rows))
+        elif self._begin:
+            await self._on_thread(_executemany, sql, rows)
+        else:
+            await self._conn.executemany(sql, rows)
 
-    async def _on_thread(self, call: Callable[..., T], *args: Any) -> T:
-        """BEGIN IMMEDIATE (unless a transaction is open) and `call(*args)`, in one
-        trip on aiosqlite's thread (the queue all its own methods use)."""
-        result: T = await self._conn._execute(_begun, call, *args)  # type: ignore[no-untyped-call]
+    async def commit(self) -> None:
+        """Commit the session's transaction, with the statements still waiting."""
+        if self._begin or self._deferred:
+            await _to_the_end(self._on_thread(_nothing, last=True))
+        elif self._conn.in_transaction:
+            await _to_the_end(self._conn.commit())
+
+    async def _on_thread(self, call: Callable[..., T], *args: Any, last: bool = False) -> T:
+        """BEGIN IMMEDIATE (an atomic session's first trip), the statements waiting,
+        `call(connection, *args)` and (`last`) the commit, in one trip on aiosqlite's
+        thread (the queue all its own methods use)."""
+        begin, self._begin = self._begin, False
+        deferred, self._deferred = self._deferred, []
+        result: T = await self._conn._execute(  # type: ignore[no-untyped-call]
+            _trip, self._conn._conn, begin, deferred, last, call, *args
+        )
         return result
 
 
-def _begun(call: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+def _trip(
+    conn: sqlite3.Connection,
+    begin: bool,
+    deferred: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+    commit: bool,
+    call: Callable[..., T],
+    *args: Any,
+) -> T:
     # IMMEDIATE takes the write lock now: another process cannot slip in between our
     # first read and first write.
-    if not conn.in_transaction:
+    if begin and not conn.in_transaction:
         conn.execute("BEGIN IMMEDIATE")
-    return call(conn, *args)
+    for sql, rows in deferred:
+        conn.executemany(sql, rows)
+    result = call(conn, *args)
+    if commit and conn.in_transaction:  # a failed statement above leaves it to the rollback
+        conn.commit()
+    return result
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _fetch(
@@ -195,15 +235,17 @@ class SqliteRegistry(SqlRegistry):
         self._columns: dict[str, list[str]] = {}  # result columns by statement text
 
     @asynccontextmanager
-    async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
+    async def _session(self, *, atomic: bool = False, defer: bool = True) -> AsyncIterator[Session]:
         async with self.lock:
+            session = _SqliteSession(self.conn, self._columns, begin=atomic, defer=defer)
             try:
-                yield _SqliteSession(self.conn, self._columns, begin=atomic)
+                yield session
+                await session.commit()
             except BaseException:
+                # A commit that failed (its waiting statements refused, the file busy)
+                # leaves the transaction open: the next session must not carry it on.
                 await _to_the_end(self.conn.rollback())
                 raise
-            if self.conn.in_transaction:
-                await _to_the_end(self.conn.commit())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
@@ -215,7 +257,7 @@ class SqliteRegistry(SqlRegistry):
         backend's callers run theirs on the connection itself, and one that looks
         before it deletes (`delete_orphan_checkpoints`) must hold the write lock from
         its look on, or another process could commit a thread made anew in between."""
-        async with self._session() as session:
+        async with self._session(defer=False) as session:
             await self.conn.execute("BEGIN IMMEDIATE")
             yield session
 

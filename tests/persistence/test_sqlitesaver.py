@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,28 @@ async def test_a_caller_cancelled_before_its_group_leaves_nothing(tmp_path: Path
             await gone
         for thread_id, present in (("a", True), ("b", True), ("c", False)):
             assert (await ours.aget_tuple(root(thread_id)) is not None) is present
+
+
+async def test_writes_queued_when_the_connection_closes_fail_not_cancel(tmp_path: Path) -> None:
+    # A group's trip that raises (the connection closed under it) used to cancel every
+    # write still queued: their runs, never cancelled, ended as if they were (review).
+    conn = await aiosqlite.connect(str(tmp_path / "cp.sqlite"))
+    ours = OneTripSqliteSaver(conn)
+    await fill(ours, "warm")
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(conn._execute(gate.wait))
+    writes = [
+        asyncio.create_task(ours.aput(root(f"t{i}"), a_checkpoint("x"), {"step": 0}, {"text": 1}))
+        for i in range(70)
+    ]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    closing = asyncio.ensure_future(conn.close())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    await closing
+    await blocker
+    assert not any(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    assert any(isinstance(o, Exception) for o in outcomes)

@@ -154,6 +154,7 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
 
     async def _flush(self) -> None:
         """Commit what is queued, one group at a time, until the queue is empty."""
+        stopped: BaseException = asyncio.CancelledError()
         try:
             while self._queue:
                 group: list[tuple[Write, asyncio.Future[Any]]] = []
@@ -163,12 +164,15 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
                         group.append((write, done))
                 if group:
                     await self._commit(group)
+        except Exception as exc:  # the connection closed: its group has this error
+            stopped = exc
         finally:
             self._flusher = None
-            # Only when this task itself is cancelled (the loop closing): its
-            # callers must not wait for a group that will never come.
+            # The writes still queued will never get a group: their callers get the
+            # error that stopped it (a failed write, not a cancelled one), or are
+            # cancelled with this task (the loop closing).
             while self._queue:
-                self._queue.popleft()[1].cancel()
+                _settle(self._queue.popleft()[1], stopped)
 
     async def _commit(self, group: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         assert self._twin is not None and self._grouped is not None

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import Registry, ThreadRecord, ThreadStatus
-from code_hero.persistence.registry import PostgresRegistry
+from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from tests.faults import cancelled_at_every_step
-from tests.persistence.registry.support import PG_KWARGS
+from tests.persistence.registry.support import PG_KWARGS, run
 
 
 async def test_a_cancelled_call_leaves_no_transaction_behind(registry: Registry) -> None:
@@ -56,3 +57,26 @@ async def test_a_deletion_cancelled_mid_pipeline_leaves_its_connection_sound(
         assert broken == []
     finally:
         await pool.close()
+
+
+async def test_a_claim_cancelled_in_flight_leaves_no_lease(sqlite_registry: SqliteRegistry) -> None:
+    # The claim loop is cancelled at shutdown, maybe with a claim in flight: the claim
+    # must roll back, not commit leases the closing server never hands back (a claim's
+    # statement once took its commit with it in one trip; review).
+    await sqlite_registry.admit_run(run("r1", "t1"), reject_if_busy=False)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(sqlite_registry.conn._execute(gate.wait))
+    now = datetime.now(UTC)
+    task = asyncio.create_task(
+        sqlite_registry.claim_runs("me", now=now, until=now + timedelta(hours=1), limit=5)
+    )
+    for _ in range(20):  # the claim takes the lock and sends its trip behind the blocker
+        await asyncio.sleep(0)
+    task.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await blocker
+    got = await sqlite_registry.get_run("r1")
+    assert got is not None
+    assert got.lease_owner is None

@@ -225,9 +225,9 @@ class RunClaims(WebhookOutbox):
         )
         ts_now, ts_until = self._ts(utc(now)), self._ts(utc(until))
         async with self._session(atomic=True) as s:
-            rows = await s.fetch(
-                sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now], last=True
-            )
+            # Not `last`: a claim whose caller is cancelled in flight (the claim loop
+            # stopping at shutdown) must roll back, not commit leases nobody hands back.
+            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 

@@ -84,3 +84,17 @@ def test_any_value_reads_back_as_json_loads_reads_it(value: Any, ensure_ascii: b
 def test_texts_orjson_reads_otherwise_get_json_loads_answer(text: str | bytes) -> None:
     expected, got = answer(text), answer_of_loads(text)
     assert expected[0] == got[0] and same(expected[1], got[1]), got
+
+
+# Number texts json.dumps never writes (long mantissas, upper-case exponents, "-0",
+# exponents past the float range), and text around them json.loads refuses.
+number_texts = st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,4})?\Z")
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(number_texts, st.sampled_from(["[{}]", "{}", ' {"n": {}} ', "[{}x]", "[0{}]"]))
+def test_any_number_text_reads_as_json_loads_reads_it(number: str, shape: str) -> None:
+    text = shape.replace("{}", number)
+    for given_text in (text, text.encode()):
+        expected, got = answer(given_text), answer_of_loads(given_text)
+        assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)

@@ -23,8 +23,8 @@ it imports the app; other commands do not (they exit after a few seconds).
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Sequence
+from importlib import _bootstrap
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
 from types import ModuleType
@@ -34,11 +34,13 @@ __all__ = ["DEFERRED_PACKAGES", "defer_package_inits"]
 
 DEFERRED_PACKAGES = ("langgraph_sdk", "langsmith.types")
 
-# One lock for every deferred package: an `__init__` that imports another deferred
-# package runs it on the same thread (the lock is reentrant); a thread that reads a
-# name meanwhile waits for the `__init__` instead of seeing a half-filled module.
-_lock = threading.RLock()
+# The `__init__` runs under the package's own import lock, as at import: a thread that
+# reads a name meanwhile waits for it, and a cycle with another thread's import is the
+# import system's (`_DeadlockError`, answered as a partially initialized module).
 _running: set[str] = set()
+# Private to importlib (since 3.3), untyped in typeshed.
+_ModuleLockManager: Any = getattr(_bootstrap, "_ModuleLockManager")  # noqa: B009
+_DeadlockError: Any = getattr(_bootstrap, "_DeadlockError")  # noqa: B009
 
 
 class _DeferredPackage(ModuleType):
@@ -54,7 +56,14 @@ class _DeferredPackage(ModuleType):
 
 
 def _run_init(module: ModuleType, name: str) -> None:
-    with _lock:
+    try:
+        lock = _ModuleLockManager(module.__name__)
+        lock.__enter__()
+    except _DeadlockError:
+        raise AttributeError(
+            f"partially initialized module {module.__name__!r} has no attribute {name!r}"
+        ) from None
+    try:
         if not _is_deferred(module):  # another thread ran it meanwhile
             return
         if module.__name__ in _running:  # read by its own `__init__`, as it runs
@@ -71,6 +80,8 @@ def _run_init(module: ModuleType, name: str) -> None:
             module.__class__ = ModuleType
         finally:
             _running.discard(module.__name__)
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _is_deferred(module: ModuleType) -> bool:

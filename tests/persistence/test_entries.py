@@ -601,8 +601,11 @@ async def test_the_end_of_a_run_gone_with_its_thread_purges_what_it_wrote(
         await replayed.replay(primary, fallback)
         assert await primary.count_checkpoints("t") == 0
 
-        # A thread made anew under the id keeps its checkpoints.
-        await primary.registry.put_thread(ThreadRecord("t", None, ThreadStatus.IDLE, {}, now, now))
+        # A thread made anew under the id (after the deletion) keeps its checkpoints.
+        anew = datetime.now(UTC)
+        assert await primary.registry.put_thread(
+            ThreadRecord("t", None, ThreadStatus.IDLE, {}, anew, anew)
+        )
         await primary.saver.aput(config, empty_checkpoint(), {}, {})
         await replayed.replay(primary, fallback)
         assert await primary.count_checkpoints("t") == 1

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
@@ -161,9 +161,9 @@ class CopyThread:
         # A late copy onto a row the primary made since (another created_at) takes no
         # mark there (`put_thread`), but still adds the runs the primary lacks: that row
         # is a run's admission after the switch (this thread, whose outage runs would be
-        # lost with the fallback's copies). A thread another replica deleted, and maybe
-        # made anew, left a tombstone of this copy's created_at: `put_thread` refuses
-        # the copy, and nothing of it joins the new row.
+        # lost with the fallback's copies). A deletion of the id since this copy's
+        # created_at (of this thread or of that row) left a tombstone: `put_thread`
+        # refuses the copy, and nothing of it joins a row made anew after the deletion.
         # A thread a deletion marked here is going anyway: nothing of it joins a row
         # made since (its deletion's last step leaves that row alone).
         if self.only_missing and thread.deletion_token is not None:
@@ -171,8 +171,8 @@ class CopyThread:
             if there is not None and there.created_at != thread.created_at:
                 return
         if not await primary.registry.put_thread(thread, late=self.only_missing):
-            # A finished deletion's tombstone names this thread (a row made anew under
-            # the id has another created_at): the deletion wins, nothing of it is copied.
+            # A finished deletion of this thread (or of the row made for it since): the
+            # deletion wins, nothing of it is copied.
             log.warning(
                 "thread %s was deleted on the primary after this replica copied it: its "
                 "copy-back (row, runs, events) is dropped",
@@ -349,13 +349,18 @@ class TouchThread:
     thread_id: str
     user_id: str | None
     create: bool = True
+    # When it was journalled (the first of the touches it stands for): a deletion of the
+    # id since then wins over it, however late it finishes (`touch_threads`).
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def key(self) -> Hashable:
         return ("touch", self.thread_id, self.create)
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        await primary.registry.touch_threads({self.thread_id: self.user_id}, create=self.create)
+        await primary.registry.touch_threads(
+            {self.thread_id: self.user_id}, create=self.create, unless_deleted_since=self.at
+        )
 
 
 @dataclass(frozen=True)

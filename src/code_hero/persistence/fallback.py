@@ -92,7 +92,7 @@ class FallbackRouter(RouterDeletes):
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
             self.metrics.switched()
-            self.degraded_since = datetime.now(UTC)
+            self.degraded_since = self._outage_began = datetime.now(UTC)
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
                 self.primary.config.describe(),

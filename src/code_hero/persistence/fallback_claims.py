@@ -24,6 +24,7 @@ from code_hero.persistence.records import (
     RunStatus,
     ThreadStatus,
 )
+from code_hero.persistence.recovery import forget_if_deleted
 from code_hero.persistence.registry.edits import being_deleted
 
 __all__ = ["FallbackClaims"]
@@ -44,6 +45,8 @@ class FallbackClaims(RoutedRegistry):
         """Record a PENDING run; during an outage only on a new or local thread."""
 
         async def on_primary(registry: Registry) -> tuple[RunRecord | None, str | None]:
+            # A kept thread another replica deleted: the run starts from nothing.
+            await forget_if_deleted(self.router, run.thread_id)
             if await self.router.mark_still_waits(run.thread_id, registry):
                 # Its deletion's mark is on the fallback's row only, for now: refused as
                 # the marked row would refuse it (the deletion's last step ends it).

@@ -123,14 +123,23 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             raise self.router.unavailable(what)
 
     async def touch_threads(
-        self, touches: Mapping[str, str | None], *, create: bool = True
+        self,
+        touches: Mapping[str, str | None],
+        *,
+        create: bool = True,
+        unless_deleted_since: datetime | None = None,
     ) -> None:
         """Bump updated_at of each thread (primary only; the router keeps touches meanwhile)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("touching threads")
 
-        await self._write(lambda r: r.touch_threads(touches, create=create), degraded)
+        await self._write(
+            lambda r: r.touch_threads(
+                touches, create=create, unless_deleted_since=unless_deleted_since
+            ),
+            degraded,
+        )
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
         """Insert or replace a thread as given (primary only; `late`: `Registry.put_thread`)."""

@@ -26,7 +26,8 @@ Three rules make that lose nothing:
   thread or run the primary no longer has (deleted meanwhile) is done, not
   refused: a run, its events and a run's changes follow their thread out.
   Every entry of a thread another replica deleted meanwhile (its tombstone
-  on the primary, `tombstones.py`) is dropped unreplayed: the deletion wins.
+  on the primary, `tombstones.py`) is dropped unreplayed: the deletion wins,
+  also when it finishes as the batch replays (looked at again after it).
 
 The journal has a limit: when it is full a new write fails (UNAVAILABLE)
 instead of the process growing until the kernel kills it.
@@ -165,6 +166,8 @@ class Journal:
                     batch, primary, fallback, concurrency, is_unreachable, step_timeout, gone
                 )
                 unreachable = self._settle(batch, outcomes, on_synced)
+                if unreachable is None:
+                    await _purge_deleted(primary, _replayed(batch, gone), judge, step_timeout)
             if unreachable is not None:
                 raise unreachable
 
@@ -293,6 +296,8 @@ class Journal:
                             log_dropped(entry.thread_id, gone[entry.thread_id], [item.entry])
                         else:
                             await entry.replay(primary, fallback)
+                    if entry.thread_id not in gone:
+                        await _purge_deleted(primary, {entry.thread_id}, judge, step_timeout)
                 except Exception as exc:
                     self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):
@@ -357,6 +362,38 @@ async def _judged(
             raise
         log.warning("reading the primary's deletions failed; the batch is replayed", exc_info=True)
         return {}
+
+
+def _replayed(batch: list[Entry], gone: Mapping[str, datetime]) -> set[str]:
+    """The threads of the batch whose entries were replayed (not judged deleted)."""
+    return {e.thread_id for e in batch if e.thread_id not in gone}
+
+
+async def _purge_deleted(
+    primary: Backend, thread_ids: set[str], judge: Judge | None, step_timeout: float
+) -> None:
+    """After a replay, the threads `judge` finds deleted now: a deletion that finished
+    after the look before the replay, or a thread row's copy `put_thread` refused while
+    the thread's checkpoints went in. Their checkpoints and writes replayed go, unless
+    the thread has a row (made anew under the id since: it keeps them; a creating touch
+    replayed makes none, `TouchThread`). An error only logs: the orphans stay."""
+    if judge is None or not thread_ids:
+        return
+    try:
+        async with asyncio.timeout(step_timeout):
+            late = await judge(thread_ids)
+            for thread_id in sorted(late):
+                purged = await primary.delete_orphan_checkpoints(thread_id)
+                if purged:  # none after this replica's own deletion, replayed
+                    log.warning(
+                        "thread %s was deleted on the primary at %s, as this replica's "
+                        "copy-back of it was replayed: its %d checkpoints copied are deleted",
+                        thread_id,
+                        late[thread_id].isoformat(),
+                        purged,
+                    )
+    except Exception:
+        log.warning("purging the checkpoints of threads deleted meanwhile failed", exc_info=True)
 
 
 def _runs(batch: list[Entry], indexes: list[int], *, batches: bool) -> list[list[int]]:

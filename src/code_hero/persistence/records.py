@@ -268,10 +268,16 @@ class Registry(Protocol):
 
     # threads
     async def touch_threads(
-        self, touches: Mapping[str, str | None], *, create: bool = True
+        self,
+        touches: Mapping[str, str | None],
+        *,
+        create: bool = True,
+        unless_deleted_since: datetime | None = None,
     ) -> None:
         """Bump updated_at of each thread id, creating missing ones with that user id
-        (unless not `create`: a run's checkpoint never brings a deleted thread back)."""
+        (unless not `create`: a run's checkpoint never brings a deleted thread back).
+        With `unless_deleted_since` (an outage's touch replayed), an id with a tombstone
+        of a deletion since then is left alone: neither made anew nor bumped."""
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
         """Insert or replace a thread as given, timestamps included (for migration and the
@@ -283,8 +289,8 @@ class Registry(Protocol):
         created when the copy's was (else it is a thread made anew under the id): that
         deletion's last step ends only a row it marked; a row it adds has no claim (the
         edit's release went to the primary). False, and nothing written, when a finished
-        deletion left a tombstone of the copy's thread (its id and created_at): the
-        deletion wins."""
+        deletion of the id left a tombstone at or after the copy's created_at (of this
+        thread, or of a row made for it since): the deletion wins."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -15,13 +15,20 @@ from typing import TYPE_CHECKING
 
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.backends import Backend
-from code_hero.persistence.tombstones import judge_for
+from code_hero.persistence.tombstones import deleted_copies, judge_for
 from code_hero.persistence.unreachable import is_backend_error
 
 if TYPE_CHECKING:
     from code_hero.persistence.fallback import FallbackRouter
 
-__all__ = ["SMALL_REMAINDER", "retry_quarantined", "step_timeout", "sync_back", "sync_concurrency"]
+__all__ = [
+    "SMALL_REMAINDER",
+    "forget_if_deleted",
+    "retry_quarantined",
+    "step_timeout",
+    "sync_back",
+    "sync_concurrency",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +146,40 @@ async def retry_quarantined(router: FallbackRouter) -> None:
             for thread_id in {e.thread_id for e in done}:
                 if not router.serving or thread_id in router.journal.threads():
                     continue
-                router.fallback_threads.discard(thread_id)
-                router.local_threads.discard(thread_id)
-                router.uncarried_marks.discard(thread_id)
-                for slot in router.slots[1:]:
-                    if slot.backend is not None:
-                        await slot.backend.forget_thread(thread_id)
+                await _forget_copies(router, thread_id)
+
+
+async def forget_if_deleted(router: FallbackRouter, thread_id: str) -> None:
+    """Before a run's admission on a thread kept across a recovery (a quarantined
+    entry), the primary serving: if another replica deleted the thread since (its
+    tombstone, `tombstones.deleted_copies`), forget its entries and fallback copies.
+    A kept thread's reads fall back to the fallback's copies where the primary has
+    none, so a run on the id made anew would start from the deleted thread's state."""
+    kept = thread_id in router.local_threads or thread_id in router.fallback_threads
+    primary, source = router.primary.backend, _sync_source(router)
+    if not router.serving or not kept or primary is None or source is None:
+        return
+    last = router.last_outage
+    async with router.journal.step_lock:
+        gone = await deleted_copies(primary, source, [thread_id], None if last is None else last[0])
+        if thread_id not in gone:
+            return
+        dropped = router.journal.drop_thread_locked(thread_id)
+        await _forget_copies(router, thread_id)
+    log.warning(
+        "thread %s was deleted on the primary at %s, after this replica's outage: its "
+        "copies here and %d quarantined entries are dropped",
+        thread_id,
+        gone[thread_id].isoformat(),
+        dropped,
+    )
+
+
+async def _forget_copies(router: FallbackRouter, thread_id: str) -> None:
+    """The fallbacks forget a thread kept across a recovery (its entries settled)."""
+    router.fallback_threads.discard(thread_id)
+    router.local_threads.discard(thread_id)
+    router.uncarried_marks.discard(thread_id)
+    for slot in router.slots[1:]:
+        if slot.backend is not None:
+            await slot.backend.forget_thread(thread_id)

@@ -7,19 +7,32 @@ then bring the thread back, with whatever runs, events and checkpoints B
 copies. Every deletion's last step leaves a tombstone on the primary instead
 (`registry/tombstones.py`), and the journal asks `deleted_copies` which of the
 threads of a batch of entries are such: their entries are dropped unreplayed
-(logged, `log_dropped`), and a thread row's copy checks again in its own
-transaction (`Registry.put_thread`).
+(logged, `log_dropped`). A deletion that finishes after that look still wins:
+a thread row's copy checks again in its own transaction (`Registry.put_thread`),
+a creating touch makes no row of an id deleted since it was journalled
+(`TouchThread`), and the journal looks again after the replay, deleting the
+checkpoints that went in of a thread found deleted then (`journal._purge_deleted`).
+A thread kept across the switch that another replica deletes is forgotten at
+the next run's admission on its id (`recovery.forget_if_deleted`).
 
 Which incarnation of an id a copy is of:
-- a thread born in the outage (the fallback holds its row): the row's
-  `created_at`, which its copy in the primary carries too (`put_thread` writes
-  the copy's timestamps): a tombstone of that `created_at` drops it; a thread
-  made anew under the id has another `created_at`, and gets nothing of it;
+- a thread born in the outage (the fallback holds its row, created at c): a
+  tombstone of the id whose deletion came at or after c drops it. Such a
+  deletion ended this thread (its copy in the primary carries c: `put_thread`
+  writes the copy's timestamps) or its successor under the id, a row a run's
+  admission made on the primary after the switch (another created_at, to which a
+  late copy would add the outage's runs). An id born in an outage is the
+  server's, or one a client chose: either way no other thread held it on the
+  primary after c, but one that another replica's client made under the same
+  id at the same time (two partitions each creating it); that conflict merged
+  the two at the copy-back before, and now the deletion of the id wins over
+  both. A deletion before c was of an older thread under the id: kept;
 - a thread from before the outage (a run in flight went on, or a graph wrote
   checkpoints through the saver): the fallback holds no row of it, and so no
   `created_at` (touches and checkpoints carry none). A tombstone of the id whose
-  deletion came after `since` (when this replica lost the primary: it could not
-  have seen the deletion) drops it: its copies were of the deleted thread.
+  deletion came after `since` (when this replica lost the primary, or started
+  without it: it could not have seen the deletion) drops it: its copies were of
+  the deleted thread.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ async def deleted_copies(
     for thread_id, tombstones in found.items():
         copy = await fallback.registry.get_thread(thread_id, expired=True)
         if copy is not None:
-            hits = [deleted for created, deleted in tombstones if created == copy.created_at]
+            hits = [deleted for _, deleted in tombstones if deleted >= copy.created_at]
         elif since is not None:
             hits = [deleted for _, deleted in tombstones if deleted >= since]
         else:

@@ -128,13 +128,20 @@ class SqlRegistry(
     # --- threads ------------------------------------------------------------
 
     async def touch_threads(
-        self, touches: Mapping[str, str | None], *, create: bool = True
+        self,
+        touches: Mapping[str, str | None],
+        *,
+        create: bool = True,
+        unless_deleted_since: datetime | None = None,
     ) -> None:
         if not touches:
             return
         now = self._ts(utc_now())
         rows: list[tuple[Any, ...]]
         # An existing owner is kept: a touch fills in a missing user id, never changes one.
+        if create and unless_deleted_since is not None:  # an outage's touch, replayed
+            await self.touch_unless_deleted(touches, unless_deleted_since)
+            return
         if create:
             sql = (
                 f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
@@ -170,10 +177,12 @@ class SqlRegistry(
                 # After the write, in a statement of its own: on PostgreSQL a deletion that
                 # held the row when the write came was waited for, and its tombstone is
                 # seen now (read committed); one that comes later waits for this commit
-                # and deletes the row. Tombstoned: rolled back, nothing written.
+                # and deletes the row. Tombstoned: rolled back, nothing written. A deletion
+                # of the id at or after the copy's creation ended this thread, or the row a
+                # run's admission made for it after the switch (`tombstones.py`).
                 tombstoned = await s.fetch(
                     "SELECT 1 AS one FROM code_hero_deleted_threads "
-                    "WHERE thread_id = ? AND created_at = ?",
+                    "WHERE thread_id = ? AND deleted_at >= ?",
                     [thread.thread_id, self._ts(utc(thread.created_at))],
                 )
                 if tombstoned:

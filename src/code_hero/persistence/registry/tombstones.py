@@ -13,10 +13,11 @@ tombstones past their retention (`CODE_HERO_TOMBSTONE_RETENTION`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from code_hero.persistence.registry.dialect import Dialect, utc
+from code_hero.persistence.records import ThreadStatus
+from code_hero.persistence.registry.dialect import THREAD_COLUMNS, Dialect, utc, utc_now
 
 __all__ = ["TOMBSTONE_FROM_ROW", "ThreadTombstones", "Tombstone"]
 
@@ -32,6 +33,28 @@ TOMBSTONE_FROM_ROW = (
     "SELECT thread_id, created_at, ? FROM code_hero_threads WHERE thread_id = ? "
     "ON CONFLICT (thread_id, created_at) DO UPDATE SET deleted_at = excluded.deleted_at"
 )
+
+
+# A creating touch of one id, but none of an id deleted since a time (the parameters:
+# the row's six columns, then thread_id and that time).
+_TOUCH_UNLESS_DELETED = (
+    f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM code_hero_deleted_threads "
+    "WHERE thread_id = ? AND deleted_at >= ?) "
+    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+    "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id)"
+)
+
+# The row that touch made (created at its time) of an id deleted since that time.
+_MADE_AFTER_DELETION = (
+    "SELECT 1 AS one FROM code_hero_threads t JOIN code_hero_deleted_threads d "
+    "ON d.thread_id = t.thread_id WHERE t.thread_id = ? AND t.created_at = ? "
+    "AND d.deleted_at >= ?"
+)
+
+
+class _Undone(Exception):
+    """A touch made the row of an id deleted since: its transaction is rolled back."""
 
 
 class ThreadTombstones(Dialect):
@@ -63,3 +86,24 @@ class ThreadTombstones(Dialect):
                 "WHERE deleted_at < ? ORDER BY deleted_at LIMIT ?)",
                 [self._ts(utc(before)), limit],
             )
+
+    async def touch_unless_deleted(
+        self, touches: Mapping[str, str | None], since: datetime
+    ) -> None:
+        """`touch_threads` creating, for an outage's touches replayed: an id a deletion
+        since `since` left a tombstone of is left alone (no row made anew, no bump of a
+        row made after that deletion). Checked in the statement, then again after it in
+        the same transaction, as `put_thread` does: on PostgreSQL a deletion that held
+        the row when the touch came was waited for, and the row the statement's
+        snapshot let it make anew is rolled back."""
+        now, at = self._ts(utc_now()), self._ts(utc(since))
+        empty, idle = self._json({}), ThreadStatus.IDLE.value
+        for thread_id in sorted(touches):
+            try:
+                async with self._session(atomic=True) as s:
+                    row = [thread_id, touches[thread_id], idle, empty, now, now]
+                    await s.execute(_TOUCH_UNLESS_DELETED, [*row, thread_id, at])
+                    if await s.fetch(_MADE_AFTER_DELETION, [thread_id, now, at]):
+                        raise _Undone
+            except _Undone:
+                pass

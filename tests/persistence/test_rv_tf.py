@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from langgraph.checkpoint.base import empty_checkpoint
-from datetime import UTC, datetime, timedelta
-
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.persistence.backends import open_backend

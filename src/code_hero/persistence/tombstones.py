@@ -66,7 +66,7 @@ async def deleted_copies(
     for thread_id, tombstones in found.items():
         copy = await fallback.registry.get_thread(thread_id, expired=True)
         if copy is not None:
-            hits = [deleted for _, deleted in tombstones if deleted >= copy.created_at]
+            hits = [deleted for created, deleted in tombstones if created >= copy.created_at]
         elif since is not None:
             hits = [deleted for _, deleted in tombstones if deleted >= since]
         else:

@@ -182,7 +182,7 @@ class SqlRegistry(
                 # run's admission made for it after the switch (`tombstones.py`).
                 tombstoned = await s.fetch(
                     "SELECT 1 AS one FROM code_hero_deleted_threads "
-                    "WHERE thread_id = ? AND deleted_at >= ?",
+                    "WHERE thread_id = ? AND created_at >= ?",
                     [thread.thread_id, self._ts(utc(thread.created_at))],
                 )
                 if tombstoned:

@@ -289,8 +289,8 @@ class Registry(Protocol):
         created when the copy's was (else it is a thread made anew under the id): that
         deletion's last step ends only a row it marked; a row it adds has no claim (the
         edit's release went to the primary). False, and nothing written, when a finished
-        deletion of the id left a tombstone at or after the copy's created_at (of this
-        thread, or of a row made for it since): the deletion wins."""
+        deletion left a tombstone of the id created at or after the copy's created_at
+        (this thread, or a row made for it since): the deletion wins."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -17,16 +17,15 @@ the next run's admission on its id (`recovery.forget_if_deleted`).
 
 Which incarnation of an id a copy is of:
 - a thread born in the outage (the fallback holds its row, created at c): a
-  tombstone of the id whose deletion came at or after c drops it. Such a
-  deletion ended this thread (its copy in the primary carries c: `put_thread`
-  writes the copy's timestamps) or its successor under the id, a row a run's
-  admission made on the primary after the switch (another created_at, to which a
-  late copy would add the outage's runs). An id born in an outage is the
-  server's, or one a client chose: either way no other thread held it on the
-  primary after c, but one that another replica's client made under the same
-  id at the same time (two partitions each creating it); that conflict merged
-  the two at the copy-back before, and now the deletion of the id wins over
-  both. A deletion before c was of an older thread under the id: kept;
+  tombstone of the id of a thread created at or after c drops it. That deleted
+  thread was this one (its copy in the primary carries c: `put_thread` writes the
+  copy's timestamps) or its successor under the id, a row a run's admission made
+  on the primary after the switch (a later created_at, to which a late copy
+  would add the outage's runs). A tombstone of a thread created before c is of
+  an older incarnation (a client deleted the thread in the outage and made it
+  anew under its id; that deletion, replayed, leaves its tombstone after c):
+  kept. Two replicas' clocks decide only between threads made under one id on
+  both sides of a partition, where either answer is a choice;
 - a thread from before the outage (a run in flight went on, or a graph wrote
   checkpoints through the saver): the fallback holds no row of it, and so no
   `created_at` (touches and checkpoints carry none). A tombstone of the id whose

@@ -177,9 +177,10 @@ class SqlRegistry(
                 # After the write, in a statement of its own: on PostgreSQL a deletion that
                 # held the row when the write came was waited for, and its tombstone is
                 # seen now (read committed); one that comes later waits for this commit
-                # and deletes the row. Tombstoned: rolled back, nothing written. A deletion
-                # of the id at or after the copy's creation ended this thread, or the row a
-                # run's admission made for it after the switch (`tombstones.py`).
+                # and deletes the row. Tombstoned: rolled back, nothing written. A deleted
+                # thread of the id created at or after the copy's creation is this thread,
+                # or the row a run's admission made for it after the switch; one created
+                # before is an older incarnation (`tombstones.py`).
                 tombstoned = await s.fetch(
                     "SELECT 1 AS one FROM code_hero_deleted_threads "
                     "WHERE thread_id = ? AND created_at >= ?",

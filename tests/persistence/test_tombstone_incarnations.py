@@ -1,4 +1,5 @@
-"""Review of tombfix: failing cases."""
+"""A thread deleted and made anew under its id within one outage is copied back: a tombstone
+of an older incarnation drops nothing of it."""
 
 from __future__ import annotations
 

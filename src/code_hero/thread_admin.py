@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -174,14 +174,7 @@ class ThreadAdmin:
         of 1,000): a copy-back that late would come from an outage longer than that."""
         registry = self.services.manager.registry
         retention = timedelta(seconds=self.services.settings.tombstone_retention)
-        before = datetime.now(UTC) - retention
-        total = 0
-        for _ in range(batches):
-            gone = await registry.forget_deleted_threads(before, limit=_DELIVERY_BATCH)
-            total += gone
-            if gone < _DELIVERY_BATCH:
-                break
-        return total
+        return await _in_batches(registry.forget_deleted_threads, retention, batches)
 
     async def _forget_deliveries(self, batches: int) -> int:
         """Delete DELIVERED and FAILED deliveries older than the retention (up to
@@ -190,14 +183,7 @@ class ThreadAdmin:
         if store is None:
             return 0
         retention = timedelta(seconds=self.services.settings.webhooks.retention)
-        before = datetime.now(UTC) - retention
-        total = 0
-        for _ in range(batches):
-            gone = await store.delete_finished_deliveries(before, limit=_DELIVERY_BATCH)
-            total += gone
-            if gone < _DELIVERY_BATCH:
-                break
-        return total
+        return await _in_batches(store.delete_finished_deliveries, retention, batches)
 
     def _start_sweeper(self) -> None:
         interval = self.settings.sweep_interval
@@ -416,3 +402,18 @@ class ThreadAdmin:
                     break
                 after = page.end_cursor
         return PruneReport(threads, checkpoints, runs)
+
+
+async def _in_batches(
+    forget: Callable[..., Awaitable[int]], retention: timedelta, batches: int
+) -> int:
+    """Call `forget(before, limit=1,000)` on what is older than `retention` until a batch
+    comes back short, up to `batches` times; how many it forgot."""
+    before = datetime.now(UTC) - retention
+    total = 0
+    for _ in range(batches):
+        gone = await forget(before, limit=_DELIVERY_BATCH)
+        total += gone
+        if gone < _DELIVERY_BATCH:
+            break
+    return total

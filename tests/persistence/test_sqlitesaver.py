@@ -64,14 +64,7 @@ async def test_one_trip_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async with aiosqlite.connect(str(tmp_path / "cp.sqlite")) as conn:
         ours = OneTripSqliteSaver(conn)
         await fill(ours, "warm")  # set-up done
-        trips: list[Any] = []
-        real = conn._execute
-
-        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            trips.append(fn)
-            return await real(fn, *args, **kwargs)
-
-        monkeypatch.setattr(conn, "_execute", counted)
+        trips = counting_trips(conn, monkeypatch)
         last = await fill(ours, "t")  # 3 checkpoints, 3 sets of writes
         assert len(trips) == 6
         await ours.aget_tuple(last)

@@ -3,38 +3,19 @@ of an older incarnation drops nothing of it."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.persistence.backends import open_backend
-from code_hero.persistence.entries import CopyThread, DeleteThread, PutCheckpoint
+from code_hero.persistence.entries import CopyThread, DeleteThread
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.records import ThreadRecord, ThreadStatus
-from code_hero.persistence.tombstones import Judge, judge_for
-from code_hero.persistence.unreachable import is_backend_error
+from code_hero.persistence.tombstones import judge_for
 from tests.conftest import make_config
-from tests.persistence.test_tombstones import RUN, _born_in_an_outage, _checkpoint_config
-
-
-def _new_checkpoint(thread_id: str) -> PutCheckpoint:
-    checkpoint = {**empty_checkpoint(), "id": str(uuid.uuid4())}
-    return PutCheckpoint(_checkpoint_config(thread_id), checkpoint, {}, {})  # type: ignore[arg-type]
-
-
-async def _drain(journal: Journal, primary: Any, fallback: Any, judge: Judge) -> None:
-    await journal.drain(
-        primary=primary,
-        fallback=fallback,
-        concurrency=1,
-        is_unreachable=is_backend_error,
-        on_synced=lambda: None,
-        judge=judge,
-    )
+from tests.persistence.test_tombstone_races import _drain, _new_checkpoint
+from tests.persistence.test_tombstones import RUN, _born_in_an_outage
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

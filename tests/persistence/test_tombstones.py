@@ -43,6 +43,7 @@ from code_hero.persistence.records import (
     ThreadStatus,
 )
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.tombstones import judge_for
 from code_hero.persistence.transfer import migrate_backends
 from code_hero.persistence.unreachable import is_backend_error
@@ -444,28 +445,23 @@ async def test_the_tombstone_migration_on_a_database_of_the_previous_version(
         await pool.close()
 
 
-class _OldSqlite(SqliteRegistry):
-    """The registry as the previous release had it (no tombstone table), deleting as it
-    did (the delete statements of today's registry but the tombstone's)."""
+class _OldDeletion(SqlRegistry):
+    """Deleting as the previous release did: today's delete statements but the tombstone's."""
+
+    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
+        async with self._session(atomic=True) as s:
+            runs = await s.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", [thread_id])
+            threads = await s.execute(
+                "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
+            )
+        return threads > 0, runs
+
+
+class _OldSqlite(_OldDeletion, SqliteRegistry):
+    """The registry as the previous release had it (no tombstone table)."""
 
     migrations = SQLITE_MIGRATIONS[:-1]
 
-    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
-        async with self._session(atomic=True) as s:
-            runs = await s.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", [thread_id])
-            threads = await s.execute(
-                "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
-            )
-        return threads > 0, runs
 
-
-class _OldPostgres(PostgresRegistry):
+class _OldPostgres(_OldDeletion, PostgresRegistry):
     migrations = POSTGRES_MIGRATIONS[:-1]
-
-    async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
-        async with self._session(atomic=True) as s:
-            runs = await s.execute("DELETE FROM code_hero_runs WHERE thread_id = ?", [thread_id])
-            threads = await s.execute(
-                "DELETE FROM code_hero_threads WHERE thread_id = ?", [thread_id]
-            )
-        return threads > 0, runs

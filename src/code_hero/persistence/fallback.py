@@ -38,7 +38,7 @@ from code_hero.persistence.entries import Entry, TouchThread
 from code_hero.persistence.fallback_deletes import RouterDeletes
 from code_hero.persistence.fallback_failover import Outage
 from code_hero.persistence.fallback_state import PoolBusyError, PrimaryUnreachableError, log
-from code_hero.persistence.recovery import retry_quarantined, sync_back
+from code_hero.persistence.recovery import forget_before_read, retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, close_quietly
 
 __all__ = [
@@ -247,6 +247,9 @@ class FallbackRouter(RouterDeletes):
         """The checkpoint the config names (or the latest), from whichever slot has it."""
         thread_id = thread_of(config)
         for slot in self._read_order(thread_id):
+            # Kept, the primary had nothing: unless another replica deleted it since.
+            if slot is not self.primary and await forget_before_read(self, thread_id):
+                return None
             found = await self._read(slot, "get_tuple", lambda s: s.aget_tuple(config))
             if found is not None:
                 return found
@@ -268,6 +271,9 @@ class FallbackRouter(RouterDeletes):
             slots = self._read_order(thread_of(config))
         merged: dict[tuple[str, str, str], CheckpointTuple] = {}
         for slot in slots:
+            if config is not None and slot is not self.primary and not merged:
+                if await forget_before_read(self, thread_of(config)):  # as `read_tuple`
+                    break
 
             async def listing(saver: BaseCheckpointSaver[Any]) -> list[CheckpointTuple]:
                 return [

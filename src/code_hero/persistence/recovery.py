@@ -10,7 +10,9 @@ calls both (`FallbackRouter.recover`, `FallbackRouter.check`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from code_hero.config import CheckpointerConfig
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SMALL_REMAINDER",
+    "forget_before_read",
     "forget_if_deleted",
     "retry_quarantined",
     "step_timeout",
@@ -149,30 +152,69 @@ async def retry_quarantined(router: FallbackRouter) -> None:
                 await _forget_copies(router, thread_id)
 
 
-async def forget_if_deleted(router: FallbackRouter, thread_id: str) -> None:
+async def forget_if_deleted(router: FallbackRouter, thread_id: str) -> bool:
     """Before a run's admission on a thread kept across a recovery (a quarantined
     entry), the primary serving: if another replica deleted the thread since (its
-    tombstone, `tombstones.deleted_copies`), forget its entries and fallback copies.
-    A kept thread's reads fall back to the fallback's copies where the primary has
-    none, so a run on the id made anew would start from the deleted thread's state."""
-    kept = thread_id in router.local_threads or thread_id in router.fallback_threads
-    primary, source = router.primary.backend, _sync_source(router)
-    if not router.serving or not kept or primary is None or source is None:
-        return
-    last = router.last_outage
+    tombstone, `tombstones.deleted_copies`), forget its entries and fallback copies;
+    True when it did. A kept thread's reads fall back to the fallback's copies where
+    the primary has none, so a run on the id made anew would start from the deleted
+    thread's state (and a read of it answer that state: `forget_before_read`).
+
+    The look is outside the journal's step lock (bounded by `step_timeout`): an
+    admission on a kept thread no deletion ended does not wait behind a quarantine
+    retry's replay. Only a thread found deleted takes the lock, and is looked at again
+    under it: still kept, its copies unchanged since by a replay."""
+    if not _kept(router, thread_id):
+        return False
+    timeout = step_timeout(router.primary.config)
+    async with asyncio.timeout(timeout):
+        if not await _deleted_since(router, thread_id):
+            return False
     async with router.journal.step_lock:
-        gone = await deleted_copies(primary, source, [thread_id], None if last is None else last[0])
-        if thread_id not in gone:
-            return
+        if not _kept(router, thread_id):  # settled, forgotten or failed over meanwhile
+            return False
+        async with asyncio.timeout(timeout):
+            gone = await _deleted_since(router, thread_id)
+        if gone is None:
+            return False
         dropped = router.journal.drop_thread_locked(thread_id)
         await _forget_copies(router, thread_id)
     log.warning(
         "thread %s was deleted on the primary at %s, after this replica's outage: its "
         "copies here and %d quarantined entries are dropped",
         thread_id,
-        gone[thread_id].isoformat(),
+        gone.isoformat(),
         dropped,
     )
+    return True
+
+
+async def forget_before_read(router: FallbackRouter, thread_id: str) -> bool:
+    """`forget_if_deleted` before a read of a kept thread goes on to the fallback's
+    copies (the primary had nothing of it): a client that deleted the thread through
+    another replica and made it anew would read the deleted thread's state. True when
+    its copies were forgotten: nothing of it to read. An unreachable primary fails
+    over, as the read itself would (`FallbackRouter._failing_over`)."""
+    if not _kept(router, thread_id):
+        return False
+    async with router._failing_over(router.primary, "reading this thread"):
+        return await forget_if_deleted(router, thread_id)
+
+
+def _kept(router: FallbackRouter, thread_id: str) -> bool:
+    """Whether the thread is kept across a recovery, the primary serving."""
+    kept = thread_id in router.local_threads or thread_id in router.fallback_threads
+    return kept and router.serving and router.primary.backend is not None
+
+
+async def _deleted_since(router: FallbackRouter, thread_id: str) -> datetime | None:
+    """When the primary deleted the thread the fallback's copies are of; None if not."""
+    primary, source = router.primary.backend, _sync_source(router)
+    if primary is None or source is None:
+        return None
+    last = router.last_outage
+    gone = await deleted_copies(primary, source, [thread_id], None if last is None else last[0])
+    return gone.get(thread_id)
 
 
 async def _forget_copies(router: FallbackRouter, thread_id: str) -> None:

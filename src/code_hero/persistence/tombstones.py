@@ -13,7 +13,8 @@ a creating touch makes no row of an id deleted since it was journalled
 (`TouchThread`), and the journal looks again after the replay, deleting the
 checkpoints that went in of a thread found deleted then (`journal._purge_deleted`).
 A thread kept across the switch that another replica deletes is forgotten at
-the next run's admission on its id (`recovery.forget_if_deleted`).
+the next run's admission on its id (`recovery.forget_if_deleted`), or at the next
+read that would fall back to its copies (`recovery.forget_before_read`).
 
 Which incarnation of an id a copy is of:
 - a thread born in the outage (the fallback holds its row, created at c): a

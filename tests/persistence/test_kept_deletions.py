@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.auth import ANONYMOUS
 from code_hero.config import CheckpointerConfig
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence import recovery
 from code_hero.persistence.entries import PutCheckpoint
 from code_hero.persistence.journal import Quarantined
 from code_hero.persistence.records import RunRecord, RunStatus
@@ -126,3 +128,39 @@ async def test_an_admission_on_a_kept_thread_not_deleted_does_not_wait_for_the_s
     admitted, _ = await admission
     assert admitted is not None and admitted.run_id == run.run_id
     assert router.is_local(thread_id) and router.quarantined  # kept: not deleted
+
+
+async def test_a_list_of_a_thread_made_anew_elsewhere_lists_nothing_of_the_deleted_one(
+    replicas: tuple[Gateway, Gateway],
+) -> None:
+    # A deletes kept t, makes it anew and runs on it: B's list merged the primary's
+    # checkpoints with B's copies of the deleted thread's (review).
+    a, b = replicas
+    thread_id = await _a_thread_kept_across_a_recovery(b)
+    old = {c.checkpoint["id"] for c in await _listed(b, thread_id)}
+    assert (await a.delete_thread(thread_id)).deleted
+    await a.start_run(StartRun(thread_id=thread_id, graph="slow", input={}, wait=True))
+    listed = {c.checkpoint["id"] for c in await _listed(b, thread_id)}
+    assert listed and not (listed & old)
+
+
+@pytest.mark.parametrize("primary_config", ["postgres"], indirect=True)
+async def test_a_slow_tombstone_look_fails_nothing_over(
+    replicas: tuple[Gateway, Gateway],
+    primary_config: CheckpointerConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The tombstones locked by another session (a slow primary that answers): a read of a
+    # kept thread the primary has nothing of gives up the look, not the primary (review).
+    _, b = replicas
+    thread_id = await _a_thread_kept_across_a_recovery(b)
+    monkeypatch.setattr(recovery, "step_timeout", lambda config: 0.5)
+    async with await psycopg.AsyncConnection.connect(primary_config.connection_string) as conn:
+        await conn.execute("LOCK TABLE code_hero_deleted_threads IN ACCESS EXCLUSIVE MODE")
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "none-here"}}
+        try:
+            assert await b.manager.get_checkpointer().aget_tuple(config) is None
+        finally:
+            await conn.rollback()
+    assert b.manager.router.serving
+    assert thread_id in b.manager.router.local_threads  # its copies stay: not known deleted

@@ -271,8 +271,10 @@ class FallbackRouter(RouterDeletes):
             slots = self._read_order(thread_of(config))
         merged: dict[tuple[str, str, str], CheckpointTuple] = {}
         for slot in slots:
-            if config is not None and slot is not self.primary and not merged:
-                if await forget_before_read(self, thread_of(config)):  # as `read_tuple`
+            # As `read_tuple`; also when the primary listed some: they may be of a thread
+            # made anew under the id, and the fallback's of the deleted one (review).
+            if config is not None and slot is not self.primary:
+                if await forget_before_read(self, thread_of(config)):
                     break
 
             async def listing(saver: BaseCheckpointSaver[Any]) -> list[CheckpointTuple]:

@@ -166,15 +166,12 @@ async def forget_if_deleted(router: FallbackRouter, thread_id: str) -> bool:
     under it: still kept, its copies unchanged since by a replay."""
     if not _kept(router, thread_id):
         return False
-    timeout = step_timeout(router.primary.config)
-    async with asyncio.timeout(timeout):
-        if not await _deleted_since(router, thread_id):
-            return False
+    if not await _looked(router, thread_id):
+        return False
     async with router.journal.step_lock:
         if not _kept(router, thread_id):  # settled, forgotten or failed over meanwhile
             return False
-        async with asyncio.timeout(timeout):
-            gone = await _deleted_since(router, thread_id)
+        gone = await _looked(router, thread_id)
         if gone is None:
             return False
         dropped = router.journal.drop_thread_locked(thread_id)
@@ -205,6 +202,24 @@ def _kept(router: FallbackRouter, thread_id: str) -> bool:
     """Whether the thread is kept across a recovery, the primary serving."""
     kept = thread_id in router.local_threads or thread_id in router.fallback_threads
     return kept and router.serving and router.primary.backend is not None
+
+
+async def _looked(router: FallbackRouter, thread_id: str) -> datetime | None:
+    """`_deleted_since`, bounded by `step_timeout`. A look that takes longer (a slow
+    primary that answers: a lock, a load) reads as "not known deleted": a timeout is
+    not a verdict on the primary, and failing the gateway over for it would be an
+    outage of its own making (review). An unreachable primary still raises."""
+    timeout = step_timeout(router.primary.config)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _deleted_since(router, thread_id)
+    except TimeoutError:
+        log.warning(
+            "looking for a deletion of kept thread %s took over %s s; its copies here stay",
+            thread_id,
+            timeout,
+        )
+        return None
 
 
 async def _deleted_since(router: FallbackRouter, thread_id: str) -> datetime | None:

@@ -24,6 +24,7 @@ from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from tests.conftest import PG_ADMIN_URL, _pg_url
 from tests.faults import cancelled_at_every_step
+from tests.pgtrips import count_pg_trips
 
 pytestmark = pytest.mark.postgres
 
@@ -220,3 +221,26 @@ async def test_a_write_cancelled_mid_pipeline_leaves_no_broken_connection_in_the
     async with AsyncConnectionPool(pg_database, min_size=1, max_size=1, open=False) as pool:
         broken = await cancelled_at_every_step(pool, lambda _: write_statements(pool, planned), 40)
     assert broken == []
+
+
+@pytest.mark.postgres
+async def test_a_batch_is_one_round_trip_and_all_or_nothing(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN, the statements and COMMIT go in one trip (were four: psycopg's transaction
+    in a pipeline syncs at its start and end); a failed statement leaves nothing."""
+    async with AsyncConnectionPool(
+        pg_database, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
+    ) as pool:
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE t (a int PRIMARY KEY)")
+        insert = "INSERT INTO t (a) VALUES (%s)"
+        trips = count_pg_trips(monkeypatch)
+        await write_statements(pool, [(insert, [(1,)]), (insert, [(2,), (3,)])])
+        assert len(trips) == 1
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await write_statements(pool, [(insert, [(4,)]), (insert, [(5,), (1,)])])
+        async with pool.connection() as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            rows = await (await conn.execute("SELECT a FROM t ORDER BY a")).fetchall()
+    assert rows == [(1,), (2,), (3,)]

@@ -16,12 +16,14 @@ still carries every channel, so replayed on its own it stays whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_serializable_checkpoint_metadata
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -46,14 +48,14 @@ async def put_batch(
 
 
 async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Statement]) -> None:
-    """Run `planned` in order in one pipelined transaction on one pooled connection."""
+    """Run `planned` in order in one pipelined transaction on one pooled connection: its
+    BEGIN, statements and COMMIT in one round trip (psycopg's `transaction()` in a
+    pipeline syncs at its start and its end: three trips more, issue 15). A statement
+    that fails skips the rest, the COMMIT too, and the transaction is rolled back."""
     async with pool.connection() as conn:
         try:
-            async with (
-                conn.pipeline(),
-                conn.transaction(),
-                conn.cursor(binary=True, row_factory=dict_row) as cur,
-            ):
+            async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                await cur.execute("BEGIN")
                 for sql, rows in planned:
                     if not rows:  # aput_writes with no writes
                         continue
@@ -61,12 +63,18 @@ async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Sta
                         await cur.execute(sql, rows[0])
                     else:
                         await cur.executemany(sql, rows)
+                await cur.execute("COMMIT")
         except asyncio.CancelledError:
             # Cancelled mid-pipeline, psycopg can leave the connection in pipeline mode
             # with results unread: back in the pool, the next borrower's statements would
             # read no rows (an INSERT ... RETURNING with none, a rowcount of -1). Closed,
-            # the pool replaces it.
+            # the pool replaces it (and the server rolls back what it began).
             await conn.close()
+            raise
+        except BaseException:
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
             raise
 
 

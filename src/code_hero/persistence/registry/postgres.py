@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -34,18 +36,27 @@ def _pg_sql(sql: str) -> str:
 
 
 class _PgSession:
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    """A session on one pooled (autocommit) connection; with `begin`, one transaction
+    whose control statements ride with its statements in psycopg's pipeline mode (issue
+    15): BEGIN goes out with the first statement, an `executemany` (which answers
+    nothing) waits for the session's next trip, and COMMIT goes with the statement
+    marked `last`, else with what still waits at the session's end. Each trip is one
+    round trip, however many statements it carries. A statement that fails in a trip
+    skips the rest of it (the COMMIT too): the session's end rolls back."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], *, begin: bool = False) -> None:
         self._conn = conn
+        self._begin = begin  # BEGIN not sent yet: it rides with the first trip
+        self._atomic = begin
+        self._waiting: list[tuple[str, Sequence[Any], bool | None]] = []
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
-        async with self._conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_pg_sql(sql), params)
-            return await cur.fetchall() if cur.description else []
+        cur = await self._trip((_pg_sql(sql), params, None), last=last, rows=True)
+        return await cur.fetchall() if cur.description else []
 
     async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
-        async with self._conn.cursor() as cur:
-            await cur.execute(_pg_sql(sql), params)
-            return cur.rowcount
+        cur = await self._trip((_pg_sql(sql), params, None), last=last)
+        return cur.rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         # psycopg's executemany runs a pipeline and a prepared statement per row: about
@@ -53,22 +64,82 @@ class _PgSession:
         # One row is one statement; an INSERT of one VALUES row is one INSERT of them all.
         if not rows:
             return
+        statements = _statements(sql, rows)
+        if self._atomic:  # with the session's next trip, in order
+            self._waiting.extend(statements)
+            return
         async with self._conn.cursor() as cur:
-            if len(rows) == 1:
-                await cur.execute(_pg_sql(sql), rows[0])
-                return
-            values = _values_row(sql)
-            if values is None:
+            if len(statements) == 1:
+                await cur.execute(*statements[0][:2], prepare=statements[0][2])
+            elif _values_row(sql) is None:
                 await cur.executemany(_pg_sql(sql), rows)
-                return
-            head, row, tail = values
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                statement = f"{head}{', '.join([row] * len(chunk))}{tail}"
-                params = [value for r in chunk for value in r]
-                # Not prepared: a statement per batch size would churn the connection's
-                # prepared statements (nor through `_pg_sql`'s cache: its parts are).
-                await cur.execute(statement, params, prepare=False)
+            else:
+                for statement, params, prepare in statements:
+                    await cur.execute(statement, params, prepare=prepare)
+
+    async def end(self) -> None:
+        """Commit the session's transaction with the statements still waiting; nothing
+        when no statement ran (no BEGIN went out) or the `last` one committed."""
+        if self._waiting:
+            await self._trip(None, last=True)
+        elif self._conn.info.transaction_status == TransactionStatus.INTRANS:
+            await self._conn.commit()
+
+    async def _trip(
+        self,
+        statement: tuple[str, Sequence[Any], bool | None] | None,
+        *,
+        last: bool,
+        rows: bool = False,
+    ) -> psycopg.AsyncCursor[Any]:
+        """`statement` (and a cursor with its result) in one round trip, with a BEGIN
+        not sent yet, the statements waiting, and COMMIT when `last` in a transaction."""
+        cur: psycopg.AsyncCursor[Any] = (
+            self._conn.cursor(row_factory=dict_row) if rows else self._conn.cursor()
+        )
+        commit = last and self._atomic
+        if not (self._begin or self._waiting or commit):
+            if statement is not None:
+                await cur.execute(statement[0], statement[1], prepare=statement[2])
+            return cur
+        try:
+            async with self._conn.pipeline():
+                if self._begin:
+                    self._begin = False
+                    await self._conn.execute("BEGIN")
+                waiting, self._waiting = self._waiting, []
+                for sql, params, prepare in waiting:
+                    await self._conn.execute(sql, params, prepare=prepare)
+                if statement is not None:
+                    await cur.execute(statement[0], statement[1], prepare=statement[2])
+                if commit:
+                    await self._conn.execute("COMMIT")
+        except asyncio.CancelledError:
+            # Cancelled mid-pipeline, psycopg can leave the connection in pipeline mode
+            # with results unread (as bulk.write_statements says): closed, the pool
+            # replaces it, and the server rolls back what the trip began.
+            await self._conn.close()
+            raise
+        return cur
+
+
+def _statements(
+    sql: str, rows: Sequence[Sequence[Any]]
+) -> list[tuple[str, Sequence[Any], bool | None]]:
+    """An executemany's statements: one per row, or, for an INSERT of one VALUES row,
+    one per _ROWS_PER_INSERT rows (the `prepare` flag of each as its third item)."""
+    values = _values_row(sql)
+    if values is None or len(rows) == 1:
+        return [(_pg_sql(sql), row, None) for row in rows]
+    head, row, tail = values
+    statements: list[tuple[str, Sequence[Any], bool | None]] = []
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        statement = f"{head}{', '.join([row] * len(chunk))}{tail}"
+        # Not prepared: a statement per batch size would churn the connection's
+        # prepared statements (nor through `_pg_sql`'s cache: its parts are).
+        statements.append((statement, [value for r in chunk for value in r], False))
+    return statements
 
 
 _ROWS_PER_INSERT = 500  # far below PostgreSQL's 65,535 parameters at a row's width
@@ -122,11 +193,20 @@ class PostgresRegistry(SqlRegistry):
     @asynccontextmanager
     async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
         async with self.pool.connection() as conn:
-            if atomic:
-                async with conn.transaction():
-                    yield _PgSession(conn)
-            else:
+            if not atomic:
                 yield _PgSession(conn)
+                return
+            session = _PgSession(conn, begin=True)
+            try:
+                yield session
+                await session.end()
+            except BaseException:
+                # A failed or cancelled session never commits: what it began (a failed
+                # trip leaves the transaction aborted) is rolled back.
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(Exception):
+                        await conn.rollback()
+                raise
 
     async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one

@@ -1,0 +1,125 @@
+"""The PostgreSQL registry's atomic session: BEGIN rides with its first statement, an
+`executemany` with the session's next trip, COMMIT with the statement marked `last`
+(else with what waits at the end), all in psycopg's pipeline mode. Trips are counted
+as the waits that read the server's answer (one a round trip)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+
+from code_hero.persistence.registry import PostgresRegistry
+from tests.faults import until
+from tests.persistence.registry.support import events, make_pool, put, run
+from tests.pgtrips import count_pg_trips
+
+INSERT = (
+    "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
+    "VALUES (?, 'IDLE', '{}', now(), now())"
+)
+
+
+@pytest.fixture
+async def pg_registry(pg_database: str) -> AsyncIterator[PostgresRegistry]:
+    pool = make_pool(pg_database)
+    await pool.open()
+    try:
+        registry = PostgresRegistry(pool)
+        await registry.setup()
+        yield registry
+    finally:
+        await pool.close()
+
+
+async def names(registry: PostgresRegistry) -> list[str]:
+    async with registry._session() as s:
+        rows = await s.fetch("SELECT thread_id FROM code_hero_threads ORDER BY thread_id")
+    return [r["thread_id"] for r in rows]
+
+
+async def test_begin_rides_with_the_first_statement_and_commit_at_the_end(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = count_pg_trips(monkeypatch)
+    async with pg_registry._session(atomic=True) as s:
+        assert await s.fetch("SELECT count(*) AS n FROM code_hero_threads") == [{"n": 0}]
+        assert await s.execute(INSERT, ["a"]) == 1
+    assert len(trips) == 3  # begin + select, insert, commit (were 4)
+    assert await names(pg_registry) == ["a"]
+
+
+async def test_a_batch_and_the_last_statement_commit_in_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = count_pg_trips(monkeypatch)
+    async with pg_registry._session(atomic=True) as s:
+        await s.executemany(INSERT, [["a"], ["b"]])
+        await s.executemany(INSERT, [["c"]])
+        updated = await s.execute(
+            "UPDATE code_hero_threads SET status = 'BUSY' WHERE thread_id <> ?", ["c"], last=True
+        )
+    assert updated == 2
+    assert len(trips) == 1  # begin, inserts, update, commit (were 5)
+    async with pg_registry._session(atomic=True) as s:
+        await s.executemany(INSERT, [["d"]])  # waits for the commit at the end
+    assert len(trips) == 2
+    assert await names(pg_registry) == ["a", "b", "c", "d"]
+
+
+async def test_an_event_batch_is_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(pg_registry, "t1")
+    await pg_registry.put_run(run("r1"))
+    trips = count_pg_trips(monkeypatch)
+    await pg_registry.store_batch(events("r1", "t1", 1, 2, 3), {"r1": {"input_tokens": 7}})
+    assert len(trips) == 2  # begin + the runs locked; inserts, update, commit (were 5)
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2, 3]
+    stored = await pg_registry.get_run("r1")
+    assert stored is not None and stored.input_tokens == 7
+
+
+async def test_a_failed_batch_rolls_the_whole_session_back(
+    pg_registry: PostgresRegistry,
+) -> None:
+    async with pg_registry._session(atomic=True) as s:
+        await s.execute(INSERT, ["a"])
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        async with pg_registry._session(atomic=True) as s:
+            await s.execute(INSERT, ["b"])
+            await s.executemany(INSERT, [["c"], ["a"]])  # its error comes with the commit
+    assert await names(pg_registry) == ["a"]
+    async with pg_registry.pool.connection() as conn:  # back in the pool, idle
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def test_a_session_cancelled_in_its_last_trip_does_not_commit(
+    pg_registry: PostgresRegistry,
+) -> None:
+    async def session() -> None:
+        async with pg_registry._session(atomic=True) as s:
+            await s.executemany(INSERT, [["a"]])
+            await s.execute("SELECT pg_sleep(30)", last=True)
+
+    task = asyncio.create_task(session())
+
+    async def sleeping() -> bool:
+        async with pg_registry._session() as s:
+            rows = await s.fetch(
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+            )
+        return bool(rows[0]["n"])
+
+    await until(sleeping)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await names(pg_registry) == []  # the server rolled the closed session back
+    async with pg_registry._session(atomic=True) as s:  # the pool serves on
+        await s.execute(INSERT, ["b"], last=True)
+    assert await names(pg_registry) == ["b"]

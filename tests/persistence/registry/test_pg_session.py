@@ -6,6 +6,7 @@ as the waits that read the server's answer (one a round trip)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -123,3 +124,21 @@ async def test_a_session_cancelled_in_its_last_trip_does_not_commit(
     async with pg_registry._session(atomic=True) as s:  # the pool serves on
         await s.execute(INSERT, ["b"], last=True)
     assert await names(pg_registry) == ["b"]
+
+
+async def test_a_body_that_caught_a_waiting_statements_error_does_not_end_quietly(
+    pg_registry: PostgresRegistry,
+) -> None:
+    # A waiting executemany's error comes with the next statement, so a body catching
+    # that statement's error caught the batch's; ended as if it committed, the session
+    # wrote nothing and said nothing (review).
+    async with pg_registry._session(atomic=True) as s:
+        await s.execute(INSERT, ["a"])
+    with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+        async with pg_registry._session(atomic=True) as s:
+            await s.executemany(INSERT, [["a"]])
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                await s.execute(INSERT, ["b"])
+    assert await names(pg_registry) == ["a"]
+    async with pg_registry.pool.connection() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE

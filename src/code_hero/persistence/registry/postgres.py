@@ -79,7 +79,14 @@ class _PgSession:
 
     async def end(self) -> None:
         """Commit the session's transaction with the statements still waiting; nothing
-        when no statement ran (no BEGIN went out) or the `last` one committed."""
+        when no statement ran (no BEGIN went out) or the `last` one committed. A waiting
+        statement's error is raised by the session's next trip, so a body that caught
+        an error and went on may have caught an earlier statement's: its transaction
+        failed, and the session says so rather than end as if it had committed."""
+        if self._conn.info.transaction_status == TransactionStatus.INERROR:
+            raise psycopg.errors.InFailedSqlTransaction(
+                "the session's transaction failed on an earlier statement; nothing is committed"
+            )
         if self._waiting:
             await self._trip(None, last=True)
         elif self._conn.info.transaction_status == TransactionStatus.INTRANS:

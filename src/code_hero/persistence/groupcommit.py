@@ -24,7 +24,6 @@ pipelined transaction. Each caller returns once that transaction has committed.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.bulk import Statement, statements, write_statements
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
+from code_hero.persistence.grouping import GroupCommitter, settle
 from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import is_backend_error
 
@@ -57,16 +57,13 @@ Item = PutCheckpoint | PutWrites
 Planned = list[Statement] | Exception
 
 
-class GroupCommitSaverPool(SaverPool):
+class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
     """A `SaverPool` of stock `AsyncPostgresSaver`s whose writes commit in groups."""
 
     def __init__(self, instances: Sequence[BaseCheckpointSaver[str]]) -> None:
         super().__init__(instances)
         if not all(isinstance(i, AsyncPostgresSaver) for i in self.instances):
             raise TypeError("GroupCommitSaverPool needs AsyncPostgresSaver instances")
-        self._queue: deque[tuple[Item, asyncio.Future[None]]] = deque()
-        self._flusher: asyncio.Task[None] | None = None
-        self._alone = False  # a write commits in its caller's task (nothing else queued)
         # Transactions committed and the writes they carried (bench and tests).
         self.transactions = 0
         self.committed = 0
@@ -104,54 +101,20 @@ class GroupCommitSaverPool(SaverPool):
     ) -> None:
         await self._write(PutWrites(config, tuple(writes), task_id, task_path))
 
-    async def _write(self, item: Item) -> None:
-        """Commit `item`: in this task, alone, when no other write is queued or in
-        flight (a lone thread's write pays no hop to the flusher and back, which cost
-        sequential runs a sixth of their rate); else in the next group."""
-        if self._flusher is not None or self._queue or self._alone:
-            await self._submit(item)
-            return
-        self._alone = True
-        try:
-            (plan,) = _plan(self._stock, [item])
-            if isinstance(plan, Exception):
-                raise plan
-            await write_statements(self._pool, plan)
-            self.transactions += 1
-            self.committed += 1
-        finally:
-            self._alone = False
-            if self._queue and self._flusher is None:  # they queued behind this one
-                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+    def _group_limit(self) -> int:
+        return MAX_BATCH  # read at each group (a test lowers it)
 
-    def _submit(self, item: Item) -> asyncio.Future[None]:
-        """Queue `item`; the future is done once its transaction has committed."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.append((item, done))
-        if self._flusher is None and not self._alone:
-            self._flusher = loop.create_task(self._flush())
-        return done
+    async def _write_alone(self, item: Item) -> None:
+        """A write alone in its caller's task: a lone thread's write pays no hop to the
+        flusher and back, which cost sequential runs a sixth of their rate."""
+        (plan,) = _plan(self._stock, [item])
+        if isinstance(plan, Exception):
+            raise plan
+        await write_statements(self._pool, plan)
+        self.transactions += 1
+        self.committed += 1
 
-    async def _flush(self) -> None:
-        """Commit what is queued, one transaction at a time, until the queue is empty."""
-        try:
-            while self._queue:
-                batch: list[tuple[Item, asyncio.Future[None]]] = []
-                while self._queue and len(batch) < MAX_BATCH:
-                    item, done = self._queue.popleft()
-                    if not done.done():  # else its caller was cancelled: drop it
-                        batch.append((item, done))
-                if batch:
-                    await self._commit(batch)
-        finally:
-            self._flusher = None
-            # Only when this task itself is cancelled (the loop closing): its
-            # callers must not wait for a transaction that will never come.
-            while self._queue:
-                self._queue.popleft()[1].cancel()
-
-    async def _commit(self, batch: list[tuple[Item, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> None:
         try:
             items = [item for item, _ in batch]
             planned = (
@@ -159,10 +122,10 @@ class GroupCommitSaverPool(SaverPool):
                 if len(items) <= INLINE_PLAN
                 else await asyncio.to_thread(_plan, self._stock, items)
             )
-            ready: list[tuple[list[Statement], asyncio.Future[None]]] = []
+            ready: list[tuple[list[Statement], asyncio.Future[Any]]] = []
             for plan, (_, done) in zip(planned, batch, strict=True):
                 if isinstance(plan, Exception):
-                    _settle(done, plan)
+                    settle(done, plan)
                 else:
                     ready.append((plan, done))
             if not ready:
@@ -172,23 +135,23 @@ class GroupCommitSaverPool(SaverPool):
             except Exception as exc:
                 if len(ready) == 1 or is_backend_error(exc):
                     for _, done in ready:
-                        _settle(done, exc)
+                        settle(done, exc)
                     return
                 await self._one_by_one(ready)
                 return
             self.transactions += 1
             self.committed += len(ready)
             for _, done in ready:
-                _settle(done, None)
+                settle(done, None)
         except asyncio.CancelledError as exc:
             for _, done in batch:  # the loop is closing: no caller is left waiting
-                _settle(done, exc)
+                settle(done, exc)
             raise
         except Exception as exc:  # a worker thread refused (shutting down): fail the batch
             for _, done in batch:
-                _settle(done, exc)
+                settle(done, exc)
 
-    async def _one_by_one(self, ready: list[tuple[list[Statement], asyncio.Future[None]]]) -> None:
+    async def _one_by_one(self, ready: list[tuple[list[Statement], asyncio.Future[Any]]]) -> None:
         """Each write in a transaction of its own: only a bad one fails, its caller only."""
         for i, (plan, done) in enumerate(ready):
             try:
@@ -196,24 +159,13 @@ class GroupCommitSaverPool(SaverPool):
             except Exception as exc:
                 if is_backend_error(exc):  # the database went away meanwhile: stop there
                     for _, rest in ready[i:]:
-                        _settle(rest, exc)
+                        settle(rest, exc)
                     return
-                _settle(done, exc)
+                settle(done, exc)
                 continue
             self.transactions += 1
             self.committed += 1
-            _settle(done, None)
-
-
-def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
-    if done.done():  # its caller was cancelled meanwhile
-        return
-    if outcome is None:
-        done.set_result(None)
-    elif isinstance(outcome, asyncio.CancelledError):
-        done.cancel()
-    else:
-        done.set_exception(outcome)
+            settle(done, None)
 
 
 def _plan(saver: AsyncPostgresSaver, items: list[Item]) -> list[Planned]:

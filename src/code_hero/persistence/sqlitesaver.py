@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -22,6 +21,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from code_hero.persistence.grouping import GroupCommitter, settle
+
 __all__ = ["MAX_GROUP", "OneTripSqliteSaver"]
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ MAX_GROUP = 64
 Write = tuple[str, tuple[Any, ...]]
 
 
-class OneTripSqliteSaver(AsyncSqliteSaver):
+class OneTripSqliteSaver(GroupCommitter[Write], AsyncSqliteSaver):
     """`AsyncSqliteSaver` with two changes: `aget_tuple`, `aput` and `aput_writes`
     run the sync saver's own method (same SQL, same serializer) on aiosqlite's
     thread, in one trip; and the writes that arrive while another write or the
@@ -75,9 +76,6 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
         super().__init__(conn, serde=serde)
         self._twin: SqliteSaver | None = None
         self._grouped: SqliteSaver | None = None
-        self._queue: deque[tuple[Write, asyncio.Future[Any]]] = deque()
-        self._flusher: asyncio.Task[None] | None = None
-        self._alone = False  # a write goes out in its caller's task (nothing else queued)
         # Transactions that committed writes, and the writes they carried (bench, tests).
         self.transactions = 0
         self.committed = 0
@@ -125,54 +123,20 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
     ) -> None:
         await self._write(("put_writes", (config, writes, task_id, task_path)))
 
+    def _group_limit(self) -> int:
+        return MAX_GROUP
+
     async def _write(self, write: Write) -> Any:
-        """Commit `write`: in this task, alone, when no other write is queued or in
-        flight; else in the next group. Its method's result."""
-        twin = await self._sync_twin()
-        if self._flusher is not None or self._queue or self._alone:
-            return await self._submit(write)
-        self._alone = True
-        try:
-            name, args = write
-            result = await self._one_trip(getattr(twin, name), *args)
-            self.transactions += 1
-            self.committed += 1
-            return result
-        finally:
-            self._alone = False
-            if self._queue and self._flusher is None:  # they queued behind this one
-                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await self._sync_twin()  # the tables, before the write goes alone or queues
+        return await super()._write(write)
 
-    def _submit(self, write: Write) -> asyncio.Future[Any]:
-        """Queue `write`; the future is done once its group has committed."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((write, done))
-        if self._flusher is None and not self._alone:
-            self._flusher = loop.create_task(self._flush())
-        return done
-
-    async def _flush(self) -> None:
-        """Commit what is queued, one group at a time, until the queue is empty."""
-        stopped: BaseException = asyncio.CancelledError()
-        try:
-            while self._queue:
-                group: list[tuple[Write, asyncio.Future[Any]]] = []
-                while self._queue and len(group) < MAX_GROUP:
-                    write, done = self._queue.popleft()
-                    if not done.done():  # else its caller was cancelled: drop it
-                        group.append((write, done))
-                if group:
-                    await self._commit(group)
-        except Exception as exc:  # the connection closed: its group has this error
-            stopped = exc
-        finally:
-            self._flusher = None
-            # The writes still queued will never get a group: their callers get the
-            # error that stopped it (a failed write, not a cancelled one), or are
-            # cancelled with this task (the loop closing).
-            while self._queue:
-                _settle(self._queue.popleft()[1], stopped)
+    async def _write_alone(self, write: Write) -> Any:
+        assert self._twin is not None
+        name, args = write
+        result = await self._one_trip(getattr(self._twin, name), *args)
+        self.transactions += 1
+        self.committed += 1
+        return result
 
     async def _commit(self, group: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         assert self._twin is not None and self._grouped is not None
@@ -184,13 +148,13 @@ class OneTripSqliteSaver(AsyncSqliteSaver):
                 )
         except BaseException as exc:  # the connection closed, or the loop is closing
             for _, done in group:
-                _settle(done, exc)
+                settle(done, exc)
             raise
         self.transactions += transactions
         for outcome, (_, done) in zip(outcomes, group, strict=True):
             if not isinstance(outcome, Exception):
                 self.committed += 1
-            _settle(done, outcome)
+            settle(done, outcome)
 
 
 class _Uncommitted(SqliteSaver):
@@ -234,14 +198,3 @@ def _commit_group(
         except Exception as exc:
             outcomes.append(exc)
     return outcomes, committed
-
-
-def _settle(done: asyncio.Future[Any], outcome: Any) -> None:
-    if done.done():  # its caller was cancelled meanwhile
-        return
-    if isinstance(outcome, asyncio.CancelledError):
-        done.cancel()
-    elif isinstance(outcome, BaseException):
-        done.set_exception(outcome)
-    else:
-        done.set_result(outcome)

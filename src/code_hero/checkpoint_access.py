@@ -142,6 +142,48 @@ class CheckpointAccess:
             raise page
         return page
 
+    async def thread_with_history(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        first: int = 20,
+        after: str | None = None,
+        caller: Caller = ANONYMOUS,
+    ) -> tuple[ThreadRecord | None, Page[CheckpointView] | Exception]:
+        """`get_thread`, and the page `list_checkpoints` would then give with its record
+        (or the error it would raise), both read at once.
+
+        For `thread(id:) { checkpoints }`: the thread's record and its history are
+        two round trips that depend on nothing of each other's but the access check,
+        which is made on the record before the page leaves here. A thread the caller
+        may not see is None, with an empty page and no error of the page's.
+        """
+        thread_id = check_thread_id(thread_id, "id")
+
+        async def history() -> Page[CheckpointView]:
+            check_text(namespace, "namespace")
+            check_first(first, self.settings.max_page)
+            return await self.manager.list_checkpoints(
+                thread_id, namespace=namespace, first=first, after=after
+            )
+
+        found, page = await asyncio.gather(
+            self.get_threads([thread_id], caller=caller), history(), return_exceptions=True
+        )
+        if isinstance(found, BaseException):
+            raise found
+        if isinstance(page, BaseException) and not isinstance(page, Exception):
+            raise page  # a cancellation, not the page's error
+        record = found.get(thread_id)
+        if record is None:
+            return None, Page([], None, False)
+        try:
+            may = await self._may_read(caller, thread_id, record)
+        except Exception as exc:
+            return record, exc
+        return record, page if may else Page([], None, False)
+
     async def _may_read(self, caller: Caller, thread_id: str, thread: ThreadRecord | None) -> bool:
         """CHECKPOINT_READ; ownership needs no second look-up when the thread's record,
         read live from the registry for this caller (as `thread { checkpoints }` has

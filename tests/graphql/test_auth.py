@@ -135,6 +135,8 @@ def over_legacy_ws(ws: LegacyWS) -> Run:
 # answer exactly as it does for ids that do not exist.
 LOOKS_MISSING = [
     ("query($t: ID!) { thread(id: $t) { id } }", False),
+    # The page is read with the thread: it must not show with the thread hidden.
+    ("query($t: ID!) { thread(id: $t) { checkpoints { edges { node { id values } } } } }", False),
     ("query($t: ID!) { checkpoint(threadId: $t) { id } }", False),
     ("query($t: ID!, $c: ID) { checkpoint(threadId: $t, id: $c) { id } }", False),
     ("query($r: ID!) { run(id: $r) { id thread { id } } }", False),

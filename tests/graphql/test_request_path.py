@@ -2,13 +2,15 @@
 
 Parsed documents are reused per text (never a failed one) and validated until found
 valid, an exact `application/json` Content-Type is taken without parsing it,
-`thread { checkpoints }` reads the thread once, responses are encoded with orjson
+`thread { checkpoints }` reads the thread once and at the same time as the
+page, responses are encoded with orjson
 (falling back to json for what it refuses), and so are DateTime values, and a
 checkpoint's values are rendered only when selected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -192,6 +194,41 @@ async def test_a_page_under_its_thread_reads_the_thread_once(
     nodes = [e["node"] for e in body["thread"]["checkpoints"]["edges"]]
     assert [n["id"] for n in nodes] == [v.checkpoint_id for v in direct.items]
     assert [n["values"] for n in nodes] == [v.values for v in direct.items]
+
+
+async def test_a_page_under_its_thread_is_read_with_the_thread(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`thread(id:) { checkpoints }` reads the thread's record and its page at once: the
+    registry's answer waits here until the page's read has begun, which never happens
+    when the page is read only after the thread (the wait then times out)."""
+    run = await start_run(server)
+    manager = server.gateway.manager
+    registry = manager.registry
+    began = asyncio.Event()
+    real_list, real_get = manager.list_checkpoints, registry.get_threads
+
+    async def listing(*args: Any, **kw: Any) -> Any:
+        began.set()
+        return await real_list(*args, **kw)
+
+    async def getting(*args: Any, **kw: Any) -> Any:
+        await asyncio.wait_for(began.wait(), 10)
+        return await real_get(*args, **kw)
+
+    monkeypatch.setattr(manager, "list_checkpoints", listing)
+    monkeypatch.setattr(registry, "get_threads", getting)
+    query = """query($id: ID!, $first: Int, $ns: String) { thread(id: $id) { id
+      checkpoints(first: $first, namespace: $ns) { edges { node { id values } } } } }"""
+    body = await gql(server.http, query, {"id": run["threadId"], "first": 3, "ns": ""})
+    monkeypatch.undo()
+    direct = await server.gateway.list_checkpoints(run["threadId"], first=3)
+    nodes = [e["node"] for e in data(body)["thread"]["checkpoints"]["edges"]]
+    assert [n["id"] for n in nodes] == [v.checkpoint_id for v in direct.items]
+    assert [n["values"] for n in nodes] == [v.values for v in direct.items]
+    # Another namespace, read with the thread: that namespace's page (an empty one).
+    body = await gql(server.http, query, {"id": run["threadId"], "first": 3, "ns": "sub"})
+    assert data(body)["thread"]["checkpoints"]["edges"] == []
 
 
 HISTORY = """query($id: ID!, $first: Int, $after: String) { thread(id: $id) { id

@@ -47,6 +47,8 @@ class Thread:
     )
     # The registry's record, as read for this operation's caller (None: not kept).
     record: strawberry.Private[ThreadRecord | None] = None
+    # Its `checkpoints` page, when read with the record (see resolvers.threads.thread).
+    history: strawberry.Private[resolve.History | None] = None
 
     @fields.field(
         "State of the latest root checkpoint, as JSON; null when there is none."
@@ -67,7 +69,9 @@ class Thread:
         after: str | None = None,
         namespace: str | None = "",
     ) -> CheckpointConnection:
-        return await resolve.thread_checkpoints(info, self.id, first, after, namespace, self.record)
+        return await resolve.thread_checkpoints(
+            info, self.id, first, after, namespace, self.record, self.history
+        )
 
     @fields.field("The thread's runs, newest first.")
     async def runs(

@@ -8,6 +8,9 @@ path, locations) must be identical.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import inspect
 from datetime import datetime
 from enum import Enum
 from typing import Any, NewType
@@ -28,6 +31,7 @@ from code_hero.schema.execution import (
     LeafExecutor,
     LeafField,
     ObjectField,
+    _helpers,
     install_leaf_fields,
     plain_leaf,
 )
@@ -328,6 +332,53 @@ async def test_plain_fields_are_completed_in_their_objects_loop() -> None:
     assert result.data == {"maybeItems": None}
     assert FieldCalls.calls == ["Query.maybeItems"]
     assert [e.path for e in result.errors or []] == [["maybeItems", 1, "name"]]
+
+
+async def test_an_operation_leaves_no_reference_cycle() -> None:
+    """An operation's executor, and all it refers to, go when the operation ends: not at
+    the garbage collector's next pass (graphql-core's resolver helpers, bound methods
+    of the executor it holds, made a cycle of every operation). The gateway's schema
+    parses and validates a document once (parsing and validating make cycles too)."""
+    schema = build_schema()
+    document = "{ __typename again: __typename }"
+    assert not (await schema.execute(document)).errors  # parsed, validated and kept
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            result = await schema.execute(document)
+            assert result.data == {"__typename": "Query", "again": "Query"}
+        del result
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_work_tracked_after_its_operation_ended_is_still_settled() -> None:
+    """The helpers hold their executor weakly: work a resolver hands them once it is gone
+    is settled all the same (as graphql-core settles it), not dropped."""
+
+    class Executor:
+        is_awaitable = staticmethod(inspect.isawaitable)
+
+        def track_async_work(self, values: Any) -> None:
+            tracked.extend(values)
+
+    tracked: list[Any] = []
+    executor = Executor()
+    helpers = _helpers(executor)  # type: ignore[arg-type]
+    helpers.track([1])
+    assert tracked == [1]  # alive: its own
+    del executor
+    ran: list[str] = []
+
+    async def work() -> None:
+        ran.append("ran")
+
+    helpers.track([work(), 2])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert ran == ["ran"] and tracked == [1]
 
 
 def test_the_gateway_schema_marks_plain_leaves_only() -> None:

@@ -89,3 +89,30 @@ def test_httpx_loads_only_for_a_webhook_delivery() -> None:
     # imports it (nor httpx's command line: rich, pygments).
     deferred = f"from code_hero.cli.deferred import defer_package_inits as d; d(); {SERVER}"
     assert loaded_after(deferred, "httpx") == {"httpx": False}
+
+
+def test_the_builtin_graph_loads_only_when_run() -> None:
+    # Its modules bring langchain-core's chat models (~2 MiB resident): a server whose
+    # graphs are the user's own, on the offline model, builds it at its first use.
+    load = (
+        "import asyncio; from code_hero.runs.graphs import GraphRegistry; "
+        "r = asyncio.run(GraphRegistry.load(None)); assert r.names() == ['code_hero']"
+    )
+    heavy = ("code_hero.agents.graph", "langchain_core.language_models.chat_models")
+    assert not any(loaded_after(load, *heavy).values())
+    run = f"{load}; g = r.get(None); assert g.name == 'code_hero' and r.get('code_hero') is g"
+    assert all(loaded_after(run, *heavy).values())
+
+
+def test_a_started_sqlite_server_loads_no_postgresql_driver() -> None:
+    # Not the imports only: the lifespan (the primary, the fallbacks, the bus) on SQLite.
+    start = (
+        "import asyncio, tempfile; from starlette.testclient import TestClient; "
+        "from code_hero.app import create_app; from code_hero.settings import settings_from_env; "
+        "d = tempfile.mkdtemp(); "
+        "s = settings_from_env({'CODE_HERO_DATABASE_URL': f'sqlite:///{d}/g.sqlite'}); "
+        "c = TestClient(create_app(s)); c.__enter__(); "
+        "assert c.get('/healthz').status_code == 200; c.__exit__(None, None, None)"
+    )
+    drivers = ("psycopg", "psycopg_pool", "langgraph.checkpoint.postgres")
+    assert loaded_after(start, *drivers) == dict.fromkeys(drivers, False)

@@ -15,7 +15,7 @@ import importlib.util
 import inspect
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
-from code_hero.agents import AGENTS, build_code_hero_graph, make_chat_model
+from code_hero.agents import AGENTS
 from code_hero.errors import ConfigurationError, NotFoundError
 
 __all__ = ["BUILTIN_GRAPH", "AgentInfo", "GraphInfo", "GraphRegistry", "parse_graph_specs"]
@@ -138,11 +138,24 @@ async def _materialise(name: str, target: str, obj: Any) -> Any:
     )
 
 
+Graph = Pregel[Any, Any, Any, Any]
+
+
 class GraphRegistry:
     """Named graphs, each compiled with the manager's checkpointer."""
 
-    def __init__(self, graphs: Mapping[str, Pregel[Any, Any, Any, Any]], default: str) -> None:
+    def __init__(
+        self,
+        graphs: Mapping[str, Graph],
+        default: str,
+        *,
+        deferred: Mapping[str, Callable[[], Graph]] | None = None,
+    ) -> None:
         self._graphs = dict(graphs)
+        # Graphs built at their first use: the built-in one on the offline model, which
+        # cannot fail to build (its modules are ~2 MiB resident a server of users' own
+        # graphs never needs).
+        self._deferred = {k: v for k, v in (deferred or {}).items() if k not in self._graphs}
         self.default = default
         # Rendering an input schema takes pydantic ~15 ms for the built-in graph: once
         # per graph, not once per run started (the graphs never change once loaded).
@@ -157,12 +170,21 @@ class GraphRegistry:
         default: str | None = None,
         model: str | None = None,
     ) -> GraphRegistry:
-        """Build the built-in graph and import every spec; a bad spec fails here."""
-        graphs: dict[str, Pregel[Any, Any, Any, Any]] = {
-            BUILTIN_GRAPH: build_code_hero_graph(make_chat_model(model)).compile(
+        """Import every spec and check the model; a bad spec or model fails here."""
+
+        def builtin() -> Graph:
+            from code_hero.agents import build_code_hero_graph, make_chat_model
+
+            return build_code_hero_graph(make_chat_model(model)).compile(
                 checkpointer=checkpointer, name=BUILTIN_GRAPH
             )
-        }
+
+        graphs: dict[str, Graph] = {}
+        deferred: dict[str, Callable[[], Graph]] = {}
+        if model is None:  # the offline model: nothing to check
+            deferred[BUILTIN_GRAPH] = builtin
+        else:
+            graphs[BUILTIN_GRAPH] = builtin()
         for name, target in (specs or {}).items():
             obj = await _materialise(name, target, _load_target(name, target))
             if isinstance(obj, StateGraph):
@@ -170,24 +192,30 @@ class GraphRegistry:
             else:
                 graphs[name] = obj.copy(update={"checkpointer": checkpointer})
         chosen = default or BUILTIN_GRAPH
-        if chosen not in graphs:
-            raise ConfigurationError(
-                f"default graph {chosen!r} is not loaded; known: {', '.join(sorted(graphs))}"
-            )
-        return cls(graphs, chosen)
+        if chosen not in graphs and chosen not in deferred:
+            known = ", ".join(sorted({*graphs, *deferred}))
+            raise ConfigurationError(f"default graph {chosen!r} is not loaded; known: {known}")
+        return cls(graphs, chosen, deferred=deferred)
 
-    def get(self, name: str | None) -> Pregel[Any, Any, Any, Any]:
+    def get(self, name: str | None) -> Graph:
         """The compiled graph (the default one for None); NotFoundError when unknown."""
         key = name or self.default
-        try:
-            return self._graphs[key]
-        except KeyError:
-            known = ", ".join(sorted(self._graphs))
-            raise NotFoundError(f"unknown graph {key!r}; known graphs: {known}") from None
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph
+        build = self._deferred.get(key)
+        if build is None:
+            known = ", ".join(sorted({*self._graphs, *self._deferred}))
+            raise NotFoundError(f"unknown graph {key!r}; known graphs: {known}")
+        # Synchronous, so no other task sees it half built.
+        graph = self._graphs[key] = build()
+        del self._deferred[key]
+        return graph
 
     def names(self) -> list[str]:
         """Every graph name, the default first."""
-        return [self.default, *sorted(n for n in self._graphs if n != self.default)]
+        others = {*self._graphs, *self._deferred} - {self.default}
+        return [self.default, *sorted(others)]
 
     def info(self) -> list[GraphInfo]:
         """Each graph with its agents (the catalog for code_hero, the nodes otherwise)."""
@@ -207,7 +235,7 @@ class GraphRegistry:
         return self._input_keys[key]
 
 
-def _input_keys(graph: Pregel[Any, Any, Any, Any]) -> frozenset[str] | None:
+def _input_keys(graph: Graph) -> frozenset[str] | None:
     """The keys of the graph's input schema (None: any value); its channels if none renders."""
     try:
         props = graph.get_input_jsonschema().get("properties")

@@ -111,7 +111,10 @@ def as_one_statement(
     One statement is one transaction, one Bind and Execute for PostgreSQL and one send
     for the gateway, where the statements in a pipeline were a Bind and Execute per row
     and a send per statement, BEGIN and COMMIT included (issue 15). Its text depends only
-    on which tables it writes, so each connection prepares it once.
+    on which tables it writes, so each connection prepares it once. The arrays go in
+    binary (`%b`): in text, psycopg quotes every element with a regular expression, and
+    the group cost the gateway more CPU than the statements it replaced (1.2 ms against
+    2.2 for 96 rows binary, 3.1 in text, in-process).
 
     Rows of one table keep their order. A multi-row upsert may not touch a row twice, so
     rows with one key are folded into the row the statements in turn would leave: the
@@ -151,7 +154,7 @@ def as_one_statement(
         table, columns, types, conflict = shape
         if upsert is not None:
             batch = _folded(batch, *upsert)
-        unnest = ", ".join(f"%s::{t}[]" for t in types)
+        unnest = ", ".join(f"%b::{t}[]" for t in types)
         parts.append(
             f"w{len(parts)} AS (INSERT INTO {table} ({columns}) "
             f"SELECT * FROM unnest({unnest}) {conflict})"

@@ -447,8 +447,11 @@ class PostgresRegistry(SqlRegistry):
             updates.append(
                 (
                     f"UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
-                    "NULL::code_hero_runs, ?::jsonb) AS v WHERE r.run_id = v.run_id",
-                    [[Jsonb(records)]],
+                    "NULL::code_hero_runs, ?::jsonb) AS v WHERE r.run_id = v.run_id "
+                    # The runs by their key: joined on it alone, the plan scanned the
+                    # whole table (the function's rows are unknown to the planner).
+                    "AND r.run_id = ANY(?::text[])",
+                    [[Jsonb(records), [record["run_id"] for record in records]]],
                 )
             )
         return updates

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import create_memory_checkpointer, create_postgres_checkpointer
 from code_hero.persistence.backends import Backend, MemoryBackend, PostgresBackend
-from code_hero.persistence.bulk import Statement, statements, write_statements
+from code_hero.persistence.bulk import Statement, statements, write_statement, write_statements
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from tests.conftest import PG_ADMIN_URL, _pg_url
@@ -220,6 +220,20 @@ async def test_a_write_cancelled_mid_pipeline_leaves_no_broken_connection_in_the
     planned: list[Statement] = [("SELECT %s::int, pg_sleep(0.0002)", [(n,) for n in range(5)])] * 20
     async with AsyncConnectionPool(pg_database, min_size=1, max_size=1, open=False) as pool:
         broken = await cancelled_at_every_step(pool, lambda _: write_statements(pool, planned), 40)
+    assert broken == []
+
+
+@pytest.mark.postgres
+async def test_one_statement_cancelled_in_flight_leaves_no_broken_connection_in_the_pool(
+    pg_database: str,
+) -> None:
+    """A group commit's one statement, cancelled at every step of its course, leaves the
+    pool sound (the connection is closed and replaced, as a pipeline's is)."""
+    sql = "SELECT %s::int, pg_sleep(0.0002)"
+    async with AsyncConnectionPool(
+        pg_database, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
+    ) as pool:
+        broken = await cancelled_at_every_step(pool, lambda n: write_statement(pool, sql, [n]), 40)
     assert broken == []
 
 

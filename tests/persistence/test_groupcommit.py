@@ -246,3 +246,73 @@ async def test_a_lone_write_commits_in_its_callers_task(
     await asyncio.gather(lone, behind)
     assert grouped.committed == 3
     assert {row[0] for row in table(pg_database, "checkpoints")} == {"t0", "t1"}
+
+
+def counted_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements (and executemany calls) sent on any async cursor from now on."""
+    sent: list[str] = []
+    execute, executemany = psycopg.AsyncCursor.execute, psycopg.AsyncCursor.executemany
+
+    async def one(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return await execute(self, query, *args, **kwargs)
+
+    async def many(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(f"many: {query}")
+        return await executemany(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", one)
+    monkeypatch.setattr(psycopg.AsyncCursor, "executemany", many)
+    return sent
+
+
+async def test_a_group_is_one_statement(
+    grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's rows go in one statement (its own transaction), not BEGIN, a statement
+    and a Bind per row, and COMMIT, each a send of its own (issue 15)."""
+    by_thread = await threads_entries(6)
+    sent = counted_statements(monkeypatch)
+    await asyncio.gather(*(in_order(grouped, e) for e in by_thread.values()))
+    assert grouped.transactions < grouped.committed
+    assert len(sent) == grouped.transactions
+    assert all(s.startswith("WITH w0 AS (INSERT INTO ") for s in sent)
+
+
+async def test_a_row_put_twice_in_one_group_lands_as_the_two_puts_in_turn(
+    pg_database: str, second_pg_database: str
+) -> None:
+    """One multi-row upsert may not touch a row twice: the rows of one key are folded
+    into the one the puts in turn leave (the first's kept columns, the last's updated
+    ones), and an insert that does nothing on a conflict keeps the first."""
+    entries = await journalled("t1")
+    cp = next(e for e in entries if isinstance(e, PutCheckpoint))
+    again = PutCheckpoint(cp.config, cp.checkpoint, {**cp.metadata, "note": "again"}, cp.versions)
+    put = next(e for e in entries if isinstance(e, PutWrites))
+    wrote = next(e for e in entries if isinstance(e, PutWrites) and e is not put)
+    # __error__ is one of the special channels: upserted (the others are inserted).
+    errors = [PutWrites(put.config, (("__error__", text),), "task", "") for text in ("a", "b")]
+    plain = [PutWrites(wrote.config, (("steps", [text]),), "task", "") for text in ("c", "d")]
+    puts: list[PutCheckpoint | PutWrites] = [cp, again, *errors, *plain]
+    stock, grouped = (
+        await opened(pg_database, group_commit=False),
+        await opened(second_pg_database),
+    )
+    assert isinstance(grouped.saver, GroupCommitSaverPool)
+    try:
+        await in_order(stock.saver, puts)
+        lone = next(e for e in entries[1:] if isinstance(e, PutCheckpoint))
+        # The first goes alone; the others queue behind it and commit as one group.
+        await asyncio.gather(*(call(grouped.saver, e) for e in [lone, *puts]))
+        assert grouped.saver.transactions == 2
+        for name in TABLES:
+            expected = table(pg_database, name)
+            got = table(second_pg_database, name)
+            if name == "checkpoints":  # the lone one is only in the grouped database
+                got = [r for r in got if r[2] != lone.checkpoint["id"]]
+            elif name == "checkpoint_blobs":
+                continue  # the lone checkpoint's channel versions
+            assert expected and got == expected, name
+    finally:
+        await stock.close()
+        await grouped.close()

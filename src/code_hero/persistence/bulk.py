@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_serializable_checkpoint_metadata
@@ -30,7 +31,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
-__all__ = ["Statement", "put_batch", "statements", "write_statements"]
+__all__ = [
+    "Statement",
+    "as_one_statement",
+    "put_batch",
+    "statements",
+    "write_statement",
+    "write_statements",
+]
 
 Statement = tuple[str, list[tuple[Any, ...]]]
 
@@ -76,6 +84,143 @@ async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Sta
                 with contextlib.suppress(Exception):
                     await conn.rollback()
             raise
+
+
+async def write_statement(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]) -> None:
+    """Run one statement on a pooled autocommit connection: its own transaction, committed
+    when it returns; a statement that fails leaves nothing."""
+    async with pool.connection() as conn:
+        try:
+            await conn.execute(sql, params, binary=True)
+        except asyncio.CancelledError:
+            # Cancelled while PostgreSQL runs it: the connection has a result unread (and
+            # may still commit). Closed, the pool replaces it, as write_statements does.
+            await conn.close()
+            raise
+
+
+def as_one_statement(
+    saver: BasePostgresSaver, planned: Sequence[Statement]
+) -> tuple[str, list[Any]] | None:
+    """The stock saver's statements `planned` (blobs, checkpoints, pending writes, as
+    many rows each as they have) as one statement that writes the same rows: a data-
+    modifying common-table expression per table, each inserting its rows from arrays
+    (`unnest`); or None when it cannot say the same (an SQL of another kind, or a pending
+    write's key both upserted and inserted).
+
+    One statement is one transaction, one Bind and Execute for PostgreSQL and one send
+    for the gateway, where the statements in a pipeline were a Bind and Execute per row
+    and a send per statement, BEGIN and COMMIT included (issue 15). Its text depends only
+    on which tables it writes, so each connection prepares it once. The arrays go in
+    binary (`%b`): in text, psycopg quotes every element with a regular expression, and
+    the group cost the gateway more CPU than the statements it replaced (1.2 ms against
+    2.2 for 96 rows binary, 3.1 in text, in-process).
+
+    Rows of one table keep their order. A multi-row upsert may not touch a row twice, so
+    rows with one key are folded into the row the statements in turn would leave: the
+    first row's columns that the conflict keeps, the last row's that it updates. An
+    insert that does nothing on a conflict keeps the first row of a key, as in turn.
+    """
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for sql, batch in planned:
+        if sql not in (
+            saver.UPSERT_CHECKPOINT_BLOBS_SQL,
+            saver.UPSERT_CHECKPOINTS_SQL,
+            saver.UPSERT_CHECKPOINT_WRITES_SQL,
+            saver.INSERT_CHECKPOINT_WRITES_SQL,
+        ):
+            return None
+        rows.setdefault(sql, []).extend(batch)
+    upserted = rows.get(saver.UPSERT_CHECKPOINT_WRITES_SQL, [])
+    inserted = rows.get(saver.INSERT_CHECKPOINT_WRITES_SQL, [])
+    if upserted and inserted:
+        keys = {_key(row, _WRITE_KEY) for row in upserted}
+        if any(_key(row, _WRITE_KEY) in keys for row in inserted):
+            return None
+    parts: list[str] = []
+    params: list[Any] = []
+    shapes = (
+        (saver.UPSERT_CHECKPOINT_BLOBS_SQL, _BLOBS, None),
+        (saver.UPSERT_CHECKPOINTS_SQL, _CHECKPOINTS, (_CHECKPOINT_KEY, _CHECKPOINT_UPDATED)),
+        (saver.UPSERT_CHECKPOINT_WRITES_SQL, _UPSERT_WRITES, (_WRITE_KEY, _WRITE_UPDATED)),
+        (saver.INSERT_CHECKPOINT_WRITES_SQL, _INSERT_WRITES, None),
+    )
+    for sql, shape, upsert in shapes:
+        batch = rows.get(sql, [])
+        if not batch:
+            continue
+        if not _is_shape(sql, shape):  # another version of the saver: its own statements
+            return None
+        table, columns, types, conflict = shape
+        if upsert is not None:
+            batch = _folded(batch, *upsert)
+        unnest = ", ".join(f"%b::{t}[]" for t in types)
+        parts.append(
+            f"w{len(parts)} AS (INSERT INTO {table} ({columns}) "
+            f"SELECT * FROM unnest({unnest}) {conflict})"
+        )
+        params += [list(column) for column in zip(*batch, strict=True)]
+    if not parts:
+        return None
+    return f"WITH {', '.join(parts)} SELECT 1", params
+
+
+# (table, columns, their types, ON CONFLICT clause): the stock saver's statements'.
+_BLOBS = (
+    "checkpoint_blobs",
+    "thread_id, checkpoint_ns, channel, version, type, blob",
+    ("text", "text", "text", "text", "text", "bytea"),
+    "ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING",
+)
+_CHECKPOINTS = (
+    "checkpoints",
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata",
+    ("text", "text", "text", "text", "jsonb", "jsonb"),
+    "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
+    "DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata",
+)
+_WRITES = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob"
+_WRITE_TYPES = ("text", "text", "text", "text", "text", "int4", "text", "text", "bytea")
+_WRITE_CONFLICT = "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)"
+_UPSERT_WRITES = (
+    "checkpoint_writes",
+    _WRITES,
+    _WRITE_TYPES,
+    f"{_WRITE_CONFLICT} DO UPDATE SET "
+    "channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob",
+)
+_INSERT_WRITES = ("checkpoint_writes", _WRITES, _WRITE_TYPES, f"{_WRITE_CONFLICT} DO NOTHING")
+# Positions in a row: the conflict's key, and the columns its DO UPDATE sets.
+_CHECKPOINT_KEY, _CHECKPOINT_UPDATED = (0, 1, 2), (4, 5)
+_WRITE_KEY, _WRITE_UPDATED = (0, 1, 2, 3, 5), (6, 7, 8)
+
+
+@lru_cache(maxsize=16)
+def _is_shape(sql: str, shape: tuple[str, str, tuple[str, ...], str]) -> bool:
+    """Whether the saver's `sql` is the statement `shape` describes, one row at a time."""
+    table, columns, types, conflict = shape
+    values = ", ".join(["%s"] * len(types))
+    said = " ".join(sql.split()).rstrip(";")
+    return said == f"INSERT INTO {table} ({columns}) VALUES ({values}) {conflict}"
+
+
+def _key(row: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
+    return tuple(row[i] for i in positions)
+
+
+def _folded(
+    batch: list[tuple[Any, ...]], key: tuple[int, ...], updated: tuple[int, ...]
+) -> list[tuple[Any, ...]]:
+    """One row per key, where the first of it was: what upserting the rows in turn leaves."""
+    folded: dict[tuple[Any, ...], list[Any]] = {}
+    for row in batch:
+        seen = folded.get(k := _key(row, key))
+        if seen is None:
+            folded[k] = list(row)
+        else:
+            for i in updated:
+                seen[i] = row[i]
+    return [tuple(row) for row in folded.values()]
 
 
 def statements(

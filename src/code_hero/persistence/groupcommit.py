@@ -37,7 +37,13 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg_pool import AsyncConnectionPool
 
-from code_hero.persistence.bulk import Statement, statements, write_statements
+from code_hero.persistence.bulk import (
+    Statement,
+    as_one_statement,
+    statements,
+    write_statement,
+    write_statements,
+)
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.grouping import GroupCommitter, settle
 from code_hero.persistence.savers import SaverPool
@@ -110,7 +116,7 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
         (plan,) = _plan(self._stock, [item])
         if isinstance(plan, Exception):
             raise plan
-        await write_statements(self._pool, plan)
+        await _write(self._pool, self._stock, plan)
         self.transactions += 1
         self.committed += 1
 
@@ -131,7 +137,7 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             if not ready:
                 return
             try:
-                await write_statements(self._pool, _merged(self._stock, [p for p, _ in ready]))
+                await _write(self._pool, self._stock, _merged(self._stock, [p for p, _ in ready]))
             except Exception as exc:
                 if len(ready) == 1 or is_backend_error(exc):
                     for _, done in ready:
@@ -166,6 +172,18 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             self.transactions += 1
             self.committed += 1
             settle(done, None)
+
+
+async def _write(
+    pool: AsyncConnectionPool[Any], saver: AsyncPostgresSaver, planned: list[Statement]
+) -> None:
+    """Commit `planned` as one statement where it can be said as one, else as its
+    statements in one pipelined transaction."""
+    one = as_one_statement(saver, planned)
+    if one is None:
+        await write_statements(pool, planned)
+    else:
+        await write_statement(pool, *one)
 
 
 def _plan(saver: AsyncPostgresSaver, items: list[Item]) -> list[Planned]:

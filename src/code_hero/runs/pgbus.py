@@ -18,6 +18,15 @@ any more. The listener connection has TCP keepalives (a half-open connection
 fails within about `keepalives_idle + keepalives_interval * keepalives_count`
 seconds) and is named `code-hero-listener` in `pg_stat_activity`; after a
 reconnect every subscriber re-reads the log.
+
+A replica that no other replica listens to sends no notifications: nobody but
+itself would hear them, and its own subscribers and claimers have its events and
+control messages in-process already. Each NOTIFY was a transaction of its own
+with a commit to flush, about three a run, and a wake-up of its own listener
+(issue 15). Whether others listen is looked up every `presence_interval` seconds
+(their LISTEN connections, by name, in `pg_stat_activity`), and a replica whose
+listener (re)connects says "hello" on the control channel, which tells the others
+at once. Until a look has found nobody, and whenever a look fails, it notifies.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +52,12 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "code_hero_events"
 CONTROL_CHANNEL = "code_hero_control"
 LISTENER_NAME = "code-hero-listener"  # application_name of the LISTEN connection
+HELLO = "hello"  # control message of a replica whose listener (re)connected: "hello ID"
+# Other replicas' listeners on this database (by name), ours left out.
+_OTHER_LISTENERS = (
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = %s AND pid <> %s"
+)
 # libpq TCP keepalives of the LISTEN connection: silent for 10 s, probed every
 # 5 s, given up after 3 unanswered probes (about 25 s for a half-open link).
 LISTENER_KEEPALIVES: dict[str, Any] = {
@@ -75,8 +91,17 @@ class PostgresBus(InProcessBus):
         queue_size: int = 1024,
         available: Callable[[], bool] = lambda: True,
         max_relay_reads: int = 4,
+        presence_interval: float = 2.0,
     ) -> None:
         super().__init__(queue_size)
+        self.presence_interval = presence_interval
+        # False once a look found no other replica listening (and none said hello since).
+        self.others_listen = True
+        self._hellos = 0  # hellos heard from other replicas
+        self.looks = 0  # looks for other replicas' listeners done (tests)
+        self._listener_pid: int | None = None  # our LISTEN connection's backend
+        self._name = uuid.uuid4().hex  # in our hello: our listener hears it too
+        self._presence: asyncio.Task[None] | None = None
         # False during a database outage: wake-ups stay in this process (no other
         # replica could read the rows anyway) instead of waiting on a dead pool.
         self.available = available
@@ -92,6 +117,7 @@ class PostgresBus(InProcessBus):
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="pg-bus-listener")
+        self._presence = asyncio.create_task(self._watch_presence(), name="pg-bus-presence")
         with contextlib.suppress(TimeoutError):
             # Not wait_for: on Python 3.11 it drops a cancel (a start-up stopped) that
             # comes as the listener is ready, and start-up went on.
@@ -99,7 +125,7 @@ class PostgresBus(InProcessBus):
                 await self._ready.wait()
 
     async def close(self) -> None:
-        tasks = [*self._relay_tasks, *([self._listener] if self._listener else [])]
+        tasks = [*self._relay_tasks, *(t for t in (self._listener, self._presence) if t)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -133,7 +159,7 @@ class PostgresBus(InProcessBus):
         ]
         if control is not None:
             notes.append((CONTROL_CHANNEL, control))
-        if not self.available():
+        if not (self.available() and self.others_listen):
             if control is not None:
                 self._dispatch_control(control)
             return
@@ -145,7 +171,7 @@ class PostgresBus(InProcessBus):
                 self._dispatch_control(control)
 
     async def send_control(self, message: str) -> None:
-        if not self.available():
+        if not (self.available() and self.others_listen):
             self._dispatch_control(message)
             return
         try:
@@ -178,6 +204,12 @@ class PostgresBus(InProcessBus):
                 async with conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+                    self._listener_pid = conn.info.backend_pid
+                    # Listening now: the replicas that skip notifications for want of
+                    # listeners send them again from this hello on.
+                    await conn.execute(
+                        "SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{HELLO} {self._name}")
+                    )
                     if self._ready.is_set():  # a reconnect: whatever was missed is in the log
                         # Subscribers re-read; claimers claim, and finish runs whose
                         # cancel (or an outage's copied-back cancel) they may have missed.
@@ -185,19 +217,42 @@ class PostgresBus(InProcessBus):
                     self._ready.set()
                     delay = 0.2
                     async for note in conn.notifies():
-                        if note.channel == CONTROL_CHANNEL:
+                        if note.channel == CONTROL_CHANNEL and note.payload.startswith(HELLO):
+                            if note.payload != f"{HELLO} {self._name}":
+                                self._hellos += 1
+                                self.others_listen = True
+                        elif note.channel == CONTROL_CHANNEL:
                             self._dispatch_control(note.payload)
                         else:
                             self._on_events(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._listener_pid = None
                 # Info, once per loss: a database outage logs its own warning lines.
                 (log.info if delay == 0.2 else log.debug)(
                     "event listener lost its connection (%s); reconnecting", exc
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _watch_presence(self) -> None:
+        """Look every `presence_interval` seconds whether another replica listens."""
+        while True:
+            hellos, pid = self._hellos, self._listener_pid
+            alone = False
+            if pid is not None and self.available():
+                try:
+                    async with self.pool().connection() as conn:
+                        cur = await conn.execute(_OTHER_LISTENERS, (LISTENER_NAME, pid))
+                        row = await cur.fetchone()
+                    alone = row is not None and not _count(row)
+                except Exception as exc:  # not known: notify, as without the look
+                    log.debug("looking for other replicas' listeners failed: %s", exc)
+            # A hello heard during the look came from a replica it may have missed.
+            self.others_listen = not alone or self._hellos != hellos
+            self.looks += 1
+            await asyncio.sleep(self.presence_interval)
 
     def _on_events(self, payload: str) -> None:
         try:  # "RUN THREAD FIRST LAST": the thread id between the two ends, spaces and all
@@ -258,3 +313,8 @@ class PostgresBus(InProcessBus):
             and (relay.ended or not self.has_subscribers(run_id, relay.thread_id))
         ):
             del self._relays[run_id]
+
+
+def _count(row: Any) -> int:
+    """The count of a row read with the pool's row factory (a dict) or a tuple's."""
+    return int(row["n"] if isinstance(row, dict) else row[0])

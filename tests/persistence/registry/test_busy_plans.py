@@ -156,3 +156,15 @@ async def test_keep_latest(plans: Plans, backend: PostgresBackend) -> None:
     finally:
         backend._pool = own
     _reads_the_threads_runs(plans.indexes("DELETE FROM checkpoints c USING"))
+
+
+async def test_a_batchs_run_updates_read_the_runs_by_key(plans: Plans) -> None:
+    """An event batch's one UPDATE of its runs (issue 15) finds them by key: joined on
+    the function's rows alone, it scanned every run of every thread."""
+    fields = {"input_tokens": 1, "output_tokens": 2}
+    await plans.registry.store_batch([], {"r00001": fields, "r00002": fields})
+    plan = [p for p in plans.seen if "jsonb_populate_recordset" in p["Query Text"]]
+    assert len(plan) == 1
+    nodes = list(_nodes(plan[0]["Plan"]))
+    assert not any(n["Node Type"] == "Seq Scan" for n in nodes), nodes
+    assert "code_hero_runs_pkey" in {n.get("Index Name") for n in nodes}

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from code_hero.errors import ConflictError
-from code_hero.persistence.records import EventRecord, Registry
+from code_hero.persistence.records import EventRecord, Registry, StepRecord
 from code_hero.persistence.registry import PostgresRegistry
 from tests.persistence.registry.support import at, events, run
 
@@ -89,6 +89,43 @@ async def test_a_batch_stores_events_and_run_fields_together(registry: Registry)
     assert r1 is not None and r1.input_tokens == 7
     with pytest.raises(TypeError):
         await registry.store_batch([], {"r1": {"no_such_field": 1}})
+
+
+async def test_a_batchs_run_fields_land_as_set(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs' fields of a batch land as they were set, each run its own; on PostgreSQL
+    in one UPDATE for the runs that share their field names (issue 15)."""
+    ids = [f"r{i}" for i in range(4)]
+    for run_id in ids:
+        await registry.admit_run(run(run_id, thread_id=f"t-{run_id}"), reject_if_busy=False)
+    steps = [
+        StepRecord("n0", "", at(1), at(2)),
+        StepRecord("n1", "sub:1", at(3), None, "boom \u00e9"),
+    ]
+    fields = {
+        "r0": {"steps": tuple(steps), "input_tokens": 7, "output_tokens": 5},
+        "r1": {"steps": (), "input_tokens": 2**40, "output_tokens": 3},
+        "r2": {"steps": tuple(steps[:1]), "input_tokens": 0, "output_tokens": 0},
+        "r3": {"started_at": at(9)},
+    }
+    statements: list[str] = []
+    if isinstance(registry, PostgresRegistry):
+        real = psycopg.AsyncCursor.execute
+
+        async def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(str(query))
+            return await real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    await registry.store_batch(events("r0", "t-r0", 1), fields)
+    for run_id, want in fields.items():
+        got = await registry.get_run(run_id)
+        assert got is not None
+        assert {name: getattr(got, name) for name in want} == want, run_id
+    if isinstance(registry, PostgresRegistry):
+        updates = [s for s in statements if s.startswith("UPDATE code_hero_runs")]
+        assert len(updates) == 2  # r0-r2 together, r3 alone (fields of its own)
 
 
 async def test_a_batch_of_events_is_one_insert_on_postgres(

@@ -168,21 +168,37 @@ class CheckpointAccess:
                 thread_id, namespace=namespace, first=first, after=after
             )
 
-        found, page = await asyncio.gather(
-            self.get_threads([thread_id], caller=caller), history(), return_exceptions=True
-        )
-        if isinstance(found, BaseException):
-            raise found
-        if isinstance(page, BaseException) and not isinstance(page, Exception):
-            raise page  # a cancellation, not the page's error
-        record = found.get(thread_id)
-        if record is None:
-            return None, Page([], None, False)
+        # The page goes ahead while the record is read; it is awaited only for a
+        # caller who may read the thread. Otherwise it is left to finish unawaited:
+        # waiting for it would make a hidden thread's answer take as long as its
+        # history (an answer slower than for a missing id says it exists), and
+        # cancelling it mid-read would cost PostgreSQL's pool the connection.
+        reading = asyncio.ensure_future(history())
         try:
-            may = await self._may_read(caller, thread_id, record)
-        except Exception as exc:
-            return record, exc
-        return record, page if may else Page([], None, False)
+            try:
+                found = await self.get_threads([thread_id], caller=caller)
+            except Exception:
+                _leave(reading)
+                raise
+            record = found.get(thread_id)
+            if record is None:
+                _leave(reading)
+                return None, Page([], None, False)
+            try:
+                may = await self._may_read(caller, thread_id, record)
+            except Exception as exc:
+                _leave(reading)
+                return record, exc
+            if not may:
+                _leave(reading)
+                return record, Page([], None, False)
+            try:
+                return record, await reading
+            except Exception as exc:
+                return record, exc
+        except asyncio.CancelledError:  # the request's: the page is not wanted either
+            reading.cancel()
+            raise
 
     async def _may_read(self, caller: Caller, thread_id: str, thread: ThreadRecord | None) -> bool:
         """CHECKPOINT_READ; ownership needs no second look-up when the thread's record,
@@ -243,3 +259,20 @@ class CheckpointAccess:
         return await pending_interrupts(
             self.manager.registry, self.graph_registry, list(threads.values())
         )
+
+
+# Pages read ahead for a caller who turned out not to be let see them: kept until
+# they finish (a task nobody holds may be collected mid-way), their errors read.
+_LEFT: set[asyncio.Future[Any]] = set()
+
+
+def _leave(reading: asyncio.Future[Any]) -> None:
+    """Lets a page read ahead finish unawaited, its outcome dropped."""
+    _LEFT.add(reading)
+    reading.add_done_callback(_dropped)
+
+
+def _dropped(reading: asyncio.Future[Any]) -> None:
+    _LEFT.discard(reading)
+    if not reading.cancelled():
+        reading.exception()  # read: no "exception was never retrieved"

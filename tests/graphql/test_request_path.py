@@ -231,6 +231,30 @@ async def test_a_page_under_its_thread_is_read_with_the_thread(
     assert data(body)["thread"]["checkpoints"]["edges"] == []
 
 
+async def test_a_thread_not_there_is_answered_without_waiting_for_its_page(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page read with a thread is awaited only for a caller let see it: for an id
+    with no thread (as for another's thread) the answer does not wait for the page,
+    whose time would tell a thread from a missing one; the page, left to finish,
+    fails unheard."""
+    manager = server.gateway.manager
+    began, release = asyncio.Event(), asyncio.Event()
+
+    async def listing(*args: Any, **kw: Any) -> Any:
+        began.set()
+        await release.wait()
+        raise RuntimeError("the page read ahead fails after the answer")
+
+    monkeypatch.setattr(manager, "list_checkpoints", listing)
+    query = "query($id: ID!) { thread(id: $id) { id checkpoints(first: 5) { edges { cursor } } } }"
+    body = await asyncio.wait_for(gql(server.http, query, {"id": "nobody-made-this"}), 10)
+    assert body["data"] == {"thread": None} and "errors" not in body
+    assert began.is_set()  # it was read ahead, and is still reading
+    release.set()
+    await asyncio.sleep(0)
+
+
 HISTORY = """query($id: ID!, $first: Int, $after: String) { thread(id: $id) { id
   checkpoints(first: $first, after: $after) { edges { cursor node { id } } } } }"""
 

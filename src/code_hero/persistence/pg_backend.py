@@ -39,11 +39,30 @@ __all__ = ["LendingPool", "PostgresBackend"]
 
 
 class LendingPool(AsyncConnectionPool[Any]):
-    """A psycopg pool that knows which connections it has lent out, to end their calls."""
+    """A psycopg pool that knows which connections it has lent out, to end their calls,
+    and lends the one most recently returned first."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lent: set[psycopg.AsyncConnection[Any]] = set()
+
+    async def _get_ready_connection(
+        self,
+        timeout: float | None,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> psycopg.AsyncConnection[Any] | None:
+        # psycopg_pool lends its idle connections in turn (the one idle longest first).
+        # Lent in the reverse order (as PgBouncer does by default), a client's requests
+        # one after another run on one server process whose prepared statements and
+        # plans are ready and whose caches are warm, where in turn each of the pool's
+        # sixteen plans a statement anew for its first runs: a thread's deletion takes
+        # about half the time, and 30% less of PostgreSQL's CPU (issue 15). The
+        # connections left idle are the ones the pool closes when it shrinks (it closes
+        # from the other end, and only when some were not used for max_idle).
+        conn: psycopg.AsyncConnection[Any] | None = await super()._get_ready_connection(timeout)
+        if conn is not None and self._pool:  # under the pool's lock, as the call above
+            self._pool.appendleft(conn)
+            conn = self._pool.pop()
+        return conn
 
     async def getconn(
         self,

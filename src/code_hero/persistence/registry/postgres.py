@@ -26,7 +26,18 @@ from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["PostgresRegistry"]
 
-_LOCK_THREAD = "SELECT 1 FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
+# `purge_idle_thread`'s lock, which also has the deletion after it in the same implicit
+# transaction planned generically (set_config's `true`: until the Sync commits). A
+# prepared statement is planned afresh at each of its first five runs on a connection
+# (PostgreSQL's plan_cache_mode `auto`) and the pool hands its connections out in turn,
+# so nearly every deletion paid about as much planning as execution, several times
+# that on a connection's first (issue 15). Planned once per connection, its plan looks
+# the thread up by its id in every table, as each fresh plan did. With no row to lock
+# (a thread only the savers hold) it is planned as usual.
+_LOCK_FOR_PURGE = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plan "
+    "FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
+)
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
 
 
@@ -292,7 +303,7 @@ class PostgresRegistry(SqlRegistry):
                 # a snapshot of its own; no BEGIN and COMMIT to send and run (issue 15).
                 try:
                     async with conn.pipeline():
-                        await conn.execute(_pg_sql(_LOCK_THREAD), [thread_id])
+                        await conn.execute(_pg_sql(_LOCK_FOR_PURGE), [thread_id])
                         cur = conn.cursor(row_factory=dict_row)
                         await cur.execute(_pg_sql(statement), params)
                     found: Row | None = await cur.fetchone()

@@ -48,6 +48,7 @@ import httpx
 import psycopg
 import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
 
 from code_hero.app import create_app
 from code_hero.auth import ANONYMOUS
@@ -85,6 +86,7 @@ LEASE = 3.0
 # executes where it cannot reach it.
 NO_ANSWER_AFTER = 30.0
 CYCLES = 3
+EXTRA_CYCLES = 3  # refusals added while no request was served degraded
 
 
 @dataclass
@@ -218,16 +220,24 @@ async def client_loop(http: httpx.AsyncClient, world: World, client: int, seed: 
         await asyncio.sleep(rng.choice([0.0, 0.01, 0.05]))
 
 
-async def chaos(proxy: BlackHoleProxy, seed: int) -> list[tuple[str, float]]:
-    """Flip the proxy at random moments; the schedule it followed."""
+async def chaos(proxy: BlackHoleProxy, seed: int, world: World) -> list[tuple[str, float]]:
+    """Flip the proxy at random moments; the schedule it followed.
+
+    Once the seed's cycles are done, it refuses again (up to EXTRA_CYCLES times) while
+    no request has been served degraded: the audit wants some, and a seed can miss
+    them by timing alone (seed 1219 once, on a loaded machine: two outages of 2 s
+    each, no client request served in either; it passed six times in a row after).
+    """
     rng = random.Random(seed)
     schedule: list[tuple[str, float]] = []
-    for _ in range(CYCLES):
+    for cycle in range(CYCLES + EXTRA_CYCLES):
+        if cycle >= CYCLES and served_degraded(world):
+            break
         calm = rng.uniform(0.3, 1.5)
         schedule.append(("forward", calm))
         await asyncio.sleep(calm)
-        fault = rng.choice(["refuse", "black_hole"])
-        window = rng.uniform(0.3, 2.0)
+        fault = rng.choice(["refuse", "black_hole"]) if cycle < CYCLES else "refuse"
+        window = rng.uniform(0.3, 2.0) if cycle < CYCLES else 2.0
         schedule.append((fault, window))
         getattr(proxy, fault)()
         await asyncio.sleep(window)
@@ -254,9 +264,33 @@ async def chaos_server(
             yield server, proxy
 
 
-def rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return list(conn.execute(sql, params).fetchall())
+async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """A connection of the audit's own, straight to PostgreSQL (not through the proxy).
+
+    It waits out a server whose connection slots are all taken for a moment: the
+    server is shared with other suites and benches, and an audit that failed on
+    "too many clients" (seeds 948, 949, 959, 1001, 1006, 1009, 1017, each passing
+    when run again) said nothing about the gateway. It waits without blocking the
+    event loop, which the server under test shares."""
+    for attempt in itertools.count():
+        try:
+            return await psycopg.AsyncConnection.connect(url, **kwargs)
+        except psycopg.OperationalError as exc:
+            full = "too many clients" in str(exc) or "connection slots are reserved" in str(exc)
+            if not full or attempt >= 300:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+async def rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    async with await connect(url) as conn:
+        return list(await (await conn.execute(sql, params)).fetchall())
+
+
+def served_degraded(world: World) -> bool:
+    """Whether some request was answered, with no error, while the gateway was degraded."""
+    return any(op.acked and op.degraded for op in world.ops)
 
 
 def bad_errors(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
@@ -321,7 +355,7 @@ async def test_what_the_gateway_acknowledged_through_random_outages_is_in_postgr
     world = World()
     async with httpx.AsyncClient(base_url=server.url, timeout=NO_ANSWER_AFTER) as http:
         clients = [asyncio.create_task(client_loop(http, world, c, seed)) for c in range(CLIENTS)]
-        schedule = await chaos(proxy, seed)
+        schedule = await chaos(proxy, seed, world)
         world.stop.set()
         await asyncio.gather(*clients)
         problems = await check(http, world, pg_database)
@@ -344,7 +378,7 @@ async def check(http: httpx.AsyncClient, world: World, url: str) -> list[tuple[s
 
     async def ended() -> bool:
         unfinished = "SELECT count(*) FROM code_hero_runs WHERE status IN ('PENDING', 'RUNNING')"
-        return bool(rows(url, unfinished) == [(0,)])
+        return bool(await rows(url, unfinished) == [(0,)])
 
     with contextlib.suppress(AssertionError):  # a run that never ends is reported below
         await until(ended, limit=10 * LEASE)
@@ -357,7 +391,7 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
     """What PostgreSQL holds against what the clients were told: (thread, problem)."""
     problems: list[tuple[str | None, str]] = []
     acked = [op for op in world.ops if op.acked]
-    if not any(op.degraded for op in acked):
+    if not served_degraded(world):
         problems.append((None, "no request was served degraded: the faults missed"))
     problems += [(op.thread, f"{op.kind} answered {error}") for op, error in bad_errors(world.ops)]
     if health["quarantined"] or health["pendingSync"]:
@@ -377,11 +411,11 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
     }
     for thread_id in deleted:
         for table in ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events"):
-            found = rows(url, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
+            found = await rows(url, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread_id)
             if found != [(0,)]:
                 problems.append((thread_id, f"deleted thread is back in {table}: {found}"))
         if any(t == thread_id for t, _ in problems):
-            back = rows(
+            back = await rows(
                 url,
                 "SELECT run_id, status, created_at FROM code_hero_runs WHERE thread_id = %s",
                 thread_id,
@@ -389,19 +423,19 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
             problems.append((None, f"its runs: {back}"))
 
     for table in ("checkpoints", "code_hero_runs", "code_hero_run_events"):
-        for (thread_id,) in rows(
+        for (thread_id,) in await rows(
             url,
             f"SELECT DISTINCT thread_id FROM {table} WHERE thread_id NOT IN "
             "(SELECT thread_id FROM code_hero_threads)",
         ):
             problems.append((thread_id, f"{table} of a thread that does not exist"))
-    for run_id, thread_id, status in rows(
+    for run_id, thread_id, status in await rows(
         url,
         "SELECT run_id, thread_id, status FROM code_hero_runs "
         "WHERE status IN ('PENDING', 'RUNNING')",
     ):
         problems.append((thread_id, f"run {run_id} stuck {status}"))
-    for run_id, thread_id, count, top in rows(
+    for run_id, thread_id, count, top in await rows(
         url,
         "SELECT run_id, min(thread_id), count(*), max(seq) FROM code_hero_run_events "
         "GROUP BY run_id HAVING count(*) <> max(seq) OR min(seq) <> 1",
@@ -410,7 +444,7 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
 
     # A run's stream ends with its end, and tells no other: a subscriber stops at the
     # first end it reads (one that read SUCCESS must not find the run CANCELLED).
-    for run_id, thread_id, status, last_type, last_status, told in rows(
+    for run_id, thread_id, status, last_type, last_status, told in await rows(
         url,
         "SELECT r.run_id, r.thread_id, r.status, e.type, e.payload->>'status', "
         "ARRAY(SELECT DISTINCT payload->>'status' FROM code_hero_run_events "
@@ -429,12 +463,12 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
                 )
             )
     # The slow graph never fails by itself: a run ended ERROR is the outage's doing.
-    for run_id, thread_id, error in rows(
+    for run_id, thread_id, error in await rows(
         url, "SELECT run_id, thread_id, error FROM code_hero_runs WHERE status = 'ERROR'"
     ):
         problems.append((thread_id, f"run {run_id} ended ERROR: {error}"))
     # A thread waits on unfinished runs only: BUSY without one refuses or queues for nothing.
-    for (thread_id,) in rows(
+    for (thread_id,) in await rows(
         url,
         "SELECT thread_id FROM code_hero_threads t WHERE status = 'BUSY' AND NOT EXISTS "
         "(SELECT 1 FROM code_hero_runs r WHERE r.thread_id = t.thread_id "
@@ -445,7 +479,9 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
 
     runs = {
         run_id: (status, output)
-        for run_id, status, output in rows(url, "SELECT run_id, status, output FROM code_hero_runs")
+        for run_id, status, output in await rows(
+            url, "SELECT run_id, status, output FROM code_hero_runs"
+        )
     }
     prunes = [op for op in world.ops if op.kind == "prune"]
 
@@ -481,7 +517,9 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
         """Whether a prune of op's thread may have removed what op wrote (or its run did)."""
         return any(p.thread == op.thread and p.end > op.start for p in prunes)
 
-    async with AsyncPostgresSaver.from_conn_string(url) as stock:
+    options: Any = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with await connect(url, **options) as conn:
+        stock = AsyncPostgresSaver(conn)  # what AsyncPostgresSaver.from_conn_string makes
 
         async def history(thread_id: str) -> list[Any]:
             config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
@@ -521,7 +559,7 @@ async def audit(world: World, url: str, health: dict[str, Any]) -> list[tuple[st
                     problems.append((op.thread, f"cancelled run {run_id} is {runs.get(run_id)}"))
                 continue
             if run_id not in runs:
-                where = rows(
+                where = await rows(
                     url, "SELECT status FROM code_hero_threads WHERE thread_id = %s", op.thread
                 )
                 problems.append((op.thread, f"acknowledged run {run_id} lost (thread: {where})"))
@@ -594,7 +632,7 @@ async def cut_while_waiting_on(
         task = asyncio.ensure_future(call)
 
         async def waiting() -> bool:
-            found = rows(
+            found = await rows(
                 url,
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND pid <> %s",

@@ -289,7 +289,14 @@ def _plain_in(
     if field is None:
         return None, None
     resolve = field.resolve
-    given = any(d.node.arguments or d.node.directives for d in details)
+    if type(resolve) is not LeafField and type(resolve) is not ObjectField:
+        return None, field.type
+    given = False  # a loop, not any() over a generator: made for every selection of a page
+    for d in details:
+        node = d.node
+        if node.arguments or node.directives:
+            given = True
+            break
     if type(resolve) is LeafField and not (resolve.bare and given):
         return resolve, field.type
     if type(resolve) is ObjectField and not given:
@@ -473,10 +480,12 @@ class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
         plan: _Plan | None = None
         if not (self.middleware_manager is not None and self.middleware_manager.middlewares):
             plan = []
+            any_plain = False
             for name, details in grouped_field_set.items():
                 plain, type_ = _plain_in(parent_type, details)
                 plan.append((name, plain, details, type_))
-            if all(plain is None for _, plain, _, _ in plan):
+                any_plain = any_plain or plain is not None
+            if not any_plain:
                 plan = None
         plans[id(grouped_field_set)] = (grouped_field_set, parent_type, plan)
         return plan

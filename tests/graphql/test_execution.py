@@ -17,7 +17,7 @@ from typing import Any, NewType
 
 import pytest
 import strawberry
-from graphql import GraphQLResolveInfo
+from graphql import ExperimentalIncrementalExecutionResults, GraphQLResolveInfo
 from graphql.pyutils import Path
 from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
@@ -68,6 +68,7 @@ class Deny(BasePermission):
 @strawberry.type
 class Part:
     name: str
+    inner: list[Part] = strawberry.field(default_factory=list)
 
     @strawberry.field
     async def later(self) -> str:  # awaited below a directly read object
@@ -128,7 +129,7 @@ def item(**changes: Any) -> Item:
         "blank": "b",
         "parts": [Part(name="p"), Part(name="q")],
         "owner": None,
-        "boss": Part(name="b"),
+        "boss": Part(name="b", inner=[Part(name="i")]),
         "secret": "s",
     }
     return Item(**{**values, **changes})
@@ -171,8 +172,10 @@ class Shout(SchemaExtension):
         return value.upper() if isinstance(value, str) else value
 
 
-def schemas(**options: Any) -> tuple[strawberry.Schema, strawberry.Schema]:
-    config = StrawberryConfig(scalar_map=SCALAR_MAP)
+def schemas(
+    config: StrawberryConfig | None = None, **options: Any
+) -> tuple[strawberry.Schema, strawberry.Schema]:
+    config = config or StrawberryConfig(scalar_map=SCALAR_MAP)
     plain = strawberry.Schema(query=Query, config=config, **options)
     fast = strawberry.Schema(
         query=Query, config=config, execution_context_class=LeafExecutor, **options
@@ -250,6 +253,41 @@ async def test_variables_in_skip_and_include() -> None:
     for skip in (True, False):
         expected = answer(await plain.execute(document, variable_values={"s": skip}))
         assert answer(await fast.execute(document, variable_values={"s": skip})) == expected
+
+
+async def incremental(schema: strawberry.Schema, document: str) -> list[Any]:
+    """Every payload of an operation with @defer, formatted, in the order sent."""
+    result = await schema.execute(document)
+    assert isinstance(result, ExperimentalIncrementalExecutionResults), result
+    payloads = [result.initial_result.formatted]
+    async for subsequent in result.subsequent_results:
+        payloads.append(subsequent.formatted)
+    return payloads
+
+
+DEFERRED = [
+    # A deferred fragment in each object of a list, and in an object of each item: their
+    # selection has new defer usages (graphql-core's delivery groups, not the plan).
+    '{ items { name parts { name ... @defer { later } } boss { ... @defer(label: "b") {'
+    " name later } } } }",
+    # Objects inside a deferred fragment: executed in a delivery group.
+    "{ items { name ... @defer { parts { name later } boss { name } owner { name } } } }",
+    # ...and a fragment deferred below one (its delivery group's child).
+    "{ items { ... @defer { boss { name inner { name ... @defer { later } } } } } }",
+    '{ maybeItems(case: "late_part") { ... @defer { parts { name later } } name } }',
+]
+
+
+@pytest.mark.parametrize("document", DEFERRED)
+async def test_deferred_fragments_as_strawberry(document: str) -> None:
+    plain, fast = schemas(
+        config=StrawberryConfig(
+            scalar_map=SCALAR_MAP, enable_experimental_incremental_execution=True
+        )
+    )
+    expected = await incremental(plain, document)
+    assert len(expected) > 1  # something was deferred
+    assert await incremental(fast, document) == expected
 
 
 async def test_resolver_middleware_sees_every_field() -> None:

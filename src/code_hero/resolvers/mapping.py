@@ -175,10 +175,6 @@ def checkpoint_of(
         run_id=strawberry.ID(view.run_id) if view.run_id else None,
         next=list(view.next),
         metadata=JSON(view.metadata),
-        pending_writes=[
-            c.PendingWrite(task_id=w.task_id, channel=w.channel, value=JSON(w.value))
-            for w in view.pending_writes
-        ],
         view=view,
         page={} if page is None else page,
     )

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord
-from code_hero.runs.pgbus import CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresBus
+from code_hero.runs.pgbus import CONTROL_CHANNEL, EVENTS_CHANNEL, LISTENER_NAME, PostgresBus
 from tests.graphql.clients import eventually
 
 pytestmark = pytest.mark.postgres
@@ -221,3 +221,23 @@ async def test_a_replica_not_notifying_pokes_the_one_that_says_hello(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_replica_not_notifying_pokes_when_a_look_finds_another(
+    pg_database: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A hello missed (our listener half-open, say): what we stored since it went
+    unnotified, the look that finds the other replica pokes."""
+    a = bus(pg_database, pool)
+    await a.start()
+    try:
+        await eventually(lambda: not a.others_listen)
+        mine = a.subscribe(run_id="r1")  # a poke names nobody: ours hear it too
+        # Named as a replica's listener, it says no hello: only a look finds it.
+        async with await psycopg.AsyncConnection.connect(
+            pg_database, autocommit=True, application_name=LISTENER_NAME
+        ):
+            await eventually(lambda: a.others_listen)
+            await eventually(lambda: mine.overflowed)
+    finally:
+        await a.close()

@@ -26,11 +26,12 @@ with a commit to flush, about three a run, and a wake-up of its own listener
 (issue 15). Whether others listen is looked up every `presence_interval` seconds
 (their LISTEN connections, by name, in `pg_stat_activity`), and a replica whose
 listener (re)connects says "hello" on the control channel, which tells the others
-at once; one that was not notifying and hears a hello sends a poke, for the events
-it stored unnotified between the hello's commit and its hearing it. Until a look
-has found our own listener and nobody else's, whenever a look fails, and from the
-moment the listener is lost until the next look after its reconnect (a hello may
-have gone unheard meanwhile), it notifies.
+at once. Until a look has found our own listener and nobody else's, whenever a
+look fails, and from the moment the listener is lost until the next look after its
+reconnect (a hello may have gone unheard meanwhile), it notifies. A replica that
+turns its notifications back on (a hello heard, another seen, its listener lost)
+sends a poke: the newcomer's subscribers missed what it stored between the hello's
+commit and then.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class PostgresBus(InProcessBus):
                     self._listener_pid = conn.info.backend_pid
                     # A hello sent while we were not listening went unheard: notify
                     # until a look with this connection finds nobody else.
-                    self.others_listen = True
+                    self._notify_again()
                     # Listening now: the replicas that skip notifications for want of
                     # listeners send them again from this hello on.
                     await conn.execute(
@@ -234,9 +235,7 @@ class PostgresBus(InProcessBus):
                         if note.channel == CONTROL_CHANNEL and note.payload.startswith(HELLO):
                             if note.payload != f"{HELLO} {self._name}":
                                 self._hellos += 1
-                                if not self.others_listen:
-                                    self.others_listen = True
-                                    self._poke_others()
+                                self._notify_again()
                         elif note.channel == CONTROL_CHANNEL:
                             self._dispatch_control(note.payload)
                         else:
@@ -245,7 +244,7 @@ class PostgresBus(InProcessBus):
                 raise
             except Exception as exc:
                 self._listener_pid = None
-                self.others_listen = True  # see the reconnect above
+                self._notify_again()  # see the reconnect above
                 # Info, once per loss: a database outage logs its own warning lines.
                 (log.info if delay == 0.2 else log.debug)(
                     "event listener lost its connection (%s); reconnecting", exc
@@ -268,24 +267,31 @@ class PostgresBus(InProcessBus):
                     log.debug("looking for other replicas' listeners failed: %s", exc)
             # A hello heard during the look came from a replica it may have missed; a
             # listener that reconnected during it may have missed a hello.
-            self.others_listen = not (
-                alone and self._hellos == hellos and self._listener_pid == pid
-            )
+            if alone and self._hellos == hellos and self._listener_pid == pid:
+                self.others_listen = False
+            else:  # one whose hello we missed (a half-open listener): a poke for it
+                self._notify_again()
             self.looks += 1
             await asyncio.sleep(self.presence_interval)
 
-    def _poke_others(self) -> None:
-        """Send a poke: a replica that said hello may have subscribers that missed what
-        we stored, unnotified, between its hello's commit and our hearing it (its own
-        poke on reconnecting came before). Its subscribers re-read the log, ours too
-        (a poke names nobody). Through the pool: the listener connection is busy
-        waiting for notifications."""
+    def _notify_again(self) -> None:
+        """Notify from now on; when we did not, send a poke. Another replica listens, or
+        may: what we stored unnotified since its hello's commit (the poke it sent its
+        own subscribers on reconnecting came before) is missing from its subscribers'
+        queues. They re-read the log, ours too (a poke names nobody); it happens once
+        per replica started or listener reconnected. Through the pool: the listener
+        connection is busy waiting for notifications."""
+        if self.others_listen:
+            return
+        self.others_listen = True
+        if not self.available():  # an outage: no replica could read the rows anyway
+            return
 
         async def send() -> None:
             try:
                 await self._notify([(CONTROL_CHANNEL, POKE)])
             except Exception as exc:  # its run subscribers re-read at their recheck
-                log.warning("poke after a hello not sent: %s", exc)
+                log.warning("poke for the replicas we did not notify not sent: %s", exc)
 
         task = asyncio.get_running_loop().create_task(send(), name="pg-bus-poke")
         self._pokes.add(task)

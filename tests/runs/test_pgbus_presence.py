@@ -4,6 +4,7 @@ others' notifications from then on."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord
-from code_hero.runs.pgbus import EVENTS_CHANNEL, PostgresBus
+from code_hero.runs.pgbus import CONTROL_CHANNEL, EVENTS_CHANNEL, LISTENER_NAME, PostgresBus
 from tests.graphql.clients import eventually
 
 pytestmark = pytest.mark.postgres
@@ -99,3 +100,144 @@ async def test_a_replica_notifies_while_another_listens(
     finally:
         await a.close()
         await b.close()
+
+
+async def kill_listener(url: str, bus: PostgresBus) -> None:
+    """End the bus's LISTEN connection from the server side and wait for its reconnect."""
+    pid = bus._listener_pid
+    assert pid is not None
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+        # The backend is gone: a hello sent now is one the bus cannot hear.
+        await conn.execute("SELECT pg_notify(%s, 'hello another-replica')", (CONTROL_CHANNEL,))
+    await eventually(lambda: bus._listener_pid not in (None, pid))
+
+
+async def test_a_lone_replica_notifies_again_once_its_listener_reconnects(
+    pg_database: str, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hello sent while its listener was down went unheard: until a look with the
+    new connection finds nobody, it notifies."""
+    a = bus(pg_database, pool)
+    await a.start()
+    try:
+        await eventually(lambda: not a.others_listen)
+        a.presence_interval = 3600  # no look after the reconnect: what it says stands
+        looks = a.looks
+        await eventually(lambda: a.looks > looks)  # the last look: alone
+        assert not a.others_listen
+        await kill_listener(pg_database, a)
+        assert a.others_listen
+        sent = notifies_sent(monkeypatch)
+        await a.stored([event(1)])
+        assert len(sent) == 1
+    finally:
+        await a.close()
+
+
+class LookThatOutlivesItsListener:
+    """A pool whose next connection, once handed back, holds the one who took it until
+    the bus's listener was killed and reconnected: a look that began with the old
+    listener concludes after the new one said hello."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Any]) -> None:
+        self.url, self.pool = url, pool
+        self.bus: PostgresBus | None = None
+        self.looks_then: int | None = None  # the bus's looks when the hold ended
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        async with self.pool.connection() as conn:
+            yield conn
+        if self.bus is not None:
+            bus, self.bus = self.bus, None
+            await kill_listener(self.url, bus)
+            self.looks_then = bus.looks
+
+
+async def test_a_look_that_began_with_a_lost_listener_does_not_stop_the_notifications(
+    pg_database: str, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = LookThatOutlivesItsListener(pg_database, pool)
+    a = PostgresBus(pg_database, lambda: held, lambda: None, lambda _: True, presence_interval=0.05)  # type: ignore[arg-type,return-value]
+    await a.start()
+    try:
+        await eventually(lambda: not a.others_listen)
+        a.presence_interval = 3600  # after the held look, none: what it concluded stands
+        held.bus = a
+        await eventually(lambda: held.looks_then is not None and a.looks > held.looks_then)
+        assert a.others_listen
+        sent = notifies_sent(monkeypatch)
+        await a.stored([event(1)])
+        assert len(sent) == 1
+    finally:
+        await a.close()
+
+
+async def test_a_look_that_cannot_see_our_own_listener_concludes_nothing(
+    pg_database: str, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy that does not pass application_name on, no listener is seen, the
+    others' neither: the replica keeps notifying."""
+    real = psycopg.AsyncConnection.connect
+
+    async def renamed(*args: Any, **kwargs: Any) -> Any:
+        if "application_name" in kwargs:
+            kwargs["application_name"] = "proxy"
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", renamed)
+    a = bus(pg_database, pool)
+    await a.start()
+    try:
+        await eventually(lambda: a._listener_pid is not None)
+        looks = a.looks
+        await eventually(lambda: a.looks >= looks + 2)  # a whole look with it listening
+        assert a.others_listen
+        sent = notifies_sent(monkeypatch)
+        await a.stored([event(1)])
+        assert len(sent) == 1
+    finally:
+        await a.close()
+
+
+async def test_a_replica_not_notifying_pokes_the_one_that_says_hello(
+    pg_database: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """What it stored between the hello's commit and its hearing it went unnotified:
+    the newcomer's subscribers re-read the log."""
+    a = bus(pg_database, pool)
+    b = bus(pg_database, pool)
+    await a.start()
+    try:
+        await eventually(lambda: not a.others_listen)
+        a.presence_interval = 3600  # no look sees B first: its hello turns A on
+        looks = a.looks
+        await eventually(lambda: a.looks > looks)
+        assert not a.others_listen
+        on_run, on_thread = b.subscribe(run_id="r1"), b.subscribe(thread_id="t1")
+        await b.start()  # a first connect: B pokes nobody itself
+        await eventually(lambda: on_run.overflowed and on_thread.overflowed)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_replica_not_notifying_pokes_when_a_look_finds_another(
+    pg_database: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A hello missed (our listener half-open, say): what we stored since it went
+    unnotified, the look that finds the other replica pokes."""
+    a = bus(pg_database, pool)
+    await a.start()
+    try:
+        await eventually(lambda: not a.others_listen)
+        mine = a.subscribe(run_id="r1")  # a poke names nobody: ours hear it too
+        # Named as a replica's listener, it says no hello: only a look finds it.
+        async with await psycopg.AsyncConnection.connect(
+            pg_database, autocommit=True, application_name=LISTENER_NAME
+        ):
+            await eventually(lambda: a.others_listen)
+            await eventually(lambda: mine.overflowed)
+    finally:
+        await a.close()

@@ -26,7 +26,12 @@ with a commit to flush, about three a run, and a wake-up of its own listener
 (issue 15). Whether others listen is looked up every `presence_interval` seconds
 (their LISTEN connections, by name, in `pg_stat_activity`), and a replica whose
 listener (re)connects says "hello" on the control channel, which tells the others
-at once. Until a look has found nobody, and whenever a look fails, it notifies.
+at once. Until a look has found our own listener and nobody else's, whenever a
+look fails, and from the moment the listener is lost until the next look after its
+reconnect (a hello may have gone unheard meanwhile), it notifies. A replica that
+turns its notifications back on (a hello heard, another seen, its listener lost)
+sends a poke: the newcomer's subscribers missed what it stored between the hello's
+commit and then.
 """
 
 from __future__ import annotations
@@ -53,10 +58,12 @@ EVENTS_CHANNEL = "code_hero_events"
 CONTROL_CHANNEL = "code_hero_control"
 LISTENER_NAME = "code-hero-listener"  # application_name of the LISTEN connection
 HELLO = "hello"  # control message of a replica whose listener (re)connected: "hello ID"
-# Other replicas' listeners on this database (by name), ours left out.
-_OTHER_LISTENERS = (
-    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
-    "AND application_name = %s AND pid <> %s"
+# Listeners on this database (by name): how many are other replicas', and whether ours
+# is seen. Ours unseen (a proxy that renames connections or hides them) makes the
+# look blind: it cannot tell that nobody else listens.
+_LISTENERS = (
+    "SELECT count(*) FILTER (WHERE pid <> %s) AS n, coalesce(bool_or(pid = %s), false) AS ours "
+    "FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
 )
 # libpq TCP keepalives of the LISTEN connection: silent for 10 s, probed every
 # 5 s, given up after 3 unanswered probes (about 25 s for a half-open link).
@@ -102,6 +109,7 @@ class PostgresBus(InProcessBus):
         self._listener_pid: int | None = None  # our LISTEN connection's backend
         self._name = uuid.uuid4().hex  # in our hello: our listener hears it too
         self._presence: asyncio.Task[None] | None = None
+        self._pokes: set[asyncio.Task[None]] = set()  # kept: a task is only weakly held
         # False during a database outage: wake-ups stay in this process (no other
         # replica could read the rows anyway) instead of waiting on a dead pool.
         self.available = available
@@ -125,7 +133,11 @@ class PostgresBus(InProcessBus):
                 await self._ready.wait()
 
     async def close(self) -> None:
-        tasks = [*self._relay_tasks, *(t for t in (self._listener, self._presence) if t)]
+        tasks = [
+            *self._relay_tasks,
+            *self._pokes,
+            *(t for t in (self._listener, self._presence) if t),
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -205,6 +217,9 @@ class PostgresBus(InProcessBus):
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
                     self._listener_pid = conn.info.backend_pid
+                    # A hello sent while we were not listening went unheard: notify
+                    # until a look with this connection finds nobody else.
+                    self._notify_again()
                     # Listening now: the replicas that skip notifications for want of
                     # listeners send them again from this hello on.
                     await conn.execute(
@@ -220,7 +235,7 @@ class PostgresBus(InProcessBus):
                         if note.channel == CONTROL_CHANNEL and note.payload.startswith(HELLO):
                             if note.payload != f"{HELLO} {self._name}":
                                 self._hellos += 1
-                                self.others_listen = True
+                                self._notify_again()
                         elif note.channel == CONTROL_CHANNEL:
                             self._dispatch_control(note.payload)
                         else:
@@ -229,6 +244,7 @@ class PostgresBus(InProcessBus):
                 raise
             except Exception as exc:
                 self._listener_pid = None
+                self._notify_again()  # see the reconnect above
                 # Info, once per loss: a database outage logs its own warning lines.
                 (log.info if delay == 0.2 else log.debug)(
                     "event listener lost its connection (%s); reconnecting", exc
@@ -244,15 +260,42 @@ class PostgresBus(InProcessBus):
             if pid is not None and self.available():
                 try:
                     async with self.pool().connection() as conn:
-                        cur = await conn.execute(_OTHER_LISTENERS, (LISTENER_NAME, pid))
+                        cur = await conn.execute(_LISTENERS, (pid, pid, LISTENER_NAME))
                         row = await cur.fetchone()
-                    alone = row is not None and not _count(row)
+                    alone = row is not None and _alone(row)
                 except Exception as exc:  # not known: notify, as without the look
                     log.debug("looking for other replicas' listeners failed: %s", exc)
-            # A hello heard during the look came from a replica it may have missed.
-            self.others_listen = not alone or self._hellos != hellos
+            # A hello heard during the look came from a replica it may have missed; a
+            # listener that reconnected during it may have missed a hello.
+            if alone and self._hellos == hellos and self._listener_pid == pid:
+                self.others_listen = False
+            else:  # one whose hello we missed (a half-open listener): a poke for it
+                self._notify_again()
             self.looks += 1
             await asyncio.sleep(self.presence_interval)
+
+    def _notify_again(self) -> None:
+        """Notify from now on; when we did not, send a poke. Another replica listens, or
+        may: what we stored unnotified since its hello's commit (the poke it sent its
+        own subscribers on reconnecting came before) is missing from its subscribers'
+        queues. They re-read the log, ours too (a poke names nobody); it happens once
+        per replica started or listener reconnected. Through the pool: the listener
+        connection is busy waiting for notifications."""
+        if self.others_listen:
+            return
+        self.others_listen = True
+        if not self.available():  # an outage: no replica could read the rows anyway
+            return
+
+        async def send() -> None:
+            try:
+                await self._notify([(CONTROL_CHANNEL, POKE)])
+            except Exception as exc:  # its run subscribers re-read at their recheck
+                log.warning("poke for the replicas we did not notify not sent: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(send(), name="pg-bus-poke")
+        self._pokes.add(task)
+        task.add_done_callback(self._pokes.discard)
 
     def _on_events(self, payload: str) -> None:
         try:  # "RUN THREAD FIRST LAST": the thread id between the two ends, spaces and all
@@ -315,6 +358,8 @@ class PostgresBus(InProcessBus):
             del self._relays[run_id]
 
 
-def _count(row: Any) -> int:
-    """The count of a row read with the pool's row factory (a dict) or a tuple's."""
-    return int(row["n"] if isinstance(row, dict) else row[0])
+def _alone(row: Any) -> bool:
+    """Our listener seen and no other, from a row read with the pool's row factory
+    (a dict) or a tuple's."""
+    others, ours = (row["n"], row["ours"]) if isinstance(row, dict) else row
+    return bool(ours) and not others

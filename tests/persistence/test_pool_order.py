@@ -43,3 +43,21 @@ async def test_the_connection_returned_last_is_lent_first(pg_database: str) -> N
         assert again is held[-1]
         assert pool.lent == {again}
         await pool.putconn(again)
+
+
+async def test_a_connection_idle_past_its_lifetime_is_lent_and_replaced(pg_database: str) -> None:
+    """psycopg_pool expires a connection only as it comes back: one idle at the
+    bottom, never lent while the one on top serves, is lent once past its lifetime
+    and replaced when returned."""
+    async with _pool(pg_database) as pool:
+        await pool.wait()
+        held = [await pool.getconn() for _ in range(3)]
+        for conn in held:
+            await pool.putconn(conn)
+        held[0]._expire_at = 0.0  # the one idle longest is past its max_lifetime
+        lent = await pool.getconn()
+        assert lent is held[0]
+        await pool.putconn(lent)
+        assert lent.closed
+        await pool.wait()  # its replacement
+        assert pool.get_stats()["pool_available"] == 3

@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -58,9 +59,12 @@ class LendingPool(AsyncConnectionPool[Any]):
         # about half the time, and 30% less of PostgreSQL's CPU (issue 15). The
         # connections left idle are the ones the pool closes when it shrinks (it closes
         # from the other end, and only when some were not used for max_idle).
+        # psycopg_pool expires a connection past max_lifetime only as it comes back, so
+        # one left idle at the bottom would never be: the one idle longest is lent
+        # once it is past its lifetime, checked on the way out, closed on its return.
         conn: psycopg.AsyncConnection[Any] | None = await super()._get_ready_connection(timeout)
-        if conn is not None and self._pool:  # under the pool's lock, as the call above
-            self._pool.appendleft(conn)
+        if conn is not None and self._pool and conn._expire_at > monotonic():
+            self._pool.appendleft(conn)  # under the pool's lock, as the call above
             conn = self._pool.pop()
         return conn
 

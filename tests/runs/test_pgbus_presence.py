@@ -4,6 +4,7 @@ others' notifications from then on."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -241,3 +242,50 @@ async def test_a_replica_not_notifying_pokes_when_a_look_finds_another(
             await eventually(lambda: mine.overflowed)
     finally:
         await a.close()
+
+
+class _HandingPool:
+    """A pool whose wait for a connection is `asyncio.wait_for`, as psycopg_pool's
+    getconn is: a cancel that comes as a connection is handed over is dropped."""
+
+    def __init__(self) -> None:
+        self.handed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        await asyncio.wait_for(self.handed.wait(), 30)
+
+        class Conn:
+            async def execute(self, *args: Any) -> Any:
+                class Cursor:
+                    async def fetchone(self) -> Any:
+                        return (0, True)  # alone: no other listener, ours seen
+
+                return Cursor()
+
+        yield Conn()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2])
+async def test_close_ends_the_look_whose_wait_for_a_connection_dropped_the_cancel(
+    turns: int,
+) -> None:
+    """close() cancels the look as the pool hands it a connection: the cancel is lost in
+    wait_for, and the look must still end (it looked on for ever, close() waiting)."""
+    pool = _HandingPool()
+    a = PostgresBus("unused", lambda: pool, lambda: None, lambda _: True, presence_interval=0.01)  # type: ignore[arg-type,return-value]
+    a._listener_pid = 1
+    a._presence = asyncio.create_task(a._watch_presence())
+    await asyncio.sleep(0.01)  # the look waits for a connection
+    pool.handed.set()  # handed over: wait_for's inner wait is done
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(a.close())
+    await asyncio.wait([closing], timeout=10)  # a guard against the hang, not a measure
+    ended = closing.done()
+    if not ended:  # end it, for the next test: a second cancel lands
+        a._presence.cancel()
+        await closing
+    assert ended
+    assert a._presence.done()
+    assert not a._pokes

@@ -110,6 +110,7 @@ class PostgresBus(InProcessBus):
         self._name = uuid.uuid4().hex  # in our hello: our listener hears it too
         self._presence: asyncio.Task[None] | None = None
         self._pokes: set[asyncio.Task[None]] = set()  # kept: a task is only weakly held
+        self._closing = False
         # False during a database outage: wake-ups stay in this process (no other
         # replica could read the rows anyway) instead of waiting on a dead pool.
         self.available = available
@@ -133,6 +134,11 @@ class PostgresBus(InProcessBus):
                 await self._ready.wait()
 
     async def close(self) -> None:
+        # Marked first: the presence loop ends at its next turn even if an await drops
+        # the cancel (Python 3.11's wait_for, in psycopg_pool's getconn, returns the
+        # connection it was handed and drops a cancel that came with it), and no poke
+        # starts after the pokes below were gathered.
+        self._closing = True
         tasks = [
             *self._relay_tasks,
             *self._pokes,
@@ -254,7 +260,7 @@ class PostgresBus(InProcessBus):
 
     async def _watch_presence(self) -> None:
         """Look every `presence_interval` seconds whether another replica listens."""
-        while True:
+        while not self._closing:
             hellos, pid = self._hellos, self._listener_pid
             alone = False
             if pid is not None and self.available():
@@ -284,7 +290,7 @@ class PostgresBus(InProcessBus):
         if self.others_listen:
             return
         self.others_listen = True
-        if not self.available():  # an outage: no replica could read the rows anyway
+        if not self.available() or self._closing:  # an outage: nobody could read the rows
             return
 
         async def send() -> None:

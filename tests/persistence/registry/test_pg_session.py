@@ -49,7 +49,10 @@ async def test_begin_rides_with_the_first_statement_and_commit_at_the_end(
     async with pg_registry._session(atomic=True) as s:
         assert await s.fetch("SELECT count(*) AS n FROM code_hero_threads") == [{"n": 0}]
         assert await s.execute(INSERT, ["a"]) == 1
-    assert len(trips) == 3  # begin + select, insert, commit (were 4)
+    # begin + select, insert, commit (were 4). At most: psycopg reads an answer that
+    # is already in its buffer without a wait of its own, so a fast server can make it
+    # fewer (seen once in a full run: 2).
+    assert len(trips) <= 3
     assert await names(pg_registry) == ["a"]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord
@@ -28,7 +29,11 @@ def event(seq: int) -> EventRecord:
 @pytest.fixture
 async def pool(pg_database: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
     async with AsyncConnectionPool(
-        pg_database, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+        pg_database,
+        min_size=1,
+        max_size=2,
+        kwargs={"autocommit": True, "row_factory": dict_row},  # as the backend's pool
+        open=False,
     ) as pool:
         yield pool
 
@@ -259,7 +264,7 @@ class _HandingPool:
             async def execute(self, *args: Any) -> Any:
                 class Cursor:
                     async def fetchone(self) -> Any:
-                        return (0, True)  # alone: no other listener, ours seen
+                        return {"n": 0, "ours": True}  # alone: no other listener, ours seen
 
                 return Cursor()
 

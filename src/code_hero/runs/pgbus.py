@@ -364,8 +364,6 @@ class PostgresBus(InProcessBus):
             del self._relays[run_id]
 
 
-def _alone(row: Any) -> bool:
-    """Our listener seen and no other, from a row read with the pool's row factory
-    (a dict) or a tuple's."""
-    others, ours = (row["n"], row["ours"]) if isinstance(row, dict) else row
-    return bool(ours) and not others
+def _alone(row: dict[str, Any]) -> bool:
+    """Our listener seen and no other (a row read with the pool's `dict_row`)."""
+    return bool(row["ours"]) and not row["n"]

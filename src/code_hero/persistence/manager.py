@@ -143,6 +143,25 @@ class EnhancedCheckpointerManager:
         self._refresh_status()
         return self._router.active == 0
 
+    async def settle(self, timeout: float) -> bool:
+        """Before closing: copy what a fallback holds back to the primary if the primary
+        answers now, for at most `timeout` seconds; True when nothing is left behind."""
+        router = self._router
+        if router is None or router.active in (0, None) or not router.pending_sync:
+            return True
+        # What a fallback holds lives in this process's memory only: a server told to
+        # stop once the database is back (a rolling restart after an outage) would drop
+        # it if it waited for the next probe, or cut short a copy under way.
+        try:
+            async with asyncio.timeout(timeout):
+                await router.check()
+        except TimeoutError:
+            pass
+        except Exception:
+            self.logger.exception("copying the outage's writes back before closing failed")
+        self._refresh_status()
+        return router.active == 0
+
     async def cleanup(self) -> None:
         """Stop the health probe and close every backend."""
         task, self._health_task = self._health_task, None

@@ -22,8 +22,8 @@ import pytest
 
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.recovery import step_timeout
 from code_hero.persistence.records import RunStatus
+from code_hero.persistence.recovery import step_timeout
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, until, with_port

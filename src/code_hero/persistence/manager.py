@@ -143,9 +143,9 @@ class EnhancedCheckpointerManager:
         self._refresh_status()
         return self._router.active == 0
 
-    async def settle(self, timeout: float) -> bool:
+    async def settle(self, grace: float) -> bool:
         """Before closing: copy what a fallback holds back to the primary if the primary
-        answers now, for at most `timeout` seconds; True when nothing is left behind."""
+        answers now, for at most `grace` seconds; True when nothing is left behind."""
         router = self._router
         if router is None or router.active in (0, None) or not router.pending_sync:
             return True
@@ -153,8 +153,9 @@ class EnhancedCheckpointerManager:
         # stop once the database is back (a rolling restart after an outage) would drop
         # it if it waited for the next probe, or cut short a copy under way.
         try:
-            async with asyncio.timeout(timeout):
-                await router.check()
+            # Given up on, not awaited, past the grace: psycopg waits up to 10 s more
+            # on a query cancelled on a server gone silent.
+            await router.calls.run(router.check(), grace, "the copy-back before closing")
         except TimeoutError:
             pass
         except Exception:

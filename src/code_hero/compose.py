@@ -151,6 +151,8 @@ class Services:
             if self._executor is not None:
                 await self._executor.shutdown(self.settings.shutdown_grace)
         finally:
+            # Before the bus closes: the copy's end pokes the other replicas' subscribers.
+            await self.manager.settle(self.settings.shutdown_grace)
             await self.webhooks.close()  # attempts cut short are leased: tried again later
             await self.bus.close()
             await self.manager.cleanup()

@@ -143,6 +143,26 @@ class EnhancedCheckpointerManager:
         self._refresh_status()
         return self._router.active == 0
 
+    async def settle(self, grace: float) -> bool:
+        """Before closing: copy what a fallback holds back to the primary if the primary
+        answers now, for at most `grace` seconds; True when nothing is left behind."""
+        router = self._router
+        if router is None or router.active in (0, None) or not router.pending_sync:
+            return True
+        # What a fallback holds lives in this process's memory only: a server told to
+        # stop once the database is back (a rolling restart after an outage) would drop
+        # it if it waited for the next probe, or cut short a copy under way.
+        try:
+            # Given up on, not awaited, past the grace: psycopg waits up to 10 s more
+            # on a query cancelled on a server gone silent.
+            await router.calls.run(router.check(), grace, "the copy-back before closing")
+        except TimeoutError:
+            pass
+        except Exception:
+            self.logger.exception("copying the outage's writes back before closing failed")
+        self._refresh_status()
+        return router.active == 0
+
     async def cleanup(self) -> None:
         """Stop the health probe and close every backend."""
         task, self._health_task = self._health_task, None

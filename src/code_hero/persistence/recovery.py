@@ -99,7 +99,17 @@ async def sync_back(router: FallbackRouter) -> bool:
                 await primary.backend.reconnect()
             await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
             async with router.gate.closed():
-                await _drain(router, primary.backend, source, until=0)
+                # The gate holds every writer: its drain is one step as a whole, given
+                # up on (not awaited) when past its bound. A primary silent now left
+                # writers waiting out each step's bound in turn, and then psycopg's
+                # own wait on each cancelled query (~40 s with the defaults). Given up
+                # on, the drain ends in the background with the gate open, as the
+                # drain before it ran; the switch is not made.
+                await router.calls.run(
+                    _drain(router, primary.backend, source, until=0),
+                    step_timeout(primary.config),
+                    "the copy-back's last part",
+                )
                 await router.switch_to_primary()
             return True
         except Exception as exc:

@@ -151,8 +151,17 @@ class BackendSlot:
                 f"opening the {self.kind} backend",
             )
         except Exception as exc:
+            # Tried again at every probe while it stays down: only the first failure
+            # is news (an outage logs one WARNING when it starts, not one per probe).
+            again = self.last_error is not None
             self.record_failure(exc)
-            log.warning("could not open %s backend %s: %s", self.role, backend.description, exc)
+            log.log(
+                logging.DEBUG if again else logging.WARNING,
+                "could not open %s backend %s: %s",
+                self.role,
+                backend.description,
+                exc,
+            )
             return
         self.backend = backend
         self._record_answer(started)

@@ -1,0 +1,71 @@
+"""Closing after an outage: what the fallback held reaches PostgreSQL when it answers.
+
+A server told to stop (SIGTERM, a rolling restart) once the database is back, but
+before a probe copied the outage's writes back (or half-way through that copy),
+must copy them on its way out instead of dropping them with its memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.records import RunStatus
+from code_hero.runs.executor import StartRun
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
+
+pytestmark = pytest.mark.postgres
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
+SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
+STEPS = [f"s{i}" for i in range(6)]
+
+
+def rows(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+async def test_closing_once_the_database_is_back_copies_what_the_outage_held(
+    pg_database: str,
+) -> None:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        # No probe comes during the test: the outage is found by the run's own call,
+        # and only the closing can copy back.
+        checkpointer = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=3600
+        )
+        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC})
+        async with Gateway(settings) as gw:
+            proxy.refuse()
+            run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+            assert run.status is RunStatus.SUCCESS
+            assert gw.manager.router.degraded_since is not None
+            assert gw.manager.pending_sync > 0
+            served = [e.seq for e in await gw.run_events(run.run_id, first=1000)]
+            history = len((await gw.list_checkpoints(run.thread_id, first=100)).items)
+            proxy.forward()  # back, and the server is told to stop before a probe saw it
+
+    stored = rows(
+        pg_database,
+        "SELECT status, output->'steps' FROM code_hero_runs WHERE run_id = %s",
+        run.run_id,
+    )
+    assert stored == [("SUCCESS", STEPS)]
+    events = rows(
+        pg_database,
+        "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq",
+        run.run_id,
+    )
+    assert [seq for (seq,) in events] == served
+    checkpoints = rows(
+        pg_database,
+        "SELECT count(*) FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = ''",
+        run.thread_id,
+    )
+    assert checkpoints == [(history,)]

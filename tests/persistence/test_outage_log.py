@@ -1,0 +1,51 @@
+"""An outage logs one WARNING when it starts, however long it lasts.
+
+A server that starts with its database down tries to open it at every probe:
+each failed try is the same news, not another warning (the README promises one
+line when an outage starts and one when it ends).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import pytest
+
+from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
+from tests.graphql.clients import eventually
+
+pytestmark = pytest.mark.postgres
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("code_hero")
+    ]
+
+
+async def test_a_database_down_at_start_warns_once_not_at_every_probe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        proxy.refuse()  # refused at once: a database that is down
+        config = create_postgres_checkpointer(
+            with_port(PG_ADMIN_URL, proxy.port), pool_timeout=1, health_check_interval=0.05
+        )
+        manager = EnhancedCheckpointerManager(config)
+        assert await manager.initialize() is False
+        try:
+            at_start = _warnings(caplog)
+            assert at_start, "the outage's start is logged"
+            tries = proxy.accepted
+            await eventually(lambda: proxy.accepted >= tries + 3, 30)  # probes tried again
+            assert manager.health_report()["overall_status"] == "degraded"
+            assert _warnings(caplog) == at_start
+        finally:
+            await manager.cleanup()

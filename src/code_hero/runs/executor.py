@@ -401,12 +401,11 @@ class RunExecutor:
         writer: RunEventWriter | None = None
         timeline = Timeline(record)
         try:
-            writer = await self.events.writer(run_id, thread_id)
-            running = await self.registry.update_run(
-                run_id,
-                status=RunStatus.RUNNING,
-                started_at=record.started_at or datetime.now(UTC),
+            # RUNNING, and where its events' numbering goes on, in one statement.
+            running, last = await self.registry.start_run(
+                run_id, record.started_at or datetime.now(UTC)
             )
+            writer = await self.events.writer(run_id, thread_id, last=last)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
+from code_hero.persistence.records import RunStatus
 from code_hero.persistence.registry import PostgresRegistry
 from tests.faults import until
 from tests.persistence.registry.support import events, make_pool, put, run
@@ -145,3 +147,14 @@ async def test_a_body_that_caught_a_waiting_statements_error_does_not_end_quietl
     assert await names(pg_registry) == ["a"]
     async with pg_registry.pool.connection() as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def test_a_run_starts_in_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUNNING and the last stored seq in one statement, not an update and a look."""
+    await pg_registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2))
+    trips = count_pg_trips(monkeypatch)
+    record, last = await pg_registry.start_run("r1", datetime.now(UTC))
+    assert len(trips) == 1
+    assert record is not None and record.status is RunStatus.RUNNING and last == 2

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
+from code_hero.errors import ConflictError
 from code_hero.persistence.records import RunStatus
 from code_hero.persistence.registry import PostgresRegistry
 from tests.faults import until
@@ -158,3 +159,24 @@ async def test_a_run_starts_in_one_trip(
     record, last = await pg_registry.start_run("r1", datetime.now(UTC))
     assert len(trips) == 1
     assert record is not None and record.status is RunStatus.RUNNING and last == 2
+
+
+async def test_a_run_is_admitted_in_two_trips(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN with the thread's upsert; the run, its first events and COMMIT in one
+    statement's trip (were three trips: the events waited for the end's COMMIT)."""
+    trips = count_pg_trips(monkeypatch)
+    record, busy = await pg_registry.admit_run(
+        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2), new_thread=True
+    )
+    assert len(trips) <= 2
+    assert record is not None and busy is None
+    assert await pg_registry.get_run("r1") == record
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
+    # A run id taken: refused whole, its events with it.
+    with pytest.raises(ConflictError):
+        await pg_registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 3))
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
+    async with pg_registry._session() as s:
+        assert s._conn.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]

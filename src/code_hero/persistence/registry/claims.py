@@ -99,12 +99,26 @@ class RunClaims(WebhookOutbox):
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
+                insert = (
+                    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+                    f"RETURNING {RUN_COLUMNS}"
+                )
                 async with self._unique(f"a run with id {run.run_id!r}"):
-                    rows = await s.fetch(
-                        f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-                        f"RETURNING {RUN_COLUMNS}",
-                        params,
-                    )
+                    if events and self.writable_ctes:
+                        # The run, its events and the COMMIT in one trip (issue 15): the
+                        # events' foreign key is checked at the statement's end, when
+                        # the run's row is there.
+                        rows = await s.fetch(
+                            f"WITH run AS ({insert}), events AS (INSERT INTO "
+                            f"code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                            f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}) "
+                            "SELECT * FROM run",
+                            [*params, *(v for e in events for v in self._event_params(e))],
+                            last=True,
+                        )
+                        events = ()
+                    else:
+                        rows = await s.fetch(insert, params)
                     if events:  # stored with the run: whoever claims it numbers on from here
                         await s.executemany(
                             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "

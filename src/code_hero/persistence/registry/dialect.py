@@ -131,6 +131,8 @@ class Dialect(ABC):
     for_update: ClassVar[str] = ""
     # PostgreSQL: a transaction lock per (class, user), taken before a capped insert.
     webhook_cap_lock: ClassVar[str | None] = None
+    # PostgreSQL: data-modifying statements in WITH, so rows of two tables go in one.
+    writable_ctes: ClassVar[bool] = False
 
     # --- what a dialect supplies --------------------------------------------
 

@@ -15,8 +15,9 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from code_hero.errors import ConflictError
-from code_hero.persistence.records import RunStatus
+from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
+from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.faults import until
 from tests.persistence.registry.support import events, make_pool, put, run
 from tests.pgtrips import count_pg_trips
@@ -180,3 +181,41 @@ async def test_a_run_is_admitted_in_two_trips(
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
     async with pg_registry._session() as s:
         assert s._conn.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]
+
+
+async def test_a_run_ends_in_three_trips_its_deliveries_with_the_threads_status(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end's deliveries and the thread's status go in one statement with the COMMIT
+    (were a trip each): lock, the run's update, then that; what each stores unchanged."""
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
+    )
+    await pg_registry.create_webhook(hook, "whsec_c2VjcmV0")
+    await pg_registry.admit_run(run("r1", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r2", "t2", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r3", "t2", user_id="u"), reject_if_busy=False)
+    woken: list[None] = []
+    pg_registry.on_enqueue(lambda: woken.append(None))
+
+    trips = count_pg_trips(monkeypatch)
+    ended, waiting = await pg_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2), status=RunStatus.SUCCESS
+    )
+    assert len(trips) <= 3
+    assert ended is not None and ended.status is RunStatus.SUCCESS and not waiting
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.IDLE
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [2]
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"] and len(woken) == 1
+
+    # A run waits on t2: the thread stays BUSY, and the end is said to leave one waiting.
+    _, waiting = await pg_registry.finish_run("r2", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    busy = await pg_registry.get_thread("t2")
+    assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
+    assert len(woken) == 2
+    # Ended again (a replay): no second delivery, no wake-up.
+    await pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert len(page.items) == 1 and len(woken) == 2

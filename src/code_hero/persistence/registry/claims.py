@@ -174,21 +174,38 @@ class RunClaims(WebhookOutbox):
             # (Two finishes racing both see it unfinished: the delivery ids, derived
             # from run and event, keep one message of each.)
             ended = RunStatus(locked[0]["status"]).finished
-            queued = 0 if ended else await self._enqueue_run_end(s, run)
+            inserts = [] if ended else self._run_end_inserts(run)
             # The thread takes the run's end status unless a run waits (the row is locked:
             # nothing updated means one waits).
-            waiting = not await s.execute(
+            status_update = (
                 "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
                 f"AND NOT EXISTS ({thread_runs('status')}SELECT 1 FROM thread_runs "
-                "WHERE status IN ('PENDING', 'RUNNING'))",
-                [
-                    ThreadStatus(thread_status).value,
-                    self._ts(utc_now()),
-                    run.thread_id,
-                    run.thread_id,
-                ],
-                last=True,
+                "WHERE status IN ('PENDING', 'RUNNING'))"
             )
+            status_params = [
+                ThreadStatus(thread_status).value,
+                self._ts(utc_now()),
+                run.thread_id,
+                run.thread_id,
+            ]
+            if self.writable_ctes and len(inserts) == 1:
+                # The deliveries and the thread's status in one statement, with the
+                # COMMIT (issue 15): two tables no other part of it reads.
+                insert, insert_params = inserts[0]
+                counts = await s.fetch(
+                    f"WITH queued AS ({insert} RETURNING 1), "
+                    f"updated AS ({status_update} RETURNING 1) "
+                    "SELECT (SELECT count(*) FROM queued) AS queued, "
+                    "(SELECT count(*) FROM updated) AS updated",
+                    [*insert_params, *status_params],
+                    last=True,
+                )
+                queued, waiting = counts[0]["queued"], not counts[0]["updated"]
+            else:
+                queued = 0
+                for insert, insert_params in inserts:
+                    queued += await s.execute(insert, insert_params)
+                waiting = not await s.execute(status_update, status_params, last=True)
         if queued:
             self._outbox_committed()
         return run, bool(waiting)

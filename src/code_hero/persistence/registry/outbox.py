@@ -109,8 +109,8 @@ class WebhookOutbox(Dialect):
         inserts.append(
             (
                 f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
-                "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, 'PENDING', 0, "
-                "?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
+                "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, "
+                "'PENDING', 0, ?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
                 f"AND (w.all_users OR w.user_id = {_OWNER}) "
                 "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
                 "AND (w.filter_status IS NULL OR w.filter_status = ?) "

@@ -85,7 +85,7 @@ async def test_an_event_batch_is_one_trip(
     await pg_registry.put_run(run("r1"))
     trips = count_pg_trips(monkeypatch)
     await pg_registry.store_batch(events("r1", "t1", 1, 2, 3), {"r1": {"input_tokens": 7}})
-    assert len(trips) == 2  # begin + the runs locked; inserts, update, commit (were 5)
+    assert len(trips) == 1  # begin, the runs locked, inserts, update, commit (were 5, then 2)
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2, 3]
     stored = await pg_registry.get_run("r1")
     assert stored is not None and stored.input_tokens == 7

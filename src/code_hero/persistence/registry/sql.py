@@ -531,13 +531,15 @@ class SqlRegistry(
                 async with self._session(atomic=True) as s:
                     if updates and self.for_update:
                         # The runs in run order before the inserts' key locks: an update
-                        # after them would strengthen a lock out of order.
+                        # after them would strengthen a lock out of order. Its rows are
+                        # not read: it waits, as a batch does, for the session's one
+                        # trip with the inserts, the updates and COMMIT (issue 15).
                         ids = sorted({*(e.run_id for e in events), *(runs or {})})
                         cond, ids_param = self._in("run_id", ids)
-                        await s.fetch(
+                        await s.executemany(
                             f"SELECT run_id FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
-                            ids_param,
+                            [ids_param],
                         )
                     if rows:
                         await s.executemany(sql, rows)

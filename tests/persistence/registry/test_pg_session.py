@@ -183,11 +183,12 @@ async def test_a_run_is_admitted_in_two_trips(
         assert s._conn.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]
 
 
-async def test_a_run_ends_in_three_trips_its_deliveries_with_the_threads_status(
+async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The end's deliveries and the thread's status go in one statement with the COMMIT
-    (were a trip each): lock, the run's update, then that; what each stores unchanged."""
+    """The thread's lock and the run's update in one trip; its events, the deliveries and
+    the thread's status (one statement) with the COMMIT in the next (were four trips);
+    what each stores unchanged."""
     hook = WebhookRecord(
         "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
     )
@@ -202,7 +203,7 @@ async def test_a_run_ends_in_three_trips_its_deliveries_with_the_threads_status(
     ended, waiting = await pg_registry.finish_run(
         "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2), status=RunStatus.SUCCESS
     )
-    assert len(trips) <= 3
+    assert len(trips) <= 2
     assert ended is not None and ended.status is RunStatus.SUCCESS and not waiting
     thread = await pg_registry.get_thread("t1")
     assert thread is not None and thread.status is ThreadStatus.IDLE
@@ -219,3 +220,7 @@ async def test_a_run_ends_in_three_trips_its_deliveries_with_the_threads_status(
     await pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
     page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
     assert len(page.items) == 1 and len(woken) == 2
+    assert await pg_registry.finish_run("missing", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
+        None,
+        False,
+    )

@@ -1042,15 +1042,17 @@ async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it
 
     executor.launch = cut_then_launch  # type: ignore[method-assign]
     if when == "as it reads its events":
-        writer = executor.events.writer
+        # Its look for its events' numbering goes with its RUNNING update (`start_run`).
+        registry = executor.registry
+        start_run = registry.start_run
 
-        async def cancelled_in_writer(run_id: str, thread_id: str) -> Any:
-            executor.events.writer = writer  # type: ignore[method-assign]
+        async def cancelled_in_start(run_id: str, started_at: Any) -> Any:
+            del registry.start_run  # type: ignore[attr-defined]
             executor.stop(run_id)
             await asyncio.sleep(0)  # the cancel lands here, before any event is written
-            return await writer(run_id, thread_id)
+            return await start_run(run_id, started_at)
 
-        executor.events.writer = cancelled_in_writer  # type: ignore[method-assign]
+        registry.start_run = cancelled_in_start  # type: ignore[method-assign]
     with pytest.raises(BackendUnavailableError):
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     (run_id,) = launched
@@ -1357,21 +1359,21 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
     gw, proxy = long_leased
     executor = gw.executor
     registry = executor.registry
-    update_run = registry.update_run
+    start_run = registry.start_run  # the RUNNING write
 
-    async def taken_over_then_update(run_id: str, **fields: Any) -> Any:
-        del registry.update_run  # type: ignore[method-assign]
+    async def taken_over_then_start(run_id: str, started_at: Any) -> Any:
+        del registry.start_run  # type: ignore[attr-defined]
         rows(
             pg_database,
             "UPDATE code_hero_runs SET lease_owner = %s WHERE run_id = %s RETURNING 1",
             seen,
             run_id,
         )
-        record = await update_run(run_id, **fields)
+        record, last = await start_run(run_id, started_at)
         assert record is not None and record.lease_owner == seen
-        return record
+        return record, last
 
-    registry.update_run = taken_over_then_update  # type: ignore[method-assign]
+    registry.start_run = taken_over_then_start  # type: ignore[method-assign]
     _cut_at_its_end(registry, proxy)
     with pytest.raises(RunHeldUpError) as held:
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)

@@ -49,20 +49,19 @@ async def test_a_cancel_an_await_dropped_is_not_lost(
     # On Python 3.11 asyncio.wait_for returns a result that arrived with the cancel and
     # drops the cancel: psycopg_pool's getconn waits with it, so a run waiting for a
     # connection went on as if never stopped (its cancelRun answered RUNNING, or SUCCESS
-    # once a short run had ended). The run's RUNNING update drops it here.
+    # once a short run had ended). The run's RUNNING update (`start_run`) drops it here.
     registry = gateway.manager.registry
-    update_run, reached, cancelled = registry.update_run, asyncio.Event(), asyncio.Event()
+    start_run, reached, cancelled = registry.start_run, asyncio.Event(), asyncio.Event()
 
-    async def dropping_the_cancel(run_id: str, **fields: Any) -> RunRecord | None:
-        if fields.get("status") is RunStatus.RUNNING:
-            reached.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-        return await update_run(run_id, **fields)
+    async def dropping_the_cancel(run_id: str, started_at: Any) -> tuple[RunRecord | None, int]:
+        reached.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+        return await start_run(run_id, started_at)
 
-    monkeypatch.setattr(registry, "update_run", dropping_the_cancel)
+    monkeypatch.setattr(registry, "start_run", dropping_the_cancel)
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 30}))  # unending
     await reached.wait()
     final = await gateway.cancel_run(run.run_id)

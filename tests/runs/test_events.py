@@ -230,3 +230,43 @@ async def test_events_a_close_gave_up_on_are_not_stored_later(
     await log.flush()
     assert await registry.last_seq(run.run_id) == stored
     assert log.internal_sizes() == dict.fromkeys(log.internal_sizes(), 0)
+
+
+async def test_a_run_starts_with_one_registry_call(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed run is marked RUNNING and learns where its events' numbering goes on in
+    one call (`start_run`, one statement), not an update and a look for the last seq;
+    its events still number on from its PENDING one, with no gap."""
+    registry = gateway.manager.registry
+    calls: list[str] = []
+    real_start, real_update, real_last = (
+        registry.start_run,
+        registry.update_run,
+        registry.last_seq,
+    )
+
+    async def start_run(run_id: str, started_at: Any) -> Any:
+        calls.append("start_run")
+        record, last = await real_start(run_id, started_at)
+        assert record is not None and record.status.value == "RUNNING"
+        assert record.started_at == started_at and last == 1  # its PENDING event
+        return record, last
+
+    async def update_run(run_id: str, **fields: Any) -> Any:
+        calls.append(f"update_run {sorted(fields)}")
+        return await real_update(run_id, **fields)
+
+    async def last_seq(run_id: str) -> int:
+        calls.append("last_seq")
+        return await real_last(run_id)
+
+    monkeypatch.setattr(registry, "start_run", start_run)
+    monkeypatch.setattr(registry, "update_run", update_run)
+    monkeypatch.setattr(registry, "last_seq", last_seq)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.01}, wait=True))
+    assert run.status.value == "SUCCESS" and run.started_at is not None
+    assert calls == ["start_run"]
+    stored = await gateway.run_events(run.run_id, first=1000)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert [e.payload.get("status") for e in stored[:2]] == ["PENDING", "RUNNING"]

@@ -265,3 +265,39 @@ async def test_a_thread_created_by_a_run_carries_its_metadata(gateway: Gateway) 
     assert again.metadata == {"project": "other"}
     kept = await gateway.get_thread(run.thread_id)
     assert kept is not None and kept.metadata["project"] == "shop", "later runs leave it alone"
+
+
+async def test_a_waiter_looks_at_the_registry_only_when_the_run_is_not_claimed_here(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """startRun(wait) on a run the next claim pass here takes: woken by its launch and its
+    end, never asking the registry (the pass outlasting a pause of its own included);
+    a run that pass leaves (no free slot) is looked at once the pass has ended."""
+    registry = gateway.manager.registry
+    looks: list[str] = []
+    real_get, real_claim = registry.get_run, registry.claim_runs
+
+    async def get_run(run_id: str) -> object:
+        looks.append(run_id)
+        return await real_get(run_id)
+
+    async def slow_claim(owner: str, **kwargs: object) -> object:
+        await asyncio.sleep(0.05)  # a pass on a busy event loop
+        return await real_claim(owner, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "get_run", get_run)
+    monkeypatch.setattr(registry, "claim_runs", slow_claim)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.01}, wait=True))
+    assert run.status is RunStatus.SUCCESS
+    assert looks == []
+
+    claims = gateway.executor.claims
+    slots, claims.max_concurrent = claims.max_concurrent, 0  # the pass claims nothing
+    waiting = asyncio.create_task(
+        gateway.start_run(StartRun(graph="slow", input={"delay": 0.01}, wait=True))
+    )
+    await eventually(lambda: bool(looks))  # looked at, the pass having left it
+    claims.max_concurrent = slots
+    claims.wake()
+    second = await asyncio.wait_for(waiting, 30)
+    assert second.status is RunStatus.SUCCESS and looks[0] == second.run_id

@@ -43,6 +43,7 @@ from code_hero.persistence.records import (
     RunFilter,
     RunOrder,
     RunRecord,
+    RunStatus,
     ThreadFilter,
     ThreadOrder,
     ThreadRecord,
@@ -217,6 +218,24 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         owner = self._owner(run_id, "updating this run")
         self._journal(ChangeRun(run_id, known.thread_id, dict(fields), owner))
         return self._adopt(run_id, **fields)
+
+    async def start_run(self, run_id: str, started_at: datetime) -> tuple[RunRecord | None, int]:
+        """Mark a claimed run RUNNING; returns it and the highest seq stored for it."""
+
+        async def on_primary(registry: Registry) -> tuple[RunRecord | None, int]:
+            record, last = await registry.start_run(run_id, started_at)
+            if record is not None:
+                self._seen([record])
+            return record, last
+
+        async def degraded() -> tuple[RunRecord | None, int]:
+            # As the two calls it stands for would go in an outage: the look first (it
+            # refuses a run in flight whose events are on the primary), then the update.
+            last = await self.last_seq(run_id)
+            fields = {"status": RunStatus.RUNNING, "started_at": started_at}
+            return await self._update_run_locally(run_id, fields), last
+
+        return await self._write(on_primary, degraded)
 
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any

@@ -371,6 +371,10 @@ class Registry(Protocol):
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given RunRecord fields; returns the new record (None if missing)."""
 
+    async def start_run(self, run_id: str, started_at: datetime) -> tuple[RunRecord | None, int]:
+        """Mark a claimed run RUNNING since `started_at`; returns the new record (None if
+        missing) and the highest seq stored for the run (`last_seq`), in one statement."""
+
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any
     ) -> RunRecord | None:

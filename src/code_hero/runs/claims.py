@@ -95,6 +95,10 @@ class Claims:
         # When the lease of each run executing here lapses, as its claim or last
         # renewal set it: an end recorded well within it needs no look at the row.
         self._expires: dict[str, datetime] = {}
+        # Told when the next pass to begin has ended (`after_next_pass`): passes begun,
+        # and the callbacks with the pass number each waits for.
+        self._passes = 0
+        self._after_pass: list[tuple[int, Callable[[], None]]] = []
 
     @property
     def registry(self) -> Registry:
@@ -136,6 +140,18 @@ class Claims:
         """A run ended here: claim now if the last pass left runs for want of a slot."""
         if self._full:
             self._wake.set()
+
+    def after_next_pass(self, tell: Callable[[], None]) -> None:
+        """Call `tell` once a claim pass that begins after now has ended (claimed or not,
+        failed or not): a run admitted before this call was looked for by then."""
+        self._after_pass.append((self._passes + 1, tell))
+
+    def _pass_ended(self, number: int) -> None:
+        due = [tell for after, tell in self._after_pass if after <= number]
+        if due:
+            self._after_pass = [(a, t) for a, t in self._after_pass if a > number]
+            for tell in due:
+                tell()
 
     def _wake_for_cancels(self) -> None:
         self._cancels_due = True
@@ -235,7 +251,12 @@ class Claims:
         """Claim what can be claimed now (runs whose lease lapsed included); `cancels`:
         and finish the cancelled runs nobody holds."""
         async with self._claiming:
-            await self._claim_locked(cancels)
+            self._passes += 1
+            number = self._passes
+            try:
+                await self._claim_locked(cancels)
+            finally:
+                self._pass_ended(number)
 
     async def _claim_locked(self, cancels: bool) -> None:
         now = datetime.now(UTC)

@@ -128,12 +128,16 @@ class EventLog:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def writer(self, run_id: str, thread_id: str, *, new: bool = False) -> RunEventWriter:
-        """The writer of a run; numbering goes on after the last stored event."""
+    async def writer(
+        self, run_id: str, thread_id: str, *, new: bool = False, last: int | None = None
+    ) -> RunEventWriter:
+        """The writer of a run; numbering goes on after the last stored event (`last`,
+        when the caller has just read it)."""
         existing = self._writers.get(run_id)
         if existing is not None:
             return existing
-        last = 0 if new else await self.registry().last_seq(run_id)
+        if last is None:
+            last = 0 if new else await self.registry().last_seq(run_id)
         writer = RunEventWriter(self, run_id, thread_id, last + 1)
         self._writers[run_id] = writer
         return writer

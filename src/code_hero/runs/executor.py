@@ -86,6 +86,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A waiter for a run just admitted here looks at the registry this soon at the latest
+# (no claim pass ending meanwhile: a busy pool, a shutdown).
+_FIRST_LOOK_AT_THE_LATEST = 0.25
 
 
 class RunExecutor:
@@ -322,10 +325,15 @@ class RunExecutor:
             pause = 0.01
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
             # comes with the news, and a waiter stopped then waited on for the run's end.
-            if fresh and run_id not in self._done:  # mostly claimed here within the pause
+            if fresh and run_id not in self._done:  # mostly claimed here by the next pass
+                # Woken when launched here, or when the next claim pass here ends without
+                # it (claimed elsewhere, no slot): only then is the registry worth a look.
+                # Not after a fixed pause: a pass on a busy loop outlasts one, and a look
+                # for a run about to start here was a statement a run (issue 15).
                 news = self._news.setdefault(run_id, asyncio.Event())
+                self.claims.after_next_pass(functools.partial(self._tell_waiters, run_id))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
+                    async with asyncio.timeout(_FIRST_LOOK_AT_THE_LATEST):
                         await news.wait()
             while True:
                 done = self._done.get(run_id)
@@ -401,12 +409,11 @@ class RunExecutor:
         writer: RunEventWriter | None = None
         timeline = Timeline(record)
         try:
-            writer = await self.events.writer(run_id, thread_id)
-            running = await self.registry.update_run(
-                run_id,
-                status=RunStatus.RUNNING,
-                started_at=record.started_at or datetime.now(UTC),
+            # RUNNING, and where its events' numbering goes on, in one statement.
+            running, last = await self.registry.start_run(
+                run_id, record.started_at or datetime.now(UTC)
             )
+            writer = await self.events.writer(run_id, thread_id, last=last)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(

@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
+from code_hero.errors import ConflictError
+from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
+from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.faults import until
 from tests.persistence.registry.support import events, make_pool, put, run
 from tests.pgtrips import count_pg_trips
@@ -81,7 +85,7 @@ async def test_an_event_batch_is_one_trip(
     await pg_registry.put_run(run("r1"))
     trips = count_pg_trips(monkeypatch)
     await pg_registry.store_batch(events("r1", "t1", 1, 2, 3), {"r1": {"input_tokens": 7}})
-    assert len(trips) == 2  # begin + the runs locked; inserts, update, commit (were 5)
+    assert len(trips) == 1  # begin, the runs locked, inserts, update, commit (were 5, then 2)
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2, 3]
     stored = await pg_registry.get_run("r1")
     assert stored is not None and stored.input_tokens == 7
@@ -145,3 +149,78 @@ async def test_a_body_that_caught_a_waiting_statements_error_does_not_end_quietl
     assert await names(pg_registry) == ["a"]
     async with pg_registry.pool.connection() as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def test_a_run_starts_in_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUNNING and the last stored seq in one statement, not an update and a look."""
+    await pg_registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2))
+    trips = count_pg_trips(monkeypatch)
+    record, last = await pg_registry.start_run("r1", datetime.now(UTC))
+    assert len(trips) == 1
+    assert record is not None and record.status is RunStatus.RUNNING and last == 2
+
+
+async def test_a_run_is_admitted_in_two_trips(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN with the thread's upsert; the run, its first events and COMMIT in one
+    statement's trip (were three trips: the events waited for the end's COMMIT)."""
+    trips = count_pg_trips(monkeypatch)
+    record, busy = await pg_registry.admit_run(
+        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2), new_thread=True
+    )
+    assert len(trips) <= 2
+    assert record is not None and busy is None
+    assert await pg_registry.get_run("r1") == record
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
+    # A run id taken: refused whole, its events with it.
+    with pytest.raises(ConflictError):
+        await pg_registry.admit_run(run("r1"), reject_if_busy=False, events=events("r1", "t1", 3))
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
+    async with pg_registry._session() as s:
+        assert s._conn.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]
+
+
+async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread's lock and the run's update in one trip; its events, the deliveries and
+    the thread's status (one statement) with the COMMIT in the next (were four trips);
+    what each stores unchanged."""
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
+    )
+    await pg_registry.create_webhook(hook, "whsec_c2VjcmV0")
+    await pg_registry.admit_run(run("r1", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r2", "t2", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r3", "t2", user_id="u"), reject_if_busy=False)
+    woken: list[None] = []
+    pg_registry.on_enqueue(lambda: woken.append(None))
+
+    trips = count_pg_trips(monkeypatch)
+    ended, waiting = await pg_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2), status=RunStatus.SUCCESS
+    )
+    assert len(trips) <= 2
+    assert ended is not None and ended.status is RunStatus.SUCCESS and not waiting
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.IDLE
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [2]
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"] and len(woken) == 1
+
+    # A run waits on t2: the thread stays BUSY, and the end is said to leave one waiting.
+    _, waiting = await pg_registry.finish_run("r2", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    busy = await pg_registry.get_thread("t2")
+    assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
+    assert len(woken) == 2
+    # Ended again (a replay): no second delivery, no wake-up.
+    await pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert len(page.items) == 1 and len(woken) == 2
+    assert await pg_registry.finish_run("missing", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
+        None,
+        False,
+    )

@@ -125,3 +125,30 @@ async def test_delete_run_deletes_its_events(registry: Registry) -> None:
     assert await registry.get_run("r1") is None and await registry.list_events("r1") == []
     assert await registry.last_seq("r2") == 1
     assert await registry.delete_run("r1") is False
+
+
+async def test_start_run_marks_it_running_and_names_its_last_seq(registry: Registry) -> None:
+    """One statement for a claimed run's start: RUNNING since the given time, as stored,
+    with the seq its events' numbering goes on after; its lease and fields untouched."""
+    await registry.admit_run(
+        run("r1", input={"a": 1}), reject_if_busy=False, events=events("r1", "t1", 1)
+    )
+    await registry.store_events(events("r1", "t1", 2, 3))
+    await registry.admit_run(run("r2", "t2"), reject_if_busy=False)  # no events at all
+    now = datetime.now(UTC)
+    (claimed,) = await registry.claim_runs("w1", now=now, until=now + timedelta(minutes=1), limit=1)
+    assert claimed.run_id == "r1" and claimed.status is RunStatus.PENDING
+
+    started = datetime(2025, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    record, last = await registry.start_run("r1", started)
+    assert last == 3
+    assert record is not None and record.status is RunStatus.RUNNING
+    assert record.started_at == started and record.started_at.utcoffset() == timedelta(0)
+    assert (record.lease_owner, record.lease_expires_at) == ("w1", claimed.lease_expires_at)
+    assert record.input == {"a": 1}
+    assert await registry.get_run("r1") == record
+    assert await registry.last_seq("r1") == 3
+
+    record2, last2 = await registry.start_run("r2", started)
+    assert record2 is not None and record2.status is RunStatus.RUNNING and last2 == 0
+    assert await registry.start_run("missing", started) == (None, 0)

@@ -40,6 +40,10 @@ class _Busy(Exception):
         self.run_id = run_id
 
 
+class _Unlocked(Exception):
+    """Internal: a run's end updated a row its thread's lock did not find (rolls back)."""
+
+
 class RunClaims(WebhookOutbox):
     """The claiming half of the registry's interface (`Registry`), on the dialect seam."""
 
@@ -99,12 +103,26 @@ class RunClaims(WebhookOutbox):
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
+                insert = (
+                    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+                    f"RETURNING {RUN_COLUMNS}"
+                )
                 async with self._unique(f"a run with id {run.run_id!r}"):
-                    rows = await s.fetch(
-                        f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-                        f"RETURNING {RUN_COLUMNS}",
-                        params,
-                    )
+                    if events and self.writable_ctes:
+                        # The run, its events and the COMMIT in one trip (issue 15): the
+                        # events' foreign key is checked at the statement's end, when
+                        # the run's row is there.
+                        rows = await s.fetch(
+                            f"WITH run AS ({insert}), events AS (INSERT INTO "
+                            f"code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                            f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}) "
+                            "SELECT * FROM run",
+                            [*params, *(v for e in events for v in self._event_params(e))],
+                            last=True,
+                        )
+                        events = ()
+                    else:
+                        rows = await s.fetch(insert, params)
                     if events:  # stored with the run: whoever claims it numbers on from here
                         await s.executemany(
                             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
@@ -132,49 +150,74 @@ class RunClaims(WebhookOutbox):
             update += " AND status IN ('PENDING', 'RUNNING')"
         if if_leased_by is not None:
             update, held = f"{update} AND lease_owner = ?", [if_leased_by]
-        async with self._session(atomic=True) as s:
-            # The thread first, as admit_run locks it: a run admitted meanwhile is
-            # either committed before the look for waiting runs below, or admitted
-            # after this commit (and then claimable at once).
-            # Only the thread's row is locked here (OF t): the run's is updated below.
-            locked = await s.fetch(
-                "SELECT t.thread_id, r.status FROM code_hero_runs r JOIN code_hero_threads t "
-                "ON t.thread_id = r.thread_id WHERE r.run_id = ?"
-                f"{self.for_update and f'{self.for_update} OF t'}",
-                [run_id],
-            )
-            if not locked:  # no such run, or its thread is being deleted, its runs with it
-                return None, False
-            rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id, *held])
-            if not rows:
-                return None, False
-            run = self._run(rows[0])
-            if events:  # after the update: only an end that applies stores them
-                await s.executemany(
-                    f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
-                    [self._event_params(e) for e in sorted(events, key=lambda e: e.seq)],
+        try:
+            async with self._session(atomic=True) as s:
+                # The thread first, as admit_run locks it: a run admitted meanwhile is
+                # either committed before the look for waiting runs below, or admitted
+                # after this commit (and then claimable at once).
+                # Only the thread's row is locked here (OF t): the run's is updated after.
+                # The update goes out with the lock, in one trip (issue 15): with nothing
+                # locked it finds no row either (the run is missing, or gone with its thread,
+                # whose deletion the lock waited for), and it runs after the lock is held.
+                locked, rows = await s.fetch_pair(
+                    (
+                        "SELECT t.thread_id, r.status FROM code_hero_runs r "
+                        "JOIN code_hero_threads t ON t.thread_id = r.thread_id WHERE r.run_id = ?"
+                        f"{self.for_update and f'{self.for_update} OF t'}",
+                        [run_id],
+                    ),
+                    (f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id, *held]),
                 )
-            # The outbox: webhook deliveries commit with the run's end, or not at all; a
-            # run that had ended already (this finish replayed) told its webhooks then.
-            # (Two finishes racing both see it unfinished: the delivery ids, derived
-            # from run and event, keep one message of each.)
-            ended = RunStatus(locked[0]["status"]).finished
-            queued = 0 if ended else await self._enqueue_run_end(s, run)
-            # The thread takes the run's end status unless a run waits (the row is locked:
-            # nothing updated means one waits).
-            waiting = not await s.execute(
-                "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
-                f"AND NOT EXISTS ({thread_runs('status')}SELECT 1 FROM thread_runs "
-                "WHERE status IN ('PENDING', 'RUNNING'))",
-                [
+                if not locked and rows:  # (a run with no thread row: rolled back, as before)
+                    raise _Unlocked
+                if not rows:  # no such run, or its thread is being deleted, its runs with it
+                    return None, False
+                run = self._run(rows[0])
+                if events:  # after the update: only an end that applies stores them
+                    await s.executemany(
+                        f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
+                        [self._event_params(e) for e in sorted(events, key=lambda e: e.seq)],
+                    )
+                # The outbox: webhook deliveries commit with the run's end, or not at all; a
+                # run that had ended already (this finish replayed) told its webhooks then.
+                # (Two finishes racing both see it unfinished: the delivery ids, derived
+                # from run and event, keep one message of each.)
+                ended = RunStatus(locked[0]["status"]).finished
+                inserts = [] if ended else self._run_end_inserts(run)
+                # The thread takes the run's end status unless a run waits (the row is locked:
+                # nothing updated means one waits).
+                status_update = (
+                    "UPDATE code_hero_threads SET status = ?, updated_at = ? WHERE thread_id = ? "
+                    f"AND NOT EXISTS ({thread_runs('status')}SELECT 1 FROM thread_runs "
+                    "WHERE status IN ('PENDING', 'RUNNING'))"
+                )
+                status_params = [
                     ThreadStatus(thread_status).value,
                     self._ts(utc_now()),
                     run.thread_id,
                     run.thread_id,
-                ],
-                last=True,
-            )
+                ]
+                if self.writable_ctes and len(inserts) == 1:
+                    # The deliveries and the thread's status in one statement, with the
+                    # COMMIT (issue 15): two tables no other part of it reads.
+                    insert, insert_params = inserts[0]
+                    counts = await s.fetch(
+                        f"WITH queued AS ({insert} RETURNING 1), "
+                        f"updated AS ({status_update} RETURNING 1) "
+                        "SELECT (SELECT count(*) FROM queued) AS queued, "
+                        "(SELECT count(*) FROM updated) AS updated",
+                        [*insert_params, *status_params],
+                        last=True,
+                    )
+                    queued, waiting = counts[0]["queued"], not counts[0]["updated"]
+                else:
+                    queued = 0
+                    for insert, insert_params in inserts:
+                        queued += await s.execute(insert, insert_params)
+                    waiting = not await s.execute(status_update, status_params, last=True)
+        except _Unlocked:
+            return None, False
         if queued:
             self._outbox_committed()
         return run, bool(waiting)

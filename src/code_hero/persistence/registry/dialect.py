@@ -119,6 +119,17 @@ class Session(Protocol):
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    async def fetch_pair(
+        self,
+        first: tuple[str, Sequence[Any]],
+        second: tuple[str, Sequence[Any]],
+        *,
+        last: bool = False,
+    ) -> tuple[list[Row], list[Row]]:
+        """Both statements' rows; the second runs after the first whatever it answered,
+        so PostgreSQL sends them in one round trip."""
+        ...
+
 
 class Dialect(ABC):
     """The seam every registry query is written against; a subclass per database."""
@@ -131,6 +142,8 @@ class Dialect(ABC):
     for_update: ClassVar[str] = ""
     # PostgreSQL: a transaction lock per (class, user), taken before a capped insert.
     webhook_cap_lock: ClassVar[str | None] = None
+    # PostgreSQL: data-modifying statements in WITH, so rows of two tables go in one.
+    writable_ctes: ClassVar[bool] = False
 
     # --- what a dialect supplies --------------------------------------------
 

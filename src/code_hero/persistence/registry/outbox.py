@@ -1,7 +1,7 @@
 """Webhooks and the durable outbox of their deliveries, on the dialect seam.
 
 The outbox rows are computed in SQL, in the transaction that records what they
-tell of: `_enqueue_run_end` (called by `finish_run`) inserts one PENDING
+tell of: `_run_end_inserts` (run by `finish_run`) insert one PENDING
 delivery per webhook that wants the event, whose owner owns the run's thread
 (or that an administrator made), and whose run filter matches: the filter's
 fields (threadId, status, graph, userId) are columns compared in the same
@@ -78,9 +78,17 @@ class WebhookOutbox(Dialect):
 
     async def _enqueue_run_end(self, s: Session, run: RunRecord) -> int:
         """Outbox rows for a run that just ended; how many."""
+        queued = 0
+        for sql, params in self._run_end_inserts(run):
+            queued += await s.execute(sql, params)
+        return queued
+
+    def _run_end_inserts(self, run: RunRecord) -> list[tuple[str, list[Any]]]:
+        """The `INSERT ... SELECT`s of a run's end deliveries, with their parameters
+        (PostgreSQL runs one with the thread's update, in `finish_run`)."""
         event = RUN_EVENT_OF.get(RunStatus(run.status))
         if event is None:
-            return 0
+            return []
         payload = dumps(
             {
                 "event": event.value,
@@ -97,52 +105,57 @@ class WebhookOutbox(Dialect):
         )
         now = self._ts(utc_now())
         prefix = _run_end_prefix(run.run_id, event)
-        queued = await s.execute(
-            f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
-            "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, 'PENDING', 0, "
-            "?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
-            f"AND (w.all_users OR w.user_id = {_OWNER}) "
-            "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
-            "AND (w.filter_status IS NULL OR w.filter_status = ?) "
-            "AND (w.filter_graph IS NULL OR w.filter_graph = ?) "
-            "AND (w.filter_user_id IS NULL OR w.filter_user_id = ?) "
-            "ON CONFLICT (delivery_id) DO NOTHING",
-            [
-                prefix,
-                run.run_id,
-                run.thread_id,
-                event.value,
-                payload,
-                now,
-                now,
-                f"%,{event.value},%",
-                run.thread_id,
-                run.thread_id,
-                RunStatus(run.status).value,
-                run.graph,
-                run.user_id,
-            ],
-        )
-        url = run.config.get(RUN_WEBHOOK_KEY)
-        if isinstance(url, str) and url:
-            queued += await s.execute(
+        inserts: list[tuple[str, list[Any]]] = []
+        inserts.append(
+            (
                 f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
-                # WHERE: SQLite needs one before ON CONFLICT after an INSERT ... SELECT.
-                f"SELECT ?, NULL, {_OWNER}, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ? WHERE 1 = 1 "
+                "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, "
+                "'PENDING', 0, ?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
+                f"AND (w.all_users OR w.user_id = {_OWNER}) "
+                "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
+                "AND (w.filter_status IS NULL OR w.filter_status = ?) "
+                "AND (w.filter_graph IS NULL OR w.filter_graph = ?) "
+                "AND (w.filter_user_id IS NULL OR w.filter_user_id = ?) "
                 "ON CONFLICT (delivery_id) DO NOTHING",
                 [
-                    f"{prefix}run",
-                    run.thread_id,
+                    prefix,
                     run.run_id,
                     run.thread_id,
                     event.value,
-                    url,
                     payload,
                     now,
                     now,
+                    f"%,{event.value},%",
+                    run.thread_id,
+                    run.thread_id,
+                    RunStatus(run.status).value,
+                    run.graph,
+                    run.user_id,
                 ],
             )
-        return queued
+        )
+        url = run.config.get(RUN_WEBHOOK_KEY)
+        if isinstance(url, str) and url:
+            inserts.append(
+                (
+                    f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
+                    # WHERE: SQLite needs one before ON CONFLICT after an INSERT ... SELECT.
+                    f"SELECT ?, NULL, {_OWNER}, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ? WHERE 1 = 1 "
+                    "ON CONFLICT (delivery_id) DO NOTHING",
+                    [
+                        f"{prefix}run",
+                        run.thread_id,
+                        run.run_id,
+                        run.thread_id,
+                        event.value,
+                        url,
+                        payload,
+                        now,
+                        now,
+                    ],
+                )
+            )
+        return inserts
 
     async def _enqueue_thread_deleted(self, s: Session, thread_id: str) -> int:
         """Outbox rows for a thread about to be deleted (its row still there); how many."""

@@ -67,6 +67,26 @@ class _PgSession:
         cur = await self._trip((_pg_sql(sql), params, None), last=last, rows=True)
         return await cur.fetchall() if cur.description else []
 
+    async def fetch_pair(
+        self,
+        first: tuple[str, Sequence[Any]],
+        second: tuple[str, Sequence[Any]],
+        *,
+        last: bool = False,
+    ) -> tuple[list[Row], list[Row]]:
+        # The first's cursor goes out before the second, in the same trip.
+        head: psycopg.AsyncCursor[Any] = self._conn.cursor(row_factory=dict_row)
+        cur = await self._trip(
+            (_pg_sql(second[0]), second[1], None),
+            last=last,
+            rows=True,
+            before=(head, _pg_sql(first[0]), first[1]),
+        )
+        return (
+            await head.fetchall() if head.description else [],
+            await cur.fetchall() if cur.description else [],
+        )
+
     async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
         cur = await self._trip((_pg_sql(sql), params, None), last=last)
         return cur.rowcount
@@ -111,14 +131,16 @@ class _PgSession:
         *,
         last: bool,
         rows: bool = False,
+        before: tuple[psycopg.AsyncCursor[Any], str, Sequence[Any]] | None = None,
     ) -> psycopg.AsyncCursor[Any]:
         """`statement` (and a cursor with its result) in one round trip, with a BEGIN
-        not sent yet, the statements waiting, and COMMIT when `last` in a transaction."""
+        not sent yet, the statements waiting, `before` (a cursor, a statement) just
+        before it, and COMMIT when `last` in a transaction."""
         cur: psycopg.AsyncCursor[Any] = (
             self._conn.cursor(row_factory=dict_row) if rows else self._conn.cursor()
         )
         commit = last and self._atomic
-        if not (self._begin or self._waiting or commit):
+        if not (self._begin or self._waiting or commit or before):
             if statement is not None:
                 await cur.execute(statement[0], statement[1], prepare=statement[2])
             return cur
@@ -130,6 +152,8 @@ class _PgSession:
                 waiting, self._waiting = self._waiting, []
                 for sql, params, prepare in waiting:
                     await self._conn.execute(sql, params, prepare=prepare)
+                if before is not None:
+                    await before[0].execute(before[1], before[2])
                 if statement is not None:
                     await cur.execute(statement[0], statement[1], prepare=statement[2])
                 if commit:
@@ -228,6 +252,7 @@ class PostgresRegistry(SqlRegistry):
     migration_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::bigint)"
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
+    writable_ctes: ClassVar[bool] = True
     webhook_cap_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::int, hashtext(?))"
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"

@@ -312,6 +312,24 @@ class SqlRegistry(
             rows = await s.fetch(f"{update} RETURNING {RUN_COLUMNS}", [*params, run_id], last=True)
         return self._run(rows[0]) if rows else None
 
+    async def start_run(self, run_id: str, started_at: datetime) -> tuple[RunRecord | None, int]:
+        # One statement for what were two (the RUNNING update, then a look for the last
+        # seq) at every run's start (issue 15); the subquery reads what the UPDATE's
+        # snapshot holds, as the look before it did.
+        update, params = self._run_update(
+            "start_run", {"status": RunStatus.RUNNING, "started_at": started_at}
+        )
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"{update} RETURNING {RUN_COLUMNS}, (SELECT MAX(e.seq) FROM code_hero_run_events e "
+                "WHERE e.run_id = code_hero_runs.run_id) AS last_seq",
+                [*params, run_id],
+                last=True,
+            )
+        if not rows:  # gone with its thread: so are its events
+            return None, 0
+        return self._run(rows[0]), int(rows[0]["last_seq"] or 0)
+
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any
     ) -> RunRecord | None:
@@ -513,13 +531,15 @@ class SqlRegistry(
                 async with self._session(atomic=True) as s:
                     if updates and self.for_update:
                         # The runs in run order before the inserts' key locks: an update
-                        # after them would strengthen a lock out of order.
+                        # after them would strengthen a lock out of order. Its rows are
+                        # not read: it waits, as a batch does, for the session's one
+                        # trip with the inserts, the updates and COMMIT (issue 15).
                         ids = sorted({*(e.run_id for e in events), *(runs or {})})
                         cond, ids_param = self._in("run_id", ids)
-                        await s.fetch(
+                        await s.executemany(
                             f"SELECT run_id FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
-                            ids_param,
+                            [ids_param],
                         )
                     if rows:
                         await s.executemany(sql, rows)

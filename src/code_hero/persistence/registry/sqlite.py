@@ -129,6 +129,15 @@ class _SqliteSession:
             self._columns[sql] = names = found
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    async def fetch_pair(
+        self,
+        first: tuple[str, Sequence[Any]],
+        second: tuple[str, Sequence[Any]],
+        *,
+        last: bool = False,
+    ) -> tuple[list[Row], list[Row]]:
+        return await self.fetch(*first), await self.fetch(*second, last=last)
+
     # A statement that returns no rows has run to its end once `execute` returns: its
     # cursor is left to the garbage collector rather than closed in a trip of its own.
     async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:

@@ -38,9 +38,9 @@ from typing import Any, Final
 import strawberry
 from graphql import GraphQLField, is_object_type
 from strawberry.relay.types import GlobalID
+from strawberry.scalars import is_scalar
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.arguments import convert_argument
-from strawberry.scalars import is_scalar
 from strawberry.types.base import StrawberryMaybe, StrawberryOptional, StrawberryType
 from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 from strawberry.types.field import StrawberryField
@@ -161,7 +161,9 @@ def _direct(field: GraphQLField, schema: strawberry.Schema) -> DirectResolver | 
     if resolver is None or not callable(resolver.wrapped_func):
         return None
     converter = schema.schema_converter
-    return DirectResolver(definition, resolver.wrapped_func, schema.config, converter.scalar_registry)
+    return DirectResolver(
+        definition, resolver.wrapped_func, schema.config, converter.scalar_registry
+    )
 
 
 def install_argument_resolvers(schema: strawberry.Schema) -> list[str]:

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from datetime import datetime
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from operator import attrgetter
 from typing import Any, Final
 

@@ -18,6 +18,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.limits import Limits
+from code_hero.schema.arguments import install_argument_resolvers
 from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.errors import INTERNAL, error_code, raw_cause, root_cause
 from code_hero.schema.events import EVENT_TYPES
@@ -96,6 +97,8 @@ def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     )
     _resolve_plainly(schema)
     install_leaf_fields(schema)
+    # After the leaves: a plain method is read directly instead (see schema.execution).
+    install_argument_resolvers(schema)
     return schema
 
 

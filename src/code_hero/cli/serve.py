@@ -36,7 +36,9 @@ def serve(args: argparse.Namespace) -> int:
     # Before anything imports LangGraph: the libraries' package inits a server does
     # not need run when first used instead (cli/deferred.py).
     defer_package_inits()
-    import uvicorn
+    # From its modules: the package's `__init__` would load its command line too.
+    from uvicorn.config import Config
+    from uvicorn.server import Server
 
     from code_hero.app import create_app
     from code_hero.settings import is_loopback
@@ -85,8 +87,8 @@ def serve(args: argparse.Namespace) -> int:
     # bench/peer.py's 16-client row (callgrind). Ten times fewer passes find the same
     # garbage a little later.
     gc.set_threshold(GC_THRESHOLD)
-    server = uvicorn.Server(
-        uvicorn.Config(
+    server = Server(
+        Config(
             app,
             host=settings.host,
             port=settings.port,

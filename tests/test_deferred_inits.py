@@ -164,3 +164,25 @@ def test_the_re_exports_are_the_installed_packages_own() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["uvicorn.Config", "uvicorn.Server"]
+
+
+def test_models_defined_in_the_window_build_at_first_use(tmp_path: Path) -> None:
+    out = run(
+        """
+        import pydantic
+        from code_hero.cli.deferred import deferred_model_builds
+        with deferred_model_builds():
+            class Early(pydantic.BaseModel):
+                n: int
+        class Late(pydantic.BaseModel):
+            n: int
+        print(Early.__pydantic_complete__, Late.__pydantic_complete__)
+        print(Early(n="3").n, Early.__pydantic_complete__)
+        try:
+            Early(n="three")
+        except pydantic.ValidationError:
+            print("ValidationError")
+        """,
+        tmp_path,
+    )
+    assert out == ["False", "True", "3", "True", "ValidationError"]

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import _bootstrap
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-__all__ = ["DEFERRED_PACKAGES", "RE_EXPORTS", "defer_package_inits"]
+__all__ = ["DEFERRED_PACKAGES", "RE_EXPORTS", "defer_package_inits", "deferred_model_builds"]
 
 DEFERRED_PACKAGES = (
     "langgraph_sdk",
@@ -172,3 +173,27 @@ def defer_package_inits(
         finder = _DeferringFinder()
         sys.meta_path.insert(0, finder)
     finder.names.update(name for name in names if name not in sys.modules)
+
+
+@contextmanager
+def deferred_model_builds() -> Iterator[None]:
+    """Pydantic models defined meanwhile build their validators at first use."""
+    # The libraries' modules define about 120 pydantic models (langsmith's run schemas,
+    # langchain-core's messages and tools...) that a server seldom or never validates
+    # with; built at import they hold ~2 MiB. `defer_build=True` is pydantic's own
+    # (public per model), set here as the default of the models defined in the window
+    # through pydantic's private defaults; a model outside it (a graph's own, loaded
+    # later) builds at definition as usual. Without that private name, nothing changes.
+    try:
+        from pydantic._internal._config import config_defaults
+    except ImportError:
+        yield
+        return
+    if config_defaults.get("defer_build") is not False:
+        yield
+        return
+    config_defaults["defer_build"] = True
+    try:
+        yield
+    finally:
+        config_defaults["defer_build"] = False

@@ -16,7 +16,7 @@ import signal
 from types import FrameType
 from typing import NoReturn
 
-from code_hero.cli.deferred import defer_package_inits
+from code_hero.cli.deferred import defer_package_inits, deferred_model_builds
 from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
@@ -40,7 +40,8 @@ def serve(args: argparse.Namespace) -> int:
     from uvicorn.config import Config
     from uvicorn.server import Server
 
-    from code_hero.app import create_app
+    with deferred_model_builds():
+        from code_hero.app import create_app
     from code_hero.settings import is_loopback
 
     settings = settings_of(

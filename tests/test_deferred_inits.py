@@ -130,3 +130,59 @@ def test_threads_reading_at_once_wait_for_one_init(package: Path) -> None:
         package,
     )
     assert out == ["8", "True", "x"]
+
+
+def test_a_re_exported_name_is_read_from_its_submodule_without_the_init(package: Path) -> None:
+    out = run(
+        """
+        from code_hero.cli.deferred import defer_package_inits
+        defer_package_inits(['heavy'], {'heavy': {'VALUE': 'heavy.leaf'}})
+        import heavy, heavy.leaf
+        from heavy import VALUE
+        print(VALUE, heavy.VALUE is heavy.leaf.VALUE, type(heavy).__name__)
+        print(heavy.GREETING.replace(" ", "_"), heavy.VALUE, heavy.RUNS.read_text())
+        """,
+        package,
+    )
+    assert out == ["leaf", "True", "_DeferredPackage", "hello_leaf", "leaf", "x"]
+
+
+def test_the_re_exports_are_the_installed_packages_own() -> None:
+    # What a deferred package hands out before its `__init__` runs is what the
+    # `__init__` itself binds, for the library versions installed.
+    probe = textwrap.dedent(
+        """
+        import importlib
+        from code_hero.cli.deferred import RE_EXPORTS
+        for package, names in RE_EXPORTS.items():
+            init = importlib.import_module(package)
+            for name, submodule in names.items():
+                assert getattr(init, name) is getattr(importlib.import_module(submodule), name)
+                print(f"{package}.{name}")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["uvicorn.Config", "uvicorn.Server"]
+
+
+def test_models_defined_in_the_window_build_at_first_use(tmp_path: Path) -> None:
+    out = run(
+        """
+        import pydantic
+        from code_hero.cli.deferred import deferred_model_builds
+        with deferred_model_builds():
+            class Early(pydantic.BaseModel):
+                n: int
+        class Late(pydantic.BaseModel):
+            n: int
+        print(Early.__pydantic_complete__, Late.__pydantic_complete__)
+        print(Early(n="3").n, Early.__pydantic_complete__)
+        try:
+            Early(n="three")
+        except pydantic.ValidationError:
+            print("ValidationError")
+        """,
+        tmp_path,
+    )
+    assert out == ["False", "True", "3", "True", "ValidationError"]

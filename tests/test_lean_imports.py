@@ -84,6 +84,45 @@ def test_serve_defers_the_langgraph_sdk_client_and_langsmith_types() -> None:
     assert all(loaded_after(used, "langgraph_sdk.client", "langsmith.types.run").values())
 
 
+def test_serve_starts_uvicorn_without_its_command_line() -> None:
+    # `import uvicorn` runs its package's `__init__`, which loads its command line:
+    # click, watchfiles, the supervisors (~3 MiB resident). `serve` builds uvicorn's
+    # Config and Server from their modules, and `Config.load()` (the lifespan and
+    # protocol modules, as `Server.run` loads them) reads `Config` off the package.
+    # Strawberry's `dateutil.tz`, httpx's `idna` and `strawberry.federation` wait too.
+    start = (
+        "from code_hero.cli.deferred import defer_package_inits as d; d(); "
+        "from uvicorn.config import Config; from code_hero.app import create_app; "
+        "c = Config(create_app(), lifespan='on', ws='websockets-sansio', "
+        "ws_per_message_deflate=False); c.load()"
+    )
+    cli = ("click", "uvicorn.main", "watchfiles", "uvicorn.supervisors")
+    waiting = ("dateutil.tz.tz", "idna.core", "strawberry.federation.schema")
+    loaded = loaded_after(start, "uvicorn.lifespan.on", *cli, *waiting)
+    assert loaded == {"uvicorn.lifespan.on": True} | dict.fromkeys(cli + waiting, False)
+    # Deferred, not gone: the first use of a name the `__init__` makes runs it.
+    used = f"{start}; import uvicorn; uvicorn.run"
+    assert all(loaded_after(used, "click", "uvicorn.main").values())
+
+
+def test_serve_defers_the_libraries_model_builds_not_a_graphs() -> None:
+    # The ~120 pydantic models the libraries define as `serve` imports the app build
+    # their validators at first use (~2 MiB; cli/deferred.py); a model defined later
+    # (a graph's own) builds at once, as pydantic does by default.
+    refused = "from code_hero.cli import main; main(['serve', '--host', '0.0.0.0'])"
+    probe = (
+        f"try:\n    {refused}\nexcept Exception:\n    pass\n"
+        "import pydantic; from langsmith.schemas import Run\n"
+        "class Mine(pydantic.BaseModel):\n    n: int\n"
+        "print(Run.__pydantic_complete__, Mine.__pydantic_complete__)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODE_HERO_")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    assert out == ["False", "True"]
+
+
 def test_httpx_loads_only_for_a_webhook_delivery() -> None:
     # The webhook worker's client; with the SDK's deferred, nothing else of a server's
     # imports it (nor httpx's command line: rich, pygments).

@@ -77,3 +77,13 @@ def test_max_recursion_limit() -> None:
     for raw in ("0", "-1", "many"):
         with pytest.raises(ConfigurationError, match="CODE_HERO_MAX_RECURSION_LIMIT"):
             settings_from_env({"CODE_HERO_MAX_RECURSION_LIMIT": raw})
+
+
+def test_sqlite_cache_kib() -> None:
+    url = {"CODE_HERO_DATABASE_URL": "sqlite:///tmp/x.sqlite"}
+    assert settings_from_env(url).gateway.checkpointer.sqlite_cache_kib == 512
+    env = {**url, "CODE_HERO_SQLITE_CACHE_KIB": "2000"}
+    assert settings_from_env(env).gateway.checkpointer.sqlite_cache_kib == 2000
+    for raw in ("0", "-1", "lots"):
+        with pytest.raises(ConfigurationError, match="CODE_HERO_SQLITE_CACHE_KIB"):
+            settings_from_env({**url, "CODE_HERO_SQLITE_CACHE_KIB": raw})

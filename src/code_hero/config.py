@@ -74,6 +74,9 @@ class CheckpointerConfig:
     enable_fallback: bool = True
     # Writes a fallback holds for the primary during an outage, at most (then UNAVAILABLE).
     max_pending_sync: int = 100_000
+    # SQLite: the connection's page cache, at most (SQLite's default: 2,000 KiB). Pages
+    # beyond it are read again through the operating system's file cache.
+    sqlite_cache_kib: int = 512
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,8 @@ class CheckpointerConfig:
             raise ConfigurationError("pool sizes and saver_instances must be positive")
         if self.max_pending_sync < 1:
             raise ConfigurationError("max_pending_sync must be at least 1")
+        if self.sqlite_cache_kib < 1:
+            raise ConfigurationError("sqlite_cache_kib must be at least 1")
         if self.health_check_interval <= 0 or self.pool_timeout <= 0:
             raise ConfigurationError("health_check_interval and pool_timeout must be positive")
 

@@ -65,6 +65,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
+    "CODE_HERO_SQLITE_CACHE_KIB": "SQLite's page cache, KiB (default 512; SQLite's own: 2000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_THREAD_TTL": "seconds after its last update a thread is deleted (unset: never)",
     "CODE_HERO_TOMBSTONE_RETENTION": (
@@ -275,7 +276,10 @@ def checkpointer_from_env(
     else:
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
     journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)
-    return config.with_options(health_check_interval=interval, max_pending_sync=journal)
+    cache = _positive_int(env, "CODE_HERO_SQLITE_CACHE_KIB", config.sqlite_cache_kib)
+    return config.with_options(
+        health_check_interval=interval, max_pending_sync=journal, sqlite_cache_kib=cache
+    )
 
 
 def settings_from_env(

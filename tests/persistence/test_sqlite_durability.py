@@ -66,3 +66,18 @@ async def test_a_write_another_process_holds_off_leaves_no_transaction_open(
         assert await backend.keep_latest("t", 1) == 0  # and the file is usable after
     finally:
         await backend.close()
+
+
+async def test_the_page_cache_is_the_configured_size(tmp_path: Path) -> None:
+    # 512 KiB unless configured (SQLite's own default, 2,000 KiB, held ~1.5 MiB more
+    # resident after bench/peer.py's workload); a negative cache_size counts KiB.
+    for config, kib in [
+        (create_sqlite_checkpointer(str(tmp_path / "a.sqlite")), 512),
+        (create_sqlite_checkpointer(str(tmp_path / "b.sqlite"), sqlite_cache_kib=4096), 4096),
+    ]:
+        backend = SqliteBackend(config)
+        await backend.open()
+        try:
+            assert await pragma(backend, "cache_size") == str(-kib)
+        finally:
+            await backend.close()

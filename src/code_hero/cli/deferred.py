@@ -1,7 +1,7 @@
-"""Two library packages whose `__init__` a server runs on first use instead of at import.
+"""Library packages whose `__init__` a server runs on first use instead of at import.
 
-LangGraph imports a leaf module of each, and importing a leaf runs its
-package's `__init__`, which loads far more than the leaf:
+Something a server needs imports a leaf module of each, and importing a leaf
+runs its package's `__init__`, which loads far more than the leaf:
 
 - `langgraph_sdk`: `langgraph.runtime` needs only `langgraph_sdk.auth.types`;
   the package's `__init__` loads the SDK's whole HTTP client, with httpx (and
@@ -9,30 +9,56 @@ package's `__init__`, which loads far more than the leaf:
 - `langsmith.types`: langsmith's run trees need one `Literal` alias,
   `langsmith.types.run_select_field`; the package's `__init__` loads its 164
   generated pydantic models.
+- `uvicorn`: `serve` needs its `Config` and `Server` (and `uvicorn.lifespan.on`
+  reads `from uvicorn import Config`); the package's `__init__` loads its
+  command line: click, watchfiles, the reload and worker supervisors.
+- `dateutil.tz` (Strawberry's date parser uses it only to parse a time zone),
+  `idna` (httpx's, for a non-ASCII host name) and `strawberry.federation`
+  (Strawberry's `__init__` imports it; this gateway is no federated subgraph).
 
-Deferred, a server on SQLite holds about 12 MiB less (README, "Where a run's
-time and the server's memory go"). For these two packages only, the finder
-below makes the package module as the import system would (`__path__`,
-`__spec__`, `__file__`), so its submodules import as usual, but runs its
-`__init__` the first time a name the module lacks is read: `from langgraph_sdk
-import get_client`, `langsmith.types.Run`, `dir(langsmith.types)`. Every use
-works; only the moment its `__init__` runs moves. `serve` installs it before
-it imports the app; other commands do not (they exit after a few seconds).
+Deferred, a server on SQLite holds about 15 MiB less (README, "Where a run's
+time and the server's memory go"). For these packages only, the finder below
+makes the package module as the import system would (`__path__`, `__spec__`,
+`__file__`), so its submodules import as usual, but runs its `__init__` the
+first time a name the module lacks is read: `from langgraph_sdk import
+get_client`, `langsmith.types.Run`, `dir(langsmith.types)`. A name the
+`__init__` only re-exports from a submodule (`RE_EXPORTS`: `uvicorn.Config` is
+`uvicorn.config.Config`) is read from that submodule, and the `__init__` still
+waits. Every use works; only the moment its `__init__` runs moves. `serve`
+installs it before it imports the app; other commands do not (they exit after
+a few seconds).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import _bootstrap
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-__all__ = ["DEFERRED_PACKAGES", "defer_package_inits"]
+__all__ = ["DEFERRED_PACKAGES", "RE_EXPORTS", "defer_package_inits", "deferred_model_builds"]
 
-DEFERRED_PACKAGES = ("langgraph_sdk", "langsmith.types")
+DEFERRED_PACKAGES = (
+    "langgraph_sdk",
+    "langsmith.types",
+    "uvicorn",
+    "dateutil.tz",
+    "idna",
+    "strawberry.federation",
+)
+
+# Names a deferred package's `__init__` only re-exports from one of its submodules
+# (a test checks each against the installed package).
+RE_EXPORTS: Mapping[str, Mapping[str, str]] = {
+    "uvicorn": {"Config": "uvicorn.config", "Server": "uvicorn.server"},
+}
+# Those of the packages deferred in this process.
+_re_exports: dict[str, Mapping[str, str]] = {}
 
 # The `__init__` runs under the package's own import lock, as at import: a thread that
 # reads a name meanwhile waits for it, and a cycle with another thread's import is the
@@ -47,6 +73,11 @@ class _DeferredPackage(ModuleType):
     """A package whose `__init__` has not run: it runs at the first missing name."""
 
     def __getattr__(self, name: str) -> Any:
+        submodule = _re_exports.get(self.__name__, {}).get(name)
+        if submodule is not None:
+            value = getattr(importlib.import_module(submodule), name)
+            setattr(self, name, value)  # as the `__init__` would bind it
+            return value
         _run_init(self, name)
         return getattr(self, name)
 
@@ -130,10 +161,39 @@ class _DeferringFinder(MetaPathFinder):
         return None
 
 
-def defer_package_inits(names: Sequence[str] = DEFERRED_PACKAGES) -> None:
-    """Defer the `__init__` of `names` not yet imported, in this process from now on."""
+def defer_package_inits(
+    names: Sequence[str] = DEFERRED_PACKAGES,
+    re_exports: Mapping[str, Mapping[str, str]] = RE_EXPORTS,
+) -> None:
+    """Defer the `__init__` of `names` not yet imported, in this process from now on;
+    `re_exports` names, per package, what its `__init__` re-exports from which submodule."""
+    _re_exports.update(re_exports)
     finder = next((f for f in sys.meta_path if isinstance(f, _DeferringFinder)), None)
     if finder is None:
         finder = _DeferringFinder()
         sys.meta_path.insert(0, finder)
     finder.names.update(name for name in names if name not in sys.modules)
+
+
+@contextmanager
+def deferred_model_builds() -> Iterator[None]:
+    """Pydantic models defined meanwhile build their validators at first use."""
+    # The libraries' modules define about 120 pydantic models (langsmith's run schemas,
+    # langchain-core's messages and tools...) that a server seldom or never validates
+    # with; built at import they hold ~2 MiB. `defer_build=True` is pydantic's own
+    # (public per model), set here as the default of the models defined in the window
+    # through pydantic's private defaults; a model outside it (a graph's own, loaded
+    # later) builds at definition as usual. Without that private name, nothing changes.
+    try:
+        from pydantic._internal._config import config_defaults
+    except ImportError:
+        yield
+        return
+    if config_defaults.get("defer_build") is not False:
+        yield
+        return
+    config_defaults["defer_build"] = True
+    try:
+        yield
+    finally:
+        config_defaults["defer_build"] = False

@@ -16,7 +16,7 @@ import signal
 from types import FrameType
 from typing import NoReturn
 
-from code_hero.cli.deferred import defer_package_inits
+from code_hero.cli.deferred import defer_package_inits, deferred_model_builds
 from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
@@ -36,9 +36,12 @@ def serve(args: argparse.Namespace) -> int:
     # Before anything imports LangGraph: the libraries' package inits a server does
     # not need run when first used instead (cli/deferred.py).
     defer_package_inits()
-    import uvicorn
+    # From its modules: the package's `__init__` would load its command line too.
+    from uvicorn.config import Config
+    from uvicorn.server import Server
 
-    from code_hero.app import create_app
+    with deferred_model_builds():
+        from code_hero.app import create_app
     from code_hero.settings import is_loopback
 
     settings = settings_of(
@@ -85,8 +88,8 @@ def serve(args: argparse.Namespace) -> int:
     # bench/peer.py's 16-client row (callgrind). Ten times fewer passes find the same
     # garbage a little later.
     gc.set_threshold(GC_THRESHOLD)
-    server = uvicorn.Server(
-        uvicorn.Config(
+    server = Server(
+        Config(
             app,
             host=settings.host,
             port=settings.port,

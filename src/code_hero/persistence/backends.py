@@ -358,6 +358,10 @@ class SqliteBackend(Backend):
         try:
             # Other processes (the CLI, a second server) may hold the file briefly.
             await self._conn.execute("PRAGMA busy_timeout = 5000")
+            # A smaller page cache than SQLite's 2 MB: resident memory, where the OS
+            # caches the file anyway (README, "Where a run's time and the server's
+            # memory go").
+            await self._conn.execute(f"PRAGMA cache_size = -{int(self.config.sqlite_cache_kib)}")
             await _foreign_keys(self._conn, self.enforce_references)
             saver = OneTripSqliteSaver(self._conn)
             if self.config.auto_setup:

@@ -8,6 +8,7 @@ extensions) must be identical, and the arguments each resolver received too.
 
 from __future__ import annotations
 
+import asyncio
 from enum import Enum
 from typing import Any
 
@@ -250,3 +251,39 @@ def test_the_gateway_schema_calls_its_list_resolvers_directly() -> None:
     types = build_schema()._schema.type_map
     for type_name, field in [("Query", "thread"), ("Query", "threads"), ("Thread", "checkpoints")]:
         assert isinstance(types[type_name].fields[field].resolve, DirectResolver), field  # type: ignore[union-attr]
+
+
+SIBLING = asyncio.Event()
+SIBLING_LOG: list[str] = []
+
+
+@strawberry.type
+class SiblingQuery:
+    @strawberry.field
+    async def slow(self) -> int:
+        SIBLING_LOG.append("started")
+        await SIBLING.wait()
+        SIBLING_LOG.append("done")
+        return 1
+
+    @strawberry.field
+    async def by_global(self, id: GlobalID) -> str:
+        return id.node_id
+
+
+@pytest.mark.parametrize("direct", [False, True])
+async def test_an_async_fields_bad_argument_fails_as_strawberry_fails_it(direct: bool) -> None:
+    """An async field's argument that fails to convert (a malformed GlobalID) fails from
+    the field's awaitable, as under Strawberry: graphql-core then cancels its async
+    siblings, rather than leaving them running after the answer was made."""
+    schema = strawberry.Schema(query=SiblingQuery)
+    if direct:
+        assert "SiblingQuery.byGlobal" in install_argument_resolvers(schema)
+    SIBLING.clear()
+    SIBLING_LOG.clear()
+    result = await schema.execute('{ slow byGlobal(id: "bad") }')
+    assert result.data is None and result.errors
+    SIBLING.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert SIBLING_LOG == ["started"]

@@ -301,3 +301,16 @@ async def test_a_waiter_looks_at_the_registry_only_when_the_run_is_not_claimed_h
     claims.wake()
     second = await asyncio.wait_for(waiting, 30)
     assert second.status is RunStatus.SUCCESS and looks[0] == second.run_id
+
+
+async def test_once_claiming_stops_no_caller_waits_for_a_pass(gateway: Gateway) -> None:
+    """A caller waiting for the next claim pass is told when claiming stops (no pass comes
+    any more) and one asking afterwards at once: none is kept for a pass that never ends."""
+    claims = gateway.executor.claims
+    told: list[str] = []
+    claims.after_next_pass(lambda: told.append("before"))
+    claims.stop_claiming()
+    assert told == ["before"]
+    claims.after_next_pass(lambda: told.append("after"))
+    assert told == ["before", "after"]
+    assert claims._after_pass == []

@@ -116,6 +116,7 @@ class Claims:
         """Claim nothing more (the leases of running runs are still renewed)."""
         self.closing = True
         self._wake.set()
+        self._tell_all()
 
     async def close(self) -> None:
         """Stop the claim loop and the lease renewal."""
@@ -143,8 +144,18 @@ class Claims:
 
     def after_next_pass(self, tell: Callable[[], None]) -> None:
         """Call `tell` once a claim pass that begins after now has ended (claimed or not,
-        failed or not): a run admitted before this call was looked for by then."""
+        failed or not): a run admitted before this call was looked for by then. Once
+        claiming has stopped no pass will come: `tell` is called at once."""
+        if self.closing:
+            tell()
+            return
         self._after_pass.append((self._passes + 1, tell))
+
+    def _tell_all(self) -> None:
+        """No pass will end any more (claiming stopped): tell every caller waiting for one."""
+        due, self._after_pass = [tell for _, tell in self._after_pass], []
+        for tell in due:
+            tell()
 
     def _pass_ended(self, number: int) -> None:
         due = [tell for after, tell in self._after_pass if after <= number]

@@ -113,14 +113,19 @@ class DirectResolver:
                 continue
             value = kwargs[name]
             if type_ is not None:
-                value = convert_argument(
-                    value,
-                    type_,
-                    self.scalar_registry,
-                    self.config,
-                    strawberry_info,
-                    path=(name,),
-                )
+                try:
+                    value = convert_argument(
+                        value,
+                        type_,
+                        self.scalar_registry,
+                        self.config,
+                        strawberry_info,
+                        path=(name,),
+                    )
+                except Exception as exc:
+                    if self._field.is_async:  # raised from its awaitable, as Strawberry does
+                        return _raising(exc)
+                    raise
             values[python_name] = value
         for parent_name in self._parent_names:
             values[parent_name] = source
@@ -129,6 +134,13 @@ class DirectResolver:
         if self._pass_self:
             return self.function(source, **values)
         return self.function(**values)
+
+
+async def _raising(exc: Exception) -> Any:
+    """An async field's argument that failed to convert: Strawberry converts inside the
+    resolver's coroutine, so the error comes from an awaitable, and graphql-core cancels
+    the field's async siblings as it does for any awaited error."""
+    raise exc
 
 
 def _as_given(type_: StrawberryType | type, scalar_registry: ScalarRegistry) -> bool:

@@ -1,8 +1,20 @@
+"""A graph whose one node returns text with a NUL (U+0000), which PostgreSQL cannot store."""
+
 from typing import TypedDict
-from langgraph.graph import StateGraph, START, END
-class S(TypedDict, total=False):
+
+from langgraph.graph import END, START, StateGraph
+
+
+class State(TypedDict, total=False):
     text: str
-def bad(state: S) -> dict:
+
+
+def bad(state: State) -> dict[str, str]:
     return {"text": "zero\x00byte"}
-b = StateGraph(S); b.add_node("bad", bad); b.add_edge(START, "bad"); b.add_edge("bad", END)
-graph = b
+
+
+builder = StateGraph(State)
+builder.add_node("bad", bad)
+builder.add_edge(START, "bad")
+builder.add_edge("bad", END)
+graph = builder

@@ -48,6 +48,7 @@ from code_hero.errors import (
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.unreachable import is_refused_value
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
@@ -468,6 +469,8 @@ class RunExecutor:
                 await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
                 held = True
             except Exception as exc:
+                if not is_refused_value(exc):  # busy, a deadlock: the next claimer's
+                    raise
                 # The database refused the end itself (what the run produced, not an
                 # outage): resumed by a next claimer, the run would fail so again, for
                 # ever. It ends ERROR instead, with no output, saying what was refused.

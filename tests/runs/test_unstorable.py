@@ -71,9 +71,7 @@ async def test_an_end_the_database_refuses_ends_the_run_as_error(
     start = gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
     run = await asyncio.wait_for(start, LIMIT)
     assert run.status is RunStatus.ERROR and run.output is None
-    assert "the run ended SUCCESS but the database refused to store that end" in (
-        run.error or ""
-    )
+    assert "the run ended SUCCESS but the database refused to store that end" in (run.error or "")
     assert "a value the database cannot store" in (run.error or "")
     events = await gateway.run_events(run.run_id, first=1000)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))

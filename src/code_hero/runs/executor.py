@@ -48,7 +48,6 @@ from code_hero.errors import (
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
-from code_hero.persistence.unreachable import is_refused_value
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
@@ -58,6 +57,7 @@ from code_hero.persistence.records import (
     RunStatus,
     ThreadStatus,
 )
+from code_hero.persistence.unreachable import is_refused_value
 from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY
 from code_hero.runs.bus import EventBus
 from code_hero.runs.claims import Claims

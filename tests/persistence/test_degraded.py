@@ -261,6 +261,34 @@ async def test_a_run_whose_graph_returns_a_nul_in_an_outage_stays_readable_after
     assert (await gw.health())["quarantined"] == 1
 
 
+async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
+    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run born in an outage whose rows PostgreSQL refuses at the copy-back (here
+    # injected): quarantined, and run(id) answered null though the fallback kept it.
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    run = await asyncio.wait_for(
+        gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True)), 60
+    )
+    assert run.status is RunStatus.SUCCESS
+    events = await gw.run_events(run.run_id, first=1000)
+    primary = gw.manager.router.primary.backend
+    assert primary is not None
+    put_run = primary.registry.put_run
+
+    async def refused(record: RunRecord, **kw: Any) -> None:
+        if record.run_id == run.run_id:
+            raise ValueError("injected: a value PostgreSQL cannot store")
+        await put_run(record, **kw)
+
+    monkeypatch.setattr(primary.registry, "put_run", refused)
+    await _outage_ends(gw, proxy)
+    assert (await gw.health())["quarantined"] == 1
+    assert await gw.get_run(run.run_id) == run
+    assert await gw.run_events(run.run_id, first=1000) == events
+
+
 async def test_deleting_a_thread_born_in_the_outage_is_final(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:

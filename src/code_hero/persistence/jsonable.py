@@ -20,6 +20,8 @@ from pathlib import PurePath
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 __all__ = ["REPLACEMENT", "storable", "to_jsonable"]
 
 MAX_DEPTH = 64
@@ -86,15 +88,26 @@ def storable(value: Any) -> Any:
     surrogate in its strings and keys replaced by U+FFFD: PostgreSQL's text and jsonb
     cannot hold a NUL, and neither database can store a lone surrogate. The value
     itself when it has none (no copy)."""
+    try:  # the common case, in C: orjson writes a NUL as \u0000, refuses a lone surrogate
+        if b"\\u0000" not in orjson.dumps(value):
+            return value
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, or not JSON after all
+        pass
+    return _storable(value)
+
+
+def _storable(value: Any) -> Any:
     if isinstance(value, str):
         return value if _text_ok(value) else _replaced(value)
     if isinstance(value, Mapping):
-        items = [(storable(k) if isinstance(k, str) else k, storable(v)) for k, v in value.items()]
+        items = [
+            (_storable(k) if isinstance(k, str) else k, _storable(v)) for k, v in value.items()
+        ]
         if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
             return value
         return dict(items)
     if isinstance(value, list):
-        converted = [storable(v) for v in value]
+        converted = [_storable(v) for v in value]
         if all(v is v0 for v, v0 in zip(converted, value, strict=True)):
             return value
         return converted

@@ -58,6 +58,7 @@ pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
+NUL_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'nul_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
 # Every table that holds rows of a thread.
 EVERY_TABLE = ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events")
@@ -74,7 +75,8 @@ async def _behind_a_proxy(
             with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2, **config
         )
         leases = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
-        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC}, **leases)
+        graphs = {"slow": SLOW_SPEC, "nul": NUL_SPEC}
+        settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **leases)
         async with Gateway(settings) as gw:
             yield gw, proxy
 
@@ -232,6 +234,59 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     assert [e.seq for e in await gw.run_events(during.run_id, first=1000)] == [
         e.seq for e in seen_during
     ]
+
+
+async def test_a_run_whose_graph_returns_a_nul_in_an_outage_stays_readable_after_it(
+    proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # The fallback stored the NUL the graph returned, and the copy-back met what
+    # PostgreSQL refuses: the run's row and events were quarantined (`quarantined: 2`)
+    # and run(id) answered null, readable nowhere. Its events and output are stored
+    # with U+FFFD for the NUL now; the checkpoint is the stock saver's to refuse.
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    start = gw.start_run(StartRun(graph="nul", input={}, wait=True))
+    run = await asyncio.wait_for(start, 60)
+    assert run.status is RunStatus.SUCCESS
+    events = await gw.run_events(run.run_id, first=1000)
+    await _outage_ends(gw, proxy)
+    after = await gw.get_run(run.run_id)
+    assert after is not None and after.status is RunStatus.SUCCESS
+    assert after.output == run.output == {"text": "zero\ufffdbyte"}
+    assert await gw.run_events(run.run_id, first=1000) == events
+    assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id) == [
+        ("SUCCESS",)
+    ]
+    # Only the checkpoint holding the NUL stays quarantined (the stock saver's jsonb).
+    assert (await gw.health())["quarantined"] == 1
+
+
+async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
+    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run born in an outage whose rows PostgreSQL refuses at the copy-back (here
+    # injected): quarantined, and run(id) answered null though the fallback kept it.
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    run = await asyncio.wait_for(
+        gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True)), 60
+    )
+    assert run.status is RunStatus.SUCCESS
+    events = await gw.run_events(run.run_id, first=1000)
+    primary = gw.manager.router.primary.backend
+    assert primary is not None
+    put_run = primary.registry.put_run
+
+    async def refused(record: RunRecord, **kw: Any) -> None:
+        if record.run_id == run.run_id:
+            raise ValueError("injected: a value PostgreSQL cannot store")
+        await put_run(record, **kw)
+
+    monkeypatch.setattr(primary.registry, "put_run", refused)
+    await _outage_ends(gw, proxy)
+    assert (await gw.health())["quarantined"] == 1
+    assert await gw.get_run(run.run_id) == run
+    assert await gw.run_events(run.run_id, first=1000) == events
 
 
 async def test_deleting_a_thread_born_in_the_outage_is_final(

@@ -74,3 +74,16 @@ def test_never_raises() -> None:
         node.append([])
         node = node[0]  # type: ignore[assignment]
     json.dumps(to_jsonable(deep))
+
+
+def test_storable_replaces_what_no_database_can_hold() -> None:
+    from code_hero.persistence.jsonable import storable
+
+    value = {"a\x00": ["ok", "nul\x00", {"k": "lone \ud800 surrogate"}], "n": 1, "f": None}
+    assert storable(value) == {
+        "a\ufffd": ["ok", "nul\ufffd", {"k": "lone \ufffd surrogate"}],
+        "n": 1,
+        "f": None,
+    }
+    clean = {"a": ["é", {"k": "😀"}], "n": 2}
+    assert storable(clean) is clean, "nothing to replace: no copy"

@@ -264,7 +264,30 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                     raise self.router.unavailable("reading this run")
             return record
 
-        return await self._route(lambda r: r.get_run(run_id), degraded)
+        async def on_primary(registry: Registry) -> RunRecord | None:
+            record = await registry.get_run(run_id)
+            if record is None and self.router.journal.quarantine:
+                kept = await self._kept_run(run_id)
+                record = None if kept is None else kept[1]
+            return record
+
+        return await self._route(on_primary, degraded)
+
+    async def _kept_run(self, run_id: str) -> tuple[Registry, RunRecord] | None:
+        """A run the primary lacks because its copy-back was refused (quarantined): a
+        fallback's copy, kept across the recovery with its thread, and that fallback's
+        registry. Readable, with its error, rather than gone."""
+        kept = self.router.journal.quarantined_threads()
+        for slot in self.router.slots[1:]:
+            if slot.backend is None:
+                continue
+            try:
+                record = await slot.backend.registry.get_run(run_id)
+            except Exception:  # a fallback's failure: the primary's answer stands
+                continue
+            if record is not None and record.thread_id in kept:
+                return slot.backend.registry, record
+        return None
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         """Several runs in one query."""
@@ -434,10 +457,20 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             ]
             return merged if limit is None else merged[:limit]
 
-        return await self._route(
-            lambda r: r.list_events(run_id, after_seq=after_seq, limit=limit, types=types),
-            degraded,
-        )
+        async def on_primary(registry: Registry) -> list[EventRecord]:
+            events = await registry.list_events(
+                run_id, after_seq=after_seq, limit=limit, types=types
+            )
+            if not events and self.router.journal.quarantine:
+                if await registry.get_run(run_id) is None:
+                    kept = await self._kept_run(run_id)
+                    if kept is not None:  # its copy-back refused: the fallback's events
+                        return await kept[0].list_events(
+                            run_id, after_seq=after_seq, limit=limit, types=types
+                        )
+            return events
+
+        return await self._route(on_primary, degraded)
 
     async def last_seq(self, run_id: str) -> int:
         """The highest seq stored for the run (0 when none)."""

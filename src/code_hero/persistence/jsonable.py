@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -19,9 +20,14 @@ from pathlib import PurePath
 from typing import Any
 from uuid import UUID
 
-__all__ = ["to_jsonable"]
+import orjson
+
+__all__ = ["REPLACEMENT", "storable", "to_jsonable"]
 
 MAX_DEPTH = 64
+# A str holds code points, so a surrogate in one is a lone one (a pair is one code point).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"  # what `storable` puts for a character no database can hold
 
 
 def to_jsonable(value: Any) -> Any:
@@ -75,3 +81,50 @@ def _convert_object(value: Any, depth: int) -> Any:
         fields = {name: getattr(value, name, None) for name in slots if not name.startswith("_")}
         return {"__type__": _type_name(value), **_convert(fields, nxt)}
     return {"__type__": _type_name(value), "repr": repr(value)[:2000]}
+
+
+def storable(value: Any) -> Any:
+    """`value` (JSON as `to_jsonable` renders it) with every NUL (U+0000) and lone
+    surrogate in its strings and keys replaced by U+FFFD: PostgreSQL's text and jsonb
+    cannot hold a NUL, and neither database can store a lone surrogate. The value
+    itself when it has none (no copy)."""
+    try:  # the common case, in C: orjson writes a NUL as \u0000, refuses a lone surrogate
+        if b"\\u0000" not in orjson.dumps(value):
+            return value
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, or not JSON after all
+        pass
+    return _storable(value)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if _text_ok(value) else _replaced(value)
+    if isinstance(value, Mapping):
+        items = [
+            (_storable(k) if isinstance(k, str) else k, _storable(v)) for k, v in value.items()
+        ]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list):
+        converted = [_storable(v) for v in value]
+        if all(v is v0 for v, v0 in zip(converted, value, strict=True)):
+            return value
+        return converted
+    return value
+
+
+def _text_ok(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _replaced(text: str) -> str:
+    return _UNSTORABLE.sub(REPLACEMENT, text)

@@ -6,6 +6,8 @@ call and the primary keeps serving. One error it accepts only on trust:
 `is_pool_timeout` (a saturated pool raises it as well), which the router
 confirms with the backend's own probe before it moves. `check_on_checkout` is
 the PostgreSQL pool's check that discards a connection the server hung up on.
+`is_refused_value` is the other end: the database refused what it was given,
+so the same write fails again however often it is tried.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "check_on_checkout",
     "is_backend_error",
     "is_pool_timeout",
+    "is_refused_value",
 ]
 
 # Which errors mean "the database cannot be reached". Only these move the whole
@@ -160,3 +163,13 @@ async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
         # failed check would put it back in the pool as good).
         await conn.close()
         raise psycopg.OperationalError("the server closed or notified an idle connection")
+
+
+def is_refused_value(exc: BaseException) -> bool:
+    """Whether `exc` says the database refused a value it was given (a NUL in a jsonb, a
+    number out of range, one that cannot be encoded): the same write fails every time,
+    unlike a busy pool, a deadlock or an outage."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("22")  # PostgreSQL's class 22, data exception
+    return isinstance(exc, (sqlite3.DataError, OverflowError, TypeError, ValueError))

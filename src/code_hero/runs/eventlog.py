@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from code_hero.errors import ConflictError
+from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
@@ -51,7 +52,12 @@ class RunEventWriter:
     def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
         """Append one event: numbered, visible to readers and subscribers at once."""
         event = EventRecord(
-            self.run_id, self.thread_id, self.next_seq, str(type), dict(payload), datetime.now(UTC)
+            self.run_id,
+            self.thread_id,
+            self.next_seq,
+            str(type),
+            storable(dict(payload)),
+            datetime.now(UTC),
         )
         if self.closed:  # fenced: the run belongs to another executor now
             return event
@@ -65,7 +71,7 @@ class RunEventWriter:
         """Store these run fields with the next batch (the latest value of each wins)."""
         if self.closed:
             return
-        self.fields.update(fields)
+        self.fields.update(storable(fields))
         self.owner._dirty(self)
 
     def unstored(self) -> list[EventRecord]:
@@ -246,13 +252,13 @@ class EventLog:
             # Closed: it takes no more events; the rest stay readable until the end.
             writer.closed, writer.inflight, writer.pending = True, writer.pending, []
             # The end's own fields are the latest: they win over those not stored yet.
-            fields, writer.fields = {**writer.fields, **fields}, {}
+            fields, writer.fields = {**writer.fields, **storable(fields)}, {}
         last = EventRecord(
             writer.run_id,
             writer.thread_id,
             writer.next_seq,
             EventType.STATUS.value,
-            dict(payload),
+            storable(dict(payload)),
             datetime.now(UTC),
         )
         events = [] if fenced else [*writer.inflight, last]

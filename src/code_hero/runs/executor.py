@@ -57,6 +57,7 @@ from code_hero.persistence.records import (
     RunStatus,
     ThreadStatus,
 )
+from code_hero.persistence.unreachable import is_refused_value
 from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY
 from code_hero.runs.bus import EventBus
 from code_hero.runs.claims import Claims
@@ -474,6 +475,15 @@ class RunExecutor:
                 log.info("the end of run %s waits for the primary: %s", run_id, exc)
                 await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
                 held = True
+            except Exception as exc:
+                if not is_refused_value(exc):  # busy, a deadlock: the next claimer's
+                    raise
+                # The database refused the end itself (what the run produced, not an
+                # outage): resumed by a next claimer, the run would fail so again, for
+                # ever. It ends ERROR instead, with no output, saying what was refused.
+                final, waiting, held = await self._end_refused(
+                    run_id, thread_id, status, exc, timeline
+                )
             else:
                 if final is None:  # taken over, or its row is gone with its thread
                     await self._purge_if_deleted(run_id, thread_id)
@@ -484,6 +494,51 @@ class RunExecutor:
             self.claims.started.add(run_id)
         if waiting:  # the thread's next run is claimable now, wherever it may run
             await self.bus.send_control("runs")
+
+    async def _end_refused(
+        self,
+        run_id: str,
+        thread_id: str,
+        status: RunStatus,
+        refusal: Exception,
+        timeline: Timeline,
+    ) -> tuple[RunRecord | None, bool, bool]:
+        """Record ERROR for a run whose `status` end the database refused: the final
+        run, whether the thread has runs waiting, and whether the end is held for an
+        outage. Refused again, the run is left to its lease (logged)."""
+        log.error("the %s end of run %s was refused: %s", status.value, run_id, refusal)
+        error = (
+            f"the run ended {status.value} but the database refused to store that end "
+            f"(its output or last events), so they are dropped: "
+            f"{type(refusal).__name__}: {refusal}"
+        )[:2000]
+        timeline.end(RunStatus.ERROR, error)
+        try:
+            final, waiting = await _to_the_end(
+                self._finish(
+                    run_id,
+                    thread_id,
+                    RunStatus.ERROR,
+                    None,
+                    error,
+                    None,  # a fresh writer: the refused events were dropped by the first
+                    timeline.fields(),
+                    leased=True,
+                )
+            )
+        except PrimaryUnreachableError as exc:
+            if self.manager.router.is_local(thread_id):
+                log.error("the ERROR end of run %s failed too: %s", run_id, exc)
+                return None, False, False
+            log.info("the end of run %s waits for the primary: %s", run_id, exc)
+            await self._hold_for_outage(run_id, cancelled=False)
+            return None, False, True
+        except Exception:
+            log.exception("the ERROR end of run %s was refused too: left to its lease", run_id)
+            return None, False, False
+        if final is None:
+            await self._purge_if_deleted(run_id, thread_id)
+        return final, waiting, False
 
     async def _release_for_outage(
         self, run_id: str, writer: RunEventWriter | None, exc: PrimaryUnreachableError

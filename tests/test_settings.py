@@ -84,6 +84,6 @@ def test_sqlite_cache_kib() -> None:
     assert settings_from_env(url).gateway.checkpointer.sqlite_cache_kib == 512
     env = {**url, "CODE_HERO_SQLITE_CACHE_KIB": "2000"}
     assert settings_from_env(env).gateway.checkpointer.sqlite_cache_kib == 2000
-    for raw in ("0", "-1", "lots"):
+    for raw in ("0", "-1", "lots", str(2**31), "1099511627776"):
         with pytest.raises(ConfigurationError, match="CODE_HERO_SQLITE_CACHE_KIB"):
             settings_from_env({**url, "CODE_HERO_SQLITE_CACHE_KIB": raw})

@@ -160,6 +160,9 @@ def _thread_ttl(env: Mapping[str, str]) -> int | None:
     return value
 
 
+_SQLITE_CACHE_KIB_MAX = 2**31 - 1  # PRAGMA cache_size takes a 32-bit count
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 1:
@@ -277,6 +280,10 @@ def checkpointer_from_env(
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
     journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)
     cache = _positive_int(env, "CODE_HERO_SQLITE_CACHE_KIB", config.sqlite_cache_kib)
+    if cache > _SQLITE_CACHE_KIB_MAX:  # SQLite would take a larger one as no cache at all
+        raise ConfigurationError(
+            f"CODE_HERO_SQLITE_CACHE_KIB must be at most {_SQLITE_CACHE_KIB_MAX}, got {cache}"
+        )
     return config.with_options(
         health_check_interval=interval, max_pending_sync=journal, sqlite_cache_kib=cache
     )

@@ -171,12 +171,12 @@ class Journal:
                 gone = await _judged(batch, judge, is_unreachable, step_timeout)
                 replays = self._deferring(batch)
                 outcomes = await self._replay(
-                    batch, primary, fallback, concurrency, is_unreachable, step_timeout, gone,
-                    replays,
+                    replays, primary, fallback, concurrency, is_unreachable, step_timeout, gone
                 )
                 unreachable = self._settle(batch, outcomes, on_synced)
                 for index, entry in enumerate(batch):
-                    if replays[index] is not entry and outcomes[index].done:
+                    deferred = replays[index] is not entry and entry.thread_id not in gone
+                    if deferred and outcomes[index].done:
                         self.append(entry)  # the finished runs: behind their checkpoints
                 if unreachable is None:
                     await _purge_deleted(primary, _replayed(batch, gone), judge, step_timeout)
@@ -192,7 +192,6 @@ class Journal:
         is_unreachable: Callable[[BaseException], bool],
         step_timeout: float,
         gone: Mapping[str, datetime],
-        replays: list[Entry],
     ) -> list[_Outcome]:
         """Replay a batch from the head: one lane per thread, its entries in order; the
         entries of `gone` threads (deleted in the primary) are done, unreplayed."""
@@ -213,7 +212,7 @@ class Journal:
             outcome = outcomes[index]
             try:
                 async with asyncio.timeout(step_timeout):  # not wait_for: see `drain`
-                    await replays[index].replay(primary, fallback)
+                    await batch[index].replay(primary, fallback)
             except Exception as exc:
                 outcome.error = exc
                 outcome.unreachable = is_unreachable(exc)
@@ -262,7 +261,11 @@ class Journal:
             seen[entry.thread_id] += 1
             unfinished = getattr(entry, "unfinished", None)
             behind = self._per_thread[entry.thread_id] - seen[entry.thread_id]
-            replays.append(unfinished() if callable(unfinished) and behind > 0 else entry)
+            if callable(unfinished) and behind > 0:
+                self._started(entry)  # its key is free: the whole copy goes to the tail
+                replays.append(unfinished())
+            else:
+                replays.append(entry)
         return replays
 
     def _settle(

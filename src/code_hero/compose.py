@@ -33,6 +33,8 @@ from code_hero.runs.webhooks import WebhookDispatcher, WebhookSettings
 __all__ = ["DEFAULT_TOMBSTONE_RETENTION", "GatewaySettings", "Services", "event_bus"]
 
 DEFAULT_TOMBSTONE_RETENTION = 30 * 24 * 3600.0  # seconds: a month, far beyond any outage
+# How long closing waits for a recovery's notice to the other replicas (one bus message).
+_NOTICE_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,11 +153,24 @@ class Services:
             if self._executor is not None:
                 await self._executor.shutdown(self.settings.shutdown_grace)
         finally:
-            # Before the bus closes: the copy's end pokes the other replicas' subscribers.
-            await self.manager.settle(self.settings.shutdown_grace)
-            await self.webhooks.close()  # attempts cut short are leased: tried again later
-            await self.bus.close()
-            await self.manager.cleanup()
+            try:
+                await self.manager.settle(self.settings.shutdown_grace)
+            finally:  # a cancelled copy-back still closes everything
+                # Before the bus closes: the copy's end pokes the other replicas'
+                # subscribers (`_on_recovered`); sent, or given up on after a while.
+                await self._notices_sent()
+                await self.webhooks.close()  # attempts cut short are leased: tried again later
+                await self.bus.close()
+                await self.manager.cleanup()
+
+    async def _notices_sent(self) -> None:
+        """Wait (bounded) for the notices under way to other replicas; cancel the rest."""
+        pending = set(self._background)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=_NOTICE_WAIT)
+        for task in late:
+            task.cancel()
 
     def webhook_store(self) -> WebhookOutbox | None:
         """The outbox lives in the primary database only; None while it is down."""

@@ -1,12 +1,15 @@
 """Closing after an outage: what the fallback held reaches PostgreSQL when it answers.
 
 A server told to stop (SIGTERM, a rolling restart) once the database is back, but
-before a probe copied the outage's writes back (or half-way through that copy),
-must copy them on its way out instead of dropping them with its memory.
+before a probe copied the outage's writes back, must copy them on its way out
+instead of dropping them with its memory; a copy cut short (the grace over, the
+process killed) must leave no run ended in PostgreSQL without its checkpoints.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +18,7 @@ import pytest
 
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.records import RunStatus
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
@@ -69,3 +73,48 @@ async def test_closing_once_the_database_is_back_copies_what_the_outage_held(
         run.thread_id,
     )
     assert checkpoints == [(history,)]
+
+
+async def test_a_copy_cut_short_leaves_no_run_ended_without_its_checkpoints(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        checkpointer = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=3600
+        )
+        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC})
+        async with Gateway(settings) as gw:
+            proxy.refuse()
+            run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+            assert run.status is RunStatus.SUCCESS
+            assert (await gw.list_checkpoints(run.thread_id, first=100)).items
+            primary = gw.manager.router.primary.backend
+            assert primary is not None
+            cut: list[int] = []
+
+            async def lost(*args: object) -> None:
+                # The connection is lost as the checkpoints go in: the copy stops
+                # there, as a stop's grace running out or a crash would stop it.
+                cut.append(len(args))
+                raise ConnectionResetError("the copy-back was cut short here")
+
+            async def lost_batch(items: Sequence[PutCheckpoint | PutWrites]) -> None:
+                await lost(items)
+
+            monkeypatch.setattr(primary, "put_batch", lost_batch)
+            monkeypatch.setattr(primary.saver, "aput", lost)
+            monkeypatch.setattr(primary.saver, "aput_writes", lost)
+            proxy.forward()  # back: the closing copies, and is cut short at the checkpoints
+
+    assert cut  # the copy did reach the checkpoints
+    assert any(
+        r.levelno == logging.ERROR and "copy-back unfinished" in r.getMessage()
+        for r in caplog.records
+    )
+    stored = rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id)
+    checkpoints = rows(
+        pg_database, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", run.thread_id
+    )
+    # Before: the run went in SUCCESS with its output and every event, no checkpoint.
+    assert checkpoints == [(0,)]
+    assert stored == []

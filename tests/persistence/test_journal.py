@@ -238,3 +238,43 @@ async def test_a_retry_an_unreachable_primary_stops_hands_back_what_went_before(
     assert [e.thread_id for e in done] == ["a"] and isinstance(stopped, Down)
     assert log == [("a", 0)]  # nothing after the error
     assert [q.entry.thread_id for q in journal.quarantine] == ["c", "b"]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Stands for `CopyThread`: copies what the fallback has now, ended runs or not."""
+
+    thread_id: str
+    log: list[tuple[str, int | str]]
+    finished: bool = True
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("thread", self.thread_id)
+
+    def unfinished(self) -> Copy:
+        return Copy(self.thread_id, self.log, finished=False)
+
+    async def replay(self, primary: Any, fallback: Any) -> None:
+        self.log.append((self.thread_id, "runs with their ends" if self.finished else "runs"))
+
+
+async def test_a_copy_with_checkpoints_behind_it_brings_the_runs_ends_after_them() -> None:
+    log: list[tuple[str, int | str]] = []
+    journal = Journal(1000)
+    journal.append(Copy("t0", log))  # type: ignore[arg-type]
+    for n in range(3):
+        journal.append(Fake("t0", n, log))  # type: ignore[arg-type]
+    journal.append(Copy("t1", log))  # type: ignore[arg-type]: nothing of t1 behind it
+    journal.append(Copy("t0", log))  # type: ignore[arg-type]: one is waiting: redundant
+    synced: list[int] = []
+    await drain(journal, synced)
+    assert len(journal) == 0
+    assert [what for thread, what in log if thread == "t0"] == [
+        "runs",
+        0,
+        1,
+        2,
+        "runs with their ends",
+    ]
+    assert [what for thread, what in log if thread == "t1"] == ["runs with their ends"]

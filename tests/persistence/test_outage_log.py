@@ -49,3 +49,32 @@ async def test_a_database_down_at_start_warns_once_not_at_every_probe(
             assert _warnings(caplog) == at_start
         finally:
             await manager.cleanup()
+
+
+async def test_an_open_failing_another_way_warns_again_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        proxy.refuse()
+        config = create_postgres_checkpointer(
+            with_port(PG_ADMIN_URL, proxy.port), pool_timeout=1, health_check_interval=0.05
+        )
+        manager = EnhancedCheckpointerManager(config)
+        assert await manager.initialize() is False
+        try:
+            at_start = _warnings(caplog)
+            assert at_start
+            tries = proxy.accepted
+            await eventually(lambda: proxy.accepted >= tries + 2, 30)
+            assert _warnings(caplog) == at_start  # the same refusal: no news
+            proxy.black_hole()  # now it hears nothing: another failure, news once
+            await eventually(lambda: len(_warnings(caplog)) > len(at_start), 60)
+            changed = _warnings(caplog)
+            assert changed[: len(at_start)] == at_start
+            tries = proxy.accepted
+            await eventually(lambda: proxy.accepted >= tries + 2, 60)  # failing so again
+            assert _warnings(caplog) == changed
+            assert len(changed) == len(at_start) + 1
+        finally:
+            await manager.cleanup()

@@ -142,6 +142,11 @@ class CopyThread:
     # on-time copy of the mark may be the one refused, the row the first drain's. Of
     # a thread made anew under the id (created at another time) it copies nothing.
     only_missing: bool = False
+    # False: the runs that have ended are left out (row and events). The journal replays
+    # a copy so while its thread's checkpoints wait behind it, and puts the whole copy
+    # at the tail again: a run ended in the primary has its checkpoints there, whatever
+    # prefix of the copy-back went in (a stop's grace, a crash), as before the outage.
+    finished: bool = True
 
     @property
     def key(self) -> Hashable:
@@ -150,6 +155,10 @@ class CopyThread:
     def late(self) -> CopyThread:
         """This copy, made after the primary serves again."""
         return replace(self, only_missing=True)
+
+    def unfinished(self) -> CopyThread:
+        """This copy without the runs that have ended."""
+        return replace(self, finished=False)
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         # Expired rows too: a deletion under way marks the row (`start_deletion`) and
@@ -193,6 +202,8 @@ class CopyThread:
             await primary.registry.get_runs([r.run_id for r in runs]) if self.only_missing else {}
         )
         for run in reversed(runs):  # oldest first; the thread's row came first
+            if not self.finished and run.status.finished:
+                continue
             if run.run_id not in present:
                 try:  # a run that ended during the outage tells its webhooks now
                     await primary.registry.put_run(run, announce=True)

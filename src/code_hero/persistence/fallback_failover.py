@@ -73,6 +73,10 @@ class RouterFailover(RouterState):
             raise self.unavailable(what) from exc
         slot.answered()
 
+    async def answers(self, slot: BackendSlot) -> bool:
+        """Whether the slot answers a probe on a connection of its own now."""
+        return await self._answers(slot)
+
     async def _answers(self, slot: BackendSlot) -> bool:
         """Whether the slot answers its probe now. One probe serves every call that
         asks meanwhile: a saturated pool times many out at once, and a connection

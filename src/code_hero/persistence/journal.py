@@ -20,6 +20,11 @@ Three rules make that lose nothing:
   until no write is in flight, drains what is left and switches to the
   primary before anyone can write again, so no entry can land after the
   last drain;
+- a copy of a thread's registry rows (`CopyThread`) replayed with more entries
+  of its thread behind it copies only its unfinished runs, and goes to the tail
+  again for the finished ones: a run's end reaches the primary after its
+  checkpoints, so a copy cut short anywhere (a stop's grace, a crash) leaves
+  no run ended there without them;
 - an entry the primary refuses for a reason other than being unreachable (a
   value PostgreSQL cannot store) is moved to the quarantine: kept, counted,
   retried later, and it does not hold up the entries behind it. An entry whose
@@ -38,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -97,6 +102,7 @@ class Journal:
         self.entries: deque[Entry] = deque()
         self.quarantine: deque[Quarantined] = deque()
         self._keyed: dict[Hashable, Entry] = {}
+        self._per_thread: Counter[str] = Counter()  # entries waiting, by thread
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
 
@@ -126,6 +132,7 @@ class Journal:
         if key is not None and key in self._keyed:
             return
         self.entries.append(entry)
+        self._per_thread[entry.thread_id] += 1
         if key is not None:
             self._keyed[key] = entry
 
@@ -162,10 +169,15 @@ class Journal:
                 if not batch:
                     return
                 gone = await _judged(batch, judge, is_unreachable, step_timeout)
+                replays = self._deferring(batch)
                 outcomes = await self._replay(
-                    batch, primary, fallback, concurrency, is_unreachable, step_timeout, gone
+                    replays, primary, fallback, concurrency, is_unreachable, step_timeout, gone
                 )
                 unreachable = self._settle(batch, outcomes, on_synced)
+                for index, entry in enumerate(batch):
+                    deferred = replays[index] is not entry and entry.thread_id not in gone
+                    if deferred and outcomes[index].done:
+                        self.append(entry)  # the finished runs: behind their checkpoints
                 if unreachable is None:
                     await _purge_deleted(primary, _replayed(batch, gone), judge, step_timeout)
             if unreachable is not None:
@@ -240,6 +252,22 @@ class Journal:
         await asyncio.gather(*(lane(indexes) for indexes in lanes.values()))
         return outcomes
 
+    def _deferring(self, batch: list[Entry]) -> list[Entry]:
+        """What each entry of a batch from the head replays: a copy with more entries of
+        its thread behind it, its unfinished runs only (`CopyThread.unfinished`)."""
+        seen: Counter[str] = Counter()
+        replays: list[Entry] = []
+        for entry in batch:
+            seen[entry.thread_id] += 1
+            unfinished = getattr(entry, "unfinished", None)
+            behind = self._per_thread[entry.thread_id] - seen[entry.thread_id]
+            if callable(unfinished) and behind > 0:
+                self._started(entry)  # its key is free: the whole copy goes to the tail
+                replays.append(unfinished())
+            else:
+                replays.append(entry)
+        return replays
+
     def _settle(
         self, batch: list[Entry], outcomes: list[_Outcome], on_synced: Callable[[], None]
     ) -> BaseException | None:
@@ -250,15 +278,21 @@ class Journal:
         prefix = True
         for entry, outcome in zip(batch, outcomes, strict=True):
             if prefix and outcome.done:
-                self.entries.popleft()
+                self._pop()
                 on_synced()
             elif prefix and outcome.error is not None and not outcome.unreachable:
-                self.entries.popleft()
+                self._pop()
                 self.quarantine.append(Quarantined(entry, 1, _describe(outcome.error)))
             else:
                 prefix = False
                 self._restart(entry)
         return next((o.error for o in outcomes if o.unreachable), None)
+
+    def _pop(self) -> None:
+        thread_id = self.entries.popleft().thread_id
+        self._per_thread[thread_id] -= 1
+        if not self._per_thread[thread_id]:
+            del self._per_thread[thread_id]
 
     async def retry_quarantined(
         self,
@@ -320,6 +354,7 @@ class Journal:
         self.entries = deque(e for e in self.entries if e.thread_id != thread_id)
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
+        self._per_thread.pop(thread_id, None)
         return before - len(self.entries) - len(self.quarantine)
 
     def quarantined_threads(self) -> set[str]:

@@ -161,7 +161,18 @@ class EnhancedCheckpointerManager:
         except Exception:
             self.logger.exception("copying the outage's writes back before closing failed")
         self._refresh_status()
-        return router.active == 0
+        if router.active == 0:
+            return True
+        # Lost with this process's memory: what the operator needs to know it lost.
+        self.logger.error(
+            "closing with the copy-back unfinished: %d outage writes (%d quarantined) on "
+            "%d threads are lost with this process (runs ended in the outage and not "
+            "copied yet are missing from the database, with their checkpoints)",
+            len(router.journal),
+            len(router.journal.quarantine),
+            len(router.journal.threads()),
+        )
+        return False
 
     async def cleanup(self) -> None:
         """Stop the health probe and close every backend."""

@@ -94,25 +94,35 @@ async def sync_back(router: FallbackRouter) -> bool:
     if router.active == 0:
         return True
     for attempt in range(_BUSY_TRIES):
+        gated = False
         try:
             if attempt == 0:
                 await primary.backend.reconnect()
             await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
+            gated = True
             async with router.gate.closed():
-                # The gate holds every writer: its drain is one step as a whole, given
+                # The gate holds every writer: its drain is one call as a whole, given
                 # up on (not awaited) when past its bound. A primary silent now left
                 # writers waiting out each step's bound in turn, and then psycopg's
                 # own wait on each cancelled query (~40 s with the defaults). Given up
                 # on, the drain ends in the background with the gate open, as the
-                # drain before it ran; the switch is not made.
+                # drain before it ran; the switch is not made. The bound grows with
+                # each try: a primary that answers, slowly, gets the time it needs.
                 await router.calls.run(
                     _drain(router, primary.backend, source, until=0),
-                    step_timeout(primary.config),
+                    (attempt + 1) * step_timeout(primary.config),
                     "the copy-back's last part",
                 )
                 await router.switch_to_primary()
             return True
         except Exception as exc:
+            # Past the gated part's bound, a probe on a connection of its own tells a
+            # primary gone silent (down, below) from one that answers slowly (a lock,
+            # a load): that one is not an outage; the drain goes on with the gate
+            # open and the gated part is tried again, with more time.
+            if gated and isinstance(exc, TimeoutError) and await router.answers(primary):
+                log.info("sync back's last part was slow (%s); tried again", exc)
+                continue
             # A pool timeout may be a saturated pool only: the router's probe confirms
             # it first (`outage`), as for `retry_quarantined`. Busy, the drain starts
             # again (the gate open meanwhile; the pool's own wait for a connection is

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class BackendSlot:
     answered_at: datetime | None = None
     # Held while the backend opens: concurrent probes share one open, one pool.
     opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    # What the last failed open of this outage failed with (`_failure_class`).
+    _open_failure: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -125,6 +128,7 @@ class BackendSlot:
         self.checked_at = self.answered_at = datetime.now(UTC)
         self.healthy = True
         self.last_error = None
+        self._open_failure = None
 
     async def open(self, calls: BoundedCalls, *, enforce_references: bool) -> None:
         """Open the backend unless it is open; concurrent callers share one attempt.
@@ -152,11 +156,14 @@ class BackendSlot:
             )
         except Exception as exc:
             # Tried again at every probe while it stays down: only the first failure
-            # is news (an outage logs one WARNING when it starts, not one per probe).
-            again = self.last_error is not None
+            # is news (an outage logs one WARNING when it starts, not one per probe),
+            # and a failure of another kind (refused, then a password, a migration).
+            failure = _failure_class(exc)
+            news = self.last_error is None or self._open_failure not in (None, failure)
+            self._open_failure = failure
             self.record_failure(exc)
             log.log(
-                logging.DEBUG if again else logging.WARNING,
+                logging.WARNING if news else logging.DEBUG,
                 "could not open %s backend %s: %s",
                 self.role,
                 backend.description,
@@ -177,6 +184,12 @@ class BackendSlot:
         self._record_answer(started)
         if not was_healthy:
             log.info("%s backend answers again (%.1f ms)", self.label, self.latency_ms)
+
+
+def _failure_class(exc: BaseException) -> str:
+    """An error's type and message, numbers left out (ports, pids, seconds): two
+    failures of one class are the same news."""
+    return f"{type(exc).__name__}: {re.sub(r'[0-9]+', '#', str(exc))}"
 
 
 async def _open_or_close(backend: Backend) -> None:

@@ -106,6 +106,16 @@ def _storable(value: Any) -> Any:
         if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
             return value
         return dict(items)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changed = {
+            f.name: new
+            for f in dataclasses.fields(value)
+            if (new := _storable(old := getattr(value, f.name))) is not old
+        }
+        return dataclasses.replace(value, **changed) if changed else value
+    if isinstance(value, tuple):
+        items = tuple(_storable(v) for v in value)
+        return value if all(v is v0 for v, v0 in zip(items, value, strict=True)) else items
     if isinstance(value, list):
         converted = [_storable(v) for v in value]
         if all(v is v0 for v, v0 in zip(converted, value, strict=True)):

@@ -1,4 +1,5 @@
 from typing import TypedDict
+
 from langgraph.graph import END, START, StateGraph
 
 

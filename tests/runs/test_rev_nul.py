@@ -3,8 +3,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from code_hero.config import CheckpointerConfig
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunStatus

@@ -186,3 +186,24 @@ def test_models_defined_in_the_window_build_at_first_use(tmp_path: Path) -> None
         tmp_path,
     )
     assert out == ["False", "True", "3", "True", "ValidationError"]
+
+
+def test_a_submodule_imported_first_that_imports_a_sibling_from_the_package(
+    tmp_path: Path,
+) -> None:
+    # idna's shape: `core` does `from . import idnadata`, and the `__init__` does
+    # `from .core import encode`. Imported first (`import idna.core`, `import idna.codec`),
+    # the sibling read ran the `__init__` inside `core`'s own import: ImportError.
+    root = tmp_path / "heavy"
+    root.mkdir()
+    (root / "__init__.py").write_text("from .core import encode\n")
+    (root / "core.py").write_text("from . import data\ndef encode():\n    return data.X\n")
+    (root / "data.py").write_text("X = 'x'\n")
+    out = run(
+        """
+        import heavy.core, heavy
+        print(heavy.core.encode(), type(heavy).__name__, heavy.encode(), type(heavy).__name__)
+        """,
+        tmp_path,
+    )
+    assert out == ["x", "_DeferredPackage", "x", "module"]

@@ -78,7 +78,21 @@ class _DeferredPackage(ModuleType):
             value = getattr(importlib.import_module(submodule), name)
             setattr(self, name, value)  # as the `__init__` would bind it
             return value
-        _run_init(self, name)
+        try:
+            _run_init(self, name)
+        except ImportError as exc:
+            # Read by one of its submodules as it imports (`from . import sibling`),
+            # whose module the `__init__` imports from: answered as at import, with
+            # a partially initialized package; the `__init__` runs at a later read.
+            prefix = f"{self.__name__}."
+            if any(
+                key.startswith(prefix) and getattr(mod.__spec__, "_initializing", False)
+                for key, mod in list(sys.modules.items())
+            ):
+                raise AttributeError(
+                    f"partially initialized module {self.__name__!r} has no attribute {name!r}"
+                ) from exc
+            raise
         return getattr(self, name)
 
     def __dir__(self) -> list[str]:

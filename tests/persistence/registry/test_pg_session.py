@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -224,3 +225,31 @@ async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
         None,
         False,
     )
+
+
+async def test_a_fetch_builds_no_column_descriptions(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `cursor.description` builds an object a column at every call: a page of threads
+    # asked it once per fetch only to learn whether rows came back (issue 15).
+    built: list[None] = []
+    real = psycopg.Column.__init__
+
+    def counted(self: psycopg.Column, *args: Any, **kwargs: Any) -> None:
+        built.append(None)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Column, "__init__", counted)
+    async with pg_registry._session() as s:
+        assert await s.fetch("SELECT 1 AS one, 2 AS two") == [{"one": 1, "two": 2}]
+        assert await s.fetch("SELECT thread_id FROM code_hero_threads") == []
+        assert await s.fetch(INSERT, ["a"]) == []  # no rows: a statement's count alone
+        assert await s.fetch(f"{INSERT} RETURNING thread_id", ["b"]) == [{"thread_id": "b"}]
+    async with pg_registry._session(atomic=True) as s:
+        assert await s.fetch("SELECT thread_id FROM code_hero_threads ORDER BY 1") == [
+            {"thread_id": "a"},
+            {"thread_id": "b"},
+        ]
+        assert await s.fetch(INSERT, ["c"], last=True) == []
+    assert built == []
+    assert await names(pg_registry) == ["a", "b", "c"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -338,3 +338,20 @@ def test_a_cursor_is_the_compact_json_of_its_items() -> None:
 
     assert thread_cursor(record) == expected(updated, "UPDATED_AT:DESC")
     assert thread_cursor(record, by_creation) == expected(record.created_at, "CREATED_AT:ASC")
+
+
+async def test_a_thread_read_is_a_whole_frozen_record(registry: Registry) -> None:
+    # Rows become records without ThreadRecord's __init__ (a page builds one a row):
+    # each has every field, compares and copies as one built by it, and stays frozen.
+    now = datetime.now(UTC)
+    record = thread("t1", now, user_id="u1", metadata={"k": [1, "v"]}, ttl_seconds=3600)
+    await registry.put_thread(record)
+    page = await registry.list_threads(ThreadFilter(), first=10)
+    for stored in [await registry.get_thread("t1"), *page.items]:
+        assert stored is not None
+        assert set(vars(stored)) == {f.name for f in fields(ThreadRecord)}
+        assert stored == replace(stored) == replace(record, expires_at=stored.expires_at)
+        assert stored.expires_at == now + timedelta(seconds=3600)
+        assert type(stored.status) is ThreadStatus and stored.status is ThreadStatus.IDLE
+        with pytest.raises(FrozenInstanceError):
+            stored.status = ThreadStatus.BUSY  # type: ignore[misc]

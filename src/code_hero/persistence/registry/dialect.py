@@ -44,6 +44,9 @@ __all__ = [
     "utc_now",
 ]
 
+_new = object.__new__
+_THREAD_STATUSES = {status.value: status for status in ThreadStatus}
+
 Row = dict[str, Any]
 
 THREAD_COLUMNS = "thread_id, user_id, status, metadata, created_at, updated_at"
@@ -211,10 +214,16 @@ class Dialect(ABC):
         return None if value is None else self._from_ts(value)
 
     def _thread(self, row: Row) -> ThreadRecord:
-        return ThreadRecord(
+        # Every field filled in, as ThreadRecord(...) would (it has no __post_init__):
+        # its frozen __init__ sets each of the ten through object.__setattr__, about
+        # ten times the cost of filling the instance's dict, and a page of threads
+        # builds one a row (issue 15).
+        status = row["status"]
+        record: ThreadRecord = _new(ThreadRecord)
+        record.__dict__.update(
             thread_id=row["thread_id"],
             user_id=row["user_id"],
-            status=ThreadStatus(row["status"]),
+            status=_THREAD_STATUSES.get(status) or ThreadStatus(status),
             metadata=self._from_json(row["metadata"]),
             created_at=self._from_ts(row["created_at"]),
             updated_at=self._from_ts(row["updated_at"]),
@@ -223,6 +232,7 @@ class Dialect(ABC):
             deletion_token=row.get("deletion_token"),
             edit_until=self._from_ts_or_none(row.get("edit_until")),
         )
+        return record
 
     def _run(self, row: Row) -> RunRecord:
         return RunRecord(

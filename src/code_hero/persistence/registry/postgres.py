@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -48,6 +48,13 @@ def _pg_sql(sql: str) -> str:
     return "?".join(part.replace("?", "%s") for part in sql.split("??"))
 
 
+def _has_rows(cur: psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows (maybe none): `cur.description`'s test,
+    without the column descriptions it builds at every call (one object a column)."""
+    result = cur.pgresult
+    return result is not None and (result.nfields > 0 or result.status == ExecStatus.TUPLES_OK)
+
+
 class _PgSession:
     """A session on one pooled (autocommit) connection; with `begin`, one transaction
     whose control statements ride with its statements in psycopg's pipeline mode (issue
@@ -65,7 +72,7 @@ class _PgSession:
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         cur = await self._trip((_pg_sql(sql), params, None), last=last, rows=True)
-        return await cur.fetchall() if cur.description else []
+        return await cur.fetchall() if _has_rows(cur) else []
 
     async def fetch_pair(
         self,

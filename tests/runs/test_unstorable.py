@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,13 +24,14 @@ from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC, the_next_end_fails
 
 NUL_SPEC = f"{Path(__file__).with_name('nul_graph.py')}:graph"
+RAISE_NUL_SPEC = f"{Path(__file__).with_name('raise_nul_graph.py')}:graph"
 LIMIT = 60  # generous: without the fix these runs never end
 
 
 @pytest.fixture
 async def gateway(backend_config: CheckpointerConfig) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
-        checkpointer=backend_config, graphs={"nul": NUL_SPEC, "slow": SLOW_SPEC}
+        checkpointer=backend_config, graphs={"nul": NUL_SPEC, "raise_nul": RAISE_NUL_SPEC, "slow": SLOW_SPEC},
     )
     async with Gateway(settings) as gw:
         yield gw
@@ -77,6 +79,39 @@ async def test_an_end_the_database_refuses_ends_the_run_as_error(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e for e in events if terminal_status(e)] == events[-1:]
     assert events[-1].payload == {"status": "ERROR", "error": run.error}
+
+
+async def test_a_node_raising_a_nul_ends_its_run(gateway: Gateway) -> None:
+    # The error's text is in the run's error and in its timeline: a step (a frozen
+    # dataclass, in a tuple) records it too. Unreplaced there, PostgreSQL refused
+    # the end, and the ERROR end that followed it with the same steps: RUNNING for ever.
+    start = gateway.start_run(StartRun(graph="raise_nul", input={}, wait=True))
+    run = await asyncio.wait_for(start, LIMIT)
+    assert run.status is RunStatus.ERROR
+    assert run.error == "ValueError: zero\ufffdbyte"
+    assert [step.error for step in run.steps] == ["ValueError: zero\ufffdbyte"]
+    assert await gateway.get_run(run.run_id) == run
+
+
+async def test_an_end_refused_again_with_its_steps_still_ends(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database that refuses whatever the run's steps hold, at every try: the ERROR
+    # end writes only its status and error, so it is not refused for the same reason.
+    registry = gateway.manager.registry
+    finish_run = registry.finish_run
+
+    async def refuse_steps(run_id: str, *args: Any, **kw: Any) -> Any:
+        if kw.get("steps"):
+            raise OverflowError("a step the database cannot store")
+        return await finish_run(run_id, *args, **kw)
+
+    monkeypatch.setattr(registry, "finish_run", refuse_steps)
+    start = gateway.start_run(StartRun(graph="raise_nul", input={}, wait=True))
+    run = await asyncio.wait_for(start, LIMIT)
+    assert run.status is RunStatus.ERROR and run.output is None
+    assert "the run ended ERROR but the database refused to store that end" in (run.error or "")
+    assert "a step the database cannot store" in (run.error or "")
 
 
 async def _collect(stream: AsyncIterator[object]) -> list[object]:

@@ -1,3 +1,5 @@
+"""A graph whose one node raises an error whose text holds a NUL (U+0000)."""
+
 from typing import TypedDict
 
 from langgraph.graph import END, START, StateGraph

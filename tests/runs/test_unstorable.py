@@ -68,7 +68,7 @@ async def test_an_end_the_database_refuses_ends_the_run_as_error(
     # A value the database refuses at the end (here injected): the run's task died
     # with it ("Task exception was never retrieved"), the run RUNNING for ever and
     # startRun(wait) never answered; a next claimer would fail the same way.
-    refused = ValueError("a value the database cannot store")
+    refused = OverflowError("a value the database cannot store")
     the_next_end_fails(gateway, monkeypatch, refused)
     start = gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
     run = await asyncio.wait_for(start, LIMIT)

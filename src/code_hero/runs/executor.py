@@ -505,9 +505,7 @@ class RunExecutor:
         outage. Only the status and this error are written: the refused value may be in
         the output, the last events or the timeline (its steps' errors), and sent again
         it would be refused again. Refused again, the run is left to its lease (logged)."""
-        log.error(
-            "the %s end of run %s was refused", status.value, run_id, exc_info=refusal
-        )
+        log.error("the %s end of run %s was refused", status.value, run_id, exc_info=refusal)
         error = (
             f"the run ended {status.value} but the database refused to store that end "
             f"(its output or last events), so they are dropped: "

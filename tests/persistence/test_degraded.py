@@ -261,6 +261,21 @@ async def test_a_run_whose_graph_returns_a_nul_in_an_outage_stays_readable_after
     assert (await gw.health())["quarantined"] == 1
 
 
+async def test_a_deleted_run_of_a_thread_with_a_quarantined_checkpoint_stays_deleted(
+    proxied: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # The run reached PostgreSQL; only its thread's checkpoint was quarantined. Deleted
+    # there, it came back from the fallback's copy, read as kept for its thread's sake.
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    run = await asyncio.wait_for(gw.start_run(StartRun(graph="nul", input={}, wait=True)), 60)
+    await _outage_ends(gw, proxy)
+    assert (await gw.health())["quarantined"] == 1
+    assert await gw.delete_run(run.run_id)
+    assert await gw.get_run(run.run_id) is None
+    assert await gw.run_events(run.run_id, first=1000) == []
+
+
 async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
     proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,6 +302,10 @@ async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
     assert (await gw.health())["quarantined"] == 1
     assert await gw.get_run(run.run_id) == run
     assert await gw.run_events(run.run_id, first=1000) == events
+    # Deleted, the kept copy goes too: it is not read in place of the deleted run.
+    assert await gw.delete_run(run.run_id)
+    assert await gw.get_run(run.run_id) is None
+    assert await gw.run_events(run.run_id, first=1000) == []
 
 
 async def test_deleting_a_thread_born_in_the_outage_is_final(

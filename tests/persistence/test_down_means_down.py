@@ -31,11 +31,11 @@ from code_hero.checkpointing import (
     create_postgres_checkpointer,
     create_sqlite_checkpointer,
 )
-from code_hero.errors import ConflictError
+from code_hero.errors import BadInputError, ConfigurationError, ConflictError
 from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.persistence.registry import SqliteRegistry
-from code_hero.persistence.unreachable import is_backend_error
+from code_hero.persistence.unreachable import is_backend_error, is_refused_value
 
 # --- the classification, error by error ---------------------------------------
 
@@ -126,6 +126,49 @@ def _raised(call: Callable[[], object]) -> BaseException:
     except Exception as exc:
         return exc
     raise AssertionError("no error raised")
+
+
+# --- refused values: the same write fails every time -----------------------------
+REFUSED: list[BaseException] = [
+    pg.UntranslatableCharacter("unsupported Unicode escape sequence"),  # 22P05: a NUL in jsonb
+    pg.NumericValueOutOfRange("integer out of range"),  # 22003
+    pg.CharacterNotInRepertoire("invalid byte sequence"),  # 22021
+    psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),  # client-side
+    sqlite3.DataError("string or blob too big"),
+    OverflowError("Python int too large to convert to SQLite INTEGER"),
+    UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+]
+NOT_REFUSED: list[BaseException] = [
+    ValueError("no active connection"),  # aiosqlite, on a closed connection
+    TypeError("'NoneType' object is not subscriptable"),  # a bug
+    BadInputError("not a valid input"),  # a ValueError too
+    ConfigurationError("no such graph"),  # a ValueError too
+    pg.UniqueViolation("duplicate key"),
+    pg.DeadlockDetected("deadlock detected"),
+    pg.LockNotAvailable("lock timeout"),
+    psycopg.OperationalError("the connection is closed"),
+    sqlite3.OperationalError("database is locked"),
+    PoolTimeout("couldn't get a connection"),
+    ConnectionResetError(),
+]
+
+
+@pytest.mark.parametrize("exc", REFUSED, ids=lambda e: f"{type(e).__name__}-{e}"[:60])
+def test_values_the_database_refuses_are_refused_values(exc: BaseException) -> None:
+    assert is_refused_value(exc)
+
+
+@pytest.mark.parametrize("exc", NOT_REFUSED, ids=lambda e: f"{type(e).__name__}-{e}"[:60])
+def test_other_errors_are_not_refused_values(exc: BaseException) -> None:
+    assert not is_refused_value(exc)
+
+
+@pytest.mark.postgres
+async def test_a_nul_psycopg_refuses_client_side_is_a_refused_value(pg_database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_database) as conn:
+        with pytest.raises(psycopg.DataError) as refused:
+            await conn.execute("SELECT %s::text", ["zero\x00byte"])
+    assert refused.value.sqlstate is None and is_refused_value(refused.value)
 
 
 def test_real_sqlite_errors(tmp_path: Path) -> None:

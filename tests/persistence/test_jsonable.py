@@ -87,3 +87,18 @@ def test_storable_replaces_what_no_database_can_hold() -> None:
     }
     clean = {"a": ["é", {"k": "😀"}], "n": 2}
     assert storable(clean) is clean, "nothing to replace: no copy"
+
+
+def test_storable_walks_a_timeline_of_dataclasses_in_a_tuple() -> None:
+    # A run's steps: a tuple of frozen StepRecords, a node's error text in each.
+    from code_hero.persistence.jsonable import storable
+    from code_hero.persistence.records import StepRecord
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    ok = StepRecord("a", "", at, at)
+    fields = {"steps": (ok, StepRecord("b", "", at, at, "ValueError: zero\x00byte"))}
+    stored = storable(fields)
+    assert stored["steps"] == (ok, StepRecord("b", "", at, at, "ValueError: zero\ufffdbyte"))
+    assert stored["steps"][0] is ok, "only what holds a NUL is copied"
+    clean = {"steps": (ok,)}
+    assert storable(clean) is clean

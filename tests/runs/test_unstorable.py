@@ -5,31 +5,39 @@ not the caller's to fix. Its events and output are stored with every NUL (and lo
 surrogate) replaced by U+FFFD on every backend; its checkpoints are the saver's:
 PostgreSQL's saver refuses a NUL in the checkpoint's jsonb, so there the run ends
 ERROR naming the refusal, where SQLite and memory store it and the run succeeds.
+
+A NaN or an infinity, which PostgreSQL's jsonb refuses, is stored there as null;
+an event the database refuses all the same is stored saying so, and does not hold
+up the other runs' events stored in the same batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from code_hero.config import CheckpointerConfig
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence.records import RunStatus
-from code_hero.runs.events import terminal_status
+from code_hero.persistence.records import EventRecord, RunStatus
+from code_hero.runs.events import EventType, terminal_status, translate
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC, the_next_end_fails
 
 NUL_SPEC = f"{Path(__file__).with_name('nul_graph.py')}:graph"
+RAISE_NUL_SPEC = f"{Path(__file__).with_name('raise_nul_graph.py')}:graph"
 LIMIT = 60  # generous: without the fix these runs never end
 
 
 @pytest.fixture
 async def gateway(backend_config: CheckpointerConfig) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
-        checkpointer=backend_config, graphs={"nul": NUL_SPEC, "slow": SLOW_SPEC}
+        checkpointer=backend_config,
+        graphs={"nul": NUL_SPEC, "raise_nul": RAISE_NUL_SPEC, "slow": SLOW_SPEC},
     )
     async with Gateway(settings) as gw:
         yield gw
@@ -66,7 +74,7 @@ async def test_an_end_the_database_refuses_ends_the_run_as_error(
     # A value the database refuses at the end (here injected): the run's task died
     # with it ("Task exception was never retrieved"), the run RUNNING for ever and
     # startRun(wait) never answered; a next claimer would fail the same way.
-    refused = ValueError("a value the database cannot store")
+    refused = OverflowError("a value the database cannot store")
     the_next_end_fails(gateway, monkeypatch, refused)
     start = gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
     run = await asyncio.wait_for(start, LIMIT)
@@ -77,6 +85,106 @@ async def test_an_end_the_database_refuses_ends_the_run_as_error(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e for e in events if terminal_status(e)] == events[-1:]
     assert events[-1].payload == {"status": "ERROR", "error": run.error}
+
+
+async def test_a_node_raising_a_nul_ends_its_run(gateway: Gateway) -> None:
+    # The error's text is in the run's error and in its timeline: a step (a frozen
+    # dataclass, in a tuple) records it too. Unreplaced there, PostgreSQL refused
+    # the end, and the ERROR end that followed it with the same steps: RUNNING for ever.
+    start = gateway.start_run(StartRun(graph="raise_nul", input={}, wait=True))
+    run = await asyncio.wait_for(start, LIMIT)
+    assert run.status is RunStatus.ERROR
+    assert run.error == "ValueError: zero\ufffdbyte"
+    assert [step.error for step in run.steps] == ["ValueError: zero\ufffdbyte"]
+    assert await gateway.get_run(run.run_id) == run
+
+
+async def test_an_end_refused_again_with_its_steps_still_ends(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database that refuses whatever the run's steps hold, at every try: the ERROR
+    # end writes only its status and error, so it is not refused for the same reason.
+    registry = gateway.manager.registry
+    finish_run = registry.finish_run
+
+    async def refuse_steps(run_id: str, *args: Any, **kw: Any) -> Any:
+        if kw.get("steps"):
+            raise OverflowError("a step the database cannot store")
+        return await finish_run(run_id, *args, **kw)
+
+    monkeypatch.setattr(registry, "finish_run", refuse_steps)
+    start = gateway.start_run(StartRun(graph="raise_nul", input={}, wait=True))
+    run = await asyncio.wait_for(start, LIMIT)
+    assert run.status is RunStatus.ERROR and run.output is None
+    assert "the run ended ERROR but the database refused to store that end" in (run.error or "")
+    assert "a step the database cannot store" in (run.error or "")
+
+
+def test_an_agent_transition_holds_only_json() -> None:
+    # Its `from` and `reason` were stored as the graph gave them: a NaN passed
+    # storable's check and reached PostgreSQL as NaN, which jsonb refuses.
+    [(kind, payload)] = translate(
+        (),
+        "custom",
+        {"type": "agent_transition", "from": float("nan"), "to": "b", "reason": {1: b"x"}},
+    )
+    assert kind is EventType.AGENT_TRANSITION
+    assert payload == {
+        "from": "nan",
+        "to": "b",
+        "reason": {"1": {"__type__": "bytes", "base64": "eA=="}},
+    }
+
+
+async def test_a_nan_or_an_infinity_in_an_event_is_stored(
+    gateway: Gateway, backend_config: CheckpointerConfig
+) -> None:
+    # json.dumps writes NaN and Infinity, which PostgreSQL's jsonb refuses: the batch
+    # holding such an event, every run's events in it, was retried for ever.
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    writer = await gateway.events.writer(run.run_id, run.thread_id)
+    sent = writer.emit(EventType.CUSTOM, {"n": [math.nan, math.inf, -math.inf, 1.5]})
+    await gateway.events.flush()
+    [stored] = [e for e in await gateway.run_events(run.run_id, first=1000) if e.seq == sent.seq]
+    values = stored.payload["n"]
+    if backend_config.kind == "postgres":
+        assert values == [None, None, None, 1.5], "as orjson writes them"
+    else:  # SQLite's text and memory keep them
+        assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 1.5]
+
+
+async def test_a_refused_event_does_not_hold_up_the_other_runs_events(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events of every run are stored in one batch: a value the database refused in
+    # one run's event failed the batch, retried whole for ever, every run's events with it.
+    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    log, registry = gateway.events, gateway.manager.registry
+    store_batch = registry.store_batch
+
+    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
+        if any(e.payload.get("n") == "refused" for e in events):
+            raise OverflowError("injected: a value the database cannot store")
+        await store_batch(events, runs)
+
+    monkeypatch.setattr(registry, "store_batch", refusing)
+    wa = await log.writer(a.run_id, a.thread_id)
+    wb = await log.writer(b.run_id, b.thread_id)
+    before = wa.emit(EventType.CUSTOM, {"n": 1})
+    refused = wa.emit(EventType.CUSTOM, {"n": "refused"})
+    after = wa.emit(EventType.CUSTOM, {"n": 2})
+    other = wb.emit(EventType.CUSTOM, {"n": 3})
+    await log.flush()
+    assert wa.unstored() == [] and wb.unstored() == []
+    stored_a = {e.seq: e.payload for e in await gateway.run_events(a.run_id, first=1000)}
+    assert stored_a[before.seq] == {"n": 1} and stored_a[after.seq] == {"n": 2}
+    assert stored_a[refused.seq] == {
+        "refused": "OverflowError: injected: a value the database cannot store"
+    }
+    assert sorted(stored_a) == list(range(1, len(stored_a) + 1)), "no gap"
+    stored_b = await gateway.run_events(b.run_id, first=1000)
+    assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
 
 
 async def _collect(stream: AsyncIterator[object]) -> list[object]:

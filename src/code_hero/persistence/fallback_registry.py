@@ -266,18 +266,30 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         async def on_primary(registry: Registry) -> RunRecord | None:
             record = await registry.get_run(run_id)
-            if record is None and self.router.journal.quarantine:
+            if record is None and self._may_be_kept(run_id):
                 kept = await self._kept_run(run_id)
                 record = None if kept is None else kept[1]
             return record
 
         return await self._route(on_primary, degraded)
 
+    def _may_be_kept(self, run_id: str) -> bool:
+        """Whether a fallback may keep a copy of the run the primary lacks: an entry of
+        its own is quarantined, or a quarantined copy of a thread (its runs unknown here).
+        In memory, no query: most reads of a missing run or of no events ask."""
+        journal = self.router.journal
+        return bool(journal.quarantine) and (
+            run_id in journal.quarantined_runs() or bool(journal.quarantined_copies())
+        )
+
     async def _kept_run(self, run_id: str) -> tuple[Registry, RunRecord] | None:
         """A run the primary lacks because its copy-back was refused (quarantined): a
-        fallback's copy, kept across the recovery with its thread, and that fallback's
-        registry. Readable, with its error, rather than gone."""
-        kept = self.router.journal.quarantined_threads()
+        fallback's copy, kept across the recovery, and that fallback's registry.
+        Readable, with its error, rather than gone. Only a run whose own entry (or whose
+        thread's copy) is quarantined: another run of a thread with, say, a refused
+        checkpoint is in the primary, and missing there only once deleted."""
+        journal = self.router.journal
+        runs, copies = journal.quarantined_runs(), journal.quarantined_copies()
         for slot in self.router.slots[1:]:
             if slot.backend is None:
                 continue
@@ -285,7 +297,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 record = await slot.backend.registry.get_run(run_id)
             except Exception:  # a fallback's failure: the primary's answer stands
                 continue
-            if record is not None and record.thread_id in kept:
+            if record is not None and (run_id in runs or record.thread_id in copies):
                 return slot.backend.registry, record
         return None
 
@@ -359,7 +371,15 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             self._journal(DeleteRun(run_id, record.thread_id))
             return deleted
 
-        return await self._write(lambda r: r.delete_run(run_id), degraded)
+        async def on_primary(registry: Registry) -> bool:
+            deleted = await registry.delete_run(run_id)
+            if self.router.journal.quarantine:  # a kept copy would be read in its place
+                kept = await self._kept_run(run_id)
+                if kept is not None:
+                    deleted = await kept[0].delete_run(run_id) or deleted
+            return deleted
+
+        return await self._write(on_primary, degraded)
 
     # ---------------------------------------------------------------- events
     async def store_events(self, events: Sequence[EventRecord]) -> None:
@@ -461,7 +481,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             events = await registry.list_events(
                 run_id, after_seq=after_seq, limit=limit, types=types
             )
-            if not events and self.router.journal.quarantine:
+            if not events and self._may_be_kept(run_id):
                 if await registry.get_run(run_id) is None:
                     kept = await self._kept_run(run_id)
                     if kept is not None:  # its copy-back refused: the fallback's events

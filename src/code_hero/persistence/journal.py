@@ -52,7 +52,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.entries import Entry, PutCheckpoint, PutWrites
+from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites
 from code_hero.persistence.tombstones import Judge, log_dropped
 
 if TYPE_CHECKING:
@@ -360,6 +360,15 @@ class Journal:
     def quarantined_threads(self) -> set[str]:
         """Threads with an entry in the quarantine (their fallback copies stay)."""
         return {q.entry.thread_id for q in self.quarantine}
+
+    def quarantined_runs(self) -> set[str]:
+        """Runs with an entry of their own in the quarantine (a run's change, end, events
+        or deletion): the primary may lack what the fallback's copy of such a run holds."""
+        return {run_id for q in self.quarantine if (run_id := getattr(q.entry, "run_id", None))}
+
+    def quarantined_copies(self) -> set[str]:
+        """Threads born in an outage whose copy (their runs with them) is quarantined."""
+        return {q.entry.thread_id for q in self.quarantine if isinstance(q.entry, CopyThread)}
 
     def threads(self) -> set[str]:
         """Threads with an entry waiting or quarantined."""

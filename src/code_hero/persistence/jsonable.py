@@ -84,10 +84,10 @@ def _convert_object(value: Any, depth: int) -> Any:
 
 
 def storable(value: Any) -> Any:
-    """`value` (JSON as `to_jsonable` renders it) with every NUL (U+0000) and lone
-    surrogate in its strings and keys replaced by U+FFFD: PostgreSQL's text and jsonb
-    cannot hold a NUL, and neither database can store a lone surrogate. The value
-    itself when it has none (no copy)."""
+    """`value` (JSON as `to_jsonable` renders it, or tuples and dataclasses of it: a
+    run's timeline) with every NUL (U+0000) and lone surrogate in its strings and keys
+    replaced by U+FFFD: PostgreSQL's text and jsonb cannot hold a NUL, and neither
+    database can store a lone surrogate. The value itself when it has none (no copy)."""
     try:  # the common case, in C: orjson writes a NUL as \u0000, refuses a lone surrogate
         if b"\\u0000" not in orjson.dumps(value):
             return value
@@ -106,6 +106,16 @@ def _storable(value: Any) -> Any:
         if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
             return value
         return dict(items)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a StepRecord
+        changed = {
+            f.name: new
+            for f in dataclasses.fields(value)
+            if (new := _storable(old := getattr(value, f.name))) is not old
+        }
+        return dataclasses.replace(value, **changed) if changed else value
+    if isinstance(value, tuple):  # a run's timeline: a tuple of StepRecords
+        walked = tuple(_storable(v) for v in value)
+        return value if all(v is v0 for v, v0 in zip(walked, value, strict=True)) else walked
     if isinstance(value, list):
         converted = [_storable(v) for v in value]
         if all(v is v0 for v, v0 in zip(converted, value, strict=True)):

@@ -17,6 +17,8 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
+from code_hero.errors import CodeHeroError
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -168,8 +170,25 @@ async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
 def is_refused_value(exc: BaseException) -> bool:
     """Whether `exc` says the database refused a value it was given (a NUL in a jsonb, a
     number out of range, one that cannot be encoded): the same write fails every time,
-    unlike a busy pool, a deadlock or an outage."""
+    unlike a busy pool, a deadlock or an outage.
+
+    Only these, listed: PostgreSQL's class 22 (data exception), psycopg's DataError
+    (also raised client-side with no SQLSTATE: "text fields cannot contain NUL"),
+    sqlite3's DataError, OverflowError (an int too big for a column) and
+    UnicodeEncodeError (a lone surrogate). Not a plain ValueError or TypeError:
+    aiosqlite raises ValueError on a closed connection, and a TypeError is a bug; a
+    run ended ERROR for either would be a run lost to what a next claimer survives.
+    Nor any of our own errors (BadInputError is a ValueError too).
+    """
+    if isinstance(exc, CodeHeroError):
+        return False
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
-        return sqlstate.startswith("22")  # PostgreSQL's class 22, data exception
-    return isinstance(exc, (sqlite3.DataError, OverflowError, TypeError, ValueError))
+        return sqlstate.startswith("22")
+    if isinstance(exc, (sqlite3.DataError, OverflowError, UnicodeEncodeError)):
+        return True
+    if "psycopg" in sys.modules:  # else it is no psycopg error
+        import psycopg
+
+        return isinstance(exc, psycopg.DataError)
+    return False

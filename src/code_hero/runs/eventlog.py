@@ -22,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from code_hero.errors import ConflictError
 from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
+from code_hero.persistence.unreachable import is_refused_value
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
 
@@ -202,6 +204,14 @@ class EventLog:
                         # Another executor wrote these seqs: it holds the run now (this
                         # one lost its lease). Keep the rest, fence the writers that collided.
                         await self._store_apart(writers, fields)
+                    except Exception as exc:
+                        if not is_refused_value(exc):
+                            raise
+                        # A value the database refuses, of one run most likely: retried
+                        # whole, the batch would be refused for ever, every run in it
+                        # with it. Stored run by run, the refused rows made storable.
+                        log.warning("a batch of run events was refused: %s", exc)
+                        await self._store_apart(writers, fields)
                 except BaseException:
                     for w in writers:
                         w.pending[:0] = w.inflight
@@ -292,10 +302,47 @@ class EventLog:
             except ConflictError:
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
                 w.closed = True
+            except Exception as exc:
+                if not is_refused_value(exc):
+                    raise
+                await self._store_refused(w, fields.get(w.run_id), exc)
             # Stored or dropped: a later writer's failure must not queue them again (the
             # next flush would collide with them and fence the run).
             w.inflight = []
             fields.pop(w.run_id, None)
+
+    async def _store_refused(
+        self, w: RunEventWriter, run_fields: dict[str, Any] | None, refusal: Exception
+    ) -> None:
+        """One run's events (and fields) the database refused: its fields are dropped,
+        its events stored one by one, each one refused stored with a payload saying so
+        (its seq kept: the log has no gap). Stored events leave `w.inflight` as they go,
+        so a failure of another kind midway queues only the rest again."""
+        store = self.registry().store_batch
+        if run_fields:
+            try:
+                await store(w.inflight, {w.run_id: run_fields})
+                return
+            except Exception as exc:
+                if not is_refused_value(exc):
+                    raise
+            log.error("run %s: fields dropped, the database refused them: %s", w.run_id, refusal)
+        while w.inflight:
+            event = w.inflight[0]
+            try:
+                await store([event], {})
+            except Exception as exc:
+                if not is_refused_value(exc):
+                    raise
+                log.error(
+                    "run %s: event %d refused by the database, stored without its payload: %s",
+                    w.run_id,
+                    event.seq,
+                    exc,
+                )
+                said = f"{type(exc).__name__}: {exc}"[:500]
+                await store([replace(event, payload={"refused": storable(said)})], {})
+            w.inflight.pop(0)
 
     async def read(
         self,

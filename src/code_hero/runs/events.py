@@ -142,9 +142,9 @@ def translate(ns: Sequence[str], mode: str, data: Any) -> list[Draft]:
                 (
                     EventType.AGENT_TRANSITION,
                     {
-                        "from": data.get("from"),
+                        "from": to_jsonable(data.get("from")),
                         "to": str(data.get("to")),
-                        "reason": data.get("reason"),
+                        "reason": to_jsonable(data.get("reason")),
                     },
                 )
             ]

@@ -481,9 +481,7 @@ class RunExecutor:
                 # The database refused the end itself (what the run produced, not an
                 # outage): resumed by a next claimer, the run would fail so again, for
                 # ever. It ends ERROR instead, with no output, saying what was refused.
-                final, waiting, held = await self._end_refused(
-                    run_id, thread_id, status, exc, timeline
-                )
+                final, waiting, held = await self._end_refused(run_id, thread_id, status, exc)
             else:
                 if final is None:  # taken over, or its row is gone with its thread
                     await self._purge_if_deleted(run_id, thread_id)
@@ -501,18 +499,18 @@ class RunExecutor:
         thread_id: str,
         status: RunStatus,
         refusal: Exception,
-        timeline: Timeline,
     ) -> tuple[RunRecord | None, bool, bool]:
         """Record ERROR for a run whose `status` end the database refused: the final
         run, whether the thread has runs waiting, and whether the end is held for an
-        outage. Refused again, the run is left to its lease (logged)."""
-        log.error("the %s end of run %s was refused: %s", status.value, run_id, refusal)
+        outage. Only the status and this error are written: the refused value may be in
+        the output, the last events or the timeline (its steps' errors), and sent again
+        it would be refused again. Refused again, the run is left to its lease (logged)."""
+        log.error("the %s end of run %s was refused", status.value, run_id, exc_info=refusal)
         error = (
             f"the run ended {status.value} but the database refused to store that end "
             f"(its output or last events), so they are dropped: "
             f"{type(refusal).__name__}: {refusal}"
         )[:2000]
-        timeline.end(RunStatus.ERROR, error)
         try:
             final, waiting = await _to_the_end(
                 self._finish(
@@ -522,7 +520,7 @@ class RunExecutor:
                     None,
                     error,
                     None,  # a fresh writer: the refused events were dropped by the first
-                    timeline.fields(),
+                    None,  # no steps or token counts: the run keeps those last stored
                     leased=True,
                 )
             )

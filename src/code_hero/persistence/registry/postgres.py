@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,6 +26,33 @@ from code_hero.persistence.registry.dialect import Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
 
 __all__ = ["PostgresRegistry"]
+
+# json.dumps writes NaN and Infinity, which jsonb refuses (22P02): strict, and on
+# that refusal the value again with each written as null, as orjson writes them.
+_STRICT = json.JSONEncoder(allow_nan=False)
+
+
+def _jsonb_text(value: Any) -> str:
+    try:
+        return _STRICT.encode(value)
+    except ValueError:  # a NaN or an infinity (a circular value fails again below)
+        return _STRICT.encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonb(value: Any) -> Jsonb:
+    """`value` for a jsonb parameter: JSON PostgreSQL takes (NaN and infinities null)."""
+    return Jsonb(value, dumps=_jsonb_text)
+
 
 # `purge_idle_thread`'s lock, which also has the deletion after it in the same implicit
 # transaction planned generically (set_config's `true`: until the Sync commits). A
@@ -494,13 +522,13 @@ class PostgresRegistry(SqlRegistry):
                     # The runs by their key: joined on it alone, the plan scanned the
                     # whole table (the function's rows are unknown to the planner).
                     "AND r.run_id = ANY(?::text[])",
-                    [[Jsonb(records), [record["run_id"] for record in records]]],
+                    [[_jsonb(records), [record["run_id"] for record in records]]],
                 )
             )
         return updates
 
     def _json(self, value: Any) -> Any:
-        return Jsonb(value)
+        return _jsonb(value)
 
     def _from_json(self, value: Any) -> Any:
         return value  # psycopg has already parsed json/jsonb
@@ -514,7 +542,7 @@ class PostgresRegistry(SqlRegistry):
         return value.astimezone(UTC)
 
     def _contains(self, column: str, subset: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        return f"{column} @> ?::jsonb", [Jsonb(dict(subset))]
+        return f"{column} @> ?::jsonb", [_jsonb(dict(subset))]
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]

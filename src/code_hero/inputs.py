@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from code_hero.errors import BadInputError
+from code_hero.persistence.jsonable import storable_text
 
 __all__ = [
     "MAX_THREAD_ID_LENGTH",
@@ -81,7 +82,7 @@ def check_text(value: object, name: str) -> None:
     while stack:  # not recursive: a JSON value may nest a thousand levels deep
         item = stack.pop()
         if isinstance(item, str):
-            if not _storable(item):
+            if not storable_text(item):
                 raise BadInputError(
                     f"{name} may not contain NUL (U+0000) or lone surrogate characters"
                 )
@@ -112,15 +113,3 @@ def check_count(value: object, name: str, low: int, high: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
     raise BadInputError(f"{name} must be between {low} and {high}, got {value!r}")
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import orjson
 
-__all__ = ["REPLACEMENT", "storable", "to_jsonable"]
+__all__ = ["REPLACEMENT", "storable", "storable_text", "to_jsonable"]
 
 MAX_DEPTH = 64
 # A str holds code points, so a surrogate in one is a lone one (a pair is one code point).
@@ -98,7 +98,7 @@ def storable(value: Any) -> Any:
 
 def _storable(value: Any) -> Any:
     if isinstance(value, str):
-        return value if _text_ok(value) else _replaced(value)
+        return value if storable_text(value) else _replaced(value)
     if isinstance(value, Mapping):
         items = [
             (_storable(k) if isinstance(k, str) else k, _storable(v)) for k, v in value.items()
@@ -124,7 +124,8 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _text_ok(text: str) -> bool:
+def storable_text(text: str) -> bool:
+    """Whether a database takes `text` as it is: no NUL, no lone surrogate."""
     if "\x00" in text:
         return False
     if text.isascii():

@@ -308,6 +308,41 @@ async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
     assert await gw.run_events(run.run_id, first=1000) == []
 
 
+async def test_a_kept_copys_failed_deletion_does_not_take_the_primary_down(
+    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deleting a run also deletes the fallback's kept copy; that copy's failure was
+    # judged as the primary's, and an error that reads as "down" moved every write
+    # off a primary that had just deleted the run.
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    run = await asyncio.wait_for(
+        gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True)), 60
+    )
+    router = gw.manager.router
+    primary = router.primary.backend
+    assert primary is not None
+    put_run = primary.registry.put_run
+
+    async def refused(record: RunRecord, **kw: Any) -> None:
+        if record.run_id == run.run_id:
+            raise ValueError("injected: a value PostgreSQL cannot store")
+        await put_run(record, **kw)
+
+    monkeypatch.setattr(primary.registry, "put_run", refused)
+    await _outage_ends(gw, proxy)
+    assert await gw.get_run(run.run_id) == run  # the kept copy
+    for slot in router.slots[1:]:
+        if slot.backend is not None:
+
+            async def down(run_id: str) -> bool:
+                raise psycopg.OperationalError("injected: the fallback's failure")
+
+            monkeypatch.setattr(slot.backend.registry, "delete_run", down)
+    await gw.delete_run(run.run_id)
+    assert router.active == 0, "the primary still serves"
+
+
 async def test_deleting_a_thread_born_in_the_outage_is_final(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from code_hero.config import CheckpointerConfig
+from code_hero.errors import ConflictError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import EventRecord, RunStatus
 from code_hero.runs.events import EventType, terminal_status, translate
@@ -183,6 +184,56 @@ async def test_a_refused_event_does_not_hold_up_the_other_runs_events(
         "refused": "OverflowError: injected: a value the database cannot store"
     }
     assert sorted(stored_a) == list(range(1, len(stored_a) + 1)), "no gap"
+    stored_b = await gateway.run_events(b.run_id, first=1000)
+    assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
+
+
+async def test_a_refused_event_whose_placeholder_collides_fences_its_run(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another executor stored the run's seq already: the placeholder for the refused
+    # event collides. The run is fenced (as a collision of its first store fences it),
+    # not queued again at every flush with the other runs' events behind it.
+    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    log, registry = gateway.events, gateway.manager.registry
+    store_batch = registry.store_batch
+
+    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
+        if any(e.payload.get("n") == "refused" for e in events):
+            raise OverflowError("injected: a value the database cannot store")
+        if any("refused" in e.payload for e in events):
+            raise ConflictError("injected: the seq is another executor's")
+        await store_batch(events, runs)
+
+    monkeypatch.setattr(registry, "store_batch", refusing)
+    wa = await log.writer(a.run_id, a.thread_id)
+    wb = await log.writer(b.run_id, b.thread_id)
+    wa.emit(EventType.CUSTOM, {"n": "refused"})
+    other = wb.emit(EventType.CUSTOM, {"n": 3})
+    await log.flush()
+    assert wa.closed and wa.unstored() == []
+    stored_b = await gateway.run_events(b.run_id, first=1000)
+    assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
+
+
+async def test_an_int_no_json_text_can_hold_is_refused_not_retried_for_ever(
+    gateway: Gateway,
+) -> None:
+    # Python will not write an int of more than 4,300 digits as text: a ValueError,
+    # which is no refusal (aiosqlite raises one on a closed connection); raised as
+    # one from the JSON writing, the batch failed whole at every flush.
+    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    log = gateway.events
+    wa = await log.writer(a.run_id, a.thread_id)
+    wb = await log.writer(b.run_id, b.thread_id)
+    big = wa.emit(EventType.CUSTOM, {"n": 10**5000})
+    other = wb.emit(EventType.CUSTOM, {"n": 3})
+    await log.flush()
+    assert wa.unstored() == [] and wb.unstored() == []
+    [stored] = [e for e in await gateway.run_events(a.run_id, first=1000) if e.seq == big.seq]
+    assert "not storable as JSON" in stored.payload["refused"]  # memory's JSON copy too
     stored_b = await gateway.run_events(b.run_id, first=1000)
     assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
 

@@ -376,7 +376,10 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             if self.router.journal.quarantine:  # a kept copy would be read in its place
                 kept = await self._kept_run(run_id)
                 if kept is not None:
-                    deleted = await kept[0].delete_run(run_id) or deleted
+                    try:
+                        deleted = await kept[0].delete_run(run_id) or deleted
+                    except Exception:  # a fallback's failure: not the primary's outage
+                        log.exception("deleting the kept copy of run %s failed", run_id)
             return deleted
 
         return await self._write(on_primary, degraded)

@@ -26,6 +26,7 @@ __all__ = [
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
     "SQLITE_DOWN_CODES",
+    "UnstorableJSON",
     "check_on_checkout",
     "is_backend_error",
     "is_pool_timeout",
@@ -167,6 +168,11 @@ async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
         raise psycopg.OperationalError("the server closed or notified an idle connection")
 
 
+class UnstorableJSON(ValueError):
+    """A value no JSON text can be made of for the database (an int past Python's
+    digit limit, a NaN as a key): refused as a data exception is, every time."""
+
+
 def is_refused_value(exc: BaseException) -> bool:
     """Whether `exc` says the database refused a value it was given (a NUL in a jsonb, a
     number out of range, one that cannot be encoded): the same write fails every time,
@@ -185,7 +191,7 @@ def is_refused_value(exc: BaseException) -> bool:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate.startswith("22")
-    if isinstance(exc, (sqlite3.DataError, OverflowError, UnicodeEncodeError)):
+    if isinstance(exc, (sqlite3.DataError, OverflowError, UnicodeEncodeError, UnstorableJSON)):
         return True
     if "psycopg" in sys.modules:  # else it is no psycopg error
         import psycopg

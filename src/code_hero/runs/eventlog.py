@@ -296,16 +296,17 @@ class EventLog:
     ) -> None:
         for w in writers:
             try:
-                await self.registry().store_batch(
-                    w.inflight, {w.run_id: fields[w.run_id]} if w.run_id in fields else {}
-                )
-            except ConflictError:
+                try:
+                    await self.registry().store_batch(
+                        w.inflight, {w.run_id: fields[w.run_id]} if w.run_id in fields else {}
+                    )
+                except Exception as exc:
+                    if not is_refused_value(exc):
+                        raise
+                    await self._store_refused(w, fields.get(w.run_id), exc)
+            except ConflictError:  # the refused path's stores too: fenced either way
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
                 w.closed = True
-            except Exception as exc:
-                if not is_refused_value(exc):
-                    raise
-                await self._store_refused(w, fields.get(w.run_id), exc)
             # Stored or dropped: a later writer's failure must not queue them again (the
             # next flush would collide with them and fence the run).
             w.inflight = []

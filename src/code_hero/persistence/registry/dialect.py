@@ -28,6 +28,7 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.persistence.unreachable import UnstorableJSON
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -92,7 +93,10 @@ def dumps(value: Any) -> str:
     """Compact JSON text, as json.dumps writes it (non-ASCII as `\\u` escapes): SQLite
     compares an array in a metadata filter as stored text, so every row and every
     filter value keep one spelling (orjson's UTF-8 missed rows stored before it)."""
-    return _ENCODER.encode(value)
+    try:
+        return _ENCODER.encode(value)
+    except ValueError as exc:  # an int past Python's digit limit: refused, every time
+        raise UnstorableJSON(f"not storable as JSON: {exc}") from exc
 
 
 def utc_now() -> datetime:

@@ -24,6 +24,7 @@ from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry.dialect import Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
+from code_hero.persistence.unreachable import UnstorableJSON
 
 __all__ = ["PostgresRegistry"]
 
@@ -36,7 +37,11 @@ def _jsonb_text(value: Any) -> str:
     try:
         return _STRICT.encode(value)
     except ValueError:  # a NaN or an infinity (a circular value fails again below)
+        pass
+    try:
         return _STRICT.encode(_finite(value))
+    except ValueError as exc:  # an int past Python's digit limit, a NaN as a key
+        raise UnstorableJSON(f"not storable as JSON: {exc}") from exc
 
 
 def _finite(value: Any) -> Any:

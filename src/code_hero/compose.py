@@ -156,12 +156,27 @@ class Services:
             try:
                 await self.manager.settle(self.settings.shutdown_grace)
             finally:  # a cancelled copy-back still closes everything
-                # Before the bus closes: the copy's end pokes the other replicas'
-                # subscribers (`_on_recovered`); sent, or given up on after a while.
-                await self._notices_sent()
-                await self.webhooks.close()  # attempts cut short are leased: tried again later
-                await self.bus.close()
-                await self.manager.cleanup()
+                await self._close_all()
+
+    async def _close_all(self) -> None:
+        """Each step in turn, whatever the one before raised (a second cancel during the
+        notices' wait left the bus and the manager open); the first error is raised
+        at the end."""
+        first: BaseException | None = None
+        for close in (
+            # Before the bus closes: the copy's end pokes the other replicas'
+            # subscribers (`_on_recovered`); sent, or given up on after a while.
+            self._notices_sent,
+            self.webhooks.close,  # attempts cut short are leased: tried again later
+            self.bus.close,
+            self.manager.cleanup,
+        ):
+            try:
+                await close()
+            except BaseException as exc:  # raised below, after the rest
+                first = first or exc
+        if first is not None:
+            raise first
 
     async def _notices_sent(self) -> None:
         """Wait (bounded) for the notices under way to other replicas; cancel the rest."""

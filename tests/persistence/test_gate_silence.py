@@ -177,3 +177,98 @@ async def _degraded(gw: Gateway) -> bool:
 async def _synced(gw: Gateway) -> bool:
     router = gw.manager.router
     return router.degraded_since is None and router.pending_sync == 0
+
+
+class _SlowWhileGated:
+    """The primary's checkpoint writes (a batch, and one by one) slow while the gate is
+    closed: the first of each kind in each gated part takes `delay`, or each hangs."""
+
+    def __init__(self, router: Any, delay: float | None) -> None:
+        self.delay, self.gated, self.parts, self.on = delay, False, 0, True
+        self.slowed: set[str] = set()
+        self.bounds: list[float] = []
+        primary = router.primary.backend
+        saver, closed, run_call = primary.saver, router.gate.closed, router.calls.run
+
+        @asynccontextmanager
+        async def marked() -> AsyncIterator[None]:
+            async with closed():
+                self.gated, self.parts = True, self.parts + 1
+                self.slowed.clear()
+                try:
+                    yield
+                finally:
+                    self.gated = False
+
+        async def bounded(call: Any, seconds: float, what: str) -> Any:
+            if what == "the copy-back's last part":
+                self.bounds.append(seconds)
+            return await run_call(call, seconds, what)
+
+        def slowed(name: str, write: Any) -> Any:
+            async def slow(*args: Any) -> Any:
+                if self.on and self.gated and name not in self.slowed:
+                    self.slowed.add(name)
+                    await asyncio.sleep(3600 if self.delay is None else self.delay)
+                return await write(*args)
+
+            return slow
+
+        self.patches = [
+            (router.gate, "closed", marked),
+            (router.calls, "run", bounded),
+            (primary, "put_batch", slowed("batch", primary.put_batch)),
+            (saver, "aput", slowed("one", saver.aput)),
+            (saver, "aput_writes", slowed("one", saver.aput_writes)),
+        ]
+
+
+async def _slow_gated_copy_back(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, delay: float | None, seen: int
+) -> tuple[_SlowWhileGated, float, bool]:
+    """An outage's runs copied back to a primary slow while the gate is closed (`delay`
+    by multiples of a step); after `seen` gated parts the primary is fast again."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(
+            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+        )
+        step = step_timeout(config)
+        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+        async with Gateway(settings) as gw:
+            router = gw.manager.router
+            proxy.refuse()
+            await until(lambda: _degraded(gw))
+            for _ in range(3):
+                await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+            slow = _SlowWhileGated(router, None if delay is None else delay * step)
+            for target, name, value in slow.patches:
+                monkeypatch.setattr(target, name, value)
+            proxy.forward()
+
+            async def done() -> bool:
+                return await _synced(gw) or slow.parts >= seen
+
+            await until(done, 120)  # a hang guard
+            switched_first = await _synced(gw)
+            slow.on = False
+            await until(lambda: _synced(gw), 60)
+    return slow, step, switched_first
+
+
+async def test_one_slow_statement_in_the_gated_part_gets_the_longer_bound(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slower than a step, faster than two: the second try's bound is for each step too.
+    slow, step, switched = await _slow_gated_copy_back(pg_database, monkeypatch, 1.25, 3)
+    assert switched, slow.bounds
+    assert slow.bounds == [step, 2 * step]
+
+
+async def test_a_slow_gated_part_holds_writers_two_steps_at_most(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A primary that hangs while the gate is closed, but answers probes: each check
+    # tries the gated part twice, one step then two, never longer.
+    slow, step, switched = await _slow_gated_copy_back(pg_database, monkeypatch, None, 3)
+    assert not switched
+    assert slow.bounds[:3] == [step, 2 * step, step], slow.bounds

@@ -278,3 +278,15 @@ async def test_a_copy_with_checkpoints_behind_it_brings_the_runs_ends_after_them
         "runs with their ends",
     ]
     assert [what for thread, what in log if thread == "t1"] == ["runs with their ends"]
+
+
+async def test_a_deferred_copy_counts_as_synced_once() -> None:
+    # Replayed unfinished, then again at the tail: one entry of the journal, one synced.
+    log: list[tuple[str, int | str]] = []
+    journal = Journal(1000)
+    journal.append(Copy("t0", log))  # type: ignore[arg-type]
+    journal.append(Fake("t0", 0, log))  # type: ignore[arg-type]
+    synced: list[int] = []
+    await drain(journal, synced)
+    assert [what for _, what in log] == ["runs", 0, "runs with their ends"]
+    assert len(synced) == 2

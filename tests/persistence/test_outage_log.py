@@ -8,11 +8,13 @@ line when an outage starts and one when it ends).
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
+from code_hero.persistence import slots
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import eventually
@@ -78,3 +80,25 @@ async def test_an_open_failing_another_way_warns_again_once(
             assert len(changed) == len(at_start) + 1
         finally:
             await manager.cleanup()
+
+
+async def test_an_open_failing_two_ways_in_turn_warns_once_for_each(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    failures = [ConnectionRefusedError("refused"), TimeoutError("timed out")] * 3
+
+    class Unopened:
+        enforce_references = False
+        description = "a database down"
+
+    class Failing:
+        async def run(self, call: Any, seconds: float, what: str) -> None:
+            call.close()
+            raise failures.pop(0)
+
+    monkeypatch.setattr(slots, "open_backend", lambda config: Unopened())
+    slot = slots.BackendSlot("primary", create_postgres_checkpointer(PG_ADMIN_URL))
+    while failures:  # refused, timed out, refused, ...: each probe's open
+        await slot.open(Failing(), enforce_references=False)  # type: ignore[arg-type]
+    assert len(_warnings(caplog)) == 2, _warnings(caplog)

@@ -69,3 +69,35 @@ async def test_a_cancelled_copy_back_still_closes_everything(
     with pytest.raises(asyncio.CancelledError):
         await closing
     assert closed == ["bus", "manager"]
+
+
+async def test_a_cancel_during_the_notices_wait_still_closes_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw = Gateway()
+    await gw.__aenter__()
+    closed: list[str] = []
+    waiting = asyncio.Event()
+    bus_close, cleanup = gw.bus.close, gw.manager.cleanup
+
+    async def notices_sent() -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # a notice to the other replicas under way
+
+    async def bus_closed() -> None:
+        closed.append("bus")
+        await bus_close()
+
+    async def cleaned_up() -> None:
+        closed.append("manager")
+        await cleanup()
+
+    monkeypatch.setattr(gw.services, "_notices_sent", notices_sent)
+    monkeypatch.setattr(gw.bus, "close", bus_closed)
+    monkeypatch.setattr(gw.manager, "cleanup", cleaned_up)
+    closing = asyncio.ensure_future(gw.__aexit__(None, None, None))
+    await waiting.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert closed == ["bus", "manager"]

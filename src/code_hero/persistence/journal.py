@@ -173,10 +173,14 @@ class Journal:
                 outcomes = await self._replay(
                     replays, primary, fallback, concurrency, is_unreachable, step_timeout, gone
                 )
-                unreachable = self._settle(batch, outcomes, on_synced)
+                deferred = {
+                    index
+                    for index, entry in enumerate(batch)
+                    if replays[index] is not entry and entry.thread_id not in gone
+                }
+                unreachable = self._settle(batch, outcomes, on_synced, deferred)
                 for index, entry in enumerate(batch):
-                    deferred = replays[index] is not entry and entry.thread_id not in gone
-                    if deferred and outcomes[index].done:
+                    if index in deferred and outcomes[index].done:
                         self.append(entry)  # the finished runs: behind their checkpoints
                 if unreachable is None:
                     await _purge_deleted(primary, _replayed(batch, gone), judge, step_timeout)
@@ -269,17 +273,23 @@ class Journal:
         return replays
 
     def _settle(
-        self, batch: list[Entry], outcomes: list[_Outcome], on_synced: Callable[[], None]
+        self,
+        batch: list[Entry],
+        outcomes: list[_Outcome],
+        on_synced: Callable[[], None],
+        deferred: set[int],
     ) -> BaseException | None:
         """Pop the batch's settled prefix; the rest stays (replaying twice is harmless).
+        A `deferred` entry's copy goes to the tail: counted synced there, once.
 
         Returns the first error that said the primary is unreachable, if any.
         """
         prefix = True
-        for entry, outcome in zip(batch, outcomes, strict=True):
+        for index, (entry, outcome) in enumerate(zip(batch, outcomes, strict=True)):
             if prefix and outcome.done:
                 self._pop()
-                on_synced()
+                if index not in deferred:
+                    on_synced()
             elif prefix and outcome.error is not None and not outcome.unreachable:
                 self._pop()
                 self.quarantine.append(Quarantined(entry, 1, _describe(outcome.error)))

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SMALL_REMAINDER = 64
 # How often a recovery drains a saturated pool (busy, not down) before the next check.
 _BUSY_TRIES = 3
+# How often a check tries the gated part on a slow primary, and the most step bounds
+# it holds writers at the gate in one go: the next check tries again (review).
+_GATED_TRIES = 2
 
 
 def sync_concurrency(config: CheckpointerConfig) -> int:
@@ -60,8 +63,15 @@ def _sync_source(router: FallbackRouter) -> Backend | None:
 
 
 async def _drain(
-    router: FallbackRouter, primary: Backend, source: Backend | None, *, until: int
+    router: FallbackRouter,
+    primary: Backend,
+    source: Backend | None,
+    *,
+    until: int,
+    step: float | None = None,
 ) -> None:
+    """Drain the journal into `primary` until `until` entries remain, each step bounded
+    by `step` (`step_timeout` unless given)."""
     if source is None:
         return
     config = router.primary.config
@@ -76,7 +86,7 @@ async def _drain(
         concurrency=sync_concurrency(config),
         is_unreachable=is_backend_error,
         on_synced=synced,
-        step_timeout=step_timeout(config),
+        step_timeout=step_timeout(config) if step is None else step,
         judge=judge_for(primary, source, router.outage_began),
     )
 
@@ -93,6 +103,7 @@ async def sync_back(router: FallbackRouter) -> bool:
         return False
     if router.active == 0:
         return True
+    gated_tries = 0
     for attempt in range(_BUSY_TRIES):
         gated = False
         try:
@@ -100,17 +111,21 @@ async def sync_back(router: FallbackRouter) -> bool:
                 await primary.backend.reconnect()
             await _drain(router, primary.backend, source, until=SMALL_REMAINDER)
             gated = True
+            gated_tries += 1
+            # The bound grows on the second try, for the whole and for each step (a
+            # single slow statement, a lock or a load, gets it too), and no further:
+            # writers wait at the gate at most two steps' bounds in one go.
+            bound = min(gated_tries, _GATED_TRIES) * step_timeout(primary.config)
             async with router.gate.closed():
                 # The gate holds every writer: its drain is one call as a whole, given
                 # up on (not awaited) when past its bound. A primary silent now left
                 # writers waiting out each step's bound in turn, and then psycopg's
                 # own wait on each cancelled query (~40 s with the defaults). Given up
                 # on, the drain ends in the background with the gate open, as the
-                # drain before it ran; the switch is not made. The bound grows with
-                # each try: a primary that answers, slowly, gets the time it needs.
+                # drain before it ran; the switch is not made.
                 await router.calls.run(
-                    _drain(router, primary.backend, source, until=0),
-                    (attempt + 1) * step_timeout(primary.config),
+                    _drain(router, primary.backend, source, until=0, step=bound),
+                    bound,
                     "the copy-back's last part",
                 )
                 await router.switch_to_primary()
@@ -121,6 +136,9 @@ async def sync_back(router: FallbackRouter) -> bool:
             # a load): that one is not an outage; the drain goes on with the gate
             # open and the gated part is tried again, with more time.
             if gated and isinstance(exc, TimeoutError) and await router.answers(primary):
+                if gated_tries >= _GATED_TRIES:
+                    log.info("sync back's last part was slow (%s); the next check tries again", exc)
+                    return False
                 log.info("sync back's last part was slow (%s); tried again", exc)
                 continue
             # A pool timeout may be a saturated pool only: the router's probe confirms

@@ -98,8 +98,8 @@ class BackendSlot:
     answered_at: datetime | None = None
     # Held while the backend opens: concurrent probes share one open, one pool.
     opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
-    # What the last failed open of this outage failed with (`_failure_class`).
-    _open_failure: str | None = field(default=None, repr=False, compare=False)
+    # What the failed opens of this outage failed with, each warned once (`_failure_class`).
+    _open_failures: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -128,7 +128,7 @@ class BackendSlot:
         self.checked_at = self.answered_at = datetime.now(UTC)
         self.healthy = True
         self.last_error = None
-        self._open_failure = None
+        self._open_failures.clear()
 
     async def open(self, calls: BoundedCalls, *, enforce_references: bool) -> None:
         """Open the backend unless it is open; concurrent callers share one attempt.
@@ -157,10 +157,14 @@ class BackendSlot:
         except Exception as exc:
             # Tried again at every probe while it stays down: only the first failure
             # is news (an outage logs one WARNING when it starts, not one per probe),
-            # and a failure of another kind (refused, then a password, a migration).
+            # and a failure of a kind not seen yet in this outage (refused, then a
+            # password, a migration): one alternating between two kinds warns twice.
             failure = _failure_class(exc)
-            news = self.last_error is None or self._open_failure not in (None, failure)
-            self._open_failure = failure
+            if self.last_error is None:
+                self._open_failures.clear()
+            seen = self._open_failures
+            news = failure not in seen and (self.last_error is None or bool(seen))
+            seen.add(failure)
             self.record_failure(exc)
             log.log(
                 logging.WARNING if news else logging.DEBUG,

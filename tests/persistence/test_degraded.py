@@ -276,12 +276,12 @@ async def test_a_deleted_run_of_a_thread_with_a_quarantined_checkpoint_stays_del
     assert await gw.run_events(run.run_id, first=1000) == []
 
 
-async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
-    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A run born in an outage whose rows PostgreSQL refuses at the copy-back (here
-    # injected): quarantined, and run(id) answered null though the fallback kept it.
-    gw, proxy = proxied
+async def _a_run_whose_copy_back_is_refused(
+    gw: Gateway, proxy: BlackHoleProxy, monkeypatch: pytest.MonkeyPatch
+) -> tuple[RunRecord, list[EventRecord]]:
+    """A run born in an outage, and its events then, whose row PostgreSQL refuses at
+    the copy-back (here injected): quarantined once the outage ends, the fallback
+    keeping it."""
     await _outage_begins(gw, proxy)
     run = await asyncio.wait_for(
         gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True)), 60
@@ -300,6 +300,15 @@ async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
     monkeypatch.setattr(primary.registry, "put_run", refused)
     await _outage_ends(gw, proxy)
     assert (await gw.health())["quarantined"] == 1
+    return run, events
+
+
+async def test_a_run_whose_copy_back_is_refused_stays_readable_with_its_events(
+    proxied: tuple[Gateway, BlackHoleProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Quarantined, run(id) answered null though the fallback kept it.
+    gw, proxy = proxied
+    run, events = await _a_run_whose_copy_back_is_refused(gw, proxy, monkeypatch)
     assert await gw.get_run(run.run_id) == run
     assert await gw.run_events(run.run_id, first=1000) == events
     # Deleted, the kept copy goes too: it is not read in place of the deleted run.
@@ -315,22 +324,8 @@ async def test_a_kept_copys_failed_deletion_does_not_take_the_primary_down(
     # judged as the primary's, and an error that reads as "down" moved every write
     # off a primary that had just deleted the run.
     gw, proxy = proxied
-    await _outage_begins(gw, proxy)
-    run = await asyncio.wait_for(
-        gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True)), 60
-    )
+    run, _ = await _a_run_whose_copy_back_is_refused(gw, proxy, monkeypatch)
     router = gw.manager.router
-    primary = router.primary.backend
-    assert primary is not None
-    put_run = primary.registry.put_run
-
-    async def refused(record: RunRecord, **kw: Any) -> None:
-        if record.run_id == run.run_id:
-            raise ValueError("injected: a value PostgreSQL cannot store")
-        await put_run(record, **kw)
-
-    monkeypatch.setattr(primary.registry, "put_run", refused)
-    await _outage_ends(gw, proxy)
     assert await gw.get_run(run.run_id) == run  # the kept copy
     for slot in router.slots[1:]:
         if slot.backend is not None:

@@ -9,6 +9,7 @@ test's timeout) must not leave the rest open.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -41,48 +42,37 @@ async def test_the_recovery_notice_goes_out_before_the_bus_closes(
 async def test_a_cancelled_copy_back_still_closes_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    gw = Gateway()
-    await gw.__aenter__()
-    closed: list[str] = []
-    settling = asyncio.Event()
-    bus_close, cleanup = gw.bus.close, gw.manager.cleanup
-
     async def settle(grace: float) -> bool:
-        settling.set()
         await asyncio.Event().wait()  # a copy-back under way
         return False
 
-    async def bus_closed() -> None:
-        closed.append("bus")
-        await bus_close()
-
-    async def cleaned_up() -> None:
-        closed.append("manager")
-        await cleanup()
-
-    monkeypatch.setattr(gw.manager, "settle", settle)
-    monkeypatch.setattr(gw.bus, "close", bus_closed)
-    monkeypatch.setattr(gw.manager, "cleanup", cleaned_up)
-    closing = asyncio.ensure_future(gw.__aexit__(None, None, None))
-    await settling.wait()
-    closing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await closing
-    assert closed == ["bus", "manager"]
+    assert await _closed_when_cancelled_in(monkeypatch, "settle", settle) == ["bus", "manager"]
 
 
 async def test_a_cancel_during_the_notices_wait_still_closes_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    async def notices_sent() -> None:
+        await asyncio.Event().wait()  # a notice to the other replicas under way
+
+    closed = await _closed_when_cancelled_in(monkeypatch, "_notices_sent", notices_sent)
+    assert closed == ["bus", "manager"]
+
+
+async def _closed_when_cancelled_in(
+    monkeypatch: pytest.MonkeyPatch, step: str, waits: Callable[..., Awaitable[object]]
+) -> list[str]:
+    """What closes when a gateway's closing is cancelled while in `step` (the manager's
+    `settle`, or the services' `_notices_sent`), made to wait for ever by `waits`."""
     gw = Gateway()
     await gw.__aenter__()
     closed: list[str] = []
-    waiting = asyncio.Event()
+    reached = asyncio.Event()
     bus_close, cleanup = gw.bus.close, gw.manager.cleanup
 
-    async def notices_sent() -> None:
-        waiting.set()
-        await asyncio.Event().wait()  # a notice to the other replicas under way
+    async def waiting(*args: object) -> object:
+        reached.set()
+        return await waits(*args)
 
     async def bus_closed() -> None:
         closed.append("bus")
@@ -92,12 +82,13 @@ async def test_a_cancel_during_the_notices_wait_still_closes_everything(
         closed.append("manager")
         await cleanup()
 
-    monkeypatch.setattr(gw.services, "_notices_sent", notices_sent)
+    owner = gw.manager if step == "settle" else gw.services
+    monkeypatch.setattr(owner, step, waiting)
     monkeypatch.setattr(gw.bus, "close", bus_closed)
     monkeypatch.setattr(gw.manager, "cleanup", cleaned_up)
     closing = asyncio.ensure_future(gw.__aexit__(None, None, None))
-    await waiting.wait()
+    await reached.wait()
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
-    assert closed == ["bus", "manager"]
+    return closed

@@ -25,6 +25,7 @@ from code_hero.config import CheckpointerConfig
 from code_hero.errors import ConflictError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import EventRecord, RunStatus
+from code_hero.runs.eventlog import RunEventWriter
 from code_hero.runs.events import EventType, terminal_status, translate
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC, the_next_end_fails
@@ -159,32 +160,21 @@ async def test_a_refused_event_does_not_hold_up_the_other_runs_events(
 ) -> None:
     # Events of every run are stored in one batch: a value the database refused in
     # one run's event failed the batch, retried whole for ever, every run's events with it.
-    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    log, registry = gateway.events, gateway.manager.registry
-    store_batch = registry.store_batch
-
-    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
-        if any(e.payload.get("n") == "refused" for e in events):
-            raise OverflowError("injected: a value the database cannot store")
-        await store_batch(events, runs)
-
-    monkeypatch.setattr(registry, "store_batch", refusing)
-    wa = await log.writer(a.run_id, a.thread_id)
-    wb = await log.writer(b.run_id, b.thread_id)
+    wa, wb = await _two_runs_writers(gateway)
+    _refusing(gateway, monkeypatch)
     before = wa.emit(EventType.CUSTOM, {"n": 1})
     refused = wa.emit(EventType.CUSTOM, {"n": "refused"})
     after = wa.emit(EventType.CUSTOM, {"n": 2})
     other = wb.emit(EventType.CUSTOM, {"n": 3})
-    await log.flush()
+    await gateway.events.flush()
     assert wa.unstored() == [] and wb.unstored() == []
-    stored_a = {e.seq: e.payload for e in await gateway.run_events(a.run_id, first=1000)}
+    stored_a = {e.seq: e.payload for e in await gateway.run_events(wa.run_id, first=1000)}
     assert stored_a[before.seq] == {"n": 1} and stored_a[after.seq] == {"n": 2}
     assert stored_a[refused.seq] == {
         "refused": "OverflowError: injected: a value the database cannot store"
     }
     assert sorted(stored_a) == list(range(1, len(stored_a) + 1)), "no gap"
-    stored_b = await gateway.run_events(b.run_id, first=1000)
+    stored_b = await gateway.run_events(wb.run_id, first=1000)
     assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
 
 
@@ -194,26 +184,13 @@ async def test_a_refused_event_whose_placeholder_collides_fences_its_run(
     # Another executor stored the run's seq already: the placeholder for the refused
     # event collides. The run is fenced (as a collision of its first store fences it),
     # not queued again at every flush with the other runs' events behind it.
-    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    log, registry = gateway.events, gateway.manager.registry
-    store_batch = registry.store_batch
-
-    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
-        if any(e.payload.get("n") == "refused" for e in events):
-            raise OverflowError("injected: a value the database cannot store")
-        if any("refused" in e.payload for e in events):
-            raise ConflictError("injected: the seq is another executor's")
-        await store_batch(events, runs)
-
-    monkeypatch.setattr(registry, "store_batch", refusing)
-    wa = await log.writer(a.run_id, a.thread_id)
-    wb = await log.writer(b.run_id, b.thread_id)
+    wa, wb = await _two_runs_writers(gateway)
+    _refusing(gateway, monkeypatch, placeholder_collides=True)
     wa.emit(EventType.CUSTOM, {"n": "refused"})
     other = wb.emit(EventType.CUSTOM, {"n": 3})
-    await log.flush()
+    await gateway.events.flush()
     assert wa.closed and wa.unstored() == []
-    stored_b = await gateway.run_events(b.run_id, first=1000)
+    stored_b = await gateway.run_events(wb.run_id, first=1000)
     assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
 
 
@@ -223,19 +200,42 @@ async def test_an_int_no_json_text_can_hold_is_refused_not_retried_for_ever(
     # Python will not write an int of more than 4,300 digits as text: a ValueError,
     # which is no refusal (aiosqlite raises one on a closed connection); raised as
     # one from the JSON writing, the batch failed whole at every flush.
-    a = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    b = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    log = gateway.events
-    wa = await log.writer(a.run_id, a.thread_id)
-    wb = await log.writer(b.run_id, b.thread_id)
+    wa, wb = await _two_runs_writers(gateway)
     big = wa.emit(EventType.CUSTOM, {"n": 10**5000})
     other = wb.emit(EventType.CUSTOM, {"n": 3})
-    await log.flush()
+    await gateway.events.flush()
     assert wa.unstored() == [] and wb.unstored() == []
-    [stored] = [e for e in await gateway.run_events(a.run_id, first=1000) if e.seq == big.seq]
+    [stored] = [e for e in await gateway.run_events(wa.run_id, first=1000) if e.seq == big.seq]
     assert "not storable as JSON" in stored.payload["refused"]  # memory's JSON copy too
-    stored_b = await gateway.run_events(b.run_id, first=1000)
+    stored_b = await gateway.run_events(wb.run_id, first=1000)
     assert stored_b[-1].seq == other.seq and stored_b[-1].payload == {"n": 3}
+
+
+async def _two_runs_writers(gateway: Gateway) -> tuple[RunEventWriter, RunEventWriter]:
+    """The event writers of two runs, their events to be stored in one batch."""
+    writers = []
+    for _ in range(2):
+        run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+        writers.append(await gateway.events.writer(run.run_id, run.thread_id))
+    return writers[0], writers[1]
+
+
+def _refusing(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, *, placeholder_collides: bool = False
+) -> None:
+    """The registry refuses an event `{"n": "refused"}` (a value it cannot store) and,
+    `placeholder_collides`, the placeholder stored for it (another executor's seq)."""
+    registry = gateway.manager.registry
+    store_batch = registry.store_batch
+
+    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
+        if any(e.payload.get("n") == "refused" for e in events):
+            raise OverflowError("injected: a value the database cannot store")
+        if placeholder_collides and any("refused" in e.payload for e in events):
+            raise ConflictError("injected: the seq is another executor's")
+        await store_batch(events, runs)
+
+    monkeypatch.setattr(registry, "store_batch", refusing)
 
 
 async def _collect(stream: AsyncIterator[object]) -> list[object]:

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from code_hero.config import create_postgres_checkpointer
-from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.records import RunStatus
 from code_hero.runs.executor import StartRun
-from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.persistence.proxied import behind_a_proxy
 
 pytestmark = pytest.mark.postgres
-PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
-SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 STEPS = [f"s{i}" for i in range(6)]
 
 
@@ -38,22 +31,17 @@ def rows(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
 async def test_closing_once_the_database_is_back_copies_what_the_outage_held(
     pg_database: str,
 ) -> None:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        # No probe comes during the test: the outage is found by the run's own call,
-        # and only the closing can copy back.
-        checkpointer = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=3600
-        )
-        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            proxy.refuse()
-            run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
-            assert run.status is RunStatus.SUCCESS
-            assert gw.manager.router.degraded_since is not None
-            assert gw.manager.pending_sync > 0
-            served = [e.seq for e in await gw.run_events(run.run_id, first=1000)]
-            history = len((await gw.list_checkpoints(run.thread_id, first=100)).items)
-            proxy.forward()  # back, and the server is told to stop before a probe saw it
+    # No probe comes during the test: the outage is found by the run's own call,
+    # and only the closing can copy back.
+    async with behind_a_proxy(pg_database, health_check_interval=3600) as (gw, proxy):
+        proxy.refuse()
+        run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+        assert run.status is RunStatus.SUCCESS
+        assert gw.manager.router.degraded_since is not None
+        assert gw.manager.pending_sync > 0
+        served = [e.seq for e in await gw.run_events(run.run_id, first=1000)]
+        history = len((await gw.list_checkpoints(run.thread_id, first=100)).items)
+        proxy.forward()  # back, and the server is told to stop before a probe saw it
 
     stored = rows(
         pg_database,
@@ -78,33 +66,28 @@ async def test_closing_once_the_database_is_back_copies_what_the_outage_held(
 async def test_a_copy_cut_short_leaves_no_run_ended_without_its_checkpoints(
     pg_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        checkpointer = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=3600
-        )
-        settings = GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            proxy.refuse()
-            run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
-            assert run.status is RunStatus.SUCCESS
-            assert (await gw.list_checkpoints(run.thread_id, first=100)).items
-            primary = gw.manager.router.primary.backend
-            assert primary is not None
-            cut: list[int] = []
+    async with behind_a_proxy(pg_database, health_check_interval=3600) as (gw, proxy):
+        proxy.refuse()
+        run = await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+        assert run.status is RunStatus.SUCCESS
+        assert (await gw.list_checkpoints(run.thread_id, first=100)).items
+        primary = gw.manager.router.primary.backend
+        assert primary is not None
+        cut: list[int] = []
 
-            async def lost(*args: object) -> None:
-                # The connection is lost as the checkpoints go in: the copy stops
-                # there, as a stop's grace running out or a crash would stop it.
-                cut.append(len(args))
-                raise ConnectionResetError("the copy-back was cut short here")
+        async def lost(*args: object) -> None:
+            # The connection is lost as the checkpoints go in: the copy stops
+            # there, as a stop's grace running out or a crash would stop it.
+            cut.append(len(args))
+            raise ConnectionResetError("the copy-back was cut short here")
 
-            async def lost_batch(items: Sequence[PutCheckpoint | PutWrites]) -> None:
-                await lost(items)
+        async def lost_batch(items: Sequence[PutCheckpoint | PutWrites]) -> None:
+            await lost(items)
 
-            monkeypatch.setattr(primary, "put_batch", lost_batch)
-            monkeypatch.setattr(primary.saver, "aput", lost)
-            monkeypatch.setattr(primary.saver, "aput_writes", lost)
-            proxy.forward()  # back: the closing copies, and is cut short at the checkpoints
+        monkeypatch.setattr(primary, "put_batch", lost_batch)
+        monkeypatch.setattr(primary.saver, "aput", lost)
+        monkeypatch.setattr(primary.saver, "aput_writes", lost)
+        proxy.forward()  # back: the closing copies, and is cut short at the checkpoints
 
     assert cut  # the copy did reach the checkpoints
     assert any(

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +21,6 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from code_hero.auth import ANONYMOUS
-from code_hero.config import create_postgres_checkpointer
 from code_hero.errors import (
     BackendUnavailableError,
     BadInputError,
@@ -30,7 +28,7 @@ from code_hero.errors import (
     RunHeldUpError,
     ThreadBeingDeletedError,
 )
-from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.gateway import Gateway
 from code_hero.persistence import recovery
 from code_hero.persistence.backends import MemoryBackend
 from code_hero.persistence.checkpoints import CheckpointView
@@ -52,45 +50,27 @@ from code_hero.runs.edits import UpdateState
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, held_writes, until, with_port
+from tests.faults import BlackHoleProxy, held_writes, until
+from tests.persistence.proxied import behind_a_proxy
 
 pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
-SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
-NUL_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'nul_graph.py'}:graph"
 SLOW_STEPS = [f"s{i}" for i in range(6)]
 # Every table that holds rows of a thread.
 EVERY_TABLE = ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_run_events")
 
 
-@asynccontextmanager
-async def _behind_a_proxy(
-    pg_database: str, *, lease_seconds: float | None = None, **config: Any
-) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
-    """A gateway on PostgreSQL through a proxy the test cuts and restores (`config`: of
-    the checkpointer)."""
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        checkpointer = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2, **config
-        )
-        leases = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
-        graphs = {"slow": SLOW_SPEC, "nul": NUL_SPEC}
-        settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **leases)
-        async with Gateway(settings) as gw:
-            yield gw, proxy
-
-
 @pytest.fixture
 async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
-    async with _behind_a_proxy(pg_database) as behind:
+    async with behind_a_proxy(pg_database) as behind:
         yield behind
 
 
 @pytest.fixture
 async def long_leased(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
     """As `proxied`, with leases far longer than any test: a run left leased stays so."""
-    async with _behind_a_proxy(pg_database, lease_seconds=600) as behind:
+    async with behind_a_proxy(pg_database, lease_seconds=600) as behind:
         yield behind
 
 
@@ -961,7 +941,7 @@ async def test_an_edit_claimed_between_the_drains_holds_its_thread_on_postgresql
 
 
 async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database: str) -> None:
-    async with _behind_a_proxy(pg_database, max_pending_sync=12) as (gw, proxy):
+    async with behind_a_proxy(pg_database, max_pending_sync=12) as (gw, proxy):
         await _outage_begins(gw, proxy)
         first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
         assert first.status is RunStatus.ERROR  # the journal filled up mid-run

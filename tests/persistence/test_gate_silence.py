@@ -14,89 +14,78 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from code_hero.config import create_postgres_checkpointer
-from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.records import RunStatus
 from code_hero.persistence.recovery import step_timeout
 from code_hero.runs.executor import StartRun
-from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, until, with_port
+from tests.faults import until
+from tests.persistence.proxied import behind_a_proxy, degraded, synced
 
 pytestmark = pytest.mark.postgres
-PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
-SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 
 
 async def test_a_database_silent_while_the_gate_is_closed_holds_writers_one_step_at_most(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        runs = [
+            await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+            for _ in range(3)
+        ]
+        gated = asyncio.Event()
+        closed = router.gate.closed
+
+        @asynccontextmanager
+        async def silenced() -> AsyncIterator[None]:
+            async with closed():
+                if not gated.is_set():
+                    proxy.black_hole()  # silent exactly as the gate shuts
+                    gated.set()
+                yield
+
+        monkeypatch.setattr(router.gate, "closed", silenced)
+        # What happened, in order: the gated part given up on as one call, a writer
+        # let through the gate.
+        seen: list[str] = []
+        run_call, write = router.calls.run, router.gate.write
+
+        async def bounded(call: Any, seconds: float, what: str) -> Any:
+            try:
+                return await run_call(call, seconds, what)
+            except TimeoutError:
+                seen.append(f"given up: {what}")
+                raise
+
+        @asynccontextmanager
+        async def writing() -> AsyncIterator[None]:
+            async with write():
+                if gated.is_set() and "writer passed" not in seen:
+                    seen.append("writer passed")
+                yield
+
+        monkeypatch.setattr(router.calls, "run", bounded)
+        monkeypatch.setattr(router.gate, "write", writing)
+        proxy.forward()
+        await asyncio.wait_for(gated.wait(), 30)
+        # A run on a new thread needs the gate for its writes: it passes once the
+        # gated part (one call, bounded) is given up on, not after each of its steps
+        # has timed out in turn and psycopg has waited on each cancelled query.
+        during = await asyncio.wait_for(  # a hang guard only
+            gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True)), 120
         )
-        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            router = gw.manager.router
-            proxy.refuse()
-            await until(lambda: _degraded(gw))
-            runs = [
-                await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
-                for _ in range(3)
-            ]
-            gated = asyncio.Event()
-            closed = router.gate.closed
-
-            @asynccontextmanager
-            async def silenced() -> AsyncIterator[None]:
-                async with closed():
-                    if not gated.is_set():
-                        proxy.black_hole()  # silent exactly as the gate shuts
-                        gated.set()
-                    yield
-
-            monkeypatch.setattr(router.gate, "closed", silenced)
-            # What happened, in order: the gated part given up on as one call, a writer
-            # let through the gate.
-            seen: list[str] = []
-            run_call, write = router.calls.run, router.gate.write
-
-            async def bounded(call: Any, seconds: float, what: str) -> Any:
-                try:
-                    return await run_call(call, seconds, what)
-                except TimeoutError:
-                    seen.append(f"given up: {what}")
-                    raise
-
-            @asynccontextmanager
-            async def writing() -> AsyncIterator[None]:
-                async with write():
-                    if gated.is_set() and "writer passed" not in seen:
-                        seen.append("writer passed")
-                    yield
-
-            monkeypatch.setattr(router.calls, "run", bounded)
-            monkeypatch.setattr(router.gate, "write", writing)
-            proxy.forward()
-            await asyncio.wait_for(gated.wait(), 30)
-            # A run on a new thread needs the gate for its writes: it passes once the
-            # gated part (one call, bounded) is given up on, not after each of its steps
-            # has timed out in turn and psycopg has waited on each cancelled query.
-            during = await asyncio.wait_for(  # a hang guard only
-                gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True)), 120
-            )
-            assert during.status is RunStatus.SUCCESS
-            assert seen[:2] == ["given up: the copy-back's last part", "writer passed"], seen
-            assert router.degraded_since is not None  # its writes went to the fallback
-            proxy.forward()
-            await until(lambda: _synced(gw))
+        assert during.status is RunStatus.SUCCESS
+        assert seen[:2] == ["given up: the copy-back's last part", "writer passed"], seen
+        assert router.degraded_since is not None  # its writes went to the fallback
+        proxy.forward()
+        await until(lambda: synced(gw))
 
     # Nothing was lost by the drain given up on: every event of every run, no gap.
     ids = [r.run_id for r in [*runs, during]]
@@ -114,69 +103,55 @@ async def test_a_database_silent_while_the_gate_is_closed_holds_writers_one_step
 async def test_a_database_slow_while_the_gate_is_closed_is_not_an_outage(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
-        )
-        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            router = gw.manager.router
-            proxy.refuse()
-            await until(lambda: _degraded(gw))
-            runs = [
-                await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
-                for _ in range(3)
-            ]
-            primary = router.primary.backend
-            assert primary is not None
-            put_batch, slowed, closed = primary.put_batch, asyncio.Event(), router.gate.closed
-            gated = False
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        runs = [
+            await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+            for _ in range(3)
+        ]
+        primary = router.primary.backend
+        assert primary is not None
+        put_batch, slowed, closed = primary.put_batch, asyncio.Event(), router.gate.closed
+        gated = False
 
-            @asynccontextmanager
-            async def marked() -> AsyncIterator[None]:
-                nonlocal gated
-                async with closed():
-                    gated = True
-                    try:
-                        yield
-                    finally:
-                        gated = False
+        @asynccontextmanager
+        async def marked() -> AsyncIterator[None]:
+            nonlocal gated
+            async with closed():
+                gated = True
+                try:
+                    yield
+                finally:
+                    gated = False
 
-            async def slow_while_gated(items: Sequence[PutCheckpoint | PutWrites]) -> None:
-                if gated:  # the gated part: a lock, a load
-                    slowed.set()
-                    await asyncio.sleep(step_timeout(config))  # it answers, late
-                await put_batch(items)
+        async def slow_while_gated(items: Sequence[PutCheckpoint | PutWrites]) -> None:
+            if gated:  # the gated part: a lock, a load
+                slowed.set()
+                await asyncio.sleep(step_timeout(router.primary.config))  # it answers, late
+            await put_batch(items)
 
-            monkeypatch.setattr(router.gate, "closed", marked)
-            monkeypatch.setattr(primary, "put_batch", slow_while_gated)
-            failed_over = router.fail
-            verdicts: list[str] = []
+        monkeypatch.setattr(router.gate, "closed", marked)
+        monkeypatch.setattr(primary, "put_batch", slow_while_gated)
+        failed_over = router.fail
+        verdicts: list[str] = []
 
-            def fail(*args: Any) -> None:
-                verdicts.append("down")
-                failed_over(*args)
+        def fail(*args: Any) -> None:
+            verdicts.append("down")
+            failed_over(*args)
 
-            monkeypatch.setattr(router, "fail", fail)
-            proxy.forward()
-            await until(lambda: _synced(gw), 60)  # it switches (a hang guard)
-            assert slowed.is_set()  # the gated part was slow
-            assert verdicts == []  # and that was not taken for an outage
+        monkeypatch.setattr(router, "fail", fail)
+        proxy.forward()
+        await until(lambda: synced(gw), 60)  # it switches (a hang guard)
+        assert slowed.is_set()  # the gated part was slow
+        assert verdicts == []  # and that was not taken for an outage
     with psycopg.connect(pg_database) as conn:
         stored = conn.execute(
             "SELECT status FROM code_hero_runs WHERE run_id = ANY(%s)",
             ([r.run_id for r in runs],),
         ).fetchall()
     assert stored == [("SUCCESS",)] * len(runs)
-
-
-async def _degraded(gw: Gateway) -> bool:
-    return gw.manager.router.degraded_since is not None
-
-
-async def _synced(gw: Gateway) -> bool:
-    router = gw.manager.router
-    return router.degraded_since is None and router.pending_sync == 0
 
 
 class _SlowWhileGated:
@@ -228,30 +203,25 @@ async def _slow_gated_copy_back(
 ) -> tuple[_SlowWhileGated, float, bool]:
     """An outage's runs copied back to a primary slow while the gate is closed (`delay`
     by multiples of a step); after `seen` gated parts the primary is fast again."""
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
-        config = create_postgres_checkpointer(
-            with_port(pg_database, proxy.port), pool_timeout=1, health_check_interval=0.2
-        )
-        step = step_timeout(config)
-        settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
-        async with Gateway(settings) as gw:
-            router = gw.manager.router
-            proxy.refuse()
-            await until(lambda: _degraded(gw))
-            for _ in range(3):
-                await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
-            slow = _SlowWhileGated(router, None if delay is None else delay * step)
-            for target, name, value in slow.patches:
-                monkeypatch.setattr(target, name, value)
-            proxy.forward()
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        step = step_timeout(gw.manager.router.primary.config)
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        for _ in range(3):
+            await gw.start_run(StartRun(graph="slow", input={"steps": []}, wait=True))
+        slow = _SlowWhileGated(router, None if delay is None else delay * step)
+        for target, name, value in slow.patches:
+            monkeypatch.setattr(target, name, value)
+        proxy.forward()
 
-            async def done() -> bool:
-                return await _synced(gw) or slow.parts >= seen
+        async def done() -> bool:
+            return await synced(gw) or slow.parts >= seen
 
-            await until(done, 120)  # a hang guard
-            switched_first = await _synced(gw)
-            slow.on = False
-            await until(lambda: _synced(gw), 60)
+        await until(done, 120)  # a hang guard
+        switched_first = await synced(gw)
+        slow.on = False
+        await until(lambda: synced(gw), 60)
     return slow, step, switched_first
 
 

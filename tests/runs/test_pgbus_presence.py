@@ -56,6 +56,13 @@ def notifies_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
+async def notifies_of_one_batch(bus: PostgresBus, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many NOTIFYs `bus` sends as it stores one batch of events."""
+    sent = notifies_sent(monkeypatch)
+    await bus.stored([event(1)])
+    return len(sent)
+
+
 async def test_a_lone_replica_notifies_nobody_until_another_says_hello(
     pg_database: str, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,9 +107,7 @@ async def test_a_replica_notifies_while_another_listens(
         looks = a.looks
         await eventually(lambda: a.looks >= looks + 2)  # a whole look with both listening
         assert a.others_listen
-        sent = notifies_sent(monkeypatch)
-        await a.stored([event(1)])
-        assert len(sent) == 1
+        assert await notifies_of_one_batch(a, monkeypatch) == 1
     finally:
         await a.close()
         await b.close()
@@ -134,9 +139,7 @@ async def test_a_lone_replica_notifies_again_once_its_listener_reconnects(
         assert not a.others_listen
         await kill_listener(pg_database, a)
         assert a.others_listen
-        sent = notifies_sent(monkeypatch)
-        await a.stored([event(1)])
-        assert len(sent) == 1
+        assert await notifies_of_one_batch(a, monkeypatch) == 1
     finally:
         await a.close()
 
@@ -173,9 +176,7 @@ async def test_a_look_that_began_with_a_lost_listener_does_not_stop_the_notifica
         held.bus = a
         await eventually(lambda: held.looks_then is not None and a.looks > held.looks_then)
         assert a.others_listen
-        sent = notifies_sent(monkeypatch)
-        await a.stored([event(1)])
-        assert len(sent) == 1
+        assert await notifies_of_one_batch(a, monkeypatch) == 1
     finally:
         await a.close()
 
@@ -200,9 +201,7 @@ async def test_a_look_that_cannot_see_our_own_listener_concludes_nothing(
         looks = a.looks
         await eventually(lambda: a.looks >= looks + 2)  # a whole look with it listening
         assert a.others_listen
-        sent = notifies_sent(monkeypatch)
-        await a.stored([event(1)])
-        assert len(sent) == 1
+        assert await notifies_of_one_batch(a, monkeypatch) == 1
     finally:
         await a.close()
 

@@ -1,0 +1,49 @@
+"""A gateway on PostgreSQL through a proxy a test cuts and restores (`tests.faults`),
+and the two states an outage test waits for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
+
+__all__ = ["NUL_SPEC", "SLOW_SPEC", "behind_a_proxy", "degraded", "synced"]
+
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
+SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
+NUL_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'nul_graph.py'}:graph"
+
+
+@asynccontextmanager
+async def behind_a_proxy(
+    pg_database: str, *, lease_seconds: float | None = None, **config: Any
+) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
+    """A gateway on PostgreSQL through a proxy the test cuts and restores, serving the
+    `slow` and `nul` graphs (`config`: of the checkpointer; by default a 1 s pool
+    timeout and a probe every 0.2 s)."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        options = {"pool_timeout": 1, "health_check_interval": 0.2, **config}
+        checkpointer = create_postgres_checkpointer(with_port(pg_database, proxy.port), **options)
+        leases = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+        graphs = {"slow": SLOW_SPEC, "nul": NUL_SPEC}
+        settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **leases)
+        async with Gateway(settings) as gw:
+            yield gw, proxy
+
+
+async def degraded(gw: Gateway) -> bool:
+    """Serving from a fallback."""
+    return gw.manager.router.degraded_since is not None
+
+
+async def synced(gw: Gateway) -> bool:
+    """Back on the primary, nothing left to copy back."""
+    router = gw.manager.router
+    return router.degraded_since is None and router.pending_sync == 0

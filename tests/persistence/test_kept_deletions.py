@@ -28,7 +28,8 @@ from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import StartRun
 from tests.conftest import make_config
 from tests.faults import until
-from tests.persistence.test_degraded import SLOW_SPEC, SLOW_STEPS, _no_retry
+from tests.persistence.proxied import SLOW_SPEC
+from tests.persistence.test_degraded import SLOW_STEPS, _no_retry
 from tests.persistence.test_tombstones import _checkpoint_config
 
 

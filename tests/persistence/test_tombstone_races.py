@@ -36,8 +36,8 @@ from code_hero.persistence.unreachable import is_backend_error
 from code_hero.runs.executor import StartRun
 from tests.conftest import PG_ADMIN_URL, make_config
 from tests.faults import BlackHoleProxy, until, with_port
+from tests.persistence.proxied import SLOW_SPEC
 from tests.persistence.test_degraded import (
-    SLOW_SPEC,
     SLOW_STEPS,
     _a_thread_kept_across_a_recovery,
     _no_retry,

@@ -182,9 +182,11 @@ def test_a_socket_cut_under_a_live_run_resumes_after_the_last_event(
 ) -> None:
     """The connection is closed from the far end (the proxy hangs up, as a server that
     drops its sockets does), not by the page going offline."""
-    # A reconnection the page tries while the proxy is still cut is reset, and the
-    # browser logs that failed handshake: on a loaded machine one can fall in the cut.
-    watch.expected.append("Error during WebSocket handshake: net::ERR_CONNECTION_RESET")
+    # A reconnection the page tries while the proxy is still cut fails, and the browser
+    # logs it (a page cannot silence that): on a loaded machine one can fall in the cut.
+    # How it fails depends on when the proxy's hang-up lands (reset in the handshake,
+    # or ERR_SOCKET_NOT_CONNECTED before it), so any failure through the proxy is allowed.
+    watch.expected.append(f"WebSocket connection to 'ws://127.0.0.1:{proxy.port}/graphql' failed")
     subscribed = subscriptions_after(page)  # afterSeq of each runEvents the page sends
     via = Server(proxy.url, server.process)
     run_id = start_from_threads_page(page, via, "Build a Django model with a migration")

@@ -233,6 +233,8 @@ class ThreadAdmin:
             caller, Action.THREAD_CREATE, thread_id=thread_id, value={"user_id": owner}
         )
         manager = self.services.manager
+        # A fresh id is nobody's yet: during an outage the thread is born on the fallback.
+        fresh = thread_id is None
         if thread_id is None:
             thread_id = str(uuid.uuid4())
         else:
@@ -255,7 +257,7 @@ class ThreadAdmin:
             updated_at=now,
             ttl_seconds=ttl_seconds or self.settings.thread_ttl,
         )
-        created = await manager.registry.create_thread(record)
+        created = await manager.create_thread(record, new_thread=fresh)
         if created is not None:
             return created
         existing = await manager.get_thread(thread_id)

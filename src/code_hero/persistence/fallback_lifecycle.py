@@ -1,10 +1,13 @@
-"""Creating, editing and expiring threads through an outage: the primary's work only.
+"""Creating, editing and expiring threads through an outage.
 
-A created or edited thread, a copy and the threads a retention pass selects
-live in the primary; during an outage these calls are UNAVAILABLE (with
-`retryAfter`) rather than answered from a fallback that holds only the
-threads born in the outage. The server's default TTL is not given to a
-thread while the primary is down (the thread keeps none), and no replica
+During an outage a thread born in it (the fallback holds all of it) is created,
+edited and copied on the fallback, each change journalled as a copy of the
+thread (`CopyThread`, replayed into the primary in order); a new thread (a fresh
+id, `new_thread`) is born there. Any other thread, and the threads a retention
+pass selects, live in the primary: those calls are UNAVAILABLE (with
+`retryAfter`), since the fallback cannot know their state (an id the client
+names may be taken there). The server's default TTL is not given to a thread a
+run brings while the primary is down (the thread keeps none), and no replica
 sweeps: `sweeping()` answers False.
 """
 
@@ -24,11 +27,21 @@ __all__ = ["FallbackLifecycle"]
 class FallbackLifecycle(RoutedRegistry):
     """Thread creation, edits and expiry (part of `FallbackRegistry`)."""
 
-    async def create_thread(self, thread: ThreadRecord) -> ThreadRecord | None:
-        """Insert a new thread (primary only)."""
+    async def create_thread(
+        self, thread: ThreadRecord, *, new_thread: bool = False
+    ) -> ThreadRecord | None:
+        """Insert a new thread; during an outage one with a fresh id (`new_thread`) or the
+        id of a thread born in it (taken: None; deleted in it: made anew)."""
 
         async def degraded() -> ThreadRecord | None:
-            raise self.router.unavailable("creating a thread")
+            if not new_thread and not self.router.is_local(thread.thread_id):
+                raise self.router.unavailable("creating a thread under this id")
+            self._room()
+            created = await self._local("creating a thread").create_thread(thread)
+            self.router.local_threads.add(thread.thread_id)
+            if created is not None:
+                self._copy_thread(thread.thread_id)
+            return created
 
         return await self._write(lambda r: r.create_thread(thread), degraded)
 
@@ -40,10 +53,18 @@ class FallbackLifecycle(RoutedRegistry):
         ttl_seconds: int | None = None,
         set_ttl: bool = False,
     ) -> ThreadRecord | None:
-        """Merge metadata and set the ttl (primary only)."""
+        """Merge metadata and set the ttl (during an outage: a thread born in it only)."""
 
         async def degraded() -> ThreadRecord | None:
-            raise self.router.unavailable("updating a thread")
+            if not self.router.is_local(thread_id):
+                raise self.router.unavailable("updating this thread")
+            self._room()
+            updated = await self._local("updating this thread").update_thread(
+                thread_id, metadata=metadata, ttl_seconds=ttl_seconds, set_ttl=set_ttl
+            )
+            if updated is not None:
+                self._copy_thread(thread_id)
+            return updated
 
         return await self._write(
             lambda r: r.update_thread(

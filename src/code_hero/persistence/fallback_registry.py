@@ -4,9 +4,10 @@ While the primary serves, every call goes to its registry. When it cannot be
 reached, `FallbackRegistry` answers from the fallback's registry what the
 fallback can answer truthfully, and refuses the rest with UNAVAILABLE:
 
-- a run started on a new thread is admitted into the fallback: the thread is
-  then *local* (the fallback holds all of it), and its rows, runs and events
-  are read and written there; each change journals a `CopyThread` of its
+- a run started on a new thread is admitted into the fallback (as is a thread
+  created with a fresh id, or copied from a local one): the thread is then
+  *local* (the fallback holds all of it), and its rows, runs and events are
+  read, written and edited there; each change journals a `CopyThread` of its
   current state, replayed into the primary on recovery;
 - a run this process was executing when the outage began goes on: its row is
   in the primary, so the last copy this process saw is kept in memory,

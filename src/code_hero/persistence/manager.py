@@ -399,12 +399,23 @@ class EnhancedCheckpointerManager:
             thread_id, gone.existed or gone.checkpoints > 0, gone.checkpoints, gone.runs
         )
 
+    async def create_thread(
+        self, thread: ThreadRecord, *, new_thread: bool = False
+    ) -> ThreadRecord | None:
+        """Insert a new thread; None when its id is taken. During an outage only one with
+        a fresh id (`new_thread`) or a thread's born in it (`FallbackLifecycle`)."""
+        if self._registry is None:
+            raise BackendUnavailableError("the checkpointer manager is not initialized")
+        return await self._registry.create_thread(thread, new_thread=new_thread)
+
     async def copy_thread(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
         """A new thread (`target`) with every checkpoint, pending write and namespace of
-        `source_id`, copied a page at a time; no runs. UNAVAILABLE during an outage (it
-        needs the whole history)."""
+        `source_id`, copied a page at a time; no runs. During an outage only of a thread
+        born in it: the copy is born there too, and both are copied back in order."""
+        if not self.router.serving:
+            return await self._copy_in_outage(source_id, target)
         backend = self._serving_backend("copying a thread")
-        created = await self.registry.create_thread(target)
+        created = await self.create_thread(target)
         if created is None:  # a fresh UUID: only a bug makes it collide
             raise ConflictError(f"thread {target.thread_id!r} already exists")
         try:
@@ -415,6 +426,35 @@ class EnhancedCheckpointerManager:
             await asyncio.shield(self.purge_thread(target.thread_id))
             raise
         return created
+
+    async def _copy_in_outage(self, source_id: str, target: ThreadRecord) -> ThreadRecord:
+        """`copy_thread` of a thread born in the outage: through the managed saver, so each
+        checkpoint and write is journalled behind the copy's row (`CopyThread`), and
+        reads and writes go wherever the threads live if the switch back falls inside."""
+        router = self.router
+        if not router.is_local(source_id):
+            raise router.unavailable("copying this thread")
+        created = await self.create_thread(target, new_thread=True)
+        if created is None:  # a fresh UUID: only a bug makes it collide
+            raise ConflictError(f"thread {target.thread_id!r} already exists")
+        try:
+            namespaces = await self._namespaces_in_outage(source_id)
+            saver = self.get_checkpointer()
+            await copy_thread_checkpoints(saver, source_id, target.thread_id, namespaces)
+        except BaseException:
+            await asyncio.shield(self.purge_thread(target.thread_id))
+            raise
+        return created
+
+    async def _namespaces_in_outage(self, thread_id: str) -> list[str]:
+        """The namespaces of a thread born in the outage, from the fallback, or from the
+        primary once the switch back came (the fallback forgets its copies then)."""
+        slot = self.router.active_slot
+        if slot is not None and slot is not self.router.primary and slot.backend is not None:
+            found = await slot.backend.checkpoint_namespaces(thread_id)
+            if not self.router.serving:  # read before the switch, so before the forgetting
+                return found
+        return await self._serving_backend("copying this thread").checkpoint_namespaces(thread_id)
 
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         """Delete all but the newest `keep` checkpoints of each of the thread's namespaces

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.runs.webhooks import WebhookSettings
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, with_port
 
@@ -23,7 +24,11 @@ NUL_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'nul_graph.py'}:graph"
 
 @asynccontextmanager
 async def behind_a_proxy(
-    pg_database: str, *, lease_seconds: float | None = None, **config: Any
+    pg_database: str,
+    *,
+    lease_seconds: float | None = None,
+    webhooks: WebhookSettings | None = None,
+    **config: Any,
 ) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
     """A gateway on PostgreSQL through a proxy the test cuts and restores, serving the
     `slow` and `nul` graphs (`config`: of the checkpointer; by default a 1 s pool
@@ -31,9 +36,11 @@ async def behind_a_proxy(
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
         options = {"pool_timeout": 1, "health_check_interval": 0.2, **config}
         checkpointer = create_postgres_checkpointer(with_port(pg_database, proxy.port), **options)
-        leases = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+        extra: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+        if webhooks is not None:
+            extra["webhooks"] = webhooks
         graphs = {"slow": SLOW_SPEC, "nul": NUL_SPEC}
-        settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **leases)
+        settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **extra)
         async with Gateway(settings) as gw:
             yield gw, proxy
 

@@ -2,7 +2,9 @@
 
 A server that starts with its database down tries to open it at every probe:
 each failed try is the same news, not another warning (the README promises one
-line when an outage starts and one when it ends).
+line when an outage starts and one when it ends). Nor do the background loops
+that meet the outage before the router does (the webhooks' claims, the
+PostgreSQL bus's pokes) add lines of their own.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import pytest
 
 from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
 from code_hero.persistence import slots
+from code_hero.runs.webhooks import WebhookSettings
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.faults import BlackHoleProxy, until, with_port
 from tests.graphql.clients import eventually
+from tests.persistence.proxied import behind_a_proxy, degraded, synced
 
 pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
@@ -102,3 +106,40 @@ async def test_an_open_failing_two_ways_in_turn_warns_once_for_each(
     while failures:  # refused, timed out, refused, ...: each probe's open
         await slot.open(Failing(), enforce_references=False)  # type: ignore[arg-type]
     assert len(_warnings(caplog)) == 2, _warnings(caplog)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> bool:
+    return any(r.name == logger and text in r.getMessage() for r in caplog.records)
+
+
+async def test_the_background_loops_add_no_warning_to_an_outages_two(
+    caplog: pytest.LogCaptureFixture, pg_database: str
+) -> None:
+    # The webhooks' claim and the bus's poke each met the outage before the router
+    # did (no probe comes here until the test asks) and logged a WARNING of their own.
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    webhooks = WebhookSettings(poll_interval=0.05)
+    async with behind_a_proxy(pg_database, health_check_interval=3600, webhooks=webhooks) as (
+        gw,
+        proxy,
+    ):
+        bus: Any = gw.services.bus
+        await eventually(lambda: not bus.others_listen, 30)  # alone: a cut sends a poke
+        caplog.clear()
+        proxy.refuse()
+        await eventually(
+            lambda: (
+                _logged(caplog, "code_hero.runs.webhooks", "claiming webhook deliveries")
+                and _logged(caplog, "code_hero.runs.pgbus", "poke for the replicas")
+            ),
+            30,
+        )
+        router = gw.manager.router
+        await router.check()  # the probe: the outage begins
+        assert await degraded(gw)
+        proxy.forward()
+        await router.check()  # and ends
+        await until(lambda: synced(gw))
+        warned = _warnings(caplog)
+        assert len(warned) == 2, warned
+        assert "switching to fallback" in warned[0] and "serves again" in warned[1]

@@ -6,18 +6,21 @@ call and the primary keeps serving. One error it accepts only on trust:
 `is_pool_timeout` (a saturated pool raises it as well), which the router
 confirms with the backend's own probe before it moves. `check_on_checkout` is
 the PostgreSQL pool's check that discards a connection the server hung up on.
+`background_level` is the level a background loop logs a failure at: the
+outage has its own two WARNING lines (the router's), no loop adds another.
 `is_refused_value` is the other end: the database refused what it was given,
 so the same write fails again however often it is tried.
 """
 
 from __future__ import annotations
 
+import logging
 import select
 import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
-from code_hero.errors import CodeHeroError
+from code_hero.errors import BackendUnavailableError, CodeHeroError
 
 if TYPE_CHECKING:
     import psycopg
@@ -27,6 +30,7 @@ __all__ = [
     "PG_DOWN_STATES",
     "SQLITE_DOWN_CODES",
     "UnstorableJSON",
+    "background_level",
     "check_on_checkout",
     "is_backend_error",
     "is_pool_timeout",
@@ -110,6 +114,15 @@ def is_backend_error(exc: BaseException) -> bool:
     # OSError covers ConnectionError and TimeoutError (asyncio's too): a socket
     # or file that cannot be reached, e.g. a SQLite directory that is a file.
     return isinstance(exc, OSError)
+
+
+def background_level(exc: BaseException) -> int:
+    """The level a background loop (webhook claims, the bus's notifications) logs `exc`
+    at: DEBUG when it says the database is unreachable or busy, which the loop survives
+    by trying again and which the router logs once per outage (a loop often meets an
+    outage before the router's probe does); WARNING for anything else."""
+    quiet = isinstance(exc, BackendUnavailableError) or is_backend_error(exc)
+    return logging.DEBUG if quiet else logging.WARNING
 
 
 def _postgres_down(exc: BaseException) -> bool | None:

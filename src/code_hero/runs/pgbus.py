@@ -48,6 +48,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord, Registry
+from code_hero.persistence.unreachable import background_level
 from code_hero.runs.bus import POKE, InProcessBus, Subscription
 from code_hero.runs.events import terminal_status
 
@@ -184,7 +185,7 @@ class PostgresBus(InProcessBus):
         try:
             await self._notify(notes)
         except Exception as exc:  # committed already: other replicas catch up from the log
-            log.warning("event notification failed: %s", exc)
+            log.log(background_level(exc), "event notification failed: %s", exc)
             if control is not None:
                 self._dispatch_control(control)
 
@@ -195,7 +196,7 @@ class PostgresBus(InProcessBus):
         try:
             await self._notify([(CONTROL_CHANNEL, message)])
         except Exception as exc:  # the lease/poll paths still deliver, later
-            log.warning("control message %r not sent: %s", message, exc)
+            log.log(background_level(exc), "control message %r not sent: %s", message, exc)
             self._dispatch_control(message)
 
     async def _notify(self, notes: Sequence[tuple[str, str]]) -> None:
@@ -297,7 +298,11 @@ class PostgresBus(InProcessBus):
             try:
                 await self._notify([(CONTROL_CHANNEL, POKE)])
             except Exception as exc:  # its run subscribers re-read at their recheck
-                log.warning("poke for the replicas we did not notify not sent: %s", exc)
+                log.log(
+                    background_level(exc),
+                    "poke for the replicas we did not notify not sent: %s",
+                    exc,
+                )
 
         task = asyncio.get_running_loop().create_task(send(), name="pg-bus-poke")
         self._pokes.add(task)
@@ -341,7 +346,9 @@ class PostgresBus(InProcessBus):
                     async with self._relay_reads:
                         events = await self.registry().list_events(run_id, after_seq=relay.relayed)
                 except Exception as exc:  # subscribers catch up from the log
-                    log.warning("relaying events of run %s failed: %s", run_id, exc)
+                    log.log(
+                        background_level(exc), "relaying events of run %s failed: %s", run_id, exc
+                    )
                     return
                 if not events:
                     return

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from standardwebhooks import Webhook
 
 from code_hero.errors import ConfigurationError
+from code_hero.persistence.unreachable import background_level
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
 
@@ -153,8 +154,8 @@ class WebhookDispatcher:
             full = False
             try:
                 full = await self._claim()
-            except Exception as exc:  # the database is down: the poll tries again
-                log.warning("claiming webhook deliveries failed: %s", exc)
+            except Exception as exc:  # the database is down or busy: the poll tries again
+                log.log(background_level(exc), "claiming webhook deliveries failed: %s", exc)
             if not full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval):  # no task per wait
@@ -224,7 +225,12 @@ class WebhookDispatcher:
                 at=at,
             )
         except Exception as exc:  # the lease lapses and another try is made
-            log.warning("recording webhook delivery %s failed: %s", delivery.delivery_id, exc)
+            log.log(
+                background_level(exc),
+                "recording webhook delivery %s failed: %s",
+                delivery.delivery_id,
+                exc,
+            )
             return
         if not held:
             log.warning("webhook delivery %s was claimed again meanwhile", delivery.delivery_id)

@@ -216,27 +216,35 @@ async def test_runs_start_during_an_outage_and_reach_postgres_afterwards(
     ]
 
 
-async def test_a_run_whose_graph_returns_a_nul_in_an_outage_stays_readable_after_it(
+async def test_a_run_whose_graph_returns_a_nul_in_an_outage_ends_error_after_it(
     proxied: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
     # The fallback stored the NUL the graph returned, and the copy-back met what
     # PostgreSQL refuses: the run's row and events were quarantined (`quarantined: 2`)
     # and run(id) answered null, readable nowhere. Its events and output are stored
-    # with U+FFFD for the NUL now; the checkpoint is the stock saver's to refuse.
+    # with U+FFFD for the NUL now; the checkpoint is the stock saver's to refuse, and
+    # stays quarantined. Its run's SUCCESS then stood in PostgreSQL, the thread lacking
+    # the state it ended with: it ends ERROR there, as on a healthy database, saying why.
     gw, proxy = proxied
     await _outage_begins(gw, proxy)
     start = gw.start_run(StartRun(graph="nul", input={}, wait=True))
     run = await asyncio.wait_for(start, 60)
-    assert run.status is RunStatus.SUCCESS
+    assert run.status is RunStatus.SUCCESS  # what the fallback told at the time
     events = await gw.run_events(run.run_id, first=1000)
     await _outage_ends(gw, proxy)
     after = await gw.get_run(run.run_id)
-    assert after is not None and after.status is RunStatus.SUCCESS
+    assert after is not None and after.status is RunStatus.ERROR
+    assert "refused to store one of its checkpoints" in (after.error or "")
+    assert "ended SUCCESS" in (after.error or "")
     assert after.output == run.output == {"text": "zero\ufffdbyte"}
     assert await gw.run_events(run.run_id, first=1000) == events
-    assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run.run_id) == [
-        ("SUCCESS",)
-    ]
+    stored = rows(
+        pg_database,
+        "SELECT r.status, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+        "USING (thread_id) WHERE run_id = %s",
+        run.run_id,
+    )
+    assert stored == [("ERROR", ThreadStatus.ERROR.value)]
     # Only the checkpoint holding the NUL stays quarantined (the stock saver's jsonb).
     assert (await gw.health())["quarantined"] == 1
 

@@ -7,12 +7,13 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 
     PutCheckpoint   a checkpoint with every channel's value
     PutWrites       a task's pending writes
-    CopyThread      the registry rows of a thread born during the outage
+    CopyThread      the registry rows of a thread born during the outage (a run whose
+                    checkpoint the primary refused goes in ERROR: `refused_end`)
     CopyEvents      events of a run in flight when the outage began, while the lease
                     they were stored under holds it
     ChangeRun       fields of such a run, while the lease it was changed under holds it
     FinishRun       the end of such a run, with its thread's status and last events, on
-                    the same terms
+                    the same terms (ERROR if the primary refused its checkpoint)
                     (ReleaseRun and FinishRun of a run gone with its thread purge
                     what it wrote, unless the thread has a row again)
     DeleteRun       a run of a thread born during the outage, deleted
@@ -40,6 +41,7 @@ from code_hero.persistence.records import (
     RunFilter,
     RunRecord,
     RunStatus,
+    ThreadRecord,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ __all__ = [
     "ReleaseEdit",
     "ReleaseRun",
     "TouchThread",
+    "refused_end",
 ]
 
 
@@ -82,6 +85,24 @@ _COPY_PAGE = 500
 log = logging.getLogger(__name__)
 
 
+def refused_end(run_id: str, status: RunStatus | str, refused: Mapping[str, str]) -> str | None:
+    """The error a run's end records instead of `status` when the primary refused one of
+    the run's checkpoints or writes as a value it cannot store (`Journal.refused_runs`:
+    quarantined, never to go in), or None when the end stands. Such a run's thread lacks
+    that state in the database, as a run on a healthy database whose checkpoint is
+    refused fails with it: the end is ERROR there too (what the run told its waiters and
+    its events stay as they were)."""
+    why = refused.get(run_id)
+    status = RunStatus(status)
+    if why is None or status is RunStatus.ERROR:
+        return None
+    return (
+        f"the run ended {status.value} while the database was unreachable, but the "
+        "database refused to store one of its checkpoints when the outage's writes were "
+        f"copied back (kept in quarantine), so the thread lacks that state: {why}"
+    )[:2000]
+
+
 @dataclass(frozen=True)
 class PutCheckpoint:
     """A checkpoint with every channel's value (so the copy reads back whole)."""
@@ -95,6 +116,11 @@ class PutCheckpoint:
     @property
     def thread_id(self) -> str:
         return str(self.config["configurable"]["thread_id"])
+
+    @property
+    def written_by(self) -> str | None:
+        """The run that wrote it (a registry run names itself in its config), if any."""
+        return _run_of(self.config)
 
     @property
     def stored(self) -> RunnableConfig:
@@ -125,8 +151,18 @@ class PutWrites:
     def thread_id(self) -> str:
         return str(self.config["configurable"]["thread_id"])
 
+    @property
+    def written_by(self) -> str | None:
+        """The run that wrote them, if any (`PutCheckpoint.written_by`)."""
+        return _run_of(self.config)
+
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
+
+
+def _run_of(config: RunnableConfig) -> str | None:
+    run_id = config.get("configurable", {}).get("run_id")
+    return None if run_id is None else str(run_id)
 
 
 @dataclass(frozen=True)
@@ -147,6 +183,8 @@ class CopyThread:
     # at the tail again: a run ended in the primary has its checkpoints there, whatever
     # prefix of the copy-back went in (a stop's grace, a crash), as before the outage.
     finished: bool = True
+    # run id -> why the primary refused a checkpoint of it (shared, `Journal.refused_runs`)
+    refused: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> Hashable:
@@ -179,15 +217,6 @@ class CopyThread:
             there = await primary.registry.get_thread(self.thread_id, expired=True)
             if there is not None and there.created_at != thread.created_at:
                 return
-        if not await primary.registry.put_thread(thread, late=self.only_missing):
-            # A finished deletion of this thread (or of the row made for it since): the
-            # deletion wins, nothing of it is copied.
-            log.warning(
-                "thread %s was deleted on the primary after this replica copied it: its "
-                "copy-back (row, runs, events) is dropped",
-                self.thread_id,
-            )
-            return
         runs: list[RunRecord] = []
         after: str | None = None
         while True:
@@ -198,6 +227,16 @@ class CopyThread:
             if not page.has_next_page:
                 break
             after = page.end_cursor
+        thread, runs = _refused_ends(thread, runs, self.refused)
+        if not await primary.registry.put_thread(thread, late=self.only_missing):
+            # A finished deletion of this thread (or of the row made for it since): the
+            # deletion wins, nothing of it is copied.
+            log.warning(
+                "thread %s was deleted on the primary after this replica copied it: its "
+                "copy-back (row, runs, events) is dropped",
+                self.thread_id,
+            )
+            return
         present = (
             await primary.registry.get_runs([r.run_id for r in runs]) if self.only_missing else {}
         )
@@ -210,6 +249,26 @@ class CopyThread:
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return
             await _copy_events(primary, fallback, run.run_id, self.copied)
+
+
+def _refused_ends(
+    thread: ThreadRecord, runs: list[RunRecord], refused: Mapping[str, str]
+) -> tuple[ThreadRecord, list[RunRecord]]:
+    """The thread and its runs (newest first) as the primary gets them: a finished run
+    whose checkpoint it refused ends ERROR (`refused_end`), and so does the thread's
+    status when that run is its newest."""
+    if not refused:
+        return thread, runs
+    amended: list[RunRecord] = []
+    for index, run in enumerate(runs):
+        why = refused_end(run.run_id, run.status, refused) if run.status.finished else None
+        if why is None:
+            amended.append(run)
+            continue
+        if index == 0 and thread.status is THREAD_STATUS_AFTER[run.status]:
+            thread = replace(thread, status=THREAD_STATUS_AFTER[RunStatus.ERROR])
+        amended.append(replace(run, status=RunStatus.ERROR, error=why))
+    return thread, amended
 
 
 @dataclass(frozen=True)
@@ -302,17 +361,23 @@ class FinishRun:
     fields: Mapping[str, Any]
     owner: str | None = None  # None: whoever holds the run, if anyone
     events: tuple[EventRecord, ...] = ()
+    # run id -> why the primary refused a checkpoint of it (shared, `Journal.refused_runs`)
+    refused: Mapping[str, str] = field(default_factory=dict)
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
-        status = RunStatus(self.fields["status"])
+        fields = dict(self.fields)
+        why = refused_end(self.run_id, fields["status"], self.refused)
+        if why is not None:
+            fields.update(status=RunStatus.ERROR, error=why)
+        status = RunStatus(fields["status"])
         ended, _ = await primary.registry.finish_run(
             self.run_id,
             THREAD_STATUS_AFTER[status],
             if_unfinished=True,
             if_leased_by=self.owner,
             events=self.events,
-            **self.fields,
+            **fields,
         )
         if ended is None:  # taken over, ended already, or gone with its thread
             await _purge_if_gone(primary, self.run_id, self.thread_id)

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
+from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun, refused_end
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import (
+    THREAD_STATUS_AFTER,
     EventRecord,
     Registry,
     RunRecord,
@@ -89,6 +90,12 @@ class FallbackClaims(RoutedRegistry):
     ) -> tuple[RunRecord | None, bool]:
         """End a run and set its thread's status, with its last events, in one
         transaction (during an outage, of a run from before it: journalled as one)."""
+        ended_as = fields.get("status")
+        refused = self.router.journal.refused_runs
+        why = None if ended_as is None else refused_end(run_id, ended_as, refused)
+        if why is not None:  # a checkpoint of it the primary refused: the thread lacks it
+            fields = {**fields, "status": RunStatus.ERROR, "error": why}
+            thread_status = THREAD_STATUS_AFTER[RunStatus.ERROR]
 
         async def finish(registry: Registry) -> tuple[RunRecord | None, bool]:
             return await registry.finish_run(
@@ -126,7 +133,10 @@ class FallbackClaims(RoutedRegistry):
             # (`CopyEvents`) would take them to the primary whether the end applies or not.
             # Its readers find them in memory meanwhile (`list_events`): its writer is gone.
             last = tuple(events)
-            self._journal(FinishRun(run_id, known.thread_id, dict(fields), owner, last))
+            refused = self.router.journal.refused_runs
+            self._journal(
+                FinishRun(run_id, known.thread_id, dict(fields), owner, last, refused=refused)
+            )
             if last:
                 self._ended[run_id] = last
             if fields.get("status") == RunStatus.CANCELLED:

@@ -109,7 +109,8 @@ class RoutedRegistry:
         self.router.journal.append(entry)
 
     def _copy_thread(self, thread_id: str) -> None:
-        self._journal(CopyThread(thread_id, self.router.copied_seqs))
+        journal = self.router.journal
+        self._journal(CopyThread(thread_id, self.router.copied_seqs, refused=journal.refused_runs))
 
     def _room(self) -> None:
         self.router.journal.ensure_room(self.router.retry_after)

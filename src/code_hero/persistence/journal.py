@@ -27,7 +27,10 @@ Three rules make that lose nothing:
   no run ended there without them;
 - an entry the primary refuses for a reason other than being unreachable (a
   value PostgreSQL cannot store) is moved to the quarantine: kept, counted,
-  retried later, and it does not hold up the entries behind it. An entry whose
+  retried later, and it does not hold up the entries behind it. A checkpoint
+  (or pending write) of a run refused as a value the primary cannot store
+  (`is_refused_value`) will never go in: the run is named in `refused_runs`, and
+  its end, which replays after its checkpoints, goes in ERROR (`refused_end`). An entry whose
   thread or run the primary no longer has (deleted meanwhile) is done, not
   refused: a run, its events and a run's changes follow their thread out.
   Every entry of a thread another replica deleted meanwhile (its tombstone
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, cast
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites
 from code_hero.persistence.tombstones import Judge, log_dropped
+from code_hero.persistence.unreachable import is_refused_value
 
 if TYPE_CHECKING:
     from code_hero.persistence.backends import Backend
@@ -103,6 +107,11 @@ class Journal:
         self.quarantine: deque[Quarantined] = deque()
         self._keyed: dict[Hashable, Entry] = {}
         self._per_thread: Counter[str] = Counter()  # entries waiting, by thread
+        # Runs with a checkpoint or write the primary refused as a value it cannot store,
+        # and why: their end goes in ERROR (`entries.refused_end`). Shared with the
+        # entries that replay an end (`CopyThread`, `FinishRun`); as long as the
+        # quarantine holds such an entry.
+        self.refused_runs: dict[str, str] = {}
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
 
@@ -220,6 +229,9 @@ class Journal:
             except Exception as exc:
                 outcome.error = exc
                 outcome.unreachable = is_unreachable(exc)
+                if not outcome.unreachable:
+                    # Before the lane goes on: its run's end may be next in it.
+                    self._note_refused(batch[index], exc)
                 return not outcome.unreachable
             outcome.done = True
             return True
@@ -346,12 +358,26 @@ class Journal:
                     self.quarantine.rotate(-1)  # to the back: the others get their turn
                     if is_unreachable(exc):
                         return done, exc
+                    self._note_refused(item.entry, exc)
                     item.failures += 1
                     item.last_error = _describe(exc)
                     continue
                 self.quarantine.popleft()
                 done.append(item.entry)
         return done, None
+
+    def _note_refused(self, entry: Entry, exc: BaseException) -> None:
+        """A run's checkpoint or write refused as a value: its end will go in ERROR."""
+        run_id = getattr(entry, "written_by", None)
+        if run_id is not None and is_refused_value(exc):
+            self.refused_runs.setdefault(run_id, _describe(exc))
+
+    def _forget_refusals(self) -> None:
+        """Keep the refused runs whose refused entry the quarantine still holds."""
+        if self.refused_runs:  # in place: the entries share the map
+            held = {getattr(q.entry, "written_by", None) for q in self.quarantine}
+            for run_id in [r for r in self.refused_runs if r not in held]:
+                del self.refused_runs[run_id]
 
     async def drop_thread(self, thread_id: str) -> int:
         """Forget every entry of a deleted thread (never the one being replayed)."""
@@ -365,6 +391,7 @@ class Journal:
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
         self._per_thread.pop(thread_id, None)
+        self._forget_refusals()
         return before - len(self.entries) - len(self.quarantine)
 
     def quarantined_threads(self) -> set[str]:

@@ -1,0 +1,139 @@
+"""A run whose checkpoint PostgreSQL refuses at the copy-back ends ERROR there.
+
+The checkpoint is quarantined (kept, retried, never going in: a value the
+database cannot store), so the thread in PostgreSQL lacks the state the run
+ended with; a SUCCESS recorded beside it would be a run whose result is not
+where it says. On a healthy database that write fails the run; after an outage
+the run's end goes in ERROR, saying which write was refused and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import pytest
+
+from code_hero.persistence.entries import PutCheckpoint, PutWrites
+from code_hero.persistence.records import RunStatus, ThreadStatus
+from code_hero.runs.executor import StartRun
+from tests.faults import held_writes, until
+from tests.persistence.proxied import behind_a_proxy, degraded, synced
+
+pytestmark = pytest.mark.postgres
+
+
+def _rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, backend: Any, run_id: str) -> None:
+    """PostgreSQL refuses the checkpoints the run wrote (a value it cannot store)."""
+
+    def refused(item: PutCheckpoint | PutWrites) -> bool:
+        return (
+            isinstance(item, PutCheckpoint) and item.config["configurable"].get("run_id") == run_id
+        )
+
+    put_batch, replay = backend.put_batch, PutCheckpoint.replay
+
+    async def batch(items: Sequence[PutCheckpoint | PutWrites]) -> None:
+        if any(refused(i) for i in items):
+            raise psycopg.DataError("injected: a value PostgreSQL cannot store")
+        await put_batch(items)
+
+    async def one(self: PutCheckpoint, primary: Any, fallback: Any) -> None:
+        if refused(self):
+            raise psycopg.DataError("injected: a value PostgreSQL cannot store")
+        await replay(self, primary, fallback)
+
+    monkeypatch.setattr(backend, "put_batch", batch)
+    monkeypatch.setattr(PutCheckpoint, "replay", one)
+
+
+async def test_a_run_in_flight_across_an_outage_whose_checkpoint_is_refused_ends_error(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+
+        async def checkpointed() -> bool:
+            latest = await gw.get_checkpoint(run.thread_id)
+            return latest is not None and bool(latest.values.get("steps"))
+
+        await until(checkpointed)  # a step is in PostgreSQL: the run is from before
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+
+        async def ended() -> bool:
+            found = await gw.get_run(run.run_id)
+            return found is not None and found.status.finished
+
+        await until(ended)
+        told = await gw.get_run(run.run_id)
+        assert told is not None and told.status is RunStatus.SUCCESS  # on the fallback
+        primary = gw.manager.router.primary.backend
+        assert primary is not None
+        _refusing(monkeypatch, primary, run.run_id)
+        proxy.forward()
+        await until(lambda: synced(gw))
+        assert (await gw.health())["quarantined"] >= 1
+        stored = _rows(
+            pg_database,
+            "SELECT r.status, r.error, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+            "USING (thread_id) WHERE run_id = %s",
+            run.run_id,
+        )
+        assert len(stored) == 1
+        status, error, thread_status = stored[0]
+        assert (status, thread_status) == ("ERROR", ThreadStatus.ERROR.value)
+        assert "ended SUCCESS" in error and "injected" in error
+        after = await gw.get_run(run.run_id)
+        assert after is not None and after.status is RunStatus.ERROR
+
+
+async def test_a_run_that_ends_after_its_checkpoint_was_refused_ends_error(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Born in the outage and still running when the copy-back refused one of its
+    # checkpoints: its end, recorded on PostgreSQL after the switch back, is ERROR.
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0.05}))
+
+        async def checkpointed() -> bool:
+            latest = await gw.get_checkpoint(run.thread_id)
+            return latest is not None and len(latest.values.get("steps", [])) >= 2
+
+        await until(checkpointed)
+        reached, go_on = held_writes(monkeypatch, router, lambda t: t == run.thread_id)
+        await asyncio.wait_for(reached.wait(), 30)  # the run waits at its next step
+        primary = router.primary.backend
+        assert primary is not None
+        _refusing(monkeypatch, primary, run.run_id)
+        proxy.forward()
+        await until(lambda: synced(gw))
+        found = await gw.get_run(run.run_id)
+        assert found is not None and not found.status.finished
+        go_on.set()
+
+        async def ended() -> bool:
+            found = await gw.get_run(run.run_id)
+            return found is not None and found.status.finished
+
+        await until(ended)
+        after = await gw.get_run(run.run_id)
+        assert after is not None and after.status is RunStatus.ERROR
+        assert "refused to store one of its checkpoints" in (after.error or "")
+        stored = _rows(
+            pg_database,
+            "SELECT r.status, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+            "USING (thread_id) WHERE run_id = %s",
+            run.run_id,
+        )
+        assert stored == [("ERROR", ThreadStatus.ERROR.value)]

@@ -953,13 +953,18 @@ async def test_a_full_journal_refuses_new_writes_and_health_says_why(pg_database
         await _outage_begins(gw, proxy)
         first = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
         assert first.status is RunStatus.ERROR  # the journal filled up mid-run
-        assert "journal is full" in (first.error or "")
+        # Its error says why the run stopped, what is kept, what to do, and which limit.
+        error = first.error or ""
+        assert "journal is full" in error and "CODE_HERO_MAX_PENDING_SYNC" in error
+        assert "the run stopped" in error and "start it again" in error
         with pytest.raises(BackendUnavailableError, match="journal is full"):
             await gw.start_run(StartRun(graph="slow", input={}))
         health = await gw.health()
         fallback = health["fallback_checkpointer"]
         assert "journal is full" in (fallback["last_error"] or "")
         await _outage_ends(gw, proxy)
+        # The README promises no more: the run stays ERROR, with its steps until then.
+        assert await gw.get_run(first.run_id) == first
         again = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
         assert again.status is RunStatus.SUCCESS
 

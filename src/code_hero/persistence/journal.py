@@ -128,7 +128,8 @@ class Journal:
         if self.full:
             raise JournalFullError(
                 f"the database is unreachable and the outage journal is full ({self.limit} "
-                "writes wait for it): no more writes are accepted until it is back",
+                "writes wait for it, the limit CODE_HERO_MAX_PENDING_SYNC sets): no more "
+                "writes are accepted until it is back",
                 retry_after,
             )
 

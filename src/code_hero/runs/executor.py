@@ -46,6 +46,7 @@ from code_hero.errors import (
     RunHeldUpError,
 )
 from code_hero.persistence.fallback import PrimaryUnreachableError
+from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
@@ -443,7 +444,7 @@ class RunExecutor:
                 await self._release_for_outage(run_id, writer, exc)
                 return
             log.warning("run %s failed: %s", run_id, exc)
-            status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+            status, error = RunStatus.ERROR, _error_of(exc)
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
@@ -845,3 +846,15 @@ def _interrupts(state: StateSnapshot, namespace: str = "") -> list[tuple[str, st
                 continue
         found += [(task.name, namespace, i.value) for i in task.interrupts]
     return found
+
+
+def _error_of(exc: CodeHeroError) -> str:
+    """A run's error for an expected failure; a full outage journal says what it means
+    for the run (it stays ERROR after the outage: nothing resumes it)."""
+    if isinstance(exc, JournalFullError):
+        return (
+            f"the run stopped: what it wrote next could not be kept because {exc}; the "
+            "steps it stored before are kept (copied to the database with the rest): "
+            "start it again once the database is back"
+        )
+    return f"{type(exc).__name__}: {exc}"

@@ -27,6 +27,16 @@ ADA, BOB = Caller(user_id="ada"), Caller(user_id="bob")
 
 
 @pytest.fixture
+def slow_deadlock_check(pg_database: str) -> str:
+    """The test database's sessions look for a deadlock 5 s after they begin to wait
+    (PostgreSQL looks once per wait): ample time to close the cycle on a loaded machine.
+    Asked for before `pg_gateway`, so the gateway's connections have it."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET deadlock_timeout = '5s'")
+    return pg_database
+
+
+@pytest.fixture
 async def pg_gateway(pg_database: str) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
         checkpointer=create_postgres_checkpointer(pg_database), graphs={"slow": SLOW_SPEC}
@@ -73,17 +83,33 @@ async def test_a_run_admitted_while_the_deletion_waits_is_not_deleted_unseen(
     assert await pg_gateway.get_thread(thread_id) is not None
 
 
+async def _until_a_lock_waits(pg_database: str) -> None:
+    """Until a session of the test's database waits for a lock (pg_stat_activity)."""
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as look:
+        for _ in range(3000):  # 30 s: a deletion that never waits fails the test below
+            waiting = await look.execute(
+                "SELECT 1 FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            if await waiting.fetchone():
+                return
+            await asyncio.sleep(0.01)
+    pytest.fail("the deletion never waited for the checkpoints' rows")
+
+
 async def _deadlocked_deletion(gw: Gateway, pg_database: str, thread_id: str) -> ThreadDeletion:
     """gw.delete_thread while a writer outside the gateway holds the thread's checkpoints
     and then wants the thread: PostgreSQL aborts the deletion (it detects the cycle first)."""
     async with await psycopg.AsyncConnection.connect(pg_database) as other:
-        await other.execute("SET LOCAL deadlock_timeout = '30s'")  # the deletion detects it
+        await other.execute("SET LOCAL deadlock_timeout = '60s'")  # the deletion detects it
         await other.execute(
             "SELECT 1 FROM checkpoints WHERE thread_id = %s FOR UPDATE", [thread_id]
         )
         deletion = asyncio.create_task(gw.delete_thread(thread_id))
-        await asyncio.sleep(0.3)  # it holds the thread and waits for the checkpoints
-        # Waits for the thread until PostgreSQL aborts the deletion (deadlock_timeout, 1 s).
+        await _until_a_lock_waits(pg_database)  # it holds the thread, waits for checkpoints
+        # PostgreSQL looks for a deadlock once, deadlock_timeout (5 s, slow_deadlock_check)
+        # after the deletion began to wait: the cycle must be closed by then, or the
+        # deletion's look finds none and ours (60 s) aborts us instead.
         await other.execute(
             "SELECT 1 FROM code_hero_threads WHERE thread_id = %s FOR UPDATE", [thread_id]
         )
@@ -91,7 +117,9 @@ async def _deadlocked_deletion(gw: Gateway, pg_database: str, thread_id: str) ->
     return await deletion
 
 
-async def test_a_deadlocked_deletion_is_tried_again(pg_gateway: Gateway, pg_database: str) -> None:
+async def test_a_deadlocked_deletion_is_tried_again(
+    slow_deadlock_check: str, pg_gateway: Gateway, pg_database: str
+) -> None:
     """The deletion PostgreSQL aborted as a deadlock's victim is tried again: never
     INTERNAL."""
     thread_id, run_id = await _idle_thread(pg_gateway)
@@ -103,7 +131,10 @@ async def test_a_deadlocked_deletion_is_tried_again(pg_gateway: Gateway, pg_data
 
 
 async def test_a_deletion_that_keeps_deadlocking_is_a_conflict_to_retry(
-    pg_gateway: Gateway, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    slow_deadlock_check: str,
+    pg_gateway: Gateway,
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pg_registry, "_DEADLOCK_RETRIES", 0)  # the last try deadlocks
     thread_id, _ = await _idle_thread(pg_gateway)

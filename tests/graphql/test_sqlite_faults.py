@@ -1,0 +1,56 @@
+"""What a client of a real server on a SQLite file sees when the file is at fault: a
+clear code (UNAVAILABLE with retryAfter), never INTERNAL, and one log line, no
+traceback. The faults are made on the file itself, as a disk or an operator would."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.graphql.clients import codes, data, gql
+from tests.graphql.conftest import Starter
+
+START = 'mutation { startRun(input: {threadId: "t-1", message: "hi", wait: true}) { status } }'
+RUNS = '{ thread(id: "t-1") { id runs { edges { node { id status } } } } }'
+
+
+def _damage_table(path: Path, table: str) -> None:
+    """Overwrite the root page of `table` with bytes SQLite cannot read as a page."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+    with open(path, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xff" * page_size)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+async def test_damaged_table_is_unavailable_not_internal(
+    start: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start() as srv:
+        assert data(await gql(srv.http, START))["startRun"]["status"] == "SUCCESS"
+    _damage_table(tmp_path / "app.sqlite", "code_hero_runs")
+
+    caplog.set_level(logging.WARNING)
+    async with start() as srv:
+        body = await gql(srv.http, RUNS)
+        assert codes(body) == ["UNAVAILABLE"], body
+        error = body["errors"][0]
+        assert error["extensions"]["retryAfter"] >= 1
+        assert "damaged" in error["message"] and "restore" in error["message"]
+        assert "malformed" not in error["message"]  # SQLite's words go to the log
+    graphql_records = [r for r in caplog.records if r.name == "code_hero.graphql"]
+    assert graphql_records, "the damage is logged"
+    assert all(r.exc_info is None for r in graphql_records), "no traceback"
+    assert all(r.levelno == logging.WARNING for r in graphql_records)
+    assert any("malformed" in r.getMessage() for r in graphql_records)

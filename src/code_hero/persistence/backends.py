@@ -33,6 +33,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.sqlitefiles import SqliteFiles
 from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
 if TYPE_CHECKING:
@@ -340,6 +341,19 @@ async def _fewer_fsyncs(conn: aiosqlite.Connection) -> None:
         await conn.execute("PRAGMA synchronous = NORMAL")
 
 
+async def _writable(conn: aiosqlite.Connection) -> None:
+    """Raise SQLITE_READONLY now if the file opened read-only (its permissions, a
+    read-only mount): the connection would stay read-only after the cause is fixed,
+    while its reads and its probe succeed. A write rolled back writes nothing."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
+    finally:
+        await conn.execute("ROLLBACK")
+
+
 class SqliteBackend(Backend):
     """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
 
@@ -367,6 +381,9 @@ class SqliteBackend(Backend):
             if self.config.auto_setup:
                 await saver.setup()
             await _fewer_fsyncs(self._conn)
+            await _writable(self._conn)
+            self._files = SqliteFiles(str(path))
+            self._files.record()
             self.saver = saver
             # The registry takes the saver's lock: every statement on this
             # connection is serialised, so writes never meet "database is locked".
@@ -379,8 +396,16 @@ class SqliteBackend(Backend):
 
     async def close(self) -> None:
         conn = getattr(self, "_conn", None)
-        if conn is not None:
-            await conn.close()
+        if conn is None:
+            return
+        files: SqliteFiles | None = getattr(self, "_files", None)
+        if files is not None:
+            try:
+                async with self._lock:
+                    await files.rescue(conn)
+            except Exception as exc:  # the close must still happen
+                log.error("could not save the moved SQLite file %s: %s", files.path, exc)
+        await conn.close()
 
     @property
     def _lock(self) -> asyncio.Lock:
@@ -392,6 +417,7 @@ class SqliteBackend(Backend):
             return list(await cur.fetchall())
 
     async def probe(self) -> None:
+        self._files.check()  # a deleted or replaced file answers every statement, unseen
         await self._fetch("SELECT count(*) FROM sqlite_master")
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:

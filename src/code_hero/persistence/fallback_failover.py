@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from code_hero.persistence.fallback_state import RouterState, log
-from code_hero.persistence.slots import BackendSlot
+from code_hero.persistence.slots import BackendSlot, close_quietly
+from code_hero.persistence.sqlitefiles import DatabaseFileMoved
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
 __all__ = ["Outage", "RouterFailover"]
@@ -143,6 +144,11 @@ class RouterFailover(RouterState):
                 raise
             self._abandon_calls(slot)
             self.fail(slot, exc)
+            if isinstance(exc, DatabaseFileMoved) and slot.backend is not None:
+                # Its connection serves files that left their path: closed (what only
+                # it held saved first), and opened at the path again by the next probe.
+                backend, slot.backend = slot.backend, None
+                await close_quietly(backend)
             return False
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -14,13 +15,14 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.checkpointing import EnhancedCheckpointerManager
 from code_hero.config import CheckpointerConfig, create_sqlite_checkpointer
+from code_hero.persistence.registry import SqliteRegistry
 
 
 def _config(path: Path) -> CheckpointerConfig:
@@ -169,3 +171,37 @@ def test_read_only_file_at_start_is_down_and_heals_when_writable(tmp_path: Path)
     assert first == "degraded"
     assert healed == "healthy"
     assert stored == {"while-read-only": 1}  # held by the fallback, copied in once writable
+
+
+async def test_full_file_logs_its_outage_once_not_per_probe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # max_page_count makes the file "full" as a full disk would: SQLITE_FULL. A probe
+    # (a read) answers, the copy-back (writes) stops: three probes, no new lines.
+    path = tmp_path / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        backend = manager.router.primary.backend
+        assert backend is not None
+        conn = cast(SqliteRegistry, backend.registry).conn
+        pages = _page_count(path)
+        await conn.execute(f"PRAGMA max_page_count = {pages}")
+        written = 0
+        while manager.router.active == 0:
+            assert written < 200, "the file never filled up"
+            await _write(manager, f"full-{written}")
+            written += 1
+        caplog.set_level(logging.DEBUG, logger="code_hero.persistence")
+        caplog.clear()
+        for _ in range(3):
+            assert (await manager.health_check())["overall_status"] == "degraded"
+        told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert sum("sync back to the primary stopped" in m for m in told) == 1, told
+        assert sum("answers again" in m for m in told) <= 1, told
+        await conn.execute("PRAGMA max_page_count = 1073741823")
+        assert (await manager.health_check())["overall_status"] == "healthy"
+
+
+def _page_count(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])

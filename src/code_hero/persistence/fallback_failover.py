@@ -119,6 +119,7 @@ class RouterFailover(RouterState):
         self.active = nxt
         self.metrics.switched()
         if slot is self.primary:
+            slot.outage_began()
             self.degraded_since = datetime.now(UTC)
             self._outage_began = self.primary.answered_at or self.degraded_since
             # Threads kept after the last recovery (a quarantined entry) are the

@@ -34,6 +34,7 @@ from standardwebhooks import Webhook
 from code_hero.errors import ConfigurationError
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
+from code_hero.runs.repeats import Repeats
 
 if TYPE_CHECKING:
     import httpx
@@ -104,6 +105,7 @@ class WebhookDispatcher:
         self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
         self._store_of = store_of
         self._wake = asyncio.Event()
+        self._claim_failures = Repeats(log, "claiming webhook deliveries")
         self._loop_task: asyncio.Task[None] | None = None
         self._attempts: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
@@ -154,7 +156,9 @@ class WebhookDispatcher:
             try:
                 full = await self._claim()
             except Exception as exc:  # the database is down: the poll tries again
-                log.warning("claiming webhook deliveries failed: %s", exc)
+                self._claim_failures.failed(exc)
+            else:
+                self._claim_failures.succeeded()
             if not full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval):  # no task per wait

@@ -82,6 +82,25 @@ async def test_deleted_file_is_written_back_and_served_again(tmp_path: Path) -> 
         assert _stored(path) == {"before": 1, "during": 1, "after": 1}
 
 
+async def test_folder_gone_keeps_the_connection_until_it_is_back(tmp_path: Path) -> None:
+    # An unmounted disk: the file cannot be written back, and the open connection is
+    # the only way left to what it holds. Closed and opened afresh at the path, the
+    # database would be a new, empty one (its folder made anew).
+    folder = tmp_path / "data"
+    path = folder / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        folder.rename(tmp_path / "unmounted")
+        for _ in range(2):
+            assert (await manager.health_check())["overall_status"] == "degraded"
+            assert not folder.exists()
+        await _write(manager, "during")
+        (tmp_path / "unmounted").rename(folder)  # mounted again
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        await _write(manager, "after")
+        assert _stored(path) == {"before": 1, "during": 1, "after": 1}
+
+
 async def test_deleted_wal_is_checkpointed_and_nothing_is_lost(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     async with _manager(_config(path)) as manager:

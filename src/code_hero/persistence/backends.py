@@ -97,6 +97,10 @@ class Backend(ABC):
     async def probe(self) -> None:
         """One round trip to the database; raises when it cannot serve."""
 
+    async def save_moved(self) -> None:  # noqa: B027 (optional: only files can move)
+        """Before a probe's DatabaseFileMoved closes the backend, save what only its
+        connection holds; raises when it cannot (the backend then stays open)."""
+
     @abstractmethod
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         """How many checkpoints the thread has, in one namespace or (None) in every one."""
@@ -394,17 +398,19 @@ class SqliteBackend(Backend):
             await self._conn.close()
             raise
 
+    async def save_moved(self) -> None:
+        async with self._lock:
+            await self._files.rescue(self._conn)
+
     async def close(self) -> None:
         conn = getattr(self, "_conn", None)
         if conn is None:
             return
-        files: SqliteFiles | None = getattr(self, "_files", None)
-        if files is not None:
-            try:
-                async with self._lock:
-                    await files.rescue(conn)
+        if getattr(self, "_files", None) is not None:
+            try:  # at shutdown too: a file deleted since the last probe is written back
+                await self.save_moved()
             except Exception as exc:  # the close must still happen
-                log.error("could not save the moved SQLite file %s: %s", files.path, exc)
+                log.error("could not save the moved SQLite file %s: %s", self._files.path, exc)
         await conn.close()
 
     @property

@@ -11,6 +11,7 @@ of `FallbackRouter`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -146,12 +147,30 @@ class RouterFailover(RouterState):
             self._abandon_calls(slot)
             self.fail(slot, exc)
             if isinstance(exc, DatabaseFileMoved) and slot.backend is not None:
-                # Its connection serves files that left their path: closed (what only
-                # it held saved first), and opened at the path again by the next probe.
-                backend, slot.backend = slot.backend, None
-                await close_quietly(backend)
+                await self._reopen_moved(slot)
             return False
         return True
+
+    @staticmethod
+    async def _reopen_moved(slot: BackendSlot) -> None:
+        """The slot's connection serves files that left their path: save what only it
+        holds, close it, and let the next probe open the database at the path. Saving
+        may fail (the folder gone too: an unmounted disk); the connection, the only way
+        left to that data, then stays open and the next probe tries again."""
+        assert slot.backend is not None
+        try:
+            await slot.backend.save_moved()
+        except Exception as exc:
+            log.log(
+                logging.ERROR if slot.sync_stopped(exc) else logging.DEBUG,
+                "could not save the moved files of %s (%s): its connection is kept and "
+                "the next probe tries again",
+                slot.backend.description,
+                exc,
+            )
+            return
+        backend, slot.backend = slot.backend, None
+        await close_quietly(backend)
 
     @staticmethod
     def _abandon_calls(slot: BackendSlot) -> None:

@@ -84,10 +84,17 @@ class SqliteFiles:
         )
 
     async def rescue(self, conn: aiosqlite.Connection) -> None:
-        """Save what only `conn` still holds before it closes (see the module's table)."""
+        """Save what only `conn` still holds before it closes (see the module's table).
+
+        Raises when it cannot (the folder gone too: an unmounted disk): the connection
+        must then stay open, the only way left to what it holds."""
         moved = self.moved()
         if not moved:
             return
+        await self._save(conn, moved)
+        self.opened = {}  # saved: nothing left that only this connection holds
+
+    async def _save(self, conn: aiosqlite.Connection, moved: list[str]) -> None:
         if "" in moved:
             replaced = _identity(self.path) is not None
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

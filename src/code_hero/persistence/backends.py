@@ -34,6 +34,7 @@ from code_hero.config import CheckpointerConfig
 from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
 from code_hero.persistence.sqlitefiles import SqliteFiles
+from code_hero.persistence.sqlitelock import BUSY_MS, ConnectionLock
 from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
 if TYPE_CHECKING:
@@ -375,13 +376,14 @@ class SqliteBackend(Backend):
         self._conn = await aiosqlite.connect(str(path))
         try:
             # Other processes (the CLI, a second server) may hold the file briefly.
-            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            await self._conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
             # A smaller page cache than SQLite's 2 MB: resident memory, where the OS
             # caches the file anyway (README, "Where a run's time and the server's
             # memory go").
             await self._conn.execute(f"PRAGMA cache_size = -{int(self.config.sqlite_cache_kib)}")
             await _foreign_keys(self._conn, self.enforce_references)
             saver = OneTripSqliteSaver(self._conn)
+            saver.lock = ConnectionLock(self._conn)  # before anything takes it
             if self.config.auto_setup:
                 await saver.setup()
             await _fewer_fsyncs(self._conn)
@@ -425,6 +427,8 @@ class SqliteBackend(Backend):
     async def probe(self) -> None:
         self._files.check()  # a deleted or replaced file answers every statement, unseen
         await self._fetch("SELECT count(*) FROM sqlite_master")
+        assert isinstance(self._lock, ConnectionLock)
+        await self._lock.release_if_free()
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) FROM checkpoints WHERE thread_id = ?", [thread_id]

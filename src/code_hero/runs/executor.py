@@ -482,6 +482,10 @@ class RunExecutor:
             except Exception as exc:
                 if contention(exc) is not None:  # a lock another holds: the next claimer's
                     log.warning("the end of run %s waits for a database lock: %s", run_id, exc)
+                    if run_id not in self._lost:  # resumed at once, not once the lease lapses
+                        cancelled = status is RunStatus.CANCELLED
+                        await self._release_past_lock(run_id, cancelled=cancelled)
+                        held = True
                 elif not is_refused_value(exc):
                     raise
                 else:
@@ -577,27 +581,33 @@ class RunExecutor:
         if writer is not None:
             await self._close_writer(run_id, writer)
         if not lost:
-
-            async def release() -> None:
-                deadline = asyncio.get_running_loop().time() + self.claims.lease.total_seconds()
-                while True:
-                    try:
-                        if cancelled:
-                            await self.registry.request_cancel(run_id)
-                        await self.registry.release_runs(self.owner, [run_id])
-                        return
-                    except Exception as again:
-                        if contention(again) is None:
-                            return  # as _hold_for_outage: the lease lapses instead
-                        if asyncio.get_running_loop().time() > deadline:
-                            return
-                    await asyncio.sleep(1)
-
-            await _to_the_end(release())
+            await self._release_past_lock(run_id, cancelled=cancelled)
         self._release(run_id)
         self.claims.slot_freed()
         if not (lost or self.claims.claim_others):
             self.claims.started.add(run_id)
+
+    async def _release_past_lock(self, run_id: str, *, cancelled: bool) -> None:
+        """Give the run's lease up (its cancel flag first, with `cancelled`), tried
+        again each second while a lock another holds refuses it, for at most a lease
+        (past that the lease has lapsed and the run is claimable anyway)."""
+
+        async def release() -> None:
+            deadline = asyncio.get_running_loop().time() + self.claims.lease.total_seconds()
+            while True:
+                try:
+                    if cancelled:
+                        await self.registry.request_cancel(run_id)
+                    await self.registry.release_runs(self.owner, [run_id])
+                    return
+                except Exception as again:
+                    if contention(again) is None:
+                        return  # as _hold_for_outage: the lease lapses instead
+                    if asyncio.get_running_loop().time() > deadline:
+                        return
+                await asyncio.sleep(1)
+
+        await _to_the_end(release())
 
     async def _hold_for_outage(self, run_id: str, *, cancelled: bool) -> None:
         """Give the run's lease up during an outage (journalled: `ReleaseRun`); with

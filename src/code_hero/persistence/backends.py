@@ -33,6 +33,8 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.sqlitefiles import SqliteFiles
+from code_hero.persistence.sqlitelock import BUSY_MS, ConnectionLock
 from code_hero.persistence.sqlitesaver import OneTripSqliteSaver
 
 if TYPE_CHECKING:
@@ -95,6 +97,10 @@ class Backend(ABC):
     @abstractmethod
     async def probe(self) -> None:
         """One round trip to the database; raises when it cannot serve."""
+
+    async def save_moved(self) -> None:  # noqa: B027 (optional: only files can move)
+        """Before a probe's DatabaseFileMoved closes the backend, save what only its
+        connection holds; raises when it cannot (the backend then stays open)."""
 
     @abstractmethod
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
@@ -340,6 +346,19 @@ async def _fewer_fsyncs(conn: aiosqlite.Connection) -> None:
         await conn.execute("PRAGMA synchronous = NORMAL")
 
 
+async def _writable(conn: aiosqlite.Connection) -> None:
+    """Raise SQLITE_READONLY now if the file opened read-only (its permissions, a
+    read-only mount): the connection would stay read-only after the cause is fixed,
+    while its reads and its probe succeed. A write rolled back writes nothing."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
+    finally:
+        await conn.execute("ROLLBACK")
+
+
 class SqliteBackend(Backend):
     """A SQLite file: the stock AsyncSqliteSaver and our registry share one connection."""
 
@@ -357,16 +376,20 @@ class SqliteBackend(Backend):
         self._conn = await aiosqlite.connect(str(path))
         try:
             # Other processes (the CLI, a second server) may hold the file briefly.
-            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            await self._conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
             # A smaller page cache than SQLite's 2 MB: resident memory, where the OS
             # caches the file anyway (README, "Where a run's time and the server's
             # memory go").
             await self._conn.execute(f"PRAGMA cache_size = -{int(self.config.sqlite_cache_kib)}")
             await _foreign_keys(self._conn, self.enforce_references)
             saver = OneTripSqliteSaver(self._conn)
+            saver.lock = ConnectionLock(self._conn)  # before anything takes it
             if self.config.auto_setup:
                 await saver.setup()
             await _fewer_fsyncs(self._conn)
+            await _writable(self._conn)
+            self._files = SqliteFiles(str(path))
+            self._files.record()
             self.saver = saver
             # The registry takes the saver's lock: every statement on this
             # connection is serialised, so writes never meet "database is locked".
@@ -377,10 +400,20 @@ class SqliteBackend(Backend):
             await self._conn.close()
             raise
 
+    async def save_moved(self) -> None:
+        async with self._lock:
+            await self._files.rescue(self._conn)
+
     async def close(self) -> None:
         conn = getattr(self, "_conn", None)
-        if conn is not None:
-            await conn.close()
+        if conn is None:
+            return
+        if getattr(self, "_files", None) is not None:
+            try:  # at shutdown too: a file deleted since the last probe is written back
+                await self.save_moved()
+            except Exception as exc:  # the close must still happen
+                log.error("could not save the moved SQLite file %s: %s", self._files.path, exc)
+        await conn.close()
 
     @property
     def _lock(self) -> asyncio.Lock:
@@ -392,7 +425,10 @@ class SqliteBackend(Backend):
             return list(await cur.fetchall())
 
     async def probe(self) -> None:
+        self._files.check()  # a deleted or replaced file answers every statement, unseen
         await self._fetch("SELECT count(*) FROM sqlite_master")
+        assert isinstance(self._lock, ConnectionLock)
+        await self._lock.release_if_free()
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) FROM checkpoints WHERE thread_id = ?", [thread_id]

@@ -65,6 +65,7 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("database is locked", ("database is locked",)),
     ("cannot open database file", ("unable to open database file",)),
     ("database file is damaged", ("file is not a database", "disk image is malformed")),
+    ("database file deleted or replaced", ("deleted or replaced while",)),
     ("read-only database", ("readonly database", "read-only")),
     ("outage journal full", ("outage journal is full",)),
 )

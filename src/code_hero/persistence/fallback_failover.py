@@ -11,13 +11,15 @@ of `FallbackRouter`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
 from code_hero.persistence.fallback_state import RouterState, log
-from code_hero.persistence.slots import BackendSlot
+from code_hero.persistence.slots import BackendSlot, close_quietly
+from code_hero.persistence.sqlitefiles import DatabaseFileMoved
 from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
 
 __all__ = ["Outage", "RouterFailover"]
@@ -118,6 +120,7 @@ class RouterFailover(RouterState):
         self.active = nxt
         self.metrics.switched()
         if slot is self.primary:
+            slot.outage_began()
             self.degraded_since = datetime.now(UTC)
             self._outage_began = self.primary.answered_at or self.degraded_since
             # Threads kept after the last recovery (a quarantined entry) are the
@@ -143,8 +146,31 @@ class RouterFailover(RouterState):
                 raise
             self._abandon_calls(slot)
             self.fail(slot, exc)
+            if isinstance(exc, DatabaseFileMoved) and slot.backend is not None:
+                await self._reopen_moved(slot)
             return False
         return True
+
+    @staticmethod
+    async def _reopen_moved(slot: BackendSlot) -> None:
+        """The slot's connection serves files that left their path: save what only it
+        holds, close it, and let the next probe open the database at the path. Saving
+        may fail (the folder gone too: an unmounted disk); the connection, the only way
+        left to that data, then stays open and the next probe tries again."""
+        assert slot.backend is not None
+        try:
+            await slot.backend.save_moved()
+        except Exception as exc:
+            log.log(
+                logging.ERROR if slot.sync_stopped(exc) else logging.DEBUG,
+                "could not save the moved files of %s (%s): its connection is kept and "
+                "the next probe tries again",
+                slot.backend.description,
+                exc,
+            )
+            return
+        backend, slot.backend = slot.backend, None
+        await close_quietly(backend)
 
     @staticmethod
     def _abandon_calls(slot: BackendSlot) -> None:

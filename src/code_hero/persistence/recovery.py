@@ -150,7 +150,11 @@ async def sync_back(router: FallbackRouter) -> bool:
                 raise
             if verdict == "down":
                 router.fail(primary, exc)
-                log.info("sync back to the primary stopped: %s", primary.last_error)
+                log.log(
+                    logging.INFO if primary.sync_stopped(exc) else logging.DEBUG,
+                    "sync back to the primary stopped: %s",
+                    primary.last_error,
+                )
                 return False
             log.info("sync back to the primary waits: its pool is saturated (%s)", exc)
     return False

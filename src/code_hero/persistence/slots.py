@@ -100,6 +100,9 @@ class BackendSlot:
     opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
     # What the failed opens of this outage failed with, each warned once (`_failure_class`).
     _open_failures: set[str] = field(default_factory=set, repr=False, compare=False)
+    # What the copy-backs of this outage stopped on (a full disk, a read-only file: the
+    # probe, a read, succeeds, the copy's writes fail), each told once (`sync_stopped`).
+    _sync_failures: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -116,6 +119,20 @@ class BackendSlot:
         self.healthy = False
         self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
         self.checked_at = datetime.now(UTC)
+
+    def outage_began(self) -> None:
+        """A new outage: its failures are news again."""
+        self._open_failures.clear()
+        self._sync_failures.clear()
+
+    def sync_stopped(self, exc: BaseException) -> bool:
+        """Record that a copy-back into this slot stopped on `exc`; True when that is
+        news in this outage (else the probe answering and the copy stopping again are
+        two lines per probe for as long as the disk stays full)."""
+        failure = _failure_class(exc)
+        news = failure not in self._sync_failures
+        self._sync_failures.add(failure)
+        return news
 
     def answered(self) -> None:
         """A call on this slot's database succeeded: it answered now (the moment an
@@ -187,7 +204,14 @@ class BackendSlot:
         was_healthy = self.healthy
         self._record_answer(started)
         if not was_healthy:
-            log.info("%s backend answers again (%.1f ms)", self.label, self.latency_ms)
+            # After a copy-back stopped on a write error, the probe (a read) answering
+            # is no news: the recovery's own line says when the slot serves again.
+            log.log(
+                logging.DEBUG if self._sync_failures else logging.INFO,
+                "%s backend answers again (%.1f ms)",
+                self.label,
+                self.latency_ms,
+            )
 
 
 def _failure_class(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from code_hero.persistence.grouping import GroupCommitter, settle
+from code_hero.persistence.sqlitelock import ConnectionLock
 
 __all__ = ["MAX_GROUP", "OneTripSqliteSaver"]
 
@@ -146,6 +147,8 @@ class OneTripSqliteSaver(GroupCommitter[Write], AsyncSqliteSaver):
                 outcomes, transactions = await self.conn._execute(  # type: ignore[no-untyped-call]
                     _commit_group, self.conn._conn, self._grouped, self._twin, writes
                 )
+                if isinstance(self.lock, ConnectionLock) and outcomes:
+                    await self.lock.saw(outcomes[0])  # the file's error fails every write
         except BaseException as exc:  # the connection closed, or the loop is closing
             for _, done in group:
                 settle(done, exc)

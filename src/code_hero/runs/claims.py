@@ -26,7 +26,9 @@ from typing import Protocol
 
 from code_hero.errors import NotFoundError
 from code_hero.persistence.records import Registry, RunRecord, RunStatus
+from code_hero.persistence.unreachable import background_level
 from code_hero.runs.bus import POKE, EventBus
+from code_hero.runs.repeats import Repeats
 
 __all__ = ["Claims", "Executing"]
 
@@ -81,6 +83,7 @@ class Claims:
         # costs one query, not two. Full: the last pass used every free slot, so a slot
         # freed is worth a pass at once.
         self._cancels_due = True
+        self._claim_failures = Repeats(log, "claiming runs")
         self._full = False
         # Held while claiming. A cancel, or a thread's runs stopped, takes no lock (a
         # pass makes database round trips: a run may end meanwhile); its run (thread)
@@ -255,8 +258,10 @@ class Claims:
                 await self.claim_once(cancels=cancels)
             except Exception as exc:
                 self._cancels_due = self._cancels_due or cancels
-                log.warning("claiming runs failed: %s", exc)
+                self._claim_failures.failed(exc, background_level(exc))
                 await asyncio.sleep(self.poll_interval)
+            else:
+                self._claim_failures.succeeded()
 
     async def claim_once(self, *, cancels: bool = True) -> None:
         """Claim what can be claimed now (runs whose lease lapsed included); `cancels`:

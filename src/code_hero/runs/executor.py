@@ -45,6 +45,7 @@ from code_hero.errors import (
     NotFoundError,
     RunHeldUpError,
 )
+from code_hero.persistence.contention import contention
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
@@ -446,6 +447,9 @@ class RunExecutor:
             log.warning("run %s failed: %s", run_id, exc)
             status, error = RunStatus.ERROR, _error_of(exc)
         except Exception as exc:
+            if contention(exc) is not None:
+                await self._release_after_lock_wait(run_id, writer, exc)
+                return
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         waiting = held = False
@@ -477,12 +481,19 @@ class RunExecutor:
                 await self._hold_for_outage(run_id, cancelled=status is RunStatus.CANCELLED)
                 held = True
             except Exception as exc:
-                if not is_refused_value(exc):  # busy, a deadlock: the next claimer's
+                if contention(exc) is not None:  # a lock another holds: the next claimer's
+                    log.warning("the end of run %s waits for a database lock: %s", run_id, exc)
+                    if run_id not in self._lost:  # resumed at once, not once the lease lapses
+                        cancelled = status is RunStatus.CANCELLED
+                        await self._release_past_lock(run_id, cancelled=cancelled)
+                        held = True
+                elif not is_refused_value(exc):
                     raise
-                # The database refused the end itself (what the run produced, not an
-                # outage): resumed by a next claimer, the run would fail so again, for
-                # ever. It ends ERROR instead, with no output, saying what was refused.
-                final, waiting, held = await self._end_refused(run_id, thread_id, status, exc)
+                else:
+                    # The database refused the end itself (what the run produced, not an
+                    # outage): resumed by a next claimer, the run would fail so again, for
+                    # ever. It ends ERROR instead, with no output, saying what was refused.
+                    final, waiting, held = await self._end_refused(run_id, thread_id, status, exc)
             else:
                 if final is None:  # taken over, or its row is gone with its thread
                     await self._purge_if_deleted(run_id, thread_id)
@@ -557,6 +568,47 @@ class RunExecutor:
         self.claims.slot_freed()
         if not (lost or self.claims.claim_others):  # claimed (or its cancel recorded) here
             self.claims.started.add(run_id)
+
+    async def _release_after_lock_wait(
+        self, run_id: str, writer: RunEventWriter | None, exc: Exception
+    ) -> None:
+        """A write of the run waited out a lock another holds (another process writing
+        the SQLite file, a PostgreSQL deadlock): no fault of the run, and recorded ERROR
+        it would end for good. Released instead, it resumes from its last checkpoint.
+        The release meets the same lock: tried again each second, for at most a lease
+        (past that the lease has lapsed and the run is claimable anyway)."""
+        log.warning("run %s stopped at a database lock, resumes once it is free: %s", run_id, exc)
+        lost, cancelled = run_id in self._lost, run_id in self._cancel_requested
+        if writer is not None:
+            await self._close_writer(run_id, writer)
+        if not lost:
+            await self._release_past_lock(run_id, cancelled=cancelled)
+        self._release(run_id)
+        self.claims.slot_freed()
+        if not (lost or self.claims.claim_others):
+            self.claims.started.add(run_id)
+
+    async def _release_past_lock(self, run_id: str, *, cancelled: bool) -> None:
+        """Give the run's lease up (its cancel flag first, with `cancelled`), tried
+        again each second while a lock another holds refuses it, for at most a lease
+        (past that the lease has lapsed and the run is claimable anyway)."""
+
+        async def release() -> None:
+            deadline = asyncio.get_running_loop().time() + self.claims.lease.total_seconds()
+            while True:
+                try:
+                    if cancelled:
+                        await self.registry.request_cancel(run_id)
+                    await self.registry.release_runs(self.owner, [run_id])
+                    return
+                except Exception as again:
+                    if contention(again) is None:
+                        return  # as _hold_for_outage: the lease lapses instead
+                    if asyncio.get_running_loop().time() > deadline:
+                        return
+                await asyncio.sleep(1)
+
+        await _to_the_end(release())
 
     async def _hold_for_outage(self, run_id: str, *, cancelled: bool) -> None:
         """Give the run's lease up during an outage (journalled: `ReleaseRun`); with

@@ -35,6 +35,7 @@ from code_hero.errors import ConfigurationError
 from code_hero.persistence.unreachable import background_level
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
+from code_hero.runs.repeats import Repeats
 
 if TYPE_CHECKING:
     import httpx
@@ -105,6 +106,7 @@ class WebhookDispatcher:
         self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
         self._store_of = store_of
         self._wake = asyncio.Event()
+        self._claim_failures = Repeats(log, "claiming webhook deliveries")
         self._loop_task: asyncio.Task[None] | None = None
         self._attempts: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
@@ -155,7 +157,9 @@ class WebhookDispatcher:
             try:
                 full = await self._claim()
             except Exception as exc:  # the database is down or busy: the poll tries again
-                log.log(background_level(exc), "claiming webhook deliveries failed: %s", exc)
+                self._claim_failures.failed(exc, background_level(exc))
+            else:
+                self._claim_failures.succeeded()
             if not full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval):  # no task per wait

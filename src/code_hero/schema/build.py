@@ -55,8 +55,9 @@ class GatewaySchema(strawberry.Schema):
                     exc_info=(type(cause), cause, cause.__traceback__),
                 )
             elif root_cause(error) is not raw_cause(error):
-                # A lost race for a database lock: the client retries; the log keeps
-                # the database's own account (which transactions, which locks).
+                # A lost race for a database lock, a damaged file: the client is told
+                # in our words; the log keeps the database's own account (which
+                # transactions, which locks, which error), one line, no traceback.
                 log.warning("request error: %s", error.message)
             else:
                 log.debug("request error: %s", error.message)

@@ -3,6 +3,7 @@
 CodeHeroError (errors.py)            -> its `.code`, its message, its `.extensions`
 a lost race for a database lock      -> CONFLICT (deadlock, serialization failure) or
   (persistence.contention)          UNAVAILABLE (lock wait ran out), retryAfter
+a damaged database file              -> UNAVAILABLE, retryAfter (persistence.damage)
 parse, validation and limit errors   -> BAD_USER_INPUT, their message
 anything else                        -> INTERNAL, "Internal server error";
                                         the detail goes to the log only
@@ -20,6 +21,7 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from code_hero.errors import CodeHeroError
 from code_hero.persistence.contention import contention
+from code_hero.persistence.damage import damage
 
 __all__ = [
     "CODES",
@@ -58,9 +60,10 @@ def without_suggestions(message: str) -> str:
 
 def root_cause(error: GraphQLError) -> BaseException | None:
     """The exception under the GraphQL wrappers, or None for a pure GraphQL error; a
-    database's lost race for a lock as the error its client sees (`contention`)."""
+    database's lost race for a lock or damaged file as the error its client sees
+    (`contention`, `damage`)."""
     cause = raw_cause(error)
-    return contention(cause) or cause
+    return contention(cause) or damage(cause) or cause
 
 
 def raw_cause(error: GraphQLError) -> BaseException | None:

@@ -1,0 +1,226 @@
+"""The SQLite file deleted, replaced, or made read-only under a manager that has it
+open: the next probe sees it, writes go to the fallback, nothing written is lost,
+and the primary serves again at its path without a restart (persistence.sqlitefiles)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from code_hero.checkpointing import EnhancedCheckpointerManager
+from code_hero.config import CheckpointerConfig, create_sqlite_checkpointer
+from code_hero.persistence.registry import SqliteRegistry
+
+
+def _config(path: Path) -> CheckpointerConfig:
+    # No background probe: each test decides when the router checks and heals.
+    return create_sqlite_checkpointer(str(path), health_check_interval=3600)
+
+
+@contextlib.asynccontextmanager
+async def _manager(config: CheckpointerConfig) -> AsyncIterator[EnhancedCheckpointerManager]:
+    manager = EnhancedCheckpointerManager(config)
+    try:
+        assert await manager.initialize()
+        yield manager
+    finally:
+        await manager.cleanup()
+
+
+async def _write(manager: EnhancedCheckpointerManager, thread_id: str) -> None:
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    metadata: Any = {"source": "input", "step": -1, "parents": {}}
+    await manager.get_checkpointer().aput(config, empty_checkpoint(), metadata, {})
+
+
+def _stored(path: Path | str) -> dict[str, int]:
+    """Checkpoints per thread in the file at `path`, read with a connection of our own."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT thread_id, count(*) FROM checkpoints GROUP BY 1").fetchall()
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    return {str(t): int(n) for t, n in rows}
+
+
+def _orphans(folder: Path) -> list[Path]:
+    """The copies of replaced databases kept in `folder`."""
+    return list(folder.glob("db.sqlite.orphaned-*"))
+
+
+async def _moved_then_healed(manager: EnhancedCheckpointerManager) -> str:
+    """Probe: the primary is down for the moved file; probe again: it serves."""
+    report = await manager.health_check()
+    assert report["overall_status"] == "degraded"
+    error = str(manager.router.primary.last_error)
+    assert "deleted or replaced" in error
+    await _write(manager, "during")  # on the fallback
+    assert manager.router.pending_sync > 0
+    assert (await manager.health_check())["overall_status"] == "healthy"
+    assert manager.router.pending_sync == 0
+    await _write(manager, "after")
+    return error
+
+
+async def test_deleted_file_is_written_back_and_served_again(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        path.unlink()
+        await _moved_then_healed(manager)
+        assert _stored(path) == {"before": 1, "during": 1, "after": 1}
+
+
+async def test_folder_gone_keeps_the_connection_until_it_is_back(tmp_path: Path) -> None:
+    # An unmounted disk: the file cannot be written back, and the open connection is
+    # the only way left to what it holds. Closed and opened afresh at the path, the
+    # database would be a new, empty one (its folder made anew).
+    folder = tmp_path / "data"
+    path = folder / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        folder.rename(tmp_path / "unmounted")
+        for _ in range(2):
+            assert (await manager.health_check())["overall_status"] == "degraded"
+            assert not folder.exists()
+        await _write(manager, "during")
+        (tmp_path / "unmounted").rename(folder)  # mounted again
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        await _write(manager, "after")
+        assert _stored(path) == {"before": 1, "during": 1, "after": 1}
+
+
+async def test_deleted_wal_is_checkpointed_and_nothing_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        os.unlink(f"{path}-wal")
+        os.unlink(f"{path}-shm")
+        await _moved_then_healed(manager)
+        assert _stored(path) == {"before": 1, "during": 1, "after": 1}
+
+
+async def test_replaced_file_is_served_and_the_old_one_kept(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "restored")
+        with contextlib.closing(sqlite3.connect(path)) as conn:  # a backup of it, as it is
+            conn.execute(f"VACUUM INTO '{tmp_path / 'backup.sqlite'}'")
+        await _write(manager, "lost-by-restore")
+        os.replace(tmp_path / "backup.sqlite", path)
+        await _moved_then_healed(manager)
+        assert _stored(path) == {"restored": 1, "during": 1, "after": 1}
+        (orphan,) = _orphans(tmp_path)
+        assert _stored(orphan) == {"restored": 1, "lost-by-restore": 1}
+
+
+# A read-only file: root reads and writes any file, so the scenario runs in a child
+# without the capabilities that let it (setpriv), or as is for another user.
+READ_ONLY = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from code_hero.checkpointing import EnhancedCheckpointerManager
+    from tests.persistence.test_sqlite_files import _config, _stored, _write
+
+    async def main(path):
+        os.chmod(path, 0o444)
+        manager = EnhancedCheckpointerManager(_config(path))
+        await manager.initialize()
+        try:
+            first = manager.overall_status
+            await _write(manager, "while-read-only")
+            for name in (path, path + "-wal", path + "-shm"):  # as SQLite made them: 0o444
+                if os.path.exists(name):
+                    os.chmod(name, 0o644)
+            healed = (await manager.health_check())["overall_status"]
+        finally:
+            await manager.cleanup()
+        print(json.dumps([first, healed, _stored(path)]))
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+SET_UP = textwrap.dedent(
+    """
+    import asyncio, sys
+    from tests.persistence.test_sqlite_files import _config, _manager
+
+    async def main(path):
+        async with _manager(_config(path)):
+            pass
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
+def test_read_only_file_at_start_is_down_and_heals_when_writable(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    subprocess.run(  # a database set up as a server leaves it
+        [sys.executable, "-c", SET_UP, str(path)], check=True, env=_env(), cwd=ROOT, timeout=60
+    )
+    command = [sys.executable, "-c", READ_ONLY, str(path)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root ignores file permissions and setpriv is missing")
+        command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search,-fowner", *command]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, healed, stored = json.loads(done.stdout.strip().splitlines()[-1])
+    # Read-only from the start: down, not a primary whose every write fails.
+    assert first == "degraded"
+    assert healed == "healthy"
+    assert stored == {"while-read-only": 1}  # held by the fallback, copied in once writable
+
+
+async def test_full_file_logs_its_outage_once_not_per_probe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # max_page_count makes the file "full" as a full disk would: SQLITE_FULL. A probe
+    # (a read) answers, the copy-back (writes) stops: three probes, no new lines.
+    path = tmp_path / "db.sqlite"
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        backend = manager.router.primary.backend
+        assert backend is not None
+        conn = cast(SqliteRegistry, backend.registry).conn
+        pages = _page_count(path)
+        await conn.execute(f"PRAGMA max_page_count = {pages}")
+        written = 0
+        while manager.router.active == 0:
+            assert written < 200, "the file never filled up"
+            await _write(manager, f"full-{written}")
+            written += 1
+        caplog.set_level(logging.DEBUG, logger="code_hero.persistence")
+        caplog.clear()
+        for _ in range(3):
+            assert (await manager.health_check())["overall_status"] == "degraded"
+        told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert sum("sync back to the primary stopped" in m for m in told) == 1, told
+        assert sum("answers again" in m for m in told) <= 1, told
+        await conn.execute("PRAGMA max_page_count = 1073741823")
+        assert (await manager.health_check())["overall_status"] == "healthy"
+
+
+def _page_count(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])

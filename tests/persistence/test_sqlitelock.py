@@ -1,0 +1,59 @@
+"""Another process holding the SQLite file's write lock: one write waits the busy
+timeout, the ones after it fail at once instead of each waiting its own, reads go on,
+and the normal wait is back once a probe gets the lock (persistence.sqlitelock)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from typing import cast
+
+import pytest
+
+from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.sqlitelock import BUSY_MS, HELD_BUSY_MS
+from tests.persistence.test_down_means_down import _config, _manager, _raw, _stored, _writer
+
+
+async def _busy_timeout(registry: SqliteRegistry) -> int:
+    async with registry.lock, registry.conn.execute("PRAGMA busy_timeout") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_held_file_fails_queued_writes_at_once_and_heals(
+    request: pytest.FixtureRequest,
+) -> None:
+    config = _config("sqlite", request)
+    async with _manager(config) as manager:
+        backend = manager.router.primary.backend
+        assert backend is not None
+        registry = cast(SqliteRegistry, backend.registry)
+        await _raw(manager, "PRAGMA busy_timeout = 200")  # the first wait, shortened for a test
+        write = _writer(manager)
+        await write("before")
+        with contextlib.closing(
+            sqlite3.connect(config.database_path or "", isolation_level=None)
+        ) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                await write("first")
+            # The file counts as held: the next writes do not wait a full timeout each.
+            assert await _busy_timeout(registry) == HELD_BUSY_MS
+            queued = await asyncio.gather(
+                *(write(f"queued-{i}") for i in range(5)), return_exceptions=True
+            )
+            assert all(isinstance(r, sqlite3.OperationalError) for r in queued), queued
+            assert await manager.get_checkpointer().aget_tuple(
+                {"configurable": {"thread_id": "before", "checkpoint_ns": ""}}
+            )  # reads go on beside the other process's write (WAL)
+            await manager.health_check()  # the probe finds the lock still held
+            assert await _busy_timeout(registry) == HELD_BUSY_MS
+            other.execute("ROLLBACK")
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        assert await _busy_timeout(registry) == BUSY_MS
+        await write("after")
+        assert _stored(config, "after") == 1
+        assert manager.router.active == 0 and manager.metrics.fallback_switches == 0

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from standardwebhooks import Webhook
 
 from code_hero.errors import ConfigurationError
-from code_hero.persistence.unreachable import background_level
+from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
 
@@ -92,7 +92,9 @@ class WebhookSettings:
 
 
 class WebhookDispatcher:
-    """Delivers the outbox of the registry `store_of()` returns (None while it is down)."""
+    """Delivers the outbox of the registry `store_of()` returns (None while it is down);
+    `level_of` is the level a failed claim or record is logged at (the router's
+    `background_level`: DEBUG in an outage, WARNING when busy; by default WARNING)."""
 
     def __init__(
         self,
@@ -100,7 +102,9 @@ class WebhookDispatcher:
         settings: WebhookSettings | None = None,
         *,
         owner: str | None = None,
+        level_of: Callable[[BaseException], int] = lambda exc: logging.WARNING,
     ) -> None:
+        self._failures = BackgroundLog(log, level_of)
         self.settings = settings or WebhookSettings()
         self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
         self._store_of = store_of
@@ -155,7 +159,7 @@ class WebhookDispatcher:
             try:
                 full = await self._claim()
             except Exception as exc:  # the database is down or busy: the poll tries again
-                log.log(background_level(exc), "claiming webhook deliveries failed: %s", exc)
+                self._failures.failed(exc, "claiming webhook deliveries failed: %s", exc)
             if not full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval):  # no task per wait
@@ -225,8 +229,8 @@ class WebhookDispatcher:
                 at=at,
             )
         except Exception as exc:  # the lease lapses and another try is made
-            log.log(
-                background_level(exc),
+            self._failures.failed(
+                exc,
                 "recording webhook delivery %s failed: %s",
                 delivery.delivery_id,
                 exc,

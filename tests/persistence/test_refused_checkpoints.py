@@ -16,11 +16,14 @@ from typing import Any
 import psycopg
 import pytest
 
+from code_hero.auth import ANONYMOUS
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.runs.executor import StartRun
 from tests.faults import held_writes, until
-from tests.persistence.proxied import behind_a_proxy, degraded, synced
+from tests.persistence.proxied import NUL_SPEC, SLOW_SPEC, behind_a_proxy, degraded, synced
 
 pytestmark = pytest.mark.postgres
 
@@ -137,3 +140,31 @@ async def test_a_run_that_ends_after_its_checkpoint_was_refused_ends_error(
             run.run_id,
         )
         assert stored == [("ERROR", ThreadStatus.ERROR.value)]
+
+
+async def test_a_refusal_is_forgotten_once_another_replica_deletes_the_thread(
+    pg_database: str,
+) -> None:
+    # The retry drops the quarantined checkpoint of a thread deleted meanwhile; the
+    # run stayed named among the refused for the process's life.
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        run = await gw.start_run(StartRun(graph="nul", input={}, wait=True))
+        proxy.forward()
+        await until(lambda: synced(gw))
+        journal = router.journal
+        assert run.run_id in journal.refused_runs
+        assert len(journal.quarantine) == 1
+        assert gw.internal_sizes()["journal.refused_runs"] == 1
+        other_settings = GatewaySettings(
+            checkpointer=create_postgres_checkpointer(pg_database),
+            graphs={"slow": SLOW_SPEC, "nul": NUL_SPEC},
+        )
+        async with Gateway(other_settings) as other:
+            assert (await other.delete_thread(run.thread_id, caller=ANONYMOUS)).deleted
+        await router.check()  # the retry drops the quarantined entry: its thread is gone
+        assert len(journal.quarantine) == 0
+        assert journal.refused_runs == {}
+        assert gw.internal_sizes()["journal.refused_runs"] == 0

@@ -187,9 +187,13 @@ class FallbackRouter(RouterDeletes):
             del self._touched_at[thread_id]
 
     def internal_sizes(self) -> dict[str, int]:
-        """Entries in the touch throttle (threads touched in the last TOUCH_INTERVAL)."""
+        """Entries in the touch throttle (threads touched in the last TOUCH_INTERVAL), and
+        runs whose checkpoint the copy-back refused (as long as it is quarantined)."""
         self._expire_touches(time.monotonic())
-        return {"router.touched_at": len(self._touched_at)}
+        return {
+            "router.touched_at": len(self._touched_at),
+            "journal.refused_runs": len(self.journal.refused_runs),
+        }
 
     async def touch(self, thread_id: str, user_id: str | None, *, create: bool = True) -> None:
         """Record activity on a thread in the registry (throttled per thread); a missing

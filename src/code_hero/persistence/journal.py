@@ -364,6 +364,9 @@ class Journal:
                     item.last_error = _describe(exc)
                     continue
                 self.quarantine.popleft()
+                # Replayed, or dropped because another replica deleted its thread:
+                # either way the refusal no longer holds of its run.
+                self._forget_refusals()
                 done.append(item.entry)
         return done, None
 

@@ -4,7 +4,9 @@ The checkpoint is quarantined (kept, retried, never going in: a value the
 database cannot store), so the thread in PostgreSQL lacks the state the run
 ended with; a SUCCESS recorded beside it would be a run whose result is not
 where it says. On a healthy database that write fails the run; after an outage
-the run's end goes in ERROR, saying which write was refused and why.
+the run's end goes in ERROR, saying which write was refused and why, unless a
+newer checkpoint of its thread went in (a run that went on after the switch back:
+the refused one is history, and the run keeps its end).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.records import RunStatus, ThreadStatus
-from code_hero.runs.executor import StartRun
+from code_hero.runs.executor import RunExecutor, StartRun
 from tests.faults import held_writes, until
 from tests.persistence.proxied import NUL_SPEC, SLOW_SPEC, behind_a_proxy, degraded, synced
 
@@ -98,11 +100,24 @@ async def test_a_run_in_flight_across_an_outage_whose_checkpoint_is_refused_ends
         assert after is not None and after.status is RunStatus.ERROR
 
 
-async def test_a_run_that_ends_after_its_checkpoint_was_refused_ends_error(
+async def _ended(gw: Gateway, run_id: str) -> bool:
+    found = await gw.get_run(run_id)
+    return found is not None and found.status.finished
+
+
+async def _told(gw: Gateway, run_id: str) -> list[str]:
+    """The statuses the run's events told, in order."""
+    events = await gw.run_events(run_id, first=1000)
+    return [str(e.payload["status"]) for e in events if "status" in e.payload]
+
+
+async def test_a_run_ending_after_the_switch_back_on_newer_checkpoints_keeps_its_end(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Born in the outage and still running when the copy-back refused one of its
-    # checkpoints: its end, recorded on PostgreSQL after the switch back, is ERROR.
+    # Born in the outage and still running when the copy-back refused its checkpoints;
+    # it goes on after the switch back and stores newer ones in PostgreSQL: the
+    # refused ones are history, and its SUCCESS stands. It was stored ERROR "while the
+    # database was unreachable", beside its events' SUCCESS.
     async with behind_a_proxy(pg_database) as (gw, proxy):
         router = gw.manager.router
         proxy.refuse()
@@ -121,18 +136,60 @@ async def test_a_run_that_ends_after_its_checkpoint_was_refused_ends_error(
         _refusing(monkeypatch, primary, run.run_id)
         proxy.forward()
         await until(lambda: synced(gw))
+        assert run.run_id in router.journal.refused_runs
         found = await gw.get_run(run.run_id)
         assert found is not None and not found.status.finished
         go_on.set()
+        await until(lambda: _ended(gw, run.run_id))
+        after = await gw.get_run(run.run_id)
+        assert after is not None and after.status is RunStatus.SUCCESS, after.error
+        assert (await _told(gw, run.run_id))[-1] == RunStatus.SUCCESS.value
+        latest = await gw.get_checkpoint(run.thread_id)
+        assert latest is not None and len(latest.values["steps"]) == 6  # every step
+        stored = _rows(
+            pg_database,
+            "SELECT r.status, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+            "USING (thread_id) WHERE run_id = %s",
+            run.run_id,
+        )
+        assert stored == [("SUCCESS", ThreadStatus.IDLE.value)]
 
-        async def ended() -> bool:
-            found = await gw.get_run(run.run_id)
-            return found is not None and found.status.finished
 
-        await until(ended)
+async def test_a_run_ending_after_the_switch_back_on_its_refused_checkpoint_ends_error(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its last checkpoint was written in the outage and refused at the copy-back; its
+    # end comes after the switch back, on PostgreSQL, which holds nothing newer: ERROR,
+    # decided before the end is told (events, waiters and row agree).
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        streamed, go_on = asyncio.Event(), asyncio.Event()
+        stream = RunExecutor._stream
+
+        async def held(self: RunExecutor, *args: Any, **kw: Any) -> Any:
+            ended = await stream(self, *args, **kw)
+            streamed.set()  # every checkpoint written, the end not decided yet
+            await go_on.wait()
+            return ended
+
+        monkeypatch.setattr(RunExecutor, "_stream", held)
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}))
+        await asyncio.wait_for(streamed.wait(), 30)
+        primary = router.primary.backend
+        assert primary is not None
+        _refusing(monkeypatch, primary, run.run_id)
+        proxy.forward()
+        await until(lambda: synced(gw))
+        assert run.run_id in router.journal.refused_runs
+        go_on.set()
+        await until(lambda: _ended(gw, run.run_id))
         after = await gw.get_run(run.run_id)
         assert after is not None and after.status is RunStatus.ERROR
-        assert "refused to store one of its checkpoints" in (after.error or "")
+        assert "ended SUCCESS after the database came back" in (after.error or "")
+        assert "injected" in (after.error or "")
+        assert (await _told(gw, run.run_id))[-1] == RunStatus.ERROR.value
         stored = _rows(
             pg_database,
             "SELECT r.status, t.status FROM code_hero_runs r JOIN code_hero_threads t "

@@ -12,7 +12,7 @@ the refused one is history, and the run keeps its end).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -35,12 +35,20 @@ def _rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
         return list(conn.execute(sql, params).fetchall())
 
 
-def _refusing(monkeypatch: pytest.MonkeyPatch, backend: Any, run_id: str) -> None:
-    """PostgreSQL refuses the checkpoints the run wrote (a value it cannot store)."""
+def _refusing(
+    monkeypatch: pytest.MonkeyPatch,
+    backend: Any,
+    run_id: str,
+    which: Callable[[PutCheckpoint], bool] = lambda item: True,
+) -> None:
+    """PostgreSQL refuses the checkpoints the run wrote (`which` of them: all by
+    default), as values it cannot store."""
 
     def refused(item: PutCheckpoint | PutWrites) -> bool:
         return (
-            isinstance(item, PutCheckpoint) and item.config["configurable"].get("run_id") == run_id
+            isinstance(item, PutCheckpoint)
+            and item.config["configurable"].get("run_id") == run_id
+            and which(item)
         )
 
     put_batch, replay = backend.put_batch, PutCheckpoint.replay
@@ -98,6 +106,36 @@ async def test_a_run_in_flight_across_an_outage_whose_checkpoint_is_refused_ends
         assert "ended SUCCESS" in error and "injected" in error
         after = await gw.get_run(run.run_id)
         assert after is not None and after.status is RunStatus.ERROR
+
+
+async def test_a_run_ended_in_the_outage_keeps_its_end_when_only_an_older_checkpoint_is_refused(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One checkpoint half-way through is refused; the ones after it, the last with the
+    # state the run ended with, go in: the refused one is history, and its SUCCESS,
+    # copied back with the thread, stands.
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        router = gw.manager.router
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+        assert run.status is RunStatus.SUCCESS
+        primary = router.primary.backend
+        assert primary is not None
+        _refusing(monkeypatch, primary, run.run_id, lambda item: item.metadata["step"] == 2)
+        proxy.forward()
+        await until(lambda: synced(gw))
+        assert len(router.journal.quarantine) == 1
+        assert run.run_id in router.journal.refused_runs
+        stored = _rows(
+            pg_database,
+            "SELECT r.status, r.error, t.status FROM code_hero_runs r JOIN code_hero_threads t "
+            "USING (thread_id) WHERE run_id = %s",
+            run.run_id,
+        )
+        assert stored == [("SUCCESS", None, ThreadStatus.IDLE.value)]
+        latest = await gw.get_checkpoint(run.thread_id)
+        assert latest is not None and len(latest.values["steps"]) == 6
 
 
 async def _ended(gw: Gateway, run_id: str) -> bool:

@@ -86,6 +86,7 @@ def event_bus(
         lambda: manager.registry,
         is_local,
         available=lambda: manager.router.serving,
+        level_of=lambda exc: manager.router.background_level(exc),
     )
 
 
@@ -105,7 +106,11 @@ class Services:
         )
         self._graphs: GraphRegistry | None = None
         self._executor: RunExecutor | None = None
-        self.webhooks = WebhookDispatcher(self.webhook_store, self.settings.webhooks)
+        self.webhooks = WebhookDispatcher(
+            self.webhook_store,
+            self.settings.webhooks,
+            level_of=lambda exc: self.manager.router.background_level(exc),
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Services:

@@ -4,26 +4,36 @@ A server that starts with its database down tries to open it at every probe:
 each failed try is the same news, not another warning (the README promises one
 line when an outage starts and one when it ends). Nor do the background loops
 that meet the outage before the router does (the webhooks' claims, the
-PostgreSQL bus's pokes) add lines of their own.
+PostgreSQL bus's pokes) add lines of their own. What is no outage still warns from
+them: a saturated pool on a serving database, a SQLite write refused by its disk
+(once a minute at most).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import sqlite3
+from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
 
-from code_hero.checkpointing import EnhancedCheckpointerManager, create_postgres_checkpointer
+from code_hero.checkpointing import (
+    EnhancedCheckpointerManager,
+    create_postgres_checkpointer,
+    create_sqlite_checkpointer,
+)
 from code_hero.persistence import slots
+from code_hero.persistence.pg_backend import PostgresBackend
+from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.runs.webhooks import WebhookSettings
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import BlackHoleProxy, until, with_port
 from tests.graphql.clients import eventually
 from tests.persistence.proxied import behind_a_proxy, degraded, synced
 
-pytestmark = pytest.mark.postgres
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 
@@ -35,6 +45,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+@pytest.mark.postgres
 async def test_a_database_down_at_start_warns_once_not_at_every_probe(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -57,6 +68,7 @@ async def test_a_database_down_at_start_warns_once_not_at_every_probe(
             await manager.cleanup()
 
 
+@pytest.mark.postgres
 async def test_an_open_failing_another_way_warns_again_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -86,6 +98,7 @@ async def test_an_open_failing_another_way_warns_again_once(
             await manager.cleanup()
 
 
+@pytest.mark.postgres
 async def test_an_open_failing_two_ways_in_turn_warns_once_for_each(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,6 +125,7 @@ def _logged(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> bool:
     return any(r.name == logger and text in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.postgres
 async def test_the_background_loops_add_no_warning_to_an_outages_two(
     caplog: pytest.LogCaptureFixture, pg_database: str
 ) -> None:
@@ -143,3 +157,106 @@ async def test_the_background_loops_add_no_warning_to_an_outages_two(
         warned = _warnings(caplog)
         assert len(warned) == 2, warned
         assert "switching to fallback" in warned[0] and "serves again" in warned[1]
+
+
+@pytest.mark.postgres
+async def test_a_saturated_pool_that_stalls_webhook_claims_warns(
+    caplog: pytest.LogCaptureFixture, pg_database: str
+) -> None:
+    # No outage: the router calls a full pool on a healthy database busy and logs
+    # nothing, so the claim loop's own line is all that says deliveries stall. It
+    # logged it at DEBUG, as an outage's.
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    webhooks = WebhookSettings(poll_interval=0.05)
+    async with behind_a_proxy(
+        pg_database, webhooks=webhooks, pool_min_size=2, pool_max_size=2, pool_timeout=0.3
+    ) as (gw, _proxy):
+        router = gw.manager.router
+        pool = cast(PostgresBackend, router.primary.backend).pool
+        caplog.clear()
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(pool.max_size):
+                await held.enter_async_context(pool.connection())
+            claims = "claiming webhook deliveries failed"
+            await eventually(lambda: _logged(caplog, "code_hero.runs.webhooks", claims), 30)
+            await eventually(lambda: sum(claims in r.getMessage() for r in caplog.records) >= 3, 30)
+        assert router.serving  # only busy: nothing failed over
+        failed = [r for r in caplog.records if claims in r.getMessage()]
+        # One WARNING, the claims after it within the minute at DEBUG.
+        assert [r.levelno for r in failed][:3] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+
+def _full_disk_error(path: Path) -> sqlite3.Error:
+    """What SQLite raises for a write when the disk (here max_page_count) is full."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (x BLOB)")
+        conn.commit()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        conn.execute("INSERT INTO filler VALUES (zeroblob(1000000))")
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("the write went in")
+
+
+def _read_only_error(path: Path) -> sqlite3.Error:
+    """What SQLite raises for a write to a file it opened read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute("INSERT INTO filler VALUES (1)")
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("the write went in")
+
+
+async def test_a_sqlite_write_refused_by_a_full_or_read_only_disk_warns(
+    tmp_path: Path,
+) -> None:
+    # SQLite's probe reads, so the router does not declare these outages on its own:
+    # a background loop that logged them at DEBUG, as the outage's, hid every failing
+    # write on a server with no other traffic.
+    manager = EnhancedCheckpointerManager(
+        create_sqlite_checkpointer(str(tmp_path / "checkpoints.sqlite"))
+    )
+    assert await manager.initialize()
+    try:
+        router = manager.router
+        for error in (
+            _full_disk_error(tmp_path / "full.sqlite"),
+            _read_only_error(tmp_path / "full.sqlite"),
+        ):
+            await router.check()
+            assert router.serving
+            assert router.background_level(error) == logging.WARNING, error
+    finally:
+        await manager.cleanup()
+
+
+def test_a_background_loop_warns_at_most_once_a_minute_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="code_hero")
+    logger = logging.getLogger("code_hero.test_background")
+    now = [0.0]
+    failures = BackgroundLog(logger, lambda exc: logging.WARNING, clock=lambda: now[0])
+    for n in range(3):
+        failures.failed(RuntimeError("busy"), "try %d failed", n)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "try 0 failed"),
+        (logging.DEBUG, "try 1 failed"),
+        (logging.DEBUG, "try 2 failed"),
+    ]
+    now[0] = 59.0
+    caplog.clear()
+    failures.failed(RuntimeError("busy"), "try %d failed", 3)
+    now[0] = 60.0  # the minute is up
+    failures.failed(RuntimeError("busy"), "try %d failed", 4)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "try 3 failed"),
+        (logging.WARNING, "try 4 failed (3 more since the last warning, logged at DEBUG)"),
+    ]

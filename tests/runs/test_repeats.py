@@ -29,23 +29,3 @@ def test_a_failure_warns_once_then_debug_then_one_line_when_it_works(
         ("INFO", "claiming runs works again"),
         ("WARNING", "claiming runs failed: database is locked"),
     ]
-
-
-def test_a_failure_its_caller_rates_debug_stays_quiet_and_so_does_the_loop_working_again(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """An outage's failures (`background_level` says DEBUG: the router tells the outage
-    once) are not news, and the loop working after them says nothing either."""
-    caplog.set_level(logging.DEBUG, logger="tests.repeats")
-    repeats = Repeats(log, "claiming webhook deliveries")
-    repeats.failed(OSError("connection refused"), logging.DEBUG)
-    repeats.failed(OSError("connection refused"), logging.DEBUG)
-    repeats.succeeded()
-    repeats.failed(OSError("connection refused"), logging.DEBUG)
-    repeats.failed(OSError("database is locked"))  # the outage's end, then a lock: news
-    repeats.succeeded()
-    told = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno > logging.DEBUG]
-    assert told == [
-        ("WARNING", "claiming webhook deliveries failed: database is locked"),
-        ("INFO", "claiming webhook deliveries works again"),
-    ]

@@ -57,6 +57,7 @@ __all__ = [
     "FinishRun",
     "PutCheckpoint",
     "PutWrites",
+    "Refusal",
     "ReleaseEdit",
     "ReleaseRun",
     "TouchThread",
@@ -81,25 +82,56 @@ class Entry(Protocol):
 
 
 _COPY_PAGE = 500
+_IN_OUTAGE = "while the database was unreachable"  # where a copied-back end was
 
 log = logging.getLogger(__name__)
 
 
-def refused_end(run_id: str, status: RunStatus | str, refused: Mapping[str, str]) -> str | None:
+@dataclass
+class Refusal:
+    """Why the primary refused a run's checkpoints or writes as values it cannot store
+    (quarantined, never to go in), and where: per namespace, the newest checkpoint
+    refused (for writes, the checkpoint they were written on)."""
+
+    why: str
+    newest: dict[str, str] = field(default_factory=dict)  # namespace -> checkpoint id
+
+    def note(self, namespace: str, checkpoint_id: str) -> None:
+        """Another checkpoint (or writes on it) refused."""
+        if checkpoint_id > self.newest.get(namespace, ""):
+            self.newest[namespace] = checkpoint_id
+
+
+async def refused_end(
+    primary: Backend,
+    run_id: str,
+    thread_id: str,
+    status: RunStatus | str,
+    refused: Mapping[str, Refusal],
+    *,
+    ended: str,
+) -> str | None:
     """The error a run's end records instead of `status` when the primary refused one of
-    the run's checkpoints or writes as a value it cannot store (`Journal.refused_runs`:
-    quarantined, never to go in), or None when the end stands. Such a run's thread lacks
-    that state in the database, as a run on a healthy database whose checkpoint is
-    refused fails with it: the end is ERROR there too (what the run told its waiters and
-    its events stay as they were)."""
-    why = refused.get(run_id)
+    the run's checkpoints or writes (`Journal.refused_runs`) and stores nothing newer in
+    its namespace: the thread there lacks the state the run ended with, as a run on a
+    healthy database whose checkpoint is refused fails with it. None when the end stands:
+    not refused, an ERROR already, or superseded (a later checkpoint of the thread went
+    in: the refused one is history, the state the run ended with is there). `ended`
+    says where the run ended ("while the database was unreachable")."""
+    refusal = refused.get(run_id)
     status = RunStatus(status)
-    if why is None or status is RunStatus.ERROR:
+    if refusal is None or status is RunStatus.ERROR:
+        return None
+    stored: dict[str, str] = {}
+    for namespace, checkpoint_id in await primary.checkpoint_keys(thread_id):
+        stored[namespace] = max(stored.get(namespace, ""), checkpoint_id)
+    if all(stored.get(ns, "") > newest for ns, newest in refusal.newest.items()):
         return None
     return (
-        f"the run ended {status.value} while the database was unreachable, but the "
-        "database refused to store one of its checkpoints when the outage's writes were "
-        f"copied back (kept in quarantine), so the thread lacks that state: {why}"
+        f"the run ended {status.value} {ended}, but the database refused to store one of "
+        "its checkpoints when the outage's writes were copied back (kept in quarantine) "
+        f"and holds none newer, so the thread lacks the state the run ended with: "
+        f"{refusal.why}"
     )[:2000]
 
 
@@ -121,6 +153,11 @@ class PutCheckpoint:
     def written_by(self) -> str | None:
         """The run that wrote it (a registry run names itself in its config), if any."""
         return _run_of(self.config)
+
+    @property
+    def position(self) -> tuple[str, str]:
+        """The checkpoint's namespace and id."""
+        return self.config["configurable"].get("checkpoint_ns", ""), self.checkpoint["id"]
 
     @property
     def stored(self) -> RunnableConfig:
@@ -156,6 +193,12 @@ class PutWrites:
         """The run that wrote them, if any (`PutCheckpoint.written_by`)."""
         return _run_of(self.config)
 
+    @property
+    def position(self) -> tuple[str, str]:
+        """The namespace and id of the checkpoint they were written on."""
+        configurable = self.config["configurable"]
+        return configurable.get("checkpoint_ns", ""), str(configurable["checkpoint_id"])
+
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         await primary.saver.aput_writes(self.config, self.writes, self.task_id, self.task_path)
 
@@ -183,8 +226,8 @@ class CopyThread:
     # at the tail again: a run ended in the primary has its checkpoints there, whatever
     # prefix of the copy-back went in (a stop's grace, a crash), as before the outage.
     finished: bool = True
-    # run id -> why the primary refused a checkpoint of it (shared, `Journal.refused_runs`)
-    refused: Mapping[str, str] = field(default_factory=dict)
+    # run id -> what the primary refused of it (shared, `Journal.refused_runs`)
+    refused: Mapping[str, Refusal] = field(default_factory=dict)
 
     @property
     def key(self) -> Hashable:
@@ -227,7 +270,7 @@ class CopyThread:
             if not page.has_next_page:
                 break
             after = page.end_cursor
-        thread, runs = _refused_ends(thread, runs, self.refused)
+        thread, runs = await _refused_ends(primary, thread, runs, self.refused)
         if not await primary.registry.put_thread(thread, late=self.only_missing):
             # A finished deletion of this thread (or of the row made for it since): the
             # deletion wins, nothing of it is copied.
@@ -251,8 +294,8 @@ class CopyThread:
             await _copy_events(primary, fallback, run.run_id, self.copied)
 
 
-def _refused_ends(
-    thread: ThreadRecord, runs: list[RunRecord], refused: Mapping[str, str]
+async def _refused_ends(
+    primary: Backend, thread: ThreadRecord, runs: list[RunRecord], refused: Mapping[str, Refusal]
 ) -> tuple[ThreadRecord, list[RunRecord]]:
     """The thread and its runs (newest first) as the primary gets them: a finished run
     whose checkpoint it refused ends ERROR (`refused_end`), and so does the thread's
@@ -261,7 +304,13 @@ def _refused_ends(
         return thread, runs
     amended: list[RunRecord] = []
     for index, run in enumerate(runs):
-        why = refused_end(run.run_id, run.status, refused) if run.status.finished else None
+        why = (
+            await refused_end(
+                primary, run.run_id, thread.thread_id, run.status, refused, ended=_IN_OUTAGE
+            )
+            if run.status.finished and run.run_id in refused
+            else None
+        )
         if why is None:
             amended.append(run)
             continue
@@ -361,13 +410,15 @@ class FinishRun:
     fields: Mapping[str, Any]
     owner: str | None = None  # None: whoever holds the run, if anyone
     events: tuple[EventRecord, ...] = ()
-    # run id -> why the primary refused a checkpoint of it (shared, `Journal.refused_runs`)
-    refused: Mapping[str, str] = field(default_factory=dict)
+    # run id -> what the primary refused of it (shared, `Journal.refused_runs`)
+    refused: Mapping[str, Refusal] = field(default_factory=dict)
     key = None
 
     async def replay(self, primary: Backend, fallback: Backend) -> None:
         fields = dict(self.fields)
-        why = refused_end(self.run_id, fields["status"], self.refused)
+        why = await refused_end(
+            primary, self.run_id, self.thread_id, fields["status"], self.refused, ended=_IN_OUTAGE
+        )
         if why is not None:
             fields.update(status=RunStatus.ERROR, error=why)
         status = RunStatus(fields["status"])

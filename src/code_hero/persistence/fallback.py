@@ -34,10 +34,11 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 
-from code_hero.persistence.entries import Entry, TouchThread
+from code_hero.persistence.entries import Entry, TouchThread, refused_end
 from code_hero.persistence.fallback_deletes import RouterDeletes
 from code_hero.persistence.fallback_failover import Outage
 from code_hero.persistence.fallback_state import PoolBusyError, PrimaryUnreachableError, log
+from code_hero.persistence.records import RunStatus
 from code_hero.persistence.recovery import forget_before_read, retry_quarantined, sync_back
 from code_hero.persistence.slots import BackendSlot, close_quietly
 
@@ -187,9 +188,40 @@ class FallbackRouter(RouterDeletes):
             del self._touched_at[thread_id]
 
     def internal_sizes(self) -> dict[str, int]:
-        """Entries in the touch throttle (threads touched in the last TOUCH_INTERVAL)."""
+        """Entries in the touch throttle (threads touched in the last TOUCH_INTERVAL), and
+        runs whose checkpoint the copy-back refused (as long as it is quarantined)."""
         self._expire_touches(time.monotonic())
-        return {"router.touched_at": len(self._touched_at)}
+        return {
+            "router.touched_at": len(self._touched_at),
+            "journal.refused_runs": len(self.journal.refused_runs),
+        }
+
+    async def refused_end(self, run_id: str, thread_id: str, status: RunStatus) -> str | None:
+        """The error a run ending now with `status` ends with instead: the copy-back
+        refused one of its checkpoints and the primary holds nothing newer of its thread,
+        so the state it ended with is not there (`entries.refused_end`); None when its
+        end stands. Asked by the executor before the end is told to anyone. During an
+        outage None: the end's copy-back asks again when it replays (`FinishRun`)."""
+        primary = self.primary.backend
+        if run_id not in self.journal.refused_runs or not self.serving or primary is None:
+            return None
+        try:
+            return await refused_end(
+                primary,
+                run_id,
+                thread_id,
+                status,
+                self.journal.refused_runs,
+                ended="after the database came back",
+            )
+        except Exception as exc:  # the end stands: a look that failed proves nothing
+            log.log(
+                self.background_level(exc),
+                "looking whether run %s ends without a checkpoint refused failed: %s",
+                run_id,
+                exc,
+            )
+            return None
 
     async def touch(self, thread_id: str, user_id: str | None, *, create: bool = True) -> None:
         """Record activity on a thread in the registry (throttled per thread); a missing

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun, refused_end
+from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import (
-    THREAD_STATUS_AFTER,
     EventRecord,
     Registry,
     RunRecord,
@@ -89,13 +88,11 @@ class FallbackClaims(RoutedRegistry):
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and set its thread's status, with its last events, in one
-        transaction (during an outage, of a run from before it: journalled as one)."""
-        ended_as = fields.get("status")
-        refused = self.router.journal.refused_runs
-        why = None if ended_as is None else refused_end(run_id, ended_as, refused)
-        if why is not None:  # a checkpoint of it the primary refused: the thread lacks it
-            fields = {**fields, "status": RunStatus.ERROR, "error": why}
-            thread_status = THREAD_STATUS_AFTER[RunStatus.ERROR]
+        transaction (during an outage, of a run from before it: journalled as one, whose
+        end goes in ERROR if the copy-back refused a checkpoint of it that nothing newer
+        supersedes, `FinishRun`). On the primary the end is recorded as given: the
+        executor has asked `FallbackRouter.refused_end` before it told anyone.
+        """
 
         async def finish(registry: Registry) -> tuple[RunRecord | None, bool]:
             return await registry.finish_run(

@@ -20,7 +20,11 @@ from typing import Literal
 from code_hero.persistence.fallback_state import RouterState, log
 from code_hero.persistence.slots import BackendSlot, close_quietly
 from code_hero.persistence.sqlitefiles import DatabaseFileMoved
-from code_hero.persistence.unreachable import is_backend_error, is_pool_timeout
+from code_hero.persistence.unreachable import (
+    background_level,
+    is_backend_error,
+    is_pool_timeout,
+)
 
 __all__ = ["Outage", "RouterFailover"]
 
@@ -46,6 +50,14 @@ class RouterFailover(RouterState):
                 return "busy"
             self._abandon_calls(slot)
         return "down"
+
+    def background_level(self, exc: BaseException) -> int:
+        """The level a background loop on the primary (webhook claims, the bus's
+        notifications) logs `exc` at: DEBUG for an outage's, WARNING for a busy pool
+        while the primary serves (`unreachable.background_level`)."""
+        backend = self.primary.backend
+        saturated = backend is not None and backend.pool_saturated()
+        return background_level(exc, serving=self.serving, saturated=saturated)
 
     async def fail_if_down(
         self, slot: BackendSlot, exc: BaseException, what: str = "this request"

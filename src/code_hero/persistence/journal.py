@@ -30,7 +30,8 @@ Three rules make that lose nothing:
   retried later, and it does not hold up the entries behind it. A checkpoint
   (or pending write) of a run refused as a value the primary cannot store
   (`is_refused_value`) will never go in: the run is named in `refused_runs`, and
-  its end, which replays after its checkpoints, goes in ERROR (`refused_end`). An entry whose
+  its end goes in ERROR (`refused_end`) unless a newer checkpoint of its thread went in
+  (then the state it ended with is there). An entry whose
   thread or run the primary no longer has (deleted meanwhile) is done, not
   refused: a run, its events and a run's changes follow their thread out.
   Every entry of a thread another replica deleted meanwhile (its tombstone
@@ -55,7 +56,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites
+from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites, Refusal
 from code_hero.persistence.tombstones import Judge, log_dropped
 from code_hero.persistence.unreachable import is_refused_value
 
@@ -108,10 +109,11 @@ class Journal:
         self._keyed: dict[Hashable, Entry] = {}
         self._per_thread: Counter[str] = Counter()  # entries waiting, by thread
         # Runs with a checkpoint or write the primary refused as a value it cannot store,
-        # and why: their end goes in ERROR (`entries.refused_end`). Shared with the
+        # why and where: their end goes in ERROR unless superseded (`entries.refused_end`,
+        # also asked by the executor of a run ending after the switch back). Shared with the
         # entries that replay an end (`CopyThread`, `FinishRun`); as long as the
         # quarantine holds such an entry.
-        self.refused_runs: dict[str, str] = {}
+        self.refused_runs: dict[str, Refusal] = {}
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
 
@@ -364,6 +366,9 @@ class Journal:
                     item.last_error = _describe(exc)
                     continue
                 self.quarantine.popleft()
+                # Replayed, or dropped because another replica deleted its thread:
+                # either way the refusal no longer holds of its run.
+                self._forget_refusals()
                 done.append(item.entry)
         return done, None
 
@@ -371,7 +376,9 @@ class Journal:
         """A run's checkpoint or write refused as a value: its end will go in ERROR."""
         run_id = getattr(entry, "written_by", None)
         if run_id is not None and is_refused_value(exc):
-            self.refused_runs.setdefault(run_id, _describe(exc))
+            refusal = self.refused_runs.setdefault(run_id, Refusal(_describe(exc)))
+            if isinstance(entry, PutCheckpoint | PutWrites):
+                refusal.note(*entry.position)
 
     def _forget_refusals(self) -> None:
         """Keep the refused runs whose refused entry the quarantine still holds."""

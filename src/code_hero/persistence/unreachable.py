@@ -7,7 +7,9 @@ call and the primary keeps serving. One error it accepts only on trust:
 confirms with the backend's own probe before it moves. `check_on_checkout` is
 the PostgreSQL pool's check that discards a connection the server hung up on.
 `background_level` is the level a background loop logs a failure at: the
-outage has its own two WARNING lines (the router's), no loop adds another.
+outage has its own two WARNING lines (the router's), no loop adds another; a
+busy pool on a serving database is no outage, and warns (`BackgroundLog`, at
+most once a minute per loop).
 `is_refused_value` is the other end: the database refused what it was given,
 so the same write fails again however often it is tried.
 """
@@ -18,6 +20,8 @@ import logging
 import select
 import sqlite3
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BackendUnavailableError, CodeHeroError
@@ -29,6 +33,7 @@ __all__ = [
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
     "SQLITE_DOWN_CODES",
+    "BackgroundLog",
     "UnstorableJSON",
     "background_level",
     "check_on_checkout",
@@ -116,13 +121,69 @@ def is_backend_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-def background_level(exc: BaseException) -> int:
+def background_level(exc: BaseException, *, serving: bool, saturated: bool) -> int:
     """The level a background loop (webhook claims, the bus's notifications) logs `exc`
-    at: DEBUG when it says the database is unreachable or busy, which the loop survives
-    by trying again and which the router logs once per outage (a loop often meets an
-    outage before the router's probe does); WARNING for anything else."""
-    quiet = isinstance(exc, BackendUnavailableError) or is_backend_error(exc)
-    return logging.DEBUG if quiet else logging.WARNING
+    at: DEBUG when it is an outage's, which the router logs once and the loop survives
+    by trying again; WARNING for anything else, a busy database included.
+
+    An outage's: the router has declared it (`serving` False), or `exc` says the
+    database cannot be reached where the router's probe will find it too (a loop often
+    meets an outage before the probe does). Not a pool's wait that timed out while the
+    pool has every connection it may open (`saturated`): a busy pool on a healthy
+    database raises that too, and the router, which calls it busy and fails nothing
+    over, logs nothing of it. Nor any SQLite error: SQLite's probe reads through the
+    connection already open (often from its cache), so it does not find a full or
+    read-only disk, nor a journal that cannot be created; the router declares those
+    only when one of its own calls fails, and a loop on a quiet server that hid them
+    would leave every failing write unsaid. Nor the router's own
+    UNAVAILABLE while it serves: that is its "busy" (it raises "unreachable" only
+    after failing over, when it no longer serves).
+    """
+    if not serving:
+        return logging.DEBUG
+    if isinstance(exc, BackendUnavailableError):
+        return logging.WARNING
+    if is_pool_timeout(exc):
+        return logging.WARNING if saturated else logging.DEBUG
+    if isinstance(exc, sqlite3.Error):
+        return logging.WARNING
+    return logging.DEBUG if is_backend_error(exc) else logging.WARNING
+
+
+class BackgroundLog:
+    """How one background loop logs its failures: at the level `level_of` gives
+    (`background_level` with the router's view), and a WARNING at most once per `every`
+    seconds; those in between go to DEBUG, and the next WARNING counts them. A pool
+    saturated for an hour warns once a minute, not at every poll or notification."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level_of: Callable[[BaseException], int],
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.level_of = level_of
+        self.every = every
+        self.clock = clock
+        self._quiet_until = float("-inf")
+        self._held = 0  # warnings logged at DEBUG since the last WARNING
+
+    def failed(self, exc: BaseException, message: str, *args: object) -> None:
+        """Log `message % args` at the level `exc` calls for."""
+        level = self.level_of(exc)
+        if level >= logging.WARNING:
+            now = self.clock()
+            if now < self._quiet_until:
+                self._held += 1
+                level = logging.DEBUG
+            else:
+                self._quiet_until = now + self.every
+                if self._held:
+                    message += f" ({self._held} more since the last warning, logged at DEBUG)"
+                    self._held = 0
+        self.logger.log(level, message, *args)
 
 
 def _postgres_down(exc: BaseException) -> bool | None:

@@ -26,7 +26,6 @@ from typing import Protocol
 
 from code_hero.errors import NotFoundError
 from code_hero.persistence.records import Registry, RunRecord, RunStatus
-from code_hero.persistence.unreachable import background_level
 from code_hero.runs.bus import POKE, EventBus
 from code_hero.runs.repeats import Repeats
 
@@ -258,7 +257,7 @@ class Claims:
                 await self.claim_once(cancels=cancels)
             except Exception as exc:
                 self._cancels_due = self._cancels_due or cancels
-                self._claim_failures.failed(exc, background_level(exc))
+                self._claim_failures.failed(exc)
                 await asyncio.sleep(self.poll_interval)
             else:
                 self._claim_failures.succeeded()

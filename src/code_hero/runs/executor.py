@@ -452,6 +452,15 @@ class RunExecutor:
                 return
             log.exception("run %s failed", run_id)
             status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        router = self.manager.router
+        if status is not RunStatus.ERROR and run_id in router.journal.refused_runs:
+            # The copy-back refused a checkpoint of it that nothing newer supersedes: the
+            # thread lacks the state it ends with. Decided before the end is told, so its
+            # end event, its waiters and its row agree.
+            refused = await _to_the_end(router.refused_end(run_id, thread_id, status))
+            if refused is not None:
+                log.warning("run %s ends ERROR: %s", run_id, refused)
+                status, error = RunStatus.ERROR, refused
         waiting = held = False
         try:
             # The end is decided: a cancel arriving now (a second one: from the lease

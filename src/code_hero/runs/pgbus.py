@@ -48,7 +48,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord, Registry
-from code_hero.persistence.unreachable import background_level
+from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.runs.bus import POKE, InProcessBus, Subscription
 from code_hero.runs.events import terminal_status
 
@@ -100,8 +100,12 @@ class PostgresBus(InProcessBus):
         available: Callable[[], bool] = lambda: True,
         max_relay_reads: int = 4,
         presence_interval: float = 2.0,
+        level_of: Callable[[BaseException], int] = lambda exc: logging.WARNING,
     ) -> None:
         super().__init__(queue_size)
+        # A failed notification, poke or relay: DEBUG in an outage, WARNING (once a
+        # minute) otherwise, a busy pool included (the router's `background_level`).
+        self._failures = BackgroundLog(log, level_of)
         self.presence_interval = presence_interval
         # False once a look found no other replica listening (and none said hello since).
         self.others_listen = True
@@ -185,7 +189,7 @@ class PostgresBus(InProcessBus):
         try:
             await self._notify(notes)
         except Exception as exc:  # committed already: other replicas catch up from the log
-            log.log(background_level(exc), "event notification failed: %s", exc)
+            self._failures.failed(exc, "event notification failed: %s", exc)
             if control is not None:
                 self._dispatch_control(control)
 
@@ -196,7 +200,7 @@ class PostgresBus(InProcessBus):
         try:
             await self._notify([(CONTROL_CHANNEL, message)])
         except Exception as exc:  # the lease/poll paths still deliver, later
-            log.log(background_level(exc), "control message %r not sent: %s", message, exc)
+            self._failures.failed(exc, "control message %r not sent: %s", message, exc)
             self._dispatch_control(message)
 
     async def _notify(self, notes: Sequence[tuple[str, str]]) -> None:
@@ -298,10 +302,8 @@ class PostgresBus(InProcessBus):
             try:
                 await self._notify([(CONTROL_CHANNEL, POKE)])
             except Exception as exc:  # its run subscribers re-read at their recheck
-                log.log(
-                    background_level(exc),
-                    "poke for the replicas we did not notify not sent: %s",
-                    exc,
+                self._failures.failed(
+                    exc, "poke for the replicas we did not notify not sent: %s", exc
                 )
 
         task = asyncio.get_running_loop().create_task(send(), name="pg-bus-poke")
@@ -346,9 +348,7 @@ class PostgresBus(InProcessBus):
                     async with self._relay_reads:
                         events = await self.registry().list_events(run_id, after_seq=relay.relayed)
                 except Exception as exc:  # subscribers catch up from the log
-                    log.log(
-                        background_level(exc), "relaying events of run %s failed: %s", run_id, exc
-                    )
+                    self._failures.failed(exc, "relaying events of run %s failed: %s", run_id, exc)
                     return
                 if not events:
                     return

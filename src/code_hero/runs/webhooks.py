@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING
 from standardwebhooks import Webhook
 
 from code_hero.errors import ConfigurationError
-from code_hero.persistence.unreachable import background_level
+from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
-from code_hero.runs.repeats import Repeats
 
 if TYPE_CHECKING:
     import httpx
@@ -93,7 +92,9 @@ class WebhookSettings:
 
 
 class WebhookDispatcher:
-    """Delivers the outbox of the registry `store_of()` returns (None while it is down)."""
+    """Delivers the outbox of the registry `store_of()` returns (None while it is down);
+    `level_of` is the level a failed claim or record is logged at (the router's
+    `background_level`: DEBUG in an outage, WARNING when busy; by default WARNING)."""
 
     def __init__(
         self,
@@ -101,12 +102,13 @@ class WebhookDispatcher:
         settings: WebhookSettings | None = None,
         *,
         owner: str | None = None,
+        level_of: Callable[[BaseException], int] = lambda exc: logging.WARNING,
     ) -> None:
+        self._failures = BackgroundLog(log, level_of)
         self.settings = settings or WebhookSettings()
         self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
         self._store_of = store_of
         self._wake = asyncio.Event()
-        self._claim_failures = Repeats(log, "claiming webhook deliveries")
         self._loop_task: asyncio.Task[None] | None = None
         self._attempts: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
@@ -157,9 +159,7 @@ class WebhookDispatcher:
             try:
                 full = await self._claim()
             except Exception as exc:  # the database is down or busy: the poll tries again
-                self._claim_failures.failed(exc, background_level(exc))
-            else:
-                self._claim_failures.succeeded()
+                self._failures.failed(exc, "claiming webhook deliveries failed: %s", exc)
             if not full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval):  # no task per wait
@@ -229,8 +229,8 @@ class WebhookDispatcher:
                 at=at,
             )
         except Exception as exc:  # the lease lapses and another try is made
-            log.log(
-                background_level(exc),
+            self._failures.failed(
+                exc,
                 "recording webhook delivery %s failed: %s",
                 delivery.delivery_id,
                 exc,

@@ -47,6 +47,7 @@ from code_hero.errors import (
 )
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.jsonable import to_jsonable
+from code_hero.persistence.managed import fresh_thread
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
@@ -90,6 +91,8 @@ T = TypeVar("T")
 # A waiter for a run just admitted here looks at the registry this soon at the latest
 # (no claim pass ending meanwhile: a busy pool, a shutdown).
 _FIRST_LOOK_AT_THE_LATEST = 0.25
+# Runs admitted here on a thread made for them that `RunExecutor` remembers at most.
+_FRESH_KEPT = 4096
 
 
 class RunExecutor:
@@ -125,6 +128,11 @@ class RunExecutor:
         self._lost: set[str] = set()
         self._ending: set[str] = set()  # recording their end: their leases are not lost
         self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
+        # Runs admitted here on a thread made for them, until their first launch here:
+        # that execution's checkpoint read would find nothing (see `fresh_thread`). Oldest
+        # forgotten past a bound (a run claimed elsewhere never launches here): a run
+        # forgotten just reads as any other.
+        self._fresh: dict[str, bool] = {}
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -204,8 +212,10 @@ class RunExecutor:
     def launch(self, record: RunRecord, *, resuming: bool) -> None:
         """Execute a run claimed here, in a task of its own."""
         self._done[record.run_id] = asyncio.Event()
+        # Only a first execution (PENDING when claimed) starts on a thread with nothing.
+        fresh = self._fresh.pop(record.run_id, False) and not resuming
         task = asyncio.create_task(
-            self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
+            self._execute(record, resuming=resuming, fresh=fresh), name=f"run-{record.run_id}"
         )
         self._tasks[record.run_id] = task
         task.add_done_callback(functools.partial(self._forget, record))
@@ -300,6 +310,10 @@ class RunExecutor:
                 "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
+        if new_thread:
+            self._fresh[run_id] = True
+            if len(self._fresh) > _FRESH_KEPT:
+                del self._fresh[next(iter(self._fresh))]
         if not self.claims.claim_others:
             self.claims.started.add(run_id)
         self.bus.publish(first)
@@ -404,7 +418,9 @@ class RunExecutor:
         return len(self._tasks) - before
 
     # ---------------------------------------------------------------- execution
-    async def _execute(self, record: RunRecord, *, resuming: bool = False) -> None:
+    async def _execute(
+        self, record: RunRecord, *, resuming: bool = False, fresh: bool = False
+    ) -> None:
         run_id, thread_id = record.run_id, record.thread_id
         status, output, error = RunStatus.ERROR, None, None
         writer: RunEventWriter | None = None
@@ -418,7 +434,7 @@ class RunExecutor:
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             status, output, error = await self._stream(
-                running or record, writer, resuming, timeline
+                running or record, writer, resuming, timeline, fresh=fresh
             )
         except asyncio.CancelledError:
             closing = self.claims.closing
@@ -573,7 +589,13 @@ class RunExecutor:
         await _to_the_end(hold())
 
     async def _stream(
-        self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline
+        self,
+        record: RunRecord,
+        writer: RunEventWriter,
+        resuming: bool,
+        timeline: Timeline,
+        *,
+        fresh: bool = False,
     ) -> tuple[RunStatus, Any, str | None]:
         graph = self.graphs.get(record.graph)
         configurable = {**record.config, "thread_id": record.thread_id, "run_id": record.run_id}
@@ -624,7 +646,9 @@ class RunExecutor:
                 durability="sync",
             ),
         )
-        async with contextlib.aclosing(stream):
+        # A thread made for this run, executing for the first time: no checkpoint
+        # read at the start (issue 15; nothing may write to it while the run is in flight).
+        async with fresh_thread(record.thread_id if fresh else None), contextlib.aclosing(stream):
             async for ns, mode, data in stream:
                 self._go_on(record.run_id)
                 if mode == "values":

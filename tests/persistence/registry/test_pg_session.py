@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from code_hero.errors import ConflictError
+from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
@@ -166,13 +166,56 @@ async def test_a_run_starts_in_one_trip(
 async def test_a_run_is_admitted_in_two_trips(
     pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BEGIN with the thread's upsert; the run, its first events and COMMIT in one
-    statement's trip (were three trips: the events waited for the end's COMMIT)."""
+    """On a thread that may be there: BEGIN with the thread's upsert; the run, its first
+    events and COMMIT in one statement's trip (were three trips: the events waited for
+    the end's COMMIT)."""
+    await pg_registry.admit_run(run("r0", metadata={"k": 1}), reject_if_busy=False)
+    await pg_registry.finish_run("r0", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
     trips = count_pg_trips(monkeypatch)
     record, busy = await pg_registry.admit_run(
-        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2), new_thread=True
+        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2)
     )
-    assert len(trips) <= 2
+    assert len(trips) <= 3  # with the look for the thread's unfinished runs
+    assert record is not None and busy is None
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.BUSY
+    assert thread.metadata == {"graph": "g", "k": 1}, "a run leaves a thread's metadata alone"
+
+
+async def test_a_run_on_a_thread_made_for_it_is_admitted_in_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread id made up just now: the thread's row, the run and its first events in
+    one statement (was two trips: the thread's upsert, then the run with COMMIT);
+    refused whole when an id is taken or the owner is not the run's user."""
+    trips = count_pg_trips(monkeypatch)
+    record, busy = await pg_registry.admit_run(
+        run("r1", user_id="u1", metadata={"k": 1}),
+        reject_if_busy=False,
+        events=events("r1", "t1", 1, 2),
+        new_thread=True,
+        owner="u1",
+    )
+    assert len(trips) == 1
+    assert record is not None and busy is None
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.BUSY
+    assert thread.user_id == "u1" and thread.metadata == {"graph": "g", "k": 1}
+    with pytest.raises(NotFoundError):  # not the caller's: nothing recorded
+        await pg_registry.admit_run(
+            run("r2", "t2", user_id="u1"),
+            reject_if_busy=False,
+            events=events("r2", "t2", 1),
+            new_thread=True,
+            owner="u2",
+        )
+    assert await pg_registry.get_thread("t2") is None and await pg_registry.get_run("r2") is None
+    with pytest.raises(ConflictError):  # a run id taken: nothing of the new thread either
+        await pg_registry.admit_run(
+            run("r1", "t3"), reject_if_busy=False, events=events("r1", "t3", 1), new_thread=True
+        )
+    assert await pg_registry.get_thread("t3") is None
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
     assert record is not None and busy is None
     assert await pg_registry.get_run("r1") == record
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]

@@ -62,6 +62,18 @@ class RunClaims(WebhookOutbox):
         if run.created_at is None:
             params[RUN_FIELDS.index("created_at")] = ts_now
         placeholders = ", ".join("?" for _ in RUN_FIELDS)
+        thread_params = [
+            run.thread_id,
+            run.user_id,
+            ThreadStatus.BUSY.value,
+            # A thread a run creates starts with that run's metadata.
+            self._json({"graph": run.graph, **dict(run.metadata)}),
+            ts_now,
+            ts_now,
+        ]
+        insert = f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+        if new_thread and events and self.writable_ctes:
+            return await self._admit_on_new_thread(run, owner, thread_params, insert, params, events)
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
@@ -72,15 +84,7 @@ class RunClaims(WebhookOutbox):
                     # The user who created the thread owns it; a run never changes that.
                     "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id) "
                     "RETURNING edit_until, ttl_seconds",
-                    [
-                        run.thread_id,
-                        run.user_id,
-                        ThreadStatus.BUSY.value,
-                        # A thread a run creates starts with that run's metadata.
-                        self._json({"graph": run.graph, **dict(run.metadata)}),
-                        ts_now,
-                        ts_now,
-                    ],
+                    thread_params,
                 )
                 if owner is not None:
                     owned = await s.fetch(
@@ -103,10 +107,7 @@ class RunClaims(WebhookOutbox):
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
-                insert = (
-                    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-                    f"RETURNING {RUN_COLUMNS}"
-                )
+                insert += f"RETURNING {RUN_COLUMNS}"
                 async with self._unique(f"a run with id {run.run_id!r}"):
                     if events and self.writable_ctes:
                         # The run, its events and the COMMIT in one trip (issue 15): the
@@ -132,6 +133,33 @@ class RunClaims(WebhookOutbox):
         except _Busy as busy_run:
             return None, busy_run.run_id
         return self._run(rows[0]), busy_id
+
+    async def _admit_on_new_thread(
+        self,
+        run: RunRecord,
+        owner: str | None,
+        thread_params: list[Any],
+        insert: str,
+        params: list[Any],
+        events: Sequence[EventRecord],
+    ) -> tuple[RunRecord | None, str | None]:
+        """`admit_run` on a thread id the caller made up just now (PostgreSQL): its row,
+        the run and its first events in one statement, committed on its own, one trip
+        (issue 15). There is no row to lock and nothing to look at: no deletion's mark, no
+        edit's hold, no other run; the row made is the run's user's (a plain INSERT: an
+        id taken already fails, as a run's does)."""
+        if owner is not None and run.user_id != owner:
+            raise NotFoundError(f"no thread {run.thread_id!r}")  # as a made row would say
+        async with self._unique(f"a run with id {run.run_id!r}"), self._session() as s:
+            rows = await s.fetch(
+                f"WITH thread AS (INSERT INTO code_hero_threads ({THREAD_COLUMNS}) "
+                f"VALUES (?, ?, ?, ?, ?, ?)), run AS ({insert}RETURNING {RUN_COLUMNS}), "
+                f"events AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}) "
+                "SELECT * FROM run",
+                [*thread_params, *params, *(v for e in events for v in self._event_params(e))],
+            )
+        return self._run(rows[0]), None
 
     async def finish_run(
         self,

@@ -201,12 +201,9 @@ class RunClaims(WebhookOutbox):
                 if not rows:  # no such run, or its thread is being deleted, its runs with it
                     return None, False
                 run = self._run(rows[0])
-                if events:  # after the update: only an end that applies stores them
-                    await s.executemany(
-                        f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
-                        [self._event_params(e) for e in sorted(events, key=lambda e: e.seq)],
-                    )
+                # After the update: only an end that applies stores them.
+                ordered = sorted(events, key=lambda e: e.seq)
+                event_rows = [self._event_params(e) for e in ordered]
                 # The outbox: webhook deliveries commit with the run's end, or not at all; a
                 # run that had ended already (this finish replayed) told its webhooks then.
                 # (Two finishes racing both see it unfinished: the delivery ids, derived
@@ -227,19 +224,36 @@ class RunClaims(WebhookOutbox):
                     run.thread_id,
                 ]
                 if self.writable_ctes and len(inserts) == 1:
-                    # The deliveries and the thread's status in one statement, with the
-                    # COMMIT (issue 15): two tables no other part of it reads.
+                    # The events, the deliveries and the thread's status in one statement,
+                    # with the COMMIT (issue 15): three tables no other part of it reads.
                     insert, insert_params = inserts[0]
+                    stored = (
+                        f"stored AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                        f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(event_rows))} "
+                        "ON CONFLICT (run_id, seq) DO NOTHING), "
+                        if event_rows
+                        else ""
+                    )
                     counts = await s.fetch(
-                        f"WITH queued AS ({insert} RETURNING 1), "
+                        f"WITH {stored}queued AS ({insert} RETURNING 1), "
                         f"updated AS ({status_update} RETURNING 1) "
                         "SELECT (SELECT count(*) FROM queued) AS queued, "
                         "(SELECT count(*) FROM updated) AS updated",
-                        [*insert_params, *status_params],
+                        [
+                            *(v for row in event_rows for v in row),
+                            *insert_params,
+                            *status_params,
+                        ],
                         last=True,
                     )
                     queued, waiting = counts[0]["queued"], not counts[0]["updated"]
                 else:
+                    if event_rows:
+                        await s.executemany(
+                            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
+                            event_rows,
+                        )
                     queued = 0
                     for insert, insert_params in inserts:
                         queued += await s.execute(insert, insert_params)

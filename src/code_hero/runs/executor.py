@@ -433,9 +433,13 @@ class RunExecutor:
             writer = await self.events.writer(run_id, thread_id, last=last)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
-            status, output, error = await self._stream(
-                running or record, writer, resuming, timeline, fresh=fresh
-            )
+            # A thread made for this run, executing for the first time: no checkpoint
+            # read at the start (issue 15; nothing may write to it while the run is in
+            # flight).
+            async with fresh_thread(thread_id if fresh else None):
+                status, output, error = await self._stream(
+                    running or record, writer, resuming, timeline
+                )
         except asyncio.CancelledError:
             closing = self.claims.closing
             if run_id in self._lost or (closing and run_id not in self._cancel_requested):
@@ -589,13 +593,7 @@ class RunExecutor:
         await _to_the_end(hold())
 
     async def _stream(
-        self,
-        record: RunRecord,
-        writer: RunEventWriter,
-        resuming: bool,
-        timeline: Timeline,
-        *,
-        fresh: bool = False,
+        self, record: RunRecord, writer: RunEventWriter, resuming: bool, timeline: Timeline
     ) -> tuple[RunStatus, Any, str | None]:
         graph = self.graphs.get(record.graph)
         configurable = {**record.config, "thread_id": record.thread_id, "run_id": record.run_id}
@@ -646,9 +644,7 @@ class RunExecutor:
                 durability="sync",
             ),
         )
-        # A thread made for this run, executing for the first time: no checkpoint
-        # read at the start (issue 15; nothing may write to it while the run is in flight).
-        async with fresh_thread(record.thread_id if fresh else None), contextlib.aclosing(stream):
+        async with contextlib.aclosing(stream):
             async for ns, mode, data in stream:
                 self._go_on(record.run_id)
                 if mode == "values":

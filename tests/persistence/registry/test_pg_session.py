@@ -306,6 +306,14 @@ async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     assert [e.seq for e in await pg_registry.list_events("r3")] == [1, 2, 3, 4]
     page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r3"), first=10)
     assert len(page.items) == 1
+    # Many events at the end: all stored, in the same trips.
+    await pg_registry.admit_run(run("r4", "t4", user_id="u"), reject_if_busy=False)
+    trips.clear()
+    await pg_registry.finish_run(
+        "r4", ThreadStatus.IDLE, events=events("r4", "t4", *range(1, 21)), status=RunStatus.SUCCESS
+    )
+    assert len(trips) <= 2
+    assert [e.seq for e in await pg_registry.list_events("r4")] == list(range(1, 21))
     assert await pg_registry.finish_run("missing", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
         None,
         False,

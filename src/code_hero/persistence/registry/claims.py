@@ -32,6 +32,16 @@ from code_hero.persistence.registry.outbox import WebhookOutbox
 __all__ = ["RunClaims"]
 
 
+# A run's end stores its events (those no batch stored yet) with an INSERT of its own.
+_END_EVENTS = (
+    f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING"
+)
+# At most this many of them ride in the statement of its deliveries and its thread's status
+# on PostgreSQL; the rest go in an INSERT of their own, in the same trip.
+_EVENTS_WITH_END = 8
+
+
 class _Busy(Exception):
     """Internal: the thread has an unfinished run (rolls an admit back)."""
 
@@ -73,7 +83,9 @@ class RunClaims(WebhookOutbox):
         ]
         insert = f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
         if new_thread and events and self.writable_ctes:
-            return await self._admit_on_new_thread(run, owner, thread_params, insert, params, events)
+            return await self._admit_on_new_thread(
+                run, owner, thread_params, insert, params, events
+            )
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
@@ -226,12 +238,19 @@ class RunClaims(WebhookOutbox):
                 if self.writable_ctes and len(inserts) == 1:
                     # The events, the deliveries and the thread's status in one statement,
                     # with the COMMIT (issue 15): three tables no other part of it reads.
+                    # (A statement text per number of events, each prepared: a few only.)
                     insert, insert_params = inserts[0]
+                    with_end, event_rows = (
+                        event_rows[:_EVENTS_WITH_END],
+                        event_rows[_EVENTS_WITH_END:],
+                    )
+                    if event_rows:
+                        await s.executemany(_END_EVENTS, event_rows)
                     stored = (
                         f"stored AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
-                        f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(event_rows))} "
+                        f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(with_end))} "
                         "ON CONFLICT (run_id, seq) DO NOTHING), "
-                        if event_rows
+                        if with_end
                         else ""
                     )
                     counts = await s.fetch(
@@ -240,7 +259,7 @@ class RunClaims(WebhookOutbox):
                         "SELECT (SELECT count(*) FROM queued) AS queued, "
                         "(SELECT count(*) FROM updated) AS updated",
                         [
-                            *(v for row in event_rows for v in row),
+                            *(v for row in with_end for v in row),
                             *insert_params,
                             *status_params,
                         ],
@@ -249,11 +268,7 @@ class RunClaims(WebhookOutbox):
                     queued, waiting = counts[0]["queued"], not counts[0]["updated"]
                 else:
                     if event_rows:
-                        await s.executemany(
-                            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
-                            event_rows,
-                        )
+                        await s.executemany(_END_EVENTS, event_rows)
                     queued = 0
                     for insert, insert_params in inserts:
                         queued += await s.execute(insert, insert_params)

@@ -38,3 +38,34 @@ def count_pg_trips(monkeypatch: pytest.MonkeyPatch) -> list[None]:
 
     monkeypatch.setattr(psycopg.AsyncConnection, "wait", counted)
     return trips
+
+
+def count_pg_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets every statement sent on any connection from now on, its text
+    (BEGIN and COMMIT included, whether a cursor's or the connection's own)."""
+    from psycopg import _connection_base, _cursor_base
+
+    sent: list[str] = []
+    cursor = _cursor_base.BaseCursor
+    send, prepared = cursor._execute_send, cursor._send_query_prepared
+    command = _connection_base.BaseConnection._exec_command
+
+    def _text(query: Any) -> str:
+        return query.decode() if isinstance(query, bytes) else str(query)
+
+    def counted_send(self: Any, query: Any, **kwargs: Any) -> Any:
+        sent.append(_text(query.query))
+        return send(self, query, **kwargs)
+
+    def counted_prepared(self: Any, name: Any, query: Any, **kwargs: Any) -> Any:
+        sent.append(_text(query.query))
+        return prepared(self, name, query, **kwargs)
+
+    def counted_command(self: Any, cmd: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(_text(cmd))
+        return command(self, cmd, *args, **kwargs)
+
+    monkeypatch.setattr(cursor, "_execute_send", counted_send)
+    monkeypatch.setattr(cursor, "_send_query_prepared", counted_prepared)
+    monkeypatch.setattr(_connection_base.BaseConnection, "_exec_command", counted_command)
+    return sent

@@ -1027,9 +1027,13 @@ async def test_a_run_claimed_just_before_an_outage_starts_once_postgres_is_back(
             return await read_tuple(config)
 
         router.read_tuple = cut_then_read  # type: ignore[method-assign]
+    # On a thread that was there: a run on a thread made for it reads none at its start.
+    there = None if cut == "claimed" else (await gw.create_thread(caller=ANONYMOUS)).thread_id
 
     with pytest.raises(BackendUnavailableError, match="unreachable") as caught:
-        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+        await asyncio.wait_for(
+            gw.start_run(StartRun(graph="slow", input={}, thread_id=there, wait=True)), 30
+        )
     assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
     (run_id,) = launched
     # The run is recorded: the client is told which, to follow it rather than start another.
@@ -1084,8 +1088,12 @@ async def test_a_cancel_that_arrives_as_the_outage_error_is_not_turned_into_a_re
         return await read_tuple(config)  # raises the outage's error, not CancelledError
 
     router.read_tuple = cancelled_then_cut  # type: ignore[method-assign]
+    # On a thread that was there: a run on a thread made for it reads none at its start.
+    there = (await gw.create_thread(caller=ANONYMOUS)).thread_id
     with pytest.raises(BackendUnavailableError):
-        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+        await asyncio.wait_for(
+            gw.start_run(StartRun(graph="slow", input={}, thread_id=there, wait=True)), 30
+        )
     (run_id,) = launched
     await _outage_ends(gw, proxy)
     final = await executor.wait(run_id, limit=60)

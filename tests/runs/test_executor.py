@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -314,3 +315,33 @@ async def test_once_claiming_stops_no_caller_waits_for_a_pass(gateway: Gateway) 
     claims.after_next_pass(lambda: told.append("after"))
     assert told == ["before", "after"]
     assert claims._after_pass == []
+
+
+async def test_a_run_on_a_thread_made_for_it_starts_without_a_checkpoint_read(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first execution of a run whose admission made its thread asks no backend for
+    the thread's latest checkpoint (nothing can be there: a round trip on PostgreSQL);
+    a later run on that thread reads it and goes on from it."""
+    router = gateway.manager.router
+    reads: list[str] = []
+    real = router.read_tuple
+
+    async def read_tuple(config: Any) -> Any:
+        reads.append(config["configurable"]["thread_id"])
+        return await real(config)
+
+    monkeypatch.setattr(router, "read_tuple", read_tuple)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    assert run.status is RunStatus.SUCCESS
+    assert reads == []
+
+    again = await gateway.start_run(
+        StartRun(graph="slow", input={"delay": 0}, thread_id=run.thread_id, wait=True)
+    )
+    assert again.status is RunStatus.SUCCESS
+    assert run.thread_id in reads, "a thread that was there is read"
+    latest = await real({"configurable": {"thread_id": run.thread_id, "checkpoint_ns": ""}})
+    assert latest is not None
+    steps = latest.checkpoint["channel_values"]["steps"]
+    assert len(steps) == 12, "the second run went on from the first's checkpoint"

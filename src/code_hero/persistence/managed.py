@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -26,7 +28,7 @@ from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of
 from code_hero.persistence.slots import BackendSlot
 
-__all__ = ["ManagedSaver"]
+__all__ = ["ManagedSaver", "fresh_thread"]
 
 R = TypeVar("R")
 
@@ -42,6 +44,39 @@ def _patience(config: RunnableConfig) -> float:
     return RUN_WRITE_PATIENCE if "run_id" in config.get("configurable", {}) else 0.0
 
 
+# The thread whose first checkpoint read is known to find nothing, until that read.
+_FRESH: ContextVar[list[str] | None] = ContextVar("code_hero_fresh_thread", default=None)
+
+
+@asynccontextmanager
+async def fresh_thread(thread_id: str | None) -> AsyncIterator[None]:
+    """Within it, the first read of `thread_id`'s latest root checkpoint finds nothing
+    without asking a backend: a run on a thread its admission just made, executing for
+    the first time. Nothing else writes to the thread while that run is in flight (an
+    edit or another run waits for its end), so the read would find nothing: it is a
+    round trip a run on PostgreSQL (issue 15). `None`: reads as usual."""
+    if thread_id is None:
+        yield
+        return
+    token = _FRESH.set([thread_id])
+    try:
+        yield
+    finally:
+        _FRESH.reset(token)
+
+
+def _known_empty(config: RunnableConfig) -> bool:
+    """Whether this is the read `fresh_thread` answers (once)."""
+    fresh = _FRESH.get()
+    if not fresh:
+        return False
+    conf = config.get("configurable", {})
+    if conf.get("thread_id") != fresh[0] or conf.get("checkpoint_ns") or conf.get("checkpoint_id"):
+        return False
+    fresh.clear()
+    return True
+
+
 class ManagedSaver(BaseCheckpointSaver[str]):
     """The checkpointer graphs use: forwards every call to the fallback router."""
 
@@ -51,6 +86,8 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         self.loop = loop
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        if _known_empty(config):
+            return None
         return await self.router.read_tuple(config)
 
     async def alist(

@@ -49,6 +49,7 @@ from code_hero.persistence.contention import contention
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
+from code_hero.persistence.managed import fresh_thread
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
@@ -92,6 +93,8 @@ T = TypeVar("T")
 # A waiter for a run just admitted here looks at the registry this soon at the latest
 # (no claim pass ending meanwhile: a busy pool, a shutdown).
 _FIRST_LOOK_AT_THE_LATEST = 0.25
+# Runs admitted here on a thread made for them that `RunExecutor` remembers at most.
+_FRESH_KEPT = 4096
 
 
 class RunExecutor:
@@ -127,6 +130,11 @@ class RunExecutor:
         self._lost: set[str] = set()
         self._ending: set[str] = set()  # recording their end: their leases are not lost
         self._endings: set[asyncio.Task[None]] = set()  # ends recorded for tasks that never ran
+        # Runs admitted here on a thread made for them, until their first launch here:
+        # that execution's checkpoint read would find nothing (see `fresh_thread`). Oldest
+        # forgotten past a bound (a run claimed elsewhere never launches here): a run
+        # forgotten just reads as any other.
+        self._fresh: dict[str, bool] = {}
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -206,8 +214,10 @@ class RunExecutor:
     def launch(self, record: RunRecord, *, resuming: bool) -> None:
         """Execute a run claimed here, in a task of its own."""
         self._done[record.run_id] = asyncio.Event()
+        # Only a first execution (PENDING when claimed) starts on a thread with nothing.
+        fresh = self._fresh.pop(record.run_id, False) and not resuming
         task = asyncio.create_task(
-            self._execute(record, resuming=resuming), name=f"run-{record.run_id}"
+            self._execute(record, resuming=resuming, fresh=fresh), name=f"run-{record.run_id}"
         )
         self._tasks[record.run_id] = task
         task.add_done_callback(functools.partial(self._forget, record))
@@ -302,6 +312,10 @@ class RunExecutor:
                 "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
+        if new_thread:
+            self._fresh[run_id] = True
+            if len(self._fresh) > _FRESH_KEPT:
+                del self._fresh[next(iter(self._fresh))]
         if not self.claims.claim_others:
             self.claims.started.add(run_id)
         self.bus.publish(first)
@@ -406,7 +420,9 @@ class RunExecutor:
         return len(self._tasks) - before
 
     # ---------------------------------------------------------------- execution
-    async def _execute(self, record: RunRecord, *, resuming: bool = False) -> None:
+    async def _execute(
+        self, record: RunRecord, *, resuming: bool = False, fresh: bool = False
+    ) -> None:
         run_id, thread_id = record.run_id, record.thread_id
         status, output, error = RunStatus.ERROR, None, None
         writer: RunEventWriter | None = None
@@ -419,9 +435,13 @@ class RunExecutor:
             writer = await self.events.writer(run_id, thread_id, last=last)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
-            status, output, error = await self._stream(
-                running or record, writer, resuming, timeline
-            )
+            # A thread made for this run, executing for the first time: no checkpoint
+            # read at the start (issue 15; nothing may write to it while the run is in
+            # flight).
+            async with fresh_thread(thread_id if fresh else None):
+                status, output, error = await self._stream(
+                    running or record, writer, resuming, timeline
+                )
         except asyncio.CancelledError:
             closing = self.claims.closing
             if run_id in self._lost or (closing and run_id not in self._cancel_requested):

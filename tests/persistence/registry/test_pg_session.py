@@ -15,13 +15,13 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from code_hero.errors import ConflictError
+from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.faults import until
 from tests.persistence.registry.support import events, make_pool, put, run
-from tests.pgtrips import count_pg_trips
+from tests.pgtrips import count_pg_statements, count_pg_trips
 
 INSERT = (
     "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
@@ -85,8 +85,11 @@ async def test_an_event_batch_is_one_trip(
     await put(pg_registry, "t1")
     await pg_registry.put_run(run("r1"))
     trips = count_pg_trips(monkeypatch)
+    sent = count_pg_statements(monkeypatch)
     await pg_registry.store_batch(events("r1", "t1", 1, 2, 3), {"r1": {"input_tokens": 7}})
-    assert len(trips) == 1  # begin, the runs locked, inserts, update, commit (were 5, then 2)
+    assert len(trips) == 1  # the runs locked, inserts, update (were 5 trips, then 2)
+    # One implicit transaction, which the trip's Sync commits: no BEGIN, no COMMIT.
+    assert len(sent) == 3 and not {"BEGIN", "COMMIT"} & set(sent)
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2, 3]
     stored = await pg_registry.get_run("r1")
     assert stored is not None and stored.input_tokens == 7
@@ -102,6 +105,29 @@ async def test_a_failed_batch_rolls_the_whole_session_back(
             await s.execute(INSERT, ["b"])
             await s.executemany(INSERT, [["c"], ["a"]])  # its error comes with the commit
     assert await names(pg_registry) == ["a"]
+    async with pg_registry.pool.connection() as conn:  # back in the pool, idle
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def test_a_session_of_one_trip_is_one_implicit_transaction(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose first trip commits sends no BEGIN and no COMMIT: its statements
+    are one implicit transaction, committed by the trip's Sync, or rolled back whole
+    when one of them fails."""
+    async with pg_registry._session(atomic=True) as s:
+        await s.execute(INSERT, ["a"])
+    sent = count_pg_statements(monkeypatch)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        async with pg_registry._session(atomic=True) as s:
+            await s.executemany(INSERT, [["b"], ["c"]])
+            await s.execute(INSERT, ["a"], last=True)
+    assert await names(pg_registry) == ["a"], "the rows before the failed one rolled back"
+    async with pg_registry._session(atomic=True) as s:
+        await s.executemany(INSERT, [["b"], ["c"]])
+        await s.execute(INSERT, ["d"], last=True)
+    assert await names(pg_registry) == ["a", "b", "c", "d"]
+    assert not {"BEGIN", "COMMIT"} & set(sent)
     async with pg_registry.pool.connection() as conn:  # back in the pool, idle
         assert conn.info.transaction_status == TransactionStatus.IDLE
 
@@ -166,13 +192,56 @@ async def test_a_run_starts_in_one_trip(
 async def test_a_run_is_admitted_in_two_trips(
     pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BEGIN with the thread's upsert; the run, its first events and COMMIT in one
-    statement's trip (were three trips: the events waited for the end's COMMIT)."""
+    """On a thread that may be there: BEGIN with the thread's upsert; the run, its first
+    events and COMMIT in one statement's trip (were three trips: the events waited for
+    the end's COMMIT)."""
+    await pg_registry.admit_run(run("r0", metadata={"k": 1}), reject_if_busy=False)
+    await pg_registry.finish_run("r0", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
     trips = count_pg_trips(monkeypatch)
     record, busy = await pg_registry.admit_run(
-        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2), new_thread=True
+        run("r1"), reject_if_busy=False, events=events("r1", "t1", 1, 2)
     )
-    assert len(trips) <= 2
+    assert len(trips) <= 3  # with the look for the thread's unfinished runs
+    assert record is not None and busy is None
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.BUSY
+    assert thread.metadata == {"graph": "g", "k": 1}, "a run leaves a thread's metadata alone"
+
+
+async def test_a_run_on_a_thread_made_for_it_is_admitted_in_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread id made up just now: the thread's row, the run and its first events in
+    one statement (was two trips: the thread's upsert, then the run with COMMIT);
+    refused whole when an id is taken or the owner is not the run's user."""
+    trips = count_pg_trips(monkeypatch)
+    record, busy = await pg_registry.admit_run(
+        run("r1", user_id="u1", metadata={"k": 1}),
+        reject_if_busy=False,
+        events=events("r1", "t1", 1, 2),
+        new_thread=True,
+        owner="u1",
+    )
+    assert len(trips) == 1
+    assert record is not None and busy is None
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.BUSY
+    assert thread.user_id == "u1" and thread.metadata == {"graph": "g", "k": 1}
+    with pytest.raises(NotFoundError):  # not the caller's: nothing recorded
+        await pg_registry.admit_run(
+            run("r2", "t2", user_id="u1"),
+            reject_if_busy=False,
+            events=events("r2", "t2", 1),
+            new_thread=True,
+            owner="u2",
+        )
+    assert await pg_registry.get_thread("t2") is None and await pg_registry.get_run("r2") is None
+    with pytest.raises(ConflictError):  # a run id taken: nothing of the new thread either
+        await pg_registry.admit_run(
+            run("r1", "t3"), reject_if_busy=False, events=events("r1", "t3", 1), new_thread=True
+        )
+    assert await pg_registry.get_thread("t3") is None
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
     assert record is not None and busy is None
     assert await pg_registry.get_run("r1") == record
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
@@ -201,10 +270,14 @@ async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     pg_registry.on_enqueue(lambda: woken.append(None))
 
     trips = count_pg_trips(monkeypatch)
+    sent = count_pg_statements(monkeypatch)
     ended, waiting = await pg_registry.finish_run(
         "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2), status=RunStatus.SUCCESS
     )
     assert len(trips) <= 2
+    # BEGIN, the lock, the update; the events, deliveries and status; COMMIT (the events
+    # were a statement of their own).
+    assert len(sent) == 5
     assert ended is not None and ended.status is RunStatus.SUCCESS and not waiting
     thread = await pg_registry.get_thread("t1")
     assert thread is not None and thread.status is ThreadStatus.IDLE
@@ -217,10 +290,30 @@ async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     busy = await pg_registry.get_thread("t2")
     assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
     assert len(woken) == 2
-    # Ended again (a replay): no second delivery, no wake-up.
-    await pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    # Ended again (a replay, its events with it): no second delivery, no wake-up, an
+    # event stored already kept once.
+    await pg_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2, 3), status=RunStatus.SUCCESS
+    )
     page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
     assert len(page.items) == 1 and len(woken) == 2
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [2, 3]
+    # An end whose events were partly stored by a batch: the rest go with the end.
+    await pg_registry.store_batch(events("r3", "t2", 1, 2), {})
+    await pg_registry.finish_run(
+        "r3", ThreadStatus.IDLE, events=events("r3", "t2", 2, 3, 4), status=RunStatus.SUCCESS
+    )
+    assert [e.seq for e in await pg_registry.list_events("r3")] == [1, 2, 3, 4]
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r3"), first=10)
+    assert len(page.items) == 1
+    # Many events at the end: all stored, in the same trips.
+    await pg_registry.admit_run(run("r4", "t4", user_id="u"), reject_if_busy=False)
+    trips.clear()
+    await pg_registry.finish_run(
+        "r4", ThreadStatus.IDLE, events=events("r4", "t4", *range(1, 21)), status=RunStatus.SUCCESS
+    )
+    assert len(trips) <= 2
+    assert [e.seq for e in await pg_registry.list_events("r4")] == list(range(1, 21))
     assert await pg_registry.finish_run("missing", ThreadStatus.IDLE, status=RunStatus.SUCCESS) == (
         None,
         False,

@@ -32,6 +32,16 @@ from code_hero.persistence.registry.outbox import WebhookOutbox
 __all__ = ["RunClaims"]
 
 
+# A run's end stores its events (those no batch stored yet) with an INSERT of its own.
+_END_EVENTS = (
+    f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING"
+)
+# At most this many of them ride in the statement of its deliveries and its thread's status
+# on PostgreSQL; the rest go in an INSERT of their own, in the same trip.
+_EVENTS_WITH_END = 8
+
+
 class _Busy(Exception):
     """Internal: the thread has an unfinished run (rolls an admit back)."""
 
@@ -62,6 +72,20 @@ class RunClaims(WebhookOutbox):
         if run.created_at is None:
             params[RUN_FIELDS.index("created_at")] = ts_now
         placeholders = ", ".join("?" for _ in RUN_FIELDS)
+        thread_params = [
+            run.thread_id,
+            run.user_id,
+            ThreadStatus.BUSY.value,
+            # A thread a run creates starts with that run's metadata.
+            self._json({"graph": run.graph, **dict(run.metadata)}),
+            ts_now,
+            ts_now,
+        ]
+        insert = f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
+        if new_thread and events and self.writable_ctes:
+            return await self._admit_on_new_thread(
+                run, owner, thread_params, insert, params, events
+            )
         try:
             async with self._session(atomic=True) as s:
                 # The upsert locks the thread row: concurrent starts on one thread queue here.
@@ -72,15 +96,7 @@ class RunClaims(WebhookOutbox):
                     # The user who created the thread owns it; a run never changes that.
                     "user_id = COALESCE(code_hero_threads.user_id, excluded.user_id) "
                     "RETURNING edit_until, ttl_seconds",
-                    [
-                        run.thread_id,
-                        run.user_id,
-                        ThreadStatus.BUSY.value,
-                        # A thread a run creates starts with that run's metadata.
-                        self._json({"graph": run.graph, **dict(run.metadata)}),
-                        ts_now,
-                        ts_now,
-                    ],
+                    thread_params,
                 )
                 if owner is not None:
                     owned = await s.fetch(
@@ -103,10 +119,7 @@ class RunClaims(WebhookOutbox):
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
-                insert = (
-                    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-                    f"RETURNING {RUN_COLUMNS}"
-                )
+                insert += f"RETURNING {RUN_COLUMNS}"
                 async with self._unique(f"a run with id {run.run_id!r}"):
                     if events and self.writable_ctes:
                         # The run, its events and the COMMIT in one trip (issue 15): the
@@ -132,6 +145,33 @@ class RunClaims(WebhookOutbox):
         except _Busy as busy_run:
             return None, busy_run.run_id
         return self._run(rows[0]), busy_id
+
+    async def _admit_on_new_thread(
+        self,
+        run: RunRecord,
+        owner: str | None,
+        thread_params: list[Any],
+        insert: str,
+        params: list[Any],
+        events: Sequence[EventRecord],
+    ) -> tuple[RunRecord | None, str | None]:
+        """`admit_run` on a thread id the caller made up just now (PostgreSQL): its row,
+        the run and its first events in one statement, committed on its own, one trip
+        (issue 15). There is no row to lock and nothing to look at: no deletion's mark, no
+        edit's hold, no other run; the row made is the run's user's (a plain INSERT: an
+        id taken already fails, as a run's does)."""
+        if owner is not None and run.user_id != owner:
+            raise NotFoundError(f"no thread {run.thread_id!r}")  # as a made row would say
+        async with self._unique(f"a run with id {run.run_id!r}"), self._session() as s:
+            rows = await s.fetch(
+                f"WITH thread AS (INSERT INTO code_hero_threads ({THREAD_COLUMNS}) "
+                f"VALUES (?, ?, ?, ?, ?, ?)), run AS ({insert}RETURNING {RUN_COLUMNS}), "
+                f"events AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}) "
+                "SELECT * FROM run",
+                [*thread_params, *params, *(v for e in events for v in self._event_params(e))],
+            )
+        return self._run(rows[0]), None
 
     async def finish_run(
         self,
@@ -173,12 +213,9 @@ class RunClaims(WebhookOutbox):
                 if not rows:  # no such run, or its thread is being deleted, its runs with it
                     return None, False
                 run = self._run(rows[0])
-                if events:  # after the update: only an end that applies stores them
-                    await s.executemany(
-                        f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
-                        [self._event_params(e) for e in sorted(events, key=lambda e: e.seq)],
-                    )
+                # After the update: only an end that applies stores them.
+                ordered = sorted(events, key=lambda e: e.seq)
+                event_rows = [self._event_params(e) for e in ordered]
                 # The outbox: webhook deliveries commit with the run's end, or not at all; a
                 # run that had ended already (this finish replayed) told its webhooks then.
                 # (Two finishes racing both see it unfinished: the delivery ids, derived
@@ -199,19 +236,39 @@ class RunClaims(WebhookOutbox):
                     run.thread_id,
                 ]
                 if self.writable_ctes and len(inserts) == 1:
-                    # The deliveries and the thread's status in one statement, with the
-                    # COMMIT (issue 15): two tables no other part of it reads.
+                    # The events, the deliveries and the thread's status in one statement,
+                    # with the COMMIT (issue 15): three tables no other part of it reads.
+                    # (A statement text per number of events, each prepared: a few only.)
                     insert, insert_params = inserts[0]
+                    with_end, event_rows = (
+                        event_rows[:_EVENTS_WITH_END],
+                        event_rows[_EVENTS_WITH_END:],
+                    )
+                    if event_rows:
+                        await s.executemany(_END_EVENTS, event_rows)
+                    stored = (
+                        f"stored AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+                        f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(with_end))} "
+                        "ON CONFLICT (run_id, seq) DO NOTHING), "
+                        if with_end
+                        else ""
+                    )
                     counts = await s.fetch(
-                        f"WITH queued AS ({insert} RETURNING 1), "
+                        f"WITH {stored}queued AS ({insert} RETURNING 1), "
                         f"updated AS ({status_update} RETURNING 1) "
                         "SELECT (SELECT count(*) FROM queued) AS queued, "
                         "(SELECT count(*) FROM updated) AS updated",
-                        [*insert_params, *status_params],
+                        [
+                            *(v for row in with_end for v in row),
+                            *insert_params,
+                            *status_params,
+                        ],
                         last=True,
                     )
                     queued, waiting = counts[0]["queued"], not counts[0]["updated"]
                 else:
+                    if event_rows:
+                        await s.executemany(_END_EVENTS, event_rows)
                     queued = 0
                     for insert, insert_params in inserts:
                         queued += await s.execute(insert, insert_params)

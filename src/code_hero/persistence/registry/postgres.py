@@ -180,6 +180,12 @@ class _PgSession:
             self._conn.cursor(row_factory=dict_row) if rows else self._conn.cursor()
         )
         commit = last and self._atomic
+        if commit and self._begin:
+            # The whole transaction in this one trip: no BEGIN and no COMMIT, the trip's
+            # statements are one implicit transaction that its Sync commits (rolled back
+            # whole when one fails, as psycopg says of a pipeline in autocommit): two
+            # statements fewer an event batch (issue 15).
+            self._begin = commit = False
         if not (self._begin or self._waiting or commit or before):
             if statement is not None:
                 await cur.execute(statement[0], statement[1], prepare=statement[2])

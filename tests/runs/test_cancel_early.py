@@ -67,3 +67,20 @@ async def test_a_cancel_an_await_dropped_is_not_lost(
     final = await gateway.cancel_run(run.run_id)
     assert cancelled.is_set()
     assert final.status is RunStatus.CANCELLED
+
+
+async def test_a_run_cancelled_before_any_claim_leaves_no_fresh_thread_entry(
+    backend_config: CheckpointerConfig,
+) -> None:
+    """A run admitted on a thread made for it is remembered until its first launch (its
+    first checkpoint read is skipped then); one cancelled before it was ever claimed
+    never launches here and is forgotten at its end, not kept until the bound evicts it."""
+    settings = GatewaySettings(
+        checkpointer=backend_config, graphs={"slow": SLOW_SPEC}, max_concurrent_runs=0
+    )
+    async with Gateway(settings) as gw:
+        run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}))
+        assert list(gw.executor._fresh) == [run.run_id]
+        cancelled = await gw.cancel_run(run.run_id)
+        assert cancelled.status is RunStatus.CANCELLED
+        assert gw.executor._fresh == {}

@@ -238,6 +238,7 @@ class RunExecutor:
 
     async def finish_cancelled(self, record: RunRecord) -> None:
         """Record CANCELLED for a run that was cancelled before anyone executed it."""
+        self._fresh.pop(record.run_id, None)
         try:
             await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
         except PrimaryUnreachableError as exc:
@@ -288,34 +289,39 @@ class RunExecutor:
             {"status": RunStatus.PENDING.value, "error": None},
             now,
         )
-        record, busy = await self.registry.admit_run(
-            RunRecord(
-                run_id=run_id,
-                thread_id=thread_id,
-                graph=graph_name,
-                status=RunStatus.PENDING,
-                input=to_jsonable(run_input if req.resume is UNSET else {"resume": req.resume}),
-                metadata=dict(req.metadata),
-                config=config,
-                user_id=req.user_id,
-                multitask=req.multitask.value,
-                created_at=now,
-            ),
-            reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
-            events=[first],
-            owner=req.owner,
-            new_thread=new_thread,
-        )
+        if new_thread:  # before the admission: a claim pass may launch it before we return
+            self._fresh[run_id] = True
+            if len(self._fresh) > _FRESH_KEPT:
+                del self._fresh[next(iter(self._fresh))]
+        try:
+            record, busy = await self.registry.admit_run(
+                RunRecord(
+                    run_id=run_id,
+                    thread_id=thread_id,
+                    graph=graph_name,
+                    status=RunStatus.PENDING,
+                    input=to_jsonable(run_input if req.resume is UNSET else {"resume": req.resume}),
+                    metadata=dict(req.metadata),
+                    config=config,
+                    user_id=req.user_id,
+                    multitask=req.multitask.value,
+                    created_at=now,
+                ),
+                reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
+                events=[first],
+                owner=req.owner,
+                new_thread=new_thread,
+            )
+        except BaseException:
+            self._fresh.pop(run_id, None)
+            raise
         if record is None:
+            self._fresh.pop(run_id, None)
             raise ConflictError(
                 f"thread {thread_id!r} is busy with run {busy!r}; "
                 "use multitask ENQUEUE or INTERRUPT"
             )
         self.manager.router.note_touched(thread_id)
-        if new_thread:
-            self._fresh[run_id] = True
-            if len(self._fresh) > _FRESH_KEPT:
-                del self._fresh[next(iter(self._fresh))]
         if not self.claims.claim_others:
             self.claims.started.add(run_id)
         self.bus.publish(first)

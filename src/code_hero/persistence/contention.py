@@ -4,16 +4,24 @@ A deadlock's victim, a serialization failure, a lock wait that ran out: not a
 bug (INTERNAL) and not an outage (`unreachable`): the same call tried again
 succeeds. This module reads the errors' codes without importing a driver, so
 the schema's one error mapping may use it.
+
+Whose lock it was matters to the run executor: a run whose write to the
+gateway's own store lost a race is released and resumes, but a graph's node
+may meet a lock in a database of its own (its SQLite file, its PostgreSQL),
+with the same codes; resumed, it would run again and meet it again, for ever.
+The router marks the errors of its stores' calls (`mark_store`) as they pass
+it; `from_store` reads the mark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from typing import Any
 
 from code_hero.errors import BackendUnavailableError, CodeHeroError, ConflictError
 
-__all__ = ["CONTENTION_RETRY_AFTER", "contention"]
+__all__ = ["CONTENTION_RETRY_AFTER", "contention", "from_store", "mark_store"]
 
 # A call that lost a race for a lock: neither a bug nor an outage, and the same
 # call tried again succeeds. A deadlock's victim and a serialization failure are
@@ -23,6 +31,18 @@ PG_CLASHES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_f
 PG_LOCK_TIMEOUTS = frozenset({"55P03"})  # lock_not_available
 SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 CONTENTION_RETRY_AFTER = 1  # seconds: the clash passes when the other transaction ends
+_STORE_MARK = "_code_hero_store"  # an attribute on the exception: it passes every await
+
+
+def mark_store(exc: BaseException) -> None:
+    """Mark `exc` as raised by a call to one of the gateway's own stores."""
+    with contextlib.suppress(AttributeError, TypeError):  # a type without a __dict__
+        setattr(exc, _STORE_MARK, True)
+
+
+def from_store(exc: BaseException | None) -> bool:
+    """Whether `exc` was raised by a call to one of the gateway's own stores."""
+    return getattr(exc, _STORE_MARK, False) is True
 
 
 def contention(exc: BaseException | None) -> CodeHeroError | None:

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
+from code_hero.persistence.contention import mark_store
 from code_hero.persistence.fallback_state import RouterState, log
 from code_hero.persistence.slots import BackendSlot, close_quietly
 from code_hero.persistence.sqlitefiles import DatabaseFileMoved
@@ -63,7 +64,10 @@ class RouterFailover(RouterState):
         self, slot: BackendSlot, exc: BaseException, what: str = "this request"
     ) -> bool:
         """Whether `exc` means the slot's database is down: then the slot is failed over.
-        A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over."""
+        A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over.
+        Every error of a store's call passes here: it is marked as the store's
+        (`contention.from_store`), whatever the verdict."""
+        mark_store(exc)
         verdict = await self.outage(slot, exc)
         if verdict == "busy":
             raise self.busy(what) from exc

@@ -45,7 +45,7 @@ from code_hero.errors import (
     NotFoundError,
     RunHeldUpError,
 )
-from code_hero.persistence.contention import contention
+from code_hero.persistence.contention import contention, from_store
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
@@ -95,6 +95,11 @@ T = TypeVar("T")
 _FIRST_LOOK_AT_THE_LATEST = 0.25
 # Runs admitted here on a thread made for them that `RunExecutor` remembers at most.
 _FRESH_KEPT = 4096
+# Times one run is released here for a lock of the gateway's store before it ends ERROR
+# instead: each release resumes it from its last checkpoint, repeating the step it was
+# in (its side effects too), and a lock that every resumption meets again (a store
+# whose error is misread) must not repeat them for ever.
+MAX_LOCK_RELEASES = 5
 
 
 class RunExecutor:
@@ -135,6 +140,9 @@ class RunExecutor:
         # forgotten past a bound (a run claimed elsewhere never launches here): a run
         # forgotten just reads as any other.
         self._fresh: dict[str, bool] = {}
+        # Runs released here for a lock of the store, and how often (`MAX_LOCK_RELEASES`);
+        # oldest forgotten past a bound (a run may end on another replica).
+        self._lock_releases: dict[str, int] = {}
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -473,11 +481,29 @@ class RunExecutor:
             log.warning("run %s failed: %s", run_id, exc)
             status, error = RunStatus.ERROR, _error_of(exc)
         except Exception as exc:
-            if contention(exc) is not None:
-                await self._release_after_lock_wait(run_id, writer, exc)
-                return
-            log.exception("run %s failed", run_id)
-            status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+            # A lock of the gateway's store, not one the graph met in a database of its
+            # own (`contention.from_store`): the same error, rerun, would come again.
+            if contention(exc) is not None and from_store(exc):
+                if self._released_for_lock(run_id):
+                    await self._release_after_lock_wait(run_id, writer, exc)
+                    return
+                log.error(
+                    "run %s met a lock of the database %d times: ends ERROR",
+                    run_id,
+                    MAX_LOCK_RELEASES + 1,
+                )
+                status, error = (
+                    RunStatus.ERROR,
+                    (
+                        f"the run stopped at a lock of the database {MAX_LOCK_RELEASES + 1} "
+                        "times (another process holding the file or rows it writes) and was "
+                        f"not resumed again: {type(exc).__name__}: {exc}"
+                    ),
+                )
+            else:
+                log.exception("run %s failed", run_id)
+                status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        self._lock_releases.pop(run_id, None)
         router = self.manager.router
         if status is not RunStatus.ERROR and run_id in router.journal.refused_runs:
             # The copy-back refused a checkpoint of it that nothing newer supersedes: the
@@ -603,6 +629,16 @@ class RunExecutor:
         self.claims.slot_freed()
         if not (lost or self.claims.claim_others):  # claimed (or its cancel recorded) here
             self.claims.started.add(run_id)
+
+    def _released_for_lock(self, run_id: str) -> bool:
+        """Count a release of the run for a lock of the store; False past the cap."""
+        count = self._lock_releases.pop(run_id, 0) + 1
+        if count > MAX_LOCK_RELEASES:
+            return False
+        self._lock_releases[run_id] = count  # re-inserted: the newest last
+        if len(self._lock_releases) > _FRESH_KEPT:
+            del self._lock_releases[next(iter(self._lock_releases))]
+        return True
 
     async def _release_after_lock_wait(
         self, run_id: str, writer: RunEventWriter | None, exc: Exception

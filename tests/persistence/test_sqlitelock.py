@@ -57,3 +57,31 @@ async def test_a_held_file_fails_queued_writes_at_once_and_heals(
         await write("after")
         assert _stored(config, "after") == 1
         assert manager.router.active == 0 and manager.metrics.fallback_switches == 0
+
+
+async def test_a_write_that_goes_through_brings_the_normal_wait_back_at_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    # After one write met a held lock, the next writes wait HELD_BUSY_MS only: once
+    # the other process let go, a neighbour's short transactions (the CLI's) would
+    # fail ours until the next probe. The first write that goes through ends that.
+    config = _config("sqlite", request)
+    async with _manager(config) as manager:
+        backend = manager.router.primary.backend
+        assert backend is not None
+        registry = cast(SqliteRegistry, backend.registry)
+        await _raw(manager, "PRAGMA busy_timeout = 200")
+        write = _writer(manager)
+        with contextlib.closing(
+            sqlite3.connect(config.database_path or "", isolation_level=None)
+        ) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                await write("first")
+            with pytest.raises(sqlite3.OperationalError):  # a failed write changes nothing
+                await write("while-held")
+            assert await _busy_timeout(registry) == HELD_BUSY_MS
+            other.execute("ROLLBACK")
+        await write("after")  # no probe in between
+        assert await _busy_timeout(registry) == BUSY_MS
+        assert HELD_BUSY_MS >= 200  # a neighbour's short transaction ends within it

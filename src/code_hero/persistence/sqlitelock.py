@@ -8,10 +8,13 @@ answered after 5 to 40 s (measured), more callers, longer.
 
 Once a statement under this lock has failed BUSY, the file counts as held
 elsewhere: the connection's busy timeout drops to `HELD_BUSY_MS`, so a write
-fails at once (UNAVAILABLE, retryAfter 1: `contention`) and a read, which a
-WAL file serves beside another process's write, goes on as before. The
-probe (`release_if_free`) takes the write lock for a moment at each health
-check; when it gets it, the normal busy timeout is back.
+fails soon (UNAVAILABLE, retryAfter 1: `contention`) and a read, which a
+WAL file serves beside another process's write, goes on as before. Soon, not
+at once: a neighbour's short transactions (the CLI's, after one long one) end
+within it, and a write behind one of them still succeeds. The normal busy
+timeout is back as soon as a write goes through (the lock was free then), or
+when the probe (`release_if_free`), which takes the write lock for a moment at
+each health check, gets it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from code_hero.persistence.contention import SQLITE_LOCK_CODES
 __all__ = ["BUSY_MS", "HELD_BUSY_MS", "ConnectionLock"]
 
 BUSY_MS = 5000  # the busy timeout: another process may hold the file briefly
-HELD_BUSY_MS = 50  # while it has been holding it past BUSY_MS
+HELD_BUSY_MS = 500  # while it has been holding it past BUSY_MS
 
 
 def _is_busy(exc: object) -> bool:
@@ -42,6 +45,7 @@ class ConnectionLock(asyncio.Lock):
         super().__init__()
         self._conn = conn
         self.held_elsewhere = False
+        self._changes = 0  # the connection's total_changes when the file became held
 
     async def __aexit__(
         self,
@@ -55,10 +59,23 @@ class ConnectionLock(asyncio.Lock):
             self.release()
 
     async def saw(self, outcome: object) -> None:
-        """A statement under this lock (held by the caller) ended with `outcome`."""
-        if _is_busy(outcome) and not self.held_elsewhere:
-            self.held_elsewhere = True
-            await self._conn.execute(f"PRAGMA busy_timeout = {HELD_BUSY_MS}")
+        """A statement under this lock (held by the caller) ended with `outcome` (an
+        exception, or anything else for a success)."""
+        if _is_busy(outcome):
+            if not self.held_elsewhere:
+                self.held_elsewhere = True
+                self._changes = self._conn.total_changes
+                await self._conn.execute(f"PRAGMA busy_timeout = {HELD_BUSY_MS}")
+        elif (
+            self.held_elsewhere
+            and not isinstance(outcome, BaseException)
+            and self._conn.total_changes != self._changes
+        ):
+            await self._free()  # a write went through: nobody holds the lock now
+
+    async def _free(self) -> None:
+        await self._conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+        self.held_elsewhere = False
 
     async def release_if_free(self) -> None:
         """While the file counts as held elsewhere, try its write lock (without the
@@ -73,5 +90,4 @@ class ConnectionLock(asyncio.Lock):
                     return  # still held: the file answered, which is all a probe asks
                 raise
             await self._conn.execute("ROLLBACK")
-            await self._conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
-            self.held_elsewhere = False
+            await self._free()

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,6 +52,11 @@ def _stored(path: Path | str) -> dict[str, int]:
         rows = conn.execute("SELECT thread_id, count(*) FROM checkpoints GROUP BY 1").fetchall()
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     return {str(t): int(n) for t, n in rows}
+
+
+def _side_files(path: Path) -> list[str]:
+    """The WAL and index files beside the database at `path`."""
+    return [s for s in ("-wal", "-shm") if os.path.exists(f"{path}{s}")]
 
 
 def _orphans(folder: Path) -> list[Path]:
@@ -111,7 +116,41 @@ async def test_deleted_wal_is_checkpointed_and_nothing_is_lost(tmp_path: Path) -
         assert _stored(path) == {"before": 1, "during": 1, "after": 1}
 
 
-async def test_replaced_file_is_served_and_the_old_one_kept(tmp_path: Path) -> None:
+def _made_anew(path: Path) -> None:
+    """Open `path` in another process as the sqlite3 shell or a CLI command would,
+    which makes a new database there when the file is gone."""
+    code = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('CREATE TABLE x (a)')"
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+
+
+async def test_a_new_file_at_a_deleted_ones_path_is_not_served_nor_its_data_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deleted, then something opens the path before the next probe: a new, empty file.
+    # Taken for a restore, it was served, and all the data was only in an orphan copy.
+    path = tmp_path / "db.sqlite"
+    caplog.set_level(logging.WARNING, logger="code_hero.persistence")
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        path.unlink()
+        _made_anew(path)
+        for _ in range(3):
+            assert (await manager.health_check())["overall_status"] == "degraded"
+        told = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(told) == 1 and "another file is at its path" in told[0], told
+        with contextlib.closing(sqlite3.connect(path)) as conn:  # left as it was made
+            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("x",)]
+        await _write(manager, "during")  # on the fallback
+        path.rename(tmp_path / "newcomer.sqlite")  # as the ERROR line says
+        await manager.health_check()  # written back
+        assert (await manager.health_check())["overall_status"] == "healthy"  # opened
+        assert _stored(path) == {"before": 1, "during": 1}
+    assert not _orphans(tmp_path)
+
+
+async def test_a_restore_under_a_running_server_is_served_after_a_restart(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "db.sqlite"
     async with _manager(_config(path)) as manager:
         await _write(manager, "restored")
@@ -119,10 +158,107 @@ async def test_replaced_file_is_served_and_the_old_one_kept(tmp_path: Path) -> N
             conn.execute(f"VACUUM INTO '{tmp_path / 'backup.sqlite'}'")
         await _write(manager, "lost-by-restore")
         os.replace(tmp_path / "backup.sqlite", path)
-        await _moved_then_healed(manager)
-        assert _stored(path) == {"restored": 1, "during": 1, "after": 1}
-        (orphan,) = _orphans(tmp_path)
-        assert _stored(orphan) == {"restored": 1, "lost-by-restore": 1}
+        for _ in range(2):  # not served: it may as well be a new empty file
+            assert (await manager.health_check())["overall_status"] == "degraded"
+        assert _side_files(path) == []  # the old WAL, not to be replayed into it
+    async with _manager(_config(path)) as manager:  # restarted: the restore serves
+        assert manager.overall_status == "healthy"
+        await _write(manager, "after")
+    assert _stored(path) == {"restored": 1, "after": 1}
+    (orphan,) = _orphans(tmp_path)  # what the server had open, saved as it stopped
+    assert _stored(orphan) == {"restored": 1, "lost-by-restore": 1}
+
+
+# Another process with the file open (a CLI command beside the server): each line on
+# its standard input writes a checkpoint row of that thread, and it answers "ok".
+NEIGHBOUR = textwrap.dedent(
+    """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("SELECT count(*) FROM checkpoints").fetchone()
+    print("ok", flush=True)
+    for line in sys.stdin:
+        conn.execute(
+            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id) VALUES (?, '', ?)",
+            (line.strip(), line.strip()),
+        )
+        print("ok", flush=True)
+    conn.close()
+    """
+)
+
+
+@contextlib.contextmanager
+def _neighbour(path: Path) -> Iterator[Callable[[str], None]]:
+    """Another process that has `path` open while the block runs; yields its writer."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", NEIGHBOUR, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    stdin, stdout = child.stdin, child.stdout
+
+    def write(thread_id: str) -> None:
+        stdin.write(thread_id + "\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "ok"
+
+    try:
+        assert stdout.readline().strip() == "ok"  # open
+        yield write
+    finally:
+        stdin.close()
+        assert child.wait(timeout=60) == 0
+        stdout.close()
+
+
+async def _degraded_while_shared(
+    manager: EnhancedCheckpointerManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        assert (await manager.health_check())["overall_status"] == "degraded"
+    told = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(told) == 1 and "another process has the old files open" in told[0], told
+
+
+async def test_a_deleted_file_another_process_uses_is_written_back_once_it_is_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written back at once, the file at the path would miss what the other process
+    # writes after into the deleted one (acknowledged to its caller).
+    path = tmp_path / "db.sqlite"
+    caplog.set_level(logging.WARNING, logger="code_hero.persistence")
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        with _neighbour(path) as other_writes:
+            path.unlink()
+            await _degraded_while_shared(manager, caplog)
+            other_writes("other")
+        await manager.health_check()  # alone: written back
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        assert _stored(path) == {"before": 1, "other": 1}
+
+
+async def test_a_deleted_wal_another_process_uses_is_checkpointed_once_it_is_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reopened at once with a new WAL, the server and the other process would write
+    # one database through two WALs.
+    path = tmp_path / "db.sqlite"
+    caplog.set_level(logging.WARNING, logger="code_hero.persistence")
+    async with _manager(_config(path)) as manager:
+        await _write(manager, "before")
+        with _neighbour(path) as other_writes:
+            os.unlink(f"{path}-wal")
+            os.unlink(f"{path}-shm")
+            await _degraded_while_shared(manager, caplog)
+            other_writes("other")
+        await manager.health_check()  # alone: checkpointed
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        await _write(manager, "after")
+    assert _stored(path) == {"before": 1, "other": 1, "after": 1}
 
 
 # A read-only file: root reads and writes any file, so the scenario runs in a child

@@ -410,7 +410,8 @@ class SqliteBackend(Backend):
             return
         if getattr(self, "_files", None) is not None:
             try:  # at shutdown too: a file deleted since the last probe is written back
-                await self.save_moved()
+                async with self._lock:  # (or, where that is unsafe, saved beside it)
+                    await self._files.rescue(self._conn, closing=True)
             except Exception as exc:  # the close must still happen
                 log.error("could not save the moved SQLite file %s: %s", self._files.path, exc)
         await conn.close()

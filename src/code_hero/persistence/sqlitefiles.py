@@ -17,24 +17,38 @@ Before it closes, `rescue()` saves what only the open connection still holds:
                              it held is lost; then reopened there (its old WAL
                              and index removed: SQLite would replay that WAL
                              into whatever file the path names)
-    database replaced        the file put there is the database now (a restore);
-                             the old one is copied beside it (`.orphaned-<time>`)
-                             for an administrator, and reopened at the path
+    another file at the      not served: it may be a restore, or a new empty
+    database's path          file that anything opening the path made (the
+                             sqlite3 shell, a CLI command, a restart); taken
+                             for a restore, it would hide all the data.  The
+                             connection is kept (`DatabaseFileTaken`: the
+                             server stays degraded and an administrator
+                             decides); its old WAL and index are removed from
+                             beside the newcomer. At shutdown the open data is
+                             saved beside it (`.orphaned-<time>`)
     WAL or index moved       the WAL is checkpointed into the database file, which
                              the path still names; then reopened with new ones
+
+Nor while another process has the moved files open too (a CLI command beside
+the server, a second server: `others_use`): copied back or reopened, this
+process would leave it on the old files, and what it writes after would be
+in neither (`DatabaseFileShared`, the server stays degraded until it is alone).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import struct
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 
-__all__ = ["DatabaseFileMoved", "SqliteFiles"]
+__all__ = ["DatabaseFileMoved", "DatabaseFileShared", "DatabaseFileTaken", "SqliteFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,51 @@ _SIDE_FILES = ("-wal", "-shm")
 
 class DatabaseFileMoved(OSError):
     """A file of the open SQLite database was deleted or replaced at its path."""
+
+
+class DatabaseFileTaken(OSError):
+    """Another file is at the path of the open database, which was deleted or replaced."""
+
+
+class DatabaseFileShared(OSError):
+    """The moved files of the open database are open in another process too."""
+
+
+# SQLite's locks (os_unix.c): every connection to a WAL database holds a shared lock
+# on the database file's SHARED range while it is open, and one on the index's DMS
+# byte; a process sees the others' with F_GETLK (never its own).
+_DB_LOCKS = (0x40000000, 2 + 510)  # PENDING_BYTE, RESERVED_BYTE, SHARED_FIRST..+510
+_SHM_LOCKS = (120, 9)  # the index's eight lock bytes and its DMS byte
+_FLOCK = {"linux": "hhqqi4x"}.get(sys.platform)  # struct flock's layout
+
+
+def _locked_by_others(fd: int, start: int, length: int) -> bool:
+    assert _FLOCK is not None
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+    return bool(kind != fcntl.F_UNLCK)
+
+
+def others_use(opened: dict[str, tuple[int, int]]) -> bool | None:
+    """Whether another process has the database or index with these identities open
+    (holds SQLite's locks on them); None when this platform cannot tell (no /proc, or
+    no descriptor of this process on them)."""
+    if _FLOCK is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    ranges = {opened[s]: r for s, r in (("", _DB_LOCKS), ("-shm", _SHM_LOCKS)) if s in opened}
+    looked = False
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")  # the file, deleted or not, as SQLite has it
+            found = ranges.get((st.st_dev, st.st_ino))
+            if found is None:
+                continue
+            looked = True
+            if _locked_by_others(int(name), *found):
+                return True
+        except OSError:  # a descriptor closed meanwhile, or no file
+            continue
+    return False if looked else None
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -83,48 +142,80 @@ class SqliteFiles:
             "writes go to the fallback until the database is opened again at its path"
         )
 
-    async def rescue(self, conn: aiosqlite.Connection) -> None:
+    async def rescue(self, conn: aiosqlite.Connection, *, closing: bool = False) -> None:
         """Save what only `conn` still holds before it closes (see the module's table).
 
-        Raises when it cannot (the folder gone too: an unmounted disk): the connection
-        must then stay open, the only way left to what it holds."""
+        Raises when it cannot (the folder gone too: an unmounted disk), when another
+        file is at the path, or when another process uses the moved files: the
+        connection must then stay open, the only way left to what it holds. With
+        `closing` (the server stops: the last chance) it saves a copy whatever comes."""
         moved = self.moved()
         if not moved:
             return
-        await self._save(conn, moved)
+        await self._save(conn, moved, closing=closing)
         self.opened = {}  # saved: nothing left that only this connection holds
 
-    async def _save(self, conn: aiosqlite.Connection, moved: list[str]) -> None:
-        if "" in moved:
-            replaced = _identity(self.path) is not None
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            target = f"{self.path}.orphaned-{stamp}" if replaced else self.path
-            await _copy_out(conn, target)
-            # SQLite neither checkpoints nor deletes the WAL of a moved database when
-            # it closes: left at the path, ours would be replayed into the file there.
-            for suffix in _SIDE_FILES:
-                if suffix in self.opened and _identity(self.path + suffix) == self.opened[suffix]:
-                    os.unlink(self.path + suffix)
-            if replaced:
-                log.warning(
-                    "SQLite file %s was replaced while open: serving the new file; "
-                    "the old one, with the writes made since, is saved as %s",
-                    self.path,
-                    target,
-                )
-            else:
-                log.warning(
-                    "SQLite file %s was deleted while open: written back from the open "
-                    "connection, nothing lost",
-                    self.path,
-                )
+    async def _save(self, conn: aiosqlite.Connection, moved: list[str], *, closing: bool) -> None:
+        shared = others_use(self.opened)
+        if "" not in moved:
+            if shared and not closing:  # its close checkpoints with the others, as ever
+                raise self._shared()
+            # The database file is still the one at the path: its WAL's frames go into it.
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.warning(
+                "SQLite WAL or index of %s was deleted or replaced while open: "
+                "checkpointed into the database file, nothing lost; opening new ones",
+                self.path,
+            )
             return
-        # The database file is still the one at the path: its WAL's frames go into it.
-        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        log.warning(
-            "SQLite WAL or index of %s was deleted or replaced while open: checkpointed "
-            "into the database file, nothing lost; opening new ones",
-            self.path,
+        taken = _identity(self.path) is not None
+        if taken:
+            self._unlink_side_files()  # ours, beside a file they do not belong to
+            if not closing:
+                raise DatabaseFileTaken(
+                    f"SQLite file {self.path} was deleted or replaced while the server "
+                    "had it open, and another file is at its path now (a restore, or a "
+                    "new empty database that something opening the path made): the "
+                    "server keeps the data it had open and serves nothing from the new "
+                    f"file. To keep the server's data, move {self.path} away: the next "
+                    "health check writes the data back there. To serve the new file, "
+                    "restart the server: the data it had open is then saved beside it as "
+                    f"{self.path}.orphaned-<time>"
+                )
+        elif shared and not closing:
+            raise self._shared()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        target = f"{self.path}.orphaned-{stamp}" if taken or shared else self.path
+        await _copy_out(conn, target)
+        self._unlink_side_files()
+        if target != self.path:
+            log.error(
+                "SQLite file %s was deleted or replaced while open, and the server stops: "
+                "the data it had open is saved as %s",
+                self.path,
+                target,
+            )
+        else:
+            log.warning(
+                "SQLite file %s was deleted while open: written back from the open "
+                "connection, nothing lost",
+                self.path,
+            )
+
+    def _unlink_side_files(self) -> None:
+        # SQLite neither checkpoints nor deletes the WAL of a moved database when it
+        # closes: left at the path, ours would be replayed into the file there.
+        for suffix in _SIDE_FILES:
+            if suffix in self.opened and _identity(self.path + suffix) == self.opened[suffix]:
+                os.unlink(self.path + suffix)
+
+    def _shared(self) -> DatabaseFileShared:
+        return DatabaseFileShared(
+            f"SQLite file {self.path} (or its -wal or -shm) was deleted or replaced while "
+            "the server had it open, and another process has the old files open too (a "
+            "CLI command, another server, the sqlite3 shell): written back or opened "
+            "again now, what that process writes after would be lost. The server stays "
+            "degraded until it is the only one using them: stop the others"
         )
 
 

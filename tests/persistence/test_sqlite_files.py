@@ -261,6 +261,27 @@ async def test_a_deleted_wal_another_process_uses_is_checkpointed_once_it_is_alo
     assert _stored(path) == {"before": 1, "other": 1, "after": 1}
 
 
+async def test_two_managers_of_one_process_on_a_deleted_file_wait_for_each_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite's locks do not show a process its own: one manager writing back while the
+    # other writes on into the deleted file would leave those writes in neither.
+    path = tmp_path / "db.sqlite"
+    caplog.set_level(logging.WARNING, logger="code_hero.persistence")
+    async with _manager(_config(path)) as b:
+        async with _manager(_config(path)) as a:
+            await _write(a, "a")
+            path.unlink()
+            await _degraded_while_shared(a, caplog)
+            await _write(b, "b")  # b has not probed: into the deleted file, acknowledged
+        # a stopped: its copy is saved beside the path, which b's write-back takes
+        await b.health_check()
+        assert (await b.health_check())["overall_status"] == "healthy"
+        assert _stored(path) == {"a": 1, "b": 1}
+    (orphan,) = _orphans(tmp_path)
+    assert _stored(orphan) == {"a": 1, "b": 1}
+
+
 # A read-only file: root reads and writes any file, so the scenario runs in a child
 # without the capabilities that let it (setpriv), or as is for another user.
 READ_ONLY = textwrap.dedent(

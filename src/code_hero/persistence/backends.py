@@ -397,8 +397,15 @@ class SqliteBackend(Backend):
             if self.config.auto_setup:
                 await self.registry.setup()
         except BaseException:
-            await self._conn.close()
+            await self._close_conn(self._conn)
             raise
+
+    async def _close_conn(self, conn: aiosqlite.Connection) -> None:
+        try:
+            await conn.close()
+        finally:
+            if getattr(self, "_files", None) is not None:
+                self._files.forget()  # its database is no longer open here
 
     async def save_moved(self) -> None:
         async with self._lock:
@@ -414,7 +421,7 @@ class SqliteBackend(Backend):
                     await self._files.rescue(self._conn, closing=True)
             except Exception as exc:  # the close must still happen
                 log.error("could not save the moved SQLite file %s: %s", self._files.path, exc)
-        await conn.close()
+        await self._close_conn(conn)
 
     @property
     def _lock(self) -> asyncio.Lock:

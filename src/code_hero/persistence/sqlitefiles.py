@@ -42,6 +42,7 @@ import logging
 import os
 import struct
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,10 +83,18 @@ def _locked_by_others(fd: int, start: int, length: int) -> bool:
     return bool(kind != fcntl.F_UNLCK)
 
 
+# The databases this process's `SqliteFiles` have open, by identity, and how many
+# each: F_GETLK does not show a process its own locks, so two connections of one
+# process on one file (two managers) would not see each other.
+_HERE: Counter[tuple[int, int]] = Counter()
+
+
 def others_use(opened: dict[str, tuple[int, int]]) -> bool | None:
-    """Whether another process has the database or index with these identities open
-    (holds SQLite's locks on them); None when this platform cannot tell (no /proc, or
-    no descriptor of this process on them)."""
+    """Whether another process (or another connection of this one) has the database or
+    index with these identities open (holds SQLite's locks on them); None when this
+    platform cannot tell (no /proc, or no descriptor of this process on them)."""
+    if "" in opened and _HERE[opened[""]] > 1:
+        return True
     if _FLOCK is None or not os.path.isdir("/proc/self/fd"):
         return None
     ranges = {opened[s]: r for s, r in (("", _DB_LOCKS), ("-shm", _SHM_LOCKS)) if s in opened}
@@ -118,14 +127,27 @@ class SqliteFiles:
 
     path: str
     opened: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _counted: tuple[int, int] | None = field(default=None, repr=False)
 
     def record(self) -> None:
         """Remember the files as they are now (right after the connection opened them)."""
+        self.forget()
         self.opened = {}
         for suffix in ("", *_SIDE_FILES):
             identity = _identity(self.path + suffix)
             if identity is not None:
                 self.opened[suffix] = identity
+        self._counted = self.opened.get("")
+        if self._counted is not None:
+            _HERE[self._counted] += 1
+
+    def forget(self) -> None:
+        """The connection is closed: its database is no longer open here."""
+        if self._counted is not None:
+            _HERE[self._counted] -= 1
+            if _HERE[self._counted] <= 0:
+                del _HERE[self._counted]
+            self._counted = None
 
     def moved(self) -> list[str]:
         """The suffixes ("" for the database) of opened files no longer at their path."""

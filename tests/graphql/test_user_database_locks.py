@@ -9,6 +9,7 @@ from pathlib import Path
 from code_hero.app import create_app
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.gateway import GatewaySettings
+from code_hero.runs.executor import MAX_LOCK_RELEASES
 from code_hero.settings import AppSettings, Limits
 from tests.graphql import userlock_graph
 from tests.graphql.clients import data, gql, until_finished
@@ -17,19 +18,35 @@ from tests.graphql.conftest import running
 RUN = 'mutation($input: JSON!) { startRun(input: {graph: "g", input: $input}) { id } }'
 
 
-async def test_a_lock_in_the_nodes_own_database_ends_the_run_after_one_execution(
-    tmp_path: Path,
-) -> None:
-    settings = AppSettings(
+def _settings(folder: Path) -> AppSettings:
+    return AppSettings(
         gateway=GatewaySettings(
-            checkpointer=create_sqlite_checkpointer(str(tmp_path / "app.sqlite")),
+            checkpointer=create_sqlite_checkpointer(str(folder / "app.sqlite")),
             graphs={"g": f"{userlock_graph.__file__}:graph"},
         ),
         limits=Limits(),
     )
-    async with running(create_app(settings)) as srv:
+
+
+async def test_a_lock_in_the_nodes_own_database_ends_the_run_after_one_execution(
+    tmp_path: Path,
+) -> None:
+    async with running(create_app(_settings(tmp_path))) as srv:
         run_id = data(await gql(srv.http, RUN, {"input": {"folder": str(tmp_path)}}))
         run = await until_finished(srv.http, run_id["startRun"]["id"], seconds=30)
     assert run["status"] == "ERROR", run
     assert "database is locked" in run["error"]
     assert (tmp_path / "side-effects").read_text() == "x"  # the node ran once
+
+
+async def test_a_store_lock_that_every_resumption_meets_ends_the_run(tmp_path: Path) -> None:
+    # A store's lock error misread, or a lock held for ever: each release resumes the
+    # run and repeats its step's side effects; after MAX_LOCK_RELEASES it ends ERROR.
+    async with running(create_app(_settings(tmp_path))) as srv:
+        given = {"folder": str(tmp_path), "as_store": True}
+        run_id = data(await gql(srv.http, RUN, {"input": given}))["startRun"]["id"]
+        run = await until_finished(srv.http, run_id, seconds=120)
+    assert run["status"] == "ERROR", run
+    assert "not resumed again" in run["error"] and "database is locked" in run["error"]
+    side_effects = (tmp_path / "side-effects").read_text()
+    assert side_effects == "x" * (MAX_LOCK_RELEASES + 1)

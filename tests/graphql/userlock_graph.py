@@ -1,6 +1,8 @@
 """A graph whose one node does something outside (counted in a file) and then meets a
 lock in a SQLite database of its own, not the gateway's: "database is locked", with
-the codes a lock of the gateway's store has. Both files are named by its input."""
+the codes a lock of the gateway's store has. Both files are named by its input; with
+`as_store` the error is marked as the gateway store's (a store error misread), which
+every resumption meets again."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
+from code_hero.persistence.contention import mark_store
+
 
 class State(TypedDict, total=False):
     folder: str
+    as_store: bool
     done: bool
 
 
@@ -30,6 +35,10 @@ def pay(state: State) -> dict[str, Any]:
         holder.execute("BEGIN EXCLUSIVE")
         try:
             writer.execute("CREATE TABLE IF NOT EXISTS t (x)")  # database is locked
+        except sqlite3.OperationalError as exc:
+            if state.get("as_store"):
+                mark_store(exc)
+            raise
         finally:
             holder.execute("ROLLBACK")
     return {"done": True}

@@ -42,8 +42,8 @@ from dataclasses import MISSING
 from typing import Any, Final
 
 import strawberry
-from strawberry import UNSET
 from graphql import GraphQLField, is_object_type
+from strawberry import UNSET
 from strawberry.relay.types import GlobalID
 from strawberry.scalars import is_scalar
 from strawberry.schema.config import StrawberryConfig

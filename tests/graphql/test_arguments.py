@@ -21,7 +21,7 @@ from strawberry.types import ExecutionResult
 
 from code_hero.errors import BadInputError
 from code_hero.schema import build_schema
-from code_hero.schema.arguments import DirectResolver, install_argument_resolvers
+from code_hero.schema.arguments import DirectResolver, FlatInput, install_argument_resolvers
 from code_hero.schema.errors import error_code
 from code_hero.schema.scalars import JSON, SCALARS
 
@@ -46,6 +46,17 @@ class Filter:
     color: Color = Color.RED
     inner: Inner | None = None
     any_of: list[Filter] | None = None
+
+
+@strawberry.input
+class Flat:
+    """An input object of fields passed as given: built from a FlatInput plan."""
+
+    word: str
+    note: str | None = None
+    color: Color | None = Color.GREEN
+    data: JSON | None = strawberry.UNSET
+    count: int | None = strawberry.field(default=3, name="howMany")
 
 
 class Deny(BasePermission):
@@ -119,6 +130,11 @@ class Query:
         return repr((data, gid, mark))
 
     @strawberry.field
+    def flat(self, value: Flat | None = None, required: Flat | None = strawberry.UNSET) -> str:
+        SEEN.append(("flat", value, required))
+        return repr((value, required))
+
+    @strawberry.field
     @staticmethod
     def static(word: str = "hi") -> str:
         SEEN.append(("static", word))
@@ -168,6 +184,12 @@ DOCUMENTS: list[tuple[str, dict[str, Any] | None]] = [
     ('{ static a: static(word: "yo") }', None),
     ('{ plain a: plain(mark: null) b: plain(mark: "m") }', None),
     ("query($m: String) { plain(mark: $m) }", {}),  # an unset variable: left out too
+    ('{ flat(value: {word: "w"}) }', None),  # defaults, an implicit None, an UNSET
+    ('{ flat(value: {word: "w", note: null, color: null, data: {a: 1}, howMany: 7}) }', None),
+    ("{ flat flat2: flat(value: null, required: null) }", None),
+    ("query($v: Flat) { flat(value: $v) }", {"v": {"word": "x", "data": [1, None]}}),
+    ("query($v: Flat) { flat(value: $v) }", {"v": {"note": "no word"}}),  # invalid
+    ("query($v: Flat) { flat(value: $v) }", {}),
 ]
 
 
@@ -238,6 +260,26 @@ def test_installed_only_where_strawberry_calls_the_resolver_with_nothing_between
         assert installed(type_name, field), field
     assert not installed("Node", "guarded")  # a permission class is a field extension
     assert not installed("Node", "name")  # no resolver of its own
+
+
+def test_a_flat_input_object_is_built_from_a_plan_made_once() -> None:
+    _, direct = schemas()
+    types = direct._schema.type_map
+    resolver = types["Query"].fields["flat"].resolve  # type: ignore[union-attr]
+    assert isinstance(resolver, DirectResolver)
+    plans = [type_ for _, _, type_ in resolver.arguments]
+    assert all(isinstance(plan, FlatInput) and plan.cls is Flat for plan in plans)
+    # Not for an input object with a list or another input object among its fields.
+    nodes = types["Query"].fields["nodes"].resolve  # type: ignore[union-attr]
+    assert not any(isinstance(type_, FlatInput) for _, _, type_ in nodes.arguments)
+
+
+def test_the_gateway_builds_start_run_input_from_a_plan() -> None:
+    resolver = build_schema()._schema.type_map["Mutation"].fields["startRun"].resolve  # type: ignore[union-attr]
+    assert isinstance(resolver, DirectResolver)
+    ((_, _, plan),) = [a for a in resolver.arguments if a[0] == "input"]
+    assert isinstance(plan, FlatInput)
+    assert plan.cls.__name__ == "StartRunInput"
 
 
 def test_not_installed_where_the_schema_has_exception_handlers() -> None:

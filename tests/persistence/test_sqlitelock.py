@@ -85,3 +85,25 @@ async def test_a_write_that_goes_through_brings_the_normal_wait_back_at_once(
         await write("after")  # no probe in between
         assert await _busy_timeout(registry) == BUSY_MS
         assert HELD_BUSY_MS >= 200  # a neighbour's short transaction ends within it
+
+
+async def test_a_lock_a_runs_touch_meets_is_marked_as_the_stores(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A run's checkpoint put touches its thread (`FallbackRouter.touch`, not through
+    `fail_if_down`): the lock it meets is the store's, so the executor releases the run
+    to resume rather than ending it ERROR as a node's own lock."""
+    from code_hero.persistence.contention import contention, from_store
+
+    config = _config("sqlite", request)
+    async with _manager(config) as manager:
+        await _raw(manager, "PRAGMA busy_timeout = 200")
+        with contextlib.closing(
+            sqlite3.connect(config.database_path or "", isolation_level=None)
+        ) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(Exception) as met:
+                await manager.router.touch("th-locked", None, create=False)
+            other.execute("ROLLBACK")
+        assert contention(met.value) is not None
+        assert from_store(met.value)

@@ -43,7 +43,11 @@ class RouterFailover(RouterState):
         may open (a saturated pool raises it too): the slot's probe, on a connection
         of its own, decides. A pool short of connections that times out could not
         open them (they are being replaced): down, as any other unreachable database.
+
+        Every error of a store's call passes here (`fail_if_down`, `touch`, recovery):
+        it is marked as the store's (`contention.from_store`), whatever the verdict.
         """
+        mark_store(exc)
         if not is_backend_error(exc):
             return None
         if is_pool_timeout(exc) and slot.backend is not None and slot.backend.pool_saturated():
@@ -65,9 +69,7 @@ class RouterFailover(RouterState):
     ) -> bool:
         """Whether `exc` means the slot's database is down: then the slot is failed over.
         A saturated pool raises UNAVAILABLE "busy" instead, and nothing fails over.
-        Every error of a store's call passes here: it is marked as the store's
-        (`contention.from_store`), whatever the verdict."""
-        mark_store(exc)
+        `outage` marks `exc` as the store's."""
         verdict = await self.outage(slot, exc)
         if verdict == "busy":
             raise self.busy(what) from exc

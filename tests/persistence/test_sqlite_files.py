@@ -188,11 +188,28 @@ NEIGHBOUR = textwrap.dedent(
 )
 
 
+# A process opening the path of a deleted database (a second server, a CLI command):
+# it makes a new file in WAL mode, a table of its own, a row per line it reads.
+NEWCOMER = textwrap.dedent(
+    """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS x (v TEXT)")
+    print("ok", flush=True)
+    for line in sys.stdin:
+        conn.execute("INSERT INTO x VALUES (?)", (line.strip(),))
+        print("ok", flush=True)
+    conn.close()
+    """
+)
+
+
 @contextlib.contextmanager
-def _neighbour(path: Path) -> Iterator[Callable[[str], None]]:
+def _neighbour(path: Path, script: str = NEIGHBOUR) -> Iterator[Callable[[str], None]]:
     """Another process that has `path` open while the block runs; yields its writer."""
     child = subprocess.Popen(
-        [sys.executable, "-c", NEIGHBOUR, str(path)],
+        [sys.executable, "-c", script, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -381,3 +398,40 @@ async def test_full_file_logs_its_outage_once_not_per_probe(
 def _page_count(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return int(conn.execute("PRAGMA page_count").fetchone()[0])
+
+
+async def test_a_new_file_a_process_opened_at_a_deleted_ones_path_keeps_its_writes(
+    tmp_path: Path,
+) -> None:
+    # The newcomer, opening the path in WAL mode, took the -wal and -shm it found there:
+    # the deleted database's. Unlinked at the rescue as the server's own, the newcomer's
+    # acknowledged writes were lost and its file left damaged.
+    import aiosqlite
+
+    from code_hero.persistence.sqlitefiles import DatabaseFileTaken, SqliteFiles
+
+    path = tmp_path / "db.sqlite"
+    conn = await aiosqlite.connect(path)
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("CREATE TABLE ours (v TEXT)")
+        await conn.execute("INSERT INTO ours VALUES ('gateway')")
+        await conn.commit()
+        files = SqliteFiles(str(path))
+        files.record()
+        path.unlink()
+        with _neighbour(path, NEWCOMER) as newcomer_writes:
+            newcomer_writes("one")
+            with pytest.raises(DatabaseFileTaken):
+                await files.rescue(conn)
+            newcomer_writes("two")
+            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as third:
+                third.execute("INSERT INTO x VALUES ('three')")
+            newcomer_writes("four")
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            assert other.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            rows = sorted(v for (v,) in other.execute("SELECT v FROM x"))
+        assert rows == ["four", "one", "three", "two"]
+    finally:
+        await conn.close()
+        files.forget()

@@ -208,8 +208,11 @@ class SqliteFiles:
             raise self._shared()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         target = f"{self.path}.orphaned-{stamp}" if taken or shared else self.path
+        if target == self.path:
+            # Before the copy goes in: a process opening the path in between would
+            # replay our WAL onto the copy, whose pages lie elsewhere.
+            self._unlink_side_files()
         await _copy_out(conn, target)
-        self._unlink_side_files()
         if target != self.path:
             log.error(
                 "SQLite file %s was deleted or replaced while open, and the server stops: "
@@ -226,7 +229,12 @@ class SqliteFiles:
 
     def _unlink_side_files(self) -> None:
         # SQLite neither checkpoints nor deletes the WAL of a moved database when it
-        # closes: left at the path, ours would be replayed into the file there.
+        # closes: left at the path, ours would be replayed into the file there. But a
+        # process that opened the path since (a new file in WAL mode) took the -wal and
+        # -shm it found there, ours: they are its own now, and unlinked, its writes
+        # would be lost and its file damaged. Left, its checkpoint empties them.
+        if others_use(self.opened):
+            return
         for suffix in _SIDE_FILES:
             if suffix in self.opened and _identity(self.path + suffix) == self.opened[suffix]:
                 os.unlink(self.path + suffix)

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,21 +23,12 @@ from langgraph.checkpoint.base import empty_checkpoint
 from code_hero.checkpointing import EnhancedCheckpointerManager
 from code_hero.config import CheckpointerConfig, create_sqlite_checkpointer
 from code_hero.persistence.registry import SqliteRegistry
+from tests.persistence.test_down_means_down import _manager
 
 
 def _config(path: Path) -> CheckpointerConfig:
     # No background probe: each test decides when the router checks and heals.
     return create_sqlite_checkpointer(str(path), health_check_interval=3600)
-
-
-@contextlib.asynccontextmanager
-async def _manager(config: CheckpointerConfig) -> AsyncIterator[EnhancedCheckpointerManager]:
-    manager = EnhancedCheckpointerManager(config)
-    try:
-        assert await manager.initialize()
-        yield manager
-    finally:
-        await manager.cleanup()
 
 
 async def _write(manager: EnhancedCheckpointerManager, thread_id: str) -> None:

@@ -93,8 +93,19 @@ T = TypeVar("T")
 # A waiter for a run just admitted here looks at the registry this soon at the latest
 # (no claim pass ending meanwhile: a busy pool, a shutdown).
 _FIRST_LOOK_AT_THE_LATEST = 0.25
-# Runs admitted here on a thread made for them that `RunExecutor` remembers at most.
-_FRESH_KEPT = 4096
+# Runs a per-run memo of `RunExecutor` (`_fresh`, `_lock_releases`) keeps at most: a
+# run may end on another replica, and its entry is then forgotten oldest first.
+_RUNS_REMEMBERED = 4096
+
+
+def _remember(memo: dict[str, T], run_id: str, value: T) -> None:
+    """Set `memo[run_id]` as its newest entry, forgetting the oldest past the bound."""
+    memo.pop(run_id, None)
+    memo[run_id] = value
+    if len(memo) > _RUNS_REMEMBERED:
+        del memo[next(iter(memo))]
+
+
 # Times one run is released here for a lock of the gateway's store before it ends ERROR
 # instead: each release resumes it from its last checkpoint, repeating the step it was
 # in (its side effects too), and a lock that every resumption meets again (a store
@@ -298,9 +309,7 @@ class RunExecutor:
             now,
         )
         if new_thread:  # before the admission: a claim pass may launch it before we return
-            self._fresh[run_id] = True
-            if len(self._fresh) > _FRESH_KEPT:
-                del self._fresh[next(iter(self._fresh))]
+            _remember(self._fresh, run_id, True)
         try:
             record, busy = await self.registry.admit_run(
                 RunRecord(
@@ -635,9 +644,7 @@ class RunExecutor:
         count = self._lock_releases.pop(run_id, 0) + 1
         if count > MAX_LOCK_RELEASES:
             return False
-        self._lock_releases[run_id] = count  # re-inserted: the newest last
-        if len(self._lock_releases) > _FRESH_KEPT:
-            del self._lock_releases[next(iter(self._lock_releases))]
+        _remember(self._lock_releases, run_id, count)
         return True
 
     async def _release_after_lock_wait(

@@ -105,6 +105,26 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
     assert all(loaded_after(used, "click", "uvicorn.main").values())
 
 
+def test_serve_defers_charset_normalizers_detector() -> None:
+    # `requests` (langchain-core's and langsmith's) reads charset-normalizer's
+    # `__version__` as it imports; the package's `__init__` loads its detector (~2.5 MiB
+    # resident), which only a `requests` response without a declared encoding uses.
+    start = (
+        "from code_hero.cli.deferred import defer_package_inits as d; d(); "
+        "from uvicorn.config import Config; from code_hero.app import create_app; "
+        "Config(create_app(), lifespan='on').load()"
+    )
+    detector = ("charset_normalizer.api", "charset_normalizer.cd", "charset_normalizer.md")
+    loaded = loaded_after(start, "requests", "charset_normalizer", *detector)
+    assert loaded == {"requests": True, "charset_normalizer": True} | dict.fromkeys(detector, False)
+    # Deferred, not gone: requests guesses an undeclared encoding with it.
+    used = (
+        f"{start}; import requests; r = requests.Response(); "
+        "r._content = 'Größe'.encode('utf-8'); assert r.apparent_encoding == 'utf-8'"
+    )
+    assert all(loaded_after(used, *detector).values())
+
+
 def test_serve_defers_the_libraries_model_builds_not_a_graphs() -> None:
     # The ~120 pydantic models the libraries define as `serve` imports the app build
     # their validators at first use (~2 MiB; cli/deferred.py); a model defined later

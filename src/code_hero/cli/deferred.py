@@ -12,6 +12,10 @@ runs its package's `__init__`, which loads far more than the leaf:
 - `uvicorn`: `serve` needs its `Config` and `Server` (and `uvicorn.lifespan.on`
   reads `from uvicorn import Config`); the package's `__init__` loads its
   command line: click, watchfiles, the reload and worker supervisors.
+- `charset_normalizer`: `requests` (which langchain-core and langsmith import)
+  reads its `__version__`; the package's `__init__` loads its encoding detector
+  (its language tables and mypyc-compiled modules), which only a `requests`
+  response without a declared encoding uses.
 - `dateutil.tz` (Strawberry's date parser uses it only to parse a time zone),
   `idna` (httpx's, for a non-ASCII host name) and `strawberry.federation`
   (Strawberry's `__init__` imports it; this gateway is no federated subgraph).
@@ -47,6 +51,7 @@ DEFERRED_PACKAGES = (
     "langgraph_sdk",
     "langsmith.types",
     "uvicorn",
+    "charset_normalizer",
     "dateutil.tz",
     "idna",
     "strawberry.federation",
@@ -56,6 +61,7 @@ DEFERRED_PACKAGES = (
 # (a test checks each against the installed package).
 RE_EXPORTS: Mapping[str, Mapping[str, str]] = {
     "uvicorn": {"Config": "uvicorn.config", "Server": "uvicorn.server"},
+    "charset_normalizer": {"__version__": "charset_normalizer.version"},
 }
 # Those of the packages deferred in this process.
 _re_exports: dict[str, Mapping[str, str]] = {}

@@ -167,6 +167,7 @@ def test_the_re_exports_are_the_installed_packages_own() -> None:
         "uvicorn.Config",
         "uvicorn.Server",
         "charset_normalizer.__version__",
+        "dateutil.parser.isoparse",
     ]
 
 

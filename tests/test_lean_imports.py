@@ -89,7 +89,8 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
     # click, watchfiles, the supervisors (~3 MiB resident). `serve` builds uvicorn's
     # Config and Server from their modules, and `Config.load()` (the lifespan and
     # protocol modules, as `Server.run` loads them) reads `Config` off the package.
-    # Strawberry's `dateutil.tz`, httpx's `idna` and `strawberry.federation` wait too.
+    # Strawberry's `dateutil.tz` and `dateutil.parser` (its `DateTime` scalar reads only
+    # `isoparse`), httpx's `idna` and `strawberry.federation` wait too.
     start = (
         "from code_hero.cli.deferred import defer_package_inits as d; d(); "
         "from uvicorn.config import Config; from code_hero.app import create_app; "
@@ -97,12 +98,18 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
         "ws_per_message_deflate=False); c.load()"
     )
     cli = ("click", "uvicorn.main", "watchfiles", "uvicorn.supervisors")
-    waiting = ("dateutil.tz.tz", "idna.core", "strawberry.federation.schema")
+    waiting = (
+        *("dateutil.tz.tz", "dateutil.parser._parser", "dateutil.relativedelta"),
+        *("idna.core", "strawberry.federation.schema"),
+    )
     loaded = loaded_after(start, "uvicorn.lifespan.on", *cli, *waiting)
     assert loaded == {"uvicorn.lifespan.on": True} | dict.fromkeys(cli + waiting, False)
     # Deferred, not gone: the first use of a name the `__init__` makes runs it.
-    used = f"{start}; import uvicorn; uvicorn.run"
-    assert all(loaded_after(used, "click", "uvicorn.main").values())
+    used = (
+        f"{start}; import uvicorn; uvicorn.run; import dateutil.parser as p; "
+        "assert p.parse('2 Jan 2024').year == 2024"
+    )
+    assert all(loaded_after(used, "click", "uvicorn.main", "dateutil.parser._parser").values())
 
 
 def test_serve_defers_charset_normalizers_detector() -> None:

@@ -16,6 +16,9 @@ runs its package's `__init__`, which loads far more than the leaf:
   reads its `__version__`; the package's `__init__` loads its encoding detector
   (its language tables and mypyc-compiled modules), which only a `requests`
   response without a declared encoding uses.
+- `dateutil.parser`: Strawberry's `DateTime` scalar reads its `isoparse` (a
+  re-export of `dateutil.parser.isoparser`); the package's `__init__` loads the
+  free-form parser too, with `dateutil.relativedelta`.
 - `dateutil.tz` (Strawberry's date parser uses it only to parse a time zone),
   `idna` (httpx's, for a non-ASCII host name) and `strawberry.federation`
   (Strawberry's `__init__` imports it; this gateway is no federated subgraph).
@@ -52,6 +55,7 @@ DEFERRED_PACKAGES = (
     "langsmith.types",
     "uvicorn",
     "charset_normalizer",
+    "dateutil.parser",
     "dateutil.tz",
     "idna",
     "strawberry.federation",
@@ -62,6 +66,7 @@ DEFERRED_PACKAGES = (
 RE_EXPORTS: Mapping[str, Mapping[str, str]] = {
     "uvicorn": {"Config": "uvicorn.config", "Server": "uvicorn.server"},
     "charset_normalizer": {"__version__": "charset_normalizer.version"},
+    "dateutil.parser": {"isoparse": "dateutil.parser.isoparser"},
 }
 # Those of the packages deferred in this process.
 _re_exports: dict[str, Mapping[str, str]] = {}

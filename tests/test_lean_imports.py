@@ -76,12 +76,19 @@ def test_serve_defers_the_langgraph_sdk_client_and_langsmith_types() -> None:
     # (~12 MiB resident; cli/deferred.py). `serve` refuses 0.0.0.0 without authentication
     # only after it has imported the app, which is what this looks at.
     refused = "from code_hero.cli import main; main(['serve', '--host', '0.0.0.0'])"
-    heavy = ("langgraph_sdk.client", "langsmith.types.run", "httpx", "rich", "pygments")
+    heavy = (
+        *("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run"),
+        *("httpx", "rich", "pygments"),
+    )
     loaded = loaded_after(refused, "langgraph.graph", "code_hero.app", *heavy)
     assert loaded == {"langgraph.graph": True, "code_hero.app": True} | dict.fromkeys(heavy, False)
     # Deferred, not gone: the first use runs the package's init.
-    used = f"{refused}; from langgraph_sdk import get_client; import langsmith.types as t; t.Run"
-    assert all(loaded_after(used, "langgraph_sdk.client", "langsmith.types.run").values())
+    used = (
+        f"{refused}; from langgraph_sdk import get_client; from langgraph_sdk.auth import Auth; "
+        "import langsmith.types as t; t.Run"
+    )
+    waited = ("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run")
+    assert all(loaded_after(used, *waited).values())
 
 
 def test_serve_starts_uvicorn_without_its_command_line() -> None:

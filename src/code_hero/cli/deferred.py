@@ -5,7 +5,8 @@ runs its package's `__init__`, which loads far more than the leaf:
 
 - `langgraph_sdk`: `langgraph.runtime` needs only `langgraph_sdk.auth.types`;
   the package's `__init__` loads the SDK's whole HTTP client, with httpx (and
-  httpx's command line: rich, pygments).
+  httpx's command line: rich, pygments), and `langgraph_sdk.auth`'s its `Auth`
+  class and exceptions.
 - `langsmith.types`: langsmith's run trees need one `Literal` alias,
   `langsmith.types.run_select_field`; the package's `__init__` loads its 164
   generated pydantic models.
@@ -23,7 +24,7 @@ runs its package's `__init__`, which loads far more than the leaf:
   `idna` (httpx's, for a non-ASCII host name) and `strawberry.federation`
   (Strawberry's `__init__` imports it; this gateway is no federated subgraph).
 
-Deferred, a server on SQLite holds about 15 MiB less (README, "Where a run's
+Deferred, a server on SQLite holds about 18 MiB less (README, "Where a run's
 time and the server's memory go"). For these packages only, the finder below
 makes the package module as the import system would (`__path__`, `__spec__`,
 `__file__`), so its submodules import as usual, but runs its `__init__` the
@@ -52,6 +53,7 @@ __all__ = ["DEFERRED_PACKAGES", "RE_EXPORTS", "defer_package_inits", "deferred_m
 
 DEFERRED_PACKAGES = (
     "langgraph_sdk",
+    "langgraph_sdk.auth",
     "langsmith.types",
     "uvicorn",
     "charset_normalizer",

@@ -163,7 +163,12 @@ def test_the_re_exports_are_the_installed_packages_own() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["uvicorn.Config", "uvicorn.Server"]
+    assert out.stdout.split() == [
+        "uvicorn.Config",
+        "uvicorn.Server",
+        "charset_normalizer.__version__",
+        "dateutil.parser.isoparse",
+    ]
 
 
 def test_models_defined_in_the_window_build_at_first_use(tmp_path: Path) -> None:

@@ -76,12 +76,19 @@ def test_serve_defers_the_langgraph_sdk_client_and_langsmith_types() -> None:
     # (~12 MiB resident; cli/deferred.py). `serve` refuses 0.0.0.0 without authentication
     # only after it has imported the app, which is what this looks at.
     refused = "from code_hero.cli import main; main(['serve', '--host', '0.0.0.0'])"
-    heavy = ("langgraph_sdk.client", "langsmith.types.run", "httpx", "rich", "pygments")
+    heavy = (
+        *("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run"),
+        *("httpx", "rich", "pygments"),
+    )
     loaded = loaded_after(refused, "langgraph.graph", "code_hero.app", *heavy)
     assert loaded == {"langgraph.graph": True, "code_hero.app": True} | dict.fromkeys(heavy, False)
     # Deferred, not gone: the first use runs the package's init.
-    used = f"{refused}; from langgraph_sdk import get_client; import langsmith.types as t; t.Run"
-    assert all(loaded_after(used, "langgraph_sdk.client", "langsmith.types.run").values())
+    used = (
+        f"{refused}; from langgraph_sdk import get_client; from langgraph_sdk.auth import Auth; "
+        "import langsmith.types as t; t.Run"
+    )
+    waited = ("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run")
+    assert all(loaded_after(used, *waited).values())
 
 
 def test_serve_starts_uvicorn_without_its_command_line() -> None:
@@ -89,7 +96,8 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
     # click, watchfiles, the supervisors (~3 MiB resident). `serve` builds uvicorn's
     # Config and Server from their modules, and `Config.load()` (the lifespan and
     # protocol modules, as `Server.run` loads them) reads `Config` off the package.
-    # Strawberry's `dateutil.tz`, httpx's `idna` and `strawberry.federation` wait too.
+    # Strawberry's `dateutil.tz` and `dateutil.parser` (its `DateTime` scalar reads only
+    # `isoparse`), httpx's `idna` and `strawberry.federation` wait too.
     start = (
         "from code_hero.cli.deferred import defer_package_inits as d; d(); "
         "from uvicorn.config import Config; from code_hero.app import create_app; "
@@ -97,12 +105,38 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
         "ws_per_message_deflate=False); c.load()"
     )
     cli = ("click", "uvicorn.main", "watchfiles", "uvicorn.supervisors")
-    waiting = ("dateutil.tz.tz", "idna.core", "strawberry.federation.schema")
+    waiting = (
+        *("dateutil.tz.tz", "dateutil.parser._parser", "dateutil.relativedelta"),
+        *("idna.core", "strawberry.federation.schema"),
+    )
     loaded = loaded_after(start, "uvicorn.lifespan.on", *cli, *waiting)
     assert loaded == {"uvicorn.lifespan.on": True} | dict.fromkeys(cli + waiting, False)
     # Deferred, not gone: the first use of a name the `__init__` makes runs it.
-    used = f"{start}; import uvicorn; uvicorn.run"
-    assert all(loaded_after(used, "click", "uvicorn.main").values())
+    used = (
+        f"{start}; import uvicorn; uvicorn.run; import dateutil.parser as p; "
+        "assert p.parse('2 Jan 2024').year == 2024"
+    )
+    assert all(loaded_after(used, "click", "uvicorn.main", "dateutil.parser._parser").values())
+
+
+def test_serve_defers_charset_normalizers_detector() -> None:
+    # `requests` (langchain-core's and langsmith's) reads charset-normalizer's
+    # `__version__` as it imports; the package's `__init__` loads its detector (~2.5 MiB
+    # resident), which only a `requests` response without a declared encoding uses.
+    start = (
+        "from code_hero.cli.deferred import defer_package_inits as d; d(); "
+        "from uvicorn.config import Config; from code_hero.app import create_app; "
+        "Config(create_app(), lifespan='on').load()"
+    )
+    detector = ("charset_normalizer.api", "charset_normalizer.cd", "charset_normalizer.md")
+    loaded = loaded_after(start, "requests", "charset_normalizer", *detector)
+    assert loaded == {"requests": True, "charset_normalizer": True} | dict.fromkeys(detector, False)
+    # Deferred, not gone: requests guesses an undeclared encoding with it.
+    used = (
+        f"{start}; import requests; r = requests.Response(); "
+        "r._content = 'Größe'.encode('utf-8'); assert r.apparent_encoding == 'utf-8'"
+    )
+    assert all(loaded_after(used, *detector).values())
 
 
 def test_serve_defers_the_libraries_model_builds_not_a_graphs() -> None:

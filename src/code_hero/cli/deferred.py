@@ -5,18 +5,26 @@ runs its package's `__init__`, which loads far more than the leaf:
 
 - `langgraph_sdk`: `langgraph.runtime` needs only `langgraph_sdk.auth.types`;
   the package's `__init__` loads the SDK's whole HTTP client, with httpx (and
-  httpx's command line: rich, pygments).
+  httpx's command line: rich, pygments), and `langgraph_sdk.auth`'s its `Auth`
+  class and exceptions.
 - `langsmith.types`: langsmith's run trees need one `Literal` alias,
   `langsmith.types.run_select_field`; the package's `__init__` loads its 164
   generated pydantic models.
 - `uvicorn`: `serve` needs its `Config` and `Server` (and `uvicorn.lifespan.on`
   reads `from uvicorn import Config`); the package's `__init__` loads its
   command line: click, watchfiles, the reload and worker supervisors.
+- `charset_normalizer`: `requests` (which langchain-core and langsmith import)
+  reads its `__version__`; the package's `__init__` loads its encoding detector
+  (its language tables and mypyc-compiled modules), which only a `requests`
+  response without a declared encoding uses.
+- `dateutil.parser`: Strawberry's `DateTime` scalar reads its `isoparse` (a
+  re-export of `dateutil.parser.isoparser`); the package's `__init__` loads the
+  free-form parser too, with `dateutil.relativedelta`.
 - `dateutil.tz` (Strawberry's date parser uses it only to parse a time zone),
   `idna` (httpx's, for a non-ASCII host name) and `strawberry.federation`
   (Strawberry's `__init__` imports it; this gateway is no federated subgraph).
 
-Deferred, a server on SQLite holds about 15 MiB less (README, "Where a run's
+Deferred, a server on SQLite holds about 18 MiB less (README, "Where a run's
 time and the server's memory go"). For these packages only, the finder below
 makes the package module as the import system would (`__path__`, `__spec__`,
 `__file__`), so its submodules import as usual, but runs its `__init__` the
@@ -45,8 +53,11 @@ __all__ = ["DEFERRED_PACKAGES", "RE_EXPORTS", "defer_package_inits", "deferred_m
 
 DEFERRED_PACKAGES = (
     "langgraph_sdk",
+    "langgraph_sdk.auth",
     "langsmith.types",
     "uvicorn",
+    "charset_normalizer",
+    "dateutil.parser",
     "dateutil.tz",
     "idna",
     "strawberry.federation",
@@ -56,6 +67,8 @@ DEFERRED_PACKAGES = (
 # (a test checks each against the installed package).
 RE_EXPORTS: Mapping[str, Mapping[str, str]] = {
     "uvicorn": {"Config": "uvicorn.config", "Server": "uvicorn.server"},
+    "charset_normalizer": {"__version__": "charset_normalizer.version"},
+    "dateutil.parser": {"isoparse": "dateutil.parser.isoparser"},
 }
 # Those of the packages deferred in this process.
 _re_exports: dict[str, Mapping[str, str]] = {}

@@ -230,7 +230,15 @@ class PostgresBackend(Backend):
             autocommit=True,
         )
         async with conn:
-            await conn.execute("SELECT 1")
+            cur = await conn.execute("SELECT current_setting('transaction_read_only')")
+            row = await cur.fetchone()
+        # A new session that may not write (a standby, default_transaction_read_only):
+        # the server answers, but no write would go in, and a copy-back would fail.
+        if row is not None and row[0] == "on":
+            raise psycopg.errors.ReadOnlySqlTransaction(
+                "the database is read-only: a new session cannot write (a standby, or "
+                "default_transaction_read_only is on)"
+            )
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
+    "PG_READ_ONLY_STATES",
     "SQLITE_DOWN_CODES",
     "BackgroundLog",
     "UnstorableJSON",
@@ -61,6 +62,13 @@ PG_DOWN_STATES = frozenset(
         "53300",
     }
 )
+# read_only_sql_transaction: a standby (a failover pointed us at one, the old primary
+# came back as one) or default_transaction_read_only set on. The server answers, but
+# every write fails until someone acts, as SQLite's read-only file: down, so runs go
+# on on the fallback; the probe asks whether a new session may write
+# (`PostgresBackend.probe`), and the copy-back's fresh pool brings writable sessions.
+# psycopg raises it as an InternalError (class 25), not an OperationalError.
+PG_READ_ONLY_STATES = frozenset({"25006"})
 # Not down although the server ended or hurt only this session or statement:
 # 57P05 idle_session_timeout (one idle connection; the checkout check normally
 # discards it first), 25P03 idle_in_transaction_session_timeout, 57014
@@ -199,6 +207,8 @@ def _postgres_down(exc: BaseException) -> bool | None:
         return True
     if not isinstance(exc, psycopg.Error):
         return None
+    if exc.sqlstate in PG_READ_ONLY_STATES:
+        return True
     not_down = (psycopg.errors.PipelineAborted, TooManyRequests)
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, not_down):
         return False

@@ -68,6 +68,24 @@ async def test_lock_timeout_is_unavailable_busy(pg_database: str) -> None:
     assert "busy" in error.message
 
 
+async def test_statement_timeout_is_unavailable_with_retry_after(pg_database: str) -> None:
+    # statement_timeout set on the database, a statement stuck behind another
+    # session's lock: the database cancels it (57014), and it serves on.
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as setup:
+        await setup.execute("CREATE TABLE held (id int PRIMARY KEY)")
+        await setup.execute(f'ALTER DATABASE "{setup.info.dbname}" SET statement_timeout = 50')
+    async with (
+        await psycopg.AsyncConnection.connect(pg_database) as holder,
+        await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as waiter,
+    ):
+        await holder.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg.errors.QueryCanceled) as caught:
+            await waiter.execute("SELECT count(*) FROM held")
+    error = client_error(_as_field_error(caught.value))
+    assert error.extensions == {"retryAfter": 1, "code": "UNAVAILABLE"}
+    assert "statement_timeout" in error.message
+
+
 def test_sqlite_file_locked_by_another_writer_is_unavailable_busy(tmp_path: Path) -> None:
     path = tmp_path / "locked.sqlite"
     holder = sqlite3.connect(path, isolation_level=None)

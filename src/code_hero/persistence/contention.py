@@ -3,8 +3,9 @@
 A deadlock's victim, a serialization failure, a lock wait that ran out, a
 statement the database cancelled (its statement_timeout, mostly spent waiting
 behind a lock or a slow disk): not a bug (INTERNAL) and not an outage
-(`unreachable`): the same call tried again succeeds. This module reads the errors' codes without importing a driver, so
-the schema's one error mapping may use it.
+(`unreachable`): the same call tried again succeeds. This module reads the
+errors' codes without importing a driver, so the schema's one error mapping
+may use it.
 
 Whose lock it was matters to the run executor: a run whose write to the
 gateway's own store lost a race is released and resumes, but a graph's node

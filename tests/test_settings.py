@@ -87,3 +87,13 @@ def test_sqlite_cache_kib() -> None:
     for raw in ("0", "-1", "lots", str(2**31), "1099511627776"):
         with pytest.raises(ConfigurationError, match="CODE_HERO_SQLITE_CACHE_KIB"):
             settings_from_env({**url, "CODE_HERO_SQLITE_CACHE_KIB": raw})
+
+
+def test_lock_timeout_from_the_environment() -> None:
+    from code_hero.settings import checkpointer_from_env
+
+    env = {"CODE_HERO_DATABASE_URL": "postgresql://db/x", "CODE_HERO_LOCK_TIMEOUT": "2.5"}
+    assert checkpointer_from_env(env).lock_timeout == 2.5
+    assert checkpointer_from_env({"CODE_HERO_DATABASE_URL": "postgresql://db/x"}).lock_timeout == 5
+    with pytest.raises(ConfigurationError, match="CODE_HERO_LOCK_TIMEOUT"):
+        checkpointer_from_env({"CODE_HERO_LOCK_TIMEOUT": "0"})

@@ -71,6 +71,11 @@ class CheckpointerConfig:
     # (persistence/groupcommit.py); off, each write commits on its own.
     group_commit: bool = True
     health_check_interval: float = 5.0
+    # PostgreSQL: seconds a statement waits for a lock another session holds (a LOCK
+    # TABLE, a row locked FOR UPDATE, a migration), then fails with lock_not_available:
+    # UNAVAILABLE for a request, a released and resumed run. SQLite's busy wait is as
+    # long. A lock_timeout the database or role sets itself wins.
+    lock_timeout: float = 5.0
     enable_fallback: bool = True
     # Writes a fallback holds for the primary during an outage, at most (then UNAVAILABLE).
     max_pending_sync: int = 100_000

@@ -64,6 +64,9 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_CONCURRENT_RUNS": "runs executing at once in this process (8; 0: serve only)",
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
+    "CODE_HERO_LOCK_TIMEOUT": (
+        "PostgreSQL: seconds a statement waits for another session's lock (default 5)"
+    ),
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SQLITE_CACHE_KIB": "SQLite's page cache, KiB (default 512; SQLite's own: 2000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
@@ -279,13 +282,17 @@ def checkpointer_from_env(
     else:
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
     journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)
+    lock_timeout = _float(env, "CODE_HERO_LOCK_TIMEOUT", config.lock_timeout)
     cache = _positive_int(env, "CODE_HERO_SQLITE_CACHE_KIB", config.sqlite_cache_kib)
     if cache > _SQLITE_CACHE_KIB_MAX:  # SQLite would take a larger one as no cache at all
         raise ConfigurationError(
             f"CODE_HERO_SQLITE_CACHE_KIB must be at most {_SQLITE_CACHE_KIB_MAX}, got {cache}"
         )
     return config.with_options(
-        health_check_interval=interval, max_pending_sync=journal, sqlite_cache_kib=cache
+        health_check_interval=interval,
+        max_pending_sync=journal,
+        sqlite_cache_kib=cache,
+        lock_timeout=lock_timeout,
     )
 
 

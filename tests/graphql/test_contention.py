@@ -4,6 +4,7 @@ UNAVAILABLE with retryAfter, never INTERNAL: the errors come from the real datab
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 from graphql import GraphQLError
 
+from code_hero.schema.build import build_schema
 from code_hero.schema.errors import client_error, error_code
 
 
@@ -68,6 +70,24 @@ async def test_lock_timeout_is_unavailable_busy(pg_database: str) -> None:
     assert "busy" in error.message
 
 
+async def test_statement_timeout_is_unavailable_with_retry_after(pg_database: str) -> None:
+    # statement_timeout set on the database, a statement stuck behind another
+    # session's lock: the database cancels it (57014), and it serves on.
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as setup:
+        await setup.execute("CREATE TABLE held (id int PRIMARY KEY)")
+        await setup.execute(f'ALTER DATABASE "{setup.info.dbname}" SET statement_timeout = 50')
+    async with (
+        await psycopg.AsyncConnection.connect(pg_database) as holder,
+        await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as waiter,
+    ):
+        await holder.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg.errors.QueryCanceled) as caught:
+            await waiter.execute("SELECT count(*) FROM held")
+    error = client_error(_as_field_error(caught.value))
+    assert error.extensions == {"retryAfter": 1, "code": "UNAVAILABLE"}
+    assert "statement_timeout" in error.message
+
+
 def test_sqlite_file_locked_by_another_writer_is_unavailable_busy(tmp_path: Path) -> None:
     path = tmp_path / "locked.sqlite"
     holder = sqlite3.connect(path, isolation_level=None)
@@ -91,3 +111,26 @@ def test_other_database_errors_stay_internal(tmp_path: Path) -> None:
     conn.close()
     assert error_code(_as_field_error(caught.value)) == "INTERNAL"
     assert client_error(_as_field_error(caught.value)).message == "Internal server error"
+
+
+def test_requests_meeting_one_held_lock_warn_once_not_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A lock held for a minute fails every request that needs it alike: 300 requests
+    # made 300 WARNING lines. One says so, counting the others at DEBUG; another kind
+    # (a damaged file) still warns.
+    schema = build_schema()
+    busy = psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+    damaged = sqlite3.DatabaseError("database disk image is malformed")
+    damaged.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+    with caplog.at_level(logging.DEBUG, logger="code_hero.graphql"):
+        for _ in range(5):
+            schema.process_errors([_as_field_error(busy)])
+        schema.process_errors([_as_field_error(damaged)])
+    told = [r for r in caplog.records if r.name == "code_hero.graphql"]
+    warned = [r.getMessage() for r in told if r.levelno == logging.WARNING]
+    assert warned == [
+        "request error: canceling statement due to lock timeout",
+        "request error: database disk image is malformed",
+    ]
+    assert sum(r.levelno == logging.DEBUG for r in told) == 4

@@ -50,3 +50,25 @@ async def test_a_store_lock_that_every_resumption_meets_ends_the_run(tmp_path: P
     assert "not resumed again" in run["error"] and "database is locked" in run["error"]
     side_effects = (tmp_path / "side-effects").read_text()
     assert side_effects == "x" * (MAX_LOCK_RELEASES + 1)
+
+
+async def test_a_waiting_start_answers_at_the_first_release_for_a_store_lock(
+    tmp_path: Path,
+) -> None:
+    # startRun(wait) waited for as long as the lock was held (a LOCK TABLE for a
+    # minute: past a client's timeout); it answers at the first release, naming the
+    # recorded run, which goes on.
+    wait = (
+        'mutation($input: JSON!) { startRun(input: {graph: "g", input: $input, wait: true}) '
+        "{ id status } }"
+    )
+    async with running(create_app(_settings(tmp_path))) as srv:
+        given = {"folder": str(tmp_path), "as_store": True}
+        body = await gql(srv.http, wait, {"input": given})
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "UNAVAILABLE"
+        assert error["extensions"]["retryAfter"] == 1
+        assert "lock" in error["message"]
+        run = await until_finished(srv.http, error["extensions"]["runId"], seconds=120)
+    assert run["status"] == "ERROR"  # this lock never frees: released, then ended
+    assert (tmp_path / "side-effects").read_text() == "x" * (MAX_LOCK_RELEASES + 1)

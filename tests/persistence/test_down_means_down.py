@@ -55,6 +55,7 @@ DOWN: list[BaseException] = [
     pg.CannotConnectNow(),
     pg.DatabaseDropped(),
     pg.TooManyConnections(),
+    pg.ReadOnlySqlTransaction(),  # a standby, default_transaction_read_only
     pg.ConnectionFailure(),
     pg.ProtocolViolation(),
     pg.SqlclientUnableToEstablishSqlconnection(),

@@ -33,6 +33,9 @@ def slow_deadlock_check(pg_database: str) -> str:
     Asked for before `pg_gateway`, so the gateway's connections have it."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET deadlock_timeout = '5s'")
+        # The gateway's bound on a lock wait (5 s) would end the wait first: the
+        # database's own lock_timeout wins over it.
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET lock_timeout = '60s'")
     return pg_database
 
 

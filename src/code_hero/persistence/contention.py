@@ -1,9 +1,11 @@
 """Lost races for a database lock: what a client is told about them.
 
-A deadlock's victim, a serialization failure, a lock wait that ran out: not a
-bug (INTERNAL) and not an outage (`unreachable`): the same call tried again
-succeeds. This module reads the errors' codes without importing a driver, so
-the schema's one error mapping may use it.
+A deadlock's victim, a serialization failure, a lock wait that ran out, a
+statement the database cancelled (its statement_timeout, mostly spent waiting
+behind a lock or a slow disk): not a bug (INTERNAL) and not an outage
+(`unreachable`): the same call tried again succeeds. This module reads the
+errors' codes without importing a driver, so the schema's one error mapping
+may use it.
 
 Whose lock it was matters to the run executor: a run whose write to the
 gateway's own store lost a race is released and resumes, but a graph's node
@@ -29,6 +31,10 @@ __all__ = ["CONTENTION_RETRY_AFTER", "contention", "from_store", "mark_store"]
 # SQLite's busy_timeout behind another process's write) found the database busy.
 PG_CLASHES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 PG_LOCK_TIMEOUTS = frozenset({"55P03"})  # lock_not_available
+# query_canceled: the database's statement_timeout ran out (a statement stuck behind
+# another session's lock, a slow disk), or an administrator's pg_cancel_backend. The
+# database serves, and the same call tried again most likely goes through.
+PG_CANCELLED = frozenset({"57014"})
 SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 CONTENTION_RETRY_AFTER = 1  # seconds: the clash passes when the other transaction ends
 _STORE_MARK = "_code_hero_store"  # an attribute on the exception: it passes every await
@@ -57,6 +63,13 @@ def contention(exc: BaseException | None) -> CodeHeroError | None:
             retry_after=CONTENTION_RETRY_AFTER,
         )
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    if state in PG_CANCELLED:
+        return BackendUnavailableError(
+            "the database cancelled a statement of this request (its statement_timeout "
+            "ran out, or an administrator cancelled it); retry in "
+            f"{CONTENTION_RETRY_AFTER} s",
+            CONTENTION_RETRY_AFTER,
+        )
     if state in PG_LOCK_TIMEOUTS or (code is not None and code & 0xFF in SQLITE_LOCK_CODES):
         return BackendUnavailableError(
             "the database is busy: a lock this request needs is held by another "

@@ -96,6 +96,20 @@ class LendingPool(AsyncConnectionPool[Any]):
             _shut(conn)
 
 
+async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+    """Bound the session's waits for another session's locks to `seconds`, unless the
+    database or role sets a lock_timeout of its own. A lock held for a minute (a LOCK
+    TABLE, a VACUUM FULL, a row another session keeps FOR UPDATE) would otherwise hold
+    every request that needs it as long, with nothing said; bounded, the request
+    answers UNAVAILABLE "busy" and a run is released to resume (`contention`). Behind
+    PgBouncer in transaction mode a session's setting does not stay with the client:
+    set lock_timeout on the role there."""
+    await conn.execute(
+        "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'",
+        (f"{max(1, round(seconds * 1000))}ms",),
+    )
+
+
 async def _read_json_fast(conn: psycopg.AsyncConnection[Any]) -> None:
     """Every json and jsonb value the connection reads, read by `jsontext.loads`: the
     values `json.loads` (psycopg's default) gives, with orjson wherever the two agree.
@@ -118,6 +132,16 @@ class PostgresBackend(Backend):
     kind = "postgres"
     batches = True
     purges_in_one_step = True
+
+    # Set once the schema is set up: until then a connection waits for locks unbounded
+    # (a migration's ALTER TABLE, CREATE INDEX CONCURRENTLY wait out other replicas'
+    # transactions; a bound would fail the start).
+    _bounded_locks = False
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await _read_json_fast(conn)
+        if self._bounded_locks:
+            await _bound_lock_waits(conn, self.config.lock_timeout)
 
     def pool_saturated(self) -> bool:
         # Every connection it may have is open (handed out, or back by now: a burst
@@ -148,6 +172,10 @@ class PostgresBackend(Backend):
                         await self.registry.setup()
                     finally:
                         await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+            # From here on a lock wait is bounded: the connections opened so far are
+            # replaced by ones that are.
+            self._bounded_locks = True
+            await pool.drain()
             pooled = GroupCommitSaverPool if self.config.group_commit else SaverPool
             self.saver = pooled(instances)
         except BaseException:
@@ -173,7 +201,7 @@ class PostgresBackend(Backend):
                 "connect_timeout": connect_timeout,
             },
             check=check_on_checkout,
-            configure=_read_json_fast,
+            configure=self._configure,
             timeout=self.config.pool_timeout,
             name="code-hero",
             open=False,
@@ -230,7 +258,15 @@ class PostgresBackend(Backend):
             autocommit=True,
         )
         async with conn:
-            await conn.execute("SELECT 1")
+            cur = await conn.execute("SELECT current_setting('transaction_read_only')")
+            row = await cur.fetchone()
+        # A new session that may not write (a standby, default_transaction_read_only):
+        # the server answers, but no write would go in, and a copy-back would fail.
+        if row is not None and row[0] == "on":
+            raise psycopg.errors.ReadOnlySqlTransaction(
+                "the database is read-only: a new session cannot write (a standby, or "
+                "default_transaction_read_only is on)"
+            )
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]

@@ -20,11 +20,10 @@ import logging
 import select
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BackendUnavailableError, CodeHeroError
+from code_hero.persistence.backgroundlog import BackgroundLog
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
+    "PG_READ_ONLY_STATES",
     "SQLITE_DOWN_CODES",
     "BackgroundLog",
     "UnstorableJSON",
@@ -61,6 +61,13 @@ PG_DOWN_STATES = frozenset(
         "53300",
     }
 )
+# read_only_sql_transaction: a standby (a failover pointed us at one, the old primary
+# came back as one) or default_transaction_read_only set on. The server answers, but
+# every write fails until someone acts, as SQLite's read-only file: down, so runs go
+# on on the fallback; the probe asks whether a new session may write
+# (`PostgresBackend.probe`), and the copy-back's fresh pool brings writable sessions.
+# psycopg raises it as an InternalError (class 25), not an OperationalError.
+PG_READ_ONLY_STATES = frozenset({"25006"})
 # Not down although the server ended or hurt only this session or statement:
 # 57P05 idle_session_timeout (one idle connection; the checkout check normally
 # discards it first), 25P03 idle_in_transaction_session_timeout, 57014
@@ -150,42 +157,6 @@ def background_level(exc: BaseException, *, serving: bool, saturated: bool) -> i
     return logging.DEBUG if is_backend_error(exc) else logging.WARNING
 
 
-class BackgroundLog:
-    """How one background loop logs its failures: at the level `level_of` gives
-    (`background_level` with the router's view), and a WARNING at most once per `every`
-    seconds; those in between go to DEBUG, and the next WARNING counts them. A pool
-    saturated for an hour warns once a minute, not at every poll or notification."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        level_of: Callable[[BaseException], int],
-        every: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.level_of = level_of
-        self.every = every
-        self.clock = clock
-        self._quiet_until = float("-inf")
-        self._held = 0  # warnings logged at DEBUG since the last WARNING
-
-    def failed(self, exc: BaseException, message: str, *args: object) -> None:
-        """Log `message % args` at the level `exc` calls for."""
-        level = self.level_of(exc)
-        if level >= logging.WARNING:
-            now = self.clock()
-            if now < self._quiet_until:
-                self._held += 1
-                level = logging.DEBUG
-            else:
-                self._quiet_until = now + self.every
-                if self._held:
-                    message += f" ({self._held} more since the last warning, logged at DEBUG)"
-                    self._held = 0
-        self.logger.log(level, message, *args)
-
-
 def _postgres_down(exc: BaseException) -> bool | None:
     """The verdict on a psycopg or pool error; None for any other error."""
     import psycopg
@@ -199,6 +170,8 @@ def _postgres_down(exc: BaseException) -> bool | None:
         return True
     if not isinstance(exc, psycopg.Error):
         return None
+    if exc.sqlstate in PG_READ_ONLY_STATES:
+        return True
     not_down = (psycopg.errors.PipelineAborted, TooManyRequests)
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, not_down):
         return False

@@ -45,7 +45,7 @@ from code_hero.errors import (
     NotFoundError,
     RunHeldUpError,
 )
-from code_hero.persistence.contention import contention, from_store
+from code_hero.persistence.contention import CONTENTION_RETRY_AFTER, contention, from_store
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
@@ -93,7 +93,7 @@ T = TypeVar("T")
 # A waiter for a run just admitted here looks at the registry this soon at the latest
 # (no claim pass ending meanwhile: a busy pool, a shutdown).
 _FIRST_LOOK_AT_THE_LATEST = 0.25
-# Runs a per-run memo of `RunExecutor` (`_fresh`, `_lock_releases`) keeps at most: a
+# Runs a per-run memo of `RunExecutor` (`_fresh`, `_lock_releases`, `_at_lock`) keeps at most: a
 # run may end on another replica, and its entry is then forgotten oldest first.
 _RUNS_REMEMBERED = 4096
 
@@ -154,6 +154,10 @@ class RunExecutor:
         # Runs released here for a lock of the store, and how often (`MAX_LOCK_RELEASES`);
         # oldest forgotten past a bound (a run may end on another replica).
         self._lock_releases: dict[str, int] = {}
+        # Runs released here for a lock of the store, not ended yet: a `startRun(wait)`
+        # for one answers at once (`_at_lock_error`) rather than for as long as the lock
+        # is held (a LOCK TABLE for a minute, every resumption's end meeting it again).
+        self._at_lock: dict[str, bool] = {}
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -397,6 +401,8 @@ class RunExecutor:
                     return record
                 if deadline is None and run_id not in self._done and self._held_up(record):
                     raise self._held_up_error(run_id)
+                if deadline is None and run_id not in self._done and run_id in self._at_lock:
+                    raise self._at_lock_error(run_id)
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
                     news = self._news.setdefault(run_id, asyncio.Event())
                     with contextlib.suppress(TimeoutError):  # launched or ended here
@@ -423,6 +429,17 @@ class RunExecutor:
             f"it goes on once the database is back; ask for that run then (retry in "
             f"{router.retry_after} s) rather than starting another",
             router.retry_after,
+            run_id,
+        )
+
+    @staticmethod
+    def _at_lock_error(run_id: str) -> RunHeldUpError:
+        return RunHeldUpError(
+            f"run {run_id} is recorded but stopped at a database lock another session "
+            "holds; it resumes from its last checkpoint once the lock is free: follow that "
+            f"run (run, runEvents) rather than starting another (retry in "
+            f"{CONTENTION_RETRY_AFTER} s)",
+            CONTENTION_RETRY_AFTER,
             run_id,
         )
 
@@ -513,6 +530,7 @@ class RunExecutor:
                 log.exception("run %s failed", run_id)
                 status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
         self._lock_releases.pop(run_id, None)
+        self._at_lock.pop(run_id, None)
         router = self.manager.router
         if status is not RunStatus.ERROR and run_id in router.journal.refused_runs:
             # The copy-back refused a checkpoint of it that nothing newer supersedes: the
@@ -553,6 +571,7 @@ class RunExecutor:
             except Exception as exc:
                 if contention(exc) is not None:  # a lock another holds: the next claimer's
                     log.warning("the end of run %s waits for a database lock: %s", run_id, exc)
+                    _remember(self._at_lock, run_id, True)
                     if run_id not in self._lost:  # resumed at once, not once the lease lapses
                         cancelled = status is RunStatus.CANCELLED
                         await self._release_past_lock(run_id, cancelled=cancelled)
@@ -656,6 +675,7 @@ class RunExecutor:
         The release meets the same lock: tried again each second, for at most a lease
         (past that the lease has lapsed and the run is claimable anyway)."""
         log.warning("run %s stopped at a database lock, resumes once it is free: %s", run_id, exc)
+        _remember(self._at_lock, run_id, True)
         lost, cancelled = run_id in self._lost, run_id in self._cancel_requested
         if writer is not None:
             await self._close_writer(run_id, writer)

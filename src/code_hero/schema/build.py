@@ -18,6 +18,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from code_hero.limits import Limits
+from code_hero.persistence.backgroundlog import BackgroundLog
 from code_hero.schema.arguments import install_argument_resolvers
 from code_hero.schema.checkpoints import Checkpoint
 from code_hero.schema.errors import INTERNAL, error_code, raw_cause, root_cause
@@ -36,6 +37,14 @@ log = logging.getLogger("code_hero.graphql")
 class GatewaySchema(strawberry.Schema):
     """Strawberry's schema, logging internal errors (with traceback) and only those, and
     running its extension's hooks through `HookRunner` (see schema.runner)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A lock held for a minute, a statement_timeout that a slow disk runs out: every
+        # request meeting it fails alike. One WARNING a minute per kind (what the client
+        # is told: busy, cancelled, damaged) says so, counting the others, logged at
+        # DEBUG; not one per request.
+        self._told: dict[str, BackgroundLog] = {}
 
     def create_extensions_runner(
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
@@ -58,7 +67,10 @@ class GatewaySchema(strawberry.Schema):
                 # A lost race for a database lock, a damaged file: the client is told
                 # in our words; the log keeps the database's own account (which
                 # transactions, which locks, which error), one line, no traceback.
-                log.warning("request error: %s", error.message)
+                told = str(root_cause(error))
+                if told not in self._told:
+                    self._told[told] = BackgroundLog(log, lambda _exc: logging.WARNING)
+                self._told[told].failed(error, "request error: %s", error.message)
             else:
                 log.debug("request error: %s", error.message)
 

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
+from code_hero.persistence.pgarrays import pg_array
 from code_hero.persistence.records import EventRecord, ThreadPurge
 from code_hero.persistence.registry.dialect import EVENT_COLUMNS, Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
@@ -88,6 +89,8 @@ _LOCK_FOR_PURGE = (
     "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plan "
     "FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
 )
+# The PostgreSQL types of EVENT_COLUMNS, for an event batch's arrays.
+_EVENT_TYPES = ("text", "int8", "text", "text", "jsonb", "timestamptz")
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
 
 
@@ -569,11 +572,11 @@ class PostgresRegistry(SqlRegistry):
         gate = " (SELECT count(*) FROM locked) >= 0"
         insert = ""
         if events:
-            columns = list(zip(*(self._event_params(e) for e in events), strict=True))
-            params += [list(column) for column in columns]
+            columns = zip(*(self._event_params(e) for e in events), strict=True)
+            params += [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
             insert = (
                 f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM unnest("
-                "%b::text[], %b::int8[], %b::text[], %b::text[], %b::jsonb[], %b::timestamptz[])"
+                f"{', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)})"
                 f"{' WHERE' + gate if records else ''}{conflict}"
             )
         if not records:
@@ -590,10 +593,11 @@ class PostgresRegistry(SqlRegistry):
             "locked AS (SELECT run_id FROM code_hero_runs WHERE run_id = ANY(%b::text[]) "
             "ORDER BY run_id FOR UPDATE)"
         )
-        updated = [_jsonb(records), [record["run_id"] for record in records]]
+        updated = [_jsonb(records), pg_array("text", [record["run_id"] for record in records])]
+        locked = pg_array("text", ids)
         if insert:
-            return f"WITH {lock}, ev AS ({insert}) {update}", [ids, *params, *updated]
-        return f"WITH {lock} {update}", [ids, *updated]
+            return f"WITH {lock}, ev AS ({insert}) {update}", [locked, *params, *updated]
+        return f"WITH {lock} {update}", [locked, *updated]
 
     def _run_updates(
         self, runs: Mapping[str, Mapping[str, Any]]

@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
+from code_hero.persistence.pgarrays import pg_array
 
 __all__ = [
     "Statement",
@@ -159,7 +160,9 @@ def as_one_statement(
             f"w{len(parts)} AS (INSERT INTO {table} ({columns}) "
             f"SELECT * FROM unnest({unnest}) {conflict})"
         )
-        params += [list(column) for column in zip(*batch, strict=True)]
+        params += [
+            pg_array(t, column) for t, column in zip(types, zip(*batch, strict=True), strict=True)
+        ]
     if not parts:
         return None
     return f"WITH {', '.join(parts)} SELECT 1", params

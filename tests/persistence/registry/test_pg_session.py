@@ -88,8 +88,8 @@ async def test_an_event_batch_is_one_trip(
     sent = count_pg_statements(monkeypatch)
     await pg_registry.store_batch(events("r1", "t1", 1, 2, 3), {"r1": {"input_tokens": 7}})
     assert len(trips) == 1  # the runs locked, inserts, update (were 5 trips, then 2)
-    # One implicit transaction, which the trip's Sync commits: no BEGIN, no COMMIT.
-    assert len(sent) == 3 and not {"BEGIN", "COMMIT"} & set(sent)
+    # One statement, committed on its own: no BEGIN, no COMMIT (were 3 statements).
+    assert len(sent) == 1 and not {"BEGIN", "COMMIT"} & set(sent)
     assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2, 3]
     stored = await pg_registry.get_run("r1")
     assert stored is not None and stored.input_tokens == 7

@@ -22,8 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
-from code_hero.persistence.records import ThreadPurge
-from code_hero.persistence.registry.dialect import Row, Session
+from code_hero.persistence.pgarrays import pg_array
+from code_hero.persistence.records import EventRecord, ThreadPurge
+from code_hero.persistence.registry.dialect import EVENT_COLUMNS, Row, Session
 from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.unreachable import UnstorableJSON
 
@@ -88,6 +89,8 @@ _LOCK_FOR_PURGE = (
     "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plan "
     "FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
 )
+# The PostgreSQL types of EVENT_COLUMNS, for an event batch's arrays.
+_EVENT_TYPES = ("text", "int8", "text", "text", "jsonb", "timestamptz")
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
 
 
@@ -523,6 +526,78 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT count(*) FROM dt) AS threads"
         )
         return sql, [thread_id, *go_params, thread_id, *queued, datetime.now(UTC)]
+
+    async def _write_events(
+        self,
+        s: Session,
+        sql: str,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        statement = self._events_statement(sql, events, runs)
+        if statement is None:
+            await super()._write_events(s, sql, events, runs)
+        else:
+            await s.execute(*statement, last=True)
+
+    def _events_statement(
+        self,
+        sql: str,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[str, list[Any]] | None:
+        """An event batch as one statement: its runs locked in run order, its events
+        inserted from arrays (`unnest`, in binary), its runs' fields set from a JSON
+        array of their rows; or None when its updates need more than one UPDATE.
+
+        It was three statements in one trip (the lock, a multi-row INSERT whose text
+        changed with its number of rows, the UPDATE), each a Bind and Execute and a send;
+        an INSERT of more than 50 parameters had its text parsed again at every batch
+        (psycopg caches no larger one) and was never prepared. This text depends only on
+        the updated fields, so each connection prepares it once (issue 15). Both writes
+        wait on `gate`, the count of the locked runs, evaluated once before either
+        writes: every run is locked in run order before any row is written, as when the
+        lock was a statement of its own; the inserts' foreign-key checks, at the
+        statement's end, find their runs locked already."""
+        head, sep, conflict = sql.partition(f"({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)")
+        if not sep or not head.startswith("INSERT INTO code_hero_run_events"):
+            return None
+        grouped = SqlRegistry._run_updates(self, runs)
+        if len(grouped) > 1:
+            return None
+        records = _as_records(*grouped[0]) if grouped else None
+        if (grouped and records is None) or not (events or records):
+            return None
+        params: list[Any] = []
+        gate = " (SELECT count(*) FROM locked) >= 0"
+        insert = ""
+        if events:
+            columns = zip(*(self._event_params(e) for e in events), strict=True)
+            params += [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
+            insert = (
+                f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM unnest("
+                f"{', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)})"
+                f"{' WHERE' + gate if records else ''}{conflict}"
+            )
+        if not records:
+            return insert, params
+        ids = sorted({*(e.run_id for e in events), *runs})
+        names = list(records[0])[:-1]
+        sets = ", ".join(f"{name} = v.{name}" for name in names)
+        update = (
+            f"UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
+            "NULL::code_hero_runs, %b::jsonb) AS v WHERE r.run_id = v.run_id "
+            f"AND r.run_id = ANY(%b::text[]) AND{gate}"
+        )
+        lock = (
+            "locked AS (SELECT run_id FROM code_hero_runs WHERE run_id = ANY(%b::text[]) "
+            "ORDER BY run_id FOR UPDATE)"
+        )
+        updated = [_jsonb(records), pg_array("text", [record["run_id"] for record in records])]
+        locked = pg_array("text", ids)
+        if insert:
+            return f"WITH {lock}, ev AS ({insert}) {update}", [locked, *params, *updated]
+        return f"WITH {lock} {update}", [locked, *updated]
 
     def _run_updates(
         self, runs: Mapping[str, Mapping[str, Any]]

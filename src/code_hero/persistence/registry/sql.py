@@ -36,6 +36,7 @@ from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
+    Session,
     utc,
     utc_now,
 )
@@ -533,31 +534,16 @@ class SqlRegistry(
         """Insert in one transaction (with the `runs` field updates); on a foreign-key
         violation, again without the events of runs that are gone (a run that ends
         after its thread's deletion leaves none)."""
-        updates = self._run_updates(runs or {})
+        runs = runs or {}
         for _ in range(_GONE_RETRIES):
-            if not events and not updates:
+            if not events and not runs:
                 return
             # In run order: the foreign-key checks lock the runs in the order a deletion
             # locks them; the updates follow, in the same order.
-            rows = [self._event_params(e) for e in sorted(events, key=lambda e: (e.run_id, e.seq))]
+            ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
             try:
                 async with self._session(atomic=True) as s:
-                    if updates and self.for_update:
-                        # The runs in run order before the inserts' key locks: an update
-                        # after them would strengthen a lock out of order. Its rows are
-                        # not read: it waits, as a batch does, for the session's one
-                        # trip with the inserts, the updates and COMMIT (issue 15).
-                        ids = sorted({*(e.run_id for e in events), *(runs or {})})
-                        cond, ids_param = self._in("run_id", ids)
-                        await s.executemany(
-                            f"SELECT run_id FROM code_hero_runs WHERE {cond} "
-                            f"ORDER BY run_id{self.for_update}",
-                            [ids_param],
-                        )
-                    if rows:
-                        await s.executemany(sql, rows)
-                    for update, params in updates:
-                        await s.executemany(update, params)
+                    await self._write_events(s, sql, ordered, runs)
                 return
             except Exception as exc:
                 if not self._is_orphan(exc):
@@ -565,6 +551,32 @@ class SqlRegistry(
             present = await self.get_runs([e.run_id for e in events])
             events = [e for e in events if e.run_id in present]
         raise NotFoundError("runs of these events keep being deleted: the events are dropped")
+
+    async def _write_events(
+        self,
+        s: Session,
+        sql: str,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """An event batch's writes in the atomic session `s`: `events` (in run order)
+        inserted by `sql`, `runs`' fields set."""
+        updates = self._run_updates(runs)
+        if updates and self.for_update:
+            # The runs in run order before the inserts' key locks: an update after them
+            # would strengthen a lock out of order. Its rows are not read: it waits, as a
+            # batch does, for the session's one trip with the inserts, the updates and
+            # COMMIT (issue 15).
+            ids = sorted({*(e.run_id for e in events), *runs})
+            cond, ids_param = self._in("run_id", ids)
+            await s.executemany(
+                f"SELECT run_id FROM code_hero_runs WHERE {cond} ORDER BY run_id{self.for_update}",
+                [ids_param],
+            )
+        if events:
+            await s.executemany(sql, [self._event_params(e) for e in events])
+        for update, params in updates:
+            await s.executemany(update, params)
 
     def _run_updates(
         self, runs: Mapping[str, Mapping[str, Any]]

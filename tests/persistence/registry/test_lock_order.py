@@ -46,3 +46,51 @@ async def test_an_event_batch_and_a_lease_renewal_do_not_deadlock(pg_database: s
         assert not any(isinstance(r, BaseException) for r in results), results
     finally:
         await pool.close()
+
+
+async def test_an_event_batch_locks_its_runs_in_order_before_it_writes(pg_database: str) -> None:
+    """A batch with events of r1 and r2 that updates r2 alone waits for r1 holding
+    nothing: the one statement's UPDATE (and the events' key checks after it) must wait
+    on the lock of its runs in run order, or it takes r2 before r1, against the order a
+    deletion or a lease renewal takes them."""
+    pool = make_pool(pg_database)
+    await pool.open()
+    try:
+        reg = PostgresRegistry(pool)
+        await reg.setup()
+        await reg.admit_run(run("r1", thread_id="t1"), reject_if_busy=False)
+        await reg.admit_run(run("r2", thread_id="t2"), reject_if_busy=False)
+        async with (
+            await psycopg.AsyncConnection.connect(pg_database) as holder,
+            await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as probe,
+        ):
+            await holder.execute("SELECT 1 FROM code_hero_runs WHERE run_id = 'r1' FOR UPDATE")
+            batch = asyncio.create_task(
+                reg.store_batch(
+                    events("r1", "t1", 1) + events("r2", "t2", 1), {"r2": {"error": "y"}}
+                )
+            )
+            for _ in range(2000):  # until the batch waits for a row lock (r1's)
+                cur = await probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0]:
+                    break
+                assert not batch.done(), batch
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the batch never waited for r1")
+            # r2 is free while the batch waits for r1.
+            await probe.execute("BEGIN")
+            await probe.execute(
+                "SELECT 1 FROM code_hero_runs WHERE run_id = 'r2' FOR UPDATE NOWAIT"
+            )
+            await probe.execute("ROLLBACK")
+            await holder.commit()
+            await batch
+        stored = await reg.get_run("r2")
+        assert stored is not None and stored.error == "y"
+    finally:
+        await pool.close()

@@ -74,3 +74,17 @@ async def test_a_value_its_dumper_does_not_take_goes_as_a_plain_list(
         await conn.execute("SET TIME ZONE 'UTC'")
         cur = await conn.execute(f"SELECT cardinality(%b::{type_name}[])", [array])
         assert await cur.fetchone() == (len(values),)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value"),
+    [("int4", 2**31), ("int4", 2**32 + 5), ("int4", -(2**31) - 1), ("int8", 2**63)],
+)
+async def test_an_int_past_its_type_is_refused_not_wrapped(
+    pg_database: str, type_name: str, value: int
+) -> None:
+    """As with a plain list: PostgreSQL refuses the value (a DataError), where psycopg's
+    C int4 dumper took its low 32 bits (2**31 read back as -2**31, 2**32 + 5 as 5)."""
+    async with await psycopg.AsyncConnection.connect(pg_database) as conn:
+        with pytest.raises(psycopg.DataError):
+            await conn.execute(f"SELECT %b::{type_name}[]", [pg_array(type_name, [1, value])])

@@ -88,3 +88,13 @@ async def test_an_int_past_its_type_is_refused_not_wrapped(
     async with await psycopg.AsyncConnection.connect(pg_database) as conn:
         with pytest.raises(psycopg.DataError):
             await conn.execute(f"SELECT %b::{type_name}[]", [pg_array(type_name, [1, value])])
+
+
+async def test_a_jsonb_text_is_parsed_as_with_a_plain_list(pg_database: str) -> None:
+    """Only `Jsonb` values go typed: a plain string is JSON text for PostgreSQL to parse,
+    where the jsonb element dumper would have stored it as a JSON string."""
+    array = pg_array("jsonb", ['{"a": 1}'])
+    assert type(array) is list
+    async with await psycopg.AsyncConnection.connect(pg_database) as conn:
+        cur = await conn.execute("SELECT (%b::jsonb[])[1]", [array])
+        assert await cur.fetchone() == ({"a": 1},)

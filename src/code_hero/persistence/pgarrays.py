@@ -96,33 +96,40 @@ _ARRAYS: dict[str, type[_Array]] = {
 }
 
 
-# What each array's element dumper takes (jsonb: any value); None is a null.
-_TAKES: dict[str, tuple[type, ...] | None] = {
+# What each array's element dumper takes; None is a null. jsonb takes only `Jsonb`: a
+# plain string sent as one would be stored as a JSON string, where psycopg's own list
+# sends text that PostgreSQL parses.
+_TAKES: dict[str, tuple[type, ...]] = {
     "text": (str,),
     "bytea": (bytes, bytearray, memoryview),
     "int4": (int,),
     "int8": (int,),
-    "jsonb": None,
+    "jsonb": (Jsonb,),
     "timestamptz": (datetime,),
 }
+# The integers each integer type holds: psycopg's C dumper of int4 keeps the low 32 bits
+# of a larger one (2**31 would be stored as -2**31), where PostgreSQL refuses it.
+_RANGES: dict[str, range] = {"int4": range(-(2**31), 2**31), "int8": range(-(2**63), 2**63)}
 
 
 def pg_array(type_name: str, values: Iterable[Any]) -> list[Any]:
     """`values` as a parameter of PostgreSQL type `type_name`[] (text, bytea, int4, int8,
     jsonb or timestamptz), for a `%b` placeholder; a plain list, for psycopg to find its
     dumper as before, for any other type or a value its element dumper does not take
-    (a bool is no int4, a naive datetime no timestamptz)."""
+    (a bool is no int4, a naive datetime no timestamptz, an integer past its type's
+    range none of it, jsonb takes only `Jsonb`)."""
     array = _ARRAYS.get(type_name)
     items = list(values)
     if array is None:
         return items
-    takes = _TAKES[type_name]
-    if takes is not None:
-        for item in items:
-            if item is None:
-                continue
-            if not isinstance(item, takes) or isinstance(item, bool):
-                return items
-            if isinstance(item, datetime) and item.tzinfo is None:
-                return items
+    takes, holds = _TAKES[type_name], _RANGES.get(type_name)
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, takes) or isinstance(item, bool):
+            return items
+        if holds is not None and item not in holds:
+            return items  # for PostgreSQL to refuse, as it does a plain list's
+        if isinstance(item, datetime) and item.tzinfo is None:
+            return items
     return array(items)

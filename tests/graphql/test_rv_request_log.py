@@ -1,0 +1,29 @@
+"""Review of the pgfault branch: the per-kind rate limit of request errors' WARNINGs."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import pytest
+
+from code_hero.schema.build import build_schema
+from tests.graphql.test_contention import _as_field_error
+
+
+def test_a_second_damaged_relation_is_warned_of_too(caplog: pytest.LogCaptureFixture) -> None:
+    # The client is told "the server's log has the database's own error"; keyed by what
+    # the client is told, a second damaged relation within the minute goes to DEBUG
+    # only, and its relation is in no WARNING line.
+    schema = build_schema()
+    first = psycopg.errors.DataCorrupted("invalid page in block 7 of relation base/5/16384")
+    second = psycopg.errors.IndexCorrupted('index "runs_pkey" contains unexpected zero page')
+    with caplog.at_level(logging.DEBUG, logger="code_hero.graphql"):
+        schema.process_errors([_as_field_error(first)])
+        schema.process_errors([_as_field_error(second)])
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "code_hero.graphql" and r.levelno >= logging.WARNING
+    ]
+    assert any("runs_pkey" in line for line in warned), warned

@@ -23,7 +23,14 @@ from typing import Any
 
 from code_hero.errors import BackendUnavailableError, CodeHeroError, ConflictError
 
-__all__ = ["CONTENTION_RETRY_AFTER", "contention", "from_store", "mark_store"]
+__all__ = [
+    "CONTENTION_RETRY_AFTER",
+    "cancelled_by_database",
+    "contention",
+    "from_store",
+    "lock_waited_out",
+    "mark_store",
+]
 
 # A call that lost a race for a lock: neither a bug nor an outage, and the same
 # call tried again succeeds. A deadlock's victim and a serialization failure are
@@ -49,6 +56,19 @@ def mark_store(exc: BaseException) -> None:
 def from_store(exc: BaseException | None) -> bool:
     """Whether `exc` was raised by a call to one of the gateway's own stores."""
     return getattr(exc, _STORE_MARK, False) is True
+
+
+def lock_waited_out(exc: BaseException | None) -> bool:
+    """Whether `exc` is PostgreSQL's lock_timeout running out in a call to one of the
+    gateway's own stores: another session held what it needs (a LOCK TABLE, a VACUUM
+    FULL, rows kept FOR UPDATE) longer than the bound."""
+    return getattr(exc, "sqlstate", None) in PG_LOCK_TIMEOUTS and from_store(exc)
+
+
+def cancelled_by_database(exc: BaseException | None) -> bool:
+    """Whether the database cancelled the statement (`PG_CANCELLED`): one slow by itself
+    is slow again when tried again, unlike a lock wait."""
+    return getattr(exc, "sqlstate", None) in PG_CANCELLED
 
 
 def contention(exc: BaseException | None) -> CodeHeroError | None:

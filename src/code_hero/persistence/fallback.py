@@ -34,6 +34,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 
+from code_hero.persistence.contention import lock_waited_out
 from code_hero.persistence.entries import Entry, TouchThread, refused_end
 from code_hero.persistence.fallback_deletes import RouterDeletes
 from code_hero.persistence.fallback_failover import Outage
@@ -124,7 +125,13 @@ class FallbackRouter(RouterDeletes):
     ) -> R | None:
         """Run a write on the active slot, failing over when the database is unreachable;
         when the pool is busy, try again for up to `patience` seconds after that first
-        answer (which has already waited the pool's timeout) before failing."""
+        answer (which has already waited the pool's timeout) before failing.
+
+        A patient write (a run's own) whose wait for another session's lock ran out
+        (PostgreSQL's lock_timeout: a LOCK TABLE, a VACUUM FULL) is tried again until it
+        goes through, as an unbounded wait would have: failed, the run would be released
+        and resumed, repeating its step and its side effects, and end ERROR after a few
+        bounds. A client's write answers busy at the bound (`contention`)."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         pause, longest = _BUSY_PAUSES
@@ -137,8 +144,14 @@ class FallbackRouter(RouterDeletes):
                 left = deadline - loop.time()
                 if left <= 0:
                     raise
+                wait = min(pause, left)
+            except Exception as exc:
+                if not (patience and lock_waited_out(exc)):
+                    raise
+                log.debug("%s of thread %s waits for a lock: %s", operation, thread_id, exc)
+                wait = pause
             # Outside the write gate: a recovery waiting for writes in flight is not held.
-            await asyncio.sleep(min(pause, left))
+            await asyncio.sleep(wait)
             pause = min(pause * 2, longest)
 
     async def _write(

@@ -45,7 +45,12 @@ from code_hero.errors import (
     NotFoundError,
     RunHeldUpError,
 )
-from code_hero.persistence.contention import CONTENTION_RETRY_AFTER, contention, from_store
+from code_hero.persistence.contention import (
+    CONTENTION_RETRY_AFTER,
+    cancelled_by_database,
+    contention,
+    from_store,
+)
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
@@ -509,7 +514,9 @@ class RunExecutor:
         except Exception as exc:
             # A lock of the gateway's store, not one the graph met in a database of its
             # own (`contention.from_store`): the same error, rerun, would come again.
-            if contention(exc) is not None and from_store(exc):
+            # A statement the database cancelled (its statement_timeout) is slow again when
+            # resumed: the run ends ERROR now rather than repeating its step.
+            if contention(exc) is not None and from_store(exc) and not cancelled_by_database(exc):
                 if self._released_for_lock(run_id):
                     await self._release_after_lock_wait(run_id, writer, exc)
                     return

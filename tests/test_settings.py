@@ -96,4 +96,4 @@ def test_lock_timeout_from_the_environment() -> None:
     assert checkpointer_from_env(env).lock_timeout == 2.5
     assert checkpointer_from_env({"CODE_HERO_DATABASE_URL": "postgresql://db/x"}).lock_timeout == 5
     with pytest.raises(ConfigurationError, match="CODE_HERO_LOCK_TIMEOUT"):
-        checkpointer_from_env({"CODE_HERO_LOCK_TIMEOUT": "0"})
+        checkpointer_from_env({"CODE_HERO_LOCK_TIMEOUT": "-1"})

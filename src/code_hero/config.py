@@ -52,6 +52,10 @@ class CheckpointerType(StrEnum):
         return self.value.removeprefix("async_")
 
 
+# The longest lock_timeout PostgreSQL takes, in seconds (2147483647 ms).
+MAX_LOCK_TIMEOUT = 2_147_483.647
+
+
 @dataclass(frozen=True)
 class CheckpointerConfig:
     """Settings of one `EnhancedCheckpointerManager` (the seed's fields first)."""
@@ -73,8 +77,9 @@ class CheckpointerConfig:
     health_check_interval: float = 5.0
     # PostgreSQL: seconds a statement waits for a lock another session holds (a LOCK
     # TABLE, a row locked FOR UPDATE, a migration), then fails with lock_not_available:
-    # UNAVAILABLE for a request, a released and resumed run. SQLite's busy wait is as
-    # long. A lock_timeout the database or role sets itself wins.
+    # UNAVAILABLE for a request; a run's checkpoint write waits on. SQLite's busy wait
+    # is as long. A lock_timeout the database or role sets itself wins; 0: no bound;
+    # past MAX_LOCK_TIMEOUT (PostgreSQL's largest), that largest.
     lock_timeout: float = 5.0
     enable_fallback: bool = True
     # Writes a fallback holds for the primary during an outage, at most (then UNAVAILABLE).

@@ -7,6 +7,7 @@ configuration table is generated from the same names).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,12 @@ from code_hero.auth import (
     read_api_keys_file,
 )
 from code_hero.compose import DEFAULT_TOMBSTONE_RETENTION
-from code_hero.config import CheckpointerConfig, config_for_environment, config_from_url
+from code_hero.config import (
+    MAX_LOCK_TIMEOUT,
+    CheckpointerConfig,
+    config_for_environment,
+    config_from_url,
+)
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
 from code_hero.inputs import MAX_TTL_SECONDS
@@ -173,7 +179,14 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    zero: bool = False,
+    most: float = math.inf,
+) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -181,8 +194,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive, got {raw!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, got {raw!r}")
+    if value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "positive"
+        raise ConfigurationError(f"{name} must be {least}, got {raw!r}")
+    if value > most:
+        raise ConfigurationError(f"{name} must be {most:g} at most, got {raw!r}")
     return value
 
 
@@ -282,7 +300,10 @@ def checkpointer_from_env(
     else:
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
     journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)
-    lock_timeout = _float(env, "CODE_HERO_LOCK_TIMEOUT", config.lock_timeout)
+    # 0: no bound. PostgreSQL takes at most 2147483647 ms.
+    lock_timeout = _float(
+        env, "CODE_HERO_LOCK_TIMEOUT", config.lock_timeout, zero=True, most=MAX_LOCK_TIMEOUT
+    )
     cache = _positive_int(env, "CODE_HERO_SQLITE_CACHE_KIB", config.sqlite_cache_kib)
     if cache > _SQLITE_CACHE_KIB_MAX:  # SQLite would take a larger one as no cache at all
         raise ConfigurationError(

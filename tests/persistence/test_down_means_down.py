@@ -464,7 +464,9 @@ async def test_postgres_lock_timeout_is_not_down(pg_database: str) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_cancelled_query_is_not_down(pg_database: str) -> None:
-    config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    # The write waits for the lock until cancelled, not until the lock bound (a loaded
+    # machine may take longer than that to see it waiting).
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600, lock_timeout=60)
     async with _manager(config) as manager:
         write = _writer(manager)
         with _admin(pg_database) as admin:

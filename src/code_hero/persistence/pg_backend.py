@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from code_hero.config import redact_url
+from code_hero.config import MAX_LOCK_TIMEOUT, redact_url
 from code_hero.persistence import jsontext
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
@@ -104,9 +104,15 @@ async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) 
     answers UNAVAILABLE "busy" and a run is released to resume (`contention`). Behind
     PgBouncer in transaction mode a session's setting does not stay with the client:
     set lock_timeout on the role there."""
+    if not seconds > 0:  # 0: no bound (nor for NaN)
+        return
+    ms = max(1, round(min(seconds, MAX_LOCK_TIMEOUT) * 1000))
+    # A lock_timeout the database or role sets (even 0: unbounded on purpose) is not
+    # the default's.
     await conn.execute(
-        "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'",
-        (f"{max(1, round(seconds * 1000))}ms",),
+        "SELECT set_config('lock_timeout', %s, false) "
+        "FROM pg_settings WHERE name = 'lock_timeout' AND source = 'default'",
+        (f"{ms}ms",),
     )
 
 

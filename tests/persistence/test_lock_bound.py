@@ -1,4 +1,4 @@
-"""Review of the pgfault branch: the lock bound's configuration."""
+"""The PostgreSQL lock bound's configuration (review of pgfault)."""
 
 from __future__ import annotations
 
@@ -38,5 +38,14 @@ async def test_a_database_lock_timeout_of_zero_wins(pg_database: str) -> None:
     with _admin(pg_database) as admin:
         admin.execute(f'ALTER DATABASE "{admin.info.dbname}" SET lock_timeout = 0')
     config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    async with _manager(config) as manager:
+        assert await _pool_lock_timeout(manager) == "0"
+
+
+@pytest.mark.postgres
+async def test_a_lock_timeout_of_zero_sets_no_bound(pg_database: str) -> None:
+    env = {"CODE_HERO_DATABASE_URL": pg_database, "CODE_HERO_LOCK_TIMEOUT": "0"}
+    config = checkpointer_from_env(env)
+    assert config.lock_timeout == 0
     async with _manager(config) as manager:
         assert await _pool_lock_timeout(manager) == "0"

@@ -34,6 +34,11 @@ __all__ = ["GatewaySchema", "build_schema"]
 log = logging.getLogger("code_hero.graphql")
 
 
+# Kinds of request errors whose WARNINGs are counted (`GatewaySchema._told`), at most:
+# the database's own texts differ (relations, blocks), and the map must stay bounded.
+_KINDS_REMEMBERED = 64
+
+
 class GatewaySchema(strawberry.Schema):
     """Strawberry's schema, logging internal errors (with traceback) and only those, and
     running its extension's hooks through `HookRunner` (see schema.runner)."""
@@ -67,10 +72,17 @@ class GatewaySchema(strawberry.Schema):
                 # A lost race for a database lock, a damaged file: the client is told
                 # in our words; the log keeps the database's own account (which
                 # transactions, which locks, which error), one line, no traceback.
-                told = str(root_cause(error))
-                if told not in self._told:
-                    self._told[told] = BackgroundLog(log, lambda _exc: logging.WARNING)
-                self._told[told].failed(error, "request error: %s", error.message)
+                # Keyed by the database's own first line too: a second damaged
+                # relation, or another kind of clash, is news of its own.
+                own = str(raw_cause(error)).partition("\n")[0]
+                kind = f"{root_cause(error)}\0{own}"
+                told = self._told.pop(kind, None)
+                if told is None:
+                    told = BackgroundLog(log, lambda _exc: logging.WARNING)
+                self._told[kind] = told  # the newest last
+                if len(self._told) > _KINDS_REMEMBERED:
+                    del self._told[next(iter(self._told))]
+                told.failed(error, "request error: %s", error.message)
             else:
                 log.debug("request error: %s", error.message)
 

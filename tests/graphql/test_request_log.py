@@ -1,4 +1,4 @@
-"""Review of the pgfault branch: the per-kind rate limit of request errors' WARNINGs."""
+"""Request errors' WARNINGs, one a minute per kind (review of pgfault)."""
 
 from __future__ import annotations
 

@@ -316,3 +316,34 @@ async def test_a_row_put_twice_in_one_group_lands_as_the_two_puts_in_turn(
     finally:
         await stock.close()
         await grouped.close()
+
+
+async def test_a_batch_that_waits_out_the_lock_bound_fails_whole(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds the table: the batch's callers all get the lock error at
+    once, not each write alone waiting the whole bound again, one after another
+    (review of pgfault)."""
+    backend = PostgresBackend(create_postgres_checkpointer(pg_database, lock_timeout=0.2))
+    await backend.open()
+    alone: list[int] = []
+    one_by_one = GroupCommitSaverPool._one_by_one
+
+    async def counted(self: GroupCommitSaverPool, ready: list[Any]) -> None:
+        alone.append(len(ready))
+        await one_by_one(self, ready)
+
+    monkeypatch.setattr(GroupCommitSaverPool, "_one_by_one", counted)
+    try:
+        saver = backend.saver
+        assert isinstance(saver, GroupCommitSaverPool)
+        firsts = [entries[0] for entries in (await threads_entries(4)).values()]
+        with psycopg.connect(pg_database, autocommit=True) as admin, admin.transaction():
+            admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
+            outcomes = await asyncio.gather(
+                *(call(saver, entry) for entry in firsts), return_exceptions=True
+            )
+        assert all(isinstance(o, psycopg.errors.LockNotAvailable) for o in outcomes), outcomes
+        assert alone == []
+    finally:
+        await backend.close()

@@ -54,6 +54,8 @@ __all__ = [
 
 R = TypeVar("R")
 TOUCH_INTERVAL = 1.0  # seconds between registry touches of one thread
+# Seconds a run's write waits for another session's lock in place before one WARNING.
+_LOCK_WAIT_WARNING = 30.0
 _BUSY_PAUSES = (0.05, 1.0)  # a patient write's first and longest pause between tries
 
 
@@ -134,6 +136,8 @@ class FallbackRouter(RouterDeletes):
         bounds. A client's write answers busy at the bound (`contention`)."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
+        locked_since: float | None = None
+        warned = False
         pause, longest = _BUSY_PAUSES
         while True:
             try:
@@ -148,7 +152,22 @@ class FallbackRouter(RouterDeletes):
             except Exception as exc:
                 if not (patience and lock_waited_out(exc)):
                     raise
-                log.debug("%s of thread %s waits for a lock: %s", operation, thread_id, exc)
+                now = loop.time()
+                if locked_since is None:
+                    locked_since = now
+                if now - locked_since >= _LOCK_WAIT_WARNING and not warned:
+                    warned = True
+                    log.warning(
+                        "%s of thread %s has waited %.0f s for a lock another session "
+                        "holds, and waits on: %s",
+                        operation,
+                        thread_id,
+                        now - locked_since,
+                        exc,
+                    )
+                else:
+                    log.debug("%s of thread %s waits for a lock: %s", operation, thread_id, exc)
+                deadline = None  # a busy pool after it is a new wait
                 wait = pause
             # Outside the write gate: a recovery waiting for writes in flight is not held.
             await asyncio.sleep(wait)

@@ -533,6 +533,10 @@ class RunExecutor:
                         f"not resumed again: {type(exc).__name__}: {exc}"
                     ),
                 )
+            elif cancelled_by_database(exc) and from_store(exc):
+                # The database's statement_timeout: its condition, not our bug.
+                log.warning("run %s failed: the database cancelled its write: %s", run_id, exc)
+                status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
             else:
                 log.exception("run %s failed", run_id)
                 status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"

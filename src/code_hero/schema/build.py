@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import strawberry
@@ -37,6 +38,9 @@ log = logging.getLogger("code_hero.graphql")
 # Kinds of request errors whose WARNINGs are counted (`GatewaySchema._told`), at most:
 # the database's own texts differ (relations, blocks), and the map must stay bounded.
 _KINDS_REMEMBERED = 64
+# What the database's first line numbers within one relation (a block, a TOAST value, a
+# chunk, a page, an offset): one damaged table read at many blocks is one kind.
+_NUMBERED = re.compile(r"\b(block|value|number|page|offset|item)\s+\d+")
 
 
 class GatewaySchema(strawberry.Schema):
@@ -74,7 +78,7 @@ class GatewaySchema(strawberry.Schema):
                 # transactions, which locks, which error), one line, no traceback.
                 # Keyed by the database's own first line too: a second damaged
                 # relation, or another kind of clash, is news of its own.
-                own = str(raw_cause(error)).partition("\n")[0]
+                own = _NUMBERED.sub(r"\1 N", str(raw_cause(error)).partition("\n")[0])
                 kind = f"{root_cause(error)}\0{own}"
                 told = self._told.pop(kind, None)
                 if told is None:

@@ -71,7 +71,8 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
     "CODE_HERO_HEALTH_INTERVAL": "seconds between backend probes (default 5)",
     "CODE_HERO_LOCK_TIMEOUT": (
-        "PostgreSQL: seconds a statement waits for another session's lock (default 5)"
+        "PostgreSQL: seconds a request's statement waits for another session's lock "
+        "(default 5; 0: no bound)"
     ),
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
     "CODE_HERO_SQLITE_CACHE_KIB": "SQLite's page cache, KiB (default 512; SQLite's own: 2000)",

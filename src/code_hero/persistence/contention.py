@@ -30,6 +30,7 @@ __all__ = [
     "from_store",
     "lock_waited_out",
     "mark_store",
+    "waited_out",
 ]
 
 # A call that lost a race for a lock: neither a bug nor an outage, and the same
@@ -63,6 +64,13 @@ def lock_waited_out(exc: BaseException | None) -> bool:
     gateway's own stores: another session held what it needs (a LOCK TABLE, a VACUUM
     FULL, rows kept FOR UPDATE) longer than the bound."""
     return getattr(exc, "sqlstate", None) in PG_LOCK_TIMEOUTS and from_store(exc)
+
+
+def waited_out(exc: BaseException | None) -> bool:
+    """Whether the database ended the statement after a wait: its lock_timeout or its
+    statement_timeout ran out (or it was cancelled). The same statement tried at once
+    would wait as long again."""
+    return getattr(exc, "sqlstate", None) in PG_LOCK_TIMEOUTS | PG_CANCELLED
 
 
 def cancelled_by_database(exc: BaseException | None) -> bool:

@@ -44,7 +44,7 @@ from code_hero.persistence.bulk import (
     write_statement,
     write_statements,
 )
-from code_hero.persistence.contention import PG_CANCELLED, PG_LOCK_TIMEOUTS
+from code_hero.persistence.contention import waited_out
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.grouping import GroupCommitter, settle
 from code_hero.persistence.savers import SaverPool
@@ -142,8 +142,7 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             except Exception as exc:
                 # A lock wait that ran out, a statement the database cancelled: each
                 # write alone would wait the whole bound again, one after another.
-                waited = getattr(exc, "sqlstate", None) in PG_LOCK_TIMEOUTS | PG_CANCELLED
-                if len(ready) == 1 or is_backend_error(exc) or waited:
+                if len(ready) == 1 or is_backend_error(exc) or waited_out(exc):
                     for _, done in ready:
                         settle(done, exc)
                     return

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.unreachable import is_disk_full
 
 __all__ = ["BackendSlot", "BoundedCalls", "close_quietly", "open_timeout", "probe_timeout"]
 
@@ -92,6 +93,9 @@ class BackendSlot:
     backend: Backend | None = None
     healthy: bool = False
     last_error: str | None = None
+    # The last failure was a full disk: the probe, a read, would pass while no write
+    # goes in, so it also checks for room (`Backend.probe(room=True)`) until one does.
+    disk_full: bool = False
     latency_ms: float | None = None
     checked_at: datetime | None = None
     # The last time it answered (an open or a probe that succeeded).
@@ -118,6 +122,7 @@ class BackendSlot:
         """Mark unhealthy with the reason."""
         self.healthy = False
         self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.disk_full = is_disk_full(exc)
         self.checked_at = datetime.now(UTC)
 
     def outage_began(self) -> None:
@@ -145,6 +150,7 @@ class BackendSlot:
         self.checked_at = self.answered_at = datetime.now(UTC)
         self.healthy = True
         self.last_error = None
+        self.disk_full = False
         self._open_failures.clear()
 
     async def open(self, calls: BoundedCalls, *, enforce_references: bool) -> None:
@@ -200,7 +206,7 @@ class BackendSlot:
         started = time.perf_counter()
         seconds = probe_timeout(self.config)
         with metrics.timed(self.label, "probe"):
-            await calls.run(self.backend.probe(), seconds, f"{self.kind} probe")
+            await calls.run(self.backend.probe(room=self.disk_full), seconds, f"{self.kind} probe")
         was_healthy = self.healthy
         self._record_answer(started)
         if not was_healthy:

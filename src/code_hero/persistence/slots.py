@@ -93,8 +93,10 @@ class BackendSlot:
     backend: Backend | None = None
     healthy: bool = False
     last_error: str | None = None
-    # The last failure was a full disk: the probe, a read, would pass while no write
-    # goes in, so it also checks for room (`Backend.probe(room=True)`) until one does.
+    # The outage under way is a full disk: the probe, a read, would pass while no write
+    # goes in, so it also checks for room (`Backend.probe(room=True)`). Kept until the
+    # primary serves again (`switch_to_primary`) or fails for another reason: a probe
+    # that found room does not prove the copy-back will (it may stop on the disk).
     disk_full: bool = False
     latency_ms: float | None = None
     checked_at: datetime | None = None
@@ -150,7 +152,6 @@ class BackendSlot:
         self.checked_at = self.answered_at = datetime.now(UTC)
         self.healthy = True
         self.last_error = None
-        self.disk_full = False
         self._open_failures.clear()
 
     async def open(self, calls: BoundedCalls, *, enforce_references: bool) -> None:

@@ -56,6 +56,7 @@ DOWN: list[BaseException] = [
     pg.DatabaseDropped(),
     pg.TooManyConnections(),
     pg.ReadOnlySqlTransaction(),  # a standby, default_transaction_read_only
+    pg.DiskFull(),  # no room for a new page or a temporary file
     pg.ConnectionFailure(),
     pg.ProtocolViolation(),
     pg.SqlclientUnableToEstablishSqlconnection(),
@@ -85,8 +86,8 @@ NOT_DOWN: list[BaseException] = [
     pg.UniqueViolation(),
     pg.SyntaxError(),
     pg.UndefinedTable(),
-    pg.DiskFull(),
     pg.OutOfMemory(),
+    pg.ConfigurationLimitExceeded(),  # temp_file_limit
     pg.IoError(),
     pg.IdleSessionTimeout(),
     pg.IdleInTransactionSessionTimeout(),
@@ -429,7 +430,6 @@ async def test_postgres_statement_errors_by_sqlstate(pg_database: str) -> None:
             "40001": pg.SerializationFailure,
             "55P03": pg.LockNotAvailable,
             "57014": pg.QueryCanceled,
-            "53100": pg.DiskFull,
             "42601": pg.SyntaxError,
             "XX000": pg.InternalError_,
         }

@@ -95,8 +95,9 @@ class Backend(ABC):
         """Release every connection."""
 
     @abstractmethod
-    async def probe(self) -> None:
-        """One round trip to the database; raises when it cannot serve."""
+    async def probe(self, *, room: bool = False) -> None:
+        """One round trip to the database; raises when it cannot serve. With `room`
+        (its disk was full), also raises while it has no room to write a little."""
 
     async def save_moved(self) -> None:  # noqa: B027 (optional: only files can move)
         """Before a probe's DatabaseFileMoved closes the backend, save what only its
@@ -203,7 +204,7 @@ class MemoryBackend(Backend):
         if conn is not None:
             await conn.close()
 
-    async def probe(self) -> None:
+    async def probe(self, *, room: bool = False) -> None:
         return None
 
     @property
@@ -432,7 +433,9 @@ class SqliteBackend(Backend):
         async with self._lock, self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def probe(self) -> None:
+    async def probe(self, *, room: bool = False) -> None:
+        # No `room` check: a full file is found by the copy-back, which stops on it
+        # (SQLite has no way to ask for room short of growing the file).
         self._files.check()  # a deleted or replaced file answers every statement, unseen
         await self._fetch("SELECT count(*) FROM sqlite_master")
         assert isinstance(self._lock, ConnectionLock)

@@ -60,7 +60,15 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "consuming input failed",
         ),
     ),
-    ("disk full", ("database or disk is full", "no space left on device", "could not extend")),
+    (
+        "disk full",
+        (
+            "database or disk is full",
+            "no space left on device",
+            "could not extend",
+            "could not write init file",  # a new session's relation cache, at connect
+        ),
+    ),
     ("disk I/O error", ("disk i/o error", "i/o error")),
     ("database is locked", ("database is locked",)),
     ("cannot open database file", ("unable to open database file",)),

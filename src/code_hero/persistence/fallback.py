@@ -413,6 +413,7 @@ class FallbackRouter(RouterDeletes):
         was_active = self.active
         self.active = 0
         self.degraded_since = None
+        self.primary.disk_full = False  # it took the copy-back: there is room again
         self.fallback_threads &= kept
         self.local_threads &= kept
         self.uncarried_marks = uncarried

@@ -118,9 +118,12 @@ class RouterState:
 
     def unavailable(self, what: str = "this request") -> PrimaryUnreachableError:
         """The error for a call that needs the unreachable primary."""
+        # A full disk is no unreachable server: the administrator who reads the message
+        # frees space rather than looking for a network fault or a stopped server.
+        state = "out of disk space" if self.primary.disk_full else "unreachable"
         return PrimaryUnreachableError(
             f"the {_KIND_NAMES.get(self.primary.kind, self.primary.kind)} database is "
-            f"unreachable and {what} needs data only it holds; "
+            f"{state} and {what} needs data only it holds; "
             f"retry in {self.retry_after} s",
             self.retry_after,
         )

@@ -33,7 +33,7 @@ from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.savers import SaverPool
-from code_hero.persistence.unreachable import check_on_checkout
+from code_hero.persistence.unreachable import check_on_checkout, is_backend_error
 
 if TYPE_CHECKING:
     from code_hero.persistence.entries import PutCheckpoint, PutWrites
@@ -254,7 +254,7 @@ class PostgresBackend(Backend):
             await cur.execute(sql, params)
             return list(await cur.fetchall())
 
-    async def probe(self) -> None:
+    async def probe(self, *, room: bool = False) -> None:
         # A connection of its own, not one from the pool: a stopped server refuses
         # it at once, where the pool would wait pool_timeout for a replacement of
         # the connections the shutdown closed. One connection per probe interval.
@@ -266,6 +266,8 @@ class PostgresBackend(Backend):
         async with conn:
             cur = await conn.execute("SELECT current_setting('transaction_read_only')")
             row = await cur.fetchone()
+            if room:
+                await _check_room(conn)
         # A new session that may not write (a standby, default_transaction_read_only):
         # the server answers, but no write would go in, and a copy-back would fail.
         if row is not None and row[0] == "on":
@@ -413,3 +415,21 @@ async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+async def _check_room(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Raise disk_full (53100) unless the database can write a little now.
+
+    A function scan of 3,000 rows with the smallest work_mem spills to a temporary
+    file of about 48 kB, in the tablespace the database's own files are in (unless
+    temp_tablespaces names another): no WAL, no catalog row, removed at the end of the
+    statement. On a full disk it fails as a write of ours does (disk_full). An error
+    that does not mean down (temp_file_limit below 48 kB) proves nothing: the
+    copy-back is left to find out.
+    """
+    try:
+        await conn.execute("SET work_mem = '64kB'")
+        await conn.execute("SELECT count(*) FROM generate_series(1, 3000)")
+    except psycopg.Error as exc:
+        if is_backend_error(exc):
+            raise

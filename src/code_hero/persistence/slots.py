@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.unreachable import is_disk_full
 
 __all__ = ["BackendSlot", "BoundedCalls", "close_quietly", "open_timeout", "probe_timeout"]
 
@@ -92,6 +93,11 @@ class BackendSlot:
     backend: Backend | None = None
     healthy: bool = False
     last_error: str | None = None
+    # The outage under way is a full disk: the probe, a read, would pass while no write
+    # goes in, so it also checks for room (`Backend.probe(room=True)`). Kept until the
+    # primary serves again (`switch_to_primary`) or fails for another reason: a probe
+    # that found room does not prove the copy-back will (it may stop on the disk).
+    disk_full: bool = False
     latency_ms: float | None = None
     checked_at: datetime | None = None
     # The last time it answered (an open or a probe that succeeded).
@@ -118,6 +124,7 @@ class BackendSlot:
         """Mark unhealthy with the reason."""
         self.healthy = False
         self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.disk_full = is_disk_full(exc)
         self.checked_at = datetime.now(UTC)
 
     def outage_began(self) -> None:
@@ -200,7 +207,7 @@ class BackendSlot:
         started = time.perf_counter()
         seconds = probe_timeout(self.config)
         with metrics.timed(self.label, "probe"):
-            await calls.run(self.backend.probe(), seconds, f"{self.kind} probe")
+            await calls.run(self.backend.probe(room=self.disk_full), seconds, f"{self.kind} probe")
         was_healthy = self.healthy
         self._record_answer(started)
         if not was_healthy:

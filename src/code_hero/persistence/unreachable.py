@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "PG_DISK_FULL_STATES",
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
     "PG_READ_ONLY_STATES",
@@ -38,6 +39,7 @@ __all__ = [
     "background_level",
     "check_on_checkout",
     "is_backend_error",
+    "is_disk_full",
     "is_pool_timeout",
     "is_refused_value",
 ]
@@ -68,14 +70,22 @@ PG_DOWN_STATES = frozenset(
 # (`PostgresBackend.probe`), and the copy-back's fresh pool brings writable sessions.
 # psycopg raises it as an InternalError (class 25), not an OperationalError.
 PG_READ_ONLY_STATES = frozenset({"25006"})
+# disk_full ("could not extend file ...: No space left on device"): the disk of the
+# database's files (or of its temporary files) is full. Reads go on, but nearly every
+# write of ours adds rows, so every run would fail until someone frees space, as with
+# SQLite's full file: down, so runs go on on the fallback; while the outage lasts the
+# probe writes a temporary file of 48 kB (`PostgresBackend.probe(room=True)`), so the
+# copy-back waits for room. A disk too full for the WAL stops the server (a PANIC):
+# that arrives as a lost connection, then a refused one until space is freed and the
+# server is started again. psycopg raises it as an OperationalError (class 53).
+PG_DISK_FULL_STATES = frozenset({"53100"})
 # Not down although the server ended or hurt only this session or statement:
 # 57P05 idle_session_timeout (one idle connection; the checkout check normally
 # discards it first), 25P03 idle_in_transaction_session_timeout, 57014
 # query_canceled, 55P03 lock_not_available, 40P01 deadlock_detected, 40001
-# serialization_failure, 53100 disk_full and 53200 out_of_memory (a statement's
-# temporary files or memory: a server that cannot write its WAL stops, and
-# that arrives as a lost connection), class 58 (the server reports one file's
-# I/O failure and keeps serving), and every integrity, syntax and data error.
+# serialization_failure, 53200 out_of_memory (one statement's memory), 53400
+# configuration_limit_exceeded (temp_file_limit), class 58 (the server reports one
+# file's I/O failure and keeps serving), and every integrity, syntax and data error.
 #
 # psycopg's other no-SQLSTATE OperationalErrors are not outages: PipelineAborted
 # follows an earlier statement's error in the same pipeline, and the pool's
@@ -170,13 +180,22 @@ def _postgres_down(exc: BaseException) -> bool | None:
         return True
     if not isinstance(exc, psycopg.Error):
         return None
-    if exc.sqlstate in PG_READ_ONLY_STATES:
+    if exc.sqlstate in PG_READ_ONLY_STATES | PG_DISK_FULL_STATES:
         return True
     not_down = (psycopg.errors.PipelineAborted, TooManyRequests)
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, not_down):
         return False
     state = exc.sqlstate
     return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` says the database's disk has no room for what it writes
+    (PostgreSQL's disk_full, SQLite's SQLITE_FULL): down until space is freed."""
+    if getattr(exc, "sqlstate", None) in PG_DISK_FULL_STATES:
+        return True
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
 def is_pool_timeout(exc: BaseException) -> bool:

@@ -256,9 +256,10 @@ async def test_a_run_on_a_thread_made_for_it_is_admitted_in_one_trip(
 async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The thread's lock and the run's update in one trip; its events, the deliveries and
-    the thread's status (one statement) with the COMMIT in the next (were four trips);
-    what each stores unchanged."""
+    """With a webhook (made here, so no end looks for one first): the thread's lock and
+    the run's update in one trip; its events, the deliveries and the thread's status
+    (one statement) with the COMMIT in the next (were four trips); what each stores
+    unchanged."""
     hook = WebhookRecord(
         "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
     )
@@ -383,7 +384,10 @@ async def test_a_run_ends_in_one_trip_when_no_webhook_can_want_it(
     await other_pool.open()
     try:
         hook = WebhookRecord(
-            "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,),
+            "wh1",
+            "u",
+            "https://hooks.example.com/a",
+            (WebhookEvent.RUN_SUCCEEDED,),
             datetime.now(UTC),
         )
         await PostgresRegistry(other_pool).create_webhook(hook, "whsec_c2VjcmV0")

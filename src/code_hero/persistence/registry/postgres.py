@@ -24,7 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.errors import ConflictError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.pgarrays import pg_array
-from code_hero.persistence.records import EventRecord, RunRecord, RunStatus, ThreadPurge, ThreadStatus
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadPurge,
+    ThreadStatus,
+)
 from code_hero.persistence.registry.dialect import EVENT_COLUMNS, RUN_COLUMNS, Row, Session, utc_now
 from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.unreachable import UnstorableJSON

@@ -256,9 +256,10 @@ async def test_a_run_on_a_thread_made_for_it_is_admitted_in_one_trip(
 async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
     pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The thread's lock and the run's update in one trip; its events, the deliveries and
-    the thread's status (one statement) with the COMMIT in the next (were four trips);
-    what each stores unchanged."""
+    """With a webhook (made here, so no end looks for one first): the thread's lock and
+    the run's update in one trip; its events, the deliveries and the thread's status
+    (one statement) with the COMMIT in the next (were four trips); what each stores
+    unchanged."""
     hook = WebhookRecord(
         "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
     )
@@ -318,6 +319,127 @@ async def test_a_run_ends_in_two_trips_its_deliveries_with_the_threads_status(
         None,
         False,
     )
+
+
+async def test_a_run_ends_in_one_trip_when_no_webhook_can_want_it(
+    pg_registry: PostgresRegistry, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No webhook and no URL of the run's own: the thread's lock, then the update, the
+    events and the thread's status in one statement, committed by the trip's Sync (were
+    two trips: BEGIN, the lock and the update; the rest with COMMIT). What each end
+    stores is unchanged; a webhook made by another process defers its first end to the
+    two trips, which queue its delivery, and the ends after it go the two trips at once."""
+    await pg_registry.admit_run(run("r1", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r2", "t2", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r3", "t2", user_id="u"), reject_if_busy=False)
+    trips = count_pg_trips(monkeypatch)
+    sent = count_pg_statements(monkeypatch)
+    ended, waiting = await pg_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 3, 2), status=RunStatus.SUCCESS
+    )
+    assert len(trips) == 1 and len(sent) == 2  # the lock; the end
+    assert ended is not None and ended.status is RunStatus.SUCCESS and not waiting
+    assert ended == await pg_registry.get_run("r1")
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.IDLE
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [2, 3]
+    # A run waits on t2: the thread stays BUSY, and the end says one waits.
+    _, waiting = await pg_registry.finish_run("r2", ThreadStatus.IDLE, status=RunStatus.ERROR)
+    busy = await pg_registry.get_thread("t2")
+    assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
+    _, waiting = await pg_registry.finish_run("r3", ThreadStatus.ERROR, status=RunStatus.ERROR)
+    ended_thread = await pg_registry.get_thread("t2")
+    assert not waiting and ended_thread is not None and ended_thread.status is ThreadStatus.ERROR
+    # Ended again (a replay): an event stored already kept once.
+    await pg_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 3, 4), status=RunStatus.SUCCESS
+    )
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [2, 3, 4]
+    # An end that does not apply (another holds the lease, the run is gone) stores nothing.
+    await pg_registry.admit_run(run("r5", "t5"), reject_if_busy=False)
+    refused = await pg_registry.finish_run(
+        "r5",
+        ThreadStatus.IDLE,
+        if_leased_by="someone",
+        events=events("r5", "t5", 1),
+        status=RunStatus.SUCCESS,
+    )
+    assert refused == (None, False) and await pg_registry.list_events("r5") == []
+    held = await pg_registry.get_run("r5")
+    assert held is not None and held.status is RunStatus.PENDING
+    held_thread = await pg_registry.get_thread("t5")
+    assert held_thread is not None and held_thread.status is ThreadStatus.BUSY
+    missing = await pg_registry.finish_run("missing", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    assert missing == (None, False)
+    # A URL of the run's own: its end goes the way of deliveries, its delivery queued.
+    own = run("r6", "t6", user_id="u", config={"__webhook": "https://hooks.example.com/own"})
+    await pg_registry.admit_run(own, reject_if_busy=False)
+    trips.clear()
+    await pg_registry.finish_run("r6", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    assert len(trips) <= 5  # the one that found the URL, then the four two deliveries take
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r6"), first=10)
+    assert [d.webhook_id for d in page.items] == [None]
+    # A webhook made by another process: the end that finds it defers to the two trips.
+    other_pool = make_pool(pg_database)
+    await other_pool.open()
+    try:
+        hook = WebhookRecord(
+            "wh1",
+            "u",
+            "https://hooks.example.com/a",
+            (WebhookEvent.RUN_SUCCEEDED,),
+            datetime.now(UTC),
+        )
+        await PostgresRegistry(other_pool).create_webhook(hook, "whsec_c2VjcmV0")
+    finally:
+        await other_pool.close()
+    await pg_registry.admit_run(run("r7", "t7", user_id="u"), reject_if_busy=False)
+    await pg_registry.admit_run(run("r8", "t8", user_id="u"), reject_if_busy=False)
+    trips.clear()
+    await pg_registry.finish_run("r7", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    assert len(trips) <= 3
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r7"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"]
+    trips.clear()
+    await pg_registry.finish_run("r8", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    assert len(trips) <= 2
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r8"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"]
+
+
+async def test_a_one_trip_end_sees_a_run_admitted_while_it_waited_for_the_thread(
+    pg_registry: PostgresRegistry, pg_database: str
+) -> None:
+    """The end's statement goes after the thread's lock, so its look for waiting runs
+    sees a run admitted while the lock was held by its admission: the thread stays
+    BUSY and the end says a run waits (one statement, its snapshot taken before the
+    wait, would have set the thread IDLE)."""
+    await pg_registry.admit_run(run("r1"), reject_if_busy=False)
+    async with await psycopg.AsyncConnection.connect(pg_database) as other:
+        await other.execute("SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE")
+        ending = asyncio.ensure_future(
+            pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+        )
+
+        async def waits_for_the_lock() -> bool:
+            row = await (
+                await other.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).fetchone()
+            return row is not None and row[0] > 0
+
+        await until(waits_for_the_lock)
+        await other.execute(
+            "INSERT INTO code_hero_runs (run_id, thread_id, graph, status, created_at) "
+            "VALUES ('r2', 't1', 'g', 'PENDING', now())"
+        )
+        await other.commit()
+        ended, waiting = await ending
+    assert ended is not None and ended.status is RunStatus.SUCCESS and waiting
+    thread = await pg_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.BUSY
 
 
 async def test_a_fetch_builds_no_column_descriptions(

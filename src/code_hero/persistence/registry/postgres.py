@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,10 +24,17 @@ from psycopg_pool import AsyncConnectionPool
 from code_hero.errors import ConflictError
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.pgarrays import pg_array
-from code_hero.persistence.records import EventRecord, ThreadPurge
-from code_hero.persistence.registry.dialect import EVENT_COLUMNS, Row, Session
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadPurge,
+    ThreadStatus,
+)
+from code_hero.persistence.registry.dialect import EVENT_COLUMNS, RUN_COLUMNS, Row, Session, utc_now
 from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.unreachable import UnstorableJSON
+from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY, WebhookRecord
 
 __all__ = ["PostgresRegistry"]
 
@@ -91,6 +99,9 @@ _LOCK_FOR_PURGE = (
 )
 # The PostgreSQL types of EVENT_COLUMNS, for an event batch's arrays.
 _EVENT_TYPES = ("text", "int8", "text", "text", "jsonb", "timestamptz")
+# A run's end goes the two trips deliveries need for this long after a webhook was last
+# seen (made here, or found by an end): one trip more, not one more a run (`finish_run`).
+_HOOKS_REMEMBERED = 60.0
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
 
 
@@ -333,6 +344,9 @@ class PostgresRegistry(SqlRegistry):
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        # When a webhook was last seen here (made, or found by a run's end): ends go
+        # the two trips their deliveries need for a while after (`finish_run`).
+        self._hooks_seen = -math.inf
 
     @asynccontextmanager
     async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
@@ -351,6 +365,115 @@ class PostgresRegistry(SqlRegistry):
                     with contextlib.suppress(Exception):
                         await conn.rollback()
                 raise
+
+    async def finish_run(
+        self,
+        run_id: str,
+        thread_status: ThreadStatus,
+        *,
+        if_unfinished: bool = False,
+        if_leased_by: str | None = None,
+        events: Sequence[EventRecord] = (),
+        **fields: Any,
+    ) -> tuple[RunRecord | None, bool]:
+        """A run's end in one round trip when no webhook can want it (issue 15): the
+        thread's lock, then one statement of the run's update, its events and its
+        thread's status, committed by the trip's Sync; else `RunClaims.finish_run`'s two
+        trips, whose deliveries' payload is made from the updated row in Python.
+
+        The statement comes after the lock, so its snapshot holds every run admitted
+        to the thread before the lock was taken, as the look for waiting runs did after
+        the update; the run's own row it reads as it was before the update (a
+        statement does not see its own changes), so the look skips the run itself,
+        whose end status is a finished one (else the two trips). A webhook row of any
+        event, or a URL of the run's own, defers the end to the two trips: the
+        statement then changes nothing and the thread's lock is let go; for a minute
+        after a webhook is seen (found so, or made here) ends go the two trips at once."""
+        status = fields.get("status")
+        recent = time.monotonic() - self._hooks_seen < _HOOKS_REMEMBERED
+        if recent or status is None or not RunStatus(status).finished:
+            return await super().finish_run(
+                run_id,
+                thread_status,
+                if_unfinished=if_unfinished,
+                if_leased_by=if_leased_by,
+                events=events,
+                **fields,
+            )
+        update, params = self._run_update("finish_run", fields)
+        if if_unfinished:
+            update += " AND status IN ('PENDING', 'RUNNING')"
+        held: list[Any] = []
+        if if_leased_by is not None:
+            update, held = f"{update} AND lease_owner = ?", [if_leased_by]
+        stored, event_params = "", []
+        if events:
+            ordered = sorted(events, key=lambda e: e.seq)
+            columns = zip(*(self._event_params(e) for e in ordered), strict=True)
+            event_params = [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
+            # Only an end that applies stores them.
+            stored = (
+                f"stored AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
+                f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) "
+                "WHERE EXISTS (SELECT 1 FROM run) ON CONFLICT (run_id, seq) DO NOTHING), "
+            )
+        async with self._session(atomic=True) as s:
+            _, rows = await s.fetch_pair(
+                (
+                    "SELECT t.thread_id FROM code_hero_runs r JOIN code_hero_threads t "
+                    f"ON t.thread_id = r.thread_id WHERE r.run_id = ?{self.for_update} OF t",
+                    [run_id],
+                ),
+                (
+                    "WITH deferred AS (SELECT EXISTS (SELECT 1 FROM code_hero_webhooks) AS hooks, "
+                    "EXISTS (SELECT 1 FROM code_hero_runs WHERE run_id = ? "
+                    "AND config -> ? IS NOT NULL) AS own), "
+                    f"run AS ({update} AND NOT (SELECT hooks OR own FROM deferred) "
+                    f"RETURNING {RUN_COLUMNS}), {stored}"
+                    "updated AS (UPDATE code_hero_threads SET status = ?, updated_at = ? "
+                    "WHERE thread_id = (SELECT thread_id FROM run) AND NOT EXISTS ("
+                    "WITH thread_runs AS MATERIALIZED (SELECT run_id, status FROM code_hero_runs "
+                    "WHERE thread_id = (SELECT thread_id FROM run)) SELECT 1 FROM thread_runs "
+                    "WHERE status IN ('PENDING', 'RUNNING') AND run_id <> ?) RETURNING 1) "
+                    "SELECT run.*, deferred.hooks, deferred.own, "
+                    "(SELECT count(*) FROM updated) AS updated "
+                    "FROM deferred LEFT JOIN run ON true",
+                    [
+                        run_id,
+                        RUN_WEBHOOK_KEY,
+                        *params,
+                        run_id,
+                        *held,
+                        *event_params,
+                        ThreadStatus(thread_status).value,
+                        self._ts(utc_now()),
+                        run_id,
+                    ],
+                ),
+                last=True,
+            )
+        row = rows[0]
+        if row["run_id"] is not None:
+            return self._run(row), not row["updated"]
+        if not (row["hooks"] or row["own"]):  # no such run, its lease lost, or gone
+            return None, False
+        if row["hooks"]:
+            self._hooks_seen = time.monotonic()
+        return await super().finish_run(
+            run_id,
+            thread_status,
+            if_unfinished=if_unfinished,
+            if_leased_by=if_leased_by,
+            events=events,
+            **fields,
+        )
+
+    async def create_webhook(
+        self, webhook: WebhookRecord, secret: str, *, limit: int | None = None
+    ) -> bool:
+        made = await super().create_webhook(webhook, secret, limit=limit)
+        self._hooks_seen = time.monotonic()
+        return made
 
     async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         # SqlRegistry's transaction (two locks, the outbox insert, three deletes) as one

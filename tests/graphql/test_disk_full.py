@@ -134,3 +134,28 @@ async def test_a_full_disk_is_an_outage_runs_go_on_and_everything_is_copied_back
     warned = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
     assert len(warned) == 2, warned
     assert "switching to fallback" in warned[0] and "serves again" in warned[1]
+
+
+async def test_a_waiter_for_a_run_the_full_disk_holds_is_told_why(
+    server: Server, pg_database: str
+) -> None:
+    # startRun(wait) for a run admitted in PostgreSQL, not claimed here yet, when the
+    # disk fills: the run is recorded and goes on once there is room, and the message
+    # says what the administrator must fix (it said "unreachable").
+    server.gateway.executor.claims.max_concurrent = 0  # admitted, never claimed here
+    waiter = asyncio.create_task(gql(server.http, START, {"input": FAST}))
+    for _ in range(200):
+        with psycopg.connect(pg_database) as conn:
+            if conn.execute("SELECT count(*) FROM code_hero_runs").fetchone() == (1,):
+                break
+        await asyncio.sleep(0.05)
+    _fill(pg_database)
+    # A write meets the full disk: the outage begins.
+    other = await gql(server.http, START, {"input": {**FAST, "wait": False}})
+    assert "errors" not in other, other
+    (error,) = (await asyncio.wait_for(waiter, 30))["errors"]
+    assert error["extensions"]["code"] == "UNAVAILABLE", error
+    assert error["extensions"]["runId"], error
+    assert "out of disk space" in error["message"], error
+    _free(pg_database)
+    await wait_for_status(server, "HEALTHY")

@@ -116,14 +116,18 @@ class RouterState:
         """Seconds a client should wait before asking again: the next probe."""
         return max(1, math.ceil(self.probe_interval))
 
-    def unavailable(self, what: str = "this request") -> PrimaryUnreachableError:
-        """The error for a call that needs the unreachable primary."""
+    @property
+    def outage_state(self) -> str:
+        """What clients are told the primary is while it does not serve."""
         # A full disk is no unreachable server: the administrator who reads the message
         # frees space rather than looking for a network fault or a stopped server.
-        state = "out of disk space" if self.primary.disk_full else "unreachable"
+        return "out of disk space" if self.primary.disk_full else "unreachable"
+
+    def unavailable(self, what: str = "this request") -> PrimaryUnreachableError:
+        """The error for a call that needs the unreachable primary."""
         return PrimaryUnreachableError(
             f"the {_KIND_NAMES.get(self.primary.kind, self.primary.kind)} database is "
-            f"{state} and {what} needs data only it holds; "
+            f"{self.outage_state} and {what} needs data only it holds; "
             f"retry in {self.retry_after} s",
             self.retry_after,
         )

@@ -430,7 +430,8 @@ class RunExecutor:
     def _held_up_error(self, run_id: str) -> RunHeldUpError:
         router = self.manager.router
         return RunHeldUpError(
-            f"run {run_id} is recorded but cannot go on while the database is unreachable: "
+            f"run {run_id} is recorded but cannot go on while the database is "
+            f"{router.outage_state}: "
             f"it goes on once the database is back; ask for that run then (retry in "
             f"{router.retry_after} s) rather than starting another",
             router.retry_after,

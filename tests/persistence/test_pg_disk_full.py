@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import logging
 import os
 import pwd
 import shutil
@@ -201,3 +202,28 @@ async def test_one_listing_that_spills_into_a_full_temp_disk_fails_over_nothing(
         assert manager.router.active == 0, manager.router.primary.last_error
         await write("after")
         assert _stored(config, "after") == 1
+
+
+async def test_a_background_loops_disk_full_warns_while_the_probe_finds_none(
+    small_disk: SmallDisk,
+) -> None:
+    # The webhook outbox and the bus write to the primary outside the router: the
+    # router's probe, a read, passes on a full disk, so no outage is declared. Logged at
+    # DEBUG as an outage's (as SQLite's full file was, see test_outage_log), every
+    # failing write of a loop on a server with no other traffic goes unsaid.
+    config = create_postgres_checkpointer(small_disk.url, health_check_interval=3600)
+    async with _manager(config) as manager:
+        with psycopg.connect(small_disk.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE filler (b bytea)")
+        small_disk.fill()
+        error: BaseException | None = None
+        with psycopg.connect(small_disk.url, autocommit=True) as conn:
+            try:
+                for _ in range(200):
+                    conn.execute("INSERT INTO filler SELECT decode(repeat('ab', 8000), 'hex')")
+            except pg.DiskFull as exc:
+                error = exc
+        assert error is not None, "the disk took every write"
+        await manager.router.check()
+        assert manager.router.serving  # the probe did not find it
+        assert manager.router.background_level(error) == logging.WARNING, error

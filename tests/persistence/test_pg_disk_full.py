@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import logging
 import os
 import pwd
 import shutil
@@ -172,3 +173,57 @@ async def test_a_full_disk_fails_over_and_the_probe_waits_for_room(small_disk: S
         assert _stored(config, "during") == writes
         await write("after")
         assert _stored(config, "after") == 1
+
+
+async def test_one_listing_that_spills_into_a_full_temp_disk_fails_over_nothing(
+    small_disk: SmallDisk,
+) -> None:
+    # The database's files on the ordinary disk, its temporary files on the small one
+    # (temp_tablespaces on a volume of its own): writes have room, one big sort not.
+    admin = small_disk.url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE big")
+        conn.execute("ALTER DATABASE big SET temp_tablespaces = 'small'")
+        conn.execute("ALTER DATABASE big SET work_mem = '64kB'")
+    url = small_disk.url.rsplit("/", 1)[0] + "/big"
+    config = create_postgres_checkpointer(url, health_check_interval=3600)
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        for i in range(2000):
+            await write(f"t{i}")
+        small_disk.fill()
+        await write("fits")  # the disk of the database's files has room
+        assert manager.router.active == 0
+        saver = manager.get_checkpointer()
+        # A listing of every checkpoint sorts them: its temporary file meets the full disk.
+        with pytest.raises(Exception):  # noqa: B017 (whatever the one call raises)
+            [t async for t in saver.alist(None)]
+        # That one call failed; the database serves every other: no outage.
+        assert manager.router.active == 0, manager.router.primary.last_error
+        await write("after")
+        assert _stored(config, "after") == 1
+
+
+async def test_a_background_loops_disk_full_warns_while_the_probe_finds_none(
+    small_disk: SmallDisk,
+) -> None:
+    # The webhook outbox and the bus write to the primary outside the router: the
+    # router's probe, a read, passes on a full disk, so no outage is declared. Logged at
+    # DEBUG as an outage's (as SQLite's full file was, see test_outage_log), every
+    # failing write of a loop on a server with no other traffic goes unsaid.
+    config = create_postgres_checkpointer(small_disk.url, health_check_interval=3600)
+    async with _manager(config) as manager:
+        with psycopg.connect(small_disk.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE filler (b bytea)")
+        small_disk.fill()
+        error: BaseException | None = None
+        with psycopg.connect(small_disk.url, autocommit=True) as conn:
+            try:
+                for _ in range(200):
+                    conn.execute("INSERT INTO filler SELECT decode(repeat('ab', 8000), 'hex')")
+            except pg.DiskFull as exc:
+                error = exc
+        assert error is not None, "the disk took every write"
+        await manager.router.check()
+        assert manager.router.serving  # the probe did not find it
+        assert manager.router.background_level(error) == logging.WARNING, error

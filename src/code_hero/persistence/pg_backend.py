@@ -423,13 +423,19 @@ async def _check_room(conn: psycopg.AsyncConnection[Any]) -> None:
     A function scan of 3,000 rows with the smallest work_mem spills to a temporary
     file of about 48 kB, in the tablespace the database's own files are in (unless
     temp_tablespaces names another): no WAL, no catalog row, removed at the end of the
-    statement. On a full disk it fails as a write of ours does (disk_full). An error
-    that does not mean down (temp_file_limit below 48 kB) proves nothing: the
-    copy-back is left to find out.
+    statement. On a full disk it fails with disk_full about its temporary file, which
+    alone is no outage (one statement's spill, `_postgres_down`): here it is the answer,
+    raised as the database's disk. Another error that does not mean down
+    (temp_file_limit below 48 kB) proves nothing: the copy-back is left to find out.
     """
     try:
         await conn.execute("SET work_mem = '64kB'")
         await conn.execute("SELECT count(*) FROM generate_series(1, 3000)")
+    except psycopg.errors.DiskFull as exc:
+        raise psycopg.errors.DiskFull(
+            "the database's disk is full: a probe could not write a 48 kB file "
+            "(No space left on device)"
+        ) from exc
     except psycopg.Error as exc:
         if is_backend_error(exc):
             raise

@@ -164,6 +164,10 @@ def background_level(exc: BaseException, *, serving: bool, saturated: bool) -> i
         return logging.WARNING if saturated else logging.DEBUG
     if isinstance(exc, sqlite3.Error):
         return logging.WARNING
+    if getattr(exc, "sqlstate", None) in PG_DISK_FULL_STATES:
+        # The probe (a read) passes on a full disk: the router declares it only when
+        # one of its own writes fails, so a loop on a quiet server must say it.
+        return logging.WARNING
     return logging.DEBUG if is_backend_error(exc) else logging.WARNING
 
 
@@ -180,13 +184,27 @@ def _postgres_down(exc: BaseException) -> bool | None:
         return True
     if not isinstance(exc, psycopg.Error):
         return None
-    if exc.sqlstate in PG_READ_ONLY_STATES | PG_DISK_FULL_STATES:
+    if exc.sqlstate in PG_READ_ONLY_STATES:
         return True
+    if exc.sqlstate in PG_DISK_FULL_STATES:
+        # Not one statement's temporary files (a big sort on a full temporary volume,
+        # or one that filled the disk and whose file is gone already): that call fails,
+        # every other write may go in. Failing the server over for it would take
+        # every client down, or flap at each sort that spills.
+        return not _temporary_file(exc)
     not_down = (psycopg.errors.PipelineAborted, TooManyRequests)
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, not_down):
         return False
     state = exc.sqlstate
     return state is None or state[:2] in PG_DOWN_CLASSES or state in PG_DOWN_STATES
+
+
+def _temporary_file(exc: BaseException) -> bool:
+    """True when a disk_full error is about a statement's temporary file, not the
+    database's own files ("could not write to file "base/pgsql_tmp/...", "could not
+    write block N of temporary file")."""
+    text = str(exc)
+    return "pgsql_tmp" in text or "temporary file" in text
 
 
 def is_disk_full(exc: BaseException) -> bool:

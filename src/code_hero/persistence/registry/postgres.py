@@ -238,7 +238,10 @@ class _PgSession:
         except asyncio.CancelledError:
             # Cancelled mid-pipeline, psycopg can leave the connection in pipeline mode
             # with results unread (as bulk.write_statements says): closed, the pool
-            # replaces it, and the server rolls back what the trip began.
+            # replaces it, and the server rolls back what the trip began unless the
+            # trip's Sync reached it and its statements run on: a trip that commits on
+            # its Sync (`finish_run`'s one trip) may still commit after a cancel or a
+            # socket an outage shut, as a COMMIT already sent would.
             await self._conn.close()
             raise
         return cur

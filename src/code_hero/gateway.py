@@ -44,6 +44,7 @@ from code_hero.errors import (
 )
 from code_hero.filters import check_run_filter, check_thread_filter
 from code_hero.inputs import check_checkpoint_id, check_run_id, check_thread_id
+from code_hero.persistence import clock
 from code_hero.persistence.diagnosis import public_health
 from code_hero.persistence.manager import (
     EnhancedCheckpointerManager,
@@ -274,7 +275,7 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
             # Nothing to ask between the ownership check and the deletion: the checks
             # (has it expired? is it the user's?) are part of the one-step deletion.
             owner = None if caller.is_admin else caller.user_id
-            gone = await self._purge(thread_id, live_at=datetime.now(UTC), owner=owner)
+            gone = await self._purge(thread_id, live_at=clock.now(), owner=owner)
         elif not await self._owns(thread_id, caller):
             return ThreadDeletion(thread_id, False, 0, 0)
         else:

@@ -49,6 +49,7 @@ from code_hero.inputs import (
     check_thread_id,
     check_ttl_seconds,
 )
+from code_hero.persistence import clock
 from code_hero.persistence.manager import PruneReport, ThreadDeletion
 from code_hero.persistence.records import ThreadFilter, ThreadRecord, ThreadStatus
 
@@ -89,7 +90,7 @@ class ThreadAdmin:
     async def _expired(self, thread_ids: Sequence[str]) -> set[str]:
         """Those of the threads whose expiry has passed (one query)."""
         registry = self.services.manager.registry
-        now = datetime.now(UTC)
+        now = clock.now()
         return set(await registry.expired_thread_ids(now, limit=len(thread_ids), among=thread_ids))
 
     async def _purge(
@@ -155,7 +156,7 @@ class ThreadAdmin:
             if not mine:
                 return deleted
             for _ in range(batches):
-                ids = await registry.expired_thread_ids(datetime.now(UTC), limit=_BATCH)
+                ids = await registry.expired_thread_ids(clock.now(), limit=_BATCH)
                 for thread_id in ids:
                     if (await self._purge(thread_id)).deleted:
                         deleted.append(thread_id)
@@ -247,7 +248,7 @@ class ThreadAdmin:
                 and await manager.get_checkpoint(thread_id) is not None
             ):
                 raise ConflictError(f"thread {thread_id!r} already exists")
-        now = datetime.now(UTC)
+        now = clock.now()
         record = ThreadRecord(
             thread_id=thread_id,
             user_id=owner,
@@ -310,7 +311,7 @@ class ThreadAdmin:
         await self.policy.require(
             caller, Action.THREAD_CREATE, value={"user_id": source.user_id, "copy_of": thread_id}
         )
-        now = datetime.now(UTC)
+        now = clock.now()
         target = replace(
             source,
             thread_id=str(uuid.uuid4()),
@@ -411,7 +412,7 @@ async def _in_batches(
 ) -> int:
     """Call `forget(before, limit=1,000)` on what is older than `retention` until a batch
     comes back short, up to `batches` times; how many it forgot."""
-    before = datetime.now(UTC) - retention
+    before = clock.now() - retention
     total = 0
     for _ in range(batches):
         gone = await forget(before, limit=_DELIVERY_BATCH)

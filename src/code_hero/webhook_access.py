@@ -17,12 +17,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.compose import Services
 from code_hero.errors import BadInputError, ConflictError
 from code_hero.inputs import check_run_id, check_text, check_thread_id
+from code_hero.persistence import clock
 from code_hero.persistence.records import Page, RunFilter
 from code_hero.persistence.webhooks import (
     DeliveryFilter,
@@ -113,7 +113,7 @@ class WebhookAccess:
             user_id=caller.user_id,
             url=url,
             events=tuple(dict.fromkeys(WebhookEvent(e) for e in events)),
-            created_at=datetime.now(UTC),
+            created_at=clock.now(),
             all_users=caller.is_admin,
             thread_id=flt.thread_id,
             status=flt.status,

@@ -19,7 +19,6 @@ import json
 import shlex
 import sys
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from code_hero.cli.display import RunDisplay
@@ -34,6 +33,7 @@ from code_hero.cli.storage import (
 )
 from code_hero.config import config_from_url
 from code_hero.errors import CodeHeroError, ConfigurationError
+from code_hero.persistence import clock
 
 __all__ = ["health", "migrate", "prune", "run", "schema", "threads_delete", "threads_list"]
 
@@ -205,9 +205,9 @@ async def migrate(args: argparse.Namespace) -> int:
 async def prune(args: argparse.Namespace) -> int:
     """Delete old threads (their runs stopped first) and trim long histories."""
     older_than = args.before
-    if args.older_than is not None:
-        older_than = datetime.now(UTC) - args.older_than
     async with operator_gateway(args) as gateway:
+        if args.older_than is not None:  # by the database's clock, read as it opened
+            older_than = clock.now() - args.older_than
         report = await gateway.prune(
             older_than=older_than, keep_latest=args.keep_latest, caller=OPERATOR
         )

@@ -20,7 +20,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from code_hero.config import CheckpointerConfig
+from code_hero.persistence import clock
 from code_hero.persistence.records import Registry, ThreadPurge
 from code_hero.persistence.registry import SqliteRegistry
 from code_hero.persistence.sqlitefiles import SqliteFiles
@@ -328,7 +329,7 @@ _LIVE_ROW = (
 
 def _sqlite_now() -> str:
     """Now as the SQLite registry writes a time (`SqliteRegistry._ts`)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return clock.now().isoformat(timespec="microseconds")
 
 
 async def _foreign_keys(conn: aiosqlite.Connection, on: bool) -> None:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 
 from code_hero.errors import NotFoundError
+from code_hero.persistence import clock
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
     EventRecord,
@@ -478,7 +479,7 @@ class TouchThread:
     create: bool = True
     # When it was journalled (the first of the touches it stands for): a deletion of the
     # id since then wins over it, however late it finishes (`touch_threads`).
-    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    at: datetime = field(default_factory=clock.now)
 
     @property
     def key(self) -> Hashable:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -34,6 +33,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 
+from code_hero.persistence import clock
 from code_hero.persistence.contention import lock_waited_out
 from code_hero.persistence.entries import Entry, TouchThread, refused_end
 from code_hero.persistence.fallback_deletes import RouterDeletes
@@ -96,7 +96,7 @@ class FallbackRouter(RouterDeletes):
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
             self.metrics.switched()
-            self.degraded_since = self._outage_began = datetime.now(UTC)
+            self.degraded_since = self._outage_began = clock.now()
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
                 self.primary.config.describe(),
@@ -423,10 +423,10 @@ class FallbackRouter(RouterDeletes):
         # Logged and counted before the first await: `health` answers HEALTHY from here
         # on, and a caller that saw that found the line missing (a test's flake).
         if was_active != 0:
-            now = datetime.now(UTC)
+            now = clock.now()
             self.last_outage = (self._outage_began or since or now, now)
             self.metrics.recovered()
-            lasted = "" if since is None else f" after {datetime.now(UTC) - since}"
+            lasted = "" if since is None else f" after {clock.now() - since}"
             # The one line an outage logs when it ends.
             log.warning(
                 "primary backend %s serves again%s; every write made meanwhile is in it%s",

@@ -12,9 +12,10 @@ only later (`FallbackRouter.lease_clock`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from code_hero.persistence import clock
 from code_hero.persistence.entries import ChangeRun, FinishRun, ReleaseRun
 from code_hero.persistence.fallback_routing import RoutedRegistry
 from code_hero.persistence.records import (
@@ -191,7 +192,7 @@ class FallbackClaims(RoutedRegistry):
         async def claim(registry: Registry, lapsed_by: datetime) -> list[RunRecord]:
             # The lease counts from now: a failed attempt on the primary may have
             # taken pool_timeout, and a lease already over would be claimed twice.
-            start = datetime.now(UTC)
+            start = clock.now()
             claimed = await registry.claim_runs(
                 owner,
                 now=min(lapsed_by, start),
@@ -207,7 +208,7 @@ class FallbackClaims(RoutedRegistry):
             return await claim(registry, self.router.lease_clock(now, lease))
 
         async def degraded() -> list[RunRecord]:
-            claimed = await claim(self._local("claiming runs"), datetime.now(UTC))
+            claimed = await claim(self._local("claiming runs"), clock.now())
             self._held.update(r.run_id for r in claimed)
             for thread_id in {r.thread_id for r in claimed}:
                 self._copy_thread(thread_id)

@@ -14,9 +14,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
 from typing import Literal
 
+from code_hero.persistence import clock
 from code_hero.persistence.contention import mark_store
 from code_hero.persistence.fallback_state import RouterState, log
 from code_hero.persistence.slots import BackendSlot, close_quietly
@@ -139,7 +139,7 @@ class RouterFailover(RouterState):
         self.metrics.switched()
         if slot is self.primary:
             slot.outage_began()
-            self.degraded_since = datetime.now(UTC)
+            self.degraded_since = clock.now()
             self._outage_began = self.primary.answered_at or self.degraded_since
             # Threads kept after the last recovery (a quarantined entry) are the
             # primary's in this outage: it took their writes while it served, so the

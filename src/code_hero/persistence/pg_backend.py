@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import MAX_LOCK_TIMEOUT, redact_url
-from code_hero.persistence import jsontext
+from code_hero.persistence import clock, jsontext
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
@@ -132,6 +132,18 @@ def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+async def _read_clock(conn: psycopg.AsyncConnection[Any], *columns: str) -> tuple[Any, ...]:
+    """`columns` read, in the trip that measures how far the database's clock is from
+    this process's (`clock`: replicas read their times from the database's clock)."""
+    before = clock.wall()
+    cur = await conn.execute(f"SELECT {', '.join((*columns, 'clock_timestamp()'))}")
+    row = await cur.fetchone()
+    after = clock.wall()
+    assert row is not None
+    clock.measured(before, row[-1], after)
+    return tuple(row[:-1])
+
+
 class PostgresBackend(Backend):
     """PostgreSQL: N stock AsyncPostgresSaver instances and the registry on one pool."""
 
@@ -161,7 +173,8 @@ class PostgresBackend(Backend):
         # One direct connection first: its error names the real reason (refused,
         # unknown database, authentication), where a pool would only time out.
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=self._connect_timeout)
-        await conn.close()
+        async with conn:  # and the database's clock, before any lease is written
+            await _read_clock(conn)
         pool = self._new_pool()
         # Set before opening, so close() releases the pool from any point of a
         # failed or abandoned open.
@@ -264,13 +277,12 @@ class PostgresBackend(Backend):
             autocommit=True,
         )
         async with conn:
-            cur = await conn.execute("SELECT current_setting('transaction_read_only')")
-            row = await cur.fetchone()
+            row = await _read_clock(conn, "current_setting('transaction_read_only')")
             if room:
                 await _check_room(conn)
         # A new session that may not write (a standby, default_transaction_read_only):
         # the server answers, but no write would go in, and a copy-back would fail.
-        if row is not None and row[0] == "on":
+        if row[0] == "on":
             raise psycopg.errors.ReadOnlySqlTransaction(
                 "the database is read-only: a new session cannot write (a standby, or "
                 "default_transaction_read_only is on)"
@@ -374,7 +386,7 @@ class PostgresBackend(Backend):
                            AND checkpoint_id IS NOT NULL))
                      AND NOT EXISTS (SELECT 1 FROM code_hero_threads t
                          WHERE t.thread_id = %s AND t.edit_until > %s)""",
-                (thread_id, thread_id, keep, thread_id, thread_id, datetime.now(UTC)),
+                (thread_id, thread_id, keep, thread_id, thread_id, clock.now()),
             )
             removed = cur.rowcount
             await cur.execute(

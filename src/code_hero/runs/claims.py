@@ -21,10 +21,11 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from code_hero.errors import NotFoundError
+from code_hero.persistence import clock
 from code_hero.persistence.records import Registry, RunRecord, RunStatus
 from code_hero.runs.bus import POKE, EventBus
 from code_hero.runs.repeats import Repeats
@@ -274,7 +275,7 @@ class Claims:
                 self._pass_ended(number)
 
     async def _claim_locked(self, cancels: bool) -> None:
-        now = datetime.now(UTC)
+        now = clock.now()
         if self.claim_others and cancels:  # cancels asked for runs no executor holds end here
             for record in await self.registry.claim_cancelled(
                 self.owner, now=now, until=now + self.lease
@@ -349,7 +350,7 @@ class Claims:
     async def still_held(self, run_id: str) -> bool:
         """Whether this executor holds the run's lease still (renewed now unless half of
         it is left): a process that stalled past it may find the run taken over."""
-        now = datetime.now(UTC)
+        now = clock.now()
         expires = self._expires.get(run_id)
         if expires is not None and expires - now > self.lease / 2:
             return True
@@ -380,7 +381,7 @@ class Claims:
             mine = self.runs.running()
             if not mine:
                 continue
-            until = datetime.now(UTC) + self.lease
+            until = clock.now() + self.lease
             try:
                 held = await self.registry.renew_leases(self.owner, mine, until)
             except Exception as exc:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -39,6 +39,7 @@ from langgraph.errors import InvalidUpdateError
 from langgraph.pregel import Pregel
 
 from code_hero.errors import BadInputError, CodeHeroError, ConflictError, NotFoundError
+from code_hero.persistence import clock
 from code_hero.persistence.changes import AS_NODE_KEY
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import EnhancedCheckpointerManager
@@ -75,7 +76,7 @@ async def update_state(
         thread = await registry.get_thread(req.thread_id, expired=True)
         if thread is None and await manager.get_checkpoint(req.thread_id) is None:
             raise NotFoundError(f"no thread {req.thread_id!r}")
-    until = datetime.now(UTC) + EDIT_CLAIM
+    until = clock.now() + EDIT_CLAIM
     try:  # the claim inside: a cancellation that lands as it commits still releases it
         busy = await registry.claim_edit(req.thread_id, until, seen=thread is not None)
         if busy is not None:

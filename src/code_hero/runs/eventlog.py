@@ -23,10 +23,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from code_hero.errors import ConflictError
+from code_hero.persistence import clock
 from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
 from code_hero.persistence.unreachable import is_refused_value
@@ -59,7 +59,7 @@ class RunEventWriter:
             self.next_seq,
             str(type),
             storable(dict(payload)),
-            datetime.now(UTC),
+            clock.now(),
         )
         if self.closed:  # fenced: the run belongs to another executor now
             return event
@@ -269,7 +269,7 @@ class EventLog:
             writer.next_seq,
             EventType.STATUS.value,
             storable(dict(payload)),
-            datetime.now(UTC),
+            clock.now(),
         )
         events = [] if fenced else [*writer.inflight, last]
         try:

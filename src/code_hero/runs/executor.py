@@ -31,7 +31,6 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -45,6 +44,7 @@ from code_hero.errors import (
     NotFoundError,
     RunHeldUpError,
 )
+from code_hero.persistence import clock
 from code_hero.persistence.contention import (
     CONTENTION_RETRY_AFTER,
     cancelled_by_database,
@@ -308,7 +308,7 @@ class RunExecutor:
         if req.from_checkpoint_id:
             config["checkpoint_id"] = req.from_checkpoint_id
         run_id = str(uuid.uuid4())
-        now = datetime.now(UTC)
+        now = clock.now()
         first = EventRecord(
             run_id,
             thread_id,
@@ -475,9 +475,7 @@ class RunExecutor:
         timeline = Timeline(record)
         try:
             # RUNNING, and where its events' numbering goes on, in one statement.
-            running, last = await self.registry.start_run(
-                run_id, record.started_at or datetime.now(UTC)
-            )
+            running, last = await self.registry.start_run(run_id, record.started_at or clock.now())
             writer = await self.events.writer(run_id, thread_id, last=last)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
@@ -862,7 +860,7 @@ class RunExecutor:
                 status=status,
                 output=output,
                 error=error,
-                finished_at=datetime.now(UTC),
+                finished_at=clock.now(),
                 lease_owner=None,
                 lease_expires_at=None,
                 if_leased_by=self.owner if leased else None,

@@ -25,13 +25,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from standardwebhooks import Webhook
 
 from code_hero.errors import ConfigurationError
+from code_hero.persistence import clock
 from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.persistence.webhooks import DeliveryRecord, DeliveryStatus, WebhookStore
 from code_hero.runs.destinations import Network, RefusedDestinationError, resolve
@@ -174,7 +175,7 @@ class WebhookDispatcher:
         room = self.settings.concurrency - len(self._attempts)
         if room < 1:
             return False
-        now = datetime.now(UTC)
+        now = clock.now()
         claimed = await store.claim_deliveries(
             self.owner, now=now, until=now + self.settings.lease, limit=room
         )
@@ -193,7 +194,7 @@ class WebhookDispatcher:
         self.wake()  # a slot is free
 
     def _wake_at(self, when: datetime) -> None:
-        delay = max((when - datetime.now(UTC)).total_seconds(), 0.0)
+        delay = max((when - clock.now()).total_seconds(), 0.0)
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 
@@ -207,7 +208,7 @@ class WebhookDispatcher:
     # ---------------------------------------------------------------- one attempt
     async def _attempt(self, store: WebhookStore, delivery: DeliveryRecord) -> None:
         code, error = await self._post(delivery)
-        at = datetime.now(UTC)
+        at = clock.now()
         attempt = delivery.attempts + 1  # the index of the next offset, too
         next_at: datetime | None = None
         if code is not None and 200 <= code < 300:
@@ -311,7 +312,7 @@ class WebhookDispatcher:
 
     def _signature(self, delivery: DeliveryRecord) -> dict[str, str]:
         """The Standard Webhooks headers; unsigned when there is no secret to sign with."""
-        now = datetime.now(UTC)
+        now = clock.now()
         headers = {
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(int(now.timestamp())),

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.persistence import clock
 from code_hero.persistence.migrations import Migration
 from code_hero.persistence.records import (
     EventRecord,
@@ -101,7 +102,7 @@ def dumps(value: Any) -> str:
 
 def utc_now() -> datetime:
     """The current time, aware UTC."""
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def utc(value: datetime) -> datetime:

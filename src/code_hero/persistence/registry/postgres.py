@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
+from code_hero.persistence import clock
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
 from code_hero.persistence.pgarrays import pg_array
 from code_hero.persistence.records import (
@@ -586,7 +587,7 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT expired FROM go) AS expired, "
             "(SELECT foreign_ FROM go) AS foreign_"
         )
-        ids = [thread_id, datetime.now(UTC), live_at, owner, owner, thread_id]
+        ids = [thread_id, clock.now(), live_at, owner, owner, thread_id]
         ids += [thread_id, thread_id, thread_id]
         return statement, [*ids, *deletion]
 
@@ -651,7 +652,7 @@ class PostgresRegistry(SqlRegistry):
             "(SELECT count(*) FROM q) AS queued, (SELECT count(*) FROM dr) AS runs, "
             "(SELECT count(*) FROM dt) AS threads"
         )
-        return sql, [thread_id, *go_params, thread_id, *queued, datetime.now(UTC)]
+        return sql, [thread_id, *go_params, thread_id, *queued, clock.now()]
 
     async def _write_events(
         self,

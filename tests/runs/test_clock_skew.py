@@ -1,0 +1,138 @@
+"""Replicas whose clocks disagree on one PostgreSQL database: leases are the database's
+time, whatever this process's clock says (`code_hero.persistence.clock`).
+
+A replica's skewed clock is `clock.wall` moved by the test; the other replica, with the
+right time, is the test writing through the registry with the database's `now()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+
+import psycopg
+import pytest
+
+from code_hero.config import create_postgres_checkpointer, create_sqlite_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence import clock
+from code_hero.persistence.records import RunStatus
+from code_hero.runs.executor import StartRun
+from tests.runs.conftest import SLOW_SPEC
+
+SKEW = timedelta(seconds=30)  # twice the lease
+
+
+@pytest.fixture(autouse=True)
+def own_clock() -> Iterator[None]:
+    clock.reset()
+    yield
+    clock.reset()
+
+
+def skewed(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
+    """This process's wall clock runs `by` ahead of the database's (behind if negative)."""
+    real = clock.wall
+    monkeypatch.setattr(clock, "wall", lambda: real() + by)
+
+
+async def open_gateway(config: object) -> Gateway:
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})  # type: ignore[arg-type]
+    return await Gateway(settings).__aenter__()
+
+
+@pytest.fixture
+async def pg_gateway(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Gateway]:
+    skewed(monkeypatch, request.param)
+    gw = await open_gateway(create_postgres_checkpointer(pg_database))
+    try:
+        yield gw
+    finally:
+        await gw.__aexit__(None, None, None)
+
+
+def db_now(url: str) -> datetime:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("pg_gateway", [SKEW], indirect=True)
+async def test_a_replica_ahead_leaves_a_live_lease_alone(
+    pg_gateway: Gateway, pg_database: str
+) -> None:
+    """Its clock 30 s ahead, a 15 s lease another replica renewed just now looks lapsed
+    to its own clock: the claim would take the run over while its owner runs it."""
+    gw = pg_gateway
+    claims = gw.executor.claims
+    slots, claims.max_concurrent = claims.max_concurrent, 0  # nothing claimed meanwhile
+    await gw.executor.recover()
+    run = await gw.start_run(StartRun(graph="slow", input={}))
+    # The other replica, its clock right, holds it: a lease 15 s from its end.
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE code_hero_runs SET lease_owner = 'replica-on-time', "
+            "lease_expires_at = now() + interval '15 seconds' WHERE run_id = %s",
+            [run.run_id],
+        )
+    claims.max_concurrent = slots
+    assert await gw.executor.recover() == 0, "a lease 15 s from its end is taken over"
+    record = await gw.manager.registry.get_run(run.run_id)
+    assert record is not None and record.lease_owner == "replica-on-time"
+
+
+@pytest.mark.parametrize("pg_gateway", [-SKEW], indirect=True)
+async def test_a_replica_behind_writes_leases_that_last(
+    pg_gateway: Gateway, pg_database: str
+) -> None:
+    """Its clock 30 s behind, the lease it writes would have lapsed 15 s ago by the
+    database's (every other replica's) time: they would take its runs over at once."""
+    gw = pg_gateway
+    claims = gw.executor.claims
+    claims.max_concurrent = 0
+    await gw.executor.recover()
+    run = await gw.start_run(StartRun(graph="slow", input={"delay": 60}))
+    claims.max_concurrent = 1
+    assert await gw.executor.recover() == 1
+    record = await gw.manager.registry.get_run(run.run_id)
+    assert record is not None and record.lease_expires_at is not None
+    # Its own clock (30 s behind) is no measure: the database's is.
+    assert record.lease_expires_at > db_now(pg_database) + timedelta(seconds=10)
+    with psycopg.connect(pg_database, autocommit=True) as conn:  # another replica claims
+        taken = conn.execute(
+            "UPDATE code_hero_runs SET lease_owner = 'replica-on-time' "
+            "WHERE run_id = %s AND lease_expires_at < now() RETURNING run_id",
+            [run.run_id],
+        ).fetchall()
+    assert taken == [], "another replica takes over a run executing here"
+    await gw.cancel_run(run.run_id)
+
+
+@pytest.mark.parametrize("pg_gateway", [SKEW], indirect=True)
+async def test_a_skewed_clock_is_measured_and_logged(
+    pg_gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert abs(clock.offset() + SKEW) < timedelta(seconds=5)
+    with caplog.at_level(logging.WARNING, logger="code_hero.persistence.clock"):
+        clock.reset()
+        await pg_gateway.manager.probe_health()  # the probe measures it again
+    assert "ahead of the database's" in caplog.text
+    assert abs(clock.offset() + SKEW) < timedelta(seconds=5)
+
+
+async def test_sqlite_keeps_the_process_clock(
+    sqlite_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process, one clock: nothing to measure, the times are its own."""
+    skewed(monkeypatch, SKEW)
+    gw = await open_gateway(create_sqlite_checkpointer(sqlite_path))  # type: ignore[arg-type]
+    try:
+        run = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        assert run.status is RunStatus.SUCCESS, run.error
+        assert clock.offset() == timedelta(0)
+    finally:
+        await gw.__aexit__(None, None, None)

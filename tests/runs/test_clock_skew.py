@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -136,3 +136,24 @@ async def test_sqlite_keeps_the_process_clock(
         assert clock.offset() == timedelta(0)
     finally:
         await gw.__aexit__(None, None, None)
+
+
+def test_the_offset_moves_only_past_the_jitter_of_a_round_trip() -> None:
+    # A probe's round trip jitters by a fraction of a millisecond: moved by each, the
+    # times written would step back and forth at every probe.
+    clock.reset()
+    try:
+        t = datetime(2026, 1, 1, tzinfo=UTC)
+        ms = timedelta(milliseconds=1)
+        clock.measured(t, t + ms / 2 + 3 * ms, t + ms)  # clocks in sync, 3 ms of noise
+        assert clock.offset() == timedelta(0)
+        clock.measured(t, t + 30 * 1000 * ms, t + ms)  # 30 s ahead: moved
+        assert clock.offset() == timedelta(seconds=30) - ms / 2
+        moved = clock.offset()
+        clock.measured(t, t + 30 * 1000 * ms + 40 * ms, t + ms)  # noise around it
+        assert clock.offset() == moved
+        # A slow probe (2 s there and back) says little: 0.8 s off is within its half.
+        clock.measured(t, t + 1000 * ms + 30 * 1000 * ms + 800 * ms, t + 2000 * ms)
+        assert clock.offset() == moved
+    finally:
+        clock.reset()

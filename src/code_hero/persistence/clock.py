@@ -19,13 +19,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["SKEW_WARNING", "measured", "now", "offset", "reset", "wall"]
+__all__ = ["SKEW_WARNING", "STEADY", "measured", "now", "offset", "reset", "wall"]
 
 log = logging.getLogger(__name__)
 
 # An offset past this is logged once as a WARNING (the clocks ought to be in sync:
 # logs, event times shown to users and the database's own now() still differ).
 SKEW_WARNING = timedelta(seconds=1)
+# A measurement moves the offset only when it differs from it by more than this and
+# the measurement's own uncertainty (half its round trip): a round trip's jitter
+# would otherwise move every time written by a fraction of a millisecond at each
+# probe, and two writes either side of a probe could be stored out of order. Clocks
+# in sync (one machine, NTP) keep the offset 0; a lease is 15 s.
+STEADY = timedelta(milliseconds=50)
 
 _offset = timedelta(0)
 _warned = False
@@ -48,9 +54,14 @@ def offset() -> timedelta:
 
 def measured(before: datetime, database: datetime, after: datetime) -> None:
     """The database answered `database` between this process's `before` and `after`
-    (its `wall()` times): the offset becomes the database's time less the midpoint."""
+    (its `wall()` times): the offset becomes the database's time less the midpoint,
+    unless it is within `STEADY` and the round trip's half of the offset it has."""
     global _offset, _warned
-    _offset = database - (before + (after - before) / 2)
+    half = (after - before) / 2
+    found = database - (before + half)
+    if abs(found - _offset) <= STEADY + half:
+        return
+    _offset = found
     skewed = abs(_offset) > SKEW_WARNING
     if skewed and not _warned:
         log.warning(

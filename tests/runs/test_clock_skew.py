@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import psycopg
 import pytest
 
 from code_hero.config import create_postgres_checkpointer, create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence import clock
+from code_hero.persistence import clock, slots
 from code_hero.persistence.records import RunStatus
+from code_hero.persistence.tombstones import deleted_copies
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import SLOW_SPEC
 
@@ -157,3 +158,38 @@ def test_the_offset_moves_only_past_the_jitter_of_a_round_trip() -> None:
         assert clock.offset() == moved
     finally:
         clock.reset()
+
+
+class _AheadDatetime(datetime):
+    """`datetime` whose `now` reads this process's clock `SKEW` ahead."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+        return datetime.now(tz) + SKEW
+
+
+@pytest.mark.parametrize("pg_gateway", [SKEW], indirect=True)
+async def test_a_replica_ahead_counts_an_outage_from_the_databases_time(
+    pg_gateway: Gateway, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage counts from the primary's last answer (`outage_began`): the copy-back
+    drops a thread another replica deleted after it, and `lease_clock` and
+    `_lapsed_before_outage` judge leases by it. Taken from this process's own clock
+    (30 s ahead), a deletion made just after it looks 30 s before it."""
+    router = pg_gateway.manager.router
+    # The whole process's clock is ahead, not only `clock.wall`: so is every
+    # `datetime.now` this process reads (here, the slot's, which times the answer).
+    monkeypatch.setattr(slots, "datetime", _AheadDatetime)
+    await pg_gateway.manager.probe_health()  # the primary answers: the last answer
+    began = router.primary.answered_at
+    assert began is not None
+    # Another replica, its clock right, deletes a thread just after that answer.
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at) "
+            "VALUES ('gone', now() - interval '1 hour', clock_timestamp())"
+        )
+    primary, fallback = router.primary.backend, router.slots[1].backend
+    assert primary is not None and fallback is not None
+    gone = await deleted_copies(primary, fallback, {"gone"}, began)
+    assert "gone" in gone, "a thread deleted after the outage began is copied back"

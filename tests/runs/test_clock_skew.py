@@ -7,7 +7,9 @@ right time, is the test writing through the registry with the database's `now()`
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 
@@ -16,7 +18,7 @@ import pytest
 
 from code_hero.config import create_postgres_checkpointer, create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
-from code_hero.persistence import clock, slots
+from code_hero.persistence import clock, slots, stalls
 from code_hero.persistence.records import RunStatus
 from code_hero.persistence.tombstones import deleted_copies
 from code_hero.runs.executor import StartRun
@@ -193,3 +195,24 @@ async def test_a_replica_ahead_counts_an_outage_from_the_databases_time(
     assert primary is not None and fallback is not None
     gone = await deleted_copies(primary, fallback, {"gone"}, began)
     assert "gone" in gone, "a thread deleted after the outage began is copied back"
+
+
+async def test_a_replica_ahead_sees_a_stall_at_the_databases_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_lapsed_before_outage` asks the stall watch whether a lease (the database's
+    time) lapsed in a stall of this process: the stall, timed by this process's own
+    clock 30 s ahead, lies 30 s after the lease that lapsed in it."""
+    skewed(monkeypatch, SKEW)
+    monkeypatch.setattr(stalls, "datetime", _AheadDatetime)
+    clock.measured(clock.wall(), datetime.now(UTC), clock.wall())  # the database's clock
+    watch = stalls.StallWatch(tick=0.05, tolerance=0.3)
+    watch.start()
+    try:
+        await asyncio.sleep(0.2)  # ticking
+        time.sleep(1)  # noqa: ASYNC251 - the stall: the loop does not run
+        lapsed = clock.now() - timedelta(seconds=0.5)  # a lease that lapsed in the stall
+        await asyncio.sleep(0.2)  # the watch ticks and records it
+        assert watch.covers(lapsed, began_before=clock.now()), "a lease lapsed in a stall"
+    finally:
+        await watch.stop()

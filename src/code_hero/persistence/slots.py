@@ -14,10 +14,11 @@ import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from code_hero.config import CheckpointerConfig
+from code_hero.persistence import clock
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.unreachable import is_disk_full
@@ -125,7 +126,7 @@ class BackendSlot:
         self.healthy = False
         self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
         self.disk_full = is_disk_full(exc)
-        self.checked_at = datetime.now(UTC)
+        self.checked_at = clock.now()
 
     def outage_began(self) -> None:
         """A new outage: its failures are news again."""
@@ -145,11 +146,11 @@ class BackendSlot:
         """A call on this slot's database succeeded: it answered now (the moment an
         outage is counted from: `FallbackRouter.outage_began`), not only at the last
         probe, up to a health interval older."""
-        self.answered_at = datetime.now(UTC)
+        self.answered_at = clock.now()
 
     def _record_answer(self, started: float) -> None:
         self.latency_ms = (time.perf_counter() - started) * 1000
-        self.checked_at = self.answered_at = datetime.now(UTC)
+        self.checked_at = self.answered_at = clock.now()
         self.healthy = True
         self.last_error = None
         self._open_failures.clear()

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from code_hero.persistence import clock
 
 __all__ = ["StallWatch"]
 
@@ -29,12 +31,12 @@ class StallWatch:
         self.tolerance = tolerance
         self.stalls: deque[tuple[datetime, datetime]] = deque(maxlen=keep)
         self._last = time.monotonic()
-        self._last_wall = datetime.now(UTC)
+        self._last_wall = clock.wall()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._last, self._last_wall = time.monotonic(), datetime.now(UTC)
+            self._last, self._last_wall = time.monotonic(), clock.wall()
             self._task = asyncio.create_task(self._watch(), name="stall-watch")
 
     async def stop(self) -> None:
@@ -49,17 +51,18 @@ class StallWatch:
             await asyncio.sleep(self.tick)
             if (gap := self._gap()) is not None:
                 self.stalls.append(gap)
-            self._last, self._last_wall = time.monotonic(), datetime.now(UTC)
+            self._last, self._last_wall = time.monotonic(), clock.wall()
 
     def _gap(self) -> tuple[datetime, datetime] | None:
         """The gap since the last tick, if it is a stall (the loop ran late by more
         than `tolerance`): also the one under way, before the watch has ticked again.
         Seen on both clocks: the monotonic one stops while the machine is suspended
         (and a paused VM may resume with it so), the wall clock does not."""
-        now = datetime.now(UTC)
-        since = max(time.monotonic() - self._last, (now - self._last_wall).total_seconds())
+        wall = clock.wall()
+        since = max(time.monotonic() - self._last, (wall - self._last_wall).total_seconds())
         if since - self.tick <= self.tolerance:
             return None
+        now = wall + clock.offset()
         return now - timedelta(seconds=since), now  # the longer of the two gaps
 
     def covers(self, moment: datetime, began_before: datetime) -> bool:

@@ -312,7 +312,9 @@ class WebhookDispatcher:
 
     def _signature(self, delivery: DeliveryRecord) -> dict[str, str]:
         """The Standard Webhooks headers; unsigned when there is no secret to sign with."""
-        now = clock.now()
+        # The receiver checks the timestamp against its own clock (NTP's, not the
+        # database's): this process's own, as a token's expiry is read.
+        now = clock.wall()
         headers = {
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(int(now.timestamp())),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,16 +47,19 @@ class Recording:
         return getattr(self._transport, name)
 
 
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Awaitable[None]], None]]:
+def run(request: pytest.FixtureRequest) -> Runner:
     """Run a scenario on a fresh event loop of each kind."""
     factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
 
-    def runner(scenario: Awaitable[None]) -> None:
+    def runner(scenario: Coroutine[Any, Any, None]) -> None:
         with asyncio.Runner(loop_factory=factory) as loop_runner:
-            loop_runner.run(scenario)  # type: ignore[arg-type]
+            loop_runner.run(scenario)
 
-    yield runner
+    return runner
 
 
 @asynccontextmanager
@@ -69,9 +72,14 @@ async def serving(app: App) -> AsyncIterator[tuple[int, list[bytes]]]:
             super().connection_made(Recording(transport, writes))  # type: ignore[arg-type]
 
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=Recorded, log_config=None, timeout_graceful_shutdown=3
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=Recorded,
+        lifespan="off",
+        log_config=None,  # its records reach caplog
+        timeout_graceful_shutdown=3,
     )
-    config.lifespan = "off"
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -121,7 +129,7 @@ async def echo_path(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def test_a_small_response_is_one_write(run: Callable[[Awaitable[None]], None]) -> None:
+def test_a_small_response_is_one_write(run: Runner) -> None:
     async def scenario() -> None:
         async with serving(echo_path) as (port, writes):
             reader, writer = await connect(port)
@@ -135,7 +143,7 @@ def test_a_small_response_is_one_write(run: Callable[[Awaitable[None]], None]) -
 
 
 def test_pipelined_requests_are_answered_in_order_one_write_each(
-    run: Callable[[Awaitable[None]], None],
+    run: Runner,
 ) -> None:
     async def scenario() -> None:
         async with serving(echo_path) as (port, writes):
@@ -153,7 +161,7 @@ def test_pipelined_requests_are_answered_in_order_one_write_each(
 
 @pytest.mark.parametrize("asked_by", ["app", "client"])
 def test_connection_close_delivers_the_whole_response_then_closes(
-    run: Callable[[Awaitable[None]], None], asked_by: str
+    run: Runner, asked_by: str
 ) -> None:
     async def scenario() -> None:
         async with serving(echo_path) as (port, writes):
@@ -173,7 +181,7 @@ def test_connection_close_delivers_the_whole_response_then_closes(
 
 
 def test_a_streamed_response_goes_out_head_first_then_chunk_by_chunk(
-    run: Callable[[Awaitable[None]], None],
+    run: Runner,
 ) -> None:
     async def scenario() -> None:
         steps = [asyncio.Event(), asyncio.Event()]
@@ -206,7 +214,7 @@ def test_a_streamed_response_goes_out_head_first_then_chunk_by_chunk(
 
 
 def test_an_app_failing_after_the_head_sends_the_head_then_closes(
-    run: Callable[[Awaitable[None]], None], caplog: pytest.LogCaptureFixture
+    run: Runner, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -228,7 +236,7 @@ def test_an_app_failing_after_the_head_sends_the_head_then_closes(
 
 
 def test_a_client_gone_before_the_body_costs_the_server_nothing(
-    run: Callable[[Awaitable[None]], None], caplog: pytest.LogCaptureFixture
+    run: Runner, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
         gone = asyncio.Event()

@@ -19,6 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from code_hero.app import create_app
+from code_hero.cli.http_protocol import OneWriteProtocol
 from code_hero.config import (
     CheckpointerConfig,
     create_postgres_checkpointer,
@@ -54,6 +55,7 @@ async def running(app: Starlette) -> AsyncIterator[Server]:
         port=0,
         lifespan="on",
         log_level="warning",
+        http=OneWriteProtocol,  # as `code-hero serve`
         ws="websockets-sansio",
         timeout_graceful_shutdown=3,
     )

@@ -8,7 +8,9 @@ records each write the protocol makes: one write, one send() syscall.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -273,3 +275,33 @@ def test_a_client_gone_before_the_body_costs_the_server_nothing(
 
     run(scenario())
     assert "Exception" not in caplog.text
+
+
+def test_a_finished_requests_cycle_goes_by_reference_count(run: Runner) -> None:
+    """No reference cycle per request: with the collector off, a finished request's
+    cycle (its scope, headers, events) is freed when the next replaces it, as with
+    uvicorn's own protocol, not left for the collector (serve raises its threshold)."""
+
+    async def scenario() -> None:
+        cycles: list[weakref.ref[Any]] = []
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            cycles.append(weakref.ref(send.__self__))  # type: ignore[attr-defined]
+            await echo_path(scope, receive, send)
+
+        async with serving(app) as (port, _):
+            reader, writer = await connect(port)
+            gc.collect()
+            gc.disable()
+            try:
+                for path in ("/a", "/b", "/c"):
+                    writer.write(request(path))
+                    await response(reader)
+                await asyncio.sleep(0)
+                alive = [ref() is not None for ref in cycles]
+            finally:
+                gc.enable()
+            writer.close()
+        assert alive == [False, False, True]  # the last is still the connection's
+
+    run(scenario())

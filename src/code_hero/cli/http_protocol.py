@@ -19,6 +19,7 @@ is gone.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -46,7 +47,10 @@ class _HeadHeld:
 
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self._transport = transport
-        self._cycle = cycle
+        # Weakly: the cycle holds this view as its transport, and a strong reference
+        # back would leave every finished request (its scope, its state) to the
+        # collector instead of freeing it by reference count.
+        self._cycle = weakref.ref(cycle)
         self._head: bytes | None = None
         self._written = False  # the head has gone to the transport or to `_head`
 
@@ -55,7 +59,7 @@ class _HeadHeld:
         if head is not None:
             self._head = None
             self._transport.writelines((head, data))
-        elif not self._written and self._cycle.response_started:
+        elif not self._written and _started(self._cycle()):
             # uvicorn sets response_started before it writes the head: this is the head.
             self._written = True
             self._head = data
@@ -81,3 +85,7 @@ class _HeadHeld:
     def __getattr__(self, name: str) -> Any:
         # Whatever else a later uvicorn asks of the transport (get_extra_info, ...).
         return getattr(self._transport, name)
+
+
+def _started(cycle: RequestResponseCycle | None) -> bool:
+    return cycle is not None and cycle.response_started

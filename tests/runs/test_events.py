@@ -75,9 +75,9 @@ async def test_events_are_stored_in_batches(
         registry.finish_run,
     )
 
-    async def counting(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+    async def counting(events: list, runs: dict, **lease: Any) -> set[str]:  # type: ignore[type-arg]
         calls.append(len(events))
-        await real(events, runs)
+        return await real(events, runs, **lease)
 
     async def finishing(run_id: str, *args: Any, events: Any = (), **fields: Any) -> Any:
         calls.append(len(events))  # the last batch goes with the end
@@ -143,13 +143,13 @@ async def test_a_failure_after_a_split_batch_does_not_store_events_twice(
     real = registry.store_batch
     calls: list[set[str]] = []
 
-    async def faulty(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+    async def faulty(events: list, runs: dict, **lease: Any) -> set[str]:  # type: ignore[type-arg]
         calls.append({e.run_id for e in events})
         if len(calls) == 1:
             raise ConflictError("injected: the whole batch collides")
         if b.run_id in calls[-1]:
             raise RuntimeError("injected: b fails")
-        await real(events, runs)
+        return await real(events, runs, **lease)
 
     wa = await log.writer(a.run_id, a.thread_id)
     wb = await log.writer(b.run_id, b.thread_id)
@@ -213,7 +213,7 @@ async def test_events_a_close_gave_up_on_are_not_stored_later(
     writer.emit(EventType.CUSTOM, {"n": 1})
     real = registry.store_batch
 
-    async def down(events: list, runs: dict) -> None:  # type: ignore[type-arg]
+    async def down(events: list, runs: dict, **lease: Any) -> set[str]:  # type: ignore[type-arg]
         if where == "in-a-flush-under-way":
             writer.closed = True  # what close() does once its tries are over
             log._writers.pop(writer.run_id, None)

@@ -304,3 +304,45 @@ async def the_holder_numbers_on(registry: Any, run: Any, last: int) -> None:
     await registry.store_events(theirs)
     after = await registry.list_events(run.run_id, after_seq=last)
     assert [(e.seq, e.payload) for e in after] == [(e.seq, e.payload) for e in theirs]
+
+
+async def test_a_flush_after_a_takeover_stores_none_of_the_stalled_events(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Back from a stall past its lease (SIGSTOP, a GC pause), the executor flushed the
+    # events it had emitted before any renewal told it the run was taken over: stored at
+    # the seqs the new holder numbers on from, they made the holder's collide, its
+    # writer fenced, and the run ended SUCCESS with no final status event in its log.
+    executor, registry, events = gateway.executor, gateway.manager.registry, gateway.events
+    monkeypatch.setattr(events, "flush_interval", 3600.0)  # stored when flushed below
+    stream = executor._stream
+    tasks: list[asyncio.Task[Any]] = []
+    taken_at: list[int] = []
+    writers: list[Any] = []
+    stalled = asyncio.Event()
+
+    async def stalled_then_flushed(record: RunRecord, writer: Any, *args: Any) -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        writers.append(writer)
+        await events.flush()
+        writer.emit(EventType.CUSTOM, {"stale": True})  # emitted before the stall
+        taken_at.append(await registry.last_seq(record.run_id))
+        await registry.update_run(  # the new holder claims the lapsed run
+            record.run_id,
+            lease_owner=OTHER,
+            lease_expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )
+        await events.flush()  # the flush timer, due as the process wakes up
+        stalled.set()
+        executor.stop(record.run_id, lost=True)  # the renewal, later
+        return await stream(record, writer, *args)
+
+    executor._stream = stalled_then_flushed  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    await stalled.wait()
+    last = taken_at[0]
+    assert await registry.last_seq(run.run_id) == last, "nothing is stored after the takeover"
+    assert writers[0].closed, "the writer takes no more events"
+    await asyncio.wait(tasks)
+    assert events.internal_sizes() == dict.fromkeys(events.internal_sizes(), 0)
+    await the_holder_numbers_on(registry, run, last)

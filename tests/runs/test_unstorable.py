@@ -228,12 +228,12 @@ def _refusing(
     registry = gateway.manager.registry
     store_batch = registry.store_batch
 
-    async def refusing(events: list[EventRecord], runs: dict[str, Any]) -> None:
+    async def refusing(events: list[EventRecord], runs: dict[str, Any], **lease: Any) -> set[str]:
         if any(e.payload.get("n") == "refused" for e in events):
             raise OverflowError("injected: a value the database cannot store")
         if placeholder_collides and any("refused" in e.payload for e in events):
             raise ConflictError("injected: the seq is another executor's")
-        await store_batch(events, runs)
+        return await store_batch(events, runs, **lease)
 
     monkeypatch.setattr(registry, "store_batch", refusing)
 

@@ -418,12 +418,18 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                 )
 
     async def store_batch(
-        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
-    ) -> None:
-        """Events and run fields in one transaction (during an outage: one after the other)."""
+        self,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+        *,
+        held_by: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """Events and run fields in one transaction (during an outage: one after the
+        other, the lease checked when they are copied back: `CopyEvents`)."""
+        lost: set[str] = set()
 
         async def on_primary(registry: Registry) -> None:
-            await registry.store_batch(events, runs)
+            lost.update(await registry.store_batch(events, runs, held_by=held_by))
             for run_id, fields in runs.items():  # as update_run's record would show them
                 known = self._executing.get(run_id)
                 if known is not None:
@@ -438,7 +444,8 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
                     log.warning("run %s: its timeline was not stored: %s", run_id, exc)
 
         await self._write(on_primary, degraded)
-        self._stored(events)
+        self._stored([e for e in events if e.run_id not in lost])
+        return lost
 
     async def put_events(
         self, events: Sequence[EventRecord], *, if_leased_by: str | None = None

@@ -525,11 +525,18 @@ class Registry(Protocol):
         a (run, seq) already stored conflicts, events of runs deleted meanwhile are dropped."""
 
     async def store_batch(
-        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
-    ) -> None:
+        self,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+        *,
+        held_by: Mapping[str, str] | None = None,
+    ) -> set[str]:
         """`store_events(events)` and, in the same transaction, `update_run(run_id,
         **fields)` for each of `runs` (the event log's batch: a run's timeline and
-        usage go with its events, no commit of their own); runs gone are skipped."""
+        usage go with its events, no commit of their own); runs gone are skipped.
+        `held_by` maps runs to the executor whose lease they are stored under: the
+        events and fields of a run it does not hold (unfinished, under its lease) are
+        left out, and its id returned."""
 
     async def put_events(
         self, events: Sequence[EventRecord], *, if_leased_by: str | None = None

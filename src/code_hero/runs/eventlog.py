@@ -41,11 +41,21 @@ log = logging.getLogger(__name__)
 class RunEventWriter:
     """Numbers and publishes the events of one run; the log stores them in batches."""
 
-    def __init__(self, owner: EventLog, run_id: str, thread_id: str, next_seq: int) -> None:
+    def __init__(
+        self,
+        owner: EventLog,
+        run_id: str,
+        thread_id: str,
+        next_seq: int,
+        leased_by: str | None = None,
+    ) -> None:
         self.owner = owner
         self.run_id = run_id
         self.thread_id = thread_id
         self.next_seq = next_seq
+        # The executor whose lease the run's events are stored under: once another holds
+        # the run (this one stalled past its lease), they are dropped, not stored.
+        self.leased_by = leased_by
         self.pending: list[EventRecord] = []
         self.inflight: list[EventRecord] = []
         self.fields: dict[str, Any] = {}  # run fields to store with the next batch
@@ -137,16 +147,23 @@ class EventLog:
         self._task: asyncio.Task[None] | None = None
 
     async def writer(
-        self, run_id: str, thread_id: str, *, new: bool = False, last: int | None = None
+        self,
+        run_id: str,
+        thread_id: str,
+        *,
+        new: bool = False,
+        last: int | None = None,
+        leased_by: str | None = None,
     ) -> RunEventWriter:
         """The writer of a run; numbering goes on after the last stored event (`last`,
-        when the caller has just read it)."""
+        when the caller has just read it). With `leased_by` (the executor that claimed
+        the run), its events are stored only while that executor holds the run."""
         existing = self._writers.get(run_id)
         if existing is not None:
             return existing
         if last is None:
             last = 0 if new else await self.registry().last_seq(run_id)
-        writer = RunEventWriter(self, run_id, thread_id, last + 1)
+        writer = RunEventWriter(self, run_id, thread_id, last + 1, leased_by)
         self._writers[run_id] = writer
         return writer
 
@@ -199,7 +216,11 @@ class EventLog:
                         fields[w.run_id], w.fields = w.fields, {}
                 try:
                     try:
-                        await self.registry().store_batch(batch, fields)
+                        lost = await self.registry().store_batch(
+                            batch, fields, held_by=_leases(writers)
+                        )
+                        _fence(writers, lost)
+                        batch = [e for e in batch if e.run_id not in lost]
                     except ConflictError:
                         # Another executor wrote these seqs: it holds the run now (this
                         # one lost its lease). Keep the rest, fence the writers that collided.
@@ -297,9 +318,12 @@ class EventLog:
         for w in writers:
             try:
                 try:
-                    await self.registry().store_batch(
-                        w.inflight, {w.run_id: fields[w.run_id]} if w.run_id in fields else {}
+                    lost = await self.registry().store_batch(
+                        w.inflight,
+                        {w.run_id: fields[w.run_id]} if w.run_id in fields else {},
+                        held_by=_leases([w]),
                     )
+                    _fence([w], lost)
                 except Exception as exc:
                     if not is_refused_value(exc):
                         raise
@@ -319,7 +343,13 @@ class EventLog:
         its events stored one by one, each one refused stored with a payload saying so
         (its seq kept: the log has no gap). Stored events leave `w.inflight` as they go,
         so a failure of another kind midway queues only the rest again."""
-        store = self.registry().store_batch
+        leases = _leases([w])
+
+        async def store(events: list[EventRecord], fields: dict[str, Any]) -> None:
+            if await self.registry().store_batch(events, fields, held_by=leases):
+                _fence([w], {w.run_id})
+                w.inflight.clear()  # not stored, and never to be: another holds the run
+
         if run_fields:
             try:
                 await store(w.inflight, {w.run_id: run_fields})
@@ -332,6 +362,8 @@ class EventLog:
             event = w.inflight[0]
             try:
                 await store([event], {})
+                if not w.inflight:  # fenced
+                    return
             except Exception as exc:
                 if not is_refused_value(exc):
                     raise
@@ -343,7 +375,8 @@ class EventLog:
                 )
                 said = f"{type(exc).__name__}: {exc}"[:500]
                 await store([replace(event, payload={"refused": storable(said)})], {})
-            w.inflight.pop(0)
+            if w.inflight:
+                w.inflight.pop(0)
 
     async def read(
         self,
@@ -495,3 +528,20 @@ def _drain(sub: Subscription, last: int | None) -> None:
         sub.queue.put_nowait(event)
     if kept:
         sub.wakeup.set()
+
+
+def _leases(writers: Collection[RunEventWriter]) -> dict[str, str]:
+    """The runs among these writers' that are stored under a lease, and its holder."""
+    return {w.run_id: w.leased_by for w in writers if w.leased_by is not None}
+
+
+def _fence(writers: Collection[RunEventWriter], lost: Collection[str]) -> None:
+    """Close the writers of runs another executor holds now: their events were left
+    out of the log (stored, they would take seqs the new holder numbers too), and
+    the ones they would take next go nowhere."""
+    for w in writers:
+        if w.run_id in lost and not w.closed:
+            log.warning(
+                "run %s: another executor holds it now; its events here are dropped", w.run_id
+            )
+            w.closed = True

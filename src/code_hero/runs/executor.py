@@ -476,7 +476,7 @@ class RunExecutor:
         try:
             # RUNNING, and where its events' numbering goes on, in one statement.
             running, last = await self.registry.start_run(run_id, record.started_at or clock.now())
-            writer = await self.events.writer(run_id, thread_id, last=last)
+            writer = await self.events.writer(run_id, thread_id, last=last, leased_by=self.owner)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             # A thread made for this run, executing for the first time: no checkpoint

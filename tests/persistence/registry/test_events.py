@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from code_hero.errors import ConflictError
-from code_hero.persistence.records import EventRecord, Registry, StepRecord
+from code_hero.persistence.records import EventRecord, Registry, RunStatus, StepRecord
 from code_hero.persistence.registry import PostgresRegistry
 from tests.persistence.registry.support import at, events, run
 
@@ -89,6 +89,44 @@ async def test_a_batch_stores_events_and_run_fields_together(registry: Registry)
     assert r1 is not None and r1.input_tokens == 7
     with pytest.raises(TypeError):
         await registry.store_batch([], {"r1": {"no_such_field": 1}})
+
+
+async def test_a_batch_under_a_lease_leaves_out_the_runs_another_holds(
+    registry: Registry,
+) -> None:
+    # An executor back from a stall past its lease stored its batch whoever held the run
+    # now: its events took seqs the new holder numbers too (the holder's collided).
+    now = at(0)
+    for run_id in ("mine", "taken", "ended", "free"):
+        await registry.admit_run(run(run_id, thread_id=f"t-{run_id}"), reject_if_busy=False)
+    later = at(3600)
+    for run_id, owner in (("mine", "me"), ("taken", "other"), ("ended", "me")):
+        (claimed,) = await registry.claim_runs(
+            owner, now=now, until=later, limit=1, run_ids=[run_id]
+        )
+        assert claimed.run_id == run_id
+    await registry.update_run("ended", status=RunStatus.SUCCESS, lease_owner=None)
+    fields = {"input_tokens": 5}
+    batch = [
+        *events("mine", "t-mine", 1, 2),
+        *events("taken", "t-taken", 1),
+        *events("ended", "t-ended", 1),
+        *events("free", "t-free", 1),  # not under a lease: stored as ever
+    ]
+    held_by = {"mine": "me", "taken": "me", "ended": "me"}
+    lost = await registry.store_batch(
+        batch, {"mine": fields, "taken": fields, "ended": fields}, held_by=held_by
+    )
+    assert lost == {"taken", "ended"}
+    assert [e.seq for e in await registry.list_events("mine")] == [1, 2]
+    assert [e.seq for e in await registry.list_events("free")] == [1]
+    assert await registry.list_events("taken") == [] and await registry.list_events("ended") == []
+    for run_id, tokens in (("mine", 5), ("taken", 0), ("ended", 0)):
+        row = await registry.get_run(run_id)
+        assert row is not None and (row.input_tokens or 0) == tokens
+    # The holder numbers on from what it found: nothing collides.
+    await registry.store_batch(events("taken", "t-taken", 1), {}, held_by={"taken": "other"})
+    assert [e.seq for e in await registry.list_events("taken")] == [1]
 
 
 async def test_a_batchs_run_fields_land_as_set(

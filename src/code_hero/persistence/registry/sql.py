@@ -487,11 +487,15 @@ class SqlRegistry(
         await self.store_batch(events, {})
 
     async def store_batch(
-        self, events: Sequence[EventRecord], runs: Mapping[str, Mapping[str, Any]]
-    ) -> None:
+        self,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+        *,
+        held_by: Mapping[str, str] | None = None,
+    ) -> set[str]:
         sql = f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
         async with self._unique("an event whose (run, seq) is already stored"):
-            await self._insert_events(sql, events, runs)
+            return await self._insert_events(sql, events, runs, held_by=held_by)
 
     async def put_events(
         self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
@@ -530,27 +534,68 @@ class SqlRegistry(
         sql: str,
         events: Sequence[EventRecord],
         runs: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
+        *,
+        held_by: Mapping[str, str] | None = None,
+    ) -> set[str]:
         """Insert in one transaction (with the `runs` field updates); on a foreign-key
         violation, again without the events of runs that are gone (a run that ends
-        after its thread's deletion leaves none)."""
+        after its thread's deletion leaves none). The runs of `held_by` not leased by
+        the executor it names (taken over, or ended) are left out: their ids returned."""
         runs = runs or {}
         for _ in range(_GONE_RETRIES):
             if not events and not runs:
-                return
+                return set()
             # In run order: the foreign-key checks lock the runs in the order a deletion
             # locks them; the updates follow, in the same order.
             ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
             try:
                 async with self._session(atomic=True) as s:
-                    await self._write_events(s, sql, ordered, runs)
-                return
+                    lost = await self._not_held(s, ordered, runs, held_by or {})
+                    if lost:
+                        ordered = [e for e in ordered if e.run_id not in lost]
+                        runs = {k: v for k, v in runs.items() if k not in lost}
+                    if ordered or runs:
+                        await self._write_events(s, sql, ordered, runs)
+                return lost
             except Exception as exc:
                 if not self._is_orphan(exc):
                     raise
             present = await self.get_runs([e.run_id for e in events])
             events = [e for e in events if e.run_id in present]
         raise NotFoundError("runs of these events keep being deleted: the events are dropped")
+
+    async def _not_held(
+        self,
+        s: Session,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+        held_by: Mapping[str, str],
+    ) -> set[str]:
+        """The runs of `held_by` that the executor it names does not hold: taken over by
+        another (a stall past the lease: a GC pause, a frozen VM, SIGSTOP), or ended.
+        Their rows stay locked (all the batch's runs, in run order, as the writes lock
+        them) until the batch commits: a claim passes them over until then (SKIP
+        LOCKED), and its holder numbers on after the events stored here. Unchecked, an
+        executor back from a stall would store events at seqs its successor numbers
+        too: the successor's collide and it is fenced, its end stored without them."""
+        ids = sorted({*(e.run_id for e in events), *runs})
+        if not any(run_id in held_by for run_id in ids):
+            return set()
+        cond, params = self._in("run_id", ids)
+        rows = await s.fetch(
+            f"SELECT run_id, lease_owner, status FROM code_hero_runs WHERE {cond} "
+            f"ORDER BY run_id{self.for_update}",
+            params,
+        )
+        return {
+            row["run_id"]
+            for row in rows
+            if row["run_id"] in held_by
+            and (
+                row["lease_owner"] != held_by[row["run_id"]]
+                or row["status"] not in ("PENDING", "RUNNING")
+            )
+        }
 
     async def _write_events(
         self,

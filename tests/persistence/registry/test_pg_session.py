@@ -95,6 +95,32 @@ async def test_an_event_batch_is_one_trip(
     assert stored is not None and stored.input_tokens == 7
 
 
+async def test_an_event_batch_under_a_lease_is_one_trip(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease check (runs another executor holds are left out) reads the rows the
+    # batch locks, in the batch's statement: a SELECT of its own was a trip more.
+    await put(pg_registry, "t1")
+    await put(pg_registry, "t2")
+    await pg_registry.put_run(run("r1", lease_owner="me"))
+    await pg_registry.put_run(run("r2", thread_id="t2", lease_owner="other"))
+    trips = count_pg_trips(monkeypatch)
+    sent = count_pg_statements(monkeypatch)
+    lost = await pg_registry.store_batch(
+        [*events("r1", "t1", 1, 2), *events("r2", "t2", 1)],
+        {"r1": {"input_tokens": 7}, "r2": {"input_tokens": 7}},
+        held_by={"r1": "me", "r2": "me"},
+    )
+    assert lost == {"r2"}
+    assert len(trips) == 1 and len(sent) == 1
+    assert [e.seq for e in await pg_registry.list_events("r1")] == [1, 2]
+    assert await pg_registry.list_events("r2") == []
+    stored = await pg_registry.get_run("r1")
+    assert stored is not None and stored.input_tokens == 7
+    other = await pg_registry.get_run("r2")
+    assert other is not None and not other.input_tokens
+
+
 async def test_a_failed_batch_rolls_the_whole_session_back(
     pg_registry: PostgresRegistry,
 ) -> None:

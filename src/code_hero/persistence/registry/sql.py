@@ -550,19 +550,31 @@ class SqlRegistry(
             ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
             try:
                 async with self._session(atomic=True) as s:
-                    lost = await self._not_held(s, ordered, runs, held_by or {})
-                    if lost:
-                        ordered = [e for e in ordered if e.run_id not in lost]
-                        runs = {k: v for k, v in runs.items() if k not in lost}
-                    if ordered or runs:
-                        await self._write_events(s, sql, ordered, runs)
-                return lost
+                    return await self._write_held(s, sql, ordered, runs, held_by or {})
             except Exception as exc:
                 if not self._is_orphan(exc):
                     raise
             present = await self.get_runs([e.run_id for e in events])
             events = [e for e in events if e.run_id in present]
         raise NotFoundError("runs of these events keep being deleted: the events are dropped")
+
+    async def _write_held(
+        self,
+        s: Session,
+        sql: str,
+        events: Sequence[EventRecord],
+        runs: Mapping[str, Mapping[str, Any]],
+        held_by: Mapping[str, str],
+    ) -> set[str]:
+        """An event batch's writes in the atomic session `s` (`_write_events`) but for
+        the runs of `held_by` their executor no longer holds (`_not_held`): their ids."""
+        lost = await self._not_held(s, events, runs, held_by)
+        if lost:
+            events = [e for e in events if e.run_id not in lost]
+            runs = {k: v for k, v in runs.items() if k not in lost}
+        if events or runs:
+            await self._write_events(s, sql, events, runs)
+        return lost
 
     async def _not_held(
         self,

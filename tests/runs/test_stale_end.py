@@ -346,3 +346,43 @@ async def test_a_flush_after_a_takeover_stores_none_of_the_stalled_events(
     await asyncio.wait(tasks)
     assert events.internal_sizes() == dict.fromkeys(events.internal_sizes(), 0)
     await the_holder_numbers_on(registry, run, last)
+
+
+async def test_a_run_claimed_back_after_its_flush_was_refused_ends_with_its_status_event(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rv-tk: the flush found the run another's (its events left out, the writer closed);
+    # that holder released it (its start met an outage) and this executor's next claim
+    # pass took it back while its task still ran ("renewed, not lost: one task"). The
+    # task went on with the closed writer: the run ended SUCCESS with none of its later
+    # events and no final status event in its log.
+    executor, registry, events = gateway.executor, gateway.manager.registry, gateway.events
+    monkeypatch.setattr(events, "flush_interval", 3600.0)
+    stream = executor._stream
+
+    async def refused_then_claimed_back(record: RunRecord, writer: Any, *args: Any) -> Any:
+        await events.flush()
+        writer.emit(EventType.CUSTOM, {"stale": True})
+        await registry.update_run(
+            record.run_id,
+            lease_owner=OTHER,
+            lease_expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )
+        await events.flush()  # left out: OTHER holds the run
+        await registry.release_runs(OTHER, [record.run_id])  # OTHER gives it back
+        await executor.claims.claim_once()  # claimed here again: the task goes on
+        row = await registry.get_run(record.run_id)
+        assert row is not None and row.lease_owner == executor.owner
+        return await stream(record, writer, *args)
+
+    executor._stream = refused_then_claimed_back  # type: ignore[method-assign]
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
+    for _ in range(200):
+        row = await registry.get_run(run.run_id)
+        if row is not None and row.status.finished:
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None and row.status is RunStatus.SUCCESS, row
+    logged = await registry.list_events(run.run_id)
+    assert logged and logged[-1].type == EventType.STATUS.value, [e.type for e in logged]
+    assert logged[-1].payload["status"] == RunStatus.SUCCESS.value

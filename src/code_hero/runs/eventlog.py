@@ -60,6 +60,10 @@ class RunEventWriter:
         self.inflight: list[EventRecord] = []
         self.fields: dict[str, Any] = {}  # run fields to store with the next batch
         self.closed = False
+        # Called once when a store finds the run another executor's (`_fence`): its
+        # executor stops the run as lost. Going on with a closed writer, a run claimed
+        # back here meanwhile would end with none of its later events in its log.
+        self.on_lost: Callable[[], None] | None = None
 
     def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
         """Append one event: numbered, visible to readers and subscribers at once."""
@@ -330,7 +334,7 @@ class EventLog:
                     await self._store_refused(w, fields.get(w.run_id), exc)
             except ConflictError:  # the refused path's stores too: fenced either way
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
-                w.closed = True
+                _lost(w)
             # Stored or dropped: a later writer's failure must not queue them again (the
             # next flush would collide with them and fence the run).
             w.inflight = []
@@ -544,4 +548,13 @@ def _fence(writers: Collection[RunEventWriter], lost: Collection[str]) -> None:
             log.warning(
                 "run %s: another executor holds it now; its events here are dropped", w.run_id
             )
-            w.closed = True
+            _lost(w)
+
+
+def _lost(w: RunEventWriter) -> None:
+    """Fence the writer of a run another executor holds: it takes no more events, and
+    its executor stops the run as lost (`RunEventWriter.on_lost`)."""
+    w.closed = True
+    on_lost, w.on_lost = w.on_lost, None
+    if on_lost is not None:
+        on_lost()

@@ -256,6 +256,14 @@ class RunExecutor:
         if news is not None:
             news.set()
 
+    def _found_lost(self, run_id: str) -> None:
+        """A store of the run's events found it another executor's (a stall past its
+        lease): stopped as lost, as its lease renewal would. Its task going on with a
+        fenced writer, a claim of the run back here would count as a renewal (one task)
+        and the run end with none of its later events in its log."""
+        if not self.is_ending(run_id):  # its task is recording its end: nothing to stop
+            self.stop(run_id, lost=True)
+
     def stop(self, run_id: str, *, lost: bool = False) -> None:
         """Stop the run executing here: cancelled, or (`lost`) left to the executor that
         holds its lease now."""
@@ -477,6 +485,7 @@ class RunExecutor:
             # RUNNING, and where its events' numbering goes on, in one statement.
             running, last = await self.registry.start_run(run_id, record.started_at or clock.now())
             writer = await self.events.writer(run_id, thread_id, last=last, leased_by=self.owner)
+            writer.on_lost = functools.partial(self._found_lost, run_id)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             # A thread made for this run, executing for the first time: no checkpoint

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -19,21 +18,9 @@ import pytest
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
 from tests.faults import until
-from tests.persistence.registry.support import make_pool, run
+from tests.persistence.registry.support import run
 
 NOWAIT = "SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE NOWAIT"
-
-
-@pytest.fixture
-async def pg_registry(pg_database: str) -> AsyncIterator[PostgresRegistry]:
-    pool = make_pool(pg_database)
-    await pool.open()
-    try:
-        registry = PostgresRegistry(pool)
-        await registry.setup()
-        yield registry
-    finally:
-        await pool.close()
 
 
 async def _lock_waiters(conn: psycopg.AsyncConnection[Any]) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,18 +26,6 @@ INSERT = (
     "INSERT INTO code_hero_threads (thread_id, status, metadata, created_at, updated_at) "
     "VALUES (?, 'IDLE', '{}', now(), now())"
 )
-
-
-@pytest.fixture
-async def pg_registry(pg_database: str) -> AsyncIterator[PostgresRegistry]:
-    pool = make_pool(pg_database)
-    await pool.open()
-    try:
-        registry = PostgresRegistry(pool)
-        await registry.setup()
-        yield registry
-    finally:
-        await pool.close()
 
 
 async def names(registry: PostgresRegistry) -> list[str]:

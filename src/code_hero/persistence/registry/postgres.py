@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import re
@@ -393,17 +394,19 @@ class PostgresRegistry(SqlRegistry):
         event, or a URL of the run's own, defers the end to the two trips: the
         statement then changes nothing and the thread's lock is let go; for a minute
         after a webhook is seen (found so, or made here) ends go the two trips at once."""
+        two_trips = functools.partial(
+            super().finish_run,
+            run_id,
+            thread_status,
+            if_unfinished=if_unfinished,
+            if_leased_by=if_leased_by,
+            events=events,
+            **fields,
+        )
         status = fields.get("status")
         recent = time.monotonic() - self._hooks_seen < _HOOKS_REMEMBERED
         if recent or status is None or not RunStatus(status).finished:
-            return await super().finish_run(
-                run_id,
-                thread_status,
-                if_unfinished=if_unfinished,
-                if_leased_by=if_leased_by,
-                events=events,
-                **fields,
-            )
+            return await two_trips()
         update, params = self._run_update("finish_run", fields)
         if if_unfinished:
             update += " AND status IN ('PENDING', 'RUNNING')"
@@ -463,14 +466,7 @@ class PostgresRegistry(SqlRegistry):
             return None, False
         if row["hooks"]:
             self._hooks_seen = time.monotonic()
-        return await super().finish_run(
-            run_id,
-            thread_status,
-            if_unfinished=if_unfinished,
-            if_leased_by=if_leased_by,
-            events=events,
-            **fields,
-        )
+        return await two_trips()
 
     async def create_webhook(
         self, webhook: WebhookRecord, secret: str, *, limit: int | None = None

@@ -60,7 +60,7 @@ async def test_damaged_table_is_unavailable_not_internal(
 
 
 SLOW_RUN = """mutation { startRun(input: {graph: "slow", message: "hi",
-  config: {delay: 1}}) { id } }"""  # long enough to be mid-run when the lock is taken
+  config: {delay: 2}}) { id } }"""  # long enough to be mid-run when the lock is taken
 
 
 async def test_run_that_meets_a_held_lock_resumes_rather_than_failing(

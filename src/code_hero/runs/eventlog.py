@@ -60,10 +60,10 @@ class RunEventWriter:
         self.inflight: list[EventRecord] = []
         self.fields: dict[str, Any] = {}  # run fields to store with the next batch
         self.closed = False
-        # Called once when a store finds the run another executor's (`_fence`): its
-        # executor stops the run as lost. Going on with a closed writer, a run claimed
-        # back here meanwhile would end with none of its later events in its log.
-        self.on_lost: Callable[[], None] | None = None
+        # A store found the run another executor's (`_fence`): fenced for good. Its end
+        # is not recorded here (`Executor._finish`), even if the run was claimed back
+        # here meanwhile: recorded, it would have none of its later events in its log.
+        self.lost = False
 
     def emit(self, type: EventType, payload: Mapping[str, Any]) -> EventRecord:
         """Append one event: numbered, visible to readers and subscribers at once."""
@@ -553,8 +553,5 @@ def _fence(writers: Collection[RunEventWriter], lost: Collection[str]) -> None:
 
 def _lost(w: RunEventWriter) -> None:
     """Fence the writer of a run another executor holds: it takes no more events, and
-    its executor stops the run as lost (`RunEventWriter.on_lost`)."""
-    w.closed = True
-    on_lost, w.on_lost = w.on_lost, None
-    if on_lost is not None:
-        on_lost()
+    its run's end is not recorded through it (`RunEventWriter.lost`)."""
+    w.closed = w.lost = True

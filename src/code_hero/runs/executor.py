@@ -256,14 +256,6 @@ class RunExecutor:
         if news is not None:
             news.set()
 
-    def _found_lost(self, run_id: str) -> None:
-        """A store of the run's events found it another executor's (a stall past its
-        lease): stopped as lost, as its lease renewal would. Its task going on with a
-        fenced writer, a claim of the run back here would count as a renewal (one task)
-        and the run end with none of its later events in its log."""
-        if not self.is_ending(run_id):  # its task is recording its end: nothing to stop
-            self.stop(run_id, lost=True)
-
     def stop(self, run_id: str, *, lost: bool = False) -> None:
         """Stop the run executing here: cancelled, or (`lost`) left to the executor that
         holds its lease now."""
@@ -485,7 +477,6 @@ class RunExecutor:
             # RUNNING, and where its events' numbering goes on, in one statement.
             running, last = await self.registry.start_run(run_id, record.started_at or clock.now())
             writer = await self.events.writer(run_id, thread_id, last=last, leased_by=self.owner)
-            writer.on_lost = functools.partial(self._found_lost, run_id)
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             # A thread made for this run, executing for the first time: no checkpoint
@@ -858,7 +849,11 @@ class RunExecutor:
         # last event included, is the new holder's (or the next claimer's) to record.
         # In an outage too, where a lease that lapsed before it began is not renewed (it
         # may have been taken over then): the run is held for the outage.
-        if leased and not await self.claims.still_held(run_id):
+        # So too a run a store of its events found another's (its writer fenced), even
+        # when claimed back here since (a renewal, to the claims): its events from then
+        # on are dropped, and recorded, its end would leave them out of its log; left
+        # to its lease, its next claimer resumes it from its last checkpoint.
+        if leased and (writer.lost or not await self.claims.still_held(run_id)):
             return await self._taken_over(run_id, writer)
         # Taken over after that look, the end is refused and its events go with it.
         try:

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from code_hero.persistence.registry import SqliteRegistry
-from tests.graphql.clients import codes, data, eventually, gql, until_finished
+from tests.graphql.clients import TIMEOUT, codes, data, eventually, gql, until_finished
 from tests.graphql.conftest import Starter
 
 START = 'mutation { startRun(input: {threadId: "t-1", message: "hi", wait: true}) { status } }'
@@ -60,7 +60,7 @@ async def test_damaged_table_is_unavailable_not_internal(
 
 
 SLOW_RUN = """mutation { startRun(input: {graph: "slow", message: "hi",
-  config: {delay: 2}}) { id } }"""  # long enough to be mid-run when the lock is taken
+  config: {delay: 1}}) { id } }"""  # long enough to be mid-run when the lock is taken
 
 
 async def test_run_that_meets_a_held_lock_resumes_rather_than_failing(
@@ -76,6 +76,14 @@ async def test_run_that_meets_a_held_lock_resumes_rather_than_failing(
         conn = cast(SqliteRegistry, backend.registry).conn
         await conn.execute("PRAGMA busy_timeout = 100")  # not 5 s in a test
         run_id = data(await gql(srv.http, SLOW_RUN))["startRun"]["id"]
+        # Executing before the lock is taken: a run still waiting for its claim would
+        # not meet it (the claim loop would, and retry once it is free).
+        status = "query($id: ID!) { run(id: $id) { status } }"
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if data(await gql(srv.http, status, {"id": run_id}))["run"]["status"] != "PENDING":
+                    break
+                await asyncio.sleep(0.02)
         other = sqlite3.connect(
             tmp_path / "app.sqlite", isolation_level=None, check_same_thread=False
         )

@@ -101,6 +101,8 @@ _LOCK_FOR_PURGE = (
 )
 # The PostgreSQL types of EVENT_COLUMNS, for an event batch's arrays.
 _EVENT_TYPES = ("text", "int8", "text", "text", "jsonb", "timestamptz")
+# Events as rows of binary arrays, one per column of EVENT_COLUMNS (`_event_arrays`).
+_UNNEST_EVENTS = f"unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) AS e({EVENT_COLUMNS})"
 # A run's end goes the two trips deliveries need for this long after a webhook was last
 # seen (made here, or found by an end): one trip more, not one more a run (`finish_run`).
 _HOOKS_REMEMBERED = 60.0
@@ -415,13 +417,11 @@ class PostgresRegistry(SqlRegistry):
             update, held = f"{update} AND lease_owner = ?", [if_leased_by]
         stored, event_params = "", []
         if events:
-            ordered = sorted(events, key=lambda e: e.seq)
-            columns = zip(*(self._event_params(e) for e in ordered), strict=True)
-            event_params = [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
+            event_params = self._event_arrays(sorted(events, key=lambda e: e.seq))
             # Only an end that applies stores them.
             stored = (
                 f"stored AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) "
+                f"SELECT * FROM {_UNNEST_EVENTS} "
                 "WHERE EXISTS (SELECT 1 FROM run) ON CONFLICT (run_id, seq) DO NOTHING), "
             )
         async with self._session(atomic=True) as s:
@@ -725,30 +725,22 @@ class PostgresRegistry(SqlRegistry):
             gate = " e.run_id <> ALL(ARRAY(SELECT run_id FROM lost))"
         insert = ""
         if events:
-            columns = zip(*(self._event_params(e) for e in events), strict=True)
-            params += [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
+            params += self._event_arrays(events)
             insert = (
-                f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM unnest("
-                f"{', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) AS e({EVENT_COLUMNS})"
-                f"{' WHERE' + gate if records or held else ''}{conflict}"
+                f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM "
+                f"{_UNNEST_EVENTS}{' WHERE' + gate if records or held else ''}{conflict}"
             )
         ids = sorted({*(e.run_id for e in events), *runs})
         if held:
             return self._held_statement(ids, held, insert, params, records)
         if not records:
             return insert, params
-        names = list(records[0])[:-1]
-        sets = ", ".join(f"{name} = v.{name}" for name in names)
-        update = (
-            f"UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
-            "NULL::code_hero_runs, %b::jsonb) AS v WHERE r.run_id = v.run_id "
-            f"AND r.run_id = ANY(%b::text[]) AND{gate}"
-        )
+        update = f"{_records_update(records, '%b')} AND{gate}"
         lock = (
             "locked AS (SELECT run_id FROM code_hero_runs WHERE run_id = ANY(%b::text[]) "
             "ORDER BY run_id FOR UPDATE)"
         )
-        updated = [_jsonb(records), pg_array("text", [record["run_id"] for record in records])]
+        updated = _records_params(records)
         locked = pg_array("text", ids)
         if insert:
             return f"WITH {lock}, ev AS ({insert}) {update}", [locked, *params, *updated]
@@ -782,16 +774,17 @@ class PostgresRegistry(SqlRegistry):
         if insert:
             parts.append(f"ev AS ({insert})")
         if records:
-            names = list(records[0])[:-1]
-            sets = ", ".join(f"{name} = v.{name}" for name in names)
             parts.append(
-                f"up AS (UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
-                "NULL::code_hero_runs, %b::jsonb) AS v WHERE r.run_id = v.run_id "
-                "AND r.run_id = ANY(%b::text[]) "
+                f"up AS ({_records_update(records, '%b')} "
                 "AND r.run_id <> ALL(ARRAY(SELECT run_id FROM lost)))"
             )
-            out += [_jsonb(records), pg_array("text", [record["run_id"] for record in records])]
+            out += _records_params(records)
         return f"WITH {', '.join(parts)} SELECT run_id FROM lost", out
+
+    def _event_arrays(self, events: Sequence[EventRecord]) -> list[Any]:
+        """`events` as `_UNNEST_EVENTS`' parameters: one typed array per column."""
+        columns = zip(*(self._event_params(e) for e in events), strict=True)
+        return [pg_array(t, c) for t, c in zip(_EVENT_TYPES, columns, strict=True)]
 
     def _run_updates(
         self, runs: Mapping[str, Mapping[str, Any]]
@@ -810,15 +803,9 @@ class PostgresRegistry(SqlRegistry):
             if records is None:
                 updates.append((update, rows))
                 continue
-            names = list(records[0])[:-1]
-            sets = ", ".join(f"{name} = v.{name}" for name in names)
             updates.append(
                 (
-                    f"UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
-                    "NULL::code_hero_runs, ?::jsonb) AS v WHERE r.run_id = v.run_id "
-                    # The runs by their key: joined on it alone, the plan scanned the
-                    # whole table (the function's rows are unknown to the planner).
-                    "AND r.run_id = ANY(?::text[])",
+                    _records_update(records, "?"),
                     [[_jsonb(records), [record["run_id"] for record in records]]],
                 )
             )
@@ -854,3 +841,22 @@ class PostgresRegistry(SqlRegistry):
 
     def _is_orphan(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.ForeignKeyViolation)
+
+
+def _records_update(records: Sequence[Mapping[str, Any]], mark: str) -> str:
+    """The UPDATE of runs' fields from a JSON array of their rows (`records`, each
+    ending with its run_id), its two parameters written `mark` (`?` or `%b`): the
+    JSON, then the run ids (`_records_params`)."""
+    sets = ", ".join(f"{name} = v.{name}" for name in list(records[0])[:-1])
+    return (
+        f"UPDATE code_hero_runs AS r SET {sets} FROM jsonb_populate_recordset("
+        f"NULL::code_hero_runs, {mark}::jsonb) AS v WHERE r.run_id = v.run_id "
+        # The runs by their key: joined on it alone, the plan scanned the whole table
+        # (the function's rows are unknown to the planner).
+        f"AND r.run_id = ANY({mark}::text[])"
+    )
+
+
+def _records_params(records: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """`_records_update`'s parameters, in binary."""
+    return [_jsonb(records), pg_array("text", [record["run_id"] for record in records])]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -21,6 +23,8 @@ from tests.faults import until
 from tests.persistence.registry.support import run
 
 NOWAIT = "SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE NOWAIT"
+RUN_LOCK = "SELECT 1 FROM code_hero_runs WHERE run_id = 'r1' FOR UPDATE"
+THREAD_LOCK = "SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE"
 
 
 async def _lock_waiters(conn: psycopg.AsyncConnection[Any]) -> list[str]:
@@ -31,23 +35,33 @@ async def _lock_waiters(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     return [r[0] for r in await cur.fetchall()]
 
 
-async def test_the_threads_lock_is_held_while_the_ends_statement_waits(
-    pg_registry: PostgresRegistry, pg_database: str
-) -> None:
-    await pg_registry.admit_run(run("r1"), reject_if_busy=False)
+@asynccontextmanager
+async def _end_waiting(
+    registry: PostgresRegistry, url: str, lock: str
+) -> AsyncIterator[tuple[asyncio.Future[Any], psycopg.AsyncConnection[Any], Any]]:
+    """Run r1's end while a session of its own (`x`, yielded second) holds `lock`:
+    yielded once the end waits for it, with a third, autocommit session to look on."""
     async with (
-        await psycopg.AsyncConnection.connect(pg_database) as x,
-        await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as y,
+        await psycopg.AsyncConnection.connect(url) as x,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as y,
     ):
-        await x.execute("SELECT 1 FROM code_hero_runs WHERE run_id = 'r1' FOR UPDATE")
+        await x.execute(lock)
         ending = asyncio.ensure_future(
-            pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+            registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
         )
 
         async def waits() -> bool:
             return bool(await _lock_waiters(y))
 
         await until(waits)
+        yield ending, x, y
+
+
+async def test_the_threads_lock_is_held_while_the_ends_statement_waits(
+    pg_registry: PostgresRegistry, pg_database: str
+) -> None:
+    await pg_registry.admit_run(run("r1"), reject_if_busy=False)
+    async with _end_waiting(pg_registry, pg_database, RUN_LOCK) as (ending, x, y):
         with pytest.raises(psycopg.errors.LockNotAvailable):
             await y.execute(NOWAIT)
         await x.rollback()
@@ -63,19 +77,7 @@ async def test_an_end_cancelled_while_it_waits_for_the_thread_commits_nothing(
     if old:
         pg_registry._hooks_seen = time.monotonic()  # the two-trip path
     await pg_registry.admit_run(run("r1"), reject_if_busy=False)
-    async with (
-        await psycopg.AsyncConnection.connect(pg_database) as x,
-        await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as y,
-    ):
-        await x.execute("SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE")
-        ending = asyncio.ensure_future(
-            pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
-        )
-
-        async def waits() -> bool:
-            return bool(await _lock_waiters(y))
-
-        await until(waits)
+    async with _end_waiting(pg_registry, pg_database, THREAD_LOCK) as (ending, x, y):
         ending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await ending
@@ -95,19 +97,7 @@ async def test_an_end_the_server_cancels_mid_statement_commits_nothing(
     pg_registry: PostgresRegistry, pg_database: str
 ) -> None:
     await pg_registry.admit_run(run("r1"), reject_if_busy=False)
-    async with (
-        await psycopg.AsyncConnection.connect(pg_database) as x,
-        await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as y,
-    ):
-        await x.execute("SELECT 1 FROM code_hero_runs WHERE run_id = 'r1' FOR UPDATE")
-        ending = asyncio.ensure_future(
-            pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
-        )
-
-        async def waits() -> bool:
-            return bool(await _lock_waiters(y))
-
-        await until(waits)
+    async with _end_waiting(pg_registry, pg_database, RUN_LOCK) as (ending, x, y):
         await y.execute(
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND wait_event_type = 'Lock'"
@@ -147,7 +137,7 @@ async def test_an_end_that_meets_the_lock_bound_on_the_thread_stores_nothing(
             registry._hooks_seen = time.monotonic()
         await registry.admit_run(run("r1"), reject_if_busy=False)
         async with await psycopg.AsyncConnection.connect(pg_database) as x:
-            await x.execute("SELECT 1 FROM code_hero_threads WHERE thread_id = 't1' FOR UPDATE")
+            await x.execute(THREAD_LOCK)
             with pytest.raises(psycopg.errors.LockNotAvailable):
                 await registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
             await x.rollback()

@@ -34,6 +34,7 @@ from code_hero.persistence.registry.dialect import Dialect, Row, Session, dumps,
 from code_hero.persistence.webhooks import (
     RUN_EVENT_OF,
     RUN_WEBHOOK_KEY,
+    Claim,
     DeliveryFilter,
     DeliveryRecord,
     DeliveryStatus,
@@ -285,31 +286,55 @@ class WebhookOutbox(Dialect):
 
     async def claim_deliveries(
         self, owner: str, *, now: datetime, until: datetime, limit: int
-    ) -> list[DeliveryRecord]:
+    ) -> Claim:
         if limit < 1:
-            return []
+            return Claim([], None)
         ts_now = self._ts(utc(now))
+        claim = (
+            "UPDATE code_hero_webhook_deliveries SET lease_owner = ?, lease_expires_at = ? "
+            "WHERE delivery_id IN (SELECT r.delivery_id FROM code_hero_webhook_deliveries r "
+            "  WHERE r.status = 'PENDING' AND r.next_attempt_at <= ? "
+            "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?) "
+            # The dialect's SKIP LOCKED names the alias `r` (it was written for runs).
+            f"  ORDER BY r.next_attempt_at, r.delivery_id LIMIT ?{self.skip_locked}"
+            ") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING delivery_id"
+        )
+        params = [owner, self._ts(utc(until)), ts_now, ts_now, limit, ts_now]
+        # When the rest can next be claimed: a delivery's next try, or the end of the
+        # lease another claimer (maybe dead) holds on it, whichever is later.
+        due = (
+            "SELECT NULL AS delivery_id, min(CASE WHEN n.lease_expires_at >= ? "
+            f"THEN {self.greatest}(n.next_attempt_at, n.lease_expires_at) "
+            "ELSE n.next_attempt_at END) AS next_due "
+            "FROM code_hero_webhook_deliveries n WHERE n.status = 'PENDING'"
+        )
         async with self._session(atomic=True) as s:
-            claimed = await s.fetch(
-                "UPDATE code_hero_webhook_deliveries SET lease_owner = ?, lease_expires_at = ? "
-                "WHERE delivery_id IN (SELECT r.delivery_id FROM code_hero_webhook_deliveries r "
-                "  WHERE r.status = 'PENDING' AND r.next_attempt_at <= ? "
-                "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?) "
-                # The dialect's SKIP LOCKED names the alias `r` (it was written for runs).
-                f"  ORDER BY r.next_attempt_at, r.delivery_id LIMIT ?{self.skip_locked}"
-                ") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING delivery_id",
-                [owner, self._ts(utc(until)), ts_now, ts_now, limit, ts_now],
-            )
-            if not claimed:
-                return []
-            cond, ids = self._in("d.delivery_id", [row["delivery_id"] for row in claimed])
+            if self.writable_ctes:  # one statement: the idle worker's only one (no BEGIN)
+                rows = await s.fetch(
+                    f"WITH claimed AS ({claim}) "
+                    "SELECT delivery_id, NULL AS next_due FROM claimed UNION ALL "
+                    f"{due} AND n.delivery_id NOT IN (SELECT delivery_id FROM claimed)",
+                    [*params, ts_now],
+                    last=True,
+                )
+                ids = [row["delivery_id"] for row in rows if row["delivery_id"] is not None]
+                (next_due,) = [row["next_due"] for row in rows if row["delivery_id"] is None]
+            else:
+                ids = [row["delivery_id"] for row in await s.fetch(claim, params)]
+                cond, known = self._in("n.delivery_id", ids)
+                (row,) = await s.fetch(f"{due} AND NOT ({cond})", [ts_now, *known], last=not ids)
+                next_due = row["next_due"]
+            if not ids:
+                return Claim([], self._from_ts_or_none(next_due))
+            cond, known = self._in("d.delivery_id", ids)
             rows = await s.fetch(
                 f"SELECT {_DELIVERY_COLUMNS}, w.secret FROM code_hero_webhook_deliveries d "
                 "LEFT JOIN code_hero_webhooks w ON w.webhook_id = d.webhook_id "
                 f"WHERE {cond} ORDER BY d.next_attempt_at, d.delivery_id",
-                ids,
+                known,
+                last=True,
             )
-        return [self._delivery(row) for row in rows]
+        return Claim([self._delivery(row) for row in rows], self._from_ts_or_none(next_due))
 
     async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
         if limit < 1:

@@ -158,6 +158,11 @@ class Backend(ABC):
     async def reconnect(self) -> None:  # noqa: B027 (optional: nothing to redo by default)
         """Connect afresh after an outage (before the sync-back writes)."""
 
+    async def missing_tables(self) -> list[str]:
+        """The tables of ours the database lacks (it was dropped and recreated, restored
+        empty); none by default: only a server's database can lose them behind us."""
+        return []
+
     def abandon_calls(self) -> None:  # noqa: B027 (optional: nothing in flight to end)
         """End the calls in flight on the database now: it was found unreachable, and a
         server that stopped answering would leave them waiting forever."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.pg_tables import MISSING_TABLES_SQL, TablesMissing, missing_tables
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from code_hero.persistence.entries import PutCheckpoint, PutWrites
 
 __all__ = ["LendingPool", "PostgresBackend"]
+
+log = logging.getLogger(__name__)
 
 
 class LendingPool(AsyncConnectionPool[Any]):
@@ -155,6 +159,8 @@ class PostgresBackend(Backend):
     # (a migration's ALTER TABLE, CREATE INDEX CONCURRENTLY wait out other replicas'
     # transactions; a bound would fail the start).
     _bounded_locks = False
+    # The tables a probe is making again (`_make_missing_tables`), while it does.
+    _remaking: list[str] = []  # noqa: RUF012 (replaced, never mutated)
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _read_json_fast(conn)
@@ -184,13 +190,7 @@ class PostgresBackend(Backend):
             instances = [LoopReadingPostgresSaver(pool) for _ in range(self.config.saver_instances)]
             self.registry = PostgresRegistry(pool)
             if self.config.auto_setup:
-                async with pool.connection() as lock_conn:
-                    await _take_setup_lock(lock_conn)
-                    try:
-                        await instances[0].setup()
-                        await self.registry.setup()
-                    finally:
-                        await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+                await self._set_up(instances[0])
             # From here on a lock wait is bounded: the connections opened so far are
             # replaced by ones that are.
             self._bounded_locks = True
@@ -200,6 +200,43 @@ class PostgresBackend(Backend):
         except BaseException:
             await pool.close()
             raise
+
+    async def _set_up(self, saver: AsyncPostgresSaver) -> None:
+        """Run the saver's and the registry's migrations, one replica at a time."""
+        assert isinstance(self.registry, PostgresRegistry)
+        async with self._pool.connection() as lock_conn:
+            await _take_setup_lock(lock_conn)
+            try:
+                await saver.setup()
+                await self.registry.setup()
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+    async def _make_missing_tables(self, missing: list[str]) -> None:
+        """Tables of ours are gone from a database that answers (dropped and recreated,
+        restored empty): make them again as at start, or raise `TablesMissing`, which
+        keeps the outage. Without `auto_setup` nobody here may make them."""
+        if not self.config.auto_setup or not isinstance(self.saver, SaverPool):
+            raise TablesMissing(missing, repaired=False)
+        saver = self.saver.instances[0]
+        assert isinstance(saver, AsyncPostgresSaver)
+        # Until they are all made, a call meeting a table or column not there yet is
+        # the outage's (`missing_tables`), not its own error.
+        self._remaking = missing
+        try:
+            await self._set_up(saver)
+            async with self._pool.connection() as conn:
+                still = await missing_tables(conn)
+        finally:
+            self._remaking = []
+        if still:  # a table dropped alone: its migration is recorded as done
+            raise TablesMissing(still, repaired=True)
+        log.warning(
+            "the database %s had lost tables of ours (%s): made them again; what they "
+            "held is gone, and what this process holds is copied in",
+            self.description,
+            ", ".join(missing),
+        )
 
     @property
     def _connect_timeout(self) -> int:
@@ -277,7 +314,9 @@ class PostgresBackend(Backend):
             autocommit=True,
         )
         async with conn:
-            row = await _read_clock(conn, "current_setting('transaction_read_only')")
+            row = await _read_clock(
+                conn, "current_setting('transaction_read_only')", MISSING_TABLES_SQL
+            )
             if room:
                 await _check_room(conn)
         # A new session that may not write (a standby, default_transaction_read_only):
@@ -287,6 +326,15 @@ class PostgresBackend(Backend):
                 "the database is read-only: a new session cannot write (a standby, or "
                 "default_transaction_read_only is on)"
             )
+        # A database that answers without our tables (`pg_tables`): every call would fail.
+        if row[1]:
+            await self._make_missing_tables(list(row[1]))
+
+    async def missing_tables(self) -> list[str]:
+        if self._remaking:
+            return list(self._remaking)
+        async with self._pool.connection() as conn:
+            return await missing_tables(conn)
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]

@@ -73,7 +73,9 @@ async def test_postgres_refusing_sessions_by_setting() -> None:
             assert_category(closed, "database not accepting connections", name)
             limited = await pg_error(url_with(user=role))
             assert_category(limited, "too many connections", role)
-            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true CONNECTION LIMIT 0".encode())
+            admin.execute(
+                f"ALTER DATABASE {name} ALLOW_CONNECTIONS true CONNECTION LIMIT 0".encode()
+            )
             full = await pg_error(url_with(path=f"/{name}", user=role))
             assert_category(full, "too many connections", role)
         finally:

@@ -72,9 +72,7 @@ async def test_without_auto_setup_the_outage_lasts_until_the_tables_are_back(
     made = create_postgres_checkpointer(pg_database, health_check_interval=3600)
     async with _manager(made):
         pass  # the tables, made once
-    config = create_postgres_checkpointer(
-        pg_database, health_check_interval=3600, auto_setup=False
-    )
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600, auto_setup=False)
     async with _manager(config) as manager:
         write = _writer(manager)
         _recreate(pg_database)

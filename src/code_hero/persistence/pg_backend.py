@@ -160,7 +160,7 @@ class PostgresBackend(Backend):
     # transactions; a bound would fail the start).
     _bounded_locks = False
     # The tables a probe is making again (`_make_missing_tables`), while it does.
-    _remaking: list[str] = []  # noqa: RUF012 (replaced, never mutated)
+    _remaking: tuple[str, ...] = ()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _read_json_fast(conn)
@@ -222,13 +222,13 @@ class PostgresBackend(Backend):
         assert isinstance(saver, AsyncPostgresSaver)
         # Until they are all made, a call meeting a table or column not there yet is
         # the outage's (`missing_tables`), not its own error.
-        self._remaking = missing
+        self._remaking = tuple(missing)
         try:
             await self._set_up(saver)
             async with self._pool.connection() as conn:
                 still = await missing_tables(conn)
         finally:
-            self._remaking = []
+            self._remaking = ()
         if still:  # a table dropped alone: its migration is recorded as done
             raise TablesMissing(still, repaired=True)
         log.warning(

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["TABLES", "MISSING_TABLES_SQL", "TablesMissing", "missing_tables"]
+__all__ = ["MISSING_TABLES_SQL", "TABLES", "TablesMissing", "missing_tables"]
 
 # Every table a call of ours may need: the saver's and the registry's (with the
 # webhooks' and the deletions' records), and both migration ledgers.

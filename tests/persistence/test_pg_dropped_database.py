@@ -1,4 +1,5 @@
-"""The gateway's database dropped and recreated under it, and its tables gone.
+"""The gateway's database dropped and recreated under it, its tables gone; and calls
+waiting for a connection when the database starts refusing sessions.
 
 `DROP DATABASE ... WITH (FORCE)` then `CREATE DATABASE` under a running gateway
 leaves a database that accepts connections and answers the probe but has none
@@ -11,6 +12,7 @@ nobody here may make them), so the outage's writes go in.
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlparse
 
 import psycopg
@@ -19,8 +21,10 @@ import pytest
 
 from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.diagnosis import error_category
+from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.pg_tables import TABLES, TablesMissing
 from tests.conftest import PG_ADMIN_URL
+from tests.faults import until
 from tests.persistence.test_down_means_down import _manager, _stored, _writer
 
 pytestmark = pytest.mark.postgres
@@ -104,3 +108,42 @@ async def test_a_missing_table_with_every_table_there_fails_only_its_call(
             conn.execute("SELECT * FROM no_such_table_of_ours")
         assert await router.outage(router.primary, raised.value) is None
         assert router.active == 0
+
+
+async def test_calls_waiting_for_a_connection_go_on_when_the_primary_fails(
+    pg_database: str,
+) -> None:
+    # Sessions refused (a changed password, ALLOW_CONNECTIONS false, slots taken) leave
+    # the pool unable to open connections: calls waiting for one waited out the pool's
+    # timeout (5 s by default; here an hour) after the router had failed over.
+    config = create_postgres_checkpointer(
+        pg_database,
+        health_check_interval=3600,
+        pool_min_size=2,
+        pool_max_size=2,
+        pool_timeout=3600,
+        saver_instances=1,
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("before")
+        backend = manager.router.primary.backend
+        assert isinstance(backend, PostgresBackend)
+        pool = backend.pool
+        async with pool.connection(), pool.connection():  # every connection lent
+            waiting = asyncio.ensure_future(write("waiting"))
+
+            async def queued() -> bool:
+                return bool(pool.get_stats().get("requests_waiting", 0))
+
+            await until(queued)
+            manager.router.fail_primary(psycopg.OperationalError("connection refused"))
+            await until(lambda: _done(waiting))
+            await waiting  # on the fallback, not an error
+            assert manager.router.active == 1 and manager.router.pending_sync > 0
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        assert _stored(config, "waiting") == 1
+
+
+async def _done(task: asyncio.Future[object]) -> bool:
+    return task.done()

@@ -145,6 +145,11 @@ class RouterFailover(RouterState):
         slot.record_failure(exc)
         if not was_active:
             return
+        if slot.backend is not None:
+            # Calls waiting for one of its connections would wait out the pool's
+            # timeout; none has sent anything, so each goes on on the next slot now.
+            # (Calls on a lent connection are cut only on a probe's word: `probe`.)
+            slot.backend.abandon_waits()
         index = self.slots.index(slot)
         nxt = next(
             (i for i in range(index + 1, len(self.slots)) if self.slots[i].backend is not None),

@@ -52,6 +52,7 @@ class LendingPool(AsyncConnectionPool[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lent: set[psycopg.AsyncConnection[Any]] = set()
+        self._failing: set[asyncio.Future[bool]] = set()
 
     async def _get_ready_connection(
         self,
@@ -98,6 +99,16 @@ class LendingPool(AsyncConnectionPool[Any]):
         """
         for conn in list(self.lent):
             _shut(conn)
+
+    def fail_waiting(self, reason: str) -> None:
+        """End every wait for a connection with OperationalError(`reason`), which says
+        down: the database was found unreachable, so the pool cannot open what they wait
+        for, and each would wait out the pool's timeout (5 s) before taking the outage's
+        path. A waiter has sent nothing yet: failed, its call goes on on the fallback."""
+        for client in list(self._waiting):
+            ending = asyncio.ensure_future(client.fail(psycopg.OperationalError(reason)))
+            self._failing.add(ending)
+            ending.add_done_callback(self._failing.discard)
 
 
 async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
@@ -284,6 +295,11 @@ class PostgresBackend(Backend):
 
     def abandon_calls(self) -> None:
         self._pool.abandon_lent()
+
+    def abandon_waits(self) -> None:
+        self._pool.fail_waiting(
+            "the database was found unreachable while this call waited for a connection"
+        )
 
     @property
     def description(self) -> str:

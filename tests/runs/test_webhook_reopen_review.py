@@ -31,9 +31,7 @@ async def test_a_run_ending_after_the_primary_was_reopened_is_delivered_at_once(
 ) -> None:
     path = tmp_path / "db.sqlite"
     config = create_sqlite_checkpointer(str(path), health_check_interval=3600)
-    webhooks = WebhookSettings(
-        allow=parse_allow_list("127.0.0.1"), secret=SECRET, idle_poll=3600
-    )
+    webhooks = WebhookSettings(allow=parse_allow_list("127.0.0.1"), secret=SECRET, idle_poll=3600)
     gateway = Gateway(GatewaySettings(checkpointer=config, webhooks=webhooks))
     waits: asyncio.Queue[float] = asyncio.Queue()
     worker = gateway.services.webhooks

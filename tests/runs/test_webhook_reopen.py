@@ -1,12 +1,12 @@
-"""Review of the idle-poll worker (rv-idle): a primary reopened while the worker sleeps.
+"""A primary reopened while the webhook worker sleeps: runs ending here are delivered at once.
 
 The worker listens for this process's enqueues on the registry object it last
 claimed from (`on_enqueue`, registered at each claim). A SQLite primary whose file
 was deleted is closed and opened anew at its path by a later probe: a new registry
-object, with no listener. Before the idle poll the worker claimed every second and
-so found the new registry within a second; now it sleeps up to its cap, and a run
-that ends on this replica after the recovery waits that long for its delivery,
-although "the replica that ends a run starts delivering at once" (README).
+object, with no listener. The worker sleeps up to its cap: unless the recovery wakes
+it (`Services._on_recovered`), a run that ends on this replica after it waits that
+long for its delivery, although "the replica that ends a run starts delivering at
+once" (README).
 """
 
 from __future__ import annotations

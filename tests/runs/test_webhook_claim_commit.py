@@ -1,4 +1,4 @@
-"""Review of the idle-poll claim (rv-idle): what a claim that leases something sends."""
+"""What a PostgreSQL webhook claim that leases something sends: one statement, no COMMIT."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ def pg_config(request: pytest.FixtureRequest) -> CheckpointerConfig:
 async def test_a_claim_that_leases_a_delivery_sends_no_commit_outside_a_transaction(
     pg_config: CheckpointerConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The claim's CTE goes out alone (autocommitted); the SELECT of what it leased must
-    not carry a COMMIT with no transaction open: PostgreSQL warns "there is no
-    transaction in progress" in its log at every claim that leases a delivery."""
+    """The claim leases and reads what it leased in one statement, autocommitted: no
+    COMMIT after it with no transaction open (PostgreSQL warns "there is no transaction
+    in progress" in its log), and no lease committed before the rows are read (a read
+    failed or cancelled then left them leased, attempted by nobody, for the lease)."""
     notices: list[str] = []
     original = _connection_base.BaseConnection._notice_handler
 

@@ -27,11 +27,9 @@ ROWS = 20_000
 async def test_a_claim_reads_only_index_ranges(registry: Registry) -> None:
     assert isinstance(registry, Dialect)
     now = clock.now()
-    rows = [
-        [f"d{i:06}", "u", "r", "t", "RUN_SUCCEEDED", "http://127.0.0.1:9/", "{}", "PENDING"]
-        + [0, registry._ts(now), registry._ts(now + timedelta(hours=1, seconds=i))]
-        for i in range(ROWS)
-    ]
+    fixed = ["u", "r", "t", "RUN_SUCCEEDED", "http://127.0.0.1:9/", "{}", "PENDING", 0]
+    later = [registry._ts(now + timedelta(hours=1, seconds=i)) for i in range(ROWS)]
+    rows = [[f"d{i:06}", *fixed, registry._ts(now), at] for i, at in enumerate(later)]
     async with registry._session(atomic=True) as s:
         await s.executemany(
             "INSERT INTO code_hero_webhook_deliveries (delivery_id, user_id, run_id, "

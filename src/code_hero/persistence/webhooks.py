@@ -143,7 +143,9 @@ class WebhookStore(Protocol):
         self, owner: str, *, now: datetime, until: datetime, limit: int
     ) -> Claim:
         """Lease up to `limit` due PENDING deliveries nobody holds (SKIP LOCKED), and
-        say when the next of the others can be claimed (in the same statement)."""
+        say when the next of the others can be claimed (in the same statement on
+        PostgreSQL, which also returns the leased rows: one autocommitted statement).
+        Bounded by the due index: the first next try to come, and the due rows left."""
 
     async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
         """Delete up to `limit` DELIVERED or FAILED deliveries created before `before`;

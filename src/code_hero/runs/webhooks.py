@@ -18,7 +18,9 @@ claimed (a retry's time, the end of a lease another replica holds), at most
 to attempt first (their own wake-up is immediate, so a NOTIFY would add nothing
 but a round trip), and if that replica dies before its first try this one
 finds them within that cap. An idle gateway claims once a cap, not once a
-second (one statement on PostgreSQL).
+second (one statement on PostgreSQL). The services wake it when the primary
+serves again after an outage: a reopened primary is a new registry, whose
+enqueues reach the worker only once a claim there registered it.
 """
 
 from __future__ import annotations

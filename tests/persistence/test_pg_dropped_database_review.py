@@ -70,3 +70,34 @@ async def test_a_recreated_database_without_the_search_path_schema_is_reported_n
         # The health check must report the outage, not raise InvalidSchemaName.
         report = await manager.health_check()
         assert report["overall_status"] == "degraded"
+
+
+async def test_the_probe_makes_the_tables_again_without_a_connection_of_the_old_pool(
+    pg_database: str,
+) -> None:
+    # After a database gone for a while, the old pool retries its lost connections
+    # with a doubling backoff (the reason `reconnect` opens a fresh pool before the
+    # copy-back); `_make_missing_tables` runs in the probe, before that, on the old
+    # pool, so each probe times out until the backoff ends (measured: gone 40 s,
+    # healthy 18 s after the database was back, three probes timed out). Here the
+    # old pool can lend nothing, deterministically: both connections are held.
+    config = create_postgres_checkpointer(
+        pg_database,
+        health_check_interval=3600,
+        pool_min_size=2,
+        pool_max_size=2,
+        pool_timeout=1,
+        saver_instances=1,
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        backend = manager.router.primary.backend
+        assert isinstance(backend, PostgresBackend)
+        pool = backend.pool
+        async with pool.connection(), pool.connection():
+            _recreate(pg_database)
+            await write("during")
+            assert manager.router.active == 1
+            # The database answers on a connection of the probe's own and may be set up.
+            report = await manager.health_check()
+            assert report["overall_status"] == "healthy", manager.router.primary.last_error

@@ -22,6 +22,7 @@ import pytest
 
 from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.pg_backend import PostgresBackend
+from code_hero.persistence.pg_tables import TABLES, TablesMissing
 from tests.persistence.test_down_means_down import _manager, _writer
 from tests.persistence.test_pg_dropped_database import _recreate
 
@@ -96,6 +97,9 @@ async def test_the_probe_makes_the_tables_again_without_a_connection_of_the_old_
         pool = backend.pool
         async with pool.connection(), pool.connection():
             _recreate(pg_database)
+            # Declared as a call meeting the missing tables would (here a call's pool
+            # timeout on a saturated pool whose database answers would be "busy").
+            manager.router.fail_primary(TablesMissing(list(TABLES)))
             await write("during")
             assert manager.router.active == 1
             # The database answers on a connection of the probe's own and may be set up.

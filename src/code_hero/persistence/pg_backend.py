@@ -346,10 +346,22 @@ class PostgresBackend(Backend):
         if row[1]:
             await self._make_missing_tables(list(row[1]))
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own, not one from the pool: a stopped server refuses it
+        at once, where the pool would wait pool_timeout for a replacement of the
+        connections the shutdown closed, and a saturated pool would wait as long."""
+        return await psycopg.AsyncConnection.connect(
+            self.config.connection_string or "",
+            connect_timeout=self._connect_timeout,
+            autocommit=True,
+        )
+
     async def missing_tables(self) -> list[str]:
+        # On a connection of its own, as the probe: a call's own undefined_table on a
+        # saturated pool must not wait out pool_timeout to ask (`RouterFailover`).
         if self._remaking:
             return list(self._remaking)
-        async with self._pool.connection() as conn:
+        async with await self._connect() as conn:
             return await missing_tables(conn)
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:

@@ -21,6 +21,7 @@ import psycopg.errors as pg
 import pytest
 
 from code_hero.checkpointing import create_postgres_checkpointer
+from code_hero.persistence.diagnosis import error_category
 from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.pg_tables import TABLES, TablesMissing
 from tests.persistence.test_down_means_down import _manager, _writer
@@ -71,6 +72,9 @@ async def test_a_recreated_database_without_the_search_path_schema_is_reported_n
         # The health check must report the outage, not raise InvalidSchemaName.
         report = await manager.health_check()
         assert report["overall_status"] == "degraded"
+        error = manager.router.primary.last_error or ""
+        assert error_category(error) == "tables missing"
+        assert "no schema has been selected to create in (search_path gw)" in error
 
 
 async def test_the_probe_makes_the_tables_again_without_a_connection_of_the_old_pool(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
 import psycopg
 import psycopg.errors as pg
@@ -17,6 +18,7 @@ from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.diagnosis import error_category
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pg_backend import PostgresBackend, _remake_tables
+from tests.conftest import PG_ADMIN_URL
 from tests.faults import until
 from tests.persistence.test_down_means_down import _manager
 from tests.persistence.test_pg_dropped_database import _recreate
@@ -94,3 +96,20 @@ async def test_only_the_replica_that_made_the_tables_says_so(
                 report = await checking
         assert report["overall_status"] == "healthy"
         assert "made them again" not in caplog.text
+
+
+async def test_a_table_check_that_cannot_reach_the_database_says_down(pg_database: str) -> None:
+    # The check opens a session of its own, as the probe: a database that refuses new
+    # sessions is down, as the probe would find, though the pool's sessions still work.
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    async with _manager(config) as manager:
+        router = manager.router
+        with psycopg.connect(pg_database) as conn, pytest.raises(pg.UndefinedTable) as raised:
+            conn.execute("SELECT * FROM no_such_table_of_ours")
+        name = urlparse(pg_database).path.lstrip("/")
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'.encode())
+            try:
+                assert await router.outage(router.primary, raised.value) == "down"
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'.encode())

@@ -18,8 +18,8 @@ from typing import Literal
 
 from code_hero.persistence import clock
 from code_hero.persistence.contention import mark_store
-from code_hero.persistence.fallback_state import RouterState, log
-from code_hero.persistence.slots import BackendSlot, close_quietly
+from code_hero.persistence.fallback_state import RouterState, Tables, log
+from code_hero.persistence.slots import BackendSlot, close_quietly, probe_timeout
 from code_hero.persistence.sqlitefiles import DatabaseFileMoved
 from code_hero.persistence.unreachable import (
     background_level,
@@ -50,7 +50,10 @@ class RouterFailover(RouterState):
         """
         mark_store(exc)
         if is_missing_table(exc):
-            return "down" if await self._lacks_tables(slot) else None
+            tables = await self._lacks_tables(slot)
+            if tables == "unreachable":
+                self._abandon_calls(slot)
+            return None if tables == "there" else "down"
         if not is_backend_error(exc):
             return None
         if is_pool_timeout(exc) and slot.backend is not None and slot.backend.pool_saturated():
@@ -59,17 +62,39 @@ class RouterFailover(RouterState):
             self._abandon_calls(slot)
         return "down"
 
-    @staticmethod
-    async def _lacks_tables(slot: BackendSlot) -> bool:
-        """Whether the slot's database lacks tables of ours: dropped and recreated
-        under us, down until the probe makes them again (`PostgresBackend.probe`).
-        One that cannot say (unreachable) is down as well."""
+    async def _lacks_tables(self, slot: BackendSlot) -> Tables:
+        """Whether the slot's database lacks tables of ours ("missing": dropped and
+        recreated under us, down until the probe makes them again, in
+        `PostgresBackend.probe`), or could not say ("unreachable": down, as for the
+        probe, whose bound it has).
+
+        Asked on a connection of its own, not the pool's: a call's own undefined_table
+        on a saturated pool would wait out pool_timeout, and the pool's timeout would
+        read as down. One check serves every call that asks meanwhile (as `_answers`)."""
         if slot.backend is None:
-            return False
+            return "there"
+        task = self._checking_tables.get(slot.role)
+        if task is None:
+            task = asyncio.ensure_future(self._check_tables(slot))
+            self._checking_tables[slot.role] = task
+
+            def done(ended: asyncio.Future[Tables], role: str = slot.role) -> None:
+                if self._checking_tables.get(role) is ended:
+                    del self._checking_tables[role]
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _check_tables(self, slot: BackendSlot) -> Tables:
+        assert slot.backend is not None
+        seconds = probe_timeout(slot.config)
         try:
-            return bool(await slot.backend.missing_tables())
+            missing = await self.calls.run(
+                slot.backend.missing_tables(), seconds, f"{slot.kind} table check"
+            )
         except Exception as exc:
-            return is_backend_error(exc)
+            return "unreachable" if is_backend_error(exc) else "there"
+        return "missing" if missing else "there"
 
     def background_level(self, exc: BaseException) -> int:
         """The level a background loop on the primary (webhook claims, the bus's

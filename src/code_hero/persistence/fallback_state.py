@@ -17,6 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Literal
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.coalesce import Coalescer
@@ -27,7 +28,10 @@ from code_hero.persistence.slots import BackendSlot, BoundedCalls
 from code_hero.persistence.stalls import StallWatch
 from code_hero.persistence.unreachable import is_backend_error
 
-__all__ = ["PoolBusyError", "PrimaryUnreachableError", "RouterState"]
+__all__ = ["PoolBusyError", "PrimaryUnreachableError", "RouterState", "Tables"]
+
+# What a check for the primary's tables found (`RouterFailover._lacks_tables`).
+Tables = Literal["there", "missing", "unreachable"]
 
 # The router's lines, wherever its code lives, come from one logger (`fallback`'s),
 # the outage's two among them: one when it begins (`RouterFailover.fail`), one when
@@ -82,6 +86,8 @@ class RouterState:
         )
         self._recover_lock = asyncio.Lock()
         self._confirming: dict[str, asyncio.Future[bool]] = {}  # role -> its probe in flight
+        # role -> its check for missing tables in flight (`RouterFailover._lacks_tables`)
+        self._checking_tables: dict[str, asyncio.Future[Tables]] = {}
         # Opens and probes given up on at their deadline end in the background here.
         self.calls = BoundedCalls()
         self.stalls = StallWatch()

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -223,31 +224,43 @@ class PostgresBackend(Backend):
             finally:
                 await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
 
-    async def _make_missing_tables(self, missing: list[str]) -> None:
+    async def _make_missing_tables(
+        self, conn: psycopg.AsyncConnection[Any], missing: list[str]
+    ) -> None:
         """Tables of ours are gone from a database that answers (dropped and recreated,
-        restored empty): make them again as at start, or raise `TablesMissing`, which
-        keeps the outage. Without `auto_setup` nobody here may make them."""
+        restored empty): make them again as at start, on the probe's connection `conn`,
+        or raise `TablesMissing`, which keeps the outage. Without `auto_setup` nobody
+        here may make them.
+
+        Not on the pool: after an outage it may lend nothing until its reconnection
+        backoff ends (`reconnect`), and the probe would time out meanwhile. A setup
+        that fails (no schema of the search_path, no CREATE permission, a migration
+        ledger gone alone) is the outage's too: `TablesMissing` says why."""
         if not self.config.auto_setup or not isinstance(self.saver, SaverPool):
-            raise TablesMissing(missing, repaired=False)
-        saver = self.saver.instances[0]
-        assert isinstance(saver, AsyncPostgresSaver)
+            raise TablesMissing(missing)
+        conn.row_factory = cast(Any, dict_row)
         # Until they are all made, a call meeting a table or column not there yet is
         # the outage's (`missing_tables`), not its own error.
         self._remaking = tuple(missing)
         try:
-            await self._set_up(saver)
-            async with self._pool.connection() as conn:
-                still = await missing_tables(conn)
+            try:
+                made = await _remake_tables(conn)
+            except psycopg.Error as exc:
+                if is_backend_error(exc):  # the database went away meanwhile
+                    raise
+                raise TablesMissing(missing, cause=exc, note=await _schema_note(conn, exc)) from exc
+            still = await missing_tables(conn)
         finally:
             self._remaking = ()
         if still:  # a table dropped alone: its migration is recorded as done
             raise TablesMissing(still, repaired=True)
-        log.warning(
-            "the database %s had lost tables of ours (%s): made them again; what they "
-            "held is gone, and what this process holds is copied in",
-            self.description,
-            ", ".join(missing),
-        )
+        if made:  # else another replica made them, and says so
+            log.warning(
+                "the database %s had lost tables of ours (%s): made them again; what "
+                "they held is gone, and what this process holds is copied in",
+                self.description,
+                ", ".join(made),
+            )
 
     @property
     def _connect_timeout(self) -> int:
@@ -320,36 +333,42 @@ class PostgresBackend(Backend):
             await cur.execute(sql, params)
             return list(await cur.fetchall())
 
-    async def probe(self, *, room: bool = False) -> None:
-        # A connection of its own, not one from the pool: a stopped server refuses
-        # it at once, where the pool would wait pool_timeout for a replacement of
-        # the connections the shutdown closed. One connection per probe interval.
-        conn = await psycopg.AsyncConnection.connect(
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own, not one from the pool: a stopped server refuses it
+        at once, where the pool would wait pool_timeout for a replacement of the
+        connections the shutdown closed, and a saturated pool would wait as long."""
+        return await psycopg.AsyncConnection.connect(
             self.config.connection_string or "",
-            connect_timeout=max(1, int(self.config.pool_timeout)),
+            connect_timeout=self._connect_timeout,
             autocommit=True,
         )
-        async with conn:
+
+    async def probe(self, *, room: bool = False) -> None:
+        # One connection of its own per probe interval (`_connect`).
+        async with await self._connect() as conn:
             row = await _read_clock(
                 conn, "current_setting('transaction_read_only')", MISSING_TABLES_SQL
             )
             if room:
                 await _check_room(conn)
-        # A new session that may not write (a standby, default_transaction_read_only):
-        # the server answers, but no write would go in, and a copy-back would fail.
-        if row[0] == "on":
-            raise psycopg.errors.ReadOnlySqlTransaction(
-                "the database is read-only: a new session cannot write (a standby, or "
-                "default_transaction_read_only is on)"
-            )
-        # A database that answers without our tables (`pg_tables`): every call would fail.
-        if row[1]:
-            await self._make_missing_tables(list(row[1]))
+            # A new session that may not write (a standby, default_transaction_read_only):
+            # the server answers, but no write would go in, and a copy-back would fail.
+            if row[0] == "on":
+                raise psycopg.errors.ReadOnlySqlTransaction(
+                    "the database is read-only: a new session cannot write (a standby, "
+                    "or default_transaction_read_only is on)"
+                )
+            # A database that answers without our tables (`pg_tables`): every call
+            # would fail.
+            if row[1]:
+                await self._make_missing_tables(conn, list(row[1]))
 
     async def missing_tables(self) -> list[str]:
+        # On a connection of its own, as the probe: a call's own undefined_table on a
+        # saturated pool must not wait out pool_timeout to ask (`RouterFailover`).
         if self._remaking:
             return list(self._remaking)
-        async with self._pool.connection() as conn:
+        async with await self._connect() as conn:
             return await missing_tables(conn)
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
@@ -491,6 +510,46 @@ async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+async def _schema_note(conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> str:
+    """For invalid_schema_name ("no schema has been selected to create in"): the
+    search_path whose schemas the database lacks (a new database has only public)."""
+    if exc.sqlstate != "3F000":
+        return ""
+    try:
+        cur = await conn.execute("SELECT current_setting('search_path') AS path")
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return ""
+    return f" (search_path {row['path']})" if row else ""
+
+
+class _OneConnection:
+    """What `PostgresRegistry` asks of a pool (`connection()`), lending one connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        yield self._conn
+
+
+async def _remake_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """Run the saver's and the registry's migrations on `conn` (dict rows, autocommit)
+    under the set-up lock, if tables of ours are still missing once it is held: the
+    ones this made, none when another replica made them first."""
+    await _take_setup_lock(conn)
+    try:
+        missing = await missing_tables(conn)
+        if missing:
+            await AsyncPostgresSaver(conn).setup()
+            await PostgresRegistry(cast(AsyncConnectionPool[Any], _OneConnection(conn))).setup()
+    finally:
+        with contextlib.suppress(psycopg.Error):  # else the connection's end releases it
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+    return missing
 
 
 async def _check_room(conn: psycopg.AsyncConnection[Any]) -> None:

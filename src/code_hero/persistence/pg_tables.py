@@ -17,7 +17,9 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["MISSING_TABLES_SQL", "TABLES", "TablesMissing", "missing_tables"]
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS
+
+__all__ = ["LEDGERS", "MISSING_TABLES_SQL", "TABLES", "TablesMissing", "missing_tables"]
 
 # Every table a call of ours may need: the saver's and the registry's (with the
 # webhooks' and the deletions' records), and both migration ledgers.
@@ -34,6 +36,9 @@ TABLES = (
     "code_hero_webhooks",
     "code_hero_webhook_deliveries",
 )
+# The migration ledgers: which migrations ran. One dropped alone leaves tables its
+# migrations would make again (`TablesMissing` says what to do).
+LEDGERS = ("checkpoint_migrations", "code_hero_migrations")
 
 # One expression (no parameters: it shares `_read_clock`'s SELECT): the names of
 # `TABLES` that the session's search_path does not find, in order.
@@ -46,15 +51,53 @@ MISSING_TABLES_SQL = (
 
 class TablesMissing(psycopg.OperationalError):
     """The database answers but lacks tables of ours: it was dropped and recreated,
-    or restored without them. Down, as an unreachable database is (no SQLSTATE)."""
+    or restored without them. Down, as an unreachable database is (no SQLSTATE).
 
-    def __init__(self, missing: list[str], *, repaired: bool) -> None:
-        tried = "; making them again did not bring them back" if repaired else ""
-        super().__init__(
-            f"tables missing from the database: {', '.join(missing)} (was the database "
-            f"dropped and recreated, or restored without them?){tried}"
-        )
+    `repaired`: they were made again and some are still missing. `cause`: making
+    them failed with this error (a schema of the search_path missing, no CREATE
+    permission, a migration ledger gone while its tables are there)."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        *,
+        repaired: bool = False,
+        cause: BaseException | None = None,
+        note: str = "",
+    ) -> None:
+        if cause is not None and set(missing) <= set(LEDGERS):
+            message = _ledger_missing(missing, cause)
+        else:
+            message = (
+                f"tables missing from the database: {', '.join(missing)} (was the database "
+                "dropped and recreated, or restored without them?)"
+            )
+            if cause is not None:
+                message += f"; making them again failed: {_first_line(cause)}{note}"
+            elif repaired:
+                message += "; making them again did not bring them back"
+        super().__init__(message)
         self.missing = missing
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _ledger_missing(missing: list[str], cause: BaseException) -> str:
+    """A migration ledger dropped alone (or restored without): the tables it records
+    are there, so its migrations, run from the first, fail on them. Nothing here can
+    tell which ran; an operator restores it (README, When PostgreSQL is at fault)."""
+    last = len(POSTGRES_MIGRATIONS) - 1
+    # Under 500 characters with the type's name: `BackendSlot.last_error` keeps that.
+    return (
+        f"tables missing from the database: the migration ledger {', '.join(missing)} is "
+        f"missing while the tables it records are there, so its migrations cannot run "
+        f"again ({_first_line(cause)}). Restore it from a backup or, if the tables are at "
+        f"this version: CREATE TABLE code_hero_migrations (v INTEGER PRIMARY KEY); "
+        f"INSERT INTO code_hero_migrations (v) SELECT generate_series(0, {last})"
+    )
 
 
 async def missing_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:

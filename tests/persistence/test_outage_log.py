@@ -132,7 +132,7 @@ async def test_the_background_loops_add_no_warning_to_an_outages_two(
     # The webhooks' claim and the bus's poke each met the outage before the router
     # did (no probe comes here until the test asks) and logged a WARNING of their own.
     caplog.set_level(logging.DEBUG, logger="code_hero")
-    webhooks = WebhookSettings(poll_interval=0.05)
+    webhooks = WebhookSettings(poll_interval=0.05, idle_poll=0.05)
     async with behind_a_proxy(pg_database, health_check_interval=3600, webhooks=webhooks) as (
         gw,
         proxy,
@@ -167,7 +167,7 @@ async def test_a_saturated_pool_that_stalls_webhook_claims_warns(
     # nothing, so the claim loop's own line is all that says deliveries stall. It
     # logged it at DEBUG, as an outage's.
     caplog.set_level(logging.DEBUG, logger="code_hero")
-    webhooks = WebhookSettings(poll_interval=0.05)
+    webhooks = WebhookSettings(poll_interval=0.05, idle_poll=0.05)
     async with behind_a_proxy(
         pg_database, webhooks=webhooks, pool_min_size=2, pool_max_size=2, pool_timeout=0.3
     ) as (gw, _proxy):

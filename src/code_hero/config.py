@@ -87,6 +87,9 @@ class CheckpointerConfig:
     # SQLite: the connection's page cache, at most (SQLite's default: 2,000 KiB). Pages
     # beyond it are read again through the operating system's file cache.
     sqlite_cache_kib: int = 512
+    # The durable fallback's SQLite file (`persistence/outagefile.py`): what an outage's
+    # fallback takes survives the process's death. None: the fallback is in memory.
+    fallback_path: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -28,7 +28,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from code_hero import __version__
-from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
+from code_hero.config import (
+    CheckpointerConfig,
+    config_for_environment,
+    create_memory_checkpointer,
+    create_sqlite_checkpointer,
+)
 from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
 from code_hero.limits import Limits
 from code_hero.persistence.backends import Backend
@@ -43,6 +48,7 @@ from code_hero.persistence.fallback_registry import FallbackRegistry
 from code_hero.persistence.health import HealthReport, report_of, status_of
 from code_hero.persistence.managed import ManagedSaver
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import (
     DeletionMark,
     Page,
@@ -123,14 +129,24 @@ class EnhancedCheckpointerManager:
         """Open the backends (or retry the primary); True when the primary serves."""
         if self._router is None:
             slots = [BackendSlot("primary", self.config)]
+            store: OutageFile | None = None
             if self.config.enable_fallback:
-                slots.append(BackendSlot("fallback", create_memory_checkpointer()))
+                fallback = create_memory_checkpointer()
+                if self.config.fallback_path:
+                    # A durable fallback: a SQLite file of this process's own, its journal
+                    # beside it (`outagefile.py`); what a dead process left is resumed.
+                    store = OutageFile.claim(self.config.fallback_path, self.config.describe())
+                    fallback = create_sqlite_checkpointer(
+                        store.data_path, sqlite_cache_kib=self.config.sqlite_cache_kib
+                    )
+                slots.append(BackendSlot("fallback", fallback))
                 slots.append(BackendSlot("emergency", create_memory_checkpointer()))
             self._router = FallbackRouter(
                 slots,
                 self.metrics,
                 journal_limit=self.config.max_pending_sync,
                 probe_interval=self.config.health_check_interval,
+                store=store,
             )
             self._registry = FallbackRegistry(self._router)
             await self._router.open()

@@ -30,7 +30,7 @@ import pytest
 from tests.graphql.clients import data
 from tests.persistence.test_pg_disk_full import _free_port, _server_binary
 from tests.replicas.conftest import Cluster, Replica
-from tests.replicas.test_outage import ask, wait_health
+from tests.replicas.test_outage import ask, wait_health, wait_steps
 
 pytestmark = pytest.mark.postgres
 
@@ -175,9 +175,9 @@ def test_a_run_acknowledged_in_an_outage_survives_a_sigkill(
     own_pg.start()
     second = _start(servers, tmp_path, "second")
     asyncio.run(wait_health(second, "HEALTHY"))
-    [(thread,)] = own_pg.rows(
-        "SELECT thread_id FROM code_hero_threads WHERE thread_id = %s", run["threadId"]
-    )
+    assert own_pg.rows(
+        "SELECT status FROM code_hero_threads WHERE thread_id = %s", run["threadId"]
+    ) == [("IDLE",)]
     status, seqs, checkpoints = _in_postgres(own_pg, run)
     assert status == "SUCCESS"
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2
@@ -191,22 +191,22 @@ def test_a_run_in_flight_at_the_kill_is_resumed_to_its_end(
     first = _start(servers, tmp_path, "first")
     own_pg.stop()
     run = asyncio.run(_run(first, input={"delay": 0.3}))
-    # Some steps stored on the fallback, then the process dies mid-run.
-    _until(lambda: len(list((tmp_path).glob("fallback.sqlite*"))) > 0)
-    time.sleep(1.0)
-    first.kill()
+    asyncio.run(wait_steps(first, run["id"], 2))  # two steps stored on the fallback
+    first.kill()  # mid-run
     own_pg.start()
     second = _start(servers, tmp_path, "second")
     asyncio.run(wait_health(second, "HEALTHY"))
     assert _stored(own_pg, run["id"])  # copied back: its row, RUNNING under a dead lease
     # Not RUNNING forever: claimed once the dead lease lapses, resumed, ended.
     _until(
-        lambda: own_pg.rows("SELECT status FROM code_hero_runs WHERE run_id = %s", run["id"])
-        == [("SUCCESS",)],
+        lambda: (
+            own_pg.rows("SELECT status FROM code_hero_runs WHERE run_id = %s", run["id"])
+            == [("SUCCESS",)]
+        ),
         limit=60,
     )
-    status, seqs, checkpoints = _in_postgres(own_pg, run)
-    assert seqs == list(range(1, len(seqs) + 1))
+    _, seqs, checkpoints = _in_postgres(own_pg, run)
+    assert seqs == list(range(1, len(seqs) + 1)) and checkpoints >= 7
     [(steps,)] = own_pg.rows(
         "SELECT output->'steps' FROM code_hero_runs WHERE run_id = %s", run["id"]
     )

@@ -169,6 +169,13 @@ class Journal:
         self._store_failing = False
         return result
 
+    @property
+    def durable(self) -> bool:
+        """True when every entry waiting is in the journal's file too."""
+        return self.store is not None and all(
+            id(e) in self._seqs for e in [*self.entries, *(q.entry for q in self.quarantine)]
+        )
+
     def _unstore(self, entry: Entry) -> int | None:
         """The oldest row of an entry leaving the journal (None: not in the file)."""
         seqs = self._seqs.get(id(entry))

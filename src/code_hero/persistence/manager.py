@@ -179,6 +179,16 @@ class EnhancedCheckpointerManager:
         self._refresh_status()
         if router.active == 0:
             return True
+        if router.store is not None and router.journal.durable:
+            self.logger.warning(
+                "closing with the copy-back unfinished: %d outage writes (%d quarantined) "
+                "on %d threads wait in %s for the next server started with this setting",
+                len(router.journal),
+                len(router.journal.quarantine),
+                len(router.journal.threads()),
+                router.store.path,
+            )
+            return False
         # Lost with this process's memory: what the operator needs to know it lost.
         self.logger.error(
             "closing with the copy-back unfinished: %d outage writes (%d quarantined) on "

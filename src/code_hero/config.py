@@ -115,6 +115,13 @@ class CheckpointerConfig:
             raise ConfigurationError("max_pending_sync must be at least 1")
         if self.sqlite_cache_kib < 1:
             raise ConfigurationError("sqlite_cache_kib must be at least 1")
+        if self.fallback_path and self.database_path and _same_file(
+            self.fallback_path, self.database_path
+        ):
+            raise ConfigurationError(
+                f"the fallback's file {self.fallback_path} is the database itself: set "
+                "CODE_HERO_FALLBACK_PATH to another file (on another disk)"
+            )
         if self.health_check_interval <= 0 or self.pool_timeout <= 0:
             raise ConfigurationError("health_check_interval and pool_timeout must be positive")
 
@@ -140,6 +147,10 @@ class CheckpointerConfig:
         if self.kind == "sqlite":
             return f"sqlite:///{self.database_path}"
         return "memory://"
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def redact_url(url: str) -> str:

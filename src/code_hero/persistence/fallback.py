@@ -7,10 +7,11 @@ also journalled. When the primary answers again, `recover()` replays the
 journal into it (`recovery.py`), then the primary serves again. Reads during
 an outage see both: threads written meanwhile are read from the fallback first.
 
-Graphs reach the router through `ManagedSaver` (`managed.py`). What the
-fallback holds lives in process memory: a process that dies during an outage
-loses what it wrote meanwhile. Opening and probing a slot is bounded
-(`slots.py`).
+Graphs reach the router through `ManagedSaver` (`managed.py`). The fallback
+is in memory, or durable (`outagefile.py`: a SQLite file, the journal and the
+router's state beside it), when a process that dies during an outage must leave
+what it acknowledged to the next one, which resumes that outage at `open`.
+Opening and probing a slot is bounded (`slots.py`).
 
 The router is one class in four modules: its state and errors
 (`fallback_state.py`), failing over (`fallback_failover.py`), deleting threads

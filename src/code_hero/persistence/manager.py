@@ -1,7 +1,8 @@
 """`EnhancedCheckpointerManager`: one manager over every checkpoint backend.
 
-It opens the configured primary with a memory fallback and an emergency
-memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
+It opens the configured primary with a fallback (in memory, or a SQLite file
+with the outage journal beside it: `fallback_path`, `outagefile.py`) and an
+emergency memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
 the background and heals back to the primary, and serves the reads the
 gateway needs: threads from the registry, checkpoints and history with keyset
 paging, deletion, retention and metrics.

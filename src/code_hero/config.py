@@ -115,8 +115,10 @@ class CheckpointerConfig:
             raise ConfigurationError("max_pending_sync must be at least 1")
         if self.sqlite_cache_kib < 1:
             raise ConfigurationError("sqlite_cache_kib must be at least 1")
-        if self.fallback_path and self.database_path and _same_file(
-            self.fallback_path, self.database_path
+        if (
+            self.fallback_path
+            and self.database_path
+            and _same_file(self.fallback_path, self.database_path)
         ):
             raise ConfigurationError(
                 f"the fallback's file {self.fallback_path} is the database itself: set "

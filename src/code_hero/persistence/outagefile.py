@@ -178,13 +178,22 @@ class OutageFile:
                 )
                 found.close()
                 continue
-            found.set_state("primary", primary)
+            if owner != primary:  # new, or another database's with nothing waiting
+                found.reset(primary)
             return found
         raise FallbackFileBusyError(
             f"every fallback file name of CODE_HERO_FALLBACK_PATH={path} is held by "
             f"another process or another database's outage ({MAX_FILES} tried, "
             f"e.g. {held[:2]}): set CODE_HERO_FALLBACK_PATH to a file of this server's own"
         )
+
+    def reset(self, primary: str) -> None:
+        """Start afresh for `primary`: no outage, no threads, no entries (the fallback's
+        data file is emptied at open, nothing waiting for it)."""
+        with self._conn:
+            for table in ("entries", "threads", "state"):
+                self._conn.execute(f"DELETE FROM {table}")
+            self._conn.execute("INSERT INTO state VALUES ('primary', ?)", (pickle.dumps(primary),))
 
     def close(self) -> None:
         """Release the file (its lock goes with the connection)."""

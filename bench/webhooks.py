@@ -39,7 +39,7 @@ from code_hero.runs.destinations import parse_allow_list
 from code_hero.runs.executor import StartRun
 from code_hero.runs.webhooks import WebhookSettings
 
-GRAPH_FILE = Path(__file__).resolve().with_name("_common.py")
+GRAPH_FILE = Path(__file__).resolve().with_name("chain.py")
 OWNER = Caller(user_id="bench")
 
 

@@ -201,7 +201,11 @@ class Services:
         return store if isinstance(store, WebhookOutbox) else None
 
     def _on_recovered(self) -> None:
-        """An outage's events are in the database now: subscribers everywhere re-read."""
+        """An outage's events are in the database now: subscribers everywhere re-read.
+        The delivery worker claims at once: the primary may be a new registry object (a
+        SQLite file reopened at its path), whose enqueues wake the worker only once a
+        claim there registered it; asleep until its cap, it would miss them."""
+        self.webhooks.wake()
         task = asyncio.get_running_loop().create_task(self.bus.send_control(POKE))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

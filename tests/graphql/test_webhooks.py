@@ -423,9 +423,11 @@ async def test_a_replica_that_claimed_and_died_leaves_the_delivery_to_another(
         store = first.gateway.services.webhook_store()
         assert store is not None
         now = datetime.now(UTC)
-        (claimed,) = await store.claim_deliveries(
-            "dead-replica", now=now, until=now + timedelta(seconds=0.5), limit=10
-        )
+        (claimed,) = (
+            await store.claim_deliveries(
+                "dead-replica", now=now, until=now + timedelta(seconds=0.5), limit=10
+            )
+        ).deliveries
         assert claimed.webhook_id == made["webhook"]["id"]
         async with webhook_server(config()) as second, as_user(second, ALICE_KEY) as alice2:
             (got,) = await hooks.wait_for("/once")

@@ -9,6 +9,7 @@ messages.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +19,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.diagnosis import CATEGORIES, error_category, public_health
+from code_hero.persistence.pg_tables import TablesMissing
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import HungServer, with_port
 
@@ -55,6 +57,38 @@ async def test_postgres_texts() -> None:
     assert_category(no_role, "authentication failed", "no_such_role_xyz")
     no_host = await pg_error("postgresql://postgres@no-such-host.invalid:5432/x")
     assert_category(no_host, "host not found", "no-such-host.invalid")
+
+
+async def test_postgres_refusing_sessions_by_setting() -> None:
+    # A database that allows no connections, and a role or database at its
+    # CONNECTION LIMIT: the server answers and refuses the session.
+    suffix = uuid.uuid4().hex[:10]
+    name, role = f"ch_closed_{suffix}", f"ch_limited_{suffix}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}".encode())
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0".encode())
+        try:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false".encode())
+            closed = await pg_error(url_with(path=f"/{name}"))
+            assert_category(closed, "database not accepting connections", name)
+            limited = await pg_error(url_with(user=role))
+            assert_category(limited, "too many connections", role)
+            admin.execute(
+                f"ALTER DATABASE {name} ALLOW_CONNECTIONS true CONNECTION LIMIT 0".encode()
+            )
+            full = await pg_error(url_with(path=f"/{name}", user=role))
+            assert_category(full, "too many connections", role)
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
+            admin.execute(f"DROP ROLE {role}".encode())
+
+
+async def test_postgres_missing_tables() -> None:
+    with psycopg.connect(PG_ADMIN_URL) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute("SELECT * FROM code_hero_runs_gone_xyz")
+    assert_category(stored(caught.value), "tables missing", "code_hero_runs_gone_xyz")
+    gone = TablesMissing(["code_hero_runs", "checkpoints"], repaired=False)
+    assert_category(stored(gone), "tables missing", "code_hero_runs")
 
 
 async def test_timeouts() -> None:

@@ -32,7 +32,7 @@ from code_hero.config import (
 )
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import Backend, open_backend
-from code_hero.persistence.entries import CopyThread, PutCheckpoint, TouchThread
+from code_hero.persistence.entries import CopyThread, DeleteThread, PutCheckpoint, TouchThread
 from code_hero.persistence.journal import Journal, Quarantined
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from code_hero.persistence.records import (
@@ -44,7 +44,7 @@ from code_hero.persistence.records import (
 )
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
 from code_hero.persistence.registry.sql import SqlRegistry
-from code_hero.persistence.tombstones import judge_for
+from code_hero.persistence.tombstones import judge_for, log_dropped
 from code_hero.persistence.transfer import migrate_backends
 from code_hero.persistence.unreachable import is_backend_error
 from tests.conftest import PG_ADMIN_URL, make_config
@@ -465,3 +465,18 @@ class _OldSqlite(_OldDeletion, SqliteRegistry):
 
 class _OldPostgres(_OldDeletion, PostgresRegistry):
     migrations = POSTGRES_MIGRATIONS[:-1]
+
+
+def test_dropping_only_a_deletion_of_a_deleted_thread_warns_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deleteThread whose statement went in on the primary as the outage began, and was
+    done again on the fallback: the copy-back drops that deletion, and nothing is lost,
+    so no WARNING (it read as data dropped). Anything else dropped still warns."""
+    at = datetime.now(UTC)
+    with caplog.at_level(logging.INFO, logger="code_hero.persistence.tombstones"):
+        log_dropped("t", at, [DeleteThread("t")])
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+        caplog.clear()
+        log_dropped("t", at, [DeleteThread("t"), TouchThread("t", None)])
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]

@@ -19,6 +19,7 @@ import pytest
 from code_hero.config import create_memory_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunRecord, RunStatus
+from code_hero.persistence.webhooks import Claim
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.claims import Claims
 from code_hero.runs.pgbus import PostgresBus
@@ -245,9 +246,9 @@ async def test_a_webhook_claim_returning_after_close_starts_no_attempt() -> None
     class Store:
         def on_enqueue(self, wake: Any) -> None: ...
 
-        async def claim_deliveries(self, owner: str, **kwargs: Any) -> list[str]:
+        async def claim_deliveries(self, owner: str, **kwargs: Any) -> Claim:
             await stage.enter()
-            return ["delivery"]
+            return Claim(["delivery"], None)  # type: ignore[list-item]
 
     async def attempt(store: Any, delivery: Any) -> None:
         attempted.set()

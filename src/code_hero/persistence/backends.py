@@ -158,6 +158,15 @@ class Backend(ABC):
     async def reconnect(self) -> None:  # noqa: B027 (optional: nothing to redo by default)
         """Connect afresh after an outage (before the sync-back writes)."""
 
+    def abandon_waits(self) -> None:  # noqa: B027 (optional: no pool to wait on)
+        """End the calls waiting for a connection now (none sent a statement yet): the
+        database was found unreachable, so what they wait for will not come in time."""
+
+    async def missing_tables(self) -> list[str]:
+        """The tables of ours the database lacks (it was dropped and recreated, restored
+        empty); none by default: only a server's database can lose them behind us."""
+        return []
+
     def abandon_calls(self) -> None:  # noqa: B027 (optional: nothing in flight to end)
         """End the calls in flight on the database now: it was found unreachable, and a
         server that stopped answering would leave them waiting forever."""

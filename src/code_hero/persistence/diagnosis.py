@@ -31,6 +31,10 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("database does not exist", (r'database ".*" does not exist',)),
+    # The database was dropped and recreated under us, or restored without our tables.
+    ("tables missing", ("tables missing from the database", r'relation ".*" does not exist')),
+    # ALTER DATABASE ... ALLOW_CONNECTIONS false: the database exists and refuses sessions.
+    ("database not accepting connections", ("is not currently accepting connections",)),
     ("connection refused", ("connection refused",)),
     (
         "timeout",
@@ -44,7 +48,15 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "host not found",
         ("failed to resolve host", "could not translate host name", "name or service not known"),
     ),
-    ("too many connections", ("too many clients", "remaining connection slots are reserved")),
+    (
+        "too many connections",
+        (
+            "too many clients",
+            "remaining connection slots are reserved",
+            # a CONNECTION LIMIT on the role or the database
+            "too many connections for",
+        ),
+    ),
     (
         "server starting or stopping",
         ("the database system is starting up", "the database system is shutting down"),

@@ -24,6 +24,7 @@ from code_hero.persistence.sqlitefiles import DatabaseFileMoved
 from code_hero.persistence.unreachable import (
     background_level,
     is_backend_error,
+    is_missing_table,
     is_pool_timeout,
 )
 
@@ -48,6 +49,8 @@ class RouterFailover(RouterState):
         it is marked as the store's (`contention.from_store`), whatever the verdict.
         """
         mark_store(exc)
+        if is_missing_table(exc):
+            return "down" if await self._lacks_tables(slot) else None
         if not is_backend_error(exc):
             return None
         if is_pool_timeout(exc) and slot.backend is not None and slot.backend.pool_saturated():
@@ -55,6 +58,18 @@ class RouterFailover(RouterState):
                 return "busy"
             self._abandon_calls(slot)
         return "down"
+
+    @staticmethod
+    async def _lacks_tables(slot: BackendSlot) -> bool:
+        """Whether the slot's database lacks tables of ours: dropped and recreated
+        under us, down until the probe makes them again (`PostgresBackend.probe`).
+        One that cannot say (unreachable) is down as well."""
+        if slot.backend is None:
+            return False
+        try:
+            return bool(await slot.backend.missing_tables())
+        except Exception as exc:
+            return is_backend_error(exc)
 
     def background_level(self, exc: BaseException) -> int:
         """The level a background loop on the primary (webhook claims, the bus's
@@ -130,6 +145,11 @@ class RouterFailover(RouterState):
         slot.record_failure(exc)
         if not was_active:
             return
+        if slot.backend is not None:
+            # Calls waiting for one of its connections would wait out the pool's
+            # timeout; none has sent anything, so each goes on on the next slot now.
+            # (Calls on a lent connection are cut only on a probe's word: `probe`.)
+            slot.backend.abandon_waits()
         index = self.slots.index(slot)
         nxt = next(
             (i for i in range(index + 1, len(self.slots)) if self.slots[i].backend is not None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from code_hero.persistence.pg_tables import MISSING_TABLES_SQL, TablesMissing, missing_tables
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LendingPool", "PostgresBackend"]
 
+log = logging.getLogger(__name__)
+
 
 class LendingPool(AsyncConnectionPool[Any]):
     """A psycopg pool that knows which connections it has lent out, to end their calls,
@@ -48,6 +52,7 @@ class LendingPool(AsyncConnectionPool[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lent: set[psycopg.AsyncConnection[Any]] = set()
+        self._failing: set[asyncio.Future[bool]] = set()
 
     async def _get_ready_connection(
         self,
@@ -94,6 +99,16 @@ class LendingPool(AsyncConnectionPool[Any]):
         """
         for conn in list(self.lent):
             _shut(conn)
+
+    def fail_waiting(self, reason: str) -> None:
+        """End every wait for a connection with OperationalError(`reason`), which says
+        down: the database was found unreachable, so the pool cannot open what they wait
+        for, and each would wait out the pool's timeout (5 s) before taking the outage's
+        path. A waiter has sent nothing yet: failed, its call goes on on the fallback."""
+        for client in list(self._waiting):
+            ending = asyncio.ensure_future(client.fail(psycopg.OperationalError(reason)))
+            self._failing.add(ending)
+            ending.add_done_callback(self._failing.discard)
 
 
 async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
@@ -155,6 +170,8 @@ class PostgresBackend(Backend):
     # (a migration's ALTER TABLE, CREATE INDEX CONCURRENTLY wait out other replicas'
     # transactions; a bound would fail the start).
     _bounded_locks = False
+    # The tables a probe is making again (`_make_missing_tables`), while it does.
+    _remaking: tuple[str, ...] = ()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _read_json_fast(conn)
@@ -184,13 +201,7 @@ class PostgresBackend(Backend):
             instances = [LoopReadingPostgresSaver(pool) for _ in range(self.config.saver_instances)]
             self.registry = PostgresRegistry(pool)
             if self.config.auto_setup:
-                async with pool.connection() as lock_conn:
-                    await _take_setup_lock(lock_conn)
-                    try:
-                        await instances[0].setup()
-                        await self.registry.setup()
-                    finally:
-                        await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+                await self._set_up(instances[0])
             # From here on a lock wait is bounded: the connections opened so far are
             # replaced by ones that are.
             self._bounded_locks = True
@@ -200,6 +211,43 @@ class PostgresBackend(Backend):
         except BaseException:
             await pool.close()
             raise
+
+    async def _set_up(self, saver: AsyncPostgresSaver) -> None:
+        """Run the saver's and the registry's migrations, one replica at a time."""
+        assert isinstance(self.registry, PostgresRegistry)
+        async with self._pool.connection() as lock_conn:
+            await _take_setup_lock(lock_conn)
+            try:
+                await saver.setup()
+                await self.registry.setup()
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+    async def _make_missing_tables(self, missing: list[str]) -> None:
+        """Tables of ours are gone from a database that answers (dropped and recreated,
+        restored empty): make them again as at start, or raise `TablesMissing`, which
+        keeps the outage. Without `auto_setup` nobody here may make them."""
+        if not self.config.auto_setup or not isinstance(self.saver, SaverPool):
+            raise TablesMissing(missing, repaired=False)
+        saver = self.saver.instances[0]
+        assert isinstance(saver, AsyncPostgresSaver)
+        # Until they are all made, a call meeting a table or column not there yet is
+        # the outage's (`missing_tables`), not its own error.
+        self._remaking = tuple(missing)
+        try:
+            await self._set_up(saver)
+            async with self._pool.connection() as conn:
+                still = await missing_tables(conn)
+        finally:
+            self._remaking = ()
+        if still:  # a table dropped alone: its migration is recorded as done
+            raise TablesMissing(still, repaired=True)
+        log.warning(
+            "the database %s had lost tables of ours (%s): made them again; what they "
+            "held is gone, and what this process holds is copied in",
+            self.description,
+            ", ".join(missing),
+        )
 
     @property
     def _connect_timeout(self) -> int:
@@ -248,6 +296,11 @@ class PostgresBackend(Backend):
     def abandon_calls(self) -> None:
         self._pool.abandon_lent()
 
+    def abandon_waits(self) -> None:
+        self._pool.fail_waiting(
+            "the database was found unreachable while this call waited for a connection"
+        )
+
     @property
     def description(self) -> str:
         return redact_url(self.config.connection_string or "")
@@ -277,7 +330,9 @@ class PostgresBackend(Backend):
             autocommit=True,
         )
         async with conn:
-            row = await _read_clock(conn, "current_setting('transaction_read_only')")
+            row = await _read_clock(
+                conn, "current_setting('transaction_read_only')", MISSING_TABLES_SQL
+            )
             if room:
                 await _check_room(conn)
         # A new session that may not write (a standby, default_transaction_read_only):
@@ -287,6 +342,15 @@ class PostgresBackend(Backend):
                 "the database is read-only: a new session cannot write (a standby, or "
                 "default_transaction_read_only is on)"
             )
+        # A database that answers without our tables (`pg_tables`): every call would fail.
+        if row[1]:
+            await self._make_missing_tables(list(row[1]))
+
+    async def missing_tables(self) -> list[str]:
+        if self._remaking:
+            return list(self._remaking)
+        async with self._pool.connection() as conn:
+            return await missing_tables(conn)
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]

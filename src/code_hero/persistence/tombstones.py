@@ -86,9 +86,14 @@ def judge_for(primary: Backend, fallback: Backend, since: datetime | None) -> Ju
 
 
 def log_dropped(thread_id: str, deleted_at: datetime, entries: Iterable[Entry]) -> None:
-    """One warning for a deleted thread's entries dropped unreplayed, saying what they were."""
+    """One warning for a deleted thread's entries dropped unreplayed, saying what they were.
+    Only INFO when they are all deletions of it: nothing is lost (a `deleteThread` whose
+    statement went in on the primary just as the outage began, then was done again on
+    the fallback, is the usual one)."""
     kinds = Counter(type(entry).__name__ for entry in entries)
-    log.warning(
+    lost = set(kinds) - {"DeleteThread"}
+    log.log(
+        logging.WARNING if lost else logging.INFO,
         "thread %s was deleted on the primary at %s, after this replica's copies of it were "
         "made: its copy-back is dropped (%s)",
         thread_id,

@@ -32,6 +32,7 @@ __all__ = [
     "PG_DISK_FULL_STATES",
     "PG_DOWN_CLASSES",
     "PG_DOWN_STATES",
+    "PG_MISSING_TABLE_STATES",
     "PG_READ_ONLY_STATES",
     "SQLITE_DOWN_CODES",
     "BackgroundLog",
@@ -40,6 +41,7 @@ __all__ = [
     "check_on_checkout",
     "is_backend_error",
     "is_disk_full",
+    "is_missing_table",
     "is_pool_timeout",
     "is_refused_value",
 ]
@@ -79,6 +81,12 @@ PG_READ_ONLY_STATES = frozenset({"25006"})
 # that arrives as a lost connection, then a refused one until space is freed and the
 # server is started again. psycopg raises it as an OperationalError (class 53).
 PG_DISK_FULL_STATES = frozenset({"53100"})
+# undefined_table, invalid_schema_name, undefined_column: our statements name only
+# tables of ours, so a database without one was dropped and recreated (or restored
+# empty) under us; a column is missing while the probe makes the tables again. Down
+# only once confirmed (`is_missing_table`, `RouterFailover.outage`): the backend says
+# which tables it lacks or is making; when none, the call's own error (a bug).
+PG_MISSING_TABLE_STATES = frozenset({"42P01", "3F000", "42703"})
 # Not down although the server ended or hurt only this session or statement:
 # 57P05 idle_session_timeout (one idle connection; the checkout check normally
 # discards it first), 25P03 idle_in_transaction_session_timeout, 57014
@@ -214,6 +222,12 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
     return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """True when `exc` says a table (or schema) a statement named does not exist: ours
+    were dropped with the database, unless the database still has them all."""
+    return getattr(exc, "sqlstate", None) in PG_MISSING_TABLE_STATES
 
 
 def is_pool_timeout(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ from code_hero.persistence.records import Page, RunStatus
 __all__ = [
     "RUN_EVENT_OF",
     "RUN_WEBHOOK_KEY",
+    "Claim",
     "DeliveryFilter",
     "DeliveryRecord",
     "DeliveryStatus",
@@ -95,6 +96,16 @@ class DeliveryRecord:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What one claim leased, and when a PENDING delivery it left can next be claimed."""
+
+    deliveries: list[DeliveryRecord]
+    # The earliest next try of the rest, or end of a lease another claimer holds on one
+    # (a dead replica's lapses then); None: no other delivery is PENDING.
+    next_due: datetime | None
+
+
+@dataclass(frozen=True)
 class DeliveryFilter:
     user_id: str | None = None  # None: every user's (administrators)
     webhook_id: str | None = None
@@ -130,8 +141,11 @@ class WebhookStore(Protocol):
 
     async def claim_deliveries(
         self, owner: str, *, now: datetime, until: datetime, limit: int
-    ) -> list[DeliveryRecord]:
-        """Lease up to `limit` due PENDING deliveries nobody holds (SKIP LOCKED)."""
+    ) -> Claim:
+        """Lease up to `limit` due PENDING deliveries nobody holds (SKIP LOCKED), and
+        say when the next of the others can be claimed (in the same statement on
+        PostgreSQL, which also returns the leased rows: one autocommitted statement).
+        Bounded by the due index: the first next try to come, and the due rows left."""
 
     async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
         """Delete up to `limit` DELIVERED or FAILED deliveries created before `before`;

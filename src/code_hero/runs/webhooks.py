@@ -11,10 +11,16 @@ refused destination, a redirect (never followed) or any other status is
 tried again at the next offset of the retry schedule, then FAILED.
 
 It wakes as soon as a transaction of this process commits deliveries
-(`WebhookStore.on_enqueue`), at each scheduled retry it set, and otherwise
-polls every `poll_interval` s for rows of other replicas and lapsed leases
-(other replicas' deliveries are theirs to attempt first: their own wake-up
-is immediate, so a NOTIFY would add nothing but a round trip).
+(`WebhookStore.on_enqueue`) and at each scheduled retry it set. Otherwise it
+sleeps until the time its last claim said the next PENDING delivery can be
+claimed (a retry's time, the end of a lease another replica holds), at most
+`idle_poll` s (by default the lease): other replicas' new deliveries are theirs
+to attempt first (their own wake-up is immediate, so a NOTIFY would add nothing
+but a round trip), and if that replica dies before its first try this one
+finds them within that cap. An idle gateway claims once a cap, not once a
+second (one statement on PostgreSQL). The services wake it when the primary
+serves again after an outage: a reopened primary is a new registry, whose
+enqueues reach the worker only once a claim there registered it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -82,7 +88,13 @@ class WebhookSettings:
     allow: tuple[Network, ...] = ()  # destinations allowed although private or loopback
     timeout: float = 10.0  # seconds per attempt: connect, send and answer
     secret: str | None = None  # signs deliveries to a run's own URL (whsec_...)
+    # Seconds between claims while the database is down or busy, or when a due delivery
+    # was left to a claimer that had it locked.
     poll_interval: float = 1.0
+    # The longest sleep with nothing due (another replica's new delivery waits at most
+    # this if that replica dies before trying it). None: the lease, so that waits no
+    # longer than a delivery whose claimer died waits for its lease to lapse.
+    idle_poll: float | None = None
     concurrency: int = 16  # attempts in flight in this process
     retention: float = DEFAULT_RETENTION  # seconds a DELIVERED or FAILED delivery is kept
 
@@ -91,11 +103,24 @@ class WebhookSettings:
         """How long a claim holds: well past an attempt's timeout."""
         return timedelta(seconds=2 * self.timeout + 5)
 
+    @property
+    def idle_cap(self) -> float:
+        """Seconds the worker sleeps at most between claims, woken by nothing."""
+        return self.lease.total_seconds() if self.idle_poll is None else self.idle_poll
+
+
+async def _until_woken(wake: asyncio.Event, seconds: float) -> None:
+    """Wait for `wake`, `seconds` at most."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):  # no task per wait
+            await wake.wait()
+
 
 class WebhookDispatcher:
     """Delivers the outbox of the registry `store_of()` returns (None while it is down);
     `level_of` is the level a failed claim or record is logged at (the router's
-    `background_level`: DEBUG in an outage, WARNING when busy; by default WARNING)."""
+    `background_level`: DEBUG in an outage, WARNING when busy; by default WARNING);
+    `wait(event, seconds)` is how the loop sleeps between claims (tests drive time)."""
 
     def __init__(
         self,
@@ -104,7 +129,9 @@ class WebhookDispatcher:
         *,
         owner: str | None = None,
         level_of: Callable[[BaseException], int] = lambda exc: logging.WARNING,
+        wait: Callable[[asyncio.Event, float], Awaitable[None]] = _until_woken,
     ) -> None:
+        self._wait = wait
         self._failures = BackgroundLog(log, level_of)
         self.settings = settings or WebhookSettings()
         self.owner = owner or f"webhooks-{uuid.uuid4().hex[:12]}"
@@ -156,38 +183,44 @@ class WebhookDispatcher:
     async def _run(self) -> None:
         while self._loop_task is asyncio.current_task():
             self._wake.clear()
-            full = False
+            pause = self.settings.poll_interval
             try:
-                full = await self._claim()
+                pause = await self._claim()
             except Exception as exc:  # the database is down or busy: the poll tries again
                 self._failures.failed(exc, "claiming webhook deliveries failed: %s", exc)
-            if not full:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.poll_interval):  # no task per wait
-                        await self._wake.wait()
+            if pause > 0:
+                await self._wait(self._wake, pause)
 
-    async def _claim(self) -> bool:
-        """Start attempts of what is due; True when more may be waiting."""
+    async def _claim(self) -> float:
+        """Start attempts of what is due; the seconds to sleep before the next claim
+        (0: more may be waiting)."""
         store = self._store_of()
         if store is None:
-            return False
+            return self.settings.poll_interval
         store.on_enqueue(self.wake)  # once per store (a set): the backend may be reopened
         room = self.settings.concurrency - len(self._attempts)
         if room < 1:
-            return False
+            return self.settings.idle_cap  # an attempt's end wakes the loop
         now = clock.now()
-        claimed = await store.claim_deliveries(
+        claim = await store.claim_deliveries(
             self.owner, now=now, until=now + self.settings.lease, limit=room
         )
         if self._loop_task is not asyncio.current_task():
             # Closed while claiming (its cancel dropped): an attempt started now would
             # outlive `close` and its client. The leases lapse: delivered later.
-            return False
-        for delivery in claimed:
+            return self.settings.poll_interval
+        for delivery in claim.deliveries:
             task = asyncio.get_running_loop().create_task(self._attempt(store, delivery))
             self._attempts.add(task)
             task.add_done_callback(self._attempt_done)
-        return len(claimed) == room
+        if len(claim.deliveries) == room:
+            return 0.0
+        if claim.next_due is None:
+            return self.settings.idle_cap
+        due_in = (claim.next_due - clock.now()).total_seconds()
+        if due_in <= 0:  # due, yet not claimed: another claimer had it locked
+            return self.settings.poll_interval
+        return min(due_in, self.settings.idle_cap)
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         self._attempts.discard(task)

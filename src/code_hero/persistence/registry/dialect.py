@@ -152,6 +152,8 @@ class Dialect(ABC):
     webhook_cap_lock: ClassVar[str | None] = None
     # PostgreSQL: data-modifying statements in WITH, so rows of two tables go in one.
     writable_ctes: ClassVar[bool] = False
+    # The later of two values: SQLite's two-argument max(), PostgreSQL's greatest().
+    greatest: ClassVar[str] = "max"
 
     # --- what a dialect supplies --------------------------------------------
 

@@ -34,6 +34,7 @@ from code_hero.persistence.registry.dialect import Dialect, Row, Session, dumps,
 from code_hero.persistence.webhooks import (
     RUN_EVENT_OF,
     RUN_WEBHOOK_KEY,
+    Claim,
     DeliveryFilter,
     DeliveryRecord,
     DeliveryStatus,
@@ -54,11 +55,24 @@ _INSERTED = (
     "delivery_id, webhook_id, user_id, run_id, thread_id, event, url, payload, status, "
     "attempts, created_at, next_attempt_at"
 )
-_DELIVERY_COLUMNS = (
-    "d.delivery_id, d.webhook_id, d.user_id, d.run_id, d.thread_id, d.event, d.url, d.payload, "
-    "d.status, d.attempts, d.created_at, d.last_status_code, d.last_error, d.delivered_at, "
-    "d.next_attempt_at"
+_DELIVERY_NAMES = (
+    "delivery_id",
+    "webhook_id",
+    "user_id",
+    "run_id",
+    "thread_id",
+    "event",
+    "url",
+    "payload",
+    "status",
+    "attempts",
+    "created_at",
+    "last_status_code",
+    "last_error",
+    "delivered_at",
+    "next_attempt_at",
 )
+_DELIVERY_COLUMNS = ", ".join(f"d.{column}" for column in _DELIVERY_NAMES)
 _OWNER = "(SELECT t.user_id FROM code_hero_threads t WHERE t.thread_id = ?)"
 
 
@@ -285,31 +299,83 @@ class WebhookOutbox(Dialect):
 
     async def claim_deliveries(
         self, owner: str, *, now: datetime, until: datetime, limit: int
-    ) -> list[DeliveryRecord]:
+    ) -> Claim:
         if limit < 1:
-            return []
+            return Claim([], None)
         ts_now = self._ts(utc(now))
+        claim = (
+            "UPDATE code_hero_webhook_deliveries SET lease_owner = ?, lease_expires_at = ? "
+            "WHERE delivery_id IN (SELECT r.delivery_id FROM code_hero_webhook_deliveries r "
+            "  WHERE r.status = 'PENDING' AND r.next_attempt_at <= ? "
+            "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?) "
+            # The dialect's SKIP LOCKED names the alias `r` (it was written for runs).
+            f"  ORDER BY r.next_attempt_at, r.delivery_id LIMIT ?{self.skip_locked}"
+            ") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING "
+        )
+        params = [owner, self._ts(utc(until)), ts_now, ts_now, limit, ts_now]
+        # When the rest can next be claimed, in two reads of the due index (the claim
+        # runs at every enqueue and attempt's end: never a scan of all PENDING rows):
+        # `held`, over the rows already due that this claim left (leased by another
+        # claimer, maybe dead, or beyond its room: few), the later of the next try and
+        # the lease's end; `later`, the first next try still to come.
+        held = (
+            "SELECT min(CASE WHEN h.lease_expires_at >= ? "
+            f"THEN {self.greatest}(h.next_attempt_at, h.lease_expires_at) "
+            "ELSE h.next_attempt_at END) FROM code_hero_webhook_deliveries h "
+            "WHERE h.status = 'PENDING' AND h.next_attempt_at <= ?"
+        )
+        later = (
+            "SELECT l.next_attempt_at FROM code_hero_webhook_deliveries l "
+            "WHERE l.status = 'PENDING' AND l.next_attempt_at > ? "
+            "ORDER BY l.next_attempt_at LIMIT 1"
+        )
+        due_params = [ts_now, ts_now, ts_now]
+        if self.writable_ctes:
+            # One statement leases the rows and returns them with the webhooks' secrets
+            # and the next due time: autocommitted alone (no BEGIN, no COMMIT), so no
+            # lease is committed without the rows that read it reaching us. At least one
+            # row (the LEFT JOIN's): a claim that leased nothing answers its times.
+            returned = ", ".join(f"c.{column}" for column in _DELIVERY_NAMES)
+            async with self._session() as s:
+                rows = await s.fetch(
+                    f"WITH claimed AS ({claim}{', '.join(_DELIVERY_NAMES)}) "
+                    f"SELECT n.held, n.later, {returned}, w.secret FROM (SELECT ({held} "
+                    "AND h.delivery_id NOT IN (SELECT delivery_id FROM claimed)) AS held, "
+                    f"({later}) AS later) n LEFT JOIN claimed c ON TRUE "
+                    "LEFT JOIN code_hero_webhooks w ON w.webhook_id = c.webhook_id "
+                    "ORDER BY c.next_attempt_at, c.delivery_id",
+                    [*params, *due_params],
+                    last=True,
+                )
+            next_due = self._earliest(rows[0]["held"], rows[0]["later"])
+            deliveries = [self._delivery(row) for row in rows if row["delivery_id"] is not None]
+            return Claim(deliveries, next_due)
         async with self._session(atomic=True) as s:
-            claimed = await s.fetch(
-                "UPDATE code_hero_webhook_deliveries SET lease_owner = ?, lease_expires_at = ? "
-                "WHERE delivery_id IN (SELECT r.delivery_id FROM code_hero_webhook_deliveries r "
-                "  WHERE r.status = 'PENDING' AND r.next_attempt_at <= ? "
-                "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?) "
-                # The dialect's SKIP LOCKED names the alias `r` (it was written for runs).
-                f"  ORDER BY r.next_attempt_at, r.delivery_id LIMIT ?{self.skip_locked}"
-                ") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING delivery_id",
-                [owner, self._ts(utc(until)), ts_now, ts_now, limit, ts_now],
+            ids = [row["delivery_id"] for row in await s.fetch(f"{claim}delivery_id", params)]
+            cond, known = self._in("h.delivery_id", ids)
+            (row,) = await s.fetch(
+                f"SELECT ({held} AND NOT ({cond})) AS held, ({later}) AS later",
+                [ts_now, ts_now, *known, ts_now],
+                last=not ids,
             )
-            if not claimed:
-                return []
-            cond, ids = self._in("d.delivery_id", [row["delivery_id"] for row in claimed])
+            next_due = self._earliest(row["held"], row["later"])
+            if not ids:
+                return Claim([], next_due)
+            cond, known = self._in("d.delivery_id", ids)
             rows = await s.fetch(
                 f"SELECT {_DELIVERY_COLUMNS}, w.secret FROM code_hero_webhook_deliveries d "
                 "LEFT JOIN code_hero_webhooks w ON w.webhook_id = d.webhook_id "
                 f"WHERE {cond} ORDER BY d.next_attempt_at, d.delivery_id",
-                ids,
+                known,
+                last=True,
             )
-        return [self._delivery(row) for row in rows]
+        return Claim([self._delivery(row) for row in rows], next_due)
+
+    def _earliest(self, *stored: Any) -> datetime | None:
+        """The earliest of stored timestamps that are not NULL (SQLite's min() of
+        several is NULL when one is)."""
+        times = [self._from_ts(value) for value in stored if value is not None]
+        return min(times) if times else None
 
     async def delete_finished_deliveries(self, before: datetime, *, limit: int) -> int:
         if limit < 1:

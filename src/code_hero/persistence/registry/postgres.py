@@ -337,6 +337,7 @@ class PostgresRegistry(SqlRegistry):
     skip_locked: ClassVar[str] = " FOR UPDATE OF r SKIP LOCKED"
     for_update: ClassVar[str] = " FOR UPDATE"
     writable_ctes: ClassVar[bool] = True
+    greatest: ClassVar[str] = "greatest"
     webhook_cap_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::int, hashtext(?))"
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"

@@ -1,6 +1,9 @@
 """Degraded mode: runs through a PostgreSQL outage, and the sync back afterwards.
 
-    python bench/outage.py [--runs 320] [--rounds 3]
+    python bench/outage.py [--runs 320] [--rounds 3] [--durable]
+
+With `--durable` the fallback is the durable one `code-hero serve` uses on
+PostgreSQL (a SQLite file and its journal, in a temporary folder), not memory.
 
 PostgreSQL sits behind the test suite's `BlackHoleProxy`: `refuse()` takes it
 down for this process only, `forward()` brings it back; the server itself
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +48,8 @@ from code_hero.persistence.records import RunStatus
 from code_hero.runs.executor import StartRun
 
 ROOT = Path(__file__).resolve().parent.parent
+# The durable fallback's folder (`--durable`); None: the fallback is in memory.
+FALLBACK_DIR: Path | None = None
 WORKERS = 16
 PROBE_INTERVAL = 0.2
 GRAPH = f"{ROOT / 'bench' / 'chain.py'}:small_graph"
@@ -56,11 +62,13 @@ async def proxied_gateway(
 ) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
     """A gateway whose PostgreSQL goes through a proxy the bench cuts and restores."""
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        durable = None if FALLBACK_DIR is None else str(FALLBACK_DIR / "fallback.sqlite")
         config = create_postgres_checkpointer(
             with_port(url, proxy.port),
             pool_max_size=WORKERS,
             pool_timeout=1,
             health_check_interval=probe_interval,
+            fallback_path=durable,
         )
         settings = GatewaySettings(
             checkpointer=config, graphs={"small": GRAPH}, max_concurrent_runs=WORKERS
@@ -161,7 +169,8 @@ async def degraded_vs_healthy(url: str, runs: int, rounds: int) -> list[str]:
     ratio = median(ratios)
     print(f"{WORKERS} runs in flight, 4-node graph, {runs} runs per round, {rounds} rounds A/B")
     print(f"  healthy (PostgreSQL):  {median(healthy):8.1f} runs/s  {[round(x) for x in healthy]}")
-    print(f"  degraded (in memory):  {median(down):8.1f} runs/s  {[round(x) for x in down]}")
+    where = "in memory" if FALLBACK_DIR is None else "durable"
+    print(f"  degraded ({where}):  {median(down):8.1f} runs/s  {[round(x) for x in down]}")
     print(f"  degraded / healthy per round {[round(r, 2) for r in ratios]}, failures {failures}")
     for pending, seconds in waits:
         print(f"  after a round: {pending} journal entries synced back in {seconds:.2f}s")
@@ -230,7 +239,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=320, help="runs per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--durable", action="store_true", help="a durable fallback")
     args = parser.parse_args()
+    global FALLBACK_DIR
+    if args.durable:
+        FALLBACK_DIR = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     # Each outage would log the pool's reconnection attempts and the switches.
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("psycopg").setLevel(logging.ERROR)

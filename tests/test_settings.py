@@ -97,3 +97,26 @@ def test_lock_timeout_from_the_environment() -> None:
     assert checkpointer_from_env({"CODE_HERO_DATABASE_URL": "postgresql://db/x"}).lock_timeout == 5
     with pytest.raises(ConfigurationError, match="CODE_HERO_LOCK_TIMEOUT"):
         checkpointer_from_env({"CODE_HERO_LOCK_TIMEOUT": "-1"})
+
+
+def test_the_durable_fallback_is_postgresqls_by_default_and_sqlites_when_set(
+    tmp_path: Path,
+) -> None:
+    from code_hero.settings import checkpointer_from_env
+
+    pg = {"CODE_HERO_DATABASE_URL": "postgresql://db/x"}
+    assert checkpointer_from_env(pg).fallback_path == "code-hero-fallback.sqlite"
+    elsewhere = str(tmp_path / "f.sqlite")
+    assert (
+        checkpointer_from_env({**pg, "CODE_HERO_FALLBACK_PATH": elsewhere}).fallback_path
+        == elsewhere
+    )
+    assert checkpointer_from_env({**pg, "CODE_HERO_FALLBACK_PATH": "memory"}).fallback_path is None
+    lite = {"CODE_HERO_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite"}
+    assert checkpointer_from_env(lite).fallback_path is None  # its disk would go with it
+    assert (
+        checkpointer_from_env({**lite, "CODE_HERO_FALLBACK_PATH": elsewhere}).fallback_path
+        == elsewhere
+    )
+    with pytest.raises(ConfigurationError, match="the database itself"):
+        checkpointer_from_env({**lite, "CODE_HERO_FALLBACK_PATH": f"{tmp_path}/db.sqlite"})

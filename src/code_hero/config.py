@@ -87,6 +87,9 @@ class CheckpointerConfig:
     # SQLite: the connection's page cache, at most (SQLite's default: 2,000 KiB). Pages
     # beyond it are read again through the operating system's file cache.
     sqlite_cache_kib: int = 512
+    # The durable fallback's SQLite file (`persistence/outagefile.py`): what an outage's
+    # fallback takes survives the process's death. None: the fallback is in memory.
+    fallback_path: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,15 @@ class CheckpointerConfig:
             raise ConfigurationError("max_pending_sync must be at least 1")
         if self.sqlite_cache_kib < 1:
             raise ConfigurationError("sqlite_cache_kib must be at least 1")
+        if (
+            self.fallback_path
+            and self.database_path
+            and _same_file(self.fallback_path, self.database_path)
+        ):
+            raise ConfigurationError(
+                f"the fallback's file {self.fallback_path} is the database itself: set "
+                "CODE_HERO_FALLBACK_PATH to another file (on another disk)"
+            )
         if self.health_check_interval <= 0 or self.pool_timeout <= 0:
             raise ConfigurationError("health_check_interval and pool_timeout must be positive")
 
@@ -137,6 +149,10 @@ class CheckpointerConfig:
         if self.kind == "sqlite":
             return f"sqlite:///{self.database_path}"
         return "memory://"
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def redact_url(url: str) -> str:

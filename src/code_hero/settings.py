@@ -75,6 +75,10 @@ ENVIRONMENT: dict[str, str] = {
         "(default 5; 0: no bound)"
     ),
     "CODE_HERO_MAX_PENDING_SYNC": "writes held for the database during an outage (100000)",
+    "CODE_HERO_FALLBACK_PATH": (
+        "serve's durable outage fallback, a SQLite file (PostgreSQL default "
+        "code-hero-fallback.sqlite; SQLite: memory unless set); memory: none"
+    ),
     "CODE_HERO_SQLITE_CACHE_KIB": "SQLite's page cache, KiB (default 512; SQLite's own: 2000)",
     "CODE_HERO_SHUTDOWN_GRACE": "seconds runs get to end on SIGTERM before being handed on (10)",
     "CODE_HERO_THREAD_TTL": "seconds after its last update a thread is deleted (unset: never)",
@@ -121,6 +125,8 @@ ENVIRONMENT: dict[str, str] = {
     ),
 }
 
+# The durable fallback's file when the primary is PostgreSQL, beside SQLite's default.
+DEFAULT_FALLBACK_PATH = "code-hero-fallback.sqlite"
 DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none unless set
 # Query cost points (see code_hero.schema.cost), with authentication on: a dashboard
 # polling a few pages of 20 rows (about 250 points each) every second spends under a
@@ -315,7 +321,19 @@ def checkpointer_from_env(
         max_pending_sync=journal,
         sqlite_cache_kib=cache,
         lock_timeout=lock_timeout,
+        fallback_path=_fallback_path(env, config.kind),
     )
+
+
+def _fallback_path(env: Mapping[str, str], kind: str) -> str | None:
+    """The durable fallback's file: set, or the default for a PostgreSQL primary (a
+    SQLite primary's full or read-only disk would take a file beside it with it)."""
+    path = _text(env, "CODE_HERO_FALLBACK_PATH")
+    if path is not None and path.lower() == "memory":
+        return None
+    if path is None and kind == "postgres":
+        return DEFAULT_FALLBACK_PATH
+    return path if kind != "memory" else None
 
 
 def settings_from_env(

@@ -44,7 +44,12 @@ async def test_a_database_lock_timeout_of_zero_wins(pg_database: str) -> None:
 
 @pytest.mark.postgres
 async def test_a_lock_timeout_of_zero_sets_no_bound(pg_database: str) -> None:
-    env = {"CODE_HERO_DATABASE_URL": pg_database, "CODE_HERO_LOCK_TIMEOUT": "0"}
+    # The memory fallback: serve's durable one would be a file in the working folder.
+    env = {
+        "CODE_HERO_DATABASE_URL": pg_database,
+        "CODE_HERO_LOCK_TIMEOUT": "0",
+        "CODE_HERO_FALLBACK_PATH": "memory",
+    }
     config = checkpointer_from_env(env)
     assert config.lock_timeout == 0
     async with _manager(config) as manager:

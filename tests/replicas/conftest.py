@@ -81,6 +81,8 @@ class Cluster:
             "CODE_HERO_LEASE_SECONDS": "2",
             "CODE_HERO_SHUTDOWN_GRACE": "0.5",
             "CODE_HERO_HEALTH_INTERVAL": "1",
+            # The durable fallback's files in the test's folder, not the working one's.
+            "CODE_HERO_FALLBACK_PATH": str(self.tmp / "fallback.sqlite"),
             **env,
         }
         log = open(self.tmp / f"{name}-{port}.log", "wb")

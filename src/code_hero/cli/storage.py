@@ -83,7 +83,14 @@ async def operator_gateway(
             graphs={},
             default_graph=None,
         )
-    one_shot = replace(settings, claim_others=False, require_primary=True)
+    # The durable fallback is a server's: a command beside it would take a file of its
+    # own, or resume a dead server's outage; its runs' fallback is in memory.
+    one_shot = replace(
+        settings,
+        checkpointer=settings.checkpointer.with_options(fallback_path=None),
+        claim_others=False,
+        require_primary=True,
+    )
     async with Gateway(one_shot) as gateway:
         yield gateway
 

@@ -505,6 +505,23 @@ class SqliteBackend(Backend):
             await self._conn.execute("DELETE FROM writes WHERE thread_id = ?", (thread_id,))
         return int(removed)
 
+    async def forget(self, keep: set[str]) -> None:
+        # A durable fallback's file, emptied after the switch back (kept: quarantined).
+        where, params = "", tuple[str, ...]()
+        if keep:
+            where = " WHERE thread_id NOT IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(sorted(keep)),)
+        assert isinstance(self.registry, SqliteRegistry)
+        async with self.registry.transaction():
+            for table in (*_FALLBACK_TABLES, "code_hero_deleted_threads"):
+                await self._conn.execute(f"DELETE FROM {table}{where}", params)
+
+    async def forget_thread(self, thread_id: str) -> None:
+        assert isinstance(self.registry, SqliteRegistry)
+        async with self.registry.transaction():
+            for table in _FALLBACK_TABLES:
+                await self._conn.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
+
     async def keep_latest(self, thread_id: str, keep: int) -> int:
         # The registry's tables are in this file, on this connection: the forks and the
         # edit claim are read by the DELETE itself (one statement, under the lock every
@@ -531,6 +548,16 @@ class SqliteBackend(Backend):
                 (thread_id,),
             )
         return int(removed)
+
+
+# What a fallback's file holds of a thread (`SqliteBackend.forget`).
+_FALLBACK_TABLES = (
+    "checkpoints",
+    "writes",
+    "code_hero_run_events",
+    "code_hero_runs",
+    "code_hero_threads",
+)
 
 
 def open_backend(config: CheckpointerConfig) -> Backend:

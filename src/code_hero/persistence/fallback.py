@@ -7,10 +7,11 @@ also journalled. When the primary answers again, `recover()` replays the
 journal into it (`recovery.py`), then the primary serves again. Reads during
 an outage see both: threads written meanwhile are read from the fallback first.
 
-Graphs reach the router through `ManagedSaver` (`managed.py`). What the
-fallback holds lives in process memory: a process that dies during an outage
-loses what it wrote meanwhile. Opening and probing a slot is bounded
-(`slots.py`).
+Graphs reach the router through `ManagedSaver` (`managed.py`). The fallback
+is in memory, or durable (`outagefile.py`: a SQLite file, the journal and the
+router's state beside it), when a process that dies during an outage must leave
+what it acknowledged to the next one, which resumes that outage at `open`.
+Opening and probing a slot is bounded (`slots.py`).
 
 The router is one class in four modules: its state and errors
 (`fallback_state.py`), failing over (`fallback_failover.py`), deleting threads
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -87,26 +89,65 @@ class FallbackRouter(RouterDeletes):
     """
 
     async def open(self) -> None:
-        """Open every slot; the first that opens becomes active."""
+        """Open every slot; the first that opens becomes active. With a durable
+        fallback, an outage a dead process left in its files is resumed: served from
+        the fallback, and copied into the primary at once if it answers."""
         for index, slot in enumerate(self.slots):
             await slot.open(self.calls, enforce_references=slot is self.primary)
             if slot.healthy and self.active is None:
                 self.active = index
+        left = await self._attach_store()
         if self.active is None:
             log.error("no checkpoint backend could be opened: running without checkpoints")
         elif self.active != 0:
             self.metrics.switched()
-            self.degraded_since = self._outage_began = clock.now()
+            self.degraded_since, self._outage_began = left or (clock.now(), clock.now())
+            self.save_outage()
             log.warning(
                 "primary checkpoint backend %s is unavailable (%s); serving from %s",
                 self.primary.config.describe(),
                 self.primary.last_error,
                 self.slots[self.active].label,
             )
+        elif left is not None and self.slots[1].backend is not None:
+            # The primary answers: the dead process's outage ends now, as its own would.
+            self.active = 1
+            self.metrics.switched()
+            self.degraded_since, self._outage_began = left
+            await self.recover()
         self.stalls.start()
 
+    async def _attach_store(self) -> tuple[datetime, datetime] | None:
+        """Load what a dead process left in the journal's file, if any: its entries, the
+        threads it left to the fallback; the outage it was in (when it began), if any."""
+        if self.store is None:
+            return None
+        loaded = self.journal.attach(self.store, self.copied_seqs)
+        self.local_threads |= loaded.local_threads
+        self.fallback_threads |= loaded.fallback_threads
+        outage = loaded.state.get("outage")
+        if outage is None and loaded.empty and not self.local_threads | self.fallback_threads:
+            # Whatever the data file holds, no entry needs it (a switch back cut short).
+            fallback = self.slots[1].backend if len(self.slots) > 1 else None
+            if fallback is not None:
+                await fallback.forget(set())
+        if outage is None:
+            return None
+        since, began = outage
+        log.warning(
+            "resuming the outage a previous process left in %s (since %s): %d writes "
+            "(%d quarantined) on %d threads wait for the primary",
+            self.store.path,
+            since.isoformat() if since else "?",
+            len(self.journal),
+            len(self.journal.quarantine),
+            len(self.journal.threads()),
+        )
+        now = clock.now()
+        return since or now, began or since or now
+
     async def close(self) -> None:
-        """Close every opened backend."""
+        """Close every opened backend (and release the journal's file)."""
         await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:
@@ -114,6 +155,9 @@ class FallbackRouter(RouterDeletes):
                 slot.backend = None
         self.active = None
         await self.stalls.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = self.journal.store = None
 
     # -------------------------------------------------------------- writes
     async def write(
@@ -197,7 +241,7 @@ class FallbackRouter(RouterDeletes):
                 else:
                     self.journal.append(entry())
                     if thread_id not in self.local_threads:
-                        self.fallback_threads.add(thread_id)
+                        self.note_fallback(thread_id)
                 return result
             return None
 
@@ -437,3 +481,4 @@ class FallbackRouter(RouterDeletes):
         for slot in self.slots[1:]:
             if slot.backend is not None:
                 await slot.backend.forget(keep=kept)
+        self.save_outage()  # no outage; only the kept threads stay the fallback's

@@ -71,7 +71,7 @@ class FallbackClaims(RoutedRegistry):
                 owner=owner,
                 new_thread=new_thread,
             )
-            self.router.local_threads.add(run.thread_id)
+            self.router.note_local(run.thread_id)
             if admitted[0] is not None:
                 self._copy_thread(run.thread_id)
             return admitted

@@ -109,7 +109,7 @@ class RouterDeletes(RouterFailover):
             if not self.serving:
                 self.journal.append(DeleteThread(thread_id))
                 return None if marked is None else removed
-            self.local_threads.discard(thread_id)
+            self.drop_noted(thread_id)
             self.uncarried_marks.discard(thread_id)
             primary = self.primary
             assert primary.backend is not None

@@ -192,6 +192,7 @@ class RouterFailover(RouterState):
             self.local_threads.clear()
             self.fallback_threads.clear()
             self.uncarried_marks.clear()
+            self.save_outage()
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)

@@ -38,7 +38,7 @@ class FallbackLifecycle(RoutedRegistry):
                 raise self.router.unavailable("creating a thread under this id")
             self._room()
             created = await self._local("creating a thread").create_thread(thread)
-            self.router.local_threads.add(thread.thread_id)
+            self.router.note_local(thread.thread_id)
             if created is not None:
                 self._copy_thread(thread.thread_id)
             return created

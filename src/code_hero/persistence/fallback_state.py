@@ -17,7 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.coalesce import Coalescer
@@ -27,6 +27,9 @@ from code_hero.persistence.records import Registry
 from code_hero.persistence.slots import BackendSlot, BoundedCalls
 from code_hero.persistence.stalls import StallWatch
 from code_hero.persistence.unreachable import is_backend_error
+
+if TYPE_CHECKING:
+    from code_hero.persistence.outagefile import OutageFile
 
 __all__ = ["PoolBusyError", "PrimaryUnreachableError", "RouterState", "Tables"]
 
@@ -60,8 +63,11 @@ class RouterState:
         *,
         journal_limit: int = 100_000,
         probe_interval: float = 5.0,
+        store: OutageFile | None = None,
     ) -> None:
         self.slots = list(slots)
+        # The durable fallback's journal file (`outagefile.py`), attached at `open`.
+        self.store = store
         self.probe_interval = probe_interval
         self.metrics = metrics
         self.active: int | None = None
@@ -166,6 +172,37 @@ class RouterState:
             return now
         began, ended = self.last_outage
         return min(now, began) if now < ended + (ended - began) + lease else now
+
+    def note_local(self, thread_id: str) -> None:
+        """The thread was born in the outage: the fallback holds all of it."""
+        if thread_id not in self.local_threads:
+            self.local_threads.add(thread_id)
+            if self.store is not None:
+                self.journal._stored("a thread", "note_thread", thread_id, "local")
+
+    def note_fallback(self, thread_id: str) -> None:
+        """A run went on writing the thread's checkpoints to the fallback."""
+        if thread_id not in self.fallback_threads:
+            self.fallback_threads.add(thread_id)
+            if self.store is not None:
+                self.journal._stored("a thread", "note_thread", thread_id, "fallback")
+
+    def drop_noted(self, thread_id: str) -> None:
+        """The fallback holds the thread no longer (deleted, or its copies forgotten)."""
+        self.fallback_threads.discard(thread_id)
+        self.local_threads.discard(thread_id)
+        if self.store is not None:
+            self.journal._stored("a thread", "forget_thread", thread_id)
+
+    def save_outage(self) -> None:
+        """Keep when the outage under way began (None: none) in the journal's file, and
+        only the threads it holds now: what a restarted process resumes it with."""
+        if self.store is None:
+            return
+        outage = None if self.serving else (self.degraded_since, self._outage_began)
+        kept = self.local_threads | self.fallback_threads
+
+        self.journal._stored("the outage's state", "save_outage", outage, kept)
 
     def is_local(self, thread_id: str) -> bool:
         """True when the fallback holds all of the thread (it was born during the outage)."""

@@ -40,6 +40,11 @@ Three rules make that lose nothing:
 
 The journal has a limit: when it is full a new write fails (UNAVAILABLE)
 instead of the process growing until the kernel kills it.
+
+With a durable fallback (`outagefile.py`) every entry is also committed to the
+journal's file as it is appended, before the write it records is acknowledged,
+and removed from it when it leaves the journal: a process that dies leaves the
+file as the journal was, for the next one to load (`attach`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites, Refusal
@@ -62,6 +67,7 @@ from code_hero.persistence.unreachable import is_refused_value
 
 if TYPE_CHECKING:
     from code_hero.persistence.backends import Backend
+    from code_hero.persistence.outagefile import Loaded, OutageFile
 
 # Entry and the checkpoint entries are re-exported: the journal's callers name them.
 __all__ = [
@@ -116,6 +122,73 @@ class Journal:
         self.refused_runs: dict[str, Refusal] = {}
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
+        # The durable fallback's journal file, if any, and each entry's rows there (by
+        # the entry object's id: an entry deferred to the tail gets a new row).
+        self.store: OutageFile | None = None
+        self._seqs: dict[int, list[int]] = {}
+        self._store_failing = False
+
+    def attach(self, store: OutageFile, copied: dict[str, int]) -> Loaded:
+        """Keep the journal in `store` from now on, after loading what it holds (a dead
+        process's outage); `copied` is the router's map the copies share."""
+        from code_hero.persistence.outagefile import load_entry
+
+        loaded = store.load()
+        self.refused_runs.update(loaded.state.get("refused") or {})
+        for seq, body in loaded.entries:
+            entry = load_entry(body, copied=copied, refused=self.refused_runs)
+            self._in_memory(entry)
+            self._seqs.setdefault(id(entry), []).append(seq)
+        for seq, body, failures, error in loaded.quarantined:
+            entry = load_entry(body, copied=copied, refused=self.refused_runs)
+            self.quarantine.append(Quarantined(entry, failures, error))
+            self._seqs.setdefault(id(entry), []).append(seq)
+        self.store = store
+        return loaded
+
+    def _stored(self, what: str, method: str, *args: Any) -> object:
+        """A call on the journal's file; a failure (a full disk) is logged, once until
+        one succeeds, and the journal goes on in memory: the emergency slot, on the
+        same terms as the memory fallback, rather than no writes at all."""
+        if self.store is None:
+            return None
+        try:
+            result = getattr(self.store, method)(*args)
+        except Exception as exc:
+            if not self._store_failing:
+                self._store_failing = True
+                log.error(
+                    "the fallback's journal file %s.entries could not be written (%s): "
+                    "outage writes are kept in memory only until it can",
+                    self.store.path,
+                    exc,
+                )
+            else:
+                log.debug("%s in the journal's file failed: %s", what, exc)
+            return None
+        self._store_failing = False
+        return result
+
+    @property
+    def durable(self) -> bool:
+        """True when every entry waiting is in the journal's file too."""
+        return self.store is not None and all(
+            id(e) in self._seqs for e in [*self.entries, *(q.entry for q in self.quarantine)]
+        )
+
+    def _unstore(self, entry: Entry) -> int | None:
+        """The oldest row of an entry leaving the journal (None: not in the file)."""
+        seqs = self._seqs.get(id(entry))
+        if not seqs:
+            return None
+        seq = seqs.pop(0)
+        if not seqs:
+            del self._seqs[id(entry)]
+        return seq
+
+    def _save_refusals(self) -> None:
+        refused = dict(self.refused_runs)
+        self._stored("saving refusals", "set_state", "refused", refused)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -143,6 +216,13 @@ class Journal:
         key = entry.key
         if key is not None and key in self._keyed:
             return
+        seq = self._stored("an entry", "add", entry)
+        self._in_memory(entry)
+        if isinstance(seq, int):
+            self._seqs.setdefault(id(entry), []).append(seq)
+
+    def _in_memory(self, entry: Entry) -> None:
+        key = entry.key
         self.entries.append(entry)
         self._per_thread[entry.thread_id] += 1
         if key is not None:
@@ -190,10 +270,14 @@ class Journal:
                     for index, entry in enumerate(batch)
                     if replays[index] is not entry and entry.thread_id not in gone
                 }
-                unreachable = self._settle(batch, outcomes, on_synced, deferred)
+                unreachable, removed = self._settle(batch, outcomes, on_synced, deferred)
                 for index, entry in enumerate(batch):
                     if index in deferred and outcomes[index].done:
                         self.append(entry)  # the finished runs: behind their checkpoints
+                # Only now, the copies deferred in the file again: a process that dies
+                # in between leaves them twice there (replaying twice is harmless).
+                if removed:
+                    self._stored("removing entries", "remove", removed)
                 if unreachable is None:
                     await _purge_deleted(primary, _replayed(batch, gone), judge, step_timeout)
             if unreachable is not None:
@@ -293,25 +377,34 @@ class Journal:
         outcomes: list[_Outcome],
         on_synced: Callable[[], None],
         deferred: set[int],
-    ) -> BaseException | None:
+    ) -> tuple[BaseException | None, list[int]]:
         """Pop the batch's settled prefix; the rest stays (replaying twice is harmless).
         A `deferred` entry's copy goes to the tail: counted synced there, once.
 
-        Returns the first error that said the primary is unreachable, if any.
+        Returns the first error that said the primary is unreachable, if any, and the
+        rows of the journal's file the popped entries leave (for the caller to remove).
         """
         prefix = True
+        removed: list[int] = []
         for index, (entry, outcome) in enumerate(zip(batch, outcomes, strict=True)):
             if prefix and outcome.done:
                 self._pop()
+                if (seq := self._unstore(entry)) is not None:
+                    removed.append(seq)
                 if index not in deferred:
                     on_synced()
             elif prefix and outcome.error is not None and not outcome.unreachable:
                 self._pop()
-                self.quarantine.append(Quarantined(entry, 1, _describe(outcome.error)))
+                item = Quarantined(entry, 1, _describe(outcome.error))
+                self.quarantine.append(item)
+                seqs = self._seqs.get(id(entry))
+                if seqs:
+                    seq = seqs[0]
+                    self._stored("a quarantine", "quarantine", seq, 1, item.last_error)
             else:
                 prefix = False
                 self._restart(entry)
-        return next((o.error for o in outcomes if o.unreachable), None)
+        return next((o.error for o in outcomes if o.unreachable), None), removed
 
     def _pop(self) -> None:
         thread_id = self.entries.popleft().thread_id
@@ -364,8 +457,15 @@ class Journal:
                     self._note_refused(item.entry, exc)
                     item.failures += 1
                     item.last_error = _describe(exc)
+                    seqs = self._seqs.get(id(item.entry))
+                    if seqs:
+                        self._stored(
+                            "a quarantine", "quarantine", seqs[0], item.failures, item.last_error
+                        )
                     continue
                 self.quarantine.popleft()
+                if (seq := self._unstore(item.entry)) is not None:
+                    self._stored("removing an entry", "remove", [seq])
                 # Replayed, or dropped because another replica deleted its thread:
                 # either way the refusal no longer holds of its run.
                 self._forget_refusals()
@@ -379,6 +479,7 @@ class Journal:
             refusal = self.refused_runs.setdefault(run_id, Refusal(_describe(exc)))
             if isinstance(entry, PutCheckpoint | PutWrites):
                 refusal.note(*entry.position)
+            self._save_refusals()
 
     def _forget_refusals(self) -> None:
         """Keep the refused runs whose refused entry the quarantine still holds."""
@@ -386,6 +487,7 @@ class Journal:
             held = {getattr(q.entry, "written_by", None) for q in self.quarantine}
             for run_id in [r for r in self.refused_runs if r not in held]:
                 del self.refused_runs[run_id]
+            self._save_refusals()
 
     async def drop_thread(self, thread_id: str) -> int:
         """Forget every entry of a deleted thread (never the one being replayed)."""
@@ -395,6 +497,10 @@ class Journal:
     def drop_thread_locked(self, thread_id: str) -> int:
         """`drop_thread` for a caller that holds the step lock."""
         before = len(self.entries) + len(self.quarantine)
+        for gone in [*self.entries, *(q.entry for q in self.quarantine)]:
+            if gone.thread_id == thread_id:
+                self._seqs.pop(id(gone), None)
+        self._stored("dropping a thread", "remove_thread", thread_id)
         self.entries = deque(e for e in self.entries if e.thread_id != thread_id)
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}

@@ -1,7 +1,8 @@
 """`EnhancedCheckpointerManager`: one manager over every checkpoint backend.
 
-It opens the configured primary with a memory fallback and an emergency
-memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
+It opens the configured primary with a fallback (in memory, or a SQLite file
+with the outage journal beside it: `fallback_path`, `outagefile.py`) and an
+emergency memory saver behind it, hands graphs a `ManagedSaver`, probes the backends in
 the background and heals back to the primary, and serves the reads the
 gateway needs: threads from the registry, checkpoints and history with keyset
 paging, deletion, retention and metrics.
@@ -28,7 +29,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from code_hero import __version__
-from code_hero.config import CheckpointerConfig, config_for_environment, create_memory_checkpointer
+from code_hero.config import (
+    CheckpointerConfig,
+    config_for_environment,
+    create_memory_checkpointer,
+    create_sqlite_checkpointer,
+)
 from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
 from code_hero.limits import Limits
 from code_hero.persistence.backends import Backend
@@ -43,6 +49,7 @@ from code_hero.persistence.fallback_registry import FallbackRegistry
 from code_hero.persistence.health import HealthReport, report_of, status_of
 from code_hero.persistence.managed import ManagedSaver
 from code_hero.persistence.metrics import Metrics
+from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import (
     DeletionMark,
     Page,
@@ -123,14 +130,24 @@ class EnhancedCheckpointerManager:
         """Open the backends (or retry the primary); True when the primary serves."""
         if self._router is None:
             slots = [BackendSlot("primary", self.config)]
+            store: OutageFile | None = None
             if self.config.enable_fallback:
-                slots.append(BackendSlot("fallback", create_memory_checkpointer()))
+                fallback = create_memory_checkpointer()
+                if self.config.fallback_path:
+                    # A durable fallback: a SQLite file of this process's own, its journal
+                    # beside it (`outagefile.py`); what a dead process left is resumed.
+                    store = OutageFile.claim(self.config.fallback_path, self.config.describe())
+                    fallback = create_sqlite_checkpointer(
+                        store.data_path, sqlite_cache_kib=self.config.sqlite_cache_kib
+                    )
+                slots.append(BackendSlot("fallback", fallback))
                 slots.append(BackendSlot("emergency", create_memory_checkpointer()))
             self._router = FallbackRouter(
                 slots,
                 self.metrics,
                 journal_limit=self.config.max_pending_sync,
                 probe_interval=self.config.health_check_interval,
+                store=store,
             )
             self._registry = FallbackRegistry(self._router)
             await self._router.open()
@@ -163,6 +180,16 @@ class EnhancedCheckpointerManager:
         self._refresh_status()
         if router.active == 0:
             return True
+        if router.store is not None and router.journal.durable:
+            self.logger.warning(
+                "closing with the copy-back unfinished: %d outage writes (%d quarantined) "
+                "on %d threads wait in %s for the next server started with this setting",
+                len(router.journal),
+                len(router.journal.quarantine),
+                len(router.journal.threads()),
+                router.store.path,
+            )
+            return False
         # Lost with this process's memory: what the operator needs to know it lost.
         self.logger.error(
             "closing with the copy-back unfinished: %d outage writes (%d quarantined) on "

@@ -276,8 +276,7 @@ async def _deleted_since(router: FallbackRouter, thread_id: str) -> datetime | N
 
 async def _forget_copies(router: FallbackRouter, thread_id: str) -> None:
     """The fallbacks forget a thread kept across a recovery (its entries settled)."""
-    router.fallback_threads.discard(thread_id)
-    router.local_threads.discard(thread_id)
+    router.drop_noted(thread_id)
     router.uncarried_marks.discard(thread_id)
     for slot in router.slots[1:]:
         if slot.backend is not None:

@@ -1,0 +1,316 @@
+"""The durable fallback's files: what an outage leaves survives the process's death.
+
+With `CheckpointerConfig.fallback_path` set (`code-hero serve` on PostgreSQL sets it
+by default), the fallback slot is a SQLite file (the ordinary `SqliteBackend`), and
+the outage journal and the router's state live in a second SQLite file beside it,
+`<path>.entries`, written by `OutageFile`:
+
+    entries   one row per journal entry, in order (`seq`), quarantined ones flagged,
+              each a pickled entry (`dump_entry`)
+    threads   the threads the outage left to the fallback: local (born in it) or
+              fallback (its newest checkpoints there)
+    state     when the outage began, the runs the primary refused, the primary's name
+
+A write is acknowledged only once its entry is committed here (WAL, synchronous =
+NORMAL: a commit survives the process's death, not a power loss), so a process
+that dies during an outage leaves every write it acknowledged behind, and the
+next process with the same configuration loads it (`FallbackRouter.open`) and
+copies it into the primary.
+
+The journal's file is written on the event loop's thread through the stdlib's
+sqlite3, not through the fallback's aiosqlite connection: an entry is committed
+in the same synchronous step that appends it to the in-memory journal (no await
+between the write's acknowledgement and its entry), and a second connection on
+the data file would wait for the aiosqlite one's write lock while holding the
+loop that connection needs. A commit without an fsync costs tens of microseconds.
+
+Entries are pickled: checkpoints carry arbitrary channel values, and a journal
+entry holds records, enums and times the saver's serde would not give back as
+they were; the file is this process's own (mode 0600, locked), written and read
+by the same code. The maps entries share (`copied`, `refused`) are left out and
+joined again at load.
+
+One process per file: the journal's connection holds SQLite's exclusive lock
+(`locking_mode = EXCLUSIVE`) until it closes, which the kernel drops when the
+process dies. A process that finds the file locked takes the next name
+(`<stem>-2<suffix>`, ...), so replicas on one machine each have their own, and a
+restarted one takes a free file, with what a dead one left in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from code_hero.errors import ConfigurationError
+from code_hero.persistence import entries as entry_kinds
+from code_hero.persistence.entries import Entry, Refusal
+
+__all__ = [
+    "FallbackFileBusyError",
+    "Loaded",
+    "OutageFile",
+    "dump_entry",
+    "load_entry",
+]
+
+log = logging.getLogger(__name__)
+
+# Names tried after the configured one when each is held by a live process.
+MAX_FILES = 32
+# Fields that entries share with the journal or the router (joined again at load).
+_SHARED = ("copied", "refused")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entries (
+        seq INTEGER PRIMARY KEY, thread_id TEXT NOT NULL, body BLOB NOT NULL,
+        quarantined INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT)""",
+    "CREATE INDEX IF NOT EXISTS entries_thread ON entries (thread_id)",
+    """CREATE TABLE IF NOT EXISTS threads (
+        thread_id TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (thread_id, kind))""",
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+)
+
+
+class FallbackFileBusyError(ConfigurationError):
+    """Every fallback file name is held by another live process."""
+
+
+def dump_entry(entry: Entry) -> bytes:
+    """An entry as bytes: its kind and fields, without the maps it shares."""
+    assert is_dataclass(entry)
+    values = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name not in _SHARED}
+    if "config" in values:  # a checkpoint's: LangGraph's runtime rides in it too
+        values["config"] = _portable(values["config"])
+    return pickle.dumps((type(entry).__name__, values), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_entry(body: bytes, *, copied: dict[str, int], refused: Mapping[str, Refusal]) -> Entry:
+    """An entry from `dump_entry`'s bytes, sharing `copied` and `refused` again."""
+    name, values = pickle.loads(body)  # this process's own locked file
+    kind = getattr(entry_kinds, name)
+    names = {f.name for f in fields(kind)}
+    if "copied" in names:
+        values["copied"] = copied
+    if "refused" in names:
+        values["refused"] = refused
+    entry: Entry = kind(**values)
+    return entry
+
+
+# What a saver reads of a checkpoint's config: its keys' plain values (the stock savers'
+# `get_checkpoint_metadata` takes str, int, float and bool ones; ids may be UUIDs).
+_PLAIN = (str, int, float, bool, type(None), UUID)
+
+
+def _portable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config without what only the process that ran it holds (LangGraph's
+    stream writers, callbacks, the runtime): the keys a saver reads, plain values."""
+    return {
+        part: {
+            k: v
+            for k, v in (config.get(part) or {}).items()
+            if not k.startswith("__") and isinstance(v, _PLAIN)
+        }
+        for part in ("configurable", "metadata")
+        if part in config
+    }
+
+
+@dataclass
+class Loaded:
+    """What a dead process's outage left: entries in order, the quarantine, state."""
+
+    entries: list[tuple[int, bytes]]
+    quarantined: list[tuple[int, bytes, int, str]]
+    local_threads: set[str]
+    fallback_threads: set[str]
+    state: dict[str, Any]
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing waits for the primary."""
+        return not self.entries and not self.quarantined
+
+
+class OutageFile:
+    """The journal's file: entries, the outage's threads and state, held by one process."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path  # the fallback's data file; the journal is `<path>.entries`
+        self._conn = conn
+
+    @property
+    def data_path(self) -> str:
+        """The fallback's SQLite file (the `SqliteBackend` of the fallback slot)."""
+        return str(self.path)
+
+    @classmethod
+    def claim(cls, path: str, primary: str) -> OutageFile:
+        """Lock the first free file of `path`'s names that holds no other database's
+        outage; FallbackFileBusyError when every name is held."""
+        base = Path(path)
+        held: list[str] = []
+        for n in range(1, MAX_FILES + 1):
+            candidate = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+            conn = _lock(candidate)
+            if conn is None:
+                held.append(str(candidate))
+                continue
+            found = cls(candidate, conn)
+            owner = found.state("primary")
+            if owner is not None and owner != primary and not found.load().empty:
+                log.warning(
+                    "fallback file %s holds the outage writes of another database (%s): "
+                    "left alone; start a server on that database with this file to copy "
+                    "them back",
+                    candidate,
+                    owner,
+                )
+                found.close()
+                continue
+            if owner != primary:  # new, or another database's with nothing waiting
+                found.reset(primary)
+            return found
+        raise FallbackFileBusyError(
+            f"every fallback file name of CODE_HERO_FALLBACK_PATH={path} is held by "
+            f"another process or another database's outage ({MAX_FILES} tried, "
+            f"e.g. {held[:2]}): set CODE_HERO_FALLBACK_PATH to a file of this server's own"
+        )
+
+    def reset(self, primary: str) -> None:
+        """Start afresh for `primary`: no outage, no threads, no entries (the fallback's
+        data file is emptied at open, nothing waiting for it)."""
+        with self._conn:
+            for table in ("entries", "threads", "state"):
+                self._conn.execute(f"DELETE FROM {table}")
+            self._conn.execute("INSERT INTO state VALUES ('primary', ?)", (pickle.dumps(primary),))
+
+    def close(self) -> None:
+        """Release the file (its lock goes with the connection)."""
+        self._conn.close()
+
+    # ------------------------------------------------------------ entries
+    def add(self, entry: Entry) -> int:
+        """Commit an entry at the tail; its seq."""
+        body = dump_entry(entry)
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO entries (thread_id, body) VALUES (?, ?)", (entry.thread_id, body)
+            )
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
+    def remove(self, seqs: Iterable[int]) -> None:
+        """Forget entries replayed (or dropped), in one commit."""
+        rows = [(s,) for s in seqs]
+        if rows:
+            with self._conn:
+                self._conn.executemany("DELETE FROM entries WHERE seq = ?", rows)
+
+    def quarantine(self, seq: int, failures: int, last_error: str) -> None:
+        """Mark an entry quarantined, with its failures so far."""
+        with self._conn:
+            self._conn.execute(
+                "UPDATE entries SET quarantined = 1, failures = ?, last_error = ? WHERE seq = ?",
+                (failures, last_error, seq),
+            )
+
+    def remove_thread(self, thread_id: str) -> None:
+        """Forget every entry of a thread, and that the outage left it to the fallback."""
+        with self._conn:
+            self._conn.execute("DELETE FROM entries WHERE thread_id = ?", (thread_id,))
+            self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+
+    # ------------------------------------------------------------ threads and state
+    def note_thread(self, thread_id: str, kind: str) -> None:
+        """The outage left this thread to the fallback ("local" or "fallback")."""
+        with self._conn:
+            self._conn.execute("INSERT OR IGNORE INTO threads VALUES (?, ?)", (thread_id, kind))
+
+    def forget_thread(self, thread_id: str) -> None:
+        """The thread is no longer the fallback's."""
+        with self._conn:
+            self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Commit one piece of the router's state."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO state VALUES (?, ?)", (key, pickle.dumps(value))
+            )
+
+    def save_outage(self, outage: Any, threads: set[str]) -> None:
+        """When the outage under way began (None: none), and the threads left to the
+        fallback now but `threads` forgotten, in one commit."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO state VALUES ('outage', ?)", (pickle.dumps(outage),)
+            )
+            if threads:
+                self._conn.execute(
+                    "DELETE FROM threads WHERE thread_id NOT IN (SELECT value FROM json_each(?))",
+                    (json.dumps(sorted(threads)),),
+                )
+            else:
+                self._conn.execute("DELETE FROM threads")
+
+    def state(self, key: str) -> Any:
+        """One piece of the router's state (None when unset)."""
+        row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else pickle.loads(row[0])
+
+    def load(self) -> Loaded:
+        """Everything the file holds, entries in their order."""
+        entries: list[tuple[int, bytes]] = []
+        quarantined: list[tuple[int, bytes, int, str]] = []
+        for seq, body, flagged, failures, error in self._conn.execute(
+            "SELECT seq, body, quarantined, failures, last_error FROM entries ORDER BY seq"
+        ):
+            if flagged:
+                quarantined.append((seq, body, failures, error or ""))
+            else:
+                entries.append((seq, body))
+        threads: dict[str, set[str]] = {"local": set(), "fallback": set()}
+        for thread_id, kind in self._conn.execute("SELECT thread_id, kind FROM threads"):
+            threads.setdefault(kind, set()).add(thread_id)
+        state = {
+            key: pickle.loads(value)
+            for key, value in self._conn.execute("SELECT key, value FROM state")
+        }
+        return Loaded(entries, quarantined, threads["local"], threads["fallback"], state)
+
+
+def _lock(path: Path) -> sqlite3.Connection | None:
+    """The journal's connection of `path`, holding its exclusive lock; None when another
+    process holds it."""
+    journal = path.with_name(path.name + ".entries")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    for file in (path, journal):  # the process's own: -wal and -shm take the mode too
+        os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN EXCLUSIVE")  # held from here on, until the connection closes
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        raise
+    conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on
+    return conn

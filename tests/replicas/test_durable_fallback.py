@@ -1,0 +1,242 @@
+"""A server killed during an outage loses nothing it acknowledged: the durable fallback.
+
+Real `code-hero serve` processes on a PostgreSQL cluster of the test's own (the
+shared one is never stopped): the test stops the cluster, has the server take
+work on its fallback, SIGKILLs it, and starts a server again with the same
+configuration. What the dead one acknowledged must reach PostgreSQL, read there
+directly: the thread, the run with its end, every event (seq 1..n), its
+checkpoints. Skipped where PostgreSQL's server binaries or a postgres user are
+missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.graphql.clients import data
+from tests.persistence.test_pg_disk_full import _free_port, _server_binary
+from tests.replicas.conftest import Cluster, Replica
+from tests.replicas.test_outage import ask, wait_health, wait_steps
+
+pytestmark = pytest.mark.postgres
+
+START = """mutation($input: StartRunInput!) {
+  startRun(input: $input) { id threadId status } }"""
+RUN = "query($id: ID!) { run(id: $id) { id threadId status } }"
+ENV = {"CODE_HERO_HEALTH_INTERVAL": "0.2"}
+
+
+@dataclass
+class OwnPostgres:
+    """A throwaway PostgreSQL cluster the test may stop and start."""
+
+    url: str
+    data: Path
+    base: Path
+    pg_ctl: str
+    port: int
+    uid: int
+    gid: int
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [self.pg_ctl, "-D", str(self.data), *args],
+            capture_output=True,
+            check=True,
+            user=self.uid,
+            group=self.gid,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.base / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "-w", "stop")
+
+    def rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url) as conn:
+            return list(conn.execute(sql.encode(), params).fetchall())
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user to run a cluster as (initdb refuses root)")
+    if os.geteuid() != 0:
+        pytest.skip("running a cluster as the postgres user needs root")
+    base = Path(tempfile.mkdtemp(prefix="code-hero-durable-"))
+    base.chmod(0o755)
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    data = base / "data"
+    port = _free_port()
+    subprocess.run(
+        [initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        capture_output=True,
+        check=True,
+        user=owner.pw_uid,
+        group=owner.pw_gid,
+    )
+    pg = OwnPostgres(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        data,
+        base,
+        pg_ctl,
+        port,
+        owner.pw_uid,
+        owner.pw_gid,
+    )
+    pg.start()
+    try:
+        yield pg
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def servers(own_pg: OwnPostgres, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(own_pg.url, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _start(servers: Cluster, tmp_path: Path, name: str) -> Replica:
+    """A server with the durable fallback at the test's own path (the same each time)."""
+    return servers.start(name, CODE_HERO_FALLBACK_PATH=str(tmp_path / "fallback.sqlite"), **ENV)
+
+
+async def _run(server: Replica, **input: Any) -> dict[str, Any]:
+    body = await ask(server, START, {"input": {"graph": "slow", **input}})
+    run: dict[str, Any] = data(body)["startRun"]
+    return run
+
+
+def _until(condition: Any, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def _in_postgres(pg: OwnPostgres, run: dict[str, Any]) -> tuple[str, list[int], int]:
+    """The run's status, its events' seqs and its thread's checkpoints, as PostgreSQL has
+    them (read directly)."""
+    [(status,)] = pg.rows("SELECT status FROM code_hero_runs WHERE run_id = %s", run["id"])
+    seqs = [
+        r[0]
+        for r in pg.rows(
+            "SELECT seq FROM code_hero_run_events WHERE run_id = %s ORDER BY seq", run["id"]
+        )
+    ]
+    [(checkpoints,)] = pg.rows(
+        "SELECT count(*) FROM checkpoints WHERE thread_id = %s", run["threadId"]
+    )
+    return status, seqs, checkpoints
+
+
+def _stored(pg: OwnPostgres, run_id: str) -> bool:
+    with contextlib.suppress(psycopg.Error):
+        return bool(pg.rows("SELECT 1 FROM code_hero_runs WHERE run_id = %s", run_id))
+    return False
+
+
+def test_a_run_acknowledged_in_an_outage_survives_a_sigkill(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    first = _start(servers, tmp_path, "first")
+    own_pg.stop()
+    run = asyncio.run(_run(first, input={"delay": 0}, wait=True))
+    assert run["status"] == "SUCCESS"  # acknowledged, on the fallback
+    first.kill()
+    own_pg.start()
+    second = _start(servers, tmp_path, "second")
+    asyncio.run(wait_health(second, "HEALTHY"))
+    assert own_pg.rows(
+        "SELECT status FROM code_hero_threads WHERE thread_id = %s", run["threadId"]
+    ) == [("IDLE",)]
+    status, seqs, checkpoints = _in_postgres(own_pg, run)
+    assert status == "SUCCESS"
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2
+    assert checkpoints >= 7  # the input's and one per step of the 6
+    assert data(asyncio.run(ask(second, RUN, {"id": run["id"]})))["run"]["status"] == "SUCCESS"
+
+
+def test_a_run_in_flight_at_the_kill_is_resumed_to_its_end(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    first = _start(servers, tmp_path, "first")
+    own_pg.stop()
+    run = asyncio.run(_run(first, input={"delay": 0.3}))
+    asyncio.run(wait_steps(first, run["id"], 2))  # two steps stored on the fallback
+    first.kill()  # mid-run
+    own_pg.start()
+    second = _start(servers, tmp_path, "second")
+    asyncio.run(wait_health(second, "HEALTHY"))
+    assert _stored(own_pg, run["id"])  # copied back: its row, RUNNING under a dead lease
+    # Not RUNNING forever: claimed once the dead lease lapses, resumed, ended.
+    _until(
+        lambda: (
+            own_pg.rows("SELECT status FROM code_hero_runs WHERE run_id = %s", run["id"])
+            == [("SUCCESS",)]
+        ),
+        limit=60,
+    )
+    _, seqs, checkpoints = _in_postgres(own_pg, run)
+    assert seqs == list(range(1, len(seqs) + 1)) and checkpoints >= 7
+    [(steps,)] = own_pg.rows(
+        "SELECT output->'steps' FROM code_hero_runs WHERE run_id = %s", run["id"]
+    )
+    assert steps == [f"s{i}" for i in range(6)]  # each step once: resumed, not repeated
+
+
+def test_restarted_while_still_down_it_serves_the_dead_ones_thread_then_copies_it(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    first = _start(servers, tmp_path, "first")
+    own_pg.stop()
+    run = asyncio.run(_run(first, input={"delay": 0}, wait=True))
+    assert run["status"] == "SUCCESS"
+    first.kill()
+    second = _start(servers, tmp_path, "second")  # the database still down
+    health = asyncio.run(wait_health(second, "DEGRADED"))
+    assert health["pendingSync"] > 0
+    body = asyncio.run(ask(second, RUN, {"id": run["id"]}))
+    assert data(body)["run"]["status"] == "SUCCESS"  # from the fallback's file
+    assert body["extensions"]["degraded"] is True
+    own_pg.start()
+    asyncio.run(wait_health(second, "HEALTHY"))
+    status, seqs, checkpoints = _in_postgres(own_pg, run)
+    assert status == "SUCCESS" and seqs == list(range(1, len(seqs) + 1)) and checkpoints >= 7
+
+
+def test_a_second_server_takes_a_file_of_its_own(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    _start(servers, tmp_path, "first")
+    _start(servers, tmp_path, "second")
+    assert (tmp_path / "fallback-2.sqlite").exists()
+    assert (tmp_path / "fallback-2.sqlite.entries").exists()

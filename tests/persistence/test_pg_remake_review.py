@@ -1,0 +1,72 @@
+"""Review of `fixrefuse`: the probe remakes tables on its own connection, bounded by
+the probe's timeout, which cancels it wherever it is.
+
+The saver's migrations run one by one in autocommit, three of them CREATE INDEX
+CONCURRENTLY ... IF NOT EXISTS. One cancelled while it waits out an older snapshot
+(any open transaction in the database) leaves its index behind INVALID, and its
+migration unrecorded: the next probe runs it again, finds the name taken, skips it
+(IF NOT EXISTS) and records it done. The primary is healthy again with an index
+that PostgreSQL never uses and never repairs.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from code_hero.checkpointing import create_postgres_checkpointer
+from code_hero.persistence.migrations import SETUP_LOCK_KEY
+from tests.faults import until
+from tests.persistence.test_down_means_down import _manager, _writer
+from tests.persistence.test_pg_dropped_database import _recreate
+
+pytestmark = pytest.mark.postgres
+
+_INVALID = (
+    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE NOT i.indisvalid AND c.relname LIKE 'checkpoint%%'"
+)
+
+
+async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
+    pg_database: str,
+) -> None:
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("before")
+        _recreate(pg_database)
+        await write("during")  # the outage: the probe will make the tables again
+        assert manager.router.active == 1
+        with psycopg.connect(pg_database, autocommit=True) as watch, psycopg.connect(
+            pg_database
+        ) as old:
+            # An open transaction holding a snapshot (a report, a psql session): every
+            # CREATE INDEX CONCURRENTLY in this database waits for it to end.
+            old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            old.execute("SELECT 1")
+            report = await manager.health_check()  # the probe gives up at its timeout
+            assert report["overall_status"] == "degraded"
+
+            def ended() -> bool:
+                busy = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                held = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND ((classid::bigint << 32) | objid::bigint) = %s",
+                    (SETUP_LOCK_KEY,),
+                ).fetchone()
+                return busy == (0,) and held == (0,)
+
+            async def probe_ended() -> bool:
+                return ended()
+
+            await until(probe_ended)  # the abandoned probe's cancel reached the server
+            old.rollback()
+            assert (await manager.health_check())["overall_status"] == "healthy"
+            (invalid,) = watch.execute(_INVALID).fetchone() or (0,)
+        assert invalid == 0, "an INVALID index of the saver's was left and never remade"

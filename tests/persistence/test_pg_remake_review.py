@@ -40,9 +40,10 @@ async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
         _recreate(pg_database)
         await write("during")  # the outage: the probe will make the tables again
         assert manager.router.active == 1
-        with psycopg.connect(pg_database, autocommit=True) as watch, psycopg.connect(
-            pg_database
-        ) as old:
+        with (
+            psycopg.connect(pg_database, autocommit=True) as watch,
+            psycopg.connect(pg_database) as old,
+        ):
             # An open transaction holding a snapshot (a report, a psql session): every
             # CREATE INDEX CONCURRENTLY in this database waits for it to end.
             old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -70,3 +71,26 @@ async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
             assert (await manager.health_check())["overall_status"] == "healthy"
             (invalid,) = watch.execute(_INVALID).fetchone() or (0,)
         assert invalid == 0, "an INVALID index of the saver's was left and never remade"
+
+
+async def test_a_ledger_dropped_under_a_serving_primary_does_not_fail_it_over(
+    pg_database: str,
+) -> None:
+    # checkpoint_migrations dropped alone while the database serves: every call works
+    # (none reads it), yet the probe reruns the saver's migrations from the first on its
+    # own connection, with no lock_timeout: ALTER TABLE checkpoint_blobs queues for an
+    # ACCESS EXCLUSIVE lock behind any open reader (stalling every later call on that
+    # table meanwhile) until the probe's timeout, and the timeout fails the primary over.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        await _writer(manager)("before")
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute("DROP TABLE checkpoint_migrations")
+        with psycopg.connect(pg_database) as reader:
+            reader.execute("SELECT count(*) FROM checkpoint_blobs")  # a read, still open
+            await manager.health_check()
+            error = manager.router.primary.last_error
+            reader.rollback()
+        assert manager.router.active == 0, error

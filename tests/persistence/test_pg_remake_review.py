@@ -11,8 +11,11 @@ that PostgreSQL never uses and never repairs.
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 import pytest
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
 
 from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
@@ -74,7 +77,7 @@ async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
 
 
 async def test_a_ledger_dropped_under_a_serving_primary_does_not_fail_it_over(
-    pg_database: str,
+    pg_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # checkpoint_migrations dropped alone while the database serves: every call works
     # (none reads it), yet the probe reruns the saver's migrations from the first on its
@@ -88,9 +91,52 @@ async def test_a_ledger_dropped_under_a_serving_primary_does_not_fail_it_over(
         await _writer(manager)("before")
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute("DROP TABLE checkpoint_migrations")
-        with psycopg.connect(pg_database) as reader:
+        with psycopg.connect(pg_database) as reader, caplog.at_level(logging.WARNING):
             reader.execute("SELECT count(*) FROM checkpoint_blobs")  # a read, still open
-            await manager.health_check()
+            for _ in range(2):
+                assert (await manager.health_check())["overall_status"] == "healthy"
             error = manager.router.primary.last_error
             reader.rollback()
         assert manager.router.active == 0, error
+        # Said once, with the SQL restoring it; the migrations did not run.
+        said = [r.getMessage() for r in caplog.records if "migration ledger" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "CREATE TABLE checkpoint_migrations" in said[0]
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('checkpoint_migrations')").fetchone() == (None,)
+            conn.execute(said[0][said[0].index("CREATE TABLE") :].encode())
+            rows = conn.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()
+        assert rows == (len(BasePostgresSaver.MIGRATIONS),)
+
+
+async def test_a_start_after_one_killed_mid_create_index_concurrently_rebuilds_it(
+    pg_database: str,
+) -> None:
+    # A replica killed at its first start during migration 6 (CREATE INDEX
+    # CONCURRENTLY checkpoints_thread_id_idx) leaves the index INVALID and the
+    # migration unrecorded. Made here the way PostgreSQL leaves one: a CREATE INDEX
+    # CONCURRENTLY that fails (a unique one, on duplicates) under the saver's name.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("twice")
+        await write("twice")
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP INDEX checkpoints_thread_id_idx")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY checkpoints_thread_id_idx ON checkpoints(thread_id)"
+            )
+        conn.execute("DELETE FROM checkpoint_migrations WHERE v >= 6")
+        assert conn.execute(_INVALID).fetchone() == (1,)
+    async with _manager(config) as manager:  # the next start
+        assert (await manager.health_check())["overall_status"] == "healthy"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        assert conn.execute(_INVALID).fetchone() == (0,)
+        unique = conn.execute(
+            "SELECT i.indisunique FROM pg_index i "
+            "WHERE i.indexrelid = 'checkpoints_thread_id_idx'::regclass"
+        ).fetchone()
+        assert unique == (False,)  # the saver's index, made again

@@ -249,8 +249,10 @@ class PostgresBackend(Backend):
 
         Not on the pool: after an outage it may lend nothing until its reconnection
         backoff ends (`reconnect`), and the probe would time out meanwhile. A setup
-        that fails (no schema of the search_path, no CREATE permission, a migration
-        ledger gone alone) is the outage's too: `TablesMissing` says why."""
+        that fails (no schema of the search_path, no CREATE permission, a lock not
+        had within `_REMAKE_LOCK_SHARE` of the probe's timeout) is the outage's too:
+        `TablesMissing` says why. A migration ledger missing alone comes not here
+        (`_say_ledgers_missing`)."""
         if not self.config.auto_setup or not isinstance(self.saver, SaverPool):
             raise TablesMissing(missing)
         conn.row_factory = cast(Any, dict_row)
@@ -389,8 +391,8 @@ class PostgresBackend(Backend):
             # A database that answers without our tables (`pg_tables`): every call
             # would fail. A migration ledger missing alone fails none: said, not made.
             missing = [name for name in row[1] if name in DATA_TABLES]
-            if missing or self._remake_unfinished:
-                await self._make_missing_tables(conn, missing)
+            if missing or self._remake_unfinished:  # named with the ledgers missing too
+                await self._make_missing_tables(conn, list(row[1]) if missing else [])
             else:
                 self._say_ledgers_missing(list(row[1]))
 

@@ -127,7 +127,8 @@ async def test_a_start_after_one_killed_mid_create_index_concurrently_rebuilds_i
         conn.execute("DROP INDEX checkpoints_thread_id_idx")
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute(
-                "CREATE UNIQUE INDEX CONCURRENTLY checkpoints_thread_id_idx ON checkpoints(thread_id)"
+                "CREATE UNIQUE INDEX CONCURRENTLY checkpoints_thread_id_idx "
+                "ON checkpoints(thread_id)"
             )
         conn.execute("DELETE FROM checkpoint_migrations WHERE v >= 6")
         assert conn.execute(_INVALID).fetchone() == (1,)
@@ -140,3 +141,24 @@ async def test_a_start_after_one_killed_mid_create_index_concurrently_rebuilds_i
             "WHERE i.indexrelid = 'checkpoints_thread_id_idx'::regclass"
         ).fetchone()
         assert unique == (False,)  # the saver's index, made again
+
+
+async def test_a_remake_waits_for_a_lock_a_bounded_time_and_says_so(pg_database: str) -> None:
+    # A remake of a recreated database whose CREATE INDEX CONCURRENTLY waits out an
+    # open transaction gives up at its own lock_timeout, not the probe's: the outage
+    # says why (a lock not had), not that the probe timed out.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=2, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        _recreate(pg_database)
+        await _writer(manager)("during")
+        assert manager.router.active == 1
+        with psycopg.connect(pg_database) as old:
+            old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            old.execute("SELECT 1")
+            assert (await manager.health_check())["overall_status"] == "degraded"
+            error = manager.router.primary.last_error or ""
+            old.rollback()
+        assert "lock timeout" in error, error
+        assert (await manager.health_check())["overall_status"] == "healthy"

@@ -591,14 +591,15 @@ async def _remake_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
         # Every table there (a remake left unfinished, `_remake_unfinished`): the
         # migrations rerun from where their ledgers say; unless a ledger is missing
         # (they would rerun from the first on tables that are there).
-        if any(name in DATA_TABLES for name in missing) or not missing:
+        run = any(name in DATA_TABLES for name in missing) or not missing
+        if run:
             await _drop_invalid_indexes(conn)
             await AsyncPostgresSaver(conn).setup()
             await PostgresRegistry(cast(AsyncConnectionPool[Any], _OneConnection(conn))).setup()
     finally:
         with contextlib.suppress(psycopg.Error):  # else the connection's end releases it
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
-    return missing
+    return missing if run else []
 
 
 async def _drop_invalid_indexes(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -31,7 +32,14 @@ from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
-from code_hero.persistence.pg_tables import MISSING_TABLES_SQL, TablesMissing, missing_tables
+from code_hero.persistence.pg_tables import (
+    DATA_TABLES,
+    INVALID_INDEXES_SQL,
+    MISSING_TABLES_SQL,
+    TablesMissing,
+    ledgers_missing,
+    missing_tables,
+)
 from code_hero.persistence.pgsaver import LoopReadingPostgresSaver
 from code_hero.persistence.records import ThreadPurge
 from code_hero.persistence.registry import PostgresRegistry
@@ -173,6 +181,12 @@ class PostgresBackend(Backend):
     _bounded_locks = False
     # The tables a probe is making again (`_make_missing_tables`), while it does.
     _remaking: tuple[str, ...] = ()
+    # A remake began and did not end (cancelled by the probe's timeout, failed): the
+    # next probe runs the migrations again though every table is there (its indexes
+    # may be INVALID or missing, later migrations not run).
+    _remake_unfinished = False
+    # The migration ledgers found missing alone, said once (`ledgers_missing`).
+    _ledgers_said: tuple[str, ...] = ()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _read_json_fast(conn)
@@ -219,6 +233,7 @@ class PostgresBackend(Backend):
         async with self._pool.connection() as lock_conn:
             await _take_setup_lock(lock_conn)
             try:
+                await _drop_invalid_indexes(lock_conn)
                 await saver.setup()
                 await self.registry.setup()
             finally:
@@ -234,24 +249,39 @@ class PostgresBackend(Backend):
 
         Not on the pool: after an outage it may lend nothing until its reconnection
         backoff ends (`reconnect`), and the probe would time out meanwhile. A setup
-        that fails (no schema of the search_path, no CREATE permission, a migration
-        ledger gone alone) is the outage's too: `TablesMissing` says why."""
+        that fails (no schema of the search_path, no CREATE permission, a lock not
+        had within `_REMAKE_LOCK_SHARE` of the probe's timeout) is the outage's too:
+        `TablesMissing` says why. A migration ledger missing alone comes not here
+        (`_say_ledgers_missing`)."""
         if not self.config.auto_setup or not isinstance(self.saver, SaverPool):
             raise TablesMissing(missing)
         conn.row_factory = cast(Any, dict_row)
+        # A bound on its lock waits, whatever the role's: the tables it makes are new,
+        # but a migration rerun on tables that are there (`_remake_unfinished`) alters
+        # them, and an ALTER TABLE queued behind an open reader would stall every
+        # later call on its table until the probe's timeout.
+        ms = max(1, round(self.config.pool_timeout * 1000 * _REMAKE_LOCK_SHARE))
+        await conn.execute(f"SET lock_timeout = {ms}")
         # Until they are all made, a call meeting a table or column not there yet is
         # the outage's (`missing_tables`), not its own error.
         self._remaking = tuple(missing)
+        self._remake_unfinished = True
         try:
             try:
                 made = await _remake_tables(conn)
             except psycopg.Error as exc:
                 if is_backend_error(exc):  # the database went away meanwhile
                     raise
+                if not missing:  # a remake cut short, finished again
+                    raise psycopg.OperationalError(
+                        "the migrations of a remake of the tables, cut short, could not "
+                        f"be finished: {type(exc).__name__}: {exc}".strip()[:400]
+                    ) from exc
                 raise TablesMissing(missing, cause=exc, note=await _schema_note(conn, exc)) from exc
-            still = await missing_tables(conn)
+            still = [name for name in await missing_tables(conn) if name in DATA_TABLES]
         finally:
             self._remaking = ()
+        self._remake_unfinished = False
         if still:  # a table dropped alone: its migration is recorded as done
             raise TablesMissing(still, repaired=True)
         if made:  # else another replica made them, and says so
@@ -359,9 +389,19 @@ class PostgresBackend(Backend):
                     "or default_transaction_read_only is on)"
                 )
             # A database that answers without our tables (`pg_tables`): every call
-            # would fail.
-            if row[1]:
-                await self._make_missing_tables(conn, list(row[1]))
+            # would fail. A migration ledger missing alone fails none: said, not made.
+            missing = [name for name in row[1] if name in DATA_TABLES]
+            if missing or self._remake_unfinished:  # named with the ledgers missing too
+                await self._make_missing_tables(conn, list(row[1]) if missing else [])
+            else:
+                self._say_ledgers_missing(list(row[1]))
+
+    def _say_ledgers_missing(self, ledgers: list[str]) -> None:
+        """One WARNING when migration ledgers are found missing alone (not each probe),
+        with the SQL to restore them; again only once they were back and went again."""
+        if tuple(ledgers) != self._ledgers_said and ledgers:
+            log.warning("the database %s: %s", self.description, ledgers_missing(ledgers))
+        self._ledgers_said = tuple(ledgers)
 
     async def missing_tables(self) -> list[str]:
         # On a connection of its own, as the probe: a call's own undefined_table on a
@@ -369,7 +409,7 @@ class PostgresBackend(Backend):
         if self._remaking:
             return list(self._remaking)
         async with await self._connect() as conn:
-            return await missing_tables(conn)
+            return [name for name in await missing_tables(conn) if name in DATA_TABLES]
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]
@@ -500,6 +540,11 @@ _HOLD_NEW_THREAD = (
 )
 
 
+# The share of the probe's timeout (pool_timeout) a remake's statement may wait for a
+# lock: a DDL statement never queues long behind readers, and the probe says why.
+_REMAKE_LOCK_SHARE = 0.25
+
+
 async def _take_setup_lock(conn: psycopg.AsyncConnection[Any]) -> None:
     """Take the set-up lock by polling, with no transaction open while waiting."""
     delay = 0.02
@@ -543,13 +588,33 @@ async def _remake_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     await _take_setup_lock(conn)
     try:
         missing = await missing_tables(conn)
-        if missing:
+        # Every table there (a remake left unfinished, `_remake_unfinished`): the
+        # migrations rerun from where their ledgers say; unless a ledger is missing
+        # (they would rerun from the first on tables that are there).
+        run = any(name in DATA_TABLES for name in missing) or not missing
+        if run:
+            await _drop_invalid_indexes(conn)
             await AsyncPostgresSaver(conn).setup()
             await PostgresRegistry(cast(AsyncConnectionPool[Any], _OneConnection(conn))).setup()
     finally:
         with contextlib.suppress(psycopg.Error):  # else the connection's end releases it
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
-    return missing
+    return missing if run else []
+
+
+async def _drop_invalid_indexes(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Drop our tables' INVALID indexes (`INVALID_INDEXES_SQL`), under the set-up lock,
+    so the migrations that made them build them again. CONCURRENTLY: no lock that
+    would hold a reader's call (`conn` in autocommit)."""
+    cur = await conn.execute(INVALID_INDEXES_SQL)
+    for row in await cur.fetchall():
+        schema, name = (row["schema"], row["name"]) if isinstance(row, dict) else row
+        log.warning("dropping the INVALID index %s.%s, to make it again", schema, name)
+        await conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(name)
+            )
+        )
 
 
 async def _check_room(conn: psycopg.AsyncConnection[Any]) -> None:

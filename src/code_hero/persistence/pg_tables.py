@@ -16,10 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
 
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS
 
-__all__ = ["LEDGERS", "MISSING_TABLES_SQL", "TABLES", "TablesMissing", "missing_tables"]
+__all__ = [
+    "DATA_TABLES",
+    "INVALID_INDEXES_SQL",
+    "LEDGERS",
+    "MISSING_TABLES_SQL",
+    "TABLES",
+    "TablesMissing",
+    "ledgers_missing",
+    "missing_tables",
+]
 
 # Every table a call of ours may need: the saver's and the registry's (with the
 # webhooks' and the deletions' records), and both migration ledgers.
@@ -39,6 +49,25 @@ TABLES = (
 # The migration ledgers: which migrations ran. One dropped alone leaves tables its
 # migrations would make again (`TablesMissing` says what to do).
 LEDGERS = ("checkpoint_migrations", "code_hero_migrations")
+# The tables calls read and write: one of them missing is an outage. A ledger missing
+# alone is not (no call reads it): the primary serves, and `ledgers_missing` says how
+# to restore it. Rerunning the migrations to make it again would not do: from the
+# first, on the tables it recorded, they fail or queue behind readers for ACCESS
+# EXCLUSIVE locks (an ALTER TABLE) while every later call on that table waits.
+DATA_TABLES = tuple(name for name in TABLES if name not in LEDGERS)
+
+# Our tables' INVALID indexes (schema, name): a CREATE INDEX CONCURRENTLY cut short (a
+# remake cancelled by the probe's timeout, a replica killed at its first start) leaves
+# its index INVALID and its migration unrecorded; rerun, the migration's IF NOT EXISTS
+# finds the name taken and records it done. Dropped under the set-up lock (no
+# migration of ours is running then) before the migrations run, it is built again.
+INVALID_INDEXES_SQL = (
+    "SELECT n.nspname AS schema, c.relname AS name FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE NOT i.indisvalid AND i.indrelid IN ("
+    + ", ".join(f"to_regclass('{name}')" for name in DATA_TABLES)
+    + ")"
+)
 
 # One expression (no parameters: it shares `_read_clock`'s SELECT): the names of
 # `TABLES` that the session's search_path does not find, in order.
@@ -97,6 +126,26 @@ def _ledger_missing(missing: list[str], cause: BaseException) -> str:
         f"again ({_first_line(cause)}). Restore it from a backup or, if the tables are at "
         f"this version: CREATE TABLE code_hero_migrations (v INTEGER PRIMARY KEY); "
         f"INSERT INTO code_hero_migrations (v) SELECT generate_series(0, {last})"
+    )
+
+
+def ledgers_missing(missing: list[str]) -> str:
+    """What to say of migration ledgers missing while the tables they record are there:
+    the SQL restoring each as at this version (`_ledger_missing` for the registry's)."""
+    counts = {
+        "checkpoint_migrations": len(BasePostgresSaver.MIGRATIONS),
+        "code_hero_migrations": len(POSTGRES_MIGRATIONS),
+    }
+    sql = "; ".join(
+        f"CREATE TABLE {name} (v INTEGER PRIMARY KEY); INSERT INTO {name} (v) "
+        f"SELECT generate_series(0, {counts[name] - 1})"
+        for name in missing
+    )
+    return (
+        f"the migration ledger {', '.join(missing)} is missing while the tables it records "
+        "are there: the gateway serves, but cannot run its migrations (a start or an "
+        "upgrade would fail). Restore it from a backup or, if the tables are at this "
+        f"version: {sql}"
     )
 
 

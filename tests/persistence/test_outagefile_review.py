@@ -72,3 +72,25 @@ def test_an_entry_the_file_did_not_take_leaves_none_behind_it_there(tmp_path: Pa
     again.close()
     # A prefix of what was acknowledged, never the run's end without its checkpoint.
     assert left == [type(e) for e in acknowledged][: len(left)], left
+
+
+def test_a_start_that_leaves_a_dead_replicas_file_waiting_says_so(
+    tmp_path: Path, caplog: Any
+) -> None:
+    # Two replicas on one machine: the second's file is fb-2. Both die in an outage,
+    # the second with writes it acknowledged; one server is started again.
+    path = str(tmp_path / "fb.sqlite")
+    first = OutageFile.claim(path, DB)
+    second = OutageFile.claim(path, DB)
+    assert second.data_path == str(tmp_path / "fb-2.sqlite")
+    journal = Journal(100)
+    journal.attach(second, {})
+    journal.append(DeleteThread("acknowledged"))
+    second.close()
+    first.close()
+
+    restarted = OutageFile.claim(path, DB)  # takes fb.sqlite, with nothing in it
+    restarted.close()
+    # fb-2's writes wait for a second server that may never start (scaled down after
+    # the crash): nothing copies them, so the operator must at least be told.
+    assert "fb-2.sqlite" in caplog.text

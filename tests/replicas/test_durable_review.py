@@ -97,6 +97,14 @@ def test_a_run_in_flight_at_the_kill_goes_on_while_the_database_is_still_down(
         return bool(data(body)["run"]["status"] == "SUCCESS")
 
     _until(ended, limit=60)  # its dead lease lapses; resumed on the fallback
+    own_pg.start()
+    asyncio.run(wait_health(second, "HEALTHY"))
+    status, seqs, checkpoints = _in_postgres(own_pg, run)
+    assert status == "SUCCESS" and seqs == list(range(1, len(seqs) + 1)) and checkpoints >= 7
+    [(steps,)] = own_pg.rows(
+        "SELECT output->'steps' FROM code_hero_runs WHERE run_id = %s", run["id"]
+    )
+    assert steps == [f"s{i}" for i in range(6)]  # each step once: resumed, not repeated
 
 
 def _start_with(servers: Cluster, tmp_path: Path, name: str, **env: str) -> Any:
@@ -149,3 +157,63 @@ def test_a_thread_deleted_in_the_outage_stays_deleted_after_a_kill(
         assert own_pg.rows(sql, gone["threadId"]) == []
     status, _, checkpoints = _in_postgres(own_pg, kept)
     assert status == "SUCCESS" and checkpoints >= 7
+
+
+def test_a_copy_replayed_again_after_a_kill_does_not_roll_back_what_came_since(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    first = _start(servers, tmp_path, "first")
+    own_pg.stop()
+    run = asyncio.run(_run(first, input={"delay": 0}, wait=True))  # a thread born in it
+    first.kill()
+    # The files as a kill leaves them after the primary took the copy-back but before
+    # the file forgot it: between a batch's commit and its rows' removal, or any time
+    # before the journal's tail (a thread's deferred copy of its finished runs) replays.
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    files = sorted(tmp_path.glob("fallback.sqlite*"))
+    for file in files:
+        (saved / file.name).write_bytes(file.read_bytes())
+    own_pg.start()
+    second = _start(servers, tmp_path, "second")
+    asyncio.run(wait_health(second, "HEALTHY"))  # copied back
+    later = asyncio.run(_run(second, threadId=run["threadId"], input={"delay": 0}, wait=True))
+    assert later["status"] == "SUCCESS"  # the thread goes on in PostgreSQL
+    sql = "SELECT updated_at, status FROM code_hero_threads WHERE thread_id = %s"
+    [since] = own_pg.rows(sql, run["threadId"])
+    second.kill()
+    for file in tmp_path.glob("fallback.sqlite*"):
+        file.unlink()
+    for file in files:
+        (tmp_path / file.name).write_bytes((saved / file.name).read_bytes())
+    third = _start(servers, tmp_path, "third")  # replays the copy a second time
+    asyncio.run(wait_health(third, "HEALTHY"))
+    assert own_pg.rows(sql, run["threadId"]) == [since]  # not the outage's older row
+
+
+def test_a_run_ended_since_is_not_made_running_again_by_a_copy_replayed_after_a_kill(
+    own_pg: OwnPostgres, servers: Cluster, tmp_path: Path
+) -> None:
+    first = _start(servers, tmp_path, "first")
+    own_pg.stop()
+    run = asyncio.run(_run(first, input={"delay": 0.3}))
+    asyncio.run(wait_steps(first, run["id"], 2))
+    first.kill()  # mid-run: RUNNING under its lease in the file
+    saved = tmp_path / "saved"  # as a kill mid copy-back leaves them (above)
+    saved.mkdir()
+    files = sorted(tmp_path.glob("fallback.sqlite*"))
+    for file in files:
+        (saved / file.name).write_bytes(file.read_bytes())
+    own_pg.start()
+    second = _start(servers, tmp_path, "second")
+    asyncio.run(wait_health(second, "HEALTHY"))
+    status = "SELECT status FROM code_hero_runs WHERE run_id = %s"
+    _until(lambda: own_pg.rows(status, run["id"]) == [("SUCCESS",)], limit=60)  # taken over
+    second.kill()
+    for file in tmp_path.glob("fallback.sqlite*"):
+        file.unlink()
+    for file in files:
+        (tmp_path / file.name).write_bytes((saved / file.name).read_bytes())
+    third = _start(servers, tmp_path, "third")
+    asyncio.run(wait_health(third, "HEALTHY"))
+    assert own_pg.rows(status, run["id"]) == [("SUCCESS",)]  # ended once, not RUNNING again

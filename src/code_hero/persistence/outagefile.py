@@ -45,7 +45,7 @@ import os
 import pickle
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -135,6 +135,7 @@ class Loaded:
     local_threads: set[str]
     fallback_threads: set[str]
     state: dict[str, Any]
+    thread_of: dict[int, str] = field(default_factory=dict)  # each entry's thread, by seq
 
     @property
     def empty(self) -> bool:
@@ -180,6 +181,7 @@ class OutageFile:
                 continue
             if owner != primary:  # new, or another database's with nothing waiting
                 found.reset(primary)
+            _warn_waiting(base, candidate)
             return found
         raise FallbackFileBusyError(
             f"every fallback file name of CODE_HERO_FALLBACK_PATH={path} is held by "
@@ -274,9 +276,12 @@ class OutageFile:
         """Everything the file holds, entries in their order."""
         entries: list[tuple[int, bytes]] = []
         quarantined: list[tuple[int, bytes, int, str]] = []
-        for seq, body, flagged, failures, error in self._conn.execute(
-            "SELECT seq, body, quarantined, failures, last_error FROM entries ORDER BY seq"
+        thread_of: dict[int, str] = {}
+        for seq, thread_id, body, flagged, failures, error in self._conn.execute(
+            "SELECT seq, thread_id, body, quarantined, failures, last_error FROM entries "
+            "ORDER BY seq"
         ):
+            thread_of[seq] = thread_id
             if flagged:
                 quarantined.append((seq, body, failures, error or ""))
             else:
@@ -288,7 +293,44 @@ class OutageFile:
             key: pickle.loads(value)
             for key, value in self._conn.execute("SELECT key, value FROM state")
         }
-        return Loaded(entries, quarantined, threads["local"], threads["fallback"], state)
+        return Loaded(
+            entries, quarantined, threads["local"], threads["fallback"], state, thread_of
+        )
+
+
+def _names(base: Path) -> list[Path]:
+    """The fallback file names of `base`, in the order `claim` tries them."""
+    return [
+        base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+        for n in range(1, MAX_FILES + 1)
+    ]
+
+
+def _warn_waiting(base: Path, taken: Path) -> None:
+    """Warn of each other fallback file of `base`'s names that no live process holds
+    and that holds entries: a dead replica's outage writes, which nothing copies back
+    until a server is started on that file."""
+    for other in _names(base):
+        journal = other.with_name(other.name + ".entries")
+        if other == taken or not journal.exists():
+            continue
+        try:
+            conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
+            try:
+                [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:  # held by a live process (locked), or unreadable
+            continue
+        if count:
+            log.warning(
+                "fallback file %s holds %d outage writes of a process that is gone and no "
+                "server copies them back: start one with CODE_HERO_FALLBACK_PATH=%s "
+                "(same database) to copy them into it",
+                other,
+                count,
+                other,
+            )
 
 
 def _lock(path: Path) -> sqlite3.Connection | None:

@@ -293,9 +293,7 @@ class OutageFile:
             key: pickle.loads(value)
             for key, value in self._conn.execute("SELECT key, value FROM state")
         }
-        return Loaded(
-            entries, quarantined, threads["local"], threads["fallback"], state, thread_of
-        )
+        return Loaded(entries, quarantined, threads["local"], threads["fallback"], state, thread_of)
 
 
 def _names(base: Path) -> list[Path]:

@@ -150,3 +150,36 @@ def test_a_live_replicas_file_is_not_announced(tmp_path: Path, caplog: Any) -> N
     again = OutageFile.claim(path, DB)
     assert "fb-2.sqlite holds 1 outage writes" in caplog.text
     again.close()
+
+
+def test_a_corrupt_journal_file_is_moved_aside_and_the_start_goes_on(
+    tmp_path: Path, caplog: Any
+) -> None:
+    path = tmp_path / "fb.sqlite"
+    (tmp_path / "fb.sqlite.entries").write_bytes(b"not a database, a truncated copy" * 200)
+    store = OutageFile.claim(str(path), DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("t1"))  # a working file
+    store.close()
+    [aside] = tmp_path.glob("fb.sqlite.entries.corrupt-*")
+    assert aside.read_bytes().startswith(b"not a database")
+    assert str(aside) in caplog.text and "cannot be read" in caplog.text
+
+
+def test_the_same_database_named_another_way_keeps_the_files_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, "postgresql://app@db.local/prod")
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("kept"))
+    store.close()
+    # The URL's spelling changed (scheme, default port, query options): same database.
+    again = OutageFile.claim(path, "postgres://app:***@DB.local:5432/prod?sslmode=require")
+    journal2 = Journal(100)
+    journal2.attach(again, {})
+    assert again.data_path == path and journal2.threads() == {"kept"}
+    again.close()
+    other = OutageFile.claim(path, "postgresql://app@db.local/staging")  # another one
+    assert other.data_path != path  # the file waits for its own database
+    other.close()

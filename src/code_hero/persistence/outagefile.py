@@ -44,10 +44,12 @@ import logging
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from code_hero.errors import ConfigurationError
@@ -60,6 +62,7 @@ __all__ = [
     "OutageFile",
     "dump_entry",
     "load_entry",
+    "same_database",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,7 +172,8 @@ class OutageFile:
                 continue
             found = cls(candidate, conn)
             owner = found.state("primary")
-            if owner is not None and owner != primary and not found.load().empty:
+            same = owner is not None and same_database(owner, primary)
+            if owner is not None and not same and not found.load().empty:
                 log.warning(
                     "fallback file %s holds the outage writes of another database (%s): "
                     "left alone; start a server on that database with this file to copy "
@@ -179,8 +183,10 @@ class OutageFile:
                 )
                 found.close()
                 continue
-            if owner != primary:  # new, or another database's with nothing waiting
+            if not same:  # new, or another database's with nothing waiting
                 found.reset(primary)
+            elif owner != primary:  # the same database named another way
+                found.set_state("primary", primary)
             _warn_waiting(base, candidate)
             return found
         raise FallbackFileBusyError(
@@ -296,6 +302,25 @@ class OutageFile:
         return Loaded(entries, quarantined, threads["local"], threads["fallback"], state, thread_of)
 
 
+def same_database(a: str, b: str) -> bool:
+    """Whether two (redacted) URLs name one database: scheme (postgres is postgresql),
+    host, port (5432 by default), database and user; query options and the spelling
+    of the scheme aside. Anything but a PostgreSQL URL compares as it is written."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(url: str) -> tuple[Any, ...] | str:
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        return url
+    try:
+        port = parsed.port or 5432
+    except ValueError:
+        return url
+    database = unquote(parsed.path.lstrip("/"))
+    return ("postgresql", (parsed.hostname or "").lower(), port, database, parsed.username)
+
+
 def _names(base: Path) -> list[Path]:
     """The fallback file names of `base`, in the order `claim` tries them."""
     return [
@@ -338,6 +363,36 @@ def _lock(path: Path) -> sqlite3.Connection | None:
     journal.parent.mkdir(parents=True, exist_ok=True)
     for file in (path, journal):  # the process's own: -wal and -shm take the mode too
         os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        return _open_locked(journal)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise
+        # Not a database (a truncated copy, another program's file): kept for the
+        # operator, never read again; this process starts with a fresh file.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = [path, journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))]
+        moved = []
+        for file in aside:
+            if file.exists():
+                target = file.with_name(f"{file.name}.corrupt-{stamp}")
+                file.rename(target)
+                moved.append(str(target))
+        log.error(
+            "the fallback's journal file %s cannot be read (%s): moved aside as %s with "
+            "its data file; outage writes it may hold are not copied back (inspect them "
+            "with sqlite3); starting with a fresh file",
+            journal,
+            exc,
+            ", ".join(moved),
+        )
+        for file in (path, journal):
+            os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+        return _open_locked(journal)
+
+
+def _open_locked(journal: Path) -> sqlite3.Connection | None:
+    """`_lock`'s connection of the journal file: None when another process holds it."""
     conn = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -347,9 +402,11 @@ def _lock(path: Path) -> sqlite3.Connection | None:
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
         conn.close()
-        if "locked" in str(exc) or "busy" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc)
+        ):
             return None
         raise
     conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on

@@ -118,8 +118,9 @@ def test_entries_the_file_did_not_take_go_in_first_and_in_order(tmp_path: Path) 
         journal.append(DeleteThread("t2"))  # another thread is not held up
         assert not journal.durable
         Flaky.refuse = False  # the file works again
-        journal.append(DeleteThread("t1"))
+        journal.append(DeleteThread("t3"))  # any thread's write: the backlog goes first
         assert journal.durable
+        journal.append(DeleteThread("t1"))
     finally:
         Flaky.refuse = True
     store.close()
@@ -131,6 +132,7 @@ def test_entries_the_file_did_not_take_go_in_first_and_in_order(tmp_path: Path) 
         ("t2", "DeleteThread"),
         ("t1", "PutCheckpoint"),
         ("t1", "FinishRun"),
+        ("t3", "DeleteThread"),
         ("t1", "DeleteThread"),
     ]
 

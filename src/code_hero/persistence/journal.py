@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
@@ -135,6 +136,7 @@ class Journal:
         # Entries the file did not take (a full disk, a value pickle refuses), by
         # thread, in order: written first once the file works again (`_file`).
         self._unfiled: dict[str, deque[Entry]] = {}
+        self._unpicklable: set[str] = set()  # threads whose backlog pickle refuses
 
     def attach(self, store: OutageFile, copied: dict[str, int]) -> Loaded:
         """Keep the journal in `store` from now on, after loading what it holds (a dead
@@ -314,27 +316,60 @@ class Journal:
         take yet (in order); None when it did not go in (it waits behind them).
 
         The file never holds an entry without the ones of its thread before it: a replay
-        after a kill would apply it out of order (a run's end without its checkpoint). An
-        entry pickle refuses never goes in, so neither does any later one of its thread:
-        those are kept in memory only (the emergency slot's terms, logged once)."""
+        after a kill would apply it out of order (a run's end without its checkpoint).
+        Each thread's backlog is written first once the file works again (at the next
+        entry of any thread). An entry pickle refuses never goes in, so neither does any
+        later one of its thread: those are kept in memory only (the emergency slot's
+        terms, logged once), and after a kill the thread resumes from the file's last
+        entry before it."""
         if self.store is None:
             return None
+        for thread_id in [t for t in self._unfiled if t not in self._unpicklable]:
+            self._flush(thread_id)
         backlog = self._unfiled.get(entry.thread_id)
-        while backlog:
-            head = backlog[0]
-            seq = self._stored("an entry", "add", head)
-            if not isinstance(seq, int):
-                break
-            backlog.popleft()
-            self._seqs.setdefault(id(head), []).append(seq)
         if backlog:
             backlog.append(entry)
             return None
-        self._unfiled.pop(entry.thread_id, None)
-        seq = self._stored("an entry", "add", entry)
-        if not isinstance(seq, int):
+        seq = self._add(entry)
+        if seq is None:
             self._unfiled[entry.thread_id] = deque([entry])
+        return seq
+
+    def _flush(self, thread_id: str) -> None:
+        """Write a thread's backlog in order, up to the first entry the file refuses."""
+        backlog = self._unfiled[thread_id]
+        while backlog:
+            head = backlog[0]
+            seq = self._add(head)
+            if seq is None:
+                return
+            backlog.popleft()
+            self._seqs.setdefault(id(head), []).append(seq)
+        del self._unfiled[thread_id]
+
+    def _add(self, entry: Entry) -> int | None:
+        """`OutageFile.add`; None when it failed (logged as `_stored` does). A value
+        pickle refuses marks its thread: its backlog is not tried again."""
+        assert self.store is not None
+        try:
+            seq = self.store.add(entry)
+        except Exception as exc:
+            if not isinstance(exc, OSError | sqlite3.Error):
+                self._unpicklable.add(entry.thread_id)
+            if not self._store_failing:
+                self._store_failing = True
+                log.error(
+                    "the fallback's journal file %s.entries could not take a write of "
+                    "thread %s (%s): it and the later writes of its thread are kept in "
+                    "memory only until it can",
+                    self.store.path,
+                    entry.thread_id,
+                    _describe(exc),
+                )
+            else:
+                log.debug("an entry in the journal's file failed: %s", exc)
             return None
+        self._store_failing = False
         return seq
 
     def _unfile(self, entry: Entry) -> None:
@@ -344,6 +379,7 @@ class Journal:
             backlog.popleft()
             if not backlog:
                 del self._unfiled[entry.thread_id]
+                self._unpicklable.discard(entry.thread_id)
 
     def _in_memory(self, entry: Entry) -> None:
         key = entry.key
@@ -629,6 +665,7 @@ class Journal:
         self._stored("dropping a thread", "remove_thread", thread_id)
         held = len(self.held.pop(thread_id, []))
         self._unfiled.pop(thread_id, None)
+        self._unpicklable.discard(thread_id)
         self.entries = deque(e for e in self.entries if e.thread_id != thread_id)
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}

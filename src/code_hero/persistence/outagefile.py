@@ -30,11 +30,21 @@ they were; the file is this process's own (mode 0600, locked), written and read
 by the same code. The maps entries share (`copied`, `refused`) are left out and
 joined again at load.
 
+What a start cannot read stops nothing: an entry that fails to unpickle (a graph
+module's class before the graphs load, an entry class of another version) stays in
+the file, held with its thread's later entries (`Journal.attach`, `retry_held`); the
+copies of threads' rows loaded here replay as late copies (the dead process may have
+copied them back, other replicas moved on since). A journal file that is not a
+database is moved aside (`<name>.corrupt-<time>`) and a fresh one started. Its
+database is compared by identity (`same_database`), not by the URL's spelling.
+
 One process per file: the journal's connection holds SQLite's exclusive lock
 (`locking_mode = EXCLUSIVE`) until it closes, which the kernel drops when the
 process dies. A process that finds the file locked takes the next name
 (`<stem>-2<suffix>`, ...), so replicas on one machine each have their own, and a
-restarted one takes a free file, with what a dead one left in it.
+restarted one takes a free file, with what a dead one left in it; it names (WARNING)
+the other free files that still hold entries: nothing copies those back until a
+server is started on them.
 """
 
 from __future__ import annotations

@@ -130,6 +130,9 @@ class Services:
                 default=self.settings.default_graph,
                 model=self.settings.model,
             )
+            # The graphs' modules are imported now: an outage file's entries holding
+            # their classes can be read (held at open until then).
+            await self.manager.router.retry_held()
             self._executor = RunExecutor(
                 self.manager,
                 self._graphs,

@@ -609,3 +609,39 @@ async def test_the_end_of_a_run_gone_with_its_thread_purges_what_it_wrote(
         await primary.saver.aput(config, empty_checkpoint(), {}, {})
         await replayed.replay(primary, fallback)
         assert await primary.count_checkpoints("t") == 1
+
+
+@pytest.mark.parametrize("then", ["as copied", "taken over", "ended there"])
+async def test_a_late_copy_ends_a_run_only_as_an_earlier_copy_left_it(
+    primary_config: Any, then: str
+) -> None:
+    # A copy-back cut short by a kill left the run RUNNING under its executor's lease in
+    # the primary; the fallback saw it end. The next process's copy (late) ends it there,
+    # unless another executor took it over or it ended there since.
+    now = datetime.now(UTC)
+    async with one_running_run(primary_config, "exec-1") as (fallback, primary):
+        await fallback.registry.put_thread(ThreadRecord("t", None, ThreadStatus.IDLE, {}, now, now))
+        await fallback.registry.put_run(
+            RunRecord(
+                RUN, "t", "g", RunStatus.SUCCESS, output={"from": "outage"}, created_at=now,
+                finished_at=now, lease_owner="exec-1",
+            )
+        )  # fmt: skip
+        if then == "taken over":
+            await primary.registry.put_run(
+                RunRecord(RUN, "t", "g", RunStatus.RUNNING, created_at=now, lease_owner="exec-2")
+            )
+        elif then == "ended there":
+            await primary.registry.put_run(
+                RunRecord(RUN, "t", "g", RunStatus.ERROR, created_at=now, lease_owner="exec-2")
+            )
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        run = await primary.registry.get_run(RUN)
+        assert run is not None
+        expected = {
+            "as copied": RunStatus.SUCCESS,
+            "taken over": RunStatus.RUNNING,
+            "ended there": RunStatus.ERROR,
+        }[then]
+        assert run.status is expected
+        assert (run.output == {"from": "outage"}) is (then == "as copied")

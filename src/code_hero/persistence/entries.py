@@ -292,7 +292,33 @@ class CopyThread:
                     await primary.registry.put_run(run, announce=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return
+            else:
+                await _end_if_still_ours(primary, run, present[run.run_id])
             await _copy_events(primary, fallback, run.run_id, self.copied)
+
+
+async def _end_if_still_ours(primary: Backend, run: RunRecord, there: RunRecord) -> None:
+    """A late copy of a run the primary has: its end only, and only onto the run as an
+    earlier copy left it, unfinished under the lease of the executor that ended it here
+    (a copy-back cut short by a kill, replayed by the next process). A run another
+    executor took over, or that ended there, is left as it is: nothing goes backwards."""
+    if not run.status.finished or there.status.finished or run.lease_owner is None:
+        return
+    if there.lease_owner != run.lease_owner:
+        return
+    await primary.registry.finish_run(
+        run.run_id,
+        THREAD_STATUS_AFTER[run.status],
+        if_unfinished=True,
+        if_leased_by=run.lease_owner,
+        status=run.status,
+        output=run.output,
+        error=run.error,
+        finished_at=run.finished_at,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        steps=run.steps,
+    )
 
 
 async def _refused_ends(

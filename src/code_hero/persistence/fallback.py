@@ -432,9 +432,22 @@ class FallbackRouter(RouterDeletes):
         """Probe every slot; heal back to the primary when it answers again."""
         for slot in self.slots:
             await self.probe(slot)
+        await self.retry_held(quarantine=False)
         if self.active != 0 and self.primary.healthy:
             await self.recover()
         elif self.serving and self.journal.quarantine:
+            await retry_quarantined(self)
+
+    async def retry_held(self, *, quarantine: bool = True) -> None:
+        """Read again the entries of the journal's file this process could not read at
+        open (a graph's class, before the graphs loaded): those read now join the journal
+        (the primary serving: the quarantine, replayed at once unless `quarantine` is
+        False, when the caller's retry follows)."""
+        if not self.journal.held:
+            return
+        async with self.journal.step_lock:
+            moved = self.journal.retry_held(serving=self.serving)
+        if moved and quarantine and self.serving and self.journal.quarantine:
             await retry_quarantined(self)
 
     async def recover(self) -> bool:

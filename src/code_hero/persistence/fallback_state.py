@@ -120,8 +120,9 @@ class RouterState:
 
     @property
     def quarantined(self) -> int:
-        """Writes the primary refused when they were copied; kept and retried."""
-        return len(self.journal.quarantine)
+        """Writes the primary refused when they were copied, and entries of the journal's
+        file this process cannot read (yet); kept and retried."""
+        return len(self.journal.quarantine) + self.journal.held_count
 
     @property
     def retry_after(self) -> int:

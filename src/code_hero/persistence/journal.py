@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
@@ -127,24 +128,107 @@ class Journal:
         self.store: OutageFile | None = None
         self._seqs: dict[int, list[int]] = {}
         self._store_failing = False
+        # Entries loaded from the file this process cannot read yet, and the entries of
+        # their threads behind them, by thread, in order (`attach`, `retry_held`).
+        self.held: dict[str, list[_Held]] = {}
+        self.held_error = ""
+        self._copied: dict[str, int] = {}
+        # Entries the file did not take (a full disk, a value pickle refuses), by
+        # thread, in order: written first once the file works again (`_file`).
+        self._unfiled: dict[str, deque[Entry]] = {}
+        self._unpicklable: set[str] = set()  # threads whose backlog pickle refuses
 
     def attach(self, store: OutageFile, copied: dict[str, int]) -> Loaded:
         """Keep the journal in `store` from now on, after loading what it holds (a dead
-        process's outage); `copied` is the router's map the copies share."""
+        process's outage); `copied` is the router's map the copies share.
+
+        An entry this process cannot read yet (a value of a graph's module not imported
+        yet, an entry class of another version) stops nothing: it stays in the file,
+        held with every later entry of its thread (`held`), and is tried again
+        (`retry_held`: after the graphs load, at each probe). A copy of a thread's rows
+        loaded from the file replays as a late copy (`CopyThread.late`): the dead
+        process may have copied it back already, and the primary moved on since."""
         from code_hero.persistence.outagefile import load_entry
 
+        self._copied = copied
         loaded = store.load()
         self.refused_runs.update(loaded.state.get("refused") or {})
-        for seq, body in loaded.entries:
-            entry = load_entry(body, copied=copied, refused=self.refused_runs)
-            self._in_memory(entry)
-            self._seqs.setdefault(id(entry), []).append(seq)
-        for seq, body, failures, error in loaded.quarantined:
-            entry = load_entry(body, copied=copied, refused=self.refused_runs)
-            self.quarantine.append(Quarantined(entry, failures, error))
+        rows = [(seq, body, False, 0, "") for seq, body in loaded.entries]
+        rows += [(seq, body, True, n, error) for seq, body, n, error in loaded.quarantined]
+        for seq, body, flagged, failures, error in sorted(rows, key=lambda r: r[0]):
+            thread_id = loaded.thread_of[seq]
+            if thread_id in self.held:
+                self.held[thread_id].append(_Held(seq, body, None, flagged))
+                continue
+            try:
+                entry = _as_loaded(load_entry(body, copied=copied, refused=self.refused_runs))
+            except Exception as exc:
+                self.held[thread_id] = [_Held(seq, body, None, flagged)]
+                self.held_error = _describe(exc)
+                continue
+            if flagged:
+                self.quarantine.append(Quarantined(entry, failures, error))
+            else:
+                self._in_memory(entry)
             self._seqs.setdefault(id(entry), []).append(seq)
         self.store = store
+        if self.held:
+            log.error(
+                "%d entries of %d threads in the outage journal file %s.entries cannot be "
+                "read by this process (%s): kept in the file, and tried again after the "
+                "graphs load and at each probe; the entries of their threads wait behind them",
+                self.held_count,
+                len(self.held),
+                store.path,
+                self.held_error,
+            )
         return loaded
+
+    @property
+    def held_count(self) -> int:
+        """Entries loaded from the file this process could not read yet, and the entries
+        of their threads behind them."""
+        return sum(len(items) for items in self.held.values())
+
+    def retry_held(self, *, serving: bool) -> int:
+        """Read the held entries again, each thread's in order up to the first one still
+        unreadable: those read join the journal (the primary serving: the quarantine,
+        replayed as late copies); how many did."""
+        from code_hero.persistence.outagefile import load_entry
+
+        moved = 0
+        for thread_id in list(self.held):
+            items = self.held[thread_id]
+            while items:
+                item = items[0]
+                entry = item.entry
+                if entry is None:
+                    try:
+                        assert item.body is not None
+                        entry = _as_loaded(
+                            load_entry(item.body, copied=self._copied, refused=self.refused_runs)
+                        )
+                    except Exception as exc:
+                        self.held_error = _describe(exc)
+                        break
+                items.pop(0)
+                moved += 1
+                if serving or item.quarantined:
+                    self.quarantine.append(Quarantined(entry, 0, "read late (held at start)"))
+                else:
+                    self._in_memory(entry)
+                if item.seq is not None:
+                    self._seqs.setdefault(id(entry), []).append(item.seq)
+            if not items:
+                del self.held[thread_id]
+        if moved:
+            log.warning(
+                "%d entries held in the outage journal file could be read now: they go to "
+                "the primary; %d still held",
+                moved,
+                self.held_count,
+            )
+        return moved
 
     def _stored(self, what: str, method: str, *args: Any) -> object:
         """A call on the journal's file; a failure (a full disk) is logged, once until
@@ -216,10 +300,86 @@ class Journal:
         key = entry.key
         if key is not None and key in self._keyed:
             return
-        seq = self._stored("an entry", "add", entry)
+        if entry.thread_id in self.held:  # behind the held entries of its thread
+            seq = self._file(entry)
+            self.held[entry.thread_id].append(_Held(None, None, entry, False))
+            if isinstance(seq, int):
+                self.held[entry.thread_id][-1].seq = seq
+            return
+        seq = self._file(entry)
         self._in_memory(entry)
         if isinstance(seq, int):
             self._seqs.setdefault(id(entry), []).append(seq)
+
+    def _file(self, entry: Entry) -> int | None:
+        """Commit an entry to the file, after the entries of its thread the file did not
+        take yet (in order); None when it did not go in (it waits behind them).
+
+        The file never holds an entry without the ones of its thread before it: a replay
+        after a kill would apply it out of order (a run's end without its checkpoint).
+        Each thread's backlog is written first once the file works again (at the next
+        entry of any thread). An entry pickle refuses never goes in, so neither does any
+        later one of its thread: those are kept in memory only (the emergency slot's
+        terms, logged once), and after a kill the thread resumes from the file's last
+        entry before it."""
+        if self.store is None:
+            return None
+        for thread_id in [t for t in self._unfiled if t not in self._unpicklable]:
+            self._flush(thread_id)
+        backlog = self._unfiled.get(entry.thread_id)
+        if backlog:
+            backlog.append(entry)
+            return None
+        seq = self._add(entry)
+        if seq is None:
+            self._unfiled[entry.thread_id] = deque([entry])
+        return seq
+
+    def _flush(self, thread_id: str) -> None:
+        """Write a thread's backlog in order, up to the first entry the file refuses."""
+        backlog = self._unfiled[thread_id]
+        while backlog:
+            head = backlog[0]
+            seq = self._add(head)
+            if seq is None:
+                return
+            backlog.popleft()
+            self._seqs.setdefault(id(head), []).append(seq)
+        del self._unfiled[thread_id]
+
+    def _add(self, entry: Entry) -> int | None:
+        """`OutageFile.add`; None when it failed (logged as `_stored` does). A value
+        pickle refuses marks its thread: its backlog is not tried again."""
+        assert self.store is not None
+        try:
+            seq = self.store.add(entry)
+        except Exception as exc:
+            if not isinstance(exc, OSError | sqlite3.Error):
+                self._unpicklable.add(entry.thread_id)
+            if not self._store_failing:
+                self._store_failing = True
+                log.error(
+                    "the fallback's journal file %s.entries could not take a write of "
+                    "thread %s (%s): it and the later writes of its thread are kept in "
+                    "memory only until it can",
+                    self.store.path,
+                    entry.thread_id,
+                    _describe(exc),
+                )
+            else:
+                log.debug("an entry in the journal's file failed: %s", exc)
+            return None
+        self._store_failing = False
+        return seq
+
+    def _unfile(self, entry: Entry) -> None:
+        """An entry leaving the journal is no longer owed to the file."""
+        backlog = self._unfiled.get(entry.thread_id)
+        if backlog and backlog[0] is entry:
+            backlog.popleft()
+            if not backlog:
+                del self._unfiled[entry.thread_id]
+                self._unpicklable.discard(entry.thread_id)
 
     def _in_memory(self, entry: Entry) -> None:
         key = entry.key
@@ -407,7 +567,9 @@ class Journal:
         return next((o.error for o in outcomes if o.unreachable), None), removed
 
     def _pop(self) -> None:
-        thread_id = self.entries.popleft().thread_id
+        entry = self.entries.popleft()
+        self._unfile(entry)
+        thread_id = entry.thread_id
         self._per_thread[thread_id] -= 1
         if not self._per_thread[thread_id]:
             del self._per_thread[thread_id]
@@ -501,16 +663,20 @@ class Journal:
             if gone.thread_id == thread_id:
                 self._seqs.pop(id(gone), None)
         self._stored("dropping a thread", "remove_thread", thread_id)
+        held = len(self.held.pop(thread_id, []))
+        self._unfiled.pop(thread_id, None)
+        self._unpicklable.discard(thread_id)
         self.entries = deque(e for e in self.entries if e.thread_id != thread_id)
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
         self._per_thread.pop(thread_id, None)
         self._forget_refusals()
-        return before - len(self.entries) - len(self.quarantine)
+        return before + held - len(self.entries) - len(self.quarantine)
 
     def quarantined_threads(self) -> set[str]:
-        """Threads with an entry in the quarantine (their fallback copies stay)."""
-        return {q.entry.thread_id for q in self.quarantine}
+        """Threads with an entry in the quarantine, or held unread in the file (their
+        fallback copies stay)."""
+        return {q.entry.thread_id for q in self.quarantine} | set(self.held)
 
     def quarantined_runs(self) -> set[str]:
         """Runs with an entry of their own in the quarantine (a run's change, end, events
@@ -603,6 +769,24 @@ def _runs(batch: list[Entry], indexes: list[int], *, batches: bool) -> list[list
                 continue
         runs.append([index])
     return runs
+
+
+@dataclass
+class _Held:
+    """An entry of the file held: unread (`body`) or appended behind one (`entry`)."""
+
+    seq: int | None
+    body: bytes | None
+    entry: Entry | None
+    quarantined: bool
+
+
+def _as_loaded(entry: Entry) -> Entry:
+    """An entry loaded from a previous process's file: a copy of a thread's rows replays
+    as a late copy (adds what the primary lacks, never replaces a newer row): the dead
+    process may have copied it back already, and other replicas moved on since."""
+    late = getattr(entry, "late", None)
+    return cast("Entry", late()) if callable(late) else entry
 
 
 @dataclass

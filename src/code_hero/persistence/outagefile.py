@@ -30,11 +30,21 @@ they were; the file is this process's own (mode 0600, locked), written and read
 by the same code. The maps entries share (`copied`, `refused`) are left out and
 joined again at load.
 
+What a start cannot read stops nothing: an entry that fails to unpickle (a graph
+module's class before the graphs load, an entry class of another version) stays in
+the file, held with its thread's later entries (`Journal.attach`, `retry_held`); the
+copies of threads' rows loaded here replay as late copies (the dead process may have
+copied them back, other replicas moved on since). A journal file that is not a
+database is moved aside (`<name>.corrupt-<time>`) and a fresh one started. Its
+database is compared by identity (`same_database`), not by the URL's spelling.
+
 One process per file: the journal's connection holds SQLite's exclusive lock
 (`locking_mode = EXCLUSIVE`) until it closes, which the kernel drops when the
 process dies. A process that finds the file locked takes the next name
 (`<stem>-2<suffix>`, ...), so replicas on one machine each have their own, and a
-restarted one takes a free file, with what a dead one left in it.
+restarted one takes a free file, with what a dead one left in it; it names (WARNING)
+the other free files that still hold entries: nothing copies those back until a
+server is started on them.
 """
 
 from __future__ import annotations
@@ -44,10 +54,12 @@ import logging
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from code_hero.errors import ConfigurationError
@@ -60,6 +72,7 @@ __all__ = [
     "OutageFile",
     "dump_entry",
     "load_entry",
+    "same_database",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,6 +148,7 @@ class Loaded:
     local_threads: set[str]
     fallback_threads: set[str]
     state: dict[str, Any]
+    thread_of: dict[int, str] = field(default_factory=dict)  # each entry's thread, by seq
 
     @property
     def empty(self) -> bool:
@@ -168,7 +182,8 @@ class OutageFile:
                 continue
             found = cls(candidate, conn)
             owner = found.state("primary")
-            if owner is not None and owner != primary and not found.load().empty:
+            same = owner is not None and same_database(owner, primary)
+            if owner is not None and not same and not found.load().empty:
                 log.warning(
                     "fallback file %s holds the outage writes of another database (%s): "
                     "left alone; start a server on that database with this file to copy "
@@ -178,8 +193,11 @@ class OutageFile:
                 )
                 found.close()
                 continue
-            if owner != primary:  # new, or another database's with nothing waiting
+            if not same:  # new, or another database's with nothing waiting
                 found.reset(primary)
+            elif owner != primary:  # the same database named another way
+                found.set_state("primary", primary)
+            _warn_waiting(base, candidate)
             return found
         raise FallbackFileBusyError(
             f"every fallback file name of CODE_HERO_FALLBACK_PATH={path} is held by "
@@ -274,9 +292,12 @@ class OutageFile:
         """Everything the file holds, entries in their order."""
         entries: list[tuple[int, bytes]] = []
         quarantined: list[tuple[int, bytes, int, str]] = []
-        for seq, body, flagged, failures, error in self._conn.execute(
-            "SELECT seq, body, quarantined, failures, last_error FROM entries ORDER BY seq"
+        thread_of: dict[int, str] = {}
+        for seq, thread_id, body, flagged, failures, error in self._conn.execute(
+            "SELECT seq, thread_id, body, quarantined, failures, last_error FROM entries "
+            "ORDER BY seq"
         ):
+            thread_of[seq] = thread_id
             if flagged:
                 quarantined.append((seq, body, failures, error or ""))
             else:
@@ -288,7 +309,61 @@ class OutageFile:
             key: pickle.loads(value)
             for key, value in self._conn.execute("SELECT key, value FROM state")
         }
-        return Loaded(entries, quarantined, threads["local"], threads["fallback"], state)
+        return Loaded(entries, quarantined, threads["local"], threads["fallback"], state, thread_of)
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two (redacted) URLs name one database: scheme (postgres is postgresql),
+    host, port (5432 by default), database and user; query options and the spelling
+    of the scheme aside. Anything but a PostgreSQL URL compares as it is written."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(url: str) -> tuple[Any, ...] | str:
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        return url
+    try:
+        port = parsed.port or 5432
+    except ValueError:
+        return url
+    database = unquote(parsed.path.lstrip("/"))
+    return ("postgresql", (parsed.hostname or "").lower(), port, database, parsed.username)
+
+
+def _names(base: Path) -> list[Path]:
+    """The fallback file names of `base`, in the order `claim` tries them."""
+    return [
+        base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+        for n in range(1, MAX_FILES + 1)
+    ]
+
+
+def _warn_waiting(base: Path, taken: Path) -> None:
+    """Warn of each other fallback file of `base`'s names that no live process holds
+    and that holds entries: a dead replica's outage writes, which nothing copies back
+    until a server is started on that file."""
+    for other in _names(base):
+        journal = other.with_name(other.name + ".entries")
+        if other == taken or not journal.exists():
+            continue
+        try:
+            conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
+            try:
+                [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:  # held by a live process (locked), or unreadable
+            continue
+        if count:
+            log.warning(
+                "fallback file %s holds %d outage writes of a process that is gone and no "
+                "server copies them back: start one with CODE_HERO_FALLBACK_PATH=%s "
+                "(same database) to copy them into it",
+                other,
+                count,
+                other,
+            )
 
 
 def _lock(path: Path) -> sqlite3.Connection | None:
@@ -298,6 +373,36 @@ def _lock(path: Path) -> sqlite3.Connection | None:
     journal.parent.mkdir(parents=True, exist_ok=True)
     for file in (path, journal):  # the process's own: -wal and -shm take the mode too
         os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        return _open_locked(journal)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise
+        # Not a database (a truncated copy, another program's file): kept for the
+        # operator, never read again; this process starts with a fresh file.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = [path, journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))]
+        moved = []
+        for file in aside:
+            if file.exists():
+                target = file.with_name(f"{file.name}.corrupt-{stamp}")
+                file.rename(target)
+                moved.append(str(target))
+        log.error(
+            "the fallback's journal file %s cannot be read (%s): moved aside as %s with "
+            "its data file; outage writes it may hold are not copied back (inspect them "
+            "with sqlite3); starting with a fresh file",
+            journal,
+            exc,
+            ", ".join(moved),
+        )
+        for file in (path, journal):
+            os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+        return _open_locked(journal)
+
+
+def _open_locked(journal: Path) -> sqlite3.Connection | None:
+    """`_lock`'s connection of the journal file: None when another process holds it."""
     conn = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -307,9 +412,11 @@ def _lock(path: Path) -> sqlite3.Connection | None:
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
         conn.close()
-        if "locked" in str(exc) or "busy" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc)
+        ):
             return None
         raise
     conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on

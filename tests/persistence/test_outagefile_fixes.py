@@ -1,0 +1,187 @@
+"""The durable journal's file after the review: an entry held unread at the start is
+read again later, with its thread's entries behind it; an entry the file did not take
+goes in first once it can; a dead replica's file is announced, a live one's is not."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import empty_checkpoint
+
+from code_hero.persistence.entries import CopyThread, DeleteThread, FinishRun, PutCheckpoint
+from code_hero.persistence.journal import Journal
+from code_hero.persistence.outagefile import OutageFile
+from code_hero.persistence.records import RunStatus
+from tests.persistence.test_outagefile import RUN
+
+DB = "postgresql://db"
+MODULE = "code_hero_user_graph_fixes_notes"
+
+
+class Note:
+    """A value of a graph's module: pickled under that module's name."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class Flaky:
+    """A value pickle refuses the first time only (the file failing, then working)."""
+
+    refuse = True
+
+    def __reduce__(self) -> Any:
+        if Flaky.refuse:
+            raise OSError("No space left on device")
+        return (Flaky, ())
+
+
+def _checkpoint(thread_id: str, value: Any) -> PutCheckpoint:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"x": value}
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "run_id": RUN}}
+    return PutCheckpoint(config, checkpoint, {"step": 1}, {})
+
+
+def test_an_entry_held_at_the_start_is_read_after_the_graphs_load(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    module = types.ModuleType(MODULE)
+    Note.__module__ = MODULE
+    module.Note = Note  # type: ignore[attr-defined]
+    sys.modules[MODULE] = module
+    try:
+        store = OutageFile.claim(path, DB)
+        journal = Journal(100)
+        journal.attach(store, {})
+        journal.append(_checkpoint("t1", Note("kept")))
+        journal.append(FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS}, "exec-1"))
+        journal.append(DeleteThread("other"))
+        store.close()
+        del sys.modules[MODULE]  # the next process, before its graphs load
+
+        again = OutageFile.claim(path, DB)
+        journal2 = Journal(100)
+        journal2.attach(again, {})
+        # The other thread goes on; t1's end waits behind its unread checkpoint.
+        assert [type(e) for e in journal2.entries] == [DeleteThread]
+        assert journal2.held_count == 2 and "t1" in journal2.quarantined_threads()
+        journal2.append(DeleteThread("t1"))  # a write of t1 meanwhile: behind them too
+        assert journal2.held_count == 3
+        assert journal2.retry_held(serving=False) == 0  # still unreadable: kept
+        sys.modules[MODULE] = module  # the graphs loaded
+        assert journal2.retry_held(serving=False) == 3
+        assert [type(e) for e in journal2.entries] == [
+            DeleteThread,
+            PutCheckpoint,
+            FinishRun,
+            DeleteThread,
+        ]
+        assert journal2.held == {} and journal2.durable
+        again.close()
+        with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:  # all in the file
+            assert conn.execute("SELECT count(*) FROM entries").fetchone() == (4,)
+        conn.close()
+    finally:
+        sys.modules.pop(MODULE, None)
+        Note.__module__ = __name__
+
+
+def test_a_copy_loaded_from_the_file_replays_as_a_late_copy(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(CopyThread("t1", {}))
+    store.close()
+    again = OutageFile.claim(path, DB)
+    journal2 = Journal(100)
+    journal2.attach(again, {})
+    [copy] = journal2.entries
+    assert isinstance(copy, CopyThread) and copy.only_missing  # never replaces newer rows
+    again.close()
+
+
+def test_entries_the_file_did_not_take_go_in_first_and_in_order(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    Flaky.refuse = True
+    try:
+        journal.append(_checkpoint("t1", Flaky()))  # the file refuses it: acknowledged
+        journal.append(FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS}, "exec-1"))
+        journal.append(DeleteThread("t2"))  # another thread is not held up
+        assert not journal.durable
+        Flaky.refuse = False  # the file works again
+        journal.append(DeleteThread("t3"))  # any thread's write: the backlog goes first
+        assert journal.durable
+        journal.append(DeleteThread("t1"))
+    finally:
+        Flaky.refuse = True
+    store.close()
+    with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:
+        rows = conn.execute("SELECT thread_id, body FROM entries ORDER BY seq").fetchall()
+    conn.close()
+    kinds = [(thread, pickle.loads(body)[0]) for thread, body in rows]
+    assert kinds == [
+        ("t2", "DeleteThread"),
+        ("t1", "PutCheckpoint"),
+        ("t1", "FinishRun"),
+        ("t3", "DeleteThread"),
+        ("t1", "DeleteThread"),
+    ]
+
+
+def test_a_live_replicas_file_is_not_announced(tmp_path: Path, caplog: Any) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    first = OutageFile.claim(path, DB)
+    second = OutageFile.claim(path, DB)  # fb-2, held by a live process
+    journal = Journal(100)
+    journal.attach(second, {})
+    journal.append(DeleteThread("acknowledged"))
+    first.close()
+    restarted = OutageFile.claim(path, DB)  # fb.sqlite again
+    assert "fb-2.sqlite" not in caplog.text
+    restarted.close()
+    second.close()
+    again = OutageFile.claim(path, DB)
+    assert "fb-2.sqlite holds 1 outage writes" in caplog.text
+    again.close()
+
+
+def test_a_corrupt_journal_file_is_moved_aside_and_the_start_goes_on(
+    tmp_path: Path, caplog: Any
+) -> None:
+    path = tmp_path / "fb.sqlite"
+    (tmp_path / "fb.sqlite.entries").write_bytes(b"not a database, a truncated copy" * 200)
+    store = OutageFile.claim(str(path), DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("t1"))  # a working file
+    store.close()
+    [aside] = tmp_path.glob("fb.sqlite.entries.corrupt-*")
+    assert aside.read_bytes().startswith(b"not a database")
+    assert str(aside) in caplog.text and "cannot be read" in caplog.text
+
+
+def test_the_same_database_named_another_way_keeps_the_files_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, "postgresql://app@db.local/prod")
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("kept"))
+    store.close()
+    # The URL's spelling changed (scheme, default port, query options): same database.
+    again = OutageFile.claim(path, "postgres://app:***@DB.local:5432/prod?sslmode=require")
+    journal2 = Journal(100)
+    journal2.attach(again, {})
+    assert again.data_path == path and journal2.threads() == {"kept"}
+    again.close()
+    other = OutageFile.claim(path, "postgresql://app@db.local/staging")  # another one
+    assert other.data_path != path  # the file waits for its own database
+    other.close()

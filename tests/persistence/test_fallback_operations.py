@@ -19,6 +19,7 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from code_hero.config import create_postgres_checkpointer
+from code_hero.errors import ConfigurationError
 from code_hero.persistence.entries import DeleteThread
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.manager import EnhancedCheckpointerManager
@@ -144,3 +145,19 @@ def test_the_files_give_the_outage_s_disk_back_after_the_copy_back(
     left = _sizes(tmp_path)
     # Emptied, the README says: not 2x the outage's data kept for good.
     assert left < written // 10, {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+
+
+def test_a_journal_file_others_can_write_is_never_loaded(tmp_path: Path) -> None:
+    # Its entries are pickles: a file another user may write (a default path in a shared
+    # working directory, a file made beforehand) is code run by the server at start.
+    path = tmp_path / "fb.sqlite"
+    OutageFile.claim(str(path), "postgresql://db").close()
+    journal = path.with_name("fb.sqlite.entries")
+    journal.chmod(0o666)
+    try:
+        taken = OutageFile.claim(str(path), "postgresql://db")
+    except ConfigurationError as refused:
+        assert "fb.sqlite" in str(refused)
+        return
+    taken.close()
+    assert taken.data_path != str(path), "loaded a journal anyone may write"

@@ -161,3 +161,29 @@ def test_a_journal_file_others_can_write_is_never_loaded(tmp_path: Path) -> None
         return
     taken.close()
     assert taken.data_path != str(path), "loaded a journal anyone may write"
+
+
+@pytest.mark.postgres
+def test_a_full_fallback_disk_is_not_blamed_on_the_primary_at_the_copy_back(
+    own_pg: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fallback's filesystem fills during the outage (README: the journal goes on in
+    # memory with one ERROR). PostgreSQL back, the copy-back must not fail the healthy
+    # primary over and over on the fallback file's "database or disk is full".
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        with caplog.at_level("WARNING"):
+            asyncio.run(_outage_then_copy_back(own_pg, small, 8_000_000))
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    blamed = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("primary:") and "disk is full" in r.getMessage()
+    ]
+    assert blamed == [], f"{len(blamed)} times: {blamed[0]}"

@@ -48,6 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = settings_of(
         args,
+        serving=True,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

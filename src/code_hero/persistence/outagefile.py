@@ -296,6 +296,7 @@ def _lock(path: Path) -> sqlite3.Connection | None:
     process holds it."""
     journal = path.with_name(path.name + ".entries")
     journal.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(path, journal)
     for file in (path, journal):  # the process's own: -wal and -shm take the mode too
         os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
     conn = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
@@ -314,3 +315,23 @@ def _lock(path: Path) -> sqlite3.Connection | None:
         raise
     conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on
     return conn
+
+
+def _refuse_foreign(*files: Path) -> None:
+    """ConfigurationError for an existing file another user may have written: one not
+    this user's, or writable by its group or others. The journal's entries are pickles
+    (loading them runs code) and the data file is the fallback's: neither is loaded."""
+    for file in files:
+        try:
+            found = os.stat(file)
+        except FileNotFoundError:
+            continue
+        foreign = found.st_uid != os.geteuid()
+        if foreign or found.st_mode & 0o022:
+            why = "owned by another user" if foreign else f"mode {found.st_mode & 0o777:o}"
+            raise ConfigurationError(
+                f"refusing the fallback file {file}: {why}, others may have written it "
+                "(its outage entries would be unpickled); check what it holds, then make "
+                f"it this user's with mode 0600 (chown, chmod 600) or remove it, or set "
+                "CODE_HERO_FALLBACK_PATH to another file"
+            )

@@ -187,3 +187,30 @@ def test_a_full_fallback_disk_is_not_blamed_on_the_primary_at_the_copy_back(
         if r.getMessage().startswith("primary:") and "disk is full" in r.getMessage()
     ]
     assert blamed == [], f"{len(blamed)} times: {blamed[0]}"
+
+
+def _serve(tmp_path: Path, fallback: str) -> subprocess.CompletedProcess[str]:
+    env = {**_env(), "PYTHONPATH": SOURCE, "DATABASE_URL": DOWN}
+    env["CODE_HERO_FALLBACK_PATH"] = fallback
+    port = str(_free_port())
+    return subprocess.run(
+        [*COMMAND, "serve", "--port", port],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_with_a_fallback_path_set_where_it_may_not_write_exits_with_one_line(
+    tmp_path: Path,
+) -> None:
+    # Set explicitly, the operator asked for durability: no silent memory fallback.
+    (tmp_path / "a-file").write_text("")
+    done = _serve(tmp_path, str(tmp_path / "a-file" / "fb.sqlite"))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert "error: CODE_HERO_FALLBACK_PATH=" in output, output
+

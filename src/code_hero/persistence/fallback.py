@@ -148,6 +148,9 @@ class FallbackRouter(RouterDeletes):
 
     async def close(self) -> None:
         """Close every opened backend (and release the journal's file)."""
+        task, self.giving_back = self.giving_back, None
+        if task is not None:
+            await task  # never raises (`give_back_space`)
         await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:
@@ -482,3 +485,21 @@ class FallbackRouter(RouterDeletes):
             if slot.backend is not None:
                 await slot.backend.forget(keep=kept)
         self.save_outage()  # no outage; only the kept threads stay the fallback's
+        if not kept and not len(self.journal) and self.giving_back is None:
+            self.giving_back = asyncio.create_task(self.give_back_space())
+
+    async def give_back_space(self) -> None:
+        """Give the disk an outage used back once the copy-back emptied the files (their
+        pages stay the files' own until a VACUUM, and the -wal stays as large as it
+        grew): each file compacted and its WAL truncated, off the event loop (the data
+        file on its aiosqlite thread, the journal's on a thread of its own)."""
+        try:
+            fallback = self.slots[1].backend if len(self.slots) > 1 else None
+            if fallback is not None:
+                await fallback.give_back_space()
+            if self.store is not None and not len(self.journal):
+                await asyncio.to_thread(self.store.give_back_space)
+        except Exception as exc:  # the space waits for the next switch back
+            log.warning("could not give the fallback files' space back: %s", exc)
+        finally:
+            self.giving_back = None

@@ -199,6 +199,12 @@ class OutageFile:
         """Release the file (its lock goes with the connection)."""
         self._conn.close()
 
+    def give_back_space(self) -> None:
+        """Compact the emptied file and truncate its WAL (called on a thread of its own:
+        the connection allows it, and an entry added meanwhile waits for it)."""
+        self._conn.execute("VACUUM")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ------------------------------------------------------------ entries
     def add(self, entry: Entry) -> int:
         """Commit an entry at the tail; its seq."""

@@ -214,4 +214,3 @@ def test_serve_with_a_fallback_path_set_where_it_may_not_write_exits_with_one_li
     assert done.returncode != 0, output
     assert "Traceback" not in output, output
     assert "error: CODE_HERO_FALLBACK_PATH=" in output, output
-

@@ -38,9 +38,7 @@ OPERATOR = Caller(user_id=None, is_admin=True)
 """Who a command acts as: the store's operator, an administrator of every thread."""
 
 
-def settings_of(
-    args: argparse.Namespace, *, serving: bool = False, **options: Any
-) -> AppSettings:
+def settings_of(args: argparse.Namespace, *, serving: bool = False, **options: Any) -> AppSettings:
     """The settings the environment and the command's options give.
 
     The durable fallback file is `serve`'s alone (`serving`): any other command

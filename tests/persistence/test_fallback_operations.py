@@ -214,3 +214,32 @@ def test_serve_with_a_fallback_path_set_where_it_may_not_write_exits_with_one_li
     assert done.returncode != 0, output
     assert "Traceback" not in output, output
     assert "error: CODE_HERO_FALLBACK_PATH=" in output, output
+
+
+def test_a_journal_file_of_another_user_is_never_loaded(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    path = tmp_path / "fb.sqlite"
+    OutageFile.claim(str(path), "postgresql://db").close()
+    os.chown(path.with_name("fb.sqlite.entries"), 65534, 65534)
+    with pytest.raises(ConfigurationError, match="owned by another user"):
+        OutageFile.claim(str(path), "postgresql://db").close()
+
+
+def test_the_fallback_file_taken_is_named_whole_at_start_and_in_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = create_postgres_checkpointer(DOWN, fallback_path="fb.sqlite")
+
+    async def described() -> list[str]:
+        async with EnhancedCheckpointerManager(config) as manager:
+            return [b["description"] for b in manager.health_report()["backends"]]
+
+    with caplog.at_level("INFO"):
+        descriptions = asyncio.run(described())
+    whole = str(tmp_path / "fb.sqlite")
+    assert any(whole in d for d in descriptions), descriptions
+    assert any(r.levelname == "INFO" and whole in r.getMessage() for r in caplog.records), (
+        caplog.text
+    )

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -110,7 +111,12 @@ def _sizes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-async def _outage_then_copy_back(pg: OwnPostgres, folder: Path, written: int) -> None:
+async def _outage_then_copy_back(
+    pg: OwnPostgres,
+    folder: Path,
+    written: int,
+    then: Callable[[EnhancedCheckpointerManager], Awaitable[None]] | None = None,
+) -> None:
     config = create_postgres_checkpointer(
         pg.url, fallback_path=str(folder / "fb.sqlite"), health_check_interval=0.2
     )
@@ -135,6 +141,8 @@ async def _outage_then_copy_back(pg: OwnPostgres, folder: Path, written: int) ->
             assert time.monotonic() < deadline, "the copy-back did not end"
             await manager.probe_health()
             await asyncio.sleep(0.2)
+        if then is not None:
+            await then(manager)
 
 
 @pytest.mark.postgres
@@ -243,3 +251,33 @@ def test_the_fallback_file_taken_is_named_whole_at_start_and_in_health(
     assert any(r.levelname == "INFO" and whole in r.getMessage() for r in caplog.records), (
         caplog.text
     )
+
+
+@pytest.mark.postgres
+def test_a_fallback_file_left_full_at_the_switch_back_is_emptied_once_there_is_room(
+    own_pg: OwnPostgres, tmp_path: Path
+) -> None:
+    # The copy-back went through while the fallback's disk was full: its copies, the
+    # copied entries and the ended outage stayed in the files (a restart would resume an
+    # outage that is over). Once there is room, a check empties them.
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    left: list[Any] = []
+
+    async def room_then_check(manager: EnhancedCheckpointerManager) -> None:
+        subprocess.run(["mount", "-o", "remount,size=64M", str(small)], check=True)
+        await manager.probe_health()
+        store = manager.router.store
+        assert store is not None
+        left.append(store.load())
+
+    try:
+        asyncio.run(_outage_then_copy_back(own_pg, small, 8_000_000, room_then_check))
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    loaded = left[0]
+    assert loaded.empty and loaded.state.get("outage") is None, loaded.state

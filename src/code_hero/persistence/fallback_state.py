@@ -72,6 +72,8 @@ class RouterState:
         self.giving_back: asyncio.Task[None] | None = None
         # The fallback file's error that paused the last copy-back, logged once.
         self.fallback_fault: str | None = None
+        # The fallback's files not emptied after the last switch back (`tidy_fallback`).
+        self.untidy = False
         self.probe_interval = probe_interval
         self.metrics = metrics
         self.active: int | None = None

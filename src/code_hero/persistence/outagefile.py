@@ -199,6 +199,11 @@ class OutageFile:
         """Release the file (its lock goes with the connection)."""
         self._conn.close()
 
+    def clear_entries(self) -> None:
+        """Forget every entry (the journal holds none: left by a removal that failed)."""
+        with self._conn:
+            self._conn.execute("DELETE FROM entries")
+
     def give_back_space(self) -> None:
         """Compact the emptied file and truncate its WAL (called on a thread of its own:
         the connection allows it, and an entry added meanwhile waits for it)."""

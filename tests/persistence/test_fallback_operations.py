@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,7 +269,8 @@ def test_a_fallback_file_left_full_at_the_switch_back_is_emptied_once_there_is_r
     left: list[Any] = []
 
     async def room_then_check(manager: EnhancedCheckpointerManager) -> None:
-        subprocess.run(["mount", "-o", "remount,size=64M", str(small)], check=True)
+        remount = ["mount", "-o", "remount,size=64M", str(small)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
         await manager.probe_health()
         store = manager.router.store
         assert store is not None

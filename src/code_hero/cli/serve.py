@@ -13,13 +13,18 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
+from dataclasses import replace
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from code_hero.cli.deferred import defer_package_inits, deferred_model_builds
 from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
+
+if TYPE_CHECKING:
+    from code_hero.settings import AppSettings
 
 __all__ = ["GC_THRESHOLD", "MALLOC_ARENAS", "serve"]
 
@@ -48,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = settings_of(
         args,
+        serving=True,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
@@ -77,6 +83,7 @@ def serve(args: argparse.Namespace) -> int:
             settings.port,
         )
         log.warning("!" * 72)
+    settings = _fallback_file_checked(settings)
     _cap_malloc_arenas()
     app = create_app(settings)
     # The modules and the schema (nearly all of the heap) live as long as the process:
@@ -149,3 +156,37 @@ def _cap_malloc_arenas() -> None:
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(EXIT_OK)
+
+
+def _fallback_file_checked(settings: AppSettings) -> AppSettings:
+    """The settings to serve with, once the durable fallback's file is known usable:
+    taken and let go at once (a file others may write, or every name held: one-line
+    error). A directory where the file cannot be made (a read-only root filesystem, a
+    unit whose working directory is /): with the default path, one WARNING and the
+    in-memory fallback, as before there was a file; with the path set, an error."""
+    from code_hero.persistence.outagefile import OutageFile
+
+    config = settings.gateway.checkpointer
+    path = config.fallback_path
+    if path is None:
+        return settings
+    try:
+        OutageFile.claim(path, config.describe()).close()
+    except (OSError, sqlite3.Error) as exc:
+        where = os.path.abspath(path)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if os.environ.get("CODE_HERO_FALLBACK_PATH", "").strip():
+            raise ConfigurationError(
+                f"CODE_HERO_FALLBACK_PATH={path}: cannot make the fallback file {where} "
+                f"({reason}): set it to a file on a writable volume, or to memory"
+            ) from None
+        logging.getLogger("code_hero.checkpointing").warning(
+            "cannot make the durable fallback file %s (%s): an outage's writes are held "
+            "in memory only, lost if the process dies; set CODE_HERO_FALLBACK_PATH to a "
+            "file on a writable volume (or to memory, to say so)",
+            where,
+            reason,
+        )
+        checkpointer = config.with_options(fallback_path=None)
+        return replace(settings, gateway=replace(settings.gateway, checkpointer=checkpointer))
+    return settings

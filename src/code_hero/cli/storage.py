@@ -38,17 +38,26 @@ OPERATOR = Caller(user_id=None, is_admin=True)
 """Who a command acts as: the store's operator, an administrator of every thread."""
 
 
-def settings_of(args: argparse.Namespace, **options: Any) -> AppSettings:
-    """The settings the environment and the command's options give."""
+def settings_of(args: argparse.Namespace, *, serving: bool = False, **options: Any) -> AppSettings:
+    """The settings the environment and the command's options give.
+
+    The durable fallback file is `serve`'s alone (`serving`): any other command
+    beside a server (a `health` probe, `threads list`) would take a file of its
+    own, or resume and copy back a dead server's outage; it falls back in memory.
+    """
     from code_hero.settings import settings_from_env
 
-    return settings_from_env(
+    settings = settings_from_env(
         database_url=getattr(args, "database_url", None),
         sqlite_path=getattr(args, "sqlite_path", None),
         graphs=getattr(args, "graphs", None),
         langgraph_json=getattr(args, "langgraph_json", None),
         **options,
     )
+    if serving or settings.gateway.checkpointer.fallback_path is None:
+        return settings
+    checkpointer = settings.gateway.checkpointer.with_options(fallback_path=None)
+    return replace(settings, gateway=replace(settings.gateway, checkpointer=checkpointer))
 
 
 def require_file(config: CheckpointerConfig) -> None:

@@ -183,6 +183,9 @@ class Backend(ABC):
         """Drop one thread's checkpoints and registry rows from a fallback."""
         raise NotImplementedError(f"a {self.kind} backend is never a fallback")
 
+    async def give_back_space(self) -> None:  # noqa: B027 (optional: memory has no file)
+        """Return a fallback file's free pages to the disk (after `forget`)."""
+
     async def __aenter__(self) -> Backend:
         await self.open()
         return self
@@ -515,6 +518,13 @@ class SqliteBackend(Backend):
         async with self.registry.transaction():
             for table in (*_FALLBACK_TABLES, "code_hero_deleted_threads"):
                 await self._conn.execute(f"DELETE FROM {table}{where}", params)
+
+    async def give_back_space(self) -> None:
+        # On the connection's own thread (aiosqlite), under its lock: the loop waits
+        # for nothing; a write to this file meanwhile (a new outage) waits its turn.
+        async with self._lock:
+            await self._conn.execute("VACUUM")
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def forget_thread(self, thread_id: str) -> None:
         assert isinstance(self.registry, SqliteRegistry)

@@ -22,6 +22,7 @@ touches, reads and the switch back here.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -148,6 +149,9 @@ class FallbackRouter(RouterDeletes):
 
     async def close(self) -> None:
         """Close every opened backend (and release the journal's file)."""
+        task, self.giving_back = self.giving_back, None
+        if task is not None:
+            await task  # never raises (`give_back_space`)
         await self.calls.close()
         for slot in self.slots:
             if slot.backend is not None:
@@ -437,6 +441,8 @@ class FallbackRouter(RouterDeletes):
             await self.recover()
         elif self.serving and self.journal.quarantine:
             await retry_quarantined(self)
+        if self.serving and self.untidy:
+            await self.tidy_fallback()
 
     async def retry_held(self, *, quarantine: bool = True) -> None:
         """Read again the entries of the journal's file this process could not read at
@@ -491,7 +497,52 @@ class FallbackRouter(RouterDeletes):
                 lasted,
                 f" but {len(self.journal.quarantine)} quarantined" if kept else "",
             )
-        for slot in self.slots[1:]:
-            if slot.backend is not None:
-                await slot.backend.forget(keep=kept)
-        self.save_outage()  # no outage; only the kept threads stay the fallback's
+        await self.tidy_fallback()
+
+    async def tidy_fallback(self) -> bool:
+        """With the primary serving: empty the fallback's files of what it holds now
+        (the fallback's copies, the copied entries, the ended outage), then give their
+        disk back. False when the fallback's file failed (its disk full): the primary
+        serves on, and each check tries again (`check`)."""
+        kept = self.journal.quarantined_threads()
+        try:
+            for slot in self.slots[1:]:
+                if slot.backend is not None:
+                    await slot.backend.forget(keep=kept)
+            if self.store is not None:
+                # No outage; only the kept threads stay the fallback's.
+                self.store.save_outage(None, self.local_threads | self.fallback_threads)
+                if not len(self.journal) and not self.journal.quarantine:
+                    self.store.clear_entries()  # those a failed removal left
+        except sqlite3.Error as exc:
+            if not self.untidy:
+                log.warning(
+                    "the fallback file %s could not be emptied after the switch back (%s): "
+                    "the primary serves; tried again at each check",
+                    "?" if self.store is None else self.store.path.resolve(),
+                    exc,
+                )
+            self.untidy = True
+            return False
+        if self.untidy:
+            log.info("the fallback file is emptied")
+        self.untidy = False
+        if not kept and not len(self.journal) and self.giving_back is None:
+            self.giving_back = asyncio.create_task(self.give_back_space())
+        return True
+
+    async def give_back_space(self) -> None:
+        """Give the disk an outage used back once the copy-back emptied the files (their
+        pages stay the files' own until a VACUUM, and the -wal stays as large as it
+        grew): each file compacted and its WAL truncated, off the event loop (the data
+        file on its aiosqlite thread, the journal's on a thread of its own)."""
+        try:
+            fallback = self.slots[1].backend if len(self.slots) > 1 else None
+            if fallback is not None:
+                await fallback.give_back_space()
+            if self.store is not None and not len(self.journal):
+                await asyncio.to_thread(self.store.give_back_space)
+        except Exception as exc:  # the space waits for the next switch back
+            log.warning("could not give the fallback files' space back: %s", exc)
+        finally:
+            self.giving_back = None

@@ -68,6 +68,12 @@ class RouterState:
         self.slots = list(slots)
         # The durable fallback's journal file (`outagefile.py`), attached at `open`.
         self.store = store
+        # Giving an emptied fallback file's disk back after a switch back (`give_back_space`).
+        self.giving_back: asyncio.Task[None] | None = None
+        # The fallback file's error that paused the last copy-back, logged once.
+        self.fallback_fault: str | None = None
+        # The fallback's files not emptied after the last switch back (`tidy_fallback`).
+        self.untidy = False
         self.probe_interval = probe_interval
         self.metrics = metrics
         self.active: int | None = None

@@ -137,8 +137,13 @@ class EnhancedCheckpointerManager:
                     # A durable fallback: a SQLite file of this process's own, its journal
                     # beside it (`outagefile.py`); what a dead process left is resumed.
                     store = OutageFile.claim(self.config.fallback_path, self.config.describe())
-                    fallback = create_sqlite_checkpointer(
-                        store.data_path, sqlite_cache_kib=self.config.sqlite_cache_kib
+                    self.logger.info(
+                        "durable outage fallback: %s (its journal: %s.entries)",
+                        store.path.resolve(),
+                        store.path.resolve(),
+                    )
+                    fallback = create_sqlite_checkpointer(  # health names it whole
+                        str(store.path.resolve()), sqlite_cache_kib=self.config.sqlite_cache_kib
                     )
                 slots.append(BackendSlot("fallback", fallback))
                 slots.append(BackendSlot("emergency", create_memory_checkpointer()))

@@ -217,6 +217,17 @@ class OutageFile:
         """Release the file (its lock goes with the connection)."""
         self._conn.close()
 
+    def clear_entries(self) -> None:
+        """Forget every entry (the journal holds none: left by a removal that failed)."""
+        with self._conn:
+            self._conn.execute("DELETE FROM entries")
+
+    def give_back_space(self) -> None:
+        """Compact the emptied file and truncate its WAL (called on a thread of its own:
+        the connection allows it, and an entry added meanwhile waits for it)."""
+        self._conn.execute("VACUUM")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ------------------------------------------------------------ entries
     def add(self, entry: Entry) -> int:
         """Commit an entry at the tail; its seq."""
@@ -371,6 +382,7 @@ def _lock(path: Path) -> sqlite3.Connection | None:
     process holds it."""
     journal = path.with_name(path.name + ".entries")
     journal.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(path, journal)
     for file in (path, journal):  # the process's own: -wal and -shm take the mode too
         os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
     try:
@@ -421,3 +433,23 @@ def _open_locked(journal: Path) -> sqlite3.Connection | None:
         raise
     conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on
     return conn
+
+
+def _refuse_foreign(*files: Path) -> None:
+    """ConfigurationError for an existing file another user may have written: one not
+    this user's, or writable by its group or others. The journal's entries are pickles
+    (loading them runs code) and the data file is the fallback's: neither is loaded."""
+    for file in files:
+        try:
+            found = os.stat(file)
+        except FileNotFoundError:
+            continue
+        foreign = found.st_uid != os.geteuid()
+        if foreign or found.st_mode & 0o022:
+            why = "owned by another user" if foreign else f"mode {found.st_mode & 0o777:o}"
+            raise ConfigurationError(
+                f"refusing the fallback file {file}: {why}, others may have written it "
+                "(its outage entries would be unpickled); check what it holds, then make "
+                f"it this user's with mode 0600 (chown, chmod 600) or remove it, or set "
+                "CODE_HERO_FALLBACK_PATH to another file"
+            )

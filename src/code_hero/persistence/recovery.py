@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -129,6 +130,7 @@ async def sync_back(router: FallbackRouter) -> bool:
                     "the copy-back's last part",
                 )
                 await router.switch_to_primary()
+            router.fallback_fault = None
             return True
         except Exception as exc:
             # Past the gated part's bound, a probe on a connection of its own tells a
@@ -145,6 +147,20 @@ async def sync_back(router: FallbackRouter) -> bool:
             # it first (`outage`), as for `retry_quarantined`. Busy, the drain starts
             # again (the gate open meanwhile; the pool's own wait for a connection is
             # the pause); still busy after the last try, the next check recovers.
+            if _fallback_side(router, exc):
+                # The fallback's file failed (its disk full), not the healthy primary:
+                # no failover; the journal keeps the rest and the next check retries.
+                level = logging.DEBUG if router.fallback_fault == str(exc) else logging.WARNING
+                router.fallback_fault = str(exc)
+                log.log(
+                    level,
+                    "copy-back paused: the fallback file %s failed (%s: %s; a full disk?), "
+                    "not the primary; the next check retries",
+                    "?" if router.store is None else router.store.path.resolve(),
+                    type(exc).__name__,
+                    exc,
+                )
+                return False
             verdict = await router.outage(primary, exc)
             if verdict is None:
                 raise
@@ -158,6 +174,13 @@ async def sync_back(router: FallbackRouter) -> bool:
                 return False
             log.info("sync back to the primary waits: its pool is saturated (%s)", exc)
     return False
+
+
+def _fallback_side(router: FallbackRouter, exc: BaseException) -> bool:
+    """True when a copy-back's error is the fallback's own: a SQLite error while the
+    primary is no SQLite database (reading the fallback's file, or removing the
+    copied entries from the journal's)."""
+    return isinstance(exc, sqlite3.Error) and router.primary.config.kind != "sqlite"
 
 
 async def retry_quarantined(router: FallbackRouter) -> None:

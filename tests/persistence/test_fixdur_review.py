@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__ = ["primary_config"]  # the fixture, shared with test_entries
 
-from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.entries import CopyThread, DeleteThread
+from code_hero.persistence.journal import Journal
+from code_hero.persistence.outagefile import OutageFile, same_database
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
 from tests.persistence.test_entries import RUN, one_running_run, primary_config
 
@@ -49,3 +53,30 @@ async def test_a_late_copy_ends_a_run_the_executor_ended_on_the_fallback(
         assert run is not None
         assert run.status is RunStatus.SUCCESS
         assert run.output == {"from": "outage"}
+
+
+def test_a_file_of_another_schema_or_server_named_in_the_query_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """`same_database` drops the whole query, but libpq takes the server and the schema
+    from it too: `options=-csearch_path=...` (the way README and the tests name a schema),
+    `host=` (a socket directory), `port=`, `dbname=`. Before the merge a file of another
+    deployment (its own schema, same database) was left alone; now its outage writes are
+    replayed into this one's tables."""
+    theirs = "postgresql://app@db.local/prod?options=" + quote("-csearch_path=tenant_a")
+    ours = "postgresql://app@db.local/prod?options=" + quote("-csearch_path=tenant_b")
+    assert not same_database(theirs, ours)
+    assert not same_database("postgresql:///prod?host=/run/a", "postgresql:///prod?host=/run/b")
+    assert not same_database("postgresql:///prod?port=5433", "postgresql:///prod?port=5432")
+
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, theirs)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("tenant-a-thread"))
+    store.close()  # tenant A's replica died in an outage
+    other = OutageFile.claim(path, ours)
+    try:
+        assert other.data_path != path  # tenant A's file waits for tenant A's database
+    finally:
+        other.close()

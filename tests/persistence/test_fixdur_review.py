@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 __all__ = ["primary_config"]  # the fixture, shared with test_entries
+
+DB = "postgresql://db"
 
 from code_hero.persistence.entries import CopyThread, DeleteThread
 from code_hero.persistence.journal import Journal
@@ -80,3 +84,41 @@ def test_a_file_of_another_schema_or_server_named_in_the_query_is_left_alone(
         assert other.data_path != path  # tenant A's file waits for tenant A's database
     finally:
         other.close()
+
+
+def _held_thread(tmp_path: Path, thread_id: str) -> tuple[OutageFile, Journal, str]:
+    """A file a dead process left holding an entry of `thread_id` this version cannot
+    read (an entry class of another version), and a journal of limit 3 attached to it."""
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    Journal(100).attach(store, {})
+    store.close()
+    with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:
+        conn.execute(
+            "INSERT INTO entries (thread_id, body) VALUES (?, ?)",
+            (thread_id, pickle.dumps(("DeleteThread", {"thread_id": thread_id, "gone": 1}))),
+        )
+    conn.close()
+    again = OutageFile.claim(path, DB)
+    journal = Journal(3)
+    journal.attach(again, {})
+    return again, journal, path
+
+
+def test_writes_queued_behind_a_held_entry_count_toward_the_journals_limit(
+    tmp_path: Path,
+) -> None:
+    """The journal's limit keeps an outage from growing the process until the kernel
+    kills it. A thread held behind an unreadable entry (an upgrade: held for good) takes
+    its later writes into `held`, which `full` does not count: an outage's writes of
+    that thread grow without bound and are never refused."""
+    store, journal, _ = _held_thread(tmp_path, "t")
+    try:
+        assert journal.held_count == 1
+        for _ in range(10):
+            if journal.full:
+                break
+            journal.append(DeleteThread("t"))
+        assert journal.full, f"{journal.held_count} entries held, the limit is 3"
+    finally:
+        store.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import sys
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,14 @@ __all__ = ["primary_config"]  # the fixture, shared with test_entries
 
 DB = "postgresql://db"
 
+from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
+from code_hero.persistence.backends import open_backend
 from code_hero.persistence.entries import CopyThread, DeleteThread
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.outagefile import OutageFile, same_database
-from code_hero.persistence.records import RunRecord, RunStatus, ThreadStatus
+from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from tests.persistence.test_entries import RUN, one_running_run, primary_config
+from tests.persistence.test_outagefile_fixes import MODULE, Note, _checkpoint
 
 
 async def test_a_late_copy_ends_a_run_the_executor_ended_on_the_fallback(
@@ -122,3 +127,56 @@ def test_writes_queued_behind_a_held_entry_count_toward_the_journals_limit(
         assert journal.full, f"{journal.held_count} entries held, the limit is 3"
     finally:
         store.close()
+
+
+async def test_a_threads_copy_waits_for_its_checkpoint_held_behind_it(tmp_path: Path) -> None:
+    """A thread born in the outage: its copy (`CopyThread`), then a checkpoint of its run
+    holding a graph's class; the run ended on the fallback (the copy, still waiting,
+    stands for that). The next process reads the copy but holds the checkpoint. The
+    drain counts only the entries in memory behind the copy (`_deferring`): none, so it
+    copies the finished run whole, and the primary has the run ended without the
+    checkpoint it ended with (the journal's rule: a run's end goes in after its
+    checkpoints), for good if the entry stays unreadable (an upgrade)."""
+    path = str(tmp_path / "fb.sqlite")
+    module = types.ModuleType(MODULE)
+    Note.__module__ = MODULE
+    module.Note = Note  # type: ignore[attr-defined]
+    sys.modules[MODULE] = module
+    try:
+        store = OutageFile.claim(path, DB)
+        journal = Journal(100)
+        journal.attach(store, {})
+        journal.append(CopyThread("t1", {}))
+        journal.append(_checkpoint("t1", Note("the run's last state")))
+        store.close()
+        del sys.modules[MODULE]  # the next process, before its graphs load
+
+        again = OutageFile.claim(path, DB)
+        journal2 = Journal(100)
+        journal2.attach(again, {})
+        assert journal2.held_count == 1
+        now = datetime.now(UTC)
+        local = open_backend(create_memory_checkpointer())
+        local.enforce_references = False
+        async with (
+            local as fallback,
+            open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
+        ):
+            await fallback.registry.put_thread(
+                ThreadRecord("t1", None, ThreadStatus.IDLE, {}, now, now)
+            )
+            await fallback.registry.put_run(
+                RunRecord(RUN, "t1", "g", RunStatus.SUCCESS, created_at=now, finished_at=now)
+            )
+            await journal2.drain(
+                primary=primary,
+                fallback=fallback,
+                is_unreachable=lambda exc: False,
+                on_synced=lambda: None,
+            )
+            run = await primary.registry.get_run(RUN)
+            assert run is None or not run.status.finished, "ended before its checkpoint"
+        again.close()
+    finally:
+        sys.modules.pop(MODULE, None)
+        Note.__module__ = __name__

@@ -11,10 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["primary_config"]  # the fixture, shared with test_entries
-
-DB = "postgresql://db"
-
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import open_backend
 from code_hero.persistence.entries import CopyThread, DeleteThread
@@ -23,6 +19,10 @@ from code_hero.persistence.outagefile import OutageFile, same_database
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from tests.persistence.test_entries import RUN, one_running_run, primary_config
 from tests.persistence.test_outagefile_fixes import MODULE, Note, _checkpoint
+
+__all__ = ["primary_config"]  # the fixture, shared with test_entries
+
+DB = "postgresql://db"
 
 
 async def test_a_late_copy_ends_a_run_the_executor_ended_on_the_fallback(

@@ -279,8 +279,9 @@ class Journal:
 
     @property
     def full(self) -> bool:
-        """True when a new entry would pass the limit."""
-        return len(self.entries) + len(self.quarantine) >= self.limit
+        """True when a new entry would pass the limit (the entries held in the file
+        behind an unreadable one count: they wait in memory too)."""
+        return len(self.entries) + len(self.quarantine) + self.held_count >= self.limit
 
     def ensure_room(self, retry_after: int) -> None:
         """Raise JournalFullError when the journal is full (call before the write)."""

@@ -518,13 +518,17 @@ class Journal:
 
     def _deferring(self, batch: list[Entry]) -> list[Entry]:
         """What each entry of a batch from the head replays: a copy with more entries of
-        its thread behind it, its unfinished runs only (`CopyThread.unfinished`)."""
+        its thread behind it, its unfinished runs only (`CopyThread.unfinished`). The
+        entries of its thread held in the file (unread yet) are behind it too: its
+        finished runs wait until they replay."""
         seen: Counter[str] = Counter()
         replays: list[Entry] = []
         for entry in batch:
             seen[entry.thread_id] += 1
             unfinished = getattr(entry, "unfinished", None)
             behind = self._per_thread[entry.thread_id] - seen[entry.thread_id]
+            if entry.thread_id in self.held:
+                behind += len(self.held[entry.thread_id])
             if callable(unfinished) and behind > 0:
                 self._started(entry)  # its key is free: the whole copy goes to the tail
                 replays.append(unfinished())

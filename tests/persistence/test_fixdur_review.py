@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
 from code_hero.persistence.backends import open_backend
-from code_hero.persistence.entries import CopyThread, DeleteThread
+from code_hero.persistence.entries import CopyThread, DeleteThread, Leases
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.outagefile import OutageFile, same_database
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
@@ -56,7 +56,9 @@ async def test_a_late_copy_ends_a_run_the_executor_ended_on_the_fallback(
         )
         assert ended is not None and ended.lease_owner is None
 
-        await CopyThread("t", {}).late().replay(primary, fallback)
+        # The lease the dead process's copy put the run in under, as its file keeps it.
+        leased = Leases({RUN: "exec-1"})
+        await CopyThread("t", {}, leased=leased).late().replay(primary, fallback)
 
         run = await primary.registry.get_run(RUN)
         assert run is not None

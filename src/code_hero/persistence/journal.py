@@ -62,7 +62,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites, Refusal
+from code_hero.persistence.entries import (
+    CopyThread,
+    Entry,
+    Leases,
+    PutCheckpoint,
+    PutWrites,
+    Refusal,
+)
 from code_hero.persistence.tombstones import Judge, log_dropped
 from code_hero.persistence.unreachable import is_refused_value
 
@@ -121,6 +128,10 @@ class Journal:
         # entries that replay an end (`CopyThread`, `FinishRun`); as long as the
         # quarantine holds such an entry.
         self.refused_runs: dict[str, Refusal] = {}
+        # Runs a copy put in the primary unfinished, by the lease they went in under
+        # (shared with the copies, `CopyThread.leased`): kept in the file, so the next
+        # process's late copy knows whose the run was after its end cleared the lease.
+        self.leased_runs = Leases()
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
         # The durable fallback's journal file, if any, and each entry's rows there (by
@@ -153,6 +164,7 @@ class Journal:
         self._copied = copied
         loaded = store.load()
         self.refused_runs.update(loaded.state.get("refused") or {})
+        self.leased_runs.update(loaded.state.get("leased") or {})
         rows = [(seq, body, False, 0, "") for seq, body in loaded.entries]
         rows += [(seq, body, True, n, error) for seq, body, n, error in loaded.quarantined]
         for seq, body, flagged, failures, error in sorted(rows, key=lambda r: r[0]):
@@ -161,7 +173,11 @@ class Journal:
                 self.held[thread_id].append(_Held(seq, body, None, flagged))
                 continue
             try:
-                entry = _as_loaded(load_entry(body, copied=copied, refused=self.refused_runs))
+                entry = _as_loaded(
+                    load_entry(
+                        body, copied=copied, refused=self.refused_runs, leased=self.leased_runs
+                    )
+                )
             except Exception as exc:
                 self.held[thread_id] = [_Held(seq, body, None, flagged)]
                 self.held_error = _describe(exc)
@@ -172,6 +188,7 @@ class Journal:
                 self._in_memory(entry)
             self._seqs.setdefault(id(entry), []).append(seq)
         self.store = store
+        self.leased_runs.save = self._save_leases
         if self.held:
             log.error(
                 "%d entries of %d threads in the outage journal file %s.entries cannot be "
@@ -206,7 +223,12 @@ class Journal:
                     try:
                         assert item.body is not None
                         entry = _as_loaded(
-                            load_entry(item.body, copied=self._copied, refused=self.refused_runs)
+                            load_entry(
+                                item.body,
+                                copied=self._copied,
+                                refused=self.refused_runs,
+                                leased=self.leased_runs,
+                            )
                         )
                     except Exception as exc:
                         self.held_error = _describe(exc)
@@ -273,6 +295,9 @@ class Journal:
     def _save_refusals(self) -> None:
         refused = dict(self.refused_runs)
         self._stored("saving refusals", "set_state", "refused", refused)
+
+    def _save_leases(self) -> None:
+        self._stored("saving leases", "set_state", "leased", dict(self.leased_runs))
 
     def __len__(self) -> int:
         return len(self.entries)

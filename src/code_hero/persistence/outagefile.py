@@ -64,7 +64,7 @@ from uuid import UUID
 
 from code_hero.errors import ConfigurationError
 from code_hero.persistence import entries as entry_kinds
-from code_hero.persistence.entries import Entry, Refusal
+from code_hero.persistence.entries import Entry, Leases, Refusal
 
 __all__ = [
     "FallbackFileBusyError",
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
 # Fields that entries share with the journal or the router (joined again at load).
-_SHARED = ("copied", "refused")
+_SHARED = ("copied", "refused", "leased")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -107,8 +107,14 @@ def dump_entry(entry: Entry) -> bytes:
     return pickle.dumps((type(entry).__name__, values), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_entry(body: bytes, *, copied: dict[str, int], refused: Mapping[str, Refusal]) -> Entry:
-    """An entry from `dump_entry`'s bytes, sharing `copied` and `refused` again."""
+def load_entry(
+    body: bytes,
+    *,
+    copied: dict[str, int],
+    refused: Mapping[str, Refusal],
+    leased: Leases | None = None,
+) -> Entry:
+    """An entry from `dump_entry`'s bytes, sharing `copied`, `refused` and `leased` again."""
     name, values = pickle.loads(body)  # this process's own locked file
     kind = getattr(entry_kinds, name)
     names = {f.name for f in fields(kind)}
@@ -116,6 +122,8 @@ def load_entry(body: bytes, *, copied: dict[str, int], refused: Mapping[str, Ref
         values["copied"] = copied
     if "refused" in names:
         values["refused"] = refused
+    if "leased" in names and leased is not None:
+        values["leased"] = leased
     entry: Entry = kind(**values)
     return entry
 

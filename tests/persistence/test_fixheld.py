@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from code_hero.persistence.entries import CopyThread
-from code_hero.persistence.journal import Journal
+import pytest
+
+from code_hero.persistence.entries import CopyThread, DeleteThread, FinishRun, PutCheckpoint
+from code_hero.persistence.journal import Journal, Quarantined
 from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
+from tests.conftest import make_config
 from tests.persistence.test_entries import RUN, primary_config
+from tests.persistence.test_outagefile_fixes import Flaky, _checkpoint
 
 __all__ = ["primary_config"]  # the fixture, shared with test_entries
 
@@ -115,3 +119,93 @@ async def test_a_late_copy_leaves_a_run_another_executor_took_over(
         await CopyThread("t", {}, leased=leased).late().replay(primary, fallback)
         run = await primary.registry.get_run(RUN)
         assert run is not None and (run.status, run.lease_owner) == (RunStatus.RUNNING, "exec-2")
+
+
+async def test_an_entry_quarantined_before_the_file_took_it_is_filed_quarantined(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The file refuses a thread's checkpoint (a full disk: it waits in the thread's
+    backlog); the drain sends it to PostgreSQL, which refuses its value: quarantined.
+    It is still owed to the file: once the file works again it goes in, marked
+    quarantined, and the next process retries it. It left the backlog as it left the
+    journal's head, and was never written: a kill lost it."""
+    from code_hero.config import create_memory_checkpointer
+    from code_hero.persistence.backends import open_backend
+
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    Flaky.refuse = True
+    try:
+        entry = _checkpoint("t1", Flaky())
+        entry.config["configurable"]["checkpoint_ns"] = "poison\x00"  # PostgreSQL refuses it
+        journal.append(entry)  # the file refuses it: acknowledged, in memory
+        assert not journal.durable
+        local = open_backend(create_memory_checkpointer())
+        async with local as fallback, open_backend(make_config("postgres", request)) as primary:
+            await _drain(journal, primary, fallback)
+        assert len(journal) == 0 and len(journal.quarantine) == 1
+        Flaky.refuse = False  # the file works again
+        journal.append(DeleteThread("t2"))  # any thread's write: the backlog goes first
+        assert journal.durable
+    finally:
+        Flaky.refuse = True
+    store.close()
+    again = OutageFile.claim(path, DB)
+    try:
+        journal2 = Journal(100)
+        journal2.attach(again, {})
+        assert [type(q.entry) for q in journal2.quarantine] == [PutCheckpoint]
+        assert [type(e) for e in journal2.entries] == [DeleteThread]
+    finally:
+        again.close()
+
+
+async def test_a_quarantined_entry_that_replays_leaves_its_threads_backlog(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An entry the file did not take waits in its thread's backlog, quarantined (as the
+    drain refuses it, or as a held one read late goes): once it replays from the
+    quarantine it leaves the backlog, and is not written to the file after it went in
+    (the next process would replay it again)."""
+    from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
+    from code_hero.persistence.backends import open_backend
+
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    Flaky.refuse = True
+    try:
+        # The file refuses a run's end (a value neither primary takes either)...
+        journal.append(
+            FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS, "output": Flaky()}, "exec-1")
+        )
+        entry = _checkpoint("t1", "plain")
+        entry.config["configurable"]["checkpoint_ns"] = "poison\x00"
+        journal.append(entry)  # ... and this one waits behind it in the backlog
+        async with (
+            open_backend(create_memory_checkpointer()) as fallback,
+            open_backend(make_config("postgres", request)) as refusing,
+            open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as taking,
+        ):
+            await _drain(journal, refusing, fallback)
+            assert len(journal.quarantine) == 2
+            Flaky.refuse = False
+            done, _ = await journal.retry_quarantined(
+                primary=taking, fallback=fallback, is_unreachable=lambda exc: False
+            )
+            assert done == [entry], journal.quarantine[0].last_error
+        journal.append(DeleteThread("t2"))  # the file works: any backlog goes first
+    finally:
+        Flaky.refuse = True
+    store.close()
+    again = OutageFile.claim(path, DB)
+    try:
+        journal2 = Journal(100)
+        journal2.attach(again, {})
+        assert [type(q.entry) for q in journal2.quarantine] == [FinishRun]
+        assert [type(e) for e in journal2.entries] == [DeleteThread]
+    finally:
+        again.close()

@@ -371,6 +371,12 @@ class Journal:
                 return
             backlog.popleft()
             self._seqs.setdefault(id(head), []).append(seq)
+            # Quarantined meanwhile (the drain refused it before it was filed): so in
+            # the file too.
+            for item in self.quarantine:
+                if item.entry is head:
+                    self._stored("a quarantine", "quarantine", seq, item.failures, item.last_error)
+                    break
         del self._unfiled[thread_id]
 
     def _add(self, entry: Entry) -> int | None:
@@ -399,13 +405,19 @@ class Journal:
         return seq
 
     def _unfile(self, entry: Entry) -> None:
-        """An entry leaving the journal is no longer owed to the file."""
+        """An entry leaving the journal (replayed, or dropped) is no longer owed to the
+        file: out of its thread's backlog wherever it stands there (a quarantined one
+        leaves out of its thread's order). One moving to the quarantine stays owed."""
         backlog = self._unfiled.get(entry.thread_id)
-        if backlog and backlog[0] is entry:
-            backlog.popleft()
-            if not backlog:
-                del self._unfiled[entry.thread_id]
-                self._unpicklable.discard(entry.thread_id)
+        if not backlog:
+            return
+        for index, waiting in enumerate(backlog):
+            if waiting is entry:
+                del backlog[index]
+                break
+        if not backlog:
+            del self._unfiled[entry.thread_id]
+            self._unpicklable.discard(entry.thread_id)
 
     def _in_memory(self, entry: Entry) -> None:
         key = entry.key
@@ -584,7 +596,7 @@ class Journal:
                 if index not in deferred:
                     on_synced()
             elif prefix and outcome.error is not None and not outcome.unreachable:
-                self._pop()
+                self._pop(unfile=False)  # quarantined: still owed to the file
                 item = Quarantined(entry, 1, _describe(outcome.error))
                 self.quarantine.append(item)
                 seqs = self._seqs.get(id(entry))
@@ -596,9 +608,10 @@ class Journal:
                 self._restart(entry)
         return next((o.error for o in outcomes if o.unreachable), None), removed
 
-    def _pop(self) -> None:
+    def _pop(self, *, unfile: bool = True) -> None:
         entry = self.entries.popleft()
-        self._unfile(entry)
+        if unfile:
+            self._unfile(entry)
         thread_id = entry.thread_id
         self._per_thread[thread_id] -= 1
         if not self._per_thread[thread_id]:
@@ -656,6 +669,7 @@ class Journal:
                         )
                     continue
                 self.quarantine.popleft()
+                self._unfile(item.entry)
                 if (seq := self._unstore(item.entry)) is not None:
                     self._stored("removing an entry", "remove", [seq])
                 # Replayed, or dropped because another replica deleted its thread:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from code_hero.persistence.entries import CopyThread, DeleteThread, FinishRun, PutCheckpoint
-from code_hero.persistence.journal import Journal, Quarantined
+from code_hero.persistence.journal import Journal
 from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from tests.conftest import make_config

@@ -26,7 +26,7 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,6 +86,30 @@ _COPY_PAGE = 500
 _IN_OUTAGE = "while the database was unreachable"  # where a copied-back end was
 
 log = logging.getLogger(__name__)
+
+
+class Leases(dict[str, str]):
+    """Run id -> the executor whose lease a copy put the run in the primary under,
+    unfinished (`CopyThread`): shared by the copies and kept in the journal's file
+    (`save`, before the run goes in). The executor ends a run with its lease cleared,
+    so the fallback's ended row no longer says whose it was: a late copy of the run (a
+    copy-back cut short by a kill, replayed by the next process) ends it in the primary
+    only while this lease still holds it there."""
+
+    save: Callable[[], None] | None = None
+
+    def record(self, run_id: str, owner: str) -> None:
+        if self.get(run_id) != owner:
+            self[run_id] = owner
+            self._saved()
+
+    def forget(self, run_id: str) -> None:
+        if self.pop(run_id, None) is not None:
+            self._saved()
+
+    def _saved(self) -> None:
+        if self.save is not None:
+            self.save()
 
 
 @dataclass
@@ -229,6 +253,9 @@ class CopyThread:
     finished: bool = True
     # run id -> what the primary refused of it (shared, `Journal.refused_runs`)
     refused: Mapping[str, Refusal] = field(default_factory=dict)
+    # run id -> the lease a copy put the run in the primary under (shared, the
+    # journal's `leased_runs`, kept in its file)
+    leased: Leases = field(default_factory=Leases)
 
     @property
     def key(self) -> Hashable:
@@ -288,29 +315,41 @@ class CopyThread:
             if not self.finished and run.status.finished:
                 continue
             if run.run_id not in present:
+                if not run.status.finished and run.lease_owner is not None:
+                    # Kept before it goes in: a kill after that leaves it known whose.
+                    self.leased.record(run.run_id, run.lease_owner)
                 try:  # a run that ended during the outage tells its webhooks now
                     await primary.registry.put_run(run, announce=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return
+                if run.status.finished:
+                    self.leased.forget(run.run_id)
             else:
-                await _end_if_still_ours(primary, run, present[run.run_id])
+                await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
             await _copy_events(primary, fallback, run.run_id, self.copied)
 
 
-async def _end_if_still_ours(primary: Backend, run: RunRecord, there: RunRecord) -> None:
+async def _end_if_still_ours(
+    primary: Backend, run: RunRecord, there: RunRecord, leased: Leases
+) -> None:
     """A late copy of a run the primary has: its end only, and only onto the run as an
-    earlier copy left it, unfinished under the lease of the executor that ended it here
-    (a copy-back cut short by a kill, replayed by the next process). A run another
-    executor took over, or that ended there, is left as it is: nothing goes backwards."""
-    if not run.status.finished or there.status.finished or run.lease_owner is None:
+    earlier copy left it, unfinished under the lease of the executor that held it here
+    (a copy-back cut short by a kill, replayed by the next process). The executor ends
+    a run clearing its lease, so whose it was is the lease the earlier copy put it in
+    under (`leased`, kept in the journal's file), or the fallback's row's while it is
+    leased. A run another executor took over, or that ended there, is left as it is:
+    nothing goes backwards."""
+    if there.status.finished:
+        leased.forget(run.run_id)
         return
-    if there.lease_owner != run.lease_owner:
+    owner = leased.get(run.run_id) or run.lease_owner
+    if not run.status.finished or owner is None or there.lease_owner != owner:
         return
     await primary.registry.finish_run(
         run.run_id,
         THREAD_STATUS_AFTER[run.status],
         if_unfinished=True,
-        if_leased_by=run.lease_owner,
+        if_leased_by=owner,
         status=run.status,
         output=run.output,
         error=run.error,
@@ -319,6 +358,7 @@ async def _end_if_still_ours(primary: Backend, run: RunRecord, there: RunRecord)
         output_tokens=run.output_tokens,
         steps=run.steps,
     )
+    leased.forget(run.run_id)
 
 
 async def _refused_ends(

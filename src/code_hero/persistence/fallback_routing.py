@@ -110,7 +110,14 @@ class RoutedRegistry:
 
     def _copy_thread(self, thread_id: str) -> None:
         journal = self.router.journal
-        self._journal(CopyThread(thread_id, self.router.copied_seqs, refused=journal.refused_runs))
+        self._journal(
+            CopyThread(
+                thread_id,
+                self.router.copied_seqs,
+                refused=journal.refused_runs,
+                leased=journal.leased_runs,
+            )
+        )
 
     def _room(self) -> None:
         self.router.journal.ensure_room(self.router.retry_after)

@@ -62,7 +62,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 from code_hero.errors import BackendUnavailableError
-from code_hero.persistence.entries import CopyThread, Entry, PutCheckpoint, PutWrites, Refusal
+from code_hero.persistence.entries import (
+    CopyThread,
+    Entry,
+    Leases,
+    PutCheckpoint,
+    PutWrites,
+    Refusal,
+)
 from code_hero.persistence.tombstones import Judge, log_dropped
 from code_hero.persistence.unreachable import is_refused_value
 
@@ -121,6 +128,10 @@ class Journal:
         # entries that replay an end (`CopyThread`, `FinishRun`); as long as the
         # quarantine holds such an entry.
         self.refused_runs: dict[str, Refusal] = {}
+        # Runs a copy put in the primary unfinished, by the lease they went in under
+        # (shared with the copies, `CopyThread.leased`): kept in the file, so the next
+        # process's late copy knows whose the run was after its end cleared the lease.
+        self.leased_runs = Leases()
         # Serialises replaying the head with removing entries of a deleted thread.
         self.step_lock = asyncio.Lock()
         # The durable fallback's journal file, if any, and each entry's rows there (by
@@ -153,6 +164,7 @@ class Journal:
         self._copied = copied
         loaded = store.load()
         self.refused_runs.update(loaded.state.get("refused") or {})
+        self.leased_runs.update(loaded.state.get("leased") or {})
         rows = [(seq, body, False, 0, "") for seq, body in loaded.entries]
         rows += [(seq, body, True, n, error) for seq, body, n, error in loaded.quarantined]
         for seq, body, flagged, failures, error in sorted(rows, key=lambda r: r[0]):
@@ -161,7 +173,11 @@ class Journal:
                 self.held[thread_id].append(_Held(seq, body, None, flagged))
                 continue
             try:
-                entry = _as_loaded(load_entry(body, copied=copied, refused=self.refused_runs))
+                entry = _as_loaded(
+                    load_entry(
+                        body, copied=copied, refused=self.refused_runs, leased=self.leased_runs
+                    )
+                )
             except Exception as exc:
                 self.held[thread_id] = [_Held(seq, body, None, flagged)]
                 self.held_error = _describe(exc)
@@ -172,6 +188,7 @@ class Journal:
                 self._in_memory(entry)
             self._seqs.setdefault(id(entry), []).append(seq)
         self.store = store
+        self.leased_runs.save = self._save_leases
         if self.held:
             log.error(
                 "%d entries of %d threads in the outage journal file %s.entries cannot be "
@@ -206,7 +223,12 @@ class Journal:
                     try:
                         assert item.body is not None
                         entry = _as_loaded(
-                            load_entry(item.body, copied=self._copied, refused=self.refused_runs)
+                            load_entry(
+                                item.body,
+                                copied=self._copied,
+                                refused=self.refused_runs,
+                                leased=self.leased_runs,
+                            )
                         )
                     except Exception as exc:
                         self.held_error = _describe(exc)
@@ -274,13 +296,17 @@ class Journal:
         refused = dict(self.refused_runs)
         self._stored("saving refusals", "set_state", "refused", refused)
 
+    def _save_leases(self) -> None:
+        self._stored("saving leases", "set_state", "leased", dict(self.leased_runs))
+
     def __len__(self) -> int:
         return len(self.entries)
 
     @property
     def full(self) -> bool:
-        """True when a new entry would pass the limit."""
-        return len(self.entries) + len(self.quarantine) >= self.limit
+        """True when a new entry would pass the limit (the entries held in the file
+        behind an unreadable one count: they wait in memory too)."""
+        return len(self.entries) + len(self.quarantine) + self.held_count >= self.limit
 
     def ensure_room(self, retry_after: int) -> None:
         """Raise JournalFullError when the journal is full (call before the write)."""
@@ -345,6 +371,12 @@ class Journal:
                 return
             backlog.popleft()
             self._seqs.setdefault(id(head), []).append(seq)
+            # Quarantined meanwhile (the drain refused it before it was filed): so in
+            # the file too.
+            for item in self.quarantine:
+                if item.entry is head:
+                    self._stored("a quarantine", "quarantine", seq, item.failures, item.last_error)
+                    break
         del self._unfiled[thread_id]
 
     def _add(self, entry: Entry) -> int | None:
@@ -373,13 +405,19 @@ class Journal:
         return seq
 
     def _unfile(self, entry: Entry) -> None:
-        """An entry leaving the journal is no longer owed to the file."""
+        """An entry leaving the journal (replayed, or dropped) is no longer owed to the
+        file: out of its thread's backlog wherever it stands there (a quarantined one
+        leaves out of its thread's order). One moving to the quarantine stays owed."""
         backlog = self._unfiled.get(entry.thread_id)
-        if backlog and backlog[0] is entry:
-            backlog.popleft()
-            if not backlog:
-                del self._unfiled[entry.thread_id]
-                self._unpicklable.discard(entry.thread_id)
+        if not backlog:
+            return
+        for index, waiting in enumerate(backlog):
+            if waiting is entry:
+                del backlog[index]
+                break
+        if not backlog:
+            del self._unfiled[entry.thread_id]
+            self._unpicklable.discard(entry.thread_id)
 
     def _in_memory(self, entry: Entry) -> None:
         key = entry.key
@@ -517,13 +555,17 @@ class Journal:
 
     def _deferring(self, batch: list[Entry]) -> list[Entry]:
         """What each entry of a batch from the head replays: a copy with more entries of
-        its thread behind it, its unfinished runs only (`CopyThread.unfinished`)."""
+        its thread behind it, its unfinished runs only (`CopyThread.unfinished`). The
+        entries of its thread held in the file (unread yet) are behind it too: its
+        finished runs wait until they replay."""
         seen: Counter[str] = Counter()
         replays: list[Entry] = []
         for entry in batch:
             seen[entry.thread_id] += 1
             unfinished = getattr(entry, "unfinished", None)
             behind = self._per_thread[entry.thread_id] - seen[entry.thread_id]
+            if entry.thread_id in self.held:
+                behind += len(self.held[entry.thread_id])
             if callable(unfinished) and behind > 0:
                 self._started(entry)  # its key is free: the whole copy goes to the tail
                 replays.append(unfinished())
@@ -554,7 +596,7 @@ class Journal:
                 if index not in deferred:
                     on_synced()
             elif prefix and outcome.error is not None and not outcome.unreachable:
-                self._pop()
+                self._pop(unfile=False)  # quarantined: still owed to the file
                 item = Quarantined(entry, 1, _describe(outcome.error))
                 self.quarantine.append(item)
                 seqs = self._seqs.get(id(entry))
@@ -566,9 +608,10 @@ class Journal:
                 self._restart(entry)
         return next((o.error for o in outcomes if o.unreachable), None), removed
 
-    def _pop(self) -> None:
+    def _pop(self, *, unfile: bool = True) -> None:
         entry = self.entries.popleft()
-        self._unfile(entry)
+        if unfile:
+            self._unfile(entry)
         thread_id = entry.thread_id
         self._per_thread[thread_id] -= 1
         if not self._per_thread[thread_id]:
@@ -626,6 +669,7 @@ class Journal:
                         )
                     continue
                 self.quarantine.popleft()
+                self._unfile(item.entry)
                 if (seq := self._unstore(item.entry)) is not None:
                     self._stored("removing an entry", "remove", [seq])
                 # Replayed, or dropped because another replica deleted its thread:

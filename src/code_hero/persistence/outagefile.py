@@ -59,12 +59,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
 from code_hero.errors import ConfigurationError
 from code_hero.persistence import entries as entry_kinds
-from code_hero.persistence.entries import Entry, Refusal
+from code_hero.persistence.entries import Entry, Leases, Refusal
 
 __all__ = [
     "FallbackFileBusyError",
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
 # Fields that entries share with the journal or the router (joined again at load).
-_SHARED = ("copied", "refused")
+_SHARED = ("copied", "refused", "leased")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -107,8 +107,14 @@ def dump_entry(entry: Entry) -> bytes:
     return pickle.dumps((type(entry).__name__, values), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_entry(body: bytes, *, copied: dict[str, int], refused: Mapping[str, Refusal]) -> Entry:
-    """An entry from `dump_entry`'s bytes, sharing `copied` and `refused` again."""
+def load_entry(
+    body: bytes,
+    *,
+    copied: dict[str, int],
+    refused: Mapping[str, Refusal],
+    leased: Leases | None = None,
+) -> Entry:
+    """An entry from `dump_entry`'s bytes, sharing `copied`, `refused` and `leased` again."""
     name, values = pickle.loads(body)  # this process's own locked file
     kind = getattr(entry_kinds, name)
     names = {f.name for f in fields(kind)}
@@ -116,6 +122,8 @@ def load_entry(body: bytes, *, copied: dict[str, int], refused: Mapping[str, Ref
         values["copied"] = copied
     if "refused" in names:
         values["refused"] = refused
+    if "leased" in names and leased is not None:
+        values["leased"] = leased
     entry: Entry = kind(**values)
     return entry
 
@@ -325,9 +333,16 @@ class OutageFile:
 
 def same_database(a: str, b: str) -> bool:
     """Whether two (redacted) URLs name one database: scheme (postgres is postgresql),
-    host, port (5432 by default), database and user; query options and the spelling
+    host, port (5432 by default), database, user and server options (a schema:
+    `options=-csearch_path=...`), as the URL's path or its query gives them (libpq
+    takes `host`, `port`, `dbname`, `user` and `options` from the query too, the query
+    winning); the other query options (sslmode, application_name, ...) and the spelling
     of the scheme aside. Anything but a PostgreSQL URL compares as it is written."""
     return _identity(a) == _identity(b)
+
+
+# The query parameters that name another server, database or schema (libpq's).
+_NAMING = ("host", "hostaddr", "port", "dbname", "user", "options")
 
 
 def _identity(url: str) -> tuple[Any, ...] | str:
@@ -335,11 +350,27 @@ def _identity(url: str) -> tuple[Any, ...] | str:
     if parsed.scheme not in ("postgres", "postgresql"):
         return url
     try:
-        port = parsed.port or 5432
+        port: Any = parsed.port
     except ValueError:
         return url
-    database = unquote(parsed.path.lstrip("/"))
-    return ("postgresql", (parsed.hostname or "").lower(), port, database, parsed.username)
+    query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    host = query.get("host", parsed.hostname or "")
+    port = query.get("port", port) or 5432
+    try:
+        port = int(port)
+    except ValueError:
+        return url
+    database = query.get("dbname", unquote(parsed.path.lstrip("/")))
+    user = query.get("user", parsed.username)
+    return (
+        "postgresql",
+        host.lower() if not host.startswith("/") else host,
+        query.get("hostaddr", ""),
+        port,
+        database,
+        user,
+        " ".join(query.get("options", "").split()),
+    )
 
 
 def _names(base: Path) -> list[Path]:

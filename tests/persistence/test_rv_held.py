@@ -68,3 +68,43 @@ async def test_a_deleted_threads_runs_leave_the_leases(tmp_path: Path, primary_c
             assert RUN not in (store.state("leased") or {})
         finally:
             store.close()
+
+
+async def test_a_copy_never_puts_a_run_in_unfinished_without_its_lease_kept(
+    tmp_path: Path, primary_config: Any
+) -> None:
+    """The journal's file cannot take the lease (its connection gone, as a full disk or
+    an I/O error fails `set_state`): `_stored` logs and goes on, and the copy puts the
+    RUNNING run in the primary anyway. After a kill the next process's late copy has no
+    lease to end it by (the executor's end cleared the fallback row's), so the run stays
+    RUNNING there until its lease lapses and another executor runs it again. The copy
+    must not put it in unrecorded (raise, or leave the run for a later copy)."""
+    from code_hero.config import create_memory_checkpointer
+    from code_hero.persistence.backends import open_backend
+
+    path = str(tmp_path / "fb.sqlite")
+    now = datetime.now(UTC)
+    local = open_backend(create_memory_checkpointer())
+    local.enforce_references = False
+    async with local as fallback, open_backend(primary_config) as primary:
+        await fallback.registry.put_thread(ThreadRecord("t", None, ThreadStatus.BUSY, {}, now, now))
+        await fallback.registry.put_run(
+            RunRecord(RUN, "t", "g", RunStatus.RUNNING, created_at=now, lease_owner="exec-1")
+        )
+        store = OutageFile.claim(path, DB)
+        journal = Journal(100)
+        journal.attach(store, {})
+        copy = CopyThread("t", {}, refused=journal.refused_runs, leased=journal.leased_runs)
+        journal.append(copy)
+        store._conn.close()  # the file fails from here on (a real failing connection)
+        try:
+            await journal.entries[0].replay(primary, fallback)
+        except Exception:
+            pass
+        again = OutageFile.claim(path, DB)
+        try:
+            kept = again.state("leased") or {}
+            run = await primary.registry.get_run(RUN)
+            assert run is None or kept.get(RUN) == "exec-1"
+        finally:
+            again.close()

@@ -336,8 +336,9 @@ def same_database(a: str, b: str) -> bool:
     host, port (5432 by default), database, user and the schema `options` sets
     (`_schema`: its `search_path`, however spelled), as the URL's path or its query
     gives them (libpq takes `host`, `port`, `dbname`, `user` and `options` from the
-    query too, the query winning); the other query options (sslmode, application_name, ...) and the spelling
-    of the scheme aside. Anything but a PostgreSQL URL compares as it is written."""
+    query too, the query winning); the other query options (sslmode,
+    application_name, ...) and the spelling of the scheme aside. Anything but a
+    PostgreSQL URL compares as it is written."""
     return _identity(a) == _identity(b)
 
 

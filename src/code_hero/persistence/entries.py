@@ -98,18 +98,57 @@ class Leases(dict[str, str]):
 
     save: Callable[[], None] | None = None
 
-    def record(self, run_id: str, owner: str) -> None:
-        if self.get(run_id) != owner:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.thread_of: dict[str, str] = {}  # run id -> its thread (`drop_thread`)
+
+    def record(self, run_id: str, owner: str, thread_id: str | None = None) -> None:
+        """Keep a lease; a failure to save it raises (the run must not go in then)."""
+        if thread_id is not None:
+            self.thread_of[run_id] = thread_id
+        before = self.get(run_id)
+        if before != owner:
             self[run_id] = owner
-            self._saved()
+            try:
+                self._saved()
+            except BaseException:  # not kept: the next try saves it again
+                if before is None:
+                    del self[run_id]
+                else:
+                    self[run_id] = before
+                raise
 
     def forget(self, run_id: str) -> None:
+        self.thread_of.pop(run_id, None)
         if self.pop(run_id, None) is not None:
-            self._saved()
+            self._saved_or_logged()
+
+    def forget_thread(self, thread_id: str) -> None:
+        """Forget the leases of a deleted thread's runs."""
+        gone = [run_id for run_id, thread in self.thread_of.items() if thread == thread_id]
+        for run_id in gone:
+            del self.thread_of[run_id]
+            self.pop(run_id, None)
+        if gone:
+            self._saved_or_logged()
+
+    def forget_all(self) -> None:
+        if self or self.thread_of:
+            self.clear()
+            self.thread_of.clear()
+            self._saved_or_logged()
 
     def _saved(self) -> None:
         if self.save is not None:
             self.save()
+
+    def _saved_or_logged(self) -> None:
+        """A lease dropped but not saved only leaves a stale one in the file: a late copy
+        then ends nothing the lease's executor no longer holds."""
+        try:
+            self._saved()
+        except Exception as exc:
+            log.debug("forgetting leases in the journal's file failed: %s", exc)
 
 
 @dataclass
@@ -317,7 +356,7 @@ class CopyThread:
             if run.run_id not in present:
                 if not run.status.finished and run.lease_owner is not None:
                     # Kept before it goes in: a kill after that leaves it known whose.
-                    self.leased.record(run.run_id, run.lease_owner)
+                    self.leased.record(run.run_id, run.lease_owner, run.thread_id)
                 try:  # a run that ended during the outage tells its webhooks now
                     await primary.registry.put_run(run, announce=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile

@@ -514,6 +514,8 @@ class FallbackRouter(RouterDeletes):
                 self.store.save_outage(None, self.local_threads | self.fallback_threads)
                 if not len(self.journal) and not self.journal.quarantine:
                     self.store.clear_entries()  # those a failed removal left
+            # No loaded copy can need a lease once nothing waits or is quarantined.
+            self.journal.forget_leases()
         except sqlite3.Error as exc:
             if not self.untidy:
                 log.warning(

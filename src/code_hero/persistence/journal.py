@@ -165,6 +165,7 @@ class Journal:
         loaded = store.load()
         self.refused_runs.update(loaded.state.get("refused") or {})
         self.leased_runs.update(loaded.state.get("leased") or {})
+        self.leased_runs.thread_of.update(loaded.state.get("leased_threads") or {})
         rows = [(seq, body, False, 0, "") for seq, body in loaded.entries]
         rows += [(seq, body, True, n, error) for seq, body, n, error in loaded.quarantined]
         for seq, body, flagged, failures, error in sorted(rows, key=lambda r: r[0]):
@@ -252,15 +253,25 @@ class Journal:
             )
         return moved
 
-    def _stored(self, what: str, method: str, *args: Any) -> object:
+    def _stored(self, what: str, method: str, *args: Any, strict: bool = False) -> object:
         """A call on the journal's file; a failure (a full disk) is logged, once until
         one succeeds, and the journal goes on in memory: the emergency slot, on the
-        same terms as the memory fallback, rather than no writes at all."""
+        same terms as the memory fallback, rather than no writes at all. `strict`: the
+        failure is raised too, once logged."""
         if self.store is None:
             return None
         try:
             result = getattr(self.store, method)(*args)
         except Exception as exc:
+            if strict:
+                self._store_failing = True
+                log.error(
+                    "the fallback's journal file %s.entries could not be written (%s) %s",
+                    self.store.path,
+                    exc,
+                    what,
+                )
+                raise
             if not self._store_failing:
                 self._store_failing = True
                 log.error(
@@ -297,7 +308,17 @@ class Journal:
         self._stored("saving refusals", "set_state", "refused", refused)
 
     def _save_leases(self) -> None:
-        self._stored("saving leases", "set_state", "leased", dict(self.leased_runs))
+        """Raises when the file cannot keep them: a copy puts no unfinished run in the
+        primary under a lease the file lost (a later late copy could not end it)."""
+        what = "saving a lease: the copy waits"
+        threads = dict(self.leased_runs.thread_of)
+        self._stored(what, "set_state", "leased_threads", threads, strict=True)
+        self._stored(what, "set_state", "leased", dict(self.leased_runs), strict=True)
+
+    def forget_leases(self) -> None:
+        """No copy can need a lease any more: nothing waits, quarantined or held."""
+        if not self.entries and not self.quarantine and not self.held:
+            self.leased_runs.forget_all()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -715,6 +736,7 @@ class Journal:
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
         self._per_thread.pop(thread_id, None)
         self._forget_refusals()
+        self.leased_runs.forget_thread(thread_id)
         return before + held - len(self.entries) - len(self.quarantine)
 
     def quarantined_threads(self) -> set[str]:

@@ -333,11 +333,12 @@ class OutageFile:
 
 def same_database(a: str, b: str) -> bool:
     """Whether two (redacted) URLs name one database: scheme (postgres is postgresql),
-    host, port (5432 by default), database, user and server options (a schema:
-    `options=-csearch_path=...`), as the URL's path or its query gives them (libpq
-    takes `host`, `port`, `dbname`, `user` and `options` from the query too, the query
-    winning); the other query options (sslmode, application_name, ...) and the spelling
-    of the scheme aside. Anything but a PostgreSQL URL compares as it is written."""
+    host, port (5432 by default), database, user and the schema `options` sets
+    (`_schema`: its `search_path`, however spelled), as the URL's path or its query
+    gives them (libpq takes `host`, `port`, `dbname`, `user` and `options` from the
+    query too, the query winning); the other query options (sslmode,
+    application_name, ...) and the spelling of the scheme aside. Anything but a
+    PostgreSQL URL compares as it is written."""
     return _identity(a) == _identity(b)
 
 
@@ -369,8 +370,83 @@ def _identity(url: str) -> tuple[Any, ...] | str:
         port,
         database,
         user,
-        " ".join(query.get("options", "").split()),
+        _schema(query.get("options", "")),
     )
+
+
+def _schema(options: str) -> tuple[str, ...] | None:
+    """The `search_path` a libpq `options` string sets (None: none), as the server
+    reads it: `-c name=value`, `-cname=value` and `--name=value` alike, the last one
+    winning, the name in any case; the other settings (a statement timeout) name no
+    database or schema and do not count. Each schema of the path: unquoted, lower-cased
+    (PostgreSQL folds it); quoted, kept as written; spaces around the commas aside."""
+    settings: dict[str, str] = {}
+    words = _option_words(options)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        setting = None
+        if word == "-c" and i + 1 < len(words):
+            i += 1
+            setting = words[i]
+        elif word.startswith("-c"):
+            setting = word[2:]
+        elif word.startswith("--"):
+            setting = word[2:]
+        i += 1
+        if setting is not None and "=" in setting:
+            name, value = setting.split("=", 1)
+            settings[name.strip().lower().replace("-", "_")] = value
+    path = settings.get("search_path")
+    return None if path is None else tuple(_identifiers(path))
+
+
+def _option_words(options: str) -> list[str]:
+    """`options` split as libpq splits it: at spaces, a backslash escaping the next
+    character (a space within a value)."""
+    words: list[str] = []
+    word: list[str] = []
+    chars = iter(options)
+    for char in chars:
+        if char == "\\":
+            word.append(next(chars, ""))
+        elif char.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(char)
+    if word:
+        words.append("".join(word))
+    return words
+
+
+def _identifiers(path: str) -> list[str]:
+    """A `search_path` value's schemas: unquoted ones lower-cased, quoted kept."""
+    names: list[str] = []
+    name: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if quoted:
+            if char == '"' and path[i + 1 : i + 2] == '"':
+                name.append('"')
+                i += 1
+            elif char == '"':
+                quoted = False
+            else:
+                name.append(char)
+        elif char == '"':
+            quoted = True
+        elif char == ",":
+            names.append("".join(name))
+            name = []
+        elif not char.isspace():
+            name.append(char.lower())
+        i += 1
+    names.append("".join(name))
+    return names
 
 
 def _names(base: Path) -> list[Path]:

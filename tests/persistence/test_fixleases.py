@@ -121,3 +121,36 @@ async def test_a_switch_back_with_nothing_left_forgets_the_leases(
         assert await router.probe(router.primary)
         assert await router.recover()
         assert router.journal.leased_runs == ({RUN: "exec-1"} if quarantined else {})
+
+
+def test_a_lease_the_file_keeps_failing_to_save_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy whose lease cannot be saved is retried at every probe while the disk is
+    full: one ERROR says so, not one per try; the file working again, the next failure
+    is told again."""
+    store = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    conn = store._conn
+    store._conn = sqlite3.connect(":memory:")  # no state table: set_state fails
+    try:
+        with caplog.at_level("DEBUG", logger="code_hero.persistence.journal"):
+            for _ in range(3):
+                with pytest.raises(sqlite3.Error):
+                    journal.leased_runs.record(RUN, "exec-1", "t")
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
+            store._conn.close()
+            store._conn = conn  # the file works again
+            journal.leased_runs.record(RUN, "exec-1", "t")
+            assert store.state("leased") == {RUN: "exec-1"}
+            store._conn = sqlite3.connect(":memory:")
+            with pytest.raises(sqlite3.Error):
+                journal.leased_runs.record("other-run", "exec-1", "t")
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == 2, [r.getMessage() for r in errors]
+            store._conn.close()
+            store._conn = conn
+    finally:
+        store.close()

@@ -263,14 +263,17 @@ class Journal:
         try:
             result = getattr(self.store, method)(*args)
         except Exception as exc:
-            if strict:
-                self._store_failing = True
-                log.error(
-                    "the fallback's journal file %s.entries could not be written (%s) %s",
-                    self.store.path,
-                    exc,
-                    what,
-                )
+            if strict:  # raised at every try (a copy retried each probe): logged once
+                if self._store_failing:
+                    log.debug("%s in the journal's file failed: %s", what, exc)
+                else:
+                    self._store_failing = True
+                    log.error(
+                        "the fallback's journal file %s.entries could not be written (%s) %s",
+                        self.store.path,
+                        exc,
+                        what,
+                    )
                 raise
             if not self._store_failing:
                 self._store_failing = True

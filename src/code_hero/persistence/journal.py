@@ -159,8 +159,6 @@ class Journal:
         (`retry_held`: after the graphs load, at each probe). A copy of a thread's rows
         loaded from the file replays as a late copy (`CopyThread.late`): the dead
         process may have copied it back already, and the primary moved on since."""
-        from code_hero.persistence.outagefile import load_entry
-
         self._copied = copied
         loaded = store.load()
         self.refused_runs.update(loaded.state.get("refused") or {})
@@ -174,11 +172,7 @@ class Journal:
                 self.held[thread_id].append(_Held(seq, body, None, flagged))
                 continue
             try:
-                entry = _as_loaded(
-                    load_entry(
-                        body, copied=copied, refused=self.refused_runs, leased=self.leased_runs
-                    )
-                )
+                entry = self._read(body)
             except Exception as exc:
                 self.held[thread_id] = [_Held(seq, body, None, flagged)]
                 self.held_error = _describe(exc)
@@ -202,6 +196,17 @@ class Journal:
             )
         return loaded
 
+    def _read(self, body: bytes) -> Entry:
+        """An entry of the file, sharing the journal's maps again; a copy of a thread's
+        rows as a late copy (`_as_loaded`)."""
+        from code_hero.persistence.outagefile import load_entry
+
+        return _as_loaded(
+            load_entry(
+                body, copied=self._copied, refused=self.refused_runs, leased=self.leased_runs
+            )
+        )
+
     @property
     def held_count(self) -> int:
         """Entries loaded from the file this process could not read yet, and the entries
@@ -212,8 +217,6 @@ class Journal:
         """Read the held entries again, each thread's in order up to the first one still
         unreadable: those read join the journal (the primary serving: the quarantine,
         replayed as late copies); how many did."""
-        from code_hero.persistence.outagefile import load_entry
-
         moved = 0
         for thread_id in list(self.held):
             items = self.held[thread_id]
@@ -223,14 +226,7 @@ class Journal:
                 if entry is None:
                     try:
                         assert item.body is not None
-                        entry = _as_loaded(
-                            load_entry(
-                                item.body,
-                                copied=self._copied,
-                                refused=self.refused_runs,
-                                leased=self.leased_runs,
-                            )
-                        )
+                        entry = self._read(item.body)
                     except Exception as exc:
                         self.held_error = _describe(exc)
                         break
@@ -264,30 +260,35 @@ class Journal:
             result = getattr(self.store, method)(*args)
         except Exception as exc:
             if strict:  # raised at every try (a copy retried each probe): logged once
-                if self._store_failing:
-                    log.debug("%s in the journal's file failed: %s", what, exc)
-                else:
-                    self._store_failing = True
-                    log.error(
-                        "the fallback's journal file %s.entries could not be written (%s) %s",
-                        self.store.path,
-                        exc,
-                        what,
-                    )
-                raise
-            if not self._store_failing:
-                self._store_failing = True
-                log.error(
-                    "the fallback's journal file %s.entries could not be written (%s): "
-                    "outage writes are kept in memory only until it can",
+                self._failing(
+                    what,
+                    exc,
+                    "the fallback's journal file %s.entries could not be written (%s) %s",
                     self.store.path,
                     exc,
+                    what,
                 )
-            else:
-                log.debug("%s in the journal's file failed: %s", what, exc)
+                raise
+            self._failing(
+                what,
+                exc,
+                "the fallback's journal file %s.entries could not be written (%s): "
+                "outage writes are kept in memory only until it can",
+                self.store.path,
+                exc,
+            )
             return None
         self._store_failing = False
         return result
+
+    def _failing(self, what: str, exc: BaseException, message: str, *args: object) -> None:
+        """Log the journal's file failing: `message` as an ERROR once, until a call on
+        the file succeeds again; the failures in between at DEBUG."""
+        if self._store_failing:
+            log.debug("%s in the journal's file failed: %s", what, exc)
+            return
+        self._store_failing = True
+        log.error(message, *args)
 
     @property
     def durable(self) -> bool:
@@ -399,7 +400,7 @@ class Journal:
             # the file too.
             for item in self.quarantine:
                 if item.entry is head:
-                    self._stored("a quarantine", "quarantine", seq, item.failures, item.last_error)
+                    self._file_quarantined(item)
                     break
         del self._unfiled[thread_id]
 
@@ -412,21 +413,26 @@ class Journal:
         except Exception as exc:
             if not isinstance(exc, OSError | sqlite3.Error):
                 self._unpicklable.add(entry.thread_id)
-            if not self._store_failing:
-                self._store_failing = True
-                log.error(
-                    "the fallback's journal file %s.entries could not take a write of "
-                    "thread %s (%s): it and the later writes of its thread are kept in "
-                    "memory only until it can",
-                    self.store.path,
-                    entry.thread_id,
-                    _describe(exc),
-                )
-            else:
-                log.debug("an entry in the journal's file failed: %s", exc)
+            self._failing(
+                "an entry",
+                exc,
+                "the fallback's journal file %s.entries could not take a write of thread %s "
+                "(%s): it and the later writes of its thread are kept in memory only until it "
+                "can",
+                self.store.path,
+                entry.thread_id,
+                _describe(exc),
+            )
             return None
         self._store_failing = False
         return seq
+
+    def _file_quarantined(self, item: Quarantined) -> None:
+        """Mark a quarantined entry so in the file (its failures and last error), if the
+        file holds it."""
+        seqs = self._seqs.get(id(item.entry))
+        if seqs:
+            self._stored("a quarantine", "quarantine", seqs[0], item.failures, item.last_error)
 
     def _unfile(self, entry: Entry) -> None:
         """An entry leaving the journal (replayed, or dropped) is no longer owed to the
@@ -623,10 +629,7 @@ class Journal:
                 self._pop(unfile=False)  # quarantined: still owed to the file
                 item = Quarantined(entry, 1, _describe(outcome.error))
                 self.quarantine.append(item)
-                seqs = self._seqs.get(id(entry))
-                if seqs:
-                    seq = seqs[0]
-                    self._stored("a quarantine", "quarantine", seq, 1, item.last_error)
+                self._file_quarantined(item)
             else:
                 prefix = False
                 self._restart(entry)
@@ -686,11 +689,7 @@ class Journal:
                     self._note_refused(item.entry, exc)
                     item.failures += 1
                     item.last_error = _describe(exc)
-                    seqs = self._seqs.get(id(item.entry))
-                    if seqs:
-                        self._stored(
-                            "a quarantine", "quarantine", seqs[0], item.failures, item.last_error
-                        )
+                    self._file_quarantined(item)
                     continue
                 self.quarantine.popleft()
                 self._unfile(item.entry)

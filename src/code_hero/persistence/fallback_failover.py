@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Literal
+from typing import Literal, TypeVar
 
 from code_hero.persistence import clock
 from code_hero.persistence.contention import mark_store
@@ -28,6 +28,7 @@ from code_hero.persistence.unreachable import (
     is_pool_timeout,
 )
 
+R = TypeVar("R")
 __all__ = ["Outage", "RouterFailover"]
 
 Outage = Literal["down", "busy"]  # what a failed call says of its database (`outage`)
@@ -73,17 +74,9 @@ class RouterFailover(RouterState):
         read as down. One check serves every call that asks meanwhile (as `_answers`)."""
         if slot.backend is None:
             return "there"
-        task = self._checking_tables.get(slot.role)
-        if task is None:
-            task = asyncio.ensure_future(self._check_tables(slot))
-            self._checking_tables[slot.role] = task
-
-            def done(ended: asyncio.Future[Tables], role: str = slot.role) -> None:
-                if self._checking_tables.get(role) is ended:
-                    del self._checking_tables[role]
-
-            task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return await _one_in_flight(
+            self._checking_tables, slot.role, lambda: self._check_tables(slot)
+        )
 
     async def _check_tables(self, slot: BackendSlot) -> Tables:
         assert slot.backend is not None
@@ -141,17 +134,7 @@ class RouterFailover(RouterState):
         """Whether the slot answers its probe now. One probe serves every call that
         asks meanwhile: a saturated pool times many out at once, and a connection
         each would add to the load."""
-        task = self._confirming.get(slot.role)
-        if task is None:
-            task = asyncio.ensure_future(self._probe_answers(slot))
-            self._confirming[slot.role] = task
-
-            def done(ended: asyncio.Future[bool], role: str = slot.role) -> None:
-                if self._confirming.get(role) is ended:
-                    del self._confirming[role]
-
-            task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return await _one_in_flight(self._confirming, slot.role, lambda: self._probe_answers(slot))
 
     async def _probe_answers(self, slot: BackendSlot) -> bool:
         try:
@@ -246,3 +229,22 @@ class RouterFailover(RouterState):
         server ended, a pool timeout) says nothing of the calls beside it."""
         if slot.backend is not None:
             slot.backend.abandon_calls()
+
+
+async def _one_in_flight(
+    flights: dict[str, asyncio.Future[R]], role: str, start: Callable[[], Awaitable[R]]
+) -> R:
+    """The answer of `start()` for `role`, one call in flight per role: a caller that
+    comes meanwhile waits for the same one (shielded: a caller cancelled only stops
+    waiting), and the next caller after it ends starts another."""
+    task = flights.get(role)
+    if task is None:
+        task = asyncio.ensure_future(start())
+        flights[role] = task
+
+        def done(ended: asyncio.Future[R]) -> None:
+            if flights.get(role) is ended:
+                del flights[role]
+
+        task.add_done_callback(done)
+    return await asyncio.shield(task)

@@ -55,7 +55,13 @@ class Replica:
                 *(sys.executable, "-m", "code_hero.cli", "serve", "--database-url", url),
                 *("--port", str(self.port), "--log-level", "warning"),
             ],
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT / "src"),
+                # the outage fallback's file beside the log, not in the checkout
+                "CODE_HERO_FALLBACK_PATH": str(logdir / f"fallback-{self.port}.sqlite"),
+                **env,
+            },
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -228,7 +228,7 @@ async def page_overhead(replica: Replica, url: str, samples: int) -> PageTimes:
 async def execution_overhead(url: str, thread: str, samples: int) -> tuple[float, float]:
     """Medians (ms) of the page executed by the schema in this process (no HTTP) and of
     the same page read from the manager of that gateway, alternating samples."""
-    settings = settings_from_env({}, database_url=url)
+    settings = settings_from_env({"CODE_HERO_FALLBACK_PATH": "memory"}, database_url=url)
     schema = build_schema(settings.limits)
     executed, direct = [], []
     async with Gateway(settings.gateway) as gateway:

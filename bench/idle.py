@@ -77,6 +77,7 @@ async def main() -> None:
                     "PYTHONPATH": str(ROOT / "src"),
                     "CODE_HERO_GRAPHS": GRAPHS,
                     "CODE_HERO_MAX_SUBSCRIPTIONS": "10",
+                    "CODE_HERO_FALLBACK_PATH": str(Path(tmp) / "fallback.sqlite"),
                 },
                 cwd=ROOT,
             )

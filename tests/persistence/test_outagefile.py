@@ -239,3 +239,18 @@ def test_another_databases_outage_is_left_alone(tmp_path: Path, monkeypatch: Any
     monkeypatch.setattr("code_hero.persistence.outagefile.MAX_FILES", 1)
     with pytest.raises(FallbackFileBusyError, match="CODE_HERO_FALLBACK_PATH"):
         OutageFile.claim(path, "postgresql://two")
+
+
+def test_a_relative_path_with_a_sibling_file_present_claims_the_next_name(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # The default CODE_HERO_FALLBACK_PATH is relative (in the working directory): the
+    # second replica started there found the first one's file and died with a
+    # traceback ("relative path can't be expressed as a file URI").
+    monkeypatch.chdir(tmp_path)
+    first = OutageFile.claim("code-hero-fallback.sqlite", "postgresql://db")
+    second = OutageFile.claim("code-hero-fallback.sqlite", "postgresql://db")
+    assert second.data_path == str(tmp_path / "code-hero-fallback-2.sqlite")
+    assert first.data_path == str(tmp_path / "code-hero-fallback.sqlite")
+    first.close()
+    second.close()

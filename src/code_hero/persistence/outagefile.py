@@ -179,8 +179,10 @@ class OutageFile:
     @classmethod
     def claim(cls, path: str, primary: str) -> OutageFile:
         """Lock the first free file of `path`'s names that holds no other database's
-        outage; FallbackFileBusyError when every name is held."""
-        base = Path(path)
+        outage; FallbackFileBusyError when every name is held. A relative `path` (the
+        default is one) is taken in the working directory of the start, and the file is
+        named absolutely from then on: in logs, and in SQLite's URIs."""
+        base = Path(path).absolute()
         held: list[str] = []
         for n in range(1, MAX_FILES + 1):
             candidate = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")

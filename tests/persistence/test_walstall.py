@@ -1,0 +1,121 @@
+"""The durable fallback's journal file: WAL checkpoints off the loop, unreadable state
+rows, and a thread's deletion in one commit."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from code_hero.persistence.entries import DeleteThread, PutCheckpoint
+from code_hero.persistence.journal import Journal
+from code_hero.persistence.outagefile import OutageFile
+
+DB = "postgresql://db"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _checkpoint(thread_id: str, n: int, size: int = 100_000) -> PutCheckpoint:
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = f"{n:032d}"
+    checkpoint["channel_values"] = {"blob": os.urandom(size)}
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    return PutCheckpoint(config, checkpoint, {}, {})  # type: ignore[typeddict-item]
+
+
+def _until(condition: Any, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "not reached"
+        time.sleep(0.01)
+
+
+def test_the_wal_is_checkpointed_off_the_loops_connection_and_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    """SQLite's automatic checkpoint ran inside the commit on the event loop (a 10-40 ms
+    stall at p99 with large entries): it is off on the loop's connection, and a thread
+    of its own checkpoints, so the WAL is reused instead of growing."""
+    store = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    try:
+        [(auto,)] = store._conn.execute("PRAGMA wal_autocheckpoint").fetchall()
+        assert auto == 0
+        store.checkpoints.every_bytes = 1_000_000
+        journal = Journal(10_000)
+        journal.attach(store, {})
+        wal = tmp_path / "fb.sqlite.entries-wal"
+        largest = 0
+        for n in range(400):  # 40 MB written, in rounds the checkpointer catches up with
+            journal.append(_checkpoint(f"t{n % 4}", n))
+            largest = max(largest, wal.stat().st_size)
+            if n % 20 == 19:
+                passes = store.checkpoints.passes
+                _until(lambda p=passes: store.checkpoints.passes > p)
+                # Each pass copies what the WAL held: now wholly in the database file, so
+                # the next commit starts the WAL over.
+                _until(lambda: _backfilled(wal))
+        assert store.checkpoints.thread_ids
+        assert threading.get_ident() not in store.checkpoints.thread_ids
+        assert largest < 20_000_000  # rounds of 2 MB: reused, not the 40 MB written
+    finally:
+        store.close()
+    again = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    assert len(again.load().entries) == 400
+    again.close()
+
+
+def _backfilled(wal: Path) -> bool:
+    """Whether a PASSIVE pass of a connection of its own finds nothing left to copy."""
+    conn = sqlite3.connect(wal.with_name(wal.name.removesuffix("-wal")), isolation_level=None)
+    try:
+        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return bool(frames == copied)
+
+
+def test_entries_acknowledged_while_the_wal_is_checkpointed_survive_a_sigkill(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    program = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from tests.persistence.test_walstall import _checkpoint\n"
+        "from code_hero.persistence.journal import Journal\n"
+        "from code_hero.persistence.outagefile import OutageFile\n"
+        f"store = OutageFile.claim({path!r}, {DB!r})\n"
+        "store.checkpoints.every_bytes = 500_000\n"
+        "journal = Journal(10_000)\n"
+        "journal.attach(store, {})\n"
+        "for n in range(10_000):\n"
+        "    journal.append(_checkpoint('t', n, 50_000))\n"
+        "    print(n, flush=True)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", program], stdout=subprocess.PIPE, text=True, env=env
+    ) as writer:
+        assert writer.stdout is not None
+        acknowledged = -1
+        try:
+            while acknowledged < 300:
+                acknowledged = int(writer.stdout.readline())
+        finally:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+    store = OutageFile.claim(path, DB)
+    try:
+        assert len(store.load().entries) >= acknowledged + 1
+    finally:
+        store.close()

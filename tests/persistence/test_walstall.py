@@ -119,3 +119,54 @@ def test_entries_acknowledged_while_the_wal_is_checkpointed_survive_a_sigkill(
         assert len(store.load().entries) >= acknowledged + 1
     finally:
         store.close()
+
+
+DOWN = "postgresql://nobody@127.0.0.1:1/none"
+
+
+def _kinds(journal_file: Path, thread_id: str) -> list[str]:
+    """The kinds of a thread's entries in the journal's file, in order (read beside the
+    process holding it: WAL)."""
+    with sqlite3.connect(journal_file) as conn:
+        bodies = conn.execute(
+            "SELECT body FROM entries WHERE thread_id = ? ORDER BY seq", (thread_id,)
+        ).fetchall()
+    return [pickle.loads(body)[0] for (body,) in bodies]
+
+
+async def test_a_deletion_in_an_outage_cut_short_leaves_the_thread_or_its_deletion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a thread born in an outage cleared its entries in one commit and wrote
+    the deletion in another, after the fallback's own deletion: a kill in between left
+    neither (the next process copied nothing of it, and what a copy-back cut short had
+    put in the primary stayed there). Now both go in one commit: cut short anywhere, the
+    file holds the thread's entries, or its deletion."""
+    from code_hero.config import create_postgres_checkpointer
+    from code_hero.gateway import Gateway, GatewaySettings
+    from code_hero.runs.executor import StartRun
+    from tests.persistence.proxied import SLOW_SPEC
+
+    config = create_postgres_checkpointer(
+        DOWN, fallback_path=str(tmp_path / "fb.sqlite"), pool_timeout=1
+    )
+    journal_file = tmp_path / "fb.sqlite.entries"
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+    async with Gateway(settings) as gw:
+        run = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        before = _kinds(journal_file, run.thread_id)
+        assert "PutCheckpoint" in before
+        router = gw.manager.router
+        fallback = router.slots[1].backend
+        assert fallback is not None
+
+        async def killed(thread_id: str) -> None:  # the process dies at this await
+            raise KeyboardInterrupt("killed")
+
+        monkeypatch.setattr(fallback.saver, "adelete_thread", killed)
+        with pytest.raises(KeyboardInterrupt):
+            await router.delete_thread(run.thread_id)
+        assert _kinds(journal_file, run.thread_id) == before
+        monkeypatch.undo()
+        await router.delete_thread(run.thread_id)
+        assert _kinds(journal_file, run.thread_id) == ["DeleteThread"]

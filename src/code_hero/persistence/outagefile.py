@@ -281,6 +281,22 @@ class OutageFile:
             self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
         self.checkpoints.wrote(_PAGE)
 
+    def replace_thread(self, entry: Entry) -> int:
+        """Forget every entry of the entry's thread, and that the outage left it to the
+        fallback, and commit the entry at the tail, all in one commit (a deletion: a
+        process killed at any point leaves the thread's entries or its deletion); its seq."""
+        body = dump_entry(entry)
+        with self._conn:
+            self._conn.execute("DELETE FROM entries WHERE thread_id = ?", (entry.thread_id,))
+            self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (entry.thread_id,))
+            cur = self._conn.execute(
+                "INSERT INTO entries (thread_id, body) VALUES (?, ?)", (entry.thread_id, body)
+            )
+        self.checkpoints.wrote(len(body) + _PAGE)
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
     # ------------------------------------------------------------ threads and state
     def note_thread(self, thread_id: str, kind: str) -> None:
         """The outage left this thread to the fallback ("local" or "fallback")."""

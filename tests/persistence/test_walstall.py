@@ -170,3 +170,68 @@ async def test_a_deletion_in_an_outage_cut_short_leaves_the_thread_or_its_deleti
         monkeypatch.undo()
         await router.delete_thread(run.thread_id)
         assert _kinds(journal_file, run.thread_id) == ["DeleteThread"]
+
+
+class Renamed:
+    """A class of the state an upgrade renames."""
+
+
+def _write_state(journal_file: Path, key: str, value: bytes) -> None:
+    with sqlite3.connect(journal_file) as conn:
+        conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+
+
+def test_state_rows_this_process_cannot_read_stop_no_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state row that failed to unpickle (a class renamed, a truncated row) raised out
+    of the start: now it is named in a WARNING and what stands in for it is safe (an
+    outage of unknown start is resumed, so its writes are copied back)."""
+    path = str(tmp_path / "fb.sqlite")
+    journal_file = tmp_path / "fb.sqlite.entries"
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("t"))
+    store.close()
+    _write_state(journal_file, "refused", pickle.dumps({"run": Renamed()}))
+    _write_state(journal_file, "outage", pickle.dumps((None, None))[:-3])  # truncated
+    monkeypatch.delattr(sys.modules[__name__], "Renamed")
+    with caplog.at_level("WARNING"):
+        again = OutageFile.claim(path, DB)
+        journal = Journal(100)
+        loaded = journal.attach(again, {})
+    try:
+        assert again.data_path == path
+        assert [type(e).__name__ for e in journal.entries] == ["DeleteThread"]
+        assert loaded.state["outage"] == (None, None)  # resumed: copied back at once
+        assert journal.refused_runs == {}
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("'refused' state row" in m for m in warned), warned
+        assert any("'outage' state row" in m for m in warned), warned
+    finally:
+        again.close()
+
+
+def test_a_file_whose_database_cannot_be_read_keeps_its_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    journal_file = tmp_path / "fb.sqlite.entries"
+    store = OutageFile.claim(path, DB)
+    journal = Journal(100)
+    journal.attach(store, {})
+    journal.append(DeleteThread("t"))
+    store.close()
+    _write_state(journal_file, "primary", b"\x80\x05garbage")
+    with caplog.at_level("WARNING"):
+        other = OutageFile.claim(path, DB)  # not started afresh: its writes kept
+    assert other.data_path == str(tmp_path / "fb-2.sqlite")
+    other.close()
+    assert _kinds(journal_file, "t") == ["DeleteThread"]
+    assert "cannot name" in caplog.text
+    with sqlite3.connect(journal_file) as conn:
+        conn.execute("DELETE FROM entries")
+    empty = OutageFile.claim(path, DB)  # nothing waits in it: started afresh
+    assert empty.data_path == path and empty.state("primary") == DB
+    empty.close()

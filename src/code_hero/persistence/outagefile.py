@@ -72,6 +72,7 @@ __all__ = [
     "FallbackFileBusyError",
     "Loaded",
     "OutageFile",
+    "UnreadableState",
     "dump_entry",
     "load_entry",
     "same_database",
@@ -100,6 +101,32 @@ _SCHEMA = (
 
 class FallbackFileBusyError(ConfigurationError):
     """Every fallback file name is held by another live process."""
+
+
+class UnreadableState(Exception):
+    """A state row of the journal's file this process cannot unpickle."""
+
+    def __init__(self, key: str, error: str) -> None:
+        super().__init__(f"state {key!r}: {error}")
+        self.key = key
+        self.error = error
+
+
+# What a state row this process cannot read costs (`OutageFile._unreadable`).
+_STATE_LOST = {
+    "outage": "an outage is taken to be under way since an unknown time: resumed, and "
+    "copied back as soon as the database answers",
+    "refused": "runs whose checkpoints the database refused may end with their own "
+    "status there instead of ERROR",
+    "leased": "a late copy cannot end the runs an earlier copy put in the database "
+    "unfinished: they end when their leases lapse and another executor resumes them",
+    "leased_threads": "the leases of a deleted thread's runs are forgotten with them later",
+    "primary": "the database whose outage the file holds is unknown",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()[:300]
 
 
 def dump_entry(entry: Entry) -> bytes:
@@ -195,7 +222,19 @@ class OutageFile:
                 held.append(str(candidate))
                 continue
             found = cls(candidate, *locked)
-            owner = found.state("primary")
+            try:
+                owner = found.state("primary")
+            except UnreadableState:
+                if not found.load().empty:  # whose outage it holds is unknown: kept
+                    log.warning(
+                        "fallback file %s holds outage writes of a database this process "
+                        "cannot name: left alone; copy them back with the version that "
+                        "wrote it, or move the file away",
+                        candidate,
+                    )
+                    found.close()
+                    continue
+                owner = None  # nothing waits in it: started afresh
             same = owner is not None and same_database(owner, primary)
             if owner is not None and not same and not found.load().empty:
                 log.warning(
@@ -334,9 +373,15 @@ class OutageFile:
         self.checkpoints.wrote(_PAGE)
 
     def state(self, key: str) -> Any:
-        """One piece of the router's state (None when unset)."""
+        """One piece of the router's state (None when unset); `UnreadableState` when this
+        process cannot unpickle it."""
         row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return pickle.loads(row[0])  # this process's own locked file
+        except Exception as exc:
+            raise UnreadableState(key, _describe(exc)) from exc
 
     def load(self) -> Loaded:
         """Everything the file holds, entries in their order."""
@@ -355,11 +400,29 @@ class OutageFile:
         threads: dict[str, set[str]] = {"local": set(), "fallback": set()}
         for thread_id, kind in self._conn.execute("SELECT thread_id, kind FROM threads"):
             threads.setdefault(kind, set()).add(thread_id)
-        state = {
-            key: pickle.loads(value)
-            for key, value in self._conn.execute("SELECT key, value FROM state")
-        }
+        state: dict[str, Any] = {}
+        for key, value in self._conn.execute("SELECT key, value FROM state").fetchall():
+            try:
+                state[key] = pickle.loads(value)  # this process's own locked file
+            except Exception as exc:
+                state.update(self._unreadable(key, _describe(exc)))
         return Loaded(entries, quarantined, threads["local"], threads["fallback"], state, thread_of)
+
+    def _unreadable(self, key: str, error: str) -> dict[str, Any]:
+        """A state row this process cannot unpickle (a class renamed by an upgrade, a
+        truncated row), as entries are: it stops no start. Logged with what it costs;
+        what stands in for it (an outage under way of unknown start: one resumed copies
+        back at once, and none is lost), kept in the file meanwhile."""
+        meaning = _STATE_LOST.get(key, "it is ignored")
+        log.warning(
+            "the fallback's journal file %s.entries holds a %r state row this process "
+            "cannot read (%s): %s; the row stays in the file until it is written anew",
+            self.path,
+            key,
+            error,
+            meaning,
+        )
+        return {"outage": (None, None)} if key == "outage" else {}
 
 
 def same_database(a: str, b: str) -> bool:

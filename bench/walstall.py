@@ -23,7 +23,6 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 from code_hero.persistence.entries import PutCheckpoint
 from code_hero.persistence.journal import Journal
@@ -47,21 +46,27 @@ def _entry(n: int, payload: bytes) -> PutCheckpoint:
     )
 
 
+def _size(file: str) -> int:
+    try:
+        return os.stat(file).st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-async def measure(size: int, rate: int, seconds: float) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="bench-walstall-"))
-    path = folder / "fb.sqlite"
-    store = OutageFile.claim(str(path), "postgresql://bench")
+async def measure(folder: str, size: int, rate: int, seconds: float) -> dict[str, float]:
+    path = os.path.join(folder, "fb.sqlite")
+    store = OutageFile.claim(path, "postgresql://bench")
     journal = Journal(limit=10_000_000)
     journal.attach(store, {})
     payload = os.urandom(size)
     appends: list[float] = []
     gaps: list[float] = []
-    wal = Path(f"{path}.entries-wal")
+    wal = f"{path}.entries-wal"
     largest_wal = 0
     done = asyncio.Event()
 
@@ -81,8 +86,8 @@ async def measure(size: int, rate: int, seconds: float) -> dict[str, float]:
             journal.append(entry)
             appends.append(time.perf_counter() - t0)
             n += 1
-            if n % 50 == 0 and wal.exists():
-                largest_wal = max(largest_wal, wal.stat().st_size)
+            if n % 50 == 0:
+                largest_wal = max(largest_wal, _size(wal))
             due = begin + n / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         done.set()
@@ -93,9 +98,6 @@ async def measure(size: int, rate: int, seconds: float) -> dict[str, float]:
     took = time.perf_counter() - began
     await tick
     store.close()
-    for file in folder.iterdir():
-        file.unlink()
-    folder.rmdir()
     return {
         "append_p50_ms": _pct(appends, 0.50),
         "append_p99_ms": _pct(appends, 0.99),
@@ -115,7 +117,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=300, help="entries per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    result = asyncio.run(measure(args.size, args.rate, args.seconds))
+    with tempfile.TemporaryDirectory(prefix="bench-walstall-") as folder:
+        result = asyncio.run(measure(folder, args.size, args.rate, args.seconds))
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
 
 

@@ -22,7 +22,9 @@ sqlite3, not through the fallback's aiosqlite connection: an entry is committed
 in the same synchronous step that appends it to the in-memory journal (no await
 between the write's acknowledgement and its entry), and a second connection on
 the data file would wait for the aiosqlite one's write lock while holding the
-loop that connection needs. A commit without an fsync costs tens of microseconds.
+loop that connection needs. A commit without an fsync costs tens of microseconds;
+the WAL's checkpoints, which copy it into the file and sync it, run on a thread of
+their own (`WalCheckpointer`), never inside a commit on the loop.
 
 Entries are pickled: checkpoints carry arbitrary channel values, and a journal
 entry holds records, enums and times the saver's serde would not give back as
@@ -37,14 +39,18 @@ copies of threads' rows loaded here replay as late copies (the dead process may 
 copied them back, other replicas moved on since). A journal file that is not a
 database is moved aside (`<name>.corrupt-<time>`) and a fresh one started. Its
 database is compared by identity (`same_database`), not by the URL's spelling.
+A state row this process cannot unpickle stops nothing either: it is named in a
+WARNING and left in the file; an unreadable outage start resumes an outage of
+unknown start, and a file whose database cannot be named is left alone while it
+holds entries (`UnreadableState`).
 
-One process per file: the journal's connection holds SQLite's exclusive lock
-(`locking_mode = EXCLUSIVE`) until it closes, which the kernel drops when the
-process dies. A process that finds the file locked takes the next name
-(`<stem>-2<suffix>`, ...), so replicas on one machine each have their own, and a
-restarted one takes a free file, with what a dead one left in it; it names (WARNING)
-the other free files that still hold entries: nothing copies those back until a
-server is started on them.
+One process per file: an flock on `<name>.entries-lock`, held until the file is
+closed, which the kernel drops when the process dies (not SQLite's exclusive
+locking mode: it would keep out the checkpoints' own connection). A process that
+finds the file locked takes the next name (`<stem>-2<suffix>`, ...), so replicas on
+one machine each have their own, and a restarted one takes a free file, with what a
+dead one left in it; it names (WARNING) the other free files that still hold
+entries: nothing copies those back until a server is started on them.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ class WalCheckpointer:
         self.passes = 0  # checkpoints run so far (tests, diagnosis)
         self.thread_ids: set[int] = set()  # the threads they ran on
         self._written = 0  # bytes committed since the last checkpoint (approximate)
+        self._running = False
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(
@@ -72,6 +73,12 @@ class WalCheckpointer:
         self._written += size
         if self._written >= self.every_bytes:
             self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """No checkpoint under way and nothing committed since the last one began: what
+        was committed is in the database file (the next commit starts the WAL over)."""
+        return not self._running and not self._written
 
     def close(self) -> None:
         """Stop checkpointing (the last connection's close checkpoints what is left)."""
@@ -93,11 +100,15 @@ class WalCheckpointer:
                     return
                 if not self._written:
                     continue
+                self._running = True
                 self._written = 0
                 try:
                     self._checkpoint(conn)
                 except sqlite3.Error as exc:  # the next one tries again
                     log.warning("checkpointing the journal's WAL %s failed: %s", self.wal, exc)
+                    self._written += 1
+                finally:
+                    self._running = False
         finally:
             conn.close()
 

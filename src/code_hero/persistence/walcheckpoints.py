@@ -4,7 +4,7 @@ The durable fallback's journal (`outagefile.py`) commits each entry on the event
 loop. SQLite's automatic checkpoint (every 1,000 pages of WAL) runs inside the
 commit that passes that size: it copies the WAL's pages into the database file and
 syncs it, on the loop. With large checkpoints (100 kB each, 300 a second) that
-stalled the loop 17-33 ms at p99 (bench/walstall.py).
+stalled the loop 10-30 ms at p99 (bench/walstall.py).
 
 So the loop's connection turns the automatic checkpoint off, and a
 `WalCheckpointer` checkpoints from a thread of its own, on a connection of its
@@ -13,7 +13,8 @@ waits for it), once `every_bytes` went in since the last one or every `interval`
 seconds when anything did. A checkpoint copies what the WAL holds at its start;
 what commits meanwhile is copied by the next pass, right after it, so the WAL is
 soon wholly in the database file and the next commit starts it over from its
-beginning: the WAL stays about `every_bytes` long. Should it pass `limit` all the
+beginning (passes that never catch up, commits all along, go on at once): the WAL
+stays a few times `every_bytes` long (10 MB at most in bench/walstall.py). Should it pass `limit` all the
 same (a disk slower than the writes), a TRUNCATE checkpoint empties it, and the
 loop's commits wait for that one (its busy timeout): the bound.
 
@@ -125,6 +126,9 @@ class WalCheckpointer:
             if frames == before or self._stopping:
                 break
             before = frames
+        else:  # not caught up (commits all along): again at once, not 4 MB later
+            self._written += 1
+            self._wake.set()
         if _size(self.wal) > self.limit:
             log.warning(
                 "the journal's WAL %s passed %d MB (the disk is slower than the outage's "

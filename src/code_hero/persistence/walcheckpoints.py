@@ -14,9 +14,10 @@ seconds when anything did. A checkpoint copies what the WAL holds at its start;
 what commits meanwhile is copied by the next pass, right after it, so the WAL is
 soon wholly in the database file and the next commit starts it over from its
 beginning (passes that never catch up, commits all along, go on at once): the WAL
-stays a few times `every_bytes` long (8-21 MB in bench/walstall.py, loaded machine). Should it pass `limit` all the
-same (a disk slower than the writes), a TRUNCATE checkpoint empties it, and the
-loop's commits wait for that one (its busy timeout): the bound.
+stays a few times `every_bytes` long (8-21 MB in bench/walstall.py on a loaded
+machine). Should it pass `limit` all the same (a disk slower than the writes), a
+TRUNCATE checkpoint empties it, and the loop's commits wait for that one (its busy
+timeout): the bound.
 
 Crash safety is the WAL's: an entry is acknowledged once its commit is in the WAL
 (synchronous = NORMAL), a checkpoint only copies committed pages into the database

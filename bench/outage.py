@@ -1,9 +1,12 @@
 """Degraded mode: runs through a PostgreSQL outage, and the sync back afterwards.
 
-    python bench/outage.py [--runs 320] [--rounds 3] [--durable]
+    python bench/outage.py [--runs 320] [--rounds 3] [--durable] [--payload BYTES]
+                           [--only-degraded]
 
 With `--durable` the fallback is the durable one `code-hero serve` uses on
 PostgreSQL (a SQLite file and its journal, in a temporary folder), not memory.
+`--payload` puts a value of that many bytes in each run's state, so each of its
+checkpoints (and journal entries) carries it; `--only-degraded` stops after 1.
 
 PostgreSQL sits behind the test suite's `BlackHoleProxy`: `refuse()` takes it
 down for this process only, `forward()` brings it back; the server itself
@@ -12,7 +15,9 @@ keeps running.
 1. Runs per second of a small 4-node graph with 16 runs in flight
    (`startRun` with wait, each on a new thread) while PostgreSQL serves and
    while the in-memory fallback serves, in alternating rounds in one process:
-   the median of degraded / healthy.
+   the median of degraded / healthy; and the event loop's gaps meanwhile (how
+   late a 1 ms tick wakes: what every request waits behind a step on the loop,
+   such as a commit of the journal's file), p50 and p99 of each mode.
 2. The sync-back rate: with at least 2,000 checkpoints journalled during an
    outage, the time from the start of `FallbackRouter.recover()` to nothing
    pending; the target counts checkpoints (PutCheckpoint entries) per second.
@@ -54,6 +59,7 @@ WORKERS = 16
 PROBE_INTERVAL = 0.2
 GRAPH = f"{ROOT / 'bench' / 'chain.py'}:small_graph"
 PG_PORT = urlsplit(ADMIN_URL).port or 5432
+PAYLOAD = 0  # bytes of state each run carries (`--payload`)
 
 
 @asynccontextmanager
@@ -103,7 +109,8 @@ def journalled_checkpoints(gw: Gateway) -> int:
 
 
 async def one_run(gw: Gateway) -> None:
-    run = await gw.start_run(StartRun(graph="small", input={"steps": []}, wait=True))
+    steps = ["x" * PAYLOAD] if PAYLOAD else []
+    run = await gw.start_run(StartRun(graph="small", input={"steps": steps}, wait=True))
     if run.status is not RunStatus.SUCCESS:
         raise RuntimeError(run.error)
 
@@ -148,16 +155,46 @@ async def go_down(gw: Gateway, proxy: BlackHoleProxy) -> None:
     await until(lambda: degraded(gw))
 
 
+@asynccontextmanager
+async def loop_gaps(into: list[float]) -> AsyncIterator[None]:
+    """How late a 1 ms tick of the event loop wakes, each time, while the body runs."""
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            into.append(max(0.0, time.perf_counter() - start - 0.001))
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        done.set()
+        await task
+
+
+def _gaps(gaps: list[float]) -> str:
+    ordered = sorted(gaps) or [0.0]
+    p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
+    worst = ordered[-1] * 1000
+    return f"loop gaps p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, max {worst:.1f}"
+
+
 async def degraded_vs_healthy(url: str, runs: int, rounds: int) -> list[str]:
     healthy, down, failures, waits = [], [], 0, []
+    healthy_gaps: list[float] = []
+    down_gaps: list[float] = []
     async with proxied_gateway(url, PROBE_INTERVAL) as (gw, proxy):
         await fixed_runs(gw, WORKERS * 2)  # warm-up: graph compiled, pool filled
         for _ in range(rounds):
-            rps, fail = await fixed_runs(gw, runs)
+            async with loop_gaps(healthy_gaps):
+                rps, fail = await fixed_runs(gw, runs)
             healthy.append(rps)
             failures += fail
             await go_down(gw, proxy)
-            rps, fail = await fixed_runs(gw, runs)
+            async with loop_gaps(down_gaps):
+                rps, fail = await fixed_runs(gw, runs)
             down.append(rps)
             failures += fail
             pending = gw.manager.pending_sync
@@ -172,6 +209,8 @@ async def degraded_vs_healthy(url: str, runs: int, rounds: int) -> list[str]:
     where = "in memory" if FALLBACK_DIR is None else "durable"
     print(f"  degraded ({where}):  {median(down):8.1f} runs/s  {[round(x) for x in down]}")
     print(f"  degraded / healthy per round {[round(r, 2) for r in ratios]}, failures {failures}")
+    print(f"  healthy:  {_gaps(healthy_gaps)}")
+    print(f"  degraded: {_gaps(down_gaps)}")
     for pending, seconds in waits:
         print(f"  after a round: {pending} journal entries synced back in {seconds:.2f}s")
     return [target("degraded_runs_ratio", ratio, ">= 0.8", ratio >= 0.8)]
@@ -240,8 +279,11 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=320, help="runs per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--durable", action="store_true", help="a durable fallback")
+    parser.add_argument("--payload", type=int, default=0, help="bytes of state per run")
+    parser.add_argument("--only-degraded", action="store_true", help="the first part only")
     args = parser.parse_args()
-    global FALLBACK_DIR
+    global FALLBACK_DIR, PAYLOAD
+    PAYLOAD = args.payload
     if args.durable:
         FALLBACK_DIR = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     # Each outage would log the pool's reconnection attempts and the switches.
@@ -250,6 +292,9 @@ async def main() -> None:
     lines: list[str] = []
     async with scratch_database("bench_outage") as url:
         lines += await degraded_vs_healthy(url, args.runs, args.rounds)
+    if args.only_degraded:
+        print(*lines, sep="\n")
+        return
     async with scratch_database("bench_outage") as url:
         lines += await sync_back_rate(url, 2_000)
     async with scratch_database("bench_outage") as url:

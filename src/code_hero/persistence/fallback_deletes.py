@@ -95,7 +95,8 @@ class RouterDeletes(RouterFailover):
                 held = False
             if marked is not None and kept and self.serving:
                 await self._carry_mark(thread_id, marked)
-            self.journal.drop_thread_locked(thread_id)
+            if self.serving:  # in an outage, with its deletion below, in one commit
+                self.journal.drop_thread_locked(thread_id)
             fallback_only: set[tuple[str, str]] = set()  # kept: what the primary lacks
             for slot in self.slots[1:]:
                 if slot.backend is None or not held:
@@ -107,7 +108,10 @@ class RouterDeletes(RouterFailover):
                     await slot.backend.saver.adelete_thread(thread_id)
             self.fallback_threads.discard(thread_id)
             if not self.serving:
-                self.journal.append(DeleteThread(thread_id))
+                # Its entries and the deletion that replaces them, in one commit of the
+                # journal's file: a kill in between left neither (what of the thread a
+                # copy-back cut short had put in the primary stayed there).
+                self.journal.drop_thread_locked(thread_id, then=DeleteThread(thread_id))
                 return None if marked is None else removed
             self.drop_noted(thread_id)
             self.uncarried_marks.discard(thread_id)

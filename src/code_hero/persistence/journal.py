@@ -362,7 +362,7 @@ class Journal:
         if isinstance(seq, int):
             self._seqs.setdefault(id(entry), []).append(seq)
 
-    def _file(self, entry: Entry) -> int | None:
+    def _file(self, entry: Entry, *, replacing: bool = False) -> int | None:
         """Commit an entry to the file, after the entries of its thread the file did not
         take yet (in order); None when it did not go in (it waits behind them).
 
@@ -372,7 +372,8 @@ class Journal:
         entry of any thread). An entry pickle refuses never goes in, so neither does any
         later one of its thread: those are kept in memory only (the emergency slot's
         terms, logged once), and after a kill the thread resumes from the file's last
-        entry before it."""
+        entry before it. `replacing`: the entry takes the place of every row of its
+        thread in the file, in one commit (`OutageFile.replace_thread`)."""
         if self.store is None:
             return None
         for thread_id in [t for t in self._unfiled if t not in self._unpicklable]:
@@ -381,7 +382,7 @@ class Journal:
         if backlog:
             backlog.append(entry)
             return None
-        seq = self._add(entry)
+        seq = self._add(entry, replacing=replacing)
         if seq is None:
             self._unfiled[entry.thread_id] = deque([entry])
         return seq
@@ -404,12 +405,13 @@ class Journal:
                     break
         del self._unfiled[thread_id]
 
-    def _add(self, entry: Entry) -> int | None:
-        """`OutageFile.add`; None when it failed (logged as `_stored` does). A value
-        pickle refuses marks its thread: its backlog is not tried again."""
+    def _add(self, entry: Entry, *, replacing: bool = False) -> int | None:
+        """`OutageFile.add` (`replace_thread` when `replacing`); None when it failed
+        (logged as `_stored` does). A value pickle refuses marks its thread: its backlog
+        is not tried again."""
         assert self.store is not None
         try:
-            seq = self.store.add(entry)
+            seq = self.store.replace_thread(entry) if replacing else self.store.add(entry)
         except Exception as exc:
             if not isinstance(exc, OSError | sqlite3.Error):
                 self._unpicklable.add(entry.thread_id)
@@ -723,13 +725,18 @@ class Journal:
         async with self.step_lock:
             return self.drop_thread_locked(thread_id)
 
-    def drop_thread_locked(self, thread_id: str) -> int:
-        """`drop_thread` for a caller that holds the step lock."""
+    def drop_thread_locked(self, thread_id: str, *, then: Entry | None = None) -> int:
+        """`drop_thread` for a caller that holds the step lock; with `then` (the thread's
+        deletion), that entry takes their place at the tail, in the same commit of the
+        journal's file: a process killed at any point leaves the thread's entries there or
+        its deletion, never neither (its entries gone, what of it reached the primary
+        left there)."""
         before = len(self.entries) + len(self.quarantine)
         for gone in [*self.entries, *(q.entry for q in self.quarantine)]:
             if gone.thread_id == thread_id:
                 self._seqs.pop(id(gone), None)
-        self._stored("dropping a thread", "remove_thread", thread_id)
+        if then is None:
+            self._stored("dropping a thread", "remove_thread", thread_id)
         held = len(self.held.pop(thread_id, []))
         self._unfiled.pop(thread_id, None)
         self._unpicklable.discard(thread_id)
@@ -737,9 +744,15 @@ class Journal:
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
         self._per_thread.pop(thread_id, None)
+        if then is not None:
+            assert then.thread_id == thread_id and then.key is None
+            seq = self._file(then, replacing=True)
+            self._in_memory(then)
+            if seq is not None:
+                self._seqs.setdefault(id(then), []).append(seq)
         self._forget_refusals()
         self.leased_runs.forget_thread(thread_id)
-        return before + held - len(self.entries) - len(self.quarantine)
+        return before + held - len(self.entries) - len(self.quarantine) + (then is not None)
 
     def quarantined_threads(self) -> set[str]:
         """Threads with an entry in the quarantine, or held unread in the file (their

@@ -22,7 +22,9 @@ sqlite3, not through the fallback's aiosqlite connection: an entry is committed
 in the same synchronous step that appends it to the in-memory journal (no await
 between the write's acknowledgement and its entry), and a second connection on
 the data file would wait for the aiosqlite one's write lock while holding the
-loop that connection needs. A commit without an fsync costs tens of microseconds.
+loop that connection needs. A commit without an fsync costs tens of microseconds;
+the WAL's checkpoints, which copy it into the file and sync it, run on a thread of
+their own (`WalCheckpointer`), never inside a commit on the loop.
 
 Entries are pickled: checkpoints carry arbitrary channel values, and a journal
 entry holds records, enums and times the saver's serde would not give back as
@@ -37,18 +39,23 @@ copies of threads' rows loaded here replay as late copies (the dead process may 
 copied them back, other replicas moved on since). A journal file that is not a
 database is moved aside (`<name>.corrupt-<time>`) and a fresh one started. Its
 database is compared by identity (`same_database`), not by the URL's spelling.
+A state row this process cannot unpickle stops nothing either: it is named in a
+WARNING and left in the file; an unreadable outage start resumes an outage of
+unknown start, and a file whose database cannot be named is left alone while it
+holds entries (`UnreadableState`).
 
-One process per file: the journal's connection holds SQLite's exclusive lock
-(`locking_mode = EXCLUSIVE`) until it closes, which the kernel drops when the
-process dies. A process that finds the file locked takes the next name
-(`<stem>-2<suffix>`, ...), so replicas on one machine each have their own, and a
-restarted one takes a free file, with what a dead one left in it; it names (WARNING)
-the other free files that still hold entries: nothing copies those back until a
-server is started on them.
+One process per file: an flock on `<name>.entries-lock`, held until the file is
+closed, which the kernel drops when the process dies (not SQLite's exclusive
+locking mode: it would keep out the checkpoints' own connection). A process that
+finds the file locked takes the next name (`<stem>-2<suffix>`, ...), so replicas on
+one machine each have their own, and a restarted one takes a free file, with what a
+dead one left in it; it names (WARNING) the other free files that still hold
+entries: nothing copies those back until a server is started on them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -65,11 +72,13 @@ from uuid import UUID
 from code_hero.errors import ConfigurationError
 from code_hero.persistence import entries as entry_kinds
 from code_hero.persistence.entries import Entry, Leases, Refusal
+from code_hero.persistence.walcheckpoints import WalCheckpointer
 
 __all__ = [
     "FallbackFileBusyError",
     "Loaded",
     "OutageFile",
+    "UnreadableState",
     "dump_entry",
     "load_entry",
     "same_database",
@@ -79,6 +88,8 @@ log = logging.getLogger(__name__)
 
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
+# What a commit adds to the WAL besides an entry's body (a page), for `WalCheckpointer`.
+_PAGE = 4096
 # Fields that entries share with the journal or the router (joined again at load).
 _SHARED = ("copied", "refused", "leased")
 
@@ -96,6 +107,32 @@ _SCHEMA = (
 
 class FallbackFileBusyError(ConfigurationError):
     """Every fallback file name is held by another live process."""
+
+
+class UnreadableState(Exception):
+    """A state row of the journal's file this process cannot unpickle."""
+
+    def __init__(self, key: str, error: str) -> None:
+        super().__init__(f"state {key!r}: {error}")
+        self.key = key
+        self.error = error
+
+
+# What a state row this process cannot read costs (`OutageFile._unreadable`).
+_STATE_LOST = {
+    "outage": "an outage is taken to be under way since an unknown time: resumed, and "
+    "copied back as soon as the database answers",
+    "refused": "runs whose checkpoints the database refused may end with their own "
+    "status there instead of ERROR",
+    "leased": "a late copy cannot end the runs an earlier copy put in the database "
+    "unfinished: they end when their leases lapse and another executor resumes them",
+    "leased_threads": "the leases of a deleted thread's runs are forgotten with them later",
+    "primary": "the database whose outage the file holds is unknown",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()[:300]
 
 
 def dump_entry(entry: Entry) -> bytes:
@@ -167,9 +204,11 @@ class Loaded:
 class OutageFile:
     """The journal's file: entries, the outage's threads and state, held by one process."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: int) -> None:
         self.path = path  # the fallback's data file; the journal is `<path>.entries`
         self._conn = conn
+        self._lock = lock  # the descriptor holding the file's lock (`_lock`)
+        self.checkpoints = WalCheckpointer(_journal(path))
 
     @property
     def data_path(self) -> str:
@@ -186,12 +225,24 @@ class OutageFile:
         held: list[str] = []
         for n in range(1, MAX_FILES + 1):
             candidate = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
-            conn = _lock(candidate)
-            if conn is None:
+            locked = _lock(candidate)
+            if locked is None:
                 held.append(str(candidate))
                 continue
-            found = cls(candidate, conn)
-            owner = found.state("primary")
+            found = cls(candidate, *locked)
+            try:
+                owner = found.state("primary")
+            except UnreadableState:
+                if not found.load().empty:  # whose outage it holds is unknown: kept
+                    log.warning(
+                        "fallback file %s holds outage writes of a database this process "
+                        "cannot name: left alone; copy them back with the version that "
+                        "wrote it, or move the file away",
+                        candidate,
+                    )
+                    found.close()
+                    continue
+                owner = None  # nothing waits in it: started afresh
             same = owner is not None and same_database(owner, primary)
             if owner is not None and not same and not found.load().empty:
                 log.warning(
@@ -224,8 +275,10 @@ class OutageFile:
             self._conn.execute("INSERT INTO state VALUES ('primary', ?)", (pickle.dumps(primary),))
 
     def close(self) -> None:
-        """Release the file (its lock goes with the connection)."""
+        """Release the file: its checkpoints stop, then its connection and lock go."""
+        self.checkpoints.close()
         self._conn.close()
+        os.close(self._lock)
 
     def clear_entries(self) -> None:
         """Forget every entry (the journal holds none: left by a removal that failed)."""
@@ -246,6 +299,7 @@ class OutageFile:
             cur = self._conn.execute(
                 "INSERT INTO entries (thread_id, body) VALUES (?, ?)", (entry.thread_id, body)
             )
+        self.checkpoints.wrote(len(body))
         seq = cur.lastrowid
         assert seq is not None
         return seq
@@ -256,6 +310,7 @@ class OutageFile:
         if rows:
             with self._conn:
                 self._conn.executemany("DELETE FROM entries WHERE seq = ?", rows)
+            self.checkpoints.wrote(_PAGE * len(rows))
 
     def quarantine(self, seq: int, failures: int, last_error: str) -> None:
         """Mark an entry quarantined, with its failures so far."""
@@ -264,30 +319,50 @@ class OutageFile:
                 "UPDATE entries SET quarantined = 1, failures = ?, last_error = ? WHERE seq = ?",
                 (failures, last_error, seq),
             )
+        self.checkpoints.wrote(_PAGE)
 
     def remove_thread(self, thread_id: str) -> None:
         """Forget every entry of a thread, and that the outage left it to the fallback."""
         with self._conn:
             self._conn.execute("DELETE FROM entries WHERE thread_id = ?", (thread_id,))
             self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+        self.checkpoints.wrote(_PAGE)
+
+    def replace_thread(self, entry: Entry) -> int:
+        """Forget every entry of the entry's thread, and that the outage left it to the
+        fallback, and commit the entry at the tail, all in one commit (a deletion: a
+        process killed at any point leaves the thread's entries or its deletion); its seq."""
+        body = dump_entry(entry)
+        with self._conn:
+            self._conn.execute("DELETE FROM entries WHERE thread_id = ?", (entry.thread_id,))
+            self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (entry.thread_id,))
+            cur = self._conn.execute(
+                "INSERT INTO entries (thread_id, body) VALUES (?, ?)", (entry.thread_id, body)
+            )
+        self.checkpoints.wrote(len(body) + _PAGE)
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
 
     # ------------------------------------------------------------ threads and state
     def note_thread(self, thread_id: str, kind: str) -> None:
         """The outage left this thread to the fallback ("local" or "fallback")."""
         with self._conn:
             self._conn.execute("INSERT OR IGNORE INTO threads VALUES (?, ?)", (thread_id, kind))
+        self.checkpoints.wrote(_PAGE)
 
     def forget_thread(self, thread_id: str) -> None:
         """The thread is no longer the fallback's."""
         with self._conn:
             self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+        self.checkpoints.wrote(_PAGE)
 
     def set_state(self, key: str, value: Any) -> None:
         """Commit one piece of the router's state."""
+        body = pickle.dumps(value)
         with self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO state VALUES (?, ?)", (key, pickle.dumps(value))
-            )
+            self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, body))
+        self.checkpoints.wrote(len(body) + _PAGE)
 
     def save_outage(self, outage: Any, threads: set[str]) -> None:
         """When the outage under way began (None: none), and the threads left to the
@@ -303,11 +378,18 @@ class OutageFile:
                 )
             else:
                 self._conn.execute("DELETE FROM threads")
+        self.checkpoints.wrote(_PAGE)
 
     def state(self, key: str) -> Any:
-        """One piece of the router's state (None when unset)."""
+        """One piece of the router's state (None when unset); `UnreadableState` when this
+        process cannot unpickle it."""
         row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return pickle.loads(row[0])  # this process's own locked file
+        except Exception as exc:
+            raise UnreadableState(key, _describe(exc)) from exc
 
     def load(self) -> Loaded:
         """Everything the file holds, entries in their order."""
@@ -326,11 +408,29 @@ class OutageFile:
         threads: dict[str, set[str]] = {"local": set(), "fallback": set()}
         for thread_id, kind in self._conn.execute("SELECT thread_id, kind FROM threads"):
             threads.setdefault(kind, set()).add(thread_id)
-        state = {
-            key: pickle.loads(value)
-            for key, value in self._conn.execute("SELECT key, value FROM state")
-        }
+        state: dict[str, Any] = {}
+        for key, value in self._conn.execute("SELECT key, value FROM state").fetchall():
+            try:
+                state[key] = pickle.loads(value)  # this process's own locked file
+            except Exception as exc:
+                state.update(self._unreadable(key, _describe(exc)))
         return Loaded(entries, quarantined, threads["local"], threads["fallback"], state, thread_of)
+
+    def _unreadable(self, key: str, error: str) -> dict[str, Any]:
+        """A state row this process cannot unpickle (a class renamed by an upgrade, a
+        truncated row), as entries are: it stops no start. Logged with what it costs;
+        what stands in for it (an outage under way of unknown start: one resumed copies
+        back at once, and none is lost), kept in the file meanwhile."""
+        meaning = _STATE_LOST.get(key, "it is ignored")
+        log.warning(
+            "the fallback's journal file %s.entries holds a %r state row this process "
+            "cannot read (%s): %s; the row stays in the file until it is written anew",
+            self.path,
+            key,
+            error,
+            meaning,
+        )
+        return {"outage": (None, None)} if key == "outage" else {}
 
 
 def same_database(a: str, b: str) -> bool:
@@ -467,14 +567,19 @@ def _warn_waiting(base: Path, taken: Path) -> None:
         journal = other.with_name(other.name + ".entries")
         if other == taken or not journal.exists():
             continue
+        lock = _flock(_lock_file(journal), fcntl.LOCK_SH)
+        if lock is None:  # held by a live process
+            continue
         try:
             conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
             try:
                 [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
             finally:
                 conn.close()
-        except sqlite3.Error:  # held by a live process (locked), or unreadable
+        except sqlite3.Error:  # held by a live process of an older version, or unreadable
             continue
+        finally:
+            os.close(lock)
         if count:
             log.warning(
                 "fallback file %s holds %d outage writes of a process that is gone and no "
@@ -486,18 +591,39 @@ def _warn_waiting(base: Path, taken: Path) -> None:
             )
 
 
-def _lock(path: Path) -> sqlite3.Connection | None:
-    """The journal's connection of `path`, holding its exclusive lock; None when another
-    process holds it."""
-    journal = path.with_name(path.name + ".entries")
+def _journal(path: Path) -> Path:
+    """The journal's file of the fallback's data file `path`."""
+    return path.with_name(path.name + ".entries")
+
+
+def _lock_file(journal: Path) -> Path:
+    """The file whose lock says a live process holds `journal`."""
+    return journal.with_name(journal.name + "-lock")
+
+
+def _lock(path: Path) -> tuple[sqlite3.Connection, int] | None:
+    """The journal's connection of `path` and the descriptor holding its lock; None when
+    another process holds it.
+
+    The lock is an flock on `<journal>-lock`, a file of its own: closing a descriptor
+    of the journal itself would drop SQLite's own locks on it (POSIX locks are the
+    process's, per file). Not SQLite's exclusive locking mode: that keeps every other
+    connection out, the one checkpointing the WAL off the loop too (`WalCheckpointer`)."""
+    journal = _journal(path)
     journal.parent.mkdir(parents=True, exist_ok=True)
     _refuse_foreign(path, journal)
     for file in (path, journal):  # the process's own: -wal and -shm take the mode too
         os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+    lock = _flock(_lock_file(journal))
+    if lock is None:
+        return None
     try:
-        return _open_locked(journal)
+        return _open(journal), lock
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError):
+            os.close(lock)
+            if "locked" in str(exc) or "busy" in str(exc):  # an older version's lock
+                return None
             raise
         # Not a database (a truncated copy, another program's file): kept for the
         # operator, never read again; this process starts with a fresh file.
@@ -519,26 +645,44 @@ def _lock(path: Path) -> sqlite3.Connection | None:
         )
         for file in (path, journal):
             os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
-        return _open_locked(journal)
+        try:
+            return _open(journal), lock
+        except BaseException:
+            os.close(lock)
+            raise
 
 
-def _open_locked(journal: Path) -> sqlite3.Connection | None:
-    """`_lock`'s connection of the journal file: None when another process holds it."""
-    conn = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
+def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
+    """A descriptor of `file` (made, mode 0600) holding its flock; None when another
+    holds it. The kernel drops it when the process dies."""
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open(journal: Path) -> sqlite3.Connection:
+    """The loop's connection of the journal file (its lock held): WAL, commits without an
+    fsync each, and no automatic checkpoint: a thread of its own checkpoints
+    (`WalCheckpointer`). It waits for a lock (the checkpointer's TRUNCATE past its limit,
+    an operator's sqlite3) up to its busy timeout rather than leave an entry unfiled."""
+    conn = sqlite3.connect(journal, timeout=5, isolation_level=None, check_same_thread=False)
+    try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN EXCLUSIVE")  # held from here on, until the connection closes
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except BaseException:
         conn.close()
-        if isinstance(exc, sqlite3.OperationalError) and (
-            "locked" in str(exc) or "busy" in str(exc)
-        ):
-            return None
         raise
     conn.isolation_level = "DEFERRED"  # `with conn` commits each step from here on
     return conn

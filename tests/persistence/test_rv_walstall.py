@@ -86,3 +86,40 @@ def test_a_claim_that_fails_after_taking_the_lock_lets_it_go(tmp_path: Path) -> 
     assert lock is not None, "the failed claim still holds the file's lock"
     os.close(lock)
     assert not left, "the failed claim left its checkpointer running"
+
+
+def test_a_checkpoint_failing_otherwise_than_sqlite_leaves_the_thread_alive_and_logs_once(
+    tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """Only `sqlite3.Error` was caught: a `PermissionError` from `os.stat` of the WAL
+    ended the thread for good, and with automatic checkpoints off the WAL then grew
+    without end; a checkpoint failing each second logged a WARNING each second."""
+    journal_file = tmp_path / "fb.sqlite.entries"
+    store = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    store.checkpoints.close()
+    checkpoints = WalCheckpointer(journal_file, every_bytes=1, interval=0.02)
+    store.checkpoints = checkpoints
+    failures = 5
+    real = WalCheckpointer._checkpoint
+
+    def flaky(self: WalCheckpointer, conn: sqlite3.Connection) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise PermissionError("stat: permission denied")
+        real(self, conn)
+
+    monkeypatch.setattr(WalCheckpointer, "_checkpoint", flaky)
+    try:
+        with caplog.at_level("INFO", logger="code_hero.persistence.walcheckpoints"):
+            store.add(_checkpoint("t", 0, size=1000))
+            for _ in range(500):
+                if not failures and checkpoints.passes:
+                    break
+                time.sleep(0.02)
+            assert checkpoints.passes, "no checkpoint ran after the failures"
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert any("checkpointed again" in r.getMessage() for r in caplog.records)
+    finally:
+        store.close()

@@ -88,6 +88,10 @@ log = logging.getLogger(__name__)
 
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
+# Tries of the TRUNCATE that gives the WAL's disk back, 0.1 s apart (a checkpoint pass
+# of the checkpointer's own thread makes it busy meanwhile).
+_CUT_TRIES = 50
+
 # What a commit adds to the WAL besides an entry's body (a page), for `WalCheckpointer`.
 _PAGE = 4096
 # Fields that entries share with the journal or the router (joined again at load).
@@ -231,33 +235,13 @@ class OutageFile:
                 continue
             found = cls(candidate, *locked)
             try:
-                owner = found.state("primary")
-            except UnreadableState:
-                if not found.load().empty:  # whose outage it holds is unknown: kept
-                    log.warning(
-                        "fallback file %s holds outage writes of a database this process "
-                        "cannot name: left alone; copy them back with the version that "
-                        "wrote it, or move the file away",
-                        candidate,
-                    )
-                    found.close()
-                    continue
-                owner = None  # nothing waits in it: started afresh
-            same = owner is not None and same_database(owner, primary)
-            if owner is not None and not same and not found.load().empty:
-                log.warning(
-                    "fallback file %s holds the outage writes of another database (%s): "
-                    "left alone; start a server on that database with this file to copy "
-                    "them back",
-                    candidate,
-                    owner,
-                )
+                taken = found._take(primary)
+            except BaseException:  # a full disk, an I/O error: the lock and thread go too
+                found.close()
+                raise
+            if not taken:
                 found.close()
                 continue
-            if not same:  # new, or another database's with nothing waiting
-                found.reset(primary)
-            elif owner != primary:  # the same database named another way
-                found.set_state("primary", primary)
             _warn_waiting(base, candidate)
             return found
         raise FallbackFileBusyError(
@@ -265,6 +249,37 @@ class OutageFile:
             f"another process or another database's outage ({MAX_FILES} tried, "
             f"e.g. {held[:2]}): set CODE_HERO_FALLBACK_PATH to a file of this server's own"
         )
+
+    def _take(self, primary: str) -> bool:
+        """Make this locked file `primary`'s; False (left alone) when it holds the outage
+        writes of another database, or of one this version cannot name."""
+        try:
+            owner = self.state("primary")
+        except UnreadableState:
+            if not self.load().empty:  # whose outage it holds is unknown: kept
+                log.warning(
+                    "fallback file %s holds outage writes of a database this process "
+                    "cannot name: left alone; copy them back with the version that "
+                    "wrote it, or move the file away",
+                    self.path,
+                )
+                return False
+            owner = None  # nothing waits in it: started afresh
+        same = owner is not None and same_database(owner, primary)
+        if owner is not None and not same and not self.load().empty:
+            log.warning(
+                "fallback file %s holds the outage writes of another database (%s): "
+                "left alone; start a server on that database with this file to copy "
+                "them back",
+                self.path,
+                owner,
+            )
+            return False
+        if not same:  # new, or another database's with nothing waiting
+            self.reset(primary)
+        elif owner != primary:  # the same database named another way
+            self.set_state("primary", primary)
+        return True
 
     def reset(self, primary: str) -> None:
         """Start afresh for `primary`: no outage, no threads, no entries (the fallback's
@@ -289,7 +304,11 @@ class OutageFile:
         """Compact the emptied file and truncate its WAL (called on a thread of its own:
         the connection allows it, and an entry added meanwhile waits for it)."""
         self._conn.execute("VACUUM")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(_CUT_TRIES):  # busy while the checkpointer's pass runs: again
+            [busy, _, _] = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.1)
 
     # ------------------------------------------------------------ entries
     def add(self, entry: Entry) -> int:

@@ -15,9 +15,13 @@ what commits meanwhile is copied by the next pass, right after it, so the WAL is
 soon wholly in the database file and the next commit starts it over from its
 beginning (passes that never catch up, commits all along, go on at once): the WAL
 stays a few times `every_bytes` long (8-21 MB in bench/walstall.py on a loaded
-machine). Should it pass `limit` all the same (a disk slower than the writes), a
-TRUNCATE checkpoint empties it, and the loop's commits wait for that one (its busy
-timeout): the bound.
+machine). Should it pass `limit` all the same, a TRUNCATE checkpoint empties it once
+the passes caught up (nothing left to copy: it only cuts the file, under the writers'
+lock for a moment). It never waits for a lock (busy timeout 0): a reader's open
+transaction beside the server (a `sqlite3` shell) pins the WAL, and a TRUNCATE that
+waited for it would hold the writers' lock meanwhile, the loop's commits failing
+behind it. So a WAL pinned by a reader, or one a disk slower than the writes never
+lets the passes catch up with, grows (one WARNING) until that ends.
 
 Crash safety is the WAL's: an entry is acknowledged once its commit is in the WAL
 (synchronous = NORMAL), a checkpoint only copies committed pages into the database
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 
 EVERY_BYTES = 4 * 1024 * 1024  # SQLite's own automatic checkpoint: 1,000 4 kB pages
 INTERVAL = 1.0  # seconds: what went in is in the database file at most this late
-LIMIT = 64 * 1024 * 1024  # a WAL past it is emptied, the writers waiting for it
+LIMIT = 64 * 1024 * 1024  # a WAL past it is cut back once the passes caught up
 _PASSES = 8  # PASSIVE passes in a row to catch up with the commits made meanwhile
 
 
@@ -64,6 +68,8 @@ class WalCheckpointer:
         self._running = False
         self._wake = threading.Event()
         self._stopping = False
+        self._failing = False  # a checkpoint failed and none worked since (logged once)
+        self._pinned = False  # the WAL is past `limit` and could not be cut (logged once)
         self._thread = threading.Thread(
             target=self._run, name=f"wal-checkpoint {database.name}", daemon=True
         )
@@ -89,11 +95,7 @@ class WalCheckpointer:
         self._thread.join()
 
     def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self.database, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            log.warning("the journal's WAL checkpoints could not start (%s)", exc)
-            return
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 self._wake.wait(self.interval)
@@ -105,40 +107,70 @@ class WalCheckpointer:
                 self._running = True
                 self._written = 0
                 try:
+                    if conn is None:  # busy timeout 0: a checkpoint never waits for a lock
+                        conn = sqlite3.connect(self.database, timeout=0, isolation_level=None)
                     self._checkpoint(conn)
-                except sqlite3.Error as exc:  # the next one tries again
-                    log.warning("checkpointing the journal's WAL %s failed: %s", self.wal, exc)
+                except Exception as exc:  # the thread must live: the next one tries again
+                    self._failed(exc)
                     self._written += 1
+                else:
+                    if self._failing:
+                        self._failing = False
+                        log.info("the journal's WAL %s is checkpointed again", self.wal)
                 finally:
                     self._running = False
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        """Log a failing checkpoint once until one works again (a full disk would log it
+        at every interval)."""
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "checkpointing the journal's WAL %s failed (%s): it grows until a checkpoint "
+                "works again, tried each second",
+                self.wal,
+                exc,
+            )
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """PASSIVE passes until the WAL is wholly in the database file; a TRUNCATE one when
-        it is past the limit all the same."""
+        it is past the limit all the same and the passes caught up."""
         self.thread_ids.add(threading.get_ident())
         before = -1
+        caught_up = False
         for _ in range(_PASSES):
             # `frames`: the WAL's as the pass began; a commit meanwhile added more, for the
             # next pass. Caught up once a pass finds none added since the one before.
             _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.passes += 1
             if frames == before or self._stopping:
+                caught_up = frames == before
                 break
             before = frames
         else:  # not caught up (commits all along): again at once, not 4 MB later
             self._written += 1
             self._wake.set()
-        if _size(self.wal) > self.limit:
+        if _size(self.wal) <= self.limit:
+            self._pinned = False
+            return
+        busy = 1
+        if caught_up and not self._stopping:  # nothing left to copy: only the cut
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self.passes += 1
+        if not busy:
+            self._pinned = False
+        elif not self._pinned:
+            self._pinned = True
             log.warning(
-                "the journal's WAL %s passed %d MB (the disk is slower than the outage's "
-                "writes): emptied now, the writes wait for it",
+                "the journal's WAL %s passed %d MB and cannot be cut back yet: a reader "
+                "holds a transaction open on the file (a sqlite3 shell?), or the disk is "
+                "slower than the outage's writes; it grows until that ends",
                 self.wal,
                 self.limit // 1_000_000,
             )
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.passes += 1
 
 
 def _size(file: Path) -> int:

@@ -38,6 +38,10 @@ def test_the_schema_compares_as_postgresql_folds_it() -> None:
     assert not same_database(_url("-c search_path=a"), _url("-c search_path=b"))
     assert not same_database(_url("-c search_path=a"), _url(""))
     assert same_database(_url("-c statement_timeout=5s"), _url(""))
+    # PostgreSQL (a UTF-8 database) folds only ASCII letters: `Écoles` is schema
+    # "Écoles", not "écoles" (SELECT nspname after CREATE SCHEMA Écoles_B: Écoles_b).
+    assert not same_database(_url("-c search_path=Écoles"), _url("-c search_path=écoles"))
+    assert same_database(_url("-c search_path=Écoles"), _url('-c search_path="Écoles"'))
 
 
 async def test_a_lease_the_file_failed_to_keep_is_saved_by_the_retry(

@@ -543,7 +543,8 @@ def _option_words(options: str) -> list[str]:
 
 
 def _identifiers(path: str) -> list[str]:
-    """A `search_path` value's schemas: unquoted ones lower-cased, quoted kept."""
+    """A `search_path` value's schemas: unquoted ones with ASCII letters lower-cased (as
+    PostgreSQL folds them in a UTF-8 database), quoted ones kept."""
     names: list[str] = []
     name: list[str] = []
     quoted = False
@@ -564,7 +565,7 @@ def _identifiers(path: str) -> list[str]:
             names.append("".join(name))
             name = []
         elif not char.isspace():
-            name.append(char.lower())
+            name.append(char.lower() if "A" <= char <= "Z" else char)  # ASCII only, as PostgreSQL
         i += 1
     names.append("".join(name))
     return names

@@ -623,7 +623,10 @@ def waiting(journal: Path) -> int:
     (a process taking the file meanwhile waits for nothing: it finds the file busy)."""
     if not journal.exists():
         return 0
-    lock = _flock(_lock_file(journal), fcntl.LOCK_SH)
+    try:
+        lock = _flock(_lock_file(journal), fcntl.LOCK_SH)
+    except OSError:  # a directory this process may not write: not one it can adopt from
+        return 0
     if lock is None:  # held by a live process
         return 0
     try:

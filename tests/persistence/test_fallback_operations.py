@@ -86,10 +86,6 @@ def test_serve_where_it_may_not_write_says_what_to_set_without_a_traceback() -> 
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    reason="a dead replica's other file is announced (WARNING), not adopted: start a server on it",
-    strict=False,
-)
 def test_a_lone_restart_resumes_what_a_dead_second_replica_left(tmp_path: Path) -> None:
     # Two replicas share a working directory (compose --scale, systemd template units);
     # both die during an outage (a node reboot), one comes back.

@@ -140,18 +140,21 @@ def test_entries_the_file_did_not_take_go_in_first_and_in_order(tmp_path: Path) 
 def test_a_live_replicas_file_is_not_announced(tmp_path: Path, caplog: Any) -> None:
     path = str(tmp_path / "fb.sqlite")
     first = OutageFile.claim(path, DB)
-    second = OutageFile.claim(path, DB)  # fb-2, held by a live process
-    journal = Journal(100)
-    journal.attach(second, {})
-    journal.append(DeleteThread("acknowledged"))
+    stores = [OutageFile.claim(path, DB) for _ in range(3)]  # fb-2 .. fb-4
+    for store in stores:
+        journal = Journal(100)
+        journal.attach(store, {})
+        journal.append(DeleteThread("acknowledged"))
+    live, dead, dead_too = stores  # fb-2 held by a live process
+    dead.close()
+    dead_too.close()
     first.close()
-    restarted = OutageFile.claim(path, DB)  # fb.sqlite again
+    restarted = OutageFile.claim(path, DB)  # fb-3: the first a dead process left writes in
+    assert restarted.data_path == str(tmp_path / "fb-3.sqlite")
     assert "fb-2.sqlite" not in caplog.text
+    assert "fb-4.sqlite holds 1 outage writes" in caplog.text
     restarted.close()
-    second.close()
-    again = OutageFile.claim(path, DB)
-    assert "fb-2.sqlite holds 1 outage writes" in caplog.text
-    again.close()
+    live.close()
 
 
 def test_a_corrupt_journal_file_is_moved_aside_and_the_start_goes_on(

@@ -78,19 +78,22 @@ def test_a_start_that_leaves_a_dead_replicas_file_waiting_says_so(
     tmp_path: Path, caplog: Any
 ) -> None:
     # Two replicas on one machine: the second's file is fb-2. Both die in an outage,
-    # the second with writes it acknowledged; one server is started again.
+    # each with writes it acknowledged; one server is started again.
     path = str(tmp_path / "fb.sqlite")
     first = OutageFile.claim(path, DB)
     second = OutageFile.claim(path, DB)
     assert second.data_path == str(tmp_path / "fb-2.sqlite")
-    journal = Journal(100)
-    journal.attach(second, {})
-    journal.append(DeleteThread("acknowledged"))
+    for store in (first, second):
+        journal = Journal(100)
+        journal.attach(store, {})
+        journal.append(DeleteThread("acknowledged"))
     second.close()
     first.close()
 
-    restarted = OutageFile.claim(path, DB)  # takes fb.sqlite, with nothing in it
+    restarted = OutageFile.claim(path, DB)  # takes fb.sqlite, resuming its outage
     restarted.close()
     # fb-2's writes wait for a second server that may never start (scaled down after
-    # the crash): nothing copies them, so the operator must at least be told.
-    assert "fb-2.sqlite" in caplog.text
+    # the crash): a live server adopts the file (`adoption.py`), and says so first.
+    assert restarted.data_path == str(tmp_path / "fb.sqlite")
+    assert "fb-2.sqlite holds 1 outage writes of a process that is gone" in caplog.text
+    assert "adopts the file" in caplog.text

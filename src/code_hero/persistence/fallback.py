@@ -123,7 +123,9 @@ class FallbackRouter(RouterDeletes):
         threads it left to the fallback; the outage it was in (when it began), if any."""
         if self.store is None:
             return None
-        loaded = self.journal.attach(self.store, self.copied_seqs)
+        # Off the loop: a large file's entries take a while to read (a live server
+        # adopting a dead replica's file serves meanwhile, `adoption.py`).
+        loaded = await asyncio.to_thread(self.journal.attach, self.store, self.copied_seqs)
         self.local_threads |= loaded.local_threads
         self.fallback_threads |= loaded.fallback_threads
         outage = loaded.state.get("outage")

@@ -37,6 +37,7 @@ from code_hero.config import (
 )
 from code_hero.errors import BackendUnavailableError, BadInputError, ConflictError
 from code_hero.limits import Limits
+from code_hero.persistence.adoption import Adoptions
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.checkpoints import (
     CheckpointView,
@@ -118,6 +119,8 @@ class EnhancedCheckpointerManager:
         self._registry: FallbackRegistry | None = None
         self._saver: ManagedSaver | None = None
         self._health_task: asyncio.Task[None] | None = None
+        # The fallback files of dead replicas this server adopts (a durable fallback's).
+        self.adoptions: Adoptions | None = None
         self.health_status: dict[str, Any] = {
             "primary_healthy": False,
             "fallback_healthy": False,
@@ -156,6 +159,10 @@ class EnhancedCheckpointerManager:
             )
             self._registry = FallbackRegistry(self._router)
             await self._router.open()
+            if store is not None:
+                # In the background: a dead replica's file waits no longer than a probe.
+                self.adoptions = Adoptions(self.config, store.path)
+                self.adoptions.poke()
             self._saver = ManagedSaver(self._router, asyncio.get_running_loop())
             self._health_task = asyncio.create_task(self._health_loop(), name="checkpoint-health")
             if self._router.active == 0:
@@ -215,6 +222,9 @@ class EnhancedCheckpointerManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        adoptions, self.adoptions = self.adoptions, None
+        if adoptions is not None:
+            await adoptions.close()
         if self._router is not None:
             if self._router.pending_sync:
                 self.logger.warning(
@@ -248,6 +258,8 @@ class EnhancedCheckpointerManager:
             except Exception:
                 self.logger.exception("checkpoint health check failed")
             self._refresh_status()
+            if self.adoptions is not None:
+                self.adoptions.poke()
 
     @property
     def router(self) -> FallbackRouter:
@@ -285,6 +297,8 @@ class EnhancedCheckpointerManager:
         # three times that): a hung server fails the probe, it does not hang it.
         await self.router.check()
         self._refresh_status()
+        if self.adoptions is not None:
+            self.adoptions.poke()  # a dead replica's file, looked for in the background
         return self.health()
 
     async def health_check(self) -> dict[str, Any]:

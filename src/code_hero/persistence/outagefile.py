@@ -48,9 +48,10 @@ One process per file: an flock on `<name>.entries-lock`, held until the file is
 closed, which the kernel drops when the process dies (not SQLite's exclusive
 locking mode: it would keep out the checkpoints' own connection). A process that
 finds the file locked takes the next name (`<stem>-2<suffix>`, ...), so replicas on
-one machine each have their own, and a restarted one takes a free file, with what a
-dead one left in it; it names (WARNING) the other free files that still hold
-entries: nothing copies those back until a server is started on them.
+one machine each have their own. A restarted one takes first a free file holding
+what a dead one of its database left (`orphan`), else the first free name; the
+other files a dead process left are adopted by the live servers (`adoption.py`),
+whichever takes the file's lock.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ __all__ = [
     "dump_entry",
     "load_entry",
     "same_database",
+    "siblings",
+    "waiting",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,8 +227,15 @@ class OutageFile:
         """Lock the first free file of `path`'s names that holds no other database's
         outage; FallbackFileBusyError when every name is held. A relative `path` (the
         default is one) is taken in the working directory of the start, and the file is
-        named absolutely from then on: in logs, and in SQLite's URIs."""
+        named absolutely from then on: in logs, and in SQLite's URIs. A free file holding
+        a dead process's outage of `primary` comes first: a restart resumes it whole (its
+        threads served from it meanwhile), not an empty name beside it."""
         base = Path(path).absolute()
+        for candidate in _names(base):
+            found = cls.orphan(candidate, primary)
+            if found is not None:
+                _warn_waiting(base, candidate)
+                return found
         held: list[str] = []
         for n in range(1, MAX_FILES + 1):
             candidate = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
@@ -280,6 +290,54 @@ class OutageFile:
         elif owner != primary:  # the same database named another way
             self.set_state("primary", primary)
         return True
+
+    @classmethod
+    def orphan(
+        cls, path: Path, primary: str, *, left: Callable[[Path, str], None] | None = None
+    ) -> OutageFile | None:
+        """The file at `path`, locked, when a process that is gone left outage entries of
+        `primary` in it; None when there is no such file, a live process holds it, or it
+        waits for nothing. One that is another database's, another user's or unreadable
+        is left alone too, and `left` told why (by default, a WARNING)."""
+        journal = _journal(path)
+        if not waiting(journal):  # nothing there, or held by a live process
+            return None
+        tell = left or _left_alone
+        try:
+            _refuse_foreign(path, journal)
+        except ConfigurationError as exc:
+            tell(path, str(exc))
+            return None
+        lock = _flock(_lock_file(journal))
+        if lock is None:  # taken meanwhile by another process
+            return None
+        try:
+            conn = _open(journal)
+        except sqlite3.Error as exc:
+            os.close(lock)
+            tell(path, f"its journal cannot be opened ({exc})")
+            return None
+        found = cls(path, conn, lock)
+        try:
+            owner = found.state("primary")
+            if owner is not None and same_database(owner, primary) and found.counts()[0]:
+                if owner != primary:  # the same database named another way
+                    found.set_state("primary", primary)
+                return found
+        except (sqlite3.Error, UnreadableState) as exc:
+            tell(path, f"its journal cannot be read ({exc})")
+        else:
+            if owner is not None and not same_database(owner, primary):
+                tell(path, f"it holds the outage writes of another database ({owner})")
+        found.close()
+        return None
+
+    def counts(self) -> tuple[int, int]:
+        """The entries waiting in the file (quarantined ones too), and their threads."""
+        [(entries, threads)] = self._conn.execute(
+            "SELECT count(*), count(DISTINCT thread_id) FROM entries"
+        ).fetchall()
+        return int(entries), int(threads)
 
     def reset(self, primary: str) -> None:
         """Start afresh for `primary`: no outage, no threads, no entries (the fallback's
@@ -579,36 +637,54 @@ def _names(base: Path) -> list[Path]:
     ]
 
 
+def waiting(journal: Path) -> int:
+    """The entries in a journal file no live process holds (0: none, no such file, held
+    by a live process, or unreadable); read-only, under a shared lock of its lock file
+    (a process taking the file meanwhile waits for nothing: it finds the file busy)."""
+    if not journal.exists():
+        return 0
+    try:
+        lock = _flock(_lock_file(journal), fcntl.LOCK_SH)
+    except OSError:  # a directory this process may not write: not one it can adopt from
+        return 0
+    if lock is None:  # held by a live process
+        return 0
+    try:
+        conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
+        try:
+            [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # held by a live process of an older version, or unreadable
+        return 0
+    finally:
+        os.close(lock)
+    return int(count)
+
+
+def siblings(base: Path, taken: Path) -> list[Path]:
+    """The other fallback file names of `base` than `taken`, in `claim`'s order."""
+    return [other for other in _names(base) if other != taken]
+
+
 def _warn_waiting(base: Path, taken: Path) -> None:
     """Warn of each other fallback file of `base`'s names that no live process holds
-    and that holds entries: a dead replica's outage writes, which nothing copies back
-    until a server is started on that file."""
-    for other in _names(base):
-        journal = other.with_name(other.name + ".entries")
-        if other == taken or not journal.exists():
-            continue
-        lock = _flock(_lock_file(journal), fcntl.LOCK_SH)
-        if lock is None:  # held by a live process
-            continue
-        try:
-            conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
-            try:
-                [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
-            finally:
-                conn.close()
-        except sqlite3.Error:  # held by a live process of an older version, or unreadable
-            continue
-        finally:
-            os.close(lock)
+    and that holds entries: a dead replica's outage writes, which a live server of the
+    same database adopts (`adoption.py`)."""
+    for other in siblings(base, taken):
+        count = waiting(_journal(other))
         if count:
             log.warning(
-                "fallback file %s holds %d outage writes of a process that is gone and no "
-                "server copies them back: start one with CODE_HERO_FALLBACK_PATH=%s "
-                "(same database) to copy them into it",
+                "fallback file %s holds %d outage writes of a process that is gone: a "
+                "server on the same database adopts the file and copies them into the "
+                "database once it answers",
                 other,
                 count,
-                other,
             )
+
+
+def _left_alone(path: Path, why: str) -> None:
+    log.warning("fallback file %s is left alone: %s", path, why)
 
 
 def _journal(path: Path) -> Path:

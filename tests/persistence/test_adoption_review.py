@@ -53,8 +53,12 @@ def test_a_replica_restarted_in_the_outage_still_resumes_its_own_file(
             await _dies_in_an_outage(own_pg, dead)
             adoptions = survivor.adoptions
             assert adoptions is not None
-            # The survivor's next probe, before the restart: adopted in the outage.
-            await _until(survivor, lambda: adoptions.waiting.get(dead_file, 0) >= 5)
+            # The survivor's probes before the restart (it adopted the file in the
+            # outage, at the first of them, before the fix).
+            for _ in range(10):
+                await survivor.probe_health()
+                await asyncio.sleep(0.05)
+            assert dead_file not in adoptions.adopted
             async with _manager(own_pg, tmp_path) as restarted:
                 assert restarted.router.store is not None
                 found = await restarted.get_checkpointer().aget_tuple(THREAD)
@@ -102,3 +106,44 @@ def test_an_entry_the_survivor_cannot_read_stays_in_the_adopted_file(
 
     asyncio.run(scenario())
     assert _entries(journal) == 1, "the entry the survivor could not read is gone"
+
+
+def test_an_adoption_that_cannot_open_its_router_lets_the_file_go(
+    own_pg: OwnPostgres, tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """Making the adopted file's router failed (here: refused outright) after the look
+    had locked the file: the lock stayed the process's for good, and no later look,
+    nor another server, could adopt the file. Now it is released, and the failure
+    logged once however many probes see it."""
+    from code_hero.persistence import adoption
+    from code_hero.persistence.outagefile import OutageFile
+
+    dead_file = tmp_path / "fb-2.sqlite"
+    tries = 0
+
+    def refused(config: Any, store: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        raise RuntimeError("no router today")
+
+    async def scenario() -> None:
+        async with _manager(own_pg, tmp_path) as survivor:
+            dead = _manager(own_pg, tmp_path)
+            await dead.initialize()
+            await _dies_in_an_outage(own_pg, dead)
+            monkeypatch.setattr(adoption, "_router_for", refused)
+            own_pg.start()
+            await _until(survivor, lambda: tries >= 3)  # each probe looks again
+            adoptions = survivor.adoptions
+            assert adoptions is not None and not adoptions.adopted
+            if adoptions._task is not None:
+                await adoptions._task
+            # Free: another server's look takes it.
+            found = OutageFile.orphan(dead_file, own_pg.url)
+            assert found is not None
+            found.close()
+
+    caplog.set_level(logging.WARNING, logger="code_hero.persistence.adoption")
+    asyncio.run(scenario())
+    failed = [r for r in caplog.records if "failed: tried again later" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]

@@ -4,8 +4,9 @@ Replicas on one machine each hold a fallback file of their own (`outagefile.py`:
 `<stem>-2<suffix>`, ...). One that dies during an outage and is not started again
 (scaled down: compose --scale, systemd template units) leaves the writes it
 acknowledged in its file, and a restart takes only one file. So a live server
-with a durable fallback adopts such a file: at start and at each health probe it
-looks at the other names of its setting (`Adoptions.poke`), and takes a file
+with a durable fallback adopts such a file: at start and at each health probe, while
+its own primary serves, it looks at the other names of its setting (`Adoptions.poke`;
+in an outage the dead replica may yet be restarted and take its file back), and takes a file
 whose lock is free (its owner is dead), whose outage is its own database's and
 which holds entries waiting. The file's lock decides: of two servers looking,
 one adopts it; a live process's file is never opened for writing.
@@ -32,7 +33,9 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from code_hero.config import (
     CheckpointerConfig,
@@ -57,9 +60,16 @@ class Adoptions:
     """The other fallback files of this server's setting it adopted, and the look for
     more (`poke`)."""
 
-    def __init__(self, config: CheckpointerConfig, taken: Path) -> None:
+    def __init__(
+        self, config: CheckpointerConfig, taken: Path, *, serving: Callable[[], bool]
+    ) -> None:
         assert config.fallback_path
         self.config = config
+        # Whether this server's own primary serves: files are looked for only then. In
+        # an outage a dead replica may be restarted any moment (systemd's Restart=, a
+        # pod's restart), and takes its own file back, served from it; adopted then, it
+        # would wait for the database in this server all the same, out of its reach.
+        self.serving = serving
         self.base = Path(config.fallback_path).absolute()  # as `claim` names it
         self.taken = taken
         self.adopted: dict[Path, FallbackRouter] = {}
@@ -72,7 +82,7 @@ class Adoptions:
         self._unchanged: dict[Path, tuple[int, int]] = {}
         self._left_now: set[Path] = set()
         self._task: asyncio.Task[None] | None = None
-        self._failing: str | None = None  # the last round's error, logged once
+        self._failing: dict[str, str] = {}  # each step's last error, logged once
         self._closed = False
 
     @property
@@ -118,22 +128,32 @@ class Adoptions:
                 )
 
     async def _round(self) -> None:
+        for path, router in list(self.adopted.items()):  # one's trouble holds up no other
+            await self._step(
+                f"moving the adopted fallback file {path} on", self._advance(path, router)
+            )
+        if self.serving():
+            await self._step("adopting a dead replica's fallback file", self._look())
+
+    async def _look(self) -> None:
+        await asyncio.to_thread(self._scan)
+        while self._found:
+            with self._found_lock:
+                store = self._found.pop(0)
+            await self._adopt(store)
+
+    async def _step(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work`; its failure logged once while it fails the same way each probe."""
         try:
-            for path, router in list(self.adopted.items()):
-                await self._advance(path, router)
-            await asyncio.to_thread(self._scan)
-            while self._found:
-                with self._found_lock:
-                    store = self._found.pop(0)
-                await self._adopt(store)
+            await work
         except Exception as exc:
-            if self._failing == repr(exc):  # the same each probe: said once
-                log.debug("adopting a dead replica's fallback file failed again: %s", exc)
+            if self._failing.get(what) == repr(exc):
+                log.debug("%s failed again: %s", what, exc)
             else:
-                self._failing = repr(exc)
-                log.exception("adopting a dead replica's fallback file failed: tried again later")
+                self._failing[what] = repr(exc)
+                log.exception("%s failed: tried again later", what)
         else:
-            self._failing = None
+            self._failing.pop(what, None)
 
     def _scan(self) -> None:
         """Lock each other file of the setting's names a dead process left entries of
@@ -174,7 +194,11 @@ class Adoptions:
             entries,
             threads,
         )
-        router = _router_for(self.config, store)
+        try:
+            router = _router_for(self.config, store)
+        except BaseException:  # its lock goes with it: the next look adopts it again
+            store.close()
+            raise
         self.adopted[path] = router
         try:
             await router.open()

@@ -514,8 +514,8 @@ class FallbackRouter(RouterDeletes):
             if self.store is not None:
                 # No outage; only the kept threads stay the fallback's.
                 self.store.save_outage(None, self.local_threads | self.fallback_threads)
-                if not len(self.journal) and not self.journal.quarantine:
-                    self.store.clear_entries()  # those a failed removal left
+                if not len(self.journal) and not self.journal.quarantine and not self.journal.held:
+                    self.store.clear_entries()  # those a failed removal left (held ones stay)
             # No loaded copy can need a lease once nothing waits or is quarantined.
             self.journal.forget_leases()
         except sqlite3.Error as exc:

@@ -161,7 +161,10 @@ class EnhancedCheckpointerManager:
             await self._router.open()
             if store is not None:
                 # In the background: a dead replica's file waits no longer than a probe.
-                self.adoptions = Adoptions(self.config, store.path)
+                router = self._router
+                self.adoptions = Adoptions(
+                    self.config, store.path, serving=lambda: router.active == 0
+                )
                 self.adoptions.poke()
             self._saver = ManagedSaver(self._router, asyncio.get_running_loop())
             self._health_task = asyncio.create_task(self._health_loop(), name="checkpoint-health")

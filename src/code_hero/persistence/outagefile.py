@@ -232,9 +232,10 @@ class OutageFile:
         threads served from it meanwhile), not an empty name beside it."""
         base = Path(path).absolute()
         for candidate in _names(base):
-            found = cls.orphan(candidate, primary)
+            # Quiet: a file left alone is named by the look at the names below.
+            found = cls.orphan(candidate, primary, left=_quiet)
             if found is not None:
-                _warn_waiting(base, candidate)
+                _warn_waiting(base, candidate, primary)
                 return found
         held: list[str] = []
         for n in range(1, MAX_FILES + 1):
@@ -252,7 +253,7 @@ class OutageFile:
             if not taken:
                 found.close()
                 continue
-            _warn_waiting(base, candidate)
+            _warn_waiting(base, candidate, primary)
             return found
         raise FallbackFileBusyError(
             f"every fallback file name of CODE_HERO_FALLBACK_PATH={path} is held by "
@@ -637,10 +638,12 @@ def _names(base: Path) -> list[Path]:
     ]
 
 
-def waiting(journal: Path) -> int:
+def waiting(journal: Path, primary: str | None = None) -> int:
     """The entries in a journal file no live process holds (0: none, no such file, held
-    by a live process, or unreadable); read-only, under a shared lock of its lock file
-    (a process taking the file meanwhile waits for nothing: it finds the file busy)."""
+    by a live process, or unreadable; with `primary`, also when it is another
+    database's outage or one this process cannot name); read-only, under a shared lock
+    of its lock file (a process taking the file meanwhile waits for nothing: it finds
+    the file busy)."""
     if not journal.exists():
         return 0
     try:
@@ -653,9 +656,17 @@ def waiting(journal: Path) -> int:
         conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=0)
         try:
             [(count,)] = conn.execute("SELECT count(*) FROM entries").fetchall()
+            if count and primary is not None:
+                _refuse_foreign(journal)  # its state is a pickle too
+                row = conn.execute("SELECT value FROM state WHERE key = 'primary'").fetchone()
+                owner = None if row is None else pickle.loads(row[0])
+                if not isinstance(owner, str) or not same_database(owner, primary):
+                    return 0
         finally:
             conn.close()
-    except sqlite3.Error:  # held by a live process of an older version, or unreadable
+    except (sqlite3.Error, ConfigurationError):  # held by an older version, unreadable
+        return 0
+    except Exception:  # its state cannot be unpickled here: not this process's to name
         return 0
     finally:
         os.close(lock)
@@ -667,12 +678,13 @@ def siblings(base: Path, taken: Path) -> list[Path]:
     return [other for other in _names(base) if other != taken]
 
 
-def _warn_waiting(base: Path, taken: Path) -> None:
+def _warn_waiting(base: Path, taken: Path, primary: str) -> None:
     """Warn of each other fallback file of `base`'s names that no live process holds
-    and that holds entries: a dead replica's outage writes, which a live server of the
-    same database adopts (`adoption.py`)."""
+    and that holds entries of `primary`'s outage: a dead replica's outage writes, which
+    a live server of the same database adopts (`adoption.py`). Another database's is
+    named where a start or an adoption looks at it (`_take`, `orphan`)."""
     for other in siblings(base, taken):
-        count = waiting(_journal(other))
+        count = waiting(_journal(other), primary)
         if count:
             log.warning(
                 "fallback file %s holds %d outage writes of a process that is gone: a "
@@ -681,6 +693,10 @@ def _warn_waiting(base: Path, taken: Path) -> None:
                 other,
                 count,
             )
+
+
+def _quiet(path: Path, why: str) -> None:
+    pass
 
 
 def _left_alone(path: Path, why: str) -> None:

@@ -249,43 +249,6 @@ async def test_a_lone_write_commits_in_its_callers_task(
     assert {row[0] for row in table(pg_database, "checkpoints")} == {"t0", "t1"}
 
 
-async def test_a_write_that_waits_holds_up_its_thread_only(
-    pg_database: str, grouped: GroupCommitSaverPool
-) -> None:
-    """Another transaction holds the row of t0's first checkpoint: that put waits for it,
-    and t0's next put waits behind it, while t1's put commits meanwhile (in another
-    lane); once the row is let go, t0's two commit, in order."""
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(ORDER_LOG)
-    by_thread = await threads_entries(2)
-    put = {t: [e for e in es if isinstance(e, PutCheckpoint)] for t, es in by_thread.items()}
-    first, second = put["t0"][:2]
-    with psycopg.connect(pg_database) as blocker:
-        blocker.execute(
-            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, checkpoint) "
-            "VALUES (%s, '', %s, '{}')",
-            ("t0", first.checkpoint["id"]),
-        )
-        held = asyncio.ensure_future(call(grouped, first))
-        await asyncio.sleep(0)
-        assert grouped._alone  # in flight, waiting for the blocker's row
-        behind = asyncio.ensure_future(call(grouped, second))
-        other = asyncio.ensure_future(call(grouped, put["t1"][0]))
-        # A guard, not a measure: with one group in flight at a time, t1 waits for t0.
-        await asyncio.wait_for(asyncio.shield(other), 20)
-        assert not held.done() and not behind.done()
-        # Neither of t0's is committed (nor the blocker's row): t1's is.
-        assert [(r[0], r[2]) for r in table(pg_database, "checkpoints")] == [
-            ("t1", put["t1"][0].checkpoint["id"])
-        ]
-        blocker.rollback()
-    await asyncio.gather(held, behind)
-    with psycopg.connect(pg_database) as conn:
-        logged = conn.execute("SELECT thread_id, checkpoint_id FROM put_order ORDER BY seq")
-        rows = logged.fetchall()
-    assert [c for t, c in rows if t == "t0"] == [first.checkpoint["id"], second.checkpoint["id"]]
-
-
 async def test_a_group_of_a_few_writes_is_serialised_on_the_loop(
     grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,15 +3,13 @@
 With 16 threads running at once, the manager's event loop spent about half its
 time in psycopg doing one pool checkout, one pipeline and one commit (one WAL
 flush) per `aput` and per `aput_writes` (py-spy, bench/checkpoints.py). Here the
-writes that arrive while transactions are in flight wait for the next one that
-may carry them, which carries them all: one checkout, one hop to a worker thread to serialise, one
+writes that arrive while a transaction is in flight wait for the next one, which
+carries them all: one checkout, one hop to a worker thread to serialise, one
 pipelined transaction. Each caller returns once that transaction has committed.
 
 - The statements and their rows are the stock `AsyncPostgresSaver`'s own (`bulk.py`).
-- Up to `LANES` transactions are in flight at once, on connections of their own,
-  and none carries a write of a thread another one in flight carries; the queue is
-  first in, first out, so a thread's checkpoint N+1 is never committed before its
-  checkpoint N.
+- One transaction is in flight at a time and the queue is first in, first out,
+  so a thread's checkpoint N+1 is never committed before its checkpoint N.
 - A value that cannot be serialised fails its own caller only. A transaction
   that PostgreSQL refuses (say a string with a NUL in a jsonb) is retried one
   write per transaction, so only the bad write's caller gets the error. A
@@ -64,11 +62,6 @@ MAX_BATCH = 256
 # bench/peer.py, issue 15). A larger batch goes to a worker thread: serialised
 # there, big values do not hold the loop up for every other run.
 INLINE_PLAN = 16
-# Transactions in flight at once. With one, every run's checkpoint waited for the
-# transaction in flight, then for its own: 16 concurrent runs of a 4-node graph
-# spent ~50 of their ~63 ms waiting for checkpoint commits (run and step
-# timestamps under bench/peer.py, issue 15), the loop's thread not busy meanwhile.
-LANES = 2
 
 Item = PutCheckpoint | PutWrites
 # A write that serialised, or the error that serialising it raised.
@@ -121,12 +114,6 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
 
     def _group_limit(self) -> int:
         return MAX_BATCH  # read at each group (a test lowers it)
-
-    def _lanes(self) -> int:
-        return LANES
-
-    def _thread_of(self, write: Item) -> str:
-        return write.thread_id
 
     async def _write_alone(self, item: Item) -> None:
         """A write alone in its caller's task: a lone thread's write pays no hop to the

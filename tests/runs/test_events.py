@@ -110,11 +110,12 @@ async def test_a_tick_stores_one_batch_and_leaves_what_came_meanwhile_for_the_ne
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
     events, registry = gateway.events, gateway.manager.registry
     real = registry.store_batch
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
     batches: list[list[int]] = []
 
     async def held(batch: list[EventRecord], fields: Any, **lease: Any) -> set[str]:
         batches.append([e.seq for e in batch])
+        entered.set()
         await gate.wait()
         return await real(batch, fields, **lease)
 
@@ -122,11 +123,12 @@ async def test_a_tick_stores_one_batch_and_leaves_what_came_meanwhile_for_the_ne
     writer = await events.writer(run.run_id, run.thread_id)
     first = writer.emit(EventType.CUSTOM, {"n": 1})
     async with asyncio.timeout(30):
-        while not batches:  # the tick's flush is in flight, held
-            await asyncio.sleep(0.005)
+        await entered.wait()  # the tick's flush is in flight, held
         second = writer.emit(EventType.CUSTOM, {"n": 2})
-        while events._timer is not None:  # the next tick came and found it in flight
-            await asyncio.sleep(0.005)
+        # The tick the second event set: as if it came and found the flush in flight.
+        assert events._timer is not None
+        events._timer.cancel()
+        events._timer = None
         events.flush_interval = 3600  # no tick after it in this test
         gate.set()
         assert events._task is not None

@@ -5,6 +5,7 @@ caller; a cancelled caller loses nobody else's data."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
@@ -246,6 +247,26 @@ async def test_a_lone_write_commits_in_its_callers_task(
     await asyncio.gather(lone, behind)
     assert grouped.committed == 3
     assert {row[0] for row in table(pg_database, "checkpoints")} == {"t0", "t1"}
+
+
+async def test_a_group_of_a_few_writes_is_serialised_on_the_loop(
+    grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to INLINE_PLAN writes a group are serialised on the event loop's thread: the
+    hop to a worker thread and back cost more than serialising them (issue 15)."""
+    planned: list[tuple[int, bool]] = []
+    plan = groupcommit._plan
+
+    def recorded(saver: Any, items: list[Any]) -> Any:
+        planned.append((len(items), threading.current_thread() is threading.main_thread()))
+        return plan(saver, items)
+
+    monkeypatch.setattr(groupcommit, "_plan", recorded)
+    by_thread = await threads_entries(THREADS)
+    first = [next(e for e in es if isinstance(e, PutCheckpoint)) for es in by_thread.values()]
+    await asyncio.gather(*(call(grouped, e) for e in first))
+    assert max(n for n, _ in planned) == THREADS - 1 <= groupcommit.INLINE_PLAN
+    assert all(on_loop for _, on_loop in planned)
 
 
 def counted_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:

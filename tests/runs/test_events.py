@@ -11,7 +11,7 @@ from code_hero.gateway import Gateway
 from code_hero.persistence.fallback import PoolBusyError
 from code_hero.persistence.records import EventRecord
 from code_hero.runs.bus import InProcessBus
-from code_hero.runs.events import terminal_status
+from code_hero.runs.events import EventType, terminal_status
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import the_next_end_fails
 
@@ -98,6 +98,47 @@ async def test_events_are_stored_in_batches(
     assert len(calls) < len(events) / 5, "one transaction per batch, not per token"
     # The run's timeline goes with its events (or its end), not in updates of its own.
     assert "steps" not in updates
+
+
+async def test_a_tick_stores_one_batch_and_leaves_what_came_meanwhile_for_the_next(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush a tick starts stores one batch: an event emitted while it is in flight
+    waits for the next tick (or its run's end), not for a batch of its own at once
+    (issue 15: 16 concurrent runs stored batches back to back, every run's end waiting
+    for the one in flight)."""
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    events, registry = gateway.events, gateway.manager.registry
+    real = registry.store_batch
+    gate, entered = asyncio.Event(), asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def held(batch: list[EventRecord], fields: Any, **lease: Any) -> set[str]:
+        batches.append([e.seq for e in batch])
+        entered.set()
+        await gate.wait()
+        return await real(batch, fields, **lease)
+
+    monkeypatch.setattr(registry, "store_batch", held)
+    writer = await events.writer(run.run_id, run.thread_id)
+    first = writer.emit(EventType.CUSTOM, {"n": 1})
+    async with asyncio.timeout(30):
+        await entered.wait()  # the tick's flush is in flight, held
+        second = writer.emit(EventType.CUSTOM, {"n": 2})
+        # The tick the second event set: as if it came and found the flush in flight.
+        assert events._timer is not None
+        events._timer.cancel()
+        events._timer = None
+        events.flush_interval = 3600  # no tick after it in this test
+        gate.set()
+        assert events._task is not None
+        await events._task
+    assert batches == [[first.seq]]
+    assert writer.pending == [second]
+    await writer.close()  # stores the rest
+    assert batches == [[first.seq], [second.seq]]
+    stored = await gateway.run_events(run.run_id, first=1000)
+    assert [e.payload for e in stored[-2:]] == [{"n": 1}, {"n": 2}]
 
 
 @pytest.mark.parametrize("types", [["message_delta"], ["status", "agent_transition"]])

@@ -56,8 +56,12 @@ __all__ = ["MAX_BATCH", "GroupCommitSaverPool"]
 MAX_BATCH = 256
 # A batch this small is serialised on the event loop, as the stock saver does: a
 # hop to a worker thread per write cost a lone thread's runs about a third of
-# their rate (sequential runs on PostgreSQL, 37 vs 53 runs/s).
-INLINE_PLAN = 2
+# their rate (sequential runs on PostgreSQL, 37 vs 53 runs/s), and with 16
+# concurrent runs of a small graph the hop's hand-over and the answer's way back
+# to the loop took ~4% of the loop's time, serialising ~0.3% (py-spy under
+# bench/peer.py, issue 15). A larger batch goes to a worker thread: serialised
+# there, big values do not hold the loop up for every other run.
+INLINE_PLAN = 16
 
 Item = PutCheckpoint | PutWrites
 # A write that serialised, or the error that serialising it raised.

@@ -197,17 +197,25 @@ class EventLog:
 
     async def _flush_quietly(self) -> None:
         try:
-            await self.flush()
+            # One batch a tick: what was emitted meanwhile waits for the next tick (or
+            # goes with its run's end), not for a batch of its own right away.
+            await self.flush(drain=False)
         except Exception as exc:  # kept in memory; retried on the next flush
             log.warning("storing run events failed, will retry: %s", exc)
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(
                     self.retry_interval, self._start_flush
                 )
+        else:
+            if self._waiting and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.flush_interval, self._start_flush
+                )
 
-    async def flush(self) -> None:
+    async def flush(self, *, drain: bool = True) -> None:
         """Store the pending events of every run, and the run fields set meanwhile (a
-        run's timeline and usage): one transaction per batch, not per run."""
+        run's timeline and usage): one transaction per batch, not per run; with
+        `drain`, again while any were emitted meanwhile, else one batch."""
         async with self._lock:
             while self._waiting:
                 writers, self._waiting = list(self._waiting.values()), {}
@@ -253,6 +261,8 @@ class EventLog:
                         w.inflight = []
                 if batch:
                     await self.bus.stored(batch)
+                if not drain:
+                    return
 
     async def finish(
         self,

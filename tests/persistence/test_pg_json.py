@@ -55,6 +55,17 @@ async def test_json_is_read_by_jsontext(backend: PostgresBackend) -> None:
                 assert _loads_of(loader) is jsontext.loads
 
 
+async def test_the_pools_connections_share_one_map_of_loaders(backend: PostgresBackend) -> None:
+    # Registered on each connection, the json loaders made each copy psycopg's maps of
+    # loaders (~10 KiB a connection, sixteen in a busy pool). psycopg's maps are
+    # copy-on-write: connections that started from one map and changed nothing share
+    # its dicts, which only its private `_loaders` shows.
+    async with backend.pool.connection() as one, backend.pool.connection() as two:
+        assert one is not two
+        for fmt in (Format.TEXT, Format.BINARY):
+            assert one.adapters._loaders[fmt] is two.adapters._loaders[fmt]
+
+
 @pytest.mark.parametrize("binary", [False, True])
 async def test_json_values_read_back_as_json_loads_reads_them(
     backend: PostgresBackend, binary: bool

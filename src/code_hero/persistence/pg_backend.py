@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import sql
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -140,12 +141,19 @@ async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) 
     )
 
 
-async def _read_json_fast(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Every json and jsonb value the connection reads, read by `jsontext.loads`: the
+def _json_read_fast() -> AdaptersMap:
+    """psycopg's adapters, with every json and jsonb value read by `jsontext.loads`: the
     values `json.loads` (psycopg's default) gives, with orjson wherever the two agree.
     A page of ten threads spent about a sixth of its registry time in `json.loads` of
-    their metadata (issue 15)."""
-    set_json_loads(jsontext.loads, conn)
+    their metadata (issue 15).
+
+    One map for the pool's connections to start from (psycopg's `context`), which they
+    share until one of them changes its own: registered on each connection instead,
+    the loaders made every connection copy psycopg's maps of loaders, ~10 KiB each.
+    """
+    adapters = AdaptersMap(psycopg.adapters)
+    set_json_loads(jsontext.loads, adapters)
+    return adapters
 
 
 def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -188,8 +196,10 @@ class PostgresBackend(Backend):
     # The migration ledgers found missing alone, said once (`ledgers_missing`).
     _ledgers_said: tuple[str, ...] = ()
 
+    # The adapters the pool's connections start from (`_json_read_fast`); made once.
+    _adapters: AdaptersMap | None = None
+
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await _read_json_fast(conn)
         if self._bounded_locks:
             await _bound_lock_waits(conn, self.config.lock_timeout)
 
@@ -298,6 +308,8 @@ class PostgresBackend(Backend):
 
     def _new_pool(self) -> LendingPool:
         connect_timeout = self._connect_timeout
+        if self._adapters is None:
+            self._adapters = _json_read_fast()
         return LendingPool(
             self.config.connection_string or "",
             min_size=self.config.pool_min_size,
@@ -306,6 +318,7 @@ class PostgresBackend(Backend):
                 "autocommit": True,
                 "prepare_threshold": 0,
                 "row_factory": dict_row,
+                "context": self._adapters,
                 # psycopg's default is 130 s: a pool refilling against a server
                 # that accepts and never answers would hold a worker that long.
                 "connect_timeout": connect_timeout,

@@ -257,9 +257,9 @@ async def test_a_group_of_a_few_writes_is_serialised_on_the_loop(
     planned: list[tuple[int, bool]] = []
     plan = groupcommit._plan
 
-    def recorded(saver: Any, items: list[Any]) -> Any:
+    def recorded(saver: Any, items: list[Any], budget: int | None = None) -> Any:
         planned.append((len(items), threading.current_thread() is threading.main_thread()))
-        return plan(saver, items)
+        return plan(saver, items, budget)
 
     monkeypatch.setattr(groupcommit, "_plan", recorded)
     by_thread = await threads_entries(THREADS)

@@ -59,9 +59,12 @@ MAX_BATCH = 256
 # their rate (sequential runs on PostgreSQL, 37 vs 53 runs/s), and with 16
 # concurrent runs of a small graph the hop's hand-over and the answer's way back
 # to the loop took ~4% of the loop's time, serialising ~0.3% (py-spy under
-# bench/peer.py, issue 15). A larger batch goes to a worker thread: serialised
-# there, big values do not hold the loop up for every other run.
+# bench/peer.py, issue 15). A larger batch goes to a worker thread, and so does
+# the rest of a batch once its writes serialised on the loop carry INLINE_BYTES:
+# serialised there, big values do not hold the loop up for every other run (16
+# checkpoints of 1 MB of messages held it ~45 ms, against ~24 ms one by one).
 INLINE_PLAN = 16
+INLINE_BYTES = 256 * 1024
 
 Item = PutCheckpoint | PutWrites
 # A write that serialised, or the error that serialising it raised.
@@ -128,11 +131,10 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
     async def _commit(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> None:
         try:
             items = [item for item, _ in batch]
-            planned = (
-                _plan(self._stock, items)
-                if len(items) <= INLINE_PLAN
-                else await asyncio.to_thread(_plan, self._stock, items)
-            )
+            # On the loop while small; what is left (a big value met) on a worker thread.
+            planned = _plan(self._stock, items[:INLINE_PLAN], budget=INLINE_BYTES)
+            if len(planned) < len(items):
+                planned += await asyncio.to_thread(_plan, self._stock, items[len(planned) :])
             ready: list[tuple[list[Statement], asyncio.Future[Any]]] = []
             for plan, (_, done) in zip(planned, batch, strict=True):
                 if isinstance(plan, Exception):
@@ -193,15 +195,34 @@ async def _write(
         await write_statement(pool, *one)
 
 
-def _plan(saver: AsyncPostgresSaver, items: list[Item]) -> list[Planned]:
-    """Each write's statements, or the error serialising it raised (in a worker thread)."""
+def _plan(saver: AsyncPostgresSaver, items: list[Item], budget: int | None = None) -> list[Planned]:
+    """Each write's statements, or the error serialising it raised; with a `budget`,
+    the first writes only, up to the one whose values took the total past it."""
     planned: list[Planned] = []
+    spent = 0
     for item in items:
         try:
-            planned.append(statements(saver, [item]))
+            plan = statements(saver, [item])
         except Exception as exc:
             planned.append(exc)
+            continue
+        planned.append(plan)
+        if budget is not None:
+            spent += _size(plan)
+            if spent > budget:
+                break
     return planned
+
+
+def _size(plan: list[Statement]) -> int:
+    """About the bytes a write's statements carry (its serialised values)."""
+    return sum(
+        len(value)
+        for _, rows in plan
+        for row in rows
+        for value in row
+        if isinstance(value, bytes | bytearray | str)
+    )
 
 
 def _merged(saver: AsyncPostgresSaver, plans: list[list[Statement]]) -> list[Statement]:

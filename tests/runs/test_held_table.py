@@ -32,9 +32,18 @@ async def _held_run(
     caplog.set_level(logging.DEBUG, logger="code_hero.persistence.fallback")
     config = create_postgres_checkpointer(pg_database, lock_timeout=0.2)
     settings = GatewaySettings(checkpointer=config, graphs={"g": SPEC})
-    async with Gateway(settings) as gw:
-        given = {"folder": str(tmp_path), "dsn": pg_database}
-        yield gw, await gw.start_run(StartRun(graph="g", input=given))
+    try:
+        async with Gateway(settings) as gw:
+            given = {"folder": str(tmp_path), "dsn": pg_database}
+            yield gw, await gw.start_run(StartRun(graph="g", input=given))
+    finally:
+        # The graph's thread holding the lock commits up to 50 ms after its release:
+        # the test's database dropped before that ended its connection (AdminShutdown).
+        (tmp_path / "release").touch()
+        for _ in range(1200):
+            if (tmp_path / "unlocked").exists() or not (tmp_path / "locked").exists():
+                break
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.postgres

@@ -1,0 +1,149 @@
+"""Review of the fixes to walstall, adopt and pg16 (f35aae3, e2a3e04, 1de7594): defects
+found, each test failing on main."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg.types.json
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from code_hero.persistence.entries import PutCheckpoint
+from code_hero.persistence.groupcommit import GroupCommitSaverPool
+from code_hero.persistence.outagefile import OutageFile, waiting
+from code_hero.persistence.walcheckpoints import WalCheckpointer
+from tests.persistence.test_groupcommit import (
+    THREADS,
+    call,
+    grouped,
+    threads_entries,
+    with_text,
+)
+
+__all__ = ["grouped"]  # a fixture, used by name
+
+DB = "postgresql://db"
+
+
+def _checkpoint(thread_id: str, n: int, size: int = 1000) -> PutCheckpoint:
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = f"{n:032d}"
+    checkpoint["channel_values"] = {"blob": os.urandom(size)}
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    return PutCheckpoint(config, checkpoint, {}, {})  # type: ignore[typeddict-item]
+
+
+def test_giving_the_space_back_beside_a_reader_tries_its_cut_once(tmp_path: Path) -> None:
+    """`give_back_space` retries its TRUNCATE while it answers busy, 50 times, for a pass
+    of the checkpointer. But a reader's open transaction (the README's `sqlite3` beside
+    the server) answers busy too, and each try on the loop's connection first waits its
+    busy timeout (5 s) for the reader, holding that connection, and the writers' lock:
+    ~4 minutes, which the router's `close` awaits (a shutdown hangs), and in which an
+    outage's commit on the loop blocks the loop up to 5 s each try. Here the busy timeout
+    is scaled down to 20 ms; the cut is tried 50 times where once would do."""
+    journal_file = tmp_path / "fb.sqlite.entries"
+    store = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    store.checkpoints.close()  # no pass of its own: only the reader makes the cut busy
+    store.checkpoints = WalCheckpointer(journal_file, interval=3600)
+    store._conn.execute("PRAGMA busy_timeout = 20")  # the loop's 5 s, scaled down
+    cuts: list[str] = []
+    reader = sqlite3.connect(journal_file, isolation_level=None)
+    try:
+        seqs = [store.add(_checkpoint("t", n)) for n in range(20)]
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM entries").fetchall()  # a snapshot, held
+        store.remove(seqs)
+        store._conn.set_trace_callback(
+            lambda sql: cuts.append(sql) if "wal_checkpoint(TRUNCATE)" in sql else None
+        )
+        store.give_back_space()
+    finally:
+        store._conn.set_trace_callback(None)
+        reader.rollback()
+        reader.close()
+        store.close()
+    assert cuts, "the cut was not tried"
+    assert len(cuts) <= 2, f"the cut was tried {len(cuts)} times, each waiting for the reader"
+
+
+ran: list[str] = []
+
+
+def _ran() -> str:
+    ran.append("code")
+    return DB
+
+
+class _Planted:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ran, ())
+
+
+def test_waiting_does_not_unpickle_a_state_row_from_a_wal_others_may_write(
+    tmp_path: Path,
+) -> None:
+    """`waiting(journal, primary)` (each sibling file, at every start) unpickles the file's
+    `primary` state row once `_refuse_foreign` passed the journal file. But the rows it
+    reads may sit in `<journal>-wal`, which is not looked at: one writable by others (or
+    planted by another user in a shared directory: SQLite opens an existing -wal as it
+    is) runs its pickle's code in the server. Here the -wal is mode 0666 and the row a
+    pickle that calls a function."""
+    dead = OutageFile.claim(str(tmp_path / "fb-2.sqlite"), DB)
+    dead.add(_checkpoint("t", 0))
+    dead.close()
+    journal_file = tmp_path / "fb-2.sqlite.entries"
+    planter = sqlite3.connect(journal_file, isolation_level=None)
+    try:
+        planter.execute("PRAGMA wal_autocheckpoint = 0")
+        planter.execute(
+            "UPDATE state SET value = ? WHERE key = 'primary'", (pickle.dumps(_Planted()),)
+        )
+        wal = tmp_path / "fb-2.sqlite.entries-wal"
+        assert wal.stat().st_size > 0  # the row is in the WAL (kept while `planter` is open)
+        os.chmod(wal, 0o666)
+        ran.clear()
+        waiting(journal_file, DB)
+    finally:
+        planter.close()
+    assert not ran, "a pickle read from a -wal others may write ran its code"
+
+
+@pytest.mark.postgres
+async def test_a_group_of_big_text_values_is_not_dumped_on_the_loop(
+    grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1de7594 keeps big values off the loop by the bytes `_plan` serialised (`_size`),
+    but a checkpoint's str, int, float and bool channel values are stored inline in its
+    jsonb (`Jsonb(copy)`), which `_plan` does not serialise and `_size` does not count:
+    psycopg dumps every Jsonb of the group at `_write`, on the loop, in one go (one
+    jsonb array, `as_one_statement`). 12 threads with a 1 MB text each: ~12 MB of JSON
+    dumped on the loop's thread at once, as the review of pg16 found for blobs (16 x 1 MB
+    held the loop ~45 ms). At most the lone write and one write of the group may be."""
+    size = 1 << 20
+    on_loop: list[int] = []
+    dumps = json.dumps
+
+    def recorded(obj: Any) -> str:
+        text = dumps(obj)
+        if threading.current_thread() is threading.main_thread():
+            on_loop.append(len(text))
+        return text
+
+    monkeypatch.setattr(psycopg.types.json._JsonDumper, "_dumps", recorded)
+    by_thread = await threads_entries(THREADS)
+    big = [
+        with_text(next(e for e in es if isinstance(e, PutCheckpoint)), "x" * size)
+        for es in by_thread.values()
+    ]
+    await asyncio.gather(*(call(grouped, e) for e in big))
+    assert grouped.committed == THREADS and grouped.transactions == 2  # alone, then a group
+    dumped = sum(on_loop)
+    assert dumped <= 2 * size + 100_000, f"{dumped} bytes of JSON dumped on the loop"

@@ -91,10 +91,6 @@ log = logging.getLogger(__name__)
 
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
-# Tries of the TRUNCATE that gives the WAL's disk back, 0.1 s apart (a checkpoint pass
-# of the checkpointer's own thread makes it busy meanwhile).
-_CUT_TRIES = 50
-
 # What a commit adds to the WAL besides an entry's body (a page), for `WalCheckpointer`.
 _PAGE = 4096
 # Fields that entries share with the journal or the router (joined again at load).
@@ -363,11 +359,9 @@ class OutageFile:
         """Compact the emptied file and truncate its WAL (called on a thread of its own:
         the connection allows it, and an entry added meanwhile waits for it)."""
         self._conn.execute("VACUUM")
-        for _ in range(_CUT_TRIES):  # busy while the checkpointer's pass runs: again
-            [busy, _, _] = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return
-            time.sleep(0.1)
+        # The cut on the checkpointer's thread: on this connection it would wait for a
+        # reader (its busy timeout), holding the loop's commits up meanwhile.
+        self.checkpoints.cut()
 
     # ------------------------------------------------------------ entries
     def add(self, entry: Entry) -> int:
@@ -803,8 +797,10 @@ def _open(journal: Path) -> sqlite3.Connection:
 def _refuse_foreign(*files: Path) -> None:
     """ConfigurationError for an existing file another user may have written: one not
     this user's, or writable by its group or others. The journal's entries are pickles
-    (loading them runs code) and the data file is the fallback's: neither is loaded."""
-    for file in files:
+    (loading them runs code) and the data file is the fallback's: neither is loaded.
+    Each file's `-wal` and `-shm` too: SQLite reads the rows a `-wal` holds as the
+    file's own, however it came there."""
+    for file in (f.with_name(f.name + end) for f in files for end in ("", "-wal", "-shm")):
         try:
             found = os.stat(file)
         except FileNotFoundError:

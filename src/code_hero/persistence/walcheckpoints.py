@@ -16,12 +16,13 @@ soon wholly in the database file and the next commit starts it over from its
 beginning (passes that never catch up, commits all along, go on at once): the WAL
 stays a few times `every_bytes` long (8-21 MB in bench/walstall.py on a loaded
 machine). Should it pass `limit` all the same, a TRUNCATE checkpoint empties it once
-the passes caught up (nothing left to copy: it only cuts the file, under the writers'
-lock for a moment). It never waits for a lock (busy timeout 0): a reader's open
-transaction beside the server (a `sqlite3` shell) pins the WAL, and a TRUNCATE that
-waited for it would hold the writers' lock meanwhile, the loop's commits failing
-behind it. So a WAL pinned by a reader, or one a disk slower than the writes never
-lets the passes catch up with, grows (one WARNING) until that ends.
+the passes left little to copy (at most `_CUT_BACKLOG` pages: it holds the writers'
+lock for a moment), and so does one asked for by `cut` (the disk given back after an
+outage). It never waits for a lock (busy timeout 0): a reader's open transaction
+beside the server (a `sqlite3` shell) pins the WAL, and a TRUNCATE that waited for it
+would hold the writers' lock meanwhile, the loop's commits failing behind it. So a
+WAL pinned by a reader grows (one WARNING) until that ends; a busy cut is tried again
+at the next pass.
 
 Crash safety is the WAL's: an entry is acknowledged once its commit is in the WAL
 (synchronous = NORMAL), a checkpoint only copies committed pages into the database
@@ -44,6 +45,10 @@ EVERY_BYTES = 4 * 1024 * 1024  # SQLite's own automatic checkpoint: 1,000 4 kB p
 INTERVAL = 1.0  # seconds: what went in is in the database file at most this late
 LIMIT = 64 * 1024 * 1024  # a WAL past it is cut back once the passes caught up
 _PASSES = 8  # PASSIVE passes in a row to catch up with the commits made meanwhile
+# WAL frames (4 kB pages) a TRUNCATE may still have to copy, holding the writers' lock:
+# under steady commits the passes never quite catch up, and waiting for that let the
+# WAL pass its limit many times over (120-160 MB for 16 MB at 3,000 commits/s).
+_CUT_BACKLOG = 256
 
 
 class WalCheckpointer:
@@ -69,7 +74,8 @@ class WalCheckpointer:
         self._wake = threading.Event()
         self._stopping = False
         self._failing = False  # a checkpoint failed and none worked since (logged once)
-        self._pinned = False  # the WAL is past `limit` and could not be cut (logged once)
+        self._pinned = False  # a reader keeps the WAL from being cut (logged once)
+        self._cut = False  # a cut is asked for (`cut`), tried until it is done
         self._thread = threading.Thread(
             target=self._run, name=f"wal-checkpoint {database.name}", daemon=True
         )
@@ -102,7 +108,7 @@ class WalCheckpointer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                if not self._written:
+                if not self._written and not self._cut:
                     continue
                 self._running = True
                 self._written = 0
@@ -136,41 +142,56 @@ class WalCheckpointer:
             )
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """PASSIVE passes until the WAL is wholly in the database file; a TRUNCATE one when
-        it is past the limit all the same and the passes caught up."""
+        """PASSIVE passes until the WAL is wholly in the database file; then, past the
+        limit or asked to (`cut`), a TRUNCATE one once little or nothing is left to copy."""
         self.thread_ids.add(threading.get_ident())
         before = -1
-        caught_up = False
+        caught_up = busy = False
+        backlog = 0
         for _ in range(_PASSES):
             # `frames`: the WAL's as the pass began; a commit meanwhile added more, for the
             # next pass. Caught up once a pass finds none added since the one before.
-            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy_pass, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.passes += 1
+            if busy_pass or frames < 0:  # another connection's checkpoint: next interval
+                busy = True
+                break
+            backlog = frames - copied
             if frames == before or self._stopping:
                 caught_up = frames == before
                 break
             before = frames
-        else:  # not caught up (commits all along): again at once, not 4 MB later
+        if busy:
+            self._written += 1
+        elif not caught_up:  # commits all along: again at once, not 4 MB later
             self._written += 1
             self._wake.set()
-        if _size(self.wal) <= self.limit:
+        if self._stopping or not (self._cut or _size(self.wal) > self.limit):
             self._pinned = False
             return
-        busy = 1
-        if caught_up and not self._stopping:  # nothing left to copy: only the cut
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cut = 1
+        if not busy and (caught_up or backlog <= _CUT_BACKLOG):  # little left to copy
+            cut, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             self.passes += 1
-        if not busy:
-            self._pinned = False
-        elif not self._pinned:
+        if not cut:
+            self._pinned = self._cut = False
+            return
+        self._written += 1  # tried again: at the next interval, or at once (above)
+        if caught_up and not self._pinned:  # no commit meanwhile: a reader holds it
             self._pinned = True
             log.warning(
-                "the journal's WAL %s passed %d MB and cannot be cut back yet: a reader "
-                "holds a transaction open on the file (a sqlite3 shell?), or the disk is "
-                "slower than the outage's writes; it grows until that ends",
+                "the journal's WAL %s cannot be cut back yet (%d MB): a reader holds a "
+                "transaction open on the file (a sqlite3 shell?); it grows until that ends",
                 self.wal,
-                self.limit // 1_000_000,
+                _size(self.wal) // 1_000_000,
             )
+
+    def cut(self) -> None:
+        """Truncate the WAL soon, on this thread (the disk an outage used, given back once
+        the file is emptied), tried each interval until it is done: on the connection of
+        its own, it waits for no reader and holds no commit of the loop up."""
+        self._cut = True
+        self._wake.set()
 
 
 def _size(file: Path) -> int:

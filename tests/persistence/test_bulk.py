@@ -24,7 +24,7 @@ from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from tests.conftest import PG_ADMIN_URL, _pg_url
 from tests.faults import cancelled_at_every_step
-from tests.pgtrips import count_pg_trips
+from tests.pgtrips import count_pg_statements, count_pg_trips
 
 pytestmark = pytest.mark.postgres
 
@@ -258,3 +258,24 @@ async def test_a_batch_is_one_round_trip_and_all_or_nothing(
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             rows = await (await conn.execute("SELECT a FROM t ORDER BY a")).fetchall()
     assert rows == [(1,), (2,), (3,)]
+
+
+@pytest.mark.postgres
+async def test_a_threads_replayed_batch_is_one_statement(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread's checkpoints and writes replayed together go as one statement, as group
+    commit's do (were BEGIN, a statement per checkpoint, per blob set and per task's
+    writes, and COMMIT: CPU per statement bounded the copy-back's rate, issue 15); the
+    rows are the stock calls' (`test_a_batch_writes_the_rows_the_stock_calls_write`)."""
+    entries = await journalled("t1")
+    primary = await opened(pg_database)
+    try:
+        sent = count_pg_statements(monkeypatch)
+        await primary.put_batch(entries)
+        written = [s for s in sent if "checkpoint" in s]  # not the pool's checkout
+        assert len(written) == 1 and written[0].startswith("WITH")
+        config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+        assert len([t async for t in primary.saver.alist(config)]) == 5
+    finally:
+        await primary.close()

@@ -351,9 +351,7 @@ async def test_a_step_cut_midway_removes_from_the_journal_and_its_file_only_what
                 on_synced=lambda: None,
             )
             assert not journal.entries and not store.load().entries
-            assert {r[2] for r in table(pg_database, "checkpoints")} == set(
-                checkpoint_ids(entries)
-            )
+            assert {r[2] for r in table(pg_database, "checkpoints")} == set(checkpoint_ids(entries))
         finally:
             await primary.close()
             store.close()

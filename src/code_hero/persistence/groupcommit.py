@@ -141,7 +141,9 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             if not ready:
                 return
             try:
-                await write_planned(self._pool, self._stock, _merged(self._stock, [p for p, _ in ready]))
+                await write_planned(
+                    self._pool, self._stock, _merged(self._stock, [p for p, _ in ready])
+                )
             except Exception as exc:
                 # A lock wait that ran out, a statement the database cancelled: each
                 # write alone would wait the whole bound again, one after another.

@@ -1,12 +1,13 @@
 """Degraded mode: runs through a PostgreSQL outage, and the sync back afterwards.
 
     python bench/outage.py [--runs 320] [--rounds 3] [--durable] [--payload BYTES]
-                           [--only-degraded]
+                           [--only-degraded | --only-sync-back]
 
 With `--durable` the fallback is the durable one `code-hero serve` uses on
 PostgreSQL (a SQLite file and its journal, in a temporary folder), not memory.
 `--payload` puts a value of that many bytes in each run's state, so each of its
-checkpoints (and journal entries) carries it; `--only-degraded` stops after 1.
+checkpoints (and journal entries) carries it; `--only-degraded` stops after 1,
+`--only-sync-back` runs 2 and 3 only.
 
 PostgreSQL sits behind the test suite's `BlackHoleProxy`: `refuse()` takes it
 down for this process only, `forward()` brings it back; the server itself
@@ -280,7 +281,11 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--durable", action="store_true", help="a durable fallback")
     parser.add_argument("--payload", type=int, default=0, help="bytes of state per run")
-    parser.add_argument("--only-degraded", action="store_true", help="the first part only")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--only-degraded", action="store_true", help="the first part only")
+    only.add_argument(
+        "--only-sync-back", action="store_true", help="the sync back and the recovery only"
+    )
     args = parser.parse_args()
     global FALLBACK_DIR, PAYLOAD
     PAYLOAD = args.payload
@@ -290,8 +295,9 @@ async def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("psycopg").setLevel(logging.ERROR)
     lines: list[str] = []
-    async with scratch_database("bench_outage") as url:
-        lines += await degraded_vs_healthy(url, args.runs, args.rounds)
+    if not args.only_sync_back:
+        async with scratch_database("bench_outage") as url:
+            lines += await degraded_vs_healthy(url, args.runs, args.rounds)
     if args.only_degraded:
         print(*lines, sep="\n")
         return

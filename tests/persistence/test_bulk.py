@@ -6,6 +6,7 @@ from __future__ import annotations
 import operator
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import psycopg
@@ -22,9 +23,12 @@ from code_hero.persistence.backends import Backend, MemoryBackend, PostgresBacke
 from code_hero.persistence.bulk import Statement, statements, write_statement, write_statements
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
+from code_hero.persistence.outagefile import OutageFile
+from code_hero.persistence.unreachable import is_backend_error
 from tests.conftest import PG_ADMIN_URL, _pg_url
-from tests.faults import cancelled_at_every_step
-from tests.pgtrips import count_pg_trips
+from tests.faults import BlackHoleProxy, cancelled_at_every_step, with_port
+from tests.persistence.proxied import PG_PORT
+from tests.pgtrips import count_pg_statements, count_pg_trips
 
 pytestmark = pytest.mark.postgres
 
@@ -258,3 +262,96 @@ async def test_a_batch_is_one_round_trip_and_all_or_nothing(
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             rows = await (await conn.execute("SELECT a FROM t ORDER BY a")).fetchall()
     assert rows == [(1,), (2,), (3,)]
+
+
+@pytest.mark.postgres
+async def test_a_threads_replayed_batch_is_one_statement(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread's checkpoints and writes replayed together go as one statement, as group
+    commit's do (were BEGIN, a statement per checkpoint, per blob set and per task's
+    writes, and COMMIT: CPU per statement bounded the copy-back's rate, issue 15); the
+    rows are the stock calls' (`test_a_batch_writes_the_rows_the_stock_calls_write`)."""
+    entries = await journalled("t1")
+    primary = await opened(pg_database)
+    try:
+        sent = count_pg_statements(monkeypatch)
+        await primary.put_batch(entries)
+        written = [s for s in sent if "checkpoint" in s]  # not the pool's checkout
+        assert len(written) == 1 and written[0].startswith("WITH")
+        config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+        assert len([t async for t in primary.saver.alist(config)]) == 5
+    finally:
+        await primary.close()
+
+
+class CutAfterOneBatch(PostgresBackend):
+    """A primary whose proxy refuses every connection once one batch committed: the
+    outage comes back in the middle of a copy-back step."""
+
+    proxy: BlackHoleProxy
+    cut = False
+
+    async def put_batch(self, items: Sequence[PutCheckpoint | PutWrites]) -> None:
+        await super().put_batch(items)
+        if not self.cut:
+            self.cut = True
+            self.proxy.refuse()
+
+
+@pytest.mark.postgres
+async def test_a_step_cut_midway_removes_from_the_journal_and_its_file_only_what_committed(
+    pg_database: str, fallback: Backend, tmp_path: Path
+) -> None:
+    """The primary lost after one thread's batch committed, the others' failing: what
+    left the journal and its file is in the primary; everything else is in both, in
+    order, and a second drain brings it in."""
+    entries = [e for t in ("t1", "t2", "t3") for e in await journalled(t)]
+    journal = Journal(1000)
+    store = OutageFile.claim(str(tmp_path / "fallback.sqlite"), pg_database)
+    journal.attach(store, {})
+    for entry in entries:
+        journal.append(entry)
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        config = create_postgres_checkpointer(with_port(pg_database, proxy.port), pool_timeout=1)
+        primary = CutAfterOneBatch(config)
+        primary.proxy = proxy
+        await primary.open()
+        try:
+            with pytest.raises(Exception) as raised:
+                await journal.drain(
+                    primary=primary,
+                    fallback=fallback,
+                    concurrency=1,
+                    is_unreachable=is_backend_error,
+                    on_synced=lambda: None,
+                )
+            assert is_backend_error(raised.value)
+
+            def checkpoint_ids(items: Sequence[object]) -> list[str]:
+                return [e.checkpoint["id"] for e in items if isinstance(e, PutCheckpoint)]
+
+            committed = {r[2] for r in table(pg_database, "checkpoints")}
+            assert committed == set(checkpoint_ids([e for e in entries if e.thread_id == "t1"]))
+            waiting = list(journal.entries)
+            assert [e.thread_id for e in waiting] == ["t2"] * (len(entries) // 3) + ["t3"] * (
+                len(entries) // 3
+            )
+            stored = store.load().entries
+            assert len(stored) == len(waiting)
+            removed = [e for e in entries if all(e is not w for w in waiting)]
+            assert set(checkpoint_ids(removed)) <= committed
+            proxy.forward()
+            await primary.reconnect()
+            await journal.drain(
+                primary=primary,
+                fallback=fallback,
+                concurrency=1,
+                is_unreachable=is_backend_error,
+                on_synced=lambda: None,
+            )
+            assert not journal.entries and not store.load().entries
+            assert {r[2] for r in table(pg_database, "checkpoints")} == set(checkpoint_ids(entries))
+        finally:
+            await primary.close()
+            store.close()

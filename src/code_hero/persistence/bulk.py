@@ -3,9 +3,10 @@
 The recovery replays a thread's consecutive `PutCheckpoint` and `PutWrites`
 entries through here instead of one `aput`/`aput_writes` call each: one pool
 checkout, one hop to a worker thread to serialise the whole batch, and one
-pipelined transaction for all its statements. The statements, their order
-and their rows are the stock `AsyncPostgresSaver`'s own (its SQL attributes
-and dump helpers): what lands in the tables is what the calls would write.
+transaction for all its rows: one statement where it can be said as one
+(`as_one_statement`), else its statements pipelined. The rows are the stock
+`AsyncPostgresSaver`'s own (its SQL attributes and dump helpers): what lands
+in the tables is what the calls would write.
 
 A channel version that an earlier checkpoint of the batch already wrote is
 not dumped again: the blob insert is ON CONFLICT DO NOTHING, and both are
@@ -37,6 +38,7 @@ __all__ = [
     "as_one_statement",
     "put_batch",
     "statements",
+    "write_planned",
     "write_statement",
     "write_statements",
 ]
@@ -53,7 +55,19 @@ async def put_batch(
     # Serialising can take a while for large states: off the event loop, as the
     # stock saver does, but once for the batch.
     planned = await asyncio.to_thread(statements, saver, items)
-    await write_statements(pool, planned)
+    await write_planned(pool, saver, planned)
+
+
+async def write_planned(
+    pool: AsyncConnectionPool[Any], saver: BasePostgresSaver, planned: Sequence[Statement]
+) -> None:
+    """Commit `planned` as one statement where it can be said as one (`as_one_statement`),
+    else as its statements in one pipelined transaction (`write_statements`)."""
+    one = as_one_statement(saver, planned)
+    if one is None:
+        await write_statements(pool, planned)
+    else:
+        await write_statement(pool, *one)
 
 
 async def write_statements(pool: AsyncConnectionPool[Any], planned: Sequence[Statement]) -> None:

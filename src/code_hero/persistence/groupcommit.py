@@ -39,9 +39,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.bulk import (
     Statement,
-    as_one_statement,
     statements,
-    write_statement,
+    write_planned,
     write_statements,
 )
 from code_hero.persistence.contention import waited_out
@@ -124,7 +123,7 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
         (plan,) = _plan(self._stock, [item])
         if isinstance(plan, Exception):
             raise plan
-        await _write(self._pool, self._stock, plan)
+        await write_planned(self._pool, self._stock, plan)
         self.transactions += 1
         self.committed += 1
 
@@ -144,7 +143,9 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             if not ready:
                 return
             try:
-                await _write(self._pool, self._stock, _merged(self._stock, [p for p, _ in ready]))
+                await write_planned(
+                    self._pool, self._stock, _merged(self._stock, [p for p, _ in ready])
+                )
             except Exception as exc:
                 # A lock wait that ran out, a statement the database cancelled: each
                 # write alone would wait the whole bound again, one after another.
@@ -181,18 +182,6 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
             self.transactions += 1
             self.committed += 1
             settle(done, None)
-
-
-async def _write(
-    pool: AsyncConnectionPool[Any], saver: AsyncPostgresSaver, planned: list[Statement]
-) -> None:
-    """Commit `planned` as one statement where it can be said as one, else as its
-    statements in one pipelined transaction."""
-    one = as_one_statement(saver, planned)
-    if one is None:
-        await write_statements(pool, planned)
-    else:
-        await write_statement(pool, *one)
 
 
 def _plan(saver: AsyncPostgresSaver, items: list[Item], budget: int | None = None) -> list[Planned]:

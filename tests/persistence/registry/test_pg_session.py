@@ -19,6 +19,7 @@ from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.faults import until
+from tests.persistence.registry import support
 from tests.persistence.registry.support import events, make_pool, put, run
 from tests.pgtrips import count_pg_statements, count_pg_trips
 
@@ -481,3 +482,55 @@ async def test_a_fetch_builds_no_column_descriptions(
         assert await s.fetch(INSERT, ["c"], last=True) == []
     assert built == []
     assert await names(pg_registry) == ["a", "b", "c"]
+
+
+async def test_a_copied_threads_row_is_two_trips_and_a_tombstone_still_refuses_it(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy-back's thread row (`put_thread`, twice a thread born in an outage): BEGIN,
+    the upsert and the tombstone check in one trip, COMMIT in the next (were three); a
+    thread deleted since the copy's creation still takes nothing."""
+    trips = count_pg_trips(monkeypatch)
+    assert await pg_registry.put_thread(support.thread("t1"))
+    assert len(trips) <= 2
+    assert await names(pg_registry) == ["t1"]
+    created = datetime(2025, 1, 1, tzinfo=UTC)
+    async with pg_registry._session(atomic=True) as s:
+        await s.execute(
+            "INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at) "
+            "VALUES (?, ?, now())",
+            ["t2", created],
+        )
+    assert not await pg_registry.put_thread(support.thread("t2", created))
+    assert await names(pg_registry) == ["t1"]
+    async with pg_registry.pool.connection() as conn:  # back in the pool, idle
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def test_a_copied_run_that_ends_here_is_two_trips_with_its_deliveries(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy-back's finished run (`put_run(announce=True)`): its status before and its
+    upsert in one trip, the deliveries with the COMMIT in the next (were four); copied
+    again, it queues no second delivery. A run that does not end here is one trip."""
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
+    )
+    await pg_registry.create_webhook(hook, "whsec_c2VjcmV0")
+    await put(pg_registry, "t1", user_id="u")
+    woken: list[None] = []
+    pg_registry.on_enqueue(lambda: woken.append(None))
+    ended = run("r1", user_id="u", status=RunStatus.SUCCESS, finished_at=datetime.now(UTC))
+    trips = count_pg_trips(monkeypatch)
+    await pg_registry.put_run(ended, announce=True)
+    assert len(trips) <= 2
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"] and len(woken) == 1
+    await pg_registry.put_run(ended, announce=True)
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert len(page.items) == 1 and len(woken) == 1
+    sent = count_pg_statements(monkeypatch)
+    await pg_registry.put_run(run("r2", user_id="u"), announce=True)
+    assert not {"BEGIN", "COMMIT"} & set(sent) and len(sent) == 1
+    got = await pg_registry.get_run("r2")
+    assert got is not None and got.status is RunStatus.PENDING

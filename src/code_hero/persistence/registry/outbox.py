@@ -90,11 +90,13 @@ class WebhookOutbox(Dialect):
 
     # --- the enqueue hooks, inside the caller's transaction -----------------
 
-    async def _enqueue_run_end(self, s: Session, run: RunRecord) -> int:
-        """Outbox rows for a run that just ended; how many."""
+    async def _enqueue_run_end(self, s: Session, run: RunRecord, *, last: bool = False) -> int:
+        """Outbox rows for a run that just ended; how many. `last`: no statement of the
+        session follows (the COMMIT goes with the last insert, `Session`)."""
         queued = 0
-        for sql, params in self._run_end_inserts(run):
-            queued += await s.execute(sql, params)
+        inserts = self._run_end_inserts(run)
+        for index, (sql, params) in enumerate(inserts):
+            queued += await s.execute(sql, params, last=last and index == len(inserts) - 1)
         return queued
 
     def _run_end_inserts(self, run: RunRecord) -> list[tuple[str, list[Any]]]:

@@ -186,18 +186,21 @@ class SqlRegistry(
         params = [*self._thread_params(thread), claim]
         try:
             async with self._session(atomic=True) as s:
-                await s.execute(sql, params)
                 # After the write, in a statement of its own: on PostgreSQL a deletion that
                 # held the row when the write came was waited for, and its tombstone is
                 # seen now (read committed); one that comes later waits for this commit
                 # and deletes the row. Tombstoned: rolled back, nothing written. A deleted
                 # thread of the id created at or after the copy's creation is this thread,
                 # or the row a run's admission made for it after the switch; one created
-                # before is an older incarnation (`tombstones.py`).
-                tombstoned = await s.fetch(
-                    "SELECT 1 AS one FROM code_hero_deleted_threads "
-                    "WHERE thread_id = ? AND created_at >= ?",
-                    [thread.thread_id, self._ts(utc(thread.created_at))],
+                # before is an older incarnation (`tombstones.py`). Both in one round trip
+                # with the BEGIN (a copy-back replays a thread's row twice: issue 15).
+                _, tombstoned = await s.fetch_pair(
+                    (sql, params),
+                    (
+                        "SELECT 1 AS one FROM code_hero_deleted_threads "
+                        "WHERE thread_id = ? AND created_at >= ?",
+                        [thread.thread_id, self._ts(utc(thread.created_at))],
+                    ),
                 )
                 if tombstoned:
                     raise _Tombstoned
@@ -468,16 +471,19 @@ class SqlRegistry(
         queued = 0
         async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
             ends = announce and RunStatus(run.status).finished
-            before = (
-                await s.fetch("SELECT status FROM code_hero_runs WHERE run_id = ?", [run.run_id])
-                if ends
-                else []
+            if not ends:
+                await s.execute(sql, params, last=True)
+                return
+            # The status before the write, and the write, in one round trip; the
+            # deliveries, if any, with the COMMIT in the next (issue 15).
+            before, _ = await s.fetch_pair(
+                ("SELECT status FROM code_hero_runs WHERE run_id = ?", [run.run_id]),
+                (sql, params),
             )
-            await s.execute(sql, params)
-            if ends and not (before and RunStatus(before[0]["status"]).finished):
+            if not (before and RunStatus(before[0]["status"]).finished):
                 # It ends here (a run of a thread born in an outage, copied back): its
                 # webhook deliveries commit with it, as finish_run's do.
-                queued = await self._enqueue_run_end(s, run)
+                queued = await self._enqueue_run_end(s, run, last=True)
         if queued:
             self._outbox_committed()
 

@@ -534,3 +534,51 @@ async def test_a_copied_run_that_ends_here_is_two_trips_with_its_deliveries(
     assert not {"BEGIN", "COMMIT"} & set(sent) and len(sent) == 1
     got = await pg_registry.get_run("r2")
     assert got is not None and got.status is RunStatus.PENDING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review of syncback: put_run(announce) reads the status before without a lock",
+)
+async def test_a_copied_run_that_another_replica_ends_meanwhile_queues_no_second_end(
+    pg_registry: PostgresRegistry, pg_database: str
+) -> None:
+    """A copy-back's finished run (`put_run(announce=True)`) racing another replica's end
+    of the same run (a takeover of a lease that ran out in the primary): the status is
+    read before the upsert waits for the other's row lock, so under read committed the
+    copy sees the run unfinished, overwrites the end the other committed, and queues a
+    second end (RUN_SUCCEEDED after RUN_FAILED was decided). Run after the other's
+    commit, the same call queues nothing: the registry had the run finished."""
+    hook = WebhookRecord(
+        "wh1",
+        "u",
+        "https://hooks.example.com/a",
+        (WebhookEvent.RUN_SUCCEEDED, WebhookEvent.RUN_FAILED),
+        datetime.now(UTC),
+    )
+    await pg_registry.create_webhook(hook, "whsec_c2VjcmV0")
+    await put(pg_registry, "t1", user_id="u")
+    await pg_registry.put_run(run("r1", user_id="u", status=RunStatus.RUNNING))
+    ended = run("r1", user_id="u", status=RunStatus.SUCCESS, finished_at=datetime.now(UTC))
+    async with await psycopg.AsyncConnection.connect(pg_database) as other:
+        # The other replica's end, its row lock held until it commits.
+        await other.execute(
+            "UPDATE code_hero_runs SET status = 'ERROR', finished_at = now() WHERE run_id = 'r1'"
+        )
+        copy = asyncio.create_task(pg_registry.put_run(ended, announce=True))
+
+        async def copy_waits_for_the_lock() -> bool:
+            cur = await other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] > 0
+
+        await until(copy_waits_for_the_lock)
+        await other.commit()
+        await copy
+    page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert [d.event for d in page.items] == []
+    got = await pg_registry.get_run("r1")
+    assert got is not None and got.status is RunStatus.ERROR

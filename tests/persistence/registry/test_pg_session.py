@@ -536,10 +536,6 @@ async def test_a_copied_run_that_ends_here_is_two_trips_with_its_deliveries(
     assert got is not None and got.status is RunStatus.PENDING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review of syncback: put_run(announce) reads the status before without a lock",
-)
 async def test_a_copied_run_that_another_replica_ends_meanwhile_queues_no_second_end(
     pg_registry: PostgresRegistry, pg_database: str
 ) -> None:

@@ -474,11 +474,16 @@ class SqlRegistry(
             if not ends:
                 await s.execute(sql, params, last=True)
                 return
-            # The status before the write, and the write, in one round trip; the
-            # deliveries, if any, with the COMMIT in the next (issue 15).
+            # The status before the write, locked, and the write, in one round trip;
+            # the deliveries, if any, with the COMMIT in the next (issue 15). Locked
+            # and kept from a finished row: another replica's end committed while
+            # this copy waited for the row is neither overwritten nor announced again.
             before, _ = await s.fetch_pair(
-                ("SELECT status FROM code_hero_runs WHERE run_id = ?", [run.run_id]),
-                (sql, params),
+                (
+                    f"SELECT status FROM code_hero_runs WHERE run_id = ?{self.for_update}",
+                    [run.run_id],
+                ),
+                (f"{sql} WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')", params),
             )
             if not (before and RunStatus(before[0]["status"]).finished):
                 # It ends here (a run of a thread born in an outage, copied back): its

@@ -16,6 +16,7 @@ import psycopg.types.json
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
+from code_hero.errors import ConfigurationError
 from code_hero.persistence.entries import PutCheckpoint
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.outagefile import OutageFile, waiting
@@ -160,3 +161,42 @@ async def test_a_group_of_big_text_values_is_not_dumped_on_the_loop(
     assert grouped.committed == THREADS and grouped.transactions == 2  # alone, then a group
     dumped = sum(on_loop)
     assert dumped <= 2 * size + 100_000, f"{dumped} bytes of JSON dumped on the loop"
+
+
+def test_a_start_does_not_unpickle_a_state_row_from_a_journal_others_may_write(
+    tmp_path: Path,
+) -> None:
+    """`_refuse_foreign` now looks at each file's `-wal` and `-shm`, not at its rollback
+    journal, `<journal>-journal`. SQLite plays a hot rollback journal back into the
+    database file at the first open, before it reads the file as WAL: its pages become
+    the file's, the `state` row's pickle too. One planted by another user in a shared
+    directory (or writable by others, mode 0666 here) runs its code in the server when a
+    start takes the file again (`claim`). The journal is made the way SQLite makes one: a
+    copy of the file in rollback mode, its transaction left open."""
+    dead = OutageFile.claim(str(tmp_path / "fb-3.sqlite"), DB)
+    dead.add(_checkpoint("t", 0))
+    dead.close()
+    journal_file = tmp_path / "fb-3.sqlite.entries"
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(journal_file.read_bytes())
+    planter = sqlite3.connect(copy, isolation_level=None)
+    try:
+        planter.execute("PRAGMA journal_mode = DELETE")
+        planter.execute("PRAGMA synchronous = OFF")  # its journal's pages all count
+        planter.execute(
+            "UPDATE state SET value = ? WHERE key = 'primary'", (pickle.dumps(_Planted()),)
+        )
+        planter.execute("BEGIN")
+        planter.execute("UPDATE state SET value = ? WHERE key = 'primary'", (pickle.dumps(DB),))
+        planted = tmp_path / "fb-3.sqlite.entries-journal"
+        planted.write_bytes((tmp_path / "copy.sqlite-journal").read_bytes())
+        os.chmod(planted, 0o666)
+    finally:
+        planter.rollback()
+        planter.close()
+    ran.clear()
+    try:
+        OutageFile.claim(str(tmp_path / "fb-3.sqlite"), DB).close()
+    except ConfigurationError:
+        pass  # refused: nothing of it read
+    assert not ran, "a pickle read from a -journal others may write ran its code"

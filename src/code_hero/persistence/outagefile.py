@@ -798,9 +798,11 @@ def _refuse_foreign(*files: Path) -> None:
     """ConfigurationError for an existing file another user may have written: one not
     this user's, or writable by its group or others. The journal's entries are pickles
     (loading them runs code) and the data file is the fallback's: neither is loaded.
-    Each file's `-wal` and `-shm` too: SQLite reads the rows a `-wal` holds as the
-    file's own, however it came there."""
-    for file in (f.with_name(f.name + end) for f in files for end in ("", "-wal", "-shm")):
+    Each file's `-wal`, `-shm` and `-journal` too: SQLite reads the rows a `-wal`
+    holds as the file's own, and replays a leftover rollback journal into the file at
+    its first open, however either came there."""
+    ends = ("", "-wal", "-shm", "-journal")
+    for file in (f.with_name(f.name + end) for f in files for end in ends):
         try:
             found = os.stat(file)
         except FileNotFoundError:

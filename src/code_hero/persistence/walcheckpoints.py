@@ -171,13 +171,18 @@ class WalCheckpointer:
             return
         cut = 1
         if not busy and (caught_up or backlog <= _CUT_BACKLOG):  # little left to copy
-            cut, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            self.passes += 1
+            wanted, self._cut = self._cut, False  # a `cut()` from now on is another
+            try:
+                cut, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self.passes += 1
+                if cut:
+                    self._cut = self._cut or wanted
         if not cut:
-            self._pinned = self._cut = False
+            self._pinned = False
             return
         self._written += 1  # tried again: at the next interval, or at once (above)
-        if caught_up and not self._pinned:  # no commit meanwhile: a reader holds it
+        if caught_up and not self._pinned and not _writing(conn):  # a reader holds it
             self._pinned = True
             log.warning(
                 "the journal's WAL %s cannot be cut back yet (%d MB): a reader holds a "
@@ -192,6 +197,17 @@ class WalCheckpointer:
         its own, it waits for no reader and holds no commit of the loop up."""
         self._cut = True
         self._wake.set()
+
+
+def _writing(conn: sqlite3.Connection) -> bool:
+    """Whether a writer holds the database's write lock now (a commit of the loop under
+    way also makes a cut busy, and is no reader to warn of)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # busy: a writer has it
+        return True
+    conn.execute("ROLLBACK")
+    return False
 
 
 def _size(file: Path) -> int:

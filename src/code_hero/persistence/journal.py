@@ -343,8 +343,10 @@ class Journal:
                 retry_after,
             )
 
-    def append(self, entry: Entry) -> None:
+    def append(self, entry: Entry, *, replacing: bool = False) -> None:
         """Add an entry at the tail; a keyed entry already waiting makes it redundant.
+        `replacing`: in the file, it takes the place of every row of its thread in one
+        commit (`_file`).
 
         Never refuses: the write it records has happened (`ensure_room` came first).
         """
@@ -357,7 +359,7 @@ class Journal:
             if isinstance(seq, int):
                 self.held[entry.thread_id][-1].seq = seq
             return
-        seq = self._file(entry)
+        seq = self._file(entry, replacing=replacing)
         self._in_memory(entry)
         if isinstance(seq, int):
             self._seqs.setdefault(id(entry), []).append(seq)
@@ -744,12 +746,9 @@ class Journal:
         self.quarantine = deque(q for q in self.quarantine if q.entry.thread_id != thread_id)
         self._keyed = {k: e for k, e in self._keyed.items() if e.thread_id != thread_id}
         self._per_thread.pop(thread_id, None)
-        if then is not None:
+        if then is not None:  # nothing of its thread is held or keyed any more
             assert then.thread_id == thread_id and then.key is None
-            seq = self._file(then, replacing=True)
-            self._in_memory(then)
-            if seq is not None:
-                self._seqs.setdefault(id(then), []).append(seq)
+            self.append(then, replacing=True)
         self._forget_refusals()
         self.leased_runs.forget_thread(thread_id)
         return before + held - len(self.entries) - len(self.quarantine) + (then is not None)

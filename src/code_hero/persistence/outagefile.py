@@ -234,8 +234,7 @@ class OutageFile:
                 _warn_waiting(base, candidate, primary)
                 return found
         held: list[str] = []
-        for n in range(1, MAX_FILES + 1):
-            candidate = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+        for candidate in _names(base):
             locked = _lock(candidate)
             if locked is None:
                 held.append(str(candidate))
@@ -658,10 +657,8 @@ def waiting(journal: Path, primary: str | None = None) -> int:
                     return 0
         finally:
             conn.close()
-    except (sqlite3.Error, ConfigurationError):  # held by an older version, unreadable
-        return 0
-    except Exception:  # its state cannot be unpickled here: not this process's to name
-        return 0
+    except Exception:  # held by an older version, unreadable, another user's, or its
+        return 0  # state cannot be unpickled here: not this process's to name
     finally:
         os.close(lock)
     return int(count)

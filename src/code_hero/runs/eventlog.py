@@ -183,10 +183,8 @@ class EventLog:
         self._waiting[writer.run_id] = writer
         if sum(len(w.pending) for w in self._waiting.values()) >= self.max_batch:
             self._start_flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.flush_interval, self._start_flush
-            )
+        else:
+            self._flush_later(self.flush_interval)
 
     def _start_flush(self) -> None:
         if self._timer is not None:
@@ -202,15 +200,15 @@ class EventLog:
             await self.flush(drain=False)
         except Exception as exc:  # kept in memory; retried on the next flush
             log.warning("storing run events failed, will retry: %s", exc)
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(
-                    self.retry_interval, self._start_flush
-                )
+            self._flush_later(self.retry_interval)
         else:
-            if self._waiting and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(
-                    self.flush_interval, self._start_flush
-                )
+            if self._waiting:
+                self._flush_later(self.flush_interval)
+
+    def _flush_later(self, delay: float) -> None:
+        """A flush `delay` seconds from now, unless one is armed already."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start_flush)
 
     async def flush(self, *, drain: bool = True) -> None:
         """Store the pending events of every run, and the run fields set meanwhile (a

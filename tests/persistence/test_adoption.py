@@ -55,6 +55,16 @@ async def _dies_in_an_outage(pg: OwnPostgres, dead: EnhancedCheckpointerManager)
     await dead.cleanup()
 
 
+async def _a_replica_dies_in_an_outage(pg: OwnPostgres, folder: Path) -> None:
+    """A second replica starts beside the survivor (it takes `fb-2`), then dies in an
+    outage with a thread's writes on its file (`_dies_in_an_outage`)."""
+    dead = _manager(pg, folder)
+    await dead.initialize()
+    assert dead.router.store is not None
+    assert dead.router.store.path == folder / "fb-2.sqlite"
+    await _dies_in_an_outage(pg, dead)
+
+
 async def _until(survivor: EnhancedCheckpointerManager, condition: Any) -> None:
     deadline = time.monotonic() + 30
     while not condition():
@@ -84,11 +94,7 @@ def test_a_file_left_in_an_outage_is_adopted_once_the_database_is_back(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            assert dead.router.store is not None
-            assert dead.router.store.path == dead_file
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             assert survivor.adoptions is not None
             adoptions = survivor.adoptions
             # Not while the database is down (the dead one may be restarted and take
@@ -130,11 +136,7 @@ def test_a_live_replicas_file_and_another_databases_are_left_alone(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            assert dead.router.store is not None
-            assert dead.router.store.path == dead_file
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             own_pg.start()
             await _until(survivor, lambda: _in_postgres(own_pg) == 5)
             adoptions = survivor.adoptions
@@ -163,11 +165,7 @@ def test_of_two_survivors_one_adopts_the_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as one, _manager(own_pg, tmp_path) as other:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            assert dead.router.store is not None
-            assert dead.router.store.path == dead_file
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             own_pg.start()
 
             def copied() -> bool:

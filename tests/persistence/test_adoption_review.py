@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.persistence.test_adoption import (
-    _dies_in_an_outage,
+    _a_replica_dies_in_an_outage,
     _entries,
     _in_postgres,
     _manager,
@@ -46,11 +46,7 @@ def test_a_replica_restarted_in_the_outage_still_resumes_its_own_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            assert dead.router.store is not None
-            assert dead.router.store.path == dead_file
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             adoptions = survivor.adoptions
             assert adoptions is not None
             # The survivor's probes before the restart (it adopted the file in the
@@ -85,9 +81,7 @@ def test_an_entry_the_survivor_cannot_read_stays_in_the_adopted_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             with sqlite3.connect(journal) as conn:  # a newer version's entry, after them
                 conn.execute(
                     "INSERT INTO entries (thread_id, body) VALUES (?, ?)",
@@ -128,9 +122,7 @@ def test_an_adoption_that_cannot_open_its_router_lets_the_file_go(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            dead = _manager(own_pg, tmp_path)
-            await dead.initialize()
-            await _dies_in_an_outage(own_pg, dead)
+            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
             monkeypatch.setattr(adoption, "_router_for", refused)
             own_pg.start()
             await _until(survivor, lambda: tries >= 3)  # each probe looks again

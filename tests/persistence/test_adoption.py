@@ -55,14 +55,15 @@ async def _dies_in_an_outage(pg: OwnPostgres, dead: EnhancedCheckpointerManager)
     await dead.cleanup()
 
 
-async def _a_replica_dies_in_an_outage(pg: OwnPostgres, folder: Path) -> None:
-    """A second replica starts beside the survivor (it takes `fb-2`), then dies in an
-    outage with a thread's writes on its file (`_dies_in_an_outage`)."""
+async def _a_replica_dies_in_an_outage(pg: OwnPostgres, folder: Path) -> Path:
+    """A replica starts beside the survivors (it takes the next free name), then dies in
+    an outage with a thread's writes on its file (`_dies_in_an_outage`); its file."""
     dead = _manager(pg, folder)
     await dead.initialize()
     assert dead.router.store is not None
-    assert dead.router.store.path == folder / "fb-2.sqlite"
+    taken = dead.router.store.path
     await _dies_in_an_outage(pg, dead)
+    return taken
 
 
 async def _until(survivor: EnhancedCheckpointerManager, condition: Any) -> None:
@@ -94,7 +95,7 @@ def test_a_file_left_in_an_outage_is_adopted_once_the_database_is_back(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             assert survivor.adoptions is not None
             adoptions = survivor.adoptions
             # Not while the database is down (the dead one may be restarted and take
@@ -136,7 +137,7 @@ def test_a_live_replicas_file_and_another_databases_are_left_alone(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             own_pg.start()
             await _until(survivor, lambda: _in_postgres(own_pg) == 5)
             adoptions = survivor.adoptions
@@ -165,7 +166,7 @@ def test_of_two_survivors_one_adopts_the_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as one, _manager(own_pg, tmp_path) as other:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             own_pg.start()
 
             def copied() -> bool:

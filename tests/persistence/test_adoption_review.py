@@ -46,7 +46,7 @@ def test_a_replica_restarted_in_the_outage_still_resumes_its_own_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             adoptions = survivor.adoptions
             assert adoptions is not None
             # The survivor's probes before the restart (it adopted the file in the
@@ -81,7 +81,7 @@ def test_an_entry_the_survivor_cannot_read_stays_in_the_adopted_file(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             with sqlite3.connect(journal) as conn:  # a newer version's entry, after them
                 conn.execute(
                     "INSERT INTO entries (thread_id, body) VALUES (?, ?)",
@@ -122,7 +122,7 @@ def test_an_adoption_that_cannot_open_its_router_lets_the_file_go(
 
     async def scenario() -> None:
         async with _manager(own_pg, tmp_path) as survivor:
-            await _a_replica_dies_in_an_outage(own_pg, tmp_path)
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
             monkeypatch.setattr(adoption, "_router_for", refused)
             own_pg.start()
             await _until(survivor, lambda: tries >= 3)  # each probe looks again

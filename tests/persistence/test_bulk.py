@@ -16,11 +16,18 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.graph import END, START, StateGraph
+from psycopg.types.json import Jsonb, JsonbBinaryDumper, JsonbDumper
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import create_memory_checkpointer, create_postgres_checkpointer
 from code_hero.persistence.backends import Backend, MemoryBackend, PostgresBackend
-from code_hero.persistence.bulk import Statement, statements, write_statement, write_statements
+from code_hero.persistence.bulk import (
+    Statement,
+    dumped_jsonb,
+    statements,
+    write_statement,
+    write_statements,
+)
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from code_hero.persistence.outagefile import OutageFile
@@ -170,6 +177,22 @@ async def test_a_batch_dumps_a_channel_version_once_but_each_entry_stays_whole()
     assert len(together) == len(set(together))  # "notes" went once
     alone = [b for e in entries for b in blobs([e])]
     assert len(alone) > len(together) and set(alone) == set(together)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": "é 漢字 😀", "pair": "\ud83d\ude00", "lone": "\ud800", "nul": "a\0"},
+        {"n": [2**70, 0.1, 1e300, -0.0, True, None], "s": 'tab\t quote" \\ \x7f'},
+        {"nan": float("nan"), "inf": float("inf")},  # json.dumps's NaN, refused by PostgreSQL
+    ],
+)
+def test_a_dumped_jsonb_sends_the_bytes_psycopg_sends_for_the_value(value: Any) -> None:
+    """The checkpoint's jsonb, dumped when its write is serialised, goes out as the bytes
+    psycopg's own dumper makes of `Jsonb(value)` at the write (the stock saver's), in
+    binary and in text."""
+    for dumper in (JsonbBinaryDumper(Jsonb), JsonbDumper(Jsonb)):
+        assert dumper.dump(dumped_jsonb(value)) == dumper.dump(Jsonb(value))
 
 
 async def test_a_poison_entry_in_a_batch_is_quarantined_and_the_rest_go_in(

@@ -167,6 +167,55 @@ async def test_a_bad_write_in_a_batch_fails_only_its_caller(
     assert stored == set(first) - {"t3"}
 
 
+# Inline values as the stock saver's jsonb takes them: non-ASCII text, a surrogate pair
+# as two code points (json.dumps escapes it, PostgreSQL stores the one character), JSON's
+# escapes, an integer past 64 bits, floats; and as it refuses them: a NUL and a lone
+# surrogate (json.dumps escapes both, PostgreSQL refuses both).
+STORABLE: list[Any] = [
+    "é 漢字 😀",
+    "\ud83d\ude00",
+    'tab\t quote" backslash\\ newline\n \x7f',
+    2**70,
+    0.1,
+    1e300,
+]
+REFUSED = ["a\0", "\ud800 lone"]
+
+
+async def test_odd_inline_values_land_or_fail_as_the_stock_saver_writes_them(
+    pg_database: str, second_pg_database: str
+) -> None:
+    """A checkpoint's jsonb is dumped when its write is serialised (`statements`), not by
+    psycopg at the write: the rows are still the stock saver's, its errors the same, in a
+    group's one statement and one write at a time alike."""
+    by_thread = await threads_entries(len(STORABLE) + len(REFUSED))
+    odd = [
+        with_text(next(e for e in es if isinstance(e, PutCheckpoint)), value)
+        for es, value in zip(by_thread.values(), STORABLE + REFUSED, strict=True)
+    ]
+    storable, refused = odd[: len(STORABLE)], odd[len(STORABLE) :]
+    stock, grouped = (
+        await opened(pg_database, group_commit=False),
+        await opened(second_pg_database),
+    )
+    try:
+        for entry in storable:
+            await call(stock.saver, entry)
+        await asyncio.gather(*(call(grouped.saver, e) for e in storable))
+        assert grouped.saver.transactions == 2  # alone, then a group
+        for entry in refused:
+            with pytest.raises(psycopg.DataError) as stock_error:
+                await call(stock.saver, entry)
+            with pytest.raises(psycopg.DataError) as our_error:
+                await call(grouped.saver, entry)
+            assert type(our_error.value) is type(stock_error.value)
+    finally:
+        await stock.close()
+        await grouped.close()
+    expected = table(pg_database, "checkpoints")
+    assert len(expected) == len(storable) and table(second_pg_database, "checkpoints") == expected
+
+
 async def test_a_write_that_cannot_be_serialised_fails_only_its_caller(
     pg_database: str, grouped: GroupCommitSaverPool
 ) -> None:

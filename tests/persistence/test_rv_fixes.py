@@ -126,11 +126,6 @@ def test_waiting_does_not_unpickle_a_state_row_from_a_wal_others_may_write(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    reason="open: a checkpoint's inline jsonb is dumped by psycopg at the write, on the loop "
-    "(so it was before the byte budget too); `_plan` would have to dump it",
-    strict=True,
-)
 async def test_a_group_of_big_text_values_is_not_dumped_on_the_loop(
     grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

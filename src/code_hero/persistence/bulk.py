@@ -8,6 +8,11 @@ transaction for all its rows: one statement where it can be said as one
 `AsyncPostgresSaver`'s own (its SQL attributes and dump helpers): what lands
 in the tables is what the calls would write.
 
+A checkpoint's jsonb (its inline str, int, float and bool values, its metadata) is
+dumped to JSON text here too, by psycopg's own jsonb dumper (the bytes it would send),
+and passes through as it is at the write: serialising a batch serialises all of it,
+wherever that runs, and none is left for the write on the event loop.
+
 A channel version that an earlier checkpoint of the batch already wrote is
 not dumped again: the blob insert is ON CONFLICT DO NOTHING, and both are
 in the same transaction, so the row is the same either way. Each entry
@@ -22,9 +27,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_serializable_checkpoint_metadata
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from psycopg.adapt import PyFormat
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -36,6 +43,7 @@ from code_hero.persistence.pgarrays import pg_array
 __all__ = [
     "Statement",
     "as_one_statement",
+    "dumped_jsonb",
     "put_batch",
     "statements",
     "write_planned",
@@ -284,9 +292,28 @@ def _checkpoint(
         planned.append((saver.UPSERT_CHECKPOINT_BLOBS_SQL, list(rows)))
         written.update((thread_id, checkpoint_ns, k, v) for k, v in fresh.items())
     metadata = get_serializable_checkpoint_metadata(config, item.metadata)
-    row = (thread_id, checkpoint_ns, checkpoint["id"], checkpoint_id, Jsonb(copy), Jsonb(metadata))
+    row = (
+        thread_id,
+        checkpoint_ns,
+        checkpoint["id"],
+        checkpoint_id,
+        dumped_jsonb(copy),
+        dumped_jsonb(metadata),
+    )
     planned.append((saver.UPSERT_CHECKPOINTS_SQL, [row]))
     return planned
+
+
+def dumped_jsonb(value: Any) -> Jsonb:
+    """`value` as a jsonb parameter already dumped to its JSON text, which psycopg sends as
+    it is: the bytes `Jsonb(value)` would send (psycopg's registered dumper, the stock
+    saver's `json.dumps`), so NULs, lone surrogates and non-ASCII text fare as there."""
+    dumper = psycopg.adapters.get_dumper(Jsonb, PyFormat.TEXT)(Jsonb)
+    return Jsonb(dumper.dump(Jsonb(value)), dumps=_as_is)
+
+
+def _as_is(text: Any) -> Any:
+    return text
 
 
 def _writes(saver: BasePostgresSaver, item: PutWrites) -> Statement:

@@ -35,6 +35,7 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.bulk import (
@@ -204,14 +205,15 @@ def _plan(saver: AsyncPostgresSaver, items: list[Item], budget: int | None = Non
 
 
 def _size(plan: list[Statement]) -> int:
-    """About the bytes a write's statements carry (its serialised values)."""
-    return sum(
-        len(value)
-        for _, rows in plan
-        for row in rows
-        for value in row
-        if isinstance(value, bytes | bytearray | str)
-    )
+    """About the bytes a write's statements carry (its serialised values, its jsonb's
+    JSON text among them: `statements` dumped it)."""
+    return sum(_bytes(value) for _, rows in plan for row in rows for value in row)
+
+
+def _bytes(value: Any) -> int:
+    if isinstance(value, Jsonb):
+        value = value.obj
+    return len(value) if isinstance(value, bytes | bytearray | str) else 0
 
 
 def _merged(saver: AsyncPostgresSaver, plans: list[list[Statement]]) -> list[Statement]:

@@ -207,13 +207,15 @@ def _plan(saver: AsyncPostgresSaver, items: list[Item], budget: int | None = Non
 def _size(plan: list[Statement]) -> int:
     """About the bytes a write's statements carry (its serialised values, its jsonb's
     JSON text among them: `statements` dumped it)."""
-    return sum(_bytes(value) for _, rows in plan for row in rows for value in row)
-
-
-def _bytes(value: Any) -> int:
-    if isinstance(value, Jsonb):
-        value = value.obj
-    return len(value) if isinstance(value, bytes | bytearray | str) else 0
+    size = 0
+    for _, rows in plan:
+        for row in rows:
+            for value in row:
+                if isinstance(value, bytes | bytearray | str):
+                    size += len(value)
+                elif isinstance(value, Jsonb) and isinstance(value.obj, bytes):
+                    size += len(value.obj)
+    return size
 
 
 def _merged(saver: AsyncPostgresSaver, plans: list[list[Statement]]) -> list[Statement]:

@@ -306,9 +306,10 @@ def dumped_jsonb(value: Any) -> Jsonb:
     """`value` as a jsonb parameter already dumped to its JSON text, which psycopg sends as
     it is: the bytes `Jsonb(value)` would send, so NULs, lone surrogates and non-ASCII
     text fare as with the stock saver."""
-    # psycopg's jsonb dumper's function (`json.dumps` unless set_json_dumps set another
-    # for all connections, as none of ours has its own), read at each call as a dumper
-    # reads it at its creation; looking the dumper up cost a third of this, made small.
+    # The function psycopg's jsonb dumper calls: `json.dumps`, or what set_json_dumps
+    # set for all connections (none of ours sets its own). Read here at each call, as
+    # a dumper reads it when made; looking a dumper up and making one per value cost
+    # about a third as much as a small checkpoint's dumps itself.
     text = JsonbDumper._dumps(value)
     return Jsonb(text.encode() if isinstance(text, str) else text, dumps=_as_is)
 

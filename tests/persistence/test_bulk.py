@@ -16,7 +16,8 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.graph import END, START, StateGraph
-from psycopg.types.json import Jsonb, JsonbBinaryDumper, JsonbDumper
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import create_memory_checkpointer, create_postgres_checkpointer
@@ -31,6 +32,7 @@ from code_hero.persistence.bulk import (
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from code_hero.persistence.outagefile import OutageFile
+from code_hero.persistence.pgarrays import pg_array
 from code_hero.persistence.unreachable import is_backend_error
 from tests.conftest import PG_ADMIN_URL, _pg_url
 from tests.faults import BlackHoleProxy, cancelled_at_every_step, with_port
@@ -190,9 +192,22 @@ async def test_a_batch_dumps_a_channel_version_once_but_each_entry_stays_whole()
 def test_a_dumped_jsonb_sends_the_bytes_psycopg_sends_for_the_value(value: Any) -> None:
     """The checkpoint's jsonb, dumped when its write is serialised, goes out as the bytes
     psycopg's own dumper makes of `Jsonb(value)` at the write (the stock saver's), in
-    binary and in text."""
-    for dumper in (JsonbBinaryDumper(Jsonb), JsonbDumper(Jsonb)):
-        assert dumper.dump(dumped_jsonb(value)) == dumper.dump(Jsonb(value))
+    binary, in text and as `%s` picks, alone and as a jsonb[]'s element."""
+    for format in PyFormat:
+        sent, stock = Transformer(), Transformer()
+        got = sent.dump_sequence([dumped_jsonb(value)], [format])
+        assert [bytes(v) for v in got if v is not None] == stock.dump_sequence(
+            [Jsonb(value)], [format]
+        )
+        assert (sent.types, sent.formats) == (stock.types, stock.formats)
+    arrays = [
+        pg_array("jsonb", [Jsonb(value), None, v]) for v in (Jsonb(value), dumped_jsonb(value))
+    ]
+    assert type(arrays[0]) is type(arrays[1])
+    stock_array, dumped_array = (
+        Transformer().dump_sequence([a], [PyFormat.BINARY]) for a in arrays
+    )
+    assert dumped_array == stock_array
 
 
 async def test_a_poison_entry_in_a_batch_is_quarantined_and_the_rest_go_in(

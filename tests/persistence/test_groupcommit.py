@@ -230,6 +230,42 @@ async def test_a_write_that_cannot_be_serialised_fails_only_its_caller(
     assert {row[0] for row in table(pg_database, "checkpoint_writes")} == {"t0", "t1", "t3"}
 
 
+@pytest.mark.parametrize("planned_on", ["loop", "worker"])
+async def test_a_checkpoint_json_refuses_in_a_group_fails_only_its_caller(
+    pg_database: str,
+    grouped: GroupCommitSaverPool,
+    monkeypatch: pytest.MonkeyPatch,
+    planned_on: str,
+) -> None:
+    """A checkpoint's jsonb is dumped when a group is serialised (`statements`), on the
+    loop or, past a big value, on a worker thread: metadata json.dumps refuses fails that
+    write's caller alone, and the rest of the group commits."""
+    on_threads: list[tuple[str, bool]] = []
+    plan = groupcommit._plan
+
+    def recorded(saver: Any, items: list[Any], budget: int | None = None) -> Any:
+        main = threading.current_thread() is threading.main_thread()
+        on_threads.extend((i.config["configurable"]["thread_id"], main) for i in items)
+        return plan(saver, items, budget)
+
+    monkeypatch.setattr(groupcommit, "_plan", recorded)
+    by_thread = await threads_entries(6)
+    first = {t: next(e for e in es if isinstance(e, PutCheckpoint)) for t, es in by_thread.items()}
+    if planned_on == "worker":  # past INLINE_BYTES: the rest of the group goes to a thread
+        first["t1"] = with_text(first["t1"], "x" * (groupcommit.INLINE_BYTES + 1))
+    bad = first["t4"]
+    odd: Any = {**bad.metadata, "odd": object()}
+    first["t4"] = PutCheckpoint(bad.config, bad.checkpoint, odd, bad.versions)
+    outcomes = await asyncio.gather(
+        *(call(grouped, e) for e in first.values()), return_exceptions=True
+    )
+    assert grouped.transactions == 2  # t0 alone, then the rest in one group
+    assert ("t4", planned_on == "loop") in on_threads
+    failed = {t: o for t, o in zip(first, outcomes, strict=True) if isinstance(o, BaseException)}
+    assert list(failed) == ["t4"] and isinstance(failed["t4"], TypeError)
+    assert {row[0] for row in table(pg_database, "checkpoints")} == set(first) - {"t4"}
+
+
 async def test_cancelled_callers_lose_nobody_elses_writes(
     pg_database: str, grouped: GroupCommitSaverPool
 ) -> None:

@@ -9,9 +9,10 @@ transaction for all its rows: one statement where it can be said as one
 in the tables is what the calls would write.
 
 A checkpoint's jsonb (its inline str, int, float and bool values, its metadata) is
-dumped to JSON text here too, by psycopg's own jsonb dumper (the bytes it would send),
-and passes through as it is at the write: serialising a batch serialises all of it,
-wherever that runs, and none is left for the write on the event loop.
+dumped here too, by psycopg's own jsonb function, to the bytes it would send
+(`pgjsonb.dumped_jsonb`), and passes through as it is at the write: serialising a batch
+serialises all of it, wherever that runs, and none is left for the write on the event
+loop, nor copied there again.
 
 A channel version that an earlier checkpoint of the batch already wrote is
 not dumped again: the blob insert is ON CONFLICT DO NOTHING, and both are
@@ -32,11 +33,11 @@ from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, JsonbDumper
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.pgarrays import pg_array
+from code_hero.persistence.pgjsonb import dumped_jsonb
 
 __all__ = [
     "Statement",
@@ -300,22 +301,6 @@ def _checkpoint(
     )
     planned.append((saver.UPSERT_CHECKPOINTS_SQL, [row]))
     return planned
-
-
-def dumped_jsonb(value: Any) -> Jsonb:
-    """`value` as a jsonb parameter already dumped to its JSON text, which psycopg sends as
-    it is: the bytes `Jsonb(value)` would send, so NULs, lone surrogates and non-ASCII
-    text fare as with the stock saver."""
-    # The function psycopg's jsonb dumper calls: `json.dumps`, or what set_json_dumps
-    # set for all connections (none of ours sets its own). Read here at each call, as
-    # a dumper reads it when made; looking a dumper up and making one per value cost
-    # about a third as much as a small checkpoint's dumps itself.
-    text = JsonbDumper._dumps(value)
-    return Jsonb(text.encode() if isinstance(text, str) else text, dumps=_as_is)
-
-
-def _as_is(text: Any) -> Any:
-    return text
 
 
 def _writes(saver: BasePostgresSaver, item: PutWrites) -> Statement:

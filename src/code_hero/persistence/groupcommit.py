@@ -35,7 +35,6 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.bulk import (
@@ -47,6 +46,7 @@ from code_hero.persistence.bulk import (
 from code_hero.persistence.contention import waited_out
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.grouping import GroupCommitter, settle
+from code_hero.persistence.pgjsonb import DumpedJsonb
 from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import is_backend_error
 
@@ -213,7 +213,7 @@ def _size(plan: list[Statement]) -> int:
             for value in row:
                 if isinstance(value, bytes | bytearray | str):
                     size += len(value)
-                elif isinstance(value, Jsonb) and isinstance(value.obj, bytes):
+                elif isinstance(value, DumpedJsonb):
                     size += len(value.obj)
     return size
 

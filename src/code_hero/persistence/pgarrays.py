@@ -7,12 +7,13 @@ however short, where a value of one column is about 5 (in-process), and the stat
 that write rows from arrays (`unnest`) send about 35 lists a run (issue 15). A list
 made by `pg_array` has a class of its own, registered with a dumper that knows its
 element type: psycopg finds it by the class alone, once a statement, and its elements
-are dumped by psycopg's own dumper of that type (the same bytes as before)."""
+are dumped by psycopg's own dumper of that type (the same bytes as before). A jsonb[]
+takes a `DumpedJsonb`'s bytes as they are: already the element psycopg's dumper makes."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -23,6 +24,8 @@ from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Int4, Int8
+
+from code_hero.persistence.pgjsonb import DumpedJsonb
 
 __all__ = ["pg_array"]
 
@@ -49,6 +52,9 @@ class _ArrayDumper(Dumper):
         adapters = context.adapters if context is not None else psycopg.adapters
         dumper = adapters.get_dumper(self.element, PyFormat.BINARY)
         self._element = dumper(self.element, context)
+        self._dump: Callable[[Any], Buffer | None] = self._element.dump
+        if self.element is Jsonb:
+            self._dump = _dumped_as_is(self._dump)
         info = postgres.types[self.type_name]
         self._element_oid = info.oid
         self.oid = info.array_oid
@@ -56,7 +62,7 @@ class _ArrayDumper(Dumper):
     def dump(self, obj: list[Any]) -> Buffer:
         if not obj:
             return _EMPTY.pack(0, 0, self._element_oid)
-        dump = self._element.dump
+        dump = self._dump
         data: list[Buffer] = [b""]
         has_null = 0
         for item in obj:
@@ -70,6 +76,15 @@ class _ArrayDumper(Dumper):
             data.append(value)
         data[0] = _HEAD.pack(1, has_null, self._element_oid, len(obj), 1)
         return b"".join(data)
+
+
+def _dumped_as_is(dump: Callable[[Any], Buffer | None]) -> Callable[[Any], Buffer | None]:
+    """`dump`, but a `DumpedJsonb` is sent as the bytes it holds, not copied again."""
+
+    def element(item: Any) -> Buffer | None:
+        return item.obj if type(item) is DumpedJsonb else dump(item)  # type: ignore[no-any-return]
+
+    return element
 
 
 def _register(type_name: str, element: type) -> type[_Array]:

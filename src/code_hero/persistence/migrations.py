@@ -300,9 +300,12 @@ _PURGE_THREAD = f"""
             DELETE FROM code_hero_threads WHERE thread_id = p_thread
                 RETURNING created_at INTO made;
             GET DIAGNOSTICS threads = ROW_COUNT;
-            INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at)
-                VALUES (p_thread, made, p_now)
-                ON CONFLICT (thread_id, created_at) DO UPDATE SET deleted_at = excluded.deleted_at;
+            IF threads > 0 THEN  -- the row deleted (locked above: it is)
+                INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at)
+                    VALUES (p_thread, made, p_now)
+                    ON CONFLICT (thread_id, created_at)
+                    DO UPDATE SET deleted_at = excluded.deleted_at;
+            END IF;
         END IF;
         -- The stock adelete_thread's three deletes (see PostgresBackend.delete_checkpoints).
         DELETE FROM checkpoints WHERE thread_id = p_thread;

@@ -293,8 +293,12 @@ _PURGE_THREAD = f"""
                 AND (w.filter_thread_id IS NULL OR w.filter_thread_id = p_thread);
             GET DIAGNOSTICS queued = ROW_COUNT;
             IF ids IS NOT NULL THEN
-                DELETE FROM code_hero_run_events WHERE run_id = ANY(ids);
-                DELETE FROM code_hero_runs WHERE run_id = ANY(ids);
+                -- Its runs (all locked above; none comes while the thread is) by its id,
+                -- their events by the foreign key's cascade, one run at a time by key:
+                -- a delete by `run_id = ANY(...)` planned generically while the tables
+                -- were small and not yet analysed scanned every run or every event, and
+                -- went on doing so as they grew.
+                DELETE FROM code_hero_runs WHERE thread_id = p_thread;
                 GET DIAGNOSTICS runs = ROW_COUNT;
             END IF;
             DELETE FROM code_hero_threads WHERE thread_id = p_thread

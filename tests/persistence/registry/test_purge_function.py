@@ -3,10 +3,17 @@ it ends, as the registry reports it (issue 15: it was a pipeline of two statemen
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
 import pytest
+from psycopg.errors import Diagnostic
+from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.registry import PostgresRegistry
-from tests.persistence.registry.support import at, put, run, thread
+from tests.persistence.registry.support import PG_KWARGS, at, events, make_pool, put, run, thread
 
 pytestmark = pytest.mark.postgres
 
@@ -40,6 +47,7 @@ async def test_a_thread_its_runs_and_checkpoints_go_with_a_tombstone(
     made = await put(pg_registry, "t1", at(1), user_id="ada")
     await pg_registry.put_run(run("r1", "t1", status="SUCCESS"))
     await pg_registry.put_run(run("r0", "t1", status="ERROR"))
+    await pg_registry.store_events(events("r1", "t1", 1, 2) + events("r0", "t1", 1))
 
     gone = await pg_registry.purge_idle_thread("t1", at(2), "ada")
 
@@ -47,6 +55,7 @@ async def test_a_thread_its_runs_and_checkpoints_go_with_a_tombstone(
     assert not (gone.busy or gone.edited or gone.expired or gone.foreign)
     assert await pg_registry.get_thread("t1") is None
     assert set((await _left(pg_registry, "t1")).values()) == {0}
+    assert await pg_registry.list_events("r1") == [] and await pg_registry.list_events("r0") == []
     assert await _left(pg_registry, "t2") == {
         "checkpoints": 2,
         "checkpoint_blobs": 2,
@@ -90,3 +99,65 @@ async def test_a_thread_only_the_savers_hold_is_an_administrators_to_delete(
 
     assert (gone.existed, gone.checkpoints, gone.runs, gone.foreign) == (False, 2, 0, False)
     assert (await _left(pg_registry, "saved"))["checkpoints"] == 0
+
+
+async def test_its_runs_and_events_are_read_by_key(pg_database: str) -> None:
+    """The function's plans are generic from its first call: made while the tables are
+    small and not yet analysed (a new database's first deletions, `bench/delete.py`), a
+    delete by `run_id = ANY(...)` scanned every run or every event (the statement before
+    the function did too), and went on doing so as they grew. (The savers' tables here
+    have no index.)"""
+    seen: list[dict[str, Any]] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        for sql in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_format = 'json'",
+            "SET auto_explain.log_level = 'notice'",
+        ):
+            await conn.execute(sql)
+
+        def notice(diag: Diagnostic) -> None:
+            text = diag.message_primary or ""
+            if "plan:" in text:
+                seen.append(json.loads(text[text.index("{") :]))
+
+        conn.add_notice_handler(notice)
+
+    pool = make_pool(pg_database)
+    await pool.open()
+    try:
+        registry = PostgresRegistry(pool)
+        await registry.setup()
+        await _saver_tables(registry)
+        for i in range(100):
+            await put(registry, f"t{i}", at(i))
+            await registry.put_run(run(f"r{i}", f"t{i}", status="SUCCESS"))
+            await registry.store_events(events(f"r{i}", f"t{i}", *range(13)))
+    finally:
+        await pool.close()
+    reporting: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        pg_database, kwargs=PG_KWARGS, configure=configure, min_size=1, max_size=1, open=False
+    )
+    await reporting.open()
+    try:
+        gone = await PostgresRegistry(reporting).purge_idle_thread("t7", None)
+    finally:
+        await reporting.close()
+
+    assert gone.existed and gone.runs == 1
+    scanned = {
+        node["Relation Name"]
+        for plan in seen
+        for node in _nodes(plan["Plan"])
+        if node["Node Type"] == "Seq Scan"
+    }
+    assert not scanned & {"code_hero_runs", "code_hero_run_events"}
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from _nodes(child)

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
+import psycopg
 from _common import ROOT, Replica, gql, median, scratch_database
 from peer import DELETE, START, THREADS
 
@@ -64,11 +65,21 @@ async def main() -> None:
     parser.add_argument("--before", required=True, help="the git revision to compare against")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1000)
+    parser.add_argument(
+        "--no-flush",
+        action="store_true",
+        help="the scratch database's synchronous_commit off: for the measurement only, to "
+        "see the rest apart from the commit's WAL flush on a machine whose disk is busy",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         folder = Path(tmp)
         trees = {"before": sources(args.before, folder), "after": ROOT / "src"}
         async with scratch_database("ch_ab") as url:
+            if args.no_flush:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    name = conn.info.dbname
+                    await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
             servers: dict[str, Replica] = {}
             try:
                 for name, src in trees.items():  # one after the other: their migrations

@@ -5,7 +5,8 @@ the partial index of unfinished runs for nearly empty and, for a condition
 `status IN ('PENDING', 'RUNNING')`, scans all of it; but that index keeps an
 entry for every run that was ever unfinished until a vacuum, and while another
 transaction holds those row versions visible each deletion visited all of them
-(issue 15). `purge_idle_thread`'s statement is explained here, not run.
+(issue 15). The check of `purge_idle_thread`'s function (migrations.PURGE_BUSY) is
+explained here as the function runs it: generically planned, its thread a parameter.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb
 
+from code_hero.persistence.migrations import PURGE_BUSY
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
-from code_hero.persistence.registry.postgres import _pg_sql
 from tests.persistence.registry.support import at, make_pool
 
 pytestmark = pytest.mark.postgres
@@ -58,8 +59,10 @@ async def test_the_busy_check_does_not_scan_every_unfinished_run(pg_database: st
                 ],
             )
             await cur.execute("ANALYZE")
-            statement, params = registry._purge_statement("t00007", at(RUNS), None)
-            await cur.execute(f"EXPLAIN (FORMAT JSON) {_pg_sql(statement)}", params)
+            busy = PURGE_BUSY.replace("p_thread", "$1")
+            await cur.execute(f"PREPARE busy (text) AS SELECT {busy}")
+            await cur.execute("SET plan_cache_mode = force_generic_plan")  # the function's
+            await cur.execute("EXPLAIN (FORMAT JSON) EXECUTE busy('t00007')")
             row = await cur.fetchone()
     finally:
         await pool.close()

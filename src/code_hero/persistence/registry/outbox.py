@@ -178,12 +178,19 @@ class WebhookOutbox(Dialect):
         sql, params = self._thread_deleted_insert(thread_id)
         return await s.execute(sql, params)
 
-    def _thread_deleted_insert(self, thread_id: str) -> tuple[str, list[Any]]:
-        """The `INSERT ... SELECT` of a thread's THREAD_DELETED deliveries, and its
-        parameters (PostgreSQL runs it inside its one-statement deletion)."""
+    def _thread_deleted_delivery(self, thread_id: str) -> tuple[datetime, list[Any]]:
+        """When a thread is deleted (now), and its THREAD_DELETED deliveries' id prefix,
+        event, payload and the webhooks' `events` pattern it matches (PostgreSQL's
+        `code_hero_purge_thread` takes them as they are)."""
         at = utc_now()
         event = WebhookEvent.THREAD_DELETED.value
         payload = dumps({"event": event, "threadId": thread_id, "deletedAt": at.isoformat()})
+        return at, [_message_prefix(), event, payload, f"%,{event},%"]
+
+    def _thread_deleted_insert(self, thread_id: str) -> tuple[str, list[Any]]:
+        """The `INSERT ... SELECT` of a thread's THREAD_DELETED deliveries, and its
+        parameters (`code_hero_purge_thread`, a PostgreSQL migration, has its copy)."""
+        at, (prefix, event, payload, events) = self._thread_deleted_delivery(thread_id)
         sql = (
             f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
             "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, NULL, t.thread_id, ?, w.url, ?, "
@@ -191,16 +198,7 @@ class WebhookOutbox(Dialect):
             "ON t.thread_id = ? AND (w.all_users OR w.user_id = t.user_id) "
             "WHERE w.events LIKE ? AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)"
         )
-        params = [
-            _message_prefix(),
-            event,
-            payload,
-            self._ts(at),
-            self._ts(at),
-            thread_id,
-            f"%,{event},%",
-            thread_id,
-        ]
+        params = [prefix, event, payload, self._ts(at), self._ts(at), thread_id, events, thread_id]
         return sql, params
 
     # --- webhooks -----------------------------------------------------------

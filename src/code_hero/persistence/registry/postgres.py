@@ -87,18 +87,6 @@ def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=_jsonb_text)
 
 
-# `purge_idle_thread`'s lock, which also has the deletion after it in the same implicit
-# transaction planned generically (set_config's `true`: until the Sync commits). A
-# prepared statement is planned afresh at each of its first five runs on a connection
-# (PostgreSQL's plan_cache_mode `auto`) and the pool hands its connections out in turn,
-# so nearly every deletion paid about as much planning as execution, several times
-# that on a connection's first (issue 15). Planned once per connection, its plan looks
-# the thread up by its id in every table, as each fresh plan did. With no row to lock
-# (a thread only the savers hold) it is planned as usual.
-_LOCK_FOR_PURGE = (
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plan "
-    "FROM code_hero_threads WHERE thread_id = ? FOR UPDATE"
-)
 # The PostgreSQL types of EVENT_COLUMNS, for an event batch's arrays.
 _EVENT_TYPES = ("text", "int8", "text", "text", "jsonb", "timestamptz")
 # Events as rows of binary arrays, one per column of EVENT_COLUMNS (`_event_arrays`).
@@ -107,6 +95,10 @@ _UNNEST_EVENTS = f"unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) AS e(
 # seen (made here, or found by an end): one trip more, not one more a run (`finish_run`).
 _HOOKS_REMEMBERED = 60.0
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
+# `purge_idle_thread`'s one statement (its function: migrations._PURGE_THREAD).
+_PURGE = (
+    "SELECT * FROM code_hero_purge_thread(?, ?::timestamptz, ?::timestamptz, ?::text, ?, ?, ?, ?)"
+)
 
 
 @lru_cache(maxsize=512)
@@ -504,30 +496,17 @@ class PostgresRegistry(SqlRegistry):
         this database) in one transaction, unless it has unfinished runs, an edit's claim,
         had expired at `live_at` or (with `owner`) is not that user's: then nothing is
         deleted."""
-        statement, params = self._purge_statement(thread_id, live_at, owner)
+        # One statement, one round trip: the function (a migration, `_PURGE_THREAD`)
+        # locks the thread's row first, as admit_run and finish_run lock it, and its
+        # checks that follow take their own snapshot, so they see every run admitted
+        # before the lock (a check on an older snapshot deleted a run admitted while it
+        # waited for the lock, unstopped).
+        at, delivery = self._thread_deleted_delivery(thread_id)
+        params = [thread_id, at, live_at, owner, *delivery]
 
         async def attempt() -> Row:
-            async with self.pool.connection() as conn:
-                # The thread's row is locked first, as admit_run and finish_run lock it,
-                # and in a statement of its own: the deletion's snapshot is taken with the
-                # lock held, so it sees every run admitted before it (a statement that
-                # decided "idle" on an older snapshot deleted a run admitted while it
-                # waited for the lock). One round trip: on this autocommit connection the
-                # pipeline's statements up to its Sync are one implicit transaction (the
-                # lock is held until the statement's deletes commit), each statement with
-                # a snapshot of its own; no BEGIN and COMMIT to send and run (issue 15).
-                try:
-                    async with conn.pipeline():
-                        await conn.execute(_pg_sql(_LOCK_FOR_PURGE), [thread_id])
-                        cur = conn.cursor(row_factory=dict_row)
-                        await cur.execute(_pg_sql(statement), params)
-                    found: Row | None = await cur.fetchone()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()  # an aborted transaction, if it is one
-                    raise
-            assert found is not None
-            return found
+            async with self._session() as s:
+                return (await s.fetch(_PURGE, params))[0]
 
         row = await self._retrying_deadlocks(thread_id, attempt)
         if row["queued"]:
@@ -541,52 +520,6 @@ class PostgresRegistry(SqlRegistry):
             runs=int(row["runs"]),
             foreign=bool(row["foreign_"]),
         )
-
-    def _purge_statement(
-        self, thread_id: str, live_at: datetime | None, owner: str | None
-    ) -> tuple[str, list[Any]]:
-        """`purge_idle_thread`'s one statement and its parameters."""
-        sql, deletion = self._deletion(thread_id, "(SELECT ok FROM go)")
-        statement = (
-            # The thread's row is read once (a missing row: every column NULL), and the
-            # facts are materialised: inlined, each would be evaluated once per use.
-            "WITH facts AS MATERIALIZED (SELECT "
-            # Over the thread's runs (which the statement locks and deletes anyway), not
-            # `status IN (...)` in the WHERE: that matches code_hero_runs_unfinished_idx,
-            # which the planner, once the table is analysed, takes for nearly empty (its
-            # statistics count live unfinished runs). It also holds an entry for every
-            # version of a run that was PENDING or RUNNING, until a vacuum; while another
-            # transaction holds those versions visible (a backup, a long report) no scan
-            # can mark them dead, and each deletion visited every one: 2,400 buffers and
-            # 2.3 ms of execution at 1,000 runs, against 50 and 0.25 ms (issue 15).
-            "coalesce((SELECT bool_or(status IN ('PENDING', 'RUNNING')) "
-            "FROM code_hero_runs WHERE thread_id = ?), false) AS busy, "
-            # An edit between its claim and its write would write onto the deleted thread.
-            "coalesce(th.edit_until > ?::timestamptz, false) AS edited, "
-            # A ttl of 0 is a deletion under way (`start_deletion`) that failed: a retry
-            # ends it.
-            "coalesce(th.expires_at <= ?::timestamptz "
-            "AND th.ttl_seconds IS DISTINCT FROM 0, false) AS expired, "
-            # Another user's thread, or none, is not the owner's to delete.
-            "(?::text IS NOT NULL AND th.user_id IS DISTINCT FROM ?::text) AS foreign_ "
-            "FROM (SELECT) AS one LEFT JOIN code_hero_threads th ON th.thread_id = ?), "
-            "go AS (SELECT busy, edited, expired, foreign_, "
-            "NOT (busy OR edited OR expired OR foreign_) AS ok FROM facts), "
-            # The stock adelete_thread's three deletes (see PostgresBackend.delete_checkpoints).
-            "c AS (DELETE FROM checkpoints WHERE thread_id = ? AND (SELECT ok FROM go) "
-            "RETURNING 1), "
-            "cb AS (DELETE FROM checkpoint_blobs WHERE thread_id = ? AND (SELECT ok FROM go)), "
-            "cw AS (DELETE FROM checkpoint_writes WHERE thread_id = ? AND (SELECT ok FROM go)), "
-            f"{sql}, (SELECT count(*) FROM c) AS checkpoints, "
-            # busy: deletable once its runs stop (so never when expired or foreign).
-            "(SELECT busy AND NOT expired AND NOT foreign_ FROM go) AS busy, "
-            "(SELECT edited AND NOT expired AND NOT foreign_ FROM go) AS edited, "
-            "(SELECT expired FROM go) AS expired, "
-            "(SELECT foreign_ FROM go) AS foreign_"
-        )
-        ids = [thread_id, clock.now(), live_at, owner, owner, thread_id]
-        ids += [thread_id, thread_id, thread_id]
-        return statement, [*ids, *deletion]
 
     async def _retrying_deadlocks(
         self, thread_id: str, attempt: Callable[[], Awaitable[Row]]

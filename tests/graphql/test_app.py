@@ -63,6 +63,8 @@ async def test_metrics(start: Starter) -> None:
         "code_hero_subscribers 0.0",
         "code_hero_active_runs 0.0",
         "code_hero_pending_sync 0.0",
+        "code_hero_adopted_files 0.0",
+        "code_hero_adoptions_total 0.0",
         'code_hero_internal_entries{map="executor.started"} 0.0',
         'code_hero_internal_entries{map="bus.runs"} 0.0',
     ):
@@ -98,6 +100,10 @@ async def test_metrics_families_in_their_order(start: Starter) -> None:
         "code_hero_active_runs",
         "code_hero_internal_entries",
         "code_hero_checkpointer_status",
+        "code_hero_adopted_files",  # added after: dead replicas' fallback files
+        "code_hero_adopted_pending_sync",
+        "code_hero_adoptions_total",
+        "code_hero_adoption_failures_total",
         "code_hero_graphql_operations_total",
         "code_hero_graphql_operations_created",
     ]

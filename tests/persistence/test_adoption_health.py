@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,33 @@ def test_an_adopted_file_whose_database_does_not_answer_serves_nobody(
     lines = [r.getMessage() for r in caplog.records]
     assert not any("serving from" in line for line in lines), lines
     assert any(f"adopted fallback file {dead_file}: the database" in line for line in lines)
+
+
+def test_the_adopted_files_release_is_off_the_event_loop(
+    own_pg: OwnPostgres, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Closing an adopted file's journal (its last connection checkpoints the WAL into
+    the file: 16-66 ms measured, `bench/adoption.py`) ran on the loop, every request
+    of the live server waiting behind it."""
+    dead_file = tmp_path / "fb-2.sqlite"
+    closed_on: list[threading.Thread] = []
+    close = OutageFile.close
+
+    def watched(store: OutageFile) -> None:
+        if store.path == dead_file:
+            closed_on.append(threading.current_thread())
+        close(store)
+
+    async def scenario() -> None:
+        async with _manager(own_pg, tmp_path) as survivor:
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
+            closed_on.clear()  # the dead replica's own close
+            monkeypatch.setattr(OutageFile, "close", watched)
+            own_pg.start()
+            adoptions = survivor.adoptions
+            assert adoptions is not None
+            await _until(survivor, lambda: _in_postgres(own_pg) == 5)
+            await _until(survivor, lambda: dead_file not in adoptions.adopted)
+            assert closed_on and threading.current_thread() not in closed_on
+
+    asyncio.run(scenario())

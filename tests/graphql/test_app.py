@@ -25,6 +25,12 @@ async def test_healthz(server: Server) -> None:
     assert primary["healthy"] and primary["active"] and primary["checked_at"]
 
 
+async def test_health_names_no_adopted_file_without_a_durable_fallback(server: Server) -> None:
+    query = "{ health { adoptions { file since pendingSync } lastAdoption { file error } } }"
+    body = data(await gql(server.http, query))
+    assert body["health"] == {"adoptions": [], "lastAdoption": None}
+
+
 class UnhealthyGateway(Gateway):
     """No backend stores checkpoints (as after every backend failed)."""
 

@@ -291,12 +291,12 @@ class Adoptions:
         try:
             await router.open()
         except Exception:  # released as it is: the next look adopts it again
+            # (Cancelled, by `close`: it stays adopted, for `close` to release and to name
+            # with what waits in it.)
             del self.adopted[path]
             self._since.pop(path, None)
             await router.close()
             raise
-        # Cancelled (`close`): it stays adopted, for `close` to release and name with
-        # what waits in it.
         await self._advance(path, router)
 
     async def _advance(self, path: Path, router: FallbackRouter) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -119,6 +120,7 @@ async def measure(writes: int, size: int) -> dict[str, float]:
         await live.cleanup()
         outagefile.OutageFile.close = close  # type: ignore[method-assign]
         await asyncio.to_thread(_admin, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "seconds": took,
         "gap_p99_ms": _pct(gaps, 0.99),

@@ -8,6 +8,9 @@ were plain):
     code_hero_pending_sync, code_hero_quarantined, code_hero_subscribers,
     code_hero_active_runs, code_hero_internal_entries{map},
     code_hero_checkpointer_status{status}                        gauges
+    code_hero_adopted_files, code_hero_adopted_pending_sync      gauges: dead replicas'
+                                                                 files held (adoption.py)
+    code_hero_adoptions_total, code_hero_adoption_failures_total
     code_hero_graphql_operations_total{operation_type,status}   operations by outcome
                                                                  (ok or the error code)
 
@@ -160,3 +163,13 @@ def _gateway_metrics(snap: Mapping[str, Any]) -> Iterable[Metric]:
     for value in ("healthy", "degraded", "unhealthy"):
         status.add_metric([value], 1.0 if snap.get("overall_status") == value else 0.0)
     yield status
+    for name, doc in (
+        ("adopted_files", "Dead replicas' fallback files this server holds to copy back."),
+        ("adopted_pending_sync", "Writes waiting in those files (quarantined ones too)."),
+    ):
+        yield GaugeMetricFamily(f"code_hero_{name}", doc, value=snap.get(name, 0))
+    for name, key, doc in (
+        ("adoptions", "adoptions_copied", "Dead replicas' files copied back and released."),
+        ("adoption_failures", "adoption_failures", "Adoptions that failed (tried again)."),
+    ):
+        yield CounterMetricFamily(f"code_hero_{name}", doc, value=snap.get(key, 0))

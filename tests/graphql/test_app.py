@@ -25,6 +25,12 @@ async def test_healthz(server: Server) -> None:
     assert primary["healthy"] and primary["active"] and primary["checked_at"]
 
 
+async def test_health_names_no_adopted_file_without_a_durable_fallback(server: Server) -> None:
+    query = "{ health { adoptions { file since pendingSync } lastAdoption { file error } } }"
+    body = data(await gql(server.http, query))
+    assert body["health"] == {"adoptions": [], "lastAdoption": None}
+
+
 class UnhealthyGateway(Gateway):
     """No backend stores checkpoints (as after every backend failed)."""
 
@@ -63,6 +69,8 @@ async def test_metrics(start: Starter) -> None:
         "code_hero_subscribers 0.0",
         "code_hero_active_runs 0.0",
         "code_hero_pending_sync 0.0",
+        "code_hero_adopted_files 0.0",
+        "code_hero_adoptions_total 0.0",
         'code_hero_internal_entries{map="executor.started"} 0.0',
         'code_hero_internal_entries{map="bus.runs"} 0.0',
     ):
@@ -98,6 +106,10 @@ async def test_metrics_families_in_their_order(start: Starter) -> None:
         "code_hero_active_runs",
         "code_hero_internal_entries",
         "code_hero_checkpointer_status",
+        "code_hero_adopted_files",  # added after: dead replicas' fallback files
+        "code_hero_adopted_pending_sync",
+        "code_hero_adoptions_total",
+        "code_hero_adoption_failures_total",
         "code_hero_graphql_operations_total",
         "code_hero_graphql_operations_created",
     ]

@@ -34,6 +34,8 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +44,42 @@ from code_hero.config import (
     create_memory_checkpointer,
     create_sqlite_checkpointer,
 )
+from code_hero.persistence import clock
 from code_hero.persistence.fallback import FallbackRouter
 from code_hero.persistence.metrics import Metrics
 from code_hero.persistence.outagefile import OutageFile, siblings
 from code_hero.persistence.slots import BackendSlot
 
-__all__ = ["Adoptions"]
+__all__ = ["AdoptedFile", "Adoption", "Adoptions"]
 
 log = logging.getLogger(__name__)
 
 # Connections an adopted file's copy-back may hold in the database at once: the
 # serving pool keeps the rest.
 _POOL_MAX = 4
+
+
+@dataclass(frozen=True)
+class AdoptedFile:
+    """A dead replica's file this server holds, and what still waits in it."""
+
+    path: Path
+    since: datetime  # adopted then
+    pending_sync: int  # writes not yet in the database
+    quarantined: int  # refused by it, or not readable by this version: kept and retried
+    last_error: str | None  # why the last step failed (or the database's last error)
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """How the last adoption ended: its file copied, emptied and released, or a failure
+    (tried again at the next look)."""
+
+    path: Path | None  # None: the look for files failed, no file in particular
+    at: datetime
+    writes: int  # the outage writes it held when adopted
+    threads: int
+    error: str | None  # None: copied, emptied and released
 
 
 class Adoptions:
@@ -74,6 +100,12 @@ class Adoptions:
         self.taken = taken
         self.adopted: dict[Path, FallbackRouter] = {}
         self._sizes: dict[Path, tuple[int, int]] = {}  # (entries, threads) when adopted
+        self._since: dict[Path, datetime] = {}  # when each was adopted
+        self._errors: dict[Path, str] = {}  # each adopted file's step that failed last
+        # How the last adoption ended, and how many were copied and failed (`/metrics`).
+        self.last: Adoption | None = None
+        self.copied = 0
+        self.failures = 0
         self._found: list[OutageFile] = []  # locked by the scan, not adopted yet
         self._found_lock = threading.Lock()  # the scan's thread and `close`
         self._left: set[tuple[Path, str]] = set()  # files left alone, told once
@@ -95,6 +127,27 @@ class Adoptions:
             if router.active is not None
         }
 
+    def files(self) -> list[AdoptedFile]:
+        """Each adopted file still held, and what waits in it (for `health`)."""
+        found = []
+        for path, router in sorted(self.adopted.items()):
+            error = self._errors.get(path)
+            if error is None and not router.serving:
+                error = router.primary.last_error
+            pending, quarantined = router.pending_sync, router.quarantined
+            if router.journal.store is None:  # not read yet (`open`): what the scan counted
+                pending, quarantined = self._sizes.get(path, (0, 0))[0], 0
+            found.append(
+                AdoptedFile(
+                    path=path,
+                    since=self._since.get(path) or clock.now(),
+                    pending_sync=pending,
+                    quarantined=quarantined,
+                    last_error=error,
+                )
+            )
+        return found
+
     def poke(self) -> None:
         """Look for files to adopt and move the adopted ones on, in the background: one
         round at a time (a poke while one runs is answered by it)."""
@@ -102,9 +155,30 @@ class Adoptions:
             return
         self._task = asyncio.create_task(self._round(), name="fallback-adoption")
 
+    async def settle(self, grace: float) -> None:
+        """Before closing: look for no more files, and let the adopted ones' copy-back go
+        on for at most `grace` seconds (the round under way, then one more step of each
+        file still held); what is not copied by then stays in its file (`close`)."""
+        self._closed = True  # no round starts, nor a file is adopted, from here on
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=grace)
+            if not task.done():
+                return
+        left = deadline - loop.time()
+        if not self.adopted or left <= 0:
+            return
+        # A file adopted while the database was down, or whose copy stopped: one more try.
+        self._task = asyncio.create_task(self._advance_all(), name="fallback-adoption")
+        await asyncio.wait({self._task}, timeout=left)
+
     async def close(self) -> None:
         """Stop looking; release every adopted file as it is (what still waits in one
-        stays there for the next server)."""
+        stays there for the next server). A copy-back under way is cut short: what it
+        copied is removed from the file, the rest is copied again by the next server
+        with a restart's late-copy semantics (nothing newer rolled back)."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
@@ -128,32 +202,45 @@ class Adoptions:
                 )
 
     async def _round(self) -> None:
+        await self._advance_all()
+        if self.serving() and not self._closed:
+            await self._step("looking for a dead replica's fallback file", self._look(), None)
+
+    async def _advance_all(self) -> None:
         for path, router in list(self.adopted.items()):  # one's trouble holds up no other
             await self._step(
-                f"moving the adopted fallback file {path} on", self._advance(path, router)
+                f"moving the adopted fallback file {path} on", self._advance(path, router), path
             )
-        if self.serving():
-            await self._step("adopting a dead replica's fallback file", self._look())
 
     async def _look(self) -> None:
         await asyncio.to_thread(self._scan)
-        while self._found:
+        while self._found and not self._closed:  # `settle` adopts no more
             with self._found_lock:
                 store = self._found.pop(0)
-            await self._adopt(store)
+            path = store.path
+            await self._step(f"adopting the fallback file {path}", self._adopt(store), path)
 
-    async def _step(self, what: str, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work`; its failure logged once while it fails the same way each probe."""
+    async def _step(self, what: str, work: Coroutine[Any, Any, None], path: Path | None) -> None:
+        """Run `work`; its failure logged once while it fails the same way each probe, and
+        kept for `health` (the file's, and the last adoption's)."""
         try:
             await work
         except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if path is not None and path in self.adopted:
+                self._errors[path] = error
+            entries, threads = (0, 0) if path is None else self._sizes.get(path, (0, 0))
+            self.last = Adoption(path, clock.now(), entries, threads, error)
             if self._failing.get(what) == repr(exc):
                 log.debug("%s failed again: %s", what, exc)
             else:
+                self.failures += 1  # a new failure, not each probe's look at it again
                 self._failing[what] = repr(exc)
                 log.exception("%s failed: tried again later", what)
         else:
             self._failing.pop(what, None)
+            if path is not None:
+                self._errors.pop(path, None)
 
     def _scan(self) -> None:
         """Lock each other file of the setting's names a dead process left entries of
@@ -200,10 +287,14 @@ class Adoptions:
             store.close()
             raise
         self.adopted[path] = router
+        self._since[path] = clock.now()
         try:
             await router.open()
-        except BaseException:  # released as it is: the next look adopts it again
+        except Exception:  # released as it is: the next look adopts it again
+            # (Cancelled, by `close`: it stays adopted, for `close` to release and to name
+            # with what waits in it.)
             del self.adopted[path]
+            self._since.pop(path, None)
             await router.close()
             raise
         await self._advance(path, router)
@@ -217,7 +308,10 @@ class Adoptions:
                 return
             await router.close()  # once the file's disk is given back: its lock with it
             del self.adopted[path]  # after: a `close` meanwhile closes it whole
+            self._since.pop(path, None)
             entries, threads = self._sizes.pop(path, (0, 0))
+            self.last = Adoption(path, clock.now(), entries, threads, None)
+            self.copied += 1
             log.warning(  # the outage's end, for the file: as a restart's is logged
                 "adopted fallback file %s: its %d outage writes on %d threads are in the "
                 "database; the file is emptied and free for another server",
@@ -255,4 +349,5 @@ def _router_for(config: CheckpointerConfig, store: OutageFile) -> FallbackRouter
         journal_limit=config.max_pending_sync,
         probe_interval=config.health_check_interval,
         store=store,
+        adopted=True,
     )

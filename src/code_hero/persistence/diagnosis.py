@@ -111,11 +111,22 @@ def _public_backend(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def public_health(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The health report for anyone: each `last_error` as its category, no backend URLs."""
+    """The health report for anyone: each `last_error` as its category, no backend URLs
+    nor adopted files' paths."""
     public: dict[str, Any] = dict(report)
     if isinstance(report.get("backends"), list):
         public["backends"] = [_public_backend(b) for b in report["backends"]]
     for key, value in report.items():
         if key.endswith("_checkpointer") and isinstance(value, Mapping):
             public[key] = _public_backend(value)
+    # A dead replica's file: no path (where the server's disk is laid out), errors as
+    # their category.
+    if isinstance(report.get("adoptions"), list):
+        public["adoptions"] = [
+            {**a, "file": None, "last_error": error_category(a.get("last_error"))}
+            for a in report["adoptions"]
+        ]
+    last = report.get("last_adoption")
+    if isinstance(last, Mapping):
+        public["last_adoption"] = {**last, "file": None, "error": error_category(last.get("error"))}
     return public

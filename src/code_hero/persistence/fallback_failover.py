@@ -176,6 +176,15 @@ class RouterFailover(RouterState):
             self.fallback_threads.clear()
             self.uncarried_marks.clear()
             self.save_outage()
+        if self.adopted:  # a dead replica's file: it serves nobody, its writes wait
+            log.warning(
+                "adopted fallback file %s: the database %s failed (%s) while its writes "
+                "were copied; the rest waits in the file, copied once it answers",
+                "?" if self.store is None else self.store.path,
+                slot.config.describe(),
+                slot.last_error,
+            )
+            return
         target = "no checkpointing" if nxt is None else self.slots[nxt].label
         # The one line an outage logs when it starts (requests answer UNAVAILABLE quietly).
         log.warning("%s backend failed (%s); switching to %s", slot.label, slot.last_error, target)

@@ -64,8 +64,12 @@ class RouterState:
         journal_limit: int = 100_000,
         probe_interval: float = 5.0,
         store: OutageFile | None = None,
+        adopted: bool = False,
     ) -> None:
         self.slots = list(slots)
+        # A dead replica's file this router copies into the primary (`adoption.py`): it
+        # serves nobody, so its lines say what it adopts, not what it serves from.
+        self.adopted = adopted
         # The durable fallback's journal file (`outagefile.py`), attached at `open`.
         self.store = store
         # Giving an emptied fallback file's disk back after a switch back (`give_back_space`).

@@ -4,7 +4,8 @@ The manager builds a `HealthReport` (a `BackendReport` per slot) from what
 the background probe last saw; whatever shows health renders it:
 `to_dict()` is the seed's `health_check()` report, `status_dict()` the
 seed's `health_status` (what anyone but an administrator may see of it is
-`diagnosis.public_health`).
+`diagnosis.public_health`). With a durable fallback it also names the dead
+replicas' files this server adopts (`adoption.py`) and how the last adoption ended.
 
     healthy     the primary serves reads and writes
     degraded    a fallback serves them
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from code_hero.persistence.adoption import AdoptedFile, Adoption, Adoptions
     from code_hero.persistence.fallback import FallbackRouter
     from code_hero.persistence.slots import BackendSlot
 
@@ -80,6 +82,10 @@ class HealthReport:
     uptime_seconds: float
     version: str
     backends: tuple[BackendReport, ...]
+    # Dead replicas' fallback files this server holds and copies into the primary (their
+    # writes are not in `pending_sync`), and how the last adoption ended.
+    adoptions: tuple[AdoptedFile, ...] = ()
+    last_adoption: Adoption | None = None
 
     def backend(self, role: str) -> BackendReport | None:
         """The backend in that role, if there is one."""
@@ -96,7 +102,27 @@ class HealthReport:
             "uptime_seconds": self.uptime_seconds,
             "version": self.version,
             "backends": [b.to_dict() for b in self.backends],
+            "adoptions": [
+                {
+                    "file": str(a.path),
+                    "since": a.since,
+                    "pending_sync": a.pending_sync,
+                    "quarantined": a.quarantined,
+                    "last_error": a.last_error,
+                }
+                for a in self.adoptions
+            ],
+            "last_adoption": None,
         }
+        last = self.last_adoption
+        if last is not None:
+            report["last_adoption"] = {
+                "file": None if last.path is None else str(last.path),
+                "at": last.at,
+                "writes": last.writes,
+                "threads": last.threads,
+                "error": last.error,
+            }
         for role in ROLES:
             backend = self.backend(role)
             if backend is not None:
@@ -117,9 +143,14 @@ class HealthReport:
 
 
 def report_of(
-    router: FallbackRouter | None, *, uptime_seconds: float, version: str
+    router: FallbackRouter | None,
+    *,
+    uptime_seconds: float,
+    version: str,
+    adoptions: Adoptions | None = None,
 ) -> HealthReport:
-    """The report of what the router's last probes saw (no router: nothing is stored)."""
+    """The report of what the router's last probes saw (no router: nothing is stored),
+    and of the files `adoptions` holds."""
     if router is None:
         return HealthReport("unhealthy", None, 0, None, 0, uptime_seconds, version, ())
     active = router.active_slot
@@ -132,6 +163,8 @@ def report_of(
         uptime_seconds=uptime_seconds,
         version=version,
         backends=tuple(_backend_of(router, slot) for slot in router.slots),
+        adoptions=() if adoptions is None else tuple(adoptions.files()),
+        last_adoption=None if adoptions is None else adoptions.last,
     )
 
 

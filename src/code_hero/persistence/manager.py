@@ -177,7 +177,17 @@ class EnhancedCheckpointerManager:
 
     async def settle(self, grace: float) -> bool:
         """Before closing: copy what a fallback holds back to the primary if the primary
-        answers now, for at most `grace` seconds; True when nothing is left behind."""
+        answers now, for at most `grace` seconds, then what the dead replicas' files
+        adopted hold for what is left of it; True when nothing of this server's own
+        outage is left behind (an adopted file's rest stays in it for the next server)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        settled = await self._settle_own(grace)
+        if self.adoptions is not None:  # while the primary serves, the own part took nothing
+            await self.adoptions.settle(max(0.0, deadline - loop.time()))
+        return settled
+
+    async def _settle_own(self, grace: float) -> bool:
         router = self._router
         if router is None or router.active in (0, None) or not router.pending_sync:
             return True
@@ -292,7 +302,9 @@ class EnhancedCheckpointerManager:
 
     def _report(self, router: FallbackRouter | None) -> HealthReport:
         uptime = time.monotonic() - self.started_at
-        return report_of(router, uptime_seconds=uptime, version=__version__)
+        return report_of(
+            router, uptime_seconds=uptime, version=__version__, adoptions=self.adoptions
+        )
 
     async def probe_health(self) -> HealthReport:
         """Probe every backend now (heal back to the primary when it answers), then report."""
@@ -602,6 +614,12 @@ class EnhancedCheckpointerManager:
         snap["pending_sync"] = self.pending_sync
         snap["quarantined"] = 0 if self._router is None else self._router.quarantined
         snap["overall_status"] = self.overall_status
+        adoptions = self.adoptions
+        files = [] if adoptions is None else adoptions.files()
+        snap["adopted_files"] = len(files)
+        snap["adopted_pending_sync"] = sum(f.pending_sync + f.quarantined for f in files)
+        snap["adoptions_copied"] = 0 if adoptions is None else adoptions.copied
+        snap["adoption_failures"] = 0 if adoptions is None else adoptions.failures
         return snap
 
 

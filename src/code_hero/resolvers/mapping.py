@@ -308,6 +308,29 @@ def health_of(report: Mapping[str, Any]) -> h.Health:
         version=str(report.get("version", "")),
         degraded_since=report.get("degraded_since"),
         quarantined=int(report.get("quarantined", 0)),
+        adoptions=[
+            h.AdoptedFallbackFile(
+                file=a.get("file"),
+                since=a["since"],
+                pending_sync=int(a.get("pending_sync", 0)),
+                quarantined=int(a.get("quarantined", 0)),
+                last_error=a.get("last_error"),
+            )
+            for a in report.get("adoptions", [])
+        ],
+        last_adoption=_adoption_of(report.get("last_adoption")),
+    )
+
+
+def _adoption_of(last: Mapping[str, Any] | None) -> h.FallbackAdoption | None:
+    if last is None:
+        return None
+    return h.FallbackAdoption(
+        file=last.get("file"),
+        at=last["at"],
+        writes=int(last.get("writes", 0)),
+        threads=int(last.get("threads", 0)),
+        error=last.get("error"),
     )
 
 

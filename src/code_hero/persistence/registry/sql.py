@@ -265,12 +265,7 @@ class SqlRegistry(
                             ends.append(run)
                     await s.executemany(sql, [params])
                 if events:
-                    ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
-                    await s.executemany(
-                        f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING",
-                        [self._event_params(e) for e in ordered],
-                    )
+                    await s.executemany(*self._copied_events(events))
                 # Their webhook deliveries commit with them, as finish_run's do.
                 queued = await self._enqueue_run_ends(s, ends, last=True)
         except _Tombstoned:
@@ -278,6 +273,16 @@ class SqlRegistry(
         if queued:
             self._outbox_committed()
         return True
+
+    def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
+        """Copies of events (`copy_thread`), skipping those stored already: an insert and
+        its rows, for `executemany`, in run order (as a deletion locks runs)."""
+        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        return (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, seq) DO NOTHING",
+            [self._event_params(e) for e in ordered],
+        )
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         live, now = ("TRUE", []) if expired else self._live()

@@ -278,14 +278,20 @@ async def _a_run_whose_copy_back_is_refused(
     events = await gw.run_events(run.run_id, first=1000)
     primary = gw.manager.router.primary.backend
     assert primary is not None
-    put_run = primary.registry.put_run
+    put_run, copy_thread = primary.registry.put_run, primary.registry.copy_thread
 
     async def refused(record: RunRecord, **kw: Any) -> None:
         if record.run_id == run.run_id:
             raise ValueError("injected: a value PostgreSQL cannot store")
         await put_run(record, **kw)
 
-    monkeypatch.setattr(primary.registry, "put_run", refused)
+    async def copy_refused(thread: ThreadRecord, runs: list[RunRecord], *args: Any) -> bool:
+        if any(record.run_id == run.run_id for record in runs):
+            raise ValueError("injected: a value PostgreSQL cannot store")
+        return await copy_thread(thread, runs, *args)
+
+    monkeypatch.setattr(primary.registry, "put_run", refused)  # a late copy's
+    monkeypatch.setattr(primary.registry, "copy_thread", copy_refused)  # the drain's
     await _outage_ends(gw, proxy)
     assert (await gw.health())["quarantined"] == 1
     return run, events
@@ -695,15 +701,23 @@ def _marks_refused(gw: Gateway, monkeypatch: pytest.MonkeyPatch, times: int) -> 
     router = gw.manager.router
     assert router.primary.backend is not None
     registry = router.primary.backend.registry
-    put_thread, refused = registry.put_thread, []
+    put_thread, copy_thread, refused = registry.put_thread, registry.copy_thread, []
 
-    async def refused_at_first(thread: ThreadRecord, **kw: Any) -> None:
+    def refuse(thread: ThreadRecord) -> None:
         if thread.deletion_token is not None and len(refused) < times:
             refused.append(thread.thread_id)
             raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
-        await put_thread(thread, **kw)
 
-    monkeypatch.setattr(registry, "put_thread", refused_at_first)
+    async def refused_at_first(thread: ThreadRecord, **kw: Any) -> bool:
+        refuse(thread)
+        return await put_thread(thread, **kw)
+
+    async def copy_refused_at_first(thread: ThreadRecord, *args: Any) -> bool:
+        refuse(thread)
+        return await copy_thread(thread, *args)
+
+    monkeypatch.setattr(registry, "put_thread", refused_at_first)  # a late copy's
+    monkeypatch.setattr(registry, "copy_thread", copy_refused_at_first)  # the drain's
     return refused
 
 
@@ -2037,15 +2051,15 @@ async def test_a_retried_copy_keeps_the_outages_run_on_a_row_a_run_made_since(
     (old,) = [r.run_id for r in page.items]
     assert router.primary.backend is not None
     registry = router.primary.backend.registry
-    put_thread, refused = registry.put_thread, []
+    copy_thread, refused = registry.copy_thread, []
 
-    async def refused_once(thread: ThreadRecord, **kw: Any) -> None:
+    async def refused_once(thread: ThreadRecord, *args: Any) -> bool:
         if not refused:
             refused.append(thread.thread_id)
             raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
-        await put_thread(thread, **kw)
+        return await copy_thread(thread, *args)
 
-    monkeypatch.setattr(registry, "put_thread", refused_once)
+    monkeypatch.setattr(registry, "copy_thread", refused_once)  # the drain's copy
     _no_retry(monkeypatch)
     proxy.forward()
     await until(lambda: _synced(gw))

@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
+from code_hero.config import (
+    create_memory_checkpointer,
+    create_postgres_checkpointer,
+    create_sqlite_checkpointer,
+)
 from code_hero.errors import ConflictError
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import (
@@ -24,6 +28,7 @@ from code_hero.persistence.entries import (
     ReleaseEdit,
     ReleaseRun,
 )
+from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -32,7 +37,10 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
+from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.conftest import make_config
+from tests.faults import until
+from tests.pgtrips import count_pg_trips
 
 RUN = "6f9d3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
 
@@ -645,3 +653,158 @@ async def test_a_late_copy_ends_a_run_only_as_an_earlier_copy_left_it(
         }[then]
         assert run.status is expected
         assert (run.output == {"from": "outage"}) is (then == "as copied")
+
+
+def _outage_thread(now: datetime) -> tuple[ThreadRecord, list[RunRecord], list[EventRecord]]:
+    """A thread born in an outage: two runs that ended (r1, r2), one in flight (r3) under
+    `exec-1`'s lease, three events each."""
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n}", "t", "g", status, user_id="u", created_at=now + timedelta(seconds=n),
+            finished_at=None if status is RunStatus.RUNNING else now, lease_owner=owner,
+        )
+        for n, status, owner in (
+            (1, RunStatus.SUCCESS, None),
+            (2, RunStatus.ERROR, None),
+            (3, RunStatus.RUNNING, "exec-1"),
+        )
+    ]  # fmt: skip
+    events = [
+        EventRecord(r.run_id, "t", seq, "status", {"n": seq}, now)
+        for r in runs
+        for seq in (1, 2, 3)
+    ]
+    return thread, runs, events
+
+
+async def _in_the_fallback(
+    fallback: Backend, thread: ThreadRecord, runs: list[RunRecord], events: list[EventRecord]
+) -> None:
+    await fallback.registry.put_thread(thread)
+    for run in runs:
+        await fallback.registry.put_run(run)
+    await fallback.registry.store_events(events)
+
+
+async def _hooks(primary: Backend) -> None:
+    """A webhook on every run's end, of user u."""
+    events = (WebhookEvent.RUN_SUCCEEDED, WebhookEvent.RUN_FAILED)
+    hook = WebhookRecord("wh1", "u", "https://hooks.example.com/a", events, datetime.now(UTC))
+    await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
+
+
+async def _deliveries(primary: Backend) -> list[tuple[str | None, str]]:
+    page = await primary.registry.list_deliveries(DeliveryFilter(), first=100)
+    return sorted((d.run_id, d.event.value) for d in page.items)
+
+
+@pytest.mark.postgres
+async def test_an_on_time_copy_is_two_round_trips_on_postgresql(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread born in an outage copied on time, its row, runs and events: BEGIN, the
+    row, its tombstone's look and the runs' statuses in one trip, the rest with the
+    COMMIT in the next (were two for the row, one or two a run and one a run's events:
+    seven a thread of one run, each copied twice, the copy-back's bound, issue 15)."""
+    now = datetime.now(UTC)
+    thread, runs, events = _outage_thread(now)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _in_the_fallback(fallback, thread, runs, events)
+        await _hooks(primary)
+        assert isinstance(primary, PostgresBackend)
+        pool = primary.pool
+
+        async def settled() -> bool:  # no connection added meanwhile (its set-up trip)
+            stats = pool.get_stats()
+            return bool(stats["pool_size"] == stats.get("pool_available", 0))
+
+        await until(settled)
+        copied: dict[str, int] = {}
+        trips = count_pg_trips(monkeypatch)
+        await CopyThread("t", copied).replay(primary, fallback)
+        assert len(trips) <= 2
+        monkeypatch.undo()
+        assert copied == {"r1": 3, "r2": 3, "r3": 3}
+        stored = await primary.registry.get_runs(["r1", "r2", "r3"])
+        assert {r.run_id: r.status for r in stored.values()} == {r.run_id: r.status for r in runs}
+        for run in runs:
+            assert [e.seq for e in await primary.registry.list_events(run.run_id)] == [1, 2, 3]
+        assert await _deliveries(primary) == [("r1", "RUN_SUCCEEDED"), ("r2", "RUN_FAILED")]
+
+
+async def test_an_on_time_copy_leaves_an_end_made_there_and_announces_each_end_once(
+    primary_config: Any,
+) -> None:
+    """The copy of a thread born in an outage in one transaction keeps `put_run`'s rules:
+    a run another replica ended meanwhile keeps that end and is not announced again,
+    a run in flight goes in as the fallback has it, an end announced once however often
+    the copy is replayed, and each event stored once."""
+    now = datetime.now(UTC)
+    thread, runs, events = _outage_thread(now)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await _in_the_fallback(fallback, thread, runs, events)
+        await _hooks(primary)
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).unfinished().replay(primary, fallback)
+        assert await primary.registry.get_runs(["r1", "r2"]) == {}
+        assert copied == {"r3": 3}
+        # Another replica ends r1 meanwhile (r1 is in the primary: a late copy's, say).
+        await primary.registry.put_run(replace(runs[0], status=RunStatus.ERROR, error="b"))
+        for _ in range(2):
+            await CopyThread("t", copied).replay(primary, fallback)
+        stored = await primary.registry.get_runs(["r1", "r2", "r3"])
+        assert stored["r1"].status is RunStatus.ERROR and stored["r1"].error == "b"
+        assert stored["r2"].status is RunStatus.ERROR
+        assert stored["r3"].status is RunStatus.RUNNING and stored["r3"].lease_owner == "exec-1"
+        assert await _deliveries(primary) == [("r2", "RUN_FAILED")]
+        for run in runs:
+            assert [e.seq for e in await primary.registry.list_events(run.run_id)] == [1, 2, 3]
+
+
+async def test_an_on_time_copy_brings_events_past_its_transactions_page(
+    primary_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction takes a page of events in all (memory stays bounded); the rest go
+    after it, a page at a time, each once."""
+    monkeypatch.setattr("code_hero.persistence.entries._COPY_PAGE", 4)
+    now = datetime.now(UTC)
+    thread, runs, events = _outage_thread(now)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await _in_the_fallback(fallback, thread, runs, events)
+        more = [EventRecord("r2", "t", seq, "status", {"n": seq}, now) for seq in range(4, 11)]
+        await fallback.registry.store_events(more)
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).replay(primary, fallback)
+        assert copied == {"r1": 3, "r2": 10, "r3": 3}
+        seqs = {
+            r.run_id: [e.seq for e in await primary.registry.list_events(r.run_id)] for r in runs
+        }
+        assert seqs == {"r1": [1, 2, 3], "r2": list(range(1, 11)), "r3": [1, 2, 3]}
+
+
+async def test_a_tombstone_refuses_an_on_time_copy_whole(primary_config: Any) -> None:
+    """Another replica deleted the thread since this copy's creation: nothing of it goes
+    in, not its row, runs or events."""
+    now = datetime.now(UTC)
+    thread, runs, events = _outage_thread(now)
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await _in_the_fallback(fallback, thread, runs, events)
+        await primary.registry.put_thread(thread)
+        await primary.registry.delete_thread("t")  # its tombstone
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert await primary.registry.get_thread("t", expired=True) is None
+        assert await primary.registry.get_runs(["r1", "r2", "r3"]) == {}
+        assert await primary.registry.list_events("r1") == []

@@ -338,7 +338,10 @@ class CopyThread:
                 break
             after = page.end_cursor
         thread, runs = await _refused_ends(primary, thread, runs, self.refused)
-        if not await primary.registry.put_thread(thread, late=self.only_missing):
+        # Oldest first; without `finished`, those that ended wait for the copy at the tail.
+        copying = [run for run in reversed(runs) if self.finished or not run.status.finished]
+        late = self.only_missing
+        if not await (self._late if late else self._on_time)(primary, fallback, thread, copying):
             # A finished deletion of this thread (or of the row made for it since): the
             # deletion wins, nothing of it is copied.
             log.warning(
@@ -346,13 +349,53 @@ class CopyThread:
                 "copy-back (row, runs, events) is dropped",
                 self.thread_id,
             )
-            return
-        present = (
-            await primary.registry.get_runs([r.run_id for r in runs]) if self.only_missing else {}
-        )
-        for run in reversed(runs):  # oldest first; the thread's row came first
-            if not self.finished and run.status.finished:
-                continue
+
+    async def _on_time(
+        self, primary: Backend, fallback: Backend, thread: ThreadRecord, runs: list[RunRecord]
+    ) -> bool:
+        """The row, the runs and their first events not copied yet (a page in all) in one
+        transaction (`Registry.copy_thread`: two round trips on PostgreSQL, where one
+        call each took seven a thread, issue 15); the rest of the events after it, a
+        page at a time. False: refused by a tombstone, nothing written."""
+        for run in runs:
+            if not run.status.finished and run.lease_owner is not None:
+                # Kept before it goes in: a kill after that leaves it known whose.
+                self.leased.record(run.run_id, run.lease_owner, run.thread_id)
+        events: list[EventRecord] = []
+        more: list[str] = []  # runs whose events did not all fit in the transaction
+        for run in runs:
+            room = _COPY_PAGE - len(events)
+            after = self.copied.get(run.run_id, 0)
+            page = (
+                await fallback.registry.list_events(run.run_id, after_seq=after, limit=room)
+                if room
+                else []
+            )
+            events += page
+            if len(page) == room:
+                more.append(run.run_id)
+        # A run that ended during the outage tells its webhooks now.
+        if not await primary.registry.copy_thread(thread, runs, events):
+            return False
+        for event in events:  # in seq order, run by run
+            self.copied[event.run_id] = event.seq
+        for run in runs:
+            if run.status.finished:
+                self.leased.forget(run.run_id)
+        for run_id in more:
+            await _copy_events(primary, fallback, run_id, self.copied)
+        return True
+
+    async def _late(
+        self, primary: Backend, fallback: Backend, thread: ThreadRecord, runs: list[RunRecord]
+    ) -> bool:
+        """A late copy: the row's mark (`put_thread(late=True)`), the runs the primary
+        lacks, and of those it has only their ends (`_end_if_still_ours`). False:
+        refused by a tombstone, nothing written."""
+        if not await primary.registry.put_thread(thread, late=True):
+            return False
+        present = await primary.registry.get_runs([r.run_id for r in runs])
+        for run in runs:  # the thread's row came first
             if run.run_id not in present:
                 if not run.status.finished and run.lease_owner is not None:
                     # Kept before it goes in: a kill after that leaves it known whose.
@@ -360,12 +403,13 @@ class CopyThread:
                 try:  # a run that ended during the outage tells its webhooks now
                     await primary.registry.put_run(run, announce=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
-                    return
+                    return True
                 if run.status.finished:
                     self.leased.forget(run.run_id)
             else:
                 await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
             await _copy_events(primary, fallback, run.run_id, self.copied)
+        return True
 
 
 async def _end_if_still_ours(

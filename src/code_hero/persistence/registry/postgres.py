@@ -715,6 +715,17 @@ class PostgresRegistry(SqlRegistry):
             out += _records_params(records)
         return f"WITH {', '.join(parts)} SELECT run_id FROM lost", out
 
+    def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
+        # From arrays, as an event batch (`_events_statement`): one text, prepared once
+        # per connection, where a multi-row INSERT of more than 50 parameters had its
+        # text parsed again at every copy (psycopg caches no larger one).
+        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        return (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM "
+            f"{_UNNEST_EVENTS} ON CONFLICT (run_id, seq) DO NOTHING",
+            [self._event_arrays(ordered)],
+        )
+
     def _event_arrays(self, events: Sequence[EventRecord]) -> list[Any]:
         """`events` as `_UNNEST_EVENTS`' parameters: one typed array per column."""
         columns = zip(*(self._event_params(e) for e in events), strict=True)

@@ -36,6 +36,7 @@ from code_hero.persistence.registry.dialect import (
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
+    Row,
     Session,
     utc,
     utc_now,
@@ -87,6 +88,14 @@ _LATE_THREAD_COPY = (
     "ttl_seconds = 0, deletion_token = excluded.deletion_token "
     "WHERE excluded.deletion_token IS NOT NULL AND code_hero_threads.deletion_token IS NULL "
     "AND code_hero_threads.created_at = excluded.created_at"
+)
+
+
+# A run's upsert as given (`put_run`, `copy_thread`).
+_RUN_COPY = (
+    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)}) "
+    "ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in RUN_FIELDS[1:])
 )
 
 
@@ -174,6 +183,31 @@ class SqlRegistry(
             await s.executemany(sql, rows)
 
     async def put_thread(self, thread: ThreadRecord, *, late: bool = False) -> bool:
+        upsert, tombstone = self._thread_copy(thread, late=late)
+        try:
+            async with self._session(atomic=True) as s:
+                # Both in one round trip with the BEGIN (a copy-back replays a thread's
+                # row twice: issue 15).
+                _, tombstoned = await s.fetch_pair(upsert, tombstone)
+                if tombstoned:
+                    raise _Tombstoned
+        except _Tombstoned:
+            return False
+        return True
+
+    def _thread_copy(
+        self, thread: ThreadRecord, *, late: bool
+    ) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+        """A copy of a thread's row (`put_thread`): its upsert, and the look for a
+        tombstone that refuses it, to run after the upsert in the same transaction.
+
+        After the write, in a statement of its own: on PostgreSQL a deletion that held
+        the row when the write came was waited for, and its tombstone is seen now (read
+        committed); one that comes later waits for this commit and deletes the row.
+        Tombstoned: rolled back, nothing written. A deleted thread of the id created at
+        or after the copy's creation is this thread, or the row a run's admission made
+        for it after the switch; one created before is an older incarnation
+        (`tombstones.py`)."""
         sql = (
             f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}, ttl_seconds, deletion_token, "
             "edit_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
@@ -183,30 +217,72 @@ class SqlRegistry(
         # a late one's: after the switch the edit's release went to the primary.
         held = None if late else thread.edit_until
         claim = None if held is None else self._ts(utc(held))
-        params = [*self._thread_params(thread), claim]
+        tombstone = (
+            "SELECT 1 AS one FROM code_hero_deleted_threads WHERE thread_id = ? AND created_at >= ?"
+        )
+        return (
+            (sql, [*self._thread_params(thread), claim]),
+            (tombstone, [thread.thread_id, self._ts(utc(thread.created_at))]),
+        )
+
+    async def copy_thread(
+        self, thread: ThreadRecord, runs: Sequence[RunRecord], events: Sequence[EventRecord]
+    ) -> bool:
+        upsert, tombstone = self._thread_copy(thread, late=False)
+        ids = sorted({run.run_id for run in runs})
         try:
             async with self._session(atomic=True) as s:
-                # After the write, in a statement of its own: on PostgreSQL a deletion that
-                # held the row when the write came was waited for, and its tombstone is
-                # seen now (read committed); one that comes later waits for this commit
-                # and deletes the row. Tombstoned: rolled back, nothing written. A deleted
-                # thread of the id created at or after the copy's creation is this thread,
-                # or the row a run's admission made for it after the switch; one created
-                # before is an older incarnation (`tombstones.py`). Both in one round trip
-                # with the BEGIN (a copy-back replays a thread's row twice: issue 15).
-                _, tombstoned = await s.fetch_pair(
-                    (sql, params),
-                    (
-                        "SELECT 1 AS one FROM code_hero_deleted_threads "
-                        "WHERE thread_id = ? AND created_at >= ?",
-                        [thread.thread_id, self._ts(utc(thread.created_at))],
-                    ),
-                )
+                # The thread's row, then its runs locked in run_id order: every writer's
+                # lock order. On PostgreSQL the row's upsert waits for the session's next
+                # trip: BEGIN, the upsert, the tombstone's look and the runs' statuses
+                # before the copy go in one round trip; the rest with the COMMIT in the
+                # next (issue 15: the copy-back's rate is bounded by its round trips).
+                await s.executemany(upsert[0], [upsert[1]])
+                before: list[Row] = []
+                if ids:
+                    cond, params = self._in("run_id", ids)
+                    tombstoned, before = await s.fetch_pair(
+                        tombstone,
+                        (
+                            f"SELECT run_id, status FROM code_hero_runs WHERE {cond} "
+                            f"ORDER BY run_id{self.for_update}",
+                            params,
+                        ),
+                    )
+                else:
+                    tombstoned = await s.fetch(*tombstone)
                 if tombstoned:
                     raise _Tombstoned
+                # A run finished there (another replica's end committed before this copy
+                # locked it) keeps its end and is not announced again, as `put_run`'s.
+                ended = {row["run_id"] for row in before if RunStatus(row["status"]).finished}
+                ends: list[RunRecord] = []
+                for run in runs:
+                    sql, params = self._run_copy(run)
+                    if RunStatus(run.status).finished:
+                        sql += " WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')"
+                        if run.run_id not in ended:
+                            ends.append(run)
+                    await s.executemany(sql, [params])
+                if events:
+                    await s.executemany(*self._copied_events(events))
+                # Their webhook deliveries commit with them, as finish_run's do.
+                queued = await self._enqueue_run_ends(s, ends, last=True)
         except _Tombstoned:
             return False
+        if queued:
+            self._outbox_committed()
         return True
+
+    def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
+        """Copies of events (`copy_thread`), skipping those stored already: an insert and
+        its rows, for `executemany`, in run order (as a deletion locks runs)."""
+        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        return (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, seq) DO NOTHING",
+            [self._event_params(e) for e in ordered],
+        )
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         live, now = ("TRUE", []) if expired else self._live()
@@ -458,16 +534,15 @@ class SqlRegistry(
             deleted = await s.execute("DELETE FROM code_hero_runs WHERE run_id = ?", [run_id])
         return deleted > 0
 
-    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+    def _run_copy(self, run: RunRecord) -> tuple[str, list[Any]]:
+        """A run's upsert as given (`put_run`), with its parameters."""
         params = self._run_params(run)
         if run.created_at is None:
             params[RUN_FIELDS.index("created_at")] = self._ts(utc_now())
-        placeholders = ", ".join("?" for _ in RUN_FIELDS)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in RUN_FIELDS[1:])
-        sql = (
-            f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-            f"ON CONFLICT (run_id) DO UPDATE SET {updates}"
-        )
+        return _RUN_COPY, params
+
+    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+        sql, params = self._run_copy(run)
         queued = 0
         async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
             ends = announce and RunStatus(run.status).finished

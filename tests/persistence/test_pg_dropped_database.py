@@ -13,6 +13,7 @@ nobody here may make them), so the outage's writes go in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import urlparse
 
 import psycopg
@@ -21,8 +22,10 @@ import pytest
 
 from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.diagnosis import error_category
+from code_hero.persistence.fallback_state import PrimaryUnreachableError
+from code_hero.persistence.migrations import PURGE_THREAD_SIGNATURE
 from code_hero.persistence.pg_backend import PostgresBackend
-from code_hero.persistence.pg_tables import TABLES, TablesMissing
+from code_hero.persistence.pg_tables import FUNCTIONS, TABLES, TablesMissing
 from tests.conftest import PG_ADMIN_URL
 from tests.faults import until
 from tests.persistence.test_down_means_down import _manager, _stored, _writer
@@ -86,7 +89,7 @@ async def test_without_auto_setup_the_outage_lasts_until_the_tables_are_back(
         assert backend is not None
         with pytest.raises(TablesMissing) as missing:
             await backend.probe()
-        assert set(missing.value.missing) == set(TABLES)
+        assert set(missing.value.missing) == set(TABLES) | set(FUNCTIONS)
         assert (await manager.health_check())["overall_status"] == "degraded"
         assert error_category(manager.router.primary.last_error) == "tables missing"
 
@@ -94,6 +97,33 @@ async def test_without_auto_setup_the_outage_lasts_until_the_tables_are_back(
             pass  # an administrator makes them (a restore, `code-hero serve` elsewhere)
         assert (await manager.health_check())["overall_status"] == "healthy"
         assert _stored(config, "during") == 1
+
+
+async def test_the_deletion_function_dropped_alone_is_made_again(pg_database: str) -> None:
+    """The deletion's function gone while every table and its migration's record stay
+    (dropped by hand, a restore of the tables only): a deletion is an outage, not
+    undefined_function (INTERNAL) for good, and the probe makes the function again."""
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("kept")
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"DROP FUNCTION {PURGE_THREAD_SIGNATURE}".encode())
+        await write("doomed")
+        # An outage (the fallback's "retry in" answer), never undefined_function.
+        with contextlib.suppress(PrimaryUnreachableError):
+            await manager.purge_idle_thread("doomed")
+        assert manager.router.active == 1
+        assert error_category(manager.router.primary.last_error) == "tables missing"
+        assert (await manager.health_check())["overall_status"] == "healthy"
+        with psycopg.connect(pg_database) as conn:
+            row = conn.execute(
+                f"SELECT to_regprocedure('{PURGE_THREAD_SIGNATURE}')".encode()
+            ).fetchone()
+        assert row is not None and row[0] is not None
+        gone = await manager.purge_idle_thread("doomed")
+        assert gone is not None and gone.deleted
+        assert _stored(config, "doomed") == 0 and _stored(config, "kept") == 1
 
 
 async def test_a_missing_table_with_every_table_there_fails_only_its_call(

@@ -32,7 +32,15 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("database does not exist", (r'database ".*" does not exist',)),
     # The database was dropped and recreated under us, or restored without our tables.
-    ("tables missing", ("tables missing from the database", r'relation ".*" does not exist')),
+    # (`pg_tables.FUNCTIONS`: a function of ours counts as one of them.)
+    (
+        "tables missing",
+        (
+            "tables missing from the database",
+            r'relation ".*" does not exist',
+            r"function code_hero_\w+\(.*\) does not exist",
+        ),
+    ),
     # ALTER DATABASE ... ALLOW_CONNECTIONS false: the database exists and refuses sessions.
     ("database not accepting connections", ("is not currently accepting connections",)),
     ("connection refused", ("connection refused",)),

@@ -24,6 +24,8 @@ __all__ = [
     "MIGRATION_LOCK_KEY",
     "POSTGRES_MIGRATIONS",
     "PURGE_BUSY",
+    "PURGE_THREAD",
+    "PURGE_THREAD_SIGNATURE",
     "SETUP_LOCK_KEY",
     "SQLITE_MIGRATIONS",
     "Migration",
@@ -245,7 +247,11 @@ PURGE_BUSY = (
     "coalesce((SELECT bool_or(status IN ('PENDING', 'RUNNING')) FROM code_hero_runs "
     "WHERE thread_id = p_thread), false)"
 )
-_PURGE_THREAD = f"""
+# Its signature, as `to_regprocedure` finds it (`pg_tables.FUNCTIONS`).
+PURGE_THREAD_SIGNATURE = (
+    "code_hero_purge_thread(text, timestamptz, timestamptz, text, text, text, text, text)"
+)
+PURGE_THREAD = f"""
     CREATE FUNCTION code_hero_purge_thread(
         p_thread TEXT, p_now TIMESTAMPTZ, p_live_at TIMESTAMPTZ, p_owner TEXT,
         p_prefix TEXT, p_event TEXT, p_payload TEXT, p_events TEXT,
@@ -405,7 +411,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _EDIT_CLAIM_PG,  # an edit and a run's admission exclude each other
     _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
     _deleted_threads("TIMESTAMPTZ", ' COLLATE "C"'),  # tombstones of finished deletions
-    _PURGE_THREAD,  # a thread's one-step deletion in one statement (issue 15)
+    PURGE_THREAD,  # a thread's one-step deletion in one statement (issue 15)
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [

@@ -34,7 +34,7 @@ from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pg_tables import (
-    DATA_TABLES,
+    DATA_OBJECTS,
     INVALID_INDEXES_SQL,
     MISSING_TABLES_SQL,
     TablesMissing,
@@ -288,7 +288,7 @@ class PostgresBackend(Backend):
                         f"be finished: {type(exc).__name__}: {exc}".strip()[:400]
                     ) from exc
                 raise TablesMissing(missing, cause=exc, note=await _schema_note(conn, exc)) from exc
-            still = [name for name in await missing_tables(conn) if name in DATA_TABLES]
+            still = [name for name in await missing_tables(conn) if name in DATA_OBJECTS]
         finally:
             self._remaking = ()
         self._remake_unfinished = False
@@ -403,7 +403,7 @@ class PostgresBackend(Backend):
                 )
             # A database that answers without our tables (`pg_tables`): every call
             # would fail. A migration ledger missing alone fails none: said, not made.
-            missing = [name for name in row[1] if name in DATA_TABLES]
+            missing = [name for name in row[1] if name in DATA_OBJECTS]
             if missing or self._remake_unfinished:  # named with the ledgers missing too
                 await self._make_missing_tables(conn, list(row[1]) if missing else [])
             else:
@@ -422,7 +422,7 @@ class PostgresBackend(Backend):
         if self._remaking:
             return list(self._remaking)
         async with await self._connect() as conn:
-            return [name for name in await missing_tables(conn) if name in DATA_TABLES]
+            return [name for name in await missing_tables(conn) if name in DATA_OBJECTS]
 
     async def count_checkpoints(self, thread_id: str, namespace: str | None = None) -> int:
         sql, params = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", [thread_id]
@@ -604,7 +604,7 @@ async def _remake_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
         # Every table there (a remake left unfinished, `_remake_unfinished`): the
         # migrations rerun from where their ledgers say; unless a ledger is missing
         # (they would rerun from the first on tables that are there).
-        run = any(name in DATA_TABLES for name in missing) or not missing
+        run = any(name in DATA_OBJECTS for name in missing) or not missing
         if run:
             await _drop_invalid_indexes(conn)
             await AsyncPostgresSaver(conn).setup()

@@ -18,10 +18,12 @@ from typing import Any
 import psycopg
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 
-from code_hero.persistence.migrations import POSTGRES_MIGRATIONS
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, PURGE_THREAD_SIGNATURE
 
 __all__ = [
+    "DATA_OBJECTS",
     "DATA_TABLES",
+    "FUNCTIONS",
     "INVALID_INDEXES_SQL",
     "LEDGERS",
     "MISSING_TABLES_SQL",
@@ -55,6 +57,15 @@ LEDGERS = ("checkpoint_migrations", "code_hero_migrations")
 # first, on the tables it recorded, they fail or queue behind readers for ACCESS
 # EXCLUSIVE locks (an ALTER TABLE) while every later call on that table waits.
 DATA_TABLES = tuple(name for name in TABLES if name not in LEDGERS)
+# The functions calls run, named as the missing ones are reported, and their
+# signatures (`to_regprocedure`): a thread's one-step deletion
+# (`migrations.PURGE_THREAD`). Gone with the database, or alone (dropped by hand, a
+# restore of the tables only) while its migration is recorded, every deletion met
+# undefined_function (42883) and answered INTERNAL: missing, it is an outage as a
+# table is, and the registry's set-up makes it again (`PostgresRegistry.setup`).
+FUNCTIONS = {"code_hero_purge_thread()": PURGE_THREAD_SIGNATURE}
+# What a call may need: one of them missing is an outage.
+DATA_OBJECTS = DATA_TABLES + tuple(FUNCTIONS)
 
 # Our tables' INVALID indexes (schema, name): a CREATE INDEX CONCURRENTLY cut short (a
 # remake cancelled by the probe's timeout, a replica killed at its first start) leaves
@@ -70,11 +81,16 @@ INVALID_INDEXES_SQL = (
 )
 
 # One expression (no parameters: it shares `_read_clock`'s SELECT): the names of
-# `TABLES` that the session's search_path does not find, in order.
+# `TABLES`, then of `FUNCTIONS`, that the session's search_path does not find, in order.
 MISSING_TABLES_SQL = (
     "ARRAY(SELECT t FROM unnest(ARRAY["
     + ", ".join(f"'{name}'" for name in TABLES)
-    + "]) WITH ORDINALITY AS u(t, i) WHERE to_regclass(t) IS NULL ORDER BY i)"
+    + "]) WITH ORDINALITY AS u(t, i) WHERE to_regclass(t) IS NULL ORDER BY i) || "
+    "ARRAY(SELECT f FROM unnest(ARRAY["
+    + ", ".join(f"'{name}'" for name in FUNCTIONS)
+    + "], ARRAY["
+    + ", ".join(f"'{signature}'" for signature in FUNCTIONS.values())
+    + "]) WITH ORDINALITY AS u(f, s, i) WHERE to_regprocedure(s) IS NULL ORDER BY i)"
 )
 
 
@@ -150,9 +166,9 @@ def ledgers_missing(missing: list[str]) -> str:
 
 
 async def missing_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
-    """The names of `TABLES` that `conn`'s database lacks."""
-    cur = await conn.execute(f"SELECT {MISSING_TABLES_SQL}")
+    """The names of `TABLES` and `FUNCTIONS` that `conn`'s database lacks."""
+    cur = await conn.execute(f"SELECT {MISSING_TABLES_SQL} AS missing")
     row = await cur.fetchone()
     assert row is not None
-    value = row["array"] if isinstance(row, dict) else row[0]
+    value = row["missing"] if isinstance(row, dict) else row[0]
     return list(value)

@@ -86,7 +86,9 @@ PG_DISK_FULL_STATES = frozenset({"53100"})
 # empty) under us; a column is missing while the probe makes the tables again. Down
 # only once confirmed (`is_missing_table`, `RouterFailover.outage`): the backend says
 # which tables it lacks or is making; when none, the call's own error (a bug).
-PG_MISSING_TABLE_STATES = frozenset({"42P01", "3F000", "42703"})
+# undefined_function (42883): a deletion's first name is its function
+# (`pg_tables.FUNCTIONS`), gone with the database or alone.
+PG_MISSING_TABLE_STATES = frozenset({"42P01", "3F000", "42703", "42883"})
 # Not down although the server ended or hurt only this session or statement:
 # 57P05 idle_session_timeout (one idle connection; the checkout check normally
 # discards it first), 25P03 idle_in_transaction_session_timeout, 57014

@@ -24,7 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
 from code_hero.persistence import clock
-from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, Migration
+from code_hero.persistence.migrations import (
+    MIGRATION_LOCK_KEY,
+    POSTGRES_MIGRATIONS,
+    PURGE_THREAD,
+    PURGE_THREAD_SIGNATURE,
+    Migration,
+)
 from code_hero.persistence.pgarrays import pg_array
 from code_hero.persistence.records import (
     EventRecord,
@@ -95,7 +101,7 @@ _UNNEST_EVENTS = f"unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) AS e(
 # seen (made here, or found by an end): one trip more, not one more a run (`finish_run`).
 _HOOKS_REMEMBERED = 60.0
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
-# `purge_idle_thread`'s one statement (its function: migrations._PURGE_THREAD).
+# `purge_idle_thread`'s one statement (its function: migrations.PURGE_THREAD).
 _PURGE = (
     "SELECT * FROM code_hero_purge_thread(?, ?::timestamptz, ?::timestamptz, ?::text, ?, ?, ?, ?)"
 )
@@ -334,6 +340,22 @@ class PostgresRegistry(SqlRegistry):
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"
 
+    async def setup(self) -> None:
+        await super().setup()
+        if PURGE_THREAD not in self.migrations:
+            return
+        # The deletion's function, made again when it is gone while its migration is
+        # recorded (dropped by hand, a restore of the tables only): else every deletion
+        # would meet undefined_function. The probe finds it missing (`pg_tables.FUNCTIONS`)
+        # and reruns this set-up, as for a table.
+        async with self._session(atomic=True) as s:
+            await s.execute(self.migration_lock or "", [MIGRATION_LOCK_KEY])
+            rows = await s.fetch(
+                f"SELECT to_regprocedure('{PURGE_THREAD_SIGNATURE}') IS NULL AS missing"
+            )
+            if rows[0]["missing"]:
+                await s.execute(PURGE_THREAD)
+
     duration_ms_sql: ClassVar[str] = (
         "(EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000)::float8"
     )
@@ -496,7 +518,7 @@ class PostgresRegistry(SqlRegistry):
         this database) in one transaction, unless it has unfinished runs, an edit's claim,
         had expired at `live_at` or (with `owner`) is not that user's: then nothing is
         deleted."""
-        # One statement, one round trip: the function (a migration, `_PURGE_THREAD`)
+        # One statement, one round trip: the function (a migration, `PURGE_THREAD`)
         # locks the thread's row first, as admit_run and finish_run lock it, and its
         # checks that follow take their own snapshot, so they see every run admitted
         # before the lock (a check on an older snapshot deleted a run admitted while it

@@ -8,15 +8,18 @@ Real managers on a PostgreSQL cluster of the test's own, as in `test_adoption_he
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from code_hero.persistence.journal import Journal
 from code_hero.persistence.outagefile import OutageFile
 from tests.persistence.test_adoption import (
     _a_replica_dies_in_an_outage,
+    _entries,
     _in_postgres,
     _manager,
     _until,
@@ -73,3 +76,45 @@ def test_a_copied_file_shows_nothing_waiting_while_it_is_released(
             await _until(survivor, lambda: dead_file not in adoptions.adopted)
 
     asyncio.run(scenario())
+
+
+def test_a_stop_while_an_adopted_file_is_read_names_what_waits_in_it(
+    own_pg: OwnPostgres, tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """The stop comes as the adopted file's journal is read (`FallbackRouter.open`'s attach,
+    on a thread: a large file, past the grace). `_adopt` keeps the router adopted on a
+    cancel "for `close` to release and to name with what waits in it", and the README
+    says a WARNING names a file released with what was not copied; but nothing is loaded
+    yet, so `close` counts 0 writes and says nothing of the file."""
+    caplog.set_level(logging.WARNING)
+    dead_file = tmp_path / "fb-2.sqlite"
+    reading = threading.Event()
+    go_on = threading.Event()
+    attach = Journal.attach
+
+    def slow(journal: Journal, store: OutageFile, copied: dict[str, int]) -> Any:
+        if store.path == dead_file:
+            reading.set()
+            go_on.wait(30)
+        return attach(journal, store, copied)
+
+    async def scenario() -> None:
+        survivor = _manager(own_pg, tmp_path)
+        await survivor.initialize()
+        try:
+            assert await _a_replica_dies_in_an_outage(own_pg, tmp_path) == dead_file
+            monkeypatch.setattr(Journal, "attach", slow)
+            own_pg.start()
+            await _until(survivor, reading.is_set)
+            caplog.clear()
+            await survivor.settle(0.2)
+        finally:
+            try:
+                await asyncio.wait_for(survivor.cleanup(), 30)  # 30: only against a hang
+            finally:
+                go_on.set()
+
+    asyncio.run(scenario())
+    assert _entries(tmp_path / "fb-2.sqlite.entries") >= 5  # left for the next server
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(str(dead_file) in line and "next server" in line for line in lines), lines

@@ -101,6 +101,9 @@ class Adoptions:
         self.adopted: dict[Path, FallbackRouter] = {}
         self._sizes: dict[Path, tuple[int, int]] = {}  # (entries, threads) when adopted
         self._since: dict[Path, datetime] = {}  # when each was adopted
+        # Adopted files whose journal was read (`open`): the others' waiting writes are
+        # what the scan counted. Not `journal.store`: a close sets that to None too.
+        self._read: set[Path] = set()
         self._errors: dict[Path, str] = {}  # each adopted file's step that failed last
         # How the last adoption ended, and how many were copied and failed (`/metrics`).
         self.last: Adoption | None = None
@@ -135,7 +138,7 @@ class Adoptions:
             if error is None and not router.serving:
                 error = router.primary.last_error
             pending, quarantined = router.pending_sync, router.quarantined
-            if router.journal.store is None:  # not read yet (`open`): what the scan counted
+            if path not in self._read:  # not read yet (`open`): what the scan counted
                 pending, quarantined = self._sizes.get(path, (0, 0))[0], 0
             found.append(
                 AdoptedFile(
@@ -192,14 +195,18 @@ class Adoptions:
         adopted, self.adopted = self.adopted, {}
         for path, router in adopted.items():
             await router.close()
-            if router.pending_sync or router.quarantined:
+            pending, quarantined = router.pending_sync, router.quarantined
+            if path not in self._read:  # its open cut short: what the scan counted waits
+                pending, quarantined = self._sizes.get(path, (0, 0))[0], 0
+            if pending or quarantined:
                 log.warning(
                     "closing with the adopted fallback file %s not copied back: %d outage "
                     "writes (%d quarantined) wait in it for the next server",
                     path,
-                    router.pending_sync,
-                    router.quarantined,
+                    pending,
+                    quarantined,
                 )
+        self._read.clear()
 
     async def _round(self) -> None:
         await self._advance_all()
@@ -290,6 +297,7 @@ class Adoptions:
         self._since[path] = clock.now()
         try:
             await router.open()
+            self._read.add(path)
         except Exception:  # released as it is: the next look adopts it again
             # (Cancelled, by `close`: it stays adopted, for `close` to release and to name
             # with what waits in it.)
@@ -308,6 +316,7 @@ class Adoptions:
                 return
             await router.close()  # once the file's disk is given back: its lock with it
             del self.adopted[path]  # after: a `close` meanwhile closes it whole
+            self._read.discard(path)
             self._since.pop(path, None)
             entries, threads = self._sizes.pop(path, (0, 0))
             self.last = Adoption(path, clock.now(), entries, threads, None)

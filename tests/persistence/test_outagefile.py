@@ -254,3 +254,24 @@ def test_a_relative_path_with_a_sibling_file_present_claims_the_next_name(
     assert first.data_path == str(tmp_path / "code-hero-fallback.sqlite")
     first.close()
     second.close()
+
+
+def test_a_close_whose_checkpointer_fails_still_releases_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing step of the close (its WAL checkpointer's) raises, and the connection
+    and lock go all the same: else the file stayed this process's until it ended."""
+    path = str(tmp_path / "fb.sqlite")
+    first = OutageFile.claim(path, "postgresql://db")
+
+    def fails() -> None:
+        raise RuntimeError("the checkpointer's close failed")
+
+    monkeypatch.setattr(first.checkpoints, "close", fails)
+    with pytest.raises(RuntimeError):
+        first.close()
+    again = OutageFile.claim(path, "postgresql://db")
+    try:
+        assert again.path == first.path  # the lock was released: the same file
+    finally:
+        again.close()

@@ -344,10 +344,16 @@ class OutageFile:
             self._conn.execute("INSERT INTO state VALUES ('primary', ?)", (pickle.dumps(primary),))
 
     def close(self) -> None:
-        """Release the file: its checkpoints stop, then its connection and lock go."""
-        self.checkpoints.close()
-        self._conn.close()
-        os.close(self._lock)
+        """Release the file: its checkpoints stop, then its connection and lock go (each
+        step whatever the one before raised: a lock kept by a failed close would keep
+        the file from every other server until this process ends)."""
+        try:
+            self.checkpoints.close()
+        finally:
+            try:
+                self._conn.close()
+            finally:
+                os.close(self._lock)
 
     def clear_entries(self) -> None:
         """Forget every entry (the journal holds none: left by a removal that failed)."""

@@ -191,10 +191,16 @@ class Adoptions:
         with self._found_lock:  # a scan on its thread still may find one
             found, self._found = self._found, []
         for store in found:
-            store.close()
+            try:
+                store.close()
+            except Exception:  # its lock is released all the same (`OutageFile.close`)
+                log.exception("closing the fallback file %s found to adopt", store.path)
         adopted, self.adopted = self.adopted, {}
-        for path, router in adopted.items():
-            await router.close()
+        for path, router in adopted.items():  # one's failed close holds up no other
+            try:
+                await router.close()
+            except Exception:
+                log.exception("closing the adopted fallback file %s", path)
             pending, quarantined = router.pending_sync, router.quarantined
             if path not in self._read:  # its open cut short: what the scan counted waits
                 pending, quarantined = self._sizes.get(path, (0, 0))[0], 0

@@ -236,8 +236,13 @@ class EnhancedCheckpointerManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         adoptions, self.adoptions = self.adoptions, None
-        if adoptions is not None:
-            await adoptions.close()
+        try:
+            if adoptions is not None:
+                await adoptions.close()
+        finally:  # the own router closed whatever an adopted file's close raised
+            await self._close_router()
+
+    async def _close_router(self) -> None:
         if self._router is not None:
             if self._router.pending_sync:
                 self.logger.warning(

@@ -35,6 +35,7 @@ from code_hero.persistence.groupcommit import GroupCommitSaverPool
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pg_tables import (
     DATA_OBJECTS,
+    FUNCTIONS,
     INVALID_INDEXES_SQL,
     MISSING_TABLES_SQL,
     TablesMissing,
@@ -294,10 +295,18 @@ class PostgresBackend(Backend):
         self._remake_unfinished = False
         if still:  # a table dropped alone: its migration is recorded as done
             raise TablesMissing(still, repaired=True)
-        if made:  # else another replica made them, and says so
+        tables = [name for name in made if name not in FUNCTIONS]
+        if tables:  # else another replica made them, and says so
             log.warning(
                 "the database %s had lost tables of ours (%s): made them again; what "
                 "they held is gone, and what this process holds is copied in",
+                self.description,
+                ", ".join(made),
+            )
+        elif made:  # a function alone: no row was lost with it
+            log.warning(
+                "the database %s had lost functions of ours (%s): made them again; no "
+                "data was lost with them",
                 self.description,
                 ", ".join(made),
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from urllib.parse import urlparse
 
 import psycopg
@@ -99,10 +100,13 @@ async def test_without_auto_setup_the_outage_lasts_until_the_tables_are_back(
         assert _stored(config, "during") == 1
 
 
-async def test_the_deletion_function_dropped_alone_is_made_again(pg_database: str) -> None:
+async def test_the_deletion_function_dropped_alone_is_made_again(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The deletion's function gone while every table and its migration's record stay
     (dropped by hand, a restore of the tables only): a deletion is an outage, not
-    undefined_function (INTERNAL) for good, and the probe makes the function again."""
+    undefined_function (INTERNAL) for good, and the probe makes the function again,
+    saying that no data was lost with it (not the tables' "what they held is gone")."""
     config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
     async with _manager(config) as manager:
         write = _writer(manager)
@@ -115,7 +119,10 @@ async def test_the_deletion_function_dropped_alone_is_made_again(pg_database: st
             await manager.purge_idle_thread("doomed")
         assert manager.router.active == 1
         assert error_category(manager.router.primary.last_error) == "tables missing"
+        caplog.set_level(logging.WARNING)
         assert (await manager.health_check())["overall_status"] == "healthy"
+        said = [r.getMessage() for r in caplog.records if "made them again" in r.getMessage()]
+        assert said and not any("is gone" in line for line in said), said
         with psycopg.connect(pg_database) as conn:
             row = conn.execute(
                 f"SELECT to_regprocedure('{PURGE_THREAD_SIGNATURE}')".encode()

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
 
 from code_hero.config import (
@@ -15,9 +18,11 @@ from code_hero.config import (
 )
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.journal import Journal
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from code_hero.persistence.unreachable import is_backend_error
-from tests.conftest import make_config
+from tests.conftest import PG_ADMIN_URL, make_config
+from tests.faults import until
 
 
 async def _fallback_with(fallback: Backend, thread: ThreadRecord, runs: list[RunRecord]) -> None:
@@ -27,12 +32,17 @@ async def _fallback_with(fallback: Backend, thread: ThreadRecord, runs: list[Run
 
 
 @pytest.mark.postgres
-async def test_a_thread_with_many_runs_ended_in_the_outage_is_copied(pg_database: str) -> None:
+@pytest.mark.parametrize("ended", [4000, 5100])
+async def test_a_thread_with_many_runs_ended_in_the_outage_is_copied(
+    pg_database: str, ended: int
+) -> None:
     """A thread whose outage ended 5,100 runs: the copy's deliveries of their ends went
     as one statement of 13 parameters a run (`_enqueue_run_ends`), past PostgreSQL's
     65,535 (libpq refuses it before sending, an OperationalError without a SQLSTATE:
     `is_backend_error` calls it an outage, so the drain stops on it at every recovery
-    and the sync-back never ends). Before the merge each end was a statement of its own."""
+    and the sync-back never ends). At 4,000 the statement's sum of 4,000 counts is past
+    max_stack_depth (StatementTooComplex, 54001: refused, quarantined, left to a late
+    copy after the switch). Before the merge each end was a statement of its own."""
     now = datetime.now(UTC)
     thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
     runs = [
@@ -40,7 +50,7 @@ async def test_a_thread_with_many_runs_ended_in_the_outage_is_copied(pg_database
             f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
             created_at=now + timedelta(milliseconds=n), finished_at=now,
         )
-        for n in range(5100)
+        for n in range(ended)
     ]  # fmt: skip
     async with (
         open_backend(create_memory_checkpointer()) as fallback,
@@ -111,3 +121,110 @@ async def test_an_on_time_copy_keeps_a_cancel_requested_there(
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def primary_config_pg(request: pytest.FixtureRequest) -> CheckpointerConfig:
     return make_config(request.param, request)
+
+
+async def _paused_between_trips(
+    primary: Backend, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold `copy_thread` after its first trip (the thread's row and runs locked), before
+    the second: (reached, go on)."""
+    registry: Any = primary.registry
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    enqueue = registry._enqueue_run_ends
+
+    async def paused(*args: Any, **kwargs: Any) -> int:
+        reached.set()
+        await go_on.wait()
+        return int(await enqueue(*args, **kwargs))
+
+    monkeypatch.setattr(registry, "_enqueue_run_ends", paused)
+    return reached, go_on
+
+
+async def _waiting_on_a_lock(database: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+            [database],
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("deletion", ["delete_thread", "purge_idle_thread"])
+async def test_a_deletion_between_the_copys_trips_waits_and_wins(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, deletion: str
+) -> None:
+    """A probe that passes: a deletion of the thread (on a row the first pass made) that
+    comes between the copy's two trips waits for its commit, then deletes it all and
+    leaves its tombstone: the thread stays deleted."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n}", "t", "g", RunStatus.SUCCESS, user_id="u", created_at=now, finished_at=now
+        )
+        for n in (1, 2)
+    ]
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        await primary.registry.put_thread(thread)  # the first pass's row
+        reached, go_on = await _paused_between_trips(primary, monkeypatch)
+        copy = asyncio.create_task(CopyThread("t", {}).replay(primary, fallback))
+        await reached.wait()
+        if deletion == "delete_thread":
+            deleting = asyncio.create_task(primary.registry.delete_thread("t"))
+        else:
+            deleting = asyncio.create_task(primary.registry.purge_idle_thread("t", None))
+        name = pg_database.rsplit("/", 1)[-1]
+        await until(lambda: _waiting_on_a_lock(name))
+        assert not deleting.done()
+        go_on.set()
+        await copy
+        await deleting
+        assert await primary.registry.get_thread("t", expired=True) is None
+        assert await primary.registry.get_runs(["r1", "r2"]) == {}
+        # A copy replayed again is refused by the tombstone.
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert await primary.registry.get_thread("t", expired=True) is None
+
+
+@pytest.mark.postgres
+async def test_the_drain_gets_past_a_thread_with_many_runs_ended_in_the_outage(
+    pg_database: str,
+) -> None:
+    """The drain as recovery runs it (`is_backend_error`): the copy of a thread whose
+    outage ended 5,100 runs fails each time as if PostgreSQL were down, so the drain
+    stops at it at every recovery and the replica never serves from the primary again
+    (the journal keeps it all: nothing lost, nothing synced)."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
+            created_at=now + timedelta(milliseconds=n), finished_at=now,
+        )
+        for n in range(5100)
+    ]  # fmt: skip
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        journal = Journal(100)
+        journal.append(CopyThread("t", {}))
+        for _ in range(2):  # two recoveries
+            try:
+                await journal.drain(
+                    primary=primary,
+                    fallback=fallback,
+                    is_unreachable=is_backend_error,
+                    on_synced=lambda: None,
+                )
+            except Exception as exc:
+                assert not is_backend_error(exc), f"the drain stopped as at an outage: {exc!r}"
+        assert len(await primary.registry.get_runs([r.run_id for r in runs])) == len(runs)

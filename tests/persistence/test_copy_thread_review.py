@@ -228,3 +228,32 @@ async def test_the_drain_gets_past_a_thread_with_many_runs_ended_in_the_outage(
             except Exception as exc:
                 assert not is_backend_error(exc), f"the drain stopped as at an outage: {exc!r}"
         assert len(await primary.registry.get_runs([r.run_id for r in runs])) == len(runs)
+
+
+async def test_an_on_time_copy_leaves_a_run_another_executor_took_over(
+    primary_config_pg: CheckpointerConfig,
+) -> None:
+    """A run copied in flight by the first pass (exec-a), taken over on the primary by
+    exec-b (exec-a's lease lapsed during the drain), ended in the fallback: the second
+    pass ends it over exec-b's hold and announces it, where a late copy leaves a run
+    another executor took over as it is (`_end_if_still_ours`). Pre-existing
+    (`put_run`'s guard is on the status only), kept by the merge."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    run = RunRecord(
+        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config_pg) as primary,
+    ):
+        await _fallback_with(fallback, thread, [run])
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).unfinished().replay(primary, fallback)
+        await primary.registry.put_run(replace(run, lease_owner="exec-b"))  # taken over
+        await fallback.registry.put_run(
+            replace(run, status=RunStatus.SUCCESS, lease_owner=None, finished_at=now)
+        )
+        await CopyThread("t", copied).replay(primary, fallback)
+        there = (await primary.registry.get_runs(["r1"]))["r1"]
+        assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")

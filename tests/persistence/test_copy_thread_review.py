@@ -21,6 +21,12 @@ from code_hero.persistence.entries import CopyThread
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from code_hero.persistence.unreachable import is_backend_error
+from code_hero.persistence.webhooks import (
+    RUN_WEBHOOK_KEY,
+    DeliveryFilter,
+    WebhookEvent,
+    WebhookRecord,
+)
 from tests.conftest import PG_ADMIN_URL, make_config
 from tests.faults import until
 
@@ -63,6 +69,38 @@ async def test_a_thread_with_many_runs_ended_in_the_outage_is_copied(
             pytest.fail(f"copy failed; taken for an outage: {is_backend_error(exc)}: {exc!r}")
         stored = await primary.registry.get_runs([r.run_id for r in runs])
         assert len(stored) == len(runs)
+
+
+@pytest.mark.postgres
+async def test_the_ends_of_many_runs_are_each_delivered_once(pg_database: str) -> None:
+    """The deliveries of 450 ends, a third with a run's own URL (600 inserts: three
+    statements of `_enqueue_run_ends`), all commit with the copy, and a copy again
+    queues none twice."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
+            config={RUN_WEBHOOK_KEY: "https://hooks.example.com/own"} if n % 3 == 0 else {},
+            created_at=now + timedelta(milliseconds=n), finished_at=now,
+        )
+        for n in range(450)
+    ]  # fmt: skip
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), now
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
+        for _ in range(2):
+            await CopyThread("t", {}).replay(primary, fallback)
+            assert await primary.registry.count_deliveries(DeliveryFilter()) == 600
+            for run_id, deliveries in (("r00447", 2), ("r00448", 1)):  # own URL, none
+                flt = DeliveryFilter(run_id=run_id)
+                assert await primary.registry.count_deliveries(flt) == deliveries
 
 
 async def test_an_on_time_copy_never_takes_an_end_back(

@@ -298,8 +298,9 @@ class Registry(Protocol):
         """An outage's copy of a thread born in it, in one transaction: its row as
         `put_thread` takes it, then its `runs` (oldest first) and their `events` as
         `put_run(announce=True)` and `put_events` take them: a run the registry has
-        finished keeps its end and is not announced again, and an event stored already
-        is skipped. False, and nothing written, when a tombstone refuses the row."""
+        finished keeps its end and is not announced again (one copied in flight too), a
+        cancel requested there is kept, and an event stored already is skipped. False,
+        and nothing written, when a tombstone refuses the row."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -277,7 +277,7 @@ class SqlRegistry(
                 # one in flight here too (copied by a first pass, ended there since). So
                 # does one another executor took over there (its lease not the one the
                 # earlier copy put it in under), as a late copy leaves it.
-                ended = {
+                left = {
                     row["run_id"]
                     for row in before
                     if RunStatus(row["status"]).finished
@@ -285,7 +285,7 @@ class SqlRegistry(
                 }
                 ends: list[RunRecord] = []
                 for run in runs:
-                    if run.run_id in ended:
+                    if run.run_id in left:
                         continue
                     _, params = self._run_copy(run)
                     if RunStatus(run.status).finished:

@@ -74,6 +74,9 @@ _DELIVERY_NAMES = (
 )
 _DELIVERY_COLUMNS = ", ".join(f"d.{column}" for column in _DELIVERY_NAMES)
 _OWNER = "(SELECT t.user_id FROM code_hero_threads t WHERE t.thread_id = ?)"
+# The most delivery inserts `_enqueue_run_ends` puts in one statement: 13 parameters
+# each (14 with a run's own URL), so ~2,600 a statement, and a sum of 200 counts.
+_INSERTS_A_STATEMENT = 200
 
 
 class WebhookOutbox(Dialect):
@@ -102,19 +105,28 @@ class WebhookOutbox(Dialect):
     async def _enqueue_run_ends(
         self, s: Session, runs: Sequence[RunRecord], *, last: bool = False
     ) -> int:
-        """`_enqueue_run_end` of several runs; with writable CTEs (PostgreSQL) in one
-        statement, so an outage's copy of a thread's runs commits them in one trip."""
+        """`_enqueue_run_end` of several runs; with writable CTEs (PostgreSQL) up to
+        `_INSERTS_A_STATEMENT` inserts a statement, so an outage's copy of a thread's
+        runs commits them in few trips."""
         inserts = [insert for run in runs for insert in self._run_end_inserts(run)]
         if len(inserts) < 2 or not self.writable_ctes:
             queued = 0
             for index, (sql, params) in enumerate(inserts):
                 queued += await s.execute(sql, params, last=last and index == len(inserts) - 1)
             return queued
-        ctes = ", ".join(f"e{n} AS ({sql} RETURNING 1)" for n, (sql, _) in enumerate(inserts))
-        counts = " + ".join(f"(SELECT count(*) FROM e{n})" for n in range(len(inserts)))
-        params = [value for _, values in inserts for value in values]
-        rows = await s.fetch(f"WITH {ctes} SELECT {counts} AS queued", params, last=last)
-        return int(rows[0]["queued"])
+        # Bounded: one statement of them all was past PostgreSQL's 65,535 parameters at
+        # ~5,000 runs (libpq refuses it unsent, an error taken for an outage) and its sum
+        # of counts past max_stack_depth at ~3,600 (StatementTooComplex).
+        queued = 0
+        for start in range(0, len(inserts), _INSERTS_A_STATEMENT):
+            chunk = inserts[start : start + _INSERTS_A_STATEMENT]
+            ctes = ", ".join(f"e{n} AS ({sql} RETURNING 1)" for n, (sql, _) in enumerate(chunk))
+            counts = " + ".join(f"(SELECT count(*) FROM e{n})" for n in range(len(chunk)))
+            params = [value for _, values in chunk for value in values]
+            final = last and start + _INSERTS_A_STATEMENT >= len(inserts)
+            rows = await s.fetch(f"WITH {ctes} SELECT {counts} AS queued", params, last=final)
+            queued += int(rows[0]["queued"])
+        return queued
 
     def _run_end_inserts(self, run: RunRecord) -> list[tuple[str, list[Any]]]:
         """The `INSERT ... SELECT`s of a run's end deliveries, with their parameters

@@ -91,11 +91,25 @@ _LATE_THREAD_COPY = (
 )
 
 
-# A run's upsert as given (`put_run`, `copy_thread`).
+# A run's upsert as given (`put_run`).
 _RUN_COPY = (
     f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)}) "
     "ON CONFLICT (run_id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in RUN_FIELDS[1:])
+)
+# An outage's copy of a run (`copy_thread`): as given onto a row the table has
+# unfinished only (a run another replica ended there keeps its end), and a cancel
+# requested there kept (another replica's, between two passes of the copy).
+_RUN_COPY_UNFINISHED = (
+    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)}) "
+    "ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name} OR code_hero_runs.{name}"
+        if name == "cancel_requested"
+        else f"{name} = excluded.{name}"
+        for name in RUN_FIELDS[1:]
+    )
+    + " WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')"
 )
 
 
@@ -226,7 +240,12 @@ class SqlRegistry(
         )
 
     async def copy_thread(
-        self, thread: ThreadRecord, runs: Sequence[RunRecord], events: Sequence[EventRecord]
+        self,
+        thread: ThreadRecord,
+        runs: Sequence[RunRecord],
+        events: Sequence[EventRecord],
+        *,
+        owners: Mapping[str, str | None] | None = None,
     ) -> bool:
         upsert, tombstone = self._thread_copy(thread, late=False)
         ids = sorted({run.run_id for run in runs})
@@ -244,7 +263,7 @@ class SqlRegistry(
                     tombstoned, before = await s.fetch_pair(
                         tombstone,
                         (
-                            f"SELECT run_id, status FROM code_hero_runs WHERE {cond} "
+                            f"SELECT run_id, status, lease_owner FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
                             params,
                         ),
@@ -254,16 +273,24 @@ class SqlRegistry(
                 if tombstoned:
                     raise _Tombstoned
                 # A run finished there (another replica's end committed before this copy
-                # locked it) keeps its end and is not announced again, as `put_run`'s.
-                ended = {row["run_id"] for row in before if RunStatus(row["status"]).finished}
+                # locked it) keeps its end and is not announced again, as `put_run`'s;
+                # one in flight here too (copied by a first pass, ended there since). So
+                # does one another executor took over there (its lease not the one the
+                # earlier copy put it in under), as a late copy leaves it.
+                left = {
+                    row["run_id"]
+                    for row in before
+                    if RunStatus(row["status"]).finished
+                    or (owners is not None and row["lease_owner"] != owners.get(row["run_id"]))
+                }
                 ends: list[RunRecord] = []
                 for run in runs:
-                    sql, params = self._run_copy(run)
+                    if run.run_id in left:
+                        continue
+                    _, params = self._run_copy(run)
                     if RunStatus(run.status).finished:
-                        sql += " WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')"
-                        if run.run_id not in ended:
-                            ends.append(run)
-                    await s.executemany(sql, [params])
+                        ends.append(run)
+                    await s.executemany(_RUN_COPY_UNFINISHED, [params])
                 if events:
                     await s.executemany(*self._copied_events(events))
                 # Their webhook deliveries commit with them, as finish_run's do.

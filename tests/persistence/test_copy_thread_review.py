@@ -1,0 +1,331 @@
+"""Review of the one-transaction copy-back of a thread born in an outage (syncback2,
+867ca15): `Registry.copy_thread` and `CopyThread._on_time`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from code_hero.config import (
+    CheckpointerConfig,
+    create_memory_checkpointer,
+    create_postgres_checkpointer,
+)
+from code_hero.persistence.backends import Backend, open_backend
+from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.journal import Journal
+from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
+from code_hero.persistence.unreachable import is_backend_error
+from code_hero.persistence.webhooks import (
+    RUN_WEBHOOK_KEY,
+    DeliveryFilter,
+    WebhookEvent,
+    WebhookRecord,
+)
+from tests.conftest import PG_ADMIN_URL, make_config
+from tests.faults import until
+
+
+async def _fallback_with(fallback: Backend, thread: ThreadRecord, runs: list[RunRecord]) -> None:
+    await fallback.registry.put_thread(thread)
+    for run in runs:
+        await fallback.registry.put_run(run)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ended", [4000, 5100])
+async def test_a_thread_with_many_runs_ended_in_the_outage_is_copied(
+    pg_database: str, ended: int
+) -> None:
+    """A thread whose outage ended 5,100 runs: the copy's deliveries of their ends went
+    as one statement of 13 parameters a run (`_enqueue_run_ends`), past PostgreSQL's
+    65,535 (libpq refuses it before sending, an OperationalError without a SQLSTATE:
+    `is_backend_error` calls it an outage, so the drain stops on it at every recovery
+    and the sync-back never ends). At 4,000 the statement's sum of 4,000 counts is past
+    max_stack_depth (StatementTooComplex, 54001: refused, quarantined, left to a late
+    copy after the switch). Before the merge each end was a statement of its own."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
+            created_at=now + timedelta(milliseconds=n), finished_at=now,
+        )
+        for n in range(ended)
+    ]  # fmt: skip
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        try:
+            await CopyThread("t", {}).replay(primary, fallback)
+        except Exception as exc:
+            pytest.fail(f"copy failed; taken for an outage: {is_backend_error(exc)}: {exc!r}")
+        stored = await primary.registry.get_runs([r.run_id for r in runs])
+        assert len(stored) == len(runs)
+
+
+@pytest.mark.postgres
+async def test_the_ends_of_many_runs_are_each_delivered_once(pg_database: str) -> None:
+    """The deliveries of 450 ends, a third with a run's own URL (600 inserts: three
+    statements of `_enqueue_run_ends`), all commit with the copy, and a copy again
+    queues none twice."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
+            config={RUN_WEBHOOK_KEY: "https://hooks.example.com/own"} if n % 3 == 0 else {},
+            created_at=now + timedelta(milliseconds=n), finished_at=now,
+        )
+        for n in range(450)
+    ]  # fmt: skip
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), now
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
+        for _ in range(2):
+            await CopyThread("t", {}).replay(primary, fallback)
+            assert await primary.registry.count_deliveries(DeliveryFilter()) == 600
+            for run_id, deliveries in (("r00447", 2), ("r00448", 1)):  # own URL, none
+                flt = DeliveryFilter(run_id=run_id)
+                assert await primary.registry.count_deliveries(flt) == deliveries
+
+
+async def test_an_on_time_copy_never_takes_an_end_back(
+    primary_config_pg: CheckpointerConfig,
+) -> None:
+    """`Registry.copy_thread` promises: a run the registry has finished keeps its end.
+    A run in flight in the fallback (the copy) that another replica ended in the
+    primary meanwhile (its lease lapsed during the drain, taken over and finished) is
+    put back RUNNING under this replica's lease (the unfinished run's upsert has no
+    guard; `put_run` had none either: not a regression of the merge)."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    run = RunRecord(
+        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config_pg) as primary,
+    ):
+        await _fallback_with(fallback, thread, [run])
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).unfinished().replay(primary, fallback)
+        # Another replica's executor took it over and ended it.
+        await primary.registry.put_run(
+            replace(run, status=RunStatus.SUCCESS, lease_owner=None, finished_at=now)
+        )
+        await CopyThread("t", copied).replay(primary, fallback)
+        there = (await primary.registry.get_runs(["r1"]))["r1"]
+        assert there.status is RunStatus.SUCCESS
+
+
+async def test_an_on_time_copy_keeps_a_cancel_requested_there(
+    primary_config_pg: CheckpointerConfig,
+) -> None:
+    """A cancel requested on the primary (another replica) between the copy's two
+    passes is reset by the second (`cancel_requested` copied as the fallback has it):
+    the cancel is lost. Pre-existing (`put_run`'s plain upsert), kept by the merge."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    run = RunRecord(
+        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config_pg) as primary,
+    ):
+        await _fallback_with(fallback, thread, [run])
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).unfinished().replay(primary, fallback)
+        assert await primary.registry.request_cancel("r1") is not None
+        await CopyThread("t", copied).replay(primary, fallback)
+        there = (await primary.registry.get_runs(["r1"]))["r1"]
+        assert there.cancel_requested
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def primary_config_pg(request: pytest.FixtureRequest) -> CheckpointerConfig:
+    return make_config(request.param, request)
+
+
+async def _paused_between_trips(
+    primary: Backend, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold `copy_thread` after its first trip (the thread's row and runs locked), before
+    the second: (reached, go on)."""
+    registry: Any = primary.registry
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    enqueue = registry._enqueue_run_ends
+
+    async def paused(*args: Any, **kwargs: Any) -> int:
+        reached.set()
+        await go_on.wait()
+        return int(await enqueue(*args, **kwargs))
+
+    monkeypatch.setattr(registry, "_enqueue_run_ends", paused)
+    return reached, go_on
+
+
+async def _waiting_on_a_lock(database: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+            [database],
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("deletion", ["delete_thread", "purge_idle_thread"])
+async def test_a_deletion_between_the_copys_trips_waits_and_wins(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, deletion: str
+) -> None:
+    """A probe that passes: a deletion of the thread (on a row the first pass made) that
+    comes between the copy's two trips waits for its commit, then deletes it all and
+    leaves its tombstone: the thread stays deleted."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n}", "t", "g", RunStatus.SUCCESS, user_id="u", created_at=now, finished_at=now
+        )
+        for n in (1, 2)
+    ]
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        await primary.registry.put_thread(thread)  # the first pass's row
+        reached, go_on = await _paused_between_trips(primary, monkeypatch)
+        copy = asyncio.create_task(CopyThread("t", {}).replay(primary, fallback))
+        await reached.wait()
+        if deletion == "delete_thread":
+            deleting = asyncio.create_task(primary.registry.delete_thread("t"))
+        else:
+            deleting = asyncio.create_task(primary.registry.purge_idle_thread("t", None))
+        name = pg_database.rsplit("/", 1)[-1]
+        await until(lambda: _waiting_on_a_lock(name))
+        assert not deleting.done()
+        go_on.set()
+        await copy
+        await deleting
+        assert await primary.registry.get_thread("t", expired=True) is None
+        assert await primary.registry.get_runs(["r1", "r2"]) == {}
+        # A copy replayed again is refused by the tombstone.
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert await primary.registry.get_thread("t", expired=True) is None
+
+
+@pytest.mark.postgres
+async def test_the_drain_gets_past_a_thread_with_many_runs_ended_in_the_outage(
+    pg_database: str,
+) -> None:
+    """The drain as recovery runs it (`is_backend_error`): the copy of a thread whose
+    outage ended 5,100 runs fails each time as if PostgreSQL were down, so the drain
+    stops at it at every recovery and the replica never serves from the primary again
+    (the journal keeps it all: nothing lost, nothing synced)."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, now, now)
+    runs = [
+        RunRecord(
+            f"r{n:05}", "t", "g", RunStatus.SUCCESS, user_id="u",
+            created_at=now + timedelta(milliseconds=n), finished_at=now,
+        )
+        for n in range(5100)
+    ]  # fmt: skip
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(create_postgres_checkpointer(pg_database)) as primary,
+    ):
+        await _fallback_with(fallback, thread, runs)
+        journal = Journal(100)
+        journal.append(CopyThread("t", {}))
+        for _ in range(2):  # two recoveries
+            try:
+                await journal.drain(
+                    primary=primary,
+                    fallback=fallback,
+                    is_unreachable=is_backend_error,
+                    on_synced=lambda: None,
+                )
+            except Exception as exc:
+                assert not is_backend_error(exc), f"the drain stopped as at an outage: {exc!r}"
+        assert len(await primary.registry.get_runs([r.run_id for r in runs])) == len(runs)
+
+
+async def test_an_on_time_copy_leaves_a_run_another_executor_took_over(
+    primary_config_pg: CheckpointerConfig,
+) -> None:
+    """A run copied in flight by the first pass (exec-a), taken over on the primary by
+    exec-b (exec-a's lease lapsed during the drain), ended in the fallback: the second
+    pass ends it over exec-b's hold and announces it, where a late copy leaves a run
+    another executor took over as it is (`_end_if_still_ours`). Pre-existing
+    (`put_run`'s guard is on the status only), kept by the merge."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    run = RunRecord(
+        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config_pg) as primary,
+    ):
+        await _fallback_with(fallback, thread, [run])
+        copied: dict[str, int] = {}
+        await CopyThread("t", copied).unfinished().replay(primary, fallback)
+        await primary.registry.put_run(replace(run, lease_owner="exec-b"))  # taken over
+        await fallback.registry.put_run(
+            replace(run, status=RunStatus.SUCCESS, lease_owner=None, finished_at=now)
+        )
+        await CopyThread("t", copied).replay(primary, fallback)
+        there = (await primary.registry.get_runs(["r1"]))["r1"]
+        assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")
+
+
+async def test_an_on_time_copy_ends_a_run_it_put_in_flight_and_still_holds(
+    primary_config_pg: CheckpointerConfig,
+) -> None:
+    """The other side of the lease check: a run the first pass put in under exec-a, still
+    exec-a's there, ended in the fallback: the second pass ends it (the fallback's end
+    cleared its lease: whose it was is the copy's `leased`) and announces it once."""
+    now = datetime.now(UTC)
+    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
+    run = RunRecord(
+        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
+    )
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), now
+    )
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config_pg) as primary,
+    ):
+        await _fallback_with(fallback, thread, [run])
+        await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        assert copy.leased == {"r1": "exec-a"}
+        await fallback.registry.put_run(
+            replace(run, status=RunStatus.SUCCESS, lease_owner=None, finished_at=now)
+        )
+        for _ in range(2):
+            await copy.replay(primary, fallback)
+        there = (await primary.registry.get_runs(["r1"]))["r1"]
+        assert (there.status, there.lease_owner) == (RunStatus.SUCCESS, None)
+        assert await primary.registry.count_deliveries(DeliveryFilter()) == 1
+        assert copy.leased == {}

@@ -158,28 +158,3 @@ def test_a_lease_the_file_keeps_failing_to_save_is_logged_once(
             store._conn = conn
     finally:
         store.close()
-
-
-def test_every_lease_a_run_went_in_under_is_kept_in_the_file(tmp_path: Path) -> None:
-    """A run copied under exec-a, then under exec-b (a pass that failed, maybe after it
-    committed), then released here (copied with no lease): the next process's journal
-    knows all three (`Leases.held`), so its late copy ends the run under whichever the
-    primary has; forgetting the run forgets them all."""
-    path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, DB)
-    journal = Journal(100)
-    journal.attach(store, {})
-    for owner in ("exec-a", "exec-b", None):
-        journal.leased_runs.record(RUN, owner, "t")
-    assert journal.leased_runs == {RUN: "exec-b"}
-    store.close()
-    again = OutageFile.claim(path, DB)
-    try:
-        journal = Journal(100)
-        journal.attach(again, {})
-        assert journal.leased_runs.held(RUN) == {"exec-a", "exec-b", None}
-        journal.leased_runs.forget(RUN)
-        assert journal.leased_runs.held(RUN) == frozenset()
-        assert not again.state("leased_under")
-    finally:
-        again.close()

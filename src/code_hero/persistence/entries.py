@@ -26,7 +26,7 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -94,54 +94,33 @@ class Leases(dict[str, str]):
     (`save`, before the run goes in). The executor ends a run with its lease cleared,
     so the fallback's ended row no longer says whose it was: a late copy of the run (a
     copy-back cut short by a kill, replayed by the next process) ends it in the primary
-    only while this lease still holds it there.
-
-    `under` keeps, per run, every lease a copy may have put it in under (None: with
-    none, released here): a pass that failed may or may not have committed, and a
-    run released here goes in with no lease. The run is still this replica's while
-    the primary has it under any of them (`held`)."""
+    only while this lease still holds it there."""
 
     save: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.thread_of: dict[str, str] = {}  # run id -> its thread (`drop_thread`)
-        self.under: dict[str, list[str | None]] = {}  # run id -> every lease it went in under
 
-    def held(self, run_id: str) -> frozenset[str | None]:
-        """Every lease a copy of this replica may have put the run in the primary under."""
-        known = set(self.under.get(run_id, ()))
-        if run_id in self:
-            known.add(self[run_id])
-        return frozenset(known)
-
-    def record(self, run_id: str, owner: str | None, thread_id: str | None = None) -> None:
-        """Keep a lease (None: the run goes in with none); a failure to save it raises
-        (the run must not go in then)."""
+    def record(self, run_id: str, owner: str, thread_id: str | None = None) -> None:
+        """Keep a lease; a failure to save it raises (the run must not go in then)."""
         if thread_id is not None:
             self.thread_of[run_id] = thread_id
-        before, under = self.get(run_id), self.under.get(run_id)
-        if (owner is None or before == owner) and owner in (under or ()):
-            return
-        if owner is not None:
+        before = self.get(run_id)
+        if before != owner:
             self[run_id] = owner
-        self.under[run_id] = [*(under or ()), *(() if owner in (under or ()) else (owner,))]
-        try:
-            self._saved()
-        except BaseException:  # not kept: the next try saves it again
-            if under is None:
-                del self.under[run_id]
-            else:
-                self.under[run_id] = under
-            if before is None:
-                self.pop(run_id, None)
-            else:
-                self[run_id] = before
-            raise
+            try:
+                self._saved()
+            except BaseException:  # not kept: the next try saves it again
+                if before is None:
+                    del self[run_id]
+                else:
+                    self[run_id] = before
+                raise
 
     def forget(self, run_id: str) -> None:
         self.thread_of.pop(run_id, None)
-        if (self.pop(run_id, None), self.under.pop(run_id, None)) != (None, None):
+        if self.pop(run_id, None) is not None:
             self._saved_or_logged()
 
     def forget_thread(self, thread_id: str) -> None:
@@ -150,15 +129,13 @@ class Leases(dict[str, str]):
         for run_id in gone:
             del self.thread_of[run_id]
             self.pop(run_id, None)
-            self.under.pop(run_id, None)
         if gone:
             self._saved_or_logged()
 
     def forget_all(self) -> None:
-        if self or self.thread_of or self.under:
+        if self or self.thread_of:
             self.clear()
             self.thread_of.clear()
-            self.under.clear()
             self._saved_or_logged()
 
     def _saved(self) -> None:
@@ -380,14 +357,13 @@ class CopyThread:
         transaction (`Registry.copy_thread`: two round trips on PostgreSQL, where one
         call each took seven a thread, issue 15); the rest of the events after it, a
         page at a time. False: refused by a tombstone, nothing written."""
+        # Whose lease an earlier copy put each run in the primary under (before this
+        # copy keeps its own): one held by another executor there is left as it is.
+        owners = {run.run_id: self.leased.get(run.run_id) for run in runs}
         for run in runs:
-            if not run.status.finished:
-                # Kept before it goes in (None too: released here): a kill, or a failure
-                # that may have committed, after that leaves it known whose.
+            if not run.status.finished and run.lease_owner is not None:
+                # Kept before it goes in: a kill after that leaves it known whose.
                 self.leased.record(run.run_id, run.lease_owner, run.thread_id)
-        # Every lease a copy of this replica may have put each run in the primary under:
-        # one held there under another (taken over) is left as it is, its events too.
-        owners = {run.run_id: self.leased.held(run.run_id) for run in runs}
         events: list[EventRecord] = []
         more: list[str] = []  # runs whose events did not all fit in the transaction
         for run in runs:
@@ -409,11 +385,8 @@ class CopyThread:
         for run in runs:
             if run.status.finished:
                 self.leased.forget(run.run_id)
-        if more:
-            there = await primary.registry.get_runs(more)
-            for run in runs:
-                if run.run_id in more and not _left(run, there.get(run.run_id), owners):
-                    await _copy_events(primary, fallback, run.run_id, self.copied)
+        for run_id in more:
+            await _copy_events(primary, fallback, run_id, self.copied)
         return True
 
     async def _late(
@@ -427,9 +400,8 @@ class CopyThread:
         present = await primary.registry.get_runs([r.run_id for r in runs])
         for run in runs:  # the thread's row came first
             if run.run_id not in present:
-                if not run.status.finished:
-                    # Kept before it goes in (None too): a kill after that leaves it
-                    # known whose.
+                if not run.status.finished and run.lease_owner is not None:
+                    # Kept before it goes in: a kill after that leaves it known whose.
                     self.leased.record(run.run_id, run.lease_owner, run.thread_id)
                 try:  # a run that ended during the outage tells its webhooks now
                     await primary.registry.put_run(run, announce=True)
@@ -437,52 +409,33 @@ class CopyThread:
                     return True
                 if run.status.finished:
                     self.leased.forget(run.run_id)
-            elif not await _end_if_still_ours(primary, run, present[run.run_id], self.leased):
-                continue  # another executor's there: its events are left too
+            else:
+                await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
             await _copy_events(primary, fallback, run.run_id, self.copied)
         return True
 
 
-def _left(
-    run: RunRecord, there: RunRecord | None, owners: Mapping[str, Collection[str | None]]
-) -> bool:
-    """Whether a copy leaves `run` as the primary has it (`there`), its events too:
-    unfinished there under a lease none of this replica's copies put it in under
-    (another executor took it over), or ended there while it is unfinished here (that
-    end is another executor's: this replica's events would follow it)."""
-    if there is None:
-        return False
-    if there.status.finished:
-        return not run.status.finished
-    return there.lease_owner not in owners.get(run.run_id, ())
-
-
 async def _end_if_still_ours(
     primary: Backend, run: RunRecord, there: RunRecord, leased: Leases
-) -> bool:
+) -> None:
     """A late copy of a run the primary has: its end only, and only onto the run as an
-    earlier copy left it, unfinished under a lease of the executor that held it here
+    earlier copy left it, unfinished under the lease of the executor that held it here
     (a copy-back cut short by a kill, replayed by the next process). The executor ends
-    a run clearing its lease, so whose it was is a lease an earlier copy put it in
-    under (`leased.held`, kept in the journal's file: every one a copy may have put it
-    in under), or the fallback's row's while it is leased. A run another executor took
-    over, or that ended there, is left as it is: nothing goes backwards. False: left,
-    another executor's (its events are not this replica's to add)."""
-    owners = leased.held(run.run_id)
-    if run.lease_owner is not None:
-        owners |= {run.lease_owner}
-    if _left(run, there, {run.run_id: owners}):
-        return False
+    a run clearing its lease, so whose it was is the lease the earlier copy put it in
+    under (`leased`, kept in the journal's file), or the fallback's row's while it is
+    leased. A run another executor took over, or that ended there, is left as it is:
+    nothing goes backwards."""
     if there.status.finished:
         leased.forget(run.run_id)
-        return True
-    if not run.status.finished:
-        return True
+        return
+    owner = leased.get(run.run_id) or run.lease_owner
+    if not run.status.finished or owner is None or there.lease_owner != owner:
+        return
     await primary.registry.finish_run(
         run.run_id,
         THREAD_STATUS_AFTER[run.status],
         if_unfinished=True,
-        if_leased_by=there.lease_owner,
+        if_leased_by=owner,
         status=run.status,
         output=run.output,
         error=run.error,
@@ -490,11 +443,8 @@ async def _end_if_still_ours(
         input_tokens=run.input_tokens,
         output_tokens=run.output_tokens,
         steps=run.steps,
-        lease_owner=None,  # the end clears it, as the executor's does
-        lease_expires_at=None,
     )
     leased.forget(run.run_id)
-    return True
 
 
 async def _refused_ends(

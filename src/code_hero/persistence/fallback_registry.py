@@ -157,7 +157,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         runs: Sequence[RunRecord],
         events: Sequence[EventRecord],
         *,
-        owners: Mapping[str, Collection[str | None]] | None = None,
+        owners: Mapping[str, str | None] | None = None,
     ) -> bool:
         """A thread's copy with its runs and events (primary only; `Registry.copy_thread`)."""
 

@@ -164,7 +164,6 @@ class Journal:
         self.refused_runs.update(loaded.state.get("refused") or {})
         self.leased_runs.update(loaded.state.get("leased") or {})
         self.leased_runs.thread_of.update(loaded.state.get("leased_threads") or {})
-        self.leased_runs.under.update(loaded.state.get("leased_under") or {})
         rows = [(seq, body, False, 0, "") for seq, body in loaded.entries]
         rows += [(seq, body, True, n, error) for seq, body, n, error in loaded.quarantined]
         for seq, body, flagged, failures, error in sorted(rows, key=lambda r: r[0]):
@@ -319,8 +318,6 @@ class Journal:
         threads = dict(self.leased_runs.thread_of)
         self._stored(what, "set_state", "leased_threads", threads, strict=True)
         self._stored(what, "set_state", "leased", dict(self.leased_runs), strict=True)
-        under = {run_id: list(owners) for run_id, owners in self.leased_runs.under.items()}
-        self._stored(what, "set_state", "leased_under", under, strict=True)
 
     def forget_leases(self) -> None:
         """No copy can need a lease any more: nothing waits, quarantined or held."""

@@ -129,9 +129,6 @@ _STATE_LOST = {
     "status there instead of ERROR",
     "leased": "a late copy cannot end the runs an earlier copy put in the database "
     "unfinished: they end when their leases lapse and another executor resumes them",
-    "leased_under": "a late copy ends only the runs still under the lease it last knew "
-    "of: one copied under another since (a failed pass, a release) ends when its lease "
-    "lapses and another executor resumes it",
     "leased_threads": "the leases of a deleted thread's runs are forgotten with them later",
     "primary": "the database whose outage the file holds is unknown",
 }

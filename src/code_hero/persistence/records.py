@@ -298,17 +298,15 @@ class Registry(Protocol):
         runs: Sequence[RunRecord],
         events: Sequence[EventRecord],
         *,
-        owners: Mapping[str, Collection[str | None]] | None = None,
+        owners: Mapping[str, str | None] | None = None,
     ) -> bool:
         """An outage's copy of a thread born in it, in one transaction: its row as
         `put_thread` takes it, then its `runs` (oldest first) and their `events` as
         `put_run(announce=True)` and `put_events` take them: a run the registry has
         finished keeps its end and is not announced again (one copied in flight too), a
         cancel requested there is kept, and an event stored already is skipped. With
-        `owners` (run id -> every lease a copy may have put it in under, None for
-        none), a run the registry has unfinished under another lease (taken over) is
-        left as it is, and so are its events; so are those of a run it has finished
-        while the copy has it unfinished (another executor's end).
+        `owners` (run id -> the lease an earlier copy put it in under), a run the
+        registry has unfinished under another lease (taken over) is left as it is.
         False, and nothing written, when a tombstone refuses the row."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:

@@ -245,7 +245,7 @@ class SqlRegistry(
         runs: Sequence[RunRecord],
         events: Sequence[EventRecord],
         *,
-        owners: Mapping[str, Collection[str | None]] | None = None,
+        owners: Mapping[str, str | None] | None = None,
     ) -> bool:
         upsert, tombstone = self._thread_copy(thread, late=False)
         ids = sorted({run.run_id for run in runs})
@@ -277,22 +277,12 @@ class SqlRegistry(
                 # one in flight here too (copied by a first pass, ended there since). So
                 # does one another executor took over there (its lease not the one the
                 # earlier copy put it in under), as a late copy leaves it.
-                # Of those, one another executor holds or ended (while it is unfinished
-                # here) has its events left too: they would collide with its own or
-                # follow its end.
-                unfinished = {run.run_id for run in runs if not RunStatus(run.status).finished}
-                left, others = set(), set()
-                for row in before:
-                    if RunStatus(row["status"]).finished:
-                        left.add(row["run_id"])
-                        if row["run_id"] in unfinished:
-                            others.add(row["run_id"])
-                    elif owners is not None and row["lease_owner"] not in owners.get(
-                        row["run_id"], ()
-                    ):
-                        left.add(row["run_id"])
-                        others.add(row["run_id"])
-                events = [e for e in events if e.run_id not in others]
+                left = {
+                    row["run_id"]
+                    for row in before
+                    if RunStatus(row["status"]).finished
+                    or (owners is not None and row["lease_owner"] != owners.get(row["run_id"]))
+                }
                 ends: list[RunRecord] = []
                 for run in runs:
                     if run.run_id in left:

@@ -295,37 +295,3 @@ async def test_an_on_time_copy_leaves_a_run_another_executor_took_over(
         await CopyThread("t", copied).replay(primary, fallback)
         there = (await primary.registry.get_runs(["r1"]))["r1"]
         assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")
-
-
-async def test_an_on_time_copy_ends_a_run_it_put_in_flight_and_still_holds(
-    primary_config_pg: CheckpointerConfig,
-) -> None:
-    """The other side of the lease check: a run the first pass put in under exec-a, still
-    exec-a's there, ended in the fallback: the second pass ends it (the fallback's end
-    cleared its lease: whose it was is the copy's `leased`) and announces it once."""
-    now = datetime.now(UTC)
-    thread = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, now, now)
-    run = RunRecord(
-        "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=now, lease_owner="exec-a"
-    )
-    hook = WebhookRecord(
-        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), now
-    )
-    async with (
-        open_backend(create_memory_checkpointer()) as fallback,
-        open_backend(primary_config_pg) as primary,
-    ):
-        await _fallback_with(fallback, thread, [run])
-        await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
-        assert copy.leased == {"r1": "exec-a"}
-        await fallback.registry.put_run(
-            replace(run, status=RunStatus.SUCCESS, lease_owner=None, finished_at=now)
-        )
-        for _ in range(2):
-            await copy.replay(primary, fallback)
-        there = (await primary.registry.get_runs(["r1"]))["r1"]
-        assert (there.status, there.lease_owner) == (RunStatus.SUCCESS, None)
-        assert await primary.registry.count_deliveries(DeliveryFilter()) == 1
-        assert copy.leased == {}

@@ -285,12 +285,10 @@ async def _a_run_whose_copy_back_is_refused(
             raise ValueError("injected: a value PostgreSQL cannot store")
         await put_run(record, **kw)
 
-    async def copy_refused(
-        thread: ThreadRecord, runs: list[RunRecord], *args: Any, **kw: Any
-    ) -> bool:
+    async def copy_refused(thread: ThreadRecord, runs: list[RunRecord], *args: Any) -> bool:
         if any(record.run_id == run.run_id for record in runs):
             raise ValueError("injected: a value PostgreSQL cannot store")
-        return await copy_thread(thread, runs, *args, **kw)
+        return await copy_thread(thread, runs, *args)
 
     monkeypatch.setattr(primary.registry, "put_run", refused)  # a late copy's
     monkeypatch.setattr(primary.registry, "copy_thread", copy_refused)  # the drain's
@@ -714,9 +712,9 @@ def _marks_refused(gw: Gateway, monkeypatch: pytest.MonkeyPatch, times: int) -> 
         refuse(thread)
         return await put_thread(thread, **kw)
 
-    async def copy_refused_at_first(thread: ThreadRecord, *args: Any, **kw: Any) -> bool:
+    async def copy_refused_at_first(thread: ThreadRecord, *args: Any) -> bool:
         refuse(thread)
-        return await copy_thread(thread, *args, **kw)
+        return await copy_thread(thread, *args)
 
     monkeypatch.setattr(registry, "put_thread", refused_at_first)  # a late copy's
     monkeypatch.setattr(registry, "copy_thread", copy_refused_at_first)  # the drain's
@@ -2055,11 +2053,11 @@ async def test_a_retried_copy_keeps_the_outages_run_on_a_row_a_run_made_since(
     registry = router.primary.backend.registry
     copy_thread, refused = registry.copy_thread, []
 
-    async def refused_once(thread: ThreadRecord, *args: Any, **kw: Any) -> bool:
+    async def refused_once(thread: ThreadRecord, *args: Any) -> bool:
         if not refused:
             refused.append(thread.thread_id)
             raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
-        return await copy_thread(thread, *args, **kw)
+        return await copy_thread(thread, *args)
 
     monkeypatch.setattr(registry, "copy_thread", refused_once)  # the drain's copy
     _no_retry(monkeypatch)

@@ -357,9 +357,6 @@ class CopyThread:
         transaction (`Registry.copy_thread`: two round trips on PostgreSQL, where one
         call each took seven a thread, issue 15); the rest of the events after it, a
         page at a time. False: refused by a tombstone, nothing written."""
-        # Whose lease an earlier copy put each run in the primary under (before this
-        # copy keeps its own): one held by another executor there is left as it is.
-        owners = {run.run_id: self.leased.get(run.run_id) for run in runs}
         for run in runs:
             if not run.status.finished and run.lease_owner is not None:
                 # Kept before it goes in: a kill after that leaves it known whose.
@@ -378,7 +375,7 @@ class CopyThread:
             if len(page) == room:
                 more.append(run.run_id)
         # A run that ended during the outage tells its webhooks now.
-        if not await primary.registry.copy_thread(thread, runs, events, owners=owners):
+        if not await primary.registry.copy_thread(thread, runs, events):
             return False
         for event in events:  # in seq order, run by run
             self.copied[event.run_id] = event.seq

@@ -152,21 +152,14 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         return await self._write(lambda r: r.put_thread(thread, late=late), degraded)
 
     async def copy_thread(
-        self,
-        thread: ThreadRecord,
-        runs: Sequence[RunRecord],
-        events: Sequence[EventRecord],
-        *,
-        owners: Mapping[str, str | None] | None = None,
+        self, thread: ThreadRecord, runs: Sequence[RunRecord], events: Sequence[EventRecord]
     ) -> bool:
         """A thread's copy with its runs and events (primary only; `Registry.copy_thread`)."""
 
         async def degraded() -> bool:
             raise self.router.unavailable("copying threads")
 
-        return await self._write(
-            lambda r: r.copy_thread(thread, runs, events, owners=owners), degraded
-        )
+        return await self._write(lambda r: r.copy_thread(thread, runs, events), degraded)
 
     async def delete_thread(self, thread_id: str, *, marked: str | None = None) -> tuple[bool, int]:
         """Delete the thread row, its runs and their events: (existed, runs deleted); with

@@ -293,21 +293,14 @@ class Registry(Protocol):
         (this thread, or a row made for it since): the deletion wins."""
 
     async def copy_thread(
-        self,
-        thread: ThreadRecord,
-        runs: Sequence[RunRecord],
-        events: Sequence[EventRecord],
-        *,
-        owners: Mapping[str, str | None] | None = None,
+        self, thread: ThreadRecord, runs: Sequence[RunRecord], events: Sequence[EventRecord]
     ) -> bool:
         """An outage's copy of a thread born in it, in one transaction: its row as
         `put_thread` takes it, then its `runs` (oldest first) and their `events` as
         `put_run(announce=True)` and `put_events` take them: a run the registry has
         finished keeps its end and is not announced again (one copied in flight too), a
-        cancel requested there is kept, and an event stored already is skipped. With
-        `owners` (run id -> the lease an earlier copy put it in under), a run the
-        registry has unfinished under another lease (taken over) is left as it is.
-        False, and nothing written, when a tombstone refuses the row."""
+        cancel requested there is kept, and an event stored already is skipped. False,
+        and nothing written, when a tombstone refuses the row."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread

@@ -240,12 +240,7 @@ class SqlRegistry(
         )
 
     async def copy_thread(
-        self,
-        thread: ThreadRecord,
-        runs: Sequence[RunRecord],
-        events: Sequence[EventRecord],
-        *,
-        owners: Mapping[str, str | None] | None = None,
+        self, thread: ThreadRecord, runs: Sequence[RunRecord], events: Sequence[EventRecord]
     ) -> bool:
         upsert, tombstone = self._thread_copy(thread, late=False)
         ids = sorted({run.run_id for run in runs})
@@ -263,7 +258,7 @@ class SqlRegistry(
                     tombstoned, before = await s.fetch_pair(
                         tombstone,
                         (
-                            f"SELECT run_id, status, lease_owner FROM code_hero_runs WHERE {cond} "
+                            f"SELECT run_id, status FROM code_hero_runs WHERE {cond} "
                             f"ORDER BY run_id{self.for_update}",
                             params,
                         ),
@@ -274,15 +269,8 @@ class SqlRegistry(
                     raise _Tombstoned
                 # A run finished there (another replica's end committed before this copy
                 # locked it) keeps its end and is not announced again, as `put_run`'s;
-                # one in flight here too (copied by a first pass, ended there since). So
-                # does one another executor took over there (its lease not the one the
-                # earlier copy put it in under), as a late copy leaves it.
-                left = {
-                    row["run_id"]
-                    for row in before
-                    if RunStatus(row["status"]).finished
-                    or (owners is not None and row["lease_owner"] != owners.get(row["run_id"]))
-                }
+                # one in flight here too (copied by a first pass, ended there since).
+                left = {row["run_id"] for row in before if RunStatus(row["status"]).finished}
                 ends: list[RunRecord] = []
                 for run in runs:
                     if run.run_id in left:

@@ -137,9 +137,7 @@ class Adoptions:
             error = self._errors.get(path)
             if error is None and not router.serving:
                 error = router.primary.last_error
-            pending, quarantined = router.pending_sync, router.quarantined
-            if path not in self._read:  # not read yet (`open`): what the scan counted
-                pending, quarantined = self._sizes.get(path, (0, 0))[0], 0
+            pending, quarantined = self._waiting(path, router)
             found.append(
                 AdoptedFile(
                     path=path,
@@ -150,6 +148,14 @@ class Adoptions:
                 )
             )
         return found
+
+    def _waiting(self, path: Path, router: FallbackRouter) -> tuple[int, int]:
+        """The writes waiting in an adopted file, and those of them quarantined: its
+        journal's, once read (`open`); before, or with its open cut short, what the scan
+        counted."""
+        if path in self._read:
+            return router.pending_sync, router.quarantined
+        return self._sizes.get(path, (0, 0))[0], 0
 
     def poke(self) -> None:
         """Look for files to adopt and move the adopted ones on, in the background: one
@@ -201,9 +207,7 @@ class Adoptions:
                 await router.close()
             except Exception:
                 log.exception("closing the adopted fallback file %s", path)
-            pending, quarantined = router.pending_sync, router.quarantined
-            if path not in self._read:  # its open cut short: what the scan counted waits
-                pending, quarantined = self._sizes.get(path, (0, 0))[0], 0
+            pending, quarantined = self._waiting(path, router)
             if pending or quarantined:
                 log.warning(
                     "closing with the adopted fallback file %s not copied back: %d outage "

@@ -109,7 +109,7 @@ class FallbackRouter(RouterDeletes):
                 log.warning(
                     "adopted fallback file %s: the database %s does not answer (%s); its "
                     "writes wait in the file, copied once it answers",
-                    "?" if self.store is None else self.store.path,
+                    self.file_name,
                     self.primary.config.describe(),
                     self.primary.last_error,
                 )
@@ -512,7 +512,7 @@ class FallbackRouter(RouterDeletes):
                 log.log(
                     logging.WARNING if kept else logging.DEBUG,
                     "adopted fallback file %s: its writes are in the database %s%s",
-                    "?" if self.store is None else self.store.path,
+                    self.file_name,
                     self.primary.config.describe(),
                     f" but {len(self.journal.quarantine)} quarantined, kept in it and "
                     "retried at each probe"

@@ -180,7 +180,7 @@ class RouterFailover(RouterState):
             log.warning(
                 "adopted fallback file %s: the database %s failed (%s) while its writes "
                 "were copied; the rest waits in the file, copied once it answers",
-                "?" if self.store is None else self.store.path,
+                self.file_name,
                 slot.config.describe(),
                 slot.last_error,
             )

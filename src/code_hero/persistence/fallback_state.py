@@ -109,6 +109,11 @@ class RouterState:
         self.stalls = StallWatch()
 
     @property
+    def file_name(self) -> str:
+        """The journal file's path, for log lines ("?" before one is attached)."""
+        return "?" if self.store is None else str(self.store.path)
+
+    @property
     def primary(self) -> BackendSlot:
         """The configured backend."""
         return self.slots[0]

@@ -741,11 +741,10 @@ class PostgresRegistry(SqlRegistry):
         # From arrays, as an event batch (`_events_statement`): one text, prepared once
         # per connection, where a multi-row INSERT of more than 50 parameters had its
         # text parsed again at every copy (psycopg caches no larger one).
-        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
         return (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM "
             f"{_UNNEST_EVENTS} ON CONFLICT (run_id, seq) DO NOTHING",
-            [self._event_arrays(ordered)],
+            [self._event_arrays(events)],
         )
 
     def _event_arrays(self, events: Sequence[EventRecord]) -> list[Any]:

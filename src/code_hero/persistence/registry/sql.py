@@ -279,8 +279,9 @@ class SqlRegistry(
                     if RunStatus(run.status).finished:
                         ends.append(run)
                     await s.executemany(_RUN_COPY_UNFINISHED, [params])
-                if events:
-                    await s.executemany(*self._copied_events(events))
+                if events:  # in run order, as a deletion locks runs
+                    ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+                    await s.executemany(*self._copied_events(ordered))
                 # Their webhook deliveries commit with them, as finish_run's do.
                 queued = await self._enqueue_run_ends(s, ends, last=True)
         except _Tombstoned:
@@ -290,13 +291,12 @@ class SqlRegistry(
         return True
 
     def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
-        """Copies of events (`copy_thread`), skipping those stored already: an insert and
-        its rows, for `executemany`, in run order (as a deletion locks runs)."""
-        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        """Copies of `events` (`copy_thread`, which orders them), skipping those stored
+        already: an insert and its rows, for `executemany`."""
         return (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, seq) DO NOTHING",
-            [self._event_params(e) for e in ordered],
+            [self._event_params(e) for e in events],
         )
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:

@@ -5,6 +5,7 @@ connection itself, sends BEGIN at once and holds nothing back."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import pytest
 
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import SqliteRegistry
+from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.persistence.registry.support import events, run
 
 
@@ -204,7 +207,7 @@ async def test_a_new_threads_admission_skips_the_look_for_its_runs(
         new_thread=True,
     )
     assert admitted is not None and busy is None
-    assert len(trips) == 3  # begin + thread, run, events + commit
+    assert len(trips) == 1  # begin + thread + run + events + commit (issue 15)
     trips.clear()
     admitted, busy = await sqlite_registry.admit_run(run("later", "old"), reject_if_busy=False)
     assert admitted is not None and busy == "warm"  # a thread of the caller's: looked at
@@ -229,4 +232,73 @@ async def test_the_manager_passes_a_new_thread_on(
             new_thread=True,
         )
         assert admitted is not None and busy is None
-        assert len(trips) == 3  # begin + thread, run, events + commit
+        assert len(trips) == 1  # begin + thread + run + events + commit
+
+
+async def test_fetch_each_sends_its_statements_in_one_trip_in_order(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = count_trips(sqlite_registry, monkeypatch)
+    async with sqlite_registry._session(atomic=True) as s:
+        await s.executemany(INSERT_THREAD, [["a"]])  # waits for the next trip, goes first
+        inserted, updated, read = await s.fetch_each(
+            [
+                (f"{INSERT_THREAD} RETURNING thread_id", ["b"]),
+                ("UPDATE code_hero_threads SET status = 'BUSY' RETURNING 1", []),
+                ("SELECT thread_id, status FROM code_hero_threads ORDER BY thread_id", []),
+            ],
+            last=True,
+        )
+        assert not sqlite_registry.conn.in_transaction  # committed already
+    assert len(trips) == 1  # begin + insert + the three + commit
+    assert inserted == [{"thread_id": "b"}] and len(updated) == 2
+    assert read == [{"thread_id": "a", "status": "BUSY"}, {"thread_id": "b", "status": "BUSY"}]
+
+
+async def test_a_refused_statement_of_fetch_each_commits_nothing(
+    sqlite_registry: SqliteRegistry,
+) -> None:
+    async with sqlite_registry._session() as s:
+        await s.executemany(INSERT_THREAD, [["kept"]])
+    with pytest.raises(sqlite3.IntegrityError):
+        async with sqlite_registry._session(atomic=True) as s:
+            await s.fetch_each([(INSERT_THREAD, ["new"]), (INSERT_THREAD, ["kept"])], last=True)
+    assert not sqlite_registry.conn.in_transaction
+    assert await thread_ids(sqlite_registry) == ["kept"]
+
+
+async def test_a_runs_end_is_two_trips(
+    sqlite_registry: SqliteRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread's look with the run's update, then its events, deliveries and the
+    thread's status with the commit (issue 15; were four trips): what each stores, and
+    the wake-up of the delivery workers, unchanged."""
+    hook = WebhookRecord(
+        "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), datetime.now(UTC)
+    )
+    await sqlite_registry.create_webhook(hook, "whsec_c2VjcmV0")
+    for run_id, thread_id in [("warm", "t0"), ("r1", "t1"), ("r2", "t2"), ("r3", "t2")]:
+        await sqlite_registry.admit_run(run(run_id, thread_id, user_id="u"), reject_if_busy=False)
+    await sqlite_registry.finish_run("warm", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    woken: list[None] = []
+    sqlite_registry.on_enqueue(lambda: woken.append(None))
+    trips = count_trips(sqlite_registry, monkeypatch)
+    finished, waiting = await sqlite_registry.finish_run(
+        "r1", ThreadStatus.IDLE, events=events("r1", "t1", 2, 3), status=RunStatus.SUCCESS
+    )
+    assert len(trips) == 2
+    assert finished is not None and finished.status is RunStatus.SUCCESS and not waiting
+    thread = await sqlite_registry.get_thread("t1")
+    assert thread is not None and thread.status is ThreadStatus.IDLE
+    assert [e.seq for e in await sqlite_registry.list_events("r1")] == [2, 3]
+    page = await sqlite_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert [d.webhook_id for d in page.items] == ["wh1"] and len(woken) == 1
+    # A thread with a run waiting stays BUSY, and the end says a run waits.
+    _, waiting = await sqlite_registry.finish_run("r2", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    busy = await sqlite_registry.get_thread("t2")
+    assert waiting and busy is not None and busy.status is ThreadStatus.BUSY
+    assert len(woken) == 2
+    # Ended again: no second delivery, no wake-up.
+    await sqlite_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
+    page = await sqlite_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)
+    assert len(page.items) == 1 and len(woken) == 2

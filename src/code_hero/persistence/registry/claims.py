@@ -82,7 +82,7 @@ class RunClaims(WebhookOutbox):
             ts_now,
         ]
         insert = f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({placeholders}) "
-        if new_thread and events and self.writable_ctes:
+        if new_thread and events:
             return await self._admit_on_new_thread(
                 run, owner, thread_params, insert, params, events
             )
@@ -155,22 +155,38 @@ class RunClaims(WebhookOutbox):
         params: list[Any],
         events: Sequence[EventRecord],
     ) -> tuple[RunRecord | None, str | None]:
-        """`admit_run` on a thread id the caller made up just now (PostgreSQL): its row,
-        the run and its first events in one statement, committed on its own, one trip
-        (issue 15). There is no row to lock and nothing to look at: no deletion's mark, no
-        edit's hold, no other run; the row made is the run's user's (a plain INSERT: an
-        id taken already fails, as a run's does)."""
+        """`admit_run` on a thread id the caller made up just now: its row, the run and
+        its first events in one transaction, one trip (issue 15): on PostgreSQL one
+        statement, on SQLite three in one trip to aiosqlite's thread. There is no row to
+        lock and nothing to look at: no deletion's mark, no edit's hold, no other run;
+        the row made is the run's user's (a plain INSERT: an id taken already fails, as
+        a run's does)."""
         if owner is not None and run.user_id != owner:
             raise NotFoundError(f"no thread {run.thread_id!r}")  # as a made row would say
-        async with self._unique(f"a run with id {run.run_id!r}"), self._session() as s:
-            rows = await s.fetch(
-                f"WITH thread AS (INSERT INTO code_hero_threads ({THREAD_COLUMNS}) "
-                f"VALUES (?, ?, ?, ?, ?, ?)), run AS ({insert}RETURNING {RUN_COLUMNS}), "
-                f"events AS (INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
-                f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}) "
-                "SELECT * FROM run",
-                [*thread_params, *params, *(v for e in events for v in self._event_params(e))],
-            )
+        thread = f"INSERT INTO code_hero_threads ({THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        insert_events = (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES "
+            f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(events))}"
+        )
+        event_params = [v for e in events for v in self._event_params(e)]
+        async with self._unique(f"a run with id {run.run_id!r}"):
+            if self.writable_ctes:
+                async with self._session() as s:
+                    rows = await s.fetch(
+                        f"WITH thread AS ({thread}), run AS ({insert}RETURNING {RUN_COLUMNS}), "
+                        f"events AS ({insert_events}) SELECT * FROM run",
+                        [*thread_params, *params, *event_params],
+                    )
+            else:
+                async with self._session(atomic=True) as s:
+                    _, rows, _ = await s.fetch_each(
+                        [
+                            (thread, thread_params),
+                            (f"{insert}RETURNING {RUN_COLUMNS}", params),
+                            (insert_events, event_params),
+                        ],
+                        last=True,
+                    )
         return self._run(rows[0]), None
 
     async def finish_run(
@@ -269,10 +285,16 @@ class RunClaims(WebhookOutbox):
                 else:
                     if event_rows:
                         await s.executemany(_END_EVENTS, event_rows)
-                    queued = 0
-                    for insert, insert_params in inserts:
-                        queued += await s.execute(insert, insert_params)
-                    waiting = not await s.execute(status_update, status_params, last=True)
+                    # The deliveries, the thread's status and the COMMIT together: one trip
+                    # to aiosqlite's thread (issue 15); a row returned per row written.
+                    *queued_rows, updated = await s.fetch_each(
+                        [
+                            *((f"{insert} RETURNING 1", params) for insert, params in inserts),
+                            (f"{status_update} RETURNING 1", status_params),
+                        ],
+                        last=True,
+                    )
+                    queued, waiting = sum(map(len, queued_rows)), not updated
         except _Unlocked:
             return None, False
         if queued:

@@ -138,6 +138,13 @@ class Session(Protocol):
         so PostgreSQL sends them in one round trip."""
         ...
 
+    async def fetch_each(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, last: bool = False
+    ) -> list[list[Row]]:
+        """Each statement's rows, run in order whatever the earlier ones answered; one
+        trip to aiosqlite's thread on SQLite."""
+        ...
+
 
 class Dialect(ABC):
     """The seam every registry query is written against; a subclass per database."""

@@ -160,6 +160,15 @@ class _PgSession:
             await cur.fetchall() if cur.description else [],
         )
 
+    async def fetch_each(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, last: bool = False
+    ) -> list[list[Row]]:
+        # (PostgreSQL's callers put several writes in one statement instead: WITH.)
+        return [
+            await self.fetch(sql, params, last=last and i == len(statements) - 1)
+            for i, (sql, params) in enumerate(statements)
+        ]
+
     async def execute(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> int:
         cur = await self._trip((_pg_sql(sql), params, None), last=last)
         return cur.rowcount

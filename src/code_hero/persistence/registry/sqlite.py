@@ -124,9 +124,8 @@ class _SqliteSession:
                 rows = await cur.fetchall()
                 found = [d[0] for d in cur.description or ()]
         if names is None:
-            if len(self._columns) >= MAX_KNOWN_COLUMNS:
-                self._columns.clear()
-            self._columns[sql] = names = found
+            self._remember(sql, found)
+            names = found
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def fetch_pair(
@@ -136,7 +135,26 @@ class _SqliteSession:
         *,
         last: bool = False,
     ) -> tuple[list[Row], list[Row]]:
-        return await self.fetch(*first), await self.fetch(*second, last=last)
+        head, tail = await self.fetch_each([first, second], last=last)
+        return head, tail
+
+    async def fetch_each(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, last: bool = False
+    ) -> list[list[Row]]:
+        # One trip to aiosqlite's thread for them all (issue 15): each trip is a hop to
+        # that thread and back, with the connection's lock held throughout.
+        found = await self._on_thread(_fetch_each, statements, last=last)
+        answers = []
+        for (sql, _), (rows, names) in zip(statements, found, strict=True):
+            self._remember(sql, names)
+            answers.append([dict(zip(names, row, strict=True)) for row in rows])
+        return answers
+
+    def _remember(self, sql: str, names: list[str]) -> None:
+        if sql not in self._columns:
+            if len(self._columns) >= MAX_KNOWN_COLUMNS:
+                self._columns.clear()
+            self._columns[sql] = names
 
     # A statement that returns no rows has run to its end once `execute` returns: its
     # cursor is left to the garbage collector rather than closed in a trip of its own.
@@ -206,6 +224,12 @@ def _fetch(
         return cur.fetchall(), [d[0] for d in cur.description or ()]
     finally:
         cur.close()
+
+
+def _fetch_each(
+    conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> list[tuple[list[Any], list[str]]]:
+    return [_fetch(conn, sql, params) for sql, params in statements]
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:

@@ -8,7 +8,12 @@
 # Security); CODE_HERO_ALLOW_ANONYMOUS=true serves it open (never on a network).
 FROM python:3.11-slim
 
+# PYTHONNODEBUGRANGES: code objects without their column tables (the `^^^`
+# markers under a traceback's line; the line numbers stay), for the installed
+# .pyc files too: about 0.8 MiB less resident for a server (README, "Where a
+# run's time and the server's memory go").
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONNODEBUGRANGES=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -268,13 +268,6 @@ async def test_the_drain_gets_past_a_thread_with_many_runs_ended_in_the_outage(
         assert len(await primary.registry.get_runs([r.run_id for r in runs])) == len(runs)
 
 
-@pytest.mark.xfail(
-    reason="open (a design question): the on-time copy ends a run another executor took "
-    "over on the primary, where the late copy leaves it; the fix (3c241c0, then "
-    "e9f1705) was reverted: judging 'another executor' by the leases this replica "
-    "recorded left runs of its own unended",
-    strict=True,
-)
 async def test_an_on_time_copy_leaves_a_run_another_executor_took_over(
     primary_config_pg: CheckpointerConfig,
 ) -> None:

@@ -54,21 +54,7 @@ def _refused_once(primary: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "copy_thread", once)
 
 
-@pytest.mark.parametrize(
-    "late",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="open, older than this test: the late path (_end_if_still_ours) "
-                "judges the run by the one lease it knows; a fix (e9f1705) was reverted "
-                "for the regressions its review found",
-                strict=True,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("late", [False, True])
 async def test_a_run_still_ours_is_ended_after_a_pass_that_failed_under_a_new_lease(
     primary_config: CheckpointerConfig, monkeypatch: pytest.MonkeyPatch, late: bool
 ) -> None:
@@ -185,11 +171,6 @@ async def test_a_run_released_here_between_passes_is_still_ended(
         assert there.status is RunStatus.SUCCESS
 
 
-@pytest.mark.xfail(
-    reason="open, older than this test: a run left as it is still has this replica's "
-    "events copied (both paths); a fix (e9f1705) was reverted with the lease sets",
-    strict=True,
-)
 async def test_the_events_of_a_run_left_as_it_is_are_left_too(
     primary_config: CheckpointerConfig,
 ) -> None:

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
@@ -91,10 +91,11 @@ log = logging.getLogger(__name__)
 class Leases(dict[str, str]):
     """Run id -> the executor whose lease a copy put the run in the primary under,
     unfinished (`CopyThread`): shared by the copies and kept in the journal's file
-    (`save`, before the run goes in). The executor ends a run with its lease cleared,
-    so the fallback's ended row no longer says whose it was: a late copy of the run (a
-    copy-back cut short by a kill, replayed by the next process) ends it in the primary
-    only while this lease still holds it there."""
+    (`save`, before the run goes in). Whether a run is still this fallback's to end is
+    decided by the primary's row (`Registry.copy_thread`: the mark a copy leaves on
+    it); these leases only judge a row no copy marked, one an earlier version copied
+    (its file's leases read at start): a late copy ends such a run only while this
+    lease still holds it there, as that version did."""
 
     save: Callable[[], None] | None = None
 
@@ -382,16 +383,17 @@ class CopyThread:
         for run in runs:
             if run.status.finished:
                 self.leased.forget(run.run_id)
-        for run_id in more:
-            await _copy_events(primary, fallback, run_id, self.copied)
+        for run_id in more:  # not a run another executor took over meanwhile
+            await _copy_events(primary, fallback, run_id, self.copied, as_copy="on_time")
         return True
 
     async def _late(
         self, primary: Backend, fallback: Backend, thread: ThreadRecord, runs: list[RunRecord]
     ) -> bool:
         """A late copy: the row's mark (`put_thread(late=True)`), the runs the primary
-        lacks, and of those it has only their ends (`_end_if_still_ours`). False:
-        refused by a tombstone, nothing written."""
+        lacks, and of those it has only their ends (`_end_if_still_ours`); the events of
+        each run still as a copy left it. False: refused by a tombstone, nothing
+        written."""
         if not await primary.registry.put_thread(thread, late=True):
             return False
         present = await primary.registry.get_runs([r.run_id for r in runs])
@@ -401,14 +403,18 @@ class CopyThread:
                     # Kept before it goes in: a kill after that leaves it known whose.
                     self.leased.record(run.run_id, run.lease_owner, run.thread_id)
                 try:  # a run that ended during the outage tells its webhooks now
-                    await primary.registry.put_run(run, announce=True)
+                    await primary.registry.put_run(run, announce=True, copied=True)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return True
                 if run.status.finished:
                     self.leased.forget(run.run_id)
             else:
                 await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
-            await _copy_events(primary, fallback, run.run_id, self.copied)
+            # Not those of a run another executor holds there: its events would collide
+            # with that executor's. (After the switch this replica's own executors write
+            # the primary too: a run ended or released there since may be theirs, and
+            # its events from the fallback belong before theirs.)
+            await _copy_events(primary, fallback, run.run_id, self.copied, as_copy="late")
         return True
 
 
@@ -416,23 +422,23 @@ async def _end_if_still_ours(
     primary: Backend, run: RunRecord, there: RunRecord, leased: Leases
 ) -> None:
     """A late copy of a run the primary has: its end only, and only onto the run as an
-    earlier copy left it, unfinished under the lease of the executor that held it here
-    (a copy-back cut short by a kill, replayed by the next process). The executor ends
-    a run clearing its lease, so whose it was is the lease the earlier copy put it in
-    under (`leased`, kept in the journal's file), or the fallback's row's while it is
-    leased. A run another executor took over, or that ended there, is left as it is:
-    nothing goes backwards."""
+    earlier copy left it (a copy-back cut short by a kill, replayed by the next
+    process), as the on-time copy judges it: by the primary's row, read and ended in one
+    statement (`finish_run(if_as_copied=True)`), not by what this replica remembers. A
+    run another executor took over, or that ended there, is left as it is: nothing goes
+    backwards. A row no copy marked (an earlier version's copy) is this fallback's while
+    the lease that version recorded (`leased`), or the fallback's row's, holds it."""
     if there.status.finished:
         leased.forget(run.run_id)
         return
-    owner = leased.get(run.run_id) or run.lease_owner
-    if not run.status.finished or owner is None or there.lease_owner != owner:
+    if not run.status.finished:
         return
     await primary.registry.finish_run(
         run.run_id,
         THREAD_STATUS_AFTER[run.status],
         if_unfinished=True,
-        if_leased_by=owner,
+        if_leased_by=leased.get(run.run_id) or run.lease_owner,
+        if_as_copied=True,
         status=run.status,
         output=run.output,
         error=run.error,
@@ -498,14 +504,17 @@ async def _copy_events(
     run_id: str,
     copied: dict[str, int],
     owner: str | None = None,
+    *,
+    as_copy: Literal["on_time", "late"] | None = None,
 ) -> None:
     while True:
         after = copied.get(run_id, 0)
         events = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
         if not events:
             return
-        # A run deleted meanwhile takes none, nor one `owner` holds no longer.
-        await primary.registry.put_events(events, if_leased_by=owner)
+        # A run deleted meanwhile takes none, nor one `owner` holds no longer, nor (as a
+        # copy) one another executor took over (`Registry.put_events`).
+        await primary.registry.put_events(events, if_leased_by=owner, as_copy=as_copy)
         copied[run_id] = events[-1].seq
         if len(events) < _COPY_PAGE:
             # That was all: an event emitted from now on has a new entry behind

@@ -85,6 +85,7 @@ class FallbackClaims(RoutedRegistry):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        if_as_copied: bool = False,
         events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
@@ -101,6 +102,7 @@ class FallbackClaims(RoutedRegistry):
                 thread_status,
                 if_unfinished=if_unfinished,
                 if_leased_by=if_leased_by,
+                if_as_copied=if_as_copied,
                 events=events,
                 **fields,
             )

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from code_hero.persistence.entries import ChangeRun, CopyEvents, DeleteRun, DeleteThread
 from code_hero.persistence.fallback_claims import FallbackClaims
@@ -195,13 +195,15 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         return await self._route(lambda r: r.thread_ids(updated_before=updated_before), degraded)
 
     # ---------------------------------------------------------------- runs
-    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+    async def put_run(
+        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+    ) -> None:
         """Insert or replace a run as given (primary only)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("copying runs")
 
-        await self._write(lambda r: r.put_run(run, announce=announce), degraded)
+        await self._write(lambda r: r.put_run(run, announce=announce, copied=copied), degraded)
 
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given fields; returns the new record (None if missing)."""
@@ -458,15 +460,22 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
         return lost
 
     async def put_events(
-        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+        self,
+        events: Sequence[EventRecord],
+        *,
+        if_leased_by: str | None = None,
+        as_copy: Literal["on_time", "late"] | None = None,
     ) -> None:
         """Store events, skipping those stored already, and with `if_leased_by` those of
-        runs that executor does not hold (primary only)."""
+        runs that executor does not hold, `as_copy` those of runs another executor took
+        over (primary only; `Registry.put_events`)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("copying events")
 
-        await self._write(lambda r: r.put_events(events, if_leased_by=if_leased_by), degraded)
+        await self._write(
+            lambda r: r.put_events(events, if_leased_by=if_leased_by, as_copy=as_copy), degraded
+        )
 
     async def list_events(
         self,

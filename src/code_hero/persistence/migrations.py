@@ -203,6 +203,18 @@ _EDIT_CLAIM_SQLITE = "ALTER TABLE code_hero_threads ADD COLUMN edit_until TEXT"
 _DELETION_TOKEN = "ALTER TABLE code_hero_threads ADD COLUMN deletion_token TEXT"
 
 
+# (both) What an outage's copy-back last wrote of a run's row (`Registry.copy_thread`):
+# its status and lease owner. While the row still has them (an unfinished status for an
+# unfinished one), no other executor claimed, released or ended the run since, and a
+# later copy of it from the same fallback may write it again, its end too; once they
+# differ, another executor took the run over (or ended it) and the copy leaves it. NULL:
+# no copy wrote the row (or one of an earlier version did).
+_COPY_MARK = (
+    "ALTER TABLE code_hero_runs ADD COLUMN copied_status TEXT",
+    "ALTER TABLE code_hero_runs ADD COLUMN copied_lease_owner TEXT",
+)
+
+
 def _deleted_threads(time: str, collate: str) -> tuple[str, ...]:
     """(both) A record of each finished deletion (`tombstones.py`): the thread's id and
     when it was created (one incarnation of the id) and deleted. Written by every
@@ -412,6 +424,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
     _deleted_threads("TIMESTAMPTZ", ' COLLATE "C"'),  # tombstones of finished deletions
     PURGE_THREAD,  # a thread's one-step deletion in one statement (issue 15)
+    _COPY_MARK,  # a run's row as an outage's copy left it
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -550,4 +563,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _DELETION_TOKEN,  # a deletion's last step takes only the row it marked
     _deleted_threads("TEXT", ""),  # tombstones of finished deletions
     "SELECT 1",  # (PostgreSQL: the one-step deletion's function)
+    _COPY_MARK,  # a run's row as an outage's copy left it
 ]

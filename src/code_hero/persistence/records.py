@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, NewType, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NewType, Protocol, TypeVar
 
 if TYPE_CHECKING:  # the stats records import RunStatus from here
     from code_hero.persistence.stats import RunStats, TimeBucket
@@ -299,8 +299,11 @@ class Registry(Protocol):
         `put_thread` takes it, then its `runs` (oldest first) and their `events` as
         `put_run(announce=True)` and `put_events` take them: a run the registry has
         finished keeps its end and is not announced again (one copied in flight too), a
-        cancel requested there is kept, and an event stored already is skipped. False,
-        and nothing written, when a tombstone refuses the row."""
+        cancel requested there is kept, and an event stored already is skipped. Each
+        run copied is marked with the status and lease written; a run whose row is no
+        longer as a copy left it (another executor took it over, or ended it) is left
+        whole, its events too (`put_run(copied=True)`). False, and nothing written,
+        when a tombstone refuses the row."""
 
     async def get_thread(self, thread_id: str, *, expired: bool = False) -> ThreadRecord | None:
         """One thread, or None; with `expired`, an expired one too (a copy of the thread
@@ -419,9 +422,14 @@ class Registry(Protocol):
         """Counts, durations and token usage of the matching runs (owner included) and,
         with `bucket`, their series over the filter's created range: computed in SQL."""
 
-    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+    async def put_run(
+        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+    ) -> None:
         """Insert or replace a run as given (for migration). With `announce`, a finished
-        run the registry did not have finished queues its webhook deliveries with it."""
+        run the registry did not have finished queues its webhook deliveries with it.
+        With `copied`, an outage's copy as `copy_thread` makes it: marked with the status
+        and lease written, and onto a row the registry has only while it is unfinished
+        and as a copy left it (or no copy marked it)."""
 
     # claiming (runs are taken from the table by whichever replica has a free slot)
     async def admit_run(
@@ -454,13 +462,17 @@ class Registry(Protocol):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        if_as_copied: bool = False,
         events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
         """End a run and, unless its thread has other unfinished runs, set the thread's
         status: one transaction. Returns (the run, whether other runs are waiting).
         With `if_unfinished`, a run that has ended already is left as it is, and with
-        `if_leased_by`, one that executor does not lease: (None, False).
+        `if_leased_by`, one that executor does not lease: (None, False). With
+        `if_as_copied` (an outage's copy of the end), one whose row is no longer as a
+        copy left it (`copy_thread`), or, unmarked, that `if_leased_by` does not lease;
+        the end clears the lease and marks the row as this copy leaves it.
         `events` (the run's last, its end event among them) are stored in the same
         transaction, or not at all when the end is refused: a stale executor's end
         never reaches the log of a run another executor holds now. A (run, seq) stored
@@ -549,11 +561,20 @@ class Registry(Protocol):
         left out, and its id returned."""
 
     async def put_events(
-        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+        self,
+        events: Sequence[EventRecord],
+        *,
+        if_leased_by: str | None = None,
+        as_copy: Literal["on_time", "late"] | None = None,
     ) -> None:
         """Store events, skipping any whose (run, seq) is stored already (for copies) and
         any of runs deleted meanwhile; with `if_leased_by`, any of runs that executor
-        does not hold (unfinished, under its lease, lapsed or not) as they are stored."""
+        does not hold (unfinished, under its lease, lapsed or not) as they are stored.
+        As an outage's copy (`copy_thread`'s mark), on time: any of runs no longer as a
+        copy left them (taken over, released or ended by another executor: this replica's
+        own write to the fallback until the switch back); late: any of runs another
+        executor holds (after the switch back a run ended or released there may be this
+        replica's own doing). A row no copy marked takes them (an earlier version's)."""
 
     async def list_events(
         self,

@@ -10,7 +10,7 @@ then the runs in run_id order; claimers skip rows another one holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -196,16 +196,16 @@ class RunClaims(WebhookOutbox):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        if_as_copied: bool = False,
         events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
-        update, params = self._run_update("finish_run", fields)
-        held: list[Any] = []
-        # Checked on the run's row itself: a finish or a claim racing this one waits.
-        if if_unfinished:
-            update += " AND status IN ('PENDING', 'RUNNING')"
-        if if_leased_by is not None:
-            update, held = f"{update} AND lease_owner = ?", [if_leased_by]
+        update, params, held = self._end_update(
+            fields,
+            if_unfinished=if_unfinished,
+            if_leased_by=if_leased_by,
+            if_as_copied=if_as_copied,
+        )
         try:
             async with self._session(atomic=True) as s:
                 # The thread first, as admit_run locks it: a run admitted meanwhile is
@@ -300,6 +300,42 @@ class RunClaims(WebhookOutbox):
         if queued:
             self._outbox_committed()
         return run, bool(waiting)
+
+    def _end_update(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        if_unfinished: bool,
+        if_leased_by: str | None,
+        if_as_copied: bool,
+    ) -> tuple[str, list[Any], list[Any]]:
+        """A run's end (`finish_run`): its UPDATE (the run's id the parameter after the
+        SET's), the SET's parameters, and those of the guards after the id.
+
+        Checked on the run's row itself: a finish or a claim racing this one waits. With
+        `if_as_copied`, an outage's copy of the end: the row must be as a copy left it
+        (`_as_copied`), or, with no copy's mark (an earlier version's copy), leased by
+        `if_leased_by`; the end clears the lease, as the executor's does, and marks what
+        it wrote, so a copy of the run's events after it still finds it so."""
+        if if_as_copied:
+            fields = {**fields, "lease_owner": None, "lease_expires_at": None}
+        update, params = self._run_update("finish_run", fields)
+        held: list[Any] = []
+        if if_as_copied:
+            sets, where = update.split(" WHERE ", 1)
+            update = f"{sets}, copied_status = ?, copied_lease_owner = NULL WHERE {where}"
+            params.append(self._run_param("status", fields["status"]))
+        if if_unfinished:
+            update += " AND status IN ('PENDING', 'RUNNING')"
+        if if_as_copied:
+            update += (
+                " AND (CASE WHEN copied_status IS NULL THEN lease_owner = ? "
+                f"ELSE {self._as_copied()} END)"
+            )
+            held = [if_leased_by]
+        elif if_leased_by is not None:
+            update, held = f"{update} AND lease_owner = ?", [if_leased_by]
+        return update, params, held
 
     async def unfinished_runs(self, thread_id: str) -> list[RunRecord]:
         async with self._session() as s:

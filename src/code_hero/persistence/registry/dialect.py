@@ -161,6 +161,8 @@ class Dialect(ABC):
     writable_ctes: ClassVar[bool] = False
     # The later of two values: SQLite's two-argument max(), PostgreSQL's greatest().
     greatest: ClassVar[str] = "max"
+    # Equality that holds for two NULLs: SQLite's IS, PostgreSQL's IS NOT DISTINCT FROM.
+    same: ClassVar[str] = "IS"
 
     # --- what a dialect supplies --------------------------------------------
 
@@ -316,6 +318,28 @@ class Dialect(ABC):
         sets = ", ".join(f"{name} = ?" for name in fields)
         params = [self._run_param(name, value) for name, value in fields.items()]
         return f"UPDATE code_hero_runs SET {sets} WHERE run_id = ?", params
+
+    def _as_copied(self, table: str = "code_hero_runs") -> str:
+        """Whether a run's row is still as an outage's copy-back left it (its mark,
+        `migrations._COPY_MARK`): the lease owner the copy wrote (renewals keep it; a
+        claim, a release and an end change it), and its status, or an unfinished one
+        for an unfinished one (its executor starts it). False for a row no copy marked."""
+        return (
+            f"({table}.copied_status IS NOT NULL "
+            f"AND {table}.lease_owner {self.same} {table}.copied_lease_owner "
+            f"AND ({table}.status = {table}.copied_status "
+            f"OR ({table}.status IN ('PENDING', 'RUNNING') "
+            f"AND {table}.copied_status IN ('PENDING', 'RUNNING'))))"
+        )
+
+    def _held_by_another(self, table: str = "code_hero_runs") -> str:
+        """Whether a run's row a copy marked is held by an executor other than the one
+        the copy wrote: unfinished, under another lease (taken over)."""
+        return (
+            f"({table}.copied_status IS NOT NULL AND {table}.lease_owner IS NOT NULL "
+            f"AND {table}.status IN ('PENDING', 'RUNNING') "
+            f"AND NOT ({table}.lease_owner {self.same} {table}.copied_lease_owner))"
+        )
 
     def _run_params(self, run: RunRecord) -> list[Any]:
         return [self._run_param(name, getattr(run, name)) for name in RUN_FIELDS]

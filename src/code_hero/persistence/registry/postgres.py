@@ -345,6 +345,7 @@ class PostgresRegistry(SqlRegistry):
     for_update: ClassVar[str] = " FOR UPDATE"
     writable_ctes: ClassVar[bool] = True
     greatest: ClassVar[str] = "greatest"
+    same: ClassVar[str] = "IS NOT DISTINCT FROM"
     webhook_cap_lock: ClassVar[str | None] = "SELECT pg_advisory_xact_lock(?::int, hashtext(?))"
     sweep_lock: ClassVar[str | None] = "SELECT pg_try_advisory_lock(?::bigint) AS taken"
     sweep_unlock: ClassVar[str | None] = "SELECT pg_advisory_unlock(?::bigint) AS released"
@@ -404,6 +405,7 @@ class PostgresRegistry(SqlRegistry):
         *,
         if_unfinished: bool = False,
         if_leased_by: str | None = None,
+        if_as_copied: bool = False,
         events: Sequence[EventRecord] = (),
         **fields: Any,
     ) -> tuple[RunRecord | None, bool]:
@@ -426,6 +428,7 @@ class PostgresRegistry(SqlRegistry):
             thread_status,
             if_unfinished=if_unfinished,
             if_leased_by=if_leased_by,
+            if_as_copied=if_as_copied,
             events=events,
             **fields,
         )
@@ -433,12 +436,12 @@ class PostgresRegistry(SqlRegistry):
         recent = time.monotonic() - self._hooks_seen < _HOOKS_REMEMBERED
         if recent or status is None or not RunStatus(status).finished:
             return await two_trips()
-        update, params = self._run_update("finish_run", fields)
-        if if_unfinished:
-            update += " AND status IN ('PENDING', 'RUNNING')"
-        held: list[Any] = []
-        if if_leased_by is not None:
-            update, held = f"{update} AND lease_owner = ?", [if_leased_by]
+        update, params, held = self._end_update(
+            fields,
+            if_unfinished=if_unfinished,
+            if_leased_by=if_leased_by,
+            if_as_copied=if_as_copied,
+        )
         stored, event_params = "", []
         if events:
             event_params = self._event_arrays(sorted(events, key=lambda e: e.seq))
@@ -753,6 +756,17 @@ class PostgresRegistry(SqlRegistry):
         return (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT * FROM "
             f"{_UNNEST_EVENTS} ON CONFLICT (run_id, seq) DO NOTHING",
+            [self._event_arrays(events)],
+        )
+
+    def _copied_events_if(
+        self, events: Sequence[EventRecord], guard: str
+    ) -> tuple[str, list[Sequence[Any]]]:
+        # From arrays, as `_copied_events`.
+        return (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT e.* FROM "
+            f"{_UNNEST_EVENTS} WHERE EXISTS (SELECT 1 FROM code_hero_runs r "
+            f"WHERE r.run_id = e.run_id AND {guard}) ON CONFLICT (run_id, seq) DO NOTHING",
             [self._event_arrays(events)],
         )
 

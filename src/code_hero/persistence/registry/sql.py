@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from code_hero.errors import BadInputError, NotFoundError
 from code_hero.persistence.migrations import MIGRATION_LOCK_KEY
@@ -97,11 +97,17 @@ _RUN_COPY = (
     "ON CONFLICT (run_id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in RUN_FIELDS[1:])
 )
-# An outage's copy of a run (`copy_thread`): as given onto a row the table has
-# unfinished only (a run another replica ended there keeps its end), and a cancel
-# requested there kept (another replica's, between two passes of the copy).
-_RUN_COPY_UNFINISHED = (
-    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)}) "
+# An outage's copy of a run (`copy_thread`, a late `put_run(copied=True)`): as given, with
+# the mark of what it wrote (its status and lease owner: `migrations._COPY_MARK`), onto a row
+# the table has unfinished only (a run another replica ended there keeps its end), and
+# only while that row is as a copy left it (or no copy marked it: one of an earlier
+# version): a run another executor took over there is left. A cancel requested there is
+# kept (another replica's, between two passes of the copy).
+_COPY_MARK = "copied_status, copied_lease_owner"
+_MARKED = ("status", "lease_owner")  # what the mark repeats
+_RUN_COPY_MARKED = (
+    f"INSERT INTO code_hero_runs ({RUN_COLUMNS}, {_COPY_MARK}) "
+    f"VALUES ({', '.join('?' for _ in (*RUN_FIELDS, *_MARKED))}) "
     "ON CONFLICT (run_id) DO UPDATE SET "
     + ", ".join(
         f"{name} = excluded.{name} OR code_hero_runs.{name}"
@@ -109,12 +115,21 @@ _RUN_COPY_UNFINISHED = (
         else f"{name} = excluded.{name}"
         for name in RUN_FIELDS[1:]
     )
-    + " WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')"
+    + ", "
+    + ", ".join(f"copied_{name} = excluded.copied_{name}" for name in _MARKED)
+    + " WHERE code_hero_runs.status IN ('PENDING', 'RUNNING') "
+    "AND (code_hero_runs.copied_status IS NULL OR {as_copied})"
 )
 
 
 class _Tombstoned(Exception):
     """A copy's thread was deleted (its tombstone): its write is rolled back."""
+
+
+def _taken_over(row: Row) -> bool:
+    """Whether a run's row (its `as_copied` and `unmarked`, read under its lock) is no
+    longer as an outage's copy left it: another executor took it over, or ended it."""
+    return not (row["as_copied"] or row["unmarked"])
 
 
 def _page_size(first: int) -> int:
@@ -258,8 +273,9 @@ class SqlRegistry(
                     tombstoned, before = await s.fetch_pair(
                         tombstone,
                         (
-                            f"SELECT run_id, status FROM code_hero_runs WHERE {cond} "
-                            f"ORDER BY run_id{self.for_update}",
+                            f"SELECT run_id, status, {self._as_copied()} AS as_copied, "
+                            "copied_status IS NULL AS unmarked FROM code_hero_runs "
+                            f"WHERE {cond} ORDER BY run_id{self.for_update}",
                             params,
                         ),
                     )
@@ -269,16 +285,24 @@ class SqlRegistry(
                     raise _Tombstoned
                 # A run finished there (another replica's end committed before this copy
                 # locked it) keeps its end and is not announced again, as `put_run`'s;
-                # one in flight here too (copied by a first pass, ended there since).
-                left = {row["run_id"] for row in before if RunStatus(row["status"]).finished}
+                # one in flight here too (copied by a first pass, ended there since). A
+                # run no longer as a copy left it (another executor took it over there,
+                # or ended it) is left whole: its events would collide with that
+                # executor's or follow its end. (A row no copy marked is an earlier
+                # version's copy: judged as that version did.)
+                taken = {row["run_id"] for row in before if _taken_over(row)}
+                left = taken | {
+                    row["run_id"] for row in before if RunStatus(row["status"]).finished
+                }
                 ends: list[RunRecord] = []
+                copy = self._run_copy_marked()
                 for run in runs:
                     if run.run_id in left:
                         continue
-                    _, params = self._run_copy(run)
                     if RunStatus(run.status).finished:
                         ends.append(run)
-                    await s.executemany(_RUN_COPY_UNFINISHED, [params])
+                    await s.executemany(copy, [self._marked_params(run)])
+                events = [e for e in events if e.run_id not in taken]
                 if events:  # in run order, as a deletion locks runs
                     ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
                     await s.executemany(*self._copied_events(ordered))
@@ -289,6 +313,26 @@ class SqlRegistry(
         if queued:
             self._outbox_committed()
         return True
+
+    def _run_copy_marked(self) -> str:
+        """An outage's copy of a run, marked (`_RUN_COPY_MARKED`), in this dialect."""
+        return _RUN_COPY_MARKED.format(as_copied=self._as_copied())
+
+    def _marked_params(self, run: RunRecord) -> list[Any]:
+        """The parameters of `_run_copy_marked`: the run's, then its mark's."""
+        _, params = self._run_copy(run)
+        return [*params, *(params[RUN_FIELDS.index(name)] for name in _MARKED)]
+
+    def _copied_events_if(
+        self, events: Sequence[EventRecord], guard: str
+    ) -> tuple[str, list[Sequence[Any]]]:
+        """`_copied_events` of the runs whose row (`r`) passes `guard` only."""
+        return (
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM code_hero_runs r WHERE r.run_id = ? "
+            f"AND {guard}) ON CONFLICT (run_id, seq) DO NOTHING",
+            [[*self._event_params(e), e.run_id] for e in events],
+        )
 
     def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
         """Copies of `events` (`copy_thread`, which orders them), skipping those stored
@@ -556,8 +600,12 @@ class SqlRegistry(
             params[RUN_FIELDS.index("created_at")] = self._ts(utc_now())
         return _RUN_COPY, params
 
-    async def put_run(self, run: RunRecord, *, announce: bool = False) -> None:
+    async def put_run(
+        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+    ) -> None:
         sql, params = self._run_copy(run)
+        if copied:
+            sql, params = self._run_copy_marked(), self._marked_params(run)
         queued = 0
         async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
             ends = announce and RunStatus(run.status).finished
@@ -567,15 +615,26 @@ class SqlRegistry(
             # The status before the write, locked, and the write, in one round trip;
             # the deliveries, if any, with the COMMIT in the next (issue 15). Locked
             # and kept from a finished row: another replica's end committed while
-            # this copy waited for the row is neither overwritten nor announced again.
+            # this copy waited for the row is neither overwritten nor announced again;
+            # nor, for a copy, a run another executor took over there.
             before, _ = await s.fetch_pair(
                 (
-                    f"SELECT status FROM code_hero_runs WHERE run_id = ?{self.for_update}",
+                    f"SELECT status, {self._as_copied()} AS as_copied, "
+                    "copied_status IS NULL AS unmarked FROM code_hero_runs "
+                    f"WHERE run_id = ?{self.for_update}",
                     [run.run_id],
                 ),
-                (f"{sql} WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')", params),
+                (
+                    sql
+                    if copied
+                    else f"{sql} WHERE code_hero_runs.status IN ('PENDING', 'RUNNING')",
+                    params,
+                ),
             )
-            if not (before and RunStatus(before[0]["status"]).finished):
+            kept = before and (
+                RunStatus(before[0]["status"]).finished or (copied and _taken_over(before[0]))
+            )
+            if not kept:
                 # It ends here (a run of a thread born in an outage, copied back): its
                 # webhook deliveries commit with it, as finish_run's do.
                 queued = await self._enqueue_run_end(s, run, last=True)
@@ -599,19 +658,26 @@ class SqlRegistry(
             return await self._insert_events(sql, events, runs, held_by=held_by)
 
     async def put_events(
-        self, events: Sequence[EventRecord], *, if_leased_by: str | None = None
+        self,
+        events: Sequence[EventRecord],
+        *,
+        if_leased_by: str | None = None,
+        as_copy: Literal["on_time", "late"] | None = None,
     ) -> None:
         sql = (
             f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, seq) DO NOTHING"
         )
-        if if_leased_by is None:
+        if if_leased_by is None and as_copy is None:
             await self._insert_events(sql, events)
             return
         ids = sorted({e.run_id for e in events})
         if not ids:
             return
         cond, params = self._in("run_id", ids)
+        if as_copy is not None and if_leased_by is None:
+            await self._put_copied_events(events, cond, params, as_copy)
+            return
         async with self._session(atomic=True) as s:
             # Checked on the runs' rows, locked: a claim racing the copy passes them over
             # until it commits (then numbers on after these events), or came first (they
@@ -629,6 +695,33 @@ class SqlRegistry(
             ]
             if rows:
                 await s.executemany(sql, rows)
+
+    async def _put_copied_events(
+        self,
+        events: Sequence[EventRecord],
+        cond: str,
+        params: Sequence[Any],
+        as_copy: Literal["on_time", "late"],
+    ) -> None:
+        """`put_events(as_copy=...)`: the events of runs whose rows, locked, pass the
+        copy's look (`Registry.put_events`), in one round trip on PostgreSQL (the lock and
+        the guarded insert wait for the COMMIT's trip), as an unguarded copy takes."""
+        if as_copy == "on_time":  # an unmarked row: an earlier version's copy took them
+            guard = f"(r.copied_status IS NULL OR {self._as_copied('r')})"
+        else:
+            guard = f"NOT {self._held_by_another('r')}"
+        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        async with self._session(atomic=True) as s:
+            if self.for_update:
+                # Locked in run order first: a claim racing the copy passes them over
+                # until it commits (then numbers on after these events), or came first
+                # (they are left out). A run deleted meanwhile takes none.
+                await s.executemany(
+                    f"SELECT run_id FROM code_hero_runs WHERE {cond} "
+                    f"ORDER BY run_id{self.for_update}",
+                    [params],
+                )
+            await s.executemany(*self._copied_events_if(ordered, guard))
 
     async def _insert_events(
         self,

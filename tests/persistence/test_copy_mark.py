@@ -1,0 +1,281 @@
+"""An outage's copy-back judges a run by the primary's row: the mark a copy leaves on it
+(the status and lease owner it wrote, `migrations._COPY_MARK`), read under the row's
+lock (`Registry.copy_thread`, `finish_run(if_as_copied=True)`, `put_events(as_copy=)`),
+not by what this replica remembers of its leases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from code_hero.config import CheckpointerConfig, create_memory_checkpointer
+from code_hero.persistence.backends import Backend, open_backend
+from code_hero.persistence.entries import CopyThread, Leases
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadRecord,
+    ThreadStatus,
+)
+from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
+from tests.conftest import make_config
+from tests.persistence.registry.support import make_pool
+
+NOW = datetime.now(UTC)
+THREAD = ThreadRecord("t", "u", ThreadStatus.BUSY, {}, NOW, NOW)
+RUN = RunRecord(
+    "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=NOW, lease_owner="exec-a"
+)
+ENDED = replace(RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def primary_config(request: pytest.FixtureRequest) -> CheckpointerConfig:
+    return make_config(request.param, request)
+
+
+def _event(seq: int, by: str) -> EventRecord:
+    return EventRecord("r1", "t", seq, "status", {"by": by}, NOW)
+
+
+@asynccontextmanager
+async def _backends(primary_config: CheckpointerConfig) -> AsyncIterator[tuple[Backend, Backend]]:
+    """(fallback, primary): the fallback holds the thread born in the outage and r1 in
+    flight under exec-a; the primary has a webhook that wants r1's end."""
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        await fallback.registry.put_thread(THREAD)
+        await fallback.registry.put_run(RUN)
+        hook = WebhookRecord(
+            "wh1", "u", "https://hooks.example.com/a", (WebhookEvent.RUN_SUCCEEDED,), NOW
+        )
+        await primary.registry.create_webhook(hook, "whsec_c2VjcmV0")
+        yield fallback, primary
+
+
+async def _seqs(primary: Backend) -> list[tuple[int, str]]:
+    return [(e.seq, e.payload["by"]) for e in await primary.registry.list_events("r1")]
+
+
+async def _deliveries(primary: Backend) -> int:
+    return await primary.registry.count_deliveries(DeliveryFilter())
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_run_renewed_there_by_its_own_executor_is_still_ended(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """A renewal keeps the lease's owner: the row is still as the copy left it (the mark
+    holds the owner, not the lease's expiry), and the end goes in, announced once."""
+    async with _backends(primary_config) as (fallback, primary):
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        renewed = await primary.registry.renew_leases("exec-a", ["r1"], NOW + timedelta(minutes=5))
+        assert [r.run_id for r in renewed] == ["r1"]
+        await fallback.registry.put_run(ENDED)
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.SUCCESS, None)
+        assert await _deliveries(primary) == 1
+        await copy.replay(primary, fallback)  # once more, on time: nothing twice
+        await copy.late().replay(primary, fallback)
+        assert await _deliveries(primary) == 1
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_run_released_there_by_another_is_left(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """Another executor took r1 over on the primary and released it (a graceful stop):
+    its lease is gone, but so is the copy's. The end from the fallback is neither
+    written nor announced, on time and late alike."""
+    async with _backends(primary_config) as (fallback, primary):
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
+        await primary.registry.release_runs("exec-b", ["r1"])
+        await fallback.registry.put_run(ENDED)
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.RUNNING, None)
+        assert await _deliveries(primary) == 0
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_the_events_of_a_run_another_executor_holds_are_left(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """exec-b took r1 over on the primary and numbers its events on from there (2): the
+    copy's events of r1 after the first pass (2, 3) are left, on time and late; they
+    would collide with exec-b's or make its next write collide."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
+        await primary.registry.store_events([_event(2, "exec-b")])
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
+        await (copy.late() if late else copy.unfinished()).replay(primary, fallback)
+        assert await _seqs(primary) == [(1, "exec-a"), (2, "exec-b")]
+
+
+async def test_a_late_copy_adds_the_events_of_a_run_this_replica_ended_there(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """After the switch back this replica's executor went on with r1 on the primary and
+    ended it there (its lease cleared; its end event numbered after what it wrote to
+    the fallback). The copy of those events was quarantined: the late copy adds them
+    (a run ended or released there since may be this replica's own doing: only a lease
+    another executor holds there leaves them)."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
+        ended, _ = await primary.registry.finish_run(
+            "r1",
+            ThreadStatus.IDLE,
+            if_leased_by="exec-a",
+            events=[_event(4, "exec-a")],
+            status=RunStatus.SUCCESS,
+            finished_at=NOW,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        assert ended is not None
+        await copy.late().replay(primary, fallback)
+        assert await _seqs(primary) == [(s, "exec-a") for s in (1, 2, 3, 4)]
+
+
+async def test_events_past_the_copys_first_page_are_left_for_a_run_taken_over(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """The second pass has 600 new events of r1, which exec-b took over on the primary:
+    the transaction leaves the first 500, and the pages after it (`_copy_events`,
+    after the commit) are left too."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
+        await fallback.registry.store_events([_event(s, "exec-a") for s in range(2, 602)])
+        await copy.unfinished().replay(primary, fallback)
+        assert await _seqs(primary) == [(1, "exec-a")]
+
+
+async def test_events_past_the_copys_first_page_follow_its_own_end(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """r1 ended here with 700 events: the copy puts the end and the first 500 in, then
+    the rest after the commit onto the row its end left (as the copy left it)."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events([_event(s, "exec-a") for s in range(1, 701)])
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert [s for s, _ in await _seqs(primary)] == list(range(1, 701))
+        assert await _deliveries(primary) == 1
+
+
+async def test_an_end_copied_late_marks_the_row_as_the_on_time_copy_does(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """A late end clears the lease, as the executor's and the on-time copy's do, and
+    leaves the row as a copy left it: the events after it are still the copy's."""
+    async with _backends(primary_config) as (fallback, primary):
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        await copy.late().replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner, there.lease_expires_at) == (
+            RunStatus.SUCCESS,
+            None,
+            None,
+        )
+        assert await _seqs(primary) == [(1, "exec-a")]
+        assert await _deliveries(primary) == 1
+
+
+class _SqliteBefore(SqliteRegistry):
+    """The registry as the previous version had it (no copy's mark)."""
+
+    migrations = SQLITE_MIGRATIONS[:-1]
+
+
+class _PgBefore(PostgresRegistry):
+    migrations = POSTGRES_MIGRATIONS[:-1]
+
+
+async def _copied_before_the_upgrade(config: CheckpointerConfig, tmp_path: Path) -> None:
+    """The primary as the previous version's first pass left it: the thread and r1 in
+    flight under exec-a, copied with no mark."""
+    if config.database_path is None:  # PostgreSQL
+        pool = make_pool(str(config.connection_string))
+        await pool.open()
+        try:
+            old: SqliteRegistry | PostgresRegistry = _PgBefore(pool)
+            await old.setup()
+            await old.put_thread(THREAD)
+            await old.put_run(RUN)
+        finally:
+            await pool.close()
+        return
+    async with aiosqlite.connect(str(config.database_path)) as conn:
+        old = _SqliteBefore(conn, AsyncSqliteSaver(conn).lock)
+        await old.setup()
+        await old.put_thread(THREAD)
+        await old.put_run(RUN)
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_run_an_earlier_version_copied_is_ended_after_the_upgrade(
+    primary_config: CheckpointerConfig, tmp_path: Path, late: bool
+) -> None:
+    """The primary was upgraded between two passes: its row of r1 has no copy's mark.
+    It is judged as the earlier version did: on time the copy writes it; late, its end
+    goes in while the lease that version kept in the journal's file holds it. Ended
+    and announced once; the row is marked from then on."""
+    await _copied_before_the_upgrade(primary_config, tmp_path)
+    async with _backends(primary_config) as (fallback, primary):
+        leased = Leases({"r1": "exec-a"})  # as the previous version's file kept it
+        copy = CopyThread("t", {}, leased=leased)
+        await fallback.registry.put_run(ENDED)
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.SUCCESS, None)
+        assert await _deliveries(primary) == 1
+        assert "r1" not in leased
+
+
+async def test_a_late_copy_leaves_a_run_an_earlier_version_copied_under_another_lease(
+    primary_config: CheckpointerConfig, tmp_path: Path
+) -> None:
+    """An unmarked row another executor holds (its lease not the one the file kept):
+    left by a late copy, as the earlier version left it."""
+    await _copied_before_the_upgrade(primary_config, tmp_path)
+    async with _backends(primary_config) as (fallback, primary):
+        await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
+        copy = CopyThread("t", {}, leased=Leases({"r1": "exec-a"}))
+        await fallback.registry.put_run(ENDED)
+        await copy.late().replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")
+        assert await _deliveries(primary) == 0

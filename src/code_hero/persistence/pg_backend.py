@@ -91,7 +91,7 @@ class LendingPool(AsyncConnectionPool[Any]):
 
     async def _getconn_unchecked(
         self,
-        timeout: float | None,  # noqa: ASYNC109 (psycopg_pool's signature)
+        timeout: float,  # noqa: ASYNC109 (psycopg_pool's signature)
     ) -> psycopg.AsyncConnection[Any]:
         # Each try of a checkout passes here: its first, and the next after psycopg_pool's
         # check discarded a dead idle connection and it slept (out of the queue that

@@ -251,9 +251,13 @@ class FallbackRouter(RouterDeletes):
                 assert slot.backend is not None
                 if slot is not self.primary:
                     self.journal.ensure_room(self.retry_after)
+                cancelled = False
                 try:
                     with self.metrics.timed(slot.label, operation):
-                        result = await call(slot)
+                        if slot is self.primary:
+                            result = await call(slot)
+                        else:
+                            result, cancelled = await _to_its_end(call(slot))
                 except Exception as exc:
                     if not await self.fail_if_down(slot, exc):
                         raise
@@ -264,6 +268,8 @@ class FallbackRouter(RouterDeletes):
                     self.journal.append(entry())
                     if thread_id not in self.local_threads:
                         self.note_fallback(thread_id)
+                if cancelled:  # stored and journalled: now the caller stops
+                    raise asyncio.CancelledError
                 return result
             return None
 
@@ -577,3 +583,29 @@ class FallbackRouter(RouterDeletes):
             log.warning("could not give the fallback files' space back: %s", exc)
         finally:
             self.giving_back = None
+
+
+async def _to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
+    """The result of a write to a fallback, awaited to its end even when the caller is
+    cancelled meanwhile, and whether it was (the caller raises CancelledError once the
+    write is journalled). Once sent, the write goes on without its caller (aiosqlite's
+    worker thread commits it): stored and read back (a run's `CheckpointSaved`, the
+    thread's history) but never journalled, it would never reach the primary, whose
+    copy-back replays the journal alone. A write that fails after the cancel came
+    stored nothing: the caller is cancelled."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if not task.done():
+                cancelled = True
+                continue
+            if task.cancelled() or task.exception() is not None:
+                raise
+            return task.result(), True
+        except Exception:
+            if cancelled:
+                raise asyncio.CancelledError from None
+            raise

@@ -64,6 +64,9 @@ class LendingPool(AsyncConnectionPool[Any]):
         super().__init__(*args, **kwargs)
         self.lent: set[psycopg.AsyncConnection[Any]] = set()
         self._failing: set[asyncio.Future[bool]] = set()
+        # Why the database was found unreachable (`fail_waiting`), until a probe answers
+        # again (`reachable`): a checkout that comes to the queue meanwhile fails at once.
+        self.unreachable: str | None = None
 
     async def _get_ready_connection(
         self,
@@ -84,6 +87,19 @@ class LendingPool(AsyncConnectionPool[Any]):
         if conn is not None and self._pool and conn._expire_at > monotonic():
             self._pool.appendleft(conn)  # under the pool's lock, as the call above
             conn = self._pool.pop()
+        return conn
+
+    async def _getconn_unchecked(
+        self,
+        timeout: float,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> psycopg.AsyncConnection[Any]:
+        # Each try of a checkout passes here: its first, and the next after psycopg_pool's
+        # check discarded a dead idle connection and it slept (out of the queue that
+        # `fail_waiting` ends). A try after the database was found unreachable would wait
+        # out the pool's timeout for connections the pool cannot open.
+        if self.unreachable is not None:
+            raise psycopg.OperationalError(self.unreachable)
+        conn: psycopg.AsyncConnection[Any] = await super()._getconn_unchecked(timeout)
         return conn
 
     async def getconn(
@@ -115,11 +131,17 @@ class LendingPool(AsyncConnectionPool[Any]):
         """End every wait for a connection with OperationalError(`reason`), which says
         down: the database was found unreachable, so the pool cannot open what they wait
         for, and each would wait out the pool's timeout (5 s) before taking the outage's
-        path. A waiter has sent nothing yet: failed, its call goes on on the fallback."""
+        path. A waiter has sent nothing yet: failed, its call goes on on the fallback. So
+        is a checkout between two tries, and any that comes, until `reachable`."""
+        self.unreachable = reason
         for client in list(self._waiting):
             ending = asyncio.ensure_future(client.fail(psycopg.OperationalError(reason)))
             self._failing.add(ending)
             ending.add_done_callback(self._failing.discard)
+
+    def reachable(self) -> None:
+        """A probe reached the database: checkouts wait for connections again."""
+        self.unreachable = None
 
 
 async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
@@ -417,6 +439,9 @@ class PostgresBackend(Backend):
                 await self._make_missing_tables(conn, list(row[1]) if missing else [])
             else:
                 self._say_ledgers_missing(list(row[1]))
+        pool = getattr(self, "_pool", None)
+        if pool is not None:  # opened: checkouts wait for connections again
+            pool.reachable()
 
     def _say_ledgers_missing(self, ledgers: list[str]) -> None:
         """One WARNING when migration ledgers are found missing alone (not each probe),

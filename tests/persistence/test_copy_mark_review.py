@@ -1,0 +1,95 @@
+"""Review of the copy's mark (`test_copy_mark.py`): cases where the primary's row, as the
+mark judges it, lets a copy write what another executor's run already has."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from code_hero.config import CheckpointerConfig
+from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.records import RunStatus, ThreadStatus
+from tests.persistence.test_copy_mark import (
+    NOW,
+    RUN,
+    _backends,
+    _deliveries,
+    _event,
+    _seqs,
+    primary_config,
+)
+
+__all__ = ["primary_config"]
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_no_copied_event_follows_the_end_another_executor_wrote(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """exec-a (a process since killed, or the server whose file was adopted) had r1 in
+    flight in the fallback; the first pass copied it with event 1. Its lease lapsed on
+    the primary, exec-c (the restarted process, or another server) claimed r1 there,
+    ran it and ended it, numbering on from 1. The rest of the file (exec-a's 2..4),
+    replayed late (the file read at start, a quarantined copy retried): none of it
+    belongs to exec-c's run, above all not after its end. The on-time copy leaves them;
+    the late one appends exec-a's 3 and 4 after exec-c's end event (2)."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3, 4)])
+        lapsed = NOW + timedelta(hours=1)  # exec-a's lease, as copied, has lapsed by then
+        claimed = await primary.registry.claim_runs(
+            "exec-c", now=lapsed, until=lapsed + timedelta(minutes=5), limit=1
+        )
+        assert [r.run_id for r in claimed] == ["r1"]
+        ended, _ = await primary.registry.finish_run(
+            "r1",
+            ThreadStatus.IDLE,
+            if_leased_by="exec-c",
+            events=[_event(2, "exec-c")],
+            status=RunStatus.SUCCESS,
+            finished_at=lapsed,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        assert ended is not None
+        await (copy.late() if late else copy.unfinished()).replay(primary, fallback)
+        assert await _seqs(primary) == [(1, "exec-a"), (2, "exec-c")]
+        assert await _deliveries(primary) == 1
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_run_copied_unleased_then_taken_over_and_released_there_is_left(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """As `test_copy_mark.test_a_run_released_there_by_another_is_left`, but r1 was
+    copied while released here (PENDING, no lease: the mark (PENDING, NULL)). exec-b
+    claims it on the primary, writes event 1 and releases it (a graceful stop): the row
+    is (PENDING, NULL) again and looks as the copy left it. exec-a then ran r1 here to
+    its end. The copy writes that end over the run exec-b took over, announces it, and
+    mixes exec-a's events into exec-b's log."""
+    async with _backends(primary_config) as (fallback, primary):
+        released = replace(RUN, status=RunStatus.PENDING, lease_owner=None)
+        await fallback.registry.put_run(released)
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        claimed = await primary.registry.claim_runs(
+            "exec-b", now=NOW, until=NOW + timedelta(minutes=5), limit=1
+        )
+        assert [r.run_id for r in claimed] == ["r1"]
+        await primary.registry.store_events([_event(1, "exec-b")])
+        await primary.registry.release_runs("exec-b", ["r1"])
+        ended = replace(
+            RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW
+        )
+        await fallback.registry.put_run(ended)
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (1, 2)])
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.PENDING, None)
+        assert await _seqs(primary) == [(1, "exec-b")]
+        assert await _deliveries(primary) == 0

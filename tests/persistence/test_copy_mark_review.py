@@ -5,15 +5,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
+import aiosqlite
 import pytest
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.entries import CopyThread
 from code_hero.persistence.records import RunStatus, ThreadStatus
+from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from tests.persistence.registry.support import make_pool
 from tests.persistence.test_copy_mark import (
     NOW,
     RUN,
+    THREAD,
+    _PgBefore,
+    _SqliteBefore,
     _backends,
     _deliveries,
     _event,
@@ -93,3 +101,50 @@ async def test_a_run_copied_unleased_then_taken_over_and_released_there_is_left(
         assert (there.status, there.lease_owner) == (RunStatus.PENDING, None)
         assert await _seqs(primary) == [(1, "exec-b")]
         assert await _deliveries(primary) == 0
+
+
+RELEASED = replace(RUN, status=RunStatus.PENDING, lease_owner=None)
+
+
+async def _released_copied_before_the_upgrade(config: CheckpointerConfig) -> None:
+    """The primary as the previous version's pass left it: r1 released here (PENDING,
+    no lease) copied with no mark, and no lease kept in the file (none to keep)."""
+    if config.database_path is None:  # PostgreSQL
+        pool = make_pool(str(config.connection_string))
+        await pool.open()
+        try:
+            old: SqliteRegistry | PostgresRegistry = _PgBefore(pool)
+            await old.setup()
+            await old.put_thread(THREAD)
+            await old.put_run(RELEASED)
+        finally:
+            await pool.close()
+        return
+    async with aiosqlite.connect(str(config.database_path)) as conn:
+        old = _SqliteBefore(conn, AsyncSqliteSaver(conn).lock)
+        await old.setup()
+        await old.put_thread(THREAD)
+        await old.put_run(RELEASED)
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_released_run_an_earlier_version_copied_is_ended_after_the_upgrade(
+    primary_config: CheckpointerConfig, tmp_path: Path, late: bool
+) -> None:
+    """An earlier version copied r1 released (no lease, so no lease in its file). After
+    the upgrade exec-a claimed r1 here and ran it to its end. On time the end goes in
+    (an unmarked row is written); late it never does: `finish_run(if_as_copied=True)`
+    asks an unmarked row for `lease_owner = NULL` (the file kept no lease, the ended
+    row has none), which no row passes. r1 stays PENDING on the primary, unannounced,
+    to be run again by whoever claims it."""
+    await _released_copied_before_the_upgrade(primary_config)
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.put_run(
+            replace(RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW)
+        )
+        copy = CopyThread("t", {})
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert there.status == RunStatus.SUCCESS
+        assert await _deliveries(primary) == 1

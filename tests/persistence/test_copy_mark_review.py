@@ -20,12 +20,12 @@ from tests.persistence.test_copy_mark import (
     NOW,
     RUN,
     THREAD,
-    _PgBefore,
-    _SqliteBefore,
     _backends,
     _deliveries,
     _event,
+    _PgBefore,
     _seqs,
+    _SqliteBefore,
     primary_config,
 )
 
@@ -90,9 +90,7 @@ async def test_a_run_copied_unleased_then_taken_over_and_released_there_is_left(
         assert [r.run_id for r in claimed] == ["r1"]
         await primary.registry.store_events([_event(1, "exec-b")])
         await primary.registry.release_runs("exec-b", ["r1"])
-        ended = replace(
-            RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW
-        )
+        ended = replace(RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW)
         await fallback.registry.put_run(ended)
         await fallback.registry.store_events([_event(s, "exec-a") for s in (1, 2)])
         await (copy.late() if late else copy).replay(primary, fallback)

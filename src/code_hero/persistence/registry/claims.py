@@ -315,8 +315,9 @@ class RunClaims(WebhookOutbox):
         Checked on the run's row itself: a finish or a claim racing this one waits. With
         `if_as_copied`, an outage's copy of the end: the row must be as a copy left it
         (`_as_copied`), or, with no copy's mark (an earlier version's copy), leased by
-        `if_leased_by`; the end clears the lease, as the executor's does, and marks what
-        it wrote, so a copy of the run's events after it still finds it so."""
+        `if_leased_by` (None: by no executor); the end clears the lease, as the
+        executor's does, and marks what it wrote, so a copy of the run's events after it
+        still finds it so."""
         if if_as_copied:
             fields = {**fields, "lease_owner": None, "lease_expires_at": None}
         update, params = self._run_update("finish_run", fields)
@@ -328,8 +329,10 @@ class RunClaims(WebhookOutbox):
         if if_unfinished:
             update += " AND status IN ('PENDING', 'RUNNING')"
         if if_as_copied:
+            # Null-safe: a run that version copied released kept no lease in the
+            # file (None), and is this copy's while no executor holds it there.
             update += (
-                " AND (CASE WHEN copied_status IS NULL THEN lease_owner = ? "
+                f" AND (CASE WHEN copied_status IS NULL THEN lease_owner {self.same} ? "
                 f"ELSE {self._as_copied()} END)"
             )
             held = [if_leased_by]

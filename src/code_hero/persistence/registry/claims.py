@@ -371,8 +371,8 @@ class RunClaims(WebhookOutbox):
             extra += f" AND {cond}"
             extra_params += vals
         sql = (
-            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
-            f"WHERE run_id IN ("
+            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
+            f"{self._claim_mark()} WHERE run_id IN ("
             f"  SELECT r.run_id FROM code_hero_runs r"
             f"  WHERE r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
             f"  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
@@ -388,7 +388,9 @@ class RunClaims(WebhookOutbox):
         async with self._session(atomic=True) as s:
             # Not `last`: a claim whose caller is cancelled in flight (the claim loop
             # stopping at shutdown) must roll back, not commit leases nobody hands back.
-            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+            rows = await s.fetch(
+                sql, [owner, ts_until, owner, ts_now, *extra_params, limit, ts_now]
+            )
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 
@@ -442,13 +444,13 @@ class RunClaims(WebhookOutbox):
     ) -> list[RunRecord]:
         async with self._session() as s:
             rows = await s.fetch(
-                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
-                "WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
+                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
+                f"{self._claim_mark()} WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
                 "  WHERE r.cancel_requested AND r.status IN ('PENDING', 'RUNNING') "
                 "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?)"
                 # Rows a deletion (or another claimer) holds are skipped, not waited for.
                 f"  ORDER BY r.run_id{self.skip_locked}"
                 f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
-                [owner, self._ts(utc(until)), self._ts(utc(now)), self._ts(utc(now))],
+                [owner, self._ts(utc(until)), owner, self._ts(utc(now)), self._ts(utc(now))],
             )
         return [self._run(r) for r in rows]

@@ -709,7 +709,7 @@ class SqlRegistry(
         if as_copy == "on_time":  # an unmarked row: an earlier version's copy took them
             guard = f"(r.copied_status IS NULL OR {self._as_copied('r')})"
         else:
-            guard = f"NOT {self._held_by_another('r')}"
+            guard = f"NOT {self._taken_by_another('r')}"
         ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
         async with self._session(atomic=True) as s:
             if self.for_update:

@@ -146,3 +146,32 @@ async def test_a_released_run_an_earlier_version_copied_is_ended_after_the_upgra
         assert there is not None
         assert there.status == RunStatus.SUCCESS
         assert await _deliveries(primary) == 1
+
+
+async def test_a_late_copy_adds_no_event_past_an_end_written_there(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """The end is a run's last event, whoever wrote it. r1 was copied with event 1 under
+    exec-a, which then ended it on the primary with no claim in between (the row keeps
+    the copy's mark), numbering its end on from what the primary had (2), while the
+    fallback had its 2 and 3. The late copy fills no gap there is none of below the end
+    and adds nothing after it: exec-a's 3 stays out (its 2 collides with the end)."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
+        ended, _ = await primary.registry.finish_run(
+            "r1",
+            ThreadStatus.IDLE,
+            if_leased_by="exec-a",
+            events=[_event(2, "end")],
+            status=RunStatus.SUCCESS,
+            finished_at=NOW,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        assert ended is not None
+        await copy.late().replay(primary, fallback)
+        assert await _seqs(primary) == [(1, "exec-a"), (2, "end")]
+        assert await _deliveries(primary) == 1

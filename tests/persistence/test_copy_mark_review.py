@@ -175,3 +175,29 @@ async def test_a_late_copy_adds_no_event_past_an_end_written_there(
         await copy.late().replay(primary, fallback)
         assert await _seqs(primary) == [(1, "exec-a"), (2, "end")]
         assert await _deliveries(primary) == 1
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_run_reclaimed_there_by_the_executor_the_copy_wrote_is_still_ended(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """A claim by the executor the copy wrote (its lease lapsed there, exec-a claims r1
+    again) keeps the copy's mark, as a renewal does: exec-a's end, copied after, goes
+    in once, its events with it. (Only another executor's claim takes the run over.)"""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.store_events([_event(1, "exec-a")])
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        lapsed = NOW + timedelta(hours=1)
+        claimed = await primary.registry.claim_runs(
+            "exec-a", now=lapsed, until=lapsed + timedelta(minutes=5), limit=1
+        )
+        assert [r.run_id for r in claimed] == ["r1"]
+        await fallback.registry.put_run(replace(RUN, status=RunStatus.SUCCESS, finished_at=NOW))
+        await fallback.registry.store_events([_event(2, "exec-a")])
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert there.status == RunStatus.SUCCESS
+        assert await _seqs(primary) == [(1, "exec-a"), (2, "exec-a")]
+        assert await _deliveries(primary) == 1

@@ -410,10 +410,11 @@ class CopyThread:
                     self.leased.forget(run.run_id)
             else:
                 await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
-            # Not those of a run another executor holds there: its events would collide
-            # with that executor's. (After the switch this replica's own executors write
-            # the primary too: a run ended or released there since may be theirs, and
-            # its events from the fallback belong before theirs.)
+            # Not those of a run another executor claimed or holds there: its events
+            # would collide with that executor's; nor any past an end written there (the
+            # end is the last event). (After the switch this replica's own executors
+            # write the primary too: a run ended or released there since may be theirs,
+            # and its events from the fallback belong before theirs.)
             await _copy_events(primary, fallback, run.run_id, self.copied, as_copy="late")
         return True
 

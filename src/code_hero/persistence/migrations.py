@@ -207,8 +207,11 @@ _DELETION_TOKEN = "ALTER TABLE code_hero_threads ADD COLUMN deletion_token TEXT"
 # its status and lease owner. While the row still has them (an unfinished status for an
 # unfinished one), no other executor claimed, released or ended the run since, and a
 # later copy of it from the same fallback may write it again, its end too; once they
-# differ, another executor took the run over (or ended it) and the copy leaves it. NULL:
-# no copy wrote the row (or one of an earlier version did).
+# differ, another executor took the run over (or ended it) and the copy leaves it. A
+# claim by an executor other than the one the copy wrote sets copied_status to
+# 'TAKEN_OVER' for good (`Dialect._claim_mark`): released there again, the row would
+# look as the copy left it. NULL: no copy wrote the row (or one of an earlier version
+# did).
 _COPY_MARK = (
     "ALTER TABLE code_hero_runs ADD COLUMN copied_status TEXT",
     "ALTER TABLE code_hero_runs ADD COLUMN copied_lease_owner TEXT",

@@ -573,8 +573,11 @@ class Registry(Protocol):
         As an outage's copy (`copy_thread`'s mark), on time: any of runs no longer as a
         copy left them (taken over, released or ended by another executor: this replica's
         own write to the fallback until the switch back); late: any of runs another
-        executor holds (after the switch back a run ended or released there may be this
-        replica's own doing). A row no copy marked takes them (an earlier version's)."""
+        executor claimed or holds, and of a run ended there by other than a copy any
+        past its last event (the end is the last, whoever wrote it; after the switch back
+        a run ended or released there may be this replica's own doing, whose events from
+        the fallback fill the gaps below its end). A row no copy marked takes them (an
+        earlier version's)."""
 
     async def list_events(
         self,

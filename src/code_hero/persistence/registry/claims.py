@@ -315,8 +315,9 @@ class RunClaims(WebhookOutbox):
         Checked on the run's row itself: a finish or a claim racing this one waits. With
         `if_as_copied`, an outage's copy of the end: the row must be as a copy left it
         (`_as_copied`), or, with no copy's mark (an earlier version's copy), leased by
-        `if_leased_by`; the end clears the lease, as the executor's does, and marks what
-        it wrote, so a copy of the run's events after it still finds it so."""
+        `if_leased_by` (None: by no executor); the end clears the lease, as the
+        executor's does, and marks what it wrote, so a copy of the run's events after it
+        still finds it so."""
         if if_as_copied:
             fields = {**fields, "lease_owner": None, "lease_expires_at": None}
         update, params = self._run_update("finish_run", fields)
@@ -328,8 +329,10 @@ class RunClaims(WebhookOutbox):
         if if_unfinished:
             update += " AND status IN ('PENDING', 'RUNNING')"
         if if_as_copied:
+            # Null-safe: a run that version copied released kept no lease in the
+            # file (None), and is this copy's while no executor holds it there.
             update += (
-                " AND (CASE WHEN copied_status IS NULL THEN lease_owner = ? "
+                f" AND (CASE WHEN copied_status IS NULL THEN lease_owner {self.same} ? "
                 f"ELSE {self._as_copied()} END)"
             )
             held = [if_leased_by]
@@ -368,8 +371,8 @@ class RunClaims(WebhookOutbox):
             extra += f" AND {cond}"
             extra_params += vals
         sql = (
-            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
-            f"WHERE run_id IN ("
+            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
+            f"{self._claim_mark()} WHERE run_id IN ("
             f"  SELECT r.run_id FROM code_hero_runs r"
             f"  WHERE r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
             f"  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
@@ -385,7 +388,9 @@ class RunClaims(WebhookOutbox):
         async with self._session(atomic=True) as s:
             # Not `last`: a claim whose caller is cancelled in flight (the claim loop
             # stopping at shutdown) must roll back, not commit leases nobody hands back.
-            rows = await s.fetch(sql, [owner, ts_until, ts_now, *extra_params, limit, ts_now])
+            rows = await s.fetch(
+                sql, [owner, ts_until, owner, ts_now, *extra_params, limit, ts_now]
+            )
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
 
@@ -439,13 +444,13 @@ class RunClaims(WebhookOutbox):
     ) -> list[RunRecord]:
         async with self._session() as s:
             rows = await s.fetch(
-                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ? "
-                "WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
+                f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
+                f"{self._claim_mark()} WHERE run_id IN (SELECT r.run_id FROM code_hero_runs r "
                 "  WHERE r.cancel_requested AND r.status IN ('PENDING', 'RUNNING') "
                 "  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?)"
                 # Rows a deletion (or another claimer) holds are skipped, not waited for.
                 f"  ORDER BY r.run_id{self.skip_locked}"
                 f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) RETURNING {RUN_COLUMNS}",
-                [owner, self._ts(utc(until)), self._ts(utc(now)), self._ts(utc(now))],
+                [owner, self._ts(utc(until)), owner, self._ts(utc(now)), self._ts(utc(now))],
             )
         return [self._run(r) for r in rows]

@@ -146,6 +146,11 @@ class Session(Protocol):
         ...
 
 
+# A copy's mark (`migrations._COPY_MARK`) once another executor claimed the run
+# (`Dialect._claim_mark`): never as a copy left it again, whatever happens to it next.
+TAKEN_OVER = "TAKEN_OVER"
+
+
 class Dialect(ABC):
     """The seam every registry query is written against; a subclass per database."""
 
@@ -332,13 +337,28 @@ class Dialect(ABC):
             f"AND {table}.copied_status IN ('PENDING', 'RUNNING'))))"
         )
 
-    def _held_by_another(self, table: str = "code_hero_runs") -> str:
-        """Whether a run's row a copy marked is held by an executor other than the one
-        the copy wrote: unfinished, under another lease (taken over)."""
+    def _taken_by_another(self, table: str = "code_hero_runs") -> str:
+        """Whether a run's row a copy marked was taken over by an executor other than
+        the one the copy wrote: claimed by it since (`_claim_mark`), or unfinished under
+        its lease."""
         return (
-            f"({table}.copied_status IS NOT NULL AND {table}.lease_owner IS NOT NULL "
+            f"({table}.copied_status = '{TAKEN_OVER}' OR ({table}.copied_status IS NOT NULL "
+            f"AND {table}.lease_owner IS NOT NULL "
             f"AND {table}.status IN ('PENDING', 'RUNNING') "
-            f"AND NOT ({table}.lease_owner {self.same} {table}.copied_lease_owner))"
+            f"AND NOT ({table}.lease_owner {self.same} {table}.copied_lease_owner)))"
+        )
+
+    def _claim_mark(self) -> str:
+        """A claim's SET of the copy's mark, its one parameter the claiming executor: a
+        run a copy marked, claimed by an executor other than the one the copy wrote, is
+        marked taken over for good (`TAKEN_OVER`), as its lease alone cannot say once
+        that executor releases it (a run copied released: the lease the copy wrote,
+        none, again). A claim by the executor the copy wrote (its lease lapsed) keeps
+        the mark: the run is still the one the copy left."""
+        return (
+            "copied_status = CASE WHEN copied_status IS NULL "
+            f"OR copied_lease_owner {self.same} ? THEN copied_status "
+            f"ELSE '{TAKEN_OVER}' END"
         )
 
     def _run_params(self, run: RunRecord) -> list[Any]:

@@ -326,12 +326,14 @@ class SqlRegistry(
     def _copied_events_if(
         self, events: Sequence[EventRecord], guard: str
     ) -> tuple[str, list[Sequence[Any]]]:
-        """`_copied_events` of the runs whose row (`r`) passes `guard` only."""
+        """`_copied_events` of the runs whose row (`r`) passes `guard` only (the event
+        `e`)."""
+        each = ", ".join(f"? AS {name}" for name in EVENT_COLUMNS.split(", "))
         return (
-            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
-            "WHERE EXISTS (SELECT 1 FROM code_hero_runs r WHERE r.run_id = ? "
-            f"AND {guard}) ON CONFLICT (run_id, seq) DO NOTHING",
-            [[*self._event_params(e), e.run_id] for e in events],
+            f"INSERT INTO code_hero_run_events ({EVENT_COLUMNS}) SELECT e.* FROM "
+            f"(SELECT {each}) AS e WHERE EXISTS (SELECT 1 FROM code_hero_runs r "
+            f"WHERE r.run_id = e.run_id AND {guard}) ON CONFLICT (run_id, seq) DO NOTHING",
+            [self._event_params(e) for e in events],
         )
 
     def _copied_events(self, events: Sequence[EventRecord]) -> tuple[str, list[Sequence[Any]]]:
@@ -708,8 +710,13 @@ class SqlRegistry(
         the guarded insert wait for the COMMIT's trip), as an unguarded copy takes."""
         if as_copy == "on_time":  # an unmarked row: an earlier version's copy took them
             guard = f"(r.copied_status IS NULL OR {self._as_copied('r')})"
-        else:
-            guard = f"NOT {self._held_by_another('r')}"
+        else:  # nor, past the end another executor wrote there, the events after it
+            guard = (
+                f"(r.copied_status IS NULL OR {self._as_copied('r')} "
+                f"OR (NOT {self._taken_by_another('r')} AND (r.status IN ('PENDING', 'RUNNING') "
+                "OR e.seq <= (SELECT max(x.seq) FROM code_hero_run_events x "
+                "WHERE x.run_id = e.run_id))))"
+            )
         ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
         async with self._session(atomic=True) as s:
             if self.for_update:

@@ -8,6 +8,8 @@
    has not switched yet, the database goes again. The failing probe finds the primary
    not active, `fail` returns before `abandon_waits`, so checkouts wait out the pool
    timeout again for the rest of the outage.
+3. So after the copy-back's `reconnect`: its fresh pool was never marked, the primary
+   not serving yet when the database went again.
 
 On a PostgreSQL cluster of the test's own, stopped by the test.
 """
@@ -95,6 +97,37 @@ async def test_a_checkout_after_the_database_went_again_fails_over_at_once(
         own_pg.start()
         assert await router.probe(primary)  # answers: the copy-back would follow
         own_pg.stop()  # ... but the database goes again first
+        assert not await router.probe(primary)
+        with pytest.raises(psycopg.OperationalError) as caught:
+            conn = await pool.getconn()
+            await pool.putconn(conn)
+        assert not isinstance(caught.value, PoolTimeout), "waited out the pool timeout"
+
+
+async def test_a_checkout_on_the_pool_the_copy_back_opened_fails_over_at_once(
+    own_pg: OwnPostgres, tmp_path: Path
+) -> None:
+    # The copy-back's first step opens a fresh pool (`reconnect`), with the primary not
+    # serving yet: the database going then must mark that pool, not the one it replaced.
+    config = create_postgres_checkpointer(
+        own_pg.url,
+        fallback_path=str(tmp_path / "fb.sqlite"),
+        health_check_interval=60.0,
+        pool_timeout=3.0,
+    )
+    async with EnhancedCheckpointerManager(config) as manager:
+        router = manager.router
+        primary = router.primary
+        backend = primary.backend
+        assert backend is not None
+        own_pg.stop()
+        assert not await router.probe(primary)
+        own_pg.start()
+        assert await router.probe(primary)
+        await backend.reconnect()  # as `sync_back` does first
+        pool = backend.pool  # type: ignore[attr-defined]
+        assert router.active_slot is not primary
+        own_pg.stop()
         assert not await router.probe(primary)
         with pytest.raises(psycopg.OperationalError) as caught:
             conn = await pool.getconn()

@@ -54,6 +54,7 @@ __all__ = [
     "PrimaryUnreachableError",
     "full_versions",
     "thread_of",
+    "to_its_end",
 ]
 
 R = TypeVar("R")
@@ -257,7 +258,7 @@ class FallbackRouter(RouterDeletes):
                         if slot is self.primary:
                             result = await call(slot)
                         else:
-                            result, cancelled = await _to_its_end(call(slot))
+                            result, cancelled = await to_its_end(call(slot))
                 except Exception as exc:
                     if not await self.fail_if_down(slot, exc):
                         raise
@@ -585,14 +586,15 @@ class FallbackRouter(RouterDeletes):
             self.giving_back = None
 
 
-async def _to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
+async def to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
     """The result of a write to a fallback, awaited to its end even when the caller is
     cancelled meanwhile, and whether it was (the caller raises CancelledError once the
     write is journalled). Once sent, the write goes on without its caller (aiosqlite's
     worker thread commits it): stored and read back (a run's `CheckpointSaved`, the
     thread's history) but never journalled, it would never reach the primary, whose
     copy-back replays the journal alone. A write that fails after the cancel came
-    stored nothing: the caller is cancelled."""
+    stored nothing: the caller is cancelled. The router's checkpoint writes pass here,
+    and the registry's in an outage (`RoutedRegistry._write`: stored, then journalled)."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while True:

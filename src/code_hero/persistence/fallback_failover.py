@@ -151,13 +151,16 @@ class RouterFailover(RouterState):
         """The slot could not be reached: mark it, and serve from the next slot if it was active."""
         was_active = self.active_slot is slot
         slot.record_failure(exc)
-        if not was_active:
-            return
         if slot.backend is not None:
             # Calls waiting for one of its connections would wait out the pool's
-            # timeout; none has sent anything, so each goes on on the next slot now.
+            # timeout; none has sent anything, so each goes on on the next slot now,
+            # and so does each checkout until a probe answers. Whether it serves or
+            # not: a primary that went again before the copy-back switched back (its
+            # drain, on the pool `reconnect` opened) is as unreachable.
             # (Calls on a lent connection are cut only on a probe's word: `probe`.)
             slot.backend.abandon_waits()
+        if not was_active:
+            return
         index = self.slots.index(slot)
         nxt = next(
             (i for i in range(index + 1, len(self.slots)) if self.slots[i].backend is not None),

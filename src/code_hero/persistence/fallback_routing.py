@@ -9,12 +9,13 @@ last saw them, so a run in flight when an outage begins goes on (`_adopt`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from code_hero.persistence.entries import CopyThread, Entry
-from code_hero.persistence.fallback import FallbackRouter
+from code_hero.persistence.fallback import FallbackRouter, to_its_end
 from code_hero.persistence.records import EventRecord, Registry, RunRecord
 
 __all__ = ["RoutedRegistry"]
@@ -103,7 +104,7 @@ class RoutedRegistry:
         degraded: Callable[[], Awaitable[T]],
     ) -> T:
         async with self.router.gate.write():
-            return await self._route(on_primary, degraded)
+            return await self._route(on_primary, lambda: _stored_to_its_end(degraded))
 
     def _journal(self, entry: Entry) -> None:
         self.router.journal.append(entry)
@@ -200,3 +201,14 @@ class RoutedRegistry:
                 self._unended.pop(record.run_id, None)
             if claimed_by is not None or record.run_id in self._executing:
                 self._executing[record.run_id] = record
+
+
+async def _stored_to_its_end(degraded: Callable[[], Awaitable[T]]) -> T:
+    """A write of an outage, stored on the fallback then journalled (`degraded`), run to
+    its end even when its caller is cancelled meanwhile, which then stops: stored but
+    not journalled (a thread created, a run started, a cancel requested), it would
+    stay in the fallback, never copied back."""
+    result, cancelled = await to_its_end(degraded())
+    if cancelled:  # stored and journalled: now the caller stops
+        raise asyncio.CancelledError
+    return result

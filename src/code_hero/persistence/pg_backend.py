@@ -364,6 +364,9 @@ class PostgresBackend(Backend):
     async def reconnect(self) -> None:
         # After an outage the pool retries its lost connections with a backoff that
         # doubles (1, 2, 4, 8 s ...) and nothing resets: a fresh pool connects now.
+        # It starts reachable, not as the old one was found: it has just connected
+        # (after a probe answered); the database found gone after the swap marks it
+        # (`abandon_waits`, whether the primary serves or not).
         pool = self._new_pool()
         await pool.open(wait=True, timeout=self.config.pool_timeout)
         old, self._pool = self._pool, pool

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from code_hero.config import CheckpointerConfig
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.entries import CopyThread
@@ -71,3 +73,33 @@ async def test_an_unmarked_run_claimed_and_released_there_takes_no_late_events(
     exec-a's event 2 goes into exec-b's log after exec-b's 1."""
     async with _claimed_and_released_there(primary_config) as (_, primary):
         assert await _seqs(primary) == [(1, "exec-b")]
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_released_copy_handed_back_untouched_there_is_still_ended(
+    primary_config: CheckpointerConfig, late: bool
+) -> None:
+    """Trade-off of d97245d (not a clear defect): r1 was copied released (mark PENDING,
+    no lease), exec-a then ran it to its end in the fallback. exec-b claimed it on the
+    primary as its shutdown began and handed it back at once (`ClaimLoop._hand_back`),
+    writing nothing: row and log are as the copy left them, yet the claim marked the
+    run TAKEN_OVER, so the copy leaves exec-a's end and the run is run again."""
+    async with _backends(primary_config) as (fallback, primary):
+        await fallback.registry.put_run(replace(RUN, status=RunStatus.PENDING, lease_owner=None))
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        claimed = await primary.registry.claim_runs(
+            "exec-b", now=NOW, until=NOW + timedelta(minutes=5), limit=1
+        )
+        assert [r.run_id for r in claimed] == ["r1"]
+        await primary.registry.release_runs("exec-b", ["r1"])
+        await fallback.registry.put_run(
+            replace(RUN, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW)
+        )
+        await fallback.registry.store_events([_event(s, "exec-a") for s in (1, 2)])
+        await (copy.late() if late else copy).replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None
+        assert there.status == RunStatus.SUCCESS
+        assert await _seqs(primary) == [(1, "exec-a"), (2, "exec-a")]
+        assert await _deliveries(primary) == 1

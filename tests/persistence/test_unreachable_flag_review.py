@@ -1,0 +1,60 @@
+"""Review of audit2 (ae13296): `fail` marks the pool unreachable whichever slot serves.
+
+The copy-back (`sync_back`) opens a fresh pool (`reconnect`), drains, then switches to
+the primary with no probe in between. A probe that finds the database gone in that
+window (a `probe_health` beside the health loop's copy-back, the database flapping)
+now marks the fresh pool; the database comes back, the switch goes on, and the
+primary serves from a pool that refuses every checkout at once until the next probe:
+the first call fails the router over again, with the database answering.
+
+On a PostgreSQL cluster of the test's own, stopped by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.persistence.manager import EnhancedCheckpointerManager
+from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+
+pytestmark = pytest.mark.postgres
+
+__all__ = ["own_pg"]
+
+
+async def test_a_probe_failing_before_the_switch_back_leaves_no_mark_on_the_pool_that_serves(
+    own_pg: OwnPostgres, tmp_path: Path
+) -> None:
+    config = create_postgres_checkpointer(
+        own_pg.url,
+        fallback_path=str(tmp_path / "fb.sqlite"),
+        health_check_interval=60.0,
+        pool_timeout=10.0,
+    )
+    async with EnhancedCheckpointerManager(config) as manager:
+        router = manager.router
+        primary = router.primary
+        backend = primary.backend
+        assert backend is not None
+        own_pg.stop()
+        assert not await router.probe(primary)
+        assert router.active_slot is not primary
+        own_pg.start()
+        assert await router.probe(primary)
+        old = backend.pool  # type: ignore[attr-defined]
+        async with router.gate.write():  # a write in flight: the switch waits for it
+            recovering = asyncio.ensure_future(router.recover())
+            while backend.pool is old:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.05)  # the copy-back's fresh pool is open
+            own_pg.stop()  # the database flaps before the switch
+            assert not await router.probe(primary)
+            own_pg.start()
+        assert await recovering  # switched back, with no probe since
+        assert router.active_slot is primary
+        # The database answers: a call goes to it, and the primary keeps serving.
+        assert await manager.registry.get_thread("absent") is None
+        assert router.active_slot is primary, f"failed over again: {primary.last_error}"

@@ -19,6 +19,7 @@ import pytest
 
 from code_hero.config import create_postgres_checkpointer
 from code_hero.persistence.manager import EnhancedCheckpointerManager
+from tests.faults import until
 from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
 
 pytestmark = pytest.mark.postgres
@@ -48,8 +49,11 @@ async def test_a_probe_failing_before_the_switch_back_leaves_no_mark_on_the_pool
         old = backend.pool  # type: ignore[attr-defined]
         async with router.gate.write():  # a write in flight: the switch waits for it
             recovering = asyncio.ensure_future(router.recover())
-            while backend.pool is old:  # type: ignore[attr-defined]
-                await asyncio.sleep(0.05)  # the copy-back's fresh pool is open
+
+            async def reconnected() -> bool:  # the copy-back's fresh pool is open
+                return backend.pool is not old  # type: ignore[attr-defined,no-any-return]
+
+            await until(reconnected)
             own_pg.stop()  # the database flaps before the switch
             assert not await router.probe(primary)
             own_pg.start()

@@ -3,9 +3,10 @@
 The copy-back (`sync_back`) opens a fresh pool (`reconnect`), drains, then switches to
 the primary with no probe in between. A probe that finds the database gone in that
 window (a `probe_health` beside the health loop's copy-back, the database flapping)
-now marks the fresh pool; the database comes back, the switch goes on, and the
-primary serves from a pool that refuses every checkout at once until the next probe:
-the first call fails the router over again, with the database answering.
+now marks the fresh pool; the database comes back, the switch went on, and the
+primary served from a pool that refused every checkout at once until the next probe:
+the first call failed the router over again, with the database answering. The switch
+now waits for a probe that answers.
 
 On a PostgreSQL cluster of the test's own, stopped by the test.
 """
@@ -57,7 +58,13 @@ async def test_a_probe_failing_before_the_switch_back_leaves_no_mark_on_the_pool
             own_pg.stop()  # the database flaps before the switch
             assert not await router.probe(primary)
             own_pg.start()
-        assert await recovering  # switched back, with no probe since
+        # The switch waits for a probe: the pool the primary would serve from was
+        # found unreachable since the reconnect (before: switched, and failed over
+        # again at the first call, with the database answering).
+        assert not await recovering
+        assert router.active_slot is not primary
+        assert await router.probe(primary)
+        assert await router.recover()
         assert router.active_slot is primary
         # The database answers: a call goes to it, and the primary keeps serving.
         assert await manager.registry.get_thread("absent") is None

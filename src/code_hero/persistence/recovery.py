@@ -129,6 +129,13 @@ async def sync_back(router: FallbackRouter) -> bool:
                     bound,
                     "the copy-back's last part",
                 )
+                if not primary.healthy:
+                    # Found unreachable since the reconnect (a probe beside this
+                    # copy-back): its pool refuses checkouts until a probe answers
+                    # (`LendingPool.unreachable`), so it would serve nobody. The next
+                    # check probes, and copies what is left, and switches.
+                    log.info("sync back waits: the primary failed a probe meanwhile")
+                    return False
                 await router.switch_to_primary()
             router.fallback_fault = None
             return True

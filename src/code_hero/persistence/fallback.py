@@ -54,6 +54,7 @@ __all__ = [
     "PrimaryUnreachableError",
     "full_versions",
     "thread_of",
+    "to_its_end",
 ]
 
 R = TypeVar("R")
@@ -257,7 +258,7 @@ class FallbackRouter(RouterDeletes):
                         if slot is self.primary:
                             result = await call(slot)
                         else:
-                            result, cancelled = await _to_its_end(call(slot))
+                            result, cancelled = await to_its_end(call(slot))
                 except Exception as exc:
                     if not await self.fail_if_down(slot, exc):
                         raise
@@ -585,14 +586,16 @@ class FallbackRouter(RouterDeletes):
             self.giving_back = None
 
 
-async def _to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
-    """The result of a write to a fallback, awaited to its end even when the caller is
-    cancelled meanwhile, and whether it was (the caller raises CancelledError once the
-    write is journalled). Once sent, the write goes on without its caller (aiosqlite's
-    worker thread commits it): stored and read back (a run's `CheckpointSaved`, the
-    thread's history) but never journalled, it would never reach the primary, whose
-    copy-back replays the journal alone. A write that fails after the cancel came
-    stored nothing: the caller is cancelled."""
+async def to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
+    """The result of a write, awaited to its end even when the caller is cancelled
+    meanwhile, and whether it was (the caller raises CancelledError then, once the write
+    is done). A write to a fallback: once sent, it goes on without its caller
+    (aiosqlite's worker thread commits it): stored and read back (a run's
+    `CheckpointSaved`, the thread's history) but never journalled, it would never reach
+    the primary, whose copy-back replays the journal alone; it is journalled before the
+    caller raises. A checkpoint's save (`ManagedSaver.aput`): its event may be published
+    already. A write that fails after the cancel came stored nothing: the caller is
+    cancelled."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while True:

@@ -25,7 +25,7 @@ from langgraph.checkpoint.base import (
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
-from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of
+from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of, to_its_end
 from code_hero.persistence.slots import BackendSlot
 
 __all__ = ["ManagedSaver", "fresh_thread"]
@@ -102,6 +102,24 @@ class ManagedSaver(BaseCheckpointSaver[str]):
             yield item
 
     async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        # Awaited to its end even when the run is cancelled meanwhile, then the cancel
+        # goes on. LangGraph streams a checkpoint while its save may still be in flight
+        # (the run's input checkpoint: the run publishes `CheckpointSaved` for it), and a
+        # cancel of the run's wait for the next save (`durability="sync"`) goes down the
+        # chain of saves to this one: dropped there (a group commit's queued write, a
+        # write waiting for the lock), the event would name a checkpoint never stored.
+        result, cancelled = await to_its_end(self._put(config, checkpoint, metadata, new_versions))
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+    async def _put(
         self,
         config: RunnableConfig,
         checkpoint: Checkpoint,

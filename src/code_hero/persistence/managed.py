@@ -44,6 +44,13 @@ def _patience(config: RunnableConfig) -> float:
     return RUN_WRITE_PATIENCE if "run_id" in config.get("configurable", {}) else 0.0
 
 
+# The checkpoints (their metadata's "source") LangGraph streams before their save is
+# done: a run's input and a fork's start, streamed at the step that follows (the run's
+# first `CheckpointSaved`) while their save runs in the background. A step's own ("loop")
+# is streamed only once saved (`durability="sync"`, which the executor uses), and its
+# save stays cancellable: a run cancelled while it waits for a lock stops at once.
+STREAMED_UNSAVED = frozenset({"input", "fork"})
+
 # The thread whose first checkpoint read is known to find nothing, until that read.
 _FRESH: ContextVar[list[str] | None] = ContextVar("code_hero_fresh_thread", default=None)
 
@@ -108,12 +115,15 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        if metadata.get("source") not in STREAMED_UNSAVED:
+            return await self._put(config, checkpoint, metadata, new_versions)
         # Awaited to its end even when the run is cancelled meanwhile, then the cancel
-        # goes on. LangGraph streams a checkpoint while its save may still be in flight
-        # (the run's input checkpoint: the run publishes `CheckpointSaved` for it), and a
+        # goes on: LangGraph streams this checkpoint while its save may still be in
+        # flight, so the run may have published `CheckpointSaved` for it already, and a
         # cancel of the run's wait for the next save (`durability="sync"`) goes down the
-        # chain of saves to this one: dropped there (a group commit's queued write, a
-        # write waiting for the lock), the event would name a checkpoint never stored.
+        # chain of saves (each awaits the one before) to this one. Dropped there (a group
+        # commit's queued write, a write waiting for the lock), the event would name a
+        # checkpoint never stored: NOT_FOUND to a client asking for it.
         result, cancelled = await to_its_end(self._put(config, checkpoint, metadata, new_versions))
         if cancelled:
             raise asyncio.CancelledError

@@ -587,15 +587,14 @@ class FallbackRouter(RouterDeletes):
 
 
 async def to_its_end(step: Awaitable[R]) -> tuple[R, bool]:
-    """The result of a write, awaited to its end even when the caller is cancelled
-    meanwhile, and whether it was (the caller raises CancelledError then, once the write
-    is done). A write to a fallback: once sent, it goes on without its caller
-    (aiosqlite's worker thread commits it): stored and read back (a run's
-    `CheckpointSaved`, the thread's history) but never journalled, it would never reach
-    the primary, whose copy-back replays the journal alone; it is journalled before the
-    caller raises. A checkpoint's save (`ManagedSaver.aput`): its event may be published
-    already. A write that fails after the cancel came stored nothing: the caller is
-    cancelled."""
+    """The result of a write to a fallback, awaited to its end even when the caller is
+    cancelled meanwhile, and whether it was (the caller raises CancelledError once the
+    write is journalled). Once sent, the write goes on without its caller (aiosqlite's
+    worker thread commits it): stored and read back (a run's `CheckpointSaved`, the
+    thread's history) but never journalled, it would never reach the primary, whose
+    copy-back replays the journal alone. A write that fails after the cancel came
+    stored nothing: the caller is cancelled. The router's checkpoint writes pass here,
+    and the registry's in an outage (`RoutedRegistry._write`: stored, then journalled)."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while True:

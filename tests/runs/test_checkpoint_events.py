@@ -12,13 +12,20 @@ stored and a client asking for it got NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from code_hero.gateway import Gateway
+import psycopg
+import pytest
+
+from code_hero.config import create_postgres_checkpointer
+from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunStatus
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
+from tests.faults import until
+from tests.runs.conftest import SLOW_SPEC
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -39,6 +46,14 @@ def _waits_for_a_save(task: asyncio.Task[Any]) -> bool:
     )
 
 
+@pytest.mark.xfail(
+    reason="open (low; seen once by the outage audit): LangGraph streams a run's input "
+    "checkpoint before its save ends, and a cancel drops the save; the fix (awaiting that "
+    "save to its end) was reverted: a save waiting on a held lock then kept a cancelled "
+    "run executing and a stopping server from handing it on (the two tests below). The "
+    "way out: publish CheckpointSaved only once the save is known done",
+    strict=True,
+)
 async def test_a_cancel_does_not_drop_a_checkpoint_whose_event_was_published(
     gateway: Gateway,
 ) -> None:
@@ -80,3 +95,74 @@ async def test_a_cancel_does_not_drop_a_checkpoint_whose_event_was_published(
             run.thread_id, event.payload["checkpoint_id"], event.payload["namespace"]
         )
         assert view is not None, f"event {event.seq} names a checkpoint never stored"
+
+
+@pytest.mark.postgres
+async def test_a_run_cancelled_while_its_input_save_waits_for_a_held_lock_stops(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another session holds the checkpoints table (a VACUUM FULL, a migration) from
+    # before the run's first save: the run's input checkpoint waits for it, its write
+    # retried at each lock bound for as long as it is held (`FallbackRouter.write`).
+    # A cancel stops a run whose step's save waits so (test_held_table); the input
+    # save's, awaited to its end through the cancel, kept the run executing (and
+    # cancelRun answering RUNNING after its 5 s) for as long as the lock was held.
+    caplog.set_level(logging.DEBUG, logger="code_hero.persistence.fallback")
+    config = create_postgres_checkpointer(pg_database, lock_timeout=0.2)
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
+    async with Gateway(settings) as gw:
+        async with await psycopg.AsyncConnection.connect(pg_database) as holder:
+            await holder.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")  # reads go on
+            try:
+                run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}))
+                async with asyncio.timeout(30):  # a guard, not a measure
+                    await _until_logged(caplog, "waits for a lock")
+                final = await gw.cancel_run(run.run_id)
+                stopped = not gw.executor.is_active(run.run_id)
+            finally:
+                await holder.rollback()
+        async with asyncio.timeout(30):  # a guard: the run ends once the lock is gone
+            final = await gw.executor.wait(run.run_id)
+    assert stopped, "the cancelled run executed on for as long as the table was locked"
+    assert final.status is RunStatus.CANCELLED
+
+
+async def _until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    async def logged() -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    await until(logged, limit=30)  # a guard, not a measure
+
+
+@pytest.mark.postgres
+async def test_a_drain_hands_on_a_run_whose_input_save_waits_for_a_held_lock(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server told to stop gives its runs their grace, then stops the rest and gives
+    # their leases up, so another replica resumes them at once. The run's input save,
+    # awaited to its end through that stop, kept the run executing past the server's
+    # close (its lease renewed meanwhile, never given up): resumed elsewhere only once
+    # the lease lapsed, and its task left pending on a closed gateway.
+    caplog.set_level(logging.DEBUG, logger="code_hero.persistence.fallback")
+    config = create_postgres_checkpointer(pg_database, lock_timeout=0.2)
+    settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC}, shutdown_grace=0.1)
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as reader:
+        async with await psycopg.AsyncConnection.connect(pg_database) as holder:
+            try:
+                async with Gateway(settings) as gw:
+                    await holder.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+                    run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}))
+                    async with asyncio.timeout(30):  # a guard, not a measure
+                        await _until_logged(caplog, "waits for a lock")
+                    task = gw.executor._tasks[run.run_id]
+                ended = task.done()
+                cursor = await reader.execute(
+                    "SELECT lease_owner FROM code_hero_runs WHERE run_id = %s", (run.run_id,)
+                )
+                (owner,) = await cursor.fetchone() or (None,)
+            finally:
+                await holder.rollback()
+        async with asyncio.timeout(30):  # a guard: the task ends once the lock is gone
+            await asyncio.wait([task])
+    assert ended, "the stopped run executed on past the server's close"
+    assert owner is None, "the stopped run's lease was not given up"

@@ -25,7 +25,7 @@ from langgraph.checkpoint.base import (
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.persistence.entries import PutCheckpoint, PutWrites
-from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of, to_its_end
+from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of
 from code_hero.persistence.slots import BackendSlot
 
 __all__ = ["ManagedSaver", "fresh_thread"]
@@ -43,13 +43,6 @@ def _patience(config: RunnableConfig) -> float:
     # A run of the registry names itself in its config (the executor puts it there).
     return RUN_WRITE_PATIENCE if "run_id" in config.get("configurable", {}) else 0.0
 
-
-# The checkpoints (their metadata's "source") LangGraph streams before their save is
-# done: a run's input and a fork's start, streamed at the step that follows (the run's
-# first `CheckpointSaved`) while their save runs in the background. A step's own ("loop")
-# is streamed only once saved (`durability="sync"`, which the executor uses), and its
-# save stays cancellable: a run cancelled while it waits for a lock stops at once.
-STREAMED_UNSAVED = frozenset({"input", "fork"})
 
 # The thread whose first checkpoint read is known to find nothing, until that read.
 _FRESH: ContextVar[list[str] | None] = ContextVar("code_hero_fresh_thread", default=None)
@@ -109,27 +102,6 @@ class ManagedSaver(BaseCheckpointSaver[str]):
             yield item
 
     async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        if metadata.get("source") not in STREAMED_UNSAVED:
-            return await self._put(config, checkpoint, metadata, new_versions)
-        # Awaited to its end even when the run is cancelled meanwhile, then the cancel
-        # goes on: LangGraph streams this checkpoint while its save may still be in
-        # flight, so the run may have published `CheckpointSaved` for it already, and a
-        # cancel of the run's wait for the next save (`durability="sync"`) goes down the
-        # chain of saves (each awaits the one before) to this one. Dropped there (a group
-        # commit's queued write, a write waiting for the lock), the event would name a
-        # checkpoint never stored: NOT_FOUND to a client asking for it.
-        result, cancelled = await to_its_end(self._put(config, checkpoint, metadata, new_versions))
-        if cancelled:
-            raise asyncio.CancelledError
-        return result
-
-    async def _put(
         self,
         config: RunnableConfig,
         checkpoint: Checkpoint,

@@ -318,13 +318,13 @@ class RunClaims(WebhookOutbox):
         `if_leased_by` (None: by no executor); the end clears the lease, as the
         executor's does, and marks what it wrote, so a copy of the run's events after it
         still finds it so."""
+        also = ""
         if if_as_copied:
             fields = {**fields, "lease_owner": None, "lease_expires_at": None}
-        update, params = self._run_update("finish_run", fields)
+            also = "copied_status = ?, copied_lease_owner = NULL"
+        update, params = self._run_update("finish_run", fields, also=also)
         held: list[Any] = []
         if if_as_copied:
-            sets, where = update.split(" WHERE ", 1)
-            update = f"{sets}, copied_status = ?, copied_lease_owner = NULL WHERE {where}"
             params.append(self._run_param("status", fields["status"]))
         if if_unfinished:
             update += " AND status IN ('PENDING', 'RUNNING')"

@@ -314,13 +314,17 @@ class Dialect(ABC):
             return self._json([_step_json(x) for x in value or ()])
         return value
 
-    def _run_update(self, caller: str, fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    def _run_update(
+        self, caller: str, fields: Mapping[str, Any], *, also: str = ""
+    ) -> tuple[str, list[Any]]:
         """The UPDATE of one run's `fields` (the run's id its last parameter) and the
-        fields' parameters; TypeError naming `caller` for a field RunRecord cannot update."""
+        fields' parameters; TypeError naming `caller` for a field RunRecord cannot update.
+        `also`: more of the SET, of columns no RunRecord field names (its parameters the
+        caller's, after the fields')."""
         unknown = sorted(set(fields) - set(RUN_FIELDS[1:]))
         if unknown:
             raise TypeError(f"{caller}() got fields RunRecord cannot update: {unknown}")
-        sets = ", ".join(f"{name} = ?" for name in fields)
+        sets = ", ".join([*(f"{name} = ?" for name in fields), *([also] if also else [])])
         params = [self._run_param(name, value) for name, value in fields.items()]
         return f"UPDATE code_hero_runs SET {sets} WHERE run_id = ?", params
 

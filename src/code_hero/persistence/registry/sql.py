@@ -605,9 +605,10 @@ class SqlRegistry(
     async def put_run(
         self, run: RunRecord, *, announce: bool = False, copied: bool = False
     ) -> None:
-        sql, params = self._run_copy(run)
         if copied:
             sql, params = self._run_copy_marked(), self._marked_params(run)
+        else:
+            sql, params = self._run_copy(run)
         queued = 0
         async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
             ends = announce and RunStatus(run.status).finished

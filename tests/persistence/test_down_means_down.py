@@ -388,10 +388,14 @@ def _admin(url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-async def _wait_for_lock_waiter(admin: psycopg.Connection[Any], dbname: str) -> int:
-    """The pid of the session of `dbname` that waits for a lock."""
-    deadline = time.monotonic() + 10
+async def _wait_for_lock_waiter(
+    admin: psycopg.Connection[Any], dbname: str, blocked: asyncio.Task[Any]
+) -> int:
+    """The pid of the session of `dbname` that waits for a lock (for `blocked`'s write)."""
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if blocked.done():  # say what ended it, not only that nothing waits
+            raise AssertionError(f"the blocked write ended before it was seen waiting: {blocked}")
         row = admin.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
             (dbname,),
@@ -473,7 +477,7 @@ async def test_postgres_cancelled_query_is_not_down(pg_database: str) -> None:
             with admin.transaction():
                 admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
                 blocked = asyncio.create_task(write("cancelled"))
-                pid = await _wait_for_lock_waiter(admin, admin.info.dbname)
+                pid = await _wait_for_lock_waiter(admin, admin.info.dbname, blocked)
                 admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
                 with pytest.raises(pg.QueryCanceled):
                     await blocked
@@ -505,14 +509,15 @@ async def test_postgres_deadlock_is_not_down(pg_database: str) -> None:
 @pytest.mark.postgres
 async def test_postgres_terminated_session_switches_and_heals(pg_database: str) -> None:
     # pg_terminate_backend sends admin_shutdown (57P01), what a stopping server sends.
-    config = create_postgres_checkpointer(pg_database, health_check_interval=3600)
+    # The write waits for the lock until terminated, not until the lock bound (as above).
+    config = create_postgres_checkpointer(pg_database, health_check_interval=3600, lock_timeout=60)
     async with _manager(config) as manager:
         write = _writer(manager)
         with _admin(pg_database) as admin:
             with admin.transaction():
                 admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
                 blocked = asyncio.create_task(write("terminated"))
-                pid = await _wait_for_lock_waiter(admin, admin.info.dbname)
+                pid = await _wait_for_lock_waiter(admin, admin.info.dbname, blocked)
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
                 await blocked  # the write went on in the fallback
             assert manager.overall_status == "degraded"

@@ -208,9 +208,12 @@ class Claims:
 
     async def stop_thread(self, thread_id: str) -> None:
         """Cancel every unfinished run of the thread, wherever it runs, and wait until
-        none executes (a deletion follows: nothing may write after it)."""
+        none executes (a deletion follows: nothing may write after it) and each has its
+        end recorded, CANCELLED as a cancel records it: a follower sees that end before
+        the deletion takes the run's events, not a stream stopped short of it."""
         executing: list[str] = []
         remote: list[str] = []
+        unclaimed: list[str] = []  # ended CANCELLED by a claim loop, here or elsewhere
         flagged_any = False
         # No lock, as for a cancel: a pass that claims a run of the thread meanwhile
         # (leased before its flag) stops it before its first step.
@@ -223,8 +226,8 @@ class Claims:
                     flagged = await self.registry.request_cancel(record.run_id)
                     flagged_any = True
                     if not self.runs.is_active(record.run_id):  # else claimed here meanwhile
-                        if flagged and not flagged.status.finished and flagged.lease_owner:
-                            remote.append(record.run_id)
+                        if flagged and not flagged.status.finished:
+                            (remote if flagged.lease_owner else unclaimed).append(record.run_id)
                         continue
                 self.runs.stop(record.run_id)
                 executing.append(record.run_id)
@@ -236,7 +239,7 @@ class Claims:
                 *(self.runs.wait(run_id, limit=5) for run_id in executing),
                 *(
                     self.runs.wait(run_id, limit=5 + self.lease.total_seconds())
-                    for run_id in remote
+                    for run_id in remote + unclaimed
                 ),
             )
         finally:

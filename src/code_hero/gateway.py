@@ -57,6 +57,7 @@ from code_hero.persistence.records import (
     RunFilter,
     RunOrder,
     RunRecord,
+    RunStatus,
     ThreadFilter,
     ThreadOrder,
     ThreadRecord,
@@ -541,13 +542,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
     def _follow(
         self, run_id: str, after_seq: int, types: frozenset[EventType] | None
     ) -> AsyncIterator[EventRecord]:
-        async def finished() -> bool:
+        async def status() -> RunStatus | None:
             run = await self.manager.registry.get_run(run_id)
-            return run is None or run.status.finished
+            return None if run is None else run.status
 
-        return self.events.follow_run(
-            run_id, after_seq=after_seq, is_finished=finished, types=types
-        )
+        return self.events.follow_run(run_id, after_seq=after_seq, status_of=status, types=types)
 
     async def follow_thread(
         self, thread_id: str, *, caller: Caller = ANONYMOUS

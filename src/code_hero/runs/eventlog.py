@@ -25,10 +25,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import replace
 from typing import Any
 
-from code_hero.errors import ConflictError
+from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence import clock
 from code_hero.persistence.jsonable import storable
-from code_hero.persistence.records import EventRecord, Registry, RunRecord, ThreadStatus
+from code_hero.persistence.records import (
+    EventRecord,
+    Registry,
+    RunRecord,
+    RunStatus,
+    ThreadStatus,
+)
 from code_hero.persistence.unreachable import is_refused_value
 from code_hero.runs.bus import EventBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
@@ -418,10 +424,16 @@ class EventLog:
         run_id: str,
         *,
         after_seq: int = 0,
-        is_finished: Callable[[], Awaitable[bool]],
+        status_of: Callable[[], Awaitable[RunStatus | None]],
         types: Collection[str] | None = None,
     ) -> AsyncIterator[EventRecord]:
         """Replay after `after_seq`, then follow live; ends after the run's final event.
+
+        `status_of` tells the run's status now (None: its row is gone). A run deleted
+        before its end reached the follower (its thread deleted with the run still going,
+        an operator's purge, a deletion that outwaited a frozen replica) raises
+        NotFoundError once its last events are delivered: a stream never just stops
+        short of the end, which a client could not tell from a dropped connection.
 
         With `types`, only events of those types are delivered (seqs unchanged);
         the final status event still ends the stream, delivered only if listed.
@@ -444,9 +456,23 @@ class EventLog:
                     if terminal_status(event):
                         return
                 _drain(sub, last)
-                if await is_finished() and not await self.read(
+                status = await status_of()
+                if (status is None or status.finished) and not await self.read(
                     run_id, after_seq=last, limit=1, types=reads
                 ):
+                    # The bus may hold what the log no longer does: an end stored and
+                    # published, then deleted with its thread before the read above.
+                    for event in _queued(sub, last):
+                        last = event.seq
+                        if types is None or event.type in types:
+                            yield event
+                        if terminal_status(event):
+                            return
+                    if status is None:
+                        raise NotFoundError(
+                            f"run {run_id!r} was deleted before it ended (its thread "
+                            "deleted, or the run itself): its events went with it"
+                        )
                     return
                 while not sub.overflowed:
                     if not await self._woken(sub, run_id):
@@ -540,6 +566,19 @@ def _drain(sub: Subscription, last: int | None) -> None:
         sub.queue.put_nowait(event)
     if kept:
         sub.wakeup.set()
+
+
+def _queued(sub: Subscription, last: int) -> list[EventRecord]:
+    """The queued events that follow seq `last` without a gap, in order (the rest dropped)."""
+    events: dict[int, EventRecord] = {}
+    while not sub.queue.empty():
+        event = sub.queue.get_nowait()
+        events[event.seq] = event
+    following = []
+    while last + 1 in events:
+        last += 1
+        following.append(events[last])
+    return following
 
 
 def _leases(writers: Collection[RunEventWriter]) -> dict[str, str]:

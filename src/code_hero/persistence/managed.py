@@ -3,14 +3,19 @@
 It holds no state of its own: every call goes to the `FallbackRouter`, which
 picks the backend. The sync methods are the one wrapper of the async ones,
 for graphs driven with invoke()/stream() from worker threads.
+
+Within `telling_saves(tell)`, each checkpoint whose save returned is told to
+`tell`: LangGraph streams a checkpoint while its save may still be in flight
+(and a cancel of the run may drop that save), so a run announces a checkpoint
+only once told it is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -28,7 +33,7 @@ from code_hero.persistence.entries import PutCheckpoint, PutWrites
 from code_hero.persistence.fallback import FallbackRouter, full_versions, thread_of
 from code_hero.persistence.slots import BackendSlot
 
-__all__ = ["ManagedSaver", "fresh_thread"]
+__all__ = ["ManagedSaver", "SaveListener", "fresh_thread", "telling_saves"]
 
 R = TypeVar("R")
 
@@ -46,6 +51,23 @@ def _patience(config: RunnableConfig) -> float:
 
 # The thread whose first checkpoint read is known to find nothing, until that read.
 _FRESH: ContextVar[list[str] | None] = ContextVar("code_hero_fresh_thread", default=None)
+
+
+# Told (the config as stored, the checkpoint's metadata) of each checkpoint stored.
+SaveListener = Callable[[RunnableConfig, CheckpointMetadata], None]
+_SAVES: ContextVar[SaveListener | None] = ContextVar("code_hero_saves", default=None)
+
+
+@contextmanager
+def telling_saves(tell: SaveListener) -> Iterator[None]:
+    """Within it (and the tasks started in it: LangGraph's background saves), every
+    checkpoint `ManagedSaver.aput` stores is told to `tell` once its save returned; a
+    save that failed or was cancelled is not. `tell` must not raise."""
+    token = _SAVES.set(tell)
+    try:
+        yield
+    finally:
+        _SAVES.reset(token)
 
 
 @asynccontextmanager
@@ -123,6 +145,9 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         result = await router.write("put", thread_id, call, entry, patience=_patience(config))
         if result is None:  # no backend at all: run on without checkpoints
             return entry().stored
+        tell = _SAVES.get()
+        if tell is not None:
+            tell(result, metadata)
         if not config["configurable"].get("checkpoint_ns"):
             user = config["configurable"].get("user_id") or metadata.get("user_id")
             # A run of the registry (its config names it) was admitted with its thread

@@ -11,6 +11,10 @@ time). The payload of each type:
     interrupt         {"node": str, "namespace": str, "value": JSON}
     tool_call         {"agent": str, "tool": str, "args": JSON, "result": JSON}
     custom            {"namespace": str, "data": JSON}
+
+A checkpoint's event comes from its save, not from the stream (`checkpoint_saved`):
+LangGraph streams a checkpoint while its save may still be in flight, and a cancel
+of the run may drop that save.
 """
 
 from __future__ import annotations
@@ -26,13 +30,20 @@ from code_hero.errors import BadInputError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.records import EventRecord, RunStatus
 
-__all__ = ["EventType", "event_types", "namespace_of", "terminal_status", "translate"]
+__all__ = [
+    "EventType",
+    "checkpoint_saved",
+    "event_types",
+    "namespace_of",
+    "terminal_status",
+    "translate",
+]
 
 # "tasks": each node execution's start and result, for the run's timeline (runs/timeline.py).
+# No "checkpoints": a checkpoint is announced once its save returned (`checkpoint_saved`).
 STREAM_MODES: list[StreamMode] = [
     "updates",
     "messages",
-    "checkpoints",
     "custom",
     "values",
     "tasks",
@@ -97,6 +108,20 @@ def _text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
+def checkpoint_saved(config: Mapping[str, Any], metadata: Mapping[str, Any]) -> Draft:
+    """The event of a checkpoint stored: the config its save returned, its metadata."""
+    conf = config.get("configurable") or {}
+    step = metadata.get("step", -1)
+    return (
+        EventType.CHECKPOINT,
+        {
+            "checkpoint_id": str(conf.get("checkpoint_id", "")),
+            "namespace": str(conf.get("checkpoint_ns", "")),
+            "step": step if isinstance(step, int) else -1,
+        },
+    )
+
+
 def translate(ns: Sequence[str], mode: str, data: Any) -> list[Draft]:
     """The events one `astream(..., subgraphs=True)` part stands for."""
     namespace = namespace_of(ns)
@@ -121,19 +146,6 @@ def translate(ns: Sequence[str], mode: str, data: Any) -> list[Draft]:
             (
                 EventType.MESSAGE_DELTA,
                 {"node": node, "namespace": namespace, "message_id": message.id, "delta": delta},
-            )
-        ]
-    if mode == "checkpoints" and isinstance(data, Mapping):
-        conf = (data.get("config") or {}).get("configurable", {})
-        step = (data.get("metadata") or {}).get("step", -1)
-        return [
-            (
-                EventType.CHECKPOINT,
-                {
-                    "checkpoint_id": str(conf.get("checkpoint_id", "")),
-                    "namespace": str(conf.get("checkpoint_ns", namespace)),
-                    "step": int(step) if isinstance(step, int) else -1,
-                },
             )
         ]
     if mode == "custom":

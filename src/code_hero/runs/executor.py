@@ -54,7 +54,7 @@ from code_hero.persistence.contention import (
 from code_hero.persistence.fallback import PrimaryUnreachableError
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
-from code_hero.persistence.managed import fresh_thread
+from code_hero.persistence.managed import fresh_thread, telling_saves
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import (
     THREAD_STATUS_AFTER,
@@ -70,7 +70,13 @@ from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY
 from code_hero.runs.bus import EventBus
 from code_hero.runs.claims import Claims
 from code_hero.runs.eventlog import EventLog, RunEventWriter
-from code_hero.runs.events import STREAM_MODES, EventType, namespace_of, translate
+from code_hero.runs.events import (
+    STREAM_MODES,
+    EventType,
+    checkpoint_saved,
+    namespace_of,
+    translate,
+)
 from code_hero.runs.graphs import GraphRegistry
 from code_hero.runs.requests import (
     DEFAULT_RECURSION_LIMIT,
@@ -785,21 +791,29 @@ class RunExecutor:
                 durability="sync",
             ),
         )
-        async with contextlib.aclosing(stream):
-            async for ns, mode, data in stream:
-                self._go_on(record.run_id)
-                if mode == "values":
-                    if not ns:
-                        values = data
-                    continue
-                if timeline.observe(ns, mode, data):  # stored with the next batch of events
-                    writer.update_run(**timeline.fields())
-                if mode == "tasks":
-                    continue
-                if mode == "updates" and "__interrupt__" in data:
-                    interrupted = True
-                for type_, payload in translate(ns, mode, data):
-                    writer.emit(type_, payload)
+        # Each checkpoint is announced once its save returned, while the run streams: one
+        # whose save a cancel dropped (LangGraph streams a checkpoint before its save
+        # ends) is never announced, and the cancel does not wait for any save.
+        saves = _SavedCheckpoints(record.thread_id, writer)
+        try:
+            with telling_saves(saves.tell):
+                async with contextlib.aclosing(stream):
+                    async for ns, mode, data in stream:
+                        self._go_on(record.run_id)
+                        if mode == "values":
+                            if not ns:
+                                values = data
+                            continue
+                        if timeline.observe(ns, mode, data):  # stored with the next batch
+                            writer.update_run(**timeline.fields())
+                        if mode == "tasks":
+                            continue
+                        if mode == "updates" and "__interrupt__" in data:
+                            interrupted = True
+                        for type_, payload in translate(ns, mode, data):
+                            writer.emit(type_, payload)
+        finally:
+            saves.open = False  # a save ending after the run's stream is not announced
         self._go_on(record.run_id)
         if not interrupted:
             return RunStatus.SUCCESS, to_jsonable(values), None
@@ -964,6 +978,20 @@ class RunExecutor:
         done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
+
+
+class _SavedCheckpoints:
+    """Announces a run's checkpoints (`CheckpointSaved`) as their saves return."""
+
+    def __init__(self, thread_id: str, writer: RunEventWriter) -> None:
+        self.thread_id = thread_id
+        self.writer = writer
+        self.open = True
+
+    def tell(self, config: RunnableConfig, metadata: Mapping[str, Any]) -> None:
+        # Only the run's own thread: a node may run another graph on the same saver.
+        if self.open and str(config.get("configurable", {}).get("thread_id")) == self.thread_id:
+            self.writer.emit(*checkpoint_saved(config, metadata))
 
 
 async def _fenced(writer: RunEventWriter) -> None:

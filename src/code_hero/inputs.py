@@ -19,7 +19,7 @@ prefixed ids while keeping every index entry and notification small; a
 10,000-character id once got half written on PostgreSQL.
 
 PostgreSQL's text and jsonb cannot hold a NUL, and neither database can store
-a lone surrogate (JSON's "\ud800" escape makes one; it is no UTF-8): such text
+a lone surrogate (JSON's "\\ud800" escape makes one; it is no UTF-8): such text
 is refused on every backend alike instead of failing half way.
 
 Anything else is a BadInputError (BAD_USER_INPUT) that names the argument.

@@ -17,8 +17,12 @@ values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    | st.text()
+    | st.from_regex(r"\A[0-9.]{15,40}\Z"),  # long runs of digits in strings
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text() | st.from_regex(r"\A[0-9]{19,25}\Z"), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -65,7 +69,24 @@ def test_any_value_reads_back_as_json_loads_reads_it(value: Any, ensure_ascii: b
         '{"n": 18446744073709551616}',  # past 64 bits: orjson would give a float
         '{"n": -9223372036854775809}',
         '{"n": 9223372036854775807, "m": -9223372036854775808}',
-        '{"s": "1234567890123456789012"}',  # digits in a string: read by json.loads, alike
+        '{"s": "1234567890123456789012"}',  # digits in a string: read by orjson, alike
+        '["12345678901234567890123", 12345678901234567890123]',  # the string's, the number's
+        '{"12345678901234567890123": 12345678901234567890123}',
+        '"12345678901234567890123"',
+        "12345678901234567890123",
+        "-12345678901234567890123",
+        " 12345678901234567890123 ",
+        "[\n12345678901234567890123]",
+        '{"a":\t12345678901234567890123}',
+        '{"a":\r\n -12345678901234567890123}',
+        "[1.1234567890123456789012345]",
+        "[1.5e1234567890123456789012345]",
+        "[1.5E+0000000000000000000001]",
+        "[1e-0000000000000000000001]",
+        '{"s": "x\\"12345678901234567890123"}',  # after an escaped quote: in the string
+        '{"s": "a"12345678901234567890123}',  # malformed: refused by both
+        '["a"12345678901234567890123]',
+        '{"v": "00000000000000000000000000000026.0.6286970927343425", "n": 1}',
         '{"x": NaN, "y": Infinity, "z": -Infinity}',
         '{"x": 1e400}',
         '{"s": "\\ud800"}',
@@ -98,3 +119,25 @@ def test_any_number_text_reads_as_json_loads_reads_it(number: str, shape: str) -
     for given_text in (text, text.encode()):
         expected, got = answer(given_text), answer_of_loads(given_text)
         assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)
+
+
+def test_digits_in_strings_are_read_by_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint's channel versions (32 digits, in strings) are no integer past 64
+    bits: the text is read by orjson, not handed to json.loads (three times the cost)."""
+    text = (
+        b'{"v": 4, "channel_versions": {"text": "00000000000000000000000000000026.0.62869"'
+        b', "steps": "00000000000000000000000000000027.0.6291863184010584"}, "n": [1, 2.5]}'
+    )
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise AssertionError("json.loads called")
+
+    monkeypatch.setattr(json, "loads", refuse)
+    assert loads(text) == {
+        "v": 4,
+        "channel_versions": {
+            "text": "00000000000000000000000000000026.0.62869",
+            "steps": "00000000000000000000000000000027.0.6291863184010584",
+        },
+        "n": [1, 2.5],
+    }

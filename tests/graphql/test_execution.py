@@ -474,3 +474,30 @@ async def test_edges_make_their_cursors_only_when_asked(
     after = "query($a: String) { threads(first: 5, after: $a) { edges { node { id } } } }"
     rest = data(await gql(server.http, after, {"a": cursors[0]}))["threads"]["edges"]
     assert len(rest) == 2  # the cursor works as `after`
+
+
+async def test_enum_members_are_named_without_strawberrys_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Strawberry names an enum member by comparing it with each of the enum's values;
+    a plain enum leaf names a member by a look-up made when the fields are marked, and
+    leaves anything else (not a member: an error) to Strawberry's."""
+    from strawberry.schema.schema_converter import CustomGraphQLEnumType
+
+    scans: list[Any] = []
+    scan = CustomGraphQLEnumType.coerce_output_value
+
+    def counted(self: CustomGraphQLEnumType, value: Any) -> Any:
+        scans.append(value)
+        return scan(self, value)
+
+    monkeypatch.setattr(CustomGraphQLEnumType, "coerce_output_value", counted)
+    plain, fast = schemas()
+    scans.clear()
+    document = "{ items { color } }"
+    assert answer(await fast.execute(document)) == answer(await plain.execute(document))
+    assert scans == [Color.GREEN, Color.RED]  # Strawberry's executor's, not the fast one's
+    scans.clear()
+    document = '{ maybeItems(case: "bad_color") { color } }'
+    assert answer(await fast.execute(document)) == answer(await plain.execute(document))
+    assert scans and set(scans) == {"purple"}  # not a member: Strawberry's, on both

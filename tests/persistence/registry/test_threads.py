@@ -8,6 +8,7 @@ from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 
 from code_hero.errors import BadInputError, NotFoundError
@@ -22,6 +23,7 @@ from code_hero.persistence.records import (
     ThreadStatus,
 )
 from code_hero.persistence.registry.cursors import thread_cursor
+from code_hero.persistence.registry.postgres import PostgresRegistry
 from tests.persistence.registry.support import at, events, put, run, thread
 
 
@@ -79,6 +81,30 @@ async def test_get_threads_and_thread_ids(registry: Registry) -> None:
     assert await registry.thread_ids(updated_before=a.updated_at + timedelta(microseconds=1)) == [
         "a"
     ]
+
+
+async def test_get_threads_of_one_id_is_get_thread(registry: Registry) -> None:
+    a = await put(registry, "a", at(1))
+    assert await registry.get_threads(["a"]) == {"a": a} == {"a": await registry.get_thread("a")}
+    assert await registry.get_threads(["a", "a"]) == {"a": a}
+    assert await registry.get_threads(["nope"]) == {}
+
+
+async def test_one_id_is_no_array_for_postgres(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread(id:)'s record is read with the id as it is: no array for psycopg to dump."""
+    a = await put(pg_registry, "a", at(1))
+    sent: list[Any] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def recorded(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        sent.extend(params or ())
+        return await execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", recorded)
+    assert await pg_registry.get_threads(["a"]) == {"a": a}
+    assert "a" in sent and not any(isinstance(p, list) for p in sent)
 
 
 async def test_paging_250_threads_yields_each_once_in_order(registry: Registry) -> None:

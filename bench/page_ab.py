@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _common import ROOT, Replica, gql, scratch_database
+from _common import ROOT, Replica, gql, scratch_database, target
 from ab import sources
 from gateway import PAGE, START, RawClient, cpu_ms, raw_data
 
@@ -49,14 +49,16 @@ async def main() -> None:
                 for name, src in trees.items():  # one after the other: their migrations
                     servers[name] = Replica(url, folder, PYTHONPATH=str(src), **GRAPHS)
                     await servers[name].ready()
-                await compare(servers, args.rounds, args.requests)
+                ratio = await compare(servers, args.rounds, args.requests)
             finally:
                 for server in servers.values():
                     server.stop()
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(target("page_server_cpu_after_over_before", ratio, "< 1", ratio < 1))
 
 
-async def compare(servers: dict[str, Replica], rounds: int, requests: int) -> None:
+async def compare(servers: dict[str, Replica], rounds: int, requests: int) -> float:
+    """Prints the comparison; the after/before ratio of the medians of server CPU per page."""
     async with httpx.AsyncClient(base_url=servers["after"].http, timeout=60) as client:
         thread = None
         for _ in range(5):
@@ -100,6 +102,7 @@ async def compare(servers: dict[str, Replica], rounds: int, requests: int) -> No
             )
         ratio = statistics.median(cpu["after"]) / statistics.median(cpu["before"])
         print(f"  after/before, server CPU per page (medians): {ratio:.3f}")
+        return ratio
     finally:
         for raw in raws.values():
             await raw.__aexit__()

@@ -50,7 +50,9 @@ class _Explain:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         rows = await self.inner.fetch(f"EXPLAIN (FORMAT JSON) {sql}", params)
         self.plans.append(rows[0]["QUERY PLAN"][0]["Plan"])
-        return [{"n": 0}] if "count(*)" in sql else []
+        if "count(*)" in sql:
+            return [{"n": 0}]
+        return [{"page": None}] if "json_agg(" in sql else []  # a page as one JSON value
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         raise AssertionError("only reads are explained")

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
-from code_hero.persistence import clock
+from code_hero.persistence import clock, jsontext
 from code_hero.persistence.migrations import (
     MIGRATION_LOCK_KEY,
     POSTGRES_MIGRATIONS,
@@ -37,9 +37,11 @@ from code_hero.persistence.records import (
     RunRecord,
     RunStatus,
     ThreadPurge,
+    ThreadRecord,
     ThreadStatus,
 )
 from code_hero.persistence.registry.dialect import EVENT_COLUMNS, RUN_COLUMNS, Row, Session, utc_now
+from code_hero.persistence.registry.lifecycle import THREAD_READ_COLUMNS
 from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.unreachable import UnstorableJSON
 from code_hero.persistence.webhooks import RUN_WEBHOOK_KEY, WebhookRecord
@@ -105,6 +107,35 @@ _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is t
 _PURGE = (
     "SELECT * FROM code_hero_purge_thread(?, ?::timestamptz, ?::timestamptz, ?::text, ?, ?, ?, ?)"
 )
+
+
+# A page of threads as one JSON value (`_threads_of`), each row's metadata as its JSON
+# text: no value of a user's is a JSON number of the page, so orjson reads the page as
+# it is (jsontext.loads, which reads each metadata, looks for integers past 64 bits
+# first, with a scan of its whole text: 27 us on a page of eleven).
+_THREAD_JSON_COLUMNS = THREAD_READ_COLUMNS.replace("metadata", "metadata::text AS metadata", 1)
+_THREAD_STATUSES = {status.value: status for status in ThreadStatus}
+_THREAD_TIMES = ("created_at", "updated_at", "expires_at", "edit_until")
+_fromisoformat = datetime.fromisoformat
+_new = object.__new__
+
+
+def _json_thread(row: dict[str, Any]) -> ThreadRecord:
+    """A row of `_THREAD_JSON_COLUMNS` as JSON gives it, its keys ThreadRecord's fields:
+    filled in as `Dialect._thread` fills one (ThreadRecord has no __post_init__)."""
+    status = row["status"]
+    row["status"] = _THREAD_STATUSES.get(status) or ThreadStatus(status)
+    metadata = row["metadata"]
+    row["metadata"] = {} if metadata == "{}" else jsontext.loads(metadata)
+    for name in _THREAD_TIMES:
+        text = row[name]
+        if text is not None:
+            # ISO 8601 at the session's offset: +00:00 (UTC) unless its TimeZone differs.
+            value = _fromisoformat(text)
+            row[name] = value if value.tzinfo is UTC else value.astimezone(UTC)
+    record: ThreadRecord = _new(ThreadRecord)
+    record.__dict__.update(row)
+    return record
 
 
 @lru_cache(maxsize=512)
@@ -397,6 +428,19 @@ class PostgresRegistry(SqlRegistry):
                     with contextlib.suppress(Exception):
                         await conn.rollback()
                 raise
+
+    async def _threads_of(self, rest: str, params: Sequence[Any], by: str) -> list[ThreadRecord]:
+        """The threads as one JSON array (one cell), read by orjson in one call: psycopg's
+        loader for each cell and a dict for each row cost about 20 us of CPU a page of
+        ten, a sixth of the registry's listing (issue 15)."""
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT json_agg(p ORDER BY {by})::text AS page "
+                f"FROM (SELECT {_THREAD_JSON_COLUMNS} {rest}) p",
+                params,
+            )
+        page = rows[0]["page"]
+        return [] if page is None else [_json_thread(row) for row in orjson.loads(page)]
 
     async def finish_run(
         self,

@@ -50,9 +50,11 @@ class _Explain:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         rows = await self.inner.fetch(f"EXPLAIN (FORMAT JSON) {sql}", params)
         self.plans.append(rows[0]["QUERY PLAN"][0]["Plan"])
-        if "count(*)" in sql:
-            return [{"n": 0}]
-        return [{"page": None}] if "json_agg(" in sql else []  # a page as one JSON value
+        return [{"n": 0}] if "count(*)" in sql else []
+
+    async def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        await self.fetch(sql, params)  # a page of threads (PostgreSQL's session only)
+        return []
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         raise AssertionError("only reads are explained")

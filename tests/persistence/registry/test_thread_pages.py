@@ -1,7 +1,8 @@
 """A page of threads reads each thread as a read of that thread alone does.
 
-On PostgreSQL a page comes as one JSON value (`PostgresRegistry._threads_of`) where a
-single read comes row by row: both must give the same records, every field and type.
+On PostgreSQL a page's rows are tuples made records by position, metadata read from its
+text (`PostgresRegistry._threads_of`), where a single read goes through dict rows and
+`Dialect._thread`: both must give the same records, every field and type.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from code_hero.persistence.registry import PostgresRegistry
 from tests.persistence.registry.conftest import _postgres
 from tests.persistence.registry.support import thread
 
-# Values a page's JSON must carry as a row's jsonb does: integers past 64 bits (orjson
+# Values a page's metadata text must carry as a row's jsonb does: integers past 64 bits (orjson
 # would read them as floats), floats, escapes, non-ASCII text, nesting, empty ones.
 METADATA: list[dict[str, Any]] = [
     {},
@@ -67,7 +68,7 @@ async def test_a_page_reads_every_field_as_a_read_of_one_thread(registry: Regist
         _same(listed, read)
     assert page.items[1].metadata["big"] == 2**70 and page.items[1].edit_until is not None
 
-    # Each order's page in its order, paged: the page's JSON keeps the rows' order.
+    # Each order's page in its order, paged.
     oldest = ThreadOrder(ThreadSortField.CREATED_AT, SortDirection.ASC)
     first = await registry.list_threads(ThreadFilter(), first=2, order=oldest)
     rest = await registry.list_threads(
@@ -83,7 +84,7 @@ async def test_an_empty_page(registry: Registry) -> None:
 
 
 async def test_a_page_in_another_session_time_zone_is_read_in_utc(pg_database: str) -> None:
-    # A page's timestamps come as text at the session's offset (its TimeZone setting).
+    # A page's timestamps come at the session's offset (its TimeZone setting).
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(
             psycopg.sql.SQL("ALTER DATABASE {} SET TimeZone = 'Asia/Kathmandu'").format(

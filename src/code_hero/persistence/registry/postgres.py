@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -109,39 +109,30 @@ _PURGE = (
 )
 
 
-# A page of threads as one JSON value (`_threads_of`): an array of rows, each an array
-# of THREAD_READ_COLUMNS (arrays, not objects: the server writes no keys, about 6 us of
-# its CPU a page), metadata as its JSON text. So no value of a user's is a JSON
-# number of the page, and orjson reads the page as it is: jsontext.loads, which reads
-# each metadata, first looks for integers past 64 bits with a scan of its whole text
-# (27 us on a page of eleven).
-_THREAD_FIELDS = tuple(THREAD_READ_COLUMNS.split(", "))
-_THREAD_JSON_ROW = "json_build_array({})".format(
-    ", ".join(f"p.{name}::text" if name == "metadata" else f"p.{name}" for name in _THREAD_FIELDS)
-)
+# A page of threads (`_threads_of`): THREAD_READ_COLUMNS with metadata as its JSON text,
+# read as tuples. psycopg's jsonb loader is a Python call a row, as is dict_row's dict.
+_THREAD_PAGE_COLUMNS = THREAD_READ_COLUMNS.replace("metadata", "metadata::text", 1)
 _THREAD_STATUSES = {status.value: status for status in ThreadStatus}
-_THREAD_TIMES = ("created_at", "updated_at", "expires_at", "edit_until")
-_fromisoformat = datetime.fromisoformat
 _new = object.__new__
 
 
-def _json_thread(values: list[Any]) -> ThreadRecord:
-    """A row of THREAD_READ_COLUMNS as `_threads_of`'s JSON gives it, as a ThreadRecord,
-    filled in as `Dialect._thread` fills one (ThreadRecord has no __post_init__): its
-    fields are the columns."""
-    row = dict(zip(_THREAD_FIELDS, values, strict=True))
-    status = row["status"]
-    row["status"] = _THREAD_STATUSES.get(status) or ThreadStatus(status)
-    metadata = row["metadata"]
-    row["metadata"] = {} if metadata == "{}" else jsontext.loads(metadata)
-    for name in _THREAD_TIMES:
-        text = row[name]
-        if text is not None:
-            # ISO 8601 at the session's offset: +00:00 (UTC) unless its TimeZone differs.
-            value = _fromisoformat(text)
-            row[name] = value if value.tzinfo is UTC else value.astimezone(UTC)
+def _page_thread(row: tuple[Any, ...]) -> ThreadRecord:
+    """A row of `_THREAD_PAGE_COLUMNS` as a ThreadRecord, filled in as `Dialect._thread`
+    fills one (ThreadRecord has no __post_init__)."""
+    thread_id, user_id, status, metadata, created, updated, ttl, expires, token, edit = row
     record: ThreadRecord = _new(ThreadRecord)
-    record.__dict__.update(row)
+    record.__dict__.update(
+        thread_id=thread_id,
+        user_id=user_id,
+        status=_THREAD_STATUSES.get(status) or ThreadStatus(status),
+        metadata={} if metadata == "{}" else jsontext.loads(metadata),
+        created_at=created.astimezone(UTC),
+        updated_at=updated.astimezone(UTC),
+        ttl_seconds=ttl,
+        expires_at=None if expires is None else expires.astimezone(UTC),
+        deletion_token=token,
+        edit_until=None if edit is None else edit.astimezone(UTC),
+    )
     return record
 
 
@@ -176,6 +167,11 @@ class _PgSession:
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         cur = await self._trip((_pg_sql(sql), params, None), last=last, rows=True)
+        return await cur.fetchall() if _has_rows(cur) else []
+
+    async def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """`fetch`'s rows as tuples, in the columns' order (no dict a row)."""
+        cur = await self._trip((_pg_sql(sql), params, None), last=False, rows=True, tuples=True)
         return await cur.fetchall() if _has_rows(cur) else []
 
     async def fetch_pair(
@@ -251,13 +247,16 @@ class _PgSession:
         *,
         last: bool,
         rows: bool = False,
+        tuples: bool = False,
         before: tuple[psycopg.AsyncCursor[Any], str, Sequence[Any]] | None = None,
     ) -> psycopg.AsyncCursor[Any]:
         """`statement` (and a cursor with its result) in one round trip, with a BEGIN
         not sent yet, the statements waiting, `before` (a cursor, a statement) just
         before it, and COMMIT when `last` in a transaction."""
         cur: psycopg.AsyncCursor[Any] = (
-            self._conn.cursor(row_factory=dict_row) if rows else self._conn.cursor()
+            self._conn.cursor(row_factory=tuple_row if tuples else dict_row)
+            if rows
+            else self._conn.cursor()
         )
         commit = last and self._atomic
         if commit and self._begin:
@@ -436,20 +435,17 @@ class PostgresRegistry(SqlRegistry):
                         await conn.rollback()
                 raise
 
-    async def _threads_of(self, rest: str, params: Sequence[Any], by: str) -> list[ThreadRecord]:
-        """The threads as one JSON array (one cell), read by orjson in one call: psycopg's
-        loader for each cell and a dict for each row cost this process about 20 us of CPU
-        a page of eleven rows, a sixth of the registry's listing; the server spends about
-        10 us more writing the JSON than the rows (issue 15). The gateway's one Python
-        process is what saturates first; PostgreSQL's backends spread over the cores."""
+    async def _threads_of(self, rest: str, params: Sequence[Any]) -> list[ThreadRecord]:
+        """The page's rows as tuples, each made a record by position (`_page_thread`):
+        dict rows, psycopg's jsonb loader and `Dialect._thread` cost this process about
+        30 us of CPU a page of eleven, a quarter of the registry's listing (issue 15).
+        One JSON value for the page (`json_agg`) saved less here and cost the server
+        15 us more."""
         async with self._session() as s:
-            rows = await s.fetch(
-                f"SELECT json_agg({_THREAD_JSON_ROW} ORDER BY {by})::text AS page "
-                f"FROM (SELECT {THREAD_READ_COLUMNS} {rest}) p",
-                params,
+            rows = await cast(_PgSession, s).fetch_tuples(
+                f"SELECT {_THREAD_PAGE_COLUMNS} {rest}", params
             )
-        page = rows[0]["page"]
-        return [] if page is None else [_json_thread(row) for row in orjson.loads(page)]
+        return [_page_thread(row) for row in rows]
 
     async def finish_run(
         self,

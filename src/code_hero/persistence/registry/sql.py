@@ -391,18 +391,18 @@ class SqlRegistry(
             at, key = decode_cursor("thread", after, order)
             clauses.append(f"({column}, thread_id) {_AFTER[order.direction]} (?, ?)")
             params.extend([self._ts(at), key])
-        by = f"{column} {order.direction}, thread_id {order.direction}"
         found = await self._threads_of(
-            f"FROM code_hero_threads {_where(clauses)} ORDER BY {by} {_limit(first + 1)}",
+            f"FROM code_hero_threads {_where(clauses)} "
+            f"ORDER BY {column} {order.direction}, thread_id {order.direction} "
+            f"{_limit(first + 1)}",
             params,
-            by,
         )
         items = found[:first]
         end = thread_cursor(items[-1], order) if items else None
         return Page(items=items, end_cursor=end, has_next_page=len(found) > first)
 
-    async def _threads_of(self, rest: str, params: Sequence[Any], by: str) -> list[ThreadRecord]:
-        """The threads `SELECT <their columns> {rest}` finds, in its order (`by`)."""
+    async def _threads_of(self, rest: str, params: Sequence[Any]) -> list[ThreadRecord]:
+        """The threads `SELECT <their columns> {rest}` finds, in its order."""
         async with self._session() as s:
             rows = await s.fetch(f"SELECT {THREAD_READ_COLUMNS} {rest}", params)
         return [self._thread(row) for row in rows]

@@ -10,6 +10,7 @@ no rows, and B's subscriber ends NOT_FOUND instead of seeing CANCELLED.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -99,6 +100,39 @@ async def test_a_deletion_as_shutdown_begins_ends_its_queued_runs_cancelled(
         heard = gw.bus.subscribe(thread_id=first.thread_id)
         try:
             gw.executor.claims.stop_claiming()  # what executor.shutdown does first
+            gone = await gw.delete_thread(first.thread_id)
+            ends: dict[str, RunStatus] = {}
+            while not heard.queue.empty():
+                event = heard.queue.get_nowait()
+                status = terminal_status(event)
+                if status is not None:
+                    ends[event.run_id] = status
+        finally:
+            gw.bus.unsubscribe(heard)
+    assert gone.deleted and gone.runs_deleted == 2
+    assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
+
+
+async def test_the_operators_deletion_ends_a_queued_run_cancelled(pg_database: str) -> None:
+    # `code-hero threads delete` and `code-hero prune` run a one-shot gateway that claims
+    # only the runs it started (claim_others=False), so its claim loop never ends the
+    # cancelled runs nobody holds. With no server replica up (maintenance), each thread
+    # with a queued run waits 5 s + a lease and is then deleted with the run PENDING,
+    # never CANCELLED: `prune` pays it once per such thread, one after another.
+    settings = replace(_settings(pg_database), claim_others=False)
+    async with Gateway(settings) as gw:
+        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
+        queued = await gw.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
+        )
+        await wait_status(gw, first.run_id, RunStatus.RUNNING)
+        heard = gw.bus.subscribe(thread_id=first.thread_id)
+        try:
             gone = await gw.delete_thread(first.thread_id)
             ends: dict[str, RunStatus] = {}
             while not heard.queue.empty():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from code_hero.errors import NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import EventRecord, RunStatus
 from code_hero.runs.events import EventType, terminal_status
-from code_hero.runs.executor import MultitaskStrategy, StartRun
+from code_hero.runs.executor import StartRun
 from tests.faults import until
 from tests.persistence.proxied import behind_a_proxy, degraded
 from tests.runs.conftest import SLOW_SPEC
@@ -80,73 +79,6 @@ async def test_a_follower_on_another_replica_sees_the_cancelled_end_of_a_deletio
     ends = [terminal_status(e) for e in seen if terminal_status(e) is not None]
     assert outcome == ["completed"], f"B's follower ended with {outcome!r}, not CANCELLED"
     assert ends == [RunStatus.CANCELLED]
-
-
-async def test_a_deletion_as_shutdown_begins_ends_its_queued_runs_cancelled(
-    pg_database: str,
-) -> None:
-    # A deleteThread in flight when the drain begins (claiming stopped, running runs
-    # given their grace): the queued run of the thread is flagged and waited for, but no
-    # claim loop is left to end it here. The deletion waits out 5 s + a lease for
-    # nothing, then takes the run still PENDING: its follower never sees CANCELLED.
-    async with Gateway(_settings(pg_database)) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        queued = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
-        heard = gw.bus.subscribe(thread_id=first.thread_id)
-        try:
-            gw.executor.claims.stop_claiming()  # what executor.shutdown does first
-            gone = await gw.delete_thread(first.thread_id)
-            ends: dict[str, RunStatus] = {}
-            while not heard.queue.empty():
-                event = heard.queue.get_nowait()
-                status = terminal_status(event)
-                if status is not None:
-                    ends[event.run_id] = status
-        finally:
-            gw.bus.unsubscribe(heard)
-    assert gone.deleted and gone.runs_deleted == 2
-    assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
-
-
-async def test_the_operators_deletion_ends_a_queued_run_cancelled(pg_database: str) -> None:
-    # `code-hero threads delete` and `code-hero prune` run a one-shot gateway that claims
-    # only the runs it started (claim_others=False), so its claim loop never ends the
-    # cancelled runs nobody holds. With no server replica up (maintenance), each thread
-    # with a queued run waits 5 s + a lease and is then deleted with the run PENDING,
-    # never CANCELLED: `prune` pays it once per such thread, one after another.
-    settings = replace(_settings(pg_database), claim_others=False)
-    async with Gateway(settings) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        queued = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
-        heard = gw.bus.subscribe(thread_id=first.thread_id)
-        try:
-            gone = await gw.delete_thread(first.thread_id)
-            ends: dict[str, RunStatus] = {}
-            while not heard.queue.empty():
-                event = heard.queue.get_nowait()
-                status = terminal_status(event)
-                if status is not None:
-                    ends[event.run_id] = status
-        finally:
-            gw.bus.unsubscribe(heard)
-    assert gone.deleted and gone.runs_deleted == 2
-    assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -233,7 +233,12 @@ class Claims:
                 executing.append(record.run_id)
             for run_id in remote:
                 await self.bus.send_control(f"cancel {run_id}")
-            if flagged_any:  # the flagged runs nobody holds are finished by a claim loop
+            if unclaimed and not (self.claim_others and not self.closing):
+                # No claim loop here ends them (a one-shot CLI gateway claims only its own
+                # runs; a closing one claims nothing), and none elsewhere may be up: the
+                # deletion ends them itself rather than wait a lease for nobody.
+                await self._end_cancelled(clock.now())
+            elif flagged_any:  # the flagged runs nobody holds are finished by a claim loop
                 self._wake_for_cancels()  # (not woken for nothing: a pass is two UPDATEs)
             await asyncio.gather(
                 *(self.runs.wait(run_id, limit=5) for run_id in executing),
@@ -280,10 +285,7 @@ class Claims:
     async def _claim_locked(self, cancels: bool) -> None:
         now = clock.now()
         if self.claim_others and cancels:  # cancels asked for runs no executor holds end here
-            for record in await self.registry.claim_cancelled(
-                self.owner, now=now, until=now + self.lease
-            ):
-                await self.runs.finish_cancelled(record)
+            await self._end_cancelled(now)
         free = self.max_concurrent - self.runs.active_runs
         claimed: list[RunRecord] = []
         if free > 0 and (self.claim_others or self.started) and not self.closing:
@@ -315,6 +317,13 @@ class Claims:
                 self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
+
+    async def _end_cancelled(self, now: datetime) -> None:
+        """End CANCELLED, terminal event and all, the flagged runs no executor holds."""
+        for record in await self.registry.claim_cancelled(
+            self.owner, now=now, until=now + self.lease
+        ):
+            await self.runs.finish_cancelled(record)
 
     async def _hand_back(self, claimed: list[RunRecord]) -> None:
         """Runs claimed as shutdown began: a cancelled one ends here, CANCELLED (its

@@ -29,6 +29,7 @@ from code_hero.persistence.records import RunStatus
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
 from tests.faults import until
+from tests.persistence.proxied import behind_a_proxy, degraded
 from tests.runs.conftest import SLOW_SPEC
 
 
@@ -178,3 +179,50 @@ async def test_a_drain_hands_on_a_run_whose_input_save_waits_for_a_held_lock(
             await asyncio.wait([task])
     assert ended, "the stopped run executed on past the server's close"
     assert owner is None, "the stopped run's lease was not given up"
+
+
+@pytest.mark.postgres
+async def test_a_checkpoint_stored_on_the_fallback_as_its_run_is_cancelled_is_announced(
+    pg_database: str,
+) -> None:
+    # During an outage a checkpoint's save to the fallback goes on to its end through a
+    # cancel of its run (`to_its_end`: stored, journalled, copied back later), and only
+    # then does the router raise CancelledError: it tells the managed saver of the
+    # stored checkpoint first, which announces it (told only once `router.write`
+    # returned, it was never announced).
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        slot = gw.manager.router.active_slot
+        assert slot is not None and slot is not gw.manager.router.primary
+        saver = slot.backend.saver  # type: ignore[union-attr]
+        aput = saver.aput
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_first_save(config: Any, checkpoint: Any, metadata: Any, v: Any) -> Any:
+            if metadata.get("source") == "input" and not release.is_set():
+                held.set()
+                await release.wait()
+            return await aput(config, checkpoint, metadata, v)
+
+        saver.aput = slow_first_save  # type: ignore[method-assign]
+        try:
+            run = await gw.start_run(StartRun(graph="slow", input={"delay": 0}))
+            async with asyncio.timeout(30):  # a guard, not a measure
+                await held.wait()
+                task = gw.executor._tasks[run.run_id]
+                await _until(lambda: _waits_for_a_save(task))
+                cancel = asyncio.create_task(gw.cancel_run(run.run_id))
+                await _until(lambda: task.cancelling() > 0)
+                release.set()
+                final = await cancel
+        finally:
+            release.set()
+            del saver.aput
+        assert final.status is RunStatus.CANCELLED
+        events = await gw.events.read(run.run_id, types=[str(EventType.CHECKPOINT)])
+        stored = await gw.manager.list_checkpoints(run.thread_id, first=100)
+        assert stored.items, "the held save was dropped: nothing to check"
+        announced = {e.payload["checkpoint_id"] for e in events}
+        assert announced == {c.checkpoint_id for c in stored.items}
+        proxy.forward()

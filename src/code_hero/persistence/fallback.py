@@ -191,10 +191,15 @@ class FallbackRouter(RouterDeletes):
         entry: Callable[[], Entry],
         *,
         patience: float = 0.0,
+        stored: Callable[[R], None] | None = None,
     ) -> R | None:
         """Run a write on the active slot, failing over when the database is unreachable;
         when the pool is busy, try again for up to `patience` seconds after that first
         answer (which has already waited the pool's timeout) before failing.
+
+        `stored` is called with the result of the write once stored, before it returns,
+        and before CancelledError when the caller was cancelled as the write went on to
+        its end on the fallback (stored and journalled all the same: `to_its_end`).
 
         A patient write (a run's own) whose wait for another session's lock ran out
         (PostgreSQL's lock_timeout: a LOCK TABLE, a VACUUM FULL) is tried again until it
@@ -208,7 +213,7 @@ class FallbackRouter(RouterDeletes):
         pause, longest = _BUSY_PAUSES
         while True:
             try:
-                return await self._write(operation, thread_id, call, entry)
+                return await self._write(operation, thread_id, call, entry, stored)
             except PoolBusyError:
                 if deadline is None:
                     deadline = loop.time() + patience
@@ -246,6 +251,7 @@ class FallbackRouter(RouterDeletes):
         thread_id: str,
         call: Callable[[BackendSlot], Awaitable[R]],
         entry: Callable[[], Entry],
+        stored: Callable[[R], None] | None = None,
     ) -> R | None:
         async with self.gate.write():
             while (slot := self.active_slot) is not None:
@@ -269,6 +275,8 @@ class FallbackRouter(RouterDeletes):
                     self.journal.append(entry())
                     if thread_id not in self.local_threads:
                         self.note_fallback(thread_id)
+                if stored is not None:
+                    stored(result)
                 if cancelled:  # stored and journalled: now the caller stops
                     raise asyncio.CancelledError
                 return result

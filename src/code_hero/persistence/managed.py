@@ -61,8 +61,9 @@ _SAVES: ContextVar[SaveListener | None] = ContextVar("code_hero_saves", default=
 @contextmanager
 def telling_saves(tell: SaveListener) -> Iterator[None]:
     """Within it (and the tasks started in it: LangGraph's background saves), every
-    checkpoint `ManagedSaver.aput` stores is told to `tell` once its save returned; a
-    save that failed or was cancelled is not. `tell` must not raise."""
+    checkpoint `ManagedSaver.aput` stores is told to `tell` once stored (its save returned,
+    or went on to its end on the fallback through a cancel of the run); a save that
+    failed or was cancelled before it stored is not. `tell` must not raise."""
     token = _SAVES.set(tell)
     try:
         yield
@@ -142,12 +143,19 @@ class ManagedSaver(BaseCheckpointSaver[str]):
         def entry() -> PutCheckpoint:
             return PutCheckpoint(config, checkpoint, metadata, full_versions(checkpoint))
 
-        result = await router.write("put", thread_id, call, entry, patience=_patience(config))
+        tell = _SAVES.get()
+
+        def told(result: RunnableConfig) -> None:
+            if tell is not None:
+                tell(result, metadata)
+
+        # Told by the router, not once it returns: a save on the fallback goes on to its
+        # end through a cancel of the run, stored, and the router then raises the cancel.
+        result = await router.write(
+            "put", thread_id, call, entry, patience=_patience(config), stored=told
+        )
         if result is None:  # no backend at all: run on without checkpoints
             return entry().stored
-        tell = _SAVES.get()
-        if tell is not None:
-            tell(result, metadata)
         if not config["configurable"].get("checkpoint_ns"):
             user = config["configurable"].get("user_id") or metadata.get("user_id")
             # A run of the registry (its config names it) was admitted with its thread

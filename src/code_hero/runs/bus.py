@@ -74,6 +74,10 @@ class EventBus(Protocol):
     def on_control(self, handler: ControlHandler) -> None:
         """Call `handler` with every control message ("runs", "cancel RUN_ID")."""
 
+    def end_of(self, run_id: str) -> EventRecord | None:
+        """The final event of a run executing elsewhere, heard of and maybe not yet
+        delivered: its rows may be gone already (its thread deleted) when it is read."""
+
     async def send_control(self, message: str) -> None:
         """Send a control message to every executor sharing the database (this one too)."""
 
@@ -123,6 +127,9 @@ class InProcessBus:
 
     async def send_control(self, message: str) -> None:
         self._dispatch_control(message)
+
+    def end_of(self, run_id: str) -> EventRecord | None:
+        return None  # within one process every end is published as it is recorded
 
     def _dispatch_control(self, message: str) -> None:
         if message == POKE:  # stored events arrived without their notifications

@@ -445,6 +445,7 @@ class EventLog:
         reads = None if types is None else frozenset(types) | {EventType.STATUS}
         sub = self.bus.subscribe(run_id=run_id)
         last = after_seq
+        looked_again = False  # at the bus, once, for the end of a run found deleted
         try:
             while True:
                 sub.overflowed = False
@@ -469,6 +470,19 @@ class EventLog:
                         if terminal_status(event):
                             return
                     if status is None:
+                        # Another replica's end, relayed by the rows (gone now) or not
+                        # yet: the bus holds it as notified, a gap before it or not.
+                        end = self.bus.end_of(run_id)
+                        if end is not None and end.seq > last:
+                            if types is None or end.type in types:
+                                yield end
+                            return
+                        if not looked_again and not self.is_writing(run_id):
+                            # Its notification may be on its way still: the deletion
+                            # that followed it was seen first.
+                            looked_again = True
+                            await self._woken(sub, run_id)
+                            continue
                         raise NotFoundError(
                             f"run {run_id!r} was deleted before it ended (its thread "
                             "deleted, or the run itself): its events went with it"
@@ -569,7 +583,9 @@ def _drain(sub: Subscription, last: int | None) -> None:
 
 
 def _queued(sub: Subscription, last: int) -> list[EventRecord]:
-    """The queued events that follow seq `last` without a gap, in order (the rest dropped)."""
+    """The queued events that follow seq `last` without a gap, in order, then the final
+    event if one is queued past a gap (the rest dropped): the events of a deleted run
+    before its end, relayed from another replica, may have gone with its rows."""
     events: dict[int, EventRecord] = {}
     while not sub.queue.empty():
         event = sub.queue.get_nowait()
@@ -578,6 +594,8 @@ def _queued(sub: Subscription, last: int) -> list[EventRecord]:
     while last + 1 in events:
         last += 1
         following.append(events[last])
+    if not (following and terminal_status(following[-1])):
+        following += [e for s, e in sorted(events.items()) if s > last and terminal_status(e)][:1]
     return following
 
 

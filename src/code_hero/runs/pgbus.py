@@ -9,6 +9,14 @@ notification costs latency (the subscriber's gap check reads the log),
 never an event. Control messages (a run to claim, a run to cancel) travel
 on a second channel.
 
+A batch that holds a run's final event also sends that event, whole, on a third
+channel, in the same statement: the deletion of the run's thread may take its rows
+before another replica's relay reads them (the deletion waits for the end to be
+recorded, not relayed). A relay whose read finds the rows gone publishes the end as
+notified, and a follower that finds the run gone asks the bus for it (`end_of`):
+it sees CANCELLED, not NOT_FOUND. An end too large for a notification (a long error)
+goes with its error cut short.
+
 Each run has at most one relay task at a time, which reads on until it has
 published the highest seq notified meanwhile: a run's batches go out in
 order, and runs do not wait for each other (at most `max_relay_reads` read
@@ -38,10 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -52,11 +62,14 @@ from code_hero.persistence.unreachable import BackgroundLog
 from code_hero.runs.bus import POKE, InProcessBus, Subscription
 from code_hero.runs.events import terminal_status
 
-__all__ = ["CONTROL_CHANNEL", "EVENTS_CHANNEL", "LISTENER_NAME", "PostgresBus"]
+__all__ = ["CONTROL_CHANNEL", "ENDS_CHANNEL", "EVENTS_CHANNEL", "LISTENER_NAME", "PostgresBus"]
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "code_hero_events"
 CONTROL_CHANNEL = "code_hero_control"
+ENDS_CHANNEL = "code_hero_ends"  # a run's final event, whole (JSON)
+# PostgreSQL refuses a notification payload of 8000 bytes or more.
+_MAX_END_NOTE = 7000
 LISTENER_NAME = "code-hero-listener"  # application_name of the LISTEN connection
 HELLO = "hello"  # control message of a replica whose listener (re)connected: "hello ID"
 # Listeners on this database (by name): how many are other replicas', and whether ours
@@ -85,6 +98,7 @@ class _Relay:
     wanted: int  # the highest seq a notification named
     task: asyncio.Task[None] | None = None
     ended: bool = False  # the final event was published
+    end: EventRecord | None = None  # the final event as notified, rows or not
 
 
 class PostgresBus(InProcessBus):
@@ -180,6 +194,9 @@ class PostgresBus(InProcessBus):
             (EVENTS_CHANNEL, f"{run_id} {batch[0].thread_id} {batch[0].seq} {batch[-1].seq}")
             for run_id, batch in batches.items()
         ]
+        for event in events:
+            if terminal_status(event) is not None and (end := _end_note(event)) is not None:
+                notes.append((ENDS_CHANNEL, end))
         if control is not None:
             notes.append((CONTROL_CHANNEL, control))
         if not (self.available() and self.others_listen):
@@ -227,6 +244,7 @@ class PostgresBus(InProcessBus):
                 async with conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+                    await conn.execute(f"LISTEN {ENDS_CHANNEL}")
                     self._listener_pid = conn.info.backend_pid
                     # A hello sent while we were not listening went unheard: notify
                     # until a look with this connection finds nobody else.
@@ -249,6 +267,8 @@ class PostgresBus(InProcessBus):
                                 self._notify_again()
                         elif note.channel == CONTROL_CHANNEL:
                             self._dispatch_control(note.payload)
+                        elif note.channel == ENDS_CHANNEL:
+                            self._on_end(note.payload)
                         else:
                             self._on_events(note.payload)
             except asyncio.CancelledError:
@@ -322,12 +342,29 @@ class PostgresBus(InProcessBus):
             return
         self._relay_later(run_id, thread_id, first_seq, last_seq)
 
-    def _relay_later(self, run_id: str, thread_id: str, first: int, last: int) -> None:
+    def _on_end(self, payload: str) -> None:
+        try:
+            end = _end_of(payload)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed end notification %r", payload[:200])
+            return
+        if self.is_local(end.run_id) or not self.has_subscribers(end.run_id, end.thread_id):
+            return
+        self._relay_later(end.run_id, end.thread_id, end.seq, end.seq, end=end)
+
+    def end_of(self, run_id: str) -> EventRecord | None:
+        relay = self._relays.get(run_id)
+        return None if relay is None else relay.end
+
+    def _relay_later(
+        self, run_id: str, thread_id: str, first: int, last: int, end: EventRecord | None = None
+    ) -> None:
         """Relay a notified batch: by the run's relay task, started unless it runs."""
         relay = self._relays.get(run_id)
         if relay is None:
             relay = self._relays[run_id] = _Relay(thread_id, relayed=first - 1, wanted=last)
         relay.wanted = max(relay.wanted, last)
+        relay.end = relay.end or end
         if relay.task is None:
             task = asyncio.get_running_loop().create_task(
                 self._relay(run_id, relay), name=f"pg-bus-relay-{run_id}"
@@ -351,6 +388,11 @@ class PostgresBus(InProcessBus):
                     self._failures.failed(exc, "relaying events of run %s failed: %s", run_id, exc)
                     return
                 if not events:
+                    if relay.end is not None and relay.end.seq > relay.relayed:
+                        # Its rows went (its thread deleted) before this read: the end
+                        # as notified, after a gap a follower cannot fill any more.
+                        self.publish(relay.end)
+                        relay.relayed, relay.ended = relay.end.seq, True
                     return
                 for event in events:
                     self.publish(event)
@@ -369,6 +411,43 @@ class PostgresBus(InProcessBus):
             and (relay.ended or not self.has_subscribers(run_id, relay.thread_id))
         ):
             del self._relays[run_id]
+
+
+def _end_note(event: EventRecord) -> str | None:
+    """A final event as an `ENDS_CHANNEL` payload, its error cut short to fit one (None:
+    it fits none: other replicas' followers of a deleted run may end NOT_FOUND)."""
+    payload = dict(event.payload)
+    while True:
+        text = json.dumps(
+            {
+                "run_id": event.run_id,
+                "thread_id": event.thread_id,
+                "seq": event.seq,
+                "type": event.type,
+                "payload": payload,
+                "at": event.at.isoformat(),
+            },
+            separators=(",", ":"),
+        )
+        if len(text.encode()) < _MAX_END_NOTE:
+            return text
+        error = payload.get("error")
+        if not isinstance(error, str) or len(error) < 2:
+            return None
+        payload["error"] = error[: len(error) // 2 - 1] + "…"
+
+
+def _end_of(payload: str) -> EventRecord:
+    """The final event an `ENDS_CHANNEL` payload carries."""
+    note = json.loads(payload)
+    return EventRecord(
+        str(note["run_id"]),
+        str(note["thread_id"]),
+        int(note["seq"]),
+        str(note["type"]),
+        dict(note["payload"]),
+        datetime.fromisoformat(str(note["at"])),
+    )
 
 
 def _alone(row: dict[str, Any]) -> bool:

@@ -56,6 +56,8 @@ class _Explain:
         await self.fetch(sql, params)  # a page of threads (PostgreSQL's session only)
         return []
 
+    client_codec = "utf-8"  # with fetch_tuples: PostgreSQL's session only
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         raise AssertionError("only reads are explained")
 

@@ -116,10 +116,17 @@ _THREAD_STATUSES = {status.value: status for status in ThreadStatus}
 _new = object.__new__
 
 
-def _page_thread(row: tuple[Any, ...]) -> ThreadRecord:
+def _page_thread(row: tuple[Any, ...], codec: str | None = None) -> ThreadRecord:
     """A row of `_THREAD_PAGE_COLUMNS` as a ThreadRecord, filled in as `Dialect._thread`
-    fills one (ThreadRecord has no __post_init__)."""
+    fills one (ThreadRecord has no __post_init__).
+
+    `codec`: the session's client encoding when it is not UTF-8. psycopg's jsonb adapters
+    write and read a value's bytes as UTF-8 whatever the session's encoding, while a text
+    column is decoded in it; the text is made those bytes again, so a page reads what a
+    read of the thread alone reads."""
     thread_id, user_id, status, metadata, created, updated, ttl, expires, token, edit = row
+    if codec is not None and isinstance(metadata, str):
+        metadata = metadata.encode(codec)
     record: ThreadRecord = _new(ThreadRecord)
     record.__dict__.update(
         thread_id=thread_id,
@@ -168,6 +175,12 @@ class _PgSession:
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, last: bool = False) -> list[Row]:
         cur = await self._trip((_pg_sql(sql), params, None), last=last, rows=True)
         return await cur.fetchall() if _has_rows(cur) else []
+
+    @property
+    def client_codec(self) -> str:
+        """The Python codec of the session's client encoding ("utf-8" unless the database,
+        the role or the connection string sets another)."""
+        return self._conn.info.encoding
 
     async def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """`fetch`'s rows as tuples, in the columns' order (no dict a row)."""
@@ -442,10 +455,12 @@ class PostgresRegistry(SqlRegistry):
         One JSON value for the page (`json_agg`) saved less here and cost the server
         15 us more."""
         async with self._session() as s:
-            rows = await cast(_PgSession, s).fetch_tuples(
-                f"SELECT {_THREAD_PAGE_COLUMNS} {rest}", params
-            )
-        return [_page_thread(row) for row in rows]
+            session = cast(_PgSession, s)
+            rows = await session.fetch_tuples(f"SELECT {_THREAD_PAGE_COLUMNS} {rest}", params)
+            codec = session.client_codec
+        if codec == "utf-8":
+            return [_page_thread(row) for row in rows]
+        return [_page_thread(row, codec) for row in rows]
 
     async def finish_run(
         self,

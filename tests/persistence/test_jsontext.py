@@ -141,3 +141,61 @@ def test_digits_in_strings_are_read_by_orjson(monkeypatch: pytest.MonkeyPatch) -
         },
         "n": [1, 2.5],
     }
+
+
+# Review (rgql): texts json.dumps never writes. Any whitespace JSON allows between
+# tokens, strings with escapes (\", \\, \/, \uXXXX) right before runs of digits, and
+# integers past 64 bits in every place a value goes.
+_ws = st.text(alphabet=" \t\n\r", max_size=2)
+_long_ints = st.integers(min_value=10**18, max_value=10**30).map(lambda n: n if n % 2 else -n)
+_digit_strings = st.lists(
+    st.sampled_from(['\\"', "\\\\", "\\/", "\\u0031", "\\n", "a", " ", "1234567890123456789012"]),
+    max_size=4,
+).map(lambda parts: '"' + "".join(parts) + '"')
+
+
+def _texts(depth: int = 2) -> st.SearchStrategy[str]:
+    scalars = st.one_of(
+        _long_ints.map(str),
+        st.integers(min_value=-(2**70), max_value=2**70).map(str),
+        _digit_strings,
+        st.sampled_from(["true", "null", "1.5e3", "-0.0", "12345678901234567890.5"]),
+    )
+    if depth == 0:
+        return scalars
+    inner = _texts(depth - 1)
+    items = st.lists(st.tuples(_ws, inner, _ws), max_size=3)
+    arrays = items.map(lambda xs: "[" + ",".join(a + v + b for a, v, b in xs) + "]")
+    members = st.lists(st.tuples(_ws, _digit_strings, _ws, _ws, inner, _ws), max_size=3)
+    objects = members.map(
+        lambda xs: "{" + ",".join(a + k + b + ":" + c + v + d for a, k, b, c, v, d in xs) + "}"
+    )
+    return st.one_of(scalars, arrays, objects)
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(_ws, _texts(), _ws)
+def test_any_spacing_and_escapes_read_as_json_loads_reads_them(
+    before: str, body: str, after: str
+) -> None:
+    text = before + body + after
+    for given_text in (text, text.encode()):
+        expected, got = answer(given_text), answer_of_loads(given_text)
+        assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)
+
+
+_TOKENS = ['"', "\\", "1234567890123456789012", "-", " ", "[", "]", ",", ":", "{", "}", "e", "."]
+
+
+def test_every_short_text_around_a_long_run_reads_as_json_loads_reads_it() -> None:
+    """Every sequence of up to four of these tokens holding a run of 22 digits."""
+    import itertools
+
+    for length in range(1, 5):
+        for tokens in itertools.product(_TOKENS, repeat=length):
+            text = "".join(tokens)
+            if _TOKENS[2] not in text:
+                continue
+            for given_text in (text, text.encode()):
+                expected, got = answer(given_text), answer_of_loads(given_text)
+                assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)

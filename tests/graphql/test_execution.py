@@ -501,3 +501,55 @@ async def test_enum_members_are_named_without_strawberrys_scan(
     document = '{ maybeItems(case: "bad_color") { color } }'
     assert answer(await fast.execute(document)) == answer(await plain.execute(document))
     assert scans and set(scans) == {"purple"}  # not a member: Strawberry's, on both
+
+
+class Folded(Enum):
+    """Members equal (and hashed alike) by their value's lower case: two members, not
+    aliases (Enum makes aliases of equal *values*, and "UP" != "up")."""
+
+    UP = "UP"
+    LOW = "up"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Folded) and self.value.lower() == other.value.lower()
+
+    def __hash__(self) -> int:
+        return hash(self.value.lower())
+
+
+FoldedEnum = strawberry.enum(Folded)
+
+
+@strawberry.type
+class FoldedItem:
+    one: FoldedEnum
+    many: list[FoldedEnum]
+    maybe: FoldedEnum | None
+
+
+@strawberry.type
+class FoldedQuery:
+    @strawberry.field
+    def items(self) -> list[FoldedItem]:
+        return [
+            FoldedItem(one=Folded.UP, many=[Folded.UP, Folded.LOW], maybe=None),
+            FoldedItem(one=Folded.LOW, many=[], maybe=Folded.UP),
+        ]
+
+
+async def test_enum_members_equal_under_their_own_eq_keep_their_names() -> None:
+    """Review (rgql): Strawberry names a member by comparing `.value`s; a look-up keyed
+    by the members themselves uses the enum's own __eq__/__hash__, which may hold two
+    distinct members equal, and then serves one member's name for the other."""
+    plain = strawberry.Schema(query=FoldedQuery)
+    fast = strawberry.Schema(query=FoldedQuery, execution_context_class=LeafExecutor)
+    install_leaf_fields(fast)
+    document = "{ items { one many maybe } }"
+    expected = answer(await plain.execute(document))
+    assert expected[0] == {
+        "items": [
+            {"one": "UP", "many": ["UP", "LOW"], "maybe": None},
+            {"one": "LOW", "many": [], "maybe": "UP"},
+        ]
+    }
+    assert answer(await fast.execute(document)) == expected

@@ -381,3 +381,16 @@ async def test_a_thread_read_is_a_whole_frozen_record(registry: Registry) -> Non
         assert type(stored.status) is ThreadStatus and stored.status is ThreadStatus.IDLE
         with pytest.raises(FrozenInstanceError):
             stored.status = ThreadStatus.BUSY  # type: ignore[misc]
+
+
+async def test_get_threads_of_one_id_reads_any_allowed_id_as_several_do(
+    registry: Registry,
+) -> None:
+    """Review (rgql): the one-id equality and the several-id array find the same rows,
+    for ids of every character a thread id may hold, and none for a missing id."""
+    ids = ["a.b", "a_b", "tenant:ticket-42", "1699.0001", "A", "0", "x" * 128]
+    stored = {tid: await put(registry, tid, at(i)) for i, tid in enumerate(ids)}
+    for tid in [*ids, "a", "a-b", "missing"]:
+        one = await registry.get_threads([tid])
+        assert one == ({tid: stored[tid]} if tid in stored else {}), tid
+        assert one == await registry.get_threads([tid, "zz"])  # the array path

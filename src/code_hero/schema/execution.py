@@ -285,16 +285,18 @@ def _enum_output(enum: GraphQLEnumType) -> Callable[[Any], Any]:
     wrapped = getattr(enum, "wrapped_cls", None)
     if wrapped is None:
         return coerce
-    names: dict[Any, str] = {}
+    # By identity: members are singletons, and an enum's own __eq__/__hash__ may hold
+    # two members equal (Strawberry's compares values, not members).
+    names: dict[int, str] = {}
     for member in wrapped:
         try:
-            names[member] = coerce(member)
-        except (ValueError, TypeError):  # not served (or not hashable): Strawberry's says
+            names[id(member)] = coerce(member)
+        except (ValueError, TypeError):  # not served: Strawberry's says
             pass
 
     def output(value: Any) -> Any:
         if type(value) is wrapped:
-            name = names.get(value)
+            name = names.get(id(value))
             if name is not None:
                 return name
         return coerce(value)

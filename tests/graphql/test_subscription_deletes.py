@@ -109,7 +109,7 @@ async def test_a_run_deleted_as_it_starts_ends_cancelled(server: Server) -> None
 async def test_a_run_purged_before_its_end_ends_the_subscription_not_found(
     server: Server,
 ) -> None:
-    # The operator's purge (`code-hero threads delete`) stops no run: this one goes on
+    # The manager's own purge (from Python) stops no run: this one goes on
     # to its end, which finds its row gone and records nothing.
     run = await start(server, graph="slow", message="go", config={"delay": 0.2})
     async with TransportWS.connect(server.ws_url) as ws:

@@ -6,13 +6,19 @@ it itself rather than wait a lease for nobody."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
+import psycopg
 import pytest
 
-from code_hero.config import create_postgres_checkpointer
+from code_hero.config import CheckpointerConfig, create_postgres_checkpointer
+from code_hero.errors import NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence.backends import open_backend
 from code_hero.persistence.records import RunStatus
+from code_hero.runs.bus import InProcessBus
+from code_hero.runs.eventlog import EventLog
 from code_hero.runs.events import terminal_status
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.runs.conftest import SLOW_SPEC
@@ -125,3 +131,98 @@ async def test_the_operators_deletion_ends_a_queued_run_cancelled(pg_database: s
             gw.bus.unsubscribe(heard)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
+
+
+@pytest.mark.postgres
+async def test_the_operators_deletion_ends_a_run_a_crashed_replica_held(pg_database: str) -> None:
+    # The usual reason for `code-hero threads delete` with no server up: a replica
+    # died holding a run (its lease lapsed, lease_owner still set). Its cancel message
+    # reaches nobody; the one-shot gateway ends it itself, as a claim loop would.
+    settings = replace(_settings(pg_database), claim_others=False)
+    async with Gateway(settings) as gw:
+        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
+        held = await gw.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
+        )
+        await wait_status(gw, first.run_id, RunStatus.RUNNING)
+        # A replica claimed the queued run, then died: its lease lapsed a minute ago.
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE code_hero_runs SET lease_owner = 'executor-dead', "
+                "lease_expires_at = now() - interval '1 minute' WHERE run_id = %s",
+                (held.run_id,),
+            )
+        heard = gw.bus.subscribe(thread_id=first.thread_id)
+        try:
+            gone = await gw.delete_thread(first.thread_id)
+            ends: dict[str, RunStatus] = {}
+            while not heard.queue.empty():
+                event = heard.queue.get_nowait()
+                status = terminal_status(event)
+                if status is not None:
+                    ends[event.run_id] = status
+        finally:
+            gw.bus.unsubscribe(heard)
+    assert gone.deleted and gone.runs_deleted == 2
+    assert ends == {first.run_id: RunStatus.CANCELLED, held.run_id: RunStatus.CANCELLED}
+
+
+@pytest.mark.postgres
+async def test_a_deletion_whose_own_end_of_its_runs_fails_still_deletes(
+    pg_database: str,
+) -> None:
+    # Ending the cancelled runs itself (the one-shot gateway) meets a passing error: the
+    # deletion goes on as it did before it ended them (it waits for a claim loop, here a
+    # short lease), it does not fail on that error.
+    settings = replace(_settings(pg_database), claim_others=False, lease_seconds=1.0)
+    async with Gateway(settings) as gw:
+        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
+        queued = await gw.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
+        )
+        await wait_status(gw, first.run_id, RunStatus.RUNNING)
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(
+                """CREATE FUNCTION refuse_cancelled() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN
+                       IF NEW.run_id = %s AND NEW.status = 'CANCELLED' THEN
+                           RAISE EXCEPTION 'refused' USING ERRCODE = '55P03';
+                       END IF;
+                       RETURN NEW;
+                   END $$""".replace("%s", "'" + queued.run_id + "'")
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse_cancelled BEFORE UPDATE ON code_hero_runs "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_cancelled()"
+            )
+        gone = await gw.delete_thread(first.thread_id)
+    assert gone.deleted and gone.runs_deleted == 2
+
+
+async def test_a_follower_of_a_run_found_gone_on_the_in_process_bus_ends_at_once(
+    backend_config: CheckpointerConfig,
+) -> None:
+    # The last look for an end's notification is for a bus that relays ends from other
+    # replicas: in one process every end is published as it is recorded, so a run
+    # found gone (an operator's purge from Python) ends its follower NOT_FOUND at once,
+    # not after a recheck of silence (an hour here).
+    async with open_backend(backend_config) as backend:
+        log = EventLog(lambda: backend.registry, InProcessBus(), recheck_interval=3600)
+
+        async def gone() -> RunStatus | None:
+            return None
+
+        with pytest.raises(NotFoundError, match="deleted before it ended"):
+            async with asyncio.timeout(60):  # a hang, not a time: the recheck is an hour
+                async for _ in log.follow_run("r-gone", status_of=gone):
+                    pass

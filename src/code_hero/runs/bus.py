@@ -57,6 +57,10 @@ class Subscription:
 class EventBus(Protocol):
     """Where event writers publish and subscribers listen."""
 
+    # Whether ends executed elsewhere come by notification (`end_of`): a follower that
+    # finds its run deleted waits for one once before it says so.
+    relays_ends: bool
+
     def subscribe(self, *, run_id: str | None = None, thread_id: str | None = None) -> Subscription:
         """A new subscription to one run's or one thread's events."""
 
@@ -84,6 +88,8 @@ class EventBus(Protocol):
 
 class InProcessBus:
     """The bus of one process: subscribers keyed by run and by thread."""
+
+    relays_ends = False  # every end is published here as it is recorded
 
     def __init__(self, queue_size: int = DEFAULT_QUEUE) -> None:
         self.queue_size = queue_size

@@ -233,11 +233,15 @@ class Claims:
                 executing.append(record.run_id)
             for run_id in remote:
                 await self.bus.send_control(f"cancel {run_id}")
-            if unclaimed and not (self.claim_others and not self.closing):
+            if (unclaimed or remote) and not (self.claim_others and not self.closing):
                 # No claim loop here ends them (a one-shot CLI gateway claims only its own
                 # runs; a closing one claims nothing), and none elsewhere may be up: the
-                # deletion ends them itself rather than wait a lease for nobody.
-                await self._end_cancelled(clock.now())
+                # deletion ends them itself rather than wait a lease for nobody. A run
+                # held elsewhere is ended too once its lease lapsed (a crashed replica's).
+                try:
+                    await self._end_cancelled(clock.now())
+                except Exception as exc:  # a passing error: wait for a claim loop as before
+                    log.warning("could not end the cancelled runs of thread %s: %s", thread_id, exc)
             elif flagged_any:  # the flagged runs nobody holds are finished by a claim loop
                 self._wake_for_cancels()  # (not woken for nothing: a pass is two UPDATEs)
             await asyncio.gather(

@@ -477,10 +477,16 @@ class EventLog:
                             if types is None or end.type in types:
                                 yield end
                             return
-                        if not looked_again and not self.is_writing(run_id):
+                        if (
+                            self.bus.relays_ends
+                            and not looked_again
+                            and not self.is_writing(run_id)
+                        ):
                             # Its notification may be on its way still: the deletion
-                            # that followed it was seen first.
+                            # that followed it was seen first. A wake-up left from an
+                            # event taken already is not it (the queue keeps events).
                             looked_again = True
+                            sub.wakeup.clear()
                             await self._woken(sub, run_id)
                             continue
                         raise NotFoundError(

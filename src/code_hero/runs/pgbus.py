@@ -104,6 +104,8 @@ class _Relay:
 class PostgresBus(InProcessBus):
     """In-process delivery plus LISTEN/NOTIFY between replicas."""
 
+    relays_ends = True  # another replica's end comes on code_hero_ends
+
     def __init__(
         self,
         dsn: str,

@@ -1,9 +1,16 @@
-"""The durable journal's file after the review: an entry held unread at the start is
-read again later, with its thread's entries behind it; an entry the file did not take
-goes in first once it can; a dead replica's file is announced, a live one's is not."""
+"""The durable journal's file across restarts: what a process left in its file loads at
+the next start whatever it holds, and the file never holds a later entry without an
+earlier one the journal acknowledged (a replay would apply it out of order: a run's end
+without the checkpoints before it).
+
+An entry held unread at the start is read again later, with its thread's entries behind
+it; an entry the file did not take goes in first once it can; a dead replica's file is
+announced, a live one's is not, and another database's file is named once at a restart.
+"""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import sqlite3
 import sys
@@ -17,10 +24,18 @@ from code_hero.persistence.entries import CopyThread, DeleteThread, FinishRun, P
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import RunStatus
-from tests.persistence.test_outagefile import RUN
+from tests.persistence.test_outagefile import RUN, Unpicklable
 
 DB = "postgresql://db"
 MODULE = "code_hero_user_graph_fixes_notes"
+
+
+def _claimed(path: str, database: str = DB) -> tuple[OutageFile, Journal]:
+    """The file at `path` claimed for `database`, with a journal attached to it."""
+    store = OutageFile.claim(path, database)
+    journal = Journal(100)
+    journal.attach(store, {})
+    return store, journal
 
 
 class Note:
@@ -55,18 +70,14 @@ def test_an_entry_held_at_the_start_is_read_after_the_graphs_load(tmp_path: Path
     module.Note = Note  # type: ignore[attr-defined]
     sys.modules[MODULE] = module
     try:
-        store = OutageFile.claim(path, DB)
-        journal = Journal(100)
-        journal.attach(store, {})
+        store, journal = _claimed(path)
         journal.append(_checkpoint("t1", Note("kept")))
         journal.append(FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS}, "exec-1"))
         journal.append(DeleteThread("other"))
         store.close()
         del sys.modules[MODULE]  # the next process, before its graphs load
 
-        again = OutageFile.claim(path, DB)
-        journal2 = Journal(100)
-        journal2.attach(again, {})
+        again, journal2 = _claimed(path)
         # The other thread goes on; t1's end waits behind its unread checkpoint.
         assert [type(e) for e in journal2.entries] == [DeleteThread]
         assert journal2.held_count == 2 and "t1" in journal2.quarantined_threads()
@@ -93,14 +104,10 @@ def test_an_entry_held_at_the_start_is_read_after_the_graphs_load(tmp_path: Path
 
 def test_a_copy_loaded_from_the_file_replays_as_a_late_copy(tmp_path: Path) -> None:
     path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, DB)
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(path)
     journal.append(CopyThread("t1", {}))
     store.close()
-    again = OutageFile.claim(path, DB)
-    journal2 = Journal(100)
-    journal2.attach(again, {})
+    again, journal2 = _claimed(path)
     [copy] = journal2.entries
     assert isinstance(copy, CopyThread) and copy.only_missing  # never replaces newer rows
     again.close()
@@ -108,9 +115,7 @@ def test_a_copy_loaded_from_the_file_replays_as_a_late_copy(tmp_path: Path) -> N
 
 def test_entries_the_file_did_not_take_go_in_first_and_in_order(tmp_path: Path) -> None:
     path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, DB)
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(path)
     Flaky.refuse = True
     try:
         journal.append(_checkpoint("t1", Flaky()))  # the file refuses it: acknowledged
@@ -162,9 +167,7 @@ def test_a_corrupt_journal_file_is_moved_aside_and_the_start_goes_on(
 ) -> None:
     path = tmp_path / "fb.sqlite"
     (tmp_path / "fb.sqlite.entries").write_bytes(b"not a database, a truncated copy" * 200)
-    store = OutageFile.claim(str(path), DB)
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(str(path))
     journal.append(DeleteThread("t1"))  # a working file
     store.close()
     [aside] = tmp_path.glob("fb.sqlite.entries.corrupt-*")
@@ -174,17 +177,104 @@ def test_a_corrupt_journal_file_is_moved_aside_and_the_start_goes_on(
 
 def test_the_same_database_named_another_way_keeps_the_files_writes(tmp_path: Path) -> None:
     path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, "postgresql://app@db.local/prod")
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(path, "postgresql://app@db.local/prod")
     journal.append(DeleteThread("kept"))
     store.close()
     # The URL's spelling changed (scheme, default port, query options): same database.
-    again = OutageFile.claim(path, "postgres://app:***@DB.local:5432/prod?sslmode=require")
-    journal2 = Journal(100)
-    journal2.attach(again, {})
+    again, journal2 = _claimed(path, "postgres://app:***@DB.local:5432/prod?sslmode=require")
     assert again.data_path == path and journal2.threads() == {"kept"}
     again.close()
     other = OutageFile.claim(path, "postgresql://app@db.local/staging")  # another one
     assert other.data_path != path  # the file waits for its own database
     other.close()
+
+
+def test_a_restart_names_another_databases_file_once(tmp_path: Path, caplog: Any) -> None:
+    """A live server holds fb; fb-2 holds another database's outage, its process gone.
+    A restart used to say so in one WARNING (README: "a `WARNING` names it"). Now the
+    orphan look (`OutageFile.orphan`) says it is left alone, the name loop says it again
+    with advice to start a server on it by hand, and the waiting files' WARNING adds that
+    "a server on the same database adopts" it: three lines for one file at each start,
+    two of them with different advice."""
+    live = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+    foreign, journal = _claimed(str(tmp_path / "fb-2.sqlite"), "postgresql://db.elsewhere/other")
+    journal.append(DeleteThread("another-databases"))
+    foreign.close()
+    caplog.set_level(logging.WARNING)
+    try:
+        restarted = OutageFile.claim(str(tmp_path / "fb.sqlite"), DB)
+        restarted.close()
+    finally:
+        live.close()
+    named = [r.getMessage() for r in caplog.records if "fb-2.sqlite" in r.getMessage()]
+    assert len(named) == 1, named
+
+
+def test_an_entry_this_version_cannot_read_does_not_stop_the_next_start(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store, journal = _claimed(path)
+    journal.append(DeleteThread("kept"))
+    store.close()
+    # What an older version wrote: an entry class whose fields changed since (an upgrade
+    # during an outage), or a value of a graph's module this process has not imported.
+    with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:
+        conn.execute(
+            "INSERT INTO entries (thread_id, body) VALUES (?, ?)",
+            ("old", pickle.dumps(("DeleteThread", {"thread_id": "old", "since_removed": 1}))),
+        )
+    conn.close()
+
+    again, journal2 = _claimed(path)  # must not raise: the server would not start at all
+    assert "kept" in journal2.threads()
+    again.close()
+    with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:  # and nothing dropped
+        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (2,)
+    conn.close()
+
+
+def test_an_entry_the_file_did_not_take_leaves_none_behind_it_there(tmp_path: Path) -> None:
+    path = str(tmp_path / "fb.sqlite")
+    store, journal = _claimed(path)
+    checkpoint = empty_checkpoint()
+    # A value the fallback's saver stored but pickle refuses (the same path as a full
+    # disk under the journal's file): the write is acknowledged, in memory only.
+    checkpoint["channel_values"] = {"x": Unpicklable()}
+    config: Any = {"configurable": {"thread_id": "t1", "checkpoint_ns": "", "run_id": RUN}}
+    acknowledged = [
+        PutCheckpoint(config, checkpoint, {"step": 1}, {}),
+        FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS}, "exec-1"),
+    ]
+    for entry in acknowledged:
+        journal.append(entry)
+    store.close()  # the process dies
+
+    again, journal2 = _claimed(path)
+    left = [type(e) for e in journal2.entries]
+    again.close()
+    # A prefix of what was acknowledged, never the run's end without its checkpoint.
+    assert left == [type(e) for e in acknowledged][: len(left)], left
+
+
+def test_a_start_that_leaves_a_dead_replicas_file_waiting_says_so(
+    tmp_path: Path, caplog: Any
+) -> None:
+    # Two replicas on one machine: the second's file is fb-2. Both die in an outage,
+    # each with writes it acknowledged; one server is started again.
+    path = str(tmp_path / "fb.sqlite")
+    first = OutageFile.claim(path, DB)
+    second = OutageFile.claim(path, DB)
+    assert second.data_path == str(tmp_path / "fb-2.sqlite")
+    for store in (first, second):
+        journal = Journal(100)
+        journal.attach(store, {})
+        journal.append(DeleteThread("acknowledged"))
+    second.close()
+    first.close()
+
+    restarted = OutageFile.claim(path, DB)  # takes fb.sqlite, resuming its outage
+    restarted.close()
+    # fb-2's writes wait for a second server that may never start (scaled down after
+    # the crash): a live server adopts the file (`adoption.py`), and says so first.
+    assert restarted.data_path == str(tmp_path / "fb.sqlite")
+    assert "fb-2.sqlite holds 1 outage writes of a process that is gone" in caplog.text
+    assert "adopts the file" in caplog.text

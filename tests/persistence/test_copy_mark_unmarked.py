@@ -1,6 +1,6 @@
-"""Review of ontime2 (77bcc6d): the late end of a row no copy marked (an earlier
-version's copy of a run released in the fallback) compares the lease null-safe. A
-row another executor claimed and released since looks the same."""
+"""The late end of a row no copy marked (an earlier version's copy of a run released in
+the fallback) compares the lease null-safe. A row another executor claimed and
+released since looks the same."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from code_hero.persistence.entries import CopyThread
 from code_hero.persistence.records import RunStatus
 from tests.persistence.test_copy_mark import (
     NOW,
+    RELEASED,
     RUN,
     _backends,
+    _copied_before_the_upgrade,
     _deliveries,
     _event,
     _seqs,
     primary_config,
 )
-from tests.persistence.test_copy_mark_review import _released_copied_before_the_upgrade
 
 __all__ = ["primary_config"]
 
@@ -37,7 +38,7 @@ async def _claimed_and_released_there(
     r1 on the primary, wrote its event 1 and released it (a graceful stop): the row is
     (PENDING, no lease) again, and an unmarked row's claim leaves no mark. exec-a ran r1
     to its end in the fallback; the file is then copied late."""
-    await _released_copied_before_the_upgrade(primary_config)
+    await _copied_before_the_upgrade(primary_config, RELEASED)
     async with _backends(primary_config) as (fallback, primary):
         claimed = await primary.registry.claim_runs(
             "exec-b", now=NOW, until=NOW + timedelta(minutes=5), limit=1

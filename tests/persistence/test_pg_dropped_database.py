@@ -8,6 +8,13 @@ undefined_table (INTERNAL), and the copy-back quarantined the outage's writes
 into it. Now a missing table, confirmed by asking the database, is an outage,
 and the probe makes the tables again as at start (or keeps the outage when
 nobody here may make them), so the outage's writes go in.
+
+What may not be an outage is none: a call's own undefined_table or undefined_column
+on a saturated pool, a migration ledger dropped under a serving primary. The missing
+tables' outage is reported, not raised (a search_path's schema gone with the
+database). The probe remakes the tables on a connection of its own, bounded by its
+timeout and by a lock_timeout of its own, and a remake cut short (or a start killed
+mid CREATE INDEX CONCURRENTLY) leaves no INVALID index behind.
 """
 
 from __future__ import annotations
@@ -15,16 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import quote, urlparse
 
 import psycopg
 import psycopg.errors as pg
 import pytest
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
+from psycopg_pool import AsyncConnectionPool
 
 from code_hero.checkpointing import create_postgres_checkpointer
+from code_hero.config import CheckpointerConfig
 from code_hero.persistence.diagnosis import error_category
 from code_hero.persistence.fallback_state import PrimaryUnreachableError
-from code_hero.persistence.migrations import PURGE_THREAD_SIGNATURE
+from code_hero.persistence.manager import EnhancedCheckpointerManager
+from code_hero.persistence.migrations import PURGE_THREAD_SIGNATURE, SETUP_LOCK_KEY
 from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.pg_tables import FUNCTIONS, TABLES, TablesMissing
 from tests.conftest import PG_ADMIN_URL
@@ -46,6 +58,25 @@ def _tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {r[0] for r in rows.fetchall()}
+
+
+def _two_connections(url: str, pool_timeout: float = 1) -> CheckpointerConfig:
+    """A primary at `url` whose pool has two connections, both a test's to hold."""
+    return create_postgres_checkpointer(
+        url,
+        health_check_interval=3600,
+        pool_min_size=2,
+        pool_max_size=2,
+        pool_timeout=pool_timeout,
+        saver_instances=1,
+    )
+
+
+def _primary_pool(manager: EnhancedCheckpointerManager) -> AsyncConnectionPool[Any]:
+    """The pool of `manager`'s PostgreSQL primary."""
+    backend = manager.router.primary.backend
+    assert isinstance(backend, PostgresBackend)
+    return backend.pool
 
 
 async def test_a_recreated_database_is_an_outage_and_gets_its_tables_back(
@@ -153,20 +184,11 @@ async def test_calls_waiting_for_a_connection_go_on_when_the_primary_fails(
     # Sessions refused (a changed password, ALLOW_CONNECTIONS false, slots taken) leave
     # the pool unable to open connections: calls waiting for one waited out the pool's
     # timeout (5 s by default; here an hour) after the router had failed over.
-    config = create_postgres_checkpointer(
-        pg_database,
-        health_check_interval=3600,
-        pool_min_size=2,
-        pool_max_size=2,
-        pool_timeout=3600,
-        saver_instances=1,
-    )
+    config = _two_connections(pg_database, pool_timeout=3600)
     async with _manager(config) as manager:
         write = _writer(manager)
         await write("before")
-        backend = manager.router.primary.backend
-        assert isinstance(backend, PostgresBackend)
-        pool = backend.pool
+        pool = _primary_pool(manager)
         async with pool.connection(), pool.connection():  # every connection lent
             waiting = asyncio.ensure_future(write("waiting"))
 
@@ -184,3 +206,207 @@ async def test_calls_waiting_for_a_connection_go_on_when_the_primary_fails(
 
 async def _done(task: asyncio.Future[object]) -> bool:
     return task.done()
+
+
+async def test_a_calls_own_undefined_column_on_a_saturated_pool_is_no_outage(
+    pg_database: str,
+) -> None:
+    config = _two_connections(pg_database)
+    async with _manager(config) as manager:
+        router = manager.router
+        backend = router.primary.backend
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(pg_database) as conn, pytest.raises(pg.UndefinedColumn) as raised:
+            conn.execute("SELECT no_such_column FROM checkpoints")
+        pool = backend.pool
+        async with pool.connection(), pool.connection():  # busy: every connection lent
+            assert backend.pool_saturated()
+            # Every table is there and the database answers: the call's own error.
+            verdict = await router.outage(router.primary, raised.value)
+        assert verdict is None
+        assert router.active == 0
+
+
+async def test_a_recreated_database_without_the_search_path_schema_is_reported_not_raised(
+    pg_database: str,
+) -> None:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA gw")
+    url = f"{pg_database}?options={quote('-csearch_path=gw')}"
+    config = create_postgres_checkpointer(url, health_check_interval=3600)
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("before")
+        _recreate(pg_database)  # the new database has no schema gw
+        await write("during")
+        assert manager.router.active == 1
+        # The health check must report the outage, not raise InvalidSchemaName.
+        report = await manager.health_check()
+        assert report["overall_status"] == "degraded"
+        error = manager.router.primary.last_error or ""
+        assert error_category(error) == "tables missing"
+        assert "no schema has been selected to create in (search_path gw)" in error
+
+
+async def test_the_probe_makes_the_tables_again_without_a_connection_of_the_old_pool(
+    pg_database: str,
+) -> None:
+    # After a database gone for a while, the old pool retries its lost connections
+    # with a doubling backoff (the reason `reconnect` opens a fresh pool before the
+    # copy-back); `_make_missing_tables` runs in the probe, before that, on the old
+    # pool, so each probe times out until the backoff ends (measured: gone 40 s,
+    # healthy 18 s after the database was back, three probes timed out). Here the
+    # old pool can lend nothing, deterministically: both connections are held.
+    config = _two_connections(pg_database)
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        pool = _primary_pool(manager)
+        async with pool.connection(), pool.connection():
+            _recreate(pg_database)
+            # Declared as a call meeting the missing tables would (here a call's pool
+            # timeout on a saturated pool whose database answers would be "busy").
+            manager.router.fail_primary(TablesMissing(list(TABLES)))
+            await write("during")
+            assert manager.router.active == 1
+            # The database answers on a connection of the probe's own and may be set up.
+            report = await manager.health_check()
+            assert report["overall_status"] == "healthy", manager.router.primary.last_error
+
+
+_INVALID = (
+    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE NOT i.indisvalid AND c.relname LIKE 'checkpoint%%'"
+)
+
+
+async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
+    pg_database: str,
+) -> None:
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("before")
+        _recreate(pg_database)
+        await write("during")  # the outage: the probe will make the tables again
+        assert manager.router.active == 1
+        with (
+            psycopg.connect(pg_database, autocommit=True) as watch,
+            psycopg.connect(pg_database) as old,
+        ):
+            # An open transaction holding a snapshot (a report, a psql session): every
+            # CREATE INDEX CONCURRENTLY in this database waits for it to end.
+            old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            old.execute("SELECT 1")
+            report = await manager.health_check()  # the probe gives up at its timeout
+            assert report["overall_status"] == "degraded"
+
+            def ended() -> bool:
+                busy = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                held = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND ((classid::bigint << 32) | objid::bigint) = %s",
+                    (SETUP_LOCK_KEY,),
+                ).fetchone()
+                return busy == (0,) and held == (0,)
+
+            async def probe_ended() -> bool:
+                return ended()
+
+            await until(probe_ended)  # the abandoned probe's cancel reached the server
+            old.rollback()
+            assert (await manager.health_check())["overall_status"] == "healthy"
+            (invalid,) = watch.execute(_INVALID).fetchone() or (0,)
+        assert invalid == 0, "an INVALID index of the saver's was left and never remade"
+
+
+async def test_a_ledger_dropped_under_a_serving_primary_does_not_fail_it_over(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # checkpoint_migrations dropped alone while the database serves: every call works
+    # (none reads it), yet the probe reruns the saver's migrations from the first on its
+    # own connection, with no lock_timeout: ALTER TABLE checkpoint_blobs queues for an
+    # ACCESS EXCLUSIVE lock behind any open reader (stalling every later call on that
+    # table meanwhile) until the probe's timeout, and the timeout fails the primary over.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        await _writer(manager)("before")
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute("DROP TABLE checkpoint_migrations")
+        with psycopg.connect(pg_database) as reader, caplog.at_level(logging.WARNING):
+            reader.execute("SELECT count(*) FROM checkpoint_blobs")  # a read, still open
+            for _ in range(2):
+                assert (await manager.health_check())["overall_status"] == "healthy"
+            error = manager.router.primary.last_error
+            reader.rollback()
+        assert manager.router.active == 0, error
+        # Said once, with the SQL restoring it; the migrations did not run.
+        said = [r.getMessage() for r in caplog.records if "migration ledger" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "CREATE TABLE checkpoint_migrations" in said[0]
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('checkpoint_migrations')").fetchone() == (None,)
+            conn.execute(said[0][said[0].index("CREATE TABLE") :].encode())
+            rows = conn.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()
+        assert rows == (len(BasePostgresSaver.MIGRATIONS),)
+
+
+async def test_a_start_after_one_killed_mid_create_index_concurrently_rebuilds_it(
+    pg_database: str,
+) -> None:
+    # A replica killed at its first start during migration 6 (CREATE INDEX
+    # CONCURRENTLY checkpoints_thread_id_idx) leaves the index INVALID and the
+    # migration unrecorded. Made here the way PostgreSQL leaves one: a CREATE INDEX
+    # CONCURRENTLY that fails (a unique one, on duplicates) under the saver's name.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        write = _writer(manager)
+        await write("twice")
+        await write("twice")
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP INDEX checkpoints_thread_id_idx")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY checkpoints_thread_id_idx "
+                "ON checkpoints(thread_id)"
+            )
+        conn.execute("DELETE FROM checkpoint_migrations WHERE v >= 6")
+        assert conn.execute(_INVALID).fetchone() == (1,)
+    async with _manager(config) as manager:  # the next start
+        assert (await manager.health_check())["overall_status"] == "healthy"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        assert conn.execute(_INVALID).fetchone() == (0,)
+        unique = conn.execute(
+            "SELECT i.indisunique FROM pg_index i "
+            "WHERE i.indexrelid = 'checkpoints_thread_id_idx'::regclass"
+        ).fetchone()
+        assert unique == (False,)  # the saver's index, made again
+
+
+async def test_a_remake_waits_for_a_lock_a_bounded_time_and_says_so(pg_database: str) -> None:
+    # A remake of a recreated database whose CREATE INDEX CONCURRENTLY waits out an
+    # open transaction gives up at its own lock_timeout, not the probe's: the outage
+    # says why (a lock not had), not that the probe timed out.
+    config = create_postgres_checkpointer(
+        pg_database, health_check_interval=3600, pool_timeout=2, saver_instances=1
+    )
+    async with _manager(config) as manager:
+        _recreate(pg_database)
+        await _writer(manager)("during")
+        assert manager.router.active == 1
+        with psycopg.connect(pg_database) as old:
+            old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            old.execute("SELECT 1")
+            assert (await manager.health_check())["overall_status"] == "degraded"
+            error = manager.router.primary.last_error or ""
+            old.rollback()
+        assert "lock timeout" in error, error
+        assert (await manager.health_check())["overall_status"] == "healthy"

@@ -1,6 +1,7 @@
-"""The fixes of the review of `refuse` (`test_pg_dropped_database_review.py`), beyond
-its tests: concurrent calls share one table check; a migration ledger dropped alone
-is reported as such; only the replica whose setup made the tables says it did."""
+"""How the missing tables' outage (`test_pg_dropped_database.py`) is told: concurrent
+calls share one table check; a migration ledger dropped alone is reported as such; only
+the replica whose setup made the tables says it did; a table check that cannot reach the
+database says down."""
 
 from __future__ import annotations
 

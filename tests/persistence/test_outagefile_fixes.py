@@ -4,26 +4,35 @@ earlier one the journal acknowledged (a replay would apply it out of order: a ru
 without the checkpoints before it).
 
 An entry held unread at the start is read again later, with its thread's entries behind
-it; an entry the file did not take goes in first once it can; a dead replica's file is
-announced, a live one's is not, and another database's file is named once at a restart.
+it; entries held so count toward the journal's limit, and a thread's copy waits for the
+checkpoint held behind it. An entry the file did not take goes in first once it can. A
+dead replica's file is announced, a live one's is not; another database's file (also
+one whose query names another schema or server) is left alone, and named once at a
+restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import sqlite3
 import sys
 import types
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from langgraph.checkpoint.base import empty_checkpoint
 
+from code_hero.config import create_memory_checkpointer, create_sqlite_checkpointer
+from code_hero.persistence.backends import open_backend
 from code_hero.persistence.entries import CopyThread, DeleteThread, FinishRun, PutCheckpoint
 from code_hero.persistence.journal import Journal
-from code_hero.persistence.outagefile import OutageFile
-from code_hero.persistence.records import RunStatus
+from code_hero.persistence.outagefile import OutageFile, same_database
+from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from tests.persistence.test_outagefile import RUN, Unpicklable
 
 DB = "postgresql://db"
@@ -43,6 +52,21 @@ class Note:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+@contextlib.contextmanager
+def _graph_module() -> Iterator[types.ModuleType]:
+    """A graph's module holding `Note`, loaded (in `sys.modules`) until the block ends;
+    a test unloads and loads it again as a process restarting would."""
+    module = types.ModuleType(MODULE)
+    Note.__module__ = MODULE
+    module.Note = Note  # type: ignore[attr-defined]
+    sys.modules[MODULE] = module
+    try:
+        yield module
+    finally:
+        sys.modules.pop(MODULE, None)
+        Note.__module__ = __name__
 
 
 class Flaky:
@@ -65,11 +89,7 @@ def _checkpoint(thread_id: str, value: Any) -> PutCheckpoint:
 
 def test_an_entry_held_at_the_start_is_read_after_the_graphs_load(tmp_path: Path) -> None:
     path = str(tmp_path / "fb.sqlite")
-    module = types.ModuleType(MODULE)
-    Note.__module__ = MODULE
-    module.Note = Note  # type: ignore[attr-defined]
-    sys.modules[MODULE] = module
-    try:
+    with _graph_module() as module:
         store, journal = _claimed(path)
         journal.append(_checkpoint("t1", Note("kept")))
         journal.append(FinishRun(RUN, "t1", {"status": RunStatus.SUCCESS}, "exec-1"))
@@ -97,9 +117,6 @@ def test_an_entry_held_at_the_start_is_read_after_the_graphs_load(tmp_path: Path
         with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:  # all in the file
             assert conn.execute("SELECT count(*) FROM entries").fetchone() == (4,)
         conn.close()
-    finally:
-        sys.modules.pop(MODULE, None)
-        Note.__module__ = __name__
 
 
 def test_a_copy_loaded_from_the_file_replays_as_a_late_copy(tmp_path: Path) -> None:
@@ -278,3 +295,108 @@ def test_a_start_that_leaves_a_dead_replicas_file_waiting_says_so(
     assert restarted.data_path == str(tmp_path / "fb.sqlite")
     assert "fb-2.sqlite holds 1 outage writes of a process that is gone" in caplog.text
     assert "adopts the file" in caplog.text
+
+
+def test_a_file_of_another_schema_or_server_named_in_the_query_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """`same_database` drops the whole query, but libpq takes the server and the schema
+    from it too: `options=-csearch_path=...` (the way README and the tests name a schema),
+    `host=` (a socket directory), `port=`, `dbname=`. Before the merge a file of another
+    deployment (its own schema, same database) was left alone; now its outage writes are
+    replayed into this one's tables."""
+    theirs = "postgresql://app@db.local/prod?options=" + quote("-csearch_path=tenant_a")
+    ours = "postgresql://app@db.local/prod?options=" + quote("-csearch_path=tenant_b")
+    assert not same_database(theirs, ours)
+    assert not same_database("postgresql:///prod?host=/run/a", "postgresql:///prod?host=/run/b")
+    assert not same_database("postgresql:///prod?port=5433", "postgresql:///prod?port=5432")
+
+    path = str(tmp_path / "fb.sqlite")
+    store, journal = _claimed(path, theirs)
+    journal.append(DeleteThread("tenant-a-thread"))
+    store.close()  # tenant A's replica died in an outage
+    other = OutageFile.claim(path, ours)
+    try:
+        assert other.data_path != path  # tenant A's file waits for tenant A's database
+    finally:
+        other.close()
+
+
+def _held_thread(tmp_path: Path, thread_id: str) -> tuple[OutageFile, Journal, str]:
+    """A file a dead process left holding an entry of `thread_id` this version cannot
+    read (an entry class of another version), and a journal of limit 3 attached to it."""
+    path = str(tmp_path / "fb.sqlite")
+    store = OutageFile.claim(path, DB)
+    Journal(100).attach(store, {})
+    store.close()
+    with sqlite3.connect(tmp_path / "fb.sqlite.entries") as conn:
+        conn.execute(
+            "INSERT INTO entries (thread_id, body) VALUES (?, ?)",
+            (thread_id, pickle.dumps(("DeleteThread", {"thread_id": thread_id, "gone": 1}))),
+        )
+    conn.close()
+    again = OutageFile.claim(path, DB)
+    journal = Journal(3)
+    journal.attach(again, {})
+    return again, journal, path
+
+
+def test_writes_queued_behind_a_held_entry_count_toward_the_journals_limit(
+    tmp_path: Path,
+) -> None:
+    """The journal's limit keeps an outage from growing the process until the kernel
+    kills it. A thread held behind an unreadable entry (an upgrade: held for good) takes
+    its later writes into `held`, which `full` does not count: an outage's writes of
+    that thread grow without bound and are never refused."""
+    store, journal, _ = _held_thread(tmp_path, "t")
+    try:
+        assert journal.held_count == 1
+        for _ in range(10):
+            if journal.full:
+                break
+            journal.append(DeleteThread("t"))
+        assert journal.full, f"{journal.held_count} entries held, the limit is 3"
+    finally:
+        store.close()
+
+
+async def test_a_threads_copy_waits_for_its_checkpoint_held_behind_it(tmp_path: Path) -> None:
+    """A thread born in the outage: its copy (`CopyThread`), then a checkpoint of its run
+    holding a graph's class; the run ended on the fallback (the copy, still waiting,
+    stands for that). The next process reads the copy but holds the checkpoint. The
+    drain counts only the entries in memory behind the copy (`_deferring`): none, so it
+    copies the finished run whole, and the primary has the run ended without the
+    checkpoint it ended with (the journal's rule: a run's end goes in after its
+    checkpoints), for good if the entry stays unreadable (an upgrade)."""
+    path = str(tmp_path / "fb.sqlite")
+    with _graph_module():
+        store, journal = _claimed(path)
+        journal.append(CopyThread("t1", {}))
+        journal.append(_checkpoint("t1", Note("the run's last state")))
+        store.close()
+        del sys.modules[MODULE]  # the next process, before its graphs load
+
+        again, journal2 = _claimed(path)
+        assert journal2.held_count == 1
+        now = datetime.now(UTC)
+        local = open_backend(create_memory_checkpointer())
+        local.enforce_references = False
+        async with (
+            local as fallback,
+            open_backend(create_sqlite_checkpointer(str(tmp_path / "p.sqlite"))) as primary,
+        ):
+            await fallback.registry.put_thread(
+                ThreadRecord("t1", None, ThreadStatus.IDLE, {}, now, now)
+            )
+            await fallback.registry.put_run(
+                RunRecord(RUN, "t1", "g", RunStatus.SUCCESS, created_at=now, finished_at=now)
+            )
+            await journal2.drain(
+                primary=primary,
+                fallback=fallback,
+                is_unreachable=lambda exc: False,
+                on_synced=lambda: None,
+            )
+            run = await primary.registry.get_run(RUN)
+            assert run is None or not run.status.finished, "ended before its checkpoint"
+        again.close()

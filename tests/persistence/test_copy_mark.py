@@ -69,6 +69,29 @@ async def _backends(primary_config: CheckpointerConfig) -> AsyncIterator[tuple[B
         yield fallback, primary
 
 
+async def _first_pass_with_event_1(fallback: Backend, primary: Backend) -> CopyThread:
+    """exec-a's event 1 of r1 in the fallback, copied by a first pass; the thread's copy."""
+    await fallback.registry.store_events([_event(1, "exec-a")])
+    copy = CopyThread("t", {})
+    await copy.unfinished().replay(primary, fallback)
+    return copy
+
+
+async def _ended_there(primary: Backend, by: str, end: EventRecord, at: datetime = NOW) -> None:
+    """`by`, holding r1's lease on the primary, ends it there with the event `end`."""
+    ended, _ = await primary.registry.finish_run(
+        "r1",
+        ThreadStatus.IDLE,
+        if_leased_by=by,
+        events=[end],
+        status=RunStatus.SUCCESS,
+        finished_at=at,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    assert ended is not None
+
+
 async def _seqs(primary: Backend) -> list[tuple[int, str]]:
     return [(e.seq, e.payload["by"]) for e in await primary.registry.list_events("r1")]
 
@@ -127,9 +150,7 @@ async def test_the_events_of_a_run_another_executor_holds_are_left(
     copy's events of r1 after the first pass (2, 3) are left, on time and late; they
     would collide with exec-b's or make its next write collide."""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
         await primary.registry.store_events([_event(2, "exec-b")])
         await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
@@ -146,21 +167,9 @@ async def test_a_late_copy_adds_the_events_of_a_run_this_replica_ended_there(
     (a run ended or released there since may be this replica's own doing: only a lease
     another executor holds there leaves them)."""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
-        ended, _ = await primary.registry.finish_run(
-            "r1",
-            ThreadStatus.IDLE,
-            if_leased_by="exec-a",
-            events=[_event(4, "exec-a")],
-            status=RunStatus.SUCCESS,
-            finished_at=NOW,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        assert ended is not None
+        await _ended_there(primary, "exec-a", _event(4, "exec-a"))
         await copy.late().replay(primary, fallback)
         assert await _seqs(primary) == [(s, "exec-a") for s in (1, 2, 3, 4)]
 
@@ -172,9 +181,7 @@ async def test_events_past_the_copys_first_page_are_left_for_a_run_taken_over(
     the transaction leaves the first 500, and the pages after it (`_copy_events`,
     after the commit) are left too."""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         await primary.registry.put_run(replace(RUN, lease_owner="exec-b"))  # taken over
         await fallback.registry.store_events([_event(s, "exec-a") for s in range(2, 602)])
         await copy.unfinished().replay(primary, fallback)
@@ -297,26 +304,14 @@ async def test_no_copied_event_follows_the_end_another_executor_wrote(
     belongs to exec-c's run, above all not after its end. The on-time copy leaves them;
     the late one appends exec-a's 3 and 4 after exec-c's end event (2)."""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3, 4)])
         lapsed = NOW + timedelta(hours=1)  # exec-a's lease, as copied, has lapsed by then
         claimed = await primary.registry.claim_runs(
             "exec-c", now=lapsed, until=lapsed + timedelta(minutes=5), limit=1
         )
         assert [r.run_id for r in claimed] == ["r1"]
-        ended, _ = await primary.registry.finish_run(
-            "r1",
-            ThreadStatus.IDLE,
-            if_leased_by="exec-c",
-            events=[_event(2, "exec-c")],
-            status=RunStatus.SUCCESS,
-            finished_at=lapsed,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        assert ended is not None
+        await _ended_there(primary, "exec-c", _event(2, "exec-c"), at=lapsed)
         await (copy.late() if late else copy.unfinished()).replay(primary, fallback)
         assert await _seqs(primary) == [(1, "exec-a"), (2, "exec-c")]
         assert await _deliveries(primary) == 1
@@ -386,21 +381,9 @@ async def test_a_late_copy_adds_no_event_past_an_end_written_there(
     fallback had its 2 and 3. The late copy fills no gap there is none of below the end
     and adds nothing after it: exec-a's 3 stays out (its 2 collides with the end)."""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         await fallback.registry.store_events([_event(s, "exec-a") for s in (2, 3)])
-        ended, _ = await primary.registry.finish_run(
-            "r1",
-            ThreadStatus.IDLE,
-            if_leased_by="exec-a",
-            events=[_event(2, "end")],
-            status=RunStatus.SUCCESS,
-            finished_at=NOW,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        assert ended is not None
+        await _ended_there(primary, "exec-a", _event(2, "end"))
         await copy.late().replay(primary, fallback)
         assert await _seqs(primary) == [(1, "exec-a"), (2, "end")]
         assert await _deliveries(primary) == 1
@@ -414,9 +397,7 @@ async def test_a_run_reclaimed_there_by_the_executor_the_copy_wrote_is_still_end
     again) keeps the copy's mark, as a renewal does: exec-a's end, copied after, goes
     in once, its events with it. (Only another executor's claim takes the run over.)"""
     async with _backends(primary_config) as (fallback, primary):
-        await fallback.registry.store_events([_event(1, "exec-a")])
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _first_pass_with_event_1(fallback, primary)
         lapsed = NOW + timedelta(hours=1)
         claimed = await primary.registry.claim_runs(
             "exec-a", now=lapsed, until=lapsed + timedelta(minutes=5), limit=1

@@ -16,11 +16,9 @@ from code_hero.persistence.outagefile import OutageFile
 from code_hero.persistence.records import RunRecord, RunStatus, ThreadRecord, ThreadStatus
 from tests.conftest import make_config
 from tests.persistence.test_entries import RUN, one_running_run, primary_config
-from tests.persistence.test_outagefile_fixes import Flaky, _checkpoint
+from tests.persistence.test_outagefile_fixes import DB, Flaky, _checkpoint, _claimed
 
 __all__ = ["primary_config"]  # the fixture, shared with test_entries
-
-DB = "postgresql://db"
 
 
 def _copy(journal: Journal) -> CopyThread:
@@ -54,9 +52,7 @@ async def test_the_next_process_ends_a_run_its_copy_back_left_running(
         await fallback.registry.put_run(
             RunRecord(RUN, "t", "g", RunStatus.RUNNING, created_at=now, lease_owner="exec-1")
         )
-        store = OutageFile.claim(path, DB)
-        journal = Journal(100)
-        journal.attach(store, {})
+        store, journal = _claimed(path)
         journal.append(_copy(journal))
         await journal.entries[0].replay(primary, fallback)  # the copy-back, then a kill
         store.close()
@@ -134,9 +130,7 @@ async def test_an_entry_quarantined_before_the_file_took_it_is_filed_quarantined
     from code_hero.persistence.backends import open_backend
 
     path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, DB)
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(path)
     Flaky.refuse = True
     try:
         entry = _checkpoint("t1", Flaky())
@@ -153,10 +147,8 @@ async def test_an_entry_quarantined_before_the_file_took_it_is_filed_quarantined
     finally:
         Flaky.refuse = True
     store.close()
-    again = OutageFile.claim(path, DB)
+    again, journal2 = _claimed(path)
     try:
-        journal2 = Journal(100)
-        journal2.attach(again, {})
         assert [type(q.entry) for q in journal2.quarantine] == [PutCheckpoint]
         assert [type(e) for e in journal2.entries] == [DeleteThread]
     finally:
@@ -174,9 +166,7 @@ async def test_a_quarantined_entry_that_replays_leaves_its_threads_backlog(
     from code_hero.persistence.backends import open_backend
 
     path = str(tmp_path / "fb.sqlite")
-    store = OutageFile.claim(path, DB)
-    journal = Journal(100)
-    journal.attach(store, {})
+    store, journal = _claimed(path)
     Flaky.refuse = True
     try:
         # The file refuses a run's end (a value neither primary takes either)...
@@ -202,10 +192,8 @@ async def test_a_quarantined_entry_that_replays_leaves_its_threads_backlog(
     finally:
         Flaky.refuse = True
     store.close()
-    again = OutageFile.claim(path, DB)
+    again, journal2 = _claimed(path)
     try:
-        journal2 = Journal(100)
-        journal2.attach(again, {})
         assert [type(q.entry) for q in journal2.quarantine] == [FinishRun]
         assert [type(e) for e in journal2.entries] == [DeleteThread]
     finally:

@@ -60,16 +60,16 @@ def _tables(url: str) -> set[str]:
         return {r[0] for r in rows.fetchall()}
 
 
+def _one_saver(url: str, pool_timeout: float = 1, **pool: Any) -> CheckpointerConfig:
+    """A primary at `url` with one saver, probed only when a test says so."""
+    return create_postgres_checkpointer(
+        url, health_check_interval=3600, pool_timeout=pool_timeout, saver_instances=1, **pool
+    )
+
+
 def _two_connections(url: str, pool_timeout: float = 1) -> CheckpointerConfig:
     """A primary at `url` whose pool has two connections, both a test's to hold."""
-    return create_postgres_checkpointer(
-        url,
-        health_check_interval=3600,
-        pool_min_size=2,
-        pool_max_size=2,
-        pool_timeout=pool_timeout,
-        saver_instances=1,
-    )
+    return _one_saver(url, pool_timeout, pool_min_size=2, pool_max_size=2)
 
 
 def _primary_pool(manager: EnhancedCheckpointerManager) -> AsyncConnectionPool[Any]:
@@ -282,9 +282,7 @@ _INVALID = (
 async def test_a_remake_cut_short_by_the_probe_timeout_leaves_no_invalid_index(
     pg_database: str,
 ) -> None:
-    config = create_postgres_checkpointer(
-        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
-    )
+    config = _one_saver(pg_database)
     async with _manager(config) as manager:
         write = _writer(manager)
         await write("before")
@@ -332,9 +330,7 @@ async def test_a_ledger_dropped_under_a_serving_primary_does_not_fail_it_over(
     # own connection, with no lock_timeout: ALTER TABLE checkpoint_blobs queues for an
     # ACCESS EXCLUSIVE lock behind any open reader (stalling every later call on that
     # table meanwhile) until the probe's timeout, and the timeout fails the primary over.
-    config = create_postgres_checkpointer(
-        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
-    )
+    config = _one_saver(pg_database)
     async with _manager(config) as manager:
         await _writer(manager)("before")
         with psycopg.connect(pg_database, autocommit=True) as conn:
@@ -364,9 +360,7 @@ async def test_a_start_after_one_killed_mid_create_index_concurrently_rebuilds_i
     # CONCURRENTLY checkpoints_thread_id_idx) leaves the index INVALID and the
     # migration unrecorded. Made here the way PostgreSQL leaves one: a CREATE INDEX
     # CONCURRENTLY that fails (a unique one, on duplicates) under the saver's name.
-    config = create_postgres_checkpointer(
-        pg_database, health_check_interval=3600, pool_timeout=1, saver_instances=1
-    )
+    config = _one_saver(pg_database)
     async with _manager(config) as manager:
         write = _writer(manager)
         await write("twice")
@@ -395,9 +389,7 @@ async def test_a_remake_waits_for_a_lock_a_bounded_time_and_says_so(pg_database:
     # A remake of a recreated database whose CREATE INDEX CONCURRENTLY waits out an
     # open transaction gives up at its own lock_timeout, not the probe's: the outage
     # says why (a lock not had), not that the probe timed out.
-    config = create_postgres_checkpointer(
-        pg_database, health_check_interval=3600, pool_timeout=2, saver_instances=1
-    )
+    config = _one_saver(pg_database, pool_timeout=2)
     async with _manager(config) as manager:
         _recreate(pg_database)
         await _writer(manager)("during")

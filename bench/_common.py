@@ -45,26 +45,29 @@ def free_port() -> int:
 
 
 class Replica:
-    """One `code-hero serve` process of this tree's sources, on `url`."""
+    """One `code-hero serve` process of this tree's sources (or `tree`'s, under
+    `python`), on `url`."""
 
-    def __init__(self, url: str, logdir: Path, **env: str) -> None:
+    def __init__(
+        self, url: str, logdir: Path, *, python: str = sys.executable, tree: Path = ROOT, **env: str
+    ) -> None:
         self.port = free_port()
         self.log = open(logdir / f"replica-{self.port}.log", "wb")
         self.process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "code_hero.cli", "serve", "--database-url", url),
+                *(python, "-m", "code_hero.cli", "serve", "--database-url", url),
                 *("--port", str(self.port), "--log-level", "warning"),
             ],
             env={
                 **os.environ,
-                "PYTHONPATH": str(ROOT / "src"),
+                "PYTHONPATH": str(tree / "src"),
                 # the outage fallback's file beside the log, not in the checkout
                 "CODE_HERO_FALLBACK_PATH": str(logdir / f"fallback-{self.port}.sqlite"),
                 **env,
             },
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=tree,
         )
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/graphql"

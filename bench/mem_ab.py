@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +26,7 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _common import free_port, gql, scratch_database, target
+from _common import Replica, gql, scratch_database, target
 from peer import GRAPH, SERVE_ENV, GatewayClient, measure
 
 HERE = Path(__file__).resolve().parent
@@ -50,53 +47,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-class Server:
-    """`code-hero serve` of `tree`'s sources on `url`."""
-
-    def __init__(
-        self, tree: Path, python: str, url: str, folder: Path, env: dict[str, str]
-    ) -> None:
-        self.port = free_port()
-        self.log = open(folder / f"serve-{self.port}.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                *(python, "-m", "code_hero.cli", "serve", "--database-url", url),
-                *("--port", str(self.port), "--log-level", "warning"),
-            ],
-            env={
-                **os.environ,
-                "PYTHONPATH": str(tree / "src"),
-                "CODE_HERO_FALLBACK_PATH": str(folder / f"fallback-{self.port}.sqlite"),
-                **env,
-            },
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=tree,
-        )
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/graphql"
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(600):
-                try:
-                    if (await client.get(f"{self.http}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
-async def drive(server: Server, seconds: float, repeats: int) -> dict[str, float]:
+async def drive(server: Replica, seconds: float, repeats: int) -> dict[str, float]:
     """Start-up and after-workload memory of one server, MiB."""
     await server.ready()
     await asyncio.sleep(1)
@@ -143,7 +94,8 @@ async def round_(
     servers = {}
     try:
         for build in order:
-            servers[build] = Server(*trees[build], urls[build], folder, env)
+            tree, python = trees[build]
+            servers[build] = Replica(urls[build], folder, python=python, tree=tree, **env)
             await servers[build].ready()
         got = await asyncio.gather(*(drive(servers[b], seconds, repeats) for b in order))
         return dict(zip(order, got, strict=True))

@@ -16,7 +16,8 @@ from code_hero.config import CheckpointerConfig, create_postgres_checkpointer
 from code_hero.errors import NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import open_backend
-from code_hero.persistence.records import RunStatus
+from code_hero.persistence.manager import ThreadDeletion
+from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.events import terminal_status
@@ -64,37 +65,48 @@ def _settings(url: str) -> GatewaySettings:
     )
 
 
+async def _running_and_queued(gw: Gateway) -> tuple[RunRecord, RunRecord]:
+    """A run executing on a new thread, and one queued behind it."""
+    first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
+    queued = await gw.start_run(
+        StartRun(
+            graph="slow",
+            thread_id=first.thread_id,
+            input={},
+            multitask=MultitaskStrategy.ENQUEUE,
+        )
+    )
+    await wait_status(gw, first.run_id, RunStatus.RUNNING)
+    return first, queued
+
+
+async def _deleted(gw: Gateway, thread_id: str) -> tuple[ThreadDeletion, dict[str, RunStatus]]:
+    """The thread's deletion, and the end each of its runs announced on the bus by then."""
+    heard = gw.bus.subscribe(thread_id=thread_id)
+    try:
+        gone = await gw.delete_thread(thread_id)
+        ends: dict[str, RunStatus] = {}
+        while not heard.queue.empty():
+            event = heard.queue.get_nowait()
+            status = terminal_status(event)
+            if status is not None:
+                ends[event.run_id] = status
+    finally:
+        gw.bus.unsubscribe(heard)
+    return gone, ends
+
+
 @pytest.mark.postgres
 async def test_a_deletion_as_shutdown_begins_ends_its_queued_runs_cancelled(
     pg_database: str,
 ) -> None:
     # A deleteThread in flight when the drain begins (claiming stopped, running runs
-    # given their grace): the queued run of the thread is flagged and waited for, but no
-    # claim loop is left to end it here. The deletion waits out 5 s + a lease for
-    # nothing, then takes the run still PENDING: its follower never sees CANCELLED.
+    # given their grace): no claim loop is left to end the thread's queued run here, so
+    # the deletion ends it itself, CANCELLED, rather than wait 5 s + a lease for nobody.
     async with Gateway(_settings(pg_database)) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        queued = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
-        heard = gw.bus.subscribe(thread_id=first.thread_id)
-        try:
-            gw.executor.claims.stop_claiming()  # what executor.shutdown does first
-            gone = await gw.delete_thread(first.thread_id)
-            ends: dict[str, RunStatus] = {}
-            while not heard.queue.empty():
-                event = heard.queue.get_nowait()
-                status = terminal_status(event)
-                if status is not None:
-                    ends[event.run_id] = status
-        finally:
-            gw.bus.unsubscribe(heard)
+        first, queued = await _running_and_queued(gw)
+        gw.executor.claims.stop_claiming()  # what executor.shutdown does first
+        gone, ends = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
 
@@ -102,33 +114,12 @@ async def test_a_deletion_as_shutdown_begins_ends_its_queued_runs_cancelled(
 @pytest.mark.postgres
 async def test_the_operators_deletion_ends_a_queued_run_cancelled(pg_database: str) -> None:
     # `code-hero threads delete` and `code-hero prune` run a one-shot gateway that claims
-    # only the runs it started (claim_others=False), so its claim loop never ends the
-    # cancelled runs nobody holds. With no server replica up (maintenance), each thread
-    # with a queued run waits 5 s + a lease and is then deleted with the run PENDING,
-    # never CANCELLED: `prune` pays it once per such thread, one after another.
+    # only the runs it started (claim_others=False), and no server replica may be up
+    # (maintenance): the deletion ends the thread's queued run itself, CANCELLED.
     settings = replace(_settings(pg_database), claim_others=False)
     async with Gateway(settings) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        queued = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
-        heard = gw.bus.subscribe(thread_id=first.thread_id)
-        try:
-            gone = await gw.delete_thread(first.thread_id)
-            ends: dict[str, RunStatus] = {}
-            while not heard.queue.empty():
-                event = heard.queue.get_nowait()
-                status = terminal_status(event)
-                if status is not None:
-                    ends[event.run_id] = status
-        finally:
-            gw.bus.unsubscribe(heard)
+        first, queued = await _running_and_queued(gw)
+        gone, ends = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
 
@@ -140,16 +131,7 @@ async def test_the_operators_deletion_ends_a_run_a_crashed_replica_held(pg_datab
     # reaches nobody; the one-shot gateway ends it itself, as a claim loop would.
     settings = replace(_settings(pg_database), claim_others=False)
     async with Gateway(settings) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        held = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
+        first, held = await _running_and_queued(gw)
         # A replica claimed the queued run, then died: its lease lapsed a minute ago.
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(
@@ -157,17 +139,7 @@ async def test_the_operators_deletion_ends_a_run_a_crashed_replica_held(pg_datab
                 "lease_expires_at = now() - interval '1 minute' WHERE run_id = %s",
                 (held.run_id,),
             )
-        heard = gw.bus.subscribe(thread_id=first.thread_id)
-        try:
-            gone = await gw.delete_thread(first.thread_id)
-            ends: dict[str, RunStatus] = {}
-            while not heard.queue.empty():
-                event = heard.queue.get_nowait()
-                status = terminal_status(event)
-                if status is not None:
-                    ends[event.run_id] = status
-        finally:
-            gw.bus.unsubscribe(heard)
+        gone, ends = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, held.run_id: RunStatus.CANCELLED}
 
@@ -181,16 +153,7 @@ async def test_a_deletion_whose_own_end_of_its_runs_fails_still_deletes(
     # short lease), it does not fail on that error.
     settings = replace(_settings(pg_database), claim_others=False, lease_seconds=1.0)
     async with Gateway(settings) as gw:
-        first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-        queued = await gw.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        await wait_status(gw, first.run_id, RunStatus.RUNNING)
+        first, queued = await _running_and_queued(gw)
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(
                 """CREATE FUNCTION refuse_cancelled() RETURNS trigger LANGUAGE plpgsql AS $$

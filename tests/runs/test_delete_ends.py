@@ -153,21 +153,26 @@ async def test_a_deletion_whose_own_end_of_its_runs_fails_still_deletes(
     # short lease), it does not fail on that error.
     settings = replace(_settings(pg_database), claim_others=False, lease_seconds=1.0)
     async with Gateway(settings) as gw:
-        first, queued = await _running_and_queued(gw)
-        with psycopg.connect(pg_database, autocommit=True) as conn:
-            conn.execute(
+        # An async connection: DDL on code_hero_runs waits for the gateway's transactions
+        # on it, which need this loop to end.
+        async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE refused (run_id text PRIMARY KEY)")
+            await conn.execute(
                 """CREATE FUNCTION refuse_cancelled() RETURNS trigger LANGUAGE plpgsql AS $$
                    BEGIN
-                       IF NEW.run_id = %s AND NEW.status = 'CANCELLED' THEN
+                       IF NEW.status = 'CANCELLED'
+                          AND EXISTS (SELECT 1 FROM refused WHERE run_id = NEW.run_id) THEN
                            RAISE EXCEPTION 'refused' USING ERRCODE = '55P03';
                        END IF;
                        RETURN NEW;
-                   END $$""".replace("%s", "'" + queued.run_id + "'")
+                   END $$"""
             )
-            conn.execute(
+            await conn.execute(
                 "CREATE TRIGGER refuse_cancelled BEFORE UPDATE ON code_hero_runs "
                 "FOR EACH ROW EXECUTE FUNCTION refuse_cancelled()"
             )
+            first, queued = await _running_and_queued(gw)
+            await conn.execute("INSERT INTO refused VALUES (%s)", (queued.run_id,))
         gone = await gw.delete_thread(first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
 

@@ -40,13 +40,15 @@ __all__ = [
 ]
 
 # "tasks": each node execution's start and result, for the run's timeline (runs/timeline.py).
-# No "checkpoints": a checkpoint is announced once its save returned (`checkpoint_saved`).
+# "checkpoints": where in the stream a checkpoint is announced; announced only once its
+# save returned too (`checkpoint_saved`).
 STREAM_MODES: list[StreamMode] = [
     "updates",
     "messages",
     "custom",
     "values",
     "tasks",
+    "checkpoints",
 ]
 
 

@@ -791,9 +791,11 @@ class RunExecutor:
                 durability="sync",
             ),
         )
-        # Each checkpoint is announced once its save returned, while the run streams: one
-        # whose save a cancel dropped (LangGraph streams a checkpoint before its save
-        # ends) is never announced, and the cancel does not wait for any save.
+        # Each checkpoint is announced once its save returned and the stream reached it,
+        # whichever comes last: one whose save a cancel dropped (LangGraph streams a
+        # checkpoint before its save ends) is never announced, the cancel waits for no
+        # save, and a subgraph's checkpoint still follows its step's update (its save can
+        # return while that update waits in the stream).
         saves = _SavedCheckpoints(record.thread_id, writer)
         try:
             with telling_saves(saves.tell):
@@ -807,6 +809,9 @@ class RunExecutor:
                         if timeline.observe(ns, mode, data):  # stored with the next batch
                             writer.update_run(**timeline.fields())
                         if mode == "tasks":
+                            continue
+                        if mode == "checkpoints":
+                            saves.streamed(data)
                             continue
                         if mode == "updates" and "__interrupt__" in data:
                             interrupted = True
@@ -981,17 +986,37 @@ class RunExecutor:
 
 
 class _SavedCheckpoints:
-    """Announces a run's checkpoints (`CheckpointSaved`) as their saves return."""
+    """Announces a run's checkpoints (`CheckpointSaved`) once each is both saved (its
+    save returned: `tell`) and reached in the stream (`streamed`), in the stream's order
+    where the save came first."""
 
     def __init__(self, thread_id: str, writer: RunEventWriter) -> None:
         self.thread_id = thread_id
         self.writer = writer
         self.open = True
+        self._saved: dict[tuple[str, str], Any] = {}  # saved, not streamed yet: the event
+        self._streamed: set[tuple[str, str]] = set()  # streamed, not saved yet
 
     def tell(self, config: RunnableConfig, metadata: Mapping[str, Any]) -> None:
         # Only the run's own thread: a node may run another graph on the same saver.
-        if self.open and str(config.get("configurable", {}).get("thread_id")) == self.thread_id:
+        conf = config.get("configurable", {})
+        if not self.open or str(conf.get("thread_id")) != self.thread_id:
+            return
+        key = (str(conf.get("checkpoint_ns", "")), str(conf.get("checkpoint_id", "")))
+        if key in self._streamed:
+            self._streamed.discard(key)
             self.writer.emit(*checkpoint_saved(config, metadata))
+        else:
+            self._saved[key] = checkpoint_saved(config, metadata)
+
+    def streamed(self, data: Any) -> None:
+        conf = (data.get("config") or {}).get("configurable", {})
+        key = (str(conf.get("checkpoint_ns", "")), str(conf.get("checkpoint_id", "")))
+        event = self._saved.pop(key, None)
+        if event is not None:
+            self.writer.emit(*event)
+        else:
+            self._streamed.add(key)
 
 
 async def _fenced(writer: RunEventWriter) -> None:

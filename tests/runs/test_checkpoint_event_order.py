@@ -1,11 +1,8 @@
-"""Review (rfinal): a run's `CheckpointSaved` events keep their place among its other
-events, in every namespace, as they had when they came from LangGraph's stream.
-
-Each namespace's events of a run read, in order: its input checkpoint, then for every
-step the step's node updates and then that step's checkpoint. Announced from the save
-(ecf49dd), a subgraph's checkpoint is told from the node's task while the parent's
-stream has not yet handed the subgraph's update of that step to the run: it may come
-first in the log."""
+"""A run's `CheckpointSaved` events keep their place among its other events, in every
+namespace: each namespace's events read its input checkpoint, then for every step the
+step's node updates and then that step's checkpoint. A checkpoint is announced once its
+save returned and the stream reached it: a subgraph's save, made in the node's task, can
+return while the parent's stream still holds that step's update."""
 
 from __future__ import annotations
 

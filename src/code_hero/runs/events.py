@@ -12,9 +12,9 @@ time). The payload of each type:
     tool_call         {"agent": str, "tool": str, "args": JSON, "result": JSON}
     custom            {"namespace": str, "data": JSON}
 
-A checkpoint's event comes from its save, not from the stream (`checkpoint_saved`):
-LangGraph streams a checkpoint while its save may still be in flight, and a cancel
-of the run may drop that save.
+A checkpoint's event is made from its save (`checkpoint_saved`), where the stream
+reaches it: LangGraph streams a checkpoint while its save may still be in flight, and
+a cancel of the run may drop that save.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ from code_hero.runs.claims import Claims
 from code_hero.runs.eventlog import EventLog, RunEventWriter
 from code_hero.runs.events import (
     STREAM_MODES,
+    Draft,
     EventType,
     checkpoint_saved,
     namespace_of,
@@ -994,29 +995,34 @@ class _SavedCheckpoints:
         self.thread_id = thread_id
         self.writer = writer
         self.open = True
-        self._saved: dict[tuple[str, str], Any] = {}  # saved, not streamed yet: the event
+        self._saved: dict[tuple[str, str], Draft] = {}  # saved, not streamed yet: the event
         self._streamed: set[tuple[str, str]] = set()  # streamed, not saved yet
 
     def tell(self, config: RunnableConfig, metadata: Mapping[str, Any]) -> None:
         # Only the run's own thread: a node may run another graph on the same saver.
-        conf = config.get("configurable", {})
+        conf = config.get("configurable") or {}
         if not self.open or str(conf.get("thread_id")) != self.thread_id:
             return
-        key = (str(conf.get("checkpoint_ns", "")), str(conf.get("checkpoint_id", "")))
+        key = _checkpoint_key(config)
         if key in self._streamed:
             self._streamed.discard(key)
             self.writer.emit(*checkpoint_saved(config, metadata))
         else:
             self._saved[key] = checkpoint_saved(config, metadata)
 
-    def streamed(self, data: Any) -> None:
-        conf = (data.get("config") or {}).get("configurable", {})
-        key = (str(conf.get("checkpoint_ns", "")), str(conf.get("checkpoint_id", "")))
+    def streamed(self, data: Mapping[str, Any]) -> None:
+        key = _checkpoint_key(data.get("config") or {})
         event = self._saved.pop(key, None)
         if event is not None:
             self.writer.emit(*event)
         else:
             self._streamed.add(key)
+
+
+def _checkpoint_key(config: Mapping[str, Any]) -> tuple[str, str]:
+    """A checkpoint's namespace and id, as its save's config and its stream part name it."""
+    conf = config.get("configurable") or {}
+    return str(conf.get("checkpoint_ns", "")), str(conf.get("checkpoint_id", ""))
 
 
 async def _fenced(writer: RunEventWriter) -> None:

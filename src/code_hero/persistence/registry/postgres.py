@@ -457,9 +457,7 @@ class PostgresRegistry(SqlRegistry):
         async with self._session() as s:
             session = cast(_PgSession, s)
             rows = await session.fetch_tuples(f"SELECT {_THREAD_PAGE_COLUMNS} {rest}", params)
-            codec = session.client_codec
-        if codec == "utf-8":
-            return [_page_thread(row) for row in rows]
+            codec = None if session.client_codec == "utf-8" else session.client_codec
         return [_page_thread(row, codec) for row in rows]
 
     async def finish_run(
@@ -881,7 +879,7 @@ class PostgresRegistry(SqlRegistry):
     def _contains(self, column: str, subset: Mapping[str, Any]) -> tuple[str, list[Any]]:
         return f"{column} @> ?::jsonb", [_jsonb(dict(subset))]
 
-    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+    def _in_many(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
 
     def _has_keys(self, column: str, keys: Sequence[str]) -> tuple[str, list[Any]]:

@@ -358,10 +358,7 @@ class SqlRegistry(
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
         if not thread_ids:
             return {}
-        ids = list(dict.fromkeys(thread_ids))
-        # One id (a thread(id:)'s record): an equality, no array for the driver to dump
-        # (~6 % of the record's read on PostgreSQL; py-spy, bench/page_ab.py).
-        cond, params = ("thread_id = ?", ids) if len(ids) == 1 else self._in("thread_id", ids)
+        cond, params = self._in("thread_id", list(dict.fromkeys(thread_ids)))
         live, now = self._live()
         async with self._session() as s:
             rows = await s.fetch(

@@ -361,7 +361,7 @@ class SqliteRegistry(SqlRegistry):
             params.extend([*parent_params, path[-1], *extra])
         return " AND ".join(f"({c})" for c in clauses), params
 
-    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+    def _in_many(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} IN (SELECT value FROM json_each(?))", [dumps(list(values))]
 
     def _has_keys(self, column: str, keys: Sequence[str]) -> tuple[str, list[Any]]:

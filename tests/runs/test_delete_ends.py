@@ -17,44 +17,21 @@ from code_hero.errors import NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import open_backend
 from code_hero.persistence.manager import ThreadDeletion
-from code_hero.persistence.records import RunRecord, RunStatus
+from code_hero.persistence.records import RunStatus
 from code_hero.runs.bus import InProcessBus
 from code_hero.runs.eventlog import EventLog
 from code_hero.runs.events import terminal_status
-from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.runs.conftest import SLOW_SPEC
-from tests.runs.test_deletes import wait_status
+from tests.runs.test_deletes import running_and_queued
 
 
 async def test_every_run_of_a_deleted_thread_ends_cancelled_before_it_goes(
     gateway: Gateway,
 ) -> None:
-    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 30}))
-    queued = [
-        await gateway.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        for _ in range(10)
-    ]
-    await wait_status(gateway, first.run_id, RunStatus.RUNNING)
-    heard = gateway.bus.subscribe(thread_id=first.thread_id)
-    try:
-        gone = await gateway.delete_thread(first.thread_id)
-        ends = {}
-        while not heard.queue.empty():
-            event = heard.queue.get_nowait()
-            status = terminal_status(event)
-            if status is not None:
-                ends[event.run_id] = status
-    finally:
-        gateway.bus.unsubscribe(heard)
+    first, queued = await running_and_queued(gateway, queued=10)
+    gone, ends, overflowed = await _deleted(gateway, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 11
-    assert heard.overflowed is False
+    assert overflowed is False
     assert ends == {run.run_id: RunStatus.CANCELLED for run in [first, *queued]}
 
 
@@ -65,23 +42,11 @@ def _settings(url: str) -> GatewaySettings:
     )
 
 
-async def _running_and_queued(gw: Gateway) -> tuple[RunRecord, RunRecord]:
-    """A run executing on a new thread, and one queued behind it."""
-    first = await gw.start_run(StartRun(graph="slow", input={"delay": 30}))
-    queued = await gw.start_run(
-        StartRun(
-            graph="slow",
-            thread_id=first.thread_id,
-            input={},
-            multitask=MultitaskStrategy.ENQUEUE,
-        )
-    )
-    await wait_status(gw, first.run_id, RunStatus.RUNNING)
-    return first, queued
-
-
-async def _deleted(gw: Gateway, thread_id: str) -> tuple[ThreadDeletion, dict[str, RunStatus]]:
-    """The thread's deletion, and the end each of its runs announced on the bus by then."""
+async def _deleted(
+    gw: Gateway, thread_id: str
+) -> tuple[ThreadDeletion, dict[str, RunStatus], bool]:
+    """The thread's deletion, the end each of its runs announced on the bus by then, and
+    whether the bus dropped any of the thread's events (its queue overflowed)."""
     heard = gw.bus.subscribe(thread_id=thread_id)
     try:
         gone = await gw.delete_thread(thread_id)
@@ -93,7 +58,7 @@ async def _deleted(gw: Gateway, thread_id: str) -> tuple[ThreadDeletion, dict[st
                 ends[event.run_id] = status
     finally:
         gw.bus.unsubscribe(heard)
-    return gone, ends
+    return gone, ends, heard.overflowed
 
 
 @pytest.mark.postgres
@@ -104,9 +69,9 @@ async def test_a_deletion_as_shutdown_begins_ends_its_queued_runs_cancelled(
     # given their grace): no claim loop is left to end the thread's queued run here, so
     # the deletion ends it itself, CANCELLED, rather than wait 5 s + a lease for nobody.
     async with Gateway(_settings(pg_database)) as gw:
-        first, queued = await _running_and_queued(gw)
+        first, (queued,) = await running_and_queued(gw)
         gw.executor.claims.stop_claiming()  # what executor.shutdown does first
-        gone, ends = await _deleted(gw, first.thread_id)
+        gone, ends, _ = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
 
@@ -118,8 +83,8 @@ async def test_the_operators_deletion_ends_a_queued_run_cancelled(pg_database: s
     # (maintenance): the deletion ends the thread's queued run itself, CANCELLED.
     settings = replace(_settings(pg_database), claim_others=False)
     async with Gateway(settings) as gw:
-        first, queued = await _running_and_queued(gw)
-        gone, ends = await _deleted(gw, first.thread_id)
+        first, (queued,) = await running_and_queued(gw)
+        gone, ends, _ = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, queued.run_id: RunStatus.CANCELLED}
 
@@ -131,7 +96,7 @@ async def test_the_operators_deletion_ends_a_run_a_crashed_replica_held(pg_datab
     # reaches nobody; the one-shot gateway ends it itself, as a claim loop would.
     settings = replace(_settings(pg_database), claim_others=False)
     async with Gateway(settings) as gw:
-        first, held = await _running_and_queued(gw)
+        first, (held,) = await running_and_queued(gw)
         # A replica claimed the queued run, then died: its lease lapsed a minute ago.
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(
@@ -139,7 +104,7 @@ async def test_the_operators_deletion_ends_a_run_a_crashed_replica_held(pg_datab
                 "lease_expires_at = now() - interval '1 minute' WHERE run_id = %s",
                 (held.run_id,),
             )
-        gone, ends = await _deleted(gw, first.thread_id)
+        gone, ends, _ = await _deleted(gw, first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2
     assert ends == {first.run_id: RunStatus.CANCELLED, held.run_id: RunStatus.CANCELLED}
 
@@ -171,7 +136,7 @@ async def test_a_deletion_whose_own_end_of_its_runs_fails_still_deletes(
                 "CREATE TRIGGER refuse_cancelled BEFORE UPDATE ON code_hero_runs "
                 "FOR EACH ROW EXECUTE FUNCTION refuse_cancelled()"
             )
-            first, queued = await _running_and_queued(gw)
+            first, (queued,) = await running_and_queued(gw)
             await conn.execute("INSERT INTO refused VALUES (%s)", (queued.run_id,))
         gone = await gw.delete_thread(first.thread_id)
     assert gone.deleted and gone.runs_deleted == 2

@@ -32,6 +32,27 @@ async def wait_status(gw: Gateway, run_id: str, status: RunStatus, limit: float 
     raise AssertionError(f"run {run_id} never reached {status}")
 
 
+async def running_and_queued(
+    gw: Gateway, *, queued: int = 1, delay: float = 30
+) -> tuple[RunRecord, list[RunRecord]]:
+    """A run executing on a new thread (each node `delay` s), and `queued` runs queued
+    behind it."""
+    first = await gw.start_run(StartRun(graph="slow", input={"delay": delay}))
+    behind = [
+        await gw.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=first.thread_id,
+                input={},
+                multitask=MultitaskStrategy.ENQUEUE,
+            )
+        )
+        for _ in range(queued)
+    ]
+    await wait_status(gw, first.run_id, RunStatus.RUNNING)
+    return first, behind
+
+
 async def first_checkpoint(gw: Gateway, thread_id: str, limit: float = 30) -> None:
     deadline = time.monotonic() + limit
     while await gw.get_checkpoint(thread_id) is None:
@@ -82,19 +103,7 @@ async def test_a_run_ending_after_the_purge_writes_nothing_back(gateway: Gateway
 
 
 async def test_every_queued_run_goes_with_its_thread(gateway: Gateway) -> None:
-    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 2}))
-    queued = [
-        await gateway.start_run(
-            StartRun(
-                graph="slow",
-                thread_id=first.thread_id,
-                input={},
-                multitask=MultitaskStrategy.ENQUEUE,
-            )
-        )
-        for _ in range(149)
-    ]
-    await wait_status(gateway, first.run_id, RunStatus.RUNNING)
+    first, queued = await running_and_queued(gateway, queued=149, delay=2)
     unfinished = await gateway.manager.registry.unfinished_runs(first.thread_id)
     assert len(unfinished) == 150  # the oldest one is past the newest 100
 

@@ -9,10 +9,12 @@ maps they share joined to its own.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -224,6 +226,25 @@ def test_another_process_holding_the_file_keeps_it(tmp_path: Path) -> None:
     freed = OutageFile.claim(path, "postgresql://db")  # the kernel dropped the dead one's lock
     assert freed.data_path == path
     freed.close()
+
+
+def test_a_look_at_a_file_is_not_taken_for_a_live_holder(tmp_path: Path) -> None:
+    # A live server's adoption looks at each sibling file under a shared lock of its
+    # lock file (`waiting`). A replica starting in that instant took the name for a
+    # live one's and went on to the next (CI: the second replica on fallback-3).
+    path = str(tmp_path / "fb.sqlite")
+    OutageFile.claim(path, "postgresql://db").close()  # the file and its lock file exist
+    lock_file = tmp_path / "fb.sqlite.entries-lock"
+    look = os.open(lock_file, os.O_RDWR)
+    fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    timer = threading.Timer(0.2, os.close, (look,))  # the look ends
+    timer.start()
+    try:
+        mine = OutageFile.claim(path, "postgresql://db")
+    finally:
+        timer.join()
+    assert mine.data_path == path
+    mine.close()
 
 
 def test_another_databases_outage_is_left_alone(tmp_path: Path, monkeypatch: Any) -> None:

@@ -91,6 +91,8 @@ log = logging.getLogger(__name__)
 
 # Names tried after the configured one when each is held by a live process.
 MAX_FILES = 32
+# How long a claim waits out another process's look at a file (`_flock`): one read.
+_LOOK_WAIT = 2.0
 # What a commit adds to the WAL besides an entry's body (a page), for `WalCheckpointer`.
 _PAGE = 4096
 # Fields that entries share with the journal or the router (joined again at load).
@@ -763,17 +765,39 @@ def _lock(path: Path) -> tuple[sqlite3.Connection, int] | None:
 
 def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
     """A descriptor of `file` (made, mode 0600) holding its flock; None when another
-    holds it. The kernel drops it when the process dies."""
+    holds it. The kernel drops it when the process dies.
+
+    An exclusive lock refused while no process holds one is a look (`waiting`, another
+    server's adoption: a shared lock for a read of the journal), not a live holder: it
+    is asked again until the look ends, up to `_LOOK_WAIT` seconds. Otherwise a replica
+    starting in that instant would take the name for a live one's and its next name."""
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + _LOOK_WAIT
     try:
-        fcntl.flock(fd, kind | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+        while True:
+            try:
+                fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if kind != fcntl.LOCK_EX or time.monotonic() > deadline or _held(file):
+                    os.close(fd)
+                    return None
+            time.sleep(0.002)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+
+
+def _held(file: Path) -> bool:
+    """Whether a process holds `file`'s exclusive flock (a shared one is then refused)."""
+    fd = os.open(file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # a shared lock taken goes with it
+    return False
 
 
 def _open(journal: Path) -> sqlite3.Connection:

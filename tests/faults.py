@@ -24,9 +24,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
+import psycopg
+
 __all__ = [
     "BlackHoleProxy",
     "HungServer",
+    "a_lock_waits",
     "cancelled_at_every_step",
     "held_writes",
     "until",
@@ -44,6 +47,21 @@ async def until(predicate: Callable[[], Awaitable[bool]], limit: float = 60.0) -
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+async def a_lock_waits(url: str, other_than: int = 0) -> bool:
+    """Whether a session of `url`'s database (not the backend `other_than`) waits for a
+    lock. Looked at from a connection of its own: inside a transaction, pg_stat_activity's
+    sessions are those of the transaction's first look, so one opened later (a pool
+    growing under load) is never seen waiting."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as look:
+        cur = await look.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> %s",
+            (other_than,),
+        )
+        row = await cur.fetchone()
+    return row is not None and row[0] > 0
 
 
 def held_writes(

@@ -388,21 +388,26 @@ def _admin(url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-async def _wait_for_lock_waiter(
-    admin: psycopg.Connection[Any], dbname: str, blocked: asyncio.Task[Any]
-) -> int:
-    """The pid of the session of `dbname` that waits for a lock (for `blocked`'s write)."""
+async def _wait_for_lock_waiter(url: str, blocked: asyncio.Task[Any]) -> int:
+    """The pid of the session of `url`'s database that waits for a lock (for `blocked`'s
+    write). Looked for from a connection of its own, each look in its own transaction:
+    inside the locking transaction, pg_stat_activity's sessions are those of its first
+    look, and a pool connection opened after it was never seen waiting."""
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if blocked.done():  # say what ended it, not only that nothing waits
-            raise AssertionError(f"the blocked write ended before it was seen waiting: {blocked}")
-        row = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
-            (dbname,),
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-        await asyncio.sleep(0.02)
+    with _admin(url) as observer:
+        dbname = observer.info.dbname
+        while time.monotonic() < deadline:
+            if blocked.done():  # say what ended it, not only that nothing waits
+                raise AssertionError(
+                    f"the blocked write ended before it was seen waiting: {blocked}"
+                )
+            row = observer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                (dbname,),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            await asyncio.sleep(0.02)
     raise AssertionError("no session waits for the lock")
 
 
@@ -477,7 +482,7 @@ async def test_postgres_cancelled_query_is_not_down(pg_database: str) -> None:
             with admin.transaction():
                 admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
                 blocked = asyncio.create_task(write("cancelled"))
-                pid = await _wait_for_lock_waiter(admin, admin.info.dbname, blocked)
+                pid = await _wait_for_lock_waiter(pg_database, blocked)
                 admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
                 with pytest.raises(pg.QueryCanceled):
                     await blocked
@@ -517,7 +522,7 @@ async def test_postgres_terminated_session_switches_and_heals(pg_database: str) 
             with admin.transaction():
                 admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
                 blocked = asyncio.create_task(write("terminated"))
-                pid = await _wait_for_lock_waiter(admin, admin.info.dbname, blocked)
+                pid = await _wait_for_lock_waiter(pg_database, blocked)
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
                 await blocked  # the write went on in the fallback
             assert manager.overall_status == "degraded"

@@ -18,7 +18,7 @@ from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence.records import RunStatus, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
-from tests.faults import until
+from tests.faults import a_lock_waits, until
 from tests.persistence.registry import support
 from tests.persistence.registry.support import events, make_pool, put, run
 from tests.pgtrips import count_pg_statements, count_pg_trips
@@ -435,16 +435,7 @@ async def test_a_one_trip_end_sees_a_run_admitted_while_it_waited_for_the_thread
             pg_registry.finish_run("r1", ThreadStatus.IDLE, status=RunStatus.SUCCESS)
         )
 
-        async def waits_for_the_lock() -> bool:
-            row = await (
-                await other.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).fetchone()
-            return row is not None and row[0] > 0
-
-        await until(waits_for_the_lock)
+        await until(lambda: a_lock_waits(pg_database))
         await other.execute(
             "INSERT INTO code_hero_runs (run_id, thread_id, graph, status, created_at) "
             "VALUES ('r2', 't1', 'g', 'PENDING', now())"
@@ -563,15 +554,7 @@ async def test_a_copied_run_that_another_replica_ends_meanwhile_queues_no_second
         )
         copy = asyncio.create_task(pg_registry.put_run(ended, announce=True))
 
-        async def copy_waits_for_the_lock() -> bool:
-            cur = await other.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            row = await cur.fetchone()
-            return row is not None and row[0] > 0
-
-        await until(copy_waits_for_the_lock)
+        await until(lambda: a_lock_waits(pg_database, other.info.backend_pid))
         await other.commit()
         await copy
     page = await pg_registry.list_deliveries(DeliveryFilter(run_id="r1"), first=10)

@@ -48,9 +48,10 @@ def compile_sources(python: str, path: str) -> None:
     """Compile the server's sources on `path` to bytecode beside them, as installing
     the package does. Where PYTHONDONTWRITEBYTECODE is set (this machine sets it), a
     server run from a checkout otherwise compiles every module of its own from source
-    at each start: slower, and about 1.2 MiB more resident on PostgreSQL, the
-    compiler's leftovers in pymalloc's arenas, which `langgraph dev`, installed with
-    its bytecode, never pays."""
+    at each start: slower, and 1.2 MiB more resident on PostgreSQL after start-up
+    (the compiler's leftovers in pymalloc's arenas; 0.2 after bench/peer.py's
+    workload, which reuses most of them), a cost `langgraph dev`, installed with its
+    bytecode, never pays."""
     for folder in path.split(os.pathsep):
         if folder:
             subprocess.run([python, "-m", "compileall", "-q", folder], check=True)

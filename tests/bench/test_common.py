@@ -18,8 +18,8 @@ def test_a_replica_starts_from_bytecode_where_none_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # This machine sets PYTHONDONTWRITEBYTECODE: a server run from a checkout would
-    # compile its own modules from source at every start (and hold ~1.2 MiB more on
-    # PostgreSQL), which the peer, installed with its bytecode, never does.
+    # compile its own modules from source at every start (and hold 1.2 MiB more on
+    # PostgreSQL after start-up), which the peer, installed with its bytecode, never does.
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     source = tmp_path / "src" / "served" / "module.py"
     source.parent.mkdir(parents=True)

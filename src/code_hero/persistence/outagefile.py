@@ -790,7 +790,7 @@ def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
 
 def _held(file: Path) -> bool:
     """Whether a process holds `file`'s exclusive flock (a shared one is then refused)."""
-    fd = os.open(file, os.O_RDWR)
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
+from code_hero.config import create_postgres_checkpointer
+from code_hero.persistence import outagefile
 from code_hero.persistence.entries import (
     ChangeRun,
     CopyEvents,
@@ -40,8 +42,10 @@ from code_hero.persistence.entries import (
     TouchThread,
 )
 from code_hero.persistence.journal import Journal
+from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.outagefile import FallbackFileBusyError, OutageFile
 from code_hero.persistence.records import EventRecord, RunStatus
+from tests.faults import until
 
 NOW = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
 RUN = "6f9d3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
@@ -228,23 +232,86 @@ def test_another_process_holding_the_file_keeps_it(tmp_path: Path) -> None:
     freed.close()
 
 
-def test_a_look_at_a_file_is_not_taken_for_a_live_holder(tmp_path: Path) -> None:
+def test_a_look_at_a_file_is_not_taken_for_a_live_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A live server's adoption looks at each sibling file under a shared lock of its
     # lock file (`waiting`). A replica starting in that instant took the name for a
     # live one's and went on to the next (CI: the second replica on fallback-3).
     path = str(tmp_path / "fb.sqlite")
     OutageFile.claim(path, "postgresql://db").close()  # the file and its lock file exist
-    lock_file = tmp_path / "fb.sqlite.entries-lock"
-    look = os.open(lock_file, os.O_RDWR)
+    look = os.open(tmp_path / "fb.sqlite.entries-lock", os.O_RDWR)
     fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    timer = threading.Timer(0.2, os.close, (look,))  # the look ends
-    timer.start()
-    try:
-        mine = OutageFile.claim(path, "postgresql://db")
-    finally:
-        timer.join()
+    held, open_looks = outagefile._held, [look]
+
+    def look_ends(fd: int) -> bool:  # the look ends once the claim found it refused
+        while open_looks:
+            os.close(open_looks.pop())
+        return held(fd)
+
+    monkeypatch.setattr(outagefile, "_held", look_ends)
+    mine = OutageFile.claim(path, "postgresql://db")
     assert mine.data_path == path
     mine.close()
+
+
+@pytest.mark.postgres
+async def test_a_look_ended_by_the_loop_does_not_cost_a_start_its_name(
+    tmp_path: Path, pg_database: str
+) -> None:
+    # A start's claim waits the look out off the loop: on it, a look the loop itself
+    # would end (anything of this process's) could never end in time.
+    path = tmp_path / "fb.sqlite"
+    config = create_postgres_checkpointer(pg_database, fallback_path=str(path))
+    OutageFile.claim(str(path), config.describe()).close()  # the lock file exists
+    look = os.open(tmp_path / "fb.sqlite.entries-lock", os.O_RDWR)
+    fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another server's look (`waiting`)
+    asyncio.get_running_loop().call_soon(os.close, look)  # ends at the loop's next turn
+    async with EnhancedCheckpointerManager(config) as manager:
+        store = manager.router.store
+        assert store is not None
+        assert store.path == path, store.path  # not fb-2.sqlite
+
+
+@pytest.mark.postgres
+async def test_a_start_cancelled_while_its_claim_waits_leaves_the_file_free(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fb.sqlite"
+    config = create_postgres_checkpointer(pg_database, fallback_path=str(path))
+    OutageFile.claim(str(path), config.describe()).close()  # the lock file exists
+    look = os.open(tmp_path / "fb.sqlite.entries-lock", os.O_RDWR)
+    fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another server's look
+    held, claim = outagefile._held, OutageFile.claim
+    waits, claimed = threading.Event(), threading.Event()
+
+    def seen(fd: int) -> bool:
+        waits.set()
+        return held(fd)
+
+    def told(path: str, primary: str) -> OutageFile:
+        try:
+            return claim(path, primary)
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(outagefile, "_held", seen)
+    monkeypatch.setattr(OutageFile, "claim", told)
+    start = asyncio.create_task(EnhancedCheckpointerManager(config).initialize())
+    await asyncio.to_thread(waits.wait)  # the claim waits the look out on its thread
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    os.close(look)  # the claim then takes the file, for a start given up on
+    await asyncio.to_thread(claimed.wait)
+    monkeypatch.undo()
+
+    async def free() -> bool:
+        found = OutageFile.claim(str(path), config.describe())
+        found.close()
+        return found.data_path == str(path)
+
+    await until(free)
 
 
 def test_another_databases_outage_is_left_alone(tmp_path: Path, monkeypatch: Any) -> None:

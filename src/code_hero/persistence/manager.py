@@ -139,7 +139,9 @@ class EnhancedCheckpointerManager:
                 if self.config.fallback_path:
                     # A durable fallback: a SQLite file of this process's own, its journal
                     # beside it (`outagefile.py`); what a dead process left is resumed.
-                    store = OutageFile.claim(self.config.fallback_path, self.config.describe())
+                    store = await OutageFile.claim_off_loop(
+                        self.config.fallback_path, self.config.describe()
+                    )
                     self.logger.info(
                         "durable outage fallback: %s (its journal: %s.entries)",
                         store.path.resolve(),

@@ -56,6 +56,7 @@ whichever takes the file's lock.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -257,6 +258,18 @@ class OutageFile:
             f"another process or another database's outage ({MAX_FILES} tried, "
             f"e.g. {held[:2]}): set CODE_HERO_FALLBACK_PATH to a file of this server's own"
         )
+
+    @classmethod
+    async def claim_off_loop(cls, path: str, primary: str) -> OutageFile:
+        """`claim` on a thread: it may wait out another server's look at a name
+        (`_flock`), which the loop may be what ends. Cancelled meanwhile, the file the
+        thread goes on to claim is released, not left locked for this process's life."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(cls.claim, path, primary))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claiming.add_done_callback(_release)
+            raise
 
     def _take(self, primary: str) -> bool:
         """Make this locked file `primary`'s; False (left alone) when it holds the outage
@@ -631,6 +644,12 @@ def _identifiers(path: str) -> list[str]:
     return names
 
 
+def _release(claiming: asyncio.Future[OutageFile]) -> None:
+    """Close the file a claim given up on took (`OutageFile.claim_off_loop`)."""
+    if not claiming.cancelled() and claiming.exception() is None:
+        claiming.result().close()
+
+
 def _names(base: Path) -> list[Path]:
     """The fallback file names of `base`, in the order `claim` tries them."""
     return [
@@ -770,7 +789,10 @@ def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
     An exclusive lock refused while no process holds one is a look (`waiting`, another
     server's adoption: a shared lock for a read of the journal), not a live holder: it
     is asked again until the look ends, up to `_LOOK_WAIT` seconds. Otherwise a replica
-    starting in that instant would take the name for a live one's and its next name."""
+    starting in that instant would take the name for a live one's and its next name.
+    Looks that overlap without a gap for that long still cost the name (flock queues
+    no one). Blocking: called off the loop (`claim` by the manager, `orphan` by the
+    adoption's scan)."""
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + _LOOK_WAIT
     try:
@@ -779,7 +801,7 @@ def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
                 fcntl.flock(fd, kind | fcntl.LOCK_NB)
                 return fd
             except BlockingIOError:
-                if kind != fcntl.LOCK_EX or time.monotonic() > deadline or _held(file):
+                if kind != fcntl.LOCK_EX or time.monotonic() > deadline or _held(fd):
                     os.close(fd)
                     return None
             time.sleep(0.002)
@@ -788,15 +810,14 @@ def _flock(file: Path, kind: int = fcntl.LOCK_EX) -> int | None:
         raise
 
 
-def _held(file: Path) -> bool:
-    """Whether a process holds `file`'s exclusive flock (a shared one is then refused)."""
-    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
+def _held(fd: int) -> bool:
+    """Whether another process holds the exclusive flock of `fd`'s file (a shared lock is
+    then refused too); `fd` is left unlocked."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    finally:
-        os.close(fd)  # a shared lock taken goes with it
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
 
 

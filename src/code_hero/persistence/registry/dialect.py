@@ -219,6 +219,10 @@ class Dialect(ABC):
     def _is_orphan(self, exc: BaseException) -> bool:
         """True when `exc` is a foreign-key violation (the row's thread or run is gone)."""
 
+    def _subscribed(self, column: str, event: str) -> tuple[str, list[Any]]:
+        """A condition: the comma-framed event list in `column` names `event`."""
+        return f"{column} LIKE ?", [f"%,{event},%"]
+
     # --- built on the seam, for both ----------------------------------------
 
     @asynccontextmanager

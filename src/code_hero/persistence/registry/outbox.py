@@ -150,12 +150,13 @@ class WebhookOutbox(Dialect):
         )
         now = self._ts(utc_now())
         prefix = _run_end_prefix(run.run_id, event)
+        subscribed, pattern = self._subscribed("w.events", event.value)
         inserts: list[tuple[str, list[Any]]] = []
         inserts.append(
             (
                 f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
                 "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, ?, ?, ?, w.url, ?, "
-                "'PENDING', 0, ?, ? FROM code_hero_webhooks w WHERE w.events LIKE ? "
+                f"'PENDING', 0, ?, ? FROM code_hero_webhooks w WHERE {subscribed} "
                 f"AND (w.all_users OR w.user_id = {_OWNER}) "
                 "AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?) "
                 "AND (w.filter_status IS NULL OR w.filter_status = ?) "
@@ -170,7 +171,7 @@ class WebhookOutbox(Dialect):
                     payload,
                     now,
                     now,
-                    f"%,{event.value},%",
+                    *pattern,
                     run.thread_id,
                     run.thread_id,
                     RunStatus(run.status).value,
@@ -219,15 +220,17 @@ class WebhookOutbox(Dialect):
     def _thread_deleted_insert(self, thread_id: str) -> tuple[str, list[Any]]:
         """The `INSERT ... SELECT` of a thread's THREAD_DELETED deliveries, and its
         parameters (`code_hero_purge_thread`, a PostgreSQL migration, has its copy)."""
-        at, (prefix, event, payload, events) = self._thread_deleted_delivery(thread_id)
+        at, (prefix, event, payload, _) = self._thread_deleted_delivery(thread_id)
+        subscribed, pattern = self._subscribed("w.events", event)
         sql = (
             f"INSERT INTO code_hero_webhook_deliveries ({_INSERTED}) "
             "SELECT ? || w.webhook_id, w.webhook_id, w.user_id, NULL, t.thread_id, ?, w.url, ?, "
             "'PENDING', 0, ?, ? FROM code_hero_webhooks w JOIN code_hero_threads t "
             "ON t.thread_id = ? AND (w.all_users OR w.user_id = t.user_id) "
-            "WHERE w.events LIKE ? AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)"
+            f"WHERE {subscribed} AND (w.filter_thread_id IS NULL OR w.filter_thread_id = ?)"
         )
-        params = [prefix, event, payload, self._ts(at), self._ts(at), thread_id, events, thread_id]
+        params = [prefix, event, payload, self._ts(at), self._ts(at), thread_id, *pattern]
+        params.append(thread_id)
         return sql, params
 
     # --- webhooks -----------------------------------------------------------

@@ -372,6 +372,15 @@ class SqliteRegistry(SqlRegistry):
             "WHERE key IN (SELECT value FROM json_each(?))) = ?"
         ), [dumps(wanted), len(wanted)]
 
+    def _subscribed(self, column: str, event: str) -> tuple[str, list[Any]]:
+        # The pattern in the text, not a parameter: SQLite plans a LIKE by its pattern, so
+        # a statement whose pattern is bound is prepared afresh at every execution (a
+        # deletion's outbox insert: 20 us of its 350 on aiosqlite's thread, issue 15).
+        # An event's name is letters and underscores: nothing to quote.
+        if not event.replace("_", "").isalpha():
+            raise ValueError(f"not an event name: {event!r}")
+        return f"{column} LIKE '%,{event},%'", []
+
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode in (
             1555,  # SQLITE_CONSTRAINT_PRIMARYKEY

@@ -1,15 +1,16 @@
-"""deleteThread and a thread page of 10 on PostgreSQL: two builds side by side, alternating.
+"""deleteThread and a thread page of 10: two builds side by side, alternating.
 
-    python bench/ab.py --before REV [--samples 100] [--threads 1000]
+    python bench/ab.py --before REV [--samples 100] [--threads 1000] [--database postgres|sqlite]
 
 Serves `git archive REV src` (before) and this tree's `src` (after) with `code-hero
-serve` on one scratch database (the before first, so each runs its own migrations;
-an older build ignores a newer one's), fills it with `--threads` threads of one run of
-the 4-node graph (`bench/chain.py`, as `bench/peer.py`'s list and delete rows), then
-alternates the two servers request by request (which goes first alternates too) with
-the same httpx client. Prints, per operation and build, the median milliseconds and
-its lower quartile (less of the shared machine's noise), the server's CPU per
-operation (its process tree, /proc), and the median of the paired after/before ratios.
+serve` on one scratch database, PostgreSQL or one SQLite file both servers open (the
+before first, so each runs its own migrations; an older build ignores a newer one's),
+fills it with `--threads` threads of one run of the 4-node graph (`bench/chain.py`, as
+`bench/peer.py`'s list and delete rows), then alternates the two servers request by
+request (which goes first alternates too) with the same httpx client. Prints, per
+operation and build, the median milliseconds and its lower quartile (less of the shared
+machine's noise), the server's CPU per operation (its process tree, /proc), and the
+median of the paired after/before ratios.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ async def main() -> None:
     parser.add_argument("--before", required=True, help="the git revision to compare against")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1000)
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument(
         "--no-flush",
         action="store_true",
@@ -75,20 +77,27 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         folder = Path(tmp)
         trees = {"before": sources(args.before, folder), "after": ROOT / "src"}
+        if args.database == "sqlite":
+            await serve(trees, f"sqlite:///{folder / 'ab.sqlite'}", folder, args)
+            return
         async with scratch_database("ch_ab") as url:
             if args.no_flush:
                 async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                     name = conn.info.dbname
                     await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-            servers: dict[str, Replica] = {}
-            try:
-                for name, src in trees.items():  # one after the other: their migrations
-                    servers[name] = Replica(url, folder, PYTHONPATH=str(src), **GRAPHS)
-                    await servers[name].ready()
-                await compare(servers, args.samples, args.threads)
-            finally:
-                for server in servers.values():
-                    server.stop()
+            await serve(trees, url, folder, args)
+
+
+async def serve(trees: dict[str, Path], url: str, folder: Path, args: argparse.Namespace) -> None:
+    servers: dict[str, Replica] = {}
+    try:
+        for name, src in trees.items():  # one after the other: their migrations
+            servers[name] = Replica(url, folder, PYTHONPATH=str(src), **GRAPHS)
+            await servers[name].ready()
+        await compare(servers, args.samples, args.threads)
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 async def compare(servers: dict[str, Replica], samples: int, threads: int) -> None:

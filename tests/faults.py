@@ -10,7 +10,9 @@
 Both are async context managers bound to a random port; `with_port` points a
 database URL at them. `cancelled_at_every_step` cancels a call at each await of its
 course and says after which steps it left a pooled connection broken. `until` polls
-for what an outage or a recovery brings about. `held_writes` holds a router's
+for what an outage or a recovery brings about; `on_the_primary` waits until a manager
+serves from its primary (under load, one opened with a short pool_timeout may have
+begun on its fallback). `held_writes` holds a router's
 checkpoint writes until the test lets them go (a run held mid-way).
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "a_lock_waits",
     "cancelled_at_every_step",
     "held_writes",
+    "on_the_primary",
     "until",
     "with_port",
 ]
@@ -62,6 +65,19 @@ async def a_lock_waits(url: str, other_than: int = 0) -> bool:
         )
         row = await cur.fetchone()
     return row is not None and row[0] > 0
+
+
+async def on_the_primary(manager: Any) -> None:
+    """Wait until the manager serves from its primary. Its open is bounded (three times
+    pool_timeout): on a loaded machine a short timeout runs out and it begins on its
+    fallback, as it should, until a probe opens the primary; each look probes now."""
+
+    async def serving() -> bool:
+        if not manager.router.serving:
+            await manager.probe_health()
+        return bool(manager.router.serving)
+
+    await until(serving)
 
 
 def held_writes(

@@ -13,9 +13,9 @@ from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.runs.webhooks import WebhookSettings
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, until, with_port
+from tests.faults import BlackHoleProxy, on_the_primary, with_port
 
-__all__ = ["NUL_SPEC", "SLOW_SPEC", "behind_a_proxy", "degraded", "primary_open", "synced"]
+__all__ = ["NUL_SPEC", "SLOW_SPEC", "behind_a_proxy", "degraded", "synced"]
 
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
@@ -32,8 +32,7 @@ async def behind_a_proxy(
 ) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
     """A gateway on PostgreSQL through a proxy the test cuts and restores, serving the
     `slow` and `nul` graphs (`config`: of the checkpointer; by default a 1 s pool
-    timeout and a probe every 0.2 s), yielded once it serves from the database: under
-    load a short pool timeout's first open can time out, and a probe then opens it."""
+    timeout and a probe every 0.2 s), serving from the primary when it is yielded."""
     async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
         options = {"pool_timeout": 1, "health_check_interval": 0.2, **config}
         checkpointer = create_postgres_checkpointer(with_port(pg_database, proxy.port), **options)
@@ -43,14 +42,8 @@ async def behind_a_proxy(
         graphs = {"slow": SLOW_SPEC, "nul": NUL_SPEC}
         settings = GatewaySettings(checkpointer=checkpointer, graphs=graphs, **extra)
         async with Gateway(settings) as gw:
-            await until(lambda: primary_open(gw))
+            await on_the_primary(gw.manager)  # under load its open may time out first
             yield gw, proxy
-
-
-async def primary_open(gw: Gateway) -> bool:
-    """Serving from the database, its backend open."""
-    router = gw.manager.router
-    return router.primary.backend is not None and router.degraded_since is None
 
 
 async def degraded(gw: Gateway) -> bool:

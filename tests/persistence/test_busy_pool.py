@@ -24,7 +24,7 @@ from code_hero.persistence.journal import Quarantined
 from code_hero.persistence.recovery import retry_quarantined
 from code_hero.persistence.slots import BackendSlot
 from tests.conftest import PG_ADMIN_URL
-from tests.faults import BlackHoleProxy, with_port
+from tests.faults import BlackHoleProxy, on_the_primary, with_port
 
 
 def _proxied() -> BlackHoleProxy:
@@ -50,6 +50,7 @@ async def test_a_busy_pool_drops_a_touch_that_only_moves_updated_at(pg_database:
         pg_database, pool_min_size=1, pool_max_size=1, pool_timeout=0.5, saver_instances=1
     )
     async with EnhancedCheckpointerManager(config) as manager:
+        await on_the_primary(manager)  # under load its open may time out first
         router = manager.router
         pool = cast(PostgresBackend, router.primary.backend).pool
         async with contextlib.AsyncExitStack() as held:  # every connection, held by others
@@ -72,6 +73,7 @@ async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database
         pg_database, pool_min_size=1, pool_max_size=3, pool_timeout=0.5, saver_instances=1
     )
     async with EnhancedCheckpointerManager(config) as manager:
+        await on_the_primary(manager)  # under load its open may time out first
         router = manager.router
         backend = cast(PostgresBackend, router.primary.backend)
         assert not backend.pool_saturated()
@@ -96,6 +98,7 @@ async def test_a_quarantine_retry_on_a_saturated_pool_fails_over_only_if_the_pro
     async with _proxied() as proxy:
         # No probe but the retry's own.
         async with EnhancedCheckpointerManager(_one_connection(pg_database, proxy)) as manager:
+            await on_the_primary(manager)  # under load its open may time out first
             router = manager.router
             router.journal.quarantine.append(Quarantined(TouchThread("q-1", None), 1, "refused"))
             pool = cast(PostgresBackend, router.primary.backend).pool
@@ -126,6 +129,7 @@ async def test_a_recovery_on_a_saturated_pool_gives_up_only_if_the_probe_fails(
     async with _proxied() as proxy:
         # No probe but the test's and the drain's own.
         async with EnhancedCheckpointerManager(_one_connection(pg_database, proxy)) as manager:
+            await on_the_primary(manager)  # under load its open may time out first
             router = manager.router
             backend = cast(PostgresBackend, router.primary.backend)
             router.fail_primary(ConnectionRefusedError("refused"))  # an outage

@@ -18,6 +18,7 @@ from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.fallback import PoolBusyError
 from code_hero.persistence.records import RunStatus
 from code_hero.runs.executor import StartRun
+from tests.faults import on_the_primary
 from tests.runs.conftest import SLOW_SPEC
 from tests.runs.test_deletes import first_checkpoint, wait_status
 
@@ -47,6 +48,7 @@ async def test_a_run_outlasts_a_moment_of_saturated_pool(
     )
     settings = GatewaySettings(checkpointer=config, graphs={"slow": SLOW_SPEC})
     async with Gateway(settings) as gw:
+        await on_the_primary(gw.manager)  # under load its open may time out first
         run = await gw.start_run(StartRun(graph="slow", input={"delay": delay}))
         await wait_status(gw, run.run_id, RunStatus.RUNNING)
         await first_checkpoint(gw, run.thread_id)
@@ -70,6 +72,7 @@ async def test_a_clients_write_answers_busy_without_waiting(pg_database: str) ->
         pg_database, pool_min_size=2, pool_max_size=2, pool_timeout=0.5, saver_instances=1
     )
     async with Gateway(GatewaySettings(checkpointer=config)) as gw:
+        await on_the_primary(gw.manager)  # under load its open may time out first
         saver = gw.manager.get_checkpointer()
         plain: RunnableConfig = {"configurable": {"thread_id": "plain", "checkpoint_ns": ""}}
         pool = cast(PostgresBackend, gw.manager.router.primary.backend).pool

@@ -19,6 +19,7 @@ from code_hero.errors import ConflictError, ForbiddenError, ThreadBeingDeletedEr
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunFilter, RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.faults import held_writes
 from tests.runs.conftest import SLOW_SPEC
 
 
@@ -102,10 +103,16 @@ async def test_a_run_ending_after_the_purge_writes_nothing_back(gateway: Gateway
     await assert_gone(gateway, run.thread_id, [run.run_id])
 
 
-async def test_every_queued_run_goes_with_its_thread(gateway: Gateway) -> None:
+async def test_every_queued_run_goes_with_its_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The running one waits at its first checkpoint while 149 runs are queued behind it:
+    # on a loaded machine queueing them outlasted its six steps (2 s each), and it ended.
+    _, go_on = held_writes(monkeypatch, gateway.manager.router)
     first, queued = await running_and_queued(gateway, queued=149, delay=2)
     unfinished = await gateway.manager.registry.unfinished_runs(first.thread_id)
     assert len(unfinished) == 150  # the oldest one is past the newest 100
+    go_on.set()
 
     await gateway.delete_thread(first.thread_id)
 

@@ -82,7 +82,9 @@ async def test_only_a_pool_with_every_connection_open_counts_as_busy(pg_database
         assert not router._confirming
         async with contextlib.AsyncExitStack() as held:
             for _ in range(backend.pool.max_size):
-                await held.enter_async_context(backend.pool.connection())
+                # Two of them are opened now: waited for as long as that takes (a new
+                # connection outlasted the pool's 0.5 s on a loaded machine, -n 2).
+                await held.enter_async_context(backend.pool.connection(timeout=60))
             assert backend.pool_saturated()
 
 

@@ -1512,12 +1512,16 @@ async def test_an_end_in_an_outage_is_journalled_under_the_lease_this_executor_c
 
 
 @pytest.mark.parametrize(
-    ("noticed", "cancelled"),
-    [(True, False), (False, False), (True, True)],
-    ids=["outage-noticed", "noticed-by-its-end", "cancelled-here"],
+    ("noticed", "cancelled", "fenced"),
+    [(True, False, False), (False, False, False), (True, True, False), (True, False, True)],
+    ids=["outage-noticed", "noticed-by-its-end", "cancelled-here", "its-writer-fenced"],
 )
 async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
-    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str, noticed: bool, cancelled: bool
+    long_leased: tuple[Gateway, BlackHoleProxy],
+    pg_database: str,
+    noticed: bool,
+    cancelled: bool,
+    fenced: bool,
 ) -> None:
     # A's lease lapsed (A stalled) and replica B took the run over in PostgreSQL before
     # the outage; A, unaware, ended the run in the outage from the copy it held, which
@@ -1541,6 +1545,16 @@ async def test_a_run_taken_over_before_the_outage_is_held_in_it_not_ended_here(
         async with executor.claims._claiming:
             await _lapsing_at(executor, record.run_id, lapsed)
             await asyncio.to_thread(_taken_over_by_b, pg_database, record.run_id, for_an_hour=True)
+        if fenced:
+            # A flush of its events reached PostgreSQL after B's takeover, before the
+            # outage (under load, the thread's UPDATE outlasts a flush tick): the store
+            # found the run B's and fenced the writer, so its end is not attempted here
+            # (no end, no renewal asks the registry). This process executes it no longer
+            # all the same: the registry forgets it (it kept the run as executing here).
+            writer = args[0]
+            writer.emit(EventType.CUSTOM, {"by": "a"})
+            await writer.flush()
+            assert writer.lost
         proxy.refuse()
         if noticed:
             await until(lambda: _degraded(gw))

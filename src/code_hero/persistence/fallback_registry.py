@@ -442,6 +442,12 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         async def on_primary(registry: Registry) -> None:
             lost.update(await registry.store_batch(events, runs, held_by=held_by))
+            for run_id in lost:
+                # Another executor holds it (or it ended), as a renewal would find: its
+                # writer is fenced, and its end asks the registry nothing (no end, no
+                # renewal: `RunExecutor._taken_over`). Kept, it would stay as executing
+                # here for good, and an outage would go on with it from the copy here.
+                self._drop(run_id)
             for run_id, fields in runs.items():  # as update_run's record would show them
                 known = self._executing.get(run_id)
                 if known is not None:

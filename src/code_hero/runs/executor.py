@@ -923,9 +923,21 @@ class RunExecutor:
         waiters here follow the run as recorded, wherever it goes on."""
         log.warning("lost the lease of run %s before its end: another executor has it", run_id)
         await _fenced(writer)
+        await self._give_up(run_id)
         await self._pass_cancel_on(run_id)
         self._tell_waiters(run_id)
         return None, False
+
+    async def _give_up(self, run_id: str) -> None:
+        """Tell the registry the run is executed here no longer, whatever fenced its
+        writer (a flush that found it another's, its events' numbers colliding, a
+        renewal): kept, it would stay as executing here for good (and an outage would
+        go on with it from the copy here). A lease this executor holds again (the run
+        claimed back here while this task ran on) goes back, for a claim to run it."""
+        try:
+            await self.registry.release_runs(self.owner, [run_id])
+        except Exception as exc:  # its lease lapses instead
+            log.warning("giving up run %s after it was taken over failed: %s", run_id, exc)
 
     async def _close_writer(self, run_id: str, writer: RunEventWriter) -> None:
         """Store what the run's writer holds, or, the run lost to another executor

@@ -389,6 +389,11 @@ async def test_a_run_claimed_back_after_a_flush_found_it_anothers_is_not_ended_h
     run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
     await started.wait()
     await asyncio.wait(tasks)
+    # Nor kept as executing here: the claim back added it to the registry's bookkeeping
+    # again after the flush's lost answer dropped it (`RunExecutor._give_up`).
+    assert executor.active_runs == 0
+    sizes = executor.registry.internal_sizes()  # type: ignore[attr-defined]
+    assert sizes == dict.fromkeys(sizes, 0)
     row = await registry.get_run(run.run_id)
     assert row is not None and row.status is RunStatus.RUNNING, row  # not ended here
     stored = await registry.list_events(run.run_id)
@@ -410,61 +415,24 @@ async def test_a_run_claimed_back_after_a_flush_found_it_anothers_is_not_ended_h
     assert logged[-1].payload["status"] == RunStatus.SUCCESS.value
 
 
-async def test_a_run_claimed_back_after_a_flush_found_it_anothers_is_not_kept_as_executing(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Review (rev2): the flush's lost answer drops the run from the registry's
-    # bookkeeping, but the claim pass that takes it back while its task still runs
-    # (`_seen(claimed_by=...)`) adds it again; the task then ends through
-    # `RunExecutor._taken_over`, which tells the registry nothing: the run stays as
-    # executing here for good (the leak 11e2f03 closed, by another way).
-    executor, registry, events = gateway.executor, gateway.manager.registry, gateway.events
-    monkeypatch.setattr(events, "flush_interval", 3600.0)
-    stream = executor._stream
-    tasks: list[asyncio.Task[Any]] = []
-    started = asyncio.Event()
-
-    async def refused_then_claimed_back(record: RunRecord, writer: Any, *args: Any) -> Any:
-        if not tasks:
-            tasks.append(asyncio.current_task())  # type: ignore[arg-type]
-            started.set()
-            await events.flush()
-            writer.emit(EventType.CUSTOM, {"stale": True})
-            await registry.update_run(
-                record.run_id,
-                lease_owner=OTHER,
-                lease_expires_at=datetime.now(UTC) + timedelta(hours=1),
-            )
-            await events.flush()  # left out: OTHER holds the run
-            await registry.release_runs(OTHER, [record.run_id])
-            await executor.claims.claim_once()  # claimed here again: the task goes on
-        return await stream(record, writer, *args)
-
-    executor._stream = refused_then_claimed_back  # type: ignore[method-assign]
-    await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
-    await started.wait()
-    await asyncio.wait(tasks)
-    assert executor.active_runs == 0
-    sizes = executor.registry.internal_sizes()  # type: ignore[attr-defined]
-    assert sizes == dict.fromkeys(sizes, 0)
-
-
 async def test_a_run_whose_flush_collided_is_not_kept_as_executing(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Review (rev2): a flush whose events collide with stored ones (ConflictError, the
-    # lease this executor's still) fences the writer in `EventLog._store_apart`; the
-    # registry is told nothing there (the store raised), nor at the end (`_taken_over`).
+    # A flush whose events collide with stored ones (ConflictError, the lease this
+    # executor's still) fences the writer in `EventLog._store_apart`; the registry is
+    # told at the run's end (`RunExecutor._give_up`), the store having raised.
     executor, registry, events = gateway.executor, gateway.manager.registry, gateway.events
     monkeypatch.setattr(events, "flush_interval", 3600.0)
     stream = executor._stream
     tasks: list[asyncio.Task[Any]] = []
     writers: list[Any] = []
+    started = asyncio.Event()
 
     async def collided(record: RunRecord, writer: Any, *args: Any) -> Any:
         if not tasks:
             tasks.append(asyncio.current_task())  # type: ignore[arg-type]
             writers.append(writer)
+            started.set()
             await events.flush()
             writer.emit(EventType.CUSTOM, {"stale": True})
             seq = writer.pending[-1].seq
@@ -476,10 +444,7 @@ async def test_a_run_whose_flush_collided_is_not_kept_as_executing(
 
     executor._stream = collided  # type: ignore[method-assign]
     await gateway.start_run(StartRun(graph="slow", input={"delay": 0.0}))
-    for _ in range(200):
-        if tasks:
-            break
-        await asyncio.sleep(0.01)
+    await started.wait()
     await asyncio.wait(tasks)
     assert writers[0].lost
     sizes = executor.registry.internal_sizes()  # type: ignore[attr-defined]

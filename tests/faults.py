@@ -6,8 +6,12 @@
                     `black_hole()` it keeps accepting and keeps every connection
                     open but forwards nothing; after `refuse()` it closes every
                     connection at once (a server that is down); `forward()` heals
+    ReplyLosingProxy a BlackHoleProxy that reads PostgreSQL's protocol: after
+                    `lose_reply(text)` the next trip that runs a statement holding
+                    `text` is run (committed, when its Sync ends its transaction)
+                    and its reply never arrives: the connection is cut instead
 
-Both are async context managers bound to a random port; `with_port` points a
+All are async context managers bound to a random port; `with_port` points a
 database URL at them. `cancelled_at_every_step` cancels a call at each await of its
 course and says after which steps it left a pooled connection broken. `until` polls
 for what an outage or a recovery brings about; `on_the_primary` waits until a manager
@@ -31,6 +35,7 @@ import psycopg
 __all__ = [
     "BlackHoleProxy",
     "HungServer",
+    "ReplyLosingProxy",
     "a_lock_waits",
     "cancelled_at_every_step",
     "held_writes",
@@ -259,5 +264,174 @@ class BlackHoleProxy(_Listener):
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
     async def __aenter__(self) -> BlackHoleProxy:
+        await self.start()
+        return self
+
+
+_SSL_REQUEST, _GSSENC_REQUEST, _CANCEL_REQUEST = 80877103, 80877104, 80877102
+
+
+class _Trips:
+    """One proxied PostgreSQL connection as the protocol sees it: the statements its
+    client prepared, the trips (each ended by a Sync, or a simple Query) it sent and
+    the server answered (each answer ends with ReadyForQuery), and the trip whose
+    answer is to be lost (`doomed`: its number)."""
+
+    def __init__(self) -> None:
+        self.client = b""
+        self.server = b""
+        self.started = False  # the StartupMessage went: messages are typed from then on
+        self.raw_replies = 0  # one-byte answers owed to SSL/GSS requests
+        self.plain = True  # False once TLS began: the bytes say nothing any more
+        self.statements: dict[bytes, bytes] = {}
+        self.sent = 1  # the startup is answered with a ReadyForQuery too
+        self.answered = 0
+        self.doomed: int | None = None
+
+    def client_messages(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The whole messages `data` completes, as (type, body)."""
+        if not self.plain:
+            return []
+        self.client += data
+        messages = []
+        while self.plain:
+            if not self.started:
+                if len(self.client) < 8:
+                    break
+                size = int.from_bytes(self.client[:4], "big")
+                if len(self.client) < size:
+                    break
+                code = int.from_bytes(self.client[4:8], "big")
+                self.client = self.client[size:]
+                if code in (_SSL_REQUEST, _GSSENC_REQUEST):
+                    self.raw_replies += 1
+                elif code != _CANCEL_REQUEST:
+                    self.started = True
+                continue
+            if len(self.client) < 5:
+                break
+            size = int.from_bytes(self.client[1:5], "big")
+            if len(self.client) < size + 1:
+                break
+            messages.append((self.client[:1], self.client[5 : size + 1]))
+            self.client = self.client[size + 1 :]
+        return messages
+
+    def server_messages(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The whole messages `data` completes, as (type, whole message bytes)."""
+        self.server += data
+        messages = []
+        while self.plain and self.raw_replies and self.server:
+            self.raw_replies -= 1
+            reply, self.server = self.server[:1], self.server[1:]
+            if reply in (b"S", b"G"):  # encrypted from here on: passed through unread
+                self.plain = False
+                rest, self.server = self.server, b""
+                return [(b"", reply + rest)]
+            messages.append((b"", reply))
+        while self.plain and len(self.server) >= 5:
+            size = int.from_bytes(self.server[1:5], "big")
+            if len(self.server) < size + 1:
+                break
+            messages.append((self.server[:1], self.server[: size + 1]))
+            self.server = self.server[size + 1 :]
+        if not self.plain and self.server:
+            rest, self.server = self.server, b""
+            messages.append((b"", rest))
+        return messages
+
+
+class ReplyLosingProxy(BlackHoleProxy):
+    """A BlackHoleProxy that loses the answer to a chosen statement: see `lose_reply`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self._losing: list[tuple[bytes, asyncio.Event]] = []
+        self._lost_events: dict[int, asyncio.Event] = {}  # of each doomed connection's trips
+
+    def lose_reply(self, text: bytes) -> asyncio.Event:
+        """Lose the answer to the next trip that runs a statement whose text holds
+        `text` (sent in it, or prepared earlier on its connection): the server runs
+        the trip to its end (its Sync commits an implicit transaction; so does a COMMIT
+        in it), and once its ReadyForQuery says so, the connection is cut with none of
+        the answer forwarded. The event is set when it has been."""
+        lost = asyncio.Event()
+        self._losing.append((text, lost))
+        return lost
+
+    def _observe(self, trips: _Trips, data: bytes) -> None:
+        """Follow the client's messages: its statements, its trips, the one to doom."""
+        for kind, body in trips.client_messages(data):
+            statement = b""  # the text a message runs (a Parse runs nothing)
+            if kind == b"P":
+                name, _, rest = body.partition(b"\0")
+                trips.statements[name] = rest.partition(b"\0")[0]
+            elif kind == b"B":
+                name = body.partition(b"\0")[2].partition(b"\0")[0]
+                statement = trips.statements.get(name, b"")
+            elif kind == b"Q":
+                statement = body
+            if kind in (b"S", b"Q"):
+                trips.sent += 1
+            if statement and trips.doomed is None:
+                for i, (text, lost) in enumerate(self._losing):
+                    if text in statement:
+                        trips.doomed = trips.sent + (kind != b"Q")
+                        del self._losing[i]
+                        self._lost_events[id(trips)] = lost
+                        break
+
+    async def _pump_up(
+        self, trips: _Trips, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(CHUNK):
+                if self.mode != "forward":
+                    continue
+                self._observe(trips, data)  # before the server can have it
+                writer.write(data)
+                await writer.drain()
+        _close(writer)
+
+    async def _pump_down(
+        self,
+        trips: _Trips,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: asyncio.StreamWriter,
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(CHUNK):
+                if self.mode != "forward":
+                    continue
+                for kind, message in trips.server_messages(data):
+                    if trips.doomed is not None and trips.answered == trips.doomed - 1:
+                        if kind == b"Z":  # run, and committed: the answer is lost
+                            _close(writer)
+                            _close(upstream)
+                            self._lost_events.pop(id(trips)).set()
+                            return
+                        continue
+                    if kind == b"Z":
+                        trips.answered += 1
+                    writer.write(message)
+                await writer.drain()
+        _close(writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.mode != "forward":
+            await super()._handle(reader, writer)
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._conns[task].append(up_writer)
+        trips = _Trips()
+        await asyncio.gather(
+            self._pump_up(trips, reader, up_writer),
+            self._pump_down(trips, up_reader, writer, up_writer),
+        )
+
+    async def __aenter__(self) -> ReplyLosingProxy:
         await self.start()
         return self

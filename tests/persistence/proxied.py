@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from code_hero.config import create_postgres_checkpointer
@@ -17,6 +17,7 @@ from tests.faults import BlackHoleProxy, on_the_primary, with_port
 
 __all__ = ["NUL_SPEC", "SLOW_SPEC", "behind_a_proxy", "degraded", "synced"]
 
+P = TypeVar("P", bound=BlackHoleProxy)
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 SLOW_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'slow_graph.py'}:graph"
 NUL_SPEC = f"{Path(__file__).parents[1] / 'runs' / 'nul_graph.py'}:graph"
@@ -28,12 +29,14 @@ async def behind_a_proxy(
     *,
     lease_seconds: float | None = None,
     webhooks: WebhookSettings | None = None,
+    proxy_class: type[P] = BlackHoleProxy,  # type: ignore[assignment]
     **config: Any,
-) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
-    """A gateway on PostgreSQL through a proxy the test cuts and restores, serving the
-    `slow` and `nul` graphs (`config`: of the checkpointer; by default a 1 s pool
-    timeout and a probe every 0.2 s), serving from the primary when it is yielded."""
-    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+) -> AsyncIterator[tuple[Gateway, P]]:
+    """A gateway on PostgreSQL through a proxy the test cuts and restores (of
+    `proxy_class`), serving the `slow` and `nul` graphs (`config`: of the checkpointer;
+    by default a 1 s pool timeout and a probe every 0.2 s), serving from the primary
+    when it is yielded."""
+    async with proxy_class("127.0.0.1", PG_PORT) as proxy:
         options = {"pool_timeout": 1, "health_check_interval": 0.2, **config}
         checkpointer = create_postgres_checkpointer(with_port(pg_database, proxy.port), **options)
         extra: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}

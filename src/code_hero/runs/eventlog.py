@@ -239,7 +239,8 @@ class EventLog:
                         batch = [e for e in batch if e.run_id not in lost]
                     except ConflictError:
                         # Another executor wrote these seqs: it holds the run now (this
-                        # one lost its lease). Keep the rest, fence the writers that collided.
+                        # one lost its lease). Keep the rest, fence the writers that collided;
+                        # not those whose seqs hold their own events (`_left_out_stored`).
                         await self._store_apart(writers, fields)
                     except Exception as exc:
                         if not is_refused_value(exc):
@@ -335,17 +336,13 @@ class EventLog:
     ) -> None:
         for w in writers:
             try:
-                try:
-                    lost = await self.registry().store_batch(
-                        w.inflight,
-                        {w.run_id: fields[w.run_id]} if w.run_id in fields else {},
-                        held_by=_leases([w]),
-                    )
-                    _fence([w], lost)
-                except Exception as exc:
-                    if not is_refused_value(exc):
-                        raise
-                    await self._store_refused(w, fields.get(w.run_id), exc)
+                while True:
+                    try:
+                        await self._store_one(w, fields.get(w.run_id))
+                        break
+                    except ConflictError:
+                        if not await self._left_out_stored(w):
+                            raise
             except ConflictError:  # the refused path's stores too: fenced either way
                 log.error("run %s: events collide with another executor's; dropped", w.run_id)
                 _lost(w)
@@ -353,6 +350,49 @@ class EventLog:
             # next flush would collide with them and fence the run).
             w.inflight = []
             fields.pop(w.run_id, None)
+
+    async def _store_one(self, w: RunEventWriter, run_fields: dict[str, Any] | None) -> None:
+        """One run's events (and fields) in a batch of their own; the rows the database
+        refuses made storable (`_store_refused`)."""
+        try:
+            lost = await self.registry().store_batch(
+                w.inflight, {w.run_id: run_fields} if run_fields else {}, held_by=_leases([w])
+            )
+            _fence([w], lost)
+        except Exception as exc:
+            if not is_refused_value(exc):
+                raise
+            await self._store_refused(w, run_fields, exc)
+
+    async def _left_out_stored(self, w: RunEventWriter) -> bool:
+        """After a store found seqs of the run taken: whether the log holds those of
+        `w.inflight` exactly as they are here (then they leave it). An earlier store of
+        them committed but its reply was lost (the connection cut after the COMMIT):
+        to this process it failed, and the events were kept to be stored again. They
+        are this writer's own, not another executor's (whose would differ, in their
+        time at least): storing the rest goes on. Any one that differs: another's."""
+        if not w.inflight:
+            return False
+        first, last = w.inflight[0].seq, w.inflight[-1].seq
+        stored = [
+            e
+            for e in await self.registry().list_events(
+                w.run_id, after_seq=first - 1, limit=last - first + 1
+            )
+            if e.seq <= last
+        ]
+        ours = {e.seq: e for e in w.inflight}
+        if not stored or any(ours.get(e.seq) != e for e in stored):
+            return False
+        log.warning(
+            "run %s: events %d-%d were stored by a write whose reply was lost",
+            w.run_id,
+            stored[0].seq,
+            stored[-1].seq,
+        )
+        taken = {e.seq for e in stored}
+        w.inflight = [e for e in w.inflight if e.seq not in taken]
+        return True
 
     async def _store_refused(
         self, w: RunEventWriter, run_fields: dict[str, Any] | None, refusal: Exception

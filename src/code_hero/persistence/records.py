@@ -591,3 +591,7 @@ class Registry(Protocol):
 
     async def last_seq(self, run_id: str) -> int:
         """The highest seq stored for the run (0 when none)."""
+
+    async def thread_seqs(self, thread_id: str) -> dict[str, int]:
+        """The highest seq stored for each run of the thread (0 for a run with none),
+        oldest run first, in one query; empty when the thread has no runs or is gone."""

@@ -575,8 +575,22 @@ class EventLog:
                 # Written here: every event reaches the bus directly, none can be lost.
 
     async def follow_thread(self, thread_id: str) -> AsyncIterator[EventRecord]:
-        """Every event of every run on the thread from now on; never ends by itself."""
+        """Every event of every run on the thread from now on; never ends by itself.
+
+        Where each of the thread's runs stood when the subscription began (`start`) is
+        read once, before it opens; the live path reads nothing more. A gap (a full
+        queue, a poke: notifications lost) drops the queue and re-reads the log of every
+        run of the thread after the last seq delivered or, for a run not delivered from
+        yet (one started since, whose events went with the queue or were never
+        notified), after `start`: nothing lost, nothing twice, nothing from before. A
+        run or thread deleted meanwhile is skipped; a read that fails (the database
+        down) ends the stream with its error, as `follow_run`'s do.
+        """
+        # Read before the subscription opens: an event stored between the two is
+        # replayed by a gap, where after it, it could be dropped with the queue unread.
+        start = await self.registry().thread_seqs(thread_id)
         sub = self.bus.subscribe(thread_id=thread_id)
+        start.update(self._written(thread_id))  # exact: published here, stored or not
         last: dict[str, int] = {}
         try:
             while True:
@@ -585,17 +599,24 @@ class EventLog:
                 if sub.overflowed:
                     sub.overflowed = False
                     _drain(sub, None)
-                    for run_id, seq in list(last.items()):
-                        for event in await self.read(run_id, after_seq=seq):
+                    stored = await self.registry().thread_seqs(thread_id)
+                    written = self._written(thread_id)
+                    for run_id in [*stored, *(r for r in written if r not in stored)]:
+                        after = last.get(run_id, start.get(run_id, 0))
+                        if max(stored.get(run_id, 0), written.get(run_id, 0)) <= after:
+                            continue
+                        for event in await self.read(run_id, after_seq=after):
                             yield event
                             last[run_id] = event.seq
                     continue
                 while not sub.queue.empty():
                     event = sub.queue.get_nowait()
                     seen = last.get(event.run_id)
-                    if seen is not None and event.seq <= seen:
+                    if seen is None:  # not delivered from yet: from where it stood at
+                        seen = start.get(event.run_id, 0)  # the start (0: begun since)
+                    if event.seq <= seen:
                         continue
-                    if seen is not None and event.seq > seen + 1:
+                    if event.seq > seen + 1:
                         for missing in await self.read(
                             event.run_id, after_seq=seen, limit=event.seq - seen - 1
                         ):
@@ -604,6 +625,11 @@ class EventLog:
                     last[event.run_id] = event.seq
         finally:
             self.bus.unsubscribe(sub)
+
+    def _written(self, thread_id: str) -> dict[str, int]:
+        """The last seq this process numbered of each run of the thread it writes."""
+        writers = self._writers.values()
+        return {w.run_id: w.next_seq - 1 for w in writers if w.thread_id == thread_id}
 
     async def close(self) -> None:
         """Store what every open writer still holds."""

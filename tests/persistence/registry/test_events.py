@@ -186,3 +186,21 @@ async def test_a_batch_of_events_is_one_insert_on_postgres(
     inserts = [s for s in statements if s.startswith("INSERT INTO code_hero_run_events")]
     assert len(inserts) == 2
     assert [e.seq for e in await registry.list_events("r1")] == list(range(1, 45))
+
+
+async def test_thread_seqs_are_each_run_s_last_oldest_run_first(registry: Registry) -> None:
+    assert await registry.thread_seqs("t9") == {}
+    for n, run_id in ((2, "r-b"), (1, "r-a"), (3, "r-c")):
+        await registry.admit_run(
+            run(run_id, thread_id="t9", created_at=at(n)), reject_if_busy=False
+        )
+    await registry.admit_run(run("r-other", thread_id="t8"), reject_if_busy=False)
+    await registry.store_events(events("r-a", "t9", 1, 2, 3) + events("r-b", "t9", 1))
+    await registry.store_events(events("r-other", "t8", 1, 2))
+    seqs = await registry.thread_seqs("t9")
+    assert list(seqs.items()) == [("r-a", 3), ("r-b", 1), ("r-c", 0)]
+    assert await registry.delete_run("r-a")
+    assert await registry.thread_seqs("t9") == {"r-b": 1, "r-c": 0}
+    await registry.delete_thread("t9")
+    assert await registry.thread_seqs("t9") == {}
+    assert await registry.thread_seqs("t8") == {"r-other": 2}

@@ -38,6 +38,7 @@ from code_hero.persistence.registry.dialect import (
     THREAD_COLUMNS,
     Row,
     Session,
+    thread_runs,
     utc,
     utc_now,
 )
@@ -882,3 +883,15 @@ class SqlRegistry(
                 "SELECT MAX(seq) AS seq FROM code_hero_run_events WHERE run_id = ?", [run_id]
             )
         return int(rows[0]["seq"] or 0)
+
+    async def thread_seqs(self, thread_id: str) -> dict[str, int]:
+        # The thread's runs on code_hero_runs_thread_idx, each one's last seq on the
+        # events' primary key: no scan of the thread's events.
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"{thread_runs('run_id, created_at')}SELECT t.run_id, (SELECT MAX(e.seq) "
+                "FROM code_hero_run_events e WHERE e.run_id = t.run_id) AS seq "
+                "FROM thread_runs t ORDER BY t.created_at, t.run_id",
+                [thread_id],
+            )
+        return {row["run_id"]: int(row["seq"] or 0) for row in rows}

@@ -1,0 +1,162 @@
+"""A thread's subscription after a gap (its queue full, a poke): every run's events
+since it began, runs begun meanwhile too, none twice and none from before."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from code_hero.errors import BackendUnavailableError
+from code_hero.gateway import Gateway
+from code_hero.persistence.records import EventRecord, RunStatus
+from code_hero.runs.bus import InProcessBus
+from code_hero.runs.events import EventType, terminal_status
+from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.faults import until
+from tests.graphql.clients import eventually
+from tests.persistence.proxied import behind_a_proxy, degraded, synced
+from tests.runs.conftest import idle_thread
+
+
+async def until_end_of(
+    stream: AsyncIterator[EventRecord], run_id: str, got: list[EventRecord]
+) -> list[EventRecord]:
+    """Events from the stream (after those in `got`) until `run_id`'s final one."""
+    async with asyncio.timeout(30):
+        while not any(e.run_id == run_id and terminal_status(e) for e in got):
+            got.append(await anext(stream))
+    return got
+
+
+def seqs_of(events: list[EventRecord], run_id: str) -> list[int]:
+    return [e.seq for e in events if e.run_id == run_id]
+
+
+async def test_a_run_begun_while_the_queue_was_full_is_replayed(gateway: Gateway) -> None:
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
+    thread_id = await idle_thread(gateway)  # its run ended before the subscription
+    stream = gateway.events.follow_thread(thread_id)
+    first = asyncio.create_task(anext(stream))
+    await eventually(lambda: gateway.bus.subscriber_count == 1)
+    seen = await gateway.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
+    got = [await first]  # the subscriber stops here: the queue fills, then overflows
+    assert got[0].run_id == seen.run_id
+    assert len(await gateway.run_events(seen.run_id, first=100)) > 1 + 4, "it overflowed"
+    unseen = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+    )
+    assert unseen.status is RunStatus.SUCCESS
+    try:
+        await until_end_of(stream, unseen.run_id, got)
+    finally:
+        await stream.aclose()
+    for run in (seen, unseen):
+        stored = [e.seq for e in await gateway.run_events(run.run_id, first=100)]
+        assert seqs_of(got, run.run_id) == stored
+    assert {e.run_id for e in got} == {seen.run_id, unseen.run_id}, "nothing from before"
+
+
+async def test_a_gap_replays_a_run_going_at_the_start_only_from_there(gateway: Gateway) -> None:
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
+    thread_id = await idle_thread(gateway)
+    going = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={"delay": 0.1})
+    )
+
+    async def status() -> RunStatus | None:
+        run = await gateway.get_run(going.run_id)
+        return None if run is None else run.status
+
+    follower = gateway.events.follow_run(going.run_id, status_of=status)
+    async with asyncio.timeout(30):
+        while (await anext(follower)).type != EventType.NODE_UPDATE:
+            pass  # its first step is done: the run is going
+    await follower.aclose()
+    before = len(await gateway.events.read(going.run_id))
+    stream = gateway.events.follow_thread(thread_id)
+    got = [await anext(stream)]  # the subscriber stops here
+    assert got[0].run_id == going.run_id and got[0].seq > before
+    queued = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={}, multitask=MultitaskStrategy.ENQUEUE)
+    )
+    assert (await gateway.executor.wait(queued.run_id, limit=30)).status is RunStatus.SUCCESS
+    gateway.bus.poke_all()  # as after a reconnect: the queue is dropped, the log re-read
+    try:
+        await until_end_of(stream, queued.run_id, got)
+    finally:
+        await stream.aclose()
+    going_stored = [e.seq for e in await gateway.run_events(going.run_id, first=100)]
+    assert seqs_of(got, going.run_id) == going_stored[got[0].seq - 1 :]
+    queued_stored = [e.seq for e in await gateway.run_events(queued.run_id, first=100)]
+    assert seqs_of(got, queued.run_id) == queued_stored
+    assert {e.run_id for e in got} == {going.run_id, queued.run_id}
+
+
+async def test_a_gap_after_a_deletion_goes_on_quietly(gateway: Gateway) -> None:
+    """A run deleted meanwhile is skipped; so is the whole thread, deleted then made
+    again under its id: the stream goes on with the new thread's runs."""
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
+    thread_id = await idle_thread(gateway)
+    stream = gateway.events.follow_thread(thread_id)
+    first = asyncio.create_task(anext(stream))
+    await eventually(lambda: gateway.bus.subscriber_count == 1)
+    deleted = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+    )
+    got = [await first]
+    assert await gateway.delete_run(deleted.run_id)
+    after = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+    )
+    try:
+        await until_end_of(stream, after.run_id, got)
+        after_stored = [e.seq for e in await gateway.run_events(after.run_id, first=100)]
+        await gateway.delete_thread(thread_id)
+        gateway.bus.poke_all()  # the gap finds the thread gone
+        resumed = asyncio.create_task(anext(stream))
+        again = await gateway.start_run(
+            StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+        )
+        got.append(await resumed)
+        await until_end_of(stream, again.run_id, got)
+    finally:
+        await stream.aclose()
+    assert seqs_of(got, deleted.run_id) == list(range(1, len(seqs_of(got, deleted.run_id)) + 1))
+    assert seqs_of(got, after.run_id) == after_stored
+    stored = [e.seq for e in await gateway.run_events(again.run_id, first=100)]
+    assert seqs_of(got, again.run_id) == stored
+
+
+@pytest.mark.postgres
+async def test_a_gap_in_an_outage_replays_from_the_fallback(pg_database: str) -> None:
+    """A thread born in an outage is followed on the fallback, a gap replayed from it;
+    the runs of one from before the outage cannot be read: UNAVAILABLE."""
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        old = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        with pytest.raises(BackendUnavailableError):  # only PostgreSQL has its runs
+            await gw.manager.registry.thread_seqs(old.thread_id)
+        seen = await gw.start_run(StartRun(graph="slow", input={}, wait=True))
+        thread_id = seen.thread_id
+        gw.bus.queue_size = 4  # of the subscriptions opened from now on
+        stream = await gw.follow_thread(thread_id)
+        first = asyncio.create_task(anext(stream))
+        await eventually(lambda: gw.bus.subscriber_count == 1)
+        again = await gw.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
+        got = [await first]  # the subscriber stops here: its queue overflows
+        unseen = await gw.start_run(
+            StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+        )
+        try:
+            await until_end_of(stream, unseen.run_id, got)
+        finally:
+            await stream.aclose()
+        for run in (again, unseen):
+            stored = [e.seq for e in await gw.run_events(run.run_id, first=100)]
+            assert seqs_of(got, run.run_id) == stored
+        assert seen.run_id not in {e.run_id for e in got}
+        proxy.forward()
+        await until(lambda: synced(gw))

@@ -287,6 +287,7 @@ class _Trips:
         self.sent = 1  # the startup is answered with a ReadyForQuery too
         self.answered = 0
         self.doomed: int | None = None
+        self.refused = False  # the doomed trip's answer held an ErrorResponse
 
     def client_messages(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """The whole messages `data` completes, as (type, body)."""
@@ -348,13 +349,15 @@ class ReplyLosingProxy(BlackHoleProxy):
         super().__init__(host, port)
         self._losing: list[tuple[bytes, asyncio.Event]] = []
         self._lost_events: dict[int, asyncio.Event] = {}  # of each doomed connection's trips
+        self.lost: list[bool] = []  # of each answer lost: whether its trip committed
 
     def lose_reply(self, text: bytes) -> asyncio.Event:
         """Lose the answer to the next trip that runs a statement whose text holds
         `text` (sent in it, or prepared earlier on its connection): the server runs
         the trip to its end (its Sync commits an implicit transaction; so does a COMMIT
         in it), and once its ReadyForQuery says so, the connection is cut with none of
-        the answer forwarded. The event is set when it has been."""
+        the answer forwarded. The event is set when it has been; `lost` says of each
+        answer lost whether its trip committed (ended idle, with no error)."""
         lost = asyncio.Event()
         self._losing.append((text, lost))
         return lost
@@ -406,7 +409,11 @@ class ReplyLosingProxy(BlackHoleProxy):
                     continue
                 for kind, message in trips.server_messages(data):
                     if trips.doomed is not None and trips.answered == trips.doomed - 1:
+                        if kind == b"E":  # refused: nothing was committed to lose
+                            trips.refused = True
                         if kind == b"Z":  # run, and committed: the answer is lost
+                            # Idle (I) after a trip with no error: it committed.
+                            self.lost.append(message[-1:] == b"I" and not trips.refused)
                             _close(writer)
                             _close(upstream)
                             self._lost_events.pop(id(trips)).set()

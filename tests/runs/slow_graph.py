@@ -23,6 +23,8 @@ class SlowState(TypedDict, total=False):
     fail_at: str
     ask_at: str
     answers: Annotated[list[Any], operator.add]
+    number: str  # given in the input: every step's update carries it as a float
+    value: float
 
 
 STEPS = [f"s{i}" for i in range(6)]
@@ -34,6 +36,8 @@ def _step(name: str) -> Any:
         if state.get("fail_at") == name:
             raise RuntimeError(f"step {name} failed on purpose")
         update: dict[str, Any] = {"steps": [name]}
+        if "number" in state:
+            update["value"] = float(state["number"])
         if state.get("ask_at") == name:
             update["answers"] = [interrupt({"question": f"continue after {name}?"})]
         return update

@@ -49,22 +49,41 @@ def _stored(url: str, run_id: str) -> tuple[Any, list[tuple[Any, ...]]]:
 
 
 async def _run_with_a_lost_reply(
-    pg_database: str, statement: bytes, delay: float, **config: Any
+    pg_database: str,
+    statement: bytes,
+    delay: float,
+    number: str | None = None,
+    **config: Any,
 ) -> tuple[list[EventRecord], list[EventRecord], Any, list[tuple[Any, ...]]]:
     """Run the slow graph (`delay` a step) with the reply to its first `statement`
     lost; the events its follower saw, a read of its log, and its status and events in
-    PostgreSQL."""
+    PostgreSQL. With `number`, every step's update carries it as a float, and the
+    reply lost is of the first such statement after the first step's update was seen
+    (a float in the run's input would reach the graph as jsonb gives it back)."""
     async with behind_a_proxy(pg_database, proxy_class=ReplyLosingProxy, **config) as (
         gw,
         proxy,
     ):
-        lost = proxy.lose_reply(statement)
-        run = await gw.start_run(StartRun(graph="slow", input={"delay": delay}))
-        follower = asyncio.create_task(_collect(await gw.follow_run(run.run_id)))
+        run_input: dict[str, Any] = {"delay": delay}
+        if number is not None:
+            run_input["number"] = number
+        else:
+            lost = proxy.lose_reply(statement)
+        run = await gw.start_run(StartRun(graph="slow", input=run_input))
+        stream = await gw.follow_run(run.run_id)
+        early: list[EventRecord] = []
+        if number is not None:
+            async for event in stream:
+                early.append(event)
+                if event.type == EventType.NODE_UPDATE.value:
+                    break
+            lost = proxy.lose_reply(statement)
+        follower = asyncio.create_task(_collect(stream))
         async with asyncio.timeout(30):  # guards, not measures
             await lost.wait()
-            seen = await follower
+            seen = early + await follower
             final = await gw.executor.wait(run.run_id)
+        assert proxy.lost == [True]  # the trip whose answer was lost committed
         await until(lambda: synced(gw))
         assert final.status is RunStatus.SUCCESS
         read = await _read_all(gw, run.run_id)
@@ -108,3 +127,19 @@ async def test_an_end_whose_commit_reply_is_lost_is_stored_once(
 ) -> None:
     stored = await _run_with_a_lost_reply(pg_database, END, 0, enable_fallback=fallback)
     _assert_once_each(*stored)
+
+
+@pytest.mark.parametrize("number", ["1e23", "1.5e300"])
+async def test_a_batch_whose_floats_come_back_as_other_numbers_is_stored_once(
+    pg_database: str, number: str
+) -> None:
+    # jsonb keeps 1e23 as the integer 100000000000000000000000: the events stored read
+    # back unequal to the writer's own, and are still told from another executor's.
+    seen, read, status, stored = await _run_with_a_lost_reply(
+        pg_database, BATCH, 0.3, number=number, enable_fallback=False
+    )
+    assert [seq for seq, _, _ in stored] == list(range(1, len(stored) + 1))
+    assert [(e.seq, e.type) for e in seen] == [(seq, type_) for seq, type_, _ in stored]
+    assert [(e.seq, e.type) for e in read] == [(seq, type_) for seq, type_, _ in stored]
+    assert stored[-1][1:] == (EventType.STATUS.value, {"status": "SUCCESS", "error": None})
+    assert status == RunStatus.SUCCESS.value

@@ -369,8 +369,10 @@ class EventLog:
         `w.inflight` exactly as they are here (then they leave it). An earlier store of
         them committed but its reply was lost (the connection cut after the COMMIT):
         to this process it failed, and the events were kept to be stored again. They
-        are this writer's own, not another executor's (whose would differ, in their
-        time at least): storing the rest goes on. Any one that differs: another's."""
+        are this writer's own, not another executor's, when their type and time (to the
+        microsecond, this process's clock) are: storing the rest goes on. Any one that
+        differs: another's. Not the payload: jsonb gives some numbers back as others
+        (1e23 as the integer 10**23), and a refused event was stored as its stand-in."""
         if not w.inflight:
             return False
         first, last = w.inflight[0].seq, w.inflight[-1].seq
@@ -381,8 +383,8 @@ class EventLog:
             )
             if e.seq <= last
         ]
-        ours = {e.seq: e for e in w.inflight}
-        if not stored or any(ours.get(e.seq) != e for e in stored):
+        ours = {e.seq: (e.type, e.at) for e in w.inflight}
+        if not stored or any(ours.get(e.seq) != (e.type, e.at) for e in stored):
             return False
         log.warning(
             "run %s: events %d-%d were stored by a write whose reply was lost",

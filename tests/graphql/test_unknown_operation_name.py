@@ -1,0 +1,74 @@
+"""An operationName that names no operation of the document is the client's mistake.
+
+Over plain HTTP it is a 400 BAD_USER_INPUT ('Unknown operation named "X".'); over
+Server-Sent Events and both WebSocket protocols the same request answered
+INTERNAL ("Internal server error", the request error masked as a bug and logged
+with a traceback). So did an SSE request with `"query": null`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.graphql.clients import LegacyWS, TransportWS
+from tests.graphql.conftest import Server
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+SUBSCRIPTION = 'subscription { threadEvents(threadId: "t") { seq } }'
+
+
+def _codes(errors: list[dict[str, Any]]) -> list[str | None]:
+    return [e.get("extensions", {}).get("code") for e in errors]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "{ health { status } }", "operationName": "X"},
+        {"query": SUBSCRIPTION, "operationName": "X"},
+        {"query": None},
+    ],
+)
+async def test_over_sse_it_is_bad_input(server: Server, body: dict[str, Any]) -> None:
+    headers = {"accept": "text/event-stream"}
+    response = await server.http.post("/graphql", json=body, headers=headers)
+    if response.status_code == 400:
+        assert _codes(response.json()["errors"]) == ["BAD_USER_INPUT"]
+        return
+    results = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    assert results and all(_codes(r.get("errors", [])) == ["BAD_USER_INPUT"] for r in results), (
+        response.text
+    )
+
+
+async def test_over_graphql_transport_ws_it_is_bad_input(server: Server) -> None:
+    async with TransportWS.connect(server.ws_url) as ws:
+        await ws.send(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": SUBSCRIPTION, "operationName": "X"},
+            }
+        )
+        message = await ws.next_message()
+        assert message["type"] == "error" and _codes(message["payload"]) == ["BAD_USER_INPUT"], (
+            message
+        )
+
+
+async def test_over_legacy_graphql_ws_it_is_bad_input(server: Server) -> None:
+    async with LegacyWS.connect(server.ws_url) as ws:
+        await ws.send(
+            {"id": "1", "type": "start", "payload": {"query": SUBSCRIPTION, "operationName": "X"}}
+        )
+        message = await ws.receive()
+        assert message["type"] == "error", message
+        assert _codes([message["payload"]]) == ["BAD_USER_INPUT"], message

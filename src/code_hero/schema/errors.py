@@ -4,7 +4,9 @@ CodeHeroError (errors.py)            -> its `.code`, its message, its `.extensio
 a lost race for a database lock      -> CONFLICT (deadlock, serialization failure) or
   (persistence.contention)          UNAVAILABLE (lock wait ran out), retryAfter
 a damaged database file              -> UNAVAILABLE, retryAfter (persistence.damage)
-parse, validation and limit errors   -> BAD_USER_INPUT, their message
+parse, validation and limit errors,  -> BAD_USER_INPUT, their message
+  no query, an operationName naming
+  no operation, a wrong operation type
 anything else                        -> INTERNAL, "Internal server error";
                                         the detail goes to the log only
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 import re
 
 from graphql import GraphQLError
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from code_hero.errors import CodeHeroError
 from code_hero.persistence.contention import contention
@@ -50,6 +53,11 @@ CODES = frozenset(
         INTERNAL,
     }
 )
+# What Strawberry raises about the request itself before it parses or runs anything:
+# no query, an `operationName` naming no operation of the document (or none given for
+# several), an operation type the transport does not run (a query over legacy graphql-ws).
+# Plain HTTP answers them 400; over SSE and WebSockets they come wrapped in a GraphQLError.
+_REQUEST_ERRORS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
 _SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
 
 
@@ -82,7 +90,7 @@ def error_code(error: GraphQLError) -> str:
     cause = root_cause(error)
     if isinstance(cause, CodeHeroError):
         return cause.code
-    if isinstance(cause, InvalidOperationTypeError):  # e.g. a query over legacy graphql-ws
+    if isinstance(cause, _REQUEST_ERRORS):
         return "BAD_USER_INPUT"
     if error.path is None and (cause is None or isinstance(cause, GraphQLError)):
         # Raised before execution: the document or its variables are at fault.

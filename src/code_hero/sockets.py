@@ -5,16 +5,23 @@ path, so every check, error and message of a subscriber is what it was; the
 gate's resolver only records the run to follow. Then the subscriber joins
 the shared stream and sends each payload with its own id spliced in. Every
 other operation takes Strawberry's path unchanged.
+
+A malformed operation message never reaches Strawberry, whose handlers read its
+fields unchecked (a `start` without a payload crashed the socket; a null query
+was never answered): graphql-transport-ws closes the socket with 4400, as its
+protocol and its reference server (graphql-ws's `validateMessage`) do; the
+legacy protocol answers that operation an `error` and serves on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, cast
 
+from graphql import GraphQLError, GraphQLFormattedError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
@@ -22,7 +29,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
     _OperationStreamClosed,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import CompleteMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    CompleteMessage,
+    SubscribeMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     CompleteMessage as LegacyComplete,
@@ -30,14 +40,59 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ErrorMessage,
     OperationMessage,
+    StartMessage,
 )
 from strawberry.types.execution import PreExecutionError
 
+from code_hero.errors import BadInputError
 from code_hero.fanout import Encoded, Fanout, Request, shareable
 from code_hero.resolvers.context import Context
 from code_hero.resolvers.sharing import MODE, Mode
 
 __all__ = ["SharedLegacyWSHandler", "SharedTransportWSHandler"]
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _payload_fault(payload: object, *, extensions: bool) -> str | None:
+    """What makes an operation's payload malformed, or None (graphql-ws's rules)."""
+    if not isinstance(payload, dict):
+        return f"the payload must be an object, not {_kind(payload)}"
+    query = payload.get("query")
+    if not isinstance(query, str):
+        return f"payload.query must be a string, not {_kind(query)}"
+    fields = ["variables", "extensions"] if extensions else ["variables"]
+    for field in fields:
+        if not isinstance(payload.get(field), dict | None):
+            return f"payload.{field} must be an object or null, not {_kind(payload[field])}"
+    name = payload.get("operationName")
+    if not isinstance(name, str | None):
+        return f"payload.operationName must be a string or null, not {_kind(name)}"
+    return None
+
+
+def _operation_fault(message: Mapping[str, object], *, extensions: bool) -> str | None:
+    """What makes a `subscribe` or `start` message malformed, or None."""
+    op_id = message.get("id")
+    if not isinstance(op_id, str) or not op_id:
+        return f"the id must be a non-empty string, not {_kind(op_id)}"
+    return _payload_fault(message.get("payload"), extensions=extensions)
+
+
+def _bad_input(message: str, **extensions: object) -> GraphQLFormattedError:
+    """A GraphQL error the client caused, as it goes on the wire."""
+    return GraphQLError(message, extensions={**extensions, "code": BadInputError.code}).formatted
 
 
 def _request(
@@ -68,6 +123,21 @@ def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
 
 class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """`graphql-transport-ws`, with shared `runEvents` streams."""
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        """Strawberry's, after the checks of the message."""
+        fault = _operation_fault(cast(Mapping[str, object], message), extensions=True)
+        if fault is not None:  # 4400, the protocol's answer to a malformed message
+            await self.handle_invalid_message(f"Invalid subscribe message: {fault}")
+            return
+        await super().handle_subscribe(message)
+
+    async def handle_complete(self, message: CompleteMessage) -> None:
+        """Strawberry's, for a string id; 4400 for any other (not a key of anything)."""
+        if not isinstance(message["id"], str):
+            await self.handle_invalid_message("Invalid complete message: the id must be a string")
+            return
+        await super().handle_complete(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         """Strawberry's operation task, joining a shared stream after the gate."""
@@ -120,6 +190,33 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The legacy `graphql-ws` protocol, with shared `runEvents` streams."""
+
+    async def handle_message(self, message: OperationMessage) -> None:
+        """Strawberry's, ignoring a message without a type and a stop of no string id
+        (as it ignores a type it does not know) instead of failing on them."""
+        fields = cast(Mapping[str, object], message)
+        kind = fields.get("type")
+        if not isinstance(kind, str) or (kind == "stop" and not isinstance(fields.get("id"), str)):
+            return
+        await super().handle_message(message)
+
+    async def handle_start(self, message: StartMessage) -> None:
+        """Strawberry's, after the checks of the message: a malformed one answers this
+        operation `error`, and the socket serves on."""
+        if not self.connection_acknowledged:  # Strawberry closes with 4401
+            await super().handle_start(message)
+            return
+        fields = cast(Mapping[str, object], message)
+        fault = _operation_fault(fields, extensions=False)
+        if fault is not None:
+            await self._refuse(fields.get("id"), _bad_input(f"Invalid start message: {fault}"))
+            return
+        await super().handle_start(message)
+
+    async def _refuse(self, op_id: object, error: GraphQLFormattedError) -> None:
+        await self.send_message(
+            cast(OperationMessage, {"type": "error", "id": op_id, "payload": error})
+        )
 
     async def handle_async_results(
         self,

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,15 @@ def start(tmp_path: Path) -> Starter:
         return running(create_app(settings, gateway=gateway))
 
     return starter
+
+
+@pytest.fixture
+def server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[str]]]:
+    """What the server logged at ERROR or above so far, uvicorn's "Exception in ASGI
+    application" included (uvicorn's loggers do not propagate to the root's capture)."""
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(caplog.handler)
+    try:
+        yield lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        uvicorn_error.removeHandler(caplog.handler)

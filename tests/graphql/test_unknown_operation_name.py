@@ -9,6 +9,7 @@ with a traceback). So did an SSE request with `"query": null`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,10 +20,20 @@ from tests.graphql.conftest import Server
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 SUBSCRIPTION = 'subscription { threadEvents(threadId: "t") { seq } }'
+UNKNOWN = 'Unknown operation named "X".'
 
 
 def _codes(errors: list[dict[str, Any]]) -> list[str | None]:
     return [e.get("extensions", {}).get("code") for e in errors]
+
+
+async def test_over_plain_http_it_is_bad_input(server: Server) -> None:
+    """The reference the other transports are held to."""
+    body = {"query": "{ health { status } }", "operationName": "X"}
+    response = await server.http.post("/graphql", json=body)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert _codes(errors) == ["BAD_USER_INPUT"] and errors[0]["message"] == UNKNOWN
 
 
 @pytest.mark.parametrize(
@@ -33,7 +44,9 @@ def _codes(errors: list[dict[str, Any]]) -> list[str | None]:
         {"query": None},
     ],
 )
-async def test_over_sse_it_is_bad_input(server: Server, body: dict[str, Any]) -> None:
+async def test_over_sse_it_is_bad_input(
+    server: Server, server_errors: Callable[[], list[str]], body: dict[str, Any]
+) -> None:
     headers = {"accept": "text/event-stream"}
     response = await server.http.post("/graphql", json=body, headers=headers)
     if response.status_code == 400:
@@ -47,9 +60,14 @@ async def test_over_sse_it_is_bad_input(server: Server, body: dict[str, Any]) ->
     assert results and all(_codes(r.get("errors", [])) == ["BAD_USER_INPUT"] for r in results), (
         response.text
     )
+    if body.get("operationName"):
+        assert results[0]["errors"][0]["message"] == UNKNOWN
+    assert server_errors() == []  # no bug to log
 
 
-async def test_over_graphql_transport_ws_it_is_bad_input(server: Server) -> None:
+async def test_over_graphql_transport_ws_it_is_bad_input(
+    server: Server, server_errors: Callable[[], list[str]]
+) -> None:
     async with TransportWS.connect(server.ws_url) as ws:
         await ws.send(
             {
@@ -62,9 +80,13 @@ async def test_over_graphql_transport_ws_it_is_bad_input(server: Server) -> None
         assert message["type"] == "error" and _codes(message["payload"]) == ["BAD_USER_INPUT"], (
             message
         )
+        assert message["payload"][0]["message"] == UNKNOWN
+    assert server_errors() == []
 
 
-async def test_over_legacy_graphql_ws_it_is_bad_input(server: Server) -> None:
+async def test_over_legacy_graphql_ws_it_is_bad_input(
+    server: Server, server_errors: Callable[[], list[str]]
+) -> None:
     async with LegacyWS.connect(server.ws_url) as ws:
         await ws.send(
             {"id": "1", "type": "start", "payload": {"query": SUBSCRIPTION, "operationName": "X"}}
@@ -72,3 +94,5 @@ async def test_over_legacy_graphql_ws_it_is_bad_input(server: Server) -> None:
         message = await ws.receive()
         assert message["type"] == "error", message
         assert _codes([message["payload"]]) == ["BAD_USER_INPUT"], message
+        assert message["payload"]["message"] == UNKNOWN
+    assert server_errors() == []

@@ -10,7 +10,8 @@ A malformed operation message never reaches Strawberry, whose handlers read its
 fields unchecked (a `start` without a payload crashed the socket; a null query
 was never answered): graphql-transport-ws closes the socket with 4400, as its
 protocol and its reference server (graphql-ws's `validateMessage`) do; the
-legacy protocol answers that operation an `error` and serves on.
+legacy protocol answers that operation an `error` and serves on. The
+subscription limit is refused with BAD_USER_INPUT on both.
 """
 
 from __future__ import annotations
@@ -95,6 +96,14 @@ def _bad_input(message: str, **extensions: object) -> GraphQLFormattedError:
     return GraphQLError(message, extensions={**extensions, "code": BadInputError.code}).formatted
 
 
+def _limit_reached(limit: int) -> GraphQLFormattedError:
+    return _bad_input(
+        f"Subscription limit reached: at most {limit} operations at once on one socket; "
+        "complete one, or open another socket",
+        maxSubscriptions=limit,
+    )
+
+
 def _request(
     handler: Any, query: str, variables: dict[str, Any] | None, operation_name: str | None
 ) -> Request:
@@ -125,10 +134,21 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """`graphql-transport-ws`, with shared `runEvents` streams."""
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
-        """Strawberry's, after the checks of the message."""
+        """Strawberry's, after the checks of the message and of the limit."""
         fault = _operation_fault(cast(Mapping[str, object], message), extensions=True)
         if fault is not None:  # 4400, the protocol's answer to a malformed message
             await self.handle_invalid_message(f"Invalid subscribe message: {fault}")
+            return
+        limit = self.max_subscriptions_per_connection
+        if (
+            limit is not None
+            and self.connection_acknowledged  # else Strawberry closes with 4401
+            and message["id"] not in self.operations  # else 4409
+            and len(self.operations) >= limit
+        ):
+            await self.send_message(
+                {"id": message["id"], "type": "error", "payload": [_limit_reached(limit)]}
+            )
             return
         await super().handle_subscribe(message)
 
@@ -201,8 +221,8 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def handle_start(self, message: StartMessage) -> None:
-        """Strawberry's, after the checks of the message: a malformed one answers this
-        operation `error`, and the socket serves on."""
+        """Strawberry's, after the checks of the message and of the limit: either
+        refused answers this operation `error`, and the socket serves on."""
         if not self.connection_acknowledged:  # Strawberry closes with 4401
             await super().handle_start(message)
             return
@@ -210,6 +230,13 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         fault = _operation_fault(fields, extensions=False)
         if fault is not None:
             await self._refuse(fields.get("id"), _bad_input(f"Invalid start message: {fault}"))
+            return
+        op_id = message["id"]
+        limit = self.max_subscriptions_per_connection
+        # A start of a running id replaces that operation: it frees its own place.
+        if limit is not None and len(self.tasks) - (op_id in self.tasks) >= limit:
+            await self.cleanup_operation(op_id)
+            await self._refuse(op_id, _limit_reached(limit))
             return
         await super().handle_start(message)
 

@@ -506,6 +506,15 @@ def test_serve_exits_1_when_the_app_cannot_start(tmp_path: Path) -> None:
     assert done.stderr.splitlines()[-1] == "error: the server did not start (see the log above)"
 
 
+def test_a_graph_that_cannot_be_loaded_stops_serve_with_one_line(tmp_path: Path) -> None:
+    # Like `--graphs garbage` ("error: graph spec 'garbage' is not ..."): a module that
+    # cannot be imported is the operator's mistake, told in one line, not a traceback.
+    port = str(_free_port())
+    done = cli("serve", "--port", port, "--graphs", "bad=no_such_module:graph", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "error: graph 'bad'" in done.stderr and "no_such_module" in done.stderr
+
+
 def test_an_open_gateway_listens_on_loopback_only(serve: Serve, tmp_path: Path) -> None:
     store = ["--sqlite-path", str(tmp_path / "open.sqlite")]
     port = str(_free_port())

@@ -120,3 +120,12 @@ def test_the_durable_fallback_is_postgresqls_by_default_and_sqlites_when_set(
     )
     with pytest.raises(ConfigurationError, match="the database itself"):
         checkpointer_from_env({**lite, "CODE_HERO_FALLBACK_PATH": f"{tmp_path}/db.sqlite"})
+
+
+def test_a_port_from_the_environment_is_a_tcp_port() -> None:
+    # `--port 99999` is refused as a bad argument; CODE_HERO_PORT=99999 was taken and
+    # uvicorn listened on 34463 (99999 mod 65536) while logging 99999.
+    assert settings_from_env({"CODE_HERO_PORT": "8600"}).port == 8600
+    for raw in ("65536", "99999"):
+        with pytest.raises(ConfigurationError, match="CODE_HERO_PORT"):
+            settings_from_env({"CODE_HERO_PORT": raw})

@@ -7,7 +7,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
 
@@ -16,7 +16,7 @@ from code_hero.resolvers.context import Context
 from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["Document", "Documents", "OperationHooks"]
+__all__ = ["Document", "Documents", "OperationHooks", "unnamed"]
 
 
 class OperationHooks(SchemaExtension):
@@ -129,6 +129,33 @@ def _degraded(ctx: Any) -> dict[str, Any]:
     return {"degraded": True, "degradedSince": since.isoformat() if since else None}
 
 
+def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
+    """The request error for a document of several operations that names none to run.
+
+    The GraphQL spec (GetOperation) makes that an error; Strawberry instead runs the
+    first one (its `ExecutionContext.operation_name` falls back to the first
+    operation's name, which it then hands to graphql-core), so `mutation Drop {...}
+    query Look {...}` sent without a name ran the mutation. Checked before
+    validation, so nothing of the document runs. The name as the request gave it is
+    only kept privately by Strawberry (`_provided_operation_name`); the tests of
+    tests/graphql/test_operation_name.py fail if that changes.
+    """
+    ast = ctx.graphql_document
+    if ast is None or ctx._provided_operation_name is not None:
+        return None
+    names = [
+        d.name.value if d.name else "(anonymous)"
+        for d in ast.definitions
+        if isinstance(d, OperationDefinitionNode)
+    ]
+    if len(names) < 2:
+        return None
+    return GraphQLError(
+        f"the document holds {len(names)} operations ({', '.join(names)}) and no operation"
+        " name: name the one to run with operationName"
+    )
+
+
 @dataclass
 class Document:
     """A text that parsed: its AST (shared: graphql-core never mutates one),
@@ -198,7 +225,13 @@ class Documents:
         return document
 
     def validate(self, ctx: ExecutionContext, document: Document | None) -> Iterator[None]:
-        """Around Strawberry's validation of `document` (what `parse` gave)."""
+        """Around Strawberry's validation of `document` (what `parse` gave); a document of
+        several operations without `operationName` is refused here (see `unnamed`)."""
+        refused = unnamed(ctx)
+        if refused is not None:
+            ctx.pre_execution_errors = [refused]  # Strawberry then neither validates nor runs
+            yield
+            return
         if self.rules:
             ctx.validation_rules = (*ctx.validation_rules, *self.rules)
         if document is None or document.ast is not ctx.graphql_document:

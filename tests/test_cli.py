@@ -492,18 +492,32 @@ def test_the_parsers_copy_of_statuses_is_current() -> None:
     assert cli.THREAD_STATUSES == tuple(s.value for s in ThreadStatus)
 
 
-def test_serve_exits_1_when_the_app_cannot_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "environment", "told"),
+    [
+        (["--graphs", "bad=no_such_module:graph"], {}, "graph 'bad' (no_such_module:graph)"),
+        ([], {"CODE_HERO_MODEL": "nope:model"}, "Model 'nope:model'"),
+        ([], {"CODE_HERO_DEFAULT_GRAPH": "nope"}, "default graph 'nope' is not loaded"),
+    ],
+)
+def test_serve_exits_1_when_the_app_cannot_start(
+    tmp_path: Path, option: list[str], environment: dict[str, str], told: str
+) -> None:
+    # These fail in the app's lifespan, under uvicorn: told in one `error:` line as
+    # `code-hero run` tells them, with no traceback in the log above it.
     done = subprocess.run(
-        [*COMMAND, "serve", "--port", str(_free_port()), "--graphs", "bad=no_such_module:graph"],
+        [*COMMAND, "serve", "--port", str(_free_port()), *option],
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env={**_env(), **environment},
         cwd=tmp_path,
     )
     assert done.returncode == 1
-    assert "no_such_module" in done.stderr
-    assert done.stderr.splitlines()[-1] == "error: the server did not start (see the log above)"
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("error: ") and told in last, done.stderr
+    assert sum(told in line for line in done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_a_graph_that_cannot_be_loaded_stops_serve_with_one_line(tmp_path: Path) -> None:

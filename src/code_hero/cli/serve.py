@@ -24,6 +24,8 @@ from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from code_hero.settings import AppSettings
 
 __all__ = ["GC_THRESHOLD", "MALLOC_ARENAS", "serve"]
@@ -85,7 +87,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("!" * 72)
     settings = _fallback_file_checked(settings)
     _cap_malloc_arenas()
-    app = create_app(settings)
+    app = _StartupErrors(create_app(settings))
     # The modules and the schema (nearly all of the heap) live as long as the process:
     # frozen, the collector's full passes skip them (1.8 % of a thread-list page's
     # instructions; callgrind).
@@ -131,9 +133,48 @@ def serve(args: argparse.Namespace) -> int:
     except SystemExit as exc:  # uvicorn exits 3 when the app's lifespan fails to start
         if exc.code == EXIT_OK:
             raise
+    if app.failure is not None:  # the operator's mistake: told in one line
+        raise app.failure
     if not server.started:
         raise CodeHeroError("the server did not start (see the log above)")
     return EXIT_OK
+
+
+class _StartupErrors:
+    """The app, with a start-up failure that is the operator's to fix (a CodeHeroError:
+    a graph that cannot be loaded, an unknown model or default graph, a database
+    required and down) kept for `serve` to tell in one `error:` line, as `code-hero
+    run` does, instead of the traceback Starlette hands uvicorn to log. Anything else
+    (a bug) keeps its traceback in the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.failure: CodeHeroError | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def send_failure_later(message: Message) -> None:
+            # Starlette sends the failure (with its traceback) first and raises after:
+            # which exception it was is known only then.
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_failure_later)
+        except CodeHeroError as exc:
+            if held:
+                self.failure = exc
+                held[:] = [{"type": "lifespan.startup.failed", "message": ""}]
+            raise
+        finally:
+            for message in held:
+                await send(message)
 
 
 def _cap_malloc_arenas() -> None:

@@ -126,6 +126,9 @@ def test_a_port_from_the_environment_is_a_tcp_port() -> None:
     # `--port 99999` is refused as a bad argument; CODE_HERO_PORT=99999 was taken and
     # uvicorn listened on 34463 (99999 mod 65536) while logging 99999.
     assert settings_from_env({"CODE_HERO_PORT": "8600"}).port == 8600
-    for raw in ("65536", "99999"):
+    assert settings_from_env({"CODE_HERO_PORT": "65535"}).port == 65535
+    assert settings_from_env({"CODE_HERO_PORT": "0"}).port == 0  # any free port, as --port 0
+    assert settings_from_env({}).port == 8000
+    for raw in ("65536", "99999", "-1"):
         with pytest.raises(ConfigurationError, match="CODE_HERO_PORT"):
             settings_from_env({"CODE_HERO_PORT": raw})

@@ -65,7 +65,7 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_DEFAULT_GRAPH": "graph used when a run names none (default code_hero)",
     "CODE_HERO_MODEL": "provider:model for the agents (default: the offline model)",
     "CODE_HERO_HOST": "listen address (default 127.0.0.1)",
-    "CODE_HERO_PORT": "listen port (default 8000)",
+    "CODE_HERO_PORT": "listen port, 0 to 65535 (default 8000)",
     "CODE_HERO_LOG_LEVEL": "debug, info, warning, error (default info)",
     "CODE_HERO_MAX_CONCURRENT_RUNS": "runs executing at once in this process (8; 0: serve only)",
     "CODE_HERO_LEASE_SECONDS": "run lease; an orphaned run is resumed after it lapses (15)",
@@ -164,6 +164,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 0:
         raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def _port(env: Mapping[str, str]) -> int:
+    # As --port: uvicorn would take 99999, listen on 99999 mod 65536 and log 99999.
+    value = _int(env, "CODE_HERO_PORT", 8000)
+    if value > 65535:
+        raise ConfigurationError(f"CODE_HERO_PORT must be a TCP port (0 to 65535), got {value}")
     return value
 
 
@@ -411,7 +419,7 @@ def settings_from_env(
         gateway=gateway,
         limits=limits,
         host=host,
-        port=port if port is not None else _int(env, "CODE_HERO_PORT", 8000),
+        port=port if port is not None else _port(env),
         log_level=level,
         graphiql=_bool(env, "CODE_HERO_GRAPHIQL", not auth.enabled),
         ui=ui,

@@ -335,6 +335,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         if request.from_checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(request.from_checkpoint_id, "fromCheckpointId")
             request = replace(request, from_checkpoint_id=checkpoint_id)
+        if request.graph == "":  # no graph, not the default one (leave it out for that)
+            raise BadInputError(
+                'graph "" names no graph: name a loaded graph, or leave graph out for the '
+                f"default one ({self.graph_registry.default})"
+            )
         check_request_text(request)
         if request.webhook is not None:
             request = replace(request, webhook=self.check_run_webhook(request.webhook))

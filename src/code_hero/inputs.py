@@ -45,6 +45,7 @@ __all__ = [
     "check_text",
     "check_thread_id",
     "check_ttl_seconds",
+    "check_webhook_id",
 ]
 
 MAX_THREAD_ID_LENGTH = 128
@@ -71,9 +72,18 @@ def check_checkpoint_id(value: object, name: str = "checkpointId") -> str:
 
 def check_run_id(value: object, name: str = "runId") -> str:
     """`value` in lower case if it is a UUID; BadInputError naming `name` otherwise."""
+    return _check_uuid(value, name, "a run id")
+
+
+def check_webhook_id(value: object, name: str = "webhookId") -> str:
+    """`value` in lower case if it is a UUID (as a webhook's id is); BadInputError otherwise."""
+    return _check_uuid(value, name, "a webhook id")
+
+
+def _check_uuid(value: object, name: str, what: str) -> str:
     if isinstance(value, str) and _RUN_ID.fullmatch(value):
         return value.lower()
-    raise BadInputError(f"{name} must be a run id: a UUID such as {_EXAMPLE}")
+    raise BadInputError(f"{name} must be {what}: a UUID such as {_EXAMPLE}")
 
 
 def check_text(value: object, name: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.compose import Services
 from code_hero.errors import BadInputError, ConflictError
-from code_hero.inputs import check_run_id, check_text, check_thread_id
+from code_hero.inputs import check_run_id, check_text, check_thread_id, check_webhook_id
 from code_hero.persistence import clock
 from code_hero.persistence.records import Page, RunFilter
 from code_hero.persistence.webhooks import (
@@ -133,7 +133,7 @@ class WebhookAccess:
     async def delete_webhook(self, webhook_id: str, *, caller: Caller = ANONYMOUS) -> bool:
         """Delete one of the caller's webhooks and its deliveries; False when there is none."""
         self.policy.spend(caller, Action.WEBHOOK_DELETE)
-        webhook_id = check_run_id(webhook_id, "id")
+        webhook_id = check_webhook_id(webhook_id, "id")
         await self.policy.require(caller, Action.WEBHOOK_DELETE, value={"id": webhook_id})
         owner = None if caller.is_admin else caller.user_id
         async with self._webhooks() as store:
@@ -154,7 +154,7 @@ class WebhookAccess:
     ) -> DeliveryFilter:
         return DeliveryFilter(
             user_id=None if caller.is_admin else caller.user_id,
-            webhook_id=None if webhook_id is None else check_run_id(webhook_id, "webhookId"),
+            webhook_id=(None if webhook_id is None else check_webhook_id(webhook_id)),
             run_id=None if run_id is None else check_run_id(run_id, "runId"),
             status=status,
         )

@@ -1,8 +1,8 @@
 """Arguments that are present but empty or of the wrong kind, named honestly.
 
 - `startRun(input: {graph: ""})` ran the default graph, as if no graph were
-  named; an empty name is no graph (NOT_FOUND, as any unknown name, or
-  BAD_USER_INPUT), never a silent default.
+  named; an empty name is no graph: BAD_USER_INPUT naming it, never a silent
+  default, and no run starts.
 - A malformed webhook id was refused as "id must be a run id", and a malformed
   delivery cursor as "a previous page of deliverys": the messages name the wrong
   thing (a webhook's id is not a run's).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.graphql.clients import codes, gql
+from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -22,18 +22,27 @@ async def test_an_empty_graph_name_is_not_the_default_graph(server: Server) -> N
     body = await gql(
         server.http, 'mutation { startRun(input: {message: "hi", graph: ""}) { id graph } }'
     )
-    assert codes(body) in (["NOT_FOUND"], ["BAD_USER_INPUT"]), body
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert 'graph ""' in body["errors"][0]["message"], body
     count = await gql(server.http, "{ runs { totalCount } }")
     assert count["data"]["runs"]["totalCount"] == 0
+    # Left out, the default graph runs.
+    started = await gql(server.http, 'mutation { startRun(input: {message: "hi"}) { graph } }')
+    assert data(started)["startRun"]["graph"] == "code_hero"
 
 
 async def test_webhook_ids_and_cursors_are_named_as_such(server: Server) -> None:
     body = await gql(server.http, 'mutation { deleteWebhook(id: "nope") }')
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert "run id" not in body["errors"][0]["message"], body
+    message = body["errors"][0]["message"]
+    assert "run id" not in message and "id must be a webhook id" in message, body
     body = await gql(server.http, '{ webhookDeliveries(webhookId: "nope") { edges { cursor } } }')
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert "run id" not in body["errors"][0]["message"], body
+    message = body["errors"][0]["message"]
+    assert "run id" not in message and "webhookId must be a webhook id" in message, body
+    body = await gql(server.http, '{ webhookDeliveries(runId: "nope") { edges { cursor } } }')
+    assert "runId must be a run id" in body["errors"][0]["message"], body
     body = await gql(server.http, '{ webhookDeliveries(after: "x") { edges { cursor } } }')
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert "deliverys" not in body["errors"][0]["message"], body
+    message = body["errors"][0]["message"]
+    assert "deliverys" not in message and "a previous page of deliveries" in message, body

@@ -67,6 +67,10 @@ def delivery_cursor(created_at: datetime, delivery_id: str) -> str:
     return _encode_cursor("delivery", created_at, delivery_id, order_tag(RunOrder()))
 
 
+def _plural(kind: str) -> str:
+    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"  # deliveries, runs
+
+
 def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tuple[datetime, str]:
     """The (time, key) a cursor of `kind` points after; BadInputError if it is not one, or
     if it was made for another order than `order`."""
@@ -82,12 +86,12 @@ def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tupl
             raise ValueError(cursor)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise BadInputError(
-            f"malformed cursor {cursor!r}: pass the endCursor of a previous page of {kind}s"
+            f"malformed cursor {cursor!r}: pass the endCursor of a previous page of {_plural(kind)}"
         ) from exc
     wanted = order_tag(order)
     if made_for != wanted:
         raise BadInputError(
-            f"this cursor belongs to a listing of {kind}s ordered {made_for}, not {wanted}: "
-            "pass the same orderBy as the page it came from"
+            f"this cursor belongs to a listing of {_plural(kind)} ordered {made_for}, "
+            f"not {wanted}: pass the same orderBy as the page it came from"
         )
     return when, key

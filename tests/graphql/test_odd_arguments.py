@@ -6,6 +6,8 @@
 - A malformed webhook id was refused as "id must be a run id", and a malformed
   delivery cursor as "a previous page of deliverys": the messages name the wrong
   thing (a webhook's id is not a run's).
+- `checkpoint(threadId: ..., id: "")` answered the latest checkpoint, as for a
+  null id: "" is no checkpoint id (BAD_USER_INPUT).
 """
 
 from __future__ import annotations
@@ -46,3 +48,15 @@ async def test_webhook_ids_and_cursors_are_named_as_such(server: Server) -> None
     assert codes(body) == ["BAD_USER_INPUT"]
     message = body["errors"][0]["message"]
     assert "deliverys" not in message and "a previous page of deliveries" in message, body
+
+
+async def test_an_empty_checkpoint_id_is_not_the_latest_checkpoint(server: Server) -> None:
+    # `id` null means the latest checkpoint; "" is an id, and no valid one.
+    started = await gql(
+        server.http, 'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }'
+    )
+    thread = data(started)["startRun"]["threadId"]
+    latest = await gql(server.http, f'{{ checkpoint(threadId: "{thread}") {{ id }} }}')
+    assert data(latest)["checkpoint"]["id"]
+    body = await gql(server.http, f'{{ checkpoint(threadId: "{thread}", id: "") {{ id }} }}')
+    assert codes(body) == ["BAD_USER_INPUT"], body

@@ -21,6 +21,6 @@ async def checkpoint(
     """The checkpoint with that id, the latest one when id is null, or null."""
     ctx = info.context
     view = await ctx.gateway.get_checkpoint(
-        thread_id, checkpoint_id or None, namespace or "", caller=ctx.caller
+        thread_id, checkpoint_id, namespace or "", caller=ctx.caller
     )
     return None if view is None else mapping.checkpoint_of(view)

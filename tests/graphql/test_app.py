@@ -189,6 +189,17 @@ async def test_graphiql_and_get_queries(start: Starter) -> None:
         assert page.status_code == 404
 
 
+async def test_a_refused_method_is_told_which_are_allowed(start: Starter) -> None:
+    # HEAD was refused (by Strawberry, with no Allow) while every other 405's Allow
+    # listed it (Starlette adds HEAD to a GET route): they must agree.
+    async with start() as server:
+        for method in ("HEAD", "PUT", "DELETE"):
+            refused = await server.http.request(method, "/graphql")
+            assert refused.status_code == 405, method
+            allowed = {m.strip() for m in refused.headers["allow"].split(",")}
+            assert allowed == {"GET", "POST"}, (method, allowed)
+
+
 async def test_a_passed_gateway_is_left_open(start: Starter, tmp_path: Any) -> None:
     settings = GatewaySettings(checkpointer=create_sqlite_checkpointer(str(tmp_path / "p.sqlite")))
     async with Gateway(settings) as gateway:

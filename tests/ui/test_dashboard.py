@@ -147,6 +147,15 @@ def test_a_graphql_error_shows_as_a_banner_with_its_code(page: Any, server: Serv
     assert page.get_by_role("heading", name="Could not load this view").is_visible()
 
 
+@pytest.mark.parametrize("kind", ["threads", "runs"])
+def test_an_id_with_a_malformed_escape_is_not_found(page: Any, server: Server, kind: str) -> None:
+    # decodeURIComponent throws on %ff: the page showed "URI malformed" as an error.
+    page.goto(f"{server.url}/ui/{kind}/%ff")
+    page.get_by_role("heading", name="Not found").wait_for()
+    assert "malformed %-escape" in page.locator("#view").inner_text()
+    assert page.get_by_role("alert").count() == 0  # no error banner: the address is at fault
+
+
 def test_every_control_has_a_label_and_is_reachable_by_keyboard(page: Any, server: Server) -> None:
     page.goto(f"{server.url}/ui/threads")
     page.get_by_test_id("total").wait_for()

@@ -89,6 +89,15 @@ function header() {
   }
 }
 
+/** The path's parts decoded, or null when one holds a malformed %-escape. */
+function decoded(parts) {
+  try {
+    return parts.map(decodeURIComponent);
+  } catch {
+    return null; // URIError
+  }
+}
+
 /** Show the view of the current URL. */
 export async function render() {
   if (cleanup) cleanup();
@@ -97,13 +106,16 @@ export async function render() {
   header();
   const path = location.pathname;
   const route = ROUTES.find(([pattern]) => pattern.test(path));
-  if (!route) {
-    view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, "No view at ", h("code", {}, path), ". ", h("a", { href: "/ui" }, "Overview")));
+  const params = route ? decoded(path.match(route[0]).slice(1)) : null;
+  if (!params) {
+    // No such view, or an id with a malformed %-escape (/ui/threads/%ff), which names
+    // no thread or run: there is nothing to ask the API for.
+    const why = route ? ": its id holds a malformed %-escape, so it names nothing" : "";
+    view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, "No view at ", h("code", {}, path), why, ". ", h("a", { href: "/ui" }, "Overview")));
     return;
   }
   const query = new URLSearchParams(location.search);
   try {
-    const params = path.match(route[0]).slice(1).map(decodeURIComponent); // may throw on a bad escape
     const module = await route[1]();
     cleanup = (await module.render(view, params, query, ctx)) || null;
   } catch (err) {

@@ -56,6 +56,9 @@ async def test_several_operations_without_a_name_run_none(server: Server) -> Non
         "/graphql", json={"query": DROP_THEN_LOOK, "operationName": "Look"}
     )
     assert data(named.json())["graphs"]
+    # Cached and found valid by then: still refused without a name.
+    again = await server.http.post("/graphql", json={"query": DROP_THEN_LOOK})
+    refused(again.json()["errors"])
     await kept(server)
 
 

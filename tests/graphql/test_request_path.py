@@ -97,7 +97,12 @@ def test_documents_are_validated_until_found_valid() -> None:
     validations: list[str] = []
 
     def request(text: str, errors: list[str]) -> list[str] | None:
-        ctx = SimpleNamespace(query=text, graphql_document=None, pre_execution_errors=None)
+        ctx = SimpleNamespace(
+            query=text,
+            graphql_document=None,
+            pre_execution_errors=None,
+            _provided_operation_name=None,  # as Strawberry's ExecutionContext keeps it
+        )
         for _ in documents.parse(ctx):  # type: ignore[arg-type]
             if ctx.graphql_document is None:
                 ctx.graphql_document = parse(text)

@@ -143,13 +143,13 @@ def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     ast = ctx.graphql_document
     if ast is None or ctx._provided_operation_name is not None:
         return None
-    names = [
-        d.name.value if d.name else "(anonymous)"
-        for d in ast.definitions
-        if isinstance(d, OperationDefinitionNode)
-    ]
-    if len(names) < 2:
+    definitions = ast.definitions
+    if len(definitions) < 2:  # nearly every request: one operation, nothing else
         return None
+    operations = [d for d in definitions if isinstance(d, OperationDefinitionNode)]
+    if len(operations) < 2:
+        return None
+    names = [d.name.value if d.name else "(anonymous)" for d in operations]
     return GraphQLError(
         f"the document holds {len(names)} operations ({', '.join(names)}) and no operation"
         " name: name the one to run with operationName"

@@ -62,7 +62,7 @@ def _kind(value: object) -> str:
     if isinstance(value, int | float):
         return "a number"
     if isinstance(value, str):
-        return "a string"
+        return "a string" if value else "an empty string"
     return "an array" if isinstance(value, list) else "an object"
 
 
@@ -229,7 +229,10 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         fields = cast(Mapping[str, object], message)
         fault = _operation_fault(fields, extensions=False)
         if fault is not None:
-            await self._refuse(fields.get("id"), _bad_input(f"Invalid start message: {fault}"))
+            op_id = fields.get("id")
+            if isinstance(op_id, str):  # a start of a running id stops it first, as ever
+                await self.cleanup_operation(op_id)
+            await self._refuse(op_id, _bad_input(f"Invalid start message: {fault}"))
             return
         op_id = message["id"]
         limit = self.max_subscriptions_per_connection

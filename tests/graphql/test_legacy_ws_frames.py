@@ -104,3 +104,11 @@ async def test_a_frame_without_a_usable_id_or_type_does_not_drop_the_socket(
         else:
             assert refused == []
     assert server_errors() == []
+
+
+async def test_an_empty_id_is_named_as_such(server: Server) -> None:
+    async with LegacyWS.connect(server.ws_url) as ws:
+        await ws.send({"id": "", "type": "start", "payload": {"query": THREAD}})
+        message = await ws.receive()
+        assert message["type"] == "error"
+        assert "not an empty string" in message["payload"]["message"], message

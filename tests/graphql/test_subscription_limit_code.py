@@ -42,3 +42,21 @@ async def test_the_refusal_has_a_code_on_both_protocols(start: Starter) -> None:
             await legacy.stop("1")
             _, end = await legacy.collect("1")
             assert end["type"] == "complete"
+
+
+async def test_a_malformed_restart_of_a_running_id_frees_its_place(start: Starter) -> None:
+    """A start reusing a running id stops that operation first, malformed or not (as
+    Strawberry and the protocol's reference server do): its `error` ends the id for
+    the client, and the operation held a place of the socket's limit (review)."""
+    async with start(Limits(max_subscriptions=1)) as server:
+        run = 'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }'
+        variables = {"t": data(await gql(server.http, run))["startRun"]["threadId"]}
+        async with LegacyWS.connect(server.ws_url) as ws:
+            await ws.start("a", QUERY, variables)
+            await ws.send({"id": "a", "type": "start", "payload": {"query": None}})
+            # Over the limit only if "a" still runs: else the query is refused for
+            # being a query (legacy graphql-ws runs subscriptions only).
+            await ws.start("b", "{ health { status } }")
+            _, answer = await ws.collect("b")
+            assert answer["type"] == "error"
+            assert "maxSubscriptions" not in answer["payload"].get("extensions", {}), answer

@@ -1,0 +1,45 @@
+"""A cursor is the client's input too: a forged one is BAD_USER_INPUT, never INTERNAL.
+
+The keyset listings (`threads`, `runs`, `webhookDeliveries`) decode their cursor
+(base64 of [kind, time, key, order]) and check its shape, but not the key or the
+time: a key holding a lone surrogate (both backends) or NUL (PostgreSQL), or a
+time whose offset takes it past year 9999 in UTC (SQLite), reached the database
+and answered INTERNAL, with a traceback in the log.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.graphql.clients import codes, gql
+from tests.graphql.conftest import Server
+
+LISTINGS = {
+    "thread": ("query($c: String) { threads(after: $c) { totalCount } }", "UPDATED_AT:DESC"),
+    "run": ("query($c: String) { runs(after: $c) { totalCount } }", "CREATED_AT:DESC"),
+    "delivery": (
+        "query($c: String) { webhookDeliveries(after: $c) { edges { cursor } } }",
+        "CREATED_AT:DESC",
+    ),
+}
+WHEN = "2026-11-30T22:40:58+00:00"
+FORGED = {
+    "lone surrogate in the key": (WHEN, "\\ud800"),
+    "NUL in the key": (WHEN, "a\\u0000b"),
+    "time past year 9999 in UTC": ("9999-12-31T23:59:59-23:59", "k"),
+}
+
+
+@pytest.mark.parametrize("kind", LISTINGS)
+@pytest.mark.parametrize("forged", FORGED.values(), ids=FORGED.keys())
+async def test_a_forged_cursor_is_bad_input(
+    server: Server, kind: str, forged: tuple[str, str]
+) -> None:
+    query, order = LISTINGS[kind]
+    when, key = forged
+    raw = f'["{kind}","{when}","{key}","{order}"]'
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode()
+    body = await gql(server.http, query, {"c": cursor})
+    assert set(codes(body)) <= {"BAD_USER_INPUT"}, body

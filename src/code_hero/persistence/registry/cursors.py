@@ -13,11 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
 from code_hero.errors import BadInputError
+from code_hero.persistence.jsonable import storable_text
 from code_hero.persistence.records import (
     RunOrder,
     RunRecord,
@@ -81,10 +82,16 @@ def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tupl
         tag, at, key, made_for = (*item, _DEFAULT_TAGS.get(kind))[:4]
         if tag != kind or not isinstance(at, str) or not isinstance(key, str):
             raise ValueError(cursor)
+        # A forged key or time must not reach the database: no NUL or lone surrogate
+        # (PostgreSQL's text holds neither, SQLite's driver cannot encode the latter), no
+        # time past year 9999 or before year 1 once in UTC (SQLite compares UTC text).
+        if not storable_text(key):
+            raise ValueError(cursor)
         when = datetime.fromisoformat(at)
         if when.tzinfo is None:
             raise ValueError(cursor)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        when = when.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise BadInputError(
             f"malformed cursor {cursor!r}: pass the endCursor of a previous page of {_plural(kind)}"
         ) from exc

@@ -6,6 +6,8 @@
     text            no NUL (U+0000) and no lone surrogate (U+D800-DFFF), in
                     strings and in JSON keys and values
     metadata        a JSON object, its text as above
+    a JSON value    (every argument of type JSON) finite numbers only (NaN and
+                    Infinity are not JSON), nested at most MAX_JSON_DEPTH levels
     ttl (seconds)   a whole number from 1 to 10 years (a typo of a few more
                     digits would otherwise overflow the database's time range)
     a count         a whole number within the bounds the argument documents
@@ -22,24 +24,34 @@ PostgreSQL's text and jsonb cannot hold a NUL, and neither database can store
 a lone surrogate (JSON's "\\ud800" escape makes one; it is no UTF-8): such text
 is refused on every backend alike instead of failing half way.
 
+A JSON value is checked once, as the JSON scalar parses it, whatever the
+argument: `1e400` in a query is a float infinity and Python's json reads `NaN`
+from a body, which SQLite would store as text its own JSON functions cannot
+read (every metadata filter failed after) and PostgreSQL as null. A value nested
+deeper than any state needs would fail later, when encoded, on Python's
+recursion limit; 64 levels is as deep as the gateway renders a checkpoint value.
+
 Anything else is a BadInputError (BAD_USER_INPUT) that names the argument.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.jsonable import storable_text
+from code_hero.persistence.jsonable import MAX_DEPTH, storable_text
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_THREAD_ID_LENGTH",
     "MAX_TTL_SECONDS",
     "THREAD_ID_RULE",
     "check_checkpoint_id",
     "check_count",
+    "check_json",
     "check_metadata",
     "check_run_id",
     "check_text",
@@ -54,6 +66,7 @@ _THREAD_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_THREAD_ID_LENGTH}}}")
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _EXAMPLE = "0b6f3c1e-6a4e-4f0e-9b1a-2d5c7e9f1a3b"
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
+MAX_JSON_DEPTH = MAX_DEPTH
 
 
 def check_thread_id(value: object, name: str = "threadId") -> str:
@@ -101,6 +114,30 @@ def check_text(value: object, name: str) -> None:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+
+
+def check_json(value: object, name: str = "a JSON value") -> object:
+    """`value` if its numbers are finite and it nests at most MAX_JSON_DEPTH levels of
+    arrays and objects; BadInputError naming `name` and where in it otherwise."""
+    stack: list[tuple[object, int, str]] = [(value, 0, "$")]
+    while stack:  # not recursive: the body parser takes a value a thousand levels deep
+        item, depth, at = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise BadInputError(
+                    f"{name} holds {item!r} at {at}: numbers must be finite "
+                    "(NaN and Infinity are not JSON, and 1e400 overflows to Infinity)"
+                )
+        elif isinstance(item, (Mapping, list, tuple)):
+            if depth == MAX_JSON_DEPTH:
+                raise BadInputError(
+                    f"{name} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+                )
+            if isinstance(item, Mapping):
+                stack.extend((v, depth + 1, f"{at}.{k}") for k, v in item.items())
+            else:
+                stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(item))
+    return value
 
 
 def check_metadata(value: object, name: str = "metadata") -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""JSON numbers no database stores as JSON (1e400, NaN, Infinity) in a caller's metadata.
+"""JSON numbers no database stores as JSON (1e400, NaN, Infinity) in a caller's input.
 
 GraphQL parses `1e400` as a float infinity, and a JSON body may carry `NaN` or
-`Infinity` (Python's json module reads them). Whatever the gateway does with
-such a value (refuse it as BAD_USER_INPUT, or store something else), it must not
-store text the database's own JSON functions cannot read: on SQLite a row holding
+`Infinity` (Python's json module reads them). On SQLite a row holding
 `{"x":Infinity}` made every metadata filter of every caller answer INTERNAL
-("malformed JSON") from then on.
+("malformed JSON") from then on; PostgreSQL quietly stored null. Every JSON
+argument now refuses them, on every transport: BAD_USER_INPUT, nothing written,
+and the filters keep working.
 """
 
 from __future__ import annotations
@@ -15,25 +15,53 @@ from typing import Any
 
 import pytest
 
-from tests.graphql.clients import codes, gql
+from tests.graphql.clients import TransportWS, codes, gql
 from tests.graphql.conftest import Server
 
 RUNS = "{ runs(filter: {metadata: {k: 1}}) { totalCount } }"
 THREADS = "{ threads(filter: {metadata: {k: 1}}) { totalCount } }"
 STATS = "{ runStats(filter: {metadata: {k: 1}}) { runs } }"
 DELETE = "mutation { deleteThreads(filter: {metadata: {k: 1}}) { deleted } }"
+START = 'mutation($m: JSON) { startRun(input: {message: "hi", %s: $m, wait: true}) { id } }'
 
-WRITES: list[tuple[str, dict[str, Any]]] = [
-    ('mutation { startRun(input: {message: "hi", metadata: {x: 1e400}, wait: true}) { id } }', {}),
-    (
-        'mutation($m: JSON) { startRun(input: {message: "hi", metadata: $m, wait: true}) { id } }',
-        {"m": {"x": float("nan")}},
+NAN, INF = float("nan"), float("inf")
+# Every JSON argument there is (schema.graphql), as a variable or a literal.
+WRITES: dict[str, tuple[str, dict[str, Any]]] = {
+    "startRun metadata literal 1e400": (
+        'mutation { startRun(input: {message: "hi", metadata: {x: 1e400}, wait: true}) { id } }',
+        {},
     ),
-    (
+    "startRun metadata NaN": (START % "metadata", {"m": {"k": 1, "x": NAN}}),
+    "startRun config nested": (START % "config", {"m": {"a": {"b": [1, INF]}}}),
+    "startRun input": (
+        "mutation($m: JSON) { startRun(input: {input: $m, wait: true}) { id } }",
+        {"m": {"messages": [], "x": -INF}},
+    ),
+    "startRun resume": (
+        'mutation($m: JSON) { startRun(input: {threadId: "t1", resume: $m}) { id } }',
+        {"m": NAN},
+    ),
+    "createThread metadata": (
         "mutation($m: JSON) { createThread(input: {metadata: $m}) { id } }",
-        {"m": {"x": float("-inf")}},
+        {"m": {"k": 1, "x": -INF}},
     ),
-]
+    "updateThread metadata": (
+        'mutation($m: JSON) { updateThread(input: {id: "t1", metadata: $m}) { id } }',
+        {"m": {"k": 1, "x": INF}},
+    ),
+    "updateState values": (
+        'mutation($m: JSON!) { updateState(input: {threadId: "t1", values: $m}) { id } }',
+        {"m": {"x": NAN}},
+    ),
+    "threads filter": (
+        "query($m: JSON) { threads(filter: {metadata: $m}) { totalCount } }",
+        {"m": {"x": INF}},
+    ),
+    "runs filter": (
+        "query($m: JSON) { runs(filter: {metadata: $m}) { totalCount } }",
+        {"m": {"x": NAN}},
+    ),
+}
 
 
 async def _post(server: Server, query: str, variables: dict[str, Any]) -> dict[str, Any]:
@@ -47,12 +75,50 @@ async def _post(server: Server, query: str, variables: dict[str, Any]) -> dict[s
     return body
 
 
-@pytest.mark.parametrize(("write", "variables"), WRITES)
-async def test_a_non_finite_number_does_not_break_metadata_filters(
-    server: Server, write: str, variables: dict[str, Any]
-) -> None:
-    written = await _post(server, write, variables)
-    assert "INTERNAL" not in codes(written), written
+def _refused(errors: list[dict[str, Any]]) -> None:
+    assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"], errors
+    assert "must be finite" in errors[0]["message"], errors
+
+
+async def _filters_work(server: Server) -> None:
     for query in (RUNS, THREADS, STATS, DELETE):
         body = await gql(server.http, query)
         assert "errors" not in body, (query, body["errors"])
+
+
+@pytest.mark.parametrize(("write", "variables"), WRITES.values(), ids=WRITES.keys())
+async def test_a_non_finite_number_is_refused_and_breaks_no_filter(
+    server: Server, write: str, variables: dict[str, Any]
+) -> None:
+    written = await _post(server, write, variables)
+    _refused(written.get("errors", []))
+    assert not written.get("data"), written
+    await _filters_work(server)
+    threads = await gql(server.http, "{ threads { totalCount } runs { totalCount } }")
+    assert threads["data"] == {"threads": {"totalCount": 0}, "runs": {"totalCount": 0}}
+
+
+async def test_a_non_finite_number_is_refused_over_a_websocket(server: Server) -> None:
+    async with TransportWS.connect(server.ws_url) as ws:
+        for i, (write, variables) in enumerate(WRITES.values()):
+            await ws.subscribe(str(i), write, variables)  # the client's json writes NaN
+            payloads, end = await ws.collect(str(i))
+            assert end is not None, write
+            if end["type"] == "error":  # refused before execution
+                errors = end["payload"]
+            else:
+                assert end["type"] == "complete" and len(payloads) == 1, (payloads, end)
+                errors = payloads[0]["errors"]
+            _refused(errors)
+    await _filters_work(server)
+
+
+async def test_finite_numbers_still_pass(server: Server) -> None:
+    body = await _post(
+        server,
+        "mutation($m: JSON) { createThread(input: {metadata: $m}) { id metadata } }",
+        {"m": {"k": 1, "x": 2.5e-3, "y": -0.5, "z": [1, 2]}},
+    )
+    assert "errors" not in body, body
+    assert body["data"]["createThread"]["metadata"] == {"k": 1, "x": 2.5e-3, "y": -0.5, "z": [1, 2]}
+    assert codes(await gql(server.http, THREADS)) == []

@@ -11,6 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
 
 from code_hero.errors import BadInputError
+from code_hero.inputs import check_json
 
 __all__ = ["JSON", "SCALARS", "parse_datetime", "serialize_datetime"]
 
@@ -57,7 +58,9 @@ JSON_SCALAR: ScalarDefinition = strawberry.scalar(
     name="JSON",
     description="Any JSON value: object, array, string, number, boolean or null.",
     serialize=lambda value: value,
-    parse_value=lambda value: value,
+    # Every JSON argument, as a variable or a literal (graphql-core parses a literal
+    # with `parse_value` too): finite numbers, bounded nesting (inputs.check_json).
+    parse_value=check_json,
 )
 
 # For StrawberryConfig(scalar_map=...): Python type -> GraphQL scalar.

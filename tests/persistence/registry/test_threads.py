@@ -15,6 +15,7 @@ from code_hero.errors import BadInputError, NotFoundError
 from code_hero.persistence.records import (
     Registry,
     RunFilter,
+    RunStatus,
     SortDirection,
     ThreadFilter,
     ThreadOrder,
@@ -394,3 +395,26 @@ async def test_get_threads_of_one_id_reads_any_allowed_id_as_several_do(
         one = await registry.get_threads([tid])
         assert one == ({tid: stored[tid]} if tid in stored else {}), tid
         assert one == await registry.get_threads([tid, "zz"])  # the array path
+
+
+async def test_non_finite_numbers_are_stored_as_null(registry: Registry) -> None:
+    """NaN and infinities are not JSON: both registries store null for each (json.dumps
+    wrote `Infinity`, text SQLite's JSON functions refuse, and every metadata filter
+    over the table then failed with "malformed JSON")."""
+    odd = {"k": 1, "x": float("inf"), "l": [float("nan"), -float("inf"), 2.5]}
+    stored = await put(registry, "odd", metadata=odd)
+    await put(registry, "plain", metadata={"k": 1})
+    assert stored.metadata == {"k": 1, "x": None, "l": [None, None, 2.5]}
+
+    page = await registry.list_threads(ThreadFilter(metadata={"k": 1}), first=10)
+    assert sorted(t.thread_id for t in page.items) == ["odd", "plain"]
+    page = await registry.list_threads(ThreadFilter(metadata={"x": None}), first=10)
+    assert [t.thread_id for t in page.items] == ["odd"]
+
+    nan = float("nan")
+    done = run("r1", "odd", status=RunStatus.SUCCESS, metadata={"k": 1, "x": nan}, created_at=at(1))
+    await registry.put_run(replace(done, output={"v": nan}, input={"n": [float("inf")]}))
+    runs = await registry.list_runs(RunFilter(metadata={"k": 1}), first=10)
+    assert [(r.metadata, r.output, r.input) for r in runs.items] == [
+        ({"k": 1, "x": None}, {"v": None}, {"n": [None]})
+    ]

@@ -11,6 +11,7 @@ here, once, for both.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,6 +42,7 @@ __all__ = [
     "Row",
     "Session",
     "dumps",
+    "finite",
     "thread_runs",
     "utc",
     "utc_now",
@@ -87,17 +89,35 @@ OLDEST_UNFINISHED_RUN = (
 
 
 # One encoder for every call: json.dumps with separators builds a new one each time.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# Strict: json writes NaN and Infinity as such, text SQLite's JSON functions refuse
+# ("malformed JSON": every metadata filter over the row failed) and jsonb too.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> str:
     """Compact JSON text, as json.dumps writes it (non-ASCII as `\\u` escapes): SQLite
     compares an array in a metadata filter as stored text, so every row and every
-    filter value keep one spelling (orjson's UTF-8 missed rows stored before it)."""
+    filter value keep one spelling (orjson's UTF-8 missed rows stored before it).
+    NaN and infinities are written null, as the PostgreSQL registry writes them."""
     try:
         return _ENCODER.encode(value)
+    except ValueError:  # a NaN or an infinity (what else fails, fails again below)
+        pass
+    try:
+        return _ENCODER.encode(finite(value))
     except ValueError as exc:  # an int past Python's digit limit: refused, every time
         raise UnstorableJSON(f"not storable as JSON: {exc}") from exc
+
+
+def finite(value: Any) -> Any:
+    """`value` (JSON) with each NaN and infinity in it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def utc_now() -> datetime:

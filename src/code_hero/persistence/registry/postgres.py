@@ -40,7 +40,14 @@ from code_hero.persistence.records import (
     ThreadRecord,
     ThreadStatus,
 )
-from code_hero.persistence.registry.dialect import EVENT_COLUMNS, RUN_COLUMNS, Row, Session, utc_now
+from code_hero.persistence.registry.dialect import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    Row,
+    Session,
+    finite,
+    utc_now,
+)
 from code_hero.persistence.registry.lifecycle import THREAD_READ_COLUMNS
 from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.unreachable import UnstorableJSON
@@ -75,19 +82,9 @@ def _jsonb_text(value: Any) -> str | bytes:
     except ValueError:  # a NaN or an infinity (a circular value fails again below)
         pass
     try:
-        return _STRICT.encode(_finite(value))
+        return _STRICT.encode(finite(value))
     except ValueError as exc:  # an int past Python's digit limit, a NaN as a key
         raise UnstorableJSON(f"not storable as JSON: {exc}") from exc
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _jsonb(value: Any) -> Jsonb:

@@ -11,12 +11,17 @@ and the filters keep working.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.graphql.clients import TransportWS, codes, gql
-from tests.graphql.conftest import Server
+from code_hero.app import create_app
+from code_hero.gateway import GatewaySettings
+from code_hero.settings import AppSettings
+from tests.graphql.clients import TransportWS, codes, data, gql
+from tests.graphql.conftest import Server, checkpointer_for, running
 
 RUNS = "{ runs(filter: {metadata: {k: 1}}) { totalCount } }"
 THREADS = "{ threads(filter: {metadata: {k: 1}}) { totalCount } }"
@@ -122,3 +127,41 @@ async def test_finite_numbers_still_pass(server: Server) -> None:
     assert "errors" not in body, body
     assert body["data"]["createThread"]["metadata"] == {"k": 1, "x": 2.5e-3, "y": -0.5, "z": [1, 2]}
     assert codes(await gql(server.http, THREADS)) == []
+
+
+ODD_GRAPH = f"{Path(__file__).with_name('odd_numbers_graph.py')}:graph"
+
+
+@pytest.fixture
+async def odd_server(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Server]:
+    """The app with a graph that puts NaN and infinities in its state and events."""
+    checkpointer = checkpointer_for(backend, request, tmp_path)
+    settings = GatewaySettings(checkpointer=checkpointer, graphs={"odd": ODD_GRAPH})
+    async with running(create_app(AppSettings(gateway=settings))) as srv:
+        yield srv
+
+
+async def test_a_graphs_own_non_finite_numbers_stay_readable(odd_server: Server) -> None:
+    started = await gql(
+        odd_server.http,
+        'mutation { startRun(input: {graph: "odd", input: {}, metadata: {k: 1}, wait: true}) '
+        "{ id status threadId output } }",
+    )
+    run = started["data"]["startRun"]
+    assert run["status"] == "SUCCESS", started
+    # Rendered as text, as every checkpoint value is: JSON has no NaN.
+    assert run["output"] == {"score": "nan", "scores": ["inf", 1.5]}
+    read = await gql(
+        odd_server.http,
+        "query($r: ID!, $t: ID!) { run(id: $r) { output events { __typename "
+        "... on CustomEvent { data } } } thread(id: $t) { values } }",
+        {"r": run["id"], "t": run["threadId"]},
+    )
+    assert "errors" not in read, read
+    assert read["data"]["thread"]["values"] == {"score": "nan", "scores": ["inf", 1.5]}
+    custom = [e["data"] for e in read["data"]["run"]["events"] if e["__typename"] == "CustomEvent"]
+    assert custom == [{"ratio": "-inf"}]
+    assert data(await gql(odd_server.http, RUNS)) == {"runs": {"totalCount": 1}}
+    await _filters_work(odd_server)

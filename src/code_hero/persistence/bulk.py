@@ -6,7 +6,8 @@ checkout, one hop to a worker thread to serialise the whole batch, and one
 transaction for all its rows: one statement where it can be said as one
 (`as_one_statement`), else its statements pipelined. The rows are the stock
 `AsyncPostgresSaver`'s own (its SQL attributes and dump helpers): what lands
-in the tables is what the calls would write.
+in the tables is what the calls would write, but for a NaN or an infinity as a
+channel's value, which goes with the blobs (jsonb refuses it: the stock call fails).
 
 A checkpoint's jsonb (its inline str, int, float and bool values, its metadata) is
 dumped here too, by psycopg's own jsonb function, to the bytes it would send
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -277,9 +279,11 @@ def _checkpoint(
         if isinstance(v, _DeltaSnapshot):
             blob_values[k] = copy["channel_values"].pop(k)
             copy["channel_values"][k] = True
-        elif v is None or isinstance(v, (str, int, float, bool)):
+        elif v is None or isinstance(v, (str, int, bool)):
             pass
-        else:
+        elif isinstance(v, float) and math.isfinite(v):
+            pass
+        else:  # a NaN or an infinity too: msgpack keeps it, jsonb refused the checkpoint
             blob_values[k] = copy["channel_values"].pop(k)
     planned: list[Statement] = []
     blob_versions = {k: v for k, v in item.versions.items() if k in blob_values}

@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
 
 from code_hero.errors import BadInputError
-from code_hero.inputs import check_json
+from code_hero.inputs import MAX_JSON_DEPTH, check_json
 
 __all__ = ["JSON", "SCALARS", "parse_datetime", "serialize_datetime"]
 
@@ -56,7 +56,10 @@ DATETIME: ScalarDefinition = strawberry.scalar(
 
 JSON_SCALAR: ScalarDefinition = strawberry.scalar(
     name="JSON",
-    description="Any JSON value: object, array, string, number, boolean or null.",
+    description=(
+        "Any JSON value: object, array, string, number, boolean or null. As input: finite "
+        f"numbers only (no NaN, no Infinity), nested at most {MAX_JSON_DEPTH} levels."
+    ),
     serialize=lambda value: value,
     # Every JSON argument, as a variable or a literal (graphql-core parses a literal
     # with `parse_value` too): finite numbers, bounded nesting (inputs.check_json).

@@ -119,25 +119,52 @@ def check_text(value: object, name: str) -> None:
 def check_json(value: object, name: str = "a JSON value") -> object:
     """`value` if its numbers are finite and it nests at most MAX_JSON_DEPTH levels of
     arrays and objects; BadInputError naming `name` and where in it otherwise."""
-    stack: list[tuple[object, int, str]] = [(value, 0, "$")]
-    while stack:  # not recursive: the body parser takes a value a thousand levels deep
-        item, depth, at = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                raise BadInputError(
-                    f"{name} holds {item!r} at {at}: numbers must be finite "
-                    "(NaN and Infinity are not JSON, and 1e400 overflows to Infinity)"
-                )
-        elif isinstance(item, (Mapping, list, tuple)):
-            if depth == MAX_JSON_DEPTH:
-                raise BadInputError(
-                    f"{name} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
-                )
-            if isinstance(item, Mapping):
-                stack.extend((v, depth + 1, f"{at}.{k}") for k, v in item.items())
-            else:
-                stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(item))
+    if isinstance(value, float):
+        _check_number(value, name, "$")
+    # Not recursive: the body parser takes a value a thousand levels deep. Containers
+    # only on the stack, and no paths: a third of the time of a walk that keeps them
+    # (the path of a refused number is found again, on the way out).
+    stack: list[tuple[Any, int]] = [(value, 0)] if isinstance(value, _CONTAINERS) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth == MAX_JSON_DEPTH:
+            raise BadInputError(
+                f"{name} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+            )
+        for v in item.values() if isinstance(item, Mapping) else item:
+            if type(v) is float:
+                if not math.isfinite(v):
+                    _check_number(v, name, _path_of(value, v))
+            elif isinstance(v, _CONTAINERS):
+                stack.append((v, depth + 1))
+            elif isinstance(v, float):  # a subclass
+                _check_number(v, name, _path_of(value, v))
     return value
+
+
+_CONTAINERS = (Mapping, list, tuple)
+
+
+def _check_number(number: float, name: str, at: str) -> None:
+    if not math.isfinite(number):
+        raise BadInputError(
+            f"{name} holds {number!r} at {at}: numbers must be finite "
+            "(NaN and Infinity are not JSON, and 1e400 overflows to Infinity)"
+        )
+
+
+def _path_of(value: object, number: float) -> str:
+    """Where `number` (the object itself) is in `value`, as `$.key[0]`."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        item, at = stack.pop()
+        if item is number:
+            return at
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{at}.{k}") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return "$"
 
 
 def check_metadata(value: object, name: str = "metadata") -> dict[str, Any]:

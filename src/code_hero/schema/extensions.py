@@ -141,7 +141,10 @@ def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     tests/graphql/test_operation_name.py fail if that changes.
     """
     ast = ctx.graphql_document
-    if ast is None or ctx._provided_operation_name is not None:
+    # Not there (a Strawberry that renamed it): as the name, whatever Strawberry says it
+    # is; a failure on every request would be worse than the check lost.
+    provided = getattr(ctx, "_provided_operation_name", ctx.operation_name)
+    if ast is None or provided is not None:
         return None
     definitions = ast.definitions
     if len(definitions) < 2:  # nearly every request: one operation, nothing else

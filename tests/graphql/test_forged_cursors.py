@@ -45,3 +45,16 @@ async def test_a_forged_cursor_is_bad_input(
     body = await gql(server.http, query, {"c": cursor})
     assert codes(body) == ["BAD_USER_INPUT"], body
     assert "malformed cursor" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("kind", LISTINGS)
+async def test_a_cursor_nested_past_the_parsers_depth_is_bad_input(
+    server: Server, kind: str
+) -> None:
+    # json.loads raises RecursionError, no ValueError, at 100,000 levels (review).
+    query, _ = LISTINGS[kind]
+    cursor = base64.urlsafe_b64encode(b"[" * 100_000).decode()
+    body = await gql(server.http, query, {"c": cursor})
+    assert codes(body) == ["BAD_USER_INPUT"], str(body)[:300]
+    assert "malformed cursor" in body["errors"][0]["message"]
+    assert len(body["errors"][0]["message"]) < 500  # the cursor is not echoed whole

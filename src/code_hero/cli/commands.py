@@ -32,7 +32,8 @@ from code_hero.cli.storage import (
     storage_flags,
 )
 from code_hero.config import config_from_url
-from code_hero.errors import CodeHeroError, ConfigurationError
+from code_hero.errors import BadInputError, CodeHeroError, ConfigurationError
+from code_hero.inputs import MAX_JSON_DEPTH, check_json
 from code_hero.persistence import clock
 
 __all__ = ["health", "migrate", "prune", "run", "schema", "threads_delete", "threads_list"]
@@ -89,11 +90,17 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _answer(text: str) -> Any:
-    """A resume answer: JSON when it parses (true, {"approved": false}), else the text."""
+    """A resume answer: JSON when it parses (true, {"approved": false}), else the text;
+    held to what the GraphQL API takes (finite numbers, bounded nesting: check_json)."""
     try:
-        return json.loads(text)
+        answer = json.loads(text)
     except ValueError:
         return text
+    except RecursionError:  # thousands of levels: past any limit
+        raise BadInputError(
+            f"the resume answer nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+        ) from None
+    return check_json(answer, "the resume answer")
 
 
 def _resume_hint(args: argparse.Namespace, thread_id: str) -> None:

@@ -91,9 +91,10 @@ def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tupl
         if when.tzinfo is None:
             raise ValueError(cursor)
         when = when.astimezone(UTC)
-    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
-        raise BadInputError(
-            f"malformed cursor {cursor!r}: pass the endCursor of a previous page of {_plural(kind)}"
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as exc:
+        raise BadInputError(  # RecursionError: json.loads of arrays nested 100,000 deep
+            f"malformed cursor {_shown(cursor)}: pass the endCursor of a previous page of "
+            f"{_plural(kind)}"
         ) from exc
     wanted = order_tag(order)
     if made_for != wanted:
@@ -102,3 +103,8 @@ def decode_cursor(kind: str, cursor: str, order: ThreadOrder | RunOrder) -> tupl
             f"not {wanted}: pass the same orderBy as the page it came from"
         )
     return when, key
+
+
+def _shown(cursor: str) -> str:
+    """The cursor as an error quotes it: a forged one can be a megabyte long."""
+    return repr(cursor) if len(cursor) <= 100 else f"{cursor[:100]!r}... ({len(cursor)} chars)"

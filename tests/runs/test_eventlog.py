@@ -4,6 +4,7 @@ since it began, runs begun meanwhile too, none twice and none from before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from code_hero.errors import BackendUnavailableError
 from code_hero.gateway import Gateway
 from code_hero.persistence.records import EventRecord, RunStatus
-from code_hero.runs.bus import InProcessBus
+from code_hero.runs.bus import InProcessBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.faults import until
@@ -160,3 +161,87 @@ async def test_a_gap_in_an_outage_replays_from_the_fallback(pg_database: str) ->
         assert seen.run_id not in {e.run_id for e in got}
         proxy.forward()
         await until(lambda: synced(gw))
+
+
+def only_subscription(gw: Gateway, thread_id: str) -> Subscription:
+    """The one subscription to the thread (its gap is taken when `overflowed` clears)."""
+    assert isinstance(gw.bus, InProcessBus)
+    (sub,) = gw.bus._by_thread[thread_id]
+    return sub
+
+
+@pytest.mark.postgres
+async def test_a_poke_in_an_outage_leaves_an_old_thread_s_subscriber_going(
+    pg_database: str,
+) -> None:
+    """The listener's reconnect pokes before the router is back on PostgreSQL: the
+    subscriber of a thread from before the outage, whose runs the fallback cannot list,
+    is not ended with UNAVAILABLE (review rv-tgap) and follows the thread's next run."""
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        thread_id = await idle_thread(gw)
+        stream = await gw.follow_thread(thread_id)
+        nxt = asyncio.create_task(anext(stream))
+        await eventually(lambda: gw.bus.subscriber_count == 1)
+        sub = only_subscription(gw, thread_id)
+        try:
+            proxy.refuse()
+            await until(lambda: degraded(gw))
+            gw.bus.poke_all()  # as the PostgreSQL bus's listener does on reconnecting
+            await eventually(lambda: not sub.overflowed)  # the gap is taken
+            proxy.forward()
+            await until(lambda: synced(gw))
+            run = await gw.start_run(
+                StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+            )
+            got = await until_end_of(stream, run.run_id, [await nxt])
+        finally:
+            nxt.cancel()
+            with contextlib.suppress(BaseException):
+                await nxt
+            await stream.aclose()
+        stored = [e.seq for e in await gw.run_events(run.run_id, first=100)]
+        assert seqs_of(got, run.run_id) == stored
+        assert {e.run_id for e in got} == {run.run_id}
+
+
+@pytest.mark.postgres
+async def test_a_gap_in_an_outage_replays_an_old_thread_s_runs_once_it_is_over(
+    pg_database: str,
+) -> None:
+    """A gap taken in an outage on a thread from before it re-reads what the fallback
+    has and keeps the stream open; the runs it could not read (one delivered from, one
+    begun while the queue was full) are replayed in full once the primary is back."""
+    async with behind_a_proxy(pg_database) as (gw, proxy):
+        thread_id = await idle_thread(gw)
+        gw.bus.queue_size = 4  # of the subscriptions opened from now on
+        stream = await gw.follow_thread(thread_id)
+        first = asyncio.create_task(anext(stream))
+        await eventually(lambda: gw.bus.subscriber_count == 1)
+        sub = only_subscription(gw, thread_id)
+        seen = await gw.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
+        got = [await first]  # the subscriber stops here: its queue overflows
+        unseen = await gw.start_run(
+            StartRun(graph="slow", thread_id=thread_id, input={}, wait=True)
+        )
+        assert sub.overflowed
+        while not sub.queue.empty():  # what it holds, up to the gap
+            got.append(await anext(stream))
+        proxy.refuse()
+        await until(lambda: degraded(gw))
+        resumed = asyncio.create_task(anext(stream))
+        try:
+            await eventually(lambda: not sub.overflowed)  # the gap is taken in the outage
+            assert await degraded(gw)
+            proxy.forward()
+            await until(lambda: synced(gw))
+            got.append(await resumed)
+            await until_end_of(stream, unseen.run_id, got)
+        finally:
+            resumed.cancel()
+            with contextlib.suppress(BaseException):
+                await resumed
+            await stream.aclose()
+        for run in (seen, unseen):
+            stored = [e.seq for e in await gw.run_events(run.run_id, first=100)]
+            assert seqs_of(got, run.run_id) == stored
+        assert {e.run_id for e in got} == {seen.run_id, unseen.run_id}

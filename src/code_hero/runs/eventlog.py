@@ -27,6 +27,7 @@ from typing import Any
 
 from code_hero.errors import ConflictError, NotFoundError
 from code_hero.persistence import clock
+from code_hero.persistence.fallback_state import PrimaryUnreachableError
 from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import (
     EventRecord,
@@ -586,7 +587,10 @@ class EventLog:
         yet (one started since, whose events went with the queue or were never
         notified), after `start`: nothing lost, nothing twice, nothing from before. A
         run or thread deleted meanwhile is skipped; a read that fails (the database
-        down) ends the stream with its error, as `follow_run`'s do.
+        down) ends the stream with its error, as `follow_run`'s do, except in an
+        outage that leaves the thread's runs to the primary: the gap re-reads what the
+        fallback has of the runs delivered from or written here, and the whole replay
+        is owed until a wake-up finds the primary back.
         """
         # Read before the subscription opens: an event stored between the two is
         # replayed by a gap, where after it, it could be dropped with the queue unread.
@@ -594,23 +598,45 @@ class EventLog:
         sub = self.bus.subscribe(thread_id=thread_id)
         start.update(self._written(thread_id))  # exact: published here, stored or not
         last: dict[str, int] = {}
+        owed = False  # a gap replayed in part (an outage): replay in full when it can
         try:
             while True:
                 await sub.wakeup.wait()
                 sub.wakeup.clear()
-                if sub.overflowed:
-                    sub.overflowed = False
-                    _drain(sub, None)
-                    stored = await self.registry().thread_seqs(thread_id)
+                if sub.overflowed or owed:
+                    dropped = sub.overflowed
+                    if dropped:
+                        sub.overflowed = False
+                        _drain(sub, None)
+                    try:
+                        stored = await self.registry().thread_seqs(thread_id)
+                    except PrimaryUnreachableError:  # only the primary has its runs
+                        stored = None
                     written = self._written(thread_id)
-                    for run_id in [*stored, *(r for r in written if r not in stored)]:
+                    owed = stored is None
+                    if stored is not None:
+                        runs = [*stored, *(r for r in written if r not in stored)]
+                    elif dropped:  # those the fallback may hold: delivered from, or ours
+                        runs = [*last, *(r for r in written if r not in last)]
+                    else:
+                        runs = []  # nothing dropped: the queue goes on as it is
+                    for run_id in runs:
                         after = last.get(run_id, start.get(run_id, 0))
-                        if max(stored.get(run_id, 0), written.get(run_id, 0)) <= after:
+                        if (
+                            stored is not None
+                            and max(stored.get(run_id, 0), written.get(run_id, 0)) <= after
+                        ):
                             continue
-                        for event in await self.read(run_id, after_seq=after):
+                        try:
+                            events = await self.read(run_id, after_seq=after)
+                        except PrimaryUnreachableError:
+                            owed = True  # run elsewhere: its events are on the primary
+                            continue
+                        for event in events:
                             yield event
                             last[run_id] = event.seq
-                    continue
+                    if dropped:
+                        continue
                 while not sub.queue.empty():
                     event = sub.queue.get_nowait()
                     seen = last.get(event.run_id)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.gateway import Gateway
 from code_hero.persistence.records import EventRecord, RunStatus
+from code_hero.runs import eventlog
 from code_hero.runs.bus import InProcessBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
 from code_hero.runs.executor import MultitaskStrategy, StartRun
@@ -245,3 +247,46 @@ async def test_a_gap_in_an_outage_replays_an_old_thread_s_runs_once_it_is_over(
             stored = [e.seq for e in await gw.run_events(run.run_id, first=100)]
             assert seqs_of(got, run.run_id) == stored
         assert {e.run_id for e in got} == {seen.run_id, unseen.run_id}
+
+
+async def test_a_subscription_holds_the_runs_still_going_or_new_only(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the runs stood is held of the runs not finished at the start (or created
+    within the look-back, none here): one finished before it emits nothing more. A run
+    going at the start that ends in a gap, no longer listed, is replayed to its end."""
+    monkeypatch.setattr(eventlog, "THREAD_LOOKBACK", timedelta(0))
+    gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
+    thread_id = await idle_thread(gateway)
+    for _ in range(2):
+        await gateway.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
+    going = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={"delay": 0.1})
+    )
+
+    async def status() -> RunStatus | None:
+        run = await gateway.get_run(going.run_id)
+        return None if run is None else run.status
+
+    follower = gateway.events.follow_run(going.run_id, status_of=status)
+    async with asyncio.timeout(30):
+        while (await anext(follower)).type != EventType.NODE_UPDATE:
+            pass  # its first step is done: the run is going
+    await follower.aclose()
+    stream = gateway.events.follow_thread(thread_id)
+    got = [await anext(stream)]  # the subscriber stops here
+    assert stream.ag_frame is not None
+    assert list(stream.ag_frame.f_locals["start"]) == [going.run_id]
+    assert (await gateway.executor.wait(going.run_id, limit=30)).status is RunStatus.SUCCESS
+    new = await gateway.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
+    gateway.bus.poke_all()  # the queue is dropped, the log re-read
+    try:
+        await until_end_of(stream, new.run_id, got)
+        await until_end_of(stream, going.run_id, got)
+    finally:
+        await stream.aclose()
+    going_stored = [e.seq for e in await gateway.run_events(going.run_id, first=100)]
+    assert seqs_of(got, going.run_id) == going_stored[got[0].seq - 1 :]
+    new_stored = [e.seq for e in await gateway.run_events(new.run_id, first=100)]
+    assert seqs_of(got, new.run_id) == new_stored
+    assert {e.run_id for e in got} == {going.run_id, new.run_id}

@@ -539,13 +539,13 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
         return await self._route(lambda r: r.last_seq(run_id), degraded)
 
-    async def thread_seqs(self, thread_id: str) -> dict[str, int]:
+    async def thread_seqs(self, thread_id: str, *, since: datetime | None = None) -> dict[str, int]:
         """The highest seq stored for each run of the thread (during an outage: of a
         thread born in it only, as `unfinished_runs`)."""
 
         async def degraded() -> dict[str, int]:
             if not self.router.is_local(thread_id):
                 raise self.router.unavailable("reading this thread's runs")
-            return await self._local("reading events").thread_seqs(thread_id)
+            return await self._local("reading events").thread_seqs(thread_id, since=since)
 
-        return await self._route(lambda r: r.thread_seqs(thread_id), degraded)
+        return await self._route(lambda r: r.thread_seqs(thread_id, since=since), degraded)

@@ -592,6 +592,7 @@ class Registry(Protocol):
     async def last_seq(self, run_id: str) -> int:
         """The highest seq stored for the run (0 when none)."""
 
-    async def thread_seqs(self, thread_id: str) -> dict[str, int]:
+    async def thread_seqs(self, thread_id: str, *, since: datetime | None = None) -> dict[str, int]:
         """The highest seq stored for each run of the thread (0 for a run with none),
-        oldest run first, in one query; empty when the thread has no runs or is gone."""
+        oldest run first, in one query; empty when the thread has no runs or is gone.
+        With `since`, of the runs not finished or created at or after it only."""

@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from code_hero.errors import ConflictError, NotFoundError
@@ -43,6 +44,11 @@ from code_hero.runs.events import EventType, terminal_status
 __all__ = ["EventLog", "RunEventWriter"]
 
 log = logging.getLogger(__name__)
+# How long before a thread subscription began its runs are all looked at: a run created
+# since may not have been visible yet (its admission committed after the look, or
+# stamped by a replica whose clock is a little off), and one that was is known exactly.
+# A run finished and created before it emits nothing more.
+THREAD_LOOKBACK = timedelta(seconds=60)
 
 
 class RunEventWriter:
@@ -580,24 +586,30 @@ class EventLog:
     async def follow_thread(self, thread_id: str) -> AsyncIterator[EventRecord]:
         """Every event of every run on the thread from now on; never ends by itself.
 
-        Where each of the thread's runs stood when the subscription began (`start`) is
-        read once, before it opens; the live path reads nothing more. A gap (a full
-        queue, a poke: notifications lost) drops the queue and re-reads the log of every
-        run of the thread after the last seq delivered or, for a run not delivered from
-        yet (one started since, whose events went with the queue or were never
-        notified), after `start`: nothing lost, nothing twice, nothing from before. A
-        run or thread deleted meanwhile is skipped; a read that fails (the database
-        down) ends the stream with its error, as `follow_run`'s do, except in an
-        outage that leaves the thread's runs to the primary: the gap re-reads what the
-        fallback has of the runs delivered from or written here, and the whole replay
-        is owed until a wake-up finds the primary back.
+        Where the thread's runs stood when the subscription began (`start`) is read once,
+        before it opens, of the runs not finished or created within `THREAD_LOOKBACK`
+        (`since`; a run finished before it emits nothing more); the live path reads
+        nothing more. A gap (a full queue, a poke: notifications lost) drops the queue
+        and reads the same of the thread again: each run is replayed after the last seq
+        delivered or, for a run not delivered from yet (one started since, whose events
+        went with the queue or were never notified), after `start` (0 for a run not in
+        it: begun since); a run of `start` or delivered from that is not listed any more
+        (finished or deleted since) is read once after where it stood. Nothing lost,
+        nothing twice, nothing from before. A run or thread deleted meanwhile is
+        skipped; a read that fails (the database down) ends the stream with its error,
+        as `follow_run`'s do, except in an outage that leaves the thread's runs to the
+        primary: the gap re-reads what the fallback has of the runs delivered from or
+        written here, and the whole replay is owed until a wake-up finds the primary
+        back.
         """
+        since = clock.now() - THREAD_LOOKBACK
         # Read before the subscription opens: an event stored between the two is
         # replayed by a gap, where after it, it could be dropped with the queue unread.
-        start = await self.registry().thread_seqs(thread_id)
+        start = await self.registry().thread_seqs(thread_id, since=since)
         sub = self.bus.subscribe(thread_id=thread_id)
         start.update(self._written(thread_id))  # exact: published here, stored or not
         last: dict[str, int] = {}
+        done: set[str] = set()  # runs found not listed any more, and read to their end
         owed = False  # a gap replayed in part (an outage): replay in full when it can
         try:
             while True:
@@ -609,29 +621,36 @@ class EventLog:
                         sub.overflowed = False
                         _drain(sub, None)
                     try:
-                        stored = await self.registry().thread_seqs(thread_id)
+                        stored = await self.registry().thread_seqs(thread_id, since=since)
                     except PrimaryUnreachableError:  # only the primary has its runs
                         stored = None
                     written = self._written(thread_id)
                     owed = stored is None
+                    unlisted: set[str] = set()  # finished (stored to the end) or deleted
                     if stored is not None:
-                        runs = [*stored, *(r for r in written if r not in stored)]
+                        unlisted = {*start, *last} - stored.keys() - written.keys() - done
+                        runs = [
+                            *stored,
+                            *(r for r in written if r not in stored),
+                            *(r for r in dict.fromkeys((*start, *last)) if r in unlisted),
+                        ]
                     elif dropped:  # those the fallback may hold: delivered from, or ours
                         runs = [*last, *(r for r in written if r not in last)]
                     else:
                         runs = []  # nothing dropped: the queue goes on as it is
                     for run_id in runs:
                         after = last.get(run_id, start.get(run_id, 0))
-                        if (
-                            stored is not None
-                            and max(stored.get(run_id, 0), written.get(run_id, 0)) <= after
-                        ):
-                            continue
+                        if stored is not None and run_id not in unlisted:
+                            known = max(stored.get(run_id, 0), written.get(run_id, 0))
+                            if known <= after:
+                                continue
                         try:
                             events = await self.read(run_id, after_seq=after)
                         except PrimaryUnreachableError:
                             owed = True  # run elsewhere: its events are on the primary
                             continue
+                        if run_id in unlisted:
+                            done.add(run_id)  # nothing more to come
                         for event in events:
                             yield event
                             last[run_id] = event.seq

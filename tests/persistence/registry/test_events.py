@@ -204,3 +204,24 @@ async def test_thread_seqs_are_each_run_s_last_oldest_run_first(registry: Regist
     await registry.delete_thread("t9")
     assert await registry.thread_seqs("t9") == {}
     assert await registry.thread_seqs("t8") == {"r-other": 2}
+
+
+async def test_thread_seqs_since_are_of_the_runs_not_finished_or_created_since(
+    registry: Registry,
+) -> None:
+    """What a thread's subscriber needs a start for: a run created before `since` and
+    finished emits nothing more."""
+    for n, run_id in ((1, "r-done"), (2, "r-going"), (3, "r-late"), (9, "r-new")):
+        await registry.admit_run(
+            run(run_id, thread_id="t9", created_at=at(n)), reject_if_busy=False
+        )
+    await registry.store_events(events("r-done", "t9", 1, 2) + events("r-new", "t9", 1))
+    await registry.update_run("r-done", status=RunStatus.SUCCESS, finished_at=at(4))
+    await registry.update_run("r-late", status=RunStatus.ERROR, finished_at=at(8))
+    await registry.update_run("r-new", status=RunStatus.SUCCESS, finished_at=at(10))
+    assert list((await registry.thread_seqs("t9", since=at(9))).items()) == [
+        ("r-going", 0),
+        ("r-new", 1),
+    ]
+    assert list(await registry.thread_seqs("t9", since=at(10))) == ["r-going"]
+    assert list(await registry.thread_seqs("t9")) == ["r-done", "r-going", "r-late", "r-new"]

@@ -884,14 +884,18 @@ class SqlRegistry(
             )
         return int(rows[0]["seq"] or 0)
 
-    async def thread_seqs(self, thread_id: str) -> dict[str, int]:
+    async def thread_seqs(self, thread_id: str, *, since: datetime | None = None) -> dict[str, int]:
         # The thread's runs on code_hero_runs_thread_idx, each one's last seq on the
-        # events' primary key: no scan of the thread's events.
+        # events' primary key (of the runs kept only): no scan of the thread's events.
+        cond, params = "", [thread_id]
+        if since is not None:
+            cond = "WHERE t.status IN ('PENDING', 'RUNNING') OR t.created_at >= ? "
+            params.append(self._ts(utc(since)))
         async with self._session() as s:
             rows = await s.fetch(
-                f"{thread_runs('run_id, created_at')}SELECT t.run_id, (SELECT MAX(e.seq) "
-                "FROM code_hero_run_events e WHERE e.run_id = t.run_id) AS seq "
-                "FROM thread_runs t ORDER BY t.created_at, t.run_id",
-                [thread_id],
+                f"{thread_runs('run_id, status, created_at')}SELECT t.run_id, (SELECT "
+                "MAX(e.seq) FROM code_hero_run_events e WHERE e.run_id = t.run_id) AS seq "
+                f"FROM thread_runs t {cond}ORDER BY t.created_at, t.run_id",
+                params,
             )
         return {row["run_id"]: int(row["seq"] or 0) for row in rows}

@@ -26,9 +26,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from code_hero.errors import ConflictError, NotFoundError
+from code_hero.errors import BackendUnavailableError, ConflictError, NotFoundError
 from code_hero.persistence import clock
-from code_hero.persistence.fallback_state import PrimaryUnreachableError
 from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import (
     EventRecord,
@@ -598,9 +597,11 @@ class EventLog:
         nothing twice, nothing from before. A run or thread deleted meanwhile is
         skipped; a read that fails (the database down) ends the stream with its error,
         as `follow_run`'s do, except in an outage that leaves the thread's runs to the
-        primary: the gap re-reads what the fallback has of the runs delivered from or
-        written here, and the whole replay is owed until a wake-up finds the primary
-        back.
+        primary (or a busy pool): the gap re-reads what the fallback has of the runs
+        delivered from or written here, and the whole replay is owed until a wake-up
+        finds the primary back. One is owed from the start too: a run that ended between
+        the read and the subscription sends nothing more to show the gap. After a full
+        replay the look-back starts from it, so a long subscription's looks stay small.
         """
         since = clock.now() - THREAD_LOOKBACK
         # Read before the subscription opens: an event stored between the two is
@@ -610,7 +611,11 @@ class EventLog:
         start.update(self._written(thread_id))  # exact: published here, stored or not
         last: dict[str, int] = {}
         done: set[str] = set()  # runs found not listed any more, and read to their end
-        owed = False  # a gap replayed in part (an outage): replay in full when it can
+        # A replay owed: a gap replayed in part (an outage, a busy pool), or the events
+        # published between the read above and the subscription (a run that ended in
+        # between sends nothing more that would show the gap): looked for at once.
+        owed = True
+        sub.wakeup.set()
         try:
             while True:
                 await sub.wakeup.wait()
@@ -620,9 +625,10 @@ class EventLog:
                     if dropped:
                         sub.overflowed = False
                         _drain(sub, None)
+                    looked = clock.now()
                     try:
                         stored = await self.registry().thread_seqs(thread_id, since=since)
-                    except PrimaryUnreachableError:  # only the primary has its runs
+                    except BackendUnavailableError:  # only the primary has its runs
                         stored = None
                     written = self._written(thread_id)
                     owed = stored is None
@@ -646,7 +652,7 @@ class EventLog:
                                 continue
                         try:
                             events = await self.read(run_id, after_seq=after)
-                        except PrimaryUnreachableError:
+                        except BackendUnavailableError:
                             owed = True  # run elsewhere: its events are on the primary
                             continue
                         if run_id in unlisted:
@@ -654,6 +660,15 @@ class EventLog:
                         for event in events:
                             yield event
                             last[run_id] = event.seq
+                    if stored is not None and not owed:
+                        # Replayed in full: every run listed is known from here on (one
+                        # with no event yet from 0), so the next look need only go back
+                        # from now, and the runs read to their end are forgotten.
+                        for run_id in stored:
+                            start.setdefault(run_id, 0)
+                        for run_id in done:
+                            start.pop(run_id, None)
+                        since = max(since, looked - THREAD_LOOKBACK)
                     if dropped:
                         continue
                 while not sub.queue.empty():
@@ -664,10 +679,15 @@ class EventLog:
                     if event.seq <= seen:
                         continue
                     if event.seq > seen + 1:
-                        for missing in await self.read(
-                            event.run_id, after_seq=seen, limit=event.seq - seen - 1
-                        ):
-                            yield missing
+                        try:
+                            missing = await self.read(
+                                event.run_id, after_seq=seen, limit=event.seq - seen - 1
+                            )
+                        except BackendUnavailableError:
+                            owed = True  # this event and the rest come with the replay
+                            break
+                        for earlier in missing:
+                            yield earlier
                     yield event
                     last[event.run_id] = event.seq
         finally:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -589,3 +590,9 @@ def test_serve_freezes_the_heap_it_starts_with(
         signal.signal(signal.SIGTERM, previous)
     assert frozen and frozen[0] > 10_000
     assert thresholds == [GC_THRESHOLD] and GC_THRESHOLD >= 10 * 700
+
+
+def test_version_prints_the_installed_version() -> None:
+    done = cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"code-hero {metadata.version('code-hero')}"

@@ -61,6 +61,21 @@ def _thread_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed distribution's version, looked up only when asked
+    (importlib.metadata is not a light import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("code-hero")
+        except metadata.PackageNotFoundError:  # a source tree never installed
+            version = "(not installed)"
+        print(f"{parser.prog} {version}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -77,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Code Hero Gateway: GraphQL over LangGraph checkpoints and agent runs.",
         epilog="exit codes: 0 done, 1 error, 2 bad arguments, 3 run waits for an answer",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = subcommands.add_parser(

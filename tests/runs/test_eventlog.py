@@ -13,7 +13,7 @@ import pytest
 
 from code_hero.errors import BackendUnavailableError
 from code_hero.gateway import Gateway
-from code_hero.persistence.records import EventRecord, RunStatus
+from code_hero.persistence.records import EventRecord, RunRecord, RunStatus
 from code_hero.runs import eventlog
 from code_hero.runs.bus import InProcessBus, Subscription
 from code_hero.runs.events import EventType, terminal_status
@@ -65,19 +65,7 @@ async def test_a_run_begun_while_the_queue_was_full_is_replayed(gateway: Gateway
 async def test_a_gap_replays_a_run_going_at_the_start_only_from_there(gateway: Gateway) -> None:
     gateway.services.bus = gateway.events.bus = InProcessBus(queue_size=4)
     thread_id = await idle_thread(gateway)
-    going = await gateway.start_run(
-        StartRun(graph="slow", thread_id=thread_id, input={"delay": 0.1})
-    )
-
-    async def status() -> RunStatus | None:
-        run = await gateway.get_run(going.run_id)
-        return None if run is None else run.status
-
-    follower = gateway.events.follow_run(going.run_id, status_of=status)
-    async with asyncio.timeout(30):
-        while (await anext(follower)).type != EventType.NODE_UPDATE:
-            pass  # its first step is done: the run is going
-    await follower.aclose()
+    going = await _going(gateway, thread_id)
     before = len(await gateway.events.read(going.run_id))
     stream = gateway.events.follow_thread(thread_id)
     got = [await anext(stream)]  # the subscriber stops here
@@ -261,19 +249,7 @@ async def test_a_subscription_holds_the_runs_still_going_or_new_only(
     thread_id = await idle_thread(gateway)
     for _ in range(2):
         await gateway.start_run(StartRun(graph="slow", thread_id=thread_id, input={}, wait=True))
-    going = await gateway.start_run(
-        StartRun(graph="slow", thread_id=thread_id, input={"delay": 0.1})
-    )
-
-    async def status() -> RunStatus | None:
-        run = await gateway.get_run(going.run_id)
-        return None if run is None else run.status
-
-    follower = gateway.events.follow_run(going.run_id, status_of=status)
-    async with asyncio.timeout(30):
-        while (await anext(follower)).type != EventType.NODE_UPDATE:
-            pass  # its first step is done: the run is going
-    await follower.aclose()
+    going = await _going(gateway, thread_id)
     stream = gateway.events.follow_thread(thread_id)
     got = [await anext(stream)]  # the subscriber stops here
     assert stream.ag_frame is not None
@@ -329,3 +305,21 @@ async def test_a_run_ending_between_the_start_read_and_the_subscribe(
     assert any(e.run_id == going.run_id and terminal_status(e) for e in got), (
         "the run's end, stored after the start read, never reached the stream"
     )
+
+
+async def _going(gateway: Gateway, thread_id: str) -> RunRecord:
+    """A run of the slow graph on the thread, once its first step is done."""
+    going = await gateway.start_run(
+        StartRun(graph="slow", thread_id=thread_id, input={"delay": 0.1})
+    )
+
+    async def status() -> RunStatus | None:
+        run = await gateway.get_run(going.run_id)
+        return None if run is None else run.status
+
+    follower = gateway.events.follow_run(going.run_id, status_of=status)
+    async with asyncio.timeout(30):
+        while (await anext(follower)).type != EventType.NODE_UPDATE:
+            pass  # its first step is done: the run is going
+    await follower.aclose()
+    return going

@@ -129,6 +129,9 @@ def _degraded(ctx: Any) -> dict[str, Any]:
     return {"degraded": True, "degradedSince": since.isoformat() if since else None}
 
 
+_UNKNOWN = object()  # Strawberry's private attribute not there
+
+
 def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     """The request error for a document of several operations that names none to run.
 
@@ -143,7 +146,9 @@ def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     ast = ctx.graphql_document
     # Not there (a Strawberry that renamed it): as the name, whatever Strawberry says it
     # is; a failure on every request would be worse than the check lost.
-    provided = getattr(ctx, "_provided_operation_name", ctx.operation_name)
+    provided = getattr(ctx, "_provided_operation_name", _UNKNOWN)
+    if provided is _UNKNOWN:
+        provided = ctx.operation_name
     if ast is None or provided is not None:
         return None
     definitions = ast.definitions

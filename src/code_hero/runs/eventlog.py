@@ -663,10 +663,10 @@ class EventLog:
                     if stored is not None and not owed:
                         # Replayed in full: every run listed is known from here on (one
                         # with no event yet from 0), so the next look need only go back
-                        # from now, and the runs read to their end are forgotten.
+                        # from now; a run read to its end leaves `start` once `last` holds it.
                         for run_id in stored:
                             start.setdefault(run_id, 0)
-                        for run_id in done:
+                        for run_id in done & last.keys():  # `last` says where they are
                             start.pop(run_id, None)
                         since = max(since, looked - THREAD_LOOKBACK)
                     if dropped:

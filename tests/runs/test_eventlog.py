@@ -57,7 +57,7 @@ async def test_a_run_begun_while_the_queue_was_full_is_replayed(gateway: Gateway
     finally:
         await stream.aclose()
     for run in (seen, unseen):
-        stored = [e.seq for e in await gateway.run_events(run.run_id, first=100)]
+        stored = await _stored_seqs(gateway, run.run_id)
         assert seqs_of(got, run.run_id) == stored
     assert {e.run_id for e in got} == {seen.run_id, unseen.run_id}, "nothing from before"
 
@@ -79,9 +79,9 @@ async def test_a_gap_replays_a_run_going_at_the_start_only_from_there(gateway: G
         await until_end_of(stream, queued.run_id, got)
     finally:
         await stream.aclose()
-    going_stored = [e.seq for e in await gateway.run_events(going.run_id, first=100)]
+    going_stored = await _stored_seqs(gateway, going.run_id)
     assert seqs_of(got, going.run_id) == going_stored[got[0].seq - 1 :]
-    queued_stored = [e.seq for e in await gateway.run_events(queued.run_id, first=100)]
+    queued_stored = await _stored_seqs(gateway, queued.run_id)
     assert seqs_of(got, queued.run_id) == queued_stored
     assert {e.run_id for e in got} == {going.run_id, queued.run_id}
 
@@ -104,7 +104,7 @@ async def test_a_gap_after_a_deletion_goes_on_quietly(gateway: Gateway) -> None:
     )
     try:
         await until_end_of(stream, after.run_id, got)
-        after_stored = [e.seq for e in await gateway.run_events(after.run_id, first=100)]
+        after_stored = await _stored_seqs(gateway, after.run_id)
         await gateway.delete_thread(thread_id)
         gateway.bus.poke_all()  # the gap finds the thread gone
         resumed = asyncio.create_task(anext(stream))
@@ -117,7 +117,7 @@ async def test_a_gap_after_a_deletion_goes_on_quietly(gateway: Gateway) -> None:
         await stream.aclose()
     assert seqs_of(got, deleted.run_id) == list(range(1, len(seqs_of(got, deleted.run_id)) + 1))
     assert seqs_of(got, after.run_id) == after_stored
-    stored = [e.seq for e in await gateway.run_events(again.run_id, first=100)]
+    stored = await _stored_seqs(gateway, again.run_id)
     assert seqs_of(got, again.run_id) == stored
 
 
@@ -262,9 +262,9 @@ async def test_a_subscription_holds_the_runs_still_going_or_new_only(
         await until_end_of(stream, going.run_id, got)
     finally:
         await stream.aclose()
-    going_stored = [e.seq for e in await gateway.run_events(going.run_id, first=100)]
+    going_stored = await _stored_seqs(gateway, going.run_id)
     assert seqs_of(got, going.run_id) == going_stored[got[0].seq - 1 :]
-    new_stored = [e.seq for e in await gateway.run_events(new.run_id, first=100)]
+    new_stored = await _stored_seqs(gateway, new.run_id)
     assert seqs_of(got, new.run_id) == new_stored
     assert {e.run_id for e in got} == {going.run_id, new.run_id}
 
@@ -323,3 +323,8 @@ async def _going(gateway: Gateway, thread_id: str) -> RunRecord:
             pass  # its first step is done: the run is going
     await follower.aclose()
     return going
+
+
+async def _stored_seqs(gateway: Gateway, run_id: str) -> list[int]:
+    """The seqs of the run's events in its log."""
+    return [e.seq for e in await gateway.run_events(run_id, first=100)]

@@ -32,6 +32,7 @@ from code_hero.persistence.bulk import (
 from code_hero.persistence.fallback import full_versions
 from code_hero.persistence.journal import Journal, PutCheckpoint, PutWrites
 from code_hero.persistence.outagefile import OutageFile
+from code_hero.persistence.pg_backend import _json_adapters
 from code_hero.persistence.pgarrays import pg_array
 from code_hero.persistence.unreachable import is_backend_error
 from tests.conftest import PG_ADMIN_URL, _pg_url
@@ -191,10 +192,12 @@ async def test_a_batch_dumps_a_channel_version_once_but_each_entry_stays_whole()
 )
 def test_a_dumped_jsonb_sends_the_bytes_psycopg_sends_for_the_value(value: Any) -> None:
     """The checkpoint's jsonb, dumped when its write is serialised, goes out as the bytes
-    psycopg's own dumper makes of `Jsonb(value)` at the write (the stock saver's), in
+    psycopg's own dumper makes of `Jsonb(value)` at the write (the stock saver's) on the
+    pool's connections (`_json_adapters`: 1e300 written so jsonb keeps it a float), in
     binary, in text and as `%s` picks, alone and as a jsonb[]'s element."""
+    pool = _json_adapters()
     for format in PyFormat:
-        sent, stock = Transformer(), Transformer()
+        sent, stock = Transformer(pool), Transformer(pool)
         got = sent.dump_sequence([dumped_jsonb(value)], [format])
         assert [bytes(v) for v in got if v is not None] == stock.dump_sequence(
             [Jsonb(value)], [format]
@@ -205,7 +208,7 @@ def test_a_dumped_jsonb_sends_the_bytes_psycopg_sends_for_the_value(value: Any) 
     ]
     assert type(arrays[0]) is type(arrays[1])
     stock_array, dumped_array = (
-        Transformer().dump_sequence([a], [PyFormat.BINARY]) for a in arrays
+        Transformer(pool).dump_sequence([a], [PyFormat.BINARY]) for a in arrays
     )
     assert dumped_array == stock_array
 

@@ -133,8 +133,9 @@ async def test_an_end_whose_commit_reply_is_lost_is_stored_once(
 async def test_a_batch_whose_floats_come_back_as_other_numbers_is_stored_once(
     pg_database: str, number: str
 ) -> None:
-    # jsonb keeps 1e23 as the integer 100000000000000000000000: the events stored read
-    # back unequal to the writer's own, and are still told from another executor's.
+    # jsonb kept 1e23 as the integer 100000000000000000000000 until the registry wrote
+    # it `...000.0` (jsonbfloats), and still reads -0.0 back as 0.0: events stored whose
+    # payload reads back unequal to the writer's own are still told from another's.
     seen, read, status, stored = await _run_with_a_lost_reply(
         pg_database, BATCH, 0.3, number=number, enable_fallback=False
     )

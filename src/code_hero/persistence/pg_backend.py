@@ -24,7 +24,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import sql
 from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.config import MAX_LOCK_TIMEOUT, redact_url
@@ -32,6 +32,7 @@ from code_hero.persistence import clock, jsontext
 from code_hero.persistence.backends import Backend
 from code_hero.persistence.bulk import put_batch as bulk_put
 from code_hero.persistence.groupcommit import GroupCommitSaverPool
+from code_hero.persistence.jsonbfloats import jsonb_dumps
 from code_hero.persistence.migrations import SETUP_LOCK_KEY
 from code_hero.persistence.pg_tables import (
     DATA_OBJECTS,
@@ -164,11 +165,15 @@ async def _bound_lock_waits(conn: psycopg.AsyncConnection[Any], seconds: float) 
     )
 
 
-def _json_read_fast() -> AdaptersMap:
-    """psycopg's adapters, with every json and jsonb value read by `jsontext.loads`: the
-    values `json.loads` (psycopg's default) gives, with orjson wherever the two agree.
-    A page of ten threads spent about a sixth of its registry time in `json.loads` of
-    their metadata (issue 15).
+def _json_adapters() -> AdaptersMap:
+    """psycopg's adapters, with every json and jsonb value read by `jsontext.loads` and
+    written by `jsonbfloats.jsonb_dumps`.
+
+    Read: the values `json.loads` (psycopg's default) gives, with orjson wherever the two
+    agree. A page of ten threads spent about a sixth of its registry time in `json.loads`
+    of their metadata (issue 15). Written: the text `json.dumps` (psycopg's default)
+    writes, each integral float kept a float (jsonb made 1e23 the int 10**23): the stock
+    saver's checkpoint and metadata, a float channel value inline in the first.
 
     One map for the pool's connections to start from (psycopg's `context`), which they
     share until one of them changes its own: registered on each connection instead,
@@ -176,6 +181,7 @@ def _json_read_fast() -> AdaptersMap:
     """
     adapters = AdaptersMap(psycopg.adapters)
     set_json_loads(jsontext.loads, adapters)
+    set_json_dumps(jsonb_dumps, adapters)
     return adapters
 
 
@@ -219,7 +225,7 @@ class PostgresBackend(Backend):
     # The migration ledgers found missing alone, said once (`ledgers_missing`).
     _ledgers_said: tuple[str, ...] = ()
 
-    # The adapters the pool's connections start from (`_json_read_fast`); made once.
+    # The adapters the pool's connections start from (`_json_adapters`); made once.
     _adapters: AdaptersMap | None = None
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -340,7 +346,7 @@ class PostgresBackend(Backend):
     def _new_pool(self) -> LendingPool:
         connect_timeout = self._connect_timeout
         if self._adapters is None:
-            self._adapters = _json_read_fast()
+            self._adapters = _json_adapters()
         return LendingPool(
             self.config.connection_string or "",
             min_size=self.config.pool_min_size,

@@ -19,7 +19,9 @@ from psycopg import postgres
 from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from psycopg.types.json import Jsonb, JsonbDumper
+from psycopg.types.json import Jsonb
+
+from code_hero.persistence.jsonbfloats import jsonb_dumps
 
 __all__ = ["DumpedJsonb", "dumped_jsonb"]
 
@@ -36,13 +38,14 @@ class DumpedJsonb(Jsonb):
 
 
 def dumped_jsonb(value: Any) -> DumpedJsonb:
-    """`value` as a jsonb parameter already dumped: the bytes `Jsonb(value)` would send,
-    so NULs, lone surrogates and non-ASCII text fare as with the stock saver."""
-    # The function psycopg's jsonb dumper calls: `json.dumps`, or what set_json_dumps
-    # set for all connections (none of ours sets its own). Read here at each call, as
-    # a dumper reads it when made; looking a dumper up and making one per value cost
-    # about a third as much as a small checkpoint's dumps itself.
-    text = JsonbDumper._dumps(value)
+    """`value` as a jsonb parameter already dumped: the bytes `Jsonb(value)` would send on
+    the pool's connections (`pg_backend._json_adapters`), so NULs, lone surrogates,
+    non-ASCII text and integral floats fare as with the stock saver."""
+    # The function the pool's jsonb dumper calls (`jsonb_dumps`: psycopg's, `json.dumps`
+    # or what set_json_dumps set for all connections, read at each call as a dumper reads
+    # it when made; each integral float kept a float), called here: looking a dumper up
+    # and making one per value cost about a third as much as a small checkpoint's dumps.
+    text = jsonb_dumps(value)
     if isinstance(text, str):
         # The version byte joined to the str, then encoded: the dumped text and one
         # copy of it alive at once, not the text, its bytes and their prefixed copy.

@@ -378,7 +378,7 @@ class EventLog:
         are this writer's own, not another executor's, when their type and time (to the
         microsecond, this process's clock) are: storing the rest goes on. Any one that
         differs: another's. Not the payload: jsonb gives some numbers back as others
-        (1e23 as the integer 10**23), and a refused event was stored as its stand-in."""
+        (-0.0 as 0.0), and a refused event was stored as its stand-in."""
         if not w.inflight:
             return False
         first, last = w.inflight[0].seq, w.inflight[-1].seq

@@ -1,5 +1,7 @@
 """The JSON the PostgreSQL registry sends for a jsonb value: orjson's where it writes
-what json writes, else json's (issue 15); PostgreSQL stores the same value either way."""
+what json writes, else json's (issue 15); PostgreSQL stores the same value either way,
+but for an integral float from 1e16 up, which it now keeps a float where json's text
+made it an int (equal in Python: `jsonbfloats`, tests/persistence/test_jsonbfloats.py)."""
 
 from __future__ import annotations
 

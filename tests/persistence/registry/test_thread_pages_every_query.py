@@ -19,7 +19,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from code_hero.persistence.pg_backend import _json_read_fast
+from code_hero.persistence.pg_backend import _json_adapters
 from code_hero.persistence.records import (
     Registry,
     SortDirection,
@@ -71,7 +71,7 @@ async def _pg(url: str) -> AsyncIterator[PostgresRegistry]:
         "autocommit": True,
         "prepare_threshold": 0,
         "row_factory": dict_row,
-        "context": _json_read_fast(),
+        "context": _json_adapters(),
     }
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, kwargs=kwargs, open=False)
     await pool.open()

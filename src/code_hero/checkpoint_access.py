@@ -11,7 +11,7 @@ from typing import Any
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.compose import GatewaySettings
 from code_hero.errors import BadInputError, NotFoundError
-from code_hero.inputs import check_checkpoint_id, check_text, check_thread_id
+from code_hero.inputs import check_checkpoint_id, check_graph_value, check_text, check_thread_id
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import Page, ThreadRecord
@@ -230,11 +230,8 @@ class CheckpointAccess:
         checkpoint_id = request.checkpoint_id
         if checkpoint_id is not None:
             checkpoint_id = check_checkpoint_id(checkpoint_id)
-        for name, value in (
-            ("values", request.values),
-            ("asNode", request.as_node),
-            ("namespace", request.namespace),
-        ):
+        check_graph_value(request.values, "values")
+        for name, value in (("asNode", request.as_node), ("namespace", request.namespace)):
             check_text(value, name)
         request = replace(request, thread_id=thread_id, checkpoint_id=checkpoint_id)
         if not await self._owns(thread_id, caller):

@@ -1,4 +1,4 @@
-"""Big numbers in what a caller sends: a float stays a float on every backend.
+"""Big numbers in what a caller sends: a float stays a float, an int past 64 bits is refused.
 
 PostgreSQL's jsonb keeps the number 1e23 as `100000000000000000000000` (no scale), which
 reads back as the Python int 10**23: a run given `{value: 1e23}` saw an int on
@@ -7,6 +7,12 @@ PostgreSQL (a float on memory and SQLite), and LangGraph's msgpack then failed t
 held for a resume answer, a config value, run metadata and an edit's values (a checkpoint
 keeps a float channel value in its jsonb). jsonb keeps a number's scale, so an integral
 float is now written `100000000000000000000000.0`: every backend gives back what was sent.
+
+An integer past the signed 64-bit range (2**70 as a variable or as a literal) failed the
+run later on every backend (msgpack cannot carry it), and so did run metadata or config
+holding one on the memory saver (LangGraph copies their top-level values into each
+checkpoint's metadata). What reaches a graph now refuses one: BAD_USER_INPUT naming the
+argument and where in it, nothing stored. Thread metadata and filters still take one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from code_hero.app import create_app
 from code_hero.config import create_memory_checkpointer
 from code_hero.gateway import GatewaySettings
 from code_hero.settings import AppSettings
-from tests.graphql.clients import data, gql
+from tests.graphql.clients import codes, data, gql
 from tests.graphql.conftest import Server, checkpointer_for, running
 
 NUMBERS_GRAPH = f"{Path(__file__).with_name('numbers_graph.py')}:graph"
@@ -31,6 +37,7 @@ START = f"mutation($i: StartRunInput!) {{ startRun(input: $i) {{ {RUN} }} }}"
 READ = f"""query($r: ID!, $t: ID!) {{ run(id: $r) {{ {RUN} }}
   thread(id: $t) {{ values latestCheckpoint {{ metadata }} }} }}"""
 UPDATE = "mutation($i: UpdateStateInput!) { updateState(input: $i) { id } }"
+BIG = 2**70  # 1180591620717411303424
 FLOATS = {"value": "float", "answer": "NoneType", "config": "float", "metadata": "float"}
 
 
@@ -146,3 +153,79 @@ async def _stored_in_postgresql(url: str, run_id: str) -> None:
             [run_id],
         )
         assert await cur.fetchone() == ("100000000000000000000000.0", "100000000000000000000000.0")
+
+
+# Every JSON argument that reaches a graph (schema.graphql): what is refused, and where.
+REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
+    "startRun input": (
+        START,
+        {"i": {"graph": "numbers", "input": {"value": BIG}}},
+        "input holds 1180591620717411303424 at $.value:",
+    ),
+    "startRun input literal": (
+        'mutation { startRun(input: {graph: "numbers", input: {value: 1180591620717411303424}}) '
+        "{ id } }",
+        {},
+        "input holds 1180591620717411303424 at $.value:",
+    ),
+    "startRun input negative": (
+        START,
+        {"i": {"graph": "numbers", "input": {"value": [1, -(2**63) - 1]}}},
+        "input holds -9223372036854775809 at $.value[1]:",
+    ),
+    "startRun resume": (
+        START,
+        {"i": {"threadId": "t1", "resume": 2**64 - 1}},
+        "resume holds 18446744073709551615 at $:",
+    ),
+    "startRun config": (
+        START,
+        {"i": {"graph": "numbers", "config": {"x": 2**63}}},
+        "config holds 9223372036854775808 at $.x:",
+    ),
+    "startRun metadata": (
+        START,
+        {"i": {"graph": "numbers", "metadata": {"x": {"y": BIG}}}},
+        "metadata holds 1180591620717411303424 at $.x.y:",
+    ),
+    "updateState values": (
+        UPDATE,
+        {"i": {"threadId": "t1", "values": {"value": [BIG]}}},
+        "values holds 1180591620717411303424 at $.value[0]:",
+    ),
+}
+# What only the gateway's own tables keep takes any integer, as before (JSON text and
+# jsonb carry them; tests/graphql/test_request_path.py reads one back).
+TAKEN: dict[str, tuple[str, dict[str, Any]]] = {
+    "createThread metadata": (
+        "mutation($m: JSON) { createThread(input: {metadata: $m}) { metadata } }",
+        {"m": {"x": BIG}},
+    ),
+    "threads filter": (
+        "query($m: JSON) { threads(filter: {metadata: $m}) { totalCount } }",
+        {"m": {"x": BIG}},
+    ),
+    "runs filter": (
+        "query($m: JSON) { runs(filter: {metadata: $m}) { totalCount } }",
+        {"m": {"x": BIG}},
+    ),
+}
+
+
+async def test_an_integer_past_64_bits_is_refused_where_a_graph_would_get_it(
+    server: Server,
+) -> None:
+    for name, (query, variables, said) in REFUSED.items():
+        body = await gql(server.http, query, variables)
+        assert codes(body) == ["BAD_USER_INPUT"], (name, body)
+        message = body["errors"][0]["message"]
+        assert said in message and "signed 64-bit range" in message, (name, message)
+        assert not body.get("data"), (name, body)
+    counts = await gql(server.http, "{ threads { totalCount } runs { totalCount } }")
+    assert counts["data"] == {"threads": {"totalCount": 0}, "runs": {"totalCount": 0}}
+    for name, (query, variables) in TAKEN.items():
+        body = await gql(server.http, query, variables)
+        assert "errors" not in body, (name, body)
+    assert data(await gql(server.http, TAKEN["threads filter"][0], {"m": {"x": BIG}})) == {
+        "threads": {"totalCount": 1}
+    }

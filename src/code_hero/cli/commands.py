@@ -33,7 +33,7 @@ from code_hero.cli.storage import (
 )
 from code_hero.config import config_from_url
 from code_hero.errors import BadInputError, CodeHeroError, ConfigurationError
-from code_hero.inputs import MAX_JSON_DEPTH, check_json
+from code_hero.inputs import MAX_JSON_DEPTH, check_graph_value, check_json
 from code_hero.persistence import clock
 
 __all__ = ["health", "migrate", "prune", "run", "schema", "threads_delete", "threads_list"]
@@ -91,7 +91,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def _answer(text: str) -> Any:
     """A resume answer: JSON when it parses (true, {"approved": false}), else the text;
-    held to what the GraphQL API takes (finite numbers, bounded nesting: check_json)."""
+    held to what the GraphQL API takes (finite numbers, bounded nesting: check_json; no
+    integer past 64 bits: check_graph_value), before any storage is opened."""
     try:
         answer = json.loads(text)
     except ValueError:
@@ -100,7 +101,8 @@ def _answer(text: str) -> Any:
         raise BadInputError(
             f"the resume answer nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
         ) from None
-    return check_json(answer, "the resume answer")
+    check_graph_value(check_json(answer, "the resume answer"), "the resume answer")
+    return answer
 
 
 def _resume_hint(args: argparse.Namespace, thread_id: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from code_hero.errors import BadInputError
-from code_hero.inputs import check_text
+from code_hero.inputs import check_graph_value, check_text
 from code_hero.persistence.records import MultitaskStrategy, Registry, RunFilter, RunStatus
 
 __all__ = [
@@ -62,19 +62,25 @@ class StartRun:
 
 
 def check_request_text(request: StartRun) -> None:
-    """No NUL in anything of a run request that is stored."""
+    """No NUL in anything of a run request that is stored, and no integer past 64 bits in
+    what the graph is given (its config and metadata too: LangGraph copies their top-level
+    values into each checkpoint's metadata)."""
     for name, value in (
         ("message", request.message),
-        ("input", request.input),
-        ("resume", request.resume),
         ("graph", request.graph),
         ("userId", request.user_id),
-        ("metadata", request.metadata),
-        ("config", request.config),
         ("webhook", request.webhook),
     ):
-        if value is not UNSET:
-            check_text(value, name)
+        check_text(value, name)
+    given: tuple[tuple[str, Any], ...] = (
+        ("input", request.input),
+        ("resume", request.resume),
+        ("metadata", request.metadata),
+        ("config", request.config),
+    )
+    for name, json_value in given:
+        if json_value is not UNSET:
+            check_graph_value(json_value, name)
 
 
 def check_config(config: Mapping[str, Any], max_recursion_limit: int) -> None:

@@ -10,108 +10,118 @@ positional notation with `.0`, the numeric has scale 1 and reads back as the sam
 
 Only a positive exponent needs it: a float written with one is integral (repr uses one
 from 1e16 up, where every float is), and a negative one leaves a scale (`1e-7` is
-`0.0000001`). Most text has no number written so, and is given back as it is after a
-search or two in C (`keep_floats`).
+`0.0000001`). Most text has no `e+` between digits, and is given back as it is after one
+search in C. Where one is, the value is walked, not the text: each such float is swapped
+for a mark (a string no client can send: a NUL, which jsonb refuses, then a nonce of this
+process) and the value dumped again, each mark's text then replaced by the float's
+positional digits. Cost follows the value's objects, never what its strings hold: the
+text rewrite this replaced counted quotes in Python for each `e+` in a string, and a
+1 MB string of `" 1e+1"` stalled the event loop for about a second.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, AnyStr, overload
+import secrets
+from collections.abc import Callable
+from typing import Any, AnyStr
 
 from psycopg.types.json import JsonbDumper
 
-__all__ = ["jsonb_dumps", "keep_floats"]
+__all__ = ["dumps_keeping_floats", "jsonb_dumps"]
 
-# Where such a number may be: a digit, `e+`, a digit. Searched from its literal `e+` (a
-# regex starting with a class of characters is tried at every position: ten times slower).
+# A digit, `e+`, a digit: how json and orjson write a float from 1e16 up. Searched from
+# its literal `e+` (a regex starting with a class of characters is tried at every
+# position: ten times slower).
 _CANDIDATE = r"e\+\d(?<=\de\+\d)"
-# The mantissa before it, where a value starts: after `[`, `:`, `,` or a space (json
-# writes ", " and ": "), or at the text's start; at most 24 characters (a float's repr
-# has 17 digits). Then its exponent.
-_MANTISSA = r"(?:^|(?<=[\[:,\s]))-?\d+(?:\.\d+)?\Z"
-_WINDOW = 24
-_EXPONENT = r"e\+\d+"
-_STR = (re.compile(_CANDIDATE), re.compile(_MANTISSA), re.compile(_EXPONENT))
-_BYTES = (
-    re.compile(_CANDIDATE.encode()),
-    re.compile(_MANTISSA.encode()),
-    re.compile(_EXPONENT.encode()),
-)
-
-
-@overload
-def keep_floats(text: str) -> str: ...
-@overload
-def keep_floats(text: bytes) -> bytes: ...
-@overload
-def keep_floats(text: str | bytes) -> str | bytes: ...
-def keep_floats(text: str | bytes) -> str | bytes:
-    """JSON `text` with each number written with a positive exponent (an integral float)
-    written in positional notation ending `.0`, as jsonb keeps a float; else `text`."""
-    # A `+` first (memchr: ~4 % of orjson's dumps of 1 MB); then `e+` between digits
-    # (~1.2x those dumps, only where a `+` is: text of code, of sums, base64); then only
-    # the candidates, a few Python steps each.
-    if isinstance(text, str):
-        return _kept(text, _STR, '"', "\\", "\\\\", '\\"') if "+" in text else text
-    return _kept(text, _BYTES, b'"', b"\\", b"\\\\", b'\\"') if b"+" in text else text
-
-
-def _kept(
-    text: AnyStr,
-    patterns: tuple[re.Pattern[AnyStr], re.Pattern[AnyStr], re.Pattern[AnyStr]],
-    quote: AnyStr,
-    backslash: AnyStr,
-    pairs: AnyStr,
-    escaped: AnyStr,
-) -> AnyStr:
-    candidate, mantissa, exponent = patterns
-    empty = quote[:0]
-    pieces: list[AnyStr] = []
-    done = 0  # the text before this is in `pieces`
-    read = 0  # the quotes before this are counted in `quotes`
-    quotes = 0
-    for found in candidate.finditer(text):
-        at = found.start()
-        number = mantissa.search(text, max(0, at - _WINDOW), at)
-        if number is None:  # in a word, a hex id, base64: in a string
-            continue
-        start = number.start()
-        # In a string, or not: the quotes before it that are no escape's. A JSON text's
-        # backslashes are escapes, each with the character after it; none is cut here
-        # (`start` follows `[`, `:`, `,` or a space, which no escape ends with).
-        part = text[read:start]
-        if backslash in part:
-            part = part.replace(pairs, empty)
-            quotes -= part.count(escaped)
-        quotes += part.count(quote)
-        read = start
-        if quotes % 2:
-            continue
-        end = exponent.match(text, at)
-        assert end is not None  # the candidate's own `e+` and digit
-        pieces.append(text[done:start])
-        pieces.append(_positional(text[start : end.end()]))
-        done = end.end()
-    if not pieces:
-        return text
-    pieces.append(text[done:])
-    return empty.join(pieces)
-
-
-def _positional(token: AnyStr) -> AnyStr:
-    """A number `1.5e+16` as `15000000000000000.0` (`token` itself if not integral)."""
-    written = token if isinstance(token, str) else token.decode("ascii")
-    mantissa, exponent = written.split("e+")
-    whole, _, fraction = mantissa.partition(".")
-    zeros = int(exponent) - len(fraction)
-    if zeros < 0:  # not integral (no float's repr is): jsonb keeps its scale as it is
-        return token
-    positional = f"{whole}{fraction}{'0' * zeros}.0"
-    return positional if isinstance(token, str) else positional.encode("ascii")
+_NONCE = secrets.token_hex(8)
+_MARK = f"\x00{_NONCE}"
+# A mark as json and orjson write it (both escape a NUL `\u0000`), with its index.
+_MARKED = rf'"\\u0000{_NONCE}(\d+)"'
+_STR = (re.compile(_CANDIDATE), re.compile(_MARKED))
+_BYTES = (re.compile(_CANDIDATE.encode()), re.compile(_MARKED.encode()))
+_WRITTEN_WITH_EXPONENT = 1e16  # repr writes a float this big or bigger with one
+_INF = float("inf")
 
 
 def jsonb_dumps(value: Any) -> str | bytes:
     """`value` as JSON text for jsonb: what psycopg's jsonb dumper writes (`json.dumps`, or
     what set_json_dumps set for all connections), integral floats kept floats."""
-    return keep_floats(JsonbDumper._dumps(value))
+    return dumps_keeping_floats(value, JsonbDumper._dumps)
+
+
+def dumps_keeping_floats(value: Any, dumps: Callable[[Any], str | bytes]) -> str | bytes:
+    """`dumps(value)`, each float it writes with a positive exponent written positionally
+    with `.0` instead, as jsonb keeps a float."""
+    text = dumps(value)
+    if isinstance(text, str):
+        if "+" not in text or _STR[0].search(text) is None:  # memchr first: most text
+            return text
+    elif b"+" not in text or _BYTES[0].search(text) is None:
+        return text
+    floats: list[float] = []
+    try:
+        swapped = _swap(value, floats)
+    except RecursionError:  # deeper than dumps went: left as it is
+        return text
+    if not floats:  # the `e+` was in a string or a key
+        return text
+    return _put_back(dumps(swapped), floats)
+
+
+def _swap(value: Any, floats: list[float]) -> Any:
+    """`value`, each float written with an exponent swapped for a mark of its index in
+    `floats`; the same object where none is inside (a copy is made only of what holds
+    one). Exact JSON types only, as the dumpers here write them."""
+    kind = type(value)
+    if kind is float:
+        if _WRITTEN_WITH_EXPONENT <= abs(value) < _INF:
+            floats.append(value)
+            return f"{_MARK}{len(floats) - 1}"
+        return value
+    if kind is dict:
+        copy: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if type(item) in _LEAVES:
+                continue
+            swapped = _swap(item, floats)
+            if swapped is not item:
+                if copy is None:
+                    copy = dict(value)
+                copy[key] = swapped
+        return value if copy is None else copy
+    if kind is list or kind is tuple:
+        items: list[Any] | None = None
+        for at, item in enumerate(value):
+            if type(item) in _LEAVES:
+                continue
+            swapped = _swap(item, floats)
+            if swapped is not item:
+                if items is None:
+                    items = list(value)
+                items[at] = swapped
+        return value if items is None else items
+    return value
+
+
+_LEAVES = frozenset({str, int, bool, type(None)})
+
+
+def _put_back(text: AnyStr, floats: list[float]) -> AnyStr:
+    """`text` with each mark's string replaced by its float's positional digits."""
+    # Split at the marks (their indexes at the odd places), joined with the digits: no
+    # Python call per mark, as a `sub` with a function makes.
+    if isinstance(text, str):
+        pieces: list[Any] = _STR[1].split(text)
+        pieces[1::2] = [_positional(floats[int(at)]) for at in pieces[1::2]]
+        return "".join(pieces)  # type: ignore[return-value]
+    parts: list[Any] = _BYTES[1].split(text)
+    parts[1::2] = [_positional(floats[int(at)]).encode("ascii") for at in parts[1::2]]
+    return b"".join(parts)  # type: ignore[return-value]
+
+
+def _positional(number: float) -> str:
+    """A float written with an exponent, `1.5e+16`, as `15000000000000000.0`."""
+    digits, _, exponent = repr(number).partition("e+")
+    whole, _, fraction = digits.partition(".")
+    return whole + fraction + "0" * (int(exponent) - len(fraction)) + ".0"

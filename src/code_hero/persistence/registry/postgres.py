@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.errors import ConflictError
 from code_hero.persistence import clock, jsontext
-from code_hero.persistence.jsonbfloats import keep_floats
+from code_hero.persistence.jsonbfloats import dumps_keeping_floats
 from code_hero.persistence.migrations import (
     MIGRATION_LOCK_KEY,
     POSTGRES_MIGRATIONS,
@@ -76,7 +76,7 @@ _ORJSON = (
 def _jsonb_text(value: Any) -> str | bytes:
     # Each integral float written so jsonb keeps it a float (`jsonbfloats`): jsonb made
     # 1e23 the int 10**23, which a run, a resume or a client read back as one.
-    return keep_floats(_json_text(value))
+    return dumps_keeping_floats(value, _json_text)
 
 
 def _json_text(value: Any) -> str | bytes:

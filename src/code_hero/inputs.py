@@ -8,8 +8,9 @@
     metadata        a JSON object, its text as above
     a JSON value    (every argument of type JSON) finite numbers only (NaN and
                     Infinity are not JSON), nested at most MAX_JSON_DEPTH levels
-    for a graph     (a run's input, resume, config and metadata, an edit's
-                    values) integers within the signed 64-bit range too
+    for a graph     (a run's input and resume, an edit's values, the top level
+                    of a run's config and metadata) integers from -2**63 to
+                    2**64-1 too
     ttl (seconds)   a whole number from 1 to 10 years (a typo of a few more
                     digits would otherwise overflow the database's time range)
     a count         a whole number within the bounds the argument documents
@@ -33,13 +34,14 @@ read (every metadata filter failed after) and PostgreSQL as null. A value nested
 deeper than any state needs would fail later, when encoded, on Python's
 recursion limit; 64 levels is as deep as the gateway renders a checkpoint value.
 
-An integer past the signed 64-bit range is more than LangGraph's msgpack
-carries: a run given one (2**70 from a body, or a literal) failed when it was
-first checkpointed, on every backend, and so did one whose metadata or config
-held one at its top level on the memory saver (LangGraph copies those values
-into each checkpoint's metadata). What a run or an edit hands a graph is held
-to 64 bits as its text is checked, in the same walk (`check_graph_value`), and
-names where the integer is. Thread metadata and metadata filters still take
+An integer past 64 bits (below -2**63 or above 2**64-1, ormsgpack's signed and
+unsigned ranges) is more than LangGraph's msgpack carries: a run given one
+(2**70 from a body, or a literal) failed when it was first checkpointed, on
+every backend, and so did one whose metadata or config held one at its top
+level on the memory saver (LangGraph copies those values, and only those, into
+each checkpoint's metadata). What a run or an edit hands a graph is held to 64
+bits as its text is checked, in the same walk (`check_graph_value`), and names
+where the integer is. Thread metadata and metadata filters still take
 any integer: only the gateway's tables keep them (JSON text, jsonb), which
 carry every integer, and a filter may ask for what a thread holds.
 
@@ -119,13 +121,13 @@ def check_text(value: object, name: str) -> None:
 
 def check_graph_value(value: object, name: str) -> None:
     """BadInputError naming `name` if `value` (a JSON value a graph is given) holds text
-    that cannot be stored (as check_text) or an integer past the signed 64-bit range,
+    that cannot be stored (as check_text) or an integer past 64 bits (-2**63 to 2**64-1),
     which LangGraph's msgpack cannot checkpoint."""
     _check_items(value, name, graph=True)
 
 
-# What LangGraph's msgpack carries (and SQLite's INTEGER holds).
-_MIN_INT, _MAX_INT = -(2**63), 2**63 - 1
+# What LangGraph's msgpack (ormsgpack) carries: a signed or an unsigned 64-bit integer.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 
 def _check_items(value: object, name: str, *, graph: bool) -> None:
@@ -164,14 +166,14 @@ def _check_str(text: str, name: str) -> None:
 
 
 def _check_int(value: object, number: int, name: str) -> None:
-    """BadInputError if `number` (in `value`) is past the signed 64-bit range."""
+    """BadInputError if `number` (in `value`) is past 64 bits (-2**63 to 2**64-1)."""
     if _MIN_INT <= number <= _MAX_INT:
         return
     # All its digits up to 39 (Python refuses a str() past 4,300 of them).
     shown = number if number.bit_length() <= 128 else f"a {number.bit_length()}-bit integer"
     raise BadInputError(
-        f"{name} holds {shown} at {_path_of(value, number)}: integers must be within the "
-        "signed 64-bit range (-2**63 to 2**63-1); send a larger one as a string"
+        f"{name} holds {shown} at {_path_of(value, number)}: integers must be within "
+        "64 bits (-2**63 to 2**64-1), what a checkpoint carries; send a larger one as a string"
     )
 
 

@@ -8,11 +8,12 @@ held for a resume answer, a config value, run metadata and an edit's values (a c
 keeps a float channel value in its jsonb). jsonb keeps a number's scale, so an integral
 float is now written `100000000000000000000000.0`: every backend gives back what was sent.
 
-An integer past the signed 64-bit range (2**70 as a variable or as a literal) failed the
+An integer past 64 bits (2**70 as a variable or as a literal) failed the
 run later on every backend (msgpack cannot carry it), and so did run metadata or config
 holding one on the memory saver (LangGraph copies their top-level values into each
-checkpoint's metadata). What reaches a graph now refuses one: BAD_USER_INPUT naming the
-argument and where in it, nothing stored. Thread metadata and filters still take one.
+checkpoint's metadata; nested deeper it is never checkpointed). What reaches a graph now
+refuses one: BAD_USER_INPUT naming the argument and where in it, nothing stored. Thread
+metadata and filters still take one.
 """
 
 from __future__ import annotations
@@ -122,9 +123,12 @@ async def test_a_float_stays_a_float_on_every_backend(
     assert after["output"]["kinds"]["value"] == "float"
     assert _typed(after["output"]["list"]) == _typed(sent["list"])
 
-    # The signed 64-bit range is taken whole, as ints.
-    edges = {"value": 2**63 - 1, "list": [-(2**63)]}
-    ints = await _run(server, input=edges, wait=True)
+    # The 64-bit range is taken whole (ormsgpack's signed and unsigned), as ints, and so
+    # is a big integer that a run's config or metadata nests below its top level (only
+    # the top level reaches a checkpoint's metadata).
+    edges = {"value": 2**64 - 1, "list": [-(2**63)]}
+    nested = {"x": {"y": BIG}}
+    ints = await _run(server, input=edges, config=nested, metadata=nested, wait=True)
     assert ints["status"] == "SUCCESS", ints
     assert ints["output"]["kinds"]["value"] == "int"
     assert _typed((await _read(server, ints))["run"]["input"]) == _typed(edges)
@@ -175,18 +179,18 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "startRun resume": (
         START,
-        {"i": {"threadId": "t1", "resume": 2**64 - 1}},
-        "resume holds 18446744073709551615 at $:",
+        {"i": {"threadId": "t1", "resume": 2**64}},
+        "resume holds 18446744073709551616 at $:",
     ),
     "startRun config": (
         START,
-        {"i": {"graph": "numbers", "config": {"x": 2**63}}},
-        "config holds 9223372036854775808 at $.x:",
+        {"i": {"graph": "numbers", "config": {"x": 2**64}}},
+        "config holds 18446744073709551616 at $.x:",
     ),
     "startRun metadata": (
         START,
-        {"i": {"graph": "numbers", "metadata": {"x": {"y": BIG}}}},
-        "metadata holds 1180591620717411303424 at $.x.y:",
+        {"i": {"graph": "numbers", "metadata": {"x": BIG}}},
+        "metadata holds 1180591620717411303424 at $.x:",
     ),
     "updateState values": (
         UPDATE,
@@ -219,7 +223,7 @@ async def test_an_integer_past_64_bits_is_refused_where_a_graph_would_get_it(
         body = await gql(server.http, query, variables)
         assert codes(body) == ["BAD_USER_INPUT"], (name, body)
         message = body["errors"][0]["message"]
-        assert said in message and "signed 64-bit range" in message, (name, message)
+        assert said in message and "within 64 bits" in message, (name, message)
         assert not body.get("data"), (name, body)
     counts = await gql(server.http, "{ threads { totalCount } runs { totalCount } }")
     assert counts["data"] == {"threads": {"totalCount": 0}, "runs": {"totalCount": 0}}

@@ -63,8 +63,9 @@ class StartRun:
 
 def check_request_text(request: StartRun) -> None:
     """No NUL in anything of a run request that is stored, and no integer past 64 bits in
-    what the graph is given (its config and metadata too: LangGraph copies their top-level
-    values into each checkpoint's metadata)."""
+    what the graph is given: its input or resume, and the top level of its config and
+    metadata (LangGraph copies those values, and only those, into each checkpoint's
+    metadata; a big integer nested deeper is never checkpointed)."""
     for name, value in (
         ("message", request.message),
         ("graph", request.graph),
@@ -72,15 +73,17 @@ def check_request_text(request: StartRun) -> None:
         ("webhook", request.webhook),
     ):
         check_text(value, name)
-    given: tuple[tuple[str, Any], ...] = (
-        ("input", request.input),
-        ("resume", request.resume),
-        ("metadata", request.metadata),
-        ("config", request.config),
-    )
-    for name, json_value in given:
+    for name, json_value in (("input", request.input), ("resume", request.resume)):
         if json_value is not UNSET:
             check_graph_value(json_value, name)
+    for name, json_value in (("metadata", request.metadata), ("config", request.config)):
+        if json_value is UNSET:
+            continue
+        check_text(json_value, name)
+        if isinstance(json_value, Mapping):  # only the top level reaches a checkpoint
+            for key, item in json_value.items():
+                if isinstance(item, int) and not isinstance(item, bool):
+                    check_graph_value({key: item}, name)
 
 
 def check_config(config: Mapping[str, Any], max_recursion_limit: int) -> None:

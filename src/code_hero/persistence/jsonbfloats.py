@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any, AnyStr
+from typing import Any
 
 from psycopg.types.json import JsonbDumper
 
@@ -107,17 +107,17 @@ def _swap(value: Any, floats: list[float]) -> Any:
 _LEAVES = frozenset({str, int, bool, type(None)})
 
 
-def _put_back(text: AnyStr, floats: list[float]) -> AnyStr:
+def _put_back(text: str | bytes, floats: list[float]) -> str | bytes:
     """`text` with each mark's string replaced by its float's positional digits."""
     # Split at the marks (their indexes at the odd places), joined with the digits: no
     # Python call per mark, as a `sub` with a function makes.
     if isinstance(text, str):
         pieces: list[Any] = _STR[1].split(text)
         pieces[1::2] = [_positional(floats[int(at)]) for at in pieces[1::2]]
-        return "".join(pieces)  # type: ignore[return-value]
+        return "".join(pieces)
     parts: list[Any] = _BYTES[1].split(text)
     parts[1::2] = [_positional(floats[int(at)]).encode("ascii") for at in parts[1::2]]
-    return b"".join(parts)  # type: ignore[return-value]
+    return b"".join(parts)
 
 
 def _positional(number: float) -> str:

@@ -476,6 +476,29 @@ def test_serve_answers_finishes_runs_on_sigterm_and_keeps_its_data(
     assert proc.wait(timeout=15) == 0
 
 
+def test_sigterm_ends_open_sse_subscriptions_and_stops(serve: Serve, tmp_path: Path) -> None:
+    """An SSE subscription that would never end by itself (`threadEvents`) held uvicorn's
+    "Waiting for connections to close" forever: the lifespan never ran (no drain, no
+    copy-back of an outage), until an orchestrator's SIGKILL. Now a SIGTERM ends every
+    SSE stream (a cut: the body ends with no `complete`, so a client resumes) and exits."""
+    proc, url = serve("--sqlite-path", str(tmp_path / "sse.sqlite"))
+    thread = graphql(url, "mutation { createThread(input: {}) { id } }")["createThread"]
+    query = "subscription($t: ID!) { threadEvents(threadId: $t) { seq } }"
+    body = {"query": query, "variables": {"t": thread["id"]}}  # type: ignore[index]
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{url}/graphql", json=body, headers={"accept": "text/event-stream"}
+        ) as stream,
+    ):
+        assert stream.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        told = stream.read().decode()
+    assert "event: complete" not in told
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
 def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(
     serve: Serve, tmp_path: Path
 ) -> None:

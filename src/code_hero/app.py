@@ -23,11 +23,12 @@ shows each backend's last error as a category, never the driver's text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -39,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -146,6 +147,8 @@ class GraphQLView(GraphQL[Context, None]):
         # What an Accept header may ask to stream by (SSE): Strawberry makes these anew at
         # each request's look-up; `accepts` reads only the header.
         self.header_transports = tuple(self._stream_transport_map.values())
+        # Set when the server begins to stop (serve's SIGTERM): every SSE stream ends.
+        self.stopping = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,6 +170,21 @@ class GraphQLView(GraphQL[Context, None]):
         except HTTPException as exc:  # a body that is not a GraphQL request: JSON all the same
             response = _error_response(exc.status_code, exc.reason, "BAD_USER_INPUT")
         await response(scope, receive, send)
+
+    async def create_streaming_response(
+        self,
+        request: Request | WebSocket,
+        stream: Callable[[], AsyncIterator[str]],
+        sub_response: Response,
+        headers: Mapping[str, str],
+    ) -> Response:
+        """An SSE stream that ends once the server begins to stop (see `_StoppableStream`)."""
+        return _StoppableStream(
+            stream(),
+            self.stopping,
+            status_code=sub_response.status_code or 200,
+            headers={**sub_response.headers, **headers},
+        )
 
     async def execute_single(
         self,
@@ -312,6 +330,55 @@ class GraphQLView(GraphQL[Context, None]):
 
 
 # ---------------------------------------------------------------- body size
+
+
+class _StoppableStream(StreamingResponse):
+    """A streamed response (SSE) that ends once `stopping` is set.
+
+    uvicorn stops by waiting for every open connection to finish its response, and only
+    then runs the lifespan's shutdown (the runs' drain, an outage's copy-back). An SSE
+    subscription that never ends by itself (`threadEvents`; `runEvents` of a long run)
+    held that wait until the orchestrator's SIGKILL. Once the server begins to stop,
+    the stream is ended as a client's disconnect would end it (Starlette cancels the
+    body, which closes the subscription), then the body is finished: the client reads a
+    stream that stops with no `complete`, a cut it resumes elsewhere (`afterSeq`), as a
+    WebSocket closed with 1012 is. Starlette listens for the disconnect on ASGI 2.3 (what
+    uvicorn's HTTP protocols speak); on 2.4 it would not, and the stream would not end.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[str], stopping: asyncio.Event, **options: Any
+    ) -> None:
+        super().__init__(content, **options)
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stopped = started = ended = False
+
+        async def receive_or_stop() -> Message:
+            nonlocal stopped
+            received = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(self.stopping.wait())
+            try:
+                await asyncio.wait((received, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not received.done():
+                    received.cancel()
+            if received.done() and not received.cancelled():
+                return received.result()
+            stopped = True
+            return {"type": "http.disconnect"}
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, ended
+            await send(message)
+            started = True
+            ended = message["type"] == "http.response.body" and not message.get("more_body")
+
+        await super().__call__(scope, receive_or_stop, tracking_send)
+        if stopped and started and not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _error_response(status: int, message: str, code: str, **headers: str) -> Response:
@@ -499,4 +566,5 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         routes += vendor_routes()
     app = Starlette(routes=routes, middleware=_middleware(settings), lifespan=lifespan)
     app.state.fanout = fanout
+    app.state.stopping = view.stopping  # serve sets it when uvicorn begins to stop
     return app

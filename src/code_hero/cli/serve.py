@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sqlite3
 from dataclasses import replace
 from types import FrameType
@@ -87,7 +88,8 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("!" * 72)
     settings = _fallback_file_checked(settings)
     _cap_malloc_arenas()
-    app = _StartupErrors(create_app(settings))
+    starlette = create_app(settings)
+    app = _StartupErrors(starlette)
     # The modules and the schema (nearly all of the heap) live as long as the process:
     # frozen, the collector's full passes skip them (1.8 % of a thread-list page's
     # instructions; callgrind).
@@ -99,7 +101,16 @@ def serve(args: argparse.Namespace) -> int:
     # bench/peer.py's 16-client row (callgrind). Ten times fewer passes find the same
     # garbage a little later.
     gc.set_threshold(GC_THRESHOLD)
-    server = Server(
+
+    class StoppingServer(Server):
+        """uvicorn's server, telling the app when it begins to stop: the app's SSE
+        streams end, else uvicorn would wait for them before the lifespan's shutdown."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            starlette.state.stopping.set()
+            await super().shutdown(sockets)
+
+    server = StoppingServer(
         Config(
             app,
             host=settings.host,

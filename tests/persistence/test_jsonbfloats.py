@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import OrderedDict, UserList, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from code_hero.config import create_postgres_checkpointer
 from code_hero.persistence.jsonbfloats import dumps_keeping_floats, jsonb_dumps
 from code_hero.persistence.pg_backend import PostgresBackend
 from code_hero.persistence.pgjsonb import dumped_jsonb
-from code_hero.persistence.registry.postgres import _jsonb
+from code_hero.persistence.registry.postgres import _jsonb, _jsonb_text
 
 FLOATS: dict[str, Any] = {
     "a": 1e23,
@@ -82,6 +83,30 @@ def test_a_value_with_such_a_float_is_copied_not_changed() -> None:
     assert _typed(json.loads(text)) == _typed(
         {"a": [1, {"b": 1e20}], "c": ["x", 1e30], "d": {"e": 1}}
     )
+
+
+class _Float(float):
+    pass
+
+
+def test_subclasses_of_a_float_a_mapping_or_a_list_are_kept_floats_too() -> None:
+    # numpy.float64 is a float's subclass, which LangGraph keeps inline in a checkpoint.
+    value = {
+        "f": _Float(1e23),
+        "o": OrderedDict(x=1e23),
+        "d": defaultdict(list, x=[1e17]),
+        "l": UserList([1e16]).data,
+    }
+    for dumps in (json.dumps, orjson.dumps, jsonb_dumps, _jsonb_text):
+        try:
+            text = dumps_keeping_floats(value, dumps)
+        except TypeError:  # orjson refuses a float's subclass
+            continue
+        written = text if isinstance(text, str) else text.decode()
+        assert "e+" not in written, written  # jsonb would read each such number an int
+        assert _typed(json.loads(text)) == _typed(
+            {"f": 1e23, "o": {"x": 1e23}, "d": {"x": [1e17]}, "l": [1e16]}
+        ), dumps
 
 
 def test_random_values_come_back_as_they_were() -> None:

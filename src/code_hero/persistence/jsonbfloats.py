@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from psycopg.types.json import JsonbDumper
@@ -101,6 +101,14 @@ def _swap(value: Any, floats: list[float]) -> Any:
                     items = list(value)
                 items[at] = swapped
         return value if items is None else items
+    # Subclasses, as the dumpers write them: a float's (numpy.float64, a channel value
+    # LangGraph keeps inline), a mapping's (OrderedDict, defaultdict), a list's or a tuple's.
+    if isinstance(value, float):
+        return _swap(float(value), floats)
+    if isinstance(value, Mapping):
+        return _swap(dict(value), floats)
+    if isinstance(value, list | tuple):
+        return _swap(list(value), floats)
     return value
 
 

@@ -67,6 +67,7 @@ from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.jsontext import loads
 from code_hero.resolvers.context import Context, OperationObserver
 from code_hero.schema import build_schema
+from code_hero.schema.extensions import SUBSCRIPTION_STARTED
 from code_hero.settings import AppSettings, Limits
 from code_hero.sockets import SharedLegacyWSHandler, SharedTransportWSHandler
 from code_hero.ui import offline_graphiql_html, ui_routes, vendor_routes
@@ -333,17 +334,23 @@ class GraphQLView(GraphQL[Context, None]):
 
 
 class _StoppableStream(StreamingResponse):
-    """A streamed response (SSE) that ends once `stopping` is set.
+    """A streamed response (SSE) whose subscription ends once `stopping` is set.
 
     uvicorn stops by waiting for every open connection to finish its response, and only
     then runs the lifespan's shutdown (the runs' drain, an outage's copy-back). An SSE
     subscription that never ends by itself (`threadEvents`; `runEvents` of a long run)
     held that wait until the orchestrator's SIGKILL. Once the server begins to stop,
-    the stream is ended as a client's disconnect would end it (Starlette cancels the
-    body, which closes the subscription), then the body is finished: the client reads a
-    stream that stops with no `complete`, a cut it resumes elsewhere (`afterSeq`), as a
-    WebSocket closed with 1012 is. Starlette listens for the disconnect on ASGI 2.3 (what
-    uvicorn's HTTP protocols speak); on 2.4 it would not, and the stream would not end.
+    a subscription's stream is ended as a client's disconnect would end it (Starlette
+    cancels the body, which closes the subscription), then the body is finished: the
+    client reads a stream that stops with no `complete`, a cut it resumes elsewhere
+    (`afterSeq`), as a WebSocket closed with 1012 is. A query or a mutation sent over
+    SSE runs inside the stream too (Strawberry's `schema.stream`): it is left to finish
+    and answer, or a `startRun` would be cut with its run started and its id untold.
+    The operation's type is known once it executes (`OperationHooks` sets the event this
+    puts in the request's state, `SUBSCRIPTION_STARTED`); a stream still parsing at the
+    stop is ended if it turns out to be a subscription. Starlette listens for the
+    disconnect on ASGI 2.3 (what uvicorn's HTTP protocols speak); on 2.4 it would not,
+    and the stream would not end.
     """
 
     def __init__(
@@ -354,11 +361,17 @@ class _StoppableStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stopped = started = ended = False
+        subscription = asyncio.Event()
+        scope.setdefault("state", {})[SUBSCRIPTION_STARTED] = subscription
+
+        async def subscription_stopped() -> None:
+            await self.stopping.wait()
+            await subscription.wait()
 
         async def receive_or_stop() -> Message:
             nonlocal stopped
             received = asyncio.ensure_future(receive())
-            stop = asyncio.ensure_future(self.stopping.wait())
+            stop = asyncio.ensure_future(subscription_stopped())
             try:
                 await asyncio.wait((received, stop), return_when=asyncio.FIRST_COMPLETED)
             finally:

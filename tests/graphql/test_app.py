@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from code_hero.config import create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
+from tests.faults import until
 from tests.graphql.clients import codes, data, gql, sse
 from tests.graphql.conftest import Server, Starter
 
@@ -206,3 +208,43 @@ async def test_a_passed_gateway_is_left_open(start: Starter, tmp_path: Any) -> N
         async with start(gateway=gateway) as server:
             assert codes(await gql(server.http, "{ graphs { name } }")) == []
         assert (await gateway.health())["overall_status"] == "healthy"  # still usable
+
+
+async def test_a_stop_cuts_sse_subscriptions_but_lets_queries_and_mutations_answer(
+    start: Starter,
+) -> None:
+    """At a stop (serve's SIGTERM sets `stopping`) a subscription over SSE is cut, so
+    uvicorn can go on to the lifespan's drain; a mutation sent over SSE runs inside its
+    stream too, and was cut with it: a `startRun(wait)` left its run going and its id
+    untold. It now answers, then its stream completes."""
+    sse_headers = {"accept": "text/event-stream"}
+    start_run = (
+        'mutation { startRun(input: {graph: "slow", input: {}, config: {delay: 0.3}, wait: true}) '
+        "{ id status } }"
+    )
+    async with start() as server:
+        thread = data(await gql(server.http, "mutation { createThread(input: {}) { id } }"))
+        watch = {
+            "query": "subscription($t: ID!) { threadEvents(threadId: $t) { seq } }",
+            "variables": {"t": thread["createThread"]["id"]},
+        }
+
+        async def streamed(body: dict[str, Any]) -> str:
+            async with server.http.stream(
+                "POST", "/graphql", json=body, headers=sse_headers
+            ) as response:
+                assert response.status_code == 200
+                return (await response.aread()).decode()
+
+        subscribed = asyncio.create_task(streamed(watch))
+        mutated = asyncio.create_task(streamed({"query": start_run}))
+
+        async def admitted() -> bool:  # the mutation is under way, inside its stream
+            body = data(await gql(server.http, "{ runs { totalCount } }"))
+            return bool(body["runs"]["totalCount"])
+
+        await until(admitted)
+        server.app.state.stopping.set()
+        answered, cut = await asyncio.wait_for(asyncio.gather(mutated, subscribed), 20)
+    assert '"status":"SUCCESS"' in answered and "event: complete" in answered, answered
+    assert "event: complete" not in cut, cut

@@ -10,13 +10,18 @@ from typing import Any
 from graphql import ASTValidationRule, DocumentNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
 from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["Document", "Documents", "OperationHooks", "unnamed"]
+__all__ = ["SUBSCRIPTION_STARTED", "Document", "Documents", "OperationHooks", "unnamed"]
+
+# The key, in an SSE request's ASGI state, of the event set once its operation executes
+# as a subscription (app's `_StoppableStream`: only a subscription is cut at a stop).
+SUBSCRIPTION_STARTED = "code_hero.subscription_started"
 
 
 class OperationHooks(SchemaExtension):
@@ -77,6 +82,8 @@ class OperationHooks(SchemaExtension):
         if ctx.graphql_document is not None:
             self.cost = self.documents.price(ctx, self.document)
             admit(ctx, self.cost, self.max_cost)
+            if ctx.operation_type is OperationType.SUBSCRIPTION:
+                _subscription_started(ctx.context)
         yield
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
@@ -108,6 +115,15 @@ class OperationHooks(SchemaExtension):
             return str(self.execution_context.operation_type.value)
         except Exception:  # no document: it did not parse
             return "unknown"
+
+
+def _subscription_started(context: Any) -> None:
+    """Set the event an SSE stream put in its request's state (`SUBSCRIPTION_STARTED`)."""
+    scope = getattr(getattr(context, "request", None), "scope", None)
+    if isinstance(scope, dict) and (state := scope.get("state")) is not None:
+        started = state.get(SUBSCRIPTION_STARTED)
+        if started is not None:
+            started.set()
 
 
 def _errors(result: Any) -> list[GraphQLError]:

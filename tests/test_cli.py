@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -497,6 +498,59 @@ def test_sigterm_ends_open_sse_subscriptions_and_stops(serve: Serve, tmp_path: P
         told = stream.read().decode()
     assert "event: complete" not in told
     assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_sigterm_answers_a_waiting_start_run_and_stops(serve: Serve, db: list[str]) -> None:
+    """A `startRun(wait: true)` over HTTP held uvicorn's "Waiting for connections to
+    close" until its run ended (a long run: past an orchestrator's SIGKILL), with the
+    lifespan's drain and copy-back not begun. Now a SIGTERM answers it at once,
+    UNAVAILABLE naming the run (`runId`, `retryAfter`), and the run is drained (a grace
+    of 1 s, then its lease released) and resumable."""
+    graphs = ["--graphs", f"slow={SLOW_GRAPH}:graph"]
+    proc, url = serve(*db, *graphs, CODE_HERO_SHUTDOWN_GRACE="1")
+    thread = graphql(url, "mutation { createThread(input: {}) { id } }")["createThread"]
+    thread_id = thread["id"]  # type: ignore[index]
+    start = (
+        "mutation($t: ID!) { startRun(input: "
+        '{threadId: $t, graph: "slow", input: {delay: 10}, wait: true}) { id status } }'
+    )
+    answers: list[httpx.Response | httpx.TransportError] = []
+
+    def start_and_wait() -> None:
+        body = {"query": start, "variables": {"t": thread_id}}
+        try:
+            answers.append(httpx.post(f"{url}/graphql", json=body, timeout=120))
+        except httpx.TransportError as exc:  # the server killed without answering
+            answers.append(exc)
+
+    waiting = threading.Thread(target=start_and_wait, daemon=True)
+    waiting.start()
+    running = (
+        f'{{ runs(filter: {{threadId: "{thread_id}", status: RUNNING}}) '
+        "{ edges { node { id } } } }"
+    )
+    edges: list[dict[str, dict[str, str]]] = []
+    while not edges:  # until the run is in its first 10 s step
+        time.sleep(0.05)
+        edges = graphql(url, running)["runs"]["edges"]  # type: ignore[index]
+    run_id = edges[0]["node"]["id"]
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    waiting.join()
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    (answer,) = answers
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 200, answer.text
+    (error,) = answer.json()["errors"]
+    assert error["extensions"]["code"] == "UNAVAILABLE"
+    assert error["extensions"]["runId"] == run_id
+    assert error["extensions"]["retryAfter"] >= 1
+    assert "stopping" in error["message"]
+
+    proc, url = serve(*db, *graphs)  # released, not failed: another server takes it up
+    ran = graphql(url, f'{{ run(id: "{run_id}") {{ status }} }}')["run"]
+    assert ran["status"] in ("PENDING", "RUNNING")  # type: ignore[index]
 
 
 def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(

@@ -148,7 +148,8 @@ class GraphQLView(GraphQL[Context, None]):
         # What an Accept header may ask to stream by (SSE): Strawberry makes these anew at
         # each request's look-up; `accepts` reads only the header.
         self.header_transports = tuple(self._stream_transport_map.values())
-        # Set when the server begins to stop (serve's SIGTERM): every SSE stream ends.
+        # Set when the server begins to stop (serve's SIGTERM): every SSE stream ends
+        # (and the lifespan answers every waiting startRun).
         self.stopping = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -547,14 +548,30 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         return Response(body, media_type=media_type)
 
     @asynccontextmanager
+    async def stopping_answers_waits(gw: Gateway) -> AsyncIterator[None]:
+        """Once the server begins to stop (`stopping`), waiting starts are answered: else
+        uvicorn would wait for their runs' ends before the lifespan's shutdown."""
+
+        async def answer_when_stopping() -> None:
+            await view.stopping.wait()
+            gw.stop_waiting()
+
+        watch = asyncio.create_task(answer_when_stopping())
+        try:
+            yield
+        finally:
+            watch.cancel()
+
+    @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if gateway is not None:
             runtime.gateway = app.state.gateway = gateway
-            yield
+            async with stopping_answers_waits(gateway):
+                yield
             return
         # The page limit is the configured one on every layer (resolvers, gateway).
         own = replace(settings.gateway, max_page=limits.max_page)
-        async with Gateway(own) as owned:
+        async with Gateway(own) as owned, stopping_answers_waits(owned):
             runtime.gateway = app.state.gateway = owned
             try:
                 yield
@@ -579,5 +596,6 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
         routes += vendor_routes()
     app = Starlette(routes=routes, middleware=_middleware(settings), lifespan=lifespan)
     app.state.fanout = fanout
-    app.state.stopping = view.stopping  # serve sets it when uvicorn begins to stop
+    # serve sets it when uvicorn begins to stop: SSE streams end, waiting starts answer
+    app.state.stopping = view.stopping
     return app

@@ -125,6 +125,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         """The loaded graphs (after entering the context)."""
         return self.services.graphs
 
+    def stop_waiting(self) -> None:
+        """The server begins to stop: every `startRun(wait)` is answered now (UNAVAILABLE
+        naming its run, retryAfter the shutdown's grace) rather than when its run ends."""
+        self.executor.stop_waiting(self.settings.shutdown_grace)
+
     def spend_reads(self, caller: Caller, cost: int) -> None:
         """Spend a read's query cost from the caller's read rate limit (RATE_LIMITED when out)."""
         self.policy.spend_reads(caller, cost)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from code_hero.errors import BadInputError, ConflictError, NotFoundError
+from code_hero.errors import BadInputError, ConflictError, NotFoundError, RunHeldUpError
 from code_hero.gateway import Gateway
 from code_hero.persistence.records import RunFilter, RunStatus, ThreadStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
@@ -319,6 +319,33 @@ async def test_once_claiming_stops_no_caller_waits_for_a_pass(gateway: Gateway) 
     claims.after_next_pass(lambda: told.append("after"))
     assert told == ["before", "after"]
     assert claims._after_pass == []
+
+
+async def test_stop_waiting_answers_waiting_starts_and_leaves_their_runs_going(
+    gateway: Gateway,
+) -> None:
+    """Once the server begins to stop, a `startRun(wait)` is answered at once, UNAVAILABLE
+    naming its run (uvicorn held the stop until the run's end); the run goes on, for the
+    shutdown to drain or hand on. A start waiting from then on is answered at once too,
+    its run recorded."""
+    waiting = asyncio.create_task(
+        gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}, wait=True))
+    )
+    running: list[Any] = []
+    while not running:
+        await asyncio.sleep(0.01)
+        running = (await gateway.runs_page(RunFilter(status=RunStatus.RUNNING))).items
+    gateway.stop_waiting()
+    with pytest.raises(RunHeldUpError) as told:
+        await waiting
+    assert told.value.code == "UNAVAILABLE" and "stopping" in str(told.value)
+    assert told.value.extensions == {"retryAfter": 10, "runId": running[0].run_id}
+    with pytest.raises(RunHeldUpError) as later:
+        await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    queued = await gateway.get_run(str(later.value.run_id))
+    assert queued is not None and not queued.status.finished
+    ran = await gateway.executor.wait(running[0].run_id, limit=30)  # unaffected
+    assert ran.status is RunStatus.SUCCESS
 
 
 async def test_a_run_on_a_thread_made_for_it_starts_without_a_checkpoint_read(

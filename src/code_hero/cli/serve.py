@@ -104,7 +104,8 @@ def serve(args: argparse.Namespace) -> int:
 
     class StoppingServer(Server):
         """uvicorn's server, telling the app when it begins to stop: the app's SSE
-        streams end, else uvicorn would wait for them before the lifespan's shutdown."""
+        streams end and its waiting starts are answered, else uvicorn would wait for
+        them before the lifespan's shutdown."""
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             starlette.state.stopping.set()

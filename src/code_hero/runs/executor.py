@@ -21,6 +21,9 @@ A run claimed just before the primary became unreachable, whose rows or thread
 it needs before it can go on, is released rather than failed: it starts (or
 resumes) once the primary is back, and a caller waiting for it meanwhile is
 told UNAVAILABLE with `retryAfter`, not left waiting for the outage's end.
+So is a caller waiting for a run's end once the server begins to stop
+(`stop_waiting`): the run is drained or handed on by the shutdown, and the
+waiting request must not hold the server's stop until the run ends.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from types import TracebackType
@@ -170,6 +174,10 @@ class RunExecutor:
         # for one answers at once (`_at_lock_error`) rather than for as long as the lock
         # is held (a LOCK TABLE for a minute, every resumption's end meeting it again).
         self._at_lock: dict[str, bool] = {}
+        # The waits with no limit (`startRun(wait)`) going on, and, once the server
+        # begins to stop (`stop_waiting`), the retryAfter they are answered with.
+        self._unbounded: set[asyncio.Timeout] = set()
+        self._stopping_retry: int | None = None
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -208,6 +216,22 @@ class RunExecutor:
                 await asyncio.wait(still, timeout=5)
         await self.claims.close()
         await self.events.close()
+
+    def stop_waiting(self, retry_after: float) -> None:
+        """Answer every wait with no limit now, and each one begun from now on at once
+        (UNAVAILABLE naming the run): the server begins to stop.
+
+        uvicorn runs the lifespan's shutdown (this executor's drain) only once every
+        open request has been answered: a `startRun(wait)` held that until its run
+        ended, however long, past an orchestrator's SIGKILL. `retry_after`: the
+        shutdown's grace, by when the run has ended here or been released to another
+        executor."""
+        if self._stopping_retry is not None:
+            return
+        self._stopping_retry = max(1, math.ceil(retry_after))
+        now = asyncio.get_running_loop().time()
+        for wait in self._unbounded:
+            wait.reschedule(now)
 
     @property
     def registry(self) -> Registry:
@@ -373,7 +397,28 @@ class RunExecutor:
         self, run_id: str, limit: float | None = None, *, fresh: bool = False
     ) -> RunRecord:
         """The run once it has ended, wherever it runs (or as it is after `limit` s);
-        `fresh`: just admitted here, so no use asking the registry before a first pause."""
+        `fresh`: just admitted here, so no use asking the registry before a first pause.
+        With no limit, cut short by `stop_waiting` (UNAVAILABLE naming the run)."""
+        if limit is not None:
+            return await self._wait(run_id, limit, fresh)
+        if self._stopping_retry is not None:
+            raise self._stopping_error(run_id, self._stopping_retry)
+        # A timeout `stop_waiting` brings forward: it cancels whatever the wait awaits
+        # (a registry read included, as a caller's disconnect would).
+        stop = asyncio.timeout(None)
+        try:
+            async with stop:
+                self._unbounded.add(stop)
+                try:
+                    return await self._wait(run_id, None, fresh)
+                finally:
+                    self._unbounded.discard(stop)
+        except TimeoutError:
+            if not stop.expired() or self._stopping_retry is None:
+                raise
+            raise self._stopping_error(run_id, self._stopping_retry) from None
+
+    async def _wait(self, run_id: str, limit: float | None, fresh: bool) -> RunRecord:
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
@@ -442,6 +487,16 @@ class RunExecutor:
             f"it goes on once the database is back; ask for that run then (retry in "
             f"{router.retry_after} s) rather than starting another",
             router.retry_after,
+            run_id,
+        )
+
+    @staticmethod
+    def _stopping_error(run_id: str, retry_after: int) -> RunHeldUpError:
+        return RunHeldUpError(
+            f"run {run_id} is recorded and goes on, but this server is stopping: the run "
+            "ends here or another server resumes it from its last checkpoint; follow that "
+            f"run (run, runEvents) rather than starting another (retry in {retry_after} s)",
+            retry_after,
             run_id,
         )
 

@@ -7,11 +7,17 @@ it: under CI=true they never skip silently.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -57,22 +63,113 @@ def ensure_pg_running() -> None:
         )
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+class _Databases:
+    """The test databases of this process (an xdist worker), each a test's own.
+
+    CREATE DATABASE writes its template into the WAL and waits for it to be flushed,
+    DROP DATABASE waits for a checkpoint: together most of a short PostgreSQL test's
+    time. So the next database of each template is made while the current test runs,
+    and a test's database is dropped while the next one runs; the last are dropped
+    when the session ends."""
+
+    def __init__(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
+        self._spares: dict[str | None, Future[str]] = {}
+
+    def take(self, template: str | None) -> str:
+        """A new database's name (a copy of `template`, else empty)."""
+        spare = self._spares.pop(template, None)
+        name = self._make(template) if spare is None else spare.result()
+        self._spares[template] = self._worker.submit(self._make, template)
+        return name
+
+    def drop(self, name: str) -> None:
+        self._worker.submit(self._drop, name)
+
+    def close(self) -> None:
+        """Drop the spares; wait for every drop."""
+        for spare in self._spares.values():
+            with contextlib.suppress(Exception):
+                self.drop(spare.result())
+        self._spares.clear()
+        self._worker.shutdown(wait=True)
+
+    @staticmethod
+    def _make(template: str | None) -> str:
+        name = f"ch_test_{uuid.uuid4().hex[:12]}"
+        copy = "" if template is None else f' TEMPLATE "{template}"'
+        deadline = time.monotonic() + 10
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            while True:
+                try:
+                    conn.execute(f'CREATE DATABASE "{name}"{copy}')
+                    return name
+                except psycopg.errors.ObjectInUse:
+                    # The template's last sessions (a closed gateway's) may not have
+                    # ended on the server yet.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    @staticmethod
+    def _drop(name: str) -> None:
+        ensure_pg_running()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_databases = _Databases()
+
+
+def pytest_sessionfinish() -> None:
+    _databases.close()
+
+
+@contextmanager
+def _fresh_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (a copy of `template`, else empty); dropped afterwards."""
     if not pg_reachable():
         ensure_pg_running()
     if not pg_reachable():
         pytest.fail(START_HINT, pytrace=False)
-    name = f"ch_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = _databases.take(template)
     try:
         yield _pg_url(name)
     finally:
-        ensure_pg_running()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _databases.drop(name)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_template() -> Iterator[str]:
+    """A database holding the gateway's tables (its migrations' rows) and nothing else,
+    made once per worker by a gateway opened and closed on it: what
+    `pg_migrated_database` copies."""
+    from code_hero.gateway import Gateway, GatewaySettings
+
+    async def migrate(url: str) -> None:
+        settings = GatewaySettings(checkpointer=create_postgres_checkpointer(url))
+        async with Gateway(settings):
+            pass
+
+    with _fresh_database() as url:
+        asyncio.run(migrate(url))
+        yield urlsplit(url).path.lstrip("/")
+
+
+@pytest.fixture
+def pg_migrated_database(pg_migrated_template: str) -> Iterator[str]:
+    """As `pg_database`, with the gateway's tables made already (a copy of
+    `pg_migrated_template`): for tests of what comes after a gateway's first open,
+    which then need not migrate an empty database each time."""
+    with _fresh_database(pg_migrated_template) as url:
+        yield url
 
 
 @pytest.fixture

@@ -51,6 +51,13 @@ TYPENAMES = {
 }
 
 
+@pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
 async def stream(
     server: Server,
     transport: str,
@@ -214,6 +221,9 @@ async def test_refusals_come_before_the_run_starts(server: Server, transport: st
     events, errors = await stream(server, transport, STREAM, {"input": MESSAGE, "types": []})
     assert (events, errors) == ([], ["BAD_USER_INPUT"])
     assert await run_count(server) == before  # none of them started a run
+    # Done with it: the server's stop need not wait out the rest of its steps.
+    cancel = "mutation($id: ID!) { cancelRun(id: $id) { id } }"
+    data(await gql(server.http, cancel, {"id": busy["id"]}))
 
 
 @pytest.mark.parametrize("transport", ["graphql-transport-ws", "graphql-ws"])

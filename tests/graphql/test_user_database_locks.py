@@ -23,6 +23,9 @@ def _settings(folder: Path) -> AppSettings:
         gateway=GatewaySettings(
             checkpointer=create_sqlite_checkpointer(str(folder / "app.sqlite")),
             graphs={"g": f"{userlock_graph.__file__}:graph"},
+            # A released run is claimed again at the next claim poll, a third of a
+            # lease (5 s by default): these tests wait for MAX_LOCK_RELEASES of them.
+            lease_seconds=3,
         ),
         limits=Limits(),
     )

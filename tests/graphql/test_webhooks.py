@@ -115,6 +115,13 @@ async def health_becomes(http: httpx.AsyncClient, status: str) -> None:
 
 
 @pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
+@pytest.fixture
 def checkpointer(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return checkpointer_for(backend, request, tmp_path)
 

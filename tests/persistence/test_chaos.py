@@ -64,6 +64,15 @@ from tests.faults import BlackHoleProxy, until, with_port
 from tests.graphql.conftest import SLOW_GRAPH, Server, running
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
 PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 START = """mutation($input: StartRunInput!) {

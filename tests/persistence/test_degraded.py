@@ -62,6 +62,13 @@ EVERY_TABLE = ("code_hero_threads", "checkpoints", "code_hero_runs", "code_hero_
 
 
 @pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made: every test here is
+    about an outage after the gateway's first open, not about that open's migrations."""
+    return pg_migrated_database
+
+
+@pytest.fixture
 async def proxied(pg_database: str) -> AsyncIterator[tuple[Gateway, BlackHoleProxy]]:
     async with behind_a_proxy(pg_database) as behind:
         yield behind

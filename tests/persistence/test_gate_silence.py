@@ -29,6 +29,13 @@ from tests.persistence.proxied import behind_a_proxy, degraded, synced
 pytestmark = pytest.mark.postgres
 
 
+@pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
 async def test_a_database_silent_while_the_gate_is_closed_holds_writers_one_step_at_most(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,12 +27,20 @@ ADA, BOB = Caller(user_id="ada"), Caller(user_id="bob")
 
 
 @pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
+@pytest.fixture
 def slow_deadlock_check(pg_database: str) -> str:
-    """The test database's sessions look for a deadlock 5 s after they begin to wait
-    (PostgreSQL looks once per wait): ample time to close the cycle on a loaded machine.
-    Asked for before `pg_gateway`, so the gateway's connections have it."""
+    """The test database's sessions look for a deadlock 2 s after they begin to wait
+    (PostgreSQL looks once per wait): ample time to close the cycle on a loaded machine
+    (the test closes it as soon as it sees the wait). Asked for before `pg_gateway`, so
+    the gateway's connections have it."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET deadlock_timeout = '5s'")
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET deadlock_timeout = '2s'")
         # The gateway's bound on a lock wait (5 s) would end the wait first: the
         # database's own lock_timeout wins over it.
         conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET lock_timeout = '60s'")
@@ -76,7 +84,7 @@ async def test_a_run_admitted_while_the_deletion_waits_is_not_deleted_unseen(
             [done_id],
         )
         deletion = asyncio.create_task(pg_gateway.manager.purge_idle_thread(thread_id))
-        await asyncio.sleep(0.5)  # the deletion has begun and waits for the thread's row
+        await _until_a_lock_waits(pg_database)  # the deletion waits for the thread's row
         assert not deletion.done()
         await admit.commit()
     gone = await deletion
@@ -110,7 +118,7 @@ async def _deadlocked_deletion(gw: Gateway, pg_database: str, thread_id: str) ->
         )
         deletion = asyncio.create_task(gw.delete_thread(thread_id))
         await _until_a_lock_waits(pg_database)  # it holds the thread, waits for checkpoints
-        # PostgreSQL looks for a deadlock once, deadlock_timeout (5 s, slow_deadlock_check)
+        # PostgreSQL looks for a deadlock once, deadlock_timeout (2 s, slow_deadlock_check)
         # after the deletion began to wait: the cycle must be closed by then, or the
         # deletion's look finds none and ours (60 s) aborts us instead.
         await other.execute(

@@ -16,6 +16,13 @@ from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.graphql.clients import eventually
 
 
+@pytest.fixture
+def pg_database(pg_migrated_database: str) -> str:
+    """A database of the test's own with the gateway's tables made (its migrations are
+    not what these tests are about)."""
+    return pg_migrated_database
+
+
 async def events_of(gw: Gateway, run_id: str) -> list:
     return await gw.run_events(run_id, first=1000)
 
@@ -183,7 +190,7 @@ async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
         StartRun(
             graph="slow",
             thread_id=first.thread_id,
-            input={},
+            input={"delay": 0},  # not the 1 s per step of the run it interrupts
             multitask=MultitaskStrategy.INTERRUPT,
             wait=True,
         )

@@ -67,24 +67,28 @@ class _Databases:
     """The test databases of this process (an xdist worker), each a test's own.
 
     CREATE DATABASE writes its template into the WAL and waits for it to be flushed,
-    DROP DATABASE waits for a checkpoint: together most of a short PostgreSQL test's
-    time. So the next database of each template is made while the current test runs,
-    and a test's database is dropped while the next one runs; the last are dropped
-    when the session ends."""
+    DROP DATABASE waits for a checkpoint it asks for: together most of a short
+    PostgreSQL test's setup and teardown. So the next database of each template is made
+    while the current test runs, and a test's database is dropped while the next ones
+    run; the last are dropped when the session ends."""
 
     def __init__(self) -> None:
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
+        # A database made is not queued behind the drops. Each DROP DATABASE asks for a
+        # checkpoint and waits for it; drops under way together share one, so they go
+        # side by side (four serial drops took 14 s on a busy cluster, four at once 1.6).
+        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db-make")
+        self._dropper = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-db-drop")
         self._spares: dict[str | None, Future[str]] = {}
 
     def take(self, template: str | None) -> str:
         """A new database's name (a copy of `template`, else empty)."""
         spare = self._spares.pop(template, None)
         name = self._make(template) if spare is None else spare.result()
-        self._spares[template] = self._worker.submit(self._make, template)
+        self._spares[template] = self._maker.submit(self._make, template)
         return name
 
     def drop(self, name: str) -> None:
-        self._worker.submit(self._drop, name)
+        self._dropper.submit(self._drop, name)
 
     def close(self) -> None:
         """Drop the spares; wait for every drop."""
@@ -92,7 +96,8 @@ class _Databases:
             with contextlib.suppress(Exception):
                 self.drop(spare.result())
         self._spares.clear()
-        self._worker.shutdown(wait=True)
+        self._maker.shutdown(wait=True)
+        self._dropper.shutdown(wait=True)
 
     @staticmethod
     def _make(template: str | None) -> str:

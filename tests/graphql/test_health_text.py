@@ -6,17 +6,15 @@ own, so the fallback serves and the stored error names both.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import pytest_asyncio
 
 from code_hero.app import create_app
 from code_hero.auth import AuthSettings, parse_api_keys
 from code_hero.config import create_postgres_checkpointer
-from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.gateway import GatewaySettings
 from code_hero.settings import AppSettings
 from tests.graphql.clients import data, gql
 from tests.graphql.conftest import SLOW_GRAPH, Server, running
@@ -26,23 +24,13 @@ KEYS = "alice-0123456789abcdef=alice,root-0123456789abcdef=root:admin"
 HEALTH = "{ health { status backends { role healthy lastError } } }"
 
 
-# One gateway for both apps: it only reads its primary's error, and its open waits out
-# the event listener's start on the closed port (5 s).
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gateway() -> AsyncIterator[Gateway]:
+def settings(auth: AuthSettings) -> AppSettings:
     checkpointer = create_postgres_checkpointer(DOWN, pool_timeout=1)
-    async with Gateway(
-        GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_GRAPH})
-    ) as gw:
-        yield gw
-
-
-def app(gateway: Gateway, auth: AuthSettings) -> Any:
-    """An app of its own (`auth`) on the shared gateway."""
-    return create_app(AppSettings(auth=auth, graphiql=False), gateway=gateway)
+    return AppSettings(
+        gateway=GatewaySettings(checkpointer=checkpointer, graphs={"slow": SLOW_GRAPH}),
+        auth=auth,
+        graphiql=False,
+    )
 
 
 async def primary_error(server: Server, key: str | None) -> str:
@@ -56,8 +44,8 @@ async def primary_error(server: Server, key: str | None) -> str:
     return error
 
 
-async def test_admins_see_the_text_users_a_category(gateway: Gateway) -> None:
-    async with running(app(gateway, AuthSettings(api_keys=parse_api_keys(KEYS)))) as srv:
+async def test_admins_see_the_text_users_a_category() -> None:
+    async with running(create_app(settings(AuthSettings(api_keys=parse_api_keys(KEYS))))) as srv:
         full = await primary_error(srv, "root-0123456789abcdef")
         assert "127.0.0.1" in full and "Connection refused" in full
         assert await primary_error(srv, "alice-0123456789abcdef") == "connection refused"
@@ -70,8 +58,8 @@ async def test_admins_see_the_text_users_a_category(gateway: Gateway) -> None:
         assert "127.0.0.1" not in healthz.text and "secret_db_name" not in healthz.text
 
 
-async def test_open_mode_shows_categories(gateway: Gateway) -> None:
+async def test_open_mode_shows_categories(tmp_path: Path) -> None:
     """Without credentials nobody is known to be an administrator: anonymous sees categories."""
-    async with running(app(gateway, AuthSettings())) as srv:
+    async with running(create_app(settings(AuthSettings()))) as srv:
         assert await primary_error(srv, None) == "connection refused"
         assert "secret_db_name" not in (await srv.http.get("/healthz")).text

@@ -10,50 +10,73 @@ SERVER = "import code_hero.app, code_hero.cli.serve, code_hero.compose, code_her
 
 
 def loaded_after(statement: str, *modules: str) -> dict[str, bool]:
-    probe = f"{statement}; import sys; print(' '.join(str(m in sys.modules) for m in {modules!r}))"
+    (loaded,) = loaded_along((statement, modules))
+    return loaded
+
+
+def loaded_along(*steps: tuple[str, tuple[str, ...]]) -> list[dict[str, bool]]:
+    """Runs each step's statement in turn in one fresh interpreter; after each, which of
+    its modules are loaded. A later step sees what the earlier ones loaded, as a server
+    does: one process, not one per question, and "not yet, then yes" in the same one."""
+    probe = ["import sys"]
+    for statement, modules in steps:
+        probe.append(statement)
+        probe.append(f"print('loaded:', *(str(m in sys.modules) for m in {modules!r}))")
     # No credentials of the caller's: `serve` must refuse an open address (see below).
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODE_HERO_")}
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
-    ).stdout.split()
-    return dict(zip(modules, (word == "True" for word in out), strict=True))
+        [sys.executable, "-c", "\n".join(probe)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.splitlines()
+    answers = [line.split()[1:] for line in out if line.startswith("loaded: ")]
+    return [
+        dict(zip(modules, (word == "True" for word in words), strict=True))
+        for (_, modules), words in zip(steps, answers, strict=True)
+    ]
 
 
 def test_jwt_and_cryptography_load_only_for_tokens() -> None:
     # PyJWT brings `cryptography` (~8 MiB resident): only a server verifying JWTs needs it.
-    assert loaded_after(SERVER, "jwt", "cryptography") == {"jwt": False, "cryptography": False}
     verifier = (
         "from code_hero.auth import JwtSettings, JwtVerifier; "
         "JwtVerifier(JwtSettings(secret='s' * 32))"
     )
-    assert loaded_after(verifier, "jwt") == {"jwt": True}
+    served, verifying = loaded_along((SERVER, ("jwt", "cryptography")), (verifier, ("jwt",)))
+    assert served == {"jwt": False, "cryptography": False}
+    assert verifying == {"jwt": True}
 
 
 def test_psycopg_loads_only_for_postgresql() -> None:
     # psycopg, its pool and the PostgreSQL saver (~9 MiB resident): SQLite and memory
     # servers never load them.
     drivers = ("psycopg", "psycopg_pool", "langgraph.checkpoint.postgres.aio")
-    assert not any(loaded_after(SERVER, *drivers).values())
     backend = (
         "from code_hero.config import create_postgres_checkpointer; "
         "from code_hero.persistence.backends import open_backend; "
         "open_backend(create_postgres_checkpointer('postgresql://nowhere/db'))"
     )
-    assert all(loaded_after(backend, *drivers).values())
+    served, opened = loaded_along((SERVER, drivers), (backend, drivers))
+    assert not any(served.values())
+    assert all(opened.values())
 
 
 def test_prometheus_client_loads_only_when_scraped() -> None:
     # prometheus-client (~1 MiB resident) renders /metrics only: the counters are
     # plain, so a server nobody scrapes never loads it.
     app = "from code_hero.app import create_app; create_app()"
-    assert loaded_after(app, "prometheus_client") == {"prometheus_client": False}
     scraped = (
         "import asyncio, httpx; from code_hero.app import create_app; "
         "t = httpx.ASGITransport(app=create_app()); "
         "c = httpx.AsyncClient(transport=t, base_url='http://gateway'); "
         "assert asyncio.run(c.get('/metrics')).status_code == 200"
     )
-    assert loaded_after(scraped, "prometheus_client") == {"prometheus_client": True}
+    module = ("prometheus_client",)
+    created, after_scrape = loaded_along((app, module), (scraped, module))
+    assert created == {"prometheus_client": False}
+    assert after_scrape == {"prometheus_client": True}
 
 
 def test_the_default_schema_is_built_only_when_asked_for() -> None:
@@ -80,15 +103,17 @@ def test_serve_defers_the_langgraph_sdk_client_and_langsmith_types() -> None:
         *("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run"),
         *("httpx", "rich", "pygments"),
     )
-    loaded = loaded_after(refused, "langgraph.graph", "code_hero.app", *heavy)
-    assert loaded == {"langgraph.graph": True, "code_hero.app": True} | dict.fromkeys(heavy, False)
     # Deferred, not gone: the first use runs the package's init.
     used = (
-        f"{refused}; from langgraph_sdk import get_client; from langgraph_sdk.auth import Auth; "
+        "from langgraph_sdk import get_client; from langgraph_sdk.auth import Auth; "
         "import langsmith.types as t; t.Run"
     )
     waited = ("langgraph_sdk.client", "langgraph_sdk.auth.exceptions", "langsmith.types.run")
-    assert all(loaded_after(used, *waited).values())
+    loaded, after_use = loaded_along(
+        (refused, ("langgraph.graph", "code_hero.app", *heavy)), (used, waited)
+    )
+    assert loaded == {"langgraph.graph": True, "code_hero.app": True} | dict.fromkeys(heavy, False)
+    assert all(after_use.values())
 
 
 def test_serve_starts_uvicorn_without_its_command_line() -> None:
@@ -109,14 +134,17 @@ def test_serve_starts_uvicorn_without_its_command_line() -> None:
         *("dateutil.tz.tz", "dateutil.parser._parser", "dateutil.relativedelta"),
         *("idna.core", "strawberry.federation.schema"),
     )
-    loaded = loaded_after(start, "uvicorn.lifespan.on", *cli, *waiting)
-    assert loaded == {"uvicorn.lifespan.on": True} | dict.fromkeys(cli + waiting, False)
     # Deferred, not gone: the first use of a name the `__init__` makes runs it.
     used = (
-        f"{start}; import uvicorn; uvicorn.run; import dateutil.parser as p; "
+        "import uvicorn; uvicorn.run; import dateutil.parser as p; "
         "assert p.parse('2 Jan 2024').year == 2024"
     )
-    assert all(loaded_after(used, "click", "uvicorn.main", "dateutil.parser._parser").values())
+    loaded, after_use = loaded_along(
+        (start, ("uvicorn.lifespan.on", *cli, *waiting)),
+        (used, ("click", "uvicorn.main", "dateutil.parser._parser")),
+    )
+    assert loaded == {"uvicorn.lifespan.on": True} | dict.fromkeys(cli + waiting, False)
+    assert all(after_use.values())
 
 
 def test_serve_defers_charset_normalizers_detector() -> None:
@@ -129,14 +157,16 @@ def test_serve_defers_charset_normalizers_detector() -> None:
         "Config(create_app(), lifespan='on').load()"
     )
     detector = ("charset_normalizer.api", "charset_normalizer.cd", "charset_normalizer.md")
-    loaded = loaded_after(start, "requests", "charset_normalizer", *detector)
-    assert loaded == {"requests": True, "charset_normalizer": True} | dict.fromkeys(detector, False)
     # Deferred, not gone: requests guesses an undeclared encoding with it.
     used = (
-        f"{start}; import requests; r = requests.Response(); "
+        "import requests; r = requests.Response(); "
         "r._content = 'Größe'.encode('utf-8'); assert r.apparent_encoding == 'utf-8'"
     )
-    assert all(loaded_after(used, *detector).values())
+    loaded, after_use = loaded_along(
+        (start, ("requests", "charset_normalizer", *detector)), (used, detector)
+    )
+    assert loaded == {"requests": True, "charset_normalizer": True} | dict.fromkeys(detector, False)
+    assert all(after_use.values())
 
 
 def test_serve_defers_the_libraries_model_builds_not_a_graphs() -> None:
@@ -172,9 +202,10 @@ def test_the_builtin_graph_loads_only_when_run() -> None:
         "r = asyncio.run(GraphRegistry.load(None)); assert r.names() == ['code_hero']"
     )
     heavy = ("code_hero.agents.graph", "langchain_core.language_models.chat_models")
-    assert not any(loaded_after(load, *heavy).values())
-    run = f"{load}; g = r.get(None); assert g.name == 'code_hero' and r.get('code_hero') is g"
-    assert all(loaded_after(run, *heavy).values())
+    run = "g = r.get(None); assert g.name == 'code_hero' and r.get('code_hero') is g"
+    loaded, ran = loaded_along((load, heavy), (run, heavy))
+    assert not any(loaded.values())
+    assert all(ran.values())
 
 
 def test_a_started_sqlite_server_loads_no_postgresql_driver() -> None:

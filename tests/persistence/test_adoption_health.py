@@ -30,9 +30,9 @@ from tests.persistence.test_adoption import (
     _manager,
     _until,
 )
-from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+from tests.replicas.test_durable_fallback import OwnPostgres, own_cluster, own_pg
 
-__all__ = ["own_pg"]  # the fixture, used by name below
+__all__ = ["own_cluster", "own_pg"]  # the fixtures, used by name below
 
 pytestmark = pytest.mark.postgres
 

@@ -23,12 +23,13 @@ from tests.replicas.test_durable_fallback import (
     _run,
     _start,
     _until,
+    own_cluster,
     own_pg,
     servers,
 )
 from tests.replicas.test_outage import wait_health, wait_steps
 
-__all__ = ["own_pg", "servers"]  # the fixtures, used by name below
+__all__ = ["own_cluster", "own_pg", "servers"]  # the fixtures, used by name below
 
 pytestmark = pytest.mark.postgres
 

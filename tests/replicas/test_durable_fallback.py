@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,8 @@ ENV = {"CODE_HERO_HEALTH_INTERVAL": "0.2"}
 
 @dataclass
 class OwnPostgres:
-    """A throwaway PostgreSQL cluster the test may stop and start."""
+    """A throwaway PostgreSQL cluster the test may stop and start; `url` names the test's
+    own database in it."""
 
     url: str
     data: Path
@@ -71,13 +74,28 @@ class OwnPostgres:
     def stop(self) -> None:
         self._ctl("-m", "immediate", "-w", "stop")
 
+    def running(self) -> bool:
+        status = [self.pg_ctl, "-D", str(self.data), "status"]
+        return (
+            subprocess.run(status, capture_output=True, user=self.uid, group=self.gid).returncode
+            == 0
+        )
+
+    def admin(self, sql: str) -> None:
+        """A statement on the cluster's `postgres` database (CREATE/DROP DATABASE)."""
+        url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.encode())
+
     def rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url) as conn:
             return list(conn.execute(sql.encode(), params).fetchall())
 
 
-@pytest.fixture
-def own_pg() -> Iterator[OwnPostgres]:
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[OwnPostgres]:
+    """The cluster, made once for the module's tests (initdb is ~1 s): each test stops and
+    starts it as its outage, on a database of its own (`own_pg`)."""
     initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
     if initdb is None or pg_ctl is None:
         pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
@@ -115,6 +133,22 @@ def own_pg() -> Iterator[OwnPostgres]:
         with contextlib.suppress(subprocess.CalledProcessError):
             pg.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg(own_cluster: OwnPostgres) -> Iterator[OwnPostgres]:
+    """The cluster, running, with a fresh database for this test; dropped afterwards."""
+    if not own_cluster.running():  # a test that failed mid-outage left it stopped
+        own_cluster.start()
+    name = f"durable_{uuid.uuid4().hex[:12]}"
+    own_cluster.admin(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:{own_cluster.port}/{name}"
+    try:
+        yield dataclasses.replace(own_cluster, url=url)
+    finally:
+        if not own_cluster.running():
+            own_cluster.start()
+        own_cluster.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

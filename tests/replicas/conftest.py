@@ -24,6 +24,9 @@ from tests.faults import BlackHoleProxy, with_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = f"slow={ROOT / 'tests' / 'runs' / 'slow_graph.py'}:graph"
+# One TLS context for every client the tests make: httpx builds one per client (its CA
+# bundle loaded: ~20 ms CPU), and these tests make one per poll, several a second.
+TLS = httpx.create_ssl_context()
 
 
 def free_port() -> int:
@@ -108,17 +111,18 @@ class Cluster:
         replica = Replica(name, url, port, process)
         self.replicas.append(replica)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"{name} exited: {(self.tmp / f'{name}-{port}.log').read_text()}"
-                )
-            try:
-                if httpx.get(f"{replica.http}/healthz", timeout=1).status_code == 200:
-                    return replica
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        with httpx.Client(timeout=1, verify=TLS) as client:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"{name} exited: {(self.tmp / f'{name}-{port}.log').read_text()}"
+                    )
+                try:
+                    if client.get(f"{replica.http}/healthz").status_code == 200:
+                        return replica
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
         raise AssertionError(f"{name} did not answer /healthz")
 
     def stop(self) -> None:

@@ -1,15 +1,15 @@
 """A server killed during an outage loses nothing it acknowledged: the durable fallback.
 
 Real `code-hero serve` processes on a PostgreSQL cluster of the module's own, each
-test on a database of its own in it (the shared one is never stopped): the test
-stops the cluster, has the server take work on its fallback, SIGKILLs it, and starts
-a server again with the same configuration. What the dead one acknowledged must reach PostgreSQL, read there
-directly: the thread, the run with its end, every event (seq 1..n), its
-checkpoints. Nor may what it leaves stop the next start (a graph's own class in a
-checkpoint), nor be undone by it: a run in flight goes on while the database is still
-down, two kill cycles keep both servers' writes, a deletion stays, and a copy replayed
-again after a kill rolls back nothing that came since. Skipped where PostgreSQL's
-server binaries or a postgres user are missing.
+test on a database of its own in it (the shared one is never stopped): the test stops
+the cluster, has the server take work on its fallback, SIGKILLs it, and starts a
+server again with the same configuration. What the dead one acknowledged must reach
+PostgreSQL, read there directly: the thread, the run with its end, every event (seq
+1..n), its checkpoints. Nor may what it leaves stop the next start (a graph's own
+class in a checkpoint), nor be undone by it: a run in flight goes on while the
+database is still down, two kill cycles keep both servers' writes, a deletion stays,
+and a copy replayed again after a kill rolls back nothing that came since. Skipped
+where PostgreSQL's server binaries or a postgres user are missing.
 """
 
 from __future__ import annotations

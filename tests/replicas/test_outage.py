@@ -19,7 +19,7 @@ import pytest
 
 from tests.faults import with_port
 from tests.graphql.clients import data, gql, until_finished
-from tests.replicas.conftest import Cluster, Replica, ThreadedProxy
+from tests.replicas.conftest import TLS, Cluster, Replica, ThreadedProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -40,7 +40,7 @@ STEPS = [f"s{i}" for i in range(6)]
 
 
 async def ask(replica: Replica, query: str, variables: dict[str, Any] | None = None) -> Any:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=30, verify=TLS) as client:
         return await gql(client, query, variables)
 
 
@@ -63,7 +63,7 @@ async def wait_health(replica: Replica, status: str, limit: float = 20) -> dict[
 
 
 async def finished(replica: Replica, run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=30, verify=TLS) as client:
         return await until_finished(client, run_id, seconds=20)
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.graphql.clients import TransportWS, data, gql, until_finished
-from tests.replicas.conftest import Cluster, Replica
+from tests.replicas.conftest import TLS, Cluster, Replica
 
 pytestmark = pytest.mark.postgres
 
@@ -25,17 +25,17 @@ SUBSCRIBE = """subscription($id: ID!) { runEvents(runId: $id) { seq __typename
 
 
 async def start_run(replica: Replica, **fields: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=30, verify=TLS) as client:
         return data(await gql(client, START, {"input": {"graph": "slow", **fields}}))["startRun"]
 
 
 async def run_with_events(replica: Replica, run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=30, verify=TLS) as client:
         return data(await gql(client, EVENTS, {"id": run_id}))["run"]
 
 
 async def finished(replica: Replica, run_id: str, limit: float = 60) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=30, verify=TLS) as client:
         return await until_finished(client, run_id, seconds=limit)
 
 
@@ -84,7 +84,7 @@ async def test_cancel_through_b_of_a_run_on_a(cluster: Cluster) -> None:
     run = await start_run(a, input={"delay": 3.0})
     await wait_steps(a, run["id"], 1)
     b = cluster.start("b")
-    async with httpx.AsyncClient(base_url=b.http, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=b.http, timeout=30, verify=TLS) as client:
         body = data(
             await gql(
                 client, "mutation($id: ID!) { cancelRun(id: $id) { status } }", {"id": run["id"]}

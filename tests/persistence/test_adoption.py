@@ -27,9 +27,9 @@ from code_hero.persistence.entries import DeleteThread
 from code_hero.persistence.journal import Journal
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.outagefile import OutageFile
-from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+from tests.replicas.test_durable_fallback import OwnPostgres, own_cluster, own_pg
 
-__all__ = ["own_pg"]  # the fixture, used by name below
+__all__ = ["own_cluster", "own_pg"]  # the fixtures, used by name below
 
 pytestmark = pytest.mark.postgres
 

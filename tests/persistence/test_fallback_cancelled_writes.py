@@ -28,11 +28,11 @@ from code_hero.config import create_postgres_checkpointer
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import ThreadRecord, ThreadStatus
 from code_hero.persistence.registry.dialect import utc_now
-from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+from tests.replicas.test_durable_fallback import OwnPostgres, own_cluster, own_pg
 
 pytestmark = pytest.mark.postgres
 
-__all__ = ["own_pg"]
+__all__ = ["own_cluster", "own_pg"]  # the fixtures, used by name below
 
 STEPS = 60
 

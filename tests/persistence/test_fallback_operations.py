@@ -26,10 +26,10 @@ from code_hero.persistence.journal import Journal
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.outagefile import OutageFile
 from tests.persistence.test_pg_disk_full import _free_port
-from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+from tests.replicas.test_durable_fallback import OwnPostgres, own_cluster, own_pg
 from tests.test_cli import COMMAND, _env, cli
 
-__all__ = ["own_pg"]  # the fixture, used by name below
+__all__ = ["own_cluster", "own_pg"]  # the fixtures, used by name below
 
 DOWN = "postgresql://nobody@127.0.0.1:1/none"
 SOURCE = str(Path(__file__).resolve().parents[2] / "src")

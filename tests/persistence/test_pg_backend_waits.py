@@ -33,11 +33,11 @@ from code_hero.config import create_postgres_checkpointer
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.pg_backend import PostgresBackend
 from tests.faults import until
-from tests.replicas.test_durable_fallback import OwnPostgres, own_pg
+from tests.replicas.test_durable_fallback import OwnPostgres, own_cluster, own_pg
 
 pytestmark = pytest.mark.postgres
 
-__all__ = ["own_pg"]
+__all__ = ["own_cluster", "own_pg"]  # the fixtures, used by name below
 
 
 def _manager(pg: OwnPostgres, tmp_path: Path, pool_timeout: float) -> EnhancedCheckpointerManager:

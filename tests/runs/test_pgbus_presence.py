@@ -84,8 +84,10 @@ async def test_a_lone_replica_notifies_nobody_until_another_says_hello(
             assert controls == ["runs", "cancel r1"]
             other = bus(pg_database, pool)
             await other.start()  # listening, it says hello: A notifies again at once
-            await eventually(lambda: a.others_listen)
-            sent.clear()  # the other's hello
+            # The other's hello, then A's poke for it (sent by a task of its own once A
+            # hears the hello: waiting for the flag alone let it land after the clear).
+            await eventually(lambda: a.others_listen and len(sent) >= 2)
+            sent.clear()
             await a.stored([event(2)])
             assert len(sent) == 1
             notes = raw.notifies(timeout=30, stop_after=1)

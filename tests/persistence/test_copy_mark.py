@@ -191,8 +191,8 @@ async def test_events_past_the_copys_first_page_are_left_for_a_run_taken_over(
 async def test_events_past_the_copys_first_page_follow_its_own_end(
     primary_config: CheckpointerConfig,
 ) -> None:
-    """r1 ended here with 700 events: the copy puts the end and the first 500 in, then
-    the rest after the commit onto the row its end left (as the copy left it)."""
+    """r1 ended here with 700 events: the copy puts the end in with all of them, in one
+    transaction (`test_copy_order.py`)."""
     async with _backends(primary_config) as (fallback, primary):
         await fallback.registry.put_run(ENDED)
         await fallback.registry.store_events([_event(s, "exec-a") for s in range(1, 701)])

@@ -356,17 +356,23 @@ class CopyThread:
     ) -> bool:
         """The row, the runs and their first events not copied yet (a page in all) in one
         transaction (`Registry.copy_thread`: two round trips on PostgreSQL, where one
-        call each took seven a thread, issue 15); the rest of the events after it, a
-        page at a time. False: refused by a tombstone, nothing written."""
+        call each took seven a thread, issue 15); the rest of the events of runs in
+        flight after it, a page at a time. A run that ended takes all its events into
+        the transaction: a reader who sees its end finds them there (they would follow
+        it otherwise, or never come should the copy be cut short). False: refused by a
+        tombstone, nothing written."""
         for run in runs:
             if not run.status.finished and run.lease_owner is not None:
                 # Kept before it goes in: a kill after that leaves it known whose.
                 self.leased.record(run.run_id, run.lease_owner, run.thread_id)
         events: list[EventRecord] = []
-        more: list[str] = []  # runs whose events did not all fit in the transaction
+        more: list[str] = []  # runs in flight whose events did not all fit in it
         for run in runs:
-            room = _COPY_PAGE - len(events)
             after = self.copied.get(run.run_id, 0)
+            if run.status.finished:
+                events += await _events_after(fallback, run.run_id, after)
+                continue
+            room = max(0, _COPY_PAGE - len(events))
             page = (
                 await fallback.registry.list_events(run.run_id, after_seq=after, limit=room)
                 if room
@@ -392,8 +398,9 @@ class CopyThread:
     ) -> bool:
         """A late copy: the row's mark (`put_thread(late=True)`), the runs the primary
         lacks, and of those it has only their ends (`_end_if_still_ours`); the events of
-        each run still as a copy left it. False: refused by a tombstone, nothing
-        written."""
+        each run still as a copy left it. Never an end before its events: a run the
+        primary lacks goes in with them, in one transaction; one it has takes them
+        before its end. False: refused by a tombstone, nothing written."""
         if not await primary.registry.put_thread(thread, late=True):
             return False
         present = await primary.registry.get_runs([r.run_id for r in runs])
@@ -402,21 +409,35 @@ class CopyThread:
                 if not run.status.finished and run.lease_owner is not None:
                     # Kept before it goes in: a kill after that leaves it known whose.
                     self.leased.record(run.run_id, run.lease_owner, run.thread_id)
+                events = await _events_after(fallback, run.run_id, self.copied.get(run.run_id, 0))
                 try:  # a run that ended during the outage tells its webhooks now
-                    await primary.registry.put_run(run, announce=True, copied=True)
+                    await primary.registry.put_run(run, announce=True, copied=True, events=events)
                 except NotFoundError:  # the thread was deleted in the primary meanwhile
                     return True
+                if events:
+                    self.copied[run.run_id] = events[-1].seq
                 if run.status.finished:
                     self.leased.forget(run.run_id)
-            else:
-                await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
             # Not those of a run another executor claimed or holds there: its events
             # would collide with that executor's; nor any past an end written there (the
             # end is the last event). (After the switch this replica's own executors
             # write the primary too: a run ended or released there since may be theirs,
             # and its events from the fallback belong before theirs.)
             await _copy_events(primary, fallback, run.run_id, self.copied, as_copy="late")
+            if run.run_id in present:  # its end after its events
+                await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
         return True
+
+
+async def _events_after(fallback: Backend, run_id: str, after: int) -> list[EventRecord]:
+    """Every event of a run in the fallback past `after`, a page read at a time."""
+    events: list[EventRecord] = []
+    while True:
+        page = await fallback.registry.list_events(run_id, after_seq=after, limit=_COPY_PAGE)
+        events += page
+        if len(page) < _COPY_PAGE:
+            return events
+        after = page[-1].seq
 
 
 async def _end_if_still_ours(

@@ -196,14 +196,21 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
 
     # ---------------------------------------------------------------- runs
     async def put_run(
-        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+        self,
+        run: RunRecord,
+        *,
+        announce: bool = False,
+        copied: bool = False,
+        events: Sequence[EventRecord] = (),
     ) -> None:
         """Insert or replace a run as given (primary only)."""
 
         async def degraded() -> None:
             raise self.router.unavailable("copying runs")
 
-        await self._write(lambda r: r.put_run(run, announce=announce, copied=copied), degraded)
+        await self._write(
+            lambda r: r.put_run(run, announce=announce, copied=copied, events=events), degraded
+        )
 
     async def update_run(self, run_id: str, **fields: Any) -> RunRecord | None:
         """Set the given fields; returns the new record (None if missing)."""

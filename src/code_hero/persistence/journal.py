@@ -23,8 +23,8 @@ Three rules make that lose nothing:
 - a copy of a thread's registry rows (`CopyThread`) replayed with more entries
   of its thread behind it copies only its unfinished runs, and goes to the tail
   again for the finished ones: a run's end reaches the primary after its
-  checkpoints, so a copy cut short anywhere (a stop's grace, a crash) leaves
-  no run ended there without them;
+  checkpoints (and with or after its events, `CopyThread`), so a copy cut short
+  anywhere (a stop's grace, a crash) leaves no run ended there without them;
 - an entry the primary refuses for a reason other than being unreachable (a
   value PostgreSQL cannot store) is moved to the quarantine: kept, counted,
   retried later, and it does not hold up the entries behind it. A checkpoint

@@ -423,13 +423,20 @@ class Registry(Protocol):
         with `bucket`, their series over the filter's created range: computed in SQL."""
 
     async def put_run(
-        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+        self,
+        run: RunRecord,
+        *,
+        announce: bool = False,
+        copied: bool = False,
+        events: Sequence[EventRecord] = (),
     ) -> None:
         """Insert or replace a run as given (for migration). With `announce`, a finished
         run the registry did not have finished queues its webhook deliveries with it.
         With `copied`, an outage's copy as `copy_thread` makes it: marked with the status
         and lease written, and onto a row the registry has only while it is unfinished
-        and as a copy left it (or no copy marked it)."""
+        and as a copy left it (or no copy marked it). `events` (the run's) go in the same
+        transaction, those stored already skipped; with `copied`, as
+        `put_events(as_copy="late")` takes them."""
 
     # claiming (runs are taken from the table by whichever replica has a free slot)
     async def admit_run(

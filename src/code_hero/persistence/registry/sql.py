@@ -609,7 +609,12 @@ class SqlRegistry(
         return _RUN_COPY, params
 
     async def put_run(
-        self, run: RunRecord, *, announce: bool = False, copied: bool = False
+        self,
+        run: RunRecord,
+        *,
+        announce: bool = False,
+        copied: bool = False,
+        events: Sequence[EventRecord] = (),
     ) -> None:
         if copied:
             sql, params = self._run_copy_marked(), self._marked_params(run)
@@ -619,7 +624,8 @@ class SqlRegistry(
         async with self._parent(f"thread {run.thread_id!r}"), self._session(atomic=True) as s:
             ends = announce and RunStatus(run.status).finished
             if not ends:
-                await s.execute(sql, params, last=True)
+                await s.execute(sql, params, last=not events)
+                await self._put_with_run(s, events, copied=copied)
                 return
             # The status before the write, locked, and the write, in one round trip;
             # the deliveries, if any, with the COMMIT in the next (issue 15). Locked
@@ -643,12 +649,27 @@ class SqlRegistry(
             kept = before and (
                 RunStatus(before[0]["status"]).finished or (copied and _taken_over(before[0]))
             )
+            # Its events commit with it: a reader never sees its end without them.
+            await self._put_with_run(s, events, copied=copied)
             if not kept:
                 # It ends here (a run of a thread born in an outage, copied back): its
                 # webhook deliveries commit with it, as finish_run's do.
                 queued = await self._enqueue_run_end(s, run, last=True)
         if queued:
             self._outbox_committed()
+
+    async def _put_with_run(
+        self, s: Session, events: Sequence[EventRecord], *, copied: bool
+    ) -> None:
+        """`put_run`'s events, in its transaction: those stored already skipped, and for
+        a copy only as a late copy's `put_events` takes them (`_copy_guard`)."""
+        if not events:
+            return
+        ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
+        if copied:
+            await s.executemany(*self._copied_events_if(ordered, self._copy_guard("late")))
+        else:
+            await s.executemany(*self._copied_events(ordered))
 
     # --- events -------------------------------------------------------------
 
@@ -715,15 +736,7 @@ class SqlRegistry(
         """`put_events(as_copy=...)`: the events of runs whose rows, locked, pass the
         copy's look (`Registry.put_events`), in one round trip on PostgreSQL (the lock and
         the guarded insert wait for the COMMIT's trip), as an unguarded copy takes."""
-        if as_copy == "on_time":  # an unmarked row: an earlier version's copy took them
-            guard = f"(r.copied_status IS NULL OR {self._as_copied('r')})"
-        else:  # nor, past the end another executor wrote there, the events after it
-            guard = (
-                f"(r.copied_status IS NULL OR {self._as_copied('r')} "
-                f"OR (NOT {self._taken_by_another('r')} AND (r.status IN ('PENDING', 'RUNNING') "
-                "OR e.seq <= (SELECT max(x.seq) FROM code_hero_run_events x "
-                "WHERE x.run_id = e.run_id))))"
-            )
+        guard = self._copy_guard(as_copy)
         ordered = sorted(events, key=lambda e: (e.run_id, e.seq))
         async with self._session(atomic=True) as s:
             if self.for_update:
@@ -736,6 +749,18 @@ class SqlRegistry(
                     [params],
                 )
             await s.executemany(*self._copied_events_if(ordered, guard))
+
+    def _copy_guard(self, as_copy: Literal["on_time", "late"]) -> str:
+        """Whether a copy's event `e` goes onto its run's row `r` (`put_events(as_copy=)`)."""
+        if as_copy == "on_time":  # an unmarked row: an earlier version's copy took them
+            return f"(r.copied_status IS NULL OR {self._as_copied('r')})"
+        # nor, past the end another executor wrote there, the events after it
+        return (
+            f"(r.copied_status IS NULL OR {self._as_copied('r')} "
+            f"OR (NOT {self._taken_by_another('r')} AND (r.status IN ('PENDING', 'RUNNING') "
+            "OR e.seq <= (SELECT max(x.seq) FROM code_hero_run_events x "
+            "WHERE x.run_id = e.run_id))))"
+        )
 
     async def _insert_events(
         self,

@@ -1,0 +1,138 @@
+"""An outage's copy-back never shows a run's end before its events: a reader of the
+primary (a dashboard that sees SUCCESS, then reads the run's events) finds them all
+there. The copy reads the fallback's events between its transactions: each test looks
+at the primary at every such read, as a reader in between would.
+
+A late copy (an adopted dead replica's file, a restart on one's own file, a
+quarantined copy retried) and an on-time copy whose events pass its first page alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from code_hero.config import CheckpointerConfig, create_memory_checkpointer
+from code_hero.persistence.backends import Backend, open_backend
+from code_hero.persistence.entries import CopyThread
+from code_hero.persistence.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    ThreadRecord,
+    ThreadStatus,
+)
+from tests.conftest import make_config
+
+NOW = datetime.now(UTC)
+THREAD = ThreadRecord("t", "u", ThreadStatus.IDLE, {}, NOW, NOW)
+RUNNING = RunRecord(
+    "r1", "t", "g", RunStatus.RUNNING, user_id="u", created_at=NOW, lease_owner="exec-a"
+)
+ENDED = replace(RUNNING, status=RunStatus.SUCCESS, lease_owner=None, finished_at=NOW)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def primary_config(request: pytest.FixtureRequest) -> CheckpointerConfig:
+    return make_config(request.param, request)
+
+
+def _events(run_id: str, seqs: range) -> list[EventRecord]:
+    return [EventRecord(run_id, "t", seq, "status", {"seq": seq}, NOW) for seq in seqs]
+
+
+@asynccontextmanager
+async def _watched(
+    primary_config: CheckpointerConfig, seen: list[tuple[str, str | None, int]]
+) -> AsyncIterator[tuple[Backend, Backend]]:
+    """(fallback, primary): at each read of the fallback's events, what the primary shows
+    of the run read (its status, how many events) joins `seen`."""
+    async with (
+        open_backend(create_memory_checkpointer()) as fallback,
+        open_backend(primary_config) as primary,
+    ):
+        read = fallback.registry.list_events
+
+        async def looked_at(run_id: str, **kwargs: Any) -> list[EventRecord]:
+            there = await primary.registry.get_run(run_id)
+            status = None if there is None else there.status.value
+            seen.append((run_id, status, len(await primary.registry.list_events(run_id))))
+            return await read(run_id, **kwargs)
+
+        fallback.registry.list_events = looked_at  # type: ignore[method-assign]
+        await fallback.registry.put_thread(THREAD)
+        yield fallback, primary
+
+
+def _ended_early(seen: list[tuple[str, str | None, int]], events: int) -> list[object]:
+    """The looks that found a run ended in the primary with fewer than `events` events."""
+    return [look for look in seen if look[1] == "SUCCESS" and look[2] < events]
+
+
+async def test_a_late_copy_puts_a_run_ended_in_the_outage_in_with_its_events(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """A thread born in the outage, its run ended there (a dead replica's file adopted,
+    `adoption.py`): the late copy's run goes in with its events, not before them."""
+    seen: list[tuple[str, str | None, int]] = []
+    async with _watched(primary_config, seen) as (fallback, primary):
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r1", range(1, 4)))
+        await CopyThread("t", {}).late().replay(primary, fallback)
+        assert len(await primary.registry.list_events("r1")) == 3
+    assert seen and _ended_early(seen, 3) == []
+
+
+async def test_a_late_copy_ends_a_run_copied_unfinished_after_its_events(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """A first pass copied r1 in flight; it ended in the fallback after that: the late
+    copy's end goes in after the events the run emitted meanwhile."""
+    seen: list[tuple[str, str | None, int]] = []
+    async with _watched(primary_config, seen) as (fallback, primary):
+        await fallback.registry.put_run(RUNNING)
+        await fallback.registry.store_events(_events("r1", range(1, 2)))
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        await copy.late().replay(primary, fallback)
+        there = await primary.registry.get_run("r1")
+        assert there is not None and there.status is RunStatus.SUCCESS
+        assert len(await primary.registry.list_events("r1")) == 4
+    assert _ended_early(seen, 4) == []
+
+
+async def test_an_on_time_copy_puts_an_ended_run_in_with_all_its_events(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """r1 ended in the outage with 700 events, more than the copy's first page: none of
+    them is left for after the commit that shows its end."""
+    seen: list[tuple[str, str | None, int]] = []
+    async with _watched(primary_config, seen) as (fallback, primary):
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r1", range(1, 701)))
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert len(await primary.registry.list_events("r1")) == 700
+    assert _ended_early(seen, 700) == []
+
+
+async def test_an_on_time_copy_leaves_no_ended_run_without_room_for_its_events(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """r0 (older) fills the copy's first page with 500 events; r1 ended after it: r1 does
+    not go in ended with its events left for later."""
+    seen: list[tuple[str, str | None, int]] = []
+    older = replace(ENDED, run_id="r0", created_at=NOW.replace(year=NOW.year - 1))
+    async with _watched(primary_config, seen) as (fallback, primary):
+        await fallback.registry.put_run(older)
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r0", range(1, 501)))
+        await fallback.registry.store_events(_events("r1", range(1, 4)))
+        await CopyThread("t", {}).replay(primary, fallback)
+        assert len(await primary.registry.list_events("r1")) == 3
+    assert [look for look in _ended_early(seen, 3) if look[0] == "r1"] == []

@@ -8,6 +8,7 @@ it: under CI=true they never skip silently.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import subprocess
@@ -79,6 +80,7 @@ class _Databases:
         self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db-make")
         self._dropper = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-db-drop")
         self._spares: dict[str | None, Future[str]] = {}
+        self._drops: set[Future[None]] = set()
 
     def take(self, template: str | None) -> str:
         """A new database's name (a copy of `template`, else empty)."""
@@ -93,7 +95,13 @@ class _Databases:
         return name
 
     def drop(self, name: str) -> None:
-        self._dropper.submit(self._drop, name)
+        self._drops.add(self._dropper.submit(self._drop, name))
+        self._drops = {drop for drop in self._drops if not drop.done()}
+
+    def settle(self) -> None:
+        """Wait for the databases being made or dropped: their connections closed, no
+        descriptor of this process is freed or taken behind a test's back."""
+        concurrent.futures.wait([*self._drops, *self._spares.values()])
 
     def close(self) -> None:
         """Drop the spares; wait for every drop."""
@@ -129,6 +137,11 @@ class _Databases:
 
 
 _databases = _Databases()
+
+
+def settle_test_databases() -> None:
+    """Wait for this process's test databases being made or dropped in the background."""
+    _databases.settle()
 
 
 def pytest_sessionfinish() -> None:

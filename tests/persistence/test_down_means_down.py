@@ -36,6 +36,7 @@ from code_hero.persistence.backends import PostgresBackend
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.persistence.registry import SqliteRegistry
 from code_hero.persistence.unreachable import is_backend_error, is_refused_value
+from tests.conftest import settle_test_databases
 
 # --- the classification, error by error ---------------------------------------
 
@@ -580,6 +581,7 @@ async def test_idle_connections_the_server_closed_are_replaced(pg_database: str)
 @pytest.fixture
 def high_descriptors() -> Iterator[None]:
     """Occupies every descriptor below 1100, so new sockets get numbers select() rejects."""
+    settle_test_databases()  # a drop in flight would free a low one meanwhile
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 4096
     if soft < wanted:

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -16,10 +17,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from code_hero.persistence.records import EventRecord
+from code_hero.runs.bus import POKE
 from code_hero.runs.pgbus import CONTROL_CHANNEL, EVENTS_CHANNEL, LISTENER_NAME, PostgresBus
+from tests.conftest import PG_ADMIN_URL
+from tests.faults import BlackHoleProxy, with_port
 from tests.graphql.clients import eventually
 
 pytestmark = pytest.mark.postgres
+PG_PORT = urlsplit(PG_ADMIN_URL).port or 5432
 
 
 def event(seq: int) -> EventRecord:
@@ -295,3 +300,25 @@ async def test_close_ends_the_look_whose_wait_for_a_connection_dropped_the_cance
     assert ended
     assert a._presence.done()
     assert not a._pokes
+
+
+async def test_a_start_in_an_outage_goes_on_at_the_first_refusal_and_pokes_once_listening(
+    pg_database: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A gateway started while its database was down waited 5 s for the listener (its
+    start-up held that long, serving from its fallback after). `start` now goes on at
+    the listener's first refused connection; when the listener connects later, it pokes:
+    notifications sent meanwhile went unheard, and subscribers re-read the log."""
+    async with BlackHoleProxy("127.0.0.1", PG_PORT) as proxy:
+        proxy.refuse()
+        b = bus(with_port(pg_database, proxy.port), pool)
+        controls: list[str] = []
+        b.on_control(controls.append)
+        try:
+            await b.start()
+            assert b.listener_failures == 1  # went on at the first (5 s: a retry each)
+            assert controls == []
+            proxy.forward()
+            await eventually(lambda: controls == [POKE])  # once listening
+        finally:
+            await b.close()

@@ -144,15 +144,25 @@ class PostgresBus(InProcessBus):
         self._relay_reads = asyncio.Semaphore(max_relay_reads)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Set at the listener's first connection, or its first failure: `start` waits
+        # for one of the two (never for an outage to end: a start-up in one waited 5 s).
+        self._settled = asyncio.Event()
+        self._started = False  # `start` went on: a later first connection pokes
+        self.listener_failures = 0  # connections lost or refused (tests)
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="pg-bus-listener")
         self._presence = asyncio.create_task(self._watch_presence(), name="pg-bus-presence")
-        with contextlib.suppress(TimeoutError):
-            # Not wait_for: on Python 3.11 it drops a cancel (a start-up stopped) that
-            # comes as the listener is ready, and start-up went on.
-            async with asyncio.timeout(5):
-                await self._ready.wait()
+        try:
+            with contextlib.suppress(TimeoutError):
+                # Not wait_for: on Python 3.11 it drops a cancel (a start-up stopped)
+                # that comes as the listener is ready, and start-up went on. Until it
+                # listens, or its first try failed (a database down: the gateway serves
+                # from its fallback meanwhile), or 5 s (a database that does not answer).
+                async with asyncio.timeout(5):
+                    await self._settled.wait()
+        finally:
+            self._started = True
 
     async def close(self) -> None:
         # Marked first: the presence loop ends at its next turn even if an await drops
@@ -256,11 +266,14 @@ class PostgresBus(InProcessBus):
                     await conn.execute(
                         "SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{HELLO} {self._name}")
                     )
-                    if self._ready.is_set():  # a reconnect: whatever was missed is in the log
-                        # Subscribers re-read; claimers claim, and finish runs whose
-                        # cancel (or an outage's copied-back cancel) they may have missed.
+                    if self._ready.is_set() or self._started:
+                        # A reconnect, or a first connection `start` did not wait for:
+                        # whatever was missed is in the log. Subscribers re-read;
+                        # claimers claim, and finish runs whose cancel (or an outage's
+                        # copied-back cancel) they may have missed.
                         self._dispatch_control(POKE)
                     self._ready.set()
+                    self._settled.set()
                     delay = 0.2
                     async for note in conn.notifies():
                         if note.channel == CONTROL_CHANNEL and note.payload.startswith(HELLO):
@@ -277,6 +290,8 @@ class PostgresBus(InProcessBus):
                 raise
             except Exception as exc:
                 self._listener_pid = None
+                self.listener_failures += 1
+                self._settled.set()  # `start` goes on: the first connection will poke
                 self._notify_again()  # see the reconnect above
                 # Info, once per loss: a database outage logs its own warning lines.
                 (log.info if delay == 0.2 else log.debug)(

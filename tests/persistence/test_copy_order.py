@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -136,3 +136,38 @@ async def test_an_on_time_copy_leaves_no_ended_run_without_room_for_its_events(
         await CopyThread("t", {}).replay(primary, fallback)
         assert len(await primary.registry.list_events("r1")) == 3
     assert [look for look in _ended_early(seen, 3) if look[0] == "r1"] == []
+
+
+async def test_a_late_end_and_its_events_go_in_together_or_not_at_all(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """The late copy of an end went in after its events, in two transactions: an executor
+    that claimed the run between them (the dead replica's lease lapsed) numbered its
+    events after the copied end event, in a run left RUNNING. Claimed before the end, the
+    end is refused with its events; the run is the claimer's, its log as it was."""
+    seen: list[tuple[str, str | None, int]] = []
+    async with _watched(primary_config, seen) as (fallback, primary):
+        lapsed = replace(RUNNING, lease_expires_at=NOW - timedelta(minutes=5))
+        await fallback.registry.put_run(lapsed)
+        await fallback.registry.store_events(_events("r1", range(1, 2)))
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        registry = primary.registry
+        finish = registry.finish_run
+
+        async def claimed_first(*args: Any, **kwargs: Any) -> Any:
+            now = datetime.now(UTC)
+            taken = await registry.claim_runs(
+                "exec-b", now=now, until=now + timedelta(minutes=1), limit=10
+            )
+            assert [r.run_id for r in taken] == ["r1"]
+            return await finish(*args, **kwargs)
+
+        registry.finish_run = claimed_first  # type: ignore[method-assign]
+        await copy.late().replay(primary, fallback)
+        there = await registry.get_run("r1")
+        assert there is not None
+        assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")
+        assert [e.seq for e in await registry.list_events("r1")] == [1]

@@ -26,7 +26,7 @@ replay (`CopyThread`, `CopyEvents`), so one pending entry per key is enough.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -399,8 +399,8 @@ class CopyThread:
         """A late copy: the row's mark (`put_thread(late=True)`), the runs the primary
         lacks, and of those it has only their ends (`_end_if_still_ours`); the events of
         each run still as a copy left it. Never an end before its events: a run the
-        primary lacks goes in with them, in one transaction; one it has takes them
-        before its end. False: refused by a tombstone, nothing written."""
+        primary lacks goes in with them, in one transaction; one it has takes them with
+        its end, in one transaction. False: refused by a tombstone, nothing written."""
         if not await primary.registry.put_thread(thread, late=True):
             return False
         present = await primary.registry.get_runs([r.run_id for r in runs])
@@ -418,13 +418,23 @@ class CopyThread:
                     self.copied[run.run_id] = events[-1].seq
                 if run.status.finished:
                     self.leased.forget(run.run_id)
+            elif run.status.finished and not present[run.run_id].status.finished:
+                # Its end with its events, in one transaction (`finish_run`'s): events
+                # first, then the end, let an executor claim the run between the two
+                # (the dead replica's lease lapsed) and go on numbering after the end
+                # event already copied; the end refused, its events are refused too.
+                events = await _events_after(fallback, run.run_id, self.copied.get(run.run_id, 0))
+                await _end_if_still_ours(
+                    primary, run, present[run.run_id], self.leased, events=events
+                )
+                continue
             # Not those of a run another executor claimed or holds there: its events
             # would collide with that executor's; nor any past an end written there (the
             # end is the last event). (After the switch this replica's own executors
             # write the primary too: a run ended or released there since may be theirs,
             # and its events from the fallback belong before theirs.)
             await _copy_events(primary, fallback, run.run_id, self.copied, as_copy="late")
-            if run.run_id in present:  # its end after its events
+            if run.run_id in present:  # ended there already, or not ended here: no end
                 await _end_if_still_ours(primary, run, present[run.run_id], self.leased)
         return True
 
@@ -441,7 +451,12 @@ async def _events_after(fallback: Backend, run_id: str, after: int) -> list[Even
 
 
 async def _end_if_still_ours(
-    primary: Backend, run: RunRecord, there: RunRecord, leased: Leases
+    primary: Backend,
+    run: RunRecord,
+    there: RunRecord,
+    leased: Leases,
+    *,
+    events: Sequence[EventRecord] = (),
 ) -> None:
     """A late copy of a run the primary has: its end only, and only onto the run as an
     earlier copy left it (a copy-back cut short by a kill, replayed by the next
@@ -449,7 +464,8 @@ async def _end_if_still_ours(
     statement (`finish_run(if_as_copied=True)`), not by what this replica remembers. A
     run another executor took over, or that ended there, is left as it is: nothing goes
     backwards. A row no copy marked (an earlier version's copy) is this fallback's while
-    the lease that version recorded (`leased`), or the fallback's row's, holds it."""
+    the lease that version recorded (`leased`), or the fallback's row's, holds it.
+    `events` (the run's, from where the copy stands) go with the end, or not at all."""
     if there.status.finished:
         leased.forget(run.run_id)
         return
@@ -461,6 +477,7 @@ async def _end_if_still_ours(
         if_unfinished=True,
         if_leased_by=leased.get(run.run_id) or run.lease_owner,
         if_as_copied=True,
+        events=events,
         status=run.status,
         output=run.output,
         error=run.error,

@@ -24,6 +24,7 @@ shows each backend's last error as a category, never the driver's text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -561,6 +562,8 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
             yield
         finally:
             watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

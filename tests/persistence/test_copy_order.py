@@ -104,6 +104,7 @@ async def test_a_late_copy_ends_a_run_copied_unfinished_after_its_events(
         there = await primary.registry.get_run("r1")
         assert there is not None and there.status is RunStatus.SUCCESS
         assert len(await primary.registry.list_events("r1")) == 4
+        assert copy.copied["r1"] == 4  # a replay of it reads none of them again
     assert _ended_early(seen, 4) == []
 
 
@@ -171,3 +172,23 @@ async def test_a_late_end_and_its_events_go_in_together_or_not_at_all(
         assert there is not None
         assert (there.status, there.lease_owner) == (RunStatus.RUNNING, "exec-b")
         assert [e.seq for e in await registry.list_events("r1")] == [1]
+
+
+async def test_a_refused_late_end_still_brings_the_events_a_released_run_takes(
+    primary_config: CheckpointerConfig,
+) -> None:
+    """Released in the primary after the switch (this replica's executor gave it up), the
+    run refuses the late copy's end, not its events: they go in alone, as before the end
+    and its events went together (events 2-4 were dropped for good: the next claimer
+    numbers from 2)."""
+    seen: list[tuple[str, str | None, int]] = []
+    async with _watched(primary_config, seen) as (fallback, primary):
+        await fallback.registry.put_run(RUNNING)
+        await fallback.registry.store_events(_events("r1", range(1, 2)))
+        copy = CopyThread("t", {})
+        await copy.unfinished().replay(primary, fallback)
+        await primary.registry.release_runs("exec-a", ["r1"])
+        await fallback.registry.put_run(ENDED)
+        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        await copy.late().replay(primary, fallback)
+        assert [e.seq for e in await primary.registry.list_events("r1")] == [1, 2, 3, 4]

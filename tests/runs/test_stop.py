@@ -143,6 +143,7 @@ async def test_a_bus_start_stopped_as_its_listener_is_ready_is_stopped() -> None
 
     async def listen() -> None:  # ready as the start-up is stopped, in one turn
         bus._ready.set()
+        bus._settled.set()  # what `start` waits for (the first connection, or failure)
         starting.cancel()
         await asyncio.Event().wait()
 

@@ -424,9 +424,15 @@ class CopyThread:
                 # (the dead replica's lease lapsed) and go on numbering after the end
                 # event already copied; the end refused, its events are refused too.
                 events = await _events_after(fallback, run.run_id, self.copied.get(run.run_id, 0))
-                await _end_if_still_ours(
+                if await _end_if_still_ours(
                     primary, run, present[run.run_id], self.leased, events=events
-                )
+                ):
+                    if events:
+                        self.copied[run.run_id] = events[-1].seq
+                    continue
+                # Refused: the events the late rules still take go in alone, as before
+                # (a run released there, the copy's mark on it, takes them).
+                await _copy_events(primary, fallback, run.run_id, self.copied, as_copy="late")
                 continue
             # Not those of a run another executor claimed or holds there: its events
             # would collide with that executor's; nor any past an end written there (the
@@ -457,7 +463,7 @@ async def _end_if_still_ours(
     leased: Leases,
     *,
     events: Sequence[EventRecord] = (),
-) -> None:
+) -> bool:
     """A late copy of a run the primary has: its end only, and only onto the run as an
     earlier copy left it (a copy-back cut short by a kill, replayed by the next
     process), as the on-time copy judges it: by the primary's row, read and ended in one
@@ -465,13 +471,14 @@ async def _end_if_still_ours(
     run another executor took over, or that ended there, is left as it is: nothing goes
     backwards. A row no copy marked (an earlier version's copy) is this fallback's while
     the lease that version recorded (`leased`), or the fallback's row's, holds it.
-    `events` (the run's, from where the copy stands) go with the end, or not at all."""
+    `events` (the run's, from where the copy stands) go with the end, or not at all.
+    True if it ended the run."""
     if there.status.finished:
         leased.forget(run.run_id)
-        return
+        return False
     if not run.status.finished:
-        return
-    await primary.registry.finish_run(
+        return False
+    final, _ = await primary.registry.finish_run(
         run.run_id,
         THREAD_STATUS_AFTER[run.status],
         if_unfinished=True,
@@ -487,6 +494,7 @@ async def _end_if_still_ours(
         steps=run.steps,
     )
     leased.forget(run.run_id)
+    return final is not None
 
 
 async def _refused_ends(

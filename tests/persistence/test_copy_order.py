@@ -73,6 +73,24 @@ def _ended_early(seen: list[tuple[str, str | None, int]], events: int) -> list[o
     return [look for look in seen if look[1] == "SUCCESS" and look[2] < events]
 
 
+async def _copied_in_flight(
+    fallback: Backend, primary: Backend, run: RunRecord = RUNNING
+) -> CopyThread:
+    """r1 (`run`) with its first event, copied unfinished by a first pass: the copy, for
+    its late pass."""
+    await fallback.registry.put_run(run)
+    await fallback.registry.store_events(_events("r1", range(1, 2)))
+    copy = CopyThread("t", {})
+    await copy.unfinished().replay(primary, fallback)
+    return copy
+
+
+async def _ended_since(fallback: Backend) -> None:
+    """r1 ended in the fallback after that first pass, with events 2-4."""
+    await fallback.registry.put_run(ENDED)
+    await fallback.registry.store_events(_events("r1", range(2, 5)))
+
+
 async def test_a_late_copy_puts_a_run_ended_in_the_outage_in_with_its_events(
     primary_config: CheckpointerConfig,
 ) -> None:
@@ -94,12 +112,8 @@ async def test_a_late_copy_ends_a_run_copied_unfinished_after_its_events(
     copy's end goes in after the events the run emitted meanwhile."""
     seen: list[tuple[str, str | None, int]] = []
     async with _watched(primary_config, seen) as (fallback, primary):
-        await fallback.registry.put_run(RUNNING)
-        await fallback.registry.store_events(_events("r1", range(1, 2)))
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
-        await fallback.registry.put_run(ENDED)
-        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        copy = await _copied_in_flight(fallback, primary)
+        await _ended_since(fallback)
         await copy.late().replay(primary, fallback)
         there = await primary.registry.get_run("r1")
         assert there is not None and there.status is RunStatus.SUCCESS
@@ -149,12 +163,8 @@ async def test_a_late_end_and_its_events_go_in_together_or_not_at_all(
     seen: list[tuple[str, str | None, int]] = []
     async with _watched(primary_config, seen) as (fallback, primary):
         lapsed = replace(RUNNING, lease_expires_at=NOW - timedelta(minutes=5))
-        await fallback.registry.put_run(lapsed)
-        await fallback.registry.store_events(_events("r1", range(1, 2)))
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
-        await fallback.registry.put_run(ENDED)
-        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        copy = await _copied_in_flight(fallback, primary, lapsed)
+        await _ended_since(fallback)
         registry = primary.registry
         finish = registry.finish_run
 
@@ -183,12 +193,8 @@ async def test_a_refused_late_end_still_brings_the_events_a_released_run_takes(
     numbers from 2)."""
     seen: list[tuple[str, str | None, int]] = []
     async with _watched(primary_config, seen) as (fallback, primary):
-        await fallback.registry.put_run(RUNNING)
-        await fallback.registry.store_events(_events("r1", range(1, 2)))
-        copy = CopyThread("t", {})
-        await copy.unfinished().replay(primary, fallback)
+        copy = await _copied_in_flight(fallback, primary)
         await primary.registry.release_runs("exec-a", ["r1"])
-        await fallback.registry.put_run(ENDED)
-        await fallback.registry.store_events(_events("r1", range(2, 5)))
+        await _ended_since(fallback)
         await copy.late().replay(primary, fallback)
         assert [e.seq for e in await primary.registry.list_events("r1")] == [1, 2, 3, 4]

@@ -72,7 +72,7 @@ def dumps_keeping_floats(value: Any, dumps: Callable[[Any], str | bytes]) -> str
 def _swap(value: Any, floats: list[float]) -> Any:
     """`value`, each float written with an exponent swapped for a mark of its index in
     `floats`; the same object where none is inside (a copy is made only of what holds
-    one). Exact JSON types only, as the dumpers here write them."""
+    one). JSON's types, exact ones first, then their subclasses as copies of the type."""
     kind = type(value)
     if kind is float:
         if _WRITTEN_WITH_EXPONENT <= abs(value) < _INF:

@@ -226,7 +226,7 @@ def _check_number(number: float, name: str, at: str) -> None:
 
 def _path_of(value: object, number: float) -> str:
     """Where `number` (the object itself) is in `value`, as `$.key[0]`."""
-    # (An int past 2**63 is found by identity as well: no two values share one.)
+    # (An int past 64 bits is found by identity as well: no two values share one.)
     stack: list[tuple[Any, str]] = [(value, "$")]
     while stack:
         item, at = stack.pop()

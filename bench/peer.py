@@ -1,12 +1,18 @@
 """The gateway against LangGraph's own server, side by side in one run.
 
     pip install -e '.[peer]'      # langgraph-cli[inmem]: bench only, never at runtime
-    python bench/peer.py [--seconds 4] [--repeats 200] [--rows runs_concurrent] [--servers sqlite]
+    python bench/peer.py [--seconds 4] [--repeats 200] [--rounds 3] [--rows runs_concurrent]
+                         [--servers sqlite]
 
 Starts `langgraph dev` (in-memory, offline) and `code-hero serve` (its SQLite
 default, and a second one on a scratch PostgreSQL database) on the same 4-node
-graph (`bench/chain.py`, through one langgraph.json), drives all three
-with the same httpx client and prints one row per operation a client makes:
+graph (`bench/chain.py`, through one langgraph.json), all three at once, drives
+them with the same httpx client and prints one row per operation a client makes.
+The servers take turns: request by request for the latency rows (which one goes
+first moves each turn), round by round for the throughput rows (`--rounds`, the
+median), so that the shared machine's noise and drift land on all of them alike
+rather than on whichever server's block they fell in (measured one server after
+another, the thread-list ratio of one build ranged 0.66x to 1.14x across runs):
 
 - create a thread, run the graph, wait for the end: sequentially, and with 16
   clients at once (runs per second);
@@ -38,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -262,71 +270,127 @@ class GatewayClient:
 # ---------------------------------------------------------------- the measurements
 
 
-async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> float:
-    """Median milliseconds of `call`, after a few warm-up calls."""
-    for _ in range(5):
-        await call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        await call()
-        times.append((time.perf_counter() - start) * 1000)
-    return median(times)
+def rotations(names: list[str], turn: int) -> list[str]:
+    """`names` starting at `turn`: which server goes first moves round by round."""
+    k = turn % len(names)
+    return names[k:] + names[:k]
+
+
+async def interleaved(
+    calls: Mapping[str, Callable[[], Awaitable[Any]]], repeats: int
+) -> dict[str, float]:
+    """Median milliseconds of each server's call, the servers taking turns call by call
+    (after a few warm-up calls each): a moment of the shared machine's noise lands on
+    all of them, not on one server's block."""
+    names = list(calls)
+    for name in names:
+        for _ in range(5):
+            await calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(repeats):
+        for name in rotations(names, turn):
+            start = time.perf_counter()
+            await calls[name]()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: median(got) for name, got in times.items()}
+
+
+async def measure_all(
+    clients: dict[str, Any],
+    rss: dict[str, Callable[[], int]],
+    seconds: float,
+    repeats: int,
+    rows: set[str],
+    rounds: int = 3,
+) -> dict[str, dict[str, float]]:
+    """The `rows` of the table for each server (by name), the servers taking turns:
+    call by call for the latency rows, round by round (`rounds` of `seconds` each,
+    the median) for the throughput rows."""
+    names = list(clients)
+    table: dict[str, dict[str, float]] = {name: {} for name in names}
+    made = dict.fromkeys(names, 0)
+
+    def sequential(name: str) -> Callable[[int, int], Awaitable[None]]:
+        async def run(worker: int, i: int) -> None:
+            await clients[name].run_wait()
+            made[name] += 1
+
+        return run
+
+    async def rate(key: str, workers: int) -> None:
+        got: dict[str, list[float]] = {name: [] for name in names}
+        for turn in range(rounds):
+            for name in rotations(names, turn):
+                # The client's own CPU over the row: near one core, it would be the
+                # client (one process) that the row measures, not the server.
+                cpu = time.process_time()
+                rps, fail = await throughput(sequential(name), workers=workers, seconds=seconds)
+                got[name].append(rps)
+                if workers > 1:
+                    share = (time.process_time() - cpu) / seconds
+                    print(f"  {name}: {rps:.1f} runs/s, client CPU {share:.0%}", flush=True)
+                if fail:
+                    print(f"  {name}: {fail} failed runs", flush=True)
+        for name in names:
+            table[name][key] = median(got[name])
+
+    if "runs_sequential" in rows:
+        await rate("runs_sequential", 1)
+    if "runs_concurrent" in rows:
+        await rate("runs_concurrent", CLIENTS)
+
+    if "first_update_ms" in rows:
+        firsts: dict[str, list[float]] = {name: [] for name in names}
+        for turn in range(60):
+            for name in rotations(names, turn):
+                firsts[name].append(await clients[name].first_update() * 1000)
+        for name in names:
+            table[name]["first_update_ms"] = median(firsts[name])
+
+    if "history_ms" in rows:
+        histories = {}
+        for name in names:
+            histories[name] = await clients[name].run_wait()
+            for _ in range(30):  # 4 nodes: 5 checkpoints a run
+                await clients[name].run_wait(histories[name])
+        pages = {name: partial(clients[name].history, histories[name]) for name in names}
+        for name, ms in (await interleaved(pages, repeats)).items():
+            table[name]["history_ms"] = ms
+
+    if "threads_ms" in rows or "delete_ms" in rows:
+        # A page of 10 out of 1,000 threads and more; deletions from as full a store
+        # (the peer's in-memory deletion scans all of it).
+        for name in names:
+            while made[name] < 1_000:
+                await asyncio.gather(*(clients[name].run_wait() for _ in range(CLIENTS)))
+                made[name] += CLIENTS
+    if "threads_ms" in rows:
+        lists = {name: clients[name].threads for name in names}
+        for name, ms in (await interleaved(lists, repeats)).items():
+            table[name]["threads_ms"] = ms
+
+    if "delete_ms" in rows:
+        count = min(repeats, 100)
+        doomed = {
+            name: iter([await clients[name].run_wait() for _ in range(count + 5)]) for name in names
+        }
+        deletes = {
+            name: (lambda name=name: clients[name].delete(next(doomed[name]))) for name in names
+        }
+        for name, ms in (await interleaved(deletes, count)).items():
+            table[name]["delete_ms"] = ms
+
+    if "rss_mib" in rows:
+        for name in names:
+            table[name]["rss_mib"] = rss[name]() / 1024
+    return table
 
 
 async def measure(
     client: Any, rss: Callable[[], int], seconds: float, repeats: int, rows: set[str]
 ) -> dict[str, float]:
-    """The `rows` of the table for one server."""
-    row: dict[str, float] = {}
-    made = 0
-
-    async def sequential(worker: int, i: int) -> None:
-        nonlocal made
-        await client.run_wait()
-        made += 1
-
-    if "runs_sequential" in rows:
-        row["runs_sequential"], fail = await throughput(sequential, workers=1, seconds=seconds)
-        if fail:
-            print(f"  ({fail} failed runs)")
-    if "runs_concurrent" in rows:
-        # The client's own CPU over the row: near one core, it would be the client
-        # (one process) that the row measures, not the server.
-        cpu = time.process_time()
-        row["runs_concurrent"], fail = await throughput(
-            sequential, workers=CLIENTS, seconds=seconds
-        )
-        print(f"  client CPU during {CLIENTS} clients: {(time.process_time() - cpu) / seconds:.0%}")
-        if fail:
-            print(f"  ({fail} failed runs)")
-
-    if "first_update_ms" in rows:
-        row["first_update_ms"] = median([await client.first_update() * 1000 for _ in range(60)])
-
-    if "history_ms" in rows:
-        history_thread = await client.run_wait()
-        for _ in range(30):  # 4 nodes: 5 checkpoints a run
-            await client.run_wait(history_thread)
-        row["history_ms"] = await timed(lambda: client.history(history_thread), repeats)
-
-    if "threads_ms" in rows or "delete_ms" in rows:
-        # A page of 10 out of 1,000 threads and more; deletions from as full a store
-        # (the peer's in-memory deletion scans all of it).
-        while made < 1_000:
-            await asyncio.gather(*(client.run_wait() for _ in range(CLIENTS)))
-            made += CLIENTS
-    if "threads_ms" in rows:
-        row["threads_ms"] = await timed(client.threads, repeats)
-
-    if "delete_ms" in rows:
-        doomed = [await client.run_wait() for _ in range(min(repeats, 100) + 5)]
-        it = iter(doomed)
-        row["delete_ms"] = await timed(lambda: client.delete(next(it)), min(repeats, 100))
-
-    if "rss_mib" in rows:
-        row["rss_mib"] = rss() / 1024
-    return row
+    """The `rows` of the table for one server (one round of each throughput row)."""
+    return (await measure_all({"one": client}, {"one": rss}, seconds, repeats, rows, 1))["one"]
 
 
 ROWS = [
@@ -363,9 +427,9 @@ def better(key: str, gateway: float, peer: float) -> str:
     return f"{ratio:.2f}x {'better' if ratio >= 1 else 'worse'}"
 
 
-async def serve_gateway(
-    label: str, replica: Replica, seconds: float, repeats: int, rows: set[str]
-) -> dict[str, float]:
+@asynccontextmanager
+async def gateway_client(replica: Replica) -> AsyncIterator[GatewayClient]:
+    """A client of a started `code-hero serve`, its WebSocket open."""
     await replica.ready()
     async with httpx.AsyncClient(base_url=replica.http, timeout=60) as http:
         schema = await gql(http, '{ __type(name: "Subscription") { fields { name } } }')
@@ -373,8 +437,7 @@ async def serve_gateway(
         client = GatewayClient(http, replica.ws, "runStream" in fields)
         await client.open_socket()
         try:
-            print(f"measuring {label} ...", flush=True)
-            return await measure(client, replica.rss_kib, seconds, repeats, rows)
+            yield client
         finally:
             await client.close()
 
@@ -383,6 +446,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of each throughput row, per server"
+    )
     parser.add_argument(
         "--rows",
         default=",".join(key for key, _, _ in ROWS),
@@ -402,43 +468,38 @@ async def main() -> None:
         parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
     if unknown := servers - {"peer", "sqlite", "postgres"}:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
-    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         shutil.copy(HERE / "chain.py", folder / "chain.py")
         spec = {"dependencies": ["."], "graphs": {GRAPH: "./chain.py:graph"}}
         (folder / "langgraph.json").write_text(json.dumps(spec))
         serve_args = {"CODE_HERO_LANGGRAPH_JSON": str(folder / "langgraph.json"), **SERVE_ENV}
-
-        peer = Peer(folder)
-        try:
-            await peer.ready()
-            async with httpx.AsyncClient(base_url=peer.http, timeout=60) as http:
-                print("measuring langgraph dev ...", flush=True)
-                results["peer"] = await measure(
-                    PeerClient(http), peer.rss_kib, args.seconds, args.repeats, rows
-                )
-        finally:
-            peer.stop()
-
-        if "sqlite" in servers:
-            sqlite = Replica(f"sqlite:///{folder / 'gateway.sqlite'}", folder, **serve_args)
-            try:
-                results["sqlite"] = await serve_gateway(
-                    "gateway (SQLite)", sqlite, args.seconds, args.repeats, rows
-                )
-            finally:
-                sqlite.stop()
-
-        if "postgres" in servers:
-            async with scratch_database("ch_peer") as url:
+        # All three serve at once, and take turns (see `measure_all`).
+        async with AsyncExitStack() as stack:
+            clients: dict[str, Any] = {}
+            rss: dict[str, Callable[[], int]] = {}
+            peer = Peer(folder)
+            stack.callback(peer.stop)
+            if "sqlite" in servers:
+                sqlite = Replica(f"sqlite:///{folder / 'gateway.sqlite'}", folder, **serve_args)
+                stack.callback(sqlite.stop)
+            if "postgres" in servers:
+                url = await stack.enter_async_context(scratch_database("ch_peer"))
                 pg = Replica(url, folder, **serve_args)
-                try:
-                    results["postgres"] = await serve_gateway(
-                        "gateway (PostgreSQL)", pg, args.seconds, args.repeats, rows
-                    )
-                finally:
-                    pg.stop()
+                stack.callback(pg.stop)
+            await peer.ready()
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=peer.http, timeout=60)
+            )
+            clients["peer"], rss["peer"] = PeerClient(http), peer.rss_kib
+            if "sqlite" in servers:
+                clients["sqlite"] = await stack.enter_async_context(gateway_client(sqlite))
+                rss["sqlite"] = sqlite.rss_kib
+            if "postgres" in servers:
+                clients["postgres"] = await stack.enter_async_context(gateway_client(pg))
+                rss["postgres"] = pg.rss_kib
+            print(f"measuring {', '.join(clients)}, taking turns ...", flush=True)
+            results = await measure_all(clients, rss, args.seconds, args.repeats, rows, args.rounds)
 
     peer_row = results["peer"]
     columns = [(c, results[c]) for c in ("sqlite", "postgres") if c in results]

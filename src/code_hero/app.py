@@ -67,6 +67,7 @@ from code_hero.gateway import Gateway
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.jsontext import loads
 from code_hero.resolvers.context import Context, OperationObserver
+from code_hero.runs.waits import Waits
 from code_hero.schema import build_schema
 from code_hero.schema.extensions import SUBSCRIPTION_STARTED
 from code_hero.settings import AppSettings, Limits
@@ -150,8 +151,9 @@ class GraphQLView(GraphQL[Context, None]):
         # each request's look-up; `accepts` reads only the header.
         self.header_transports = tuple(self._stream_transport_map.values())
         # Set when the server begins to stop (serve's SIGTERM): every SSE stream ends
-        # (and the lifespan answers every waiting startRun).
+        # (and the lifespan answers every startRun(wait) begun here, `waits`).
         self.stopping = asyncio.Event()
+        self.waits = Waits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -314,6 +316,7 @@ class GraphQLView(GraphQL[Context, None]):
             response=response,
             observe_operation=self.observe,
             identity=identity,
+            waits=self.waits,
         )
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -550,12 +553,13 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
 
     @asynccontextmanager
     async def stopping_answers_waits(gw: Gateway) -> AsyncIterator[None]:
-        """Once the server begins to stop (`stopping`), waiting starts are answered: else
-        uvicorn would wait for their runs' ends before the lifespan's shutdown."""
+        """Once the server begins to stop (`stopping`), the waiting starts begun through
+        this app are answered (another app's on the same gateway are not): else uvicorn
+        would wait for their runs' ends before the lifespan's shutdown."""
 
         async def answer_when_stopping() -> None:
             await view.stopping.wait()
-            gw.stop_waiting()
+            gw.stop_waiting(view.waits)
 
         watch = asyncio.create_task(answer_when_stopping())
         try:
@@ -601,4 +605,6 @@ def create_app(settings: AppSettings | None = None, *, gateway: Gateway | None =
     app.state.fanout = fanout
     # serve sets it when uvicorn begins to stop: SSE streams end, waiting starts answer
     app.state.stopping = view.stopping
+    # serve awaits `answered` before uvicorn closes the sockets (their starts' answers)
+    app.state.waits = view.waits
     return app

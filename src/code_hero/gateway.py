@@ -70,6 +70,7 @@ from code_hero.runs.events import EventType, event_types
 from code_hero.runs.executor import RunExecutor
 from code_hero.runs.graphs import GraphInfo, GraphRegistry
 from code_hero.runs.requests import UNSET, StartRun, check_request_text
+from code_hero.runs.waits import Waits
 from code_hero.thread_admin import ThreadAdmin
 from code_hero.webhook_access import WebhookAccess
 
@@ -125,10 +126,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         """The loaded graphs (after entering the context)."""
         return self.services.graphs
 
-    def stop_waiting(self) -> None:
-        """The server begins to stop: every `startRun(wait)` is answered now (UNAVAILABLE
-        naming its run, retryAfter the shutdown's grace) rather than when its run ends."""
-        self.executor.stop_waiting(self.settings.shutdown_grace)
+    def stop_waiting(self, waits: Waits | None = None) -> None:
+        """The server begins to stop: every `startRun(wait)` begun with `waits` (by
+        default, those begun without one) is answered now (UNAVAILABLE naming its run,
+        retryAfter the shutdown's grace) rather than when its run ends."""
+        (self.executor.waits if waits is None else waits).stop(self.settings.shutdown_grace)
 
     def spend_reads(self, caller: Caller, cost: int) -> None:
         """Spend a read's query cost from the caller's read rate limit (RATE_LIMITED when out)."""
@@ -326,8 +328,11 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         return PruneReport(threads, checkpoints, runs)
 
     # ------------------------------------------------------------ runs
-    async def start_run(self, request: StartRun, *, caller: Caller = ANONYMOUS) -> RunRecord:
-        """Start (or queue) a run; with `request.wait`, its final record.
+    async def start_run(
+        self, request: StartRun, *, caller: Caller = ANONYMOUS, waits: Waits | None = None
+    ) -> RunRecord:
+        """Start (or queue) a run; with `request.wait`, its final record, or UNAVAILABLE
+        naming it once `waits` (its server's: see `stop_waiting`) is stopped.
 
         A user may start runs only on a new thread or on one it owns (another
         user's thread is NOT_FOUND); the run and a new thread get its user id.
@@ -368,7 +373,7 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
             },
         )
         try:
-            run = await self.executor.start(request)
+            run = await self.executor.start(request, waits)
         except ThreadBeingDeletedError:
             if (
                 request.thread_id is None
@@ -385,7 +390,7 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
             # through): ended first, as the reap does, the run starts on a fresh thread,
             # which that deletion's last step leaves alone (`end_deletion`).
             await self._purge(request.thread_id)
-            run = await self.executor.start(request)
+            run = await self.executor.start(request, waits)
         if self.settings.thread_ttl is not None:
             await self.manager.registry.default_ttl(run.thread_id, self.settings.thread_ttl)
         return run

@@ -14,7 +14,7 @@ from code_hero.config import create_sqlite_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
 from tests.faults import until
 from tests.graphql.clients import codes, data, gql, sse
-from tests.graphql.conftest import Server, Starter
+from tests.graphql.conftest import SLOW_GRAPH, Server, Starter
 
 
 async def test_healthz(server: Server) -> None:
@@ -251,3 +251,41 @@ async def test_a_stop_cuts_sse_subscriptions_but_lets_queries_and_mutations_answ
     assert '"code":"UNAVAILABLE"' in answered and '"runId":"' in answered, answered
     assert "event: complete" in answered, answered
     assert "event: complete" not in cut, cut
+
+
+async def test_a_stop_answers_the_waiting_starts_of_its_own_app_only(
+    start: Starter, tmp_path: Any
+) -> None:
+    """Two apps sharing one gateway (`create_app` given it): one app's stop answered the
+    waiting starts of both, and every one begun on either from then on, since the
+    gateway was told to stop waiting. Now only the stopping app's are answered."""
+    settings = GatewaySettings(
+        checkpointer=create_sqlite_checkpointer(str(tmp_path / "shared.sqlite")),
+        graphs={"slow": SLOW_GRAPH},
+    )
+    start_run = (
+        'mutation($d: Float!) { startRun(input: {graph: "slow", input: {}, config: {delay: $d}, '
+        "wait: true}) { id status } }"
+    )
+    async with (
+        Gateway(settings) as gateway,
+        start(gateway=gateway) as stopping,
+        start(gateway=gateway) as going,
+    ):
+        mine = asyncio.create_task(gql(stopping.http, start_run, {"d": 0.2}))
+        theirs = asyncio.create_task(gql(going.http, start_run, {"d": 0.2}))
+
+        async def admitted() -> bool:  # both recorded: each waits, or is about to
+            body = data(await gql(going.http, "{ runs { totalCount } }"))
+            return bool(body["runs"]["totalCount"] == 2)
+
+        await until(admitted)
+        stopping.app.state.stopping.set()
+        told = await asyncio.wait_for(mine, 20)
+        assert codes(told) == ["UNAVAILABLE"], told
+        assert told["errors"][0]["extensions"]["runId"]
+        # The other app's wait goes on to its run's end, and so does one begun after.
+        ran = data(await asyncio.wait_for(theirs, 30))
+        assert ran["startRun"]["status"] == "SUCCESS"
+        later = data(await gql(going.http, start_run, {"d": 0}))
+        assert later["startRun"]["status"] == "SUCCESS"

@@ -13,6 +13,7 @@ from code_hero.resolvers.loaders import Loaders
 
 if TYPE_CHECKING:  # the gateway is passed in; importing it would load every layer below
     from code_hero.gateway import Gateway
+    from code_hero.runs.waits import Waits
 
 __all__ = ["Context", "OperationObserver"]
 
@@ -35,6 +36,7 @@ class Context:
     connection_params: dict[str, Any] | None = None
     observe_operation: OperationObserver | None = None
     identity: Caller | None = ANONYMOUS
+    waits: Waits | None = None  # the app's: its stop answers the startRun(wait)s begun here
     _loaders: Loaders | None = None
 
     @property

@@ -106,7 +106,7 @@ def start_request(data: r.StartRunInput) -> StartRun:
 async def start_run(info: Info[Context, Any], data: r.StartRunInput) -> r.Run:
     """Start (or queue) a run; with `wait`, answer once it has ended."""
     ctx = info.context
-    record = await ctx.gateway.start_run(start_request(data), caller=ctx.caller)
+    record = await ctx.gateway.start_run(start_request(data), caller=ctx.caller, waits=ctx.waits)
     return mapping.run_of(record)
 
 

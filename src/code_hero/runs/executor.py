@@ -21,8 +21,8 @@ A run claimed just before the primary became unreachable, whose rows or thread
 it needs before it can go on, is released rather than failed: it starts (or
 resumes) once the primary is back, and a caller waiting for it meanwhile is
 told UNAVAILABLE with `retryAfter`, not left waiting for the outage's end.
-So is a caller waiting for a run's end once the server begins to stop
-(`stop_waiting`): the run is drained or handed on by the shutdown, and the
+So is a caller waiting for a run's end once the server it asked begins to stop
+(`code_hero.runs.waits`): the run is drained or handed on by the shutdown, and the
 waiting request must not hold the server's stop until the run ends.
 """
 
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from types import TracebackType
@@ -94,6 +93,7 @@ from code_hero.runs.requests import (
     input_for,
 )
 from code_hero.runs.timeline import Timeline
+from code_hero.runs.waits import Waits
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -174,10 +174,8 @@ class RunExecutor:
         # for one answers at once (`_at_lock_error`) rather than for as long as the lock
         # is held (a LOCK TABLE for a minute, every resumption's end meeting it again).
         self._at_lock: dict[str, bool] = {}
-        # The waits with no limit (`startRun(wait)`) going on, and, once the server
-        # begins to stop (`stop_waiting`), the retryAfter they are answered with.
-        self._unbounded: set[asyncio.Timeout] = set()
-        self._stopping_retry: int | None = None
+        # The waits with no limit (`startRun(wait)`) begun without an app's own.
+        self.waits = Waits()
         self.claims = Claims(
             self,
             lambda: self.manager.registry,
@@ -216,22 +214,6 @@ class RunExecutor:
                 await asyncio.wait(still, timeout=5)
         await self.claims.close()
         await self.events.close()
-
-    def stop_waiting(self, retry_after: float) -> None:
-        """Answer every wait with no limit now, and each one begun from now on at once
-        (UNAVAILABLE naming the run): the server begins to stop.
-
-        uvicorn runs the lifespan's shutdown (this executor's drain) only once every
-        open request has been answered: a `startRun(wait)` held that until its run
-        ended, however long, past an orchestrator's SIGKILL. `retry_after`: the
-        shutdown's grace, by when the run has ended here or been released to another
-        executor."""
-        if self._stopping_retry is not None:
-            return
-        self._stopping_retry = max(1, math.ceil(retry_after))
-        now = asyncio.get_running_loop().time()
-        for wait in self._unbounded:
-            wait.reschedule(now)
 
     @property
     def registry(self) -> Registry:
@@ -307,8 +289,9 @@ class RunExecutor:
             await self._hold_for_outage(record.run_id, cancelled=True)
 
     # ---------------------------------------------------------------- start
-    async def start(self, req: StartRun) -> RunRecord:
-        """Validate, record PENDING and wake the claimers; with `wait`, the final run."""
+    async def start(self, req: StartRun, waits: Waits | None = None) -> RunRecord:
+        """Validate, record PENDING and wake the claimers; with `wait`, the final run
+        (answered early once `waits`, by default `self.waits`, is stopped)."""
         if self.claims.closing:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
@@ -389,34 +372,38 @@ class RunExecutor:
                 if older.run_id != run_id:
                     await self.cancel(older.run_id)
         if req.wait:
-            return await self.wait(run_id, fresh=True)
+            return await self.wait(run_id, fresh=True, waits=waits)
         return record
 
     # ---------------------------------------------------------------- waiting and cancel
     async def wait(
-        self, run_id: str, limit: float | None = None, *, fresh: bool = False
+        self,
+        run_id: str,
+        limit: float | None = None,
+        *,
+        fresh: bool = False,
+        waits: Waits | None = None,
     ) -> RunRecord:
         """The run once it has ended, wherever it runs (or as it is after `limit` s);
         `fresh`: just admitted here, so no use asking the registry before a first pause.
-        With no limit, cut short by `stop_waiting` (UNAVAILABLE naming the run)."""
+        With no limit, cut short once `waits` (by default `self.waits`) is stopped
+        (UNAVAILABLE naming the run)."""
         if limit is not None:
             return await self._wait(run_id, limit, fresh)
-        if self._stopping_retry is not None:
-            raise self._stopping_error(run_id, self._stopping_retry)
-        # A timeout `stop_waiting` brings forward: it cancels whatever the wait awaits
-        # (a registry read included, as a caller's disconnect would).
+        waits = self.waits if waits is None else waits
+        if (retry_after := waits.answer_now()) is not None:
+            raise self._stopping_error(run_id, retry_after)
+        # A timeout the stop brings forward: it cancels whatever the wait awaits (a
+        # registry read included, as a caller's disconnect would).
         stop = asyncio.timeout(None)
         try:
             async with stop:
-                self._unbounded.add(stop)
-                try:
+                with waits.held(stop):
                     return await self._wait(run_id, None, fresh)
-                finally:
-                    self._unbounded.discard(stop)
         except TimeoutError:
-            if not stop.expired() or self._stopping_retry is None:
+            if not stop.expired() or waits.retry_after is None:
                 raise
-            raise self._stopping_error(run_id, self._stopping_retry) from None
+            raise self._stopping_error(run_id, waits.retry_after) from None
 
     async def _wait(self, run_id: str, limit: float | None, fresh: bool) -> RunRecord:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -570,6 +571,67 @@ def test_sigterm_answers_a_waiting_start_run_and_stops(serve: Serve, db: list[st
     proc, url = serve(*db, *graphs)  # released, not failed: another server takes it up
     ran = graphql(url, f'{{ run(id: "{run_id}") {{ status }} }}')["run"]
     assert ran["status"] in ("PENDING", "RUNNING")  # type: ignore[index]
+
+
+def test_sigterm_answers_a_waiting_start_run_on_a_websocket_before_closing_it(
+    serve: Serve, db: list[str]
+) -> None:
+    """A `startRun(wait: true)` over a WebSocket got no answer at a SIGTERM: uvicorn
+    closed the socket with 1012 at once, before the stop's answer could be sent, and
+    the client never learnt its run. Now it is answered first (UNAVAILABLE naming the
+    run, then `complete`), then the socket is closed with 1012, and serve exits. (The
+    legacy graphql-ws protocol takes no mutations.)"""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
+
+    graphs = ["--graphs", f"slow={SLOW_GRAPH}:graph"]
+    proc, url = serve(*db, *graphs, CODE_HERO_SHUTDOWN_GRACE="1")
+    thread = graphql(url, "mutation { createThread(input: {}) { id } }")["createThread"]
+    thread_id = thread["id"]  # type: ignore[index]
+    start = (
+        "mutation($t: ID!) { startRun(input: "
+        '{threadId: $t, graph: "slow", input: {delay: 10}, wait: true}) { id status } }'
+    )
+    ws_url = url.replace("http://", "ws://") + "/graphql"
+    with connect(ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+        ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": start, "variables": {"t": thread_id}},
+                }
+            )
+        )
+        running = (
+            f'{{ runs(filter: {{threadId: "{thread_id}", status: RUNNING}}) '
+            "{ edges { node { id } } } }"
+        )
+        edges: list[dict[str, dict[str, str]]] = []
+        while not edges:  # until the run is in its first 10 s step
+            time.sleep(0.05)
+            edges = graphql(url, running)["runs"]["edges"]  # type: ignore[index]
+        run_id = edges[0]["node"]["id"]
+
+        proc.send_signal(signal.SIGTERM)
+        received: list[dict[str, Any]] = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(ws.recv(timeout=30)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert proc.wait(timeout=15) == 0
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    answer, complete = received
+    assert answer["type"] == "next" and answer["id"] == "1", received
+    (error,) = answer["payload"]["errors"]
+    assert error["extensions"]["code"] == "UNAVAILABLE"
+    assert error["extensions"]["runId"] == run_id
+    assert error["extensions"]["retryAfter"] >= 1
+    assert "stopping" in error["message"]
+    assert complete == {"id": "1", "type": "complete"}
 
 
 def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(

@@ -9,6 +9,8 @@ leaves unfinished runs resumable.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -29,7 +31,11 @@ if TYPE_CHECKING:
 
     from code_hero.settings import AppSettings
 
-__all__ = ["GC_THRESHOLD", "MALLOC_ARENAS", "serve"]
+__all__ = ["ANSWERS_BOUND", "GC_THRESHOLD", "MALLOC_ARENAS", "serve"]
+
+# At a stop, how long the waiting starts' answers may take to go out before uvicorn
+# closes the sockets they go on (an answer is a few milliseconds' work).
+ANSWERS_BOUND = 2.0
 
 # The collector's first-generation threshold while serving (Python's default: 700).
 GC_THRESHOLD = 7_000
@@ -105,10 +111,17 @@ def serve(args: argparse.Namespace) -> int:
     class StoppingServer(Server):
         """uvicorn's server, telling the app when it begins to stop: the app's SSE
         streams end and its waiting starts are answered, else uvicorn would wait for
-        them before the lifespan's shutdown."""
+        them before the lifespan's shutdown. Those answers are sent before uvicorn
+        closes every WebSocket (1012, at once), within ANSWERS_BOUND seconds (a
+        client that does not read may hold its send)."""
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for listening in self.servers:  # no connection begins meanwhile (as uvicorn's)
+                listening.close()
             starlette.state.stopping.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANSWERS_BOUND):
+                    await starlette.state.waits.answered()
             await super().shutdown(sockets)
 
     server = StoppingServer(

@@ -634,6 +634,65 @@ def test_sigterm_answers_a_waiting_start_run_on_a_websocket_before_closing_it(
     assert complete == {"id": "1", "type": "complete"}
 
 
+def test_sigterm_answers_a_websocket_start_run_still_admitting_its_run(
+    serve: Serve, db: list[str], tmp_path: Path
+) -> None:
+    """A `startRun(wait: true)` over a WebSocket that is still being admitted (here held
+    in the auth hook's run.create) when SIGTERM comes is not among the stop's waits:
+    `answered` returns at once and uvicorn closes the socket (1012) before the start
+    reaches its wait, so the client never learns its run, as before the change."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
+
+    entered, release = tmp_path / "entered", tmp_path / "release"
+    (tmp_path / "stophook.py").write_text(
+        "import asyncio, pathlib\n"
+        f"ENTERED, RELEASE = pathlib.Path({str(entered)!r}), pathlib.Path({str(release)!r})\n"
+        "async def hook(request):\n"
+        "    if request.action == 'run.create':\n"
+        "        ENTERED.touch()\n"
+        "        while not RELEASE.exists():\n"
+        "            await asyncio.sleep(0.01)\n"
+        "    return True\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    graphs = ["--graphs", f"slow={SLOW_GRAPH}:graph"]
+    proc, url = serve(
+        *db,
+        *graphs,
+        CODE_HERO_SHUTDOWN_GRACE="1",
+        CODE_HERO_AUTH_HOOK="stophook:hook",
+        PYTHONPATH=pythonpath,
+    )
+    port = int(url.rsplit(":", 1)[1])
+    start = 'mutation { startRun(input: {graph: "slow", input: {delay: 10}, wait: true}) { id } }'
+    ws_url = url.replace("http://", "ws://") + "/graphql"
+    with connect(ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+        ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": start}}))
+        while not entered.exists():  # the start is being admitted, not yet waiting
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        while True:  # until serve stops listening: its stop has begun
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break
+            time.sleep(0.01)
+        release.touch()  # the start goes on to its wait, answered at once
+        received: list[dict[str, Any]] = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(ws.recv(timeout=30)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert proc.wait(timeout=15) == 0
+    assert [m["type"] for m in received] == ["next", "complete"], received
+    (error,) = received[0]["payload"]["errors"]
+    assert error["extensions"]["code"] == "UNAVAILABLE" and error["extensions"]["runId"]
+
+
 def test_serve_uses_checkpoints_sqlite_in_the_working_directory_by_default(
     serve: Serve, tmp_path: Path
 ) -> None:

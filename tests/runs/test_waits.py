@@ -49,3 +49,22 @@ async def test_a_stop_answers_its_own_waits_and_answered_follows_their_answers(
     assert await start_and_answer(going, 0) is RunStatus.SUCCESS
     unscoped = StartRun(graph="slow", input={"delay": 0}, wait=True)
     assert (await gateway.start_run(unscoped)).status is RunStatus.SUCCESS
+
+
+async def test_answered_follows_a_start_begun_before_the_stop_not_yet_waiting(
+    gateway: Gateway,
+) -> None:
+    """A `startRun(wait)` begun before the stop but still admitting its run (ownership,
+    the PENDING row, the claimers' wake-up) when the stop comes is answered at once
+    when it reaches its wait; `answered` must follow its task too, else serve closes
+    its WebSocket (1012) before that answer and the client never learns its run."""
+    waits = Waits()
+    request = StartRun(graph="slow", input={"delay": 5}, wait=True)
+    begun = asyncio.create_task(gateway.start_run(request, waits=waits))
+    await asyncio.sleep(0)  # begun: in start_run, not yet in the executor's wait
+    assert not begun.done()
+    gateway.stop_waiting(waits)
+    await waits.answered()
+    assert begun.done(), "answered() returned while a start begun before the stop went on"
+    with pytest.raises(RunHeldUpError):
+        await begun

@@ -337,6 +337,13 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
         A user may start runs only on a new thread or on one it owns (another
         user's thread is NOT_FOUND); the run and a new thread get its user id.
         """
+        if not request.wait:
+            return await self._start_run(request, caller, waits)
+        # Followed from its first step: a stop while the run is admitted answers it too.
+        with (self.executor.waits if waits is None else waits).starting():
+            return await self._start_run(request, caller, waits)
+
+    async def _start_run(self, request: StartRun, caller: Caller, waits: Waits | None) -> RunRecord:
         self.policy.spend(caller, Action.RUN_CREATE)
         if request.thread_id is not None:
             thread_id = check_thread_id(request.thread_id)

@@ -31,6 +31,8 @@ class Waits:
         # Once stopped: the retryAfter its waits are answered with (the shutdown's grace).
         self.retry_after: int | None = None
         self._going: dict[asyncio.Timeout, asyncio.Task[Any] | None] = {}
+        # The tasks of starts with a wait still admitting their run (`starting`).
+        self._starting: set[asyncio.Task[Any]] = set()
         self._answering: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
 
@@ -46,6 +48,9 @@ class Waits:
             timeout.reschedule(now)
             if task is not None:
                 self._answering.add(task)
+        # Still admitting their run: each is answered at once when it reaches its wait
+        # (or fails before), and its answer goes out before the sockets close too.
+        self._answering.update(self._starting)
         self._stopped.set()
 
     def answer_now(self) -> int | None:
@@ -53,6 +58,20 @@ class Waits:
         if self.retry_after is not None and (task := asyncio.current_task()) is not None:
             self._answering.add(task)
         return self.retry_after
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around a start with a wait, from its first step: a stop while it admits its
+        run (before its wait is `held`) has `answered` follow its task too."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._starting.add(task)
+        try:
+            yield
+        finally:
+            self._starting.discard(task)
 
     @contextlib.contextmanager
     def held(self, timeout: asyncio.Timeout) -> Iterator[None]:

@@ -520,6 +520,19 @@ def test_sigterm_ends_open_sse_subscriptions_and_stops(serve: Serve, tmp_path: P
     assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
 
 
+def _running_run(url: str, thread_id: str) -> str:
+    """The id of the thread's run once it is RUNNING (in its first step)."""
+    running = (
+        f'{{ runs(filter: {{threadId: "{thread_id}", status: RUNNING}}) '
+        "{ edges { node { id } } } }"
+    )
+    edges: list[dict[str, dict[str, str]]] = []
+    while not edges:
+        time.sleep(0.05)
+        edges = graphql(url, running)["runs"]["edges"]  # type: ignore[index]
+    return edges[0]["node"]["id"]
+
+
 def test_sigterm_answers_a_waiting_start_run_and_stops(serve: Serve, db: list[str]) -> None:
     """A `startRun(wait: true)` over HTTP held uvicorn's "Waiting for connections to
     close" until its run ended (a long run: past an orchestrator's SIGKILL), with the
@@ -545,15 +558,7 @@ def test_sigterm_answers_a_waiting_start_run_and_stops(serve: Serve, db: list[st
 
     waiting = threading.Thread(target=start_and_wait, daemon=True)
     waiting.start()
-    running = (
-        f'{{ runs(filter: {{threadId: "{thread_id}", status: RUNNING}}) '
-        "{ edges { node { id } } } }"
-    )
-    edges: list[dict[str, dict[str, str]]] = []
-    while not edges:  # until the run is in its first 10 s step
-        time.sleep(0.05)
-        edges = graphql(url, running)["runs"]["edges"]  # type: ignore[index]
-    run_id = edges[0]["node"]["id"]
+    run_id = _running_run(url, thread_id)
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
@@ -606,15 +611,7 @@ def test_sigterm_answers_a_waiting_start_run_on_a_websocket_before_closing_it(
                 }
             )
         )
-        running = (
-            f'{{ runs(filter: {{threadId: "{thread_id}", status: RUNNING}}) '
-            "{ edges { node { id } } } }"
-        )
-        edges: list[dict[str, dict[str, str]]] = []
-        while not edges:  # until the run is in its first 10 s step
-            time.sleep(0.05)
-            edges = graphql(url, running)["runs"]["edges"]  # type: ignore[index]
-        run_id = edges[0]["node"]["id"]
+        run_id = _running_run(url, thread_id)
 
         proc.send_signal(signal.SIGTERM)
         received: list[dict[str, Any]] = []
@@ -637,10 +634,11 @@ def test_sigterm_answers_a_waiting_start_run_on_a_websocket_before_closing_it(
 def test_sigterm_answers_a_websocket_start_run_still_admitting_its_run(
     serve: Serve, db: list[str], tmp_path: Path
 ) -> None:
-    """A `startRun(wait: true)` over a WebSocket that is still being admitted (here held
-    in the auth hook's run.create) when SIGTERM comes is not among the stop's waits:
-    `answered` returns at once and uvicorn closes the socket (1012) before the start
-    reaches its wait, so the client never learns its run, as before the change."""
+    """A `startRun(wait: true)` over a WebSocket still being admitted (here held in the
+    auth hook's run.create) when SIGTERM comes was not among the stop's waits: uvicorn
+    closed the socket (1012) before the start reached its wait, and the client never
+    learnt its run. Now the stop follows it from its first step: it is answered
+    (UNAVAILABLE naming its run, then `complete`) before the close."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
     from websockets.typing import Subprotocol

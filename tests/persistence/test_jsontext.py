@@ -199,3 +199,23 @@ def test_every_short_text_around_a_long_run_reads_as_json_loads_reads_it() -> No
             for given_text in (text, text.encode()):
                 expected, got = answer(given_text), answer_of_loads(given_text)
                 assert expected[0] == got[0] and same(expected[1], got[1]), (given_text, got)
+
+
+def test_a_text_too_short_for_a_run_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text shorter than a run of 19 digits (a thread's `{}` metadata, read ten times a
+    page) cannot hold one: read without the search, as json.loads reads it."""
+    from code_hero.persistence import jsontext
+
+    searched: list[str | bytes] = []
+    search = jsontext._number_run
+
+    def counted(text: str | bytes) -> bool:
+        searched.append(text)
+        return search(text)
+
+    monkeypatch.setattr(jsontext, "_number_run", counted)
+    for text in ("{}", b"{}", "[1, 2, 3]", "123456789012345678", '{"a": -1e5}', "nul"):
+        assert answer_of_loads(text) == answer(text)
+    assert searched == []
+    assert loads("1234567890123456789") == 1234567890123456789  # 19: searched, json.loads'
+    assert searched == ["1234567890123456789"]

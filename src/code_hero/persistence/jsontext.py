@@ -46,7 +46,8 @@ def loads(text: str | bytes) -> Any:
     mark, nesting past 1,024 levels, malformed JSON), whose value or error is the
     answer.
     """
-    if not _number_run(text):
+    # Shorter than a run of 19 digits (a thread's `{}` metadata): nothing to look for.
+    if len(text) < len(_RUN) or not _number_run(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strawberry.http import async_base_view
 
+from code_hero.app import GraphQLView
 from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.schema.extensions import Documents
 from code_hero.schema.scalars import serialize_datetime
@@ -378,3 +379,54 @@ def test_a_datetime_subclass_is_written_as_isoformat_writes_it() -> None:
 
     value = Stamp(2026, 11, 28, 12, 30, 5, 7, tzinfo=UTC)
     assert serialize_datetime(value) == "2026-11-28T12:30:05.000007+00:00"
+
+
+class _CountedMeta(type):
+    asked = 0
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        _CountedMeta.asked += 1
+        return False
+
+
+class _NeverStreamed(metaclass=_CountedMeta):
+    """Stands for Strawberry's `SubscriptionExecutionResult` Protocol: counts the asks."""
+
+
+async def test_a_plain_answer_is_made_as_strawberrys_run_makes_it(
+    start: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain result is answered without Strawberry's `run` asking its Protocol whether it
+    streams (17 us a request), and as `run` answers it: the sub-response's status and
+    headers, `_handle_errors` given the errors, the same body."""
+    monkeypatch.setattr(async_base_view, "SubscriptionExecutionResult", _NeverStreamed)
+    handled: list[list[str]] = []
+
+    def handle(view: Any, errors: list[Any], response_data: Any) -> None:
+        handled.append([e.message for e in errors])
+
+    get_sub_response = GraphQLView.get_sub_response
+
+    async def sub_response(view: Any, request: Any) -> Any:
+        response = await get_sub_response(view, request)
+        response.headers["x-sub"] = "kept"
+        return response
+
+    monkeypatch.setattr(GraphQLView, "_handle_errors", handle)
+    monkeypatch.setattr(GraphQLView, "get_sub_response", sub_response)
+    async with start() as server:
+        _CountedMeta.asked = 0
+        ok = await server.http.post("/graphql", json={"query": "{ __typename }"})
+        assert ok.status_code == 200 and ok.headers["x-sub"] == "kept"
+        assert ok.json() == {"data": {"__typename": "Query"}, "extensions": {"cost": 0}}
+        refused = "{ threads(first: -1) { pageInfo { hasNextPage } } }"  # refused as it runs
+        failed = await server.http.post("/graphql", json={"query": refused})
+        assert failed.status_code == 200 and failed.headers["x-sub"] == "kept"
+        assert codes(failed.json()) == ["BAD_USER_INPUT"]
+        assert handled == [[failed.json()["errors"][0]["message"]]]
+        assert _CountedMeta.asked == 0
+        # A refused document's result is not a plain ExecutionResult: Strawberry's `run`
+        # answers it, asking as before.
+        invalid = await server.http.post("/graphql", json={"query": "{ nope }"})
+        assert codes(invalid.json()) == ["BAD_USER_INPUT"] and invalid.headers["x-sub"] == "kept"
+        assert _CountedMeta.asked == 1

@@ -76,6 +76,10 @@ from code_hero.webhook_access import WebhookAccess
 
 __all__ = ["Gateway", "GatewaySettings"]
 
+# No filter given (a plain thread list): checked once here, not made and checked again
+# for every request (frozen, so one serves them all).
+_EVERY_THREAD = check_thread_filter(ThreadFilter())
+
 
 class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
     """Threads, checkpoints, runs, events and health, for one process (thread editing and
@@ -240,7 +244,7 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
 
     async def _thread_query(self, flt: ThreadFilter | None, caller: Caller) -> ThreadFilter | None:
         """The filter as the caller may ask it (a user's own threads only); None: denied."""
-        flt = check_thread_filter(flt or ThreadFilter())
+        flt = _EVERY_THREAD if flt is None else check_thread_filter(flt)
         if not caller.is_admin:
             flt = replace(flt, user_id=self._user_for(caller, flt.user_id))
         if self.policy.hook is not None and not await self.policy.allows(

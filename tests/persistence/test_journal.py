@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from code_hero.persistence.journal import Journal, PutCheckpoint, Quarantined
+from code_hero.persistence.journal import Journal, PutCheckpoint, Quarantined, WriteGate
 
 
 class Down(Exception):
@@ -290,3 +290,39 @@ async def test_a_deferred_copy_counts_as_synced_once() -> None:
     await drain(journal, synced)
     assert [what for _, what in log] == ["runs", 0, "runs with their ends"]
     assert len(synced) == 2
+
+
+async def test_the_write_gate_holds_new_writers_and_waits_out_those_in_flight() -> None:
+    gate = WriteGate()
+    inside = asyncio.Event()
+    leave = asyncio.Event()
+    order: list[str] = []
+
+    async def writer(name: str, fail: bool = False) -> None:
+        async with gate.write():
+            order.append(f"{name} in")
+            inside.set()
+            await leave.wait()
+            order.append(f"{name} out")
+            if fail:
+                raise ValueError(name)
+
+    async def closer() -> None:
+        async with gate.closed():
+            order.append("closed")
+            await asyncio.sleep(0.01)
+            order.append("open")
+
+    first = asyncio.create_task(writer("a", fail=True))
+    await inside.wait()
+    closing = asyncio.create_task(closer())
+    await asyncio.sleep(0.01)
+    late = asyncio.create_task(writer("b"))
+    await asyncio.sleep(0.01)
+    assert order == ["a in"]  # the close waits for a; b waits for the close
+    leave.set()
+    with pytest.raises(ValueError):  # a failed write lets the gate go all the same
+        await first
+    await closing
+    await late
+    assert order == ["a in", "a out", "closed", "open", "b in", "b out"]

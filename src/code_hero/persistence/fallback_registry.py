@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -48,6 +47,7 @@ from code_hero.persistence.records import (
     ThreadFilter,
     ThreadOrder,
     ThreadRecord,
+    changed_run,
 )
 from code_hero.persistence.stats import RunStats, TimeBucket
 
@@ -458,7 +458,7 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             for run_id, fields in runs.items():  # as update_run's record would show them
                 known = self._executing.get(run_id)
                 if known is not None:
-                    self._executing[run_id] = replace(known, **fields)
+                    self._executing[run_id] = changed_run(known, fields)
 
         async def degraded() -> None:
             await self._store_events_locally(events)

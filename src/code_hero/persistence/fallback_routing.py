@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from code_hero.persistence.entries import CopyThread, Entry
 from code_hero.persistence.fallback import FallbackRouter, to_its_end
-from code_hero.persistence.records import EventRecord, Registry, RunRecord
+from code_hero.persistence.records import EventRecord, Registry, RunRecord, changed_run
 
 __all__ = ["RoutedRegistry"]
 
@@ -179,7 +178,7 @@ class RoutedRegistry:
         known = self._known(run_id)
         if known is None:
             return None
-        changed = replace(known, **fields)
+        changed = changed_run(known, fields)
         self._adopted[run_id] = changed
         if run_id in self._executing:
             self._executing[run_id] = changed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Literal, NewType, Protocol, TypeVar
@@ -37,6 +37,7 @@ __all__ = [
     "ThreadRecord",
     "ThreadSortField",
     "ThreadStatus",
+    "changed_run",
 ]
 
 ThreadId = NewType("ThreadId", str)
@@ -169,6 +170,22 @@ class RunRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     steps: Sequence[StepRecord] = ()
+
+
+_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
+
+
+def changed_run(record: RunRecord, changes: Mapping[str, Any]) -> RunRecord:
+    """`dataclasses.replace(record, **changes)`, filled in as RunRecord's __init__ fills
+    it (it has no __post_init__): its frozen __init__ sets each of the twenty fields
+    through object.__setattr__, and an event batch changes the copy a registry keeps
+    of every run in it (issue 15). A name RunRecord lacks raises replace's TypeError."""
+    if not changes.keys() <= _RUN_FIELDS:
+        return replace(record, **changes)
+    changed: RunRecord = object.__new__(RunRecord)
+    changed.__dict__.update(record.__dict__)
+    changed.__dict__.update(changes)
+    return changed
 
 
 @dataclass(frozen=True)

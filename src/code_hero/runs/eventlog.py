@@ -99,7 +99,9 @@ class RunEventWriter:
         """Store these run fields with the next batch (the latest value of each wins)."""
         if self.closed:
             return
-        self.fields.update(storable(fields))
+        # Made storable when they are stored (`EventLog.flush`, `finish`): a run sets its
+        # timeline at every step's start and end, and only the latest is stored (issue 15).
+        self.fields.update(fields)
         self.owner._dirty(self)
 
     def unstored(self) -> list[EventRecord]:
@@ -235,7 +237,7 @@ class EventLog:
                     w.inflight, w.pending = w.pending, []
                     batch += w.inflight
                     if w.fields and not w.closed:
-                        fields[w.run_id], w.fields = w.fields, {}
+                        fields[w.run_id], w.fields = storable(w.fields), {}
                 try:
                     try:
                         lost = await self.registry().store_batch(
@@ -308,7 +310,7 @@ class EventLog:
             # Closed: it takes no more events; the rest stay readable until the end.
             writer.closed, writer.inflight, writer.pending = True, writer.pending, []
             # The end's own fields are the latest: they win over those not stored yet.
-            fields, writer.fields = {**writer.fields, **storable(fields)}, {}
+            fields, writer.fields = storable({**writer.fields, **fields}), {}
         last = EventRecord(
             writer.run_id,
             writer.thread_id,

@@ -50,6 +50,7 @@ __all__ = [
 
 _new = object.__new__
 _THREAD_STATUSES = {status.value: status for status in ThreadStatus}
+_RUN_STATUSES = {status.value: status for status in RunStatus}
 
 Row = dict[str, Any]
 
@@ -288,11 +289,16 @@ class Dialect(ABC):
         return record
 
     def _run(self, row: Row) -> RunRecord:
-        return RunRecord(
+        # Every field filled in, as RunRecord(...) would (as `_thread` does): its frozen
+        # __init__ sets each of the twenty through object.__setattr__, and a run's
+        # admission, claim, start and end each read its row back (issue 15).
+        status = row["status"]
+        record: RunRecord = _new(RunRecord)
+        record.__dict__.update(
             run_id=row["run_id"],
             thread_id=row["thread_id"],
             graph=row["graph"],
-            status=RunStatus(row["status"]),
+            status=_RUN_STATUSES.get(status) or RunStatus(status),
             input=self._from_json(row["input"]),
             output=self._from_json(row["output"]),
             error=row["error"],
@@ -310,6 +316,7 @@ class Dialect(ABC):
             output_tokens=int(row["output_tokens"]),
             steps=tuple(_step_of(x) for x in self._from_json(row["steps"]) or ()),
         )
+        return record
 
     def _event(self, row: Row) -> EventRecord:
         return EventRecord(

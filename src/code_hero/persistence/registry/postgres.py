@@ -207,8 +207,8 @@ class _PgSession:
             before=(head, _pg_sql(first[0]), first[1]),
         )
         return (
-            await head.fetchall() if head.description else [],
-            await cur.fetchall() if cur.description else [],
+            await head.fetchall() if _has_rows(head) else [],
+            await cur.fetchall() if _has_rows(cur) else [],
         )
 
     async def fetch_each(

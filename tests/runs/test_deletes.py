@@ -19,6 +19,7 @@ from code_hero.errors import ConflictError, ForbiddenError, ThreadBeingDeletedEr
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunFilter, RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
+from code_hero.runs.waits import Waits
 from tests.faults import held_writes
 from tests.runs.conftest import SLOW_SPEC
 
@@ -342,7 +343,9 @@ async def test_a_run_refused_on_a_marked_thread_does_not_delete_the_thread_made_
     start = gateway.executor.start
     made_anew: list[RunRecord] = []
 
-    async def refused_as_the_thread_is_made_anew(request: StartRun) -> RunRecord:
+    async def refused_as_the_thread_is_made_anew(
+        request: StartRun, waits: Waits | None = None
+    ) -> RunRecord:
         monkeypatch.setattr(gateway.executor, "start", start)
         assert (await gateway.delete_thread(thread_id)).deleted  # the deletion ends
         again = StartRun(thread_id=thread_id, graph="slow", input={"delay": 0}, wait=True)

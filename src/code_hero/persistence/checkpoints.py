@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
-from code_hero.persistence.jsonable import to_jsonable
+from code_hero.persistence.jsonable import storable_text, to_jsonable
 
 if TYPE_CHECKING:  # an annotation only: the schema imports this module, and LangGraph is slow
     from langgraph.checkpoint.base import CheckpointTuple
@@ -148,7 +148,8 @@ def decode_checkpoint_cursor(cursor: str, namespace: str) -> str:
         ns, sep, checkpoint_id = base64.urlsafe_b64decode(padded).decode().partition("\x00")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}") from None
-    if not sep or not checkpoint_id:
+    # A forged id must not reach the database: PostgreSQL's text holds no NUL.
+    if not sep or not checkpoint_id or not storable_text(checkpoint_id):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}")
     if ns != namespace:
         raise BadInputError("the cursor belongs to another namespace")

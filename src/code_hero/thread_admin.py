@@ -46,6 +46,7 @@ from code_hero.errors import BackendUnavailableError, BadInputError, ConflictErr
 from code_hero.inputs import (
     check_count,
     check_metadata,
+    check_text,
     check_thread_id,
     check_ttl_seconds,
 )
@@ -227,6 +228,7 @@ class ThreadAdmin:
         if thread_id is not None:
             thread_id = check_thread_id(thread_id, "threadId")
         meta = {} if metadata is None else check_metadata(metadata, "metadata")
+        check_text(user_id, "userId")  # stored, as startRun's userId is
         if ttl_seconds is not None:
             ttl_seconds = check_ttl_seconds(ttl_seconds, "ttlSeconds")
         owner = self._user_for(caller, user_id)

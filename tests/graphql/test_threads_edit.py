@@ -81,15 +81,7 @@ async def test_create_with_own_id_a_uuid_conflict_and_do_nothing(server: Server)
         ({"metadata": {"k": "nul\u0000"}}, "metadata"),
         ({"ttlSeconds": 0}, "ttlSeconds"),
         ({"ttlSeconds": 10**9}, "ttlSeconds"),
-        pytest.param(
-            {"userId": "nul\u0000"},
-            "userId",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="audit: createThread stores userId unchecked: NUL is INTERNAL on "
-                "PostgreSQL and stored on SQLite (startRun refuses it)",
-            ),
-        ),
+        ({"userId": "nul\u0000"}, "userId"),
     ],
 )
 async def test_create_refuses_bad_input(server: Server, fields: dict[str, Any], named: str) -> None:

@@ -83,3 +83,24 @@ async def test_a_well_formed_subscribe_still_runs(server: Server) -> None:
         results, end = await ws.collect("ok")
         assert [r["data"]["health"]["status"] for r in results] == ["HEALTHY"]
         assert end is not None and end["type"] == "complete"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit: connection_init with payload null is closed 4400; the protocol allows null",
+)
+async def test_a_connection_init_with_a_null_payload_is_acknowledged(server: Server) -> None:
+    """graphql-ws's PROTOCOL.md types ConnectionInit's payload `Record | null` and its
+    reference server takes null; its client sends null when `connectionParams` returns it
+    (a frontend with no token to pass)."""
+    async with TransportWS.connect(server.ws_url, init=False) as ws:
+        await ws.send({"type": "connection_init", "payload": None})
+        try:
+            ack = await ws.receive()
+        except ConnectionClosed as closed:
+            pytest.fail(f"closed: {closed.rcvd}")
+        assert ack["type"] == "connection_ack", ack
+        await ws.send({"id": "ok", "type": "subscribe", "payload": {"query": HEALTH}})
+        results, end = await ws.collect("ok")
+        assert [r["data"]["health"]["status"] for r in results] == ["HEALTHY"]
+        assert end is not None and end["type"] == "complete"

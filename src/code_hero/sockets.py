@@ -32,6 +32,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     CompleteMessage,
+    ConnectionInitMessage,
     SubscribeMessage,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
@@ -132,6 +133,14 @@ def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
 
 class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """`graphql-transport-ws`, with shared `runEvents` streams."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        """Strawberry's, taking a null payload as none: the protocol's reference server
+        does (an object, null or missing), and its client sends the null a frontend's
+        `connectionParams` returns. Strawberry closed such a socket with 4400."""
+        if message.get("payload", {}) is None:
+            message = ConnectionInitMessage(type="connection_init")
+        await super().handle_connection_init(message)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         """Strawberry's, after the checks of the message and of the limit."""

@@ -85,10 +85,6 @@ async def test_a_well_formed_subscribe_still_runs(server: Server) -> None:
         assert end is not None and end["type"] == "complete"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit: connection_init with payload null is closed 4400; the protocol allows null",
-)
 async def test_a_connection_init_with_a_null_payload_is_acknowledged(server: Server) -> None:
     """graphql-ws's PROTOCOL.md types ConnectionInit's payload `Record | null` and its
     reference server takes null; its client sends null when `connectionParams` returns it

@@ -186,6 +186,31 @@ async def test_refusals(server: Server) -> None:
     assert all(e["node"]["source"] != "UPDATE" for e in history)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit: the built-in graph's record reducer raises AttributeError on a value "
+    "that is not a list of objects: updateState answers INTERNAL",
+)
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"human_feedback": "approved"},
+        {"human_feedback": {"id": "f1", "feedback": "go"}},  # one record, not a list of them
+        {"transitions": ["SUPERVISOR"]},
+    ],
+)
+async def test_a_record_channel_of_the_wrong_shape_is_refused(
+    server: Server, values: dict[str, Any]
+) -> None:
+    """The code_hero graph's record lists (human_feedback, transitions, errors, ...)
+    merge by each record's `id`; what is not a list of objects is the caller's error,
+    as add_messages' refusal of a number is."""
+    run = await start(server.http, message="hi", wait=True)
+    assert codes(await edit(server.http, threadId=run["threadId"], values=values)) == [
+        "BAD_USER_INPUT"
+    ]
+
+
 async def test_a_thread_with_a_run_in_flight_is_busy(server: Server) -> None:
     http = server.http
     going = await start(http, graph="slow", input={"steps": []}, config={"delay": 2})

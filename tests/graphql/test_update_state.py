@@ -186,11 +186,6 @@ async def test_refusals(server: Server) -> None:
     assert all(e["node"]["source"] != "UPDATE" for e in history)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit: the built-in graph's record reducer raises AttributeError on a value "
-    "that is not a list of objects: updateState answers INTERNAL",
-)
 @pytest.mark.parametrize(
     "values",
     [

@@ -70,10 +70,17 @@ def new_record_id() -> str:
 def merge_records(
     left: Sequence[Mapping[str, Any]] | None, right: Sequence[Mapping[str, Any]] | None
 ) -> list[Any]:
-    """Append the records of `right` whose `id` is not in `left` yet, keeping order."""
+    """Append the records of `right` whose `id` is not in `left` yet, keeping order.
+
+    TypeError for anything but a list of objects (an edit's values, say): LangGraph's
+    update_state counts it as the caller's error, as add_messages' refusals."""
+    if right is not None and not isinstance(right, list | tuple):
+        raise TypeError(f"records must be a list of objects, got {type(right).__name__}")
     merged = list(left or [])
     seen = {record.get("id") for record in merged}
     for record in right or []:
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a record must be an object, got {type(record).__name__}")
         key = record.get("id")
         if key is None or key not in seen:
             merged.append(record)

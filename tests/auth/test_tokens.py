@@ -103,6 +103,21 @@ async def test_refused_tokens(issuer: Issuer, tmp_path: Path) -> None:
         await hs_only.caller(issuer.token("ann", alg="RS256"))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit: a sub holding NUL or a lone surrogate is accepted as the user; every "
+    "query of that caller then answers INTERNAL on PostgreSQL",
+)
+@pytest.mark.parametrize("sub", ["a\u0000b", "\ud800x"])
+async def test_a_subject_no_database_can_store_is_refused(issuer: Issuer, sub: str) -> None:
+    """The caller's user id filters and owns every thread it touches: a sub that
+    PostgreSQL's text cannot hold (NUL) or that is no UTF-8 (a lone surrogate, which a
+    JSON `\\ud800` escape decodes to) reached the database and answered INTERNAL, where
+    an empty sub is refused here."""
+    with pytest.raises(UnauthenticatedError, match="sub"):
+        await verifier(issuer).caller(issuer.token(sub))
+
+
 def test_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="at least 32 bytes"):
         JwtVerifier(JwtSettings(secret="short"))

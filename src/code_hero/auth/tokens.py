@@ -115,6 +115,8 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise UnauthenticatedError("invalid token: sub must be a non-empty string")
+        if not _storable(subject):  # it owns and filters rows: the database must hold it
+            raise UnauthenticatedError("invalid token: sub may not hold NUL or lone surrogates")
         return Caller(user_id=subject, is_admin=self._is_admin(claims))
 
     async def _public_key(self, token: str, header: Mapping[str, Any]) -> Any:
@@ -187,3 +189,14 @@ def _read_jwks(path: str) -> jwt.PyJWKSet:
 def _reason(exc: jwt.PyJWTError) -> str:
     text = str(exc).strip().rstrip(".")
     return text[:1].lower() + text[1:] if text else type(exc).__name__
+
+
+def _storable(text: str) -> bool:
+    """Whether a database takes `text`: no NUL (PostgreSQL's text), no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -30,7 +30,12 @@ def _duration(text: str) -> timedelta:
     match = DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h or 15m")
-    return timedelta(**{UNITS[match.group(2).lower()]: int(match.group(1))})
+    try:
+        span = timedelta(**{UNITS[match.group(2).lower()]: int(match.group(1))})
+        datetime.now(UTC) - span  # the cutoff it makes must be a time
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} reaches back before year 1") from None
+    return span
 
 
 def _instant(text: str) -> datetime:
@@ -38,7 +43,12 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)  # the database compares UTC
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside years 1 to 9999 in UTC") from None
+    return value
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:

@@ -30,6 +30,17 @@ def _entries(text: str) -> Iterable[str]:
                 yield entry.strip()
 
 
+def _storable(text: str) -> bool:
+    """Whether a database takes `text`: no NUL (PostgreSQL's text), no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_api_keys(text: str, *, source: str = "CODE_HERO_API_KEYS") -> dict[str, Caller]:
     """The callers of `KEY=USER[:admin]` entries; ConfigurationError on a bad entry."""
     keys: dict[str, Caller] = {}
@@ -45,6 +56,8 @@ def parse_api_keys(text: str, *, source: str = "CODE_HERO_API_KEYS") -> dict[str
             if role != "admin" or not user:
                 raise ConfigurationError(f"{where}: the only role is ':admin'")
             is_admin = True
+        if not _storable(user):  # it owns and filters rows: the database must hold it
+            raise ConfigurationError(f"{where}: the user may not hold NUL or undecodable bytes")
         if len(key) < MIN_KEY_LENGTH:
             raise ConfigurationError(
                 f"{where}: a key must be at least {MIN_KEY_LENGTH} characters "
@@ -63,6 +76,10 @@ def read_api_keys_file(path: str) -> dict[str, Caller]:
     except OSError as exc:
         raise ConfigurationError(
             f"CODE_HERO_API_KEYS_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"CODE_HERO_API_KEYS_FILE: {path} is not UTF-8 text (byte {exc.start})"
         ) from None
     return parse_api_keys(text, source=f"CODE_HERO_API_KEYS_FILE {path}")
 

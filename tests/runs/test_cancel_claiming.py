@@ -86,7 +86,12 @@ async def test_a_run_claimed_as_it_is_stopped_never_starts(
 
     monkeypatch.setattr(registry, "claim_runs", then_stopped)
     monkeypatch.setattr(registry, "request_cancel", flag)
+    # No slot free as it starts: admitted for a claim pass, not launched at once.
+    claims = executor.claims
+    slots, claims.max_concurrent = claims.max_concurrent, 0
     run = await gateway.start_run(StartRun(graph="slow", input=SLOW))
+    claims.max_concurrent = slots
+    claims.wake()
     await claimed.wait()
     stopped = await stop(gateway, run)
     assert stopped.status is RunStatus.CANCELLED

@@ -52,13 +52,15 @@ class FallbackClaims(RoutedRegistry):
                 # Its deletion's mark is on the fallback's row only, for now: refused as
                 # the marked row would refuse it (the deletion's last step ends it).
                 raise being_deleted(run.thread_id)
-            return await registry.admit_run(
+            admitted = await registry.admit_run(
                 run,
                 reject_if_busy=reject_if_busy,
                 events=events,
                 owner=owner,
                 new_thread=new_thread,
             )
+            self._seen_leased(admitted[0])
+            return admitted
 
         async def degraded() -> tuple[RunRecord | None, str | None]:
             if not new_thread and not self.router.is_local(run.thread_id):
@@ -73,10 +75,20 @@ class FallbackClaims(RoutedRegistry):
             )
             self.router.note_local(run.thread_id)
             if admitted[0] is not None:
+                if self._seen_leased(admitted[0]):
+                    self._held.add(run.run_id)  # as a claim through the fallback
                 self._copy_thread(run.thread_id)
             return admitted
 
         return await self._write(on_primary, degraded)
+
+    def _seen_leased(self, record: RunRecord | None) -> bool:
+        """A run admitted leased (claimed by its executor as it was admitted) is known
+        as a claimed one is (`claim_runs`): whether it was."""
+        if record is None or record.lease_owner is None:
+            return False
+        self._seen([record], claimed_by=record.lease_owner)
+        return True
 
     async def finish_run(
         self,

@@ -477,6 +477,9 @@ class Registry(Protocol):
         refused with ConflictError (retry_after), nothing written.
         With `owner`, a thread someone else owns raises NotFoundError (nothing
         written): the check and the write are one transaction.
+        A run given with a lease (`lease_owner`, `lease_expires_at`: admitted claimed
+        by its executor) keeps it only when it is the thread's one unfinished run;
+        on a busy thread it is recorded unleased, for a claim once its turn comes.
         """
 
     async def finish_run(

@@ -11,6 +11,10 @@ run and resumes it. A cancel reaches the executor that runs the run: at once
 here, by a "cancel RUN_ID" message elsewhere, and at the next lease renewal
 when the message is lost. A run nobody holds is flagged and finished by
 whichever claimer comes next.
+
+A run started here while this executor has a free slot skips the claim: it is
+admitted leased here already (unless its thread has an older unfinished run)
+and launched at once (`admitting`, `admitted`).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class Claims:
         self._cancels_due = True
         self._claim_failures = Repeats(log, "claiming runs")
         self._full = False
+        # Slots kept for runs being admitted leased here (`admitting`): not claimed for.
+        self._admitting = 0
         # Held while claiming. A cancel, or a thread's runs stopped, takes no lock (a
         # pass makes database round trips: a run may end meanwhile); its run (thread)
         # is in `_stopping` (`_stopping_threads`) until it returns, and a pass stops a
@@ -144,6 +150,37 @@ class Claims:
         """A run ended here: claim now if the last pass left runs for want of a slot."""
         if self._full:
             self._wake.set()
+
+    def admitting(self) -> datetime | None:
+        """Keep a slot for a run about to be admitted here: the end of the lease it is
+        admitted under, or None (no free slot, or claiming stopped: admitted unleased,
+        for a claim pass). Each slot kept is given back by `admitted` or `not_admitted`."""
+        if self.closing or self._free() <= 0:
+            return None
+        self._admitting += 1
+        return clock.now() + self.lease
+
+    def not_admitted(self) -> None:
+        """Give back the slot kept for a run whose admission failed."""
+        self._admitting -= 1
+
+    def admitted(self, record: RunRecord) -> bool:
+        """Launch a run admitted leased here (the slot kept for it given back, as
+        `not_admitted` does), as a claim pass launches one it claimed; False when
+        claiming stopped meanwhile or the slot went after all: the caller releases its
+        lease, and the run waits for a claim."""
+        self._admitting -= 1
+        if self.closing or self._free() <= 0 or record.lease_expires_at is None:
+            return False
+        self._expires[record.run_id] = record.lease_expires_at
+        self.runs.launch(record, resuming=False)
+        if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
+            self.runs.stop(record.run_id)  # its cancel was asked as it was admitted
+        return True
+
+    def _free(self) -> int:
+        """Slots no run executing here nor being admitted leased here takes."""
+        return self.max_concurrent - self.runs.active_runs - self._admitting
 
     def after_next_pass(self, tell: Callable[[], None]) -> None:
         """Call `tell` once a claim pass that begins after now has ended (claimed or not,
@@ -290,7 +327,7 @@ class Claims:
         now = clock.now()
         if self.claim_others and cancels:  # cancels asked for runs no executor holds end here
             await self._end_cancelled(now)
-        free = self.max_concurrent - self.runs.active_runs
+        free = self._free()
         claimed: list[RunRecord] = []
         if free > 0 and (self.claim_others or self.started) and not self.closing:
             claimed = await self.registry.claim_runs(

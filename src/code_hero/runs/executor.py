@@ -14,7 +14,9 @@ run) starts afresh, with its input, fork point or resume answer.
 
 Wake-ups travel on the bus: a new run or a freed thread ("runs") makes every
 executor try to claim; "cancel RUN_ID" reaches the executor that runs it. The
-lease renewal and a slow poll carry the same news when a message is lost.
+lease renewal and a slow poll carry the same news when a message is lost. A run
+started where a slot is free needs no claim: it is admitted claimed by this
+executor (unless its thread has an older unfinished run) and launched at once.
 What a caller may ask (`StartRun`) and how it is checked is `code_hero.runs.requests`.
 
 A run claimed just before the primary became unreachable, whose rows or thread
@@ -54,7 +56,7 @@ from code_hero.persistence.contention import (
     contention,
     from_store,
 )
-from code_hero.persistence.fallback import PrimaryUnreachableError
+from code_hero.persistence.fallback import PrimaryUnreachableError, to_its_end
 from code_hero.persistence.journal import JournalFullError
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.managed import fresh_thread, telling_saves
@@ -333,40 +335,48 @@ class RunExecutor:
         )
         if new_thread:  # before the admission: a claim pass may launch it before we return
             _remember(self._fresh, run_id, True)
-        try:
-            record, busy = await self.registry.admit_run(
-                RunRecord(
-                    run_id=run_id,
-                    thread_id=thread_id,
-                    graph=graph_name,
-                    status=RunStatus.PENDING,
-                    input=to_jsonable(run_input if req.resume is UNSET else {"resume": req.resume}),
-                    metadata=dict(req.metadata),
-                    config=config,
-                    user_id=req.user_id,
-                    multitask=req.multitask.value,
-                    created_at=now,
-                ),
-                reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
-                events=[first],
-                owner=req.owner,
-                new_thread=new_thread,
-            )
-        except BaseException:
-            self._fresh.pop(run_id, None)
-            raise
+        # With a slot free here, the run is admitted claimed by this executor (unless
+        # its thread has an older unfinished run) and launched at once: no claim pass.
+        until = self.claims.admitting()
+        run = RunRecord(
+            run_id=run_id,
+            thread_id=thread_id,
+            graph=graph_name,
+            status=RunStatus.PENDING,
+            input=to_jsonable(run_input if req.resume is UNSET else {"resume": req.resume}),
+            metadata=dict(req.metadata),
+            config=config,
+            user_id=req.user_id,
+            multitask=req.multitask.value,
+            created_at=now,
+            lease_owner=None if until is None else self.owner,
+            lease_expires_at=until,
+        )
+        admission = self._admit(
+            run,
+            first,
+            reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
+            owner=req.owner,
+            new_thread=new_thread,
+        )
+        if until is None:
+            record, busy, launched = await admission
+        else:
+            # To its end even if the caller goes meanwhile: a run admitted leased here
+            # is launched, or its lease given back, not left leased to nobody.
+            (record, busy, launched), cancelled = await to_its_end(admission)
+            if cancelled:
+                raise asyncio.CancelledError
         if record is None:
-            self._fresh.pop(run_id, None)
             raise ConflictError(
                 f"thread {thread_id!r} is busy with run {busy!r}; "
                 "use multitask ENQUEUE or INTERRUPT"
             )
-        self.manager.router.note_touched(thread_id)
-        if not self.claims.claim_others:
-            self.claims.started.add(run_id)
-        self.bus.publish(first)
-        self.claims.wake()
-        await self.bus.stored([first], control="runs")  # one round trip: both notifications
+        if launched:
+            await self.bus.stored([first])
+        else:
+            self.claims.wake()
+            await self.bus.stored([first], control="runs")  # one round trip: both notifications
         if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
             for older in await self.registry.unfinished_runs(thread_id):
                 if older.run_id != run_id:
@@ -374,6 +384,54 @@ class RunExecutor:
         if req.wait:
             return await self.wait(run_id, fresh=True, waits=waits)
         return record
+
+    async def _admit(
+        self,
+        run: RunRecord,
+        first: EventRecord,
+        *,
+        reject_if_busy: bool,
+        owner: str | None,
+        new_thread: bool,
+    ) -> tuple[RunRecord | None, str | None, bool]:
+        """Record the run PENDING (`Registry.admit_run`) and publish its first event:
+        the run (None: refused, its thread busy), the busy run's id, and whether it was
+        launched here. A run admitted leased here is launched at once, or, the slot
+        gone or claiming stopped meanwhile, released to a claim."""
+        leased = run.lease_owner is not None
+        try:
+            record, busy = await self.registry.admit_run(
+                run,
+                reject_if_busy=reject_if_busy,
+                events=[first],
+                owner=owner,
+                new_thread=new_thread,
+            )
+        except BaseException:
+            if leased:
+                self.claims.not_admitted()
+            self._fresh.pop(run.run_id, None)
+            raise
+        if record is None:
+            if leased:
+                self.claims.not_admitted()
+            self._fresh.pop(run.run_id, None)
+            return None, busy, False
+        self.manager.router.note_touched(run.thread_id)
+        self.bus.publish(first)  # before its launch: PENDING comes before RUNNING
+        if not leased:
+            launched = False
+        elif record.lease_owner != self.owner:  # queued behind an older run of its thread
+            self.claims.not_admitted()
+            launched = False
+        elif not (launched := self.claims.admitted(record)):
+            try:
+                await self.registry.release_runs(self.owner, [run.run_id])
+            except Exception as exc:  # its lease lapses instead
+                log.warning("releasing run %s admitted here failed: %s", run.run_id, exc)
+        if not launched and not self.claims.claim_others:
+            self.claims.started.add(run.run_id)
+        return record, busy, launched
 
     # ---------------------------------------------------------------- waiting and cancel
     async def wait(

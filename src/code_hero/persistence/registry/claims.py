@@ -119,6 +119,11 @@ class RunClaims(WebhookOutbox):
                 busy_id = busy[0]["run_id"] if busy else None
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
+                if busy_id is not None and run.lease_owner is not None:
+                    # Not the oldest unfinished run of its thread: leased, it would run
+                    # beside that one. It waits unleased for a claim, as any queued run.
+                    params[RUN_FIELDS.index("lease_owner")] = None
+                    params[RUN_FIELDS.index("lease_expires_at")] = None
                 insert += f"RETURNING {RUN_COLUMNS}"
                 async with self._unique(f"a run with id {run.run_id!r}"):
                     if events and self.writable_ctes:

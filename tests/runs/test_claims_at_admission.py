@@ -1,0 +1,131 @@
+"""A run started where a slot is free skips the claim pass, on every backend: it is
+admitted leased to this executor and launched at once, unless its thread has an older
+unfinished run (then it waits its turn unleased, for a claim); admitted as claiming
+stops, it is handed back, not left leased to nobody."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from code_hero.gateway import Gateway
+from code_hero.persistence.records import RunRecord, RunStatus
+from code_hero.runs.executor import MultitaskStrategy, StartRun
+from tests.faults import until
+
+
+def claimed_by_passes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the runs claim passes (here) take from now on."""
+    registry, taken = gateway.manager.registry, list[str]()
+    claim = registry.claim_runs
+
+    async def claim_runs(*args: Any, **kwargs: Any) -> list[RunRecord]:
+        runs = await claim(*args, **kwargs)
+        taken.extend(run.run_id for run in runs)
+        return runs
+
+    monkeypatch.setattr(registry, "claim_runs", claim_runs)
+    return taken
+
+
+async def test_a_run_started_with_a_slot_free_runs_without_a_claim(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = claimed_by_passes(gateway, monkeypatch)
+    fresh = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    later = await gateway.start_run(
+        StartRun(graph="slow", thread_id=fresh.thread_id, input={"delay": 0}, wait=True)
+    )
+    assert [fresh.status, later.status] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    assert later.output["steps"] == fresh.output["steps"] * 2  # on from the first's state
+    assert taken == [], "a new thread's run and an idle thread's: neither claimed"
+    assert fresh.lease_owner is None and later.lease_owner is None  # ended, lease cleared
+    executor = gateway.executor
+    assert executor.internal_sizes() == dict.fromkeys(executor.internal_sizes(), 0)
+    assert executor.claims._admitting == 0
+
+
+async def test_an_enqueued_run_waits_for_the_one_before_it(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = claimed_by_passes(gateway, monkeypatch)
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.05}))
+    assert first.lease_owner == gateway.executor.owner  # admitted claimed here
+    second = await gateway.start_run(
+        StartRun(
+            graph="slow",
+            thread_id=first.thread_id,
+            input={"delay": 0},
+            multitask=MultitaskStrategy.ENQUEUE,
+        )
+    )
+    assert second.lease_owner is None, "not the oldest of its thread: left to a claim"
+    ended = await gateway.executor.wait(second.run_id, limit=60)
+    before = await gateway.executor.wait(first.run_id, limit=60)
+    assert [before.status, ended.status] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    assert before.finished_at is not None and ended.started_at is not None
+    assert ended.started_at >= before.finished_at, "one run of a thread at a time"
+    assert taken == [second.run_id]
+
+
+async def test_a_run_admitted_as_claiming_stops_is_handed_back(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, registry = gateway.executor, gateway.manager.registry
+    admit = registry.admit_run
+
+    async def shutdown_begins_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        admitted = await admit(*args, **kwargs)
+        executor.claims.stop_claiming()
+        return admitted
+
+    monkeypatch.setattr(registry, "admit_run", shutdown_begins_meanwhile)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    assert run.lease_owner == executor.owner  # leased here as it was admitted
+    stored = await registry.get_run(run.run_id)
+    assert stored is not None and stored.status is RunStatus.PENDING
+    assert stored.lease_owner is None and stored.lease_expires_at is None, "given back"
+    assert not executor.is_active(run.run_id)
+    assert executor.claims._admitting == 0
+
+
+async def test_a_run_admitted_with_no_slot_left_is_claimed_later(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot kept for it taken after all (the admission keeps none then: here a
+    lower limit meanwhile): released, and claimed once a slot is free."""
+    executor, registry = gateway.executor, gateway.manager.registry
+    claims, admit = executor.claims, registry.admit_run
+    taken = claimed_by_passes(gateway, monkeypatch)
+
+    slots = claims.max_concurrent
+
+    async def no_slot_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        admitted = await admit(*args, **kwargs)
+        claims.max_concurrent = 0
+        return admitted
+
+    monkeypatch.setattr(registry, "admit_run", no_slot_meanwhile)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    stored = await registry.get_run(run.run_id)
+    assert stored is not None and stored.lease_owner is None
+    claims.max_concurrent = slots
+    claims.wake()
+    ended = await executor.wait(run.run_id, limit=60)
+    assert ended.status is RunStatus.SUCCESS and taken == [run.run_id]
+
+
+async def test_a_run_admitted_here_is_cancelled_at_once(gateway: Gateway) -> None:
+    executor = gateway.executor
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+
+    async def executing() -> bool:
+        return executor.is_active(run.run_id)
+
+    await until(executing)
+    cancelled = await gateway.cancel_run(run.run_id)
+    assert cancelled.status is RunStatus.CANCELLED
+    assert cancelled.lease_owner is None
+    stored = await gateway.manager.registry.get_run(run.run_id)
+    assert stored is not None and stored.status is RunStatus.CANCELLED

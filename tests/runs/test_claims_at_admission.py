@@ -129,3 +129,18 @@ async def test_a_run_admitted_here_is_cancelled_at_once(gateway: Gateway) -> Non
     assert cancelled.lease_owner is None
     stored = await gateway.manager.registry.get_run(run.run_id)
     assert stored is not None and stored.status is RunStatus.CANCELLED
+
+
+async def test_an_executor_hears_its_own_admission_news_as_no_news(gateway: Gateway) -> None:
+    """ "runs OWNER" (a run admitted for a claim pass, the owner's loop woken already)
+    wakes every claimer but that owner's; a bare "runs" (a freed thread, an earlier
+    version's news) wakes every one. (As the bus hands a message to its handlers.)"""
+    claims = gateway.executor.claims
+    claims._wake.clear()
+    claims._on_control(f"runs {claims.owner}")
+    assert not claims._wake.is_set()
+    claims._on_control("runs executor-elsewhere")
+    assert claims._wake.is_set()
+    claims._wake.clear()
+    claims._on_control("runs")
+    assert claims._wake.is_set()

@@ -146,6 +146,12 @@ class Claims:
         """Try to claim now (a run was started, a slot or a thread was freed)."""
         self._wake.set()
 
+    def runs_admitted(self) -> str:
+        """Claim now: a run was admitted here for a claim pass. The control message
+        that tells the other executors (this one's echo of it wakes nothing more)."""
+        self._wake.set()
+        return f"runs {self.owner}"
+
     def slot_freed(self) -> None:
         """A run ended here: claim now if the last pass left runs for want of a slot."""
         if self._full:
@@ -211,7 +217,11 @@ class Claims:
     def _on_control(self, message: str) -> None:
         kind, _, run_id = message.partition(" ")
         if kind == "runs":
-            self._wake.set()
+            # "runs OWNER": a run admitted by that executor, which woke its own claim
+            # loop already (`runs_admitted`): its echo here is no news. A bare "runs"
+            # (a freed thread, an earlier version) wakes every claimer.
+            if run_id != self.owner:
+                self._wake.set()
             return
         if kind == POKE:  # an outage's writes are in: runs that waited for them claimable
             self._wake.set()

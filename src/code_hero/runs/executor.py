@@ -374,9 +374,8 @@ class RunExecutor:
             )
         if launched:
             await self.bus.stored([first])
-        else:
-            self.claims.wake()
-            await self.bus.stored([first], control="runs")  # one round trip: both notifications
+        else:  # one round trip: both notifications
+            await self.bus.stored([first], control=self.claims.runs_admitted())
         if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
             for older in await self.registry.unfinished_runs(thread_id):
                 if older.run_id != run_id:

@@ -5,6 +5,7 @@ stops, it is handed back, not left leased to nobody."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -88,6 +89,34 @@ async def test_a_run_admitted_as_claiming_stops_is_handed_back(
     assert stored.lease_owner is None and stored.lease_expires_at is None, "given back"
     assert not executor.is_active(run.run_id)
     assert executor.claims._admitting == 0
+
+
+async def test_a_start_cancelled_as_its_run_is_admitted_leaves_the_run_going(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gone (a client that disconnected) once the run is admitted leased
+    here: the run is launched all the same, not left leased to nobody for a lease."""
+    registry = gateway.manager.registry
+    admit, admitted, go_on = registry.admit_run, asyncio.Event(), asyncio.Event()
+    ids: list[str] = []
+
+    async def caller_goes_meanwhile(run: RunRecord, **kwargs: Any) -> Any:
+        result = await admit(run, **kwargs)
+        ids.append(run.run_id)
+        admitted.set()
+        await go_on.wait()
+        return result
+
+    monkeypatch.setattr(registry, "admit_run", caller_goes_meanwhile)
+    start = asyncio.create_task(gateway.start_run(StartRun(graph="slow", input={"delay": 0})))
+    await admitted.wait()
+    start.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    ended = await gateway.executor.wait(ids[0], limit=10)  # well within the lease (15 s)
+    assert ended.status is RunStatus.SUCCESS
+    assert gateway.executor.claims._admitting == 0
 
 
 async def test_a_run_admitted_with_no_slot_left_is_claimed_later(

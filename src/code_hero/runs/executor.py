@@ -366,6 +366,8 @@ class RunExecutor:
             # is launched, or its lease given back, not left leased to nobody.
             (record, busy, launched), cancelled = await to_its_end(admission)
             if cancelled:
+                if record is not None and not launched:
+                    self.claims.wake()  # queued, or given back: a claim pass takes it
                 raise asyncio.CancelledError
         if record is None:
             raise ConflictError(

@@ -6,11 +6,14 @@ stops, it is handed back, not left leased to nobody."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from code_hero.gateway import Gateway
+from code_hero.persistence import clock
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.faults import until
@@ -143,6 +146,27 @@ async def test_a_run_admitted_with_no_slot_left_is_claimed_later(
     claims.wake()
     ended = await executor.wait(run.run_id, limit=60)
     assert ended.status is RunStatus.SUCCESS and taken == [run.run_id]
+
+
+async def test_a_run_whose_lease_lapsed_as_it_was_admitted_waits_for_a_claim(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admission that outlasted its lease (a busy pool) launches nothing: another
+    executor may hold the run by then. Its lease goes back and a claim takes it."""
+    executor, registry = gateway.executor, gateway.manager.registry
+    admit = registry.admit_run
+    taken = claimed_by_passes(gateway, monkeypatch)
+
+    async def outlasting_its_lease(*args: Any, **kwargs: Any) -> Any:
+        record, busy = await admit(*args, **kwargs)
+        lapsed = clock.now() - timedelta(seconds=1)  # as the executor sees it
+        return dataclasses.replace(record, lease_expires_at=lapsed), busy
+
+    monkeypatch.setattr(registry, "admit_run", outlasting_its_lease)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    ended = await executor.wait(run.run_id, limit=60)
+    assert ended.status is RunStatus.SUCCESS and taken == [run.run_id]
+    assert executor.claims._admitting == 0
 
 
 async def test_a_run_admitted_here_is_cancelled_at_once(gateway: Gateway) -> None:

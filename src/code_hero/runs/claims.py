@@ -176,9 +176,11 @@ class Claims:
         claiming stopped meanwhile or the slot went after all: the caller releases its
         lease, and the run waits for a claim."""
         self._admitting -= 1
-        if self.closing or self._free() <= 0 or record.lease_expires_at is None:
+        expires = record.lease_expires_at
+        # A lease that lapsed as the admission waited (a busy pool) may be another's.
+        if self.closing or self._free() <= 0 or expires is None or expires <= clock.now():
             return False
-        self._expires[record.run_id] = record.lease_expires_at
+        self._expires[record.run_id] = expires
         self.runs.launch(record, resuming=False)
         if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
             self.runs.stop(record.run_id)  # its cancel was asked as it was admitted

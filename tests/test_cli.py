@@ -406,7 +406,18 @@ def test_a_malformed_thread_id_is_a_bad_argument(
             ["run", "hi", "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
             "error: cannot open postgresql://nobody@127.0.0.1:1/none: ",
         ),
-        (["threads", "list", "--database-url", "mysql://x/y"], "error: cannot tell the backend"),
+        (
+            ["threads", "list", "--database-url", "mysql://x/y"],
+            "error: --database-url: cannot tell the backend",
+        ),
+        (
+            ["threads", "list", "--database-url", "postgresql://u@h/db?nosuchparam=1"],
+            "error: --database-url: not a PostgreSQL URL libpq can read",
+        ),
+        (
+            ["migrate", "--from", "memory://", "--to", "postgresql://u:50%off@h/db"],
+            "error: --to: the password in the PostgreSQL URL is not URL-encoded",
+        ),
         (["threads", "list", "--sqlite-path", "missing.sqlite"], "error: no SQLite database at"),
         (
             ["migrate", "--from", "postgresql://nobody@127.0.0.1:1/none", "--to", "memory://"],
@@ -737,6 +748,32 @@ def test_serve_exits_1_when_the_app_cannot_start(
     last = done.stderr.splitlines()[-1]
     assert last.startswith("error: ") and told in last, done.stderr
     assert sum(told in line for line in done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DATABASE_URL", "postgresql://u:50%off@127.0.0.1:1/db"),
+        ("POSTGRES_URL", "postgresql://u:secret@127.0.0.1:1/db?nosuchparam=1"),
+        ("CODE_HERO_DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db?nosuchparam=1"),
+    ],
+)
+def test_a_postgres_url_libpq_cannot_read_stops_serve_with_one_line(
+    tmp_path: Path, variable: str, url: str
+) -> None:
+    # Not a server that starts on its fallback and stays there, warning: the setting is
+    # refused, named, and its password kept out of the message.
+    done = subprocess.run(
+        [*COMMAND, "serve", "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), variable: url},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: {variable}: ") and done.stderr.count("\n") == 1
+    assert "secret" not in done.stderr and "off" not in done.stderr
 
 
 def test_a_graph_that_cannot_be_loaded_stops_serve_with_one_line(tmp_path: Path) -> None:

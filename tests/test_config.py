@@ -10,6 +10,7 @@ from code_hero.config import (
     CheckpointerType,
     config_for_environment,
     config_from_url,
+    config_from_url_setting,
     create_postgres_checkpointer,
     create_sqlite_checkpointer,
     get_development_checkpointer_config,
@@ -87,23 +88,40 @@ def test_describe_hides_passwords() -> None:
         config_from_url("mysql://u@h/db")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit: a PostgreSQL URL psycopg cannot parse is accepted; serve then starts "
-    "degraded on the fallback for good instead of refusing the setting",
-)
 @pytest.mark.parametrize(
-    "url",
+    ("url", "told"),
     [
-        "Postgresql://u@h/db",  # libpq's schemes are lower case
-        "postgresql://u@h/db?nosuchparam=1",
-        "postgresql://u:50%off@h/db",  # a password's % not encoded
+        ("postgresql://u:secret@h/db?nosuchparam=1", 'invalid URI query parameter: "nosuchparam"'),
+        ("postgresql://u:50%off@h/db", "password in the PostgreSQL URL is not URL-encoded"),
+        ("postgresql://u:se cret@h/db", "password in the PostgreSQL URL is not URL-encoded"),
+        ("postgresql://u:p@secret@h/db", "password in the PostgreSQL URL is not URL-encoded"),
+        ("postgresql://u:secret@[::1/db", 'IPv6 host address in URI: "postgresql://u:***@[::1/db"'),
+        ("mysql://u:secret@[::1/db", "cannot tell the backend of 'mysql://u:***@[::1/db'"),
     ],
 )
-def test_a_postgres_url_is_one_psycopg_can_parse_or_refused(url: str) -> None:
-    try:
-        config = config_from_url(url)
-    except ConfigurationError:
-        return
-    assert config.connection_string is not None
-    conninfo_to_dict(config.connection_string)  # raised ProgrammingError: never connects
+def test_a_postgres_url_libpq_cannot_read_is_refused_without_its_password(
+    url: str, told: str
+) -> None:
+    # Refused here, not when the pool first connects: serve would start on its fallback.
+    with pytest.raises(ConfigurationError) as refused:
+        config_from_url_setting("DATABASE_URL", url)
+    message = str(refused.value)
+    assert message.startswith("DATABASE_URL: ") and told in message
+    assert "secret" not in message and "off" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["Postgresql://u@h/db", "POSTGRES://u@h/db", "PostgreSQL+Psycopg://u@h/db"],
+)
+def test_a_postgres_urls_scheme_is_case_insensitive(url: str) -> None:
+    # RFC 3986 schemes are case-insensitive; libpq reads only lower case ones.
+    config = config_from_url(url)
+    assert config.kind == "postgres" and config.connection_string is not None
+    assert config.connection_string.startswith(("postgresql://u@h/db", "postgres://u@h/db"))
+    assert conninfo_to_dict(config.connection_string)["host"] == "h"
+
+
+def test_production_names_the_variable_of_a_bad_url() -> None:
+    with pytest.raises(ConfigurationError, match=r"^POSTGRES_URL: "):
+        get_production_checkpointer_config({"POSTGRES_URL": "postgresql://h/db?x=1"})

@@ -8,6 +8,7 @@ everything below them receives a frozen `CheckpointerConfig`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointerType",
     "config_for_environment",
     "config_from_url",
+    "config_from_url_setting",
     "create_memory_checkpointer",
     "create_postgres_checkpointer",
     "create_sqlite_checkpointer",
@@ -157,8 +159,14 @@ def _same_file(a: str, b: str) -> bool:
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***."""
-    parsed = urlparse(url)
-    if parsed.password:
+    try:
+        parsed = urlparse(url)
+        password = parsed.password
+    except ValueError:  # an unmatched [ of an IPv6 host: libpq's own split, then
+        scheme, sep, rest = url.partition("://")
+        user, secret = _userinfo(rest)
+        return f"{scheme}{sep}{user}:***{rest[len(user) + 1 + len(secret) :]}" if secret else url
+    if password:
         netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
         return parsed._replace(netloc=netloc).geturl()
     return url
@@ -220,9 +228,9 @@ def get_production_checkpointer_config(
 ) -> CheckpointerConfig:
     """PostgreSQL when DATABASE_URL or POSTGRES_URL is set, else a SQLite file."""
     env = os.environ if environ is None else environ
-    url = env.get("DATABASE_URL") or env.get("POSTGRES_URL")
-    if url:
-        return config_from_url(url)
+    for name in ("DATABASE_URL", "POSTGRES_URL"):
+        if url := env.get(name):
+            return config_from_url_setting(name, url)
     return create_sqlite_checkpointer(env.get("SQLITE_PATH") or DEFAULT_PRODUCTION_SQLITE_PATH)
 
 
@@ -242,13 +250,22 @@ def config_for_environment(
     )
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
 def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
-    """A config from a URL: postgresql://..., sqlite:///path, a .sqlite path, or memory://."""
+    """A config from a URL: postgresql://..., sqlite:///path, a .sqlite path, or memory://.
+
+    A scheme is case-insensitive (RFC 3986); a PostgreSQL URL is one libpq can read,
+    or a ConfigurationError that never shows its password.
+    """
     text = url.strip()
-    scheme = urlparse(text).scheme.lower()
+    match = _SCHEME.match(text)
+    scheme = match.group(1).lower() if match else ""
     if scheme in {"postgres", "postgresql"} or scheme.startswith("postgresql+"):
-        if "+" in scheme:  # SQLAlchemy-style postgresql+psycopg://
-            text = "postgresql" + text[len(scheme) :]
+        # libpq reads only lower-case schemes; postgresql+psycopg:// is SQLAlchemy's
+        text = scheme.partition("+")[0] + text[len(scheme) :]
+        _check_postgres_url(text)
         return create_postgres_checkpointer(text, **kwargs)
     if scheme == "sqlite":
         # sqlite:///relative.db -> relative.db, sqlite:////abs.db -> /abs.db
@@ -264,3 +281,53 @@ def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
         f"cannot tell the backend of {redact_url(url)!r}: "
         "use postgresql://..., sqlite:///path or memory://"
     )
+
+
+def config_from_url_setting(name: str, url: str) -> CheckpointerConfig:
+    """`config_from_url` of the URL a setting (a variable, an option) holds; a
+    ConfigurationError names the setting."""
+    try:
+        return config_from_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+
+
+def _userinfo(rest: str) -> tuple[str, str]:
+    """The user and password of a URL after its `scheme://`, split as libpq splits them:
+    the credentials end at the first @ before any /."""
+    head = rest.split("/", 1)[0]
+    if "@" not in head:
+        return "", ""
+    user, _, password = head.split("@", 1)[0].partition(":")
+    return user, password
+
+
+def _check_postgres_url(url: str) -> None:
+    """ConfigurationError unless libpq can read `url` (parsed here: nothing connects).
+
+    libpq's messages quote the part they cannot read, the password included, so the
+    password is checked on its own and the rest with *** in its place.
+    """
+    # psycopg loads only for PostgreSQL (SQLite and memory servers never need it).
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme, _, rest = url.partition("://")
+    user, password = _userinfo(rest)
+    unencoded = ConfigurationError(
+        "the password in the PostgreSQL URL is not URL-encoded: "
+        "write % as %25, @ as %40, / as %2F, a space as %20"
+    )
+    if password:
+        try:
+            conninfo_to_dict(f"{scheme}://u:{password}@h")
+        except ProgrammingError:
+            raise unencoded from None
+        rest = f"{user}:***{rest[len(user) + 1 + len(password) :]}"
+    try:
+        params = conninfo_to_dict(f"{scheme}://{rest}")
+    except ProgrammingError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(f"not a PostgreSQL URL libpq can read: {detail}") from None
+    if "@" in str(params.get("host", "")):  # u:p@ss@h: libpq's host is ss@h
+        raise unencoded

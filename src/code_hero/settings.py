@@ -30,7 +30,7 @@ from code_hero.config import (
     MAX_LOCK_TIMEOUT,
     CheckpointerConfig,
     config_for_environment,
-    config_from_url,
+    config_from_url_setting,
 )
 from code_hero.errors import ConfigurationError
 from code_hero.gateway import GatewaySettings
@@ -307,11 +307,12 @@ def checkpointer_from_env(
 ) -> CheckpointerConfig:
     """The checkpointer: an explicit URL or path first, then the seed's environment rules."""
     interval = _float(env, "CODE_HERO_HEALTH_INTERVAL", 5.0)
-    url = database_url or env.get("CODE_HERO_DATABASE_URL")
-    if url:
-        config = config_from_url(url)
+    if database_url:
+        config = config_from_url_setting("--database-url", database_url)
+    elif url := env.get("CODE_HERO_DATABASE_URL"):
+        config = config_from_url_setting("CODE_HERO_DATABASE_URL", url)
     elif sqlite_path:
-        config = config_from_url(sqlite_path)
+        config = config_from_url_setting("--sqlite-path", sqlite_path)
     else:
         config = config_for_environment(env.get("CODE_HERO_ENVIRONMENT") or "production", env)
     journal = _int(env, "CODE_HERO_MAX_PENDING_SYNC", 100_000)

@@ -31,7 +31,7 @@ from code_hero.cli.storage import (
     settings_of,
     storage_flags,
 )
-from code_hero.config import config_from_url
+from code_hero.config import config_from_url_setting
 from code_hero.errors import BadInputError, CodeHeroError, ConfigurationError
 from code_hero.inputs import MAX_JSON_DEPTH, check_graph_value, check_json
 from code_hero.persistence import clock
@@ -183,7 +183,8 @@ async def migrate(args: argparse.Namespace) -> int:
     """Copy threads, checkpoints, runs and events from one store to another."""
     from code_hero.persistence.transfer import migrate
 
-    source, target = config_from_url(args.source), config_from_url(args.target)
+    source = config_from_url_setting("--from", args.source)
+    target = config_from_url_setting("--to", args.target)
     require_file(source)
     if source.kind != "memory" and source.describe() == target.describe():
         raise ConfigurationError("--from and --to name the same store")

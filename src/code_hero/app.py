@@ -36,7 +36,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -97,6 +97,24 @@ class _Runtime:
         return self.gateway
 
 
+class RequestAdapter(StarletteRequestAdapter):
+    """Strawberry's Starlette request, its Content-Type's media type in lower case.
+
+    Type and subtype are case-insensitive (RFC 9110, 8.3.1), but Strawberry looks for
+    the substring `application/json` and our fast path for the exact header: a client
+    sending `Application/JSON` got 400 "Unsupported content type". Parameters (a
+    boundary may be case-sensitive) are left as they are.
+    """
+
+    @property
+    def content_type(self) -> str | None:
+        value = super().content_type
+        if value is None or value == JSON:
+            return value
+        media, sep, parameters = value.partition(";")
+        return media.lower() + sep + parameters
+
+
 class LegacyWSHandler(SharedLegacyWSHandler):
     """The legacy `graphql-ws` protocol, closing an unauthenticated socket with 4403.
 
@@ -139,6 +157,7 @@ class GraphQLView(GraphQL[Context, None]):
 
     graphql_ws_handler_class = LegacyWSHandler
     graphql_transport_ws_handler_class = SharedTransportWSHandler
+    request_adapter_class = RequestAdapter
 
     def __init__(
         self,

@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 
 STORING = frozenset({"healthy", "degraded"})
 JSON = "application/json"  # the Content-Type read without parsing (see parse_http_body)
+BATCHES = "Batches are not supported: send one operation per request, a JSON object"
 ACK: UnsetType = UNSET  # connection_ack without a payload
 
 
@@ -113,6 +114,10 @@ class RequestAdapter(StarletteRequestAdapter):
             return value
         media, sep, parameters = value.partition(";")
         return media.lower() + sep + parameters
+
+
+class _JSONArray(json.JSONDecodeError):
+    """A JSON array where an object belongs: a batch, when it is a POST's body."""
 
 
 class LegacyWSHandler(SharedLegacyWSHandler):
@@ -304,7 +309,18 @@ class GraphQLView(GraphQL[Context, None]):
         Strawberry's own parse and its errors; Starlette keeps the body read here.
         The Accept header is matched against `header_transports`, made once (Strawberry
         makes its transports anew for each look-up: 3 % of a `{ __typename }`'s app time).
+        Batching is not served: a body that is a JSON array is told so (400 BATCHES).
         """
+        try:
+            return await self._parse_http_body(request)
+        except HTTPException as exc:  # not "Unable to parse": the body is JSON
+            if request.method == "POST" and isinstance(exc.__cause__, _JSONArray):
+                raise HTTPException(400, BATCHES) from exc
+            raise
+
+    async def _parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "POST" and request.content_type == JSON:
             body = self.parse_json(await request.get_body())  # a JSON object, else 400
             query, variables = body.get("query"), body.get("variables")
@@ -355,6 +371,8 @@ class GraphQLView(GraphQL[Context, None]):
             raise json.JSONDecodeError("nested too deeply", "", 0) from None
         except UnicodeDecodeError:
             raise json.JSONDecodeError("not UTF-8", "", 0) from None
+        if isinstance(value, list):
+            raise _JSONArray("a JSON array, not an object", "", 0)
         if not isinstance(value, dict):
             raise json.JSONDecodeError("not a JSON object", "", 0)
         return value

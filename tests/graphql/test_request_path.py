@@ -339,7 +339,8 @@ async def test_only_an_exact_json_content_type_skips_strawberrys_parse(
         assert parsed == ["application/json; charset=utf-8", "application/json;charset=UTF-8"]
         refused = {
             (typename, "text/plain"): "Unsupported content type",
-            ("[1]", "application/json"): "Unable to parse request body as JSON",
+            ("[1", "application/json"): "Unable to parse request body as JSON",
+            ("1", "application/json"): "Unable to parse request body as JSON",
             ('{"query": 1}', "application/json"): "`query` must be a string or null",
             ('{"query": "{ a }", "variables": []}', "application/json"): "`variables` must",
             ('{"query": "{ a }", "extensions": 1}', "application/json"): "`extensions` must",
@@ -350,6 +351,25 @@ async def test_only_an_exact_json_content_type_skips_strawberrys_parse(
             assert message in answer["errors"][0]["message"]
         got = await server.http.get("/graphql", params={"query": "{ __typename }"})
         assert got.status_code == 200 and data(got.json()) == {"__typename": "Query"}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+async def test_a_batch_is_told_batches_are_not_supported(start: Starter, content_type: str) -> None:
+    """A JSON array of operations is JSON: "Unable to parse request body as JSON" misled
+    its client. Batching is not served; the answer says so, with no operation run."""
+    batch = json.dumps([{"query": "{ __typename }"}, {"query": "{ __typename }"}])
+    async with start() as server:
+        headers = {"content-type": content_type}
+        response = await server.http.post("/graphql", content=batch, headers=headers)
+        assert response.status_code == 400
+        answer = response.json()
+        assert codes(answer) == ["BAD_USER_INPUT"], answer
+        assert answer["errors"][0]["message"].startswith("Batches are not supported")
+        # A GET whose variables are an array is no batch: still not a JSON object.
+        params = {"query": "{ __typename }", "variables": "[1]"}
+        got = await server.http.get("/graphql", params=params)
+        assert got.status_code == 400
+        assert "Unable to parse" in got.json()["errors"][0]["message"]
 
 
 offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23))

@@ -69,6 +69,9 @@ async def test_not_found(server: Server) -> None:
         'mutation { cancelRun(id: "00000000-0000-4000-8000-000000000000") { id } }',
         'mutation { startRun(input: {message: "hi", graph: "no-such-graph"}) { id } }',
         'mutation { startRun(input: {message: "hi", fromCheckpointId: "nope"}) { id } }',
+        # A resume on a thread that was never made: NOT_FOUND, as for any unknown thread
+        # id (CONFLICT, "not interrupted", is for a thread that exists).
+        'mutation { startRun(input: {threadId: "no-such-thread", resume: "yes"}) { id } }',
     ):
         body = await gql(server.http, query)
         assert codes(body) == ["NOT_FOUND"], (query, body)

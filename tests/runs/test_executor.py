@@ -209,7 +209,7 @@ async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
         (StartRun(graph="slow", input={"colour": 1}), BadInputError, "does not take colour"),
         (StartRun(graph="slow", input=[1, 2]), BadInputError, "JSON object"),
         (StartRun(graph="slow", message="hi"), BadInputError, "takes no messages"),
-        (StartRun(thread_id="fresh", resume="yes"), ConflictError, "not interrupted"),
+        (StartRun(thread_id="fresh", resume="yes"), NotFoundError, "no thread 'fresh'"),
         (
             StartRun(thread_id="fresh", message="hi", from_checkpoint_id="x"),
             NotFoundError,

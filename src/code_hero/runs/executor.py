@@ -309,6 +309,8 @@ class RunExecutor:
         thread_id = req.thread_id or str(uuid.uuid4())
         if req.resume is not UNSET:
             thread = None if new_thread else await self.registry.get_thread(thread_id)
+            if thread is None and await self.manager.get_checkpoint(thread_id) is None:
+                raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
             if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
                 raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
         if req.from_checkpoint_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -86,6 +87,49 @@ async def test_error_ends_the_run_and_marks_the_thread(gateway: Gateway) -> None
     assert (await gateway.get_thread(run.thread_id)).status is ThreadStatus.ERROR  # type: ignore[union-attr]
     last = (await events_of(gateway, run.run_id))[-1]
     assert last.payload == {"status": "ERROR", "error": run.error}
+
+
+def _executor_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "code_hero.runs.executor"]
+
+
+@pytest.mark.parametrize(
+    ("graph", "run_input", "told"),
+    [
+        (None, {"messages": 5}, "NotImplementedError: Unsupported message type"),
+        (None, {"messages": [{"role": "nope", "content": "x"}]}, "ValueError: Unexpected"),
+        ("slow", {"steps": 5}, "TypeError: "),  # list + int in the state's reducer
+    ],
+)
+async def test_an_input_the_graph_refuses_is_one_warning_not_a_traceback(
+    gateway: Gateway,
+    caplog: pytest.LogCaptureFixture,
+    graph: str | None,
+    run_input: dict[str, Any],
+    told: str,
+) -> None:
+    """The caller's input, refused by the graph's state: the run ends ERROR as before,
+    and the log says so in one WARNING line, not an ERROR with a traceback."""
+    caplog.set_level(logging.WARNING, logger="code_hero.runs.executor")
+    run = await gateway.start_run(StartRun(graph=graph, input=run_input, wait=True))
+    assert run.status is RunStatus.ERROR and (run.error or "").startswith(told), run.error
+    (logged,) = _executor_logs(caplog)
+    message = logged.getMessage()
+    assert logged.levelno == logging.WARNING and logged.exc_info is None, message
+    assert run.run_id in message and told in message and "\n" not in message
+
+
+@pytest.mark.parametrize("step", ["s0", "s2"])
+async def test_a_graph_that_fails_in_a_node_keeps_its_traceback(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, step: str
+) -> None:
+    # Not the input's fault, and not expected: logged at ERROR with its traceback.
+    caplog.set_level(logging.WARNING, logger="code_hero.runs.executor")
+    run = await gateway.start_run(StartRun(graph="slow", input={"fail_at": step}, wait=True))
+    assert run.status is RunStatus.ERROR
+    (logged,) = _executor_logs(caplog)
+    assert logged.levelno == logging.ERROR and logged.exc_info is not None
+    assert run.run_id in logged.getMessage()
 
 
 async def test_cancel_is_prompt_and_leaves_checkpoints_consistent(gateway: Gateway) -> None:

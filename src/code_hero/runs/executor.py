@@ -646,6 +646,11 @@ class RunExecutor:
                 # The database's statement_timeout: its condition, not our bug.
                 log.warning("run %s failed: the database cancelled its write: %s", run_id, exc)
                 status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
+            elif await self._refused_input(record, exc):
+                # The caller's input, not a bug: the run says why; no traceback.
+                text = " ".join(f"{type(exc).__name__}: {exc}".split())
+                log.warning("run %s failed: the graph refused its input: %s", run_id, text)
+                status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
             else:
                 log.exception("run %s failed", run_id)
                 status, error = RunStatus.ERROR, f"{type(exc).__name__}: {exc}"
@@ -945,6 +950,25 @@ class RunExecutor:
         result that arrived with the cancel and drops the cancel."""
         if run_id in self._cancel_requested or run_id in self._lost:
             raise asyncio.CancelledError
+
+    async def _refused_input(self, record: RunRecord, exc: Exception) -> bool:
+        """Whether the run failed as its graph's state took its input (a reducer or the
+        input schema refusing a value: `{"messages": 5}`), before any node ran.
+
+        Raised outside every task but `__start__` (LangGraph notes the task a node's
+        error comes from), not by our stores, with the run's input checkpoint still
+        its latest: step 0, which applies the input, never ended.
+        """
+        if from_store(exc):
+            return False
+        for note in getattr(exc, "__notes__", ()):
+            if str(note).startswith("During task with name '") and "'__start__'" not in note:
+                return False
+        try:
+            latest = await self.manager.get_checkpoint(record.thread_id)
+        except Exception:  # unknown, then: told as unexpected, with its traceback
+            return False
+        return latest is not None and latest.run_id == record.run_id and latest.source == "INPUT"
 
     async def _checkpointed(self, record: RunRecord) -> bool:
         """True when the run wrote a checkpoint: runs of a thread take turns, so its

@@ -7,6 +7,7 @@ import json
 from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -365,6 +366,17 @@ def test_a_cursor_is_the_compact_json_of_its_items() -> None:
 
     assert thread_cursor(record) == expected(updated, "UPDATED_AT:DESC")
     assert thread_cursor(record, by_creation) == expected(record.created_at, "CREATED_AT:ASC")
+    # Times in UTC written by orjson, others by isoformat: the same text either way.
+    for when in (
+        updated.replace(microsecond=0),  # no fraction written
+        updated.replace(microsecond=1000),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        updated.astimezone(timezone(timedelta(hours=-3, minutes=-30))),
+        updated.astimezone(ZoneInfo("Etc/UTC")),
+    ):
+        record = replace(record, updated_at=when)
+        assert thread_cursor(record) == expected(when, "UPDATED_AT:DESC"), when
 
 
 async def test_a_thread_read_is_a_whole_frozen_record(registry: Registry) -> None:

@@ -45,7 +45,10 @@ _DEFAULT_TAGS = {
 def _encode_cursor(kind: str, at: datetime, key: str, order: str) -> str:
     # orjson: a fifth of json.dumps' time, made for every edge of a page. Its bytes are
     # json.dumps' (compact) for the ASCII ids every key is (see check_thread_id).
-    raw = orjson.dumps([kind, at.isoformat(), key, order])
+    # A time in UTC (every record's) orjson writes itself, as isoformat() writes it
+    # (microseconds only when there are some, `+00:00`): isoformat() alone took as long
+    # as the rest (a page's endCursor).
+    raw = orjson.dumps([kind, at if at.tzinfo is UTC else at.isoformat(), key, order])
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 

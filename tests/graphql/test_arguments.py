@@ -135,6 +135,17 @@ class Query:
         return repr((value, required))
 
     @strawberry.field
+    def maybe(
+        self,
+        word: strawberry.Maybe[str | None] = None,
+        inner: strawberry.Maybe[Inner | None] = None,
+        nested: Filter | None = None,
+    ) -> str:
+        # A null of a Maybe is Some(None), not None: converted even where null.
+        SEEN.append(("maybe", word, inner, nested))
+        return repr((word, inner, nested))
+
+    @strawberry.field
     @staticmethod
     def static(word: str = "hi") -> str:
         SEEN.append(("static", word))
@@ -190,6 +201,13 @@ DOCUMENTS: list[tuple[str, dict[str, Any] | None]] = [
     ("query($v: Flat) { flat(value: $v) }", {"v": {"word": "x", "data": [1, None]}}),
     ("query($v: Flat) { flat(value: $v) }", {"v": {"note": "no word"}}),  # invalid
     ("query($v: Flat) { flat(value: $v) }", {}),
+    ("{ maybe }", None),
+    ("{ maybe(word: null, inner: null, nested: null) }", None),
+    ('{ maybe(word: "w", inner: {}, nested: {name: "n"}) }', None),
+    (
+        "query($w: String, $i: Inner, $n: Filter) { maybe(word: $w, inner: $i, nested: $n) }",
+        {"w": None, "i": None, "n": None},
+    ),
 ]
 
 

@@ -25,7 +25,10 @@ with Strawberry's own conversion, but decides once what each argument needs:
   with a name look-up and a type resolution a field at every call: 2.6 % of a
   `startRun`'s CPU, its `StartRunInput` alone (cProfile, issue 15);
 - any other (a nested input object, a list, a GlobalID, a `Maybe`) goes through
-  `convert_argument`, with the Info and the path Strawberry gives it;
+  `convert_argument`, with the Info and the path Strawberry gives it, but for a
+  null (what an optional argument the document leaves out defaults to: a
+  `threads` page's `filter`), which `convert_argument` returns as it is for any
+  type but a `Maybe`;
 - an argument the document leaves out, with no default, is not passed;
 - the source is passed as `self`, `root` or `parent`, and the Info as the
   resolver's `info` parameter, as Strawberry's `get_arguments` does.
@@ -77,6 +80,7 @@ class DirectResolver:
         "_info_class",
         "_info_name",
         "_is_default",
+        "_null_as_given",
         "_parent_names",
         "_pass_self",
         "arguments",
@@ -118,6 +122,12 @@ class DirectResolver:
             )
             for argument in field.arguments
         )
+        # The arguments converted by `convert_argument` whose null it returns as it is.
+        self._null_as_given = frozenset(
+            config.name_converter.from_argument(argument)
+            for argument in field.arguments
+            if _null_as_given(argument.type)
+        )
         self._is_default = False  # as Strawberry marks a field with a resolver of its own
 
     def __call__(self, source: Any, info: Any, **kwargs: Any) -> Any:
@@ -129,7 +139,7 @@ class DirectResolver:
             value = kwargs[name]
             if type(type_) is FlatInput:
                 value = type_(value)
-            elif type_ is not None:
+            elif type_ is not None and not (value is None and name in self._null_as_given):
                 try:
                     value = convert_argument(
                         value,
@@ -224,6 +234,14 @@ def _as_given(type_: StrawberryType | type, scalar_registry: ScalarRegistry) -> 
         or isinstance(type_, StrawberryEnumDefinition)
         or has_enum_definition(type_)
     )
+
+
+def _null_as_given(type_: StrawberryType | type) -> bool:
+    """Whether `convert_argument` returns a null of `type_` as it is: unless it is (or,
+    optional, holds) a `Maybe`, which it wraps or refuses."""
+    while isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe):
+        type_ = type_.of_type
+    return not isinstance(type_, StrawberryMaybe)
 
 
 def _direct(field: GraphQLField, schema: strawberry.Schema) -> DirectResolver | None:

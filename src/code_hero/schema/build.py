@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
@@ -17,6 +18,7 @@ from strawberry.extensions import (
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
 from code_hero.limits import Limits
 from code_hero.persistence.backgroundlog import BackgroundLog
@@ -43,6 +45,34 @@ _KINDS_REMEMBERED = 64
 _NUMBERED = re.compile(r"\b(block|value|number|page|offset|item)\s+\d+")
 
 
+class _Execution(ExecutionContext):
+    """Strawberry's execution context, its operation's type and name found once per
+    document: Strawberry's properties look the operation up among the document's
+    definitions (and make the type's enum from its text) at every read, five a request
+    (Strawberry's checks, the cost's, the count's): 1 % of a thread-list page's CPU."""
+
+    _found: tuple[object, OperationType] | None = None  # (the document, its type)
+    _named: tuple[object, str | None] | None = None  # (the document, the name)
+
+    @property
+    def operation_type(self) -> OperationType:
+        found, document = self._found, self.graphql_document
+        if found is not None and found[0] is document:
+            return found[1]
+        kind = super().operation_type  # RuntimeError without a document or an operation
+        self._found = (document, kind)
+        return kind
+
+    @property
+    def operation_name(self) -> str | None:
+        named, document = self._named, self.graphql_document
+        if named is not None and named[0] is document:
+            return named[1]
+        name = super().operation_name
+        self._named = (document, name)
+        return name
+
+
 class GatewaySchema(strawberry.Schema):
     """Strawberry's schema, logging internal errors (with traceback) and only those, and
     running its extension's hooks through `HookRunner` (see schema.runner)."""
@@ -54,6 +84,27 @@ class GatewaySchema(strawberry.Schema):
         # is told: busy, cancelled, damaged) says so, counting the others, logged at
         # DEBUG; not one per request.
         self._told: dict[str, BackgroundLog] = {}
+
+    def _create_execution_context(
+        self,
+        query: str | None,
+        allowed_operation_types: Iterable[OperationType],
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionContext:
+        return _Execution(
+            query=query,
+            schema=self,
+            allowed_operations=allowed_operation_types,
+            context=context_value,
+            root_value=root_value,
+            variables=variable_values,
+            provided_operation_name=operation_name,
+            operation_extensions=operation_extensions,
+        )
 
     def create_extensions_runner(
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]

@@ -561,3 +561,30 @@ async def test_a_copied_run_that_another_replica_ends_meanwhile_queues_no_second
     assert [d.event for d in page.items] == []
     got = await pg_registry.get_run("r1")
     assert got is not None and got.status is RunStatus.ERROR
+
+
+async def test_a_read_session_gives_its_connection_back_as_the_pool_would(
+    pg_registry: PostgresRegistry,
+) -> None:
+    """A session that is no transaction ends as `pool.connection()` ends one: what its
+    body left open is committed, or rolled back when the body fails; the connection
+    goes back to the pool, idle, either way."""
+    pool = pg_registry.pool
+    idle = pool.get_stats()["pool_available"]
+    async with pg_registry._session() as s:
+        await s.execute("BEGIN")
+        await s.execute(INSERT, ["kept"])
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        async with pg_registry._session() as s:
+            await s.execute("BEGIN")
+            await s.execute(INSERT, ["dropped"])
+            await s.execute("SELECT * FROM no_such_table")
+    with pytest.raises(LookupError):
+        async with pg_registry._session() as s:
+            await s.execute("BEGIN")
+            await s.execute(INSERT, ["also dropped"])
+            raise LookupError
+    assert await names(pg_registry) == ["kept"]
+    assert pool.get_stats()["pool_available"] == idle
+    async with pool.connection() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from types import TracebackType
 from typing import Any, ClassVar, cast
 
 import orjson
@@ -159,6 +160,36 @@ def _has_rows(cur: psycopg.AsyncCursor[Any]) -> bool:
     without the column descriptions it builds at every call (one object a column)."""
     result = cur.pgresult
     return result is not None and (result.nfields > 0 or result.status == ExecStatus.TUPLES_OK)
+
+
+class _Lent:
+    """A session that is no transaction, on a connection lent as `pool.connection()`
+    lends one (the connection's own exit, then back to the pool, its time counted),
+    without the two generator context managers around it (`pool.connection` and
+    `_session`'s own): each read of a thread-list page takes one."""
+
+    __slots__ = ("_conn", "_pool", "_since")
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> _PgSession:
+        self._conn = await self._pool.getconn()
+        self._since = time.monotonic()
+        return _PgSession(self._conn)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, pool = self._conn, self._pool
+        try:
+            await conn.__aexit__(exc_type, exc, tb)  # a rollback or a commit, as the pool's
+        finally:
+            await pool.putconn(conn)
+            pool._stats[pool._USAGE_MS] += int(1000.0 * (time.monotonic() - self._since))
 
 
 class _PgSession:
@@ -434,12 +465,12 @@ class PostgresRegistry(SqlRegistry):
         # the two trips their deliveries need for a while after (`finish_run`).
         self._hooks_seen = -math.inf
 
+    def _session(self, *, atomic: bool = False) -> contextlib.AbstractAsyncContextManager[Session]:
+        return self._transaction() if atomic else _Lent(self.pool)
+
     @asynccontextmanager
-    async def _session(self, *, atomic: bool = False) -> AsyncIterator[Session]:
+    async def _transaction(self) -> AsyncIterator[Session]:
         async with self.pool.connection() as conn:
-            if not atomic:
-                yield _PgSession(conn)
-                return
             session = _PgSession(conn, begin=True)
             try:
                 yield session

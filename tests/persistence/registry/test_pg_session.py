@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
 from code_hero.errors import ConflictError, NotFoundError
-from code_hero.persistence.records import RunStatus, ThreadStatus
+from code_hero.persistence.records import RunStatus, ThreadFilter, ThreadStatus
 from code_hero.persistence.registry import PostgresRegistry
+from code_hero.persistence.registry.postgres import _Readers
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.faults import a_lock_waits, until
 from tests.persistence.registry import support
@@ -588,3 +589,73 @@ async def test_a_read_session_gives_its_connection_back_as_the_pool_would(
     assert pool.get_stats()["pool_available"] == idle
     async with pool.connection() as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def _counting_cursors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    made: list[str] = []
+    cursor = psycopg.AsyncConnection.cursor
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append("cursor")
+        return cursor(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "cursor", counted)
+    return made
+
+
+async def test_thread_pages_read_on_one_cursor_a_connection(
+    pg_registry: PostgresRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's read runs again on the cursor its connection kept (psycopg keeps the
+    adaptation of a query it runs again): once each pooled connection has read a page,
+    pages make no cursor, and read the same rows."""
+    for name in ("a", "b", "c"):
+        await put(pg_registry, name)
+    first = await pg_registry.list_threads(ThreadFilter(), first=2)
+    for _ in range(8):  # each of the pool's connections (at most 4) reads one
+        await pg_registry.list_threads(ThreadFilter(), first=2)
+    made = _counting_cursors(monkeypatch)
+    for _ in range(8):
+        assert await pg_registry.list_threads(ThreadFilter(), first=2) == first
+    assert made == []
+
+
+async def test_reads_at_once_on_one_connection_have_their_own_rows(
+    pg_registry: PostgresRegistry,
+) -> None:
+    """A second read while the connection's kept cursor is out makes a cursor of its
+    own; a read that fails does not leave its cursor kept."""
+    for name in ("a", "b"):
+        await put(pg_registry, name)
+    async with pg_registry._session() as s:
+        session = cast(Any, s)
+        one, two = await asyncio.gather(
+            session.fetch_tuples("SELECT thread_id FROM code_hero_threads ORDER BY thread_id"),
+            session.fetch_tuples("SELECT 'x', ?::int", [7]),
+        )
+        assert (one, two) == ([("a",), ("b",)], [("x", 7)])
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await session.fetch_tuples("SELECT * FROM no_such_table")
+        assert await session.fetch_tuples("SELECT 1") == [(1,)]
+
+
+async def test_the_cursors_of_closed_connections_are_not_kept(pg_database: str) -> None:
+    readers = _Readers(limit=2)
+    conns = [await psycopg.AsyncConnection.connect(pg_database) for _ in range(4)]
+    try:
+        for conn in conns[:2]:
+            readers.give_back(conn, readers.take(conn))
+        kept = readers.take(conns[0])
+        readers.give_back(conns[0], kept)
+        assert readers.take(conns[0]) is kept  # taken out: the next take makes one anew
+        assert readers.take(conns[0]) is not kept
+        readers.give_back(conns[0], kept)
+        await conns[1].close()
+        readers.give_back(conns[1], readers.take(conns[1]))  # closed: not kept
+        readers.give_back(conns[2], readers.take(conns[2]))  # new: the closed ones go
+        assert set(readers._cursors) == {id(conns[0]), id(conns[2])}
+        readers.give_back(conns[3], readers.take(conns[3]))  # past the limit: all go
+        assert set(readers._cursors) == {id(conns[3])}
+    finally:
+        for conn in conns:
+            await conn.close()

@@ -182,7 +182,10 @@ def pg_migrated_template() -> Iterator[str]:
             pass
 
     with _fresh_database() as url:
-        asyncio.run(migrate(url))
+        # On a thread of its own: the first test to ask may be inside a running event
+        # loop (an async fixture's `request.getfixturevalue`), where asyncio.run refuses.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, migrate(url)).result()
         yield urlsplit(url).path.lstrip("/")
 
 

@@ -17,6 +17,7 @@ from code_hero.persistence import clock
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.faults import until
+from tests.runs.conftest import idle_thread
 
 
 def claimed_by_passes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -197,3 +198,59 @@ async def test_an_executor_hears_its_own_admission_news_as_no_news(gateway: Gate
     claims._wake.clear()
     claims._on_control("runs")
     assert claims._wake.is_set()
+
+
+async def test_two_starts_on_one_thread_admitted_out_of_order_run_one_at_a_time(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts on one idle thread whose admissions reach the thread's lock in the
+    other order than their created_at (a connection handed out later, another
+    replica's clock): the later-created one is admitted leased and launched; the
+    earlier-created one, admitted second, is queued unleased, yet it is the oldest
+    unfinished run of its thread, so a claim pass takes it at once. Both execute at
+    the same time on one thread (before the fast path both waited for one claim pass,
+    which took the earlier-created run alone)."""
+    thread_id = await idle_thread(gateway)
+    registry = gateway.manager.registry
+    admit = registry.admit_run
+    first_in, second_done, first_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    held: list[str] = []
+
+    async def first_admitted_last(run: RunRecord, **kwargs: Any) -> Any:
+        # Both admissions are committed before either start goes on: no claim pass
+        # comes between them.
+        if not held:
+            held.append(run.run_id)
+            first_in.set()
+            await second_done.wait()
+            try:
+                return await admit(run, **kwargs)
+            finally:
+                first_done.set()
+        admitted = await admit(run, **kwargs)
+        second_done.set()
+        await first_done.wait()
+        return admitted
+
+    monkeypatch.setattr(registry, "admit_run", first_admitted_last)
+    start = StartRun(
+        graph="slow",
+        thread_id=thread_id,
+        input={"delay": 0.5},
+        multitask=MultitaskStrategy.ENQUEUE,
+    )
+    earlier = asyncio.create_task(gateway.start_run(start))
+    await first_in.wait()
+    later = await gateway.start_run(start)
+    early = await earlier
+    assert early.created_at is not None and later.created_at is not None
+    assert early.created_at < later.created_at
+    ends = [
+        await gateway.executor.wait(run_id, limit=60) for run_id in (early.run_id, later.run_id)
+    ]
+    assert [e.status for e in ends] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    a, b = ends
+    assert a.started_at and a.finished_at and b.started_at and b.finished_at
+    assert a.started_at >= b.finished_at or b.started_at >= a.finished_at, (
+        "one run of a thread at a time"
+    )

@@ -254,3 +254,38 @@ async def test_two_starts_on_one_thread_admitted_out_of_order_run_one_at_a_time(
     assert a.started_at >= b.finished_at or b.started_at >= a.finished_at, (
         "one run of a thread at a time"
     )
+
+
+async def test_a_run_admitted_leased_as_a_pass_claims_keeps_max_concurrent(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot. A claim pass counted it free and is claiming a queued run; meanwhile a
+    start finds the slot free too (the pass keeps none), is admitted leased and
+    launched; the pass then launches what it claimed: two runs in one slot."""
+    executor, registry = gateway.executor, gateway.manager.registry
+    claims = executor.claims
+    claims.max_concurrent = 0  # the first run is admitted unleased: a claim pass's
+    queued = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+    assert queued.lease_owner is None
+    claim, claimed, started = registry.claim_runs, asyncio.Event(), asyncio.Event()
+
+    async def claim_as_a_start_comes(*args: Any, **kwargs: Any) -> list[RunRecord]:
+        runs = await claim(*args, **kwargs)
+        if runs:
+            claimed.set()
+            await started.wait()
+        return runs
+
+    monkeypatch.setattr(registry, "claim_runs", claim_as_a_start_comes)
+    claims.max_concurrent = 1
+    claims.wake()
+    await claimed.wait()
+    other = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.5}))
+    started.set()
+    a = await executor.wait(queued.run_id, limit=60)
+    b = await executor.wait(other.run_id, limit=60)
+    assert [a.status, b.status] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    assert a.started_at and a.finished_at and b.started_at and b.finished_at
+    assert a.started_at >= b.finished_at or b.started_at >= a.finished_at, (
+        "at most max_concurrent runs execute at once"
+    )

@@ -519,8 +519,9 @@ class Registry(Protocol):
         run_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """Lease up to `limit` claimable runs, oldest first: unfinished, unleased (or
-        lapsed), not cancelled, and the oldest unfinished run of their thread (only of
-        the given graphs, only the given runs, when those are given)."""
+        lapsed), not cancelled, the oldest unfinished run of their thread, and no other
+        run of their thread held under a live lease (a later one admitted leased first)
+        (only of the given graphs, only the given runs, when those are given)."""
 
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime

@@ -152,3 +152,29 @@ async def test_start_run_marks_it_running_and_names_its_last_seq(registry: Regis
     record2, last2 = await registry.start_run("r2", started)
     assert record2 is not None and record2.status is RunStatus.RUNNING and last2 == 0
     assert await registry.start_run("missing", started) == (None, 0)
+
+
+async def test_no_run_is_claimed_beside_a_later_run_of_its_thread_held_under_a_live_lease(
+    registry: Registry,
+) -> None:
+    """Two runs of one thread admitted in the other order than their created_at: the
+    later-created one leased at its admission, the earlier one queued unleased. The
+    earlier one is the oldest unfinished run of the thread, yet not claimable while the
+    later one's lease is live; once that lapses, the oldest is claimed as before."""
+    now = datetime.now(UTC)
+    held = now + timedelta(seconds=30)
+    later, _ = await registry.admit_run(
+        run("r2", created_at=now, lease_owner="w1", lease_expires_at=held),
+        reject_if_busy=False,
+    )
+    assert later is not None and later.lease_owner == "w1"
+    earlier, busy = await registry.admit_run(
+        run("r1", created_at=now - timedelta(seconds=1)), reject_if_busy=False
+    )
+    assert earlier is not None and earlier.lease_owner is None and busy == "r2"
+    await registry.admit_run(run("r3", "t2", created_at=now), reject_if_busy=False)
+    claimed = await registry.claim_runs("w2", now=now, until=now + timedelta(hours=1), limit=5)
+    assert [r.run_id for r in claimed] == ["r3"], "not r1 while r2 is held"
+    lapsed = held + timedelta(seconds=1)
+    claimed = await registry.claim_runs("w2", now=lapsed, until=lapsed + timedelta(30), limit=5)
+    assert [r.run_id for r in claimed] == ["r1"], "r2's lease lapsed: the oldest again"

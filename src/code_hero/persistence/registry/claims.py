@@ -2,7 +2,8 @@
 
 Runs are taken from the table by whichever executor has a free slot. A run is
 admitted PENDING with its thread marked BUSY, leased by an executor (only the
-oldest unfinished run of a thread is claimable), kept by renewing its lease,
+oldest unfinished run of a thread is claimable, and none while another run of
+its thread holds a live lease), kept by renewing its lease,
 and ended with its thread's status, each step one transaction. On PostgreSQL
 every transaction that locks a thread and its runs locks the thread first,
 then the runs in run_id order; claimers skip rows another one holds.
@@ -385,6 +386,14 @@ class RunClaims(WebhookOutbox):
             f"    WHERE o.thread_id = r.thread_id AND o.status IN ('PENDING', 'RUNNING')"
             f"    AND (o.created_at < r.created_at"
             f"         OR (o.created_at = r.created_at AND o.run_id < r.run_id)))"
+            # Nor while a later run of its thread is held under a live lease: two starts
+            # admitted in the other order than their created_at, the later one leased
+            # at its admission (`Claims.admitting`). (On the thread's index from the
+            # run's created_at on: the runs queued after it, few.)
+            f"  AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
+            f"    WHERE o.thread_id = r.thread_id AND o.created_at >= r.created_at"
+            f"    AND o.run_id <> r.run_id AND o.status IN ('PENDING', 'RUNNING')"
+            f"    AND o.lease_owner IS NOT NULL AND o.lease_expires_at >= ?)"
             f"  ORDER BY r.created_at, r.run_id LIMIT ?{self.skip_locked}"
             f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
             f"RETURNING {RUN_COLUMNS}"
@@ -394,7 +403,7 @@ class RunClaims(WebhookOutbox):
             # Not `last`: a claim whose caller is cancelled in flight (the claim loop
             # stopping at shutdown) must roll back, not commit leases nobody hands back.
             rows = await s.fetch(
-                sql, [owner, ts_until, owner, ts_now, *extra_params, limit, ts_now]
+                sql, [owner, ts_until, owner, ts_now, *extra_params, ts_now, limit, ts_now]
             )
         runs = [self._run(r) for r in rows]
         return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))

@@ -14,7 +14,8 @@ whichever claimer comes next.
 
 A run started here while this executor has a free slot skips the claim: it is
 admitted leased here already (unless its thread has an older unfinished run)
-and launched at once (`admitting`, `admitted`).
+and launched at once (`admitting`, `admitted`). The slots a claim pass counted
+free are kept from such starts until it has launched what it claimed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class Claims:
         self._full = False
         # Slots kept for runs being admitted leased here (`admitting`): not claimed for.
         self._admitting = 0
+        # Slots a claim pass counted free, kept while it claims and until it has launched
+        # what it claimed: no start admitted leased meanwhile takes one of them.
+        self._reserved = 0
         # Held while claiming. A cancel, or a thread's runs stopped, takes no lock (a
         # pass makes database round trips: a run may end meanwhile); its run (thread)
         # is in `_stopping` (`_stopping_threads`) until it returns, and a pass stops a
@@ -187,8 +191,9 @@ class Claims:
         return True
 
     def _free(self) -> int:
-        """Slots no run executing here nor being admitted leased here takes."""
-        return self.max_concurrent - self.runs.active_runs - self._admitting
+        """Slots no run executing here, being admitted leased here, nor being claimed
+        for by a pass takes."""
+        return self.max_concurrent - self.runs.active_runs - self._admitting - self._reserved
 
     def after_next_pass(self, tell: Callable[[], None]) -> None:
         """Call `tell` once a claim pass that begins after now has ended (claimed or not,
@@ -340,23 +345,37 @@ class Claims:
         if self.claim_others and cancels:  # cancels asked for runs no executor holds end here
             await self._end_cancelled(now)
         free = self._free()
-        claimed: list[RunRecord] = []
-        if free > 0 and (self.claim_others or self.started) and not self.closing:
-            claimed = await self.registry.claim_runs(
-                self.owner,
-                now=now,
-                until=now + self.lease,
-                limit=free,
-                # A run of a graph this process lacks waits for a process that has it.
-                graphs=self.graph_names(),
-                run_ids=None if self.claim_others else sorted(self.started),
-            )
+        if free <= 0 or not (self.claim_others or self.started) or self.closing:
+            self._full = free <= 0
+            if self.started:
+                await self._forget_ended_elsewhere()
+            return
+        # Kept from a start's fast path (`admitting`) until what is claimed is launched.
+        self._reserved += free
+        try:
+            await self._claim_into(now, free)
+        finally:
+            self._reserved -= free
+        if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
+            await self._forget_ended_elsewhere()
+
+    async def _claim_into(self, now: datetime, free: int) -> None:
+        """Claim up to `free` runs (their slots reserved) and launch them."""
+        claimed = await self.registry.claim_runs(
+            self.owner,
+            now=now,
+            until=now + self.lease,
+            limit=free,
+            # A run of a graph this process lacks waits for a process that has it.
+            graphs=self.graph_names(),
+            run_ids=None if self.claim_others else sorted(self.started),
+        )
         if claimed and self.closing:
             # Shutdown began while the pass waited for the database: a run launched now
             # is not in its drain (nor renewed after it); another executor takes it.
             await self._hand_back(claimed)
             return
-        self._full = free <= 0 or len(claimed) >= free
+        self._full = len(claimed) >= free
         for record in claimed:
             self.started.discard(record.run_id)
             self._expires[record.run_id] = now + self.lease
@@ -368,8 +387,6 @@ class Claims:
             self.runs.launch(record, resuming=resuming)
             if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
                 self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
-        if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
-            await self._forget_ended_elsewhere()
 
     async def _end_cancelled(self, now: datetime) -> None:
         """End CANCELLED, terminal event and all, the flagged runs no executor holds."""

@@ -289,3 +289,35 @@ async def test_a_run_admitted_leased_as_a_pass_claims_keeps_max_concurrent(
     assert a.started_at >= b.finished_at or b.started_at >= a.finished_at, (
         "at most max_concurrent runs execute at once"
     )
+
+
+async def test_a_start_takes_no_freed_slot_ahead_of_runs_queued_for_one(
+    gateway: Gateway,
+) -> None:
+    """The last pass left a run (of another thread) waiting for want of a slot: a start
+    when a slot frees is admitted unleased and claimed in order, not launched ahead of
+    it (else, under saturation, queued runs could starve)."""
+    executor = gateway.executor
+    claims = executor.claims
+    claims.max_concurrent = 1
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    assert first.lease_owner == executor.owner
+    queued = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    assert queued.lease_owner is None
+
+    async def full() -> bool:
+        return claims._full
+
+    await until(full)  # a pass found no slot for it
+    async with claims._claiming:  # no pass until the start below is admitted
+
+        async def slot_freed() -> bool:
+            return not executor.is_active(first.run_id)
+
+        await until(slot_freed)
+        later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+        assert later.lease_owner is None, "admitted behind the queued run"
+    ends = [await executor.wait(r.run_id, limit=60) for r in (queued, later)]
+    assert [e.status for e in ends] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    assert ends[0].started_at and ends[1].started_at
+    assert ends[0].started_at <= ends[1].started_at, "the queued run first"

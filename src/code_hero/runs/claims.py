@@ -163,9 +163,12 @@ class Claims:
 
     def admitting(self) -> datetime | None:
         """Keep a slot for a run about to be admitted here: the end of the lease it is
-        admitted under, or None (no free slot, or claiming stopped: admitted unleased,
-        for a claim pass). Each slot kept is given back by `admitted` or `not_admitted`."""
-        if self.closing or self._free() <= 0:
+        admitted under, or None (no free slot, runs queued for one, or claiming stopped:
+        admitted unleased, for a claim pass). Each slot kept is given back by `admitted`
+        or `not_admitted`."""
+        # Full: the last pass left runs waiting for want of a slot. A slot freed since is
+        # theirs, in order, through a claim: a new run taking it could starve them.
+        if self.closing or self._full or self._free() <= 0:
             return None
         self._admitting += 1
         return clock.now() + self.lease

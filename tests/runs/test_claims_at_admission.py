@@ -321,3 +321,25 @@ async def test_a_start_takes_no_freed_slot_ahead_of_runs_queued_for_one(
     assert [e.status for e in ends] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
     assert ends[0].started_at and ends[1].started_at
     assert ends[0].started_at <= ends[1].started_at, "the queued run first"
+
+
+async def test_a_run_whose_lease_is_nearly_lapsed_as_it_is_admitted_waits_for_a_claim(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Less than half its lease left when the admission returns (a busy pool): not
+    launched as is (renewed only at the next renewal tick, another executor could claim
+    it meanwhile) but handed to a claim, which leases it afresh."""
+    executor, registry = gateway.executor, gateway.manager.registry
+    admit, lease = registry.admit_run, executor.claims.lease
+    taken = claimed_by_passes(gateway, monkeypatch)
+
+    async def most_of_its_lease_gone(*args: Any, **kwargs: Any) -> Any:
+        record, busy = await admit(*args, **kwargs)
+        nearly = clock.now() + lease * 0.4  # as the executor sees it
+        return dataclasses.replace(record, lease_expires_at=nearly), busy
+
+    monkeypatch.setattr(registry, "admit_run", most_of_its_lease_gone)
+    run = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    ended = await executor.wait(run.run_id, limit=60)
+    assert ended.status is RunStatus.SUCCESS and taken == [run.run_id]
+    assert executor.claims._admitting == 0

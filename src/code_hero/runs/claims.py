@@ -181,11 +181,19 @@ class Claims:
         """Launch a run admitted leased here (the slot kept for it given back, as
         `not_admitted` does), as a claim pass launches one it claimed; False when
         claiming stopped meanwhile or the slot went after all: the caller releases its
-        lease, and the run waits for a claim."""
+        lease, and the run waits for a claim (so too when half its lease or less is left:
+        see below)."""
         self._admitting -= 1
         expires = record.lease_expires_at
-        # A lease that lapsed as the admission waited (a busy pool) may be another's.
-        if self.closing or self._free() <= 0 or expires is None or expires <= clock.now():
+        # A lease that lapsed as the admission waited (a busy pool) may be another's; one
+        # nearly lapsed would be renewed only at the next renewal tick, and another
+        # executor could claim the run meanwhile: a claim leases it afresh.
+        if (
+            self.closing
+            or self._free() <= 0
+            or expires is None
+            or expires - clock.now() <= self.lease / 2
+        ):
             return False
         self._expires[record.run_id] = expires
         self.runs.launch(record, resuming=False)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import psycopg
 import pytest
 
@@ -430,3 +431,21 @@ async def test_non_finite_numbers_are_stored_as_null(registry: Registry) -> None
     assert [(r.metadata, r.output, r.input) for r in runs.items] == [
         ({"k": 1, "x": None}, {"v": None}, {"n": [None]})
     ]
+
+
+def test_a_cursor_of_a_utc_datetime_subclass_is_written_as_isoformat() -> None:
+    """orjson refuses datetime subclasses (pendulum, freezegun; see schema.scalars): a
+    cursor of one in UTC must still be made, with isoformat()'s text (review, 2cd1bcb)."""
+
+    class Stamp(datetime):
+        pass
+
+    at = Stamp(2026, 12, 1, 8, 0, 0, 5, tzinfo=UTC)
+    raw = orjson.dumps(["thread", at.isoformat(), "t1", "UPDATED_AT:DESC"])
+    assert thread_cursor_text(at) == base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def thread_cursor_text(at: datetime) -> str:
+    from code_hero.persistence.registry.cursors import _encode_cursor
+
+    return _encode_cursor("thread", at, "t1", "UPDATED_AT:DESC")

@@ -47,8 +47,10 @@ def _encode_cursor(kind: str, at: datetime, key: str, order: str) -> str:
     # json.dumps' (compact) for the ASCII ids every key is (see check_thread_id).
     # A time in UTC (every record's) orjson writes itself, as isoformat() writes it
     # (microseconds only when there are some, `+00:00`): isoformat() alone took as long
-    # as the rest (a page's endCursor).
-    raw = orjson.dumps([kind, at if at.tzinfo is UTC else at.isoformat(), key, order])
+    # as the rest (a page's endCursor). A plain datetime only: orjson refuses a
+    # subclass (pendulum's, freezegun's).
+    plain = at.tzinfo is UTC and type(at) is datetime
+    raw = orjson.dumps([kind, at if plain else at.isoformat(), key, order])
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 

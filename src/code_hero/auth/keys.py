@@ -15,6 +15,7 @@ from pathlib import Path
 
 from code_hero.auth.caller import Caller
 from code_hero.errors import ConfigurationError
+from code_hero.persistence.jsonable import storable_text
 
 __all__ = ["MIN_KEY_LENGTH", "ApiKeys", "parse_api_keys", "read_api_keys_file"]
 
@@ -28,17 +29,6 @@ def _entries(text: str) -> Iterable[str]:
         for entry in line.split(","):
             if entry.strip():
                 yield entry.strip()
-
-
-def _storable(text: str) -> bool:
-    """Whether a database takes `text`: no NUL (PostgreSQL's text), no lone surrogate."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_api_keys(text: str, *, source: str = "CODE_HERO_API_KEYS") -> dict[str, Caller]:
@@ -56,7 +46,7 @@ def parse_api_keys(text: str, *, source: str = "CODE_HERO_API_KEYS") -> dict[str
             if role != "admin" or not user:
                 raise ConfigurationError(f"{where}: the only role is ':admin'")
             is_admin = True
-        if not _storable(user):  # it owns and filters rows: the database must hold it
+        if not storable_text(user):  # it owns and filters rows: the database must hold it
             raise ConfigurationError(f"{where}: the user may not hold NUL or undecodable bytes")
         if len(key) < MIN_KEY_LENGTH:
             raise ConfigurationError(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from code_hero.auth.caller import Caller
 from code_hero.errors import ConfigurationError, UnauthenticatedError
+from code_hero.persistence.jsonable import storable_text
 
 if TYPE_CHECKING:
     # Imported where used: PyJWT loads `cryptography` (~8 MiB resident), which only a
@@ -115,7 +116,7 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise UnauthenticatedError("invalid token: sub must be a non-empty string")
-        if not _storable(subject):  # it owns and filters rows: the database must hold it
+        if not storable_text(subject):  # it owns and filters rows: the database must hold it
             raise UnauthenticatedError("invalid token: sub may not hold NUL or lone surrogates")
         return Caller(user_id=subject, is_admin=self._is_admin(claims))
 
@@ -189,14 +190,3 @@ def _read_jwks(path: str) -> jwt.PyJWKSet:
 def _reason(exc: jwt.PyJWTError) -> str:
     text = str(exc).strip().rstrip(".")
     return text[:1].lower() + text[1:] if text else type(exc).__name__
-
-
-def _storable(text: str) -> bool:
-    """Whether a database takes `text`: no NUL (PostgreSQL's text), no lone surrogate."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -164,8 +164,7 @@ def redact_url(url: str) -> str:
         password = parsed.password
     except ValueError:  # an unmatched [ of an IPv6 host: libpq's own split, then
         scheme, sep, rest = url.partition("://")
-        user, secret = _userinfo(rest)
-        return f"{scheme}{sep}{user}:***{rest[len(user) + 1 + len(secret) :]}" if secret else url
+        return f"{scheme}{sep}{_masked(rest)}"
     if password:
         netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
         return parsed._replace(netloc=netloc).geturl()
@@ -302,6 +301,12 @@ def _userinfo(rest: str) -> tuple[str, str]:
     return user, password
 
 
+def _masked(rest: str) -> str:
+    """`rest` (a URL after its `scheme://`) with its password, if any, as ***."""
+    user, password = _userinfo(rest)
+    return f"{user}:***{rest[len(user) + 1 + len(password) :]}" if password else rest
+
+
 def _check_postgres_url(url: str) -> None:
     """ConfigurationError unless libpq can read `url` (parsed here: nothing connects).
 
@@ -313,7 +318,7 @@ def _check_postgres_url(url: str) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
     scheme, _, rest = url.partition("://")
-    user, password = _userinfo(rest)
+    _, password = _userinfo(rest)
     unencoded = ConfigurationError(
         "the password in the PostgreSQL URL is not URL-encoded: "
         "write % as %25, @ as %40, / as %2F, a space as %20"
@@ -323,7 +328,7 @@ def _check_postgres_url(url: str) -> None:
             conninfo_to_dict(f"{scheme}://u:{password}@h")
         except ProgrammingError:
             raise unencoded from None
-        rest = f"{user}:***{rest[len(user) + 1 + len(password) :]}"
+        rest = _masked(rest)
     try:
         params = conninfo_to_dict(f"{scheme}://{rest}")
     except ProgrammingError as exc:

@@ -634,12 +634,9 @@ class LeafExecutor(StrawberryGraphQLCoreExecutionContext):
             found = shared.plans.get(id(grouped_field_set))
             if found is not None and found[0] is grouped_field_set and found[1] is parent_type:
                 if found[2] is _UNPLANNED:
-                    shared.plans[id(grouped_field_set)] = (
-                        grouped_field_set,
-                        parent_type,
-                        self._made_plan(parent_type, grouped_field_set),
-                    )
-                    return shared.plans[id(grouped_field_set)][2]  # type: ignore[no-any-return]
+                    made = self._made_plan(parent_type, grouped_field_set)
+                    shared.plans[id(grouped_field_set)] = (grouped_field_set, parent_type, made)
+                    return made
                 return found[2]  # type: ignore[no-any-return]
         plans = self._plans
         if plans is None:

@@ -2197,3 +2197,25 @@ async def test_a_fallback_error_reading_a_waiting_mark_refuses_the_run_and_fails
         monkeypatch.undo()
         go_on.set()
         await deletion
+
+
+async def test_whether_a_run_waits_for_a_slot_is_answered_from_the_fallback(
+    proxied: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    """A claim pass with every slot busy asks whether a run waits (`has_claimable`):
+    in an outage the fallback answers, about the runs queued in it."""
+    gw, proxy = proxied
+    await _outage_begins(gw, proxy)
+    registry, claims = gw.manager.registry, gw.executor.claims
+    now = datetime.now(UTC)
+    assert not await registry.has_claimable(now=now, until=now + timedelta(seconds=30))
+    claims.max_concurrent = 0  # no slot: the run waits, queued in the fallback
+    queued = await gw.start_run(StartRun(graph="slow", input={"steps": []}))
+    assert queued.lease_owner is None
+    now = datetime.now(UTC)
+    assert await registry.has_claimable(now=now, until=now + timedelta(seconds=30))
+    claims.max_concurrent = 4
+    claims.wake()
+    ended = await gw.executor.wait(queued.run_id, limit=60)
+    assert ended.status is RunStatus.SUCCESS
+    await _outage_ends(gw, proxy)

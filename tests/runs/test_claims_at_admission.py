@@ -343,3 +343,77 @@ async def test_a_run_whose_lease_is_nearly_lapsed_as_it_is_admitted_waits_for_a_
     ended = await executor.wait(run.run_id, limit=60)
     assert ended.status is RunStatus.SUCCESS and taken == [run.run_id]
     assert executor.claims._admitting == 0
+
+
+async def test_a_pass_with_every_slot_busy_and_no_run_waiting_keeps_the_fast_path(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass (a timer's) while every slot is busy and no run waits: the start after
+    the slot frees is admitted leased, no claim (it was left to a claim pass, and under
+    load each pass that took every slot left the next start to a pass again)."""
+    executor = gateway.executor
+    claims = executor.claims
+    claims.max_concurrent = 1
+    taken = claimed_by_passes(gateway, monkeypatch)
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    assert first.lease_owner == executor.owner
+    await claims.claim_once()
+    assert not claims._full, "no run waits for the slot"
+    await executor.wait(first.run_id, limit=60)
+    later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    assert later.status is RunStatus.SUCCESS
+    assert taken == [], "admitted leased: no claim"
+
+
+async def test_a_pass_that_takes_every_slot_leaves_the_next_start_its_fast_path(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = gateway.executor
+    claims = executor.claims
+    claims.max_concurrent = 0
+    queued = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+    assert queued.lease_owner is None
+    taken = claimed_by_passes(gateway, monkeypatch)
+    claims.max_concurrent = 1
+    await claims.claim_once()
+    assert taken == [queued.run_id]
+    assert not claims._full, "it took the one run that waited"
+    await executor.wait(queued.run_id, limit=60)
+    later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    assert later.status is RunStatus.SUCCESS and taken == [queued.run_id]
+
+
+async def test_a_pass_with_every_slot_busy_finds_a_run_waiting_unannounced(
+    gateway: Gateway,
+) -> None:
+    """A run waits that no message told of (admitted by another replica whose news was
+    lost, or one whose lease lapsed): the registry says so, and the freed slot is the
+    waiting run's, through a claim, not a new start's."""
+    executor, registry = gateway.executor, gateway.manager.registry
+    claims = executor.claims
+    claims.max_concurrent = 1
+    first = await gateway.start_run(StartRun(graph="slow", input={"delay": 0.3}))
+    assert first.lease_owner == executor.owner
+    waiting, _ = await registry.admit_run(
+        RunRecord(
+            run_id="run-elsewhere",
+            thread_id="thread-elsewhere",
+            graph="slow",
+            status=RunStatus.PENDING,
+            input={"delay": 0},
+        ),
+        reject_if_busy=True,
+    )
+    assert waiting is not None and claims._queued == 0  # no news of it here
+    async with claims._claiming:  # no pass but the one below until the start is admitted
+        await claims._claim_locked(cancels=False)
+        assert claims._full, "the registry has a run waiting for the slot"
+
+        async def slot_freed() -> bool:
+            return not executor.is_active(first.run_id)
+
+        await until(slot_freed)
+        later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+        assert later.lease_owner is None, "admitted behind the waiting run"
+    ends = [await executor.wait(r, limit=60) for r in (waiting.run_id, later.run_id)]
+    assert [e.status for e in ends] == [RunStatus.SUCCESS, RunStatus.SUCCESS]

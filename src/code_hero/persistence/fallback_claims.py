@@ -230,6 +230,29 @@ class FallbackClaims(RoutedRegistry):
 
         return await self._write(on_primary, degraded)
 
+    async def has_claimable(
+        self,
+        *,
+        now: datetime,
+        until: datetime,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> bool:
+        """Whether `claim_runs` would find a run, its leases judged as it judges them."""
+
+        async def on_primary(registry: Registry) -> bool:
+            lapsed_by = self.router.lease_clock(now, until - now)
+            return await registry.has_claimable(
+                now=lapsed_by, until=until, graphs=graphs, run_ids=run_ids
+            )
+
+        async def degraded() -> bool:
+            return await self._local("claiming runs").has_claimable(
+                now=clock.now(), until=until, graphs=graphs, run_ids=run_ids
+            )
+
+        return await self._route(on_primary, degraded)
+
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
     ) -> list[RunRecord]:

@@ -523,6 +523,17 @@ class Registry(Protocol):
         run of their thread held under a live lease (a later one admitted leased first)
         (only of the given graphs, only the given runs, when those are given)."""
 
+    async def has_claimable(
+        self,
+        *,
+        now: datetime,
+        until: datetime,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> bool:
+        """Whether `claim_runs` would find a run to claim at `now` (read only; `until`,
+        the lease a claim would give, is what a fallback judges an outage's leases by)."""
+
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], until: datetime
     ) -> list[RunRecord]:

@@ -90,6 +90,10 @@ class Claims:
         self._cancels_due = True
         self._claim_failures = Repeats(log, "claiming runs")
         self._full = False
+        # Runs heard of as queued for a claim since the last pass looked (admitted here
+        # for a pass, or "runs" from another executor): news that a run waits, which a
+        # pass takes as such without asking the registry whether one does.
+        self._queued = 0
         # Slots kept for runs being admitted leased here (`admitting`): not claimed for.
         self._admitting = 0
         # Slots a claim pass counted free, kept while it claims and until it has launched
@@ -153,6 +157,7 @@ class Claims:
     def runs_admitted(self) -> str:
         """Claim now: a run was admitted here for a claim pass. The control message
         that tells the other executors (this one's echo of it wakes nothing more)."""
+        self._queued += 1
         self._wake.set()
         return f"runs {self.owner}"
 
@@ -239,6 +244,7 @@ class Claims:
             # loop already (`runs_admitted`): its echo here is no news. A bare "runs"
             # (a freed thread, an earlier version) wakes every claimer.
             if run_id != self.owner:
+                self._queued += 1
                 self._wake.set()
             return
         if kind == POKE:  # an outage's writes are in: runs that waited for them claimable
@@ -357,21 +363,51 @@ class Claims:
             await self._end_cancelled(now)
         free = self._free()
         if free <= 0 or not (self.claim_others or self.started) or self.closing:
-            self._full = free <= 0
+            # No slot: a run waiting for one is claimed by a pass once a slot frees (not
+            # taken by a start's fast path meanwhile), if one waits. (Full until the look
+            # answers: so too when it fails.)
+            self._full = free <= 0 and not self.closing
+            if self._full:
+                self._full = await self._waiting(now, 0)
             if self.started:
                 await self._forget_ended_elsewhere()
             return
+        heard, self._queued = self._queued, 0  # this pass looks for those
         # Kept from a start's fast path (`admitting`) until what is claimed is launched.
         self._reserved += free
         try:
-            await self._claim_into(now, free)
+            claimed = await self._claim_into(now, free)
         finally:
             self._reserved -= free
+        # Every slot taken: runs may wait still. (Fewer claimed than free: none waited
+        # when the pass looked, but those heard of since.)
+        if claimed >= free:
+            self._full = True
+            self._full = await self._waiting(clock.now(), heard - claimed)
+        else:
+            self._full = self._queued > 0
         if self.started:  # the rest are queued, held elsewhere, or ended elsewhere
             await self._forget_ended_elsewhere()
 
-    async def _claim_into(self, now: datetime, free: int) -> None:
-        """Claim up to `free` runs (their slots reserved) and launch them."""
+    async def _waiting(self, now: datetime, heard: int) -> bool:
+        """Whether a run waits for a slot here: news of one (`heard` more than a pass
+        claimed, or heard since), or, with none, the registry's answer. A pass that
+        takes every slot would otherwise leave each new start to the next pass, which
+        takes every slot again: runs queued one by one for claims while none waited
+        (a timer's pass when all slots are busy began such a chain: issue 15)."""
+        if heard > 0 or self._queued > 0:
+            return True
+        if not (self.claim_others or self.started):
+            return False
+        return await self.registry.has_claimable(
+            now=now,
+            until=now + self.lease,
+            graphs=self.graph_names(),
+            run_ids=None if self.claim_others else sorted(self.started),
+        )
+
+    async def _claim_into(self, now: datetime, free: int) -> int:
+        """Claim up to `free` runs (their slots reserved) and launch them; how many."""
         claimed = await self.registry.claim_runs(
             self.owner,
             now=now,
@@ -385,8 +421,7 @@ class Claims:
             # Shutdown began while the pass waited for the database: a run launched now
             # is not in its drain (nor renewed after it); another executor takes it.
             await self._hand_back(claimed)
-            return
-        self._full = len(claimed) >= free
+            return len(claimed)
         for record in claimed:
             self.started.discard(record.run_id)
             self._expires[record.run_id] = now + self.lease
@@ -398,6 +433,7 @@ class Claims:
             self.runs.launch(record, resuming=resuming)
             if record.run_id in self._stopping or record.thread_id in self._stopping_threads:
                 self.runs.stop(record.run_id)  # its cancel was asked as it was claimed
+        return len(claimed)
 
     async def _end_cancelled(self, now: datetime) -> None:
         """End CANCELLED, terminal event and all, the flagged runs no executor holds."""

@@ -175,6 +175,33 @@ async def test_no_run_is_claimed_beside_a_later_run_of_its_thread_held_under_a_l
     await registry.admit_run(run("r3", "t2", created_at=now), reject_if_busy=False)
     claimed = await registry.claim_runs("w2", now=now, until=now + timedelta(hours=1), limit=5)
     assert [r.run_id for r in claimed] == ["r3"], "not r1 while r2 is held"
+    assert not await registry.has_claimable(now=now, until=held), "nor is it claimable"
     lapsed = held + timedelta(seconds=1)
+    assert await registry.has_claimable(now=lapsed, until=lapsed + timedelta(30))
     claimed = await registry.claim_runs("w2", now=lapsed, until=lapsed + timedelta(30), limit=5)
     assert [r.run_id for r in claimed] == ["r1"], "r2's lease lapsed: the oldest again"
+
+
+async def test_has_claimable_answers_what_a_claim_would_find(registry: Registry) -> None:
+    """Read only, on the claim's own condition: unleased or lapsed, not cancelled, the
+    oldest unfinished run of its thread, of the graphs and runs asked about."""
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=30)
+    assert not await registry.has_claimable(now=now, until=until)
+    await registry.admit_run(run("r1", created_at=now), reject_if_busy=False)
+    await registry.admit_run(run("r2", created_at=now + timedelta(seconds=1)), reject_if_busy=False)
+    assert await registry.has_claimable(now=now, until=until)
+    assert await registry.has_claimable(now=now, until=until, run_ids=["r1"])
+    assert not await registry.has_claimable(now=now, until=until, run_ids=["r2"]), "behind r1"
+    assert not await registry.has_claimable(now=now, until=until, run_ids=[])
+    assert not await registry.has_claimable(now=now, until=until, graphs=["another"])
+    stored = await registry.get_run("r1")
+    assert stored is not None
+    assert await registry.has_claimable(now=now, until=until, graphs=[stored.graph])
+    assert (await registry.get_run("r1")) == stored, "nothing leased by the look"
+    claimed = await registry.claim_runs("w1", now=now, until=until, limit=5)
+    assert [r.run_id for r in claimed] == ["r1"]
+    assert not await registry.has_claimable(now=now, until=until), "r2 waits for r1"
+    assert await registry.has_claimable(now=until + timedelta(seconds=1), until=until), (
+        "r1's lease lapsed: claimable again"
+    )

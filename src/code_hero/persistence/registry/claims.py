@@ -367,6 +367,45 @@ class RunClaims(WebhookOutbox):
     ) -> list[RunRecord]:
         if limit < 1 or (run_ids is not None and not run_ids):
             return []
+        where, params = self._claimable(now, graphs, run_ids)
+        sql = (
+            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
+            f"{self._claim_mark()} WHERE run_id IN ("
+            f"  SELECT r.run_id FROM code_hero_runs r WHERE {where}"
+            f"  ORDER BY r.created_at, r.run_id LIMIT ?{self.skip_locked}"
+            f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+            f"RETURNING {RUN_COLUMNS}"
+        )
+        ts_now = self._ts(utc(now))
+        async with self._session(atomic=True) as s:
+            # Not `last`: a claim whose caller is cancelled in flight (the claim loop
+            # stopping at shutdown) must roll back, not commit leases nobody hands back.
+            rows = await s.fetch(sql, [owner, self._ts(utc(until)), owner, *params, limit, ts_now])
+        runs = [self._run(r) for r in rows]
+        return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
+
+    async def has_claimable(
+        self,
+        *,
+        now: datetime,
+        until: datetime,
+        graphs: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> bool:
+        if run_ids is not None and not run_ids:
+            return False
+        where, params = self._claimable(now, graphs, run_ids)
+        async with self._session() as s:
+            rows = await s.fetch(
+                f"SELECT EXISTS (SELECT 1 FROM code_hero_runs r WHERE {where}) AS found", params
+            )
+        return bool(rows[0]["found"])
+
+    def _claimable(
+        self, now: datetime, graphs: Sequence[str] | None, run_ids: Sequence[str] | None
+    ) -> tuple[str, list[Any]]:
+        """The condition (on `code_hero_runs r`) a claimable run meets at `now`, and its
+        parameters: `claim_runs`' candidates, and what `has_claimable` looks for."""
         extra, extra_params = "", []
         if graphs is not None:
             cond, vals = self._in("r.graph", list(graphs))
@@ -376,37 +415,24 @@ class RunClaims(WebhookOutbox):
             cond, vals = self._in("r.run_id", list(run_ids))
             extra += f" AND {cond}"
             extra_params += vals
-        sql = (
-            f"UPDATE code_hero_runs SET lease_owner = ?, lease_expires_at = ?, "
-            f"{self._claim_mark()} WHERE run_id IN ("
-            f"  SELECT r.run_id FROM code_hero_runs r"
-            f"  WHERE r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
-            f"  AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
-            f"  AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
-            f"    WHERE o.thread_id = r.thread_id AND o.status IN ('PENDING', 'RUNNING')"
-            f"    AND (o.created_at < r.created_at"
-            f"         OR (o.created_at = r.created_at AND o.run_id < r.run_id)))"
+        where = (
+            "r.status IN ('PENDING', 'RUNNING') AND NOT r.cancel_requested"
+            f" AND (r.lease_expires_at IS NULL OR r.lease_expires_at < ?){extra}"
+            " AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
+            "   WHERE o.thread_id = r.thread_id AND o.status IN ('PENDING', 'RUNNING')"
+            "   AND (o.created_at < r.created_at"
+            "        OR (o.created_at = r.created_at AND o.run_id < r.run_id)))"
             # Nor while a later run of its thread is held under a live lease: two starts
             # admitted in the other order than their created_at, the later one leased
             # at its admission (`Claims.admitting`). (On the thread's index from the
             # run's created_at on: the runs queued after it, few.)
-            f"  AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
-            f"    WHERE o.thread_id = r.thread_id AND o.created_at >= r.created_at"
-            f"    AND o.run_id <> r.run_id AND o.status IN ('PENDING', 'RUNNING')"
-            f"    AND o.lease_owner IS NOT NULL AND o.lease_expires_at >= ?)"
-            f"  ORDER BY r.created_at, r.run_id LIMIT ?{self.skip_locked}"
-            f") AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
-            f"RETURNING {RUN_COLUMNS}"
+            " AND NOT EXISTS (SELECT 1 FROM code_hero_runs o"
+            "   WHERE o.thread_id = r.thread_id AND o.created_at >= r.created_at"
+            "   AND o.run_id <> r.run_id AND o.status IN ('PENDING', 'RUNNING')"
+            "   AND o.lease_owner IS NOT NULL AND o.lease_expires_at >= ?)"
         )
-        ts_now, ts_until = self._ts(utc(now)), self._ts(utc(until))
-        async with self._session(atomic=True) as s:
-            # Not `last`: a claim whose caller is cancelled in flight (the claim loop
-            # stopping at shutdown) must roll back, not commit leases nobody hands back.
-            rows = await s.fetch(
-                sql, [owner, ts_until, owner, ts_now, *extra_params, ts_now, limit, ts_now]
-            )
-        runs = [self._run(r) for r in rows]
-        return sorted(runs, key=lambda r: (r.created_at or now, r.run_id))
+        ts_now = self._ts(utc(now))
+        return where, [ts_now, *extra_params, ts_now]
 
     def _in_run_order(self, where: str) -> str:
         """`where` (a condition on run_id), locking its runs in run_id order on PostgreSQL:

@@ -418,6 +418,10 @@ def test_a_malformed_thread_id_is_a_bad_argument(
             ["migrate", "--from", "memory://", "--to", "postgresql://u:50%off@h/db"],
             "error: --to: the password in the PostgreSQL URL is not URL-encoded",
         ),
+        (
+            ["migrate", "--from", "memory://", "--to", "postgresql://u:pa/ss@127.0.0.1:1/db"],
+            "error: --to: the password in the PostgreSQL URL is not URL-encoded",
+        ),
         (["threads", "list", "--sqlite-path", "missing.sqlite"], "error: no SQLite database at"),
         (
             ["migrate", "--from", "postgresql://nobody@127.0.0.1:1/none", "--to", "memory://"],
@@ -430,6 +434,15 @@ def test_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path:
     assert done.returncode == 1
     assert done.stderr.startswith(message)
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("password", ["zq#xv", "zq?xv", "zq%2Fxv"])
+def test_a_password_is_never_printed(password: str, tmp_path: Path) -> None:
+    # libpq reads # and ? as the password's own; an RFC 3986 parser ends it there.
+    url = f"postgresql://u:{password}@127.0.0.1:1/db"
+    done = cli("migrate", "--from", url, "--to", "memory://", cwd=tmp_path)
+    assert "copying postgresql://u:***@127.0.0.1:1/db -> memory://" in done.stdout
+    assert "zq" not in done.stdout + done.stderr and "xv" not in done.stdout + done.stderr
 
 
 # ------------------------------------------------------------------ serve
@@ -756,6 +769,8 @@ def test_serve_exits_1_when_the_app_cannot_start(
         ("DATABASE_URL", "postgresql://u:50%off@127.0.0.1:1/db"),
         ("POSTGRES_URL", "postgresql://u:secret@127.0.0.1:1/db?nosuchparam=1"),
         ("CODE_HERO_DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db?nosuchparam=1"),
+        # libpq would read host u, port off, database secret@127.0.0.1:1/db
+        ("DATABASE_URL", "postgresql://u:off/secret@127.0.0.1:1/db"),
     ],
 )
 def test_a_postgres_url_libpq_cannot_read_stops_serve_with_one_line(

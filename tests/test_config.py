@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -17,6 +18,7 @@ from code_hero.config import (
     get_production_checkpointer_config,
 )
 from code_hero.errors import ConfigurationError
+from tests.conftest import PG_ADMIN_URL
 
 
 def test_development_is_memory_unless_dev_use_sqlite() -> None:
@@ -125,3 +127,67 @@ def test_a_postgres_urls_scheme_is_case_insensitive(url: str) -> None:
 def test_production_names_the_variable_of_a_bad_url() -> None:
     with pytest.raises(ConfigurationError, match=r"^POSTGRES_URL: "):
         get_production_checkpointer_config({"POSTGRES_URL": "postgresql://h/db?x=1"})
+
+
+# A password's characters that libpq reads as the end of it (/, @) or that RFC 3986
+# parsers do (#, ?). The letters around them must never be shown.
+SHOWN = ("zq", "xv", "kw")
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["zq/xv", "91/78", "zq@xv", "zq/xv?kw", "zq/xv?kw=1", "zq@xv/kw", "zq%2Fxv/kw"],
+)
+def test_a_password_libpq_would_split_is_refused_and_never_shown(password: str) -> None:
+    # libpq would read "u:zq/xv@h:5432/db" as host u, port zq, database xv@h:5432/db:
+    # refused at start-up, before any connection to a host that is not the database's.
+    url = f"postgresql://u:{password}@h:5432/db"
+    with pytest.raises(ConfigurationError) as refused:
+        config_from_url_setting("CODE_HERO_DATABASE_URL", url)
+    message = str(refused.value)
+    assert message.startswith("CODE_HERO_DATABASE_URL: the password in the PostgreSQL URL")
+    assert "not URL-encoded" in message and "/ as %2F" in message
+    assert not any(part in message for part in (*SHOWN, "91", "78")), message
+    # And a config made without the check (the seed's factory) never shows it either.
+    where = create_postgres_checkpointer(url).describe()
+    assert not any(part in where for part in (*SHOWN, "91", "78")), where
+
+
+@pytest.mark.parametrize(
+    ("password", "meant"),
+    [
+        ("zq#xv", "zq#xv"),
+        ("zq?xv", "zq?xv"),
+        ("zq:xv", "zq:xv"),
+        ("zq%2Fxv", "zq/xv"),
+        ("zq%40xv", "zq@xv"),
+        ("zq%23xv", "zq#xv"),
+        ("zq%3Fxv", "zq?xv"),
+        ("zq%2Fxv%23kw", "zq/xv#kw"),
+    ],
+)
+def test_a_password_libpq_reads_whole_is_taken_and_never_shown(password: str, meant: str) -> None:
+    # libpq ends a password only at @ (and at / before any @): # and ? are its own.
+    config = config_from_url_setting("DATABASE_URL", f"postgresql://u:{password}@h:5432/db")
+    assert config.connection_string is not None
+    read = conninfo_to_dict(config.connection_string)
+    assert (read["password"], read["host"], read["port"], read["dbname"]) == (
+        meant,
+        "h",
+        "5432",
+        "db",
+    )
+    assert config.describe() == "postgresql://u:***@h:5432/db"
+
+
+def test_a_percent_encoded_password_reaches_the_database() -> None:
+    # The server may trust its clients (it does in CI): what this shows is that libpq
+    # connects to the URL's host and database, not to a host read from the password.
+    admin = conninfo_to_dict(PG_ADMIN_URL)
+    if admin.get("password"):
+        pytest.skip("CODE_HERO_TEST_PG has a password of its own")
+    where = f"{admin.get('host', 'localhost')}:{admin.get('port', 5432)}/{admin['dbname']}"
+    url = f"postgresql://{admin.get('user', 'postgres')}:pa%2Fss%23x%3F%40@{where}"
+    with psycopg.connect(str(config_from_url(url).connection_string), connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_database()").fetchone()
+    assert row == (admin["dbname"],)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from code_hero.errors import ConfigurationError
 
@@ -159,16 +158,8 @@ def _same_file(a: str, b: str) -> bool:
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***."""
-    try:
-        parsed = urlparse(url)
-        password = parsed.password
-    except ValueError:  # an unmatched [ of an IPv6 host: libpq's own split, then
-        scheme, sep, rest = url.partition("://")
-        return f"{scheme}{sep}{_masked(rest)}"
-    if password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-        return parsed._replace(netloc=netloc).geturl()
-    return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{_masked(rest)}" if sep else url
 
 
 def create_memory_checkpointer(**kwargs: Any) -> CheckpointerConfig:
@@ -291,48 +282,55 @@ def config_from_url_setting(name: str, url: str) -> CheckpointerConfig:
         raise ConfigurationError(f"{name}: {exc}") from None
 
 
-def _userinfo(rest: str) -> tuple[str, str]:
-    """The user and password of a URL after its `scheme://`, split as libpq splits them:
-    the credentials end at the first @ before any /."""
-    head = rest.split("/", 1)[0]
-    if "@" not in head:
-        return "", ""
-    user, _, password = head.split("@", 1)[0].partition(":")
-    return user, password
+def _libpq_at(rest: str) -> int:
+    """Where libpq ends the credentials of a URL after its `scheme://`: the index of
+    the first @ before any /, or -1 (then it reads no user or password)."""
+    at = rest.find("@")
+    return at if at != -1 and "/" not in rest[:at] else -1
+
+
+def _credentials_at(rest: str) -> int:
+    """Where the credentials of a URL after its `scheme://` end (the index of their
+    @, or -1), to hide them: libpq's @, unless an @ follows it before any query (an
+    unencoded / or @ in the password: libpq would read the host from it) or libpq
+    finds none and an @ follows at all; then the last @, hiding too much, not too little."""
+    at = _libpq_at(rest)
+    tail = rest if at == -1 else rest[at + 1 :].split("?", 1)[0]
+    return rest.rfind("@") if "@" in tail else at
 
 
 def _masked(rest: str) -> str:
     """`rest` (a URL after its `scheme://`) with its password, if any, as ***."""
-    user, password = _userinfo(rest)
-    return f"{user}:***{rest[len(user) + 1 + len(password) :]}" if password else rest
+    at = _credentials_at(rest)
+    user, _, password = rest[: max(at, 0)].partition(":")
+    return f"{user}:***{rest[at:]}" if password else rest
 
 
 def _check_postgres_url(url: str) -> None:
-    """ConfigurationError unless libpq can read `url` (parsed here: nothing connects).
+    """ConfigurationError unless libpq can read `url` (parsed here: nothing connects)
+    and takes its password whole.
 
-    libpq's messages quote the part they cannot read, the password included, so the
-    password is checked on its own and the rest with *** in its place.
+    libpq's messages quote the part they cannot read, the password included, so its
+    message is told only of the URL with *** in the password's place.
     """
     # psycopg loads only for PostgreSQL (SQLite and memory servers never need it).
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     scheme, _, rest = url.partition("://")
-    _, password = _userinfo(rest)
     unencoded = ConfigurationError(
-        "the password in the PostgreSQL URL is not URL-encoded: "
-        "write % as %25, @ as %40, / as %2F, a space as %20"
+        "the password in the PostgreSQL URL is not URL-encoded: percent-encode it, "
+        "% as %25, / as %2F, @ as %40, # as %23, ? as %3F, a space as %20"
     )
-    if password:
-        try:
-            conninfo_to_dict(f"{scheme}://u:{password}@h")
-        except ProgrammingError:
-            raise unencoded from None
-        rest = _masked(rest)
+    if "@" in rest[_libpq_at(rest) + 1 :].split("?", 1)[0]:
+        raise unencoded  # u:pa/ss@h or u:p@ss@h: libpq's host would be u or ss@h
     try:
-        params = conninfo_to_dict(f"{scheme}://{rest}")
-    except ProgrammingError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(f"not a PostgreSQL URL libpq can read: {detail}") from None
-    if "@" in str(params.get("host", "")):  # u:p@ss@h: libpq's host is ss@h
-        raise unencoded
+        conninfo_to_dict(url)
+    except ProgrammingError:
+        try:
+            conninfo_to_dict(f"{scheme}://{_masked(rest)}")
+        except ProgrammingError as exc:
+            text = str(exc).strip()
+            detail = text.splitlines()[0] if text else type(exc).__name__
+            raise ConfigurationError(f"not a PostgreSQL URL libpq can read: {detail}") from None
+        raise unencoded from None  # without its password, libpq reads it

@@ -124,6 +124,28 @@ def test_a_postgres_urls_scheme_is_case_insensitive(url: str) -> None:
     assert conninfo_to_dict(config.connection_string)["host"] == "h"
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 user=postgres password=secret dbname=test",
+        "dbname=test password=secret",
+        "  Host = db password=secret",
+    ],
+)
+def test_a_libpq_key_value_string_is_refused_not_taken_for_a_sqlite_file(dsn: str) -> None:
+    """It was a SQLite file named after it, its password in the name and in the logs."""
+    with pytest.raises(ConfigurationError) as refused:
+        config_from_url_setting("DATABASE_URL", dsn)
+    message = str(refused.value)
+    assert message.startswith("DATABASE_URL: ") and "postgresql://" in message
+    assert "secret" not in message
+
+
+def test_a_file_path_with_an_equals_sign_is_still_a_sqlite_file() -> None:
+    config = config_from_url("data/run=1.sqlite")
+    assert config.kind == "sqlite" and config.database_path == "data/run=1.sqlite"
+
+
 def test_production_names_the_variable_of_a_bad_url() -> None:
     with pytest.raises(ConfigurationError, match=r"^POSTGRES_URL: "):
         get_production_checkpointer_config({"POSTGRES_URL": "postgresql://h/db?x=1"})

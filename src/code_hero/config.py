@@ -241,6 +241,13 @@ def config_for_environment(
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# A libpq key=value connection string ("host=db user=app password=..."), which a
+# bare path would otherwise take for a SQLite file's name (its password in the name).
+_KEY_VALUE = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|sslmode|service|options|"
+    r"connect_timeout|application_name|target_session_attrs)\s*=",
+    re.IGNORECASE,
+)
 
 
 def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
@@ -265,6 +272,11 @@ def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
         return create_sqlite_checkpointer(path, **kwargs)
     if scheme == "memory" or text == ":memory:":
         return create_memory_checkpointer(**kwargs)
+    if scheme == "" and _KEY_VALUE.match(text):
+        raise ConfigurationError(
+            "a libpq key=value connection string is not taken: write it as a URL, "
+            "postgresql://user:password@host:port/dbname (the password percent-encoded)"
+        )
     if scheme == "" and text:
         return create_sqlite_checkpointer(str(Path(text)), **kwargs)
     raise ConfigurationError(

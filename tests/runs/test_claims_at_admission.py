@@ -34,6 +34,20 @@ def claimed_by_passes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list
     return taken
 
 
+async def start_with_the_slot_free(gateway: Gateway, ended: str) -> RunRecord:
+    """Start a run once the slot of the run `ended` is given back (its waiters hear of
+    its end first), with no claim pass going (a timer's pass reserves the free slots
+    while it claims, and a start meanwhile is admitted for a claim)."""
+    executor = gateway.executor
+
+    async def freed() -> bool:
+        return not executor.is_active(ended)
+
+    await until(freed)
+    async with executor.claims._claiming:
+        return await gateway.start_run(StartRun(graph="slow", input={"delay": 0}))
+
+
 async def test_a_run_started_with_a_slot_free_runs_without_a_claim(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -360,9 +374,10 @@ async def test_a_pass_with_every_slot_busy_and_no_run_waiting_keeps_the_fast_pat
     await claims.claim_once()
     assert not claims._full, "no run waits for the slot"
     await executor.wait(first.run_id, limit=60)
-    later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    assert later.status is RunStatus.SUCCESS
-    assert taken == [], "admitted leased: no claim"
+    later = await start_with_the_slot_free(gateway, first.run_id)
+    assert later.lease_owner == executor.owner, "admitted leased: no claim"
+    assert (await executor.wait(later.run_id, limit=60)).status is RunStatus.SUCCESS
+    assert taken == []
 
 
 async def test_a_pass_that_takes_every_slot_leaves_the_next_start_its_fast_path(
@@ -379,8 +394,10 @@ async def test_a_pass_that_takes_every_slot_leaves_the_next_start_its_fast_path(
     assert taken == [queued.run_id]
     assert not claims._full, "it took the one run that waited"
     await executor.wait(queued.run_id, limit=60)
-    later = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
-    assert later.status is RunStatus.SUCCESS and taken == [queued.run_id]
+    later = await start_with_the_slot_free(gateway, queued.run_id)
+    assert later.lease_owner == executor.owner, "admitted leased: no claim"
+    assert (await executor.wait(later.run_id, limit=60)).status is RunStatus.SUCCESS
+    assert taken == [queued.run_id]
 
 
 async def test_a_pass_with_every_slot_busy_finds_a_run_waiting_unannounced(

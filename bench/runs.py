@@ -1,11 +1,14 @@
 """Run executor overhead and event-log throughput, side by side in one run.
 
-    python bench/runs.py [--seconds 4] [--rounds 3]
+    python bench/runs.py [--seconds 4] [--rounds 5] [--python-gc]
 
 1. Runs per second of a small 4-node graph with 16 runs in flight on
    PostgreSQL: through the executor (registry rows, leases, the event log of
    every stream part) against calling `graph.ainvoke` directly with the same
-   checkpointer and the same durability ("sync"), in alternating rounds.
+   checkpointer and the same durability ("sync"), in alternating rounds, after a
+   second of each unmeasured (connections opened, statements prepared). The process
+   runs the garbage collector as `code-hero serve` does (`tune_collector`), for both
+   sides alike; `--python-gc` keeps Python's defaults instead.
 2. Events per second through the event log into PostgreSQL (numbered,
    published, stored in batches), 50,000 events.
 """
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, scratch_database, target, throughput
 
+from code_hero.cli.serve import tune_collector
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import RunRecord, RunStatus
@@ -33,7 +37,7 @@ WORKERS = 16
 GRAPH_FILE = Path(__file__).resolve().with_name("chain.py")
 
 
-async def executor_vs_direct(seconds: float, rounds: int) -> list[str]:
+async def executor_vs_direct(seconds: float, rounds: int, python_gc: bool) -> list[str]:
     async with scratch_database() as url:
         settings = GatewaySettings(
             checkpointer=create_postgres_checkpointer(url, pool_max_size=WORKERS),
@@ -60,6 +64,10 @@ async def executor_vs_direct(seconds: float, rounds: int) -> list[str]:
                 runs = rps * (time.perf_counter() - wall)
                 return rps, fail, (time.process_time() - cpu) * 1000 / max(runs, 1)
 
+            if not python_gc:  # the graphs loaded and the pool open, as once serving
+                tune_collector()
+            for warm_up in (through_executor, direct):
+                await throughput(warm_up, workers=WORKERS, seconds=1.0)
             ex, di, ex_cpu, di_cpu, failures = [], [], [], [], 0
             for _ in range(rounds):
                 rps, fail, cpu = await measured(through_executor)
@@ -72,7 +80,11 @@ async def executor_vs_direct(seconds: float, rounds: int) -> list[str]:
                 failures += fail
     e, d = median(ex), median(di)
     ec, dc = median(ex_cpu), median(di_cpu)
-    print(f"postgres, {WORKERS} runs in flight, 4-node graph, durability sync, {rounds} rounds")
+    collector = "Python's default collector" if python_gc else "the collector as served"
+    print(
+        f"postgres, {WORKERS} runs in flight, 4-node graph, durability sync, {rounds} rounds, "
+        f"{collector}"
+    )
     print(f"  executor + event log:      {e:8.1f} runs/s  {[round(x, 1) for x in ex]}")
     print(f"  graph.ainvoke, same saver: {d:8.1f} runs/s  {[round(x, 1) for x in di]}")
     print(f"  executor at {e / d:.0%} of direct, failures {failures}")
@@ -120,9 +132,12 @@ async def event_log_throughput(total: int = 50_000) -> list[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--python-gc", action="store_true", help="keep Python's collector settings, not serve's"
+    )
     args = parser.parse_args()
-    lines = await executor_vs_direct(args.seconds, args.rounds)
+    lines = await executor_vs_direct(args.seconds, args.rounds, args.python_gc)
     lines += await event_log_throughput()
     print()
     for line in lines:

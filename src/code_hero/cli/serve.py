@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from code_hero.settings import AppSettings
 
-__all__ = ["ANSWERS_BOUND", "GC_THRESHOLD", "MALLOC_ARENAS", "serve"]
+__all__ = ["ANSWERS_BOUND", "GC_THRESHOLD", "MALLOC_ARENAS", "serve", "tune_collector"]
 
 # At a stop, how long the waiting starts' answers may take to go out before uvicorn
 # closes the sockets they go on (an answer is a few milliseconds' work).
@@ -96,17 +96,7 @@ def serve(args: argparse.Namespace) -> int:
     _cap_malloc_arenas()
     starlette = create_app(settings)
     app = _StartupErrors(starlette)
-    # The modules and the schema (nearly all of the heap) live as long as the process:
-    # frozen, the collector's full passes skip them (1.8 % of a thread-list page's
-    # instructions; callgrind).
-    gc.collect()
-    gc.freeze()
-    # A run allocates thousands of containers that nearly all die young by reference
-    # count: at the default threshold (700) the collector ran about every second run,
-    # a gen-1 pass every ten of those, and took 2.3 % of the instructions of
-    # bench/peer.py's 16-client row (callgrind). Ten times fewer passes find the same
-    # garbage a little later.
-    gc.set_threshold(GC_THRESHOLD)
+    tune_collector()
 
     class StoppingServer(Server):
         """uvicorn's server, telling the app when it begins to stop: the app's SSE
@@ -163,6 +153,22 @@ def serve(args: argparse.Namespace) -> int:
     if not server.started:
         raise CodeHeroError("the server did not start (see the log above)")
     return EXIT_OK
+
+
+def tune_collector() -> None:
+    """The garbage collector as a serving process runs it (`serve`, and the benches
+    that measure the executor in their own process: bench/runs.py)."""
+    # The modules and the schema (nearly all of the heap) live as long as the process:
+    # frozen, the collector's full passes skip them (1.8 % of a thread-list page's
+    # instructions; callgrind).
+    gc.collect()
+    gc.freeze()
+    # A run allocates thousands of containers that nearly all die young by reference
+    # count: at the default threshold (700) the collector ran about every second run,
+    # a gen-1 pass every ten of those, and took 2.3 % of the instructions of
+    # bench/peer.py's 16-client row (callgrind). Ten times fewer passes find the same
+    # garbage a little later.
+    gc.set_threshold(GC_THRESHOLD)
 
 
 class _StartupErrors:

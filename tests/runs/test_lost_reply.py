@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from code_hero.gateway import Gateway
+from code_hero.persistence.fallback_state import PrimaryUnreachableError
 from code_hero.persistence.records import EventRecord, RunStatus
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
@@ -32,8 +33,27 @@ BATCH = b"ev AS (INSERT INTO code_hero_run_events"
 END = b"stored AS (INSERT INTO code_hero_run_events"
 
 
-async def _collect(stream: AsyncIterator[EventRecord]) -> list[EventRecord]:
-    return [event async for event in stream]
+async def _follow(
+    gw: Gateway, run_id: str, stream: AsyncIterator[EventRecord], early: list[EventRecord]
+) -> list[EventRecord]:
+    """The run's events as a client follows them: answered UNAVAILABLE (a read of its
+    log during the outage the lost reply begins, on a loaded machine its first read even:
+    a run's early events are the primary's alone then), it follows again after the last
+    seq it saw, as the error says to."""
+    seen = list(early)
+    while True:
+        try:
+            async for event in stream:
+                seen.append(event)
+            return seen
+        except PrimaryUnreachableError:
+            await asyncio.sleep(0.1)
+            stream = _follow_again(gw, run_id, after_seq=seen[-1].seq if seen else 0)
+
+
+async def _follow_again(gw: Gateway, run_id: str, after_seq: int) -> AsyncIterator[EventRecord]:
+    async for event in await gw.follow_run(run_id, after_seq=after_seq):  # may raise too
+        yield event
 
 
 def _stored(url: str, run_id: str) -> tuple[Any, list[tuple[Any, ...]]]:
@@ -78,10 +98,10 @@ async def _run_with_a_lost_reply(
                 if event.type == EventType.NODE_UPDATE.value:
                     break
             lost = proxy.lose_reply(statement)
-        follower = asyncio.create_task(_collect(stream))
+        follower = asyncio.create_task(_follow(gw, run.run_id, stream, early))
         async with asyncio.timeout(30):  # guards, not measures
             await lost.wait()
-            seen = early + await follower
+            seen = await follower
             final = await gw.executor.wait(run.run_id)
         assert proxy.lost == [True]  # the trip whose answer was lost committed
         await until(lambda: synced(gw))

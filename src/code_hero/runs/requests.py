@@ -10,7 +10,7 @@ anything is stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "MultitaskStrategy",
     "StartRun",
     "UpdateState",
+    "check_answer",
     "check_config",
     "check_one_input",
     "check_request_text",
@@ -118,6 +119,25 @@ def check_one_input(req: StartRun) -> None:
         raise BadInputError(
             "give exactly one of message, input or resume"
             + (f" (got {', '.join(given)})" if given else "")
+        )
+
+
+def check_answer(resume: Any, pending: Sequence[str]) -> None:
+    """A resume answers the thread's pending interrupts (their ids): not with null, which
+    LangGraph takes for no answer at all, and, with several pending, with a map of their
+    interrupt ids (a plain answer fails the run in LangGraph and loses the questions)."""
+    ids = f" (pending: {', '.join(pending)})" if pending else ""
+    if resume is None:
+        raise BadInputError(
+            "resume may not be null, which LangGraph takes for no answer: to answer null, "
+            f"send {{interrupt id: null}}{ids}"
+        )
+    if len(pending) > 1 and not (
+        isinstance(resume, Mapping) and resume and set(resume) <= set(pending)
+    ):
+        raise BadInputError(
+            f"the thread waits for {len(pending)} answers: resume with an object of "
+            f"interrupt id to answer{ids}"
         )
 
 

@@ -144,6 +144,35 @@ async def test_a_resume_that_answers_no_question_is_refused(server: Server) -> N
     assert sorted(answered["output"]["answers"]) == ["a:A", "b:B"]
 
 
+async def test_a_copy_or_a_thread_whose_run_is_gone_waits_on_its_own_graph(
+    server: Server,
+) -> None:
+    """An interrupted thread with no INTERRUPTED run (a copy has no runs; deleteRun took
+    the one that asked) still lists its question and resumes on its graph, the one its
+    metadata names. Before, both read the state with the default graph: `interrupts` was
+    empty, and a resume ran the default graph, SUCCESS with nothing answered."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    copy = await gql(
+        http, "mutation($id: ID!) { copyThread(id: $id) { id } }", {"id": asked["threadId"]}
+    )
+    copied = data(copy)["copyThread"]["id"]
+    deleted = await gql(
+        http, "mutation($id: ID!) { deleteRun(id: $id) { deleted } }", {"id": asked["id"]}
+    )
+    assert data(deleted)["deleteRun"]["deleted"] is True
+
+    listed = await inbox(http)
+    for thread_id in (copied, asked["threadId"]):
+        (pending,) = listed[thread_id]
+        assert pending["node"] == "ask" and pending["runId"] is None
+        assert pending["value"] == {"question": "publish?", "title": "t"}
+        resumed = await start(http, threadId=thread_id, resume="yes", wait=True)
+        assert resumed["status"] == "SUCCESS", resumed
+        assert resumed["output"]["notes"] == ["draft", "published:yes"]
+    assert await inbox(http) == {}
+
+
 async def test_users_see_their_own_inbox(
     backend: str, idp: Issuer, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -300,7 +300,7 @@ class RunExecutor:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
         if req.resume is not UNSET:
-            req = await continuing(self.registry, req)
+            req = await continuing(self.registry, self.graphs, req)
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
         check_one_input(req)

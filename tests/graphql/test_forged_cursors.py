@@ -61,3 +61,21 @@ async def test_a_forged_history_cursor_is_bad_input(server: Server) -> None:
         body = await gql(server.http, query, {"c": cursor})
         assert codes(body) == ["BAD_USER_INPUT"], (raw, body)
         assert "invalid checkpoint cursor" in body["errors"][0]["message"]
+
+
+async def test_a_history_cursor_of_another_thread_is_bad_input(server: Server) -> None:
+    # A cursor names a checkpoint of one thread's history; on another thread's history
+    # it was taken as a time and silently paged from there (skipping the newer items).
+    query = """query($t: ID!, $c: String) { thread(id: $t) {
+        checkpoints(first: 2, after: $c) { edges { cursor node { id } } } } }"""
+    mutation = 'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }'
+    threads = [(await gql(server.http, mutation))["data"]["startRun"]["threadId"] for _ in "ab"]
+    first, second = threads
+    page = (await gql(server.http, query, {"t": first}))["data"]["thread"]["checkpoints"]
+    cursor = page["edges"][0]["cursor"]
+    body = await gql(server.http, query, {"t": second, "c": cursor})
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert "another thread" in body["errors"][0]["message"]
+    mine = await gql(server.http, query, {"t": first, "c": cursor})
+    after = mine["data"]["thread"]["checkpoints"]["edges"]
+    assert after[0]["node"]["id"] == page["edges"][1]["node"]["id"]

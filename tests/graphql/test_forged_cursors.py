@@ -49,14 +49,14 @@ async def test_a_forged_cursor_is_bad_input(server: Server) -> None:
 
 
 async def test_a_forged_history_cursor_is_bad_input(server: Server) -> None:
-    # `Thread.checkpoints` decodes base64 of `namespace NUL checkpoint_id` and checks
-    # only that both parts are there: "AAAA" is NUL NUL NUL, an id of two NULs, which
-    # PostgreSQL's text cannot hold (psycopg's DataError answered INTERNAL).
+    # `Thread.checkpoints` decodes base64 of `thread_id NUL namespace NUL checkpoint_id`
+    # and checked only that the parts are there: an id of two NULs, which PostgreSQL's
+    # text cannot hold (psycopg's DataError answered INTERNAL).
     await gql(server.http, 'mutation { createThread(input: {threadId: "forged-history"}) { id } }')
     query = """query($c: String) { thread(id: "forged-history") {
         checkpoints(first: 2, after: $c) { totalCount } } }"""
     for raw in ("\x00\x00\x00", "\x00a\x00b", "\x00\ud800".encode("utf-8", "surrogatepass")):
-        data = raw if isinstance(raw, bytes) else raw.encode()
+        data = b"forged-history\x00" + (raw if isinstance(raw, bytes) else raw.encode())
         cursor = base64.urlsafe_b64encode(data).decode().rstrip("=")
         body = await gql(server.http, query, {"c": cursor})
         assert codes(body) == ["BAD_USER_INPUT"], (raw, body)

@@ -3,7 +3,9 @@
     ids              thread ids (the thread id rule), at most 1,000
     statuses         at most 1,000 (listed more than once: counted once)
     metadataHasKeys  at most 1,000 keys
-    metadata         a JSON object
+    metadata         a JSON object of at most 100 values (keys' values and array
+                     items, at every level), its arrays and objects nested at most
+                     6 levels deep (the object itself included)
     anyOf, not       at most 100 sub-filters in a filter, all levels together
     text             storable anywhere (no NUL, no lone surrogate)
 
@@ -12,8 +14,9 @@ logical value of an empty OR); an empty `metadataHasKeys` matches every
 thread. How deep `anyOf` and `not` may nest is the query depth limit's
 business, checked where the GraphQL input is read (`resolvers/filters.py`).
 The bounds keep one filter's SQL small: a list travels as one parameter, and
-the sub-filters bound the conditions (SQLite refuses an expression more than
-1,000 deep).
+the sub-filters and metadata values bound the conditions (SQLite refuses an
+expression more than 1,000 deep, and a statement whose subqueries, one an
+array level of metadata, nest past its parser's stack).
 
 Anything else is a BadInputError (BAD_USER_INPUT) that names the argument,
 with its path (`filter.anyOf[1].ids`).
@@ -29,10 +32,19 @@ from code_hero.errors import BadInputError
 from code_hero.inputs import check_text, check_thread_id
 from code_hero.persistence.records import RunFilter, ThreadFilter
 
-__all__ = ["MAX_FILTER_VALUES", "MAX_SUBFILTERS", "check_run_filter", "check_thread_filter"]
+__all__ = [
+    "MAX_FILTER_VALUES",
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_VALUES",
+    "MAX_SUBFILTERS",
+    "check_run_filter",
+    "check_thread_filter",
+]
 
 MAX_FILTER_VALUES = 1000
 MAX_SUBFILTERS = 100
+MAX_METADATA_VALUES = 100
+MAX_METADATA_DEPTH = 6
 
 
 def check_thread_filter(flt: ThreadFilter, name: str = "filter") -> ThreadFilter:
@@ -111,4 +123,29 @@ def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | N
     if not isinstance(value, Mapping):
         raise BadInputError(f"{name} must be a JSON object")
     check_text(value, name)
+    values, depth = _shape(value)
+    if values > MAX_METADATA_VALUES:
+        raise BadInputError(
+            f"{name} may hold at most {MAX_METADATA_VALUES} values "
+            "(keys' values and array items, at every level)"
+        )
+    if depth > MAX_METADATA_DEPTH:
+        raise BadInputError(
+            f"{name} nests arrays and objects more than {MAX_METADATA_DEPTH} levels deep"
+        )
     return value
+
+
+def _shape(value: Any) -> tuple[int, int]:
+    """How many values a JSON value holds, and how deep its arrays and objects nest."""
+    if isinstance(value, Mapping):
+        items: Any = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return 0, 0
+    values, depth = 0, 0
+    for item in items:
+        inner, inner_depth = _shape(item)
+        values, depth = values + 1 + inner, max(depth, inner_depth)
+    return values, depth + 1

@@ -285,6 +285,13 @@ async def test_not_and_any_of_never_widen_what_a_user_sees(
 # ------------------------------------------------------------------ bad input
 
 
+def nest(value: Any, levels: int, key: str = 'q"') -> Any:
+    """`value` under `levels` objects of one key each."""
+    for _ in range(levels):
+        value = {key: value}
+    return value
+
+
 async def test_bad_filters_are_bad_user_input_naming_the_argument(server: Server) -> None:
     http = server.http
     nested = {"status": "BUSY"}
@@ -304,6 +311,13 @@ async def test_bad_filters_are_bad_user_input_naming_the_argument(server: Server
         (THREADS, wide, "sub-filters"),
         (RUNS, {"metadata": ["x"]}, "filter.metadata"),
         (RUNS, {"metadata": {"k": "\x00"}}, "filter.metadata"),
+        # SQLite refuses an expression more than 1,000 deep (a condition a value) and a
+        # statement nesting subqueries past its parser's stack (one an array level, or a
+        # key a JSON path cannot quote): both answered INTERNAL.
+        (THREADS, {"metadata": {f"k{i}": i for i in range(1000)}}, "filter.metadata"),
+        (RUNS, {"metadata": {"tags": list(range(101))}}, "filter.metadata"),
+        (THREADS, {"anyOf": [{"metadata": {"a": [[[[[[1]]]]]]}}]}, "filter.anyOf[0].metadata"),
+        (THREADS, {"metadata": nest({'q"': 1}, 8)}, "filter.metadata"),
     ]
     for query, flt, named in cases:
         found, message = await error(http, query, flt)
@@ -317,6 +331,10 @@ async def test_bad_filters_are_bad_user_input_naming_the_argument(server: Server
     literal = "{not: " * 300 + "{}" + "}" * 300
     body = await gql(http, f"{{ threads(filter: {literal}) {{ totalCount }} }}")
     assert codes(body) == ["BAD_USER_INPUT"]
+    # Within the bounds, at the deepest nesting of filters: an answer.
+    deepest = {"metadata": {f"k{i}": [i] for i in range(47)} | {"a": [[[[[1]]]]]}}
+    for inner in (deepest, {"metadata": nest({'q"': 1}, 4)}):
+        assert await matching(http, THREADS, "threads", nest(inner, 10, "not")) == []
     # 1,000 ids are within the bound (and the same id twice counts once).
     many = {"ids": [f"t{i}" for i in range(1000)] + ["t0"]}
     assert await matching(http, THREADS, "threads", many) == []

@@ -49,15 +49,33 @@ async def test_a_forged_cursor_is_bad_input(server: Server) -> None:
 
 
 async def test_a_forged_history_cursor_is_bad_input(server: Server) -> None:
-    # `Thread.checkpoints` decodes base64 of `namespace NUL checkpoint_id` and checks
-    # only that both parts are there: "AAAA" is NUL NUL NUL, an id of two NULs, which
-    # PostgreSQL's text cannot hold (psycopg's DataError answered INTERNAL).
+    # `Thread.checkpoints` decodes base64 of `thread_id NUL namespace NUL checkpoint_id`
+    # and checked only that the parts are there: an id of two NULs, which PostgreSQL's
+    # text cannot hold (psycopg's DataError answered INTERNAL).
     await gql(server.http, 'mutation { createThread(input: {threadId: "forged-history"}) { id } }')
     query = """query($c: String) { thread(id: "forged-history") {
         checkpoints(first: 2, after: $c) { totalCount } } }"""
     for raw in ("\x00\x00\x00", "\x00a\x00b", "\x00\ud800".encode("utf-8", "surrogatepass")):
-        data = raw if isinstance(raw, bytes) else raw.encode()
+        data = b"forged-history\x00" + (raw if isinstance(raw, bytes) else raw.encode())
         cursor = base64.urlsafe_b64encode(data).decode().rstrip("=")
         body = await gql(server.http, query, {"c": cursor})
         assert codes(body) == ["BAD_USER_INPUT"], (raw, body)
         assert "invalid checkpoint cursor" in body["errors"][0]["message"]
+
+
+async def test_a_history_cursor_of_another_thread_is_bad_input(server: Server) -> None:
+    # A cursor names a checkpoint of one thread's history; on another thread's history
+    # it was taken as a time and silently paged from there (skipping the newer items).
+    query = """query($t: ID!, $c: String) { thread(id: $t) {
+        checkpoints(first: 2, after: $c) { edges { cursor node { id } } } } }"""
+    mutation = 'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }'
+    threads = [(await gql(server.http, mutation))["data"]["startRun"]["threadId"] for _ in "ab"]
+    first, second = threads
+    page = (await gql(server.http, query, {"t": first}))["data"]["thread"]["checkpoints"]
+    cursor = page["edges"][0]["cursor"]
+    body = await gql(server.http, query, {"t": second, "c": cursor})
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert "another thread" in body["errors"][0]["message"]
+    mine = await gql(server.http, query, {"t": first, "c": cursor})
+    after = mine["data"]["thread"]["checkpoints"]["edges"]
+    assert after[0]["node"]["id"] == page["edges"][1]["node"]["id"]

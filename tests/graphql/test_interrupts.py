@@ -21,6 +21,7 @@ INBOX = """query($first: Int) {
     edges { node { id status interrupts { id node namespace value runId } } }
   }
 }"""
+QUESTIONS_GRAPH = f"{Path(__file__).with_name('questions_graph.py')}:graph"
 ONE = "query($id: ID!) { thread(id: $id) { status interrupts { id node namespace runId } } }"
 
 
@@ -35,7 +36,7 @@ def gateway_settings(
 ) -> GatewaySettings:
     return GatewaySettings(
         checkpointer=checkpointer_for(backend, request, tmp_path),
-        graphs={"slow": SLOW_GRAPH, "edits": EDIT_GRAPH},
+        graphs={"slow": SLOW_GRAPH, "edits": EDIT_GRAPH, "questions": QUESTIONS_GRAPH},
     )
 
 
@@ -98,6 +99,78 @@ async def test_an_edit_of_an_interrupted_thread(server: Server) -> None:
     again = await start(http, threadId=thread_id, graph="edits", input={"notes": []}, wait=True)
     assert again["status"] == "SUCCESS" and again["output"]["title"] == "fixed"
     assert again["output"]["notes"][-1] == "published:none"
+
+
+async def test_a_resume_that_answers_no_question_is_refused(server: Server) -> None:
+    """A null answer (LangGraph's "no resume") or, with two questions pending, an answer
+    that is not a map of their interrupt ids is BAD_USER_INPUT and starts nothing: the
+    thread keeps its questions, and a proper answer resumes it. Before, the run ended
+    ERROR (an UnboundLocalError, or LangGraph's "must specify the interrupt id") and took
+    the thread's questions with it: every later resume answered CONFLICT."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    both = await start(http, graph="questions", input={}, wait=True)
+    assert asked["status"] == both["status"] == "INTERRUPTED"
+    (one,) = (await inbox(http))[asked["threadId"]]
+    two = {p["node"]: p["id"] for p in (await inbox(http))[both["threadId"]]}
+    assert set(two) == {"a", "b"}
+
+    for thread_id, resume in (
+        (asked["threadId"], None),
+        (both["threadId"], None),
+        (both["threadId"], "yes"),
+        (both["threadId"], {"approved": True}),
+        (both["threadId"], {two["a"]: "A", "other": "B"}),
+    ):
+        body = await gql(http, START, {"input": {"threadId": thread_id, "resume": resume}})
+        assert codes(body) == ["BAD_USER_INPUT"], (resume, body)
+        assert "interrupt id" in body["errors"][0]["message"], body
+    assert data(await gql(http, ONE, {"id": asked["threadId"]}))["thread"]["status"] == (
+        "INTERRUPTED"
+    )
+    pending = (await inbox(http))[both["threadId"]]
+    assert {p["id"] for p in pending} == set(two.values())
+    runs = data(await gql(http, "{ runs(first: 100) { edges { node { id } } } }"))["runs"]
+    assert len(runs["edges"]) == 2  # the refused resumes started nothing
+
+    # A null answer is given by the interrupt's id; two answers by theirs.
+    resumed = await start(http, threadId=asked["threadId"], resume={one["id"]: None}, wait=True)
+    assert resumed["status"] == "SUCCESS"
+    assert resumed["output"]["notes"][-1] == "published:None"
+    answered = await start(
+        http, threadId=both["threadId"], resume={two["a"]: "A", two["b"]: "B"}, wait=True
+    )
+    assert answered["status"] == "SUCCESS"
+    assert sorted(answered["output"]["answers"]) == ["a:A", "b:B"]
+
+
+async def test_a_copy_or_a_thread_whose_run_is_gone_waits_on_its_own_graph(
+    server: Server,
+) -> None:
+    """An interrupted thread with no INTERRUPTED run (a copy has no runs; deleteRun took
+    the one that asked) still lists its question and resumes on its graph, the one its
+    metadata names. Before, both read the state with the default graph: `interrupts` was
+    empty, and a resume ran the default graph, SUCCESS with nothing answered."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    copy = await gql(
+        http, "mutation($id: ID!) { copyThread(id: $id) { id } }", {"id": asked["threadId"]}
+    )
+    copied = data(copy)["copyThread"]["id"]
+    deleted = await gql(
+        http, "mutation($id: ID!) { deleteRun(id: $id) { deleted } }", {"id": asked["id"]}
+    )
+    assert data(deleted)["deleteRun"]["deleted"] is True
+
+    listed = await inbox(http)
+    for thread_id in (copied, asked["threadId"]):
+        (pending,) = listed[thread_id]
+        assert pending["node"] == "ask" and pending["runId"] is None
+        assert pending["value"] == {"question": "publish?", "title": "t"}
+        resumed = await start(http, threadId=thread_id, resume="yes", wait=True)
+        assert resumed["status"] == "SUCCESS", resumed
+        assert resumed["output"]["notes"] == ["draft", "published:yes"]
+    assert await inbox(http) == {}
 
 
 async def test_users_see_their_own_inbox(

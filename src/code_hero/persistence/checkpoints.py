@@ -135,22 +135,26 @@ def view_of(item: CheckpointTuple) -> CheckpointView:
     )
 
 
-def encode_checkpoint_cursor(namespace: str, checkpoint_id: str) -> str:
+def encode_checkpoint_cursor(thread_id: str, namespace: str, checkpoint_id: str) -> str:
     """An opaque cursor for history paging."""
-    raw = f"{namespace}\x00{checkpoint_id}".encode()
+    raw = f"{thread_id}\x00{namespace}\x00{checkpoint_id}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def decode_checkpoint_cursor(cursor: str, namespace: str) -> str:
-    """The checkpoint id in a cursor; BadInputError when it is not one of ours."""
+def decode_checkpoint_cursor(cursor: str, thread_id: str, namespace: str) -> str:
+    """The checkpoint id in a cursor; BadInputError when it is not one of ours, or of
+    another history (a checkpoint id elsewhere would be taken as a time)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        ns, sep, checkpoint_id = base64.urlsafe_b64decode(padded).decode().partition("\x00")
+        parts = base64.urlsafe_b64decode(padded).decode().split("\x00", 2)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}") from None
     # A forged id must not reach the database: PostgreSQL's text holds no NUL.
-    if not sep or not checkpoint_id or not storable_text(checkpoint_id):
+    if len(parts) != 3 or not parts[2] or not storable_text(parts[2]):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}")
+    thread, ns, checkpoint_id = parts
+    if thread != thread_id:
+        raise BadInputError("the cursor belongs to another thread's history")
     if ns != namespace:
         raise BadInputError("the cursor belongs to another namespace")
     return checkpoint_id

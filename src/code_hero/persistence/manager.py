@@ -561,7 +561,7 @@ class EnhancedCheckpointerManager:
         _check_first(first, self.max_page)
         before = None
         if after:
-            before_id = decode_checkpoint_cursor(after, namespace)
+            before_id = decode_checkpoint_cursor(after, thread_id, namespace)
             before = {"configurable": {"checkpoint_id": before_id}}
         items = await self.router.read_list(
             {"configurable": {"thread_id": thread_id, "checkpoint_ns": namespace}},
@@ -569,7 +569,8 @@ class EnhancedCheckpointerManager:
             limit=first + 1,
         )
         views = [view_of(i) for i in items[:first]]
-        end = encode_checkpoint_cursor(namespace, views[-1].checkpoint_id) if views else None
+        last = views[-1].checkpoint_id if views else None
+        end = encode_checkpoint_cursor(thread_id, namespace, last) if last else None
         return Page(views, end, len(items) > first)
 
     async def count_checkpoints(self, thread_id: str, *, namespace: str = "") -> int:

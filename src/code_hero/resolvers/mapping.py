@@ -186,7 +186,9 @@ def checkpoint_connection(page: Page[CheckpointView], count: p.Counter) -> c.Che
     return c.CheckpointConnection(
         edges=[
             c.CheckpointEdge(
-                make_cursor=partial(encode_checkpoint_cursor, x.namespace, x.checkpoint_id),
+                make_cursor=partial(
+                    encode_checkpoint_cursor, x.thread_id, x.namespace, x.checkpoint_id
+                ),
                 node=checkpoint_of(x, by_id),
             )
             for x in page.items

@@ -84,11 +84,13 @@ from code_hero.runs.events import (
     translate,
 )
 from code_hero.runs.graphs import GraphRegistry
+from code_hero.runs.interrupts import pending_interrupts
 from code_hero.runs.requests import (
     DEFAULT_RECURSION_LIMIT,
     RESERVED_CONFIG_KEYS,
     UNSET,
     StartRun,
+    check_answer,
     check_config,
     check_one_input,
     continuing,
@@ -298,7 +300,7 @@ class RunExecutor:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
         if req.resume is not UNSET:
-            req = await continuing(self.registry, req)
+            req = await continuing(self.registry, self.graphs, req)
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
         check_one_input(req)
@@ -313,6 +315,13 @@ class RunExecutor:
                 raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
             if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
                 raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
+            # A past checkpoint (fromCheckpointId) waits for questions of its own.
+            asked = (
+                {}
+                if req.from_checkpoint_id
+                else await pending_interrupts(self.registry, self.graphs, [thread])
+            )
+            check_answer(req.resume, [p.interrupt_id for p in asked.get(thread_id, [])])
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
             if found is None:

@@ -61,15 +61,17 @@ async def pending_interrupts(
     One registry query for the page's runs; then one state read per thread, on graphs
     compiled once at start-up, concurrently.
     """
-    waiting = [t.thread_id for t in threads if t.status is ThreadStatus.INTERRUPTED]
+    waiting = [t for t in threads if t.status is ThreadStatus.INTERRUPTED]
     if not waiting:
         return {}
-    runs = await registry.latest_runs(waiting, RunStatus.INTERRUPTED)
+    runs = await registry.latest_runs([t.thread_id for t in waiting], RunStatus.INTERRUPTED)
 
-    async def one(thread_id: str) -> list[PendingInterrupt]:
+    async def one(thread: ThreadRecord) -> list[PendingInterrupt]:
+        thread_id = thread.thread_id
         run = runs.get(thread_id)
         try:
-            graph = graphs.get(run.graph if run is not None else None)
+            # No INTERRUPTED run (a copy has none; deleteRun took it): the thread's graph.
+            graph = graphs.get(run.graph if run is not None else graphs.named_in(thread.metadata))
         except NotFoundError:  # a graph no longer loaded: the default reads its state
             graph = graphs.get(None)
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
@@ -81,4 +83,4 @@ async def pending_interrupts(
         ]
 
     found = await asyncio.gather(*(one(t) for t in waiting))
-    return dict(zip(waiting, found, strict=True))
+    return dict(zip((t.thread_id for t in waiting), found, strict=True))

@@ -10,13 +10,16 @@ anything is stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from code_hero.errors import BadInputError
 from code_hero.inputs import check_graph_value, check_text
 from code_hero.persistence.records import MultitaskStrategy, Registry, RunFilter, RunStatus
+
+if TYPE_CHECKING:
+    from code_hero.runs.graphs import GraphRegistry
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -25,6 +28,7 @@ __all__ = [
     "MultitaskStrategy",
     "StartRun",
     "UpdateState",
+    "check_answer",
     "check_config",
     "check_one_input",
     "check_request_text",
@@ -121,15 +125,37 @@ def check_one_input(req: StartRun) -> None:
         )
 
 
-async def continuing(registry: Registry, req: StartRun) -> StartRun:
-    """A resume carries on the interrupted run: its graph and config unless given."""
+def check_answer(resume: Any, pending: Sequence[str]) -> None:
+    """A resume answers the thread's pending interrupts (their ids): not with null, which
+    LangGraph takes for no answer at all, and, with several pending, with a map of their
+    interrupt ids (a plain answer fails the run in LangGraph and loses the questions)."""
+    ids = f" (pending: {', '.join(pending)})" if pending else ""
+    if resume is None:
+        raise BadInputError(
+            "resume may not be null, which LangGraph takes for no answer: to answer null, "
+            f"send {{interrupt id: null}}{ids}"
+        )
+    if len(pending) > 1 and not (
+        isinstance(resume, Mapping) and resume and set(resume) <= set(pending)
+    ):
+        raise BadInputError(
+            f"the thread waits for {len(pending)} answers: resume with an object of "
+            f"interrupt id to answer{ids}"
+        )
+
+
+async def continuing(registry: Registry, graphs: GraphRegistry, req: StartRun) -> StartRun:
+    """A resume carries on the interrupted run: its graph and config unless given; with no
+    such run (a copy of the thread, or the run deleted), the graph the thread's metadata
+    names."""
     if req.thread_id is None:
         raise BadInputError("resume needs the threadId of the interrupted thread")
     page = await registry.list_runs(
         RunFilter(thread_id=req.thread_id, status=RunStatus.INTERRUPTED), first=1
     )
     if not page.items:
-        return req
+        thread = None if req.graph else await registry.get_thread(req.thread_id)
+        return req if thread is None else replace(req, graph=graphs.named_in(thread.metadata))
     last = page.items[0]
     config = {k: v for k, v in last.config.items() if k != "checkpoint_id"}
     return replace(

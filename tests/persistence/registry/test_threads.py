@@ -177,6 +177,7 @@ async def test_metadata_containment(registry: Registry) -> None:
             "flag": True,
             "none": None,
             "tags": ["a", "b"],
+            "mixed": [1, "2", True, None, [3, 4], {"k": "v", "z": 0}, {'q"': 1}],
             "nested": {"team": {"name": "core", "size": 5}, "x": "y"},
             "dotted.key": "d",
             "it's": "q",
@@ -207,6 +208,20 @@ async def test_metadata_containment(registry: Registry) -> None:
     assert await ids({"missing": None}) == []
     assert await ids({"tags": ["a", "b"]}) == ["full"]
     assert await ids({"tags": "a"}) == ["other"]
+    # An array contains the arrays whose every element it contains, in any order, as
+    # PostgreSQL's @> has it: on SQLite only an equal array matched.
+    assert await ids({"tags": ["a"]}) == ["full"]
+    assert await ids({"tags": ["b", "a", "b"]}) == ["full"]
+    assert await ids({"tags": []}) == ["full"]
+    assert await ids({"tags": ["a", "c"]}) == []
+    assert await ids({"mixed": [1.0, "2", True, None]}) == ["full"]
+    assert await ids({"mixed": ["1"]}) == [] and await ids({"mixed": [2]}) == []
+    assert await ids({"mixed": [False]}) == [] and await ids({"mixed": [3]}) == []
+    assert await ids({"mixed": [[4]]}) == ["full"] and await ids({"mixed": [[5]]}) == []
+    assert await ids({"mixed": [[]]}) == ["full"] and await ids({"mixed": [{}]}) == ["full"]
+    assert await ids({"mixed": [{"k": "v"}, {'q"': 1}]}) == ["full"]
+    assert await ids({"mixed": [{"k": "w"}]}) == [] and await ids({"mixed": [{'q"': 2}]}) == []
+    assert await ids({'say "hi"': {'in"ner': ["quoted"]}}) == []
     assert await ids({"nested": {"team": {"name": "core"}}}) == ["full"]
     assert await ids({"nested": {"team": {"name": "core", "size": 5}, "x": "y"}}) == ["full"]
     assert await ids({"nested": {"team": {"name": "other"}}}) == []

@@ -2,8 +2,8 @@
 
 SQLite has no `@>`: `_contains` walks the subset's leaves and compares each
 with `json_extract`/`json_type` (or, for keys a JSON path cannot quote, with
-`json_each`), so a filter on thread metadata means on SQLite what it means on
-PostgreSQL, but for the arrays noted in `SqliteRegistry._contains`.
+`json_each`; an array leaf, with `json_each` over its elements), so a filter on
+thread metadata means on SQLite what it means on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _sqlite_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _sqlite_leaf(value_sql: str, type_sql: str, leaf: Any) -> tuple[str, list[Any]]:
+def _sqlite_leaf(value_sql: str, type_sql: str, leaf: Any, depth: int = 0) -> tuple[str, list[Any]]:
     """A condition on one leaf, given SQL for its value and for its JSON type."""
     if leaf is None:
         return f"{type_sql} = 'null'", []
@@ -58,14 +58,62 @@ def _sqlite_leaf(value_sql: str, type_sql: str, leaf: Any) -> tuple[str, list[An
         return f"{type_sql} = ?", ["true" if leaf else "false"]
     if isinstance(leaf, Mapping):  # an empty object: any object is there
         return f"{type_sql} = 'object'", []
+    if isinstance(leaf, list):
+        return _sqlite_array(value_sql, type_sql, leaf, depth)
     # The type test keeps true from matching 1, and "[1]" from matching [1].
-    if isinstance(leaf, str):
-        kinds = "'text'"
-    elif isinstance(leaf, list):
-        kinds = "'array'"
-    else:
-        kinds = "'integer', 'real'"
+    kinds = "'text'" if isinstance(leaf, str) else "'integer', 'real'"
     return f"{type_sql} IN ({kinds}) AND {value_sql} = json_extract(?, '$')", [dumps(leaf)]
+
+
+def _sqlite_array(
+    value_sql: str, type_sql: str, items: Sequence[Any], depth: int
+) -> tuple[str, list[Any]]:
+    """An array that contains each item (in any order), as PostgreSQL's @>: an object
+    item is contained by an object element holding it, an array item by an array element
+    containing it, any other by an equal element."""
+    clauses, params = [f"{type_sql} = 'array'"], []
+    alias = f"a{depth}"  # its own name at each depth: an inner one reads the outer one
+    for item in items:
+        if isinstance(item, Mapping) and item:
+            cond, extra = _sqlite_contains(f"{alias}.value", item, depth + 1)
+            cond = f"{alias}.type = 'object' AND {cond}"
+        else:
+            cond, extra = _sqlite_leaf(f"{alias}.value", f"{alias}.type", item, depth + 1)
+        clauses.append(f"EXISTS (SELECT 1 FROM json_each({value_sql}) AS {alias} WHERE {cond})")
+        params.extend(extra)
+    return " AND ".join(f"({c})" for c in clauses), params
+
+
+def _sqlite_contains(
+    column: str, subset: Mapping[str, Any], depth: int = 0
+) -> tuple[str, list[Any]]:
+    """A condition: the JSON object in `column` contains `subset` (not empty)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for path, leaf in _leaves(subset):
+        if not any(_unquotable(key) for key in path):
+            json_path = _sqlite_literal(_sqlite_path(path))
+            cond, extra = _sqlite_leaf(
+                f"json_extract({column}, {json_path})",
+                f"json_type({column}, {json_path})",
+                leaf,
+                depth,
+            )
+            clauses.append(cond)
+            params.extend(extra)
+            continue
+        # SQLite's JSON paths cannot quote a '"' inside a key, so walk such
+        # paths with json_each, which compares keys as plain text.
+        parent, parent_params = column, []
+        for key in path[:-1]:
+            parent = f"(SELECT value FROM json_each({parent}) WHERE key = ? AND type = 'object')"
+            parent_params.append(key)
+        cond, extra = _sqlite_leaf("e.value", "e.type", leaf, depth)
+        clauses.append(
+            f"EXISTS (SELECT 1 FROM json_each({parent}) AS e WHERE e.key = ? AND {cond})"
+        )
+        params.extend([*parent_params, path[-1], *extra])
+    return " AND ".join(f"({c})" for c in clauses), params
 
 
 def _leaves(
@@ -330,36 +378,9 @@ class SqliteRegistry(SqlRegistry):
         return datetime.fromisoformat(value)
 
     def _contains(self, column: str, subset: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        # Unlike PostgreSQL's @>, a leaf array matches only an equal array (same
-        # elements, same order), not any array that contains its elements; and
-        # numbers compare by value (1 matches 1.0), as in JSONB.
-        clauses: list[str] = []
-        params: list[Any] = []
-        for path, leaf in _leaves(subset):
-            if not any(_unquotable(key) for key in path):
-                json_path = _sqlite_literal(_sqlite_path(path))
-                cond, extra = _sqlite_leaf(
-                    f"json_extract({column}, {json_path})",
-                    f"json_type({column}, {json_path})",
-                    leaf,
-                )
-                clauses.append(cond)
-                params.extend(extra)
-                continue
-            # SQLite's JSON paths cannot quote a '"' inside a key, so walk such
-            # paths with json_each, which compares keys as plain text.
-            parent, parent_params = column, []
-            for key in path[:-1]:
-                parent = (
-                    f"(SELECT value FROM json_each({parent}) WHERE key = ? AND type = 'object')"
-                )
-                parent_params.append(key)
-            cond, extra = _sqlite_leaf("e.value", "e.type", leaf)
-            clauses.append(
-                f"EXISTS (SELECT 1 FROM json_each({parent}) AS e WHERE e.key = ? AND {cond})"
-            )
-            params.extend([*parent_params, path[-1], *extra])
-        return " AND ".join(f"({c})" for c in clauses), params
+        # As JSONB: numbers compare by value (1 matches 1.0), an array leaf matches any
+        # array that contains its items (`_sqlite_array`).
+        return _sqlite_contains(column, subset)
 
     def _in_many(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} IN (SELECT value FROM json_each(?))", [dumps(list(values))]

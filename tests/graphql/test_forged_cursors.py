@@ -79,3 +79,19 @@ async def test_a_history_cursor_of_another_thread_is_bad_input(server: Server) -
     mine = await gql(server.http, query, {"t": first, "c": cursor})
     after = mine["data"]["thread"]["checkpoints"]["edges"]
     assert after[0]["node"]["id"] == page["edges"][1]["node"]["id"]
+
+
+async def test_a_history_cursor_made_before_cursors_named_their_thread_still_pages(
+    server: Server,
+) -> None:
+    # A dashboard paging across an upgrade holds a cursor of the older form, `namespace
+    # NUL checkpoint_id`: it goes on from there, not BAD_USER_INPUT.
+    query = """query($t: ID!, $c: String) { thread(id: $t) {
+        checkpoints(first: 2, after: $c) { edges { node { id } } } } }"""
+    mutation = 'mutation { startRun(input: {message: "hi", wait: true}) { threadId } }'
+    thread = (await gql(server.http, mutation))["data"]["startRun"]["threadId"]
+    page = (await gql(server.http, query, {"t": thread}))["data"]["thread"]["checkpoints"]
+    newest, following = (edge["node"]["id"] for edge in page["edges"])
+    older = base64.urlsafe_b64encode(f"\x00{newest}".encode()).decode().rstrip("=")
+    body = await gql(server.http, query, {"t": thread, "c": older})
+    assert body["data"]["thread"]["checkpoints"]["edges"][0]["node"]["id"] == following, body

@@ -149,6 +149,8 @@ def decode_checkpoint_cursor(cursor: str, thread_id: str, namespace: str) -> str
         parts = base64.urlsafe_b64decode(padded).decode().split("\x00", 2)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}") from None
+    if len(parts) == 2:  # made before cursors named their thread: taken as then, unchecked
+        parts.insert(0, thread_id)
     # A forged id must not reach the database: PostgreSQL's text holds no NUL.
     if len(parts) != 3 or not parts[2] or not storable_text(parts[2]):
         raise BadInputError(f"invalid checkpoint cursor {cursor!r}")

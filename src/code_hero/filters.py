@@ -6,13 +6,15 @@
     metadata         a JSON object of at most 100 values (keys' values and array
                      items, at every level), its arrays and objects nested at most
                      6 levels deep (the object itself included)
-    anyOf, not       at most 100 sub-filters in a filter, all levels together
+    anyOf, not       at most 100 sub-filters in a filter, all levels together,
+                     nested at most 16 levels deep
     text             storable anywhere (no NUL, no lone surrogate)
 
 An empty `ids`, `statuses` or `anyOf` matches nothing (one of none, the
 logical value of an empty OR); an empty `metadataHasKeys` matches every
 thread. How deep `anyOf` and `not` may nest is the query depth limit's
-business, checked where the GraphQL input is read (`resolvers/filters.py`).
+business, checked where the GraphQL input is read (`resolvers/filters.py`);
+past 16 levels they are refused here whatever that limit (0 turns it off).
 The bounds keep one filter's SQL small: a list travels as one parameter, and
 the sub-filters and metadata values bound the conditions (SQLite refuses an
 expression more than 1,000 deep, and a statement whose subqueries, one an
@@ -33,6 +35,7 @@ from code_hero.inputs import check_text, check_thread_id
 from code_hero.persistence.records import RunFilter, ThreadFilter
 
 __all__ = [
+    "MAX_FILTER_NESTING",
     "MAX_FILTER_VALUES",
     "MAX_METADATA_DEPTH",
     "MAX_METADATA_VALUES",
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 MAX_FILTER_VALUES = 1000
+MAX_FILTER_NESTING = 16  # SQLite's parser overflowed near 100 levels of not
 MAX_SUBFILTERS = 100
 MAX_METADATA_VALUES = 100
 MAX_METADATA_DEPTH = 6
@@ -50,7 +54,7 @@ MAX_METADATA_DEPTH = 6
 def check_thread_filter(flt: ThreadFilter, name: str = "filter") -> ThreadFilter:
     """`flt` with its ids checked (and lists deduplicated); BadInputError naming the field."""
     budget = [MAX_SUBFILTERS]
-    return _thread(flt, name, budget)
+    return _thread(flt, name, budget, 0)
 
 
 def check_run_filter(flt: RunFilter, name: str = "filter") -> RunFilter:
@@ -62,7 +66,9 @@ def check_run_filter(flt: RunFilter, name: str = "filter") -> RunFilter:
     return replace(flt, statuses=statuses, metadata=metadata)
 
 
-def _thread(flt: ThreadFilter, name: str, budget: list[int]) -> ThreadFilter:
+def _thread(flt: ThreadFilter, name: str, budget: list[int], depth: int) -> ThreadFilter:
+    if depth > MAX_FILTER_NESTING:
+        raise BadInputError(f"{name} nests anyOf/not more than {MAX_FILTER_NESTING} levels deep")
     check_text(flt.user_id, f"{name}.userId")
     ids = _values(flt.ids, f"{name}.ids")
     if ids is not None:
@@ -72,10 +78,14 @@ def _thread(flt: ThreadFilter, name: str, budget: list[int]) -> ThreadFilter:
     any_of = None
     if flt.any_of is not None:
         any_of = tuple(
-            _thread(sub, f"{name}.anyOf[{i}]", _spend(budget, name))
+            _thread(sub, f"{name}.anyOf[{i}]", _spend(budget, name), depth + 1)
             for i, sub in enumerate(flt.any_of)
         )
-    not_ = None if flt.not_ is None else _thread(flt.not_, f"{name}.not", _spend(budget, name))
+    not_ = (
+        None
+        if flt.not_ is None
+        else _thread(flt.not_, f"{name}.not", _spend(budget, name), depth + 1)
+    )
     metadata = _object(flt.metadata, f"{name}.metadata")
     statuses = _values(flt.statuses, f"{name}.statuses")
     if (

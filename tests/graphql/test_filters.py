@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from code_hero.persistence.records import Registry, RunRecord, RunStatus, ThreadStatus
+from code_hero.settings import Limits
 from tests.auth.issuer import Issuer
 from tests.faults import BlackHoleProxy
 from tests.graphql import test_dashboards
 from tests.graphql.clients import codes, data, gql
-from tests.graphql.conftest import Server, checkpointer_for
+from tests.graphql.conftest import Server, Starter, checkpointer_for
 from tests.graphql.test_auth import ALICE_KEY, BOB_KEY, FAST, ROOT_KEY, START, client, secured
 from tests.graphql.test_dashboards import RUNS, THREADS, at, put_thread, walk
 from tests.graphql.test_outage import wait_for_status
@@ -367,3 +368,15 @@ async def test_filters_during_an_outage_list_the_fallbacks_threads(
     proxy.forward()
     await wait_for_status(server, "HEALTHY")
     assert await matching(http, THREADS, "threads", {"ids": [new, old]}) == [new, old]
+
+
+async def test_filters_nest_boundedly_with_the_depth_limit_off(start: Starter) -> None:
+    # With the query depth limit off, 100 levels of not (within the sub-filter budget)
+    # reached SQLite as a statement past its parser's stack: INTERNAL.
+    async with start(Limits(max_depth=0)) as server:
+        found, message = await error(server.http, THREADS, nest({}, 100, "not"))
+        assert found == ["BAD_USER_INPUT"], message
+        assert "16 levels" in message
+        # The deepest allowed, around the largest metadata filter allowed: an answer.
+        deepest = {"metadata": {f"k{i}": [i] for i in range(47)} | {"a": [[[[[1]]]]]}}
+        assert await matching(server.http, THREADS, "threads", nest(deepest, 16, "not")) == []

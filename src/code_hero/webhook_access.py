@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
+from code_hero.checkpoint_access import check_first
 from code_hero.compose import Services
 from code_hero.errors import BadInputError, ConflictError
 from code_hero.inputs import check_run_id, check_text, check_thread_id, check_webhook_id
@@ -170,6 +171,7 @@ class WebhookAccess:
         caller: Caller = ANONYMOUS,
     ) -> Page[DeliveryRecord]:
         """A page of the caller's deliveries, newest first."""
+        check_first(first, self.services.settings.max_page)
         flt = self._delivery_filter(caller, webhook_id, run_id, status)
         async with self._webhooks() as store:
             return await store.list_deliveries(flt, first=first, after=after)

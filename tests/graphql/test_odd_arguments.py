@@ -48,6 +48,12 @@ async def test_webhook_ids_and_cursors_are_named_as_such(server: Server) -> None
     assert codes(body) == ["BAD_USER_INPUT"]
     message = body["errors"][0]["message"]
     assert "deliverys" not in message and "a previous page of deliveries" in message, body
+    # Paged as every other listing: 1..the page limit (0 was an empty page; -1 no limit
+    # on SQLite, a refused LIMIT on PostgreSQL).
+    for first in (0, -1, 101):
+        body = await gql(server.http, f"{{ webhookDeliveries(first: {first}) {{ totalCount }} }}")
+        assert codes(body) == ["BAD_USER_INPUT"], (first, body)
+        assert "first must be between 1 and" in body["errors"][0]["message"], body
 
 
 async def test_an_empty_checkpoint_id_is_not_the_latest_checkpoint(server: Server) -> None:

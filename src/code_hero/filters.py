@@ -4,17 +4,18 @@
     statuses         at most 1,000 (listed more than once: counted once)
     metadataHasKeys  at most 1,000 keys
     metadata         a JSON object of at most 100 values (keys' values and array
-                     items, at every level), its arrays and objects nested at most
-                     6 levels deep (the object itself included)
+                     items, at every level; in a thread filter, of all its metadata
+                     objects together), its arrays and objects nested at most 6
+                     levels deep (the object itself included)
     anyOf, not       at most 100 sub-filters in a filter, all levels together,
-                     nested at most 16 levels deep
+                     nested at most 10 levels deep
     text             storable anywhere (no NUL, no lone surrogate)
 
 An empty `ids`, `statuses` or `anyOf` matches nothing (one of none, the
 logical value of an empty OR); an empty `metadataHasKeys` matches every
 thread. How deep `anyOf` and `not` may nest is the query depth limit's
 business, checked where the GraphQL input is read (`resolvers/filters.py`);
-past 16 levels they are refused here whatever that limit (0 turns it off).
+past 10 levels they are refused here whatever that limit (0 turns it off).
 The bounds keep one filter's SQL small: a list travels as one parameter, and
 the sub-filters and metadata values bound the conditions (SQLite refuses an
 expression more than 1,000 deep, and a statement whose subqueries, one an
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 MAX_FILTER_VALUES = 1000
-MAX_FILTER_NESTING = 16  # SQLite's parser overflowed near 100 levels of not
+# SQLite's parser overflowed near 100 levels of not, and at 16 around some of the deepest
+# metadata allowed (an array level is a subquery); at 10 every shape allowed compiles.
+MAX_FILTER_NESTING = 10
 MAX_SUBFILTERS = 100
 MAX_METADATA_VALUES = 100
 MAX_METADATA_DEPTH = 6
@@ -53,7 +56,7 @@ MAX_METADATA_DEPTH = 6
 
 def check_thread_filter(flt: ThreadFilter, name: str = "filter") -> ThreadFilter:
     """`flt` with its ids checked (and lists deduplicated); BadInputError naming the field."""
-    budget = [MAX_SUBFILTERS]
+    budget = [MAX_SUBFILTERS, MAX_METADATA_VALUES]  # sub-filters, metadata values left
     return _thread(flt, name, budget, 0)
 
 
@@ -86,7 +89,7 @@ def _thread(flt: ThreadFilter, name: str, budget: list[int], depth: int) -> Thre
         if flt.not_ is None
         else _thread(flt.not_, f"{name}.not", _spend(budget, name), depth + 1)
     )
-    metadata = _object(flt.metadata, f"{name}.metadata")
+    metadata = _object(flt.metadata, f"{name}.metadata", budget)
     statuses = _values(flt.statuses, f"{name}.statuses")
     if (
         ids is None
@@ -127,17 +130,25 @@ def _values(values: Sequence[Any] | None, name: str) -> tuple[Any, ...] | None:
     return unique
 
 
-def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
+def _object(
+    value: Mapping[str, Any] | None, name: str, budget: list[int] | None = None
+) -> Mapping[str, Any] | None:
+    """`value` if within the bounds; with a thread filter's `budget`, its values are
+    spent from the whole filter's (each array item is a scan on SQLite: every metadata
+    object of an anyOf of 100 at 100 values took seconds a row)."""
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise BadInputError(f"{name} must be a JSON object")
     check_text(value, name)
     values, depth = _shape(value)
-    if values > MAX_METADATA_VALUES:
+    if budget is not None:
+        budget[1] -= values
+    if values > MAX_METADATA_VALUES or (budget is not None and budget[1] < 0):
         raise BadInputError(
             f"{name} may hold at most {MAX_METADATA_VALUES} values "
-            "(keys' values and array items, at every level)"
+            "(keys' values and array items, at every level; all the metadata of a "
+            "filter together)"
         )
     if depth > MAX_METADATA_DEPTH:
         raise BadInputError(

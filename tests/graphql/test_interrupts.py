@@ -125,6 +125,18 @@ async def test_a_resume_that_answers_no_question_is_refused(server: Server) -> N
         body = await gql(http, START, {"input": {"threadId": thread_id, "resume": resume}})
         assert codes(body) == ["BAD_USER_INPUT"], (resume, body)
         assert "interrupt id" in body["errors"][0]["message"], body
+    # So too from a past checkpoint: the questions pending there (here the newest's).
+    newest = data(
+        await gql(
+            http,
+            "query($t: ID!) { thread(id: $t) { checkpoints(first: 1) { edges { node { id } } } } }",
+            {"t": both["threadId"]},
+        )
+    )["thread"]["checkpoints"]["edges"][0]["node"]["id"]
+    at = {"threadId": both["threadId"], "resume": "yes", "fromCheckpointId": newest}
+    body = await gql(http, START, {"input": at})
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert "interrupt id" in body["errors"][0]["message"], body
     assert data(await gql(http, ONE, {"id": asked["threadId"]}))["thread"]["status"] == (
         "INTERRUPTED"
     )
@@ -170,6 +182,33 @@ async def test_a_copy_or_a_thread_whose_run_is_gone_waits_on_its_own_graph(
         resumed = await start(http, threadId=thread_id, resume="yes", wait=True)
         assert resumed["status"] == "SUCCESS", resumed
         assert resumed["output"]["notes"] == ["draft", "published:yes"]
+    assert await inbox(http) == {}
+
+
+async def test_a_made_thread_whose_asking_run_is_gone_waits_on_the_graph_it_last_ran(
+    server: Server,
+) -> None:
+    """A thread made by createThread has no graph in its metadata: with its interrupted
+    run deleted, its question is read, and answered, on the graph its runs ran (before:
+    the default graph, `interrupts` empty and a resume that answered nothing)."""
+    http = server.http
+    made = await gql(http, 'mutation { createThread(input: {threadId: "made"}) { id } }')
+    assert data(made)["createThread"]["id"] == "made"
+    done = await start(http, threadId="made", graph="edits", input={"title": "t"}, wait=True)
+    assert done["status"] == "SUCCESS", done
+    asked = await start(
+        http, threadId="made", graph="edits", input={"ask": True, "title": "t"}, wait=True
+    )
+    assert asked["status"] == "INTERRUPTED", asked
+    deleted = await gql(
+        http, "mutation($id: ID!) { deleteRun(id: $id) { deleted } }", {"id": asked["id"]}
+    )
+    assert data(deleted)["deleteRun"]["deleted"] is True
+    (pending,) = (await inbox(http))["made"]
+    assert pending["node"] == "ask" and pending["runId"] is None
+    resumed = await start(http, threadId="made", resume="yes", wait=True)
+    assert resumed["status"] == "SUCCESS", resumed
+    assert resumed["output"]["notes"][-1] == "published:yes"
     assert await inbox(http) == {}
 
 

@@ -43,9 +43,9 @@ from code_hero.persistence import clock
 from code_hero.persistence.changes import AS_NODE_KEY
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import EnhancedCheckpointerManager
-from code_hero.persistence.records import Registry, RunFilter, ThreadRecord, ThreadStatus
+from code_hero.persistence.records import Registry, ThreadRecord, ThreadStatus
 from code_hero.runs.graphs import GraphRegistry
-from code_hero.runs.interrupts import pending_of
+from code_hero.runs.interrupts import graph_of, pending_of
 from code_hero.runs.requests import UpdateState
 
 __all__ = ["EDIT_CLAIM", "UpdateState", "update_state"]
@@ -109,7 +109,7 @@ async def _write(
             raise NotFoundError(
                 f"{where} of namespace {req.namespace!r} is not in thread {req.thread_id!r}"
             )
-    graph = graphs.get(await _graph_of(registry, graphs, req.thread_id, thread))
+    graph = graphs.get(await graph_of(registry, graphs, req.thread_id, thread))
     target = _graph_at(graph, req.namespace)
     _check_update(target, req)
     configurable: dict[str, Any] = {"thread_id": req.thread_id, "checkpoint_ns": req.namespace}
@@ -154,17 +154,6 @@ async def _release(registry: Registry, thread_id: str, until: datetime) -> None:
             until.isoformat(),
             exc_info=True,
         )
-
-
-async def _graph_of(
-    registry: Registry, graphs: GraphRegistry, thread_id: str, thread: ThreadRecord | None
-) -> str | None:
-    """The graph the thread last ran, else the one its metadata names (None: the default)."""
-    runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
-    named = runs.items[0].graph if runs.items else None
-    if named is None and thread is not None:
-        named = thread.metadata.get("graph")
-    return named if isinstance(named, str) and named in graphs.names() else None
 
 
 def _graph_at(graph: Pregel[Any, Any, Any, Any], namespace: str) -> Pregel[Any, Any, Any, Any]:

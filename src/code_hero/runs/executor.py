@@ -36,6 +36,7 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -84,7 +85,7 @@ from code_hero.runs.events import (
     translate,
 )
 from code_hero.runs.graphs import GraphRegistry
-from code_hero.runs.interrupts import pending_interrupts
+from code_hero.runs.interrupts import graph_of, pending_interrupts, pending_of
 from code_hero.runs.requests import (
     DEFAULT_RECURSION_LIMIT,
     RESERVED_CONFIG_KEYS,
@@ -300,7 +301,11 @@ class RunExecutor:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
         if req.resume is not UNSET:
-            req = await continuing(self.registry, self.graphs, req)
+            req = await continuing(self.registry, req)
+            if req.graph is None and req.thread_id is not None:  # no INTERRUPTED run
+                thread = await self.registry.get_thread(req.thread_id)
+                graph = await graph_of(self.registry, self.graphs, req.thread_id, thread)
+                req = replace(req, graph=graph)
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
         check_one_input(req)
@@ -315,13 +320,19 @@ class RunExecutor:
                 raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
             if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
                 raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
-            # A past checkpoint (fromCheckpointId) waits for questions of its own.
-            asked = (
-                {}
-                if req.from_checkpoint_id
-                else await pending_interrupts(self.registry, self.graphs, [thread])
-            )
-            check_answer(req.resume, [p.interrupt_id for p in asked.get(thread_id, [])])
+            if req.from_checkpoint_id:  # a past checkpoint waits for questions of its own
+                at: RunnableConfig = {
+                    "configurable": {
+                        "thread_id": thread_id,
+                        "checkpoint_id": req.from_checkpoint_id,
+                    }
+                }
+                state = await self.graphs.get(graph_name).aget_state(at, subgraphs=True)
+                pending = [interrupt_id for interrupt_id, *_ in pending_of(state)]
+            else:
+                asked = await pending_interrupts(self.registry, self.graphs, [thread])
+                pending = [p.interrupt_id for p in asked.get(thread_id, [])]
+            check_answer(req.resume, pending)
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
             if found is None:

@@ -217,12 +217,6 @@ class GraphRegistry:
         others = {*self._graphs, *self._deferred} - {self.default}
         return [self.default, *sorted(others)]
 
-    def named_in(self, metadata: Mapping[str, Any]) -> str | None:
-        """The graph a thread's metadata names (`graph`: the run that made the thread sets
-        it, a copy keeps it), when it is one of these; None otherwise."""
-        named = metadata.get("graph")
-        return named if isinstance(named, str) and named in self.names() else None
-
     def info(self) -> list[GraphInfo]:
         """Each graph with its agents (the catalog for code_hero, the nodes otherwise)."""
         return [GraphInfo(n, n == self.default, tuple(self._agents(n))) for n in self.names()]

@@ -20,11 +20,17 @@ from langgraph.types import StateSnapshot
 
 from code_hero.errors import NotFoundError
 from code_hero.persistence.jsonable import to_jsonable
-from code_hero.persistence.records import Registry, RunStatus, ThreadRecord, ThreadStatus
+from code_hero.persistence.records import (
+    Registry,
+    RunFilter,
+    RunStatus,
+    ThreadRecord,
+    ThreadStatus,
+)
 from code_hero.runs.events import namespace_of
 from code_hero.runs.graphs import GraphRegistry
 
-__all__ = ["PendingInterrupt", "pending_interrupts", "pending_of"]
+__all__ = ["PendingInterrupt", "graph_of", "pending_interrupts", "pending_of"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,17 @@ class PendingInterrupt:
     namespace: str
     value: Any
     run_id: str | None
+
+
+async def graph_of(
+    registry: Registry, graphs: GraphRegistry, thread_id: str, thread: ThreadRecord | None
+) -> str | None:
+    """The graph the thread last ran, else the one its metadata names (None: the default)."""
+    runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
+    named = runs.items[0].graph if runs.items else None
+    if named is None and thread is not None:
+        named = thread.metadata.get("graph")
+    return named if isinstance(named, str) and named in graphs.names() else None
 
 
 def pending_of(state: StateSnapshot, namespace: str = "") -> list[tuple[str, str, str, Any]]:
@@ -69,9 +86,11 @@ async def pending_interrupts(
     async def one(thread: ThreadRecord) -> list[PendingInterrupt]:
         thread_id = thread.thread_id
         run = runs.get(thread_id)
+        # No INTERRUPTED run (a copy has none; deleteRun took it): the graph it last ran,
+        # else the one its metadata names.
+        name = run.graph if run is not None else await graph_of(registry, graphs, thread_id, thread)
         try:
-            # No INTERRUPTED run (a copy has none; deleteRun took it): the thread's graph.
-            graph = graphs.get(run.graph if run is not None else graphs.named_in(thread.metadata))
+            graph = graphs.get(name)
         except NotFoundError:  # a graph no longer loaded: the default reads its state
             graph = graphs.get(None)
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}

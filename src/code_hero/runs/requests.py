@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from code_hero.errors import BadInputError
 from code_hero.inputs import check_graph_value, check_text
 from code_hero.persistence.records import MultitaskStrategy, Registry, RunFilter, RunStatus
-
-if TYPE_CHECKING:
-    from code_hero.runs.graphs import GraphRegistry
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -144,18 +141,16 @@ def check_answer(resume: Any, pending: Sequence[str]) -> None:
         )
 
 
-async def continuing(registry: Registry, graphs: GraphRegistry, req: StartRun) -> StartRun:
-    """A resume carries on the interrupted run: its graph and config unless given; with no
-    such run (a copy of the thread, or the run deleted), the graph the thread's metadata
-    names."""
+async def continuing(registry: Registry, req: StartRun) -> StartRun:
+    """A resume carries on the interrupted run: its graph and config unless given (with
+    no such run, a copy of the thread or the run deleted, as it was asked)."""
     if req.thread_id is None:
         raise BadInputError("resume needs the threadId of the interrupted thread")
     page = await registry.list_runs(
         RunFilter(thread_id=req.thread_id, status=RunStatus.INTERRUPTED), first=1
     )
     if not page.items:
-        thread = None if req.graph else await registry.get_thread(req.thread_id)
-        return req if thread is None else replace(req, graph=graphs.named_in(thread.metadata))
+        return req
     last = page.items[0]
     config = {k: v for k, v in last.config.items() if k != "checkpoint_id"}
     return replace(

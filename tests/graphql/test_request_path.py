@@ -369,7 +369,26 @@ async def test_a_batch_is_told_batches_are_not_supported(start: Starter, content
         params = {"query": "{ __typename }", "variables": "[1]"}
         got = await server.http.get("/graphql", params=params)
         assert got.status_code == 400
-        assert "Unable to parse" in got.json()["errors"][0]["message"]
+        assert "the variables parameter must be a JSON object" in got.json()["errors"][0]["message"]
+
+
+async def test_a_get_names_the_parameter_that_is_no_json_object(start: Starter) -> None:
+    """A GET's `variables` or `extensions` that is not a JSON object was answered
+    "Unable to parse request body as JSON": a GET has no body."""
+    async with start() as server:
+        for name in ("variables", "extensions"):
+            for value in ("{bad", "1", "[1]"):
+                params = {"query": "{ __typename }", name: value}
+                got = await server.http.get("/graphql", params=params)
+                assert got.status_code == 400, (name, value)
+                answer = got.json()
+                assert codes(answer) == ["BAD_USER_INPUT"], answer
+                assert answer["errors"][0]["message"] == (
+                    f"the {name} parameter must be a JSON object"
+                ), answer
+        query = "query($a: Int) { threads(first: $a) { totalCount } }"
+        got = await server.http.get("/graphql", params={"query": query, "variables": '{"a": 1}'})
+        assert got.status_code == 200 and data(got.json()) == {"threads": {"totalCount": 0}}
 
 
 offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23))

@@ -37,9 +37,11 @@ from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.checkpoint_access import CheckpointAccess, check_first
 from code_hero.compose import GatewaySettings, Services
 from code_hero.errors import (
+    BackendUnavailableError,
     BadInputError,
     ForbiddenError,
     NotFoundError,
+    RunHeldUpError,
     ThreadBeingDeletedError,
 )
 from code_hero.filters import check_run_filter, check_thread_filter
@@ -563,7 +565,7 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
                 thread_id=None if thread_id is None else check_thread_id(thread_id),
             )
         run = await self.start_run(replace(request, wait=False), caller=caller)
-        return self._follow(run.run_id, 0, wanted)
+        return _naming_the_run(run.run_id, self._follow(run.run_id, 0, wanted))
 
     def _follow(
         self, run_id: str, after_seq: int, types: frozenset[EventType] | None
@@ -591,3 +593,25 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
     def graphs(self) -> list[GraphInfo]:
         """The loaded graphs with their agents."""
         return self.graph_registry.info()
+
+
+async def _naming_the_run(
+    run_id: str, stream: AsyncIterator[EventRecord]
+) -> AsyncIterator[EventRecord]:
+    """`stream`, its outage errors naming the run: a stream that started the run may
+    fail before its first event, and a client not told which run is recorded would
+    start another by retrying."""
+    try:
+        async for event in stream:
+            yield event
+    except RunHeldUpError:
+        raise
+    except BackendUnavailableError as exc:
+        message = f"run {run_id} is recorded, but {exc}: follow that run (run, runEvents)"
+        raise RunHeldUpError(
+            f"{message} rather than starting another", exc.retry_after, run_id
+        ) from None
+    finally:
+        aclose = getattr(stream, "aclose", None)  # a generator: unsubscribes from the bus
+        if aclose is not None:
+            await aclose()

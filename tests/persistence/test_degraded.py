@@ -1124,6 +1124,80 @@ async def test_a_cancel_that_arrives_as_the_outage_error_is_not_turned_into_a_re
     ]
 
 
+async def test_a_cancel_of_a_run_the_outage_holds_answers_at_once(
+    long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
+) -> None:
+    # Found by the outage audit (a real `serve`, PostgreSQL stopped): cancelRun of a run
+    # claimed just before the outage (released for it, its rows in PostgreSQL only)
+    # recorded its cancel, then waited 5 s plus a lease (20 s by default) for an end
+    # nothing could record before the database was back, and answered the run unchanged
+    # (PENDING). Now it answers UNAVAILABLE at once, naming the run and saying its cancel
+    # is recorded; the run ends CANCELLED once PostgreSQL is back.
+    gw, proxy = long_leased
+    executor = gw.executor
+    launch = executor.launch
+    launched: list[str] = []
+
+    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
+        launched.append(record.run_id)
+        proxy.refuse()  # leased in PostgreSQL; the primary goes before the run starts
+        del executor.launch  # type: ignore[method-assign]
+        launch(record, resuming=resuming)
+
+    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    with pytest.raises(RunHeldUpError):
+        await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
+    (run_id,) = launched
+
+    began = time.monotonic()
+    with pytest.raises(RunHeldUpError, match="cancel is recorded") as caught:
+        await asyncio.wait_for(gw.cancel_run(run_id), 30)
+    assert time.monotonic() - began < 3
+    assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    assert caught.value.extensions == {"retryAfter": caught.value.retry_after, "runId": run_id}
+
+    await _outage_ends(gw, proxy)
+    final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
+    assert final.status is RunStatus.CANCELLED, final
+    assert rows(pg_database, "SELECT status FROM code_hero_runs WHERE run_id = %s", run_id) == [
+        (RunStatus.CANCELLED.value,)
+    ]
+
+
+async def test_a_run_stream_whose_run_the_outage_holds_names_the_run(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # Found by the outage audit (a real `serve`, PostgreSQL stopped as runStream began):
+    # the run was recorded, held for the outage and ran once the database was back, but
+    # runStream answered UNAVAILABLE without naming it (reading its events needs the
+    # database), so a client retrying runStream started a second run. Now the error names
+    # the run (`extensions.runId`), as startRun(wait: true)'s does.
+    gw, proxy = long_leased
+    executor = gw.executor
+    launch = executor.launch
+    launched: list[str] = []
+
+    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
+        launched.append(record.run_id)
+        proxy.refuse()  # leased in PostgreSQL; the primary goes before the run starts
+        del executor.launch  # type: ignore[method-assign]
+        launch(record, resuming=resuming)
+
+    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    stream = await gw.stream_run(StartRun(graph="slow", input={}))
+    with pytest.raises(RunHeldUpError, match="follow that run") as caught:
+        await asyncio.wait_for(collect(stream), 30)
+    (run_id,) = launched
+    assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    assert caught.value.extensions == {"retryAfter": caught.value.retry_after, "runId": run_id}
+
+    await _outage_ends(gw, proxy)
+    final = await executor.wait(run_id, limit=60)  # a lease of 600 s: not its lapse
+    assert final.status is RunStatus.SUCCESS, final  # the run the error named, the only one
+    runs = await gw.runs_page(RunFilter(thread_id=final.thread_id))
+    assert [run.run_id for run in runs.items] == [run_id]
+
+
 async def test_a_waiter_for_a_run_not_claimed_yet_is_told_which_run_the_outage_holds(
     long_leased: tuple[Gateway, BlackHoleProxy],
 ) -> None:

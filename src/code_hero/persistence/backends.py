@@ -524,7 +524,10 @@ class SqliteBackend(Backend):
         # for nothing; a write to this file meanwhile (a new outage) waits its turn.
         async with self._lock:
             await self._conn.execute("VACUUM")
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Read to its end: the checkpoint's row left unread keeps the statement in
+            # progress (its cursor waits for the cyclic collector), and every commit on
+            # this connection fails meanwhile (the next outage's writes).
+            await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def forget_thread(self, thread_id: str) -> None:
         assert isinstance(self.registry, SqliteRegistry)

@@ -183,7 +183,7 @@ class SqliteFiles:
             if shared and not closing:  # its close checkpoints with the others, as ever
                 raise self._shared()
             # The database file is still the one at the path: its WAL's frames go into it.
-            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")  # no cursor left open
             log.warning(
                 "SQLite WAL or index of %s was deleted or replaced while open: "
                 "checkpointed into the database file, nothing lost; opening new ones",

@@ -468,7 +468,8 @@ class RunExecutor:
         """The run once it has ended, wherever it runs (or as it is after `limit` s);
         `fresh`: just admitted here, so no use asking the registry before a first pause.
         With no limit, cut short once `waits` (by default `self.waits`) is stopped
-        (UNAVAILABLE naming the run)."""
+        (UNAVAILABLE naming the run). A run an outage holds answers UNAVAILABLE naming
+        it at once; with a limit (a cancel's wait), saying its cancel is recorded."""
         if limit is not None:
             return await self._wait(run_id, limit, fresh)
         waits = self.waits if waits is None else waits
@@ -524,8 +525,12 @@ class RunExecutor:
                     raise NotFoundError(f"no run {run_id!r}")
                 if record.status.finished or (deadline is not None and loop.time() >= deadline):
                     return record
-                if deadline is None and run_id not in self._done and self._held_up(record):
-                    raise self._held_up_error(run_id)
+                if run_id not in self._done and self._held_up(record):
+                    # Nothing here can end it before the primary is back: a limited wait
+                    # (a cancel's, its flag recorded) would only wait out its limit.
+                    if deadline is None:
+                        raise self._held_up_error(run_id)
+                    raise self._cancel_held_up_error(run_id)
                 if deadline is None and run_id not in self._done and run_id in self._at_lock:
                     raise self._at_lock_error(run_id)
                 if run_id not in self._done:  # executing elsewhere (or not claimed yet)
@@ -554,6 +559,16 @@ class RunExecutor:
             f"{router.outage_state}: "
             f"it goes on once the database is back; ask for that run then (retry in "
             f"{router.retry_after} s) rather than starting another",
+            router.retry_after,
+            run_id,
+        )
+
+    def _cancel_held_up_error(self, run_id: str) -> RunHeldUpError:
+        router = self.manager.router
+        return RunHeldUpError(
+            f"run {run_id}'s cancel is recorded, but the run cannot end while the "
+            f"database is {router.outage_state}: it ends CANCELLED once the database is "
+            f"back (retry in {router.retry_after} s)",
             router.retry_after,
             run_id,
         )

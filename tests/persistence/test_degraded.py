@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1124,6 +1124,27 @@ async def test_a_cancel_that_arrives_as_the_outage_error_is_not_turned_into_a_re
     ]
 
 
+def _cut_as_it_launches(
+    gw: Gateway, proxy: BlackHoleProxy, then: Callable[[str], None] | None = None
+) -> list[str]:
+    """The primary goes as the next run is launched (leased in PostgreSQL, before it
+    starts), and `then` is called with its id once launched; the list gets its id."""
+    executor = gw.executor
+    launch = executor.launch
+    launched: list[str] = []
+
+    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
+        launched.append(record.run_id)
+        proxy.refuse()
+        del executor.launch  # type: ignore[method-assign]
+        launch(record, resuming=resuming)
+        if then is not None:
+            then(record.run_id)
+
+    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    return launched
+
+
 async def test_a_cancel_of_a_run_the_outage_holds_answers_at_once(
     long_leased: tuple[Gateway, BlackHoleProxy], pg_database: str
 ) -> None:
@@ -1135,16 +1156,7 @@ async def test_a_cancel_of_a_run_the_outage_holds_answers_at_once(
     # is recorded; the run ends CANCELLED once PostgreSQL is back.
     gw, proxy = long_leased
     executor = gw.executor
-    launch = executor.launch
-    launched: list[str] = []
-
-    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
-        launched.append(record.run_id)
-        proxy.refuse()  # leased in PostgreSQL; the primary goes before the run starts
-        del executor.launch  # type: ignore[method-assign]
-        launch(record, resuming=resuming)
-
-    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    launched = _cut_as_it_launches(gw, proxy)
     with pytest.raises(RunHeldUpError):
         await asyncio.wait_for(gw.start_run(StartRun(graph="slow", input={}, wait=True)), 30)
     (run_id,) = launched
@@ -1174,16 +1186,7 @@ async def test_a_run_stream_whose_run_the_outage_holds_names_the_run(
     # the run (`extensions.runId`), as startRun(wait: true)'s does.
     gw, proxy = long_leased
     executor = gw.executor
-    launch = executor.launch
-    launched: list[str] = []
-
-    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
-        launched.append(record.run_id)
-        proxy.refuse()  # leased in PostgreSQL; the primary goes before the run starts
-        del executor.launch  # type: ignore[method-assign]
-        launch(record, resuming=resuming)
-
-    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    launched = _cut_as_it_launches(gw, proxy)
     stream = await gw.stream_run(StartRun(graph="slow", input={}))
     with pytest.raises(RunHeldUpError, match="follow that run") as caught:
         await asyncio.wait_for(collect(stream), 30)
@@ -1229,18 +1232,8 @@ async def test_a_run_cancelled_as_it_starts_in_an_outage_ends_cancelled_after_it
     # for 600 s, its cancel lost. Now the cancel is journalled with the lease's release.
     gw, proxy = long_leased
     executor = gw.executor
-    launch = executor.launch
-    launched: list[str] = []
-
-    def cut_then_launch(record: RunRecord, *, resuming: bool) -> None:
-        launched.append(record.run_id)
-        proxy.refuse()
-        del executor.launch  # type: ignore[method-assign]
-        launch(record, resuming=resuming)
-        if when == "before its first step":
-            executor.stop(record.run_id)
-
-    executor.launch = cut_then_launch  # type: ignore[method-assign]
+    stop = executor.stop if when == "before its first step" else None
+    launched = _cut_as_it_launches(gw, proxy, then=stop)
     if when == "as it reads its events":
         # Its look for its events' numbering goes with its RUNNING update (`start_run`).
         registry = executor.registry

@@ -27,6 +27,7 @@ with its path (`filter.anyOf[1].ids`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -142,6 +143,8 @@ def _object(
         raise BadInputError(f"{name} must be a JSON object")
     check_text(value, name)
     values, depth = _shape(value)
+    if not _finite(value):  # NaN is stored nowhere: JSON has no such number
+        raise BadInputError(f"{name} holds a number that is not finite (NaN or Infinity)")
     if budget is not None:
         budget[1] -= values
     if values > MAX_METADATA_VALUES or (budget is not None and budget[1] < 0):
@@ -155,6 +158,16 @@ def _object(
             f"{name} nests arrays and objects more than {MAX_METADATA_DEPTH} levels deep"
         )
     return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _shape(value: Any) -> tuple[int, int]:

@@ -2286,3 +2286,26 @@ async def test_whether_a_run_waits_for_a_slot_is_answered_from_the_fallback(
     ended = await gw.executor.wait(queued.run_id, limit=60)
     assert ended.status is RunStatus.SUCCESS
     await _outage_ends(gw, proxy)
+
+
+async def test_a_deletion_of_a_thread_whose_run_the_outage_holds_is_about_the_thread(
+    long_leased: tuple[Gateway, BlackHoleProxy],
+) -> None:
+    # A guard (the review of the cancel's change asked): a cancel of a run the outage
+    # holds answers at once naming the run; a deletion of its thread answers UNAVAILABLE
+    # at once too, about the thread (its rows are the primary's), never waiting out the
+    # run's lease nor naming a run the client did not ask about.
+    gw, proxy = long_leased
+    there = (await gw.create_thread(caller=ANONYMOUS)).thread_id
+    _cut_as_it_launches(gw, proxy)
+    with pytest.raises(RunHeldUpError):
+        await asyncio.wait_for(
+            gw.start_run(StartRun(graph="slow", input={}, thread_id=there, wait=True)), 30
+        )
+    began = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        await asyncio.wait_for(gw.delete_thread(there), 30)
+    assert time.monotonic() - began < 3
+    assert not isinstance(caught.value, RunHeldUpError), caught.value
+    assert caught.value.code == "UNAVAILABLE" and caught.value.retry_after >= 1
+    await _outage_ends(gw, proxy)

@@ -69,5 +69,23 @@ def test_sqlite_metadata_filters_match_postgres_containment(pg_database: str) ->
             expected = {row[0] for row in pg.execute(sql, (json.dumps(flt),))}
             if found != expected:
                 differ.append(flt)
+        # Items SQLite reads as one number (past 64 bits, a JSON integer is a float
+        # there): counted as SQLite tells them apart, not as Python does.
+        pg.execute(
+            "INSERT INTO t VALUES (1000, %s), (1001, %s)",
+            ('{"tags": [1e23]}', '{"tags": [1e23, 100000000000000000000000]}'),
+        )
+        lite.execute("INSERT INTO t VALUES (1000, '{\"tags\": [1e23]}')")
+        lite.execute("INSERT INTO t VALUES (1001, '{\"tags\": [1e23, 100000000000000000000000]}')")
+        flt = {"tags": [10**23, 1e23]}
+        cond, params = _sqlite_contains("metadata", flt)
+        found = {row[0] for row in lite.execute(f"SELECT id FROM t WHERE {cond}", params)}
+        expected = {
+            row[0]
+            for row in pg.execute(
+                "SELECT id FROM t WHERE metadata @> %s::jsonb", (json.dumps(flt),)
+            )
+        }
+        assert found == expected == {1000, 1001}
     assert differ == [], differ[:3]
     assert sum(1 for flt in filters if any(isinstance(v, list) for v in flt.values())) > 100

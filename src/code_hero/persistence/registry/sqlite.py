@@ -95,9 +95,11 @@ def _sqlite_array(
             f"(SELECT count(DISTINCT {alias}.atom) FROM json_each({value_sql}) AS {alias} "
             f"WHERE {alias}.type IN ('text', 'integer', 'real') AND ({kind}, {alias}.atom) IN "
             "(SELECT json_extract(w.value, '$[0]'), json_extract(w.value, '$[1]') "
-            "FROM json_each(?) AS w)) = ?"
+            "FROM json_each(?) AS w)) = "
+            # As many as SQLite tells the items apart (1e23 and 10**23 are one there).
+            "(SELECT count(DISTINCT json_extract(w.value, '$[1]')) FROM json_each(?) AS w)"
         )
-        params.extend([dumps(atoms), len(atoms)])
+        params.extend([dumps(atoms), dumps(atoms)])
     for item in dict.fromkeys(i for i in items if i is None or isinstance(i, bool)):
         kind = "'null'" if item is None else ("'true'" if item else "'false'")
         clauses.append(

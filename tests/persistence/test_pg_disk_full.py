@@ -103,7 +103,6 @@ def small_disk() -> Iterator[SmallDisk]:
     if mounted.returncode != 0:
         shutil.rmtree(base)
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    port = _free_port()
     started = False
     try:
         as_postgres = {"user": owner.pw_uid, "group": owner.pw_gid, "check": True}
@@ -112,12 +111,24 @@ def small_disk() -> Iterator[SmallDisk]:
             capture_output=True,
             **as_postgres,  # type: ignore[arg-type]
         )
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(
-            [pg_ctl, "-D", data, "-o", options, "-l", base / "log", "-w", "start"],
-            capture_output=True,
-            **as_postgres,  # type: ignore[arg-type]
-        )
+        for attempt in range(3):
+            # A port free when looked at may be taken before the server binds it (other
+            # workers start servers too): seen once in CI, pg_ctl start exiting 1.
+            port = _free_port()
+            options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+            try:
+                subprocess.run(
+                    [pg_ctl, "-D", data, "-o", options, "-l", base / "log", "-w", "start"],
+                    capture_output=True,
+                    **as_postgres,  # type: ignore[arg-type]
+                )
+            except subprocess.CalledProcessError:
+                found = base / "log"
+                log = found.read_text(errors="replace")[-2000:] if found.exists() else ""
+                if attempt == 2:
+                    raise RuntimeError(f"the test's PostgreSQL did not start:\n{log}") from None
+                continue
+            break
         started = True
         (mount / "ts").mkdir()
         os.chown(mount / "ts", owner.pw_uid, owner.pw_gid)

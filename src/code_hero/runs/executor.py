@@ -69,6 +69,7 @@ from code_hero.persistence.records import (
     Registry,
     RunRecord,
     RunStatus,
+    ThreadRecord,
     ThreadStatus,
 )
 from code_hero.persistence.unreachable import is_refused_value
@@ -85,7 +86,7 @@ from code_hero.runs.events import (
     translate,
 )
 from code_hero.runs.graphs import GraphRegistry
-from code_hero.runs.interrupts import graph_of, pending_interrupts, pending_of
+from code_hero.runs.interrupts import graph_of, pending_of
 from code_hero.runs.requests import (
     DEFAULT_RECURSION_LIMIT,
     RESERVED_CONFIG_KEYS,
@@ -300,6 +301,7 @@ class RunExecutor:
         if self.claims.closing:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
+        thread: ThreadRecord | None = None
         if req.resume is not UNSET:
             req = await continuing(self.registry, req)
             if req.graph is None and req.thread_id is not None:  # no INTERRUPTED run
@@ -315,23 +317,21 @@ class RunExecutor:
         new_thread = req.thread_id is None
         thread_id = req.thread_id or str(uuid.uuid4())
         if req.resume is not UNSET:
-            thread = None if new_thread else await self.registry.get_thread(thread_id)
+            if thread is None and not new_thread:  # not read for its graph above
+                thread = await self.registry.get_thread(thread_id)
             if thread is None and await self.manager.get_checkpoint(thread_id) is None:
                 raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
             if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
                 raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
-            if req.from_checkpoint_id:  # a past checkpoint waits for questions of its own
-                at: RunnableConfig = {
-                    "configurable": {
-                        "thread_id": thread_id,
-                        "checkpoint_id": req.from_checkpoint_id,
-                    }
-                }
-                state = await self.graphs.get(graph_name).aget_state(at, subgraphs=True)
-                pending = [interrupt_id for interrupt_id, *_ in pending_of(state)]
-            else:
-                asked = await pending_interrupts(self.registry, self.graphs, [thread])
-                pending = [p.interrupt_id for p in asked.get(thread_id, [])]
+            # The questions pending where the resume goes on (with fromCheckpointId, at
+            # that checkpoint), read by the graph it runs on: `continuing` chose it.
+            at = {"thread_id": thread_id}
+            if req.from_checkpoint_id:
+                at["checkpoint_id"] = req.from_checkpoint_id
+            state = await self.graphs.get(graph_name).aget_state(
+                {"configurable": at}, subgraphs=True
+            )
+            pending = [interrupt_id for interrupt_id, *_ in pending_of(state)]
             check_answer(req.resume, pending)
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)

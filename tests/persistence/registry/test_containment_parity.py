@@ -50,6 +50,10 @@ def test_sqlite_metadata_filters_match_postgres_containment(pg_database: str) ->
         doc = rng.choice(docs)
         flt = {k: _part(rng, v) for k, v in doc.items() if rng.random() < 0.7}
         filters.append({k: v for k, v in flt.items() if v != {}} or {"tags": [rng.choice(SCALARS)]})
+    # Pairs a random draw seldom makes: one element of each kind the items' lookup must
+    # tell apart from a number (true, "1"), next to a number it must not (1.0).
+    docs += [{"tags": [True, 2]}, {"tags": ["1", 2]}, {"tags": [1.0, 2]}, {"tags": [2, 1, 1]}]
+    filters += [{"tags": [1, 2]}, {"tags": ["1", 2]}, {"tags": [True, 2]}, {"tags": [1, 1.0]}]
     lite = sqlite3.connect(":memory:")
     lite.execute("CREATE TABLE t (id INTEGER, metadata TEXT)")
     lite.executemany(

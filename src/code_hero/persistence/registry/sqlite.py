@@ -75,29 +75,27 @@ def _sqlite_array(
     alias = f"a{depth}"  # its own name at each depth: an inner one reads the outer one
     clauses, params = [], []
     # Texts and numbers: the distinct ones met among the elements, looked up in the
-    # items (a subquery of no row's, made once a statement), are as many as the items.
-    # Types apart: "1" matches no 1, and 1 matches 1.0 (one item, as in Python).
+    # items (a subquery of no row's, made once a statement), are as many as SQLite tells
+    # the items apart (1 and 1.0 are one, as 10**23 and 1e23 are; json_each's columns
+    # have no affinity, so "1" is never 1).
     atoms = list(
         dict.fromkeys(
-            ("t" if isinstance(item, str) else "n", item)
+            item
             for item in items
             if isinstance(item, (str, int, float)) and not isinstance(item, bool)
         )
     )
     if len(atoms) == 1:  # no subquery for the items: nested arrays stay within the
         # parser's stack (10 levels of not around 5 of arrays)
-        cond, extra = _sqlite_leaf(f"{alias}.value", f"{alias}.type", atoms[0][1], depth + 1)
+        cond, extra = _sqlite_leaf(f"{alias}.value", f"{alias}.type", atoms[0], depth + 1)
         clauses.append(f"EXISTS (SELECT 1 FROM json_each({value_sql}) AS {alias} WHERE {cond})")
         params.extend(extra)
     elif atoms:
-        kind = f"CASE WHEN {alias}.type = 'text' THEN 't' ELSE 'n' END"
         clauses.append(
             f"(SELECT count(DISTINCT {alias}.atom) FROM json_each({value_sql}) AS {alias} "
-            f"WHERE {alias}.type IN ('text', 'integer', 'real') AND ({kind}, {alias}.atom) IN "
-            "(SELECT json_extract(w.value, '$[0]'), json_extract(w.value, '$[1]') "
-            "FROM json_each(?) AS w)) = "
-            # As many as SQLite tells the items apart (1e23 and 10**23 are one there).
-            "(SELECT count(DISTINCT json_extract(w.value, '$[1]')) FROM json_each(?) AS w)"
+            f"WHERE {alias}.type IN ('text', 'integer', 'real') "
+            f"AND {alias}.atom IN (SELECT value FROM json_each(?))) = "
+            "(SELECT count(DISTINCT value) FROM json_each(?))"
         )
         params.extend([dumps(atoms), dumps(atoms)])
     for item in dict.fromkeys(i for i in items if i is None or isinstance(i, bool)):

@@ -42,6 +42,8 @@ from typing import Any, TypeVar, cast
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME
+from langgraph.errors import UnknownInterruptError
 from langgraph.types import Command, StateSnapshot
 
 from code_hero.errors import (
@@ -616,6 +618,7 @@ class RunExecutor:
     ) -> None:
         run_id, thread_id = record.run_id, record.thread_id
         status, output, error = RunStatus.ERROR, None, None
+        thread_status: ThreadStatus | None = None  # None: the one its end status gives
         writer: RunEventWriter | None = None
         timeline = Timeline(record)
         try:
@@ -655,6 +658,14 @@ class RunExecutor:
                 return
             log.warning("run %s failed: %s", run_id, exc)
             status, error = RunStatus.ERROR, _error_of(exc)
+        except UnknownInterruptError as exc:
+            # A resume whose answer no longer matches what the thread waits for (another
+            # resume answered first, or the question changed): LangGraph refused it
+            # before writing anything, so the questions still wait (strict resume).
+            log.warning("run %s: its answer was refused: %s", run_id, exc)
+            status, error = RunStatus.ERROR, _refused_answer(exc)
+            if exc.pending_ids:
+                thread_status = ThreadStatus.INTERRUPTED
         except Exception as exc:
             # A lock of the gateway's store, not one the graph met in a database of its
             # own (`contention.from_store`): the same error, rerun, would come again.
@@ -718,6 +729,7 @@ class RunExecutor:
                         writer,
                         timeline.fields(),
                         leased=True,
+                        thread_status=thread_status,
                     )
                 )
             except PrimaryUnreachableError as exc:
@@ -921,6 +933,10 @@ class RunExecutor:
             run_input = None
         elif isinstance(record.input, Mapping) and set(record.input) == {"resume"}:
             run_input = Command(resume=record.input["resume"])
+            # Checked by LangGraph against the interrupts pending when the run starts,
+            # not only when it was asked for: one queued behind another resume of the
+            # thread finds its questions answered, or new ones asked (UnknownInterruptError).
+            configurable[CONFIG_KEY_STRICT_RESUME] = True
         else:
             run_input = _with_messages(record.input)
         interrupted = False
@@ -1022,6 +1038,7 @@ class RunExecutor:
         recorded: Mapping[str, Any] | None = None,
         *,
         leased: bool = False,
+        thread_status: ThreadStatus | None = None,
     ) -> tuple[RunRecord | None, bool]:
         """Record the end (with the `recorded` timeline and usage fields): the final run
         (None when it is gone, or, `leased` (claimed here), when this executor holds
@@ -1042,7 +1059,7 @@ class RunExecutor:
             final, waiting = await self.events.finish(  # a queued run keeps the thread BUSY
                 writer,
                 {"status": status.value, "error": error},
-                THREAD_STATUS_AFTER[status],
+                thread_status or THREAD_STATUS_AFTER[status],
                 status=status,
                 output=output,
                 error=error,
@@ -1243,6 +1260,22 @@ def _interrupts(state: StateSnapshot, namespace: str = "") -> list[tuple[str, st
                 continue
         found += [(task.name, namespace, i.value) for i in task.interrupts]
     return found
+
+
+def _refused_answer(exc: UnknownInterruptError) -> str:
+    """A run's error for a resume answer LangGraph refused (strict resume)."""
+    waiting = (
+        f"the thread still waits for: {', '.join(exc.pending_ids)}"
+        if exc.pending_ids
+        else "the thread waits for no answer now"
+    )
+    if exc.reason == "not_pending":
+        said = f"it answers interrupts no longer pending: {', '.join(exc.interrupt_ids)}"
+    elif exc.reason == "ambiguous":
+        said = "it is one answer for several questions: send a map of interrupt id to answer"
+    else:
+        said = "it is an empty map of interrupt id to answer"
+    return f"the resume was refused, nothing was run: {said}; {waiting}"
 
 
 def _error_of(exc: CodeHeroError) -> str:

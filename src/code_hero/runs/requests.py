@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 UNSET: Any = object()
+_INTERRUPT_ID_LENGTH = 32  # xxh3-128, in lower-case hex
+_LOWER_HEX = frozenset("0123456789abcdef")
 DEFAULT_RECURSION_LIMIT = 50  # graph steps of a run that sets no recursion_limit
 # `configurable` keys the executor and the checkpointer set; a caller's config may
 # not (nor any key starting "__", LangGraph's `__pregel_*` internals among them).
@@ -125,13 +127,30 @@ def check_one_input(req: StartRun) -> None:
 def check_answer(resume: Any, pending: Sequence[str]) -> None:
     """A resume answers the thread's pending interrupts (their ids): not with null, which
     LangGraph takes for no answer at all, and, with several pending, with a map of their
-    interrupt ids (a plain answer fails the run in LangGraph and loses the questions)."""
+    interrupt ids (a plain answer fails the run in LangGraph and loses the questions).
+
+    An object whose keys all look like interrupt ids (32 hex digits, LangGraph's own
+    test) is a map for LangGraph whatever is pending, and an empty object too: it must
+    name pending interrupts only, or the questions it misses are asked again and the
+    answer is silently dropped."""
     ids = f" (pending: {', '.join(pending)})" if pending else ""
     if resume is None:
         raise BadInputError(
             "resume may not be null, which LangGraph takes for no answer: to answer null, "
             f"send {{interrupt id: null}}{ids}"
         )
+    if isinstance(resume, Mapping) and all(_looks_like_interrupt_id(k) for k in resume):
+        if not resume:
+            raise BadInputError(
+                "resume is an empty object, which LangGraph takes for a map of interrupt "
+                f"id to answer that answers nothing{ids}"
+            )
+        unknown = sorted(set(resume) - set(pending))
+        if unknown:
+            raise BadInputError(
+                f"resume answers interrupts the thread does not wait for: "
+                f"{', '.join(unknown)}{ids or ' (none pending)'}"
+            )
     if len(pending) > 1 and not (
         isinstance(resume, Mapping) and resume and set(resume) <= set(pending)
     ):
@@ -139,6 +158,16 @@ def check_answer(resume: Any, pending: Sequence[str]) -> None:
             f"the thread waits for {len(pending)} answers: resume with an object of "
             f"interrupt id to answer{ids}"
         )
+
+
+def _looks_like_interrupt_id(key: Any) -> bool:
+    """LangGraph's test for a key of a resume map (`is_xxh3_128_hexdigest`): the ids
+    `interrupt()` makes."""
+    return (
+        isinstance(key, str)
+        and len(key) == _INTERRUPT_ID_LENGTH
+        and all(c in _LOWER_HEX for c in key)
+    )
 
 
 async def continuing(registry: Registry, req: StartRun) -> StartRun:

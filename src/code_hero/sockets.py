@@ -10,21 +10,27 @@ A malformed operation message never reaches Strawberry, whose handlers read its
 fields unchecked (a `start` without a payload crashed the socket; a null query
 was never answered): graphql-transport-ws closes the socket with 4400, as its
 protocol and its reference server (graphql-ws's `validateMessage`) do; the
-legacy protocol answers that operation an `error` and serves on. The
-subscription limit is refused with BAD_USER_INPUT on both.
+legacy protocol answers that operation an `error` and serves on, and a frame
+that is no JSON object a `connection_error`. The subscription limit is refused
+with BAD_USER_INPUT on both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, cast
 
 from graphql import GraphQLError, GraphQLFormattedError
-from starlette.websockets import WebSocket, WebSocketDisconnect
-from strawberry.http.exceptions import WebSocketDisconnected
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.http.exceptions import (
+    NonJsonMessageReceived,
+    NonTextMessageReceived,
+    WebSocketDisconnected,
+)
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -219,6 +225,51 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The legacy `graphql-ws` protocol, with shared `runEvents` streams."""
+
+    async def handle(self) -> None:
+        """Strawberry's loop, but a text frame that is no JSON object is answered a
+        `connection_error` saying so, as subscriptions-transport-ws's server answers a
+        frame it cannot parse, and the socket serves on. Strawberry's iteration skips
+        text that is no JSON unanswered (the client waits for ever), and handed the
+        handler JSON of another kind (`[1]`), which failed on it."""
+        try:
+            try:
+                while self.websocket_open():
+                    try:
+                        async for message in self.websocket.iter_json():
+                            if isinstance(message, dict):
+                                await self.handle_message(cast(OperationMessage, message))
+                            else:
+                                await self._not_an_object()
+                        return
+                    except NonJsonMessageReceived:
+                        await self._not_an_object()
+            except NonTextMessageReceived:
+                await self.websocket.close(code=1002, reason="WebSocket message type must be text")
+        except WebSocketDisconnected:
+            pass
+        finally:
+            if self.keep_alive_task:
+                self.keep_alive_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.keep_alive_task
+            await self.cleanup()
+
+    def websocket_open(self) -> bool:
+        """Whether the socket may still carry frames (Starlette's state of it)."""
+        ws = getattr(self.websocket, "ws", None)
+        return not isinstance(ws, WebSocket) or ws.application_state != WebSocketState.DISCONNECTED
+
+    async def _not_an_object(self) -> None:
+        await self.send_message(
+            cast(
+                OperationMessage,
+                {
+                    "type": "connection_error",
+                    "payload": {"message": "a graphql-ws message is a JSON object"},
+                },
+            )
+        )
 
     async def handle_message(self, message: OperationMessage) -> None:
         """Strawberry's, ignoring a message without a type and a stop of no string id

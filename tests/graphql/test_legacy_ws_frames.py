@@ -112,3 +112,21 @@ async def test_an_empty_id_is_named_as_such(server: Server) -> None:
         message = await ws.receive()
         assert message["type"] == "error"
         assert "not an empty string" in message["payload"]["message"], message
+
+
+@pytest.mark.parametrize("text", ["not json", "[1]", "5", '"start"', "null"])
+async def test_a_frame_that_is_no_json_object_is_answered_and_the_socket_serves_on(
+    server: Server, server_errors: Callable[[], list[str]], text: str
+) -> None:
+    """As subscriptions-transport-ws's server answers a frame it cannot parse: a
+    `connection_error` saying why, and the socket serves on (Strawberry dropped the
+    frame unanswered, and one of JSON but no object failed in its handler)."""
+    async with LegacyWS.connect(server.ws_url) as ws:
+        await ws.ws.send(text)
+        refused = await ws.receive()
+        assert refused["type"] == "connection_error", refused
+        assert "JSON object" in refused["payload"]["message"], refused
+        await ws.start("good", GOOD, {"id": MISSING})
+        _, error = await ws.collect("good")
+        assert error["type"] == "error" and _code(error) == "NOT_FOUND", error
+    assert server_errors() == []

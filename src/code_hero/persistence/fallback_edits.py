@@ -88,9 +88,10 @@ class FallbackEdits(RoutedRegistry):
         return await self._write(lambda r: r.settle_edit(thread_id, status), degraded)
 
     async def latest_runs(
-        self, thread_ids: Sequence[str], status: RunStatus
+        self, thread_ids: Sequence[str], status: RunStatus | None
     ) -> dict[str, RunRecord]:
-        """The newest run with `status` of each thread (during an outage: threads born in it)."""
+        """The newest run with `status` (None: any) of each thread (during an outage:
+        threads born in it)."""
 
         async def degraded() -> dict[str, RunRecord]:
             if not all(self.router.is_local(t) for t in thread_ids):

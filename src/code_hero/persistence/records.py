@@ -576,9 +576,10 @@ class Registry(Protocol):
         in flight (returns its id then; its end sets the status). One transaction."""
 
     async def latest_runs(
-        self, thread_ids: Sequence[str], status: RunStatus
+        self, thread_ids: Sequence[str], status: RunStatus | None
     ) -> dict[str, RunRecord]:
-        """The newest run with `status` of each thread that has one, in one query."""
+        """The newest run with `status` (None: any) of each thread that has one, in one
+        query."""
 
     # events
     async def store_events(self, events: Sequence[EventRecord]) -> None:

@@ -23,6 +23,7 @@ from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.records import (
     Registry,
     RunFilter,
+    RunRecord,
     RunStatus,
     ThreadRecord,
     ThreadStatus,
@@ -49,7 +50,14 @@ async def graph_of(
 ) -> str | None:
     """The graph the thread last ran, else the one its metadata names (None: the default)."""
     runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
-    named = runs.items[0].graph if runs.items else None
+    return _graph_named(graphs, runs.items[0] if runs.items else None, thread)
+
+
+def _graph_named(
+    graphs: GraphRegistry, last: RunRecord | None, thread: ThreadRecord | None
+) -> str | None:
+    """`graph_of` given the thread's newest run (`last`, None: it has none)."""
+    named = last.graph if last is not None else None
     if named is None and thread is not None:
         named = thread.metadata.get("graph")
     return named if isinstance(named, str) and named in graphs.names() else None
@@ -75,20 +83,23 @@ async def pending_interrupts(
 ) -> dict[str, list[PendingInterrupt]]:
     """The pending interrupts of each INTERRUPTED thread (the others are left out).
 
-    One registry query for the page's runs; then one state read per thread, on graphs
-    compiled once at start-up, concurrently.
+    One registry query for the page's runs (two when some thread has no INTERRUPTED
+    run); then one state read per thread, on graphs compiled once at start-up,
+    concurrently.
     """
     waiting = [t for t in threads if t.status is ThreadStatus.INTERRUPTED]
     if not waiting:
         return {}
     runs = await registry.latest_runs([t.thread_id for t in waiting], RunStatus.INTERRUPTED)
+    # No INTERRUPTED run (a copy has none; deleteRun took it): the graph it last ran,
+    # else the one its metadata names; the newest runs of all such threads in one query.
+    others = [t.thread_id for t in waiting if t.thread_id not in runs]
+    newest = await registry.latest_runs(others, None) if others else {}
 
     async def one(thread: ThreadRecord) -> list[PendingInterrupt]:
         thread_id = thread.thread_id
         run = runs.get(thread_id)
-        # No INTERRUPTED run (a copy has none; deleteRun took it): the graph it last ran,
-        # else the one its metadata names.
-        name = run.graph if run is not None else await graph_of(registry, graphs, thread_id, thread)
+        name = run.graph if run is not None else _graph_named(graphs, newest.get(thread_id), thread)
         try:
             graph = graphs.get(name)
         except NotFoundError:  # a graph no longer loaded: the default reads its state

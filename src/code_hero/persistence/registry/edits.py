@@ -175,7 +175,7 @@ class ThreadEdits(Dialect):
         return None
 
     async def latest_runs(
-        self, thread_ids: Sequence[str], status: RunStatus
+        self, thread_ids: Sequence[str], status: RunStatus | None
     ) -> dict[str, RunRecord]:
         if not thread_ids:
             return {}
@@ -184,8 +184,11 @@ class ThreadEdits(Dialect):
         sql = (
             f"SELECT {RUN_COLUMNS} FROM (SELECT {RUN_COLUMNS}, ROW_NUMBER() OVER ("
             "PARTITION BY thread_id ORDER BY created_at DESC, run_id DESC) AS newest "
-            f"FROM code_hero_runs WHERE {cond} AND status = ?) ranked WHERE newest = 1"
+            f"FROM code_hero_runs WHERE {cond}{'' if status is None else ' AND status = ?'}) "
+            "ranked WHERE newest = 1"
         )
+        if status is not None:
+            params.append(RunStatus(status).value)
         async with self._session() as s:
-            rows = await s.fetch(sql, [*params, RunStatus(status).value])
+            rows = await s.fetch(sql, params)
         return {row["thread_id"]: self._run(row) for row in rows}

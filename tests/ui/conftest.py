@@ -78,7 +78,8 @@ class Server:
 
 
 def start_server(workdir: Path, *args: str, **env: str) -> Server:
-    """Start `code-hero serve` with the slow graph as `slowhero`; wait until /healthz answers."""
+    """Start `code-hero serve` with the slow graph as `slowhero` (and a slower one as
+    `longhero`); wait until /healthz answers."""
     port = _free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / f"serve-{port}.log", "wb")  # the child keeps its own copy
@@ -86,7 +87,7 @@ def start_server(workdir: Path, *args: str, **env: str) -> Server:
         [
             *(sys.executable, "-m", "code_hero.cli", "serve", "--port", str(port)),
             *("--sqlite-path", str(workdir / "ui.sqlite"), "--log-level", "warning"),
-            *("--graphs", f"slowhero={GRAPH}:graph", *args),
+            *("--graphs", f"slowhero={GRAPH}:graph,longhero={GRAPH}:long_graph", *args),
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
         stdout=log,

@@ -50,15 +50,17 @@ def shown_seqs(page: Any) -> list[int]:
     return list(values)
 
 
-def start_from_threads_page(page: Any, server: Server, message: str) -> str:
-    """Start a `slowhero` run with the Threads page's form; the run's id (from the URL)."""
+def start_from_threads_page(
+    page: Any, server: Server, message: str, graph: str = "slowhero"
+) -> str:
+    """Start a run of `graph` with the Threads page's form; the run's id (from the URL)."""
     page.goto(f"{server.url}/ui/threads")
     # Note the run's status when the first token shows, at that very change of the page
     # (the page stays loaded: the form's navigation to the run is in-page).
     page.evaluate(NOTE_FIRST_TOKEN)
     form = page.locator("form.start")
     form.get_by_label("Message").fill(message)
-    form.get_by_label("Graph").select_option("slowhero")
+    form.get_by_label("Graph").select_option(graph)
     form.get_by_role("button", name="Start run").click()
     page.wait_for_url("**/ui/runs/*")
     return str(page.url.rsplit("/", 1)[1])
@@ -231,7 +233,9 @@ def test_losing_the_network_mid_run_resumes_without_duplicates_or_gaps(
     page: Any, context: Any, server: Server, watch: Watch
 ) -> None:
     subscribed = subscriptions_after(page)  # afterSeq of each runEvents the page sends
-    run_id = start_from_threads_page(page, server, "Build a Django model with a migration")
+    run_id = start_from_threads_page(
+        page, server, "Build a Django model with a migration", graph="longhero"
+    )
     page.locator(".message .text").first.wait_for()
     page.reload()  # a reload mid-run shows the run from its first event again
     page.locator(".message .text").first.wait_for()

@@ -189,7 +189,9 @@ def test_a_socket_cut_under_a_live_run_resumes_after_the_last_event(
     watch.expected.append(f"WebSocket connection to 'ws://127.0.0.1:{proxy.port}/graphql' failed")
     subscribed = subscriptions_after(page)  # afterSeq of each runEvents the page sends
     via = Server(proxy.url, server.process)
-    run_id = start_from_threads_page(page, via, "Build a Django model with a migration")
+    run_id = start_from_threads_page(
+        page, via, "Build a Django model with a migration", graph="longhero"
+    )
     page.locator(".message .text").first.wait_for()
     proxy.cut()
     page.get_by_test_id("live").filter(has_text="Connection lost").wait_for()

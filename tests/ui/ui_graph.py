@@ -14,5 +14,10 @@ from code_hero.agents import OfflineChatModel
 from code_hero.agents.graph import build_code_hero_graph
 
 TOKEN_DELAY = float(os.environ.get("UI_TEST_TOKEN_DELAY", "0.03"))
+# For the tests that cut the network mid-run: a run of `graph` ends about 1.7 s after
+# it starts, which a loaded machine spent before the page had reloaded and gone
+# offline (the page then waited for an "Offline" a run that had ended never shows).
+LONG_TOKEN_DELAY = 0.1
 
 graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=TOKEN_DELAY))
+long_graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=LONG_TOKEN_DELAY))

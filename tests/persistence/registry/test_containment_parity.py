@@ -2,7 +2,8 @@
 
 Random documents and filters drawn from them (seeded: the same each run): arrays
 in any order, objects within arrays, arrays within arrays, duplicates, null,
-booleans against 1, 1 against 1.0, texts that look like JSON, keys holding `"`.
+booleans against 1, 1 against 1.0, texts that look like JSON, keys holding `"`,
+non-ASCII or control characters.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from code_hero.persistence.registry.sqlite import _sqlite_contains
 pytestmark = pytest.mark.postgres
 
 SCALARS = [None, True, False, 0, 1, 1.0, -0.0, 2, 2.5, "a", "b", "1", "true", '["a"]', ""]
-KEYS = ["tags", "k", 'q"', "a.b", "n"]
+# Keys a JSON path label cannot spell: '"', and what json.dumps stores escaped (a
+# non-ASCII or control character: SQLite matched no key stored "\u65e5\u672c" to "日本").
+KEYS = ["tags", "k", 'q"', "a.b", "n", "日本", "k\tt", "🔑"]
 
 
 def _value(rng: random.Random, depth: int = 0) -> Any:

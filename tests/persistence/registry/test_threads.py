@@ -183,6 +183,7 @@ async def test_metadata_containment(registry: Registry) -> None:
             "it's": "q",
             'say "hi"': {'in"ner': "quoted"},
             "back\\slash": 1,
+            "日本": {"é": "w", "k\tt": ["🔑"]},
         },
     )
     await put(
@@ -234,6 +235,11 @@ async def test_metadata_containment(registry: Registry) -> None:
     assert await ids({'say "hi"': {'in"ner': "quoted"}}) == ["full"]
     assert await ids({'say "hi"': {'in"ner': "other"}}) == []
     assert await ids({"back\\slash": 1}) == ["full"]
+    # Keys stored escaped (json.dumps writes non-ASCII and control characters as \u
+    # escapes), which a SQLite JSON path matched to nothing.
+    assert await ids({"日本": {"é": "w"}}) == ["full"]
+    assert await ids({"日本": {"k\tt": ["🔑"]}}) == ["full"]
+    assert await ids({"日本": {"é": "v"}}) == []
 
 
 async def test_malformed_cursor_is_bad_input(registry: Registry) -> None:

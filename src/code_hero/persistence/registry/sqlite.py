@@ -38,8 +38,12 @@ T = TypeVar("T")
 
 
 def _unquotable(key: str) -> bool:
-    """True for a key that a quoted JSON path label cannot spell (SQLite has no escapes)."""
-    return '"' in key or "\\" in key or "\x00" in key
+    """True for a key that a quoted JSON path label cannot spell: SQLite has no escapes
+    in a label, and matches it against the key as stored, escapes and all, while the
+    registry stores JSON as json.dumps writes it: a key with a non-ASCII or control
+    character is there as `\\u` escapes ("日本" as "\\u65e5\\u672c"), which no label
+    matches. `json_each` compares keys decoded."""
+    return any(c in '"\\' or not " " <= c <= "~" for c in key)
 
 
 def _sqlite_path(keys: Sequence[str]) -> str:
@@ -138,8 +142,8 @@ def _sqlite_contains(
             clauses.append(cond)
             params.extend(extra)
             continue
-        # SQLite's JSON paths cannot quote a '"' inside a key, so walk such
-        # paths with json_each, which compares keys as plain text.
+        # SQLite's JSON paths cannot spell such a key ('"', an escaped character), so
+        # walk such paths with json_each, which compares keys decoded.
         parent, parent_params = column, []
         for key in path[:-1]:
             parent = f"(SELECT value FROM json_each({parent}) WHERE key = ? AND type = 'object')"

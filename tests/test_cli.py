@@ -414,6 +414,18 @@ def test_a_malformed_thread_id_is_a_bad_argument(
             ["threads", "list", "--database-url", "postgresql://u@h/db?nosuchparam=1"],
             "error: --database-url: not a PostgreSQL URL libpq can read",
         ),
+        (  # libpq parses these and refuses them at every connection: a lasting outage
+            ["threads", "list", "--database-url", "postgresql://u@127.0.0.1:99999/db"],
+            "error: --database-url: not a PostgreSQL URL libpq can read: the port '99999'",
+        ),
+        (
+            ["threads", "list", "--database-url", "postgresql://u@h1,h2:0/db"],
+            "error: --database-url: not a PostgreSQL URL libpq can read: the port '0'",
+        ),
+        (
+            ["threads", "list", "--database-url", "postgresql://u@h/db?sslmode=yes"],
+            "error: --database-url: not a PostgreSQL URL libpq can read: sslmode 'yes'",
+        ),
         (
             ["migrate", "--from", "memory://", "--to", "postgresql://u:50%off@h/db"],
             "error: --to: the password in the PostgreSQL URL is not URL-encoded",

@@ -337,7 +337,7 @@ def _check_postgres_url(url: str) -> None:
     if "@" in rest[_libpq_at(rest) + 1 :].split("?", 1)[0]:
         raise unencoded  # u:pa/ss@h or u:p@ss@h: libpq's host would be u or ss@h
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except ProgrammingError:
         try:
             conninfo_to_dict(f"{scheme}://{_masked(rest)}")
@@ -346,3 +346,24 @@ def _check_postgres_url(url: str) -> None:
             detail = text.splitlines()[0] if text else type(exc).__name__
             raise ConfigurationError(f"not a PostgreSQL URL libpq can read: {detail}") from None
         raise unencoded from None  # without its password, libpq reads it
+    _check_libpq_values(params)
+
+
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def _check_libpq_values(params: Mapping[str, Any]) -> None:
+    """ConfigurationError for a port or sslmode libpq parses but refuses at every
+    connection ("invalid port number"): caught at start-up, such a typo was an outage
+    that never ended, the server serving from its fallback file."""
+    for port in str(params.get("port") or "").split(","):  # one per host, or none
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigurationError(
+                f"not a PostgreSQL URL libpq can read: the port {port!r} is not 1-65535"
+            )
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise ConfigurationError(
+            f"not a PostgreSQL URL libpq can read: sslmode {sslmode!r} is none of "
+            f"{', '.join(sorted(_SSLMODES))}"
+        )

@@ -15,6 +15,7 @@ from code_hero.gateway import Gateway
 from code_hero.persistence.records import RunFilter, RunStatus, ThreadStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
 from tests.graphql.clients import eventually
+from tests.runs.conftest import idle_thread
 
 
 @pytest.fixture
@@ -241,6 +242,35 @@ async def test_multitask_reject_enqueue_interrupt(gateway: Gateway) -> None:
     )
     assert (await gateway.get_run(running.run_id)).status is RunStatus.CANCELLED  # type: ignore[union-attr]
     assert takeover.status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_racing_interrupt_starts_leave_the_newest_running(
+    gateway: Gateway, fresh: bool
+) -> None:
+    """Starts with multitask INTERRUPT racing on one thread (a double click, a retry):
+    the newest in the thread's queue (created_at, then run id) runs to its end, every
+    other one is CANCELLED. Each cancelled every other one: all ended CANCELLED, most
+    never ran (found by an outside audit)."""
+    thread_id = "racing" if fresh else await idle_thread(gateway)
+    starts = [
+        gateway.start_run(
+            StartRun(
+                graph="slow",
+                thread_id=thread_id,
+                input={"delay": 0.05},
+                multitask=MultitaskStrategy.INTERRUPT,
+            )
+        )
+        for _ in range(4)
+    ]
+    admitted = await asyncio.gather(*starts)
+    done = [await gateway.executor.wait(r.run_id, limit=30) for r in admitted]
+    newest = max(done, key=lambda r: (r.created_at, r.run_id))
+    assert {r.run_id: r.status for r in done} == {
+        r.run_id: RunStatus.SUCCESS if r is newest else RunStatus.CANCELLED for r in done
+    }
+    assert newest.output is not None and len(newest.output["steps"]) >= 6
 
 
 @pytest.mark.parametrize(

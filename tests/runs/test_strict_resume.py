@@ -5,13 +5,14 @@ why, and leaves the thread INTERRUPTED with its questions."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from code_hero.config import CheckpointerConfig
-from code_hero.errors import BadInputError
+from code_hero.errors import BadInputError, ConflictError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import MultitaskStrategy, RunStatus, ThreadStatus
 from code_hero.runs import executor as executor_module
@@ -109,3 +110,40 @@ async def test_a_map_that_names_no_pending_question_is_refused_with_one_pending(
         {"configurable": {"thread_id": asked.thread_id}}
     )
     assert sorted(state.values["answers"]) == ["a:A", "b:{'approved': True}"]
+
+
+async def test_racing_resumes_answer_once_and_the_others_are_refused(
+    gateway: Gateway,
+) -> None:
+    """Resumes racing on one thread, whatever their multitask: one is admitted, the
+    others are CONFLICT (the thread busy) and start nothing. With INTERRUPT, the later
+    one cancelled the first mid-answer and was then refused by strict resume: the
+    thread ended ERROR with its questions lost (found by an outside audit)."""
+    gw = gateway
+    asked = await gw.start_run(StartRun(graph="questions", input={}, wait=True))
+    thread_id = asked.thread_id
+    ids = await pending(gw, thread_id)
+    answer = {ids["a"]: "A", ids["b"]: "B"}
+    results = await asyncio.gather(
+        *(
+            gw.start_run(
+                StartRun(thread_id=thread_id, resume=answer, wait=True, multitask=multitask)
+            )
+            for multitask in (
+                MultitaskStrategy.INTERRUPT,
+                MultitaskStrategy.INTERRUPT,
+                MultitaskStrategy.ENQUEUE,
+            )
+        ),
+        return_exceptions=True,
+    )
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert [r.status for r in done] == [RunStatus.SUCCESS], results
+    assert all(isinstance(r, ConflictError) for r in refused), refused
+    state = await gw.graph_registry.get("questions").aget_state(
+        {"configurable": {"thread_id": thread_id}}
+    )
+    assert sorted(state.values["answers"]) == ["a:A", "b:B"]
+    runs = await gw.manager.registry.unfinished_runs(thread_id)
+    assert runs == []

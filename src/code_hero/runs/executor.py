@@ -37,6 +37,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -379,7 +380,11 @@ class RunExecutor:
         admission = self._admit(
             run,
             first,
-            reject_if_busy=req.multitask is MultitaskStrategy.REJECT,
+            # A resume answers the questions pending now: with a run of the thread
+            # unfinished (another resume got in first, racing this one), it would
+            # answer them twice or cut that run's answer short. Refused, whatever its
+            # multitask: one answer per question (the thread keeps them meanwhile).
+            reject_if_busy=req.multitask is MultitaskStrategy.REJECT or req.resume is not UNSET,
             owner=req.owner,
             new_thread=new_thread,
         )
@@ -403,12 +408,33 @@ class RunExecutor:
         else:  # one round trip: both notifications
             await self.bus.stored([first], control=self.claims.runs_admitted())
         if busy is not None and req.multitask is MultitaskStrategy.INTERRUPT:
-            for older in await self.registry.unfinished_runs(thread_id):
-                if older.run_id != run_id:
-                    await self.cancel(older.run_id)
+            if await self._interrupt_others(record):
+                # A newer INTERRUPT start of the thread supersedes this one (concurrent
+                # starts: each cancelled every other one, and none ran).
+                record = await self.cancel(run_id)
         if req.wait:
             return await self.wait(run_id, fresh=True, waits=waits)
         return record
+
+    async def _interrupt_others(self, record: RunRecord) -> bool:
+        """`multitask: INTERRUPT` after `record`'s admission: cancel the thread's runs
+        queued before it (its queue's order: created_at, then run id), unless a newer
+        INTERRUPT start is there: then nothing, and True (this one is superseded). Of
+        starts racing on one thread, the newest runs and every other one is cancelled."""
+        others = [
+            r
+            for r in await self.registry.unfinished_runs(record.thread_id)
+            if r.run_id != record.run_id
+        ]
+        if any(
+            _queued_before(record, r) and r.multitask == MultitaskStrategy.INTERRUPT.value
+            for r in others
+        ):
+            return True
+        for older in others:
+            if _queued_before(older, record):
+                await self.cancel(older.run_id)
+        return False
 
     async def _admit(
         self,
@@ -1260,6 +1286,13 @@ def _interrupts(state: StateSnapshot, namespace: str = "") -> list[tuple[str, st
                 continue
         found += [(task.name, namespace, i.value) for i in task.interrupts]
     return found
+
+
+def _queued_before(a: RunRecord, b: RunRecord) -> bool:
+    """Whether run `a` comes before run `b` in their thread's queue (OLDEST_UNFINISHED_RUN's
+    order: created_at, then run id)."""
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return (a.created_at or epoch, a.run_id) < (b.created_at or epoch, b.run_id)
 
 
 def _refused_answer(exc: UnknownInterruptError) -> str:

@@ -11,7 +11,7 @@ from code_hero.gateway import Gateway
 from code_hero.persistence.fallback import PoolBusyError
 from code_hero.persistence.records import EventRecord
 from code_hero.runs.bus import InProcessBus
-from code_hero.runs.events import EventType, terminal_status
+from code_hero.runs.events import EventType, terminal_status, translate
 from code_hero.runs.executor import StartRun
 from tests.runs.conftest import the_next_end_fails
 
@@ -311,3 +311,13 @@ async def test_a_run_starts_with_one_registry_call(
     stored = await gateway.run_events(run.run_id, first=1000)
     assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
     assert [e.payload.get("status") for e in stored[:2]] == ["PENDING", "RUNNING"]
+
+
+def test_the_mark_of_replayed_updates_is_no_node() -> None:
+    """LangGraph marks updates it replays from a checkpoint's stored writes (a run
+    resumed after a crash) with a `__metadata__` entry among the nodes' updates
+    (pregel/_io.py): no NodeUpdate of a node that does not exist."""
+    part = {"s1": {"steps": ["s1"]}, "__metadata__": {"cached": True}}
+    assert translate((), "updates", part) == [
+        (EventType.NODE_UPDATE, {"node": "s1", "namespace": "", "update": {"steps": ["s1"]}})
+    ]

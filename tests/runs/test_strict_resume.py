@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from code_hero.config import CheckpointerConfig
-from code_hero.errors import BadInputError, ConflictError
+from code_hero.errors import BadInputError, ConflictError, NotFoundError
 from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.records import MultitaskStrategy, RunStatus, ThreadStatus
 from code_hero.runs import executor as executor_module
 from code_hero.runs.executor import StartRun
 from code_hero.runs.interrupts import pending_interrupts
+from code_hero.runs.requests import UpdateState
 
 QUESTIONS = f"{Path(__file__).parents[1] / 'graphql' / 'questions_graph.py'}:graph"
 
@@ -147,3 +148,46 @@ async def test_racing_resumes_answer_once_and_the_others_are_refused(
     assert sorted(state.values["answers"]) == ["a:A", "b:B"]
     runs = await gw.manager.registry.unfinished_runs(thread_id)
     assert runs == []
+
+
+async def test_a_fork_answers_what_waits_at_its_checkpoint_whatever_the_thread_did_since(
+    gateway: Gateway,
+) -> None:
+    """With fromCheckpointId the questions pending at that checkpoint count (README),
+    the thread's status not: it was CONFLICT ("not interrupted") once the thread had
+    been answered or run again (found by an outside audit)."""
+    gw = gateway
+    graph = gw.graph_registry.get("questions")
+    asked = await gw.start_run(StartRun(graph="questions", input={}, wait=True))
+    thread_id = asked.thread_id
+    ids = await pending(gw, thread_id)
+    at = (await graph.aget_state({"configurable": {"thread_id": thread_id}})).config
+    asked_at = at["configurable"]["checkpoint_id"]
+    # An edit drops the questions (LangGraph): the thread is IDLE, its questions still
+    # wait at the checkpoint they were asked at.
+    await gw.update_state(UpdateState(thread_id=thread_id, values={"answers": ["edited"]}))
+    thread = await gw.manager.registry.get_thread(thread_id)
+    assert thread is not None and thread.status is ThreadStatus.IDLE
+
+    forked = await gw.start_run(
+        StartRun(
+            thread_id=thread_id,
+            resume={ids["a"]: "A2", ids["b"]: "B2"},
+            from_checkpoint_id=asked_at,
+            wait=True,
+        )
+    )
+    assert forked.status is RunStatus.SUCCESS, forked.error
+    state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    assert sorted(state.values["answers"]) == ["a:A2", "b:B2"]  # not the edited branch
+    # The answer is still checked against that checkpoint's questions.
+    with pytest.raises(BadInputError, match="interrupt id"):
+        await gw.start_run(StartRun(thread_id=thread_id, resume="yes", from_checkpoint_id=asked_at))
+    # A checkpoint that waits for nothing, or none at all: nothing to resume there.
+    latest = state.config["configurable"]["checkpoint_id"]
+    with pytest.raises(ConflictError, match="waits for no answer"):
+        await gw.start_run(StartRun(thread_id=thread_id, resume="yes", from_checkpoint_id=latest))
+    with pytest.raises(NotFoundError, match="not in thread"):
+        await gw.start_run(
+            StartRun(thread_id=thread_id, resume="yes", from_checkpoint_id="1f0-nope")
+        )

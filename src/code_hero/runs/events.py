@@ -134,7 +134,10 @@ def translate(ns: Sequence[str], mode: str, data: Any) -> list[Draft]:
                 {"node": str(node), "namespace": namespace, "update": to_jsonable(update)},
             )
             for node, update in data.items()
-            if node != "__interrupt__"
+            # Not nodes: the interrupt (told as an Interrupted event), and the mark of
+            # updates replayed from a checkpoint's stored writes (a run resumed after a
+            # crash): {"__metadata__": {"cached": true}}.
+            if node not in ("__interrupt__", "__metadata__")
         ]
     if mode == "messages" and isinstance(data, tuple) and len(data) == 2:
         message, meta = data

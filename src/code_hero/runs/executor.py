@@ -324,7 +324,11 @@ class RunExecutor:
                 thread = await self.registry.get_thread(thread_id)
             if thread is None and await self.manager.get_checkpoint(thread_id) is None:
                 raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
-            if thread is None or thread.status is not ThreadStatus.INTERRUPTED:
+            # From a past checkpoint (a fork), what counts is what waits there: the
+            # thread may have gone on since (answered, or run again).
+            if thread is None or (
+                thread.status is not ThreadStatus.INTERRUPTED and not req.from_checkpoint_id
+            ):
                 raise ConflictError(f"thread {thread_id!r} is not interrupted: nothing to resume")
             # The questions pending where the resume goes on (with fromCheckpointId, at
             # that checkpoint), read by the graph it runs on: `continuing` chose it.
@@ -335,6 +339,15 @@ class RunExecutor:
                 {"configurable": at}, subgraphs=True
             )
             pending = [interrupt_id for interrupt_id, *_ in pending_of(state)]
+            if req.from_checkpoint_id and not pending:
+                if await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id) is None:
+                    raise NotFoundError(
+                        f"checkpoint {req.from_checkpoint_id!r} is not in thread {thread_id!r}"
+                    )
+                raise ConflictError(
+                    f"checkpoint {req.from_checkpoint_id!r} of thread {thread_id!r} waits "
+                    "for no answer: nothing to resume there"
+                )
             check_answer(req.resume, pending)
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)

@@ -104,6 +104,24 @@ class WebhookAccess:
         if not events:
             raise BadInputError("events must name at least one event")
         flt = flt or RunFilter()
+        # A delivery is matched on threadId, status, graph and userId (columns of the
+        # webhook's row); a field of runs' listings given here was ignored, and every
+        # run's events delivered.
+        unmatched = [
+            name
+            for name, value in (
+                ("statuses", flt.statuses),
+                ("metadata", flt.metadata),
+                ("createdAfter", flt.created_after),
+                ("createdBefore", flt.created_before),
+            )
+            if value is not None
+        ]
+        if unmatched:
+            raise BadInputError(
+                f"a webhook's filter takes threadId, status, graph and userId only, not "
+                f"{', '.join(unmatched)} (those filter listings of runs)"
+            )
         if flt.thread_id is not None:
             check_thread_id(flt.thread_id, "filter.threadId")
         check_text(flt.graph, "filter.graph")

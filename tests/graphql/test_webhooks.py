@@ -263,6 +263,34 @@ async def test_private_destinations_are_refused(
         assert data(await gql(alice, "{ webhooks { id } }"))["webhooks"] == []
 
 
+async def test_a_filter_field_deliveries_are_not_matched_on_is_refused(
+    checkpointer: CheckpointerConfig, hooks: Receiver
+) -> None:
+    """RunFilter's fields for listing runs (metadata, statuses, createdAfter/Before) are
+    not matched by deliveries: given to createWebhook they were ignored, and every run's
+    events delivered (found by an outside audit). Refused, naming them; nothing made."""
+    async with webhook_server(checkpointer) as server, as_user(server, ALICE_KEY) as alice:
+        url = f"{hooks.url}/h"
+        for flt, named in (
+            ({"metadata": 5}, "metadata"),
+            ({"metadata": {"team": "x"}}, "metadata"),
+            ({"statuses": ["SUCCESS"], "graph": "slow"}, "statuses"),
+            ({"createdAfter": "2026-01-01T00:00:00Z"}, "createdAfter"),
+        ):
+            body = await gql(
+                alice, CREATE, {"input": {"url": url, "events": ["RUN_SUCCEEDED"], "filter": flt}}
+            )
+            assert codes(body) == ["BAD_USER_INPUT"], flt
+            assert named in body["errors"][0]["message"], body
+        assert data(await gql(alice, "{ webhooks { id } }"))["webhooks"] == []
+        made = await gql(
+            alice,
+            CREATE,
+            {"input": {"url": url, "events": ["RUN_SUCCEEDED"], "filter": {"graph": "slow"}}},
+        )
+        assert data(made)["createWebhook"]["webhook"]["id"]
+
+
 async def test_a_host_name_resolving_to_loopback_is_refused_at_delivery(
     checkpointer: CheckpointerConfig, hooks: Receiver
 ) -> None:

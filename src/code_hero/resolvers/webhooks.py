@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import strawberry
 
@@ -61,6 +61,11 @@ async def create_webhook(
             status=data.filter.status,
             graph=data.filter.graph,
             user_id=data.filter.user_id,
+            # Not matched by deliveries: passed on to be refused (`create_webhook`).
+            statuses=data.filter.statuses,
+            metadata=cast(Any, data.filter.metadata),  # a JSON value: any, refused
+            created_after=data.filter.created_after,
+            created_before=data.filter.created_before,
         )
     made = await ctx.gateway.create_webhook(data.url, data.events, flt, caller=ctx.caller)
     return w.CreateWebhookPayload(webhook=_webhook(made.webhook), secret=made.secret)

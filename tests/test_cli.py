@@ -315,8 +315,16 @@ def test_migrate_sqlite_to_postgres(db: list[str], pg_database: str) -> None:
     assert copied.returncode == 0, copied.stderr
     lines = copied.stdout.splitlines()
     assert lines[1:3] == [f"[1/2] {min(threads)}", f"[2/2] {max(threads)}"]
-    assert re.fullmatch(
-        r"copied 2 threads, \d+ checkpoints, \d+ writes, 2 runs, \d+ events", lines[-1]
+    said = re.fullmatch(
+        r"copied 2 threads, \d+ checkpoints, \d+ writes, 2 runs, (\d+) events \((\d+) appended\)",
+        lines[-1],
+    )
+    assert said is not None and said[1] == said[2] != "0", lines[-1]
+    # Again: the same counts, the events there already (it said "0 events").
+    again = cli("migrate", "--from", f"sqlite:///{db[1]}", "--to", pg_database)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == lines[-1].replace(
+        f"({said[2]} appended)", "(0 appended)"
     )
     assert sorted(thread_ids("--database-url", pg_database)) == sorted(threads)
     pg = cli("threads", "delete", threads[0], "--database-url", pg_database)

@@ -207,7 +207,8 @@ async def migrate(args: argparse.Namespace) -> int:
         report = await migrate(source, target, progress=line)
     print(
         f"copied {report.threads} threads, {report.checkpoints} checkpoints, "
-        f"{report.writes} writes, {report.runs} runs, {report.events} events"
+        f"{report.writes} writes, {report.runs} runs, "
+        f"{report.events + report.events_there} events ({report.events} appended)"
     )
     return EXIT_OK
 

@@ -35,7 +35,8 @@ class MigrationReport:
     checkpoints: int
     writes: int
     runs: int
-    events: int
+    events: int  # appended (past the target's last seq of each run)
+    events_there: int = 0  # the copied runs' events the target had already
 
 
 def _config(value: CheckpointerConfig | str) -> CheckpointerConfig:
@@ -79,7 +80,9 @@ async def migrate_backends(
             for run in page.items:
                 await dst.registry.put_run(run)
                 counts["runs"] += 1
-                counts["events"] += await _copy_events(src, dst, run.run_id)
+                there, added = await _copy_events(src, dst, run.run_id)
+                counts["events"] += added
+                counts["events_there"] += there
             if not page.has_next_page:
                 break
             after = page.end_cursor
@@ -87,7 +90,12 @@ async def migrate_backends(
         if progress is not None:
             progress(index, len(thread_ids), thread_id)
     return MigrationReport(
-        counts["threads"], counts["checkpoints"], counts["writes"], counts["runs"], counts["events"]
+        counts["threads"],
+        counts["checkpoints"],
+        counts["writes"],
+        counts["runs"],
+        counts["events"],
+        counts["events_there"],
     )
 
 
@@ -164,13 +172,16 @@ async def _copy_checkpoint(
     return sum(len(w) for w in by_task.values())
 
 
-async def _copy_events(src: Backend, dst: Backend, run_id: str) -> int:
+async def _copy_events(src: Backend, dst: Backend, run_id: str) -> tuple[int, int]:
+    """Append the run's events past the target's last seq: (how many the target had,
+    how many were appended). Counting only the appended ones, a second migration said
+    "0 events" beside the full counts of what it upserted."""
     copied = 0
-    last = await dst.registry.last_seq(run_id)
+    there = last = await dst.registry.last_seq(run_id)
     while True:
         events = await src.registry.list_events(run_id, after_seq=last, limit=500)
         if not events:
-            return copied
+            return there, copied
         await dst.registry.store_events(events)
         copied += len(events)
         last = events[-1].seq

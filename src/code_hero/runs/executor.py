@@ -101,6 +101,7 @@ from code_hero.runs.requests import (
     continuing,
     input_for,
 )
+from code_hero.runs.timeline import CANCELLED as STEP_CANCELLED
 from code_hero.runs.timeline import Timeline
 from code_hero.runs.waits import Waits
 
@@ -287,10 +288,26 @@ class RunExecutor:
             task.cancel()
 
     async def finish_cancelled(self, record: RunRecord) -> None:
-        """Record CANCELLED for a run that was cancelled before anyone executed it."""
+        """Record CANCELLED for a cancelled run nobody executes: before anyone did, or
+        after its executor was lost (its lease lapsed). A step that executor left open
+        ends "cancelled" with the run, as a step in flight at a cancel does; it stayed
+        open for good (no finish, no error: running, to a timeline)."""
         self._fresh.pop(record.run_id, None)
+        recorded = None
+        if any(s.finished_at is None and s.error is None for s in record.steps):
+            at = clock.now()
+            recorded = {
+                "steps": tuple(
+                    s
+                    if s.finished_at is not None or s.error is not None
+                    else replace(s, finished_at=at, error=STEP_CANCELLED)
+                    for s in record.steps
+                )
+            }
         try:
-            await self._finish(record.run_id, record.thread_id, RunStatus.CANCELLED, None, None)
+            await self._finish(
+                record.run_id, record.thread_id, RunStatus.CANCELLED, None, None, None, recorded
+            )
         except PrimaryUnreachableError as exc:
             if self.manager.router.is_local(record.thread_id):
                 raise

@@ -185,7 +185,11 @@ async def test_a_replica_ahead_counts_an_outage_from_the_databases_time(
     await pg_gateway.manager.probe_health()  # the primary answers: the last answer
     began = router.primary.answered_at
     assert began is not None
-    # Another replica, its clock right, deletes a thread just after that answer.
+    # Another replica, its clock right, deletes a thread just after that answer: a
+    # second after, past the error the database's time is known here with (the probe's
+    # half round trip, 50 ms at least; CI once saw a deletion at once judged before).
+    # Taken from this process's clock, the answer would still be 29 s later.
+    await asyncio.sleep(1)
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO code_hero_deleted_threads (thread_id, created_at, deleted_at) "

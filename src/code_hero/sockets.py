@@ -25,7 +25,7 @@ from contextlib import aclosing
 from typing import Any, cast
 
 from graphql import GraphQLError, GraphQLFormattedError
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.http.exceptions import (
     NonJsonMessageReceived,
     NonTextMessageReceived,
@@ -234,7 +234,7 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         handler JSON of another kind (`[1]`), which failed on it."""
         try:
             try:
-                while self.websocket_open():
+                while True:  # a new iteration after each frame that is no JSON
                     try:
                         async for message in self.websocket.iter_json():
                             if isinstance(message, dict):
@@ -254,11 +254,6 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
                 with contextlib.suppress(BaseException):
                     await self.keep_alive_task
             await self.cleanup()
-
-    def websocket_open(self) -> bool:
-        """Whether the socket may still carry frames (Starlette's state of it)."""
-        ws = getattr(self.websocket, "ws", None)
-        return not isinstance(ws, WebSocket) or ws.application_state != WebSocketState.DISCONNECTED
 
     async def _not_an_object(self) -> None:
         await self.send_message(

@@ -101,8 +101,7 @@ from code_hero.runs.requests import (
     continuing,
     input_for,
 )
-from code_hero.runs.timeline import CANCELLED as STEP_CANCELLED
-from code_hero.runs.timeline import Timeline
+from code_hero.runs.timeline import Timeline, ended_at_cancel
 from code_hero.runs.waits import Waits
 
 __all__ = [
@@ -293,17 +292,8 @@ class RunExecutor:
         ends "cancelled" with the run, as a step in flight at a cancel does; it stayed
         open for good (no finish, no error: running, to a timeline)."""
         self._fresh.pop(record.run_id, None)
-        recorded = None
-        if any(s.finished_at is None and s.error is None for s in record.steps):
-            at = clock.now()
-            recorded = {
-                "steps": tuple(
-                    s
-                    if s.finished_at is not None or s.error is not None
-                    else replace(s, finished_at=at, error=STEP_CANCELLED)
-                    for s in record.steps
-                )
-            }
+        steps = ended_at_cancel(record.steps, clock.now())
+        recorded = None if steps is None else {"steps": steps}
         try:
             await self._finish(
                 record.run_id, record.thread_id, RunStatus.CANCELLED, None, None, None, recorded

@@ -162,7 +162,8 @@ def check_answer(resume: Any, pending: Sequence[str]) -> None:
 
 def _looks_like_interrupt_id(key: Any) -> bool:
     """LangGraph's test for a key of a resume map (`is_xxh3_128_hexdigest`): the ids
-    `interrupt()` makes."""
+    `interrupt()` makes. Written here, not imported: the schema loads this module (its
+    resolvers do), and loads no LangGraph (the import contract in pyproject.toml)."""
     return (
         isinstance(key, str)
         and len(key) == _INTERRUPT_ID_LENGTH

@@ -99,5 +99,19 @@ class Timeline:
         }
 
 
+def ended_at_cancel(steps: Sequence[StepRecord], at: datetime) -> tuple[StepRecord, ...] | None:
+    """`steps` of a run cancelled while nobody executes it, with those its lost executor
+    left open ended `CANCELLED` at `at`, as `Timeline.end` ends a step in flight at a
+    cancel; None when none is open."""
+    if all(s.finished_at is not None or s.error is not None for s in steps):
+        return None
+    return tuple(
+        s
+        if s.finished_at is not None or s.error is not None
+        else replace(s, finished_at=at, error=CANCELLED)
+        for s in steps
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -20,6 +21,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from code_hero.config import CheckpointerConfig, create_memory_checkpointer
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import CopyThread, Leases
+from code_hero.persistence.migrations import _COPY_MARK as COPY_MARK
 from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from code_hero.persistence.records import (
     EventRecord,
@@ -29,6 +31,8 @@ from code_hero.persistence.records import (
     ThreadStatus,
 )
 from code_hero.persistence.registry import PostgresRegistry, SqliteRegistry
+from code_hero.persistence.registry.dialect import RUN_FIELDS
+from code_hero.persistence.registry.sql import SqlRegistry
 from code_hero.persistence.webhooks import DeliveryFilter, WebhookEvent, WebhookRecord
 from tests.conftest import make_config
 from tests.persistence.registry.support import make_pool
@@ -223,14 +227,28 @@ async def test_an_end_copied_late_marks_the_row_as_the_on_time_copy_does(
         assert await _deliveries(primary) == 1
 
 
-class _SqliteBefore(SqliteRegistry):
+class _RunsBefore(SqlRegistry):
+    """A run's row as the version before the copy's mark wrote it: without the columns
+    added since (seq_reserved)."""
+
+    def _run_copy(self, run: RunRecord) -> tuple[str, list[Any]]:
+        _, params = super()._run_copy(run)
+        names = RUN_FIELDS[: RUN_FIELDS.index("seq_reserved")]
+        sql = (
+            f"INSERT INTO code_hero_runs ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})"
+        )
+        return sql, params[: len(names)]
+
+
+class _SqliteBefore(_RunsBefore, SqliteRegistry):
     """The registry as the previous version had it (no copy's mark)."""
 
-    migrations = SQLITE_MIGRATIONS[:-1]
+    migrations = SQLITE_MIGRATIONS[: SQLITE_MIGRATIONS.index(COPY_MARK)]
 
 
-class _PgBefore(PostgresRegistry):
-    migrations = POSTGRES_MIGRATIONS[:-1]
+class _PgBefore(_RunsBefore, PostgresRegistry):
+    migrations = POSTGRES_MIGRATIONS[: POSTGRES_MIGRATIONS.index(COPY_MARK)]
 
 
 async def _copied_before_the_upgrade(config: CheckpointerConfig, run: RunRecord = RUN) -> None:

@@ -37,6 +37,7 @@ from code_hero.persistence.fallback_claims import FallbackClaims
 from code_hero.persistence.fallback_edits import FallbackEdits
 from code_hero.persistence.fallback_lifecycle import FallbackLifecycle
 from code_hero.persistence.records import (
+    SEQ_RESERVE,
     EventRecord,
     Page,
     Registry,
@@ -252,7 +253,14 @@ class FallbackRegistry(FallbackClaims, FallbackEdits, FallbackLifecycle, Registr
             # As the two calls it stands for would go in an outage: the look first (it
             # refuses a run in flight whose events are on the primary), then the update.
             last = await self.last_seq(run_id)
-            fields = {"status": RunStatus.RUNNING, "started_at": started_at}
+            local = await self._local("starting this run").get_run(run_id)
+            known = local or self._known(run_id)
+            before = max(last, known.seq_reserved if known is not None else 0)
+            fields = {
+                "status": RunStatus.RUNNING,
+                "started_at": started_at,
+                "seq_reserved": before + SEQ_RESERVE,
+            }
             return await self._update_run_locally(run_id, fields), last
 
         return await self._write(on_primary, degraded)

@@ -428,6 +428,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _deleted_threads("TIMESTAMPTZ", ' COLLATE "C"'),  # tombstones of finished deletions
     PURGE_THREAD,  # a thread's one-step deletion in one statement (issue 15)
     _COPY_MARK,  # a run's row as an outage's copy left it
+    "ALTER TABLE code_hero_runs ADD COLUMN seq_reserved BIGINT NOT NULL DEFAULT 0",
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -567,4 +568,6 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _deleted_threads("TEXT", ""),  # tombstones of finished deletions
     "SELECT 1",  # (PostgreSQL: the one-step deletion's function)
     _COPY_MARK,  # a run's row as an outage's copy left it
+    # The seq a run's events may be published up to before they are stored (SEQ_RESERVE).
+    "ALTER TABLE code_hero_runs ADD COLUMN seq_reserved INTEGER NOT NULL DEFAULT 0",
 ]

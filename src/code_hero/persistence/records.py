@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the stats records import RunStatus from here
     from code_hero.persistence.stats import RunStats, TimeBucket
 
 __all__ = [
+    "SEQ_RESERVE",
     "THREAD_STATUS_AFTER",
     "DeletionMark",
     "EventRecord",
@@ -170,6 +171,18 @@ class RunRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     steps: Sequence[StepRecord] = ()
+    # The highest seq its executor may publish to live subscribers before storing it
+    # (`SEQ_RESERVE` ahead of the events stored): one that takes the run over after
+    # that executor died numbers on after it, not after the last event stored.
+    seq_reserved: int = 0
+
+
+# How far past its last stored event a run's executor may publish events before they
+# are stored (live subscribers see them at once; the log stores them in batches). A
+# process killed outright loses at most these: the run resumed elsewhere numbers on
+# past them, so no seq a subscriber saw names another event, and the log fills them
+# with events saying they were lost (`seq` has no gaps).
+SEQ_RESERVE = 32
 
 
 _RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
@@ -403,7 +416,10 @@ class Registry(Protocol):
 
     async def start_run(self, run_id: str, started_at: datetime) -> tuple[RunRecord | None, int]:
         """Mark a claimed run RUNNING since `started_at`; returns the new record (None if
-        missing) and the highest seq stored for the run (`last_seq`), in one statement."""
+        missing) and the highest seq stored for the run (`last_seq`), in one statement.
+        Its `seq_reserved` becomes SEQ_RESERVE past the later of the last seq stored and
+        the one an earlier executor of the run may have published up to (the record's
+        value less SEQ_RESERVE: its new writer numbers on after that)."""
 
     async def update_held_run(
         self, run_id: str, owner: str | None, **fields: Any

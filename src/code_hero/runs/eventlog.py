@@ -30,6 +30,7 @@ from code_hero.errors import BackendUnavailableError, ConflictError, NotFoundErr
 from code_hero.persistence import clock
 from code_hero.persistence.jsonable import storable
 from code_hero.persistence.records import (
+    SEQ_RESERVE,
     EventRecord,
     Registry,
     RunRecord,
@@ -60,11 +61,20 @@ class RunEventWriter:
         thread_id: str,
         next_seq: int,
         leased_by: str | None = None,
+        reserved: int | None = None,
     ) -> None:
         self.owner = owner
         self.run_id = run_id
         self.thread_id = thread_id
         self.next_seq = next_seq
+        # The highest seq that may be published before it is stored: the run's
+        # `seq_reserved` as stored (None: every event is published at once). An event
+        # past it waits until it is stored, or until a batch has stored a reservation
+        # past it, so that a process killed outright has published no seq that the
+        # run, resumed elsewhere, numbers again (`SEQ_RESERVE`).
+        self.reserved = reserved
+        self.published = next_seq - 1  # every seq up to this one is published
+        self.held: list[EventRecord] = []  # emitted past `reserved`: published once stored
         # The executor whose lease the run's events are stored under: once another holds
         # the run (this one stalled past its lease), they are dropped, not stored.
         self.leased_by = leased_by
@@ -90,10 +100,31 @@ class RunEventWriter:
         if self.closed:  # fenced: the run belongs to another executor now
             return event
         self.next_seq += 1
-        self.pending.append(event)  # readable before it is published
+        self.pending.append(event)
+        if self.held or (self.reserved is not None and event.seq > self.reserved):
+            self.held.append(event)  # published once a batch stores it or a reservation
+            self.owner._dirty(self, at_once=True)
+            return event
+        self.published = event.seq  # readable before it is published
         self.owner.bus.publish(event)
         self.owner._dirty(self)
         return event
+
+    def reservation(self) -> int | None:
+        """The `seq_reserved` to store with the next batch, when the one stored runs
+        low (half of SEQ_RESERVE left, or events held past it); None: none needed."""
+        if self.reserved is None or self.next_seq - 1 + SEQ_RESERVE // 2 <= self.reserved:
+            return None
+        return self.next_seq - 1 + SEQ_RESERVE
+
+    def release(self, stored: int) -> None:
+        """Publish the held events a batch stored (up to seq `stored`) or its reservation
+        now covers, in order."""
+        limit = max(stored, self.reserved or 0)
+        while self.held and self.held[0].seq <= limit:
+            event = self.held.pop(0)
+            self.published = event.seq
+            self.owner.bus.publish(event)
 
     def update_run(self, **fields: Any) -> None:
         """Store these run fields with the next batch (the latest value of each wins)."""
@@ -105,8 +136,9 @@ class RunEventWriter:
         self.owner._dirty(self)
 
     def unstored(self) -> list[EventRecord]:
-        """Events emitted but not yet stored, in order."""
-        return [*self.inflight, *self.pending]
+        """Events published but not yet stored, in order (not those held: a reader
+        must not see a seq that a process killed now would leave to other events)."""
+        return [e for e in (*self.inflight, *self.pending) if e.seq <= self.published]
 
     async def flush(self) -> None:
         """Store every pending event of this run (with whatever else is pending)."""
@@ -117,6 +149,11 @@ class RunEventWriter:
     async def close(self) -> None:
         """Store what is left; the writer takes no more events."""
         if self.pending:  # given back by an end that failed (`EventLog.finish`): not queued
+            self.owner._waiting[self.run_id] = self
+        if self.reserved is not None and not self.closed:
+            # Stored with the last events: whoever resumes the run numbers on after them,
+            # with no events to say lost (a drain, a release for an outage or a lock).
+            self.fields["seq_reserved"] = self.next_seq - 1
             self.owner._waiting[self.run_id] = self
         for attempt in range(3):
             try:
@@ -171,18 +208,51 @@ class EventLog:
         *,
         new: bool = False,
         last: int | None = None,
+        started: RunRecord | None = None,
         leased_by: str | None = None,
     ) -> RunEventWriter:
         """The writer of a run; numbering goes on after the last stored event (`last`,
-        when the caller has just read it). With `leased_by` (the executor that claimed
-        the run), its events are stored only while that executor holds the run."""
+        when the caller has just read it), or past the seqs an earlier executor of the
+        run may have published unstored (it was killed outright): those are filled
+        with events saying they were lost, so the log has no gap and no seq a
+        subscriber saw names another event. `started`: the run as `start_run` left it
+        (its new reservation: events past it wait to be stored before they are
+        published). With `leased_by` (the executor that claimed the run), its events
+        are stored only while that executor holds the run."""
         existing = self._writers.get(run_id)
         if existing is not None:
             return existing
+        before = 0  # the highest seq an earlier executor may have published
+        if started is not None:
+            before = started.seq_reserved - SEQ_RESERVE
+        elif not new:
+            run = await self.registry().get_run(run_id)
+            if run is not None and not run.status.finished:  # an end stored them all
+                before = run.seq_reserved
         if last is None:
             last = 0 if new else await self.registry().last_seq(run_id)
-        writer = RunEventWriter(self, run_id, thread_id, last + 1, leased_by)
+        writer = RunEventWriter(
+            self,
+            run_id,
+            thread_id,
+            last + 1,
+            leased_by,
+            None if started is None else max(started.seq_reserved, before),
+        )
         self._writers[run_id] = writer
+        if before > last:
+            log.warning(
+                "run %s: events %d-%d were lost with the process that ran it before",
+                run_id,
+                last + 1,
+                before,
+            )
+            said = (
+                f"events {last + 1}-{before} of this run were lost: the server running it "
+                "stopped before storing them"
+            )
+            for _ in range(before - last):
+                writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": said})
         return writer
 
     def is_writing(self, run_id: str) -> bool:
@@ -193,9 +263,9 @@ class EventLog:
         """Entries in each per-run structure (back to 0 once every writer has closed)."""
         return {"eventlog.writers": len(self._writers), "eventlog.waiting": len(self._waiting)}
 
-    def _dirty(self, writer: RunEventWriter) -> None:
+    def _dirty(self, writer: RunEventWriter, *, at_once: bool = False) -> None:
         self._waiting[writer.run_id] = writer
-        if sum(len(w.pending) for w in self._waiting.values()) >= self.max_batch:
+        if at_once or sum(len(w.pending) for w in self._waiting.values()) >= self.max_batch:
             self._start_flush()
         else:
             self._flush_later(self.flush_interval)
@@ -238,6 +308,10 @@ class EventLog:
                     batch += w.inflight
                     if w.fields and not w.closed:
                         fields[w.run_id], w.fields = storable(w.fields), {}
+                    if not w.closed and (reserve := w.reservation()) is not None:
+                        fields.setdefault(w.run_id, {}).setdefault("seq_reserved", reserve)
+                stored: dict[str, int] = {}  # the last seq stored of each run
+                reserved: dict[str, int] = {}  # the seq_reserved stored of each run
                 try:
                     try:
                         lost = await self.registry().store_batch(
@@ -245,11 +319,18 @@ class EventLog:
                         )
                         _fence(writers, lost)
                         batch = [e for e in batch if e.run_id not in lost]
+                        for w in writers:
+                            if w.lost:
+                                continue
+                            if w.inflight:
+                                stored[w.run_id] = w.inflight[-1].seq
+                            if (r := fields.get(w.run_id, {}).get("seq_reserved")) is not None:
+                                reserved[w.run_id] = r
                     except ConflictError:
                         # Another executor wrote these seqs: it holds the run now (this
                         # one lost its lease). Keep the rest, fence the writers that collided;
                         # not those whose seqs hold their own events (`_left_out_stored`).
-                        await self._store_apart(writers, fields)
+                        await self._store_apart(writers, fields, stored)
                     except Exception as exc:
                         if not is_refused_value(exc):
                             raise
@@ -257,7 +338,7 @@ class EventLog:
                         # whole, the batch would be refused for ever, every run in it
                         # with it. Stored run by run, the refused rows made storable.
                         log.warning("a batch of run events was refused: %s", exc)
-                        await self._store_apart(writers, fields)
+                        await self._store_apart(writers, fields, stored)
                 except BaseException:
                     for w in writers:
                         w.pending[:0] = w.inflight
@@ -272,6 +353,11 @@ class EventLog:
                 finally:
                     for w in writers:
                         w.inflight = []
+                for w in writers:
+                    if not w.lost:
+                        if w.run_id in reserved:
+                            w.reserved = reserved[w.run_id]
+                        w.release(stored.get(w.run_id, 0))
                 if batch:
                     await self.bus.stored(batch)
                 if not drain:
@@ -335,18 +421,27 @@ class EventLog:
             writer.inflight = []
         self._writers.pop(writer.run_id, None)
         if final is not None and events:
+            writer.release(last.seq - 1)  # those held past its reservation, stored now
             self.bus.publish(last)
             await self.bus.stored(events)
         return final, waiting
 
     async def _store_apart(
-        self, writers: list[RunEventWriter], fields: dict[str, dict[str, Any]]
+        self,
+        writers: list[RunEventWriter],
+        fields: dict[str, dict[str, Any]],
+        stored: dict[str, int],
     ) -> None:
+        """Each writer's events in a store of its own; the last seq stored of each run
+        into `stored` (not a reservation: its fields may be dropped, and asked again)."""
         for w in writers:
+            top = w.inflight[-1].seq if w.inflight else None
             try:
                 while True:
                     try:
                         await self._store_one(w, fields.get(w.run_id))
+                        if top is not None and not w.lost:
+                            stored[w.run_id] = top
                         break
                     except ConflictError:
                         if not await self._left_out_stored(w):

@@ -670,7 +670,9 @@ class RunExecutor:
         try:
             # RUNNING, and where its events' numbering goes on, in one statement.
             running, last = await self.registry.start_run(run_id, record.started_at or clock.now())
-            writer = await self.events.writer(run_id, thread_id, last=last, leased_by=self.owner)
+            writer = await self.events.writer(
+                run_id, thread_id, last=last, started=running, leased_by=self.owner
+            )
             self._go_on(run_id)
             writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": None})
             # A thread made for this run, executing for the first time: no checkpoint

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from code_hero.checkpointing import create_postgres_checkpointer
 from code_hero.persistence.fallback_state import PrimaryUnreachableError
-from code_hero.persistence.migrations import POSTGRES_MIGRATIONS
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, PURGE_THREAD
 from code_hero.persistence.registry import PostgresRegistry
 from tests.persistence.registry.support import PG_KWARGS, at, events, make_pool, put, run, thread
 from tests.persistence.test_down_means_down import _manager, _writer
@@ -181,7 +181,9 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 class _Old(PostgresRegistry):
-    migrations = POSTGRES_MIGRATIONS[:-1]
+    """A database from before the function (and the migrations after it)."""
+
+    migrations = POSTGRES_MIGRATIONS[: POSTGRES_MIGRATIONS.index(PURGE_THREAD)]
 
 
 async def test_an_old_database_upgraded_gets_the_function(pg_database: str) -> None:
@@ -192,7 +194,11 @@ async def test_an_old_database_upgraded_gets_the_function(pg_database: str) -> N
         await old.setup()
         await _saver_tables(old)
         await put(old, "t1", at(1))
-        await old.put_run(run("r1", "t1", status="SUCCESS"))
+        async with pool.connection() as conn:  # the run as that version wrote it
+            await conn.execute(
+                "INSERT INTO code_hero_runs (run_id, thread_id, graph, status, created_at) "
+                "VALUES ('r1', 't1', 'g', 'SUCCESS', now())"
+            )
         await old.store_events(events("r1", "t1", 1, 2))
         new = PostgresRegistry(pool)
         await new.setup()

@@ -315,6 +315,7 @@ class Dialect(ABC):
             input_tokens=int(row["input_tokens"]),
             output_tokens=int(row["output_tokens"]),
             steps=tuple(_step_of(x) for x in self._from_json(row["steps"]) or ()),
+            seq_reserved=int(row["seq_reserved"]),
         )
         return record
 

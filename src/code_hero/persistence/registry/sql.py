@@ -15,6 +15,7 @@ from typing import Any, Literal
 from code_hero.errors import BadInputError, NotFoundError
 from code_hero.persistence.migrations import MIGRATION_LOCK_KEY
 from code_hero.persistence.records import (
+    SEQ_RESERVE,
     EventRecord,
     Page,
     Registry,
@@ -476,14 +477,18 @@ class SqlRegistry(
         # One statement for what were two (the RUNNING update, then a look for the last
         # seq) at every run's start (issue 15); the subquery reads what the UPDATE's
         # snapshot holds, as the look before it did.
+        last_seq = (
+            "(SELECT MAX(e.seq) FROM code_hero_run_events e WHERE e.run_id = code_hero_runs.run_id)"
+        )
         update, params = self._run_update(
-            "start_run", {"status": RunStatus.RUNNING, "started_at": started_at}
+            "start_run",
+            {"status": RunStatus.RUNNING, "started_at": started_at},
+            also=f"seq_reserved = {self.greatest}(seq_reserved, COALESCE({last_seq}, 0)) + ?",
         )
         async with self._session() as s:
             rows = await s.fetch(
-                f"{update} RETURNING {RUN_COLUMNS}, (SELECT MAX(e.seq) FROM code_hero_run_events e "
-                "WHERE e.run_id = code_hero_runs.run_id) AS last_seq",
-                [*params, run_id],
+                f"{update} RETURNING {RUN_COLUMNS}, {last_seq} AS last_seq",
+                [*params, SEQ_RESERVE, run_id],
                 last=True,
             )
         if not rows:  # gone with its thread: so are its events

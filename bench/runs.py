@@ -29,6 +29,7 @@ from _common import median, scratch_database, target, throughput
 from code_hero.cli.serve import tune_collector
 from code_hero.config import create_postgres_checkpointer
 from code_hero.gateway import Gateway, GatewaySettings
+from code_hero.persistence import clock
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.events import EventType
 from code_hero.runs.executor import StartRun
@@ -102,11 +103,14 @@ async def event_log_throughput(total: int = 50_000) -> list[str]:
             registry = gw.manager.registry
             await registry.admit_run(
                 RunRecord(
-                    run_id="bench-run", thread_id="bench", graph="g", status=RunStatus.RUNNING
+                    run_id="bench-run", thread_id="bench", graph="g", status=RunStatus.PENDING
                 ),
                 reject_if_busy=True,
             )
-            writer = await gw.events.writer("bench-run", "bench")
+            # Started as the executor starts a run: its events published past its
+            # reservation (seq_reserved) wait for their batch, as a real run's do.
+            started, last = await registry.start_run("bench-run", clock.now())
+            writer = await gw.events.writer("bench-run", "bench", last=last, started=started)
             payload: dict[str, Any] = {
                 "node": "expert",
                 "namespace": "",

@@ -150,7 +150,7 @@ class RunEventWriter:
         """Store what is left; the writer takes no more events."""
         if self.pending:  # given back by an end that failed (`EventLog.finish`): not queued
             self.owner._waiting[self.run_id] = self
-        if self.reserved is not None and not self.closed:
+        if self.reserved is not None and not self.lost:  # (closed by an end that failed)
             # Stored with the last events: whoever resumes the run numbers on after them,
             # with no events to say lost (a drain, a release for an outage or a lock).
             self.fields["seq_reserved"] = self.next_seq - 1
@@ -306,7 +306,7 @@ class EventLog:
                 for w in writers:
                     w.inflight, w.pending = w.pending, []
                     batch += w.inflight
-                    if w.fields and not w.closed:
+                    if w.fields and not w.lost:  # a failed end's close gives back its reservation
                         fields[w.run_id], w.fields = storable(w.fields), {}
                     if not w.closed and (reserve := w.reservation()) is not None:
                         fields.setdefault(w.run_id, {}).setdefault("seq_reserved", reserve)

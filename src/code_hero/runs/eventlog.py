@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -74,7 +75,7 @@ class RunEventWriter:
         # run, resumed elsewhere, numbers again (`SEQ_RESERVE`).
         self.reserved = reserved
         self.published = next_seq - 1  # every seq up to this one is published
-        self.held: list[EventRecord] = []  # emitted past `reserved`: published once stored
+        self.held: deque[EventRecord] = deque()  # past `reserved`: published once stored
         # The executor whose lease the run's events are stored under: once another holds
         # the run (this one stalled past its lease), they are dropped, not stored.
         self.leased_by = leased_by
@@ -103,7 +104,8 @@ class RunEventWriter:
         self.pending.append(event)
         if self.held or (self.reserved is not None and event.seq > self.reserved):
             self.held.append(event)  # published once a batch stores it or a reservation
-            self.owner._dirty(self, at_once=True)
+            # A batch now for the first held; the rest go with it, or the next tick.
+            self.owner._dirty(self, at_once=len(self.held) == 1)
             return event
         self.published = event.seq  # readable before it is published
         self.owner.bus.publish(event)
@@ -122,7 +124,7 @@ class RunEventWriter:
         now covers, in order."""
         limit = max(stored, self.reserved or 0)
         while self.held and self.held[0].seq <= limit:
-            event = self.held.pop(0)
+            event = self.held.popleft()
             self.published = event.seq
             self.owner.bus.publish(event)
 

@@ -218,12 +218,12 @@ async def test_two_starts_on_one_thread_admitted_out_of_order_run_one_at_a_time(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two starts on one idle thread whose admissions reach the thread's lock in the
-    other order than their created_at (a connection handed out later, another
-    replica's clock): the later-created one is admitted leased and launched; the
-    earlier-created one, admitted second, is queued unleased, yet it is the oldest
-    unfinished run of its thread, so a claim pass takes it at once. Both execute at
-    the same time on one thread (before the fast path both waited for one claim pass,
-    which took the earlier-created run alone)."""
+    other order than they were asked for (a connection handed out later, another
+    replica's clock): the one admitted first is leased and launched; the one asked
+    for first, admitted second, is stamped after it (under the thread's lock) and
+    queued behind it. Once (before admissions were stamped in their order) it was the
+    older by created_at, queued unleased yet the oldest unfinished run of its thread,
+    and a claim pass took it at once: both executed at the same time on one thread."""
     thread_id = await idle_thread(gateway)
     registry = gateway.manager.registry
     admit = registry.admit_run
@@ -258,7 +258,7 @@ async def test_two_starts_on_one_thread_admitted_out_of_order_run_one_at_a_time(
     later = await gateway.start_run(start)
     early = await earlier
     assert early.created_at is not None and later.created_at is not None
-    assert early.created_at < later.created_at
+    assert later.created_at < early.created_at, "stamped in the order admitted"
     ends = [
         await gateway.executor.wait(run_id, limit=60) for run_id in (early.run_id, later.run_id)
     ]

@@ -190,10 +190,9 @@ async def test_a_batch_of_events_is_one_insert_on_postgres(
 
 async def test_thread_seqs_are_each_run_s_last_oldest_run_first(registry: Registry) -> None:
     assert await registry.thread_seqs("t9") == {}
-    for n, run_id in ((2, "r-b"), (1, "r-a"), (3, "r-c")):
-        await registry.admit_run(
-            run(run_id, thread_id="t9", created_at=at(n)), reject_if_busy=False
-        )
+    await registry.admit_run(run("r-b", thread_id="t9", created_at=at(2)), reject_if_busy=False)
+    for n, run_id in ((1, "r-a"), (3, "r-c")):  # as copies put them: stamped as they were
+        await registry.put_run(run(run_id, thread_id="t9", created_at=at(n)))
     await registry.admit_run(run("r-other", thread_id="t8"), reject_if_busy=False)
     await registry.store_events(events("r-a", "t9", 1, 2, 3) + events("r-b", "t9", 1))
     await registry.store_events(events("r-other", "t8", 1, 2))

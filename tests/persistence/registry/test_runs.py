@@ -157,10 +157,12 @@ async def test_start_run_marks_it_running_and_names_its_last_seq(registry: Regis
 async def test_no_run_is_claimed_beside_a_later_run_of_its_thread_held_under_a_live_lease(
     registry: Registry,
 ) -> None:
-    """Two runs of one thread admitted in the other order than their created_at: the
-    later-created one leased at its admission, the earlier one queued unleased. The
-    earlier one is the oldest unfinished run of the thread, yet not claimable while the
-    later one's lease is live; once that lapses, the oldest is claimed as before."""
+    """Two runs of one thread recorded in the other order than their created_at (an
+    admission stamps its run after the thread's newest, but an outage's copy puts a run
+    as the fallback stamped it): the later-created one leased at its admission, the
+    earlier one queued unleased. The earlier one is the oldest unfinished run of the
+    thread, yet not claimable while the later one's lease is live; once that lapses,
+    the oldest is claimed as before."""
     now = datetime.now(UTC)
     held = now + timedelta(seconds=30)
     later, _ = await registry.admit_run(
@@ -168,10 +170,9 @@ async def test_no_run_is_claimed_beside_a_later_run_of_its_thread_held_under_a_l
         reject_if_busy=False,
     )
     assert later is not None and later.lease_owner == "w1"
-    earlier, busy = await registry.admit_run(
-        run("r1", created_at=now - timedelta(seconds=1)), reject_if_busy=False
-    )
-    assert earlier is not None and earlier.lease_owner is None and busy == "r2"
+    await registry.put_run(run("r1", created_at=now - timedelta(seconds=1)))
+    earlier = await registry.get_run("r1")
+    assert earlier is not None and earlier.lease_owner is None
     await registry.admit_run(run("r3", "t2", created_at=now), reject_if_busy=False)
     claimed = await registry.claim_runs("w2", now=now, until=now + timedelta(hours=1), limit=5)
     assert [r.run_id for r in claimed] == ["r3"], "not r1 while r2 is held"

@@ -12,14 +12,13 @@ then the runs in run_id order; claimers skip rows another one holds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from code_hero.errors import NotFoundError
 from code_hero.persistence.records import EventRecord, RunRecord, RunStatus, ThreadStatus
 from code_hero.persistence.registry.dialect import (
     EVENT_COLUMNS,
-    OLDEST_UNFINISHED_RUN,
     RUN_COLUMNS,
     RUN_FIELDS,
     THREAD_COLUMNS,
@@ -31,6 +30,17 @@ from code_hero.persistence.registry.edits import being_deleted, being_edited
 from code_hero.persistence.registry.outbox import WebhookOutbox
 
 __all__ = ["RunClaims"]
+
+# An admission's look at its thread, under the thread row's lock: the oldest unfinished
+# run (the thread is busy with it), and the newest run's created_at: the run admitted
+# is stamped after it, so a thread's runs are queued (and run) in the order they were
+# admitted, whatever the clocks of the replicas or the order their starts got here.
+_ADMISSION_LOOK = (
+    f"{thread_runs('run_id, status, created_at')}SELECT (SELECT run_id FROM thread_runs "
+    "WHERE status IN ('PENDING', 'RUNNING') ORDER BY created_at, run_id LIMIT 1) AS run_id, "
+    "(SELECT max(created_at) FROM thread_runs) AS newest"
+)
+_TICK = timedelta(microseconds=1)
 
 
 # A run's end stores its events (those no batch stored yet) with an INSERT of its own.
@@ -116,8 +126,14 @@ class RunClaims(WebhookOutbox):
                     # admitted now could start from the checkpoint the edit supersedes.
                     raise being_edited(run.thread_id)  # rolls back
                 # A thread id the caller made up just now has no runs: no look for them.
-                busy = [] if new_thread else await s.fetch(OLDEST_UNFINISHED_RUN, [run.thread_id])
-                busy_id = busy[0]["run_id"] if busy else None
+                busy_id = None
+                if not new_thread:
+                    (look,) = await s.fetch(_ADMISSION_LOOK, [run.thread_id])
+                    busy_id = look["run_id"]
+                    if look["newest"] is not None:
+                        after = self._from_ts(look["newest"]) + _TICK
+                        if after > (run.created_at or now):
+                            params[RUN_FIELDS.index("created_at")] = self._ts(after)
                 if busy_id is not None and reject_if_busy:
                     raise _Busy(busy_id)  # rolls the upsert back: nothing recorded
                 if busy_id is not None and run.lease_owner is not None:

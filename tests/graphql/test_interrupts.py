@@ -241,3 +241,27 @@ async def test_users_see_their_own_inbox(
         )
         assert resumed["status"] == "SUCCESS"
         assert await inbox(alice) == {} and await inbox(root) == {}
+
+
+async def test_a_made_thread_whose_only_run_is_gone_resumes_on_the_graph_that_asked(
+    server: Server,
+) -> None:
+    """A thread made by createThread (no graph in its metadata) whose one run asked and
+    was deleted: its latest checkpoint names the graph that wrote it (`graph_id`, as
+    LangGraph's server names it), and the question is read, and answered, there (before:
+    on the default graph, `interrupts` empty and a resume that answered nothing)."""
+    http = server.http
+    await gql(http, 'mutation { createThread(input: {threadId: "alone"}) { id } }')
+    asked = await start(
+        http, threadId="alone", graph="edits", input={"ask": True, "title": "t"}, wait=True
+    )
+    assert asked["status"] == "INTERRUPTED", asked
+    deleted = await gql(
+        http, "mutation($id: ID!) { deleteRun(id: $id) { deleted } }", {"id": asked["id"]}
+    )
+    assert data(deleted)["deleteRun"]["deleted"] is True
+    (pending,) = (await inbox(http))["alone"]
+    assert pending["node"] == "ask" and pending["runId"] is None
+    resumed = await start(http, threadId="alone", resume="yes", wait=True)
+    assert resumed["status"] == "SUCCESS", resumed
+    assert resumed["output"]["notes"][-1] == "published:yes"  # the edits graph's answer

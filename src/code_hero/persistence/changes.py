@@ -42,6 +42,7 @@ from code_hero.persistence.checkpoints import CheckpointView
 
 __all__ = [
     "AS_NODE_KEY",
+    "GRAPH_ID_KEY",
     "ChannelChangeView",
     "channel_changes",
     "needs_parent",
@@ -51,6 +52,11 @@ __all__ = [
 
 AS_NODE_KEY = "as_node"
 """The checkpoint metadata key where an update through the gateway names its node."""
+
+GRAPH_ID_KEY = "graph_id"
+"""The checkpoint metadata key naming the graph that wrote it (a run's, an update's), as
+LangGraph's server names it: a thread with no run left (deleteRun took it, a copy has
+none) resumes on that graph."""
 
 _START = "__start__"  # a real task: it writes a run's input into the channels
 _MISSING: Any = object()

@@ -40,7 +40,7 @@ from langgraph.pregel import Pregel
 
 from code_hero.errors import BadInputError, CodeHeroError, ConflictError, NotFoundError
 from code_hero.persistence import clock
-from code_hero.persistence.changes import AS_NODE_KEY
+from code_hero.persistence.changes import AS_NODE_KEY, GRAPH_ID_KEY
 from code_hero.persistence.checkpoints import CheckpointView
 from code_hero.persistence.manager import EnhancedCheckpointerManager
 from code_hero.persistence.records import Registry, ThreadRecord, ThreadStatus
@@ -109,15 +109,19 @@ async def _write(
             raise NotFoundError(
                 f"{where} of namespace {req.namespace!r} is not in thread {req.thread_id!r}"
             )
-    graph = graphs.get(await graph_of(registry, graphs, req.thread_id, thread))
+    graph_name = await graph_of(registry, graphs, req.thread_id, thread)
+    graph = graphs.get(graph_name)
     target = _graph_at(graph, req.namespace)
     _check_update(target, req)
     configurable: dict[str, Any] = {"thread_id": req.thread_id, "checkpoint_ns": req.namespace}
     if req.checkpoint_id is not None:
         configurable["checkpoint_id"] = req.checkpoint_id
-    config: RunnableConfig = {"configurable": configurable}
+    config: RunnableConfig = {
+        "configurable": configurable,
+        "metadata": {GRAPH_ID_KEY: graph_name or graphs.default},
+    }
     if req.as_node is not None:  # LangGraph records as_node nowhere: `updatedBy` reads this
-        config["metadata"] = {AS_NODE_KEY: req.as_node}
+        config["metadata"][AS_NODE_KEY] = req.as_node
     try:
         written = await graph.aupdate_state(config, dict(req.values), as_node=req.as_node)
     except CodeHeroError:

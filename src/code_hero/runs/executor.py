@@ -54,6 +54,7 @@ from code_hero.errors import (
     RunHeldUpError,
 )
 from code_hero.persistence import clock
+from code_hero.persistence.changes import GRAPH_ID_KEY
 from code_hero.persistence.contention import (
     CONTENTION_RETRY_AFTER,
     cancelled_by_database,
@@ -969,7 +970,11 @@ class RunExecutor:
         config: RunnableConfig = {
             "configurable": configurable,
             # The run id in every checkpoint's metadata tells a takeover what it wrote.
-            "metadata": {**dict(record.metadata), "run_id": record.run_id},
+            "metadata": {
+                **dict(record.metadata),
+                "run_id": record.run_id,
+                GRAPH_ID_KEY: record.graph,
+            },
             "recursion_limit": int(
                 record.config.get(
                     "recursion_limit", min(DEFAULT_RECURSION_LIMIT, self.max_recursion_limit)

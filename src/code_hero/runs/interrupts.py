@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import StateSnapshot
 
 from code_hero.errors import NotFoundError
+from code_hero.persistence.changes import GRAPH_ID_KEY
 from code_hero.persistence.jsonable import to_jsonable
 from code_hero.persistence.records import (
     Registry,
@@ -48,9 +50,24 @@ class PendingInterrupt:
 async def graph_of(
     registry: Registry, graphs: GraphRegistry, thread_id: str, thread: ThreadRecord | None
 ) -> str | None:
-    """The graph the thread last ran, else the one its metadata names (None: the default)."""
+    """The graph the thread last ran (its newest run's, else the one that wrote its latest
+    checkpoint), else the one its metadata names (None: the default)."""
     runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
-    return _graph_named(graphs, runs.items[0] if runs.items else None, thread)
+    last = runs.items[0] if runs.items else None
+    if last is None and (wrote := await _graph_checkpointed(graphs, thread_id)) is not None:
+        return wrote
+    return _graph_named(graphs, last, thread)
+
+
+async def _graph_checkpointed(graphs: GraphRegistry, thread_id: str) -> str | None:
+    """The loaded graph that wrote the thread's latest checkpoint (its metadata's
+    GRAPH_ID_KEY), for a thread with no run left: deleteRun took them, a copy has none."""
+    saver = graphs.get(None).checkpointer
+    if not isinstance(saver, BaseCheckpointSaver):
+        return None
+    item = await saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    named = None if item is None else item.metadata.get(GRAPH_ID_KEY)
+    return named if isinstance(named, str) and named in graphs.names() else None
 
 
 def _graph_named(
@@ -98,8 +115,14 @@ async def pending_interrupts(
 
     async def one(thread: ThreadRecord) -> list[PendingInterrupt]:
         thread_id = thread.thread_id
-        run = runs.get(thread_id)
-        name = run.graph if run is not None else _graph_named(graphs, newest.get(thread_id), thread)
+        run, last = runs.get(thread_id), newest.get(thread_id)
+        name: str | None
+        if run is not None:
+            name = run.graph
+        elif last is None and (wrote := await _graph_checkpointed(graphs, thread_id)):
+            name = wrote
+        else:
+            name = _graph_named(graphs, last, thread)
         try:
             graph = graphs.get(name)
         except NotFoundError:  # a graph no longer loaded: the default reads its state

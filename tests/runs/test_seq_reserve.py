@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from code_hero.errors import ConflictError
 from code_hero.gateway import Gateway
 from code_hero.persistence import clock
 from code_hero.persistence.records import SEQ_RESERVE, EventRecord, RunRecord, RunStatus
@@ -127,3 +128,88 @@ async def test_a_run_taken_over_numbers_past_what_its_dead_executor_may_have_pub
     ender = await events.writer("r2", "t-r2")
     assert ender.next_seq == r2.seq_reserved + 1 == last_r2 + SEQ_RESERVE + 1
     await ender.close()
+
+
+async def test_events_emitted_while_a_close_gives_the_reservation_back_wait_for_their_store(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run emitting as its writer closes (a task deaf to its cancel at shutdown): the
+    close lowers the reservation to what it stores, so what came meanwhile is published
+    only once stored. Stored or not (the process killed, the close giving up), no seq
+    published outranks the stored reservation and log (found by a review: published at
+    once, then the next writer numbered them again)."""
+    running, last = await _started(gateway, "r1")
+    events, registry = gateway.events, gateway.manager.registry
+    events.retry_interval = 0.01
+    writer = await events.writer("r1", running.thread_id, last=last, started=running)
+    sub = events.bus.subscribe(run_id="r1")
+    for i in range(3):
+        writer.emit(EventType.CUSTOM, {"n": i})
+    real = registry.store_batch
+    gate, entered = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def store(batch: list[EventRecord], fields: Any, **lease: Any) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await gate.wait()
+            return await real(batch, fields, **lease)
+        raise OSError("later stores fail (the process dies here)")
+
+    monkeypatch.setattr(registry, "store_batch", store)
+    async with asyncio.timeout(30):
+        closing = asyncio.create_task(writer.close())
+        await entered.wait()
+        late = [writer.emit(EventType.CUSTOM, {"late": i}).seq for i in range(3)]
+        gate.set()
+        await closing
+    monkeypatch.setattr(registry, "store_batch", real)
+    published = _drain(sub.queue)
+    assert published == list(range(last + 1, last + 4)) and not set(late) & set(published)
+    stored = await registry.get_run("r1")
+    assert stored is not None and stored.seq_reserved == await registry.last_seq("r1")
+    again, last_again = await registry.start_run("r1", clock.now())
+    resumed = await events.writer("r1", running.thread_id, last=last_again, started=again)
+    assert resumed.emit(EventType.CUSTOM, {"n": "resumed"}).seq > max(published)
+    await resumed.close()
+
+
+async def test_held_events_stored_apart_are_published_though_another_run_failed(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch stored run by run (a collision or a refused value in it) where one run's
+    store fails after another's succeeded: the stored run's held events still go out
+    (found by a review: they stayed held, its followers here waiting for good)."""
+    a, last_a = await _started(gateway, "ra")
+    b, last_b = await _started(gateway, "rb")
+    events, registry = gateway.events, gateway.manager.registry
+    events.flush_interval = 3600
+    wa = await events.writer("ra", a.thread_id, last=last_a, started=a)
+    wb = await events.writer("rb", b.thread_id, last=last_b, started=b)
+    sub = events.bus.subscribe(run_id="ra")
+    real = registry.store_batch
+    calls = 0
+
+    async def store(batch: list[EventRecord], fields: Any, **lease: Any) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConflictError("the batch as a whole: stored apart")
+        if any(e.run_id == "rb" for e in batch):
+            raise OSError("rb's own store fails")
+        return await real(batch, fields, **lease)
+
+    monkeypatch.setattr(registry, "store_batch", store)
+    for i in range(SEQ_RESERVE + 3):  # three held past ra's reservation
+        wa.emit(EventType.CUSTOM, {"n": i})
+    wb.emit(EventType.CUSTOM, {"n": 0})
+    assert len(wa.held) == 3
+    with pytest.raises(OSError):
+        await events.flush()
+    monkeypatch.setattr(registry, "store_batch", real)
+    assert not wa.held
+    assert _drain(sub.queue) == list(range(last_a + 1, last_a + SEQ_RESERVE + 4))
+    await wb.close()
+    await wa.close()

@@ -76,6 +76,7 @@ class RunEventWriter:
         self.reserved = reserved
         self.published = next_seq - 1  # every seq up to this one is published
         self.held: deque[EventRecord] = deque()  # past `reserved`: published once stored
+        self.closing = False  # its close gave the reservation back: none is asked again
         # The executor whose lease the run's events are stored under: once another holds
         # the run (this one stalled past its lease), they are dropped, not stored.
         self.leased_by = leased_by
@@ -115,7 +116,9 @@ class RunEventWriter:
     def reservation(self) -> int | None:
         """The `seq_reserved` to store with the next batch, when the one stored runs
         low (half of SEQ_RESERVE left, or events held past it); None: none needed."""
-        if self.reserved is None or self.next_seq - 1 + SEQ_RESERVE // 2 <= self.reserved:
+        if self.reserved is None or self.closing:
+            return None
+        if self.next_seq - 1 + SEQ_RESERVE // 2 <= self.reserved:
             return None
         return self.next_seq - 1 + SEQ_RESERVE
 
@@ -155,6 +158,10 @@ class RunEventWriter:
         if self.reserved is not None and not self.lost:  # (closed by an end that failed)
             # Stored with the last events: whoever resumes the run numbers on after them,
             # with no events to say lost (a drain, a release for an outage or a lock).
+            # Events the run emits meanwhile (a task deaf to its cancel) are past it:
+            # published only once stored, and never given a reservation again.
+            self.closing = True
+            self.reserved = min(self.reserved, self.next_seq - 1)
             self.fields["seq_reserved"] = self.next_seq - 1
             self.owner._waiting[self.run_id] = self
         for attempt in range(3):
@@ -355,11 +362,12 @@ class EventLog:
                 finally:
                     for w in writers:
                         w.inflight = []
-                for w in writers:
-                    if not w.lost:
-                        if w.run_id in reserved:
-                            w.reserved = reserved[w.run_id]
-                        w.release(stored.get(w.run_id, 0))
+                        # Stored here (even when another writer's store failed after it,
+                        # apart): its held events go out; they are queued no more.
+                        if not w.lost:
+                            if w.run_id in reserved:
+                                w.reserved = reserved[w.run_id]
+                            w.release(stored.get(w.run_id, 0))
                 if batch:
                     await self.bus.stored(batch)
                 if not drain:
@@ -793,9 +801,10 @@ class EventLog:
             self.bus.unsubscribe(sub)
 
     def _written(self, thread_id: str) -> dict[str, int]:
-        """The last seq this process numbered of each run of the thread it writes."""
+        """The last seq this process published of each run of the thread it writes (not
+        those held past a reservation: they are published later, to this subscriber too)."""
         writers = self._writers.values()
-        return {w.run_id: w.next_seq - 1 for w in writers if w.thread_id == thread_id}
+        return {w.run_id: w.published for w in writers if w.thread_id == thread_id}
 
     async def close(self) -> None:
         """Store what every open writer still holds."""

@@ -258,7 +258,7 @@ class EventLog:
             )
             said = (
                 f"events {last + 1}-{before} of this run were lost: the server running it "
-                "stopped before storing them"
+                "stopped (or stalled past its lease) before storing them"
             )
             for _ in range(before - last):
                 writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": said})

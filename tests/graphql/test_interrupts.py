@@ -245,3 +245,48 @@ async def test_users_see_their_own_inbox(
         )
         assert resumed["status"] == "SUCCESS"
         assert await inbox(alice) == {} and await inbox(root) == {}
+
+
+async def test_a_fork_at_a_checkpoint_whose_question_was_answered_there_is_refused(
+    server: Server,
+) -> None:
+    """The answer LangGraph keeps at a checkpoint (the asking task's writes) would be
+    reused by a resume forked there, whatever it answers: refused, CONFLICT, rather than
+    run with the new answer silently dropped (found by an outside audit)."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    assert asked["status"] == "INTERRUPTED", asked
+    thread_id = asked["threadId"]
+    latest = await gql(
+        http, "query($id: ID!) { thread(id: $id) { latestCheckpoint { id } } }", {"id": thread_id}
+    )
+    at = data(latest)["thread"]["latestCheckpoint"]["id"]
+    first = await start(http, threadId=thread_id, resume="yes", wait=True)
+    assert first["status"] == "SUCCESS", first
+    forked = await gql(
+        http,
+        START,
+        {"input": {"threadId": thread_id, "resume": "no", "fromCheckpointId": at, "wait": True}},
+    )
+    assert codes(forked) == ["CONFLICT"], forked
+    assert "waits for no answer" in forked["errors"][0]["message"]
+
+
+async def test_a_resume_naming_another_graph_is_refused(server: Server) -> None:
+    """A resume carries on the graph that asked: one naming a graph that finds no
+    question in the thread's state is refused, the question kept (found by an outside
+    audit: it ran the other graph, nothing answered, and left the thread IDLE with its
+    question still pending and unanswerable)."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    assert asked["status"] == "INTERRUPTED", asked
+    thread_id = asked["threadId"]
+    other = await gql(
+        http, START, {"input": {"threadId": thread_id, "resume": "yes", "graph": "slow"}}
+    )
+    assert codes(other) == ["BAD_USER_INPUT"], other
+    assert "leave graph out" in other["errors"][0]["message"]
+    (pending,) = (await inbox(http))[thread_id]
+    assert pending["node"] == "ask"
+    same = await start(http, threadId=thread_id, resume="yes", graph="edits", wait=True)
+    assert same["status"] == "SUCCESS", same

@@ -317,3 +317,29 @@ async def test_the_readme_examples(server: Server) -> None:
     rerun = data(await gql(http, rerun_doc, {"t": t, "fork": fork["id"]}))["startRun"]
     assert rerun["status"] == "INTERRUPTED"  # the same question, asked again from the fork
     assert rerun["output"] is None
+
+
+async def test_a_run_with_no_input_goes_on_from_an_edit_as_its_node(server: Server) -> None:
+    """`updateState` with `asNode`, then a run naming the thread and no input: it goes on
+    from the edit (`next`), as LangGraph's None input does, not from START (found by an
+    outside audit: `input: {}` was the only way and re-ran the graph from its start)."""
+    http = server.http
+    asked = await start(http, graph="edits", input={"ask": True, "title": "t"}, wait=True)
+    assert asked["status"] == "INTERRUPTED", asked
+    thread_id = asked["threadId"]
+    edited = data(
+        await edit(http, threadId=thread_id, values={"answer": "by hand"}, asNode="approval")
+    )["updateState"]
+    assert edited["next"] == ["publish"]
+    went_on = await start(http, threadId=thread_id, wait=True)
+    assert went_on["status"] == "SUCCESS", went_on
+    assert went_on["output"].get("notes") == ["draft", "published:by hand"], went_on
+    # With fromCheckpointId: from that checkpoint (here the same edit), again no input.
+    again = await start(http, threadId=thread_id, fromCheckpointId=edited["id"], wait=True)
+    assert again["status"] == "SUCCESS", again
+    assert again["output"]["notes"] == ["draft", "published:by hand"]
+    # No thread, or a thread with no checkpoint: nothing to go on from.
+    refused = await gql(http, START, {"input": {}})
+    assert codes(refused) == ["BAD_USER_INPUT"]
+    unknown = await gql(http, START, {"input": {"threadId": "no-such-thread"}})
+    assert codes(unknown) == ["NOT_FOUND"]

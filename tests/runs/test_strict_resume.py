@@ -180,8 +180,9 @@ async def test_a_fork_answers_what_waits_at_its_checkpoint_whatever_the_thread_d
     assert forked.status is RunStatus.SUCCESS, forked.error
     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
     assert sorted(state.values["answers"]) == ["a:A2", "b:B2"]  # not the edited branch
-    # The answer is still checked against that checkpoint's questions.
-    with pytest.raises(BadInputError, match="interrupt id"):
+    # Answered at that checkpoint now (LangGraph keeps the answers' writes there and
+    # would reuse them, whatever a new answer says): a second fork there is refused.
+    with pytest.raises(ConflictError, match="waits for no answer"):
         await gw.start_run(StartRun(thread_id=thread_id, resume="yes", from_checkpoint_id=asked_at))
     # A checkpoint that waits for nothing, or none at all: nothing to resume there.
     latest = state.config["configurable"]["checkpoint_id"]

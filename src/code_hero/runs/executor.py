@@ -48,6 +48,7 @@ from langgraph.errors import UnknownInterruptError
 from langgraph.types import Command, StateSnapshot
 
 from code_hero.errors import (
+    BadInputError,
     CodeHeroError,
     ConflictError,
     NotFoundError,
@@ -100,6 +101,7 @@ from code_hero.runs.requests import (
     check_config,
     check_one_input,
     continuing,
+    goes_on,
     input_for,
 )
 from code_hero.runs.timeline import Timeline, ended_at_cancel
@@ -313,15 +315,22 @@ class RunExecutor:
             raise ConflictError("the server is shutting down and takes no new runs")
         check_config(req.config, self.max_recursion_limit)
         thread: ThreadRecord | None = None
+        named = req.graph  # the graph asked for (a resume's is, unless named, the asker's)
         if req.resume is not UNSET:
             req = await continuing(self.registry, req)
             if req.graph is None and req.thread_id is not None:  # no INTERRUPTED run
                 thread = await self.registry.get_thread(req.thread_id)
                 graph = await graph_of(self.registry, self.graphs, req.thread_id, thread)
                 req = replace(req, graph=graph)
+        check_one_input(req)
+        if req.graph is None and req.thread_id is not None and goes_on(req):
+            # Going on from its checkpoint: on the graph that wrote it, as a resume does.
+            thread = await self.registry.get_thread(req.thread_id)
+            req = replace(
+                req, graph=await graph_of(self.registry, self.graphs, req.thread_id, thread)
+            )
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
-        check_one_input(req)
         run_input = input_for(
             req, graph_name, self.graphs.input_keys(graph_name), self.max_message_length
         )
@@ -356,6 +365,13 @@ class RunExecutor:
                     f"checkpoint {req.from_checkpoint_id!r} of thread {thread_id!r} waits "
                     "for no answer: nothing to resume there"
                 )
+            if not pending and named is not None:  # (a fork's: refused above)
+                raise BadInputError(
+                    f"graph {named!r} finds no question pending on thread {thread_id!r}: a "
+                    "resume carries on the graph that asked (leave graph out)"
+                )
+            if not pending:
+                raise ConflictError(f"thread {thread_id!r} waits for no answer: nothing to resume")
             check_answer(req.resume, pending)
         if req.from_checkpoint_id:
             found = await self.manager.get_checkpoint(thread_id, req.from_checkpoint_id)
@@ -363,6 +379,10 @@ class RunExecutor:
                 raise NotFoundError(
                     f"checkpoint {req.from_checkpoint_id!r} is not in thread {thread_id!r}"
                 )
+        elif goes_on(req) and await self.manager.get_checkpoint(thread_id) is None:
+            raise NotFoundError(
+                f"thread {thread_id!r} has no checkpoint to go on from: give message or input"
+            )
         config = dict(req.config)
         config.pop(RUN_WEBHOOK_KEY, None)  # a resume carries on a config, not its webhook
         if req.webhook:

@@ -81,7 +81,8 @@ def _graph_named(
 
 
 def pending_of(state: StateSnapshot, namespace: str = "") -> list[tuple[str, str, str, Any]]:
-    """(id, node, namespace, value) of every pending interrupt, from the deepest subgraph."""
+    """(id, node, namespace, value) of every pending interrupt, from the deepest subgraph:
+    an interrupt whose task has written since (answered at this checkpoint) is not."""
     found: list[tuple[str, str, str, Any]] = []
     for task in state.tasks:
         sub = task.state
@@ -91,6 +92,10 @@ def pending_of(state: StateSnapshot, namespace: str = "") -> list[tuple[str, str
             if deeper:  # the parent's task repeats its subgraph's interrupt: keep the asker
                 found += deeper
                 continue
+        if task.result is not None:
+            # Answered already at this checkpoint (a fork of it): LangGraph keeps the
+            # task's writes there and would reuse them, whatever a new answer says.
+            continue
         found += [(i.id, task.name, namespace, i.value) for i in task.interrupts]
     return found
 

@@ -1,6 +1,7 @@
 """What a caller asks a run to do (`StartRun`), and how the request is checked and shaped.
 
-A request carries exactly one of a message, an input or a resume answer.
+A request carries exactly one of a message, an input or a resume answer, or,
+naming its thread, none: the run goes on from the thread's checkpoint.
 `check_config` keeps a caller's config to the graph's own keys and a bounded
 recursion limit; `continuing` lets a resume carry on the interrupted run's
 graph and config; `input_for` turns a message or an input into the graph's
@@ -47,7 +48,8 @@ RESERVED_CONFIG_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class StartRun:
-    """What a caller asks for: exactly one of message, input or resume."""
+    """What a caller asks for: exactly one of message, input or resume (or, with a
+    thread_id, none: go on from its checkpoint)."""
 
     thread_id: str | None = None
     message: str | None = None
@@ -111,17 +113,28 @@ def check_config(config: Mapping[str, Any], max_recursion_limit: int) -> None:
 
 
 def check_one_input(req: StartRun) -> None:
-    """Exactly one of message, input or resume."""
+    """Exactly one of message, input or resume; or, with a threadId, none: the run goes
+    on from the thread's checkpoint (`fromCheckpointId`'s, else its latest) with no new
+    input, as LangGraph's `None` input does (after an `updateState` with `asNode`)."""
     given = [
         name
         for name, value in (("message", req.message), ("input", req.input))
         if value is not UNSET and value is not None
     ] + (["resume"] if req.resume is not UNSET else [])
-    if len(given) != 1:
+    if len(given) > 1 or (not given and req.thread_id is None):
         raise BadInputError(
-            "give exactly one of message, input or resume"
-            + (f" (got {', '.join(given)})" if given else "")
+            "give exactly one of message, input or resume (or, with a threadId, none: "
+            "to go on from its checkpoint)" + (f" (got {', '.join(given)})" if given else "")
         )
+
+
+def goes_on(req: StartRun) -> bool:
+    """Whether the run has no input of its own: it goes on from its thread's checkpoint."""
+    return (
+        req.resume is UNSET
+        and (req.message is UNSET or req.message is None)
+        and (req.input is UNSET or req.input is None)
+    )
 
 
 def check_answer(resume: Any, pending: Sequence[str]) -> None:

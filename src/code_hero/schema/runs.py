@@ -111,7 +111,12 @@ class RunSort:
     direction: SortDirection = SortDirection.DESC
 
 
-@strawberry.input(description="What to run: give exactly one of message, input and resume.")
+@strawberry.input(
+    description=(
+        "What to run: give exactly one of message, input and resume; or, with threadId, "
+        "none, to go on from the thread's checkpoint (fromCheckpointId's, else its latest)."
+    )
+)
 class StartRunInput:
     thread_id: strawberry.ID | None = strawberry.field(
         default=None, description="An existing thread; null creates one."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,16 @@ async def test_a_fork_answers_what_waits_at_its_checkpoint_whatever_the_thread_d
         await gw.start_run(
             StartRun(thread_id=thread_id, resume="yes", from_checkpoint_id="1f0-nope")
         )
+
+
+async def test_a_resume_on_a_busy_thread_says_it_is_busy(gateway: Gateway) -> None:
+    """A resume on a thread busy with a run (another resume got in first) is CONFLICT
+    saying so, not "not interrupted" (an outside audit found the message misleading)."""
+    gw = gateway
+    asked = await gw.start_run(StartRun(graph="questions", input={}, wait=True))
+    registry = gw.manager.registry
+    thread = await registry.get_thread(asked.thread_id)
+    assert thread is not None
+    await registry.put_thread(replace(thread, status=ThreadStatus.BUSY))  # a run in flight
+    with pytest.raises(ConflictError, match="is busy with a run"):
+        await gw.start_run(StartRun(thread_id=asked.thread_id, resume="yes"))

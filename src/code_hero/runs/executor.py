@@ -343,6 +343,12 @@ class RunExecutor:
                 raise NotFoundError(f"no thread {thread_id!r}")  # as for any unknown id
             # From a past checkpoint (a fork), what counts is what waits there: the
             # thread may have gone on since (answered, or run again).
+            if thread is not None and thread.status is ThreadStatus.BUSY:
+                # (another resume got in first, or a run is in flight or queued)
+                raise ConflictError(
+                    f"thread {thread_id!r} is busy with a run: a resume answers what it "
+                    "waits for once that run has ended"
+                )
             if thread is None or (
                 thread.status is not ThreadStatus.INTERRUPTED and not req.from_checkpoint_id
             ):

@@ -282,6 +282,13 @@ async def test_a_filter_field_deliveries_are_not_matched_on_is_refused(
             )
             assert codes(body) == ["BAD_USER_INPUT"], flt
             assert named in body["errors"][0]["message"], body
+        # Another user's runs, as in a listing's filter (an outside audit): FORBIDDEN.
+        other = await gql(
+            alice,
+            CREATE,
+            {"input": {"url": url, "events": ["RUN_SUCCEEDED"], "filter": {"userId": "bob"}}},
+        )
+        assert codes(other) == ["FORBIDDEN"], other
         assert data(await gql(alice, "{ webhooks { id } }"))["webhooks"] == []
         made = await gql(
             alice,

@@ -70,9 +70,15 @@ def test_urls_are_checked_before_they_are_stored() -> None:
         "http://a..b/hook",  # an empty label: no resolver takes it
         "http://" + "a" * 64 + ".com/",  # a label over 63 characters
         "http://example.com/\x01",
+        # Numbers a resolver reads as an address (inet_aton): loopback, written otherwise.
+        "http://2130706433/",
+        "http://0x7f000002/",
+        "http://127.1/",
+        "http://0177.0.0.1/",
     ):
         with pytest.raises(BadInputError):
             check_url(bad)
+    assert check_url("http://cafe.example/x")  # hex letters in a name: a name
     assert check_url("https://bücher.de/") == "https://bücher.de/"  # IDNA on the wire
     assert check_url("http://10.1.0.7/", parse_allow_list("10.1.0.0/16"))
 

@@ -118,13 +118,16 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
         raise BadInputError("url may not hold spaces or control characters")
     _, host, _ = _split(url)
     try:
-        literal = ipaddress.ip_address(host)
+        literal: Address = ipaddress.ip_address(host)
     except ValueError:
-        try:  # a name DNS can carry: labels of 1-63 characters, IDNA for the rest
-            host.encode("idna")
-        except UnicodeError:
-            raise BadInputError(f"url {url!r} has no valid host name") from None
-        return url
+        numeric = _legacy_ipv4(host)
+        if numeric is None:
+            try:  # a name DNS can carry: labels of 1-63 characters, IDNA for the rest
+                host.encode("idna")
+            except UnicodeError:
+                raise BadInputError(f"url {url!r} has no valid host name") from None
+            return url
+        literal = numeric
     if refused(literal, allow):
         raise BadInputError(
             f"url {url!r} points at {literal}, which webhooks may not reach "
@@ -132,6 +135,21 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
             "with CODE_HERO_WEBHOOK_ALLOW"
         )
     return url
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address written as the resolver (inet_aton) and URL parsers also read one:
+    a single number, hex or octal parts, fewer than four parts (`2130706433`,
+    `0x7f000001`, `127.1`); None for a name."""
+    if not host or any(c not in _NUMERIC_HOST for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+_NUMERIC_HOST = frozenset("0123456789abcdefxABCDEFX.")
 
 
 async def resolve(url: str, allow: Sequence[Network] = ()) -> Destination:

@@ -251,14 +251,17 @@ class EventLog:
         self._writers[run_id] = writer
         if before > last:
             log.warning(
-                "run %s: events %d-%d were lost with the process that ran it before",
+                "run %s: events %d-%d may have been published and never stored by the "
+                "executor that ran it before (killed, stalled past its lease, or released "
+                "in a database outage): stored as lost",
                 run_id,
                 last + 1,
                 before,
             )
             said = (
                 f"events {last + 1}-{before} of this run were lost: the server running it "
-                "stopped (or stalled past its lease) before storing them"
+                "stopped, stalled past its lease or lost the database before storing them "
+                "(some of these seqs may never have been used)"
             )
             for _ in range(before - last):
                 writer.emit(EventType.STATUS, {"status": RunStatus.RUNNING.value, "error": said})

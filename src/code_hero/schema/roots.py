@@ -61,7 +61,7 @@ Info = strawberry.Info[Context, None]
 
 @strawberry.type
 class Query:
-    @fields.field("Whether checkpoints are stored, probed now.")
+    @fields.field("Whether checkpoints are stored: the last probe's answer (every few seconds).")
     async def health(self, info: Info) -> Health:
         return await system_resolvers.health(info)
 

@@ -34,7 +34,17 @@ __all__ = [
     "RunHeldUpError",
     "ThreadBeingDeletedError",
     "UnauthenticatedError",
+    "described",
 ]
+
+
+def described(exc: BaseException, limit: int = 500) -> str:
+    """`Type: message` for logs and health reports; a type with no message (a timeout)
+    says so rather than ending in a bare colon."""
+    text = str(exc).strip()
+    return (f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)")[
+        :limit
+    ]
 
 
 class CodeHeroError(Exception):

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from code_hero.errors import described
 from code_hero.persistence.diagnosis import CATEGORIES, error_category, public_health
 from code_hero.persistence.pg_tables import TablesMissing
 from tests.conftest import PG_ADMIN_URL
@@ -26,7 +27,7 @@ from tests.faults import HungServer, with_port
 
 def stored(exc: BaseException) -> str:
     """The text a backend slot keeps for a failure."""
-    return f"{type(exc).__name__}: {exc}".strip()[:500]
+    return described(exc)
 
 
 async def pg_error(url: str) -> str:
@@ -106,7 +107,7 @@ async def test_timeouts() -> None:
     with pytest.raises(TimeoutError) as timed_out:
         async with asyncio.timeout(0):
             await asyncio.sleep(1)
-    assert stored(timed_out.value) == "TimeoutError:"  # an empty message
+    assert stored(timed_out.value) == "TimeoutError (no message)"  # not a bare colon
     assert_category(stored(timed_out.value), "timeout")
     # The fallback router's own bound (fallback.py).
     assert_category("TimeoutError: opening the primary timed out after 3 s", "timeout")

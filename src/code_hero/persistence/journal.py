@@ -62,7 +62,7 @@ from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from code_hero.errors import BackendUnavailableError
+from code_hero.errors import BackendUnavailableError, described
 from code_hero.persistence.entries import (
     CopyThread,
     Entry,
@@ -880,7 +880,7 @@ class _Outcome:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()[:300]
+    return described(exc, 300)
 
 
 class WriteGate:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from code_hero.config import CheckpointerConfig
+from code_hero.errors import described
 from code_hero.persistence import clock
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.metrics import Metrics
@@ -124,7 +125,7 @@ class BackendSlot:
     def record_failure(self, exc: BaseException) -> None:
         """Mark unhealthy with the reason."""
         self.healthy = False
-        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.last_error = described(exc)
         self.disk_full = is_disk_full(exc)
         self.checked_at = clock.now()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from code_hero.auth import ANONYMOUS, AccessPolicy, Action, Caller
 from code_hero.checkpoint_access import check_first
 from code_hero.compose import Services
-from code_hero.errors import BadInputError, ConflictError, ForbiddenError
+from code_hero.errors import BadInputError, ConflictError
 from code_hero.inputs import check_run_id, check_text, check_thread_id, check_webhook_id
 from code_hero.persistence import clock
 from code_hero.persistence.records import Page, RunFilter
@@ -61,6 +61,9 @@ class WebhookAccess:
 
     services: Services
     policy: AccessPolicy
+
+    def _user_for(self, caller: Caller, named: str | None) -> str | None:
+        raise NotImplementedError  # provided by Gateway
 
     @asynccontextmanager
     async def _webhooks(self) -> AsyncIterator[WebhookStore]:
@@ -126,9 +129,8 @@ class WebhookAccess:
             check_thread_id(flt.thread_id, "filter.threadId")
         check_text(flt.graph, "filter.graph")
         check_text(flt.user_id, "filter.userId")
-        if flt.user_id is not None and not caller.is_admin and flt.user_id != caller.user_id:
-            # As in a listing's filter: it would match none of the caller's runs anyway.
-            raise ForbiddenError("filter.userId may only name the caller's own user")
+        if flt.user_id is not None:
+            self._user_for(caller, flt.user_id)  # FORBIDDEN naming another, as in listings
         await self.policy.require(caller, Action.WEBHOOK_CREATE, value={"url": url})
         webhook = WebhookRecord(
             webhook_id=str(uuid.uuid4()),

@@ -246,7 +246,7 @@ class EventLog:
             thread_id,
             last + 1,
             leased_by,
-            None if started is None else max(started.seq_reserved, before),
+            None if started is None else started.seq_reserved,
         )
         self._writers[run_id] = writer
         if before > last:

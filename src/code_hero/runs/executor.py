@@ -318,17 +318,17 @@ class RunExecutor:
         named = req.graph  # the graph asked for (a resume's is, unless named, the asker's)
         if req.resume is not UNSET:
             req = await continuing(self.registry, req)
-            if req.graph is None and req.thread_id is not None:  # no INTERRUPTED run
-                thread = await self.registry.get_thread(req.thread_id)
-                graph = await graph_of(self.registry, self.graphs, req.thread_id, thread)
-                req = replace(req, graph=graph)
         check_one_input(req)
-        if req.graph is None and req.thread_id is not None and goes_on(req):
-            # Going on from its checkpoint: on the graph that wrote it, as a resume does.
+        if (
+            req.graph is None
+            and req.thread_id is not None
+            and (req.resume is not UNSET or goes_on(req))
+        ):
+            # A resume with no INTERRUPTED run, or a run going on from the checkpoint: on
+            # the graph the thread last ran.
             thread = await self.registry.get_thread(req.thread_id)
-            req = replace(
-                req, graph=await graph_of(self.registry, self.graphs, req.thread_id, thread)
-            )
+            graph = await graph_of(self.registry, self.graphs, req.thread_id, thread)
+            req = replace(req, graph=graph)
         graph_name = req.graph or self.graphs.default
         self.graphs.get(graph_name)
         run_input = input_for(

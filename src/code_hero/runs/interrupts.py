@@ -53,7 +53,13 @@ async def graph_of(
     """The graph the thread last ran (its newest run's, else the one that wrote its latest
     checkpoint), else the one its metadata names (None: the default)."""
     runs = await registry.list_runs(RunFilter(thread_id=thread_id), first=1)
-    last = runs.items[0] if runs.items else None
+    return await _graph_for(graphs, thread_id, runs.items[0] if runs.items else None, thread)
+
+
+async def _graph_for(
+    graphs: GraphRegistry, thread_id: str, last: RunRecord | None, thread: ThreadRecord | None
+) -> str | None:
+    """`graph_of` given the thread's newest run (`last`, None: it has none)."""
     if last is None and (wrote := await _graph_checkpointed(graphs, thread_id)) is not None:
         return wrote
     return _graph_named(graphs, last, thread)
@@ -120,14 +126,12 @@ async def pending_interrupts(
 
     async def one(thread: ThreadRecord) -> list[PendingInterrupt]:
         thread_id = thread.thread_id
-        run, last = runs.get(thread_id), newest.get(thread_id)
-        name: str | None
-        if run is not None:
-            name = run.graph
-        elif last is None and (wrote := await _graph_checkpointed(graphs, thread_id)):
-            name = wrote
-        else:
-            name = _graph_named(graphs, last, thread)
+        run = runs.get(thread_id)
+        name = (
+            run.graph
+            if run is not None
+            else await _graph_for(graphs, thread_id, newest.get(thread_id), thread)
+        )
         try:
             graph = graphs.get(name)
         except NotFoundError:  # a graph no longer loaded: the default reads its state

@@ -116,11 +116,7 @@ def check_one_input(req: StartRun) -> None:
     """Exactly one of message, input or resume; or, with a threadId, none: the run goes
     on from the thread's checkpoint (`fromCheckpointId`'s, else its latest) with no new
     input, as LangGraph's `None` input does (after an `updateState` with `asNode`)."""
-    given = [
-        name
-        for name, value in (("message", req.message), ("input", req.input))
-        if value is not UNSET and value is not None
-    ] + (["resume"] if req.resume is not UNSET else [])
+    given = _given(req)
     if len(given) > 1 or (not given and req.thread_id is None):
         raise BadInputError(
             "give exactly one of message, input or resume (or, with a threadId, none: "
@@ -130,11 +126,16 @@ def check_one_input(req: StartRun) -> None:
 
 def goes_on(req: StartRun) -> bool:
     """Whether the run has no input of its own: it goes on from its thread's checkpoint."""
-    return (
-        req.resume is UNSET
-        and (req.message is UNSET or req.message is None)
-        and (req.input is UNSET or req.input is None)
-    )
+    return not _given(req)
+
+
+def _given(req: StartRun) -> list[str]:
+    """Which of message, input and resume the request gives."""
+    return [
+        name
+        for name, value in (("message", req.message), ("input", req.input))
+        if value is not UNSET and value is not None
+    ] + (["resume"] if req.resume is not UNSET else [])
 
 
 def check_answer(resume: Any, pending: Sequence[str]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from langchain_core.runnables import RunnableConfig
+from psycopg.conninfo import conninfo_to_dict
 
 from code_hero.config import create_postgres_checkpointer
 from code_hero.persistence import groupcommit
@@ -391,17 +392,21 @@ async def test_a_group_of_big_writes_is_not_serialised_on_the_loop(
     assert sum(on_loop) <= 2, f"{sum(on_loop)} writes of {size} bytes serialised on the loop"
 
 
-def counted_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The statements (and executemany calls) sent on any async cursor from now on."""
+def counted_statements(monkeypatch: pytest.MonkeyPatch, url: str) -> list[str]:
+    """The statements (and executemany calls) sent on any async cursor to the database
+    of `url` from now on (not another test's leftovers on this worker: CI, once)."""
     sent: list[str] = []
     execute, executemany = psycopg.AsyncCursor.execute, psycopg.AsyncCursor.executemany
+    dbname = conninfo_to_dict(url)["dbname"]
 
     async def one(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(str(query))
+        if self.connection.info.dbname == dbname:
+            sent.append(str(query))
         return await execute(self, query, *args, **kwargs)
 
     async def many(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(f"many: {query}")
+        if self.connection.info.dbname == dbname:
+            sent.append(f"many: {query}")
         return await executemany(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", one)
@@ -410,12 +415,12 @@ def counted_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_a_group_is_one_statement(
-    grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch
+    grouped: GroupCommitSaverPool, monkeypatch: pytest.MonkeyPatch, pg_database: str
 ) -> None:
     """A group's rows go in one statement (its own transaction), not BEGIN, a statement
     and a Bind per row, and COMMIT, each a send of its own (issue 15)."""
     by_thread = await threads_entries(6)
-    sent = counted_statements(monkeypatch)
+    sent = counted_statements(monkeypatch, pg_database)
     await asyncio.gather(*(in_order(grouped, e) for e in by_thread.values()))
     assert grouped.transactions < grouped.committed
     assert len(sent) == grouped.transactions

@@ -34,7 +34,7 @@ from code_hero.gateway import Gateway, GatewaySettings
 from code_hero.persistence.backends import Backend, open_backend
 from code_hero.persistence.entries import CopyThread, DeleteThread, PutCheckpoint, TouchThread
 from code_hero.persistence.journal import Journal, Quarantined
-from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from code_hero.persistence.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, Migration
 from code_hero.persistence.records import (
     EventRecord,
     RunRecord,
@@ -457,14 +457,24 @@ class _OldDeletion(SqlRegistry):
         return threads > 0, runs
 
 
+def _before_tombstones(migrations: list[Migration]) -> list[Migration]:
+    """The migrations of the release before the tombstone table (not merely all but the
+    last: later migrations were appended since)."""
+    for at, migration in enumerate(migrations):
+        statements = migration if isinstance(migration, tuple) else (migration,)
+        if any("CREATE TABLE code_hero_deleted_threads" in s for s in statements):
+            return migrations[:at]
+    raise AssertionError("no tombstone migration")
+
+
 class _OldSqlite(_OldDeletion, SqliteRegistry):
     """The registry as the previous release had it (no tombstone table)."""
 
-    migrations = SQLITE_MIGRATIONS[:-1]
+    migrations = _before_tombstones(SQLITE_MIGRATIONS)
 
 
 class _OldPostgres(_OldDeletion, PostgresRegistry):
-    migrations = POSTGRES_MIGRATIONS[:-1]
+    migrations = _before_tombstones(POSTGRES_MIGRATIONS)
 
 
 def test_dropping_only_a_deletion_of_a_deleted_thread_warns_nothing(

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from code_hero.gateway import Gateway
+from code_hero.persistence import clock
 from code_hero.persistence.manager import ThreadDeletion
 from code_hero.persistence.records import RunRecord, RunStatus
 from code_hero.runs.executor import MultitaskStrategy, StartRun
@@ -107,6 +109,24 @@ async def test_the_last_step_leaves_a_thread_made_anew_alone(
     # The reap (a deletion that joined A's mark) deleted the thread A was asked to; the
     # one made anew since is another, left alone.
     assert gone.deleted and (gone.checkpoints_deleted, gone.runs_deleted) == (0, 0)
+    await _assert_kept(gateway, old, new)
+
+
+async def test_a_start_ends_a_marked_thread_whatever_its_clock_reads(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion marked the thread and has not ended. A startRun whose clock reads
+    before the row's last write (a write stamped after it took its now, such as the
+    stopped run's end; a replica behind within the clock offset's tolerance; a wall
+    clock stepped back) took the row for live, not expired, and answered CONFLICT
+    instead of ending the deletion (CI, once). A marked row expired at the epoch."""
+    old = await gateway.start_run(StartRun(graph="slow", input={"delay": 0}, wait=True))
+    assert await gateway.manager.start_deletion(old.thread_id) is not None
+    real = clock.wall
+    monkeypatch.setattr(clock, "wall", lambda: real() - timedelta(seconds=5))
+
+    new = await _start_anew(gateway, old.thread_id)
+
     await _assert_kept(gateway, old, new)
 
 

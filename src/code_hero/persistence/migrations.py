@@ -176,6 +176,49 @@ _THREAD_EXPIRY_SQLITE = (
     """,
 )
 
+# A thread a deletion marked (`start_deletion`: ttl 0) expired at the epoch, not at its
+# `updated_at`: a write stamped after a reader took its now (the stopped run's end, a
+# checkpoint's touch), a reader on a replica whose clock runs behind within the
+# offset's tolerance, or a wall clock stepped back made the marked row look live, and a
+# startRun on the id answered CONFLICT instead of ending the deletion (CI, seen once).
+_MARKED_EPOCH_PG = "timestamptz '1970-01-01 00:00:00+00'"
+_MARKED_EXPIRED_PG = (
+    f"""
+    CREATE OR REPLACE FUNCTION code_hero_thread_expiry() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.expires_at := CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
+            WHEN NEW.ttl_seconds = 0 THEN {_MARKED_EPOCH_PG}
+            ELSE NEW.updated_at + make_interval(secs => NEW.ttl_seconds) END;
+        RETURN NEW;
+    END
+    $$
+    """,
+    f"UPDATE code_hero_threads SET expires_at = {_MARKED_EPOCH_PG} WHERE ttl_seconds = 0",
+)
+_MARKED_EPOCH_SQLITE = "'1970-01-01T00:00:00.000000+00:00'"
+_SQLITE_EXPIRY_MARKED = f"""
+    UPDATE code_hero_threads SET expires_at = CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
+        WHEN NEW.ttl_seconds = 0 THEN {_MARKED_EPOCH_SQLITE}
+        ELSE replace(datetime(NEW.updated_at, '+' || NEW.ttl_seconds || ' seconds'), ' ', 'T')
+            || substr(NEW.updated_at, 20) END
+    WHERE thread_id = NEW.thread_id;
+"""
+_MARKED_EXPIRED_SQLITE = (
+    "DROP TRIGGER code_hero_threads_expiry_insert",
+    "DROP TRIGGER code_hero_threads_expiry_update",
+    f"""
+    CREATE TRIGGER code_hero_threads_expiry_insert AFTER INSERT ON code_hero_threads
+    BEGIN {_SQLITE_EXPIRY_MARKED} END
+    """,
+    f"""
+    CREATE TRIGGER code_hero_threads_expiry_update
+        AFTER UPDATE OF updated_at, ttl_seconds ON code_hero_threads
+    BEGIN {_SQLITE_EXPIRY_MARKED} END
+    """,
+    f"UPDATE code_hero_threads SET expires_at = {_MARKED_EPOCH_SQLITE} WHERE ttl_seconds = 0",
+)
+
 # Run timelines and usage (issue 12): the tokens a run's chat models reported, summed
 # by runStats in SQL, and its steps (node executions, a JSON list written with the
 # run's row as it goes: a run's detail loads them with the run, in the same query).
@@ -429,6 +472,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     PURGE_THREAD,  # a thread's one-step deletion in one statement (issue 15)
     _COPY_MARK,  # a run's row as an outage's copy left it
     "ALTER TABLE code_hero_runs ADD COLUMN seq_reserved BIGINT NOT NULL DEFAULT 0",
+    _MARKED_EXPIRED_PG,  # a marked thread expired at the epoch, whatever the clocks
 ]
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -570,4 +614,5 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _COPY_MARK,  # a run's row as an outage's copy left it
     # The seq a run's events may be published up to before they are stored (SEQ_RESERVE).
     "ALTER TABLE code_hero_runs ADD COLUMN seq_reserved INTEGER NOT NULL DEFAULT 0",
+    _MARKED_EXPIRED_SQLITE,  # a marked thread expired at the epoch, whatever the clocks
 ]

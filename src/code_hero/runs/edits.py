@@ -72,7 +72,7 @@ async def update_state(
         # An expired row (a deletion under way, `start_deletion`, or the sweep's) hides a
         # thread whose checkpoints are still there: not one only the savers hold, to claim
         # anew. The claim judges that row under its lock: a clock read here, before a
-        # write moved its expires_at (updated_at, at ttl 0) past it, took it for none.
+        # write moved its expires_at (updated_at + its ttl) past it, took it for none.
         thread = await registry.get_thread(req.thread_id, expired=True)
         if thread is None and await manager.get_checkpoint(req.thread_id) is None:
             raise NotFoundError(f"no thread {req.thread_id!r}")

@@ -131,7 +131,7 @@ class ThreadEdits(Dialect):
             if row["ttl_seconds"] == 0 and row["deletion_token"] is not None:
                 # Marked already: this one joins it.
                 return DeletionMark(str(row["deletion_token"]), marked=True)
-            # A ttl of 0 keeps it expired (expires_at = updated_at) whatever updates it
+            # A ttl of 0 keeps it expired (since the epoch) whatever updates it
             # until its row goes: a run stopped meanwhile, a failed deletion (the sweep
             # ends that one). Reads leave it out, and a claim finds it gone. The token is
             # this mark's alone: a row made anew under the id and marked again gets

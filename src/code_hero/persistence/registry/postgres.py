@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import math
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -108,6 +109,11 @@ _UNNEST_EVENTS = f"unnest({', '.join(f'%b::{t}[]' for t in _EVENT_TYPES)}) AS e(
 # seen (made here, or found by an end): one trip more, not one more a run (`finish_run`).
 _HOOKS_REMEMBERED = 60.0
 _DEADLOCK_RETRIES = 2  # a deletion PostgreSQL chose as a deadlock's victim is tried again
+# ... after this long (times the try, jittered): the other transaction of the cycle was
+# waiting for a lock the victim held. Tried at once, the victim could take that lock
+# again before the waiter woke to it (row locks are not handed over in order), and
+# deadlock again: three times in a row on a loaded machine (test_delete_races).
+_DEADLOCK_BACKOFF = 0.02
 # `purge_idle_thread`'s one statement (its function: migrations.PURGE_THREAD).
 _PURGE = (
     "SELECT * FROM code_hero_purge_thread(?, ?::timestamptz, ?::timestamptz, ?::text, ?, ?, ?, ?)"
@@ -717,13 +723,13 @@ class PostgresRegistry(SqlRegistry):
         """A deletion's transaction, tried again when PostgreSQL chose it as a deadlock's
         victim (rolled back whole, nothing deleted): CONFLICT with retryAfter when it
         keeps being chosen, never INTERNAL."""
-        for _ in range(_DEADLOCK_RETRIES):
+        for tried in range(1, _DEADLOCK_RETRIES + 1):
             try:
                 return await attempt()
             except psycopg.errors.DeadlockDetected:
                 # A writer out of the lock order (thread, then its runs, then the
                 # checkpoints; none of ours) met it.
-                continue
+                await asyncio.sleep(_DEADLOCK_BACKOFF * tried * random.uniform(0.5, 1.5))
         try:
             return await attempt()
         except psycopg.errors.DeadlockDetected:

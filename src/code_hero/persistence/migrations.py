@@ -150,14 +150,33 @@ _THREAD_EXPIRY_PG = (
         FOR EACH ROW EXECUTE FUNCTION code_hero_thread_expiry()
     """,
 )
+
+
 # SQLite's times are fixed-width text: whole seconds are added by datetime() and the
 # fraction and offset (characters 20 on) kept, so the result sorts like the others.
-_SQLITE_EXPIRY = """
+def _sqlite_expiry_triggers(marked: str = "") -> tuple[str, str]:
+    """The two triggers that keep a row's expires_at; with `marked`, a line of the CASE
+    for a row a deletion marked."""
+    later = "replace(datetime(NEW.updated_at, '+' || NEW.ttl_seconds || ' seconds'), ' ', 'T')"
+    body = f"""
     UPDATE code_hero_threads SET expires_at = CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
-        ELSE replace(datetime(NEW.updated_at, '+' || NEW.ttl_seconds || ' seconds'), ' ', 'T')
+{marked}        ELSE {later}
             || substr(NEW.updated_at, 20) END
     WHERE thread_id = NEW.thread_id;
 """
+    return (
+        f"""
+    CREATE TRIGGER code_hero_threads_expiry_insert AFTER INSERT ON code_hero_threads
+    BEGIN {body} END
+    """,
+        f"""
+    CREATE TRIGGER code_hero_threads_expiry_update
+        AFTER UPDATE OF updated_at, ttl_seconds ON code_hero_threads
+    BEGIN {body} END
+    """,
+    )
+
+
 _THREAD_EXPIRY_SQLITE = (
     "ALTER TABLE code_hero_threads ADD COLUMN ttl_seconds INTEGER",
     "ALTER TABLE code_hero_threads ADD COLUMN expires_at TEXT",
@@ -165,15 +184,7 @@ _THREAD_EXPIRY_SQLITE = (
     CREATE INDEX code_hero_threads_expires_idx ON code_hero_threads (expires_at)
         WHERE expires_at IS NOT NULL
     """,
-    f"""
-    CREATE TRIGGER code_hero_threads_expiry_insert AFTER INSERT ON code_hero_threads
-    BEGIN {_SQLITE_EXPIRY} END
-    """,
-    f"""
-    CREATE TRIGGER code_hero_threads_expiry_update
-        AFTER UPDATE OF updated_at, ttl_seconds ON code_hero_threads
-    BEGIN {_SQLITE_EXPIRY} END
-    """,
+    *_sqlite_expiry_triggers(),
 )
 
 # A thread a deletion marked (`start_deletion`: ttl 0) expired at the epoch, not at its
@@ -197,25 +208,10 @@ _MARKED_EXPIRED_PG = (
     f"UPDATE code_hero_threads SET expires_at = {_MARKED_EPOCH_PG} WHERE ttl_seconds = 0",
 )
 _MARKED_EPOCH_SQLITE = "'1970-01-01T00:00:00.000000+00:00'"
-_SQLITE_EXPIRY_MARKED = f"""
-    UPDATE code_hero_threads SET expires_at = CASE WHEN NEW.ttl_seconds IS NULL THEN NULL
-        WHEN NEW.ttl_seconds = 0 THEN {_MARKED_EPOCH_SQLITE}
-        ELSE replace(datetime(NEW.updated_at, '+' || NEW.ttl_seconds || ' seconds'), ' ', 'T')
-            || substr(NEW.updated_at, 20) END
-    WHERE thread_id = NEW.thread_id;
-"""
 _MARKED_EXPIRED_SQLITE = (
     "DROP TRIGGER code_hero_threads_expiry_insert",
     "DROP TRIGGER code_hero_threads_expiry_update",
-    f"""
-    CREATE TRIGGER code_hero_threads_expiry_insert AFTER INSERT ON code_hero_threads
-    BEGIN {_SQLITE_EXPIRY_MARKED} END
-    """,
-    f"""
-    CREATE TRIGGER code_hero_threads_expiry_update
-        AFTER UPDATE OF updated_at, ttl_seconds ON code_hero_threads
-    BEGIN {_SQLITE_EXPIRY_MARKED} END
-    """,
+    *_sqlite_expiry_triggers(f"        WHEN NEW.ttl_seconds = 0 THEN {_MARKED_EPOCH_SQLITE}\n"),
     f"UPDATE code_hero_threads SET expires_at = {_MARKED_EPOCH_SQLITE} WHERE ttl_seconds = 0",
 )
 

@@ -219,6 +219,16 @@ def test_resume_an_interrupt_from_the_inbox(page: Any, server: Server, shot: Sho
     form.get_by_text("approval_request").wait_for()
     assert form.get_by_role("heading").inner_text().startswith(f"Waiting at {interrupt['node']}")
     shot(page, "inbox")
+    # A number JSON.parse would turn into Infinity (sent as null) is refused in the page.
+    form.get_by_label("Answer (JSON or text)").fill('{"approved": 1e400}')
+    form.get_by_role("button", name="Resume").click()
+    banner = page.get_by_role("alert")
+    banner.get_by_text("1e400 is out of range for a JSON number").wait_for()
+    assert banner.locator(".code").inner_text() == "BAD_USER_INPUT"
+    assert page.url.endswith("/ui/inbox")
+    assert server.gql(f'{{ thread(id: "{thread_id}") {{ status }} }}') == {
+        "thread": {"status": "INTERRUPTED"}
+    }
     form.get_by_label("Answer (JSON or text)").fill("yes")
     form.get_by_role("button", name="Resume").click()
     page.wait_for_url("**/ui/runs/*")

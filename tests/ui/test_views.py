@@ -128,6 +128,12 @@ def test_edit_state_from_the_page_makes_an_update_checkpoint(
     banner = page.get_by_role("alert")
     banner.wait_for()
     assert banner.locator(".code").inner_text() == "BAD_USER_INPUT"
+    # Numbers JSON.parse would change (to null, to 0, rounded) are refused, not sent.
+    for typed in ("1e400", "1e-400", "9007199254740993"):
+        values.fill(f'{{"count": {typed}}}')
+        form.get_by_role("button", name="Save as a new checkpoint").click()
+        banner.get_by_text(typed, exact=False).wait_for()
+    assert server.gql(CHECKPOINTS, id=thread_id)["thread"]["checkpoints"]["totalCount"] == before
 
     values.fill(json.dumps({"messages": [{"role": "user", "content": "edited from the page"}]}))
     form.get_by_role("button", name="Save as a new checkpoint").click()

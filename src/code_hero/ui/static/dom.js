@@ -104,11 +104,38 @@ export async function busy(form, work, onError) {
   }
 }
 
-/** Text as JSON when it parses, else the text itself (for resume answers). */
+/** An error the banner shows as the API would show a refused input. */
+function badInput(message) {
+  return Object.assign(new RangeError(message), { code: "BAD_USER_INPUT" });
+}
+
+/**
+ * Text parsed as JSON, refusing a number JSON.parse would silently change: one past a
+ * double's range (1e400 becomes Infinity, which is sent as null), one that underflows to
+ * 0 (1e-400), or an integer past 2^53 (rounded). The API refuses the first and keeps the
+ * others exact; the page cannot, so it says so. A SyntaxError for text that is not JSON.
+ */
+export function parseJson(text) {
+  return JSON.parse(text, (key, value, context) => {
+    if (typeof value !== "number") return value;
+    const source = context && context.source; // the number as typed (Chromium 114+, Firefox 135+)
+    if (!Number.isFinite(value)) throw badInput(`${source || "a number"} is out of range for a JSON number`);
+    if (source && value === 0 && /[1-9]/.test(source.split(/[eE]/)[0])) {
+      throw badInput(`${source} is too small for a JSON number: it would be sent as 0`);
+    }
+    if (source && /^-?\d+$/.test(source) && !Number.isSafeInteger(value)) {
+      throw badInput(`${source} is past what the page can send exactly (2^53): send it as a string, or through the API`);
+    }
+    return value;
+  });
+}
+
+/** Text as JSON when it parses, else the text itself (for resume answers); a number JSON cannot keep is refused. */
 export function jsonOrText(text) {
   try {
-    return JSON.parse(text);
-  } catch {
-    return text;
+    return parseJson(text);
+  } catch (err) {
+    if (err instanceof SyntaxError) return text;
+    throw err;
   }
 }

@@ -22,9 +22,15 @@ export function interruptForms(threadId, interrupts, ctx) {
         "data-interrupt": it.id,
         onsubmit: async (event) => {
           event.preventDefault();
-          const value = jsonOrText(answer.value);
-          const resume = interrupts.length > 1 ? { [it.id]: value } : value;
-          const data = await busy(form, () => gql(START, { input: { threadId, resume } }), ctx.showError);
+          const data = await busy(
+            form,
+            () => {
+              const value = jsonOrText(answer.value);
+              const resume = interrupts.length > 1 ? { [it.id]: value } : value;
+              return gql(START, { input: { threadId, resume } });
+            },
+            ctx.showError,
+          );
           if (data) ctx.navigate(`/ui/runs/${data.startRun.id}`);
         },
       },

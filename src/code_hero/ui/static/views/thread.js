@@ -8,7 +8,7 @@
 // this page's socket and need that same resume path anyway.
 
 import { gql } from "../client.js";
-import { badge, busy, field, h, jsonTree, loading, shortId, when } from "../dom.js";
+import { badge, busy, field, h, jsonTree, loading, parseJson, shortId, when } from "../dom.js";
 import { INTERRUPT_FIELDS, interruptForms } from "../resume.js";
 
 const QUERY = `query Thread($id: ID!, $after: String) {
@@ -65,9 +65,10 @@ function editForm(thread, ctx, rerender) {
         event.preventDefault();
         let parsed;
         try {
-          parsed = JSON.parse(values.value);
+          parsed = parseJson(values.value);
         } catch (err) {
-          ctx.showError({ message: `the values are not JSON: ${err.message}`, code: "BAD_USER_INPUT" });
+          const message = err instanceof SyntaxError ? `the values are not JSON: ${err.message}` : err.message;
+          ctx.showError({ message, code: "BAD_USER_INPUT" });
           return;
         }
         const input = { threadId: thread.id, values: parsed, asNode: asNode.value.trim() || null };

@@ -183,6 +183,39 @@ def test_filter_by_statuses_and_delete_the_selected_threads(page: Any, server: S
         assert server.gql(f'{{ thread(id: "{gone}") {{ id }} }}') == {"thread": None}
 
 
+@pytest.mark.parametrize(
+    ("search", "said"),
+    [
+        ("metadata=%7Bnot", "the metadata filter must be a JSON object"),
+        ("metadata=%5B1%5D", "filter.metadata must be a JSON object"),
+        ("sort=BOGUS", "'BOGUS' does not exist"),
+        ("first=abc", 'per page must be a whole number, got "abc"'),
+        ("first=1000", "first must be between 1 and 100"),
+        ("status=FOO", "'FOO' does not exist"),
+        ("after=garbage", "malformed cursor 'garbage'"),
+    ],
+)
+def test_a_refused_filter_keeps_the_form_to_fix_it(
+    page: Any, server: Server, watch: Watch, search: str, said: str
+) -> None:
+    watch.expected.append("status of 400")  # a variable the API refuses answers HTTP 400
+    page.goto(f"{server.url}/ui/threads?{search}")
+    banner = page.get_by_role("alert")
+    banner.get_by_text(said, exact=False).wait_for()
+    assert banner.locator(".code").inner_text() == "BAD_USER_INPUT"
+    assert page.get_by_role("heading", name="Could not load this view").count() == 0
+    # The form is there, its controls set to what parses (an unknown sort or size
+    # shows the first choice): applying it shows a list.
+    page.get_by_label("Metadata contains").fill("")
+    page.get_by_role("button", name="Apply").click()
+    page.get_by_test_id("total").wait_for()
+    assert page.get_by_role("alert").is_hidden()
+    page.goto(f"{server.url}/ui/threads?{search}")
+    page.get_by_role("link", name="clear the filters").click()
+    page.wait_for_url(f"{server.url}/ui/threads")
+    page.get_by_test_id("total").wait_for()
+
+
 def test_a_socket_cut_under_a_live_run_resumes_after_the_last_event(
     page: Any, proxy: CuttableProxy, server: Server, watch: Watch
 ) -> None:

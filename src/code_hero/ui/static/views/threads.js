@@ -39,6 +39,10 @@ function select(name, options, value) {
   );
 }
 
+function refused(message) {
+  return Object.assign(new Error(message), { code: "BAD_USER_INPUT" });
+}
+
 function variables(query) {
   const filter = {};
   const statuses = query.getAll("status").filter(Boolean);
@@ -50,14 +54,14 @@ function variables(query) {
     try {
       filter.metadata = JSON.parse(query.get("metadata"));
     } catch {
-      const err = new Error("the metadata filter must be a JSON object, e.g. {\"project\": \"x\"}");
-      err.code = "BAD_USER_INPUT";
-      throw err;
+      throw refused('the metadata filter must be a JSON object, e.g. {"project": "x"}');
     }
   }
+  const first = query.get("first") || "20";
+  if (!/^\d+$/.test(first)) throw refused(`per page must be a whole number, got ${JSON.stringify(first)}`);
   const [fieldName, direction] = (query.get("sort") || "UPDATED_AT_DESC").split(/_(?=ASC$|DESC$)/);
   return {
-    first: Number(query.get("first") || 20),
+    first: Number(first),
     after: query.get("after") || null,
     filter: Object.keys(filter).length ? filter : null,
     orderBy: { field: fieldName, direction },
@@ -174,7 +178,17 @@ export async function render(root, _params, query, ctx) {
   // One form for both paints: what someone selects while the list loads stays.
   const filters = filterForm(query, ctx);
   root.replaceChildren(h("h1", {}, "Threads"), filters, loading());
-  const data = await gql(QUERY, variables(query));
+  let data;
+  try {
+    data = await gql(QUERY, variables(query));
+  } catch (err) {
+    if (!err || err.code !== "BAD_USER_INPUT") throw err;
+    // A filter the API refuses (a shared or hand-edited URL): the form stays, to fix it.
+    ctx.showError(err);
+    const why = h("p.empty", { role: "status" }, "This filter was refused (see the error above): change it above, or ", h("a", { href: "/ui/threads" }, "clear the filters"), ".");
+    root.replaceChildren(h("h1", {}, "Threads"), filters, why);
+    return;
+  }
   const { threads, waiting } = data;
   const next = new URLSearchParams(query);
   next.set("after", threads.pageInfo.endCursor || "");

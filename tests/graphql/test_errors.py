@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +79,15 @@ async def test_not_found(server: Server) -> None:
         body = await gql(server.http, query)
         assert codes(body) == ["NOT_FOUND"], (query, body)
         assert "Internal" not in body["errors"][0]["message"]
+
+
+async def test_the_readmes_error_examples_answer_as_shown(server: Server) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [block] = re.findall(r"```text errors\n(.*?)```", readme, re.S)
+    pairs = [p.splitlines() for p in block.strip().split("\n\n")]
+    assert len(pairs) == 2
+    for query, shown in pairs:
+        assert await gql(server.http, query) == json.loads(shown), query
 
 
 async def test_conflict(server: Server) -> None:

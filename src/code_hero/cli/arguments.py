@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="code-hero",
         description="Code Hero Gateway: GraphQL over LangGraph checkpoints and agent runs.",
-        epilog="exit codes: 0 done, 1 error, 2 bad arguments, 3 run waits for an answer",
+        epilog=(
+            "exit codes: 0 done, 1 error (a value the store or gateway refuses too), "
+            "2 a malformed command line, 3 run waits for an answer"
+        ),
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--approve", action="store_true", help="ask for approval before the work is handed on"
     )
     run.add_argument("--resume", metavar="ANSWER", help="answer an interrupted thread's question")
-    run.set_defaults(handler=commands.run)
+    run.set_defaults(handler=commands.run, command_parser=run)
 
     threads = subcommands.add_parser("threads", help="list or delete threads")
     thread_commands = threads.add_subparsers(dest="threads_command", required=True)
@@ -181,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep only the newest N checkpoints of each thread",
     )
-    prune.set_defaults(handler=commands.prune)
+    prune.set_defaults(handler=commands.prune, command_parser=prune)
     return parser
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Rules between options that argparse cannot state (exit 2 when one is broken)."""
+    """Rules between options that argparse cannot state (exit 2 when one is broken,
+    with the usage of the subcommand broken, as argparse's own refusals show it)."""
+    parser = getattr(args, "command_parser", parser)
     if args.command == "run":
         if (args.message is None) == (args.resume is None):
             parser.error("run needs a MESSAGE or --resume ANSWER (one of them)")

@@ -185,7 +185,9 @@ async def migrate(args: argparse.Namespace) -> int:
 
     source = config_from_url_setting("--from", args.source)
     target = config_from_url_setting("--to", args.target)
-    require_file(source)
+    require_file(
+        source, "--from takes postgresql://..., sqlite:///path, a SQLite file's path or memory://"
+    )
     if source.kind != "memory" and source.describe() == target.describe():
         raise ConfigurationError("--from and --to name the same store")
     print(f"copying {source.describe()} -> {target.describe()}")

@@ -60,12 +60,14 @@ def settings_of(args: argparse.Namespace, *, serving: bool = False, **options: A
     return replace(settings, gateway=replace(settings.gateway, checkpointer=checkpointer))
 
 
-def require_file(config: CheckpointerConfig) -> None:
+def require_file(
+    config: CheckpointerConfig, hint: str = "pass --sqlite-path or --database-url"
+) -> None:
     """A SQLite store must exist already: a command that reads it creates no empty file."""
     if config.kind == "sqlite" and not Path(config.database_path or "").exists():
         raise ConfigurationError(
             f"no SQLite database at {config.database_path}: nothing is stored there yet "
-            "(pass --sqlite-path or --database-url)"
+            f"({hint})"
         )
 
 

@@ -38,6 +38,7 @@ def test_a_wrong_key_shows_an_error_and_a_right_one_only_that_users_threads(
 
     page.goto(f"{secured.url}/ui/threads")
     page.get_by_role("heading", name="Sign in").wait_for()
+    assert page.get_by_role("alert").is_hidden()  # a first visit is no error
     page.get_by_label("API key or JWT").fill("not-a-key")
     page.get_by_role("button", name="Sign in").click()
     banner = page.get_by_role("alert")

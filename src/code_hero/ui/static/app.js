@@ -120,7 +120,8 @@ export async function render() {
     cleanup = (await module.render(view, params, query, ctx)) || null;
   } catch (err) {
     if (err && err.code === "UNAUTHENTICATED") {
-      showError(err);
+      // With none stored yet, the sign-in form says all there is to say: no error banner.
+      if (credentials()) showError(err);
       signIn(credentials() ? "These credentials were refused: try another API key or JWT." : null);
       return;
     }

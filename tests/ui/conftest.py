@@ -87,7 +87,9 @@ def start_server(workdir: Path, *args: str, **env: str) -> Server:
         [
             *(sys.executable, "-m", "code_hero.cli", "serve", "--port", str(port)),
             *("--sqlite-path", str(workdir / "ui.sqlite"), "--log-level", "warning"),
-            *("--graphs", f"slowhero={GRAPH}:graph,longhero={GRAPH}:long_graph", *args),
+            "--graphs",
+            f"slowhero={GRAPH}:graph,longhero={GRAPH}:long_graph,plain={GRAPH}:plain",
+            *args,
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
         stdout=log,

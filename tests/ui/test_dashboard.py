@@ -101,6 +101,7 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     assert page.get_by_test_id("run-status").inner_text() == "SUCCESS"
     assert shown_seqs(page) == all_seqs(server, run_id) == list(range(1, len(shown_seqs(page)) + 1))
     assert page.locator(".transitions li").count() == 2
+    assert page.get_by_text("No agent handed over yet").count() == 0
     assert page.locator(".tools li", has_text="check_python").count() == 1
     page.locator("[data-fact=Finished]").filter(has_not_text="—").wait_for()  # filled in
     # The steps chart: one bar per Run.steps entry (read once more at the end), the usage.
@@ -174,6 +175,17 @@ def test_every_control_has_a_label_and_is_reachable_by_keyboard(page: Any, serve
         page.keyboard.press("Tab")
         focused.add(page.evaluate("() => document.activeElement.getAttribute('name')"))
     assert {"status", "user", "metadata", "keys", "sort", "first"} <= focused
+
+
+def test_a_run_of_a_graph_without_agents_says_none_handed_over(page: Any, server: Server) -> None:
+    run_id = server.gql(
+        'mutation { startRun(input: {message: "hi", graph: "plain", wait: true}) { id } }'
+    )["startRun"]["id"]
+    page.goto(f"{server.url}/ui/runs/{run_id}")
+    page.get_by_text("The run has ended").wait_for()
+    agents = page.get_by_role("region", name="Agent transitions")
+    agents.get_by_text("No agent handed over yet").wait_for()
+    assert agents.locator("li").count() == 0
 
 
 def test_cancel_a_slow_run(page: Any, server: Server) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from langgraph.graph import END, START, MessagesState, StateGraph
+
 from code_hero.agents import OfflineChatModel
 from code_hero.agents.graph import build_code_hero_graph
 
@@ -21,3 +23,13 @@ LONG_TOKEN_DELAY = 0.1
 
 graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=TOKEN_DELAY))
 long_graph: Any = build_code_hero_graph(OfflineChatModel(token_delay=LONG_TOKEN_DELAY))
+
+
+def _echo(state: MessagesState) -> dict[str, Any]:
+    return {"messages": [("ai", "echo")]}
+
+
+# A graph with no agents: its runs hand over to none.
+plain: Any = (
+    StateGraph(MessagesState).add_node("echo", _echo).add_edge(START, "echo").add_edge("echo", END)
+).compile()

@@ -66,8 +66,7 @@ def require_file(
     """A SQLite store must exist already: a command that reads it creates no empty file."""
     if config.kind == "sqlite" and not Path(config.database_path or "").exists():
         raise ConfigurationError(
-            f"no SQLite database at {config.database_path}: nothing is stored there yet "
-            f"({hint})"
+            f"no SQLite database at {config.database_path}: nothing is stored there yet ({hint})"
         )
 
 

@@ -22,7 +22,7 @@ function item(thread, ctx) {
       {},
       "Thread ",
       h("a", { href: `/ui/threads/${thread.id}` }, shortId(thread.id)),
-      h("span.source", {}, ` ${thread.userId || "anonymous"} · waiting since ${when(thread.updatedAt)}`),
+      h("span.source", {}, ` ${thread.userId || "no owner"} · waiting since ${when(thread.updatedAt)}`),
     ),
     thread.interrupts.length
       ? interruptForms(thread.id, thread.interrupts, ctx)

@@ -76,6 +76,7 @@ export async function render(root, [id], _query, ctx) {
   const messages = h("div.messages", { "data-testid": "messages" });
   const tools = h("ul.tools", { "aria-label": "Tool calls" });
   const noTools = h("p.empty", {}, "No tool call yet.");
+  const noTransitions = h("p.empty", {}, "No agent handed over yet (a graph without agents has none).");
   const started = h("dd", { "data-fact": "Started" }, when(run.startedAt));
   const finished = h("dd", { "data-fact": "Finished" }, when(run.finishedAt));
   const interrupts = h("div.interrupts");
@@ -183,6 +184,7 @@ export async function render(root, [id], _query, ctx) {
         if (e.error) ctx.showError({ message: e.error, code: "RUN_ERROR" });
         break;
       case "AgentTransition":
+        noTransitions.remove();
         transitions.append(h("li", {}, h("strong", {}, e.fromAgent || "start"), " → ", h("strong", {}, e.toAgent), e.reason ? h("span.reason", {}, ` ${e.reason}`) : null));
         break;
       case "MessageDelta":
@@ -291,7 +293,7 @@ export async function render(root, [id], _query, ctx) {
         cancelForm,
         interrupts,
       ),
-      h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), transitions),
+      h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), noTransitions, transitions),
     ),
     h("section.card", { "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps"), steps),
     h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), messages),

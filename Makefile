@@ -31,7 +31,7 @@ lint: install  ## ruff, mypy and the layer contracts of pyproject.toml
 test: install  ## lint, then the whole suite against the real PostgreSQL
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m compileall -q src
-	$(BIN)/pytest -m "not outage" -n 4
+	$(BIN)/pytest -m "not outage" -n 4 --durations=15
 	$(BIN)/pytest -m outage
 
 bench: install

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from graphql import parse
 from starlette.types import Message, Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed
 
 from code_hero.app import BodySizeLimit
+from code_hero.schema.extensions import MIN_EXPANDED_FIELDS, expanded_fields
+from code_hero.schema.variables import MAX_INPUT_VALUES
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
 from tests.graphql.conftest import Starter
@@ -23,6 +26,59 @@ async def test_query_depth(start: Starter) -> None:
         assert data(await gql(server.http, "{ runs { edges { node { thread { id } } } } }"))
     async with start() as server:  # the default (10) lets a reasonable query through
         assert data(await gql(server.http, DEEP))
+
+
+def fragment_bomb(levels: int) -> str:
+    """A query of `levels` fragments, each spreading the one before twice: 2^levels
+    `health { status }` once spread, in a few hundred bytes per ten levels."""
+    fragments = ["fragment F0 on Query { health { status } }"]
+    fragments += [f"fragment F{i} on Query {{ ...F{i - 1} ...F{i - 1} }}" for i in range(1, levels)]
+    return f"query {{ ...F{levels - 1} }}\n" + "\n".join(fragments)
+
+
+def test_expanded_fields_counts_each_fragment_once_and_stops_past_the_limit() -> None:
+    assert expanded_fields(parse(fragment_bomb(4)), 1000) == 2 * 2**3
+    assert expanded_fields(parse(fragment_bomb(4)), 10) == 11
+    assert expanded_fields(parse(fragment_bomb(200)), 10**6) == 10**6 + 1  # at once
+    inline = "{ runs { edges { ... on RunEdge { node { id } } } } }"
+    assert expanded_fields(parse(inline), 100) == 4
+    cycle = "{ ...A } fragment A on Query { graphs { name } ...A }"
+    assert expanded_fields(parse(cycle), 100) == 2  # validation refuses the cycle
+
+
+async def test_a_fragment_bomb_is_refused_before_validation_walks_it(start: Starter) -> None:
+    async with start() as server:
+        # 2^40 fields: Strawberry's depth limiter alone walked them for minutes, holding
+        # the event loop (an outside audit: /healthz stopped answering).
+        body = await gql(server.http, fragment_bomb(40))
+        assert codes(body) == ["QUERY_TOO_COMPLEX"], body
+        assert f"more than {MIN_EXPANDED_FIELDS} fields" in body["errors"][0]["message"]
+        assert data(await gql(server.http, fragment_bomb(8)))  # 256 fields: served
+        assert data(await gql(server.http, "{ health { status } }"))
+
+
+async def test_variables_holding_more_values_than_any_input_takes_are_refused_first(
+    start: Starter,
+) -> None:
+    count = "query($f: ThreadFilter) { threads(filter: $f) { totalCount } }"
+    async with start() as server:
+        # 200,000 sub-filters (800 KB): converted one by one before the filter's own
+        # limit (100) refused them, they held the server 25 s (an outside audit).
+        body = await gql(server.http, count, {"f": {"anyOf": [{}] * 200_000}})
+        assert codes(body) == ["BAD_USER_INPUT"], body
+        assert f"more than {MAX_INPUT_VALUES} list items" in body["errors"][0]["message"]
+        nested = {"anyOf": [{"anyOf": [{"statuses": ["IDLE"] * 100}] * 100}]}
+        body = await gql(server.http, count, {"f": nested})  # 10,102 values, deeper down
+        assert f"more than {MAX_INPUT_VALUES} list items" in body["errors"][0]["message"]
+        # The largest lists an input takes are served (or refused by their own rule).
+        ids = [f"t-{i}" for i in range(1000)]
+        assert data(await gql(server.http, count, {"f": {"ids": ids}}))
+        body = await gql(server.http, count, {"f": {"anyOf": [{}] * 101}})
+        assert "more than 100 sub-filters" in body["errors"][0]["message"]
+        # A JSON value is one value, however large: its own rule judges it.
+        meta = {"metadata": {"tags": list(range(20_000))}}
+        body = await gql(server.http, count, {"f": meta})
+        assert "filter.metadata may hold at most 100 values" in body["errors"][0]["message"]
 
 
 async def test_aliases(start: Starter) -> None:

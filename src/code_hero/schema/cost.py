@@ -71,6 +71,7 @@ from code_hero.persistence.records import RunStatus
 from code_hero.persistence.stats import MAX_BUCKETS
 from code_hero.resolvers.context import Context
 from code_hero.resolvers.sharing import producing
+from code_hero.schema.variables import check_input_size
 
 __all__ = ["LIST_SIZES", "SUBSCRIPTION_PAGE", "Prices", "admit", "operation_cost", "page_variables"]
 
@@ -307,6 +308,8 @@ def admit(ctx: ExecutionContext, cost: int, max_cost: int) -> None:
     """Refuse the operation about to run if it costs more than `max_cost` (0: no
     maximum), else spend its cost.
 
+    First, variables holding more values than any input takes are refused (see
+    schema.variables), before graphql-core and Strawberry convert them one by one.
     Reads (queries and subscriptions) spend it from the caller's read rate limit;
     mutations count against the mutation limit where they run. A refused query
     or mutation gets its one error as `ctx.result`, so Strawberry skips executing
@@ -314,6 +317,9 @@ def admit(ctx: ExecutionContext, cost: int, max_cost: int) -> None:
     one result.
     """
     try:
+        ast = ctx.graphql_document
+        if ast is not None:
+            check_input_size(ctx.schema._schema, ast, ctx.operation_name, ctx.variables)
         if max_cost and cost > max_cost:
             raise QueryTooComplexError(cost, max_cost)
         context = ctx.context

@@ -7,7 +7,17 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, OperationDefinitionNode
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+)
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
@@ -17,7 +27,15 @@ from code_hero.resolvers.context import Context
 from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
-__all__ = ["SUBSCRIPTION_STARTED", "Document", "Documents", "OperationHooks", "unnamed"]
+__all__ = [
+    "MIN_EXPANDED_FIELDS",
+    "SUBSCRIPTION_STARTED",
+    "Document",
+    "Documents",
+    "OperationHooks",
+    "expanded_fields",
+    "unnamed",
+]
 
 # The key, in an SSE request's ASGI state, of the event set once its operation executes
 # as a subscription (app's `_StoppableStream`: only a subscription is cut at a stop).
@@ -148,6 +166,59 @@ def _degraded(ctx: Any) -> dict[str, Any]:
 _UNKNOWN = object()  # Strawberry's private attribute not there
 
 
+# The fields a document may hold once its fragments are spread: at least this many, and
+# twice the token limit (a document's own fields need two tokens each, `a` and `}` or
+# the next name), so a document the token limit lets through is never refused here.
+MIN_EXPANDED_FIELDS = 10_000
+
+
+def expanded_fields(document: DocumentNode, limit: int) -> int:
+    """How many fields the document's operations select once every fragment spread is
+    replaced by its fragment, counted up to `limit + 1` (then it stops).
+
+    Linear in the document's size: each fragment is counted once and its count reused
+    wherever it is spread. Forty fragments each spreading the one before twice are 2 KB
+    of text and 2^40 fields: the depth limiter (Strawberry's QueryDepthLimiter walks
+    every spread again) and the pricer (schema.cost) would each walk them all, holding
+    the event loop for minutes. A fragment spread inside itself counts nothing here;
+    validation refuses the cycle.
+    """
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    counted: dict[str, int] = {}
+    open_: set[str] = set()
+
+    def count(selections: SelectionSetNode | None) -> int:
+        total = 0
+        for node in selections.selections if selections is not None else ():
+            if isinstance(node, FieldNode):
+                total += 1 + count(node.selection_set)
+            elif isinstance(node, InlineFragmentNode):
+                total += count(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                total += spread(node.name.value)
+            if total > limit:
+                return limit + 1
+        return total
+
+    def spread(name: str) -> int:
+        if name not in counted:
+            fragment = fragments.get(name)
+            if fragment is None or name in open_:  # unknown, or a cycle: validation's
+                return 0
+            open_.add(name)
+            counted[name] = count(fragment.selection_set)
+            open_.discard(name)
+        return counted[name]
+
+    total = 0
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            total = min(total + count(definition.selection_set), limit + 1)
+    return total
+
+
 def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     """The request error for a document of several operations that names none to run.
 
@@ -225,6 +296,7 @@ class Documents:
         self.maxsize = maxsize
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
+        self.max_expanded = max(MIN_EXPANDED_FIELDS, 2 * max_tokens)
 
     def parse(self, ctx: ExecutionContext) -> Generator[None, None, Document | None]:
         """Around Strawberry's parsing: the document of this text, if it is kept."""
@@ -258,16 +330,35 @@ class Documents:
             return
         if self.rules:
             ctx.validation_rules = (*ctx.validation_rules, *self.rules)
-        if document is None or document.ast is not ctx.graphql_document:
-            yield  # not a cached text
-            return
-        if document.valid:
+        cached = document if document is not None and document.ast is ctx.graphql_document else None
+        if cached is not None and cached.valid:
             ctx.pre_execution_errors = []  # Strawberry skips validating then
+            yield
+            return
+        if self._refused_expanded(ctx):  # Strawberry then neither validates nor runs
+            yield
+            return
+        if cached is None:
             yield
             return
         yield
         if ctx.pre_execution_errors == []:
-            document.valid = True
+            cached.valid = True
+
+    def _refused_expanded(self, ctx: ExecutionContext) -> bool:
+        """Refuse (before any validation rule walks it) a document whose fragments
+        spread to more than `max_expanded` fields: see `expanded_fields`."""
+        ast = ctx.graphql_document
+        if ast is None or expanded_fields(ast, self.max_expanded) <= self.max_expanded:
+            return False
+        ctx.pre_execution_errors = [
+            GraphQLError(
+                f"the document selects more than {self.max_expanded} fields once its "
+                "fragments are spread: spread each fragment fewer times",
+                extensions={"code": "QUERY_TOO_COMPLEX"},
+            )
+        ]
+        return True
 
     def price(self, ctx: ExecutionContext, document: Document | None) -> int:
         """The cost of the operation about to run; `document` is what `parse` gave."""

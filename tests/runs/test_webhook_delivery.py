@@ -61,7 +61,7 @@ def test_the_allow_list_admits_addresses_and_ranges() -> None:
 
 def test_urls_are_checked_before_they_are_stored() -> None:
     assert check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
-    assert check_url("http://localhost:9/x")  # a name is checked when it is resolved
+    assert check_url("http://hooks.internal:9/x")  # a name is checked when it is resolved
     for bad in (
         "ftp://example.com/",
         "http:///nohost",
@@ -75,12 +75,19 @@ def test_urls_are_checked_before_they_are_stored() -> None:
         "http://0x7f000002/",
         "http://127.1/",
         "http://0177.0.0.1/",
+        # Names loopback by definition (RFC 6761), and absolute forms ("x.") of refused hosts.
+        "http://localhost:9/x",
+        "http://LocalHost./x",
+        "http://app.localhost/x",
+        "http://127.0.0.1./x",
     ):
         with pytest.raises(BadInputError):
             check_url(bad)
     assert check_url("http://cafe.example/x")  # hex letters in a name: a name
     assert check_url("https://bücher.de/") == "https://bücher.de/"  # IDNA on the wire
     assert check_url("http://10.1.0.7/", parse_allow_list("10.1.0.0/16"))
+    assert check_url("http://localhost:9/x", parse_allow_list("127.0.0.1"))
+    assert check_url("http://example.com./x")  # an absolute name is still a name
 
 
 async def test_resolution_checks_every_address() -> None:

@@ -117,17 +117,22 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise BadInputError("url may not hold spaces or control characters")
     _, host, _ = _split(url)
-    try:
-        literal: Address = ipaddress.ip_address(host)
-    except ValueError:
-        numeric = _legacy_ipv4(host)
-        if numeric is None:
-            try:  # a name DNS can carry: labels of 1-63 characters, IDNA for the rest
-                host.encode("idna")
-            except UnicodeError:
-                raise BadInputError(f"url {url!r} has no valid host name") from None
-            return url
-        literal = numeric
+    # A name's absolute form ("localhost.", "127.0.0.1.") is the same host.
+    host = host.removesuffix(".") if not host.endswith("..") else host
+    if host == "localhost" or host.endswith(".localhost"):  # urlsplit lower-cases it
+        literal: Address = _LOOPBACK  # loopback by definition (RFC 6761), whatever DNS says
+    else:
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            numeric = _legacy_ipv4(host)
+            if numeric is None:
+                try:  # a name DNS can carry: labels of 1-63 characters, IDNA for the rest
+                    host.encode("idna")
+                except UnicodeError:
+                    raise BadInputError(f"url {url!r} has no valid host name") from None
+                return url
+            literal = numeric
     if refused(literal, allow):
         raise BadInputError(
             f"url {url!r} points at {literal}, which webhooks may not reach "
@@ -150,6 +155,7 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
 
 
 _NUMERIC_HOST = frozenset("0123456789abcdefxABCDEFX.")
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 async def resolve(url: str, allow: Sequence[Network] = ()) -> Destination:

@@ -445,6 +445,10 @@ def test_a_malformed_thread_id_is_a_bad_argument(
             "error: --to: the password in the PostgreSQL URL is not URL-encoded",
         ),
         (["threads", "list", "--sqlite-path", "missing.sqlite"], "error: no SQLite database at"),
+        (
+            ["migrate", "--from", "memory://", "--to", "sqlite:///x.sqlite?mode=rwc"],
+            "error: --to: SQLite URL 'sqlite:///x.sqlite?mode=rwc' has a query string",
+        ),
         (  # migrate has no --sqlite-path: the hint names what --from takes
             ["migrate", "--from", "missing", "--to", "memory://"],
             "error: no SQLite database at missing: nothing is stored there yet (--from takes",
@@ -460,6 +464,18 @@ def test_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path:
     assert done.returncode == 1
     assert done.stderr.startswith(message)
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "to",
+    ["sqlite:///sub/../x.sqlite", "sqlite:///./x.sqlite", ".//x.sqlite", "sqlite:///link.sqlite"],
+)
+def test_migrate_refuses_one_file_written_two_ways(to: str, tmp_path: Path) -> None:
+    (tmp_path / "x.sqlite").touch()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "x.sqlite")
+    done = cli("migrate", "--from", str(tmp_path / "x.sqlite"), "--to", to, cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (1, "error: --from and --to name the same store\n")
 
 
 @pytest.mark.parametrize("password", ["zq#xv", "zq?xv", "zq%2Fxv"])

@@ -269,6 +269,11 @@ def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
         path = text[len("sqlite:") :].removeprefix("//").removeprefix("/")
         if not path:
             raise ConfigurationError(f"no file path in SQLite URL {url!r}")
+        if "?" in path or "#" in path:  # a URL's query: none is read, so none is taken
+            raise ConfigurationError(
+                f"SQLite URL {url!r} has a query string, which is not read: give the file's "
+                "path alone (sqlite:///relative.db, sqlite:////absolute.db)"
+            )
         return create_sqlite_checkpointer(path, **kwargs)
     if scheme == "memory" or text == ":memory:":
         return create_memory_checkpointer(**kwargs)

@@ -15,10 +15,12 @@ resolver does; `health` and `migrate` work on stores as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from code_hero.cli.display import RunDisplay
@@ -31,7 +33,7 @@ from code_hero.cli.storage import (
     settings_of,
     storage_flags,
 )
-from code_hero.config import config_from_url_setting
+from code_hero.config import CheckpointerConfig, config_from_url_setting
 from code_hero.errors import BadInputError, CodeHeroError, ConfigurationError
 from code_hero.inputs import MAX_JSON_DEPTH, check_graph_value, check_json
 from code_hero.persistence import clock
@@ -179,6 +181,20 @@ async def health(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ migrate, prune
+def _same_store(source: CheckpointerConfig, target: CheckpointerConfig) -> bool:
+    """Whether two configs name one store: the same URL, or one SQLite file however
+    its path is written (`a//b`, `./b`, relative or absolute, through a link)."""
+    if source.kind == "memory":
+        return False
+    if source.kind == target.kind == "sqlite":
+        here, there = Path(source.database_path or ""), Path(target.database_path or "")
+        with contextlib.suppress(OSError):
+            if here.exists() and there.exists():
+                return here.samefile(there)
+        return here.resolve() == there.resolve()
+    return source.describe() == target.describe()
+
+
 async def migrate(args: argparse.Namespace) -> int:
     """Copy threads, checkpoints, runs and events from one store to another."""
     from code_hero.persistence.transfer import migrate
@@ -188,7 +204,7 @@ async def migrate(args: argparse.Namespace) -> int:
     require_file(
         source, "--from takes postgresql://..., sqlite:///path, a SQLite file's path or memory://"
     )
-    if source.kind != "memory" and source.describe() == target.describe():
+    if _same_store(source, target):
         raise ConfigurationError("--from and --to name the same store")
     print(f"copying {source.describe()} -> {target.describe()}")
     if sys.stdout.isatty():

@@ -27,6 +27,7 @@ the DataLoaders with ids read from stored records and are not checked.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -539,7 +540,22 @@ class Gateway(ThreadAdmin, CheckpointAccess, WebhookAccess):
             caller, Action.RUN_SUBSCRIBE, thread_id=run.thread_id, run_id=run_id
         ):
             raise NotFoundError(f"no run {run_id!r}")
+        if run.status.finished and after_seq > 0:
+            await self._check_not_past_the_end(run, after_seq)
         return self._follow(run_id, after_seq, wanted)
+
+    async def _check_not_past_the_end(self, run: RunRecord, after_seq: int) -> None:
+        """BadInputError for an `afterSeq` past a finished run's last event: no client saw
+        that seq, and a stream that sent nothing would read as a cut one. (At the last
+        event itself the stream just completes: that client has seen the end.) Skipped
+        when the log cannot be read (an outage): the stream answers for itself then."""
+        with contextlib.suppress(BackendUnavailableError):
+            last = await self.manager.registry.last_seq(run.run_id)
+            if after_seq > last:
+                raise BadInputError(
+                    f"afterSeq {after_seq} is past run {run.run_id}'s last event ({last}): "
+                    f"the run ended {run.status.value}; read it with run(id)"
+                )
 
     async def stream_run(
         self,

@@ -104,6 +104,20 @@ async def test_replay_after_a_sequence_number(server: Server) -> None:
         again, end = await ws.collect("again")
     assert [e["seq"] for e in events_of(again)] == list(range(5, len(seqs) + 1))
 
+    # At the final event: nothing follows, that client has seen the end. Past it: no
+    # client saw that seq, and a stream that sent nothing would read as a cut one.
+    async with TransportWS.connect(server.ws_url) as ws:
+        await ws.subscribe("end", EVENTS, {"run": run["id"], "after": len(seqs)})
+        at_end, end = await ws.collect("end")
+        assert at_end == [] and end == {"id": "end", "type": "complete"}
+        await ws.subscribe("past", EVENTS, {"run": run["id"], "after": len(seqs) + 1})
+        _, end = await ws.collect("past")
+    assert end is not None and end["type"] == "error", end
+    assert [e["extensions"]["code"] for e in end["payload"]] == ["BAD_USER_INPUT"]
+    assert f"past run {run['id']}'s last event ({len(seqs)})" in end["payload"][0]["message"]
+    past = await sse(server.http, EVENTS, {"run": run["id"], "after": 2**31 - 1})
+    assert past[0][0] == "next" and codes(past[0][1]) == ["BAD_USER_INPUT"]
+
 
 async def test_disconnect_mid_run_leaves_the_run_going(server: Server) -> None:
     run = await start(server, graph="slow", config={"delay": 0.15})

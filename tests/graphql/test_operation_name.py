@@ -62,6 +62,15 @@ async def test_several_operations_without_a_name_run_none(server: Server) -> Non
     await kept(server)
 
 
+async def test_two_operations_of_one_name_are_refused_in_the_specs_words(
+    server: Server,
+) -> None:
+    body = await gql(server.http, "query A { graphs { name } } query A { health { status } }")
+    assert body["data"] is None
+    assert [e["message"] for e in body["errors"]] == ["There can be only one operation named 'A'."]
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
+
+
 async def test_one_operation_needs_no_name(server: Server) -> None:
     # Fragments beside the operation are no second operation.
     document = "query Look { ...G } fragment G on Query { graphs { name } }"

@@ -245,6 +245,10 @@ def unnamed(ctx: ExecutionContext) -> GraphQLError | None:
     if len(operations) < 2:
         return None
     names = [d.name.value if d.name else "(anonymous)" for d in operations]
+    if len(set(names)) < len(names):
+        # Two share a name (or none has one): validation says so, the spec's words
+        # ("There can be only one operation named 'A'."); nothing runs either way.
+        return None
     return GraphQLError(
         f"the document holds {len(names)} operations ({', '.join(names)}) and no operation"
         " name: name the one to run with operationName"

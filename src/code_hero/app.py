@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 
 STORING = frozenset({"healthy", "degraded"})
 JSON = "application/json"  # the Content-Type read without parsing (see parse_http_body)
+UNSUPPORTED_MEDIA_TYPE = "Unsupported content type: send the request as application/json"
 BATCHES = "Batches are not supported: send one operation per request, a JSON object"
 ACK: UnsetType = UNSET  # connection_ack without a payload
 
@@ -317,6 +318,9 @@ class GraphQLView(GraphQL[Context, None]):
         except HTTPException as exc:  # not "Unable to parse": the body is JSON
             if request.method == "POST" and isinstance(exc.__cause__, _JSONArray):
                 raise HTTPException(400, BATCHES) from exc
+            if exc.status_code == 400 and exc.reason == "Unsupported content type":
+                # A body of a media type no GraphQL-over-HTTP server reads: HTTP's 415.
+                raise HTTPException(415, UNSUPPORTED_MEDIA_TYPE) from exc
             raise
 
     async def _parse_http_body(

@@ -337,8 +337,11 @@ async def test_only_an_exact_json_content_type_skips_strawberrys_parse(
             status, body = await post(typename, header)
             assert status == 200 and data(body) == {"__typename": "Query"}
         assert parsed == ["application/json; charset=utf-8", "application/json;charset=UTF-8"]
+        # A media type no GraphQL-over-HTTP server reads: HTTP's own 415.
+        status, answer = await post(typename, "text/plain")
+        assert status == 415 and codes(answer) == ["BAD_USER_INPUT"], answer
+        assert "send the request as application/json" in answer["errors"][0]["message"]
         refused = {
-            (typename, "text/plain"): "Unsupported content type",
             ("[1", "application/json"): "Unable to parse request body as JSON",
             ("1", "application/json"): "Unable to parse request body as JSON",
             ('{"query": 1}', "application/json"): "`query` must be a string or null",

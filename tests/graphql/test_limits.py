@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from code_hero.app import BodySizeLimit
 from code_hero.schema.extensions import MIN_EXPANDED_FIELDS, expanded_fields
-from code_hero.schema.variables import MAX_INPUT_VALUES
+from code_hero.schema.variables import MAX_INPUT_OBJECTS, MAX_LIST_ITEMS
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
 from tests.graphql.conftest import Starter
@@ -57,7 +57,7 @@ async def test_a_fragment_bomb_is_refused_before_validation_walks_it(start: Star
         assert data(await gql(server.http, "{ health { status } }"))
 
 
-async def test_variables_holding_more_values_than_any_input_takes_are_refused_first(
+async def test_variables_holding_more_than_any_input_takes_are_refused_first(
     start: Starter,
 ) -> None:
     count = "query($f: ThreadFilter) { threads(filter: $f) { totalCount } }"
@@ -66,13 +66,20 @@ async def test_variables_holding_more_values_than_any_input_takes_are_refused_fi
         # limit (100) refused them, they held the server 25 s (an outside audit).
         body = await gql(server.http, count, {"f": {"anyOf": [{}] * 200_000}})
         assert codes(body) == ["BAD_USER_INPUT"], body
-        assert f"more than {MAX_INPUT_VALUES} list items" in body["errors"][0]["message"]
-        nested = {"anyOf": [{"anyOf": [{"statuses": ["IDLE"] * 100}] * 100}]}
-        body = await gql(server.http, count, {"f": nested})  # 10,102 values, deeper down
-        assert f"more than {MAX_INPUT_VALUES} list items" in body["errors"][0]["message"]
-        # The largest lists an input takes are served (or refused by their own rule).
+        assert body["errors"][0]["message"] == (
+            f"$f holds a list of 200000 items (at most {MAX_LIST_ITEMS}): more than any input takes"
+        )
+        # Input objects counted in all, however they nest: 101 lists of 100.
+        nested = {"anyOf": [{"anyOf": [{"userId": "u"}] * 100}] * 100, "not": {}}
+        body = await gql(server.http, count, {"f": nested})
+        assert body["errors"][0]["message"] == (
+            f"$f holds more than {MAX_INPUT_OBJECTS} input objects in all: "
+            "more than any input takes"
+        )
+        # What the inputs' own rules take is served, or refused by those rules: 11
+        # sub-filters of 1,000 ids each (11,000 ids in all), a list just past a rule.
         ids = [f"t-{i}" for i in range(1000)]
-        assert data(await gql(server.http, count, {"f": {"ids": ids}}))
+        assert data(await gql(server.http, count, {"f": {"anyOf": [{"ids": ids}] * 11}}))
         body = await gql(server.http, count, {"f": {"anyOf": [{}] * 101}})
         assert "more than 100 sub-filters" in body["errors"][0]["message"]
         # A JSON value is one value, however large: its own rule judges it.

@@ -52,16 +52,26 @@ _STALLS_FORGIVEN = 3
 class BoundedCalls:
     """Backend calls awaited for a bounded time; those given up on end in the background.
 
-    The time is the event loop's: a call the process itself kept from running (the
+    With `forgive_stalls` (a probe, an open: the calls that judge a backend's health),
+    the time is the event loop's: a call the process itself kept from running (the
     loop held past the deadline by CPU-bound work, as a request's huge input once
     held it 25 s) is given its time again, up to `_STALLS_FORGIVEN` times, rather
-    than failing a healthy database over to the fallback (an outside audit).
+    than failing a healthy database over to the fallback (an outside audit). Other
+    bounded calls (the copy-back's gated steps, the shutdown's grace) keep their
+    bound as promised.
     """
 
     def __init__(self) -> None:
         self._abandoned: set[asyncio.Task[Any]] = set()
 
-    async def run(self, call: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
+    async def run(
+        self,
+        call: Coroutine[Any, Any, R],
+        seconds: float,
+        what: str,
+        *,
+        forgive_stalls: bool = False,
+    ) -> R:
         """Await `call` for at most `seconds`; past that, give up on it with TimeoutError.
 
         The call runs as a task that is cancelled but not awaited when the time
@@ -72,7 +82,7 @@ class BoundedCalls:
         task = asyncio.ensure_future(call)
         loop = asyncio.get_running_loop()
         try:
-            for _ in range(1 + _STALLS_FORGIVEN):
+            for _ in range(1 + (_STALLS_FORGIVEN if forgive_stalls else 0)):
                 deadline = loop.time() + seconds
                 done, _ = await asyncio.wait({task}, timeout=seconds)
                 if done or loop.time() - deadline < _STALL:
@@ -206,6 +216,7 @@ class BackendSlot:
                 _open_or_close(backend),
                 open_timeout(self.config),
                 f"opening the {self.kind} backend",
+                forgive_stalls=True,
             )
         except Exception as exc:
             # Tried again at every probe while it stays down: only the first failure
@@ -236,7 +247,12 @@ class BackendSlot:
         started = time.perf_counter()
         seconds = probe_timeout(self.config)
         with metrics.timed(self.label, "probe"):
-            await calls.run(self.backend.probe(room=self.disk_full), seconds, f"{self.kind} probe")
+            await calls.run(
+                self.backend.probe(room=self.disk_full),
+                seconds,
+                f"{self.kind} probe",
+                forgive_stalls=True,
+            )
         was_healthy = self.healthy
         self._record_answer(started)
         if not was_healthy:

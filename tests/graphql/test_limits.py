@@ -10,7 +10,7 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed
 
 from code_hero.app import BodySizeLimit
-from code_hero.schema.extensions import MIN_EXPANDED_FIELDS, expanded_fields
+from code_hero.schema.extensions import MAX_SPREAD_DEPTH, MIN_EXPANDED_FIELDS, expanded_fields
 from code_hero.schema.variables import MAX_INPUT_OBJECTS, MAX_LIST_ITEMS
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
@@ -54,6 +54,16 @@ async def test_a_fragment_bomb_is_refused_before_validation_walks_it(start: Star
         assert codes(body) == ["QUERY_TOO_COMPLEX"], body
         assert f"more than {MIN_EXPANDED_FIELDS} fields" in body["errors"][0]["message"]
         assert data(await gql(server.http, fragment_bomb(8)))  # 256 fields: served
+        # A chain of 600 fragments, each spreading the next (within the token limit):
+        # graphql-core's validation overflowed Python's stack on it, an INTERNAL error.
+        chain = [f"fragment F{i} on Query {{ ...F{i + 1} }}" for i in range(600)]
+        chain.append("fragment F600 on Query { health { status } }")
+        body = await gql(server.http, "query { ...F0 }\n" + "\n".join(chain))
+        assert codes(body) == ["QUERY_TOO_COMPLEX"], body
+        assert f"more than {MAX_SPREAD_DEPTH} deep" in body["errors"][0]["message"]
+        short = [f"fragment F{i} on Query {{ ...F{i + 1} }}" for i in range(20)]
+        short.append("fragment F20 on Query { health { status } }")
+        assert data(await gql(server.http, "query { ...F0 }\n" + "\n".join(short)))
         assert data(await gql(server.http, "{ health { status } }"))
 
 

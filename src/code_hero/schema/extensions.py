@@ -28,6 +28,7 @@ from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
 
 __all__ = [
+    "MAX_SPREAD_DEPTH",
     "MIN_EXPANDED_FIELDS",
     "SUBSCRIPTION_STARTED",
     "Document",
@@ -170,6 +171,8 @@ _UNKNOWN = object()  # Strawberry's private attribute not there
 # twice the token limit (a document's own fields need two tokens each, `a` and `}` or
 # the next name), so a document the token limit lets through is never refused here.
 MIN_EXPANDED_FIELDS = 10_000
+# How deep fragments may be spread inside one another (a real client's: a few).
+MAX_SPREAD_DEPTH = 100
 
 
 def expanded_fields(document: DocumentNode, limit: int) -> int:
@@ -181,13 +184,15 @@ def expanded_fields(document: DocumentNode, limit: int) -> int:
     of text and 2^40 fields: the depth limiter (Strawberry's QueryDepthLimiter walks
     every spread again) and the pricer (schema.cost) would each walk them all, holding
     the event loop for minutes. A fragment spread inside itself counts nothing here;
-    validation refuses the cycle.
+    validation refuses the cycle. Fragments spread inside one another more than
+    `MAX_SPREAD_DEPTH` deep count as past the limit: graphql-core's validation
+    recurses through such a chain and overflows Python's stack (an INTERNAL error).
     """
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
     counted: dict[str, int] = {}
-    open_: set[str] = set()
+    open_: list[str] = []  # the fragments being counted, outermost first
 
     def count(selections: SelectionSetNode | None) -> int:
         total = 0
@@ -207,9 +212,11 @@ def expanded_fields(document: DocumentNode, limit: int) -> int:
             fragment = fragments.get(name)
             if fragment is None or name in open_:  # unknown, or a cycle: validation's
                 return 0
-            open_.add(name)
+            if len(open_) >= MAX_SPREAD_DEPTH:
+                return limit + 1
+            open_.append(name)
             counted[name] = count(fragment.selection_set)
-            open_.discard(name)
+            open_.pop()
         return counted[name]
 
     total = 0
@@ -353,12 +360,16 @@ class Documents:
         """Refuse (before any validation rule walks it) a document whose fragments
         spread to more than `max_expanded` fields: see `expanded_fields`."""
         ast = ctx.graphql_document
-        if ast is None or expanded_fields(ast, self.max_expanded) <= self.max_expanded:
-            return False
+        try:
+            if ast is None or expanded_fields(ast, self.max_expanded) <= self.max_expanded:
+                return False
+        except RecursionError:  # selections nested past Python's stack: not a real query
+            pass
         ctx.pre_execution_errors = [
             GraphQLError(
                 f"the document selects more than {self.max_expanded} fields once its "
-                "fragments are spread: spread each fragment fewer times",
+                f"fragments are spread, or spreads fragments more than {MAX_SPREAD_DEPTH} "
+                "deep: spread each fragment fewer times",
                 extensions={"code": "QUERY_TOO_COMPLEX"},
             )
         ]

@@ -300,17 +300,24 @@ async def test_a_filter_field_deliveries_are_not_matched_on_is_refused(
 
 
 async def test_a_host_name_resolving_to_loopback_is_refused_at_delivery(
-    checkpointer: CheckpointerConfig, hooks: Receiver
+    checkpointer: CheckpointerConfig, hooks: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = hooks.url.rsplit(":", 1)[1]
+    # A name the resolver answers with loopback, as an internal DNS name would.
+    resolved = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.sneaky.test":
+            return resolved("127.0.0.1", *args, **kwargs)
+        return resolved(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     settings = fast_schedule((0,), allow=())  # nothing allow-listed
     async with (
         webhook_server(checkpointer, settings) as server,
         as_user(server, ALICE_KEY) as alice,
     ):
-        # A name: checked when resolved. Not `localhost`, refused at once (RFC 6761): the
-        # machine's own name, which resolves to one of its addresses (loopback, private).
-        url = f"http://{socket.gethostname()}:{port}/sneaky"
+        url = f"http://hooks.sneaky.test:{port}/sneaky"  # a name: checked when resolved
         data(await gql(alice, CREATE, {"input": {"url": url, "events": ["RUN_SUCCEEDED"]}}))
         data(await gql(alice, START, {"input": FAST}))
         (delivery,) = await settled(alice)

@@ -86,7 +86,10 @@ def test_urls_are_checked_before_they_are_stored() -> None:
     assert check_url("http://cafe.example/x")  # hex letters in a name: a name
     assert check_url("https://bücher.de/") == "https://bücher.de/"  # IDNA on the wire
     assert check_url("http://10.1.0.7/", parse_allow_list("10.1.0.0/16"))
-    assert check_url("http://localhost:9/x", parse_allow_list("127.0.0.1"))
+    # localhost is 127.0.0.1 and ::1 by definition: a webhook to it needs both allowed.
+    with pytest.raises(BadInputError, match="points at ::1"):
+        check_url("http://localhost:9/x", parse_allow_list("127.0.0.1"))
+    assert check_url("http://localhost:9/x", parse_allow_list("127.0.0.1,::1"))
     assert check_url("http://example.com./x")  # an absolute name is still a name
 
 
@@ -95,6 +98,12 @@ async def test_resolution_checks_every_address() -> None:
         await resolve("http://localhost:8080/hook")
     allowed = await resolve("http://127.0.0.1:8080/hook", parse_allow_list("127.0.0.1"))
     assert str(allowed.address) == "127.0.0.1" and allowed.port == 8080
+    # Named localhost, absolute or a subdomain: 127.0.0.1 and ::1, whatever the resolver says.
+    both = parse_allow_list("127.0.0.1,::1")
+    for url in ("http://localhost.:8080/hook", "http://app.localhost:8080/hook"):
+        with pytest.raises(RefusedDestinationError):
+            await resolve(url, parse_allow_list("127.0.0.1"))
+        assert str((await resolve(url, both)).address) == "127.0.0.1"
     secure = await resolve("https://127.0.0.1/x", parse_allow_list("127.0.0.1"))
     assert secure.port == 443 and secure.host == "127.0.0.1"
 

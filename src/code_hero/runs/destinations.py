@@ -117,10 +117,9 @@ def check_url(url: str, allow: Sequence[Network] = ()) -> str:
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise BadInputError("url may not hold spaces or control characters")
     _, host, _ = _split(url)
-    # A name's absolute form ("localhost.", "127.0.0.1.") is the same host.
-    host = host.removesuffix(".") if not host.endswith("..") else host
-    if host == "localhost" or host.endswith(".localhost"):  # urlsplit lower-cases it
-        literal: Address = _LOOPBACK  # loopback by definition (RFC 6761), whatever DNS says
+    host = _relative(host)
+    if _is_localhost(host):
+        literal: Address = next((a for a in _LOCALHOST if refused(a, allow)), _LOCALHOST[0])
     else:
         try:
             literal = ipaddress.ip_address(host)
@@ -155,7 +154,22 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
 
 
 _NUMERIC_HOST = frozenset("0123456789abcdefxABCDEFX.")
-_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+# What `localhost` and `*.localhost` name, by definition (RFC 6761), whatever DNS or
+# /etc/hosts says: a webhook to them must have both allowed.
+_LOCALHOST: tuple[Address, ...] = (
+    ipaddress.IPv4Address("127.0.0.1"),
+    ipaddress.IPv6Address("::1"),
+)
+
+
+def _relative(host: str) -> str:
+    """The host without the root's dot: "localhost." and "127.0.0.1." name what
+    "localhost" and "127.0.0.1" do (an empty label, "a..", stays, to be refused)."""
+    return host.removesuffix(".") if not host.endswith("..") else host
+
+
+def _is_localhost(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")  # urlsplit lower-cases it
 
 
 async def resolve(url: str, allow: Sequence[Network] = ()) -> Destination:
@@ -164,12 +178,15 @@ async def resolve(url: str, allow: Sequence[Network] = ()) -> Destination:
         scheme, host, port = _split(url)
     except BadInputError as exc:
         raise RefusedDestinationError(str(exc)) from None
+    name = _relative(host)
     try:
-        addresses: list[Address] = [ipaddress.ip_address(host)]
+        addresses: list[Address] = (
+            list(_LOCALHOST) if _is_localhost(name) else [ipaddress.ip_address(name)]
+        )
     except ValueError:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
+                name, port, type=socket.SOCK_STREAM
             )
         except OSError as exc:
             raise RefusedDestinationError(f"cannot resolve {host!r}: {exc}") from None

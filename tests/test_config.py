@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -144,6 +146,20 @@ def test_a_libpq_key_value_string_is_refused_not_taken_for_a_sqlite_file(dsn: st
 def test_a_file_path_with_an_equals_sign_is_still_a_sqlite_file() -> None:
     config = config_from_url("data/run=1.sqlite")
     assert config.kind == "sqlite" and config.database_path == "data/run=1.sqlite"
+
+
+def test_a_sqlite_url_with_a_query_string_is_refused_naming_a_file_made_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its query was never read: an earlier version made it part of the file's name."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="has a query string, which is not read") as no:
+        config_from_url("sqlite:///data.db?mode=rwc")
+    assert "exists" not in str(no.value)
+    (tmp_path / "data.db?mode=rwc").touch()
+    with pytest.raises(ConfigurationError, match=r"a file named 'data\.db\?mode=rwc' exists"):
+        config_from_url("sqlite:///data.db?mode=rwc")
+    assert config_from_url("data.db?mode=rwc").database_path == "data.db?mode=rwc"  # a path
 
 
 def test_production_names_the_variable_of_a_bad_url() -> None:

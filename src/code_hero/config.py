@@ -270,9 +270,16 @@ def config_from_url(url: str, **kwargs: Any) -> CheckpointerConfig:
         if not path:
             raise ConfigurationError(f"no file path in SQLite URL {url!r}")
         if "?" in path or "#" in path:  # a URL's query: none is read, so none is taken
+            # An earlier version made the whole text the file's name: say where that is.
+            made = (
+                f"; a file named {path!r} exists, where an earlier version stored this URL's "
+                "data: rename it, or give its path as a path, not a URL"
+                if Path(path).exists()
+                else ""
+            )
             raise ConfigurationError(
                 f"SQLite URL {url!r} has a query string, which is not read: give the file's "
-                "path alone (sqlite:///relative.db, sqlite:////absolute.db)"
+                f"path alone (sqlite:///relative.db, sqlite:////absolute.db){made}"
             )
         return create_sqlite_checkpointer(path, **kwargs)
     if scheme == "memory" or text == ":memory:":

@@ -188,6 +188,7 @@ def test_filter_by_statuses_and_delete_the_selected_threads(page: Any, server: S
     [
         ("metadata=%7Bnot", "the metadata filter must be a JSON object"),
         ("metadata=%5B1%5D", "filter.metadata must be a JSON object"),
+        ("metadata=%7B%22n%22%3A1e400%7D", "1e400 is out of range"),  # {"n":1e400}
         ("sort=BOGUS", "'BOGUS' does not exist"),
         ("first=abc", 'per page must be a whole number, got "abc"'),
         ("first=1000", "first must be between 1 and 100"),
@@ -214,6 +215,14 @@ def test_a_refused_filter_keeps_the_form_to_fix_it(
     page.get_by_role("link", name="clear the filters").click()
     page.wait_for_url(f"{server.url}/ui/threads")
     page.get_by_test_id("total").wait_for()
+
+
+def test_integers_a_double_holds_exactly_are_sent_as_typed(page: Any, server: Server) -> None:
+    # 2^53 and 10^20 are exact as doubles (only 2^53 + 1 and the like are refused).
+    for n in ("9007199254740992", "100000000000000000000"):
+        page.goto(f"{server.url}/ui/threads?metadata=%7B%22n%22%3A{n}%7D")
+        page.get_by_test_id("total").wait_for()
+        assert page.get_by_role("alert").is_hidden()
 
 
 def test_a_socket_cut_under_a_live_run_resumes_after_the_last_event(

@@ -112,7 +112,7 @@ function badInput(message) {
 /**
  * Text parsed as JSON, refusing a number JSON.parse would silently change: one past a
  * double's range (1e400 becomes Infinity, which is sent as null), one that underflows to
- * 0 (1e-400), or an integer past 2^53 (rounded). The API refuses the first and keeps the
+ * 0 (1e-400), or an integer past 2^53 that a double cannot hold (rounded). The API refuses the first and keeps the
  * others exact; the page cannot, so it says so. A SyntaxError for text that is not JSON.
  */
 export function parseJson(text) {
@@ -123,7 +123,8 @@ export function parseJson(text) {
     if (source && value === 0 && /[1-9]/.test(source.split(/[eE]/)[0])) {
       throw badInput(`${source} is too small for a JSON number: it would be sent as 0`);
     }
-    if (source && /^-?\d+$/.test(source) && !Number.isSafeInteger(value)) {
+    if (source && /^-?\d+$/.test(source) && !Number.isSafeInteger(value) && BigInt(source) !== BigInt(value)) {
+      // An integer a double cannot hold exactly (2^53 + 1): it would be sent rounded.
       throw badInput(`${source} is past what the page can send exactly (2^53): send it as a string, or through the API`);
     }
     return value;

@@ -4,7 +4,7 @@
 // view can be shared. The threads waiting for a human have their own view, /ui/inbox.
 
 import { gql } from "../client.js";
-import { badge, busy, field, h, loading, shortId, when } from "../dom.js";
+import { badge, busy, field, h, loading, parseJson, shortId, when } from "../dom.js";
 
 const QUERY = `query Threads($first: Int!, $after: String, $filter: ThreadFilter, $orderBy: ThreadSort) {
   threads(first: $first, after: $after, filter: $filter, orderBy: $orderBy) {
@@ -52,8 +52,9 @@ function variables(query) {
   if (keys.length) filter.metadataHasKeys = keys;
   if (query.get("metadata")) {
     try {
-      filter.metadata = JSON.parse(query.get("metadata"));
-    } catch {
+      filter.metadata = parseJson(query.get("metadata"));
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err; // a number the page cannot send as typed
       throw refused('the metadata filter must be a JSON object, e.g. {"project": "x"}');
     }
   }

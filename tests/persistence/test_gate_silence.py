@@ -64,9 +64,9 @@ async def test_a_database_silent_while_the_gate_is_closed_holds_writers_one_step
         seen: list[str] = []
         run_call, write = router.calls.run, router.gate.write
 
-        async def bounded(call: Any, seconds: float, what: str) -> Any:
+        async def bounded(call: Any, seconds: float, what: str, **options: Any) -> Any:
             try:
-                return await run_call(call, seconds, what)
+                return await run_call(call, seconds, what, **options)
             except TimeoutError:
                 seen.append(f"given up: {what}")
                 raise
@@ -182,10 +182,10 @@ class _SlowWhileGated:
                 finally:
                     self.gated = False
 
-        async def bounded(call: Any, seconds: float, what: str) -> Any:
+        async def bounded(call: Any, seconds: float, what: str, **options: Any) -> Any:
             if what == "the copy-back's last part":
                 self.bounds.append(seconds)
-            return await run_call(call, seconds, what)
+            return await run_call(call, seconds, what, **options)
 
         def slowed(name: str, write: Any) -> Any:
             async def slow(*args: Any) -> Any:

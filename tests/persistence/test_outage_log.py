@@ -110,14 +110,15 @@ async def test_an_open_failing_two_ways_in_turn_warns_once_for_each(
         description = "a database down"
 
     class Failing:
-        async def run(self, call: Any, seconds: float, what: str) -> None:
+        async def run(self, call: Any, seconds: float, what: str, **_: Any) -> None:
             call.close()
             raise failures.pop(0)
 
     monkeypatch.setattr(slots, "open_backend", lambda config: Unopened())
     slot = slots.BackendSlot("primary", create_postgres_checkpointer(PG_ADMIN_URL))
-    while failures:  # refused, timed out, refused, ...: each probe's open
+    for _ in range(len(failures)):  # refused, timed out, refused, ...: each probe's open
         await slot.open(Failing(), enforce_references=False)  # type: ignore[arg-type]
+    assert failures == []  # each open called the fake (a fake the call refuses loops no more)
     assert len(_warnings(caplog)) == 2, _warnings(caplog)
 
 

@@ -349,11 +349,8 @@ class Documents:
         if self._refused_expanded(ctx):  # Strawberry then neither validates nor runs
             yield
             return
-        if cached is None:
-            yield
-            return
         yield
-        if ctx.pre_execution_errors == []:
+        if cached is not None and ctx.pre_execution_errors == []:
             cached.valid = True
 
     def _refused_expanded(self, ctx: ExecutionContext) -> bool:

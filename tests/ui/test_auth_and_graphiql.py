@@ -44,6 +44,10 @@ def test_a_wrong_key_shows_an_error_and_a_right_one_only_that_users_threads(
     banner = page.get_by_role("alert")
     banner.get_by_text("invalid credentials").wait_for()
     assert banner.locator(".code").inner_text() == "UNAUTHENTICATED"
+    page.get_by_text("These credentials were refused").wait_for()
+    # Refused credentials are not kept: nothing to sign out of.
+    assert page.evaluate("() => sessionStorage.getItem('code-hero.credentials')") in (None, "")
+    assert page.get_by_role("button", name="Sign out").count() == 0
     shot(page, "signin-error")
 
     assert page.get_by_role("link", name="GraphiQL").is_hidden()  # off with auth by default
@@ -54,6 +58,7 @@ def test_a_wrong_key_shows_an_error_and_a_right_one_only_that_users_threads(
     assert page.get_by_test_id("total").get_attribute("data-count") == "1"
     assert page.evaluate("() => sessionStorage.getItem('code-hero.credentials')") == ALICE_KEY
     assert ALICE_KEY not in page.url
+    assert page.get_by_role("button", name="Sign out").count() == 1
 
     # The socket authenticates with the same key in connection_init: a run is followed live.
     page.locator(f"[data-thread='{mine}'] a").click()

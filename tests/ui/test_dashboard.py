@@ -101,7 +101,8 @@ def test_a_run_streams_tokens_lists_its_thread_and_shows_its_checkpoints(
     assert page.get_by_test_id("run-status").inner_text() == "SUCCESS"
     assert shown_seqs(page) == all_seqs(server, run_id) == list(range(1, len(shown_seqs(page)) + 1))
     assert page.locator(".transitions li").count() == 2
-    assert page.get_by_text("No agent handed over yet").count() == 0
+    assert page.get_by_text("No agent handed over").count() == 0
+    assert page.get_by_text("No message").count() == 0
     assert page.locator(".tools li", has_text="check_python").count() == 1
     page.locator("[data-fact=Finished]").filter(has_not_text="—").wait_for()  # filled in
     # The steps chart: one bar per Run.steps entry (read once more at the end), the usage.
@@ -185,8 +186,15 @@ def test_a_run_of_a_graph_without_agents_says_none_handed_over(page: Any, server
     page.goto(f"{server.url}/ui/runs/{run_id}")
     page.get_by_text("The run has ended").wait_for()
     agents = page.get_by_role("region", name="Agent transitions")
-    agents.get_by_text("No agent handed over yet").wait_for()
+    # Once the run has ended, the empty panels say what happened, not "yet".
+    agents.get_by_text("No agent handed over (a graph without agents has none).").wait_for()
     assert agents.locator("li").count() == 0
+    messages = page.get_by_role("region", name="Messages")
+    assert messages.get_by_text("No message was streamed").count() == 1
+    assert messages.locator(".message").count() == 0
+    tools = page.get_by_role("region", name="Tool calls")
+    assert tools.get_by_text("No tool was called.").count() == 1
+    assert page.get_by_text("yet", exact=False).count() == 0
 
 
 def test_cancel_a_slow_run(page: Any, server: Server) -> None:

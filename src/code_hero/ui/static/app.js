@@ -121,8 +121,14 @@ export async function render() {
   } catch (err) {
     if (err && err.code === "UNAUTHENTICATED") {
       // With none stored yet, the sign-in form says all there is to say: no error banner.
-      if (credentials()) showError(err);
-      signIn(credentials() ? "These credentials were refused: try another API key or JWT." : null);
+      // Refused ones are dropped (no "Sign out" for a session that never began).
+      const refused = Boolean(credentials());
+      if (refused) {
+        setCredentials("");
+        header();
+        showError(err);
+      }
+      signIn(refused ? "These credentials were refused: try another API key or JWT." : null);
       return;
     }
     showError(err);

@@ -75,8 +75,10 @@ export async function render(root, [id], _query, ctx) {
   const transitions = h("ol.transitions", { "aria-label": "Agent transitions" });
   const messages = h("div.messages", { "data-testid": "messages" });
   const tools = h("ul.tools", { "aria-label": "Tool calls" });
+  // The empty panels say "yet" while the run goes on, and what happened once it ended.
   const noTools = h("p.empty", {}, "No tool call yet.");
   const noTransitions = h("p.empty", {}, "No agent handed over yet (a graph without agents has none).");
+  const noMessages = h("p.empty", {}, "No message yet (a graph without a model streams none).");
   const started = h("dd", { "data-fact": "Started" }, when(run.startedAt));
   const finished = h("dd", { "data-fact": "Finished" }, when(run.finishedAt));
   const interrupts = h("div.interrupts");
@@ -96,7 +98,8 @@ export async function render(root, [id], _query, ctx) {
     duration.textContent = ms(r.durationMs);
     tokens.textContent = `${count(r.usage.totalTokens)} (${count(r.usage.inputTokens)} in, ${count(r.usage.outputTokens)} out)`;
     steps.dataset.count = r.steps.length;
-    steps.replaceChildren(r.steps.length ? gantt(r.steps, { title: `The ${r.steps.length} steps of run ${id}` }) : h("p.empty", {}, "No step yet."));
+    const none = ENDED.has(r.status) ? "No step ran." : "No step yet.";
+    steps.replaceChildren(r.steps.length ? gantt(r.steps, { title: `The ${r.steps.length} steps of run ${id}` }) : h("p.empty", {}, none));
   }
   function refresh() {
     if (reading) {
@@ -137,6 +140,11 @@ export async function render(root, [id], _query, ctx) {
   function setStatus(value) {
     status.replaceChildren(badge(value));
     cancelForm.hidden = ENDED.has(value);
+    if (ENDED.has(value)) {
+      noTools.textContent = "No tool was called.";
+      noTransitions.textContent = "No agent handed over (a graph without agents has none).";
+      noMessages.textContent = "No message was streamed (a graph without a model streams none).";
+    }
   }
 
   function bubble(e) {
@@ -145,6 +153,7 @@ export async function render(root, [id], _query, ctx) {
     if (!text) {
       text = h("div.text", { "data-message": key });
       bubbles.set(key, text);
+      noMessages.remove();
       messages.append(h("article.message", {}, h("header", {}, e.node), text));
     }
     return text;
@@ -296,7 +305,7 @@ export async function render(root, [id], _query, ctx) {
       h("section.card", { "aria-labelledby": "agents" }, h("h2", { id: "agents" }, "Agent transitions"), noTransitions, transitions),
     ),
     h("section.card", { "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps"), steps),
-    h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), messages),
+    h("section.card", { "aria-labelledby": "msgs" }, h("h2", { id: "msgs" }, "Messages"), noMessages, messages),
     h("section.card", { "aria-labelledby": "tools" }, h("h2", { id: "tools" }, "Tool calls"), noTools, tools),
     h("section.card", {}, h("details.log", {}, h("summary", {}, "Event log"), events)),
   );

@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from code_hero.app import BodySizeLimit
 from code_hero.schema.extensions import MAX_SPREAD_DEPTH, MIN_EXPANDED_FIELDS, expanded_fields
+from code_hero.schema.overlap import MAX_MERGE_WORK, PAIR, merge_work
 from code_hero.schema.variables import MAX_INPUT_OBJECTS, MAX_LIST_ITEMS
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
@@ -65,6 +66,50 @@ async def test_a_fragment_bomb_is_refused_before_validation_walks_it(start: Star
         short.append("fragment F20 on Query { health { status } }")
         assert data(await gql(server.http, "query { ...F0 }\n" + "\n".join(short)))
         assert data(await gql(server.http, "{ health { status } }"))
+
+
+def side_by_side(count: int, alias: str = "") -> str:
+    """`count` one-field fragments spread in one selection set (each `health`, or with
+    `alias`, an alias of its own)."""
+    fragments = " ".join(
+        f"fragment F{i} on Query {{ {alias and f'{alias}{i}: '}health {{ status }} }}"
+        for i in range(count)
+    )
+    return f"{fragments} {{ {' '.join(f'...F{i}' for i in range(count))} }}"
+
+
+def test_merge_work_prices_the_pairs_validation_compares() -> None:
+    # Three fields of one name: 3 pairs; their subfields, one each, none; 6 nodes seen.
+    assert merge_work(parse("{ health { status } health { status } health { status } }")) == (
+        3 * PAIR + 6
+    )
+    # Names told apart by aliases are never compared.
+    assert merge_work(parse("{ a: health { status } b: health { status } }")) == 4
+    # Two fragments spread together: their pair, and in it a pair of `health`; each
+    # spread against the set's own fields (none): 1 each; 8 nodes seen.
+    assert merge_work(parse(side_by_side(2))) == 2 * PAIR + 2 + 8
+    assert merge_work(parse(side_by_side(2, alias="h"))) == PAIR + 2 + 8
+    # Counted up to the limit, then it stops.
+    assert merge_work(parse(side_by_side(600)), limit=100) == 101
+
+
+async def test_a_document_whose_fields_merge_slowly_is_refused_before_validation(
+    start: Starter,
+) -> None:
+    async with start() as server:
+        # Within the token limit, 600 copies of one field (11 KB) and 400 one-field
+        # fragments side by side (21 KB): graphql-core's check that they can be merged
+        # compares every pair, and held the event loop 1.2 s each.
+        for document in ("{ " + "health { status } " * 600 + "}", side_by_side(400)):
+            body = await gql(server.http, document)
+            assert codes(body) == ["QUERY_TOO_COMPLEX"], body
+            message = body["errors"][0]["message"]
+            assert "too many times to check that they can be merged" in message
+        # A client's documents are far from the limit: 20 copies of a field, 40
+        # fragments spread side by side that all select it too.
+        assert data(await gql(server.http, "{ " + "health { status } " * 20 + "}"))
+        assert merge_work(parse(side_by_side(40))) < MAX_MERGE_WORK / 2
+        assert data(await gql(server.http, side_by_side(40)))
 
 
 async def test_variables_holding_more_than_any_input_takes_are_refused_first(

@@ -10,8 +10,8 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed
 
 from code_hero.app import BodySizeLimit
+from code_hero.schema.errors import TOO_COMPLEX_TO_VALIDATE
 from code_hero.schema.extensions import MAX_SPREAD_DEPTH, MIN_EXPANDED_FIELDS, expanded_fields
-from code_hero.schema.overlap import MAX_MERGE_WORK, PAIR, merge_work
 from code_hero.schema.variables import MAX_INPUT_OBJECTS, MAX_LIST_ITEMS
 from code_hero.settings import Limits
 from tests.graphql.clients import LegacyWS, TransportWS, codes, data, eventually, gql
@@ -68,48 +68,58 @@ async def test_a_fragment_bomb_is_refused_before_validation_walks_it(start: Star
         assert data(await gql(server.http, "{ health { status } }"))
 
 
-def side_by_side(count: int, alias: str = "") -> str:
-    """`count` one-field fragments spread in one selection set (each `health`, or with
-    `alias`, an alias of its own)."""
-    fragments = " ".join(
-        f"fragment F{i} on Query {{ {alias and f'{alias}{i}: '}health {{ status }} }}"
-        for i in range(count)
-    )
+def side_by_side(count: int, fields: str = "health { status }", on: str = "Query") -> str:
+    """`count` fragments of `fields` spread side by side in one selection set."""
+    fragments = " ".join(f"fragment F{i} on {on} {{ {fields} }}" for i in range(count))
     return f"{fragments} {{ {' '.join(f'...F{i}' for i in range(count))} }}"
 
 
-def test_merge_work_prices_the_pairs_validation_compares() -> None:
-    # Three fields of one name: 3 pairs; their subfields, one each, none; 6 nodes seen.
-    assert merge_work(parse("{ health { status } health { status } health { status } }")) == (
-        3 * PAIR + 6
-    )
-    # Names told apart by aliases are never compared.
-    assert merge_work(parse("{ a: health { status } b: health { status } }")) == 4
-    # Two fragments spread together: their pair, and in it a pair of `health`; each
-    # spread against the set's own fields (none): 1 each; 8 nodes seen.
-    assert merge_work(parse(side_by_side(2))) == 2 * PAIR + 2 + 8
-    assert merge_work(parse(side_by_side(2, alias="h"))) == PAIR + 2 + 8
-    # Counted up to the limit, then it stops.
-    assert merge_work(parse(side_by_side(600)), limit=100) == 101
+def chains(count: int, length: int) -> str:
+    """`count` chains of `length` fragments, each selecting a field and spreading the
+    next, their heads spread side by side."""
+    fragments = [
+        f"fragment Z{c}_{j} on Query {{ health {{ status }}"
+        + (f" ...Z{c}_{j + 1} }}" if j + 1 < length else " }")
+        for c in range(count)
+        for j in range(length)
+    ]
+    return f"{{ {' '.join(f'...Z{c}_0' for c in range(count))} }} " + " ".join(fragments)
 
 
-async def test_a_document_whose_fields_merge_slowly_is_refused_before_validation(
+async def test_a_document_too_costly_to_validate_is_refused_in_bounded_time(
     start: Starter,
 ) -> None:
     async with start() as server:
-        # Within the token limit, 600 copies of one field (11 KB) and 400 one-field
-        # fragments side by side (21 KB): graphql-core's check that they can be merged
-        # compares every pair, and held the event loop 1.2 s each.
-        for document in ("{ " + "health { status } " * 600 + "}", side_by_side(400)):
+        # Within the token limit, each held the event loop 1.2 to 5 s in graphql-core's
+        # check that fields of one name can be merged (it compares them pairwise), before
+        # its own work budget (500,000 units) ended it with "Validation aborted."
+        # (BAD_USER_INPUT). MERGE_BUDGET ends each in well under a second.
+        hostile = [
+            "{ " + "health { status } " * 600 + "}",  # one field, 600 times
+            side_by_side(400),  # 400 one-field fragments side by side
+            chains(10, 40),  # ten chains of forty
+            # thirty copies of a field, each with ten copies of a subfield
+            "{ " + ("health { " + "backends { role } " * 10 + "} ") * 30 + "}",
+        ]
+        # 200 copies: a valid document that graphql-core's own budget lets through after
+        # 99,500 units of work (about 0.4 s), past MERGE_BUDGET (50,000).
+        hostile.append("{ " + "health { status } " * 200 + "}")
+        for document in hostile:
             body = await gql(server.http, document)
             assert codes(body) == ["QUERY_TOO_COMPLEX"], body
-            message = body["errors"][0]["message"]
-            assert "too many times to check that they can be merged" in message
-        # A client's documents are far from the limit: 20 copies of a field, 40
-        # fragments spread side by side that all select it too.
+            assert body["errors"][0]["message"] == TOO_COMPLEX_TO_VALIDATE
+        # A client's documents spend far less: twenty copies of a field; sixty fragments of
+        # one type spread side by side, each selecting what the others do.
         assert data(await gql(server.http, "{ " + "health { status } " * 20 + "}"))
-        assert merge_work(parse(side_by_side(40))) < MAX_MERGE_WORK / 2
-        assert data(await gql(server.http, side_by_side(40)))
+        fields = "id status metadata createdAt updatedAt"
+        relay = side_by_side(60, fields, on="Thread").replace(
+            " { ...F0", ' { thread(id: "t") { ...F0'
+        )
+        body = await gql(server.http, relay + " }")
+        assert "errors" not in body, body
+        # Too many errors is still the document's fault, not its cost.
+        body = await gql(server.http, "{ " + " ".join(f"nope{i}" for i in range(150)) + " }")
+        assert set(codes(body)) == {"BAD_USER_INPUT"}
 
 
 async def test_variables_holding_more_than_any_input_takes_are_refused_first(

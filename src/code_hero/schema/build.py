@@ -9,6 +9,7 @@ from typing import Any
 
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, GraphQLObjectType
+from graphql.validation.rules import overlapping_fields_can_be_merged
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -33,6 +34,17 @@ from code_hero.schema.runner import HookRunner
 from code_hero.schema.scalars import SCALARS
 
 __all__ = ["GatewaySchema", "build_schema"]
+
+# graphql-core's check that fields of one name can be merged (OverlappingFieldsCanBeMerged)
+# compares them pairwise, and every pair of fragments spread together through the
+# fragments they spread: its work grows with the square of what a document repeats. Within
+# the token limit, 600 copies of one field held the event loop 1.2 s, 400 fragments spread
+# side by side 2 s, ten chains of forty fragments 5 s, before the rule's own budget
+# (500,000 units) ended them. At this budget each ends within about 0.4 s, answered
+# QUERY_TOO_COMPLEX (schema.errors); the dashboard's and the README's documents spend at
+# most 9 units, and sixty fragments of one type, each of five fields all the others
+# select too, about 30,000.
+MERGE_BUDGET = 50_000
 
 log = logging.getLogger("code_hero.graphql")
 
@@ -145,6 +157,8 @@ class GatewaySchema(strawberry.Schema):
 def build_schema(limits: Limits | None = None) -> strawberry.Schema:
     """The gateway's schema with these limits; a limit of 0 turns that check off."""
     limits = limits or Limits()
+    # Process-wide, read by the rule as each validation starts: see MERGE_BUDGET.
+    overlapping_fields_can_be_merged.MAX_COMPLEXITY_BUDGET = MERGE_BUDGET
     # The validation rules are made once: the limiters would make their rule classes
     # anew for every request, validated or not; Documents applies them (and the token
     # limit) where it parses and validates.

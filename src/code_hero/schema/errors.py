@@ -7,6 +7,8 @@ a damaged database file              -> UNAVAILABLE, retryAfter (persistence.dam
 parse, validation and limit errors,  -> BAD_USER_INPUT, their message
   no query, an operationName naming
   no operation, a wrong operation type
+validation aborted for its work      -> QUERY_TOO_COMPLEX, saying what to change
+  (schema.build's MERGE_BUDGET)
 anything else                        -> INTERNAL, "Internal server error";
                                         the detail goes to the log only
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 
 from graphql import GraphQLError
+from graphql.validation.validate import ValidationAbortedError
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
@@ -30,6 +33,7 @@ __all__ = [
     "CODES",
     "INTERNAL",
     "INTERNAL_MESSAGE",
+    "TOO_COMPLEX_TO_VALIDATE",
     "client_error",
     "error_code",
     "raw_cause",
@@ -82,11 +86,27 @@ def raw_cause(error: GraphQLError) -> BaseException | None:
     return cause
 
 
+# graphql-core's text when validation stopped for its work (a rule's budget spent, or
+# Python's stack), not for the number of errors it found ("Too many validation errors").
+_ABORTED = "Validation aborted."
+TOO_COMPLEX_TO_VALIDATE = (
+    "the document is too complex to validate: it repeats a field's name (or alias) in one "
+    "selection set, or spreads fragments side by side or inside one another, too many "
+    "times: select each field once, and spread fewer fragments"
+)
+
+
+def _too_complex(error: GraphQLError) -> bool:
+    return isinstance(error, ValidationAbortedError) and error.message == _ABORTED
+
+
 def error_code(error: GraphQLError) -> str:
     """The `extensions.code` a client sees for this error."""
     given = (error.extensions or {}).get("code")
     if isinstance(given, str):
         return given
+    if _too_complex(error):
+        return "QUERY_TOO_COMPLEX"
     cause = root_cause(error)
     if isinstance(cause, CodeHeroError):
         return cause.code
@@ -110,6 +130,8 @@ def client_error(error: GraphQLError, *, suggestions: bool = True) -> GraphQLErr
         message = error.message if suggestions else without_suggestions(error.message)
         if cause is not raw_cause(error):  # a database's text, translated
             message = str(cause)
+        if _too_complex(error):
+            message = TOO_COMPLEX_TO_VALIDATE
         extensions = {**extra, **(error.extensions or {}), "code": code}
     return GraphQLError(
         message,

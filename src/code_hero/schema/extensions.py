@@ -26,7 +26,6 @@ from code_hero.limits import MAX_CACHED_TEXT
 from code_hero.resolvers.context import Context
 from code_hero.schema.cost import Prices, admit, operation_cost
 from code_hero.schema.errors import client_error, error_code
-from code_hero.schema.overlap import MAX_MERGE_WORK, merge_work
 
 __all__ = [
     "MAX_SPREAD_DEPTH",
@@ -347,8 +346,8 @@ class Documents:
             ctx.pre_execution_errors = []  # Strawberry skips validating then
             yield
             return
-        if self._refused_expanded(ctx) or self._refused_merging(ctx):
-            yield  # Strawberry then neither validates nor runs
+        if self._refused_expanded(ctx):  # Strawberry then neither validates nor runs
+            yield
             return
         yield
         if cached is not None and ctx.pre_execution_errors == []:
@@ -368,24 +367,6 @@ class Documents:
                 f"the document selects more than {self.max_expanded} fields once its "
                 f"fragments are spread, or spreads fragments more than {MAX_SPREAD_DEPTH} "
                 "deep: spread each fragment fewer times",
-                extensions={"code": "QUERY_TOO_COMPLEX"},
-            )
-        ]
-        return True
-
-    @staticmethod
-    def _refused_merging(ctx: ExecutionContext) -> bool:
-        """Refuse (before validation compares them) a document whose selection sets
-        repeat a field's name, or spread fragments side by side, so often that checking
-        they can be merged would hold the event loop: see `overlap.merge_work`."""
-        ast = ctx.graphql_document
-        if ast is None or merge_work(ast) <= MAX_MERGE_WORK:
-            return False
-        ctx.pre_execution_errors = [
-            GraphQLError(
-                "the document repeats a field's name (or alias) in one selection set, or "
-                "spreads fragments side by side, too many times to check that they can be "
-                "merged: select each field once, and spread fewer fragments in one place",
                 extensions={"code": "QUERY_TOO_COMPLEX"},
             )
         ]

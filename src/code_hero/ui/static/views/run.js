@@ -266,6 +266,7 @@ export async function render(root, [id], _query, ctx) {
   }
   window.addEventListener("offline", offline);
   window.addEventListener("online", online);
+  setStatus(run.status); // an ended run's panels and Cancel, before any event is replayed
 
   root.replaceChildren(
     h("h1", {}, "Run ", h("code.id", {}, run.id), " ", status),

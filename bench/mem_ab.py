@@ -2,6 +2,7 @@
 
     python bench/mem_ab.py --old /path/to/old/tree [--new .] [--rounds 3]
     python bench/mem_ab.py --old . --new-python /path/to/other/venv/bin/python
+    python bench/mem_ab.py --old . --keep /tmp/mem_ab    # keep the servers' logs
 
 
 Starts one server of each tree's sources (the same config: bench/peer.py's graph
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -100,8 +102,11 @@ async def round_(
         got = await asyncio.gather(*(drive(servers[b], seconds, repeats) for b in order))
         return dict(zip(order, got, strict=True))
     finally:
-        for s in servers.values():
+        for build, s in servers.items():
+            died = s.process.poll()  # before the stop: a server that died under the load
             s.stop()
+            if died is not None:
+                print(f"  the {build} server had exited ({died}) before the end of the round")
 
 
 async def main() -> None:
@@ -114,6 +119,11 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--servers", default="sqlite,postgres")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="make each round's folder (the servers' logs) in this directory and keep it",
+    )
     # langgraph dev's process tree after bench/peer.py's workload (its last run): this
     # bench starts no peer, the goal's half of it is read from there.
     parser.add_argument("--peer-mib", type=float, default=170.0)
@@ -126,7 +136,11 @@ async def main() -> None:
     for r in range(args.rounds):
         first = "old" if r % 2 == 0 else "new"
         for backend in args.servers.split(","):
-            with tempfile.TemporaryDirectory(prefix="mem_ab") as tmp:
+            with (
+                contextlib.nullcontext(tempfile.mkdtemp(prefix="mem_ab", dir=args.keep))
+                if args.keep
+                else tempfile.TemporaryDirectory(prefix="mem_ab")
+            ) as tmp:
                 folder = Path(tmp)
                 if backend == "sqlite":
                     urls = {b: f"sqlite:///{folder / b}.sqlite" for b in trees}

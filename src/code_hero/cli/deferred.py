@@ -32,9 +32,9 @@ first time a name the module lacks is read: `from langgraph_sdk import
 get_client`, `langsmith.types.Run`, `dir(langsmith.types)`. A name the
 `__init__` only re-exports from a submodule (`RE_EXPORTS`: `uvicorn.Config` is
 `uvicorn.config.Config`) is read from that submodule, and the `__init__` still
-waits. Every use works; only the moment its `__init__` runs moves. `serve`
-installs it before it imports the app; other commands do not (they exit after
-a few seconds).
+waits. Every use works; only the moment its `__init__` runs moves. The `code-hero`
+command installs it before anything else: a server holds less, and a command
+that opens the store starts in about 1.2 s of CPU instead of 1.7.
 """
 
 from __future__ import annotations

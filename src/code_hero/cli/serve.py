@@ -47,8 +47,8 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the GraphQL gateway until SIGTERM or Ctrl-C."""
-    # Before anything imports LangGraph: the libraries' package inits a server does
-    # not need run when first used instead (cli/deferred.py).
+    # `main` has deferred the libraries' package inits already; this is for a caller of
+    # `serve` itself. It adds nothing when they are deferred (cli/deferred.py).
     defer_package_inits()
     # From its modules: the package's `__init__` would load its command line too.
     from uvicorn.config import Config

@@ -1,4 +1,5 @@
-"""The `code-hero` command, run as a real process against SQLite and PostgreSQL."""
+"""The `code-hero` command, run as a real process against SQLite and PostgreSQL (its
+many bad-argument cases call `main` in the test's process: `cli_here`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,33 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     done = subprocess.run(
         [*COMMAND, *args], capture_output=True, text=True, timeout=60, env=_env(), cwd=cwd
     )
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    return done
+
+
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`cli(ARGS)` in this process: `main` as the console script calls it, its exit code
+    and output. For the many bad-argument cases (a process start-up each, ~1.2 s of CPU
+    for those that open the store); `test_a_process_exits_with_mains_code` checks that a
+    real process ends as `main` does."""
+    out, err = io.StringIO(), io.StringIO()
+    disabled = logging.root.manager.disable  # `main` silences logging for its command
+    here = os.getcwd()
+    with (
+        mock.patch.dict(os.environ, _env(), clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            os.chdir(here)
+            logging.disable(disabled)
+    done = subprocess.CompletedProcess(["code-hero", *args], code, out.getvalue(), err.getvalue())
     assert "Traceback" not in done.stderr + done.stdout, done.stderr
     return done
 
@@ -382,7 +410,7 @@ async def test_run_executes_only_its_own_run(pg_database: str) -> None:
     ],
 )
 def test_bad_arguments_print_usage_and_exit_2(args: list[str]) -> None:
-    done = cli(*args)
+    done = cli_here(*args)
     assert done.returncode == 2
     # The usage shown is the subcommand's, for the rules argparse states and ours alike.
     command = next((a for a in args if a in {"run", "prune", "migrate", "serve"}), "")
@@ -460,10 +488,20 @@ def test_a_malformed_thread_id_is_a_bad_argument(
     ],
 )
 def test_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path: Path) -> None:
-    done = cli(*args, cwd=tmp_path)
+    done = cli_here(*args, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(message)
     assert done.stderr.count("\n") == 1
+
+
+def test_a_process_exits_with_mains_code(tmp_path: Path) -> None:
+    # The cases above run `main` in the test's process; the console script exits with
+    # what it returns, and argparse's exit is the process's too.
+    usage = cli("prune", cwd=tmp_path)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: code-hero prune")
+    error = cli("threads", "list", "--sqlite-path", "missing.sqlite", cwd=tmp_path)
+    assert (error.returncode, error.stdout) == (1, "")
+    assert error.stderr.startswith("error: no SQLite database at") and error.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(

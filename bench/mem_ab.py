@@ -132,6 +132,8 @@ async def main() -> None:
         "old": (args.old.resolve(), args.old_python),
         "new": (args.new.resolve(), args.new_python),
     }
+    if args.keep:  # made if missing, as `--keep /tmp/mem_ab` in the usage suggests
+        await asyncio.to_thread(Path(args.keep).mkdir, parents=True, exist_ok=True)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for r in range(args.rounds):
         first = "old" if r % 2 == 0 else "new"

@@ -907,6 +907,36 @@ def test_an_open_gateway_listens_on_loopback_only(serve: Serve, tmp_path: Path) 
     assert proc.returncode == 0 and "ann-0123456789abcdef" not in log
 
 
+def _http_get(conn: socket.socket, port: int, path: str) -> bytes:
+    """One GET on a kept-alive connection; the whole answer (its Content-Length body)."""
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += conn.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head
+
+
+def test_an_idle_connection_is_closed_only_after_the_keep_alive(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # A client's pool reuses an idle connection until its own expiry (httpx: 5 s, as
+    # uvicorn's default): a server that closes first resets the requests sent meanwhile.
+    # The default (75 s) is test_settings'; here, that serve applies the setting.
+    _, url = serve("--sqlite-path", str(tmp_path / "k.sqlite"), CODE_HERO_KEEP_ALIVE_SECONDS="2")
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        assert _http_get(conn, port, "/healthz").startswith(b"HTTP/1.1 200")
+        time.sleep(1)
+        assert _http_get(conn, port, "/healthz").startswith(b"HTTP/1.1 200")  # still open
+        time.sleep(3)  # past 2 s idle: closed by the server (uvicorn's 5 s would keep it)
+        readable, _, _ = select.select([conn], [], [], 0)
+        assert readable and conn.recv(1) == b""
+
+
 def test_serve_freezes_the_heap_it_starts_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

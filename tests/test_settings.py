@@ -31,6 +31,19 @@ def test_open_mode_defaults() -> None:
     assert chosen.gateway.event_recheck_interval == 0.5
 
 
+def test_idle_connections_outlast_the_clients_pools() -> None:
+    # httpx keeps a pooled connection 5 s, AWS's load balancer 60 s: the server longer.
+    assert settings_from_env({}).keep_alive == 75.0
+    assert settings_from_env({"CODE_HERO_KEEP_ALIVE_SECONDS": "120"}).keep_alive == 120.0
+    for bad, says in (
+        ("0", "must be positive"),
+        ("-1", "must be positive"),
+        ("soon", "must be a number"),
+    ):
+        with pytest.raises(ConfigurationError, match=f"CODE_HERO_KEEP_ALIVE_SECONDS {says}"):
+            settings_from_env({"CODE_HERO_KEEP_ALIVE_SECONDS": bad})
+
+
 def test_with_authentication(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"{KEY}x=bob\n")

@@ -98,6 +98,10 @@ ENVIRONMENT: dict[str, str] = {
     "CODE_HERO_MAX_RECURSION_LIMIT": "highest recursion_limit a run's config may set (default 100)",
     "CODE_HERO_MAX_SUBSCRIPTIONS": "subscriptions per WebSocket connection (default 20)",
     "CODE_HERO_WS_INIT_TIMEOUT": "seconds a socket may wait before connection_init (default 10)",
+    "CODE_HERO_KEEP_ALIVE_SECONDS": (
+        "seconds an idle HTTP connection stays open (default 75: longer than clients' pools "
+        "and load balancers keep one)"
+    ),
     "CODE_HERO_API_KEYS": "API keys: KEY=USER or KEY=USER:admin, comma separated",
     "CODE_HERO_API_KEYS_FILE": "a file of such entries, one a line (keeps keys out of `ps`)",
     "CODE_HERO_JWT_SECRET": "HS256 secret of bearer JWTs (at least 32 bytes)",
@@ -133,6 +137,12 @@ DEFAULT_RATE_LIMIT = "60/minute"  # with authentication on; open mode has none u
 # tenth of it; a client asking for full pages of everything at the cost limit
 # (25,000) gets a dozen a minute.
 DEFAULT_READ_RATE_LIMIT = "300000/minute"
+# How long serve keeps an idle HTTP/1.1 connection open (uvicorn's own default: 5 s).
+# A client that reuses a pooled connection just as the server closes it has its request
+# reset (httpx's pool keeps one 5 s, as uvicorn did: under load, 2 requests in 480 sent
+# on connections idle 4.97-5.03 s got ReadError). The server must outlast its clients'
+# pools and any load balancer in front (AWS's: 60 s), as nginx's 75 s does.
+DEFAULT_KEEP_ALIVE = 75.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,7 @@ class AppSettings:
     graphiql: bool = True
     ui: bool = True  # the dashboard at /ui
     cors_origins: tuple[str, ...] = ()  # also the WebSocket origins allowed
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds an idle HTTP connection stays open
 
     def with_options(self, **changes: Any) -> AppSettings:
         """A copy with some fields changed."""
@@ -426,4 +437,5 @@ def settings_from_env(
         ui=ui,
         auth=auth,
         cors_origins=_origins(env),
+        keep_alive=_float(env, "CODE_HERO_KEEP_ALIVE_SECONDS", DEFAULT_KEEP_ALIVE),
     )

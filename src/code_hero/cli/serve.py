@@ -124,6 +124,9 @@ def serve(args: argparse.Namespace) -> int:
             # and hands it to its logger, which drops it below INFO: only where it shows.
             access_log=settings.log_level.lower() in ("info", "debug", "trace"),
             lifespan="on",
+            # Longer than the clients' pools keep an idle connection: a request sent on
+            # one as the server closes it would be reset (settings.DEFAULT_KEEP_ALIVE).
+            timeout_keep_alive=settings.keep_alive,  # type: ignore[arg-type]
             # httptools, as uvicorn's "auto" picks, but a response's head and body in one
             # write (one send() syscall instead of two) when the body follows at once.
             http=OneWriteProtocol,

@@ -13,6 +13,12 @@ protocol and its reference server (graphql-ws's `validateMessage`) do; the
 legacy protocol answers that operation an `error` and serves on, and a frame
 that is no JSON object a `connection_error`. The subscription limit is refused
 with BAD_USER_INPUT on both.
+
+A socket authenticated by a JWT is closed when the token expires (the
+authentication is made once, at `connection_init`): graphql-transport-ws
+with 4403, as a refused `connection_init`; the legacy protocol with a
+`connection_error` first, as its refusal (then 4403 too). The client reconnects with fresh
+credentials, or is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, cast
@@ -137,16 +144,55 @@ def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
     return send
 
 
+EXPIRED = "the token has expired"
+
+
+def _close_at_expiry(
+    context: Context, close: Callable[[], Awaitable[None]]
+) -> asyncio.Task[None] | None:
+    """A task that closes the socket when its caller's credentials expire; None when
+    they do not (an API key, the open mode)."""
+    identity = context.identity
+    expires_at = identity.expires_at if identity is not None else None
+    if expires_at is None:
+        return None
+
+    async def at_expiry() -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        with contextlib.suppress(Exception):  # closed meanwhile: nothing to do
+            await close()
+
+    return asyncio.create_task(at_expiry())
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
 class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """`graphql-transport-ws`, with shared `runEvents` streams."""
+
+    _expiry: asyncio.Task[None] | None = None
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         """Strawberry's, taking a null payload as none: the protocol's reference server
         does (an object, null or missing), and its client sends the null a frontend's
-        `connectionParams` returns. Strawberry closed such a socket with 4400."""
+        `connectionParams` returns. Strawberry closed such a socket with 4400. Once
+        acknowledged, the socket is closed (4403) when its caller's token expires."""
         if message.get("payload", {}) is None:
             message = ConnectionInitMessage(type="connection_init")
         await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._expiry is None:
+            self._expiry = _close_at_expiry(
+                self.context, lambda: self.websocket.close(code=4403, reason=EXPIRED)
+            )
+
+    async def shutdown(self) -> None:
+        await _stop(self._expiry)
+        await super().shutdown()
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         """Strawberry's, after the checks of the message and of the limit."""
@@ -226,6 +272,22 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The legacy `graphql-ws` protocol, with shared `runEvents` streams."""
 
+    _expiry: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: Any) -> None:
+        """Strawberry's; once acknowledged, the socket is closed when its caller's token
+        expires, after a `connection_error` (as a refused `connection_init`)."""
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._expiry is None:
+            self._expiry = _close_at_expiry(self.context, self._expired)
+
+    async def _expired(self) -> None:
+        error = {"message": EXPIRED, "code": "UNAUTHENTICATED"}
+        await self.send_message(
+            cast(OperationMessage, {"type": "connection_error", "payload": error})
+        )
+        await self.websocket.close(code=4403, reason=EXPIRED)
+
     async def handle(self) -> None:
         """Strawberry's loop, but a text frame that is no JSON object is answered a
         `connection_error` saying so, as subscriptions-transport-ws's server answers a
@@ -249,6 +311,7 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         except WebSocketDisconnected:
             pass
         finally:
+            await _stop(self._expiry)
             if self.keep_alive_task:
                 self.keep_alive_task.cancel()
                 with contextlib.suppress(BaseException):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +450,42 @@ async def test_the_hook_can_deny(
         }
         assert data(await gql(boss, delete, {"t": mine["threadId"]}))["deleteThread"]["deleted"]
         assert ("thread.delete", "boss", mine["threadId"]) in auth_hook.ASKED
+
+
+async def test_a_socket_is_closed_when_its_token_expires(
+    tmp_path: Path, request: pytest.FixtureRequest, idp: Issuer
+) -> None:
+    # Authenticated once, at connection_init: without a close at `exp`, a socket (and
+    # its subscriptions) would outlive the token for good.
+    auth = auth_settings(idp)
+    settings = AppSettings(
+        gateway=GatewaySettings(checkpointer=checkpointer_for("sqlite", request, tmp_path)),
+        auth=replace(auth, jwt=replace(auth.jwt, leeway=0)),  # closed at `exp` itself
+        graphiql=False,
+    )
+    token = idp.token("ann", ttl=2)  # exp 1-2 s ahead (whole seconds)
+    async with (
+        running(create_app(settings)) as server,
+        TransportWS.connect(server.ws_url, payload={"authorization": token}) as jwt_socket,
+        TransportWS.connect(server.ws_url, payload={"authorization": ALICE_KEY}) as key_socket,
+        LegacyWS.connect(server.ws_url, payload={"authorization": token}) as legacy,
+    ):
+        with pytest.raises(ConnectionClosed) as closed:
+            await jwt_socket.next_message(seconds=10)  # nothing comes before the close
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "the token has expired")
+        while (message := await legacy.receive(seconds=10))["type"] == "ka":
+            pass
+        assert message == {
+            "type": "connection_error",
+            "payload": {"message": "the token has expired", "code": "UNAUTHENTICATED"},
+        }
+        with pytest.raises(ConnectionClosed) as closed:
+            await legacy.receive(seconds=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        # An API key does not expire: that socket serves on.
+        await key_socket.send({"type": "ping"})
+        assert await key_socket.receive() == {"type": "pong"}
 
 
 async def test_abuse_settings(tmp_path: Path, request: pytest.FixtureRequest, idp: Issuer) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ANONYMOUS", "Caller"]
 
@@ -19,6 +19,9 @@ class Caller:
     user_id: str | None
     is_admin: bool = False
     anonymous: bool = False
+    # When the credentials stop being valid (UNIX time): a JWT's `exp`, plus the
+    # leeway its check allows; None for an API key. An open WebSocket is closed then.
+    expires_at: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.is_admin and not self.user_id:

@@ -118,7 +118,8 @@ class JwtVerifier:
             raise UnauthenticatedError("invalid token: sub must be a non-empty string")
         if not storable_text(subject):  # it owns and filters rows: the database must hold it
             raise UnauthenticatedError("invalid token: sub may not hold NUL or lone surrogates")
-        return Caller(user_id=subject, is_admin=self._is_admin(claims))
+        expires_at = float(claims["exp"]) + s.leeway  # PyJWT checked it is a number
+        return Caller(user_id=subject, is_admin=self._is_admin(claims), expires_at=expires_at)
 
     async def _public_key(self, token: str, header: Mapping[str, Any]) -> Any:
         import jwt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,47 @@ pytestmark = pytest.mark.browser
 
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-0123456789abcdef"
+ROOT_KEY = "root-0123456789abcdef"
+JWT_SECRET = "a-shared-hs256-secret-of-at-least-32-bytes!"
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A gateway with API keys for alice and bob (GraphiQL off: the default with auth)."""
+    """A gateway with API keys for alice, bob and an administrator, and HS256 JWTs
+    (GraphiQL off: the default with auth)."""
     started = start_server(
         tmp_path_factory.mktemp("secured"),
-        CODE_HERO_API_KEYS=f"{ALICE_KEY}=alice,{BOB_KEY}=bob",
+        CODE_HERO_API_KEYS=f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{ROOT_KEY}=root:admin",
+        CODE_HERO_JWT_SECRET=JWT_SECRET,
+        UI_TEST_TOKEN_DELAY="0.5",  # slowhero's runs: live for a minute
     )
     yield started
     stop_server(started)
+
+
+def test_a_token_that_expires_under_a_live_run_ends_the_session(
+    page: Any, secured: Server, watch: Watch
+) -> None:
+    # The gateway closes a JWT's socket when the token expires (4403): the page stops
+    # following, drops the credentials and asks for new ones.
+    import jwt
+
+    now = int(time.time())
+    # `exp` 22 s ago, within the 30 s of skew allowed: valid for about 8 s more.
+    token = jwt.encode({"sub": "carol", "iat": now - 60, "exp": now - 22}, JWT_SECRET)
+    start = 'mutation { startRun(input: {graph: "slowhero", message: "hello"}) { id } }'
+    run_id = secured.gql(start, key=token)["startRun"]["id"]
+    page.goto(f"{secured.url}/ui")
+    page.evaluate("t => sessionStorage.setItem('code-hero.credentials', t)", token)
+    page.goto(f"{secured.url}/ui/runs/{run_id}")
+    page.get_by_text("Following live").wait_for()
+    page.get_by_role("heading", name="Sign in").wait_for(timeout=30_000)
+    page.get_by_role("alert").get_by_text("the token has expired").wait_for()
+    page.get_by_text("These credentials were refused").wait_for()
+    assert page.evaluate("() => sessionStorage.getItem('code-hero.credentials')") in (None, "")
+    assert page.get_by_role("button", name="Sign out").count() == 0
+    cancel = f'mutation {{ cancelRun(id: "{run_id}") {{ status }} }}'
+    assert secured.gql(cancel, key=ROOT_KEY)["cancelRun"]["status"] == "CANCELLED"  # was live
 
 
 def test_a_wrong_key_shows_an_error_and_a_right_one_only_that_users_threads(

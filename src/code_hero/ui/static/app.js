@@ -41,7 +41,32 @@ export function navigate(path) {
   render();
 }
 
-const ctx = { navigate, showError, clearError };
+/**
+ * What a view reports: a refusal of the credentials (at load, or a socket closed
+ * when a JWT expires) ends the session, with the sign-in form; anything else
+ * goes to the banner.
+ */
+function report(err) {
+  if (err && err.code === "UNAUTHENTICATED") signedOut(err);
+  else showError(err);
+}
+
+const ctx = { navigate, showError: report, clearError };
+
+/** The view stops, and the sign-in form takes its place. */
+function signedOut(err) {
+  if (cleanup) cleanup();
+  cleanup = null;
+  // With none stored yet, the sign-in form says all there is to say: no error banner.
+  // Refused ones are dropped (no "Sign out" for a session that is over).
+  const refused = Boolean(credentials());
+  if (refused) {
+    setCredentials("");
+    header();
+    showError(err);
+  }
+  signIn(refused ? "These credentials were refused: try another API key or JWT." : null);
+}
 
 function signIn(reason) {
   const input = h("input", { type: "password", name: "credentials", autocomplete: "off", required: true });
@@ -120,15 +145,7 @@ export async function render() {
     cleanup = (await module.render(view, params, query, ctx)) || null;
   } catch (err) {
     if (err && err.code === "UNAUTHENTICATED") {
-      // With none stored yet, the sign-in form says all there is to say: no error banner.
-      // Refused ones are dropped (no "Sign out" for a session that never began).
-      const refused = Boolean(credentials());
-      if (refused) {
-        setCredentials("");
-        header();
-        showError(err);
-      }
-      signIn(refused ? "These credentials were refused: try another API key or JWT." : null);
+      signedOut(err);
       return;
     }
     showError(err);

@@ -27,11 +27,11 @@ lint: install  ## ruff, mypy and the layer contracts of pyproject.toml
 # the CPU 38% idle, and four took 523 s against 717 (same machine, back to back).
 # `--dist worksteal` lets an idle worker take tests queued on a busy one: durations run
 # from milliseconds to 30 s. The tests that stop PostgreSQL itself (marked outage) run
-# after, alone. Bytecode is compiled first because a test that starts `code-hero` as a
-# process would otherwise compile the package from source each time where
-# PYTHONDONTWRITEBYTECODE is set. pytest runs with it unset, so that a process reads the
-# test modules' assertion-rewritten bytecode that an earlier one wrote (collecting the
-# suite: 17 s of CPU a process, 7 with it).
+# after, alone. PYTHONDONTWRITEBYTECODE is set on the machines it is gated on: the
+# package's bytecode is compiled first, once, for the `code-hero` processes the tests
+# start, and pytest runs with the variable unset, so that a process reads the test
+# modules' assertion-rewritten bytecode that an earlier one wrote (collecting the suite:
+# 17 s of CPU a process, 7 with it).
 test: install  ## lint, then the whole suite against the real PostgreSQL
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m compileall -q src

@@ -912,12 +912,19 @@ def _http_get(conn: socket.socket, port: int, path: str) -> bytes:
     conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     answer = b""
     while b"\r\n\r\n" not in answer:
-        answer += conn.recv(65536)
+        answer += _received(conn)
     head, _, body = answer.partition(b"\r\n\r\n")
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
     while len(body) < length:
-        body += conn.recv(65536)
+        body += _received(conn)
     return head
+
+
+def _received(conn: socket.socket) -> bytes:
+    chunk = conn.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection")
+    return chunk
 
 
 def test_an_idle_connection_is_closed_only_after_the_keep_alive(
@@ -932,8 +939,9 @@ def test_an_idle_connection_is_closed_only_after_the_keep_alive(
         assert _http_get(conn, port, "/healthz").startswith(b"HTTP/1.1 200")
         time.sleep(1)
         assert _http_get(conn, port, "/healthz").startswith(b"HTTP/1.1 200")  # still open
-        time.sleep(3)  # past 2 s idle: closed by the server (uvicorn's 5 s would keep it)
-        readable, _, _ = select.select([conn], [], [], 0)
+        time.sleep(2)
+        # Closed by the server at 2 s idle; uvicorn's 5 s would hold it past 4 s.
+        readable, _, _ = select.select([conn], [], [], 2)
         assert readable and conn.recv(1) == b""
 
 

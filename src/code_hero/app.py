@@ -257,10 +257,13 @@ class GraphQLView(GraphQL[Context, None]):
         sub_response: Response,
         headers: Mapping[str, str],
     ) -> Response:
-        """An SSE stream that ends once the server begins to stop (see `_StoppableStream`)."""
+        """An SSE stream that ends once the server begins to stop, or its caller's token
+        expires (see `_StoppableStream`)."""
+        caller = getattr(request.state, "caller", None)
         return _StoppableStream(
             stream(),
             self.stopping,
+            expires_at=caller.expires_at if caller is not None else None,
             status_code=sub_response.status_code or 200,
             headers={**sub_response.headers, **headers},
         )
@@ -461,10 +464,26 @@ class _StoppableStream(StreamingResponse):
     """
 
     def __init__(
-        self, content: AsyncIterator[str], stopping: asyncio.Event, **options: Any
+        self,
+        content: AsyncIterator[str],
+        stopping: asyncio.Event,
+        *,
+        expires_at: float | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(content, **options)
         self.stopping = stopping
+        # A subscription authenticated by a JWT ends the same way when the token expires
+        # (checked once, as the request came): the client's next request gets the 401.
+        self.expires_at = expires_at
+
+    async def _stopping_or_expired(self) -> None:
+        if self.expires_at is None:
+            await self.stopping.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, self.expires_at - time.time())):
+                await self.stopping.wait()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stopped = started = ended = False
@@ -472,7 +491,7 @@ class _StoppableStream(StreamingResponse):
         scope.setdefault("state", {})[SUBSCRIPTION_STARTED] = subscription
 
         async def subscription_stopped() -> None:
-            await self.stopping.wait()
+            await self._stopping_or_expired()
             await subscription.wait()
 
         async def receive_or_stop() -> Message:

@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from graphql import GraphQLError, GraphQLFormattedError
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnected as SocketClosed
 from strawberry.http.exceptions import (
     NonJsonMessageReceived,
     NonTextMessageReceived,
@@ -138,8 +139,8 @@ def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
     async def send(text: str) -> None:
         try:
             await send_text(text)
-        except WebSocketDisconnect as exc:  # as Strawberry's adapter: the socket is gone
-            raise WebSocketDisconnected from exc
+        except (WebSocketDisconnect, SocketClosed) as exc:  # the socket is gone (or closed
+            raise WebSocketDisconnected from exc  # by this side: a token's expiry)
 
     return send
 
@@ -186,9 +187,13 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             message = ConnectionInitMessage(type="connection_init")
         await super().handle_connection_init(message)
         if self.connection_acknowledged and self._expiry is None:
-            self._expiry = _close_at_expiry(
-                self.context, lambda: self.websocket.close(code=4403, reason=EXPIRED)
-            )
+            self._expiry = _close_at_expiry(self.context, self._expired)
+
+    async def _expired(self) -> None:
+        # Its operations first: none may be sending as the socket closes under it.
+        for op_id in list(self.operations):
+            await self.cleanup_operation(op_id)
+        await self.websocket.close(code=4403, reason=EXPIRED)
 
     async def shutdown(self) -> None:
         await _stop(self._expiry)
@@ -286,6 +291,7 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await self.send_message(
             cast(OperationMessage, {"type": "connection_error", "payload": error})
         )
+        await self.cleanup()  # its operations (each says `complete`), before the close
         await self.websocket.close(code=4403, reason=EXPIRED)
 
     async def handle(self) -> None:

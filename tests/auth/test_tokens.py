@@ -34,6 +34,17 @@ async def test_each_algorithm_names_its_user(issuer: Issuer) -> None:
     assert (await v.caller(issuer.token("root", alg="RS256", role="admin"))).is_admin
 
 
+async def test_a_caller_knows_when_its_token_stops_verifying(issuer: Issuer) -> None:
+    # `exp` plus the leeway: when an open WebSocket or SSE stream of it is ended.
+    token = jwt.encode({"sub": "ann", "exp": 2_000_000_000}, SECRET, algorithm="HS256")
+    assert (await verifier(issuer).caller(token)).expires_at == 2_000_000_030.0  # 30 s leeway
+    assert (await verifier(issuer, leeway=0).caller(token)).expires_at == 2_000_000_000.0
+    # An `exp` past a float's range (PyJWT reads any integer) never comes: no 500.
+    forever = jwt.encode({"sub": "ann", "exp": 10**400}, SECRET, algorithm="HS256")
+    assert (await verifier(issuer).caller(forever)).expires_at is None
+    assert (await verifier(issuer).caller(forever)) == Caller(user_id="ann")
+
+
 @pytest.mark.parametrize(
     ("claim", "claims", "admin"),
     [

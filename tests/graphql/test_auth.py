@@ -8,7 +8,9 @@ user, on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -452,40 +454,60 @@ async def test_the_hook_can_deny(
         assert ("thread.delete", "boss", mine["threadId"]) in auth_hook.ASKED
 
 
-async def test_a_socket_is_closed_when_its_token_expires(
+async def test_sockets_and_streams_end_when_their_token_expires(
     tmp_path: Path, request: pytest.FixtureRequest, idp: Issuer
 ) -> None:
-    # Authenticated once, at connection_init: without a close at `exp`, a socket (and
-    # its subscriptions) would outlive the token for good.
+    # Authenticated once (at connection_init, or as the SSE request came): without an
+    # end at the token's expiry, a socket or a stream would outlive it for good.
     auth = auth_settings(idp)
     settings = AppSettings(
         gateway=GatewaySettings(checkpointer=checkpointer_for("sqlite", request, tmp_path)),
-        auth=replace(auth, jwt=replace(auth.jwt, leeway=0)),  # closed at `exp` itself
+        auth=replace(auth, jwt=replace(auth.jwt, leeway=1)),
         graphiql=False,
     )
-    token = idp.token("ann", ttl=2)  # exp 1-2 s ahead (whole seconds)
-    async with (
-        running(create_app(settings)) as server,
-        TransportWS.connect(server.ws_url, payload={"authorization": token}) as jwt_socket,
-        TransportWS.connect(server.ws_url, payload={"authorization": ALICE_KEY}) as key_socket,
-        LegacyWS.connect(server.ws_url, payload={"authorization": token}) as legacy,
-    ):
-        with pytest.raises(ConnectionClosed) as closed:
-            await jwt_socket.next_message(seconds=10)  # nothing comes before the close
-        assert closed.value.rcvd is not None
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "the token has expired")
-        while (message := await legacy.receive(seconds=10))["type"] == "ka":
-            pass
-        assert message == {
-            "type": "connection_error",
-            "payload": {"message": "the token has expired", "code": "UNAUTHENTICATED"},
-        }
-        with pytest.raises(ConnectionClosed) as closed:
-            await legacy.receive(seconds=10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
-        # An API key does not expire: that socket serves on.
-        await key_socket.send({"type": "ping"})
-        assert await key_socket.receive() == {"type": "pong"}
+    async with running(create_app(settings)) as server:
+        exp = int(time.time()) + 3  # 2-3 s ahead, and 1 s of leeway after it
+        token = idp.token("ann", exp=exp)
+        async with (
+            TransportWS.connect(server.ws_url, payload={"authorization": token}) as jwt_socket,
+            TransportWS.connect(server.ws_url, payload={"authorization": ALICE_KEY}) as key_socket,
+            LegacyWS.connect(server.ws_url, payload={"authorization": token}) as legacy,
+            client(server, token) as http,
+        ):
+            made = await gql(http, "mutation { createThread(input: {}) { id } }")
+            thread = data(made)["createThread"]["id"]
+            follow = f'subscription {{ threadEvents(threadId: "{thread}") {{ seq }} }}'
+            await jwt_socket.subscribe("1", follow)  # the user's own thread: no events yet
+            await legacy.start("1", follow)
+            streamed = asyncio.create_task(sse(http, follow))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # no event comes: the close does
+                    await jwt_socket.next_message(seconds=15)
+            assert time.time() >= exp + 1  # not before the token stopped verifying
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                4403,
+                "the token has expired",
+            )
+            while (message := await legacy.receive(seconds=15))["type"] == "ka":
+                pass
+            assert message == {
+                "type": "connection_error",
+                "payload": {"message": "the token has expired", "code": "UNAUTHENTICATED"},
+            }
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # its operation's `complete`, then the close
+                    assert (await legacy.receive(seconds=15)) == {"type": "complete", "id": "1"}
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+            # The stream stops with no `complete` (as at a server's stop): its client's
+            # next request is refused.
+            assert await asyncio.wait_for(streamed, 15) == []
+            assert (
+                await http.post("/graphql", json={"query": "{ graphs { name } }"})
+            ).status_code == 401
+            # An API key does not expire: that socket serves on.
+            await key_socket.send({"type": "ping"})
+            assert await key_socket.receive() == {"type": "pong"}
 
 
 async def test_abuse_settings(tmp_path: Path, request: pytest.FixtureRequest, idp: Issuer) -> None:

@@ -41,19 +41,26 @@ def test_a_token_that_expires_under_a_live_run_ends_the_session(
     import jwt
 
     now = int(time.time())
-    # `exp` 22 s ago, within the 30 s of skew allowed: valid for about 8 s more.
-    token = jwt.encode({"sub": "carol", "iat": now - 60, "exp": now - 22}, JWT_SECRET)
-    start = 'mutation { startRun(input: {graph: "slowhero", message: "hello"}) { id } }'
+    # `exp` 15 s ago, within the 30 s of skew allowed: valid for about 15 s more.
+    token = jwt.encode({"sub": "carol", "iat": now - 60, "exp": now - 15}, JWT_SECRET)
+    start = """mutation { startRun(input: {graph: "slowhero",
+        message: "Write a long React component"}) { id } }"""  # minutes long: live at exp
     run_id = secured.gql(start, key=token)["startRun"]["id"]
     page.goto(f"{secured.url}/ui")
     page.evaluate("t => sessionStorage.setItem('code-hero.credentials', t)", token)
     page.goto(f"{secured.url}/ui/runs/{run_id}")
     page.get_by_text("Following live").wait_for()
-    page.get_by_role("heading", name="Sign in").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Sign in").wait_for(timeout=60_000)
     page.get_by_role("alert").get_by_text("the token has expired").wait_for()
     page.get_by_text("These credentials were refused").wait_for()
     assert page.evaluate("() => sessionStorage.getItem('code-hero.credentials')") in (None, "")
     assert page.get_by_role("button", name="Sign out").count() == 0
+    # A fresh token: the same view again, following the run.
+    fresh = jwt.encode({"sub": "carol", "exp": int(time.time()) + 3600}, JWT_SECRET)
+    page.get_by_label("API key or JWT").fill(fresh)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Following live").wait_for()
+    assert page.get_by_role("alert").is_hidden()
     cancel = f'mutation {{ cancelRun(id: "{run_id}") {{ status }} }}'
     assert secured.gql(cancel, key=ROOT_KEY)["cancelRun"]["status"] == "CANCELLED"  # was live
 

@@ -118,8 +118,9 @@ class JwtVerifier:
             raise UnauthenticatedError("invalid token: sub must be a non-empty string")
         if not storable_text(subject):  # it owns and filters rows: the database must hold it
             raise UnauthenticatedError("invalid token: sub may not hold NUL or lone surrogates")
-        expires_at = float(claims["exp"]) + s.leeway  # PyJWT checked it is a number
-        return Caller(user_id=subject, is_admin=self._is_admin(claims), expires_at=expires_at)
+        return Caller(
+            user_id=subject, is_admin=self._is_admin(claims), expires_at=_expiry(claims, s.leeway)
+        )
 
     async def _public_key(self, token: str, header: Mapping[str, Any]) -> Any:
         import jwt
@@ -191,3 +192,12 @@ def _read_jwks(path: str) -> jwt.PyJWKSet:
 def _reason(exc: jwt.PyJWTError) -> str:
     text = str(exc).strip().rstrip(".")
     return text[:1].lower() + text[1:] if text else type(exc).__name__
+
+
+def _expiry(claims: Mapping[str, Any], leeway: float) -> float | None:
+    """When the token stops verifying (UNIX time): `exp` plus the leeway. PyJWT checked
+    that `exp` reads as an integer; one past a float's range never comes (None)."""
+    try:
+        return float(int(claims["exp"])) + leeway
+    except OverflowError:
+        return None

@@ -16,6 +16,9 @@ const ROUTES = [
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 let cleanup = null;
+// The view shown: a render, or the sign-in form, counts one more. What an earlier one
+// still reports (a request that answers late) is dropped.
+let shown = 0;
 
 /** Show an error (a GraphQLError: its message and extensions.code) in the banner. */
 export function showError(err) {
@@ -51,12 +54,17 @@ function report(err) {
   else showError(err);
 }
 
-const ctx = { navigate, showError: report, clearError };
+/** What view number `mine` gets: its reports count while it is the one shown. */
+function contextOf(mine) {
+  return { navigate, showError: (err) => mine === shown && report(err), clearError };
+}
 
-/** The view stops, and the sign-in form takes its place. */
+/** The view stops, and the sign-in form takes its place (once: later reports are dropped). */
 function signedOut(err) {
-  if (cleanup) cleanup();
+  shown += 1;
+  const stop = cleanup;
   cleanup = null;
+  if (stop) stop();
   // With none stored yet, the sign-in form says all there is to say: no error banner.
   // Refused ones are dropped (no "Sign out" for a session that is over).
   const refused = Boolean(credentials());
@@ -125,8 +133,10 @@ function decoded(parts) {
 
 /** Show the view of the current URL. */
 export async function render() {
-  if (cleanup) cleanup();
+  const mine = ++shown;
+  const stop = cleanup;
   cleanup = null;
+  if (stop) stop();
   clearError();
   header();
   const path = location.pathname;
@@ -142,8 +152,14 @@ export async function render() {
   const query = new URLSearchParams(location.search);
   try {
     const module = await route[1]();
-    cleanup = (await module.render(view, params, query, ctx)) || null;
+    const done = (await module.render(view, params, query, contextOf(mine))) || null;
+    if (mine !== shown) {
+      if (done) done(); // another view (or the sign-in form) came meanwhile
+      return;
+    }
+    cleanup = done;
   } catch (err) {
+    if (mine !== shown) return; // for a view no longer shown
     if (err && err.code === "UNAUTHENTICATED") {
       signedOut(err);
       return;

@@ -24,6 +24,7 @@ pipelined transaction. Each caller returns once that transaction has committed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,8 @@ from code_hero.persistence.grouping import GroupCommitter, settle
 from code_hero.persistence.pgjsonb import DumpedJsonb
 from code_hero.persistence.savers import SaverPool
 from code_hero.persistence.unreachable import is_backend_error
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_BATCH", "GroupCommitSaverPool"]
 
@@ -81,6 +84,8 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
         # Transactions committed and the writes they carried (bench and tests).
         self.transactions = 0
         self.committed = 0
+        # Groups whose one statement failed and were written one by one instead.
+        self.split = 0
 
     @property
     def _stock(self) -> AsyncPostgresSaver:
@@ -154,6 +159,14 @@ class GroupCommitSaverPool(GroupCommitter[Item], SaverPool):
                     for _, done in ready:
                         settle(done, exc)
                     return
+                self.split += 1
+                log.warning(
+                    "a group of %d checkpoint writes failed as one statement (%s: %s); "
+                    "writing them one by one",
+                    len(ready),
+                    type(exc).__name__,
+                    exc,
+                )
                 await self._one_by_one(ready)
                 return
             self.transactions += 1

@@ -60,6 +60,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.types.execution import PreExecutionError
 
+from code_hero.auth.tokens import TOKEN_EXPIRED
 from code_hero.errors import BadInputError
 from code_hero.fanout import Encoded, Fanout, Request, shareable
 from code_hero.resolvers.context import Context
@@ -145,9 +146,6 @@ def _text_sender(websocket: object) -> Callable[[str], Awaitable[None]]:
     return send
 
 
-EXPIRED = "the token has expired"
-
-
 def _close_at_expiry(
     context: Context, close: Callable[[], Awaitable[None]]
 ) -> asyncio.Task[None] | None:
@@ -193,7 +191,7 @@ class SharedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         # Its operations first: none may be sending as the socket closes under it.
         for op_id in list(self.operations):
             await self.cleanup_operation(op_id)
-        await self.websocket.close(code=4403, reason=EXPIRED)
+        await self.websocket.close(code=4403, reason=TOKEN_EXPIRED)
 
     async def shutdown(self) -> None:
         await _stop(self._expiry)
@@ -287,12 +285,12 @@ class SharedLegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             self._expiry = _close_at_expiry(self.context, self._expired)
 
     async def _expired(self) -> None:
-        error = {"message": EXPIRED, "code": "UNAUTHENTICATED"}
+        error = {"message": TOKEN_EXPIRED, "code": "UNAUTHENTICATED"}
         await self.send_message(
             cast(OperationMessage, {"type": "connection_error", "payload": error})
         )
         await self.cleanup()  # its operations (each says `complete`), before the close
-        await self.websocket.close(code=4403, reason=EXPIRED)
+        await self.websocket.close(code=4403, reason=TOKEN_EXPIRED)
 
     async def handle(self) -> None:
         """Strawberry's loop, but a text frame that is no JSON object is answered a

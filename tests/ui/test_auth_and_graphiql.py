@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.auth.issuer import SECRET
 from tests.ui.conftest import Server, Shot, Watch, start_server, stop_server
 
 pytestmark = pytest.mark.browser
@@ -16,7 +17,6 @@ pytestmark = pytest.mark.browser
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-0123456789abcdef"
 ROOT_KEY = "root-0123456789abcdef"
-JWT_SECRET = "a-shared-hs256-secret-of-at-least-32-bytes!"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     started = start_server(
         tmp_path_factory.mktemp("secured"),
         CODE_HERO_API_KEYS=f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{ROOT_KEY}=root:admin",
-        CODE_HERO_JWT_SECRET=JWT_SECRET,
+        CODE_HERO_JWT_SECRET=SECRET,
         UI_TEST_TOKEN_DELAY="0.5",  # slowhero's runs: live for a minute
     )
     yield started
@@ -42,7 +42,7 @@ def test_a_token_that_expires_under_a_live_run_ends_the_session(
 
     now = int(time.time())
     # `exp` 15 s ago, within the 30 s of skew allowed: valid for about 15 s more.
-    token = jwt.encode({"sub": "carol", "iat": now - 60, "exp": now - 15}, JWT_SECRET)
+    token = jwt.encode({"sub": "carol", "iat": now - 60, "exp": now - 15}, SECRET)
     start = """mutation { startRun(input: {graph: "slowhero",
         message: "Write a long React component"}) { id } }"""  # minutes long: live at exp
     run_id = secured.gql(start, key=token)["startRun"]["id"]
@@ -56,7 +56,7 @@ def test_a_token_that_expires_under_a_live_run_ends_the_session(
     assert page.evaluate("() => sessionStorage.getItem('code-hero.credentials')") in (None, "")
     assert page.get_by_role("button", name="Sign out").count() == 0
     # A fresh token: the same view again, following the run.
-    fresh = jwt.encode({"sub": "carol", "exp": int(time.time()) + 3600}, JWT_SECRET)
+    fresh = jwt.encode({"sub": "carol", "exp": int(time.time()) + 3600}, SECRET)
     page.get_by_label("API key or JWT").fill(fresh)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Following live").wait_for()

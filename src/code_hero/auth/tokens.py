@@ -29,12 +29,15 @@ if TYPE_CHECKING:
     # server that verifies JWTs needs.
     import jwt
 
-__all__ = ["MIN_SECRET_BYTES", "JwtSettings", "JwtVerifier", "looks_like_jwt"]
+__all__ = ["MIN_SECRET_BYTES", "TOKEN_EXPIRED", "JwtSettings", "JwtVerifier", "looks_like_jwt"]
 
 log = logging.getLogger(__name__)
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 ASYMMETRIC = ("RS256", "ES256")
+
+# Its refusal, and the reason a socket of it is closed with (code_hero.sockets).
+TOKEN_EXPIRED = "the token has expired"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class JwtVerifier:
                 },
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthenticatedError("the token has expired") from None
+            raise UnauthenticatedError(TOKEN_EXPIRED) from None
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"invalid token: {_reason(exc)}") from None
         subject = claims.get("sub")

@@ -21,7 +21,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from code_hero.cli.deferred import defer_package_inits, deferred_model_builds
+from code_hero.cli.deferred import deferred_model_builds
 from code_hero.cli.exits import EXIT_OK
 from code_hero.cli.storage import settings_of
 from code_hero.errors import CodeHeroError, ConfigurationError
@@ -47,9 +47,6 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the GraphQL gateway until SIGTERM or Ctrl-C."""
-    # `main` has deferred the libraries' package inits already; this is for a caller of
-    # `serve` itself. It adds nothing when they are deferred (cli/deferred.py).
-    defer_package_inits()
     # From its modules: the package's `__init__` would load its command line too.
     from uvicorn.config import Config
     from uvicorn.server import Server
